@@ -1,0 +1,1 @@
+"""Code every Bulwark service shares: bus, settings, logging, storage, resilience, runtime."""

@@ -1,0 +1,370 @@
+"""The message bus on NATS JetStream.
+
+Streams and durable consumers are declared idempotently at start. Publishes carry `Nats-Msg-Id`
+for de-duplication, the message type and the trace context in headers. Consumers ack only after
+their handler (the effect) has returned, `nak` with a growing delay on errors, and move a message
+to the dead-letter stream after a bounded number of deliveries (at once for undecodable input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import propagate
+
+from libs.errors import PermanentError
+from libs.logging import Logger, get_logger
+from proto import subjects
+from proto.codec import decode, encode
+from proto.envelope import Message
+from proto.messages import DeadLettered
+from proto.subjects import StreamSpec
+
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_TYPE = "Bulwark-Type"
+DEFAULT_MAX_DELIVER = 5
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Metadata of one delivery of a persisted message."""
+
+    subject: str
+    stream_sequence: int
+    num_delivered: int
+    headers: dict[str, str]
+
+
+Handler = Callable[[Message, Delivery], Awaitable[None]]
+RequestHandler = Callable[[bytes], Awaitable[bytes]]
+ConnectionListener = Callable[[bool], Awaitable[None] | None]
+
+
+class Bus:
+    """One service's connection to NATS and JetStream."""
+
+    def __init__(self, component: str, logger: Logger | None = None) -> None:
+        self.component = component
+        self.log = logger or get_logger(component)
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[ConnectionListener] = []
+        self._kv: dict[str, KeyValue] = {}
+        self.connected = False
+
+    # ------------------------------------------------------------------ connection
+
+    async def connect(self, servers: str, *, connect_timeout_s: float = 2.0) -> None:
+        """Connect (retrying forever on the initial attempt too) and keep reconnecting."""
+
+        async def on_disconnected() -> None:
+            if self.connected:
+                self.connected = False
+                self.log.warning("bus_disconnected", action_taken="reconnecting")
+                await self._notify(False)
+
+        async def on_reconnected() -> None:
+            self.connected = True
+            self.log.info("bus_reconnected")
+            await self._notify(True)
+
+        async def on_error(exc: Exception) -> None:
+            self.log.warning("bus_error", error=str(exc))
+
+        self._nc = await nats.connect(
+            servers=[s.strip() for s in servers.split(",") if s.strip()],
+            name=self.component,
+            connect_timeout=connect_timeout_s,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            retry_on_failed_connect=True,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            error_cb=on_error,
+            pending_size=8 * 1024 * 1024,
+        )
+        self._js = self._nc.jetstream(timeout=5.0)
+        self.connected = True
+        self.log.info("bus_connected", servers=servers)
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Call `listener(connected)` whenever the bus connection goes down or comes back."""
+        self._listeners.append(listener)
+
+    async def _notify(self, connected: bool) -> None:
+        for listener in self._listeners:
+            result = listener(connected)
+            if result is not None:
+                await result
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise RuntimeError("bus not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus not connected")
+        return self._js
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self.connected = False
+
+    # ------------------------------------------------------------------ declaration
+
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS) -> None:
+        """Create or update every stream so that it matches its spec (idempotent)."""
+        for spec in specs:
+            config = StreamConfig(
+                name=spec.name,
+                subjects=list(spec.subjects),
+                storage=StorageType.FILE,
+                max_age=spec.max_age_s or None,
+                max_bytes=spec.max_bytes,
+                max_msgs=spec.max_msgs,
+                duplicate_window=spec.duplicate_window_s,
+                description=spec.description,
+            )
+            try:
+                await self.js.stream_info(spec.name)
+            except NotFoundError:
+                await self.js.add_stream(config)
+                self.log.info("stream_created", stream=spec.name)
+            else:
+                await self.js.update_stream(config)
+
+    async def kv(self, bucket: str = subjects.KV_STATE) -> KeyValue:
+        """The key-value bucket (created on first use, file storage, 5 revisions of history)."""
+        if bucket not in self._kv:
+            try:
+                self._kv[bucket] = await self.js.key_value(bucket)
+            except NotFoundError:
+                self._kv[bucket] = await self.js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE)
+                )
+        return self._kv[bucket]
+
+    async def kv_get(self, key: str, bucket: str = subjects.KV_STATE) -> tuple[bytes, int] | None:
+        """(value, revision) of a key, or None when it was never set or deleted."""
+        kv = await self.kv(bucket)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return entry.value, entry.revision or 0
+
+    async def kv_put(self, key: str, value: bytes, bucket: str = subjects.KV_STATE) -> int:
+        kv = await self.kv(bucket)
+        return await kv.put(key, value)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _headers(self, message: Message, msg_id: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {
+            HEADER_MSG_ID: msg_id or message.message_id,
+            HEADER_TYPE: type(message).__name__,
+        }
+        propagate.inject(headers)
+        return headers
+
+    async def publish(self, subject: str, message: Message, *, msg_id: str | None = None) -> int:
+        """Persist a message on JetStream; returns its stream sequence once the server stored it.
+
+        `msg_id` overrides the de-duplication id (default: the message id), so that a command
+        re-sent after a crash is stored once.
+        """
+        ack = await self.js.publish(subject, encode(message), headers=self._headers(message, msg_id))
+        if ack.duplicate:
+            self.log.debug("publish_deduplicated", subject=subject, msg_id=msg_id or message.message_id)
+        return int(ack.seq)
+
+    async def publish_core(self, subject: str, message: Message) -> None:
+        """Fire-and-forget on core NATS (heartbeats): not persisted."""
+        await self.nc.publish(subject, encode(message), headers={HEADER_TYPE: type(message).__name__})
+
+    # ------------------------------------------------------------------ consuming
+
+    async def consume(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        filter_subjects: list[str],
+        handler: Handler,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        ack_wait_s: float = 30.0,
+        deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+        batch: int = 64,
+    ) -> None:
+        """Start a durable pull consumer `durable` that runs `handler` for every message."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            # The server's own limit is one above ours so that we, not it, dead-letter the message.
+            max_deliver=max_deliver + 1,
+            deliver_policy=deliver_policy,
+            filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
+            filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
+        )
+        await self._ensure_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        self._tasks.append(
+            asyncio.create_task(self._consume_loop(sub, durable, handler, max_deliver, batch), name=durable)
+        )
+
+    async def _ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        try:
+            await self.js.consumer_info(stream, config.durable_name or "")
+        except NotFoundError:
+            await self.js.add_consumer(stream, config)
+            self.log.info("consumer_created", stream=stream, durable=config.durable_name)
+
+    async def _consume_loop(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        durable: str,
+        handler: Handler,
+        max_deliver: int,
+        batch: int,
+    ) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must survive bus outages
+                self.log.warning("consume_fetch_failed", durable=durable, error=str(exc), action_taken="retry in 1s")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._deliver(msg, durable, handler, max_deliver)
+
+    async def _deliver(self, msg: Msg, durable: str, handler: Handler, max_deliver: int) -> None:
+        meta = msg.metadata
+        delivery = Delivery(
+            subject=msg.subject,
+            stream_sequence=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            headers=dict(msg.headers or {}),
+        )
+        try:
+            message = decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_letter(msg, durable, f"undecodable: {exc}", delivery)
+            return
+        ctx = propagate.extract(delivery.headers)
+        from opentelemetry import context as otel_context
+
+        token = otel_context.attach(ctx)
+        try:
+            await handler(message, delivery)
+        except asyncio.CancelledError:
+            raise
+        except PermanentError as exc:
+            self.log.error("handler_permanent_error", durable=durable, subject=msg.subject, error=str(exc))
+            await self._dead_letter(msg, durable, f"permanent: {exc}", delivery)
+            return
+        except Exception as exc:
+            if delivery.num_delivered >= max_deliver:
+                self.log.exception("handler_failed_final", exc, durable=durable, subject=msg.subject)
+                await self._dead_letter(msg, durable, f"{type(exc).__name__}: {exc}", delivery)
+            else:
+                delay = min(0.2 * 2 ** (delivery.num_delivered - 1), 5.0)
+                self.log.warning(
+                    "handler_failed",
+                    durable=durable,
+                    subject=msg.subject,
+                    error=f"{type(exc).__name__}: {exc}",
+                    deliveries=delivery.num_delivered,
+                    action_taken=f"nak delay {delay:.1f}s",
+                )
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=delay)
+            return
+        finally:
+            otel_context.detach(token)
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, durable: str, reason: str, delivery: Delivery) -> None:
+        letter = DeadLettered(
+            consumer=durable,
+            subject=msg.subject,
+            reason=reason[:1000],
+            deliveries=delivery.num_delivered,
+            payload=msg.data.decode("utf-8", errors="replace")[:65536],
+            original_message_id=delivery.headers.get(HEADER_MSG_ID),
+        )
+        try:
+            await self.publish(subjects.dlq(durable), letter)
+        except Exception as exc:  # noqa: BLE001 - keep the original for redelivery rather than lose it
+            self.log.error("dead_letter_failed", durable=durable, error=str(exc), action_taken="nak")
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5.0)
+            return
+        self.log.error("dead_lettered", durable=durable, subject=msg.subject, reason=reason[:300])
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def subscribe_core(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
+        """Core NATS subscription (live only: heartbeats, fan-out of events)."""
+        return await self.nc.subscribe(subject, cb=callback)
+
+    # ------------------------------------------------------------------ request / reply
+
+    async def serve(self, subject: str, handler: RequestHandler) -> None:
+        """Answer requests on `subject` with `handler(payload) -> reply` (errors become JSON errors)."""
+
+        async def on_request(msg: Msg) -> None:
+            try:
+                reply = await handler(msg.data)
+            except Exception as exc:  # noqa: BLE001 - a bad request must never kill the responder
+                self.log.warning("request_failed", subject=subject, error=str(exc))
+                reply = msgspec.json.encode({"error": {"code": "internal", "message": str(exc)[:500]}})
+            if msg.reply:
+                await msg.respond(reply)
+
+        await self.nc.subscribe(subject, cb=on_request)
+
+    async def request(self, subject: str, payload: bytes = b"{}", *, timeout_s: float = 3.0) -> bytes:
+        """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
+        msg = await self.nc.request(subject, payload, timeout=timeout_s)
+        return msg.data

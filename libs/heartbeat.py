@@ -1,0 +1,55 @@
+"""Heartbeats: components announce themselves every second; trackers decide who is up.
+
+`HeartbeatTracker` is pure (time is passed in), so the gateway and the watchdog share one rule:
+a component whose last heartbeat is older than the timeout (3 s) is DOWN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proto.enums import ComponentState
+from proto.messages import Heartbeat
+
+
+@dataclass
+class ComponentView:
+    component: str
+    state: ComponentState
+    pid: int | None
+    last_heartbeat_age_ms: int | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state.value, "pid": self.pid, "last_heartbeat_age_ms": self.last_heartbeat_age_ms}
+
+
+@dataclass
+class HeartbeatTracker:
+    """Last heartbeat of every component, by receive time (ns)."""
+
+    timeout_ns: int = 3_000_000_000
+    expected: tuple[str, ...] = ()
+    _last: dict[str, tuple[Heartbeat, int]] = field(default_factory=dict)
+
+    def record(self, heartbeat: Heartbeat, received_ns: int) -> None:
+        self._last[heartbeat.component] = (heartbeat, received_ns)
+
+    def view(self, now_ns: int) -> dict[str, ComponentView]:
+        """Every expected or seen component with its state as of `now_ns`."""
+        names = list(dict.fromkeys([*self.expected, *self._last]))
+        views: dict[str, ComponentView] = {}
+        for name in names:
+            entry = self._last.get(name)
+            if entry is None:
+                views[name] = ComponentView(name, ComponentState.DOWN, None, None)
+                continue
+            heartbeat, received_ns = entry
+            age_ns = max(0, now_ns - received_ns)
+            state = ComponentState.DOWN if age_ns > self.timeout_ns else heartbeat.state
+            views[name] = ComponentView(name, state, heartbeat.pid, age_ns // 1_000_000, dict(heartbeat.details))
+        return views
+
+    def down(self, now_ns: int) -> list[str]:
+        return [name for name, view in self.view(now_ns).items() if view.state == ComponentState.DOWN]

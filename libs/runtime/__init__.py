@@ -1,0 +1,1 @@
+"""Running Bulwark: embedded infrastructure, the service runner and the process supervisor."""

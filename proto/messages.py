@@ -1,0 +1,428 @@
+"""Every message on the bus: market data, hot state, signals, order commands and events, fills,
+positions, heartbeats, state transitions and alerts.
+
+Commands are imperative (`SubmitOrder`), events past tense (`OrderFilled`). All are frozen,
+tagged msgspec structs deriving from the shared envelope `Message`. Prices and quantities are
+`Decimal` (decimal strings on the wire); times are integer nanoseconds UTC.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from proto.enums import (
+    AlertSeverity,
+    ComponentState,
+    ConnectionState,
+    DegradationLevel,
+    Health,
+    HotStateStatus,
+    OrderSource,
+    OrderStatus,
+    OrderType,
+    Side,
+    StrategyState,
+    TimeInForce,
+    TradingState,
+)
+from proto.envelope import Message
+
+Level = tuple[Decimal, Decimal]
+"""One book level: (price, quantity). Quantity 0 in a diff removes the level."""
+
+
+# --------------------------------------------------------------------------- market data
+
+
+class DepthDiff(Message, frozen=True, tag=True):
+    """A validated order-book diff (Binance `depthUpdate`), chained onto the previous one."""
+
+    venue: str
+    symbol: str
+    first_update_id: int
+    final_update_id: int
+    prev_final_update_id: int | None
+    bids: list[Level]
+    asks: list[Level]
+
+
+class BookSnapshot(Message, frozen=True, tag=True):
+    """A full book from the venue's REST snapshot; diffs that follow chain onto `last_update_id`."""
+
+    venue: str
+    symbol: str
+    last_update_id: int
+    bids: list[Level]
+    asks: list[Level]
+
+
+class Trade(Message, frozen=True, tag=True):
+    venue: str
+    symbol: str
+    trade_id: int
+    price: Decimal
+    quantity: Decimal
+    buyer_is_maker: bool
+
+
+class MarkPrice(Message, frozen=True, tag=True):
+    venue: str
+    symbol: str
+    mark_price: Decimal
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    next_funding_time_ns: int | None = None
+
+
+class OpenInterest(Message, frozen=True, tag=True):
+    venue: str
+    symbol: str
+    open_interest: Decimal
+
+
+class Liquidation(Message, frozen=True, tag=True):
+    """A forced order (Binance `forceOrder`)."""
+
+    venue: str
+    symbol: str
+    side: Side
+    price: Decimal
+    quantity: Decimal
+
+
+class BookResyncStarted(Message, frozen=True, tag=True):
+    """market-data detected a break in the diff chain and is rebuilding from a new snapshot."""
+
+    venue: str
+    symbol: str
+    reason: str
+    expected_prev_update_id: int | None = None
+    received_prev_update_id: int | None = None
+
+
+class LinkStateChanged(Message, frozen=True, tag=True):
+    """A venue link (market-data WebSocket, order REST) changed connection state."""
+
+    venue: str
+    link: str
+    previous: ConnectionState | None
+    current: ConnectionState
+    reason: str
+    symbols: list[str] = []
+
+
+# --------------------------------------------------------------------------- hot state
+
+
+class HotStateStatusChanged(Message, frozen=True, tag=True):
+    symbol: str
+    previous: HotStateStatus | None
+    current: HotStateStatus
+    reason: str
+    last_update_id: int | None = None
+
+
+class SymbolHotState(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-symbol hot state as served to operators (not a bus event)."""
+
+    symbol: str
+    hot_state: HotStateStatus
+    age_ms: int | None
+    last_update_id: int | None
+    mark_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    open_interest: Decimal | None = None
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+class SignalGenerated(Message, frozen=True, tag=True):
+    """A strategy's wish to trade; its `message_id` is the idempotency key of the order it leads to."""
+
+    strategy: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None
+    reduce_only: bool = False
+    reason: str = ""
+
+
+class StrategyStateChanged(Message, frozen=True, tag=True):
+    strategy: str
+    previous: StrategyState | None
+    current: StrategyState
+    reason: str
+
+
+class EnableStrategy(Message, frozen=True, tag=True):
+    strategy: str
+    operator: str
+    reason: str = ""
+
+
+class DisableStrategy(Message, frozen=True, tag=True):
+    strategy: str
+    operator: str
+    reason: str = ""
+
+
+# --------------------------------------------------------------------------- orders
+
+
+class SubmitOrder(Message, frozen=True, tag=True):
+    """Command: place an order. `client_order_id` is derived from the idempotency key."""
+
+    client_order_id: str
+    idempotency_key: str
+    source: OrderSource
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    venue: str = "binance-usdm"
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reduce_only: bool = False
+    time_in_force: TimeInForce | None = None
+    strategy: str | None = None
+
+
+class CancelOrder(Message, frozen=True, tag=True):
+    client_order_id: str
+    operator: str | None = None
+    reason: str = ""
+
+
+class OrderApproved(Message, frozen=True, tag=True):
+    """risk passed the pre-trade checks; position may send the order."""
+
+    order: SubmitOrder
+
+
+class OrderDenied(Message, frozen=True, tag=True):
+    """risk refused the order (trading state, limits, stale data, ...)."""
+
+    order: SubmitOrder
+    reason: str
+
+
+class OrderSubmitted(Message, frozen=True, tag=True):
+    """position is about to send the order to the venue (durable before the venue call)."""
+
+    client_order_id: str
+    symbol: str
+    venue: str
+
+
+class OrderAccepted(Message, frozen=True, tag=True):
+    client_order_id: str
+    venue_order_id: int
+    symbol: str
+    status: OrderStatus
+
+
+class OrderRejected(Message, frozen=True, tag=True):
+    client_order_id: str
+    symbol: str
+    reason: str
+    error_class: str | None = None
+    venue_code: int | None = None
+
+
+class OrderCanceled(Message, frozen=True, tag=True):
+    client_order_id: str
+    symbol: str
+    reason: str = ""
+
+
+class OrderStatusUnknown(Message, frozen=True, tag=True):
+    """The venue's answer was ambiguous (timeout, 5xx); resolved only by a query, never a resend."""
+
+    client_order_id: str
+    symbol: str
+    reason: str
+
+
+class OrderFilled(Message, frozen=True, tag=True):
+    """One execution against an order (partial or final)."""
+
+    client_order_id: str
+    venue_order_id: int
+    trade_id: int
+    symbol: str
+    side: Side
+    price: Decimal
+    quantity: Decimal
+    cumulative_quantity: Decimal
+    order_quantity: Decimal
+    commission: Decimal = Decimal(0)
+    realized_pnl: Decimal = Decimal(0)
+
+
+class OrderView(msgspec.Struct, frozen=True, kw_only=True):
+    """An order as operators see it (projection row, not a bus event)."""
+
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: Decimal
+    filled_quantity: Decimal
+    status: OrderStatus
+    source: OrderSource
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reduce_only: bool = False
+    venue_order_id: int | None = None
+    average_price: Decimal | None = None
+    reason: str | None = None
+    strategy: str | None = None
+    created_ns: int = 0
+    updated_ns: int = 0
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class PositionChanged(Message, frozen=True, tag=True):
+    venue: str
+    symbol: str
+    quantity: Decimal
+    average_entry_price: Decimal
+    realized_pnl: Decimal
+    caused_by_client_order_id: str | None = None
+
+
+# --------------------------------------------------------------------------- control
+
+
+class HaltTrading(Message, frozen=True, tag=True):
+    operator: str
+    reason: str
+
+
+class ResumeTrading(Message, frozen=True, tag=True):
+    operator: str
+    reason: str
+
+
+class TradingStateChanged(Message, frozen=True, tag=True):
+    previous: TradingState | None
+    current: TradingState
+    reason: str
+    operator: str | None = None
+    symbol: str | None = None
+
+
+class DegradationLevelChanged(Message, frozen=True, tag=True):
+    previous: DegradationLevel | None
+    current: DegradationLevel
+    reason: str
+
+
+class HealthChanged(Message, frozen=True, tag=True):
+    previous: Health | None
+    current: Health
+    reasons: list[str] = []
+
+
+class Heartbeat(Message, frozen=True, tag=True):
+    """Liveness signal every component sends every second (core NATS, not persisted)."""
+
+    component: str
+    pid: int
+    state: ComponentState
+    started_ns: int
+    details: dict[str, Any] = {}
+
+
+class ComponentStatusChanged(Message, frozen=True, tag=True):
+    component: str
+    previous: ComponentState | None
+    current: ComponentState
+    reason: str
+    pid: int | None = None
+
+
+class BreakerStateChanged(Message, frozen=True, tag=True):
+    breaker: str
+    previous: str | None
+    current: str
+    reason: str
+
+
+class AlertRaised(Message, frozen=True, tag=True):
+    """An alert; `key` de-duplicates it while its condition holds."""
+
+    key: str
+    severity: AlertSeverity
+    component: str
+    title: str
+    details: dict[str, Any] = {}
+
+
+class AlertResolved(Message, frozen=True, tag=True):
+    key: str
+    component: str
+    reason: str = ""
+
+
+class DeadLettered(Message, frozen=True, tag=True):
+    """A message a consumer could not process within its bounded deliveries."""
+
+    consumer: str
+    subject: str
+    reason: str
+    deliveries: int
+    payload: str
+    original_message_id: str | None = None
+
+
+AnyMessage = (
+    DepthDiff
+    | BookSnapshot
+    | Trade
+    | MarkPrice
+    | OpenInterest
+    | Liquidation
+    | BookResyncStarted
+    | LinkStateChanged
+    | HotStateStatusChanged
+    | SignalGenerated
+    | StrategyStateChanged
+    | EnableStrategy
+    | DisableStrategy
+    | SubmitOrder
+    | CancelOrder
+    | OrderApproved
+    | OrderDenied
+    | OrderSubmitted
+    | OrderAccepted
+    | OrderRejected
+    | OrderCanceled
+    | OrderStatusUnknown
+    | OrderFilled
+    | PositionChanged
+    | HaltTrading
+    | ResumeTrading
+    | TradingStateChanged
+    | DegradationLevelChanged
+    | HealthChanged
+    | Heartbeat
+    | ComponentStatusChanged
+    | BreakerStateChanged
+    | AlertRaised
+    | AlertResolved
+    | DeadLettered
+)
+
+ALL_MESSAGE_TYPES: tuple[type[Message], ...] = AnyMessage.__args__

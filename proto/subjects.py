@@ -1,0 +1,244 @@
+"""Every subject, stream, consumer and key-value bucket name, in one place.
+
+Subjects are dotted and typed: `cmd.*` commands, `evt.*` events, `md.*` normalized market data,
+`hb.*` heartbeats (core NATS, not persisted), `svc.*` request/reply queries (core NATS),
+`dlq.*` dead letters. Tokens never contain dots; symbols are upper case (`BTCUSDT`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_VENUE = "binance-usdm"
+
+# --------------------------------------------------------------------------- market data
+
+
+def md_depth(venue: str, symbol: str) -> str:
+    return f"md.depth.{venue}.{symbol}"
+
+
+def md_snapshot(venue: str, symbol: str) -> str:
+    return f"md.snapshot.{venue}.{symbol}"
+
+
+def md_trade(venue: str, symbol: str) -> str:
+    return f"md.trade.{venue}.{symbol}"
+
+
+def md_mark(venue: str, symbol: str) -> str:
+    return f"md.mark.{venue}.{symbol}"
+
+
+def md_open_interest(venue: str, symbol: str) -> str:
+    return f"md.oi.{venue}.{symbol}"
+
+
+def md_liquidation(venue: str, symbol: str) -> str:
+    return f"md.liquidation.{venue}.{symbol}"
+
+
+def md_resync(venue: str, symbol: str) -> str:
+    return f"md.resync.{venue}.{symbol}"
+
+
+MD_ALL = "md.>"
+
+
+def md_symbol_all(symbol: str) -> str:
+    """Every market-data subject of one symbol, any venue."""
+    return f"md.*.*.{symbol}"
+
+
+# --------------------------------------------------------------------------- events
+
+
+def evt_link(venue: str, link: str) -> str:
+    return f"evt.link.{venue}.{link}"
+
+
+def evt_hot_state(symbol: str) -> str:
+    return f"evt.hotstate.{symbol}"
+
+
+def evt_signal(strategy: str, symbol: str) -> str:
+    return f"evt.signal.{strategy}.{symbol}"
+
+
+def evt_strategy_state(strategy: str) -> str:
+    return f"evt.strategy.{strategy}"
+
+
+def cmd_strategy(strategy: str, action: str) -> str:
+    """`action` is `enable` or `disable`."""
+    return f"cmd.strategy.{strategy}.{action}"
+
+
+CMD_ORDER_SUBMIT = "cmd.order.submit"
+CMD_ORDER_CANCEL = "cmd.order.cancel"
+
+
+def evt_order(event: str, venue: str, symbol: str) -> str:
+    """`event`: approved, denied, submitted, accepted, rejected, canceled, unknown."""
+    return f"evt.order.{event}.{venue}.{symbol}"
+
+
+def evt_fill(venue: str, symbol: str) -> str:
+    return f"evt.fill.{venue}.{symbol}"
+
+
+def evt_position(venue: str, symbol: str) -> str:
+    return f"evt.position.{venue}.{symbol}"
+
+
+CMD_TRADING_HALT = "cmd.trading.halt"
+CMD_TRADING_RESUME = "cmd.trading.resume"
+EVT_TRADING_STATE = "evt.trading.state"
+EVT_DEGRADATION = "evt.degradation.level"
+EVT_HEALTH = "evt.health.changed"
+
+
+def evt_component(component: str) -> str:
+    return f"evt.component.{component}"
+
+
+def evt_breaker(breaker: str) -> str:
+    return f"evt.breaker.{breaker}"
+
+
+EVT_ALERT_RAISED = "evt.alert.raised"
+EVT_ALERT_RESOLVED = "evt.alert.resolved"
+
+
+def dlq(consumer: str) -> str:
+    return f"dlq.{consumer}"
+
+
+# --------------------------------------------------------------------------- core NATS
+
+
+def heartbeat(component: str) -> str:
+    return f"hb.{component}"
+
+
+HEARTBEAT_ALL = "hb.>"
+
+
+def service_query(component: str, operation: str) -> str:
+    """Request/reply subject answered by one component, e.g. `svc.state-builder.book`."""
+    return f"svc.{component}.{operation}"
+
+
+# --------------------------------------------------------------------------- streams
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream: name, subjects and retention (see README "Event log")."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float = 0.0  # 0: keep forever
+    max_bytes: int = -1
+    max_msgs: int = -1
+    duplicate_window_s: float = 120.0
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+STREAM_MARKET_DATA = StreamSpec(
+    name="MARKET_DATA",
+    subjects=(MD_ALL,),
+    max_age_s=6 * 3600.0,
+    max_bytes=2 * 1024**3,
+    duplicate_window_s=60.0,
+    description="normalized market data; bounded by age and size, rebuilt from the venue on loss",
+)
+STREAM_ORDERS = StreamSpec(
+    name="ORDERS",
+    subjects=("cmd.order.>", "evt.order.>", "evt.fill.>", "evt.position.>"),
+    duplicate_window_s=24 * 3600.0,
+    description="order commands, order events, fills and positions: the source of truth (RPO 0)",
+)
+STREAM_SIGNALS = StreamSpec(
+    name="SIGNALS",
+    subjects=("evt.signal.>", "evt.strategy.>", "cmd.strategy.>"),
+    duplicate_window_s=24 * 3600.0,
+    description="strategy signals and strategy state transitions",
+)
+STREAM_CONTROL = StreamSpec(
+    name="CONTROL",
+    subjects=(
+        "cmd.trading.>",
+        "evt.trading.>",
+        "evt.degradation.>",
+        "evt.health.>",
+        "evt.hotstate.>",
+        "evt.link.>",
+        "evt.component.>",
+        "evt.breaker.>",
+        "evt.alert.>",
+    ),
+    duplicate_window_s=3600.0,
+    description="trading state, degradation, health, hot state, links, components, breakers, alerts",
+)
+STREAM_DLQ = StreamSpec(
+    name="DLQ",
+    subjects=("dlq.>",),
+    max_age_s=30 * 24 * 3600.0,
+    description="messages a consumer gave up on after bounded deliveries",
+)
+
+ALL_STREAMS: tuple[StreamSpec, ...] = (
+    STREAM_MARKET_DATA,
+    STREAM_ORDERS,
+    STREAM_SIGNALS,
+    STREAM_CONTROL,
+    STREAM_DLQ,
+)
+
+# Audit: every persisted event except raw market data.
+AUDITED_SUBJECTS: tuple[str, ...] = ("evt.>", "cmd.>")
+
+# --------------------------------------------------------------------------- key-value
+
+KV_STATE = "bulwark-state"
+"""Current value of every persisted state (fail closed across restarts)."""
+
+KEY_TRADING_STATE = "trading_state"
+KEY_DEGRADATION_LEVEL = "degradation_level"
+KEY_HEALTH = "health"
+
+
+def key_hot_state(symbol: str) -> str:
+    return f"hotstate.{symbol}"
+
+
+def key_breaker(breaker: str) -> str:
+    return f"breaker.{breaker}"
+
+
+def key_link(venue: str, link: str) -> str:
+    return f"link.{venue}.{link}"
+
+
+def key_strategy(strategy: str) -> str:
+    return f"strategy.{strategy}"
+
+
+# --------------------------------------------------------------------------- components
+
+GATEWAY = "gateway"
+MARKET_DATA = "market-data"
+STATE_BUILDER = "state-builder"
+RISK = "risk"
+POSITION = "position"
+WATCHDOG = "watchdog"
+VENUE_SIM = "venue-sim"
+
+
+def strategy_component(name: str) -> str:
+    return f"strategy-{name}"
+
+
+CORE_COMPONENTS: tuple[str, ...] = (GATEWAY, MARKET_DATA, STATE_BUILDER, RISK, POSITION, WATCHDOG)
