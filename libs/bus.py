@@ -18,6 +18,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -31,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import propagate
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.errors import PermanentError
 from libs.logging import Logger, get_logger
@@ -75,8 +77,11 @@ class Bus:
 
     # ------------------------------------------------------------------ connection
 
-    async def connect(self, servers: str, *, connect_timeout_s: float = 2.0) -> None:
-        """Connect (retrying forever on the initial attempt too) and keep reconnecting."""
+    async def connect(
+        self, servers: str, *, connect_timeout_s: float = 2.0, initial_connect_timeout_s: float = 300.0
+    ) -> None:
+        """Connect (retrying the first connection for up to `initial_connect_timeout_s`), then
+        keep reconnecting forever."""
 
         async def on_disconnected() -> None:
             if self.connected:
@@ -92,22 +97,44 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             self.log.warning("bus_error", error=str(exc))
 
-        self._nc = await nats.connect(
-            servers=[s.strip() for s in servers.split(",") if s.strip()],
+        server_list = [s.strip() for s in servers.split(",") if s.strip()]
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((OSError, NatsError, asyncio.TimeoutError)),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            stop=stop_after_delay(initial_connect_timeout_s),
+            before_sleep=lambda state: self.log.warning(
+                "bus_connect_failed", attempt=state.attempt_number, action_taken="retrying"
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self._nc = await self._connect_once(
+                    server_list, connect_timeout_s, on_disconnected, on_reconnected, on_error
+                )
+        self._js = self.nc.jetstream(timeout=5.0)
+        self.connected = True
+        self.log.info("bus_connected", servers=servers)
+
+    async def _connect_once(
+        self,
+        server_list: list[str],
+        connect_timeout_s: float,
+        on_disconnected: Callable[[], Awaitable[None]],
+        on_reconnected: Callable[[], Awaitable[None]],
+        on_error: Callable[[Exception], Awaitable[None]],
+    ) -> NatsClient:
+        return await nats.connect(
+            servers=server_list,
             name=self.component,
             connect_timeout=connect_timeout_s,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
-            retry_on_failed_connect=True,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             error_cb=on_error,
             pending_size=8 * 1024 * 1024,
         )
-        self._js = self._nc.jetstream(timeout=5.0)
-        self.connected = True
-        self.log.info("bus_connected", servers=servers)
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """Call `listener(connected)` whenever the bus connection goes down or comes back."""
@@ -145,8 +172,13 @@ class Bus:
 
     # ------------------------------------------------------------------ declaration
 
-    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS) -> None:
-        """Create or update every stream so that it matches its spec (idempotent)."""
+    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int = 1) -> None:
+        """Create or update every stream so that it matches its spec (idempotent).
+
+        Args:
+            specs: The streams to declare.
+            replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing.
+        """
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -157,6 +189,7 @@ class Bus:
                 max_msgs=spec.max_msgs,
                 duplicate_window=spec.duplicate_window_s,
                 description=spec.description,
+                num_replicas=replicas,
             )
             try:
                 await self.js.stream_info(spec.name)

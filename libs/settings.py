@@ -49,6 +49,7 @@ class Settings:
     heartbeat_timeout_s: float = _doc(3.0, "no heartbeat for this long: component down")
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR")
     otel_exporter: str = _doc("none", "OpenTelemetry span exporter: none or console")
+    stream_replicas: int = _doc(1, "JetStream stream replicas (3 in a clustered deployment)")
     alive_file: str = _doc("", "file touched on every heartbeat, for exec liveness probes (off when empty)")
     instance_id: str = _doc("", "distinguishes replicas of one component (default: host-pid)")
 

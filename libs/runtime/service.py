@@ -126,7 +126,7 @@ async def run_service(
 
     log.info("service_starting", pid=os.getpid())
     await bus.connect(settings.nats_url)
-    await bus.ensure_streams()
+    await bus.ensure_streams(replicas=settings.stream_replicas)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:
         ctx.pool = await _connect_pool(ctx)

@@ -1,0 +1,1 @@
+"""Chaos experiments run against a live system (`bulwark chaos list|run`)."""

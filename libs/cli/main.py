@@ -1,0 +1,257 @@
+"""`bulwark up | status | chaos | bench` — the operator's command line (SPEC §10)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from libs.runtime.launcher import LaunchConfig, LaunchError, System, load_credentials
+
+DEFAULT_DATA_DIR = Path(".bulwark")
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _venue_source(value: str) -> str:
+    if value == "synthetic":
+        return value
+    if not value.startswith("replay:") or not value.removeprefix("replay:"):
+        raise argparse.ArgumentTypeError("expected `synthetic` or `replay:FILE[,FILE...]`")
+    files = [Path(item) for item in value.removeprefix("replay:").split(",")]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"recording(s) not found: {', '.join(missing)}")
+    return "replay:" + ",".join(str(path.resolve()) for path in files)
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from exc
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0 (0 = as fast as the client reads)")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a port: {value!r}") from exc
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bulwark", description="Bulwark: failure-first trading system")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the whole system on this machine")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="state directory (default ./.bulwark)")
+    up.add_argument("--venue-source", type=_venue_source, help="`replay:FILE[,FILE...]` or `synthetic`")
+    up.add_argument("--venue-speed", type=_positive_float, help="replay speed factor (0 = as fast as read)")
+    up.add_argument("--venue-seed", type=int, help="seed of the simulator's randomness")
+    up.add_argument("--host", default="127.0.0.1", help="bind address of every server (default 127.0.0.1)")
+    up.add_argument("--gateway-port", type=_port, default=8000)
+    up.add_argument("--venue-port", type=_port, default=8100)
+    up.add_argument("--nats-port", type=_port, default=4222)
+    up.add_argument("--nats-monitor-port", type=_port, default=8222)
+    up.add_argument("--pg-port", type=_port, default=5432)
+    up.add_argument("--redis-port", type=_port, default=6379)
+    up.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
+    up.add_argument("--strategies", default="imbalance", help="comma-separated strategy instances")
+
+    status = commands.add_parser("status", help="show the running system's status")
+    status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
+    status.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
+    status.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to find the token")
+
+    chaos = commands.add_parser("chaos", help="chaos experiments against the running system")
+    chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True)
+    chaos_commands.add_parser("list", help="list experiments")
+    run = chaos_commands.add_parser("run", help="run one experiment")
+    run.add_argument("name")
+    run.add_argument("--report", type=Path, help="write the JSON report here")
+    run.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
+    run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench.add_argument("name", help="benchmark name, or `list`")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = LaunchConfig(
+        data_dir=args.data_dir.resolve(),
+        host=args.host,
+        gateway_port=args.gateway_port,
+        venue_port=args.venue_port,
+        nats_port=args.nats_port,
+        nats_monitor_port=args.nats_monitor_port,
+        pg_port=args.pg_port,
+        redis_port=args.redis_port,
+        venue_source=args.venue_source,
+        venue_speed=args.venue_speed,
+        venue_seed=args.venue_seed,
+        symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
+        strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+    )
+    system = System(config, announce=_out)
+    import signal
+
+    stop_requested = {"flag": False}
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop_requested["flag"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        system.start()
+    except LaunchError as exc:
+        _err(f"bulwark up: {exc}")
+        return 2
+    creds = system.credentials
+    assert creds is not None
+    _out("")
+    _out(f"Bulwark is starting (data dir {config.data_dir})")
+    _out(f"  gateway          http://{config.host}:{config.gateway_port}   (dashboard: /, API docs: /docs)")
+    _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
+    _out(f"  nats             nats://{config.host}:{config.nats_port}")
+    _out(f"  admin token      {creds.admin_token}")
+    _out(f"  operator token   {creds.operator_token}")
+    _out(f"  viewer token     {creds.viewer_token}")
+    _out(f"  venue api key    {creds.venue_api_key} (secret in {config.data_dir / 'credentials.json'})")
+    _out(f"  logs             {config.data_dir / 'logs'}")
+    _out("Press Ctrl-C to stop.")
+    try:
+        while not stop_requested["flag"]:
+            if not system.alive():
+                _err("bulwark up: supervisord exited unexpectedly; see logs/supervisord.log")
+                return 1
+            try:
+                for name in system.revive_fatal():
+                    _err(f"bulwark up: {name} kept failing at start; starting it again")
+            except OSError:
+                pass
+            for _ in range(50):
+                if stop_requested["flag"]:
+                    break
+                time.sleep(0.1)
+    finally:
+        _out("stopping...")
+        system.stop()
+        _out("stopped")
+    return 0
+
+
+def _token(data_dir: Path) -> str:
+    if os.environ.get("BULWARK_ADMIN_TOKEN"):
+        return os.environ["BULWARK_ADMIN_TOKEN"]
+    if (data_dir / "credentials.json").exists():
+        return load_credentials(data_dir).viewer_token
+    return ""
+
+
+def fetch_json(url: str, token: str, timeout_s: float = 5.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = fetch_json(args.gateway.rstrip("/") + "/v1/status", _token(args.data_dir))
+    except urllib.error.HTTPError as exc:
+        _err(f"bulwark status: gateway answered {exc.code}: {exc.read().decode(errors='replace')[:500]}")
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        _err(f"bulwark status: gateway not reachable at {args.gateway} ({exc}); is `bulwark up` running?")
+        return 1
+    if args.json:
+        _out(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    _out(f"trading state      {status.get('trading_state')}")
+    _out(f"degradation level  {status.get('degradation_level')}")
+    _out(f"health             {status.get('health')}")
+    _out("components:")
+    for name, comp in sorted(status.get("components", {}).items()):
+        _out(
+            f"  {name:<22} {comp.get('state', '?'):<10} pid={comp.get('pid')} age={comp.get('last_heartbeat_age_ms')}ms"
+        )
+    _out("symbols:")
+    for name, sym in sorted(status.get("symbols", {}).items()):
+        hot, age, update_id = sym.get("hot_state", "?"), sym.get("age_ms"), sym.get("last_update_id")
+        _out(f"  {name:<10} {hot:<8} age={age}ms update_id={update_id}")
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from chaos import experiments
+
+    if args.chaos_command == "list":
+        for name, experiment in sorted(experiments.REGISTRY.items()):
+            _out(f"{name:<24} {experiment.description}")
+        return 0
+    experiment = experiments.REGISTRY.get(args.name)
+    if experiment is None:
+        _err(f"bulwark chaos: unknown experiment {args.name!r}; see `bulwark chaos list`")
+        return 2
+    report = experiment.run(gateway=args.gateway, data_dir=args.data_dir.resolve(), log=_out)
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if args.report:
+        args.report.write_text(text)
+    _out(text)
+    return 0 if report.get("passed") else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench import registry
+
+    if args.name == "list":
+        for name, bench in sorted(registry.BENCHMARKS.items()):
+            _out(f"{name:<16} {bench.description}")
+        return 0
+    bench = registry.BENCHMARKS.get(args.name)
+    if bench is None:
+        _err(f"bulwark bench: unknown benchmark {args.name!r}; see `bulwark bench list`")
+        return 2
+    result = bench.run()
+    _out(json.dumps(result, indent=2, sort_keys=True) if args.json else bench.format(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    match args.command:
+        case "up":
+            return cmd_up(args)
+        case "status":
+            return cmd_status(args)
+        case "chaos":
+            return cmd_chaos(args)
+        case "bench":
+            return cmd_bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

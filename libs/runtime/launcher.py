@@ -1,0 +1,352 @@
+"""`bulwark up`: the whole system on one machine under supervisord.
+
+Infrastructure (nats-server, Postgres, Valkey) and every service run as supervisord programs, so a
+crashed process is restarted (with supervisord's back-off while it keeps failing at start). The
+launcher writes the supervisord configuration into the data dir, starts supervisord, waits for the
+infrastructure, prepares the database and streams, then starts the venue simulator and services.
+A second `bulwark up` on the same data dir resumes with the same state and tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from libs import db
+from libs.bus import Bus
+from libs.logging import get_logger
+from libs.runtime import infra
+
+_log = get_logger("launcher")
+
+SERVICE_MODULES: dict[str, str] = {
+    "market-data": "services.market_data.main",
+    "state-builder": "services.state_builder.main",
+    "risk": "services.risk.main",
+    "position": "services.position.main",
+    "watchdog": "services.watchdog.main",
+    "gateway": "services.gateway.main",
+}
+STRATEGY_MODULE = "services.strategy.main"
+VENUE_SIM_MODULE = "services.venue_sim.main"
+INFRA_PROGRAMS = ("nats", "postgres", "valkey")
+
+
+class LaunchError(RuntimeError):
+    """The system cannot be started; the message tells the user what to change."""
+
+
+@dataclass
+class LaunchConfig:
+    """Everything `bulwark up` needs; defaults are the README's."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    venue_port: int = 8100
+    nats_port: int = 4222
+    nats_monitor_port: int = 8222
+    pg_port: int = 5432
+    redis_port: int = 6379
+    venue_source: str | None = None
+    venue_speed: float | None = None
+    venue_seed: int | None = None
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    strategies: tuple[str, ...] = ("imbalance",)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "--gateway-port": self.gateway_port,
+            "--venue-port": self.venue_port,
+            "--nats-port": self.nats_port,
+            "--nats-monitor-port": self.nats_monitor_port,
+            "--pg-port": self.pg_port,
+            "--redis-port": self.redis_port,
+        }
+
+
+@dataclass
+class Credentials:
+    admin_token: str
+    operator_token: str
+    viewer_token: str
+    venue_api_key: str
+    venue_api_secret: str
+
+
+def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> Credentials:
+    """Tokens and venue keys, generated once per data dir and kept in `credentials.json` (0600).
+
+    `BULWARK_ADMIN_TOKEN`, `BULWARK_OPERATOR_TOKEN`, `BULWARK_VIEWER_TOKEN`, `BULWARK_VENUE_API_KEY`
+    and `BULWARK_VENUE_API_SECRET` override the stored values.
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = data_dir / "credentials.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LaunchError(f"{path} is unreadable ({exc}); remove it to generate new tokens") from exc
+    defaults = {
+        "admin_token": secrets.token_hex(16),
+        "operator_token": secrets.token_hex(16),
+        "viewer_token": secrets.token_hex(16),
+        "venue_api_key": "bulwark-sim-key",
+        "venue_api_secret": "bulwark-sim-secret",
+    }
+    values = {key: stored.get(key) or default for key, default in defaults.items()}
+    if stored != values:
+        path.write_text(json.dumps(values, indent=2))
+        path.chmod(0o600)
+    for key in values:
+        override = env.get(f"BULWARK_{key.upper()}")
+        if override:
+            values[key] = override
+    return Credentials(**values)
+
+
+def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
+    """The `BULWARK_*` environment every program gets (inherited from supervisord)."""
+    env = {
+        "BULWARK_NATS_URL": f"nats://{config.host}:{config.nats_port}",
+        "BULWARK_PG_DSN": infra.postgres_dsn(config.pg_port, config.host),
+        "BULWARK_REDIS_URL": f"redis://{config.host}:{config.redis_port}/0",
+        "BULWARK_VENUE_REST_URL": f"http://{config.host}:{config.venue_port}",
+        "BULWARK_VENUE_WS_URL": f"ws://{config.host}:{config.venue_port}",
+        "BULWARK_VENUE_API_KEY": creds.venue_api_key,
+        "BULWARK_VENUE_API_SECRET": creds.venue_api_secret,
+        "BULWARK_ADMIN_TOKEN": creds.admin_token,
+        "BULWARK_OPERATOR_TOKEN": creds.operator_token,
+        "BULWARK_VIEWER_TOKEN": creds.viewer_token,
+        "BULWARK_GATEWAY_HOST": config.host,
+        "BULWARK_GATEWAY_PORT": str(config.gateway_port),
+        "BULWARK_SYMBOLS": ",".join(config.symbols),
+        "BULWARK_STRATEGIES": ",".join(config.strategies),
+        "BULWARK_SIM_HOST": config.host,
+        "BULWARK_SIM_PORT": str(config.venue_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if config.venue_source:
+        env["BULWARK_SIM_SOURCE"] = config.venue_source
+    if config.venue_speed is not None:
+        env["BULWARK_SIM_SPEED"] = str(config.venue_speed)
+    if config.venue_seed is not None:
+        env["BULWARK_SIM_SEED"] = str(config.venue_seed)
+    env.update(config.extra_env)
+    return env
+
+
+def _program(name: str, command: list[str], logs: Path, *, priority: int, autostart: bool, **extra: str) -> str:
+    lines = [
+        f"[program:{name}]",
+        "command=" + " ".join(_quote(part) for part in command),
+        f"priority={priority}",
+        f"autostart={'true' if autostart else 'false'}",
+        "autorestart=true",
+        "startsecs=1",
+        "startretries=20",
+        "stopwaitsecs=15",
+        "stopasgroup=true",
+        "killasgroup=true",
+        f"stdout_logfile={logs / (name + '.log')}",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=3",
+        "redirect_stderr=true",
+    ]
+    lines += [f"{key}={value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(part: str) -> str:
+    if not part or any(ch in part for ch in ' "%;#'):
+        escaped = part.replace("%", "%%").replace('"', '\\"')
+        return f'"{escaped}"'
+    return part
+
+
+def application_programs(config: LaunchConfig) -> dict[str, str]:
+    """Program name -> python module of the venue simulator and every service."""
+    programs = {"venue-sim": VENUE_SIM_MODULE}
+    programs.update(SERVICE_MODULES)
+    for name in config.strategies:
+        programs[f"strategy-{name}"] = STRATEGY_MODULE
+    return programs
+
+
+def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerSpec]) -> Path:
+    data = config.data_dir
+    logs = data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    sections = [
+        f"[unix_http_server]\nfile={data / 'supervisor.sock'}\nchmod=0700\n",
+        "[supervisord]\nnodaemon=true\n"
+        f"logfile={logs / 'supervisord.log'}\npidfile={data / 'supervisord.pid'}\nchildlogdir={logs}\n"
+        "loglevel=info\n",
+        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
+        f"[supervisorctl]\nserverurl=unix://{data / 'supervisor.sock'}\n",
+    ]
+    for name in INFRA_PROGRAMS:
+        spec = specs[name]
+        extra: dict[str, str] = {"stopsignal": spec.stop_signal}
+        if spec.user:
+            extra["user"] = spec.user
+        sections.append(_program(name, spec.command, logs, priority=10, autostart=True, **extra))
+    for name, module in application_programs(config).items():
+        extra = {}
+        if name.startswith("strategy-"):
+            extra["environment"] = f'BULWARK_STRATEGY_NAME="{name.removeprefix("strategy-")}"'
+        priority = 20 if name == "venue-sim" else 30
+        sections.append(
+            _program(name, [sys.executable, "-m", module], logs, priority=priority, autostart=False, **extra)
+        )
+    path = data / "supervisord.conf"
+    path.write_text("\n".join(sections))
+    return path
+
+
+def supervisor_rpc(data_dir: Path) -> Any:
+    """An XML-RPC proxy to the supervisord of a data dir (over its unix socket)."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, f"unix://{data_dir / 'supervisor.sock'}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def check_ports(config: LaunchConfig) -> None:
+    busy = [f"{flag} {port}" for flag, port in config.ports().items() if not infra.port_is_free(config.host, port)]
+    if busy:
+        raise LaunchError(
+            "port(s) already in use on "
+            + config.host
+            + ": "
+            + ", ".join(busy)
+            + ". Stop whatever uses them (another `bulwark up`?) or choose other ports with those flags."
+        )
+
+
+def _already_running(data_dir: Path) -> int | None:
+    pid_file = data_dir / "supervisord.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+async def _prepare_stores(config: LaunchConfig) -> None:
+    await infra.ensure_database(config.pg_port, config.host)
+    pool = await db.create_pool(infra.postgres_dsn(config.pg_port, config.host))
+    try:
+        await db.migrate(pool)
+    finally:
+        await pool.close()
+    bus = Bus("launcher", _log)
+    await bus.connect(f"nats://{config.host}:{config.nats_port}", initial_connect_timeout_s=30)
+    try:
+        await bus.ensure_streams()
+    finally:
+        await bus.close()
+
+
+class System:
+    """A running `bulwark up`: supervisord and its programs."""
+
+    def __init__(self, config: LaunchConfig, announce: Callable[[str], None] = lambda line: None) -> None:
+        self.config = config
+        self.announce = announce
+        self.process: subprocess.Popen[bytes] | None = None
+        self.credentials: Credentials | None = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start everything; returns once every program was asked to start.
+
+        Raises:
+            LaunchError: busy port, missing binary, a server that does not come up.
+        """
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        running = _already_running(config.data_dir)
+        if running is not None:
+            raise LaunchError(f"a Bulwark system is already running on {config.data_dir} (supervisord pid {running})")
+        check_ports(config)
+        try:
+            specs = {
+                "nats": infra.nats_spec(config.data_dir, config.nats_port, config.nats_monitor_port, config.host),
+                "postgres": infra.postgres_spec(config.data_dir, config.pg_port, config.host),
+                "valkey": infra.valkey_spec(config.data_dir, config.redis_port, config.host),
+            }
+        except (infra.InfraError, OSError, subprocess.CalledProcessError) as exc:
+            raise LaunchError(str(exc)) from exc
+        self.credentials = load_credentials(config.data_dir)
+        conf = write_supervisor_config(config, specs)
+        env = {**os.environ, **service_env(config, self.credentials)}
+        supervisord = Path(sys.executable).parent / "supervisord"
+        command = [str(supervisord)] if supervisord.exists() else [sys.executable, "-m", "supervisor.supervisord"]
+        self.process = subprocess.Popen(
+            [*command, "-c", str(conf)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        for name in INFRA_PROGRAMS:
+            remaining = max(1.0, deadline - time.monotonic())
+            try:
+                infra.wait_ready(specs[name], remaining, alive=self.alive)
+            except infra.InfraError as exc:
+                log = config.data_dir / "logs" / f"{name}.log"
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                self.stop()
+                raise LaunchError(f"{exc}\n--- {log} ---\n{tail}") from exc
+            self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
+        asyncio.run(_prepare_stores(config))
+        rpc = self.rpc()
+        for name in application_programs(config):
+            rpc.supervisor.startProcess(name, False)
+
+    def rpc(self) -> Any:
+        return supervisor_rpc(self.config.data_dir)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def programs(self) -> list[dict[str, Any]]:
+        return list(self.rpc().supervisor.getAllProcessInfo())
+
+    def revive_fatal(self) -> list[str]:
+        """Start again any program supervisord gave up on (FATAL), so back-off never ends in silence."""
+        revived = []
+        for info in self.programs():
+            if info["statename"] == "FATAL":
+                with contextlib.suppress(xmlrpc.client.Fault):
+                    self.rpc().supervisor.startProcess(info["name"], False)
+                    revived.append(info["name"])
+        return revived
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM to supervisord: programs stop in reverse priority (services, then infrastructure)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)

@@ -1,0 +1,45 @@
+"""Export the JSON Schema of every message into `proto/schemas/` (`python -m proto.schemas_export`).
+
+The checked-in schemas are the reviewed contract: a test fails when they differ from the structs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from proto.messages import ALL_MESSAGE_TYPES, OrderView, SymbolHotState
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every schema (one file per message, plus the union)."""
+    kinds = (*ALL_MESSAGE_TYPES, OrderView, SymbolHotState)
+    (schemas, components) = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
+    files: dict[str, str] = {}
+    for kind, schema in zip(kinds, schemas, strict=True):
+        name = kind.__name__
+        document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema}
+        document["$defs"] = components
+        files[f"{name}.json"] = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def main() -> int:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    files = render()
+    for stale in SCHEMA_DIR.glob("*.json"):
+        if stale.name not in files:
+            stale.unlink()
+    for name, text in files.items():
+        (SCHEMA_DIR / name).write_text(text)
+    sys.stdout.write(f"wrote {len(files)} schemas to {SCHEMA_DIR}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

