@@ -159,6 +159,7 @@ class Bus:
         return self._js
 
     async def close(self) -> None:
+        self.connected = False  # a deliberate close is not an outage: no disconnect warning
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -167,7 +168,9 @@ class Bus:
         self._tasks.clear()
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await asyncio.wait_for(self._nc.drain(), 3.0)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
         self.connected = False
 
     # ------------------------------------------------------------------ declaration

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from libs import logging as bulwark_logging
 from libs.runtime.launcher import LaunchConfig, LaunchError, System, load_credentials
 
 DEFAULT_DATA_DIR = Path(".bulwark")
@@ -211,11 +212,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         for name, experiment in sorted(experiments.REGISTRY.items()):
             _out(f"{name:<24} {experiment.description}")
         return 0
-    experiment = experiments.REGISTRY.get(args.name)
-    if experiment is None:
+    chosen = experiments.REGISTRY.get(args.name)
+    if chosen is None:
         _err(f"bulwark chaos: unknown experiment {args.name!r}; see `bulwark chaos list`")
         return 2
-    report = experiment.run(gateway=args.gateway, data_dir=args.data_dir.resolve(), log=_out)
+    report = chosen.run(gateway=args.gateway, data_dir=args.data_dir.resolve(), log=_out)
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.report:
         args.report.write_text(text)
@@ -230,17 +231,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for name, bench in sorted(registry.BENCHMARKS.items()):
             _out(f"{name:<16} {bench.description}")
         return 0
-    bench = registry.BENCHMARKS.get(args.name)
-    if bench is None:
+    selected = registry.BENCHMARKS.get(args.name)
+    if selected is None:
         _err(f"bulwark bench: unknown benchmark {args.name!r}; see `bulwark bench list`")
         return 2
-    result = bench.run()
-    _out(json.dumps(result, indent=2, sort_keys=True) if args.json else bench.format(result))
+    result = selected.run()
+    _out(json.dumps(result, indent=2, sort_keys=True) if args.json else selected.format(result))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "up":
+        # Keep stdout for the command's own output (JSON reports); logs go to stderr.
+        bulwark_logging.configure("WARNING", sys.stderr)
     match args.command:
         case "up":
             return cmd_up(args)

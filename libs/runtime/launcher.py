@@ -159,7 +159,7 @@ def _program(name: str, command: list[str], logs: Path, *, priority: int, autost
         "autorestart=true",
         "startsecs=1",
         "startretries=20",
-        "stopwaitsecs=15",
+        "stopwaitsecs=10",
         "stopasgroup=true",
         "killasgroup=true",
         f"stdout_logfile={logs / (name + '.log')}",
@@ -213,6 +213,12 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
         sections.append(
             _program(name, [sys.executable, "-m", module], logs, priority=priority, autostart=False, **extra)
         )
+    # Groups stop as a whole: supervisord stops one group at a time, so one group per layer lets
+    # every service stop in parallel (then the simulator, then the infrastructure).
+    services = [name for name in application_programs(config) if name != "venue-sim"]
+    sections.append(f"[group:infra]\nprograms={','.join(INFRA_PROGRAMS)}\npriority=10\n")
+    sections.append("[group:venue]\nprograms=venue-sim\npriority=20\n")
+    sections.append(f"[group:services]\nprograms={','.join(services)}\npriority=30\n")
     path = data / "supervisord.conf"
     path.write_text("\n".join(sections))
     return path
@@ -318,8 +324,8 @@ class System:
             self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
         asyncio.run(_prepare_stores(config))
         rpc = self.rpc()
-        for name in application_programs(config):
-            rpc.supervisor.startProcess(name, False)
+        rpc.supervisor.startProcessGroup("venue", False)
+        rpc.supervisor.startProcessGroup("services", False)
 
     def rpc(self) -> Any:
         return supervisor_rpc(self.config.data_dir)
@@ -336,7 +342,7 @@ class System:
         for info in self.programs():
             if info["statename"] == "FATAL":
                 with contextlib.suppress(xmlrpc.client.Fault):
-                    self.rpc().supervisor.startProcess(info["name"], False)
+                    self.rpc().supervisor.startProcess(f"{info['group']}:{info['name']}", False)
                     revived.append(info["name"])
         return revived
 

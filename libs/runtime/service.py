@@ -70,7 +70,7 @@ class ServiceContext:
             self.state = state
 
 
-Setup = Callable[[ServiceContext], Awaitable[None]]
+Setup = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 async def _heartbeat_loop(ctx: ServiceContext) -> None:
@@ -133,11 +133,21 @@ async def run_service(
     if needs_cache:
         ctx.cache = cache.create_client(settings.redis_url)
     try:
-        await setup(ctx)
-        if ctx.state == ComponentState.STARTING:
-            ctx.set_state(ComponentState.READY)
-        log.info("service_ready", pid=os.getpid())
-        await ctx.stopping.wait()
+        # Set-up may wait on dependencies (venue reconciliation, a first snapshot): a stop request
+        # must still be honoured promptly, so it runs beside the wait for SIGTERM.
+        setup_task: asyncio.Task[None] = asyncio.create_task(setup(ctx), name="setup")
+        stop_task = asyncio.create_task(ctx.stopping.wait(), name="stop-wait")
+        await asyncio.wait({setup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if setup_task.done():
+            setup_task.result()
+            if ctx.state == ComponentState.STARTING:
+                ctx.set_state(ComponentState.READY)
+            log.info("service_ready", pid=os.getpid())
+            await stop_task
+        else:
+            setup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await setup_task
     finally:
         ctx.set_state(ComponentState.STOPPING)
         log.info("service_stopping")

@@ -36,7 +36,7 @@ def test_supervisor_config_when_written_then_every_program_is_restarted_and_serv
     config = LaunchConfig(data_dir=tmp_path, strategies=("imbalance", "trend"))
     parser = configparser.RawConfigParser()
     parser.read(write_supervisor_config(config, _specs(tmp_path)))
-    programs = {section.removeprefix("program:"): parser[section] for section in parser if section.startswith("program:")}
+    programs = {s.removeprefix("program:"): parser[s] for s in parser if s.startswith("program:")}
     expected = {"nats", "postgres", "valkey", *application_programs(config)}
     assert set(programs) == expected
     assert {"strategy-imbalance", "strategy-trend", "gateway", "venue-sim"} <= set(programs)
@@ -109,3 +109,14 @@ def test_status_when_gateway_down_then_clear_message_and_exit_1(capsys: pytest.C
     code = main(["status", "--gateway", f"http://127.0.0.1:{infra.free_port()}"])
     assert code == 1
     assert "gateway not reachable" in capsys.readouterr().err
+
+
+def test_supervisor_config_when_written_then_services_stop_together_before_the_infrastructure(tmp_path: Path) -> None:
+    config = LaunchConfig(data_dir=tmp_path)
+    parser = configparser.RawConfigParser()
+    parser.read(write_supervisor_config(config, _specs(tmp_path)))
+    groups = {s.removeprefix("group:"): parser[s] for s in parser if s.startswith("group:")}
+    assert groups["infra"]["programs"] == "nats,postgres,valkey"
+    assert groups["venue"]["programs"] == "venue-sim"
+    assert set(groups["services"]["programs"].split(",")) == set(application_programs(config)) - {"venue-sim"}
+    assert int(groups["infra"]["priority"]) < int(groups["venue"]["priority"]) < int(groups["services"]["priority"])

@@ -1,0 +1,85 @@
+"""Registered benchmarks. Each reports its measurement next to a raw baseline taken in the same
+run, so results compare across machines as ratios."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from libs.bus import Bus
+from libs.testing.infra import EmbeddedInfra
+from proto import subjects
+from proto.messages import DepthDiff
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    description: str
+    run: Callable[[], dict[str, Any]]
+    format: Callable[[dict[str, Any]], str]
+
+
+def _depth(index: int) -> DepthDiff:
+    return DepthDiff(
+        venue="binance-usdm",
+        symbol="BTCUSDT",
+        first_update_id=index * 10 + 1,
+        final_update_id=index * 10 + 10,
+        prev_final_update_id=index * 10,
+        bids=[(Decimal("61800.20") - i, Decimal("0.5")) for i in range(20)],
+        asks=[(Decimal("61800.30") + i, Decimal("0.5")) for i in range(20)],
+    )
+
+
+async def _bus_publish(count: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        servers = EmbeddedInfra(Path(folder)).start(("nats",))
+        bus = Bus("bench")
+        try:
+            await bus.connect(servers.nats_url)
+            await bus.ensure_streams()
+            messages = [_depth(i) for i in range(count)]
+            start = time.perf_counter()
+            for message in messages:
+                await bus.publish_core("bench.core", message)
+            await bus.nc.flush()
+            core_s = time.perf_counter() - start
+            start = time.perf_counter()
+            for index, message in enumerate(messages):
+                await bus.publish(subjects.md_depth("binance-usdm", "BTCUSDT"), message, msg_id=f"bench:{index}")
+            durable_s = time.perf_counter() - start
+        finally:
+            await bus.close()
+            servers.stop()
+    return {
+        "messages": count,
+        "core_publish_per_s": round(count / core_s),
+        "jetstream_publish_per_s": round(count / durable_s),
+        "jetstream_vs_core_ratio": round(core_s / durable_s, 4),
+        "jetstream_publish_p50_us": round(durable_s / count * 1e6, 1),
+    }
+
+
+def bus_publish() -> dict[str, Any]:
+    """Acknowledged, fsync-every-write JetStream publishes against core NATS publishes (baseline)."""
+    return asyncio.run(_bus_publish(2000))
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "bus-publish": Benchmark(
+        "bus-publish",
+        "durable JetStream publish (sync always) vs core NATS publish, same messages, same server",
+        bus_publish,
+        lambda r: (
+            f"{r['messages']} depth diffs: JetStream {r['jetstream_publish_per_s']}/s, "
+            f"core {r['core_publish_per_s']}/s (ratio {r['jetstream_vs_core_ratio']})"
+        ),
+    ),
+}
