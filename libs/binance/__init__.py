@@ -1,0 +1,1 @@
+"""Binance protocol helpers shared by the venue simulator and the venue clients."""

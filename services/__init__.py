@@ -1,0 +1,1 @@
+"""Bulwark services: one package per process, each with domain / handlers / adapters / main."""

@@ -1,0 +1,51 @@
+"""Binance-style usage counters: request weight per minute, order counts per 10 s and per minute."""
+
+from __future__ import annotations
+
+from services.venue_sim.domain.clock import Clock
+
+WEIGHT_LIMIT_1M = 2400
+ORDER_LIMIT_10S = 300
+ORDER_LIMIT_1M = 1200
+
+
+class UsageCounter:
+    """Counts in fixed windows, as Binance does (the window resets on its boundary)."""
+
+    def __init__(self, clock: Clock, window_ns: int) -> None:
+        self.clock = clock
+        self.window_ns = window_ns
+        self._window = -1
+        self.used = 0
+
+    def add(self, amount: int) -> int:
+        """Add usage; returns the total in the current window."""
+        window = self.clock() // self.window_ns
+        if window != self._window:
+            self._window, self.used = window, 0
+        self.used += amount
+        return self.used
+
+    def current(self) -> int:
+        """Usage in the current window."""
+        return self.add(0)
+
+
+class UsageLimits:
+    """The three counters the venue reports in its headers."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.weight = UsageCounter(clock, 60_000_000_000)
+        self.orders_10s = UsageCounter(clock, 10_000_000_000)
+        self.orders_1m = UsageCounter(clock, 60_000_000_000)
+
+
+def depth_weight(limit: int) -> int:
+    """Request weight of GET /fapi/v1/depth by limit (Binance USD-M table)."""
+    if limit <= 50:
+        return 2
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 10
+    return 20

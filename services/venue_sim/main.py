@@ -1,0 +1,183 @@
+"""Bootstrap of the venue simulator: the one place that wires source, domain, engine and HTTP.
+
+    python -m services.venue_sim.main --host 127.0.0.1 --port 8100 \
+        --source replay:FILE[,FILE...]|synthetic --speed X --seed N
+
+Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
+BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_VENUE_API_KEY, BULWARK_VENUE_API_SECRET,
+BULWARK_SYMBOLS. Without a source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in
+`../shared/data/binance` (relative to the project root) are replayed; synthetic if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from libs.logging import get_logger
+from services.venue_sim.adapters import MarketSource, ReplaySource, SourceError, SyntheticSource
+from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
+from services.venue_sim.engine import MarketEngine
+from services.venue_sim.handlers import VenueSimulator
+
+DEFAULT_RECORDINGS = ("usdm_btcusdt_20240808.gz", "usdm_ethusdt_20240808.gz")
+log = get_logger("venue-sim")
+
+
+def project_root() -> Path:
+    """The directory holding pyproject.toml, found from this module's path."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    return here.parents[2]
+
+
+def default_recordings() -> list[Path]:
+    """The default replay files (may not exist)."""
+    data = project_root().parent / "shared" / "data" / "binance"
+    return [data / name for name in DEFAULT_RECORDINGS]
+
+
+def parse_speed(raw: str) -> float:
+    """`max` or 0 mean as fast as possible (0.0); else a positive multiplier."""
+    if raw.strip().lower() in ("max", "0", "0.0"):
+        return 0.0
+    speed = float(raw)
+    if speed < 0:
+        raise ValueError("speed must be >= 0 or 'max'")
+    return speed
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything the simulator needs to start."""
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    source: str = ""
+    speed: float = 1.0
+    seed: int = 0
+    api_key: str = "bulwark-sim-key"
+    api_secret: str = "bulwark-sim-secret"
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    ws_ping_interval_s: float = 20.0
+
+
+def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimConfig:
+    """Merge command-line flags over `BULWARK_*` variables over defaults."""
+    parser = argparse.ArgumentParser(prog="venue-sim", description="Binance USD-M venue simulator")
+    parser.add_argument("--host", default=environ.get("BULWARK_SIM_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(environ.get("BULWARK_SIM_PORT", "8100")))
+    parser.add_argument("--source", default=environ.get("BULWARK_SIM_SOURCE", ""))
+    parser.add_argument("--speed", default=environ.get("BULWARK_SIM_SPEED", "1"))
+    parser.add_argument("--seed", type=int, default=int(environ.get("BULWARK_SIM_SEED", "0")))
+    parser.add_argument("--ws-ping-interval", type=float, default=float(environ.get("BULWARK_SIM_WS_PING_S", "20")))
+    args = parser.parse_args(argv)
+    symbols = tuple(
+        s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
+    )
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        source=args.source,
+        speed=parse_speed(str(args.speed)),
+        seed=args.seed,
+        api_key=environ.get("BULWARK_VENUE_API_KEY", "bulwark-sim-key"),
+        api_secret=environ.get("BULWARK_VENUE_API_SECRET", "bulwark-sim-secret"),
+        symbols=symbols,
+        ws_ping_interval_s=args.ws_ping_interval,
+    )
+
+
+def build_source(config: SimConfig) -> tuple[MarketSource, str]:
+    """The market source named by the config, and a description for logs and /_sim/state."""
+    spec = config.source.strip()
+    if spec == "synthetic":
+        return SyntheticSource(config.symbols, config.seed), f"synthetic:{','.join(config.symbols)}"
+    if spec.startswith("replay:"):
+        paths = [p.strip() for p in spec[len("replay:") :].split(",") if p.strip()]
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise SourceError(f"recording(s) not found: {', '.join(missing)}")
+        return ReplaySource(paths), f"replay:{','.join(paths)}"
+    if spec:
+        raise SourceError(f"unknown source {spec!r}: use replay:FILE[,FILE...] or synthetic")
+    defaults = default_recordings()
+    if all(p.exists() for p in defaults):
+        return ReplaySource(defaults), f"replay:{','.join(str(p) for p in defaults)}"
+    log.warning("default_recordings_missing", paths=[str(p) for p in defaults], action_taken="synthetic")
+    symbols = ("BTCUSDT", "ETHUSDT")
+    return SyntheticSource(symbols, config.seed), f"synthetic:{','.join(symbols)}"
+
+
+def build_simulator(
+    config: SimConfig, source: MarketSource, description: str, clock: Callable[[], int] = time.time_ns
+) -> VenueSimulator:
+    """Wire books, exchange, faults, engine and HTTP around a source."""
+    books: dict[str, OrderBook] = {}
+    for symbol in source.symbols:
+        book = OrderBook(symbol)
+        start = source.start_book(symbol)
+        book.reset(start.bids, start.asks, start.last_update_id)
+        books[symbol] = book
+    market_clock = MarketClock(clock)
+    exchange = Exchange(clock, {s: source.spec(s) for s in source.symbols}, books)
+    faults = FaultScheduler(clock, config.seed)
+    engine = MarketEngine(
+        source, exchange, books, faults, market_clock, clock, config.speed, log, config.ws_ping_interval_s
+    )
+    return VenueSimulator(
+        engine, exchange, faults, market_clock, clock, config.api_key, config.api_secret, log, description
+    )
+
+
+async def serve(config: SimConfig) -> None:
+    """Run until SIGINT/SIGTERM."""
+    source, description = build_source(config)
+    simulator = build_simulator(config, source, description)
+    runner = web.AppRunner(simulator.build_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info(
+        "venue_sim_started",
+        host=config.host,
+        port=config.port,
+        source=description,
+        speed=config.speed,
+        seed=config.seed,
+        symbols=list(source.symbols),
+        rest_url=f"http://{config.host}:{config.port}",
+        ws_url=f"ws://{config.host}:{config.port}",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("venue_sim_stopping")
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    config = config_from(argv, os.environ)
+    try:
+        asyncio.run(serve(config))
+    except SourceError as exc:
+        log.error("venue_sim_bad_source", error=str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
