@@ -167,8 +167,10 @@ class Bus:
                 await task
         self._tasks.clear()
         if self._nc is not None and not self._nc.is_closed:
+            # Persisted publishes were acknowledged already; flush what core NATS still buffers,
+            # then close. (A drain would wait on the pull subscriptions' pending fetches.)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.drain(), 3.0)
+                await self._nc.flush(timeout=1)
             with contextlib.suppress(Exception):
                 await self._nc.close()
         self.connected = False

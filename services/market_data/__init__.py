@@ -1,0 +1,1 @@
+"""market-data: venue WebSocket + REST → validated, normalized market data on the bus."""

@@ -1,0 +1,214 @@
+"""Pure state-builder logic: the L2 order book with its own chain check, and the hot-state
+status machine of SPEC FM-D1 with an injected clock. No I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+from proto.enums import HotStateStatus
+from proto.messages import Level
+
+Clock = Callable[[], int]
+"""Returns the current time in integer ns."""
+
+
+class BookState(StrEnum):
+    EMPTY = "EMPTY"
+    """No snapshot yet, or broken by a gap: waiting for a snapshot."""
+    AWAITING_BRIDGE = "AWAITING_BRIDGE"
+    """Snapshot applied; the next diff must satisfy `U <= L <= u`."""
+    SYNCED = "SYNCED"
+
+
+class DiffResult(StrEnum):
+    APPLIED = "APPLIED"
+    IGNORED = "IGNORED"
+    """Older than the book (redelivery, or before the snapshot), or no snapshot to apply to."""
+    GAP = "GAP"
+    """Does not chain: the book is unusable until the next snapshot."""
+
+
+class OrderBook:
+    """An L2 book of one symbol: price → quantity per side, Decimal throughout.
+
+    Writes are O(levels in the update); reads of the top `depth` are O(n log depth), which is
+    cheap at the rates of a 100 ms diff stream.
+    """
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.state = BookState.EMPTY
+        self.last_update_id: int | None = None
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+
+    @property
+    def usable(self) -> bool:
+        """True when the book holds a snapshot and every diff since chains onto it."""
+        return self.state != BookState.EMPTY
+
+    def apply_snapshot(self, last_update_id: int, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Replace the whole book with a snapshot taken at `last_update_id`."""
+        self.bids = {price: qty for price, qty in bids if qty != 0}
+        self.asks = {price: qty for price, qty in asks if qty != 0}
+        self.last_update_id = last_update_id
+        self.state = BookState.AWAITING_BRIDGE
+
+    def apply_diff(
+        self,
+        first_update_id: int,
+        final_update_id: int,
+        prev_final_update_id: int | None,
+        bids: Iterable[Level],
+        asks: Iterable[Level],
+    ) -> DiffResult:
+        """Apply a diff if it chains (USD-M rules); report a gap otherwise."""
+        last = self.last_update_id
+        if self.state == BookState.EMPTY or last is None:
+            return DiffResult.IGNORED
+        if final_update_id <= last and not (self.state == BookState.AWAITING_BRIDGE and final_update_id == last):
+            # Already reflected in the book: a redelivery or an event older than the snapshot.
+            return DiffResult.IGNORED
+        if self.state == BookState.AWAITING_BRIDGE:
+            if not first_update_id <= last <= final_update_id:
+                return self._broken()
+        elif prev_final_update_id != last:
+            return self._broken()
+        self._set(self.bids, bids)
+        self._set(self.asks, asks)
+        self.last_update_id = final_update_id
+        self.state = BookState.SYNCED
+        return DiffResult.APPLIED
+
+    def invalidate(self) -> None:
+        """Forget the chain (resync announced); levels stay readable but the book is unusable."""
+        self.state = BookState.EMPTY
+
+    def _broken(self) -> DiffResult:
+        self.state = BookState.EMPTY
+        return DiffResult.GAP
+
+    @staticmethod
+    def _set(side: dict[Decimal, Decimal], levels: Iterable[Level]) -> None:
+        for price, qty in levels:
+            if qty == 0:
+                side.pop(price, None)
+            else:
+                side[price] = qty
+
+    def top(self, depth: int) -> tuple[list[Level], list[Level]]:
+        """Best `depth` bids (descending price) and asks (ascending price)."""
+        bid_prices = heapq.nlargest(depth, self.bids)
+        ask_prices = heapq.nsmallest(depth, self.asks)
+        return [(p, self.bids[p]) for p in bid_prices], [(p, self.asks[p]) for p in ask_prices]
+
+    def best_bid(self) -> Decimal | None:
+        return max(self.bids) if self.bids else None
+
+    def best_ask(self) -> Decimal | None:
+        return min(self.asks) if self.asks else None
+
+
+# --------------------------------------------------------------------------- hot state
+
+STALE_AFTER_NS = 1_000_000_000
+"""FM-D1: no update for more than 1000 ms → STALE."""
+FRESH_UPDATES_TO_VALID = 3
+"""FM-D1: back to VALID after 3 consecutive fresh updates."""
+CHECK_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class HotStateTransition:
+    symbol: str
+    previous: HotStateStatus | None
+    current: HotStateStatus
+    reason: str
+    last_update_id: int | None
+    ts_ns: int
+
+
+class HotState:
+    """Hot-state status of one symbol (SPEC FM-D1).
+
+    - INVALID at start and on a gap or resync; it stays INVALID until the book has been
+      rebuilt from a snapshot *and* 3 consecutive fresh updates followed.
+    - VALID → STALE when the last update is more than 1000 ms old (`check`, every 100 ms) or
+      the venue link went down.
+    - STALE → VALID after 3 consecutive fresh updates: each within 1000 ms of the previous one
+      (the first update after a silence starts a new run).
+
+    Every method returns the transition it caused, or None.
+    """
+
+    def __init__(self, symbol: str, clock: Clock) -> None:
+        self.symbol = symbol
+        self._clock = clock
+        self.status = HotStateStatus.INVALID
+        self.reason = "starting"
+        self.last_update_id: int | None = None
+        self.last_update_ns: int | None = None
+        self._rebuilt = False
+        self._fresh = 0
+
+    def age_ms(self) -> int | None:
+        """Milliseconds since the last book update, None before the first."""
+        if self.last_update_ns is None:
+            return None
+        return max(0, self._clock() - self.last_update_ns) // 1_000_000
+
+    def _to(self, status: HotStateStatus, reason: str) -> HotStateTransition | None:
+        if status == self.status:
+            return None
+        previous, self.status, self.reason = self.status, status, reason
+        return HotStateTransition(self.symbol, previous, status, reason, self.last_update_id, self._clock())
+
+    def on_invalid(self, reason: str) -> HotStateTransition | None:
+        """A gap or resync: the book cannot be trusted until rebuilt."""
+        self._rebuilt = False
+        self._fresh = 0
+        return self._to(HotStateStatus.INVALID, reason)
+
+    def on_rebuilt(self, last_update_id: int) -> HotStateTransition | None:
+        """A snapshot was applied; fresh updates must follow before VALID."""
+        self._rebuilt = True
+        self._fresh = 0
+        self.last_update_id = last_update_id
+        self.last_update_ns = self._clock()
+        return None
+
+    def on_update(self, last_update_id: int) -> HotStateTransition | None:
+        """A diff was applied to a rebuilt book."""
+        now = self._clock()
+        if not self._rebuilt:
+            return None
+        fresh = self.last_update_ns is not None and now - self.last_update_ns <= STALE_AFTER_NS
+        self._fresh = self._fresh + 1 if fresh else 1
+        self.last_update_id = last_update_id
+        self.last_update_ns = now
+        if self.status != HotStateStatus.VALID and self._fresh >= FRESH_UPDATES_TO_VALID:
+            reason = "rebuilt from snapshot" if self.status == HotStateStatus.INVALID else "fresh updates"
+            return self._to(HotStateStatus.VALID, reason)
+        return None
+
+    def on_link_down(self, reason: str) -> HotStateTransition | None:
+        """The venue link is down (FM-N1): STALE at once instead of after a second."""
+        self._fresh = 0
+        if self.status == HotStateStatus.VALID:
+            return self._to(HotStateStatus.STALE, reason)
+        return None
+
+    def check(self) -> HotStateTransition | None:
+        """Timer tick: VALID → STALE when the last update is older than 1000 ms."""
+        if self.status != HotStateStatus.VALID or self.last_update_ns is None:
+            return None
+        age_ns = self._clock() - self.last_update_ns
+        if age_ns > STALE_AFTER_NS:
+            self._fresh = 0
+            return self._to(HotStateStatus.STALE, f"no update for {age_ns // 1_000_000} ms")
+        return None

@@ -1,0 +1,230 @@
+"""venue simulator → market-data → JetStream → state-builder: the served book equals the venue's
+true book at the same update id, and the hot state becomes VALID.
+
+Real processes and servers: the simulator runs as a subprocess (killed by pid), nats-server is
+a fresh one from the `nats_url` fixture, market-data and state-builder run in-process through
+their own `run` entry points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import pytest
+import pytest_asyncio
+
+from libs.bus import Bus
+from libs.settings import Settings
+from proto import subjects
+from services.market_data import main as market_data_main
+from services.state_builder import main as state_builder_main
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SYMBOL = "BTCUSDT"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def venue_url(tmp_path: Path) -> Iterator[str]:
+    """The venue simulator replaying the recordings, on a free port."""
+    port = free_port()
+    log = (tmp_path / "venue_sim.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.venue_sim.main", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert process.poll() is None, (tmp_path / "venue_sim.log").read_text()[-3000:]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            assert time.monotonic() < deadline, "venue simulator did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+@pytest_asyncio.fixture
+async def pipeline(nats_url: str, venue_url: str) -> AsyncIterator[tuple[Bus, str]]:
+    """market-data and state-builder running against the simulator; yields a test bus client."""
+    settings = Settings(
+        nats_url=nats_url,
+        venue_rest_url=venue_url,
+        venue_ws_url=venue_url.replace("http://", "ws://"),
+        symbols=(SYMBOL, "ETHUSDT"),
+        log_level="WARNING",
+    )
+    tasks = [
+        asyncio.create_task(market_data_main.run(settings), name="market-data"),
+        asyncio.create_task(state_builder_main.run(settings), name="state-builder"),
+    ]
+    bus = Bus("pipeline-test")
+    await bus.connect(nats_url)
+    try:
+        yield bus, venue_url
+    finally:
+        await bus.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def book(bus: Bus, depth: int = 20) -> dict:
+    reply = await bus.request(
+        subjects.service_query(subjects.STATE_BUILDER, "book"),
+        msgspec.json.encode({"symbol": SYMBOL, "depth": depth}),
+    )
+    return msgspec.json.decode(reply)
+
+
+def as_decimals(levels: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
+    return [(Decimal(price), Decimal(qty)) for price, qty in levels]
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Return as soon as `condition()` holds, or after `timeout_s` (the caller asserts)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
+async def wait_valid(bus: Bus, timeout_s: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    served: dict = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            served = await book(bus)
+            if served.get("status") == "VALID":
+                return served
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"hot state not VALID: {served}")
+
+
+async def assert_book_matches_venue(bus: Bus, http: aiohttp.ClientSession, venue_rest: str) -> None:
+    """The served top 20 equals the simulator's true book at the update id the state-builder reports."""
+    served = await book(bus)
+    last = served["last_update_id"]
+    params = {"depth": "20", "update_id": str(last)}
+    async with http.get(f"{venue_rest}/_sim/book/{SYMBOL}", params=params) as response:
+        assert response.status == 200, await response.text()
+        truth = await response.json()
+    assert truth["last_update_id"] == last
+    assert len(served["bids"]) == len(served["asks"]) == 20
+    assert as_decimals(served["bids"]) == as_decimals(truth["bids"])
+    assert as_decimals(served["asks"]) == as_decimals(truth["asks"])
+
+
+async def test_pipeline_when_running_then_book_equals_venue_truth_and_hot_state_valid(
+    pipeline: tuple[Bus, str],
+) -> None:
+    bus, venue_rest = pipeline
+    await wait_valid(bus, 30)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            await assert_book_matches_venue(bus, http, venue_rest)
+            await asyncio.sleep(0.3)
+
+    entry = await bus.kv_get(subjects.key_hot_state(SYMBOL))
+    assert entry is not None
+    assert msgspec.json.decode(entry[0])["status"] == "VALID"
+
+    symbols = msgspec.json.decode(await bus.request(subjects.service_query(subjects.STATE_BUILDER, "symbols")))
+    view = symbols["symbols"][SYMBOL]
+    assert view["hot_state"] == "VALID"
+    assert Decimal(view["best_bid"]) < Decimal(view["best_ask"])
+    assert view["age_ms"] is not None and view["age_ms"] < 1000
+
+    link = await bus.kv_get(subjects.key_link("binance-usdm", "market-ws"))
+    assert link is not None and msgspec.json.decode(link[0])["state"] == "CONNECTED"
+
+    unknown = msgspec.json.decode(
+        await bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), b'{"symbol": "NOPEUSDT"}')
+    )
+    assert unknown["error"]["code"] == "not_found"
+
+
+async def test_pipeline_when_depth_dropped_or_socket_closed_then_resynced_and_exact_again(
+    pipeline: tuple[Bus, str],
+) -> None:
+    bus, venue_rest = pipeline
+    seen: list[str] = []
+
+    async def record(msg: object) -> None:
+        seen.append(msg.subject)  # type: ignore[attr-defined]
+
+    await bus.subscribe_core("md.resync.>", record)
+    await bus.subscribe_core("evt.link.>", record)
+    await bus.subscribe_core("evt.hotstate.BTCUSDT", record)
+    await wait_valid(bus, 30)
+    async with aiohttp.ClientSession() as http:
+        # A lost depth event: market-data must see the pu break, resync, and rebuild exactly.
+        seen.clear()
+        async with http.post(f"{venue_rest}/_sim/faults", json={"kind": "drop_depth", "symbol": SYMBOL}) as r:
+            assert r.status in (200, 201), await r.text()
+        await eventually(lambda: f"md.resync.binance-usdm.{SYMBOL}" in seen)
+        assert f"md.resync.binance-usdm.{SYMBOL}" in seen
+        await wait_valid(bus)
+        await assert_book_matches_venue(bus, http, venue_rest)
+
+        # The socket closes: link down, reconnect, fresh snapshots, VALID and exact again.
+        seen.clear()
+        async with http.post(f"{venue_rest}/_sim/faults", json={"kind": "ws_close"}) as r:
+            assert r.status in (200, 201), await r.text()
+        await eventually(lambda: seen.count("evt.link.binance-usdm.market-ws") >= 2)
+        assert seen.count("evt.link.binance-usdm.market-ws") >= 2, seen
+        await wait_valid(bus)
+        await assert_book_matches_venue(bus, http, venue_rest)
+        assert "evt.hotstate.BTCUSDT" in seen
+
+
+async def test_rest_client_when_talking_to_simulator_then_answers_and_errors_are_classified(venue_url: str) -> None:
+    from libs.binance.client import BinanceRestClient, VenueError, VenueUnreachable
+
+    settings = Settings()
+    async with BinanceRestClient(venue_url, settings.venue_api_key, settings.venue_api_secret) as client:
+        assert await client.server_time_ms() > 0
+        depth = await client.depth(SYMBOL, 5)
+        assert depth["lastUpdateId"] > 0 and len(depth["bids"]) == 5
+        assert client.used_weight_1m is None or client.used_weight_1m >= 0
+        assert "markPrice" in await client.premium_index(SYMBOL)
+        assert Decimal((await client.open_interest(SYMBOL))["openInterest"]) >= 0
+        assert isinstance(await client.balance(), list)  # signed: the signature is accepted
+        assert isinstance(await client.open_orders(SYMBOL), list)
+        with pytest.raises(VenueError) as unknown_order:
+            await client.query_order(SYMBOL, orig_client_order_id="does-not-exist")
+        assert 400 <= unknown_order.value.status < 500 and unknown_order.value.code is not None
+
+    async with BinanceRestClient(f"http://127.0.0.1:{free_port()}", timeout_s=2) as nobody:
+        with pytest.raises(VenueUnreachable):
+            await nobody.server_time_ms()

@@ -1,0 +1,131 @@
+"""Hot-state status machine (SPEC FM-D1) with a fake clock: exact thresholds."""
+
+from __future__ import annotations
+
+from proto.enums import HotStateStatus
+from services.state_builder.domain import HotState
+
+MS = 1_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000 * MS
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance_ms(self, ms: int) -> None:
+        self.now += ms * MS
+
+
+def valid_state() -> tuple[HotState, FakeClock]:
+    clock = FakeClock()
+    hot = HotState("BTCUSDT", clock)
+    hot.on_rebuilt(10)
+    for update_id in (11, 12, 13):
+        clock.advance_ms(100)
+        hot.on_update(update_id)
+    assert hot.status == HotStateStatus.VALID
+    return hot, clock
+
+
+def test_initial_status_is_invalid() -> None:
+    hot = HotState("BTCUSDT", FakeClock())
+    assert hot.status == HotStateStatus.INVALID
+    assert hot.check() is None
+
+
+def test_on_update_when_rebuilt_then_valid_exactly_at_third_fresh_update() -> None:
+    clock = FakeClock()
+    hot = HotState("BTCUSDT", clock)
+    assert hot.on_update(5) is None  # not rebuilt from a snapshot yet: ignored
+    hot.on_rebuilt(10)
+    clock.advance_ms(100)
+    assert hot.on_update(11) is None
+    clock.advance_ms(100)
+    assert hot.on_update(12) is None
+    clock.advance_ms(100)
+    transition = hot.on_update(13)
+    assert transition is not None
+    assert (transition.previous, transition.current) == (HotStateStatus.INVALID, HotStateStatus.VALID)
+    assert transition.last_update_id == 13
+
+
+def test_check_when_age_exactly_1000_ms_then_still_valid_and_stale_above() -> None:
+    hot, clock = valid_state()
+    clock.advance_ms(1000)
+    assert hot.check() is None
+    clock.now += 1
+    transition = hot.check()
+    assert transition is not None and transition.current == HotStateStatus.STALE
+    assert hot.age_ms() == 1000
+
+
+def test_on_update_when_stale_then_valid_after_three_consecutive_fresh_updates() -> None:
+    hot, clock = valid_state()
+    clock.advance_ms(1500)
+    hot.check()
+    assert hot.status == HotStateStatus.STALE
+    assert hot.on_update(14) is None  # first after the silence: starts a new run
+    clock.advance_ms(200)
+    assert hot.on_update(15) is None
+    clock.advance_ms(200)
+    transition = hot.on_update(16)
+    assert transition is not None and transition.current == HotStateStatus.VALID
+
+
+def test_on_update_when_run_interrupted_by_slow_update_then_count_restarts() -> None:
+    hot, clock = valid_state()
+    clock.advance_ms(1500)
+    hot.check()
+    hot.on_update(14)
+    clock.advance_ms(100)
+    hot.on_update(15)
+    clock.advance_ms(1001)  # not fresh: restarts the run at 1
+    assert hot.on_update(16) is None
+    clock.advance_ms(100)
+    assert hot.on_update(17) is None
+    clock.advance_ms(100)
+    assert hot.on_update(18) is not None
+
+
+def test_on_invalid_when_valid_then_invalid_until_snapshot_and_fresh_updates() -> None:
+    hot, clock = valid_state()
+    transition = hot.on_invalid("sequence gap")
+    assert transition is not None and transition.current == HotStateStatus.INVALID
+    for update_id in (14, 15, 16):
+        clock.advance_ms(100)
+        assert hot.on_update(update_id) is None  # the book was not rebuilt
+    assert hot.status == HotStateStatus.INVALID
+    hot.on_rebuilt(20)
+    for update_id in (21, 22):
+        clock.advance_ms(100)
+        assert hot.on_update(update_id) is None
+    clock.advance_ms(100)
+    assert hot.on_update(23) is not None
+    assert hot.status == HotStateStatus.VALID
+
+
+def test_check_when_invalid_then_never_stale() -> None:
+    clock = FakeClock()
+    hot = HotState("BTCUSDT", clock)
+    hot.on_rebuilt(1)
+    clock.advance_ms(5000)
+    assert hot.check() is None
+    assert hot.status == HotStateStatus.INVALID
+
+
+def test_on_link_down_when_valid_then_stale_at_once() -> None:
+    hot, _ = valid_state()
+    transition = hot.on_link_down("link market-ws DISCONNECTED")
+    assert transition is not None and transition.current == HotStateStatus.STALE
+    assert hot.on_link_down("again") is None
+
+
+def test_transitions_when_repeated_condition_then_reported_once() -> None:
+    hot, clock = valid_state()
+    clock.advance_ms(1200)
+    assert hot.check() is not None
+    clock.advance_ms(100)
+    assert hot.check() is None
