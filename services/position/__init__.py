@@ -1,0 +1,1 @@
+"""position: the only writer to the venue; orders, fills and positions."""

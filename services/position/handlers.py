@@ -1,0 +1,616 @@
+"""position's handlers: approved orders to the venue, denials, cancels, polling and reconciliation.
+
+All order work runs under one lock, so a poll never races a submission of the same order.
+Every state change is published on the ORDERS stream before (or together with) its projection
+write; the venue is only called after the `OrderSubmitted` event is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.bus import Bus, Delivery
+from libs.errors import TransientError
+from libs.logging import Logger
+from proto import subjects
+from proto.enums import AlertSeverity, ErrorClass, OrderSource, OrderStatus, OrderType, Side
+from proto.envelope import Message
+from proto.messages import (
+    AlertRaised,
+    CancelOrder,
+    OrderAccepted,
+    OrderApproved,
+    OrderCanceled,
+    OrderDenied,
+    OrderFilled,
+    OrderRejected,
+    OrderStatusUnknown,
+    OrderSubmitted,
+    PositionChanged,
+    SubmitOrder,
+)
+
+from .adapters import Projections
+from .domain import (
+    IllegalOrderTransition,
+    OrderRecord,
+    OrderTrigger,
+    Position,
+    apply_fill,
+    is_terminal,
+    plan_reconciliation,
+    venue_trigger,
+)
+
+Clock = Callable[[], int]
+
+ORDER_NOT_FOUND = -2013
+UNKNOWN_ORDER_ON_CANCEL = -2011
+DUPLICATE_CLIENT_ORDER_ID = -4116
+AMBIGUOUS_CODES = frozenset({-1006, -1007})
+RATE_LIMIT_CODES = frozenset({-1003, -1015})
+QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
+VENUE_LIVE = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL})
+
+
+def order_params(order: OrderRecord) -> dict[str, str]:
+    """Binance `POST /fapi/v1/order` parameters of an order (client order id included)."""
+    params = {
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.order_type.value,
+        "quantity": str(order.quantity),
+        "newClientOrderId": order.client_order_id,
+        "newOrderRespType": "RESULT",
+    }
+    if order.price is not None:
+        params["price"] = str(order.price)
+    if order.stop_price is not None:
+        params["stopPrice"] = str(order.stop_price)
+    if order.order_type == OrderType.LIMIT:
+        params["timeInForce"] = order.time_in_force or "GTC"
+    if order.reduce_only:
+        params["reduceOnly"] = "true"
+    return params
+
+
+def record_from_command(order: SubmitOrder, ts_ns: int) -> OrderRecord:
+    """A fresh local order (PENDING_SUBMISSION) for an approved or denied command."""
+    return OrderRecord(
+        client_order_id=order.client_order_id,
+        idempotency_key=order.idempotency_key,
+        source=order.source,
+        venue=order.venue,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        quantity=order.quantity,
+        status=OrderStatus.PENDING_SUBMISSION,
+        created_ns=ts_ns,
+        updated_ns=ts_ns,
+        price=order.price,
+        stop_price=order.stop_price,
+        reduce_only=order.reduce_only,
+        time_in_force=order.time_in_force.value if order.time_in_force else None,
+        strategy=order.strategy,
+    )
+
+
+class PositionService:
+    """Orders, fills and positions of one venue; the only component that writes to it."""
+
+    def __init__(self, bus: Bus, log: Logger, projections: Projections, client: Any, venue: str, clock: Clock) -> None:
+        self.bus = bus
+        self.log = log
+        self.projections = projections
+        self.client = client
+        self.venue = venue
+        self.clock = clock
+        self.orders: dict[str, OrderRecord] = {}
+        self.positions: dict[str, Position] = {}
+        self.reconciled = False
+        self.query_backoff_s: Sequence[float] = QUERY_BACKOFF_S
+        self._seq: dict[str, int] = {}
+        self._position_seq = 0
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def details(self) -> dict[str, Any]:
+        """Heartbeat details."""
+        open_count = sum(1 for order in self.orders.values() if not is_terminal(order.status))
+        return {"orders_open": open_count, "reconciled": self.reconciled}
+
+    async def _publish(self, subject: str, message: Message, msg_id: str, coid: str | None = None) -> int:
+        seq = await self.bus.publish(subject, message, msg_id=msg_id)
+        if coid is not None:
+            self._seq[coid] = max(seq, self._seq.get(coid, 0))
+        return seq
+
+    async def _save(self, order: OrderRecord) -> None:
+        await self.projections.upsert_order(order, self._seq.get(order.client_order_id, 0))
+
+    def _transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
+        """Apply a trigger; an illegal one is logged (with the evidence) and leaves the order as is."""
+        previous = order.status
+        try:
+            order.apply(trigger, self.clock())
+        except IllegalOrderTransition as exc:
+            self.log.error(
+                "illegal_order_transition",
+                client_order_id=order.client_order_id,
+                status=previous.value,
+                trigger=trigger.value,
+                error=str(exc),
+                action_taken="order state kept",
+            )
+            return False
+        if order.status != previous:
+            self.log.info(
+                "order_status_changed",
+                client_order_id=order.client_order_id,
+                previous=previous.value,
+                current=order.status.value,
+            )
+        return True
+
+    async def _alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
+        self.log.warning("alert_raised", key=key, title=title, **details)
+        alert = AlertRaised(key=key, severity=severity, component=subjects.POSITION, title=title, details=details)
+        await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+
+    def _order_subject(self, event: str, order: OrderRecord) -> str:
+        return subjects.evt_order(event, order.venue, order.symbol)
+
+    # ------------------------------------------------------------------ consumers
+
+    async def on_approved(self, message: Message, delivery: Delivery) -> None:
+        """Durable `position-orders`: send an approved order to the venue exactly once."""
+        if not isinstance(message, OrderApproved):
+            return
+        command = message.order
+        async with self._lock:
+            if command.client_order_id in self.orders:
+                self.log.info("order_already_known", client_order_id=command.client_order_id)
+                return
+            order = record_from_command(command, self.clock())
+            self.orders[order.client_order_id] = order
+            try:
+                await self._submit(order)
+            except Exception:
+                if order.status in (OrderStatus.PENDING_SUBMISSION, OrderStatus.SUBMITTED) and not order.resend_used:
+                    # Nothing reached the venue: forget it so the redelivery starts over.
+                    self.orders.pop(order.client_order_id, None)
+                raise
+
+    async def on_denied(self, message: Message, delivery: Delivery) -> None:
+        """Durable `position-denials`: record a risk refusal in the projection."""
+        if not isinstance(message, OrderDenied):
+            return
+        async with self._lock:
+            if message.order.client_order_id in self.orders:
+                return
+            order = record_from_command(message.order, self.clock())
+            order.reason = message.reason
+            self._transition(order, OrderTrigger.DENY)
+            self._seq[order.client_order_id] = delivery.stream_sequence
+            await self._save(order)
+            self.orders[order.client_order_id] = order
+
+    async def on_cancel(self, message: Message, delivery: Delivery) -> None:
+        """Durable `position-cancels`: cancel at the venue (idempotent: terminal orders are left alone)."""
+        if not isinstance(message, CancelOrder):
+            return
+        async with self._lock:
+            order = self.orders.get(message.client_order_id)
+            if order is None:
+                self.log.warning("cancel_unknown_order", client_order_id=message.client_order_id)
+                return
+            if is_terminal(order.status):
+                self.log.info("cancel_ignored_terminal", client_order_id=order.client_order_id, status=order.status)
+                return
+            if order.status == OrderStatus.PENDING_SUBMISSION:
+                self._transition(order, OrderTrigger.CANCEL)
+                await self._emit_canceled(order, message.reason or "canceled before submission")
+                return
+            self._transition(order, OrderTrigger.REQUEST_CANCEL)
+            await self._save(order)
+            try:
+                answer = await self.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)
+            except VenueError as exc:
+                if exc.code in (UNKNOWN_ORDER_ON_CANCEL, ORDER_NOT_FOUND) or exc.status < 500:
+                    self.log.info("cancel_refused", client_order_id=order.client_order_id, code=exc.code, msg=exc.msg)
+                    await self._query_and_apply(order)
+                    return
+                raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
+            except (VenueTimeout, VenueUnreachable) as exc:
+                raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
+            await self._apply_venue_order(order, answer, reason=message.reason)
+
+    # ------------------------------------------------------------------ submission
+
+    async def _submit(self, order: OrderRecord) -> None:
+        """Publish `OrderSubmitted`, write the projection, then place the order (never twice blind)."""
+        coid = order.client_order_id
+        self._transition(order, OrderTrigger.SUBMIT)
+        submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
+        await self._publish(self._order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
+        await self._save(order)
+        try:
+            answer = await self.client.place_order(**order_params(order))
+        except VenueUnreachable as exc:
+            self._transition(order, OrderTrigger.NOT_SENT)
+            order.reason = f"venue unreachable, queued: {exc}"
+            await self._save(order)
+            self.log.warning("order_not_sent", client_order_id=coid, error=str(exc), action_taken="queued")
+            return
+        except VenueTimeout as exc:
+            await self._mark_unknown(order, f"timeout: {exc}")
+            await self._resolve_unknown(order)
+            return
+        except VenueError as exc:
+            await self._on_place_error(order, exc)
+            return
+        await self._apply_venue_order(order, answer)
+
+    async def _on_place_error(self, order: OrderRecord, exc: VenueError) -> None:
+        coid = order.client_order_id
+        if exc.code == DUPLICATE_CLIENT_ORDER_ID:
+            self.log.warning("order_duplicate_at_venue", client_order_id=coid, action_taken="query")
+            await self._query_and_apply(order)
+            return
+        if exc.status >= 500 or exc.code in AMBIGUOUS_CODES:
+            await self._mark_unknown(order, f"HTTP {exc.status} code={exc.code}: {exc.msg}")
+            await self._resolve_unknown(order)
+            return
+        if exc.status in (418, 429) or exc.code in RATE_LIMIT_CODES:
+            # A definite "not accepted, slow down": keep it queued and send it later.
+            self._transition(order, OrderTrigger.NOT_SENT)
+            order.reason = f"rate limited (HTTP {exc.status}), queued"
+            await self._save(order)
+            self.log.warning("order_rate_limited", client_order_id=coid, retry_after_s=exc.retry_after_s)
+            return
+        order.reason = f"venue rejected: code={exc.code} {exc.msg}"
+        self._transition(order, OrderTrigger.REJECT)
+        rejected = OrderRejected(
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=order.reason,
+            error_class=ErrorClass.PERMANENT.value,
+            venue_code=exc.code,
+        )
+        await self._publish(self._order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+        await self._save(order)
+        self.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
+
+    async def _mark_unknown(self, order: OrderRecord, reason: str) -> None:
+        coid = order.client_order_id
+        self._transition(order, OrderTrigger.AMBIGUOUS)
+        order.reason = reason
+        unknown = OrderStatusUnknown(client_order_id=coid, symbol=order.symbol, reason=reason)
+        await self._publish(self._order_subject("unknown", order), unknown, f"unknown:{coid}", coid)
+        await self._save(order)
+        self.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
+
+    async def _resolve_unknown(self, order: OrderRecord, backoff_s: Sequence[float] | None = None) -> bool:
+        """Query an UNKNOWN order until the venue answers; -2013 means not placed: resend once, same id."""
+        for delay in self.query_backoff_s if backoff_s is None else backoff_s:
+            await asyncio.sleep(delay)
+            try:
+                answer = await self.client.query_order(order.symbol, orig_client_order_id=order.client_order_id)
+            except VenueError as exc:
+                if exc.code == ORDER_NOT_FOUND:
+                    await self._not_at_venue(order)
+                    return True
+                self.log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
+                continue
+            except (VenueTimeout, VenueUnreachable) as exc:
+                self.log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
+                continue
+            await self._apply_venue_order(order, answer)
+            return True
+        return False
+
+    async def _not_at_venue(self, order: OrderRecord) -> None:
+        """The venue says the order does not exist: resend once with the same id, else reject."""
+        coid = order.client_order_id
+        if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED) and not order.resend_used:
+            order.resend_used = True
+            self.log.warning("order_not_placed", client_order_id=coid, action_taken="resend with the same id")
+            if order.status == OrderStatus.SUBMITTED:
+                self._transition(order, OrderTrigger.AMBIGUOUS)
+            await self._submit(order)
+            return
+        if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):
+            order.reason = "not found at the venue after a resend"
+            self._transition(order, OrderTrigger.REJECT)
+            rejected = OrderRejected(
+                client_order_id=coid, symbol=order.symbol, reason=order.reason, venue_code=ORDER_NOT_FOUND
+            )
+            await self._publish(self._order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+            await self._save(order)
+            return
+        # A live order the venue no longer knows: it is gone; say so loudly.
+        order.reason = "venue does not know this live order"
+        self._transition(order, OrderTrigger.CANCEL)
+        await self._emit_canceled(order, order.reason)
+        await self._alert(f"order-vanished:{coid}", AlertSeverity.P1, "live order unknown to the venue", coid=coid)
+
+    async def _query_and_apply(self, order: OrderRecord) -> None:
+        try:
+            answer = await self.client.query_order(order.symbol, orig_client_order_id=order.client_order_id)
+        except VenueError as exc:
+            if exc.code == ORDER_NOT_FOUND:
+                await self._not_at_venue(order)
+                return
+            raise TransientError(f"query {order.client_order_id}: {exc}") from exc
+        except (VenueTimeout, VenueUnreachable) as exc:
+            raise TransientError(f"query {order.client_order_id}: {exc}") from exc
+        await self._apply_venue_order(order, answer)
+
+    # ------------------------------------------------------------------ venue answers
+
+    async def _emit_canceled(self, order: OrderRecord, reason: str) -> None:
+        coid = order.client_order_id
+        canceled = OrderCanceled(client_order_id=coid, symbol=order.symbol, reason=reason)
+        await self._publish(self._order_subject("canceled", order), canceled, f"canceled:{coid}", coid)
+        await self._save(order)
+
+    async def _apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
+        """Bring the local order to the venue's view: accepted, fills, final status."""
+        coid = order.client_order_id
+        previous = order.status
+        if answer.get("orderId") is not None:
+            order.venue_order_id = int(answer["orderId"])
+        venue_status = str(answer.get("status", ""))
+        executed = Decimal(str(answer.get("executedQty", "0")))
+        if previous in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
+            status = OrderStatus(venue_status) if venue_status in OrderStatus.__members__ else OrderStatus.NEW
+            accepted = OrderAccepted(
+                client_order_id=coid, venue_order_id=order.venue_order_id or 0, symbol=order.symbol, status=status
+            )
+            await self._publish(self._order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
+        if executed > order.filled_quantity:
+            await self._sync_fills(order)
+        trigger = venue_trigger(venue_status)
+        if trigger == OrderTrigger.FILL and order.filled_quantity < executed:
+            trigger = OrderTrigger.PARTIAL_FILL  # the trades are not all visible yet; the poll finishes it
+        if trigger == OrderTrigger.ACCEPT and order.filled_quantity > 0:
+            trigger = OrderTrigger.PARTIAL_FILL
+        if trigger == OrderTrigger.AMBIGUOUS:
+            self.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
+            return
+        if not self._transition(order, trigger):
+            return
+        if order.status == previous and trigger != OrderTrigger.FILL:
+            await self._save(order)
+            return
+        match trigger:
+            case OrderTrigger.REJECT:
+                order.reason = f"venue status REJECTED {reason}".strip()
+                rejected = OrderRejected(client_order_id=coid, symbol=order.symbol, reason=order.reason)
+                await self._publish(self._order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+            case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
+                await self._emit_canceled(order, reason or venue_status.lower())
+                return
+            case _:
+                pass
+        await self._save(order)
+
+    async def _sync_fills(self, order: OrderRecord) -> None:
+        """Fetch the order's venue trades; publish and project every one not seen yet."""
+        if order.venue_order_id is None:
+            return
+        trades = await self.client.user_trades(order.symbol, order_id=order.venue_order_id, limit=1000)
+        for trade in sorted(trades, key=lambda t: int(t["id"])):
+            if int(trade.get("orderId", order.venue_order_id)) != order.venue_order_id:
+                continue
+            await self._apply_trade(order, trade)
+
+    async def _apply_trade(self, order: OrderRecord, trade: dict) -> None:
+        coid = order.client_order_id
+        trade_id = int(trade["id"])
+        quantity = Decimal(str(trade["qty"]))
+        price = Decimal(str(trade["price"]))
+        if not order.add_fill(trade_id, quantity, price):
+            return
+        if order.filled_quantity > order.quantity:
+            await self._alert(
+                f"invariant-overfill:{coid}",
+                AlertSeverity.P0,
+                "filled quantity above order quantity",
+                coid=coid,
+                filled=str(order.filled_quantity),
+                quantity=str(order.quantity),
+            )
+        ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or self.clock()
+        commission = Decimal(str(trade.get("commission", "0")))
+        fill = OrderFilled(
+            client_order_id=coid,
+            venue_order_id=order.venue_order_id or 0,
+            trade_id=trade_id,
+            symbol=order.symbol,
+            side=order.side,
+            price=price,
+            quantity=quantity,
+            cumulative_quantity=order.filled_quantity,
+            order_quantity=order.quantity,
+            commission=commission,
+            realized_pnl=Decimal(str(trade.get("realizedPnl", "0"))),
+            ts_event_ns=ts_event_ns,
+        )
+        await self._publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
+        position = apply_fill(self.positions.get(order.symbol, Position()), order.side, quantity, price)
+        self.positions[order.symbol] = position
+        changed = PositionChanged(
+            venue=order.venue,
+            symbol=order.symbol,
+            quantity=position.quantity,
+            average_entry_price=position.average_entry_price,
+            realized_pnl=position.realized_pnl,
+            caused_by_client_order_id=coid,
+            ts_event_ns=ts_event_ns,
+        )
+        seq = await self._publish(
+            subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
+        )
+        self._position_seq = max(self._position_seq, seq)
+        await self.projections.record_fill(
+            order, trade_id, price, quantity, commission, ts_event_ns, position, self.clock(), seq
+        )
+        self.log.info(
+            "order_filled",
+            client_order_id=coid,
+            trade_id=trade_id,
+            price=str(price),
+            quantity=str(quantity),
+            position=str(position.quantity),
+        )
+
+    # ------------------------------------------------------------------ polling
+
+    async def poll_once(self) -> None:
+        """Send queued orders, resolve UNKNOWN ones, and follow live ones (fills, cancels)."""
+        async with self._lock:
+            live = [order for order in self.orders.values() if not is_terminal(order.status)]
+            if not live:
+                return
+            for order in live:
+                if order.status == OrderStatus.PENDING_SUBMISSION:
+                    await self._submit(order)
+                elif order.status == OrderStatus.UNKNOWN:
+                    await self._resolve_unknown(order, backoff_s=(0.0,))
+            at_venue = [order for order in live if order.status in VENUE_LIVE]
+            if not at_venue:
+                return
+            open_orders = {str(o.get("clientOrderId")): o for o in await self.client.open_orders()}
+            for order in at_venue:
+                answer = open_orders.get(order.client_order_id)
+                if answer is None:
+                    await self._query_and_apply(order)
+                elif Decimal(str(answer.get("executedQty", "0"))) != order.filled_quantity or (
+                    str(answer.get("status")) != order.status.value and order.status != OrderStatus.PENDING_CANCEL
+                ):
+                    await self._apply_venue_order(order, answer)
+
+    async def poll_forever(self, interval_s: float = 1.0) -> None:
+        """Run `poll_once` every `interval_s`; venue trouble is logged and retried next round."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.reconciled:
+                continue
+            try:
+                await self.poll_once()
+            except (VenueError, VenueTimeout, VenueUnreachable, TransientError) as exc:
+                self.log.warning("order_poll_failed", error=f"{type(exc).__name__}: {exc}", action_taken="retry")
+
+    # ------------------------------------------------------------------ reconciliation
+
+    async def load(self) -> None:
+        """Rebuild in-memory orders and positions from the Postgres projections."""
+        self.orders = await self.projections.load_orders()
+        self.positions, self._position_seq = await self.projections.load_positions(self.venue)
+        self.log.info("position_state_loaded", orders=len(self.orders), positions=len(self.positions))
+
+    async def reconcile(self, symbols: Sequence[str]) -> None:
+        """Compare with the venue, correct through events, and only then mark reconciled."""
+        async with self._lock:
+            venue_open = [o for o in await self.client.open_orders() if o.get("symbol") in symbols]
+            venue_positions_raw = await self.client.position_risk()
+            live = {coid: o for coid, o in self.orders.items() if not is_terminal(o.status)}
+            plan = plan_reconciliation(live, venue_open, {}, {}, set(self.orders))
+            for answer in plan.adopt:
+                await self._adopt(answer)
+            open_by_id = {str(o.get("clientOrderId")): o for o in venue_open}
+            for coid, order in live.items():
+                if coid in open_by_id:
+                    await self._apply_venue_order(order, open_by_id[coid])
+                elif order.status == OrderStatus.PENDING_SUBMISSION:
+                    continue  # sent by the poll once ready
+                else:
+                    try:
+                        await self._query_and_apply(order)
+                    except TransientError as exc:
+                        self.log.warning("reconcile_query_failed", client_order_id=coid, error=str(exc))
+                        if order.status == OrderStatus.SUBMITTED:
+                            await self._mark_unknown(order, f"reconciliation query failed: {exc}")
+            venue_positions = {
+                str(p["symbol"]): Decimal(str(p.get("positionAmt", "0")))
+                for p in venue_positions_raw
+                if p.get("symbol") in symbols and Decimal(str(p.get("positionAmt", "0"))) != 0
+            }
+            local_positions = {s: p.quantity for s, p in self.positions.items() if p.quantity != 0}
+            entry_prices = {str(p["symbol"]): Decimal(str(p.get("entryPrice", "0"))) for p in venue_positions_raw}
+            plan = plan_reconciliation({}, [], local_positions, venue_positions, set())
+            for symbol, (local, remote) in plan.position_mismatches.items():
+                await self._correct_position(symbol, local, remote, entry_prices.get(symbol, Decimal(0)))
+            self.reconciled = True
+            self.log.info(
+                "reconciliation_done",
+                adopted=len(plan.adopt),
+                live_orders=len(live),
+                position_corrections=len(plan.position_mismatches),
+            )
+
+    async def _adopt(self, answer: dict) -> None:
+        coid = str(answer.get("clientOrderId"))
+        now = self.clock()
+        order = OrderRecord(
+            client_order_id=coid,
+            idempotency_key=coid,
+            source=OrderSource.EXTERNAL,
+            venue=self.venue,
+            symbol=str(answer["symbol"]),
+            side=Side(str(answer["side"])),
+            order_type=OrderType(str(answer["type"]))
+            if answer.get("type") in OrderType.__members__
+            else OrderType.LIMIT,
+            quantity=Decimal(str(answer.get("origQty", "0"))),
+            status=OrderStatus.UNKNOWN,
+            created_ns=now,
+            updated_ns=now,
+            price=Decimal(str(answer["price"])) if Decimal(str(answer.get("price", "0"))) > 0 else None,
+            stop_price=Decimal(str(answer["stopPrice"])) if Decimal(str(answer.get("stopPrice", "0"))) > 0 else None,
+            reduce_only=bool(answer.get("reduceOnly", False)),
+            venue_order_id=int(answer["orderId"]),
+            reason="adopted from the venue at reconciliation",
+        )
+        # Fills before adoption are already in the venue's position: remember them, do not re-apply.
+        for trade in await self.client.user_trades(order.symbol, order_id=order.venue_order_id, limit=1000):
+            order.add_fill(int(trade["id"]), Decimal(str(trade["qty"])), Decimal(str(trade["price"])))
+        self.orders[coid] = order
+        await self._apply_venue_order(order, answer)
+        await self._alert(
+            f"reconcile-adopted:{coid}",
+            AlertSeverity.P2,
+            "venue order unknown locally adopted as EXTERNAL",
+            coid=coid,
+            symbol=order.symbol,
+        )
+
+    async def _correct_position(self, symbol: str, local: Decimal, remote: Decimal, entry: Decimal) -> None:
+        previous = self.positions.get(symbol, Position())
+        corrected = Position(remote, entry if remote != 0 else Decimal(0), previous.realized_pnl)
+        self.positions[symbol] = corrected
+        now = self.clock()
+        changed = PositionChanged(
+            venue=self.venue,
+            symbol=symbol,
+            quantity=corrected.quantity,
+            average_entry_price=corrected.average_entry_price,
+            realized_pnl=corrected.realized_pnl,
+        )
+        seq = await self._publish(subjects.evt_position(self.venue, symbol), changed, f"reconcile:{symbol}:{now}")
+        await self.projections.upsert_position(self.venue, symbol, corrected, now, seq)
+        await self._alert(
+            f"reconcile-position:{symbol}",
+            AlertSeverity.P1,
+            "local position differs from the venue; corrected to the venue",
+            symbol=symbol,
+            local=str(local),
+            venue=str(remote),
+        )

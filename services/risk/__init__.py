@@ -1,0 +1,1 @@
+"""risk: trading state machine and pre-trade checks."""

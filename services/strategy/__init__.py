@@ -1,0 +1,1 @@
+"""strategy: signal generators with an explicit state machine."""

@@ -1,0 +1,167 @@
+"""The strategy state machine and the `imbalance` strategy, driven by an injected clock."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from proto.enums import Side, StrategyState
+from services.strategy.adapters import market_views
+from services.strategy.domain import (
+    NS,
+    IllegalStrategyTransition,
+    ImbalanceConfig,
+    ImbalanceStrategy,
+    MarketView,
+    Signal,
+    StrategyTrigger,
+    Transition,
+    next_strategy_state,
+)
+
+St = StrategyState
+VALID = {"BTCUSDT": MarketView(hot_state_valid=True)}
+STALE = {"BTCUSDT": MarketView(hot_state_valid=False)}
+CONFIG = ImbalanceConfig(min_trades=5, threshold=Decimal("0.6"), cooldown_s=30, hold_s=20, setup_timeout_s=10)
+
+
+def scanning(config: ImbalanceConfig = CONFIG) -> ImbalanceStrategy:
+    strategy = ImbalanceStrategy("imbalance", config)
+    strategy.enable(0)
+    return strategy
+
+
+def buy_pressure(strategy: ImbalanceStrategy, start_s: float, count: int = 10) -> None:
+    for i in range(count):
+        # buyer_is_maker False: the taker bought
+        strategy.on_trade("BTCUSDT", int((start_s + i * 0.1) * NS), Decimal("1"), buyer_is_maker=i % 10 == 9)
+
+
+def signals(actions: list) -> list[Signal]:
+    return [a for a in actions if isinstance(a, Signal)]
+
+
+def states(actions: list) -> list[StrategyState]:
+    return [a.current for a in actions if isinstance(a, Transition)]
+
+
+def test_enable_when_disabled_then_scanning() -> None:
+    assert next_strategy_state(St.DISABLED, StrategyTrigger.ENABLE) == St.SCANNING
+
+
+def test_setup_when_disabled_then_illegal() -> None:
+    with pytest.raises(IllegalStrategyTransition):
+        next_strategy_state(St.DISABLED, StrategyTrigger.SETUP_FOUND)
+
+
+def test_tick_when_strong_buy_imbalance_and_valid_then_setup_and_buy_signal() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    actions = strategy.on_tick(3 * NS, VALID)
+    assert states(actions) == [St.SETUP]
+    [signal] = signals(actions)
+    assert (signal.symbol, signal.side, signal.quantity, signal.reduce_only) == (
+        "BTCUSDT",
+        Side.BUY,
+        Decimal("0.002"),
+        False,
+    )
+
+
+def test_tick_when_hot_state_not_valid_then_no_signal() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    assert strategy.on_tick(3 * NS, STALE) == []
+    assert strategy.on_tick(3 * NS, {}) == []
+
+
+def test_tick_when_balanced_flow_then_no_signal() -> None:
+    strategy = scanning()
+    for i in range(10):
+        strategy.on_trade("BTCUSDT", int((1 + i * 0.1) * NS), Decimal("1"), buyer_is_maker=i % 2 == 0)
+    assert strategy.on_tick(3 * NS, VALID) == []
+
+
+def test_tick_when_trades_older_than_window_then_ignored() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    assert strategy.on_tick(20 * NS, VALID) == []
+
+
+def test_position_when_setup_then_in_position_and_exit_after_hold() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    assert states(strategy.on_position("BTCUSDT", Decimal("0.002"), 4 * NS)) == [St.IN_POSITION]
+    assert strategy.on_tick(10 * NS, VALID) == []
+    actions = strategy.on_tick(24 * NS, VALID)
+    assert states(actions) == [St.EXITING]
+    [exit_signal] = signals(actions)
+    assert (exit_signal.side, exit_signal.quantity, exit_signal.reduce_only) == (Side.SELL, Decimal("0.002"), True)
+    assert states(strategy.on_position("BTCUSDT", Decimal(0), 25 * NS)) == [St.SCANNING]
+
+
+def test_tick_when_exit_not_filled_then_exit_signal_repeated() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    strategy.on_position("BTCUSDT", Decimal("0.002"), 4 * NS)
+    strategy.on_tick(24 * NS, VALID)
+    actions = strategy.on_tick(35 * NS, VALID)
+    assert states(actions) == [] and len(signals(actions)) == 1
+    assert strategy.state == St.EXITING
+
+
+def test_tick_when_entry_never_fills_then_back_to_scanning_and_cooldown_holds() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    assert states(strategy.on_tick(14 * NS, VALID)) == [St.SCANNING]
+    buy_pressure(strategy, 15)
+    assert strategy.on_tick(17 * NS, VALID) == []  # cooldown of 30 s since the entry at 3 s
+    buy_pressure(strategy, 30)
+    assert states(strategy.on_tick(34 * NS, VALID)) == [St.SETUP]
+
+
+def test_disable_when_in_setup_then_disabled_and_no_more_signals() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    assert states(strategy.disable(4 * NS)) == [St.DISABLED]
+    assert strategy.symbol is None
+    buy_pressure(strategy, 40)
+    assert strategy.on_tick(42 * NS, VALID) == []
+
+
+def test_fail_when_scanning_then_failed_until_enabled() -> None:
+    strategy = scanning()
+    assert states(strategy.fail(1, "boom")) == [St.FAILED]
+    assert strategy.disable(2) == []
+    assert states(strategy.enable(3)) == [St.SCANNING]
+
+
+def test_sell_imbalance_when_eth_then_sell_signal_with_eth_size() -> None:
+    strategy = scanning()
+    for i in range(10):
+        strategy.on_trade("ETHUSDT", int((1 + i * 0.1) * NS), Decimal("2"), buyer_is_maker=True)
+    [signal] = signals(strategy.on_tick(3 * NS, {"ETHUSDT": MarketView(hot_state_valid=True)}))
+    assert (signal.side, signal.quantity) == (Side.SELL, Decimal("0.01"))
+
+
+def test_config_when_env_overrides_then_applied() -> None:
+    config = ImbalanceConfig.from_env(
+        {
+            "BULWARK_IMBALANCE_THRESHOLD": "0.8",
+            "BULWARK_IMBALANCE_QUANTITIES": "BTCUSDT:0.002",
+            "BULWARK_IMBALANCE_HOLD_S": "5",
+        }
+    )
+    assert config.threshold == Decimal("0.8") and config.hold_s == 5.0
+    assert config.quantity_for("BTCUSDT") == Decimal("0.002") and config.quantity_for("ETHUSDT") == Decimal("0.01")
+
+
+def test_market_views_when_list_reply_then_valid_flag_per_symbol() -> None:
+    views = market_views(b'{"symbols": [{"symbol": "BTCUSDT", "hot_state": "VALID", "best_bid": "1.5"}]}')
+    assert views["BTCUSDT"].hot_state_valid and views["BTCUSDT"].best_bid == Decimal("1.5")
+    assert not market_views(b'{"ETHUSDT": {"hot_state": "STALE"}}')["ETHUSDT"].hot_state_valid
