@@ -1,0 +1,1 @@
+"""gateway: the operator REST API (SPEC §10), the dashboard and the metrics endpoint."""

@@ -1,0 +1,229 @@
+"""I/O of the gateway: the idempotency store (Valkey, Postgres fallback) and the Postgres reads.
+
+Every Postgres failure becomes a 503 `ApiError` with a clear reason (FM-C3); every Valkey failure
+falls back to Postgres (FM-C7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from libs.cache import IDEMPOTENCY_TTL_S
+from libs.logging import Logger
+from services.gateway.domain import ApiError, IdempotencyVerdict, judge_record, unavailable
+
+T = TypeVar("T")
+
+PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncio.TimeoutError,
+)
+IN_PROGRESS_STALE_NS = 60_000_000_000
+"""An in-progress record older than this is left over from a crashed gateway and is taken over."""
+
+
+async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run a Postgres operation; any connection-level failure becomes a 503.
+
+    Raises:
+        ApiError: 503 `dependency_unavailable` when Postgres is not configured or unreachable.
+    """
+    if pool is None:
+        raise unavailable("postgres", "postgres is not connected")
+    try:
+        return await operation(pool)
+    except PG_ERRORS as exc:
+        raise unavailable("postgres", f"postgres unavailable: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def jsonable(value: Any) -> Any:
+    """Row values as JSON: decimals as strings."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return value
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+@dataclass
+class IdempotencyStore:
+    """`idem:<key>` in Valkey (SET NX, 24 h TTL) with the Postgres `idempotency_keys` table as fallback."""
+
+    cache: redis.Redis | None
+    pool: asyncpg.Pool | None
+    log: Logger
+    clock: Callable[[], int] = time.time_ns
+
+    @staticmethod
+    def _redis_key(key: str) -> str:
+        return f"idem:{key}"
+
+    async def begin(self, key: str, fingerprint: str) -> IdempotencyVerdict:
+        """Claim `key` for a request, or tell how to answer a duplicate.
+
+        Raises:
+            ApiError: 503 when neither Valkey nor Postgres can record the key.
+        """
+        record = {"state": "in_progress", "fingerprint": fingerprint, "started_ns": self.clock()}
+        if self.cache is not None:
+            cache_verdict: IdempotencyVerdict | None = None
+            try:
+                cache_verdict = await self._begin_in_cache(key, fingerprint, record)
+            except (RedisError, OSError) as exc:
+                self.log.warning(
+                    "idempotency_cache_unavailable", error=str(exc)[:200], action_taken="postgres fallback"
+                )
+            if cache_verdict is not None:
+                if cache_verdict.action != "proceed":
+                    return cache_verdict
+                # The cache holds the lock; Postgres may know a response from a time the cache was down.
+                try:
+                    return await self._claim_in_postgres(key, fingerprint, authoritative=False)
+                except ApiError as exc:
+                    self.log.warning("idempotency_postgres_unavailable", error=exc.message, action_taken="cache only")
+                    return IdempotencyVerdict(action="proceed")
+        return await self._claim_in_postgres(key, fingerprint, authoritative=True)
+
+    async def _begin_in_cache(self, key: str, fingerprint: str, record: dict[str, Any]) -> IdempotencyVerdict:
+        if await self._claim_in_cache(key, record):
+            return IdempotencyVerdict(action="proceed")
+        existing = await self._cache_get(key)
+        if existing is None:  # expired between the two calls
+            await self._cache_set(key, record, ttl_s=IDEMPOTENCY_TTL_S)
+            return IdempotencyVerdict(action="proceed")
+        verdict = judge_record(existing, fingerprint)
+        if verdict.action == "in_progress" and self._stale(existing):
+            self.log.warning("idempotency_takeover", key=key, action_taken="stale in-progress record taken over")
+            await self._cache_set(key, record, ttl_s=IDEMPOTENCY_TTL_S)
+            return IdempotencyVerdict(action="proceed")
+        return verdict
+
+    async def _claim_in_cache(self, key: str, record: dict[str, Any]) -> bool:
+        assert self.cache is not None
+        result = await self.cache.set(self._redis_key(key), json.dumps(record), nx=True, ex=IDEMPOTENCY_TTL_S)
+        return bool(result)
+
+    async def _cache_get(self, key: str) -> dict[str, Any] | None:
+        assert self.cache is not None
+        raw = await self.cache.get(self._redis_key(key))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+
+    async def _cache_set(self, key: str, record: dict[str, Any], *, ttl_s: int) -> None:
+        assert self.cache is not None
+        await self.cache.set(self._redis_key(key), json.dumps(record), ex=ttl_s)
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        started = record.get("started_ns")
+        return isinstance(started, int) and self.clock() - started > IN_PROGRESS_STALE_NS
+
+    async def _claim_in_postgres(self, key: str, fingerprint: str, *, authoritative: bool) -> IdempotencyVerdict:
+        now = self.clock()
+
+        async def claim(pool: asyncpg.Pool) -> IdempotencyVerdict:
+            async with pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetchval(
+                    "INSERT INTO idempotency_keys (key, fingerprint, status, created_ns) "
+                    "VALUES ($1, $2, 'in_progress', $3) ON CONFLICT (key) DO NOTHING RETURNING key",
+                    key,
+                    fingerprint,
+                    now,
+                )
+                if inserted is not None:
+                    return IdempotencyVerdict(action="proceed")
+                row = await conn.fetchrow(
+                    "SELECT fingerprint, status, response, http_status, created_ns FROM idempotency_keys "
+                    "WHERE key = $1 FOR UPDATE",
+                    key,
+                )
+                if row is None:  # pragma: no cover - deleted between the two statements
+                    return IdempotencyVerdict(action="proceed")
+                expired = now - row["created_ns"] > IDEMPOTENCY_TTL_S * 1_000_000_000
+                stale = row["status"] == "in_progress" and now - row["created_ns"] > IN_PROGRESS_STALE_NS
+                if expired or stale:
+                    await conn.execute(
+                        "UPDATE idempotency_keys SET fingerprint = $2, status = 'in_progress', response = NULL, "
+                        "http_status = NULL, created_ns = $3 WHERE key = $1",
+                        key,
+                        fingerprint,
+                        now,
+                    )
+                    return IdempotencyVerdict(action="proceed")
+                record = {
+                    "fingerprint": row["fingerprint"],
+                    "state": "done" if row["status"] == "done" else "in_progress",
+                    "response": json.loads(row["response"]) if row["response"] is not None else None,
+                    "http_status": row["http_status"],
+                }
+                verdict = judge_record(record, fingerprint)
+                if not authoritative and verdict.action == "in_progress":
+                    # The cache already made this request the only one; a Postgres-only record in
+                    # progress comes from a request during a cache outage that never finished.
+                    return IdempotencyVerdict(action="proceed")
+                return verdict
+
+        verdict = await pg_call(self.pool, claim)
+        if not authoritative and verdict.action == "replay" and verdict.response is not None:
+            await self._remember_in_cache(key, fingerprint, verdict.http_status or 200, verdict.response)
+        return verdict
+
+    async def finish(self, key: str, fingerprint: str, http_status: int, response: dict[str, Any]) -> None:
+        """Store the final response under `key` in Valkey and Postgres (failures are logged)."""
+        await self._remember_in_cache(key, fingerprint, http_status, response)
+
+        async def store(pool: asyncpg.Pool) -> None:
+            await pool.execute(
+                "INSERT INTO idempotency_keys (key, fingerprint, status, response, http_status, created_ns) "
+                "VALUES ($1, $2, 'done', $3::jsonb, $4, $5) ON CONFLICT (key) DO UPDATE SET "
+                "status = 'done', response = EXCLUDED.response, http_status = EXCLUDED.http_status",
+                key,
+                fingerprint,
+                json.dumps(response),
+                http_status,
+                self.clock(),
+            )
+
+        try:
+            await pg_call(self.pool, store)
+        except ApiError as exc:
+            self.log.warning("idempotency_response_not_in_postgres", key=key, error=exc.message)
+
+    async def _remember_in_cache(self, key: str, fingerprint: str, http_status: int, response: dict[str, Any]) -> None:
+        if self.cache is None:
+            return
+        record = {"state": "done", "fingerprint": fingerprint, "http_status": http_status, "response": response}
+        try:
+            await self._cache_set(key, record, ttl_s=IDEMPOTENCY_TTL_S)
+        except (RedisError, OSError) as exc:
+            self.log.warning("idempotency_response_not_cached", key=key, error=str(exc)[:200])
+
+    async def release(self, key: str) -> None:
+        """Forget an unfinished claim (the request failed before anything was published)."""
+        if self.cache is not None:
+            try:
+                await self.cache.delete(self._redis_key(key))
+            except (RedisError, OSError) as exc:
+                self.log.warning("idempotency_release_failed", store="valkey", key=key, error=str(exc)[:200])
+
+        async def delete(pool: asyncpg.Pool) -> None:
+            await pool.execute("DELETE FROM idempotency_keys WHERE key = $1 AND status = 'in_progress'", key)
+
+        try:
+            await pg_call(self.pool, delete)
+        except ApiError as exc:
+            self.log.warning("idempotency_release_failed", store="postgres", key=key, error=exc.message)

@@ -1,0 +1,89 @@
+"""gateway process: `python -m services.gateway.main`.
+
+Runs the FastAPI app under uvicorn inside `run_service` (bus, Postgres, Valkey, heartbeat).
+The listening socket is bound before uvicorn starts, so a busy port is a clear error and a
+non-zero exit rather than a half-started service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from libs.runtime.service import ServiceContext, main
+from proto import subjects
+from services.gateway.app import Gateway, GatewayConfig, create_app
+
+EXIT_BIND_FAILED = 3
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_service` owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port.
+
+    Raises:
+        OSError: the address is in use or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_http(ctx: ServiceContext, gateway: Gateway, sock: socket.socket) -> EmbeddedServer:
+    """Serve the gateway's app on an already bound socket, stopped with the service."""
+    app = create_app(gateway)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2, lifespan="off")
+    server = EmbeddedServer(config)
+    task = ctx.spawn(server.serve(sockets=[sock]), "http")
+
+    async def stop() -> None:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+    ctx.cleanups.append(stop)
+    return server
+
+
+async def setup(ctx: ServiceContext) -> None:
+    """Track heartbeats and start the HTTP server."""
+    settings = ctx.settings
+    try:
+        sock = bind_socket(settings.gateway_host, settings.gateway_port)
+    except OSError as exc:
+        ctx.log.error(
+            "gateway_bind_failed",
+            error_type=type(exc).__name__,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            message=str(exc),
+            action_taken=f"exit {EXIT_BIND_FAILED}",
+        )
+        raise SystemExit(EXIT_BIND_FAILED) from exc
+    gateway = Gateway(ctx, GatewayConfig())
+    await gateway.start()
+    await start_http(ctx, gateway, sock)
+    ctx.log.info("gateway_listening", host=settings.gateway_host, port=settings.gateway_port)
+
+
+if __name__ == "__main__":
+    main(subjects.GATEWAY, setup, needs_db=True, needs_cache=True)

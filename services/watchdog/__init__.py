@@ -1,0 +1,1 @@
+"""watchdog: component liveness, health, degradation level, alerts, and the audit / DLQ writer."""

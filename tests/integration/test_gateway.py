@@ -1,0 +1,690 @@
+"""Gateway against real nats-server, Postgres and Valkey, with small stand-ins for risk,
+state-builder and position on the real bus (never mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+import pytest_asyncio
+
+from libs import cache
+from libs.bus import Bus, Delivery
+from libs.logging import get_logger
+from libs.runtime import infra as infra_commands
+from libs.runtime.service import ServiceContext
+from libs.settings import Settings
+from libs.testing.infra import EmbeddedInfra
+from proto import subjects
+from proto.enums import ComponentState, OrderStatus
+from proto.envelope import Message
+from proto.messages import (
+    AlertRaised,
+    AlertResolved,
+    Heartbeat,
+    OrderAccepted,
+    OrderDenied,
+    SubmitOrder,
+    TradingStateChanged,
+)
+from services.gateway.app import Gateway, GatewayConfig, create_app
+from services.gateway.main import bind_socket, start_http
+
+ADMIN, OPERATOR, VIEWER = "admin-token", "operator-token", "viewer-token"
+OP = {"Authorization": f"Bearer {OPERATOR}"}
+VIEW = {"Authorization": f"Bearer {VIEWER}"}
+ORDER = {"symbol": "btcusdt", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "65000"}
+
+
+def make_settings(infra: EmbeddedInfra, nats_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "pg_dsn": infra.pg_dsn,
+        "redis_url": infra.redis_url,
+        "admin_token": ADMIN,
+        "operator_token": OPERATOR,
+        "viewer_token": VIEWER,
+        "symbols": ("BTCUSDT", "ETHUSDT"),
+        "strategies": ("imbalance",),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Harness:
+    """A gateway app plus the stand-ins a test needs, on one real nats-server."""
+
+    def __init__(self, ctx: ServiceContext, gateway: Gateway, client: httpx.AsyncClient, peer: Bus) -> None:
+        self.ctx = ctx
+        self.gateway = gateway
+        self.client = client
+        self.peer = peer
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def heartbeat(self, component: str, period_s: float = 0.2) -> asyncio.Task[None]:
+        """Keep `component` heartbeating until the task is cancelled."""
+
+        async def beat() -> None:
+            started = time.time_ns()
+            while True:
+                heartbeat = Heartbeat(component=component, pid=4242, state=ComponentState.READY, started_ns=started)
+                await self.peer.publish_core(subjects.heartbeat(component), heartbeat)
+                await asyncio.sleep(period_s)
+
+        task = asyncio.create_task(beat())
+        self.tasks.append(task)
+        return task
+
+    async def risk_standin(self, decide: Any, delay_s: float = 0.0) -> list[SubmitOrder]:
+        """A durable consumer on `cmd.order.submit` (as risk) answering each order with `decide(order)`."""
+        seen: list[SubmitOrder] = []
+
+        async def handle(message: Message, delivery: Delivery) -> None:
+            assert isinstance(message, SubmitOrder)
+            seen.append(message)
+            await asyncio.sleep(delay_s)
+            subject, event = decide(message)
+            await self.peer.publish(subject, event)
+
+        await self.peer.consume(
+            stream=subjects.STREAM_ORDERS.name,
+            durable="risk-standin",
+            filter_subjects=[subjects.CMD_ORDER_SUBMIT],
+            handler=handle,
+        )
+        return seen
+
+    async def submit_orders_in_stream(self) -> int:
+        info = await self.peer.js.stream_info(subjects.STREAM_ORDERS.name, subjects_filter=subjects.CMD_ORDER_SUBMIT)
+        return int((info.state.subjects or {}).get(subjects.CMD_ORDER_SUBMIT, 0))
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    settings: Settings, pool: Any, redis_client: Any, config: GatewayConfig | None = None
+) -> AsyncIterator[Harness]:
+    bus = Bus("gateway")
+    await bus.connect(settings.nats_url)
+    await bus.ensure_streams()
+    peer = Bus("standins")
+    await peer.connect(settings.nats_url)
+    ctx = ServiceContext(
+        component="gateway", settings=settings, log=get_logger("gateway"), bus=bus, pool=pool, cache=redis_client
+    )
+    gateway = Gateway(ctx, config or GatewayConfig(outcome_timeout_s=2.0))
+    await gateway.start()
+    app = create_app(gateway)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+    h = Harness(ctx, gateway, client, peer)
+    try:
+        yield h
+    finally:
+        for task in h.tasks:
+            task.cancel()
+        await client.aclose()
+        await peer.close()
+        await bus.close()
+
+
+def accept(order: SubmitOrder) -> tuple[str, Message]:
+    event = OrderAccepted(
+        client_order_id=order.client_order_id, venue_order_id=7, symbol=order.symbol, status=OrderStatus.NEW
+    )
+    return subjects.evt_order("accepted", order.venue, order.symbol), event
+
+
+def deny(order: SubmitOrder) -> tuple[str, Message]:
+    return subjects.evt_order("denied", order.venue, order.symbol), OrderDenied(order=order, reason="trading HALTED")
+
+
+@pytest_asyncio.fixture
+async def gw(infra: EmbeddedInfra, nats_url: str, pg_pool: Any, redis_client: Any) -> AsyncIterator[Harness]:
+    async with harness(make_settings(infra, nats_url), pg_pool, redis_client) as h:
+        yield h
+
+
+# --------------------------------------------------------------------------- trading, book, status
+
+
+async def test_halt_and_resume_when_risk_answers_then_state_round_trips(gw: Harness) -> None:
+    state = {"current": "ACTIVE"}
+    requests: list[dict[str, Any]] = []
+
+    def responder(target: str):
+        async def handle(payload: bytes) -> bytes:
+            body = json.loads(payload)
+            requests.append(body)
+            previous, state["current"] = state["current"], target
+            return json.dumps({"trading_state": target, "previous": previous}).encode()
+
+        return handle
+
+    await gw.peer.serve("svc.risk.halt", responder("HALTED"))
+    await gw.peer.serve("svc.risk.resume", responder("ACTIVE"))
+    await gw.peer.nc.flush()
+
+    halted = await gw.client.post("/v1/trading/halt", headers=OP, json={"reason": "maintenance"})
+    resumed = await gw.client.post("/v1/trading/resume", headers=OP)
+    viewer_try = await gw.client.post("/v1/trading/halt", headers=VIEW)
+
+    assert halted.status_code == 200, halted.text
+    assert halted.json() == {"trading_state": "HALTED", "previous": "ACTIVE"}
+    assert resumed.json() == {"trading_state": "ACTIVE", "previous": "HALTED"}
+    assert requests[0] == {"operator": "operator", "reason": "maintenance"}
+    assert viewer_try.status_code == 403
+
+
+async def test_halt_when_risk_not_answering_then_503_with_retry_after(gw: Harness) -> None:
+    response = await gw.client.post("/v1/trading/halt", headers=OP)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.json()["error"]["code"] == "dependency_unavailable"
+
+
+async def test_resume_when_risk_refuses_then_409_with_risk_error(gw: Harness) -> None:
+    async def refuse(_: bytes) -> bytes:
+        return json.dumps({"error": {"code": "invalid_transition", "message": "ACTIVE -> ACTIVE"}}).encode()
+
+    await gw.peer.serve("svc.risk.resume", refuse)
+    await gw.peer.nc.flush()
+
+    response = await gw.client.post("/v1/trading/resume", headers=OP, json={"reason": "x"})
+
+    assert response.status_code == 409 and response.json()["error"]["code"] == "invalid_transition"
+
+
+async def test_emergency_stop_then_hard_shutdown_persisted_published_and_halt_requested(gw: Harness) -> None:
+    halts: list[dict[str, Any]] = []
+
+    async def halt(payload: bytes) -> bytes:
+        halts.append(json.loads(payload))
+        return json.dumps({"trading_state": "HALTED", "previous": "ACTIVE"}).encode()
+
+    await gw.peer.serve("svc.risk.halt", halt)
+    await gw.peer.kv_put(subjects.key_breaker("CB-1"), json.dumps({"state": "OPEN"}).encode())
+    await gw.peer.nc.flush()
+
+    response = await gw.client.post("/v1/emergency-stop", headers=OP, json={"reason": "fat finger"})
+    breakers = await gw.client.get("/v1/breakers", headers=VIEW)
+    reset = await gw.client.post("/v1/breakers/CB-1/reset", headers=OP)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"degradation_level": "HARD_SHUTDOWN", "previous": None, "trading_state": "HALTED"}
+    level = json.loads((await gw.peer.kv_get(subjects.KEY_DEGRADATION_LEVEL))[0])
+    assert level["level"] == "HARD_SHUTDOWN"
+    assert halts == [{"operator": "operator", "reason": "fat finger"}]
+    info = await gw.peer.js.stream_info("CONTROL", subjects_filter=subjects.EVT_DEGRADATION)
+    assert (info.state.subjects or {}).get(subjects.EVT_DEGRADATION) == 1
+    assert breakers.json() == {"breakers": {"CB-1": {"state": "OPEN"}}}
+    assert reset.status_code == 503  # risk does not answer breaker resets in this test
+
+
+async def test_book_when_state_builder_answers_then_passthrough_with_decimal_strings(gw: Harness) -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def book(payload: bytes) -> bytes:
+        body = json.loads(payload)
+        asked.append(body)
+        if body["symbol"] != "BTCUSDT":
+            return json.dumps({"error": {"code": "not_found", "message": "no book"}}).encode()
+        return json.dumps(
+            {
+                "symbol": "BTCUSDT",
+                "status": "VALID",
+                "last_update_id": 99,
+                "bids": [["65000.1", "1.5"]],
+                "asks": [["65000.2", "0.25"]],
+            }
+        ).encode()
+
+    await gw.peer.serve("svc.state-builder.book", book)
+    await gw.peer.nc.flush()
+
+    ok = await gw.client.get("/v1/book/btcusdt?depth=5", headers=VIEW)
+    missing = await gw.client.get("/v1/book/ETHUSDT", headers=VIEW)
+    unknown = await gw.client.get("/v1/book/DOGEUSDT", headers=VIEW)
+    bad_depth = await gw.client.get("/v1/book/BTCUSDT?depth=0", headers=VIEW)
+
+    assert ok.status_code == 200
+    assert ok.json() == {
+        "symbol": "BTCUSDT",
+        "status": "VALID",
+        "last_update_id": 99,
+        "bids": [["65000.1", "1.5"]],
+        "asks": [["65000.2", "0.25"]],
+    }
+    assert asked[0] == {"symbol": "BTCUSDT", "depth": 5}
+    assert missing.status_code == 404 and unknown.status_code == 404
+    assert bad_depth.status_code == 422 and bad_depth.json()["error"]["code"] == "validation_error"
+
+
+async def test_book_when_state_builder_down_then_503(gw: Harness) -> None:
+    response = await gw.client.get("/v1/book/BTCUSDT", headers=VIEW)
+
+    assert response.status_code == 503 and "Retry-After" in response.headers
+
+
+async def test_status_when_components_beat_then_components_kv_and_symbols_shown(gw: Harness) -> None:
+    gw.heartbeat("position")
+
+    async def symbols(_: bytes) -> bytes:
+        return json.dumps(
+            {"symbols": {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5, "mark_price": "1"}}}
+        ).encode()
+
+    await gw.peer.serve("svc.state-builder.symbols", symbols)
+    await gw.peer.kv_put(subjects.KEY_TRADING_STATE, json.dumps({"state": "HALTED"}).encode())
+    await gw.peer.kv_put(subjects.KEY_HEALTH, json.dumps({"health": "YELLOW", "reasons": []}).encode())
+    await gw.peer.kv_put(subjects.key_link("binance-usdm", "ws"), json.dumps({"state": "CONNECTED"}).encode())
+    await asyncio.sleep(0.4)
+
+    response = await gw.client.get("/v1/status", headers=VIEW)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["trading_state"] == "HALTED"
+    assert body["degradation_level"] == "NORMAL"
+    assert body["health"] == "YELLOW"
+    assert body["components"]["position"]["state"] == "READY"
+    assert body["components"]["position"]["pid"] == 4242
+    assert body["components"]["risk"]["state"] == "DOWN"
+    assert set(body["components"]) >= {*subjects.CORE_COMPONENTS, "strategy-imbalance"}
+    assert body["symbols"] == {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5}}
+    assert body["links"] == {"binance-usdm.ws": {"state": "CONNECTED"}}
+    assert body["breakers"] == {}
+
+
+async def test_status_when_nothing_answers_then_fallbacks(gw: Harness) -> None:
+    await gw.peer.kv_put(subjects.key_hot_state("BTCUSDT"), json.dumps({"status": "STALE"}).encode())
+
+    body = (await gw.client.get("/v1/status", headers=VIEW)).json()
+
+    assert body["trading_state"] == "UNKNOWN"
+    assert body["health"] == "UNKNOWN"
+    assert body["symbols"]["BTCUSDT"] == {"hot_state": "STALE", "age_ms": None, "last_update_id": None}
+
+
+# --------------------------------------------------------------------------- orders
+
+
+async def test_post_order_twice_with_same_key_then_same_response_and_one_submit(gw: Harness) -> None:
+    gw.heartbeat("position")
+    seen = await gw.risk_standin(deny)
+    await asyncio.sleep(0.3)
+    headers = {**OP, "Idempotency-Key": "key-1"}
+
+    first = await gw.client.post("/v1/orders", headers=headers, json=ORDER)
+    second = await gw.client.post("/v1/orders", headers=headers, json={**ORDER, "quantity": "0.01"})
+    reused = await gw.client.post("/v1/orders", headers=headers, json={**ORDER, "quantity": "0.02"})
+
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["status"] == "DENIED" and body["reason"] == "trading HALTED"
+    assert body["order_id"] == body["client_order_id"] and body["client_order_id"].startswith("bw")
+    assert body["symbol"] == "BTCUSDT" and body["quantity"] == "0.01" and body["filled_quantity"] == "0"
+    assert (second.status_code, second.json()) == (201, body)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    assert await gw.submit_orders_in_stream() == 1
+    assert len(seen) == 1 and seen[0].idempotency_key == "key-1"
+
+    # FM-C8: a restarted gateway (fresh process state, same stores) answers the retry the same way.
+    restarted = create_app(Gateway(gw.ctx, GatewayConfig(outcome_timeout_s=0.5)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=restarted), base_url="http://g") as client:
+        after_restart = await client.post("/v1/orders", headers=headers, json=ORDER)
+    assert (after_restart.status_code, after_restart.json()) == (201, body)
+    assert await gw.submit_orders_in_stream() == 1
+
+
+async def test_post_order_when_stale_in_progress_key_then_taken_over_and_no_second_order(
+    gw: Harness, redis_client: Any
+) -> None:
+    gw.heartbeat("position")
+    await gw.risk_standin(accept)
+    await asyncio.sleep(0.3)
+    headers = {**OP, "Idempotency-Key": "crashed"}
+    first = await gw.client.post("/v1/orders", headers=headers, json=ORDER)
+    # A gateway that crashed mid-request leaves its claim behind; after a minute it is taken over.
+    record = json.loads(await redis_client.get("idem:crashed"))
+    stale = {"state": "in_progress", "fingerprint": record["fingerprint"], "started_ns": time.time_ns() - 120 * 10**9}
+    await redis_client.set("idem:crashed", json.dumps(stale))
+    await gw.ctx.pool.execute("UPDATE idempotency_keys SET status = 'in_progress', created_ns = 0")
+    coid = first.json()["client_order_id"]
+    await insert_order(gw.ctx.pool, coid, 1, "PARTIALLY_FILLED")
+    await gw.ctx.pool.execute("UPDATE orders SET filled_quantity = 0.005 WHERE client_order_id = $1", coid)
+
+    retry = await gw.client.post("/v1/orders", headers=headers, json=ORDER)
+
+    assert first.status_code == 201 and first.json()["status"] == "NEW"
+    assert retry.status_code == 201, retry.text
+    assert retry.json() | {"status": "NEW", "filled_quantity": "0"} == first.json()
+    assert (retry.json()["status"], retry.json()["filled_quantity"]) == ("PARTIALLY_FILLED", "0.005")
+    assert await gw.submit_orders_in_stream() == 1
+
+
+async def test_post_order_when_accepted_then_201_with_venue_status(gw: Harness) -> None:
+    gw.heartbeat("position")
+    await gw.risk_standin(accept)
+    await asyncio.sleep(0.3)
+
+    response = await gw.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "acc"}, json=ORDER)
+
+    assert response.status_code == 201 and response.json()["status"] == "NEW"
+
+
+async def test_post_order_when_nothing_decides_then_202_pending(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any, redis_client: Any
+) -> None:
+    async with harness(
+        make_settings(infra, nats_url), pg_pool, redis_client, GatewayConfig(outcome_timeout_s=0.3)
+    ) as h:
+        h.heartbeat("position")
+        await asyncio.sleep(0.3)
+
+        response = await h.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "slow"}, json=ORDER)
+
+        assert response.status_code == 202 and response.json()["status"] == "PENDING_SUBMISSION"
+        assert await h.submit_orders_in_stream() == 1
+
+
+async def test_concurrent_duplicates_then_exactly_one_409(gw: Harness) -> None:
+    gw.heartbeat("position")
+    await gw.risk_standin(accept, delay_s=0.5)
+    await asyncio.sleep(0.3)
+    headers = {**OP, "Idempotency-Key": "race"}
+
+    responses = await asyncio.gather(*(gw.client.post("/v1/orders", headers=headers, json=ORDER) for _ in range(2)))
+
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [201, 409]
+    conflict = next(response for response in responses if response.status_code == 409)
+    assert conflict.json()["error"]["code"] == "request_in_progress"
+    assert await gw.submit_orders_in_stream() == 1
+
+
+async def test_post_order_when_position_down_then_503_and_nothing_published(gw: Harness) -> None:
+    response = await gw.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "k"}, json=ORDER)
+    gw.heartbeat("position")
+    await asyncio.sleep(0.3)
+    await gw.risk_standin(accept)
+    retry = await gw.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "k"}, json=ORDER)
+
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.json()["error"]["details"] == {"dependency": "position"}
+    assert retry.status_code == 201  # the key was released: the retry is processed
+    assert await gw.submit_orders_in_stream() == 1
+
+
+async def test_post_order_validation_then_422_with_details(gw: Harness) -> None:
+    headers = {**OP, "Idempotency-Key": "v"}
+    no_price = await gw.client.post("/v1/orders", headers=headers, json={**ORDER, "price": None})
+    unknown = await gw.client.post("/v1/orders", headers=headers, json={**ORDER, "symbol": "DOGEUSDT"})
+    no_key = await gw.client.post("/v1/orders", headers=OP, json=ORDER)
+
+    assert no_price.status_code == 422 and no_price.json()["error"]["details"]
+    assert unknown.status_code == 422 and unknown.json()["error"]["details"][0]["loc"] == ["body", "symbol"]
+    assert no_key.status_code == 400 and no_key.json()["error"]["code"] == "missing_idempotency_key"
+
+
+async def test_post_order_when_valkey_down_then_postgres_fallback_gives_one_order(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any, tmp_path: Path
+) -> None:
+    valkey = EmbeddedInfra(tmp_path / "valkey").start(("valkey",))
+    client = cache.create_client(valkey.redis_url)
+    try:
+        assert await client.ping()
+        valkey.stop_one("valkey")  # stopped by pid
+        async with harness(make_settings(infra, nats_url), pg_pool, client) as h:
+            h.heartbeat("position")
+            await h.risk_standin(deny)
+            await asyncio.sleep(0.3)
+            headers = {**OP, "Idempotency-Key": "no-cache"}
+
+            first = await h.client.post("/v1/orders", headers=headers, json=ORDER)
+            second = await h.client.post("/v1/orders", headers=headers, json=ORDER)
+
+            assert first.status_code == 201, first.text
+            assert second.json() == first.json()
+            assert await h.submit_orders_in_stream() == 1
+            stored = await pg_pool.fetchrow("SELECT status, http_status FROM idempotency_keys WHERE key = 'no-cache'")
+            assert (stored["status"], stored["http_status"]) == ("done", 201)
+    finally:
+        await client.aclose()
+        valkey.stop()
+
+
+async def insert_order(pool: Any, coid: str, created_ns: int, status: str = "NEW") -> None:
+    await pool.execute(
+        "INSERT INTO orders (client_order_id, idempotency_key, source, venue, symbol, side, type, quantity, price, "
+        "status, filled_quantity, created_ns, updated_ns) VALUES ($1, $1, 'OPERATOR', 'binance-usdm', 'BTCUSDT', "
+        "'BUY', 'LIMIT', 0.010, 65000.50, $2, 0, $3, $3)",
+        coid,
+        status,
+        created_ns,
+    )
+
+
+async def test_orders_reads_then_pagination_get_and_cancel(gw: Harness, pg_pool: Any) -> None:
+    for index in range(5):
+        await insert_order(pg_pool, f"o{index}", 1000 + index, "FILLED" if index == 0 else "NEW")
+    await pg_pool.execute(
+        "INSERT INTO positions (venue, symbol, quantity, average_entry_price, realized_pnl, updated_ns) "
+        "VALUES ('binance-usdm', 'BTCUSDT', -0.5, 65000.10, 1.5, 7)"
+    )
+
+    page1 = (await gw.client.get("/v1/orders?limit=2", headers=VIEW)).json()
+    page2 = (await gw.client.get(f"/v1/orders?limit=2&cursor={page1['next_cursor']}", headers=VIEW)).json()
+    page3 = (await gw.client.get(f"/v1/orders?limit=2&cursor={page2['next_cursor']}", headers=VIEW)).json()
+    filled = (await gw.client.get("/v1/orders?status=filled", headers=VIEW)).json()
+    bad_status = await gw.client.get("/v1/orders?status=NOPE", headers=VIEW)
+    bad_cursor = await gw.client.get("/v1/orders?cursor=zzz", headers=VIEW)
+    one = await gw.client.get("/v1/orders/o3", headers=VIEW)
+    missing = await gw.client.get("/v1/orders/nope", headers=VIEW)
+    cancel = await gw.client.delete("/v1/orders/o3", headers=OP)
+    terminal = await gw.client.delete("/v1/orders/o0", headers=OP)
+    cancel_missing = await gw.client.delete("/v1/orders/nope", headers=OP)
+    positions = (await gw.client.get("/v1/positions", headers=VIEW)).json()
+
+    assert [o["order_id"] for o in page1["orders"] + page2["orders"] + page3["orders"]] == [
+        "o4",
+        "o3",
+        "o2",
+        "o1",
+        "o0",
+    ]
+    assert page3["next_cursor"] is None
+    assert [o["order_id"] for o in filled["orders"]] == ["o0"]
+    assert bad_status.status_code == 422 and bad_cursor.status_code == 400
+    assert one.json()["quantity"] == "0.01" and one.json()["price"] == "65000.5"
+    assert missing.status_code == 404
+    assert cancel.status_code == 202 and cancel.json()["status"] == "PENDING_CANCEL"
+    assert terminal.status_code == 409 and cancel_missing.status_code == 404
+    info = await gw.peer.js.stream_info("ORDERS", subjects_filter=subjects.CMD_ORDER_CANCEL)
+    assert (info.state.subjects or {}).get(subjects.CMD_ORDER_CANCEL) == 1
+    assert positions == {
+        "positions": [
+            {
+                "venue": "binance-usdm",
+                "symbol": "BTCUSDT",
+                "quantity": "-0.5",
+                "average_entry_price": "65000.1",
+                "realized_pnl": "1.5",
+                "updated_ns": 7,
+            }
+        ]
+    }
+
+
+async def test_postgres_reads_when_postgres_unreachable_then_503(gw: Harness, infra: EmbeddedInfra) -> None:
+    dead_port = infra_commands.free_port("127.0.0.1")
+    dead = await asyncpg.create_pool(
+        f"postgresql://bulwark@127.0.0.1:{dead_port}/bulwark", min_size=0, max_size=1, timeout=1.0
+    )
+    try:
+        gw.ctx.pool = dead
+        app = create_app(gw.gateway)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g") as client:
+            for path in ("/v1/orders", "/v1/orders/x", "/v1/positions", "/v1/events", "/v1/alerts", "/v1/dlq"):
+                response = await client.get(path, headers=VIEW)
+                assert response.status_code == 503, path
+                assert response.headers["Retry-After"]
+                assert "postgres" in response.json()["error"]["message"]
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["reasons"]
+    finally:
+        await dead.close()
+
+
+# --------------------------------------------------------------------------- strategies, audit, dlq
+
+
+async def test_strategies_enable_disable_then_commands_published(gw: Harness) -> None:
+    await gw.peer.kv_put(subjects.key_strategy("imbalance"), json.dumps({"state": "SCANNING"}).encode())
+
+    listed = (await gw.client.get("/v1/strategies", headers=VIEW)).json()
+    enabled = await gw.client.post("/v1/strategies/imbalance/enable", headers=OP)
+    disabled = await gw.client.post("/v1/strategies/imbalance/disable", headers=OP)
+    unknown = await gw.client.post("/v1/strategies/nope/enable", headers=OP)
+
+    assert listed["strategies"][0]["name"] == "imbalance" and listed["strategies"][0]["state"] == "SCANNING"
+    assert enabled.status_code == 202 and disabled.status_code == 202 and unknown.status_code == 404
+    info = await gw.peer.js.stream_info("SIGNALS", subjects_filter="cmd.strategy.>")
+    assert (info.state.subjects or {}) == {"cmd.strategy.imbalance.enable": 1, "cmd.strategy.imbalance.disable": 1}
+
+
+async def insert_event(pool: Any, seq: int, message: Message, subject: str) -> None:
+    await pool.execute(
+        "INSERT INTO audit_events (stream, stream_seq, subject, type, message_id, ts_event_ns, payload) "
+        "VALUES ('CONTROL', $1, $2, $3, $4, $5, $6::jsonb)",
+        seq,
+        subject,
+        type(message).__name__,
+        message.message_id,
+        message.ts_event_ns,
+        msgspec.json.encode(message).decode(),
+    )
+
+
+async def test_events_and_alerts_then_filtered_newest_first(gw: Harness, pg_pool: Any) -> None:
+    raised_a = AlertRaised(key="a", severity="P1", component="risk", title="A")
+    raised_b = AlertRaised(key="b", severity="P2", component="risk", title="B")
+    await insert_event(pg_pool, 1, raised_a, subjects.EVT_ALERT_RAISED)
+    await insert_event(pg_pool, 2, raised_b, subjects.EVT_ALERT_RAISED)
+    await insert_event(pg_pool, 3, AlertResolved(key="a", component="risk"), subjects.EVT_ALERT_RESOLVED)
+    await insert_event(
+        pg_pool, 4, TradingStateChanged(previous=None, current="HALTED", reason="x"), subjects.EVT_TRADING_STATE
+    )
+
+    everything = (await gw.client.get("/v1/events?limit=3", headers=VIEW)).json()
+    rest = (await gw.client.get(f"/v1/events?cursor={everything['next_cursor']}", headers=VIEW)).json()
+    typed = (await gw.client.get("/v1/events?type=AlertRaised", headers=VIEW)).json()
+    alerts = (await gw.client.get("/v1/alerts", headers=VIEW)).json()
+
+    assert [e["stream_seq"] for e in everything["events"]] == [4, 3, 2]
+    assert [e["stream_seq"] for e in rest["events"]] == [1] and rest["next_cursor"] is None
+    assert [e["payload"]["key"] for e in typed["events"]] == ["b", "a"]
+    assert [alert["key"] for alert in alerts["alerts"]] == ["b"]
+
+
+async def test_dlq_list_stats_retry_delete(gw: Harness, pg_pool: Any) -> None:
+    payload = msgspec.json.encode(TradingStateChanged(previous=None, current="HALTED", reason="x")).decode()
+    for seq, consumer in ((1, "risk-orders"), (2, "position-approved")):
+        await pg_pool.execute(
+            "INSERT INTO dead_letters (stream_seq, consumer, subject, reason, deliveries, payload, created_ns, "
+            "updated_ns) VALUES ($1, $2, 'evt.trading.state', 'permanent: boom', 5, $3, $1, $1)",
+            seq,
+            consumer,
+            payload,
+        )
+
+    listed = (await gw.client.get("/v1/dlq?consumer=risk-orders&reason=BOOM", headers=VIEW)).json()
+    retried = await gw.client.post("/v1/dlq/1/retry", headers=OP)
+    again = await gw.client.post("/v1/dlq/1/retry", headers=OP)
+    stats = (await gw.client.get("/v1/dlq/stats", headers=VIEW)).json()
+    deleted = await gw.client.delete("/v1/dlq/2", headers=OP)
+    gone = await gw.client.delete("/v1/dlq/2", headers=OP)
+    viewer_delete = await gw.client.delete("/v1/dlq/1", headers=VIEW)
+
+    assert [letter["id"] for letter in listed["dead_letters"]] == [1]
+    assert retried.status_code == 200 and retried.json()["status"] == "RETRIED"
+    assert again.status_code == 409
+    assert stats["total"] == 2 and stats["by_status"] == {"PENDING": 1, "RETRIED": 1}
+    assert deleted.status_code == 200 and gone.status_code == 404 and viewer_delete.status_code == 403
+    info = await gw.peer.js.stream_info("CONTROL", subjects_filter=subjects.EVT_TRADING_STATE)
+    assert (info.state.subjects or {}).get(subjects.EVT_TRADING_STATE) == 1
+
+
+# --------------------------------------------------------------------------- real HTTP server
+
+
+async def test_real_server_serves_metrics_and_sse_stream(gw: Harness) -> None:
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = await start_http(gw.ctx, gw.gateway, sock)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(50):
+                if server.started:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.get("/health/live")).status_code == 200
+            lines: list[str] = []
+            async with client.stream("GET", "/v1/events/stream", headers=VIEW) as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                iterator = stream.aiter_lines()
+                assert (await anext(iterator)).startswith(":")
+                await gw.peer.publish(
+                    subjects.EVT_TRADING_STATE, TradingStateChanged(previous=None, current="HALTED", reason="x")
+                )
+                async with asyncio.timeout(3):
+                    while not any(line.startswith("data:") for line in lines):
+                        lines.append(await anext(iterator))
+            metrics = (await client.get("/metrics")).text
+    finally:
+        server.should_exit = True
+        for cleanup in gw.ctx.cleanups:
+            await cleanup()
+    assert "event: TradingStateChanged" in lines
+    data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+    assert data["current"] == "HALTED"
+    assert 'bulwark_gateway_http_requests_total{method="GET",route="/health/live",status="200"}' in metrics
+    assert "bulwark_component_up" in metrics
+
+
+def test_gateway_process_when_port_busy_then_exits_non_zero(infra: EmbeddedInfra, nats_url: str) -> None:
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        **infra.env(),
+        "BULWARK_NATS_URL": nats_url,
+        "BULWARK_GATEWAY_PORT": str(port),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.gateway.main"], env=env, capture_output=True, timeout=60, check=False
+        )
+    finally:
+        sock.close()
+    assert result.returncode != 0
+    assert b"gateway_bind_failed" in result.stdout
+
+
+@pytest.mark.parametrize("path", ["/v1/status", "/v1/orders", "/v1/dlq/stats"])
+async def test_reads_without_token_then_401(gw: Harness, path: str) -> None:
+    response = await gw.client.get(path)
+
+    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"

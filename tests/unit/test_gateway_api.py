@@ -1,0 +1,140 @@
+"""Gateway HTTP surface without infrastructure: auth, error envelope, validation shapes, OpenAPI.
+
+The bus is never connected here, so these tests also show that a dependency that is down gives
+a 503 with `Retry-After`, never a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from libs.bus import Bus
+from libs.logging import get_logger
+from libs.runtime.service import ServiceContext
+from libs.settings import Settings
+from services.gateway.app import Gateway, create_app
+
+OP = {"Authorization": "Bearer o"}
+VIEW = {"Authorization": "Bearer v"}
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(admin_token="a", operator_token="o", viewer_token="v")
+    ctx = ServiceContext(component="gateway", settings=settings, log=get_logger("gateway"), bus=Bus("gateway"))
+    app = create_app(Gateway(ctx))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        yield http
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/orders"),
+        ("POST", "/v1/orders"),
+        ("DELETE", "/v1/orders/x"),
+        ("GET", "/v1/positions"),
+        ("POST", "/v1/trading/halt"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/dlq"),
+        ("POST", "/v1/dlq/1/retry"),
+        ("GET", "/v1/breakers"),
+        ("GET", "/v1/events/stream"),
+        ("GET", "/v1/alerts"),
+    ],
+)
+async def test_protected_routes_when_no_token_then_401_envelope(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    assert_envelope(await client.request(method, path), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/orders"),
+        ("DELETE", "/v1/orders/x"),
+        ("POST", "/v1/trading/halt"),
+        ("POST", "/v1/trading/resume"),
+        ("POST", "/v1/strategies/imbalance/enable"),
+        ("POST", "/v1/dlq/1/retry"),
+        ("DELETE", "/v1/dlq/1"),
+        ("POST", "/v1/emergency-stop"),
+        ("POST", "/v1/breakers/CB-1/reset"),
+    ],
+)
+async def test_mutations_when_viewer_then_403(client: httpx.AsyncClient, method: str, path: str) -> None:
+    assert_envelope(await client.request(method, path, headers=VIEW, json={}), 403, "forbidden")
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/metrics", "/", "/openapi.json"])
+async def test_open_routes_need_no_token(client: httpx.AsyncClient, path: str) -> None:
+    assert (await client.get(path)).status_code == 200
+
+
+async def test_framework_errors_use_the_envelope(client: httpx.AsyncClient) -> None:
+    assert_envelope(await client.get("/nope"), 404, "not_found")
+    assert_envelope(await client.put("/v1/status", headers=VIEW), 405, "method_not_allowed")
+    assert_envelope(await client.get("/v1/orders?limit=9999", headers=VIEW), 422, "validation_error")
+    assert_envelope(await client.get("/v1/dlq/abc/retry", headers=OP), 405)
+
+
+async def test_order_validation_then_422_with_field_details(client: httpx.AsyncClient) -> None:
+    headers = {**OP, "Idempotency-Key": "k"}
+    bad = await client.post(
+        "/v1/orders", headers=headers, json={"symbol": "BTCUSDT", "side": "HOLD", "type": "LIMIT", "quantity": "-1"}
+    )
+    unknown_symbol = await client.post(
+        "/v1/orders", headers=headers, json={"symbol": "DOGEUSDT", "side": "BUY", "type": "MARKET", "quantity": "1"}
+    )
+    broken_json = await client.post(
+        "/v1/orders", headers={**headers, "Content-Type": "application/json"}, content=b"{not json"
+    )
+
+    details = assert_envelope(bad, 422, "validation_error")["details"]
+    assert {tuple(item["loc"]) for item in details} == {("body", "side"), ("body", "quantity")}
+    assert assert_envelope(unknown_symbol, 422)["details"][0]["loc"] == ["body", "symbol"]
+    assert_envelope(broken_json, 400, "invalid_json")
+
+
+async def test_order_without_idempotency_key_then_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/orders", headers=OP, json={"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "1"}
+    )
+
+    assert_envelope(response, 400, "missing_idempotency_key")
+
+
+async def test_dependencies_down_then_503_with_retry_after(client: httpx.AsyncClient) -> None:
+    for response in (
+        await client.get("/v1/orders", headers=VIEW),
+        await client.get("/v1/book/BTCUSDT", headers=VIEW),
+        await client.post("/v1/trading/halt", headers=OP),
+        await client.get("/health/ready"),
+    ):
+        assert_envelope(response, 503)
+        assert response.headers["Retry-After"] == "5"
+
+
+async def test_openapi_lists_request_and_response_models(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+
+    schemas = spec["components"]["schemas"]
+    assert {"OrderRequest", "OrderResponse", "StatusResponse", "BookResponse", "ErrorEnvelope"} <= set(schemas)
+    post = spec["paths"]["/v1/orders"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("OrderRequest")
+    assert "Idempotency-Key" in {parameter["name"] for parameter in post["parameters"]}
