@@ -139,6 +139,21 @@ class SymbolHotState(msgspec.Struct, frozen=True, kw_only=True):
     best_ask: Decimal | None = None
 
 
+class HotStateRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The persisted hot state of one symbol (KV `hotstate.<SYM>`)."""
+
+    status: HotStateStatus
+    reason: str
+    last_update_id: int | None = None
+    ts_ns: int = 0
+
+
+class SymbolsReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply of `svc.state-builder.symbols`: every symbol's hot state."""
+
+    symbols: dict[str, SymbolHotState]
+
+
 # --------------------------------------------------------------------------- strategy
 
 

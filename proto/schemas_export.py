@@ -11,14 +11,20 @@ from pathlib import Path
 
 import msgspec
 
-from proto.messages import ALL_MESSAGE_TYPES, OrderView, SymbolHotState
+from proto.messages import ALL_MESSAGE_TYPES, HotStateRecord, OrderView, SymbolHotState, SymbolsReply
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 def render() -> dict[str, str]:
     """File name -> JSON text of every schema (one file per message, plus the union)."""
-    kinds: tuple[type[msgspec.Struct], ...] = (*ALL_MESSAGE_TYPES, OrderView, SymbolHotState)
+    kinds: tuple[type[msgspec.Struct], ...] = (
+        *ALL_MESSAGE_TYPES,
+        OrderView,
+        SymbolHotState,
+        HotStateRecord,
+        SymbolsReply,
+    )
     (schemas, components) = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
     files: dict[str, str] = {}
     for kind, schema in zip(kinds, schemas, strict=True):

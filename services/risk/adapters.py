@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
-
 import msgspec
 from nats.js.errors import NotFoundError
 
 from libs.bus import Bus
 from proto import subjects
-from proto.codec import decode
+from proto.codec import decode, decode_as
 from proto.enums import HotStateStatus
-from proto.messages import PositionChanged
+from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 
 from .domain import TradingStateRecord, dump_trading_state, load_trading_state
 
@@ -29,20 +26,10 @@ async def write_trading_state(bus: Bus, record: TradingStateRecord) -> None:
 
 
 def parse_hot_state(raw: bytes) -> HotStateStatus | None:
-    """Hot-state status from a KV value or event payload; None when it cannot be read (not VALID)."""
+    """Hot-state status from a KV `hotstate.<SYM>` value; None when unreadable (so: not VALID)."""
     try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(value, str):
-        candidate: Any = value
-    elif isinstance(value, dict):
-        candidate = value.get("current") or value.get("status") or value.get("hot_state") or value.get("state")
-    else:
-        return None
-    try:
-        return HotStateStatus(str(candidate))
-    except ValueError:
+        return decode_as(raw, HotStateRecord).status
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 
@@ -62,34 +49,10 @@ async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChang
     return message if isinstance(message, PositionChanged) else None
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return None
-
-
-def parse_symbols_reply(raw: bytes) -> dict[str, dict[str, Any]]:
+def parse_symbols_reply(raw: bytes) -> dict[str, SymbolHotState]:
     """Per-symbol hot state from a `svc.state-builder.symbols` reply.
 
-    Accepts `{"symbols": {SYM: {...}}}`, `{"symbols": [{"symbol": SYM, ...}]}`, a bare list or a
-    bare mapping; values keep `hot_state`, `best_bid`, `best_ask`, `mark_price` (Decimals).
+    Raises:
+        msgspec.DecodeError / msgspec.ValidationError: the reply is not a `SymbolsReply`.
     """
-    value = msgspec.json.decode(raw)
-    if isinstance(value, dict) and "symbols" in value:
-        value = value["symbols"]
-    rows: dict[str, dict[str, Any]] = {}
-    items = value.items() if isinstance(value, dict) else ((row.get("symbol"), row) for row in value or [])
-    for symbol, row in items:
-        if not isinstance(row, dict) or not symbol:
-            continue
-        status = row.get("hot_state") or row.get("status")
-        rows[str(symbol)] = {
-            "hot_state": HotStateStatus(str(status)) if status in HotStateStatus.__members__ else None,
-            "best_bid": _decimal(row.get("best_bid")),
-            "best_ask": _decimal(row.get("best_ask")),
-            "mark_price": _decimal(row.get("mark_price")),
-        }
-    return rows
+    return decode_as(raw, SymbolsReply).symbols

@@ -136,15 +136,17 @@ class RiskService:
         """Best bid/ask from the state-builder, used when no mark price is known yet."""
         try:
             raw = await self.bus.request(subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=1.0)
-            row = adapters.parse_symbols_reply(raw).get(symbol, {})
+            row = adapters.parse_symbols_reply(raw).get(symbol)
         except Exception as exc:  # noqa: BLE001 - timeout, no responders, bad reply: price stays unknown
             self.log.warning("state_builder_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
             return None, None
-        if row.get("hot_state") is not None and self.hot_state.get(symbol) is None:
-            self.hot_state[symbol] = row["hot_state"]
-        if row.get("mark_price") is not None:
-            self.mark_prices.setdefault(symbol, row["mark_price"])
-        return row.get("best_bid"), row.get("best_ask")
+        if row is None:
+            return None, None
+        if self.hot_state.get(symbol) is None:
+            self.hot_state[symbol] = row.hot_state
+        if row.mark_price is not None:
+            self.mark_prices.setdefault(symbol, row.mark_price)
+        return row.best_bid, row.best_ask
 
     async def decide(self, order: SubmitOrder) -> OrderApproved | OrderDenied | None:
         """Check an order and publish its decision (None when it was already decided)."""

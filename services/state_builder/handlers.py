@@ -15,17 +15,20 @@ import msgspec
 from libs.bus import Delivery
 from libs.logging import Logger
 from proto import subjects
+from proto.codec import encode
 from proto.enums import ConnectionState
 from proto.envelope import Message
 from proto.messages import (
     BookResyncStarted,
     BookSnapshot,
     DepthDiff,
+    HotStateRecord,
     HotStateStatusChanged,
     LinkStateChanged,
     MarkPrice,
     OpenInterest,
     SymbolHotState,
+    SymbolsReply,
 )
 from services.state_builder.domain import Clock, DiffResult, HotState, HotStateTransition, OrderBook
 
@@ -126,13 +129,13 @@ class StateBuilder:
                 last_update_id=transition.last_update_id,
                 ts_event_ns=transition.ts_ns,
             )
-            value = msgspec.json.encode(
-                {
-                    "status": transition.current.value,
-                    "reason": transition.reason,
-                    "last_update_id": transition.last_update_id,
-                    "ts_ns": transition.ts_ns,
-                }
+            value = encode(
+                HotStateRecord(
+                    status=transition.current,
+                    reason=transition.reason,
+                    last_update_id=transition.last_update_id,
+                    ts_ns=transition.ts_ns,
+                )
             )
             try:
                 await self._publish(subjects.evt_hot_state(transition.symbol), event)
@@ -289,12 +292,7 @@ class StateBuilder:
 
     async def handle_symbols_request(self, payload: bytes) -> bytes:
         """`svc.state-builder.symbols` → {"symbols": {SYM: {...}}}."""
-        views: dict[str, Any] = {}
-        for symbol in self.symbols:
-            view = msgspec.to_builtins(self.symbol_view(symbol))
-            view.pop("symbol", None)
-            views[symbol] = view
-        return msgspec.json.encode({"symbols": views})
+        return encode(SymbolsReply(symbols={symbol: self.symbol_view(symbol) for symbol in self.symbols}))
 
     def details(self) -> dict[str, Any]:
         """Heartbeat details: per symbol status and last update id."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
-
 import msgspec
 
 from libs.bus import Bus
 from proto import subjects
+from proto.codec import decode_as
 from proto.enums import HotStateStatus, StrategyState
+from proto.messages import SymbolsReply
 
 from .domain import MarketView
 
@@ -42,26 +41,15 @@ async def write_strategy_state(bus: Bus, name: str, record: StrategyStateRecord)
     await bus.kv_put(subjects.key_strategy(name), msgspec.json.encode(record))
 
 
-def _decimal(value: Any) -> Decimal | None:
-    try:
-        return Decimal(str(value)) if value is not None else None
-    except InvalidOperation:
-        return None
-
-
 def market_views(raw: bytes) -> dict[str, MarketView]:
-    """`svc.state-builder.symbols` reply as market views (list, mapping or `{"symbols": ...}`)."""
-    value = msgspec.json.decode(raw)
-    if isinstance(value, dict) and "symbols" in value:
-        value = value["symbols"]
-    items = value.items() if isinstance(value, dict) else ((row.get("symbol"), row) for row in value or [])
-    views: dict[str, MarketView] = {}
-    for symbol, row in items:
-        if symbol and isinstance(row, dict):
-            status = row.get("hot_state") or row.get("status")
-            views[str(symbol)] = MarketView(
-                hot_state_valid=status == HotStateStatus.VALID.value,
-                best_bid=_decimal(row.get("best_bid")),
-                best_ask=_decimal(row.get("best_ask")),
-            )
-    return views
+    """A `svc.state-builder.symbols` reply as market views.
+
+    Raises:
+        msgspec.DecodeError / msgspec.ValidationError: the reply is not a `SymbolsReply`.
+    """
+    return {
+        symbol: MarketView(
+            hot_state_valid=view.hot_state == HotStateStatus.VALID, best_bid=view.best_bid, best_ask=view.best_ask
+        )
+        for symbol, view in decode_as(raw, SymbolsReply).symbols.items()
+    }

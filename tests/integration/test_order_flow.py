@@ -33,8 +33,8 @@ from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.codec import encode
-from proto.enums import OrderSource, OrderType, Side
-from proto.messages import CancelOrder, SubmitOrder, Trade
+from proto.enums import HotStateStatus, OrderSource, OrderType, Side
+from proto.messages import CancelOrder, HotStateRecord, SubmitOrder, SymbolHotState, SymbolsReply, Trade
 from services.position.main import setup as position_setup
 from services.risk.main import setup as risk_setup
 from services.strategy.main import setup as strategy_setup
@@ -144,12 +144,20 @@ async def system(nats_url: str, pg_pool: Any, infra: EmbeddedInfra, venue_url: s
     await bus.connect(nats_url)
     await bus.ensure_streams()
     # What the state-builder would provide: a VALID hot state and a touch to price orders at.
-    await bus.kv_put(subjects.key_hot_state(SYMBOL), msgspec.json.encode({"status": "VALID"}))
+    valid = HotStateRecord(status=HotStateStatus.VALID, reason="test")
+    await bus.kv_put(subjects.key_hot_state(SYMBOL), encode(valid))
     book = (await _sim_state(venue_url))["books"][SYMBOL]
 
     async def symbols_reply(_: bytes) -> bytes:
-        row = {"symbol": SYMBOL, "hot_state": "VALID", "best_bid": book["best_bid"], "best_ask": book["best_ask"]}
-        return msgspec.json.encode({"symbols": [row]})
+        view = SymbolHotState(
+            symbol=SYMBOL,
+            hot_state=HotStateStatus.VALID,
+            age_ms=0,
+            last_update_id=book["last_update_id"],
+            best_bid=Decimal(book["best_bid"]),
+            best_ask=Decimal(book["best_ask"]),
+        )
+        return encode(SymbolsReply(symbols={SYMBOL: view}))
 
     await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols_reply)
     system = System(bus=bus, pool=pg_pool, venue_url=venue_url, settings=settings)
