@@ -85,8 +85,8 @@ def start_system(data_dir: Path, log_path: Path, extra_args: list[str] | None = 
         str(ports["redis"]),
         *(extra_args or []),
     ]
-    log = log_path.open("ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     credentials = data_dir / "credentials.json"
     deadline = time.monotonic() + 120
     while not credentials.exists() or not log_path.read_text(errors="replace").count("admin token"):
