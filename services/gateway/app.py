@@ -58,6 +58,7 @@ from services.gateway.domain import (
     encode_cursor,
     error_body,
     fingerprint,
+    is_settled,
     outcome_of,
     parse_order_status,
     unavailable,
@@ -1091,10 +1092,16 @@ async def _submit(gateway: Gateway, body: OrderRequest, key: str, role: Role) ->
         )
         await _publish(gateway, subjects.CMD_ORDER_SUBMIT, command, msg_id=client_order_id)
         ctx.log.info("order_submitted", client_order_id=client_order_id, symbol=body.symbol, operator=role.label)
-        try:
-            outcome: Outcome | None = await asyncio.wait_for(outcomes.get(), gateway.config.outcome_timeout_s)
-        except TimeoutError:
-            outcome = None
+        outcome: Outcome | None = None
+        deadline = asyncio.get_running_loop().time() + gateway.config.outcome_timeout_s
+        while outcome is None or not is_settled(outcome):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                outcome = await asyncio.wait_for(outcomes.get(), remaining)
+            except TimeoutError:
+                break
     except BUS_ERRORS as exc:
         raise unavailable("nats", f"bus failure: {type(exc).__name__}: {exc}"[:300]) from exc
     finally:
@@ -1105,7 +1112,7 @@ async def _submit(gateway: Gateway, body: OrderRequest, key: str, role: Role) ->
     status = outcome.status if outcome is not None else OrderStatus.PENDING_SUBMISSION
     filled = outcome.filled_quantity if outcome is not None and outcome.filled_quantity is not None else Decimal(0)
     reason = outcome.reason if outcome is not None else None
-    if outcome is None or status not in (OrderStatus.DENIED, OrderStatus.REJECTED):
+    if outcome is None or not is_settled(outcome):
         projected = await _projected_order(gateway, client_order_id)
         if projected is not None:
             status, filled, reason = projected[0], projected[1], projected[2] or reason

@@ -223,6 +223,14 @@ def outcome_of(message: Message, client_order_id: str) -> Outcome | None:
     return None
 
 
+def is_settled(outcome: Outcome) -> bool:
+    """True when an outcome can be answered as is: an order reported (partly) filled must also say
+    how much, so an acceptance whose status is FILLED waits for its fills."""
+    if outcome.status in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED):
+        return outcome.filled_quantity is not None
+    return True
+
+
 # --------------------------------------------------------------------------- idempotency
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from libs.fsm import IllegalTransition, next_state
 from proto.enums import TERMINAL_ORDER_STATUSES, OrderSource, OrderStatus, OrderType, Side
 
 S = OrderStatus
@@ -80,7 +81,7 @@ ORDER_TRANSITIONS: dict[tuple[OrderStatus, OrderTrigger], OrderStatus] = {
 }
 
 
-class IllegalOrderTransition(ValueError):
+class IllegalOrderTransition(IllegalTransition):
     """The trigger cannot happen in the order's current state."""
 
 
@@ -90,10 +91,7 @@ def next_order_status(status: OrderStatus, trigger: OrderTrigger) -> OrderStatus
     Raises:
         IllegalOrderTransition: the pair is not in `ORDER_TRANSITIONS`.
     """
-    try:
-        return ORDER_TRANSITIONS[(status, trigger)]
-    except KeyError:
-        raise IllegalOrderTransition(f"{trigger.value} not allowed from {status.value}") from None
+    return next_state(ORDER_TRANSITIONS, status, trigger, IllegalOrderTransition)
 
 
 VENUE_STATUS_TRIGGERS: dict[str, OrderTrigger] = {

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import msgspec
 
+from libs.fsm import IllegalTransition, next_state
 from proto.enums import HotStateStatus, Side, TradingState
 from proto.messages import SubmitOrder
 
@@ -37,7 +38,7 @@ TRADING_TRANSITIONS: dict[tuple[TradingState, TradingTrigger], TradingState] = {
 }
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(IllegalTransition):
     """The trigger is not allowed from the current state."""
 
 
@@ -47,10 +48,7 @@ def next_trading_state(state: TradingState, trigger: TradingTrigger) -> TradingS
     Raises:
         InvalidTransition: the pair is not in `TRADING_TRANSITIONS`.
     """
-    try:
-        return TRADING_TRANSITIONS[(state, trigger)]
-    except KeyError:
-        raise InvalidTransition(f"{trigger.value} is not allowed while {state.value}") from None
+    return next_state(TRADING_TRANSITIONS, state, trigger, InvalidTransition)
 
 
 class TradingStateRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from libs.fsm import IllegalTransition, next_state
 from proto.enums import Side, StrategyState
 
 NS = 1_000_000_000
@@ -60,7 +61,7 @@ STRATEGY_TRANSITIONS: dict[tuple[StrategyState, StrategyTrigger], StrategyState]
 }
 
 
-class IllegalStrategyTransition(ValueError):
+class IllegalStrategyTransition(IllegalTransition):
     """The trigger is not allowed in the strategy's current state."""
 
 
@@ -70,10 +71,7 @@ def next_strategy_state(state: StrategyState, trigger: StrategyTrigger) -> Strat
     Raises:
         IllegalStrategyTransition: the pair is not in `STRATEGY_TRANSITIONS`.
     """
-    try:
-        return STRATEGY_TRANSITIONS[(state, trigger)]
-    except KeyError:
-        raise IllegalStrategyTransition(f"{trigger.value} not allowed in {state.value}") from None
+    return next_state(STRATEGY_TRANSITIONS, state, trigger, IllegalStrategyTransition)
 
 
 @dataclass(frozen=True)

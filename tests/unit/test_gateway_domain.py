@@ -13,11 +13,13 @@ from proto.messages import OrderAccepted, OrderDenied, OrderFilled, OrderRejecte
 from services.gateway.domain import (
     ApiError,
     OrderRequest,
+    Outcome,
     Role,
     authorize,
     decode_cursor,
     encode_cursor,
     fingerprint,
+    is_settled,
     judge_record,
     outcome_of,
     parse_order_status,
@@ -186,3 +188,11 @@ def test_outcome_of_maps_events_for_this_order_only() -> None:
     assert partial is not None and partial.status == OrderStatus.PARTIALLY_FILLED
     assert partial.filled_quantity == Decimal(1)
     assert outcome_of(OrderRejected(client_order_id="c2", symbol="X", reason="r"), "c1") is None
+
+
+def test_is_settled_when_accepted_as_filled_without_quantity_then_waits_for_the_fills() -> None:
+    assert not is_settled(Outcome(status=OrderStatus.FILLED))
+    assert not is_settled(Outcome(status=OrderStatus.PARTIALLY_FILLED))
+    assert is_settled(Outcome(status=OrderStatus.FILLED, filled_quantity=Decimal("0.002")))
+    assert is_settled(Outcome(status=OrderStatus.NEW))
+    assert is_settled(Outcome(status=OrderStatus.DENIED, reason="HALTED"))
