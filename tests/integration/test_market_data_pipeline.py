@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
@@ -24,7 +21,9 @@ import pytest
 import pytest_asyncio
 
 from libs.bus import Bus
+from libs.runtime.infra import free_port
 from libs.settings import Settings
+from libs.testing.venue import running_venue_sim
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main
@@ -33,43 +32,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SYMBOL = "BTCUSDT"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def venue_url(tmp_path: Path) -> Iterator[str]:
-    """The venue simulator replaying the recordings, on a free port."""
-    port = free_port()
-    log = (tmp_path / "venue_sim.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.venue_sim.main", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert process.poll() is None, (tmp_path / "venue_sim.log").read_text()[-3000:]
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            assert time.monotonic() < deadline, "venue simulator did not start"
-            time.sleep(0.2)
+    """The venue simulator on a free port."""
+    with running_venue_sim(tmp_path) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
 
 
 @pytest_asyncio.fixture

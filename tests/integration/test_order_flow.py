@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +26,7 @@ from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
 from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
+from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import encode
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side
@@ -43,42 +39,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SYMBOL = "BTCUSDT"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def venue_url(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    log = (tmp_path / "venue_sim.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.venue_sim.main", "--port", str(port), "--source", "synthetic"],
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "BULWARK_SYMBOLS": "BTCUSDT,ETHUSDT"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, (tmp_path / "venue_sim.log").read_text()[-2000:]
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "venue simulator did not start"
-            time.sleep(0.1)
+    """The venue simulator on a free port."""
+    with running_venue_sim(tmp_path, "--source", "synthetic") as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
 
 
 async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
