@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -116,8 +117,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
     )
     system = System(config, announce=_out)
-    import signal
-
     stop_requested = {"flag": False}
 
     def request_stop(signum: int, frame: Any) -> None:
