@@ -1,0 +1,77 @@
+"""The dependency circuit breaker of SPEC §4 / FM-N5, driven by a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.breaker import BreakerOpen, BreakerState, CircuitBreaker
+
+S = 1_000_000_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_record_failure_when_five_within_ten_seconds_then_open_and_fail_fast() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    transitions = []
+    for _ in range(5):
+        clock.now += 1 * S
+        transitions.append(breaker.record_failure("timeout"))
+    assert [t for t in transitions if t] and transitions[-1] is not None
+    assert transitions[-1].current is BreakerState.OPEN
+    with pytest.raises(BreakerOpen) as raised:
+        breaker.check()
+    assert 29.0 <= raised.value.retry_after_s <= 30.0
+
+
+def test_record_failure_when_spread_over_more_than_window_then_stays_closed() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    for _ in range(20):
+        clock.now += 3 * S
+        assert breaker.record_failure() is None
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_open_when_cool_down_elapses_then_half_open_and_three_successes_close() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    for _ in range(5):
+        breaker.record_failure()
+    clock.now += 30 * S
+    allowed, transition = breaker.allow()
+    assert allowed and transition is not None and transition.current is BreakerState.HALF_OPEN
+    assert breaker.record_success() is None
+    assert breaker.record_success() is None
+    closed = breaker.record_success()
+    assert closed is not None and closed.current is BreakerState.CLOSED
+
+
+def test_half_open_when_probe_fails_then_open_again_for_a_full_cool_down() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    for _ in range(5):
+        breaker.record_failure()
+    clock.now += 31 * S
+    breaker.allow()
+    reopened = breaker.record_failure("still down")
+    assert reopened is not None and reopened.current is BreakerState.OPEN
+    clock.now += 29 * S
+    assert breaker.allow()[0] is False
+
+
+def test_reset_when_open_then_closed_with_reason() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    for _ in range(5):
+        breaker.record_failure()
+    transition = breaker.reset("operator alice: venue back")
+    assert transition is not None and transition.current is BreakerState.CLOSED
+    assert breaker.reset("again") is None
