@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bench.md_faults import format_md_faults, md_faults
 from libs.bus import Bus
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
@@ -22,7 +23,7 @@ from proto.messages import DepthDiff
 class Benchmark:
     name: str
     description: str
-    run: Callable[[], dict[str, Any]]
+    run: Callable[..., dict[str, Any]]
     format: Callable[[dict[str, Any]], str]
 
 
@@ -67,12 +68,18 @@ async def _bus_publish(count: int) -> dict[str, Any]:
     }
 
 
-def bus_publish() -> dict[str, Any]:
+def bus_publish(repeats: int = 2000) -> dict[str, Any]:
     """Acknowledged, fsync-every-write JetStream publishes against core NATS publishes (baseline)."""
-    return asyncio.run(_bus_publish(2000))
+    return asyncio.run(_bus_publish(repeats))
 
 
 BENCHMARKS: dict[str, Benchmark] = {
+    "md-faults": Benchmark(
+        "md-faults",
+        "stall→HALTED, venue back→ACTIVE, dropped depth→VALID through the running system (median, p99)",
+        md_faults,
+        format_md_faults,
+    ),
     "bus-publish": Benchmark(
         "bus-publish",
         "durable JetStream publish (sync always) vs core NATS publish, same messages, same server",

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", help="benchmark name, or `list`")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--repeats", type=int, help="repetitions, for benchmarks that repeat an injection")
     return parser
 
 
@@ -234,7 +235,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if selected is None:
         _err(f"bulwark bench: unknown benchmark {args.name!r}; see `bulwark bench list`")
         return 2
-    result = selected.run()
+    options = {"repeats": args.repeats} if args.repeats else {}
+    result = selected.run(**options)
     _out(json.dumps(result, indent=2, sort_keys=True) if args.json else selected.format(result))
     return 0
 

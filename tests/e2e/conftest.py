@@ -2,121 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from libs.runtime.infra import free_port
-
-ALL_COMPONENTS = ("gateway", "market-data", "state-builder", "strategy-imbalance", "risk", "position", "watchdog")
-
-
-@dataclass
-class RunningSystem:
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    gateway: str
-    venue: str
-    admin_token: str
-    operator_token: str
-    viewer_token: str
-    log_path: Path
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.gateway,
-            headers={"Authorization": f"Bearer {token or self.admin_token}"},
-            timeout=15.0,
-        )
-
-    def status(self) -> dict[str, Any]:
-        with self.client() as client:
-            response = client.get("/v1/status")
-            response.raise_for_status()
-            result: dict[str, Any] = response.json()
-            return result
-
-    def wait_all_ready(self, timeout_s: float = 90.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.status()
-                comps = last["components"]
-                if all(comps.get(name, {}).get("state") == "READY" for name in ALL_COMPONENTS):
-                    return last
-            except (httpx.HTTPError, KeyError) as exc:
-                last = repr(exc)
-            time.sleep(0.5)
-        raise AssertionError(f"not every component READY within {timeout_s}s; last status: {last}")
-
-
-def start_system(data_dir: Path, log_path: Path, extra_args: list[str] | None = None) -> RunningSystem:
-    ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis")}
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}
-    command = [
-        sys.executable,
-        "-m",
-        "libs.cli.main",
-        "up",
-        "--data-dir",
-        str(data_dir),
-        "--gateway-port",
-        str(ports["gateway"]),
-        "--venue-port",
-        str(ports["venue"]),
-        "--nats-port",
-        str(ports["nats"]),
-        "--nats-monitor-port",
-        str(ports["monitor"]),
-        "--pg-port",
-        str(ports["pg"]),
-        "--redis-port",
-        str(ports["redis"]),
-        *(extra_args or []),
-    ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    credentials = data_dir / "credentials.json"
-    deadline = time.monotonic() + 120
-    while not credentials.exists() or not log_path.read_text(errors="replace").count("admin token"):
-        if process.poll() is not None:
-            raise AssertionError(f"bulwark up exited {process.returncode}:\n{log_path.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"bulwark up did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    creds = json.loads(credentials.read_text())
-    return RunningSystem(
-        process=process,
-        data_dir=data_dir,
-        gateway=f"http://127.0.0.1:{ports['gateway']}",
-        venue=f"http://127.0.0.1:{ports['venue']}",
-        admin_token=creds["admin_token"],
-        operator_token=creds["operator_token"],
-        viewer_token=creds["viewer_token"],
-        log_path=log_path,
-    )
-
-
-def stop_system(system: RunningSystem, timeout_s: float = 90.0) -> int:
-    if system.process.poll() is None:
-        system.process.send_signal(signal.SIGTERM)
-        try:
-            system.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            system.process.kill()
-            system.process.wait(timeout=10)
-    return system.process.returncode
+from libs.testing.system import RunningSystem, start_system, stop_system
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +18,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
         yield running
     finally:
         stop_system(running)
+
+
+__all__ = ["RunningSystem", "start_system", "stop_system"]
