@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.md_faults import format_md_faults, md_faults
+from bench.recovery import format_result as format_recovery
+from bench.recovery import recovery
 from libs.bus import Bus
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
@@ -74,6 +76,7 @@ def bus_publish(repeats: int = 2000) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
+    "recovery": Benchmark("recovery", "state-builder kill -9 → VALID, two history sizes", recovery, format_recovery),
     "md-faults": Benchmark(
         "md-faults",
         "stall→HALTED, venue back→ACTIVE, dropped depth→VALID through the running system (median, p99)",

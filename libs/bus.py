@@ -4,13 +4,23 @@ Streams and durable consumers are declared idempotently at start. Publishes carr
 for de-duplication, the message type and the trace context in headers. Consumers ack only after
 their handler (the effect) has returned, `nak` with a growing delay on errors, and move a message
 to the dead-letter stream after a bounded number of deliveries (at once for undecodable input).
+
+Bus loss (SPEC FM-C6): `connected` follows the client's disconnect/reconnect callbacks and
+listeners are told at once, so services can halt. `publish_buffered` keeps what could not be
+published in a bounded outbox (1000, the oldest dropped with an error log and, once the bus is
+back, an alert) and flushes it in order on reconnect; nothing is ever reported as stored before
+JetStream acknowledged it. `publish_many` pipelines several acknowledged publishes (one round
+trip instead of one per message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +48,41 @@ from libs.errors import PermanentError
 from libs.logging import Logger, get_logger
 from proto import subjects
 from proto.codec import decode, encode
+from proto.enums import AlertSeverity
 from proto.envelope import Message
-from proto.messages import DeadLettered
+from proto.messages import AlertRaised, DeadLettered
 from proto.subjects import StreamSpec
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TYPE = "Bulwark-Type"
 DEFAULT_MAX_DELIVER = 5
+OUTBOX_LIMIT = 1000
+"""SPEC FM-C6: at most this many outgoing messages are buffered while the bus is down."""
+PUBLISH_MANY_TIMEOUT_S = 5.0
+
+
+class BusUnavailable(ConnectionError):
+    """The bus is disconnected; the operation was not attempted."""
+
+
+class PublishManyError(RuntimeError):
+    """Some publishes of a `publish_many` batch were not acknowledged.
+
+    Attributes:
+        results: per item, in order: the stream sequence, or the exception of a failed publish.
+    """
+
+    def __init__(self, results: list[int | BaseException]) -> None:
+        failed = sum(1 for result in results if isinstance(result, BaseException))
+        super().__init__(f"{failed} of {len(results)} publishes not acknowledged")
+        self.results = results
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    subject: str
+    message: Message
+    msg_id: str | None
 
 
 @dataclass(frozen=True)
@@ -74,6 +112,14 @@ class Bus:
         self._listeners: list[ConnectionListener] = []
         self._kv: dict[str, KeyValue] = {}
         self.connected = False
+        self.disconnected_since_ns: int | None = None
+        """Wall-clock ns of the current outage's start (None while connected)."""
+        self._outbox: deque[OutboxEntry] = deque()
+        self.outbox_limit = OUTBOX_LIMIT
+        self.outbox_dropped = 0
+        """Buffered messages dropped (oldest first) because the outbox was full, since start."""
+        self._dropped_unreported = 0
+        self._flush_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -86,12 +132,16 @@ class Bus:
         async def on_disconnected() -> None:
             if self.connected:
                 self.connected = False
-                self.log.warning("bus_disconnected", action_taken="reconnecting")
+                self.disconnected_since_ns = time.time_ns()
+                self.log.warning("bus_disconnected", action_taken="reconnecting; outgoing messages buffered")
                 await self._notify(False)
 
         async def on_reconnected() -> None:
+            outage_ms = (time.time_ns() - self.disconnected_since_ns) // 1_000_000 if self.disconnected_since_ns else 0
             self.connected = True
-            self.log.info("bus_reconnected")
+            self.disconnected_since_ns = None
+            self.log.info("bus_reconnected", outage_ms=outage_ms, outbox=len(self._outbox))
+            self._schedule_flush()
             await self._notify(True)
 
         async def on_error(exc: Exception) -> None:
@@ -160,6 +210,12 @@ class Bus:
 
     async def close(self) -> None:
         self.connected = False  # a deliberate close is not an outage: no disconnect warning
+        if self._outbox:
+            self.log.warning("bus_closed_with_outbox", outbox=len(self._outbox), action_taken="not published")
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._flush_task
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -230,6 +286,11 @@ class Bus:
         kv = await self.kv(bucket)
         return await kv.put(key, value)
 
+    async def stream_bounds(self, stream: str) -> tuple[int, int]:
+        """(first, last) sequence stored in `stream` (last is 0 for a stream never written)."""
+        info = await self.js.stream_info(stream)
+        return int(info.state.first_seq or 0), int(info.state.last_seq or 0)
+
     # ------------------------------------------------------------------ publishing
 
     def _headers(self, message: Message, msg_id: str | None) -> dict[str, str]:
@@ -251,6 +312,145 @@ class Bus:
             self.log.debug("publish_deduplicated", subject=subject, msg_id=msg_id or message.message_id)
         return int(ack.seq)
 
+    async def publish_many(
+        self, items: Sequence[tuple[str, Message, str | None]], *, timeout_s: float = PUBLISH_MANY_TIMEOUT_S
+    ) -> list[int]:
+        """Persist several messages with one wait: all are sent in order, then all acks awaited.
+
+        One acknowledged publish costs a round trip plus the server's fsync (~2 ms); here the
+        whole batch shares one. The server stores them in the order given.
+
+        Args:
+            items: (subject, message, msg_id or None for the message id), in order.
+            timeout_s: how long to wait for every acknowledgement.
+
+        Returns:
+            The stream sequence of each message, in order.
+
+        Raises:
+            PublishManyError: some were not acknowledged (`results` says which). Re-publishing
+                the same items is safe within the de-duplication window, but a failed one then
+                lands after later ones, so order-sensitive callers resync instead.
+        """
+        if not items:
+            return []
+        futures: list[asyncio.Future[Any]] = []
+        results: list[int | BaseException] = []
+        try:
+            for subject, message, msg_id in items:
+                futures.append(
+                    await self.js.publish_async(subject, encode(message), headers=self._headers(message, msg_id))
+                )
+        except Exception as exc:  # noqa: BLE001 - what was not sent is reported as failed below
+            self.log.warning("publish_many_send_failed", sent=len(futures), total=len(items), error=str(exc)[:300])
+            results = [exc] * (len(items) - len(futures))
+        done, pending = await asyncio.wait(futures, timeout=timeout_s) if futures else (set(), set())
+        for future in pending:
+            future.cancel()
+        acks: list[int | BaseException] = []
+        for future in futures:
+            if future in done and future.exception() is None:
+                acks.append(int(future.result().seq))
+            elif future in done:
+                error = future.exception()
+                assert error is not None
+                acks.append(error)
+            else:
+                acks.append(NatsTimeoutError())
+        all_results = acks + results
+        if any(isinstance(result, BaseException) for result in all_results):
+            raise PublishManyError(all_results)
+        return [int(result) for result in all_results if isinstance(result, int)]
+
+    async def publish_buffered(self, subject: str, message: Message, *, msg_id: str | None = None) -> int | None:
+        """Publish, or keep the message for later while the bus is down (SPEC FM-C6).
+
+        For messages whose sender need not wait for them to be stored (events, alerts, market
+        data): while disconnected, or when the publish fails for a connection reason, the message
+        goes to a bounded outbox (the oldest dropped beyond `outbox_limit`) that is flushed in
+        order when the connection returns. Commands whose effect depends on being stored first
+        must use `publish` and halt on failure instead.
+
+        Returns:
+            The stream sequence when stored now, None when buffered.
+        """
+        if self.connected and not self._outbox:
+            try:
+                return await self.publish(subject, message, msg_id=msg_id)
+            except (TimeoutError, NatsError, OSError) as exc:
+                self.log.warning("publish_failed_buffered", subject=subject, error=f"{type(exc).__name__}: {exc}")
+        self._buffer(OutboxEntry(subject, message, msg_id))
+        if self.connected:
+            self._schedule_flush()
+        return None
+
+    @property
+    def outbox_size(self) -> int:
+        """Messages waiting in the outbox."""
+        return len(self._outbox)
+
+    def _buffer(self, entry: OutboxEntry) -> None:
+        if len(self._outbox) >= self.outbox_limit:
+            dropped = self._outbox.popleft()
+            self.outbox_dropped += 1
+            self._dropped_unreported += 1
+            # Logged every time: a message is lost for good here, operators must see each one.
+            self.log.error(
+                "bus_outbox_overflow",
+                subject=dropped.subject,
+                message_id=dropped.message.message_id,
+                dropped_total=self.outbox_dropped,
+                limit=self.outbox_limit,
+                action_taken="oldest buffered message dropped; alert on reconnect",
+            )
+        self._outbox.append(entry)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_outbox(), name=f"{self.component}-outbox-flush")
+
+    async def _flush_outbox(self) -> None:
+        """Publish the outbox in order; stop (keeping the rest) at the first failure."""
+        flushed = 0
+        while self._outbox and self.connected:
+            entry = self._outbox[0]
+            try:
+                await self.publish(entry.subject, entry.message, msg_id=entry.msg_id)
+            except (TimeoutError, NatsError, OSError) as exc:
+                self.log.warning(
+                    "outbox_flush_failed", error=f"{type(exc).__name__}: {exc}", remaining=len(self._outbox)
+                )
+                return  # retried on the next reconnect or the next buffered publish
+            # Another task may have buffered (and overflowed) meanwhile: remove exactly this entry.
+            if self._outbox and self._outbox[0] is entry:
+                self._outbox.popleft()
+            flushed += 1
+        if flushed:
+            self.log.info("outbox_flushed", flushed=flushed, remaining=len(self._outbox))
+        if self._dropped_unreported and self.connected:
+            dropped, self._dropped_unreported = self._dropped_unreported, 0
+            alert = AlertRaised(
+                key=f"bus-outbox-overflow.{self.component}",
+                severity=AlertSeverity.P1,
+                component=self.component,
+                title=f"{dropped} outgoing messages dropped while the bus was down (outbox limit {self.outbox_limit})",
+                details={"dropped": dropped, "dropped_total": self.outbox_dropped},
+            )
+            try:
+                await self.publish(subjects.EVT_ALERT_RAISED, alert)
+            except (TimeoutError, NatsError, OSError) as exc:
+                self._dropped_unreported += dropped
+                self.log.warning("outbox_alert_failed", error=str(exc)[:300])
+
+    def status(self) -> dict[str, Any]:
+        """Connection state for heartbeats and health checks."""
+        return {
+            "connected": self.connected,
+            "outbox": len(self._outbox),
+            "outbox_dropped": self.outbox_dropped,
+            "disconnected_since_ns": self.disconnected_since_ns,
+        }
+
     async def publish_core(self, subject: str, message: Message) -> None:
         """Fire-and-forget on core NATS (heartbeats): not persisted."""
         await self.nc.publish(subject, encode(message), headers={HEADER_TYPE: type(message).__name__})
@@ -268,18 +468,29 @@ class Bus:
         ack_wait_s: float = 30.0,
         deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
         batch: int = 64,
+        start_sequence: int | None = None,
     ) -> None:
-        """Start a durable pull consumer `durable` that runs `handler` for every message."""
+        """Start a durable pull consumer `durable` that runs `handler` for every message.
+
+        Args:
+            start_sequence: when given, the durable is (re)created to deliver from this stream
+                sequence on, whatever position it had: for consumers whose state comes from a
+                snapshot that already covers everything before it.
+        """
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait_s,
             # The server's own limit is one above ours so that we, not it, dead-letter the message.
             max_deliver=max_deliver + 1,
-            deliver_policy=deliver_policy,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_sequence is not None else deliver_policy,
+            opt_start_seq=start_sequence,
             filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
             filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
         )
+        if start_sequence is not None:
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(stream, durable)
         await self._ensure_consumer(stream, config)
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         self._tasks.append(
@@ -381,6 +592,72 @@ class Bus:
         self.log.error("dead_lettered", durable=durable, subject=msg.subject, reason=reason[:300])
         with contextlib.suppress(Exception):
             await msg.term()
+
+    async def replay(
+        self,
+        stream: str,
+        start_seq: int,
+        end_seq: int,
+        handler: Callable[[Message, Delivery], None],
+        *,
+        filter_subject: str | None = None,
+        batch: int = 512,
+        fetch_timeout_s: float = 2.0,
+    ) -> int:
+        """Read `stream` from `start_seq` through `end_seq` into `handler`, as fast as possible.
+
+        An ephemeral, unacknowledged consumer fetching large batches: for rebuilding state from
+        the log (snapshot tail, projections), not for effects that must be acknowledged.
+        Undecodable messages are logged and skipped.
+
+        Returns:
+            How many messages were handed to `handler`.
+        """
+        if end_seq < start_seq:
+            return 0
+        name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
+        config = ConsumerConfig(
+            name=name,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+            filter_subject=filter_subject,
+            inactive_threshold=60.0,
+            max_ack_pending=-1,
+        )
+        await self.js.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(durable=name, stream=stream)
+        count = 0
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+                except NatsTimeoutError:
+                    info = await self.js.consumer_info(stream, name)
+                    if not info.num_pending:
+                        return count  # nothing left (the rest of the range was filtered out)
+                    continue
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq > end_seq:
+                        return count
+                    delivery = Delivery(msg.subject, seq, 1, {})
+                    try:
+                        message = decode(msg.data)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        self.log.warning("replay_undecodable", stream=stream, seq=seq, error=str(exc)[:300])
+                    else:
+                        handler(message, delivery)
+                        count += 1
+                    if seq >= end_seq:
+                        return count
+                    if msg.metadata.num_pending == 0:
+                        return count
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(stream, name)
 
     async def subscribe_core(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
         """Core NATS subscription (live only: heartbeats, fan-out of events)."""

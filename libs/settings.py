@@ -35,18 +35,78 @@ class Settings:
     venue_ws_url: str = _doc("ws://127.0.0.1:8100", "venue WebSocket base URL")
     venue_api_key: str = _doc("bulwark-sim-key", "venue API key")
     venue_api_secret: str = _doc("bulwark-sim-secret", "venue API secret (never logged)")
+    venue_rest_alternates: tuple[str, ...] = _doc(
+        (), "market-data: alternate venue REST base URLs, tried when the main one is unreachable (FM-N3/N4)"
+    )
+    venue_ws_alternates: tuple[str, ...] = _doc(
+        (), "market-data: alternate venue WebSocket base URLs, tried when the main one fails (FM-N3/N4)"
+    )
+    md_breaker_open_s: float = _doc(30.0, "market-data: seconds its venue breaker stays open before a probe (FM-N5)")
+    md_clock_check_interval_s: float = _doc(
+        10.0, "market-data: period of the clock-offset check against the venue (FM-D3)"
+    )
+    venue_breaker_open_s: float = _doc(30.0, "position: seconds the venue breaker stays open before a probe (FM-N5)")
+    order_poll_interval_s: float = _doc(1.0, "position: period of queued/unknown order handling and venue checks")
+    order_safety_poll_s: float = _doc(
+        5.0, "position: period of the live-order poll while the user-data stream is up (safety net)"
+    )
+    countdown_cancel_s: float = _doc(
+        60.0, "position: venue auto-cancel countdown kept armed per symbol with open orders (FM-N8; 0 off)"
+    )
+    countdown_refresh_s: float = _doc(20.0, "position: re-arm period of the auto-cancel countdown")
     symbols: tuple[str, ...] = _doc(("BTCUSDT", "ETHUSDT"), "traded symbols, comma separated")
     gateway_host: str = _doc("127.0.0.1", "gateway bind address")
     gateway_port: int = _doc(8000, "gateway port")
     admin_token: str = _doc("", "bearer token of the admin role")
     operator_token: str = _doc("", "bearer token of the operator role")
     viewer_token: str = _doc("", "bearer token of the viewer role")
+    api_tokens: str = _doc("", "named bearer tokens `name:role:token` (role viewer/operator/admin), comma separated")
     max_position_qty: str = _doc("1", "risk: max absolute position per symbol (base units)")
     max_order_notional: str = _doc("100000", "risk: max notional of one order (quote units)")
-    strategy_name: str = _doc("imbalance", "strategy process: which strategy this instance runs")
-    strategies: tuple[str, ...] = _doc(("imbalance",), "strategy instances `bulwark up` starts")
+    risk_capital: str = _doc("100000", "risk: trading capital (quote units) the CB-1 loss limits are a share of")
+    risk_session_tz_offset_s: int = _doc(
+        0, "risk: a CB-1 loss session is one day starting at 00:00 UTC plus this offset"
+    )
+    risk_baseline_win_rate: str = _doc("0.5", "risk: expected win rate of a strategy (CB-3 trips 30 points below it)")
+    risk_funding_normal: str = _doc("0.0001", "risk: normal absolute funding rate (CB-2 trips above 10 times it)")
+    risk_latency_baseline_ms: float = _doc(20.0, "risk: normal p99 decision latency (CB-4 trips above 10 times it)")
+    risk_pause_s: float = _doc(60.0, "risk: CB-2 pause of new entries before data is re-validated")
+    risk_liquid_symbols: tuple[str, ...] = _doc(
+        ("BTCUSDT", "ETHUSDT"), "risk: symbols still traded in REDUCED_FUNCTIONALITY, comma separated"
+    )
+    risk_reduced_min_confidence: str = _doc(
+        "0.8", "risk: minimum signal confidence for a strategy entry in REDUCED_FUNCTIONALITY"
+    )
+    risk_max_orders_per_minute: int = _doc(30, "risk: max new-exposure orders one strategy may get approved per minute")
+    risk_monitor_interval_s: float = _doc(1.0, "risk: period of breaker checks (pause expiry, book depth, CPU/memory)")
+    strategy_name: str = _doc("cascade-fade", "strategy process: which strategy this instance runs")
+    strategies: tuple[str, ...] = _doc(("cascade-fade", "trend"), "strategy instances `bulwark up` starts")
+    strategy_config: str = _doc(
+        "", "TOML file of per-instance strategy parameters (docs/strategies.md); empty: defaults"
+    )
+    snapshot_interval_s: float = _doc(60.0, "state-builder: seconds between snapshots of books and hot state (SPEC §8)")
+    snapshot_every_events: int = _doc(
+        2000, "state-builder: also snapshot after this many market-data messages, bounding the replay (FM-C1)"
+    )
+    recovery_max_replay: int = _doc(
+        20000, "state-builder: longest snapshot tail replayed at start; beyond it books resync from market-data"
+    )
     heartbeat_interval_s: float = _doc(1.0, "heartbeat period")
     heartbeat_timeout_s: float = _doc(3.0, "no heartbeat for this long: component down")
+    alert_slack_webhook_url: str = _doc("", "alerts: Slack incoming-webhook URL (off when empty)")
+    alert_pagerduty_url: str = _doc("", "alerts: PagerDuty Events v2 enqueue URL (off when empty)")
+    alert_pagerduty_routing_key: str = _doc("", "alerts: PagerDuty routing key (never logged)")
+    alert_pagerduty_min_severity: str = _doc("P1", "alerts: lowest severity paged (P0 highest ... P3 lowest)")
+    alert_webhook_timeout_s: float = _doc(5.0, "alerts: timeout of one webhook POST")
+    watchdog_disk_path: str = _doc(".", "watchdog: file system whose usage is checked (FM-C4 90/95/98 %)")
+    watchdog_memory_max_pct: float = _doc(90.0, "watchdog: memory use above this turns health YELLOW and alerts")
+    watchdog_cpu_max_pct: float = _doc(95.0, "watchdog: CPU use above this for 30 s turns health YELLOW and alerts")
+    watchdog_latency_floor_ms: float = _doc(
+        250.0, "watchdog: p99 latency is only too high (> 2x baseline) above this floor"
+    )
+    watchdog_recovery_hold_s: float = _doc(
+        2.0, "watchdog: a lower degradation level must hold this long before it is taken"
+    )
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR")
     otel_exporter: str = _doc("none", "OpenTelemetry span exporter: none or console")
     stream_replicas: int = _doc(1, "JetStream stream replicas (3 in a clustered deployment)")

@@ -103,6 +103,23 @@ class BookResyncStarted(Message, frozen=True, tag=True):
     received_prev_update_id: int | None = None
 
 
+class MarketDataFlagged(Message, frozen=True, tag=True):
+    """market-data's verdict on a suspicious value (SPEC FM-D3 timestamps, FM-D5 sanity checks).
+
+    `check` names the rule (`price_jump`, `price_below_min`, `zscore`, `volume`, `oi_change`,
+    `future_ts`, `backward_ts`, `trade_gap`, ...); `verdict` is `warning` (published, watch it),
+    `suspect` (published with receive time), `rejected` (not published) or `confirmed` (a second
+    source agreed with a warned value).
+    """
+
+    venue: str
+    symbol: str
+    check: str
+    verdict: str
+    detail: str = ""
+    value: str | None = None
+
+
 class LinkStateChanged(Message, frozen=True, tag=True):
     """A venue link (market-data WebSocket, order REST) changed connection state."""
 
@@ -168,6 +185,12 @@ class SignalGenerated(Message, frozen=True, tag=True):
     price: Decimal | None = None
     reduce_only: bool = False
     reason: str = ""
+    confidence: Decimal | None = None
+    """Strength of the signal in [0, 1]; risk demands a minimum in REDUCED_FUNCTIONALITY (None: unknown)."""
+    stop_loss: Decimal | None = None
+    """Protective stop price of the entry (the position service places it; None: no stop asked)."""
+    take_profit: Decimal | None = None
+    """Take-profit price of the entry (None: none asked)."""
 
 
 class StrategyStateChanged(Message, frozen=True, tag=True):
@@ -189,6 +212,29 @@ class DisableStrategy(Message, frozen=True, tag=True):
     reason: str = ""
 
 
+class StrategyCrashed(Message, frozen=True, tag=True):
+    """A strategy's handler raised or its process died (FM-C2): what it was doing, and what follows.
+
+    `restarted_into` is SCANNING after a restart through DISABLED, or FAILED after more than 3 crashes
+    in 10 minutes (then only an operator re-enables it).
+    """
+
+    strategy: str
+    error_type: str
+    error: str
+    stack_trace: str = ""
+    input: str = ""
+    """The input being handled when it crashed (truncated), or `process-restart` after a dead process."""
+    state: StrategyState | None = None
+    symbol: str | None = None
+    positions: dict[str, Decimal] = {}
+    active_events: list[dict[str, Any]] = []
+    crashes_in_window: int = 1
+    restarted_into: StrategyState = StrategyState.SCANNING
+    surrendered_symbols: list[str] = []
+    """Symbols whose open position the strategy leaves to the position service (never re-entered)."""
+
+
 # --------------------------------------------------------------------------- orders
 
 
@@ -208,6 +254,10 @@ class SubmitOrder(Message, frozen=True, tag=True):
     reduce_only: bool = False
     time_in_force: TimeInForce | None = None
     strategy: str | None = None
+    stop_loss: Decimal | None = None
+    """Protective levels of an entry: the position service keeps a reduce-only stop (and a
+    take-profit) for the position this order opens, also after the strategy is gone (FM-C2)."""
+    take_profit: Decimal | None = None
 
 
 class CancelOrder(Message, frozen=True, tag=True):
@@ -373,6 +423,22 @@ class BreakerStateChanged(Message, frozen=True, tag=True):
     previous: str | None
     current: str
     reason: str
+    operator: str | None = None
+    details: dict[str, Any] = {}
+
+
+class BackgroundWorkPaused(Message, frozen=True, tag=True):
+    """Background work (backtests, history, reports) must pause: resources go to trading (CB-4)."""
+
+    reason: str
+    breaker: str = "CB-4"
+
+
+class BackgroundWorkResumed(Message, frozen=True, tag=True):
+    """Background work may run again (CB-4 closed)."""
+
+    reason: str
+    breaker: str = "CB-4"
 
 
 class AlertRaised(Message, frozen=True, tag=True):
@@ -389,6 +455,18 @@ class AlertResolved(Message, frozen=True, tag=True):
     key: str
     component: str
     reason: str = ""
+
+
+class OperatorActionTaken(Message, frozen=True, tag=True):
+    """An operator acted through the gateway: who (`operator`, `role`), what (`action`), on what
+    (`target`). The audit trail of manual actions such as dead-letter retries and removals."""
+
+    operator: str
+    role: str
+    action: str
+    target: str = ""
+    reason: str = ""
+    details: dict[str, Any] = {}
 
 
 class DeadLettered(Message, frozen=True, tag=True):
@@ -411,11 +489,13 @@ AnyMessage = (
     | Liquidation
     | BookResyncStarted
     | LinkStateChanged
+    | MarketDataFlagged
     | HotStateStatusChanged
     | SignalGenerated
     | StrategyStateChanged
     | EnableStrategy
     | DisableStrategy
+    | StrategyCrashed
     | SubmitOrder
     | CancelOrder
     | OrderApproved
@@ -435,8 +515,11 @@ AnyMessage = (
     | Heartbeat
     | ComponentStatusChanged
     | BreakerStateChanged
+    | BackgroundWorkPaused
+    | BackgroundWorkResumed
     | AlertRaised
     | AlertResolved
+    | OperatorActionTaken
     | DeadLettered
 )
 

@@ -42,6 +42,11 @@ def md_resync(venue: str, symbol: str) -> str:
     return f"md.resync.{venue}.{symbol}"
 
 
+def md_flag(venue: str, symbol: str) -> str:
+    """Data-quality verdicts of market-data (FM-D3/D5): suspect, rejected, confirmed values."""
+    return f"md.flag.{venue}.{symbol}"
+
+
 MD_ALL = "md.>"
 
 
@@ -67,6 +72,11 @@ def evt_signal(strategy: str, symbol: str) -> str:
 
 def evt_strategy_state(strategy: str) -> str:
     return f"evt.strategy.{strategy}"
+
+
+def evt_strategy_crashed(strategy: str) -> str:
+    """`StrategyCrashed` events of one strategy instance (FM-C2)."""
+    return f"evt.strategy.{strategy}.crashed"
 
 
 def cmd_strategy(strategy: str, action: str) -> str:
@@ -104,6 +114,15 @@ def evt_component(component: str) -> str:
 
 def evt_breaker(breaker: str) -> str:
     return f"evt.breaker.{breaker}"
+
+
+EVT_BACKGROUND_WORK = "evt.background.work"
+"""`BackgroundWorkPaused` / `BackgroundWorkResumed` (risk, CB-4)."""
+
+
+def evt_operator(action: str) -> str:
+    """`OperatorActionTaken` of one kind, e.g. `evt.operator.dlq_retry` (gateway)."""
+    return f"evt.operator.{action}"
 
 
 EVT_ALERT_RAISED = "evt.alert.raised"
@@ -178,6 +197,8 @@ STREAM_CONTROL = StreamSpec(
         "evt.component.>",
         "evt.breaker.>",
         "evt.alert.>",
+        "evt.operator.>",
+        "evt.background.>",
     ),
     duplicate_window_s=3600.0,
     description="trading state, degradation, health, hot state, links, components, breakers, alerts",
@@ -208,6 +229,8 @@ KV_STATE = "bulwark-state"
 KEY_TRADING_STATE = "trading_state"
 KEY_DEGRADATION_LEVEL = "degradation_level"
 KEY_HEALTH = "health"
+KEY_BACKGROUND_WORK = "background_work"
+"""risk (CB-4): {"paused": bool, "reason", "ts_ns"}; background jobs check it before they start."""
 
 
 def key_hot_state(symbol: str) -> str:
@@ -224,6 +247,11 @@ def key_link(venue: str, link: str) -> str:
 
 def key_strategy(strategy: str) -> str:
     return f"strategy.{strategy}"
+
+
+def key_strategy_crashes(strategy: str) -> str:
+    """Crash history of a strategy instance (FM-C2: survives its restarts)."""
+    return f"strategy.{strategy}.crashes"
 
 
 # --------------------------------------------------------------------------- components

@@ -170,4 +170,9 @@ async def call_with_retries(operation: Callable[[], Awaitable[T]]) -> T:
         retry=tenacity.retry_if_exception(_retryable_read),
         reraise=True,
     )
-    return await retrying(operation)
+
+    async def attempt() -> T:
+        # tenacity only awaits coroutine functions; a lambda returning an awaitable must be wrapped.
+        return await operation()
+
+    return await retrying(attempt)

@@ -5,6 +5,14 @@ Every call ends in exactly one of: a decoded JSON answer, `VenueError` (a defini
 breaking are the caller's business; this client only classifies and reports, so that an order
 placement is never silently repeated.
 
+With a `RateBudget` (libs/ratelimit.py) every request first asks the budget, by the endpoint's
+priority and weight, and every answer's usage headers, 429s and 418s go back into it (SPEC
+FM-N2); without one the client only honours a 418 ban itself, as before. With alternate base
+URLs, a request that could not reach the current endpoint (nothing was sent; or, for a GET, no
+answer came) is tried on the next one, and the last endpoint that answered is used first from
+then on (FM-N3/N4). A `CachingResolver` keeps the last good DNS answer of every host and serves
+it when the resolver fails.
+
 Signed endpoints carry `timestamp` and `recvWindow`, and a `signature` over the exact query
 string sent (parameters go in the query string for every method, as Binance's own connector
 does, so the signed text and the sent text are the same bytes).
@@ -12,20 +20,110 @@ does, so the signed text and the sent text are the same bytes).
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.binance.signing import sign
+from libs.ratelimit import Priority, RateBudget
 
-__all__ = ["BinanceRestClient", "VenueError", "VenueTimeout", "VenueUnreachable"]
+__all__ = [
+    "BinanceRestClient",
+    "CachingResolver",
+    "RequestThrottled",
+    "VenueError",
+    "VenueTimeout",
+    "VenueUnreachable",
+    "endpoint_cost",
+]
 
 _decoder = msgspec.json.Decoder()
 _WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+
+
+class RequestThrottled(VenueError):
+    """The client's own budget refused the request (nothing was sent); `retry_after_s` says when to try.
+
+    A `VenueError` with status 429 (418 while a ban is in force), so `classify` calls it
+    rate_limited / ip_banned like the venue's own answer.
+    """
+
+
+class CachingResolver(AbstractResolver):
+    """DNS resolver that remembers the last good answer per host and serves it when resolving fails (FM-N3).
+
+    Args:
+        inner: the resolver doing the lookups (aiohttp's default when None).
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner
+        self._cache: dict[tuple[str, int, int], list[ResolveResult]] = {}
+        self.fallbacks = 0
+        """How many lookups were answered from the cache because the resolver failed."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = DefaultResolver()
+        key = (host, port, int(family))
+        try:
+            result = await self._inner.resolve(host, port, family)
+        except OSError:
+            cached = self._cache.get(key)
+            if cached is None:
+                raise
+            self.fallbacks += 1
+            return list(cached)
+        if result:
+            self._cache[key] = list(result)
+        return result
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+def _limit_weight(params: dict[str, Any]) -> int:
+    try:
+        limit = int(params.get("limit") or 500)
+    except (TypeError, ValueError):
+        return 20
+    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+_COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], int]] = {
+    ("POST", "/fapi/v1/order"): (Priority.ORDER, lambda _: 0, 1),
+    ("DELETE", "/fapi/v1/order"): (Priority.ORDER, lambda _: 1, 0),
+    ("DELETE", "/fapi/v1/allOpenOrders"): (Priority.ORDER, lambda _: 1, 0),
+    ("POST", "/fapi/v1/countdownCancelAll"): (Priority.ORDER, lambda _: 10, 0),
+    ("GET", "/fapi/v1/depth"): (Priority.SNAPSHOT, _limit_weight, 0),
+    ("GET", "/fapi/v1/order"): (Priority.ACCOUNT, lambda _: 1, 0),
+    ("GET", "/fapi/v1/openOrders"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 40, 0),
+    ("GET", "/fapi/v2/positionRisk"): (Priority.ACCOUNT, lambda _: 5, 0),
+    ("GET", "/fapi/v2/balance"): (Priority.ACCOUNT, lambda _: 5, 0),
+    ("GET", "/fapi/v1/premiumIndex"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 10, 0),
+    ("GET", "/fapi/v1/ticker/price"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 2, 0),
+    ("GET", "/fapi/v1/userTrades"): (Priority.HISTORY, lambda _: 5, 0),
+    ("GET", "/fapi/v1/aggTrades"): (Priority.HISTORY, lambda _: 20, 0),
+    ("GET", "/fapi/v1/exchangeInfo"): (Priority.HISTORY, lambda _: 1, 0),
+}
+
+
+def endpoint_cost(method: str, path: str, params: dict[str, Any] | None = None) -> tuple[Priority, int, int]:
+    """(priority, request weight, orders placed) of one request, after Binance's USD-M tables."""
+    priority, weight, orders = _COSTS.get((method, path), (Priority.ACCOUNT, lambda _: 1, 0))
+    return priority, weight(params or {}), orders
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -47,6 +145,11 @@ class BinanceRestClient:
         api_secret: HMAC key of signed endpoints (never logged).
         timeout_s: total time allowed for one request (SPEC FM-N5: venue REST 10 s).
         recv_window_ms: Binance `recvWindow` of signed requests.
+        budget: the venue's request budget (FM-N2); None keeps only the client's own 418 guard.
+        alternate_urls: further base URLs of the same venue, tried when the current one is unreachable.
+        resolver: DNS resolver of the session (e.g. a shared `CachingResolver`); aiohttp's when None.
+        max_budget_wait_s: a request the budget holds back longer than this fails at once with
+            `RequestThrottled` instead of waiting.
     """
 
     def __init__(
@@ -57,8 +160,17 @@ class BinanceRestClient:
         *,
         timeout_s: float = 10.0,
         recv_window_ms: int = 5000,
+        budget: RateBudget | None = None,
+        alternate_urls: Sequence[str] = (),
+        resolver: AbstractResolver | None = None,
+        max_budget_wait_s: float = 2.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [url.rstrip("/") for url in (base_url, *alternate_urls) if url]
+        self.base_url = self.base_urls[0]
+        """The endpoint requests go to first: the last one that answered."""
+        self.budget = budget
+        self.max_budget_wait_s = max_budget_wait_s
+        self._resolver = resolver
         self._api_key = api_key
         self._api_secret = api_secret
         self.timeout_s = timeout_s
@@ -72,7 +184,10 @@ class BinanceRestClient:
     async def start(self) -> None:
         """Open the HTTP session (idempotent)."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            connector = aiohttp.TCPConnector(resolver=self._resolver) if self._resolver is not None else None
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector
+            )
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -100,7 +215,9 @@ class BinanceRestClient:
     ) -> Any:
         if self._session is None or self._session.closed:
             raise RuntimeError("BinanceRestClient.start() was not called")
-        if time.monotonic() < self._banned_until:
+        if self.budget is not None:
+            await self._admit(method, path, params)
+        elif time.monotonic() < self._banned_until:
             # SPEC FM-N2: after a 418 nothing may be sent until Retry-After has passed.
             raise VenueError(418, None, "client-side: IP ban in force", self._banned_until - time.monotonic())
         items = [(key, str(value)) for key, value in (params or {}).items() if value is not None]
@@ -114,22 +231,10 @@ class BinanceRestClient:
             query = f"{query}&signature={signature}"
         if signed or keyed:
             headers["X-MBX-APIKEY"] = self._api_key
-        url = f"{self.base_url}{path}"
-        if query:
-            url = f"{url}?{query}"
-        try:
-            async with self._session.request(method, url, headers=headers) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except aiohttp.ClientConnectorError as exc:
-            # Raised while connecting (refused, DNS, reset during connect): no byte of the request left.
-            raise VenueUnreachable(f"{method} {path}: {exc}") from exc
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise VenueTimeout(f"{method} {path}: no answer within {self.timeout_s}s") from exc
-        except aiohttp.ClientError as exc:
-            # Disconnected after the request went out (or while it did): the venue may have acted.
-            raise VenueTimeout(f"{method} {path}: connection lost before the answer: {exc!r}") from exc
+        target = f"{path}?{query}" if query else path
+        status, body, response_headers = await self._send(method, path, target, headers)
+        if self.budget is not None:
+            self.budget.on_headers(response_headers)
         weight = response_headers.get(_WEIGHT_HEADER)
         if weight is not None and weight.isdigit():
             self.used_weight_1m = int(weight)
@@ -140,10 +245,65 @@ class BinanceRestClient:
         except msgspec.DecodeError as exc:
             raise VenueError(status, None, f"undecodable body: {body[:200]!r}") from exc
 
+    async def _admit(self, method: str, path: str, params: dict[str, Any] | None) -> None:
+        """Wait for the budget (briefly), or fail with `RequestThrottled` without sending anything."""
+        assert self.budget is not None
+        priority, weight, orders = endpoint_cost(method, path, params)
+        deadline = time.monotonic() + self.max_budget_wait_s
+        while True:
+            admission = self.budget.admit(priority, weight, orders)
+            if admission.allowed:
+                return
+            banned = admission.reason.startswith("IP banned")
+            if banned or time.monotonic() + admission.wait_s > deadline:
+                raise RequestThrottled(
+                    418 if banned else 429, None, f"client-side: {admission.reason}", admission.wait_s
+                )
+            await asyncio.sleep(admission.wait_s)
+
+    async def _send(self, method: str, path: str, target: str, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+        """Send to the current endpoint, then to the others while nothing could have been executed."""
+        assert self._session is not None
+        start = self.base_urls.index(self.base_url) if self.base_url in self.base_urls else 0
+        order = self.base_urls[start:] + self.base_urls[:start]
+        failures: list[str] = []
+        last_error: Exception | None = None
+        for base in order:
+            try:
+                async with self._session.request(method, f"{base}{target}", headers=headers) as response:
+                    body = await response.read()
+                    result = response.status, body, response.headers
+            except aiohttp.ClientConnectorError as exc:
+                # Raised while connecting (refused, DNS, reset during connect): no byte of the request left.
+                last_error = VenueUnreachable(f"{method} {path} at {base}: {exc}")
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                last_error = VenueTimeout(f"{method} {path} at {base}: no answer within {self.timeout_s}s")
+                last_error.__cause__ = exc
+                if method != "GET":
+                    raise last_error from exc
+            except aiohttp.ClientError as exc:
+                # Disconnected after the request went out (or while it did): the venue may have acted,
+                # so only a read is tried elsewhere.
+                last_error = VenueTimeout(f"{method} {path} at {base}: connection lost before the answer: {exc!r}")
+                if method != "GET":
+                    raise last_error from exc
+            else:
+                self.base_url = base
+                return result
+            failures.append(base)
+        assert last_error is not None
+        if len(failures) > 1:
+            last_error.args = (f"{last_error.args[0]} (all {len(failures)} endpoints failed)",)
+        raise last_error
+
     def _error(self, status: int, body: bytes, headers: Any) -> VenueError:
         retry_after = _retry_after(headers)
         if status == 418:
             self._banned_until = time.monotonic() + (retry_after if retry_after is not None else 60.0)
+            if self.budget is not None:
+                self.budget.on_banned(retry_after)
+        elif status == 429 and self.budget is not None:
+            self.budget.on_rate_limited(retry_after)
         code: int | None = None
         msg = body[:500].decode("utf-8", errors="replace")
         try:
@@ -178,6 +338,17 @@ class BinanceRestClient:
     async def premium_index(self, symbol: str) -> dict:
         """Mark price, index price and funding rate (`GET /fapi/v1/premiumIndex`)."""
         result: dict = await self._request("GET", "/fapi/v1/premiumIndex", {"symbol": symbol})
+        return result
+
+    async def ticker_price(self, symbol: str) -> dict:
+        """Last traded price `{"symbol", "price", "time"}` (`GET /fapi/v1/ticker/price`)."""
+        result: dict = await self._request("GET", "/fapi/v1/ticker/price", {"symbol": symbol})
+        return result
+
+    async def aggregate_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
+        """Aggregate trades from id `from_id` on (`GET /fapi/v1/aggTrades`), for backfilling gaps."""
+        params = {"symbol": symbol, "fromId": from_id, "limit": limit}
+        result: list[dict] = await self._request("GET", "/fapi/v1/aggTrades", params)
         return result
 
     async def open_interest(self, symbol: str) -> dict:

@@ -1,8 +1,9 @@
 """Binance combined-stream WebSocket client (`<ws_base>/stream?streams=a/b/c`).
 
-`CombinedStream` connects, answers the server's pings (aiohttp's autoping), sends its own ping
-every `ping_interval_s` and drops the link when the pong is late (SPEC FM-N1), and treats
-`silence_timeout_s` without any message as a dead link. Frames are yielded as `StreamFrame`s;
+`CombinedStream` connects, answers the server's pings, sends its own ping every
+`ping_interval_s` and drops the link after `max_missed_pongs` pongs in a row did not come within
+`pong_timeout_s` (SPEC FM-N1: 5 s, 1 s, 3), and treats `silence_timeout_s` without any message as
+a dead link. Frames are yielded as `StreamFrame`s;
 an unparseable frame is yielded with `error` set instead of raising, so that one bad frame
 never ends the stream (the caller counts and logs it, SPEC FM-D4). The iteration ends only by
 raising `StreamClosed`, so a caller's reconnect loop sees every way a link can die.
@@ -11,12 +12,14 @@ raising `StreamClosed`, so a caller's reconnect loop sees every way a link can d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver
 
 __all__ = ["CombinedStream", "StreamClosed", "StreamFrame", "combined_stream_url"]
 
@@ -67,8 +70,11 @@ class CombinedStream:
         ws_base: WebSocket base URL, e.g. `ws://127.0.0.1:8100`.
         streams: stream names, e.g. `["btcusdt@depth@100ms", "btcusdt@aggTrade"]`.
         silence_timeout_s: no message at all for this long ends the stream (`StreamClosed`).
-        ping_interval_s: own ping period; a pong later than half of it ends the stream.
+        ping_interval_s: own ping period.
         connect_timeout_s: limit of the TCP + WebSocket handshake.
+        pong_timeout_s: a pong later than this counts as missed.
+        max_missed_pongs: this many missed pongs in a row end the stream.
+        resolver: DNS resolver (e.g. a shared `CachingResolver`, FM-N3); aiohttp's when None.
     """
 
     def __init__(
@@ -79,13 +85,23 @@ class CombinedStream:
         silence_timeout_s: float = 5.0,
         ping_interval_s: float = 5.0,
         connect_timeout_s: float = 10.0,
+        pong_timeout_s: float = 1.0,
+        max_missed_pongs: int = 3,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.url = combined_stream_url(ws_base, streams)
         self.silence_timeout_s = silence_timeout_s
         self.ping_interval_s = ping_interval_s
         self.connect_timeout_s = connect_timeout_s
+        self.pong_timeout_s = pong_timeout_s
+        self.max_missed_pongs = max_missed_pongs
+        self.missed_pongs = 0
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pong = asyncio.Event()
+        self._pinger: asyncio.Task[None] | None = None
+        self._dead_reason: str | None = None
 
     async def __aenter__(self) -> CombinedStream:
         await self.connect()
@@ -100,20 +116,46 @@ class CombinedStream:
         Raises:
             StreamClosed: the handshake failed (refused, DNS, HTTP error, timeout).
         """
-        self._session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(resolver=self._resolver) if self._resolver is not None else None
+        self._session = aiohttp.ClientSession(connector=connector)
         try:
+            # Pings and pongs are handled here (autoping off) so missed pongs can be counted.
             self._ws = await asyncio.wait_for(
-                self._session.ws_connect(
-                    self.url, heartbeat=self.ping_interval_s, autoping=True, max_msg_size=16 * 1024 * 1024
-                ),
+                self._session.ws_connect(self.url, autoping=False, max_msg_size=16 * 1024 * 1024),
                 self.connect_timeout_s,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self.close()
             raise StreamClosed(f"connect failed: {type(exc).__name__}: {exc}") from exc
+        self._pinger = asyncio.create_task(self._ping_loop(self._ws), name="ws-ping")
+
+    async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        missed = 0
+        while not ws.closed:
+            await asyncio.sleep(self.ping_interval_s)
+            self._pong.clear()
+            try:
+                await ws.ping()
+            except (ConnectionError, RuntimeError):
+                return
+            try:
+                await asyncio.wait_for(self._pong.wait(), self.pong_timeout_s)
+                missed = 0
+            except TimeoutError:
+                missed += 1
+                self.missed_pongs += 1
+            if missed >= self.max_missed_pongs:
+                self._dead_reason = f"{missed} pongs missed"
+                await ws.close(code=1001, message=b"pong timeout")
+                return
 
     async def close(self) -> None:
         """Close the socket and the session (idempotent)."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+            self._pinger = None
         if self._ws is not None and not self._ws.closed:
             await self._ws.close()
         if self._session is not None and not self._session.closed:
@@ -137,8 +179,14 @@ class CombinedStream:
                 yield parse_frame(msg.data)
             elif msg.type == aiohttp.WSMsgType.BINARY:
                 yield parse_frame(msg.data.decode("utf-8", errors="replace"))
+            elif msg.type == aiohttp.WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                self._pong.set()
             elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                if self._dead_reason is not None:
+                    raise StreamClosed(self._dead_reason)
                 raise StreamClosed(f"closed by peer (code {ws.close_code})")
             elif msg.type == aiohttp.WSMsgType.ERROR:
                 raise StreamClosed(f"socket error: {ws.exception()!r}")
-            # PING/PONG are answered/consumed by aiohttp itself (autoping).

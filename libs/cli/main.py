@@ -78,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--pg-port", type=_port, default=5432)
     up.add_argument("--redis-port", type=_port, default=6379)
     up.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
-    up.add_argument("--strategies", default="imbalance", help="comma-separated strategy instances")
+    up.add_argument(
+        "--strategies",
+        default="cascade-fade,trend",
+        help="comma-separated strategy instances, one process each (default cascade-fade,trend)",
+    )
+    up.add_argument(
+        "--strategy-config", type=Path, help="TOML file of per-instance strategy parameters (docs/strategies.md)"
+    )
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
@@ -98,7 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name, or `list`")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--repeats", type=int, help="repetitions, for benchmarks that repeat an injection")
+
+    projections = commands.add_parser("projections", help="rebuild or verify Postgres projections from the log")
+    projections_commands = projections.add_subparsers(dest="projections_command", required=True)
+    for verb, text in (
+        ("rebuild", "rebuild orders/fills/positions from the ORDERS stream (scratch schema unless --apply)"),
+        ("verify", "rebuild into a scratch schema and report differences with the live tables"),
+    ):
+        sub = projections_commands.add_parser(verb, help=text)
+        sub.add_argument("--nats-url", help="default: BULWARK_NATS_URL or nats://127.0.0.1:4222")
+        sub.add_argument("--pg-dsn", help="default: BULWARK_PG_DSN")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        if verb == "rebuild":
+            sub.add_argument("--apply", action="store_true", help="write into the live tables (idempotent upserts)")
     return parser
+
+
+def _strategy_config_problem(names: tuple[str, ...], path: Path | None) -> str | None:
+    """Why the strategy instances cannot start (unknown kind, bad parameter), checked before anything starts."""
+    from services.strategy.config import StrategyConfigError, load_instances
+
+    try:
+        load_instances(names, path or "")
+    except StrategyConfigError as exc:
+        return str(exc)
+    return None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -116,7 +147,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         venue_seed=args.venue_seed,
         symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        strategy_config=args.strategy_config.resolve() if args.strategy_config else None,
     )
+    problem = _strategy_config_problem(config.strategies, config.strategy_config)
+    if problem:
+        _err(f"bulwark up: {problem}")
+        return 2
     system = System(config, announce=_out)
     stop_requested = {"flag": False}
 
@@ -241,6 +277,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_projections(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from libs import projections
+    from libs.bus import Bus
+    from libs.settings import Settings
+
+    settings = Settings.from_env()
+
+    async def run() -> dict[str, Any]:
+        bus = Bus("projections-cli")
+        # The client retries an unreachable server forever by itself: bound the wait here.
+        await asyncio.wait_for(bus.connect(args.nats_url or settings.nats_url, initial_connect_timeout_s=10.0), 15.0)
+        try:
+            dsn = args.pg_dsn or settings.pg_dsn
+            if args.projections_command == "verify":
+                return await projections.verify(bus, dsn)
+            return await projections.rebuild(bus, dsn, apply=args.apply)
+        finally:
+            await bus.close()
+
+    try:
+        result = asyncio.run(run())
+    except (OSError, TimeoutError) as exc:
+        _err(
+            f"bulwark projections: NATS or Postgres not reachable ({type(exc).__name__} {exc}); "
+            "is `bulwark up` running?"
+        )
+        return 1
+    if args.json:
+        _out(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif args.projections_command == "verify":
+        counts = {table: len(items) for table, items in result["differences"].items()}
+        _out(f"consistent: {result['consistent']}  differences per table: {counts}")
+        for table, items in result["differences"].items():
+            for item in items[:20]:
+                _out(f"  {table} {item['key']}: {item['problem']} {item.get('columns', '')}")
+    else:
+        _out(
+            f"rebuilt into {result['target']}: {result['events']} events -> {result['orders']} orders, "
+            f"{result['fills']} fills, {result['positions']} positions; orphan events {len(result['orphan_events'])}"
+        )
+    if args.projections_command == "verify":
+        return 0 if result["consistent"] else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "up":
@@ -255,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_chaos(args)
         case "bench":
             return cmd_bench(args)
+        case "projections":
+            return cmd_projections(args)
     return 2
 
 

@@ -64,7 +64,8 @@ class LaunchConfig:
     venue_speed: float | None = None
     venue_seed: int | None = None
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    strategies: tuple[str, ...] = ("imbalance",)
+    strategies: tuple[str, ...] = ("cascade-fade", "trend")
+    strategy_config: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def ports(self) -> dict[str, int]:
@@ -146,6 +147,8 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         env["BULWARK_SIM_SPEED"] = str(config.venue_speed)
     if config.venue_seed is not None:
         env["BULWARK_SIM_SEED"] = str(config.venue_seed)
+    if config.strategy_config is not None:
+        env["BULWARK_STRATEGY_CONFIG"] = str(config.strategy_config)
     env.update(config.extra_env)
     return env
 
@@ -207,12 +210,14 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
         sections.append(_program(name, spec.command, logs, priority=10, autostart=True, **extra))
     for name, module in application_programs(config).items():
         extra = {}
+        command = [sys.executable, "-m", module]
         if name.startswith("strategy-"):
-            extra["environment"] = f'BULWARK_STRATEGY_NAME="{name.removeprefix("strategy-")}"'
+            # One OS process per strategy instance (FM-C2: a crash or kill -9 affects no other one).
+            instance = name.removeprefix("strategy-")
+            command += ["--name", instance]
+            extra["environment"] = f'BULWARK_STRATEGY_NAME="{instance}"'
         priority = 20 if name == "venue-sim" else 30
-        sections.append(
-            _program(name, [sys.executable, "-m", module], logs, priority=priority, autostart=False, **extra)
-        )
+        sections.append(_program(name, command, logs, priority=priority, autostart=False, **extra))
     # Groups stop as a whole: supervisord stops one group at a time, so one group per layer lets
     # every service stop in parallel (then the simulator, then the infrastructure).
     services = [name for name in application_programs(config) if name != "venue-sim"]

@@ -125,6 +125,22 @@ async def run_service(
         loop.add_signal_handler(sig, ctx.stopping.set)
 
     log.info("service_starting", pid=os.getpid())
+
+    degraded_by_bus = False
+
+    def on_bus_connection(connected: bool) -> None:
+        # FM-C6: a service that lost the bus is DEGRADED (its heartbeats say so once they reach the
+        # watchdog again); services that must halt read `ctx.bus.connected` or add their own listener.
+        nonlocal degraded_by_bus
+        if not connected and ctx.state == ComponentState.READY:
+            degraded_by_bus = True
+            ctx.set_state(ComponentState.DEGRADED)
+        elif connected and degraded_by_bus:
+            degraded_by_bus = False
+            if ctx.state == ComponentState.DEGRADED:
+                ctx.set_state(ComponentState.READY)
+
+    bus.add_connection_listener(on_bus_connection)
     await bus.connect(settings.nats_url)
     await bus.ensure_streams(replicas=settings.stream_replicas)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")

@@ -19,6 +19,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from libs.cache import IDEMPOTENCY_TTL_S
+from libs.db import DB_TIMEOUT_S
 from libs.logging import Logger
 from services.gateway.domain import ApiError, IdempotencyVerdict, judge_record, unavailable
 
@@ -29,6 +30,12 @@ PG_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncio.TimeoutError,
+)
+PG_CALL_TIMEOUT_S = DB_TIMEOUT_S + 1.0
+"""A Postgres read or write answers within the statement timeout, or the caller gets a 503 (FM-N5)."""
+POSTGRES_DOWN_MESSAGE = (
+    "postgres unavailable: this read needs the projections/audit store; trading continues on the event log "
+    "and the projections catch up when it is back (FM-C3)"
 )
 IN_PROGRESS_STALE_NS = 60_000_000_000
 """An in-progress record older than this is left over from a crashed gateway and is taken over."""
@@ -41,11 +48,12 @@ async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool],
         ApiError: 503 `dependency_unavailable` when Postgres is not configured or unreachable.
     """
     if pool is None:
-        raise unavailable("postgres", "postgres is not connected")
+        raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason="not connected")
     try:
-        return await operation(pool)
+        return await asyncio.wait_for(operation(pool), PG_CALL_TIMEOUT_S)
     except PG_ERRORS as exc:
-        raise unavailable("postgres", f"postgres unavailable: {type(exc).__name__}: {exc}"[:300]) from exc
+        reason = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
+        raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason=reason) from exc
 
 
 def jsonable(value: Any) -> Any:
@@ -93,9 +101,18 @@ class IdempotencyStore:
                 try:
                     return await self._claim_in_postgres(key, fingerprint, authoritative=False)
                 except ApiError as exc:
-                    self.log.warning("idempotency_postgres_unavailable", error=exc.message, action_taken="cache only")
+                    self.log.warning("idempotency_postgres_unavailable", error=exc.details, action_taken="cache only")
                     return IdempotencyVerdict(action="proceed")
-        return await self._claim_in_postgres(key, fingerprint, authoritative=True)
+        try:
+            return await self._claim_in_postgres(key, fingerprint, authoritative=True)
+        except ApiError as exc:
+            if exc.status != 503:
+                raise
+            raise unavailable(
+                "valkey+postgres",
+                "neither Valkey nor Postgres can record the Idempotency-Key; no order is accepted without it (FM-C7)",
+                reason=str(exc.details.get("reason", exc.message)) if isinstance(exc.details, dict) else exc.message,
+            ) from exc
 
     async def _begin_in_cache(self, key: str, fingerprint: str, record: dict[str, Any]) -> IdempotencyVerdict:
         if await self._claim_in_cache(key, record):
@@ -201,7 +218,7 @@ class IdempotencyStore:
         try:
             await pg_call(self.pool, store)
         except ApiError as exc:
-            self.log.warning("idempotency_response_not_in_postgres", key=key, error=exc.message)
+            self.log.warning("idempotency_response_not_in_postgres", key=key, error=exc.details)
 
     async def _remember_in_cache(self, key: str, fingerprint: str, http_status: int, response: dict[str, Any]) -> None:
         if self.cache is None:
@@ -226,4 +243,4 @@ class IdempotencyStore:
         try:
             await pg_call(self.pool, delete)
         except ApiError as exc:
-            self.log.warning("idempotency_release_failed", store="postgres", key=key, error=exc.message)
+            self.log.warning("idempotency_release_failed", store="postgres", key=key, error=exc.details)

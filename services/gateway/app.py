@@ -25,9 +25,10 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NoKeysError
+from nats.js.errors import NoKeysError, NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
@@ -36,23 +37,37 @@ from libs.ids import client_order_id_for
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.codec import decode, decode_as
-from proto.enums import TERMINAL_ORDER_STATUSES, ComponentState, DegradationLevel, OrderSource, OrderStatus
+from proto.enums import (
+    TERMINAL_ORDER_STATUSES,
+    AlertSeverity,
+    ComponentState,
+    DegradationLevel,
+    OrderSource,
+    OrderStatus,
+)
 from proto.messages import (
+    AlertRaised,
     CancelOrder,
     DegradationLevelChanged,
     DisableStrategy,
     EnableStrategy,
     Heartbeat,
+    OperatorActionTaken,
     SubmitOrder,
 )
 from services.gateway import adapters
 from services.gateway.adapters import IdempotencyStore, jsonable, pg_call
 from services.gateway.domain import (
     ApiError,
+    ControlRequest,
+    DeadLetterFilter,
+    DeadLetterRetryRequest,
     OrderRequest,
     OrderResponse,
     Outcome,
+    Principal,
     Role,
+    TokenTable,
     authorize,
     decode_cursor,
     encode_cursor,
@@ -60,13 +75,17 @@ from services.gateway.domain import (
     fingerprint,
     is_settled,
     outcome_of,
+    parse_control_body,
+    parse_dead_letter_status,
     parse_order_status,
+    reason_class,
     unavailable,
     verdict_error,
 )
 from services.gateway.metrics import GatewayMetrics, MetricsMiddleware
 
 BUS_ERRORS: tuple[type[BaseException], ...] = (NatsError, asyncio.TimeoutError, OSError, RuntimeError)
+PING_ERRORS: tuple[type[BaseException], ...] = (*adapters.PG_ERRORS, RedisError, *BUS_ERRORS)
 
 
 @dataclass
@@ -77,6 +96,7 @@ class GatewayConfig:
     symbols_timeout_s: float = 0.5
     request_timeout_s: float = 3.0
     ready_timeout_s: float = 1.0
+    ping_timeout_s: float = 0.5
 
 
 def expected_components(ctx: ServiceContext) -> tuple[str, ...]:
@@ -95,9 +115,11 @@ class Gateway:
     config: GatewayConfig = field(default_factory=GatewayConfig)
     tracker: HeartbeatTracker = field(init=False)
     idempotency: IdempotencyStore = field(init=False)
+    tokens: TokenTable = field(init=False)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
 
     def __post_init__(self) -> None:
+        self.tokens = TokenTable(self.ctx.settings)  # a malformed BULWARK_API_TOKENS stops the start-up
         self.tracker = HeartbeatTracker(
             timeout_ns=int(self.ctx.settings.heartbeat_timeout_s * 1e9), expected=expected_components(self.ctx)
         )
@@ -142,6 +164,24 @@ class Gateway:
         except msgspec.DecodeError as exc:
             raise ApiError(502, "bad_gateway", f"{dependency} answered with invalid JSON") from exc
 
+    async def dependencies(self) -> dict[str, str]:
+        """`UP`/`DOWN` of the stores the gateway uses (quick pings), so an operator sees at once
+        which reads will answer 503 (FM-C3) and whether idempotency runs on its fallback (FM-C7)."""
+
+        async def ping(check: Any) -> str:
+            try:
+                await asyncio.wait_for(check(), self.config.ping_timeout_s)
+            except PING_ERRORS:
+                return "DOWN"
+            return "UP"
+
+        pool, cache = self.ctx.pool, self.ctx.cache
+        postgres, valkey = await asyncio.gather(
+            ping(lambda: pool.fetchval("SELECT 1")) if pool is not None else _constant("DOWN"),
+            ping(lambda: cache.ping()) if cache is not None else _constant("DOWN"),
+        )
+        return {"nats": "UP" if self.ctx.bus.connected else "DOWN", "postgres": postgres, "valkey": valkey}
+
     async def kv_json(self, key: str) -> Any:
         """A KV value decoded as JSON, or None (never set, unreadable, or the bus is down)."""
         if not self.ctx.bus.connected:
@@ -176,6 +216,10 @@ class Gateway:
             if key.startswith(prefix):
                 values[key[len(prefix) :]] = await self.kv_json(key)
         return values
+
+
+async def _constant(value: str) -> str:
+    return value
 
 
 # --------------------------------------------------------------------------- response models
@@ -213,6 +257,7 @@ class StatusResponse(BaseModel):
     symbols: dict[str, SymbolStatus]
     breakers: dict[str, Any]
     links: dict[str, Any]
+    dependencies: dict[str, str] = {}
 
 
 class BookResponse(BaseModel):
@@ -269,13 +314,6 @@ class PositionList(BaseModel):
     positions: list[PositionView]
 
 
-class TradingControl(BaseModel):
-    """Optional body of halt/resume."""
-
-    model_config = {"extra": "forbid"}
-    reason: str = Field(default="", max_length=500)
-
-
 class TradingStateResponse(BaseModel):
     trading_state: str
     previous: str | None
@@ -326,7 +364,10 @@ class EventList(BaseModel):
 
 
 class AlertList(BaseModel):
+    """`alerts`: open now (raised, not resolved), newest first; `recent`: the latest raise/resolve events."""
+
     alerts: list[dict[str, Any]]
+    recent: list[dict[str, Any]] = []
 
 
 class DeadLetterView(BaseModel):
@@ -344,13 +385,38 @@ class DeadLetterView(BaseModel):
 
 class DeadLetterList(BaseModel):
     dead_letters: list[DeadLetterView]
+    next_cursor: str | None = None
 
 
 class DeadLetterStats(BaseModel):
     total: int
+    pending: int = 0
     by_consumer: dict[str, int]
     by_status: dict[str, int]
+    by_subject: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
     oldest_created_ns: int | None
+    oldest_pending_created_ns: int | None = None
+
+
+class DeadLetterRetryResult(BaseModel):
+    """What a retry did to one dead letter.
+
+    `outcome`: `retried` (re-published now), `already_retried` (nothing re-published: idempotent),
+    `not_found`, or `failed` (see `message`; the letter stays PENDING).
+    """
+
+    id: int
+    outcome: str
+    subject: str | None = None
+    retry_message_id: str | None = None
+    message: str | None = None
+    dead_letter: DeadLetterView | None = None
+
+
+class DeadLetterBulkRetry(BaseModel):
+    retried: int
+    results: list[DeadLetterRetryResult]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -434,10 +500,21 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ auth
 
     def require(role: Role) -> Any:
-        async def dependency(authorization: Annotated[str | None, Header()] = None) -> Role:
-            return authorize(authorization, role, settings)
+        async def dependency(authorization: Annotated[str | None, Header()] = None) -> Principal:
+            return authorize(authorization, role, gateway.tokens)
 
         return Depends(dependency)
+
+    async def read_control(request: Request) -> ControlRequest:
+        return parse_control_body(await request.body(), request.headers.get("content-type"))
+
+    control_body = Depends(read_control)
+    control_openapi: dict[str, Any] = {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ControlRequest.model_json_schema()}},
+        }
+    }
 
     viewer = require(Role.VIEWER)
     operator = require(Role.OPERATOR)
@@ -484,16 +561,17 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ status
 
     @app.get("/v1/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["status"])
-    async def status(_: Role = viewer) -> dict[str, Any]:
+    async def status(_: Principal = viewer) -> dict[str, Any]:
         """Trading state, degradation, health, components, symbols, breakers and links."""
         components = {name: view.as_dict() for name, view in gateway.tracker.view(time.time_ns()).items()}
-        trading, degradation, health, symbols, breakers, links = await asyncio.gather(
+        trading, degradation, health, symbols, breakers, links, dependencies = await asyncio.gather(
             gateway.kv_json(subjects.KEY_TRADING_STATE),
             gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL),
             gateway.kv_json(subjects.KEY_HEALTH),
             _symbols(gateway),
             gateway.kv_prefixed("breaker."),
             gateway.kv_prefixed("link."),
+            gateway.dependencies(),
         )
         trading_state = _field(trading, "state")
         if trading_state is None:
@@ -506,6 +584,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             "symbols": symbols,
             "breakers": breakers,
             "links": links,
+            "dependencies": dependencies,
         }
 
     # ------------------------------------------------------------------ book
@@ -514,7 +593,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def book(
         symbol: Annotated[str, Path(max_length=32)],
         depth: Annotated[int, Query(ge=1, le=1000)] = 20,
-        _: Role = viewer,
+        _: Principal = viewer,
     ) -> dict[str, Any]:
         """The order book of a symbol from the state-builder (decimal strings)."""
         symbol = symbol.upper()
@@ -550,7 +629,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     async def submit_order(
         body: OrderRequest,
-        role: Role = operator,
+        who: Principal = operator,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> JSONResponse:
         """Submit an order (requires `Idempotency-Key`; a duplicate returns the first response)."""
@@ -574,7 +653,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if verdict.action == "replay" and verdict.response is not None:
             return JSONResponse(verdict.response, status_code=verdict.http_status or 201)
         try:
-            http_status, response = await _submit(gateway, body, key, role)
+            http_status, response = await _submit(gateway, body, key, who)
         except BaseException:
             await gateway.idempotency.release(key)
             raise
@@ -583,7 +662,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return JSONResponse(response, status_code=http_status)
 
     @app.get("/v1/orders/{order_id}", response_model=OrderView, responses=ERROR_RESPONSES, tags=["orders"])
-    async def get_order(order_id: Annotated[str, Path(max_length=64)], _: Role = viewer) -> dict[str, Any]:
+    async def get_order(order_id: Annotated[str, Path(max_length=64)], _: Principal = viewer) -> dict[str, Any]:
         """One order from the `orders` projection, by order id (= client order id)."""
         row = await _load_order(gateway, order_id)
         if row is None:
@@ -595,7 +674,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         status: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         cursor: str | None = None,
-        _: Role = viewer,
+        _: Principal = viewer,
     ) -> dict[str, Any]:
         """Orders, newest first, with keyset pagination."""
         wanted = parse_order_status(status)
@@ -626,20 +705,20 @@ def create_app(gateway: Gateway) -> FastAPI:
         responses=ERROR_RESPONSES,
         tags=["orders"],
     )
-    async def cancel_order(order_id: Annotated[str, Path(max_length=64)], role: Role = operator) -> dict[str, Any]:
+    async def cancel_order(order_id: Annotated[str, Path(max_length=64)], who: Principal = operator) -> dict[str, Any]:
         """Ask for a cancel (`CancelOrder` on `cmd.order.cancel`)."""
         row = await _load_order(gateway, order_id)
         if row is None:
             raise ApiError(404, "not_found", f"unknown order {order_id}")
         if row["status"] in TERMINAL_ORDER_STATUSES:
             raise ApiError(409, "order_terminal", f"order is already {row['status']}", {"status": row["status"]})
-        command = CancelOrder(client_order_id=order_id, operator=role.label, reason="operator cancel")
+        command = CancelOrder(client_order_id=order_id, operator=who.name, reason="operator cancel")
         await _publish(gateway, subjects.CMD_ORDER_CANCEL, command, msg_id=f"cancel:{order_id}")
-        ctx.log.info("order_cancel_requested", client_order_id=order_id, operator=role.label)
+        ctx.log.info("order_cancel_requested", client_order_id=order_id, operator=who.name)
         return {"order_id": order_id, "client_order_id": order_id, "status": OrderStatus.PENDING_CANCEL.value}
 
     @app.get("/v1/positions", response_model=PositionList, responses=ERROR_RESPONSES, tags=["orders"])
-    async def positions(_: Role = viewer) -> dict[str, Any]:
+    async def positions(_: Principal = viewer) -> dict[str, Any]:
         """Positions from the `positions` projection (decimals as strings)."""
         rows = await pg_call(
             ctx.pool,
@@ -652,50 +731,84 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     # ------------------------------------------------------------------ trading state
 
-    async def _trading(action: str, role: Role, body: TradingControl | None) -> dict[str, Any]:
-        reason = body.reason if body is not None else ""
+    async def _trading(action: str, who: Principal, reason: str) -> dict[str, Any]:
         reply = await gateway.request_json(
             subjects.service_query(subjects.RISK, action),
-            {"operator": role.label, "reason": reason or f"operator {action}"},
+            {"operator": who.name, "reason": reason or f"operator {action}"},
             gateway.config.request_timeout_s,
             subjects.RISK,
         )
         _raise_for_risk_error(reply)
-        ctx.log.info("trading_state_requested", action=action, operator=role.label, result=reply)
+        ctx.log.info("trading_state_requested", action=action, operator=who.name, role=who.role.label, result=reply)
         return {"trading_state": reply.get("trading_state"), "previous": reply.get("previous")}
 
-    @app.post("/v1/trading/halt", response_model=TradingStateResponse, responses=ERROR_RESPONSES, tags=["trading"])
-    async def halt(body: TradingControl | None = None, role: Role = operator) -> dict[str, Any]:
-        """Halt trading (risk owns the state)."""
-        return await _trading("halt", role, body)
+    @app.post(
+        "/v1/trading/halt",
+        response_model=TradingStateResponse,
+        responses=ERROR_RESPONSES,
+        tags=["trading"],
+        openapi_extra=control_openapi,
+    )
+    async def halt(who: Principal = operator, body: ControlRequest = control_body) -> dict[str, Any]:
+        """Halt trading (risk owns the state). Body optional: `{"reason"}` as JSON or form, any content type."""
+        return await _trading("halt", who, body.reason)
 
-    @app.post("/v1/trading/resume", response_model=TradingStateResponse, responses=ERROR_RESPONSES, tags=["trading"])
-    async def resume(body: TradingControl | None = None, role: Role = operator) -> dict[str, Any]:
+    @app.post(
+        "/v1/trading/resume",
+        response_model=TradingStateResponse,
+        responses=ERROR_RESPONSES,
+        tags=["trading"],
+        openapi_extra=control_openapi,
+    )
+    async def resume(who: Principal = operator, body: ControlRequest = control_body) -> dict[str, Any]:
         """Resume trading (risk validates and owns the state)."""
-        return await _trading("resume", role, body)
+        return await _trading("resume", who, body.reason)
 
-    @app.post("/v1/emergency-stop", response_model=EmergencyStopResponse, responses=ERROR_RESPONSES, tags=["trading"])
-    async def emergency_stop(body: TradingControl | None = None, role: Role = operator) -> dict[str, Any]:
+    @app.post(
+        "/v1/emergency-stop",
+        response_model=EmergencyStopResponse,
+        responses=ERROR_RESPONSES,
+        tags=["trading"],
+        openapi_extra=control_openapi,
+    )
+    async def emergency_stop(who: Principal = operator, body: ControlRequest = control_body) -> dict[str, Any]:
         """Operator emergency stop: degradation level HARD_SHUTDOWN (left only by a manual restart) and a halt."""
-        reason = (body.reason if body is not None else "") or "operator emergency stop"
+        reason = body.reason or "operator emergency stop"
         previous = _field(await gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL), "level")
         event = DegradationLevelChanged(
             previous=DegradationLevel(previous)
             if previous is not None and previous in DegradationLevel.__members__
             else None,
             current=DegradationLevel.HARD_SHUTDOWN,
-            reason=f"{reason} (by {role.label})",
+            reason=f"{reason} (by {who.name})",
         )
         await _publish(gateway, subjects.EVT_DEGRADATION, event)
-        record = {"level": DegradationLevel.HARD_SHUTDOWN.value, "reason": event.reason, "ts_ns": event.ts_event_ns}
+        record = {
+            "level": DegradationLevel.HARD_SHUTDOWN.value,
+            "reason": event.reason,
+            "operator": who.name,
+            "ts_ns": event.ts_event_ns,
+        }
         try:
             await ctx.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
         except BUS_ERRORS as exc:
             raise unavailable("nats", f"could not persist HARD_SHUTDOWN: {type(exc).__name__}: {exc}"[:300]) from exc
-        ctx.log.error("emergency_stop", operator=role.label, reason=reason, action_taken="HARD_SHUTDOWN, halt")
+        ctx.log.error("emergency_stop", operator=who.name, reason=reason, action_taken="HARD_SHUTDOWN, halt")
+        await _record_action(gateway, who, "emergency_stop", "system", reason)
+        alert = AlertRaised(
+            key=f"degradation:{DegradationLevel.HARD_SHUTDOWN.value}",  # the watchdog's key for a level's alert
+            severity=AlertSeverity.P0,
+            component=subjects.GATEWAY,
+            title=f"emergency stop by {who.name}: HARD_SHUTDOWN",
+            details={"reason": reason, "operator": who.name},
+        )
+        try:
+            await ctx.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+        except BUS_ERRORS as exc:
+            ctx.log.error("emergency_stop_alert_failed", error=str(exc)[:300])
         trading_state: str | None = None
         try:
-            trading_state = (await _trading("halt", role, TradingControl(reason=reason)))["trading_state"]
+            trading_state = (await _trading("halt", who, reason))["trading_state"]
         except ApiError as exc:  # the level is persisted; risk halts on its own when it sees it
             ctx.log.warning("emergency_stop_halt_failed", error=exc.message)
         return {
@@ -707,26 +820,28 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ breakers
 
     @app.get("/v1/breakers", response_model=BreakerList, responses=ERROR_RESPONSES, tags=["trading"])
-    async def breakers(_: Role = viewer) -> dict[str, Any]:
+    async def breakers(_: Principal = viewer) -> dict[str, Any]:
         """Circuit breakers as persisted in the KV bucket (`breaker.<id>`)."""
         return {"breakers": await gateway.kv_prefixed("breaker.")}
 
-    @app.post("/v1/breakers/{breaker_id}/reset", responses=ERROR_RESPONSES, tags=["trading"])
+    @app.post(
+        "/v1/breakers/{breaker_id}/reset", responses=ERROR_RESPONSES, tags=["trading"], openapi_extra=control_openapi
+    )
     async def reset_breaker(
         breaker_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
-        body: TradingControl | None = None,
-        role: Role = operator,
+        who: Principal = operator,
+        body: ControlRequest = control_body,
     ) -> Any:
-        """Manual breaker reset, answered by risk (`svc.risk.breaker_reset`)."""
-        reason = (body.reason if body is not None else "") or "operator reset"
+        """Manual breaker reset, answered by risk (`svc.risk.breaker_reset`); risk records the operator."""
+        # A manual reset needs a reason (SPEC §4); risk refuses an empty one with a 400.
         reply = await gateway.request_json(
             subjects.service_query(subjects.RISK, "breaker_reset"),
-            {"breaker": breaker_id, "operator": role.label, "reason": reason},
+            {"breaker": breaker_id, "operator": who.name, "reason": (body.reason or "").strip()},
             gateway.config.request_timeout_s,
             subjects.RISK,
         )
         _raise_for_risk_error(reply)
-        ctx.log.info("breaker_reset_requested", breaker=breaker_id, operator=role.label)
+        ctx.log.info("breaker_reset_requested", breaker=breaker_id, operator=who.name)
         return reply
 
     # ------------------------------------------------------------------ strategies
@@ -737,7 +852,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return name
 
     @app.get("/v1/strategies", response_model=StrategyList, responses=ERROR_RESPONSES, tags=["strategies"])
-    async def strategies(_: Role = viewer) -> dict[str, Any]:
+    async def strategies(_: Principal = viewer) -> dict[str, Any]:
         """Every configured strategy with its persisted state."""
         items = []
         for name in settings.strategies:
@@ -755,12 +870,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             )
         return {"strategies": items}
 
-    async def _strategy_command(name: str, action: str, role: Role) -> dict[str, Any]:
+    async def _strategy_command(name: str, action: str, who: Principal) -> dict[str, Any]:
         _known_strategy(name)
         command_type = EnableStrategy if action == "enable" else DisableStrategy
-        command = command_type(strategy=name, operator=role.label, reason=f"operator {action}")
+        command = command_type(strategy=name, operator=who.name, reason=f"operator {action}")
         await _publish(gateway, subjects.cmd_strategy(name, action), command)
-        ctx.log.info("strategy_command", strategy=name, action=action, operator=role.label)
+        ctx.log.info("strategy_command", strategy=name, action=action, operator=who.name)
         return {"strategy": name, "action": action, "status": "accepted"}
 
     @app.post(
@@ -770,9 +885,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         responses=ERROR_RESPONSES,
         tags=["strategies"],
     )
-    async def enable_strategy(name: str, role: Role = operator) -> dict[str, Any]:
+    async def enable_strategy(name: str, who: Principal = operator) -> dict[str, Any]:
         """Enable a strategy (`EnableStrategy` on `cmd.strategy.<name>.enable`)."""
-        return await _strategy_command(name, "enable", role)
+        return await _strategy_command(name, "enable", who)
 
     @app.post(
         "/v1/strategies/{name}/disable",
@@ -781,38 +896,63 @@ def create_app(gateway: Gateway) -> FastAPI:
         responses=ERROR_RESPONSES,
         tags=["strategies"],
     )
-    async def disable_strategy(name: str, role: Role = operator) -> dict[str, Any]:
+    async def disable_strategy(name: str, who: Principal = operator) -> dict[str, Any]:
         """Disable a strategy (`DisableStrategy` on `cmd.strategy.<name>.disable`)."""
-        return await _strategy_command(name, "disable", role)
+        return await _strategy_command(name, "disable", who)
 
     # ------------------------------------------------------------------ audit, alerts
 
     @app.get("/v1/events", response_model=EventList, responses=ERROR_RESPONSES, tags=["audit"])
     async def events(
-        event_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
-        since_ns: Annotated[int | None, Query(ge=0)] = None,
+        event_type: Annotated[
+            str | None, Query(alias="type", max_length=500, description="message type(s), comma separated")
+        ] = None,
+        component: Annotated[str | None, Query(max_length=64, description="payload `component`")] = None,
+        symbol: Annotated[str | None, Query(max_length=32, description="payload `symbol`")] = None,
+        subject: Annotated[str | None, Query(max_length=200, description="subject prefix, e.g. evt.order.")] = None,
+        stream: Annotated[str | None, Query(max_length=32)] = None,
+        correlation_id: Annotated[str | None, Query(max_length=200)] = None,
+        operator_name: Annotated[str | None, Query(alias="operator", max_length=64)] = None,
+        since_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns >= since_ns")] = None,
+        until_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns < until_ns")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         cursor: str | None = None,
-        _: Role = viewer,
+        _: Principal = viewer,
     ) -> dict[str, Any]:
-        """The audit log (`audit_events`), newest first."""
+        """The audit log (`audit_events`), newest first, filterable; keyset pagination by `next_cursor`."""
         conditions: list[str] = []
         args: list[Any] = []
+
+        def param(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
         if event_type:
-            args.append(event_type)
-            conditions.append(f"type = ${len(args)}")
+            types = [item.strip() for item in event_type.split(",") if item.strip()]
+            conditions.append(f"type = ANY({param(types)}::text[])")
+        for key, value in (
+            ("component", component),
+            ("symbol", symbol.upper() if symbol else None),
+            ("correlation_id", correlation_id),
+            ("operator", operator_name),
+        ):
+            if value:
+                conditions.append(f"payload->>'{key}' = {param(value)}")
+        if subject:
+            conditions.append(f"starts_with(subject, {param(subject)})")
+        if stream:
+            conditions.append(f"stream = {param(stream.upper())}")
         if since_ns is not None:
-            args.append(since_ns)
-            conditions.append(f"ts_event_ns >= ${len(args)}")
+            conditions.append(f"ts_event_ns >= {param(since_ns)}")
+        if until_ns is not None:
+            conditions.append(f"ts_event_ns < {param(until_ns)}")
         if cursor:
             (before_id,) = decode_cursor(cursor, (int,))
-            args.append(before_id)
-            conditions.append(f"id < ${len(args)}")
+            conditions.append(f"id < {param(before_id)}")
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        args.append(limit + 1)
         query = (
             "SELECT id, stream, stream_seq, subject, type, message_id, ts_event_ns, payload::text AS payload "
-            f"FROM audit_events {where} ORDER BY id DESC LIMIT ${len(args)}"
+            f"FROM audit_events {where} ORDER BY id DESC LIMIT {param(limit + 1)}"
         )
         rows = await pg_call(ctx.pool, lambda pool: pool.fetch(query, *args))
         page = rows[:limit]
@@ -823,7 +963,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def event_stream(
         request: Request,
         event_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
-        _: Role = viewer,
+        _: Principal = viewer,
     ) -> StreamingResponse:
         """Live `evt.>` messages as server-sent events (`event:` type, `data:` JSON)."""
         if not ctx.bus.connected:
@@ -859,111 +999,168 @@ def create_app(gateway: Gateway) -> FastAPI:
         )
 
     @app.get("/v1/alerts", response_model=AlertList, responses=ERROR_RESPONSES, tags=["audit"])
-    async def alerts(_: Role = viewer) -> dict[str, Any]:
-        """Alerts raised and not resolved since (from the audit log)."""
-        rows = await pg_call(
-            ctx.pool,
-            lambda pool: pool.fetch(
+    async def alerts(
+        recent: Annotated[int, Query(ge=0, le=500, description="how many recent raise/resolve events")] = 50,
+        _: Principal = viewer,
+    ) -> dict[str, Any]:
+        """Open alerts (raised and not resolved since), newest first, and the recent alert history."""
+
+        async def query(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+            latest = await pool.fetch(
                 "SELECT DISTINCT ON (payload->>'key') id, type, ts_event_ns, payload::text AS payload "
                 "FROM audit_events WHERE type IN ('AlertRaised', 'AlertResolved') "
                 "ORDER BY payload->>'key', id DESC"
-            ),
-        )
-        active = [{**_payload(row["payload"]), "event_id": row["id"]} for row in rows if row["type"] == "AlertRaised"]
+            )
+            history = await pool.fetch(
+                "SELECT id, type, ts_event_ns, payload::text AS payload FROM audit_events "
+                "WHERE type IN ('AlertRaised', 'AlertResolved') ORDER BY id DESC LIMIT $1",
+                recent,
+            )
+            return latest, history
+
+        latest, history = await pg_call(ctx.pool, query)
+        active = [{**_payload(row["payload"]), "event_id": row["id"]} for row in latest if row["type"] == "AlertRaised"]
         active.sort(key=lambda alert: alert["event_id"], reverse=True)
-        return {"alerts": active}
+        events_seen = [{**_payload(row["payload"]), "event_id": row["id"], "event": row["type"]} for row in history]
+        return {"alerts": active, "recent": events_seen}
 
     # ------------------------------------------------------------------ dead letters
-
-    dlq_columns = (
-        "id, consumer, subject, reason, deliveries, payload, original_message_id, status, created_ns, updated_ns"
-    )
 
     @app.get("/v1/dlq", response_model=DeadLetterList, responses=ERROR_RESPONSES, tags=["dlq"])
     async def dead_letters(
         consumer: Annotated[str | None, Query(max_length=128)] = None,
-        reason: Annotated[str | None, Query(max_length=200)] = None,
+        operation: Annotated[str | None, Query(max_length=200, description="consumer or subject prefix")] = None,
+        subject: Annotated[str | None, Query(max_length=200, description="subject prefix")] = None,
+        reason: Annotated[str | None, Query(max_length=200, description="substring, case-insensitive")] = None,
+        status: Annotated[str | None, Query(max_length=16, description="PENDING or RETRIED")] = None,
+        since_ns: Annotated[int | None, Query(ge=0)] = None,
+        until_ns: Annotated[int | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
-        _: Role = viewer,
+        cursor: str | None = None,
+        _: Principal = viewer,
     ) -> dict[str, Any]:
-        """Dead letters, newest first, filterable by consumer and reason (substring)."""
-        conditions: list[str] = []
+        """Dead letters, newest first, filterable by consumer/operation, subject, reason, status and
+        time (`created_ns` in [since_ns, until_ns)); keyset pagination through `next_cursor`."""
+        before_id = decode_cursor(cursor, (int,))[0] if cursor else None
+        selection = DeadLetterFilter(
+            consumer=consumer,
+            operation=operation,
+            subject=subject,
+            reason=reason,
+            status=parse_dead_letter_status(status),
+            since_ns=since_ns,
+            until_ns=until_ns,
+            before_id=before_id,
+        )
         args: list[Any] = []
-        if consumer:
-            args.append(consumer)
-            conditions.append(f"consumer = ${len(args)}")
-        if reason:
-            args.append(f"%{reason}%")
-            conditions.append(f"reason ILIKE ${len(args)}")
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        args.append(limit)
-        query = f"SELECT {dlq_columns} FROM dead_letters {where} ORDER BY id DESC LIMIT ${len(args)}"
+        where = selection.where(args)
+        args.append(limit + 1)
+        query = f"SELECT {DLQ_COLUMNS} FROM dead_letters {where} ORDER BY id DESC LIMIT ${len(args)}"
         rows = await pg_call(ctx.pool, lambda pool: pool.fetch(query, *args))
-        return {"dead_letters": [dict(row) for row in rows]}
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+        return {"dead_letters": [dict(row) for row in page], "next_cursor": next_cursor}
 
     @app.get("/v1/dlq/stats", response_model=DeadLetterStats, responses=ERROR_RESPONSES, tags=["dlq"])
-    async def dead_letter_stats(_: Role = viewer) -> dict[str, Any]:
-        """Counts of dead letters by consumer and status."""
-
-        async def query(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-            return await pool.fetch(
-                "SELECT consumer, status, count(*) AS n, min(created_ns) AS oldest FROM dead_letters "
-                "GROUP BY consumer, status"
-            )
-
-        rows = await pg_call(ctx.pool, query)
-        by_consumer: dict[str, int] = {}
-        by_status: dict[str, int] = {}
+    async def dead_letter_stats(_: Principal = viewer) -> dict[str, Any]:
+        """Counts of dead letters by consumer, status, subject and kind of reason."""
+        rows = await pg_call(
+            ctx.pool,
+            lambda pool: pool.fetch(
+                "SELECT consumer, status, subject, split_part(reason, ':', 1) AS reason_class, count(*) AS n, "
+                "min(created_ns) AS oldest FROM dead_letters GROUP BY consumer, status, subject, reason_class"
+            ),
+        )
+        by: dict[str, dict[str, int]] = {"consumer": {}, "status": {}, "subject": {}, "reason": {}}
         for row in rows:
-            by_consumer[row["consumer"]] = by_consumer.get(row["consumer"], 0) + row["n"]
-            by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
-        oldest = min((row["oldest"] for row in rows), default=None)
+            for dimension, value in (
+                ("consumer", row["consumer"]),
+                ("status", row["status"]),
+                ("subject", row["subject"]),
+                ("reason", reason_class(row["reason_class"])),
+            ):
+                by[dimension][value] = by[dimension].get(value, 0) + row["n"]
+        pending = [row for row in rows if row["status"] == "PENDING"]
         return {
-            "total": sum(by_status.values()),
-            "by_consumer": by_consumer,
-            "by_status": by_status,
-            "oldest_created_ns": oldest,
+            "total": sum(by["status"].values()),
+            "pending": by["status"].get("PENDING", 0),
+            "by_consumer": by["consumer"],
+            "by_status": by["status"],
+            "by_subject": by["subject"],
+            "by_reason": by["reason"],
+            "oldest_created_ns": min((row["oldest"] for row in rows), default=None),
+            "oldest_pending_created_ns": min((row["oldest"] for row in pending), default=None),
         }
 
-    @app.post("/v1/dlq/{letter_id}/retry", response_model=DeadLetterView, responses=ERROR_RESPONSES, tags=["dlq"])
-    async def retry_dead_letter(letter_id: int, role: Role = operator) -> dict[str, Any]:
-        """Re-publish a dead letter's payload to its original subject and mark it RETRIED."""
+    @app.get("/v1/dlq/{letter_id}", response_model=DeadLetterView, responses=ERROR_RESPONSES, tags=["dlq"])
+    async def dead_letter(letter_id: int, _: Principal = viewer) -> dict[str, Any]:
+        """One dead letter with its payload."""
         row = await pg_call(
-            ctx.pool, lambda pool: pool.fetchrow(f"SELECT {dlq_columns} FROM dead_letters WHERE id = $1", letter_id)
+            ctx.pool, lambda pool: pool.fetchrow(f"SELECT {DLQ_COLUMNS} FROM dead_letters WHERE id = $1", letter_id)
         )
         if row is None:
             raise ApiError(404, "not_found", f"unknown dead letter {letter_id}")
-        if row["status"] == "RETRIED":
-            raise ApiError(409, "already_retried", f"dead letter {letter_id} was already retried")
-        if not ctx.bus.connected:
-            raise unavailable("nats", "the message bus is disconnected")
-        headers = {HEADER_MSG_ID: f"dlq-retry:{letter_id}"}
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            headers[HEADER_TYPE] = type(decode(row["payload"].encode())).__name__
-        try:
-            await ctx.bus.js.publish(row["subject"], row["payload"].encode(), headers=headers)
-        except BUS_ERRORS as exc:
-            raise unavailable("nats", f"re-publish failed: {type(exc).__name__}: {exc}"[:300]) from exc
-        updated = await pg_call(
-            ctx.pool,
-            lambda pool: pool.fetchrow(
-                f"UPDATE dead_letters SET status = 'RETRIED', updated_ns = $2 WHERE id = $1 RETURNING {dlq_columns}",
-                letter_id,
-                time.time_ns(),
-            ),
+        return dict(row)
+
+    @app.post(
+        "/v1/dlq/{letter_id}/retry", response_model=DeadLetterRetryResult, responses=ERROR_RESPONSES, tags=["dlq"]
+    )
+    async def retry_dead_letter(letter_id: int, who: Principal = operator) -> dict[str, Any]:
+        """Re-publish a dead letter's payload to its original subject (new `Nats-Msg-Id`
+        `dlq-retry:<id>`) and mark it RETRIED. Idempotent: a letter already retried is not
+        re-published again (`outcome: already_retried`)."""
+        result = await _retry_dead_letter(gateway, letter_id, who)
+        if result["outcome"] == "not_found":
+            raise ApiError(404, "not_found", f"unknown dead letter {letter_id}")
+        if result["outcome"] == "failed":
+            raise ApiError(409, "not_retriable", result["message"] or "cannot re-publish", {"id": letter_id})
+        return result
+
+    @app.post("/v1/dlq/retry", response_model=DeadLetterBulkRetry, responses=ERROR_RESPONSES, tags=["dlq"])
+    async def retry_dead_letters(body: DeadLetterRetryRequest, who: Principal = operator) -> dict[str, Any]:
+        """Retry many: explicit `ids`, or every PENDING letter matching a filter (oldest first, up to `limit`)."""
+        selection = body.filter()
+        if body.ids:
+            ids = list(selection.ids)
+        else:
+            args: list[Any] = []
+            where = selection.where(args)
+            args.append(body.limit)
+            query = f"SELECT id FROM dead_letters {where} ORDER BY id LIMIT ${len(args)}"
+            ids = [row["id"] for row in await pg_call(ctx.pool, lambda pool: pool.fetch(query, *args))]
+        results = []
+        for letter_id in ids:
+            try:
+                results.append(await _retry_dead_letter(gateway, letter_id, who, audit=False))
+            except ApiError as exc:
+                if exc.status != 503:
+                    raise
+                # A dependency went down midway: say what was done and what was not.
+                results.append({"id": letter_id, "outcome": "failed", "message": exc.message})
+                results.extend(
+                    {"id": rest, "outcome": "failed", "message": "not attempted"} for rest in ids[len(results) :]
+                )
+                break
+        retried = [result["id"] for result in results if result["outcome"] == "retried"]
+        await _record_action(
+            gateway, who, "dlq_retry", ",".join(map(str, retried))[:500], "bulk retry", {"ids": retried}
         )
-        ctx.log.info("dead_letter_retried", id=letter_id, subject=row["subject"], operator=role.label)
-        return dict(updated) if updated is not None else dict(row)
+        return {"retried": len(retried), "results": results}
 
     @app.delete("/v1/dlq/{letter_id}", responses=ERROR_RESPONSES, tags=["dlq"])
-    async def delete_dead_letter(letter_id: int, role: Role = operator) -> dict[str, Any]:
-        """Remove a dead letter."""
+    async def delete_dead_letter(letter_id: int, who: Principal = operator) -> dict[str, Any]:
+        """Remove a dead letter (audited with who removed it and what it held)."""
         deleted = await pg_call(
-            ctx.pool, lambda pool: pool.fetchval("DELETE FROM dead_letters WHERE id = $1 RETURNING id", letter_id)
+            ctx.pool,
+            lambda pool: pool.fetchrow(
+                "DELETE FROM dead_letters WHERE id = $1 RETURNING id, consumer, subject, reason, original_message_id",
+                letter_id,
+            ),
         )
         if deleted is None:
             raise ApiError(404, "not_found", f"unknown dead letter {letter_id}")
-        ctx.log.info("dead_letter_removed", id=letter_id, operator=role.label)
+        ctx.log.info("dead_letter_removed", id=letter_id, operator=who.name)
+        await _record_action(gateway, who, "dlq_remove", str(letter_id), "operator removal", dict(deleted))
         return {"id": letter_id, "deleted": True}
 
     return app
@@ -993,6 +1190,83 @@ def _message_type(data: bytes) -> str:
         return type(decode(data)).__name__
     except (msgspec.DecodeError, msgspec.ValidationError):
         return "unknown"
+
+
+DLQ_COLUMNS = "id, consumer, subject, reason, deliveries, payload, original_message_id, status, created_ns, updated_ns"
+NOT_RETRIABLE_PREFIXES = ("dlq.", "hb.", "svc.")
+
+
+async def _retry_dead_letter(gateway: Gateway, letter_id: int, who: Principal, *, audit: bool = True) -> dict[str, Any]:
+    """Re-publish one dead letter and mark it RETRIED, exactly once.
+
+    The row is locked for the duration, so two concurrent retries re-publish once; the
+    `Nats-Msg-Id` is derived from the row id, so a crash between the publish and the commit
+    is de-duplicated by JetStream when the retry is repeated.
+
+    Raises:
+        ApiError: 503 when Postgres or the bus is down (nothing marked as retried).
+    """
+    ctx = gateway.ctx
+    retry_message_id = f"dlq-retry:{letter_id}"
+
+    async def retry(pool: asyncpg.Pool) -> dict[str, Any]:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(f"SELECT {DLQ_COLUMNS} FROM dead_letters WHERE id = $1 FOR UPDATE", letter_id)
+            if row is None:
+                return {"id": letter_id, "outcome": "not_found"}
+            base = {"id": letter_id, "subject": row["subject"], "retry_message_id": retry_message_id}
+            if row["status"] == "RETRIED":
+                return {**base, "outcome": "already_retried", "dead_letter": dict(row)}
+            if row["subject"].startswith(NOT_RETRIABLE_PREFIXES):
+                message = f"subject {row['subject']} is not a persisted command or event"
+                return {**base, "outcome": "failed", "message": message, "dead_letter": dict(row)}
+            payload = row["payload"].encode()
+            headers = {HEADER_MSG_ID: retry_message_id}
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                headers[HEADER_TYPE] = type(decode(payload)).__name__
+            try:
+                await ctx.bus.js.publish(row["subject"], payload, headers=headers)
+            except NoStreamResponseError:
+                message = f"no stream stores subject {row['subject']}"
+                return {**base, "outcome": "failed", "message": message, "dead_letter": dict(row)}
+            except BUS_ERRORS as exc:
+                raise unavailable("nats", f"re-publish failed: {type(exc).__name__}: {exc}"[:300]) from exc
+            updated = await conn.fetchrow(
+                f"UPDATE dead_letters SET status = 'RETRIED', updated_ns = $2 WHERE id = $1 RETURNING {DLQ_COLUMNS}",
+                letter_id,
+                time.time_ns(),
+            )
+            return {**base, "outcome": "retried", "dead_letter": dict(updated) if updated else dict(row)}
+
+    if not ctx.bus.connected:
+        raise unavailable("nats", "the message bus is disconnected")
+    result = await pg_call(ctx.pool, retry)
+    if result["outcome"] == "retried":
+        ctx.log.info("dead_letter_retried", id=letter_id, subject=result["subject"], operator=who.name)
+        if audit:
+            await _record_action(gateway, who, "dlq_retry", str(letter_id), "operator retry", {"ids": [letter_id]})
+    return result
+
+
+async def _record_action(
+    gateway: Gateway, who: Principal, action: str, target: str, reason: str, details: dict[str, Any] | None = None
+) -> None:
+    """Publish `OperatorActionTaken` (audited by the watchdog). The action itself already happened,
+    so a failure here is logged as an error, not answered to the operator as a failure."""
+    event = OperatorActionTaken(
+        operator=who.name,
+        role=who.role.label,
+        action=action,
+        target=target,
+        reason=reason,
+        details={key: jsonable(value) for key, value in (details or {}).items()},
+    )
+    try:
+        await gateway.ctx.bus.publish(subjects.evt_operator(action), event)
+    except BUS_ERRORS as exc:
+        gateway.ctx.log.error(
+            "operator_action_not_audited", action=action, target=target, operator=who.name, error=str(exc)[:300]
+        )
 
 
 async def _publish(gateway: Gateway, subject: str, message: Any, *, msg_id: str | None = None) -> None:
@@ -1049,7 +1323,7 @@ async def _symbols(gateway: Gateway) -> dict[str, Any]:
     return symbols
 
 
-async def _submit(gateway: Gateway, body: OrderRequest, key: str, role: Role) -> tuple[int, dict[str, Any]]:
+async def _submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal) -> tuple[int, dict[str, Any]]:
     """Publish `SubmitOrder` and wait briefly for a decisive outcome (FM-C9 checked first)."""
     ctx = gateway.ctx
     if gateway.component_state(subjects.POSITION) == ComponentState.DOWN:
@@ -1091,7 +1365,7 @@ async def _submit(gateway: Gateway, body: OrderRequest, key: str, role: Role) ->
             correlation_id=key,
         )
         await _publish(gateway, subjects.CMD_ORDER_SUBMIT, command, msg_id=client_order_id)
-        ctx.log.info("order_submitted", client_order_id=client_order_id, symbol=body.symbol, operator=role.label)
+        ctx.log.info("order_submitted", client_order_id=client_order_id, symbol=body.symbol, operator=who.name)
         outcome: Outcome | None = None
         deadline = asyncio.get_running_loop().time() + gateway.config.outcome_timeout_s
         while outcome is None or not is_settled(outcome):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from libs.binance.client import BinanceRestClient
+from libs.binance.client import BinanceRestClient, CachingResolver
 from libs.binance.stream import CombinedStream
+from libs.ratelimit import RateBudget
 from libs.settings import Settings
 
 MARKET_WS_LINK = "market-ws"
+MARKET_REST_LINK = "market-rest"
 SILENCE_TIMEOUT_S = 5.0
 PING_INTERVAL_S = 5.0
+PONG_TIMEOUT_S = 1.0
+MAX_MISSED_PONGS = 3
+
+RESOLVER = CachingResolver()
+"""One DNS cache for the process: the last good address of every venue host survives a DNS outage (FM-N3)."""
 
 
 def stream_names(symbol: str) -> list[str]:
@@ -19,14 +26,33 @@ def stream_names(symbol: str) -> list[str]:
     return [f"{lower}@depth@100ms", f"{lower}@aggTrade", f"{lower}@markPrice@1s", f"{lower}@forceOrder"]
 
 
-def rest_client(settings: Settings) -> BinanceRestClient:
-    """Public-endpoint REST client (market data needs no key; SPEC FM-N5 10 s timeout)."""
-    return BinanceRestClient(settings.venue_rest_url, settings.venue_api_key, timeout_s=10.0)
+def rest_client(settings: Settings, budget: RateBudget | None = None) -> BinanceRestClient:
+    """Public-endpoint REST client (market data needs no key; SPEC FM-N5 10 s timeout), with the
+    venue's request budget and the configured alternate endpoints."""
+    return BinanceRestClient(
+        settings.venue_rest_url,
+        settings.venue_api_key,
+        timeout_s=10.0,
+        budget=budget,
+        alternate_urls=settings.venue_rest_alternates,
+        resolver=RESOLVER,
+    )
 
 
-def market_stream(settings: Settings, symbols: Iterable[str]) -> CombinedStream:
-    """One combined stream carrying every channel of every symbol."""
+def ws_urls(settings: Settings) -> list[str]:
+    """The WebSocket base URLs, main first, then the alternates (FM-N3/N4)."""
+    return [settings.venue_ws_url, *(url for url in settings.venue_ws_alternates if url != settings.venue_ws_url)]
+
+
+def market_stream(ws_base: str, symbols: Iterable[str]) -> CombinedStream:
+    """One combined stream on `ws_base` carrying every channel of every symbol."""
     names = [name for symbol in symbols for name in stream_names(symbol)]
     return CombinedStream(
-        settings.venue_ws_url, names, silence_timeout_s=SILENCE_TIMEOUT_S, ping_interval_s=PING_INTERVAL_S
+        ws_base,
+        names,
+        silence_timeout_s=SILENCE_TIMEOUT_S,
+        ping_interval_s=PING_INTERVAL_S,
+        pong_timeout_s=PONG_TIMEOUT_S,
+        max_missed_pongs=MAX_MISSED_PONGS,
+        resolver=RESOLVER,
     )

@@ -10,16 +10,18 @@ the previous event's `u`. Any break is a gap: resync from a new snapshot.
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from proto.enums import Side
+from proto.enums import ConnectionState, Side
 from proto.envelope import Message, now_ns
 from proto.messages import (
     BookResyncStarted,
@@ -143,8 +145,10 @@ def parse_snapshot(data: Any) -> DepthSnapshotData:
     )
 
 
-def trade_from_agg_trade(venue: str, data: Any) -> Trade:
-    """`aggTrade` payload → `Trade` (the aggregate id `a` is the trade id).
+def trade_from_agg_trade(venue: str, data: Any, symbol: str | None = None) -> Trade:
+    """`aggTrade` payload (stream, or a REST `/fapi/v1/aggTrades` row with `symbol`) → `Trade`.
+
+    The aggregate id `a` is the trade id.
 
     Raises:
         BadFrame: the payload is malformed.
@@ -152,7 +156,7 @@ def trade_from_agg_trade(venue: str, data: Any) -> Trade:
     data = _dict(data)
     return Trade(
         venue=venue,
-        symbol=str(data.get("s", "")).upper(),
+        symbol=symbol or str(data.get("s", "")).upper(),
         trade_id=_int(data, "a"),
         price=_decimal(data, "p"),
         quantity=_decimal(data, "q"),
@@ -177,6 +181,29 @@ def mark_from_update(venue: str, data: Any) -> MarkPrice:
         funding_rate=_decimal(data, "r") if data.get("r") not in (None, "") else None,
         next_funding_time_ns=next_funding * _MS if isinstance(next_funding, int) and next_funding > 0 else None,
         ts_event_ns=_int(data, "E") * _MS,
+    )
+
+
+def mark_from_premium_index(venue: str, symbol: str, data: Any) -> MarkPrice:
+    """REST `/fapi/v1/premiumIndex` answer → `MarkPrice` (re-sync after a reconnect, FM-N1).
+
+    Raises:
+        BadFrame: the answer is malformed.
+    """
+    data = _dict(data)
+    mark = _decimal(data, "markPrice")
+    if mark <= 0:
+        raise BadFrame("mark price is not positive")
+    next_funding = data.get("nextFundingTime")
+    time_ms = data.get("time")
+    return MarkPrice(
+        venue=venue,
+        symbol=symbol,
+        mark_price=mark,
+        index_price=_decimal(data, "indexPrice") if "indexPrice" in data else None,
+        funding_rate=_decimal(data, "lastFundingRate") if data.get("lastFundingRate") not in (None, "") else None,
+        next_funding_time_ns=next_funding * _MS if isinstance(next_funding, int) and next_funding > 0 else None,
+        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else now_ns(),
     )
 
 
@@ -255,6 +282,7 @@ class BookSync:
         """Last applied `u`, or the snapshot's `L` while awaiting the bridge; None before a snapshot."""
         self.gaps = 0
         self.snapshots = 0
+        self.duplicates = 0
         self._nonce = uuid.uuid4().hex[:8]
         self._sync_id = ""
         self._buffer: deque[DepthEvent] = deque(maxlen=max_buffer)
@@ -327,6 +355,11 @@ class BookSync:
             if not event.first_update_id <= last <= event.final_update_id:
                 # The snapshot is older than the oldest event we hold: a new one is needed.
                 return self._gap(event, "first event does not bridge the snapshot", last, event.first_update_id)
+        elif event.final_update_id <= last:
+            # A repeat (or a late copy) of an event already applied: it carries nothing new, and
+            # its `pu` necessarily breaks the chain, so it is dropped instead of forcing a resync.
+            self.duplicates += 1
+            return []
         elif event.prev_final_update_id != last:
             return self._gap(event, "pu does not match the previous u", last, event.prev_final_update_id)
         self.state = SyncState.SYNCED
@@ -387,3 +420,470 @@ def reconnect_delay_s(attempt: int, uniform: Callable[[float, float], float] = r
         return FIXED_DELAYS_S[attempt]
     base = min(2.0**attempt, MAX_DELAY_S)
     return base + uniform(0.0, base / 2)
+
+
+# --------------------------------------------------------------------------- link state
+
+DEGRADE_REASON_RECONNECTS = "reconnect attempts failing"
+DEGRADE_REASON_CORRUPTION = "corrupt messages"
+DEGRADE_REASON_CLOCK = "clock offset"
+
+
+def market_link_state(
+    *, connected: bool, failed_attempts: int, clean: bool, degraded_reasons: Collection[str]
+) -> ConnectionState:
+    """The market link's state, derived from independent conditions (SPEC FM-N1, FM-D3, FM-D4).
+
+    Several causes can degrade a link at once (corruption, clock offset, failing reconnects), and
+    each clears on its own; a derived value keeps their overlap right where a sequential table
+    could not. Order of precedence: down (DEGRADED after `DEGRADED_AFTER_ATTEMPTS` failed
+    attempts, else DISCONNECTED), any degrade reason, then SUSPECT until the post-connect clean
+    window has passed, then CONNECTED.
+    """
+    if not connected:
+        return ConnectionState.DEGRADED if failed_attempts >= DEGRADED_AFTER_ATTEMPTS else ConnectionState.DISCONNECTED
+    if degraded_reasons:
+        return ConnectionState.DEGRADED
+    return ConnectionState.CONNECTED if clean else ConnectionState.SUSPECT
+
+
+class CleanWindow:
+    """FM-N1: after a (re)connect the link counts as healthy only after `duration_s` and, for every
+    symbol, `min_updates` consecutive fresh book updates (each within `fresh_s` of the previous)."""
+
+    def __init__(self, symbols: Iterable[str], *, duration_s: float = 3.0, min_updates: int = 3, fresh_s: float = 1.0):
+        self.symbols = tuple(symbols)
+        self._duration_ns = int(duration_s * 1e9)
+        self._fresh_ns = int(fresh_s * 1e9)
+        self.min_updates = min_updates
+        self.started_ns: int | None = None
+        self.passed = False
+        """Latched once clean: a later book resync does not make the connection suspect again."""
+        self._runs: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+
+    def start(self, now_ns: int) -> None:
+        """A connection was (re)established: the window starts over."""
+        self.started_ns = now_ns
+        self.passed = False
+        self._runs = dict.fromkeys(self.symbols, 0)
+        self._last = {}
+
+    def on_update(self, symbol: str, now_ns: int) -> None:
+        """One book update of `symbol` was applied."""
+        if self.started_ns is None or symbol not in self._runs:
+            return
+        last = self._last.get(symbol)
+        self._runs[symbol] = self._runs[symbol] + 1 if last is not None and now_ns - last <= self._fresh_ns else 1
+        self._last[symbol] = now_ns
+
+    def on_break(self, symbol: str) -> None:
+        """The symbol's book broke (gap, resync): its run starts over."""
+        if symbol in self._runs:
+            self._runs[symbol] = 0
+            self._last.pop(symbol, None)
+
+    def is_clean(self, now_ns: int) -> bool:
+        """True once the window has passed with enough fresh updates of every symbol."""
+        if self.passed:
+            return True
+        if self.started_ns is None or now_ns - self.started_ns < self._duration_ns:
+            return False
+        self.passed = all(run >= self.min_updates for run in self._runs.values())
+        return self.passed
+
+
+class EndpointRotation:
+    """Primary and alternate endpoints (FM-N3/N4): stay on one while it works, move on when it fails."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        if not urls:
+            raise ValueError("at least one endpoint is needed")
+        self.urls = tuple(urls)
+        self.index = 0
+        self.failures_in_row = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self.index]
+
+    def on_success(self) -> None:
+        """The current endpoint worked: it is the last good one."""
+        self.failures_in_row = 0
+
+    def on_failure(self) -> bool:
+        """The current endpoint failed; move to the next. True when every endpoint has now failed in a row."""
+        self.failures_in_row += 1
+        self.index = (self.index + 1) % len(self.urls)
+        return self.failures_in_row % len(self.urls) == 0
+
+
+class AlertBook:
+    """Which alerts are raised now, so each is raised once while its condition holds (SPEC §9)."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, str] = {}
+
+    def raise_alert(self, key: str, title: str) -> bool:
+        """Mark `key` raised; True when it was not already (publish it then)."""
+        if key in self.active:
+            return False
+        self.active[key] = title
+        return True
+
+    def resolve(self, key: str) -> bool:
+        """Mark `key` resolved; True when it was raised (publish the resolution then)."""
+        return self.active.pop(key, None) is not None
+
+
+# --------------------------------------------------------------------------- FM-D4 corruption
+
+
+class CorruptionMonitor:
+    """Rolling share of bad frames; above `threshold` (5 %) the link is degraded (SPEC FM-D4).
+
+    Counts go into one-second buckets over `window_s`; no verdict before `min_frames` frames, and
+    the degraded flag clears only below `recover_below`, so a rate near 5 % does not flap.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 30.0,
+        threshold: float = 0.05,
+        recover_below: float = 0.025,
+        min_frames: int = 40,
+    ) -> None:
+        self._window_s = int(window_s)
+        self.threshold = threshold
+        self.recover_below = recover_below
+        self.min_frames = min_frames
+        self._buckets: deque[list[int]] = deque()  # [second, total, bad]
+        self._total = 0
+        self._bad = 0
+        self.degraded = False
+
+    @property
+    def rate(self) -> float:
+        return self._bad / self._total if self._total else 0.0
+
+    def record(self, now_ns: int, *, bad: bool) -> bool | None:
+        """Count one frame. Returns True when the link just became degraded, False when it just
+        recovered, None when nothing changed."""
+        second = now_ns // 1_000_000_000
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append([second, 0, 0])
+        bucket = self._buckets[-1]
+        bucket[1] += 1
+        self._total += 1
+        if bad:
+            bucket[2] += 1
+            self._bad += 1
+        while self._buckets and self._buckets[0][0] <= second - self._window_s:
+            _, total, bad_count = self._buckets.popleft()
+            self._total -= total
+            self._bad -= bad_count
+        if self._total < self.min_frames:
+            return None
+        if not self.degraded and self.rate > self.threshold:
+            self.degraded = True
+            return True
+        if self.degraded and self.rate < self.recover_below:
+            self.degraded = False
+            return False
+        return None
+
+
+# --------------------------------------------------------------------------- FM-D3 timestamps
+
+
+class TimestampVerdict(StrEnum):
+    OK = "ok"
+    FUTURE = "future"
+    """Event time more than the tolerance ahead of now: reject."""
+    BACKWARD = "backward"
+    """Event time before the previous one of the same stream: use the receive time, flag suspect."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampCheck:
+    verdict: TimestampVerdict
+    ts_ns: int
+    """The time to put on the message (event time, or receive time when suspect)."""
+    repeated: bool = False
+    """For FUTURE: rejections are repeating (alert)."""
+
+
+class TimestampGuard:
+    """SPEC FM-D3 on stream event times, per stream (e.g. `BTCUSDT@depth`)."""
+
+    def __init__(self, *, future_tolerance_ms: int = 5000, repeat_count: int = 3, repeat_window_s: float = 60.0):
+        self._future_ns = future_tolerance_ms * _MS
+        self._repeat_count = repeat_count
+        self._repeat_window_ns = int(repeat_window_s * 1e9)
+        self._last_ms: dict[str, int] = {}
+        self._future: deque[int] = deque()
+        self.rejected = 0
+        self.suspect = 0
+
+    def check(self, stream: str, event_ms: int, now_ns: int) -> TimestampCheck:
+        """Judge one event time against the local clock and the stream's previous event time."""
+        event_ns = event_ms * _MS
+        if event_ns > now_ns + self._future_ns:
+            self.rejected += 1
+            self._future.append(now_ns)
+            while self._future and now_ns - self._future[0] > self._repeat_window_ns:
+                self._future.popleft()
+            return TimestampCheck(TimestampVerdict.FUTURE, now_ns, repeated=len(self._future) >= self._repeat_count)
+        previous = self._last_ms.get(stream)
+        if previous is not None and event_ms < previous:
+            self.suspect += 1
+            return TimestampCheck(TimestampVerdict.BACKWARD, now_ns)
+        self._last_ms[stream] = event_ms
+        return TimestampCheck(TimestampVerdict.OK, event_ns)
+
+
+class ClockLevel(StrEnum):
+    OK = "ok"
+    ALERT = "alert"
+    """|offset| > 1 s."""
+    HALT = "halt"
+    """|offset| > 5 s: trading must stop."""
+
+
+class ClockOffsetMonitor:
+    """Local clock against the venue's (`GET /fapi/v1/time`), SPEC FM-D3: > 1 s alert, > 5 s halt."""
+
+    def __init__(self, *, alert_ms: int = 1000, halt_ms: int = 5000) -> None:
+        self.alert_ms = alert_ms
+        self.halt_ms = halt_ms
+        self.level = ClockLevel.OK
+        self.offset_ms: int | None = None
+
+    def on_sample(self, sent_ns: int, received_ns: int, server_ms: int) -> ClockLevel | None:
+        """One server-time answer; the local time is taken as the request's midpoint.
+
+        Returns:
+            The new level when it changed, else None.
+        """
+        midpoint_ns = (sent_ns + received_ns) // 2
+        self.offset_ms = (server_ms * _MS - midpoint_ns) // _MS
+        magnitude = abs(self.offset_ms)
+        level = (
+            ClockLevel.HALT
+            if magnitude > self.halt_ms
+            else ClockLevel.ALERT
+            if magnitude > self.alert_ms
+            else ClockLevel.OK
+        )
+        if level == self.level:
+            return None
+        self.level = level
+        return level
+
+
+# --------------------------------------------------------------------------- FM-D5 sanity
+
+
+class Verdict(StrEnum):
+    WARNING = "warning"
+    REJECTED = "rejected"
+    FLAG = "flag"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One failed sanity rule."""
+
+    check: str
+    verdict: Verdict
+    detail: str
+
+
+class PriceSanity:
+    """Price rules of SPEC FM-D5 for one series (a symbol's trades, or its mark prices).
+
+    - |Δ| > 20 % against the recent reference (median of the last accepted prices) → WARNING,
+      for the caller to confirm with a second source;
+    - price < 0.5 x the lowest accepted price → REJECTED;
+    - rolling z-score of the log return > 5 → FLAG.
+    `check` judges, `accept` records; a rejected or unconfirmed value is never recorded.
+    """
+
+    def __init__(
+        self,
+        *,
+        jump: Decimal = Decimal("0.20"),
+        floor_ratio: Decimal = Decimal("0.5"),
+        z_limit: float = 5.0,
+        window: int = 50,
+        min_samples: int = 30,
+    ) -> None:
+        self.jump = jump
+        self.floor_ratio = floor_ratio
+        self.z_limit = z_limit
+        self.min_samples = min_samples
+        self._recent: deque[Decimal] = deque(maxlen=window)
+        self._returns: deque[float] = deque(maxlen=window * 4)
+        self.minimum: Decimal | None = None
+        self.last: Decimal | None = None
+
+    def reference(self) -> Decimal | None:
+        """Median of the recent accepted prices."""
+        if not self._recent:
+            return None
+        ordered = sorted(self._recent)
+        return ordered[len(ordered) // 2]
+
+    def check(self, price: Decimal) -> list[Finding]:
+        """The rules `price` breaks (empty: fine)."""
+        findings: list[Finding] = []
+        if price <= 0:
+            return [Finding("price_not_positive", Verdict.REJECTED, f"price {price}")]
+        if self.minimum is not None and price < self.minimum * self.floor_ratio:
+            findings.append(
+                Finding("price_below_min", Verdict.REJECTED, f"{price} < {self.floor_ratio} x min {self.minimum}")
+            )
+            return findings
+        reference = self.reference()
+        if reference is not None and abs(price - reference) / reference > self.jump:
+            change = (price - reference) / reference * 100
+            findings.append(Finding("price_jump", Verdict.WARNING, f"{change:+.1f}% vs recent {reference}"))
+            return findings
+        z = self._zscore(price)
+        if z is not None and abs(z) > self.z_limit:
+            findings.append(Finding("zscore", Verdict.FLAG, f"z = {z:.1f}"))
+        return findings
+
+    def accept(self, price: Decimal) -> None:
+        """Record an accepted price."""
+        if self.last is not None and self.last > 0:
+            self._returns.append(math.log(float(price / self.last)))
+        self.last = price
+        self._recent.append(price)
+        self.minimum = price if self.minimum is None else min(self.minimum, price)
+
+    def rebase(self, price: Decimal) -> None:
+        """A second source confirmed a jump: the recent reference moves to the new level."""
+        self._recent.clear()
+        self._returns.clear()
+        self.last = None
+        self.accept(price)
+
+    def _zscore(self, price: Decimal) -> float | None:
+        if self.last is None or len(self._returns) < self.min_samples:
+            return None
+        std = statistics.pstdev(self._returns)
+        if std <= 0:
+            return None
+        mean = statistics.fmean(self._returns)
+        return (math.log(float(price / self.last)) - mean) / std
+
+
+class VolumeSanity:
+    """Trade size > 10 x the largest seen so far → WARNING (SPEC FM-D5), once history exists."""
+
+    def __init__(self, *, factor: Decimal = Decimal(10), min_samples: int = 50) -> None:
+        self.factor = factor
+        self.min_samples = min_samples
+        self.maximum = Decimal(0)
+        self.samples = 0
+
+    def check(self, quantity: Decimal) -> list[Finding]:
+        findings = []
+        if self.samples >= self.min_samples and self.maximum > 0 and quantity > self.maximum * self.factor:
+            findings.append(Finding("volume", Verdict.WARNING, f"{quantity} > {self.factor} x max {self.maximum}"))
+        self.samples += 1
+        self.maximum = max(self.maximum, quantity)
+        return findings
+
+
+class OpenInterestSanity:
+    """OI < 0 → REJECTED; change > 50 % against the last value → WARNING (SPEC FM-D5)."""
+
+    def __init__(self, *, change: Decimal = Decimal("0.5")) -> None:
+        self.change = change
+        self.last: Decimal | None = None
+
+    def check(self, value: Decimal) -> list[Finding]:
+        if value < 0:
+            return [Finding("oi_negative", Verdict.REJECTED, f"open interest {value}")]
+        findings = []
+        if self.last is not None and self.last > 0 and abs(value - self.last) / self.last > self.change:
+            findings.append(Finding("oi_change", Verdict.WARNING, f"{self.last} -> {value}"))
+        self.last = value
+        return findings
+
+
+def confirms(reference: Decimal, candidate: Decimal, second_source: Decimal) -> bool:
+    """Does the second source agree with the jumped `candidate` rather than with the old `reference`?"""
+    return abs(second_source - candidate) < abs(second_source - reference)
+
+
+# --------------------------------------------------------------------------- FM-D2 trades
+
+
+class TradeAction(StrEnum):
+    APPLY = "apply"
+    DUPLICATE = "duplicate"
+    BACKFILL = "backfill"
+    """A gap of fewer than `backfill_below` ids: fetch them over REST."""
+    RESYNC = "resync"
+    """A larger gap: treated like a book gap."""
+
+
+@dataclass(frozen=True, slots=True)
+class TradeCheck:
+    action: TradeAction
+    missing_from: int = 0
+    missing_to: int = 0
+    """Inclusive range of the missing ids (BACKFILL, RESYNC)."""
+
+
+class TradeSequence:
+    """Aggregate-trade ids are consecutive (SPEC FM-D2): gap < 10 → backfill, ≥ 10 → book gap."""
+
+    def __init__(self, *, backfill_below: int = 10) -> None:
+        self.backfill_below = backfill_below
+        self.last_id: int | None = None
+        self.gaps = 0
+
+    def on_trade(self, trade_id: int) -> TradeCheck:
+        """Judge the next trade id."""
+        last = self.last_id
+        if last is None:
+            self.last_id = trade_id
+            return TradeCheck(TradeAction.APPLY)
+        if trade_id <= last:
+            return TradeCheck(TradeAction.DUPLICATE)
+        self.last_id = trade_id
+        missing = trade_id - last - 1
+        if missing == 0:
+            return TradeCheck(TradeAction.APPLY)
+        self.gaps += 1
+        action = TradeAction.BACKFILL if missing < self.backfill_below else TradeAction.RESYNC
+        return TradeCheck(action, last + 1, trade_id - 1)
+
+
+# --------------------------------------------------------------------------- FM-N1 after reconnect
+
+
+def reconnect_findings(
+    last_mark: Decimal | None, new_mark: Decimal | None, last_oi: Decimal | None, new_oi: Decimal | None
+) -> list[tuple[str, str]]:
+    """Compare the state re-synced after a reconnect with the last known (SPEC FM-N1).
+
+    Returns:
+        (check, title) pairs: price moved > 5 % → "possible data gap"; OI changed > 20 % →
+        "missed liquidations".
+    """
+    findings: list[tuple[str, str]] = []
+    if last_mark is not None and new_mark is not None and last_mark > 0:
+        moved = abs(new_mark - last_mark) / last_mark
+        if moved > Decimal("0.05"):
+            findings.append(("data_gap", f"possible data gap: mark moved {moved * 100:.1f}% while disconnected"))
+    if last_oi is not None and new_oi is not None and last_oi > 0:
+        changed = abs(new_oi - last_oi) / last_oi
+        if changed > Decimal("0.20"):
+            findings.append(("missed_liquidations", f"missed liquidations: OI changed {changed * 100:.1f}%"))
+    return findings

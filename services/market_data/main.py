@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+from libs.breaker import CircuitBreaker
+from libs.ratelimit import RateBudget
 from libs.runtime.service import ServiceContext, main, run_service
 from libs.settings import Settings
 from proto import subjects
@@ -13,14 +17,19 @@ COMPONENT = subjects.MARKET_DATA
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Wire the venue link, the open-interest poll and the resync request into the running service."""
+    """Wire the venue link, the polls, the timers and the resync request into the running service."""
     settings = ctx.settings
-    rest = adapters.rest_client(settings)
+    budget = RateBudget(settings.venue, time.time_ns)
+    breaker = CircuitBreaker(f"venue.{settings.venue}", time.monotonic_ns, open_s=settings.md_breaker_open_s)
+    rest = adapters.rest_client(settings, budget)
     await rest.start()
     ctx.cleanups.append(rest.close)
 
     async def publish(subject: str, message: Message, msg_id: str | None) -> int:
         return await ctx.bus.publish(subject, message, msg_id=msg_id)
+
+    async def request(subject: str, payload: bytes) -> bytes:
+        return await ctx.bus.request(subject, payload)
 
     service = MarketDataService(
         venue=settings.venue,
@@ -28,14 +37,20 @@ async def setup(ctx: ServiceContext) -> None:
         publish=publish,
         kv_put=ctx.bus.kv_put,
         rest=rest,
-        open_stream=lambda: adapters.market_stream(settings, settings.symbols),
+        open_stream=lambda url: adapters.market_stream(url, settings.symbols),
+        ws_urls=adapters.ws_urls(settings),
         log=ctx.log,
+        request=request,
+        budget=budget,
+        breaker=breaker,
     )
     ctx.cleanups.append(service.close)
     ctx.details = service.details
     await ctx.bus.serve(subjects.service_query(COMPONENT, "resync"), service.handle_resync_request)
     ctx.spawn(service.run_stream_forever(), "market-ws")
     ctx.spawn(service.poll_open_interest_forever(), "open-interest-poll")
+    ctx.spawn(service.check_clock_forever(settings.md_clock_check_interval_s), "clock-check")
+    ctx.spawn(service.monitor_forever(), "market-data-monitor")
 
 
 async def run(settings: Settings | None = None) -> None:

@@ -1,18 +1,30 @@
-"""position's Postgres projections (`orders`, `fills`, `positions`), written idempotently.
+"""position's adapters: Postgres projections, the venue link (breaker, clock, retry classes) and
+the user-data stream.
 
-Every upsert carries the stream sequence of the event it reflects; a row is only overwritten by
-an equal or newer sequence, so a re-applied event never moves state backwards.
+Every projection upsert carries the stream sequence of the event it reflects; a row is only
+overwritten by an equal or newer sequence, so a re-applied event never moves state backwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
+from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
+import msgspec
+import tenacity
 
-from proto.enums import OrderSource, OrderStatus, OrderType, Side
+from libs.binance.classify import call_with_retries, classify, retry_policy
+from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.breaker import BreakerOpen, BreakerTransition, CircuitBreaker
+from libs.logging import Logger
+from proto.enums import ErrorClass, OrderSource, OrderStatus, OrderType, Side
 
 from .domain import OrderRecord, Position
+
+T = TypeVar("T")
 
 _UPSERT_ORDER = """
 INSERT INTO orders (client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity,
@@ -127,10 +139,10 @@ class Projections:
     async def load_orders(self) -> dict[str, OrderRecord]:
         """Every order of the projection, with the trade ids already applied to it."""
         rows = await self.pool.fetch("SELECT * FROM orders")
-        fills = await self.pool.fetch("SELECT client_order_id, trade_id FROM fills")
-        trades: dict[str, set[int]] = {}
+        fills = await self.pool.fetch("SELECT client_order_id, trade_id, quantity FROM fills")
+        trades: dict[str, dict[int, Decimal]] = {}
         for fill in fills:
-            trades.setdefault(fill["client_order_id"], set()).add(int(fill["trade_id"]))
+            trades.setdefault(fill["client_order_id"], {})[int(fill["trade_id"])] = fill["quantity"]
         orders: dict[str, OrderRecord] = {}
         for row in rows:
             coid = row["client_order_id"]
@@ -154,7 +166,8 @@ class Projections:
                 average_price=row["average_price"],
                 venue_order_id=row["venue_order_id"],
                 reason=row["reason"],
-                trade_ids=trades.get(coid, set()),
+                trade_ids=set(trades.get(coid, {})),
+                fill_quantities=dict(trades.get(coid, {})),
             )
         return orders
 
@@ -165,3 +178,201 @@ class Projections:
             row["symbol"]: Position(row["quantity"], row["average_entry_price"], row["realized_pnl"]) for row in rows
         }
         return positions, max((int(row["last_event_seq"]) for row in rows), default=0)
+
+
+# ---------------------------------------------------------------------- venue link
+
+
+def submit_is_ambiguous(error: BaseException) -> bool:
+    """May an order placement that ended in `error` have been executed? (SPEC FM-N7)
+
+    Stricter than the classifier: every 5xx counts, even with a "try again" code such as -1001,
+    because the request reached the venue and an order may exist behind it.
+    """
+    return classify(error).ambiguous or (isinstance(error, VenueError) and error.status >= 500)
+
+
+def hurts_venue_health(error: BaseException) -> bool:
+    """Failures that say the venue (not our request) is in trouble: they count toward the breaker."""
+    return isinstance(error, VenueUnreachable | VenueTimeout) or (isinstance(error, VenueError) and error.status >= 500)
+
+
+BreakerListener = Callable[[BreakerTransition], Awaitable[None]]
+
+
+class VenueLink:
+    """The position service's calls to its venue, behind one circuit breaker (SPEC FM-N5).
+
+    Reads are retried under SPEC's classes (`call_with_retries`); an order placement is retried only
+    while it surely did not execute (unreachable, rate limited, clock skew) and never after an
+    ambiguous outcome, which the caller resolves by a query (FM-N7). A -1021 answer resynchronises
+    the signing clock from the venue's server time before the retry. While the breaker is open every
+    call fails fast with `BreakerOpen` and nothing is sent.
+
+    Args:
+        client: a started `BinanceRestClient` (or a fake with the same methods).
+        breaker: the venue's breaker.
+        log: structured logger.
+        wall_clock_ns: real time in ns (for the signing-clock offset).
+        on_breaker: awaited with every breaker transition (publish, alert).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        breaker: CircuitBreaker,
+        log: Logger,
+        wall_clock_ns: Callable[[], int],
+        on_breaker: BreakerListener | None = None,
+    ) -> None:
+        self.client = client
+        self.breaker = breaker
+        self.log = log
+        self.wall_clock_ns = wall_clock_ns
+        self.on_breaker = on_breaker
+        self.clock_resyncs = 0
+
+    async def _transition(self, transition: BreakerTransition | None) -> None:
+        if transition is not None and self.on_breaker is not None:
+            await self.on_breaker(transition)
+
+    async def _once(self, operation: Callable[[], Awaitable[T]]) -> T:
+        await self._transition(self.breaker.check())
+        try:
+            result = await operation()
+        except (VenueError, VenueTimeout, VenueUnreachable) as exc:
+            if hurts_venue_health(exc):
+                await self._transition(self.breaker.record_failure(f"{type(exc).__name__}: {exc}"[:200]))
+            elif isinstance(exc, VenueError):
+                # A definite answer: the venue is up even if it refused this request.
+                await self._transition(self.breaker.record_success())
+            if classify(exc).reason == "clock_skew":
+                await self.resync_clock()
+            raise
+        await self._transition(self.breaker.record_success())
+        return result
+
+    async def resync_clock(self) -> None:
+        """Set the signing offset from the venue's server time (after -1021)."""
+        try:
+            server_ms = await self.client.server_time_ms()
+        except (VenueError, VenueTimeout, VenueUnreachable) as exc:
+            self.log.warning("clock_resync_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        offset = server_ms - self.wall_clock_ns() // 1_000_000
+        self.log.warning("clock_resynced", previous_offset_ms=self.client.time_offset_ms, offset_ms=offset)
+        self.client.time_offset_ms = offset
+        self.clock_resyncs += 1
+
+    async def read(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """A call without side effect (or an idempotent one): retried under SPEC's classes."""
+
+        async def attempt() -> T:
+            # A coroutine function, not a lambda: tenacity only awaits what it sees is async.
+            return await self._once(operation)
+
+        return await call_with_retries(attempt)
+
+    async def place(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """An order placement: retried only while it surely was not executed.
+
+        Raises:
+            BreakerOpen: the venue is failing; nothing was sent.
+            VenueError / VenueTimeout / VenueUnreachable: the last outcome (ambiguous ones at once).
+        """
+        try:
+            return await self._once(operation)
+        except (VenueError, VenueTimeout, VenueUnreachable) as exc:
+            found = classify(exc)
+            if submit_is_ambiguous(exc) or found.reason == "ip_banned":
+                raise
+            if found.error_class not in (ErrorClass.TRANSIENT, ErrorClass.RECOVERABLE):
+                raise
+            error_class = found.error_class
+            self.log.warning("order_place_retry", error_class=error_class.value, reason=found.reason)
+
+        def retryable(error: BaseException) -> bool:
+            again = classify(error)
+            return again.error_class is error_class and not submit_is_ambiguous(error) and again.reason != "ip_banned"
+
+        policy = retry_policy(error_class).copy(retry=tenacity.retry_if_exception(retryable))
+        return await policy(self._once, operation)
+
+    # The client's methods, behind the breaker (names kept so handlers read like the client).
+
+    async def place_order(self, **params: str) -> dict:
+        return await self.place(lambda: self.client.place_order(**params))
+
+    async def cancel_order(self, symbol: str, *, orig_client_order_id: str) -> dict:
+        # A repeated cancel is answered -2011 and then resolved by a query: safe to retry.
+        return await self.read(lambda: self.client.cancel_order(symbol, orig_client_order_id=orig_client_order_id))
+
+    async def query_order(self, symbol: str, *, orig_client_order_id: str) -> dict:
+        return await self.read(lambda: self.client.query_order(symbol, orig_client_order_id=orig_client_order_id))
+
+    async def open_orders(self, symbol: str | None = None) -> list[dict]:
+        return await self.read(lambda: self.client.open_orders(symbol))
+
+    async def user_trades(self, symbol: str, *, order_id: int | None = None, limit: int = 100) -> list[dict]:
+        return await self.read(lambda: self.client.user_trades(symbol, order_id=order_id, limit=limit))
+
+    async def position_risk(self) -> list[dict]:
+        return await self.read(self.client.position_risk)
+
+    async def server_time_ms(self) -> int:
+        return await self.read(self.client.server_time_ms)
+
+    async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict:
+        return await self.read(lambda: self.client.countdown_cancel_all(symbol, countdown_ms))
+
+    async def new_listen_key(self) -> str:
+        return await self.read(self.client.new_listen_key)
+
+    async def keepalive_listen_key(self) -> None:
+        await self.read(self.client.keepalive_listen_key)
+
+
+VENUE_FAILURES = (VenueError, VenueTimeout, VenueUnreachable, BreakerOpen)
+"""Everything a `VenueLink` call can fail with."""
+
+
+# ---------------------------------------------------------------------- user-data stream
+
+_decoder = msgspec.json.Decoder()
+
+
+class UserStreamClosed(Exception):
+    """The user-data stream ended (close, error, silence)."""
+
+
+async def user_stream_events(
+    ws_base: str,
+    listen_key: str,
+    on_open: Callable[[], Awaitable[None]] | None = None,
+    *,
+    heartbeat_s: float = 10.0,
+) -> AsyncIterator[dict]:
+    """Events of Binance's user-data stream `<ws_base>/ws/<listenKey>` (raw, not combined).
+
+    A user stream is silent while nothing happens, so liveness is checked by ping/pong
+    (`heartbeat_s`), not by silence; `on_open` is awaited once the socket is up. Undecodable frames
+    are skipped (the poll is the safety net); the iteration ends only by raising `UserStreamClosed`.
+    """
+    url = f"{ws_base.rstrip('/')}/ws/{listen_key}"
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, heartbeat=heartbeat_s) as ws:
+            if on_open is not None:
+                await on_open()
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    try:
+                        event = _decoder.decode(message.data)
+                    except msgspec.DecodeError:
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+                elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UserStreamClosed(f"{type(exc).__name__}: {exc}") from exc
+    raise UserStreamClosed("closed by the venue")

@@ -53,6 +53,7 @@ ORDER_TRANSITIONS: dict[tuple[OrderStatus, OrderTrigger], OrderStatus] = {
     (S.UNKNOWN, OrderTrigger.AMBIGUOUS): S.UNKNOWN,
     (S.UNKNOWN, OrderTrigger.SUBMIT): S.SUBMITTED,
     (S.UNKNOWN, OrderTrigger.REJECT): S.REJECTED,
+    (S.UNKNOWN, OrderTrigger.NOT_SENT): S.PENDING_SUBMISSION,  # queried: not at the venue, back to the queue
     **{(S.UNKNOWN, trigger): status for trigger, status in _LIVE_AT_VENUE.items()},
     (S.NEW, OrderTrigger.ACCEPT): S.NEW,
     (S.NEW, OrderTrigger.PARTIAL_FILL): S.PARTIALLY_FILLED,
@@ -140,6 +141,7 @@ class OrderRecord:
     venue_order_id: int | None = None
     reason: str | None = None
     trade_ids: set[int] = field(default_factory=set)
+    fill_quantities: dict[int, Decimal] = field(default_factory=dict)
     resend_used: bool = False
 
     def apply(self, trigger: OrderTrigger, ts_ns: int) -> OrderStatus:
@@ -157,12 +159,18 @@ class OrderRecord:
         self.average_price = (previous_cost + price * quantity) / total if total else None
         self.filled_quantity = total
         self.trade_ids.add(trade_id)
+        self.fill_quantities[trade_id] = quantity
         return True
 
     @property
     def remaining(self) -> Decimal:
         """Quantity not filled yet (the invariant filled + remaining = quantity holds by construction)."""
         return self.quantity - self.filled_quantity
+
+    @property
+    def signed_filled(self) -> Decimal:
+        """Filled quantity with the position's sign (BUY adds, SELL subtracts)."""
+        return self.filled_quantity if self.side == Side.BUY else -self.filled_quantity
 
 
 @dataclass(frozen=True)
@@ -226,3 +234,100 @@ def plan_reconciliation(
         if local != remote:
             mismatches[symbol] = (local, remote)
     return ReconciliationPlan(adopt=adopt, resolve=resolve, position_mismatches=mismatches)
+
+
+# ---------------------------------------------------------------------- invariants (SPEC §6)
+
+
+def order_invariant_violations(order: OrderRecord) -> list[str]:
+    """What is wrong with one order: filled + remaining = quantity, fills add up, nothing negative."""
+    problems: list[str] = []
+    coid = order.client_order_id
+    if order.filled_quantity < 0 or order.filled_quantity > order.quantity:
+        problems.append(f"{coid}: filled {order.filled_quantity} outside [0, {order.quantity}]")
+    if order.filled_quantity + order.remaining != order.quantity:
+        problems.append(f"{coid}: filled + remaining != quantity")
+    fills_total = sum(order.fill_quantities.values(), Decimal(0))
+    if order.fill_quantities and fills_total != order.filled_quantity:
+        problems.append(f"{coid}: fills sum to {fills_total}, order says {order.filled_quantity}")
+    if order.status == OrderStatus.FILLED and order.filled_quantity != order.quantity and order.fill_quantities:
+        problems.append(f"{coid}: FILLED with {order.filled_quantity} of {order.quantity}")
+    return problems
+
+
+def fills_by_symbol(orders: dict[str, OrderRecord]) -> dict[str, Decimal]:
+    """Signed sum of the filled quantity of every order, per symbol."""
+    sums: dict[str, Decimal] = {}
+    for order in orders.values():
+        if order.filled_quantity:
+            sums[order.symbol] = sums.get(order.symbol, Decimal(0)) + order.signed_filled
+    return sums
+
+
+def position_baselines(orders: dict[str, OrderRecord], positions: dict[str, Position]) -> dict[str, Decimal]:
+    """Per symbol, the part of the position not explained by the fills of known orders.
+
+    Taken after loading and after every audited reconciliation correction (a venue position the
+    local fills do not explain, or fills adopted with an external order); from then on every change
+    of a position must come from a fill of an order: position = baseline + sum of fills.
+    """
+    sums = fills_by_symbol(orders)
+    return {
+        symbol: positions.get(symbol, Position()).quantity - sums.get(symbol, Decimal(0))
+        for symbol in set(sums) | set(positions)
+    }
+
+
+def position_invariant_violations(
+    orders: dict[str, OrderRecord], positions: dict[str, Position], baselines: dict[str, Decimal]
+) -> list[str]:
+    """Symbols whose position is not its baseline plus the sum of its orders' fills."""
+    sums = fills_by_symbol(orders)
+    problems: list[str] = []
+    for symbol in sorted(set(sums) | set(positions) | set(baselines)):
+        expected = baselines.get(symbol, Decimal(0)) + sums.get(symbol, Decimal(0))
+        actual = positions.get(symbol, Position()).quantity
+        if expected != actual:
+            problems.append(f"{symbol}: position {actual} != sum of fills {expected}")
+    return problems
+
+
+# ---------------------------------------------------------------------- dead-man's switch (FM-N8)
+
+
+@dataclass
+class CountdownPlanner:
+    """Which symbols' venue auto-cancel countdown to arm, refresh or disarm (times in ns).
+
+    A symbol with live orders at the venue is armed and re-armed every `refresh_ns`; a symbol that
+    was armed and has no live order any more is disarmed once (countdownTime=0).
+    """
+
+    countdown_ms: int
+    refresh_ns: int
+    armed_at: dict[str, int] = field(default_factory=dict)
+
+    def due(self, live_symbols: set[str], now_ns: int) -> dict[str, int]:
+        """symbol -> countdown to send now (0 disarms); empty when nothing is due."""
+        if self.countdown_ms <= 0:
+            return {}
+        actions: dict[str, int] = {}
+        for symbol in sorted(live_symbols):
+            armed = self.armed_at.get(symbol)
+            if armed is None or now_ns - armed >= self.refresh_ns:
+                actions[symbol] = self.countdown_ms
+        for symbol in sorted(set(self.armed_at) - live_symbols):
+            actions[symbol] = 0
+        return actions
+
+    def sent(self, symbol: str, countdown_ms: int, now_ns: int) -> None:
+        """Record a successful arm (or disarm) call."""
+        if countdown_ms > 0:
+            self.armed_at[symbol] = now_ns
+        else:
+            self.armed_at.pop(symbol, None)
+
+    def forget(self) -> None:
+        """The venue link was lost: re-arm (or disarm) every known symbol at the next chance."""
+        for symbol in self.armed_at:
+            self.armed_at[symbol] = -(2**62)

@@ -1,8 +1,10 @@
-"""position's handlers: approved orders to the venue, denials, cancels, polling and reconciliation.
+"""position's handlers: approved orders to the venue, denials, cancels, the user-data stream,
+polling, reconciliation, the venue link and the dead-man's switch.
 
 All order work runs under one lock, so a poll never races a submission of the same order.
 Every state change is published on the ORDERS stream before (or together with) its projection
-write; the venue is only called after the `OrderSubmitted` event is durable.
+write; the venue is only called after the `OrderSubmitted` event is durable. While the venue link
+is down (breaker open) or not reconciled, orders wait as PENDING_SUBMISSION and nothing is sent.
 """
 
 from __future__ import annotations
@@ -12,16 +14,36 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
+from libs.binance.classify import classify
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.breaker import BreakerOpen, BreakerState, BreakerTransition
 from libs.bus import Bus, Delivery
 from libs.errors import TransientError
 from libs.logging import Logger
 from proto import subjects
-from proto.enums import AlertSeverity, ErrorClass, OrderSource, OrderStatus, OrderType, Side
+from proto.codec import encode
+from proto.enums import (
+    AlertSeverity,
+    ConnectionState,
+    DegradationLevel,
+    ErrorClass,
+    OrderSource,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 from proto.envelope import Message
 from proto.messages import (
     AlertRaised,
+    AlertResolved,
+    BreakerStateChanged,
     CancelOrder,
+    DeadLettered,
+    DegradationLevelChanged,
+    LinkStateChanged,
     OrderAccepted,
     OrderApproved,
     OrderCanceled,
@@ -34,15 +56,19 @@ from proto.messages import (
     SubmitOrder,
 )
 
-from .adapters import Projections
+from .adapters import VENUE_FAILURES, Projections, submit_is_ambiguous
 from .domain import (
+    CountdownPlanner,
     IllegalOrderTransition,
     OrderRecord,
     OrderTrigger,
     Position,
     apply_fill,
     is_terminal,
+    order_invariant_violations,
     plan_reconciliation,
+    position_baselines,
+    position_invariant_violations,
     venue_trigger,
 )
 
@@ -51,10 +77,14 @@ Clock = Callable[[], int]
 ORDER_NOT_FOUND = -2013
 UNKNOWN_ORDER_ON_CANCEL = -2011
 DUPLICATE_CLIENT_ORDER_ID = -4116
-AMBIGUOUS_CODES = frozenset({-1006, -1007})
-RATE_LIMIT_CODES = frozenset({-1003, -1015})
 QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 VENUE_LIVE = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL})
+MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
+ORDER_LINK = "orders"
+"""Link name of the position service's REST link to the venue (`evt.link.<venue>.orders`)."""
+ORDERS_DURABLE = "position-orders"
+LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
+USER_STREAM_BACKOFF_S: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def order_params(order: OrderRecord) -> dict[str, str]:
@@ -76,6 +106,40 @@ def order_params(order: OrderRecord) -> dict[str, str]:
     if order.reduce_only:
         params["reduceOnly"] = "true"
     return params
+
+
+def command_from_record(order: OrderRecord) -> SubmitOrder:
+    """The `SubmitOrder` an order came from (for dead letters an operator can inspect and retry)."""
+    return SubmitOrder(
+        client_order_id=order.client_order_id,
+        idempotency_key=order.idempotency_key,
+        source=order.source,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        quantity=order.quantity,
+        venue=order.venue,
+        price=order.price,
+        stop_price=order.stop_price,
+        reduce_only=order.reduce_only,
+        time_in_force=TimeInForce(order.time_in_force)
+        if order.time_in_force is not None and order.time_in_force in TimeInForce.__members__
+        else None,
+        strategy=order.strategy,
+    )
+
+
+def trade_from_user_event(update: dict) -> dict:
+    """An `ORDER_TRADE_UPDATE` execution (`o` object) as a `userTrades` row."""
+    return {
+        "id": update["t"],
+        "orderId": update["i"],
+        "qty": update["l"],
+        "price": update["L"],
+        "commission": update.get("n", "0"),
+        "realizedPnl": update.get("rp", "0"),
+        "time": update.get("T", 0),
+    }
 
 
 def record_from_command(order: SubmitOrder, ts_ns: int) -> OrderRecord:
@@ -101,19 +165,55 @@ def record_from_command(order: SubmitOrder, ts_ns: int) -> OrderRecord:
 
 
 class PositionService:
-    """Orders, fills and positions of one venue; the only component that writes to it."""
+    """Orders, fills and positions of one venue; the only component that writes to it.
 
-    def __init__(self, bus: Bus, log: Logger, projections: Projections, client: Any, venue: str, clock: Clock) -> None:
+    Args:
+        bus: the message bus.
+        log: structured logger.
+        projections: Postgres projections.
+        client: the venue (a `VenueLink`, or a fake with the same methods).
+        venue: venue name used in subjects.
+        clock: wall clock in ns (handlers only; domain code gets times passed in).
+        symbols: traded symbols (reconciliation scope).
+        countdown_ms: venue auto-cancel countdown kept armed per symbol with live orders (0: off).
+        countdown_refresh_s: re-arm period of that countdown.
+        safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        log: Logger,
+        projections: Projections,
+        client: Any,
+        venue: str,
+        clock: Clock,
+        *,
+        symbols: Sequence[str] = (),
+        countdown_ms: int = 0,
+        countdown_refresh_s: float = 20.0,
+        safety_poll_s: float = 5.0,
+    ) -> None:
         self.bus = bus
         self.log = log
         self.projections = projections
         self.client = client
         self.venue = venue
         self.clock = clock
+        self.symbols = tuple(symbols)
         self.orders: dict[str, OrderRecord] = {}
         self.positions: dict[str, Position] = {}
+        self.baselines: dict[str, Decimal] = {}
         self.reconciled = False
+        self.link_state = ConnectionState.CONNECTED
+        self.hard_shutdown = False
+        self.user_stream_up = False
+        self.reconciliations = 0
         self.query_backoff_s: Sequence[float] = QUERY_BACKOFF_S
+        self.countdown = CountdownPlanner(countdown_ms, int(countdown_refresh_s * 1e9))
+        self.safety_poll_ns = int(safety_poll_s * 1e9)
+        self._last_follow_ns = 0
+        self._last_keepalive_ns = 0
         self._seq: dict[str, int] = {}
         self._position_seq = 0
         self._lock = asyncio.Lock()
@@ -123,7 +223,19 @@ class PositionService:
     def details(self) -> dict[str, Any]:
         """Heartbeat details."""
         open_count = sum(1 for order in self.orders.values() if not is_terminal(order.status))
-        return {"orders_open": open_count, "reconciled": self.reconciled}
+        queued = sum(1 for order in self.orders.values() if order.status == OrderStatus.PENDING_SUBMISSION)
+        return {
+            "orders_open": open_count,
+            "orders_queued": queued,
+            "reconciled": self.reconciled,
+            "order_link": self.link_state.value,
+            "user_stream": self.user_stream_up,
+            "hard_shutdown": self.hard_shutdown,
+        }
+
+    def may_submit(self) -> bool:
+        """New orders go to the venue only when the link is up, reconciled, and integrity holds."""
+        return self.reconciled and self.link_state == ConnectionState.CONNECTED and not self.hard_shutdown
 
     async def _publish(self, subject: str, message: Message, msg_id: str, coid: str | None = None) -> int:
         seq = await self.bus.publish(subject, message, msg_id=msg_id)
@@ -159,12 +271,103 @@ class PositionService:
         return True
 
     async def _alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
-        self.log.warning("alert_raised", key=key, title=title, **details)
+        self.log.warning("alert_raised", key=key, severity=severity.value, title=title, **details)
         alert = AlertRaised(key=key, severity=severity, component=subjects.POSITION, title=title, details=details)
         await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
 
+    async def _resolve_alert(self, key: str, reason: str) -> None:
+        self.log.info("alert_resolved", key=key, reason=reason)
+        await self.bus.publish(
+            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=subjects.POSITION, reason=reason)
+        )
+
     def _order_subject(self, event: str, order: OrderRecord) -> str:
         return subjects.evt_order(event, order.venue, order.symbol)
+
+    # ------------------------------------------------------------------ integrity (SPEC §6 invariants)
+
+    def rebase(self) -> None:
+        """Take the current positions as explained (after loading or an audited correction)."""
+        self.baselines = position_baselines(self.orders, self.positions)
+
+    async def check_invariants(self) -> list[str]:
+        """Check SPEC §6's invariants; a violation starts the HARD_SHUTDOWN path."""
+        problems = [problem for order in self.orders.values() for problem in order_invariant_violations(order)]
+        problems += position_invariant_violations(self.orders, self.positions, self.baselines)
+        if problems and not self.hard_shutdown:
+            await self._hard_shutdown(problems)
+        return problems
+
+    async def _hard_shutdown(self, problems: list[str]) -> None:
+        """Integrity is compromised: stop sending orders, HARD_SHUTDOWN (as the emergency stop does), P0."""
+        self.hard_shutdown = True
+        reason = f"position invariant violated: {'; '.join(problems)[:500]}"
+        self.log.error("invariant_violated", problems=problems[:20], action_taken="HARD_SHUTDOWN, halt, P0 alert")
+        title = "order/position invariant violated"
+        await self._alert("invariant-violation", AlertSeverity.P0, title, problems=problems)
+        previous: DegradationLevel | None = None
+        entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+        if entry is not None:
+            try:
+                level = msgspec.json.decode(entry[0]).get("level")
+            except (msgspec.DecodeError, AttributeError):
+                level = None
+            previous = DegradationLevel(level) if level in DegradationLevel.__members__ else None
+        event = DegradationLevelChanged(previous=previous, current=DegradationLevel.HARD_SHUTDOWN, reason=reason)
+        await self.bus.publish(subjects.EVT_DEGRADATION, event)
+        record = {"level": DegradationLevel.HARD_SHUTDOWN.value, "reason": reason, "ts_ns": event.ts_event_ns}
+        await self.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
+        request = msgspec.json.encode({"operator": subjects.POSITION, "reason": reason})
+        try:
+            await self.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
+        except Exception as exc:  # noqa: BLE001 - the level is persisted; risk halts when it reads it
+            self.log.warning("hard_shutdown_halt_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
+
+    async def on_breaker(self, transition: BreakerTransition) -> None:
+        """Publish a venue breaker transition; OPEN takes the order link down."""
+        self.log.warning(
+            "breaker_state_changed",
+            breaker=transition.name,
+            previous=transition.previous.value,
+            current=transition.current.value,
+            reason=transition.reason,
+        )
+        event = BreakerStateChanged(
+            breaker=transition.name,
+            previous=transition.previous.value,
+            current=transition.current.value,
+            reason=transition.reason,
+        )
+        await self.bus.publish(subjects.evt_breaker(transition.name), event)
+        value = {"state": transition.current.value, "reason": transition.reason, "ts_ns": event.ts_event_ns}
+        await self.bus.kv_put(subjects.key_breaker(transition.name), msgspec.json.encode(value))
+        if transition.current == BreakerState.OPEN:
+            await self._set_link(ConnectionState.DISCONNECTED, f"venue breaker open: {transition.reason}")
+
+    async def _set_link(self, state: ConnectionState, reason: str) -> None:
+        if state == self.link_state:
+            return
+        previous, self.link_state = self.link_state, state
+        if state != ConnectionState.CONNECTED:
+            # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
+            self.reconciled = False
+            self.countdown.forget()
+        event = LinkStateChanged(
+            venue=self.venue, link=ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
+        )
+        self.log.warning("link_state_changed", link=ORDER_LINK, previous=previous.value, current=state.value)
+        await self.bus.publish(subjects.evt_link(self.venue, ORDER_LINK), event)
+        value = {"state": state.value, "reason": reason, "ts_ns": event.ts_event_ns}
+        await self.bus.kv_put(subjects.key_link(self.venue, ORDER_LINK), msgspec.json.encode(value))
+        key = f"venue-order-link:{self.venue}"
+        if state == ConnectionState.CONNECTED:
+            await self._resolve_alert(key, "venue reachable and reconciled")
+        else:
+            await self._alert(
+                key, AlertSeverity.P1, "venue order link down: orders are queued, nothing is sent", reason=reason
+            )
 
     # ------------------------------------------------------------------ consumers
 
@@ -183,9 +386,10 @@ class PositionService:
                 await self._submit(order)
             except Exception:
                 if order.status in (OrderStatus.PENDING_SUBMISSION, OrderStatus.SUBMITTED) and not order.resend_used:
-                    # Nothing reached the venue: forget it so the redelivery starts over.
+                    # Nothing reached the venue (or the queue write failed): forget it so the redelivery starts over.
                     self.orders.pop(order.client_order_id, None)
                 raise
+            await self.check_invariants()
 
     async def on_denied(self, message: Message, delivery: Delivery) -> None:
         """Durable `position-denials`: record a risk refusal in the projection."""
@@ -217,8 +421,9 @@ class PositionService:
                 self._transition(order, OrderTrigger.CANCEL)
                 await self._emit_canceled(order, message.reason or "canceled before submission")
                 return
-            self._transition(order, OrderTrigger.REQUEST_CANCEL)
-            await self._save(order)
+            if order.status != OrderStatus.PENDING_CANCEL:
+                self._transition(order, OrderTrigger.REQUEST_CANCEL)
+                await self._save(order)
             try:
                 answer = await self.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)
             except VenueError as exc:
@@ -227,26 +432,42 @@ class PositionService:
                     await self._query_and_apply(order)
                     return
                 raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
-            except (VenueTimeout, VenueUnreachable) as exc:
+            except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
                 raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
             await self._apply_venue_order(order, answer, reason=message.reason)
+            await self.check_invariants()
 
     # ------------------------------------------------------------------ submission
+
+    async def _queue(self, order: OrderRecord, reason: str) -> None:
+        """Keep an order PENDING_SUBMISSION (durable in the projection) until it may be sent."""
+        if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
+            self._transition(order, OrderTrigger.NOT_SENT)
+        order.reason = reason
+        await self._save(order)
+        self.log.warning("order_queued", client_order_id=order.client_order_id, reason=reason)
 
     async def _submit(self, order: OrderRecord) -> None:
         """Publish `OrderSubmitted`, write the projection, then place the order (never twice blind)."""
         coid = order.client_order_id
+        if not self.may_submit():
+            if self.hard_shutdown:
+                reason = "queued: HARD_SHUTDOWN (integrity check failed)"
+            elif self.link_state != ConnectionState.CONNECTED:
+                reason = f"queued: venue order link {self.link_state.value}"
+            else:
+                reason = "queued: reconciliation with the venue pending"
+            await self._queue(order, reason)
+            return
         self._transition(order, OrderTrigger.SUBMIT)
         submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
         await self._publish(self._order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
         await self._save(order)
         try:
             answer = await self.client.place_order(**order_params(order))
-        except VenueUnreachable as exc:
-            self._transition(order, OrderTrigger.NOT_SENT)
-            order.reason = f"venue unreachable, queued: {exc}"
-            await self._save(order)
-            self.log.warning("order_not_sent", client_order_id=coid, error=str(exc), action_taken="queued")
+        except (VenueUnreachable, BreakerOpen) as exc:
+            # Surely not sent: back to the queue, sent again once the venue is back.
+            await self._queue(order, f"venue unreachable, queued: {exc}")
             return
         except VenueTimeout as exc:
             await self._mark_unknown(order, f"timeout: {exc}")
@@ -260,32 +481,53 @@ class PositionService:
     async def _on_place_error(self, order: OrderRecord, exc: VenueError) -> None:
         coid = order.client_order_id
         if exc.code == DUPLICATE_CLIENT_ORDER_ID:
+            # Our id is already at the venue (an earlier attempt landed): its state is the truth.
             self.log.warning("order_duplicate_at_venue", client_order_id=coid, action_taken="query")
             await self._query_and_apply(order)
             return
-        if exc.status >= 500 or exc.code in AMBIGUOUS_CODES:
+        if submit_is_ambiguous(exc):
             await self._mark_unknown(order, f"HTTP {exc.status} code={exc.code}: {exc.msg}")
             await self._resolve_unknown(order)
             return
-        if exc.status in (418, 429) or exc.code in RATE_LIMIT_CODES:
-            # A definite "not accepted, slow down": keep it queued and send it later.
-            self._transition(order, OrderTrigger.NOT_SENT)
-            order.reason = f"rate limited (HTTP {exc.status}), queued"
-            await self._save(order)
-            self.log.warning("order_rate_limited", client_order_id=coid, retry_after_s=exc.retry_after_s)
+        found = classify(exc)
+        if found.error_class in (ErrorClass.TRANSIENT, ErrorClass.RECOVERABLE):
+            # A definite "not accepted, not now" that outlived its retries: keep it queued.
+            await self._queue(order, f"{found.reason} (HTTP {exc.status} code={exc.code}), queued")
             return
-        order.reason = f"venue rejected: code={exc.code} {exc.msg}"
+        await self._reject(order, exc, found.error_class.value, found.reason)
+
+    async def _reject(self, order: OrderRecord, exc: VenueError, error_class: str, why: str) -> None:
+        """PERMANENT: the order is REJECTED, dead-lettered for the operator, and alerted."""
+        coid = order.client_order_id
+        order.reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
         self._transition(order, OrderTrigger.REJECT)
         rejected = OrderRejected(
-            client_order_id=coid,
-            symbol=order.symbol,
-            reason=order.reason,
-            error_class=ErrorClass.PERMANENT.value,
-            venue_code=exc.code,
+            client_order_id=coid, symbol=order.symbol, reason=order.reason, error_class=error_class, venue_code=exc.code
         )
         await self._publish(self._order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
         await self._save(order)
         self.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
+        letter = DeadLettered(
+            consumer=ORDERS_DURABLE,
+            subject=subjects.evt_order("approved", order.venue, order.symbol),
+            reason=f"{error_class} {why}: HTTP {exc.status} code={exc.code} {exc.msg}"[:1000],
+            deliveries=1,
+            payload=encode(OrderApproved(order=command_from_record(order))).decode(),
+            original_message_id=f"approved:{coid}",
+        )
+        await self.bus.publish(subjects.dlq(ORDERS_DURABLE), letter, msg_id=f"dlq:rejected:{coid}")
+        if why == "auth":
+            await self._alert(
+                f"venue-auth:{self.venue}",
+                AlertSeverity.P1,
+                "venue refused our API key: no order can be placed",
+                code=exc.code,
+                msg=exc.msg,
+            )
+        else:
+            await self._alert(
+                f"order-rejected:{coid}", AlertSeverity.P2, "order rejected by the venue", coid=coid, reason=why
+            )
 
     async def _mark_unknown(self, order: OrderRecord, reason: str) -> None:
         coid = order.client_order_id
@@ -308,6 +550,10 @@ class PositionService:
                     return True
                 self.log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
                 continue
+            except BreakerOpen as exc:
+                # The venue is down: the order stays UNKNOWN; reconciliation resolves it when it is back.
+                self.log.warning("order_query_deferred", client_order_id=order.client_order_id, error=str(exc))
+                return False
             except (VenueTimeout, VenueUnreachable) as exc:
                 self.log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
                 continue
@@ -348,7 +594,7 @@ class PositionService:
                 await self._not_at_venue(order)
                 return
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
-        except (VenueTimeout, VenueUnreachable) as exc:
+        except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
         await self._apply_venue_order(order, answer)
 
@@ -411,7 +657,7 @@ class PositionService:
                 continue
             await self._apply_trade(order, trade)
 
-    async def _apply_trade(self, order: OrderRecord, trade: dict) -> None:
+    async def _apply_trade(self, order: OrderRecord, trade: dict, via: str = "rest") -> None:
         coid = order.client_order_id
         trade_id = int(trade["id"])
         quantity = Decimal(str(trade["qty"]))
@@ -469,24 +715,88 @@ class PositionService:
             price=str(price),
             quantity=str(quantity),
             position=str(position.quantity),
+            via=via,
         )
+
+    # ------------------------------------------------------------------ user-data stream
+
+    async def on_user_event(self, event: dict) -> None:
+        """One user-data stream event: fills and status of our orders, de-duplicated by trade id."""
+        if event.get("e") != "ORDER_TRADE_UPDATE" or not isinstance(event.get("o"), dict):
+            return
+        update: dict = event["o"]
+        coid = str(update.get("c", ""))
+        async with self._lock:
+            order = self.orders.get(coid)
+            if order is None:
+                # A venue order we never sent: reconciliation adopts it (or corrects the position).
+                self.log.warning("user_stream_unknown_order", client_order_id=coid, status=update.get("X"))
+                self.reconciled = False
+                return
+            try:
+                if order.venue_order_id is None and update.get("i") is not None:
+                    order.venue_order_id = int(update["i"])
+                if update.get("x") == "TRADE" and int(update.get("t") or 0):
+                    await self._apply_trade(order, trade_from_user_event(update), via="user-stream")
+                stale = Decimal(str(update.get("z", "0"))) < order.filled_quantity
+                if not is_terminal(order.status) and not stale:
+                    answer = {"orderId": update.get("i"), "status": update.get("X"), "executedQty": update.get("z")}
+                    await self._apply_venue_order(order, answer)
+            except (KeyError, ValueError, ArithmeticError) as exc:
+                self.log.warning("user_event_invalid", client_order_id=coid, error=repr(exc), raw=str(event)[:500])
+                return
+            await self.check_invariants()
+
+    async def user_stream_forever(self, ws_base: str, stream: Callable[..., Any]) -> None:
+        """Consume the user-data stream forever; every (re)connect asks for a reconciliation.
+
+        Args:
+            ws_base: venue WebSocket base URL.
+            stream: `stream(ws_base, listen_key, on_open)` async iterator of events (raises when it ends).
+        """
+        attempt = 0
+
+        async def on_open() -> None:
+            nonlocal attempt
+            attempt = 0
+            self.user_stream_up = True
+            # Updates may have been missed while it was down: reconcile before any new order.
+            self.reconciled = False
+            self.log.info("user_stream_connected", action_taken="reconcile")
+
+        while True:
+            delay = USER_STREAM_BACKOFF_S[attempt] if attempt < len(USER_STREAM_BACKOFF_S) else min(2.0**attempt, 60)
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                listen_key = await self.client.new_listen_key()
+                self._last_keepalive_ns = self.clock()
+                async for event in stream(ws_base, listen_key, on_open):
+                    await self.on_user_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the stream must come back whatever ended it
+                self.log.warning(
+                    "user_stream_lost", error=f"{type(exc).__name__}: {exc}"[:300], action_taken="reconnect"
+                )
+            self.user_stream_up = False
 
     # ------------------------------------------------------------------ polling
 
-    async def poll_once(self) -> None:
-        """Send queued orders, resolve UNKNOWN ones, and follow live ones (fills, cancels)."""
+    async def poll_once(self, *, follow_live: bool = True) -> None:
+        """Send queued orders, resolve UNKNOWN ones, and (when `follow_live`) follow live ones."""
         async with self._lock:
             live = [order for order in self.orders.values() if not is_terminal(order.status)]
-            if not live:
-                return
             for order in live:
-                if order.status == OrderStatus.PENDING_SUBMISSION:
+                if order.status == OrderStatus.PENDING_SUBMISSION and self.may_submit():
                     await self._submit(order)
-                elif order.status == OrderStatus.UNKNOWN:
+                elif order.status == OrderStatus.UNKNOWN and self.reconciled:
                     await self._resolve_unknown(order, backoff_s=(0.0,))
-            at_venue = [order for order in live if order.status in VENUE_LIVE]
-            if not at_venue:
+            if not follow_live:
                 return
+            self._last_follow_ns = self.clock()
+            at_venue = [order for order in live if order.status in VENUE_LIVE]
+            # Asked even without live orders: the cheapest signed check that the venue is there (FM-N6).
             open_orders = {str(o.get("clientOrderId")): o for o in await self.client.open_orders()}
             for order in at_venue:
                 answer = open_orders.get(order.client_order_id)
@@ -496,17 +806,43 @@ class PositionService:
                     str(answer.get("status")) != order.status.value and order.status != OrderStatus.PENDING_CANCEL
                 ):
                     await self._apply_venue_order(order, answer)
+            await self.check_invariants()
+
+    async def tick(self) -> None:
+        """One supervision round: reconcile when needed, poll, keep the dead-man's switch armed."""
+        if not self.reconciled:
+            await self.reconcile(self.symbols)
+        now = self.clock()
+        follow = not self.user_stream_up or now - self._last_follow_ns >= self.safety_poll_ns
+        await self.poll_once(follow_live=follow)
+        await self.refresh_countdowns()
+        if self.user_stream_up and now - self._last_keepalive_ns >= LISTEN_KEY_KEEPALIVE_NS:
+            await self.client.keepalive_listen_key()
+            self._last_keepalive_ns = now
 
     async def poll_forever(self, interval_s: float = 1.0) -> None:
-        """Run `poll_once` every `interval_s`; venue trouble is logged and retried next round."""
+        """Run `tick` every `interval_s`; venue trouble is logged and retried next round."""
         while True:
             await asyncio.sleep(interval_s)
-            if not self.reconciled:
-                continue
             try:
-                await self.poll_once()
-            except (VenueError, VenueTimeout, VenueUnreachable, TransientError) as exc:
+                await self.tick()
+            except (*VENUE_FAILURES, TransientError) as exc:
                 self.log.warning("order_poll_failed", error=f"{type(exc).__name__}: {exc}", action_taken="retry")
+
+    async def refresh_countdowns(self) -> None:
+        """FM-N8: keep the venue's countdownCancelAll armed for every symbol with live orders."""
+        if not self.may_submit():
+            return
+        live_symbols = {order.symbol for order in self.orders.values() if order.status in MAYBE_AT_VENUE}
+        now = self.clock()
+        for symbol, countdown_ms in self.countdown.due(live_symbols, now).items():
+            try:
+                await self.client.countdown_cancel_all(symbol, countdown_ms)
+            except VENUE_FAILURES as exc:
+                self.log.warning("countdown_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+                continue
+            self.countdown.sent(symbol, countdown_ms, now)
+            self.log.info("countdown_armed" if countdown_ms else "countdown_disarmed", symbol=symbol, ms=countdown_ms)
 
     # ------------------------------------------------------------------ reconciliation
 
@@ -514,13 +850,22 @@ class PositionService:
         """Rebuild in-memory orders and positions from the Postgres projections."""
         self.orders = await self.projections.load_orders()
         self.positions, self._position_seq = await self.projections.load_positions(self.venue)
+        self.rebase()
         self.log.info("position_state_loaded", orders=len(self.orders), positions=len(self.positions))
 
     async def reconcile(self, symbols: Sequence[str]) -> None:
-        """Compare with the venue, correct through events, and only then mark reconciled."""
+        """Compare with the venue, correct through events, and only then mark reconciled.
+
+        Runs at start-up, after the venue link comes back and after every user-stream reconnect;
+        no order is sent until it has succeeded (SPEC §6).
+
+        Raises:
+            VenueError, VenueTimeout, VenueUnreachable, BreakerOpen, TransientError: the venue could not
+                be asked; the service stays unreconciled and tries again.
+        """
         async with self._lock:
+            symbols = tuple(symbols) or self.symbols
             venue_open = [o for o in await self.client.open_orders() if o.get("symbol") in symbols]
-            venue_positions_raw = await self.client.position_risk()
             live = {coid: o for coid, o in self.orders.items() if not is_terminal(o.status)}
             plan = plan_reconciliation(live, venue_open, {}, {}, set(self.orders))
             for answer in plan.adopt:
@@ -530,14 +875,11 @@ class PositionService:
                 if coid in open_by_id:
                     await self._apply_venue_order(order, open_by_id[coid])
                 elif order.status == OrderStatus.PENDING_SUBMISSION:
-                    continue  # sent by the poll once ready
+                    continue  # sent by the poll once reconciled
                 else:
-                    try:
-                        await self._query_and_apply(order)
-                    except TransientError as exc:
-                        self.log.warning("reconcile_query_failed", client_order_id=coid, error=str(exc))
-                        if order.status == OrderStatus.SUBMITTED:
-                            await self._mark_unknown(order, f"reconciliation query failed: {exc}")
+                    await self._query_and_apply(order)
+            # Positions last, after every order's fills were fetched: the smallest window for a race.
+            venue_positions_raw = await self.client.position_risk()
             venue_positions = {
                 str(p["symbol"]): Decimal(str(p.get("positionAmt", "0")))
                 for p in venue_positions_raw
@@ -545,16 +887,21 @@ class PositionService:
             }
             local_positions = {s: p.quantity for s, p in self.positions.items() if p.quantity != 0}
             entry_prices = {str(p["symbol"]): Decimal(str(p.get("entryPrice", "0"))) for p in venue_positions_raw}
-            plan = plan_reconciliation({}, [], local_positions, venue_positions, set())
-            for symbol, (local, remote) in plan.position_mismatches.items():
+            position_plan = plan_reconciliation({}, [], local_positions, venue_positions, set())
+            for symbol, (local, remote) in position_plan.position_mismatches.items():
                 await self._correct_position(symbol, local, remote, entry_prices.get(symbol, Decimal(0)))
+            self.rebase()
             self.reconciled = True
+            self.reconciliations += 1
             self.log.info(
                 "reconciliation_done",
                 adopted=len(plan.adopt),
                 live_orders=len(live),
-                position_corrections=len(plan.position_mismatches),
+                position_corrections=len(position_plan.position_mismatches),
+                number=self.reconciliations,
             )
+            await self._set_link(ConnectionState.CONNECTED, "venue reachable and reconciled")
+            await self.check_invariants()
 
     async def _adopt(self, answer: dict) -> None:
         coid = str(answer.get("clientOrderId"))

@@ -1,6 +1,10 @@
-"""risk's edges: the persisted trading state, hot state and positions read from the bus."""
+"""risk's edges: persisted trading state, breakers and degradation level, hot state and positions
+read from the bus, book depth from the state-builder, CPU and memory from /proc."""
 
 from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 from nats.js.errors import NotFoundError
@@ -8,10 +12,11 @@ from nats.js.errors import NotFoundError
 from libs.bus import Bus
 from proto import subjects
 from proto.codec import decode, decode_as
-from proto.enums import HotStateStatus
+from proto.enums import DegradationLevel, HotStateStatus
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 
-from .domain import TradingStateRecord, dump_trading_state, load_trading_state
+from .breakers import BreakerRecord, dump_breaker_record, load_breaker_record
+from .domain import TradingStateRecord, dump_trading_state, load_trading_state, parse_degradation_level
 
 
 async def read_trading_state(bus: Bus) -> TradingStateRecord:
@@ -56,3 +61,94 @@ def parse_symbols_reply(raw: bytes) -> dict[str, SymbolHotState]:
         msgspec.DecodeError / msgspec.ValidationError: the reply is not a `SymbolsReply`.
     """
     return decode_as(raw, SymbolsReply).symbols
+
+
+# --------------------------------------------------------------------------- breakers, degradation, resources
+
+
+async def read_breaker(bus: Bus, breaker_id: str) -> tuple[BreakerRecord | None, str | None]:
+    """(record, error) of KV `breaker.<id>`: (None, None) when never set, (None, why) when unreadable."""
+    entry = await bus.kv_get(subjects.key_breaker(breaker_id))
+    if entry is None:
+        return None, None
+    try:
+        return load_breaker_record(entry[0]), None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, str(exc)[:200]
+
+
+async def write_breaker(bus: Bus, record: BreakerRecord) -> None:
+    """Persist a breaker in KV `breaker.<id>` (what the gateway lists)."""
+    await bus.kv_put(subjects.key_breaker(record.breaker), dump_breaker_record(record))
+
+
+async def read_degradation_level(bus: Bus) -> tuple[DegradationLevel | None, int]:
+    """(level, ts_ns) from KV `degradation_level`; level None when unreadable (fail closed)."""
+    entry = await bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+    raw = entry[0] if entry else None
+    ts_ns = 0
+    if raw is not None:
+        try:
+            value = msgspec.json.decode(raw)
+            ts_ns = int(value.get("ts_ns", 0)) if isinstance(value, dict) else 0
+        except (msgspec.DecodeError, TypeError, ValueError):
+            ts_ns = 0
+    return parse_degradation_level(raw), ts_ns
+
+
+async def write_background_work(bus: Bus, paused: bool, reason: str, ts_ns: int) -> None:
+    """KV `background_work`: whether background jobs may run (CB-4)."""
+    await bus.kv_put(
+        subjects.KEY_BACKGROUND_WORK, msgspec.json.encode({"paused": paused, "reason": reason, "ts_ns": ts_ns})
+    )
+
+
+def book_depth(raw: bytes) -> tuple[Decimal, Decimal | None] | None:
+    """(quote notional of the served levels, mid price) from a VALID `svc.state-builder.book` reply.
+
+    None when the reply is an error or the book is not VALID (a resyncing book is not a thin market).
+    """
+    try:
+        reply = msgspec.json.decode(raw)
+        if not isinstance(reply, dict) or reply.get("status") != HotStateStatus.VALID.value:
+            return None
+        bids = [(Decimal(str(p)), Decimal(str(q))) for p, q in reply.get("bids", [])]
+        asks = [(Decimal(str(p)), Decimal(str(q))) for p, q in reply.get("asks", [])]
+    except (msgspec.DecodeError, ArithmeticError, TypeError, ValueError):
+        return None
+    depth = sum((p * q for p, q in bids + asks), Decimal(0))
+    mid = (bids[0][0] + asks[0][0]) / 2 if bids and asks else None
+    return depth, mid
+
+
+class ProcResources:
+    """System CPU and memory use from /proc (Linux); None where it cannot be read."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self._last_cpu: tuple[int, int] | None = None
+
+    def cpu_fraction(self) -> float | None:
+        """Busy share of all CPUs since the previous call (None on the first call)."""
+        try:
+            line = (self._proc / "stat").read_text().splitlines()[0]
+            values = [int(v) for v in line.split()[1:9]]
+        except (OSError, IndexError, ValueError):
+            return None
+        idle, total = values[3] + values[4], sum(values)
+        previous, self._last_cpu = self._last_cpu, (idle, total)
+        if previous is None or total <= previous[1]:
+            return None
+        return 1.0 - (idle - previous[0]) / (total - previous[1])
+
+    def memory_fraction(self) -> float | None:
+        """Used share of memory (1 - MemAvailable / MemTotal)."""
+        try:
+            fields: dict[str, int] = {}
+            for line in (self._proc / "meminfo").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in ("MemTotal", "MemAvailable"):
+                    fields[name] = int(rest.split()[0])
+            return 1.0 - fields["MemAvailable"] / fields["MemTotal"]
+        except (OSError, KeyError, IndexError, ValueError, ZeroDivisionError):
+            return None

@@ -6,6 +6,7 @@ hot state, positions, a reference price) and get a decision back.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -13,7 +14,8 @@ from enum import StrEnum
 import msgspec
 
 from libs.fsm import IllegalTransition, next_state
-from proto.enums import HotStateStatus, Side, TradingState
+from libs.ids import client_order_id_for
+from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SubmitOrder
 
 
@@ -88,6 +90,10 @@ class RiskLimits:
     symbols: frozenset[str]
     max_position_qty: Decimal
     max_order_notional: Decimal
+    liquid_symbols: frozenset[str] | None = None  # REDUCED_FUNCTIONALITY: only these (None: all symbols)
+    reduced_size_factor: Decimal = Decimal("0.5")
+    reduced_min_confidence: Decimal = Decimal("0.8")
+    max_orders_per_minute: int = 30
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,63 @@ def reduces_exposure(order: SubmitOrder, position: Decimal) -> bool:
     return opposite and order.quantity <= abs(position)
 
 
+def reduces_exposure_with_pending(
+    order: SubmitOrder, position: Decimal, pending_buy: Decimal, pending_sell: Decimal
+) -> bool:
+    """Does the order reduce exposure even once every pending order on its side has filled?
+
+    A reduce-only order is judged against the position alone: the venue refuses to let it flip
+    the position. Any other order must still reduce after the pending ones (e.g. a flatten in
+    flight), or together they could open a position the other way.
+    """
+    if order.reduce_only:
+        return reduces_exposure(order, position)
+    projected = position + pending_buy if order.side == Side.BUY else position - pending_sell
+    return reduces_exposure(order, projected)
+
+
+def is_protective_stop(order: SubmitOrder, position: Decimal) -> bool:
+    """A reduce-only stop that can only shrink the position: allowed even while HALTED (SPEC §0)."""
+    return order.order_type == OrderType.STOP_MARKET and order.reduce_only and reduces_exposure(order, position)
+
+
+def degradation_gate(
+    order: SubmitOrder, level: DegradationLevel | None, reducing: bool, confidence: Decimal | None, limits: RiskLimits
+) -> Decision | None:
+    """SPEC §5 effects of the degradation level on one order (None: the level allows it).
+
+    Exposure-reducing orders always pass: every level wants less exposure, never more.
+    """
+    if reducing or level == DegradationLevel.NORMAL:
+        return None
+    match level:
+        case None:
+            return Decision(False, "degradation level unknown: no new entries (fail closed)")
+        case DegradationLevel.HARD_SHUTDOWN:
+            return Decision(False, "HARD_SHUTDOWN: no orders except flattening")
+        case DegradationLevel.EMERGENCY_MODE:
+            return Decision(False, "EMERGENCY_MODE: no new entries")
+        case DegradationLevel.REDUCED_FUNCTIONALITY:
+            if limits.liquid_symbols is not None and order.symbol not in limits.liquid_symbols:
+                return Decision(False, f"REDUCED_FUNCTIONALITY: {order.symbol} is not among the most liquid symbols")
+            if order.source == OrderSource.STRATEGY and (
+                confidence is None or confidence < limits.reduced_min_confidence
+            ):
+                shown = "unknown" if confidence is None else str(confidence)
+                return Decision(
+                    False,
+                    f"REDUCED_FUNCTIONALITY: signal confidence {shown} below {limits.reduced_min_confidence}",
+                )
+    return None
+
+
+def position_limit(limits: RiskLimits, level: DegradationLevel | None) -> Decimal:
+    """Max absolute position: halved in REDUCED_FUNCTIONALITY (SPEC §5 "position size x 0.5")."""
+    if level == DegradationLevel.REDUCED_FUNCTIONALITY:
+        return limits.max_position_qty * limits.reduced_size_factor
+    return limits.max_position_qty
+
+
 def check_order(
     order: SubmitOrder,
     *,
@@ -122,6 +185,13 @@ def check_order(
     position: Decimal,
     reference_price: Decimal | None,
     limits: RiskLimits,
+    degradation: DegradationLevel | None = DegradationLevel.NORMAL,
+    pending_buy: Decimal = Decimal(0),
+    pending_sell: Decimal = Decimal(0),
+    entries_paused: str | None = None,
+    strategy_disabled: str | None = None,
+    confidence: Decimal | None = None,
+    recent_strategy_orders: int = 0,
 ) -> Decision:
     """Run every pre-trade check in order; the first failure is the denial reason.
 
@@ -132,24 +202,45 @@ def check_order(
         position: current signed position of the symbol (base units).
         reference_price: order price, else last mark or best bid/ask; None when unknown.
         limits: static limits.
+        degradation: the watchdog's degradation level (None: unknown, fail closed).
+        pending_buy: quantity of approved, not yet filled BUY orders of the symbol.
+        pending_sell: quantity of approved, not yet filled SELL orders of the symbol.
+        entries_paused: why new entries are paused (CB-2), None when they are not.
+        strategy_disabled: why the order's strategy is disabled (CB-3), None when it is not.
+        confidence: the signal's confidence, for strategy orders.
+        recent_strategy_orders: exposure-adding orders of the order's strategy approved in the last minute.
     """
     if order.symbol not in limits.symbols:
         return Decision(False, f"unknown symbol {order.symbol}")
     if order.quantity <= 0:
         return Decision(False, f"quantity must be positive, got {order.quantity}")
-    reducing = reduces_exposure(order, position)
-    if trading_state == TradingState.HALTED:
+    reducing = reduces_exposure_with_pending(order, position, pending_buy, pending_sell)
+    if trading_state == TradingState.HALTED and not is_protective_stop(order, position):
         return Decision(False, "trading HALTED: no new orders")
     if trading_state == TradingState.REDUCING and not reducing:
         return Decision(False, "trading REDUCING: only orders that reduce exposure are allowed")
     if order.reduce_only and not reducing:
         return Decision(False, f"reduce_only order would not reduce the position {position}")
+    gate = degradation_gate(order, degradation, reducing, confidence, limits)
+    if gate is not None:
+        return gate
+    if not reducing:
+        if entries_paused is not None:
+            return Decision(False, f"new entries paused (CB-2): {entries_paused}")
+        if strategy_disabled is not None:
+            return Decision(False, f"strategy {order.strategy} disabled (CB-3): {strategy_disabled}")
+        if order.source == OrderSource.STRATEGY and recent_strategy_orders >= limits.max_orders_per_minute:
+            return Decision(False, f"strategy {order.strategy} above {limits.max_orders_per_minute} orders per minute")
     if hot_state != HotStateStatus.VALID and not reducing:
         status = hot_state.value if hot_state is not None else "UNKNOWN"
         return Decision(False, f"hot state of {order.symbol} is {status}, not VALID")
-    after = position + signed_quantity(order.side, order.quantity)
-    if abs(after) > limits.max_position_qty and abs(after) > abs(position):
-        return Decision(False, f"position would be {after}, above the limit {limits.max_position_qty}")
+    # Approved orders that have not filled yet count as if they had: a burst cannot overshoot.
+    base = position + pending_buy if order.side == Side.BUY else position - pending_sell
+    after = base + signed_quantity(order.side, order.quantity)
+    limit = position_limit(limits, degradation)
+    if abs(after) > limit and abs(after) > abs(base):
+        pending = " (with pending orders)" if base != position else ""
+        return Decision(False, f"position would be {after}{pending}, above the limit {limit}")
     if not reducing:
         if reference_price is None or reference_price <= 0:
             return Decision(False, f"no reference price for {order.symbol}: cannot check notional")
@@ -171,3 +262,128 @@ def reference_price(
         return mark_price
     touch = best_ask if order.side == Side.BUY else best_bid
     return touch if touch is not None else (best_bid or best_ask)
+
+
+# --------------------------------------------------------------------------- degradation level
+
+
+def parse_degradation_level(raw: bytes | None) -> DegradationLevel | None:
+    """The level in KV `degradation_level` (`{"level": ...}`); never set means NORMAL.
+
+    Unreadable or unknown values give None, which the checks treat as fail closed.
+    """
+    if raw is None:
+        return DegradationLevel.NORMAL
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    level = value.get("level") if isinstance(value, dict) else None
+    return DegradationLevel(level) if isinstance(level, str) and level in DegradationLevel.__members__ else None
+
+
+# --------------------------------------------------------------------------- pending exposure
+
+
+@dataclass
+class _Pending:
+    symbol: str
+    side: Side
+    quantity: Decimal
+    filled: Decimal = Decimal(0)
+    reduce_only: bool = False
+
+
+class PendingExposure:
+    """Approved orders not yet filled, rejected or canceled, by client order id."""
+
+    def __init__(self) -> None:
+        self._orders: dict[str, _Pending] = {}
+
+    def add(self, order: SubmitOrder) -> None:
+        self._orders.setdefault(
+            order.client_order_id, _Pending(order.symbol, order.side, order.quantity, reduce_only=order.reduce_only)
+        )
+
+    def on_fill(self, client_order_id: str, cumulative_quantity: Decimal) -> None:
+        """A fill: what is still open shrinks; a complete order is released."""
+        pending = self._orders.get(client_order_id)
+        if pending is None:
+            return
+        pending.filled = max(pending.filled, cumulative_quantity)
+        if pending.filled >= pending.quantity:
+            del self._orders[client_order_id]
+
+    def release(self, client_order_id: str) -> None:
+        """Rejected, canceled, expired: the order will never add exposure."""
+        self._orders.pop(client_order_id, None)
+
+    def totals(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """(pending BUY, pending SELL) quantity of a symbol."""
+        buy = sell = Decimal(0)
+        for pending in self._orders.values():
+            if pending.symbol != symbol:
+                continue
+            open_quantity = pending.quantity - pending.filled
+            if pending.side == Side.BUY:
+                buy += open_quantity
+            else:
+                sell += open_quantity
+        return buy, sell
+
+    def entries(self) -> list[str]:
+        """Client order ids of pending orders that could add exposure (not reduce-only)."""
+        return [coid for coid, pending in self._orders.items() if not pending.reduce_only]
+
+    def __len__(self) -> int:
+        return len(self._orders)
+
+
+class OrderRateWindow:
+    """Exposure-adding orders approved per strategy in the last `window_ns`."""
+
+    def __init__(self, window_ns: int = 60_000_000_000) -> None:
+        self._window_ns = window_ns
+        self._times: dict[str, deque[int]] = {}
+
+    def count(self, strategy: str, now_ns: int) -> int:
+        times = self._times.get(strategy)
+        if times is None:
+            return 0
+        while times and now_ns - times[0] >= self._window_ns:
+            times.popleft()
+        return len(times)
+
+    def record(self, strategy: str, now_ns: int) -> None:
+        self._times.setdefault(strategy, deque()).append(now_ns)
+
+
+# --------------------------------------------------------------------------- flattening
+
+
+def flatten_orders(positions: dict[str, Decimal], key: str, venue: str) -> list[SubmitOrder]:
+    """Reduce-only MARKET orders that close every open position.
+
+    `key` names the cause (e.g. the breaker trip); the idempotency key `flatten:<key>:<symbol>`
+    makes a re-run of the same flatten produce the same client order ids, so it is sent once.
+    """
+    orders = []
+    for symbol, quantity in sorted(positions.items()):
+        if quantity == 0:
+            continue
+        idempotency_key = f"flatten:{key}:{symbol}"
+        orders.append(
+            SubmitOrder(
+                client_order_id=client_order_id_for(idempotency_key),
+                idempotency_key=idempotency_key,
+                source=OrderSource.RISK,
+                symbol=symbol,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                order_type=OrderType.MARKET,
+                quantity=abs(quantity),
+                venue=venue,
+                reduce_only=True,
+                correlation_id=idempotency_key,
+            )
+        )
+    return orders

@@ -1,8 +1,11 @@
-"""risk's handlers: order and signal decisions, halt/resume/state requests, state followers."""
+"""risk's handlers: order and signal decisions, circuit breakers and their effects, degradation
+effects, halt/resume/state/breaker-reset requests, and the followers that feed them."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -10,18 +13,40 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from libs.breaker import BreakerState
 from libs.bus import Bus, Delivery
 from libs.ids import client_order_id_for
 from libs.logging import Logger
 from proto import subjects
 from proto.codec import decode
-from proto.enums import HotStateStatus, OrderSource
+from proto.enums import (
+    TERMINAL_ORDER_STATUSES,
+    AlertSeverity,
+    DegradationLevel,
+    HotStateStatus,
+    OrderSource,
+    OrderStatus,
+    TradingState,
+)
 from proto.envelope import Message
 from proto.messages import (
+    AlertRaised,
+    AlertResolved,
+    BackgroundWorkPaused,
+    BackgroundWorkResumed,
+    BreakerStateChanged,
+    CancelOrder,
+    DegradationLevelChanged,
+    DisableStrategy,
+    EnableStrategy,
     HotStateStatusChanged,
     MarkPrice,
+    OrderAccepted,
     OrderApproved,
+    OrderCanceled,
     OrderDenied,
+    OrderFilled,
+    OrderRejected,
     PositionChanged,
     SignalGenerated,
     SubmitOrder,
@@ -29,17 +54,45 @@ from proto.messages import (
 )
 
 from . import adapters
+from .breakers import (
+    ABNORMAL_MARKET,
+    RAPID_LOSS,
+    RESOURCE_EXHAUSTION,
+    BreakerBoard,
+    BreakerChange,
+    BreakerNotTripped,
+    BreakerRecord,
+    LatencyWindow,
+    ResourceSample,
+    RiskBreaker,
+    StrategyMalfunctionBreaker,
+    TradeTracker,
+)
 from .domain import (
     InvalidTransition,
+    OrderRateWindow,
+    PendingExposure,
     RiskLimits,
     TradingStateRecord,
     TradingTrigger,
     check_order,
+    flatten_orders,
     next_trading_state,
+    reduces_exposure,
     reference_price,
 )
 
 Clock = Callable[[], int]
+RISK_OPERATOR = "risk"
+BOOK_DEPTH_LEVELS = 20
+MAX_REMEMBERED_ORDERS = 10_000
+
+SEVERITY: dict[str, AlertSeverity] = {
+    RAPID_LOSS: AlertSeverity.P0,
+    ABNORMAL_MARKET: AlertSeverity.P1,
+    RESOURCE_EXHAUSTION: AlertSeverity.P1,
+}
+FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
 
 
 class _OperatorRequest(msgspec.Struct, kw_only=True):
@@ -47,7 +100,14 @@ class _OperatorRequest(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
+class _BreakerResetRequest(msgspec.Struct, kw_only=True):
+    breaker: str = ""
+    operator: str = ""
+    reason: str = ""
+
+
 _request_decoder = msgspec.json.Decoder(_OperatorRequest)
+_reset_decoder = msgspec.json.Decoder(_BreakerResetRequest)
 
 
 def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
@@ -64,6 +124,8 @@ def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
         price=signal.price,
         reduce_only=signal.reduce_only,
         strategy=signal.strategy,
+        stop_loss=signal.stop_loss,
+        take_profit=signal.take_profit,
         correlation_id=signal.correlation_id or signal.message_id,
         causation_id=signal.message_id,
     )
@@ -73,47 +135,145 @@ class RiskService:
     """The risk engine's live state and handlers (one instance per process)."""
 
     def __init__(
-        self, bus: Bus, log: Logger, limits: RiskLimits, venue: str, clock: Clock, state: TradingStateRecord
+        self,
+        bus: Bus,
+        log: Logger,
+        limits: RiskLimits,
+        venue: str,
+        clock: Clock,
+        state: TradingStateRecord,
+        *,
+        breakers: BreakerBoard | None = None,
+        monotonic: Clock = time.monotonic_ns,
+        resources: adapters.ProcResources | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
         self.limits = limits
         self.venue = venue
         self.clock = clock
+        self.monotonic = monotonic
         self.trading = state
         self.hot_state: dict[str, HotStateStatus | None] = {}
         self.positions: dict[str, Decimal] = {}
         self._position_ts: dict[str, int] = {}
         self.mark_prices: dict[str, Decimal] = {}
         self.decided: set[str] = set()
+        self.degradation: DegradationLevel | None = DegradationLevel.NORMAL
+        self.breakers = breakers
+        self.pending = PendingExposure()
+        self.rates = OrderRateWindow()
+        self.trades = TradeTracker()
+        self.latency = LatencyWindow()
+        self.resources = resources
+        self.order_strategy: OrderedDict[str, str | None] = OrderedDict()
+        self._seen_positions: OrderedDict[str, None] = OrderedDict()
         self._state_lock = asyncio.Lock()
         self._decide_lock = asyncio.Lock()
+        self._breaker_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ followers
 
-    def apply_position(self, event: PositionChanged) -> None:
-        """Track the newest position of a symbol (older events are ignored)."""
+    def apply_position(self, event: PositionChanged) -> bool:
+        """Track the newest position of a symbol; False when the event is older (ignored)."""
         if event.ts_event_ns < self._position_ts.get(event.symbol, 0):
-            return
+            return False
         self._position_ts[event.symbol] = event.ts_event_ns
         self.positions[event.symbol] = event.quantity
+        return True
 
     async def on_core_event(self, msg: Msg) -> None:
-        """Core-NATS follower of hot state, positions and mark prices."""
+        """Core-NATS follower of hot state, positions, marks, order events, degradation, strategy commands."""
         try:
             message = decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.log.warning("event_rejected", subject=msg.subject, error=str(exc)[:200])
             return
+        try:
+            await self.on_event(message)
+        except Exception as exc:  # one bad event must not stop the follower; logged with its cause
+            self.log.exception("event_failed", exc, subject=msg.subject, type=type(message).__name__)
+
+    async def on_event(self, message: Message) -> None:
+        """Apply one followed event (dispatch by type)."""
         match message:
             case HotStateStatusChanged():
                 self.hot_state[message.symbol] = message.current
             case PositionChanged() if message.venue == self.venue:
-                self.apply_position(message)
+                await self.on_position(message)
             case MarkPrice():
-                self.mark_prices[message.symbol] = message.mark_price
+                await self.on_mark(message)
+            case OrderFilled():
+                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
+            case OrderRejected() | OrderCanceled():
+                self.pending.release(message.client_order_id)
+            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
+                self.pending.release(message.client_order_id)
+            case DegradationLevelChanged():
+                await self.refresh_degradation()
+            case EnableStrategy():
+                await self.on_strategy_enabled(message)
             case _:
                 pass
+
+    async def on_position(self, event: PositionChanged) -> None:
+        """A position change: track it, and count its realized PnL for CB-1 and CB-3."""
+        if event.message_id in self._seen_positions or not self.apply_position(event):
+            return
+        _remember(self._seen_positions, event.message_id, None)
+        strategy = self.order_strategy.get(event.caused_by_client_order_id or "")
+        update = self.trades.on_position(event.symbol, event.quantity, event.realized_pnl, event.ts_event_ns, strategy)
+        if update is None or self.breakers is None:
+            return
+        now = self.clock()
+        changes: list[BreakerChange] = []
+        rapid = self.breakers.rapid_loss
+        change = rapid.on_trade_update(update, now)
+        if change is not None:
+            changes.append(change)
+        else:
+            await self._persist(rapid, now)
+        if update.closed is not None and update.closed.strategy is not None:
+            breaker = self.breakers.strategy(update.closed.strategy)
+            change = breaker.on_closed_trade(update.closed.pnl, now)
+            if change is not None:
+                changes.append(change)
+            else:
+                await self._persist(breaker, now)
+            self.log.info(
+                "trade_closed",
+                symbol=update.closed.symbol,
+                strategy=update.closed.strategy,
+                pnl=str(update.closed.pnl),
+                session_pnl=str(rapid.session_pnl),
+                consecutive_losses=rapid.consecutive_losses,
+            )
+        for change in changes:
+            await self.apply_breaker_change(change)
+
+    async def on_mark(self, mark: MarkPrice) -> None:
+        """A mark price: the reference for notional checks and an input of CB-2."""
+        self.mark_prices[mark.symbol] = mark.mark_price
+        if self.breakers is None:
+            return
+        now = self.clock()
+        market = self.breakers.abnormal_market
+        for change in (
+            market.on_price(mark.symbol, mark.mark_price, now),
+            market.on_funding(mark.symbol, mark.funding_rate, now) if mark.funding_rate is not None else None,
+        ):
+            if change is not None:
+                await self.apply_breaker_change(change)
+
+    async def on_strategy_enabled(self, command: EnableStrategy) -> None:
+        """An operator re-enabled a strategy (gateway): that is the manual reset of its CB-3."""
+        if self.breakers is None:
+            return
+        breaker = self.breakers.strategies.get(command.strategy)
+        if breaker is None or not breaker.is_open:
+            return
+        change = breaker.reset(command.operator, command.reason or "strategy re-enabled", self.clock())
+        await self.apply_breaker_change(change, announce_enable=False)
 
     async def load_initial_state(self) -> None:
         """Hot state from KV and positions from the ORDERS stream, for every configured symbol."""
@@ -121,14 +281,256 @@ class RiskService:
             if symbol not in self.hot_state:
                 self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
             last = await adapters.read_last_position(self.bus, self.venue, symbol)
-            if last is not None:
-                self.apply_position(last)
+            if last is not None and self.apply_position(last):
+                self.trades.seed(symbol, last.quantity, last.realized_pnl, last.ts_event_ns)
+        await self.refresh_degradation()
         self.log.info(
             "risk_state_loaded",
             trading_state=self.trading.state.value,
+            degradation=self.degradation.value if self.degradation else None,
             hot_state={k: (v.value if v else None) for k, v in self.hot_state.items()},
             positions={k: str(v) for k, v in self.positions.items()},
         )
+
+    # ------------------------------------------------------------------ degradation level
+
+    async def refresh_degradation(self) -> None:
+        """Re-read KV `degradation_level` and apply its effects when it changed (SPEC §5)."""
+        level, ts_ns = await adapters.read_degradation_level(self.bus)
+        previous = self.degradation
+        if level == previous:
+            return
+        self.degradation = level
+        self.log.warning(
+            "degradation_level_applied",
+            previous=previous.value if previous else None,
+            current=level.value if level else "UNKNOWN",
+            action_taken="pre-trade checks follow the level",
+        )
+        if level == DegradationLevel.HARD_SHUTDOWN and self.trading.state != TradingState.HALTED:
+            await self.change_state(TradingTrigger.HALT, RISK_OPERATOR, "degradation level HARD_SHUTDOWN")
+        if level in FLATTEN_LEVELS:
+            await self.flatten(f"{level.value}:{ts_ns}", f"degradation level {level.value}")
+
+    # ------------------------------------------------------------------ breakers
+
+    async def _persist(self, breaker: RiskBreaker, now: int) -> None:
+        """Save a breaker's counters (no state change) so a restart resumes them."""
+        await adapters.write_breaker(self.bus, breaker.snapshot(now))
+
+    async def apply_breaker_change(self, change: BreakerChange, *, announce_enable: bool = True) -> None:
+        """Act on a breaker transition, then persist it, publish it and raise/resolve its alert.
+
+        The protective action comes first: a crash after it leaves the system safer, never less safe.
+        """
+        async with self._breaker_lock:
+            record = change.record
+            breaker_id = change.breaker
+            self.log.warning(
+                "breaker_state_changed",
+                breaker=breaker_id,
+                previous=change.previous.value,
+                current=change.current.value,
+                reason=change.reason,
+                operator=change.operator,
+            )
+            strategy = record.details.get("strategy") if breaker_id.startswith("CB-3-") else None
+            if change.tripped:
+                await self._on_trip(change, strategy)
+            elif change.current == BreakerState.CLOSED:
+                await self._on_close(change, strategy, announce_enable)
+            await adapters.write_breaker(self.bus, record)
+            await self.bus.publish(
+                subjects.evt_breaker(breaker_id),
+                BreakerStateChanged(
+                    breaker=breaker_id,
+                    previous=change.previous.value,
+                    current=change.current.value,
+                    reason=change.reason,
+                    operator=change.operator,
+                    details=dict(record.details),
+                ),
+            )
+            alert_key = f"breaker.{breaker_id}"
+            if change.tripped:
+                await self.bus.publish(
+                    subjects.EVT_ALERT_RAISED,
+                    AlertRaised(
+                        key=alert_key,
+                        severity=SEVERITY.get(breaker_id, AlertSeverity.P1),
+                        component=subjects.RISK,
+                        title=f"{breaker_id} {record.title} tripped",
+                        details={"reason": change.reason, "reset": record.reset_mode},
+                    ),
+                )
+            elif change.current == BreakerState.CLOSED:
+                await self.bus.publish(
+                    subjects.EVT_ALERT_RESOLVED,
+                    AlertResolved(key=alert_key, component=subjects.RISK, reason=change.reason),
+                )
+
+    async def _on_trip(self, change: BreakerChange, strategy: str | None) -> None:
+        reason = f"{change.breaker} {change.record.title}: {change.reason}"
+        tripped_at = change.record.tripped_at_ns or 0
+        if change.breaker == RAPID_LOSS:
+            if self.trading.state != TradingState.HALTED:
+                await self.change_state(TradingTrigger.HALT, RISK_OPERATOR, reason)
+            await self.flatten(f"{RAPID_LOSS}:{tripped_at}", reason)
+        elif change.breaker == RESOURCE_EXHAUSTION:
+            await self.bus.publish(subjects.EVT_BACKGROUND_WORK, BackgroundWorkPaused(reason=change.reason))
+            await adapters.write_background_work(self.bus, True, change.reason, self.clock())
+        elif strategy is not None:
+            command = DisableStrategy(strategy=strategy, operator=RISK_OPERATOR, reason=reason)
+            await self.bus.publish(
+                subjects.cmd_strategy(strategy, "disable"), command, msg_id=f"disable:{change.breaker}:{tripped_at}"
+            )
+        # CB-2 needs no action here: the pre-trade checks read the breaker, and positions are kept.
+
+    async def _on_close(self, change: BreakerChange, strategy: str | None, announce_enable: bool) -> None:
+        if change.breaker == RESOURCE_EXHAUSTION:
+            await self.bus.publish(subjects.EVT_BACKGROUND_WORK, BackgroundWorkResumed(reason=change.reason))
+            await adapters.write_background_work(self.bus, False, change.reason, self.clock())
+        elif strategy is not None and announce_enable:
+            operator = change.operator or RISK_OPERATOR
+            command = EnableStrategy(strategy=strategy, operator=operator, reason=change.reason)
+            await self.bus.publish(subjects.cmd_strategy(strategy, "enable"), command)
+
+    async def load_breakers(self, strategies: tuple[str, ...]) -> None:
+        """Restore every breaker from KV (an unreadable record trips it: fail closed) and list them all."""
+        board = self.breakers
+        if board is None:
+            return
+        for name in strategies:
+            board.strategy(name)
+        now = self.clock()
+        for breaker in board.all():
+            record, error = await adapters.read_breaker(self.bus, breaker.id)
+            if record is not None:
+                restored = _restore(board, breaker, record)
+                self.log.info("breaker_restored", breaker=breaker.id, state=restored.state.value)
+            elif error is not None:
+                self.log.error("breaker_unreadable", breaker=breaker.id, error=error, action_taken="treated as OPEN")
+                breaker.record = msgspec.structs.replace(
+                    breaker.record, state=BreakerState.OPEN, reason=f"unreadable persisted record: {error}", ts_ns=now
+                )
+                await adapters.write_breaker(self.bus, breaker.record)
+            else:
+                await adapters.write_breaker(self.bus, breaker.snapshot(now))
+
+    async def reset_breaker(self, payload: bytes) -> bytes:
+        """`svc.risk.breaker_reset` {"breaker", "operator", "reason"}: manual reset, reason required.
+
+        A CB-1 reset clears the breaker but leaves trading HALTED: the operator resumes explicitly.
+        """
+        try:
+            request = _reset_decoder.decode(payload or b"{}")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return _error("bad_request", f"expected {{'breaker', 'operator', 'reason'}}: {exc}")
+        if not request.breaker.strip():
+            return _error("bad_request", "a breaker id is required")
+        if not request.operator.strip():
+            return _error("bad_request", "an operator is required")
+        if not request.reason.strip():
+            return _error("bad_request", "a reason is required")
+        breaker = self.breakers.get(request.breaker) if self.breakers is not None else None
+        if breaker is None:
+            return _error("not_found", f"unknown breaker {request.breaker}")
+        try:
+            change = breaker.reset(request.operator, request.reason.strip(), self.clock())
+        except BreakerNotTripped as exc:
+            return _error("not_tripped", str(exc))
+        await self.apply_breaker_change(change)
+        reply: dict[str, Any] = {
+            "breaker": breaker.id,
+            "state": change.current.value,
+            "previous": change.previous.value,
+            "trading_state": self.trading.state.value,
+        }
+        if breaker.id == RAPID_LOSS and self.trading.state == TradingState.HALTED:
+            reply["note"] = "breaker cleared; trading stays HALTED until an operator resumes it"
+        return msgspec.json.encode(reply)
+
+    # ------------------------------------------------------------------ monitor
+
+    async def monitor_once(self) -> None:
+        """One pass of the periodic checks: degradation, CB-2 expiry and book depth, CB-4 resources."""
+        await self.refresh_degradation()
+        if self.breakers is None:
+            return
+        market = self.breakers.abnormal_market
+        for symbol in sorted(self.limits.symbols):
+            sample = await self._book_sample(symbol)
+            if sample is None:
+                continue
+            depth, mid = sample
+            for change in (
+                market.on_depth(symbol, depth, self.clock()),
+                market.on_price(symbol, mid, self.clock()) if mid is not None else None,
+            ):
+                if change is not None:
+                    await self.apply_breaker_change(change)
+        for change in market.tick(self.clock(), self.hot_state):
+            await self.apply_breaker_change(change)
+        resource_sample = ResourceSample(
+            cpu_fraction=self.resources.cpu_fraction() if self.resources else None,
+            memory_fraction=self.resources.memory_fraction() if self.resources else None,
+            p99_latency_ms=self.latency.p99(),
+        )
+        change = self.breakers.resource.on_sample(resource_sample, self.clock())
+        if change is not None:
+            await self.apply_breaker_change(change)
+
+    async def _book_sample(self, symbol: str) -> tuple[Decimal, Decimal | None] | None:
+        request = msgspec.json.encode({"symbol": symbol, "depth": BOOK_DEPTH_LEVELS})
+        try:
+            raw = await self.bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), request, timeout_s=0.5)
+        except Exception as exc:  # noqa: BLE001 - timeout or no responders: no sample this round
+            self.log.debug("book_sample_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+            return None
+        return adapters.book_depth(raw)
+
+    async def monitor(self, interval_s: float) -> None:
+        """Run `monitor_once` forever; a failed pass is logged and retried next period."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.monitor_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the monitor must survive a bus hiccup; logged, retried
+                self.log.exception("monitor_failed", exc, action_taken="retry next period")
+
+    # ------------------------------------------------------------------ flattening
+
+    async def flatten(self, key: str, reason: str) -> list[SubmitOrder]:
+        """Close every open position at market (reduce-only, approved by risk itself) and cancel
+        pending entries; idempotent per `key`."""
+        for coid in self.pending.entries():
+            await self.bus.publish(
+                subjects.CMD_ORDER_CANCEL,
+                CancelOrder(client_order_id=coid, operator=RISK_OPERATOR, reason=f"flatten: {reason}"),
+                msg_id=f"cancel:{coid}",
+            )
+        orders = flatten_orders(self.positions, key, self.venue)
+        for order in orders:
+            approved = OrderApproved(order=order, correlation_id=order.correlation_id)
+            await self.bus.publish(
+                subjects.evt_order("approved", order.venue, order.symbol),
+                approved,
+                msg_id=f"approved:{order.client_order_id}",
+            )
+            self.pending.add(order)
+            self.decided.add(order.client_order_id)
+            _remember(self.order_strategy, order.client_order_id, None)
+        self.log.error(
+            "positions_flattened",
+            key=key,
+            reason=reason,
+            orders={o.symbol: f"{o.side.value} {o.quantity}" for o in orders},
+            canceled=len(self.pending.entries()),
+            action_taken="reduce-only MARKET orders approved",
+        )
+        return orders
 
     # ------------------------------------------------------------------ decisions
 
@@ -148,9 +550,24 @@ class RiskService:
             self.mark_prices.setdefault(symbol, row.mark_price)
         return row.best_bid, row.best_ask
 
-    async def decide(self, order: SubmitOrder) -> OrderApproved | OrderDenied | None:
+    def _breaker_gates(self, order: SubmitOrder) -> tuple[TradingState, str | None, str | None]:
+        """(effective trading state, CB-2 pause reason, CB-3 reason) for one order."""
+        board = self.breakers
+        if board is None:
+            return self.trading.state, None, None
+        state = TradingState.HALTED if board.rapid_loss.is_open else self.trading.state
+        paused = board.abnormal_market.record.reason if board.abnormal_market.is_open else None
+        disabled = None
+        if order.strategy is not None:
+            strategy: StrategyMalfunctionBreaker | None = board.strategies.get(order.strategy)
+            if strategy is not None and strategy.is_open:
+                disabled = strategy.record.reason
+        return state, paused, disabled
+
+    async def decide(self, order: SubmitOrder, confidence: Decimal | None = None) -> OrderApproved | OrderDenied | None:
         """Check an order and publish its decision (None when it was already decided)."""
         async with self._decide_lock:
+            started = self.monotonic()
             if order.client_order_id in self.decided:
                 self.log.info("order_already_decided", client_order_id=order.client_order_id)
                 return None
@@ -158,13 +575,24 @@ class RiskService:
             if order.price is None and order.stop_price is None and order.symbol not in self.mark_prices:
                 bid, ask = await self._touch_prices(order.symbol)
             price = reference_price(order, self.mark_prices.get(order.symbol), bid, ask)
+            position = self.positions.get(order.symbol, Decimal(0))
+            pending_buy, pending_sell = self.pending.totals(order.symbol)
+            trading_state, paused, disabled = self._breaker_gates(order)
+            now = self.clock()
             decision = check_order(
                 order,
-                trading_state=self.trading.state,
+                trading_state=trading_state,
                 hot_state=self.hot_state.get(order.symbol),
-                position=self.positions.get(order.symbol, Decimal(0)),
+                position=position,
                 reference_price=price,
                 limits=self.limits,
+                degradation=self.degradation,
+                pending_buy=pending_buy,
+                pending_sell=pending_sell,
+                entries_paused=paused,
+                strategy_disabled=disabled,
+                confidence=confidence,
+                recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
             )
             venue = order.venue or self.venue
             coid = order.client_order_id
@@ -175,6 +603,10 @@ class RiskService:
                 await self.bus.publish(
                     subjects.evt_order("approved", venue, order.symbol), result, msg_id=f"approved:{coid}"
                 )
+                self.pending.add(order)
+                _remember(self.order_strategy, coid, order.strategy)
+                if order.strategy is not None and not reduces_exposure(order, position):
+                    self.rates.record(order.strategy, now)
             else:
                 result = OrderDenied(
                     order=order, reason=decision.reason, correlation_id=correlation, causation_id=order.message_id
@@ -183,6 +615,7 @@ class RiskService:
                     subjects.evt_order("denied", venue, order.symbol), result, msg_id=f"denied:{coid}"
                 )
             self.decided.add(coid)
+            self.latency.add((self.monotonic() - started) / 1_000_000)
             self.log.info(
                 "order_approved" if decision.approved else "order_denied",
                 client_order_id=coid,
@@ -190,7 +623,8 @@ class RiskService:
                 side=order.side.value,
                 quantity=str(order.quantity),
                 reason=decision.reason,
-                trading_state=self.trading.state.value,
+                trading_state=trading_state.value,
+                degradation=self.degradation.value if self.degradation else "UNKNOWN",
             )
             return result
 
@@ -200,7 +634,7 @@ class RiskService:
             case SubmitOrder():
                 await self.decide(message)
             case SignalGenerated():
-                await self.decide(signal_to_order(message, self.venue))
+                await self.decide(signal_to_order(message, self.venue), confidence=message.confidence)
             case _:
                 self.log.debug("message_ignored", subject=delivery.subject, type=type(message).__name__)
 
@@ -229,6 +663,17 @@ class RiskService:
             )
             return current.value, previous.value
 
+    def _resume_blocker(self) -> tuple[str, str] | None:
+        """Why a resume must be refused now: a tripped CB-1 or HARD_SHUTDOWN."""
+        if self.breakers is not None and self.breakers.rapid_loss.is_open:
+            return (
+                "breaker_open",
+                f"CB-1 rapid loss is tripped ({self.breakers.rapid_loss.record.reason}); reset it first",
+            )
+        if self.degradation == DegradationLevel.HARD_SHUTDOWN:
+            return "hard_shutdown", "degradation level is HARD_SHUTDOWN: only a manual restart leaves it"
+        return None
+
     def _request_handler(self, trigger: TradingTrigger) -> Callable[[bytes], Any]:
         async def handle(payload: bytes) -> bytes:
             try:
@@ -237,6 +682,10 @@ class RiskService:
                 return _error("bad_request", str(exc))
             if not request.reason.strip():
                 return _error("bad_request", "a reason is required")
+            if trigger == TradingTrigger.RESUME:
+                blocker = self._resume_blocker()
+                if blocker is not None:
+                    return _error(*blocker)
             try:
                 current, previous = await self.change_state(trigger, request.operator, request.reason)
             except InvalidTransition as exc:
@@ -246,15 +695,20 @@ class RiskService:
         return handle
 
     async def serve_state(self, payload: bytes) -> bytes:
-        """`svc.risk.state`: current trading state, positions and hot state."""
+        """`svc.risk.state`: trading state, degradation, positions, pending orders, hot state, breakers."""
         return msgspec.json.encode(
             {
                 "trading_state": self.trading.state.value,
                 "reason": self.trading.reason,
                 "operator": self.trading.operator,
                 "ts_ns": self.trading.ts_ns,
+                "degradation_level": self.degradation.value if self.degradation else None,
                 "positions": {symbol: str(qty) for symbol, qty in self.positions.items()},
+                "pending": {
+                    symbol: [str(q) for q in self.pending.totals(symbol)] for symbol in sorted(self.limits.symbols)
+                },
                 "hot_state": {symbol: (s.value if s else None) for symbol, s in self.hot_state.items()},
+                "breakers": {b.id: b.state.value for b in self.breakers.all()} if self.breakers else {},
             }
         )
 
@@ -268,6 +722,30 @@ class RiskService:
             subjects.service_query(subjects.RISK, "reduce"), self._request_handler(TradingTrigger.REDUCE)
         )
         await self.bus.serve(subjects.service_query(subjects.RISK, "state"), self.serve_state)
+        await self.bus.serve(subjects.service_query(subjects.RISK, "breaker_reset"), self.reset_breaker)
+
+
+def _restore(board: BreakerBoard, breaker: RiskBreaker, record: BreakerRecord) -> RiskBreaker:
+    """Rebuild a breaker from its persisted record (counters included)."""
+    restored: RiskBreaker
+    match breaker:
+        case StrategyMalfunctionBreaker():
+            restored = StrategyMalfunctionBreaker(breaker.strategy, board.strategy_config, record)
+            board.strategies[breaker.strategy] = restored
+        case _ if breaker is board.rapid_loss:
+            restored = board.rapid_loss = type(board.rapid_loss)(board.rapid_loss.config, record)
+        case _ if breaker is board.abnormal_market:
+            restored = board.abnormal_market = type(board.abnormal_market)(board.abnormal_market.config, record)
+        case _:
+            restored = board.resource = type(board.resource)(board.resource.config, record)
+    return restored
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > MAX_REMEMBERED_ORDERS:
+        cache.popitem(last=False)
 
 
 def _error(code: str, message: str) -> bytes:

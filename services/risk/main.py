@@ -6,32 +6,92 @@ import time
 from decimal import Decimal
 
 from libs.runtime.service import ServiceContext, main
+from libs.settings import Settings
 from proto import subjects
 
 from . import adapters
+from .breakers import (
+    AbnormalMarketBreaker,
+    AbnormalMarketConfig,
+    BreakerBoard,
+    RapidLossBreaker,
+    RapidLossConfig,
+    ResourceBreaker,
+    ResourceConfig,
+    StrategyMalfunctionConfig,
+)
 from .domain import RiskLimits
 from .handlers import RiskService
 
+FOLLOWED_SUBJECTS = (
+    "evt.hotstate.>",
+    "evt.position.>",
+    "md.mark.>",
+    "evt.order.>",
+    "evt.fill.>",
+    subjects.EVT_DEGRADATION,
+    "cmd.strategy.*.enable",
+)
 
-async def setup(ctx: ServiceContext) -> None:
-    """Load the persisted trading state, follow hot state/positions/marks, then consume orders."""
-    settings = ctx.settings
-    limits = RiskLimits(
+
+def limits_from(settings: Settings) -> RiskLimits:
+    """Pre-trade limits from settings."""
+    return RiskLimits(
         symbols=frozenset(settings.symbols),
         max_position_qty=Decimal(settings.max_position_qty),
         max_order_notional=Decimal(settings.max_order_notional),
+        liquid_symbols=frozenset(settings.risk_liquid_symbols),
+        reduced_min_confidence=Decimal(settings.risk_reduced_min_confidence),
+        max_orders_per_minute=settings.risk_max_orders_per_minute,
     )
+
+
+def breakers_from(settings: Settings) -> BreakerBoard:
+    """CB-1..CB-4 with SPEC §4 thresholds and the desk's capital and baselines from settings."""
+    return BreakerBoard(
+        rapid_loss=RapidLossBreaker(
+            RapidLossConfig(
+                capital=Decimal(settings.risk_capital),
+                session_offset_ns=settings.risk_session_tz_offset_s * 1_000_000_000,
+            )
+        ),
+        abnormal_market=AbnormalMarketBreaker(
+            AbnormalMarketConfig(funding_normal=Decimal(settings.risk_funding_normal), pause_s=settings.risk_pause_s)
+        ),
+        resource=ResourceBreaker(ResourceConfig(latency_baseline_ms=settings.risk_latency_baseline_ms)),
+        strategy_config=StrategyMalfunctionConfig(baseline_win_rate=Decimal(settings.risk_baseline_win_rate)),
+    )
+
+
+async def setup(ctx: ServiceContext) -> None:
+    """Load the persisted trading state and breakers, follow events, serve requests, consume orders."""
+    settings = ctx.settings
+    limits = limits_from(settings)
     state = await adapters.read_trading_state(ctx.bus)
-    service = RiskService(ctx.bus, ctx.log, limits, settings.venue, time.time_ns, state)
+    service = RiskService(
+        ctx.bus,
+        ctx.log,
+        limits,
+        settings.venue,
+        time.time_ns,
+        state,
+        breakers=breakers_from(settings),
+        resources=adapters.ProcResources(),
+    )
+    await service.load_breakers(settings.strategies)
     # Subscribe before the initial reads so nothing published in between is missed.
-    for subject in ("evt.hotstate.>", "evt.position.>", "md.mark.>"):
+    for subject in FOLLOWED_SUBJECTS:
         await ctx.bus.subscribe_core(subject, service.on_core_event)
     await service.load_initial_state()
     await service.serve()
     ctx.details = lambda: {
         "trading_state": service.trading.state.value,
+        "degradation_level": service.degradation.value if service.degradation else None,
         "decided": len(service.decided),
+        "pending_orders": len(service.pending),
+        "breakers_open": [b.id for b in service.breakers.all() if b.is_open] if service.breakers else [],
     }
+    ctx.spawn(service.monitor(settings.risk_monitor_interval_s), "risk-monitor")
     await ctx.bus.consume(
         stream=subjects.STREAM_ORDERS.name,
         durable="risk-orders",

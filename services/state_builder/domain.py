@@ -1,14 +1,17 @@
-"""Pure state-builder logic: the L2 order book with its own chain check, and the hot-state
-status machine of SPEC FM-D1 with an injected clock. No I/O.
+"""Pure state-builder logic: the L2 order book with its own chain check, the hot-state
+status machine of SPEC FM-D1 with an injected clock, the recovery validation of SPEC §7 and the
+checkpoint format state-builder snapshots to (FM-C1). No I/O.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+
+import msgspec
 
 from proto.enums import HotStateStatus
 from proto.messages import Level
@@ -113,6 +116,15 @@ class OrderBook:
     def best_ask(self) -> Decimal | None:
         return min(self.asks) if self.asks else None
 
+    def restore(
+        self, state: BookState, last_update_id: int | None, bids: Iterable[Level], asks: Iterable[Level]
+    ) -> None:
+        """Put the book back exactly as a checkpoint captured it (state, chain position and levels)."""
+        self.bids = {price: qty for price, qty in bids if qty != 0}
+        self.asks = {price: qty for price, qty in asks if qty != 0}
+        self.last_update_id = last_update_id
+        self.state = state if last_update_id is not None else BookState.EMPTY
+
 
 # --------------------------------------------------------------------------- hot state
 
@@ -155,6 +167,8 @@ class HotState:
         self.last_update_ns: int | None = None
         self._rebuilt = False
         self._fresh = 0
+        self.blocked_by: tuple[str, ...] = ()
+        """Validation checks that held the last update back from VALID (empty: none)."""
 
     def age_ms(self) -> int | None:
         """Milliseconds since the last book update, None before the first."""
@@ -182,8 +196,14 @@ class HotState:
         self.last_update_ns = self._clock()
         return None
 
-    def on_update(self, last_update_id: int) -> HotStateTransition | None:
-        """A diff was applied to a rebuilt book."""
+    def on_update(self, last_update_id: int, problems: Sequence[str] = ()) -> HotStateTransition | None:
+        """A diff was applied to a rebuilt book.
+
+        Args:
+            last_update_id: the book's update id after the diff.
+            problems: failed validation checks (`validate_book`, SPEC §7); while any remain the
+                symbol does not become VALID, however many fresh updates arrive.
+        """
         now = self._clock()
         if not self._rebuilt:
             return None
@@ -191,7 +211,8 @@ class HotState:
         self._fresh = self._fresh + 1 if fresh else 1
         self.last_update_id = last_update_id
         self.last_update_ns = now
-        if self.status != HotStateStatus.VALID and self._fresh >= FRESH_UPDATES_TO_VALID:
+        self.blocked_by = tuple(problems)
+        if self.status != HotStateStatus.VALID and self._fresh >= FRESH_UPDATES_TO_VALID and not problems:
             reason = "rebuilt from snapshot" if self.status == HotStateStatus.INVALID else "fresh updates"
             return self._to(HotStateStatus.VALID, reason)
         return None
@@ -212,3 +233,88 @@ class HotState:
             self._fresh = 0
             return self._to(HotStateStatus.STALE, f"no update for {age_ns // 1_000_000} ms")
         return None
+
+
+# --------------------------------------------------------------------------- recovery validation
+
+MIN_BOOK_LEVELS = 5
+"""SPEC §7 "book depth above minimum": levels each side must hold before the book is trusted."""
+MAX_FUTURE_NS = 5_000_000_000
+"""SPEC FM-D3: an event time more than 5 s ahead of our clock is not sane."""
+
+
+def validate_book(
+    book: OrderBook, *, now_ns: int, last_event_ns: int | None, min_levels: int = MIN_BOOK_LEVELS
+) -> list[str]:
+    """The SPEC §7 checks a book must pass before its symbol may turn VALID.
+
+    Hot-state age (< 1 s) is `HotState`'s own rule (fresh updates); this covers the rest that a
+    book can tell: chain intact (no sequence gap), depth above the minimum, not crossed, and the
+    last event time sane.
+
+    Returns:
+        The failed checks as short reasons; empty when the book passes.
+    """
+    problems: list[str] = []
+    if book.state != BookState.SYNCED:
+        problems.append(f"book not chained ({book.state.value})")
+    if len(book.bids) < min_levels or len(book.asks) < min_levels:
+        problems.append(f"depth below minimum ({len(book.bids)} bids, {len(book.asks)} asks < {min_levels})")
+    best_bid, best_ask = book.best_bid(), book.best_ask()
+    if best_bid is not None and best_ask is not None and best_bid >= best_ask:
+        problems.append(f"crossed book (bid {best_bid} >= ask {best_ask})")
+    if last_event_ns is not None and last_event_ns > now_ns + MAX_FUTURE_NS:
+        problems.append(f"event time {(last_event_ns - now_ns) // 1_000_000} ms in the future")
+    return problems
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_VERSION = 1
+
+
+class SymbolCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One symbol's book and market state as of a checkpoint."""
+
+    symbol: str
+    book_state: BookState
+    last_update_id: int | None
+    bids: list[Level]
+    asks: list[Level]
+    last_event_ns: int | None = None
+    mark_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    open_interest: Decimal | None = None
+
+
+class StateBuilderCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """state-builder's snapshot (SPEC §8): every symbol as of MARKET_DATA sequence `stream_seq`.
+
+    state-builder's private persisted format (not a bus message): `version` changes when it does,
+    and a snapshot of another version is skipped like a corrupt one (recovery then resyncs).
+    """
+
+    version: int = CHECKPOINT_VERSION
+    stream_seq: int
+    taken_ns: int
+    symbols: list[SymbolCheckpoint]
+
+
+_checkpoint_encoder = msgspec.json.Encoder(decimal_format="string")
+_checkpoint_decoder = msgspec.json.Decoder(StateBuilderCheckpoint)
+
+
+def encode_checkpoint(checkpoint: StateBuilderCheckpoint) -> bytes:
+    return _checkpoint_encoder.encode(checkpoint)
+
+
+def decode_checkpoint(data: bytes) -> StateBuilderCheckpoint:
+    """Decode a checkpoint.
+
+    Raises:
+        ValueError: not a checkpoint of the current version (msgspec errors derive from it).
+    """
+    checkpoint = _checkpoint_decoder.decode(data)
+    if checkpoint.version != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint version {checkpoint.version}, expected {CHECKPOINT_VERSION}")
+    return checkpoint

@@ -1,5 +1,7 @@
 """state-builder effects: market-data messages → books and hot state; hot-state transitions →
-bus event + KV; book and symbol queries; resync requests to market-data.
+bus event + KV; book and symbol queries; resync requests to market-data; checkpoints and the
+crash recovery of SPEC FM-C1 (latest valid snapshot + bounded replay of the tail, then §7
+validation before any symbol turns VALID).
 """
 
 from __future__ import annotations
@@ -8,17 +10,19 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from libs.bus import Delivery
 from libs.logging import Logger
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import encode
-from proto.enums import ConnectionState
+from proto.enums import AlertSeverity, ConnectionState, HotStateStatus
 from proto.envelope import Message
 from proto.messages import (
+    AlertRaised,
     BookResyncStarted,
     BookSnapshot,
     DepthDiff,
@@ -30,7 +34,16 @@ from proto.messages import (
     SymbolHotState,
     SymbolsReply,
 )
-from services.state_builder.domain import Clock, DiffResult, HotState, HotStateTransition, OrderBook
+from services.state_builder.domain import (
+    Clock,
+    DiffResult,
+    HotState,
+    HotStateTransition,
+    OrderBook,
+    StateBuilderCheckpoint,
+    SymbolCheckpoint,
+    validate_book,
+)
 
 Publish = Callable[[str, Message], Awaitable[int]]
 KvPut = Callable[[str, bytes], Awaitable[int]]
@@ -40,6 +53,37 @@ DEFAULT_DEPTH = 20
 MAX_DEPTH = 1000
 RESYNC_REQUEST_INTERVAL_NS = 2_000_000_000
 """At most one self-healing resync request per symbol per 2 s."""
+
+
+CATCH_UP_SLACK = 200
+"""A replayed tail left this short is handed to the live consumer."""
+
+
+class RecoveryPort(Protocol):
+    """What `StateBuilder.recover` needs from the outside world."""
+
+    async def load_checkpoint(self) -> tuple[StateBuilderCheckpoint | None, list[str]]:
+        """The newest valid checkpoint (or None) and a description of each corrupt one skipped."""
+        ...
+
+    async def stream_bounds(self) -> tuple[int, int]:
+        """(first, last) sequence of the MARKET_DATA stream (last 0 when empty)."""
+        ...
+
+    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message], None]) -> int:
+        """Feed every message with sequence in [start_seq, end_seq] to `apply`; returns how many."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    mode: str
+    """`snapshot` (restored and replayed) or `resync` (books rebuilt from fresh snapshots)."""
+    snapshot_seq: int | None
+    replayed: int
+    live_from: int
+    corrupt_snapshots: int
+    resync_requested: tuple[str, ...]
 
 
 @dataclass
@@ -52,6 +96,8 @@ class SymbolState:
     funding_rate: Decimal | None = None
     open_interest: Decimal | None = None
     last_resync_request_ns: int = 0
+    last_event_ns: int | None = None
+    """Venue time of the last applied diff (timestamp sanity, SPEC §7)."""
     unpublished: list[HotStateTransition] = field(default_factory=list)
 
 
@@ -73,6 +119,8 @@ class StateBuilder:
         request: `request(subject, payload) -> reply` (core NATS request/reply).
         clock: integer ns wall clock.
         log: component logger.
+        policy: when to checkpoint (None: never).
+        on_checkpoint: receives every checkpoint the policy asks for (saved in the background).
     """
 
     def __init__(
@@ -84,8 +132,12 @@ class StateBuilder:
         request: Request,
         clock: Clock,
         log: Logger,
+        policy: SnapshotPolicy | None = None,
+        on_checkpoint: Callable[[StateBuilderCheckpoint], None] | None = None,
     ) -> None:
         self._publish = publish
+        self._policy = policy
+        self._on_checkpoint = on_checkpoint
         self._kv_put = kv_put
         self._request = request
         self._clock = clock
@@ -95,6 +147,7 @@ class StateBuilder:
         }
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[bool]] = set()
+        self._background_any: set[asyncio.Task[bool]] = set()
 
     # ------------------------------------------------------------------ transitions
 
@@ -156,6 +209,18 @@ class StateBuilder:
 
     async def handle_message(self, message: Message, delivery: Delivery | None = None) -> None:
         """Consumer handler for `md.>`; never raises for data problems (they are state, not errors)."""
+        await self._handle(message)
+        if delivery is not None:
+            self.after_applied(delivery.stream_sequence)
+
+    def after_applied(self, stream_seq: int) -> None:
+        """Message `stream_seq` is reflected in memory: checkpoint when the policy says so."""
+        if self._policy is None or self._on_checkpoint is None or not self._policy.record():
+            return
+        self._policy.taken()
+        self._on_checkpoint(self.checkpoint(stream_seq))
+
+    async def _handle(self, message: Message) -> None:
         match message:
             case DepthDiff(symbol=symbol) if symbol in self.symbols:
                 await self._on_diff(self.symbols[symbol], message)
@@ -183,7 +248,14 @@ class StateBuilder:
             diff.first_update_id, diff.final_update_id, diff.prev_final_update_id, diff.bids, diff.asks
         )
         if result == DiffResult.APPLIED:
-            await self._record(state, state.hot.on_update(diff.final_update_id))
+            state.last_event_ns = diff.ts_event_ns
+            problems: list[str] = []
+            if state.hot.status != HotStateStatus.VALID:
+                # SPEC §7: a symbol is only (re)declared VALID once its book passes validation.
+                problems = validate_book(state.book, now_ns=self._clock(), last_event_ns=diff.ts_event_ns)
+                if problems and problems != list(state.hot.blocked_by):
+                    self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
+            await self._record(state, state.hot.on_update(diff.final_update_id, problems))
         elif result == DiffResult.GAP:
             self.log.warning(
                 "book_gap",
@@ -248,6 +320,185 @@ class StateBuilder:
             self.log.info("resync_requested", symbol=symbol, reply=reply)
             return True
         return False
+
+    # ------------------------------------------------------------------ checkpoints and recovery
+
+    def checkpoint(self, stream_seq: int) -> StateBuilderCheckpoint:
+        """Every symbol's book and market state as of MARKET_DATA sequence `stream_seq`."""
+        return StateBuilderCheckpoint(
+            stream_seq=stream_seq,
+            taken_ns=self._clock(),
+            symbols=[
+                SymbolCheckpoint(
+                    symbol=symbol,
+                    book_state=state.book.state,
+                    last_update_id=state.book.last_update_id,
+                    bids=list(state.book.bids.items()),
+                    asks=list(state.book.asks.items()),
+                    last_event_ns=state.last_event_ns,
+                    mark_price=state.mark_price,
+                    funding_rate=state.funding_rate,
+                    open_interest=state.open_interest,
+                )
+                for symbol, state in self.symbols.items()
+            ],
+        )
+
+    def restore(self, checkpoint: StateBuilderCheckpoint) -> None:
+        """Load books and market state from a checkpoint; hot state stays INVALID (not validated yet)."""
+        for entry in checkpoint.symbols:
+            state = self.symbols.get(entry.symbol)
+            if state is None:
+                continue  # a symbol no longer traded
+            state.book.restore(entry.book_state, entry.last_update_id, entry.bids, entry.asks)
+            state.last_event_ns = entry.last_event_ns
+            state.mark_price = entry.mark_price
+            state.funding_rate = entry.funding_rate
+            state.open_interest = entry.open_interest
+
+    def replay_message(self, message: Message) -> None:
+        """Apply one message of the replayed tail to books and market state only.
+
+        No hot-state changes and no publishes: replayed data is history, and nothing turns VALID
+        before recovery has finished and live updates have passed validation.
+        """
+        match message:
+            case DepthDiff(symbol=symbol) if symbol in self.symbols:
+                state = self.symbols[symbol]
+                result = state.book.apply_diff(
+                    message.first_update_id,
+                    message.final_update_id,
+                    message.prev_final_update_id,
+                    message.bids,
+                    message.asks,
+                )
+                if result == DiffResult.APPLIED:
+                    state.last_event_ns = message.ts_event_ns
+            case BookSnapshot(symbol=symbol) if symbol in self.symbols:
+                self.symbols[symbol].book.apply_snapshot(message.last_update_id, message.bids, message.asks)
+            case BookResyncStarted(symbol=symbol) if symbol in self.symbols:
+                self.symbols[symbol].book.invalidate()
+            case MarkPrice(symbol=symbol) if symbol in self.symbols:
+                state = self.symbols[symbol]
+                state.mark_price = message.mark_price
+                if message.funding_rate is not None:
+                    state.funding_rate = message.funding_rate
+            case OpenInterest(symbol=symbol) if symbol in self.symbols:
+                self.symbols[symbol].open_interest = message.open_interest
+            case _:
+                pass
+
+    async def finish_recovery(self, *, resync_unusable: bool = True) -> list[str]:
+        """After the replay: arm every chained book for VALID (fresh live updates + validation);
+        ask market-data for a new snapshot of every other one.
+
+        Returns:
+            The symbols a resync was requested for.
+        """
+        resync: list[str] = []
+        for symbol, state in self.symbols.items():
+            book = state.book
+            if book.usable and book.last_update_id is not None:
+                state.hot.on_rebuilt(book.last_update_id)
+                self.log.info(
+                    "book_recovered", symbol=symbol, last_update_id=book.last_update_id, book_state=book.state.value
+                )
+            else:
+                resync.append(symbol)
+        if resync_unusable:
+            for symbol in resync:
+                task = asyncio.create_task(self.request_resync(symbol), name=f"recovery-resync-{symbol}")
+                self._background_any.add(task)
+                task.add_done_callback(self._background_any.discard)
+        return resync
+
+    async def recover(self, port: RecoveryPort, *, max_replay: int) -> RecoveryReport:
+        """SPEC FM-C1: latest valid snapshot, bounded replay of the tail, then arm validation.
+
+        Args:
+            port: snapshot and stream access.
+            max_replay: the longest tail (in stream messages) worth replaying; beyond it a fresh
+                snapshot from market-data is faster, so the snapshot is dropped and books resync.
+
+        Returns:
+            What happened; `live_from` is the stream sequence the live consumer must start at.
+        """
+        checkpoint, corrupt = await port.load_checkpoint()
+        if corrupt:
+            await self._alert_corrupt(corrupt)
+        first_seq, last_seq = await port.stream_bounds()
+        replayed = 0
+        mode = "resync"
+        covered = last_seq
+        if checkpoint is not None:
+            tail = last_seq - checkpoint.stream_seq
+            if checkpoint.stream_seq > last_seq:
+                self.log.warning(
+                    "recovery_snapshot_ahead_of_stream",
+                    snapshot_seq=checkpoint.stream_seq,
+                    stream_last_seq=last_seq,
+                    action_taken="stream was reset: snapshot ignored, fresh resync from market-data",
+                )
+            elif checkpoint.stream_seq + 1 < first_seq:
+                self.log.warning(
+                    "recovery_snapshot_too_old",
+                    snapshot_seq=checkpoint.stream_seq,
+                    stream_first_seq=first_seq,
+                    action_taken="fresh resync from market-data",
+                )
+            elif tail > max_replay:
+                self.log.warning(
+                    "recovery_tail_too_long",
+                    tail=tail,
+                    max_replay=max_replay,
+                    action_taken="fresh resync from market-data",
+                )
+            else:
+                self.restore(checkpoint)
+                covered = checkpoint.stream_seq
+                mode = "snapshot"
+                # Messages keep arriving while we replay: catch up in passes until the rest is
+                # small enough for the live consumer.
+                for _ in range(5):
+                    if covered >= last_seq:
+                        break
+                    replayed += await port.replay(covered + 1, last_seq, self.replay_message)
+                    covered = last_seq
+                    _, last_seq = await port.stream_bounds()
+                    if last_seq - covered <= CATCH_UP_SLACK:
+                        break
+        resync = await self.finish_recovery()
+        report = RecoveryReport(
+            mode=mode,
+            snapshot_seq=checkpoint.stream_seq if checkpoint is not None and mode == "snapshot" else None,
+            replayed=replayed,
+            live_from=covered + 1,
+            corrupt_snapshots=len(corrupt),
+            resync_requested=tuple(resync),
+        )
+        self.log.info(
+            "recovery_replayed",
+            mode=report.mode,
+            snapshot_seq=report.snapshot_seq,
+            replayed=report.replayed,
+            live_from=report.live_from,
+            corrupt_snapshots=report.corrupt_snapshots,
+            resync_requested=list(report.resync_requested),
+        )
+        return report
+
+    async def _alert_corrupt(self, corrupt: list[str]) -> None:
+        alert = AlertRaised(
+            key=f"snapshot-corrupt.{subjects.STATE_BUILDER}",
+            severity=AlertSeverity.P1,
+            component=subjects.STATE_BUILDER,
+            title="corrupt state-builder snapshot skipped (FM-C3); recovered from an older one or a resync",
+            details={"snapshots": corrupt[:10]},
+        )
+        try:
+            await self._publish(subjects.EVT_ALERT_RAISED, alert)
+        except Exception as exc:  # noqa: BLE001 - the log line below still records it
+            self.log.warning("alert_publish_failed", key=alert.key, error=str(exc)[:300])
 
     # ------------------------------------------------------------------ queries
 

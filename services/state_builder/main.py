@@ -6,6 +6,7 @@ import time
 
 from libs.runtime.service import ServiceContext, main, run_service
 from libs.settings import Settings
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.envelope import Message
 from services.state_builder import adapters
@@ -16,7 +17,11 @@ COMPONENT = subjects.STATE_BUILDER
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Consumer, timers, queries, then a resync request per symbol so fresh snapshots arrive."""
+    """Recover (snapshot + bounded tail, FM-C1), then consume live from where recovery ended.
+
+    Every symbol is announced INVALID first (fail closed) and turns VALID only after recovery,
+    fresh live updates and the §7 book validation.
+    """
     bus = ctx.bus
 
     async def publish(subject: str, message: Message) -> int:
@@ -25,6 +30,8 @@ async def setup(ctx: ServiceContext) -> None:
     async def request(subject: str, payload: bytes) -> bytes:
         return await bus.request(subject, payload, timeout_s=3.0)
 
+    snapshots = adapters.Snapshots(ctx.settings.pg_dsn, ctx.log)
+    ctx.cleanups.append(snapshots.close)
     builder = StateBuilder(
         symbols=ctx.settings.symbols,
         publish=publish,
@@ -32,16 +39,31 @@ async def setup(ctx: ServiceContext) -> None:
         request=request,
         clock=time.time_ns,
         log=ctx.log,
+        policy=SnapshotPolicy(
+            clock=time.time_ns,
+            interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
+            every_events=ctx.settings.snapshot_every_events,
+        ),
+        on_checkpoint=snapshots.submit,
     )
-    ctx.details = builder.details
+
+    def details() -> dict[str, object]:
+        return {
+            **builder.details(),
+            "snapshots": {"saved": snapshots.saved, "failed": snapshots.failed, "last_seq": snapshots.last_saved_seq},
+            "bus": bus.status(),
+        }
+
+    ctx.details = details
     await builder.publish_initial()
     await bus.serve(subjects.service_query(COMPONENT, "book"), builder.handle_book_request)
     await bus.serve(subjects.service_query(COMPONENT, "symbols"), builder.handle_symbols_request)
     await adapters.subscribe_link_events(bus, builder.on_link_event)
-    await adapters.consume_market_data(bus, builder.handle_message)
+    report = await builder.recover(
+        adapters.BusRecoveryPort(bus, snapshots), max_replay=ctx.settings.recovery_max_replay
+    )
+    await adapters.consume_market_data(bus, builder.handle_message, start_sequence=report.live_from)
     ctx.spawn(builder.run_ticks(CHECK_INTERVAL_S), "hot-state-timer")
-    for symbol in builder.symbols:
-        ctx.spawn(builder.request_resync(symbol), f"initial-resync-{symbol}")
 
 
 async def run(settings: Settings | None = None) -> None:

@@ -1,23 +1,29 @@
-"""Pure strategy logic: the strategy state machine and the `imbalance` strategy.
+"""Pure strategy logic shared by every kind: the SPEC §0 state machine, actions, the engagement
+cycle (entry → position → exit) and the FM-C2 crash rule.
 
 Time comes in as integer nanoseconds from the caller (an injected clock); decisions come out as
-actions (`Transition`, `Signal`) that handlers turn into bus messages.
+actions (`Transition`, `Signal`) that handlers turn into bus messages. A concrete strategy kind
+(`services.strategy.strategies`) only decides *when to enter* (`find_entry`) and, optionally,
+*when to leave early* (`exit_reason`); everything else is here, once.
 """
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import Side, StrategyState
 
 NS = 1_000_000_000
 St = StrategyState
+
+MAX_CRASHES = 3
+"""FM-C2: more than this many crashes within `CRASH_WINDOW_NS` → FAILED."""
+CRASH_WINDOW_NS = 600 * NS
 
 
 class StrategyTrigger(StrEnum):
@@ -28,37 +34,52 @@ class StrategyTrigger(StrEnum):
     SETUP_FOUND = "SETUP_FOUND"
     SETUP_TIMEOUT = "SETUP_TIMEOUT"
     POSITION_OPENED = "POSITION_OPENED"
-    HOLD_EXPIRED = "HOLD_EXPIRED"
+    EXIT_STARTED = "EXIT_STARTED"
     EXIT_RETRY = "EXIT_RETRY"
     POSITION_CLOSED = "POSITION_CLOSED"
+    DATA_RESET = "DATA_RESET"
     FAIL = "FAIL"
 
 
+# SPEC §0: DISABLED · SCANNING · SETUP · IN_POSITION · EXITING · FAILED. Every legal pair is listed;
+# anything else raises. DATA_RESET (FM-N1 reconnect, FM-D2 resync) drops a setup but never pretends a
+# real position away: IN_POSITION and EXITING keep managing the position they have.
 STRATEGY_TRANSITIONS: dict[tuple[StrategyState, StrategyTrigger], StrategyState] = {
     (St.DISABLED, StrategyTrigger.ENABLE): St.SCANNING,
     (St.DISABLED, StrategyTrigger.DISABLE): St.DISABLED,
+    (St.DISABLED, StrategyTrigger.DATA_RESET): St.DISABLED,
+    (St.DISABLED, StrategyTrigger.FAIL): St.FAILED,  # a crash restarts through DISABLED (FM-C2)
     (St.FAILED, StrategyTrigger.ENABLE): St.SCANNING,  # only an operator re-enables a failed strategy
     (St.FAILED, StrategyTrigger.DISABLE): St.FAILED,
+    (St.FAILED, StrategyTrigger.DATA_RESET): St.FAILED,
+    (St.FAILED, StrategyTrigger.FAIL): St.FAILED,
     (St.SCANNING, StrategyTrigger.ENABLE): St.SCANNING,
     (St.SCANNING, StrategyTrigger.DISABLE): St.DISABLED,
     (St.SCANNING, StrategyTrigger.SETUP_FOUND): St.SETUP,
+    (St.SCANNING, StrategyTrigger.DATA_RESET): St.SCANNING,
     (St.SCANNING, StrategyTrigger.FAIL): St.FAILED,
     (St.SETUP, StrategyTrigger.ENABLE): St.SETUP,
     (St.SETUP, StrategyTrigger.DISABLE): St.DISABLED,
     (St.SETUP, StrategyTrigger.POSITION_OPENED): St.IN_POSITION,
     (St.SETUP, StrategyTrigger.SETUP_TIMEOUT): St.SCANNING,
+    (St.SETUP, StrategyTrigger.DATA_RESET): St.SCANNING,
     (St.SETUP, StrategyTrigger.FAIL): St.FAILED,
     (St.IN_POSITION, StrategyTrigger.ENABLE): St.IN_POSITION,
     (St.IN_POSITION, StrategyTrigger.DISABLE): St.DISABLED,
-    (St.IN_POSITION, StrategyTrigger.HOLD_EXPIRED): St.EXITING,
+    (St.IN_POSITION, StrategyTrigger.EXIT_STARTED): St.EXITING,
     (St.IN_POSITION, StrategyTrigger.POSITION_CLOSED): St.SCANNING,
+    (St.IN_POSITION, StrategyTrigger.DATA_RESET): St.IN_POSITION,
     (St.IN_POSITION, StrategyTrigger.FAIL): St.FAILED,
     (St.EXITING, StrategyTrigger.ENABLE): St.EXITING,
     (St.EXITING, StrategyTrigger.DISABLE): St.DISABLED,
     (St.EXITING, StrategyTrigger.EXIT_RETRY): St.EXITING,
     (St.EXITING, StrategyTrigger.POSITION_CLOSED): St.SCANNING,
+    (St.EXITING, StrategyTrigger.DATA_RESET): St.EXITING,
     (St.EXITING, StrategyTrigger.FAIL): St.FAILED,
 }
+
+ENGAGED_STATES = frozenset({St.SETUP, St.IN_POSITION, St.EXITING})
+"""States in which the strategy has (or is opening) a position in `symbol`."""
 
 
 class IllegalStrategyTransition(IllegalTransition):
@@ -74,6 +95,22 @@ def next_strategy_state(state: StrategyState, trigger: StrategyTrigger) -> Strat
     return next_state(STRATEGY_TRANSITIONS, state, trigger, IllegalStrategyTransition)
 
 
+# --------------------------------------------------------------------------- crash rule (FM-C2)
+
+
+def crashes_in_window(crashes: Iterable[int], now_ns: int, window_ns: int = CRASH_WINDOW_NS) -> list[int]:
+    """The crash times (ns) that still count at `now_ns`, oldest first."""
+    return sorted(ts for ts in crashes if now_ns - ts <= window_ns)
+
+
+def crash_fails(count_in_window: int) -> bool:
+    """FM-C2: more than 3 crashes in 10 minutes → FAILED."""
+    return count_in_window > MAX_CRASHES
+
+
+# --------------------------------------------------------------------------- actions and inputs
+
+
 @dataclass(frozen=True)
 class Transition:
     """Action: the strategy changed state."""
@@ -85,13 +122,16 @@ class Transition:
 
 @dataclass(frozen=True)
 class Signal:
-    """Action: ask risk for an order."""
+    """Action: ask risk for an order (market order; stop/take-profit for the position service)."""
 
     symbol: str
     side: Side
     quantity: Decimal
     reduce_only: bool
     reason: str
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    confidence: Decimal | None = None
 
 
 Action = Transition | Signal
@@ -105,116 +145,133 @@ class MarketView:
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
 
-
-def _env_decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
-    return Decimal(env.get(name, default))
+    def mid(self) -> Decimal | None:
+        """Mid price, when both sides are known."""
+        if self.best_bid is None or self.best_ask is None:
+            return None
+        return (self.best_bid + self.best_ask) / 2
 
 
 @dataclass(frozen=True)
-class ImbalanceConfig:
-    """Parameters of the `imbalance` strategy (env overrides: `BULWARK_IMBALANCE_<FIELD>`)."""
+class Entry:
+    """A kind's decision to enter: side, size and the protective levels it wants."""
 
-    window_s: float = 10.0
-    threshold: Decimal = Decimal("0.6")
-    min_trades: int = 20
-    min_volume: Decimal = Decimal(0)
-    cooldown_s: float = 30.0
-    hold_s: float = 20.0
-    setup_timeout_s: float = 10.0
-    exit_retry_s: float = 10.0
+    symbol: str
+    side: Side
+    quantity: Decimal
+    reason: str
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    confidence: Decimal | None = None
+
+
+def entry_confidence(measure: Decimal, threshold: Decimal) -> Decimal:
+    """How far an entry condition clears its threshold, in [0, 1]: 0.5 just at it, 1 at twice it.
+
+    Risk requires a minimum confidence in REDUCED_FUNCTIONALITY (SPEC §5 "higher entry
+    thresholds"), so a strategy states it rather than risk guessing from the reason text.
+    """
+    if threshold <= 0:
+        return Decimal(1)
+    return min(Decimal(1), max(Decimal(0), abs(measure) / (2 * threshold))).quantize(Decimal("0.001"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategyConfig:
+    """Parameters every kind shares (per instance; see docs/strategies.md).
+
+    Attributes:
+        symbols: symbols this instance trades (empty: every symbol it sees).
+        quantities: entry size per symbol (base units).
+        default_quantity: entry size of any other symbol.
+        tick_sizes: price tick per symbol; stop and take-profit prices are rounded to it (a symbol
+            without one gets the precision of the venue prices it was computed from).
+        cooldown_s: no new entry within this time of the previous one.
+        setup_timeout_s: an entry not filled by then is dropped (back to SCANNING).
+        hold_s: longest time in a position before the strategy exits by itself.
+        exit_retry_s: a reduce-only exit not done by then is sent again.
+        crash_on: fault injection for drills and tests: an input kind (`tick`, `trade`,
+            `liquidation`, `position`) whose handler raises. Empty in production.
+    """
+
+    symbols: tuple[str, ...] = ()
     quantities: Mapping[str, Decimal] = field(
         # Small, but above Binance's minimum notional (100 USDT for BTCUSDT, 20 for ETHUSDT).
         default_factory=lambda: {"BTCUSDT": Decimal("0.002"), "ETHUSDT": Decimal("0.01")}
     )
     default_quantity: Decimal = Decimal("0.002")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ImbalanceConfig:
-        """Defaults overridden by `BULWARK_IMBALANCE_*` variables (quantities as `SYM:QTY,...`)."""
-        env = os.environ if environ is None else environ
-        p = "BULWARK_IMBALANCE_"
-        base = cls()
-        quantities = dict(base.quantities)
-        for item in env.get(f"{p}QUANTITIES", "").split(","):
-            if ":" in item:
-                symbol, quantity = item.split(":", 1)
-                quantities[symbol.strip().upper()] = Decimal(quantity.strip())
-        return cls(
-            window_s=float(env.get(f"{p}WINDOW_S", base.window_s)),
-            threshold=_env_decimal(env, f"{p}THRESHOLD", str(base.threshold)),
-            min_trades=int(env.get(f"{p}MIN_TRADES", base.min_trades)),
-            min_volume=_env_decimal(env, f"{p}MIN_VOLUME", str(base.min_volume)),
-            cooldown_s=float(env.get(f"{p}COOLDOWN_S", base.cooldown_s)),
-            hold_s=float(env.get(f"{p}HOLD_S", base.hold_s)),
-            setup_timeout_s=float(env.get(f"{p}SETUP_TIMEOUT_S", base.setup_timeout_s)),
-            exit_retry_s=float(env.get(f"{p}EXIT_RETRY_S", base.exit_retry_s)),
-            quantities=quantities,
-            default_quantity=_env_decimal(env, f"{p}DEFAULT_QUANTITY", str(base.default_quantity)),
-        )
+    tick_sizes: Mapping[str, Decimal] = field(
+        # Binance USD-M price filters: stop and take-profit prices are rounded onto this grid.
+        default_factory=lambda: {"BTCUSDT": Decimal("0.10"), "ETHUSDT": Decimal("0.01")}
+    )
+    cooldown_s: float = 30.0
+    setup_timeout_s: float = 10.0
+    hold_s: float = 120.0
+    exit_retry_s: float = 10.0
+    crash_on: str = ""
 
     def quantity_for(self, symbol: str) -> Decimal:
         """Entry size of a symbol."""
         return self.quantities.get(symbol, self.default_quantity)
 
+    def round_price(self, symbol: str, value: Decimal, *references: Decimal | None) -> Decimal:
+        """`value` on the symbol's price grid (its tick size; else the precision of `references`,
+        prices the venue published, which carry its grid)."""
+        tick = self.tick_sizes.get(symbol)
+        if tick is not None and tick > 0:
+            return (value / tick).to_integral_value() * tick
+        exponents = [r.as_tuple().exponent for r in references if r is not None]
+        finite = [e for e in exponents if isinstance(e, int)]
+        return value.quantize(Decimal(1).scaleb(min(finite))) if finite else value
 
-@dataclass
-class TradeWindow:
-    """Taker buy and sell volume over a rolling time window."""
-
-    window_ns: int
-    trades: deque[tuple[int, bool, Decimal]] = field(default_factory=deque)
-    buy_volume: Decimal = Decimal(0)
-    sell_volume: Decimal = Decimal(0)
-
-    def add(self, ts_ns: int, taker_buy: bool, quantity: Decimal) -> None:
-        """Add one trade (taker side and quantity)."""
-        self.trades.append((ts_ns, taker_buy, quantity))
-        if taker_buy:
-            self.buy_volume += quantity
-        else:
-            self.sell_volume += quantity
-
-    def prune(self, now_ns: int) -> None:
-        """Drop trades older than the window."""
-        horizon = now_ns - self.window_ns
-        while self.trades and self.trades[0][0] < horizon:
-            _, taker_buy, quantity = self.trades.popleft()
-            if taker_buy:
-                self.buy_volume -= quantity
-            else:
-                self.sell_volume -= quantity
-
-    def imbalance(self) -> Decimal:
-        """(buy - sell) / (buy + sell), in [-1, 1]; 0 without volume."""
-        total = self.buy_volume + self.sell_volume
-        return (self.buy_volume - self.sell_volume) / total if total > 0 else Decimal(0)
+    def trades(self, symbol: str) -> bool:
+        """Whether this instance trades `symbol`."""
+        return not self.symbols or symbol in self.symbols
 
 
-class ImbalanceStrategy:
-    """Enter in the direction of a strong taker-flow imbalance, hold, then flatten.
+class InjectedCrash(RuntimeError):
+    """Raised by the `crash_on` fault-injection hook."""
 
-    One engagement at a time: SCANNING -> SETUP (entry signal) -> IN_POSITION (position seen)
-    -> EXITING after the holding time (reduce-only signal) -> SCANNING once flat.
+
+# --------------------------------------------------------------------------- the engagement cycle
+
+
+class Strategy:
+    """One strategy instance: the state machine and one engagement at a time.
+
+    SCANNING → SETUP (entry signal, with stop/take-profit) → IN_POSITION (position seen) →
+    EXITING (reduce-only exit: stop or take-profit crossed, the kind's own reason, or holding time
+    over) → SCANNING once flat. Symbols in `surrendered` (held when the strategy crashed) are never
+    entered again while a position in them is open: the position service manages them (FM-C2).
     """
 
-    def __init__(self, name: str, config: ImbalanceConfig, state: StrategyState = St.DISABLED) -> None:
+    kind: ClassVar[str] = ""
+
+    def __init__(self, name: str, config: StrategyConfig, state: StrategyState = St.DISABLED) -> None:
         self.name = name
         self.config = config
         self.state = state
         self.symbol: str | None = None
+        self.entry: Entry | None = None
         self.state_since_ns = 0
         self.last_entry_ns: int | None = None
-        self.windows: dict[str, TradeWindow] = {}
         self.positions: dict[str, Decimal] = {}
+        self.last_price: dict[str, Decimal] = {}
+        self.surrendered: dict[str, int] = {}
+        """Symbol → time of the crash that left its position (or in-flight entry) to the position service."""
 
     # ------------------------------------------------------------------ state machine
 
     def _move(self, trigger: StrategyTrigger, now_ns: int, reason: str) -> list[Action]:
         previous = self.state
         self.state = next_strategy_state(previous, trigger)
-        self.state_since_ns = now_ns
-        if self.state in (St.SCANNING, St.DISABLED, St.FAILED):
+        # A self-transition (ENABLE while SCANNING, DATA_RESET in a position) keeps the state's timers;
+        # only a retried exit restarts its retry clock.
+        if self.state != previous or trigger == StrategyTrigger.EXIT_RETRY:
+            self.state_since_ns = now_ns
+        if self.state not in ENGAGED_STATES:
             self.symbol = None
+            self.entry = None
         if self.state == previous:
             return []
         return [Transition(previous, self.state, reason)]
@@ -224,26 +281,61 @@ class ImbalanceStrategy:
         return self._move(StrategyTrigger.ENABLE, now_ns, reason)
 
     def disable(self, now_ns: int, reason: str = "disabled") -> list[Action]:
-        """Operator disables the strategy (setups are dropped; positions stay with the position service)."""
+        """Disable (operator, or a crash): setups are dropped; positions stay with the position service."""
         return self._move(StrategyTrigger.DISABLE, now_ns, reason)
 
     def fail(self, now_ns: int, reason: str) -> list[Action]:
         """The strategy is broken: FAILED until an operator re-enables it."""
-        if self.state in (St.DISABLED, St.FAILED):
-            return []
         return self._move(StrategyTrigger.FAIL, now_ns, reason)
+
+    def data_reset(self, symbols: Iterable[str] | None, now_ns: int, reason: str) -> list[Action]:
+        """FM-N1/FM-D2: market data was interrupted or rebuilt; drop what was derived from it.
+
+        Args:
+            symbols: affected symbols (None: all).
+            now_ns: current time.
+            reason: why (link change, book resync).
+        """
+        affected = None if symbols is None else set(symbols)
+        self.clear_events(affected, now_ns)
+        if affected is not None and self.symbol is not None and self.symbol not in affected:
+            return []
+        return self._move(StrategyTrigger.DATA_RESET, now_ns, reason)
 
     # ------------------------------------------------------------------ inputs
 
-    def on_trade(self, symbol: str, ts_ns: int, quantity: Decimal, buyer_is_maker: bool) -> None:
-        """Record one market trade; the taker bought when the buyer was not the maker."""
-        window = self.windows.get(symbol)
-        if window is None:
-            window = self.windows[symbol] = TradeWindow(int(self.config.window_s * NS))
-        window.add(ts_ns, not buyer_is_maker, quantity)
+    def check_crash_hook(self, input_kind: str) -> None:
+        """Fault injection: raise when configured to crash on this input kind.
+
+        Raises:
+            InjectedCrash: `config.crash_on` names this input.
+        """
+        if self.config.crash_on and self.config.crash_on == input_kind:
+            raise InjectedCrash(f"injected crash on {input_kind} (crash_on)")
+
+    def on_trade(
+        self, symbol: str, ts_ns: int, price: Decimal, quantity: Decimal, buyer_is_maker: bool
+    ) -> list[Action]:
+        """One market trade; the taker bought when the buyer was not the maker."""
+        self.check_crash_hook("trade")
+        self.last_price[symbol] = price
+        self.observe_trade(symbol, ts_ns, price, quantity, buyer_is_maker)
+        return []
+
+    def on_liquidation(self, symbol: str, ts_ns: int, side: Side, price: Decimal, quantity: Decimal) -> list[Action]:
+        """One forced order (`forceOrder`): SELL liquidates a long, BUY a short."""
+        self.check_crash_hook("liquidation")
+        self.observe_liquidation(symbol, ts_ns, side, price, quantity)
+        return []
+
+    def on_open_interest(self, symbol: str, ts_ns: int, open_interest: Decimal) -> list[Action]:
+        """A fresh open-interest reading."""
+        self.observe_open_interest(symbol, ts_ns, open_interest)
+        return []
 
     def on_position(self, symbol: str, quantity: Decimal, now_ns: int) -> list[Action]:
         """A position update of a symbol (account-wide)."""
+        self.check_crash_hook("position")
         self.positions[symbol] = quantity
         if symbol != self.symbol:
             return []
@@ -255,53 +347,123 @@ class ImbalanceStrategy:
 
     def on_tick(self, now_ns: int, market: Mapping[str, MarketView]) -> list[Action]:
         """Periodic evaluation: look for a setup, time out, or exit."""
-        for window in self.windows.values():
-            window.prune(now_ns)
+        self.check_crash_hook("tick")
+        self.advance(now_ns)
         elapsed_s = (now_ns - self.state_since_ns) / NS
         match self.state:
             case St.SCANNING:
                 return self._scan(now_ns, market)
             case St.SETUP if elapsed_s >= self.config.setup_timeout_s:
                 return self._move(StrategyTrigger.SETUP_TIMEOUT, now_ns, "entry not filled in time")
-            case St.IN_POSITION if elapsed_s >= self.config.hold_s:
-                return self._exit(StrategyTrigger.HOLD_EXPIRED, now_ns, "holding time over")
+            case St.IN_POSITION:
+                reason = self._exit_trigger(now_ns, market, elapsed_s)
+                return self._exit(StrategyTrigger.EXIT_STARTED, now_ns, reason) if reason else []
             case St.EXITING if elapsed_s >= self.config.exit_retry_s:
                 return self._exit(StrategyTrigger.EXIT_RETRY, now_ns, "still not flat: exit again")
             case _:
                 return []
 
+    # ------------------------------------------------------------------ what a kind provides
+
+    def observe_trade(self, symbol: str, ts_ns: int, price: Decimal, quantity: Decimal, buyer_is_maker: bool) -> None:
+        """Kind hook: a trade."""
+
+    def observe_liquidation(self, symbol: str, ts_ns: int, side: Side, price: Decimal, quantity: Decimal) -> None:
+        """Kind hook: a forced order."""
+
+    def observe_open_interest(self, symbol: str, ts_ns: int, open_interest: Decimal) -> None:
+        """Kind hook: an open-interest reading."""
+
+    def advance(self, now_ns: int) -> None:
+        """Kind hook: time passes (prune windows, age events)."""
+
+    def clear_events(self, symbols: set[str] | None, now_ns: int) -> None:
+        """Kind hook: forget market events and windows of these symbols (None: all)."""
+
+    def active_events(self) -> list[dict[str, Any]]:
+        """Kind hook: the market events the kind currently tracks (for crash records)."""
+        return []
+
+    def event_changes(self) -> list[dict[str, Any]]:
+        """Kind hook: lifecycle steps of its market events since the last call (for logs)."""
+        return []
+
+    def find_entry(self, symbol: str, now_ns: int, view: MarketView) -> Entry | None:
+        """Kind hook: an entry in `symbol` now, or None."""
+        return None
+
+    def exit_reason(self, now_ns: int, view: MarketView | None) -> str | None:
+        """Kind hook: a reason to leave the current position early, or None."""
+        return None
+
     # ------------------------------------------------------------------ decisions
+
+    def reference_price(self, symbol: str, view: MarketView | None) -> Decimal | None:
+        """Best estimate of the current price: mid, else the last trade."""
+        mid = view.mid() if view is not None else None
+        return mid if mid is not None else self.last_price.get(symbol)
 
     def _scan(self, now_ns: int, market: Mapping[str, MarketView]) -> list[Action]:
         cooldown_ns = int(self.config.cooldown_s * NS)
         if self.last_entry_ns is not None and now_ns - self.last_entry_ns < cooldown_ns:
             return []
-        for symbol in sorted(self.windows):
-            view = market.get(symbol)
-            window = self.windows[symbol]
-            if view is None or not view.hot_state_valid or self.positions.get(symbol, Decimal(0)) != 0:
+        for symbol in sorted(market):
+            view = market[symbol]
+            if not view.hot_state_valid or not self.config.trades(symbol) or self._surrendered(symbol, now_ns):
                 continue
-            if len(window.trades) < self.config.min_trades:
+            if self.positions.get(symbol, Decimal(0)) != 0:
                 continue
-            if window.buy_volume + window.sell_volume < self.config.min_volume:
+            entry = self.find_entry(symbol, now_ns, view)
+            if entry is None:
                 continue
-            imbalance = window.imbalance()
-            if abs(imbalance) < self.config.threshold:
-                continue
-            side = Side.BUY if imbalance > 0 else Side.SELL
-            reason = f"taker imbalance {imbalance:.3f} over {self.config.window_s:g}s"
-            actions = self._move(StrategyTrigger.SETUP_FOUND, now_ns, reason)
-            self.symbol = symbol
-            self.last_entry_ns = now_ns
-            return [*actions, Signal(symbol, side, self.config.quantity_for(symbol), False, reason)]
+            actions = self._move(StrategyTrigger.SETUP_FOUND, now_ns, entry.reason)
+            self.symbol, self.entry, self.last_entry_ns = symbol, entry, now_ns
+            signal = Signal(
+                symbol,
+                entry.side,
+                entry.quantity,
+                False,
+                entry.reason,
+                entry.stop_loss,
+                entry.take_profit,
+                entry.confidence,
+            )
+            return [*actions, signal]
         return []
+
+    def _surrendered(self, symbol: str, now_ns: int) -> bool:
+        # FM-C2: a position held at the crash is the position service's; an entry in flight at the
+        # crash may still fill, so the symbol stays off limits for a setup timeout even while flat.
+        crashed_ns = self.surrendered.get(symbol)
+        if crashed_ns is None:
+            return False
+        in_flight = now_ns - crashed_ns < self.config.setup_timeout_s * NS
+        if in_flight or self.positions.get(symbol, Decimal(0)) != 0:
+            return True
+        del self.surrendered[symbol]
+        return False
+
+    def _exit_trigger(self, now_ns: int, market: Mapping[str, MarketView], elapsed_s: float) -> str | None:
+        symbol, entry = self.symbol, self.entry
+        view = market.get(symbol) if symbol else None
+        price = self.reference_price(symbol, view) if symbol else None
+        if entry is not None and price is not None:
+            long = entry.side == Side.BUY
+            if entry.stop_loss is not None and (price <= entry.stop_loss if long else price >= entry.stop_loss):
+                return f"stop-loss {entry.stop_loss} crossed at {price}"
+            if entry.take_profit is not None and (price >= entry.take_profit if long else price <= entry.take_profit):
+                return f"take-profit {entry.take_profit} reached at {price}"
+        if elapsed_s >= self.config.hold_s:
+            return "holding time over"
+        return self.exit_reason(now_ns, view)
 
     def _exit(self, trigger: StrategyTrigger, now_ns: int, reason: str) -> list[Action]:
         symbol = self.symbol
         position = self.positions.get(symbol, Decimal(0)) if symbol else Decimal(0)
         if symbol is None or position == 0:
             return self._move(StrategyTrigger.POSITION_CLOSED, now_ns, "already flat")
+        entry = self.entry
         actions = self._move(trigger, now_ns, reason)
-        self.symbol = symbol
+        self.symbol, self.entry = symbol, entry
         side = Side.SELL if position > 0 else Side.BUY
         return [*actions, Signal(symbol, side, abs(position), True, reason)]

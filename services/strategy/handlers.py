@@ -1,10 +1,21 @@
-"""strategy's handlers: feed trades, positions and ticks to the pure strategy; publish its actions."""
+"""strategy's handlers: feed market data and positions to the pure strategy, publish its actions,
+and isolate its crashes (FM-C2).
+
+Every input handler runs the strategy's code inside one guard: an exception is a *crash*. A crash
+is recorded (stack trace, the input, state, positions and active events → `StrategyCrashed` and an
+alert), counted in the persisted crash history, and the strategy is rebuilt from its config
+(setups cleared) through DISABLED back to SCANNING — or to FAILED after more than 3 crashes in 10
+minutes. A process that died without a clean stop (kill -9) is counted the same way when it
+starts again. One strategy instance runs per process, so nothing here can affect another one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import os
+import traceback
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -13,52 +24,98 @@ from libs.bus import Bus, Delivery
 from libs.logging import Logger
 from proto import subjects
 from proto.codec import decode
-from proto.enums import OrderType, StrategyState
+from proto.enums import AlertSeverity, OrderType, StrategyState
 from proto.envelope import Message
 from proto.messages import (
+    AlertRaised,
+    BookResyncStarted,
     DisableStrategy,
     EnableStrategy,
+    LinkStateChanged,
+    Liquidation,
+    OpenInterest,
     PositionChanged,
     SignalGenerated,
+    StrategyCrashed,
     StrategyStateChanged,
     Trade,
 )
 
 from . import adapters
-from .domain import NS, Action, ImbalanceStrategy, MarketView, Signal, Transition
+from .config import InstanceConfig
+from .domain import (
+    ENGAGED_STATES,
+    Action,
+    MarketView,
+    Signal,
+    St,
+    Strategy,
+    Transition,
+    crash_fails,
+    crashes_in_window,
+)
 
 Clock = Callable[[], int]
-MAX_CRASHES = 3
-CRASH_WINDOW_NS = 600 * NS
+INPUT_SUBJECTS = ("md.trade.>", "md.liquidation.>", "md.oi.>", "md.resync.>", "evt.link.>", "evt.position.>")
+"""Core-NATS subjects every strategy follows (market data, link/resync events, positions)."""
+STACK_LIMIT = 8000
+INPUT_LIMIT = 1000
 
 
 class StrategyRunner:
-    """Runs one strategy instance: inputs in, signals and state transitions out."""
+    """Runs one strategy instance: inputs in, signals and state transitions out, crashes contained."""
 
-    def __init__(self, bus: Bus, log: Logger, strategy: ImbalanceStrategy, venue: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        log: Logger,
+        instance: InstanceConfig,
+        venue: str,
+        clock: Clock,
+        *,
+        symbols: tuple[str, ...] = (),
+    ) -> None:
         self.bus = bus
         self.log = log
-        self.strategy = strategy
+        self.instance = instance
+        self.strategy: Strategy = instance.build()
         self.venue = venue
         self.clock = clock
-        self.crashes: deque[int] = deque()
+        self.symbols = symbols
+        # Unique per process (a pid alone repeats: pid 1 in every container).
+        self.process_token = f"{os.getpid()}-{clock()}"
+        self.crash_record = adapters.CrashRecord()
         self._lock = asyncio.Lock()
 
     @property
     def name(self) -> str:
-        return self.strategy.name
+        return self.instance.name
 
     def details(self) -> dict[str, object]:
         """Heartbeat details."""
-        return {"state": self.strategy.state.value, "symbol": self.strategy.symbol}
+        return {
+            "state": self.strategy.state.value,
+            "kind": self.instance.kind,
+            "symbol": self.strategy.symbol,
+            "crashes_in_window": len(crashes_in_window(self.crash_record.crashes, self.clock())),
+            "active_events": len(self.strategy.active_events()),
+        }
+
+    # ------------------------------------------------------------------ effects
 
     async def execute(self, actions: list[Action]) -> None:
         """Publish transitions (persisted first) and signals, in order."""
+        for change in self.strategy.event_changes():  # they happened before the actions they led to
+            self.log.info("liquidation_event_changed", strategy=self.name, **change)
         for action in actions:
             match action:
                 case Transition():
                     record = adapters.StrategyStateRecord(
-                        state=action.current, reason=action.reason, symbol=self.strategy.symbol, ts_ns=self.clock()
+                        state=action.current,
+                        reason=action.reason,
+                        symbol=self.strategy.symbol,
+                        ts_ns=self.clock(),
+                        kind=self.instance.kind,
                     )
                     await adapters.write_strategy_state(self.bus, self.name, record)
                     event = StrategyStateChanged(
@@ -81,6 +138,9 @@ class StrategyRunner:
                         quantity=action.quantity,
                         reduce_only=action.reduce_only,
                         reason=action.reason,
+                        stop_loss=action.stop_loss,
+                        take_profit=action.take_profit,
+                        confidence=action.confidence,
                     )
                     await self.bus.publish(
                         subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id
@@ -93,38 +153,236 @@ class StrategyRunner:
                         side=action.side.value,
                         quantity=str(action.quantity),
                         reduce_only=action.reduce_only,
+                        stop_loss=str(action.stop_loss) if action.stop_loss is not None else None,
+                        take_profit=str(action.take_profit) if action.take_profit is not None else None,
                         reason=action.reason,
                     )
 
+    async def _alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
+        self.log.warning("alert_raised", key=key, title=title, **details)
+        component = subjects.strategy_component(self.name)
+        alert = AlertRaised(key=key, severity=severity, component=component, title=title, details=details)
+        try:
+            await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+        except Exception as exc:  # noqa: BLE001 - the crash is still recorded and logged; the alert is best effort
+            self.log.warning("alert_publish_failed", key=key, error=f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ life cycle
+
     async def start(self) -> None:
-        """Restore the persisted state: DISABLED/FAILED stay; anything else restarts via DISABLED into SCANNING."""
-        record = await adapters.read_strategy_state(self.bus, self.name)
+        """Restore state and crash history; count a previous process that died as a crash.
+
+        DISABLED and FAILED persist across restarts; any other state restarts through DISABLED
+        (setups cleared) into SCANNING.
+        """
         now = self.clock()
-        if record is not None and record.state in (StrategyState.DISABLED, StrategyState.FAILED):
-            self.strategy.state = record.state
-            self.log.info("strategy_restored", strategy=self.name, state=record.state.value, reason=record.reason)
-            return
-        self.strategy.state = StrategyState.DISABLED
+        record = await adapters.read_strategy_state(self.bus, self.name)
+        try:
+            self.crash_record = await adapters.read_crash_record(self.bus, self.name)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Fail closed: an unreadable history must not un-FAIL a strategy.
+            self.log.error("crash_history_unreadable", strategy=self.name, error=str(exc)[:200])
+            self.crash_record = adapters.CrashRecord(crashes=[now] * 4)
+        await self._load_positions()
+        previous_process = self.crash_record.running
+        self.crash_record = msgspec.structs.replace(self.crash_record, running=self.process_token)
+        await adapters.write_crash_record(self.bus, self.name, self.crash_record)
+        persisted = record.state if record is not None else None  # None: the very first start
+        self.strategy.state = persisted or St.DISABLED
+        self.strategy.symbol = record.symbol if record is not None else None
+        self.strategy.surrendered = dict(self.crash_record.surrendered)
+        stays_off = persisted in (St.DISABLED, St.FAILED)
         async with self._lock:
-            if record is not None and record.state != StrategyState.DISABLED:
-                await self.execute([Transition(record.state, StrategyState.DISABLED, "restart: setups cleared")])
+            if previous_process is not None:
+                await self._crashed(
+                    now,
+                    error_type="ProcessDied",
+                    error=f"process {previous_process} (pid-start) ended without a clean stop",
+                    stack_trace="",
+                    input_description="process-restart",
+                    resume=not stays_off,
+                )
+                return
+            if crash_fails(len(crashes_in_window(self.crash_record.crashes, now))) and persisted != St.FAILED:
+                await self.execute(self.strategy.fail(now, "crash history over the limit"))
+                return
+            if persisted is not None and stays_off:
+                self.log.info("strategy_restored", strategy=self.name, state=persisted.value)
+                return
+            await self.execute(self.strategy.disable(now, "restart: setups cleared"))
             await self.execute(self.strategy.enable(now, "started"))
+
+    async def stop(self) -> None:
+        """Clean stop: clear the running marker, so the next start is not counted as a crash."""
+        self.crash_record = msgspec.structs.replace(self.crash_record, running=None)
+        await adapters.write_crash_record(self.bus, self.name, self.crash_record)
+        self.log.info("strategy_stopped_cleanly", strategy=self.name)
+
+    async def _load_positions(self) -> None:
+        for symbol in sorted({*self.symbols, *self.instance.config.symbols}):
+            try:
+                last = await adapters.read_last_position(self.bus, self.venue, symbol)
+            except Exception as exc:  # noqa: BLE001 - unknown stays unknown; new position events fill it in
+                self.log.warning("position_load_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+                continue
+            if last is not None:
+                self.strategy.positions[symbol] = last.quantity
+
+    # ------------------------------------------------------------------ crashes (FM-C2)
+
+    async def _crashed(
+        self,
+        now: int,
+        *,
+        error_type: str,
+        error: str,
+        stack_trace: str,
+        input_description: str,
+        resume: bool | None = None,
+    ) -> None:
+        """Record a crash and restart the strategy through DISABLED (into SCANNING, or FAILED).
+
+        `resume` says whether to go back to SCANNING (default: unless it was DISABLED or FAILED).
+        """
+        old = self.strategy
+        window = crashes_in_window([*self.crash_record.crashes, now], now)
+        failed = crash_fails(len(window))
+        surrendered = dict(old.surrendered)
+        if old.symbol is not None and old.state in ENGAGED_STATES:
+            surrendered[old.symbol] = now
+        self.crash_record = adapters.CrashRecord(crashes=window, running=self.process_token, surrendered=surrendered)
+        fresh = self.instance.build(state=old.state)
+        fresh.symbol = old.symbol
+        fresh.positions = dict(old.positions)
+        fresh.last_price = dict(old.last_price)
+        fresh.surrendered = surrendered
+        fresh.state_since_ns = old.state_since_ns
+        actions = fresh.disable(now, f"crash: {error_type}: {error}"[:300])
+        if failed:
+            actions += fresh.fail(now, f"{len(window)} crashes in 10 min")
+        elif resume if resume is not None else old.state not in (St.DISABLED, St.FAILED):
+            actions += fresh.enable(now, "restarted after a crash")
+        self.strategy = fresh
+        try:
+            active_events = old.active_events()
+        except Exception as exc:  # noqa: BLE001 - the crashed object may be inconsistent; record what we can
+            active_events = [{"error": f"{type(exc).__name__}: {exc}"}]
+        event = StrategyCrashed(
+            strategy=self.name,
+            error_type=error_type,
+            error=error[:INPUT_LIMIT],
+            stack_trace=stack_trace[-STACK_LIMIT:],
+            input=input_description[:INPUT_LIMIT],
+            state=old.state,
+            symbol=old.symbol,
+            positions={symbol: quantity for symbol, quantity in old.positions.items() if quantity != 0},
+            active_events=active_events,
+            crashes_in_window=len(window),
+            restarted_into=fresh.state,
+            surrendered_symbols=sorted(surrendered),
+        )
+        self.log.error(
+            "strategy_crashed",
+            strategy=self.name,
+            error_type=error_type,
+            error=error[:300],
+            stack_trace=stack_trace[-STACK_LIMIT:],
+            input=input_description[:INPUT_LIMIT],
+            state=old.state.value,
+            symbol=old.symbol,
+            active_events=active_events,
+            crashes_in_window=len(window),
+            action_taken=f"restarted into {fresh.state.value}",
+        )
+        await adapters.write_crash_record(self.bus, self.name, self.crash_record)
+        await self.bus.publish(subjects.evt_strategy_crashed(self.name), event)
+        await self.execute(actions)
+        if failed:
+            await self._alert(
+                f"strategy-failed:{self.name}",
+                AlertSeverity.P1,
+                f"strategy {self.name} FAILED after {len(window)} crashes in 10 min; an operator must re-enable it",
+                error=f"{error_type}: {error}"[:300],
+            )
+        else:
+            await self._alert(
+                f"strategy-crashed:{self.name}",
+                AlertSeverity.P2,
+                f"strategy {self.name} crashed ({error_type}) and restarted into {fresh.state.value}",
+                error=error[:300],
+                crashes_in_window=len(window),
+            )
+
+    async def _guarded(self, input_description: Callable[[], str], step: Callable[[], list[Action]]) -> None:
+        """Run strategy code; an exception is a crash of this strategy, never of the process."""
+        async with self._lock:
+            now = self.clock()
+            try:
+                actions = step()
+            except Exception as exc:  # noqa: BLE001 - FM-C2: any bug in strategy code is a crash, handled
+                await self._crashed(
+                    now,
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                    stack_trace="".join(traceback.format_exception(exc)),
+                    input_description=input_description(),
+                )
+                return
+            await self.execute(actions)
 
     # ------------------------------------------------------------------ inputs
 
     async def on_market_event(self, msg: Msg) -> None:
-        """Core-NATS follower of trades and positions."""
+        """Core-NATS follower of market data, link/resync events and positions."""
         try:
             message = decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.log.warning("event_rejected", subject=msg.subject, error=str(exc)[:200])
             return
+        await self.handle(message)
+
+    async def handle(self, message: Message) -> None:
+        """Dispatch one decoded input to the strategy (times are local receive times)."""
+        strategy = self.strategy
+        if strategy.state == StrategyState.FAILED:
+            # A FAILED strategy runs none of its code; it only keeps the positions it will need when re-enabled.
+            if isinstance(message, PositionChanged) and message.venue == self.venue:
+                strategy.positions[message.symbol] = message.quantity
+            return
+        now = self.clock()
+
+        def described() -> str:
+            return f"{type(message).__name__} {msgspec.json.encode(message)[:INPUT_LIMIT].decode(errors='replace')}"
+
         match message:
             case Trade():
-                self.strategy.on_trade(message.symbol, message.ts_event_ns, message.quantity, message.buyer_is_maker)
+                await self._guarded(
+                    described,
+                    lambda: self.strategy.on_trade(
+                        message.symbol, now, message.price, message.quantity, message.buyer_is_maker
+                    ),
+                )
+            case Liquidation():
+                await self._guarded(
+                    described,
+                    lambda: self.strategy.on_liquidation(
+                        message.symbol, now, message.side, message.price, message.quantity
+                    ),
+                )
+            case OpenInterest():
+                await self._guarded(
+                    described, lambda: self.strategy.on_open_interest(message.symbol, now, message.open_interest)
+                )
             case PositionChanged() if message.venue == self.venue:
-                async with self._lock:
-                    await self.execute(self.strategy.on_position(message.symbol, message.quantity, self.clock()))
+                await self._guarded(described, lambda: self.strategy.on_position(message.symbol, message.quantity, now))
+            case LinkStateChanged() if message.venue == self.venue and message.previous != message.current:
+                # Every change, a (re)connection of a restarted market-data included: data had a gap.
+                affected = list(message.symbols) or None
+                reason = f"link {message.link} {message.current.value}: {message.reason}"[:300]
+                await self._guarded(described, lambda: self.strategy.data_reset(affected, now, reason))
+            case BookResyncStarted() if message.venue == self.venue:
+                reason = f"book resync {message.symbol}: {message.reason}"[:300]
+                await self._guarded(described, lambda: self.strategy.data_reset([message.symbol], now, reason))
             case _:
                 pass
 
@@ -134,6 +392,10 @@ class StrategyRunner:
         async with self._lock:
             match message:
                 case EnableStrategy() if message.strategy == self.name:
+                    if self.strategy.state == StrategyState.FAILED:
+                        # The operator takes responsibility: the crash count starts over.
+                        self.crash_record = msgspec.structs.replace(self.crash_record, crashes=[])
+                        await adapters.write_crash_record(self.bus, self.name, self.crash_record)
                     await self.execute(self.strategy.enable(now, f"enabled by {message.operator}: {message.reason}"))
                 case DisableStrategy() if message.strategy == self.name:
                     await self.execute(self.strategy.disable(now, f"disabled by {message.operator}: {message.reason}"))
@@ -150,37 +412,14 @@ class StrategyRunner:
             return {}
 
     async def tick(self) -> None:
-        """One evaluation; a crash of the strategy logic is counted and isolated (FM-C2)."""
+        """One evaluation of the strategy (crashes contained like every other input)."""
         if self.strategy.state in (StrategyState.DISABLED, StrategyState.FAILED):
             return
         market = await self.market()
-        async with self._lock:
-            now = self.clock()
-            try:
-                actions = self.strategy.on_tick(now, market)
-            except Exception as exc:  # noqa: BLE001 - one strategy's bug must not take the process down
-                await self._crashed(now, exc)
-                return
-            await self.execute(actions)
-
-    async def _crashed(self, now: int, exc: Exception) -> None:
-        self.crashes.append(now)
-        while self.crashes and now - self.crashes[0] > CRASH_WINDOW_NS:
-            self.crashes.popleft()
-        self.log.exception(
-            "strategy_crashed",
-            exc,
-            strategy=self.name,
-            state=self.strategy.state.value,
-            symbol=self.strategy.symbol,
-            positions={k: str(v) for k, v in self.strategy.positions.items()},
-            crashes=len(self.crashes),
-        )
-        if len(self.crashes) > MAX_CRASHES:
-            await self.execute(self.strategy.fail(now, f"{len(self.crashes)} crashes in 10 min: {exc}"))
-        else:
-            await self.execute(self.strategy.disable(now, f"crash: {exc}"))
-            await self.execute(self.strategy.enable(now, "restarted after a crash"))
+        summary = {
+            symbol: (view.hot_state_valid, str(view.best_bid), str(view.best_ask)) for symbol, view in market.items()
+        }
+        await self._guarded(lambda: f"tick market={summary}", lambda: self.strategy.on_tick(self.clock(), market))
 
     async def run(self, interval_s: float = 0.5) -> None:
         """Tick forever."""

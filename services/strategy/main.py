@@ -1,32 +1,40 @@
-"""strategy process: `python -m services.strategy.main` (which strategy: BULWARK_STRATEGY_NAME)."""
+"""strategy process: one strategy instance per OS process (FM-C2 isolation).
+
+`python -m services.strategy.main --name cascade-fade` (or `BULWARK_STRATEGY_NAME`); parameters
+come from `BULWARK_STRATEGY_CONFIG` (TOML, see docs/strategies.md). The component is
+`strategy-<name>`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
 
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
 from proto import subjects
 
-from .domain import ImbalanceConfig, ImbalanceStrategy
-from .handlers import StrategyRunner
-
-STRATEGIES = {"imbalance": (ImbalanceStrategy, ImbalanceConfig)}
+from .config import instance_config, read_config_file
+from .handlers import INPUT_SUBJECTS, StrategyRunner
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Restore the strategy's state, follow trades and positions, serve commands, tick every 500 ms."""
+    """Restore the strategy's state, follow its inputs, serve commands, tick every 500 ms.
+
+    Raises:
+        StrategyConfigError: the instance cannot be configured (unknown kind, bad parameter).
+    """
     name = ctx.settings.strategy_name
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-    strategy_cls, config_cls = STRATEGIES[name]
-    runner = StrategyRunner(
-        ctx.bus, ctx.log, strategy_cls(name, config_cls.from_env()), ctx.settings.venue, time.time_ns
-    )
+    instance = instance_config(name, read_config_file(ctx.settings.strategy_config))
+    runner = StrategyRunner(ctx.bus, ctx.log, instance, ctx.settings.venue, time.time_ns, symbols=ctx.settings.symbols)
     ctx.details = runner.details
-    for subject in ("md.trade.>", "evt.position.>"):
-        await ctx.bus.subscribe_core(subject, runner.on_market_event)
+    ctx.log.info("strategy_configured", strategy=name, kind=instance.kind, config=repr(instance.config))
     await runner.start()
+    ctx.cleanups.append(runner.stop)
+    for subject in INPUT_SUBJECTS:
+        await ctx.bus.subscribe_core(subject, runner.on_market_event)
     await ctx.bus.consume(
         stream=subjects.STREAM_SIGNALS.name,
         durable=f"strategy-{name}-commands",
@@ -36,8 +44,16 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.spawn(runner.run(0.5), f"strategy-{name}-ticks")
 
 
-def run() -> None:
-    """Entry point."""
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: `--name NAME` overrides `BULWARK_STRATEGY_NAME`."""
+    parser = argparse.ArgumentParser(prog="services.strategy.main", description="run one strategy instance")
+    parser.add_argument("--name", help="strategy instance name (default: BULWARK_STRATEGY_NAME)")
+    parser.add_argument("--config", help="strategy config TOML (default: BULWARK_STRATEGY_CONFIG)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.name:
+        os.environ["BULWARK_STRATEGY_NAME"] = args.name
+    if args.config:
+        os.environ["BULWARK_STRATEGY_CONFIG"] = args.config
     main(subjects.strategy_component(Settings.from_env().strategy_name), setup)
 
 

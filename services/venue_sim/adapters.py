@@ -247,17 +247,24 @@ class SyntheticSource:
         seed: makes the market reproducible.
         levels: price levels per side (>= 50).
         cascade_probability: chance per 100 ms step that a liquidation cascade starts.
+        regime_probability: chance per 100 ms step that the drift regime is drawn again.
     """
 
     STEP_NS = 100_000_000
 
     def __init__(
-        self, symbols: Sequence[str], seed: int, levels: int = 60, cascade_probability: float = 1 / 1500
+        self,
+        symbols: Sequence[str],
+        seed: int,
+        levels: int = 60,
+        cascade_probability: float = 1 / 900,
+        regime_probability: float = 1 / 900,
     ) -> None:
         self.symbols = sorted({s.upper() for s in symbols})
         self.seed = seed
         self.levels = max(50, levels)
         self.cascade_probability = cascade_probability
+        self.regime_probability = regime_probability
         self._specs = {s: spec_for(s, "0.01", "0.001") for s in self.symbols}
         self._starts = {s: self._initial_book(s) for s in self.symbols}
 
@@ -315,31 +322,57 @@ class SyntheticSource:
         return _BASE_OPEN_INTEREST.get(symbol, Decimal(1_000_000))
 
     def script(self, symbol: str, book: OrderBook) -> Script:
-        """Endless random walk in 100 ms steps."""
+        """Endless market in 100 ms steps: a random walk with drifting regimes and liquidation cascades.
+
+        A cascade is 5-15 steps of forced orders on one side (each also printing as a taker trade)
+        that displace the price by 0.2 % per step and remove open interest (the engine subtracts
+        each forced order's quantity); once exhausted, 20-80 % of the move retraces over 3-8 s.
+        Regimes (a drift of about 0.1 %/min up, down or none) change at random, so trends exist.
+        Everything depends only on the seed and the symbol.
+        """
         rng = self._rng(symbol, "walk")
         spec = self._specs[symbol]
         tick = spec.tick_size
         trade_id = 1_000_000
         cascade_steps = 0
         cascade_direction = -1
+        cascade_ticks = 0
+        rebound_steps = 0
+        rebound_left = 0
+        drift = 0
         step = 0
         while True:
             step += 1
             offset = step * self.STEP_NS
             best = book.best_bid()
             best_bid = best[0] if best else self._starts[symbol].bids[0][0]
-            move = round(rng.gauss(0, 2))
-            if cascade_steps == 0 and rng.random() < self.cascade_probability:
+            if rng.random() < self.regime_probability:
+                drift_ticks = max(1, int(best_bid * Decimal("0.000002") / tick))
+                drift = rng.choice((-drift_ticks, 0, 0, drift_ticks))
+            move = round(rng.gauss(0, 2)) + drift
+            if cascade_steps == 0 and rebound_steps == 0 and rng.random() < self.cascade_probability:
                 cascade_steps = rng.randint(5, 15)
                 cascade_direction = rng.choice((-1, 1))
+                cascade_ticks = 0
             if cascade_steps > 0:
                 cascade_steps -= 1
                 displacement = max(1, int(best_bid * Decimal("0.002") / tick))
                 move = cascade_direction * displacement
+                cascade_ticks += displacement
+                side = "SELL" if cascade_direction < 0 else "BUY"  # longs (SELL) or shorts (BUY) forced out
                 for _ in range(rng.randint(1, 3)):
-                    side = "SELL" if cascade_direction < 0 else "BUY"
                     quantity = self._quantity(rng, spec, self._scale(symbol) * 2)
                     yield offset, LiquidationEvent(symbol, side, best_bid, quantity)
+                    trade_id += 1
+                    yield offset, TradeEvent(symbol, trade_id, best_bid, quantity, side == "SELL")
+                if cascade_steps == 0:
+                    rebound_steps = rng.randint(30, 80)
+                    rebound_left = int(cascade_ticks * rng.uniform(0.2, 0.8))
+            elif rebound_steps > 0:
+                share = rebound_left // rebound_steps
+                rebound_left -= share
+                rebound_steps -= 1
+                move = -cascade_direction * share + round(rng.gauss(0, 1))
             new_best_bid = max(tick * 10, best_bid + tick * move)
             bids, asks = self._ladder(rng, symbol, new_best_bid, book)
             changes_bids, changes_asks = book.diff_to(bids, asks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,6 +24,7 @@ from services.venue_sim.domain.faults import Frame, corrupt_text
 _encoder = msgspec.json.Encoder()
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
 DEFAULT_FUNDING_RATE = Decimal("0.00010000")
+AGG_HISTORY = 1000
 
 
 @dataclass
@@ -37,6 +39,8 @@ class SymbolMarket:
     funding_rate: Decimal = DEFAULT_FUNDING_RATE
     agg_id: int = 1_000_000
     agg_pending: list[TradeEvent] = field(default_factory=list)
+    # Recent aggregate trades in REST form (`GET /fapi/v1/aggTrades`), for clients backfilling a gap.
+    agg_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AGG_HISTORY))
     last_top: tuple[Any, Any] | None = None
     mark_count: int = 0
     # Aggregation windows of the 100 ms and 250 ms depth streams: [U, pu, u, bids, asks] or None.
@@ -299,22 +303,18 @@ class MarketEngine:
             trades, market.agg_pending = market.agg_pending, []
             market.agg_id += 1
             quantity = sum((t.quantity for t in trades), Decimal(0))
+            row = {
+                "a": market.agg_id,
+                "p": str(event.price),
+                "q": fmt(quantity),
+                "f": trades[0].trade_id,
+                "l": trades[-1].trade_id,
+                "T": now,
+                "m": event.buyer_is_maker,
+            }
+            market.agg_history.append(row)
             self.publish(
-                f"{lower}@aggTrade",
-                event.symbol,
-                "aggTrade",
-                {
-                    "e": "aggTrade",
-                    "E": now,
-                    "a": market.agg_id,
-                    "s": event.symbol,
-                    "p": str(event.price),
-                    "q": fmt(quantity),
-                    "f": trades[0].trade_id,
-                    "l": trades[-1].trade_id,
-                    "T": now,
-                    "m": event.buyer_is_maker,
-                },
+                f"{lower}@aggTrade", event.symbol, "aggTrade", {"e": "aggTrade", "E": now, "s": event.symbol, **row}
             )
 
     def _on_liquidation(self, event: LiquidationEvent) -> None:

@@ -26,6 +26,7 @@ STREAM_NAME = re.compile(
     r"^[a-z0-9]+@(depth(@0ms|@100ms|@250ms|@500ms)?|aggTrade|trade|markPrice(@1s)?|forceOrder|bookTicker)$"
 )
 Handler = Callable[[web.Request, dict[str, str]], Awaitable[Any]]
+INTERNAL_ERROR_MSG = "Internal error; unable to process your request. Please try again."
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ class VenueSimulator:
     def now_ms(self) -> int:
         """Wall clock in ms."""
         return self.clock() // 1_000_000
+
+    def venue_now_ms(self) -> int:
+        """The venue's own clock in ms: the wall clock, shifted while a `clock_skew` fault is active."""
+        skew = self.faults.active("clock_skew") if self.faults.faults else None
+        return self.now_ms() + (skew.params["offset_ms"] if skew is not None else 0)
 
     # ================================================================= app
     def build_app(self) -> web.Application:
@@ -273,7 +279,7 @@ class VenueSimulator:
             ) from exc
         if recv_window <= 0 or recv_window > 60000:
             raise BinanceError(400, -1131, "recvWindow must be less than 60000")
-        now = self.now_ms()
+        now = self.venue_now_ms()
         if timestamp > now + 1000:
             raise BinanceError(400, -1021, "Timestamp for this request was 1000ms ahead of the server's time.")
         if now - timestamp > recv_window:
@@ -302,6 +308,7 @@ class VenueSimulator:
             ("GET", "/fapi/v1/ticker/price"): Endpoint(self.ticker_price, by_symbol(1, 2)),
             ("GET", "/fapi/v2/ticker/price"): Endpoint(self.ticker_price, by_symbol(1, 2)),
             ("GET", "/fapi/v1/ticker/bookTicker"): Endpoint(self.book_ticker, by_symbol(2, 5)),
+            ("GET", "/fapi/v1/aggTrades"): Endpoint(self.agg_trades, lambda _: 20),
             ("POST", "/fapi/v1/order"): Endpoint(self.new_order, lambda _: 0, "SIGNED", places_order=True),
             ("DELETE", "/fapi/v1/order"): Endpoint(self.cancel_order, one, "SIGNED"),
             ("GET", "/fapi/v1/order"): Endpoint(self.query_order, one, "SIGNED"),
@@ -328,7 +335,7 @@ class VenueSimulator:
 
     async def server_time(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/time."""
-        return {"serverTime": self.now_ms()}
+        return {"serverTime": self.venue_now_ms()}
 
     async def exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/exchangeInfo."""
@@ -486,6 +493,18 @@ class VenueSimulator:
             "lastUpdateId": book.last_update_id,
         }
 
+    async def agg_trades(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/aggTrades — the recent aggregate trades, from `fromId` on when given."""
+        symbol = self._symbol(params)
+        limit = _bounded_int(params, "limit", 500, 1, 1000)
+        rows = list(self.engine.markets[symbol].agg_history)
+        if "fromId" in params:
+            from_id = _bounded_int(params, "fromId", 0, 0, 2**62)
+            rows = [row for row in rows if row["a"] >= from_id][:limit]
+        else:
+            rows = rows[-limit:]
+        return rows
+
     async def book_ticker(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/ticker/bookTicker."""
         if params.get("symbol"):
@@ -500,6 +519,10 @@ class VenueSimulator:
             fault = self.faults.take("order_reject", symbol)
             if fault is not None:
                 raise BinanceError(fault.params["status"], fault.params["code"], fault.params["msg"])
+            server_error = self.faults.take("order_http_5xx", symbol)
+            if server_error is not None and not server_error.params["placed"]:
+                self.log.warning("fault_order_http_5xx", placed=False, fault=server_error.id)
+                raise BinanceError(server_error.params["status"], -1001, INTERNAL_ERROR_MSG)
             fault = self.faults.take("order_timeout_not_placed", symbol)
             if fault is not None:
                 self.log.warning("fault_order_timeout", placed=False, fault=fault.id)
@@ -508,7 +531,7 @@ class VenueSimulator:
             partial = self.faults.take("partial_fill", symbol)
             delayed = self.faults.take("delayed_fill", symbol)
         else:
-            timeout = partial = delayed = None
+            timeout = partial = delayed = server_error = None
         order, ack = self.exchange.place_order(
             params,
             fill_ratio=Decimal(partial.params["ratio"]) if partial else None,
@@ -525,6 +548,9 @@ class VenueSimulator:
         )
         if delayed is not None:
             asyncio.get_running_loop().call_later(delayed.params["ms"] / 1000, self._deferred_fill, order.order_id)
+        if server_error is not None:
+            self.log.warning("fault_order_http_5xx", placed=True, fault=server_error.id, order_id=order.order_id)
+            raise BinanceError(server_error.params["status"], -1001, INTERNAL_ERROR_MSG)
         if timeout is not None:
             self.engine.flush_user_events()
             self.log.warning("fault_order_timeout", placed=True, fault=timeout.id, order_id=order.order_id)
@@ -797,3 +823,13 @@ def _dumps(value: Any) -> str:
 def wall_clock() -> int:
     """The real clock (ns) — only main wires it in."""
     return time.time_ns()
+
+
+def _bounded_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high], or Binance's -1100 answer."""
+    raw = params.get(name) or str(default)
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BinanceError(
+            400, -1100, f"Illegal characters found in parameter '{name}'; legal range is '{low}, {high}'."
+        )
+    return int(raw)

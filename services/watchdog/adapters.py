@@ -1,16 +1,40 @@
-"""Postgres writes of the watchdog: the audit log and the dead-letter table."""
+"""I/O of the watchdog: the audit log and dead-letter table in Postgres, machine resources,
+and the webhook alert sinks."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 import asyncpg
+import msgspec
+import psutil
 
 from libs.bus import Delivery
 from libs.errors import DependencyUnavailable, PermanentError
+from libs.settings import Settings
 from proto.codec import encode
+from proto.enums import AlertSeverity
 from proto.envelope import Message
 from proto.messages import DeadLettered
+from services.watchdog.domain import (
+    AlertNotice,
+    ResourceObservation,
+    pagerduty_payload,
+    severity_rank,
+    slack_payload,
+)
+
+PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncio.TimeoutError,
+)
 
 _INSERT_AUDIT = (
     "INSERT INTO audit_events (stream, stream_seq, subject, type, message_id, ts_event_ns, payload) "
@@ -73,9 +97,103 @@ async def write_dead_letter(pool: asyncpg.Pool | None, letter: DeadLettered, del
 DEAD_LETTER_RETENTION_NS = 30 * 24 * 3600 * 1_000_000_000
 
 
-async def purge_old_dead_letters(pool: asyncpg.Pool | None, now_ns: int) -> int:
+async def purge_old_dead_letters(
+    pool: asyncpg.Pool | None, now_ns: int, retention_ns: int = DEAD_LETTER_RETENTION_NS
+) -> int:
     """Delete dead letters older than 30 days (SPEC §6); returns how many were removed."""
-    result = await _require(pool).execute(
-        "DELETE FROM dead_letters WHERE created_ns < $1", now_ns - DEAD_LETTER_RETENTION_NS
-    )
+    result = await _require(pool).execute("DELETE FROM dead_letters WHERE created_ns < $1", now_ns - retention_ns)
     return int(result.split()[-1]) if result else 0
+
+
+# --------------------------------------------------------------------------- resources (§5 health checks, FM-C4)
+
+
+def measure_resources(disk_path: str) -> ResourceObservation:
+    """Disk use of the file system holding `disk_path`, machine memory and CPU, in percent.
+
+    CPU is the average since the previous call (the first call says 0). A path that cannot be
+    measured leaves the disk unmeasured rather than failing the whole health check.
+    """
+    try:
+        disk: float | None = psutil.disk_usage(disk_path).percent
+    except OSError:
+        disk = None
+    return ResourceObservation(
+        disk_used_pct=disk,
+        memory_used_pct=psutil.virtual_memory().percent,
+        cpu_pct=psutil.cpu_percent(interval=None),
+    )
+
+
+# --------------------------------------------------------------------------- alert sinks (§9)
+
+
+@dataclass(frozen=True)
+class WebhookSink:
+    """One webhook alerts are POSTed to; `build` shapes the payload (Slack, PagerDuty)."""
+
+    name: str
+    url: str
+    build: Callable[[AlertNotice], dict[str, Any]]
+    min_severity: str = "P3"
+
+    def wants(self, notice: AlertNotice) -> bool:
+        """True when the alert is at least as severe as this sink's minimum."""
+        return severity_rank(notice.severity) <= severity_rank(self.min_severity)
+
+
+def webhook_sinks(settings: Settings) -> list[WebhookSink]:
+    """The webhook sinks the settings configure (none by default; the log sink always runs)."""
+    sinks: list[WebhookSink] = []
+    if settings.alert_slack_webhook_url:
+        sinks.append(WebhookSink("slack", settings.alert_slack_webhook_url, slack_payload))
+    if settings.alert_pagerduty_url:
+        routing_key = settings.alert_pagerduty_routing_key
+
+        def pagerduty(notice: AlertNotice) -> dict[str, Any]:
+            return pagerduty_payload(notice, routing_key)
+
+        sinks.append(
+            WebhookSink(
+                "pagerduty", settings.alert_pagerduty_url, pagerduty, settings.alert_pagerduty_min_severity.upper()
+            )
+        )
+    return sinks
+
+
+SINK_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
+
+
+async def post_alert(session: aiohttp.ClientSession, sink: WebhookSink, notice: AlertNotice, timeout_s: float) -> int:
+    """POST one alert to a webhook; returns the HTTP status.
+
+    Raises:
+        aiohttp.ClientError, TimeoutError, OSError: the webhook is unreachable or too slow.
+    """
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with session.post(sink.url, json=sink.build(notice), timeout=timeout) as response:
+        await response.read()
+        return response.status
+
+
+async def open_alerts(pool: asyncpg.Pool | None) -> list[AlertNotice]:
+    """Alerts raised and not resolved, from the audit log (to keep de-duplicating across restarts)."""
+    rows = await _require(pool).fetch(
+        "SELECT DISTINCT ON (payload->>'key') type, payload::text AS payload FROM audit_events "
+        "WHERE type IN ('AlertRaised', 'AlertResolved') ORDER BY payload->>'key', id DESC"
+    )
+    notices = []
+    for row in rows:
+        if row["type"] != "AlertRaised":
+            continue
+        payload = msgspec.json.decode(row["payload"])
+        notices.append(
+            AlertNotice(
+                key=str(payload.get("key")),
+                severity=AlertSeverity(payload.get("severity", "P3")),
+                component=str(payload.get("component", "")),
+                title=str(payload.get("title", "")),
+                details=payload.get("details") or {},
+            )
+        )
+    return notices

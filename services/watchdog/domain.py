@@ -1,25 +1,49 @@
-"""Pure evaluation rules of the watchdog: component up/down, health and degradation level.
+"""Pure evaluation rules of the watchdog: component up/down, health, degradation level (SPEC §5),
+and alert routing (SPEC §9).
 
-No I/O and no wall clock: the caller passes component views (from `libs.heartbeat`) and the
+No I/O and no wall clock: the caller passes what it observed (component heartbeat views from
+`libs.heartbeat`, hot-state age per symbol, link states, resource usage, latencies) and the
 evaluator takes an injected clock, so every rule is unit-testable in microseconds.
+
+Every rule turns observations into `Finding`s. A finding says which degradation level and health
+it calls for and whether it pages (severity); the evaluator takes the worst level and health of
+all findings, raises an alert when a finding appears and resolves it when it disappears (so an
+alert is raised once while its condition holds). Levels go up at once and come down only after
+the lower level held for `recovery_hold_ns`; HARD_SHUTDOWN is never left automatically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from libs.heartbeat import ComponentView
 from proto import subjects
-from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health
+from proto.enums import AlertSeverity, ComponentState, ConnectionState, DegradationLevel, Health, HotStateStatus
 
 Clock = Callable[[], int]
 """Returns the current time in integer nanoseconds (UTC epoch)."""
 
+S = 1_000_000_000
 CRITICAL_COMPONENTS: frozenset[str] = frozenset(
     {subjects.MARKET_DATA, subjects.STATE_BUILDER, subjects.RISK, subjects.POSITION}
 )
-EMERGENCY_AFTER_NS = 10_000_000_000
+EMERGENCY_AFTER_NS = 10 * S
+
+LEVEL_RANK: dict[DegradationLevel, int] = {
+    DegradationLevel.NORMAL: 0,
+    DegradationLevel.REDUCED_FUNCTIONALITY: 1,
+    DegradationLevel.EMERGENCY_MODE: 2,
+    DegradationLevel.HARD_SHUTDOWN: 3,
+}
+HEALTH_RANK: dict[Health, int] = {Health.GREEN: 0, Health.YELLOW: 1, Health.RED: 2}
+LEVEL_ALERT_SEVERITY: dict[DegradationLevel, AlertSeverity] = {
+    DegradationLevel.REDUCED_FUNCTIONALITY: AlertSeverity.P2,
+    DegradationLevel.EMERGENCY_MODE: AlertSeverity.P1,
+    DegradationLevel.HARD_SHUTDOWN: AlertSeverity.P0,
+}
 
 
 def is_critical(component: str) -> bool:
@@ -30,6 +54,301 @@ def is_critical(component: str) -> bool:
 def alert_key(component: str) -> str:
     """De-duplication key of the "component down" alert."""
     return f"component_down:{component}"
+
+
+def level_alert_key(level: DegradationLevel) -> str:
+    """De-duplication key of the alert that says the system runs at `level`."""
+    return f"degradation:{level.value}"
+
+
+def severity_rank(severity: AlertSeverity | str) -> int:
+    """0 for P0 (most severe) ... 3 for P3; unknown values rank as P3."""
+    try:
+        return int(str(severity)[1:]) if str(severity)[:1] == "P" else 3
+    except ValueError:
+        return 3
+
+
+# --------------------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True)
+class SymbolObservation:
+    """Hot state of one symbol: status and data age (None: unknown, e.g. never had data)."""
+
+    symbol: str
+    status: str
+    age_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class LinkObservation:
+    """State of one venue link (`<venue>.<link>`)."""
+
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ResourceObservation:
+    """Machine resource usage in percent (None: not measured)."""
+
+    disk_used_pct: float | None = None
+    memory_used_pct: float | None = None
+    cpu_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyObservation:
+    """A latency p99 and the baseline it is compared with (milliseconds)."""
+
+    name: str
+    p99_ms: float
+    baseline_ms: float
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number the rules use; defaults are SPEC §5, FM-D1, FM-C4 and FM-N5."""
+
+    stale_emergency_ms: int = 10_000
+    critical_down_emergency_ns: int = EMERGENCY_AFTER_NS
+    disk_bands: tuple[tuple[float, DegradationLevel, Health, AlertSeverity], ...] = (
+        (98.0, DegradationLevel.EMERGENCY_MODE, Health.RED, AlertSeverity.P0),
+        (95.0, DegradationLevel.REDUCED_FUNCTIONALITY, Health.RED, AlertSeverity.P1),
+        (90.0, DegradationLevel.NORMAL, Health.YELLOW, AlertSeverity.P2),
+    )
+    """(used % at or above, level, health, severity), most severe first (FM-C4)."""
+    memory_max_pct: float = 90.0
+    cpu_max_pct: float = 95.0
+    cpu_sustain_ns: int = 30 * S
+    latency_factor: float = 2.0
+    latency_floor_ms: float = 250.0
+    latency_sustain_ns: int = 5 * S
+    recovery_hold_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One condition that currently holds.
+
+    Attributes:
+        key: De-duplication key (also the alert key).
+        component: Who the condition is about.
+        level: Degradation level it calls for (NORMAL: health only).
+        health: Health it calls for.
+        severity: Alert severity, None when it does not alert on its own.
+        title: One line for operators.
+        hold_ns: The condition counts only once it has held this long.
+    """
+
+    key: str
+    component: str
+    level: DegradationLevel
+    health: Health
+    severity: AlertSeverity | None
+    title: str
+    details: dict[str, Any] = field(default_factory=dict)
+    hold_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rules look at: the observation plus the components found DOWN."""
+
+    down: tuple[str, ...]
+    symbols: tuple[SymbolObservation, ...]
+    links: tuple[LinkObservation, ...]
+    resources: ResourceObservation
+    latencies: tuple[LatencyObservation, ...]
+    thresholds: Thresholds
+
+
+# --------------------------------------------------------------------------- rules (the table)
+
+
+def _components_rule(facts: Facts) -> Iterator[Finding]:
+    """A component without heartbeat for 3 s is down: critical -> RED and REDUCED at once, EMERGENCY
+    after 10 s; non-critical (gateway, strategies) -> YELLOW and REDUCED."""
+    for name in facts.down:
+        if is_critical(name):
+            yield Finding(
+                alert_key(name),
+                name,
+                DegradationLevel.REDUCED_FUNCTIONALITY,
+                Health.RED,
+                AlertSeverity.P1,
+                f"{name} down",
+                {"reason": "no heartbeat"},
+            )
+            seconds = facts.thresholds.critical_down_emergency_ns / S
+            yield Finding(
+                f"component_down_long:{name}",
+                name,
+                DegradationLevel.EMERGENCY_MODE,
+                Health.RED,
+                None,
+                f"critical component {name} down > {seconds:g} s",
+                hold_ns=facts.thresholds.critical_down_emergency_ns,
+            )
+        else:
+            yield Finding(
+                alert_key(name),
+                name,
+                DegradationLevel.REDUCED_FUNCTIONALITY,
+                Health.YELLOW,
+                AlertSeverity.P2,
+                f"{name} down",
+                {"reason": "no heartbeat"},
+            )
+
+
+def _hot_state_rule(facts: Facts) -> Iterator[Finding]:
+    """FM-D1: a symbol not VALID is a minor data issue (REDUCED); no fresh data for > 10 s is a
+    major one (EMERGENCY)."""
+    limit_ms = facts.thresholds.stale_emergency_ms
+    for symbol in facts.symbols:
+        if symbol.status == HotStateStatus.VALID:
+            continue
+        details = {"symbol": symbol.symbol, "status": symbol.status, "age_ms": symbol.age_ms}
+        # INVALID means a resync is running (reported by market-data); STALE pages on its own.
+        severity = AlertSeverity.P2 if symbol.status == HotStateStatus.STALE else None
+        yield Finding(
+            f"data_not_valid:{symbol.symbol}",
+            subjects.STATE_BUILDER,
+            DegradationLevel.REDUCED_FUNCTIONALITY,
+            Health.YELLOW,
+            severity,
+            f"{symbol.symbol} hot state {symbol.status}",
+            details,
+        )
+        if symbol.age_ms is not None and symbol.age_ms > limit_ms:
+            yield Finding(
+                f"data_stale_long:{symbol.symbol}",
+                subjects.STATE_BUILDER,
+                DegradationLevel.EMERGENCY_MODE,
+                Health.RED,
+                AlertSeverity.P1,
+                f"{symbol.symbol} without fresh data for {symbol.age_ms / 1000:.1f} s (> {limit_ms / 1000:g} s)",
+                details,
+            )
+
+
+LINK_RULES: dict[str, tuple[DegradationLevel, Health, AlertSeverity | None, str]] = {
+    ConnectionState.DEGRADED: (
+        DegradationLevel.EMERGENCY_MODE,
+        Health.RED,
+        AlertSeverity.P1,
+        "persistent connection loss",
+    ),
+    ConnectionState.DISCONNECTED: (
+        DegradationLevel.REDUCED_FUNCTIONALITY,
+        Health.YELLOW,
+        AlertSeverity.P2,
+        "disconnected, reconnecting",
+    ),
+    ConnectionState.SUSPECT: (DegradationLevel.NORMAL, Health.YELLOW, None, "suspect (missed pongs)"),
+}
+"""Link state -> (level, health, severity, what it means)."""
+
+
+def _links_rule(facts: Facts) -> Iterator[Finding]:
+    for link in facts.links:
+        rule = LINK_RULES.get(link.state)
+        if rule is not None:
+            level, health, severity, meaning = rule
+            yield Finding(
+                f"link:{link.name}",
+                subjects.MARKET_DATA,
+                level,
+                health,
+                severity,
+                f"link {link.name} {link.state}: {meaning}",
+                {"link": link.name, "state": link.state},
+            )
+
+
+def _disk_rule(facts: Facts) -> Iterator[Finding]:
+    """FM-C4: 90 % warn, 95 % critical (non-essential writes stop: REDUCED), 98 % emergency."""
+    used = facts.resources.disk_used_pct
+    if used is None:
+        return
+    for at_least, level, health, severity in facts.thresholds.disk_bands:
+        if used >= at_least:
+            yield Finding(
+                f"disk_pressure:{at_least:g}",
+                subjects.WATCHDOG,
+                level,
+                health,
+                severity,
+                f"disk {used:.1f} % used (>= {at_least:g} %)",
+                {"disk_used_pct": round(used, 1)},
+            )
+            return
+
+
+def _memory_rule(facts: Facts) -> Iterator[Finding]:
+    used = facts.resources.memory_used_pct
+    if used is not None and used >= facts.thresholds.memory_max_pct:
+        yield Finding(
+            "memory_pressure",
+            subjects.WATCHDOG,
+            DegradationLevel.NORMAL,
+            Health.YELLOW,
+            AlertSeverity.P2,
+            f"memory {used:.1f} % used (>= {facts.thresholds.memory_max_pct:g} %)",
+            {"memory_used_pct": round(used, 1)},
+        )
+
+
+def _cpu_rule(facts: Facts) -> Iterator[Finding]:
+    used = facts.resources.cpu_pct
+    if used is not None and used >= facts.thresholds.cpu_max_pct:
+        yield Finding(
+            "cpu_pressure",
+            subjects.WATCHDOG,
+            DegradationLevel.NORMAL,
+            Health.YELLOW,
+            AlertSeverity.P3,
+            f"CPU {used:.0f} % (>= {facts.thresholds.cpu_max_pct:g} % for 30 s)",
+            {"cpu_pct": round(used)},
+            hold_ns=facts.thresholds.cpu_sustain_ns,
+        )
+
+
+def _latency_rule(facts: Facts) -> Iterator[Finding]:
+    """FM-N5: p99 latency above 2x its baseline (and above a floor, so scheduler noise on a
+    busy machine is not a degradation) for 5 s -> REDUCED."""
+    th = facts.thresholds
+    for sample in facts.latencies:
+        limit = max(th.latency_factor * sample.baseline_ms, th.latency_floor_ms)
+        if sample.baseline_ms > 0 and sample.p99_ms > limit:
+            yield Finding(
+                f"latency:{sample.name}",
+                sample.name,
+                DegradationLevel.REDUCED_FUNCTIONALITY,
+                Health.YELLOW,
+                AlertSeverity.P2,
+                f"{sample.name} p99 {sample.p99_ms:.0f} ms > {limit:.0f} ms (baseline {sample.baseline_ms:.0f} ms)",
+                {"p99_ms": round(sample.p99_ms, 1), "baseline_ms": round(sample.baseline_ms, 1)},
+                hold_ns=th.latency_sustain_ns,
+            )
+
+
+Rule = Callable[[Facts], Iterable[Finding]]
+RULES: tuple[tuple[str, Rule], ...] = (
+    ("components", _components_rule),
+    ("hot_state", _hot_state_rule),
+    ("links", _links_rule),
+    ("disk", _disk_rule),
+    ("memory", _memory_rule),
+    ("cpu", _cpu_rule),
+    ("latency", _latency_rule),
+)
+"""Every health/degradation rule, by the SPEC §5 check it implements."""
+
+
+# --------------------------------------------------------------------------- evaluation results
 
 
 @dataclass(frozen=True)
@@ -52,6 +371,7 @@ class AlertDecision:
     raised: bool
     severity: AlertSeverity = AlertSeverity.P1
     title: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,10 +400,12 @@ class Evaluation:
     alerts: list[AlertDecision] = field(default_factory=list)
     health_change: HealthTransition | None = None
     level_change: LevelTransition | None = None
+    findings: tuple[Finding, ...] = ()
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 class WatchdogEvaluator:
-    """Decides component transitions, alerts, health and degradation level from heartbeat views.
+    """Decides component transitions, alerts, health and degradation level from observations.
 
     A component that was never seen is only declared DOWN once the watchdog itself has run for
     `grace_ns` (the heartbeat timeout), so a fresh start does not page for every component.
@@ -93,18 +415,25 @@ class WatchdogEvaluator:
         self,
         clock: Clock,
         *,
-        grace_ns: int = 3_000_000_000,
+        grace_ns: int = 3 * S,
         emergency_after_ns: int = EMERGENCY_AFTER_NS,
         initial_level: DegradationLevel | None = None,
         initial_health: Health | None = None,
+        thresholds: Thresholds | None = None,
+        rules: tuple[tuple[str, Rule], ...] = RULES,
     ) -> None:
         self._clock = clock
         self._started_ns = clock()
         self._grace_ns = grace_ns
-        self._emergency_after_ns = emergency_after_ns
+        base = thresholds or Thresholds()
+        if emergency_after_ns != base.critical_down_emergency_ns:
+            base = Thresholds(**{**base.__dict__, "critical_down_emergency_ns": emergency_after_ns})
+        self.thresholds = base
+        self._rules = rules
         self._states: dict[str, ComponentState] = {}
-        self._down_since: dict[str, int] = {}
-        self._active_alerts: set[str] = set()
+        self._first_seen: dict[str, int] = {}
+        self._active_alerts: dict[str, Finding] = {}
+        self._lower_since: int | None = None
         self.level: DegradationLevel | None = initial_level
         self.health: Health | None = initial_health
 
@@ -118,13 +447,53 @@ class WatchdogEvaluator:
         if self.level != DegradationLevel.HARD_SHUTDOWN:
             self.level = None
 
-    def evaluate(self, views: dict[str, ComponentView]) -> Evaluation:
-        """Evaluate the current component views and return what changed."""
+    def evaluate(
+        self,
+        views: dict[str, ComponentView],
+        *,
+        symbols: Iterable[SymbolObservation] = (),
+        links: Iterable[LinkObservation] = (),
+        resources: ResourceObservation | None = None,
+        latencies: Iterable[LatencyObservation] = (),
+    ) -> Evaluation:
+        """Evaluate one round of observations and return what changed."""
         now = self._clock()
+        components, down, undecided = self._component_transitions(views, now)
+        facts = Facts(
+            down=tuple(down),
+            symbols=tuple(symbols),
+            links=tuple(links),
+            resources=resources or ResourceObservation(),
+            latencies=tuple(latencies),
+            thresholds=self.thresholds,
+        )
+        findings = self._held(now, [finding for _, rule in self._rules for finding in rule(facts)])
+        alerts = self._alert_decisions(findings)
+        health = max((finding.health for finding in findings), key=HEALTH_RANK.__getitem__, default=Health.GREEN)
+        reasons = tuple(finding.title for finding in findings if finding.health != Health.GREEN)
+        level, level_reason = self._level(findings, now)
+        evaluation = Evaluation(
+            health, reasons, level, level_reason, components, alerts, findings=tuple(findings), checks=checks(facts)
+        )
+        if undecided:
+            # Health and level are not known before every component had its chance to heartbeat.
+            return evaluation
+        if health != self.health:
+            evaluation.health_change = HealthTransition(self.health, health, reasons)
+            self.health = health
+        if level != self.level:
+            evaluation.level_change = LevelTransition(self.level, level, level_reason)
+            evaluation.alerts.extend(_level_alerts(self.level, level, level_reason))
+            self.level = level
+        return evaluation
+
+    def _component_transitions(
+        self, views: dict[str, ComponentView], now: int
+    ) -> tuple[list[ComponentTransition], list[str], bool]:
         in_grace = now - self._started_ns < self._grace_ns
         undecided = False
-        components: list[ComponentTransition] = []
-        alerts: list[AlertDecision] = []
+        transitions: list[ComponentTransition] = []
+        down: list[str] = []
         for name, view in views.items():
             if name == subjects.WATCHDOG:
                 continue
@@ -136,53 +505,216 @@ class WatchdogEvaluator:
             if current != previous:
                 self._states[name] = current
                 reason = "no heartbeat" if current == ComponentState.DOWN else f"heartbeat state {current.value}"
-                components.append(ComponentTransition(name, previous, current, view.pid, reason))
+                transitions.append(ComponentTransition(name, previous, current, view.pid, reason))
             if current == ComponentState.DOWN:
-                self._down_since.setdefault(name, now)
-                key = alert_key(name)
-                if key not in self._active_alerts:
-                    self._active_alerts.add(key)
-                    severity = AlertSeverity.P1
-                    alerts.append(AlertDecision(key, name, True, severity, f"component {name} is down"))
-            else:
-                self._down_since.pop(name, None)
-                key = alert_key(name)
-                if key in self._active_alerts:
-                    self._active_alerts.discard(key)
-                    alerts.append(AlertDecision(key, name, False, title=f"component {name} is back"))
-        down = sorted(self._down_since)
-        health, reasons = self._health(down)
-        level, level_reason = self._level(down, now)
-        evaluation = Evaluation(health, reasons, level, level_reason, components, alerts)
-        if undecided:
-            # Health and level are not known before every component had its chance to heartbeat.
-            return evaluation
-        if health != self.health:
-            evaluation.health_change = HealthTransition(self.health, health, reasons)
-            self.health = health
-        if level != self.level:
-            evaluation.level_change = LevelTransition(self.level, level, level_reason)
-            self.level = level
-        return evaluation
+                down.append(name)
+        return transitions, sorted(down), undecided
 
-    @staticmethod
-    def _health(down: Iterable[str]) -> tuple[Health, tuple[str, ...]]:
-        down = list(down)
-        reasons = tuple(f"{name} down" for name in down)
-        if any(is_critical(name) for name in down):
-            return Health.RED, reasons
-        if down:
-            return Health.YELLOW, reasons
-        return Health.GREEN, ()
+    def _held(self, now: int, findings: list[Finding]) -> list[Finding]:
+        """The findings that have held long enough; remembers when each one was first seen."""
+        current = {finding.key for finding in findings}
+        for key in list(self._first_seen):
+            if key not in current:
+                del self._first_seen[key]
+        held: list[Finding] = []
+        for finding in findings:
+            first = self._first_seen.setdefault(finding.key, now)
+            if now - first >= finding.hold_ns:
+                held.append(finding)
+        return held
 
-    def _level(self, down: list[str], now: int) -> tuple[DegradationLevel, str]:
+    def _alert_decisions(self, findings: list[Finding]) -> list[AlertDecision]:
+        alerting = {finding.key: finding for finding in findings if finding.severity is not None}
+        decisions: list[AlertDecision] = []
+        for key, finding in alerting.items():
+            if key not in self._active_alerts:
+                assert finding.severity is not None
+                decisions.append(
+                    AlertDecision(key, finding.component, True, finding.severity, finding.title, finding.details)
+                )
+        for key, finding in list(self._active_alerts.items()):
+            if key not in alerting:
+                back = f"component {finding.component} is back" if key == alert_key(finding.component) else "cleared"
+                decisions.append(AlertDecision(key, finding.component, False, title=back))
+        self._active_alerts = alerting
+        return decisions
+
+    def _level(self, findings: list[Finding], now: int) -> tuple[DegradationLevel, str]:
         if self.level == DegradationLevel.HARD_SHUTDOWN:
+            self._lower_since = None
             return DegradationLevel.HARD_SHUTDOWN, "hard shutdown is only left by a manual restart"
-        long_down = [
-            name for name in down if is_critical(name) and now - self._down_since[name] > self._emergency_after_ns
-        ]
-        if long_down:
-            return DegradationLevel.EMERGENCY_MODE, "critical component down > 10 s: " + ", ".join(long_down)
-        if down:
-            return DegradationLevel.REDUCED_FUNCTIONALITY, "component down: " + ", ".join(down)
-        return DegradationLevel.NORMAL, "all components up"
+        target = max((f.level for f in findings), key=LEVEL_RANK.__getitem__, default=DegradationLevel.NORMAL)
+        causes = [finding.title for finding in findings if finding.level == target]
+        reason = "; ".join(causes) if causes else "all checks pass"
+        current = self.level
+        if current is None or LEVEL_RANK[target] >= LEVEL_RANK[current]:
+            self._lower_since = None
+            return target, reason
+        # Going down: only after the lower level held for a while, so a flapping input does not flap the level.
+        if self._lower_since is None:
+            self._lower_since = now
+        if now - self._lower_since >= self.thresholds.recovery_hold_ns:
+            self._lower_since = None
+            return target, reason
+        return current, f"recovering to {target.value}: {reason}"
+
+
+def _level_alerts(previous: DegradationLevel | None, current: DegradationLevel, reason: str) -> Iterator[AlertDecision]:
+    """Resolve the alert of the level left, raise the one of the level entered (NORMAL has none)."""
+    if previous is not None and previous in LEVEL_ALERT_SEVERITY:
+        yield AlertDecision(level_alert_key(previous), subjects.WATCHDOG, False, title=f"left {previous.value}")
+    if current in LEVEL_ALERT_SEVERITY:
+        yield AlertDecision(
+            level_alert_key(current),
+            subjects.WATCHDOG,
+            True,
+            LEVEL_ALERT_SEVERITY[current],
+            f"degradation level {current.value}",
+            {"reason": reason, "previous": previous.value if previous else None},
+        )
+
+
+def checks(facts: Facts) -> dict[str, bool]:
+    """The SPEC §5 health checks, each True when it passes (unmeasured resources pass)."""
+    th = facts.thresholds
+    resources = facts.resources
+    return {
+        "state_builder_responsive": subjects.STATE_BUILDER not in facts.down,
+        "hot_state_fresh": all(symbol.status == HotStateStatus.VALID for symbol in facts.symbols),
+        "components_heartbeating": not facts.down,
+        "strategies_responsive": not any(name.startswith("strategy-") for name in facts.down),
+        "disk_free_above_10_pct": resources.disk_used_pct is None or resources.disk_used_pct < 90.0,
+        "memory_below_max": resources.memory_used_pct is None or resources.memory_used_pct < th.memory_max_pct,
+        "cpu_below_max": resources.cpu_pct is None or resources.cpu_pct < th.cpu_max_pct,
+    }
+
+
+# --------------------------------------------------------------------------- observation helpers
+
+
+def symbols_from_reply(reply: Any) -> list[SymbolObservation]:
+    """Symbols from a `svc.state-builder.symbols` reply (`{"symbols": {SYM: {"hot_state", "age_ms"}}}`)."""
+    found = reply.get("symbols") if isinstance(reply, dict) else None
+    if not isinstance(found, dict):
+        return []
+    result = []
+    for symbol, value in found.items():
+        if isinstance(value, dict):
+            age = value.get("age_ms")
+            status = value.get("hot_state") or value.get("status") or "UNKNOWN"
+            result.append(SymbolObservation(str(symbol), str(status), age if isinstance(age, int) else None))
+    return result
+
+
+def latencies_from_views(views: dict[str, ComponentView]) -> list[LatencyObservation]:
+    """Latencies components report in their heartbeat details (`latency_p99_ms`, `latency_baseline_ms`)."""
+    result = []
+    for name, view in views.items():
+        p99, baseline = view.details.get("latency_p99_ms"), view.details.get("latency_baseline_ms")
+        if isinstance(p99, int | float) and isinstance(baseline, int | float) and view.state != ComponentState.DOWN:
+            result.append(LatencyObservation(name, float(p99), float(baseline)))
+    return result
+
+
+class LatencyWindow:
+    """Rolling p99 of the last `size` samples; the baseline is the p99 of the first full window
+    (the system as it ran when it started), unless one is given."""
+
+    def __init__(self, size: int = 60, baseline_ms: float | None = None) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self._size = size
+        self.baseline_ms = baseline_ms
+
+    def add(self, sample_ms: float) -> None:
+        self._samples.append(sample_ms)
+        if self.baseline_ms is None and len(self._samples) == self._size:
+            self.baseline_ms = self.p99()
+
+    def p99(self) -> float | None:
+        if not self._samples:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+    def observation(self, name: str) -> LatencyObservation | None:
+        """The current reading, once a baseline exists."""
+        p99 = self.p99()
+        if p99 is None or self.baseline_ms is None:
+            return None
+        return LatencyObservation(name, p99, self.baseline_ms)
+
+
+# --------------------------------------------------------------------------- alert routing (§9)
+
+
+@dataclass(frozen=True)
+class AlertNotice:
+    """An alert as the sinks receive it."""
+
+    key: str
+    severity: AlertSeverity
+    component: str
+    title: str
+    resolved: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+    ts_ns: int = 0
+
+
+class AlertRouter:
+    """De-duplicates alerts for the sinks: a key is delivered when it opens, again only if its
+    severity rises, and its resolution is delivered once."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, AlertNotice] = {}
+
+    def raised(self, notice: AlertNotice) -> bool:
+        """True when this raise must reach the sinks."""
+        known = self.open.get(notice.key)
+        if known is not None and severity_rank(notice.severity) >= severity_rank(known.severity):
+            return False
+        self.open[notice.key] = notice
+        return True
+
+    def resolved(self, key: str) -> AlertNotice | None:
+        """The open alert a resolution closes (to deliver), or None when it was not open."""
+        return self.open.pop(key, None)
+
+
+PAGERDUTY_SEVERITY: dict[str, str] = {"P0": "critical", "P1": "error", "P2": "warning", "P3": "info"}
+SLACK_EMOJI: dict[str, str] = {
+    "P0": ":rotating_light:",
+    "P1": ":red_circle:",
+    "P2": ":warning:",
+    "P3": ":information_source:",
+}
+
+
+def slack_payload(notice: AlertNotice) -> dict[str, Any]:
+    """A Slack incoming-webhook message."""
+    state = "RESOLVED" if notice.resolved else str(notice.severity)
+    emoji = ":white_check_mark:" if notice.resolved else SLACK_EMOJI.get(str(notice.severity), "")
+    text = f"{emoji} [{state}] {notice.component}: {notice.title}".strip()
+    fields = [{"type": "mrkdwn", "text": f"*{name}*\n{value}"} for name, value in sorted(notice.details.items())][:10]
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if fields:
+        blocks.append({"type": "section", "fields": fields})
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"bulwark alert `{notice.key}`"}]})
+    return {"text": text, "blocks": blocks}
+
+
+def pagerduty_payload(notice: AlertNotice, routing_key: str) -> dict[str, Any]:
+    """A PagerDuty Events API v2 event; `dedup_key` is the alert key, so a resolve closes the incident."""
+    if notice.resolved:
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": notice.key}
+    return {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": notice.key,
+        "payload": {
+            "summary": f"[{notice.severity}] {notice.component}: {notice.title}"[:1024],
+            "severity": PAGERDUTY_SEVERITY.get(str(notice.severity), "warning"),
+            "source": "bulwark",
+            "component": notice.component,
+            "custom_details": notice.details,
+        },
+    }

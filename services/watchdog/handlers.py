@@ -3,6 +3,9 @@ evaluation (events on the bus, values in the KV bucket)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import aiohttp
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
@@ -20,7 +23,7 @@ from proto.messages import (
     HealthChanged,
 )
 from services.watchdog import adapters
-from services.watchdog.domain import Evaluation
+from services.watchdog.domain import AlertNotice, AlertRouter, Evaluation
 
 AUDIT_CONSUMERS: tuple[tuple[subjects.StreamSpec, str], ...] = (
     (subjects.STREAM_ORDERS, "watchdog-audit-orders"),
@@ -54,7 +57,9 @@ class LevelWriteConflict(Exception):
     """Someone else wrote the degradation level since it was read (e.g. an emergency stop)."""
 
 
-async def apply_evaluation(ctx: ServiceContext, evaluation: Evaluation, *, level_revision: int | None = None) -> None:
+async def apply_evaluation(
+    ctx: ServiceContext, evaluation: Evaluation, *, level_revision: int | None = None, checks_changed: bool = False
+) -> None:
     """Publish the transitions of one evaluation and persist health / degradation level.
 
     The level is written only if the KV entry is still at `level_revision` (None: never set), so
@@ -89,7 +94,7 @@ async def apply_evaluation(ctx: ServiceContext, evaluation: Evaluation, *, level
                     severity=alert.severity,
                     component=alert.component,
                     title=alert.title,
-                    details={"reason": "no heartbeat"},
+                    details=alert.details,
                 ),
             )
             ctx.log.warning("alert_raised", key=alert.key, severity=alert.severity.value)
@@ -98,10 +103,16 @@ async def apply_evaluation(ctx: ServiceContext, evaluation: Evaluation, *, level
                 subjects.EVT_ALERT_RESOLVED, AlertResolved(key=alert.key, component=alert.component, reason=alert.title)
             )
             ctx.log.info("alert_resolved", key=alert.key)
+    if evaluation.health_change is not None or checks_changed:
+        value = {
+            "health": evaluation.health.value,
+            "reasons": list(evaluation.reasons),
+            "checks": evaluation.checks,
+            "ts_ns": now_ns(),
+        }
+        await ctx.bus.kv_put(subjects.KEY_HEALTH, msgspec.json.encode(value))
     if evaluation.health_change is not None:
         health = evaluation.health_change
-        value = {"health": health.current.value, "reasons": list(health.reasons), "ts_ns": now_ns()}
-        await ctx.bus.kv_put(subjects.KEY_HEALTH, msgspec.json.encode(value))
         await ctx.bus.publish(
             subjects.EVT_HEALTH,
             HealthChanged(previous=health.previous, current=health.current, reasons=list(health.reasons)),
@@ -109,9 +120,14 @@ async def apply_evaluation(ctx: ServiceContext, evaluation: Evaluation, *, level
         ctx.log.info("health_changed", previous=health.previous, current=health.current.value, reasons=health.reasons)
     if evaluation.level_change is not None:
         change_level = evaluation.level_change
-        value = {"level": change_level.current.value, "reason": change_level.reason, "ts_ns": now_ns()}
+        record: dict[str, str | int | None] = {
+            "level": change_level.current.value,
+            "reason": change_level.reason,
+            "previous": change_level.previous.value if change_level.previous else None,
+            "ts_ns": now_ns(),
+        }
         kv = await ctx.bus.kv()
-        encoded = msgspec.json.encode(value)
+        encoded = msgspec.json.encode(record)
         try:
             if level_revision is None:
                 await kv.create(subjects.KEY_DEGRADATION_LEVEL, encoded)
@@ -131,3 +147,90 @@ async def apply_evaluation(ctx: ServiceContext, evaluation: Evaluation, *, level
             current=change_level.current.value,
             reason=change_level.reason,
         )
+
+
+# --------------------------------------------------------------------------- alert sinks (§9)
+
+ALERTS_CONSUMER = "watchdog-alerts"
+
+
+class AlertDispatcher:
+    """Delivers every alert on `evt.alert.>` (raised by any service) to the sinks: the log always,
+    webhooks when configured; de-duplicated while the alert stays open. A sink that fails or is
+    slow is logged and skipped, never retried into a crash loop."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        sinks: list[adapters.WebhookSink],
+        router: AlertRouter | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._ctx = ctx
+        self._sinks = sinks
+        self._timeout_s = timeout_s
+        self.router = router or AlertRouter()
+        self._session: aiohttp.ClientSession | None = None
+        self.delivered: list[AlertNotice] = []
+        """The last notices delivered (bounded), for tests and diagnostics."""
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def handle(self, message: Message, delivery: Delivery) -> None:
+        """Bus handler for the `watchdog-alerts` consumer; never raises for a sink failure."""
+        match message:
+            case AlertRaised():
+                notice = AlertNotice(
+                    key=message.key,
+                    severity=message.severity,
+                    component=message.component,
+                    title=message.title,
+                    details=dict(message.details),
+                    ts_ns=message.ts_event_ns,
+                )
+                if self.router.raised(notice):
+                    await self.deliver(notice)
+                else:
+                    self._ctx.log.debug("alert_deduplicated", key=message.key)
+            case AlertResolved():
+                opened = self.router.resolved(message.key)
+                if opened is not None:
+                    details = {**opened.details, "resolution": message.reason} if message.reason else opened.details
+                    await self.deliver(replace(opened, resolved=True, details=details, ts_ns=message.ts_event_ns))
+            case _:
+                return
+
+    async def deliver(self, notice: AlertNotice) -> None:
+        """Log the alert, then POST it to every webhook sink that wants it."""
+        self.delivered = [*self.delivered[-99:], notice]
+        log = self._ctx.log.info if notice.resolved else self._ctx.log.warning
+        log(
+            "alert_resolved_notice" if notice.resolved else "alert_notice",
+            key=notice.key,
+            severity=str(notice.severity),
+            component=notice.component,
+            title=notice.title,
+            details=notice.details,
+        )
+        for sink in self._sinks:
+            if not sink.wants(notice):
+                continue
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+            try:
+                status = await adapters.post_alert(self._session, sink, notice, self._timeout_s)
+            except adapters.SINK_ERRORS as exc:
+                # The URL carries a secret (Slack) and is never logged; the sink name is enough.
+                self._ctx.log.warning(
+                    "alert_sink_failed",
+                    sink=sink.name,
+                    key=notice.key,
+                    error_type=type(exc).__name__,
+                    action_taken="skipped; the alert stays in the log and the audit trail",
+                )
+                continue
+            if status >= 300:
+                self._ctx.log.warning("alert_sink_rejected", sink=sink.name, key=notice.key, status=status)

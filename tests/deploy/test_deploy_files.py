@@ -41,14 +41,15 @@ COMPONENTS = {
     "gateway": "gateway",
     "market-data": "market_data",
     "state-builder": "state_builder",
-    "strategy-imbalance": "strategy",
+    "strategy-cascade-fade": "strategy",
+    "strategy-trend": "strategy",
     "risk": "risk",
     "position": "position",
     "watchdog": "watchdog",
     "venue-sim": "venue_sim",
 }
 # Singleton writers: they hold a lease, so one replica and no rolling overlap.
-LEASE_HOLDERS = ("position", "strategy-imbalance")
+LEASE_HOLDERS = ("position", "strategy-cascade-fade", "strategy-trend")
 HTTP_COMPONENTS = {"gateway", "venue-sim"}
 
 SETTING_VARS = {f"BULWARK_{f.name.upper()}" for f in dataclasses.fields(Settings)}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 from libs.bus import Bus, Delivery
+from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.codec import decode
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side
 from proto.envelope import Message
-from proto.messages import DeadLettered, HotStateStatusChanged, SubmitOrder
+from proto.messages import AlertRaised, DeadLettered, HotStateStatusChanged, SubmitOrder
 
 
 def _order(coid: str = "bwtest") -> SubmitOrder:
@@ -162,5 +166,122 @@ async def test_publish_core_when_subscribed_then_message_decodes(nats_url: str) 
         await bus.publish(subjects.evt_hot_state("BTCUSDT"), event)
         received = await asyncio.wait_for(got.get(), 5)
         assert received == event
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- FM-C6, pipelining, replay
+
+
+async def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+def _hot(symbol: str, index: int) -> HotStateStatusChanged:
+    return HotStateStatusChanged(
+        symbol=symbol, previous=None, current=HotStateStatus.VALID, reason=f"n{index}", last_update_id=index
+    )
+
+
+async def test_publish_buffered_when_nats_restarts_then_detected_buffered_and_flushed_in_order(
+    tmp_path: Path,
+) -> None:
+    servers = EmbeddedInfra(tmp_path / "infra").start(("nats",))
+    bus = Bus("t")
+    states: list[bool] = []
+    bus.add_connection_listener(states.append)
+    try:
+        await bus.connect(servers.nats_url)
+        await bus.ensure_streams()
+        assert await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", 0)) is not None
+
+        servers.stop_one("nats")
+        assert await _wait_until(lambda: not bus.connected, 10), "disconnect not detected"
+        assert states == [False]
+        for index in range(1, 6):
+            assert await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", index)) is None
+        assert bus.outbox_size == 5
+
+        servers.start_one("nats")
+        assert await _wait_until(lambda: bus.connected and bus.outbox_size == 0, 30), bus.status()
+        assert states == [False, True]
+        stored: list[int] = []
+
+        def collect(message: Message, delivery: Delivery) -> None:
+            assert isinstance(message, HotStateStatusChanged)
+            stored.append(message.last_update_id or 0)
+
+        await bus.replay(subjects.STREAM_CONTROL.name, 1, 100, collect)
+        assert stored == [0, 1, 2, 3, 4, 5]
+    finally:
+        await bus.close()
+        servers.stop()
+
+
+async def test_publish_buffered_when_outbox_full_then_oldest_dropped_and_alert_after_reconnect(
+    tmp_path: Path,
+) -> None:
+    servers = EmbeddedInfra(tmp_path / "infra").start(("nats",))
+    bus = Bus("t")
+    bus.outbox_limit = 3
+    try:
+        await bus.connect(servers.nats_url)
+        await bus.ensure_streams()
+        servers.stop_one("nats")
+        assert await _wait_until(lambda: not bus.connected, 10)
+        for index in range(5):
+            await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", index))
+        assert (bus.outbox_size, bus.outbox_dropped) == (3, 2)
+        servers.start_one("nats")
+        assert await _wait_until(lambda: bus.connected and bus.outbox_size == 0, 30)
+        seen: list[Message] = []
+        await asyncio.sleep(0.5)  # the alert goes out right after the flush
+        await bus.replay(subjects.STREAM_CONTROL.name, 1, 100, lambda message, delivery: seen.append(message))
+        kept = [m.last_update_id for m in seen if isinstance(m, HotStateStatusChanged)]
+        alerts = [m for m in seen if isinstance(m, AlertRaised)]
+        assert kept == [2, 3, 4]  # the two oldest were dropped
+        assert len(alerts) == 1 and alerts[0].details["dropped"] == 2
+    finally:
+        await bus.close()
+        servers.stop()
+
+
+async def test_publish_many_when_batch_then_all_acked_in_order_and_deduplicated(nats_url: str) -> None:
+    bus = await _bus(nats_url, "t")
+    try:
+        items = [(subjects.evt_hot_state("ETHUSDT"), _hot("ETHUSDT", i), f"hot:{i}") for i in range(50)]
+        sequences = await bus.publish_many(items)
+        assert sequences == sorted(sequences) and len(set(sequences)) == 50
+        again = await bus.publish_many(items[:10])
+        assert again == sequences[:10]  # de-duplicated by msg id
+        assert await bus.publish_many([]) == []
+    finally:
+        await bus.close()
+
+
+async def test_consume_when_start_sequence_given_then_earlier_backlog_skipped(nats_url: str) -> None:
+    bus = await _bus(nats_url, "t")
+    seen: list[int] = []
+    try:
+        subject = subjects.evt_hot_state("BTCUSDT")
+        sequences = await bus.publish_many([(subject, _hot("BTCUSDT", i), None) for i in range(10)])
+
+        async def handler(message: Message, delivery: Delivery) -> None:
+            seen.append(delivery.stream_sequence)
+
+        await bus.consume(
+            stream=subjects.STREAM_CONTROL.name,
+            durable="t-start",
+            filter_subjects=["evt.hotstate.>"],
+            handler=handler,
+            start_sequence=sequences[7],
+        )
+        assert await _wait_until(lambda: len(seen) >= 3, 10)
+        assert seen == sequences[7:]
     finally:
         await bus.close()

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from libs import cache
+from libs import cache, db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
 from libs.runtime import infra as infra_commands
@@ -28,12 +28,15 @@ from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
+from proto.codec import decode, encode
 from proto.enums import ComponentState, OrderStatus
 from proto.envelope import Message
 from proto.messages import (
     AlertRaised,
     AlertResolved,
+    CancelOrder,
     Heartbeat,
+    OperatorActionTaken,
     OrderAccepted,
     OrderDenied,
     SubmitOrder,
@@ -43,6 +46,8 @@ from services.gateway.app import Gateway, GatewayConfig, create_app
 from services.gateway.main import bind_socket, start_http
 
 ADMIN, OPERATOR, VIEWER = "admin-token", "operator-token", "viewer-token"
+ALICE_TOKEN = "alice-s3cret"
+ALICE = {"Authorization": f"Bearer {ALICE_TOKEN}"}
 OP = {"Authorization": f"Bearer {OPERATOR}"}
 VIEW = {"Authorization": f"Bearer {VIEWER}"}
 ORDER = {"symbol": "btcusdt", "side": "BUY", "type": "LIMIT", "quantity": "0.010", "price": "65000"}
@@ -56,6 +61,7 @@ def make_settings(infra: EmbeddedInfra, nats_url: str, **overrides: Any) -> Sett
         "admin_token": ADMIN,
         "operator_token": OPERATOR,
         "viewer_token": VIEWER,
+        "api_tokens": f"alice:operator:{ALICE_TOKEN}",
         "symbols": ("BTCUSDT", "ETHUSDT"),
         "strategies": ("imbalance",),
     }
@@ -228,6 +234,9 @@ async def test_emergency_stop_then_hard_shutdown_persisted_published_and_halt_re
     assert halts == [{"operator": "operator", "reason": "fat finger"}]
     info = await gw.peer.js.stream_info("CONTROL", subjects_filter=subjects.EVT_DEGRADATION)
     assert (info.state.subjects or {}).get(subjects.EVT_DEGRADATION) == 1
+    page = decode((await gw.peer.js.get_last_msg("CONTROL", subjects.EVT_ALERT_RAISED)).data)
+    assert isinstance(page, AlertRaised) and page.severity == "P0" and page.key == "degradation:HARD_SHUTDOWN"
+    assert await count_on(gw.peer, "CONTROL", subjects.evt_operator("emergency_stop")) == 1
     assert breakers.json() == {"breakers": {"CB-1": {"state": "OPEN"}}}
     assert reset.status_code == 503  # risk does not answer breaker resets in this test
 
@@ -598,6 +607,30 @@ async def test_events_and_alerts_then_filtered_newest_first(gw: Harness, pg_pool
     assert [alert["key"] for alert in alerts["alerts"]] == ["b"]
 
 
+async def test_events_when_filtered_by_component_time_correlation_and_subject_then_matching_rows(
+    gw: Harness, pg_pool: Any
+) -> None:
+    first = AlertRaised(key="a", severity="P1", component="risk", title="A", ts_event_ns=100, correlation_id="c-1")
+    second = AlertRaised(key="b", severity="P2", component="position", title="B", ts_event_ns=200)
+    third = TradingStateChanged(previous=None, current="HALTED", reason="x", operator="alice", ts_event_ns=300)
+    await insert_event(pg_pool, 1, first, subjects.EVT_ALERT_RAISED)
+    await insert_event(pg_pool, 2, second, subjects.EVT_ALERT_RAISED)
+    await insert_event(pg_pool, 3, third, subjects.EVT_TRADING_STATE)
+
+    async def seqs(query: str) -> list[int]:
+        response = await gw.client.get(f"/v1/events?{query}", headers=VIEW)
+        assert response.status_code == 200, response.text
+        return [event["stream_seq"] for event in response.json()["events"]]
+
+    assert await seqs("component=risk") == [1]
+    assert await seqs("since_ns=150&until_ns=300") == [2]
+    assert await seqs("correlation_id=c-1") == [1]
+    assert await seqs("subject=evt.trading.") == [3]
+    assert await seqs("type=TradingStateChanged,AlertRaised&limit=2") == [3, 2]
+    assert await seqs("operator=alice&stream=control") == [3]
+    assert await seqs("component=nobody") == []
+
+
 async def test_dlq_list_stats_retry_delete(gw: Harness, pg_pool: Any) -> None:
     payload = msgspec.json.encode(TradingStateChanged(previous=None, current="HALTED", reason="x")).decode()
     for seq, consumer in ((1, "risk-orders"), (2, "position-approved")):
@@ -618,12 +651,161 @@ async def test_dlq_list_stats_retry_delete(gw: Harness, pg_pool: Any) -> None:
     viewer_delete = await gw.client.delete("/v1/dlq/1", headers=VIEW)
 
     assert [letter["id"] for letter in listed["dead_letters"]] == [1]
-    assert retried.status_code == 200 and retried.json()["status"] == "RETRIED"
-    assert again.status_code == 409
+    assert retried.status_code == 200 and retried.json()["outcome"] == "retried"
+    assert retried.json()["dead_letter"]["status"] == "RETRIED"
+    assert again.status_code == 200 and again.json()["outcome"] == "already_retried"  # idempotent, no re-publish
     assert stats["total"] == 2 and stats["by_status"] == {"PENDING": 1, "RETRIED": 1}
+    assert stats["by_reason"] == {"permanent": 2} and stats["pending"] == 1
     assert deleted.status_code == 200 and gone.status_code == 404 and viewer_delete.status_code == 403
     info = await gw.peer.js.stream_info("CONTROL", subjects_filter=subjects.EVT_TRADING_STATE)
     assert (info.state.subjects or {}).get(subjects.EVT_TRADING_STATE) == 1
+
+
+async def insert_dead_letter(
+    pool: Any, subject: str, payload: bytes, *, consumer: str = "risk-orders", created_ns: int = 1, reason: str = ""
+) -> int:
+    return await pool.fetchval(
+        "INSERT INTO dead_letters (stream_seq, consumer, subject, reason, deliveries, payload, created_ns, "
+        "updated_ns) VALUES (NULL, $1, $2, $3, 5, $4, $5, $5) RETURNING id",
+        consumer,
+        subject,
+        reason or "permanent: venue said no",
+        payload.decode(),
+        created_ns,
+    )
+
+
+async def count_on(bus: Bus, stream: str, subject: str) -> int:
+    info = await bus.js.stream_info(stream, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def test_dlq_retry_when_repeated_and_concurrent_then_lands_once_on_its_subject_and_is_audited(
+    gw: Harness, pg_pool: Any
+) -> None:
+    payload = encode(CancelOrder(client_order_id="bw-dead", operator="x", reason="r"))
+    letter = await insert_dead_letter(pg_pool, subjects.CMD_ORDER_CANCEL, payload)
+
+    answers = await asyncio.gather(*(gw.client.post(f"/v1/dlq/{letter}/retry", headers=ALICE) for _ in range(3)))
+    later = await gw.client.post(f"/v1/dlq/{letter}/retry", headers=OP)
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert sorted(answer.json()["outcome"] for answer in answers) == ["already_retried", "already_retried", "retried"]
+    assert later.json()["outcome"] == "already_retried"
+    assert await count_on(gw.peer, "ORDERS", subjects.CMD_ORDER_CANCEL) == 1
+    stored = await gw.peer.js.get_last_msg("ORDERS", subjects.CMD_ORDER_CANCEL)
+    assert stored.data == payload  # the original payload, byte for byte
+    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == f"dlq-retry:{letter}"
+    assert await pg_pool.fetchval("SELECT status FROM dead_letters WHERE id = $1", letter) == "RETRIED"
+    audit_subject = subjects.evt_operator("dlq_retry")
+    assert await count_on(gw.peer, "CONTROL", audit_subject) == 1
+    action = decode((await gw.peer.js.get_last_msg("CONTROL", audit_subject)).data)
+    assert isinstance(action, OperatorActionTaken)
+    assert (action.operator, action.role, action.target) == ("alice", "operator", str(letter))
+
+
+async def test_dlq_retry_many_when_by_filter_then_by_ids_then_each_lands_exactly_once(
+    gw: Harness, pg_pool: Any
+) -> None:
+    letters = [
+        await insert_dead_letter(
+            pg_pool, subjects.CMD_ORDER_CANCEL, encode(CancelOrder(client_order_id=f"bw-{n}")), consumer=consumer
+        )
+        for n, consumer in enumerate(("risk-orders", "risk-orders", "position-approved"))
+    ]
+    core_only = await insert_dead_letter(pg_pool, "svc.risk.halt", b"{}", consumer="other")
+
+    by_filter = await gw.client.post("/v1/dlq/retry", headers=ALICE, json={"consumer": "risk-orders"})
+    by_ids = await gw.client.post("/v1/dlq/retry", headers=ALICE, json={"ids": [*letters, 999]})
+    single_core = await gw.client.post(f"/v1/dlq/{core_only}/retry", headers=OP)
+    pending = (await gw.client.get("/v1/dlq?status=pending", headers=VIEW)).json()
+
+    assert by_filter.status_code == 200, by_filter.text
+    assert by_filter.json()["retried"] == 2
+    assert [result["id"] for result in by_filter.json()["results"]] == letters[:2]
+    outcomes = [(result["id"], result["outcome"]) for result in by_ids.json()["results"]]
+    assert outcomes == [
+        (letters[0], "already_retried"),
+        (letters[1], "already_retried"),
+        (letters[2], "retried"),
+        (999, "not_found"),
+    ]
+    assert single_core.status_code == 409 and single_core.json()["error"]["code"] == "not_retriable"
+    assert await count_on(gw.peer, "ORDERS", subjects.CMD_ORDER_CANCEL) == 3
+    assert [letter["id"] for letter in pending["dead_letters"]] == [core_only]
+
+
+async def test_dlq_list_when_filtered_by_time_operation_and_paged_then_matching_letters(
+    gw: Harness, pg_pool: Any
+) -> None:
+    for n in range(5):
+        subject = subjects.CMD_ORDER_SUBMIT if n % 2 == 0 else subjects.EVT_TRADING_STATE
+        await insert_dead_letter(pg_pool, subject, b"{}", created_ns=100 + n, reason=f"TimeoutError: {n}")
+
+    page1 = (await gw.client.get("/v1/dlq?limit=2", headers=VIEW)).json()
+    page2 = (await gw.client.get(f"/v1/dlq?limit=2&cursor={page1['next_cursor']}", headers=VIEW)).json()
+    window = (await gw.client.get("/v1/dlq?since_ns=101&until_ns=104", headers=VIEW)).json()
+    operation = (await gw.client.get("/v1/dlq?operation=cmd.order", headers=VIEW)).json()
+    by_consumer = (await gw.client.get("/v1/dlq?operation=risk-orders&reason=timeout", headers=VIEW)).json()
+    one = await gw.client.get("/v1/dlq/3", headers=VIEW)
+    bad = await gw.client.get("/v1/dlq?status=LOST", headers=VIEW)
+
+    assert [letter["id"] for letter in page1["dead_letters"] + page2["dead_letters"]] == [5, 4, 3, 2]
+    assert [letter["created_ns"] for letter in window["dead_letters"]] == [103, 102, 101]
+    assert [letter["id"] for letter in operation["dead_letters"]] == [5, 3, 1]
+    assert len(by_consumer["dead_letters"]) == 5 and by_consumer["next_cursor"] is None
+    assert one.json()["subject"] == subjects.CMD_ORDER_SUBMIT and bad.status_code == 422
+
+
+async def test_postgres_stopped_then_reads_503_kv_reads_answer_and_orders_still_accepted(
+    infra: EmbeddedInfra, nats_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    own = EmbeddedInfra(tmp_path / "pg")
+    dead_valkey = cache.create_client(f"redis://127.0.0.1:{infra_commands.free_port('127.0.0.1')}/0")
+    pool: Any = None
+    try:
+        await asyncio.to_thread(own.start, ("postgres",))  # start() runs its own event loop
+        pool = await db.create_pool(own.pg_dsn)
+        await db.migrate(pool)
+        async with harness(make_settings(infra, nats_url), pool, redis_client) as h:
+            h.heartbeat("position")
+            await h.risk_standin(accept)
+            await h.peer.kv_put(subjects.KEY_TRADING_STATE, json.dumps({"state": "ACTIVE"}).encode())
+            await h.peer.kv_put(subjects.key_breaker("CB-2"), json.dumps({"state": "CLOSED"}).encode())
+            await asyncio.sleep(0.3)
+            assert (await h.client.get("/v1/orders", headers=VIEW)).status_code == 200
+
+            own.stop_one("postgres")  # by pid
+
+            for path in ("/v1/orders", "/v1/orders/x", "/v1/positions", "/v1/events", "/v1/alerts", "/v1/dlq"):
+                response = await h.client.get(path, headers=VIEW)
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["Retry-After"] == "5"
+                error = response.json()["error"]
+                assert error["code"] == "dependency_unavailable" and "FM-C3" in error["message"]
+                assert error["details"]["dependency"] == "postgres" and error["details"]["reason"]
+            status = await h.client.get("/v1/status", headers=VIEW)
+            breakers = await h.client.get("/v1/breakers", headers=VIEW)
+            order = await h.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "pg-down"}, json=ORDER)
+
+            assert status.status_code == 200 and status.json()["trading_state"] == "ACTIVE"
+            assert status.json()["dependencies"] == {"nats": "UP", "postgres": "DOWN", "valkey": "UP"}
+            assert breakers.json() == {"breakers": {"CB-2": {"state": "CLOSED"}}}
+            assert order.status_code == 201, order.text  # Valkey holds the key; the log holds the order
+            assert await h.submit_orders_in_stream() == 1
+
+            h.ctx.cache = dead_valkey
+            h.gateway.idempotency.cache = dead_valkey
+            both_down = await h.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "none"}, json=ORDER)
+
+            assert both_down.status_code == 503 and both_down.headers["Retry-After"]
+            assert both_down.json()["error"]["details"]["dependency"] == "valkey+postgres"
+            assert await h.submit_orders_in_stream() == 1  # never an order without an idempotency record
+    finally:
+        if pool is not None:
+            pool.terminate()
+        await dead_valkey.aclose()
+        own.stop()
 
 
 # --------------------------------------------------------------------------- real HTTP server

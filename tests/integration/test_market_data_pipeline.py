@@ -132,8 +132,15 @@ async def test_pipeline_when_running_then_book_equals_venue_truth_and_hot_state_
     assert Decimal(view["best_bid"]) < Decimal(view["best_ask"])
     assert view["age_ms"] is not None and view["age_ms"] < 1000
 
-    link = await bus.kv_get(subjects.key_link("binance-usdm", "market-ws"))
-    assert link is not None and msgspec.json.decode(link[0])["state"] == "CONNECTED"
+    # CONNECTED once the post-connect clean window (3 s and 3 fresh updates per symbol) has passed.
+    link_state = None
+    for _ in range(200):
+        link = await bus.kv_get(subjects.key_link("binance-usdm", "market-ws"))
+        link_state = msgspec.json.decode(link[0])["state"] if link is not None else None
+        if link_state == "CONNECTED":
+            break
+        await asyncio.sleep(0.05)
+    assert link_state == "CONNECTED"
 
     unknown = msgspec.json.decode(
         await bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), b'{"symbol": "NOPEUSDT"}')

@@ -8,162 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
-import pytest_asyncio
 
 from libs.binance.client import BinanceRestClient
-from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
-from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import encode
-from proto.enums import HotStateStatus, OrderSource, OrderType, Side
-from proto.messages import CancelOrder, HotStateRecord, SubmitOrder, SymbolHotState, SymbolsReply, Trade
-from services.position.main import setup as position_setup
-from services.risk.main import setup as risk_setup
-from services.strategy.main import setup as strategy_setup
+from proto.enums import OrderSource, OrderType, Side
+from proto.messages import CancelOrder, SubmitOrder, Trade
+from tests.integration.order_system import (  # noqa: F401 - the *_fixture names are fixtures
+    SYMBOL,
+    System,
+    add_fault,
+    order_row,
+    settings_overrides_fixture,
+    sim_state,
+    system_fixture,
+    venue_url_fixture,
+)
+from tests.integration.order_system import eventually as _eventually
+from tests.integration.order_system import market_order as _order
+from tests.integration.order_system import submit as _submit
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SYMBOL = "BTCUSDT"
-
-
-@pytest.fixture
-def venue_url(tmp_path: Path) -> Iterator[str]:
-    """The venue simulator on a free port."""
-    with running_venue_sim(tmp_path, "--source", "synthetic") as url:
-        yield url
-
-
-async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
-async def _sim_state(url: str) -> dict:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/state") as response:
-        return await response.json()
-
-
-@dataclass
-class System:
-    """The services under test, restartable one by one."""
-
-    bus: Bus
-    pool: Any
-    venue_url: str
-    settings: Settings
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-
-    def start(self, component: str) -> None:
-        if component == subjects.RISK:
-            coro = run_service(subjects.RISK, risk_setup, settings=self.settings)
-        else:
-            coro = run_service(subjects.POSITION, position_setup, needs_db=True, settings=self.settings)
-        self.tasks[component] = asyncio.create_task(coro)
-
-    async def stop(self, component: str) -> None:
-        task = self.tasks.pop(component)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def wait_ready(self) -> None:
-        async def up() -> bool:
-            try:
-                await self.bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=0.5)
-            except Exception:
-                return False
-            return await _consumer_bound(self.bus, "position-orders")
-
-        await _eventually(up, 20)
-
-
-@pytest_asyncio.fixture
-async def system(nats_url: str, pg_pool: Any, infra: EmbeddedInfra, venue_url: str) -> AsyncIterator[System]:
-    settings = Settings(
-        nats_url=nats_url,
-        pg_dsn=infra.pg_dsn,
-        venue_rest_url=venue_url,
-        symbols=(SYMBOL, "ETHUSDT"),
-        max_position_qty="1",
-        max_order_notional="1000000",
-    )
-    bus = Bus("test")
-    await bus.connect(nats_url)
-    await bus.ensure_streams()
-    # What the state-builder would provide: a VALID hot state and a touch to price orders at.
-    valid = HotStateRecord(status=HotStateStatus.VALID, reason="test")
-    await bus.kv_put(subjects.key_hot_state(SYMBOL), encode(valid))
-    book = (await _sim_state(venue_url))["books"][SYMBOL]
-
-    async def symbols_reply(_: bytes) -> bytes:
-        view = SymbolHotState(
-            symbol=SYMBOL,
-            hot_state=HotStateStatus.VALID,
-            age_ms=0,
-            last_update_id=book["last_update_id"],
-            best_bid=Decimal(book["best_bid"]),
-            best_ask=Decimal(book["best_ask"]),
-        )
-        return encode(SymbolsReply(symbols={SYMBOL: view}))
-
-    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols_reply)
-    system = System(bus=bus, pool=pg_pool, venue_url=venue_url, settings=settings)
-    system.start(subjects.RISK)
-    system.start(subjects.POSITION)
-    await system.wait_ready()
-    try:
-        yield system
-    finally:
-        await asyncio.gather(*(system.stop(component) for component in list(system.tasks)))
-        await bus.close()
-
-
-async def _consumer_bound(bus: Bus, durable: str) -> bool:
-    """True once a consumer exists and someone is pulling from it (the service is past setup)."""
-    try:
-        info = await bus.js.consumer_info(subjects.STREAM_ORDERS.name, durable)
-    except Exception:
-        return False
-    return bool(info.num_waiting)
-
-
-def _order(key: str, quantity: str = "0.01", side: Side = Side.BUY) -> SubmitOrder:
-    return SubmitOrder(
-        client_order_id=client_order_id_for(key),
-        idempotency_key=key,
-        source=OrderSource.OPERATOR,
-        symbol=SYMBOL,
-        side=side,
-        order_type=OrderType.MARKET,
-        quantity=Decimal(quantity),
-    )
-
-
-async def _submit(bus: Bus, order: SubmitOrder) -> None:
-    # The gateway publishes with the idempotency key as de-duplication id.
-    await bus.publish(subjects.CMD_ORDER_SUBMIT, order, msg_id=f"submit:{order.idempotency_key}")
-
-
-async def _order_row(pool: Any, coid: str) -> Any:
-    return await pool.fetchrow("SELECT * FROM orders WHERE client_order_id = $1", coid)
+_order_row = order_row
+_sim_state = sim_state
 
 
 async def test_submit_order_when_active_then_one_venue_order_filled_and_position_opened(
@@ -249,13 +124,7 @@ async def test_submit_order_when_venue_answer_times_out_then_queried_and_exactly
     short_venue_timeout: None, system: System, fault: str
 ) -> None:
     bus, pool, venue_url = system.bus, system.pool, system.venue_url
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{venue_url}/_sim/faults", json={"kind": fault, "symbol": SYMBOL, "count": 1, "params": {"ms": 1500}}
-        ) as response,
-    ):
-        assert response.status < 300, await response.text()
+    await add_fault(venue_url, {"kind": fault, "symbol": SYMBOL, "count": 1, "params": {"ms": 1500}})
     order = _order(f"flow-{fault}")
     await _submit(bus, order)
 
@@ -342,9 +211,10 @@ async def test_strategy_when_taker_buying_dominates_then_enters_holds_and_flatte
     bus, pool = system.bus, system.pool
     monkeypatch.setenv("BULWARK_IMBALANCE_HOLD_S", "1")
     monkeypatch.setenv("BULWARK_IMBALANCE_MIN_TRADES", "5")
-    task = asyncio.create_task(
-        run_service(subjects.strategy_component("imbalance"), strategy_setup, settings=system.settings)
-    )
+    from services.strategy.main import setup as strategy_setup
+
+    settings = dataclasses.replace(system.settings, strategy_name="imbalance")
+    task = asyncio.create_task(run_service(subjects.strategy_component("imbalance"), strategy_setup, settings=settings))
     try:
 
         async def strategy_state() -> str | None:

@@ -176,6 +176,18 @@ async def test_public_endpoints_when_called_then_binance_shaped_with_weights(btc
     assert Decimal(premium["markPrice"]) > 0 and premium["nextFundingTime"] > 0
     _, ticker, _ = await btc.public("/fapi/v1/ticker/bookTicker", symbol="BTCUSDT")
     assert Decimal(ticker["bidPrice"]) < Decimal(ticker["askPrice"])
+    trades: list[dict[str, Any]] = []
+    for _ in range(50):  # the replay prints aggregate trades within moments
+        _, trades, _ = await btc.public("/fapi/v1/aggTrades", symbol="BTCUSDT", limit=1000)
+        if len(trades) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    ids = [row["a"] for row in trades]
+    assert len(ids) >= 3 and ids == list(range(ids[0], ids[0] + len(ids)))
+    _, backfill, _ = await btc.public("/fapi/v1/aggTrades", symbol="BTCUSDT", fromId=ids[1], limit=1)
+    assert [row["a"] for row in backfill] == [ids[1]] and backfill[0]["f"] <= backfill[0]["l"]
+    status, error, _ = await btc.public("/fapi/v1/aggTrades", symbol="BTCUSDT", limit=0)
+    assert (status, error["code"]) == (400, -1100)
 
 
 async def test_signed_request_when_key_signature_or_time_wrong_then_binance_errors(btc: Client) -> None:

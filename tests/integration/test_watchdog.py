@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from libs.bus import Bus
 from libs.logging import get_logger
@@ -20,13 +21,13 @@ from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.enums import ComponentState
-from proto.messages import DeadLettered, Heartbeat, OrderSubmitted
+from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
 from services.watchdog.main import expected_components, setup
 
 
 @contextlib.asynccontextmanager
-async def running_watchdog(nats_url: str, pool: Any) -> AsyncIterator[ServiceContext]:
-    settings = Settings(nats_url=nats_url, heartbeat_timeout_s=1.0, strategies=("imbalance",))
+async def running_watchdog(nats_url: str, pool: Any, **overrides: Any) -> AsyncIterator[ServiceContext]:
+    settings = Settings(nats_url=nats_url, heartbeat_timeout_s=1.0, strategies=("imbalance",), **overrides)
     bus = Bus("watchdog")
     await bus.connect(nats_url)
     await bus.ensure_streams()
@@ -37,6 +38,8 @@ async def running_watchdog(nats_url: str, pool: Any) -> AsyncIterator[ServiceCon
     finally:
         for task in ctx._tasks:
             task.cancel()
+        for cleanup in ctx.cleanups:
+            await cleanup()
         await bus.close()
 
 
@@ -190,3 +193,190 @@ async def test_hard_shutdown_in_kv_then_kept_while_components_go_down(
         await peer.close()
 
     assert level == shutdown
+
+
+@contextlib.asynccontextmanager
+async def all_components_beating(peer: Bus) -> AsyncIterator[set[str]]:
+    """Heartbeats for every expected component (except the watchdog) until the block ends."""
+    beating = {name for name in expected_components(Settings(strategies=("imbalance",))) if name != "watchdog"}
+
+    async def beat() -> None:
+        while True:
+            for name in sorted(beating):
+                heartbeat = Heartbeat(component=name, pid=1, state=ComponentState.READY, started_ns=1)
+                await peer.publish_core(subjects.heartbeat(name), heartbeat)
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield beating
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _level(bus: Bus) -> str | None:
+    entry = await bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+    return json.loads(entry[0])["level"] if entry else None
+
+
+async def test_symbol_stale_over_10s_then_emergency_persisted_audited_and_back_to_normal_when_fresh(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any
+) -> None:
+    peer = Bus("standins")
+    await peer.connect(nats_url)
+    hot = {"BTCUSDT": {"hot_state": "VALID", "age_ms": 5}, "ETHUSDT": {"hot_state": "VALID", "age_ms": 5}}
+
+    async def symbols(_: bytes) -> bytes:  # the state-builder's answer, as it would give it
+        return json.dumps({"symbols": hot}).encode()
+
+    await peer.serve("svc.state-builder.symbols", symbols)
+    try:
+        async with all_components_beating(peer), running_watchdog(nats_url, pg_pool, watchdog_recovery_hold_s=0.5):
+            assert await eventually(lambda: _is(_level(peer), "NORMAL"))
+
+            hot["BTCUSDT"] = {"hot_state": "STALE", "age_ms": 1500}
+            assert await eventually(lambda: _is(_level(peer), "REDUCED_FUNCTIONALITY"))
+            hot["BTCUSDT"] = {"hot_state": "STALE", "age_ms": 10_500}
+            assert await eventually(lambda: _is(_level(peer), "EMERGENCY_MODE"))
+            health = json.loads((await peer.kv_get(subjects.KEY_HEALTH))[0])
+            assert health["health"] == "RED" and health["checks"]["hot_state_fresh"] is False
+
+            hot["BTCUSDT"] = {"hot_state": "VALID", "age_ms": 5}
+            assert await eventually(lambda: _is(_level(peer), "NORMAL"))
+
+            async def levels() -> Any:
+                rows = await pg_pool.fetch(
+                    "SELECT payload->>'current' AS current FROM audit_events "
+                    "WHERE type = 'DegradationLevelChanged' ORDER BY id"
+                )
+                found = [row["current"] for row in rows]
+                return found if found[-1:] == ["NORMAL"] and len(found) >= 4 else None
+
+            assert await eventually(levels) == ["NORMAL", "REDUCED_FUNCTIONALITY", "EMERGENCY_MODE", "NORMAL"]
+            stale_alert = await pg_pool.fetchrow(
+                "SELECT payload FROM audit_events WHERE type = 'AlertRaised' AND payload->>'key' = $1",
+                "data_stale_long:BTCUSDT",
+            )
+            assert json.loads(stale_alert["payload"])["severity"] == "P1"
+    finally:
+        await peer.close()
+
+
+async def test_link_degraded_event_then_emergency_mode(infra: EmbeddedInfra, nats_url: str, pg_pool: Any) -> None:
+    peer = Bus("standins")
+    await peer.connect(nats_url)
+    await peer.ensure_streams()
+    try:
+        async with all_components_beating(peer), running_watchdog(nats_url, pg_pool):
+            assert await eventually(lambda: _is(_level(peer), "NORMAL"))  # no state-builder answer: KV has nothing
+            degraded = LinkStateChanged(
+                venue="binance-usdm", link="market-ws", previous=None, current="DEGRADED", reason="5 failed attempts"
+            )
+            await peer.publish(subjects.evt_link("binance-usdm", "market-ws"), degraded)
+
+            assert await eventually(lambda: _is(_level(peer), "EMERGENCY_MODE"))
+            record = json.loads((await peer.kv_get(subjects.KEY_DEGRADATION_LEVEL))[0])
+            assert "persistent connection loss" in record["reason"]
+    finally:
+        await peer.close()
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return (await value) == expected
+
+
+class WebhookRecorder:
+    """A real local HTTP server standing in for Slack and PagerDuty."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, list[dict[str, Any]]] = {"slack": [], "pagerduty": []}
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        async def hook(request: web.Request) -> web.Response:
+            self.received[request.match_info["name"]].append(await request.json())
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/{name}", hook)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        self.port = infra_commands.free_port("127.0.0.1")
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def test_alerts_then_delivered_to_webhooks_once_while_open_and_resolved_once(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any
+) -> None:
+    hooks = WebhookRecorder()
+    await hooks.start()
+    peer = Bus("standins")
+    await peer.connect(nats_url)
+    await peer.ensure_streams()
+    settings = {
+        "alert_slack_webhook_url": f"http://127.0.0.1:{hooks.port}/slack",
+        "alert_pagerduty_url": f"http://127.0.0.1:{hooks.port}/pagerduty",
+        "alert_pagerduty_routing_key": "rk",
+        "alert_webhook_timeout_s": 2.0,
+    }
+    try:
+        async with running_watchdog(nats_url, pg_pool, **settings):
+            raised = AlertRaised(key="gap:BTCUSDT", severity="P1", component="market-data", title="possible data gap")
+            minor = AlertRaised(key="minor", severity="P3", component="risk", title="fyi")
+            for message in (raised, raised, minor):
+                await peer.publish(subjects.EVT_ALERT_RAISED, message)
+            await peer.publish(subjects.EVT_ALERT_RESOLVED, AlertResolved(key="gap:BTCUSDT", component="market-data"))
+
+            async def delivered() -> Any:
+                return len(hooks.received["slack"]) >= 3 and len(hooks.received["pagerduty"]) >= 2
+
+            await eventually(delivered)
+            await asyncio.sleep(0.5)  # nothing else arrives
+    finally:
+        await peer.close()
+        await hooks.stop()
+
+    slack = [message["text"] for message in hooks.received["slack"]]
+    assert slack == [
+        ":red_circle: [P1] market-data: possible data gap",
+        ":information_source: [P3] risk: fyi",
+        ":white_check_mark: [RESOLVED] market-data: possible data gap",
+    ]
+    pages = hooks.received["pagerduty"]
+    assert [(page["event_action"], page["dedup_key"]) for page in pages] == [
+        ("trigger", "gap:BTCUSDT"),
+        ("resolve", "gap:BTCUSDT"),
+    ]  # P3 is below the paging minimum (P1)
+    assert pages[0]["payload"]["severity"] == "error" and pages[0]["routing_key"] == "rk"
+
+
+async def test_alert_when_webhook_unreachable_then_logged_and_watchdog_keeps_running(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any
+) -> None:
+    dead = f"http://127.0.0.1:{infra_commands.free_port('127.0.0.1')}/slack"
+    peer = Bus("standins")
+    await peer.connect(nats_url)
+    await peer.ensure_streams()
+    try:
+        async with running_watchdog(nats_url, pg_pool, alert_slack_webhook_url=dead) as ctx:
+            await peer.publish(
+                subjects.EVT_ALERT_RAISED, AlertRaised(key="x", severity="P0", component="risk", title="boom")
+            )
+
+            async def audited() -> Any:
+                return await pg_pool.fetchval("SELECT count(*) FROM audit_events WHERE type = 'AlertRaised'")
+
+            assert await eventually(audited) == 1
+            await asyncio.sleep(0.5)
+            assert not ctx.stopping.is_set()  # no task crashed
+            info = await peer.js.consumer_info("CONTROL", "watchdog-alerts")
+            assert info.num_ack_pending == 0 and info.num_pending == 0  # handled and acknowledged, not redelivered
+    finally:
+        await peer.close()

@@ -186,11 +186,13 @@ def test_on_event_when_pu_does_not_match_previous_u_then_gap_reported_with_both_
     assert not sync.synced and sync.last_update_id == 10
 
 
-def test_on_event_when_duplicate_after_sync_then_gap() -> None:
+def test_on_event_when_duplicate_after_sync_then_dropped_without_gap() -> None:
     sync = BookSync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(10))
     sync.on_event(ev(9, 11, 8))
-    assert isinstance(sync.on_event(ev(9, 11, 8))[0], BookResyncStarted)
+    assert sync.on_event(ev(9, 11, 8)) == []
+    assert sync.synced and sync.duplicates == 1 and sync.gaps == 0
+    assert isinstance(sync.on_event(ev(12, 14, 11))[0], DepthDiff)
 
 
 def test_on_snapshot_when_gap_while_draining_then_rest_stays_buffered_for_next_snapshot() -> None:
@@ -339,7 +341,7 @@ def make_service(snapshot: dict | None = None):
         publish=publish,  # type: ignore[arg-type]
         kv_put=kv_put,
         rest=rest,
-        open_stream=lambda: None,  # type: ignore[arg-type,return-value]
+        open_stream=lambda url: None,  # type: ignore[arg-type,return-value]
         log=get_logger("test"),
     )
     return service, published, rest
@@ -359,6 +361,7 @@ async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_publi
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)  # the snapshot fetch runs as its own task
     await service.handle_frame(depth_frame(11, 12, 10))
+    published[:] = [entry for entry in published if entry[0].startswith("md.")]
     subjects_and_ids = [(subject, msg_id) for subject, _, msg_id in published]
     sync_id = published[0][1].correlation_id
     assert sync_id and all(message.correlation_id == sync_id for _, message, _ in published)

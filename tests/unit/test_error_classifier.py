@@ -113,3 +113,17 @@ async def test_call_with_retries_when_permanent_then_one_attempt() -> None:
     with pytest.raises(VenueError):
         await call_with_retries(query)
     assert calls == 1
+
+
+async def test_call_with_retries_when_given_a_lambda_then_awaits_and_retries_it() -> None:
+    calls = 0
+
+    async def query(symbol: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 2:
+            raise VenueUnreachable()
+        return symbol
+
+    assert await call_with_retries(lambda: query("BTCUSDT")) == "BTCUSDT"
+    assert calls == 2

@@ -138,3 +138,47 @@ async def test_openapi_lists_request_and_response_models(client: httpx.AsyncClie
     post = spec["paths"]["/v1/orders"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("OrderRequest")
     assert "Idempotency-Key" in {parameter["name"] for parameter in post["parameters"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"reason": "x"}', None),
+        (b'{"reason": "x"}', "application/x-www-form-urlencoded"),
+        (b"reason=x", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_halt_when_body_without_json_content_type_then_read_not_422(
+    client: httpx.AsyncClient, content: bytes, content_type: str | None
+) -> None:
+    headers = {**OP, **({"Content-Type": content_type} if content_type else {})}
+
+    response = await client.post("/v1/trading/halt", headers=headers, content=content)
+
+    # The body was understood; what is left is the missing risk service (no bus here).
+    assert_envelope(response, 503, "dependency_unavailable")
+
+
+async def test_halt_when_body_unknown_field_then_422_and_openapi_documents_the_body(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/v1/trading/halt", headers=OP, json={"reasn": "typo"})
+    spec = (await client.get("/openapi.json")).json()
+
+    assert_envelope(response, 422, "validation_error")
+    body = spec["paths"]["/v1/trading/halt"]["post"]["requestBody"]
+    assert body["required"] is False and "reason" in body["content"]["application/json"]["schema"]["properties"]
+
+
+async def test_status_when_every_dependency_down_then_still_answers_with_dependencies(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/v1/status", headers=VIEW)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["dependencies"] == {"nats": "DOWN", "postgres": "DOWN", "valkey": "DOWN"}
+
+
+async def test_dlq_bulk_retry_when_nothing_selected_then_422(client: httpx.AsyncClient) -> None:
+    assert_envelope(await client.post("/v1/dlq/retry", headers=OP, json={}), 422, "validation_error")
+    assert_envelope(await client.post("/v1/dlq/retry", headers=VIEW, json={"all": True}), 403, "forbidden")

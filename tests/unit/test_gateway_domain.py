@@ -12,9 +12,13 @@ from proto.enums import OrderStatus
 from proto.messages import OrderAccepted, OrderDenied, OrderFilled, OrderRejected, SubmitOrder
 from services.gateway.domain import (
     ApiError,
+    DeadLetterFilter,
+    DeadLetterRetryRequest,
     OrderRequest,
     Outcome,
+    Principal,
     Role,
+    TokenTable,
     authorize,
     decode_cursor,
     encode_cursor,
@@ -22,7 +26,11 @@ from services.gateway.domain import (
     is_settled,
     judge_record,
     outcome_of,
+    parse_api_tokens,
+    parse_control_body,
+    parse_dead_letter_status,
     parse_order_status,
+    reason_class,
     role_for_token,
     verdict_error,
 )
@@ -40,7 +48,9 @@ SETTINGS = Settings(admin_token="a", operator_token="o", viewer_token="v")
     ],
 )
 def test_authorize_when_role_sufficient_then_role_returned(token: str, required: Role, expected: Role) -> None:
-    assert authorize(f"Bearer {token}", required, SETTINGS) == expected
+    principal = authorize(f"Bearer {token}", required, SETTINGS)
+
+    assert principal.role == expected and principal.name == expected.label
 
 
 @pytest.mark.parametrize(
@@ -196,3 +206,114 @@ def test_is_settled_when_accepted_as_filled_without_quantity_then_waits_for_the_
     assert is_settled(Outcome(status=OrderStatus.FILLED, filled_quantity=Decimal("0.002")))
     assert is_settled(Outcome(status=OrderStatus.NEW))
     assert is_settled(Outcome(status=OrderStatus.DENIED, reason="HALTED"))
+
+
+# --------------------------------------------------------------------------- named tokens
+
+
+def test_authorize_when_named_token_then_principal_carries_the_name() -> None:
+    settings = Settings(admin_token="a", api_tokens="alice:operator:tok:with:colons, bob:viewer:b0b")
+    table = TokenTable(settings)
+
+    alice = authorize("Bearer tok:with:colons", Role.OPERATOR, table)
+    admin = authorize("Bearer a", Role.ADMIN, table)
+    with pytest.raises(ApiError) as weak:
+        authorize("Bearer b0b", Role.OPERATOR, table)
+
+    assert alice == Principal("alice", Role.OPERATOR)
+    assert admin == Principal("admin", Role.ADMIN)
+    assert weak.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["alice:operator", "alice:king:tok", ":operator:tok", "a b:operator:tok", "x:viewer:t,y:viewer:t"],
+)
+def test_parse_api_tokens_when_malformed_then_value_error(spec: str) -> None:
+    with pytest.raises(ValueError, match="BULWARK_API_TOKENS"):
+        parse_api_tokens(spec)
+
+
+def test_parse_api_tokens_when_empty_entries_then_ignored() -> None:
+    assert parse_api_tokens(" , ,") == {}
+    assert parse_api_tokens("ops-1:ADMIN:s3cret") == {"s3cret": Principal("ops-1", Role.ADMIN)}
+
+
+# --------------------------------------------------------------------------- control bodies
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "reason"),
+    [
+        (b"", None, ""),
+        (b"  ", "application/json", ""),
+        (b'{"reason": "maintenance"}', "application/json", "maintenance"),
+        (b'{"reason": "curl -d"}', "application/x-www-form-urlencoded", "curl -d"),
+        (b'{"reason": "no header"}', None, "no header"),
+        (b'{"reason": "text"}', "text/plain", "text"),
+        (b"reason=form+post", "application/x-www-form-urlencoded", "form post"),
+        (b"null", "application/json", ""),
+    ],
+)
+def test_parse_control_body_when_any_content_type_then_reason_read(
+    raw: bytes, content_type: str | None, reason: str
+) -> None:
+    assert parse_control_body(raw, content_type).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status"),
+    [
+        (b"{broken", "application/json", 400),
+        (b'{"why": "x"}', "application/json", 422),
+        (b'{"reason": "' + b"x" * 600 + b'"}', None, 422),
+        (b"[1]", None, 422),
+        (b"--b\r\n", "multipart/form-data; boundary=b", 415),
+    ],
+)
+def test_parse_control_body_when_bad_then_clear_error(raw: bytes, content_type: str | None, status: int) -> None:
+    with pytest.raises(ApiError) as error:
+        parse_control_body(raw, content_type)
+
+    assert error.value.status == status
+
+
+# --------------------------------------------------------------------------- dead-letter selection
+
+
+def test_dead_letter_filter_when_fields_set_then_where_clause_and_args_line_up() -> None:
+    args: list[object] = ["earlier"]
+    selection = DeadLetterFilter(
+        operation="cmd.order", reason="50%_off", status="PENDING", since_ns=5, until_ns=9, before_id=100
+    )
+
+    where = selection.where(args)
+
+    assert where == (
+        "WHERE (consumer = $2 OR starts_with(subject, $2)) AND reason ILIKE $3 AND status = $4 "
+        "AND created_ns >= $5 AND created_ns < $6 AND id < $7"
+    )
+    assert args == ["earlier", "cmd.order", "%50\\%\\_off%", "PENDING", 5, 9, 100]
+    assert DeadLetterFilter().where([]) == "" and DeadLetterFilter().empty
+
+
+def test_dead_letter_retry_request_when_nothing_selected_then_refused() -> None:
+    with pytest.raises(ValidationError):
+        DeadLetterRetryRequest.model_validate({})
+
+    by_ids = DeadLetterRetryRequest.model_validate({"ids": [3, 1, 3]}).filter()
+    by_filter = DeadLetterRetryRequest.model_validate({"consumer": "risk-orders"}).filter()
+    everything = DeadLetterRetryRequest.model_validate({"all": True}).filter()
+
+    assert by_ids == DeadLetterFilter(ids=(3, 1))
+    assert by_filter == DeadLetterFilter(consumer="risk-orders", status="PENDING")
+    assert everything == DeadLetterFilter(status="PENDING")
+
+
+def test_parse_dead_letter_status_and_reason_class() -> None:
+    assert parse_dead_letter_status("pending") == "PENDING" and parse_dead_letter_status(None) is None
+    with pytest.raises(ApiError):
+        parse_dead_letter_status("LOST")
+    assert reason_class("permanent: bad order") == "permanent"
+    assert reason_class("TimeoutError: x: y") == "TimeoutError"
+    assert reason_class("") == "unknown"

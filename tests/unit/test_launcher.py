@@ -47,6 +47,7 @@ def test_supervisor_config_when_written_then_every_program_is_restarted_and_serv
     assert programs["postgres"]["user"] == "pguser" and programs["postgres"]["stopsignal"] == "INT"
     assert programs["gateway"]["command"] == f"{sys.executable} -m services.gateway.main"
     assert programs["strategy-trend"]["environment"] == 'BULWARK_STRATEGY_NAME="trend"'
+    assert programs["strategy-trend"]["command"] == f"{sys.executable} -m services.strategy.main --name trend"
     assert programs["valkey"]["command"].endswith('--save ""')
 
 
@@ -120,3 +121,35 @@ def test_supervisor_config_when_written_then_services_stop_together_before_the_i
     assert groups["venue"]["programs"] == "venue-sim"
     assert set(groups["services"]["programs"].split(",")) == set(application_programs(config)) - {"venue-sim"}
     assert int(groups["infra"]["priority"]) < int(groups["venue"]["priority"]) < int(groups["services"]["priority"])
+
+
+def test_launch_config_when_defaults_then_one_process_per_default_strategy(tmp_path: Path) -> None:
+    config = LaunchConfig(data_dir=tmp_path)
+    programs = application_programs(config)
+    assert programs["strategy-cascade-fade"] == programs["strategy-trend"] == "services.strategy.main"
+    assert "BULWARK_STRATEGY_CONFIG" not in service_env(config, load_credentials(tmp_path, environ={}))
+
+
+def test_service_env_when_strategy_config_given_then_every_strategy_process_gets_it(tmp_path: Path) -> None:
+    config = LaunchConfig(data_dir=tmp_path, strategy_config=tmp_path / "strategies.toml")
+    env = service_env(config, load_credentials(tmp_path, environ={}))
+    assert env["BULWARK_STRATEGY_CONFIG"] == str(tmp_path / "strategies.toml")
+    assert env["BULWARK_STRATEGIES"] == "cascade-fade,trend"
+
+
+def test_up_when_strategy_kind_unknown_then_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["up", "--data-dir", str(tmp_path / "bw"), "--strategies", "momentum"])
+    assert code == 2
+    assert "unknown kind 'momentum'" in capsys.readouterr().err
+    assert not (tmp_path / "bw").exists()
+
+
+def test_up_when_strategy_config_has_a_bad_parameter_then_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "s.toml").write_text("[trend]\nfast_s = 'soon'\n")
+    code = main(["up", "--data-dir", str(tmp_path / "bw"), "--strategy-config", str(tmp_path / "s.toml")])
+    assert code == 2
+    assert "[trend].fast_s" in capsys.readouterr().err

@@ -123,3 +123,10 @@ def test_plan_reconciliation_when_venue_has_unknown_order_then_adopt_and_resolve
     assert [o["clientOrderId"] for o in plan.adopt] == ["external-1"]
     assert plan.resolve == ["bwB"]
     assert plan.position_mismatches == {"BTCUSDT": (Decimal("1"), Decimal("2"))}
+
+
+def test_not_sent_when_unknown_order_not_at_venue_then_back_to_pending_submission() -> None:
+    order = record()
+    for trigger in (T.SUBMIT, T.AMBIGUOUS, T.NOT_SENT):
+        order.apply(trigger, 2)
+    assert order.status == S.PENDING_SUBMISSION

@@ -170,3 +170,17 @@ def test_signal_to_order_when_converted_then_coid_derives_from_signal_id() -> No
     assert submit.idempotency_key == signal.message_id
     assert submit.source == OrderSource.STRATEGY and submit.strategy == "imbalance"
     assert submit.client_order_id == signal_to_order(signal, "binance-usdm").client_order_id
+
+
+def test_signal_to_order_when_signal_has_protective_levels_then_order_carries_them() -> None:
+    signal = SignalGenerated(
+        strategy="cascade-fade",
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        quantity=Decimal("0.002"),
+        stop_loss=Decimal("59200.0"),
+        take_profit=Decimal("59700.5"),
+    )
+    submit = signal_to_order(signal, "binance-usdm")
+    assert (submit.stop_loss, submit.take_profit) == (Decimal("59200.0"), Decimal("59700.5"))

@@ -11,17 +11,21 @@ from proto.codec import encode
 from proto.enums import HotStateStatus, Side, StrategyState
 from proto.messages import SymbolHotState, SymbolsReply
 from services.strategy.adapters import market_views
+from services.strategy.config import instance_config
 from services.strategy.domain import (
     NS,
+    STRATEGY_TRANSITIONS,
     IllegalStrategyTransition,
-    ImbalanceConfig,
-    ImbalanceStrategy,
+    InjectedCrash,
     MarketView,
     Signal,
     StrategyTrigger,
     Transition,
+    crash_fails,
+    crashes_in_window,
     next_strategy_state,
 )
+from services.strategy.strategies import ImbalanceConfig, ImbalanceStrategy
 
 St = StrategyState
 VALID = {"BTCUSDT": MarketView(hot_state_valid=True)}
@@ -38,7 +42,9 @@ def scanning(config: ImbalanceConfig = CONFIG) -> ImbalanceStrategy:
 def buy_pressure(strategy: ImbalanceStrategy, start_s: float, count: int = 10) -> None:
     for i in range(count):
         # buyer_is_maker False: the taker bought
-        strategy.on_trade("BTCUSDT", int((start_s + i * 0.1) * NS), Decimal("1"), buyer_is_maker=i % 10 == 9)
+        strategy.on_trade(
+            "BTCUSDT", int((start_s + i * 0.1) * NS), Decimal(60000), Decimal("1"), buyer_is_maker=i % 10 == 9
+        )
 
 
 def signals(actions: list) -> list[Signal]:
@@ -82,7 +88,7 @@ def test_tick_when_hot_state_not_valid_then_no_signal() -> None:
 def test_tick_when_balanced_flow_then_no_signal() -> None:
     strategy = scanning()
     for i in range(10):
-        strategy.on_trade("BTCUSDT", int((1 + i * 0.1) * NS), Decimal("1"), buyer_is_maker=i % 2 == 0)
+        strategy.on_trade("BTCUSDT", int((1 + i * 0.1) * NS), Decimal(60000), Decimal("1"), buyer_is_maker=i % 2 == 0)
     assert strategy.on_tick(3 * NS, VALID) == []
 
 
@@ -147,19 +153,22 @@ def test_fail_when_scanning_then_failed_until_enabled() -> None:
 def test_sell_imbalance_when_eth_then_sell_signal_with_eth_size() -> None:
     strategy = scanning()
     for i in range(10):
-        strategy.on_trade("ETHUSDT", int((1 + i * 0.1) * NS), Decimal("2"), buyer_is_maker=True)
+        strategy.on_trade("ETHUSDT", int((1 + i * 0.1) * NS), Decimal(3000), Decimal("2"), buyer_is_maker=True)
     [signal] = signals(strategy.on_tick(3 * NS, {"ETHUSDT": MarketView(hot_state_valid=True)}))
     assert (signal.side, signal.quantity) == (Side.SELL, Decimal("0.01"))
 
 
 def test_config_when_env_overrides_then_applied() -> None:
-    config = ImbalanceConfig.from_env(
+    config = instance_config(
+        "imbalance",
+        {},
         {
             "BULWARK_IMBALANCE_THRESHOLD": "0.8",
             "BULWARK_IMBALANCE_QUANTITIES": "BTCUSDT:0.002",
             "BULWARK_IMBALANCE_HOLD_S": "5",
-        }
-    )
+        },
+    ).config
+    assert isinstance(config, ImbalanceConfig)
     assert config.threshold == Decimal("0.8") and config.hold_s == 5.0
     assert config.quantity_for("BTCUSDT") == Decimal("0.002") and config.quantity_for("ETHUSDT") == Decimal("0.01")
 
@@ -181,3 +190,89 @@ def test_market_views_when_symbols_reply_then_valid_flag_per_symbol() -> None:
 def test_market_views_when_reply_is_not_the_contract_then_error() -> None:
     with pytest.raises(msgspec.ValidationError):
         market_views(b'{"symbols": [{"symbol": "BTCUSDT", "hot_state": "VALID"}]}')
+
+
+# --------------------------------------------------------------------------- SPEC §0 table, FM-N1, FM-C2
+
+
+def test_table_when_listed_then_only_spec_states_and_every_state_can_be_disabled_or_failed() -> None:
+    assert {state for pair in STRATEGY_TRANSITIONS for state in (pair[0], STRATEGY_TRANSITIONS[pair])} == set(St)
+    for state in St:
+        assert next_strategy_state(state, StrategyTrigger.DISABLE) in (St.DISABLED, St.FAILED)
+        assert next_strategy_state(state, StrategyTrigger.FAIL) == St.FAILED
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (St.SCANNING, St.SCANNING),
+        (St.SETUP, St.SCANNING),
+        (St.IN_POSITION, St.IN_POSITION),
+        (St.EXITING, St.EXITING),
+        (St.DISABLED, St.DISABLED),
+        (St.FAILED, St.FAILED),
+    ],
+)
+def test_data_reset_when_in_state_then_setups_dropped_and_positions_kept(state: St, expected: St) -> None:
+    assert next_strategy_state(state, StrategyTrigger.DATA_RESET) == expected
+
+
+def test_data_reset_when_setup_on_affected_symbol_then_scanning_and_windows_cleared() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    assert strategy.state == St.SETUP
+    assert states(strategy.data_reset(["ETHUSDT"], 4 * NS, "resync ETH")) == []  # another symbol: setup kept
+    assert states(strategy.data_reset(None, 4 * NS, "link DISCONNECTED")) == [St.SCANNING]
+    assert strategy.symbol is None and strategy.windows == {}
+
+
+def test_data_reset_when_in_position_then_state_and_hold_timer_kept() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    strategy.on_position("BTCUSDT", Decimal("0.002"), 4 * NS)
+    assert strategy.data_reset(None, 10 * NS, "link DISCONNECTED") == []
+    assert strategy.state == St.IN_POSITION
+    assert states(strategy.on_tick(24 * NS, VALID)) == [St.EXITING]  # 20 s hold counted from 4 s
+
+
+def test_crash_rule_when_fourth_crash_in_ten_minutes_then_fails() -> None:
+    crashes = [0, 60 * NS, 120 * NS]
+    assert not crash_fails(len(crashes_in_window(crashes, 180 * NS)))
+    assert crash_fails(len(crashes_in_window([*crashes, 180 * NS], 180 * NS)))
+
+
+def test_crash_rule_when_old_crashes_leave_the_window_then_not_failed() -> None:
+    crashes = [0, 60 * NS, 120 * NS, 700 * NS]
+    window = crashes_in_window(crashes, 700 * NS)
+    assert window == [120 * NS, 700 * NS] and not crash_fails(len(window))
+
+
+def test_surrendered_symbol_when_position_open_then_never_entered_until_flat_and_timeout() -> None:
+    strategy = scanning()
+    strategy.surrendered = {"BTCUSDT": 1 * NS}
+    strategy.positions["BTCUSDT"] = Decimal("0.002")
+    buy_pressure(strategy, 20)
+    assert strategy.on_tick(22 * NS, VALID) == []
+    strategy.on_position("BTCUSDT", Decimal(0), 23 * NS)  # the position service closed it
+    buy_pressure(strategy, 24)
+    assert states(strategy.on_tick(26 * NS, VALID)) == [St.SETUP]
+    assert strategy.surrendered == {}
+
+
+def test_surrendered_symbol_when_entry_was_in_flight_then_blocked_for_a_setup_timeout() -> None:
+    strategy = scanning()
+    strategy.surrendered = {"BTCUSDT": 1 * NS}
+    buy_pressure(strategy, 1)
+    assert strategy.on_tick(3 * NS, VALID) == []  # flat, but the entry sent before the crash may fill
+    buy_pressure(strategy, 12)
+    assert states(strategy.on_tick(14 * NS, VALID)) == [St.SETUP]
+
+
+def test_crash_hook_when_configured_then_named_input_raises() -> None:
+    strategy = ImbalanceStrategy("imbalance", ImbalanceConfig(crash_on="tick"))
+    strategy.enable(0)
+    strategy.on_trade("BTCUSDT", 1, Decimal(1), Decimal(1), buyer_is_maker=False)  # other inputs work
+    with pytest.raises(InjectedCrash):
+        strategy.on_tick(2, VALID)

@@ -182,6 +182,38 @@ def test_fault_when_request_invalid_then_clear_error(spec: dict) -> None:
         FaultScheduler(FakeClock(), seed=1).add(spec)
 
 
+def test_order_side_faults_when_scheduled_then_defaults_and_condition_semantics() -> None:
+    scheduler = FaultScheduler(FakeClock(), seed=1)
+    server_error = scheduler.add({"kind": "order_http_5xx", "symbol": "BTCUSDT"})
+    assert (server_error.params, server_error.count) == ({"status": 503, "placed": False}, 1)
+    skew = scheduler.add({"kind": "clock_skew", "params": {"offset_ms": -3000}})
+    assert skew.count is None and skew.params["offset_ms"] == -3000  # a condition: until deleted
+    assert scheduler.take("order_http_5xx", "BTCUSDT") is server_error
+    assert scheduler.take("order_http_5xx", "BTCUSDT") is None
+    with pytest.raises(FaultError):
+        scheduler.add({"kind": "order_http_5xx", "params": {"placed": "yes"}})
+    with pytest.raises(FaultError):
+        scheduler.add({"kind": "order_http_5xx", "params": {"status": 404}})
+
+
+def test_place_order_when_client_order_id_reused_then_4116_duplicated() -> None:
+    clock = FakeClock()
+    exchange = _exchange(_book(), clock)
+    params = {
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "type": "LIMIT",
+        "timeInForce": "GTC",
+        "quantity": "0.1",
+        "price": "90",
+    }
+    exchange.place_order({**params, "newClientOrderId": "dup-1"})
+    with pytest.raises(BinanceError) as raised:
+        exchange.place_order({**params, "newClientOrderId": "dup-1"})
+    assert (raised.value.status, raised.value.code) == (400, -4116)
+    assert len(exchange.orders) == 1
+
+
 def _recording() -> list:
     def update(first: int, final: int, previous: int, bids: list, asks: list, at: int) -> DepthUpdate:
         return DepthUpdate(at, "XUSDT", "x@depth", 1, 1, first, final, previous, tuple(bids), tuple(asks))

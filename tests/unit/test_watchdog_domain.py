@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import pytest
+
 from libs.heartbeat import ComponentView
 from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health
-from services.watchdog.domain import WatchdogEvaluator, alert_key, is_critical
+from services.watchdog.domain import (
+    RULES,
+    AlertNotice,
+    AlertRouter,
+    LatencyObservation,
+    LatencyWindow,
+    LinkObservation,
+    ResourceObservation,
+    SymbolObservation,
+    Thresholds,
+    WatchdogEvaluator,
+    alert_key,
+    is_critical,
+    latencies_from_views,
+    pagerduty_payload,
+    severity_rank,
+    slack_payload,
+    symbols_from_reply,
+)
 
 S = 1_000_000_000
 COMPONENTS = ("gateway", "market-data", "state-builder", "risk", "position", "strategy-imbalance")
@@ -55,7 +75,7 @@ def test_evaluate_when_never_seen_within_grace_then_not_down() -> None:
 
     assert early.health == Health.GREEN and early.alerts == []
     assert late.health == Health.RED
-    assert [alert.key for alert in late.alerts] == ["component_down:risk"]
+    assert [alert.key for alert in late.alerts] == ["component_down:risk", "degradation:REDUCED_FUNCTIONALITY"]
 
 
 def test_evaluate_when_critical_down_then_red_reduced_then_emergency_after_10s() -> None:
@@ -72,11 +92,18 @@ def test_evaluate_when_critical_down_then_red_reduced_then_emergency_after_10s()
     assert first.health == Health.RED and first.health_change is not None
     assert first.health_change.reasons == ("position down",)
     assert first.level == DegradationLevel.REDUCED_FUNCTIONALITY
-    assert [(a.key, a.raised, a.severity) for a in first.alerts] == [(alert_key("position"), True, AlertSeverity.P1)]
+    assert [(a.key, a.raised, a.severity) for a in first.alerts] == [
+        (alert_key("position"), True, AlertSeverity.P1),
+        ("degradation:REDUCED_FUNCTIONALITY", True, AlertSeverity.P2),
+    ]
     assert [(c.component, c.current) for c in first.components] == [("position", ComponentState.DOWN)]
     assert middle.alerts == [] and middle.level_change is None and middle.health_change is None
     assert late.level == DegradationLevel.EMERGENCY_MODE and late.level_change is not None
     assert late.level_change.previous == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert [(a.key, a.raised) for a in late.alerts] == [
+        ("degradation:REDUCED_FUNCTIONALITY", False),
+        ("degradation:EMERGENCY_MODE", True),
+    ]
 
 
 def test_evaluate_when_non_critical_down_then_yellow_reduced() -> None:
@@ -102,7 +129,10 @@ def test_evaluate_when_component_returns_then_alert_resolved_and_back_to_normal(
 
     back = evaluator.evaluate(views())
 
-    assert [(a.key, a.raised) for a in back.alerts] == [("component_down:risk", False)]
+    assert [(a.key, a.raised) for a in back.alerts] == [
+        ("component_down:risk", False),
+        ("degradation:EMERGENCY_MODE", False),
+    ]
     assert back.health == Health.GREEN and back.level == DegradationLevel.NORMAL
     assert back.level_change is not None and back.level_change.previous == DegradationLevel.EMERGENCY_MODE
     assert [(c.component, c.previous, c.current) for c in back.components] == [
@@ -138,9 +168,9 @@ def test_evaluate_when_down_persists_then_alert_raised_once() -> None:
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
 
-    raised = [alert for _ in range(5) for alert in evaluator.evaluate(views(down=("market-data",))).alerts]
+    raised = [alert.key for _ in range(5) for alert in evaluator.evaluate(views(down=("market-data",))).alerts]
 
-    assert len(raised) == 1
+    assert raised == ["component_down:market-data", "degradation:REDUCED_FUNCTIONALITY"]
 
 
 def test_evaluate_ignores_watchdog_itself() -> None:
@@ -163,3 +193,208 @@ def test_evaluate_when_some_never_seen_within_grace_then_no_health_decision_yet(
 
     assert early.health_change is None and early.level_change is None
     assert evaluator.health == Health.RED
+
+
+# --------------------------------------------------------------------------- SPEC §5 rules beyond heartbeats
+
+
+def stale(symbol: str = "BTCUSDT", age_ms: int | None = 1500, status: str = "STALE") -> list[SymbolObservation]:
+    return [SymbolObservation(symbol, status, age_ms), SymbolObservation("ETHUSDT", "VALID", 20)]
+
+
+def test_evaluate_when_symbol_stale_then_reduced_and_when_stale_over_10s_then_emergency() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
+
+    minor = evaluator.evaluate(views(), symbols=stale(age_ms=1500))
+    clock.advance(9)
+    major = evaluator.evaluate(views(), symbols=stale(age_ms=10_500))
+
+    assert (minor.level, minor.health) == (DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW)
+    assert next((a.key, a.severity) for a in minor.alerts if a.raised) == ("data_not_valid:BTCUSDT", AlertSeverity.P2)
+    assert (major.level, major.health) == (DegradationLevel.EMERGENCY_MODE, Health.RED)
+    assert major.level_change is not None and "BTCUSDT without fresh data" in major.level_change.reason
+    assert ("data_stale_long:BTCUSDT", AlertSeverity.P1) in [(a.key, a.severity) for a in major.alerts if a.raised]
+    assert major.checks["hot_state_fresh"] is False
+
+
+def test_evaluate_when_invalid_without_data_yet_then_reduced_without_page() -> None:
+    evaluator = WatchdogEvaluator(FakeClock())
+
+    evaluation = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
+
+    assert evaluation.level == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert [a.key for a in evaluation.alerts] == ["degradation:REDUCED_FUNCTIONALITY"]
+
+
+def test_evaluate_when_conditions_clear_then_level_comes_down_only_after_recovery_hold() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock, thresholds=Thresholds(recovery_hold_ns=2 * S))
+    evaluator.evaluate(views(), symbols=stale(age_ms=12_000))
+
+    clock.advance(1)
+    holding = evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=5))
+    clock.advance(1.5)
+    flapped = evaluator.evaluate(views(), symbols=stale(age_ms=1200))  # worse again: the hold restarts
+    clock.advance(2)
+    reduced = evaluator.evaluate(views(), symbols=stale(age_ms=1200))
+    clock.advance(1)
+    clear = evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=5))
+    clock.advance(2)
+    normal = evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=5))
+
+    assert holding.level == DegradationLevel.EMERGENCY_MODE and holding.level_change is None
+    assert holding.level_reason.startswith("recovering to NORMAL")
+    assert flapped.level == DegradationLevel.EMERGENCY_MODE
+    assert reduced.level_change is not None and reduced.level == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert clear.level == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert normal.level == DegradationLevel.NORMAL and normal.health == Health.GREEN
+
+
+def test_evaluate_when_hard_shutdown_then_kept_whatever_the_findings() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock, initial_level=DegradationLevel.HARD_SHUTDOWN)
+
+    worse = evaluator.evaluate(views(), links=[LinkObservation("binance-usdm.market-ws", "DEGRADED")])
+    clock.advance(60)
+    clear = evaluator.evaluate(views())
+
+    assert worse.level == clear.level == DegradationLevel.HARD_SHUTDOWN
+    assert worse.level_change is None and clear.level_change is None
+
+
+@pytest.mark.parametrize(
+    ("state", "level", "health"),
+    [
+        ("DEGRADED", DegradationLevel.EMERGENCY_MODE, Health.RED),
+        ("DISCONNECTED", DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW),
+        ("SUSPECT", DegradationLevel.NORMAL, Health.YELLOW),
+        ("CONNECTED", DegradationLevel.NORMAL, Health.GREEN),
+    ],
+)
+def test_evaluate_when_link_state_then_level_and_health(state: str, level: DegradationLevel, health: Health) -> None:
+    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[LinkObservation("v.market-ws", state)])
+
+    assert (evaluation.level, evaluation.health) == (level, health)
+
+
+@pytest.mark.parametrize(
+    ("used", "level", "health", "key", "severity"),
+    [
+        (89.9, DegradationLevel.NORMAL, Health.GREEN, None, None),
+        (90.0, DegradationLevel.NORMAL, Health.YELLOW, "disk_pressure:90", AlertSeverity.P2),
+        (96.0, DegradationLevel.REDUCED_FUNCTIONALITY, Health.RED, "disk_pressure:95", AlertSeverity.P1),
+        (99.0, DegradationLevel.EMERGENCY_MODE, Health.RED, "disk_pressure:98", AlertSeverity.P0),
+    ],
+)
+def test_evaluate_when_disk_fills_then_fm_c4_bands(
+    used: float, level: DegradationLevel, health: Health, key: str | None, severity: AlertSeverity | None
+) -> None:
+    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), resources=ResourceObservation(disk_used_pct=used))
+
+    disk_alerts = [(a.key, a.severity) for a in evaluation.alerts if a.key.startswith("disk")]
+    assert (evaluation.level, evaluation.health) == (level, health)
+    assert disk_alerts == ([(key, severity)] if key else [])
+    assert evaluation.checks["disk_free_above_10_pct"] is (used < 90)
+
+
+def test_evaluate_when_cpu_high_then_yellow_only_after_30s_and_memory_at_once() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    busy = ResourceObservation(cpu_pct=99.0, memory_used_pct=50.0)
+
+    early = evaluator.evaluate(views(), resources=busy)
+    clock.advance(31)
+    late = evaluator.evaluate(views(), resources=busy)
+    memory = evaluator.evaluate(views(), resources=ResourceObservation(cpu_pct=10.0, memory_used_pct=95.0))
+
+    assert early.health == Health.GREEN
+    assert late.health == Health.YELLOW and late.level == DegradationLevel.NORMAL  # CB-4 is risk's answer
+    assert [a.key for a in late.alerts] == ["cpu_pressure"]
+    assert [(a.key, a.raised) for a in memory.alerts] == [("memory_pressure", True), ("cpu_pressure", False)]
+
+
+def test_evaluate_when_p99_over_twice_baseline_for_5s_then_reduced() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock, thresholds=Thresholds(latency_floor_ms=50))
+    slow = [LatencyObservation("state-builder", p99_ms=400, baseline_ms=100)]
+    noise = [LatencyObservation("state-builder", p99_ms=40, baseline_ms=10)]  # 4x, but under the floor
+
+    first = evaluator.evaluate(views(), latencies=slow)
+    clock.advance(5)
+    held = evaluator.evaluate(views(), latencies=slow)
+    quiet = WatchdogEvaluator(clock, thresholds=Thresholds(latency_floor_ms=50))
+    quiet.evaluate(views(), latencies=noise)
+    clock.advance(10)
+
+    assert first.level == DegradationLevel.NORMAL
+    assert held.level == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert quiet.evaluate(views(), latencies=noise).level == DegradationLevel.NORMAL
+
+
+def test_latency_window_and_heartbeat_details_then_observations() -> None:
+    window = LatencyWindow(size=4)
+    for sample in (1.0, 2.0, 3.0):
+        window.add(sample)
+    assert window.observation("x") is None  # no baseline before the first full window
+    window.add(4.0)
+    window.add(40.0)
+
+    reading = window.observation("x")
+    reported = latencies_from_views(
+        {"risk": ComponentView("risk", ComponentState.READY, 1, 5, {"latency_p99_ms": 9, "latency_baseline_ms": 3})}
+    )
+
+    assert reading == LatencyObservation("x", 40.0, 4.0)
+    assert reported == [LatencyObservation("risk", 9.0, 3.0)]
+
+
+def test_symbols_from_reply_when_shapes_vary_then_tolerant() -> None:
+    reply = {"symbols": {"BTCUSDT": {"hot_state": "VALID", "age_ms": 3}, "ETHUSDT": {"status": "STALE"}, "X": 1}}
+
+    assert symbols_from_reply(reply) == [
+        SymbolObservation("BTCUSDT", "VALID", 3),
+        SymbolObservation("ETHUSDT", "STALE", None),
+    ]
+    assert symbols_from_reply({"error": {}}) == [] and symbols_from_reply(None) == []
+
+
+def test_rules_table_covers_every_spec_check() -> None:
+    assert [name for name, _ in RULES] == ["components", "hot_state", "links", "disk", "memory", "cpu", "latency"]
+
+
+# --------------------------------------------------------------------------- alert routing
+
+
+def notice(key: str = "k", severity: AlertSeverity = AlertSeverity.P2, resolved: bool = False) -> AlertNotice:
+    return AlertNotice(key, severity, "risk", "title", resolved, {"symbol": "BTCUSDT"})
+
+
+def test_alert_router_when_raised_again_then_suppressed_unless_escalated() -> None:
+    router = AlertRouter()
+
+    first = router.raised(notice())
+    repeat = router.raised(notice())
+    lower = router.raised(notice(severity=AlertSeverity.P3))
+    escalated = router.raised(notice(severity=AlertSeverity.P0))
+    resolved = router.resolved("k")
+    resolved_again = router.resolved("k")
+    reopened = router.raised(notice())
+
+    assert (first, repeat, lower, escalated) == (True, False, False, True)
+    assert resolved is not None and resolved.severity == AlertSeverity.P0
+    assert resolved_again is None and reopened is True
+
+
+def test_webhook_payloads_when_raised_and_resolved_then_slack_and_pagerduty_shapes() -> None:
+    slack = slack_payload(notice(severity=AlertSeverity.P1))
+    page = pagerduty_payload(notice(severity=AlertSeverity.P0), "rk")
+    resolve = pagerduty_payload(notice(resolved=True), "rk")
+
+    assert slack["text"].startswith(":red_circle: [P1] risk: title")
+    assert slack["blocks"][1]["fields"] == [{"type": "mrkdwn", "text": "*symbol*\nBTCUSDT"}]
+    assert page["event_action"] == "trigger" and page["dedup_key"] == "k" and page["routing_key"] == "rk"
+    assert page["payload"]["severity"] == "critical" and page["payload"]["source"] == "bulwark"
+    assert resolve == {"routing_key": "rk", "event_action": "resolve", "dedup_key": "k"}
+    assert severity_rank("P0") < severity_rank(AlertSeverity.P3) == severity_rank("bogus")

@@ -42,6 +42,10 @@ KINDS: dict[str, tuple[dict[str, Any], bool]] = {
     "order_reject": ({"code": -2019, "msg": "Margin is insufficient.", "status": 400}, False),
     "partial_fill": ({"ratio": "0.5"}, False),
     "delayed_fill": ({"ms": 2_000}, False),
+    # Order side (issue 5): a 5xx answer to an order placement, placed or not behind it, and the
+    # venue's clock running ahead, so signed requests get -1021 until the client resyncs its offset.
+    "order_http_5xx": ({"status": 503, "placed": False}, False),
+    "clock_skew": ({"offset_ms": 10_000}, True),
 }
 
 
@@ -126,6 +130,12 @@ def _validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
             merged["ms"] = _int(merged, "ms", 0, 600_000)
         case "http_429" | "http_418":
             merged["retry_after_s"] = _int(merged, "retry_after_s", 0, 86_400)
+        case "order_http_5xx":
+            merged["status"] = _int(merged, "status", 500, 599)
+            if not isinstance(merged["placed"], bool):
+                raise FaultError("params.placed must be true or false")
+        case "clock_skew":
+            merged["offset_ms"] = _int(merged, "offset_ms", -(10**8), 10**8)
         case "http_5xx":
             merged["status"] = _int(merged, "status", 500, 599)
         case "ws_close":

@@ -1,0 +1,673 @@
+"""Risk circuit breakers CB-1..CB-4 (SPEC §4): pure state machines over an injected clock.
+
+Every breaker reuses `libs.breaker.BreakerState` (CLOSED = normal, OPEN = tripped, HALF_OPEN =
+re-validating) with its own explicit `(state, trigger) -> state` table, because the resets differ:
+
+| breaker | table | reset |
+|---|---|---|
+| CB-1 rapid loss | `MANUAL_RESET_TABLE` | operator with a reason |
+| CB-2 abnormal market | `PAUSE_TABLE` | automatic: pause elapsed (HALF_OPEN), then data VALID (CLOSED) |
+| CB-3 strategy malfunction (one per strategy) | `MANUAL_RESET_TABLE` | operator re-enables |
+| CB-4 resource exhaustion | `AUTO_RESET_TABLE` | automatic when every measure is back under |
+
+Breakers do no I/O: inputs come in as plain values with `now_ns`, and a state change comes back as
+a `BreakerChange` for the service to publish (event, KV record, alert) and act on (halt and
+flatten, pause entries, disable a strategy, pause background work).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from libs.breaker import BreakerState
+from libs.fsm import IllegalTransition, next_state
+from proto.enums import HotStateStatus
+
+NS_PER_S = 1_000_000_000
+DAY_NS = 86_400 * NS_PER_S
+
+RAPID_LOSS = "CB-1"
+ABNORMAL_MARKET = "CB-2"
+STRATEGY_MALFUNCTION_PREFIX = "CB-3-"
+RESOURCE_EXHAUSTION = "CB-4"
+
+
+def strategy_breaker_id(strategy: str) -> str:
+    """CB-3 breaker id of one strategy (`CB-3-<strategy>`, a valid gateway path segment)."""
+    return f"{STRATEGY_MALFUNCTION_PREFIX}{strategy}"
+
+
+class RiskBreakerTrigger(StrEnum):
+    TRIP = "TRIP"
+    PAUSE_ELAPSED = "PAUSE_ELAPSED"
+    DATA_VALIDATED = "DATA_VALIDATED"
+    CONDITION_CLEARED = "CONDITION_CLEARED"
+    MANUAL_RESET = "MANUAL_RESET"
+
+
+_S = BreakerState
+_T = RiskBreakerTrigger
+
+MANUAL_RESET_TABLE: dict[tuple[BreakerState, RiskBreakerTrigger], BreakerState] = {
+    (_S.CLOSED, _T.TRIP): _S.OPEN,
+    (_S.OPEN, _T.TRIP): _S.OPEN,
+    (_S.OPEN, _T.MANUAL_RESET): _S.CLOSED,
+}
+PAUSE_TABLE: dict[tuple[BreakerState, RiskBreakerTrigger], BreakerState] = {
+    (_S.CLOSED, _T.TRIP): _S.OPEN,
+    (_S.OPEN, _T.TRIP): _S.OPEN,  # a new abnormality restarts the pause
+    (_S.OPEN, _T.PAUSE_ELAPSED): _S.HALF_OPEN,
+    (_S.HALF_OPEN, _T.TRIP): _S.OPEN,
+    (_S.HALF_OPEN, _T.DATA_VALIDATED): _S.CLOSED,
+    (_S.OPEN, _T.MANUAL_RESET): _S.CLOSED,
+    (_S.HALF_OPEN, _T.MANUAL_RESET): _S.CLOSED,
+}
+AUTO_RESET_TABLE: dict[tuple[BreakerState, RiskBreakerTrigger], BreakerState] = {
+    (_S.CLOSED, _T.TRIP): _S.OPEN,
+    (_S.OPEN, _T.TRIP): _S.OPEN,
+    (_S.OPEN, _T.CONDITION_CLEARED): _S.CLOSED,
+    (_S.OPEN, _T.MANUAL_RESET): _S.CLOSED,
+}
+
+
+class BreakerNotTripped(IllegalTransition):
+    """A reset was asked for a breaker that is not tripped."""
+
+
+class BreakerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A breaker as persisted in KV `breaker.<id>` and shown by the gateway."""
+
+    breaker: str
+    title: str
+    state: BreakerState = BreakerState.CLOSED
+    reason: str = ""
+    reset_mode: str = "manual"
+    tripped_at_ns: int | None = None
+    reset_at_ns: int | None = None
+    operator: str | None = None
+    trips: int = 0
+    details: dict[str, Any] = {}
+    ts_ns: int = 0
+
+
+_record_decoder = msgspec.json.Decoder(BreakerRecord)
+
+
+def load_breaker_record(raw: bytes | None) -> BreakerRecord | None:
+    """Parse a persisted record; None when never set.
+
+    Raises:
+        msgspec.DecodeError / msgspec.ValidationError: the value is unreadable (the caller fails closed).
+    """
+    return None if raw is None else _record_decoder.decode(raw)
+
+
+def dump_breaker_record(record: BreakerRecord) -> bytes:
+    return msgspec.json.encode(record)
+
+
+@dataclass(frozen=True)
+class BreakerChange:
+    """One state change of a breaker, for the service to publish and act on."""
+
+    breaker: str
+    previous: BreakerState
+    current: BreakerState
+    trigger: RiskBreakerTrigger
+    reason: str
+    record: BreakerRecord
+    operator: str | None = None
+
+    @property
+    def tripped(self) -> bool:
+        return self.previous == BreakerState.CLOSED and self.current == BreakerState.OPEN
+
+
+class RiskBreaker:
+    """Shared mechanics: the table lookup and the persisted record."""
+
+    table: Mapping[tuple[BreakerState, RiskBreakerTrigger], BreakerState] = MANUAL_RESET_TABLE
+    reset_mode = "manual"
+    title = ""
+
+    def __init__(self, breaker_id: str, record: BreakerRecord | None = None) -> None:
+        self.id = breaker_id
+        self.record = record or BreakerRecord(breaker=breaker_id, title=self.title, reset_mode=self.reset_mode)
+
+    @property
+    def state(self) -> BreakerState:
+        return self.record.state
+
+    @property
+    def is_open(self) -> bool:
+        """Tripped or re-validating: its response (halt, pause, disable) is in force."""
+        return self.record.state != BreakerState.CLOSED
+
+    def details(self) -> dict[str, Any]:
+        """Counters persisted with the record so a restart resumes them."""
+        return {}
+
+    def snapshot(self, now_ns: int) -> BreakerRecord:
+        """The record with the current counters (for a KV write without a state change)."""
+        return msgspec.structs.replace(self.record, details=self.details(), ts_ns=now_ns)
+
+    def _fire(
+        self, trigger: RiskBreakerTrigger, reason: str, now_ns: int, operator: str | None = None
+    ) -> BreakerChange | None:
+        previous = self.record.state
+        current = next_state(self.table, previous, trigger)
+        if current == previous:
+            return None
+        tripped = current == BreakerState.OPEN
+        self.record = msgspec.structs.replace(
+            self.record,
+            state=current,
+            reason=reason,
+            tripped_at_ns=now_ns if previous == BreakerState.CLOSED else self.record.tripped_at_ns,
+            reset_at_ns=now_ns if current == BreakerState.CLOSED else self.record.reset_at_ns,
+            operator=operator,
+            trips=self.record.trips + (1 if tripped and previous == BreakerState.CLOSED else 0),
+            details=self.details(),
+            ts_ns=now_ns,
+        )
+        return BreakerChange(self.id, previous, current, trigger, reason, self.record, operator)
+
+    def _on_manual_reset(self) -> None:
+        """Clear what an operator acknowledges with the reset (counters, windows)."""
+
+    def reset(self, operator: str, reason: str, now_ns: int) -> BreakerChange:
+        """Manual reset by an operator.
+
+        Raises:
+            BreakerNotTripped: the breaker is CLOSED.
+        """
+        if self.record.state == BreakerState.CLOSED:
+            raise BreakerNotTripped(f"breaker {self.id} is not tripped")
+        self._on_manual_reset()
+        change = self._fire(RiskBreakerTrigger.MANUAL_RESET, f"manual reset by {operator}: {reason}", now_ns, operator)
+        assert change is not None  # OPEN/HALF_OPEN -> CLOSED always changes
+        return change
+
+
+# --------------------------------------------------------------------------- trades (CB-1, CB-3 input)
+
+
+@dataclass(frozen=True)
+class ClosedTrade:
+    """A round trip: the position went from flat (or a flip) back to flat (or flipped)."""
+
+    symbol: str
+    strategy: str | None
+    pnl: Decimal
+    opened_ns: int
+    closed_ns: int
+
+
+@dataclass(frozen=True)
+class TradeUpdate:
+    """What one position change means for the loss breakers."""
+
+    symbol: str
+    realized_delta: Decimal
+    trade_pnl: Decimal  # realized so far by the trade this change belongs to (closed or still open)
+    closed: ClosedTrade | None = None
+
+
+@dataclass
+class _OpenTrade:
+    strategy: str | None
+    opened_ns: int
+    pnl: Decimal = Decimal(0)
+
+
+@dataclass
+class _SymbolBook:
+    quantity: Decimal
+    realized: Decimal
+    trade: _OpenTrade | None = None
+
+
+class TradeTracker:
+    """Turns the position service's `PositionChanged` stream (cumulative realized PnL) into trades."""
+
+    def __init__(self) -> None:
+        self._books: dict[str, _SymbolBook] = {}
+
+    def seed(self, symbol: str, quantity: Decimal, realized_pnl: Decimal, ts_ns: int) -> None:
+        """Start from a known position (at start-up) without counting it as a result."""
+        trade = _OpenTrade(None, ts_ns) if quantity != 0 else None
+        self._books[symbol] = _SymbolBook(quantity, realized_pnl, trade)
+
+    def on_position(
+        self, symbol: str, quantity: Decimal, realized_pnl: Decimal, ts_ns: int, strategy: str | None
+    ) -> TradeUpdate | None:
+        """Apply one position change; `strategy` is the strategy of the order that caused it.
+
+        Returns None for the first change of a symbol never seen before (it only sets the baseline).
+        """
+        book = self._books.get(symbol)
+        if book is None:
+            trade = _OpenTrade(strategy, ts_ns) if quantity != 0 else None
+            self._books[symbol] = _SymbolBook(quantity, realized_pnl, trade)
+            return None
+        delta = realized_pnl - book.realized
+        previous = book.quantity
+        book.quantity, book.realized = quantity, realized_pnl
+        if book.trade is None:
+            book.trade = _OpenTrade(strategy, ts_ns) if quantity != 0 else None
+            if book.trade is not None:
+                book.trade.pnl += delta
+            return TradeUpdate(symbol, delta, book.trade.pnl if book.trade else delta)
+        book.trade.pnl += delta
+        if book.trade.strategy is None:
+            book.trade.strategy = strategy
+        flipped = quantity != 0 and previous != 0 and (quantity > 0) != (previous > 0)
+        if quantity != 0 and not flipped:
+            return TradeUpdate(symbol, delta, book.trade.pnl)
+        trade = book.trade
+        closed = ClosedTrade(symbol, trade.strategy, trade.pnl, trade.opened_ns, ts_ns)
+        book.trade = _OpenTrade(strategy, ts_ns) if flipped else None
+        return TradeUpdate(symbol, delta, trade.pnl, closed)
+
+
+# --------------------------------------------------------------------------- CB-1
+
+
+@dataclass(frozen=True)
+class RapidLossConfig:
+    """SPEC §4 CB-1; `capital` from settings."""
+
+    capital: Decimal
+    trade_loss_fraction: Decimal = Decimal("0.05")
+    session_loss_fraction: Decimal = Decimal("0.10")
+    max_consecutive_losses: int = 5
+    session_offset_ns: int = 0
+
+
+class RapidLossBreaker(RiskBreaker):
+    """CB-1: one trade losing > 5 % of capital, the session > 10 %, or 5 losses in a row."""
+
+    table = MANUAL_RESET_TABLE
+    reset_mode = "manual"
+    title = "rapid loss"
+
+    def __init__(self, config: RapidLossConfig, record: BreakerRecord | None = None) -> None:
+        super().__init__(RAPID_LOSS, record)
+        self.config = config
+        saved = self.record.details
+        self.session_day: int | None = _int_or_none(saved.get("session_day"))
+        self.session_pnl = _decimal(saved.get("session_pnl"))
+        self.consecutive_losses = int(saved.get("consecutive_losses", 0) or 0)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "session_day": self.session_day,
+            "session_pnl": str(self.session_pnl),
+            "consecutive_losses": self.consecutive_losses,
+        }
+
+    def _session(self, now_ns: int) -> int:
+        return (now_ns + self.config.session_offset_ns) // DAY_NS
+
+    def on_trade_update(self, update: TradeUpdate, now_ns: int) -> BreakerChange | None:
+        """Count a position change; trips on the first limit it breaks."""
+        day = self._session(now_ns)
+        if day != self.session_day:
+            self.session_day, self.session_pnl = day, Decimal(0)
+        self.session_pnl += update.realized_delta
+        if update.closed is not None:
+            if update.closed.pnl < 0:
+                self.consecutive_losses += 1
+            elif update.closed.pnl > 0:
+                self.consecutive_losses = 0
+        capital = self.config.capital
+        trade_limit = capital * self.config.trade_loss_fraction
+        session_limit = capital * self.config.session_loss_fraction
+        reason = ""
+        if -update.trade_pnl > trade_limit:
+            reason = f"loss {-update.trade_pnl} in one {update.symbol} trade > {trade_limit} (5 % of capital)"
+        elif -self.session_pnl > session_limit:
+            reason = f"session loss {-self.session_pnl} > {session_limit} (10 % of capital)"
+        elif self.consecutive_losses >= self.config.max_consecutive_losses:
+            reason = f"{self.consecutive_losses} consecutive losing trades"
+        if not reason:
+            return None
+        return self._fire(RiskBreakerTrigger.TRIP, reason, now_ns)
+
+    def _on_manual_reset(self) -> None:
+        # The operator acknowledged the losses: the next session starts from zero.
+        self.session_pnl = Decimal(0)
+        self.consecutive_losses = 0
+
+
+# --------------------------------------------------------------------------- CB-2
+
+
+@dataclass(frozen=True)
+class AbnormalMarketConfig:
+    """SPEC §4 CB-2; `funding_normal` and `pause_s` from settings."""
+
+    funding_normal: Decimal = Decimal("0.0001")
+    funding_factor: Decimal = Decimal(10)
+    move_fraction: Decimal = Decimal("0.20")
+    move_window_s: float = 60.0
+    depth_drop_fraction: Decimal = Decimal("0.95")
+    depth_window_s: float = 60.0
+    min_depth_samples: int = 5
+    pause_s: float = 60.0
+
+
+class AbnormalMarketBreaker(RiskBreaker):
+    """CB-2: price > 20 % in < 1 min, book depth down > 95 %, funding > 10 x normal → pause entries."""
+
+    table = PAUSE_TABLE
+    reset_mode = "auto"
+    title = "abnormal market"
+
+    def __init__(self, config: AbnormalMarketConfig, record: BreakerRecord | None = None) -> None:
+        super().__init__(ABNORMAL_MARKET, record)
+        self.config = config
+        self._prices: dict[str, deque[tuple[int, Decimal]]] = {}
+        self._depths: dict[str, deque[tuple[int, Decimal]]] = {}
+        self._funding: dict[str, Decimal] = {}
+        saved = self.record.details
+        self.symbols: set[str] = set(saved.get("symbols", []) or [])
+        self.pause_until_ns: int = int(saved.get("pause_until_ns", 0) or 0)
+
+    def details(self) -> dict[str, Any]:
+        return {"symbols": sorted(self.symbols), "pause_until_ns": self.pause_until_ns}
+
+    def _trip(self, symbol: str, reason: str, now_ns: int) -> BreakerChange | None:
+        # Restart the reference windows: post-trip data must not re-trip on the old extreme.
+        self._prices.pop(symbol, None)
+        self._depths.pop(symbol, None)
+        if self.state == BreakerState.CLOSED:
+            self.symbols = set()
+        self.symbols.add(symbol)
+        self.pause_until_ns = now_ns + int(self.config.pause_s * NS_PER_S)
+        change = self._fire(RiskBreakerTrigger.TRIP, reason, now_ns)
+        if change is None:  # already OPEN: the pause was extended
+            self.record = msgspec.structs.replace(self.record, details=self.details(), ts_ns=now_ns)
+        return change
+
+    def on_price(self, symbol: str, price: Decimal, now_ns: int) -> BreakerChange | None:
+        """A price observation (mark or mid); trips on a > 20 % move within the window."""
+        if price <= 0:
+            return None
+        window = self._prices.setdefault(symbol, deque())
+        window.append((now_ns, price))
+        horizon = now_ns - int(self.config.move_window_s * NS_PER_S)
+        while window and window[0][0] < horizon:
+            window.popleft()
+        low = min(p for _, p in window)
+        high = max(p for _, p in window)
+        up, down = (price - low) / low, (high - price) / high
+        move = max(up, down)
+        if move > self.config.move_fraction:
+            return self._trip(symbol, f"{symbol} price moved {move:.1%} within {self.config.move_window_s:g} s", now_ns)
+        return None
+
+    def on_depth(self, symbol: str, depth: Decimal, now_ns: int) -> BreakerChange | None:
+        """Book depth (quote notional of the top levels); trips when < 5 % of the recent average."""
+        window = self._depths.setdefault(symbol, deque())
+        horizon = now_ns - int(self.config.depth_window_s * NS_PER_S)
+        while window and window[0][0] < horizon:
+            window.popleft()
+        if len(window) >= self.config.min_depth_samples:
+            average = sum((d for _, d in window), Decimal(0)) / len(window)
+            if average > 0 and depth < average * (1 - self.config.depth_drop_fraction):
+                drop = 1 - depth / average
+                return self._trip(symbol, f"{symbol} book depth dropped {drop:.1%} (to {depth:.0f})", now_ns)
+        window.append((now_ns, depth))
+        return None
+
+    def funding_abnormal(self, rate: Decimal) -> bool:
+        return abs(rate) > self.config.funding_normal * self.config.funding_factor
+
+    def on_funding(self, symbol: str, rate: Decimal, now_ns: int) -> BreakerChange | None:
+        """A funding rate; trips above 10 x the normal rate."""
+        self._funding[symbol] = rate
+        if self.funding_abnormal(rate):
+            limit = self.config.funding_normal * self.config.funding_factor
+            return self._trip(symbol, f"{symbol} funding rate {rate} > {limit} (10 x normal)", now_ns)
+        return None
+
+    def tick(self, now_ns: int, hot_state: Mapping[str, HotStateStatus | None]) -> list[BreakerChange]:
+        """Pause expiry and re-validation: CLOSED only when every affected symbol is VALID again."""
+        changes: list[BreakerChange] = []
+        if self.state == BreakerState.OPEN and now_ns >= self.pause_until_ns:
+            change = self._fire(RiskBreakerTrigger.PAUSE_ELAPSED, "pause elapsed: re-validating data", now_ns)
+            if change is not None:
+                changes.append(change)
+        if self.state == BreakerState.HALF_OPEN:
+            invalid = sorted(s for s in self.symbols if hot_state.get(s) != HotStateStatus.VALID)
+            abnormal = sorted(s for s in self.symbols if self.funding_abnormal(self._funding.get(s, Decimal(0))))
+            if not invalid and not abnormal:
+                symbols = ", ".join(sorted(self.symbols)) or "all symbols"
+                change = self._fire(RiskBreakerTrigger.DATA_VALIDATED, f"data validated ({symbols} VALID)", now_ns)
+                if change is not None:
+                    self.symbols = set()
+                    changes.append(change)
+        return changes
+
+    def _on_manual_reset(self) -> None:
+        self.symbols = set()
+        self.pause_until_ns = 0
+
+
+# --------------------------------------------------------------------------- CB-3
+
+
+@dataclass(frozen=True)
+class StrategyMalfunctionConfig:
+    """SPEC §4 CB-3; `baseline_win_rate` from settings."""
+
+    baseline_win_rate: Decimal = Decimal("0.5")
+    win_rate_drop: Decimal = Decimal("0.30")
+    loss_to_win_ratio: Decimal = Decimal(2)
+    window: int = 20
+
+
+@dataclass(frozen=True)
+class TradeStats:
+    win_rate: Decimal
+    average_win: Decimal
+    average_loss: Decimal
+    sharpe: float
+
+
+def trade_stats(pnls: list[Decimal]) -> TradeStats:
+    """Win rate, average win and loss (positive numbers) and the per-trade Sharpe ratio."""
+    wins = [p for p in pnls if p > 0]
+    losses = [-p for p in pnls if p < 0]
+    count = len(pnls)
+    mean = sum(pnls, Decimal(0)) / count
+    variance = sum(((p - mean) ** 2 for p in pnls), Decimal(0)) / count
+    std = float(variance.sqrt())
+    if std == 0:
+        sharpe = 0.0 if mean == 0 else math.copysign(math.inf, float(mean))
+    else:
+        sharpe = float(mean) / std
+    return TradeStats(
+        win_rate=Decimal(len(wins)) / count,
+        average_win=sum(wins, Decimal(0)) / len(wins) if wins else Decimal(0),
+        average_loss=sum(losses, Decimal(0)) / len(losses) if losses else Decimal(0),
+        sharpe=sharpe,
+    )
+
+
+class StrategyMalfunctionBreaker(RiskBreaker):
+    """CB-3 for one strategy, over its last 20 closed trades."""
+
+    table = MANUAL_RESET_TABLE
+    reset_mode = "manual"
+    title = "strategy malfunction"
+
+    def __init__(self, strategy: str, config: StrategyMalfunctionConfig, record: BreakerRecord | None = None) -> None:
+        super().__init__(strategy_breaker_id(strategy), record)
+        self.strategy = strategy
+        self.config = config
+        saved = self.record.details.get("trades", []) or []
+        self.trades: deque[Decimal] = deque((Decimal(str(p)) for p in saved), maxlen=config.window)
+
+    def details(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "trades": [str(p) for p in self.trades]}
+
+    def on_closed_trade(self, pnl: Decimal, now_ns: int) -> BreakerChange | None:
+        """Count one closed trade of the strategy; evaluates once the window is full."""
+        self.trades.append(pnl)
+        if len(self.trades) < self.config.window:
+            return None
+        stats = trade_stats(list(self.trades))
+        floor = self.config.baseline_win_rate - self.config.win_rate_drop
+        n = self.config.window
+        reason = ""
+        if stats.win_rate < floor:
+            reason = f"win rate {stats.win_rate:.0%} over {n} trades < {floor:.0%} (baseline - 30 points)"
+        elif stats.average_loss > self.config.loss_to_win_ratio * stats.average_win:
+            reason = f"average loss {stats.average_loss:.2f} > 2 x average win {stats.average_win:.2f} over {n} trades"
+        elif stats.sharpe < 0:
+            reason = f"Sharpe {stats.sharpe:.2f} < 0 over {n} trades"
+        if not reason:
+            return None
+        return self._fire(RiskBreakerTrigger.TRIP, f"{self.strategy}: {reason}", now_ns)
+
+    def _on_manual_reset(self) -> None:
+        # Re-enabled by an operator: judge the strategy on trades from now on.
+        self.trades.clear()
+
+
+# --------------------------------------------------------------------------- CB-4
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    """SPEC §4 CB-4; `latency_baseline_ms` from settings."""
+
+    latency_baseline_ms: float = 20.0
+    latency_factor: float = 10.0
+    cpu_fraction: float = 0.95
+    cpu_sustain_s: float = 30.0
+    memory_fraction: float = 0.90
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """One measurement; None where a measure is unavailable."""
+
+    cpu_fraction: float | None = None
+    memory_fraction: float | None = None
+    p99_latency_ms: float | None = None
+
+
+class ResourceBreaker(RiskBreaker):
+    """CB-4: CPU > 95 % for 30 s, memory > 90 %, p99 latency > 10 x baseline."""
+
+    table = AUTO_RESET_TABLE
+    reset_mode = "auto"
+    title = "resource exhaustion"
+
+    def __init__(self, config: ResourceConfig, record: BreakerRecord | None = None) -> None:
+        super().__init__(RESOURCE_EXHAUSTION, record)
+        self.config = config
+        self.cpu_high_since_ns: int | None = None
+
+    def on_sample(self, sample: ResourceSample, now_ns: int) -> BreakerChange | None:
+        """Evaluate one sample: trip on any exhausted measure, close when all are back under."""
+        config = self.config
+        over: list[str] = []
+        cpu = sample.cpu_fraction
+        if cpu is not None and cpu > config.cpu_fraction:
+            if self.cpu_high_since_ns is None:
+                self.cpu_high_since_ns = now_ns
+            if now_ns - self.cpu_high_since_ns >= int(config.cpu_sustain_s * NS_PER_S):
+                over.append(f"CPU {cpu:.0%} > {config.cpu_fraction:.0%} for {config.cpu_sustain_s:g} s")
+            elif self.is_open:
+                over.append(f"CPU {cpu:.0%}")
+        else:
+            self.cpu_high_since_ns = None
+        memory = sample.memory_fraction
+        if memory is not None and memory > config.memory_fraction:
+            over.append(f"memory {memory:.0%} > {config.memory_fraction:.0%}")
+        latency = sample.p99_latency_ms
+        limit = config.latency_baseline_ms * config.latency_factor
+        if latency is not None and latency > limit:
+            over.append(f"p99 latency {latency:.1f} ms > {limit:g} ms (10 x baseline)")
+        if over:
+            return self._fire(RiskBreakerTrigger.TRIP, "; ".join(over), now_ns)
+        if self.is_open:
+            return self._fire(RiskBreakerTrigger.CONDITION_CLEARED, "CPU, memory and latency back under", now_ns)
+        return None
+
+
+class LatencyWindow:
+    """The last `size` latencies (ms) and their p99 (None until `minimum` are known)."""
+
+    def __init__(self, size: int = 200, minimum: int = 20) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._minimum = minimum
+
+    def add(self, latency_ms: float) -> None:
+        self._values.append(latency_ms)
+
+    def p99(self) -> float | None:
+        if len(self._values) < self._minimum:
+            return None
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value)) if value is not None else Decimal(0)
+    except ArithmeticError:
+        return Decimal(0)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | str) and str(value).lstrip("-").isdigit() else None
+
+
+@dataclass
+class BreakerBoard:
+    """Every risk breaker of one process, by id."""
+
+    rapid_loss: RapidLossBreaker
+    abnormal_market: AbnormalMarketBreaker
+    resource: ResourceBreaker
+    strategy_config: StrategyMalfunctionConfig
+    strategies: dict[str, StrategyMalfunctionBreaker] = field(default_factory=dict)
+
+    def strategy(self, name: str, record: BreakerRecord | None = None) -> StrategyMalfunctionBreaker:
+        """The CB-3 breaker of a strategy (created CLOSED on first use)."""
+        breaker = self.strategies.get(name)
+        if breaker is None:
+            breaker = self.strategies[name] = StrategyMalfunctionBreaker(name, self.strategy_config, record)
+        return breaker
+
+    def get(self, breaker_id: str) -> RiskBreaker | None:
+        """Look a breaker up by id (`CB-3-<strategy>` only when that strategy is known)."""
+        fixed: dict[str, RiskBreaker] = {
+            RAPID_LOSS: self.rapid_loss,
+            ABNORMAL_MARKET: self.abnormal_market,
+            RESOURCE_EXHAUSTION: self.resource,
+        }
+        if breaker_id in fixed:
+            return fixed[breaker_id]
+        if breaker_id.startswith(STRATEGY_MALFUNCTION_PREFIX):
+            return self.strategies.get(breaker_id[len(STRATEGY_MALFUNCTION_PREFIX) :])
+        return None
+
+    def all(self) -> list[RiskBreaker]:
+        return [self.rapid_loss, self.abnormal_market, self.resource, *self.strategies.values()]

@@ -1,0 +1,242 @@
+"""Risk + position (in-process, as their mains run them) against the venue simulator (a subprocess),
+on real nats-server and Postgres: the fixture shared by the order-flow and order-fault tests.
+
+Test modules import the `*_fixture` functions (fixtures `system`, `venue_url`, `settings_overrides`)
+from here; a test changes settings by parametrizing `settings_overrides` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from libs.bus import Bus
+from libs.ids import client_order_id_for
+from libs.runtime.service import run_service
+from libs.settings import Settings
+from libs.testing.infra import EmbeddedInfra
+from libs.testing.venue import running_venue_sim
+from proto import subjects
+from proto.codec import encode
+from proto.enums import HotStateStatus, OrderSource, OrderType, Side
+from proto.messages import HotStateRecord, SubmitOrder, SymbolHotState, SymbolsReply
+from services.position.main import setup as position_setup
+from services.risk.main import setup as risk_setup
+
+SYMBOL = "BTCUSDT"
+VENUE = "binance-usdm"
+
+
+@pytest.fixture(name="venue_url")
+def venue_url_fixture(tmp_path: Path) -> Iterator[str]:
+    """The venue simulator on a free port."""
+    with running_venue_sim(tmp_path, "--source", "synthetic") as url:
+        yield url
+
+
+@pytest.fixture(name="settings_overrides")
+def settings_overrides_fixture() -> dict[str, Any]:
+    """Settings fields to change for one test (parametrize this name to override)."""
+    return {}
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
+    """Poll `check` until it returns something truthy (generous deadlines: the CPU is shared)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def sim_state(url: str) -> dict:
+    """The simulator's own record (`GET /_sim/state`)."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/state") as response:
+        return await response.json()
+
+
+async def add_fault(url: str, spec: dict[str, Any]) -> str:
+    """Schedule a simulator fault; returns its id."""
+    async with aiohttp.ClientSession() as session, session.post(f"{url}/_sim/faults", json=spec) as response:
+        assert response.status < 300, await response.text()
+        return str((await response.json())["id"])
+
+
+async def clear_faults(url: str) -> None:
+    """Delete every simulator fault."""
+    async with aiohttp.ClientSession() as session, session.delete(f"{url}/_sim/faults") as response:
+        assert response.status < 300, await response.text()
+
+
+@dataclass
+class System:
+    """The services under test, restartable one by one."""
+
+    bus: Bus
+    pool: Any
+    venue_url: str
+    settings: Settings
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def start(self, component: str) -> None:
+        if component == subjects.RISK:
+            coro = run_service(subjects.RISK, risk_setup, settings=self.settings)
+        else:
+            coro = run_service(subjects.POSITION, position_setup, needs_db=True, settings=self.settings)
+        self.tasks[component] = asyncio.create_task(coro)
+
+    async def stop(self, component: str) -> None:
+        task = self.tasks.pop(component)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def wait_ready(self) -> None:
+        async def up() -> bool:
+            try:
+                await self.bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=0.5)
+            except Exception:
+                return False
+            return await consumer_bound(self.bus, "position-orders")
+
+        await eventually(up, 30)
+
+
+@pytest_asyncio.fixture(name="system")
+async def system_fixture(
+    nats_url: str, pg_pool: Any, infra: EmbeddedInfra, venue_url: str, settings_overrides: dict[str, Any]
+) -> AsyncIterator[System]:
+    """Risk and position running against the simulator, with a VALID hot state for BTCUSDT."""
+    settings = Settings(
+        nats_url=nats_url,
+        pg_dsn=infra.pg_dsn,
+        venue_rest_url=venue_url,
+        venue_ws_url=venue_url.replace("http://", "ws://"),
+        symbols=(SYMBOL, "ETHUSDT"),
+        max_position_qty="1",
+        max_order_notional="1000000",
+        **settings_overrides,
+    )
+    bus = Bus("test")
+    await bus.connect(nats_url)
+    await bus.ensure_streams()
+    # What the state-builder would provide: a VALID hot state and a touch to price orders at.
+    valid = HotStateRecord(status=HotStateStatus.VALID, reason="test")
+    await bus.kv_put(subjects.key_hot_state(SYMBOL), encode(valid))
+    book = (await sim_state(venue_url))["books"][SYMBOL]
+
+    async def symbols_reply(_: bytes) -> bytes:
+        view = SymbolHotState(
+            symbol=SYMBOL,
+            hot_state=HotStateStatus.VALID,
+            age_ms=0,
+            last_update_id=book["last_update_id"],
+            best_bid=Decimal(book["best_bid"]),
+            best_ask=Decimal(book["best_ask"]),
+        )
+        return encode(SymbolsReply(symbols={SYMBOL: view}))
+
+    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols_reply)
+    system = System(bus=bus, pool=pg_pool, venue_url=venue_url, settings=settings)
+    system.start(subjects.RISK)
+    system.start(subjects.POSITION)
+    await system.wait_ready()
+    try:
+        yield system
+    finally:
+        await asyncio.gather(*(system.stop(component) for component in list(system.tasks)))
+        await bus.close()
+
+
+async def consumer_bound(bus: Bus, durable: str) -> bool:
+    """True once a consumer exists and someone is pulling from it (the service is past setup)."""
+    try:
+        info = await bus.js.consumer_info(subjects.STREAM_ORDERS.name, durable)
+    except Exception:
+        return False
+    return bool(info.num_waiting)
+
+
+def market_order(key: str, quantity: str = "0.01", side: Side = Side.BUY) -> SubmitOrder:
+    """An operator MARKET order of BTCUSDT with the client order id derived from `key`."""
+    return SubmitOrder(
+        client_order_id=client_order_id_for(key),
+        idempotency_key=key,
+        source=OrderSource.OPERATOR,
+        symbol=SYMBOL,
+        side=side,
+        order_type=OrderType.MARKET,
+        quantity=Decimal(quantity),
+    )
+
+
+def limit_order(key: str, price: Decimal, quantity: str = "0.01", side: Side = Side.BUY) -> SubmitOrder:
+    """An operator GTC LIMIT order of BTCUSDT."""
+    return SubmitOrder(
+        client_order_id=client_order_id_for(key),
+        idempotency_key=key,
+        source=OrderSource.OPERATOR,
+        symbol=SYMBOL,
+        side=side,
+        order_type=OrderType.LIMIT,
+        quantity=Decimal(quantity),
+        price=price,
+    )
+
+
+async def submit(bus: Bus, order: SubmitOrder) -> None:
+    """Publish the command as the gateway does (idempotency key as de-duplication id)."""
+    await bus.publish(subjects.CMD_ORDER_SUBMIT, order, msg_id=f"submit:{order.idempotency_key}")
+
+
+async def order_row(pool: Any, coid: str) -> Any:
+    """The position projection's row of one order (None when absent)."""
+    return await pool.fetchrow("SELECT * FROM orders WHERE client_order_id = $1", coid)
+
+
+async def wait_status(pool: Any, coid: str, *statuses: str, timeout_s: float = 20.0) -> Any:
+    """The order's row once its status is one of `statuses`."""
+
+    async def reached() -> Any:
+        row = await order_row(pool, coid)
+        return row if row is not None and row["status"] in statuses else None
+
+    return await eventually(reached, timeout_s)
+
+
+async def assert_venue_matches_system(pool: Any, venue_url: str) -> dict:
+    """The venue holds exactly the orders the system believes it placed, each with the same status
+    and filled quantity, and the same position; returns the venue state."""
+    state = await sim_state(venue_url)
+    venue_orders = {o["client_order_id"]: o for o in state["orders"]}
+    assert len(venue_orders) == len(state["orders"]), "a client order id appears twice at the venue"
+    rows = await pool.fetch("SELECT * FROM orders")
+    believed = {
+        row["client_order_id"]: row
+        for row in rows
+        if row["venue_order_id"] is not None or row["status"] not in ("DENIED", "REJECTED", "PENDING_SUBMISSION")
+    }
+    assert set(believed) == set(venue_orders), (sorted(believed), sorted(venue_orders))
+    for coid, row in believed.items():
+        venue = venue_orders[coid]
+        assert row["status"] == venue["status"], (coid, row["status"], venue["status"])
+        assert row["filled_quantity"] == Decimal(venue["executed_qty"]), coid
+        fills = await pool.fetch("SELECT quantity FROM fills WHERE client_order_id = $1", coid)
+        assert sum((f["quantity"] for f in fills), Decimal(0)) == row["filled_quantity"], coid
+    venue_position = {p["symbol"]: Decimal(p["quantity"]) for p in state["positions"]}
+    local_position = {r["symbol"]: r["quantity"] for r in await pool.fetch("SELECT * FROM positions")}
+    for symbol in set(venue_position) | set(local_position):
+        assert venue_position.get(symbol, Decimal(0)) == local_position.get(symbol, Decimal(0)), symbol
+    return state

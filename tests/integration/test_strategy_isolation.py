@@ -1,0 +1,324 @@
+"""FM-C2 with real processes on a real nats-server (JetStream + KV): two strategy instances, each its
+own OS process. One is killed with SIGKILL and then crashes in its handler until it is FAILED; the
+other keeps emitting signals the whole time, and FAILED survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest_asyncio
+from nats.aio.msg import Msg
+
+from libs.bus import Bus
+from libs.logging import get_logger
+from proto import subjects
+from proto.codec import decode, encode
+from proto.enums import ConnectionState, HotStateStatus, Side
+from proto.messages import (
+    BookResyncStarted,
+    Heartbeat,
+    LinkStateChanged,
+    Liquidation,
+    SignalGenerated,
+    StrategyCrashed,
+    SymbolHotState,
+    SymbolsReply,
+    Trade,
+)
+from services.strategy.config import instance_config
+from services.strategy.handlers import StrategyRunner
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VENUE = "binance-usdm"
+SYMBOL = "BTCUSDT"
+CONFIG = """
+[alpha]
+kind = "imbalance"
+min_trades = 3
+setup_timeout_s = 0.5
+cooldown_s = 0.5
+
+[beta]
+kind = "imbalance"
+min_trades = 3
+crash_on = "liquidation"
+"""
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 45.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+class Harness:
+    """Strategy processes started like supervisord does, plus a stand-in state-builder and market."""
+
+    def __init__(self, nats_url: str, tmp_path: Path, bus: Bus) -> None:
+        self.nats_url = nats_url
+        self.tmp_path = tmp_path
+        self.bus = bus
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.signals: list[SignalGenerated] = []
+        self.crashes: list[StrategyCrashed] = []
+        self.heartbeats: dict[str, int] = {}
+        (tmp_path / "strategies.toml").write_text(CONFIG)
+
+    def start(self, name: str) -> int:
+        env = {
+            **os.environ,
+            "BULWARK_NATS_URL": self.nats_url,
+            "BULWARK_SYMBOLS": SYMBOL,
+            "BULWARK_STRATEGIES": "alpha,beta",
+            "BULWARK_STRATEGY_CONFIG": str(self.tmp_path / "strategies.toml"),
+            "BULWARK_LOG_LEVEL": "INFO",
+        }
+        log = (self.tmp_path / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.strategy.main", "--name", name],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.processes[name] = process
+        return process.pid
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        process.wait(timeout=20)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            process = self.processes[name]
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            del self.processes[name]
+
+    async def on_event(self, msg: Msg) -> None:
+        message = decode(msg.data)
+        match message:
+            case SignalGenerated():
+                self.signals.append(message)
+            case StrategyCrashed():
+                self.crashes.append(message)
+            case Heartbeat():
+                self.heartbeats[message.component] = message.pid
+
+    async def symbols(self, _: bytes) -> bytes:
+        view = SymbolHotState(
+            symbol=SYMBOL,
+            hot_state=HotStateStatus.VALID,
+            age_ms=5,
+            last_update_id=1,
+            best_bid=Decimal("60000.0"),
+            best_ask=Decimal("60000.1"),
+        )
+        return encode(SymbolsReply(symbols={SYMBOL: view}))
+
+    async def feed_taker_buying(self) -> None:
+        trade_id = 0
+        while True:
+            trade_id += 1
+            trade = Trade(
+                venue=VENUE,
+                symbol=SYMBOL,
+                trade_id=trade_id,
+                price=Decimal("60000.1"),
+                quantity=Decimal("0.5"),
+                buyer_is_maker=False,
+            )
+            await self.bus.nc.publish(subjects.md_trade(VENUE, SYMBOL), encode(trade))
+            await asyncio.sleep(0.1)
+
+    async def state(self, name: str) -> str | None:
+        entry = await self.bus.kv_get(subjects.key_strategy(name))
+        return msgspec.json.decode(entry[0])["state"] if entry else None
+
+    async def crash_count(self, name: str) -> int:
+        entry = await self.bus.kv_get(subjects.key_strategy_crashes(name))
+        return len(msgspec.json.decode(entry[0])["crashes"]) if entry else 0
+
+    def signals_of(self, name: str) -> int:
+        return sum(1 for s in self.signals if s.strategy == name)
+
+
+@pytest_asyncio.fixture
+async def harness(nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    bus = Bus("test-harness")
+    await bus.connect(nats_url)
+    await bus.ensure_streams()
+    h = Harness(nats_url, tmp_path, bus)
+    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), h.symbols)
+    for subject in ("evt.signal.>", "evt.strategy.*.crashed", "hb.>"):
+        await bus.subscribe_core(subject, h.on_event)
+    feeder = asyncio.create_task(h.feed_taker_buying())
+    try:
+        yield h
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await asyncio.to_thread(h.stop_all)
+        await bus.close()
+
+
+async def test_strategy_crashes_when_killed_and_raising_then_other_keeps_signalling_and_fourth_crash_fails(
+    harness: Harness,
+) -> None:
+    h = harness
+    alpha_pid = h.start("alpha")
+    h.start("beta")
+
+    async def both_running() -> bool:
+        return await h.state("alpha") in ("SCANNING", "SETUP") and await h.state("beta") in ("SCANNING", "SETUP")
+
+    await eventually(both_running)
+    await eventually(lambda: _true(h.signals_of("alpha") >= 1))
+
+    # Crash 1: kill -9 of beta's process. supervisord would restart it; the test does the same.
+    h.kill("beta")
+    before = h.signals_of("alpha")
+    await eventually(lambda: _true(h.signals_of("alpha") > before))  # alpha did not notice
+    h.start("beta")
+    [died] = await eventually(lambda: _true([c for c in h.crashes if c.strategy == "beta"]))
+    assert died.error_type == "ProcessDied" and died.input == "process-restart"
+    assert died.restarted_into == "SCANNING" and died.crashes_in_window == 1
+    await eventually(lambda: _equals(h.state("beta"), "SCANNING"))
+
+    # Crashes 2-4: an exception in beta's liquidation handler (injected by its config).
+    for expected in (2, 3, 4):
+        liquidation = Liquidation(venue=VENUE, symbol=SYMBOL, side=Side.SELL, price=Decimal(60000), quantity=Decimal(1))
+        await h.bus.nc.publish(subjects.md_liquidation(VENUE, SYMBOL), encode(liquidation))
+        await eventually(lambda n=expected: _equals(h.crash_count("beta"), n))  # type: ignore[misc]
+    await eventually(lambda: _true(len([c for c in h.crashes if c.strategy == "beta"]) == 4))
+    beta_crashes = [c for c in h.crashes if c.strategy == "beta"]
+    raised = beta_crashes[-1]
+    assert raised.error_type == "InjectedCrash" and "InjectedCrash" in raised.stack_trace
+    assert raised.input.startswith("Liquidation") and raised.crashes_in_window == 4
+    assert [c.restarted_into for c in beta_crashes] == ["SCANNING", "SCANNING", "SCANNING", "FAILED"]
+    await eventually(lambda: _equals(h.state("beta"), "FAILED"))
+
+    # alpha: same process all along, still signalling; it never saw a crash.
+    assert h.processes["alpha"].poll() is None and h.processes["alpha"].pid == alpha_pid
+    before = h.signals_of("alpha")
+    await eventually(lambda: _true(h.signals_of("alpha") > before))
+    assert not [c for c in h.crashes if c.strategy == "alpha"]
+
+    # FAILED survives a restart of beta's process (clean stop, then start): it stays disabled.
+    h.kill("beta", signal.SIGTERM)
+    beta_pid = h.start("beta")
+    await eventually(lambda: _true(h.heartbeats.get("strategy-beta") == beta_pid))
+    await asyncio.sleep(1.0)
+    assert await h.state("beta") == "FAILED"
+    assert await h.crash_count("beta") == 4
+    beta_signals = h.signals_of("beta")
+    await asyncio.sleep(1.0)
+    assert h.signals_of("beta") == beta_signals
+
+
+async def _true(value: Any) -> Any:
+    return value
+
+
+async def _equals(read: Awaitable[Any], expected: Any) -> bool:
+    return await read == expected
+
+
+async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_setup_back_to_scanning(
+    nats_url: str,
+) -> None:
+
+    bus = Bus("strategy-test")
+    await bus.connect(nats_url)
+    await bus.ensure_streams()
+    try:
+
+        async def symbols(_: bytes) -> bytes:
+            view = SymbolHotState(
+                symbol=SYMBOL,
+                hot_state=HotStateStatus.VALID,
+                age_ms=5,
+                last_update_id=1,
+                best_bid=Decimal("59450.0"),
+                best_ask=Decimal("59450.1"),
+            )
+            return encode(SymbolsReply(symbols={SYMBOL: view}))
+
+        await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
+        instance = instance_config("cascade-fade", {}, environ={})
+        runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, time.time_ns)
+        await runner.start()
+        assert await _state(bus, "cascade-fade") == "SCANNING"
+
+        async def flush() -> None:
+            price = Decimal(60000)
+            await runner.handle(
+                Trade(venue=VENUE, symbol=SYMBOL, trade_id=1, price=price, quantity=Decimal(1), buyer_is_maker=True)
+            )
+            await asyncio.sleep(0.01)
+            for i in range(4):
+                price -= Decimal(150)
+                await runner.handle(
+                    Liquidation(venue=VENUE, symbol=SYMBOL, side=Side.SELL, price=price, quantity=Decimal(2))
+                )
+                await runner.handle(
+                    Trade(
+                        venue=VENUE,
+                        symbol=SYMBOL,
+                        trade_id=2 + i,
+                        price=price,
+                        quantity=Decimal(2),
+                        buyer_is_maker=True,
+                    )
+                )
+
+        await flush()
+        assert [e["phase"] for e in runner.strategy.active_events()] == ["ACTIVE"]
+        link = LinkStateChanged(
+            venue=VENUE,
+            link="market-ws",
+            previous=ConnectionState.CONNECTED,
+            current=ConnectionState.DISCONNECTED,
+            reason="socket closed",
+            symbols=[SYMBOL],
+        )
+        await runner.handle(link)
+        assert runner.strategy.active_events() == []
+
+        # An exhausted cascade leads to a SETUP; a book resync of that symbol drops it.
+        await flush()
+        runner.strategy.tracker.advance(time.time_ns() + 3 * 1_000_000_000)  # type: ignore[attr-defined]
+        await runner.tick()
+        assert await _state(bus, "cascade-fade") == "SETUP"
+        await runner.handle(BookResyncStarted(venue=VENUE, symbol=SYMBOL, reason="gap"))
+        assert await _state(bus, "cascade-fade") == "SCANNING"
+        assert runner.strategy.active_events() == [] and runner.strategy.symbol is None
+        await runner.stop()
+    finally:
+        await bus.close()
+
+
+async def _state(bus: Bus, name: str) -> str | None:
+    entry = await bus.kv_get(subjects.key_strategy(name))
+    return msgspec.json.decode(entry[0])["state"] if entry else None

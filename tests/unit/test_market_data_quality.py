@@ -1,0 +1,424 @@
+"""market-data's data-quality and link rules (SPEC FM-N1, FM-N3/N4, FM-D2..D5), pure and through
+the service with fakes, plus a fuzz test of frame and REST parsing."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from libs.binance.errors import VenueError
+from libs.binance.stream import StreamFrame, parse_frame
+from libs.breaker import CircuitBreaker
+from libs.logging import get_logger
+from proto.enums import ConnectionState
+from proto.messages import AlertRaised, BreakerStateChanged, LinkStateChanged, MarketDataFlagged, MarkPrice, Trade
+from services.market_data import domain
+from services.market_data.handlers import MarketDataService
+
+S = 1_000_000_000
+VENUE = "binance-usdm"
+
+
+# --------------------------------------------------------------------------- pure rules
+
+
+def test_market_link_state_when_conditions_combine_then_precedence_holds() -> None:
+    state = domain.market_link_state
+    assert state(connected=False, failed_attempts=4, clean=False, degraded_reasons=()) == ConnectionState.DISCONNECTED
+    assert state(connected=False, failed_attempts=5, clean=False, degraded_reasons=()) == ConnectionState.DEGRADED
+    assert state(connected=True, failed_attempts=0, clean=False, degraded_reasons=()) == ConnectionState.SUSPECT
+    assert state(connected=True, failed_attempts=0, clean=True, degraded_reasons=()) == ConnectionState.CONNECTED
+    assert state(connected=True, failed_attempts=0, clean=True, degraded_reasons=("x",)) == ConnectionState.DEGRADED
+
+
+def test_clean_window_when_3s_and_3_fresh_updates_per_symbol_then_clean() -> None:
+    window = domain.CleanWindow(("A", "B"))
+    window.start(0)
+    for i in range(3):
+        window.on_update("A", i * S // 2)
+        window.on_update("B", i * S // 2)
+    assert not window.is_clean(2 * S)  # too early
+    window.on_break("B")
+    assert not window.is_clean(3 * S)
+    for t in (4, 4.5, 6):  # 1.5 s apart: the run restarts
+        window.on_update("B", int(t * S))
+    assert not window.is_clean(6 * S)
+    window.on_update("B", int(6.5 * S))
+    window.on_update("B", int(7 * S))
+    assert window.is_clean(7 * S)
+    window.on_break("A")  # latched: a later resync does not make the link suspect
+    assert window.is_clean(7.5 * S)
+    window.start(8 * S)
+    assert not window.is_clean(12 * S)
+
+
+def test_endpoint_rotation_when_every_endpoint_fails_then_reported_and_last_good_kept() -> None:
+    rotation = domain.EndpointRotation(["a", "b"])
+    assert rotation.on_failure() is False and rotation.current == "b"
+    rotation.on_success()
+    assert rotation.current == "b"
+    assert rotation.on_failure() is False
+    assert rotation.on_failure() is True
+
+
+def test_corruption_monitor_when_rate_above_5_percent_then_degraded_and_recovers_below_half() -> None:
+    monitor = domain.CorruptionMonitor(window_s=10, min_frames=40)
+    results = [monitor.record(i * S // 100, bad=(i % 10 == 0)) for i in range(100)]  # 10 % bad
+    assert True in results and monitor.degraded
+    later = [monitor.record(20 * S + i * S // 100, bad=False) for i in range(100)]
+    assert False in later and not monitor.degraded
+
+
+def test_corruption_monitor_when_single_bad_frame_then_not_degraded() -> None:
+    monitor = domain.CorruptionMonitor()
+    assert all(monitor.record(i * S // 50, bad=(i == 5)) is None for i in range(200))
+
+
+def test_timestamp_guard_when_future_or_backward_then_rejected_or_receive_time() -> None:
+    guard = domain.TimestampGuard()
+    now = 1_000_000 * S
+    ok = guard.check("X@depth", now // 1_000_000, now)
+    assert ok.verdict == domain.TimestampVerdict.OK
+    future = guard.check("X@depth", now // 1_000_000 + 5_001, now)
+    assert future.verdict == domain.TimestampVerdict.FUTURE and not future.repeated
+    assert guard.check("X@depth", now // 1_000_000 + 9_000, now).repeated is False
+    assert guard.check("X@depth", now // 1_000_000 + 9_000, now).repeated is True
+    back = guard.check("X@depth", now // 1_000_000 - 1000, now + S)
+    assert back.verdict == domain.TimestampVerdict.BACKWARD and back.ts_ns == now + S
+    assert guard.check("X@depth", now // 1_000_000 + 4_000, now).verdict == domain.TimestampVerdict.OK
+
+
+def test_clock_offset_when_above_1s_then_alert_above_5s_then_halt() -> None:
+    monitor = domain.ClockOffsetMonitor()
+    base = 1_700_000_000_000
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000 + 20_000_000, base + 10) is None
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base + 1_500) == domain.ClockLevel.ALERT
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base - 6_000) == domain.ClockLevel.HALT
+    assert monitor.offset_ms == -6_000
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base) == domain.ClockLevel.OK
+
+
+def test_price_sanity_when_jump_floor_or_zscore_then_warning_rejected_or_flag() -> None:
+    checks = domain.PriceSanity(min_samples=10)
+    for i in range(40):
+        price = Decimal(100) + Decimal(i % 3) / 10
+        assert checks.check(price) == []
+        checks.accept(price)
+    assert [f.check for f in checks.check(Decimal(125))] == ["price_jump"]
+    assert checks.check(Decimal(125))[0].verdict == domain.Verdict.WARNING
+    assert checks.check(Decimal(49))[0].verdict == domain.Verdict.REJECTED
+    z = checks.check(Decimal("103"))
+    assert [f.verdict for f in z] == [domain.Verdict.FLAG]
+    checks.rebase(Decimal(125))
+    assert checks.check(Decimal(126)) == []
+
+
+def test_volume_and_oi_sanity_when_outsized_then_warnings_and_negative_oi_rejected() -> None:
+    volume = domain.VolumeSanity(min_samples=5)
+    for _ in range(5):
+        assert volume.check(Decimal(1)) == []
+    assert volume.check(Decimal(11))[0].check == "volume"
+    oi = domain.OpenInterestSanity()
+    assert oi.check(Decimal(100)) == []
+    assert oi.check(Decimal(151))[0].check == "oi_change"
+    assert oi.check(Decimal(-1))[0].verdict == domain.Verdict.REJECTED
+
+
+def test_trade_sequence_when_gaps_then_backfill_below_10_and_resync_from_10() -> None:
+    seq = domain.TradeSequence()
+    assert seq.on_trade(100).action == domain.TradeAction.APPLY
+    assert seq.on_trade(101).action == domain.TradeAction.APPLY
+    assert seq.on_trade(101).action == domain.TradeAction.DUPLICATE
+    small = seq.on_trade(111)  # 9 missing
+    assert (small.action, small.missing_from, small.missing_to) == (domain.TradeAction.BACKFILL, 102, 110)
+    assert seq.on_trade(122).action == domain.TradeAction.RESYNC  # 10 missing
+
+
+def test_reconnect_findings_when_price_and_oi_moved_then_data_gap_and_missed_liquidations() -> None:
+    found = domain.reconnect_findings(Decimal(100), Decimal(106), Decimal(1000), Decimal(1300))
+    assert [check for check, _ in found] == ["data_gap", "missed_liquidations"]
+    assert domain.reconnect_findings(Decimal(100), Decimal(104), Decimal(1000), Decimal(1100)) == []
+    assert domain.reconnect_findings(None, Decimal(1), None, Decimal(1)) == []
+
+
+# --------------------------------------------------------------------------- service with fakes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000 * S
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class FakeRest:
+    def __init__(self) -> None:
+        self.mark = "100"
+        self.depth_error: Exception | None = None
+        self.agg_rows: list[dict] = []
+        self.server_ms: int | None = None
+        self.clock: FakeClock | None = None
+
+    async def depth(self, symbol: str, limit: int = 1000) -> dict:
+        if self.depth_error is not None:
+            raise self.depth_error
+        return {"lastUpdateId": 10, "bids": [["100", "1"]], "asks": [["101", "1"]]}
+
+    async def open_interest(self, symbol: str) -> dict:
+        return {"symbol": symbol, "openInterest": "1000", "time": 1}
+
+    async def premium_index(self, symbol: str) -> dict:
+        return {"symbol": symbol, "markPrice": self.mark, "indexPrice": self.mark, "lastFundingRate": "0.0001"}
+
+    async def server_time_ms(self) -> int:
+        assert self.clock is not None
+        return self.server_ms if self.server_ms is not None else self.clock.now // 1_000_000
+
+    async def aggregate_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
+        return self.agg_rows
+
+
+def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, FakeClock]:
+    published: list[tuple[str, Any]] = []
+    requests: list[tuple[str, bytes]] = []
+    clock = FakeClock()
+    rest = FakeRest()
+    rest.clock = clock
+
+    async def publish(subject: str, message: Any, msg_id: str | None) -> int:
+        published.append((subject, message))
+        return len(published)
+
+    async def kv_put(key: str, value: bytes) -> int:
+        return 1
+
+    async def request(subject: str, payload: bytes) -> bytes:
+        requests.append((subject, payload))
+        return b'{"trading_state": "HALTED"}'
+
+    service = MarketDataService(
+        venue=VENUE,
+        symbols=("BTCUSDT",),
+        publish=publish,
+        kv_put=kv_put,
+        rest=rest,  # type: ignore[arg-type]
+        open_stream=lambda url: None,  # type: ignore[arg-type,return-value]
+        log=get_logger("test"),
+        request=request,
+        breaker=breaker,
+        clock_ns=clock,
+    )
+    service.requests = requests  # type: ignore[attr-defined]
+    return service, published, rest, clock
+
+
+def frame(stream: str, data: dict) -> StreamFrame:
+    return parse_frame(msgspec.json.encode({"stream": stream, "data": data}).decode())
+
+
+def agg(trade_id: int, price: str, event_ms: int, qty: str = "0.1") -> StreamFrame:
+    data = {"e": "aggTrade", "E": event_ms, "s": "BTCUSDT", "a": trade_id, "p": price, "q": qty, "T": event_ms}
+    return frame("btcusdt@aggTrade", data)
+
+
+def of(published: list[tuple[str, Any]], kind: type) -> list[Any]:
+    return [message for _, message in published if isinstance(message, kind)]
+
+
+async def test_handle_frame_when_corruption_above_5_percent_then_link_degraded_and_alert() -> None:
+    service, published, _, clock = make()
+    service._connected = True
+    for i in range(60):
+        clock.now += S // 50
+        if i % 5 == 0:
+            await service.handle_frame(parse_frame('{"stream": "btcusdt@aggTrade", "data": {"a": "x"'))
+        else:
+            await service.handle_frame(agg(1000 + i, "100", clock.now // 1_000_000))
+    assert service.link_state == ConnectionState.DEGRADED
+    assert any(alert.key.startswith("md.corruption") for alert in of(published, AlertRaised))
+    links = of(published, LinkStateChanged)
+    assert links[-1].current == ConnectionState.DEGRADED and "corrupt" in links[-1].reason
+
+
+async def test_handle_frame_when_future_timestamp_then_rejected_and_backward_uses_receive_time() -> None:
+    service, published, _, clock = make()
+    now_ms = clock.now // 1_000_000
+    await service.handle_frame(agg(1, "100", now_ms))
+    await service.handle_frame(agg(2, "100", now_ms + 60_000))
+    await service.handle_frame(agg(3, "100", now_ms - 5_000))
+    trades = of(published, Trade)
+    assert [t.trade_id for t in trades] == [1, 3]
+    assert trades[1].ts_event_ns == clock.now
+    flags = {(f.check, f.verdict) for f in of(published, MarketDataFlagged)}
+    assert {("future_ts", "rejected"), ("backward_ts", "suspect")} <= flags
+
+
+async def test_handle_frame_when_price_jump_not_confirmed_by_rest_then_rejected() -> None:
+    service, published, rest, clock = make()
+    for i in range(5):
+        clock.now += S
+        await service.handle_frame(agg(i + 1, "100", clock.now // 1_000_000))
+    rest.mark = "100"
+    await service.handle_frame(agg(6, "125", clock.now // 1_000_000))
+    await asyncio.sleep(0.05)
+    assert 6 not in [t.trade_id for t in of(published, Trade)]
+    assert ("price_jump", "rejected") in {(f.check, f.verdict) for f in of(published, MarketDataFlagged)}
+    rest.mark = "124"
+    await service.handle_frame(agg(7, "125", clock.now // 1_000_000))
+    await asyncio.sleep(0.05)
+    assert 7 in [t.trade_id for t in of(published, Trade)]
+    await service.close()
+
+
+async def test_handle_frame_when_small_trade_gap_then_backfilled_over_rest() -> None:
+    service, published, rest, clock = make()
+    now_ms = clock.now // 1_000_000
+    rest.agg_rows = [{"a": i, "p": "100", "q": "0.1", "f": 1, "l": 1, "T": now_ms, "m": False} for i in (2, 3)]
+    await service.handle_frame(agg(1, "100", now_ms))
+    await service.handle_frame(agg(4, "100", now_ms))
+    await asyncio.sleep(0.05)
+    assert sorted(t.trade_id for t in of(published, Trade)) == [1, 2, 3, 4]
+    await service.close()
+
+
+async def test_check_clock_when_offset_above_5s_then_halt_requested_and_link_degraded() -> None:
+    service, published, rest, clock = make()
+    service._connected = True
+    rest.server_ms = clock.now // 1_000_000 + 6_000
+    await service.check_clock()
+    assert service.link_state == ConnectionState.DEGRADED
+    assert [subject for subject, _ in service.requests] == ["svc.risk.halt"]  # type: ignore[attr-defined]
+    assert {a.severity.value for a in of(published, AlertRaised)} >= {"P0", "P2"}
+    rest.server_ms = clock.now // 1_000_000
+    await service.check_clock()
+    assert service.link_state != ConnectionState.DEGRADED
+
+
+async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fails_fast() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.binance-usdm", clock)
+    service, published, rest, _ = make(breaker)
+    service._clock_ns = clock
+    rest.depth_error = VenueError(503, -1001, "down")
+    calls = 0
+
+    async def counting_depth(symbol: str, limit: int = 1000) -> dict:
+        nonlocal calls
+        calls += 1
+        raise VenueError(503, -1001, "down")
+
+    rest.depth = counting_depth  # type: ignore[method-assign]
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if breaker.state.value == "OPEN" and len(sleeps) > 6:
+            service._closed = True
+        clock.now += int(min(seconds, 10) * S)  # less than the 30 s cool-down: still open
+
+    service._sleep = fake_sleep
+    service._connected = True
+    await service._fetch_snapshot("BTCUSDT")
+    assert calls == 5  # then the breaker answers without calling the venue
+    assert sleeps[-1] > 5  # the fetch waits for the breaker's cool-down
+    events = of(published, BreakerStateChanged)
+    assert events and events[0].current == "OPEN" and events[0].breaker == "venue.binance-usdm"
+    assert service.rest_link_state == ConnectionState.DISCONNECTED
+
+
+async def test_resync_market_state_when_price_moved_after_reconnect_then_data_gap_alert() -> None:
+    service, published, rest, _ = make()
+    service.last_mark["BTCUSDT"] = Decimal(100)
+    service.last_oi["BTCUSDT"] = Decimal(500)
+    rest.mark = "110"
+    await service._resync_market_state()
+    keys = {alert.key for alert in of(published, AlertRaised)}
+    assert keys == {"md.data_gap.BTCUSDT", "md.missed_liquidations.BTCUSDT"}
+    assert of(published, MarkPrice)[0].mark_price == Decimal(110)
+
+
+async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_alternate_tried() -> None:
+    service, published, _, _ = make()
+    service.ws_endpoints = domain.EndpointRotation(["ws://a", "ws://b"])
+    tried: list[str] = []
+
+    class DeadStream:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        async def connect(self) -> None:
+            from libs.binance.stream import StreamClosed
+
+            tried.append(self.url)
+            if len(tried) >= 6:
+                service._closed = True
+            raise StreamClosed("connect failed: refused")
+
+        async def close(self) -> None:
+            return None
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    service._open_stream = DeadStream  # type: ignore[assignment]
+    service._sleep = no_sleep
+    await service.run_stream_forever()
+    assert tried[:3] == ["ws://a", "ws://b", "ws://a"]
+    assert service.link_state == ConnectionState.DEGRADED
+    keys = {alert.key for alert in of(published, AlertRaised)}
+    assert {"md.reconnect_failing.binance-usdm", "md.ws_endpoints_failed.binance-usdm"} <= keys
+
+
+# --------------------------------------------------------------------------- fuzz
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=6),
+    max_leaves=20,
+)
+payload_keys = st.sampled_from(["e", "E", "s", "U", "u", "pu", "b", "a", "p", "q", "T", "i", "r", "o", "m", "S", "ap"])
+payloads = st.dictionaries(payload_keys, json_values, max_size=10)
+streams = st.sampled_from(
+    ["btcusdt@depth@100ms", "btcusdt@aggTrade", "btcusdt@markPrice@1s", "btcusdt@forceOrder", "x@y", ""]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.tuples(streams, payloads), st.text(max_size=60), st.binary(max_size=60)), max_size=15))
+def test_handle_frame_when_random_or_garbled_frames_then_no_exception_escapes(items: list) -> None:
+    async def run() -> None:
+        service, _, _, _ = make()
+        service._connected = False  # no snapshot tasks
+        for item in items:
+            if isinstance(item, tuple):
+                text = msgspec.json.encode({"stream": item[0], "data": item[1]}).decode()
+            elif isinstance(item, bytes):
+                text = item.decode("utf-8", errors="replace")
+            else:
+                text = item
+            await service.handle_frame(parse_frame(text))
+            await service.handle_frame(parse_frame(text[: len(text) // 2]))
+        await service.close()
+
+    asyncio.run(run())
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.sampled_from(["snapshot", "oi", "premium", "agg"]))
+def test_rest_parsers_when_random_bodies_then_only_bad_frame_raised(body: Any, kind: str) -> None:
+    parsers = {
+        "snapshot": domain.parse_snapshot,
+        "oi": lambda b: domain.open_interest_from_rest(VENUE, "BTCUSDT", b),
+        "premium": lambda b: domain.mark_from_premium_index(VENUE, "BTCUSDT", b),
+        "agg": lambda b: domain.trade_from_agg_trade(VENUE, b, "BTCUSDT"),
+    }
+    try:
+        parsers[kind](body)
+    except domain.BadFrame:
+        pass
