@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from libs import logging as bulwark_logging
+from libs.runtime.infra import postgres_dsn
 from libs.runtime.launcher import LaunchConfig, LaunchError, System, load_credentials
 
 DEFAULT_DATA_DIR = Path(".bulwark")
+ENDPOINTS_FILE = "endpoints.json"
 
 
 def _out(line: str) -> None:
@@ -113,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", "rebuild into a scratch schema and report differences with the live tables"),
     ):
         sub = projections_commands.add_parser(verb, help=text)
-        sub.add_argument("--nats-url", help="default: BULWARK_NATS_URL or nats://127.0.0.1:4222")
-        sub.add_argument("--pg-dsn", help="default: BULWARK_PG_DSN")
+        sub.add_argument("--nats-url", help="default: BULWARK_NATS_URL, else the system `bulwark up` runs")
+        sub.add_argument("--pg-dsn", help="default: BULWARK_PG_DSN, else the system `bulwark up` runs")
+        sub.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="the data dir of `bulwark up`")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         if verb == "rebuild":
             sub.add_argument("--apply", action="store_true", help="write into the live tables (idempotent upserts)")
@@ -168,11 +171,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     creds = system.credentials
     assert creds is not None
+    endpoints = {
+        "gateway": f"http://{config.host}:{config.gateway_port}",
+        "venue": f"http://{config.host}:{config.venue_port}",
+        "nats_url": f"nats://{config.host}:{config.nats_port}",
+        "pg_dsn": postgres_dsn(config.pg_port, config.host),
+        "redis_url": f"redis://{config.host}:{config.redis_port}/0",
+    }
+    # Other verbs (`projections`, ...) find the running system through this file.
+    (config.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
     _out("")
     _out(f"Bulwark is starting (data dir {config.data_dir})")
     _out(f"  gateway          http://{config.host}:{config.gateway_port}   (dashboard: /, API docs: /docs)")
     _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
-    _out(f"  nats             nats://{config.host}:{config.nats_port}")
+    _out(f"  nats             {endpoints['nats_url']}")
+    _out(f"  postgres         {endpoints['pg_dsn']}")
     _out(f"  admin token      {creds.admin_token}")
     _out(f"  operator token   {creds.operator_token}")
     _out(f"  viewer token     {creds.viewer_token}")
@@ -277,6 +290,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def running_endpoints(data_dir: Path) -> dict[str, str]:
+    """The URLs `bulwark up` wrote for `data_dir`, or {} when it never ran there."""
+    try:
+        found = json.loads((data_dir / ENDPOINTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(key): str(value) for key, value in found.items()} if isinstance(found, dict) else {}
+
+
 def cmd_projections(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -285,13 +307,15 @@ def cmd_projections(args: argparse.Namespace) -> int:
     from libs.settings import Settings
 
     settings = Settings.from_env()
+    running = running_endpoints(args.data_dir)
+    nats_url = args.nats_url or os.environ.get("BULWARK_NATS_URL") or running.get("nats_url") or settings.nats_url
+    dsn = args.pg_dsn or os.environ.get("BULWARK_PG_DSN") or running.get("pg_dsn") or settings.pg_dsn
 
     async def run() -> dict[str, Any]:
         bus = Bus("projections-cli")
         # The client retries an unreachable server forever by itself: bound the wait here.
-        await asyncio.wait_for(bus.connect(args.nats_url or settings.nats_url, initial_connect_timeout_s=10.0), 15.0)
+        await asyncio.wait_for(bus.connect(nats_url, initial_connect_timeout_s=10.0), 15.0)
         try:
-            dsn = args.pg_dsn or settings.pg_dsn
             if args.projections_command == "verify":
                 return await projections.verify(bus, dsn)
             return await projections.rebuild(bus, dsn, apply=args.apply)

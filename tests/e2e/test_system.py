@@ -3,8 +3,11 @@ halt obeyed, crashed processes restarted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -105,6 +108,21 @@ def test_halt_when_trading_halted_then_new_orders_refused_and_resume_allows_them
         while not _venue_orders(system, allowed.json()["client_order_id"]) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert len(_venue_orders(system, allowed.json()["client_order_id"])) == 1
+
+
+def test_projections_verify_when_orders_placed_then_log_rebuild_equals_live_tables(system: RunningSystem) -> None:
+    # Runs after the order tests above: the rebuilt projections must equal what the services wrote.
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.cli.main", "projections", "verify", "--json", "--data-dir", str(system.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["consistent"] is True, report
+    assert report["rebuild"], report
 
 
 @pytest.mark.parametrize("component", [c for c in CORE_COMPONENTS if c != "gateway"] + ["strategy-*", "gateway"])
