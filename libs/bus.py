@@ -20,7 +20,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,11 +216,7 @@ class Bus:
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._flush_task
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._nc is not None and not self._nc.is_closed:
             # Persisted publishes were acknowledged already; flush what core NATS still buffers,
@@ -513,6 +509,7 @@ class Bus:
         batch: int,
     ) -> None:
         while True:
+            _raise_if_cancelling()
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
             except NatsTimeoutError:
@@ -630,6 +627,7 @@ class Bus:
         count = 0
         try:
             while True:
+                _raise_if_cancelling()
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
                 except NatsTimeoutError:
@@ -683,3 +681,30 @@ class Bus:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
         msg = await self.nc.request(subject, payload, timeout=timeout_s)
         return msg.data
+
+
+def _raise_if_cancelling() -> None:
+    """Honour a cancellation that an inner `asyncio.wait_for` swallowed.
+
+    On Python 3.11 a cancel that lands just as nats-py's `wait_for` completes is lost (the
+    result wins), so a fetch loop would run on forever after `cancel()`. `Task.cancelling()`
+    still counts the request, so the loop checks it on every turn.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], rounds: int = 10, timeout_s: float = 0.5) -> None:
+    """Cancel `tasks` and wait until they end, cancelling again while any is still running."""
+    pending = [task for task in tasks if not task.done()]
+    for _ in range(rounds):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, still = await asyncio.wait(pending, timeout=timeout_s)
+        pending = list(still)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not warn about it later

@@ -54,6 +54,9 @@ class Settings:
         60.0, "position: venue auto-cancel countdown kept armed per symbol with open orders (FM-N8; 0 off)"
     )
     countdown_refresh_s: float = _doc(20.0, "position: re-arm period of the auto-cancel countdown")
+    position_lease_ttl_s: float = _doc(
+        6.0, "position: single-writer lease TTL; a dead holder is replaced within about this (SPEC §8)"
+    )
     symbols: tuple[str, ...] = _doc(("BTCUSDT", "ETHUSDT"), "traded symbols, comma separated")
     gateway_host: str = _doc("127.0.0.1", "gateway bind address")
     gateway_port: int = _doc(8000, "gateway port")
@@ -80,6 +83,9 @@ class Settings:
     risk_max_orders_per_minute: int = _doc(30, "risk: max new-exposure orders one strategy may get approved per minute")
     risk_monitor_interval_s: float = _doc(1.0, "risk: period of breaker checks (pause expiry, book depth, CPU/memory)")
     strategy_name: str = _doc("cascade-fade", "strategy process: which strategy this instance runs")
+    strategy_lease_ttl_s: float = _doc(
+        6.0, "strategy: single-writer lease TTL; a standby takes over a dead holder within about this (SPEC §8)"
+    )
     strategies: tuple[str, ...] = _doc(("cascade-fade", "trend"), "strategy instances `bulwark up` starts")
     strategy_config: str = _doc(
         "", "TOML file of per-instance strategy parameters (docs/strategies.md); empty: defaults"

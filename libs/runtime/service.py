@@ -23,7 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from libs import cache, db
 from libs import logging as bulwark_logging
-from libs.bus import Bus
+from libs.bus import Bus, cancel_and_wait
 from libs.logging import Logger, get_logger
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -170,8 +170,7 @@ async def run_service(
         for cleanup in reversed(ctx.cleanups):
             with contextlib.suppress(Exception):
                 await cleanup()
-        for task in ctx._tasks:
-            task.cancel()
+        await cancel_and_wait(ctx._tasks)
         await bus.close()
         if ctx.pool is not None:
             with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,12 +20,15 @@ from libs.testing.infra import EmbeddedInfra
 
 
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedInfra]:
-    servers = EmbeddedInfra(tmp_path_factory.mktemp("infra")).start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
+def infra() -> Iterator[EmbeddedInfra]:
+    # Not under pytest's numbered temp dirs: a second pytest session on the machine prunes the
+    # oldest of those while this one still runs its servers in it (Postgres then PANICs).
+    with tempfile.TemporaryDirectory(prefix="bulwark-infra-", ignore_cleanup_errors=True) as folder:
+        servers = EmbeddedInfra(Path(folder)).start()
+        try:
+            yield servers
+        finally:
+            servers.stop()
 
 
 @pytest.fixture

@@ -192,6 +192,7 @@ def check_order(
     strategy_disabled: str | None = None,
     confidence: Decimal | None = None,
     recent_strategy_orders: int = 0,
+    entries_halted: str | None = None,
 ) -> Decision:
     """Run every pre-trade check in order; the first failure is the denial reason.
 
@@ -209,6 +210,8 @@ def check_order(
         strategy_disabled: why the order's strategy is disabled (CB-3), None when it is not.
         confidence: the signal's confidence, for strategy orders.
         recent_strategy_orders: exposure-adding orders of the order's strategy approved in the last minute.
+        entries_halted: why trading is HALTED for new entries by a lost dependency (state-builder
+            dead, bus lost: FM-C1, FM-C6), None when it is not; exits and stops still pass.
     """
     if order.symbol not in limits.symbols:
         return Decision(False, f"unknown symbol {order.symbol}")
@@ -221,6 +224,8 @@ def check_order(
         return Decision(False, "trading REDUCING: only orders that reduce exposure are allowed")
     if order.reduce_only and not reducing:
         return Decision(False, f"reduce_only order would not reduce the position {position}")
+    if entries_halted is not None and not reducing:
+        return Decision(False, f"trading HALTED for new entries: {entries_halted}")
     gate = degradation_gate(order, degradation, reducing, confidence, limits)
     if gate is not None:
         return gate
@@ -387,3 +392,48 @@ def flatten_orders(positions: dict[str, Decimal], key: str, venue: str) -> list[
             )
         )
     return orders
+
+
+# --------------------------------------------------------------------------- lost dependencies (FM-C1, FM-C6)
+
+STATE_BUILDER_TIMEOUT_NS = 3_000_000_000
+"""No heartbeat and no answer from the state-builder for this long: it is dead (SPEC FM-C1)."""
+HOT_STATE_MAX_AGE_MS = 5_000
+"""A symbol whose last book update is older than this (as the state-builder reports it) is not VALID."""
+
+
+@dataclass
+class StateBuilderWatch:
+    """Is the state-builder alive? Fed with the (monotonic) times it was last heard from.
+
+    It is heard from through its heartbeat `hb.state-builder` and its answers to `svc.state-builder.*`.
+    Never heard from counts as dead (fail closed).
+    """
+
+    timeout_ns: int = STATE_BUILDER_TIMEOUT_NS
+    last_seen_ns: int | None = None
+
+    def heard(self, now_ns: int) -> bool:
+        """Record a sign of life; True when it was dead until now (a revival)."""
+        revived = not self.alive(now_ns)
+        self.last_seen_ns = now_ns
+        return revived
+
+    def alive(self, now_ns: int) -> bool:
+        return self.last_seen_ns is not None and now_ns - self.last_seen_ns <= self.timeout_ns
+
+    def down_reason(self, now_ns: int) -> str | None:
+        """Why the state-builder counts as dead, None while it is alive."""
+        if self.alive(now_ns):
+            return None
+        if self.last_seen_ns is None:
+            return "state-builder not heard from (no heartbeat, no answer): hot state treated as INVALID"
+        silent_s = (now_ns - self.last_seen_ns) / 1e9
+        return f"state-builder silent for {silent_s:.1f}s (no heartbeat, no answer): hot state treated as INVALID"
+
+
+def reply_hot_state(status: HotStateStatus, age_ms: int | None) -> HotStateStatus:
+    """A symbol's hot state as the state-builder reported it, INVALID when its data is too old."""
+    if status == HotStateStatus.VALID and age_ms is not None and age_ms > HOT_STATE_MAX_AGE_MS:
+        return HotStateStatus.INVALID
+    return status

@@ -39,6 +39,7 @@ from proto.messages import (
     DegradationLevelChanged,
     DisableStrategy,
     EnableStrategy,
+    Heartbeat,
     HotStateStatusChanged,
     MarkPrice,
     OrderAccepted,
@@ -73,6 +74,7 @@ from .domain import (
     OrderRateWindow,
     PendingExposure,
     RiskLimits,
+    StateBuilderWatch,
     TradingStateRecord,
     TradingTrigger,
     check_order,
@@ -80,6 +82,7 @@ from .domain import (
     next_trading_state,
     reduces_exposure,
     reference_price,
+    reply_hot_state,
 )
 
 Clock = Callable[[], int]
@@ -93,6 +96,9 @@ SEVERITY: dict[str, AlertSeverity] = {
     RESOURCE_EXHAUSTION: AlertSeverity.P1,
 }
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
+BUS_LOST_ALERT = "bus-lost.risk"
+PROBE_TIMEOUT_S = 0.5
+REVALIDATE_RETRY_S = 0.5
 
 
 class _OperatorRequest(msgspec.Struct, kw_only=True):
@@ -171,6 +177,11 @@ class RiskService:
         self._state_lock = asyncio.Lock()
         self._decide_lock = asyncio.Lock()
         self._breaker_lock = asyncio.Lock()
+        self.state_builder = StateBuilderWatch()
+        self.bus_lost: str | None = None
+        """Why new entries are HALTED by a lost bus connection (FM-C6), None when not; never persisted."""
+        self._bus_tasks: set[asyncio.Task[None]] = set()
+        self._revalidation: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ followers
 
@@ -213,8 +224,102 @@ class RiskService:
                 await self.refresh_degradation()
             case EnableStrategy():
                 await self.on_strategy_enabled(message)
+            case Heartbeat() if message.component == subjects.STATE_BUILDER:
+                self.heard_state_builder()
             case _:
                 pass
+
+    # ------------------------------------------------------------------ lost dependencies (FM-C1, FM-C6)
+
+    def heard_state_builder(self) -> None:
+        """A sign of life from the state-builder (heartbeat or answer).
+
+        When it comes back after being dead, the hot states risk remembers from before are
+        forgotten: a restarted state-builder starts INVALID, and its view is re-read before any entry.
+        """
+        known_before = self.state_builder.last_seen_ns is not None
+        if self.state_builder.heard(self.monotonic()) and known_before:
+            for symbol in self.hot_state:
+                self.hot_state[symbol] = None
+            self.log.warning("state_builder_back", action_taken="hot state re-read before new entries")
+
+    async def probe_state_builder(self) -> bool:
+        """Ask the state-builder for every symbol's hot state; False when it does not answer."""
+        try:
+            raw = await self.bus.request(
+                subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=PROBE_TIMEOUT_S
+            )
+            rows = adapters.parse_symbols_reply(raw)
+        except Exception as exc:  # noqa: BLE001 - timeout, no responders, bad reply: it counts as dead
+            self.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return False
+        self.heard_state_builder()
+        for symbol, row in rows.items():
+            self.hot_state[symbol] = reply_hot_state(row.hot_state, row.age_ms)
+            if row.mark_price is not None:
+                self.mark_prices.setdefault(symbol, row.mark_price)
+        return True
+
+    def entries_halted(self) -> str | None:
+        """Why new entries are HALTED by a lost dependency right now (None: they are not)."""
+        if self.bus_lost is not None:
+            return self.bus_lost
+        return self.state_builder.down_reason(self.monotonic())
+
+    def on_bus_connection(self, connected: bool) -> None:
+        """`Bus` connection listener: lost → new entries HALTED; back → re-validate, then lift."""
+        if not connected:
+            if self.bus_lost is None:
+                self.bus_lost = "bus connection lost: new entries HALTED until reconnected and re-validated"
+                self.log.error("bus_lost", action_taken="new entries HALTED (exits still allowed)")
+                alert = AlertRaised(
+                    key=BUS_LOST_ALERT,
+                    severity=AlertSeverity.P1,
+                    component=subjects.RISK,
+                    title="risk lost the bus: new entries HALTED until reconnected and re-validated",
+                )
+                self._spawn(self.bus.publish_buffered(subjects.EVT_ALERT_RAISED, alert))
+            return
+        if self.bus_lost is not None:
+            self.bus_lost = "bus reconnected: new entries HALTED until state is re-validated"
+            if self._revalidation is not None:
+                self._revalidation.cancel()  # a flapping bus: only the newest re-validation counts
+            self._revalidation = self._spawn(self.revalidate())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._bus_tasks.add(task)  # keep a reference until it ends
+        task.add_done_callback(self._bus_tasks.discard)
+        return task
+
+    async def revalidate(self) -> None:
+        """After a reconnect: re-read hot state, positions and degradation, then lift the bus halt."""
+        while self.bus.connected:
+            try:
+                for symbol in sorted(self.limits.symbols):
+                    self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
+                    last = await adapters.read_last_position(self.bus, self.venue, symbol)
+                    if last is not None:
+                        self.apply_position(last)
+                await self.refresh_degradation()
+                await self.probe_state_builder()  # its answer, when there is one, is fresher than KV
+                await self.bus.publish(
+                    subjects.EVT_ALERT_RESOLVED,
+                    AlertResolved(key=BUS_LOST_ALERT, component=subjects.RISK, reason="reconnected and re-validated"),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a flapping bus: keep the halt, try again
+                self.log.warning("revalidation_failed", error=f"{type(exc).__name__}: {exc}", action_taken="retry")
+                await asyncio.sleep(REVALIDATE_RETRY_S)
+                continue
+            self.bus_lost = None
+            self.log.warning(
+                "bus_revalidated",
+                hot_state={k: (v.value if v else None) for k, v in self.hot_state.items()},
+                action_taken="new entries allowed again",
+            )
+            return
 
     async def on_position(self, event: PositionChanged) -> None:
         """A position change: track it, and count its realized PnL for CB-1 and CB-3."""
@@ -487,6 +592,7 @@ class RiskService:
         except Exception as exc:  # noqa: BLE001 - timeout or no responders: no sample this round
             self.log.debug("book_sample_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
             return None
+        self.heard_state_builder()
         return adapters.book_depth(raw)
 
     async def monitor(self, interval_s: float) -> None:
@@ -542,6 +648,7 @@ class RiskService:
         except Exception as exc:  # noqa: BLE001 - timeout, no responders, bad reply: price stays unknown
             self.log.warning("state_builder_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
             return None, None
+        self.heard_state_builder()
         if row is None:
             return None, None
         if self.hot_state.get(symbol) is None:
@@ -576,8 +683,13 @@ class RiskService:
                 bid, ask = await self._touch_prices(order.symbol)
             price = reference_price(order, self.mark_prices.get(order.symbol), bid, ask)
             position = self.positions.get(order.symbol, Decimal(0))
+            if not reduces_exposure(order, position) and (
+                self.hot_state.get(order.symbol) is None or not self.state_builder.alive(self.monotonic())
+            ):
+                await self.probe_state_builder()  # an entry needs a live state-builder's word (FM-C1)
             pending_buy, pending_sell = self.pending.totals(order.symbol)
             trading_state, paused, disabled = self._breaker_gates(order)
+            entries_halted = self.entries_halted()
             now = self.clock()
             decision = check_order(
                 order,
@@ -593,6 +705,7 @@ class RiskService:
                 strategy_disabled=disabled,
                 confidence=confidence,
                 recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
+                entries_halted=entries_halted,
             )
             venue = order.venue or self.venue
             coid = order.client_order_id
@@ -709,6 +822,7 @@ class RiskService:
                 },
                 "hot_state": {symbol: (s.value if s else None) for symbol, s in self.hot_state.items()},
                 "breakers": {b.id: b.state.value for b in self.breakers.all()} if self.breakers else {},
+                "entries_halted": self.entries_halted(),
             }
         )
 

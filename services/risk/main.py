@@ -31,6 +31,7 @@ FOLLOWED_SUBJECTS = (
     "evt.fill.>",
     subjects.EVT_DEGRADATION,
     "cmd.strategy.*.enable",
+    subjects.heartbeat(subjects.STATE_BUILDER),
 )
 
 
@@ -83,6 +84,7 @@ async def setup(ctx: ServiceContext) -> None:
     for subject in FOLLOWED_SUBJECTS:
         await ctx.bus.subscribe_core(subject, service.on_core_event)
     await service.load_initial_state()
+    ctx.bus.add_connection_listener(service.on_bus_connection)
     await service.serve()
     ctx.details = lambda: {
         "trading_state": service.trading.state.value,
@@ -90,6 +92,7 @@ async def setup(ctx: ServiceContext) -> None:
         "decided": len(service.decided),
         "pending_orders": len(service.pending),
         "breakers_open": [b.id for b in service.breakers.all() if b.is_open] if service.breakers else [],
+        "entries_halted": service.entries_halted(),
     }
     ctx.spawn(service.monitor(settings.risk_monitor_interval_s), "risk-monitor")
     await ctx.bus.consume(

@@ -7,6 +7,12 @@ alert), counted in the persisted crash history, and the strategy is rebuilt from
 (setups cleared) through DISABLED back to SCANNING — or to FAILED after more than 3 crashes in 10
 minutes. A process that died without a clean stop (kill -9) is counted the same way when it
 starts again. One strategy instance runs per process, so nothing here can affect another one.
+
+Single writer (SPEC §8): with a lease, the runner is *active* only while it holds lease
+`strategy.<name>`. A standby instance (same name, lease held elsewhere) runs no strategy code and
+writes nothing: no state, no crash history, no signals. It restores the instance from KV when it
+takes the lease over. Every publication re-checks the lease against the KV first
+(`Lease.ensure_held`), so an instance that lost it (paused, partitioned) stops at once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
+from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from proto import subjects
 from proto.codec import decode
@@ -62,6 +69,10 @@ STACK_LIMIT = 8000
 INPUT_LIMIT = 1000
 
 
+class StandbyError(RuntimeError):
+    """A command reached a standby instance: it is nak'ed so the lease holder gets it."""
+
+
 class StrategyRunner:
     """Runs one strategy instance: inputs in, signals and state transitions out, crashes contained."""
 
@@ -74,6 +85,7 @@ class StrategyRunner:
         clock: Clock,
         *,
         symbols: tuple[str, ...] = (),
+        lease: Lease | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -86,10 +98,48 @@ class StrategyRunner:
         self.process_token = f"{os.getpid()}-{clock()}"
         self.crash_record = adapters.CrashRecord()
         self._lock = asyncio.Lock()
+        self.lease = lease
+        # Without a lease (tests, tools) the runner is always active; with one, only while it holds it.
+        self.active = lease is None
+        self.keep_task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
         return self.instance.name
+
+    # ------------------------------------------------------------------ lease (SPEC §8)
+
+    async def on_lease_acquired(self, token: int) -> None:
+        """We hold `strategy.<name>`: restore the instance from KV and start running it."""
+        async with self._lock:
+            self.strategy = self.instance.build()  # whatever we had is stale: KV is the truth
+        self.log.info("strategy_lease_acquired", strategy=self.name, token=token, action_taken="active")
+        self.active = True  # before start(): its restore writes go through the holder check
+        try:
+            await self.start()
+        except BaseException:
+            self.active = False
+            raise
+
+    def on_lease_lost(self) -> None:
+        """Another instance holds the lease now (or we could not renew it): stop writing at once."""
+        if self.active:
+            self.log.warning("strategy_lease_lost", strategy=self.name, action_taken="standby: no signals")
+        self.active = False
+
+    async def _still_holder(self) -> bool:
+        """Check the lease against the KV right before a write; False (and standby) when lost."""
+        if self.lease is None:
+            return True
+        if not self.active:
+            return False
+        try:
+            await self.lease.ensure_held()
+        except LeaseLost as exc:
+            self.on_lease_lost()
+            self.log.warning("strategy_write_suppressed", strategy=self.name, reason=str(exc))
+            return False
+        return True
 
     def details(self) -> dict[str, object]:
         """Heartbeat details."""
@@ -99,6 +149,7 @@ class StrategyRunner:
             "symbol": self.strategy.symbol,
             "crashes_in_window": len(crashes_in_window(self.crash_record.crashes, self.clock())),
             "active_events": len(self.strategy.active_events()),
+            "lease": "none" if self.lease is None else ("held" if self.active else "standby"),
         }
 
     # ------------------------------------------------------------------ effects
@@ -108,6 +159,8 @@ class StrategyRunner:
         for change in self.strategy.event_changes():  # they happened before the actions they led to
             self.log.info("liquidation_event_changed", strategy=self.name, **change)
         for action in actions:
+            if not await self._still_holder():
+                return  # a standby must not write; the holder's own run produces these actions
             match action:
                 case Transition():
                     record = adapters.StrategyStateRecord(
@@ -185,6 +238,8 @@ class StrategyRunner:
             self.crash_record = adapters.CrashRecord(crashes=[now] * 4)
         await self._load_positions()
         previous_process = self.crash_record.running
+        if previous_process == self.process_token:
+            previous_process = None  # our own marker: we lost the lease and re-took it, no process died
         self.crash_record = msgspec.structs.replace(self.crash_record, running=self.process_token)
         await adapters.write_crash_record(self.bus, self.name, self.crash_record)
         persisted = record.state if record is not None else None  # None: the very first start
@@ -213,9 +268,19 @@ class StrategyRunner:
             await self.execute(self.strategy.enable(now, "started"))
 
     async def stop(self) -> None:
-        """Clean stop: clear the running marker, so the next start is not counted as a crash."""
+        """Clean stop: clear the running marker (so the next start is not counted as a crash) and
+        release the lease (so a standby takes over at once). A standby touches neither."""
+        if self.keep_task is not None:
+            self.keep_task.cancel()
+            await asyncio.gather(self.keep_task, return_exceptions=True)
+        if not self.active:
+            self.log.info("strategy_stopped_cleanly", strategy=self.name, role="standby")
+            return
+        self.active = False
         self.crash_record = msgspec.structs.replace(self.crash_record, running=None)
         await adapters.write_crash_record(self.bus, self.name, self.crash_record)
+        if self.lease is not None:
+            await self.lease.release()
         self.log.info("strategy_stopped_cleanly", strategy=self.name)
 
     async def _load_positions(self) -> None:
@@ -343,6 +408,8 @@ class StrategyRunner:
 
     async def handle(self, message: Message) -> None:
         """Dispatch one decoded input to the strategy (times are local receive times)."""
+        if not self.active:
+            return  # standby: the holder runs the strategy
         strategy = self.strategy
         if strategy.state == StrategyState.FAILED:
             # A FAILED strategy runs none of its code; it only keeps the positions it will need when re-enabled.
@@ -387,7 +454,13 @@ class StrategyRunner:
                 pass
 
     async def on_command(self, message: Message, delivery: Delivery) -> None:
-        """Durable consumer of `cmd.strategy.<name>.enable|disable`."""
+        """Durable consumer of `cmd.strategy.<name>.enable|disable`.
+
+        Raises:
+            StandbyError: this instance does not hold the lease (the command is redelivered).
+        """
+        if not self.active:
+            raise StandbyError(f"strategy {self.name} is on standby")
         now = self.clock()
         async with self._lock:
             match message:
@@ -413,7 +486,7 @@ class StrategyRunner:
 
     async def tick(self) -> None:
         """One evaluation of the strategy (crashes contained like every other input)."""
-        if self.strategy.state in (StrategyState.DISABLED, StrategyState.FAILED):
+        if not self.active or self.strategy.state in (StrategyState.DISABLED, StrategyState.FAILED):
             return
         market = await self.market()
         summary = {

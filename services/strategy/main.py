@@ -3,15 +3,20 @@
 `python -m services.strategy.main --name cascade-fade` (or `BULWARK_STRATEGY_NAME`); parameters
 come from `BULWARK_STRATEGY_CONFIG` (TOML, see docs/strategies.md). The component is
 `strategy-<name>`.
+
+Several processes may run the same instance (hot standby): the one holding lease
+`strategy.<name>` (libs/lease.py) runs it; the others wait and take over when it dies.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 
+from libs.lease import LEASE_BUCKET, Lease
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
 from proto import subjects
@@ -21,25 +26,45 @@ from .handlers import INPUT_SUBJECTS, StrategyRunner
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Restore the strategy's state, follow its inputs, serve commands, tick every 500 ms.
+    """Follow the inputs, compete for the instance's lease, and once it is held restore the
+    strategy's state, serve commands and tick every 500 ms.
 
     Raises:
         StrategyConfigError: the instance cannot be configured (unknown kind, bad parameter).
     """
     name = ctx.settings.strategy_name
     instance = instance_config(name, read_config_file(ctx.settings.strategy_config))
-    runner = StrategyRunner(ctx.bus, ctx.log, instance, ctx.settings.venue, time.time_ns, symbols=ctx.settings.symbols)
+    lease = Lease(
+        await ctx.bus.kv(LEASE_BUCKET),
+        f"strategy.{name}",
+        f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}",  # unique per process: a restart is a new holder
+        ttl_s=ctx.settings.strategy_lease_ttl_s,
+        log=ctx.log,
+    )
+    runner = StrategyRunner(
+        ctx.bus, ctx.log, instance, ctx.settings.venue, time.time_ns, symbols=ctx.settings.symbols, lease=lease
+    )
     ctx.details = runner.details
     ctx.log.info("strategy_configured", strategy=name, kind=instance.kind, config=repr(instance.config))
-    await runner.start()
     ctx.cleanups.append(runner.stop)
     for subject in INPUT_SUBJECTS:
         await ctx.bus.subscribe_core(subject, runner.on_market_event)
-    await ctx.bus.consume(
-        stream=subjects.STREAM_SIGNALS.name,
-        durable=f"strategy-{name}-commands",
-        filter_subjects=[f"cmd.strategy.{name}.>"],
-        handler=runner.on_command,
+    consuming = False
+
+    async def acquired(token: int) -> None:
+        nonlocal consuming
+        await runner.on_lease_acquired(token)
+        if not consuming:  # a standby does not pull commands it would only have to bounce
+            consuming = True
+            await ctx.bus.consume(
+                stream=subjects.STREAM_SIGNALS.name,
+                durable=f"strategy-{name}-commands",
+                filter_subjects=[f"cmd.strategy.{name}.>"],
+                handler=runner.on_command,
+            )
+
+    runner.keep_task = ctx.spawn(
+        lease.keep(on_acquired=acquired, on_lost=runner.on_lease_lost), f"strategy-{name}-lease"
     )
     ctx.spawn(runner.run(0.5), f"strategy-{name}-ticks")
 

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from libs.bus import Bus
+from libs.bus import Bus, cancel_and_wait
 from libs.runtime.infra import free_port
 from libs.settings import Settings
 from libs.testing.venue import running_venue_sim
@@ -59,11 +59,8 @@ async def pipeline(nats_url: str, venue_url: str) -> AsyncIterator[tuple[Bus, st
         yield bus, venue_url
     finally:
         await bus.close()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
+        assert all(task.done() for task in tasks), "a service did not stop when cancelled"
 
 
 async def book(bus: Bus, depth: int = 20) -> dict:

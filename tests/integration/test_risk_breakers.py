@@ -40,6 +40,8 @@ from proto.messages import (
     PositionChanged,
     SignalGenerated,
     SubmitOrder,
+    SymbolHotState,
+    SymbolsReply,
 )
 from services.risk.main import setup as risk_setup
 
@@ -124,6 +126,11 @@ class Harness:
         return order.client_order_id
 
 
+async def _valid_symbols(_: bytes) -> bytes:
+    view = SymbolHotState(symbol=SYMBOL, hot_state=HotStateStatus.VALID, age_ms=0, last_update_id=1)
+    return encode(SymbolsReply(symbols={SYMBOL: view}))
+
+
 @pytest_asyncio.fixture
 async def risk(nats_url: str) -> AsyncIterator[Harness]:
     settings = Settings(
@@ -144,6 +151,8 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             harness.seen.append(decode(msg.data))
 
+    # A live state-builder's answer (risk fails closed on entries without one: FM-C1).
+    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), _valid_symbols)
     for subject in ("evt.order.>", "evt.breaker.>", "evt.alert.>", "evt.trading.>", "cmd.order.>", "cmd.strategy.>"):
         await bus.subscribe_core(subject, collect)
     task = asyncio.create_task(run_service(subjects.RISK, risk_setup, settings=settings))

@@ -76,9 +76,12 @@ class Harness:
         self.signals: list[SignalGenerated] = []
         self.crashes: list[StrategyCrashed] = []
         self.heartbeats: dict[str, int] = {}
+        self.lease_roles: dict[int, str] = {}
         (tmp_path / "strategies.toml").write_text(CONFIG)
 
-    def start(self, name: str) -> int:
+    def start(self, name: str, key: str | None = None, extra_env: dict[str, str] | None = None) -> int:
+        """Start a strategy process running instance `name`, tracked as `key` (default: the name)."""
+        key = key or name
         env = {
             **os.environ,
             "BULWARK_NATS_URL": self.nats_url,
@@ -86,8 +89,9 @@ class Harness:
             "BULWARK_STRATEGIES": "alpha,beta",
             "BULWARK_STRATEGY_CONFIG": str(self.tmp_path / "strategies.toml"),
             "BULWARK_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
         }
-        log = (self.tmp_path / f"{name}.log").open("ab")
+        log = (self.tmp_path / f"{key}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "services.strategy.main", "--name", name],
             cwd=PROJECT_ROOT,
@@ -96,7 +100,7 @@ class Harness:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        self.processes[name] = process
+        self.processes[key] = process
         return process.pid
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -125,6 +129,7 @@ class Harness:
                 self.crashes.append(message)
             case Heartbeat():
                 self.heartbeats[message.component] = message.pid
+                self.lease_roles[message.pid] = str(message.details.get("lease", ""))
 
     async def symbols(self, _: bytes) -> bytes:
         view = SymbolHotState(
@@ -322,3 +327,37 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
 async def _state(bus: Bus, name: str) -> str | None:
     entry = await bus.kv_get(subjects.key_strategy(name))
     return msgspec.json.decode(entry[0])["state"] if entry else None
+
+
+def _signals_logged(tmp_path: Path, key: str) -> int:
+    return (tmp_path / f"{key}.log").read_text(errors="replace").count('"signal_generated"')
+
+
+async def test_strategy_lease_when_two_instances_share_a_name_then_one_signals_and_standby_takes_over_after_kill(
+    harness: Harness, tmp_path: Path
+) -> None:
+    h = harness
+    ttl = {"BULWARK_STRATEGY_LEASE_TTL_S": "3"}
+    first = h.start("alpha", key="alpha-1", extra_env=ttl)
+    second = h.start("alpha", key="alpha-2", extra_env=ttl)
+    await eventually(lambda: _true({h.lease_roles.get(first), h.lease_roles.get(second)} == {"held", "standby"}))
+    holder, standby = ("alpha-1", "alpha-2") if h.lease_roles[first] == "held" else ("alpha-2", "alpha-1")
+    standby_pid = second if holder == "alpha-1" else first
+    await eventually(lambda: _true(h.signals_of("alpha") >= 2))
+    await asyncio.sleep(1.0)
+    # Only the holder ran the strategy: the standby logged no signal and stays standby.
+    assert _signals_logged(tmp_path, holder) >= 1
+    assert _signals_logged(tmp_path, standby) == 0
+    assert h.lease_roles[standby_pid] == "standby"
+
+    killed_at = time.monotonic()
+    h.kill(holder)  # SIGKILL: no release, the standby waits for the lease to expire
+    await eventually(lambda: _true(h.lease_roles.get(standby_pid) == "held"), timeout_s=30)
+    takeover_s = time.monotonic() - killed_at
+    before = h.signals_of("alpha")
+    await eventually(lambda: _true(h.signals_of("alpha") > before))
+    assert _signals_logged(tmp_path, standby) >= 1
+    assert takeover_s < 15, f"takeover took {takeover_s:.1f}s"
+    # The killed holder counts as a crash of the instance (FM-C2), recorded by the new holder.
+    [died] = await eventually(lambda: _true([c for c in h.crashes if c.strategy == "alpha"]))
+    assert died.error_type == "ProcessDied" and died.restarted_into == "SCANNING"
