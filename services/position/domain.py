@@ -331,3 +331,100 @@ class CountdownPlanner:
         """The venue link was lost: re-arm (or disarm) every known symbol at the next chance."""
         for symbol in self.armed_at:
             self.armed_at[symbol] = -(2**62)
+
+
+# ---------------------------------------------------------------------- protective stops (FM-C2)
+
+PROTECT_PREFIX = "protect:"
+"""Idempotency keys of the position service's own protective orders start with this."""
+
+
+def is_protective(order: OrderRecord) -> bool:
+    """True for a stop-loss or take-profit order the position service placed itself."""
+    return order.idempotency_key.startswith(PROTECT_PREFIX)
+
+
+@dataclass(frozen=True)
+class Protection:
+    """The protective levels of a symbol's position, from the entry order that carried them."""
+
+    entry: str  # client order id of the entry
+    symbol: str
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+
+
+@dataclass(frozen=True)
+class ProtectiveOrder:
+    """One reduce-only order that should rest at the venue for a position."""
+
+    idempotency_key: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+def protective_orders(protection: Protection | None, position: Decimal) -> list[ProtectiveOrder]:
+    """The reduce-only stop (STOP_MARKET) and take-profit (LIMIT) a position needs.
+
+    The idempotency key (hence the client order id) is derived from the entry and the size, so the
+    same position always asks for the same orders: a restart finds them instead of duplicating them,
+    and a change of size asks for new ones (the old ones are then cancelled).
+    """
+    if protection is None or position == 0:
+        return []
+    side = Side.SELL if position > 0 else Side.BUY
+    size = abs(position).normalize()
+    wanted: list[ProtectiveOrder] = []
+    if protection.stop_loss is not None:
+        key = f"{PROTECT_PREFIX}stop:{protection.entry}:{size}"
+        wanted.append(
+            ProtectiveOrder(key, protection.symbol, side, OrderType.STOP_MARKET, size, stop_price=protection.stop_loss)
+        )
+    if protection.take_profit is not None:
+        key = f"{PROTECT_PREFIX}tp:{protection.entry}:{size}"
+        wanted.append(
+            ProtectiveOrder(key, protection.symbol, side, OrderType.LIMIT, size, price=protection.take_profit)
+        )
+    return wanted
+
+
+@dataclass(frozen=True)
+class ProtectionPlan:
+    """What to do at the venue so the symbol's protective orders match its position."""
+
+    place: list[ProtectiveOrder]
+    cancel: list[str]  # client order ids of live protective orders no longer wanted
+    unavailable: list[str]  # wanted ids already used by a finished order (cannot be reused)
+
+
+def plan_protection(
+    wanted: list[ProtectiveOrder], orders: dict[str, OrderRecord], symbol: str, coid_of: dict[str, str]
+) -> ProtectionPlan:
+    """Compare wanted protective orders with the known ones of `symbol`.
+
+    Args:
+        wanted: `protective_orders(...)` for the symbol's position.
+        orders: every known order.
+        symbol: the symbol.
+        coid_of: idempotency key -> client order id of every wanted order.
+    """
+    wanted_ids = {coid_of[w.idempotency_key] for w in wanted}
+    place: list[ProtectiveOrder] = []
+    unavailable: list[str] = []
+    for item in wanted:
+        coid = coid_of[item.idempotency_key]
+        known = orders.get(coid)
+        if known is None:
+            place.append(item)
+        elif is_terminal(known.status) and known.status != OrderStatus.FILLED:
+            unavailable.append(coid)
+    cancel = sorted(
+        coid
+        for coid, order in orders.items()
+        if order.symbol == symbol and is_protective(order) and not is_terminal(order.status) and coid not in wanted_ids
+    )
+    return ProtectionPlan(place=place, cancel=cancel, unavailable=unavailable)

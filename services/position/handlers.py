@@ -15,12 +15,15 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from libs.binance.classify import classify
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, BreakerState, BreakerTransition
 from libs.bus import Bus, Delivery
 from libs.errors import TransientError
+from libs.ids import client_order_id_for
+from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from proto import subjects
 from proto.codec import encode
@@ -63,12 +66,17 @@ from .domain import (
     OrderRecord,
     OrderTrigger,
     Position,
+    Protection,
+    ProtectiveOrder,
     apply_fill,
+    is_protective,
     is_terminal,
     order_invariant_violations,
+    plan_protection,
     plan_reconciliation,
     position_baselines,
     position_invariant_violations,
+    protective_orders,
     venue_trigger,
 )
 
@@ -178,6 +186,8 @@ class PositionService:
         countdown_ms: venue auto-cancel countdown kept armed per symbol with live orders (0: off).
         countdown_refresh_s: re-arm period of that countdown.
         safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
+        lease: the single-writer lease (SPEC §8); checked right before every venue write (None: no check).
+        on_lease_lost: called once when a venue write finds the lease gone (the service stops writing).
     """
 
     def __init__(
@@ -193,6 +203,8 @@ class PositionService:
         countdown_ms: int = 0,
         countdown_refresh_s: float = 20.0,
         safety_poll_s: float = 5.0,
+        lease: Lease | None = None,
+        on_lease_lost: Callable[[], None] | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -217,6 +229,11 @@ class PositionService:
         self._seq: dict[str, int] = {}
         self._position_seq = 0
         self._lock = asyncio.Lock()
+        self.lease = lease
+        self.on_lease_lost = on_lease_lost
+        self.lease_lost = False
+        self.protections: dict[str, Protection] = {}
+        self._protect_dirty: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -231,11 +248,35 @@ class PositionService:
             "order_link": self.link_state.value,
             "user_stream": self.user_stream_up,
             "hard_shutdown": self.hard_shutdown,
+            "protective_orders": sum(1 for o in self.orders.values() if is_protective(o) and not is_terminal(o.status)),
         }
 
     def may_submit(self) -> bool:
         """New orders go to the venue only when the link is up, reconciled, and integrity holds."""
-        return self.reconciled and self.link_state == ConnectionState.CONNECTED and not self.hard_shutdown
+        return (
+            self.reconciled
+            and self.link_state == ConnectionState.CONNECTED
+            and not self.hard_shutdown
+            and not self.lease_lost
+        )
+
+    async def _guard(self) -> None:
+        """Right before a venue write: do we still hold the single-writer lease? (SPEC §8)
+
+        Raises:
+            LeaseLost: another instance holds it; nothing may be written any more.
+        """
+        if self.lease is None:
+            return
+        try:
+            await self.lease.ensure_held()
+        except LeaseLost:
+            if not self.lease_lost:
+                self.lease_lost = True
+                self.log.error("lease_lost", lease=self.lease.name, action_taken="stop writing to the venue, stop")
+                if self.on_lease_lost is not None:
+                    self.on_lease_lost()
+            raise
 
     async def _publish(self, subject: str, message: Message, msg_id: str, coid: str | None = None) -> int:
         seq = await self.bus.publish(subject, message, msg_id=msg_id)
@@ -381,6 +422,10 @@ class PositionService:
                 self.log.info("order_already_known", client_order_id=command.client_order_id)
                 return
             order = record_from_command(command, self.clock())
+            if (command.stop_loss is not None or command.take_profit is not None) and not command.reduce_only:
+                await self._set_protection(
+                    Protection(command.client_order_id, command.symbol, command.stop_loss, command.take_profit)
+                )
             self.orders[order.client_order_id] = order
             try:
                 await self._submit(order)
@@ -390,6 +435,7 @@ class PositionService:
                     self.orders.pop(order.client_order_id, None)
                 raise
             await self.check_invariants()
+            await self.maintain_protection()
 
     async def on_denied(self, message: Message, delivery: Delivery) -> None:
         """Durable `position-denials`: record a risk refusal in the projection."""
@@ -417,25 +463,36 @@ class PositionService:
             if is_terminal(order.status):
                 self.log.info("cancel_ignored_terminal", client_order_id=order.client_order_id, status=order.status)
                 return
-            if order.status == OrderStatus.PENDING_SUBMISSION:
-                self._transition(order, OrderTrigger.CANCEL)
-                await self._emit_canceled(order, message.reason or "canceled before submission")
-                return
-            if order.status != OrderStatus.PENDING_CANCEL:
-                self._transition(order, OrderTrigger.REQUEST_CANCEL)
-                await self._save(order)
-            try:
-                answer = await self.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)
-            except VenueError as exc:
-                if exc.code in (UNKNOWN_ORDER_ON_CANCEL, ORDER_NOT_FOUND) or exc.status < 500:
-                    self.log.info("cancel_refused", client_order_id=order.client_order_id, code=exc.code, msg=exc.msg)
-                    await self._query_and_apply(order)
-                    return
-                raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
-            except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
-                raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
-            await self._apply_venue_order(order, answer, reason=message.reason)
+            await self._cancel(order, message.reason)
             await self.check_invariants()
+            await self.maintain_protection()
+
+    async def _cancel(self, order: OrderRecord, reason: str) -> None:
+        """Cancel one live order at the venue (before submission: locally).
+
+        Raises:
+            TransientError: the venue could not be asked; try again.
+            LeaseLost: this instance is not the writer any more.
+        """
+        if order.status == OrderStatus.PENDING_SUBMISSION:
+            self._transition(order, OrderTrigger.CANCEL)
+            await self._emit_canceled(order, reason or "canceled before submission")
+            return
+        await self._guard()
+        if order.status != OrderStatus.PENDING_CANCEL:
+            self._transition(order, OrderTrigger.REQUEST_CANCEL)
+            await self._save(order)
+        try:
+            answer = await self.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)
+        except VenueError as exc:
+            if exc.code in (UNKNOWN_ORDER_ON_CANCEL, ORDER_NOT_FOUND) or exc.status < 500:
+                self.log.info("cancel_refused", client_order_id=order.client_order_id, code=exc.code, msg=exc.msg)
+                await self._query_and_apply(order)
+                return
+            raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
+        except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
+            raise TransientError(f"cancel {order.client_order_id}: {exc}") from exc
+        await self._apply_venue_order(order, answer, reason=reason)
 
     # ------------------------------------------------------------------ submission
 
@@ -459,6 +516,7 @@ class PositionService:
                 reason = "queued: reconciliation with the venue pending"
             await self._queue(order, reason)
             return
+        await self._guard()
         self._transition(order, OrderTrigger.SUBMIT)
         submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
         await self._publish(self._order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
@@ -692,6 +750,7 @@ class PositionService:
         await self._publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
         position = apply_fill(self.positions.get(order.symbol, Position()), order.side, quantity, price)
         self.positions[order.symbol] = position
+        self._protect_dirty.add(order.symbol)
         changed = PositionChanged(
             venue=order.venue,
             symbol=order.symbol,
@@ -746,6 +805,7 @@ class PositionService:
                 self.log.warning("user_event_invalid", client_order_id=coid, error=repr(exc), raw=str(event)[:500])
                 return
             await self.check_invariants()
+            await self.maintain_protection()
 
     async def user_stream_forever(self, ws_base: str, stream: Callable[..., Any]) -> None:
         """Consume the user-data stream forever; every (re)connect asks for a reconciliation.
@@ -807,6 +867,7 @@ class PositionService:
                 ):
                     await self._apply_venue_order(order, answer)
             await self.check_invariants()
+            await self.maintain_protection(all_symbols=True)
 
     async def tick(self) -> None:
         """One supervision round: reconcile when needed, poll, keep the dead-man's switch armed."""
@@ -826,6 +887,8 @@ class PositionService:
             await asyncio.sleep(interval_s)
             try:
                 await self.tick()
+            except LeaseLost:
+                return  # not the writer any more: `_guard` reported it, the service stops
             except (*VENUE_FAILURES, TransientError) as exc:
                 self.log.warning("order_poll_failed", error=f"{type(exc).__name__}: {exc}", action_taken="retry")
 
@@ -833,9 +896,15 @@ class PositionService:
         """FM-N8: keep the venue's countdownCancelAll armed for every symbol with live orders."""
         if not self.may_submit():
             return
-        live_symbols = {order.symbol for order in self.orders.values() if order.status in MAYBE_AT_VENUE}
+        # Protective orders must outlive this service (FM-C2): they never arm the dead-man's switch.
+        live_symbols = {
+            order.symbol
+            for order in self.orders.values()
+            if order.status in MAYBE_AT_VENUE and not is_protective(order)
+        }
         now = self.clock()
         for symbol, countdown_ms in self.countdown.due(live_symbols, now).items():
+            await self._guard()
             try:
                 await self.client.countdown_cancel_all(symbol, countdown_ms)
             except VENUE_FAILURES as exc:
@@ -851,7 +920,27 @@ class PositionService:
         self.orders = await self.projections.load_orders()
         self.positions, self._position_seq = await self.projections.load_positions(self.venue)
         self.rebase()
-        self.log.info("position_state_loaded", orders=len(self.orders), positions=len(self.positions))
+        self.protections = {}
+        for symbol in self.symbols:
+            entry = await self.bus.kv_get(self._protection_key(symbol))
+            if entry is None:
+                continue
+            try:
+                raw = msgspec.json.decode(entry[0])
+                self.protections[symbol] = Protection(
+                    str(raw["entry"]),
+                    symbol,
+                    Decimal(raw["stop_loss"]) if raw.get("stop_loss") else None,
+                    Decimal(raw["take_profit"]) if raw.get("take_profit") else None,
+                )
+            except (msgspec.DecodeError, KeyError, TypeError, ArithmeticError) as exc:
+                self.log.error("protection_record_invalid", symbol=symbol, error=repr(exc), action_taken="ignored")
+        self.log.info(
+            "position_state_loaded",
+            orders=len(self.orders),
+            positions=len(self.positions),
+            protections=len(self.protections),
+        )
 
     async def reconcile(self, symbols: Sequence[str]) -> None:
         """Compare with the venue, correct through events, and only then mark reconciled.
@@ -902,6 +991,8 @@ class PositionService:
             )
             await self._set_link(ConnectionState.CONNECTED, "venue reachable and reconciled")
             await self.check_invariants()
+            # Stops of open positions are re-established (or found, same ids) after every reconciliation.
+            await self.maintain_protection(all_symbols=True)
 
     async def _adopt(self, answer: dict) -> None:
         coid = str(answer.get("clientOrderId"))
@@ -961,3 +1052,96 @@ class PositionService:
             local=str(local),
             venue=str(remote),
         )
+
+    # ------------------------------------------------------------------ protective stops (FM-C2)
+
+    def _protection_key(self, symbol: str) -> str:
+        return f"protection.{self.venue}.{symbol}"
+
+    async def _set_protection(self, protection: Protection) -> None:
+        """Remember (durably, in KV) the levels that protect the symbol's position."""
+        self.protections[protection.symbol] = protection
+        value = {
+            "entry": protection.entry,
+            "stop_loss": str(protection.stop_loss) if protection.stop_loss is not None else None,
+            "take_profit": str(protection.take_profit) if protection.take_profit is not None else None,
+        }
+        await self.bus.kv_put(self._protection_key(protection.symbol), msgspec.json.encode(value))
+        self._protect_dirty.add(protection.symbol)
+
+    async def _clear_protection(self, symbol: str) -> None:
+        self.protections.pop(symbol, None)
+        kv = await self.bus.kv()
+        try:
+            await kv.delete(self._protection_key(symbol))
+        except KeyNotFoundError:
+            pass
+        self.log.info("protection_cleared", symbol=symbol)
+
+    async def maintain_protection(self, *, all_symbols: bool = False) -> None:
+        """Keep each protected position's reduce-only stop and take-profit at the venue, sized to it.
+
+        Called under the order lock after fills, cancels, polls and reconciliation. Wanted orders
+        are placed before stale ones are cancelled, so a resize never leaves the position bare;
+        when the position is flat every protective order of the symbol is cancelled. Nothing is
+        done while orders may not be sent (unreconciled, link down, lease lost).
+        """
+        if not self.may_submit():
+            return
+        symbols = set(self._protect_dirty)
+        if all_symbols:
+            symbols |= set(self.protections) | {o.symbol for o in self.orders.values() if is_protective(o)}
+        self._protect_dirty.clear()
+        for symbol in sorted(symbols):
+            try:
+                await self._protect_symbol(symbol)
+            except (*VENUE_FAILURES, TransientError) as exc:
+                self._protect_dirty.add(symbol)  # tried again at the next poll
+                self.log.warning("protection_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+
+    async def _protect_symbol(self, symbol: str) -> None:
+        position = self.positions.get(symbol, Position()).quantity
+        protection = self.protections.get(symbol)
+        wanted = protective_orders(protection, position)
+        coid_of = {w.idempotency_key: client_order_id_for(w.idempotency_key) for w in wanted}
+        plan = plan_protection(wanted, self.orders, symbol, coid_of)
+        for item in plan.place:
+            await self._place_protective(item, coid_of[item.idempotency_key], protection)
+        for coid in plan.unavailable:
+            self.log.warning("protection_unavailable", symbol=symbol, client_order_id=coid, position=str(position))
+        for coid in plan.cancel:
+            await self._cancel(self.orders[coid], "protective order no longer matches the position")
+        if position == 0 and protection is not None:
+            entry = self.orders.get(protection.entry)
+            if entry is None or is_terminal(entry.status):
+                await self._clear_protection(symbol)
+
+    async def _place_protective(self, item: ProtectiveOrder, coid: str, protection: Protection | None) -> None:
+        command = SubmitOrder(
+            client_order_id=coid,
+            idempotency_key=item.idempotency_key,
+            source=OrderSource.RISK,
+            symbol=item.symbol,
+            side=item.side,
+            order_type=item.order_type,
+            quantity=item.quantity,
+            venue=self.venue,
+            price=item.price,
+            stop_price=item.stop_price,
+            reduce_only=True,
+            time_in_force=TimeInForce.GTC if item.order_type == OrderType.LIMIT else None,
+        )
+        order = record_from_command(command, self.clock())
+        self.orders[coid] = order
+        # On the ORDERS stream like any order (projection rebuilds see where it came from).
+        approved = OrderApproved(order=command)
+        await self._publish(self._order_subject("approved", order), approved, f"approved:{coid}", coid)
+        self.log.info(
+            "protective_order_placing",
+            client_order_id=coid,
+            symbol=item.symbol,
+            type=item.order_type.value,
+            quantity=str(item.quantity),
+            entry=protection.entry if protection else None,
+        )
+        await self._submit(order)

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+
+from nats.errors import Error as NatsError
 
 from libs.binance.client import BinanceRestClient
 from libs.breaker import CircuitBreaker
 from libs.errors import TransientError
+from libs.lease import LEASE_BUCKET, Lease
 from libs.runtime.service import ServiceContext, main
 from proto import subjects
+from proto.enums import ComponentState
 
 from .adapters import VENUE_FAILURES, Projections, VenueLink, user_stream_events
 from .handlers import PositionService
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
+LEASE_NAME = "position"
+"""The position service's single-writer lease (`lease.position` in KV bucket `bulwark-leases`)."""
 
 
 def venue_breaker_name(venue: str) -> str:
@@ -24,14 +32,28 @@ def venue_breaker_name(venue: str) -> str:
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Load projections, reconcile with the venue (retrying), then start consumers, the user-data
-    stream and the supervision loop (poll, venue link, dead-man's switch).
+    """Wait for the single-writer lease (standby meanwhile), load projections, reconcile with the
+    venue (retrying), then start consumers, the user-data stream and the supervision loop (poll,
+    venue link, dead-man's switch) and keep renewing the lease.
 
-    The component stays STARTING until reconciliation succeeded; approved orders wait in the
-    durable consumer meanwhile (SPEC §6, FM-C9: no new orders until reconciliation succeeds).
+    A standby instance is READY with `lease: standby` in its heartbeat: it consumes nothing and
+    sends nothing to the venue (SPEC §8). Once it holds the lease it stays STARTING until
+    reconciliation succeeded; approved orders wait in the durable consumer meanwhile (SPEC §6,
+    FM-C9). Losing the lease stops the instance (it never writes again; a supervisor restarts it
+    as a standby).
     """
     assert ctx.pool is not None, "position needs Postgres"
     settings = ctx.settings
+    holder = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    lease = Lease(await ctx.bus.kv(LEASE_BUCKET), LEASE_NAME, holder, ttl_s=settings.position_lease_ttl_s, log=ctx.log)
+    role = {"lease": "standby", "holder": holder}
+    ctx.details = lambda: dict(role)
+    if not await _wait_for_lease(ctx, lease):
+        return
+    ctx.cleanups.append(lease.release)
+    role["lease"] = "held"
+    role["token"] = str(lease.token)
+    ctx.set_state(ComponentState.STARTING)
     client = BinanceRestClient(
         settings.venue_rest_url, settings.venue_api_key, settings.venue_api_secret, timeout_s=VENUE_TIMEOUT_S
     )
@@ -52,9 +74,19 @@ async def setup(ctx: ServiceContext) -> None:
         countdown_ms=int(settings.countdown_cancel_s * 1000),
         countdown_refresh_s=settings.countdown_refresh_s,
         safety_poll_s=settings.order_safety_poll_s,
+        lease=lease,
+        on_lease_lost=ctx.stopping.set,
     )
     link.on_breaker = service.on_breaker
-    ctx.details = service.details
+
+    def lost() -> None:
+        service.lease_lost = True  # no venue write from here on, whatever is in flight
+        role["lease"] = "lost"
+        ctx.log.error("lease_lost", lease=LEASE_NAME, holder=holder, action_taken="stop writing, stop the service")
+        ctx.stopping.set()
+
+    ctx.spawn(lease.keep(on_lost=lost), "lease")
+    ctx.details = lambda: {**service.details(), **role}
     await service.load()
     delay = 0.5
     while not ctx.stopping.is_set():
@@ -84,6 +116,25 @@ async def setup(ctx: ServiceContext) -> None:
     )
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ctx.spawn(service.user_stream_forever(settings.venue_ws_url, user_stream_events), "user-stream")
+
+
+async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:
+    """Standby until the lease is ours (False: stopping first). READY meanwhile: ready to take over."""
+    announced = False
+    while not ctx.stopping.is_set():
+        try:
+            if await lease.try_acquire() is not None:
+                return True
+        except (NatsError, TimeoutError, OSError) as exc:
+            ctx.log.warning("lease_acquire_failed", lease=LEASE_NAME, error=f"{type(exc).__name__}: {exc}")
+        if not announced:
+            view = await lease.read()
+            holder = view.record.holder if view.record else None
+            ctx.log.info("position_standby", lease=LEASE_NAME, holder=lease.holder, current_holder=holder)
+            ctx.set_state(ComponentState.READY)
+            announced = True
+        await asyncio.sleep(lease.ttl_ns / 3e9)
+    return False
 
 
 if __name__ == "__main__":
