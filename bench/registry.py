@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.md_faults import format_md_faults, md_faults
+from bench.md_throughput import format_md_throughput, md_throughput
 from bench.recovery import format_result as format_recovery
 from bench.recovery import recovery
 from libs.bus import Bus
@@ -76,6 +77,12 @@ def bus_publish(repeats: int = 2000) -> dict[str, Any]:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
+    "md-throughput": Benchmark(
+        "md-throughput",
+        "market-data: md.* messages stored per second with pipelined vs one-at-a-time publishes",
+        lambda repeats=None: md_throughput(),
+        format_md_throughput,
+    ),
     "recovery": Benchmark("recovery", "state-builder kill -9 → VALID, two history sizes", recovery, format_recovery),
     "md-faults": Benchmark(
         "md-faults",

@@ -11,6 +11,7 @@ diffs in exactly the applied order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -49,6 +50,9 @@ from services.market_data.adapters import MARKET_REST_LINK, MARKET_WS_LINK
 
 T = TypeVar("T")
 Publish = Callable[[str, Message, str | None], Awaitable[int]]
+PublishItem = tuple[str, Message, str | None]
+PublishMany = Callable[[list[PublishItem]], Awaitable[list[int | BaseException]]]
+"""Publish several in order with one wait; per item the stream sequence or the exception of a failed one."""
 KvPut = Callable[[str, bytes], Awaitable[int]]
 Request = Callable[[str, bytes], Awaitable[bytes]]
 
@@ -59,6 +63,10 @@ FLAG_REPEAT_S = 5.0
 """The same (symbol, check, verdict) flag is published at most once per this many seconds."""
 TRANSIENT_ALERT_QUIET_S = 60.0
 """An alert about a one-off event resolves after this long without a recurrence."""
+PUBLISH_WINDOW = 2_000
+"""Most messages queued or awaiting their acknowledgement before `_emit` waits (back-pressure)."""
+PUBLISH_BATCH = 500
+"""Most messages sent in one `publish_many` batch."""
 _RAW_LOG_CHARS = 300
 _NS = 1_000_000_000
 VENUE_CALL_ERRORS = (VenueError, VenueUnreachable, VenueTimeout, BreakerOpen, domain.BadFrame)
@@ -128,6 +136,10 @@ class MarketDataService:
         log: component logger.
         ws_urls: the WebSocket base URLs to rotate through (main first, then alternates).
         request: NATS request/reply (for `svc.risk.halt` on a clock offset > 5 s); None: no halt.
+        publish_many: pipelined publishing (`libs.bus.Bus.publish_many` semantics, results per
+            item instead of raising); when given, `_emit` only queues and one flusher task sends
+            everything queued as one batch while the previous batch's acks are awaited, in
+            order. None: each message is published and acknowledged one at a time.
         budget: the venue's request budget the REST client uses (its transitions are published here).
         breaker: the per-venue circuit breaker around REST calls (FM-N5); None: no breaker.
         clock_ns: wall clock in integer ns.
@@ -146,6 +158,7 @@ class MarketDataService:
         log: Logger,
         ws_urls: Sequence[str] = ("",),
         request: Request | None = None,
+        publish_many: PublishMany | None = None,
         budget: RateBudget | None = None,
         breaker: CircuitBreaker | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -155,6 +168,16 @@ class MarketDataService:
         self.venue = venue
         self.symbols = tuple(symbol.upper() for symbol in symbols)
         self._publish = publish
+        self._publish_many = publish_many
+        self._outbox: collections.deque[PublishItem] = collections.deque()
+        self._outbox_wake = asyncio.Event()
+        self._outbox_room = asyncio.Event()
+        self._outbox_idle = asyncio.Event()
+        self._outbox_idle.set()
+        self._in_flight = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self.publish_batches = 0
+        self.publish_failures = 0
         self._kv_put = kv_put
         self._rest = rest
         self._open_stream = open_stream
@@ -228,7 +251,10 @@ class MarketDataService:
 
     async def _emit(self, messages: list[Message]) -> None:
         """Publish in order; a lost book message forces a resync so the chain is never silently broken."""
-        if self._closed:
+        if self._closed or not messages:
+            return
+        if self._publish_many is not None:
+            await self._enqueue(messages)
             return
         for message in messages:
             subject, msg_id = route(message)
@@ -247,6 +273,93 @@ class MarketDataService:
                         sync.force_resync("publish failed")
                     self._ensure_snapshot(message.symbol)
                     return
+
+    async def _enqueue(self, messages: list[Message]) -> None:
+        """Queue for the flusher; waits while the in-flight window is full (back-pressure on the stream)."""
+        while len(self._outbox) + self._in_flight >= PUBLISH_WINDOW and not self._closed:
+            self._outbox_room.clear()
+            await self._outbox_room.wait()
+        for message in messages:
+            subject, msg_id = route(message)
+            self._outbox.append((subject, message, msg_id))
+        self._outbox_idle.clear()
+        self._outbox_wake.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_forever(), name="market-data-publish")
+
+    async def _flush_forever(self) -> None:
+        """Send everything queued as one batch, await its acks, repeat: order is the queue's order.
+
+        Only one batch is awaited at a time, so a batch holds what arrived while the previous
+        one's acks were pending: one round trip per batch instead of per message.
+        """
+        assert self._publish_many is not None
+        while True:
+            if not self._outbox:
+                self._outbox_idle.set()
+                self._outbox_wake.clear()
+                await self._outbox_wake.wait()
+                continue
+            batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            self._in_flight = len(batch)
+            try:
+                results = await self._publish_many(batch)
+            except Exception as exc:  # noqa: BLE001 - bus trouble must not kill the venue link
+                results = [exc] * len(batch)
+            self._in_flight = 0
+            self.publish_batches += 1
+            self._outbox_room.set()
+            failed = [
+                (item, result) for item, result in zip(batch, results, strict=False) if not isinstance(result, int)
+            ]
+            if len(results) < len(batch):
+                failed.extend((item, RuntimeError("no result")) for item in batch[len(results) :])
+            if failed:
+                self._on_publish_failed(failed)
+
+    def _on_publish_failed(self, failed: list[tuple[PublishItem, BaseException]]) -> None:
+        """A lost book message: drop the symbol's queued book messages and resync it (never re-publish)."""
+        self.publish_failures += len(failed)
+        broken: set[str] = set()
+        for (subject, message, _), error in failed:
+            book = isinstance(message, DepthDiff | BookSnapshot)
+            self.log.warning(
+                "publish_failed",
+                subject=subject,
+                error=f"{type(error).__name__}: {error}"[:300],
+                action_taken="resync symbol" if book else "dropped",
+            )
+            if book:
+                broken.add(message.symbol)  # type: ignore[union-attr]
+        if not broken:
+            return
+        # Diffs queued behind a lost one cannot chain for any reader: sending them is useless.
+        kept = [
+            item
+            for item in self._outbox
+            if not (isinstance(item[1], DepthDiff | BookSnapshot) and item[1].symbol in broken)
+        ]
+        self._outbox = collections.deque(kept)
+        for symbol in sorted(broken):
+            self._spawn(self._resync_after_publish_failure(symbol), f"publish-resync-{symbol}")
+
+    async def _resync_after_publish_failure(self, symbol: str) -> None:
+        async with self._lock:
+            sync = self.syncs[symbol]
+            if not sync.wants_snapshot:
+                self.clean_window.on_break(symbol)
+                await self._emit(sync.force_resync("publish failed"))
+            self._ensure_snapshot(symbol)
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued was acknowledged (or failed); False on timeout."""
+        if self._publish_many is None:
+            return True
+        try:
+            await asyncio.wait_for(self._outbox_idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _kv(self, key: str, value: dict[str, Any]) -> None:
         try:
@@ -956,8 +1069,10 @@ class MarketDataService:
 
     async def close(self) -> None:
         """Stop the stream loop, the polls, snapshot fetches and background work."""
+        await self.flush(2.0)
         self._closed = True
-        tasks = [*self._fetching.values(), *self._background]
+        self._outbox_room.set()
+        tasks = [*self._fetching.values(), *self._background, *([self._flusher] if self._flusher else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:

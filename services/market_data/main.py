@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from libs.breaker import CircuitBreaker
+from libs.bus import PublishManyError
 from libs.ratelimit import RateBudget
 from libs.runtime.service import ServiceContext, main, run_service
 from libs.settings import Settings
@@ -28,6 +29,12 @@ async def setup(ctx: ServiceContext) -> None:
     async def publish(subject: str, message: Message, msg_id: str | None) -> int:
         return await ctx.bus.publish(subject, message, msg_id=msg_id)
 
+    async def publish_many(items: list[tuple[str, Message, str | None]]) -> list[int | BaseException]:
+        try:
+            return list(await ctx.bus.publish_many(items))
+        except PublishManyError as exc:
+            return exc.results
+
     async def request(subject: str, payload: bytes) -> bytes:
         return await ctx.bus.request(subject, payload)
 
@@ -41,6 +48,7 @@ async def setup(ctx: ServiceContext) -> None:
         ws_urls=adapters.ws_urls(settings),
         log=ctx.log,
         request=request,
+        publish_many=publish_many,
         budget=budget,
         breaker=breaker,
     )
