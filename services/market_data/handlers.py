@@ -329,8 +329,8 @@ class MarketDataService:
                 error=f"{type(error).__name__}: {error}"[:300],
                 action_taken="resync symbol" if book else "dropped",
             )
-            if book:
-                broken.add(message.symbol)  # type: ignore[union-attr]
+            if isinstance(message, DepthDiff | BookSnapshot):
+                broken.add(message.symbol)
         if not broken:
             return
         # Diffs queued behind a lost one cannot chain for any reader: sending them is useless.
