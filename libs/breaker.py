@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from libs.fsm import next_state
+from proto.messages import BreakerStateChanged
 
 NS_PER_S = 1_000_000_000
 
@@ -51,6 +52,25 @@ class BreakerTransition:
     previous: BreakerState
     current: BreakerState
     reason: str
+
+    def fields(self) -> dict[str, str]:
+        """The transition as `BreakerStateChanged` fields (also the structured-log details)."""
+        return {
+            "breaker": self.name,
+            "previous": self.previous.value,
+            "current": self.current.value,
+            "reason": self.reason,
+        }
+
+    def event(self) -> BreakerStateChanged:
+        """The event to publish on `evt.breaker.<name>`."""
+        return BreakerStateChanged(
+            breaker=self.name, previous=self.previous.value, current=self.current.value, reason=self.reason
+        )
+
+    def record(self, ts_ns: int) -> dict[str, object]:
+        """The KV value under `breaker.<name>` (what `/v1/breakers` shows)."""
+        return {"state": self.current.value, "reason": self.reason, "ts_ns": ts_ns}
 
 
 class BreakerOpen(Exception):

@@ -493,23 +493,9 @@ class MarketDataService:
     async def _on_breaker(self, transition: BreakerTransition | None) -> None:
         if transition is None:
             return
-        self.log.warning(
-            "breaker_state_changed",
-            breaker=transition.name,
-            previous=transition.previous.value,
-            current=transition.current.value,
-            reason=transition.reason,
-        )
-        event = BreakerStateChanged(
-            breaker=transition.name,
-            previous=transition.previous.value,
-            current=transition.current.value,
-            reason=transition.reason,
-        )
-        await self._kv(
-            subjects.key_breaker(transition.name),
-            {"state": transition.current.value, "reason": transition.reason, "ts_ns": event.ts_event_ns},
-        )
+        self.log.warning("breaker_state_changed", **transition.fields())
+        event = transition.event()
+        await self._kv(subjects.key_breaker(transition.name), transition.record(event.ts_event_ns))
         await self._emit([event])
         key = f"md.breaker.{transition.name}"
         if transition.current == BreakerState.OPEN:

@@ -42,7 +42,6 @@ from proto.envelope import Message
 from proto.messages import (
     AlertRaised,
     AlertResolved,
-    BreakerStateChanged,
     CancelOrder,
     DeadLettered,
     DegradationLevelChanged,
@@ -368,22 +367,12 @@ class PositionService:
 
     async def on_breaker(self, transition: BreakerTransition) -> None:
         """Publish a venue breaker transition; OPEN takes the order link down."""
-        self.log.warning(
-            "breaker_state_changed",
-            breaker=transition.name,
-            previous=transition.previous.value,
-            current=transition.current.value,
-            reason=transition.reason,
-        )
-        event = BreakerStateChanged(
-            breaker=transition.name,
-            previous=transition.previous.value,
-            current=transition.current.value,
-            reason=transition.reason,
-        )
+        self.log.warning("breaker_state_changed", **transition.fields())
+        event = transition.event()
         await self.bus.publish(subjects.evt_breaker(transition.name), event)
-        value = {"state": transition.current.value, "reason": transition.reason, "ts_ns": event.ts_event_ns}
-        await self.bus.kv_put(subjects.key_breaker(transition.name), msgspec.json.encode(value))
+        await self.bus.kv_put(
+            subjects.key_breaker(transition.name), msgspec.json.encode(transition.record(event.ts_event_ns))
+        )
         if transition.current == BreakerState.OPEN:
             await self._set_link(ConnectionState.DISCONNECTED, f"venue breaker open: {transition.reason}")
 

@@ -75,3 +75,16 @@ def test_reset_when_open_then_closed_with_reason() -> None:
     transition = breaker.reset("operator alice: venue back")
     assert transition is not None and transition.current is BreakerState.CLOSED
     assert breaker.reset("again") is None
+
+
+def test_transition_when_published_then_event_and_kv_record_carry_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.x", clock)
+    transition = None
+    for _ in range(5):
+        transition = breaker.record_failure("timeout") or transition
+    assert transition is not None
+    event = transition.event()
+    assert (event.breaker, event.previous, event.current) == ("venue.x", "CLOSED", "OPEN")
+    assert event.reason == transition.reason and "timeout" in event.reason
+    assert transition.record(42) == {"state": "OPEN", "reason": transition.reason, "ts_ns": 42}
