@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +24,7 @@ from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
 from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
+from libs.testing.polling import eventually
 from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import encode
@@ -48,17 +48,6 @@ def venue_url_fixture(tmp_path: Path) -> Iterator[str]:
 def settings_overrides_fixture() -> dict[str, Any]:
     """Settings fields to change for one test (parametrize this name to override)."""
     return {}
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-    """Poll `check` until it returns something truthy (generous deadlines: the CPU is shared)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def sim_state(url: str) -> dict:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +25,7 @@ from libs.ids import client_order_id_for
 from libs.logging import get_logger
 from libs.runtime.service import run_service
 from libs.settings import Settings
+from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ComponentState, HotStateStatus, OrderSource, OrderType, Side, TradingState
@@ -48,14 +50,7 @@ VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+eventually = functools.partial(poll_until, timeout_s=20.0)
 
 
 class FakeStateBuilder:
@@ -170,7 +165,7 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
         return True
 
     try:
-        await eventually(ready, 30)
+        await eventually(ready, timeout_s=30)
         yield harness
     finally:
         task.cancel()
@@ -202,7 +197,7 @@ async def test_risk_when_state_builder_dead_then_entries_denied_exits_pass_and_e
     async def denied_again() -> bool:
         return isinstance(await risk.order(Side.BUY, "0.01"), OrderDenied)
 
-    await eventually(denied_again, 20)
+    await eventually(denied_again, timeout_s=20)
 
 
 async def test_risk_when_bus_connection_lost_then_entries_halted_until_reconnected_and_revalidated(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +22,7 @@ from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
 from libs.settings import Settings
+from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side
@@ -49,14 +50,7 @@ VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"
 
 
-async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+_eventually = functools.partial(poll_until, timeout_s=15.0)
 
 
 @dataclass
@@ -165,7 +159,7 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
         return True
 
     try:
-        await _eventually(ready, 20)
+        await _eventually(ready, timeout_s=20)
         yield harness
     finally:
         task.cancel()

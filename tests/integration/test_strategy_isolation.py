@@ -5,12 +5,13 @@ other keeps emitting signals the whole time, and FAILED survives a restart."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from nats.aio.msg import Msg
 
 from libs.bus import Bus
 from libs.logging import get_logger
+from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ConnectionState, HotStateStatus, Side
@@ -55,14 +57,7 @@ crash_on = "liquidation"
 """
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+eventually = functools.partial(poll_until, timeout_s=45.0)
 
 
 class Harness:

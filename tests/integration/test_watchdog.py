@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from libs.runtime import infra as infra_commands
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from libs.testing.infra import EmbeddedInfra
+from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
@@ -43,14 +44,7 @@ async def running_watchdog(nats_url: str, pool: Any, **overrides: Any) -> AsyncI
         await bus.close()
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 8.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+eventually = functools.partial(poll_until, timeout_s=8.0)
 
 
 async def test_heartbeats_stop_then_component_down_alert_audited_and_health_red(
