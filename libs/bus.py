@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -52,6 +52,8 @@ from proto.enums import AlertSeverity
 from proto.envelope import Message
 from proto.messages import AlertRaised, DeadLettered
 from proto.subjects import StreamSpec
+
+M = TypeVar("M", bound=Message)
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TYPE = "Bulwark-Type"
@@ -266,6 +268,15 @@ class Bus:
                     KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE)
                 )
         return self._kv[bucket]
+
+    async def last_message(self, stream: str, subject: str, kind: type[M]) -> M | None:
+        """The newest message stored on `subject` in `stream`, when it is a `kind` (else None)."""
+        try:
+            raw = await self.js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        message = decode(raw.data or b"")
+        return message if isinstance(message, kind) else None
 
     async def kv_get(self, key: str, bucket: str = subjects.KV_STATE) -> tuple[bytes, int] | None:
         """(value, revision) of a key, or None when it was never set or deleted."""

@@ -7,11 +7,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
-from nats.js.errors import NotFoundError
 
 from libs.bus import Bus
 from proto import subjects
-from proto.codec import decode, decode_as
+from proto.codec import decode_as
 from proto.enums import DegradationLevel, HotStateStatus
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 
@@ -46,12 +45,7 @@ async def read_hot_state(bus: Bus, symbol: str) -> HotStateStatus | None:
 
 async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChanged | None:
     """The newest `PositionChanged` of a symbol on the ORDERS stream (None when there is none)."""
-    try:
-        raw = await bus.js.get_last_msg(subjects.STREAM_ORDERS.name, subjects.evt_position(venue, symbol))
-    except NotFoundError:
-        return None
-    message = decode(raw.data or b"")
-    return message if isinstance(message, PositionChanged) else None
+    return await bus.last_message(subjects.STREAM_ORDERS.name, subjects.evt_position(venue, symbol), PositionChanged)
 
 
 def parse_symbols_reply(raw: bytes) -> dict[str, SymbolHotState]:

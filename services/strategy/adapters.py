@@ -4,11 +4,10 @@ ORDERS stream, and the state-builder's symbol view."""
 from __future__ import annotations
 
 import msgspec
-from nats.js.errors import NotFoundError
 
 from libs.bus import Bus
 from proto import subjects
-from proto.codec import decode, decode_as
+from proto.codec import decode_as
 from proto.enums import HotStateStatus, StrategyState
 from proto.messages import PositionChanged, SymbolsReply
 
@@ -82,12 +81,7 @@ async def write_crash_record(bus: Bus, name: str, record: CrashRecord) -> None:
 
 async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChanged | None:
     """The newest `PositionChanged` of a symbol on the ORDERS stream (None when there is none)."""
-    try:
-        raw = await bus.js.get_last_msg(subjects.STREAM_ORDERS.name, subjects.evt_position(venue, symbol))
-    except NotFoundError:
-        return None
-    message = decode(raw.data or b"")
-    return message if isinstance(message, PositionChanged) else None
+    return await bus.last_message(subjects.STREAM_ORDERS.name, subjects.evt_position(venue, symbol), PositionChanged)
 
 
 def market_views(raw: bytes) -> dict[str, MarketView]:
