@@ -83,7 +83,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         lambda repeats=None: md_throughput(),
         format_md_throughput,
     ),
-    "recovery": Benchmark("recovery", "state-builder kill -9 → VALID, two history sizes", recovery, format_recovery),
+    "recovery": Benchmark(
+        "recovery",
+        "kill -9 → VALID (state-builder) and → accepting orders (position), two history sizes",
+        recovery,
+        format_recovery,
+    ),
     "md-faults": Benchmark(
         "md-faults",
         "stall→HALTED, venue back→ACTIVE, dropped depth→VALID through the running system (median, p99)",
