@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
@@ -25,24 +25,16 @@ BPS = Decimal(10_000)
 
 
 @dataclass(frozen=True, kw_only=True)
-class CascadeFadeConfig(StrategyConfig):
-    """Parameters of `cascade_fade` (detection thresholds, then the trade).
+class CascadeFadeConfig(StrategyConfig, CascadeDetection):
+    """Parameters of `cascade_fade`: the detection thresholds (`liquidations.CascadeDetection`,
+    inherited with their defaults), then the trade.
 
     Attributes:
-        window_s ... decay_s: see `liquidations.CascadeDetection`.
         max_entry_delay_s: enter only this soon after the cascade is exhausted (DECAYING).
         stop_loss_pct: stop this far (% of price) beyond the cascade's extreme.
         take_profit_retrace: target retraces this fraction of the cascade's displacement.
     """
 
-    window_s: float = 5.0
-    min_liquidations: int = 3
-    min_notional: Decimal = Decimal(0)
-    min_displacement_pct: Decimal = Decimal("0.3")
-    min_oi_drop_pct: Decimal = Decimal(0)
-    lookback_s: float = 30.0
-    quiet_s: float = 2.0
-    decay_s: float = 30.0
     max_entry_delay_s: float = 10.0
     stop_loss_pct: Decimal = Decimal("0.3")
     take_profit_retrace: Decimal = Decimal("0.5")
@@ -50,16 +42,7 @@ class CascadeFadeConfig(StrategyConfig):
 
     def detection(self) -> CascadeDetection:
         """The detector's part of the parameters."""
-        return CascadeDetection(
-            window_s=self.window_s,
-            min_liquidations=self.min_liquidations,
-            min_notional=self.min_notional,
-            min_displacement_pct=self.min_displacement_pct,
-            min_oi_drop_pct=self.min_oi_drop_pct,
-            lookback_s=self.lookback_s,
-            quiet_s=self.quiet_s,
-            decay_s=self.decay_s,
-        )
+        return CascadeDetection(**{f.name: getattr(self, f.name) for f in fields(CascadeDetection)})
 
 
 class CascadeFadeStrategy(Strategy):
