@@ -11,8 +11,13 @@ Formats (see `shared/data/README.md`):
 
 Records carry the receive time in integer nanoseconds. Prices and quantities are `Decimal`.
 
-`rebuild_book` / `iter_book_states` apply the Binance USD-M book procedure and serve as the
-independent reference other tests compare the simulator and the market-data service against.
+Spot depth events carry no `pu`: their ids are consecutive, so a spot `DepthUpdate` has
+`market == "spot"` and `previous_final_update_id == U - 1` (the id the previous event must have
+ended on).
+
+`rebuild_book` / `iter_book_states` apply the Binance book procedure of the recording's market
+(USD-M or spot) and serve as the independent reference other tests compare the simulator and the
+market-data service against.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ Level = tuple[Decimal, Decimal]
 
 _json_decoder = msgspec.json.Decoder()
 _SYMBOL_IN_NAME = re.compile(r"_([a-z0-9]+usdt?)_", re.IGNORECASE)
+
+
+USDM = "usdm"
+SPOT = "spot"
+"""Market kinds of a recording: Binance USD-M futures or spot (different depth chaining)."""
 
 
 class RecordingError(ValueError):
@@ -57,7 +67,10 @@ class DepthSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class DepthUpdate:
-    """One `depthUpdate` stream event (`U`, `u`, `pu` chaining)."""
+    """One `depthUpdate` stream event: USD-M chains on `pu`, spot on `U == previous u + 1`.
+
+    For spot (`market == "spot"`) `previous_final_update_id` is implied: `U - 1`.
+    """
 
     receive_ns: int
     symbol: str
@@ -69,6 +82,7 @@ class DepthUpdate:
     previous_final_update_id: int
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
+    market: str = USDM
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +197,20 @@ def _stream_record(receive_ns: int, stream: str, data: dict[str, Any]) -> Record
     """Typed record of one stream message, None for streams we do not model (kline...)."""
     kind = data.get("e")
     if kind == "depthUpdate":
+        first = int(data["U"])
+        spot = "pu" not in data  # spot events have consecutive ids and no `pu`
         return DepthUpdate(
             receive_ns=receive_ns,
             symbol=data["s"],
             stream=stream,
             event_time_ms=int(data["E"]),
             transaction_time_ms=int(data.get("T", data["E"])),
-            first_update_id=int(data["U"]),
+            first_update_id=first,
             final_update_id=int(data["u"]),
-            previous_final_update_id=int(data["pu"]),
+            previous_final_update_id=first - 1 if spot else int(data["pu"]),
             bids=_levels(data["b"]),
             asks=_levels(data["a"]),
+            market=SPOT if spot else USDM,
         )
     if kind == "trade":
         return Trade(
@@ -411,12 +428,14 @@ class ReferenceBook:
 
 
 def iter_book_states(records: Iterable[Record], symbol: str | None = None) -> Iterator[ReferenceBook]:
-    """Rebuild the book with the Binance USD-M procedure and yield it after every applied event.
+    """Rebuild the book with the Binance procedure and yield it after every applied event.
 
-    Events before the (first) snapshot are buffered. With the snapshot's `L`: events with `u < L`
-    are dropped, the first applied has `U <= L <= u`, then each event's `pu` must equal the
-    previous `u`. The first yield is the snapshot itself; the same object is mutated and yielded
-    again after each event (copy it to keep a state).
+    Events before the (first) snapshot are buffered. With the snapshot's `L`, USD-M: events with
+    `u < L` are dropped, the first applied has `U <= L <= u`, then each event's `pu` must equal
+    the previous `u`. Spot (events without `pu`): events with `u <= L` are dropped, the first
+    applied has `U <= L + 1 <= u`, then each event's `U` must equal the previous `u + 1`. The
+    first yield is the snapshot itself; the same object is mutated and yielded again after each
+    event (copy it to keep a state).
 
     Raises:
         SequenceGapError: an event does not chain, or nothing bridges the snapshot.
@@ -428,15 +447,20 @@ def iter_book_states(records: Iterable[Record], symbol: str | None = None) -> It
     def apply(event: DepthUpdate) -> bool:
         nonlocal previous_u
         assert book is not None
+        spot = event.market == SPOT
         if previous_u is None:
-            if event.final_update_id < book.last_update_id:
+            # Spot's snapshot L is the last id it contains, USD-M's the id of an event it ends in.
+            bridge = book.last_update_id + 1 if spot else book.last_update_id
+            if event.final_update_id < bridge:
                 return False
-            if not event.first_update_id <= book.last_update_id <= event.final_update_id:
+            if not event.first_update_id <= bridge <= event.final_update_id:
                 raise SequenceGapError(
                     f"{book.symbol}: first event U={event.first_update_id} u={event.final_update_id} "
                     f"does not bridge snapshot L={book.last_update_id}"
                 )
-        elif event.previous_final_update_id != previous_u:
+        elif spot and event.first_update_id != previous_u + 1:
+            raise SequenceGapError(f"{book.symbol}: U={event.first_update_id} != previous u + 1 = {previous_u + 1}")
+        elif not spot and event.previous_final_update_id != previous_u:
             raise SequenceGapError(f"{book.symbol}: pu={event.previous_final_update_id} != previous u={previous_u}")
         book.apply(event.bids, event.asks)
         book.last_update_id = previous_u = event.final_update_id

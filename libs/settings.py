@@ -31,6 +31,11 @@ class Settings:
     pg_dsn: str = _doc("postgresql://bulwark@127.0.0.1:5432/bulwark", "Postgres DSN")
     redis_url: str = _doc("redis://127.0.0.1:6379/0", "Valkey/Redis URL for idempotency keys")
     venue: str = _doc("binance-usdm", "venue name used in subjects")
+    venue_market: str = _doc(
+        "usdm",
+        "market-data: Binance market of the venue link, usdm or spot (REST paths, streams, book procedure); "
+        "spot with the default venue name publishes as binance-spot",
+    )
     venue_rest_url: str = _doc("http://127.0.0.1:8100", "venue REST base URL")
     venue_ws_url: str = _doc("ws://127.0.0.1:8100", "venue WebSocket base URL")
     venue_api_key: str = _doc("bulwark-sim-key", "venue API key")
@@ -90,9 +95,12 @@ class Settings:
     strategy_config: str = _doc(
         "", "TOML file of per-instance strategy parameters (docs/strategies.md); empty: defaults"
     )
-    snapshot_interval_s: float = _doc(60.0, "state-builder: seconds between snapshots of books and hot state (SPEC §8)")
+    snapshot_interval_s: float = _doc(
+        60.0, "state-builder, risk, strategy, watchdog: seconds between snapshots of their state (SPEC §8)"
+    )
     snapshot_every_events: int = _doc(
-        2000, "state-builder: also snapshot after this many market-data messages, bounding the replay (FM-C1)"
+        2000,
+        "state-builder, risk, strategy, watchdog: also snapshot after this many stream messages, bounding the replay",
     )
     recovery_max_replay: int = _doc(
         20000, "state-builder: longest snapshot tail replayed at start; beyond it books resync from market-data"
@@ -109,6 +117,9 @@ class Settings:
     watchdog_cpu_max_pct: float = _doc(95.0, "watchdog: CPU use above this for 30 s turns health YELLOW and alerts")
     watchdog_latency_floor_ms: float = _doc(
         250.0, "watchdog: p99 latency is only too high (> 2x baseline) above this floor"
+    )
+    watchdog_verify_interval_s: float = _doc(
+        3600.0, "watchdog: period of the full-replay verification of the projections against the log (SPEC §8; 0 off)"
     )
     watchdog_recovery_hold_s: float = _doc(
         2.0, "watchdog: a lower degradation level must hold this long before it is taken"

@@ -1,5 +1,9 @@
 """Async REST client of the Binance USD-M futures API (and of the venue simulator speaking it).
 
+The public market-data calls also speak Binance spot (`market="spot"`): the same methods go to
+the spot paths (`/api/v3/depth`, `/api/v3/time`, `/api/v3/ticker/price`, `/api/v3/aggTrades`,
+`/api/v3/historicalTrades`); see `MARKET_PATHS`. Trading calls are USD-M only.
+
 Every call ends in exactly one of: a decoded JSON answer, `VenueError` (a definite answer),
 `VenueUnreachable` (nothing was sent) or `VenueTimeout` (ambiguous). Retrying and circuit
 breaking are the caller's business; this client only classifies and reports, so that an order
@@ -37,6 +41,8 @@ from libs.binance.signing import sign
 from libs.ratelimit import Priority, RateBudget
 
 __all__ = [
+    "MARKETS",
+    "MARKET_PATHS",
     "BinanceRestClient",
     "CachingResolver",
     "RequestThrottled",
@@ -44,6 +50,7 @@ __all__ = [
     "VenueTimeout",
     "VenueUnreachable",
     "endpoint_cost",
+    "venue_name_for",
 ]
 
 _decoder = msgspec.json.Decoder()
@@ -94,12 +101,59 @@ class CachingResolver(AbstractResolver):
             await self._inner.close()
 
 
+USDM = "usdm"
+SPOT = "spot"
+MARKETS = (USDM, SPOT)
+"""Binance markets whose public market data this client speaks."""
+
+MARKET_PATHS: dict[str, dict[str, str]] = {
+    USDM: {
+        "time": "/fapi/v1/time",
+        "exchange_info": "/fapi/v1/exchangeInfo",
+        "depth": "/fapi/v1/depth",
+        "ticker_price": "/fapi/v1/ticker/price",
+        "agg_trades": "/fapi/v1/aggTrades",
+    },
+    SPOT: {
+        "time": "/api/v3/time",
+        "exchange_info": "/api/v3/exchangeInfo",
+        "depth": "/api/v3/depth",
+        "ticker_price": "/api/v3/ticker/price",
+        "agg_trades": "/api/v3/aggTrades",
+        "historical_trades": "/api/v3/historicalTrades",
+    },
+}
+"""Public REST path of each market-data operation, per market."""
+
+DEFAULT_USDM_VENUE = "binance-usdm"
+DEFAULT_SPOT_VENUE = "binance-spot"
+
+
+def venue_name_for(venue: str, market: str) -> str:
+    """The venue name put in subjects and messages: spot must not pass for USD-M.
+
+    A spot link with the USD-M default name (`binance-usdm`, i.e. `BULWARK_VENUE` left alone)
+    is named `binance-spot`; any other configured name is kept as given.
+    """
+    if market == SPOT and venue == DEFAULT_USDM_VENUE:
+        return DEFAULT_SPOT_VENUE
+    return venue
+
+
 def _limit_weight(params: dict[str, Any]) -> int:
     try:
         limit = int(params.get("limit") or 500)
     except (TypeError, ValueError):
         return 20
     return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+def _spot_limit_weight(params: dict[str, Any]) -> int:
+    try:
+        limit = int(params.get("limit") or 100)
+    except (TypeError, ValueError):
+        return 50
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
 
 _COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], int]] = {
@@ -117,11 +171,17 @@ _COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], i
     ("GET", "/fapi/v1/userTrades"): (Priority.HISTORY, lambda _: 5, 0),
     ("GET", "/fapi/v1/aggTrades"): (Priority.HISTORY, lambda _: 20, 0),
     ("GET", "/fapi/v1/exchangeInfo"): (Priority.HISTORY, lambda _: 1, 0),
+    ("GET", "/api/v3/depth"): (Priority.SNAPSHOT, _spot_limit_weight, 0),
+    ("GET", "/api/v3/time"): (Priority.ACCOUNT, lambda _: 1, 0),
+    ("GET", "/api/v3/ticker/price"): (Priority.ACCOUNT, lambda p: 2 if p.get("symbol") else 4, 0),
+    ("GET", "/api/v3/aggTrades"): (Priority.HISTORY, lambda _: 2, 0),
+    ("GET", "/api/v3/historicalTrades"): (Priority.HISTORY, lambda _: 25, 0),
+    ("GET", "/api/v3/exchangeInfo"): (Priority.HISTORY, lambda _: 20, 0),
 }
 
 
 def endpoint_cost(method: str, path: str, params: dict[str, Any] | None = None) -> tuple[Priority, int, int]:
-    """(priority, request weight, orders placed) of one request, after Binance's USD-M tables."""
+    """(priority, request weight, orders placed) of one request, after Binance's USD-M and spot tables."""
     priority, weight, orders = _COSTS.get((method, path), (Priority.ACCOUNT, lambda _: 1, 0))
     return priority, weight(params or {}), orders
 
@@ -150,6 +210,10 @@ class BinanceRestClient:
         resolver: DNS resolver of the session (e.g. a shared `CachingResolver`); aiohttp's when None.
         max_budget_wait_s: a request the budget holds back longer than this fails at once with
             `RequestThrottled` instead of waiting.
+        market: `usdm` or `spot`: which paths the public market-data calls use (`MARKET_PATHS`).
+
+    Raises:
+        ValueError: an unknown market.
     """
 
     def __init__(
@@ -164,7 +228,12 @@ class BinanceRestClient:
         alternate_urls: Sequence[str] = (),
         resolver: AbstractResolver | None = None,
         max_budget_wait_s: float = 2.0,
+        market: str = USDM,
     ) -> None:
+        if market not in MARKET_PATHS:
+            raise ValueError(f"unknown market {market!r}: use one of {', '.join(MARKETS)}")
+        self.market = market
+        self._paths = MARKET_PATHS[market]
         self.base_urls = [url.rstrip("/") for url in (base_url, *alternate_urls) if url]
         self.base_url = self.base_urls[0]
         """The endpoint requests go to first: the last one that answered."""
@@ -321,34 +390,48 @@ class BinanceRestClient:
     # ------------------------------------------------------------------ market data (public)
 
     async def server_time_ms(self) -> int:
-        """The venue's clock (`GET /fapi/v1/time`), in ms."""
-        answer = await self._request("GET", "/fapi/v1/time")
+        """The venue's clock (`GET /fapi/v1/time`, spot `/api/v3/time`), in ms."""
+        answer = await self._request("GET", self._paths["time"])
         return int(answer["serverTime"])
 
     async def exchange_info(self) -> dict:
-        """Symbols, filters and rate limits (`GET /fapi/v1/exchangeInfo`)."""
-        result: dict = await self._request("GET", "/fapi/v1/exchangeInfo")
+        """Symbols, filters and rate limits (`GET /fapi/v1/exchangeInfo`, spot `/api/v3/exchangeInfo`)."""
+        result: dict = await self._request("GET", self._paths["exchange_info"])
         return result
 
     async def depth(self, symbol: str, limit: int = 1000) -> dict:
-        """Order-book snapshot `{"lastUpdateId", "bids", "asks", ...}` (`GET /fapi/v1/depth`)."""
-        result: dict = await self._request("GET", "/fapi/v1/depth", {"symbol": symbol, "limit": limit})
+        """Order-book snapshot `{"lastUpdateId", "bids", "asks", ...}` (`GET /fapi/v1/depth`, spot `/api/v3/depth`)."""
+        result: dict = await self._request("GET", self._paths["depth"], {"symbol": symbol, "limit": limit})
         return result
 
     async def premium_index(self, symbol: str) -> dict:
-        """Mark price, index price and funding rate (`GET /fapi/v1/premiumIndex`)."""
+        """Mark price, index price and funding rate (`GET /fapi/v1/premiumIndex`; USD-M only)."""
         result: dict = await self._request("GET", "/fapi/v1/premiumIndex", {"symbol": symbol})
         return result
 
     async def ticker_price(self, symbol: str) -> dict:
-        """Last traded price `{"symbol", "price", "time"}` (`GET /fapi/v1/ticker/price`)."""
-        result: dict = await self._request("GET", "/fapi/v1/ticker/price", {"symbol": symbol})
+        """Last traded price `{"symbol", "price", ...}` (`GET /fapi/v1/ticker/price`, spot `/api/v3/ticker/price`)."""
+        result: dict = await self._request("GET", self._paths["ticker_price"], {"symbol": symbol})
         return result
 
     async def aggregate_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
-        """Aggregate trades from id `from_id` on (`GET /fapi/v1/aggTrades`), for backfilling gaps."""
+        """Aggregate trades from id `from_id` on (`GET /fapi/v1/aggTrades`, spot `/api/v3/aggTrades`)."""
         params = {"symbol": symbol, "fromId": from_id, "limit": limit}
-        result: list[dict] = await self._request("GET", "/fapi/v1/aggTrades", params)
+        result: list[dict] = await self._request("GET", self._paths["agg_trades"], params)
+        return result
+
+    async def historical_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
+        """Spot trades from trade id `from_id` on (`GET /api/v3/historicalTrades`, API key sent), for
+        backfilling a gap in the `@trade` stream.
+
+        Raises:
+            ValueError: called on a USD-M client (no such endpoint there).
+        """
+        path = self._paths.get("historical_trades")
+        if path is None:
+            raise ValueError("historicalTrades is a spot endpoint")
+        params = {"symbol": symbol, "fromId": from_id, "limit": limit}
+        result: list[dict] = await self._request("GET", path, params, keyed=True)
         return result
 
     async def open_interest(self, symbol: str) -> dict:

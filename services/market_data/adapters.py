@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from libs.binance.client import BinanceRestClient, CachingResolver
+from libs.binance.client import BinanceRestClient, CachingResolver, venue_name_for
 from libs.binance.stream import CombinedStream
 from libs.ratelimit import RateBudget
 from libs.settings import Settings
+from services.market_data.domain import MarketKind
 
 MARKET_WS_LINK = "market-ws"
 MARKET_REST_LINK = "market-rest"
@@ -20,9 +21,32 @@ RESOLVER = CachingResolver()
 """One DNS cache for the process: the last good address of every venue host survives a DNS outage (FM-N3)."""
 
 
-def stream_names(symbol: str) -> list[str]:
-    """The combined-stream channels market-data subscribes to for one symbol."""
+def market_kind(settings: Settings) -> MarketKind:
+    """The configured market (`BULWARK_VENUE_MARKET`).
+
+    Raises:
+        ValueError: neither `usdm` nor `spot`.
+    """
+    try:
+        return MarketKind(settings.venue_market.strip().lower())
+    except ValueError as exc:
+        raise ValueError(f"BULWARK_VENUE_MARKET={settings.venue_market!r}: use usdm or spot") from exc
+
+
+def venue_name(settings: Settings) -> str:
+    """The venue name on every message and subject: `binance-spot` for spot unless one is configured."""
+    return venue_name_for(settings.venue, market_kind(settings).value)
+
+
+def stream_names(symbol: str, market: MarketKind = MarketKind.USDM) -> list[str]:
+    """The combined-stream channels market-data subscribes to for one symbol.
+
+    Spot has no mark price or liquidation stream, and its trades are the plain `@trade` stream
+    (consecutive trade ids `t`).
+    """
     lower = symbol.lower()
+    if market == MarketKind.SPOT:
+        return [f"{lower}@depth@100ms", f"{lower}@trade"]
     return [f"{lower}@depth@100ms", f"{lower}@aggTrade", f"{lower}@markPrice@1s", f"{lower}@forceOrder"]
 
 
@@ -36,6 +60,7 @@ def rest_client(settings: Settings, budget: RateBudget | None = None) -> Binance
         budget=budget,
         alternate_urls=settings.venue_rest_alternates,
         resolver=RESOLVER,
+        market=market_kind(settings).value,
     )
 
 
@@ -44,9 +69,9 @@ def ws_urls(settings: Settings) -> list[str]:
     return [settings.venue_ws_url, *(url for url in settings.venue_ws_alternates if url != settings.venue_ws_url)]
 
 
-def market_stream(ws_base: str, symbols: Iterable[str]) -> CombinedStream:
+def market_stream(ws_base: str, symbols: Iterable[str], market: MarketKind = MarketKind.USDM) -> CombinedStream:
     """One combined stream on `ws_base` carrying every channel of every symbol."""
-    names = [name for symbol in symbols for name in stream_names(symbol)]
+    names = [name for symbol in symbols for name in stream_names(symbol, market)]
     return CombinedStream(
         ws_base,
         names,

@@ -1,11 +1,26 @@
-"""Pure market-data logic: the Binance USD-M book synchronisation, frame normalisation and the
-reconnect schedule. No I/O here: the handlers feed events and snapshots in and publish what
-comes out.
+"""Pure market-data logic: the Binance book synchronisation (USD-M and spot), frame
+normalisation and the reconnect schedule. No I/O here: the handlers feed events and snapshots in
+and publish what comes out.
 
-Book procedure (SPEC FM-D2, Binance USD-M "How to manage a local order book correctly"):
-buffer the stream's events, fetch a REST snapshot `L`, drop buffered events with `u < L`, the
-first applied event must have `U <= L <= u` (`u == L` counts), then every event's `pu` must equal
-the previous event's `u`. Any break is a gap: resync from a new snapshot.
+Book procedure (SPEC FM-D2, Binance "How to manage a local order book correctly"): buffer the
+stream's events and fetch a REST snapshot `L`; then, per market kind (`BookRules`):
+
+* USD-M: drop buffered events with `u < L`; the first applied event must have `U <= L <= u`
+  (`u == L` counts) — or `pu == L`, see below; then every event's `pu` must equal the previous
+  event's `u`.
+* spot: drop events with `u <= L`; the first applied event must have `U <= L + 1 <= u`; then
+  every event's `U` must equal the previous event's `u + 1` (spot ids are consecutive, there is
+  no `pu`).
+
+Any break is a gap: resync from a new snapshot.
+
+USD-M `pu == L` as the bridge: a USD-M snapshot's `L` is often the final id `u` of an event
+(3 of 4 symbols of the cryptofeed capture). When that event was sent before our subscription
+started and the symbol is quiet until the snapshot, the first event we can receive is the next
+one: `U > L` (USD-M ids are sparse) but `pu == L`, i.e. it starts exactly where the snapshot
+ends. `U <= L <= u` alone would call that a gap, fetch a second snapshot and resync for nothing
+(the CTKUSDT start-up resync of the cryptofeed replay); the `pu` chain rule applied to the
+snapshot as the "previous event" accepts it, and is just as exact.
 """
 
 from __future__ import annotations
@@ -63,9 +78,21 @@ def parse_levels(raw: Any) -> list[Level]:
     return levels
 
 
+class MarketKind(StrEnum):
+    """Which Binance market a venue link speaks: its REST paths, streams and book procedure differ."""
+
+    USDM = "usdm"
+    SPOT = "spot"
+
+
 @dataclass(frozen=True, slots=True)
 class DepthEvent:
-    """One `depthUpdate` event: `U` first, `u` final, `pu` previous final update id."""
+    """One `depthUpdate` event: `U` first, `u` final, `pu` previous final update id.
+
+    Spot events carry no `pu`; their ids are consecutive, so `pu` is set to the implied `U - 1`
+    (the final id the previous event must have had). Diffs published downstream carry it too, so
+    consumers check one chain rule (`pu == previous u`) for both markets.
+    """
 
     symbol: str
     first_update_id: int
@@ -109,18 +136,19 @@ def _dict(data: Any) -> dict[str, Any]:
     return data
 
 
-def parse_depth_event(data: Any) -> DepthEvent:
-    """A `depthUpdate` payload as a `DepthEvent`.
+def parse_depth_event(data: Any, market: MarketKind = MarketKind.USDM) -> DepthEvent:
+    """A `depthUpdate` payload as a `DepthEvent` (spot: no `pu`, implied as `U - 1`).
 
     Raises:
-        BadFrame: the payload is malformed.
+        BadFrame: the payload is malformed (a USD-M event without `pu` included).
     """
     data = _dict(data)
+    first = _int(data, "U")
     event = DepthEvent(
         symbol=str(data.get("s", "")).upper(),
-        first_update_id=_int(data, "U"),
+        first_update_id=first,
         final_update_id=_int(data, "u"),
-        prev_final_update_id=_int(data, "pu"),
+        prev_final_update_id=first - 1 if market == MarketKind.SPOT else _int(data, "pu"),
         event_time_ms=_int(data, "E"),
         bids=parse_levels(data.get("b")),
         asks=parse_levels(data.get("a")),
@@ -162,6 +190,30 @@ def trade_from_agg_trade(venue: str, data: Any, symbol: str | None = None) -> Tr
         quantity=_decimal(data, "q"),
         buyer_is_maker=bool(data.get("m", False)),
         ts_event_ns=_int(data, "T") * _MS,
+    )
+
+
+def trade_from_trade(venue: str, data: Any, symbol: str | None = None) -> Trade:
+    """Spot `trade` payload (stream, or a REST `/api/v3/historicalTrades` row) → `Trade`.
+
+    The trade id `t` (stream) or `id` (REST) is the trade id; the stream's `T` or the REST
+    row's `time` is the trade time.
+
+    Raises:
+        BadFrame: the payload is malformed.
+    """
+    data = _dict(data)
+    trade_id_key = "t" if "t" in data else "id"
+    time_key = "T" if "T" in data else "time"
+    buyer_is_maker = data.get("m", data.get("isBuyerMaker", False))
+    return Trade(
+        venue=venue,
+        symbol=symbol or str(data.get("s", "")).upper(),
+        trade_id=_int(data, trade_id_key),
+        price=_decimal(data, "p" if "p" in data else "price"),
+        quantity=_decimal(data, "q" if "q" in data else "qty"),
+        buyer_is_maker=bool(buyer_is_maker),
+        ts_event_ns=_int(data, time_key) * _MS,
     )
 
 
@@ -229,6 +281,18 @@ def liquidation_from_force_order(venue: str, data: Any) -> Liquidation:
     )
 
 
+def price_from_ticker(data: Any) -> Decimal:
+    """REST `ticker/price` answer `{"symbol", "price"}` → the positive last price.
+
+    Raises:
+        BadFrame: the answer is malformed or the price not positive.
+    """
+    price = _decimal(_dict(data), "price")
+    if price <= 0:
+        raise BadFrame("ticker price is not positive")
+    return price
+
+
 def open_interest_from_rest(venue: str, symbol: str, data: Any) -> OpenInterest:
     """REST `/fapi/v1/openInterest` answer → `OpenInterest`.
 
@@ -255,13 +319,51 @@ class SyncState(StrEnum):
     AWAITING_SNAPSHOT = "AWAITING_SNAPSHOT"
     """Buffering events until a REST snapshot arrives."""
     AWAITING_BRIDGE = "AWAITING_BRIDGE"
-    """Snapshot `L` applied; waiting for the first event with `U <= L <= u`."""
+    """Snapshot `L` applied; waiting for the first event that bridges it (`BookRules.bridges`)."""
     SYNCED = "SYNCED"
-    """Every event chains (`pu == previous u`)."""
+    """Every event chains (`BookRules.chains`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BookRules:
+    """How one market's depth events chain onto a snapshot `L` and onto each other (SPEC FM-D2)."""
+
+    market: MarketKind
+
+    def precedes_snapshot(self, event: DepthEvent, snapshot_id: int) -> bool:
+        """Entirely contained in the snapshot: USD-M `u < L`, spot `u <= L`."""
+        if self.market == MarketKind.SPOT:
+            return event.final_update_id <= snapshot_id
+        return event.final_update_id < snapshot_id
+
+    def bridges(self, event: DepthEvent, snapshot_id: int) -> bool:
+        """May be the first event applied on the snapshot: USD-M `U <= L <= u` or `pu == L`,
+        spot `U <= L + 1 <= u` (module docstring: why USD-M also takes `pu == L`)."""
+        if self.market == MarketKind.SPOT:
+            return event.first_update_id <= snapshot_id + 1 <= event.final_update_id
+        return (
+            event.first_update_id <= snapshot_id <= event.final_update_id or event.prev_final_update_id == snapshot_id
+        )
+
+    def chains(self, event: DepthEvent, last_update_id: int) -> bool:
+        """Follows the previous event: USD-M `pu == previous u`, spot `U == previous u + 1`."""
+        if self.market == MarketKind.SPOT:
+            return event.first_update_id == last_update_id + 1
+        return event.prev_final_update_id == last_update_id
+
+    @property
+    def chain_break(self) -> str:
+        """The gap reason when `chains` fails."""
+        if self.market == MarketKind.SPOT:
+            return "U is not the previous u + 1"
+        return "pu does not match the previous u"
+
+
+BOOK_RULES = {kind: BookRules(kind) for kind in MarketKind}
 
 
 class BookSync:
-    """The USD-M book procedure for one symbol, as a pure state machine.
+    """The Binance book procedure for one symbol, as a pure state machine (USD-M or spot rules).
 
     Feed it stream events (`on_event`) and REST snapshots (`on_snapshot`); both return the
     messages to publish, in order: `BookSnapshot` on every (re)sync, each applied `DepthDiff`,
@@ -270,13 +372,17 @@ class BookSync:
     Args:
         venue: venue name used in the messages.
         symbol: upper-case symbol.
+        market: which market's chaining rules apply (`BookRules`).
         max_buffer: events kept while waiting for a snapshot; the oldest go first, since a
             snapshot fetched later is newer than them anyway.
     """
 
-    def __init__(self, venue: str, symbol: str, *, max_buffer: int = 5000) -> None:
+    def __init__(
+        self, venue: str, symbol: str, *, market: MarketKind = MarketKind.USDM, max_buffer: int = 5000
+    ) -> None:
         self.venue = venue
         self.symbol = symbol
+        self.rules = BOOK_RULES[market]
         self.state = SyncState.AWAITING_SNAPSHOT
         self.last_update_id: int | None = None
         """Last applied `u`, or the snapshot's `L` while awaiting the bridge; None before a snapshot."""
@@ -350,18 +456,18 @@ class BookSync:
         last = self.last_update_id
         assert last is not None
         if self.state == SyncState.AWAITING_BRIDGE:
-            if event.final_update_id < last:
+            if self.rules.precedes_snapshot(event, last):
                 return []  # entirely before the snapshot
-            if not event.first_update_id <= last <= event.final_update_id:
+            if not self.rules.bridges(event, last):
                 # The snapshot is older than the oldest event we hold: a new one is needed.
                 return self._gap(event, "first event does not bridge the snapshot", last, event.first_update_id)
         elif event.final_update_id <= last:
             # A repeat (or a late copy) of an event already applied: it carries nothing new, and
-            # its `pu` necessarily breaks the chain, so it is dropped instead of forcing a resync.
+            # it necessarily breaks the chain, so it is dropped instead of forcing a resync.
             self.duplicates += 1
             return []
-        elif event.prev_final_update_id != last:
-            return self._gap(event, "pu does not match the previous u", last, event.prev_final_update_id)
+        elif not self.rules.chains(event, last):
+            return self._gap(event, self.rules.chain_break, last, event.prev_final_update_id)
         self.state = SyncState.SYNCED
         self.last_update_id = event.final_update_id
         return [

@@ -83,6 +83,10 @@ class RestPort(Protocol):
 
     async def aggregate_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]: ...
 
+    async def historical_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]: ...
+
+    async def ticker_price(self, symbol: str) -> dict: ...
+
 
 class StreamPort(Protocol):
     async def connect(self) -> None: ...
@@ -130,7 +134,8 @@ class MarketDataService:
         symbols: upper-case symbols.
         publish: `publish(subject, message, msg_id)` onto JetStream.
         kv_put: `kv_put(key, value)` into the state bucket.
-        rest: venue REST client (depth, open interest, premium index, server time, aggTrades).
+        rest: venue REST client (depth, open interest, premium index, server time, aggTrades;
+            spot: depth, server time, ticker price, historicalTrades).
         open_stream: builds a fresh (unconnected) combined stream on a WebSocket base URL, for
             every connection attempt.
         log: component logger.
@@ -144,6 +149,9 @@ class MarketDataService:
         breaker: the per-venue circuit breaker around REST calls (FM-N5); None: no breaker.
         clock_ns: wall clock in integer ns.
         sleep: `asyncio.sleep` (injected in tests).
+        market: the venue's market kind. Spot: the spot book procedure, `@trade` trades
+            (backfilled from `historicalTrades`), the REST ticker price as the second source of
+            FM-D5, and no mark price, funding or open interest (nothing polled, nothing alerted).
     """
 
     def __init__(
@@ -164,8 +172,10 @@ class MarketDataService:
         clock_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         uniform: Callable[[float, float], float] | None = None,
+        market: domain.MarketKind = domain.MarketKind.USDM,
     ) -> None:
         self.venue = venue
+        self.market = market
         self.symbols = tuple(symbol.upper() for symbol in symbols)
         self._publish = publish
         self._publish_many = publish_many
@@ -188,7 +198,7 @@ class MarketDataService:
         self._clock_ns = clock_ns
         self._sleep = sleep
         self._uniform = uniform
-        self.syncs = {symbol: domain.BookSync(venue, symbol) for symbol in self.symbols}
+        self.syncs = {symbol: domain.BookSync(venue, symbol, market=market) for symbol in self.symbols}
         self.link_state: ConnectionState | None = None
         self.rest_link_state: ConnectionState | None = None
         self.bad_frames = 0
@@ -222,6 +232,7 @@ class MarketDataService:
         self._on_channel: dict[str, Callable[[str, Any], Awaitable[None]]] = {
             "depth": self._on_depth,
             "aggTrade": self._on_agg_trade,
+            "trade": self._on_trade,
             "markPrice": self._on_mark_price,
             "forceOrder": self._on_force_order,
         }
@@ -231,6 +242,7 @@ class MarketDataService:
     def details(self) -> dict[str, Any]:
         """Heartbeat details: links, budget, breaker, data quality, per-symbol sync."""
         return {
+            "market": self.market.value,
             "link": self.link_state.value if self.link_state else None,
             "rest_link": self.rest_link_state.value if self.rest_link_state else None,
             "ws_endpoint": self.ws_endpoints.current,
@@ -623,7 +635,8 @@ class MarketDataService:
                 elif self._generation == 1:
                     await self._emit([BookResyncStarted(venue=self.venue, symbol=symbol, reason=reason)])
                 self._ensure_snapshot(symbol)
-        if reconnect:
+        if reconnect and self.market == domain.MarketKind.USDM:
+            # Spot has no mark price, funding or open interest to re-sync and compare.
             self._spawn(self._resync_market_state(), "post-reconnect-resync")
 
     async def _on_disconnected(self, reason: str) -> None:
@@ -734,7 +747,7 @@ class MarketDataService:
                 return check.ts_ns
 
     async def _on_depth(self, symbol: str, data: Any) -> None:
-        event = domain.parse_depth_event(data)
+        event = domain.parse_depth_event(data, self.market)
         if event.symbol and event.symbol != symbol:
             raise domain.BadFrame(f"symbol {event.symbol} on the {symbol} stream")
         ts_ns = await self._check_time(symbol, "depth", event.event_time_ms)
@@ -766,13 +779,20 @@ class MarketDataService:
             await self._refresh_link("clean window passed")
 
     async def _on_agg_trade(self, symbol: str, data: Any) -> None:
-        trade = domain.trade_from_agg_trade(self.venue, data)
+        await self._on_any_trade(symbol, data, "aggTrade", domain.trade_from_agg_trade(self.venue, data))
+
+    async def _on_trade(self, symbol: str, data: Any) -> None:
+        """Spot `@trade`: trade ids `t` are consecutive, with the same gap rules as aggregate ids."""
+        await self._on_any_trade(symbol, data, "trade", domain.trade_from_trade(self.venue, data))
+
+    async def _on_any_trade(self, symbol: str, data: Any, channel: str, trade: Trade) -> None:
+        """FM-D3 time check, FM-D2 id sequence (duplicate, backfill, resync), FM-D5 checks, publish."""
         if trade.symbol and trade.symbol != symbol:
             raise domain.BadFrame(f"symbol {trade.symbol} on the {symbol} stream")
         event_ms = data.get("E", trade.ts_event_ns // 1_000_000)
         if not isinstance(event_ms, int):
             raise domain.BadFrame("field 'E' is not an integer")
-        ts_ns = await self._check_time(symbol, "aggTrade", event_ms)
+        ts_ns = await self._check_time(symbol, channel, event_ms)
         if ts_ns is None:
             return
         if ts_ns != event_ms * 1_000_000:
@@ -782,7 +802,9 @@ class MarketDataService:
             self.flags["trade_duplicate"] = self.flags.get("trade_duplicate", 0) + 1
             return
         if sequence.action == domain.TradeAction.BACKFILL:
-            self._spawn(self._backfill(symbol, sequence.missing_from, sequence.missing_to), f"backfill-{symbol}")
+            self._spawn(
+                self._backfill(symbol, sequence.missing_from, sequence.missing_to, channel), f"backfill-{symbol}"
+            )
         elif sequence.action == domain.TradeAction.RESYNC:
             await self._trade_gap_resync(symbol, sequence)
         for finding in self.volume_checks[symbol].check(trade.quantity):
@@ -800,16 +822,23 @@ class MarketDataService:
                 await self._emit(sync.force_resync(f"trade gap of {missing} ids"))
             self._ensure_snapshot(symbol)
 
-    async def _backfill(self, symbol: str, first: int, last: int) -> None:
-        """FM-D2: fetch the few missing aggregate trades over REST and publish them."""
+    async def _backfill(self, symbol: str, first: int, last: int, channel: str = "aggTrade") -> None:
+        """FM-D2: fetch the few missing trades over REST (aggregate or plain, like the stream) and publish them."""
+        limit = last - first + 1
         try:
-            rows = await self._venue(
-                "aggregate_trades",
-                lambda: self._rest.aggregate_trades(symbol, from_id=first, limit=last - first + 1),
-            )
+            if channel == "trade":
+                rows = await self._venue(
+                    "historical_trades", lambda: self._rest.historical_trades(symbol, from_id=first, limit=limit)
+                )
+                parse = domain.trade_from_trade
+            else:
+                rows = await self._venue(
+                    "aggregate_trades", lambda: self._rest.aggregate_trades(symbol, from_id=first, limit=limit)
+                )
+                parse = domain.trade_from_agg_trade
             if not isinstance(rows, list):
-                raise domain.BadFrame("aggTrades answer is not a list")
-            trades = [domain.trade_from_agg_trade(self.venue, row, symbol) for row in rows]
+                raise domain.BadFrame(f"{channel} backfill answer is not a list")
+            trades = [parse(self.venue, row, symbol) for row in rows]
         except VENUE_CALL_ERRORS as exc:
             await self._flag(symbol, "trade_gap", "warning", f"backfill of {first}..{last} failed: {exc}"[:300])
             return
@@ -865,13 +894,13 @@ class MarketDataService:
         self._spawn(self._confirm(symbol, series, price, message), f"confirm-{symbol}-{series}")
 
     async def _confirm(self, symbol: str, series: str, price: Decimal, message: Trade | MarkPrice) -> None:
-        """A > 20 % jump is published only when the REST mark price agrees with it (FM-D5)."""
+        """A > 20 % jump is published only when the REST mark price (spot: last price) agrees with it (FM-D5)."""
         checks = self.price_checks[(symbol, series)]
+        source = "price" if self.market == domain.MarketKind.SPOT else "mark"
         try:
             reference = checks.reference()
             try:
-                premium = await self._venue("premium_index", lambda: self._rest.premium_index(symbol))
-                second = domain.mark_from_premium_index(self.venue, symbol, premium).mark_price
+                second = await self._second_source_price(symbol)
             except VENUE_CALL_ERRORS as exc:
                 await self._flag(symbol, "price_jump", "rejected", f"{series}: cannot confirm: {exc}"[:300], str(price))
                 return
@@ -879,10 +908,12 @@ class MarketDataService:
                 checks.rebase(price)
                 if series == "mark":
                     self.last_mark[symbol] = price
-                await self._flag(symbol, "price_jump", "confirmed", f"{series}: REST mark {second}", str(price))
+                await self._flag(symbol, "price_jump", "confirmed", f"{series}: REST {source} {second}", str(price))
                 await self._emit([message])
                 return
-            await self._flag(symbol, "price_jump", "rejected", f"{series}: REST mark {second} disagrees", str(price))
+            await self._flag(
+                symbol, "price_jump", "rejected", f"{series}: REST {source} {second} disagrees", str(price)
+            )
             await self._alert(
                 f"md.unconfirmed_jump.{symbol}",
                 AlertSeverity.P2,
@@ -893,6 +924,14 @@ class MarketDataService:
             )
         finally:
             self._confirming.discard((symbol, series))
+
+    async def _second_source_price(self, symbol: str) -> Decimal:
+        """FM-D5's second source: the REST mark price (USD-M) or the REST last price (spot: no mark)."""
+        if self.market == domain.MarketKind.SPOT:
+            ticker = await self._venue("ticker_price", lambda: self._rest.ticker_price(symbol))
+            return domain.price_from_ticker(ticker)
+        premium = await self._venue("premium_index", lambda: self._rest.premium_index(symbol))
+        return domain.mark_from_premium_index(self.venue, symbol, premium).mark_price
 
     async def _on_force_order(self, symbol: str, data: Any) -> None:
         await self._emit([domain.liquidation_from_force_order(self.venue, data)])
@@ -966,7 +1005,12 @@ class MarketDataService:
         return msgspec.json.encode({"symbol": symbol, "status": status})
 
     async def poll_open_interest_forever(self, interval_s: float = OI_POLL_INTERVAL_S) -> None:
-        """Publish every symbol's open interest from REST every `interval_s` (longer while rate limited)."""
+        """Publish every symbol's open interest from REST every `interval_s` (longer while rate limited).
+
+        Spot has no open interest: returns at once.
+        """
+        if self.market == domain.MarketKind.SPOT:
+            return
         while not self._closed:
             started = time.monotonic()
             for symbol in self.symbols:

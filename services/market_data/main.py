@@ -12,6 +12,7 @@ from libs.settings import Settings
 from proto import subjects
 from proto.envelope import Message
 from services.market_data import adapters
+from services.market_data.domain import MarketKind
 from services.market_data.handlers import MarketDataService
 
 COMPONENT = subjects.MARKET_DATA
@@ -20,8 +21,10 @@ COMPONENT = subjects.MARKET_DATA
 async def setup(ctx: ServiceContext) -> None:
     """Wire the venue link, the polls, the timers and the resync request into the running service."""
     settings = ctx.settings
-    budget = RateBudget(settings.venue, time.time_ns)
-    breaker = CircuitBreaker(f"venue.{settings.venue}", time.monotonic_ns, open_s=settings.md_breaker_open_s)
+    market = adapters.market_kind(settings)
+    venue = adapters.venue_name(settings)
+    budget = RateBudget(venue, time.time_ns)
+    breaker = CircuitBreaker(f"venue.{venue}", time.monotonic_ns, open_s=settings.md_breaker_open_s)
     rest = adapters.rest_client(settings, budget)
     await rest.start()
     ctx.cleanups.append(rest.close)
@@ -39,24 +42,26 @@ async def setup(ctx: ServiceContext) -> None:
         return await ctx.bus.request(subject, payload)
 
     service = MarketDataService(
-        venue=settings.venue,
+        venue=venue,
         symbols=settings.symbols,
         publish=publish,
         kv_put=ctx.bus.kv_put,
         rest=rest,
-        open_stream=lambda url: adapters.market_stream(url, settings.symbols),
+        open_stream=lambda url: adapters.market_stream(url, settings.symbols, market),
         ws_urls=adapters.ws_urls(settings),
         log=ctx.log,
         request=request,
         publish_many=publish_many,
         budget=budget,
         breaker=breaker,
+        market=market,
     )
     ctx.cleanups.append(service.close)
     ctx.details = service.details
     await ctx.bus.serve(subjects.service_query(COMPONENT, "resync"), service.handle_resync_request)
     ctx.spawn(service.run_stream_forever(), "market-ws")
-    ctx.spawn(service.poll_open_interest_forever(), "open-interest-poll")
+    if market == MarketKind.USDM:  # spot has no open interest
+        ctx.spawn(service.poll_open_interest_forever(), "open-interest-poll")
     ctx.spawn(service.check_clock_forever(settings.md_clock_check_interval_s), "clock-check")
     ctx.spawn(service.monitor_forever(), "market-data-monitor")
 

@@ -24,7 +24,7 @@ class BookState(StrEnum):
     EMPTY = "EMPTY"
     """No snapshot yet, or broken by a gap: waiting for a snapshot."""
     AWAITING_BRIDGE = "AWAITING_BRIDGE"
-    """Snapshot applied; the next diff must satisfy `U <= L <= u`."""
+    """Snapshot applied; the next diff must satisfy `U <= L <= u` or `pu == L`."""
     SYNCED = "SYNCED"
 
 
@@ -70,7 +70,13 @@ class OrderBook:
         bids: Iterable[Level],
         asks: Iterable[Level],
     ) -> DiffResult:
-        """Apply a diff if it chains (USD-M rules); report a gap otherwise."""
+        """Apply a diff if it chains; report a gap otherwise.
+
+        The first diff on a snapshot `L` bridges it with `U <= L <= u` or `pu == L`; every later
+        one has `pu == previous u`. market-data has already applied its market's exact procedure
+        (SPEC FM-D2); spot diffs carry the implied `pu = U - 1`, so spot's `U == previous u + 1`
+        and `U <= L + 1 <= u` are the same two rules here.
+        """
         last = self.last_update_id
         if self.state == BookState.EMPTY or last is None:
             return DiffResult.IGNORED
@@ -78,7 +84,7 @@ class OrderBook:
             # Already reflected in the book: a redelivery or an event older than the snapshot.
             return DiffResult.IGNORED
         if self.state == BookState.AWAITING_BRIDGE:
-            if not first_update_id <= last <= final_update_id:
+            if not (first_update_id <= last <= final_update_id or prev_final_update_id == last):
                 return self._broken()
         elif prev_final_update_id != last:
             return self._broken()

@@ -1,7 +1,8 @@
 """Market sources: replay of real recordings (looping seamlessly) and a seeded synthetic market.
 
 A source gives, per symbol, the trading rules, the starting book and an endless *script*: an
-iterator of `(offset_ns, event)` in market time. The engine applies each event to the true book
+iterator of `(offset_ns, event)` in market time, and its `market` (`usdm` or `spot`: a replay is
+spot when its depth events carry no `pu`). The engine applies each event to the true book
 before it pulls the next one, so a script may look at the live book (the replay does, to build
 the one diff that closes a loop).
 """
@@ -21,9 +22,16 @@ from services.venue_sim.domain.exchange import SymbolSpec, spec_for
 Level = tuple[Decimal, Decimal]
 
 
+USDM = recordings.USDM
+SPOT = recordings.SPOT
+
+
 @dataclass(frozen=True, slots=True)
 class DepthEvent:
-    """A depth diff with Binance ids; `latency_ms` is the recorded E - T."""
+    """A depth diff with Binance ids; `latency_ms` is the recorded E - T.
+
+    Spot ids are consecutive: `previous_final_update_id` is then `first_update_id - 1`.
+    """
 
     symbol: str
     first_update_id: int
@@ -93,6 +101,9 @@ class ReplaySymbol:
         if snapshot is None:
             raise SourceError(f"{symbol}: the recording has no depth snapshot")
         self.start = StartBook(snapshot.last_update_id, snapshot.bids, snapshot.asks)
+        self.market = next((r.market for r in records if isinstance(r, recordings.DepthUpdate)), USDM)
+        # Spot's snapshot contains update L itself: its first applied event starts at L + 1.
+        bridge_id = snapshot.last_update_id + 1 if self.market == SPOT else snapshot.last_update_id
         self.events: list[tuple[int, MarketEvent]] = []
         previous_u: int | None = None
         start_ns = snapshot.receive_ns
@@ -101,17 +112,19 @@ class ReplaySymbol:
             id(trade): following is None
             or (following.trade_time_ms, following.price, following.buyer_is_maker)
             != (trade.trade_time_ms, trade.price, trade.buyer_is_maker)
-            for trade, following in zip(trades, [*trades[1:], None], strict=True)
+            for trade, following in zip(trades, [*trades[1:], None], strict=False)
         }
         for record in records:
             if record.receive_ns < start_ns and not isinstance(record, recordings.DepthUpdate):
                 continue
             offset = max(0, record.receive_ns - start_ns)
             if isinstance(record, recordings.DepthUpdate):
+                if record.market != self.market:
+                    raise SourceError(f"{symbol}: the recording mixes USD-M and spot depth events")
                 if previous_u is None:
-                    if record.final_update_id < snapshot.last_update_id:
+                    if record.final_update_id < bridge_id:
                         continue
-                    if record.first_update_id > snapshot.last_update_id:
+                    if record.first_update_id > bridge_id:
                         raise SourceError(f"{symbol}: no diff bridges the snapshot")
                 elif record.previous_final_update_id != previous_u:
                     raise SourceError(f"{symbol}: recording has a gap at u={record.final_update_id}")
@@ -213,6 +226,10 @@ class ReplaySource:
         if not self.replays:
             raise SourceError(f"no replayable symbol in {', '.join(str(p) for p in paths)}")
         self.symbols = sorted(self.replays)
+        markets = {replay.market for replay in self.replays.values()}
+        if len(markets) > 1:
+            raise SourceError("the recordings mix USD-M and spot symbols: replay one market at a time")
+        self.market = markets.pop()
 
     def spec(self, symbol: str) -> SymbolSpec:
         """Trading rules of a symbol."""
@@ -248,6 +265,7 @@ class SyntheticSource:
         levels: price levels per side (>= 50).
         cascade_probability: chance per 100 ms step that a liquidation cascade starts.
         regime_probability: chance per 100 ms step that the drift regime is drawn again.
+        market: `usdm` or `spot`: which protocol the simulator speaks for this market.
     """
 
     STEP_NS = 100_000_000
@@ -259,7 +277,10 @@ class SyntheticSource:
         levels: int = 60,
         cascade_probability: float = 1 / 900,
         regime_probability: float = 1 / 900,
+        market: str = USDM,
     ) -> None:
+        # Generated ids are consecutive (`U == previous u + 1`), so they chain under both markets' rules.
+        self.market = market
         self.symbols = sorted({s.upper() for s in symbols})
         self.seed = seed
         self.levels = max(50, levels)

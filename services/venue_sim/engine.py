@@ -1,5 +1,9 @@
 """The running market: drives source scripts in (scaled) time, keeps the true books, publishes streams.
 
+Frames follow the market being simulated: USD-M (`pu` on depth, `T` times, mark price and
+liquidation streams) or spot (no `pu`: ids are consecutive; no `T` on depth; `M` on trades; no
+mark price, funding or liquidation streams).
+
 Wiring only: the book, fill model and fault decisions live in `domain`; this module owns the
 asyncio tasks and the WebSocket subscribers.
 """
@@ -17,7 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.venue_sim.adapters import DepthEvent, LiquidationEvent, MarketSource, MarkEvent, TradeEvent
+from services.venue_sim.adapters import SPOT, USDM, DepthEvent, LiquidationEvent, MarketSource, MarkEvent, TradeEvent
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook, fmt
 from services.venue_sim.domain.faults import Frame, corrupt_text
 
@@ -34,6 +38,7 @@ class SymbolMarket:
     symbol: str
     open_interest: Decimal
     last_price: Decimal | None = None
+    last_trade_id: int = 0
     mark_price: Decimal | None = None
     index_price: Decimal | None = None
     funding_rate: Decimal = DEFAULT_FUNDING_RATE
@@ -41,6 +46,8 @@ class SymbolMarket:
     agg_pending: list[TradeEvent] = field(default_factory=list)
     # Recent aggregate trades in REST form (`GET /fapi/v1/aggTrades`), for clients backfilling a gap.
     agg_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AGG_HISTORY))
+    # Recent plain trades in REST form (spot `GET /api/v3/historicalTrades`), for backfilling a `@trade` gap.
+    trade_history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AGG_HISTORY))
     last_top: tuple[Any, Any] | None = None
     mark_count: int = 0
     # Aggregation windows of the 100 ms and 250 ms depth streams: [U, pu, u, bids, asks] or None.
@@ -102,8 +109,11 @@ class MarketEngine:
         speed: float,
         log: Any,
         ping_interval_s: float = 20.0,
+        market: str = USDM,
     ) -> None:
         self.source = source
+        self.market = market
+        self.spot = market == SPOT
         self.exchange = exchange
         self.books = books
         self.faults = faults
@@ -195,22 +205,23 @@ class MarketEngine:
         now = self.now_ms()
         bids = [[str(p), str(q)] for p, q in event.bids]
         asks = [[str(p), str(q)] for p, q in event.asks]
-        self.publish(
-            f"{lower}@depth@0ms",
-            event.symbol,
-            "depth",
-            {
-                "e": "depthUpdate",
-                "E": now,
-                "T": now - event.latency_ms,
-                "s": event.symbol,
-                "U": event.first_update_id,
-                "u": event.final_update_id,
-                "pu": event.previous_final_update_id,
-                "b": bids,
-                "a": asks,
-            },
-        )
+        if not self.spot:  # spot has no real-time (@0ms) depth stream
+            self.publish(
+                f"{lower}@depth@0ms",
+                event.symbol,
+                "depth",
+                {
+                    "e": "depthUpdate",
+                    "E": now,
+                    "T": now - event.latency_ms,
+                    "s": event.symbol,
+                    "U": event.first_update_id,
+                    "u": event.final_update_id,
+                    "pu": event.previous_final_update_id,
+                    "b": bids,
+                    "a": asks,
+                },
+            )
         for window in ("100ms", "250ms"):
             pending = market.windows.get(window)
             if pending is None:
@@ -228,22 +239,17 @@ class MarketEngine:
         top = (book.best_bid(), book.best_ask())
         if top != market.last_top and top[0] and top[1]:
             market.last_top = top
-            self.publish(
-                f"{lower}@bookTicker",
-                event.symbol,
-                "bookTicker",
-                {
-                    "e": "bookTicker",
-                    "u": event.final_update_id,
-                    "s": event.symbol,
-                    "b": str(top[0][0]),
-                    "B": str(top[0][1]),
-                    "a": str(top[1][0]),
-                    "A": str(top[1][1]),
-                    "T": now,
-                    "E": now,
-                },
-            )
+            ticker: dict[str, Any] = {
+                "u": event.final_update_id,
+                "s": event.symbol,
+                "b": str(top[0][0]),
+                "B": str(top[0][1]),
+                "a": str(top[1][0]),
+                "A": str(top[1][1]),
+            }
+            if not self.spot:  # spot's bookTicker carries no event type or times
+                ticker = {"e": "bookTicker", **ticker, "T": now, "E": now}
+            self.publish(f"{lower}@bookTicker", event.symbol, "bookTicker", ticker)
 
     def _flush_windows(self, window: str) -> None:
         stream_suffix = "depth@100ms" if window == "100ms" else "depth"
@@ -254,45 +260,48 @@ class MarketEngine:
                 continue
             market.windows[window] = None
             first, previous, final, bids, asks = pending
-            self.publish(
-                f"{symbol.lower()}@{stream_suffix}",
-                symbol,
-                "depth",
-                {
-                    "e": "depthUpdate",
-                    "E": now,
-                    "T": now - 1,
-                    "s": symbol,
-                    "U": first,
-                    "u": final,
-                    "pu": previous,
-                    "b": sorted(([p, q] for p, q in bids.items()), key=lambda lv: Decimal(lv[0]), reverse=True),
-                    "a": sorted(([p, q] for p, q in asks.items()), key=lambda lv: Decimal(lv[0])),
-                },
-            )
+            data: dict[str, Any] = {"e": "depthUpdate", "E": now}
+            if not self.spot:
+                data["T"] = now - 1
+            data.update(s=symbol, U=first, u=final)
+            if not self.spot:  # spot ids are consecutive: no `pu`
+                data["pu"] = previous
+            data["b"] = sorted(([p, q] for p, q in bids.items()), key=lambda lv: Decimal(lv[0]), reverse=True)
+            data["a"] = sorted(([p, q] for p, q in asks.items()), key=lambda lv: Decimal(lv[0]))
+            self.publish(f"{symbol.lower()}@{stream_suffix}", symbol, "depth", data)
 
     def _on_trade(self, event: TradeEvent) -> None:
         market = self.markets[event.symbol]
         market.last_price = event.price
+        market.last_trade_id = max(market.last_trade_id, event.trade_id)
         now = self.now_ms()
         lower = event.symbol.lower()
-        self.publish(
-            f"{lower}@trade",
-            event.symbol,
-            "trade",
-            {
-                "e": "trade",
-                "E": now,
-                "T": now,
-                "s": event.symbol,
-                "t": event.trade_id,
-                "p": str(event.price),
-                "q": str(event.quantity),
-                "X": event.kind,
-                "m": event.buyer_is_maker,
-            },
-        )
-        if event.kind == "INSURANCE_FUND":
+        trade: dict[str, Any] = {
+            "e": "trade",
+            "E": now,
+            "T": now,
+            "s": event.symbol,
+            "t": event.trade_id,
+            "p": str(event.price),
+            "q": str(event.quantity),
+        }
+        if self.spot:
+            trade.update(m=event.buyer_is_maker, M=True)
+            market.trade_history.append(
+                {
+                    "id": event.trade_id,
+                    "price": str(event.price),
+                    "qty": str(event.quantity),
+                    "quoteQty": fmt(event.price * event.quantity),
+                    "time": now,
+                    "isBuyerMaker": event.buyer_is_maker,
+                    "isBestMatch": True,
+                }
+            )
+        else:
+            trade.update(X=event.kind, m=event.buyer_is_maker)
+        self.publish(f"{lower}@trade", event.symbol, "trade", trade)
+        if event.kind == "INSURANCE_FUND" and not self.spot:
             self._on_liquidation(
                 LiquidationEvent(event.symbol, "SELL" if event.buyer_is_maker else "BUY", event.price, event.quantity)
             )
@@ -312,12 +321,16 @@ class MarketEngine:
                 "T": now,
                 "m": event.buyer_is_maker,
             }
+            if self.spot:
+                row["M"] = True
             market.agg_history.append(row)
             self.publish(
                 f"{lower}@aggTrade", event.symbol, "aggTrade", {"e": "aggTrade", "E": now, "s": event.symbol, **row}
             )
 
     def _on_liquidation(self, event: LiquidationEvent) -> None:
+        if self.spot:
+            return  # no forced orders (nor open interest) on spot
         market = self.markets[event.symbol]
         market.open_interest = max(Decimal(0), market.open_interest - event.quantity)
         now = self.now_ms()
@@ -361,6 +374,8 @@ class MarketEngine:
         market = self.markets[symbol]
         mark = mark if mark is not None else self.mark_of(symbol)
         self.exchange.on_mark_price(symbol, mark)
+        if self.spot:
+            return  # spot has no mark price stream; the exchange still values positions on it
         index = market.index_price if market.index_price is not None else mark
         data = {
             "e": "markPriceUpdate",
@@ -402,7 +417,15 @@ class MarketEngine:
             spiked = self.mark_of(symbol) * factor
             spiked = spiked.quantize(self.exchange.specs[symbol].tick_size)
             self.log.warning("fault_price_spike", symbol=symbol, price=str(spiked), fault=fault.id)
-            self._on_trade(TradeEvent(symbol, 0, spiked, self.exchange.specs[symbol].step_size, direction == "down"))
+            # Spot clients read `@trade`, whose ids must move on for the spike to be a new trade.
+            market = self.markets[symbol]
+            trade_id = market.last_trade_id + 1 if self.spot else 0
+            last_price = market.last_price
+            self._on_trade(
+                TradeEvent(symbol, trade_id, spiked, self.exchange.specs[symbol].step_size, direction == "down")
+            )
+            # A bad print on the stream only: REST (`ticker/price`, spot's second source) keeps the true price.
+            market.last_price = last_price
             self._publish_mark(symbol, spiked)
 
     async def _ticker(self) -> None:

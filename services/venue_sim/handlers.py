@@ -1,4 +1,8 @@
-"""HTTP and WebSocket entrypoints: Binance USD-M REST, market/user streams, and the `/_sim` control API."""
+"""HTTP and WebSocket entrypoints: Binance USD-M REST, market/user streams, and the `/_sim` control API.
+
+When the simulated market is spot, the public spot REST endpoints (`/api/v3/...`) are served as
+well; orders stay on the USD-M paths (the simulator has no spot order API).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,14 @@ from aiohttp import WSMsgType, web
 from libs.binance import signing
 from services.venue_sim.domain import BinanceError, BookHistoryError, Exchange, FaultError, FaultScheduler, fmt
 from services.venue_sim.domain.clock import MarketClock
-from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M, UsageLimits, depth_weight
+from services.venue_sim.domain.limits import (
+    ORDER_LIMIT_1M,
+    ORDER_LIMIT_10S,
+    WEIGHT_LIMIT_1M,
+    UsageLimits,
+    depth_weight,
+    spot_depth_weight,
+)
 from services.venue_sim.engine import MarketEngine, Subscriber
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
@@ -100,6 +111,8 @@ class VenueSimulator:
         app.router.add_get("/ws", self.ws_market)
         app.router.add_get("/ws/{name:.*}", self.ws_market)
         app.router.add_route("*", "/{path:fapi/.*}", self.rest)
+        if self.engine.spot:
+            app.router.add_route("*", "/{path:api/.*}", self.rest)
 
         async def on_startup(_: web.Application) -> None:
             self.engine.start()
@@ -180,7 +193,7 @@ class VenueSimulator:
 
     # ================================================================= REST dispatch
     async def rest(self, request: web.Request) -> web.StreamResponse:
-        """Every `/fapi/...` request: parse, authenticate, count weight, dispatch, answer."""
+        """Every `/fapi/...` (spot: also `/api/...`) request: parse, authenticate, count weight, dispatch, answer."""
         endpoint = self.routes.get((request.method, request.path))
         if endpoint is None:
             known = any(path == request.path for _, path in self.routes)
@@ -326,6 +339,27 @@ class VenueSimulator:
             table[("GET", f"/fapi/{version}/positionRisk")] = Endpoint(self.position_risk, lambda _: 5, "SIGNED")
             table[("GET", f"/fapi/{version}/balance")] = Endpoint(self.balance, lambda _: 5, "SIGNED")
             table[("GET", f"/fapi/{version}/account")] = Endpoint(self.account, lambda _: 5, "SIGNED")
+        if self.engine.spot:
+
+            def spot_depth(params: dict[str, str]) -> int:
+                try:
+                    return spot_depth_weight(int(params.get("limit") or 100))
+                except ValueError:
+                    return 5
+
+            table.update(
+                {
+                    ("GET", "/api/v3/ping"): Endpoint(self.ping, one),
+                    ("GET", "/api/v3/time"): Endpoint(self.server_time, one),
+                    ("GET", "/api/v3/exchangeInfo"): Endpoint(self.spot_exchange_info, lambda _: 20),
+                    ("GET", "/api/v3/depth"): Endpoint(self.spot_depth, spot_depth),
+                    ("GET", "/api/v3/ticker/price"): Endpoint(self.spot_ticker_price, by_symbol(2, 4)),
+                    ("GET", "/api/v3/ticker/bookTicker"): Endpoint(self.spot_book_ticker, by_symbol(2, 4)),
+                    ("GET", "/api/v3/aggTrades"): Endpoint(self.agg_trades, lambda _: 2),
+                    ("GET", "/api/v3/trades"): Endpoint(self.spot_trades, lambda _: 25),
+                    ("GET", "/api/v3/historicalTrades"): Endpoint(self.spot_trades, lambda _: 25),
+                }
+            )
         self.routes = table
 
     # ================================================================= public REST
@@ -504,6 +538,62 @@ class VenueSimulator:
         else:
             rows = rows[-limit:]
         return rows
+
+    # ================================================================= public REST, spot
+    async def spot_exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /api/v3/exchangeInfo: the symbols and their price and lot filters."""
+        symbols = [
+            {
+                "symbol": spec.symbol,
+                "status": "TRADING",
+                "baseAsset": spec.base_asset,
+                "quoteAsset": spec.symbol[len(spec.base_asset) :],
+                "filters": [
+                    {"filterType": "PRICE_FILTER", "tickSize": fmt(spec.tick_size)},
+                    {"filterType": "LOT_SIZE", "minQty": fmt(spec.min_qty), "stepSize": fmt(spec.step_size)},
+                ],
+            }
+            for spec in sorted(self.exchange.specs.values(), key=lambda s: s.symbol)
+        ]
+        return {"timezone": "UTC", "serverTime": self.now_ms(), "symbols": symbols}
+
+    async def spot_depth(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /api/v3/depth — the true book with its current lastUpdateId (spot: limit 1-5000, default 100)."""
+        symbol = self._symbol(params)
+        limit = _bounded_int(params, "limit", 100, 1, 5000)
+        book = self.engine.books[symbol]
+        return {
+            "lastUpdateId": book.last_update_id,
+            "bids": [[str(p), str(q)] for p, q in book.top_bids(limit)],
+            "asks": [[str(p), str(q)] for p, q in book.top_asks(limit)],
+        }
+
+    async def spot_ticker_price(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /api/v3/ticker/price: `{"symbol", "price"}`."""
+        if params.get("symbol"):
+            symbols = [self._symbol(params)]
+        else:
+            symbols = sorted(self.engine.books)
+        rows = [{"symbol": row["symbol"], "price": row["price"]} for row in map(self._price, symbols)]
+        return rows[0] if params.get("symbol") else rows
+
+    async def spot_book_ticker(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /api/v3/ticker/bookTicker."""
+        keys = ("symbol", "bidPrice", "bidQty", "askPrice", "askQty")
+        if params.get("symbol"):
+            row = self._book_ticker(self._symbol(params))
+            return {key: row[key] for key in keys}
+        return [{key: row[key] for key in keys} for row in map(self._book_ticker, sorted(self.engine.books))]
+
+    async def spot_trades(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /api/v3/trades and /api/v3/historicalTrades — recent trades, from `fromId` on when given."""
+        symbol = self._symbol(params)
+        limit = _bounded_int(params, "limit", 500, 1, 1000)
+        rows = list(self.engine.markets[symbol].trade_history)
+        if "fromId" in params:
+            from_id = _bounded_int(params, "fromId", 0, 0, 2**62)
+            return [row for row in rows if row["id"] >= from_id][:limit]
+        return rows[-limit:]
 
     async def book_ticker(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/ticker/bookTicker."""
@@ -734,6 +824,7 @@ class VenueSimulator:
             }
             for symbol, book in self.engine.books.items()
         }
+        state["market"] = self.engine.market
         state["paused"] = self.market_clock.paused
         state["source"] = self.source_description
         state["messages_published"] = self.engine.messages_published

@@ -1,12 +1,14 @@
 """Bootstrap of the venue simulator: the one place that wires source, domain, engine and HTTP.
 
     python -m services.venue_sim.main --host 127.0.0.1 --port 8100 \
-        --source replay:FILE[,FILE...]|synthetic --speed X --seed N
+        --source replay:FILE[,FILE...]|synthetic --speed X --seed N [--market auto|usdm|spot]
 
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
-BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_VENUE_API_KEY, BULWARK_VENUE_API_SECRET,
-BULWARK_SYMBOLS. Without a source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in
-`../shared/data/binance` (relative to the project root) are replayed; synthetic if missing.
+BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_VENUE_API_KEY,
+BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. The market is the recording's (`auto`: spot when its
+depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
+source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
+project root) are replayed; synthetic if missing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.logging import get_logger
-from services.venue_sim.adapters import MarketSource, ReplaySource, SourceError, SyntheticSource
+from services.venue_sim.adapters import SPOT, USDM, MarketSource, ReplaySource, SourceError, SyntheticSource
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
@@ -70,6 +72,10 @@ class SimConfig:
     api_secret: str = "bulwark-sim-secret"
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     ws_ping_interval_s: float = 20.0
+    market: str = "auto"
+
+
+MARKETS = ("auto", USDM, SPOT)
 
 
 def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimConfig:
@@ -81,6 +87,7 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
     parser.add_argument("--speed", default=environ.get("BULWARK_SIM_SPEED", "1"))
     parser.add_argument("--seed", type=int, default=int(environ.get("BULWARK_SIM_SEED", "0")))
     parser.add_argument("--ws-ping-interval", type=float, default=float(environ.get("BULWARK_SIM_WS_PING_S", "20")))
+    parser.add_argument("--market", choices=MARKETS, default=environ.get("BULWARK_SIM_MARKET", "auto"))
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -95,6 +102,7 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         api_secret=environ.get("BULWARK_VENUE_API_SECRET", "bulwark-sim-secret"),
         symbols=symbols,
         ws_ping_interval_s=args.ws_ping_interval,
+        market=args.market,
     )
 
 
@@ -102,13 +110,17 @@ def build_source(config: SimConfig) -> tuple[MarketSource, str]:
     """The market source named by the config, and a description for logs and /_sim/state."""
     spec = config.source.strip()
     if spec == "synthetic":
-        return SyntheticSource(config.symbols, config.seed), f"synthetic:{','.join(config.symbols)}"
+        market = SPOT if config.market == SPOT else USDM
+        return SyntheticSource(config.symbols, config.seed, market=market), f"synthetic:{','.join(config.symbols)}"
     if spec.startswith("replay:"):
         paths = [p.strip() for p in spec[len("replay:") :].split(",") if p.strip()]
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
             raise SourceError(f"recording(s) not found: {', '.join(missing)}")
-        return ReplaySource(paths), f"replay:{','.join(paths)}"
+        replay = ReplaySource(paths)
+        if config.market not in ("auto", replay.market):
+            raise SourceError(f"--market {config.market}, but the recording(s) are {replay.market}")
+        return replay, f"replay:{','.join(paths)}"
     if spec:
         raise SourceError(f"unknown source {spec!r}: use replay:FILE[,FILE...] or synthetic")
     defaults = default_recordings()
@@ -133,7 +145,16 @@ def build_simulator(
     exchange = Exchange(clock, {s: source.spec(s) for s in source.symbols}, books)
     faults = FaultScheduler(clock, config.seed)
     engine = MarketEngine(
-        source, exchange, books, faults, market_clock, clock, config.speed, log, config.ws_ping_interval_s
+        source,
+        exchange,
+        books,
+        faults,
+        market_clock,
+        clock,
+        config.speed,
+        log,
+        config.ws_ping_interval_s,
+        market=source.market,
     )
     return VenueSimulator(
         engine, exchange, faults, market_clock, clock, config.api_key, config.api_secret, log, description
@@ -156,6 +177,7 @@ async def serve(config: SimConfig) -> None:
         speed=config.speed,
         seed=config.seed,
         symbols=list(source.symbols),
+        market=source.market,
         rest_url=f"http://{config.host}:{config.port}",
         ws_url=f"ws://{config.host}:{config.port}",
     )

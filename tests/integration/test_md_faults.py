@@ -287,3 +287,51 @@ async def test_alternate_endpoints_when_main_urls_dead_then_alternates_used(nats
     async for harness in _start(nats_url, settings, venue_url):
         await harness.wait_valid(30)
         assert f"md.ws_endpoints_failed.{VENUE}" not in harness.alerts()
+
+
+SPOT_VENUE = "binance-spot"
+SPOT_PATHS = [
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "binance" / name
+    for name in ("spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz")
+]
+
+
+async def _spot_stream_faults(harness: Harness) -> None:
+    await harness.wait_valid(30)
+    await asyncio.sleep(1.5)  # some trades for the price reference
+    for spec in (
+        {"kind": "duplicate_depth", "symbol": SYMBOL, "count": 3},
+        {"kind": "reorder_depth", "symbol": SYMBOL},
+        {"kind": "drop_depth", "symbol": SYMBOL},
+        {"kind": "future_ts", "symbol": SYMBOL, "count": 3},
+        {"kind": "backward_ts", "symbol": SYMBOL},
+        {"kind": "corrupt", "symbol": SYMBOL, "params": {"mode": "random"}},
+        {"kind": "price_spike", "symbol": SYMBOL, "params": {"pct": 30, "direction": "up"}},
+    ):
+        await harness.fault(**spec)
+        for _ in range(10):  # sample while the fault plays out: VALID must always be the truth
+            await harness.assert_valid_book_is_true()
+            await asyncio.sleep(0.1)
+        await harness.wait_valid()
+    await harness.until(lambda: {("future_ts", "rejected"), ("backward_ts", "suspect")} <= harness.flags())
+    # The spiked print disagrees with the REST last price (spot's second source): rejected.
+    await harness.until(lambda: ("price_jump", "rejected") in harness.flags(), timeout_s=10)
+    assert ("price_jump", "confirmed") not in harness.flags()
+    jumps = [m.detail for s, m in harness.events if s.startswith("md.flag.") and m.check == "price_jump"]
+    assert any("REST price" in detail and "disagrees" in detail for detail in jumps), jumps
+    resyncs = {s for s, _ in harness.events if s.startswith("md.resync.")}
+    assert resyncs == {f"md.resync.{SPOT_VENUE}.{SYMBOL}"}  # drop/reorder caught, under the spot name
+    links = {s for s, _ in harness.events if s.startswith("evt.link.")}
+    assert links <= {f"evt.link.{SPOT_VENUE}.market-ws", f"evt.link.{SPOT_VENUE}.market-rest"}
+    # Spot has no mark price or open interest: nothing is compared or alerted about them.
+    assert not any(key.startswith(("md.data_gap", "md.missed_liquidations")) for key in harness.alerts())
+
+
+async def test_spot_faults_when_depth_dropped_reordered_mistimed_corrupt_or_spiked_then_detected_and_exact(
+    nats_url: str, tmp_path: Path
+) -> None:
+    source = "replay:" + ",".join(str(path) for path in SPOT_PATHS)
+    with running_venue_sim(tmp_path, "--source", source) as venue_url:
+        settings = replace(_settings(nats_url, venue_url), symbols=(SYMBOL,), venue_market="spot")
+        async for harness in _start(nats_url, settings, venue_url):
+            await _spot_stream_faults(harness)

@@ -410,3 +410,84 @@ async def test_synthetic_source_when_synced_then_book_matches_and_is_deep() -> N
     finally:
         await session.close()
         await server.close()
+
+
+# --------------------------------------------------------------------------- spot
+
+SPOT_BTC = [DATA / "spot_btcusdt_20240808.gz", DATA / "spot_btcusdt_20240809.gz"]
+CRYPTOFEED_SPOT = [DATA / "cryptofeed" / "BINANCE.ws.1.0", DATA / "cryptofeed" / "BINANCE.http.0.0"]
+
+
+async def _sync_spot_book(client: Client, symbol: str, diffs_wanted: int) -> tuple[ReferenceBook, int]:
+    """Binance spot procedure against the simulator: buffer, snapshot, drop `u <= L`, bridge
+    `U <= L + 1 <= u`, then `U == previous u + 1`."""
+    url = client.base.replace("http", "ws") + f"/stream?streams={symbol.lower()}@depth@100ms"
+    async with client.session.ws_connect(url) as ws:
+        buffered = [(await ws.receive_json(timeout=10))["data"]]
+        status, snapshot, headers = await client.public("/api/v3/depth", symbol=symbol, limit=1000)
+        assert status == 200 and set(snapshot) == {"lastUpdateId", "bids", "asks"}
+        assert headers["X-MBX-USED-WEIGHT-1M"] == "50"
+        book = ReferenceBook(symbol, snapshot["lastUpdateId"])
+        book.apply(
+            [(Decimal(p), Decimal(q)) for p, q in snapshot["bids"]],
+            [(Decimal(p), Decimal(q)) for p, q in snapshot["asks"]],
+        )
+        previous: int | None = None
+        applied = 0
+        while applied < diffs_wanted:
+            data = buffered.pop(0) if buffered else (await ws.receive_json(timeout=10))["data"]
+            assert "pu" not in data and "T" not in data, "spot depth events carry neither pu nor T"
+            if previous is None:
+                if data["u"] <= book.last_update_id:
+                    continue
+                assert data["U"] <= book.last_update_id + 1 <= data["u"]
+            else:
+                assert data["U"] == previous + 1, "the simulator's spot diffs must chain"
+            _apply(book, data)
+            previous = data["u"]
+            applied += 1
+        return book, previous  # type: ignore[return-value]
+
+
+async def test_spot_replay_when_synced_with_spot_procedure_then_equals_simulator_book_and_spot_rest_answers() -> None:
+    server, client, session = await _start(ReplaySource(SPOT_BTC), speed=4)
+    try:
+        book, last = await _sync_spot_book(client, "BTCUSDT", diffs_wanted=8)
+        await _assert_same_book(client, "BTCUSDT", book, last)
+        status, state = await client.sim("GET", "/_sim/state")
+        assert state["market"] == "spot"
+        status, server_time, _ = await client.public("/api/v3/time")
+        assert status == 200 and abs(server_time["serverTime"] - time.time() * 1000) < 5000
+        url = client.base.replace("http", "ws") + "/stream?streams=btcusdt@trade/btcusdt@markPrice@1s"
+        async with client.session.ws_connect(url) as ws:
+            trades = [(await ws.receive_json(timeout=10)) for _ in range(5)]
+        assert {t["stream"] for t in trades} == {"btcusdt@trade"}, "spot has no mark price stream"
+        assert all(t["data"]["M"] is True and "X" not in t["data"] for t in trades)
+        ids = [t["data"]["t"] for t in trades]
+        assert ids == list(range(ids[0], ids[0] + 5)), "spot trade ids are consecutive"
+        status, rows, _ = await client.public("/api/v3/historicalTrades", symbol="BTCUSDT", fromId=ids[1], limit=3)
+        assert status == 200 and [row["id"] for row in rows] == ids[1:4]
+        status, ticker, _ = await client.public("/api/v3/ticker/price", symbol="BTCUSDT")
+        assert status == 200 and set(ticker) == {"symbol", "price"} and Decimal(ticker["price"]) > 0
+        status, info, _ = await client.public("/api/v3/exchangeInfo")
+        assert status == 200 and info["symbols"][0]["quoteAsset"] == "USDT"
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_spot_replay_when_several_symbols_loop_then_chain_unbroken_and_every_symbol_served() -> None:
+    server, client, session = await _start(ReplaySource(CRYPTOFEED_SPOT), speed=20)
+    try:
+        # A 30 s loop lasts 1.5 s at speed 20, ~15 windows of 100 ms: 45 diffs cross two loop joins.
+        book, last = await _sync_spot_book(client, "NKNUSDT", diffs_wanted=45)
+        await client.sim("POST", "/_sim/pause")
+        await _assert_same_book(client, "NKNUSDT", book, last)
+        for symbol in ("BLZETH", "LRCBTC", "RUNEEUR"):
+            status, snapshot, _ = await client.public("/api/v3/depth", symbol=symbol, limit=5)
+            assert status == 200 and len(snapshot["bids"]) == 5, symbol
+        status, body, _ = await client.public("/api/v3/depth", symbol="NOPEUSDT")
+        assert status == 400 and body["code"] == -1121
+    finally:
+        await session.close()
+        await server.close()

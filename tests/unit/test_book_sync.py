@@ -1,4 +1,4 @@
-"""BookSync (market-data's USD-M book procedure) on real Binance recordings and on edge cases."""
+"""BookSync (market-data's USD-M and spot book procedures) on real Binance recordings and on edge cases."""
 
 from __future__ import annotations
 
@@ -13,9 +13,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libs.recordings import DepthSnapshot, DepthUpdate, ReferenceBook, read_recording, read_recordings, split_by_symbol
+from libs.recordings import (
+    DepthSnapshot,
+    DepthUpdate,
+    ReferenceBook,
+    read_recording,
+    read_recordings,
+    rebuild_book,
+    split_by_symbol,
+)
 from proto.messages import BookResyncStarted, BookSnapshot, DepthDiff
-from services.market_data.domain import BookSync, DepthEvent, DepthSnapshotData, SyncState, replay
+from services.market_data.domain import BookSync, DepthEvent, DepthSnapshotData, MarketKind, SyncState, replay
+from services.state_builder.domain import DiffResult, OrderBook
 
 VENUE = "binance-usdm"
 DEPTH_KINDS = {"DepthSnapshot", "DepthUpdate"}
@@ -442,3 +451,300 @@ def test_reconnect_delay_when_attempts_grow_then_spec_schedule_with_bounded_jitt
     assert reconnect_delay_s(5, lambda a, b: 0.0) == 32
     assert reconnect_delay_s(6, lambda a, b: b) == 90  # 60 + U(0, 30) at its maximum
     assert reconnect_delay_s(20, lambda a, b: 0.0) == 60
+
+
+# --------------------------------------------------------------------------- USD-M bridge on `pu == L` (CTKUSDT)
+
+
+def test_replay_when_event_ending_at_snapshot_was_missed_then_next_event_with_pu_equal_l_bridges_without_resync(
+    data_dir: Path,
+) -> None:
+    # The cryptofeed futures CTKUSDT start-up resync: the snapshot's L is the `u` of an event sent
+    # before the subscription started; the first event received is the next one, U > L and pu == L.
+    folder = data_dir / "binance" / "cryptofeed"
+    records = read_recordings(
+        [folder / "BINANCE_FUTURES.ws.1.0", folder / "BINANCE_FUTURES.http.0.0"], kinds=DEPTH_KINDS
+    )
+    symbol_records = split_by_symbol(records)["CTKUSDT"]
+    snapshot = next(r for r in symbol_records if isinstance(r, DepthSnapshot))
+    events = [r for r in symbol_records if isinstance(r, DepthUpdate)]
+    ending_at_l = next(i for i, e in enumerate(events) if e.final_update_id == snapshot.last_update_id)
+    received = events[ending_at_l + 1 :]
+    assert received[0].first_update_id > snapshot.last_update_id == received[0].previous_final_update_id
+
+    sync = BookSync(VENUE, "CTKUSDT")
+    messages = replay(sync, [to_snapshot(snapshot), *(to_event(e) for e in received)])
+
+    assert sync.gaps == 0 and sync.synced
+    assert not any(isinstance(m, BookResyncStarted) for m in messages)
+    expected = rebuild_book(records, "CTKUSDT")
+    got = book_from(messages, "CTKUSDT")
+    assert (got.last_update_id, got.bids, got.asks) == (expected.last_update_id, expected.bids, expected.asks)
+    # state-builder, downstream, takes the same bridge.
+    book = OrderBook("CTKUSDT")
+    results = []
+    for message in messages:
+        if isinstance(message, BookSnapshot):
+            book.apply_snapshot(message.last_update_id, message.bids, message.asks)
+        elif isinstance(message, DepthDiff):
+            results.append(
+                book.apply_diff(
+                    message.first_update_id,
+                    message.final_update_id,
+                    message.prev_final_update_id,
+                    message.bids,
+                    message.asks,
+                )
+            )
+    assert results and set(results) == {DiffResult.APPLIED}
+
+
+def test_on_event_when_usdm_first_event_neither_bridges_nor_chains_on_snapshot_then_gap() -> None:
+    sync = BookSync(VENUE, "BTCUSDT")
+    sync.on_snapshot(snap(10))
+    out = sync.on_event(ev(12, 14, 11))  # U > L and pu != L: updates 11 are missing
+    assert isinstance(out[0], BookResyncStarted) and out[0].reason == "first event does not bridge the snapshot"
+
+
+# --------------------------------------------------------------------------- spot
+
+
+SPOT = MarketKind.SPOT
+SPOT_FILES = ("spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz")
+
+
+def spot_ev(first: int, final: int, bids=(), asks=()) -> DepthEvent:
+    return DepthEvent("BTCUSDT", first, final, first - 1, 1, list(bids), list(asks))
+
+
+@functools.cache
+def load_spot(data_dir: Path) -> tuple:
+    """Both spot days as one recording (the second file continues the first exactly)."""
+    return tuple(read_recordings([data_dir / "binance" / name for name in SPOT_FILES], kinds=DEPTH_KINDS))
+
+
+def spot_reference(items: list[DepthEvent | DepthSnapshotData], until: int | None = None) -> ReferenceBook:
+    """Independent rebuild: the snapshot, then every event after it (`u > L`) up to `u == until`, no checks."""
+    snapshot = next(i for i in items if isinstance(i, DepthSnapshotData))
+    book = ReferenceBook("BTCUSDT", snapshot.last_update_id)
+    book.apply(snapshot.bids, snapshot.asks)
+    for item in items:
+        if until is not None and isinstance(item, DepthEvent) and item.final_update_id > until:
+            continue
+        if isinstance(item, DepthEvent) and item.final_update_id > snapshot.last_update_id:
+            book.apply(item.bids, item.asks)
+            book.last_update_id = item.final_update_id
+    return book
+
+
+@pytest.fixture(scope="module")
+def spot_items(data_dir: Path) -> list[DepthEvent | DepthSnapshotData]:
+    return to_items(list(load_spot(data_dir)))
+
+
+def test_replay_when_both_spot_days_then_synced_without_gap_and_book_matches_raw_rebuild(
+    data_dir: Path, spot_items: list
+) -> None:
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+
+    messages = replay(sync, spot_items)
+
+    assert sync.synced and sync.gaps == 0
+    expected = rebuild_book(list(load_spot(data_dir)), "BTCUSDT")
+    got = book_from(messages)
+    assert (got.last_update_id, got.bids, got.asks) == (expected.last_update_id, expected.bids, expected.asks)
+    diffs = [m for m in messages if isinstance(m, DepthDiff)]
+    assert len(diffs) > 6000
+    # Spot ids are consecutive; the implied `pu` (U - 1) chains, so consumers keep one rule.
+    assert all(b.first_update_id == a.final_update_id + 1 for a, b in itertools.pairwise(diffs))
+    assert all(b.prev_final_update_id == a.final_update_id for a, b in itertools.pairwise(diffs))
+
+
+def test_replay_when_cryptofeed_spot_then_every_symbol_bridges_with_spot_rules(data_dir: Path) -> None:
+    folder = data_dir / "binance" / "cryptofeed"
+    records = read_recordings([folder / "BINANCE.ws.1.0", folder / "BINANCE.http.0.0"], kinds=DEPTH_KINDS)
+    grouped = split_by_symbol(records)
+    assert sorted(grouped) == ["BLZETH", "LRCBTC", "NKNUSDT", "RUNEEUR"]
+    for symbol, symbol_records in grouped.items():
+        sync = BookSync("binance-spot", symbol, market=SPOT)
+        messages = replay(sync, to_items(symbol_records))
+        assert sync.synced and sync.gaps == 0, symbol
+        expected = rebuild_book(records, symbol)
+        got = book_from(messages, symbol)
+        assert (got.last_update_id, got.bids, got.asks) == (expected.last_update_id, expected.bids, expected.asks)
+
+
+def test_on_snapshot_when_spot_event_ends_at_l_then_dropped_and_next_bridges_at_l_plus_one() -> None:
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync.on_event(spot_ev(5, 10, bids=[(Decimal(100), Decimal(9))]))  # u == L: already in the snapshot
+    sync.on_event(spot_ev(11, 12))
+    out = sync.on_snapshot(snap(10))
+    diffs = [m for m in out if isinstance(m, DepthDiff)]
+    assert [(d.first_update_id, d.final_update_id) for d in diffs] == [(11, 12)]
+    assert sync.synced and sync.last_update_id == 12
+    assert book_from(out).bids == {Decimal(100): Decimal(1)}
+
+
+def test_on_snapshot_when_spot_event_straddles_l_plus_one_then_applied() -> None:
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync.on_event(spot_ev(8, 13))
+    out = sync.on_snapshot(snap(10))
+    assert [m.final_update_id for m in out if isinstance(m, DepthDiff)] == [13]
+    assert sync.synced
+
+
+def test_on_event_when_spot_first_event_starts_after_l_plus_one_then_gap() -> None:
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync.on_snapshot(snap(10))
+    out = sync.on_event(spot_ev(12, 13))
+    assert isinstance(out[0], BookResyncStarted) and out[0].reason == "first event does not bridge the snapshot"
+    assert sync.wants_snapshot
+
+
+def test_on_event_when_spot_u_is_not_previous_u_plus_one_then_gap_and_duplicates_dropped() -> None:
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync.on_snapshot(snap(10))
+    sync.on_event(spot_ev(11, 12))
+    assert sync.on_event(spot_ev(11, 12)) == [] and sync.duplicates == 1
+    out = sync.on_event(spot_ev(14, 15))  # 13 missing
+    assert isinstance(out[0], BookResyncStarted)
+    assert out[0].reason == "U is not the previous u + 1"
+    assert (out[0].expected_prev_update_id, out[0].received_prev_update_id) == (12, 13)
+
+
+def test_parse_depth_event_when_spot_payload_without_pu_then_implied_and_usdm_requires_pu() -> None:
+    from services.market_data.domain import BadFrame, parse_depth_event
+
+    payload = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": 11, "u": 14, "b": [], "a": [["101", "1"]]}
+    event = parse_depth_event(payload, SPOT)
+    assert (event.first_update_id, event.final_update_id, event.prev_final_update_id) == (11, 14, 10)
+    with pytest.raises(BadFrame):
+        parse_depth_event(payload)
+
+
+@pytest.fixture(scope="module")
+def spot_window(spot_items: list) -> list:
+    """The spot snapshot, the events buffered before it and 150 events after the bridge."""
+    snapshot_index = next(i for i, item in enumerate(spot_items) if isinstance(item, DepthSnapshotData))
+    return spot_items[: snapshot_index + 1 + 150]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=4), resnapshot_after=st.integers(min_value=0, max_value=5))
+def test_replay_when_spot_events_dropped_duplicated_or_reordered_then_exact_book_or_gap_resynced_to_it(
+    spot_window: list, mutations: list[tuple[str, int]], resnapshot_after: int
+) -> None:
+    expected = spot_reference(spot_window)
+    mutated = mutate(spot_window, mutations)
+    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    messages: list = []
+    breaking: DepthEvent | None = None
+    for item in mutated:
+        out = sync.on_snapshot(item) if isinstance(item, DepthSnapshotData) else sync.on_event(item)
+        messages.extend(out)
+        if any(isinstance(m, BookResyncStarted) for m in out):
+            assert isinstance(item, DepthEvent)
+            breaking = item
+            break
+    if breaking is None:
+        # Not detected: then the book must be exactly the recording's.
+        got = book_from(messages)
+        assert sync.synced
+        assert (got.last_update_id, got.bids, got.asks) == (expected.last_update_id, expected.bids, expected.asks)
+        return
+    # Detected: a later REST snapshot (the true book a few events on) and the rest of the
+    # (unmutated) stream rebuild exactly the recording's book.
+    assert sync.wants_snapshot and sync.gaps == 1
+    events = [i for i in spot_window if isinstance(i, DepthEvent)]
+    at = min(next(k for k, e in enumerate(events) if e.final_update_id >= breaking.final_update_id) + resnapshot_after,
+             len(events) - 2)  # fmt: skip
+    truth = spot_reference(spot_window, until=events[at].final_update_id)
+    later = DepthSnapshotData(truth.last_update_id, list(truth.bids.items()), list(truth.asks.items()))
+    messages.extend(sync.on_snapshot(later))
+    for event in events[at + 1 :]:
+        messages.extend(sync.on_event(event))
+    got = book_from(messages)
+    assert sync.synced and sync.gaps == 1
+    assert (got.last_update_id, got.bids, got.asks) == (expected.last_update_id, expected.bids, expected.asks)
+
+
+# --------------------------------------------------------------------------- spot service with fakes
+
+
+def make_spot_service(rest: object):
+    from libs.logging import get_logger
+    from services.market_data.handlers import MarketDataService
+
+    published: list[tuple[str, object, str | None]] = []
+
+    async def publish(subject: str, message: object, msg_id: str | None) -> int:
+        published.append((subject, message, msg_id))
+        return len(published)
+
+    async def kv_put(key: str, value: bytes) -> int:
+        return 1
+
+    service = MarketDataService(
+        venue="binance-spot",
+        symbols=("BTCUSDT",),
+        publish=publish,  # type: ignore[arg-type]
+        kv_put=kv_put,
+        rest=rest,  # type: ignore[arg-type]
+        open_stream=lambda url: None,  # type: ignore[arg-type,return-value]
+        log=get_logger("test"),
+        market=SPOT,
+    )
+    return service, published
+
+
+class FakeSpotRest(FakeRest):
+    def __init__(self, snapshot: dict) -> None:
+        super().__init__(snapshot)
+        self.calls: list[str] = []
+
+    async def open_interest(self, symbol: str) -> dict:
+        self.calls.append("open_interest")
+        return await super().open_interest(symbol)
+
+    async def premium_index(self, symbol: str) -> dict:
+        self.calls.append("premium_index")
+        raise AssertionError("spot has no premium index")
+
+    async def historical_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
+        self.calls.append(f"historical_trades:{from_id}:{limit}")
+        return [
+            {"id": i, "price": "100.0", "qty": "0.1", "time": 5, "isBuyerMaker": False}
+            for i in range(from_id, from_id + limit)
+        ]
+
+
+def spot_frame(stream: str, data: dict) -> object:
+    from libs.binance.stream import parse_frame
+
+    return parse_frame(msgspec.json.encode({"stream": stream, "data": data}).decode())
+
+
+async def test_handle_frame_when_spot_depth_and_trades_then_spot_procedure_backfill_and_no_mark_or_oi() -> None:
+    rest = FakeSpotRest({"lastUpdateId": 10, "bids": [["100.0", "1"]], "asks": [["101.0", "2"]]})
+    service, published = make_spot_service(rest)
+    service._connected = True
+    depth = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "b": [["100.0", "3"]], "a": []}
+    await service.handle_frame(spot_frame("btcusdt@depth@100ms", depth | {"U": 9, "u": 10}))  # u == L: dropped
+    await asyncio.sleep(0.05)
+    await service.handle_frame(spot_frame("btcusdt@depth@100ms", depth | {"U": 11, "u": 12}))
+    trade = {"e": "trade", "E": 2, "s": "BTCUSDT", "p": "100.5", "q": "0.2", "T": 2, "m": True, "M": True}
+    await service.handle_frame(spot_frame("btcusdt@trade", trade | {"t": 500}))
+    await service.handle_frame(spot_frame("btcusdt@trade", trade | {"t": 503}))  # 501, 502 missing: backfill
+    await asyncio.sleep(0.05)
+    await service.poll_open_interest_forever(0.01)  # returns at once: spot has no open interest
+
+    assert service.bad_frames == 0
+    book = [(subject, message) for subject, message, _ in published if subject.startswith(("md.snapshot", "md.depth"))]
+    assert [subject for subject, _ in book] == ["md.snapshot.binance-spot.BTCUSDT", "md.depth.binance-spot.BTCUSDT"]
+    diff = book[1][1]
+    assert isinstance(diff, DepthDiff) and (diff.first_update_id, diff.prev_final_update_id) == (11, 10)
+    trade_ids = [message.trade_id for subject, message, _ in published if subject.startswith("md.trade.")]  # type: ignore[attr-defined]
+    assert sorted(trade_ids) == [500, 501, 502, 503]
+    assert rest.calls == ["historical_trades:501:2"]
+    assert service.details()["market"] == "spot"
+    await service.close()

@@ -56,7 +56,7 @@ def test_apply_diff_when_first_after_snapshot_then_must_bridge_last_update_id() 
 
     other = OrderBook("BTCUSDT")
     other.apply_snapshot(10, [], [])
-    assert other.apply_diff(11, 12, 10, [], []) == DiffResult.GAP  # U > L: snapshot too old
+    assert other.apply_diff(12, 13, 11, [], []) == DiffResult.GAP  # neither bridges L (U > L+1, pu != L): too old
 
 
 def test_apply_diff_when_redelivered_then_ignored_without_changing_the_book() -> None:

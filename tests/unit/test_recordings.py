@@ -112,3 +112,49 @@ def test_rebuild_when_pu_breaks_then_sequence_gap(tmp_path: Path) -> None:
     assert rebuild_book(records[:2]).bids == {Decimal("1.0"): Decimal("2")}
     with pytest.raises(SequenceGapError):
         rebuild_book(records)
+
+
+@needs_data
+def test_read_spot_days_when_joined_then_spot_events_chain_across_files_and_rebuild() -> None:
+    records = read_recordings(
+        [DATA / "spot_btcusdt_20240808.gz", DATA / "spot_btcusdt_20240809.gz"],
+        kinds={"DepthUpdate", "DepthSnapshot", "Trade"},
+    )
+    depth = [r for r in records if isinstance(r, DepthUpdate)]
+    assert len(depth) == 6495 and {r.market for r in depth} == {"spot"}
+    assert all(r.previous_final_update_id == r.first_update_id - 1 for r in depth)
+    trades = [r for r in records if isinstance(r, Trade)]
+    assert trades and not trades[0].aggregated and trades[0].kind == "MARKET"
+    states = [state.last_update_id for state in iter_book_states(records, "BTCUSDT")]
+    assert states[0] == 50093239218 and len(states) == 1 + 6495 - 2  # snapshot; 2 events end before it
+    book = rebuild_book(records, "BTCUSDT")
+    assert book.last_update_id == depth[-1].final_update_id
+    assert max(book.bids) < min(book.asks)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_rebuild_when_spot_then_u_equal_l_dropped_bridge_at_l_plus_one_and_break_detected(tmp_path: Path) -> None:
+    def spot(first: int, final: int, bid_qty: str) -> str:
+        return (
+            f'{first} {{"stream":"x@depth@100ms","data":{{"e":"depthUpdate","E":1,"s":"XUSDT","U":{first},'
+            f'"u":{final},"b":[["1.0","{bid_qty}"]],"a":[]}}}}'
+        )
+
+    lines = [
+        spot(8, 10, "9"),  # u == L: already in the snapshot, dropped
+        '11 {"lastUpdateId": 10, "bids": [["1.0", "1"]], "asks": [["2.0", "1"]]}',
+        spot(11, 12, "2"),  # U == L + 1: the bridge
+        spot(13, 13, "3"),
+        spot(15, 16, "4"),  # 14 missing
+    ]
+    records = list(read_recording(_write(tmp_path / "rec_xusdt_1.gz", lines)))
+    assert all(r.market == "spot" for r in records if isinstance(r, DepthUpdate))
+    assert [s.last_update_id for s in iter_book_states(records[:4])] == [10, 12, 13]
+    assert rebuild_book(records[:4]).bids == {Decimal("1.0"): Decimal("3")}
+    with pytest.raises(SequenceGapError):
+        rebuild_book(records)

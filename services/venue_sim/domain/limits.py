@@ -40,6 +40,17 @@ class UsageLimits:
         self.orders_1m = UsageCounter(clock, 60_000_000_000)
 
 
+def spot_depth_weight(limit: int) -> int:
+    """Request weight of GET /api/v3/depth by limit (Binance spot table)."""
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 25
+    if limit <= 1000:
+        return 50
+    return 250
+
+
 def depth_weight(limit: int) -> int:
     """Request weight of GET /fapi/v1/depth by limit (Binance USD-M table)."""
     if limit <= 50:
