@@ -70,6 +70,7 @@ class OrderType(StrEnum):
     MARKET = "MARKET"
     LIMIT = "LIMIT"
     STOP_MARKET = "STOP_MARKET"
+    TAKE_PROFIT_MARKET = "TAKE_PROFIT_MARKET"  # the position service's take-profit: triggers on the mark price
 
 
 class TimeInForce(StrEnum):

@@ -353,6 +353,7 @@ class OrderView(msgspec.Struct, frozen=True, kw_only=True):
     strategy: str | None = None
     created_ns: int = 0
     updated_ns: int = 0
+    venue: str = ""
 
 
 # --------------------------------------------------------------------------- positions
@@ -457,6 +458,23 @@ class AlertResolved(Message, frozen=True, tag=True):
     reason: str = ""
 
 
+class ProjectionsVerified(Message, frozen=True, tag=True):
+    """Outcome of one periodic full replay of the ORDERS stream compared with the Postgres
+    projections (SPEC §8 "a periodic full replay verifies that the log rebuilds the same state").
+
+    `outcome` is `consistent`, `diverged` (`differences` counts rows per table, `sample` shows the
+    first ones) or `failed` (the verification could not run: `error` says why).
+    """
+
+    outcome: str
+    consistent: bool
+    events: int = 0
+    differences: dict[str, int] = {}
+    sample: dict[str, Any] = {}
+    error: str = ""
+    duration_ms: int = 0
+
+
 class OperatorActionTaken(Message, frozen=True, tag=True):
     """An operator acted through the gateway: who (`operator`, `role`), what (`action`), on what
     (`target`). The audit trail of manual actions such as dead-letter retries and removals."""
@@ -519,6 +537,7 @@ AnyMessage = (
     | BackgroundWorkResumed
     | AlertRaised
     | AlertResolved
+    | ProjectionsVerified
     | OperatorActionTaken
     | DeadLettered
 )

@@ -127,6 +127,8 @@ def evt_operator(action: str) -> str:
 
 EVT_ALERT_RAISED = "evt.alert.raised"
 EVT_ALERT_RESOLVED = "evt.alert.resolved"
+EVT_PROJECTIONS_VERIFIED = "evt.projections.verified"
+"""`ProjectionsVerified` (watchdog's periodic full-replay verification, SPEC §8)."""
 
 
 def dlq(consumer: str) -> str:
@@ -199,6 +201,7 @@ STREAM_CONTROL = StreamSpec(
         "evt.alert.>",
         "evt.operator.>",
         "evt.background.>",
+        "evt.projections.>",
     ),
     duplicate_window_s=3600.0,
     description="trading state, degradation, health, hot state, links, components, breakers, alerts",

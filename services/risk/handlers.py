@@ -17,6 +17,8 @@ from libs.breaker import BreakerState
 from libs.bus import Bus, Delivery
 from libs.ids import client_order_id_for
 from libs.logging import Logger
+from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
 from proto.enums import (
@@ -55,10 +57,12 @@ from proto.messages import (
 )
 
 from . import adapters
+from . import snapshot as snap
 from .breakers import (
     ABNORMAL_MARKET,
     RAPID_LOSS,
     RESOURCE_EXHAUSTION,
+    STRATEGY_MALFUNCTION_PREFIX,
     BreakerBoard,
     BreakerChange,
     BreakerNotTripped,
@@ -152,6 +156,8 @@ class RiskService:
         breakers: BreakerBoard | None = None,
         monotonic: Clock = time.monotonic_ns,
         resources: adapters.ProcResources | None = None,
+        snapshots: SnapshotKeeper[snap.RiskSnapshot] | None = None,
+        policy: SnapshotPolicy | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -182,6 +188,11 @@ class RiskService:
         """Why new entries are HALTED by a lost bus connection (FM-C6), None when not; never persisted."""
         self._bus_tasks: set[asyncio.Task[None]] = set()
         self._revalidation: asyncio.Task[None] | None = None
+        self.snapshots = snapshots
+        self.policy = policy
+        self.orders_seq = 0
+        """Highest ORDERS sequence reflected in memory (live consumer or replay)."""
+        self.recovery: RecoveryReport | None = None
 
     # ------------------------------------------------------------------ followers
 
@@ -381,10 +392,17 @@ class RiskService:
         await self.apply_breaker_change(change, announce_enable=False)
 
     async def load_initial_state(self) -> None:
-        """Hot state from KV and positions from the ORDERS stream, for every configured symbol."""
+        """Hot state from KV; positions from the ORDERS stream unless `recover` rebuilt them from it.
+
+        After a recovery the positions are the log's up to what risk processed, and the `risk-events`
+        consumer delivers the rest with their effects (CB-1/CB-3 counting): jumping to the newest
+        position here would make those older events look stale and skip their counting.
+        """
         for symbol in sorted(self.limits.symbols):
             if symbol not in self.hot_state:
                 self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
+            if self.recovery is not None:
+                continue
             last = await adapters.read_last_position(self.bus, self.venue, symbol)
             if last is not None and self.apply_position(last):
                 self.trades.seed(symbol, last.quantity, last.realized_pnl, last.ts_event_ns)
@@ -510,7 +528,18 @@ class RiskService:
         now = self.clock()
         for breaker in board.all():
             record, error = await adapters.read_breaker(self.bus, breaker.id)
-            if record is not None:
+            if record is not None and record.ts_ns < breaker.record.ts_ns:
+                # KV is written at every change before anything else, so it is the newest unless it
+                # was lost or rolled back: then the snapshot's record (restored in memory) stands.
+                self.log.warning(
+                    "breaker_kv_older_than_snapshot",
+                    breaker=breaker.id,
+                    kv_state=record.state.value,
+                    snapshot_state=breaker.state.value,
+                    action_taken="snapshot record kept and written back to KV",
+                )
+                await adapters.write_breaker(self.bus, breaker.record)
+            elif record is not None:
                 restored = _restore(board, breaker, record)
                 self.log.info("breaker_restored", breaker=breaker.id, state=restored.state.value)
             elif error is not None:
@@ -518,6 +547,9 @@ class RiskService:
                 breaker.record = msgspec.structs.replace(
                     breaker.record, state=BreakerState.OPEN, reason=f"unreadable persisted record: {error}", ts_ns=now
                 )
+                await adapters.write_breaker(self.bus, breaker.record)
+            elif breaker.record.ts_ns:
+                self.log.warning("breaker_missing_in_kv", breaker=breaker.id, action_taken="snapshot record written")
                 await adapters.write_breaker(self.bus, breaker.record)
             else:
                 await adapters.write_breaker(self.bus, breaker.snapshot(now))
@@ -751,6 +783,187 @@ class RiskService:
             case _:
                 self.log.debug("message_ignored", subject=delivery.subject, type=type(message).__name__)
 
+    # ------------------------------------------------------------------ snapshots and recovery (SPEC §8, FM-C1)
+
+    async def on_orders_event(self, message: Message, delivery: Delivery) -> None:
+        """Durable `risk-events` handler (ORDERS `evt.order.>`, `evt.fill.>`, `evt.position.>`).
+
+        A durable consumer rather than a core subscription: its ack floor tells a restart exactly
+        what was fully processed, and what happened while risk was down is delivered, not lost.
+        """
+        match message:
+            case OrderApproved() | OrderDenied():
+                # Its own decisions too: one redelivered after a restart must count as pending again.
+                self.replay_message(message, delivery.stream_sequence)
+            case _:
+                await self.on_event(message)
+        self.after_applied(delivery.stream_sequence)
+
+    def after_applied(self, stream_seq: int) -> None:
+        """ORDERS message `stream_seq` is reflected in memory: checkpoint when the policy says so."""
+        self.orders_seq = max(self.orders_seq, stream_seq)
+        if self.snapshots is None or self.policy is None or not self.policy.record():
+            return
+        self.policy.taken()
+        self.snapshots.submit(self.orders_seq, self.capture(self.orders_seq))
+
+    def capture(self, orders_seq: int) -> snap.RiskSnapshot:
+        """Everything risk derived from the ORDERS stream up to `orders_seq`, plus breakers and trading state."""
+        now = self.clock()
+        return snap.RiskSnapshot(
+            orders_seq=orders_seq,
+            taken_ns=now,
+            positions=dict(self.positions),
+            position_ts=dict(self._position_ts),
+            seen_positions=list(self._seen_positions),
+            trades=snap.trades_state(self.trades),
+            pending=snap.pending_state(self.pending),
+            decided=sorted(self.decided)[-snap.MAX_DECIDED :],
+            order_strategy=list(self.order_strategy.items()),
+            rates=snap.rates_state(self.rates, now),
+            mark_prices=dict(self.mark_prices),
+            # Counters as of now, but the record's own time kept: KV, written at every change, stays
+            # the newer one and so the authority (`load_breakers`).
+            breakers=[
+                msgspec.structs.replace(breaker.record, details=breaker.details()) for breaker in self.breakers.all()
+            ]
+            if self.breakers
+            else [],
+            trading_state=self.trading,
+        )
+
+    def restore(self, state: snap.RiskSnapshot) -> None:
+        """Load a snapshot into memory (breakers only where newer than what is loaded: see `load_breakers`)."""
+        self.positions = dict(state.positions)
+        self._position_ts = dict(state.position_ts)
+        self._seen_positions = OrderedDict((key, None) for key in state.seen_positions)
+        self.trades = snap.restore_trades(state.trades)
+        self.pending = snap.restore_pending(state.pending)
+        self.decided = set(state.decided)
+        self.order_strategy = OrderedDict(state.order_strategy)
+        self.rates = snap.restore_rates(state.rates)
+        self.mark_prices.update(state.mark_prices)
+        self.orders_seq = state.orders_seq
+        if self.breakers is not None:
+            for record in state.breakers:
+                if record.breaker.startswith(STRATEGY_MALFUNCTION_PREFIX):
+                    self.breakers.strategy(record.breaker[len(STRATEGY_MALFUNCTION_PREFIX) :])
+                breaker = self.breakers.get(record.breaker)
+                if breaker is not None and record.ts_ns > breaker.record.ts_ns:
+                    _restore(self.breakers, breaker, record)
+
+    def replay_message(self, message: Message, stream_seq: int) -> None:
+        """Apply one ORDERS message of the replayed range to memory only (idempotent).
+
+        No publishes and no breaker counting: everything in the range was processed with its effects
+        before (KV breaker records include it), or is an order command whose decision follows on the log.
+        Also applies risk's own decisions when the live consumer delivers them.
+        """
+        self.orders_seq = max(self.orders_seq, stream_seq)
+        match message:
+            case OrderApproved(order=order):
+                fresh = order.client_order_id not in self.decided  # a live decision already counted itself
+                self.pending.add(order)
+                self.decided.add(order.client_order_id)
+                if fresh:
+                    _remember(self.order_strategy, order.client_order_id, order.strategy)
+                    if order.strategy is not None and not order.reduce_only:
+                        self.rates.record(order.strategy, message.ts_event_ns)
+            case OrderDenied(order=order):
+                self.decided.add(order.client_order_id)
+            case OrderFilled():
+                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
+            case OrderRejected() | OrderCanceled():
+                self.pending.release(message.client_order_id)
+            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
+                self.pending.release(message.client_order_id)
+            case PositionChanged() if message.venue == self.venue:
+                if message.message_id in self._seen_positions or not self.apply_position(message):
+                    return
+                _remember(self._seen_positions, message.message_id, None)
+                strategy = self.order_strategy.get(message.caused_by_client_order_id or "")
+                self.trades.on_position(
+                    message.symbol, message.quantity, message.realized_pnl, message.ts_event_ns, strategy
+                )
+            case _:
+                pass  # order commands, events of other venues
+
+    async def recover(self, log: snap.OrdersLog) -> RecoveryReport:
+        """Rebuild memory from the latest valid snapshot and the ORDERS tail, then validate (SPEC §8).
+
+        The replayed range ends where the durable `risk-events` consumer's acknowledgements end:
+        the consumer then delivers the rest with effects. Without a snapshot (none, all corrupt,
+        Postgres down) the whole stream is replayed: the log is the source of truth (FM-C3).
+        """
+        loaded: Loaded[snap.RiskSnapshot] = await log.load_snapshot()
+        if loaded.corrupt:
+            await self._alert_corrupt(list(loaded.corrupt))
+        if not loaded.available:
+            self.log.warning("snapshot_store_unavailable_at_start", action_taken="full replay of the ORDERS stream")
+        first, last = await log.bounds()
+        processed = await log.processed_through()
+        end = last if processed is None else min(processed, last)
+        snapshot = loaded.state
+        mode = "full-replay"
+        start = max(first, 1)
+        if snapshot is not None:
+            if snapshot.orders_seq > last:
+                self.log.warning(
+                    "recovery_snapshot_ahead_of_stream",
+                    snapshot_seq=snapshot.orders_seq,
+                    stream_last_seq=last,
+                    action_taken="stream was reset: snapshot ignored, full replay",
+                )
+            elif snapshot.orders_seq + 1 < first:
+                self.log.warning(
+                    "recovery_snapshot_too_old",
+                    snapshot_seq=snapshot.orders_seq,
+                    stream_first_seq=first,
+                    action_taken="full replay",
+                )
+            else:
+                self.restore(snapshot)
+                mode = "snapshot"
+                start = snapshot.orders_seq + 1
+        replayed = await log.replay(start, end, self.replay_message) if last else 0
+        self.validate_recovered()
+        report = RecoveryReport(
+            mode=mode,
+            snapshot_seq=snapshot.orders_seq if mode == "snapshot" and snapshot is not None else None,
+            replayed=replayed,
+            live_from=end + 1,
+            corrupt_snapshots=len(loaded.corrupt),
+            snapshot_store="available" if loaded.available else "unavailable",
+        )
+        self.recovery = report
+        self.log.info("recovery_replayed", **report.as_dict(), consumer_processed_through=processed)
+        return report
+
+    def validate_recovered(self) -> None:
+        """§7-style checks of the rebuilt state; a violation is logged and made safe, never trusted."""
+        for item in snap.pending_state(self.pending):
+            if item.quantity <= 0 or item.filled < 0 or item.filled >= item.quantity:
+                self.log.error("recovery_pending_invalid", client_order_id=item.client_order_id, action_taken="dropped")
+                self.pending.release(item.client_order_id)
+        for symbol in self.positions:
+            if symbol not in self.limits.symbols:
+                self.log.warning(
+                    "recovery_position_unknown_symbol", symbol=symbol, quantity=str(self.positions[symbol])
+                )
+
+    async def _alert_corrupt(self, corrupt: list[str]) -> None:
+        alert = AlertRaised(
+            key=f"snapshot-corrupt.{subjects.RISK}",
+            severity=AlertSeverity.P1,
+            component=subjects.RISK,
+            title="corrupt risk snapshot skipped (FM-C3); recovered from an older one or a full replay",
+            details={"snapshots": corrupt[:10]},
+        )
+        try:
+            await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+        except Exception as exc:  # noqa: BLE001 - the snapshot_corrupt log lines still record it
+            self.log.warning("alert_publish_failed", key=alert.key, error=str(exc)[:300])
+
     # ------------------------------------------------------------------ trading state
 
     async def change_state(self, trigger: TradingTrigger, operator: str, reason: str) -> tuple[str, str]:
@@ -823,6 +1036,8 @@ class RiskService:
                 "hot_state": {symbol: (s.value if s else None) for symbol, s in self.hot_state.items()},
                 "breakers": {b.id: b.state.value for b in self.breakers.all()} if self.breakers else {},
                 "entries_halted": self.entries_halted(),
+                "recovery": self.recovery.as_dict() if self.recovery else None,
+                "orders_seq": self.orders_seq,
             }
         )
 

@@ -7,9 +7,11 @@ from decimal import Decimal
 
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 
 from . import adapters
+from . import snapshot as snap
 from .breakers import (
     AbnormalMarketBreaker,
     AbnormalMarketConfig,
@@ -25,10 +27,7 @@ from .handlers import RiskService
 
 FOLLOWED_SUBJECTS = (
     "evt.hotstate.>",
-    "evt.position.>",
     "md.mark.>",
-    "evt.order.>",
-    "evt.fill.>",
     subjects.EVT_DEGRADATION,
     "cmd.strategy.*.enable",
     subjects.heartbeat(subjects.STATE_BUILDER),
@@ -65,10 +64,13 @@ def breakers_from(settings: Settings) -> BreakerBoard:
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Load the persisted trading state and breakers, follow events, serve requests, consume orders."""
+    """Load the persisted trading state, rebuild memory from the latest snapshot and the ORDERS tail
+    (SPEC §8), load breakers, follow events, serve requests, then consume orders."""
     settings = ctx.settings
     limits = limits_from(settings)
     state = await adapters.read_trading_state(ctx.bus)
+    snapshots = snap.snapshot_keeper(settings.pg_dsn, ctx.log)
+    ctx.cleanups.append(snapshots.close)
     service = RiskService(
         ctx.bus,
         ctx.log,
@@ -78,7 +80,14 @@ async def setup(ctx: ServiceContext) -> None:
         state,
         breakers=breakers_from(settings),
         resources=adapters.ProcResources(),
+        snapshots=snapshots,
+        policy=SnapshotPolicy(
+            clock=time.time_ns,
+            interval_ns=int(settings.snapshot_interval_s * 1e9),
+            every_events=settings.snapshot_every_events,
+        ),
     )
+    report = await service.recover(snap.OrdersLog(ctx.bus, snapshots))
     await service.load_breakers(settings.strategies)
     # Subscribe before the initial reads so nothing published in between is missed.
     for subject in FOLLOWED_SUBJECTS:
@@ -93,8 +102,24 @@ async def setup(ctx: ServiceContext) -> None:
         "pending_orders": len(service.pending),
         "breakers_open": [b.id for b in service.breakers.all() if b.is_open] if service.breakers else [],
         "entries_halted": service.entries_halted(),
+        "recovery": report.as_dict(),
+        "orders_seq": service.orders_seq,
+        "snapshots": snapshots.stats(),
     }
     ctx.spawn(service.monitor(settings.risk_monitor_interval_s), "risk-monitor")
+    # Positions, fills and order events: durable, so a restart knows what was processed (its ack
+    # floor) and gets what happened while risk was down. Created at the end of the replay the first
+    # time; afterwards it resumes where its acknowledgements ended. Batch 1: a fill must release
+    # pending exposure before the next decision, not after a batch filled up.
+    created = await snap.consumer_missing(ctx.bus)
+    await ctx.bus.consume(
+        stream=subjects.STREAM_ORDERS.name,
+        durable=snap.ORDERS_EVENTS_CONSUMER,
+        filter_subjects=list(snap.ORDERS_EVENT_SUBJECTS),
+        handler=service.on_orders_event,
+        batch=1,
+        start_sequence=report.live_from if created else None,
+    )
     await ctx.bus.consume(
         stream=subjects.STREAM_ORDERS.name,
         durable="risk-orders",

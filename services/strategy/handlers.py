@@ -21,6 +21,7 @@ import asyncio
 import os
 import traceback
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -29,6 +30,8 @@ from nats.aio.msg import Msg
 from libs.bus import Bus, Delivery
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
+from libs.service_snapshots import RecoveryReport, SnapshotKeeper
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
 from proto.enums import AlertSeverity, OrderType, StrategyState
@@ -49,6 +52,7 @@ from proto.messages import (
 )
 
 from . import adapters
+from . import snapshot as snap
 from .config import InstanceConfig
 from .domain import (
     ENGAGED_STATES,
@@ -63,8 +67,10 @@ from .domain import (
 )
 
 Clock = Callable[[], int]
-INPUT_SUBJECTS = ("md.trade.>", "md.liquidation.>", "md.oi.>", "md.resync.>", "evt.link.>", "evt.position.>")
-"""Core-NATS subjects every strategy follows (market data, link/resync events, positions)."""
+INPUT_SUBJECTS = ("evt.link.>", "evt.position.>")
+"""Core-NATS subjects every strategy follows (link events, positions). Market data comes through the
+durable `strategy-<name>-md` (`snapshot.MARKET_SUBJECTS`), whose sequences the snapshots cover."""
+MARKET_TYPES = (Trade, Liquidation, OpenInterest, BookResyncStarted)
 STACK_LIMIT = 8000
 INPUT_LIMIT = 1000
 
@@ -86,6 +92,9 @@ class StrategyRunner:
         *,
         symbols: tuple[str, ...] = (),
         lease: Lease | None = None,
+        snapshots: SnapshotKeeper[snap.StrategySnapshot] | None = None,
+        policy: SnapshotPolicy | None = None,
+        max_replay: int = 20_000,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -102,6 +111,13 @@ class StrategyRunner:
         # Without a lease (tests, tools) the runner is always active; with one, only while it holds it.
         self.active = lease is None
         self.keep_task: asyncio.Task[None] | None = None
+        self.snapshots = snapshots
+        self.policy = policy
+        self.max_replay = max_replay
+        self.md_seq = 0
+        """Highest MARKET_DATA sequence reflected in memory (replay or the live consumer)."""
+        self.recovery: RecoveryReport | None = None
+        self.restored: snap.StrategySnapshot | None = None
 
     @property
     def name(self) -> str:
@@ -150,6 +166,9 @@ class StrategyRunner:
             "crashes_in_window": len(crashes_in_window(self.crash_record.crashes, self.clock())),
             "active_events": len(self.strategy.active_events()),
             "lease": "none" if self.lease is None else ("held" if self.active else "standby"),
+            "md_seq": self.md_seq,
+            "recovery": self.recovery.as_dict() if self.recovery else None,
+            "snapshots": self.snapshots.stats() if self.snapshots else None,
         }
 
     # ------------------------------------------------------------------ effects
@@ -171,6 +190,7 @@ class StrategyRunner:
                         kind=self.instance.kind,
                     )
                     await adapters.write_strategy_state(self.bus, self.name, record)
+                    self.checkpoint()  # the snapshot's state machine follows KV's
                     event = StrategyStateChanged(
                         strategy=self.name, previous=action.previous, current=action.current, reason=action.reason
                     )
@@ -236,6 +256,7 @@ class StrategyRunner:
             # Fail closed: an unreadable history must not un-FAIL a strategy.
             self.log.error("crash_history_unreadable", strategy=self.name, error=str(exc)[:200])
             self.crash_record = adapters.CrashRecord(crashes=[now] * 4)
+        await self.recover(snap.MarketLog(self.bus, self.snapshots))
         await self._load_positions()
         previous_process = self.crash_record.running
         if previous_process == self.process_token:
@@ -243,6 +264,7 @@ class StrategyRunner:
         self.crash_record = msgspec.structs.replace(self.crash_record, running=self.process_token)
         await adapters.write_crash_record(self.bus, self.name, self.crash_record)
         persisted = record.state if record is not None else None  # None: the very first start
+        restored = self.restored
         self.strategy.state = persisted or St.DISABLED
         self.strategy.symbol = record.symbol if record is not None else None
         self.strategy.surrendered = dict(self.crash_record.surrendered)
@@ -256,6 +278,7 @@ class StrategyRunner:
                     stack_trace="",
                     input_description="process-restart",
                     resume=not stays_off,
+                    keep_market=True,  # restored from the snapshot and the log, not from the dead process
                 )
                 return
             if crash_fails(len(crashes_in_window(self.crash_record.crashes, now))) and persisted != St.FAILED:
@@ -263,6 +286,24 @@ class StrategyRunner:
                 return
             if persisted is not None and stays_off:
                 self.log.info("strategy_restored", strategy=self.name, state=persisted.value)
+                return
+            if restored is not None and restored.state == persisted and restored.symbol == self.strategy.symbol:
+                # A clean restart whose snapshot agrees with KV: carry on where it stopped (SPEC §8).
+                self.strategy.entry = restored.entry if persisted in ENGAGED_STATES else None
+                self.strategy.state_since_ns = restored.state_since_ns
+                self.log.info(
+                    "strategy_restored",
+                    strategy=self.name,
+                    state=persisted.value,
+                    symbol=self.strategy.symbol,
+                    active_events=len(self.strategy.active_events()),
+                    source="snapshot",
+                )
+                symbol = self.strategy.symbol
+                if symbol is not None:  # the position may have moved while the process was down
+                    await self.execute(
+                        self.strategy.on_position(symbol, self.strategy.positions.get(symbol, Decimal(0)), now)
+                    )
                 return
             await self.execute(self.strategy.disable(now, "restart: setups cleared"))
             await self.execute(self.strategy.enable(now, "started"))
@@ -293,6 +334,122 @@ class StrategyRunner:
             if last is not None:
                 self.strategy.positions[symbol] = last.quantity
 
+    # ------------------------------------------------------------------ snapshots and recovery (SPEC §8)
+
+    def checkpoint(self) -> None:
+        """Capture the instance now (covering `md_seq`) and save it in the background."""
+        if self.snapshots is None or not self.active:
+            return
+        if self.policy is not None:
+            self.policy.taken()
+        self.snapshots.submit(self.md_seq, snap.capture(self.strategy, self.instance.kind, self.md_seq, self.clock()))
+
+    async def on_market_data(self, message: Message, delivery: Delivery) -> None:
+        """Durable `strategy-<name>-md` handler (trades, liquidations, open interest, resyncs)."""
+        if delivery.stream_sequence <= self.md_seq:
+            return  # already in memory: restored from a snapshot or replayed at start
+        await self.handle(message)
+        self.md_seq = delivery.stream_sequence
+        if self.policy is not None and self.policy.record():
+            self.checkpoint()
+
+    def replay_message(self, message: Message, stream_seq: int) -> bool:
+        """Apply one replayed MARKET_DATA message to the market memory only; True when it was an input.
+
+        No state transitions and no signals: what the strategy decided about that data was decided
+        (and persisted) before; it decides on fresh data from now on.
+        """
+        self.md_seq = max(self.md_seq, stream_seq)
+        if not isinstance(message, MARKET_TYPES) or getattr(message, "venue", self.venue) != self.venue:
+            return False
+        strategy = self.strategy
+        try:
+            match message:
+                case Trade():
+                    strategy.on_trade(
+                        message.symbol, message.ts_init_ns, message.price, message.quantity, message.buyer_is_maker
+                    )
+                case Liquidation():
+                    strategy.on_liquidation(
+                        message.symbol, message.ts_init_ns, message.side, message.price, message.quantity
+                    )
+                case OpenInterest():
+                    strategy.on_open_interest(message.symbol, message.ts_init_ns, message.open_interest)
+                case BookResyncStarted():
+                    strategy.clear_events({message.symbol}, message.ts_init_ns)
+        except Exception as exc:  # noqa: BLE001 - strategy code failing on old data is not a crash of this start
+            self.log.warning(
+                "replay_input_failed",
+                strategy=self.name,
+                stream_seq=stream_seq,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                action_taken="skipped",
+            )
+        return True
+
+    async def recover(self, log: snap.MarketLog) -> RecoveryReport:
+        """Latest valid snapshot of the instance, then the MARKET_DATA tail after it.
+
+        The state machine part of the snapshot is used by `start` only where KV agrees (KV is the
+        authority). Without a snapshot (none, corrupt, Postgres down) the market memory starts
+        empty, as after a data gap (FM-N1): 6 h of market data are not worth replaying.
+        """
+        loaded = await log.load_snapshot()
+        if loaded.corrupt:
+            await self._alert(
+                f"snapshot-corrupt.{subjects.strategy_component(self.name)}",
+                AlertSeverity.P1,
+                f"corrupt snapshot of strategy {self.name} skipped (FM-C3); an older one or empty market memory used",
+                snapshots=list(loaded.corrupt[:10]),
+            )
+        if self.snapshots is not None and not loaded.available:
+            self.log.warning("snapshot_store_unavailable_at_start", strategy=self.name, action_taken="no replay")
+        first, last = await log.bounds()
+        state = loaded.state
+        if state is not None and (state.name != self.name or state.kind != self.instance.kind):
+            self.log.warning(
+                "snapshot_of_other_kind", strategy=self.name, kind=state.kind, action_taken="ignored: fresh start"
+            )
+            state = None
+        self.restored = state
+        inputs = 0
+        mode = "fresh"
+        self.md_seq = last
+        if state is not None:
+            snap.restore(self.strategy, state)
+            mode = "snapshot"
+            tail = last - state.md_seq
+            if state.md_seq > last or state.md_seq + 1 < first or tail > self.max_replay:
+                self.strategy.clear_events(None, self.clock())
+                self.log.warning(
+                    "recovery_market_tail_unusable",
+                    strategy=self.name,
+                    snapshot_seq=state.md_seq,
+                    stream_first_seq=first,
+                    stream_last_seq=last,
+                    max_replay=self.max_replay,
+                    action_taken="market memory cleared (data gap, FM-N1); live data from now on",
+                )
+            else:
+                self.md_seq = state.md_seq
+
+                def apply(message: Message, stream_seq: int) -> None:
+                    nonlocal inputs
+                    inputs += self.replay_message(message, stream_seq)
+
+                await log.replay(state.md_seq + 1, last, apply)
+                self.md_seq = max(self.md_seq, last)
+        self.recovery = RecoveryReport(
+            mode=mode,
+            snapshot_seq=state.md_seq if state is not None else None,
+            replayed=inputs,
+            live_from=self.md_seq + 1,
+            corrupt_snapshots=len(loaded.corrupt),
+            snapshot_store="available" if loaded.available else "unavailable",
+        )
+        self.log.info("recovery_replayed", strategy=self.name, **self.recovery.as_dict())
+        return self.recovery
+
     # ------------------------------------------------------------------ crashes (FM-C2)
 
     async def _crashed(
@@ -304,10 +461,14 @@ class StrategyRunner:
         stack_trace: str,
         input_description: str,
         resume: bool | None = None,
+        keep_market: bool = False,
     ) -> None:
         """Record a crash and restart the strategy through DISABLED (into SCANNING, or FAILED).
 
         `resume` says whether to go back to SCANNING (default: unless it was DISABLED or FAILED).
+        `keep_market` keeps the kind's market memory (live liquidation events, averages): for a
+        process that died, whose successor rebuilt it from the snapshot and the log; setups are
+        cleared either way (FM-C2).
         """
         old = self.strategy
         window = crashes_in_window([*self.crash_record.crashes, now], now)
@@ -322,6 +483,8 @@ class StrategyRunner:
         fresh.last_price = dict(old.last_price)
         fresh.surrendered = surrendered
         fresh.state_since_ns = old.state_since_ns
+        if keep_market:
+            snap.restore_market(fresh, snap.market_state(old))
         actions = fresh.disable(now, f"crash: {error_type}: {error}"[:300])
         if failed:
             actions += fresh.fail(now, f"{len(window)} crashes in 10 min")
@@ -417,6 +580,10 @@ class StrategyRunner:
                 strategy.positions[message.symbol] = message.quantity
             return
         now = self.clock()
+        if isinstance(message, Trade | Liquidation | OpenInterest):
+            # The time market-data stamped it: the same whether handled live or replayed after a
+            # restart (snapshot + tail rebuild exactly what a run without restart had).
+            now = min(message.ts_init_ns, now)
 
         def described() -> str:
             return f"{type(message).__name__} {msgspec.json.encode(message)[:INPUT_LIMIT].decode(errors='replace')}"

@@ -16,13 +16,17 @@ import socket
 import sys
 import time
 
+from nats.js.api import DeliverPolicy
+
 from libs.lease import LEASE_BUCKET, Lease
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
+from libs.snapshot import SnapshotPolicy
 from proto import subjects
 
 from .config import instance_config, read_config_file
 from .handlers import INPUT_SUBJECTS, StrategyRunner
+from .snapshot import MARKET_SUBJECTS, market_consumer, snapshot_keeper
 
 
 async def setup(ctx: ServiceContext) -> None:
@@ -41,8 +45,23 @@ async def setup(ctx: ServiceContext) -> None:
         ttl_s=ctx.settings.strategy_lease_ttl_s,
         log=ctx.log,
     )
+    snapshots = snapshot_keeper(ctx.settings.pg_dsn, name, ctx.log)
+    ctx.cleanups.append(snapshots.close)
     runner = StrategyRunner(
-        ctx.bus, ctx.log, instance, ctx.settings.venue, time.time_ns, symbols=ctx.settings.symbols, lease=lease
+        ctx.bus,
+        ctx.log,
+        instance,
+        ctx.settings.venue,
+        time.time_ns,
+        symbols=ctx.settings.symbols,
+        lease=lease,
+        snapshots=snapshots,
+        policy=SnapshotPolicy(
+            clock=time.time_ns,
+            interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
+            every_events=ctx.settings.snapshot_every_events,
+        ),
+        max_replay=ctx.settings.recovery_max_replay,
     )
     ctx.details = runner.details
     ctx.log.info("strategy_configured", strategy=name, kind=instance.kind, config=repr(instance.config))
@@ -56,6 +75,18 @@ async def setup(ctx: ServiceContext) -> None:
         await runner.on_lease_acquired(token)
         if not consuming:  # a standby does not pull commands it would only have to bounce
             consuming = True
+            # Market data from where recovery (snapshot + tail) ended; on a later re-acquisition the
+            # runner skips what its new recovery already covered (`on_market_data`).
+            live_from = runner.recovery.live_from if runner.recovery is not None else None
+            await ctx.bus.consume(
+                stream=subjects.STREAM_MARKET_DATA.name,
+                durable=market_consumer(name),
+                filter_subjects=list(MARKET_SUBJECTS),
+                handler=runner.on_market_data,
+                batch=1,  # a larger pull batch lingers waiting to fill: cascades are timed to the second
+                start_sequence=live_from,
+                deliver_policy=DeliverPolicy.NEW,  # only without a recovery: never the whole history
+            )
             await ctx.bus.consume(
                 stream=subjects.STREAM_SIGNALS.name,
                 durable=f"strategy-{name}-commands",

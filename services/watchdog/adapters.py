@@ -11,14 +11,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import msgspec
 import psutil
 
 from libs.bus import Delivery
 from libs.errors import DependencyUnavailable, PermanentError
 from libs.settings import Settings
 from proto.codec import encode
-from proto.enums import AlertSeverity
 from proto.envelope import Message
 from proto.messages import DeadLettered
 from services.watchdog.domain import (
@@ -174,26 +172,3 @@ async def post_alert(session: aiohttp.ClientSession, sink: WebhookSink, notice: 
     async with session.post(sink.url, json=sink.build(notice), timeout=timeout) as response:
         await response.read()
         return response.status
-
-
-async def open_alerts(pool: asyncpg.Pool | None) -> list[AlertNotice]:
-    """Alerts raised and not resolved, from the audit log (to keep de-duplicating across restarts)."""
-    rows = await _require(pool).fetch(
-        "SELECT DISTINCT ON (payload->>'key') type, payload::text AS payload FROM audit_events "
-        "WHERE type IN ('AlertRaised', 'AlertResolved') ORDER BY payload->>'key', id DESC"
-    )
-    notices = []
-    for row in rows:
-        if row["type"] != "AlertRaised":
-            continue
-        payload = msgspec.json.decode(row["payload"])
-        notices.append(
-            AlertNotice(
-                key=str(payload.get("key")),
-                severity=AlertSeverity(payload.get("severity", "P3")),
-                component=str(payload.get("component", "")),
-                title=str(payload.get("title", "")),
-                details=payload.get("details") or {},
-            )
-        )
-    return notices

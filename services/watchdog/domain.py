@@ -404,6 +404,18 @@ class Evaluation:
     checks: dict[str, bool] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EvaluatorState:
+    """The evaluator's memory, as snapshotted (SPEC §8)."""
+
+    states: dict[str, ComponentState] = field(default_factory=dict)
+    first_seen: dict[str, int] = field(default_factory=dict)
+    active_alerts: list[Finding] = field(default_factory=list)
+    lower_since_ns: int | None = None
+    level: DegradationLevel | None = None
+    health: Health | None = None
+
+
 class WatchdogEvaluator:
     """Decides component transitions, alerts, health and degradation level from observations.
 
@@ -434,8 +446,30 @@ class WatchdogEvaluator:
         self._first_seen: dict[str, int] = {}
         self._active_alerts: dict[str, Finding] = {}
         self._lower_since: int | None = None
+        self._heard: set[str] = set()
         self.level: DegradationLevel | None = initial_level
         self.health: Health | None = initial_health
+
+    def export_state(self) -> EvaluatorState:
+        """What must survive a restart: component states, rule timers, open alerts, the recovery timer.
+
+        Level and health are included for the record only: KV is their authority (fail closed).
+        """
+        return EvaluatorState(
+            states=dict(self._states),
+            first_seen=dict(self._first_seen),
+            active_alerts=list(self._active_alerts.values()),
+            lower_since_ns=self._lower_since,
+            level=self.level,
+            health=self.health,
+        )
+
+    def restore_state(self, state: EvaluatorState) -> None:
+        """Take over a snapshot's timers and open alerts; level and health stay as given at construction."""
+        self._states = dict(state.states)
+        self._first_seen = dict(state.first_seen)
+        self._active_alerts = {finding.key: finding for finding in state.active_alerts}
+        self._lower_since = state.lower_since_ns
 
     def adopt_level(self, level: DegradationLevel | None) -> None:
         """Take over a level someone else persisted (HARD_SHUTDOWN is never left automatically)."""
@@ -468,7 +502,8 @@ class WatchdogEvaluator:
             thresholds=self.thresholds,
         )
         findings = self._held(now, [finding for _, rule in self._rules for finding in rule(facts)])
-        alerts = self._alert_decisions(findings)
+        # While undecided, a component's condition is unknown: its open alert is neither raised nor resolved.
+        alerts = self._alert_decisions(findings, resolve=not undecided)
         health = max((finding.health for finding in findings), key=HEALTH_RANK.__getitem__, default=Health.GREEN)
         reasons = tuple(finding.title for finding in findings if finding.health != Health.GREEN)
         level, level_reason = self._level(findings, now)
@@ -499,9 +534,13 @@ class WatchdogEvaluator:
                 continue
             previous = self._states.get(name)
             current = view.state
-            if current == ComponentState.DOWN and previous is None and in_grace:
-                undecided = True  # not seen yet, still within the start-up grace period
+            if current == ComponentState.DOWN and in_grace and (previous is None or name not in self._heard):
+                # Not heard from by this process yet, still within the start-up grace period (a state
+                # restored from a snapshot says what it was before the restart, not that it is down now).
+                undecided = True
                 continue
+            if current != ComponentState.DOWN:
+                self._heard.add(name)
             if current != previous:
                 self._states[name] = current
                 reason = "no heartbeat" if current == ComponentState.DOWN else f"heartbeat state {current.value}"
@@ -523,7 +562,7 @@ class WatchdogEvaluator:
                 held.append(finding)
         return held
 
-    def _alert_decisions(self, findings: list[Finding]) -> list[AlertDecision]:
+    def _alert_decisions(self, findings: list[Finding], *, resolve: bool = True) -> list[AlertDecision]:
         alerting = {finding.key: finding for finding in findings if finding.severity is not None}
         decisions: list[AlertDecision] = []
         for key, finding in alerting.items():
@@ -532,6 +571,9 @@ class WatchdogEvaluator:
                 decisions.append(
                     AlertDecision(key, finding.component, True, finding.severity, finding.title, finding.details)
                 )
+        if not resolve:
+            self._active_alerts = {**self._active_alerts, **alerting}
+            return decisions
         for key, finding in list(self._active_alerts.items()):
             if key not in alerting:
                 back = f"component {finding.component} is back" if key == alert_key(finding.component) else "cleared"

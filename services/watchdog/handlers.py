@@ -3,6 +3,7 @@ evaluation (events on the bus, values in the KV bucket)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import aiohttp
@@ -171,6 +172,8 @@ class AlertDispatcher:
         self._timeout_s = timeout_s
         self.router = router or AlertRouter()
         self._session: aiohttp.ClientSession | None = None
+        self.on_applied: Callable[[int], None] | None = None
+        """Called with the CONTROL sequence of every alert event handled live (snapshot policy)."""
         self.delivered: list[AlertNotice] = []
         """The last notices delivered (bounded), for tests and diagnostics."""
 
@@ -181,6 +184,19 @@ class AlertDispatcher:
 
     async def handle(self, message: Message, delivery: Delivery) -> None:
         """Bus handler for the `watchdog-alerts` consumer; never raises for a sink failure."""
+        notice = self.apply(message)
+        if notice is not None:
+            await self.deliver(notice)
+        elif isinstance(message, AlertRaised):
+            self._ctx.log.debug("alert_deduplicated", key=message.key)
+        if self.on_applied is not None:
+            self.on_applied(delivery.stream_sequence)
+
+    def apply(self, message: Message) -> AlertNotice | None:
+        """Update the open alerts with one alert event; returns the notice the sinks must get, if any.
+
+        Also used on its own to rebuild the open alerts from the log at start (nothing delivered).
+        """
         match message:
             case AlertRaised():
                 notice = AlertNotice(
@@ -191,17 +207,15 @@ class AlertDispatcher:
                     details=dict(message.details),
                     ts_ns=message.ts_event_ns,
                 )
-                if self.router.raised(notice):
-                    await self.deliver(notice)
-                else:
-                    self._ctx.log.debug("alert_deduplicated", key=message.key)
+                return notice if self.router.raised(notice) else None
             case AlertResolved():
                 opened = self.router.resolved(message.key)
-                if opened is not None:
-                    details = {**opened.details, "resolution": message.reason} if message.reason else opened.details
-                    await self.deliver(replace(opened, resolved=True, details=details, ts_ns=message.ts_event_ns))
+                if opened is None:
+                    return None
+                details = {**opened.details, "resolution": message.reason} if message.reason else opened.details
+                return replace(opened, resolved=True, details=details, ts_ns=message.ts_event_ns)
             case _:
-                return
+                return None
 
     async def deliver(self, notice: AlertNotice) -> None:
         """Log the alert, then POST it to every webhook sink that wants it."""

@@ -1,0 +1,221 @@
+"""Snapshots of risk, strategy and watchdog state (SPEC §8), pure: what is captured comes back
+exactly, a restored instance goes on like one that never stopped, replay is idempotent, and the
+watchdog's restored timers and open alerts neither re-page nor forget."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from libs.heartbeat import ComponentView
+from libs.logging import get_logger
+from proto.enums import AlertSeverity, ComponentState, OrderSource, OrderType, Side, StrategyState, TradingState
+from proto.messages import OrderApproved, OrderFilled, PositionChanged, SubmitOrder
+from services.risk import snapshot as risk_snap
+from services.risk.domain import PendingExposure, RiskLimits, TradingStateRecord
+from services.risk.handlers import RiskService
+from services.strategy import snapshot as strategy_snap
+from services.strategy.config import instance_config
+from services.watchdog import snapshot as watchdog_snap
+from services.watchdog.domain import AlertNotice, WatchdogEvaluator
+
+S = 1_000_000_000
+VENUE = "binance-usdm"
+
+
+class FakeClock:
+    def __init__(self, now: int = 1_700_000_000 * S) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+# --------------------------------------------------------------------------- risk
+
+
+def _risk(clock: FakeClock) -> RiskService:
+    limits = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
+    state = TradingStateRecord(state=TradingState.ACTIVE)
+    return RiskService(None, get_logger("risk-test"), limits, VENUE, clock, state)  # type: ignore[arg-type]
+
+
+def _order(key: str, side: Side, quantity: str, strategy: str | None = "imbalance") -> SubmitOrder:
+    return SubmitOrder(
+        client_order_id=f"c-{key}",
+        idempotency_key=key,
+        source=OrderSource.STRATEGY,
+        symbol="BTCUSDT",
+        side=side,
+        order_type=OrderType.MARKET,
+        quantity=Decimal(quantity),
+        strategy=strategy,
+    )
+
+
+def _position(quantity: str, realized: str, ts: int, caused_by: str | None = None) -> PositionChanged:
+    return PositionChanged(
+        venue=VENUE,
+        symbol="BTCUSDT",
+        quantity=Decimal(quantity),
+        average_entry_price=Decimal(60000),
+        realized_pnl=Decimal(realized),
+        caused_by_client_order_id=caused_by,
+        ts_event_ns=ts,
+    )
+
+
+def _history(clock: FakeClock) -> list[Any]:
+    t = clock.now
+    entry = _order("a", Side.BUY, "0.1")
+    pending = _order("b", Side.BUY, "0.2")
+    return [
+        _position("0", "0", t),
+        OrderApproved(order=entry),
+        OrderFilled(
+            client_order_id=entry.client_order_id,
+            venue_order_id=1,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            price=Decimal(60000),
+            quantity=Decimal("0.1"),
+            cumulative_quantity=Decimal("0.1"),
+            order_quantity=Decimal("0.1"),
+            trade_id=1,
+        ),
+        _position("0.1", "0", t + 1, caused_by=entry.client_order_id),
+        OrderApproved(order=pending),
+    ]
+
+
+def _state(service: RiskService) -> dict[str, Any]:
+    snapshot = service.capture(service.orders_seq)
+    return msgspec.to_builtins(msgspec.structs.replace(snapshot, taken_ns=0))
+
+
+def test_risk_snapshot_when_restored_then_pending_trades_and_positions_equal() -> None:
+    clock = FakeClock()
+    original = _risk(clock)
+    for seq, message in enumerate(_history(clock), start=1):
+        original.replay_message(message, seq)
+    assert original.pending.totals("BTCUSDT") == (Decimal("0.2"), Decimal(0))
+    data = risk_snap.encode_snapshot(original.capture(original.orders_seq))
+
+    restored = _risk(clock)
+    restored.restore(risk_snap.decode_snapshot(data))
+    assert _state(restored) == _state(original)
+    assert restored.pending.totals("BTCUSDT") == (Decimal("0.2"), Decimal(0))
+    # The open trade keeps its strategy: closing it at a loss is that strategy's loss (CB-3 input).
+    update = restored.trades.on_position("BTCUSDT", Decimal(0), Decimal(-5), clock.now + 2, None)
+    assert update is not None and update.closed is not None
+    assert (update.closed.strategy, update.closed.pnl) == ("imbalance", Decimal(-5))
+
+
+def test_risk_replay_when_messages_applied_twice_then_same_state_as_once() -> None:
+    clock = FakeClock()
+    once, twice = _risk(clock), _risk(clock)
+    history = _history(clock)
+    for seq, message in enumerate(history, start=1):
+        once.replay_message(message, seq)
+        twice.replay_message(message, seq)
+    for seq, message in enumerate(history, start=1):  # a redelivered or overlapping range
+        twice.replay_message(message, seq)
+    assert _state(twice) == _state(once)
+
+
+def test_pending_state_when_partially_filled_then_restored_with_open_quantity() -> None:
+    pending = PendingExposure()
+    pending.add(_order("p", Side.SELL, "0.5"))
+    pending.on_fill("c-p", Decimal("0.2"))
+    restored = risk_snap.restore_pending(risk_snap.pending_state(pending))
+    assert restored.totals("BTCUSDT") == pending.totals("BTCUSDT") == (Decimal(0), Decimal("0.3"))
+
+
+def test_risk_snapshot_when_bytes_corrupt_then_decode_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        risk_snap.decode_snapshot(b'{"orders_seq": "x"}')
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+@pytest.mark.parametrize(("name", "kind"), [("cascade-fade", "cascade_fade"), ("trend", "trend"), ("x", "imbalance")])
+def test_strategy_snapshot_when_restored_then_goes_on_like_one_never_stopped(name: str, kind: str) -> None:
+    config = {name: {"kind": kind}} if name == "x" else {}
+    instance = instance_config(name, config, environ={})
+    t = 1_700_000_000 * S
+
+    def flush(strategy: Any, start: int, price: Decimal) -> None:
+        strategy.on_trade("BTCUSDT", start, price, Decimal(1), True)
+        for i in range(4):
+            price -= Decimal(150)
+            strategy.on_liquidation("BTCUSDT", start + (i + 1) * S // 10, Side.SELL, price, Decimal(2))
+            strategy.on_trade("BTCUSDT", start + (i + 1) * S // 10, price, Decimal(2), True)
+
+    reference = instance.build(state=StrategyState.SCANNING)
+    flush(reference, t, Decimal(60000))
+    data = strategy_snap.encode_snapshot(strategy_snap.capture(reference, instance.kind, 42, t))
+    restored = instance.build()
+    strategy_snap.restore(restored, strategy_snap.decode_snapshot(data))
+    assert restored.state == StrategyState.SCANNING
+
+    for strategy in (reference, restored):  # the same tail after the snapshot
+        flush(strategy, t + 2 * S, Decimal(59000))
+        strategy.advance(t + 5 * S)
+    after = [strategy_snap.capture(s, instance.kind, 43, t) for s in (reference, restored)]
+    assert after[0] == after[1]
+    assert restored.active_events() == reference.active_events()
+    if kind == "cascade_fade":
+        assert [e["phase"] for e in restored.active_events()] == ["DECAYING"]
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+def _views(**states: ComponentState) -> dict[str, ComponentView]:
+    names = {name: name.replace("_", "-") for name in states}
+    return {names[name]: ComponentView(names[name], state, 1, None) for name, state in states.items()}
+
+
+def _component_alerts(evaluation: Any) -> list[tuple[str, bool]]:
+    return [(a.key, a.raised) for a in evaluation.alerts if a.key.startswith("component_down")]
+
+
+def test_watchdog_evaluator_when_restored_then_open_alert_not_raised_again_and_cleared_one_resolved() -> None:
+    clock = FakeClock()
+    before = WatchdogEvaluator(clock, grace_ns=3 * S)
+    clock.now += 4 * S
+    first = before.evaluate(_views(gateway=ComponentState.DOWN, risk=ComponentState.READY))
+    assert _component_alerts(first) == [("component_down:gateway", True)]
+    data = watchdog_snap.encode_snapshot(
+        watchdog_snap.WatchdogSnapshot(control_seq=7, taken_ns=clock.now, evaluator=before.export_state())
+    )
+
+    after = WatchdogEvaluator(clock, grace_ns=3 * S, initial_level=before.level)  # the level comes from KV
+    after.restore_state(watchdog_snap.decode_snapshot(data).evaluator)
+    # Within the grace period nothing is decided for components not heard from yet: no false DOWN.
+    early = after.evaluate(_views(gateway=ComponentState.DOWN, risk=ComponentState.DOWN))
+    assert early.components == [] and early.alerts == []
+    clock.now += 4 * S
+    still_down = after.evaluate(_views(gateway=ComponentState.DOWN, risk=ComponentState.READY))
+    assert _component_alerts(still_down) == []  # gateway's alert is still open: not paged twice
+    back = after.evaluate(_views(gateway=ComponentState.READY, risk=ComponentState.READY))
+    assert _component_alerts(back) == [("component_down:gateway", False)]
+
+
+def test_watchdog_snapshot_when_round_tripped_then_open_alerts_and_timers_equal() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock, grace_ns=0)
+    clock.now += S
+    evaluator.evaluate(_views(market_data=ComponentState.DOWN))
+    notice = AlertNotice(key="k", severity=AlertSeverity.P1, component="risk", title="t", details={"a": 1})
+    snapshot = watchdog_snap.WatchdogSnapshot(
+        control_seq=3, taken_ns=time.time_ns(), evaluator=evaluator.export_state(), open_alerts=[notice]
+    )
+    back = watchdog_snap.decode_snapshot(watchdog_snap.encode_snapshot(snapshot))
+    assert back == snapshot
+    assert "component_down_long:market-data" in back.evaluator.first_seen  # the 10 s EMERGENCY timer
