@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import operator
 import time
+import types
+import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +22,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
+import pydantic
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -35,6 +40,7 @@ from libs.bus import HEADER_MSG_ID, HEADER_TYPE
 from libs.heartbeat import HeartbeatTracker
 from libs.ids import client_order_id_for
 from libs.runtime.service import ServiceContext
+from proto import messages as proto_messages
 from proto import subjects
 from proto.codec import decode, decode_as
 from proto.enums import (
@@ -268,26 +274,21 @@ class BookResponse(BaseModel):
     asks: list[list[str]]
 
 
-class OrderView(BaseModel):
-    order_id: str
-    client_order_id: str
-    symbol: str
-    side: str
-    type: str
-    quantity: str
-    filled_quantity: str
-    status: str
-    source: str
-    venue: str
-    price: str | None = None
-    stop_price: str | None = None
-    reduce_only: bool = False
-    venue_order_id: int | None = None
-    average_price: str | None = None
-    reason: str | None = None
-    strategy: str | None = None
-    created_ns: int
-    updated_ns: int
+def api_model(struct: type[msgspec.Struct]) -> type[BaseModel]:
+    """The OpenAPI/response model of a proto struct, so the REST contract has one definition.
+
+    Decimals travel as strings (as every amount in the API does); enums keep their values.
+    """
+    fields: dict[str, Any] = {}
+    for spec in msgspec.structs.fields(struct):
+        members = typing.get_args(spec.type) if isinstance(spec.type, types.UnionType) else (spec.type,)
+        mapped = tuple(str if member is Decimal else member for member in members)
+        annotation = functools.reduce(operator.or_, mapped) if len(mapped) > 1 else mapped[0]
+        fields[spec.name] = (annotation, ... if spec.required else spec.default)
+    return pydantic.create_model(struct.__name__, **fields)
+
+
+OrderView = api_model(proto_messages.OrderView)
 
 
 class OrderList(BaseModel):
@@ -432,10 +433,10 @@ ORDER_COLUMNS = (
 
 
 def order_view(row: asyncpg.Record) -> dict[str, Any]:
-    """An `orders` row as the API shows it."""
-    view = {key: jsonable(row[key]) for key in row.keys() if key != "idempotency_key"}
-    view["order_id"] = row["client_order_id"]
-    return view
+    """An `orders` row as the API shows it (`proto.messages.OrderView`)."""
+    fields = {key: row[key] for key in row.keys() if key != "idempotency_key"}
+    view = msgspec.convert({**fields, "order_id": row["client_order_id"]}, proto_messages.OrderView)
+    return {key: jsonable(value) for key, value in msgspec.to_builtins(view, builtin_types=(Decimal,)).items()}
 
 
 def _payload(raw: Any) -> Any:
