@@ -4,7 +4,7 @@ rebuilds the same state").
 
 `fold_events` is pure: ORDERS events in stream order → order records, fills and positions.
 `rebuild` writes the result with the position service's own idempotent upserts
-(`services.position.adapters.Projections`: a row only moves forward in `last_event_seq`), either
+(`Projections` below: a row only moves forward in `last_event_seq`), either
 into a scratch schema (default) or into the live tables (`apply=True`, after a restore).
 `verify` rebuilds into the scratch schema and reports every difference with the live tables.
 
@@ -14,7 +14,6 @@ free-text reasons of queued orders) are not compared.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -26,8 +25,9 @@ from nats.js.errors import NotFoundError
 from libs import db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
+from libs.orders_model import OrderRecord, Position, record_from_command
 from proto import subjects
-from proto.enums import OrderStatus
+from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from proto.envelope import Message
 from proto.messages import (
     OrderAccepted,
@@ -39,22 +39,165 @@ from proto.messages import (
     OrderStatusUnknown,
     OrderSubmitted,
     PositionChanged,
-    SubmitOrder,
 )
-from services.position.adapters import Projections
-from services.position.domain import OrderRecord, Position
+
+_UPSERT_ORDER = """
+INSERT INTO orders (client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity,
+    price, stop_price, reduce_only, status, filled_quantity, average_price, venue_order_id, reason,
+    created_ns, updated_ns, last_event_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+ON CONFLICT (client_order_id) DO UPDATE SET
+    status = EXCLUDED.status, filled_quantity = EXCLUDED.filled_quantity,
+    average_price = EXCLUDED.average_price, venue_order_id = EXCLUDED.venue_order_id,
+    reason = EXCLUDED.reason, updated_ns = EXCLUDED.updated_ns, last_event_seq = EXCLUDED.last_event_seq
+WHERE orders.last_event_seq <= EXCLUDED.last_event_seq
+"""
+
+_INSERT_FILL = """
+INSERT INTO fills (client_order_id, trade_id, venue_order_id, symbol, side, price, quantity, commission, ts_event_ns)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (client_order_id, trade_id) DO NOTHING
+"""
+
+_UPSERT_POSITION = """
+INSERT INTO positions (venue, symbol, quantity, average_entry_price, realized_pnl, updated_ns, last_event_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (venue, symbol) DO UPDATE SET
+    quantity = EXCLUDED.quantity, average_entry_price = EXCLUDED.average_entry_price,
+    realized_pnl = EXCLUDED.realized_pnl, updated_ns = EXCLUDED.updated_ns, last_event_seq = EXCLUDED.last_event_seq
+WHERE positions.last_event_seq <= EXCLUDED.last_event_seq
+"""
 
 
-def record_from_command(command: SubmitOrder, ts_ns: int) -> OrderRecord:
-    """The position service's own constructor of a fresh order row (`services.position.handlers`).
+class Projections:
+    """Reads and idempotent writes of the tables `orders`, `fills` and `positions`.
 
-    Imported at call time: `mypy proto libs` must not type-check the position service's handlers
-    through this module. It belongs in `services/position/domain.py` (it is pure); once moved
-    there, import it at the top like `OrderRecord`.
+    Every upsert carries the stream sequence of the event it reflects; a row is only overwritten by
+    an equal or newer sequence, so a re-applied event never moves state backwards. The position
+    service writes through it live, `rebuild` after a restore.
     """
-    handlers = importlib.import_module("services.position.handlers")
-    record: OrderRecord = handlers.record_from_command(command, ts_ns)
-    return record
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def upsert_order(self, order: OrderRecord, event_seq: int) -> None:
+        """Insert or update an order row (skipped when a newer event already wrote it)."""
+        await self.pool.execute(
+            _UPSERT_ORDER,
+            order.client_order_id,
+            order.idempotency_key,
+            order.source.value,
+            order.strategy,
+            order.venue,
+            order.symbol,
+            order.side.value,
+            order.order_type.value,
+            order.quantity,
+            order.price,
+            order.stop_price,
+            order.reduce_only,
+            order.status.value,
+            order.filled_quantity,
+            order.average_price,
+            order.venue_order_id,
+            order.reason,
+            order.created_ns,
+            order.updated_ns,
+            event_seq,
+        )
+
+    async def record_fill(
+        self,
+        order: OrderRecord,
+        trade_id: int,
+        price: Decimal,
+        quantity: Decimal,
+        commission: Decimal,
+        ts_event_ns: int,
+        position: Position,
+        ts_ns: int,
+        position_seq: int,
+    ) -> None:
+        """Write a fill and the position it produced in one transaction (never one without the other)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                _INSERT_FILL,
+                order.client_order_id,
+                trade_id,
+                order.venue_order_id,
+                order.symbol,
+                order.side.value,
+                price,
+                quantity,
+                commission,
+                ts_event_ns,
+            )
+            await conn.execute(
+                _UPSERT_POSITION,
+                order.venue,
+                order.symbol,
+                position.quantity,
+                position.average_entry_price,
+                position.realized_pnl,
+                ts_ns,
+                position_seq,
+            )
+
+    async def upsert_position(self, venue: str, symbol: str, position: Position, ts_ns: int, event_seq: int) -> None:
+        """Insert or update a position row."""
+        await self.pool.execute(
+            _UPSERT_POSITION,
+            venue,
+            symbol,
+            position.quantity,
+            position.average_entry_price,
+            position.realized_pnl,
+            ts_ns,
+            event_seq,
+        )
+
+    async def load_orders(self) -> dict[str, OrderRecord]:
+        """Every order of the projection, with the trade ids already applied to it."""
+        rows = await self.pool.fetch("SELECT * FROM orders")
+        fills = await self.pool.fetch("SELECT client_order_id, trade_id, quantity FROM fills")
+        trades: dict[str, dict[int, Decimal]] = {}
+        for fill in fills:
+            trades.setdefault(fill["client_order_id"], {})[int(fill["trade_id"])] = fill["quantity"]
+        orders: dict[str, OrderRecord] = {}
+        for row in rows:
+            coid = row["client_order_id"]
+            orders[coid] = OrderRecord(
+                client_order_id=coid,
+                idempotency_key=row["idempotency_key"],
+                source=OrderSource(row["source"]),
+                venue=row["venue"],
+                symbol=row["symbol"],
+                side=Side(row["side"]),
+                order_type=OrderType(row["type"]),
+                quantity=row["quantity"],
+                status=OrderStatus(row["status"]),
+                created_ns=row["created_ns"],
+                updated_ns=row["updated_ns"],
+                price=row["price"],
+                stop_price=row["stop_price"],
+                reduce_only=row["reduce_only"],
+                strategy=row["strategy"],
+                filled_quantity=row["filled_quantity"],
+                average_price=row["average_price"],
+                venue_order_id=row["venue_order_id"],
+                reason=row["reason"],
+                trade_ids=set(trades.get(coid, {})),
+                fill_quantities=dict(trades.get(coid, {})),
+            )
+        return orders
+
+    async def load_positions(self, venue: str) -> tuple[dict[str, Position], int]:
+        """Positions of one venue, and the highest event sequence they reflect."""
+        rows = await self.pool.fetch("SELECT * FROM positions WHERE venue = $1", venue)
+        positions = {
+            row["symbol"]: Position(row["quantity"], row["average_entry_price"], row["realized_pnl"]) for row in rows
+        }
+        return positions, max((int(row["last_event_seq"]) for row in rows), default=0)
 
 
 SCRATCH_SCHEMA = "projections_rebuild"
@@ -100,6 +243,9 @@ class Folded:
     orphans: list[str] = field(default_factory=list)
     """Events about orders the stream never approved or denied (e.g. adopted external orders)."""
     events: int = 0
+    touched: set[str] = field(default_factory=set)
+    """Client order ids an event of this fold changed (a fold continued from a snapshot writes only these)."""
+    touched_positions: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _advance(order: OrderRecord, status: OrderStatus, ts_ns: int) -> None:
@@ -108,14 +254,16 @@ def _advance(order: OrderRecord, status: OrderStatus, ts_ns: int) -> None:
     order.updated_ns = max(order.updated_ns, ts_ns)
 
 
-def fold_events(events: Iterable[tuple[Message, int]]) -> Folded:
+def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = None) -> Folded:
     """Fold ORDERS events, in stream order, into projection rows (idempotent: re-applied events
     change nothing).
 
     Args:
         events: (message, stream sequence) pairs.
+        start: state to continue from (a snapshot, then only the tail after it is folded); it is
+            updated in place and returned. None: from nothing (a full replay).
     """
-    out = Folded()
+    out = start if start is not None else Folded()
     for message, seq in events:
         out.events += 1
         coid = getattr(message, "client_order_id", None)
@@ -132,6 +280,7 @@ def fold_events(events: Iterable[tuple[Message, int]]) -> Folded:
                 previous = out.positions.get((venue, symbol))
                 if previous is None or previous[1] <= seq:
                     out.positions[(venue, symbol)] = (position, seq, message.ts_event_ns)
+                    out.touched_positions.add((venue, symbol))
                 continue
             case (
                 OrderSubmitted()
@@ -185,11 +334,12 @@ def fold_events(events: Iterable[tuple[Message, int]]) -> Folded:
                 continue  # commands and anything else on the stream: not a projection row
         if coid is not None:
             out.order_seq[coid] = max(seq, out.order_seq.get(coid, 0))
+            out.touched.add(coid)
     return out
 
 
-async def read_orders_stream(bus: Bus) -> list[tuple[Message, int]]:
-    """Every message on the ORDERS stream with its sequence, in order."""
+async def read_orders_stream(bus: Bus, from_seq: int = 1) -> list[tuple[Message, int]]:
+    """Every message on the ORDERS stream from sequence `from_seq` on, with its sequence, in order."""
     stream = subjects.STREAM_ORDERS.name
     try:
         first, last = await bus.stream_bounds(stream)
@@ -201,8 +351,8 @@ async def read_orders_stream(bus: Bus) -> list[tuple[Message, int]]:
     def collect(message: Message, delivery: Delivery) -> None:
         events.append((message, delivery.stream_sequence))
 
-    if last:
-        await bus.replay(stream, max(first, 1), last, collect)
+    if last >= max(first, from_seq, 1):
+        await bus.replay(stream, max(first, from_seq, 1), last, collect)
     return events
 
 
@@ -230,9 +380,17 @@ async def _scratch_pool(dsn: str) -> asyncpg.Pool:
     return pool
 
 
-async def write(folded: Folded, projections: Projections) -> None:
-    """Write folded rows with the position service's idempotent upserts."""
+async def write(folded: Folded, projections: Projections, *, touched_only: bool = False) -> None:
+    """Write folded rows with the idempotent upserts.
+
+    Args:
+        folded: the fold.
+        projections: where to write.
+        touched_only: only the orders and positions the fold's events changed (after a tail replay).
+    """
     for coid, order in folded.orders.items():
+        if touched_only and coid not in folded.touched:
+            continue
         await projections.upsert_order(order, folded.order_seq.get(coid, 0))
     for fill in folded.fills:
         position, seq, ts_ns = folded.positions.get((fill.order.venue, fill.order.symbol), (Position(), 0, 0))
@@ -248,6 +406,8 @@ async def write(folded: Folded, projections: Projections) -> None:
             seq,
         )
     for (venue, symbol), (position, seq, ts_ns) in folded.positions.items():
+        if touched_only and (venue, symbol) not in folded.touched_positions:
+            continue
         await projections.upsert_position(venue, symbol, position, ts_ns, seq)
 
 

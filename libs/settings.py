@@ -96,11 +96,12 @@ class Settings:
         "", "TOML file of per-instance strategy parameters (docs/strategies.md); empty: defaults"
     )
     snapshot_interval_s: float = _doc(
-        60.0, "state-builder, risk, strategy, watchdog: seconds between snapshots of their state (SPEC §8)"
+        60.0, "state-builder, risk, strategy, watchdog, position: seconds between snapshots of their state (SPEC §8)"
     )
     snapshot_every_events: int = _doc(
         2000,
-        "state-builder, risk, strategy, watchdog: also snapshot after this many stream messages, bounding the replay",
+        "state-builder, risk, strategy, watchdog, position: also snapshot after this many stream messages, "
+        "bounding the replay",
     )
     recovery_max_replay: int = _doc(
         20000, "state-builder: longest snapshot tail replayed at start; beyond it books resync from market-data"

@@ -5,206 +5,15 @@ No I/O and no clock here; handlers feed venue answers in and act on what comes o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from libs.fsm import IllegalTransition, next_state
-from proto.enums import TERMINAL_ORDER_STATUSES, OrderSource, OrderStatus, OrderType, Side
+import msgspec
 
-S = OrderStatus
-
-
-class OrderTrigger(StrEnum):
-    """What happens to an order (local decision or venue answer)."""
-
-    DENY = "DENY"  # risk refused it
-    SUBMIT = "SUBMIT"  # about to be sent
-    NOT_SENT = "NOT_SENT"  # the venue was unreachable: surely not sent, back to the queue
-    ACCEPT = "ACCEPT"  # venue says NEW
-    PARTIAL_FILL = "PARTIAL_FILL"
-    FILL = "FILL"
-    REQUEST_CANCEL = "REQUEST_CANCEL"
-    CANCEL = "CANCEL"
-    REJECT = "REJECT"
-    EXPIRE = "EXPIRE"
-    AMBIGUOUS = "AMBIGUOUS"  # timeout / 5xx: outcome unknown until queried
-
-
-_LIVE_AT_VENUE: dict[OrderTrigger, OrderStatus] = {
-    OrderTrigger.ACCEPT: S.NEW,
-    OrderTrigger.PARTIAL_FILL: S.PARTIALLY_FILLED,
-    OrderTrigger.FILL: S.FILLED,
-    OrderTrigger.CANCEL: S.CANCELED,
-    OrderTrigger.EXPIRE: S.EXPIRED,
-}
-
-ORDER_TRANSITIONS: dict[tuple[OrderStatus, OrderTrigger], OrderStatus] = {
-    (S.PENDING_SUBMISSION, OrderTrigger.DENY): S.DENIED,
-    (S.PENDING_SUBMISSION, OrderTrigger.SUBMIT): S.SUBMITTED,
-    (S.PENDING_SUBMISSION, OrderTrigger.CANCEL): S.CANCELED,  # cancelled before it was ever sent
-    (S.PENDING_SUBMISSION, OrderTrigger.REJECT): S.REJECTED,
-    (S.SUBMITTED, OrderTrigger.NOT_SENT): S.PENDING_SUBMISSION,
-    (S.SUBMITTED, OrderTrigger.REJECT): S.REJECTED,
-    (S.SUBMITTED, OrderTrigger.AMBIGUOUS): S.UNKNOWN,
-    (S.SUBMITTED, OrderTrigger.REQUEST_CANCEL): S.PENDING_CANCEL,
-    **{(S.SUBMITTED, trigger): status for trigger, status in _LIVE_AT_VENUE.items()},
-    # UNKNOWN is resolved by a query: any venue status, or "does not exist" (resend, same id).
-    (S.UNKNOWN, OrderTrigger.AMBIGUOUS): S.UNKNOWN,
-    (S.UNKNOWN, OrderTrigger.SUBMIT): S.SUBMITTED,
-    (S.UNKNOWN, OrderTrigger.REJECT): S.REJECTED,
-    (S.UNKNOWN, OrderTrigger.NOT_SENT): S.PENDING_SUBMISSION,  # queried: not at the venue, back to the queue
-    **{(S.UNKNOWN, trigger): status for trigger, status in _LIVE_AT_VENUE.items()},
-    (S.NEW, OrderTrigger.ACCEPT): S.NEW,
-    (S.NEW, OrderTrigger.PARTIAL_FILL): S.PARTIALLY_FILLED,
-    (S.NEW, OrderTrigger.FILL): S.FILLED,
-    (S.NEW, OrderTrigger.REQUEST_CANCEL): S.PENDING_CANCEL,
-    (S.NEW, OrderTrigger.CANCEL): S.CANCELED,
-    (S.NEW, OrderTrigger.EXPIRE): S.EXPIRED,
-    (S.PARTIALLY_FILLED, OrderTrigger.PARTIAL_FILL): S.PARTIALLY_FILLED,
-    (S.PARTIALLY_FILLED, OrderTrigger.FILL): S.FILLED,
-    (S.PARTIALLY_FILLED, OrderTrigger.REQUEST_CANCEL): S.PENDING_CANCEL,
-    (S.PARTIALLY_FILLED, OrderTrigger.CANCEL): S.CANCELED,
-    (S.PARTIALLY_FILLED, OrderTrigger.EXPIRE): S.EXPIRED,
-    # A cancel races with fills; the venue's answer wins. ACCEPT/PARTIAL_FILL: cancel failed, still open.
-    (S.PENDING_CANCEL, OrderTrigger.CANCEL): S.CANCELED,
-    (S.PENDING_CANCEL, OrderTrigger.FILL): S.FILLED,
-    (S.PENDING_CANCEL, OrderTrigger.EXPIRE): S.EXPIRED,
-    (S.PENDING_CANCEL, OrderTrigger.ACCEPT): S.NEW,
-    (S.PENDING_CANCEL, OrderTrigger.PARTIAL_FILL): S.PARTIALLY_FILLED,
-    (S.PENDING_CANCEL, OrderTrigger.REQUEST_CANCEL): S.PENDING_CANCEL,
-    # Re-applied terminal answers are no-ops, never errors (idempotent replays).
-    (S.FILLED, OrderTrigger.FILL): S.FILLED,
-    (S.CANCELED, OrderTrigger.CANCEL): S.CANCELED,
-    (S.EXPIRED, OrderTrigger.EXPIRE): S.EXPIRED,
-    (S.REJECTED, OrderTrigger.REJECT): S.REJECTED,
-    (S.DENIED, OrderTrigger.DENY): S.DENIED,
-}
-
-
-class IllegalOrderTransition(IllegalTransition):
-    """The trigger cannot happen in the order's current state."""
-
-
-def next_order_status(status: OrderStatus, trigger: OrderTrigger) -> OrderStatus:
-    """The status that follows `status` under `trigger`.
-
-    Raises:
-        IllegalOrderTransition: the pair is not in `ORDER_TRANSITIONS`.
-    """
-    return next_state(ORDER_TRANSITIONS, status, trigger, IllegalOrderTransition)
-
-
-VENUE_STATUS_TRIGGERS: dict[str, OrderTrigger] = {
-    "NEW": OrderTrigger.ACCEPT,
-    "PARTIALLY_FILLED": OrderTrigger.PARTIAL_FILL,
-    "FILLED": OrderTrigger.FILL,
-    "CANCELED": OrderTrigger.CANCEL,
-    "EXPIRED": OrderTrigger.EXPIRE,
-    "EXPIRED_IN_MATCH": OrderTrigger.EXPIRE,
-    "REJECTED": OrderTrigger.REJECT,
-}
-
-
-def venue_trigger(venue_status: str) -> OrderTrigger:
-    """Trigger for a Binance order status (unknown statuses are ambiguous, never guessed)."""
-    return VENUE_STATUS_TRIGGERS.get(venue_status, OrderTrigger.AMBIGUOUS)
-
-
-def is_terminal(status: OrderStatus) -> bool:
-    """True for FILLED, CANCELED, REJECTED, EXPIRED and DENIED."""
-    return status in TERMINAL_ORDER_STATUSES
-
-
-@dataclass
-class OrderRecord:
-    """The position service's view of one order."""
-
-    client_order_id: str
-    idempotency_key: str
-    source: OrderSource
-    venue: str
-    symbol: str
-    side: Side
-    order_type: OrderType
-    quantity: Decimal
-    status: OrderStatus
-    created_ns: int
-    updated_ns: int
-    price: Decimal | None = None
-    stop_price: Decimal | None = None
-    reduce_only: bool = False
-    time_in_force: str | None = None
-    strategy: str | None = None
-    filled_quantity: Decimal = Decimal(0)
-    average_price: Decimal | None = None
-    venue_order_id: int | None = None
-    reason: str | None = None
-    trade_ids: set[int] = field(default_factory=set)
-    fill_quantities: dict[int, Decimal] = field(default_factory=dict)
-    resend_used: bool = False
-
-    def apply(self, trigger: OrderTrigger, ts_ns: int) -> OrderStatus:
-        """Move the order through the state machine; returns the new status."""
-        self.status = next_order_status(self.status, trigger)
-        self.updated_ns = ts_ns
-        return self.status
-
-    def add_fill(self, trade_id: int, quantity: Decimal, price: Decimal) -> bool:
-        """Record one execution (idempotent per trade id); returns False for a repeat."""
-        if trade_id in self.trade_ids:
-            return False
-        total = self.filled_quantity + quantity
-        previous_cost = (self.average_price or Decimal(0)) * self.filled_quantity
-        self.average_price = (previous_cost + price * quantity) / total if total else None
-        self.filled_quantity = total
-        self.trade_ids.add(trade_id)
-        self.fill_quantities[trade_id] = quantity
-        return True
-
-    @property
-    def remaining(self) -> Decimal:
-        """Quantity not filled yet (the invariant filled + remaining = quantity holds by construction)."""
-        return self.quantity - self.filled_quantity
-
-    @property
-    def signed_filled(self) -> Decimal:
-        """Filled quantity with the position's sign (BUY adds, SELL subtracts)."""
-        return self.filled_quantity if self.side == Side.BUY else -self.filled_quantity
-
-
-@dataclass(frozen=True)
-class Position:
-    """A signed position: positive long, negative short; PnL in quote currency."""
-
-    quantity: Decimal = Decimal(0)
-    average_entry_price: Decimal = Decimal(0)
-    realized_pnl: Decimal = Decimal(0)
-
-
-def apply_fill(position: Position, side: Side, quantity: Decimal, price: Decimal) -> Position:
-    """The position after one fill: adds, partial closes, full closes and flips.
-
-    Adding keeps a quantity-weighted average entry; closing realizes
-    `(price - entry) * closed * sign`; a flip opens the rest at the fill price.
-    """
-    if quantity <= 0:
-        raise ValueError(f"fill quantity must be positive, got {quantity}")
-    delta = quantity if side == Side.BUY else -quantity
-    current = position.quantity
-    if current == 0 or (current > 0) == (delta > 0):
-        new_qty = current + delta
-        cost = abs(current) * position.average_entry_price + quantity * price
-        return Position(new_qty, cost / abs(new_qty), position.realized_pnl)
-    closed = min(abs(current), quantity)
-    direction = Decimal(1) if current > 0 else Decimal(-1)
-    realized = position.realized_pnl + (price - position.average_entry_price) * closed * direction
-    new_qty = current + delta
-    if new_qty == 0:
-        return Position(Decimal(0), Decimal(0), realized)
-    if (new_qty > 0) == (current > 0):
-        return Position(new_qty, position.average_entry_price, realized)
-    return Position(new_qty, price, realized)
+from libs.orders_model import OrderRecord, Position, is_terminal
+from proto.enums import OrderStatus, OrderType, Side
 
 
 @dataclass(frozen=True)
@@ -354,25 +163,56 @@ class Protection:
     take_profit: Decimal | None
 
 
+MAX_PROTECT_ATTEMPTS = 3
+"""Venue refusals of the same protective order (same entry, kind and size) before it is given up and alerted."""
+
+
+class ProtectKind(StrEnum):
+    """The two protective orders of a position."""
+
+    STOP = "stop"  # STOP_MARKET at the stop-loss
+    TAKE_PROFIT = "tp"  # TAKE_PROFIT_MARKET at the take-profit
+
+
 @dataclass(frozen=True)
 class ProtectiveOrder:
-    """One reduce-only order that should rest at the venue for a position."""
+    """One reduce-only conditional order that should rest at the venue for a position.
 
-    idempotency_key: str
+    `key_stem` (`protect:<kind>:<entry>:<size>`) names it; the idempotency key of each attempt is
+    `<key_stem>:<n>`, n counting the attempts of this stem already known (see `plan_protection`).
+    """
+
+    kind: ProtectKind
+    entry: str
     symbol: str
     side: Side
     order_type: OrderType
     quantity: Decimal
-    price: Decimal | None = None
-    stop_price: Decimal | None = None
+    stop_price: Decimal
+
+    @property
+    def key_stem(self) -> str:
+        return f"{PROTECT_PREFIX}{self.kind.value}:{self.entry}:{self.quantity}"
+
+    def attempt_key(self, attempt: int) -> str:
+        """Idempotency key of the `attempt`-th order placed for this stem (0 first)."""
+        return f"{self.key_stem}:{attempt}"
+
+    def matches(self, order: OrderRecord) -> bool:
+        """Is `order` one of this stem's orders (any attempt)?"""
+        return (
+            order.idempotency_key.startswith(f"{self.key_stem}:")
+            and order.symbol == self.symbol
+            and order.side == self.side
+            and order.stop_price == self.stop_price
+        )
 
 
 def protective_orders(protection: Protection | None, position: Decimal) -> list[ProtectiveOrder]:
-    """The reduce-only stop (STOP_MARKET) and take-profit (LIMIT) a position needs.
+    """The reduce-only stop (STOP_MARKET) and take-profit (TAKE_PROFIT_MARKET) a position needs.
 
-    The idempotency key (hence the client order id) is derived from the entry and the size, so the
-    same position always asks for the same orders: a restart finds them instead of duplicating them,
-    and a change of size asks for new ones (the old ones are then cancelled).
+    Both are sized to the whole position (after a partial fill of the entry: to what is filled) and
+    trigger on the venue's mark price, so they work while this service is down (FM-C2).
     """
     if protection is None or position == 0:
         return []
@@ -380,14 +220,28 @@ def protective_orders(protection: Protection | None, position: Decimal) -> list[
     size = abs(position).normalize()
     wanted: list[ProtectiveOrder] = []
     if protection.stop_loss is not None:
-        key = f"{PROTECT_PREFIX}stop:{protection.entry}:{size}"
         wanted.append(
-            ProtectiveOrder(key, protection.symbol, side, OrderType.STOP_MARKET, size, stop_price=protection.stop_loss)
+            ProtectiveOrder(
+                ProtectKind.STOP,
+                protection.entry,
+                protection.symbol,
+                side,
+                OrderType.STOP_MARKET,
+                size,
+                protection.stop_loss,
+            )
         )
     if protection.take_profit is not None:
-        key = f"{PROTECT_PREFIX}tp:{protection.entry}:{size}"
         wanted.append(
-            ProtectiveOrder(key, protection.symbol, side, OrderType.LIMIT, size, price=protection.take_profit)
+            ProtectiveOrder(
+                ProtectKind.TAKE_PROFIT,
+                protection.entry,
+                protection.symbol,
+                side,
+                OrderType.TAKE_PROFIT_MARKET,
+                size,
+                protection.take_profit,
+            )
         )
     return wanted
 
@@ -396,35 +250,97 @@ def protective_orders(protection: Protection | None, position: Decimal) -> list[
 class ProtectionPlan:
     """What to do at the venue so the symbol's protective orders match its position."""
 
-    place: list[ProtectiveOrder]
+    place: list[tuple[ProtectiveOrder, str]]  # (order, idempotency key of this attempt)
     cancel: list[str]  # client order ids of live protective orders no longer wanted
-    unavailable: list[str]  # wanted ids already used by a finished order (cannot be reused)
+    unavailable: list[str]  # key stems the venue refused MAX_PROTECT_ATTEMPTS times (given up, alerted)
 
 
 def plan_protection(
-    wanted: list[ProtectiveOrder], orders: dict[str, OrderRecord], symbol: str, coid_of: dict[str, str]
+    wanted: list[ProtectiveOrder],
+    orders: dict[str, OrderRecord],
+    symbol: str,
+    coid_for: Callable[[str], str],
 ) -> ProtectionPlan:
     """Compare wanted protective orders with the known ones of `symbol`.
+
+    A wanted order already live (any attempt of its stem) is kept. Otherwise the next attempt is
+    placed under the first attempt key whose client order id is unknown: deterministic, so a restart
+    with the same known orders asks for the same id (the venue refuses a duplicate; nothing is
+    placed twice), while a stem whose earlier order is finished (cancelled by a resize that was later
+    undone, rejected) still gets a fresh id. Every live protective order of the symbol that no wanted
+    order keeps is cancelled — after the placements, so a resize never leaves the position bare.
 
     Args:
         wanted: `protective_orders(...)` for the symbol's position.
         orders: every known order.
         symbol: the symbol.
-        coid_of: idempotency key -> client order id of every wanted order.
+        coid_for: idempotency key -> client order id (`libs.ids.client_order_id_for`).
     """
-    wanted_ids = {coid_of[w.idempotency_key] for w in wanted}
-    place: list[ProtectiveOrder] = []
+    keep: set[str] = set()
+    place: list[tuple[ProtectiveOrder, str]] = []
     unavailable: list[str] = []
     for item in wanted:
-        coid = coid_of[item.idempotency_key]
-        known = orders.get(coid)
-        if known is None:
-            place.append(item)
-        elif is_terminal(known.status) and known.status != OrderStatus.FILLED:
-            unavailable.append(coid)
+        attempts = [order for order in orders.values() if item.matches(order)]
+        live = [order for order in attempts if not is_terminal(order.status)]
+        if live:
+            keep.update(order.client_order_id for order in live)
+            continue
+        refused = sum(1 for order in attempts if order.status == OrderStatus.REJECTED)
+        if refused >= MAX_PROTECT_ATTEMPTS:
+            unavailable.append(item.key_stem)
+            continue
+        attempt = 0
+        while coid_for(item.attempt_key(attempt)) in orders:
+            attempt += 1
+        place.append((item, item.attempt_key(attempt)))
     cancel = sorted(
         coid
         for coid, order in orders.items()
-        if order.symbol == symbol and is_protective(order) and not is_terminal(order.status) and coid not in wanted_ids
+        if order.symbol == symbol and is_protective(order) and not is_terminal(order.status) and coid not in keep
     )
     return ProtectionPlan(place=place, cancel=cancel, unavailable=unavailable)
+
+
+# ---------------------------------------------------------------------- snapshot (SPEC §8)
+
+SNAPSHOT_COMPONENT = "position"
+"""`snapshots.component` of the position service's snapshots (libs.snapshot)."""
+SNAPSHOT_VERSION = 1
+
+
+class PositionCheckpoint(msgspec.Struct, frozen=True):
+    """Everything the position service knows, covering the ORDERS stream up to `stream_seq`.
+
+    ORDERS carries the orders, fills and positions (`evt.order.*`, `evt.fill.*`, `evt.position.*`),
+    so one sequence covers them all: a restart folds only the messages after it.
+    """
+
+    version: int
+    stream_seq: int
+    orders: list[OrderRecord]
+    order_seq: dict[str, int]
+    """Client order id -> sequence of the latest ORDERS event about it (projection upserts)."""
+    positions: dict[str, Position]
+    position_seq: dict[str, int]
+    protections: list[Protection]
+
+
+def decode_checkpoint(state: bytes) -> PositionCheckpoint:
+    """Decode a stored snapshot.
+
+    Raises:
+        msgspec.DecodeError, msgspec.ValidationError: not a position checkpoint of this version.
+    """
+    checkpoint = msgspec.json.decode(state, type=PositionCheckpoint)
+    if checkpoint.version != SNAPSHOT_VERSION:
+        raise msgspec.ValidationError(f"snapshot version {checkpoint.version}, expected {SNAPSHOT_VERSION}")
+    return checkpoint
+
+
+def checkpoint_problem(state: bytes) -> str | None:
+    """`SnapshotStore.load_latest_valid(accept=...)`: None when the bytes decode, else why not."""
+    try:
+        decode_checkpoint(state)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return f"undecodable position snapshot: {exc}"[:300]
+    return None

@@ -10,12 +10,14 @@ is down (breaker open) or not reconciled, orders wait as PENDING_SUBMISSION and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
-from nats.js.errors import KeyNotFoundError
+from nats.errors import Error as NatsError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from libs.binance.classify import classify
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
@@ -25,6 +27,18 @@ from libs.errors import TransientError
 from libs.ids import client_order_id_for
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
+from libs.orders_model import (
+    IllegalOrderTransition,
+    OrderRecord,
+    OrderTrigger,
+    Position,
+    apply_fill,
+    is_terminal,
+    record_from_command,
+    venue_trigger,
+)
+from libs.projections import Folded, Projections, fold_events, read_orders_stream, write
+from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.codec import encode
 from proto.enums import (
@@ -58,25 +72,23 @@ from proto.messages import (
     SubmitOrder,
 )
 
-from .adapters import VENUE_FAILURES, Projections, submit_is_ambiguous
+from .adapters import VENUE_FAILURES, submit_is_ambiguous
 from .domain import (
+    SNAPSHOT_COMPONENT,
+    SNAPSHOT_VERSION,
     CountdownPlanner,
-    IllegalOrderTransition,
-    OrderRecord,
-    OrderTrigger,
-    Position,
+    PositionCheckpoint,
     Protection,
     ProtectiveOrder,
-    apply_fill,
+    checkpoint_problem,
+    decode_checkpoint,
     is_protective,
-    is_terminal,
     order_invariant_violations,
     plan_protection,
     plan_reconciliation,
     position_baselines,
     position_invariant_violations,
     protective_orders,
-    venue_trigger,
 )
 
 Clock = Callable[[], int]
@@ -90,8 +102,43 @@ MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
 ORDER_LINK = "orders"
 """Link name of the position service's REST link to the venue (`evt.link.<venue>.orders`)."""
 ORDERS_DURABLE = "position-orders"
+DENIALS_DURABLE = "position-denials"
+FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
+FLATTEN_GRACE_NS = 3_000_000_000
+"""Risk's own flatten goes first; after this, positions the venue still shows are closed here."""
 LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
 USER_STREAM_BACKOFF_S: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+def countdown_symbols(orders: Iterable[OrderRecord]) -> set[str]:
+    """Symbols whose venue auto-cancel countdown (FM-N8) should be armed.
+
+    countdownCancelAll cancels *every* open order of a symbol, protective stops included. Stops
+    must outlive this service (FM-C2), so a symbol with a live protective order is never armed
+    (and is disarmed): its other open orders then survive a dead service (they are reconciled at
+    restart) rather than leaving the position without its stop. Symbols with only non-protective
+    live orders are armed.
+    """
+    entries: set[str] = set()
+    protected: set[str] = set()
+    for order in orders:
+        if order.status in MAYBE_AT_VENUE:
+            (protected if is_protective(order) else entries).add(order.symbol)
+    return entries - protected
+
+
+class RecoveryReport(msgspec.Struct, frozen=True):
+    """How the position service rebuilt its state at start (heartbeat `recovery`, log `position_recovered`)."""
+
+    mode: str
+    """`snapshot` (latest valid snapshot + tail), `replay` (the whole ORDERS stream) or `projections`."""
+    snapshot_seq: int | None
+    replayed: int
+    """ORDERS messages folded after the snapshot (all of them in `replay` mode): bounded by the policy."""
+    corrupt_snapshots: int
+    covered_seq: int
+    positions: dict[str, str] = {}
+    """Positions as recovered, before reconciliation with the venue corrected anything."""
 
 
 def order_params(order: OrderRecord) -> dict[str, str]:
@@ -149,28 +196,6 @@ def trade_from_user_event(update: dict) -> dict:
     }
 
 
-def record_from_command(order: SubmitOrder, ts_ns: int) -> OrderRecord:
-    """A fresh local order (PENDING_SUBMISSION) for an approved or denied command."""
-    return OrderRecord(
-        client_order_id=order.client_order_id,
-        idempotency_key=order.idempotency_key,
-        source=order.source,
-        venue=order.venue,
-        symbol=order.symbol,
-        side=order.side,
-        order_type=order.order_type,
-        quantity=order.quantity,
-        status=OrderStatus.PENDING_SUBMISSION,
-        created_ns=ts_ns,
-        updated_ns=ts_ns,
-        price=order.price,
-        stop_price=order.stop_price,
-        reduce_only=order.reduce_only,
-        time_in_force=order.time_in_force.value if order.time_in_force else None,
-        strategy=order.strategy,
-    )
-
-
 class PositionService:
     """Orders, fills and positions of one venue; the only component that writes to it.
 
@@ -187,6 +212,8 @@ class PositionService:
         safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
         lease: the single-writer lease (SPEC §8); checked right before every venue write (None: no check).
         on_lease_lost: called once when a venue write finds the lease gone (the service stops writing).
+        snapshots: where snapshots go (None: never snapshot, recover by folding the whole log).
+        snapshot_policy: when to snapshot (counted in ORDERS events this service publishes).
     """
 
     def __init__(
@@ -204,6 +231,8 @@ class PositionService:
         safety_poll_s: float = 5.0,
         lease: Lease | None = None,
         on_lease_lost: Callable[[], None] | None = None,
+        snapshots: SnapshotStore | None = None,
+        snapshot_policy: SnapshotPolicy | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -233,6 +262,17 @@ class PositionService:
         self.lease_lost = False
         self.protections: dict[str, Protection] = {}
         self._protect_dirty: set[str] = set()
+        self._protect_given_up: set[str] = set()
+        self._position_seqs: dict[str, int] = {}
+        self.degradation: DegradationLevel | None = None
+        self._flatten_since: int | None = None
+        self._flatten_key = ""
+        self.snapshots = snapshots
+        self.snapshot_policy = snapshot_policy
+        self.snapshots_saved = 0
+        self.snapshots_failed = 0
+        self.last_snapshot_seq: int | None = None
+        self.recovery: RecoveryReport | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -247,17 +287,118 @@ class PositionService:
             "order_link": self.link_state.value,
             "user_stream": self.user_stream_up,
             "hard_shutdown": self.hard_shutdown,
+            "flattening": self.flattening(),
             "protective_orders": sum(1 for o in self.orders.values() if is_protective(o) and not is_terminal(o.status)),
+            "recovery": msgspec.structs.asdict(self.recovery) if self.recovery is not None else None,
+            "snapshots": {
+                "saved": self.snapshots_saved,
+                "failed": self.snapshots_failed,
+                "last_seq": self.last_snapshot_seq,
+            },
         }
 
     def may_submit(self) -> bool:
-        """New orders go to the venue only when the link is up, reconciled, and integrity holds."""
-        return (
-            self.reconciled
-            and self.link_state == ConnectionState.CONNECTED
-            and not self.hard_shutdown
-            and not self.lease_lost
+        """Orders go to the venue only when the link is up, reconciled, and the lease is held.
+
+        In EMERGENCY_MODE / HARD_SHUTDOWN (`flattening`) only reduce-only orders are sent; see `_submit`.
+        """
+        return self.reconciled and self.link_state == ConnectionState.CONNECTED and not self.lease_lost
+
+    def flattening(self) -> bool:
+        """SPEC §5 EMERGENCY_MODE or HARD_SHUTDOWN (operator's or our own invariant violation):
+        close every position, no new entries."""
+        return self._flatten_since is not None
+
+    async def _read_level(self) -> tuple[DegradationLevel | None, int]:
+        """(level, ts_ns) of KV `degradation_level` (None when absent or unreadable)."""
+        entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+        if entry is None:
+            return None, 0
+        try:
+            raw = msgspec.json.decode(entry[0])
+            level, ts_ns = raw.get("level"), int(raw.get("ts_ns") or 0)
+        except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+            return None, 0
+        return (DegradationLevel(level) if level in DegradationLevel.__members__ else None), ts_ns
+
+    async def refresh_degradation(self) -> None:
+        """Follow the degradation level: entering EMERGENCY_MODE/HARD_SHUTDOWN starts flattening."""
+        level, ts_ns = await self._read_level()
+        self.degradation = level
+        flatten = level in FLATTEN_LEVELS or self.hard_shutdown
+        if flatten and self._flatten_since is None:
+            self._flatten_since = self.clock()
+            self._flatten_key = str(ts_ns or self._flatten_since)
+            self.log.error(
+                "flatten_mode_entered",
+                level=level.value if level else None,
+                hard_shutdown=self.hard_shutdown,
+                action_taken="cancel entries, flatten at market (reduce-only), stops kept until flat",
+            )
+        elif not flatten and self._flatten_since is not None:
+            self._flatten_since = None
+            self.log.warning("flatten_mode_left", level=level.value if level else None)
+
+    async def enforce_flatten(self) -> None:
+        """SPEC §5 in EMERGENCY_MODE / HARD_SHUTDOWN: no entry order stays open, every position closes.
+
+        Entries (non-reduce-only orders, queued or live) are cancelled at once. Risk flattens through
+        this service (reduce-only MARKET orders it approves); as a backstop, a symbol the venue still
+        shows a position for `FLATTEN_GRACE_NS` later, with no reduce-only order in flight, gets a
+        reduce-only MARKET order for the venue's quantity. Reduce-only: it can never open or flip a
+        position, whatever risk sent meanwhile. Protective stops stay until the position is flat
+        (`maintain_protection` cancels them then).
+        """
+        if not self.flattening() or not self.may_submit():
+            return
+        async with self._lock:
+            for order in list(self.orders.values()):
+                if is_terminal(order.status) or order.reduce_only or is_protective(order):
+                    continue
+                try:
+                    await self._cancel(order, "flatten: no entries in EMERGENCY_MODE/HARD_SHUTDOWN")
+                except (*VENUE_FAILURES, TransientError) as exc:
+                    self.log.warning("flatten_cancel_failed", client_order_id=order.client_order_id, error=str(exc))
+            since = self._flatten_since
+            if since is not None and self.clock() - since >= FLATTEN_GRACE_NS:
+                for row in await self.client.position_risk():
+                    symbol = str(row.get("symbol"))
+                    quantity = Decimal(str(row.get("positionAmt", "0")))
+                    if quantity == 0 or symbol not in self.symbols:
+                        continue
+                    in_flight = any(
+                        o.symbol == symbol and o.reduce_only and not is_protective(o) and not is_terminal(o.status)
+                        for o in self.orders.values()
+                    )
+                    if not in_flight:
+                        await self._place_flatten(symbol, quantity)
+            await self.check_invariants()
+            await self.maintain_protection(all_symbols=True)
+
+    async def _place_flatten(self, symbol: str, venue_quantity: Decimal) -> None:
+        attempt = 0
+        while client_order_id_for(f"flatten:position:{self._flatten_key}:{symbol}:{attempt}") in self.orders:
+            attempt += 1
+        key = f"flatten:position:{self._flatten_key}:{symbol}:{attempt}"
+        coid = client_order_id_for(key)
+        command = SubmitOrder(
+            client_order_id=coid,
+            idempotency_key=key,
+            source=OrderSource.RISK,
+            symbol=symbol,
+            side=Side.SELL if venue_quantity > 0 else Side.BUY,
+            order_type=OrderType.MARKET,
+            quantity=abs(venue_quantity),
+            venue=self.venue,
+            reduce_only=True,
+            correlation_id=key,
         )
+        order = record_from_command(command, self.clock())
+        self.orders[coid] = order
+        approved = OrderApproved(order=command)
+        await self._publish(self._order_subject("approved", order), approved, f"approved:{coid}", coid)
+        self.log.error("flatten_backstop", symbol=symbol, quantity=str(venue_quantity), client_order_id=coid)
+        await self._submit(order)
 
     async def _guard(self) -> None:
         """Right before a venue write: do we still hold the single-writer lease? (SPEC §8)
@@ -281,6 +422,8 @@ class PositionService:
         seq = await self.bus.publish(subject, message, msg_id=msg_id)
         if coid is not None:
             self._seq[coid] = max(seq, self._seq.get(coid, 0))
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.record()
         return seq
 
     async def _save(self, order: OrderRecord) -> None:
@@ -339,7 +482,8 @@ class PositionService:
         return problems
 
     async def _hard_shutdown(self, problems: list[str]) -> None:
-        """Integrity is compromised: stop sending orders, HARD_SHUTDOWN (as the emergency stop does), P0."""
+        """Integrity is compromised: HARD_SHUTDOWN (as the emergency stop does), P0; from now on only
+        reduce-only orders are sent, positions are flattened (SPEC §5)."""
         self.hard_shutdown = True
         reason = f"position invariant violated: {'; '.join(problems)[:500]}"
         self.log.error("invariant_violated", problems=problems[:20], action_taken="HARD_SHUTDOWN, halt, P0 alert")
@@ -357,6 +501,7 @@ class PositionService:
         await self.bus.publish(subjects.EVT_DEGRADATION, event)
         record = {"level": DegradationLevel.HARD_SHUTDOWN.value, "reason": reason, "ts_ns": event.ts_event_ns}
         await self.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
+        await self.refresh_degradation()  # flatten mode now: entries refused, positions closed (SPEC §5)
         request = msgspec.json.encode({"operator": subjects.POSITION, "reason": reason})
         try:
             await self.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
@@ -407,10 +552,18 @@ class PositionService:
             return
         command = message.order
         async with self._lock:
-            if command.client_order_id in self.orders:
+            known = self.orders.get(command.client_order_id)
+            # Known but never sent and no protection recorded: folded from the log at recovery before
+            # this (unacknowledged) approval was handled; handle it now.
+            if known is not None and not (
+                known.status == OrderStatus.PENDING_SUBMISSION
+                and known.venue_order_id is None
+                and (command.stop_loss or command.take_profit)
+                and getattr(self.protections.get(command.symbol), "entry", None) != command.client_order_id
+            ):
                 self.log.info("order_already_known", client_order_id=command.client_order_id)
                 return
-            order = record_from_command(command, self.clock())
+            order = known or record_from_command(command, self.clock())
             if (command.stop_loss is not None or command.take_profit is not None) and not command.reduce_only:
                 await self._set_protection(
                     Protection(command.client_order_id, command.symbol, command.stop_loss, command.take_profit)
@@ -496,10 +649,18 @@ class PositionService:
     async def _submit(self, order: OrderRecord) -> None:
         """Publish `OrderSubmitted`, write the projection, then place the order (never twice blind)."""
         coid = order.client_order_id
+        if self.flattening() and order.status == OrderStatus.PENDING_SUBMISSION:
+            if not order.reduce_only:
+                self._transition(order, OrderTrigger.CANCEL)
+                await self._emit_canceled(order, "flatten: no new entries in EMERGENCY_MODE/HARD_SHUTDOWN")
+                return
+            if not is_protective(order) and self.positions.get(order.symbol, Position()).quantity == 0:
+                # Risk's flatten after ours (or after a stop): nothing left to reduce.
+                self._transition(order, OrderTrigger.CANCEL)
+                await self._emit_canceled(order, "flatten: position already flat")
+                return
         if not self.may_submit():
-            if self.hard_shutdown:
-                reason = "queued: HARD_SHUTDOWN (integrity check failed)"
-            elif self.link_state != ConnectionState.CONNECTED:
+            if self.link_state != ConnectionState.CONNECTED:
                 reason = f"queued: venue order link {self.link_state.value}"
             else:
                 reason = "queued: reconciliation with the venue pending"
@@ -753,6 +914,7 @@ class PositionService:
             subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
         )
         self._position_seq = max(self._position_seq, seq)
+        self._position_seqs[order.symbol] = seq
         await self.projections.record_fill(
             order, trade_id, price, quantity, commission, ts_event_ns, position, self.clock(), seq
         )
@@ -859,9 +1021,13 @@ class PositionService:
             await self.maintain_protection(all_symbols=True)
 
     async def tick(self) -> None:
-        """One supervision round: reconcile when needed, poll, keep the dead-man's switch armed."""
+        """One supervision round: snapshot when due, reconcile when needed, poll, keep the dead-man's
+        switch armed."""
+        await self.snapshot()
+        await self.refresh_degradation()
         if not self.reconciled:
             await self.reconcile(self.symbols)
+        await self.enforce_flatten()
         now = self.clock()
         follow = not self.user_stream_up or now - self._last_follow_ns >= self.safety_poll_ns
         await self.poll_once(follow_live=follow)
@@ -885,12 +1051,7 @@ class PositionService:
         """FM-N8: keep the venue's countdownCancelAll armed for every symbol with live orders."""
         if not self.may_submit():
             return
-        # Protective orders must outlive this service (FM-C2): they never arm the dead-man's switch.
-        live_symbols = {
-            order.symbol
-            for order in self.orders.values()
-            if order.status in MAYBE_AT_VENUE and not is_protective(order)
-        }
+        live_symbols = countdown_symbols(self.orders.values())
         now = self.clock()
         for symbol, countdown_ms in self.countdown.due(live_symbols, now).items():
             await self._guard()
@@ -905,13 +1066,32 @@ class PositionService:
     # ------------------------------------------------------------------ reconciliation
 
     async def load(self) -> None:
-        """Rebuild in-memory orders and positions from the Postgres projections."""
+        """Rebuild in-memory orders and positions from the Postgres projections (no snapshot, and the
+        ORDERS stream no longer starts at 1, so a full replay would miss orders)."""
         self.orders = await self.projections.load_orders()
         self.positions, self._position_seq = await self.projections.load_positions(self.venue)
         self.rebase()
+        await self._load_protections()
+        self.log.info(
+            "position_state_loaded",
+            orders=len(self.orders),
+            positions=len(self.positions),
+            protections=len(self.protections),
+        )
+
+    async def _load_protections(self, fallback: Sequence[Protection] = ()) -> None:
+        """Protective levels from KV (written before use, so authoritative); `fallback` (a snapshot's)
+        only for a symbol whose KV record cannot be read."""
         self.protections = {}
+        saved = {p.symbol: p for p in fallback}
         for symbol in self.symbols:
-            entry = await self.bus.kv_get(self._protection_key(symbol))
+            try:
+                entry = await self.bus.kv_get(self._protection_key(symbol))
+            except (NatsError, TimeoutError) as exc:
+                self.log.warning("protection_read_failed", symbol=symbol, error=repr(exc), action_taken="snapshot's")
+                if symbol in saved:
+                    self.protections[symbol] = saved[symbol]
+                continue
             if entry is None:
                 continue
             try:
@@ -924,12 +1104,172 @@ class PositionService:
                 )
             except (msgspec.DecodeError, KeyError, TypeError, ArithmeticError) as exc:
                 self.log.error("protection_record_invalid", symbol=symbol, error=repr(exc), action_taken="ignored")
+
+    # ------------------------------------------------------------------ snapshot and recovery (SPEC §8, FM-C9)
+
+    async def recover(self) -> RecoveryReport:
+        """Load the latest valid snapshot and fold only the ORDERS messages after it (bounded replay).
+
+        Without a valid snapshot the whole ORDERS stream is folded (it starts at 1: nothing was
+        removed), else the Postgres projections are loaded as before snapshots existed. A corrupt
+        snapshot is skipped for an older one (P1 alert). The tail's effects are upserted into the
+        projections (idempotent), which repairs rows a crash left behind. Reconciliation with the
+        venue follows (`reconcile`), before any order is accepted.
+        """
+        checkpoint: PositionCheckpoint | None = None
+        corrupt: list[str] = []
+        if self.snapshots is not None:
+            try:
+                found = await self.snapshots.load_latest_valid(SNAPSHOT_COMPONENT, accept=checkpoint_problem)
+            except (asyncpg.PostgresError, OSError) as exc:
+                self.log.warning("snapshot_load_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            else:
+                corrupt = [f"id {c.id} seq {c.stream_seq}: {c.reason}" for c in found.corrupt]
+                if found.snapshot is not None:
+                    checkpoint = decode_checkpoint(found.snapshot.state)
+        try:
+            first, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)
+        except NotFoundError:
+            first, last = 0, 0
+        if checkpoint is None and first > 1:
+            await self.load()
+            report = RecoveryReport("projections", None, 0, len(corrupt), last)
+        else:
+            start = Folded()
+            from_seq = 1
+            mode = "replay"
+            if checkpoint is not None:
+                mode = "snapshot"
+                from_seq = checkpoint.stream_seq + 1
+                start = Folded(
+                    orders={order.client_order_id: order for order in checkpoint.orders},
+                    order_seq=dict(checkpoint.order_seq),
+                    positions={
+                        (self.venue, symbol): (position, checkpoint.position_seq.get(symbol, 0), 0)
+                        for symbol, position in checkpoint.positions.items()
+                    },
+                )
+                if checkpoint.stream_seq > last:
+                    self.log.warning(
+                        "snapshot_ahead_of_stream",
+                        snapshot_seq=checkpoint.stream_seq,
+                        stream_last=last,
+                        action_taken="snapshot kept; reconciliation with the venue corrects it",
+                    )
+            folded = fold_events(await read_orders_stream(self.bus, from_seq), start)
+            self.orders = folded.orders
+            self._seq = dict(folded.order_seq)
+            self.positions = {}
+            self._position_seqs = {}
+            for (venue, symbol), (position, seq, _) in folded.positions.items():
+                if venue == self.venue:
+                    self.positions[symbol] = position
+                    self._position_seqs[symbol] = seq
+            self._position_seq = max(self._position_seqs.values(), default=0)
+            await self._load_protections(checkpoint.protections if checkpoint is not None else ())
+            try:
+                await write(folded, self.projections, touched_only=True)
+            except (asyncpg.PostgresError, OSError) as exc:
+                # FM-C3: the log is the truth; the projections catch up with the next writes or a rebuild.
+                self.log.warning("projection_catch_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.rebase()
+            covered = max(last, checkpoint.stream_seq if checkpoint is not None else 0)
+            snapshot_seq = checkpoint.stream_seq if checkpoint is not None else None
+            report = RecoveryReport(mode, snapshot_seq, folded.events, len(corrupt), covered)
+        recovered = {symbol: str(p.quantity) for symbol, p in sorted(self.positions.items()) if p.quantity}
+        report = msgspec.structs.replace(report, positions=recovered)
+        self.recovery = report
         self.log.info(
-            "position_state_loaded",
+            "position_recovered",
+            mode=report.mode,
+            snapshot_seq=report.snapshot_seq,
+            replayed=report.replayed,
+            corrupt_snapshots=report.corrupt_snapshots,
             orders=len(self.orders),
-            positions=len(self.positions),
+            positions=recovered,
             protections=len(self.protections),
         )
+        if corrupt:
+            await self._alert(
+                f"snapshot-corrupt.{subjects.POSITION}",
+                AlertSeverity.P1,
+                "corrupt position snapshot skipped (FM-C3); recovered from an older one or the log",
+                snapshots=corrupt[:10],
+            )
+        return report
+
+    async def state_query(self, payload: bytes) -> bytes:
+        """`svc.position.state`: orders (status, filled), positions, protections and the recovery report."""
+        async with self._lock:
+            view = {
+                "orders": {
+                    coid: {"status": o.status.value, "filled_quantity": str(o.filled_quantity), "symbol": o.symbol}
+                    for coid, o in sorted(self.orders.items())
+                },
+                "positions": {symbol: str(p.quantity) for symbol, p in sorted(self.positions.items())},
+                "protections": {
+                    symbol: {"entry": p.entry, "stop_loss": str(p.stop_loss), "take_profit": str(p.take_profit)}
+                    for symbol, p in sorted(self.protections.items())
+                },
+                "reconciled": self.reconciled,
+                "recovery": msgspec.structs.asdict(self.recovery) if self.recovery is not None else None,
+            }
+        return msgspec.json.encode(view)
+
+    async def _covered_sequence(self, last: int) -> int:
+        """The ORDERS sequence a snapshot taken now covers: `last`, lowered to the ack floor of the
+        consumers that create orders (approvals, denials) while they have messages not yet handled.
+
+        An approval at or below the covered sequence that was not handled yet would be missing from
+        the snapshot and skipped by the replay of the tail; its order's later events would then be
+        orphans. Folding is idempotent, so covering less than everything is always safe.
+        """
+        covered = last
+        for durable in (ORDERS_DURABLE, DENIALS_DURABLE):
+            try:
+                info = await self.bus.js.consumer_info(subjects.STREAM_ORDERS.name, durable)
+            except NotFoundError:
+                continue  # not created yet: nothing handled, nothing pending
+            if info.num_pending or info.num_ack_pending:
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                covered = min(covered, floor or 0)
+        return covered
+
+    async def snapshot(self, *, force: bool = False) -> int | None:
+        """Snapshot the state when the policy says so (or `force`); returns the covered sequence.
+
+        Captured under the order lock (a consistent cut), saved outside it. A failed save is logged
+        and retried at the next due time: trading never depends on Postgres (FM-C3).
+        """
+        if self.snapshots is None or self.snapshot_policy is None:
+            return None
+        if not force and not self.snapshot_policy.due():
+            return None
+        async with self._lock:
+            _, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)
+            covered = await self._covered_sequence(last)
+            checkpoint = PositionCheckpoint(
+                version=SNAPSHOT_VERSION,
+                stream_seq=covered,
+                orders=list(self.orders.values()),
+                order_seq=dict(self._seq),
+                positions=dict(self.positions),
+                position_seq=dict(self._position_seqs),
+                protections=list(self.protections.values()),
+            )
+            state = msgspec.json.encode(checkpoint)
+            self.snapshot_policy.taken()
+        try:
+            await self.snapshots.save(SNAPSHOT_COMPONENT, covered, state)
+            await self.snapshots.prune(SNAPSHOT_COMPONENT)
+        except (asyncpg.PostgresError, OSError) as exc:
+            self.snapshots_failed += 1
+            self.log.warning("snapshot_save_failed", error=f"{type(exc).__name__}: {exc}"[:300], action_taken="retry")
+            return None
+        self.snapshots_saved += 1
+        self.last_snapshot_seq = covered
+        self.log.info("snapshot_saved", stream_seq=covered, orders=len(checkpoint.orders), bytes=len(state))
+        return covered
 
     async def reconcile(self, symbols: Sequence[str]) -> None:
         """Compare with the venue, correct through events, and only then mark reconciled.
@@ -1032,6 +1372,7 @@ class PositionService:
             realized_pnl=corrected.realized_pnl,
         )
         seq = await self._publish(subjects.evt_position(self.venue, symbol), changed, f"reconcile:{symbol}:{now}")
+        self._position_seqs[symbol] = seq
         await self.projections.upsert_position(self.venue, symbol, corrected, now, seq)
         await self._alert(
             f"reconcile-position:{symbol}",
@@ -1092,12 +1433,20 @@ class PositionService:
         position = self.positions.get(symbol, Position()).quantity
         protection = self.protections.get(symbol)
         wanted = protective_orders(protection, position)
-        coid_of = {w.idempotency_key: client_order_id_for(w.idempotency_key) for w in wanted}
-        plan = plan_protection(wanted, self.orders, symbol, coid_of)
-        for item in plan.place:
-            await self._place_protective(item, coid_of[item.idempotency_key], protection)
-        for coid in plan.unavailable:
-            self.log.warning("protection_unavailable", symbol=symbol, client_order_id=coid, position=str(position))
+        plan = plan_protection(wanted, self.orders, symbol, client_order_id_for)
+        for item, key in plan.place:
+            await self._place_protective(item, key)
+        for stem in plan.unavailable:
+            if stem not in self._protect_given_up:
+                self._protect_given_up.add(stem)
+                await self._alert(
+                    f"protection-unavailable:{stem}",
+                    AlertSeverity.P1,
+                    "the venue keeps refusing a protective order: position not protected",
+                    symbol=symbol,
+                    stem=stem,
+                    position=str(position),
+                )
         for coid in plan.cancel:
             await self._cancel(self.orders[coid], "protective order no longer matches the position")
         if position == 0 and protection is not None:
@@ -1105,20 +1454,20 @@ class PositionService:
             if entry is None or is_terminal(entry.status):
                 await self._clear_protection(symbol)
 
-    async def _place_protective(self, item: ProtectiveOrder, coid: str, protection: Protection | None) -> None:
+    async def _place_protective(self, item: ProtectiveOrder, key: str) -> None:
+        coid = client_order_id_for(key)
         command = SubmitOrder(
             client_order_id=coid,
-            idempotency_key=item.idempotency_key,
+            idempotency_key=key,
             source=OrderSource.RISK,
             symbol=item.symbol,
             side=item.side,
             order_type=item.order_type,
             quantity=item.quantity,
             venue=self.venue,
-            price=item.price,
             stop_price=item.stop_price,
             reduce_only=True,
-            time_in_force=TimeInForce.GTC if item.order_type == OrderType.LIMIT else None,
+            correlation_id=item.entry,
         )
         order = record_from_command(command, self.clock())
         self.orders[coid] = order
@@ -1131,6 +1480,7 @@ class PositionService:
             symbol=item.symbol,
             type=item.order_type.value,
             quantity=str(item.quantity),
-            entry=protection.entry if protection else None,
+            stop_price=str(item.stop_price),
+            entry=item.entry,
         )
         await self._submit(order)

@@ -13,12 +13,14 @@ from libs.binance.client import BinanceRestClient
 from libs.breaker import CircuitBreaker
 from libs.errors import TransientError
 from libs.lease import LEASE_BUCKET, Lease
+from libs.projections import Projections
 from libs.runtime.service import ServiceContext, main
+from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.enums import ComponentState
 
-from .adapters import VENUE_FAILURES, Projections, VenueLink, user_stream_events
-from .handlers import PositionService
+from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
+from .handlers import DENIALS_DURABLE, ORDERS_DURABLE, PositionService
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
@@ -32,9 +34,10 @@ def venue_breaker_name(venue: str) -> str:
 
 
 async def setup(ctx: ServiceContext) -> None:
-    """Wait for the single-writer lease (standby meanwhile), load projections, reconcile with the
-    venue (retrying), then start consumers, the user-data stream and the supervision loop (poll,
-    venue link, dead-man's switch) and keep renewing the lease.
+    """Wait for the single-writer lease (standby meanwhile), recover the state (latest valid snapshot
+    plus the ORDERS tail after it), reconcile with the venue (retrying), then start consumers, the
+    user-data stream and the supervision loop (poll, snapshots, venue link, dead-man's switch) and
+    keep renewing the lease.
 
     A standby instance is READY with `lease: standby` in its heartbeat: it consumes nothing and
     sends nothing to the venue (SPEC §8). Once it holds the lease it stays STARTING until
@@ -76,6 +79,12 @@ async def setup(ctx: ServiceContext) -> None:
         safety_poll_s=settings.order_safety_poll_s,
         lease=lease,
         on_lease_lost=ctx.stopping.set,
+        snapshots=SnapshotStore(ctx.pool, log=ctx.log),
+        snapshot_policy=SnapshotPolicy(
+            time.time_ns,
+            interval_ns=int(settings.snapshot_interval_s * 1e9),
+            every_events=settings.snapshot_every_events,
+        ),
     )
     link.on_breaker = service.on_breaker
 
@@ -87,7 +96,9 @@ async def setup(ctx: ServiceContext) -> None:
 
     ctx.spawn(lease.keep(on_lost=lost), "lease")
     ctx.details = lambda: {**service.details(), **role}
-    await service.load()
+    # Latest valid snapshot + the ORDERS tail after it (bounded replay), then reconciliation (SPEC §6, §8).
+    await service.recover()
+    await service.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
     delay = 0.5
     while not ctx.stopping.is_set():
         try:
@@ -103,10 +114,10 @@ async def setup(ctx: ServiceContext) -> None:
         return
     orders = subjects.STREAM_ORDERS.name
     await ctx.bus.consume(
-        stream=orders, durable="position-orders", filter_subjects=["evt.order.approved.>"], handler=service.on_approved
+        stream=orders, durable=ORDERS_DURABLE, filter_subjects=["evt.order.approved.>"], handler=service.on_approved
     )
     await ctx.bus.consume(
-        stream=orders, durable="position-denials", filter_subjects=["evt.order.denied.>"], handler=service.on_denied
+        stream=orders, durable=DENIALS_DURABLE, filter_subjects=["evt.order.denied.>"], handler=service.on_denied
     )
     await ctx.bus.consume(
         stream=orders,
@@ -114,6 +125,7 @@ async def setup(ctx: ServiceContext) -> None:
         filter_subjects=[subjects.CMD_ORDER_CANCEL],
         handler=service.on_cancel,
     )
+    await ctx.bus.serve(subjects.service_query(subjects.POSITION, "state"), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ctx.spawn(service.user_stream_forever(settings.venue_ws_url, user_stream_events), "user-stream")
 

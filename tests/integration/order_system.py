@@ -63,6 +63,35 @@ async def add_fault(url: str, spec: dict[str, Any]) -> str:
         return str((await response.json())["id"])
 
 
+async def sim_control(url: str, action: str) -> None:
+    """`POST /_sim/<action>` (pause, resume)."""
+    async with aiohttp.ClientSession() as session, session.post(f"{url}/_sim/{action}") as response:
+        assert response.status < 300, await response.text()
+
+
+async def spike_mark(url: str, direction: str, pct: float, symbol: str = SYMBOL) -> str:
+    """Move the simulator's mark price once by `pct` % up or down (`price_spike` fault): conditional
+    orders (STOP_MARKET, TAKE_PROFIT_MARKET) it crosses trigger at the venue."""
+    return await add_fault(
+        url, {"kind": "price_spike", "symbol": symbol, "params": {"pct": pct, "direction": direction}}
+    )
+
+
+def open_orders(state: dict) -> list[dict]:
+    """The simulator's open orders."""
+    return [o for o in state["orders"] if o["status"] in ("NEW", "PARTIALLY_FILLED")]
+
+
+def venue_position(state: dict, symbol: str = SYMBOL) -> Decimal:
+    """The simulator's signed position of `symbol`."""
+    return sum((Decimal(p["quantity"]) for p in state["positions"] if p["symbol"] == symbol), Decimal(0))
+
+
+async def local_position(pool: Any, symbol: str = SYMBOL) -> Decimal | None:
+    """The position projection's quantity of `symbol` (None without a row)."""
+    return await pool.fetchval("SELECT quantity FROM positions WHERE symbol = $1", symbol)
+
+
 async def clear_faults(url: str) -> None:
     """Delete every simulator fault."""
     async with aiohttp.ClientSession() as session, session.delete(f"{url}/_sim/faults") as response:

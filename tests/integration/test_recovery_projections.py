@@ -11,6 +11,8 @@ import pytest_asyncio
 
 from libs import projections
 from libs.bus import Bus
+from libs.orders_model import Position
+from libs.projections import Projections
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
@@ -23,8 +25,6 @@ from proto.messages import (
     PositionChanged,
     SubmitOrder,
 )
-from services.position.adapters import Projections
-from services.position.domain import Position
 
 VENUE = "binance-usdm"
 

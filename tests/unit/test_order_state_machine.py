@@ -6,17 +6,17 @@ from decimal import Decimal
 
 import pytest
 
-from proto.enums import OrderSource, OrderStatus, OrderType, Side
-from services.position.domain import (
+from libs.orders_model import (
     ORDER_TRANSITIONS,
     IllegalOrderTransition,
     OrderRecord,
     OrderTrigger,
     is_terminal,
     next_order_status,
-    plan_reconciliation,
     venue_trigger,
 )
+from proto.enums import OrderSource, OrderStatus, OrderType, Side
+from services.position.domain import plan_reconciliation
 from services.position.handlers import order_params
 
 S = OrderStatus

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from libs.orders_model import Position, apply_fill
 from proto.enums import Side
-from services.position.domain import Position, apply_fill
 
 D = Decimal
 

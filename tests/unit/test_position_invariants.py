@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from libs.orders_model import OrderRecord, Position
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from services.position.domain import (
     CountdownPlanner,
-    OrderRecord,
-    Position,
     order_invariant_violations,
     position_baselines,
     position_invariant_violations,

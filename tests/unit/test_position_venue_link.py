@@ -14,6 +14,7 @@ import pytest
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, CircuitBreaker
 from libs.logging import get_logger
+from libs.orders_model import Position
 from proto import subjects
 from proto.enums import ConnectionState, OrderSource, OrderStatus, OrderType, Side
 from proto.messages import (
@@ -26,7 +27,6 @@ from proto.messages import (
     SubmitOrder,
 )
 from services.position.adapters import VenueLink
-from services.position.domain import Position
 from services.position.handlers import PositionService
 
 S = 1_000_000_000
@@ -263,4 +263,4 @@ async def test_invariant_when_position_moves_without_fill_then_hard_shutdown_and
     assert msgspec.json.decode(bus.kv[subjects.KEY_DEGRADATION_LEVEL])["level"] == "HARD_SHUTDOWN"
     assert subjects.service_query(subjects.RISK, "halt") in bus.requests
     assert [alert.severity.value for alert in bus.of(AlertRaised)] == ["P0"]
-    assert not svc.may_submit()
+    assert svc.flattening()  # SPEC §5 HARD_SHUTDOWN: no entries, flatten at market

@@ -20,6 +20,18 @@ ZERO = Decimal(0)
 CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 DECIMAL_PARAM = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
 OPEN_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED"})
+TRIGGERED_TYPES = frozenset({"STOP_MARKET", "TAKE_PROFIT_MARKET"})
+"""Conditional market orders, triggered by the mark price (workingType MARK_PRICE)."""
+
+
+def triggers(order_type: str, side: str, stop_price: Decimal, mark: Decimal) -> bool:
+    """Does `mark` trigger a conditional order? Binance USD-M rules.
+
+    STOP_MARKET: BUY at mark >= stop, SELL at mark <= stop (the price moved against the position);
+    TAKE_PROFIT_MARKET the opposite: BUY at mark <= stop, SELL at mark >= stop.
+    """
+    rising = side == "BUY" if order_type == "STOP_MARKET" else side == "SELL"
+    return mark >= stop_price if rising else mark <= stop_price
 
 
 class BinanceError(Exception):
@@ -345,7 +357,7 @@ class Exchange:
         order_type = params.get("type")
         if not order_type:
             raise mandatory("type")
-        if order_type not in ("MARKET", "LIMIT", "STOP_MARKET"):
+        if order_type not in ("MARKET", "LIMIT", *sorted(TRIGGERED_TYPES)):
             raise BinanceError(400, -1116, "Invalid orderType.")
         if params.get("positionSide", "BOTH") != "BOTH":
             raise BinanceError(400, -4061, "Order's position side does not match user's setting.")
@@ -371,7 +383,7 @@ class Exchange:
                 raise not_required("price")
             if time_in_force and order_type == "MARKET":
                 raise not_required("timeInForce")
-            if order_type == "STOP_MARKET" and stop_price is None:
+            if order_type in TRIGGERED_TYPES and stop_price is None:
                 raise mandatory("stopPrice")
             if order_type == "MARKET" and stop_price is not None:
                 raise not_required("stopPrice")
@@ -417,10 +429,10 @@ class Exchange:
         ):
             raise BinanceError(400, -2022, "ReduceOnly Order is rejected.")
 
-        if order_type == "STOP_MARKET":
+        if order_type in TRIGGERED_TYPES:
             assert stop_price is not None
             mark = self.mark_price(symbol)
-            if mark and ((side == "BUY" and mark >= stop_price) or (side == "SELL" and mark <= stop_price)):
+            if mark and triggers(order_type, side, stop_price, mark):
                 raise BinanceError(400, -2021, "Order would immediately trigger.")
             reference = stop_price
         elif order_type == "LIMIT":
@@ -477,6 +489,8 @@ class Exchange:
         ack = self.order_view(order)
         if not defer_fill:
             self._execute_new(order)
+            # The partial-fill fault caps the fill at acceptance only; what rests fills normally later.
+            order.fill_cap = None
         return order, ack
 
     def execute_deferred(self, order_id: int) -> None:
@@ -487,9 +501,10 @@ class Exchange:
         order.deferred = False
         if order.is_open:
             self._execute_new(order)
+        order.fill_cap = None
 
     def _execute_new(self, order: Order) -> None:
-        if order.type == "STOP_MARKET":
+        if order.type in TRIGGERED_TYPES:
             return
         limit = order.price if order.type == "LIMIT" else None
         if order.type == "LIMIT" and order.time_in_force == "FOK":
@@ -659,14 +674,16 @@ class Exchange:
                 self._finish(order, "EXPIRED")
 
     def on_mark_price(self, symbol: str, mark: Decimal) -> None:
-        """Record the mark price and trigger STOP_MARKET orders it crosses."""
+        """Record the mark price and trigger the STOP_MARKET and TAKE_PROFIT_MARKET orders it crosses.
+
+        A triggered order fills at market; what cannot fill (a reduce-only order whose position is
+        already closed, an empty book) expires, as on Binance.
+        """
         self.mark_prices[symbol] = mark
         for order in list(self.orders.values()):
-            if order.symbol != symbol or not order.is_open or order.type != "STOP_MARKET" or order.deferred:
+            if order.symbol != symbol or not order.is_open or order.type not in TRIGGERED_TYPES or order.deferred:
                 continue
-            if (order.side == "BUY" and mark >= order.stop_price) or (
-                order.side == "SELL" and mark <= order.stop_price
-            ):
+            if triggers(order.type, order.side, order.stop_price, mark):
                 self._take(order, None)
                 if order.is_open:
                     self._finish(order, "EXPIRED")
@@ -710,7 +727,7 @@ class Exchange:
             "side": order.side,
             "positionSide": "BOTH",
             "stopPrice": fmt(order.stop_price, spec.price_precision),
-            "workingType": "MARK_PRICE" if order.type == "STOP_MARKET" else "CONTRACT_PRICE",
+            "workingType": "MARK_PRICE" if order.type in TRIGGERED_TYPES else "CONTRACT_PRICE",
             "priceProtect": False,
             "origType": order.type,
             "priceMatch": "NONE",
@@ -732,7 +749,7 @@ class Exchange:
                     "s": order.symbol,
                     "c": order.client_order_id,
                     "S": order.side,
-                    "o": "MARKET" if order.type == "STOP_MARKET" and fill else order.type,
+                    "o": "MARKET" if order.type in TRIGGERED_TYPES and fill else order.type,
                     "f": order.time_in_force,
                     "q": fmt(order.quantity, spec.quantity_precision),
                     "p": fmt(order.price, spec.price_precision),
@@ -752,7 +769,7 @@ class Exchange:
                     "a": "0",
                     "m": fill.maker if fill else False,
                     "R": order.reduce_only,
-                    "wt": "MARK_PRICE" if order.type == "STOP_MARKET" else "CONTRACT_PRICE",
+                    "wt": "MARK_PRICE" if order.type in TRIGGERED_TYPES else "CONTRACT_PRICE",
                     "ot": order.type,
                     "ps": "BOTH",
                     "cp": False,
