@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from libs.runtime.infra import free_port
+from libs.runtime.launcher import INFRA_PROGRAMS, supervisor_rpc
 from proto.subjects import CORE_COMPONENTS
 
 
@@ -68,11 +69,61 @@ class RunningSystem:
             time.sleep(0.5)
         raise AssertionError(f"not every component READY within {timeout_s}s; last status: {last}")
 
+    def program(self, name: str) -> dict[str, Any]:
+        """supervisord's record of one program (`nats`, `postgres`, `valkey`, `venue-sim`, a service)."""
+        info: dict[str, Any] = self._supervisor("getProcessInfo", _program_name(name))
+        return info
 
-def start_system(data_dir: Path, log_path: Path, extra_args: list[str] | None = None) -> RunningSystem:
-    """Run `bulwark up` on free loopback ports, as a user would, and wait for its credentials."""
+    def program_pid(self, name: str) -> int | None:
+        """The pid of a program supervisord runs (the infrastructure has no heartbeat with a pid)."""
+        info = self.program(name)
+        return int(info["pid"]) if info.get("statename") == "RUNNING" and info.get("pid") else None
+
+    def stop_program(self, name: str) -> None:
+        """Stop a program and keep it stopped (supervisord does not restart what it was told to stop)."""
+        self._supervisor("stopProcess", _program_name(name), True)
+
+    def start_program(self, name: str) -> None:
+        self._supervisor("startProcess", _program_name(name), True)
+
+    def _supervisor(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call to supervisord, closing its socket after (no leaked sockets)."""
+        proxy = supervisor_rpc(self.data_dir)
+        try:
+            return getattr(proxy.supervisor, method)(*args)
+        finally:
+            proxy("close")()
+
+
+def _program_name(name: str) -> str:
+    """supervisord's `group:name` for a program of `bulwark up` (see libs.runtime.launcher)."""
+    if name in INFRA_PROGRAMS:
+        return f"infra:{name}"
+    if name == "venue-sim":
+        return "venue:venue-sim"
+    return f"services:{name}"
+
+
+def quiet_strategy_args(folder: Path) -> list[str]:
+    """`bulwark up` arguments that keep the strategy instances from trading (they still run and
+    heartbeat), so operator orders are the only orders: runs become comparable."""
+    from libs.testing.load import QUIET_STRATEGY_CONFIG
+
+    config = folder / "quiet-strategies.toml"
+    config.write_text(QUIET_STRATEGY_CONFIG)
+    return ["--strategy-config", str(config)]
+
+
+def start_system(
+    data_dir: Path, log_path: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+) -> RunningSystem:
+    """Run `bulwark up` on free loopback ports, as a user would, and wait for its credentials.
+
+    `env` adds `BULWARK_*` settings for every service (e.g. a short CB-2 pause for a test); the
+    caller's own `BULWARK_*` variables are never passed on.
+    """
     ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis")}
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}, **(env or {})}
     command = [
         sys.executable,
         "-m",

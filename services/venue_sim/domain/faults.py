@@ -14,6 +14,7 @@ import copy
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from services.venue_sim.domain.clock import Clock
@@ -46,6 +47,11 @@ KINDS: dict[str, tuple[dict[str, Any], bool]] = {
     # venue's clock running ahead, so signed requests get -1021 until the client resyncs its offset.
     "order_http_5xx": ({"status": 503, "placed": False}, False),
     "clock_skew": ({"offset_ms": 10_000}, True),
+    # Abnormal markets for the CB-2 breaker (issue 5): the stream reports a book whose liquidity
+    # has all but vanished (every depth quantity scaled by `factor`), or a funding rate far from
+    # normal (every mark price update carries `rate`). Both last until deleted or `duration_s`.
+    "depth_collapse": ({"factor": "0.01"}, True),
+    "funding_jump": ({"rate": "0.01"}, True),
 }
 
 
@@ -118,6 +124,19 @@ def _int(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
     return number
 
 
+def _decimal_param(params: Mapping[str, Any], name: str) -> Decimal:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise FaultError(f"params.{name} must be a decimal number")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise FaultError(f"params.{name} must be a decimal number") from exc
+    if not number.is_finite():
+        raise FaultError(f"params.{name} must be a finite number")
+    return number
+
+
 def _validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     merged = {**KINDS[kind][0], **params}
     match kind:
@@ -153,6 +172,16 @@ def _validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
             if not 0 <= ratio < 1:
                 raise FaultError("params.ratio must be in [0, 1)")
             merged["ratio"] = str(merged["ratio"])
+        case "depth_collapse":
+            factor = _decimal_param(merged, "factor")
+            if not 0 <= factor < 1:
+                raise FaultError("params.factor must be in [0, 1)")
+            merged["factor"] = str(factor)
+        case "funding_jump":
+            rate = _decimal_param(merged, "rate")
+            if not -1 < rate < 1:
+                raise FaultError("params.rate must be in (-1, 1)")
+            merged["rate"] = str(rate)
         case "price_spike":
             try:
                 pct = float(merged["pct"])
@@ -323,6 +352,13 @@ class FaultScheduler:
             if self.take("reorder_depth", symbol):
                 self._held[stream] = Frame(data)
                 return []
+            collapse = self.take("depth_collapse", symbol)
+            if collapse is not None:
+                data = collapse_depth(data, Decimal(collapse.params["factor"]))
+        elif channel == "markPrice":
+            jump = self.take("funding_jump", symbol)
+            if jump is not None and "r" in data:
+                data = dict(data, r=jump.params["rate"])
         frame = Frame(data)
         fault = self._channel_fault("future_ts", symbol, channel)
         if fault is not None and "E" in data:
@@ -340,6 +376,33 @@ class FaultScheduler:
         if channel == "depth" and self.take("duplicate_depth", symbol):
             return [frame, Frame(copy.deepcopy(frame.data), frame.corrupt)]
         return [frame]
+
+
+def collapse_depth(data: dict[str, Any], factor: Decimal) -> dict[str, Any]:
+    """A depth update whose every quantity is scaled by `factor` (removed levels stay removed).
+
+    Binance depth updates carry absolute quantities per level, so once the fault ends every level
+    the market touches again is reported at its true size: the book heals by itself.
+    """
+
+    def scale(levels: Any) -> Any:
+        if not isinstance(levels, list):
+            return levels
+        scaled = []
+        for level in levels:
+            try:
+                price, quantity = level[0], Decimal(str(level[1]))
+            except (IndexError, TypeError, InvalidOperation):
+                scaled.append(level)  # not a [price, qty] pair: leave it for the client to reject
+                continue
+            # A quantity of 0 deletes the level: a collapse shrinks levels, it never deletes or invents them.
+            reduced = quantity * factor if quantity > 0 else quantity
+            if quantity > 0 and reduced <= 0:
+                reduced = Decimal("0.001")
+            scaled.append([price, format(reduced.normalize(), "f")])
+        return scaled
+
+    return dict(data, b=scale(data.get("b")), a=scale(data.get("a")))
 
 
 def corrupt_frame(data: dict[str, Any], mode: str) -> Frame:

@@ -1,0 +1,296 @@
+"""Helpers of the breaker and degradation e2e tests: the gateway and the simulator over HTTP, and
+operator orders that produce real losses against the simulator's prices.
+
+Everything here talks to a running `bulwark up` (libs/testing/system.py) exactly as an operator
+and a chaos script would: the gateway's REST API and the simulator's `/_sim/*` endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+import httpx
+
+from libs.testing.polling import eventually
+from libs.testing.system import RunningSystem
+
+TICK = Decimal("0.01")  # synthetic markets: every symbol trades in 0.01 ticks
+
+
+class Api:
+    """The gateway (admin token) and the venue simulator of one running system."""
+
+    def __init__(self, system: RunningSystem, gateway: httpx.AsyncClient, venue: httpx.AsyncClient) -> None:
+        self.system = system
+        self.gateway = gateway
+        self.venue = venue
+
+    # ------------------------------------------------------------------ gateway
+
+    async def order(
+        self,
+        symbol: str,
+        side: str,
+        quantity: Decimal | str,
+        *,
+        order_type: str = "MARKET",
+        price: Decimal | None = None,
+        reduce_only: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"symbol": symbol, "side": side, "type": order_type, "quantity": str(quantity)}
+        if price is not None:
+            body["price"] = str(price)
+        if reduce_only:
+            body["reduce_only"] = True
+        response = await self.gateway.post(
+            "/v1/orders", json=body, headers={"Idempotency-Key": f"e2e-risk-{uuid.uuid4()}"}
+        )
+        assert response.status_code in (200, 201, 202), response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def decided_order(self, symbol: str, side: str, quantity: Decimal | str, **kwargs: Any) -> dict[str, Any]:
+        """Submit an order; when the gateway could not wait for the outcome (202), wait until the
+        order is in the `orders` projection (risk decided it)."""
+        answer = await self.order(symbol, side, quantity, **kwargs)
+        if answer["status"] != "PENDING_SUBMISSION":
+            return answer
+        order_id = answer["order_id"]
+
+        async def projected() -> dict[str, Any] | None:
+            response = await self.gateway.get(f"/v1/orders/{order_id}")
+            return dict(response.json()) if response.status_code == 200 else None
+
+        found: dict[str, Any] = await eventually(projected, 30)
+        return found
+
+    async def status(self) -> dict[str, Any]:
+        response = await self.gateway.get("/v1/status")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def breakers(self) -> dict[str, Any]:
+        response = await self.gateway.get("/v1/breakers")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()["breakers"]
+        return result
+
+    async def breaker(self, breaker_id: str) -> dict[str, Any]:
+        return dict((await self.breakers()).get(breaker_id) or {})
+
+    async def wait_breaker(self, breaker_id: str, state: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            record = await self.breaker(breaker_id)
+            return record if record.get("state") == state else None
+
+        try:
+            found: dict[str, Any] = await eventually(reached, timeout_s)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{breaker_id} not {state} within {timeout_s}s: {await self.breaker(breaker_id)}"
+            ) from exc
+        return found
+
+    async def events(self, types: str, since_ns: int, limit: int = 200) -> list[dict[str, Any]]:
+        response = await self.gateway.get("/v1/events", params={"type": types, "since_ns": since_ns, "limit": limit})
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["events"]
+        return found
+
+    async def wait_event(self, types: str, since_ns: int, timeout_s: float = 20.0, **payload: Any) -> dict[str, Any]:
+        """The newest audited event of `types` since `since_ns` whose payload has every `payload` item."""
+
+        async def found() -> dict[str, Any] | None:
+            for event in await self.events(types, since_ns):
+                if all(event["payload"].get(key) == value for key, value in payload.items()):
+                    return event
+            return None
+
+        try:
+            event: dict[str, Any] = await eventually(found, timeout_s)
+        except AssertionError as exc:
+            raise AssertionError(f"no {types} event with {payload} since {since_ns}") from exc
+        return event
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        response = await self.gateway.get("/v1/alerts")
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["alerts"]
+        return found
+
+    async def control(self, path: str, reason: str | None = "e2e") -> httpx.Response:
+        return await self.gateway.post(path, json={} if reason is None else {"reason": reason})
+
+    # ------------------------------------------------------------------ venue
+
+    async def venue_state(self) -> dict[str, Any]:
+        response = await self.venue.get("/_sim/state")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def venue_position(self, symbol: str) -> Decimal:
+        state = await self.venue_state()
+        return sum(
+            (Decimal(p["quantity"]) for p in state["positions"] if p["symbol"] == symbol),
+            Decimal(0),
+        )
+
+    async def venue_orders(self, client_order_id: str) -> list[dict[str, Any]]:
+        state = await self.venue_state()
+        return [o for o in state["orders"] if o["client_order_id"] == client_order_id]
+
+    async def venue_fills_pnl(self, *client_order_ids: str) -> Decimal:
+        state = await self.venue_state()
+        wanted = set(client_order_ids)
+        return sum(
+            (Decimal(f["realized_pnl"]) for f in state["fills"] if f["client_order_id"] in wanted),
+            Decimal(0),
+        )
+
+    async def touch(self, symbol: str) -> tuple[Decimal, Decimal]:
+        book = (await self.venue_state())["books"][symbol]
+        return Decimal(book["best_bid"]), Decimal(book["best_ask"])
+
+    async def add_fault(self, spec: dict[str, Any]) -> str:
+        response = await self.venue.post("/_sim/faults", json=spec)
+        assert response.status_code == 200, response.text
+        fault_id: str = response.json()["id"]
+        return fault_id
+
+    async def clear_faults(self) -> None:
+        (await self.venue.delete("/_sim/faults")).raise_for_status()
+
+    async def venue_filled(self, client_order_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        async def filled() -> dict[str, Any] | None:
+            orders = await self.venue_orders(client_order_id)
+            return orders[0] if orders and orders[0]["status"] == "FILLED" else None
+
+        found: dict[str, Any] = await eventually(filled, timeout_s)
+        return found
+
+    async def wait_flat(self, symbol: str, timeout_s: float = 30.0) -> None:
+        async def flat() -> bool:
+            return await self.venue_position(symbol) == 0
+
+        await eventually(flat, timeout_s)
+
+
+@asynccontextmanager
+async def api_for(system: RunningSystem) -> AsyncIterator[Api]:
+    headers = {"Authorization": f"Bearer {system.admin_token}"}
+    async with (
+        httpx.AsyncClient(base_url=system.gateway, headers=headers, timeout=20.0) as gateway,
+        httpx.AsyncClient(base_url=system.venue, timeout=10.0) as venue,
+    ):
+        yield Api(system, gateway, venue)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+# --------------------------------------------------------------------------- clean state between tests
+
+
+async def flatten_at_venue(api: Api) -> None:
+    """Close every venue position with reduce-only MARKET orders through the gateway."""
+    for position in (await api.venue_state())["positions"]:
+        quantity = Decimal(position["quantity"])
+        if quantity == 0:
+            continue
+        side = "SELL" if quantity > 0 else "BUY"
+        await api.decided_order(position["symbol"], side, abs(quantity), reduce_only=True)
+        await api.wait_flat(position["symbol"])
+
+
+async def reset_if_tripped(api: Api, breaker_id: str) -> None:
+    record = await api.breaker(breaker_id)
+    if record.get("state") not in (None, "CLOSED"):
+        response = await api.control(f"/v1/breakers/{breaker_id}/reset", "e2e: start from a clean state")
+        assert response.status_code == 200, response.text
+
+
+async def resume(api: Api) -> None:
+    if (await api.status())["trading_state"] != "ACTIVE":
+        response = await api.control("/v1/trading/resume", "e2e: start from a clean state")
+        assert response.status_code == 200, response.text
+
+
+# --------------------------------------------------------------------------- real losses
+
+
+async def _side_against_recent_move(api: Api, symbol: str) -> str:
+    """The side that loses soonest: short after the mid rose over the last second, long after it fell."""
+    bid0, ask0 = await api.touch(symbol)
+    await asyncio.sleep(1.0)
+    bid1, ask1 = await api.touch(symbol)
+    return "SELL" if bid1 + ask1 > bid0 + ask0 else "BUY"
+
+
+async def losing_round_trip(
+    api: Api, symbol: str, quantity: Decimal, ticks: int, wait_s: float = 20.0, fill_wait_s: float = 45.0
+) -> Decimal:
+    """Open `quantity` at market, then close it with a resting reduce-only LIMIT `ticks` worse than the entry.
+
+    A resting LIMIT fills at its own price, so the loss is `quantity x (entry - exit)`, between
+    `ticks` and `ticks + 1` ticks per unit: real losses against the simulator's prices, of a size
+    the test chooses. When the market never moves far enough against the position within
+    `wait_s`, it is closed at market instead (the result may then be a small loss or a gain); when
+    it ran away and the exit does not fill within `fill_wait_s`, the exit is canceled and the rest
+    closed at market (a larger loss).
+
+    Returns:
+        The realized PnL of the round trip as the venue booked it.
+    """
+    side = await _side_against_recent_move(api, symbol)
+    opened = await api.decided_order(symbol, side, quantity)
+    assert opened["status"] not in ("DENIED", "REJECTED"), opened
+    entry_order = await api.venue_filled(opened["client_order_id"])
+    entry = Decimal(entry_order["avg_price"])
+    long = side == "BUY"
+    if long:
+        exit_price = (entry / TICK).to_integral_value(ROUND_FLOOR) * TICK - ticks * TICK
+    else:
+        exit_price = (entry / TICK).to_integral_value(ROUND_CEILING) * TICK + ticks * TICK
+
+    async def moved_past_exit() -> bool:
+        bid, ask = await api.touch(symbol)
+        return bid < exit_price if long else ask > exit_price
+
+    close_side = "SELL" if long else "BUY"
+    try:
+        await eventually(moved_past_exit, wait_s)
+    except AssertionError:
+        closed = await api.decided_order(symbol, close_side, quantity, reduce_only=True)
+        await api.venue_filled(closed["client_order_id"])
+        return await api.venue_fills_pnl(opened["client_order_id"], closed["client_order_id"])
+    closed = await api.decided_order(
+        symbol, close_side, quantity, order_type="LIMIT", price=exit_price, reduce_only=True
+    )
+    assert closed["status"] not in ("DENIED", "REJECTED"), closed
+    coids = [opened["client_order_id"], closed["client_order_id"]]
+    try:
+        await api.venue_filled(closed["client_order_id"], timeout_s=fill_wait_s)
+    except AssertionError:
+        # The market ran away and never came back to the exit: cancel, close what is left at market.
+        await api.gateway.delete(f"/v1/orders/{closed['client_order_id']}")
+
+        async def closed_at_venue() -> bool:
+            orders = await api.venue_orders(closed["client_order_id"])
+            return bool(orders) and orders[0]["status"] in ("FILLED", "CANCELED", "EXPIRED")
+
+        await eventually(closed_at_venue, 30)
+        left = await api.venue_position(symbol)
+        if left != 0:
+            rest = await api.decided_order(symbol, close_side, abs(left), reduce_only=True)
+            await api.venue_filled(rest["client_order_id"])
+            coids.append(rest["client_order_id"])
+    return await api.venue_fills_pnl(*coids)
