@@ -67,7 +67,73 @@ def kill_each_service(gateway: str, data_dir: Path, log: Log) -> dict[str, Any]:
     return {"experiment": "kill-each-service", "results": results, "passed": all(r["passed"] for r in results.values())}
 
 
+def _load_under_kills(
+    data_dir: Path, gateway: str, log: Log, targets: list[str], steps: int, seed: int
+) -> dict[str, Any]:
+    """Operator orders (libs.testing.load) while `targets` are killed at seeded random steps; then
+    the venue, `/v1/orders`, `/v1/positions` and the books must agree."""
+    import asyncio
+    import uuid
+
+    from libs.cli.main import running_endpoints
+    from libs.runtime.launcher import supervisor_rpc
+    from libs.testing import load
+
+    creds = load_credentials(data_dir)
+    token = os.environ.get("BULWARK_ADMIN_TOKEN") or creds.admin_token
+    venue = running_endpoints(data_dir).get("venue", "http://127.0.0.1:8100")
+
+    async def infra_pid(name: str) -> int | None:
+        def lookup() -> int | None:
+            proxy = supervisor_rpc(data_dir)
+            try:
+                info = proxy.supervisor.getProcessInfo(f"infra:{name}")
+            finally:
+                proxy("close")()
+            return int(info["pid"]) if info.get("statename") == "RUNNING" else None
+
+        return await asyncio.to_thread(lookup)
+
+    async def run() -> dict[str, Any]:
+        prices = await load.reference_prices(venue)
+        script = load.build_script(steps, seed, prices, key_prefix=f"chaos-{uuid.uuid4().hex[:8]}")
+        plan = load.random_kill_plan(seed, len(script.steps), targets)
+        checked = await load.run_checked(gateway, token, venue, script, plan, infra_pid=infra_pid, log=log)
+        summary = checked.summary()
+        summary["passed"] = not (checked.problems or checked.book_problems or checked.server_errors) and len(
+            checked.report.kills
+        ) == len(targets)
+        return summary
+
+    return asyncio.run(run())
+
+
+def order_flow_kill(gateway: str, data_dir: Path, log: Log) -> dict[str, Any]:
+    """`kill -9` every service at seeded random points while operator orders flow (issue 4)."""
+    token = os.environ.get("BULWARK_ADMIN_TOKEN") or load_credentials(data_dir).admin_token
+    targets = sorted(_status(gateway, token)["components"])
+    seed = int(os.environ.get("BULWARK_CHAOS_SEED", "4"))
+    return {"experiment": "order-flow-kill", **_load_under_kills(data_dir, gateway, log, targets, 60, seed)}
+
+
+def infra_restart(gateway: str, data_dir: Path, log: Log) -> dict[str, Any]:
+    """`kill -9` NATS, Postgres and Valkey (supervisord restarts them) while operator orders flow."""
+    seed = int(os.environ.get("BULWARK_CHAOS_SEED", "11"))
+    targets = ["nats", "postgres", "valkey"]
+    return {"experiment": "infra-restart", **_load_under_kills(data_dir, gateway, log, targets, 40, seed)}
+
+
 REGISTRY: dict[str, Experiment] = {
+    "order-flow-kill": Experiment(
+        "order-flow-kill",
+        "operator orders while every service is killed -9 at random points; venue, orders, positions, books agree",
+        order_flow_kill,
+    ),
+    "infra-restart": Experiment(
+        "infra-restart",
+        "operator orders while NATS, Postgres and Valkey are killed -9 and restarted; nothing lost or duplicated",
+        infra_restart,
+    ),
     "kill-each-service": Experiment(
         "kill-each-service",
         "kill -9 every service once; each must be restarted and heartbeat READY within 60 s",
