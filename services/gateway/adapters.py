@@ -29,6 +29,8 @@ PG_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection broken mid-operation when Postgres dies ("cannot switch to state ...").
+    asyncpg.exceptions.InternalClientError,
     asyncio.TimeoutError,
 )
 PG_CALL_TIMEOUT_S = DB_TIMEOUT_S + 1.0
@@ -37,8 +39,13 @@ POSTGRES_DOWN_MESSAGE = (
     "postgres unavailable: this read needs the projections/audit store; trading continues on the event log "
     "and the projections catch up when it is back (FM-C3)"
 )
-IN_PROGRESS_STALE_NS = 60_000_000_000
-"""An in-progress record older than this is left over from a crashed gateway and is taken over."""
+IN_PROGRESS_STALE_NS = 15_000_000_000
+"""An in-progress record older than this is left over from a crashed gateway and is taken over.
+
+A live gateway settles a request within its outcome timeout (5 s) plus a Postgres call, so this
+is well past any live request; a client retrying after a gateway crash waits at most this long
+(FM-C8). Taking over is safe even if the first request is still alive: the client order id
+derives from the key, so the bus and the position service de-duplicate the second submit."""
 
 
 async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:

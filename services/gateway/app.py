@@ -50,6 +50,7 @@ from proto.enums import (
     DegradationLevel,
     OrderSource,
     OrderStatus,
+    TradingState,
 )
 from proto.messages import (
     AlertRaised,
@@ -1280,17 +1281,19 @@ async def _publish(gateway: Gateway, subject: str, message: Any, *, msg_id: str 
 
 
 async def _trading_state_from_risk(gateway: Gateway) -> str:
+    """Risk's trading state when the KV record cannot be read; HALTED when risk cannot be asked
+    either: with the bus or risk gone nothing is approved, so that is what trading is (FM-C6)."""
     try:
         reply = await gateway.request_json(
             subjects.service_query(subjects.RISK, "state"), {}, gateway.config.symbols_timeout_s, subjects.RISK
         )
     except ApiError:
-        return "UNKNOWN"
+        return TradingState.HALTED.value
     if isinstance(reply, dict):
         value = reply.get("trading_state") or reply.get("state")
         if isinstance(value, str):
             return value
-    return "UNKNOWN"
+    return TradingState.HALTED.value
 
 
 def _symbol_status(value: Any) -> dict[str, Any]:

@@ -316,12 +316,12 @@ async def test_status_when_components_beat_then_components_kv_and_symbols_shown(
     assert body["breakers"] == {}
 
 
-async def test_status_when_nothing_answers_then_fallbacks(gw: Harness) -> None:
+async def test_status_when_nothing_answers_then_fallbacks_and_trading_halted(gw: Harness) -> None:
     await gw.peer.kv_put(subjects.key_hot_state("BTCUSDT"), json.dumps({"status": "STALE"}).encode())
 
     body = (await gw.client.get("/v1/status", headers=VIEW)).json()
 
-    assert body["trading_state"] == "UNKNOWN"
+    assert body["trading_state"] == "HALTED"  # no risk, no trading state: nothing would be approved
     assert body["health"] == "UNKNOWN"
     assert body["symbols"]["BTCUSDT"] == {"hot_state": "STALE", "age_ms": None, "last_update_id": None}
 
