@@ -278,6 +278,20 @@ class Bus:
         message = decode(raw.data or b"")
         return message if isinstance(message, kind) else None
 
+    async def kv_keys(self, prefix: str = "", bucket: str = subjects.KV_STATE) -> list[str]:
+        """Keys of a bucket starting with `prefix` (deleted keys may be included: read them to know).
+
+        Read from the bucket stream's subject list, not with `KeyValue.keys()`: that creates an
+        ordered consumer per call which lingers on the server, and frequent callers (the status
+        endpoint) ran into the server's consumer limit.
+        """
+        await self.kv(bucket)
+        stream = f"KV_{bucket}"
+        base = f"$KV.{bucket}."
+        info = await self.js.stream_info(stream, subjects_filter=f"{base}{prefix}>" if prefix else f"{base}>")
+        found = info.state.subjects or {}
+        return sorted(subject[len(base) :] for subject in found if subject.startswith(base + prefix))
+
     async def kv_get(self, key: str, bucket: str = subjects.KV_STATE) -> tuple[bytes, int] | None:
         """(value, revision) of a key, or None when it was never set or deleted."""
         kv = await self.kv(bucket)

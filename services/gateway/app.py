@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NoKeysError, NoStreamResponseError
+from nats.js.errors import NoStreamResponseError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from redis.exceptions import RedisError
@@ -211,17 +211,15 @@ class Gateway:
         if not self.ctx.bus.connected:
             return {}
         try:
-            kv = await self.ctx.bus.kv()
-            keys = await asyncio.wait_for(kv.keys(), self.config.request_timeout_s)
-        except NoKeysError:
-            return {}
+            keys = await asyncio.wait_for(self.ctx.bus.kv_keys(prefix), self.config.request_timeout_s)
         except BUS_ERRORS as exc:
             self.ctx.log.warning("kv_keys_failed", prefix=prefix, error=str(exc)[:200])
             return {}
         values: dict[str, Any] = {}
         for key in keys:
-            if key.startswith(prefix):
-                values[key[len(prefix) :]] = await self.kv_json(key)
+            value = await self.kv_json(key)
+            if value is not None:  # deleted since
+                values[key[len(prefix) :]] = value
         return values
 
 

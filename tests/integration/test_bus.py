@@ -151,6 +151,21 @@ async def test_kv_when_put_then_survives_reconnect(nats_url: str) -> None:
         await other.close()
 
 
+async def test_kv_keys_when_polled_often_then_prefix_filtered_and_no_consumer_left(nats_url: str) -> None:
+    bus = await _bus(nats_url, "keys")
+    try:
+        await bus.kv_put("breaker.CB-1", b"{}")
+        await bus.kv_put("breaker.CB-2", b"{}")
+        await bus.kv_put("link.binance-usdm.ws", b"{}")
+        for _ in range(50):  # the status endpoint's rate of reads
+            assert await bus.kv_keys("breaker.") == ["breaker.CB-1", "breaker.CB-2"]
+        assert "link.binance-usdm.ws" in await bus.kv_keys()
+        info = await bus.js.stream_info(f"KV_{subjects.KV_STATE}")
+        assert info.state.consumer_count == 0
+    finally:
+        await bus.close()
+
+
 async def test_publish_core_when_subscribed_then_message_decodes(nats_url: str) -> None:
     bus = await _bus(nats_url, "t")
     got: asyncio.Queue[Message] = asyncio.Queue()
