@@ -244,6 +244,10 @@ def key_breaker(breaker: str) -> str:
     return f"breaker.{breaker}"
 
 
+MARKET_WS_LINK = "market-ws"
+"""market-data's WebSocket link name (`LinkStateChanged.link`, KV `link.<venue>.market-ws`)."""
+
+
 def key_link(venue: str, link: str) -> str:
     return f"link.{venue}.{link}"
 

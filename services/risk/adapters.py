@@ -11,7 +11,7 @@ import msgspec
 from libs.bus import Bus
 from proto import subjects
 from proto.codec import decode_as
-from proto.enums import DegradationLevel, HotStateStatus
+from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 
 from .breakers import BreakerRecord, dump_breaker_record, load_breaker_record
@@ -41,6 +41,18 @@ async def read_hot_state(bus: Bus, symbol: str) -> HotStateStatus | None:
     """Hot state of one symbol from KV `hotstate.<SYM>` (None when never set)."""
     entry = await bus.kv_get(subjects.key_hot_state(symbol))
     return parse_hot_state(entry[0]) if entry else None
+
+
+async def read_link_state(bus: Bus, venue: str, link: str) -> ConnectionState | None:
+    """A venue link's state from KV `link.<venue>.<link>` (None when never set or unreadable)."""
+    entry = await bus.kv_get(subjects.key_link(venue, link))
+    if entry is None:
+        return None
+    try:
+        value = msgspec.json.decode(entry[0])
+        return ConnectionState(value["state"])
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChanged | None:

@@ -24,6 +24,7 @@ from proto.codec import decode
 from proto.enums import (
     TERMINAL_ORDER_STATUSES,
     AlertSeverity,
+    ConnectionState,
     DegradationLevel,
     HotStateStatus,
     OrderSource,
@@ -43,6 +44,7 @@ from proto.messages import (
     EnableStrategy,
     Heartbeat,
     HotStateStatusChanged,
+    LinkStateChanged,
     MarkPrice,
     OrderAccepted,
     OrderApproved,
@@ -167,6 +169,8 @@ class RiskService:
         self.monotonic = monotonic
         self.trading = state
         self.hot_state: dict[str, HotStateStatus | None] = {}
+        self.market_link: ConnectionState | None = None
+        """The venue's market-data stream state (None: never heard of; no market-data to wait for)."""
         self.positions: dict[str, Decimal] = {}
         self._position_ts: dict[str, int] = {}
         self.mark_prices: dict[str, Decimal] = {}
@@ -237,8 +241,21 @@ class RiskService:
                 await self.on_strategy_enabled(message)
             case Heartbeat() if message.component == subjects.STATE_BUILDER:
                 self.heard_state_builder()
+            case LinkStateChanged() if message.venue == self.venue and message.link == subjects.MARKET_WS_LINK:
+                self.on_market_link(message.current, message.reason)
             case _:
                 pass
+
+    def on_market_link(self, state: ConnectionState | None, reason: str) -> None:
+        """The venue's market-data stream: entries wait while it is not CONNECTED (FM-N1).
+
+        After a reconnect the stream is SUSPECT for the clean window; the books may already be
+        VALID again (a snapshot and 3 fresh updates), but SPEC resumes trading only after the window.
+        """
+        previous = self.market_link
+        self.market_link = state
+        if state != previous:
+            self.log.info("market_link_changed", previous=previous, current=state, reason=reason)
 
     # ------------------------------------------------------------------ lost dependencies (FM-C1, FM-C6)
 
@@ -276,6 +293,17 @@ class RiskService:
         if self.bus_lost is not None:
             return self.bus_lost
         return self.state_builder.down_reason(self.monotonic())
+
+    def market_link_gate(self, symbol: str) -> str | None:
+        """Why an entry in `symbol` waits for the market-data stream (None: it does not).
+
+        Only said of a VALID symbol: one that is not VALID is denied for that, more precise, reason.
+        """
+        if self.hot_state.get(symbol) != HotStateStatus.VALID:
+            return None
+        if self.market_link in (ConnectionState.SUSPECT, ConnectionState.DISCONNECTED):
+            return f"market data stream {self.market_link.value}: clean window after a reconnect (FM-N1)"
+        return None
 
     def on_bus_connection(self, connected: bool) -> None:
         """`Bus` connection listener: lost → new entries HALTED; back → re-validate, then lift."""
@@ -398,6 +426,9 @@ class RiskService:
         consumer delivers the rest with their effects (CB-1/CB-3 counting): jumping to the newest
         position here would make those older events look stale and skip their counting.
         """
+        if self.market_link is None:
+            link = await adapters.read_link_state(self.bus, self.venue, subjects.MARKET_WS_LINK)
+            self.on_market_link(link, "from KV")
         for symbol in sorted(self.limits.symbols):
             if symbol not in self.hot_state:
                 self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
@@ -721,7 +752,7 @@ class RiskService:
                 await self.probe_state_builder()  # an entry needs a live state-builder's word (FM-C1)
             pending_buy, pending_sell = self.pending.totals(order.symbol)
             trading_state, paused, disabled = self._breaker_gates(order)
-            entries_halted = self.entries_halted()
+            entries_halted = self.entries_halted() or self.market_link_gate(order.symbol)
             now = self.clock()
             decision = check_order(
                 order,

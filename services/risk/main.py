@@ -31,6 +31,7 @@ FOLLOWED_SUBJECTS = (
     subjects.EVT_DEGRADATION,
     "cmd.strategy.*.enable",
     subjects.heartbeat(subjects.STATE_BUILDER),
+    "evt.link.>",
 )
 
 
