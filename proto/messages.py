@@ -140,6 +140,8 @@ class HotStateStatusChanged(Message, frozen=True, tag=True):
     current: HotStateStatus
     reason: str
     last_update_id: int | None = None
+    stale_since_ns: int | None = None
+    """FM-D1: last update while VALID, once the symbol left VALID (None while VALID / never VALID)."""
 
 
 class SymbolHotState(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +156,11 @@ class SymbolHotState(msgspec.Struct, frozen=True, kw_only=True):
     open_interest: Decimal | None = None
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
+    stale_since_ns: int | None = None
+    """FM-D1: last update while VALID, once the symbol left VALID; unlike `age_ms` a resync's REST
+    snapshot does not reset it (None while VALID, or before the symbol was ever VALID)."""
+    stale_ms: int | None = None
+    """Milliseconds since `stale_since_ns`, by the state-builder's clock."""
 
 
 class HotStateRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +170,8 @@ class HotStateRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     last_update_id: int | None = None
     ts_ns: int = 0
+    stale_since_ns: int | None = None
+    """FM-D1: last update while VALID, once the symbol left VALID (None while VALID / never VALID)."""
 
 
 class SymbolsReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -235,6 +235,23 @@ class _SymbolBook:
     trade: _OpenTrade | None = None
 
 
+class OpenTradeState(msgspec.Struct, frozen=True, kw_only=True):
+    """A trade still open, as a snapshot holds it: its strategy and the PnL it realized so far."""
+
+    strategy: str | None
+    opened_ns: int
+    pnl: Decimal
+
+
+class TradeBookState(msgspec.Struct, frozen=True, kw_only=True):
+    """One symbol of `TradeTracker.to_state`."""
+
+    symbol: str
+    quantity: Decimal
+    realized: Decimal
+    trade: OpenTradeState | None = None
+
+
 class TradeTracker:
     """Turns the position service's `PositionChanged` stream (cumulative realized PnL) into trades."""
 
@@ -276,6 +293,34 @@ class TradeTracker:
         closed = ClosedTrade(symbol, trade.strategy, trade.pnl, trade.opened_ns, ts_ns)
         book.trade = _OpenTrade(strategy, ts_ns) if flipped else None
         return TradeUpdate(symbol, delta, trade.pnl, closed)
+
+    def to_state(self) -> list[TradeBookState]:
+        """Every symbol's position, realized PnL and open trade, for a snapshot (SPEC §8)."""
+        return [
+            TradeBookState(
+                symbol=symbol,
+                quantity=book.quantity,
+                realized=book.realized,
+                trade=None
+                if book.trade is None
+                else OpenTradeState(strategy=book.trade.strategy, opened_ns=book.trade.opened_ns, pnl=book.trade.pnl),
+            )
+            for symbol, book in self._books.items()
+        ]
+
+    @classmethod
+    def from_state(cls, items: Iterable[TradeBookState]) -> TradeTracker:
+        """The tracker a snapshot holds; like `seed`, a flat symbol has no open trade."""
+        tracker = cls()
+        for item in items:
+            trade = item.trade
+            open_trade = (
+                _OpenTrade(trade.strategy, trade.opened_ns, trade.pnl)
+                if trade is not None and item.quantity != 0
+                else None
+            )
+            tracker._books[item.symbol] = _SymbolBook(item.quantity, item.realized, open_trade)
+        return tracker
 
 
 # --------------------------------------------------------------------------- CB-1

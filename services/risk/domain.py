@@ -7,6 +7,7 @@ hot state, positions, a reference price) and get a decision back.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -299,6 +300,17 @@ class _Pending:
     reduce_only: bool = False
 
 
+class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
+    """One pending order as a snapshot holds it (`PendingExposure.to_state`)."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    filled: Decimal = Decimal(0)
+    reduce_only: bool = False
+
+
 class PendingExposure:
     """Approved orders not yet filled, rejected or canceled, by client order id."""
 
@@ -343,6 +355,33 @@ class PendingExposure:
     def __len__(self) -> int:
         return len(self._orders)
 
+    def to_state(self) -> list[PendingOrderState]:
+        """Every pending order, for a snapshot (SPEC §8)."""
+        return [
+            PendingOrderState(
+                client_order_id=coid,
+                symbol=item.symbol,
+                side=item.side,
+                quantity=item.quantity,
+                filled=item.filled,
+                reduce_only=item.reduce_only,
+            )
+            for coid, item in self._orders.items()
+        ]
+
+    @classmethod
+    def from_state(cls, items: Iterable[PendingOrderState]) -> PendingExposure:
+        """The exposure a snapshot holds; by the same rules as `add` then `on_fill` (the first
+        entry of a client order id wins, a completely filled order is not pending)."""
+        pending = cls()
+        for item in items:
+            if item.client_order_id in pending._orders or (item.filled and item.filled >= item.quantity):
+                continue
+            pending._orders[item.client_order_id] = _Pending(
+                item.symbol, item.side, item.quantity, filled=item.filled, reduce_only=item.reduce_only
+            )
+        return pending
+
 
 class OrderRateWindow:
     """Exposure-adding orders approved per strategy in the last `window_ns`."""
@@ -361,6 +400,19 @@ class OrderRateWindow:
 
     def record(self, strategy: str, now_ns: int) -> None:
         self._times.setdefault(strategy, deque()).append(now_ns)
+
+    def to_state(self, now_ns: int) -> dict[str, list[int]]:
+        """Approval times still inside the window at `now_ns`, by strategy (none: left out)."""
+        return {strategy: list(times) for strategy, times in self._times.items() if self.count(strategy, now_ns)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Iterable[int]], window_ns: int = 60_000_000_000) -> OrderRateWindow:
+        """The window a snapshot holds (`to_state`)."""
+        rates = cls(window_ns)
+        for strategy, times in state.items():
+            for ts in times:
+                rates.record(strategy, ts)
+        return rates
 
 
 # --------------------------------------------------------------------------- flattening

@@ -12,17 +12,15 @@ What it holds and why (see docs/recovery.md):
   fallback when KV has none; KV stays the fail-closed authority for both (written synchronously at
   every change, before anything else happens).
 
-The classes are other modules' (`domain.PendingExposure`, `breakers.TradeTracker`); this module reads
-and rebuilds them without changing them. Their internal maps are read here because they offer no
-export; see the report/docs for the suggested `to_state`/`from_state` pair on them.
+The classes (`domain.PendingExposure`, `domain.OrderRateWindow`, `breakers.TradeTracker`) export
+and rebuild their own state (`to_state` / `from_state`, msgspec structs defined next to them); this
+module composes those into one snapshot.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import msgspec
 
@@ -30,36 +28,15 @@ from libs.bus import Bus, Delivery
 from libs.logging import Logger
 from libs.service_snapshots import Loaded, SnapshotKeeper, consumer_processed_through
 from proto import subjects
-from proto.enums import OrderSource, OrderType, Side
 from proto.envelope import Message
-from proto.messages import SubmitOrder
 
-from .breakers import BreakerRecord, TradeTracker
-from .domain import OrderRateWindow, PendingExposure, TradingStateRecord
+from .breakers import BreakerRecord, OpenTradeState, TradeBookState, TradeTracker
+from .domain import OrderRateWindow, PendingExposure, PendingOrderState, TradingStateRecord
+
+# The snapshot's parts are defined next to the classes they describe; re-exported from here.
+__all__ = ["OpenTradeState", "PendingOrderState", "RiskSnapshot", "TradeBookState"]
 
 SNAPSHOT_COMPONENT = "risk"
-
-
-class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
-    client_order_id: str
-    symbol: str
-    side: Side
-    quantity: Decimal
-    filled: Decimal = Decimal(0)
-    reduce_only: bool = False
-
-
-class OpenTradeState(msgspec.Struct, frozen=True, kw_only=True):
-    strategy: str | None
-    opened_ns: int
-    pnl: Decimal
-
-
-class TradeBookState(msgspec.Struct, frozen=True, kw_only=True):
-    symbol: str
-    quantity: Decimal
-    realized: Decimal
-    trade: OpenTradeState | None = None
 
 
 class RiskSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,97 +70,31 @@ def decode_snapshot(data: bytes) -> RiskSnapshot:
     return _decoder.decode(data)
 
 
-# --------------------------------------------------------------------------- pending exposure
+# --------------------------------------------------------------------------- the classes' own state
 
 
 def pending_state(pending: PendingExposure) -> list[PendingOrderState]:
-    orders: dict[str, Any] = pending._orders  # private: no export on the class (module doc)
-    return [
-        PendingOrderState(
-            client_order_id=coid,
-            symbol=item.symbol,
-            side=item.side,
-            quantity=item.quantity,
-            filled=item.filled,
-            reduce_only=item.reduce_only,
-        )
-        for coid, item in orders.items()
-    ]
+    return pending.to_state()
 
 
 def restore_pending(items: list[PendingOrderState]) -> PendingExposure:
-    """Rebuilt through the class's own `add` / `on_fill`."""
-    pending = PendingExposure()
-    for item in items:
-        pending.add(
-            SubmitOrder(
-                client_order_id=item.client_order_id,
-                idempotency_key=item.client_order_id,
-                source=OrderSource.RISK,
-                symbol=item.symbol,
-                side=item.side,
-                order_type=OrderType.MARKET,
-                quantity=item.quantity,
-                reduce_only=item.reduce_only,
-            )
-        )
-        if item.filled:
-            pending.on_fill(item.client_order_id, item.filled)
-    return pending
-
-
-# --------------------------------------------------------------------------- trades
+    return PendingExposure.from_state(items)
 
 
 def trades_state(tracker: TradeTracker) -> list[TradeBookState]:
-    books: dict[str, Any] = tracker._books  # private: no export on the class (module doc)
-    result = []
-    for symbol, book in books.items():
-        trade = book.trade
-        result.append(
-            TradeBookState(
-                symbol=symbol,
-                quantity=book.quantity,
-                realized=book.realized,
-                trade=None
-                if trade is None
-                else OpenTradeState(strategy=trade.strategy, opened_ns=trade.opened_ns, pnl=trade.pnl),
-            )
-        )
-    return result
+    return tracker.to_state()
 
 
 def restore_trades(items: list[TradeBookState]) -> TradeTracker:
-    """Seeded through `seed`; an open trade then gets back its strategy and PnL so far."""
-    tracker = TradeTracker()
-    books: dict[str, Any] = tracker._books
-    for item in items:
-        tracker.seed(item.symbol, item.quantity, item.realized, item.trade.opened_ns if item.trade else 0)
-        book = books[item.symbol]
-        if item.trade is None:
-            book.trade = None
-        elif book.trade is not None:
-            book.trade.strategy = item.trade.strategy
-            book.trade.pnl = item.trade.pnl
-    return tracker
-
-
-# --------------------------------------------------------------------------- rate window
+    return TradeTracker.from_state(items)
 
 
 def rates_state(rates: OrderRateWindow, now_ns: int) -> dict[str, list[int]]:
-    times: dict[str, deque[int]] = rates._times  # private: no export on the class (module doc)
-    return {
-        strategy: list(values) for strategy in times if (values := times[strategy]) and rates.count(strategy, now_ns)
-    }
+    return rates.to_state(now_ns)
 
 
 def restore_rates(state: dict[str, list[int]]) -> OrderRateWindow:
-    rates = OrderRateWindow()
-    for strategy, values in state.items():
-        for ts in values:
-            rates.record(strategy, ts)
-    return rates
+    return OrderRateWindow.from_state(state)
 
 
 # --------------------------------------------------------------------------- the ORDERS log

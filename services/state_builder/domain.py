@@ -149,6 +149,7 @@ class HotStateTransition:
     reason: str
     last_update_id: int | None
     ts_ns: int
+    stale_since_ns: int | None = None
 
 
 class HotState:
@@ -160,6 +161,11 @@ class HotState:
       the venue link went down.
     - STALE → VALID after 3 consecutive fresh updates: each within 1000 ms of the previous one
       (the first update after a silence starts a new run).
+
+    `stale_since_ns` says since when the symbol has had no trustworthy data: set when it leaves
+    VALID (to its last update while VALID), cleared when it is VALID again. Unlike `age_ms` it
+    is not reset by a resync's REST snapshot, so "stale > 10 s" (FM-D1 → EMERGENCY_MODE) holds
+    through reconnects that never bring the stream back. None before the symbol was ever VALID.
 
     Every method returns the transition it caused, or None.
     """
@@ -175,6 +181,8 @@ class HotState:
         self._fresh = 0
         self.blocked_by: tuple[str, ...] = ()
         """Validation checks that held the last update back from VALID (empty: none)."""
+        self.stale_since_ns: int | None = None
+        """Last update while VALID, once the symbol left VALID; None while VALID (see the class doc)."""
 
     def age_ms(self) -> int | None:
         """Milliseconds since the last book update, None before the first."""
@@ -182,11 +190,24 @@ class HotState:
             return None
         return max(0, self._clock() - self.last_update_ns) // 1_000_000
 
+    def stale_ms(self) -> int | None:
+        """Milliseconds without trustworthy data (see `stale_since_ns`), None while VALID or never VALID."""
+        if self.stale_since_ns is None:
+            return None
+        return max(0, self._clock() - self.stale_since_ns) // 1_000_000
+
     def _to(self, status: HotStateStatus, reason: str) -> HotStateTransition | None:
         if status == self.status:
             return None
+        now = self._clock()
         previous, self.status, self.reason = self.status, status, reason
-        return HotStateTransition(self.symbol, previous, status, reason, self.last_update_id, self._clock())
+        if status == HotStateStatus.VALID:
+            self.stale_since_ns = None
+        elif previous == HotStateStatus.VALID:
+            # The data stopped being trustworthy at the last update it had while VALID.
+            last = self.last_update_ns
+            self.stale_since_ns = min(last, now) if last is not None else now
+        return HotStateTransition(self.symbol, previous, status, reason, self.last_update_id, now, self.stale_since_ns)
 
     def on_invalid(self, reason: str) -> HotStateTransition | None:
         """A gap or resync: the book cannot be trusted until rebuilt."""

@@ -180,6 +180,7 @@ class StateBuilder:
                 current=transition.current,
                 reason=transition.reason,
                 last_update_id=transition.last_update_id,
+                stale_since_ns=transition.stale_since_ns,
                 ts_event_ns=transition.ts_ns,
             )
             value = encode(
@@ -188,6 +189,7 @@ class StateBuilder:
                     reason=transition.reason,
                     last_update_id=transition.last_update_id,
                     ts_ns=transition.ts_ns,
+                    stale_since_ns=transition.stale_since_ns,
                 )
             )
             try:
@@ -539,6 +541,8 @@ class StateBuilder:
             open_interest=state.open_interest,
             best_bid=state.book.best_bid(),
             best_ask=state.book.best_ask(),
+            stale_since_ns=state.hot.stale_since_ns,
+            stale_ms=state.hot.stale_ms(),
         )
 
     async def handle_symbols_request(self, payload: bytes) -> bytes:

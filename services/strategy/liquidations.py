@@ -20,6 +20,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import Side
 
@@ -155,6 +157,21 @@ class _SymbolTape:
     open_interest: deque[tuple[int, Decimal]] = field(default_factory=deque)
 
 
+class TapeState(msgspec.Struct, frozen=True, kw_only=True):
+    """One symbol's recent liquidations, prices and open interest, as a snapshot holds them."""
+
+    liquidations: list[tuple[int, Side, Decimal, Decimal]] = []
+    prices: list[tuple[int, Decimal]] = []
+    open_interest: list[tuple[int, Decimal]] = []
+
+
+class TrackerState(msgspec.Struct, frozen=True, kw_only=True):
+    """`LiquidationTracker.to_state`: the live events and the tapes they are detected from."""
+
+    events: dict[str, LiquidationEvent] = {}
+    tapes: dict[str, TapeState] = {}
+
+
 class LiquidationTracker:
     """Detects cascades per symbol and ages them through their lifecycle."""
 
@@ -248,6 +265,28 @@ class LiquidationTracker:
         for symbol in list(self._tapes):
             if wanted is None or symbol in wanted:
                 del self._tapes[symbol]
+
+    def to_state(self) -> TrackerState:
+        """Live events and tapes, for a snapshot (SPEC §8); pending phase changes are not included."""
+        return TrackerState(
+            events=dict(self.events),
+            tapes={
+                symbol: TapeState(
+                    liquidations=list(tape.liquidations),
+                    prices=list(tape.prices),
+                    open_interest=list(tape.open_interest),
+                )
+                for symbol, tape in self._tapes.items()
+            },
+        )
+
+    def load_state(self, state: TrackerState) -> None:
+        """Take over a snapshot's events and tapes (`to_state`); the detection settings stay this tracker's."""
+        self.events = dict(state.events)
+        self._tapes = {
+            symbol: _SymbolTape(deque(tape.liquidations), deque(tape.prices), deque(tape.open_interest))
+            for symbol, tape in state.tapes.items()
+        }
 
     def active(self) -> list[LiquidationEvent]:
         """Live (ACTIVE or DECAYING) events, by symbol."""

@@ -7,8 +7,10 @@ as of one MARKET_DATA sequence.
   the tape they were detected from and the cascades already traded; for `trend` the moving
   averages; for `imbalance` the taker-flow windows.
 
-The kinds (`strategies.py`, `liquidations.py`) have no export of their own: this module reads and
-rebuilds their fields (some private) in one place, so a new field of a kind is added here too.
+The cascade tracker exports and rebuilds its own state (`LiquidationTracker.to_state` /
+`load_state`); the kinds in `strategies.py` have no export of their own yet, so this module reads
+and rebuilds their public fields here (a new field of a kind is added here too). `_Averages` is
+still imported by its private name: `strategies.py` would need a public state type for it.
 KV (`strategy.<name>`, `strategy.<name>.crashes`) stays the authority of the state machine.
 """
 
@@ -24,11 +26,11 @@ from libs.bus import Bus, Delivery
 from libs.logging import Logger
 from libs.service_snapshots import Loaded, SnapshotKeeper
 from proto import subjects
-from proto.enums import Side, StrategyState
+from proto.enums import StrategyState
 from proto.envelope import Message
 
 from .domain import Entry, Strategy
-from .liquidations import LiquidationEvent, _SymbolTape
+from .liquidations import LiquidationEvent, TapeState, TrackerState
 from .strategies import CascadeFadeStrategy, ImbalanceStrategy, TradeWindow, TrendStrategy, _Averages
 
 MARKET_SUBJECTS = ("md.trade.>", "md.liquidation.>", "md.oi.>", "md.resync.>")
@@ -42,12 +44,6 @@ def snapshot_component(name: str) -> str:
 
 def market_consumer(name: str) -> str:
     return f"strategy-{name}-md"
-
-
-class TapeState(msgspec.Struct, frozen=True, kw_only=True):
-    liquidations: list[tuple[int, Side, Decimal, Decimal]] = []
-    prices: list[tuple[int, Decimal]] = []
-    open_interest: list[tuple[int, Decimal]] = []
 
 
 class CascadeState(msgspec.Struct, frozen=True, tag="cascade_fade"):
@@ -112,16 +108,8 @@ def market_state(strategy: Strategy) -> KindState | None:
     """The kind's market memory (None for a kind without one)."""
     match strategy:
         case CascadeFadeStrategy():
-            tracker = strategy.tracker
-            tapes = {
-                symbol: TapeState(
-                    liquidations=list(tape.liquidations),
-                    prices=list(tape.prices),
-                    open_interest=list(tape.open_interest),
-                )
-                for symbol, tape in tracker._tapes.items()  # private: no export on the tracker (module doc)
-            }
-            return CascadeState(events=dict(tracker.events), tapes=tapes, traded_events=list(strategy.traded_events))
+            tracked = strategy.tracker.to_state()
+            return CascadeState(events=tracked.events, tapes=tracked.tapes, traded_events=list(strategy.traded_events))
         case TrendStrategy():
             return TrendState(averages=dict(strategy.averages))
         case ImbalanceStrategy():
@@ -143,12 +131,7 @@ def restore_market(strategy: Strategy, state: KindState | None) -> None:
     """Put a kind's market memory back (a state of another kind is ignored)."""
     match strategy, state:
         case CascadeFadeStrategy(), CascadeState():
-            tracker = strategy.tracker
-            tracker.events = dict(state.events)
-            tracker._tapes = {
-                symbol: _SymbolTape(deque(tape.liquidations), deque(tape.prices), deque(tape.open_interest))
-                for symbol, tape in state.tapes.items()
-            }
+            strategy.tracker.load_state(TrackerState(events=state.events, tapes=state.tapes))
             strategy.traded_events = deque(state.traded_events, maxlen=strategy.traded_events.maxlen)
         case TrendStrategy(), TrendState():
             strategy.averages = dict(state.averages)

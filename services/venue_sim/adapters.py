@@ -288,6 +288,16 @@ class SyntheticSource:
         self.regime_probability = regime_probability
         self._specs = {s: spec_for(s, "0.01", "0.001") for s in self.symbols}
         self._starts = {s: self._initial_book(s) for s in self.symbols}
+        self._pending_moves: dict[str, int] = {}
+
+    def move(self, symbol: str, ticks: int) -> None:
+        """Move the market of `symbol` by `ticks` on its next step (the `price_shift` fault).
+
+        The step regenerates its whole ladder around the moved best bid and trades there, so
+        book, trades and the mark derived from the mid all move together, and the walk goes on
+        from the new level. The random draws are unchanged: the rest of the run stays seeded.
+        """
+        self._pending_moves[symbol] = self._pending_moves.get(symbol, 0) + ticks
 
     def _rng(self, symbol: str, purpose: str) -> random.Random:
         return random.Random(f"{self.seed}:{symbol}:{purpose}")
@@ -394,6 +404,7 @@ class SyntheticSource:
                 rebound_left -= share
                 rebound_steps -= 1
                 move = -cascade_direction * share + round(rng.gauss(0, 1))
+            move += self._pending_moves.pop(symbol, 0)
             new_best_bid = max(tick * 10, best_bid + tick * move)
             bids, asks = self._ladder(rng, symbol, new_best_bid, book)
             changes_bids, changes_asks = book.diff_to(bids, asks)

@@ -21,9 +21,18 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from services.venue_sim.adapters import SPOT, USDM, DepthEvent, LiquidationEvent, MarketSource, MarkEvent, TradeEvent
+from services.venue_sim.adapters import (
+    SPOT,
+    USDM,
+    DepthEvent,
+    LiquidationEvent,
+    MarketSource,
+    MarkEvent,
+    SyntheticSource,
+    TradeEvent,
+)
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook, fmt
-from services.venue_sim.domain.faults import Frame, corrupt_text
+from services.venue_sim.domain.faults import Frame, PriceShift, corrupt_text, shift_progress, shift_ticks
 
 _encoder = msgspec.json.Encoder()
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
@@ -129,6 +138,13 @@ class MarketEngine:
         self.listen_keys: dict[str, int] = {}
         self.messages_published = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._shifts: dict[str, PriceShift] = {}
+
+    @property
+    def can_move_prices(self) -> bool:
+        """Whether the `price_shift` fault works here: only a synthetic market can be moved (a
+        replay's recorded diffs, trades and marks carry absolute prices)."""
+        return isinstance(self.source, SyntheticSource)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -428,6 +444,35 @@ class MarketEngine:
             market.last_price = last_price
             self._publish_mark(symbol, spiked)
 
+    def apply_price_shifts(self) -> None:
+        """Advance the active `price_shift` fault: hand the ticks now due to the market source."""
+        fault = self.faults.active("price_shift") if self.faults.faults else None
+        if fault is None or not isinstance(self.source, SyntheticSource):
+            return
+        shift = self._shifts.get(fault.id)
+        if shift is None:
+            direction = fault.params["direction"]
+            if direction == "random":
+                direction = fault.rng.choice(("up", "down"))
+            # A symbol this market does not trade moves nothing (not every symbol, unlike price_spike).
+            symbols = [s for s in self.books if fault.symbol is None or s == fault.symbol]
+            pct = Decimal(fault.params["pct"])
+            totals = {
+                symbol: shift_ticks(self.mark_of(symbol), pct, direction == "up", self.exchange.specs[symbol].tick_size)
+                for symbol in symbols
+            }
+            shift = self._shifts[fault.id] = PriceShift(totals)
+            self.log.warning(
+                "fault_price_shift_started", fault=fault.id, direction=direction, pct=str(pct), ticks=totals
+            )
+        if shift.done:
+            return  # handed over already; the fault lives on only while its `duration_s` runs
+        for symbol, ticks in shift.due(shift_progress(fault, self.clock())).items():
+            self.source.move(symbol, ticks)
+        if shift.done:
+            fault.used += 1  # one shift per fault: it expires now that the whole move is handed over
+            self.log.warning("fault_price_shift_done", fault=fault.id, ticks=shift.applied_ticks)
+
     async def _ticker(self) -> None:
         tick = 0
         while True:
@@ -438,6 +483,7 @@ class MarketEngine:
                 self._flush_windows("250ms")
             self.exchange.check_countdowns()
             await self.check_connection_faults()
+            self.apply_price_shifts()
             self.flush_user_events()
 
     async def _pinger(self) -> None:

@@ -885,6 +885,10 @@ class VenueSimulator:
             spec = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
             return web.json_response({"error": f"body is not valid JSON: {exc}"}, status=400)
+        if isinstance(spec, dict) and spec.get("kind") == "price_shift" and not self.engine.can_move_prices:
+            return web.json_response(
+                {"error": "price_shift needs a synthetic market (a replay's recorded prices cannot move)"}, status=400
+            )
         try:
             fault = self.faults.add(spec)
         except FaultError as exc:

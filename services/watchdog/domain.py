@@ -74,11 +74,14 @@ def severity_rank(severity: AlertSeverity | str) -> int:
 
 @dataclass(frozen=True)
 class SymbolObservation:
-    """Hot state of one symbol: status and data age (None: unknown, e.g. never had data)."""
+    """Hot state of one symbol: status, data age (None: unknown, e.g. never had data), and since
+    when it has had no trustworthy data (`stale_since_ns`: its last update while VALID, None while
+    VALID or never VALID; a resync's REST snapshot resets the age but not this)."""
 
     symbol: str
     status: str
     age_ms: int | None = None
+    stale_since_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class Facts:
     resources: ResourceObservation
     latencies: tuple[LatencyObservation, ...]
     thresholds: Thresholds
+    now_ns: int = 0
 
 
 # --------------------------------------------------------------------------- rules (the table)
@@ -203,14 +207,28 @@ def _components_rule(facts: Facts) -> Iterator[Finding]:
             )
 
 
+def stale_for_ms(symbol: SymbolObservation, now_ns: int) -> int | None:
+    """How long a symbol that is not VALID has been without trustworthy data, in ms.
+
+    The longer of its data age and the time since it left VALID: during a stalled stream every
+    reconnect's REST snapshot makes the age young again (the symbol goes STALE, then INVALID
+    with a fresh `age_ms`), while `stale_since_ns` keeps counting until the symbol is VALID.
+    """
+    stale_ms = None if symbol.stale_since_ns is None else max(0, now_ns - symbol.stale_since_ns) // 1_000_000
+    known = [value for value in (symbol.age_ms, stale_ms) if value is not None]
+    return max(known) if known else None
+
+
 def _hot_state_rule(facts: Facts) -> Iterator[Finding]:
-    """FM-D1: a symbol not VALID is a minor data issue (REDUCED); no fresh data for > 10 s is a
-    major one (EMERGENCY)."""
+    """FM-D1: a symbol not VALID is a minor data issue (REDUCED); without trustworthy data for
+    > 10 s (not VALID that long, through any number of resyncs) a major one (EMERGENCY), which
+    closes the positions (SPEC §5: risk and position flatten in EMERGENCY_MODE)."""
     limit_ms = facts.thresholds.stale_emergency_ms
     for symbol in facts.symbols:
         if symbol.status == HotStateStatus.VALID:
             continue
-        details = {"symbol": symbol.symbol, "status": symbol.status, "age_ms": symbol.age_ms}
+        stale_ms = stale_for_ms(symbol, facts.now_ns)
+        details = {"symbol": symbol.symbol, "status": symbol.status, "age_ms": symbol.age_ms, "stale_ms": stale_ms}
         # INVALID means a resync is running (reported by market-data); STALE pages on its own.
         severity = AlertSeverity.P2 if symbol.status == HotStateStatus.STALE else None
         yield Finding(
@@ -222,14 +240,14 @@ def _hot_state_rule(facts: Facts) -> Iterator[Finding]:
             f"{symbol.symbol} hot state {symbol.status}",
             details,
         )
-        if symbol.age_ms is not None and symbol.age_ms > limit_ms:
+        if stale_ms is not None and stale_ms > limit_ms:
             yield Finding(
                 f"data_stale_long:{symbol.symbol}",
                 subjects.STATE_BUILDER,
                 DegradationLevel.EMERGENCY_MODE,
                 Health.RED,
                 AlertSeverity.P1,
-                f"{symbol.symbol} without fresh data for {symbol.age_ms / 1000:.1f} s (> {limit_ms / 1000:g} s)",
+                f"{symbol.symbol} without fresh data for {stale_ms / 1000:.1f} s (> {limit_ms / 1000:g} s)",
                 details,
             )
 
@@ -500,6 +518,7 @@ class WatchdogEvaluator:
             resources=resources or ResourceObservation(),
             latencies=tuple(latencies),
             thresholds=self.thresholds,
+            now_ns=now,
         )
         findings = self._held(now, [finding for _, rule in self._rules for finding in rule(facts)])
         # While undecided, a component's condition is unknown: its open alert is neither raised nor resolved.
@@ -635,7 +654,8 @@ def checks(facts: Facts) -> dict[str, bool]:
 
 
 def symbols_from_reply(reply: Any) -> list[SymbolObservation]:
-    """Symbols from a `svc.state-builder.symbols` reply (`{"symbols": {SYM: {"hot_state", "age_ms"}}}`)."""
+    """Symbols from a `svc.state-builder.symbols` reply
+    (`{"symbols": {SYM: {"hot_state", "age_ms", "stale_since_ns"?}}}`)."""
     found = reply.get("symbols") if isinstance(reply, dict) else None
     if not isinstance(found, dict):
         return []
@@ -643,9 +663,21 @@ def symbols_from_reply(reply: Any) -> list[SymbolObservation]:
     for symbol, value in found.items():
         if isinstance(value, dict):
             age = value.get("age_ms")
+            since = value.get("stale_since_ns")
             status = value.get("hot_state") or value.get("status") or "UNKNOWN"
-            result.append(SymbolObservation(str(symbol), str(status), age if isinstance(age, int) else None))
+            result.append(
+                SymbolObservation(
+                    str(symbol),
+                    str(status),
+                    age if _is_int(age) else None,
+                    since if _is_int(since) else None,
+                )
+            )
     return result
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def latencies_from_views(views: dict[str, ComponentView]) -> list[LatencyObservation]:

@@ -146,7 +146,7 @@ class Observer:
             if record.status == HotStateStatus.STALE and record.ts_ns:
                 # STALE is declared 1 s after the last update (FM-D1): the data is that much older.
                 age_ms = (now - record.ts_ns) // 1_000_000 + STALE_AFTER_MS
-            found.append(SymbolObservation(symbol, record.status.value, age_ms))
+            found.append(SymbolObservation(symbol, record.status.value, age_ms, record.stale_since_ns))
         return found
 
     def link_observations(self) -> list[LinkObservation]:

@@ -2,9 +2,10 @@
 
 One `bulwark up` (synthetic venue) for the module. Every trip is caused by a real input: operator
 orders that lose real money against the simulator's prices (CB-1), market faults scripted on the
-simulator (CB-2), risk's own decision latency against a configured baseline (CB-4), venue errors
-(dependency breaker). Each is read back from `/v1/breakers` and `/v1/events`, and its trading
-effect is checked at the gateway (orders DENIED or not) and at the venue (`/_sim/state`).
+simulator (CB-2: a book depth collapse, a funding jump, a real 25 % price move), risk's own
+decision latency against a configured baseline (CB-4), venue errors (dependency breaker). Each
+is read back from `/v1/breakers` and `/v1/events`, and its trading effect is checked at the
+gateway (orders DENIED or not) and at the venue (`/_sim/state`).
 
 Settings of this system (passed as `BULWARK_*` to every service):
 - capital 0.5 USDT, so CB-1's 5 % / 10 % limits (0.025 / 0.05) are reached by ETH round trips
@@ -183,6 +184,29 @@ async def test_cb2_when_funding_over_10x_normal_then_entries_paused_until_fundin
     since = now_ns()
     await api.add_fault({"kind": "funding_jump", "symbol": "ETHUSDT", "duration_s": 6, "params": {"rate": "0.01"}})
     await _assert_cb2_pauses_entries_then_resumes(api, since, "ETHUSDT funding rate 0.01")
+
+
+async def _system_mid(api: Api, symbol: str) -> Decimal:
+    response = await api.gateway.get(f"/v1/book/{symbol}", params={"depth": 1})
+    response.raise_for_status()
+    book = response.json()
+    return (Decimal(book["bids"][0][0]) + Decimal(book["asks"][0][0])) / 2
+
+
+async def test_cb2_when_price_moves_over_20_percent_within_a_minute_then_entries_paused_and_auto_resume(
+    api: Api,
+) -> None:
+    # A real market move (`price_shift`: book, trades, mark frames and REST all move 25 % in 5 s),
+    # not a bad print: FM-D5's 20 % jump check fires and the REST mark price confirms it, so the
+    # move reaches risk and trips CB-2.
+    await _hold_btc(api)
+    before = await _system_mid(api, "ETHUSDT")
+    since = now_ns()
+    await api.add_fault({"kind": "price_shift", "symbol": "ETHUSDT", "params": {"pct": 25, "over_s": 5}})
+    await _assert_cb2_pauses_entries_then_resumes(api, since, "ETHUSDT price moved")
+    assert await _system_mid(api, "ETHUSDT") > before * Decimal("1.2")  # the system's book followed
+    raised = {event["payload"].get("key") for event in await api.events("AlertRaised", since)}
+    assert "md.unconfirmed_jump.ETHUSDT" not in raised, raised  # confirmed by REST, not rejected
 
 
 # --------------------------------------------------------------------------- CB-4 resource exhaustion

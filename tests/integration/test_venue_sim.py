@@ -412,6 +412,49 @@ async def test_synthetic_source_when_synced_then_book_matches_and_is_deep() -> N
         await server.close()
 
 
+async def test_price_shift_when_scheduled_then_stream_book_marks_and_rest_move_together() -> None:
+    server, client, session = await _start(SyntheticSource(["BTCUSDT", "ETHUSDT"], seed=3), speed=1)
+    symbol = "ETHUSDT"
+    try:
+        _, premium_before, _ = await client.public("/fapi/v1/premiumIndex", symbol=symbol)
+        before = Decimal(premium_before["markPrice"])
+        url = client.base.replace("http", "ws") + "/stream?streams=ethusdt@depth@100ms/ethusdt@markPrice@1s"
+        async with session.ws_connect(url) as ws:
+            status, answer = await client.sim(
+                "POST", "/_sim/faults", {"kind": "price_shift", "symbol": symbol, "params": {"pct": 25, "over_s": 1}}
+            )
+            assert status == 200, answer
+            marks: list[Decimal] = []
+            last_u = 0
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not (marks and marks[-1] > before * Decimal("1.24")):
+                frame = await ws.receive_json(timeout=10)
+                if frame["stream"].endswith("markPrice@1s"):
+                    marks.append(Decimal(frame["data"]["p"]))
+                else:
+                    assert last_u == 0 or frame["data"]["pu"] == last_u, "diffs keep chaining through the shift"
+                    last_u = frame["data"]["u"]
+        assert marks and marks[-1] > before * Decimal("1.24"), (before, marks)
+        book, last = await _sync_book(client, symbol, "depth@100ms", diffs_wanted=3)
+        await _assert_same_book(client, symbol, book, last)
+        bids, asks = book.top(60)
+        assert len(bids) >= 50 and len(asks) >= 50 and bids[0][0] < asks[0][0]  # the old ladder is gone
+        _, premium, _ = await client.public("/fapi/v1/premiumIndex", symbol=symbol)
+        _, ticker, _ = await client.public("/fapi/v1/ticker/price", symbol=symbol)
+        for moved in (Decimal(premium["markPrice"]), Decimal(ticker["price"]), (bids[0][0] + asks[0][0]) / 2):
+            assert Decimal("1.22") < moved / before < Decimal("1.28"), (before, moved)
+        _, faults = await client.sim("GET", "/_sim/faults")
+        assert [fault["state"] for fault in faults["faults"]] == ["expired"]  # one shift, handed over
+    finally:
+        await session.close()
+        await server.close()
+
+
+async def test_price_shift_when_replaying_then_refused(btc: Client) -> None:
+    status, answer = await btc.sim("POST", "/_sim/faults", {"kind": "price_shift"})
+    assert status == 400 and "synthetic" in answer["error"], answer
+
+
 # --------------------------------------------------------------------------- spot
 
 SPOT_BTC = [DATA / "spot_btcusdt_20240808.gz", DATA / "spot_btcusdt_20240809.gz"]

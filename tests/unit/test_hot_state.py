@@ -129,3 +129,37 @@ def test_transitions_when_repeated_condition_then_reported_once() -> None:
     assert hot.check() is not None
     clock.advance_ms(100)
     assert hot.check() is None
+
+
+def test_stale_since_when_stalled_stream_resyncs_then_not_reset_until_valid_again() -> None:
+    # FM-D1 "stale > 10 s": a reconnect's REST snapshot makes `age_ms` young again, but the
+    # symbol has had no trustworthy data since its last update while VALID.
+    hot, clock = valid_state()
+    last_valid_update_ns = clock.now
+    assert hot.stale_since_ns is None and hot.stale_ms() is None
+    clock.advance_ms(1200)
+    stale = hot.check()
+    assert stale is not None and stale.stale_since_ns == last_valid_update_ns
+    for snapshot_id in (100, 200):  # two reconnects, each with a snapshot and no diff after it
+        clock.advance_ms(4500)
+        hot.on_invalid("resync")
+        hot.on_rebuilt(snapshot_id)
+        assert hot.age_ms() == 0
+    clock.advance_ms(1000)
+    assert hot.status == HotStateStatus.INVALID
+    assert hot.stale_since_ns == last_valid_update_ns
+    assert hot.stale_ms() == 11_200
+    for update_id in (201, 202, 203):
+        clock.advance_ms(100)
+        hot.on_update(update_id)
+    assert hot.status == HotStateStatus.VALID
+    assert hot.stale_since_ns is None
+
+
+def test_stale_since_when_never_valid_then_none() -> None:
+    clock = FakeClock()
+    hot = HotState("BTCUSDT", clock)
+    hot.on_rebuilt(1)
+    clock.advance_ms(30_000)
+    assert hot.on_invalid("resync") is None  # already INVALID since the start
+    assert hot.stale_since_ns is None

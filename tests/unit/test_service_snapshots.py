@@ -16,10 +16,12 @@ from libs.logging import get_logger
 from proto.enums import AlertSeverity, ComponentState, OrderSource, OrderType, Side, StrategyState, TradingState
 from proto.messages import OrderApproved, OrderFilled, PositionChanged, SubmitOrder
 from services.risk import snapshot as risk_snap
-from services.risk.domain import PendingExposure, RiskLimits, TradingStateRecord
+from services.risk.breakers import TradeTracker
+from services.risk.domain import OrderRateWindow, PendingExposure, RiskLimits, TradingStateRecord
 from services.risk.handlers import RiskService
 from services.strategy import snapshot as strategy_snap
 from services.strategy.config import instance_config
+from services.strategy.liquidations import CascadeDetection, LiquidationTracker, TrackerState
 from services.watchdog import snapshot as watchdog_snap
 from services.watchdog.domain import AlertNotice, WatchdogEvaluator
 
@@ -133,6 +135,65 @@ def test_pending_state_when_partially_filled_then_restored_with_open_quantity() 
     pending.on_fill("c-p", Decimal("0.2"))
     restored = risk_snap.restore_pending(risk_snap.pending_state(pending))
     assert restored.totals("BTCUSDT") == pending.totals("BTCUSDT") == (Decimal(0), Decimal("0.3"))
+
+
+def test_pending_exposure_to_state_when_round_tripped_then_same_rules_as_add_and_fill() -> None:
+    pending = PendingExposure()
+    pending.add(_order("a", Side.BUY, "0.4"))
+    state = pending.to_state()
+    complete = msgspec.structs.replace(state[0], client_order_id="c-done", filled=Decimal("0.4"))
+    duplicate = msgspec.structs.replace(state[0], quantity=Decimal("9"))
+
+    restored = PendingExposure.from_state([*state, complete, duplicate])
+
+    assert restored.to_state() == state  # a filled order is not pending; the first of a coid wins
+    assert restored.totals("BTCUSDT") == (Decimal("0.4"), Decimal(0))
+
+
+def test_trade_tracker_to_state_when_round_tripped_then_open_trade_kept_and_flat_symbol_has_none() -> None:
+    tracker = TradeTracker()
+    tracker.on_position("BTCUSDT", Decimal(0), Decimal(0), 1, None)
+    tracker.on_position("BTCUSDT", Decimal("0.1"), Decimal(-1), 2, "trend")
+    tracker.on_position("ETHUSDT", Decimal(0), Decimal(3), 3, None)
+    state = tracker.to_state()
+    assert [(s.symbol, s.trade.strategy if s.trade else None) for s in state] == [
+        ("BTCUSDT", "trend"),
+        ("ETHUSDT", None),
+    ]
+
+    restored = TradeTracker.from_state(state)
+
+    assert restored.to_state() == state
+    update = restored.on_position("BTCUSDT", Decimal(0), Decimal(-4), 4, None)
+    assert update is not None and update.closed is not None
+    assert (update.closed.strategy, update.closed.pnl) == ("trend", Decimal(-4))
+
+
+def test_order_rate_window_to_state_when_times_expire_then_only_the_window_is_kept() -> None:
+    rates = OrderRateWindow(window_ns=10)
+    for ts in (1, 5, 12):
+        rates.record("trend", ts)
+    rates.record("old", 0)
+
+    state = rates.to_state(now_ns=14)
+
+    assert state == {"trend": [5, 12]}
+    assert OrderRateWindow.from_state(state, window_ns=10).count("trend", 14) == 2
+
+
+def test_liquidation_tracker_to_state_when_loaded_then_same_events_and_tapes() -> None:
+    tracker = LiquidationTracker(CascadeDetection())
+    t = 1_700_000_000 * S
+    tracker.on_trade("BTCUSDT", t, Decimal(60000))
+    for i in range(4):
+        tracker.on_liquidation("BTCUSDT", t + i * S // 10, Side.SELL, Decimal(59800 - 100 * i), Decimal(2))
+    state = tracker.to_state()
+    assert list(state.events) == ["BTCUSDT"]
+
+    loaded = LiquidationTracker(CascadeDetection())
+    loaded.load_state(msgspec.json.decode(msgspec.json.encode(state), type=TrackerState))
+
+    assert loaded.to_state() == state
 
 
 def test_risk_snapshot_when_bytes_corrupt_then_decode_raises_value_error() -> None:

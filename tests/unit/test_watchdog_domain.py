@@ -219,6 +219,42 @@ def test_evaluate_when_symbol_stale_then_reduced_and_when_stale_over_10s_then_em
     assert major.checks["hot_state_fresh"] is False
 
 
+def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() -> None:
+    # Each reconnect's REST snapshot resets the hot-state age (never above 5 s here), but the
+    # symbol has not been VALID since `since`: after 10 s that is FM-D1's EMERGENCY_MODE.
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
+    since = clock.now
+    seen = []
+    for second in range(1, 12):
+        clock.advance(1)
+        status = "STALE" if second < 2 else "INVALID"
+        age_ms = (second % 5) * 1000  # a fresh snapshot every 5 s
+        symbols = [SymbolObservation("BTCUSDT", status, age_ms, since), SymbolObservation("ETHUSDT", "VALID", 20)]
+        seen.append(evaluator.evaluate(views(), symbols=symbols))
+
+    assert [e.level for e in seen[:10]] == [DegradationLevel.REDUCED_FUNCTIONALITY] * 10  # 10 s is not > 10 s
+    assert seen[10].level == DegradationLevel.EMERGENCY_MODE
+    assert seen[10].level_change is not None and "BTCUSDT without fresh data for 11.0 s" in seen[10].level_change.reason
+    assert ("data_stale_long:BTCUSDT", AlertSeverity.P1) in [(a.key, a.severity) for a in seen[10].alerts if a.raised]
+
+
+def test_evaluate_when_symbol_valid_again_then_stale_since_ignored() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+
+    evaluation = evaluator.evaluate(views(), symbols=[SymbolObservation("BTCUSDT", "VALID", 5, clock.now - 60 * S)])
+
+    assert evaluation.level == DegradationLevel.NORMAL
+
+
+def test_symbols_from_reply_when_stale_since_given_then_observed() -> None:
+    reply = {"symbols": {"BTCUSDT": {"hot_state": "INVALID", "age_ms": 300, "stale_since_ns": 123}}}
+
+    assert symbols_from_reply(reply) == [SymbolObservation("BTCUSDT", "INVALID", 300, 123)]
+
+
 def test_evaluate_when_invalid_without_data_yet_then_reduced_without_page() -> None:
     evaluator = WatchdogEvaluator(FakeClock())
 

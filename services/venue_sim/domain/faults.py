@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -52,6 +52,11 @@ KINDS: dict[str, tuple[dict[str, Any], bool]] = {
     # normal (every mark price update carries `rate`). Both last until deleted or `duration_s`.
     "depth_collapse": ({"factor": "0.01"}, True),
     "funding_jump": ({"rate": "0.01"}, True),
+    # A real market move for CB-2's "price > 20 % in < 1 min" (unlike `price_spike`, a bad print
+    # on the stream only): the market itself moves `pct` % over `over_s` seconds, so book, trades,
+    # mark price frames and REST (premiumIndex, ticker, depth) all agree, and stays there. One
+    # shift per fault (count 1); deleting it stops the move where it is. Synthetic markets only.
+    "price_shift": ({"pct": 25, "direction": "up", "over_s": 5}, False),
 }
 
 
@@ -191,6 +196,16 @@ def _validate_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 raise FaultError("params.pct must be in (0, 100)")
             if merged["direction"] not in ("up", "down", "random"):
                 raise FaultError("params.direction must be up, down or random")
+        case "price_shift":
+            shift_pct = _decimal_param(merged, "pct")
+            if not 0 < shift_pct < 100:
+                raise FaultError("params.pct must be in (0, 100)")
+            over_s = _decimal_param(merged, "over_s")
+            if not 0 <= over_s <= 600:
+                raise FaultError("params.over_s must be in [0, 600]")
+            if merged["direction"] not in ("up", "down", "random"):
+                raise FaultError("params.direction must be up, down or random")
+            merged["pct"], merged["over_s"] = str(shift_pct), float(over_s)
     if "channel" in merged and merged["channel"] not in (
         "depth",
         "aggTrade",
@@ -376,6 +391,52 @@ class FaultScheduler:
         if channel == "depth" and self.take("duplicate_depth", symbol):
             return [frame, Frame(copy.deepcopy(frame.data), frame.corrupt)]
         return [frame]
+
+
+# --------------------------------------------------------------------------- price_shift
+
+
+def shift_ticks(reference: Decimal, pct: Decimal, up: bool, tick: Decimal) -> int:
+    """The whole move of a price_shift in ticks: `pct` % of `reference`, signed by direction."""
+    ticks = int((reference * pct / 100 / tick).to_integral_value())
+    return ticks if up else -ticks
+
+
+def shift_progress(fault: Fault, now_ns: int) -> float:
+    """Share (0..1) of a price_shift's move that is due at `now_ns` (linear over `over_s`)."""
+    if fault.activated_ns is None:
+        return 0.0
+    over_ns = float(fault.params["over_s"]) * 1e9
+    if over_ns <= 0:
+        return 1.0
+    return max(0.0, min(1.0, (now_ns - fault.activated_ns) / over_ns))
+
+
+@dataclass
+class PriceShift:
+    """Progress of one price_shift fault: the whole move per symbol (ticks) and what was applied."""
+
+    total_ticks: dict[str, int]
+    applied_ticks: dict[str, int] = field(default_factory=dict)
+    done: bool = False
+
+    def due(self, progress: float) -> dict[str, int]:
+        """Ticks each symbol must move now so that `progress` of its whole move is applied.
+
+        Truncates toward zero, so the applied move never passes the total; at progress 1 it is
+        exactly the total and the shift is done.
+        """
+        if self.done:
+            return {}
+        steps: dict[str, int] = {}
+        for symbol, total in self.total_ticks.items():
+            target = total if progress >= 1 else int(total * progress)
+            step = target - self.applied_ticks.get(symbol, 0)
+            if step:
+                steps[symbol] = step
+                self.applied_ticks[symbol] = target
+        self.done = progress >= 1
+        return steps
 
 
 def collapse_depth(data: dict[str, Any], factor: Decimal) -> dict[str, Any]:
