@@ -15,18 +15,30 @@ without a 429, and five minutes without one bring it back to NORMAL. A 418 (IP b
 request until `Retry-After` has passed (BANNED), then continues DEGRADED.
 
 State changes are returned by `drain_transitions()`, for the caller to publish and alert on.
+
+Bans are shared between processes (Binance bans the IP, and escalates the ban when requests
+keep coming): `on_ban` is called whenever this budget learns of a ban from the venue (a 418, or a
+429 carrying Retry-After), and `apply_shared_ban` takes one that another process learned of.
+`SharedBans` at the end of this module is the thin I/O adapter that connects the two through the
+JetStream KV key `ratelimit.<venue>.ban`; the budget itself stays pure.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, Protocol
+
+import msgspec
 
 from libs.fsm import next_state
+from libs.logging import Logger
+from proto import subjects
 
 NS_PER_S = 1_000_000_000
 _MINUTE_NS = 60 * NS_PER_S
@@ -111,6 +123,10 @@ class Admission:
     reason: str = ""
 
 
+BanHook = Callable[[int, int, str], None]
+"""`on_ban(status, until_ns, reason)`: the venue answered 418 (or 429 with Retry-After) until `until_ns`."""
+
+
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
     raw = headers.get(name)
     if raw is None:
@@ -134,6 +150,9 @@ class RateBudget:
         quiet_s: this long without a 429 restores NORMAL and an unlimited rate.
         default_ban_s: ban length when a 418 carries no Retry-After.
         uniform: `uniform(a, b)` random source of the back-off jitter (injected in tests).
+        on_ban: called with `(status, until_ns, reason)` when the venue bans this client (418) or
+            names a Retry-After on a 429, so other processes can honour it too (`SharedBans`).
+            Not called for bans taken from others (`apply_shared_ban`).
     """
 
     def __init__(
@@ -152,8 +171,10 @@ class RateBudget:
         default_ban_s: float = 60.0,
         min_rate_per_s: float = 0.5,
         uniform: Callable[[float, float], float] = random.uniform,
+        on_ban: BanHook | None = None,
     ) -> None:
         self.venue = venue
+        self.on_ban = on_ban
         self._clock_ns = clock_ns
         self.weight_limit_1m = weight_limit_1m
         self.order_limit_10s = order_limit_10s
@@ -186,6 +207,8 @@ class RateBudget:
         self.rate_limited = 0
         self.bans = 0
         self.refused = 0
+        self.shared_bans = 0
+        """Bans (418) and back-offs (429) taken from other processes."""
 
     # ------------------------------------------------------------------ queries
 
@@ -229,6 +252,7 @@ class RateBudget:
             "banned_for_s": round(max(0, self._banned_until_ns - now) / NS_PER_S, 3),
             "rate_limited": self.rate_limited,
             "bans": self.bans,
+            "shared_bans": self.shared_bans,
             "refused": self.refused,
         }
 
@@ -329,6 +353,9 @@ class RateBudget:
         wait = base + self._uniform(0.0, base / 2)
         self._backoff_until_ns = max(self._backoff_until_ns, now + int(wait * NS_PER_S))
         self._fire(BudgetTrigger.RATE_LIMITED, f"429, rate now {self._rate_per_s:.2f}/s, backing off {wait:.1f}s")
+        if self.on_ban is not None and retry_after_s is not None and retry_after_s > 0:
+            # Without jitter: the venue's own figure is what every other process must honour.
+            self.on_ban(429, now + int(retry_after_s * NS_PER_S), f"429: Retry-After {retry_after_s:g}s")
         if len(self._recent_429s) >= self._persistent_after:
             self._fire(
                 BudgetTrigger.PERSISTENT_RATE_LIMIT,
@@ -345,6 +372,41 @@ class RateBudget:
         self._banned_until_ns = max(self._banned_until_ns, now + int(ban_s * NS_PER_S))
         self._rate_per_s = max(self._min_rate_per_s, self._current_rate(now) / 2)
         self._fire(BudgetTrigger.IP_BANNED, f"418: IP banned for {ban_s:g}s")
+        if self.on_ban is not None:
+            self.on_ban(418, self._banned_until_ns, f"418: IP banned for {ban_s:g}s")
+
+    def apply_shared_ban(self, status: int, until_ns: int, reason: str = "") -> bool:
+        """Honour a ban another process received from the same venue (SPEC FM-N2).
+
+        A 418 refuses every request until `until_ns` (BANNED, as if this budget had been answered
+        418); a 429's Retry-After holds requests back until `until_ns` without changing the state
+        or the rate (this process was not refused itself). Expired records and ones this budget
+        already honours change nothing, so a process's own record coming back is harmless.
+
+        Returns:
+            True when the ban extended what this budget already refused.
+        """
+        now = self._clock_ns()
+        self._advance(now)
+        if until_ns <= now:
+            return False
+        if status == 418:
+            if until_ns <= self._banned_until_ns:
+                return False
+            self._banned_until_ns = until_ns
+            self._reported_weight = None
+            # As after an own 418: continue carefully once it ends (and ramp back to NORMAL).
+            self._rate_per_s = max(self._min_rate_per_s, self._current_rate(now) / 2)
+            self.shared_bans += 1
+            self._fire(
+                BudgetTrigger.IP_BANNED, f"418 shared by another process: {reason}; {(until_ns - now) / NS_PER_S:.1f}s"
+            )
+            return True
+        if until_ns <= self._backoff_until_ns:
+            return False
+        self._backoff_until_ns = until_ns
+        self.shared_bans += 1
+        return True
 
     # ------------------------------------------------------------------ internals
 
@@ -408,3 +470,205 @@ class RateBudget:
         self._state = next_state(BUDGET_TRANSITIONS, previous, trigger)
         if self._state is not previous:
             self._transitions.append(BudgetTransition(self.venue, previous, self._state, reason))
+
+
+# --------------------------------------------------------------------------- sharing bans (I/O)
+
+
+@dataclass(frozen=True)
+class BanRecord:
+    """The value under KV `ratelimit.<venue>.ban`: a venue's latest ban, whoever received it."""
+
+    venue: str
+    status: int
+    """418 (IP ban: send nothing) or 429 (Retry-After: hold back)."""
+    until_ns: int
+    """Wall clock (ns) until which nothing (418) or no request (429) may go to the venue."""
+    origin: str
+    """The process that received it, e.g. `market-data:1234`."""
+    reason: str = ""
+    ts_ns: int = 0
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(
+            {
+                "venue": self.venue,
+                "status": self.status,
+                "until_ns": self.until_ns,
+                "origin": self.origin,
+                "reason": self.reason,
+                "ts_ns": self.ts_ns,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BanRecord:
+        """Parse a KV value.
+
+        Raises:
+            ValueError: not a ban record.
+        """
+        try:
+            data = msgspec.json.decode(raw)
+            record = cls(
+                venue=str(data["venue"]),
+                status=int(data["status"]),
+                until_ns=int(data["until_ns"]),
+                origin=str(data.get("origin", "")),
+                reason=str(data.get("reason", "")),
+                ts_ns=int(data.get("ts_ns", 0)),
+            )
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a ban record: {raw[:200]!r}: {exc}") from exc
+        if record.status not in (418, 429):
+            raise ValueError(f"ban record with status {record.status}")
+        return record
+
+
+class KvBus(Protocol):
+    """What `SharedBans` needs of `libs.bus.Bus`."""
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None: ...
+
+    async def kv_put(self, key: str, value: bytes) -> int: ...
+
+    async def subscribe_core(self, subject: str, callback: Callable[[Any], Awaitable[None]]) -> Any: ...
+
+
+class SharedBans:
+    """Shares one venue's bans between every process that talks to it, through JetStream KV.
+
+    SPEC FM-N2: on a 418 nothing may be sent to the venue until Retry-After, and Binance bans
+    the IP (not the process) and escalates the ban when requests keep coming, so one process's 418
+    must stop all of them. `start()` hooks the budget: a ban it receives is written to
+    `ratelimit.<venue>.ban` in the state bucket; the key's current value is read at start (a
+    process started during a ban honours it), watched live (a core subscription on the bucket's
+    subject) and re-read every `refresh_s` (in case a live update was missed over a NATS
+    reconnect); every record is applied with `RateBudget.apply_shared_ban`. Between a ban's
+    arrival in one process and the others reading it lies one KV round trip: a request another
+    process sends in that instant cannot be held back.
+
+    Args:
+        bus: `libs.bus.Bus` (connected).
+        budget: the process's budget for the venue (its `venue` names the key).
+        origin: who this process is, e.g. `f"position:{os.getpid()}"` (informational).
+        clock_ns: wall clock in integer ns (the record's timestamp).
+        log: component logger; None: nothing logged.
+        refresh_s: period of the safety re-read of the key.
+        bucket: the KV bucket (`subjects.KV_STATE`, where `bus.kv_get/kv_put` write).
+    """
+
+    def __init__(
+        self,
+        bus: KvBus,
+        budget: RateBudget,
+        *,
+        origin: str,
+        clock_ns: Callable[[], int],
+        log: Logger | None = None,
+        refresh_s: float = 5.0,
+        bucket: str = subjects.KV_STATE,
+    ) -> None:
+        self.bus = bus
+        self.budget = budget
+        self.origin = origin
+        self.key = subjects.key_ratelimit_ban(budget.venue)
+        self._clock_ns = clock_ns
+        self._log = log
+        self._refresh_s = refresh_s
+        self._subject = f"$KV.{bucket}.{self.key}"
+        self._subscription: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._latest_until: dict[int, int] = {}
+        self.published = 0
+        self.applied = 0
+        self.bad_records = 0
+
+    async def start(self) -> None:
+        """Hook the budget, subscribe to the key, take the ban in force now (if any)."""
+        self.budget.on_ban = self._on_local_ban
+        self._subscription = await self.bus.subscribe_core(self._subject, self._on_message)
+        await self.refresh()
+        self._refresher = asyncio.create_task(self._refresh_forever(), name=f"shared-bans-{self.budget.venue}")
+
+    async def close(self) -> None:
+        """Unhook, unsubscribe, and finish the writes in flight (bounded)."""
+        if self.budget.on_ban == self._on_local_ban:
+            self.budget.on_ban = None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.flush(2.0)
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):  # the connection may already be closed
+                await self._subscription.unsubscribe()
+            self._subscription = None
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait for the ban records being written (tests, shutdown)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    async def refresh(self) -> None:
+        """Read the key and apply what it holds; bus trouble is logged, never raised."""
+        try:
+            entry = await self.bus.kv_get(self.key)
+        except Exception as exc:  # noqa: BLE001 - NATS down: the live watch and the next refresh catch up
+            self._warn("shared_ban_read_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            return
+        if entry is not None:
+            self._apply(entry[0])
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            await self.refresh()
+
+    async def _on_message(self, msg: Any) -> None:
+        if msg.data:
+            self._apply(msg.data)
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            record = BanRecord.decode(raw)
+        except ValueError as exc:
+            self.bad_records += 1
+            self._warn("shared_ban_bad_record", error=str(exc)[:300])
+            return
+        if record.venue != self.budget.venue:
+            return
+        self._latest_until[record.status] = max(self._latest_until.get(record.status, 0), record.until_ns)
+        if self.budget.apply_shared_ban(record.status, record.until_ns, f"{record.origin}: {record.reason}"):
+            self.applied += 1
+            self._warn(
+                "shared_ban_applied",
+                status=record.status,
+                origin=record.origin,
+                until_ns=record.until_ns,
+                action_taken="no requests to the venue until then" if record.status == 418 else "holding back",
+            )
+
+    def _on_local_ban(self, status: int, until_ns: int, reason: str) -> None:
+        # The budget is synchronous; the write happens in a task. A shorter ban never overwrites a
+        # longer one already known, so a process starting later still sees the longest.
+        until_ns = max(until_ns, self._latest_until.get(status, 0))
+        self._latest_until[status] = until_ns
+        record = BanRecord(self.budget.venue, status, until_ns, self.origin, reason, self._clock_ns())
+        task = asyncio.get_running_loop().create_task(self._put(record), name=f"shared-ban-put-{status}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _put(self, record: BanRecord) -> None:
+        try:
+            await self.bus.kv_put(self.key, record.encode())
+        except Exception as exc:  # noqa: BLE001 - this process still honours its ban; others may not know
+            self._warn("shared_ban_write_failed", error=f"{type(exc).__name__}: {exc}"[:200], status=record.status)
+            return
+        self.published += 1
+        self._warn("shared_ban_recorded", status=record.status, until_ns=record.until_ns, reason=record.reason)
+
+    def _warn(self, event: str, **details: Any) -> None:
+        if self._log is not None:
+            self._log.warning(event, **details)

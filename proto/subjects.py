@@ -261,6 +261,12 @@ def key_strategy_crashes(strategy: str) -> str:
     return f"strategy.{strategy}.crashes"
 
 
+def key_ratelimit_ban(venue: str) -> str:
+    """A venue's current ban (SPEC FM-N2), shared by every process that talks to it (`libs.ratelimit.SharedBans`):
+    {"venue", "status": 418|429, "until_ns", "origin", "reason", "ts_ns"}."""
+    return f"ratelimit.{venue}.ban"
+
+
 # --------------------------------------------------------------------------- components
 
 GATEWAY = "gateway"

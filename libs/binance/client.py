@@ -108,6 +108,7 @@ MARKETS = (USDM, SPOT)
 
 MARKET_PATHS: dict[str, dict[str, str]] = {
     USDM: {
+        "ping": "/fapi/v1/ping",
         "time": "/fapi/v1/time",
         "exchange_info": "/fapi/v1/exchangeInfo",
         "depth": "/fapi/v1/depth",
@@ -115,6 +116,7 @@ MARKET_PATHS: dict[str, dict[str, str]] = {
         "agg_trades": "/fapi/v1/aggTrades",
     },
     SPOT: {
+        "ping": "/api/v3/ping",
         "time": "/api/v3/time",
         "exchange_info": "/api/v3/exchangeInfo",
         "depth": "/api/v3/depth",
@@ -171,12 +173,14 @@ _COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], i
     ("GET", "/fapi/v1/userTrades"): (Priority.HISTORY, lambda _: 5, 0),
     ("GET", "/fapi/v1/aggTrades"): (Priority.HISTORY, lambda _: 20, 0),
     ("GET", "/fapi/v1/exchangeInfo"): (Priority.HISTORY, lambda _: 1, 0),
+    ("GET", "/fapi/v1/ping"): (Priority.HISTORY, lambda _: 1, 0),
     ("GET", "/api/v3/depth"): (Priority.SNAPSHOT, _spot_limit_weight, 0),
     ("GET", "/api/v3/time"): (Priority.ACCOUNT, lambda _: 1, 0),
     ("GET", "/api/v3/ticker/price"): (Priority.ACCOUNT, lambda p: 2 if p.get("symbol") else 4, 0),
     ("GET", "/api/v3/aggTrades"): (Priority.HISTORY, lambda _: 2, 0),
     ("GET", "/api/v3/historicalTrades"): (Priority.HISTORY, lambda _: 25, 0),
     ("GET", "/api/v3/exchangeInfo"): (Priority.HISTORY, lambda _: 20, 0),
+    ("GET", "/api/v3/ping"): (Priority.HISTORY, lambda _: 1, 0),
 }
 
 
@@ -281,11 +285,12 @@ class BinanceRestClient:
         *,
         signed: bool = False,
         keyed: bool = False,
+        max_budget_wait_s: float | None = None,
     ) -> Any:
         if self._session is None or self._session.closed:
             raise RuntimeError("BinanceRestClient.start() was not called")
         if self.budget is not None:
-            await self._admit(method, path, params)
+            await self._admit(method, path, params, max_budget_wait_s)
         elif time.monotonic() < self._banned_until:
             # SPEC FM-N2: after a 418 nothing may be sent until Retry-After has passed.
             raise VenueError(418, None, "client-side: IP ban in force", self._banned_until - time.monotonic())
@@ -314,11 +319,13 @@ class BinanceRestClient:
         except msgspec.DecodeError as exc:
             raise VenueError(status, None, f"undecodable body: {body[:200]!r}") from exc
 
-    async def _admit(self, method: str, path: str, params: dict[str, Any] | None) -> None:
+    async def _admit(
+        self, method: str, path: str, params: dict[str, Any] | None, max_wait_s: float | None = None
+    ) -> None:
         """Wait for the budget (briefly), or fail with `RequestThrottled` without sending anything."""
         assert self.budget is not None
         priority, weight, orders = endpoint_cost(method, path, params)
-        deadline = time.monotonic() + self.max_budget_wait_s
+        deadline = time.monotonic() + (self.max_budget_wait_s if max_wait_s is None else max_wait_s)
         while True:
             admission = self.budget.admit(priority, weight, orders)
             if admission.allowed:
@@ -388,6 +395,15 @@ class BinanceRestClient:
         return VenueError(status, code, msg, retry_after)
 
     # ------------------------------------------------------------------ market data (public)
+
+    async def ping(self) -> dict:
+        """Is the venue's REST answering? (`GET /fapi/v1/ping`, spot `/api/v3/ping`; weight 1.)
+
+        Lowest priority, and never waits for the budget: a probe the budget refuses fails at once
+        with `RequestThrottled` (nothing sent), so probing can never crowd out a real request.
+        """
+        result: dict = await self._request("GET", self._paths["ping"], max_budget_wait_s=0.0)
+        return result
 
     async def server_time_ms(self) -> int:
         """The venue's clock (`GET /fapi/v1/time`, spot `/api/v3/time`), in ms."""

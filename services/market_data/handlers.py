@@ -87,6 +87,8 @@ class RestPort(Protocol):
 
     async def ticker_price(self, symbol: str) -> dict: ...
 
+    async def ping(self) -> dict: ...
+
 
 class StreamPort(Protocol):
     async def connect(self) -> None: ...
@@ -204,6 +206,9 @@ class MarketDataService:
         self.bad_frames = 0
         self.frames = 0
         self.ws_endpoints = domain.EndpointRotation(list(ws_urls) or [""])
+        self.return_probe = domain.ReturnProbe()
+        self.early_reconnects = 0
+        """Reconnect waits cut short because the venue answered a REST probe (heartbeat details)."""
         self.clean_window = domain.CleanWindow(self.symbols)
         self.corruption = domain.CorruptionMonitor()
         self.timestamps = domain.TimestampGuard()
@@ -246,6 +251,7 @@ class MarketDataService:
             "link": self.link_state.value if self.link_state else None,
             "rest_link": self.rest_link_state.value if self.rest_link_state else None,
             "ws_endpoint": self.ws_endpoints.current,
+            "early_reconnects": self.early_reconnects,
             "degraded": dict(self._degraded),
             "bad_frames": self.bad_frames,
             "corruption_rate": round(self.corruption.rate, 4),
@@ -571,7 +577,7 @@ class MarketDataService:
                 all_failed = self.ws_endpoints.on_failure()
                 await self._on_attempt_failed(attempt, str(exc), url, all_failed)
                 attempt += 1
-                await self._sleep(self._delay(attempt))
+                await self._wait_before_reconnect(self._delay(attempt))
                 continue
             self.ws_endpoints.on_success()
             attempt = 0
@@ -587,7 +593,68 @@ class MarketDataService:
             finally:
                 await stream.close()
             await self._on_disconnected(reason)
-            await self._sleep(self._delay(attempt))
+            await self._wait_before_reconnect(self._delay(attempt))
+
+    async def _wait_before_reconnect(self, delay_s: float) -> None:
+        """Wait `delay_s` for the next scheduled attempt, or less when the venue is back.
+
+        The SPEC schedule (0, 1, 2, 4, 8 s, ...) alone would notice a venue's return only at the
+        next attempt, up to 8 s (later: 60 s) after it; FM-N1's target is clean window + 2 s from
+        the venue becoming reachable. So the wait probes the venue's REST ping (weight 1, lowest
+        priority, through the budget and the breaker) every `ReturnProbe.interval_s` and ends
+        early when it answers, at most `ReturnProbe.max_early` times per disconnected period.
+        """
+        deadline = self._clock_ns() + int(delay_s * _NS)
+        while not self._closed:
+            remaining = (deadline - self._clock_ns()) / _NS
+            if remaining <= 0:
+                return
+            step = self.return_probe.next_probe_in(remaining)
+            if step is None:
+                await self._sleep(remaining)
+                return
+            await self._sleep(step)
+            if self._closed or deadline - self._clock_ns() <= 0:
+                return
+            if await self._probe_venue(min(domain.RETURN_PROBE_TIMEOUT_S, (deadline - self._clock_ns()) / _NS)):
+                self.return_probe.on_answer()
+                self.early_reconnects += 1
+                self.log.info(
+                    "venue_answered_probe",
+                    early_reconnect=self.return_probe.early_reconnects,
+                    skipped_wait_s=round(max(0.0, (deadline - self._clock_ns()) / _NS), 3),
+                    action_taken="reconnect now",
+                )
+                return
+
+    async def _probe_venue(self, timeout_s: float) -> bool:
+        """One REST ping: True when the venue answered it.
+
+        Through the breaker (an open one means no probe) and the budget (the client sends it at
+        the lowest priority and never waits for budget). A failed probe is not a breaker failure
+        while the breaker is CLOSED: three probes a second during an outage would open it by their
+        own rate within two seconds and then hold every snapshot for the whole cool-down after the
+        venue came back. In HALF_OPEN the probe is a trial call like any other, so its failure
+        re-opens the breaker; an answer always counts as a success.
+        """
+        if self.breaker is not None:
+            allowed, transition = self.breaker.allow()
+            await self._on_breaker(transition)
+            if not allowed:
+                return False
+        try:
+            await asyncio.wait_for(self._rest.ping(), max(0.05, timeout_s))
+        except RequestThrottled:
+            return False  # our own budget refused (ban, back-off, weight): nothing was sent
+        except (VenueError, VenueUnreachable, VenueTimeout, TimeoutError) as exc:
+            if self.breaker is not None and self.breaker.state == BreakerState.HALF_OPEN:
+                await self._breaker_failure(f"ping: {type(exc).__name__}")
+            return False
+        else:
+            await self._breaker_success()
+            return True
+        finally:
+            await self._after_rest()
 
     def _delay(self, attempt: int) -> float:
         if self._uniform is None:
@@ -618,6 +685,7 @@ class MarketDataService:
         self._generation += 1
         self._connected = True
         self.failed_attempts = 0
+        self.return_probe.on_connected()
         reconnect = self._generation > 1
         self.clean_window.start(self._clock_ns())
         await self._resolve(f"md.reconnect_failing.{self.venue}", "connected")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from libs.breaker import CircuitBreaker
 from libs.bus import PublishManyError
-from libs.ratelimit import RateBudget
+from libs.ratelimit import RateBudget, SharedBans
 from libs.runtime.service import ServiceContext, main, run_service
 from libs.settings import Settings
 from proto import subjects
@@ -24,6 +25,10 @@ async def setup(ctx: ServiceContext) -> None:
     market = adapters.market_kind(settings)
     venue = adapters.venue_name(settings)
     budget = RateBudget(venue, time.time_ns)
+    # A 418 (or a 429's Retry-After) any process receives holds every process back (FM-N2).
+    shared_bans = SharedBans(ctx.bus, budget, origin=f"{COMPONENT}:{os.getpid()}", clock_ns=time.time_ns, log=ctx.log)
+    await shared_bans.start()
+    ctx.cleanups.append(shared_bans.close)
     breaker = CircuitBreaker(f"venue.{venue}", time.monotonic_ns, open_s=settings.md_breaker_open_s)
     rest = adapters.rest_client(settings, budget)
     await rest.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ from services.state_builder import main as state_builder_main
 
 SYMBOL = "BTCUSDT"
 VENUE = "binance-usdm"
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -230,6 +232,8 @@ async def test_rate_limits_when_429_then_throttled_and_recovers_and_418_sends_no
     await asyncio.sleep(2.0)
     assert (await harness.fault_view(ban))["used"] == 1  # nothing reached the venue during the ban
     assert "DEGRADED" in harness.links("market-rest")
+    entry = await harness.bus.kv_get(subjects.key_ratelimit_ban(VENUE))  # shared with every process
+    assert entry is not None and msgspec.json.decode(entry[0])["status"] == 418
     await harness.clear()
     await harness.wait_valid(20)
 
@@ -271,6 +275,29 @@ async def test_connection_faults_when_closed_refused_or_outage_then_disconnected
     )
 
 
+async def test_outage_when_lifted_then_stream_reconnects_at_once_not_at_next_scheduled_attempt(
+    harness: Harness,
+) -> None:
+    await harness.wait_valid(30)
+    await harness.until(lambda: "CONNECTED" in harness.links())
+    harness.events.clear()
+    await harness.fault(kind="outage")
+    await harness.until(lambda: "DISCONNECTED" in harness.links(), timeout_s=12)
+    # Attempts at 0, 1 and 3 s fail; on the SPEC schedule alone the next one is at about 7 s.
+    await asyncio.sleep(3.5)
+    harness.events.clear()
+    lifted_ns = time.time_ns()
+    await harness.clear()
+    await harness.until(lambda: "SUSPECT" in harness.links(), timeout_s=10)
+    reconnected_ns = min(
+        m.ts_event_ns for s, m in harness.events if s == f"evt.link.{VENUE}.market-ws" and m.current.value == "SUSPECT"
+    )
+    # Generous bound (probe every 0.3 s + connect); the next scheduled attempt would be ~3.5 s away.
+    assert (reconnected_ns - lifted_ns) / 1e9 <= 1.5, f"reconnected {(reconnected_ns - lifted_ns) / 1e9:.2f}s after"
+    await harness.until(lambda: harness.links()[-1:] == ["CONNECTED"], timeout_s=20)
+    await harness.wait_valid()
+
+
 async def test_ws_stall_when_silent_then_disconnected_and_recovered_after_stall(harness: Harness) -> None:
     await _disconnect_and_recover(harness, {"kind": "ws_stall", "duration_s": 6})
 
@@ -287,6 +314,67 @@ async def test_alternate_endpoints_when_main_urls_dead_then_alternates_used(nats
     async for harness in _start(nats_url, settings, venue_url):
         await harness.wait_valid(30)
         assert f"md.ws_endpoints_failed.{VENUE}" not in harness.alerts()
+
+
+_BAN_WRITER = """
+import asyncio, sys, time
+from libs.bus import Bus
+from libs.ratelimit import RateBudget, SharedBans
+
+async def main() -> None:
+    bus = Bus("ban-writer")
+    await bus.connect(sys.argv[1])
+    budget = RateBudget("binance-usdm", time.time_ns)
+    shared = SharedBans(bus, budget, origin="ban-writer", clock_ns=time.time_ns)
+    await shared.start()
+    budget.on_banned(float(sys.argv[2]))  # what BinanceRestClient does with a 418 answer
+    await shared.close()
+    await bus.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_shared_ban_when_another_process_gets_418_then_budget_refuses_until_it_expires(nats_url: str) -> None:
+    from libs.ratelimit import BudgetState, Priority, RateBudget, SharedBans
+    from libs.testing.polling import eventually
+
+    bus = Bus("ban-reader")
+    await bus.connect(nats_url)
+    watching = RateBudget(VENUE, time.time_ns)
+    shared = SharedBans(bus, watching, origin="reader", clock_ns=time.time_ns)
+    try:
+        await shared.start()
+        assert watching.admit(Priority.ORDER).allowed
+        writer = await asyncio.create_subprocess_exec(sys.executable, "-c", _BAN_WRITER, nats_url, "4", cwd=str(REPO))
+        assert await asyncio.wait_for(writer.wait(), 60) == 0
+        # Process A's ban reaches this budget live: nothing may be sent, orders included.
+        await eventually(async_value(lambda: not watching.admit(Priority.ORDER).allowed), timeout_s=10)
+        refused = watching.admit(Priority.ORDER)
+        assert refused.reason.startswith("IP banned") and watching.state == BudgetState.BANNED
+        # A process started during the ban reads it from the key at start.
+        late = RateBudget(VENUE, time.time_ns)
+        late_shared = SharedBans(bus, late, origin="late", clock_ns=time.time_ns)
+        await late_shared.start()
+        try:
+            assert not late.admit(Priority.ORDER).allowed
+            entry = await bus.kv_get(subjects.key_ratelimit_ban(VENUE))
+            assert entry is not None and msgspec.json.decode(entry[0])["status"] == 418
+            # ... and both send again once it has expired.
+            await eventually(async_value(lambda: watching.admit(Priority.ORDER).allowed), timeout_s=15)
+            assert late.admit(Priority.ORDER).allowed
+        finally:
+            await late_shared.close()
+    finally:
+        await shared.close()
+        await bus.close()
+
+
+def async_value(check: Callable[[], Any]) -> Callable[[], Any]:
+    async def run() -> Any:
+        return check()
+
+    return run
 
 
 SPOT_VENUE = "binance-spot"

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,6 +165,8 @@ class FakeRest:
         self.agg_rows: list[dict] = []
         self.server_ms: int | None = None
         self.clock: FakeClock | None = None
+        self.ping_down_until_ns = 0
+        self.pings: list[int] = []
 
     async def depth(self, symbol: str, limit: int = 1000) -> dict:
         if self.depth_error is not None:
@@ -182,6 +185,13 @@ class FakeRest:
 
     async def aggregate_trades(self, symbol: str, *, from_id: int, limit: int = 500) -> list[dict]:
         return self.agg_rows
+
+    async def ping(self) -> dict:
+        assert self.clock is not None
+        self.pings.append(self.clock.now)
+        if self.clock.now < self.ping_down_until_ns:
+            raise VenueError(503, -1001, "Service unavailable")
+        return {}
 
 
 def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, FakeClock]:
@@ -373,6 +383,110 @@ async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_a
     assert service.link_state == ConnectionState.DEGRADED
     keys = {alert.key for alert in of(published, AlertRaised)}
     assert {"md.reconnect_failing.binance-usdm", "md.ws_endpoints_failed.binance-usdm"} <= keys
+
+
+class ScriptedVenue:
+    """A venue whose WebSocket accepts connections only from `ws_up_at_s` (fake time) on; every
+    connection attempt's time is recorded, and a successful one ends the run."""
+
+    def __init__(self, service: MarketDataService, clock: FakeClock, ws_up_at_s: float) -> None:
+        self.service = service
+        self.clock = clock
+        self.start = clock.now
+        self.ws_up_at_ns = clock.now + int(ws_up_at_s * S)
+        self.attempts: list[float] = []
+
+    def stream(self, url: str) -> Any:
+        venue = self
+
+        class Stream:
+            async def connect(self) -> None:
+                from libs.binance.stream import StreamClosed
+
+                venue.attempts.append((venue.clock.now - venue.start) / S)
+                if venue.clock.now < venue.ws_up_at_ns:
+                    raise StreamClosed("connect failed: HTTP 503")
+                venue.service._closed = True  # connected: the run ends here
+
+            async def close(self) -> None:
+                return None
+
+            def __aiter__(self) -> Any:
+                return self
+
+            async def __anext__(self) -> Any:
+                raise StopAsyncIteration
+
+        return Stream()
+
+    async def run(self, horizon_s: float = 120.0) -> None:
+        async def fake_sleep(seconds: float) -> None:
+            self.clock.now += int(seconds * S)
+            if self.clock.now - self.start > horizon_s * S:
+                self.service._closed = True
+            await asyncio.sleep(0)
+
+        self.service._open_stream = self.stream  # type: ignore[assignment]
+        self.service._sleep = fake_sleep
+        self.service._uniform = lambda a, b: 0.0
+        try:
+            await self.service.run_stream_forever()
+        finally:
+            await self.service.close()
+
+
+async def test_reconnect_wait_when_venue_answers_ping_again_then_reconnects_at_once_not_at_next_attempt() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.binance-usdm", clock)
+    service, published, rest, _ = make(breaker)
+    service._clock_ns = clock
+    rest.clock = clock
+    rest.ping_down_until_ns = clock.now + int(3.5 * S)  # REST and WebSocket back at 3.5 s
+    venue = ScriptedVenue(service, clock, ws_up_at_s=3.5)
+    await venue.run()
+    # The schedule alone: attempts at 0, 1, 3, then 7 s. The ping answers from 3.5 s on.
+    assert venue.attempts[:3] == [0.0, 1.0, 3.0]
+    assert 3.5 <= venue.attempts[-1] <= 3.5 + domain.RETURN_PROBE_INTERVAL_S + 1e-6, venue.attempts
+    assert service.early_reconnects == 1
+    # Failed probes during the outage do not trip the venue breaker by their own rate.
+    assert len(rest.pings) >= 8 and breaker.state.value == "CLOSED"
+    assert not of(published, BreakerStateChanged)
+
+
+async def test_reconnect_wait_when_rest_answers_but_ws_refuses_then_early_reconnects_bounded() -> None:
+    service, _, rest, clock = make()
+    venue = ScriptedVenue(service, clock, ws_up_at_s=10_000)  # the WebSocket never comes back
+    await venue.run(horizon_s=60)
+    # Two waits cut short, then the SPEC schedule alone (4, 8, 32 s): no hammering.
+    assert venue.attempts == pytest.approx([0.0, 0.3, 0.6, 4.6, 12.6, 44.6])
+    assert service.early_reconnects == domain.MAX_EARLY_RECONNECTS
+    assert len(rest.pings) == domain.MAX_EARLY_RECONNECTS
+    assert service.link_state == ConnectionState.DEGRADED  # 5 failed attempts still degrade
+
+
+async def test_reconnect_wait_when_venue_breaker_open_then_no_probe_is_sent() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("venue.binance-usdm", clock)
+    for _ in range(5):
+        breaker.record_failure("HTTP 503")
+    service, _, rest, _ = make(breaker)
+    service._clock_ns = clock
+    rest.clock = clock
+    venue = ScriptedVenue(service, clock, ws_up_at_s=10_000)
+    await venue.run(horizon_s=20)
+    assert rest.pings == []  # open for 30 s: fail fast, nothing sent
+    assert venue.attempts == [0.0, 1.0, 3.0, 7.0, 15.0]
+
+
+def test_return_probe_when_wait_short_or_early_reconnects_used_then_no_probe() -> None:
+    probe = domain.ReturnProbe(interval_s=0.3, max_early=2)
+    assert probe.next_probe_in(0.2) is None  # the attempt comes first
+    assert probe.next_probe_in(1.0) == 0.3
+    probe.on_answer()
+    probe.on_answer()
+    assert probe.next_probe_in(8.0) is None
+    probe.on_connected()
+    assert probe.next_probe_in(8.0) == 0.3
 
 
 # --------------------------------------------------------------------------- fuzz

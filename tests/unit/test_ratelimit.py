@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from libs.ratelimit import BudgetState, Priority, RateBudget
 
 S = 1_000_000_000
@@ -136,3 +138,61 @@ def test_on_headers_when_garbage_then_ignored() -> None:
     rb = budget(clock)
     rb.on_headers({"X-MBX-USED-WEIGHT-1M": "lots", "X-MBX-ORDER-COUNT-1M": "-3", "Other": "1"})
     assert rb.used_weight() == 0
+
+
+def test_on_ban_hook_when_418_or_429_with_retry_after_then_called_with_until_time() -> None:
+    clock = FakeClock()
+    seen: list[tuple[int, int, str]] = []
+    rb = RateBudget("binance-usdm", clock, uniform=lambda a, b: b, on_ban=lambda *args: seen.append(args))
+    rb.on_rate_limited(None)  # no Retry-After: nothing for the others to honour
+    assert seen == []
+    rb.on_rate_limited(2.0)
+    rb.on_banned(10.0)
+    # The venue's own figures, without this process's jitter.
+    assert [(status, until) for status, until, _ in seen] == [(429, clock.now + 2 * S), (418, clock.now + 10 * S)]
+
+
+def test_apply_shared_ban_when_418_elsewhere_then_nothing_admitted_until_it_ends_then_normal_later() -> None:
+    clock = FakeClock()
+    called: list[object] = []
+    rb = budget(clock, on_ban=lambda *args: called.append(args))
+    assert rb.apply_shared_ban(418, clock.now + 5 * S, "position:1: 418")
+    assert rb.state == BudgetState.BANNED
+    for priority in Priority:
+        refused = rb.admit(priority)
+        assert not refused.allowed and refused.reason.startswith("IP banned")
+    assert called == []  # a ban taken from others is not shared again
+    assert not rb.apply_shared_ban(418, clock.now + 5 * S)  # the same record again (own echo): no change
+    clock.advance(5.01)
+    assert rb.admit(Priority.ORDER).allowed
+    assert rb.state == BudgetState.DEGRADED
+    clock.advance(301)
+    assert rb.state == BudgetState.NORMAL
+    assert [t.current for t in rb.drain_transitions()] == [
+        BudgetState.BANNED,
+        BudgetState.DEGRADED,
+        BudgetState.NORMAL,
+    ]
+
+
+def test_apply_shared_ban_when_expired_or_429_then_ignored_or_held_back_without_state_change() -> None:
+    clock = FakeClock()
+    rb = budget(clock)
+    assert not rb.apply_shared_ban(418, clock.now - S)  # already over
+    assert rb.admit(Priority.ORDER).allowed
+    assert rb.apply_shared_ban(429, clock.now + 2 * S, "market-data:7: 429")
+    refused = rb.admit(Priority.ORDER)
+    assert not refused.allowed and refused.reason == "backing off after 429"
+    assert rb.state == BudgetState.NORMAL
+    clock.advance(2.01)
+    assert rb.admit(Priority.ORDER).allowed
+
+
+def test_ban_record_when_garbage_then_value_error() -> None:
+    from libs.ratelimit import BanRecord
+
+    record = BanRecord("binance-usdm", 418, 5, "a", "r", 1)
+    assert BanRecord.decode(record.encode()) == record
+    for raw in (b"", b"{}", b"[1]", b'{"venue": "x", "status": 200, "until_ns": 1}', b'{"venue":1,"status":"x"}'):
+        with pytest.raises(ValueError):
+            BanRecord.decode(raw)
