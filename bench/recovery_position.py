@@ -149,15 +149,25 @@ class PositionRecovery:
                 await self.submit()
             await asyncio.sleep(ORDER_INTERVAL_S)
 
+    async def _until_one_accepted(self, started: float, timeout_s: float, what: str) -> float:
+        """Submit orders from now on (another one every second: risk may deny one, e.g. while the
+        market-data link is not back to CONNECTED) until one of them is accepted; seconds from
+        `started` to that acceptance."""
+        mine = [await self.submit()]
+        last_submit = time.monotonic()
+        while not (done := [self.accepted[coid] for coid in mine if coid in self.accepted]):
+            now = time.monotonic()
+            if now - started > timeout_s:
+                raise TimeoutError(f"{what} within {timeout_s}s (see {self.rig.work_dir}/logs)")
+            if now - last_submit >= 1.0:
+                mine.append(await self.submit())
+                last_submit = now
+            await asyncio.sleep(0.01)
+        return min(done) - started
+
     async def wait_accepting(self, timeout_s: float) -> float:
         """Seconds until an order submitted from now on is accepted by the venue."""
-        started = time.monotonic()
-        coid = await self.submit()
-        while coid not in self.accepted:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"no order accepted within {timeout_s}s (see {self.rig.work_dir}/logs)")
-            await asyncio.sleep(0.01)
-        return self.accepted[coid] - started
+        return await self._until_one_accepted(time.monotonic(), timeout_s, "no order accepted")
 
     async def kill_and_measure(self, timeout_s: float = 60.0) -> float:
         """kill -9 position, start it again at once; seconds from the kill to an order accepted again."""
@@ -165,12 +175,7 @@ class PositionRecovery:
         started = time.monotonic()
         self.position.kill9()
         self.position.start()
-        coid = await self.submit()
-        while coid not in self.accepted:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"position not accepting orders within {timeout_s}s")
-            await asyncio.sleep(0.01)
-        return self.accepted[coid] - started
+        return await self._until_one_accepted(started, timeout_s, "position not accepting orders")
 
     async def orders_stream_messages(self) -> int:
         first, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)

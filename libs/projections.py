@@ -156,40 +156,41 @@ class Projections:
             event_seq,
         )
 
-    async def load_orders(self) -> dict[str, OrderRecord]:
-        """Every order of the projection, with the trade ids already applied to it."""
-        rows = await self.pool.fetch("SELECT * FROM orders")
-        fills = await self.pool.fetch("SELECT client_order_id, trade_id, quantity FROM fills")
+    async def find_order(self, client_order_id: str) -> OrderRecord | None:
+        """One order by client order id (primary key), with its fills; None when the projection has none.
+
+        The position service asks this before sending a command whose order is not in its memory
+        any more (finished orders leave memory after a retention window), so an old command
+        delivered again is never sent twice.
+        """
+        row = await self.pool.fetchrow("SELECT * FROM orders WHERE client_order_id = $1", client_order_id)
+        if row is None:
+            return None
+        fills = await self.pool.fetch(
+            "SELECT trade_id, quantity FROM fills WHERE client_order_id = $1", client_order_id
+        )
+        return _record_from_row(row, {int(fill["trade_id"]): fill["quantity"] for fill in fills})
+
+    async def load_recent_orders(self, live_statuses: list[str], since_ns: int, limit: int) -> dict[str, OrderRecord]:
+        """Orders whose status is in `live_statuses`, plus the `limit` newest created at or after
+        `since_ns`, with their fills: what the position service keeps in memory. Indexed reads
+        (`orders_status_idx`, `orders_created_idx`, the fills primary key), never the whole history.
+        """
+        rows = list(await self.pool.fetch("SELECT * FROM orders WHERE status = ANY($1::text[])", live_statuses))
+        rows += await self.pool.fetch(
+            "SELECT * FROM orders WHERE created_ns >= $1 ORDER BY created_ns DESC, client_order_id DESC LIMIT $2",
+            since_ns,
+            limit,
+        )
+        by_id = {row["client_order_id"]: row for row in rows}
+        fills = await self.pool.fetch(
+            "SELECT client_order_id, trade_id, quantity FROM fills WHERE client_order_id = ANY($1::text[])",
+            list(by_id),
+        )
         trades: dict[str, dict[int, Decimal]] = {}
         for fill in fills:
             trades.setdefault(fill["client_order_id"], {})[int(fill["trade_id"])] = fill["quantity"]
-        orders: dict[str, OrderRecord] = {}
-        for row in rows:
-            coid = row["client_order_id"]
-            orders[coid] = OrderRecord(
-                client_order_id=coid,
-                idempotency_key=row["idempotency_key"],
-                source=OrderSource(row["source"]),
-                venue=row["venue"],
-                symbol=row["symbol"],
-                side=Side(row["side"]),
-                order_type=OrderType(row["type"]),
-                quantity=row["quantity"],
-                status=OrderStatus(row["status"]),
-                created_ns=row["created_ns"],
-                updated_ns=row["updated_ns"],
-                price=row["price"],
-                stop_price=row["stop_price"],
-                reduce_only=row["reduce_only"],
-                strategy=row["strategy"],
-                filled_quantity=row["filled_quantity"],
-                average_price=row["average_price"],
-                venue_order_id=row["venue_order_id"],
-                reason=row["reason"],
-                trade_ids=set(trades.get(coid, {})),
-                fill_quantities=dict(trades.get(coid, {})),
-            )
-        return orders
+        return {coid: _record_from_row(row, trades.get(coid, {})) for coid, row in by_id.items()}
 
     async def load_positions(self, venue: str) -> tuple[dict[str, Position], int]:
         """Positions of one venue, and the highest event sequence they reflect."""
@@ -198,6 +199,33 @@ class Projections:
             row["symbol"]: Position(row["quantity"], row["average_entry_price"], row["realized_pnl"]) for row in rows
         }
         return positions, max((int(row["last_event_seq"]) for row in rows), default=0)
+
+
+def _record_from_row(row: asyncpg.Record, fills: dict[int, Decimal]) -> OrderRecord:
+    """An `orders` row (and its fills: trade id -> quantity) as the position service's record."""
+    return OrderRecord(
+        client_order_id=row["client_order_id"],
+        idempotency_key=row["idempotency_key"],
+        source=OrderSource(row["source"]),
+        venue=row["venue"],
+        symbol=row["symbol"],
+        side=Side(row["side"]),
+        order_type=OrderType(row["type"]),
+        quantity=row["quantity"],
+        status=OrderStatus(row["status"]),
+        created_ns=row["created_ns"],
+        updated_ns=row["updated_ns"],
+        price=row["price"],
+        stop_price=row["stop_price"],
+        reduce_only=row["reduce_only"],
+        strategy=row["strategy"],
+        filled_quantity=row["filled_quantity"],
+        average_price=row["average_price"],
+        venue_order_id=row["venue_order_id"],
+        reason=row["reason"],
+        trade_ids=set(fills),
+        fill_quantities=dict(fills),
+    )
 
 
 SCRATCH_SCHEMA = "projections_rebuild"

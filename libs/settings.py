@@ -62,6 +62,12 @@ class Settings:
     position_lease_ttl_s: float = _doc(
         6.0, "position: single-writer lease TTL; a dead holder is replaced within about this (SPEC §8)"
     )
+    position_retain_terminal_s: float = _doc(
+        600.0, "position: finished orders stay in memory and snapshots this long (older ones: looked up in Postgres)"
+    )
+    position_retain_terminal_max: int = _doc(
+        2000, "position: at most this many finished orders stay in memory and snapshots (the newest)"
+    )
     symbols: tuple[str, ...] = _doc(("BTCUSDT", "ETHUSDT"), "traded symbols, comma separated")
     gateway_host: str = _doc("127.0.0.1", "gateway bind address")
     gateway_port: int = _doc(8000, "gateway port")

@@ -146,6 +146,13 @@ class CountdownPlanner:
 
 PROTECT_PREFIX = "protect:"
 """Idempotency keys of the position service's own protective orders start with this."""
+PROTECT_CLOSE_PREFIX = "protect-close:"
+"""Idempotency keys of the reduce-only MARKET orders that close a position whose stop or take-profit
+the venue refused because it would trigger at once (-2021): `protect-close:<kind>:<entry>:<size>:<n>`.
+Not protective orders themselves (nothing cancels them as stale protection)."""
+IMMEDIATE_TRIGGER_REASON = "would trigger immediately"
+"""Start of the reason of a protective order refused with -2021; such refusals do not count towards
+MAX_PROTECT_ATTEMPTS (the position is closed at market instead)."""
 
 
 def is_protective(order: OrderRecord) -> bool:
@@ -285,7 +292,11 @@ def plan_protection(
         if live:
             keep.update(order.client_order_id for order in live)
             continue
-        refused = sum(1 for order in attempts if order.status == OrderStatus.REJECTED)
+        refused = sum(
+            1
+            for order in attempts
+            if order.status == OrderStatus.REJECTED and not (order.reason or "").startswith(IMMEDIATE_TRIGGER_REASON)
+        )
         if refused >= MAX_PROTECT_ATTEMPTS:
             unavailable.append(item.key_stem)
             continue
@@ -299,6 +310,80 @@ def plan_protection(
         if order.symbol == symbol and is_protective(order) and not is_terminal(order.status) and coid not in keep
     )
     return ProtectionPlan(place=place, cancel=cancel, unavailable=unavailable)
+
+
+def protection_entry_of(idempotency_key: str) -> str | None:
+    """The entry client order id a protective or protect-close key is named after, else None.
+
+    Keys are `protect:<kind>:<entry>:<size>:<n>` and `protect-close:<kind>:<entry>:<size>:<n>`;
+    client order ids (`bw` + hex) never contain a colon.
+    """
+    if not idempotency_key.startswith((PROTECT_PREFIX, PROTECT_CLOSE_PREFIX)):
+        return None
+    parts = idempotency_key.split(":")
+    return parts[2] if len(parts) >= 5 else None
+
+
+# ---------------------------------------------------------------------- bounded memory (issue 4)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many finished orders the service keeps in memory and in its snapshots.
+
+    Live orders and positions are always kept. A terminal order stays while it was updated less
+    than `keep_ns` ago, and at most the `max_terminal` most recently updated ones stay. The default
+    window (10 min) covers the redelivery horizon of the order consumers (ack wait 30 s x 5
+    deliveries plus nak delays, about 3 min), so the usual redelivery after a crash is answered from
+    memory; anything older is answered by the projections (`Projections.find_order`).
+    """
+
+    keep_ns: int = 600 * 1_000_000_000
+    max_terminal: int = 2000
+
+
+def evictable_orders(orders: dict[str, OrderRecord], now_ns: int, retention: Retention, pinned: set[str]) -> list[str]:
+    """Client order ids of the terminal orders that leave memory now (sorted).
+
+    Terminal orders updated before `now_ns - keep_ns`, then the oldest beyond `max_terminal`;
+    never a live order nor a `pinned` one.
+    """
+    cutoff = now_ns - retention.keep_ns
+    terminal = [o for o in orders.values() if is_terminal(o.status) and o.client_order_id not in pinned]
+    out = {o.client_order_id for o in terminal if o.updated_ns < cutoff}
+    kept = [o for o in terminal if o.client_order_id not in out]
+    if len(kept) > retention.max_terminal:
+        kept.sort(key=lambda o: (o.updated_ns, o.client_order_id))
+        out.update(o.client_order_id for o in kept[: len(kept) - retention.max_terminal])
+    return sorted(out)
+
+
+def fold_evicted(baselines: dict[str, Decimal], evicted: list[OrderRecord]) -> dict[str, Decimal]:
+    """Baselines once `evicted` leave memory: their fills move into the baseline of their symbol,
+    so position = baseline + sum of the fills of the orders still in memory stays exact (§6)."""
+    out = dict(baselines)
+    for order in evicted:
+        if order.filled_quantity:
+            out[order.symbol] = out.get(order.symbol, Decimal(0)) + order.signed_filled
+    return out
+
+
+def pinned_orders(orders: dict[str, OrderRecord], protections: list[Protection], flatten_key: str | None) -> set[str]:
+    """Terminal orders that must stay in memory whatever their age.
+
+    The entry of every current protection and every protective / protect-close attempt named after
+    it: `plan_protection` numbers attempts and counts refusals from the orders in memory, so an
+    evicted attempt would be asked for again under the same client order id. Likewise the flatten
+    backstop's attempts of the current flatten (`flatten:position:<flatten_key>:...`).
+    """
+    entries = {p.entry for p in protections}
+    pinned = set(entries) & set(orders)
+    flatten_prefix = f"flatten:position:{flatten_key}:" if flatten_key else None
+    for coid, order in orders.items():
+        key = order.idempotency_key
+        if protection_entry_of(key) in entries or (flatten_prefix and key.startswith(flatten_prefix)):
+            pinned.add(coid)
+    return pinned
 
 
 # ---------------------------------------------------------------------- snapshot (SPEC §8)
@@ -323,6 +408,9 @@ class PositionCheckpoint(msgspec.Struct, frozen=True):
     positions: dict[str, Position]
     position_seq: dict[str, int]
     protections: list[Protection]
+    evicted_until_ns: int = 0
+    """Newest `updated_ns` of any order that left memory (see `Retention`); 0: none ever left. An
+    approval whose order is not in memory and that is newer than this was never handled."""
 
 
 def decode_checkpoint(state: bytes) -> PositionCheckpoint:

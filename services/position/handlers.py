@@ -10,6 +10,7 @@ is down (breaker open) or not reconciled, orders wait as PENDING_SUBMISSION and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -74,16 +75,23 @@ from proto.messages import (
 
 from .adapters import VENUE_FAILURES, submit_is_ambiguous
 from .domain import (
+    IMMEDIATE_TRIGGER_REASON,
+    PROTECT_CLOSE_PREFIX,
+    PROTECT_PREFIX,
     SNAPSHOT_COMPONENT,
     SNAPSHOT_VERSION,
     CountdownPlanner,
     PositionCheckpoint,
     Protection,
     ProtectiveOrder,
+    Retention,
     checkpoint_problem,
     decode_checkpoint,
+    evictable_orders,
+    fold_evicted,
     is_protective,
     order_invariant_violations,
+    pinned_orders,
     plan_protection,
     plan_reconciliation,
     position_baselines,
@@ -96,6 +104,11 @@ Clock = Callable[[], int]
 ORDER_NOT_FOUND = -2013
 UNKNOWN_ORDER_ON_CANCEL = -2011
 DUPLICATE_CLIENT_ORDER_ID = -4116
+WOULD_TRIGGER_IMMEDIATELY = -2021
+"""Binance: a STOP_MARKET / TAKE_PROFIT_MARKET whose stop price the mark price has already passed."""
+APPROVAL_CLOCK_MARGIN_NS = 5_000_000_000
+"""Clock difference tolerated between risk (stamps approvals) and this service (stamps orders) when
+deciding from memory alone that an approval was never handled (SPEC FM-D3 alerts above 1 s)."""
 QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 VENUE_LIVE = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL})
 MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
@@ -139,6 +152,10 @@ class RecoveryReport(msgspec.Struct, frozen=True):
     covered_seq: int
     positions: dict[str, str] = {}
     """Positions as recovered, before reconciliation with the venue corrected anything."""
+    orders_loaded: int = 0
+    """Orders kept in memory after recovery: live ones plus finished ones within the retention (bounded)."""
+    orders_evicted: int = 0
+    """Finished orders the recovery found beyond the retention and left out of memory."""
 
 
 def order_params(order: OrderRecord) -> dict[str, str]:
@@ -213,7 +230,9 @@ class PositionService:
         lease: the single-writer lease (SPEC §8); checked right before every venue write (None: no check).
         on_lease_lost: called once when a venue write finds the lease gone (the service stops writing).
         snapshots: where snapshots go (None: never snapshot, recover by folding the whole log).
-        snapshot_policy: when to snapshot (counted in ORDERS events this service publishes).
+        snapshot_policy: when to snapshot (counted in ORDERS events this service publishes; the
+            stream growing by `every_events` messages from any writer also makes one due).
+        retention: how many finished orders stay in memory and in snapshots (default `Retention()`).
     """
 
     def __init__(
@@ -233,6 +252,7 @@ class PositionService:
         on_lease_lost: Callable[[], None] | None = None,
         snapshots: SnapshotStore | None = None,
         snapshot_policy: SnapshotPolicy | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -273,6 +293,14 @@ class PositionService:
         self.snapshots_failed = 0
         self.last_snapshot_seq: int | None = None
         self.recovery: RecoveryReport | None = None
+        self.retention = retention or Retention()
+        self.evicted_until_ns = 0
+        """Newest `updated_ns` of an order that left memory: approvals newer than this are decided from memory."""
+        self.orders_evicted = 0
+        self._changed: set[str] = set()
+        self._snapshot_stream_mark = 0
+        self._snapshot_lowered = False
+        self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ helpers
 
@@ -290,6 +318,8 @@ class PositionService:
             "flattening": self.flattening(),
             "protective_orders": sum(1 for o in self.orders.values() if is_protective(o) and not is_terminal(o.status)),
             "recovery": msgspec.structs.asdict(self.recovery) if self.recovery is not None else None,
+            "orders_in_memory": len(self.orders),
+            "orders_evicted": self.orders_evicted,
             "snapshots": {
                 "saved": self.snapshots_saved,
                 "failed": self.snapshots_failed,
@@ -376,10 +406,7 @@ class PositionService:
             await self.maintain_protection(all_symbols=True)
 
     async def _place_flatten(self, symbol: str, venue_quantity: Decimal) -> None:
-        attempt = 0
-        while client_order_id_for(f"flatten:position:{self._flatten_key}:{symbol}:{attempt}") in self.orders:
-            attempt += 1
-        key = f"flatten:position:{self._flatten_key}:{symbol}:{attempt}"
+        key = await self._fresh_key(f"flatten:position:{self._flatten_key}:{symbol}")
         coid = client_order_id_for(key)
         command = SubmitOrder(
             client_order_id=coid,
@@ -422,11 +449,13 @@ class PositionService:
         seq = await self.bus.publish(subject, message, msg_id=msg_id)
         if coid is not None:
             self._seq[coid] = max(seq, self._seq.get(coid, 0))
+            self._changed.add(coid)
         if self.snapshot_policy is not None:
             self.snapshot_policy.record()
         return seq
 
     async def _save(self, order: OrderRecord) -> None:
+        self._changed.add(order.client_order_id)
         await self.projections.upsert_order(order, self._seq.get(order.client_order_id, 0))
 
     def _transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
@@ -473,9 +502,19 @@ class PositionService:
         """Take the current positions as explained (after loading or an audited correction)."""
         self.baselines = position_baselines(self.orders, self.positions)
 
-    async def check_invariants(self) -> list[str]:
-        """Check SPEC §6's invariants; a violation starts the HARD_SHUTDOWN path."""
-        problems = [problem for order in self.orders.values() for problem in order_invariant_violations(order)]
+    async def check_invariants(self, *, full: bool = False) -> list[str]:
+        """Check SPEC §6's invariants; a violation starts the HARD_SHUTDOWN path.
+
+        The per-order checks run on the orders changed since the last check (`full`: on every order
+        in memory, done once per supervision round); position = baseline + sum of fills is checked
+        every time. Memory is bounded (`Retention`), so even the full check does not grow with history.
+        """
+        if full:
+            changed: Iterable[OrderRecord] = list(self.orders.values())
+        else:
+            changed = [self.orders[coid] for coid in self._changed if coid in self.orders]
+        self._changed.clear()
+        problems = [problem for order in changed for problem in order_invariant_violations(order)]
         problems += position_invariant_violations(self.orders, self.positions, self.baselines)
         if problems and not self.hard_shutdown:
             await self._hard_shutdown(problems)
@@ -507,6 +546,88 @@ class PositionService:
             await self.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
         except Exception as exc:  # noqa: BLE001 - the level is persisted; risk halts when it reads it
             self.log.warning("hard_shutdown_halt_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ bounded memory (issue 4)
+
+    def trim(self) -> int:
+        """Let finished orders beyond the retention leave memory (and so the next snapshot).
+
+        Their fills move into the position baselines (`fold_evicted`), so §6's position = baseline +
+        sum of fills stays exact. Live orders, and finished ones the protection / flatten logic still
+        numbers its attempts from (`pinned_orders`), stay. Returns how many left.
+        """
+        flatten_key = self._flatten_key if self.flattening() else None
+        pinned = pinned_orders(self.orders, list(self.protections.values()), flatten_key)
+        coids = evictable_orders(self.orders, self.clock(), self.retention, pinned)
+        if not coids:
+            return 0
+        evicted = [self.orders.pop(coid) for coid in coids]
+        for coid in coids:
+            self._seq.pop(coid, None)
+            self._changed.discard(coid)
+        self.baselines = fold_evicted(self.baselines, evicted)
+        self.evicted_until_ns = max(self.evicted_until_ns, max(order.updated_ns for order in evicted))
+        self.orders_evicted += len(evicted)
+        self.log.info("orders_evicted", evicted=len(evicted), kept=len(self.orders))
+        return len(evicted)
+
+    async def _known_elsewhere(self, coid: str) -> OrderRecord | None:
+        """The projection's record of an order not in memory (None: no such order).
+
+        Raises:
+            asyncpg.PostgresError, OSError: Postgres could not be asked.
+        """
+        found: OrderRecord | None = await self.projections.find_order(coid)
+        if found is not None:
+            self.log.info("order_found_in_projection", client_order_id=coid, status=found.status.value)
+        return found
+
+    async def _approval_seen_before(self, coid: str, approved_ns: int) -> OrderRecord | None:
+        """Was this approval, whose order is not in memory, handled before? (never send twice, §6, FM-C7)
+
+        The projection answers (indexed lookup). If Postgres is down, memory answers alone when it
+        can: an approval newer than every order that ever left memory (plus a clock margin) would
+        have its order in memory had it been handled, so it was not. Otherwise nothing is decided:
+        the approval is retried later (nak), never sent blind.
+
+        Raises:
+            TransientError: Postgres is down and memory cannot tell.
+        """
+        try:
+            return await self._known_elsewhere(coid)
+        except (asyncpg.PostgresError, OSError) as exc:
+            if approved_ns > self.evicted_until_ns + APPROVAL_CLOCK_MARGIN_NS:
+                self.log.warning(
+                    "order_lookup_unavailable",
+                    client_order_id=coid,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    action_taken="newer than every evicted order: never handled, handled now",
+                )
+                return None
+            raise TransientError(
+                f"{coid}: not in memory and Postgres is unavailable ({type(exc).__name__}); "
+                "whether it was already sent is unknown, retried later"
+            ) from exc
+
+    async def _fresh_key(self, stem: str) -> str:
+        """`<stem>:<n>` for the first n whose client order id is neither in memory nor in the
+        projection (orders found there are taken back into memory), for orders this service names
+        itself (protective, protect-close, flatten backstop). Postgres down: memory alone decides;
+        the attempts of a current protection or flatten are never evicted (`pinned_orders`)."""
+        attempt = 0
+        while True:
+            key = f"{stem}:{attempt}"
+            coid = client_order_id_for(key)
+            if coid not in self.orders:
+                try:
+                    found = await self._known_elsewhere(coid)
+                except (asyncpg.PostgresError, OSError) as exc:
+                    self.log.warning("order_lookup_unavailable", client_order_id=coid, error=repr(exc)[:300])
+                    return key
+                if found is None:
+                    return key
+                self.orders[coid] = found
+            attempt += 1
 
     # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
 
@@ -553,6 +674,19 @@ class PositionService:
         command = message.order
         async with self._lock:
             known = self.orders.get(command.client_order_id)
+            if known is None:
+                # Not in memory: finished orders leave it after the retention. Handled before? (§6)
+                earlier = await self._approval_seen_before(command.client_order_id, message.ts_event_ns)
+                if earlier is not None and is_terminal(earlier.status):
+                    self.log.info("order_already_known", client_order_id=command.client_order_id, via="projection")
+                    return
+                if earlier is not None:
+                    # Live in the projection only (a handler that failed half-way): take it back.
+                    self.orders[earlier.client_order_id] = earlier
+                    if earlier.status == OrderStatus.SUBMITTED:
+                        # It may have reached the venue: query by client order id before any resend (FM-N7).
+                        await self._mark_unknown(earlier, "found SUBMITTED in the projection, not in memory")
+                    known = earlier
             # Known but never sent and no protection recorded: folded from the log at recovery before
             # this (unacknowledged) approval was handled; handle it now.
             if known is not None and not (
@@ -692,6 +826,9 @@ class PositionService:
             # Our id is already at the venue (an earlier attempt landed): its state is the truth.
             self.log.warning("order_duplicate_at_venue", client_order_id=coid, action_taken="query")
             await self._query_and_apply(order)
+            return
+        if exc.code == WOULD_TRIGGER_IMMEDIATELY and is_protective(order):
+            await self._triggered_at_placement(order, exc)
             return
         if submit_is_ambiguous(exc):
             await self._mark_unknown(order, f"HTTP {exc.status} code={exc.code}: {exc.msg}")
@@ -974,6 +1111,7 @@ class PositionService:
             # Updates may have been missed while it was down: reconcile before any new order.
             self.reconciled = False
             self.log.info("user_stream_connected", action_taken="reconcile")
+            self._wake.set()
 
         while True:
             delay = USER_STREAM_BACKOFF_S[attempt] if attempt < len(USER_STREAM_BACKOFF_S) else min(2.0**attempt, 60)
@@ -1023,6 +1161,9 @@ class PositionService:
     async def tick(self) -> None:
         """One supervision round: snapshot when due, reconcile when needed, poll, keep the dead-man's
         switch armed."""
+        async with self._lock:
+            self.trim()
+            await self.check_invariants(full=True)
         await self.snapshot()
         await self.refresh_degradation()
         if not self.reconciled:
@@ -1039,7 +1180,10 @@ class PositionService:
     async def poll_forever(self, interval_s: float = 1.0) -> None:
         """Run `tick` every `interval_s`; venue trouble is logged and retried next round."""
         while True:
-            await asyncio.sleep(interval_s)
+            # A user-stream (re)connect wakes the round at once: nothing is sent until it reconciled.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval_s)
+            self._wake.clear()
             try:
                 await self.tick()
             except LeaseLost:
@@ -1067,8 +1211,18 @@ class PositionService:
 
     async def load(self) -> None:
         """Rebuild in-memory orders and positions from the Postgres projections (no snapshot, and the
-        ORDERS stream no longer starts at 1, so a full replay would miss orders)."""
-        self.orders = await self.projections.load_orders()
+        ORDERS stream no longer starts at 1, so a full replay would miss orders).
+
+        Only what memory keeps is read: live orders and the finished ones within the retention
+        (indexed queries). Anything older may exist without being in memory, so from now on an
+        approval not in memory is always checked against the projection (`evicted_until_ns`).
+        """
+        now = self.clock()
+        live = [status.value for status in OrderStatus if not is_terminal(status)]
+        self.orders = await self.projections.load_recent_orders(
+            live, now - self.retention.keep_ns, self.retention.max_terminal
+        )
+        self.evicted_until_ns = now
         self.positions, self._position_seq = await self.projections.load_positions(self.venue)
         self.rebase()
         await self._load_protections()
@@ -1118,6 +1272,8 @@ class PositionService:
         """
         checkpoint: PositionCheckpoint | None = None
         corrupt: list[str] = []
+        started_ns = self.clock()
+        phases: dict[str, float] = {}
         if self.snapshots is not None:
             try:
                 found = await self.snapshots.load_latest_valid(SNAPSHOT_COMPONENT, accept=checkpoint_problem)
@@ -1127,6 +1283,7 @@ class PositionService:
                 corrupt = [f"id {c.id} seq {c.stream_seq}: {c.reason}" for c in found.corrupt]
                 if found.snapshot is not None:
                     checkpoint = decode_checkpoint(found.snapshot.state)
+        phases["snapshot_load_ms"] = (self.clock() - started_ns) / 1e6
         try:
             first, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)
         except NotFoundError:
@@ -1156,9 +1313,12 @@ class PositionService:
                         stream_last=last,
                         action_taken="snapshot kept; reconciliation with the venue corrects it",
                     )
+            mark_ns = self.clock()
             folded = fold_events(await read_orders_stream(self.bus, from_seq), start)
+            phases["tail_fold_ms"] = (self.clock() - mark_ns) / 1e6
             self.orders = folded.orders
             self._seq = dict(folded.order_seq)
+            self.evicted_until_ns = checkpoint.evicted_until_ns if checkpoint is not None else 0
             self.positions = {}
             self._position_seqs = {}
             for (venue, symbol), (position, seq, _) in folded.positions.items():
@@ -1167,17 +1327,22 @@ class PositionService:
                     self._position_seqs[symbol] = seq
             self._position_seq = max(self._position_seqs.values(), default=0)
             await self._load_protections(checkpoint.protections if checkpoint is not None else ())
+            mark_ns = self.clock()
             try:
                 await write(folded, self.projections, touched_only=True)
             except (asyncpg.PostgresError, OSError) as exc:
                 # FM-C3: the log is the truth; the projections catch up with the next writes or a rebuild.
                 self.log.warning("projection_catch_up_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            phases["projection_write_ms"] = (self.clock() - mark_ns) / 1e6
+            evicted = self.trim()  # a whole-log replay, or a long downtime, leaves old finished orders
             self.rebase()
             covered = max(last, checkpoint.stream_seq if checkpoint is not None else 0)
             snapshot_seq = checkpoint.stream_seq if checkpoint is not None else None
-            report = RecoveryReport(mode, snapshot_seq, folded.events, len(corrupt), covered)
+            report = RecoveryReport(mode, snapshot_seq, folded.events, len(corrupt), covered, orders_evicted=evicted)
+            # The next snapshot is due once the stream grew past the policy's budget since this one.
+            self._snapshot_stream_mark = snapshot_seq or 0
         recovered = {symbol: str(p.quantity) for symbol, p in sorted(self.positions.items()) if p.quantity}
-        report = msgspec.structs.replace(report, positions=recovered)
+        report = msgspec.structs.replace(report, positions=recovered, orders_loaded=len(self.orders))
         self.recovery = report
         self.log.info(
             "position_recovered",
@@ -1186,6 +1351,9 @@ class PositionService:
             replayed=report.replayed,
             corrupt_snapshots=report.corrupt_snapshots,
             orders=len(self.orders),
+            orders_evicted=report.orders_evicted,
+            timings={name: round(ms, 1) for name, ms in phases.items()},
+            total_ms=round((self.clock() - started_ns) / 1e6, 1),
             positions=recovered,
             protections=len(self.protections),
         )
@@ -1213,6 +1381,13 @@ class PositionService:
                 },
                 "reconciled": self.reconciled,
                 "recovery": msgspec.structs.asdict(self.recovery) if self.recovery is not None else None,
+                "memory": {
+                    "orders": len(self.orders),
+                    "evicted": self.orders_evicted,
+                    "evicted_until_ns": self.evicted_until_ns,
+                    "retention_s": self.retention.keep_ns / 1e9,
+                    "retention_max_terminal": self.retention.max_terminal,
+                },
             }
         return msgspec.json.encode(view)
 
@@ -1244,10 +1419,18 @@ class PositionService:
         if self.snapshots is None or self.snapshot_policy is None:
             return None
         if not force and not self.snapshot_policy.due():
-            return None
+            # Others write to ORDERS too (risk's approvals, the gateway's commands, ...): the tail a
+            # restart folds is bounded by the stream's growth, not only by what this service published.
+            _, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)
+            behind = self._snapshot_lowered
+            if last - self._snapshot_stream_mark < self.snapshot_policy.every_events and not behind:
+                return None
         async with self._lock:
             _, last = await self.bus.stream_bounds(subjects.STREAM_ORDERS.name)
+            self._snapshot_stream_mark = last
             covered = await self._covered_sequence(last)
+            # Lowered to an approval not acknowledged yet: the next round tries again (it is acked by then).
+            self._snapshot_lowered = covered < last
             checkpoint = PositionCheckpoint(
                 version=SNAPSHOT_VERSION,
                 stream_seq=covered,
@@ -1256,6 +1439,7 @@ class PositionService:
                 positions=dict(self.positions),
                 position_seq=dict(self._position_seqs),
                 protections=list(self.protections.values()),
+                evicted_until_ns=self.evicted_until_ns,
             )
             state = msgspec.json.encode(checkpoint)
             self.snapshot_policy.taken()
@@ -1319,7 +1503,7 @@ class PositionService:
                 number=self.reconciliations,
             )
             await self._set_link(ConnectionState.CONNECTED, "venue reachable and reconciled")
-            await self.check_invariants()
+            await self.check_invariants(full=True)
             # Stops of open positions are re-established (or found, same ids) after every reconciliation.
             await self.maintain_protection(all_symbols=True)
 
@@ -1432,10 +1616,17 @@ class PositionService:
     async def _protect_symbol(self, symbol: str) -> None:
         position = self.positions.get(symbol, Position()).quantity
         protection = self.protections.get(symbol)
+        if any(
+            o.symbol == symbol and o.idempotency_key.startswith(PROTECT_CLOSE_PREFIX) and not is_terminal(o.status)
+            for o in self.orders.values()
+        ):
+            return  # closing at market after a stop/take-profit refused as already triggered: wait for it
         wanted = protective_orders(protection, position)
         plan = plan_protection(wanted, self.orders, symbol, client_order_id_for)
-        for item, key in plan.place:
-            await self._place_protective(item, key)
+        for item, planned in plan.place:
+            key = await self._fresh_key(planned.rsplit(":", 1)[0]) if planned.startswith(PROTECT_PREFIX) else planned
+            if not await self._place_protective(item, key):
+                return  # closed at market instead; the rest follows the position at the next round
         for stem in plan.unavailable:
             if stem not in self._protect_given_up:
                 self._protect_given_up.add(stem)
@@ -1454,7 +1645,9 @@ class PositionService:
             if entry is None or is_terminal(entry.status):
                 await self._clear_protection(symbol)
 
-    async def _place_protective(self, item: ProtectiveOrder, key: str) -> None:
+    async def _place_protective(self, item: ProtectiveOrder, key: str) -> bool:
+        """Place one protective order; False when the venue refused it as already triggered (-2021)
+        and the position is being closed at market instead."""
         coid = client_order_id_for(key)
         command = SubmitOrder(
             client_order_id=coid,
@@ -1484,3 +1677,65 @@ class PositionService:
             entry=item.entry,
         )
         await self._submit(order)
+        return not (order.status == OrderStatus.REJECTED and (order.reason or "").startswith(IMMEDIATE_TRIGGER_REASON))
+
+    async def _triggered_at_placement(self, order: OrderRecord, exc: VenueError) -> None:
+        """A stop or take-profit the venue refuses because the mark is already past it (-2021).
+
+        Its level is passed: for a stop the loss limit, for a take-profit the target. Leaving the
+        position without it is the one wrong answer, so the position is closed now with a reduce-only
+        MARKET order (`protect-close:...`), as the venue would have done had the order rested.
+        """
+        coid = order.client_order_id
+        order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
+        self._transition(order, OrderTrigger.REJECT)
+        rejected = OrderRejected(
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=order.reason,
+            error_class=ErrorClass.PERMANENT.value,
+            venue_code=exc.code,
+        )
+        await self._publish(self._order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+        await self._save(order)
+        position = self.positions.get(order.symbol, Position()).quantity
+        self.log.error(
+            "protection_triggered_at_placement",
+            client_order_id=coid,
+            symbol=order.symbol,
+            type=order.order_type.value,
+            stop_price=str(order.stop_price),
+            position=str(position),
+            action_taken="close the position at market (reduce-only)",
+        )
+        await self._alert(
+            f"protection-triggered:{order.symbol}",
+            AlertSeverity.P1,
+            "protective order would trigger immediately: position closed at market",
+            coid=coid,
+            type=order.order_type.value,
+            stop_price=str(order.stop_price),
+            position=str(position),
+        )
+        if position == 0:
+            return
+        stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
+        key = await self._fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
+        close_coid = client_order_id_for(key)
+        command = SubmitOrder(
+            client_order_id=close_coid,
+            idempotency_key=key,
+            source=OrderSource.RISK,
+            symbol=order.symbol,
+            side=Side.SELL if position > 0 else Side.BUY,
+            order_type=OrderType.MARKET,
+            quantity=abs(position),
+            venue=self.venue,
+            reduce_only=True,
+            correlation_id=coid,
+        )
+        close = record_from_command(command, self.clock())
+        self.orders[close_coid] = close
+        approved = OrderApproved(order=command)
+        await self._publish(self._order_subject("approved", close), approved, f"approved:{close_coid}", close_coid)
+        await self._submit(close)

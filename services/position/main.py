@@ -20,6 +20,7 @@ from proto import subjects
 from proto.enums import ComponentState
 
 from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
+from .domain import Retention
 from .handlers import DENIALS_DURABLE, ORDERS_DURABLE, PositionService
 
 RECONCILE_RETRY_MAX_S = 10.0
@@ -84,6 +85,10 @@ async def setup(ctx: ServiceContext) -> None:
             time.time_ns,
             interval_ns=int(settings.snapshot_interval_s * 1e9),
             every_events=settings.snapshot_every_events,
+        ),
+        retention=Retention(
+            keep_ns=int(settings.position_retain_terminal_s * 1e9),
+            max_terminal=settings.position_retain_terminal_max,
         ),
     )
     link.on_breaker = service.on_breaker

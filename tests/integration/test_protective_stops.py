@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import pytest
 
 from proto import subjects
 from proto.enums import Side
@@ -191,3 +192,42 @@ async def test_entry_when_partially_filled_then_protection_sized_to_fills_resize
     await spike_mark(url, "down", 5)
 
     await assert_flat_and_consistent(system, resized["STOP_MARKET"], resized["TAKE_PROFIT_MARKET"])
+
+
+@pytest.mark.parametrize(
+    ("stop_pct", "take_profit_pct", "refused_type"),
+    [("1.02", "1.10", "STOP_MARKET"), ("0.90", "0.98", "TAKE_PROFIT_MARKET")],
+    ids=["stop-already-passed", "take-profit-already-passed"],
+)
+async def test_protective_order_when_mark_already_past_its_level_then_position_closed_at_market(
+    system: System, stop_pct: str, take_profit_pct: str, refused_type: str
+) -> None:
+    bus, pool, url = system.bus, system.pool, system.venue_url
+    # The market is paused so the mark stays where the levels were set from: a long whose stop is
+    # above the mark (or whose take-profit is below it) would trigger at once; the venue refuses it (-2021).
+    await sim_control(url, "pause")
+    stop_loss, take_profit = levels(await sim_state(url), stop_pct, take_profit_pct)
+    entry = msgspec.structs.replace(market_order("passed-entry"), stop_loss=stop_loss, take_profit=take_profit)
+    await submit(bus, entry)
+    await wait_status(pool, entry.client_order_id, "FILLED")
+
+    async def flat() -> bool:
+        state = await sim_state(url)
+        return await local_position(pool) == 0 and venue_position(state) == 0 and not open_orders(state)
+
+    await eventually(flat, 20)
+    refused = await pool.fetchrow(
+        "SELECT * FROM orders WHERE type = $1 AND status = 'REJECTED' AND reduce_only", refused_type
+    )
+    assert refused is not None and refused["reason"].startswith("would trigger immediately")
+    state = await assert_venue_matches_system(pool, url)
+    closes = [o for o in state["orders"] if o["type"] == "MARKET" and o["reduce_only"]]
+    assert [(o["side"], Decimal(o["executed_qty"]), o["status"]) for o in closes] == [
+        ("SELL", Decimal("0.01"), "FILLED")
+    ]
+    assert not await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'REJECTED' AND reason NOT LIKE 'would%'")
+
+    async def protection_cleared() -> bool:
+        return await bus.kv_get(f"protection.binance-usdm.{SYMBOL}") is None
+
+    await eventually(protection_cleared, 10)

@@ -4,6 +4,7 @@ invariant → HARD_SHUTDOWN path."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -103,11 +104,26 @@ class FakeBus:
 
 
 class FakeProjections:
+    """Order rows by client order id (status only, plus full records in `records`); `down` raises as Postgres
+    unreachable would."""
+
     def __init__(self) -> None:
         self.orders: dict[str, str] = {}
+        self.records: dict[str, Any] = {}
+        self.lookups: list[str] = []
+        self.down = False
 
     async def upsert_order(self, order: Any, event_seq: int) -> None:
+        if self.down:
+            raise OSError("postgres down")
         self.orders[order.client_order_id] = order.status.value
+        self.records[order.client_order_id] = copy.deepcopy(order)
+
+    async def find_order(self, client_order_id: str) -> Any:
+        self.lookups.append(client_order_id)
+        if self.down:
+            raise OSError("postgres down")
+        return copy.deepcopy(self.records.get(client_order_id))
 
     async def record_fill(self, *args: Any) -> None:
         return None
