@@ -32,7 +32,14 @@ T = TypeVar("T")
 DB_CONNECT_TIMEOUT_S = 2.0
 DB_RETRY_S = 10.0
 PRUNE_EVERY_SAVES = 5
-PG_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection broken mid-operation when Postgres dies
+    TimeoutError,
+)
+"""What a Postgres outage raises (a service falls back or defers; it never stops trading on it)."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +39,7 @@ from libs.orders_model import (
     venue_trigger,
 )
 from libs.projections import Folded, Projections, fold_events, read_orders_stream, write
+from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.codec import encode
@@ -298,6 +299,8 @@ class PositionService:
         """Newest `updated_ns` of an order that left memory: approvals newer than this are decided from memory."""
         self.orders_evicted = 0
         self._changed: set[str] = set()
+        self._deferred: dict[str, Callable[[], Awaitable[None]]] = {}
+        """Projection writes that failed while Postgres was down, in order (FM-C3)."""
         self._snapshot_stream_mark = 0
         self._snapshot_lowered = False
         self._wake = asyncio.Event()
@@ -455,8 +458,48 @@ class PositionService:
         return seq
 
     async def _save(self, order: OrderRecord) -> None:
+        """Write the order's projection row; with Postgres down the write is deferred (FM-C3).
+
+        The event log is the source of truth and the order is already on it: a projection outage
+        must not keep an order from the venue. Deferred rows are written by `flush_projections`.
+        """
         self._changed.add(order.client_order_id)
-        await self.projections.upsert_order(order, self._seq.get(order.client_order_id, 0))
+        try:
+            await self.projections.upsert_order(order, self._seq.get(order.client_order_id, 0))
+        except PG_ERRORS as exc:
+            self._defer(f"order:{order.client_order_id}", self._save_later(order.client_order_id), exc)
+
+    def _save_later(self, coid: str) -> Callable[[], Awaitable[None]]:
+        async def write_row() -> None:
+            order = self.orders.get(coid)  # the newest state; an evicted order was final when it left
+            if order is not None:
+                await self.projections.upsert_order(order, self._seq.get(coid, 0))
+
+        return write_row
+
+    def _defer(self, key: str, write_row: Callable[[], Awaitable[None]], exc: BaseException) -> None:
+        if not self._deferred:
+            self.log.warning(
+                "projection_write_deferred",
+                key=key,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                action_taken="trading continues on the event log; rows written when Postgres is back",
+            )
+        self._deferred.setdefault(key, write_row)
+
+    async def flush_projections(self) -> int:
+        """Write the projection rows deferred while Postgres was down, oldest first (0: none pending)."""
+        written = 0
+        for key in list(self._deferred):
+            try:
+                await self._deferred[key]()
+            except PG_ERRORS:
+                return written  # still down: the next round tries again
+            del self._deferred[key]
+            written += 1
+        if written:
+            self.log.info("projection_writes_caught_up", rows=written)
+        return written
 
     def _transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
         """Apply a trigger; an illegal one is logged (with the evidence) and leaves the order as is."""
@@ -1052,9 +1095,17 @@ class PositionService:
         )
         self._position_seq = max(self._position_seq, seq)
         self._position_seqs[order.symbol] = seq
-        await self.projections.record_fill(
-            order, trade_id, price, quantity, commission, ts_event_ns, position, self.clock(), seq
-        )
+        now = self.clock()
+
+        async def write_fill() -> None:
+            await self.projections.record_fill(
+                order, trade_id, price, quantity, commission, ts_event_ns, position, now, seq
+            )
+
+        try:
+            await write_fill()
+        except PG_ERRORS as exc:
+            self._defer(f"fill:{coid}:{trade_id}", write_fill, exc)
         self.log.info(
             "order_filled",
             client_order_id=coid,
@@ -1165,6 +1216,7 @@ class PositionService:
             self.trim()
             await self.check_invariants(full=True)
         await self.snapshot()
+        await self.flush_projections()
         await self.refresh_degradation()
         if not self.reconciled:
             await self.reconcile(self.symbols)

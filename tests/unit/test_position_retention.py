@@ -224,17 +224,23 @@ async def test_old_approval_when_evicted_and_postgres_down_then_retried_not_sent
     assert len(bus.of(OrderSubmitted)) == 1
 
 
-async def test_new_approval_when_postgres_down_then_memory_proves_it_new_and_it_is_sent() -> None:
+async def test_new_approval_when_postgres_down_then_memory_proves_it_new_sent_and_row_written_when_back() -> None:
     venue, bus, projections = filling_venue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
     svc.evicted_until_ns = svc.clock() - 600 * S  # orders left memory, all long before this approval
     projections.down = True
     message = approved_at("fresh", svc.clock())
 
-    with pytest.raises(OSError):  # the projection write after it still needs Postgres (see docs/orders.md)
-        await svc.on_approved(message, DELIVERY)
+    await svc.on_approved(message, DELIVERY)  # FM-C3: the projection outage does not stop the order
 
-    assert len(bus.of(OrderSubmitted)) == 1  # decided new from memory and on its way (not refused as unknown)
+    assert len(bus.of(OrderSubmitted)) == 1  # decided new from memory and sent
+    assert venue.calls.count("place_order") == 1
+    coid = message.order.client_order_id
+    assert coid not in projections.orders
+    assert await svc.flush_projections() == 0  # still down: kept for later
+    projections.down = False
+    assert await svc.flush_projections() >= 1
+    assert projections.orders[coid] == svc.orders[coid].status.value
 
 
 # ---------------------------------------------------------------------- -2021: already triggered
