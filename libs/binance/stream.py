@@ -127,6 +127,10 @@ class CombinedStream:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self.close()
             raise StreamClosed(f"connect failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Cancelled mid-handshake (service shutdown): the session must not outlive us.
+            await asyncio.shield(self.close())
+            raise
         self._pinger = asyncio.create_task(self._ping_loop(self._ws), name="ws-ping")
 
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -151,17 +155,19 @@ class CombinedStream:
 
     async def close(self) -> None:
         """Close the socket and the session (idempotent)."""
-        if self._pinger is not None:
-            self._pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pinger
-            self._pinger = None
-        if self._ws is not None and not self._ws.closed:
-            await self._ws.close()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._ws = None
-        self._session = None
+        try:
+            if self._pinger is not None:
+                self._pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pinger
+                self._pinger = None
+            if self._ws is not None and not self._ws.closed:
+                await self._ws.close()
+        finally:
+            # Even when cancelled while closing the socket, the session is released.
+            session, self._session, self._ws = self._session, None, None
+            if session is not None and not session.closed:
+                await asyncio.shield(session.close())
 
     def __aiter__(self) -> AsyncIterator[StreamFrame]:
         return self._frames()

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import httpx
 
 from libs.ids import client_order_id_for
+from proto import subjects
 
 StepKind = Literal["submit", "repeat", "cancel"]
 
@@ -328,6 +329,17 @@ async def wait_system_ready(client: httpx.AsyncClient, timeout_s: float) -> dict
     return None
 
 
+def _market_streams_connected(status: dict[str, Any]) -> bool:
+    """Every market-data WebSocket link CONNECTED: risk denies entries during a reconnect's clean
+    window (link SUSPECT) even while the books are VALID again."""
+    links = status.get("links") or {}
+    return all(
+        isinstance(value, dict) and value.get("state") == "CONNECTED"
+        for name, value in links.items()
+        if name.endswith(f".{subjects.MARKET_WS_LINK}")
+    )
+
+
 def _system_ready(status: dict[str, Any]) -> bool:
     components = status.get("components") or {}
     symbols = status.get("symbols") or {}
@@ -336,6 +348,7 @@ def _system_ready(status: dict[str, Any]) -> bool:
         and all(comp.get("state") == "READY" for comp in components.values())
         and status.get("trading_state") == "ACTIVE"
         and all(sym.get("hot_state") == "VALID" for sym in symbols.values())
+        and _market_streams_connected(status)
     )
 
 
@@ -385,6 +398,7 @@ class LoadDriver:
         self._idle.set()
         self._one_kill_at_a_time = asyncio.Lock()
         self.kills: list[KillRecord] = []
+        self._final_keys: dict[str, str] = {}
 
     async def run(self, kills: list[KillPlan] | None = None) -> LoadReport:
         """Run every step in order; kills run alongside. Returns every answer recorded."""
@@ -425,6 +439,8 @@ class LoadDriver:
             if self.gate and step.kind == "submit":
                 await self._wait_tradeable(step.symbol)
             await self._submit(step, key, result)
+            if step.kind == "submit":
+                self._final_keys[step.key] = key
             if result.order_status != "DENIED" or step.kind == "repeat":
                 return result
             result.denied_keys.append(key)
@@ -441,6 +457,7 @@ class LoadDriver:
                 status is not None
                 and status.get("trading_state") == "ACTIVE"
                 and (status.get("symbols") or {}).get(symbol, {}).get("hot_state") == "VALID"
+                and _market_streams_connected(status)
             ):
                 return
             await asyncio.sleep(0.25)
@@ -492,18 +509,16 @@ class LoadDriver:
             tries += 1
 
     async def _cancel(self, step: Step, result: StepResult) -> None:
+        # The order the submit step ended with: a DENIED submit was re-sent under another key.
+        key = self._final_keys.get(step.key, step.key)
         # 404 too: the order may not be in the projection yet (position restarting, Postgres down).
         deadline = time.monotonic() + self.request_deadline_s
         tries = 0
         while True:
-            attempt = await self._exchange("DELETE", f"/v1/orders/{step.client_order_id}", step.key)
+            attempt = await self._exchange("DELETE", f"/v1/orders/{client_order_id_for(key)}", key)
             result.attempts.append(attempt)
             if attempt.status_code in (202, 409) and not self._retryable(attempt):
-                result.final_key, result.final_status_code, result.final_body = (
-                    step.key,
-                    attempt.status_code,
-                    attempt.body,
-                )
+                result.final_key, result.final_status_code, result.final_body = key, attempt.status_code, attempt.body
                 return
             if time.monotonic() > deadline:
                 return
@@ -645,12 +660,12 @@ def check_consistency(outcome: Outcome, report: LoadReport) -> list[str]:
         if coid in accepted_ids and coid not in outcome.venue_orders and local["status"] not in ("DENIED", "REJECTED"):
             problems.append(f"order {coid} is {local['status']} in /v1/orders but unknown to the venue")
     for result in report.results:
-        if result.step.kind == "cancel" and result.final_status_code == 202:
-            for venue_order in outcome.venue_orders.get(result.step.client_order_id, []):
+        if result.step.kind == "cancel" and result.final_status_code in (202, 409):
+            # 202: the cancel was taken; 409: the gateway said the order was already terminal.
+            coid = client_order_id_for(result.final_key or result.step.key)
+            for venue_order in outcome.venue_orders.get(coid, []):
                 if venue_order["status"] not in TERMINAL_VENUE_STATUSES:
-                    problems.append(
-                        f"order {result.step.client_order_id} cancelled but {venue_order['status']} at the venue"
-                    )
+                    problems.append(f"order {coid} cancelled but {venue_order['status']} at the venue")
     gateway_positions, venue_positions = _nonzero(outcome.positions), _nonzero(outcome.venue_positions)
     if gateway_positions != venue_positions:
         problems.append(f"positions: gateway {gateway_positions}, venue {venue_positions}")

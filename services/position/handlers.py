@@ -826,6 +826,10 @@ class PositionService:
     async def _submit(self, order: OrderRecord) -> None:
         """Publish `OrderSubmitted`, write the projection, then place the order (never twice blind)."""
         coid = order.client_order_id
+        if self.flattening() and order.status == OrderStatus.PENDING_SUBMISSION and not order.reduce_only:
+            # Risk approved this entry under the level it read; ours is up to one tick old (the
+            # level may just have gone back to NORMAL): read it again before cancelling.
+            await self.refresh_degradation()
         if self.flattening() and order.status == OrderStatus.PENDING_SUBMISSION:
             if not order.reduce_only:
                 self._transition(order, OrderTrigger.CANCEL)

@@ -79,3 +79,18 @@ async def test_reduce_only_when_hard_shutdown_and_already_flat_then_cancelled_no
     await svc.on_approved(closing, DELIVERY)
     assert svc.orders["bw-close-late"].status == OrderStatus.CANCELED
     assert "place_order" not in venue.calls
+
+
+async def test_approved_entry_when_level_just_went_back_to_normal_then_sent_not_cancelled() -> None:
+    # Risk approved the entry under NORMAL; this service's last read (its previous tick) was EMERGENCY.
+    answer = {"orderId": 2, "status": "NEW", "executedQty": "0"}
+    venue, bus = FakeVenue(place_order=[answer]), FakeBus()
+    svc = service(venue, bus)
+    bus.kv[subjects.KEY_DEGRADATION_LEVEL] = msgspec.json.encode({"level": "EMERGENCY_MODE", "ts_ns": 7})
+    await svc.refresh_degradation()
+    assert svc.flattening()
+    bus.kv[subjects.KEY_DEGRADATION_LEVEL] = msgspec.json.encode({"level": "NORMAL", "ts_ns": 8})
+    await svc.on_approved(approved("after-recovery"), DELIVERY)
+    assert "place_order" in venue.calls
+    assert svc.orders["bw-after-recovery"].status == OrderStatus.NEW
+    assert not svc.flattening()
