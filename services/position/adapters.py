@@ -13,6 +13,7 @@ import msgspec
 import tenacity
 
 from libs.binance.classify import call_with_retries, classify, retry_policy
+from libs.binance.client import RequestThrottled
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, BreakerTransition, CircuitBreaker
 from libs.logging import Logger
@@ -80,6 +81,8 @@ class VenueLink:
         await self._transition(self.breaker.check())
         try:
             result = await operation()
+        except RequestThrottled:
+            raise  # our own budget held it back: nothing was sent, nothing learnt about the venue
         except (VenueError, VenueTimeout, VenueUnreachable) as exc:
             if hurts_venue_health(exc):
                 await self._transition(self.breaker.record_failure(f"{type(exc).__name__}: {exc}"[:200]))

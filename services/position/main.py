@@ -14,6 +14,7 @@ from libs.breaker import CircuitBreaker
 from libs.errors import TransientError
 from libs.lease import LEASE_BUCKET, Lease
 from libs.projections import Projections
+from libs.ratelimit import RateBudget, SharedBans
 from libs.runtime.service import ServiceContext, main
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
@@ -58,8 +59,20 @@ async def setup(ctx: ServiceContext) -> None:
     role["lease"] = "held"
     role["token"] = str(lease.token)
     ctx.set_state(ComponentState.STARTING)
+    # Request weight and order counts as the venue counts them; a 418 or a 429's Retry-After that
+    # any process receives (market-data's snapshots share the IP) holds this one back too (FM-N2).
+    budget = RateBudget(settings.venue, time.time_ns)
+    shared_bans = SharedBans(
+        ctx.bus, budget, origin=f"{subjects.POSITION}:{os.getpid()}", clock_ns=time.time_ns, log=ctx.log
+    )
+    await shared_bans.start()
+    ctx.cleanups.append(shared_bans.close)
     client = BinanceRestClient(
-        settings.venue_rest_url, settings.venue_api_key, settings.venue_api_secret, timeout_s=VENUE_TIMEOUT_S
+        settings.venue_rest_url,
+        settings.venue_api_key,
+        settings.venue_api_secret,
+        timeout_s=VENUE_TIMEOUT_S,
+        budget=budget,
     )
     await client.start()
     ctx.cleanups.append(client.close)

@@ -269,10 +269,24 @@ LINK_RULES: dict[str, tuple[DegradationLevel, Health, AlertSeverity | None, str]
 }
 """Link state -> (level, health, severity, what it means)."""
 
+LINK_KIND_RULES: dict[tuple[str, str], tuple[DegradationLevel, Health, AlertSeverity | None, str]] = {
+    # market-data's REST link is DEGRADED while the rate budget is (persistent 429s, an IP ban and
+    # the 5-minute ramp after it): the streams still flow and data is cached, polls are longer
+    # (FM-N2). A minor data issue, not a connection loss: REDUCED_FUNCTIONALITY, not EMERGENCY_MODE.
+    ("market-rest", ConnectionState.DEGRADED): (
+        DegradationLevel.REDUCED_FUNCTIONALITY,
+        Health.YELLOW,
+        AlertSeverity.P2,
+        "rate limited: cached data, longer polling",
+    ),
+}
+"""(link kind, state) -> rule, where a kind of link differs from `LINK_RULES`."""
+
 
 def _links_rule(facts: Facts) -> Iterator[Finding]:
     for link in facts.links:
-        rule = LINK_RULES.get(link.state)
+        kind = link.name.rsplit(".", 1)[-1]
+        rule = LINK_KIND_RULES.get((kind, link.state)) or LINK_RULES.get(link.state)
         if rule is not None:
             level, health, severity, meaning = rule
             yield Finding(

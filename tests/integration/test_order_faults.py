@@ -5,6 +5,7 @@ system believes it placed, each in the status the system shows (SPEC FM-N6, FM-N
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 
 from libs.binance.client import BinanceRestClient
+from libs.ratelimit import RateBudget, SharedBans
 from proto import subjects
 from proto.codec import decode
 from proto.messages import DeadLettered, OrderApproved
@@ -207,3 +209,33 @@ async def test_position_service_when_dead_then_venue_cancels_its_orders_after_co
     await system.wait_ready()
     await wait_status(pool, order.client_order_id, "CANCELED")
     await assert_venue_matches_system(pool, venue_url)
+
+
+@pytest.mark.parametrize("settings_overrides", [FAST])
+async def test_order_when_another_process_got_418_then_held_until_the_ban_expires_then_sent_once(
+    system: System,
+) -> None:
+    # FM-N2: Binance bans the IP, not the process. market-data's 418 (here: another budget writing
+    # the shared ban record, as its SharedBans does) must stop the position service's orders too.
+    other = RateBudget(VENUE, time.time_ns)
+    shared = SharedBans(system.bus, other, origin="market-data:test", clock_ns=time.time_ns)
+    await shared.start()
+    try:
+        other.on_banned(4.0)  # what BinanceRestClient does with a 418 answer carrying Retry-After: 4
+        await shared.flush()
+        banned_at = time.monotonic()
+        order = market_order("banned-elsewhere")
+        await submit(system.bus, order)
+        row = await wait_status(system.pool, order.client_order_id, "PENDING_SUBMISSION", timeout_s=10)
+        assert "queued" in (row["reason"] or ""), row["reason"]
+        while time.monotonic() - banned_at < 3.0:  # nothing reaches the venue while the ban lasts
+            orders = (await sim_state(system.venue_url))["orders"]
+            assert [o for o in orders if o["client_order_id"] == order.client_order_id] == []
+            await asyncio.sleep(0.2)
+        await wait_status(system.pool, order.client_order_id, "FILLED", timeout_s=30)
+        assert time.monotonic() - banned_at >= 4.0 - 0.5  # not before Retry-After (clock granularity aside)
+        await asyncio.sleep(1.0)
+        state = await assert_venue_matches_system(system.pool, system.venue_url)
+        assert len([o for o in state["orders"] if o["client_order_id"] == order.client_order_id]) == 1
+    finally:
+        await shared.close()

@@ -301,16 +301,22 @@ def test_evaluate_when_hard_shutdown_then_kept_whatever_the_findings() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "level", "health"),
+    ("link", "state", "level", "health"),
     [
-        ("DEGRADED", DegradationLevel.EMERGENCY_MODE, Health.RED),
-        ("DISCONNECTED", DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW),
-        ("SUSPECT", DegradationLevel.NORMAL, Health.YELLOW),
-        ("CONNECTED", DegradationLevel.NORMAL, Health.GREEN),
+        ("market-ws", "DEGRADED", DegradationLevel.EMERGENCY_MODE, Health.RED),
+        ("order", "DEGRADED", DegradationLevel.EMERGENCY_MODE, Health.RED),
+        ("market-ws", "DISCONNECTED", DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW),
+        ("market-ws", "SUSPECT", DegradationLevel.NORMAL, Health.YELLOW),
+        ("market-ws", "CONNECTED", DegradationLevel.NORMAL, Health.GREEN),
+        # Rate limited (429s persist, a 418 and its ramp): cached data, longer polls (FM-N2).
+        ("market-rest", "DEGRADED", DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW),
+        ("market-rest", "DISCONNECTED", DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW),
     ],
 )
-def test_evaluate_when_link_state_then_level_and_health(state: str, level: DegradationLevel, health: Health) -> None:
-    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[LinkObservation("v.market-ws", state)])
+def test_evaluate_when_link_state_then_level_and_health(
+    link: str, state: str, level: DegradationLevel, health: Health
+) -> None:
+    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[LinkObservation(f"v.{link}", state)])
 
     assert (evaluation.level, evaluation.health) == (level, health)
 
