@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,6 +191,17 @@ def application_programs(config: LaunchConfig) -> dict[str, str]:
     return programs
 
 
+def program_instance_id(program: str) -> str:
+    """`BULWARK_INSTANCE_ID` of a supervised program: the same across its restarts.
+
+    supervisord runs at most one process per program and restarts it only after it exited, so a
+    restarted position service or strategy takes its single-writer lease back at once (a new
+    fencing token) instead of waiting for the dead holder's lease to expire (SPEC §8). A process
+    of another program, host or `bulwark up` is another holder.
+    """
+    return f"{program}@{socket.gethostname()}"
+
+
 def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerSpec]) -> Path:
     data = config.data_dir
     logs = data / "logs"
@@ -211,11 +223,16 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
     for name, module in application_programs(config).items():
         extra = {}
         command = [sys.executable, "-m", module]
+        environment: dict[str, str] = {}
+        if "BULWARK_INSTANCE_ID" not in config.extra_env:
+            environment["BULWARK_INSTANCE_ID"] = program_instance_id(name)
         if name.startswith("strategy-"):
             # One OS process per strategy instance (FM-C2: a crash or kill -9 affects no other one).
             instance = name.removeprefix("strategy-")
             command += ["--name", instance]
-            extra["environment"] = f'BULWARK_STRATEGY_NAME="{instance}"'
+            environment["BULWARK_STRATEGY_NAME"] = instance
+        if environment:
+            extra["environment"] = ",".join(f'{key}="{value}"' for key, value in environment.items())
         priority = 20 if name == "venue-sim" else 30
         sections.append(_program(name, command, logs, priority=priority, autostart=False, **extra))
     # Groups stop as a whole: supervisord stops one group at a time, so one group per layer lets

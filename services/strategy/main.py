@@ -41,7 +41,9 @@ async def setup(ctx: ServiceContext) -> None:
     lease = Lease(
         await ctx.bus.kv(LEASE_BUCKET),
         f"strategy.{name}",
-        f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}",  # unique per process: a restart is a new holder
+        # The launcher's per-program id survives restarts (the lease is taken back at once);
+        # without one every process is a new holder and waits for the old lease to expire.
+        ctx.settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}",
         ttl_s=ctx.settings.strategy_lease_ttl_s,
         log=ctx.log,
     )

@@ -93,3 +93,23 @@ async def test_release_when_graceful_then_successor_acquires_at_once(kv: KeyValu
     await first.release()
     assert not first.held
     assert await second.try_acquire() is not None
+
+
+async def test_acquire_when_same_id_restarted_then_taken_back_at_once_and_old_process_fenced(kv: KeyValue) -> None:
+    # `bulwark up` restarts a killed program under the same instance id: no wait for its own lease.
+    clock = FakeClock()
+    before_kill = Lease(kv, "position", "position@host", ttl_s=60, clock=clock)
+    old_token = await before_kill.try_acquire()
+    assert old_token is not None
+    clock.now += 1 * S  # far inside the TTL
+    restarted = Lease(kv, "position", "position@host", ttl_s=60, clock=clock)
+    new_token = await restarted.try_acquire()
+    assert new_token is not None and new_token > old_token
+    # Had the old process survived (hung, not dead), its next write or renewal is refused.
+    with pytest.raises(LeaseLost):
+        await before_kill.ensure_held()
+    with pytest.raises(LeaseLost):
+        await before_kill.renew()
+    assert await restarted.ensure_held() == new_token
+    # Another id still waits for the TTL.
+    assert await Lease(kv, "position", "position@other", ttl_s=60, clock=clock).try_acquire() is None

@@ -46,7 +46,13 @@ def test_supervisor_config_when_written_then_every_program_is_restarted_and_serv
         assert programs[name]["autostart"] == "true" and int(programs[name]["priority"]) < 20
     assert programs["postgres"]["user"] == "pguser" and programs["postgres"]["stopsignal"] == "INT"
     assert programs["gateway"]["command"] == f"{sys.executable} -m services.gateway.main"
-    assert programs["strategy-trend"]["environment"] == 'BULWARK_STRATEGY_NAME="trend"'
+    # Stable per program across restarts (the lease is taken back at once), distinct between programs.
+    host = socket.gethostname()
+    assert programs["strategy-trend"]["environment"] == (
+        f'BULWARK_INSTANCE_ID="strategy-trend@{host}",BULWARK_STRATEGY_NAME="trend"'
+    )
+    assert programs["position"]["environment"] == f'BULWARK_INSTANCE_ID="position@{host}"'
+    assert "environment" not in programs["nats"]
     assert programs["strategy-trend"]["command"] == f"{sys.executable} -m services.strategy.main --name trend"
     assert programs["valkey"]["command"].endswith('--save ""')
 
