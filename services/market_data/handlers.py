@@ -26,6 +26,7 @@ from libs.binance.client import RequestThrottled
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.binance.stream import StreamClosed, StreamFrame
 from libs.breaker import BreakerOpen, BreakerState, BreakerTransition, CircuitBreaker
+from libs.latency import LatencyWindow
 from libs.logging import Logger
 from libs.ratelimit import BudgetState, RateBudget
 from proto import subjects
@@ -59,6 +60,8 @@ Request = Callable[[str, bytes], Awaitable[bytes]]
 OI_POLL_INTERVAL_S = 10.0
 SNAPSHOT_LIMIT = 1000
 MONITOR_INTERVAL_S = 0.25
+STREAM_LATENCY_SAMPLES = 1_000
+"""Stream frames in the latency window: tens of seconds of a few symbols' depth, trades and marks."""
 FLAG_REPEAT_S = 5.0
 """The same (symbol, check, verdict) flag is published at most once per this many seconds."""
 TRANSIENT_ALERT_QUIET_S = 60.0
@@ -213,6 +216,8 @@ class MarketDataService:
         self.corruption = domain.CorruptionMonitor()
         self.timestamps = domain.TimestampGuard()
         self.clock_offset = domain.ClockOffsetMonitor()
+        self.latency = LatencyWindow(size=STREAM_LATENCY_SAMPLES)
+        """Receive time minus event time of stream frames, on the venue's clock (FM-N5)."""
         self.alerts = domain.AlertBook()
         self.trades = {symbol: domain.TradeSequence() for symbol in self.symbols}
         self.price_checks = {
@@ -256,6 +261,8 @@ class MarketDataService:
             "bad_frames": self.bad_frames,
             "corruption_rate": round(self.corruption.rate, 4),
             "clock_offset_ms": self.clock_offset.offset_ms,
+            # The watchdog's FM-N5 rule: p99 > 2x baseline (and over its floor) -> REDUCED_FUNCTIONALITY.
+            **self.latency.heartbeat_details(),
             "budget": self.budget.view() if self.budget is not None else None,
             "breaker": self.breaker.state.value if self.breaker is not None else None,
             "flags": dict(self.flags),
@@ -788,9 +795,12 @@ class MarketDataService:
 
     async def _check_time(self, symbol: str, channel: str, event_ms: int) -> int | None:
         """FM-D3: the timestamp to use (ns), or None when the event must be rejected."""
-        check = self.timestamps.check(f"{symbol}@{channel}", event_ms, self._clock_ns())
+        now_ns = self._clock_ns()
+        check = self.timestamps.check(f"{symbol}@{channel}", event_ms, now_ns)
         match check.verdict:
             case domain.TimestampVerdict.OK:
+                venue_now_ms = now_ns / 1e6 + (self.clock_offset.offset_ms or 0)
+                self.latency.add(max(0.0, venue_now_ms - event_ms))
                 return check.ts_ns
             case domain.TimestampVerdict.FUTURE:
                 await self._flag(symbol, "future_ts", "rejected", f"{channel} event time {event_ms} ms", str(event_ms))

@@ -14,12 +14,12 @@ the lower level held for `recovery_hold_ns`; HARD_SHUTDOWN is never left automat
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from libs.heartbeat import ComponentView
+from libs.latency import LatencyWindow as _LatencyWindow
 from proto import subjects
 from proto.enums import AlertSeverity, ComponentState, ConnectionState, DegradationLevel, Health, HotStateStatus
 
@@ -704,25 +704,8 @@ def latencies_from_views(views: dict[str, ComponentView]) -> list[LatencyObserva
     return result
 
 
-class LatencyWindow:
-    """Rolling p99 of the last `size` samples; the baseline is the p99 of the first full window
-    (the system as it ran when it started), unless one is given."""
-
-    def __init__(self, size: int = 60, baseline_ms: float | None = None) -> None:
-        self._samples: deque[float] = deque(maxlen=size)
-        self._size = size
-        self.baseline_ms = baseline_ms
-
-    def add(self, sample_ms: float) -> None:
-        self._samples.append(sample_ms)
-        if self.baseline_ms is None and len(self._samples) == self._size:
-            self.baseline_ms = self.p99()
-
-    def p99(self) -> float | None:
-        if not self._samples:
-            return None
-        ordered = sorted(self._samples)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+class LatencyWindow(_LatencyWindow):
+    """`libs.latency.LatencyWindow` that reads as a `LatencyObservation`."""
 
     def observation(self, name: str) -> LatencyObservation | None:
         """The current reading, once a baseline exists."""

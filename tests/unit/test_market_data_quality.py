@@ -19,7 +19,7 @@ from libs.logging import get_logger
 from proto.enums import ConnectionState
 from proto.messages import AlertRaised, BreakerStateChanged, LinkStateChanged, MarketDataFlagged, MarkPrice, Trade
 from services.market_data import domain
-from services.market_data.handlers import MarketDataService
+from services.market_data.handlers import STREAM_LATENCY_SAMPLES, MarketDataService
 
 S = 1_000_000_000
 VENUE = "binance-usdm"
@@ -536,3 +536,24 @@ def test_rest_parsers_when_random_bodies_then_only_bad_frame_raised(body: Any, k
         parsers[kind](body)
     except domain.BadFrame:
         pass
+
+
+async def test_handle_frame_when_frames_arrive_late_then_heartbeat_reports_p99_over_baseline() -> None:
+    # FM-N5: receive time minus event time on the venue's clock; the watchdog compares the two.
+    service, _, _, clock = make()
+    assert "latency_p99_ms" not in service.details()  # no baseline yet
+    trade_id = 0
+    for _ in range(STREAM_LATENCY_SAMPLES):  # the first full window is the baseline: 20 ms late
+        trade_id += 1
+        clock.now += S // 100
+        await service.handle_frame(agg(trade_id, "100", clock.now // 1_000_000 - 20))
+    assert service.details()["latency_baseline_ms"] == 20.0
+    clock.now += 1_480 * S // 1000  # the stream falls 1.5 s behind: a silence, then old frames
+    for _ in range(50):  # 5 % of the window
+        trade_id += 1
+        clock.now += S // 100
+        await service.handle_frame(agg(trade_id, "100", clock.now // 1_000_000 - 1_500))
+    assert not service.timestamps.suspect  # event times kept increasing: late, not backwards
+    details = service.details()
+    assert details["latency_p99_ms"] == 1_500.0 and details["latency_baseline_ms"] == 20.0
+    await service.close()
