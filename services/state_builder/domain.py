@@ -157,7 +157,8 @@ class HotState:
 
     - INVALID at start and on a gap or resync; it stays INVALID until the book has been
       rebuilt from a snapshot *and* 3 consecutive fresh updates followed.
-    - VALID → STALE when the last update is more than 1000 ms old (`check`, every 100 ms) or
+    - VALID → STALE when the last update is more than 1000 ms old (`check`: every 100 ms, and at
+      the moment a VALID symbol's last update turns 1000 ms old) or
       the venue link went down.
     - STALE → VALID after 3 consecutive fresh updates: each within 1000 ms of the previous one
       (the first update after a silence starts a new run).
@@ -250,6 +251,12 @@ class HotState:
         if self.status == HotStateStatus.VALID:
             return self._to(HotStateStatus.STALE, reason)
         return None
+
+    def stale_due_ns(self) -> int | None:
+        """When `check` turns this VALID symbol STALE if no update comes first (None: not VALID)."""
+        if self.status != HotStateStatus.VALID or self.last_update_ns is None:
+            return None
+        return self.last_update_ns + STALE_AFTER_NS + 1
 
     def check(self) -> HotStateTransition | None:
         """Timer tick: VALID → STALE when the last update is older than 1000 ms."""

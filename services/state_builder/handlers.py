@@ -50,6 +50,8 @@ KvPut = Callable[[str, bytes], Awaitable[int]]
 Request = Callable[[str, bytes], Awaitable[bytes]]
 
 DEFAULT_DEPTH = 20
+MIN_TICK_S = 0.001
+"""Shortest wait between two hot-state ticks (a due time already passed is checked at once)."""
 MAX_DEPTH = 1000
 RESYNC_REQUEST_INTERVAL_NS = 2_000_000_000
 """At most one self-healing resync request per symbol per 2 s."""
@@ -295,10 +297,18 @@ class StateBuilder:
                 await self._flush(state)
 
     async def run_ticks(self, interval_s: float) -> None:
-        """Run `tick` forever."""
+        """Run `tick` forever: every `interval_s`, and when a VALID symbol's data turns stale."""
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self.next_tick_s(interval_s))
             await self.tick()
+
+    def next_tick_s(self, interval_s: float) -> float:
+        """Seconds to the next tick: `interval_s`, or less when a VALID symbol's last update turns
+        1000 ms old before that, so STALE (and the halt) comes at 1000 ms, not up to a tick later."""
+        due = [when for state in self.symbols.values() if (when := state.hot.stale_due_ns()) is not None]
+        if not due:
+            return interval_s
+        return min(interval_s, max(MIN_TICK_S, (min(due) - self._clock()) / 1e9))
 
     # ------------------------------------------------------------------ resync requests
 

@@ -163,3 +163,45 @@ def test_stale_since_when_never_valid_then_none() -> None:
     clock.advance_ms(30_000)
     assert hot.on_invalid("resync") is None  # already INVALID since the start
     assert hot.stale_since_ns is None
+
+
+def test_stale_due_when_valid_then_just_past_1000_ms_after_last_update_else_none() -> None:
+    hot, clock = valid_state()
+    due = hot.stale_due_ns()
+    assert due == clock.now + 1000 * MS + 1
+    clock.now = due - 1
+    assert hot.check() is None  # exactly 1000 ms: still VALID
+    clock.now = due
+    assert hot.check() is not None and hot.status == HotStateStatus.STALE
+    assert hot.stale_due_ns() is None  # not VALID: nothing to time
+    assert HotState("ETHUSDT", clock).stale_due_ns() is None
+
+
+async def test_next_tick_when_a_symbol_turns_stale_before_the_interval_then_waits_only_until_then() -> None:
+    from libs.logging import get_logger
+    from services.state_builder.handlers import MIN_TICK_S, StateBuilder
+
+    async def publish(subject: str, message: object) -> int:
+        return 1
+
+    async def kv_put(key: str, value: bytes) -> int:
+        return 1
+
+    async def request(subject: str, payload: bytes) -> bytes:
+        return b"{}"
+
+    clock = FakeClock()
+    builder = StateBuilder(
+        symbols=("BTCUSDT",), publish=publish, kv_put=kv_put, request=request, clock=clock, log=get_logger("test")
+    )
+    assert builder.next_tick_s(0.1) == 0.1  # nothing VALID
+    hot = builder.symbols["BTCUSDT"].hot
+    hot.on_rebuilt(10)
+    for update_id in (11, 12, 13):
+        clock.advance_ms(100)
+        hot.on_update(update_id)
+    assert builder.next_tick_s(0.1) == 0.1  # due in 1000 ms
+    clock.advance_ms(970)
+    assert abs(builder.next_tick_s(0.1) - 0.030) < 1e-6  # due in 30 ms: the tick comes then
+    clock.advance_ms(40)
+    assert builder.next_tick_s(0.1) == MIN_TICK_S  # overdue: at once
