@@ -34,7 +34,7 @@ from libs.service_snapshots import RecoveryReport, SnapshotKeeper
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
-from proto.enums import AlertSeverity, OrderType, StrategyState
+from proto.enums import AlertSeverity, DegradationLevel, OrderType, StrategyState
 from proto.envelope import Message
 from proto.messages import (
     AlertRaised,
@@ -651,9 +651,32 @@ class StrategyRunner:
             self.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")
             return {}
 
+    async def _hard_shutdown(self) -> bool:
+        """Is the system in HARD_SHUTDOWN (KV `degradation_level`)? False when it cannot be read."""
+        try:
+            entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+            level = msgspec.json.decode(entry[0]).get("level") if entry is not None else None
+        except Exception as exc:  # noqa: BLE001 - bus trouble or a garbled value: risk still denies
+            self.log.debug("degradation_level_unreadable", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return bool(level == DegradationLevel.HARD_SHUTDOWN.value)
+
     async def tick(self) -> None:
-        """One evaluation of the strategy (crashes contained like every other input)."""
+        """One evaluation of the strategy (crashes contained like every other input).
+
+        In HARD_SHUTDOWN the strategy stops (SPEC §5 "stop trading services"): DISABLED, which
+        persists across restarts and is left only by an operator's enable.
+        """
         if not self.active or self.strategy.state in (StrategyState.DISABLED, StrategyState.FAILED):
+            return
+        if await self._hard_shutdown():
+            async with self._lock:
+                await self.execute(
+                    self.strategy.disable(self.clock(), "HARD_SHUTDOWN: trading services stop (SPEC §5)")
+                )
+            self.log.error(
+                "strategy_stopped", reason="HARD_SHUTDOWN", action_taken="DISABLED until an operator enables it"
+            )
             return
         market = await self.market()
         summary = {

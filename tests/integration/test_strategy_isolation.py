@@ -356,3 +356,29 @@ async def test_strategy_lease_when_two_instances_share_a_name_then_one_signals_a
     # The killed holder counts as a crash of the instance (FM-C2), recorded by the new holder.
     [died] = await eventually(lambda: _true([c for c in h.crashes if c.strategy == "alpha"]))
     assert died.error_type == "ProcessDied" and died.restarted_into == "SCANNING"
+
+
+async def test_runner_when_hard_shutdown_then_disabled_and_stays_disabled_after_restart(nats_url: str) -> None:
+    # SPEC §5: HARD_SHUTDOWN stops the trading services; only an operator brings a strategy back.
+    bus = Bus("strategy-test")
+    await bus.connect(nats_url)
+    await bus.ensure_streams()
+    try:
+        await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "NORMAL", "ts_ns": 1}))
+        name = "trend-hard-shutdown"
+        instance = instance_config(name, {name: {"kind": "trend"}}, environ={})
+        runner = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        await runner.start()
+        await runner.tick()
+        assert await _state(bus, name) == "SCANNING"
+        await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "HARD_SHUTDOWN", "ts_ns": 2}))
+        await runner.tick()
+        assert await _state(bus, name) == "DISABLED"
+        await runner.stop()
+        again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        await again.start()
+        await again.tick()
+        assert await _state(bus, name) == "DISABLED"
+        await again.stop()
+    finally:
+        await bus.close()
