@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ class Credentials:
     viewer_token: str
     venue_api_key: str
     venue_api_secret: str
+
+
+VENUE_START_WAIT_S = 60.0
+"""How long `bulwark up` waits for the venue simulator before starting the services regardless."""
 
 
 def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> Credentials:
@@ -347,7 +352,28 @@ class System:
         asyncio.run(_prepare_stores(config))
         rpc = self.rpc()
         rpc.supervisor.startProcessGroup("venue", False)
+        self.wait_venue(min(VENUE_START_WAIT_S, max(1.0, deadline - time.monotonic())))
         rpc.supervisor.startProcessGroup("services", False)
+
+    def wait_venue(self, timeout_s: float) -> bool:
+        """Wait until the venue simulator answers `GET /fapi/v1/ping` (it loads its recordings first).
+
+        Services started before it would find the venue unreachable: the position service's
+        reconciliation would open the venue breaker and keep the system from trading for its 30 s
+        cool-down. Past `timeout_s` the services start anyway: they handle an unreachable venue.
+        """
+        url = f"http://{self.config.host}:{self.config.venue_port}/fapi/v1/ping"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (self.process is None or self.alive()):
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return True
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        self.announce(f"venue simulator not answering on {url} after {timeout_s:.0f} s; starting the services anyway")
+        return False
 
     def rpc(self) -> Any:
         return supervisor_rpc(self.config.data_dir)

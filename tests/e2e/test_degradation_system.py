@@ -127,6 +127,7 @@ async def test_reduced_functionality_when_data_stale_then_only_liquid_symbols_an
     await api.wait_event("DegradationLevelChanged", since, current="NORMAL")
 
 
+@pytest.mark.slow  # the EMERGENCY_MODE effects run in CI through the stall test below; this adds the trigger
 async def test_emergency_mode_when_critical_component_down_over_10s_then_positions_closed_and_no_entries(
     api: Api,
 ) -> None:
@@ -192,6 +193,20 @@ async def test_hard_shutdown_when_emergency_stop_then_flattened_halted_and_kept(
     assert refused.status_code != 200 and "HARD_SHUTDOWN" in refused.text, refused.text
     denied = await api.decided_order("BTCUSDT", "BUY", "0.004")
     assert denied["status"] == "DENIED", denied
+    # The trading services stop: a strategy enabled now is DISABLED again at its next tick.
+    names = [strategy["name"] for strategy in (await api.gateway.get("/v1/strategies")).json()["strategies"]]
+    assert names
+    for name in names:
+        enabled = await api.control(f"/v1/strategies/{name}/enable", "e2e: must not run in HARD_SHUTDOWN")
+        assert enabled.status_code == 202, enabled.text
+    await api.wait_event("StrategyStateChanged", since, current="SCANNING")
+
+    async def strategies_disabled() -> bool:
+        found = (await api.gateway.get("/v1/strategies")).json()["strategies"]
+        return all(strategy["state"] == "DISABLED" for strategy in found)
+
+    await eventually(strategies_disabled, 15)
+    await api.wait_event("StrategyStateChanged", since, current="DISABLED")
     # Nothing automatic leaves it: the watchdog keeps evaluating and the level stays.
     await api.add_fault({"kind": "ws_stall", "duration_s": 2})
 

@@ -14,6 +14,7 @@ from libs.runtime import infra
 from libs.runtime.launcher import (
     LaunchConfig,
     LaunchError,
+    System,
     application_programs,
     check_ports,
     load_credentials,
@@ -159,3 +160,37 @@ def test_up_when_strategy_config_has_a_bad_parameter_then_refused(
     code = main(["up", "--data-dir", str(tmp_path / "bw"), "--strategy-config", str(tmp_path / "s.toml")])
     assert code == 2
     assert "[trend].fast_s" in capsys.readouterr().err
+
+
+def test_wait_venue_when_ping_answers_then_true_and_when_nothing_listens_then_false_after_timeout(
+    tmp_path: Path,
+) -> None:
+    import http.server
+    import threading
+    import time
+
+    class Ping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/fapi/v1/ping" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answering = System(LaunchConfig(data_dir=tmp_path, host="127.0.0.1", venue_port=server.server_address[1]))
+        assert answering.wait_venue(5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines: list[str] = []
+    silent = System(LaunchConfig(data_dir=tmp_path, host="127.0.0.1", venue_port=infra.free_port()), lines.append)
+    start = time.monotonic()
+    assert not silent.wait_venue(0.5)
+    assert 0.5 <= time.monotonic() - start < 3.0
+    assert lines and "starting the services anyway" in lines[0]
