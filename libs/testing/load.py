@@ -33,7 +33,7 @@ from typing import Any, Literal
 import httpx
 
 from libs.ids import client_order_id_for
-from proto import subjects
+from libs.testing.system import market_streams_connected
 
 StepKind = Literal["submit", "repeat", "cancel"]
 
@@ -329,17 +329,6 @@ async def wait_system_ready(client: httpx.AsyncClient, timeout_s: float) -> dict
     return None
 
 
-def _market_streams_connected(status: dict[str, Any]) -> bool:
-    """Every market-data WebSocket link CONNECTED: risk denies entries during a reconnect's clean
-    window (link SUSPECT) even while the books are VALID again."""
-    links = status.get("links") or {}
-    return all(
-        isinstance(value, dict) and value.get("state") == "CONNECTED"
-        for name, value in links.items()
-        if name.endswith(f".{subjects.MARKET_WS_LINK}")
-    )
-
-
 def _system_ready(status: dict[str, Any]) -> bool:
     components = status.get("components") or {}
     symbols = status.get("symbols") or {}
@@ -348,7 +337,7 @@ def _system_ready(status: dict[str, Any]) -> bool:
         and all(comp.get("state") == "READY" for comp in components.values())
         and status.get("trading_state") == "ACTIVE"
         and all(sym.get("hot_state") == "VALID" for sym in symbols.values())
-        and _market_streams_connected(status)
+        and market_streams_connected(status)
     )
 
 
@@ -457,7 +446,7 @@ class LoadDriver:
                 status is not None
                 and status.get("trading_state") == "ACTIVE"
                 and (status.get("symbols") or {}).get(symbol, {}).get("hot_state") == "VALID"
-                and _market_streams_connected(status)
+                and market_streams_connected(status)
             ):
                 return
             await asyncio.sleep(0.25)

@@ -17,7 +17,28 @@ import httpx
 
 from libs.runtime.infra import free_port
 from libs.runtime.launcher import INFRA_PROGRAMS, supervisor_rpc
-from proto.subjects import CORE_COMPONENTS
+from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK
+
+
+def market_streams_connected(status: dict[str, Any]) -> bool:
+    """Every market-data WebSocket link in a `/v1/status` CONNECTED: risk denies entries during a
+    reconnect's clean window (link SUSPECT) even while the books are VALID again."""
+    links = status.get("links") or {}
+    return all(
+        isinstance(value, dict) and value.get("state") == "CONNECTED"
+        for name, value in links.items()
+        if name.endswith(f".{MARKET_WS_LINK}")
+    )
+
+
+def market_ready(status: dict[str, Any]) -> bool:
+    """Every symbol of a `/v1/status` VALID and every market stream CONNECTED."""
+    symbols = status.get("symbols") or {}
+    return (
+        bool(symbols)
+        and all(symbol.get("hot_state") == "VALID" for symbol in symbols.values())
+        and market_streams_connected(status)
+    )
 
 
 @dataclass
@@ -51,7 +72,8 @@ class RunningSystem:
         """Poll `/v1/status` until every one of `components` heartbeats READY.
 
         Without `components`: every core component and every `strategy-<name>` the status lists
-        (at least one strategy).
+        (at least one strategy), and the market ready to trade on (`market_ready`): a test's first
+        order must not meet a book still being built or a reconnect's clean window.
         """
         deadline = time.monotonic() + timeout_s
         last: Any = None
@@ -60,8 +82,10 @@ class RunningSystem:
                 last = self.status()
                 comps = last["components"]
                 wanted = components or (*CORE_COMPONENTS, *sorted(n for n in comps if n.startswith("strategy-")))
-                if (components or any(n.startswith("strategy-") for n in comps)) and all(
-                    comps.get(name, {}).get("state") == "READY" for name in wanted
+                if (
+                    (components or any(n.startswith("strategy-") for n in comps))
+                    and all(comps.get(name, {}).get("state") == "READY" for name in wanted)
+                    and (components is not None or market_ready(last))
                 ):
                     return last
             except (httpx.HTTPError, KeyError) as exc:

@@ -236,7 +236,13 @@ async def _side_against_recent_move(api: Api, symbol: str) -> str:
 
 
 async def losing_round_trip(
-    api: Api, symbol: str, quantity: Decimal, ticks: int, wait_s: float = 20.0, fill_wait_s: float = 45.0
+    api: Api,
+    symbol: str,
+    quantity: Decimal,
+    ticks: int,
+    wait_s: float = 20.0,
+    fill_wait_s: float = 45.0,
+    push_after_s: float | None = None,
 ) -> Decimal:
     """Open `quantity` at market, then close it with a resting reduce-only LIMIT `ticks` worse than the entry.
 
@@ -246,6 +252,10 @@ async def losing_round_trip(
     `wait_s`, it is closed at market instead (the result may then be a small loss or a gain); when
     it ran away and the exit does not fill within `fill_wait_s`, the exit is canceled and the rest
     closed at market (a larger loss).
+
+    `push_after_s`: when the market has not moved past the exit by then, the synthetic market is
+    moved against the position (`price_shift`, a few ticks past the exit) so the trade surely loses
+    at least `ticks` ticks (possibly more, if the exit then closes at market).
 
     Returns:
         The realized PnL of the round trip as the venue booked it.
@@ -267,6 +277,16 @@ async def losing_round_trip(
 
     close_side = "SELL" if long else "BUY"
     try:
+        if push_after_s is not None:
+            try:
+                await eventually(moved_past_exit, push_after_s)
+            except AssertionError:
+                bid, ask = await api.touch(symbol)
+                distance = (bid - exit_price if long else exit_price - ask) + 3 * TICK
+                pct = max(distance, TICK) / entry * 100
+                direction = "down" if long else "up"
+                shift = {"pct": str(pct.quantize(Decimal("0.0001"), ROUND_CEILING)), "direction": direction}
+                await api.add_fault({"kind": "price_shift", "symbol": symbol, "params": {**shift, "over_s": 0.5}})
         await eventually(moved_past_exit, wait_s)
     except AssertionError:
         closed = await api.decided_order(symbol, close_side, quantity, reduce_only=True)

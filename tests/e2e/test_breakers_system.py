@@ -89,7 +89,7 @@ async def test_cb1_when_one_trade_loses_over_5_percent_then_halted_flattened_ale
     held = await api.decided_order("BTCUSDT", "BUY", "0.01")
     await api.venue_filled(held["client_order_id"])
 
-    pnl = await losing_round_trip(api, "ETHUSDT", Decimal("1"), ticks=5)
+    pnl = await losing_round_trip(api, "ETHUSDT", Decimal("1"), ticks=5, push_after_s=5.0)
     assert pnl < -CAPITAL * Decimal("0.05"), f"the round trip lost only {pnl}"
 
     record = await api.wait_breaker("CB-1", "OPEN")
