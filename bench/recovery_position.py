@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from bench.recovery import RecoveryRig, ServiceProcess
 from libs.bus import Bus
 from libs.ids import client_order_id_for
+from libs.testing.history import FILLER_PRICE, FILLER_QUANTITY, FILLER_SYMBOL, copy_history, filler_rows
 from proto import subjects
 from proto.codec import decode
 from proto.enums import OrderSource, OrderStatus, OrderType, Side, TimeInForce
@@ -41,7 +42,6 @@ from proto.messages import CancelOrder, OrderAccepted, OrderFilled, OrderSubmitt
 
 VENUE = "binance-usdm"
 ORDER_SYMBOL = "BTCUSDT"
-FILLER_SYMBOL = "FILLERUSDT"
 EVENTS_PER_ROUND_TRIP = 6
 """Two filler orders (buy, sell) with submitted, accepted and filled each."""
 POSITION_INSTANCE = "position-0"
@@ -199,8 +199,7 @@ class PositionRecovery:
                 number = self._filler_orders
                 key = f"filler-{number}"
                 coid = client_order_id_for(key)
-                price = Decimal("1.0")
-                quantity = Decimal("1")
+                price, quantity = FILLER_PRICE, FILLER_QUANTITY
                 items.append(
                     (
                         subjects.evt_order("submitted", VENUE, FILLER_SYMBOL),
@@ -234,58 +233,8 @@ class PositionRecovery:
                         f"fill:{coid}:{number}",
                     )
                 )
-                order_rows.append(
-                    (
-                        coid,
-                        key,
-                        OrderSource.OPERATOR.value,
-                        VENUE,
-                        FILLER_SYMBOL,
-                        side.value,
-                        OrderType.MARKET.value,
-                        quantity,
-                        OrderStatus.FILLED.value,
-                        quantity,
-                        price,
-                        number,
-                        now,
-                        now,
-                    )
-                )
-                fill_rows.append((coid, number, number, FILLER_SYMBOL, side.value, price, quantity, now))
+                order_row, fill_row = filler_rows(number, side, VENUE, now)
+                order_rows.append(order_row)
+                fill_rows.append(fill_row)
         await self.bus.publish_many(items, timeout_s=60.0)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.copy_records_to_table(
-                "orders",
-                records=order_rows,
-                columns=[
-                    "client_order_id",
-                    "idempotency_key",
-                    "source",
-                    "venue",
-                    "symbol",
-                    "side",
-                    "type",
-                    "quantity",
-                    "status",
-                    "filled_quantity",
-                    "average_price",
-                    "venue_order_id",
-                    "created_ns",
-                    "updated_ns",
-                ],
-            )
-            await conn.copy_records_to_table(
-                "fills",
-                records=fill_rows,
-                columns=[
-                    "client_order_id",
-                    "trade_id",
-                    "venue_order_id",
-                    "symbol",
-                    "side",
-                    "price",
-                    "quantity",
-                    "ts_event_ns",
-                ],
-            )
+        await copy_history(self.pool, order_rows, fill_rows)

@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from libs.ids import client_order_id_for
+from libs.testing.history import FILLER_SYMBOL, copy_history, filler_rows
 from proto import subjects
-from proto.enums import OrderStatus, OrderType, Side
+from proto.enums import Side
 from proto.messages import OrderApproved, OrderSubmitted
 from tests.integration.order_system import (  # noqa: F401 - the *_fixture names are fixtures
     SYMBOL,
@@ -33,7 +34,6 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
 )
 from tests.integration.test_position_snapshot import position_state, quantities, restart_position, trade
 
-FILLER_SYMBOL = "FILLERUSDT"
 FILLER_ROWS = 50_000
 RETAIN_MAX = 50
 BOUNDED = {
@@ -45,51 +45,14 @@ BOUNDED = {
 """Finished orders leave memory 2 s after their last update (at most 50 stay); a snapshot whenever the
 ORDERS stream grew by 200 messages."""
 OLD_KEYS = ("old-buy-1", "old-buy-2", "old-sell")
-FILL_COLUMNS = ["client_order_id", "trade_id", "venue_order_id", "symbol", "side", "price", "quantity", "ts_event_ns"]
 
 
 async def insert_filler_projection(system: System, count: int) -> None:
     """`count` finished filler orders, each with one fill, straight into the projections (as
     bench/recovery_position.py does): months of trading history."""
     now = time.time_ns()
-    orders: list[tuple[Any, ...]] = []
-    fills: list[tuple[Any, ...]] = []
-    for number in range(count):
-        coid = client_order_id_for(f"filler-{number}")
-        side = (Side.BUY if number % 2 == 0 else Side.SELL).value
-        one = Decimal(1)
-        kind, filled = OrderType.MARKET.value, OrderStatus.FILLED.value
-        key = f"filler-{number}"
-        orders.append(
-            (coid, key, "OPERATOR", VENUE, FILLER_SYMBOL, side, kind, one, filled, one, one, number, now, now)
-        )
-        fills.append((coid, number, number, FILLER_SYMBOL, side, Decimal(1), Decimal(1), now))
-    async with system.pool.acquire() as conn, conn.transaction():
-        await conn.copy_records_to_table(
-            "orders",
-            records=orders,
-            columns=[
-                "client_order_id",
-                "idempotency_key",
-                "source",
-                "venue",
-                "symbol",
-                "side",
-                "type",
-                "quantity",
-                "status",
-                "filled_quantity",
-                "average_price",
-                "venue_order_id",
-                "created_ns",
-                "updated_ns",
-            ],
-        )
-        await conn.copy_records_to_table(
-            "fills",
-            records=fills,
-            columns=FILL_COLUMNS,
-        )
+    rows = [filler_rows(number, Side.BUY if number % 2 == 0 else Side.SELL, VENUE, now) for number in range(count)]
+    await copy_history(system.pool, [order for order, _ in rows], [fill for _, fill in rows])
 
 
 async def publish_filler_events(system: System, count: int) -> int:
