@@ -30,7 +30,7 @@ async def setup(ctx: ServiceContext) -> None:
     async def request(subject: str, payload: bytes) -> bytes:
         return await bus.request(subject, payload, timeout_s=3.0)
 
-    snapshots = adapters.Snapshots(ctx.settings.pg_dsn, ctx.log)
+    snapshots = adapters.snapshot_keeper(ctx.settings.pg_dsn, ctx.log)
     ctx.cleanups.append(snapshots.close)
     builder = StateBuilder(
         symbols=ctx.settings.symbols,
@@ -44,13 +44,13 @@ async def setup(ctx: ServiceContext) -> None:
             interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
             every_events=ctx.settings.snapshot_every_events,
         ),
-        on_checkpoint=snapshots.submit,
+        on_checkpoint=lambda checkpoint: snapshots.submit(checkpoint.stream_seq, checkpoint),
     )
 
     def details() -> dict[str, object]:
         return {
             **builder.details(),
-            "snapshots": {"saved": snapshots.saved, "failed": snapshots.failed, "last_seq": snapshots.last_saved_seq},
+            "snapshots": snapshots.stats(),
             "bus": bus.status(),
         }
 
