@@ -61,6 +61,14 @@ class RunningSystem:
             timeout=15.0,
         )
 
+    def disable_strategies(self) -> None:
+        """Disable every strategy instance (they keep running and heartbeating), so only a test's
+        own orders move positions and PnL."""
+        with self.client() as client:
+            for strategy in client.get("/v1/strategies").json()["strategies"]:
+                response = client.post(f"/v1/strategies/{strategy['name']}/disable")
+                assert response.status_code == 202, response.text
+
     def status(self) -> dict[str, Any]:
         with self.client() as client:
             response = client.get("/v1/status")

@@ -57,10 +57,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     )
     try:
         running.wait_all_ready()
-        with running.client() as client:
-            for strategy in client.get("/v1/strategies").json()["strategies"]:
-                response = client.post(f"/v1/strategies/{strategy['name']}/disable")
-                assert response.status_code == 202, response.text
+        running.disable_strategies()
         yield running
     finally:
         stop_system(running)
