@@ -483,13 +483,17 @@ class LoadDriver:
         # Short and capped: the point is to be back as soon as the system is (Retry-After is 1-5 s).
         return min(0.25 * 2**tries, 2.0)
 
-    async def _submit(self, step: Step, key: str, result: StepResult) -> None:
+    async def _until_decisive(
+        self, result: StepResult, key: str, send: Callable[[], Awaitable[Attempt]], decisive: Callable[[Attempt], bool]
+    ) -> None:
+        """Send (backing off) until an answer is decisive, recording every attempt; the step's final
+        answer is that one, none when `request_deadline_s` passed first."""
         deadline = time.monotonic() + self.request_deadline_s
         tries = 0
         while True:
-            attempt = await self._exchange("POST", "/v1/orders", key, json=step.body, headers={"Idempotency-Key": key})
+            attempt = await send()
             result.attempts.append(attempt)
-            if not self._retryable(attempt):
+            if decisive(attempt):
                 result.final_key, result.final_status_code, result.final_body = key, attempt.status_code, attempt.body
                 return
             if time.monotonic() > deadline:
@@ -497,22 +501,23 @@ class LoadDriver:
             await asyncio.sleep(self._backoff(tries))
             tries += 1
 
+    async def _submit(self, step: Step, key: str, result: StepResult) -> None:
+        async def send() -> Attempt:
+            return await self._exchange("POST", "/v1/orders", key, json=step.body, headers={"Idempotency-Key": key})
+
+        await self._until_decisive(result, key, send, lambda attempt: not self._retryable(attempt))
+
     async def _cancel(self, step: Step, result: StepResult) -> None:
         # The order the submit step ended with: a DENIED submit was re-sent under another key.
         key = self._final_keys.get(step.key, step.key)
-        # 404 too: the order may not be in the projection yet (position restarting, Postgres down).
-        deadline = time.monotonic() + self.request_deadline_s
-        tries = 0
-        while True:
-            attempt = await self._exchange("DELETE", f"/v1/orders/{client_order_id_for(key)}", key)
-            result.attempts.append(attempt)
-            if attempt.status_code in (202, 409) and not self._retryable(attempt):
-                result.final_key, result.final_status_code, result.final_body = key, attempt.status_code, attempt.body
-                return
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(self._backoff(tries))
-            tries += 1
+
+        async def send() -> Attempt:
+            return await self._exchange("DELETE", f"/v1/orders/{client_order_id_for(key)}", key)
+
+        # 404 is not decisive: the order may not be in the projection yet (position restarting, Postgres down).
+        await self._until_decisive(
+            result, key, send, lambda attempt: attempt.status_code in (202, 409) and not self._retryable(attempt)
+        )
 
     # ---------------------------------------------------------------- kills
 
