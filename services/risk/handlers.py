@@ -220,8 +220,24 @@ class RiskService:
         except Exception as exc:  # one bad event must not stop the follower; logged with its cause
             self.log.exception("event_failed", exc, subject=msg.subject, type=type(message).__name__)
 
+    def follow_order_outcome(self, message: Message) -> bool:
+        """Release or shrink the pending exposure of an approved order on its fill, rejection,
+        cancel or expiry (idempotent: fills carry the cumulative quantity). False: not such an event."""
+        match message:
+            case OrderFilled():
+                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
+            case OrderRejected() | OrderCanceled():
+                self.pending.release(message.client_order_id)
+            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
+                self.pending.release(message.client_order_id)
+            case _:
+                return False
+        return True
+
     async def on_event(self, message: Message) -> None:
         """Apply one followed event (dispatch by type)."""
+        if self.follow_order_outcome(message):
+            return
         match message:
             case HotStateStatusChanged():
                 self.hot_state[message.symbol] = message.current
@@ -229,12 +245,6 @@ class RiskService:
                 await self.on_position(message)
             case MarkPrice():
                 await self.on_mark(message)
-            case OrderFilled():
-                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
-            case OrderRejected() | OrderCanceled():
-                self.pending.release(message.client_order_id)
-            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
-                self.pending.release(message.client_order_id)
             case DegradationLevelChanged():
                 await self.refresh_degradation()
             case EnableStrategy():
@@ -891,6 +901,8 @@ class RiskService:
         Also applies risk's own decisions when the live consumer delivers them.
         """
         self.orders_seq = max(self.orders_seq, stream_seq)
+        if self.follow_order_outcome(message):
+            return
         match message:
             case OrderApproved(order=order):
                 fresh = order.client_order_id not in self.decided  # a live decision already counted itself
@@ -902,12 +914,6 @@ class RiskService:
                         self.rates.record(order.strategy, message.ts_event_ns)
             case OrderDenied(order=order):
                 self.decided.add(order.client_order_id)
-            case OrderFilled():
-                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
-            case OrderRejected() | OrderCanceled():
-                self.pending.release(message.client_order_id)
-            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
-                self.pending.release(message.client_order_id)
             case PositionChanged() if message.venue == self.venue:
                 if message.message_id in self._seen_positions or not self.apply_position(message):
                     return
