@@ -84,6 +84,28 @@ class RecoveryReport:
         return asdict(self)
 
 
+def snapshot_fits_stream(log: Logger, snapshot_seq: int, first: int, last: int, fallback: str) -> bool:
+    """Can the stream `[first, last]` continue a snapshot covering up to `snapshot_seq`?
+
+    Not when the snapshot is ahead of the stream (the stream was reset) or older than its first
+    retained message (the gap is lost); each case is logged with `fallback`, what recovery does instead.
+    """
+    if snapshot_seq > last:
+        log.warning(
+            "recovery_snapshot_ahead_of_stream",
+            snapshot_seq=snapshot_seq,
+            stream_last_seq=last,
+            action_taken=f"stream was reset: snapshot ignored, {fallback}",
+        )
+        return False
+    if snapshot_seq + 1 < first:
+        log.warning(
+            "recovery_snapshot_too_old", snapshot_seq=snapshot_seq, stream_first_seq=first, action_taken=fallback
+        )
+        return False
+    return True
+
+
 class SnapshotKeeper(Generic[T]):
     """One component's snapshots: lazy store, verified load, background saves.
 

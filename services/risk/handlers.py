@@ -17,7 +17,7 @@ from libs.breaker import BreakerState
 from libs.bus import Bus, Delivery
 from libs.ids import client_order_id_for
 from libs.logging import Logger
-from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper
+from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
@@ -943,25 +943,10 @@ class RiskService:
         snapshot = loaded.state
         mode = "full-replay"
         start = max(first, 1)
-        if snapshot is not None:
-            if snapshot.orders_seq > last:
-                self.log.warning(
-                    "recovery_snapshot_ahead_of_stream",
-                    snapshot_seq=snapshot.orders_seq,
-                    stream_last_seq=last,
-                    action_taken="stream was reset: snapshot ignored, full replay",
-                )
-            elif snapshot.orders_seq + 1 < first:
-                self.log.warning(
-                    "recovery_snapshot_too_old",
-                    snapshot_seq=snapshot.orders_seq,
-                    stream_first_seq=first,
-                    action_taken="full replay",
-                )
-            else:
-                self.restore(snapshot)
-                mode = "snapshot"
-                start = snapshot.orders_seq + 1
+        if snapshot is not None and snapshot_fits_stream(self.log, snapshot.orders_seq, first, last, "full replay"):
+            self.restore(snapshot)
+            mode = "snapshot"
+            start = snapshot.orders_seq + 1
         replayed = await log.replay(start, end, self.replay_message) if last else 0
         self.validate_recovered()
         report = RecoveryReport(

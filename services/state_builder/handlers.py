@@ -16,6 +16,7 @@ import msgspec
 
 from libs.bus import Delivery
 from libs.logging import Logger
+from libs.service_snapshots import snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import encode
@@ -442,29 +443,13 @@ class StateBuilder:
         replayed = 0
         mode = "resync"
         covered = last_seq
-        if checkpoint is not None:
+        fallback = "fresh resync from market-data"
+        if checkpoint is not None and snapshot_fits_stream(
+            self.log, checkpoint.stream_seq, first_seq, last_seq, fallback
+        ):
             tail = last_seq - checkpoint.stream_seq
-            if checkpoint.stream_seq > last_seq:
-                self.log.warning(
-                    "recovery_snapshot_ahead_of_stream",
-                    snapshot_seq=checkpoint.stream_seq,
-                    stream_last_seq=last_seq,
-                    action_taken="stream was reset: snapshot ignored, fresh resync from market-data",
-                )
-            elif checkpoint.stream_seq + 1 < first_seq:
-                self.log.warning(
-                    "recovery_snapshot_too_old",
-                    snapshot_seq=checkpoint.stream_seq,
-                    stream_first_seq=first_seq,
-                    action_taken="fresh resync from market-data",
-                )
-            elif tail > max_replay:
-                self.log.warning(
-                    "recovery_tail_too_long",
-                    tail=tail,
-                    max_replay=max_replay,
-                    action_taken="fresh resync from market-data",
-                )
+            if tail > max_replay:
+                self.log.warning("recovery_tail_too_long", tail=tail, max_replay=max_replay, action_taken=fallback)
             else:
                 self.restore(checkpoint)
                 covered = checkpoint.stream_seq

@@ -280,3 +280,15 @@ def test_watchdog_snapshot_when_round_tripped_then_open_alerts_and_timers_equal(
     back = watchdog_snap.decode_snapshot(watchdog_snap.encode_snapshot(snapshot))
     assert back == snapshot
     assert "component_down_long:market-data" in back.evaluator.first_seen  # the 10 s EMERGENCY timer
+
+
+def test_snapshot_fits_stream_when_ahead_or_older_than_retention_then_false_else_true() -> None:
+    from libs.logging import get_logger
+    from libs.service_snapshots import snapshot_fits_stream
+
+    log = get_logger("test")
+    assert snapshot_fits_stream(log, 100, 1, 150, "full replay")
+    assert snapshot_fits_stream(log, 150, 1, 150, "full replay")  # nothing after it yet
+    assert snapshot_fits_stream(log, 99, 100, 150, "full replay")  # the next message is the first kept
+    assert not snapshot_fits_stream(log, 151, 1, 150, "full replay")  # stream reset since
+    assert not snapshot_fits_stream(log, 98, 100, 150, "full replay")  # message 99 is gone
