@@ -13,6 +13,7 @@ import pytest
 
 from libs.heartbeat import ComponentView
 from libs.logging import get_logger
+from libs.service_snapshots import snapshot_fits_stream
 from proto.enums import AlertSeverity, ComponentState, OrderSource, OrderType, Side, StrategyState, TradingState
 from proto.messages import OrderApproved, OrderFilled, PositionChanged, SubmitOrder
 from services.risk import snapshot as risk_snap
@@ -283,9 +284,6 @@ def test_watchdog_snapshot_when_round_tripped_then_open_alerts_and_timers_equal(
 
 
 def test_snapshot_fits_stream_when_ahead_or_older_than_retention_then_false_else_true() -> None:
-    from libs.logging import get_logger
-    from libs.service_snapshots import snapshot_fits_stream
-
     log = get_logger("test")
     assert snapshot_fits_stream(log, 100, 1, 150, "full replay")
     assert snapshot_fits_stream(log, 150, 1, 150, "full replay")  # nothing after it yet
