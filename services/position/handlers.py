@@ -410,25 +410,36 @@ class PositionService:
 
     async def _place_flatten(self, symbol: str, venue_quantity: Decimal) -> None:
         key = await self._fresh_key(f"flatten:position:{self._flatten_key}:{symbol}")
-        coid = client_order_id_for(key)
-        command = SubmitOrder(
-            client_order_id=coid,
+        order = await self._approve_own(self._market_close(key, symbol, venue_quantity, correlation_id=key))
+        self.log.error(
+            "flatten_backstop", symbol=symbol, quantity=str(venue_quantity), client_order_id=order.client_order_id
+        )
+        await self._submit(order)
+
+    def _market_close(self, key: str, symbol: str, position: Decimal, *, correlation_id: str) -> SubmitOrder:
+        """A reduce-only MARKET order closing `position` of `symbol` (flatten backstop, protect-close)."""
+        return SubmitOrder(
+            client_order_id=client_order_id_for(key),
             idempotency_key=key,
             source=OrderSource.RISK,
             symbol=symbol,
-            side=Side.SELL if venue_quantity > 0 else Side.BUY,
+            side=Side.SELL if position > 0 else Side.BUY,
             order_type=OrderType.MARKET,
-            quantity=abs(venue_quantity),
+            quantity=abs(position),
             venue=self.venue,
             reduce_only=True,
-            correlation_id=key,
+            correlation_id=correlation_id,
         )
+
+    async def _approve_own(self, command: SubmitOrder) -> OrderRecord:
+        """Take an order this service issues itself into memory and approve it on the ORDERS stream
+        like any order (projection rebuilds see where it came from); the caller sends it."""
+        coid = command.client_order_id
         order = record_from_command(command, self.clock())
         self.orders[coid] = order
         approved = OrderApproved(order=command)
         await self._publish(self._order_subject("approved", order), approved, f"approved:{coid}", coid)
-        self.log.error("flatten_backstop", symbol=symbol, quantity=str(venue_quantity), client_order_id=coid)
-        await self._submit(order)
+        return order
 
     async def _guard(self) -> None:
         """Right before a venue write: do we still hold the single-writer lease? (SPEC §8)
@@ -1718,11 +1729,7 @@ class PositionService:
             reduce_only=True,
             correlation_id=item.entry,
         )
-        order = record_from_command(command, self.clock())
-        self.orders[coid] = order
-        # On the ORDERS stream like any order (projection rebuilds see where it came from).
-        approved = OrderApproved(order=command)
-        await self._publish(self._order_subject("approved", order), approved, f"approved:{coid}", coid)
+        order = await self._approve_own(command)
         self.log.info(
             "protective_order_placing",
             client_order_id=coid,
@@ -1777,21 +1784,5 @@ class PositionService:
             return
         stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
         key = await self._fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
-        close_coid = client_order_id_for(key)
-        command = SubmitOrder(
-            client_order_id=close_coid,
-            idempotency_key=key,
-            source=OrderSource.RISK,
-            symbol=order.symbol,
-            side=Side.SELL if position > 0 else Side.BUY,
-            order_type=OrderType.MARKET,
-            quantity=abs(position),
-            venue=self.venue,
-            reduce_only=True,
-            correlation_id=coid,
-        )
-        close = record_from_command(command, self.clock())
-        self.orders[close_coid] = close
-        approved = OrderApproved(order=command)
-        await self._publish(self._order_subject("approved", close), approved, f"approved:{close_coid}", close_coid)
+        close = await self._approve_own(self._market_close(key, order.symbol, position, correlation_id=coid))
         await self._submit(close)
