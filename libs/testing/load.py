@@ -684,7 +684,10 @@ def comparable(outcome: Outcome, report: LoadReport) -> dict[str, Any]:
         if len(venue_orders) == 1:
             steps[step.index] = _step_row(step, venue_orders[0]["status"], Decimal(venue_orders[0]["executed_qty"]))
         else:
-            steps[step.index] = _step_row(step, f"{len(venue_orders)} venue orders", Decimal(0))
+            # The gateway's last answer says why (e.g. the reason of a denial).
+            steps[step.index] = _step_row(
+                step, f"{len(venue_orders)} venue orders; answered {_answer(result)}", Decimal(0)
+            )
     by_step = {client_order_id_for(key): result.step.key for result in report.results for key in _keys(result)}
     ours = [coid for coid in outcome.venue_orders if coid not in report.earlier_client_order_ids]
     moved = {
@@ -696,6 +699,15 @@ def comparable(outcome: Outcome, report: LoadReport) -> dict[str, Any]:
         "client_order_ids": sorted(client_order_id_for(by_step.get(coid, coid)) for coid in ours),
         "positions": _nonzero(moved),
     }
+
+
+def _answer(result: StepResult) -> str:
+    body = result.final_body
+    if isinstance(body, dict):
+        detail = body.get("reason") or body.get("error") or body.get("status")
+    else:
+        detail = body
+    return f"{result.final_status_code} {detail!s:.200} after {len(result.attempts)} attempts"
 
 
 def _keys(result: StepResult) -> list[str]:

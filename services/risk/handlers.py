@@ -436,12 +436,16 @@ class RiskService:
         consumer delivers the rest with their effects (CB-1/CB-3 counting): jumping to the newest
         position here would make those older events look stale and skip their counting.
         """
+        # The followers are subscribed already: an event that arrives while a KV read is under way
+        # is newer than what the read returns, so a read only fills what no event has set.
         if self.market_link is None:
             link = await adapters.read_link_state(self.bus, self.venue, subjects.MARKET_WS_LINK)
-            self.on_market_link(link, "from KV")
+            if self.market_link is None:
+                self.on_market_link(link, "from KV")
         for symbol in sorted(self.limits.symbols):
             if symbol not in self.hot_state:
-                self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
+                status = await adapters.read_hot_state(self.bus, symbol)
+                self.hot_state.setdefault(symbol, status)
             if self.recovery is not None:
                 continue
             last = await adapters.read_last_position(self.bus, self.venue, symbol)

@@ -163,6 +163,13 @@ class Harness:
     def signals_of(self, name: str) -> int:
         return sum(1 for s in self.signals if s.strategy == name)
 
+    async def describe(self, name: str, lines: int = 40) -> str:
+        """What a failed wait on `name` needs to be understood: its state and its latest log events."""
+        log = (self.tmp_path / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]
+        return f"state {await self.state(name)}, {self.signals_of(name)} signals; log tail:\n" + "\n".join(
+            line[:400] for line in log
+        )
+
 
 @pytest_asyncio.fixture
 async def harness(nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
@@ -222,7 +229,10 @@ async def test_strategy_crashes_when_killed_and_raising_then_other_keeps_signall
     # alpha: same process all along, still signalling; it never saw a crash.
     assert h.processes["alpha"].poll() is None and h.processes["alpha"].pid == alpha_pid
     before = h.signals_of("alpha")
-    await eventually(lambda: _true(h.signals_of("alpha") > before))
+    try:
+        await eventually(lambda: _true(h.signals_of("alpha") > before))
+    except AssertionError as exc:
+        raise AssertionError(f"alpha stopped signalling: {await h.describe('alpha')}") from exc
     assert not [c for c in h.crashes if c.strategy == "alpha"]
 
     # FAILED survives a restart of beta's process (clean stop, then start): it stays disabled.

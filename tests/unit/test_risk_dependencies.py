@@ -3,17 +3,25 @@ state, and the entries-halted gate of the pre-trade checks."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
-from proto.enums import HotStateStatus, OrderSource, OrderType, Side, TradingState
-from proto.messages import SubmitOrder
+import msgspec
+
+from libs.logging import get_logger
+from proto import subjects
+from proto.enums import ConnectionState, HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.messages import HotStateRecord, HotStateStatusChanged, LinkStateChanged, Message, SubmitOrder
 from services.risk.domain import (
     HOT_STATE_MAX_AGE_MS,
     RiskLimits,
     StateBuilderWatch,
+    TradingStateRecord,
     check_order,
     reply_hot_state,
 )
+from services.risk.handlers import RiskService
 
 S = 1_000_000_000
 LIMITS = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(100000))
@@ -80,3 +88,82 @@ def test_check_when_entries_halted_then_entry_denied_with_reason_and_exit_approv
 
 def test_check_when_nothing_halted_then_entry_approved() -> None:
     assert decide(order(Side.BUY), "0", None)[0]
+
+
+class OvertakenKv:
+    """A bus whose KV reads return what was stored when they started, while `during_read` delivers
+    the newer event that overtakes them (the followers are subscribed before the reads)."""
+
+    def __init__(self, values: dict[str, bytes], during_read: dict[str, Callable[[], Awaitable[None]]]) -> None:
+        self.values = values
+        self.during_read = during_read
+
+    async def kv_get(self, key: str, bucket: str = subjects.KV_STATE) -> tuple[bytes, int] | None:
+        value = self.values.get(key)
+        event = self.during_read.pop(key, None)
+        if event is not None:
+            await event()
+        return (value, 1) if value is not None else None
+
+    async def last_message(self, stream: str, subject: str, kind: type[Any]) -> Any:
+        return None
+
+
+async def test_initial_reads_when_an_event_overtakes_them_then_the_event_wins() -> None:
+    """Risk starting while a book turns VALID: the KV read (INVALID) must not overwrite the VALID event
+    that arrived during it, or every entry in that symbol is denied until the next transition."""
+    venue = "binance-usdm"
+    limits = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
+    service: RiskService
+
+    async def deliver(message: Message) -> None:
+        await service.on_event(message)
+
+    link_key, hot_key = subjects.key_link(venue, subjects.MARKET_WS_LINK), subjects.key_hot_state("BTCUSDT")
+    bus = OvertakenKv(
+        {
+            link_key: msgspec.json.encode({"state": ConnectionState.SUSPECT.value}),
+            hot_key: msgspec.json.encode(HotStateRecord(status=HotStateStatus.INVALID, reason="building")),
+        },
+        {
+            link_key: lambda: deliver(
+                LinkStateChanged(
+                    venue=venue,
+                    link=subjects.MARKET_WS_LINK,
+                    previous=ConnectionState.SUSPECT,
+                    current=ConnectionState.CONNECTED,
+                    reason="clean window passed",
+                )
+            ),
+            hot_key: lambda: deliver(
+                HotStateStatusChanged(
+                    symbol="BTCUSDT", previous=HotStateStatus.INVALID, current=HotStateStatus.VALID, reason="rebuilt"
+                )
+            ),
+        },
+    )
+    state = TradingStateRecord(state=TradingState.ACTIVE)
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
+    await service.load_initial_state()
+    assert service.hot_state == {"BTCUSDT": HotStateStatus.VALID}
+    assert service.market_link == ConnectionState.CONNECTED
+    assert service.market_link_gate("BTCUSDT") is None
+
+
+async def test_initial_reads_when_nothing_overtakes_them_then_kv_values_apply() -> None:
+    venue = "binance-usdm"
+    limits = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
+    bus = OvertakenKv(
+        {
+            subjects.key_link(venue, subjects.MARKET_WS_LINK): msgspec.json.encode({"state": "SUSPECT"}),
+            subjects.key_hot_state("BTCUSDT"): msgspec.json.encode(
+                HotStateRecord(status=HotStateStatus.INVALID, reason="building")
+            ),
+        },
+        {},
+    )
+    state = TradingStateRecord(state=TradingState.ACTIVE)
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
+    await service.load_initial_state()
+    assert service.hot_state == {"BTCUSDT": HotStateStatus.INVALID}
+    assert service.market_link == ConnectionState.SUSPECT
