@@ -653,23 +653,6 @@ class ResourceBreaker(RiskBreaker):
         return None
 
 
-class LatencyWindow:
-    """The last `size` latencies (ms) and their p99 (None until `minimum` are known)."""
-
-    def __init__(self, size: int = 200, minimum: int = 20) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-        self._minimum = minimum
-
-    def add(self, latency_ms: float) -> None:
-        self._values.append(latency_ms)
-
-    def p99(self) -> float | None:
-        if len(self._values) < self._minimum:
-            return None
-        ordered = sorted(self._values)
-        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from libs.breaker import BreakerState
 from libs.bus import Bus, Delivery
 from libs.ids import client_order_id_for
+from libs.latency import LatencyWindow
 from libs.logging import Logger
 from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
@@ -69,7 +70,6 @@ from .breakers import (
     BreakerChange,
     BreakerNotTripped,
     BreakerRecord,
-    LatencyWindow,
     ResourceSample,
     RiskBreaker,
     StrategyMalfunctionBreaker,
@@ -180,7 +180,7 @@ class RiskService:
         self.pending = PendingExposure()
         self.rates = OrderRateWindow()
         self.trades = TradeTracker()
-        self.latency = LatencyWindow()
+        self.latency = LatencyWindow(size=200, minimum=20)  # decision latency for CB-4 (its baseline is configured)
         self.resources = resources
         self.order_strategy: OrderedDict[str, str | None] = OrderedDict()
         self._seen_positions: OrderedDict[str, None] = OrderedDict()

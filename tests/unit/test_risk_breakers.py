@@ -8,6 +8,7 @@ import pytest
 
 from libs.breaker import BreakerState
 from libs.fsm import IllegalTransition, next_state
+from libs.latency import LatencyWindow
 from proto.enums import HotStateStatus
 from services.risk.breakers import (
     AUTO_RESET_TABLE,
@@ -17,7 +18,6 @@ from services.risk.breakers import (
     AbnormalMarketConfig,
     BreakerNotTripped,
     ClosedTrade,
-    LatencyWindow,
     RapidLossBreaker,
     RapidLossConfig,
     ResourceBreaker,
