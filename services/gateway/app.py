@@ -872,6 +872,17 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     async def _strategy_command(name: str, action: str, who: Principal) -> dict[str, Any]:
         _known_strategy(name)
+        if action == "enable":
+            level = _field(await gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL), "level")
+            if level == DegradationLevel.HARD_SHUTDOWN.value:
+                # SPEC §5: the trading services are stopped; only a manual restart leaves HARD_SHUTDOWN.
+                raise ApiError(
+                    409,
+                    "hard_shutdown",
+                    "HARD_SHUTDOWN: the trading services are stopped; a strategy cannot be enabled "
+                    "until the system is restarted by hand",
+                    {"degradation_level": level},
+                )
         command_type = EnableStrategy if action == "enable" else DisableStrategy
         command = command_type(strategy=name, operator=who.name, reason=f"operator {action}")
         await _publish(gateway, subjects.cmd_strategy(name, action), command)

@@ -631,6 +631,15 @@ class StrategyRunner:
         now = self.clock()
         async with self._lock:
             match message:
+                case EnableStrategy() if message.strategy == self.name and await self._hard_shutdown():
+                    # SPEC §5: the trading services stay stopped until a manual restart (the
+                    # gateway refuses such an enable; this holds for one sent on the bus too).
+                    self.log.warning(
+                        "enable_refused",
+                        operator=message.operator,
+                        reason="HARD_SHUTDOWN",
+                        action_taken=f"stays {self.strategy.state.value}",
+                    )
                 case EnableStrategy() if message.strategy == self.name:
                     if self.strategy.state == StrategyState.FAILED:
                         # The operator takes responsibility: the crash count starts over.

@@ -573,6 +573,19 @@ async def test_strategies_enable_disable_then_commands_published(gw: Harness) ->
     assert (info.state.subjects or {}) == {"cmd.strategy.imbalance.enable": 1, "cmd.strategy.imbalance.disable": 1}
 
 
+async def test_strategy_enable_when_hard_shutdown_then_409_and_nothing_published(gw: Harness) -> None:
+    await gw.peer.kv_put(subjects.KEY_DEGRADATION_LEVEL, json.dumps({"level": "HARD_SHUTDOWN"}).encode())
+
+    refused = await gw.client.post("/v1/strategies/imbalance/enable", headers=OP)
+    disabled = await gw.client.post("/v1/strategies/imbalance/disable", headers=OP)
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "hard_shutdown" and "restarted by hand" in refused.text
+    assert disabled.status_code == 202  # stopping a strategy is always allowed
+    info = await gw.peer.js.stream_info("SIGNALS", subjects_filter="cmd.strategy.>")
+    assert (info.state.subjects or {}) == {"cmd.strategy.imbalance.disable": 1}
+
+
 async def insert_event(pool: Any, seq: int, message: Message, subject: str) -> None:
     await pool.execute(
         "INSERT INTO audit_events (stream, stream_seq, subject, type, message_id, ts_event_ns, payload) "

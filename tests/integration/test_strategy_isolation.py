@@ -20,7 +20,7 @@ import msgspec
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from libs.bus import Bus
+from libs.bus import Bus, Delivery
 from libs.logging import get_logger
 from libs.testing.polling import eventually as poll_until
 from proto import subjects
@@ -28,6 +28,7 @@ from proto.codec import decode, encode
 from proto.enums import ConnectionState, HotStateStatus, Side
 from proto.messages import (
     BookResyncStarted,
+    EnableStrategy,
     Heartbeat,
     LinkStateChanged,
     Liquidation,
@@ -384,6 +385,10 @@ async def test_runner_when_hard_shutdown_then_disabled_and_stays_disabled_after_
         await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "HARD_SHUTDOWN", "ts_ns": 2}))
         await runner.tick()
         assert await _state(bus, name) == "DISABLED"
+        # An enable sent on the bus during HARD_SHUTDOWN is refused: no SCANNING, not even briefly.
+        enable = EnableStrategy(strategy=name, operator="ops", reason="try")
+        await runner.on_command(enable, Delivery(subjects.cmd_strategy(name, "enable"), 1, 1, {}))
+        assert await _state(bus, name) == "DISABLED" and runner.strategy.state.value == "DISABLED"
         await runner.stop()
         again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
         await again.start()
