@@ -15,7 +15,7 @@ the lower level held for `recovery_hold_ns`; HARD_SHUTDOWN is never left automat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from libs.heartbeat import ComponentView
@@ -479,6 +479,8 @@ class WatchdogEvaluator:
         self._active_alerts: dict[str, Finding] = {}
         self._lower_since: int | None = None
         self._heard: set[str] = set()
+        self._seen_valid: set[str] = set()
+        self._not_valid_since: dict[str, int] = {}
         self.level: DegradationLevel | None = initial_level
         self.health: Health | None = initial_health
 
@@ -527,7 +529,7 @@ class WatchdogEvaluator:
         components, down, undecided = self._component_transitions(views, now)
         facts = Facts(
             down=tuple(down),
-            symbols=tuple(symbols),
+            symbols=tuple(self._carry_stale_since(symbols, now)),
             links=tuple(links),
             resources=resources or ResourceObservation(),
             latencies=tuple(latencies),
@@ -554,6 +556,35 @@ class WatchdogEvaluator:
             evaluation.alerts.extend(_level_alerts(self.level, level, level_reason))
             self.level = level
         return evaluation
+
+    def _carry_stale_since(self, symbols: Iterable[SymbolObservation], now: int) -> Iterator[SymbolObservation]:
+        """The symbols with `stale_since_ns` as the watchdog has followed it (FM-D1 "stale > 10 s").
+
+        A restarted state-builder starts its symbols INVALID without a `stale_since_ns`: on its own,
+        the 10 s count would start again at every restart (a crash loop during a dead stream would
+        never escalate). The watchdog keeps the earliest moment since which a symbol it has seen
+        VALID has not been VALID, until it is VALID again. A symbol never seen VALID (a fresh start)
+        has none. The memory lives in this process only: a restarted watchdog starts it afresh, so a
+        whole-system restart does not count the time the system was stopped.
+        """
+        for symbol in symbols:
+            if symbol.status == HotStateStatus.VALID:
+                self._seen_valid.add(symbol.symbol)
+                self._not_valid_since.pop(symbol.symbol, None)
+                yield symbol
+                continue
+            known = [
+                since
+                for since in (symbol.stale_since_ns, self._not_valid_since.get(symbol.symbol))
+                if since is not None
+            ]
+            if not known and symbol.symbol in self._seen_valid:
+                known = [now]  # left VALID without saying since when (a restarted state-builder): from now
+            if not known:
+                yield symbol
+                continue
+            since = self._not_valid_since[symbol.symbol] = min(known)
+            yield replace(symbol, stale_since_ns=since)
 
     def _component_transitions(
         self, views: dict[str, ComponentView], now: int

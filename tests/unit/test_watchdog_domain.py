@@ -240,6 +240,60 @@ def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() 
     assert ("data_stale_long:BTCUSDT", AlertSeverity.P1) in [(a.key, a.severity) for a in seen[10].alerts if a.raised]
 
 
+def test_evaluate_when_state_builder_restarts_during_a_stall_then_the_10s_count_goes_on() -> None:
+    # FM-D1 across a restart: the new state-builder reports the symbol INVALID without a
+    # `stale_since_ns` and a young age (its fresh REST snapshot); the count must not start again.
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
+    since = clock.now
+    levels = []
+    for second in range(1, 12):
+        clock.advance(1)
+        restarted = second >= 6  # the first process knew `since`; the restarted one does not
+        symbols = [
+            SymbolObservation("BTCUSDT", "INVALID", 500, None if restarted else since),
+            SymbolObservation("ETHUSDT", "VALID", 20),
+        ]
+        levels.append(evaluator.evaluate(views(), symbols=symbols).level)
+
+    assert levels[:10] == [DegradationLevel.REDUCED_FUNCTIONALITY] * 10
+    assert levels[10] == DegradationLevel.EMERGENCY_MODE
+
+
+def test_evaluate_when_restart_while_valid_then_counted_from_when_it_left_valid() -> None:
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
+    clock.advance(30)  # VALID for a long time: that is not stale time
+    left = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
+    clock.advance(10)
+    at_10s = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=200))
+    clock.advance(1)
+    at_11s = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=200))
+    clock.advance(1)
+    valid = evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
+    clock.advance(1)
+    again = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
+
+    assert left.level == at_10s.level == DegradationLevel.REDUCED_FUNCTIONALITY
+    assert at_11s.level == DegradationLevel.EMERGENCY_MODE
+    assert not [f for f in valid.findings if f.key.startswith("data_")]
+    # VALID again clears the memory: the next time it leaves VALID the count starts from then.
+    assert not [f for f in again.findings if f.key == "data_stale_long:BTCUSDT"]
+
+
+def test_evaluate_when_symbol_never_valid_then_no_stale_count() -> None:
+    # A fresh start: books being built are not "stale for 10 s", however long the build takes.
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
+    clock.advance(30)
+    evaluation = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
+
+    assert evaluation.level == DegradationLevel.REDUCED_FUNCTIONALITY
+
+
 def test_evaluate_when_symbol_valid_again_then_stale_since_ignored() -> None:
     clock = FakeClock()
     evaluator = WatchdogEvaluator(clock)
