@@ -635,7 +635,13 @@ class RiskService:
     # ------------------------------------------------------------------ monitor
 
     async def monitor_once(self) -> None:
-        """One pass of the periodic checks: degradation, CB-2 expiry and book depth, CB-4 resources."""
+        """One pass of the periodic checks: hot state, degradation, CB-2 expiry and book depth, CB-4 resources.
+
+        The hot state is re-read from the state-builder every pass: the events keep it current,
+        and this bounds how long a lost or late one (a reply or read that raced with an event,
+        a re-published event arriving after a newer one) can leave risk with a wrong view.
+        """
+        await self.probe_state_builder()
         await self.refresh_degradation()
         if self.breakers is None:
             return

@@ -11,8 +11,17 @@ import msgspec
 
 from libs.logging import get_logger
 from proto import subjects
+from proto.codec import encode
 from proto.enums import ConnectionState, HotStateStatus, OrderSource, OrderType, Side, TradingState
-from proto.messages import HotStateRecord, HotStateStatusChanged, LinkStateChanged, Message, SubmitOrder
+from proto.messages import (
+    HotStateRecord,
+    HotStateStatusChanged,
+    LinkStateChanged,
+    Message,
+    SubmitOrder,
+    SymbolHotState,
+    SymbolsReply,
+)
 from services.risk.domain import (
     HOT_STATE_MAX_AGE_MS,
     RiskLimits,
@@ -167,3 +176,30 @@ async def test_initial_reads_when_nothing_overtakes_them_then_kv_values_apply() 
     await service.load_initial_state()
     assert service.hot_state == {"BTCUSDT": HotStateStatus.INVALID}
     assert service.market_link == ConnectionState.SUSPECT
+
+
+class StateBuilderAnswers(OvertakenKv):
+    """A bus on which the state-builder answers the `symbols` query with `rows`."""
+
+    def __init__(self, rows: dict[str, SymbolHotState]) -> None:
+        super().__init__({}, {})
+        self.rows = rows
+
+    async def request(self, subject: str, payload: bytes = b"", timeout_s: float = 1.0) -> bytes:
+        assert subject == subjects.service_query(subjects.STATE_BUILDER, "symbols")
+        return encode(SymbolsReply(symbols=self.rows))
+
+
+async def test_monitor_when_risk_view_of_hot_state_is_wrong_then_the_next_pass_corrects_it() -> None:
+    venue = "binance-usdm"
+    limits = RiskLimits(symbols=frozenset({"ETHUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
+    bus = StateBuilderAnswers(
+        {"ETHUSDT": SymbolHotState(symbol="ETHUSDT", hot_state=HotStateStatus.VALID, age_ms=40, last_update_id=7)}
+    )
+    state = TradingStateRecord(state=TradingState.ACTIVE)
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
+    service.hot_state["ETHUSDT"] = HotStateStatus.INVALID  # an event that arrived out of order
+
+    await service.monitor_once()
+
+    assert service.hot_state == {"ETHUSDT": HotStateStatus.VALID}
