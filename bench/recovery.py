@@ -252,14 +252,20 @@ async def _run(histories: tuple[int, ...], kills: int, work: Path, servers: Embe
             await rig.wait_valid(60.0)
             baseline = [await orders.wait_accepting(30.0) for _ in range(5)]
             samples = []
-            for _ in range(kills):
+            denials: dict[str, list[str]] = {}
+            for index in range(kills):
                 samples.append(await orders.kill_and_measure(60.0))
+                if orders.last_denials:
+                    denials[str(index)] = orders.last_denials
                 await asyncio.sleep(1.0)
             results["position"]["histories"].append(
                 {
                     "stream_messages": held_orders,
                     "order_latency_baseline_s": round(statistics.median(baseline), 3),
                     **_summary(samples),
+                    # Sample index -> why risk denied its probe orders (market data not VALID, a
+                    # reconnect's clean window): time spent there is the market's, not the restart's.
+                    "risk_denials": denials,
                 }
             )
     finally:

@@ -10,7 +10,9 @@ One measurement: SIGKILL the position service, start it again at once (what a su
 in the same slot: a stable instance id, so it takes its own lease back without waiting for the
 TTL), and time from the kill until the venue acknowledges an order that was submitted *after*
 the kill (`OrderAccepted`). That is the moment the restarted service has loaded its state,
-reconciled with the venue (§6) and sends orders again.
+reconciled with the venue (§6) and sends orders again. The probe orders go through risk, which
+denies entries while the replayed market is not VALID or in a reconnect's clean window; such a
+sample then includes that wait, and the result names risk's reasons per sample (`risk_denials`).
 
 The history is a long trading record of a symbol that is now flat: filler round trips
 (`OrderSubmitted`, `OrderAccepted`, `OrderFilled` on the ORDERS stream, and the same orders and
@@ -38,7 +40,7 @@ from libs.testing.history import FILLER_PRICE, FILLER_QUANTITY, FILLER_SYMBOL, c
 from proto import subjects
 from proto.codec import decode
 from proto.enums import OrderSource, OrderStatus, OrderType, Side, TimeInForce
-from proto.messages import CancelOrder, OrderAccepted, OrderFilled, OrderSubmitted, SubmitOrder
+from proto.messages import CancelOrder, OrderAccepted, OrderDenied, OrderFilled, OrderSubmitted, SubmitOrder
 
 VENUE = "binance-usdm"
 ORDER_SYMBOL = "BTCUSDT"
@@ -59,6 +61,10 @@ class PositionRecovery:
     accepted: dict[str, float] = field(default_factory=dict)
     """client order id → monotonic time its OrderAccepted was seen."""
     submitted: dict[str, float] = field(default_factory=dict)
+    denied: dict[str, str] = field(default_factory=dict)
+    """client order id → risk's reason, for orders risk denied (the market not VALID, a clean window)."""
+    last_denials: list[str] = field(default_factory=list)
+    """Why risk denied the probe orders of the last measurement (explains a slow sample)."""
     _flow: asyncio.Task[None] | None = None
     _sequence: int = 0
     _subscription: Any = None
@@ -86,7 +92,7 @@ class PositionRecovery:
         self.risk.start()
         self.position.start()
         self._subscription = await self.bus.subscribe_core(
-            subjects.evt_order("accepted", VENUE, ORDER_SYMBOL), self._on_accepted
+            subjects.evt_order("*", VENUE, ORDER_SYMBOL), self._on_order_event
         )
         self._flow = asyncio.create_task(self._order_flow(), name="order-flow")
 
@@ -102,11 +108,13 @@ class PositionRecovery:
             if service is not None:
                 service.stop()
 
-    async def _on_accepted(self, msg: Msg) -> None:
+    async def _on_order_event(self, msg: Msg) -> None:
         try:
             message = decode(msg.data)
-        except Exception:  # noqa: BLE001 - not ours to judge here; the bench only times accepts
+        except Exception:  # noqa: BLE001 - not ours to judge here; the bench only times accepts and denials
             return
+        if isinstance(message, OrderDenied):
+            self.denied[message.order.client_order_id] = message.reason
         if isinstance(message, OrderAccepted) and message.client_order_id not in self.accepted:
             self.accepted[message.client_order_id] = time.monotonic()
             cancel = CancelOrder(client_order_id=message.client_order_id, reason="bench: resting order done")
@@ -163,6 +171,7 @@ class PositionRecovery:
                 mine.append(await self.submit())
                 last_submit = now
             await asyncio.sleep(0.01)
+        self.last_denials = sorted({self.denied[coid] for coid in mine if coid in self.denied})
         return min(done) - started
 
     async def wait_accepting(self, timeout_s: float) -> float:
