@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from libs.heartbeat import ComponentView
@@ -10,6 +12,7 @@ from services.watchdog.domain import (
     RULES,
     AlertNotice,
     AlertRouter,
+    Evaluation,
     LatencyObservation,
     LatencyWindow,
     LinkObservation,
@@ -219,9 +222,9 @@ def test_evaluate_when_symbol_stale_then_reduced_and_when_stale_over_10s_then_em
     assert major.checks["hot_state_fresh"] is False
 
 
-def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() -> None:
-    # Each reconnect's REST snapshot resets the hot-state age (never above 5 s here), but the
-    # symbol has not been VALID since `since`: after 10 s that is FM-D1's EMERGENCY_MODE.
+def _stall_for_11s(btc: Callable[[int, int], SymbolObservation]) -> list[Evaluation]:
+    """BTCUSDT VALID, then one evaluation a second for 11 s with BTCUSDT as `btc(second, since)`
+    reports it (`since`: when it was last VALID); ETHUSDT stays VALID."""
     clock = FakeClock()
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
@@ -229,10 +232,19 @@ def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() 
     seen = []
     for second in range(1, 12):
         clock.advance(1)
-        status = "STALE" if second < 2 else "INVALID"
-        age_ms = (second % 5) * 1000  # a fresh snapshot every 5 s
-        symbols = [SymbolObservation("BTCUSDT", status, age_ms, since), SymbolObservation("ETHUSDT", "VALID", 20)]
+        symbols = [btc(second, since), SymbolObservation("ETHUSDT", "VALID", 20)]
         seen.append(evaluator.evaluate(views(), symbols=symbols))
+    return seen
+
+
+def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() -> None:
+    # Each reconnect's REST snapshot resets the hot-state age (never above 5 s here), but the
+    # symbol has not been VALID since `since`: after 10 s that is FM-D1's EMERGENCY_MODE.
+    def btc(second: int, since: int) -> SymbolObservation:
+        age_ms = (second % 5) * 1000  # a fresh snapshot every 5 s
+        return SymbolObservation("BTCUSDT", "STALE" if second < 2 else "INVALID", age_ms, since)
+
+    seen = _stall_for_11s(btc)
 
     assert [e.level for e in seen[:10]] == [DegradationLevel.REDUCED_FUNCTIONALITY] * 10  # 10 s is not > 10 s
     assert seen[10].level == DegradationLevel.EMERGENCY_MODE
@@ -243,19 +255,11 @@ def test_evaluate_when_stalled_stream_keeps_resyncing_over_10s_then_emergency() 
 def test_evaluate_when_state_builder_restarts_during_a_stall_then_the_10s_count_goes_on() -> None:
     # FM-D1 across a restart: the new state-builder reports the symbol INVALID without a
     # `stale_since_ns` and a young age (its fresh REST snapshot); the count must not start again.
-    clock = FakeClock()
-    evaluator = WatchdogEvaluator(clock)
-    evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
-    since = clock.now
-    levels = []
-    for second in range(1, 12):
-        clock.advance(1)
+    def btc(second: int, since: int) -> SymbolObservation:
         restarted = second >= 6  # the first process knew `since`; the restarted one does not
-        symbols = [
-            SymbolObservation("BTCUSDT", "INVALID", 500, None if restarted else since),
-            SymbolObservation("ETHUSDT", "VALID", 20),
-        ]
-        levels.append(evaluator.evaluate(views(), symbols=symbols).level)
+        return SymbolObservation("BTCUSDT", "INVALID", 500, None if restarted else since)
+
+    levels = [evaluation.level for evaluation in _stall_for_11s(btc)]
 
     assert levels[:10] == [DegradationLevel.REDUCED_FUNCTIONALITY] * 10
     assert levels[10] == DegradationLevel.EMERGENCY_MODE
