@@ -47,6 +47,7 @@ class FakeVenue:
     def __init__(self, **scripts: list[Any]) -> None:
         self.scripts = scripts
         self.calls: list[str] = []
+        self.open_orders_symbols: list[str | None] = []
         self.time_offset_ms = 0
         self.server_ms = 0
 
@@ -65,6 +66,7 @@ class FakeVenue:
         return self._next("query_order")
 
     async def open_orders(self, symbol: str | None = None) -> Any:
+        self.open_orders_symbols.append(symbol)
         return self._next("open_orders") or []
 
     async def user_trades(self, symbol: str, *, order_id: int | None = None, limit: int = 100) -> Any:
@@ -186,7 +188,9 @@ async def test_reads_when_venue_keeps_failing_then_breaker_opens_and_fails_fast(
     assert len(venue.calls) == calls  # nothing sent while open
 
 
-def service(venue: Any, bus: FakeBus, projections: FakeProjections | None = None) -> PositionService:
+def service(
+    venue: Any, bus: FakeBus, projections: FakeProjections | None = None, symbols: tuple[str, ...] = ("BTCUSDT",)
+) -> PositionService:
     svc = PositionService(
         bus,  # type: ignore[arg-type]
         get_logger("test"),
@@ -194,20 +198,20 @@ def service(venue: Any, bus: FakeBus, projections: FakeProjections | None = None
         venue,
         "binance-usdm",
         FakeClock(),
-        symbols=("BTCUSDT",),
+        symbols=symbols,
     )
     svc.query_backoff_s = (0.0,)
     svc.reconciled = True
     return svc
 
 
-def approved(key: str) -> OrderApproved:
+def approved(key: str, symbol: str = "BTCUSDT") -> OrderApproved:
     return OrderApproved(
         order=SubmitOrder(
             client_order_id=f"bw-{key}",
             idempotency_key=key,
             source=OrderSource.OPERATOR,
-            symbol="BTCUSDT",
+            symbol=symbol,
             side=Side.BUY,
             order_type=OrderType.MARKET,
             quantity=Decimal("0.01"),
@@ -280,3 +284,29 @@ async def test_invariant_when_position_moves_without_fill_then_hard_shutdown_and
     assert subjects.service_query(subjects.RISK, "halt") in bus.requests
     assert [alert.severity.value for alert in bus.of(AlertRaised)] == ["P0"]
     assert svc.flattening()  # SPEC §5 HARD_SHUTDOWN: no entries, flatten at market
+
+
+async def test_poll_when_no_live_order_then_one_symbols_open_orders_asked() -> None:
+    venue = FakeVenue()
+    svc = service(venue, FakeBus(), symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
+    await svc.poll_once()
+    # Weight 1: the all-symbol request (weight 40 a second) would be the IP's whole budget (FM-N2).
+    assert venue.open_orders_symbols == ["BTCUSDT"]
+
+
+async def test_poll_when_orders_live_on_two_symbols_then_each_asked_once_and_missing_one_queried() -> None:
+    resting = {"orderId": 7, "status": "NEW", "executedQty": "0"}
+    venue = FakeVenue(
+        place_order=[resting],
+        open_orders=[[{**resting, "symbol": "ETHUSDT", "clientOrderId": "bw-e"}]],
+        query_order=[{**resting, "status": "CANCELED"}],
+    )
+    svc = service(venue, FakeBus(), symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
+    await svc.on_approved(approved("b", "BTCUSDT"), DELIVERY)
+    await svc.on_approved(approved("e", "ETHUSDT"), DELIVERY)
+    await svc.poll_once()
+    assert sorted(venue.open_orders_symbols, key=str) == ["BTCUSDT", "ETHUSDT"]
+    # The fake answers the same list for both symbols: bw-e is open; bw-b is not, so it is queried.
+    assert svc.orders["bw-e"].status == OrderStatus.NEW
+    assert svc.orders["bw-b"].status == OrderStatus.CANCELED
+    assert venue.calls.count("query_order") == 1
