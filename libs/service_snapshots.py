@@ -20,14 +20,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 import asyncpg
+import msgspec
 from nats.js.errors import NotFoundError
 
 from libs import db
-from libs.bus import Bus
+from libs.bus import Bus, Delivery
 from libs.logging import Logger
 from libs.snapshot import DEFAULT_KEEP, SnapshotStore
+from proto.envelope import Message
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 DB_CONNECT_TIMEOUT_S = 2.0
 DB_RETRY_S = 10.0
@@ -271,3 +274,83 @@ async def consumer_processed_through(bus: Bus, stream: str, durable: str) -> int
     floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
     start = int(info.config.opt_start_seq or 0) if info.config is not None else 0
     return max(floor, start - 1)
+
+
+class StructCodec(Generic[S]):
+    """JSON encoding of one service's snapshot struct, and its `SnapshotKeeper`."""
+
+    def __init__(self, kind: type[S]) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(kind)
+
+    def encode(self, snapshot: S) -> bytes:
+        return self._encoder.encode(snapshot)
+
+    def decode(self, data: bytes) -> S:
+        """Raises msgspec errors (ValueError) when the bytes are not such a snapshot."""
+        return self._decoder.decode(data)
+
+    def keeper(self, dsn: str, component: str, log: Logger) -> SnapshotKeeper[S]:
+        """The snapshots of `component` in Postgres."""
+        return SnapshotKeeper(dsn, component, encode=self.encode, decode=self.decode, log=log)
+
+
+class StreamLog(Generic[T]):
+    """What a service's `recover` reads: its snapshots, one stream, and the progress of the durable
+    consumer that applies that stream's effects.
+
+    Args:
+        bus: the connected bus.
+        snapshots: the service's snapshots; None when it runs without Postgres (no snapshot then).
+        stream: the stream replayed after the snapshot.
+        durable: the durable consumer whose acknowledgements `processed_through` reports.
+        filter_subject: replay only these subjects (all when None).
+        fetch_timeout_s: how long a replay fetch waits; a filtered range with nothing in it ends
+            on the first empty fetch, so a short timeout keeps such a replay short.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        snapshots: SnapshotKeeper[T] | None,
+        stream: str,
+        *,
+        durable: str | None = None,
+        filter_subject: str | None = None,
+        fetch_timeout_s: float = 2.0,
+    ) -> None:
+        self._bus = bus
+        self._snapshots = snapshots
+        self.stream = stream
+        self.durable = durable
+        self._filter_subject = filter_subject
+        self._fetch_timeout_s = fetch_timeout_s
+
+    async def load_snapshot(self) -> Loaded[T]:
+        if self._snapshots is None:
+            return Loaded(available=False)
+        return await self._snapshots.load()
+
+    async def bounds(self) -> tuple[int, int]:
+        return await self._bus.stream_bounds(self.stream)
+
+    async def processed_through(self) -> int | None:
+        """See `consumer_processed_through`; None also when this log has no durable consumer."""
+        if self.durable is None:
+            return None
+        return await consumer_processed_through(self._bus, self.stream, self.durable)
+
+    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message, int], None]) -> int:
+        """Messages `start_seq`..`end_seq` into `apply(message, stream_seq)`; how many were applied."""
+
+        def handler(message: Message, delivery: Delivery) -> None:
+            apply(message, delivery.stream_sequence)
+
+        return await self._bus.replay(
+            self.stream,
+            start_seq,
+            end_seq,
+            handler,
+            filter_subject=self._filter_subject,
+            fetch_timeout_s=self._fetch_timeout_s,
+        )

@@ -18,7 +18,7 @@ from libs.bus import Bus, Delivery
 from libs.ids import client_order_id_for
 from libs.latency import LatencyWindow
 from libs.logging import Logger
-from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper, snapshot_fits_stream
+from libs.service_snapshots import Loaded, RecoveryReport, SnapshotKeeper, StreamLog, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
@@ -867,11 +867,11 @@ class RiskService:
             positions=dict(self.positions),
             position_ts=dict(self._position_ts),
             seen_positions=list(self._seen_positions),
-            trades=snap.trades_state(self.trades),
-            pending=snap.pending_state(self.pending),
+            trades=self.trades.to_state(),
+            pending=self.pending.to_state(),
             decided=sorted(self.decided)[-snap.MAX_DECIDED :],
             order_strategy=list(self.order_strategy.items()),
-            rates=snap.rates_state(self.rates, now),
+            rates=self.rates.to_state(now),
             mark_prices=dict(self.mark_prices),
             # Counters as of now, but the record's own time kept: KV, written at every change, stays
             # the newer one and so the authority (`load_breakers`).
@@ -888,11 +888,11 @@ class RiskService:
         self.positions = dict(state.positions)
         self._position_ts = dict(state.position_ts)
         self._seen_positions = OrderedDict((key, None) for key in state.seen_positions)
-        self.trades = snap.restore_trades(state.trades)
-        self.pending = snap.restore_pending(state.pending)
+        self.trades = TradeTracker.from_state(state.trades)
+        self.pending = PendingExposure.from_state(state.pending)
         self.decided = set(state.decided)
         self.order_strategy = OrderedDict(state.order_strategy)
-        self.rates = snap.restore_rates(state.rates)
+        self.rates = OrderRateWindow.from_state(state.rates)
         self.mark_prices.update(state.mark_prices)
         self.orders_seq = state.orders_seq
         if self.breakers is not None:
@@ -935,7 +935,7 @@ class RiskService:
             case _:
                 pass  # order commands, events of other venues
 
-    async def recover(self, log: snap.OrdersLog) -> RecoveryReport:
+    async def recover(self, log: StreamLog[snap.RiskSnapshot]) -> RecoveryReport:
         """Rebuild memory from the latest valid snapshot and the ORDERS tail, then validate (SPEC §8).
 
         The replayed range ends where the durable `risk-events` consumer's acknowledgements end:
@@ -973,7 +973,7 @@ class RiskService:
 
     def validate_recovered(self) -> None:
         """§7-style checks of the rebuilt state; a violation is logged and made safe, never trusted."""
-        for item in snap.pending_state(self.pending):
+        for item in self.pending.to_state():
             if item.quantity <= 0 or item.filled < 0 or item.filled >= item.quantity:
                 self.log.error("recovery_pending_invalid", client_order_id=item.client_order_id, action_taken="dropped")
                 self.pending.release(item.client_order_id)

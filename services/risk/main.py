@@ -88,7 +88,7 @@ async def setup(ctx: ServiceContext) -> None:
             every_events=settings.snapshot_every_events,
         ),
     )
-    report = await service.recover(snap.OrdersLog(ctx.bus, snapshots))
+    report = await service.recover(snap.orders_log(ctx.bus, snapshots))
     await service.load_breakers(settings.strategies)
     # Subscribe before the initial reads so nothing published in between is missed.
     for subject in FOLLOWED_SUBJECTS:

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from libs.bus import Bus, Delivery
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
-from libs.service_snapshots import RecoveryReport, SnapshotKeeper
+from libs.service_snapshots import RecoveryReport, SnapshotKeeper, StreamLog
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
@@ -256,7 +256,7 @@ class StrategyRunner:
             # Fail closed: an unreadable history must not un-FAIL a strategy.
             self.log.error("crash_history_unreadable", strategy=self.name, error=str(exc)[:200])
             self.crash_record = adapters.CrashRecord(crashes=[now] * 4)
-        await self.recover(snap.MarketLog(self.bus, self.snapshots))
+        await self.recover(snap.market_log(self.bus, self.snapshots))
         await self._load_positions()
         previous_process = self.crash_record.running
         if previous_process == self.process_token:
@@ -387,7 +387,7 @@ class StrategyRunner:
             )
         return True
 
-    async def recover(self, log: snap.MarketLog) -> RecoveryReport:
+    async def recover(self, log: StreamLog[snap.StrategySnapshot]) -> RecoveryReport:
         """Latest valid snapshot of the instance, then the MARKET_DATA tail after it.
 
         The state machine part of the snapshot is used by `start` only where KV agrees (KV is the

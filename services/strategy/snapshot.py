@@ -17,17 +17,15 @@ KV (`strategy.<name>`, `strategy.<name>.crashes`) stays the authority of the sta
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from decimal import Decimal
 
 import msgspec
 
-from libs.bus import Bus, Delivery
+from libs.bus import Bus
 from libs.logging import Logger
-from libs.service_snapshots import Loaded, SnapshotKeeper
+from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec
 from proto import subjects
 from proto.enums import StrategyState
-from proto.envelope import Message
 
 from .domain import Entry, Strategy
 from .liquidations import LiquidationEvent, TapeState, TrackerState
@@ -88,17 +86,9 @@ class StrategySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     market: KindState | None = None
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(StrategySnapshot)
-
-
-def encode_snapshot(snapshot: StrategySnapshot) -> bytes:
-    return _encoder.encode(snapshot)
-
-
-def decode_snapshot(data: bytes) -> StrategySnapshot:
-    """Raises msgspec errors (ValueError) when the bytes are not a strategy snapshot."""
-    return _decoder.decode(data)
+CODEC = StructCodec(StrategySnapshot)
+encode_snapshot = CODEC.encode
+decode_snapshot = CODEC.decode
 
 
 # --------------------------------------------------------------------------- kinds
@@ -179,28 +169,11 @@ def restore(strategy: Strategy, snapshot: StrategySnapshot) -> None:
 # --------------------------------------------------------------------------- the MARKET_DATA log
 
 
-class MarketLog:
+def market_log(bus: Bus, snapshots: SnapshotKeeper[StrategySnapshot] | None) -> StreamLog[StrategySnapshot]:
     """What `StrategyRunner.recover` reads: the instance's snapshots and the MARKET_DATA stream."""
-
-    def __init__(self, bus: Bus, snapshots: SnapshotKeeper[StrategySnapshot] | None) -> None:
-        self._bus = bus
-        self._snapshots = snapshots
-
-    async def load_snapshot(self) -> Loaded[StrategySnapshot]:
-        if self._snapshots is None:
-            return Loaded(available=False)
-        return await self._snapshots.load()
-
-    async def bounds(self) -> tuple[int, int]:
-        return await self._bus.stream_bounds(subjects.STREAM_MARKET_DATA.name)
-
-    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message, int], None]) -> int:
-        def handler(message: Message, delivery: Delivery) -> None:
-            apply(message, delivery.stream_sequence)
-
-        return await self._bus.replay(subjects.STREAM_MARKET_DATA.name, start_seq, end_seq, handler)
+    return StreamLog(bus, snapshots, subjects.STREAM_MARKET_DATA.name)
 
 
 def snapshot_keeper(dsn: str, name: str, log: Logger) -> SnapshotKeeper[StrategySnapshot]:
     """An instance's snapshots in Postgres, component `strategy.<name>`."""
-    return SnapshotKeeper(dsn, snapshot_component(name), encode=encode_snapshot, decode=decode_snapshot, log=log)
+    return CODEC.keeper(dsn, snapshot_component(name), log)

@@ -18,7 +18,7 @@ from nats.js.errors import NoKeysError
 
 from libs.heartbeat import HeartbeatTracker
 from libs.runtime.service import ServiceContext, main
-from libs.service_snapshots import RecoveryReport, SnapshotKeeper
+from libs.service_snapshots import RecoveryReport, SnapshotKeeper, StreamLog
 from libs.settings import Settings
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
@@ -202,7 +202,7 @@ class WatchdogMemory:
             "last_verification": self.last_verification,
         }
 
-    async def recover(self, control: snapshot.ControlLog) -> RecoveryReport:
+    async def recover(self, control: StreamLog[snapshot.WatchdogSnapshot]) -> RecoveryReport:
         """Latest valid snapshot, then the alerts after it up to what the alerts consumer acknowledged.
 
         Without a snapshot (none, corrupt, Postgres down) every alert on the CONTROL stream is
@@ -244,7 +244,7 @@ class WatchdogMemory:
                 action_taken="full replay",
             )
 
-        def apply(message: Message) -> None:
+        def apply(message: Message, stream_seq: int) -> None:
             self._dispatcher.apply(message)  # rebuild only: these were delivered before
 
         replayed = await control.replay(start, end, apply) if last and end >= start else 0
@@ -452,7 +452,7 @@ async def setup(ctx: ServiceContext) -> None:
     keeper = snapshot.snapshot_keeper(settings.pg_dsn, ctx.log)
     ctx.cleanups.append(keeper.close)
     memory = WatchdogMemory(ctx, evaluator, dispatcher, observer, keeper)
-    control = snapshot.ControlLog(ctx.bus, keeper, handlers.ALERTS_CONSUMER)
+    control = snapshot.control_log(ctx.bus, keeper, handlers.ALERTS_CONSUMER)
     report = await memory.recover(control)
     dispatcher.on_applied = memory.alert_applied
     ctx.details = lambda: {"recovery": report.as_dict(), "snapshots": keeper.stats(), **memory.details()}

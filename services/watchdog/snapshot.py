@@ -15,17 +15,15 @@ compare-and-set, which an operator's emergency stop also writes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from libs import projections
-from libs.bus import Bus, Delivery
+from libs.bus import Bus
 from libs.logging import Logger
-from libs.service_snapshots import Loaded, SnapshotKeeper, consumer_processed_through
+from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec
 from proto import subjects
-from proto.envelope import Message
 from proto.messages import ProjectionsVerified
 from services.watchdog.domain import AlertNotice, EvaluatorState
 
@@ -46,55 +44,28 @@ class WatchdogSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     last_verification: dict[str, Any] | None = None
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(WatchdogSnapshot)
-
-
-def encode_snapshot(snapshot: WatchdogSnapshot) -> bytes:
-    return _encoder.encode(snapshot)
-
-
-def decode_snapshot(data: bytes) -> WatchdogSnapshot:
-    """Raises msgspec errors (ValueError) when the bytes are not a watchdog snapshot."""
-    return _decoder.decode(data)
+CODEC = StructCodec(WatchdogSnapshot)
+encode_snapshot = CODEC.encode
+decode_snapshot = CODEC.decode
 
 
 def snapshot_keeper(dsn: str, log: Logger) -> SnapshotKeeper[WatchdogSnapshot]:
     """watchdog's snapshots in Postgres, component `watchdog`."""
-    return SnapshotKeeper(dsn, SNAPSHOT_COMPONENT, encode=encode_snapshot, decode=decode_snapshot, log=log)
+    return CODEC.keeper(dsn, SNAPSHOT_COMPONENT, log)
 
 
-class ControlLog:
-    """Snapshots, the CONTROL stream's alerts and the alerts consumer's progress."""
-
-    def __init__(self, bus: Bus, snapshots: SnapshotKeeper[WatchdogSnapshot] | None, durable: str) -> None:
-        self._bus = bus
-        self._snapshots = snapshots
-        self.durable = durable
-
-    async def load_snapshot(self) -> Loaded[WatchdogSnapshot]:
-        if self._snapshots is None:
-            return Loaded(available=False)
-        return await self._snapshots.load()
-
-    async def bounds(self) -> tuple[int, int]:
-        return await self._bus.stream_bounds(subjects.STREAM_CONTROL.name)
-
-    async def processed_through(self) -> int | None:
-        return await consumer_processed_through(self._bus, subjects.STREAM_CONTROL.name, self.durable)
-
-    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message], None]) -> int:
-        def handler(message: Message, delivery: Delivery) -> None:
-            apply(message)
-
-        return await self._bus.replay(
-            subjects.STREAM_CONTROL.name,
-            start_seq,
-            end_seq,
-            handler,
-            filter_subject=ALERT_SUBJECTS,
-            fetch_timeout_s=0.5,  # a range without alerts ends on the first empty fetch: keep it short
-        )
+def control_log(
+    bus: Bus, snapshots: SnapshotKeeper[WatchdogSnapshot] | None, durable: str
+) -> StreamLog[WatchdogSnapshot]:
+    """What `recover` reads: snapshots, the CONTROL stream's alerts and the alerts consumer's progress."""
+    return StreamLog(
+        bus,
+        snapshots,
+        subjects.STREAM_CONTROL.name,
+        durable=durable,
+        filter_subject=ALERT_SUBJECTS,
+        fetch_timeout_s=0.5,  # a range without alerts ends on the first empty fetch: keep it short
+    )
 
 
 # --------------------------------------------------------------------------- verification (SPEC §8)

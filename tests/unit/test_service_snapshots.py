@@ -134,7 +134,7 @@ def test_pending_state_when_partially_filled_then_restored_with_open_quantity() 
     pending = PendingExposure()
     pending.add(_order("p", Side.SELL, "0.5"))
     pending.on_fill("c-p", Decimal("0.2"))
-    restored = risk_snap.restore_pending(risk_snap.pending_state(pending))
+    restored = PendingExposure.from_state(pending.to_state())
     assert restored.totals("BTCUSDT") == pending.totals("BTCUSDT") == (Decimal(0), Decimal("0.3"))
 
 
