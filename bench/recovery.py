@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import asyncpg
 import msgspec
 
 from libs.bus import Bus
+from libs.testing.history import FILLER_PRICE, FILLER_QUANTITY, FILLER_SYMBOL
 from libs.testing.infra import EmbeddedInfra
 from libs.testing.venue import running_venue_sim
 from proto import subjects
@@ -39,7 +39,6 @@ from proto.messages import Trade
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-FILLER_SYMBOL = "FILLERUSDT"
 
 
 @dataclass
@@ -190,8 +189,8 @@ class RecoveryRig:
                     venue="binance-usdm",
                     symbol=FILLER_SYMBOL,
                     trade_id=trade_id,
-                    price=Decimal("1.0"),
-                    quantity=Decimal("1"),
+                    price=FILLER_PRICE,
+                    quantity=FILLER_QUANTITY,
                     buyer_is_maker=False,
                 )
                 items.append((subjects.md_trade("binance-usdm", FILLER_SYMBOL), trade, None))
