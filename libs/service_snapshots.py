@@ -1,9 +1,10 @@
 """Snapshots of one service's state behind a lazily connected Postgres pool (SPEC §8, FM-C1, FM-C3).
 
-`SnapshotKeeper` is what risk, strategy and watchdog share (the state-builder keeps its own, older
-copy in `services/state_builder/adapters.py`): load the newest snapshot whose CRC32C verifies and
-that decodes (older ones when the newest is corrupt), save captured snapshots in the background
-(one writer, newest wins, old ones pruned). Postgres being down never blocks a service: `load`
+`SnapshotKeeper` is what state-builder, risk, strategy and watchdog share: load the newest snapshot
+whose CRC32C verifies and that decodes (older ones when the newest is corrupt), save captured
+snapshots in the background (one writer, newest wins, old ones pruned). `StructCodec` encodes a
+service's snapshot struct; `StreamLog` is what a service's recovery reads (snapshots, the bounds
+and the tail of its stream, the ack floor of its durable consumer). Postgres being down never blocks a service: `load`
 reports it unavailable (the caller falls back to a full replay of the log or to KV, and logs it) and
 saves are counted as failed and tried again with the next capture.
 

@@ -9,12 +9,11 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
-from libs.bus import Bus, Delivery, Handler
+from libs.bus import Bus, Handler
 from libs.logging import Logger
-from libs.service_snapshots import SnapshotKeeper
+from libs.service_snapshots import SnapshotKeeper, StreamLog
 from proto import subjects
 from proto.codec import decode_as
-from proto.envelope import Message
 from proto.messages import LinkStateChanged
 from services.state_builder.domain import StateBuilderCheckpoint, decode_checkpoint, encode_checkpoint
 
@@ -63,24 +62,6 @@ def snapshot_keeper(dsn: str, log: Logger) -> SnapshotKeeper[StateBuilderCheckpo
     )
 
 
-class BusRecoveryPort:
-    """`RecoveryPort` over the bus (MARKET_DATA stream) and the snapshot store."""
-
-    def __init__(self, bus: Bus, snapshots: SnapshotKeeper[StateBuilderCheckpoint]) -> None:
-        self._bus = bus
-        self._snapshots = snapshots
-
-    async def load_checkpoint(self) -> tuple[StateBuilderCheckpoint | None, list[str]]:
-        """The newest valid checkpoint (None: none, or Postgres down: recovery resyncs), and a
-        description of every corrupt one skipped."""
-        loaded = await self._snapshots.load()
-        return loaded.state, list(loaded.corrupt)
-
-    async def stream_bounds(self) -> tuple[int, int]:
-        return await self._bus.stream_bounds(subjects.STREAM_MARKET_DATA.name)
-
-    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message], None]) -> int:
-        def handler(message: Message, delivery: Delivery) -> None:
-            apply(message)
-
-        return await self._bus.replay(subjects.STREAM_MARKET_DATA.name, start_seq, end_seq, handler)
+def recovery_log(bus: Bus, snapshots: SnapshotKeeper[StateBuilderCheckpoint]) -> StreamLog[StateBuilderCheckpoint]:
+    """What `StateBuilder.recover` reads: the checkpoints and the MARKET_DATA stream."""
+    return StreamLog(bus, snapshots, subjects.STREAM_MARKET_DATA.name)

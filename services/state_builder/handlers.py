@@ -16,7 +16,7 @@ import msgspec
 
 from libs.bus import Delivery
 from libs.logging import Logger
-from libs.service_snapshots import snapshot_fits_stream
+from libs.service_snapshots import Loaded, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import encode
@@ -63,17 +63,17 @@ CATCH_UP_SLACK = 200
 
 
 class RecoveryPort(Protocol):
-    """What `StateBuilder.recover` needs from the outside world."""
+    """What `StateBuilder.recover` needs from the outside world (`libs.service_snapshots.StreamLog`)."""
 
-    async def load_checkpoint(self) -> tuple[StateBuilderCheckpoint | None, list[str]]:
-        """The newest valid checkpoint (or None) and a description of each corrupt one skipped."""
+    async def load_snapshot(self) -> Loaded[StateBuilderCheckpoint]:
+        """The newest valid checkpoint (state None: none, or Postgres down) and each corrupt one skipped."""
         ...
 
-    async def stream_bounds(self) -> tuple[int, int]:
+    async def bounds(self) -> tuple[int, int]:
         """(first, last) sequence of the MARKET_DATA stream (last 0 when empty)."""
         ...
 
-    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message], None]) -> int:
+    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message, int], None]) -> int:
         """Feed every message with sequence in [start_seq, end_seq] to `apply`; returns how many."""
         ...
 
@@ -369,11 +369,12 @@ class StateBuilder:
             state.funding_rate = entry.funding_rate
             state.open_interest = entry.open_interest
 
-    def replay_message(self, message: Message) -> None:
+    def replay_message(self, message: Message, stream_seq: int = 0) -> None:
         """Apply one message of the replayed tail to books and market state only.
 
         No hot-state changes and no publishes: replayed data is history, and nothing turns VALID
-        before recovery has finished and live updates have passed validation.
+        before recovery has finished and live updates have passed validation. `stream_seq` is not
+        needed: the books order the diffs by their own update ids.
         """
         match message:
             case DepthDiff(symbol=symbol) if symbol in self.symbols:
@@ -436,10 +437,11 @@ class StateBuilder:
         Returns:
             What happened; `live_from` is the stream sequence the live consumer must start at.
         """
-        checkpoint, corrupt = await port.load_checkpoint()
-        if corrupt:
-            await self._alert_corrupt(corrupt)
-        first_seq, last_seq = await port.stream_bounds()
+        loaded = await port.load_snapshot()
+        checkpoint = loaded.state
+        if loaded.corrupt:
+            await self._alert_corrupt(list(loaded.corrupt))
+        first_seq, last_seq = await port.bounds()
         replayed = 0
         mode = "resync"
         covered = last_seq
@@ -461,7 +463,7 @@ class StateBuilder:
                         break
                     replayed += await port.replay(covered + 1, last_seq, self.replay_message)
                     covered = last_seq
-                    _, last_seq = await port.stream_bounds()
+                    _, last_seq = await port.bounds()
                     if last_seq - covered <= CATCH_UP_SLACK:
                         break
         resync = await self.finish_recovery()
@@ -470,7 +472,7 @@ class StateBuilder:
             snapshot_seq=checkpoint.stream_seq if checkpoint is not None and mode == "snapshot" else None,
             replayed=replayed,
             live_from=covered + 1,
-            corrupt_snapshots=len(corrupt),
+            corrupt_snapshots=len(loaded.corrupt),
             resync_requested=tuple(resync),
         )
         self.log.info(

@@ -59,9 +59,7 @@ async def setup(ctx: ServiceContext) -> None:
     await bus.serve(subjects.service_query(COMPONENT, "book"), builder.handle_book_request)
     await bus.serve(subjects.service_query(COMPONENT, "symbols"), builder.handle_symbols_request)
     await adapters.subscribe_link_events(bus, builder.on_link_event)
-    report = await builder.recover(
-        adapters.BusRecoveryPort(bus, snapshots), max_replay=ctx.settings.recovery_max_replay
-    )
+    report = await builder.recover(adapters.recovery_log(bus, snapshots), max_replay=ctx.settings.recovery_max_replay)
     await adapters.consume_market_data(bus, builder.handle_message, start_sequence=report.live_from)
     ctx.spawn(builder.run_ticks(CHECK_INTERVAL_S), "hot-state-timer")
 

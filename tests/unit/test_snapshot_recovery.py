@@ -7,6 +7,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from libs.logging import get_logger
+from libs.service_snapshots import Loaded
 from proto.enums import HotStateStatus
 from proto.envelope import Message
 from proto.messages import AlertRaised, BookSnapshot, DepthDiff, HotStateStatusChanged, MarkPrice
@@ -32,13 +33,13 @@ class FakeLog:
         self.messages = messages
         self.replayed_ranges: list[tuple[int, int]] = []
 
-    async def stream_bounds(self) -> tuple[int, int]:
+    async def bounds(self) -> tuple[int, int]:
         return (1, len(self.messages))
 
-    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message], None]) -> int:
+    async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message, int], None]) -> int:
         self.replayed_ranges.append((start_seq, end_seq))
-        for message in self.messages[start_seq - 1 : end_seq]:
-            apply(message)
+        for seq in range(start_seq, end_seq + 1):
+            apply(self.messages[seq - 1], seq)
         return end_seq - start_seq + 1
 
 
@@ -50,8 +51,8 @@ class FakePort(FakeLog):
         self.checkpoint = checkpoint
         self.corrupt = corrupt or []
 
-    async def load_checkpoint(self) -> tuple[StateBuilderCheckpoint | None, list[str]]:
-        return self.checkpoint, self.corrupt
+    async def load_snapshot(self) -> Loaded[StateBuilderCheckpoint]:
+        return Loaded(state=self.checkpoint, corrupt=tuple(self.corrupt))
 
 
 def snapshot(last: int) -> BookSnapshot:
