@@ -82,6 +82,7 @@ class Settings:
         0, "risk: a CB-1 loss session is one day starting at 00:00 UTC plus this offset"
     )
     risk_baseline_win_rate: str = _doc("0.5", "risk: expected win rate of a strategy (CB-3 trips 30 points below it)")
+    risk_cb3_trades: int = _doc(20, "risk: closed trades of a strategy CB-3 judges it over (at least 2)")
     risk_funding_normal: str = _doc("0.0001", "risk: normal absolute funding rate (CB-2 trips above 10 times it)")
     risk_latency_baseline_ms: float = _doc(20.0, "risk: normal p99 decision latency (CB-4 trips above 10 times it)")
     risk_pause_s: float = _doc(60.0, "risk: CB-2 pause of new entries before data is re-validated")

@@ -53,6 +53,8 @@ class RunningSystem:
     operator_token: str
     viewer_token: str
     log_path: Path
+    nats_url: str = ""
+    """The system's NATS, for tests that play a part of the system (e.g. a strategy's signals)."""
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -197,6 +199,7 @@ def start_system(
         operator_token=creds["operator_token"],
         viewer_token=creds["viewer_token"],
         log_path=log_path,
+        nats_url=f"nats://127.0.0.1:{ports['nats']}",
     )
 
 

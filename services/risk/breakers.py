@@ -520,6 +520,10 @@ class StrategyMalfunctionConfig:
     loss_to_win_ratio: Decimal = Decimal(2)
     window: int = 20
 
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ValueError(f"CB-3 needs a window of at least 2 closed trades (BULWARK_RISK_CB3_TRADES={self.window})")
+
 
 @dataclass(frozen=True)
 class TradeStats:
@@ -547,6 +551,11 @@ def trade_stats(pnls: list[Decimal]) -> TradeStats:
         average_loss=sum(losses, Decimal(0)) / len(losses) if losses else Decimal(0),
         sharpe=sharpe,
     )
+
+
+def _amount(value: Decimal) -> str:
+    """A PnL amount for a reason text: up to 8 decimals, no exponent, no trailing zeros."""
+    return format(value.quantize(Decimal("1e-8")).normalize(), "f")
 
 
 class StrategyMalfunctionBreaker(RiskBreaker):
@@ -578,7 +587,8 @@ class StrategyMalfunctionBreaker(RiskBreaker):
         if stats.win_rate < floor:
             reason = f"win rate {stats.win_rate:.0%} over {n} trades < {floor:.0%} (baseline - 30 points)"
         elif stats.average_loss > self.config.loss_to_win_ratio * stats.average_win:
-            reason = f"average loss {stats.average_loss:.2f} > 2 x average win {stats.average_win:.2f} over {n} trades"
+            loss, win = _amount(stats.average_loss), _amount(stats.average_win)
+            reason = f"average loss {loss} > 2 x average win {win} over {n} trades"
         elif stats.sharpe < 0:
             reason = f"Sharpe {stats.sharpe:.2f} < 0 over {n} trades"
         if not reason:

@@ -60,7 +60,9 @@ def breakers_from(settings: Settings) -> BreakerBoard:
             AbnormalMarketConfig(funding_normal=Decimal(settings.risk_funding_normal), pause_s=settings.risk_pause_s)
         ),
         resource=ResourceBreaker(ResourceConfig(latency_baseline_ms=settings.risk_latency_baseline_ms)),
-        strategy_config=StrategyMalfunctionConfig(baseline_win_rate=Decimal(settings.risk_baseline_win_rate)),
+        strategy_config=StrategyMalfunctionConfig(
+            baseline_win_rate=Decimal(settings.risk_baseline_win_rate), window=settings.risk_cb3_trades
+        ),
     )
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,6 +24,7 @@ import httpx
 
 from libs.testing.polling import eventually
 from libs.testing.system import RunningSystem
+from tests.e2e.system_api import SystemApi, connect
 
 SYMBOL = "BTCUSDT"
 VENUE = "binance-usdm"
@@ -63,30 +64,20 @@ class BookAudit:
     mismatches: list[str] = field(default_factory=list)
 
 
-class Api:
-    """The gateway (admin token) and the simulator of one running system."""
-
-    def __init__(self, system: RunningSystem, gateway: httpx.AsyncClient, venue: httpx.AsyncClient) -> None:
-        self.system = system
-        self.gateway = gateway
-        self.venue = venue
+class Api(SystemApi):
+    """The gateway and the simulator of one running system, as the market-data tests observe them."""
 
     # ------------------------------------------------------------------ simulator
 
     async def inject(self, **spec: Any) -> Fault:
         start = time.time_ns()
-        response = await self.venue.post("/_sim/faults", json=spec)
-        assert response.status_code == 200, response.text
-        return Fault(str(response.json()["id"]), spec, start)
+        return Fault(await self.post_fault(spec), spec, start)
 
     async def lift(self, fault: Fault) -> int:
         """Delete a fault; returns when (ns) the venue was healthy again."""
         response = await self.venue.delete(f"/_sim/faults/{fault.id}")
         assert response.status_code in (200, 404), response.text
         return time.time_ns()
-
-    async def clear_faults(self) -> None:
-        (await self.venue.delete("/_sim/faults")).raise_for_status()
 
     async def fault_view(self, fault: Fault) -> dict[str, Any]:
         response = await self.venue.get("/_sim/faults")
@@ -105,12 +96,6 @@ class Api:
         return result
 
     # ------------------------------------------------------------------ gateway reads
-
-    async def status(self) -> dict[str, Any]:
-        response = await self.gateway.get("/v1/status")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
 
     async def hot_state(self, symbol: str = SYMBOL) -> str | None:
         return (await self.status())["symbols"].get(symbol, {}).get("hot_state")
@@ -132,23 +117,6 @@ class Api:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
-
-    async def events(self, types: str, since_ns: int, **filters: str) -> list[dict[str, Any]]:
-        """Audited events of `types` at or after `since_ns`, oldest first (every page)."""
-        found: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"type": types, "since_ns": since_ns, "limit": 500, **filters}
-            if cursor:
-                params["cursor"] = cursor
-            response = await self.gateway.get("/v1/events", params=params)
-            response.raise_for_status()
-            body = response.json()
-            found.extend(body["events"])
-            cursor = body.get("next_cursor")
-            if not cursor:
-                break
-        return sorted(found, key=lambda event: (event["ts_event_ns"], event["id"]))
 
     async def hot_events(self, since_ns: int, symbol: str = SYMBOL) -> list[dict[str, Any]]:
         return await self.events(HOT, since_ns, symbol=symbol)
@@ -185,27 +153,6 @@ class Api:
             seen = [(e["payload"]["current"], e["payload"]["reason"]) for e in await self.link_events(since_ns, link)]
             raise AssertionError(f"link {link}: no transition into {states} within {timeout_s}s; saw {seen}") from exc
         return event
-
-    async def alert_keys(self, since_ns: int) -> set[str]:
-        """Keys of every alert raised at/after `since_ns` (open or already resolved)."""
-        return {e["payload"]["key"] for e in await self.events("AlertRaised", since_ns)}
-
-    async def wait_alert(self, since_ns: int, key: str, timeout_s: float = 20.0) -> None:
-        """`key` raised at/after `since_ns`, or still open (an alert is raised once while its
-        condition holds: an earlier fault of the same kind may have raised it already)."""
-
-        async def raised() -> bool:
-            return key in await self.alert_keys(since_ns) or key in await self.open_alert_keys()
-
-        try:
-            await eventually(raised, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(f"alert {key} not raised; raised: {sorted(await self.alert_keys(since_ns))}") from exc
-
-    async def open_alert_keys(self) -> set[str]:
-        response = await self.gateway.get("/v1/alerts")
-        response.raise_for_status()
-        return {alert["key"] for alert in response.json()["alerts"]}
 
     # ------------------------------------------------------------------ conditions
 
@@ -251,18 +198,7 @@ class Api:
         )
         side = "SELL" if position < 0 else "BUY"
         body = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": ENTRY_QTY[symbol]}
-        answer = await self.gateway.post("/v1/orders", json=body, headers={"Idempotency-Key": f"e2e-md-{uuid.uuid4()}"})
-        assert answer.status_code in (200, 201, 202), answer.text
-        decided: dict[str, Any] = answer.json()
-        if decided["status"] == "PENDING_SUBMISSION":
-            order_id = decided["order_id"]
-
-            async def projected() -> dict[str, Any] | None:
-                found = await self.gateway.get(f"/v1/orders/{order_id}")
-                return dict(found.json()) if found.status_code == 200 else None
-
-            decided = await eventually(projected, 30)
-        return decided
+        return await self.decided(await self.post_order(body, f"e2e-md-{uuid.uuid4()}"))
 
     async def assert_entry_denied(
         self, symbol: str = SYMBOL, reasons: tuple[str, ...] = ("not VALID",)
@@ -280,14 +216,8 @@ class Api:
         return answer
 
 
-@asynccontextmanager
-async def api_for(system: RunningSystem) -> AsyncIterator[Api]:
-    headers = {"Authorization": f"Bearer {system.admin_token}"}
-    async with (
-        httpx.AsyncClient(base_url=system.gateway, headers=headers, timeout=20.0) as gateway,
-        httpx.AsyncClient(base_url=system.venue, timeout=10.0) as venue,
-    ):
-        yield Api(system, gateway, venue)
+def api_for(system: RunningSystem) -> AbstractAsyncContextManager[Api]:
+    return connect(system, Api)
 
 
 @asynccontextmanager

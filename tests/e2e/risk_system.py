@@ -11,25 +11,28 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import httpx
 
+from libs.bus import Bus
+from libs.ids import client_order_id_for
 from libs.testing.polling import eventually
 from libs.testing.system import RunningSystem
+from proto import subjects
+from proto.enums import OrderType, Side
+from proto.messages import SignalGenerated
+from tests.e2e.system_api import SystemApi, connect
 
 TICK = Decimal("0.01")  # synthetic markets: every symbol trades in 0.01 ticks
+PUSH_ATTEMPTS = 5
 
 
-class Api:
-    """The gateway (admin token) and the venue simulator of one running system."""
-
-    def __init__(self, system: RunningSystem, gateway: httpx.AsyncClient, venue: httpx.AsyncClient) -> None:
-        self.system = system
-        self.gateway = gateway
-        self.venue = venue
+class Api(SystemApi):
+    """The gateway and the venue simulator of one running system, as the breaker and degradation
+    tests drive them."""
 
     # ------------------------------------------------------------------ gateway
 
@@ -48,33 +51,12 @@ class Api:
             body["price"] = str(price)
         if reduce_only:
             body["reduce_only"] = True
-        response = await self.gateway.post(
-            "/v1/orders", json=body, headers={"Idempotency-Key": f"e2e-risk-{uuid.uuid4()}"}
-        )
-        assert response.status_code in (200, 201, 202), response.text
-        answer: dict[str, Any] = response.json()
-        return answer
+        return await self.post_order(body, f"e2e-risk-{uuid.uuid4()}")
 
     async def decided_order(self, symbol: str, side: str, quantity: Decimal | str, **kwargs: Any) -> dict[str, Any]:
         """Submit an order; when the gateway could not wait for the outcome (202), wait until the
         order is in the `orders` projection (risk decided it)."""
-        answer = await self.order(symbol, side, quantity, **kwargs)
-        if answer["status"] != "PENDING_SUBMISSION":
-            return answer
-        order_id = answer["order_id"]
-
-        async def projected() -> dict[str, Any] | None:
-            response = await self.gateway.get(f"/v1/orders/{order_id}")
-            return dict(response.json()) if response.status_code == 200 else None
-
-        found: dict[str, Any] = await eventually(projected, 30)
-        return found
-
-    async def status(self) -> dict[str, Any]:
-        response = await self.gateway.get("/v1/status")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
+        return await self.decided(await self.order(symbol, side, quantity, **kwargs))
 
     async def breakers(self) -> dict[str, Any]:
         response = await self.gateway.get("/v1/breakers")
@@ -98,17 +80,11 @@ class Api:
             ) from exc
         return found
 
-    async def events(self, types: str, since_ns: int, limit: int = 200) -> list[dict[str, Any]]:
-        response = await self.gateway.get("/v1/events", params={"type": types, "since_ns": since_ns, "limit": limit})
-        response.raise_for_status()
-        found: list[dict[str, Any]] = response.json()["events"]
-        return found
-
     async def wait_event(self, types: str, since_ns: int, timeout_s: float = 20.0, **payload: Any) -> dict[str, Any]:
         """The newest audited event of `types` since `since_ns` whose payload has every `payload` item."""
 
         async def found() -> dict[str, Any] | None:
-            for event in await self.events(types, since_ns):
+            for event in reversed(await self.events(types, since_ns)):
                 if all(event["payload"].get(key) == value for key, value in payload.items()):
                     return event
             return None
@@ -118,12 +94,6 @@ class Api:
         except AssertionError as exc:
             raise AssertionError(f"no {types} event with {payload} since {since_ns}") from exc
         return event
-
-    async def alerts(self) -> list[dict[str, Any]]:
-        response = await self.gateway.get("/v1/alerts")
-        response.raise_for_status()
-        found: list[dict[str, Any]] = response.json()["alerts"]
-        return found
 
     async def control(self, path: str, reason: str | None = "e2e") -> httpx.Response:
         return await self.gateway.post(path, json={} if reason is None else {"reason": reason})
@@ -159,15 +129,6 @@ class Api:
         book = (await self.venue_state())["books"][symbol]
         return Decimal(book["best_bid"]), Decimal(book["best_ask"])
 
-    async def add_fault(self, spec: dict[str, Any]) -> str:
-        response = await self.venue.post("/_sim/faults", json=spec)
-        assert response.status_code == 200, response.text
-        fault_id: str = response.json()["id"]
-        return fault_id
-
-    async def clear_faults(self) -> None:
-        (await self.venue.delete("/_sim/faults")).raise_for_status()
-
     async def venue_filled(self, client_order_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
         async def filled() -> dict[str, Any] | None:
             orders = await self.venue_orders(client_order_id)
@@ -183,14 +144,8 @@ class Api:
         await eventually(flat, timeout_s)
 
 
-@asynccontextmanager
-async def api_for(system: RunningSystem) -> AsyncIterator[Api]:
-    headers = {"Authorization": f"Bearer {system.admin_token}"}
-    async with (
-        httpx.AsyncClient(base_url=system.gateway, headers=headers, timeout=20.0) as gateway,
-        httpx.AsyncClient(base_url=system.venue, timeout=10.0) as venue,
-    ):
-        yield Api(system, gateway, venue)
+def api_for(system: RunningSystem) -> AbstractAsyncContextManager[Api]:
+    return connect(system, Api)
 
 
 def now_ns() -> int:
@@ -286,7 +241,7 @@ async def losing_round_trip(
                 pct = max(distance, TICK) / entry * 100
                 direction = "down" if long else "up"
                 shift = {"pct": str(pct.quantize(Decimal("0.0001"), ROUND_CEILING)), "direction": direction}
-                await api.add_fault({"kind": "price_shift", "symbol": symbol, "params": {**shift, "over_s": 0.5}})
+                await api.post_fault({"kind": "price_shift", "symbol": symbol, "params": {**shift, "over_s": 0.5}})
         await eventually(moved_past_exit, wait_s)
     except AssertionError:
         closed = await api.decided_order(symbol, close_side, quantity, reduce_only=True)
@@ -314,3 +269,122 @@ async def losing_round_trip(
             await api.venue_filled(rest["client_order_id"])
             coids.append(rest["client_order_id"])
     return await api.venue_fills_pnl(*coids)
+
+
+# --------------------------------------------------------------------------- a strategy's part (CB-3)
+
+
+class StrategyVoice:
+    """Plays one strategy instance's part: its signals, on the system's bus, exactly as the strategy
+    process publishes them (`SignalGenerated` on `evt.signal.<strategy>.<symbol>`). Risk, position
+    and the venue handle them as that strategy's, so its trades are that strategy's trades."""
+
+    def __init__(self, bus: Bus, strategy: str) -> None:
+        self.bus = bus
+        self.strategy = strategy
+
+    async def entry(self, api: Api, symbol: str, side: str, quantity: Decimal | str) -> dict[str, Any]:
+        """A MARKET entry signal; the order risk made of it once decided (from the `orders` projection)."""
+        signal = SignalGenerated(
+            strategy=self.strategy,
+            symbol=symbol,
+            side=Side(side),
+            order_type=OrderType.MARKET,
+            quantity=Decimal(quantity),
+            reason="e2e scripted entry",
+            confidence=Decimal(1),
+        )
+        await self.bus.publish(subjects.evt_signal(self.strategy, symbol), signal, msg_id=signal.message_id)
+        order_id = client_order_id_for(signal.message_id)
+
+        async def decided() -> dict[str, Any] | None:
+            response = await api.gateway.get(f"/v1/orders/{order_id}")
+            if response.status_code != 200:
+                return None
+            order: dict[str, Any] = response.json()
+            return order if order["status"] != "PENDING_SUBMISSION" else None
+
+        found: dict[str, Any] = await eventually(decided, 30)
+        return found
+
+
+@asynccontextmanager
+async def strategy_voice(system: RunningSystem, strategy: str) -> AsyncIterator[StrategyVoice]:
+    bus = Bus(f"e2e-{strategy}")
+    await bus.connect(system.nats_url)
+    try:
+        yield StrategyVoice(bus, strategy)
+    finally:
+        await bus.close()
+
+
+async def strategy_state(api: Api, strategy: str) -> str | None:
+    response = await api.gateway.get("/v1/strategies")
+    response.raise_for_status()
+    return next((s["state"] for s in response.json()["strategies"] if s["name"] == strategy), None)
+
+
+async def wait_strategy_state(api: Api, strategy: str, state: str, timeout_s: float = 30.0) -> None:
+    async def reached() -> bool:
+        return await strategy_state(api, strategy) == state
+
+    try:
+        await eventually(reached, timeout_s)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{strategy} not {state} within {timeout_s}s: {await strategy_state(api, strategy)}"
+        ) from exc
+
+
+async def _push_market(api: Api, symbol: str, direction: str, past: Decimal, reference: Decimal) -> None:
+    """Move the synthetic market (`price_shift`) until its touch is beyond `past`.
+
+    The market is a random walk of about 2 ticks per 100 ms step, so one shift aimed 3 ticks
+    beyond `past` can fall short; it is then shifted again from where it is.
+    """
+
+    async def beyond() -> bool:
+        bid, ask = await api.touch(symbol)
+        return bid > past if direction == "up" else ask < past
+
+    for _ in range(PUSH_ATTEMPTS):
+        bid, ask = await api.touch(symbol)
+        distance = (past - bid if direction == "up" else ask - past) + 3 * TICK
+        if distance > 0:
+            pct = (distance / reference * 100).quantize(Decimal("0.0001"), ROUND_CEILING)
+            shift = {"pct": str(pct), "direction": direction, "over_s": 0.5}
+            await api.post_fault({"kind": "price_shift", "symbol": symbol, "params": shift})
+        try:
+            await eventually(beyond, 3.0)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(
+        f"{symbol} not moved {direction} past {past} in {PUSH_ATTEMPTS} shifts: {await api.touch(symbol)}"
+    )
+
+
+async def scripted_round_trip(api: Api, voice: StrategyVoice, symbol: str, quantity: Decimal, ticks: int) -> Decimal:
+    """A long trade of `voice`'s strategy that gains `ticks` ticks per unit (ticks > 0) or loses
+    about `-ticks` (ticks < 0); its realized PnL as the venue booked it.
+
+    Entry: the strategy's MARKET buy. A gain: a resting reduce-only LIMIT sell `ticks` above the
+    entry, filled at its own price once the market is moved up through it, so the gain is exact.
+    A loss: the market is moved down `-ticks` ticks (plus 3) below the entry, then the position is
+    closed at market, so the loss is that distance plus or minus what the market did meanwhile.
+    The exits are operator orders: a trade belongs to the strategy whose order opened it.
+    """
+    opened = await voice.entry(api, symbol, "BUY", quantity)
+    assert opened["status"] not in ("DENIED", "REJECTED"), opened
+    entry = Decimal((await api.venue_filled(opened["client_order_id"]))["avg_price"])
+    if ticks > 0:
+        target = (entry / TICK).to_integral_value(ROUND_CEILING) * TICK + ticks * TICK
+        closed = await api.decided_order(symbol, "SELL", quantity, order_type="LIMIT", price=target, reduce_only=True)
+        assert closed["status"] not in ("DENIED", "REJECTED"), closed
+        await _push_market(api, symbol, "up", target, entry)
+    else:
+        await _push_market(api, symbol, "down", entry + ticks * TICK, entry)
+        closed = await api.decided_order(symbol, "SELL", quantity, reduce_only=True)
+        assert closed["status"] not in ("DENIED", "REJECTED"), closed
+    await api.venue_filled(closed["client_order_id"])
+    return await api.venue_fills_pnl(opened["client_order_id"], closed["client_order_id"])

@@ -2,8 +2,11 @@
 
 One `bulwark up` (synthetic venue) for the module. Every trip is caused by a real input: operator
 orders that lose real money against the simulator's prices (CB-1), market faults scripted on the
-simulator (CB-2: a book depth collapse, a funding jump, a real 25 % price move), risk's own
-decision latency against a configured baseline (CB-4), venue errors (dependency breaker). Each
+simulator (CB-2: a book depth collapse, a funding jump, a real 25 % price move), a strategy's
+trades that win and lose as scripted (CB-3: the test publishes the signals of a strategy instance
+that never signals by itself, the exits are operator orders, the market is moved to make each
+trade gain or lose), risk's own decision latency against a configured baseline (CB-4), venue
+errors (dependency breaker). Each
 is read back from `/v1/breakers` and `/v1/events`, and its trading effect is checked at the
 gateway (orders DENIED or not) and at the venue (`/_sim/state`).
 
@@ -13,7 +16,9 @@ Settings of this system (passed as `BULWARK_*` to every service):
 - CB-2 pause 3 s instead of 60 s (the pause length is a setting, `BULWARK_RISK_PAUSE_S`);
 - CB-4 latency baseline 0.001 ms: every real decision is slower than 10 x that, so the p99 of
   the decisions trips CB-4 (real CPU exhaustion for 30 s is impractical on a shared CI machine);
-- venue breaker open 2 s instead of 30 s before its half-open probe.
+- venue breaker open 2 s instead of 30 s before its half-open probe;
+- CB-3 judges a strategy over its last 4 closed trades instead of 20 (`BULWARK_RISK_CB3_TRADES`),
+  against a baseline win rate of 60 % (so under 30 % trips it).
 The strategies are disabled first, so only the test's own orders move positions and PnL.
 """
 
@@ -25,15 +30,20 @@ from decimal import Decimal
 
 import pytest
 
+from libs.testing.load import QUIET_STRATEGY_CONFIG
 from libs.testing.system import RunningSystem, start_system, stop_system
 from tests.e2e.risk_system import (
     Api,
+    StrategyVoice,
     api_for,
     flatten_at_venue,
     losing_round_trip,
     now_ns,
     reset_if_tripped,
     resume,
+    scripted_round_trip,
+    strategy_voice,
+    wait_strategy_state,
 )
 
 pytestmark = pytest.mark.e2e
@@ -41,20 +51,34 @@ pytestmark = pytest.mark.e2e
 CAPITAL = Decimal("0.5")
 SETTINGS = {
     "BULWARK_RISK_CAPITAL": str(CAPITAL),
+    "BULWARK_RISK_CB3_TRADES": "4",
+    "BULWARK_RISK_BASELINE_WIN_RATE": "0.6",
     "BULWARK_RISK_PAUSE_S": "3",
     "BULWARK_RISK_LATENCY_BASELINE_MS": "0.001",
     "BULWARK_VENUE_BREAKER_OPEN_S": "2",
 }
 VENUE_BREAKER = "venue-binance-usdm"
+SCRIPTED = "scripted"
+"""A strategy instance that never signals by itself (imbalance over a billion trades): the CB-3 tests
+publish its signals (`StrategyVoice`), so its trades win and lose as a test scripts them."""
+STRATEGY_CONFIG = f"""\
+{QUIET_STRATEGY_CONFIG}
+[{SCRIPTED}]
+kind = "imbalance"
+min_trades = 1000000000
+"""
+CB3_QUANTITY = Decimal("0.01")
 ENTRY = "0.002"  # BTCUSDT: 0.002 x ~60000 is above the venue's 100 USDT minimum notional
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     base = tmp_path_factory.mktemp("breakers")
-    running = start_system(
-        base / "data", base / "bulwark-up.log", ["--venue-source", "synthetic", "--venue-seed", "7"], env=SETTINGS
-    )
+    config = base / "strategies.toml"
+    config.write_text(STRATEGY_CONFIG)
+    args = ["--venue-source", "synthetic", "--venue-seed", "7"]
+    args += ["--strategies", f"cascade-fade,trend,{SCRIPTED}", "--strategy-config", str(config)]
+    running = start_system(base / "data", base / "bulwark-up.log", args, env=SETTINGS)
     try:
         running.wait_all_ready()
         running.disable_strategies()
@@ -172,14 +196,16 @@ async def _hold_btc(api: Api) -> None:
 async def test_cb2_when_book_depth_collapses_then_entries_paused_and_auto_resume(api: Api) -> None:
     await _hold_btc(api)
     since = now_ns()
-    await api.add_fault({"kind": "depth_collapse", "symbol": "ETHUSDT", "duration_s": 6, "params": {"factor": "0.001"}})
+    await api.post_fault(
+        {"kind": "depth_collapse", "symbol": "ETHUSDT", "duration_s": 6, "params": {"factor": "0.001"}}
+    )
     await _assert_cb2_pauses_entries_then_resumes(api, since, "ETHUSDT book depth dropped")
 
 
 async def test_cb2_when_funding_over_10x_normal_then_entries_paused_until_funding_normal(api: Api) -> None:
     await _hold_btc(api)
     since = now_ns()
-    await api.add_fault({"kind": "funding_jump", "symbol": "ETHUSDT", "duration_s": 6, "params": {"rate": "0.01"}})
+    await api.post_fault({"kind": "funding_jump", "symbol": "ETHUSDT", "duration_s": 6, "params": {"rate": "0.01"}})
     await _assert_cb2_pauses_entries_then_resumes(api, since, "ETHUSDT funding rate 0.01")
 
 
@@ -199,11 +225,89 @@ async def test_cb2_when_price_moves_over_20_percent_within_a_minute_then_entries
     await _hold_btc(api)
     before = await _system_mid(api, "ETHUSDT")
     since = now_ns()
-    await api.add_fault({"kind": "price_shift", "symbol": "ETHUSDT", "params": {"pct": 25, "over_s": 5}})
+    await api.post_fault({"kind": "price_shift", "symbol": "ETHUSDT", "params": {"pct": 25, "over_s": 5}})
     await _assert_cb2_pauses_entries_then_resumes(api, since, "ETHUSDT price moved")
     assert await _system_mid(api, "ETHUSDT") > before * Decimal("1.2")  # the system's book followed
     raised = {event["payload"].get("key") for event in await api.events("AlertRaised", since)}
     assert "md.unconfirmed_jump.ETHUSDT" not in raised, raised  # confirmed by REST, not rejected
+
+
+# --------------------------------------------------------------------------- CB-3 strategy malfunction
+
+
+@pytest.fixture
+async def voice(api: Api, system: RunningSystem) -> AsyncIterator[StrategyVoice]:
+    """The scripted strategy enabled (SCANNING, CB-3 closed: its trade window empty), and its voice."""
+    breaker = f"CB-3-{SCRIPTED}"
+    if (await api.breaker(breaker)).get("state") == "OPEN":
+        response = await api.control(f"/v1/breakers/{breaker}/reset", "e2e: start from a clean state")
+        assert response.status_code == 200, response.text
+    response = await api.gateway.post(f"/v1/strategies/{SCRIPTED}/enable")
+    assert response.status_code == 202, response.text
+    await wait_strategy_state(api, SCRIPTED, "SCANNING")
+    async with strategy_voice(system, SCRIPTED) as playing:
+        yield playing
+
+
+async def _scripted_trades(api: Api, voice: StrategyVoice, ticks: list[int]) -> list[Decimal]:
+    results = [await scripted_round_trip(api, voice, "ETHUSDT", CB3_QUANTITY, t) for t in ticks]
+    assert [r > 0 for r in results] == [t > 0 for t in ticks], (ticks, results)  # won and lost as scripted
+    return results
+
+
+async def _assert_cb3_disabled_only_that_strategy(api: Api, voice: StrategyVoice, since: int, reason: str) -> None:
+    breaker = f"CB-3-{SCRIPTED}"
+    record = await api.wait_breaker(breaker, "OPEN", 15)
+    assert reason in record["reason"] and "over 4 trades" in record["reason"], record
+    await api.wait_event("BreakerStateChanged", since, breaker=breaker, current="OPEN")
+    await api.wait_alert(since, f"breaker.{breaker}")
+    await wait_strategy_state(api, SCRIPTED, "DISABLED")  # risk's DisableStrategy reached the process
+    denied = await voice.entry(api, "ETHUSDT", "BUY", CB3_QUANTITY)
+    assert denied["status"] == "DENIED" and "CB-3" in (denied.get("reason") or ""), denied
+    # The others continue: trading stays ACTIVE and entries that are not this strategy's pass.
+    assert (await api.status())["trading_state"] == "ACTIVE"
+    allowed = await api.decided_order("BTCUSDT", "BUY", ENTRY)
+    assert allowed["status"] not in ("DENIED", "REJECTED"), allowed
+
+
+async def test_cb3_when_average_loss_over_twice_average_win_then_strategy_disabled_others_trade_reset_needs_reason(
+    api: Api, voice: StrategyVoice
+) -> None:
+    since = now_ns()
+    results = await _scripted_trades(api, voice, [10, -30, 10, -30])
+    wins, losses = [r for r in results if r > 0], [-r for r in results if r < 0]
+    assert sum(losses) / len(losses) > 2 * sum(wins) / len(wins), results
+    await _assert_cb3_disabled_only_that_strategy(api, voice, since, "average loss")
+
+    breaker = f"CB-3-{SCRIPTED}"
+    assert (await api.control(f"/v1/breakers/{breaker}/reset", reason=None)).status_code == 400
+    reset = await api.control(f"/v1/breakers/{breaker}/reset", "strategy reviewed by e2e")
+    assert reset.status_code == 200, reset.text
+    closed = await api.wait_breaker(breaker, "CLOSED")
+    assert "strategy reviewed by e2e" in closed["reason"], closed
+    await api.wait_event("BreakerStateChanged", since, breaker=breaker, current="CLOSED")
+    await wait_strategy_state(api, SCRIPTED, "SCANNING")  # the reset re-enabled it
+    again = await voice.entry(api, "ETHUSDT", "BUY", CB3_QUANTITY)
+    assert again["status"] not in ("DENIED", "REJECTED"), again
+
+
+@pytest.mark.slow
+async def test_cb3_when_sharpe_negative_then_strategy_disabled(api: Api, voice: StrategyVoice) -> None:
+    since = now_ns()
+    # Half the trades win, a loss is about 1.5 x a win (under the 2 x rule): the mean is negative.
+    results = await _scripted_trades(api, voice, [20, -28, 20, -28])
+    wins, losses = [r for r in results if r > 0], [-r for r in results if r < 0]
+    assert sum(losses) / len(losses) <= 2 * sum(wins) / len(wins) and sum(results) < 0, results
+    await _assert_cb3_disabled_only_that_strategy(api, voice, since, "Sharpe")
+
+
+@pytest.mark.slow
+async def test_cb3_when_win_rate_30_points_under_baseline_then_strategy_disabled(
+    api: Api, voice: StrategyVoice
+) -> None:
+    since = now_ns()
+    await _scripted_trades(api, voice, [-10, -10, 10, -10])  # 25 % < 60 - 30 %; never 5 losses in a row (CB-1)
+    await _assert_cb3_disabled_only_that_strategy(api, voice, since, "win rate 25%")
 
 
 # --------------------------------------------------------------------------- CB-4 resource exhaustion
@@ -232,7 +336,7 @@ async def test_dependency_breaker_when_venue_fails_5_times_in_10s_then_open_then
     api: Api,
 ) -> None:
     since = now_ns()
-    await api.add_fault({"kind": "http_5xx", "symbol": "ETHUSDT", "duration_s": 5, "params": {"status": 503}})
+    await api.post_fault({"kind": "http_5xx", "symbol": "ETHUSDT", "duration_s": 5, "params": {"status": 503}})
     order = await api.order("ETHUSDT", "BUY", "0.01")
     record = await api.wait_breaker(VENUE_BREAKER, "OPEN", 30)
     await api.wait_event("BreakerStateChanged", since, breaker=VENUE_BREAKER, current="OPEN")

@@ -107,7 +107,7 @@ async def test_reduced_functionality_when_data_stale_then_only_liquid_symbols_an
     await _wait_level(api, "NORMAL")
     await resume(api)
     since = now_ns()
-    await api.add_fault({"kind": "ws_stall", "duration_s": 3})
+    await api.post_fault({"kind": "ws_stall", "duration_s": 3})
     await _wait_level(api, REDUCED, 30)
     await api.wait_event("DegradationLevelChanged", since, current=REDUCED)
     # The stall is over and the data VALID again; the level is held (15 s) before it goes down.
@@ -163,7 +163,7 @@ async def test_emergency_mode_when_stream_stalled_over_10s_then_symbol_position_
     await _hold_btc(api)
     assert await api.venue_position("BTCUSDT") > 0
     since = now_ns()
-    await api.add_fault({"kind": "ws_stall", "symbol": "BTCUSDT", "duration_s": 14})
+    await api.post_fault({"kind": "ws_stall", "symbol": "BTCUSDT", "duration_s": 14})
 
     async def btc_not_valid() -> bool:
         return bool((await api.status())["symbols"]["BTCUSDT"]["hot_state"] != "VALID")
@@ -213,7 +213,7 @@ async def test_hard_shutdown_when_emergency_stop_then_flattened_halted_and_kept(
     assert all(strategy["state"] == "DISABLED" for strategy in found), found
     assert not [e for e in await api.events("StrategyStateChanged", since) if e["payload"]["current"] == "SCANNING"]
     # Nothing automatic leaves it: the watchdog keeps evaluating and the level stays.
-    await api.add_fault({"kind": "ws_stall", "duration_s": 2})
+    await api.post_fault({"kind": "ws_stall", "duration_s": 2})
 
     async def still_hard_shutdown_after_recovery_hold() -> bool:
         return (await api.status())["degradation_level"] == "HARD_SHUTDOWN" and now_ns() - since > 20 * 10**9

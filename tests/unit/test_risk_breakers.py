@@ -294,6 +294,18 @@ def test_cb3_when_reset_then_window_cleared_and_judged_anew() -> None:
     assert not breaker.is_open and len(breaker.trades) == 0
 
 
+def test_cb3_when_window_set_shorter_then_judged_over_that_many_trades() -> None:
+    breaker = StrategyMalfunctionBreaker("imbalance", StrategyMalfunctionConfig(window=4))
+    changes = feed(breaker, ["1", "-3", "1", "-3"])  # 50 %, loss 3 > 2 x 1
+    assert changes[:3] == [None, None, None]
+    assert changes[-1] is not None and "over 4 trades" in changes[-1].reason
+
+
+def test_cb3_when_window_below_two_trades_then_config_refused() -> None:
+    with pytest.raises(ValueError, match="BULWARK_RISK_CB3_TRADES=1"):
+        StrategyMalfunctionConfig(window=1)
+
+
 def test_trade_stats_when_mixed_then_win_rate_and_averages() -> None:
     stats = trade_stats([D("2"), D("-1"), D("4"), D("-3")])
     assert (stats.win_rate, stats.average_win, stats.average_loss) == (D("0.5"), D("3"), D("2"))
