@@ -559,7 +559,7 @@ def _amount(value: Decimal) -> str:
 
 
 class StrategyMalfunctionBreaker(RiskBreaker):
-    """CB-3 for one strategy, over its last 20 closed trades."""
+    """CB-3 for one strategy, over its last `config.window` closed trades (SPEC: 20)."""
 
     table = MANUAL_RESET_TABLE
     reset_mode = "manual"

@@ -310,3 +310,14 @@ async def test_poll_when_orders_live_on_two_symbols_then_each_asked_once_and_mis
     assert svc.orders["bw-e"].status == OrderStatus.NEW
     assert svc.orders["bw-b"].status == OrderStatus.CANCELED
     assert venue.calls.count("query_order") == 1
+
+
+async def test_poll_when_venue_fails_then_one_request_per_poll_whatever_the_symbols() -> None:
+    resting = {"orderId": 7, "status": "NEW", "executedQty": "0"}
+    venue = FakeVenue(place_order=[resting], open_orders=[VenueError(503, -1001, "down")])
+    svc = service(venue, FakeBus(), symbols=("BTCUSDT", "ETHUSDT"))
+    await svc.on_approved(approved("b", "BTCUSDT"), DELIVERY)
+    await svc.on_approved(approved("e", "ETHUSDT"), DELIVERY)
+    with pytest.raises(VenueError):
+        await svc.poll_once()
+    assert venue.open_orders_symbols == ["BTCUSDT"]  # the venue breaker counts one failure per poll
