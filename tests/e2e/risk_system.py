@@ -339,17 +339,18 @@ async def wait_strategy_state(api: Api, strategy: str, state: str, timeout_s: fl
 async def _push_market(api: Api, symbol: str, direction: str, past: Decimal, reference: Decimal) -> None:
     """Move the synthetic market (`price_shift`) until its touch is beyond `past`.
 
-    The market is a random walk of about 2 ticks per 100 ms step, so one shift aimed 3 ticks
-    beyond `past` can fall short; it is then shifted again from where it is.
+    The market is a random walk of about 2 ticks per 100 ms step, with liquidation cascades and
+    their rebounds moving it tens of ticks a step for seconds, so one shift aimed 3 ticks beyond
+    `past` can fall short; it is then shifted again from where it is, aimed 4 times further each time.
     """
 
     async def beyond() -> bool:
         bid, ask = await api.touch(symbol)
         return bid > past if direction == "up" else ask < past
 
-    for _ in range(PUSH_ATTEMPTS):
+    for attempt in range(PUSH_ATTEMPTS):
         bid, ask = await api.touch(symbol)
-        distance = (past - bid if direction == "up" else ask - past) + 3 * TICK
+        distance = (past - bid if direction == "up" else ask - past) + 3 * 4**attempt * TICK
         if distance > 0:
             pct = (distance / reference * 100).quantize(Decimal("0.0001"), ROUND_CEILING)
             shift = {"pct": str(pct), "direction": direction, "over_s": 0.5}
