@@ -4,9 +4,9 @@
 whose CRC32C verifies and that decodes (older ones when the newest is corrupt), save captured
 snapshots in the background (one writer, newest wins, old ones pruned). `StructCodec` encodes a
 service's snapshot struct; `StreamLog` is what a service's recovery reads (snapshots, the bounds
-and the tail of its stream, the ack floor of its durable consumer). Postgres being down never blocks a service: `load`
-reports it unavailable (the caller falls back to a full replay of the log or to KV, and logs it) and
-saves are counted as failed and tried again with the next capture.
+and the tail of its stream, the ack floor of its durable consumer). Postgres being down never
+blocks a service: `load` reports it unavailable (the caller falls back to a full replay of the log
+or to KV, and logs it) and saves are counted as failed and tried again with the next capture.
 
 `RecoveryReport` is how every service reports its start-up recovery (heartbeat details, logs):
 `replayed` is the number of stream messages read after the snapshot, so tests and operators can

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from libs.cache import IDEMPOTENCY_TTL_S
 from libs.db import DB_TIMEOUT_S
 from libs.logging import Logger
-from services.gateway.domain import ApiError, IdempotencyVerdict, judge_record, unavailable
+from services.gateway.domain import ApiError, IdempotencyVerdict, decimal_str, judge_record, unavailable
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool],
 def jsonable(value: Any) -> Any:
     """Row values as JSON: decimals as strings."""
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
+        return decimal_str(value)
     return value
 
 

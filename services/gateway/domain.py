@@ -236,8 +236,7 @@ def decimal_str(value: Decimal | None) -> str | None:
     """A decimal as a plain string without exponent or trailing zeros."""
     if value is None:
         return None
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def fingerprint(canonical_body: dict[str, Any]) -> str:

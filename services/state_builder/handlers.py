@@ -369,7 +369,7 @@ class StateBuilder:
             state.funding_rate = entry.funding_rate
             state.open_interest = entry.open_interest
 
-    def replay_message(self, message: Message, stream_seq: int = 0) -> None:
+    def replay_message(self, message: Message, stream_seq: int) -> None:
         """Apply one message of the replayed tail to books and market state only.
 
         No hot-state changes and no publishes: replayed data is history, and nothing turns VALID
