@@ -398,6 +398,47 @@ def split_by_symbol(records: Iterable[Record]) -> dict[str, list[Record]]:
     return grouped
 
 
+def single_market(markets: Iterable[str]) -> str:
+    """The one market of several replayed symbols (USD-M when none is known).
+
+    Raises:
+        RecordingError: USD-M and spot mixed; a venue speaks one protocol, so one is replayed at a time.
+    """
+    found = set(markets)
+    if len(found) > 1:
+        raise RecordingError("the recordings mix USD-M and spot symbols: replay one market at a time")
+    return found.pop() if found else USDM
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSurvey:
+    """What a replay of some recordings serves: its symbols (those with a depth snapshot) and market."""
+
+    symbols: tuple[str, ...]
+    market: str
+
+
+def survey(paths: Sequence[str | Path]) -> RecordingSurvey:
+    """The symbols and market of recordings, read cheaply (snapshots, then depth events only until
+    each symbol's market is known), so a launcher can configure the system before replaying them.
+
+    Raises:
+        RecordingError: a line is malformed, no symbol has a depth snapshot, or the markets mix.
+        OSError: a file cannot be read.
+    """
+    symbols = {record.symbol for record in read_recordings(paths, kinds={"DepthSnapshot"})}
+    if not symbols:
+        raise RecordingError(f"no replayable symbol (no depth snapshot) in {', '.join(str(p) for p in paths)}")
+    markets: dict[str, str] = {}
+    for path in paths:
+        for update in read_recording(path, kinds={"DepthUpdate"}):
+            if isinstance(update, DepthUpdate) and update.symbol in symbols:
+                markets.setdefault(update.symbol, update.market)
+            if len(markets) == len(symbols):
+                break
+    return RecordingSurvey(tuple(sorted(symbols)), single_market(markets.values()))
+
+
 @dataclass
 class ReferenceBook:
     """A plain dict-based book: the reference the simulator's book is checked against."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from libs import logging as bulwark_logging
 from libs.runtime.infra import postgres_dsn
-from libs.runtime.launcher import LaunchConfig, LaunchError, System, load_credentials
+from libs.runtime.launcher import DEFAULT_SYMBOLS, LaunchConfig, LaunchError, System, load_credentials
 
 DEFAULT_DATA_DIR = Path(".bulwark")
 ENDPOINTS_FILE = "endpoints.json"
@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-monitor-port", type=_port, default=8222)
     up.add_argument("--pg-port", type=_port, default=5432)
     up.add_argument("--redis-port", type=_port, default=6379)
-    up.add_argument("--symbols", default="BTCUSDT,ETHUSDT", help="comma-separated symbols")
+    up.add_argument(
+        "--symbols",
+        help="comma-separated symbols (default: a replay's own symbols, else BTCUSDT,ETHUSDT)",
+    )
     up.add_argument(
         "--strategies",
         default="cascade-fade,trend",
@@ -135,7 +138,44 @@ def _strategy_config_problem(names: tuple[str, ...], path: Path | None) -> str |
     return None
 
 
+def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The symbols and market environment of the system for a venue source.
+
+    A replay serves only its recordings' symbols, in their market: by default the system trades
+    exactly those; asking for a symbol they do not carry is an error (its book could never be
+    VALID, and the venue would refuse its orders). A spot replay sets every service to spot
+    (`BULWARK_VENUE_MARKET`, and the venue name `binance-spot` so all services agree on it).
+
+    Raises:
+        ValueError: the recordings cannot be replayed with these symbols.
+    """
+    if source is None or not source.startswith("replay:"):
+        return requested or DEFAULT_SYMBOLS, {}
+    from libs import recordings
+    from libs.binance.client import DEFAULT_SPOT_VENUE
+
+    try:
+        found = recordings.survey(source.removeprefix("replay:").split(","))
+    except (recordings.RecordingError, OSError) as exc:
+        raise ValueError(f"cannot replay {source.removeprefix('replay:')}: {exc}") from exc
+    symbols = requested or found.symbols
+    missing = sorted(set(symbols) - set(found.symbols))
+    if missing:
+        raise ValueError(
+            f"--symbols {','.join(missing)} not in the recording(s), which carry {','.join(found.symbols)}"
+        )
+    if found.market == recordings.SPOT:
+        return symbols, {"BULWARK_VENUE_MARKET": recordings.SPOT, "BULWARK_VENUE": DEFAULT_SPOT_VENUE}
+    return symbols, {}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    requested = tuple(s.strip().upper() for s in (args.symbols or "").split(",") if s.strip()) or None
+    try:
+        symbols, market_env = replay_setup(args.venue_source, requested)
+    except ValueError as exc:
+        _err(f"bulwark up: {exc}")
+        return 2
     config = LaunchConfig(
         data_dir=args.data_dir.resolve(),
         host=args.host,
@@ -148,9 +188,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         venue_source=args.venue_source,
         venue_speed=args.venue_speed,
         venue_seed=args.venue_seed,
-        symbols=tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()),
+        symbols=symbols,
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
         strategy_config=args.strategy_config.resolve() if args.strategy_config else None,
+        extra_env=market_env,
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config)
     if problem:

@@ -46,6 +46,10 @@ VENUE_SIM_MODULE = "services.venue_sim.main"
 INFRA_PROGRAMS = ("nats", "postgres", "valkey")
 
 
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+"""Symbols of a synthetic market when none are asked for (a replay defaults to its own)."""
+
+
 class LaunchError(RuntimeError):
     """The system cannot be started; the message tells the user what to change."""
 
@@ -65,7 +69,7 @@ class LaunchConfig:
     venue_source: str | None = None
     venue_speed: float | None = None
     venue_seed: int | None = None
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
     strategies: tuple[str, ...] = ("cascade-fade", "trend")
     strategy_config: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)

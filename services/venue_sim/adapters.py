@@ -162,9 +162,10 @@ class ReplaySymbol:
         self.duration_ns = self.events[-1][0] + 100_000_000
         trade_ids = [e.trade_id for _, e in self.events if isinstance(e, TradeEvent)]
         self.trade_span = (max(trade_ids) - min(trade_ids) + 1) if trade_ids else 0
-        sample_price = str(snapshot.bids[0][0]) if snapshot.bids else None
-        sample_qty = str(snapshot.bids[0][1]) if snapshot.bids else None
-        self.spec = spec_for(symbol, sample_price, sample_qty)
+        levels = (*snapshot.bids, *snapshot.asks)
+        self.spec = spec_for(
+            symbol, [price for price, _ in levels], [qty for _, qty in levels if qty], market=self.market
+        )
 
     def script(self, book: OrderBook) -> Script:
         """Endless replay: each loop is joined by one diff that restores the start book."""
@@ -226,10 +227,10 @@ class ReplaySource:
         if not self.replays:
             raise SourceError(f"no replayable symbol in {', '.join(str(p) for p in paths)}")
         self.symbols = sorted(self.replays)
-        markets = {replay.market for replay in self.replays.values()}
-        if len(markets) > 1:
-            raise SourceError("the recordings mix USD-M and spot symbols: replay one market at a time")
-        self.market = markets.pop()
+        try:
+            self.market = recordings.single_market(replay.market for replay in self.replays.values())
+        except recordings.RecordingError as exc:
+            raise SourceError(str(exc)) from exc
 
     def spec(self, symbol: str) -> SymbolSpec:
         """Trading rules of a symbol."""
@@ -286,7 +287,7 @@ class SyntheticSource:
         self.levels = max(50, levels)
         self.cascade_probability = cascade_probability
         self.regime_probability = regime_probability
-        self._specs = {s: spec_for(s, "0.01", "0.001") for s in self.symbols}
+        self._specs = {s: spec_for(s, market=self.market) for s in self.symbols}
         self._starts = {s: self._initial_book(s) for s in self.symbols}
         self._pending_moves: dict[str, int] = {}
 

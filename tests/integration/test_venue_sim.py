@@ -514,6 +514,25 @@ async def test_spot_replay_when_synced_with_spot_procedure_then_equals_simulator
         assert status == 200 and set(ticker) == {"symbol", "price"} and Decimal(ticker["price"]) > 0
         status, info, _ = await client.public("/api/v3/exchangeInfo")
         assert status == 200 and info["symbols"][0]["quoteAsset"] == "USDT"
+        # Orders go to the USD-M paths under spot's own rules: cent ticks, and fills reported at
+        # the exact book prices (a USD-M 0.1 tick would cut 61828.26 to 61828.2).
+        status, info, _ = await client.public("/fapi/v1/exchangeInfo")
+        price_filter = next(f for f in info["symbols"][0]["filters"] if f["filterType"] == "PRICE_FILTER")
+        assert Decimal(price_filter["tickSize"]) == Decimal("0.01")
+        await client.sim("POST", "/_sim/pause")
+        status, depth, _ = await client.public("/api/v3/depth", symbol="BTCUSDT", limit=5)
+        asks = [(Decimal(p), Decimal(q)) for p, q in depth["asks"]]
+        into_second = min(asks[1][1], Decimal("0.001"))  # >= 61 USDT in all: above the 5 USDT minimum
+        quantity = asks[0][1] + into_second
+        status, body, _ = await client.signed(
+            "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity=str(quantity)
+        )
+        assert status == 200, body
+        status, trades, _ = await client.signed("GET", "/fapi/v1/userTrades", symbol="BTCUSDT")
+        assert [(Decimal(t["price"]), Decimal(t["qty"])) for t in trades] == [
+            (asks[0][0], asks[0][1]),
+            (asks[1][0], into_second),
+        ]
     finally:
         await session.close()
         await server.close()

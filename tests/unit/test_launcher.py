@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from libs.cli.main import build_parser, main
+from libs.cli.main import build_parser, main, replay_setup
 from libs.runtime import infra
 from libs.runtime.launcher import (
+    DEFAULT_SYMBOLS,
     LaunchConfig,
     LaunchError,
     System,
@@ -194,3 +195,38 @@ def test_wait_venue_when_ping_answers_then_true_and_when_nothing_listens_then_fa
     assert not silent.wait_venue(0.5)
     assert 0.5 <= time.monotonic() - start < 3.0
     assert lines and "starting the services anyway" in lines[0]
+
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance"
+
+
+def test_up_when_replay_without_symbols_then_the_recordings_symbols_and_market() -> None:
+    usdm = f"replay:{DATA / 'usdm_ethusdt_20240808.gz'}"
+    assert replay_setup(usdm, None) == (("ETHUSDT",), {})
+    spot = f"replay:{DATA / 'spot_btcusdt_20240808.gz'},{DATA / 'spot_btcusdt_20240809.gz'}"
+    assert replay_setup(spot, None) == (
+        ("BTCUSDT",),
+        {"BULWARK_VENUE_MARKET": "spot", "BULWARK_VENUE": "binance-spot"},
+    )
+    feed = f"replay:{DATA / 'cryptofeed/BINANCE_FUTURES.ws.1.0'},{DATA / 'cryptofeed/BINANCE_FUTURES.http.0.0'}"
+    assert replay_setup(feed, ("SUSHIUSDT",)) == (("SUSHIUSDT",), {})
+    assert replay_setup("synthetic", None) == (DEFAULT_SYMBOLS, {})
+    assert replay_setup(None, ("BNBUSDT",)) == (("BNBUSDT",), {})
+
+
+@pytest.mark.parametrize(
+    ("files", "symbols", "message"),
+    [
+        (("usdm_ethusdt_20240808.gz",), "BTCUSDT,ETHUSDT", "--symbols BTCUSDT not in the recording"),
+        (("usdm_ethusdt_20240808.gz", "spot_btcusdt_20240808.gz"), None, "mix USD-M and spot"),
+        (("cryptofeed/BINANCE_FUTURES.ws.1.0",), None, "no replayable symbol"),
+    ],
+)
+def test_up_when_replay_cannot_serve_the_system_then_exit_2_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: tuple[str, ...], symbols: str | None, message: str
+) -> None:
+    args = ["up", "--data-dir", str(tmp_path), "--venue-source", "replay:" + ",".join(str(DATA / f) for f in files)]
+    code = main([*args, *(["--symbols", symbols] if symbols else [])])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing may start"

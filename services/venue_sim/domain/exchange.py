@@ -8,11 +8,12 @@ collected in `outbox` for the handlers to deliver.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
+from libs.recordings import SPOT, USDM
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.clock import Clock
 
@@ -103,20 +104,32 @@ _KNOWN_RULES: dict[str, tuple[str, str, str]] = {
     "SOLUSDT": ("0.0100", "1", "5"),
     "XRPUSDT": ("0.0001", "0.1", "5"),
 }
+_KNOWN_SPOT_RULES: dict[str, tuple[str, str, str]] = {
+    # symbol: (tick size, step size, min notional) as on Binance spot
+    "BTCUSDT": ("0.01", "0.00001", "5"),
+    "ETHUSDT": ("0.01", "0.0001", "5"),
+    "BNBUSDT": ("0.01", "0.001", "5"),
+}
 
 
-def _decimals(text: str) -> int:
-    return len(text.split(".", 1)[1]) if "." in text else 0
+def _finest_step(samples: Sequence[Decimal], fallback: str) -> str:
+    """The finest decimal step the samples use (trailing zeros of recorded strings do not count)."""
+    places = max((max(0, -int(value.normalize().as_tuple().exponent)) for value in samples), default=None)
+    return fallback if places is None else str(Decimal(1).scaleb(-places))
 
 
-def spec_for(symbol: str, sample_price: str | None = None, sample_qty: str | None = None) -> SymbolSpec:
-    """Rules for a symbol: Binance's own for well-known ones, else inferred from recorded strings."""
+def spec_for(
+    symbol: str, prices: Sequence[Decimal] = (), quantities: Sequence[Decimal] = (), *, market: str = USDM
+) -> SymbolSpec:
+    """Rules for a symbol: Binance's own (USD-M or spot) for well-known ones, else inferred from
+    the finest step of recorded prices and quantities."""
     base = symbol[:-4] if symbol.endswith("USDT") else symbol[:-3]
-    if symbol in _KNOWN_RULES:
-        tick, step, notional = _KNOWN_RULES[symbol]
+    known = _KNOWN_SPOT_RULES if market == SPOT else _KNOWN_RULES
+    if symbol in known:
+        tick, step, notional = known[symbol]
     else:
-        tick = str(Decimal(1).scaleb(-_decimals(sample_price or "0.01")))
-        step = str(Decimal(1).scaleb(-_decimals(sample_qty or "0.001")))
+        tick = _finest_step(prices, "0.01")
+        step = _finest_step(quantities, "0.001")
         notional = "5"
     step_size = Decimal(step)
     return SymbolSpec(
