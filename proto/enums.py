@@ -24,6 +24,14 @@ class Health(StrEnum):
     RED = "RED"
 
 
+class LinkDegradeCause(StrEnum):
+    """Why market-data's stream link is DEGRADED while it is connected. The `LinkStateChanged`
+    reason then reads `<cause>: <detail>`, several joined by `; `; the watchdog weighs them."""
+
+    CORRUPTION = "corrupt messages"
+    CLOCK = "clock offset"
+
+
 class HotStateStatus(StrEnum):
     VALID = "VALID"
     STALE = "STALE"

@@ -36,7 +36,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from proto.enums import ConnectionState, Side
+from proto.enums import ConnectionState, LinkDegradeCause, Side
 from proto.envelope import Message, now_ns
 from proto.messages import (
     BookResyncStarted,
@@ -575,8 +575,8 @@ class ReturnProbe:
 # --------------------------------------------------------------------------- link state
 
 DEGRADE_REASON_RECONNECTS = "reconnect attempts failing"
-DEGRADE_REASON_CORRUPTION = "corrupt messages"
-DEGRADE_REASON_CLOCK = "clock offset"
+DEGRADE_REASON_CORRUPTION = LinkDegradeCause.CORRUPTION.value
+DEGRADE_REASON_CLOCK = LinkDegradeCause.CLOCK.value
 
 
 def market_link_state(

@@ -21,7 +21,15 @@ from typing import Any
 from libs.heartbeat import ComponentView
 from libs.latency import LatencyWindow as _LatencyWindow
 from proto import subjects
-from proto.enums import AlertSeverity, ComponentState, ConnectionState, DegradationLevel, Health, HotStateStatus
+from proto.enums import (
+    AlertSeverity,
+    ComponentState,
+    ConnectionState,
+    DegradationLevel,
+    Health,
+    HotStateStatus,
+    LinkDegradeCause,
+)
 
 Clock = Callable[[], int]
 """Returns the current time in integer nanoseconds (UTC epoch)."""
@@ -90,6 +98,11 @@ class LinkObservation:
 
     name: str
     state: str
+    reason: str = ""
+
+    def degrade_causes(self) -> frozenset[str]:
+        """The causes named in a connected-but-DEGRADED link's reason (`<cause>: <detail>; ...`)."""
+        return frozenset(part.split(":", 1)[0].strip() for part in self.reason.split(";") if ":" in part)
 
 
 @dataclass(frozen=True)
@@ -282,11 +295,22 @@ LINK_KIND_RULES: dict[tuple[str, str], tuple[DegradationLevel, Health, AlertSeve
 }
 """(link kind, state) -> rule, where a kind of link differs from `LINK_RULES`."""
 
+CLOCK_ONLY_RULE = (
+    DegradationLevel.REDUCED_FUNCTIONALITY,
+    Health.YELLOW,
+    None,
+    "clock offset against the venue; market-data has asked risk to HALT trading (FM-D3)",
+)
+"""A stream link DEGRADED by the clock offset alone: SPEC FM-D3 halts trading for it (market-data asks
+risk, and alerts), it does not close positions; the data itself still flows and validates."""
+
 
 def _links_rule(facts: Facts) -> Iterator[Finding]:
     for link in facts.links:
         kind = link.name.rsplit(".", 1)[-1]
         rule = LINK_KIND_RULES.get((kind, link.state)) or LINK_RULES.get(link.state)
+        if link.state == ConnectionState.DEGRADED and link.degrade_causes() == {LinkDegradeCause.CLOCK}:
+            rule = CLOCK_ONLY_RULE
         if rule is not None:
             level, health, severity, meaning = rule
             yield Finding(
@@ -295,7 +319,7 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
                 level,
                 health,
                 severity,
-                f"link {link.name} {link.state}: {meaning}",
+                f"link {link.name} {link.state}: {meaning}" + (f" ({link.reason})" if link.reason else ""),
                 {"link": link.name, "state": link.state},
             )
 

@@ -91,7 +91,8 @@ class Observer:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self.links: dict[str, str] = {}
+        self.links: dict[str, tuple[str, str]] = {}
+        """`<venue>.<link>` -> (state, reason)."""
         self.latency = LatencyWindow(size=60)
 
     async def start(self) -> None:
@@ -100,8 +101,9 @@ class Observer:
             for key in await kv.keys():
                 if key.startswith("link."):
                     state, _ = await _read_kv_value(self._ctx, key, "state")
+                    reason, _ = await _read_kv_value(self._ctx, key, "reason")
                     if state is not None:
-                        self.links[key.removeprefix("link.")] = state
+                        self.links[key.removeprefix("link.")] = (state, reason or "")
         except NoKeysError:
             pass
 
@@ -111,7 +113,7 @@ class Observer:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._ctx.log.warning("link_event_invalid", subject=msg.subject, error=str(exc)[:200])
                 return
-            self.links[f"{event.venue}.{event.link}"] = event.current.value
+            self.links[f"{event.venue}.{event.link}"] = (event.current.value, event.reason)
 
         await self._ctx.bus.subscribe_core("evt.link.>", on_link)
 
@@ -150,7 +152,7 @@ class Observer:
         return found
 
     def link_observations(self) -> list[LinkObservation]:
-        return [LinkObservation(name, state) for name, state in sorted(self.links.items())]
+        return [LinkObservation(name, state, reason) for name, (state, reason) in sorted(self.links.items())]
 
     def latencies(self, views: dict[str, Any]) -> list[LatencyObservation]:
         own = self.latency.observation(f"{subjects.STATE_BUILDER}-query")

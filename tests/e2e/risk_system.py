@@ -15,8 +15,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-import httpx
-
 from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.testing.polling import eventually
@@ -94,9 +92,6 @@ class Api(SystemApi):
         except AssertionError as exc:
             raise AssertionError(f"no {types} event with {payload} since {since_ns}") from exc
         return event
-
-    async def control(self, path: str, reason: str | None = "e2e") -> httpx.Response:
-        return await self.gateway.post(path, json={} if reason is None else {"reason": reason})
 
     # ------------------------------------------------------------------ venue
 

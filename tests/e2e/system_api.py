@@ -78,6 +78,10 @@ class SystemApi:
     async def open_alert_keys(self) -> set[str]:
         return {alert["key"] for alert in await self.alerts()}
 
+    async def control(self, path: str, reason: str | None = "e2e") -> httpx.Response:
+        """An operator command (`/v1/trading/halt`, `/v1/trading/resume`, ...) with a reason."""
+        return await self.gateway.post(path, json={} if reason is None else {"reason": reason})
+
     async def post_order(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """`POST /v1/orders`; the gateway's answer (202 with PENDING_SUBMISSION when it could not
         wait for risk's decision)."""

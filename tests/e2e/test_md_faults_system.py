@@ -17,7 +17,8 @@ VALID), asserted against generous bounds only (shared CPU), logged and written t
 `bulwark bench md-faults`, not here.
 
 Settings of this system: both venue breakers (market-data's and position's) open for 3 s instead
-of 30 s, so a test that trips one does not hold the next one up for half a minute.
+of 30 s, so a test that trips one does not hold the next one up for half a minute; the clock
+offset is checked every second instead of every 10 s.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ from tests.e2e.md_system import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-SETTINGS = {"BULWARK_MD_BREAKER_OPEN_S": "3", "BULWARK_VENUE_BREAKER_OPEN_S": "3"}
+SETTINGS = {
+    "BULWARK_MD_BREAKER_OPEN_S": "3",
+    "BULWARK_VENUE_BREAKER_OPEN_S": "3",
+    "BULWARK_MD_CLOCK_CHECK_INTERVAL_S": "1",
+}
 NOT_VALID = ("STALE", "INVALID")
 DETECT_BOUND_MS = 5_000.0
 """Generous bound of fault → not VALID for faults that show at once (SPEC: 100 ms for a drop, 1100 ms
@@ -551,6 +556,59 @@ async def test_corrupt_when_persistent_then_stream_degraded_alerted_and_book_exa
     )
     _within(record, detect_ms=30_000.0, recover_ms=60_000.0)
     assert_books_exact(audit)
+
+
+# --------------------------------------------------------------------------- clock offset (FM-D3)
+
+
+async def test_clock_offset_when_venue_clock_apart_then_alert_over_1s_halt_over_5s_and_halt_kept_after(
+    api: Api,
+) -> None:
+    """FM-D3 through the running system: the venue's server time drifts from ours (`clock_skew`).
+    Over 1 s: alert `md.clock_offset.<venue>`, trading goes on. Over 5 s: alert `.halt`, trading
+    HALTED (persisted at risk) and the stream link DEGRADED, so a new entry is DENIED; the
+    watchdog answers REDUCED_FUNCTIONALITY, not EMERGENCY_MODE (no position is closed). The clock
+    back in line resolves both alerts and the link, but trading stays HALTED until an operator
+    resumes it (fail closed: a halt is never lifted by the condition that caused it going away)."""
+    key = f"md.clock_offset.{VENUE}"
+    drift = await api.inject(kind="clock_skew", params={"offset_ms": 2_500})
+    await api.wait_alert(drift.start_ns, key)
+    status = await api.status()
+    assert status["trading_state"] == "ACTIVE", "an offset between 1 s and 5 s only alerts"
+    assert key + ".halt" not in await api.open_alert_keys()
+    await api.lift(drift)
+
+    skew = await api.inject(kind="clock_skew", params={"offset_ms": -7_000})
+    await api.wait_alert(skew.start_ns, key + ".halt")
+
+    async def halt() -> dict[str, Any] | None:
+        changes = await api.events("TradingStateChanged", skew.start_ns)
+        return next((e for e in changes if e["payload"]["current"] == "HALTED"), None)
+
+    halted = await eventually(halt, 20)
+    assert "clock offset" in halted["payload"]["reason"], halted
+    await api.wait_link(skew.start_ns, ("DEGRADED",))
+    answer = await api.entry()
+    assert answer["status"] == "DENIED" and "HALTED" in (answer.get("reason") or ""), answer
+
+    async def reduced() -> bool:
+        return (await api.status())["degradation_level"] == "REDUCED_FUNCTIONALITY"
+
+    await eventually(reduced, 10)  # the watchdog's view of the DEGRADED link: no positions closed
+
+    lifted_ns = await api.lift(skew)
+    await api.wait_link(lifted_ns, ("CONNECTED",), timeout_s=30)
+
+    async def resolved() -> bool:
+        return not {key, key + ".halt"} & await api.open_alert_keys()
+
+    await eventually(resolved, 20)
+    assert (await api.status())["trading_state"] == "HALTED", "the clock coming back must not resume trading"
+    levels = [e["payload"]["current"] for e in await api.events("DegradationLevelChanged", skew.start_ns)]
+    assert "EMERGENCY_MODE" not in levels, f"a clock offset must not close positions (FM-D3 halts): {levels}"
+    resumed = await api.control("/v1/trading/resume", "e2e: clock back in line")
+    assert resumed.status_code == 200, resumed.text
+    assert (await api.status())["trading_state"] == "ACTIVE"
 
 
 @pytest.mark.slow

@@ -498,3 +498,22 @@ def test_webhook_payloads_when_raised_and_resolved_then_slack_and_pagerduty_shap
     assert page["payload"]["severity"] == "critical" and page["payload"]["source"] == "bulwark"
     assert resolve == {"routing_key": "rk", "event_action": "resolve", "dedup_key": "k"}
     assert severity_rank("P0") < severity_rank(AlertSeverity.P3) == severity_rank("bogus")
+
+
+@pytest.mark.parametrize(
+    ("reason", "level"),
+    [
+        # FM-D3: the clock alone halts trading (market-data asks risk); it does not close positions.
+        ("clock offset: -7000 ms", DegradationLevel.REDUCED_FUNCTIONALITY),
+        ("corrupt messages: 6.1 %", DegradationLevel.EMERGENCY_MODE),
+        ("corrupt messages: 6.1 %; clock offset: 7000 ms", DegradationLevel.EMERGENCY_MODE),
+        ("connect failed: refused", DegradationLevel.EMERGENCY_MODE),
+        ("", DegradationLevel.EMERGENCY_MODE),
+    ],
+)
+def test_evaluate_when_stream_degraded_then_level_follows_its_causes(reason: str, level: DegradationLevel) -> None:
+    link = LinkObservation("binance-usdm.market-ws", "DEGRADED", reason)
+    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[link])
+
+    assert evaluation.level == level
+    assert evaluation.level_change is not None and (reason in evaluation.level_change.reason)
