@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 import pytest
 import pytest_asyncio
+from aiohttp.abc import AbstractResolver, ResolveResult
 from nats import errors as nats_errors
 
+from libs.binance.client import BinanceRestClient, CachingResolver
+from libs.binance.errors import VenueUnreachable
 from libs.bus import Bus
 from libs.runtime.infra import free_port
 from libs.settings import Settings
@@ -423,3 +428,49 @@ async def test_spot_faults_when_depth_dropped_reordered_mistimed_corrupt_or_spik
         settings = replace(_settings(nats_url, venue_url), symbols=(SYMBOL,), venue_market="spot")
         async for harness in _start(nats_url, settings, venue_url):
             await _spot_stream_faults(harness)
+
+
+class _NameServer(AbstractResolver):
+    """The name server of one made-up venue host, which can go down (FM-N3 injected below the HTTP
+    client: the simulator cannot fail a lookup the client makes before it ever connects)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.down = False
+        self.lookups = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups += 1
+        if self.down or host != self.host:
+            raise OSError(f"DNS: cannot resolve {host}")
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_dns_when_name_server_fails_then_last_good_address_then_alternates_else_unreachable(
+    venue_url: str,
+) -> None:
+    """FM-N3 with the resolver market-data shares across its sessions: after one good lookup, a new
+    session still reaches the venue by the cached address while DNS is down; a host never resolved
+    falls back to the configured alternate endpoint, and without one it is unreachable (nothing sent)."""
+    port = urlsplit(venue_url).port
+    dns = _NameServer("venue.bulwark.test")
+    resolver = CachingResolver(dns)
+    async with BinanceRestClient(f"http://venue.bulwark.test:{port}", resolver=resolver) as client:
+        assert await client.ping() == {}
+    dns.down = True
+    async with BinanceRestClient(f"http://venue.bulwark.test:{port}", resolver=resolver) as client:
+        assert await client.ping() == {}, "the last good address must serve while DNS is down"
+    assert resolver.fallbacks == 1 and dns.lookups == 2
+    async with BinanceRestClient(
+        f"http://other.bulwark.test:{port}", alternate_urls=[venue_url], resolver=resolver
+    ) as client:
+        assert await client.ping() == {}
+        assert client.base_url == venue_url, "the alternate endpoint must have answered"
+    async with BinanceRestClient(f"http://other.bulwark.test:{port}", resolver=resolver) as client:
+        with pytest.raises(VenueUnreachable):
+            await client.ping()
