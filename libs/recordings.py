@@ -419,8 +419,9 @@ class RecordingSurvey:
 
 
 def survey(paths: Sequence[str | Path]) -> RecordingSurvey:
-    """The symbols and market of recordings, read cheaply (snapshots, then depth events only until
-    each symbol's market is known), so a launcher can configure the system before replaying them.
+    """The symbols and market of recordings, read cheaply (their snapshots, then each file's first
+    depth event), so a launcher can configure the system before replaying them. Markets mixed
+    within one file are left to the replay itself to refuse.
 
     Raises:
         RecordingError: a line is malformed, no symbol has a depth snapshot, or the markets mix.
@@ -429,14 +430,12 @@ def survey(paths: Sequence[str | Path]) -> RecordingSurvey:
     symbols = {record.symbol for record in read_recordings(paths, kinds={"DepthSnapshot"})}
     if not symbols:
         raise RecordingError(f"no replayable symbol (no depth snapshot) in {', '.join(str(p) for p in paths)}")
-    markets: dict[str, str] = {}
+    markets = set()
     for path in paths:
-        for update in read_recording(path, kinds={"DepthUpdate"}):
-            if isinstance(update, DepthUpdate) and update.symbol in symbols:
-                markets.setdefault(update.symbol, update.market)
-            if len(markets) == len(symbols):
-                break
-    return RecordingSurvey(tuple(sorted(symbols)), single_market(markets.values()))
+        first = next((r for r in read_recording(path, kinds={"DepthUpdate"}) if isinstance(r, DepthUpdate)), None)
+        if first is not None:
+            markets.add(first.market)
+    return RecordingSurvey(tuple(sorted(symbols)), single_market(markets))
 
 
 @dataclass

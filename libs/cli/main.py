@@ -141,7 +141,8 @@ def _strategy_config_problem(names: tuple[str, ...], path: Path | None) -> str |
 def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple[tuple[str, ...], dict[str, str]]:
     """The symbols and market environment of the system for a venue source.
 
-    A replay serves only its recordings' symbols, in their market: by default the system trades
+    A replay (with no source: the simulator's default recordings, when present) serves only its
+    recordings' symbols, in their market: by default the system trades
     exactly those; asking for a symbol they do not carry is an error (its book could never be
     VALID, and the venue would refuse its orders). A spot replay sets every service to spot
     (`BULWARK_VENUE_MARKET`, and the venue name `binance-spot` so all services agree on it).
@@ -149,6 +150,12 @@ def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple
     Raises:
         ValueError: the recordings cannot be replayed with these symbols.
     """
+    if source is None:
+        from services.venue_sim.main import default_recordings
+
+        defaults = default_recordings()  # what the simulator replays when given no source
+        if all(path.is_file() for path in defaults):
+            source = "replay:" + ",".join(str(path) for path in defaults)
     if source is None or not source.startswith("replay:"):
         return requested or DEFAULT_SYMBOLS, {}
     from libs import recordings
@@ -162,7 +169,8 @@ def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple
     missing = sorted(set(symbols) - set(found.symbols))
     if missing:
         raise ValueError(
-            f"--symbols {','.join(missing)} not in the recording(s), which carry {','.join(found.symbols)}"
+            f"--symbols {','.join(missing)} not in the recording(s), which carry {','.join(found.symbols)} "
+            "(`--venue-source synthetic` generates any symbol)"
         )
     if found.market == recordings.SPOT:
         return symbols, {"BULWARK_VENUE_MARKET": recordings.SPOT, "BULWARK_VENUE": DEFAULT_SPOT_VENUE}

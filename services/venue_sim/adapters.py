@@ -257,6 +257,10 @@ _BASE_PRICE = {"BTCUSDT": Decimal("60000"), "ETHUSDT": Decimal("3000"), "BNBUSDT
 _BASE_OPEN_INTEREST = {"BTCUSDT": Decimal("80000"), "ETHUSDT": Decimal("1500000")}
 
 
+DEFAULT_CASCADE_PROBABILITY = 1 / 900
+"""Synthetic markets: chance per 100 ms step that a liquidation cascade starts (about one in 90 s)."""
+
+
 class SyntheticSource:
     """Seeded random-walk markets with a 60-level book, trades and liquidation cascades.
 
@@ -276,7 +280,7 @@ class SyntheticSource:
         symbols: Sequence[str],
         seed: int,
         levels: int = 60,
-        cascade_probability: float = 1 / 900,
+        cascade_probability: float = DEFAULT_CASCADE_PROBABILITY,
         regime_probability: float = 1 / 900,
         market: str = USDM,
     ) -> None:

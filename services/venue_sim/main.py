@@ -4,7 +4,8 @@
         --source replay:FILE[,FILE...]|synthetic --speed X --seed N [--market auto|usdm|spot]
 
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
-BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_VENUE_API_KEY,
+BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
+chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
 BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
 source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
@@ -19,13 +20,21 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from libs.logging import get_logger
-from services.venue_sim.adapters import SPOT, USDM, MarketSource, ReplaySource, SourceError, SyntheticSource
+from services.venue_sim.adapters import (
+    DEFAULT_CASCADE_PROBABILITY,
+    SPOT,
+    USDM,
+    MarketSource,
+    ReplaySource,
+    SourceError,
+    SyntheticSource,
+)
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
@@ -47,6 +56,17 @@ def default_recordings() -> list[Path]:
     """The default replay files (may not exist)."""
     data = project_root().parent / "shared" / "data" / "binance"
     return [data / name for name in DEFAULT_RECORDINGS]
+
+
+def parse_probability(raw: str) -> float:
+    """A probability in [0, 1] (argparse `type`)."""
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, not {raw}")
+    return value
 
 
 def parse_speed(raw: str) -> float:
@@ -73,6 +93,8 @@ class SimConfig:
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     ws_ping_interval_s: float = 20.0
     market: str = "auto"
+    cascade_probability: float | None = None
+    """Synthetic markets: chance per 100 ms step that a liquidation cascade starts (None: the source's default)."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -88,6 +110,12 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
     parser.add_argument("--seed", type=int, default=int(environ.get("BULWARK_SIM_SEED", "0")))
     parser.add_argument("--ws-ping-interval", type=float, default=float(environ.get("BULWARK_SIM_WS_PING_S", "20")))
     parser.add_argument("--market", choices=MARKETS, default=environ.get("BULWARK_SIM_MARKET", "auto"))
+    parser.add_argument(
+        "--cascade-probability",
+        type=parse_probability,
+        default=environ.get("BULWARK_SIM_CASCADE_PROBABILITY") or None,
+        help="synthetic: chance per 100 ms step that a liquidation cascade starts (0 = calm market)",
+    )
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -103,6 +131,7 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         symbols=symbols,
         ws_ping_interval_s=args.ws_ping_interval,
         market=args.market,
+        cascade_probability=args.cascade_probability,
     )
 
 
@@ -111,7 +140,9 @@ def build_source(config: SimConfig) -> tuple[MarketSource, str]:
     spec = config.source.strip()
     if spec == "synthetic":
         market = SPOT if config.market == SPOT else USDM
-        return SyntheticSource(config.symbols, config.seed, market=market), f"synthetic:{','.join(config.symbols)}"
+        cascades = DEFAULT_CASCADE_PROBABILITY if config.cascade_probability is None else config.cascade_probability
+        source = SyntheticSource(config.symbols, config.seed, cascade_probability=cascades, market=market)
+        return source, f"synthetic:{','.join(config.symbols)}"
     if spec.startswith("replay:"):
         paths = [p.strip() for p in spec[len("replay:") :].split(",") if p.strip()]
         missing = [p for p in paths if not Path(p).exists()]
@@ -127,8 +158,7 @@ def build_source(config: SimConfig) -> tuple[MarketSource, str]:
     if all(p.exists() for p in defaults):
         return ReplaySource(defaults), f"replay:{','.join(str(p) for p in defaults)}"
     log.warning("default_recordings_missing", paths=[str(p) for p in defaults], action_taken="synthetic")
-    symbols = ("BTCUSDT", "ETHUSDT")
-    return SyntheticSource(symbols, config.seed), f"synthetic:{','.join(symbols)}"
+    return build_source(replace(config, source="synthetic"))
 
 
 def build_simulator(

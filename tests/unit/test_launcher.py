@@ -211,7 +211,10 @@ def test_up_when_replay_without_symbols_then_the_recordings_symbols_and_market()
     feed = f"replay:{DATA / 'cryptofeed/BINANCE_FUTURES.ws.1.0'},{DATA / 'cryptofeed/BINANCE_FUTURES.http.0.0'}"
     assert replay_setup(feed, ("SUSHIUSDT",)) == (("SUSHIUSDT",), {})
     assert replay_setup("synthetic", None) == (DEFAULT_SYMBOLS, {})
-    assert replay_setup(None, ("BNBUSDT",)) == (("BNBUSDT",), {})
+    assert replay_setup("synthetic", ("BNBUSDT",)) == (("BNBUSDT",), {})
+    assert replay_setup(None, None) == (DEFAULT_SYMBOLS, {})  # the default recordings carry exactly these
+    with pytest.raises(ValueError, match=r"BNBUSDT not in the recording.*--venue-source synthetic"):
+        replay_setup(None, ("BNBUSDT",))
 
 
 @pytest.mark.parametrize(

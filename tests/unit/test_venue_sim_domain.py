@@ -275,3 +275,21 @@ def test_synthetic_when_same_seed_then_same_market_and_deep_book() -> None:
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+def test_sim_config_when_cascade_probability_set_then_synthetic_market_uses_it_and_bad_values_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.venue_sim.main import build_source, config_from
+
+    calm = config_from(["--source", "synthetic"], {"BULWARK_SIM_CASCADE_PROBABILITY": "0"})
+    source, _ = build_source(calm)
+    assert isinstance(source, SyntheticSource) and source.cascade_probability == 0.0
+    flag = config_from(["--source", "synthetic", "--cascade-probability", "0.5"], {})
+    assert flag.cascade_probability == 0.5
+    default, _ = build_source(config_from(["--source", "synthetic"], {}))
+    assert isinstance(default, SyntheticSource) and default.cascade_probability > 0
+    for bad in ("2", "-0.1", "often"):
+        with pytest.raises(SystemExit):
+            config_from(["--cascade-probability", bad], {})
+    assert "a probability is between 0 and 1" in capsys.readouterr().err
