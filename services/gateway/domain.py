@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from libs.decimals import plain
 from libs.settings import Settings
 from proto.enums import OrderStatus, OrderType, Side
 from proto.envelope import Message
@@ -234,9 +235,7 @@ class OrderRequest(BaseModel):
 
 def decimal_str(value: Decimal | None) -> str | None:
     """A decimal as a plain string without exponent or trailing zeros."""
-    if value is None:
-        return None
-    return format(value.normalize(), "f")
+    return None if value is None else plain(value)
 
 
 def fingerprint(canonical_body: dict[str, Any]) -> str:

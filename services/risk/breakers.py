@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from libs.breaker import BreakerState
+from libs.decimals import plain
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import HotStateStatus
 
@@ -553,11 +554,6 @@ def trade_stats(pnls: list[Decimal]) -> TradeStats:
     )
 
 
-def _amount(value: Decimal) -> str:
-    """A PnL amount for a reason text: up to 8 decimals, no exponent, no trailing zeros."""
-    return format(value.quantize(Decimal("1e-8")).normalize(), "f")
-
-
 class StrategyMalfunctionBreaker(RiskBreaker):
     """CB-3 for one strategy, over its last `config.window` closed trades (SPEC: 20)."""
 
@@ -587,7 +583,8 @@ class StrategyMalfunctionBreaker(RiskBreaker):
         if stats.win_rate < floor:
             reason = f"win rate {stats.win_rate:.0%} over {n} trades < {floor:.0%} (baseline - 30 points)"
         elif stats.average_loss > self.config.loss_to_win_ratio * stats.average_win:
-            loss, win = _amount(stats.average_loss), _amount(stats.average_win)
+            # Amounts printed exactly (to 8 places): sub-cent averages must not read as 0.00.
+            loss, win = plain(stats.average_loss, places=8), plain(stats.average_win, places=8)
             reason = f"average loss {loss} > 2 x average win {win} over {n} trades"
         elif stats.sharpe < 0:
             reason = f"Sharpe {stats.sharpe:.2f} < 0 over {n} trades"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from libs.decimals import plain
 from services.venue_sim.domain.clock import Clock
 
 CORRUPT_MODES = ("invalid_json", "missing_field", "wrong_type", "truncated")
@@ -460,7 +461,7 @@ def collapse_depth(data: dict[str, Any], factor: Decimal) -> dict[str, Any]:
             reduced = quantity * factor if quantity > 0 else quantity
             if quantity > 0 and reduced <= 0:
                 reduced = Decimal("0.001")
-            scaled.append([price, format(reduced.normalize(), "f")])
+            scaled.append([price, plain(reduced)])
         return scaled
 
     return dict(data, b=scale(data.get("b")), a=scale(data.get("a")))
