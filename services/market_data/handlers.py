@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from libs.binance.client import RequestThrottled
+from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.binance.stream import StreamClosed, StreamFrame
 from libs.breaker import BreakerOpen, BreakerState, BreakerTransition, CircuitBreaker
@@ -208,7 +209,9 @@ class MarketDataService:
         self.rest_link_state: ConnectionState | None = None
         self.bad_frames = 0
         self.frames = 0
-        self.ws_endpoints = domain.EndpointRotation(list(ws_urls) or [""])
+        self.ws_endpoints = EndpointRotation(list(ws_urls) or [""])
+        self._degrade_causes = ""
+        """The causes of the DEGRADED stream link last published ("" when not degraded while connected)."""
         self.return_probe = domain.ReturnProbe()
         self.early_reconnects = 0
         """Reconnect waits cut short because the venue answered a REST probe (heartbeat details)."""
@@ -431,9 +434,10 @@ class MarketDataService:
 
     # ------------------------------------------------------------------ links
 
-    async def _set_link(self, link: str, state: ConnectionState, reason: str) -> None:
+    async def _set_link(self, link: str, state: ConnectionState, reason: str, *, again: bool = False) -> None:
+        """Publish a link's new state (`again`: also when only its reason changed)."""
         current = self.link_state if link == MARKET_WS_LINK else self.rest_link_state
-        if state == current or self._closed:
+        if (state == current and not again) or self._closed:
             return
         if link == MARKET_WS_LINK:
             self.link_state = state
@@ -456,11 +460,17 @@ class MarketDataService:
             clean=self.clean_window.is_clean(self._clock_ns()),
             degraded_reasons=self._degraded,
         )
+        causes = ""
         if state == ConnectionState.DEGRADED and self._degraded and self._connected:
             reason = "; ".join(f"{name}: {detail}" for name, detail in self._degraded.items())
+            causes = ",".join(sorted(self._degraded))
         elif state == ConnectionState.CONNECTED and self.link_state == ConnectionState.SUSPECT:
             reason = "clean window passed"
-        await self._set_link(MARKET_WS_LINK, state, reason)
+        # A DEGRADED link whose causes changed is published again: the watchdog weighs the causes
+        # (the clock alone halts trading; corruption on top of it is EMERGENCY_MODE).
+        again = state == self.link_state == ConnectionState.DEGRADED and causes != self._degrade_causes
+        self._degrade_causes = causes
+        await self._set_link(MARKET_WS_LINK, state, reason, again=again)
 
     async def _degrade(self, name: str, detail: str) -> None:
         self._degraded[name] = detail

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError
 from libs.binance.stream import StreamFrame, parse_frame
 from libs.breaker import CircuitBreaker
@@ -59,7 +60,7 @@ def test_clean_window_when_3s_and_3_fresh_updates_per_symbol_then_clean() -> Non
 
 
 def test_endpoint_rotation_when_every_endpoint_fails_then_reported_and_last_good_kept() -> None:
-    rotation = domain.EndpointRotation(["a", "b"])
+    rotation = EndpointRotation(["a", "b"])
     assert rotation.on_failure() is False and rotation.current == "b"
     rotation.on_success()
     assert rotation.current == "b"
@@ -310,6 +311,25 @@ async def test_check_clock_when_offset_above_5s_then_halt_requested_and_link_deg
     assert service.link_state != ConnectionState.DEGRADED
 
 
+async def test_degraded_link_when_its_causes_change_then_published_again_with_all_causes() -> None:
+    """The watchdog weighs a DEGRADED stream link by its causes (the clock alone: REDUCED; with
+    corruption: EMERGENCY), so a cause added or removed while it stays DEGRADED is published."""
+    service, published, rest, clock = make()
+    service._connected = True
+    rest.server_ms = clock.now // 1_000_000 + 6_000
+    await service.check_clock()
+    await service._degrade(domain.DEGRADE_REASON_CORRUPTION, "6.0 %")
+    await service._degrade(domain.DEGRADE_REASON_CORRUPTION, "7.0 %")  # same causes: nothing new
+    rest.server_ms = clock.now // 1_000_000
+    await service.check_clock()
+    links = [(e.previous, e.current, e.reason) for e in of(published, LinkStateChanged) if e.link == "market-ws"]
+    assert links == [
+        (None, ConnectionState.DEGRADED, "clock offset: 6000 ms"),
+        (ConnectionState.DEGRADED, ConnectionState.DEGRADED, "clock offset: 6000 ms; corrupt messages: 6.0 %"),
+        (ConnectionState.DEGRADED, ConnectionState.DEGRADED, "corrupt messages: 7.0 %"),
+    ]
+
+
 async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fails_fast() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
@@ -355,7 +375,7 @@ async def test_resync_market_state_when_price_moved_after_reconnect_then_data_ga
 
 async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_alternate_tried() -> None:
     service, published, _, _ = make()
-    service.ws_endpoints = domain.EndpointRotation(["ws://a", "ws://b"])
+    service.ws_endpoints = EndpointRotation(["ws://a", "ws://b"])
     tried: list[str] = []
 
     class DeadStream:
