@@ -41,10 +41,14 @@ class Settings:
     venue_api_key: str = _doc("bulwark-sim-key", "venue API key")
     venue_api_secret: str = _doc("bulwark-sim-secret", "venue API secret (never logged)")
     venue_rest_alternates: tuple[str, ...] = _doc(
-        (), "market-data: alternate venue REST base URLs, tried when the main one is unreachable (FM-N3/N4)"
+        (),
+        "market-data and position: alternate venue REST base URLs (backup endpoints), tried when the main one "
+        "is unreachable (FM-N3/N4/N6)",
     )
     venue_ws_alternates: tuple[str, ...] = _doc(
-        (), "market-data: alternate venue WebSocket base URLs, tried when the main one fails (FM-N3/N4)"
+        (),
+        "market-data and position (user-data stream): alternate venue WebSocket base URLs, tried when the main "
+        "one fails (FM-N3/N4/N6)",
     )
     md_breaker_open_s: float = _doc(30.0, "market-data: seconds its venue breaker stays open before a probe (FM-N5)")
     md_clock_check_interval_s: float = _doc(

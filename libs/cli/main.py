@@ -142,10 +142,10 @@ def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple
     """The symbols and market environment of the system for a venue source.
 
     A replay (with no source: the simulator's default recordings, when present) serves only its
-    recordings' symbols, in their market: by default the system trades
-    exactly those; asking for a symbol they do not carry is an error (its book could never be
-    VALID, and the venue would refuse its orders). A spot replay sets every service to spot
-    (`BULWARK_VENUE_MARKET`, and the venue name `binance-spot` so all services agree on it).
+    recordings' symbols, in their market: by default the system trades exactly those; asking for a
+    symbol they do not carry is an error (its book could never be VALID, and the venue would refuse
+    its orders). A spot replay sets every service to spot (`BULWARK_VENUE_MARKET`, and the venue
+    name `binance-spot` so all services agree on it).
 
     Raises:
         ValueError: the recordings cannot be replayed with these symbols.

@@ -643,31 +643,6 @@ class CleanWindow:
         return self.passed
 
 
-class EndpointRotation:
-    """Primary and alternate endpoints (FM-N3/N4): stay on one while it works, move on when it fails."""
-
-    def __init__(self, urls: Sequence[str]) -> None:
-        if not urls:
-            raise ValueError("at least one endpoint is needed")
-        self.urls = tuple(urls)
-        self.index = 0
-        self.failures_in_row = 0
-
-    @property
-    def current(self) -> str:
-        return self.urls[self.index]
-
-    def on_success(self) -> None:
-        """The current endpoint worked: it is the last good one."""
-        self.failures_in_row = 0
-
-    def on_failure(self) -> bool:
-        """The current endpoint failed; move to the next. True when every endpoint has now failed in a row."""
-        self.failures_in_row += 1
-        self.index = (self.index + 1) % len(self.urls)
-        return self.failures_in_row % len(self.urls) == 0
-
-
 class AlertBook:
     """Which alerts are raised now, so each is raised once while its condition holds (SPEC §9)."""
 

@@ -21,6 +21,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from libs.binance.classify import classify
+from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, BreakerState, BreakerTransition
 from libs.bus import Bus, Delivery
@@ -1163,18 +1164,23 @@ class PositionService:
             await self.check_invariants()
             await self.maintain_protection()
 
-    async def user_stream_forever(self, ws_base: str, stream: Callable[..., Any]) -> None:
+    async def user_stream_forever(self, ws_bases: Sequence[str], stream: Callable[..., Any]) -> None:
         """Consume the user-data stream forever; every (re)connect asks for a reconciliation.
 
         Args:
-            ws_base: venue WebSocket base URL.
+            ws_bases: venue WebSocket base URLs, the main one first, then configured alternates
+                (FM-N4/N6: a connection that fails moves to the next one).
             stream: `stream(ws_base, listen_key, on_open)` async iterator of events (raises when it ends).
         """
         attempt = 0
+        endpoints = EndpointRotation(ws_bases)
+        opened = False
 
         async def on_open() -> None:
-            nonlocal attempt
+            nonlocal attempt, opened
             attempt = 0
+            opened = True
+            endpoints.on_success()
             self.user_stream_up = True
             # Updates may have been missed while it was down: reconcile before any new order.
             self.reconciled = False
@@ -1185,6 +1191,8 @@ class PositionService:
             delay = USER_STREAM_BACKOFF_S[attempt] if attempt < len(USER_STREAM_BACKOFF_S) else min(2.0**attempt, 60)
             await asyncio.sleep(delay)
             attempt += 1
+            opened = False
+            ws_base = endpoints.current
             try:
                 listen_key = await self.client.new_listen_key()
                 self._last_keepalive_ns = self.clock()
@@ -1193,8 +1201,15 @@ class PositionService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the stream must come back whatever ended it
+                # A stream that never opened counts against its endpoint (the next one is tried);
+                # one that was up and dropped is tried again where it was.
+                all_failed = not opened and endpoints.on_failure()
                 self.log.warning(
-                    "user_stream_lost", error=f"{type(exc).__name__}: {exc}"[:300], action_taken="reconnect"
+                    "user_stream_lost",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                    endpoint=ws_base,
+                    action_taken=f"reconnect to {endpoints.current}",
+                    all_endpoints_failed=all_failed,
                 )
             self.user_stream_up = False
 

@@ -73,6 +73,7 @@ async def setup(ctx: ServiceContext) -> None:
         settings.venue_api_secret,
         timeout_s=VENUE_TIMEOUT_S,
         budget=budget,
+        alternate_urls=settings.venue_rest_alternates,
     )
     await client.start()
     ctx.cleanups.append(client.close)
@@ -145,7 +146,8 @@ async def setup(ctx: ServiceContext) -> None:
     )
     await ctx.bus.serve(subjects.service_query(subjects.POSITION, "state"), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
-    ctx.spawn(service.user_stream_forever(settings.venue_ws_url, user_stream_events), "user-stream")
+    ws_bases = [settings.venue_ws_url, *settings.venue_ws_alternates]
+    ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
 
 
 async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:

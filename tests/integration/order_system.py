@@ -46,7 +46,8 @@ def venue_url_fixture(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(name="settings_overrides")
 def settings_overrides_fixture() -> dict[str, Any]:
-    """Settings fields to change for one test (parametrize this name to override)."""
+    """Settings fields to change for one test (parametrize this name to override); a value may be a
+    function of the simulator's URL (e.g. alternates pointing at it)."""
     return {}
 
 
@@ -137,16 +138,17 @@ async def system_fixture(
     nats_url: str, pg_pool: Any, infra: EmbeddedInfra, venue_url: str, settings_overrides: dict[str, Any]
 ) -> AsyncIterator[System]:
     """Risk and position running against the simulator, with a VALID hot state for BTCUSDT."""
-    settings = Settings(
-        nats_url=nats_url,
-        pg_dsn=infra.pg_dsn,
-        venue_rest_url=venue_url,
-        venue_ws_url=venue_url.replace("http://", "ws://"),
-        symbols=(SYMBOL, "ETHUSDT"),
-        max_position_qty="1",
-        max_order_notional="1000000",
-        **settings_overrides,
-    )
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "pg_dsn": infra.pg_dsn,
+        "venue_rest_url": venue_url,
+        "venue_ws_url": venue_url.replace("http://", "ws://"),
+        "symbols": (SYMBOL, "ETHUSDT"),
+        "max_position_qty": "1",
+        "max_order_notional": "1000000",
+    }
+    overrides = {key: value(venue_url) if callable(value) else value for key, value in settings_overrides.items()}
+    settings = Settings(**{**base, **overrides})
     bus = Bus("test")
     await bus.connect(nats_url)
     await bus.ensure_streams()

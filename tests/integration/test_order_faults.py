@@ -14,6 +14,7 @@ import pytest
 
 from libs.binance.client import BinanceRestClient
 from libs.ratelimit import RateBudget, SharedBans
+from libs.runtime.infra import free_port
 from proto import subjects
 from proto.codec import decode
 from proto.messages import DeadLettered, OrderApproved
@@ -183,6 +184,39 @@ async def test_venue_outage_when_orders_arrive_then_pending_and_sent_once_after_
     assert position["quantity"] == Decimal("0.02")
     alerts = {alert["key"] for alert in await _alerts(system)}
     assert f"venue-order-link:{VENUE}" in alerts
+
+
+_DEAD = f"127.0.0.1:{free_port()}"  # nothing listens here: connections are refused
+BACKUP = {
+    **FAST,
+    "venue_rest_url": f"http://{_DEAD}",
+    "venue_ws_url": f"ws://{_DEAD}",
+    "venue_rest_alternates": lambda url: (url,),
+    "venue_ws_alternates": lambda url: (url.replace("http://", "ws://"),),
+}
+
+
+@pytest.mark.parametrize("settings_overrides", [BACKUP])
+async def test_backup_endpoint_when_main_unreachable_then_orders_and_user_stream_go_through_it(system: System) -> None:
+    """FM-N4/N6: the position service's main venue endpoint refuses connections from the start; the
+    configured backup endpoint carries its reconciliation, its orders (exactly once) and its
+    user-data stream. Nothing is sent twice: a refused connection carries no request."""
+    heartbeats: list[dict[str, Any]] = []
+
+    async def on_heartbeat(message: Any) -> None:
+        heartbeats.append(msgspec.json.decode(message.data))
+
+    await system.bus.subscribe_core(subjects.heartbeat(subjects.POSITION), on_heartbeat)
+
+    async def stream_up() -> bool:
+        return any(beat.get("details", {}).get("user_stream") for beat in heartbeats)
+
+    await eventually(stream_up, 30)
+    order = market_order("backup-endpoint")
+    await submit(system.bus, order)
+    await wait_status(system.pool, order.client_order_id, "FILLED", timeout_s=15)
+    state = await assert_venue_matches_system(system.pool, system.venue_url)
+    assert len([o for o in state["orders"] if o["client_order_id"] == order.client_order_id]) == 1
 
 
 @pytest.mark.parametrize("settings_overrides", [{**FAST, "countdown_cancel_s": 3.0, "countdown_refresh_s": 0.5}])

@@ -4,6 +4,8 @@ invariant → HARD_SHUTDOWN path."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,7 +29,7 @@ from proto.messages import (
     OrderFilled,
     SubmitOrder,
 )
-from services.position.adapters import VenueLink
+from services.position.adapters import UserStreamClosed, VenueLink
 from services.position.handlers import PositionService
 
 S = 1_000_000_000
@@ -321,3 +323,40 @@ async def test_poll_when_venue_fails_then_one_request_per_poll_whatever_the_symb
     with pytest.raises(VenueError):
         await svc.poll_once()
     assert venue.open_orders_symbols == ["BTCUSDT"]  # the venue breaker counts one failure per poll
+
+
+async def test_user_stream_when_main_endpoint_refuses_then_alternate_used_and_reconciliation_asked() -> None:
+    """FM-N4/N6 for the user-data stream: a connection to the main endpoint that never opens moves
+    the stream to the configured alternate; opening there asks for a reconciliation (updates may
+    have been missed) and its fills are applied."""
+    venue = FakeVenue(place_order=[{"orderId": 7, "status": "NEW", "executedQty": "0"}])
+
+    async def new_listen_key() -> str:
+        return "key"
+
+    venue.new_listen_key = new_listen_key  # type: ignore[attr-defined]
+    svc = service(venue, FakeBus())
+    await svc.on_approved(approved("c"), DELIVERY)
+    tried: list[str] = []
+    opened = asyncio.Event()
+
+    async def stream(ws_base: str, listen_key: str, on_open: Callable[[], Any]) -> Any:
+        tried.append(ws_base)
+        if ws_base == "ws://main":
+            raise UserStreamClosed("ClientConnectorError: connection refused")
+        await on_open()
+        update = {"c": "bw-c", "i": 7, "x": "TRADE", "X": "FILLED", "t": 1, "l": "0.01", "L": "100", "z": "0.01"}
+        yield {"e": "ORDER_TRADE_UPDATE", "o": update}
+        opened.set()
+        await asyncio.Event().wait()  # stays up
+
+    task = asyncio.create_task(svc.user_stream_forever(["ws://main", "ws://backup"], stream))
+    try:
+        await asyncio.wait_for(opened.wait(), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert tried == ["ws://main", "ws://backup"]
+    assert svc.user_stream_up and not svc.reconciled, "an opened stream must ask for a reconciliation"
+    assert svc.orders["bw-c"].status == OrderStatus.FILLED
