@@ -149,7 +149,9 @@ async def test_cb1_when_session_loses_over_10_percent_in_smaller_trades_then_hal
     # (0.025), and three of them pass the 10 % session limit (0.05) before 5 losses in a row.
     for _ in range(4):
         losses.append(await losing_round_trip(api, "ETHUSDT", Decimal("0.45"), ticks=4))
-        if (await api.breaker("CB-1")).get("state") == "OPEN":
+        # Risk books the PnL a moment after the venue: stop once the session is past the limit,
+        # not only once the breaker shows it (the next entry would be DENIED meanwhile).
+        if -sum(losses) > CAPITAL * Decimal("0.10") or (await api.breaker("CB-1")).get("state") == "OPEN":
             break
     record = await api.wait_breaker("CB-1", "OPEN", 15)
     assert "session loss" in record["reason"], (record, losses)
@@ -165,7 +167,8 @@ async def test_cb1_when_five_losing_trades_in_a_row_then_halted(api: Api) -> Non
     results: list[Decimal] = []
     for _ in range(10):
         results.append(await losing_round_trip(api, "ETHUSDT", Decimal("0.01"), ticks=2))
-        if (await api.breaker("CB-1")).get("state") == "OPEN":
+        five_lost = len(results) >= 5 and all(result < 0 for result in results[-5:])
+        if five_lost or (await api.breaker("CB-1")).get("state") == "OPEN":
             break
     record = await api.wait_breaker("CB-1", "OPEN", 15)
     assert "5 consecutive losing trades" in record["reason"], (record, results)
