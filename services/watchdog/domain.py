@@ -278,7 +278,7 @@ LINK_RULES: dict[str, tuple[DegradationLevel, Health, AlertSeverity | None, str]
         AlertSeverity.P2,
         "disconnected, reconnecting",
     ),
-    ConnectionState.SUSPECT: (DegradationLevel.NORMAL, Health.YELLOW, None, "suspect (missed pongs)"),
+    ConnectionState.SUSPECT: (DegradationLevel.NORMAL, Health.YELLOW, None, "suspect: data not yet trusted"),
 }
 """Link state -> (level, health, severity, what it means)."""
 
