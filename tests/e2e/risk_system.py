@@ -205,7 +205,8 @@ async def losing_round_trip(
 
     `push_after_s`: when the market has not moved past the exit by then, the synthetic market is
     moved against the position (`price_shift`, a few ticks past the exit) so the trade surely loses
-    at least `ticks` ticks (possibly more, if the exit then closes at market).
+    at least `ticks` ticks (possibly more, if the exit then closes at market); when the resting
+    exit has not filled that long after it was placed, the market is moved back through it.
 
     Returns:
         The realized PnL of the round trip as the venue booked it.
@@ -247,6 +248,13 @@ async def losing_round_trip(
     )
     assert closed["status"] not in ("DENIED", "REJECTED"), closed
     coids = [opened["client_order_id"], closed["client_order_id"]]
+    if push_after_s is not None:
+        # The market is past the exit; a random walk may take long to come back to it: move it back
+        # through the resting exit, which then fills at its own price.
+        try:
+            await api.venue_filled(closed["client_order_id"], timeout_s=push_after_s)
+        except AssertionError:
+            await _push_market(api, symbol, "up" if long else "down", exit_price, entry)
     try:
         await api.venue_filled(closed["client_order_id"], timeout_s=fill_wait_s)
     except AssertionError:

@@ -571,44 +571,48 @@ async def test_clock_offset_when_venue_clock_apart_then_alert_over_1s_halt_over_
     back in line resolves both alerts and the link, but trading stays HALTED until an operator
     resumes it (fail closed: a halt is never lifted by the condition that caused it going away)."""
     key = f"md.clock_offset.{VENUE}"
-    drift = await api.inject(kind="clock_skew", params={"offset_ms": 2_500})
-    await api.wait_alert(drift.start_ns, key)
-    status = await api.status()
-    assert status["trading_state"] == "ACTIVE", "an offset between 1 s and 5 s only alerts"
-    assert key + ".halt" not in await api.open_alert_keys()
-    await api.lift(drift)
+    try:
+        drift = await api.inject(kind="clock_skew", params={"offset_ms": 2_500})
+        await api.wait_alert(drift.start_ns, key)
+        status = await api.status()
+        assert status["trading_state"] == "ACTIVE", "an offset between 1 s and 5 s only alerts"
+        assert key + ".halt" not in await api.open_alert_keys()
+        await api.lift(drift)
 
-    skew = await api.inject(kind="clock_skew", params={"offset_ms": -7_000})
-    await api.wait_alert(skew.start_ns, key + ".halt")
+        skew = await api.inject(kind="clock_skew", params={"offset_ms": -7_000})
+        await api.wait_alert(skew.start_ns, key + ".halt")
 
-    async def halt() -> dict[str, Any] | None:
-        changes = await api.events("TradingStateChanged", skew.start_ns)
-        return next((e for e in changes if e["payload"]["current"] == "HALTED"), None)
+        async def halt() -> dict[str, Any] | None:
+            changes = await api.events("TradingStateChanged", skew.start_ns)
+            return next((e for e in changes if e["payload"]["current"] == "HALTED"), None)
 
-    halted = await eventually(halt, 20)
-    assert "clock offset" in halted["payload"]["reason"], halted
-    await api.wait_link(skew.start_ns, ("DEGRADED",))
-    answer = await api.entry()
-    assert answer["status"] == "DENIED" and "HALTED" in (answer.get("reason") or ""), answer
+        halted = await eventually(halt, 20)
+        assert "clock offset" in halted["payload"]["reason"], halted
+        await api.wait_link(skew.start_ns, ("DEGRADED",))
+        answer = await api.entry()
+        assert answer["status"] == "DENIED" and "HALTED" in (answer.get("reason") or ""), answer
 
-    async def reduced() -> bool:
-        return (await api.status())["degradation_level"] == "REDUCED_FUNCTIONALITY"
+        async def reduced() -> bool:
+            return (await api.status())["degradation_level"] == "REDUCED_FUNCTIONALITY"
 
-    await eventually(reduced, 10)  # the watchdog's view of the DEGRADED link: no positions closed
+        await eventually(reduced, 10)  # the watchdog's view of the DEGRADED link: no positions closed
 
-    lifted_ns = await api.lift(skew)
-    await api.wait_link(lifted_ns, ("CONNECTED",), timeout_s=30)
+        lifted_ns = await api.lift(skew)
+        await api.wait_link(lifted_ns, ("CONNECTED",), timeout_s=30)
 
-    async def resolved() -> bool:
-        return not {key, key + ".halt"} & await api.open_alert_keys()
+        async def resolved() -> bool:
+            return not {key, key + ".halt"} & await api.open_alert_keys()
 
-    await eventually(resolved, 20)
-    assert (await api.status())["trading_state"] == "HALTED", "the clock coming back must not resume trading"
-    levels = [e["payload"]["current"] for e in await api.events("DegradationLevelChanged", skew.start_ns)]
-    assert "EMERGENCY_MODE" not in levels, f"a clock offset must not close positions (FM-D3 halts): {levels}"
-    resumed = await api.control("/v1/trading/resume", "e2e: clock back in line")
-    assert resumed.status_code == 200, resumed.text
-    assert (await api.status())["trading_state"] == "ACTIVE"
+        await eventually(resolved, 20)
+        assert (await api.status())["trading_state"] == "HALTED", "the clock coming back must not resume trading"
+        levels = [e["payload"]["current"] for e in await api.events("DegradationLevelChanged", skew.start_ns)]
+        assert "EMERGENCY_MODE" not in levels, f"a clock offset must not close positions (FM-D3 halts): {levels}"
+        resumed = await api.control("/v1/trading/resume", "e2e: clock back in line")
+        assert resumed.status_code == 200, resumed.text
+        assert (await api.status())["trading_state"] == "ACTIVE"
+    finally:
+        if (await api.status())["trading_state"] == "HALTED":  # the next test starts ACTIVE
+            await api.control("/v1/trading/resume", "e2e: clock test cleanup")
 
 
 @pytest.mark.slow
