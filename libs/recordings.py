@@ -44,6 +44,25 @@ SPOT = "spot"
 """Market kinds of a recording: Binance USD-M futures or spot (different depth chaining)."""
 
 
+DEFAULT_RECORDINGS = ("usdm_btcusdt_20240808.gz", "usdm_ethusdt_20240808.gz")
+"""What the venue simulator replays when it is given no source (in `../shared/data/binance`)."""
+
+
+def project_root() -> Path:
+    """The directory holding pyproject.toml, found from this module's path."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    return here.parents[1]
+
+
+def default_recordings() -> list[Path]:
+    """The default replay files (may not exist)."""
+    data = project_root().parent / "shared" / "data" / "binance"
+    return [data / name for name in DEFAULT_RECORDINGS]
+
+
 class RecordingError(ValueError):
     """A recording line cannot be understood."""
 

@@ -150,15 +150,14 @@ def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple
     Raises:
         ValueError: the recordings cannot be replayed with these symbols.
     """
-    if source is None:
-        from services.venue_sim.main import default_recordings
+    from libs import recordings
 
-        defaults = default_recordings()  # what the simulator replays when given no source
+    if source is None:
+        defaults = recordings.default_recordings()  # what the simulator replays when given no source
         if all(path.is_file() for path in defaults):
             source = "replay:" + ",".join(str(path) for path in defaults)
     if source is None or not source.startswith("replay:"):
         return requested or DEFAULT_SYMBOLS, {}
-    from libs import recordings
     from libs.binance.client import DEFAULT_SPOT_VENUE
 
     try:

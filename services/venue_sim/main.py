@@ -26,6 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.logging import get_logger
+from libs.recordings import default_recordings
 from services.venue_sim.adapters import (
     DEFAULT_CASCADE_PROBABILITY,
     SPOT,
@@ -39,23 +40,7 @@ from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, Ord
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
 
-DEFAULT_RECORDINGS = ("usdm_btcusdt_20240808.gz", "usdm_ethusdt_20240808.gz")
 log = get_logger("venue-sim")
-
-
-def project_root() -> Path:
-    """The directory holding pyproject.toml, found from this module's path."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").exists():
-            return parent
-    return here.parents[2]
-
-
-def default_recordings() -> list[Path]:
-    """The default replay files (may not exist)."""
-    data = project_root().parent / "shared" / "data" / "binance"
-    return [data / name for name in DEFAULT_RECORDINGS]
 
 
 def parse_probability(raw: str) -> float:
