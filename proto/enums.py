@@ -25,8 +25,8 @@ class Health(StrEnum):
 
 
 class LinkDegradeCause(StrEnum):
-    """Why market-data's stream link is DEGRADED while it is connected. The `LinkStateChanged`
-    reason then reads `<cause>: <detail>`, several joined by `; `; the watchdog weighs them."""
+    """Why market-data's stream link is DEGRADED while it is connected (`LinkStateChanged.causes`,
+    KV `link.<venue>.market-ws` field `causes`); the watchdog weighs them."""
 
     CORRUPTION = "corrupt messages"
     CLOCK = "clock offset"

@@ -129,6 +129,8 @@ class LinkStateChanged(Message, frozen=True, tag=True):
     current: ConnectionState
     reason: str
     symbols: list[str] = []
+    causes: list[str] = []
+    """Why a connected link is DEGRADED (`LinkDegradeCause` values, sorted); empty otherwise."""
 
 
 # --------------------------------------------------------------------------- hot state

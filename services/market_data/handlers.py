@@ -210,8 +210,8 @@ class MarketDataService:
         self.bad_frames = 0
         self.frames = 0
         self.ws_endpoints = EndpointRotation(list(ws_urls) or [""])
-        self._degrade_causes = ""
-        """The causes of the DEGRADED stream link last published ("" when not degraded while connected)."""
+        self._link_causes: dict[str, tuple[str, ...]] = {}
+        """Per link, the degradation causes last published with its state."""
         self.return_probe = domain.ReturnProbe()
         self.early_reconnects = 0
         """Reconnect waits cut short because the venue answered a REST probe (heartbeat details)."""
@@ -434,21 +434,30 @@ class MarketDataService:
 
     # ------------------------------------------------------------------ links
 
-    async def _set_link(self, link: str, state: ConnectionState, reason: str, *, again: bool = False) -> None:
-        """Publish a link's new state (`again`: also when only its reason changed)."""
+    async def _set_link(self, link: str, state: ConnectionState, reason: str, *, causes: tuple[str, ...] = ()) -> None:
+        """Publish a link's state when it, or the causes of its degradation, changed (the watchdog
+        weighs the causes: the clock alone halts trading; corruption on top of it is EMERGENCY_MODE)."""
         current = self.link_state if link == MARKET_WS_LINK else self.rest_link_state
-        if (state == current and not again) or self._closed:
+        if (state == current and causes == self._link_causes.get(link, ())) or self._closed:
             return
         if link == MARKET_WS_LINK:
             self.link_state = state
         else:
             self.rest_link_state = state
+        self._link_causes[link] = causes
         self.log.info("link_state_changed", link=link, previous=current, current=state, reason=reason)
         event = LinkStateChanged(
-            venue=self.venue, link=link, previous=current, current=state, reason=reason, symbols=list(self.symbols)
+            venue=self.venue,
+            link=link,
+            previous=current,
+            current=state,
+            reason=reason,
+            symbols=list(self.symbols),
+            causes=list(causes),
         )
         await self._kv(
-            subjects.key_link(self.venue, link), {"state": state.value, "reason": reason, "ts_ns": event.ts_event_ns}
+            subjects.key_link(self.venue, link),
+            {"state": state.value, "reason": reason, "causes": list(causes), "ts_ns": event.ts_event_ns},
         )
         await self._emit([event])
 
@@ -460,17 +469,13 @@ class MarketDataService:
             clean=self.clean_window.is_clean(self._clock_ns()),
             degraded_reasons=self._degraded,
         )
-        causes = ""
+        causes: tuple[str, ...] = ()
         if state == ConnectionState.DEGRADED and self._degraded and self._connected:
             reason = "; ".join(f"{name}: {detail}" for name, detail in self._degraded.items())
-            causes = ",".join(sorted(self._degraded))
+            causes = tuple(sorted(self._degraded))
         elif state == ConnectionState.CONNECTED and self.link_state == ConnectionState.SUSPECT:
             reason = "clean window passed"
-        # A DEGRADED link whose causes changed is published again: the watchdog weighs the causes
-        # (the clock alone halts trading; corruption on top of it is EMERGENCY_MODE).
-        again = state == self.link_state == ConnectionState.DEGRADED and causes != self._degrade_causes
-        self._degrade_causes = causes
-        await self._set_link(MARKET_WS_LINK, state, reason, again=again)
+        await self._set_link(MARKET_WS_LINK, state, reason, causes=causes)
 
     async def _degrade(self, name: str, detail: str) -> None:
         self._degraded[name] = detail

@@ -99,10 +99,8 @@ class LinkObservation:
     name: str
     state: str
     reason: str = ""
-
-    def degrade_causes(self) -> frozenset[str]:
-        """The causes named in a connected-but-DEGRADED link's reason (`<cause>: <detail>; ...`)."""
-        return frozenset(part.split(":", 1)[0].strip() for part in self.reason.split(";") if ":" in part)
+    causes: frozenset[str] = frozenset()
+    """Why a connected link is DEGRADED (`LinkDegradeCause` values, `LinkStateChanged.causes`)."""
 
 
 @dataclass(frozen=True)
@@ -309,7 +307,7 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
     for link in facts.links:
         kind = link.name.rsplit(".", 1)[-1]
         rule = LINK_KIND_RULES.get((kind, link.state)) or LINK_RULES.get(link.state)
-        if link.state == ConnectionState.DEGRADED and link.degrade_causes() == {LinkDegradeCause.CLOCK}:
+        if link.state == ConnectionState.DEGRADED and link.causes == {LinkDegradeCause.CLOCK}:
             rule = CLOCK_ONLY_RULE
         if rule is not None:
             level, health, severity, meaning = rule

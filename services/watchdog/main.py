@@ -59,19 +59,35 @@ def expected_components(settings: Settings) -> tuple[str, ...]:
     return (*subjects.CORE_COMPONENTS, *(subjects.strategy_component(name) for name in settings.strategies))
 
 
-async def _read_kv_value(ctx: ServiceContext, key: str, field: str) -> tuple[str | None, int | None]:
-    """(value[field], revision) of a JSON KV entry; (None, None) when never set."""
+async def _read_kv_record(ctx: ServiceContext, key: str) -> tuple[dict[str, Any], int | None]:
+    """(the JSON object, revision) of a KV entry; ({}, None) when never set, {} when unreadable."""
     entry = await ctx.bus.kv_get(key)
     if entry is None:
-        return None, None
+        return {}, None
     raw, revision = entry
     try:
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         ctx.log.warning("kv_value_unreadable", key=key)
-        return None, revision
-    found = value.get(field) if isinstance(value, dict) else None
+        return {}, revision
+    return (value if isinstance(value, dict) else {}), revision
+
+
+async def _read_kv_value(ctx: ServiceContext, key: str, field: str) -> tuple[str | None, int | None]:
+    """(value[field], revision) of a JSON KV entry; (None, None) when never set."""
+    record, revision = await _read_kv_record(ctx, key)
+    found = record.get(field)
     return (found if isinstance(found, str) else None), revision
+
+
+def link_observation(name: str, state: str, reason: Any, causes: Any) -> LinkObservation:
+    """A link's state as the evaluator sees it, from an event or a KV record (fields may be missing)."""
+    return LinkObservation(
+        name,
+        state,
+        reason if isinstance(reason, str) else "",
+        frozenset(str(cause) for cause in causes) if isinstance(causes, list) else frozenset(),
+    )
 
 
 def thresholds_from(settings: Settings) -> Thresholds:
@@ -91,8 +107,8 @@ class Observer:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self.links: dict[str, tuple[str, str]] = {}
-        """`<venue>.<link>` -> (state, reason)."""
+        self.links: dict[str, LinkObservation] = {}
+        """`<venue>.<link>` -> its last known state."""
         self.latency = LatencyWindow(size=60)
 
     async def start(self) -> None:
@@ -100,10 +116,12 @@ class Observer:
             kv = await self._ctx.bus.kv()
             for key in await kv.keys():
                 if key.startswith("link."):
-                    state, _ = await _read_kv_value(self._ctx, key, "state")
-                    reason, _ = await _read_kv_value(self._ctx, key, "reason")
-                    if state is not None:
-                        self.links[key.removeprefix("link.")] = (state, reason or "")
+                    record, _ = await _read_kv_record(self._ctx, key)
+                    name = key.removeprefix("link.")
+                    if isinstance(record.get("state"), str):
+                        self.links[name] = link_observation(
+                            name, record["state"], record.get("reason"), record.get("causes")
+                        )
         except NoKeysError:
             pass
 
@@ -113,7 +131,8 @@ class Observer:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._ctx.log.warning("link_event_invalid", subject=msg.subject, error=str(exc)[:200])
                 return
-            self.links[f"{event.venue}.{event.link}"] = (event.current.value, event.reason)
+            name = f"{event.venue}.{event.link}"
+            self.links[name] = link_observation(name, event.current.value, event.reason, event.causes)
 
         await self._ctx.bus.subscribe_core("evt.link.>", on_link)
 
@@ -152,7 +171,7 @@ class Observer:
         return found
 
     def link_observations(self) -> list[LinkObservation]:
-        return [LinkObservation(name, state, reason) for name, (state, reason) in sorted(self.links.items())]
+        return [self.links[name] for name in sorted(self.links)]
 
     def latencies(self, views: dict[str, Any]) -> list[LatencyObservation]:
         own = self.latency.observation(f"{subjects.STATE_BUILDER}-query")

@@ -328,6 +328,8 @@ async def test_degraded_link_when_its_causes_change_then_published_again_with_al
         (ConnectionState.DEGRADED, ConnectionState.DEGRADED, "clock offset: 6000 ms; corrupt messages: 6.0 %"),
         (ConnectionState.DEGRADED, ConnectionState.DEGRADED, "corrupt messages: 7.0 %"),
     ]
+    causes = [e.causes for e in of(published, LinkStateChanged) if e.link == "market-ws"]
+    assert causes == [["clock offset"], ["clock offset", "corrupt messages"], ["corrupt messages"]]
 
 
 async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fails_fast() -> None:

@@ -501,18 +501,24 @@ def test_webhook_payloads_when_raised_and_resolved_then_slack_and_pagerduty_shap
 
 
 @pytest.mark.parametrize(
-    ("reason", "level"),
+    ("reason", "causes", "level"),
     [
         # FM-D3: the clock alone halts trading (market-data asks risk); it does not close positions.
-        ("clock offset: -7000 ms", DegradationLevel.REDUCED_FUNCTIONALITY),
-        ("corrupt messages: 6.1 %", DegradationLevel.EMERGENCY_MODE),
-        ("corrupt messages: 6.1 %; clock offset: 7000 ms", DegradationLevel.EMERGENCY_MODE),
-        ("connect failed: refused", DegradationLevel.EMERGENCY_MODE),
-        ("", DegradationLevel.EMERGENCY_MODE),
+        ("clock offset: -7000 ms", {"clock offset"}, DegradationLevel.REDUCED_FUNCTIONALITY),
+        ("corrupt messages: 6.1 %", {"corrupt messages"}, DegradationLevel.EMERGENCY_MODE),
+        (
+            "corrupt messages: 6.1 %; clock offset: 7000 ms",
+            {"corrupt messages", "clock offset"},
+            DegradationLevel.EMERGENCY_MODE,
+        ),
+        ("connect failed: refused", set(), DegradationLevel.EMERGENCY_MODE),
+        ("", set(), DegradationLevel.EMERGENCY_MODE),
     ],
 )
-def test_evaluate_when_stream_degraded_then_level_follows_its_causes(reason: str, level: DegradationLevel) -> None:
-    link = LinkObservation("binance-usdm.market-ws", "DEGRADED", reason)
+def test_evaluate_when_stream_degraded_then_level_follows_its_causes(
+    reason: str, causes: set[str], level: DegradationLevel
+) -> None:
+    link = LinkObservation("binance-usdm.market-ws", "DEGRADED", reason, frozenset(causes))
     evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[link])
 
     assert evaluation.level == level
