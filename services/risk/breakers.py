@@ -295,6 +295,11 @@ class TradeTracker:
         book.trade = _OpenTrade(strategy, ts_ns) if flipped else None
         return TradeUpdate(symbol, delta, trade.pnl, closed)
 
+    def owner(self, symbol: str) -> str | None:
+        """The strategy of the symbol's open trade; None when flat, unknown or not a strategy's."""
+        book = self._books.get(symbol)
+        return book.trade.strategy if book is not None and book.trade is not None else None
+
     def to_state(self) -> list[TradeBookState]:
         """Every symbol's position, realized PnL and open trade, for a snapshot (SPEC §8)."""
         return [

@@ -194,6 +194,7 @@ def check_order(
     confidence: Decimal | None = None,
     recent_strategy_orders: int = 0,
     entries_halted: str | None = None,
+    holders: frozenset[str] = frozenset(),
 ) -> Decision:
     """Run every pre-trade check in order; the first failure is the denial reason.
 
@@ -213,6 +214,10 @@ def check_order(
         recent_strategy_orders: exposure-adding orders of the order's strategy approved in the last minute.
         entries_halted: why trading is HALTED for new entries by a lost dependency (state-builder
             dead, bus lost: FM-C1, FM-C6), None when it is not; exits and stops still pass.
+        holders: who holds the symbol: the owner of its open position and of every entry in
+            flight (`order_holder` names). A strategy enters only a symbol nobody else holds: the
+            venue keeps one position per symbol, so a second owner's entry would merge into the
+            first's position and either's exit would close both.
     """
     if order.symbol not in limits.symbols:
         return Decision(False, f"unknown symbol {order.symbol}")
@@ -237,6 +242,13 @@ def check_order(
             return Decision(False, f"strategy {order.strategy} disabled (CB-3): {strategy_disabled}")
         if order.source == OrderSource.STRATEGY and recent_strategy_orders >= limits.max_orders_per_minute:
             return Decision(False, f"strategy {order.strategy} above {limits.max_orders_per_minute} orders per minute")
+        others = holders - {order_holder(order)}
+        if order.source == OrderSource.STRATEGY and others:
+            return Decision(
+                False,
+                f"{order.symbol} is held by {', '.join(sorted(others))}: "
+                "a strategy enters only a symbol no one else holds (one position per symbol)",
+            )
     if hot_state != HotStateStatus.VALID and not reducing:
         status = hot_state.value if hot_state is not None else "UNKNOWN"
         return Decision(False, f"hot state of {order.symbol} is {status}, not VALID")
@@ -291,6 +303,18 @@ def parse_degradation_level(raw: bytes | None) -> DegradationLevel | None:
 # --------------------------------------------------------------------------- pending exposure
 
 
+def order_holder(order: SubmitOrder) -> str:
+    """Who an order trades for: its strategy's name, else its source (`operator`, `risk`, `external`)."""
+    if order.source == OrderSource.STRATEGY and order.strategy:
+        return order.strategy
+    return order.source.value.lower()
+
+
+UNATTRIBUTED = "a position not opened by a strategy"
+"""The holder of an open position without a known strategy (opened by an operator, or before what
+risk remembers)."""
+
+
 @dataclass
 class _Pending:
     symbol: str
@@ -298,6 +322,7 @@ class _Pending:
     quantity: Decimal
     filled: Decimal = Decimal(0)
     reduce_only: bool = False
+    holder: str | None = None
 
 
 class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
@@ -309,6 +334,7 @@ class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
     quantity: Decimal
     filled: Decimal = Decimal(0)
     reduce_only: bool = False
+    holder: str | None = None  # `order_holder`; None in snapshots written before it was kept
 
 
 class PendingExposure:
@@ -319,7 +345,10 @@ class PendingExposure:
 
     def add(self, order: SubmitOrder) -> None:
         self._orders.setdefault(
-            order.client_order_id, _Pending(order.symbol, order.side, order.quantity, reduce_only=order.reduce_only)
+            order.client_order_id,
+            _Pending(
+                order.symbol, order.side, order.quantity, reduce_only=order.reduce_only, holder=order_holder(order)
+            ),
         )
 
     def on_fill(self, client_order_id: str, cumulative_quantity: Decimal) -> None:
@@ -352,6 +381,14 @@ class PendingExposure:
         """Client order ids of pending orders that could add exposure (not reduce-only)."""
         return [coid for coid, pending in self._orders.items() if not pending.reduce_only]
 
+    def entry_holders(self, symbol: str) -> set[str]:
+        """Who has an entry (an order that could add exposure) in flight in `symbol`."""
+        return {
+            pending.holder or UNATTRIBUTED
+            for pending in self._orders.values()
+            if pending.symbol == symbol and not pending.reduce_only
+        }
+
     def __len__(self) -> int:
         return len(self._orders)
 
@@ -365,6 +402,7 @@ class PendingExposure:
                 quantity=item.quantity,
                 filled=item.filled,
                 reduce_only=item.reduce_only,
+                holder=item.holder,
             )
             for coid, item in self._orders.items()
         ]
@@ -378,7 +416,12 @@ class PendingExposure:
             if item.client_order_id in pending._orders or (item.filled and item.filled >= item.quantity):
                 continue
             pending._orders[item.client_order_id] = _Pending(
-                item.symbol, item.side, item.quantity, filled=item.filled, reduce_only=item.reduce_only
+                item.symbol,
+                item.side,
+                item.quantity,
+                filled=item.filled,
+                reduce_only=item.reduce_only,
+                holder=item.holder,
             )
         return pending
 

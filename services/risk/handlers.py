@@ -76,6 +76,7 @@ from .breakers import (
     TradeTracker,
 )
 from .domain import (
+    UNATTRIBUTED,
     InvalidTransition,
     OrderRateWindow,
     PendingExposure,
@@ -754,6 +755,13 @@ class RiskService:
                 disabled = strategy.record.reason
         return state, paused, disabled
 
+    def _holders(self, symbol: str, position: Decimal) -> frozenset[str]:
+        """Who holds `symbol`: its open position's owner and the owners of entries in flight."""
+        holders = self.pending.entry_holders(symbol)
+        if position != 0:
+            holders.add(self.trades.owner(symbol) or UNATTRIBUTED)
+        return frozenset(holders)
+
     async def decide(self, order: SubmitOrder, confidence: Decimal | None = None) -> OrderApproved | OrderDenied | None:
         """Check an order and publish its decision (None when it was already decided)."""
         async with self._decide_lock:
@@ -789,6 +797,7 @@ class RiskService:
                 confidence=confidence,
                 recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
                 entries_halted=entries_halted,
+                holders=self._holders(order.symbol, position),
             )
             venue = order.venue or self.venue
             coid = order.client_order_id

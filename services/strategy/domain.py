@@ -253,6 +253,8 @@ class Strategy:
         self.state = state
         self.symbol: str | None = None
         self.entry: Entry | None = None
+        self.entry_order: str | None = None
+        """Client order id of the engagement's entry, once the signal is out (None: not known)."""
         self.state_since_ns = 0
         self.last_entry_ns: int | None = None
         self.positions: dict[str, Decimal] = {}
@@ -272,6 +274,7 @@ class Strategy:
         if self.state not in ENGAGED_STATES:
             self.symbol = None
             self.entry = None
+            self.entry_order = None
         if self.state == previous:
             return []
         return [Transition(previous, self.state, reason)]
@@ -333,13 +336,20 @@ class Strategy:
         self.observe_open_interest(symbol, ts_ns, open_interest)
         return []
 
-    def on_position(self, symbol: str, quantity: Decimal, now_ns: int) -> list[Action]:
-        """A position update of a symbol (account-wide)."""
+    def on_position(self, symbol: str, quantity: Decimal, now_ns: int, caused_by: str | None = None) -> list[Action]:
+        """A position update of a symbol (account-wide); `caused_by` the client order id behind it.
+
+        In SETUP only the strategy's own entry opens its engagement: a position another order
+        opened (another strategy, an operator) is not its to manage or to exit. An unknown cause
+        (a reconciliation correction, a restart) is taken as its entry's.
+        """
         self.check_crash_hook("position")
         self.positions[symbol] = quantity
         if symbol != self.symbol:
             return []
         if self.state == St.SETUP and quantity != 0:
+            if caused_by is not None and self.entry_order is not None and caused_by != self.entry_order:
+                return []
             return self._move(StrategyTrigger.POSITION_OPENED, now_ns, f"position {quantity} {symbol}")
         if self.state in (St.IN_POSITION, St.EXITING) and quantity == 0:
             return self._move(StrategyTrigger.POSITION_CLOSED, now_ns, f"{symbol} flat")

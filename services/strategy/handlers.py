@@ -28,6 +28,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
+from libs.ids import client_order_id_for
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper, StreamLog
@@ -218,6 +219,8 @@ class StrategyRunner:
                     await self.bus.publish(
                         subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id
                     )
+                    if not action.reduce_only:
+                        self.strategy.entry_order = client_order_id_for(signal.message_id)
                     self.log.info(
                         "signal_generated",
                         strategy=self.name,
@@ -290,6 +293,7 @@ class StrategyRunner:
             if restored is not None and restored.state == persisted and restored.symbol == self.strategy.symbol:
                 # A clean restart whose snapshot agrees with KV: carry on where it stopped (SPEC §8).
                 self.strategy.entry = restored.entry if persisted in ENGAGED_STATES else None
+                self.strategy.entry_order = restored.entry_order if persisted in ENGAGED_STATES else None
                 self.strategy.state_since_ns = restored.state_since_ns
                 self.log.info(
                     "strategy_restored",
@@ -608,7 +612,12 @@ class StrategyRunner:
                     described, lambda: self.strategy.on_open_interest(message.symbol, now, message.open_interest)
                 )
             case PositionChanged() if message.venue == self.venue:
-                await self._guarded(described, lambda: self.strategy.on_position(message.symbol, message.quantity, now))
+                await self._guarded(
+                    described,
+                    lambda: self.strategy.on_position(
+                        message.symbol, message.quantity, now, message.caused_by_client_order_id
+                    ),
+                )
             case LinkStateChanged() if message.venue == self.venue and message.previous != message.current:
                 # Every change, a (re)connection of a restarted market-data included: data had a gap.
                 affected = list(message.symbols) or None

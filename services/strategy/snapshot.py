@@ -78,6 +78,7 @@ class StrategySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     state: StrategyState
     symbol: str | None = None
     entry: Entry | None = None
+    entry_order: str | None = None
     state_since_ns: int = 0
     last_entry_ns: int | None = None
     positions: dict[str, Decimal] = {}
@@ -144,6 +145,7 @@ def capture(strategy: Strategy, kind: str, md_seq: int, now_ns: int) -> Strategy
         state=strategy.state,
         symbol=strategy.symbol,
         entry=strategy.entry,
+        entry_order=strategy.entry_order,
         state_since_ns=strategy.state_since_ns,
         last_entry_ns=strategy.last_entry_ns,
         positions=dict(strategy.positions),
@@ -158,6 +160,7 @@ def restore(strategy: Strategy, snapshot: StrategySnapshot) -> None:
     strategy.state = snapshot.state
     strategy.symbol = snapshot.symbol
     strategy.entry = snapshot.entry
+    strategy.entry_order = snapshot.entry_order
     strategy.state_since_ns = snapshot.state_since_ns
     strategy.last_entry_ns = snapshot.last_entry_ns
     strategy.positions = dict(snapshot.positions)

@@ -1,4 +1,5 @@
-"""The risk service on a real nats-server: circuit breakers, their reset, and degradation effects.
+"""The risk service on a real nats-server: circuit breakers, their reset, degradation effects, and
+one holder per symbol among strategies.
 
 Risk runs in-process through `run_service`, exactly as its main would; the test plays the position
 service, market data and the watchdog by publishing their events on the bus.
@@ -38,6 +39,7 @@ from proto.messages import (
     MarkPrice,
     OrderApproved,
     OrderDenied,
+    OrderFilled,
     PositionChanged,
     SignalGenerated,
     SubmitOrder,
@@ -99,6 +101,35 @@ class Harness:
             ),
         )
 
+    async def signal(self, strategy: str, side: Side = Side.BUY, reduce_only: bool = False) -> str:
+        """A strategy's MARKET signal of 0.001 (as the strategy process publishes it); its order's id."""
+        message = SignalGenerated(
+            strategy=strategy,
+            symbol=SYMBOL,
+            side=side,
+            order_type=OrderType.MARKET,
+            quantity=Decimal("0.001"),
+            reduce_only=reduce_only,
+            confidence=Decimal(1),
+        )
+        await self.bus.publish(subjects.evt_signal(strategy, SYMBOL), message, msg_id=message.message_id)
+        return client_order_id_for(message.message_id)
+
+    async def filled(self, coid: str, side: Side = Side.BUY, quantity: str = "0.001") -> None:
+        """The position service's fill of the whole order `coid`."""
+        fill = OrderFilled(
+            client_order_id=coid,
+            venue_order_id=1,
+            trade_id=1,
+            symbol=SYMBOL,
+            side=side,
+            price=Decimal("60000"),
+            quantity=Decimal(quantity),
+            cumulative_quantity=Decimal(quantity),
+            order_quantity=Decimal(quantity),
+        )
+        await self.bus.publish(subjects.evt_fill(VENUE, SYMBOL), fill, msg_id=f"fill:{coid}")
+
     async def mark(self, funding: str) -> None:
         await self.bus.publish(
             subjects.md_mark(VENUE, SYMBOL),
@@ -133,7 +164,7 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
         risk_capital="1000",
         risk_pause_s=1.0,
         risk_monitor_interval_s=0.2,
-        strategies=("imbalance",),
+        strategies=("imbalance", "trend"),
     )
     bus = Bus("test")
     await bus.connect(nats_url)
@@ -306,3 +337,38 @@ async def test_cb3_when_strategy_loses_20_trades_then_only_that_strategy_disable
 
     (enable,) = await _eventually(enabled)
     assert (enable.strategy, enable.operator) == ("imbalance", "carol")
+
+
+async def test_holder_when_one_strategy_enters_a_symbol_then_another_strategy_waits_until_it_is_flat(
+    risk: Harness,
+) -> None:
+    await risk.mark("0.0001")
+    await risk.position("0", "0")  # baseline: flat
+    first = await risk.signal("imbalance")
+    assert isinstance(await risk.decision(first), OrderApproved)
+    # Its entry is in flight: the other strategy's entry in the same symbol would merge into it.
+    denied = await risk.decision(await risk.signal("trend"))
+    assert isinstance(denied, OrderDenied) and "held by imbalance" in denied.reason, denied
+    await risk.filled(first)
+    await risk.position("0.001", "0", caused_by=first)
+    denied = await risk.decision(await risk.signal("trend"))
+    assert isinstance(denied, OrderDenied) and "held by imbalance" in denied.reason, denied
+    exit_coid = await risk.signal("imbalance", Side.SELL, reduce_only=True)
+    assert isinstance(await risk.decision(exit_coid), OrderApproved)  # the holder's own exit
+    await risk.filled(exit_coid, Side.SELL)
+    await risk.position("0", "0", caused_by=exit_coid)
+    # An operator's entry is the operator's call; while it is in flight or open, strategies wait.
+    operator = await risk.submit("operator-entry")
+    assert isinstance(await risk.decision(operator), OrderApproved)
+    denied = await risk.decision(await risk.signal("trend"))
+    assert isinstance(denied, OrderDenied) and "held by operator" in denied.reason, denied
+    await risk.filled(operator, quantity="0.01")
+    await risk.position("0.01", "0", caused_by=operator)
+    denied = await risk.decision(await risk.signal("trend"))
+    assert isinstance(denied, OrderDenied) and "not opened by a strategy" in denied.reason, denied
+    close = await risk.submit("operator-close", Side.SELL, reduce_only=True)
+    assert isinstance(await risk.decision(close), OrderApproved)
+    await risk.filled(close, Side.SELL, quantity="0.01")
+    await risk.position("0", "0", caused_by=close)
+    # Flat and nothing in flight: free for any strategy.
+    assert isinstance(await risk.decision(await risk.signal("trend")), OrderApproved)

@@ -181,6 +181,44 @@ def test_check_when_strategy_above_order_rate_then_entry_denied_and_exit_approve
     assert check(order(), recent_strategy_orders=99)[0]  # operator orders are not rate-limited here
 
 
+# --------------------------------------------------------------------------- one holder per symbol
+
+
+def test_check_when_another_strategys_entry_in_flight_then_second_strategy_entry_denied() -> None:
+    pending = PendingExposure()
+    first = strategy_order(n=1)
+    assert check(first, holders=frozenset(pending.entry_holders("BTCUSDT")))[0]
+    pending.add(first)
+    other = order(n=2, source=OrderSource.STRATEGY, strategy="trend")
+    approved, reason = check(other, holders=frozenset(pending.entry_holders("BTCUSDT")), pending_buy=D("0.1"))
+    assert not approved and "held by imbalance" in reason and "one position per symbol" in reason
+    # Another symbol is free, and the holder itself is not blocked by its own entry.
+    assert pending.entry_holders("ETHUSDT") == set()
+    assert check(strategy_order(n=3), holders=frozenset(pending.entry_holders("BTCUSDT")), pending_buy=D("0.1"))[0]
+
+
+def test_check_when_symbol_held_by_operator_or_unattributed_position_then_strategy_entry_denied() -> None:
+    approved, reason = check(strategy_order(), holders=frozenset({"operator"}))
+    assert not approved and "held by operator" in reason
+    approved, reason = check(strategy_order(), position=D("0.2"), holders=frozenset({"trend"}))
+    assert not approved and "held by trend" in reason  # it would add to trend's long
+
+
+def test_check_when_symbol_held_then_exits_and_operator_orders_still_pass() -> None:
+    held = frozenset({"trend"})
+    assert check(strategy_order(side=Side.SELL, reduce_only=True), position=D("0.1"), holders=held)[0]
+    assert check(order(), holders=held)[0]  # the operator is in charge
+
+
+def test_pending_when_snapshot_restored_then_entry_holders_kept() -> None:
+    pending = PendingExposure()
+    pending.add(strategy_order(n=1))
+    pending.add(order(n=2))
+    pending.add(order(Side.SELL, n=3, reduce_only=True, source=OrderSource.STRATEGY, strategy="trend"))
+    restored = PendingExposure.from_state(pending.to_state())
+    assert restored.entry_holders("BTCUSDT") == {"imbalance", "operator"}
+
+
 # --------------------------------------------------------------------------- flatten and level parsing
 
 

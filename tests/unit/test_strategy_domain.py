@@ -111,6 +111,31 @@ def test_position_when_setup_then_in_position_and_exit_after_hold() -> None:
     assert states(strategy.on_position("BTCUSDT", Decimal(0), 25 * NS)) == [St.SCANNING]
 
 
+def test_position_when_another_order_opened_it_then_setup_does_not_adopt_it() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    strategy.entry_order = "bw-own-entry"  # the handler's record of the entry it sent
+    # Another strategy's entry filled first in the same symbol: not this engagement's position.
+    assert strategy.on_position("BTCUSDT", Decimal("0.002"), 4 * NS, caused_by="bw-other") == []
+    assert strategy.state == St.SETUP
+    assert strategy.on_tick(10 * NS, VALID) == []  # never exits what it does not hold
+    assert states(strategy.on_position("BTCUSDT", Decimal("0.004"), 5 * NS, caused_by="bw-own-entry")) == [
+        St.IN_POSITION
+    ]
+
+
+def test_position_when_cause_unknown_then_setup_takes_it_as_its_entry() -> None:
+    strategy = scanning()
+    buy_pressure(strategy, 1)
+    strategy.on_tick(3 * NS, VALID)
+    strategy.entry_order = "bw-own-entry"
+    assert states(strategy.on_position("BTCUSDT", Decimal("0.002"), 4 * NS, caused_by=None)) == [St.IN_POSITION]
+    strategy.on_tick(24 * NS, VALID)
+    strategy.on_position("BTCUSDT", Decimal(0), 25 * NS)
+    assert strategy.state == St.SCANNING and strategy.entry_order is None
+
+
 def test_tick_when_exit_not_filled_then_exit_signal_repeated() -> None:
     strategy = scanning()
     buy_pressure(strategy, 1)
