@@ -205,6 +205,7 @@ async def test_market_order_when_filled_then_fills_walk_the_book_levels(btc: Cli
     await btc.sim("POST", "/_sim/pause")
     _, depth, _ = await btc.public("/fapi/v1/depth", symbol="BTCUSDT", limit=5)
     asks = [(Decimal(p), Decimal(q)) for p, q in depth["asks"]]
+    bids = [(Decimal(p), Decimal(q)) for p, q in depth["bids"]]
     quantity = asks[0][1] + asks[1][1] / 2
     quantity = quantity.quantize(Decimal("0.001"))
     status, order, headers = await btc.signed(
@@ -228,8 +229,14 @@ async def test_market_order_when_filled_then_fills_walk_the_book_levels(btc: Cli
         (asks[1][0], quantity - asks[0][1]),
     ]
     assert state["positions"][0]["quantity"] == str(quantity)
+    # An open order's client id cannot be used again (Binance: unique among open orders).
+    resting = dict(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.01")
+    status, order, _ = await btc.signed(
+        "POST", "/fapi/v1/order", price=str(bids[-1][0]), newClientOrderId="rest-1", **resting
+    )
+    assert status == 200 and order["status"] == "NEW", order
     status, dup, _ = await btc.signed(
-        "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01", newClientOrderId="mkt-1"
+        "POST", "/fapi/v1/order", price=str(bids[-1][0]), newClientOrderId="rest-1", **resting
     )
     assert (status, dup) == (400, {"code": -4116, "msg": "ClientOrderId is duplicated."})
     status, risk, _ = await btc.signed("GET", "/fapi/v2/positionRisk", symbol="BTCUSDT")

@@ -196,7 +196,7 @@ def test_order_side_faults_when_scheduled_then_defaults_and_condition_semantics(
         scheduler.add({"kind": "order_http_5xx", "params": {"status": 404}})
 
 
-def test_place_order_when_client_order_id_reused_then_4116_duplicated() -> None:
+def test_place_order_when_client_order_id_of_open_order_reused_then_4116_duplicated() -> None:
     clock = FakeClock()
     exchange = _exchange(_book(), clock)
     params = {
@@ -212,6 +212,18 @@ def test_place_order_when_client_order_id_reused_then_4116_duplicated() -> None:
         exchange.place_order({**params, "newClientOrderId": "dup-1"})
     assert (raised.value.status, raised.value.code) == (400, -4116)
     assert len(exchange.orders) == 1
+
+
+def test_place_order_when_client_order_id_of_finished_order_reused_then_accepted_like_binance() -> None:
+    # Binance: newClientOrderId is "a unique id among open orders"; a client that resends a
+    # finished order's id blindly gets a second order. Query by that id answers the newest.
+    exchange = _exchange(_book(), FakeClock())
+    params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1"}
+    first, _ = exchange.place_order({**params, "price": "90", "newClientOrderId": "again-1"})
+    exchange.cancel_order({"symbol": "BTCUSDT", "origClientOrderId": "again-1"})
+    second, _ = exchange.place_order({**params, "price": "91", "newClientOrderId": "again-1"})
+    assert first.order_id != second.order_id and len(exchange.orders) == 2
+    assert exchange.query_order({"symbol": "BTCUSDT", "origClientOrderId": "again-1"}) is second
 
 
 def _recording() -> list:

@@ -430,7 +430,8 @@ class Exchange:
                 value, spec.tick_size, spec.price_precision, -4014, "Price not increased by tick size."
             )
 
-        if client_order_id and (symbol, client_order_id) in self._client_ids:
+        if client_order_id and self._open_with_client_id(symbol, client_order_id):
+            # Binance: "a unique id among open orders"; a finished order's id may be used again.
             raise BinanceError(400, -4116, "ClientOrderId is duplicated.")
 
         book = self.books[symbol]
@@ -618,8 +619,13 @@ class Exchange:
         order.update_time_ms = self.now_ms()
         self._order_event(order, status)
 
+    def _open_with_client_id(self, symbol: str, client_order_id: str) -> bool:
+        known = self._client_ids.get((symbol, client_order_id))
+        order = self.orders.get(known) if known is not None else None
+        return order is not None and order.is_open
+
     def find_order(self, symbol: str, order_id: str | None, client_order_id: str | None) -> Order | None:
-        """Look an order up by venue id or client id (within a symbol)."""
+        """Look an order up by venue id or client id (within a symbol; a reused client id: its newest order)."""
         if order_id:
             try:
                 order = self.orders.get(int(order_id))
