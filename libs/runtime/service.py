@@ -48,6 +48,8 @@ class ServiceContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    startup_phases: dict[str, float] = field(default_factory=dict)
+    """Milliseconds spent in each start-up phase (logged with `service_ready`); `setup` may add its own."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task for the life of the service; a crash is logged, not silent."""
@@ -71,6 +73,20 @@ class ServiceContext:
 
 
 Setup = Callable[[ServiceContext], Coroutine[Any, Any, None]]
+
+
+def _ms_since(mark: float) -> float:
+    return (time.perf_counter() - mark) * 1000
+
+
+def _process_age_ms() -> float | None:
+    """Milliseconds since this process was started (interpreter start-up and imports), from /proc."""
+    try:
+        started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round((uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")) * 1000, 1)
 
 
 async def _heartbeat_loop(ctx: ServiceContext) -> None:
@@ -124,7 +140,7 @@ async def run_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stopping.set)
 
-    log.info("service_starting", pid=os.getpid())
+    log.info("service_starting", pid=os.getpid(), since_exec_ms=_process_age_ms())
 
     degraded_by_bus = False
 
@@ -141,13 +157,21 @@ async def run_service(
                 ctx.set_state(ComponentState.READY)
 
     bus.add_connection_listener(on_bus_connection)
+    phases = ctx.startup_phases
+    mark = time.perf_counter()
     await bus.connect(settings.nats_url)
+    phases["bus_connect_ms"] = _ms_since(mark)
+    mark = time.perf_counter()
     await bus.ensure_streams(replicas=settings.stream_replicas)
+    phases["ensure_streams_ms"] = _ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:
+        mark = time.perf_counter()
         ctx.pool = await _connect_pool(ctx)
+        phases["db_connect_ms"] = _ms_since(mark)
     if needs_cache:
         ctx.cache = cache.create_client(settings.redis_url)
+    setup_started = time.perf_counter()
     try:
         # Set-up may wait on dependencies (venue reconciliation, a first snapshot): a stop request
         # must still be honoured promptly, so it runs beside the wait for SIGTERM.
@@ -156,9 +180,10 @@ async def run_service(
         await asyncio.wait({setup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if setup_task.done():
             setup_task.result()
+            phases["setup_ms"] = _ms_since(setup_started)
             if ctx.state == ComponentState.STARTING:
                 ctx.set_state(ComponentState.READY)
-            log.info("service_ready", pid=os.getpid())
+            log.info("service_ready", pid=os.getpid(), startup_ms={k: round(v, 1) for k, v in phases.items()})
             await stop_task
         else:
             setup_task.cancel()

@@ -53,8 +53,11 @@ async def setup(ctx: ServiceContext) -> None:
     lease = Lease(await ctx.bus.kv(LEASE_BUCKET), LEASE_NAME, holder, ttl_s=settings.position_lease_ttl_s, log=ctx.log)
     role = {"lease": "standby", "holder": holder}
     ctx.details = lambda: dict(role)
+    phases = ctx.startup_phases
+    mark = time.perf_counter()
     if not await _wait_for_lease(ctx, lease):
         return
+    phases["lease_ms"] = _ms_since(mark)
     ctx.cleanups.append(lease.release)
     role["lease"] = "held"
     role["token"] = str(lease.token)
@@ -116,8 +119,11 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.spawn(lease.keep(on_lost=lost), "lease")
     ctx.details = lambda: {**service.details(), **role}
     # Latest valid snapshot + the ORDERS tail after it (bounded replay), then reconciliation (SPEC §6, §8).
+    mark = time.perf_counter()
     await service.recover()
+    phases["recover_ms"] = _ms_since(mark)
     await service.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
+    mark = time.perf_counter()
     delay = 0.5
     while not ctx.stopping.is_set():
         try:
@@ -131,6 +137,8 @@ async def setup(ctx: ServiceContext) -> None:
             delay = min(delay * 2, RECONCILE_RETRY_MAX_S)
     if not service.reconciled:
         return
+    phases["reconcile_ms"] = _ms_since(mark)
+    mark = time.perf_counter()
     orders = subjects.STREAM_ORDERS.name
     await ctx.bus.consume(
         stream=orders, durable=ORDERS_DURABLE, filter_subjects=["evt.order.approved.>"], handler=service.on_approved
@@ -144,10 +152,15 @@ async def setup(ctx: ServiceContext) -> None:
         filter_subjects=[subjects.CMD_ORDER_CANCEL],
         handler=service.on_cancel,
     )
+    phases["consumers_ms"] = _ms_since(mark)
     await ctx.bus.serve(subjects.service_query(subjects.POSITION, "state"), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ws_bases = [settings.venue_ws_url, *settings.venue_ws_alternates]
     ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
+
+
+def _ms_since(mark: float) -> float:
+    return (time.perf_counter() - mark) * 1000
 
 
 async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:

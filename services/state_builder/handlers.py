@@ -7,6 +7,7 @@ validation before any symbol turns VALID).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -151,6 +152,8 @@ class StateBuilder:
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[bool]] = set()
         self._background_any: set[asyncio.Task[bool]] = set()
+        self._checkpoint_soon = False
+        """A book was rebuilt from a fresh snapshot: checkpoint after the next applied message."""
 
     # ------------------------------------------------------------------ transitions
 
@@ -219,9 +222,18 @@ class StateBuilder:
             self.after_applied(delivery.stream_sequence)
 
     def after_applied(self, stream_seq: int) -> None:
-        """Message `stream_seq` is reflected in memory: checkpoint when the policy says so."""
-        if self._policy is None or self._on_checkpoint is None or not self._policy.record():
+        """Message `stream_seq` is reflected in memory: checkpoint when the policy says so, or at
+        once after a book was rebuilt from a fresh snapshot.
+
+        A rebuild follows a resync, which is also how a recovery whose snapshot was too far behind
+        ends: without a checkpoint then, the next restart would find the same old snapshot and
+        resync again instead of replaying a short tail.
+        """
+        if self._policy is None or self._on_checkpoint is None:
             return
+        if not self._policy.record() and not self._checkpoint_soon:
+            return
+        self._checkpoint_soon = False
         self._policy.taken()
         self._on_checkpoint(self.checkpoint(stream_seq))
 
@@ -232,6 +244,7 @@ class StateBuilder:
             case BookSnapshot(symbol=symbol) if symbol in self.symbols:
                 state = self.symbols[symbol]
                 state.book.apply_snapshot(message.last_update_id, message.bids, message.asks)
+                self._checkpoint_soon = True
                 self.log.info("book_rebuilt", symbol=symbol, last_update_id=message.last_update_id)
                 await self._record(state, state.hot.on_rebuilt(message.last_update_id))
             case BookResyncStarted(symbol=symbol) if symbol in self.symbols:
@@ -437,11 +450,16 @@ class StateBuilder:
         Returns:
             What happened; `live_from` is the stream sequence the live consumer must start at.
         """
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
         loaded = await port.load_snapshot()
+        timings["snapshot_load_ms"] = (time.perf_counter() - started) * 1000
         checkpoint = loaded.state
         if loaded.corrupt:
             await self._alert_corrupt(list(loaded.corrupt))
+        mark = time.perf_counter()
         first_seq, last_seq = await port.bounds()
+        timings["bounds_ms"] = (time.perf_counter() - mark) * 1000
         replayed = 0
         mode = "resync"
         covered = last_seq
@@ -458,6 +476,7 @@ class StateBuilder:
                 mode = "snapshot"
                 # Messages keep arriving while we replay: catch up in passes until the rest is
                 # small enough for the live consumer.
+                mark = time.perf_counter()
                 for _ in range(5):
                     if covered >= last_seq:
                         break
@@ -466,6 +485,7 @@ class StateBuilder:
                     _, last_seq = await port.bounds()
                     if last_seq - covered <= CATCH_UP_SLACK:
                         break
+                timings["replay_ms"] = (time.perf_counter() - mark) * 1000
         resync = await self.finish_recovery()
         report = RecoveryReport(
             mode=mode,
@@ -483,6 +503,8 @@ class StateBuilder:
             live_from=report.live_from,
             corrupt_snapshots=report.corrupt_snapshots,
             resync_requested=list(report.resync_requested),
+            timings={name: round(ms, 1) for name, ms in timings.items()},
+            total_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return report
 

@@ -55,12 +55,19 @@ async def setup(ctx: ServiceContext) -> None:
         }
 
     ctx.details = details
+    phases = ctx.startup_phases
+    mark = time.perf_counter()
     await builder.publish_initial()
     await bus.serve(subjects.service_query(COMPONENT, "book"), builder.handle_book_request)
     await bus.serve(subjects.service_query(COMPONENT, "symbols"), builder.handle_symbols_request)
     await adapters.subscribe_link_events(bus, builder.on_link_event)
+    phases["announce_ms"] = (time.perf_counter() - mark) * 1000
+    mark = time.perf_counter()
     report = await builder.recover(adapters.recovery_log(bus, snapshots), max_replay=ctx.settings.recovery_max_replay)
+    phases["recover_ms"] = (time.perf_counter() - mark) * 1000
+    mark = time.perf_counter()
     await adapters.consume_market_data(bus, builder.handle_message, start_sequence=report.live_from)
+    phases["live_consumer_ms"] = (time.perf_counter() - mark) * 1000
     ctx.spawn(builder.run_ticks(CHECK_INTERVAL_S), "hot-state-timer")
 
 
