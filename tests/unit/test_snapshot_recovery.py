@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
+from libs.bus import Delivery
 from libs.logging import get_logger
 from libs.service_snapshots import Loaded
+from libs.snapshot import SnapshotPolicy
 from proto.enums import HotStateStatus
 from proto.envelope import Message
 from proto.messages import AlertRaised, BookSnapshot, DepthDiff, HotStateStatusChanged, MarkPrice
@@ -229,3 +231,32 @@ async def test_recover_when_snapshot_ahead_of_stream_then_ignored_and_resync() -
     report = await recovered.recover(port, max_replay=10_000)
     assert report.mode == "resync"
     assert not recovered.symbols[SYMBOL].book.usable
+
+
+async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> None:
+    """A recovery whose snapshot was too far behind ends in a resync; the rebuilt book is checkpointed
+    with the very message that rebuilt it, so the next restart replays a short tail instead of
+    resyncing again from the same old snapshot."""
+    clock = FakeClock()
+    messages = history(clock, 500)
+    first = builder(clock, [])
+    for message in messages[:10]:
+        await first.handle_message(message)
+    port = FakePort(messages, first.checkpoint(10))
+    taken: list[StateBuilderCheckpoint] = []
+    recovered = builder(clock, [])
+    recovered._policy = SnapshotPolicy(clock=clock, interval_ns=60_000 * MS, every_events=2000)
+    recovered._on_checkpoint = taken.append
+    report = await recovered.recover(port, max_replay=100)
+    assert report.mode == "resync"
+    await recovered.handle_message(diff(1000, clock.now), delivery(report.live_from))
+    assert taken == []  # the policy is not due, nothing was rebuilt
+    await recovered.handle_message(snapshot(2000), delivery(report.live_from + 1))
+    assert [checkpoint.stream_seq for checkpoint in taken] == [report.live_from + 1]
+    assert taken[0].symbols[0].last_update_id == 2000
+    await recovered.handle_message(diff(2001, clock.now), delivery(report.live_from + 2))
+    assert len(taken) == 1  # once per rebuild, then the policy again
+
+
+def delivery(seq: int) -> Delivery:
+    return Delivery(subject="md.depth.v.BTCUSDT", stream_sequence=seq, num_delivered=1, headers={})
