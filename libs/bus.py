@@ -61,6 +61,8 @@ DEFAULT_MAX_DELIVER = 5
 OUTBOX_LIMIT = 1000
 """SPEC FM-C6: at most this many outgoing messages are buffered while the bus is down."""
 PUBLISH_MANY_TIMEOUT_S = 5.0
+DRAIN_BATCH = 256
+"""Largest fetch a consumer makes while the server reports a backlog (`drain_size`)."""
 
 
 class BusUnavailable(ConnectionError):
@@ -533,20 +535,24 @@ class Bus:
         max_deliver: int,
         batch: int,
     ) -> None:
+        size = batch
         while True:
             _raise_if_cancelling()
             try:
-                msgs = await sub.fetch(batch, timeout=1.0)
+                msgs = await sub.fetch(size, timeout=1.0)
             except NatsTimeoutError:
+                size = batch
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must survive bus outages
                 self.log.warning("consume_fetch_failed", durable=durable, error=str(exc), action_taken="retry in 1s")
                 await asyncio.sleep(1.0)
+                size = batch
                 continue
             for msg in msgs:
                 await self._deliver(msg, durable, handler, max_deliver)
+            size = drain_size(batch, msgs[-1]) if msgs else batch
 
     async def _deliver(self, msg: Msg, durable: str, handler: Handler, max_deliver: int) -> None:
         meta = msg.metadata
@@ -706,6 +712,24 @@ class Bus:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
         msg = await self.nc.request(subject, payload, timeout=timeout_s)
         return msg.data
+
+
+def drain_size(batch: int, last: Msg) -> int:
+    """How many messages the next fetch asks for, after `last` was delivered.
+
+    A fetch that asks for more than the server has lingers until its timeout waiting for the rest,
+    which is why live consumers fetch small batches (1 for state-builder and risk). But one fetch
+    round trip per message caps a consumer at a few hundred messages a second: a backlog (a burst,
+    a restart after downtime) would take minutes to work off, with every message old when handled.
+    The server tells with each message how many more are pending for the consumer, so the next
+    fetch asks for exactly those (at most `DRAIN_BATCH`): they are there, nothing lingers. Messages
+    are still handled one by one, in order, each acknowledged after its handler.
+    """
+    try:
+        pending = int(last.metadata.num_pending or 0)
+    except Exception:  # noqa: BLE001 - not a JetStream delivery (no metadata): no drain
+        return batch
+    return max(batch, min(pending, DRAIN_BATCH))
 
 
 def _raise_if_cancelling() -> None:
