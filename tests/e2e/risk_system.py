@@ -120,6 +120,28 @@ class Api(SystemApi):
             Decimal(0),
         )
 
+    async def realized_pnl_matches_venue(self, timeout_s: float = 15.0) -> dict[str, Decimal]:
+        """Wait until the gateway's realized PnL of every symbol equals the venue's (cumulative since
+        the system started); the per-symbol values. The loss breakers count the system's figures."""
+        last: dict[str, Any] = {}
+
+        async def equal() -> dict[str, Decimal] | None:
+            response = await self.gateway.get("/v1/positions")
+            response.raise_for_status()
+            ours = {p["symbol"]: Decimal(p["realized_pnl"]) for p in response.json()["positions"]}
+            venue = {p["symbol"]: Decimal(p["realized_pnl"]) for p in (await self.venue_state())["positions"]}
+            last.update(ours=ours, venue=venue)
+            symbols = set(ours) | {symbol for symbol, pnl in venue.items() if pnl != 0}
+            if all(ours.get(s, Decimal(0)) == venue.get(s, Decimal(0)) for s in symbols):
+                return venue
+            return None
+
+        try:
+            found: dict[str, Decimal] = await eventually(equal, timeout_s)
+        except AssertionError as exc:
+            raise AssertionError(f"realized PnL differs from the venue's: {last}") from exc
+        return found
+
     async def touch(self, symbol: str) -> tuple[Decimal, Decimal]:
         book = (await self.venue_state())["books"][symbol]
         return Decimal(book["best_bid"]), Decimal(book["best_ask"])
@@ -369,13 +391,13 @@ async def _push_market(api: Api, symbol: str, direction: str, past: Decimal, ref
 
 
 async def scripted_round_trip(api: Api, voice: StrategyVoice, symbol: str, quantity: Decimal, ticks: int) -> Decimal:
-    """A long trade of `voice`'s strategy that gains `ticks` ticks per unit (ticks > 0) or loses
-    about `-ticks` (ticks < 0); its realized PnL as the venue booked it.
+    """A long trade of `voice`'s strategy that gains (ticks > 0) or loses (ticks < 0) exactly
+    `|ticks|` ticks per unit; its realized PnL as the venue booked it.
 
-    Entry: the strategy's MARKET buy. A gain: a resting reduce-only LIMIT sell `ticks` above the
-    entry, filled at its own price once the market is moved up through it, so the gain is exact.
-    A loss: the market is moved down `-ticks` ticks (plus 3) below the entry, then the position is
-    closed at market, so the loss is that distance plus or minus what the market did meanwhile.
+    Entry: the strategy's MARKET buy. Exit: a resting reduce-only LIMIT sell `ticks` from the entry,
+    filled at its own price. A gain's exit rests above the market, which is then moved up through
+    it; for a loss the market is first moved down past the exit's price, so the exit rests above
+    it, then moved back up through it.
     The exits are operator orders: a trade belongs to the strategy whose order opened it.
     """
     opened = await voice.entry(api, symbol, "BUY", quantity)
@@ -383,12 +405,11 @@ async def scripted_round_trip(api: Api, voice: StrategyVoice, symbol: str, quant
     entry = Decimal((await api.venue_filled(opened["client_order_id"]))["avg_price"])
     if ticks > 0:
         target = (entry / TICK).to_integral_value(ROUND_CEILING) * TICK + ticks * TICK
-        closed = await api.decided_order(symbol, "SELL", quantity, order_type="LIMIT", price=target, reduce_only=True)
-        assert closed["status"] not in ("DENIED", "REJECTED"), closed
-        await _push_market(api, symbol, "up", target, entry)
     else:
-        await _push_market(api, symbol, "down", entry + ticks * TICK, entry)
-        closed = await api.decided_order(symbol, "SELL", quantity, reduce_only=True)
-        assert closed["status"] not in ("DENIED", "REJECTED"), closed
+        target = (entry / TICK).to_integral_value(ROUND_FLOOR) * TICK + ticks * TICK
+        await _push_market(api, symbol, "down", target, entry)
+    closed = await api.decided_order(symbol, "SELL", quantity, order_type="LIMIT", price=target, reduce_only=True)
+    assert closed["status"] not in ("DENIED", "REJECTED"), closed
+    await _push_market(api, symbol, "up", target, entry)
     await api.venue_filled(closed["client_order_id"])
     return await api.venue_fills_pnl(opened["client_order_id"], closed["client_order_id"])
