@@ -283,10 +283,15 @@ def recovery(
     Args:
         histories: MARKET_DATA and ORDERS stream sizes (messages) to measure at.
         kills: kills per history size and service (`repeats`, from `bulwark bench recovery --repeats N`, wins).
+
+    The rig's logs are removed afterwards unless `BULWARK_BENCH_DIR` names a folder to keep them in.
     """
     kills = repeats or kills
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
+    keep = os.environ.get("BULWARK_BENCH_DIR")
+    with contextlib.ExitStack() as stack:
+        # BULWARK_BENCH_DIR keeps the services' logs (an outlier sample is explained there).
+        work = Path(keep) if keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
         with _infra(work / "infra") as servers, running_venue_sim(work) as venue_url:
             result = asyncio.run(_run(histories, kills, work, servers, venue_url))
     result["target_s"] = 3.0
