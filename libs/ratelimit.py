@@ -280,6 +280,13 @@ class RateBudget:
         self._last_admit_ns = now
         return Admission(True)
 
+    def hold(self, priority: Priority, weight: int = 1, orders: int = 0) -> Admission:
+        """Would such a request go out now? Like `admit`, but records nothing."""
+        now = self._clock_ns()
+        self._advance(now)
+        self._prune(now)
+        return self._refusal(now, priority, weight, orders) or Admission(True)
+
     def _refusal(self, now: int, priority: Priority, weight: int, orders: int) -> Admission | None:
         if now < self._banned_until_ns:
             return Admission(False, (self._banned_until_ns - now) / NS_PER_S, "IP banned (418)")

@@ -13,10 +13,11 @@ import msgspec
 import tenacity
 
 from libs.binance.classify import call_with_retries, classify, retry_policy
-from libs.binance.client import RequestThrottled
+from libs.binance.client import RequestThrottled, endpoint_cost
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, BreakerTransition, CircuitBreaker
 from libs.logging import Logger
+from libs.ratelimit import Admission, RateBudget
 from proto.enums import ErrorClass
 
 T = TypeVar("T")
@@ -72,6 +73,13 @@ class VenueLink:
         self.wall_clock_ns = wall_clock_ns
         self.on_breaker = on_breaker
         self.clock_resyncs = 0
+
+    def order_hold(self) -> Admission:
+        """Would the request budget (FM-N2) let an order placement go out now?"""
+        budget: RateBudget | None = getattr(self.client, "budget", None)
+        if budget is None:
+            return Admission(True)
+        return budget.hold(*endpoint_cost("POST", "/fapi/v1/order", {}))
 
     async def _transition(self, transition: BreakerTransition | None) -> None:
         if transition is not None and self.on_breaker is not None:

@@ -106,6 +106,9 @@ Clock = Callable[[], int]
 ORDER_NOT_FOUND = -2013
 UNKNOWN_ORDER_ON_CANCEL = -2011
 DUPLICATE_CLIENT_ORDER_ID = -4116
+QUEUE_HOLD_S = 2.0
+"""A poll sends queued orders while the request budget holds them back no longer than this (the
+client's own wait for the budget); a longer hold (a Retry-After, a ban) waits for a later poll."""
 WOULD_TRIGGER_IMMEDIATELY = -2021
 """Binance: a STOP_MARKET / TAKE_PROFIT_MARKET whose stop price the mark price has already passed."""
 APPROVAL_CLOCK_MARGIN_NS = 5_000_000_000
@@ -761,7 +764,11 @@ class PositionService:
                 )
             self.orders[order.client_order_id] = order
             try:
-                await self._submit(order)
+                backlog = self._backlog(order) if known is None else None
+                if backlog is not None:
+                    await self._queue(order, backlog)
+                else:
+                    await self._submit(order)
             except Exception:
                 if order.status in (OrderStatus.PENDING_SUBMISSION, OrderStatus.SUBMITTED) and not order.resend_used:
                     # Nothing reached the venue (or the queue write failed): forget it so the redelivery starts over.
@@ -836,6 +843,28 @@ class PositionService:
         order.reason = reason
         await self._save(order)
         self.log.warning("order_queued", client_order_id=order.client_order_id, reason=reason)
+
+    def _backlog(self, order: OrderRecord) -> str | None:
+        """Why a new order should wait in the queue instead of going out inline, or None.
+
+        Orders go out oldest first: a new one waits behind queued ones. And while the request budget
+        holds order placements back (a 429 halved the rate, FM-N2), sending inline would keep the
+        approvals consumer, and every later approval behind it, waiting. Queued, the order is in the
+        projection at once (visible, cancelable) and the poll sends it when its turn comes.
+        """
+        if not self.may_submit():
+            return None  # `_submit` queues it with the link's reason
+        ahead = sum(
+            1
+            for other in self.orders.values()
+            if other.status == OrderStatus.PENDING_SUBMISSION and other.client_order_id != order.client_order_id
+        )
+        if ahead:
+            return f"queued: behind {ahead} earlier order(s)"
+        hold = self.client.order_hold()
+        if not hold.allowed:
+            return f"queued: request budget ({hold.reason}) holds orders for {hold.wait_s:.1f}s"
+        return None
 
     async def _submit(self, order: OrderRecord) -> None:
         """Publish `OrderSubmitted`, write the projection, then place the order (never twice blind)."""
@@ -1217,12 +1246,11 @@ class PositionService:
 
     async def poll_once(self, *, follow_live: bool = True) -> None:
         """Send queued orders, resolve UNKNOWN ones, and (when `follow_live`) follow live ones."""
+        await self._send_queued()
         async with self._lock:
             live = [order for order in self.orders.values() if not is_terminal(order.status)]
             for order in live:
-                if order.status == OrderStatus.PENDING_SUBMISSION and self.may_submit():
-                    await self._submit(order)
-                elif order.status == OrderStatus.UNKNOWN and self.reconciled:
+                if order.status == OrderStatus.UNKNOWN and self.reconciled:
                     await self._resolve_unknown(order, backoff_s=(0.0,))
             if not follow_live:
                 return
@@ -1242,6 +1270,19 @@ class PositionService:
                     await self._apply_venue_order(order, answer)
             await self.check_invariants()
             await self.maintain_protection(all_symbols=True)
+
+    async def _send_queued(self) -> None:
+        """Send queued orders, oldest first, one per hold of the lock: approvals that arrive
+        meanwhile are recorded (and queued behind) between two sends instead of waiting for all."""
+        queued = [o.client_order_id for o in self.orders.values() if o.status == OrderStatus.PENDING_SUBMISSION]
+        for coid in queued:
+            async with self._lock:
+                order = self.orders.get(coid)
+                hold = self.client.order_hold()
+                if not self.may_submit() or (not hold.allowed and hold.wait_s > QUEUE_HOLD_S):
+                    return  # the next poll tries again
+                if order is not None and order.status == OrderStatus.PENDING_SUBMISSION:
+                    await self._submit(order)
 
     async def _venue_open_orders(self, symbols: Iterable[str]) -> list[dict]:
         """The venue's open orders of `symbols`, one symbol per request.

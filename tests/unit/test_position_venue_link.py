@@ -18,6 +18,7 @@ from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, CircuitBreaker
 from libs.logging import get_logger
 from libs.orders_model import Position
+from libs.ratelimit import Admission
 from proto import subjects
 from proto.enums import ConnectionState, OrderSource, OrderStatus, OrderType, Side
 from proto.messages import (
@@ -27,6 +28,7 @@ from proto.messages import (
     LinkStateChanged,
     OrderApproved,
     OrderFilled,
+    OrderSubmitted,
     SubmitOrder,
 )
 from services.position.adapters import UserStreamClosed, VenueLink
@@ -52,6 +54,10 @@ class FakeVenue:
         self.open_orders_symbols: list[str | None] = []
         self.time_offset_ms = 0
         self.server_ms = 0
+        self.hold = Admission(True)
+
+    def order_hold(self) -> Admission:
+        return self.hold
 
     def _next(self, name: str) -> Any:
         self.calls.append(name)
@@ -232,6 +238,26 @@ async def test_approved_when_link_down_then_pending_submission_and_venue_untouch
     assert svc.orders["bw-a"].status == OrderStatus.PENDING_SUBMISSION
     assert projections.orders["bw-a"] == "PENDING_SUBMISSION"
     assert venue.calls == []
+
+
+async def test_approved_when_budget_holds_orders_then_queued_visible_and_sent_in_order_once_free() -> None:
+    placed = {"orderId": 7, "status": "NEW", "executedQty": "0"}
+    venue, bus, projections = FakeVenue(place_order=[placed]), FakeBus(), FakeProjections()
+    svc = service(venue, bus, projections)
+    venue.hold = Admission(False, 4.0, "request rate halved")
+    await svc.on_approved(approved("first"), DELIVERY)
+    venue.hold = Admission(True)
+    await svc.on_approved(approved("second"), DELIVERY)  # the budget is free, but "first" waits ahead
+    # Recorded at once (visible and cancelable through the gateway), nothing sent inline.
+    assert projections.orders == {"bw-first": "PENDING_SUBMISSION", "bw-second": "PENDING_SUBMISSION"}
+    assert "request budget" in (svc.orders["bw-first"].reason or "")
+    assert "behind 1 earlier order" in (svc.orders["bw-second"].reason or "")
+    assert venue.calls == []
+    await svc.poll_once(follow_live=False)
+    assert venue.calls == ["place_order", "place_order"]
+    submitted = [m.client_order_id for m in bus.of(OrderSubmitted)]
+    assert submitted == ["bw-first", "bw-second"]  # oldest first
+    assert {svc.orders[c].status for c in submitted} == {OrderStatus.NEW}
 
 
 async def test_breaker_open_when_transition_published_then_link_down_unreconciled_and_alerted() -> None:
