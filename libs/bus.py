@@ -97,6 +97,8 @@ class Delivery:
     stream_sequence: int
     num_delivered: int
     headers: dict[str, str]
+    stored_ns: int | None = None
+    """When the stream stored the message (the server's clock), None when not known."""
 
 
 Handler = Callable[[Message, Delivery], Awaitable[None]]
@@ -561,6 +563,7 @@ class Bus:
             stream_sequence=meta.sequence.stream,
             num_delivered=meta.num_delivered,
             headers=dict(msg.headers or {}),
+            stored_ns=int(meta.timestamp.timestamp() * 1_000_000_000),
         )
         try:
             message = decode(msg.data)

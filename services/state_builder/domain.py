@@ -224,21 +224,31 @@ class HotState:
         self.last_update_ns = self._clock()
         return None
 
-    def on_update(self, last_update_id: int, problems: Sequence[str] = ()) -> HotStateTransition | None:
+    def on_update(
+        self, last_update_id: int, problems: Sequence[str] = (), data_ns: int | None = None
+    ) -> HotStateTransition | None:
         """A diff was applied to a rebuilt book.
 
         Args:
             last_update_id: the book's update id after the diff.
             problems: failed validation checks (`validate_book`, SPEC §7); while any remain the
                 symbol does not become VALID, however many fresh updates arrive.
+            data_ns: when the update entered the system (stored on the stream); None: now. The
+                symbol's age counts from it, so a backlog of old updates handled late is stale
+                data, not fresh updates.
         """
         now = self._clock()
         if not self._rebuilt:
             return None
-        fresh = self.last_update_ns is not None and now - self.last_update_ns <= STALE_AFTER_NS
-        self._fresh = self._fresh + 1 if fresh else 1
+        seen = now if data_ns is None else min(now, data_ns)
+        fresh = (
+            self.last_update_ns is not None
+            and now - seen <= STALE_AFTER_NS
+            and seen - self.last_update_ns <= STALE_AFTER_NS
+        )
+        self._fresh = self._fresh + 1 if fresh else (1 if now - seen <= STALE_AFTER_NS else 0)
         self.last_update_id = last_update_id
-        self.last_update_ns = now
+        self.last_update_ns = max(seen, self.last_update_ns or seen)
         self.blocked_by = tuple(problems)
         if self.status != HotStateStatus.VALID and self._fresh >= FRESH_UPDATES_TO_VALID and not problems:
             reason = "rebuilt from snapshot" if self.status == HotStateStatus.INVALID else "fresh updates"

@@ -216,8 +216,12 @@ class StateBuilder:
     # ------------------------------------------------------------------ market data
 
     async def handle_message(self, message: Message, delivery: Delivery | None = None) -> None:
-        """Consumer handler for `md.>`; never raises for data problems (they are state, not errors)."""
-        await self._handle(message)
+        """Consumer handler for `md.>`; never raises for data problems (they are state, not errors).
+
+        A diff's age is counted from when market-data put it on the stream (`stored_ns`), not from
+        when it is handled here: a consumer that fell behind handles old data, which is not fresh.
+        """
+        await self._handle(message, delivery.stored_ns if delivery is not None else None)
         if delivery is not None:
             self.after_applied(delivery.stream_sequence)
 
@@ -237,10 +241,10 @@ class StateBuilder:
         self._policy.taken()
         self._on_checkpoint(self.checkpoint(stream_seq))
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, stored_ns: int | None = None) -> None:
         match message:
             case DepthDiff(symbol=symbol) if symbol in self.symbols:
-                await self._on_diff(self.symbols[symbol], message)
+                await self._on_diff(self.symbols[symbol], message, stored_ns)
             case BookSnapshot(symbol=symbol) if symbol in self.symbols:
                 state = self.symbols[symbol]
                 state.book.apply_snapshot(message.last_update_id, message.bids, message.asks)
@@ -261,7 +265,7 @@ class StateBuilder:
             case _:
                 pass  # trades, liquidations, other symbols: not part of the hot state
 
-    async def _on_diff(self, state: SymbolState, diff: DepthDiff) -> None:
+    async def _on_diff(self, state: SymbolState, diff: DepthDiff, stored_ns: int | None = None) -> None:
         result = state.book.apply_diff(
             diff.first_update_id, diff.final_update_id, diff.prev_final_update_id, diff.bids, diff.asks
         )
@@ -273,7 +277,7 @@ class StateBuilder:
                 problems = validate_book(state.book, now_ns=self._clock(), last_event_ns=diff.ts_event_ns)
                 if problems and problems != list(state.hot.blocked_by):
                     self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
-            await self._record(state, state.hot.on_update(diff.final_update_id, problems))
+            await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=stored_ns))
         elif result == DiffResult.GAP:
             self.log.warning(
                 "book_gap",

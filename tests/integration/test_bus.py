@@ -61,16 +61,19 @@ async def test_ensure_streams_when_run_twice_then_idempotent(nats_url: str) -> N
 async def test_consume_when_handler_fails_once_then_redelivered_and_acked(nats_url: str) -> None:
     bus = await _bus(nats_url, "t")
     seen: list[int] = []
+    stored: list[int | None] = []
     done = asyncio.Event()
 
     async def handler(message: Message, delivery: Delivery) -> None:
         seen.append(delivery.num_delivered)
+        stored.append(delivery.stored_ns)
         if delivery.num_delivered == 1:
             raise RuntimeError("transient")
         assert isinstance(message, SubmitOrder)
         done.set()
 
     try:
+        published_ns = time.time_ns()
         await bus.publish(subjects.CMD_ORDER_SUBMIT, _order())
         await bus.consume(
             stream="ORDERS", durable="test-retry", filter_subjects=[subjects.CMD_ORDER_SUBMIT], handler=handler
@@ -80,6 +83,9 @@ async def test_consume_when_handler_fails_once_then_redelivered_and_acked(nats_u
         info = await bus.js.consumer_info("ORDERS", "test-retry")
         assert seen == [1, 2]
         assert info.num_ack_pending == 0
+        # Both deliveries carry when the stream stored the message, not when it was delivered.
+        assert stored[0] == stored[1] and stored[0] is not None
+        assert abs(stored[0] - published_ns) < 1_000_000_000
     finally:
         await bus.close()
 

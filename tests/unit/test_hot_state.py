@@ -205,3 +205,24 @@ async def test_next_tick_when_a_symbol_turns_stale_before_the_interval_then_wait
     assert abs(builder.next_tick_s(0.1) - 0.030) < 1e-6  # due in 30 ms: the tick comes then
     clock.advance_ms(40)
     assert builder.next_tick_s(0.1) == MIN_TICK_S  # overdue: at once
+
+
+def test_on_update_when_backlog_of_old_data_handled_late_then_stale_not_valid() -> None:
+    # A consumer that fell behind handles updates market-data stored seconds ago: that is old data.
+    hot, clock = valid_state()
+    clock.advance_ms(500)
+    for update_id in range(14, 214):
+        clock.advance_ms(10)
+        hot.on_update(update_id, data_ns=clock.now - 5_000 * MS)
+    transition = hot.check()
+    assert transition is not None and transition.current == HotStateStatus.STALE
+    assert hot.age_ms() is not None and hot.age_ms() > 1000
+    for update_id in range(214, 260):  # still catching up: never VALID on old data
+        clock.advance_ms(10)
+        assert hot.on_update(update_id, data_ns=clock.now - 2_000 * MS) is None
+    for update_id in (260, 261):
+        clock.advance_ms(10)
+        assert hot.on_update(update_id, data_ns=clock.now - 20 * MS) is None
+    clock.advance_ms(10)
+    transition = hot.on_update(262, data_ns=clock.now - 20 * MS)  # caught up: 3 fresh updates
+    assert transition is not None and transition.current == HotStateStatus.VALID
