@@ -490,6 +490,9 @@ class StateBuilder:
                     if last_seq - covered <= CATCH_UP_SLACK:
                         break
                 timings["replay_ms"] = (time.perf_counter() - mark) * 1000
+                # Checkpoint with the first live message: a process that dies again soon (a crash
+                # loop) then replays what came since, not this tail plus that.
+                self._checkpoint_soon = replayed > 0
         resync = await self.finish_recovery()
         report = RecoveryReport(
             mode=mode,

@@ -258,5 +258,27 @@ async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> N
     assert len(taken) == 1  # once per rebuild, then the policy again
 
 
+async def test_recovery_when_tail_replayed_then_first_live_message_checkpoints() -> None:
+    """After a replayed tail the next checkpoint is taken at once, not when the policy is due: a
+    crash loop would otherwise replay a tail that grows with every restart."""
+    clock = FakeClock()
+    messages = history(clock, 50)
+    first = builder(clock, [])
+    for message in messages[:10]:
+        await first.handle_message(message)
+    port = FakePort(messages, first.checkpoint(10))
+    taken: list[StateBuilderCheckpoint] = []
+    recovered = builder(clock, [])
+    recovered._policy = SnapshotPolicy(clock=clock, interval_ns=60_000 * MS, every_events=2000)
+    recovered._on_checkpoint = taken.append
+    report = await recovered.recover(port, max_replay=100)
+    assert report.mode == "snapshot" and report.replayed == len(messages) - 10
+    last_id = 150  # history(50): diffs 101..150
+    await recovered.handle_message(diff(last_id + 1, clock.now), delivery(report.live_from))
+    assert [checkpoint.stream_seq for checkpoint in taken] == [report.live_from]
+    await recovered.handle_message(diff(last_id + 2, clock.now), delivery(report.live_from + 1))
+    assert len(taken) == 1  # then the policy again
+
+
 def delivery(seq: int) -> Delivery:
     return Delivery(subject="md.depth.v.BTCUSDT", stream_sequence=seq, num_delivered=1, headers={})
