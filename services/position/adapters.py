@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 import tenacity
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from libs.binance.classify import call_with_retries, classify, retry_policy
 from libs.binance.client import RequestThrottled, endpoint_cost
@@ -227,3 +229,36 @@ async def user_stream_events(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise UserStreamClosed(f"{type(exc).__name__}: {exc}") from exc
     raise UserStreamClosed("closed by the venue")
+
+
+async def covered_sequence(js: JetStreamContext, stream: str, durables: tuple[str, ...], last: int) -> int:
+    """The stream sequence a snapshot taken now covers: `last`, lowered to just before the first
+    message one of `durables` has not handled yet (delivered and unacknowledged, or still pending).
+
+    A message below the covered sequence that was not handled yet would be missing from the
+    snapshot and skipped by the replay of the tail. The first unhandled message is the first one
+    matching the consumer's filter after its ack floor; the ack floor itself is not the bound: for
+    a filtered consumer it is the last message it handled, which may lie a million messages back
+    (the last denial), and a snapshot held there makes the next restart fold all of them.
+    """
+    covered = last
+    for durable in durables:
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            continue  # not created yet: nothing handled, nothing pending
+        if not (info.num_pending or info.num_ack_pending):
+            continue
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None and info.ack_floor.stream_seq else 0
+        config = info.config
+        filters = list(config.filter_subjects or []) or ([config.filter_subject] if config.filter_subject else [])
+        first: int | None = None
+        for subject in filters:
+            try:
+                found = await js.get_msg(stream, seq=floor + 1, subject=subject, next=True)
+            except NotFoundError:
+                continue
+            if found.seq is not None:
+                first = found.seq if first is None else min(first, found.seq)
+        covered = min(covered, first - 1 if first is not None and filters else floor)
+    return covered

@@ -75,7 +75,7 @@ from proto.messages import (
     SubmitOrder,
 )
 
-from .adapters import VENUE_FAILURES, submit_is_ambiguous
+from .adapters import VENUE_FAILURES, covered_sequence, submit_is_ambiguous
 from .domain import (
     IMMEDIATE_TRIGGER_REASON,
     PROTECT_CLOSE_PREFIX,
@@ -1540,23 +1540,10 @@ class PositionService:
         return msgspec.json.encode(view)
 
     async def _covered_sequence(self, last: int) -> int:
-        """The ORDERS sequence a snapshot taken now covers: `last`, lowered to the ack floor of the
-        consumers that create orders (approvals, denials) while they have messages not yet handled.
-
-        An approval at or below the covered sequence that was not handled yet would be missing from
-        the snapshot and skipped by the replay of the tail; its order's later events would then be
-        orphans. Folding is idempotent, so covering less than everything is always safe.
-        """
-        covered = last
-        for durable in (ORDERS_DURABLE, DENIALS_DURABLE):
-            try:
-                info = await self.bus.js.consumer_info(subjects.STREAM_ORDERS.name, durable)
-            except NotFoundError:
-                continue  # not created yet: nothing handled, nothing pending
-            if info.num_pending or info.num_ack_pending:
-                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-                covered = min(covered, floor or 0)
-        return covered
+        """The ORDERS sequence a snapshot taken now covers (`adapters.covered_sequence` over the
+        consumers that create orders: approvals, denials). Folding is idempotent, so covering less
+        than everything is always safe."""
+        return await covered_sequence(self.bus.js, subjects.STREAM_ORDERS.name, (ORDERS_DURABLE, DENIALS_DURABLE), last)
 
     async def snapshot(self, *, force: bool = False) -> int | None:
         """Snapshot the state when the policy says so (or `force`); returns the covered sequence.
