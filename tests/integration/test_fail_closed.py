@@ -2,7 +2,8 @@
 
 Risk runs in-process through `run_service`, as its main would. The test plays the state-builder
 (heartbeats on `hb.state-builder`, answers on `svc.state-builder.symbols`) and the position
-service, and submits strategy orders the way the gateway/strategies do.
+service, and submits operator orders the way the gateway does (a strategy's entry would also meet
+the one-holder-per-symbol check against the seeded position, which is not what is tested here).
 """
 
 from __future__ import annotations
@@ -109,8 +110,7 @@ class Harness:
         order = SubmitOrder(
             client_order_id=client_order_id_for(key),
             idempotency_key=key,
-            source=OrderSource.STRATEGY,
-            strategy="alpha",
+            source=OrderSource.OPERATOR,
             symbol=SYMBOL,
             side=side,
             order_type=OrderType.MARKET,
