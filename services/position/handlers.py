@@ -1273,7 +1273,11 @@ class PositionService:
 
     async def _send_queued(self) -> None:
         """Send queued orders, oldest first, one per hold of the lock: approvals that arrive
-        meanwhile are recorded (and queued behind) between two sends instead of waiting for all."""
+        meanwhile are recorded (and queued behind) between two sends instead of waiting for all.
+
+        An order whose sending fails is left queued for the next poll and the next one is tried:
+        new orders queue behind old ones, so one that can never go out must not hold back the rest.
+        """
         queued = [o.client_order_id for o in self.orders.values() if o.status == OrderStatus.PENDING_SUBMISSION]
         for coid in queued:
             async with self._lock:
@@ -1281,8 +1285,19 @@ class PositionService:
                 hold = self.client.order_hold()
                 if not self.may_submit() or (not hold.allowed and hold.wait_s > QUEUE_HOLD_S):
                     return  # the next poll tries again
-                if order is not None and order.status == OrderStatus.PENDING_SUBMISSION:
+                if order is None or order.status != OrderStatus.PENDING_SUBMISSION:
+                    continue
+                try:
                     await self._submit(order)
+                except (LeaseLost, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - logged; the order stays queued for the next poll
+                    self.log.warning(
+                        "queued_order_send_failed",
+                        client_order_id=coid,
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                        action_taken="left queued; next order tried",
+                    )
 
     async def _venue_open_orders(self, symbols: Iterable[str]) -> list[dict]:
         """The venue's open orders of `symbols`, one symbol per request.

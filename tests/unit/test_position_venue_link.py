@@ -260,6 +260,19 @@ async def test_approved_when_budget_holds_orders_then_queued_visible_and_sent_in
     assert {svc.orders[c].status for c in submitted} == {OrderStatus.NEW}
 
 
+async def test_poll_when_a_queued_order_fails_to_send_then_the_next_one_still_goes_out() -> None:
+    placed = {"orderId": 8, "status": "NEW", "executedQty": "0"}
+    venue, bus = FakeVenue(place_order=[RuntimeError("unexpected"), placed]), FakeBus()
+    svc = service(venue, bus)
+    venue.hold = Admission(False, 1.0, "request rate halved")
+    await svc.on_approved(approved("stuck"), DELIVERY)
+    await svc.on_approved(approved("next"), DELIVERY)
+    venue.hold = Admission(True)
+    await svc.poll_once(follow_live=False)
+    assert venue.calls == ["place_order", "place_order"]
+    assert svc.orders["bw-next"].status == OrderStatus.NEW
+
+
 async def test_breaker_open_when_transition_published_then_link_down_unreconciled_and_alerted() -> None:
     venue, bus = FakeVenue(open_orders=[VenueError(503, -1001, "down")]), FakeBus()
     svc = service(None, bus)
