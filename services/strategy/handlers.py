@@ -216,11 +216,12 @@ class StrategyRunner:
                         take_profit=action.take_profit,
                         confidence=action.confidence,
                     )
+                    if not action.reduce_only:
+                        # Known before it is out: the fill's position change may come back quickly.
+                        self.strategy.entry_order = client_order_id_for(signal.message_id)
                     await self.bus.publish(
                         subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id
                     )
-                    if not action.reduce_only:
-                        self.strategy.entry_order = client_order_id_for(signal.message_id)
                     self.log.info(
                         "signal_generated",
                         strategy=self.name,
