@@ -75,7 +75,8 @@ class ServiceContext:
 Setup = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
-def _ms_since(mark: float) -> float:
+def ms_since(mark: float) -> float:
+    """Milliseconds since `mark` (a `time.perf_counter()` reading): one start-up phase's length."""
     return (time.perf_counter() - mark) * 1000
 
 
@@ -160,15 +161,15 @@ async def run_service(
     phases = ctx.startup_phases
     mark = time.perf_counter()
     await bus.connect(settings.nats_url)
-    phases["bus_connect_ms"] = _ms_since(mark)
+    phases["bus_connect_ms"] = ms_since(mark)
     mark = time.perf_counter()
     await bus.ensure_streams(replicas=settings.stream_replicas)
-    phases["ensure_streams_ms"] = _ms_since(mark)
+    phases["ensure_streams_ms"] = ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:
         mark = time.perf_counter()
         ctx.pool = await _connect_pool(ctx)
-        phases["db_connect_ms"] = _ms_since(mark)
+        phases["db_connect_ms"] = ms_since(mark)
     if needs_cache:
         ctx.cache = cache.create_client(settings.redis_url)
     setup_started = time.perf_counter()
@@ -180,7 +181,7 @@ async def run_service(
         await asyncio.wait({setup_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if setup_task.done():
             setup_task.result()
-            phases["setup_ms"] = _ms_since(setup_started)
+            phases["setup_ms"] = ms_since(setup_started)
             if ctx.state == ComponentState.STARTING:
                 ctx.set_state(ComponentState.READY)
             log.info("service_ready", pid=os.getpid(), startup_ms={k: round(v, 1) for k, v in phases.items()})

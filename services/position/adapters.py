@@ -260,5 +260,5 @@ async def covered_sequence(js: JetStreamContext, stream: str, durables: tuple[st
                 continue
             if found.seq is not None:
                 first = found.seq if first is None else min(first, found.seq)
-        covered = min(covered, first - 1 if first is not None and filters else floor)
+        covered = min(covered, first - 1 if first is not None else floor)
     return covered

@@ -15,7 +15,7 @@ from libs.errors import TransientError
 from libs.lease import LEASE_BUCKET, Lease
 from libs.projections import Projections
 from libs.ratelimit import RateBudget, SharedBans
-from libs.runtime.service import ServiceContext, main
+from libs.runtime.service import ServiceContext, main, ms_since
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.enums import ComponentState
@@ -57,7 +57,7 @@ async def setup(ctx: ServiceContext) -> None:
     mark = time.perf_counter()
     if not await _wait_for_lease(ctx, lease):
         return
-    phases["lease_ms"] = _ms_since(mark)
+    phases["lease_ms"] = ms_since(mark)
     ctx.cleanups.append(lease.release)
     role["lease"] = "held"
     role["token"] = str(lease.token)
@@ -121,7 +121,7 @@ async def setup(ctx: ServiceContext) -> None:
     # Latest valid snapshot + the ORDERS tail after it (bounded replay), then reconciliation (SPEC §6, §8).
     mark = time.perf_counter()
     await service.recover()
-    phases["recover_ms"] = _ms_since(mark)
+    phases["recover_ms"] = ms_since(mark)
     await service.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
     mark = time.perf_counter()
     delay = 0.5
@@ -137,7 +137,7 @@ async def setup(ctx: ServiceContext) -> None:
             delay = min(delay * 2, RECONCILE_RETRY_MAX_S)
     if not service.reconciled:
         return
-    phases["reconcile_ms"] = _ms_since(mark)
+    phases["reconcile_ms"] = ms_since(mark)
     mark = time.perf_counter()
     orders = subjects.STREAM_ORDERS.name
     await ctx.bus.consume(
@@ -152,15 +152,11 @@ async def setup(ctx: ServiceContext) -> None:
         filter_subjects=[subjects.CMD_ORDER_CANCEL],
         handler=service.on_cancel,
     )
-    phases["consumers_ms"] = _ms_since(mark)
+    phases["consumers_ms"] = ms_since(mark)
     await ctx.bus.serve(subjects.service_query(subjects.POSITION, "state"), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ws_bases = [settings.venue_ws_url, *settings.venue_ws_alternates]
     ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
-
-
-def _ms_since(mark: float) -> float:
-    return (time.perf_counter() - mark) * 1000
 
 
 async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:

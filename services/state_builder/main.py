@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from libs.runtime.service import ServiceContext, main, run_service
+from libs.runtime.service import ServiceContext, main, ms_since, run_service
 from libs.settings import Settings
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
@@ -61,13 +61,13 @@ async def setup(ctx: ServiceContext) -> None:
     await bus.serve(subjects.service_query(COMPONENT, "book"), builder.handle_book_request)
     await bus.serve(subjects.service_query(COMPONENT, "symbols"), builder.handle_symbols_request)
     await adapters.subscribe_link_events(bus, builder.on_link_event)
-    phases["announce_ms"] = (time.perf_counter() - mark) * 1000
+    phases["announce_ms"] = ms_since(mark)
     mark = time.perf_counter()
     report = await builder.recover(adapters.recovery_log(bus, snapshots), max_replay=ctx.settings.recovery_max_replay)
-    phases["recover_ms"] = (time.perf_counter() - mark) * 1000
+    phases["recover_ms"] = ms_since(mark)
     mark = time.perf_counter()
     await adapters.consume_market_data(bus, builder.handle_message, start_sequence=report.live_from)
-    phases["live_consumer_ms"] = (time.perf_counter() - mark) * 1000
+    phases["live_consumer_ms"] = ms_since(mark)
     ctx.spawn(builder.run_ticks(CHECK_INTERVAL_S), "hot-state-timer")
 
 

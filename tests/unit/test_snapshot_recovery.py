@@ -14,7 +14,7 @@ from proto.enums import HotStateStatus
 from proto.envelope import Message
 from proto.messages import AlertRaised, BookSnapshot, DepthDiff, HotStateStatusChanged, MarkPrice
 from services.state_builder.domain import OrderBook, StateBuilderCheckpoint, validate_book
-from services.state_builder.handlers import StateBuilder
+from services.state_builder.handlers import RecoveryReport, StateBuilder
 
 MS = 1_000_000
 SYMBOL = "BTCUSDT"
@@ -233,12 +233,11 @@ async def test_recover_when_snapshot_ahead_of_stream_then_ignored_and_resync() -
     assert not recovered.symbols[SYMBOL].book.usable
 
 
-async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> None:
-    """A recovery whose snapshot was too far behind ends in a resync; the rebuilt book is checkpointed
-    with the very message that rebuilt it, so the next restart replays a short tail instead of
-    resyncing again from the same old snapshot."""
-    clock = FakeClock()
-    messages = history(clock, 500)
+async def recovered_with_checkpoints(
+    clock: FakeClock, messages: list[Message]
+) -> tuple[StateBuilder, RecoveryReport, list[StateBuilderCheckpoint]]:
+    """A builder recovered from a checkpoint at message 10 of `messages` (replay bounded to 100), with
+    a policy that is not due for a minute; the checkpoints it takes from then on are collected."""
     first = builder(clock, [])
     for message in messages[:10]:
         await first.handle_message(message)
@@ -247,7 +246,16 @@ async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> N
     recovered = builder(clock, [])
     recovered._policy = SnapshotPolicy(clock=clock, interval_ns=60_000 * MS, every_events=2000)
     recovered._on_checkpoint = taken.append
-    report = await recovered.recover(port, max_replay=100)
+    return recovered, await recovered.recover(port, max_replay=100), taken
+
+
+async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> None:
+    """A recovery whose snapshot was too far behind ends in a resync; the rebuilt book is checkpointed
+    with the very message that rebuilt it, so the next restart replays a short tail instead of
+    resyncing again from the same old snapshot."""
+    clock = FakeClock()
+    messages = history(clock, 500)
+    recovered, report, taken = await recovered_with_checkpoints(clock, messages)
     assert report.mode == "resync"
     await recovered.handle_message(diff(1000, clock.now), delivery(report.live_from))
     assert taken == []  # the policy is not due, nothing was rebuilt
@@ -263,15 +271,7 @@ async def test_recovery_when_tail_replayed_then_first_live_message_checkpoints()
     crash loop would otherwise replay a tail that grows with every restart."""
     clock = FakeClock()
     messages = history(clock, 50)
-    first = builder(clock, [])
-    for message in messages[:10]:
-        await first.handle_message(message)
-    port = FakePort(messages, first.checkpoint(10))
-    taken: list[StateBuilderCheckpoint] = []
-    recovered = builder(clock, [])
-    recovered._policy = SnapshotPolicy(clock=clock, interval_ns=60_000 * MS, every_events=2000)
-    recovered._on_checkpoint = taken.append
-    report = await recovered.recover(port, max_replay=100)
+    recovered, report, taken = await recovered_with_checkpoints(clock, messages)
     assert report.mode == "snapshot" and report.replayed == len(messages) - 10
     last_id = 150  # history(50): diffs 101..150
     await recovered.handle_message(diff(last_id + 1, clock.now), delivery(report.live_from))
