@@ -85,6 +85,9 @@ class Settings:
     risk_session_tz_offset_s: int = _doc(
         0, "risk: a CB-1 loss session is one day starting at 00:00 UTC plus this offset"
     )
+    risk_cb1_consecutive_losses: int = _doc(
+        5, "risk: CB-1 trips after this many losing trades in a row, of any source (at least 1)"
+    )
     risk_baseline_win_rate: str = _doc("0.5", "risk: expected win rate of a strategy (CB-3 trips 30 points below it)")
     risk_cb3_trades: int = _doc(20, "risk: closed trades of a strategy CB-3 judges it over (at least 2)")
     risk_funding_normal: str = _doc("0.0001", "risk: normal absolute funding rate (CB-2 trips above 10 times it)")

@@ -330,15 +330,29 @@ async def wait_system_ready(client: httpx.AsyncClient, timeout_s: float) -> dict
 
 
 def _system_ready(status: dict[str, Any]) -> bool:
+    return not not_ready(status)
+
+
+def not_ready(status: dict[str, Any] | None) -> list[str]:
+    """What keeps the system from being ready (empty: ready), for logs and test failures."""
+    if status is None:
+        return ["no answer from /v1/status"]
     components = status.get("components") or {}
     symbols = status.get("symbols") or {}
-    return (
-        bool(components)
-        and all(comp.get("state") == "READY" for comp in components.values())
-        and status.get("trading_state") == "ACTIVE"
-        and all(sym.get("hot_state") == "VALID" for sym in symbols.values())
-        and market_streams_connected(status)
-    )
+    reasons = [f"{name} {comp.get('state')}" for name, comp in components.items() if comp.get("state") != "READY"]
+    if not components:
+        reasons.append("no components")
+    if status.get("trading_state") != "ACTIVE":
+        open_breakers = [
+            f"{name} ({breaker.get('reason')})"
+            for name, breaker in (status.get("breakers") or {}).items()
+            if isinstance(breaker, dict) and breaker.get("state") == "OPEN"
+        ]
+        reasons.append(f"trading {status.get('trading_state')}" + (f", open: {open_breakers}" if open_breakers else ""))
+    reasons += [f"{name} {sym.get('hot_state')}" for name, sym in symbols.items() if sym.get("hot_state") != "VALID"]
+    if not market_streams_connected(status):
+        reasons.append("market streams not connected")
+    return reasons
 
 
 # --------------------------------------------------------------------------- the driver
@@ -539,7 +553,7 @@ class LoadDriver:
         await wait_system_ready(self.client, 120.0)
         pid = await self._pid(plan.target)
         if pid is None:
-            self.log(f"kill {plan.target}: no pid (not READY?)")
+            self.log(f"kill {plan.target}: no pid; not ready: {not_ready(await _status(self.client))}")
             return
         if plan.between_requests:
             await self._idle.wait()
@@ -560,6 +574,8 @@ class LoadDriver:
         if await wait_system_ready(self.client, max(1.0, deadline - time.monotonic())) is not None:
             record.system_ready_s = time.monotonic() - start
         self.log(f"  {plan.target}: restarted after {record.restart_s}s, system ready after {record.system_ready_s}s")
+        if record.system_ready_s is None:
+            self.log(f"  not ready: {not_ready(await _status(self.client))}")
 
 
 # --------------------------------------------------------------------------- reading the outcome

@@ -138,6 +138,12 @@ def _program_name(name: str) -> str:
     return f"services:{name}"
 
 
+LOAD_ENV = {"BULWARK_RISK_CB1_CONSECUTIVE_LOSSES": "1000000"}
+"""Settings of a system the load script (`libs.testing.load`) drives: its round trips mostly lose
+the spread and fees, so five losses in a row would trip CB-1 (HALTED, flatten) part-way through a
+long run and end the comparison. CB-1 itself has its own tests."""
+
+
 def quiet_strategy_args(folder: Path) -> list[str]:
     """`bulwark up` arguments that keep the strategy instances from trading (they still run and
     heartbeat), so operator orders are the only orders: runs become comparable."""
@@ -201,6 +207,11 @@ def start_system(
         log_path=log_path,
         nats_url=f"nats://127.0.0.1:{ports['nats']}",
     )
+
+
+def start_load_system(data_dir: Path, log_path: Path, folder: Path) -> RunningSystem:
+    """A system for the load script: quiet strategies (operator orders only) and `LOAD_ENV`."""
+    return start_system(data_dir, log_path, quiet_strategy_args(folder), env=LOAD_ENV)
 
 
 def stop_system(system: RunningSystem, timeout_s: float = 90.0) -> int:

@@ -342,6 +342,13 @@ class RapidLossConfig:
     max_consecutive_losses: int = 5
     session_offset_ns: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_consecutive_losses < 1:
+            raise ValueError(
+                "CB-1 needs at least 1 losing trade in a row to trip "
+                f"(BULWARK_RISK_CB1_CONSECUTIVE_LOSSES={self.max_consecutive_losses})"
+            )
+
 
 class RapidLossBreaker(RiskBreaker):
     """CB-1: one trade losing > 5 % of capital, the session > 10 %, or 5 losses in a row."""

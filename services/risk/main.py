@@ -53,6 +53,7 @@ def breakers_from(settings: Settings) -> BreakerBoard:
         rapid_loss=RapidLossBreaker(
             RapidLossConfig(
                 capital=Decimal(settings.risk_capital),
+                max_consecutive_losses=settings.risk_cb1_consecutive_losses,
                 session_offset_ns=settings.risk_session_tz_offset_s * 1_000_000_000,
             )
         ),

@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from libs.ids import client_order_id_for
 from libs.testing import load
-from libs.testing.system import RunningSystem, quiet_strategy_args, start_system, stop_system
+from libs.testing.system import RunningSystem, start_load_system, stop_system
 
 pytestmark = pytest.mark.e2e
 _log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ BODY = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002
 def system() -> Iterator[RunningSystem]:
     with tempfile.TemporaryDirectory(prefix="bulwark-chaos-infra-", ignore_cleanup_errors=True) as name:
         folder = Path(name)
-        running = start_system(folder / "data", folder / "up.log", quiet_strategy_args(folder))
+        running = start_load_system(folder / "data", folder / "up.log", folder)
         try:
             running.wait_all_ready(timeout_s=150)
             yield running

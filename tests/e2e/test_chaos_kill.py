@@ -26,7 +26,7 @@ import pytest
 
 from libs.ids import client_order_id_for
 from libs.testing import load
-from libs.testing.system import RunningSystem, quiet_strategy_args, start_system, stop_system
+from libs.testing.system import RunningSystem, start_load_system, stop_system
 
 pytestmark = pytest.mark.e2e
 _log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def held() -> Iterator[Holder]:
     # Not under pytest's numbered temp dirs: another pytest session may prune them while Postgres runs.
     with tempfile.TemporaryDirectory(prefix="bulwark-chaos-", ignore_cleanup_errors=True) as name:
         folder = Path(name)
-        holder = Holder(start_system(folder / "data", folder / "up.log", quiet_strategy_args(folder)), folder)
+        holder = Holder(start_load_system(folder / "data", folder / "up.log", folder), folder)
         try:
             holder.system.wait_all_ready(timeout_s=150)
             yield holder
@@ -141,7 +141,7 @@ def test_halted_when_whole_system_restarted_then_comes_back_halted(held: Holder)
         assert halted.status_code == 200, halted.text
         assert client.get("/v1/status").json()["trading_state"] == "HALTED"
     assert stop_system(system) == 0
-    held.system = start_system(system.data_dir, held.folder / "up-2.log", quiet_strategy_args(held.folder))
+    held.system = start_load_system(system.data_dir, held.folder / "up-2.log", held.folder)
     restarted = held.system
     status = restarted.wait_all_ready(timeout_s=150)
     assert status["trading_state"] == "HALTED", status["trading_state"]
@@ -167,7 +167,7 @@ async def test_kill_9_when_random_schedule_over_every_service_then_equals_an_uni
     assert {kill.target for kill in chaos.report.kills} == set(components)
     with tempfile.TemporaryDirectory(prefix="bulwark-calm-", ignore_cleanup_errors=True) as name:
         folder = Path(name)
-        calm_system = start_system(folder / "data", folder / "up.log", quiet_strategy_args(folder))
+        calm_system = start_load_system(folder / "data", folder / "up.log", folder)
         try:
             calm_system.wait_all_ready(timeout_s=150)
             calm = await load.run_checked(
