@@ -24,6 +24,19 @@ def _doc(default: T, doc: str) -> T:
 
 
 @dataclass(frozen=True)
+class VenueAccount:
+    """Where and as whom orders for one venue are sent."""
+
+    name: str
+    rest_url: str
+    ws_url: str
+    api_key: str
+    api_secret: str
+    rest_alternates: tuple[str, ...] = ()
+    ws_alternates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """Runtime configuration of one service process."""
 
@@ -49,6 +62,20 @@ class Settings:
         (),
         "market-data and position (user-data stream): alternate venue WebSocket base URLs, tried when the main "
         "one fails (FM-N3/N4/N6)",
+    )
+    backup_venue: str = _doc(
+        "",
+        "name of a backup venue (another account speaking the same protocol), empty: none; risk sends a new "
+        "entry in a flat symbol there while the main venue's order link is down (FM-N6)",
+    )
+    backup_venue_rest_url: str = _doc("http://127.0.0.1:8101", "backup venue REST base URL")
+    backup_venue_ws_url: str = _doc("ws://127.0.0.1:8101", "backup venue WebSocket base URL (user-data stream)")
+    backup_venue_api_key: str = _doc("bulwark-sim-key", "backup venue API key")
+    backup_venue_api_secret: str = _doc("bulwark-sim-secret", "backup venue API secret (never logged)")
+    position_venue: str = _doc(
+        "",
+        "position: the venue this process trades, BULWARK_VENUE (empty) or BULWARK_BACKUP_VENUE; one process "
+        "per venue, each with its own lease, consumers and snapshots",
     )
     md_breaker_open_s: float = _doc(30.0, "market-data: seconds its venue breaker stays open before a probe (FM-N5)")
     md_clock_check_interval_s: float = _doc(
@@ -144,6 +171,39 @@ class Settings:
     stream_replicas: int = _doc(1, "JetStream stream replicas (3 in a clustered deployment)")
     alive_file: str = _doc("", "file touched on every heartbeat, for exec liveness probes (off when empty)")
     instance_id: str = _doc("", "distinguishes replicas of one component (default: host-pid)")
+
+    @property
+    def venues(self) -> tuple[str, ...]:
+        """Every venue orders may go to: the main one, then the backup if configured."""
+        return (self.venue, self.backup_venue) if self.backup_venue else (self.venue,)
+
+    def venue_account(self, venue: str) -> VenueAccount:
+        """Endpoints and credentials of `venue` (the main or the backup venue).
+
+        Raises:
+            SettingsError: `venue` is neither.
+        """
+        if venue in ("", self.venue):
+            return VenueAccount(
+                self.venue,
+                self.venue_rest_url,
+                self.venue_ws_url,
+                self.venue_api_key,
+                self.venue_api_secret,
+                self.venue_rest_alternates,
+                self.venue_ws_alternates,
+            )
+        if self.backup_venue and venue == self.backup_venue:
+            return VenueAccount(
+                self.backup_venue,
+                self.backup_venue_rest_url,
+                self.backup_venue_ws_url,
+                self.backup_venue_api_key,
+                self.backup_venue_api_secret,
+            )
+        raise SettingsError(
+            f"venue {venue!r} is neither BULWARK_VENUE={self.venue!r} nor BULWARK_BACKUP_VENUE={self.backup_venue!r}"
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

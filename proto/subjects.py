@@ -274,6 +274,16 @@ MARKET_DATA = "market-data"
 STATE_BUILDER = "state-builder"
 RISK = "risk"
 POSITION = "position"
+
+
+def position_component(venue: str, main_venue: str) -> str:
+    """Component name of the position process trading `venue`: `position` for the main venue,
+    `position-<venue>` for a backup. It names the process's heartbeat, lease (`lease.<name>`),
+    durable consumers (`<name>-orders`, `<name>-denials`, `<name>-cancels`), snapshots and
+    query subjects (`svc.<name>.*`)."""
+    return POSITION if venue in ("", main_venue) else f"{POSITION}-{venue}"
+
+
 WATCHDOG = "watchdog"
 VENUE_SIM = "venue-sim"
 
