@@ -246,6 +246,8 @@ def key_breaker(breaker: str) -> str:
 
 MARKET_WS_LINK = "market-ws"
 """market-data's WebSocket link name (`LinkStateChanged.link`, KV `link.<venue>.market-ws`)."""
+ORDER_LINK = "orders"
+"""The position process's order path to its venue (`evt.link.<venue>.orders`, KV `link.<venue>.orders`)."""
 
 
 def key_link(venue: str, link: str) -> str:

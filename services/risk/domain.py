@@ -16,7 +16,7 @@ import msgspec
 
 from libs.fsm import IllegalTransition, next_state
 from libs.ids import client_order_id_for
-from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.enums import ConnectionState, DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SubmitOrder
 
 
@@ -323,6 +323,7 @@ class _Pending:
     filled: Decimal = Decimal(0)
     reduce_only: bool = False
     holder: str | None = None
+    venue: str = ""
 
 
 class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
@@ -335,6 +336,7 @@ class PendingOrderState(msgspec.Struct, frozen=True, kw_only=True):
     filled: Decimal = Decimal(0)
     reduce_only: bool = False
     holder: str | None = None  # `order_holder`; None in snapshots written before it was kept
+    venue: str = ""  # the venue it was approved for; "" in snapshots written before it was kept (main)
 
 
 class PendingExposure:
@@ -347,7 +349,12 @@ class PendingExposure:
         self._orders.setdefault(
             order.client_order_id,
             _Pending(
-                order.symbol, order.side, order.quantity, reduce_only=order.reduce_only, holder=order_holder(order)
+                order.symbol,
+                order.side,
+                order.quantity,
+                reduce_only=order.reduce_only,
+                holder=order_holder(order),
+                venue=order.venue,
             ),
         )
 
@@ -389,6 +396,10 @@ class PendingExposure:
             if pending.symbol == symbol and not pending.reduce_only
         }
 
+    def venues(self, symbol: str, main_venue: str) -> set[str]:
+        """The venues with an order in flight in `symbol` ("" in an old snapshot: the main venue)."""
+        return {pending.venue or main_venue for pending in self._orders.values() if pending.symbol == symbol}
+
     def __len__(self) -> int:
         return len(self._orders)
 
@@ -403,6 +414,7 @@ class PendingExposure:
                 filled=item.filled,
                 reduce_only=item.reduce_only,
                 holder=item.holder,
+                venue=item.venue,
             )
             for coid, item in self._orders.items()
         ]
@@ -422,6 +434,7 @@ class PendingExposure:
                 filled=item.filled,
                 reduce_only=item.reduce_only,
                 holder=item.holder,
+                venue=item.venue,
             )
         return pending
 
@@ -461,17 +474,92 @@ class OrderRateWindow:
 # --------------------------------------------------------------------------- flattening
 
 
-def flatten_orders(positions: dict[str, Decimal], key: str, venue: str) -> list[SubmitOrder]:
-    """Reduce-only MARKET orders that close every open position.
+# --------------------------------------------------------------------------- venues (FM-N6)
 
-    `key` names the cause (e.g. the breaker trip); the idempotency key `flatten:<key>:<symbol>`
-    makes a re-run of the same flatten produce the same client order ids, so it is sent once.
+
+def book_key(venue: str, symbol: str, main_venue: str) -> str:
+    """Key of one venue's position in a symbol: the symbol itself on the main venue (the form
+    snapshots always had), `<venue>:<symbol>` on a backup venue."""
+    return symbol if venue in ("", main_venue) else f"{venue}:{symbol}"
+
+
+def split_book(book: str, main_venue: str) -> tuple[str, str]:
+    """(venue, symbol) of a `book_key`."""
+    venue, _, symbol = book.rpartition(":")
+    return (venue or main_venue), symbol
+
+
+class OrderLinks(msgspec.Struct, frozen=True, kw_only=True):
+    """The venues orders may go to and the state of each one's order link (position's
+    `LinkStateChanged`, link `orders`; None: never heard of, e.g. its process not started yet)."""
+
+    main: str
+    backup: str = ""
+    states: dict[str, ConnectionState | None] = {}
+
+    def usable(self, venue: str) -> bool:
+        """Would an order sent to `venue` now go out (not queued behind a venue outage)?"""
+        return self.states.get(venue) != ConnectionState.DISCONNECTED
+
+    def known(self, venue: str) -> bool:
+        return venue == self.main or (self.backup != "" and venue == self.backup)
+
+
+class Route(msgspec.Struct, frozen=True):
+    venue: str
+    reason: str
+
+
+def route_order(
+    order: SubmitOrder, links: OrderLinks, positions: dict[str, Decimal], in_flight: set[str]
+) -> Route | None:
+    """The venue an order goes to (FM-N6), None for a venue that is not configured.
+
+    A symbol's position lives on one venue: an order in a symbol that has a position or orders in
+    flight on a venue goes there (an exit can only close the position where it is; an entry next to
+    a queued one would otherwise split the symbol over two venues). An order in a flat symbol with
+    nothing in flight goes to the main venue, or to the backup while the main venue's order link is
+    DISCONNECTED and the backup's is not. An order naming the backup venue itself is sent there.
+    `positions` is keyed by venue (this symbol only); `in_flight` are the venues with pending orders.
+    """
+    requested = order.venue or links.main
+    if not links.known(requested):
+        return None
+    if not links.backup:
+        return Route(requested, "")
+    held = {venue for venue, quantity in positions.items() if quantity != 0} | in_flight
+    if len(held) == 1:
+        (venue,) = held
+        return Route(venue, "" if venue == requested else f"{order.symbol} is on {venue}")
+    if len(held) > 1:
+        # Positions on both venues (only an adopted outside position can do that): an order that
+        # reduces one of them goes there; anything else stays where it was asked for.
+        for venue in sorted(held):
+            if reduces_exposure(order, positions.get(venue, Decimal(0))):
+                return Route(venue, f"reduces the {order.symbol} position on {venue}")
+        return Route(requested, "")
+    if (
+        requested == links.main
+        and not links.usable(links.main)
+        and links.states.get(links.backup) == ConnectionState.CONNECTED
+    ):
+        return Route(links.backup, f"failover: the {links.main} order link is DISCONNECTED (FM-N6)")
+    return Route(requested, "")
+
+
+def flatten_orders(positions: dict[str, Decimal], key: str, main_venue: str) -> list[SubmitOrder]:
+    """Reduce-only MARKET orders that close every open position, each on the venue that holds it.
+
+    `positions` is keyed by `book_key`. `key` names the cause (e.g. the breaker trip); the
+    idempotency key `flatten:<key>:<book>` makes a re-run of the same flatten produce the same
+    client order ids, so it is sent once.
     """
     orders = []
-    for symbol, quantity in sorted(positions.items()):
+    for book, quantity in sorted(positions.items()):
         if quantity == 0:
             continue
-        idempotency_key = f"flatten:{key}:{symbol}"
+        venue, symbol = split_book(book, main_venue)
+        idempotency_key = f"flatten:{key}:{book}"
         orders.append(
             SubmitOrder(
                 client_order_id=client_order_id_for(idempotency_key),

@@ -77,19 +77,24 @@ from .breakers import (
 )
 from .domain import (
     UNATTRIBUTED,
+    Decision,
     InvalidTransition,
+    OrderLinks,
     OrderRateWindow,
     PendingExposure,
     RiskLimits,
     StateBuilderWatch,
     TradingStateRecord,
     TradingTrigger,
+    book_key,
     check_order,
     flatten_orders,
     next_trading_state,
     reduces_exposure,
     reference_price,
     reply_hot_state,
+    route_order,
+    split_book,
 )
 
 Clock = Callable[[], int]
@@ -161,11 +166,18 @@ class RiskService:
         resources: adapters.ProcResources | None = None,
         snapshots: SnapshotKeeper[snap.RiskSnapshot] | None = None,
         policy: SnapshotPolicy | None = None,
+        backup_venue: str = "",
     ) -> None:
         self.bus = bus
         self.log = log
         self.limits = limits
         self.venue = venue
+        """The main venue (market data, and orders unless routed to the backup)."""
+        self.backup_venue = backup_venue
+        """A configured backup venue ("" none): new entries in flat symbols go there while the main
+        venue's order link is down (FM-N6, `route_order`)."""
+        self.order_links: dict[str, ConnectionState | None] = {}
+        """Order link state per venue, from the position processes' `LinkStateChanged` (link `orders`)."""
         self.clock = clock
         self.monotonic = monotonic
         self.trading = state
@@ -173,6 +185,7 @@ class RiskService:
         self.market_link: ConnectionState | None = None
         """The venue's market-data stream state (None: never heard of; no market-data to wait for)."""
         self.positions: dict[str, Decimal] = {}
+        """Position per `book_key` (the symbol on the main venue, `<venue>:<symbol>` on the backup)."""
         self._position_ts: dict[str, int] = {}
         self.mark_prices: dict[str, Decimal] = {}
         self.decided: set[str] = set()
@@ -201,13 +214,35 @@ class RiskService:
 
     # ------------------------------------------------------------------ followers
 
+    @property
+    def venues(self) -> tuple[str, ...]:
+        """Venues this desk trades on: the main one, then the backup if configured."""
+        return (self.venue, self.backup_venue) if self.backup_venue else (self.venue,)
+
+    def book(self, venue: str, symbol: str) -> str:
+        return book_key(venue, symbol, self.venue)
+
     def apply_position(self, event: PositionChanged) -> bool:
-        """Track the newest position of a symbol; False when the event is older (ignored)."""
-        if event.ts_event_ns < self._position_ts.get(event.symbol, 0):
+        """Track the newest position of a symbol on a venue; False when the event is older or of a
+        venue this desk does not trade on (ignored)."""
+        if event.venue not in self.venues:
             return False
-        self._position_ts[event.symbol] = event.ts_event_ns
-        self.positions[event.symbol] = event.quantity
+        book = self.book(event.venue, event.symbol)
+        if event.ts_event_ns < self._position_ts.get(book, 0):
+            return False
+        self._position_ts[book] = event.ts_event_ns
+        self.positions[book] = event.quantity
         return True
+
+    def on_order_link(self, event: LinkStateChanged) -> None:
+        """A position process's order link changed (`orders`): routing follows it (FM-N6)."""
+        previous = self.order_links.get(event.venue)
+        self.order_links[event.venue] = event.current
+        if previous != event.current:
+            self.log.info("order_link_changed", venue=event.venue, previous=previous, current=event.current)
+
+    def links(self) -> OrderLinks:
+        return OrderLinks(main=self.venue, backup=self.backup_venue, states=dict(self.order_links))
 
     async def on_core_event(self, msg: Msg) -> None:
         """Core-NATS follower of hot state, positions, marks, order events, degradation, strategy commands."""
@@ -242,7 +277,7 @@ class RiskService:
         match message:
             case HotStateStatusChanged():
                 self.hot_state[message.symbol] = message.current
-            case PositionChanged() if message.venue == self.venue:
+            case PositionChanged():
                 await self.on_position(message)
             case MarkPrice():
                 await self.on_mark(message)
@@ -254,6 +289,8 @@ class RiskService:
                 self.heard_state_builder()
             case LinkStateChanged() if message.venue == self.venue and message.link == subjects.MARKET_WS_LINK:
                 self.on_market_link(message.current, message.reason)
+            case LinkStateChanged() if message.venue in self.venues and message.link == subjects.ORDER_LINK:
+                self.on_order_link(message)
             case _:
                 pass
 
@@ -348,9 +385,10 @@ class RiskService:
             try:
                 for symbol in sorted(self.limits.symbols):
                     self.hot_state[symbol] = await adapters.read_hot_state(self.bus, symbol)
-                    last = await adapters.read_last_position(self.bus, self.venue, symbol)
-                    if last is not None:
-                        self.apply_position(last)
+                    for venue in self.venues:
+                        last = await adapters.read_last_position(self.bus, venue, symbol)
+                        if last is not None:
+                            self.apply_position(last)
                 await self.refresh_degradation()
                 await self.probe_state_builder()  # its answer, when there is one, is fresher than KV
                 await self.bus.publish(
@@ -377,7 +415,9 @@ class RiskService:
             return
         _remember(self._seen_positions, event.message_id, None)
         strategy = self.order_strategy.get(event.caused_by_client_order_id or "")
-        update = self.trades.on_position(event.symbol, event.quantity, event.realized_pnl, event.ts_event_ns, strategy)
+        update = self.trades.on_position(
+            self.book(event.venue, event.symbol), event.quantity, event.realized_pnl, event.ts_event_ns, strategy
+        )
         if update is None or self.breakers is None:
             return
         now = self.clock()
@@ -443,15 +483,20 @@ class RiskService:
             link = await adapters.read_link_state(self.bus, self.venue, subjects.MARKET_WS_LINK)
             if self.market_link is None:
                 self.on_market_link(link, "from KV")
+        for venue in self.venues:
+            if venue not in self.order_links:
+                state = await adapters.read_link_state(self.bus, venue, subjects.ORDER_LINK)
+                self.order_links.setdefault(venue, state)
         for symbol in sorted(self.limits.symbols):
             if symbol not in self.hot_state:
                 status = await adapters.read_hot_state(self.bus, symbol)
                 self.hot_state.setdefault(symbol, status)
             if self.recovery is not None:
                 continue
-            last = await adapters.read_last_position(self.bus, self.venue, symbol)
-            if last is not None and self.apply_position(last):
-                self.trades.seed(symbol, last.quantity, last.realized_pnl, last.ts_event_ns)
+            for venue in self.venues:
+                last = await adapters.read_last_position(self.bus, venue, symbol)
+                if last is not None and self.apply_position(last):
+                    self.trades.seed(self.book(venue, symbol), last.quantity, last.realized_pnl, last.ts_event_ns)
         await self.refresh_degradation()
         self.log.info(
             "risk_state_loaded",
@@ -701,7 +746,7 @@ class RiskService:
                 CancelOrder(client_order_id=coid, operator=RISK_OPERATOR, reason=f"flatten: {reason}"),
                 msg_id=f"cancel:{coid}",
             )
-        orders = flatten_orders(self.positions, key, self.venue)
+        orders = flatten_orders(self.positions, key, self.venue)  # each on the venue that holds it
         for order in orders:
             approved = OrderApproved(order=order, correlation_id=order.correlation_id)
             await self.bus.publish(
@@ -755,12 +800,25 @@ class RiskService:
                 disabled = strategy.record.reason
         return state, paused, disabled
 
-    def _holders(self, symbol: str, position: Decimal) -> frozenset[str]:
-        """Who holds `symbol`: its open position's owner and the owners of entries in flight."""
+    def _holders(self, symbol: str) -> frozenset[str]:
+        """Who holds `symbol`: its open positions' owners (on any venue) and the owners of entries in flight."""
         holders = self.pending.entry_holders(symbol)
-        if position != 0:
-            holders.add(self.trades.owner(symbol) or UNATTRIBUTED)
+        for venue in self.venues:
+            book = self.book(venue, symbol)
+            if self.positions.get(book, Decimal(0)) != 0:
+                holders.add(self.trades.owner(book) or UNATTRIBUTED)
         return frozenset(holders)
+
+    def route(self, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
+        """The order as it goes out, on the venue `route_order` picks, and why when it is not the
+        one asked for; None when it names a venue this desk does not trade on."""
+        positions = {venue: self.positions.get(self.book(venue, order.symbol), Decimal(0)) for venue in self.venues}
+        route = route_order(order, self.links(), positions, self.pending.venues(order.symbol, self.venue))
+        if route is None:
+            return None
+        if route.venue == order.venue:
+            return order, route.reason
+        return msgspec.structs.replace(order, venue=route.venue), route.reason
 
     async def decide(self, order: SubmitOrder, confidence: Decimal | None = None) -> OrderApproved | OrderDenied | None:
         """Check an order and publish its decision (None when it was already decided)."""
@@ -773,33 +831,44 @@ class RiskService:
             if order.price is None and order.stop_price is None and order.symbol not in self.mark_prices:
                 bid, ask = await self._touch_prices(order.symbol)
             price = reference_price(order, self.mark_prices.get(order.symbol), bid, ask)
-            position = self.positions.get(order.symbol, Decimal(0))
-            if not reduces_exposure(order, position) and (
-                self.hot_state.get(order.symbol) is None or not self.state_builder.alive(self.monotonic())
-            ):
-                await self.probe_state_builder()  # an entry needs a live state-builder's word (FM-C1)
-            pending_buy, pending_sell = self.pending.totals(order.symbol)
-            trading_state, paused, disabled = self._breaker_gates(order)
-            entries_halted = self.entries_halted() or self.market_link_gate(order.symbol)
+            routed = self.route(order)
             now = self.clock()
-            decision = check_order(
-                order,
-                trading_state=trading_state,
-                hot_state=self.hot_state.get(order.symbol),
-                position=position,
-                reference_price=price,
-                limits=self.limits,
-                degradation=self.degradation,
-                pending_buy=pending_buy,
-                pending_sell=pending_sell,
-                entries_paused=paused,
-                strategy_disabled=disabled,
-                confidence=confidence,
-                recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
-                entries_halted=entries_halted,
-                holders=self._holders(order.symbol, position),
-            )
-            venue = order.venue or self.venue
+            trading_state = self.trading.state
+            position = Decimal(0)
+            if routed is None:
+                # Approved, it would wait on a subject no position process reads.
+                decision = Decision(
+                    approved=False, reason=f"venue {order.venue!r} is not configured (venues: {', '.join(self.venues)})"
+                )
+                routed_because = ""
+            else:
+                order, routed_because = routed
+                position = self.positions.get(self.book(order.venue, order.symbol), Decimal(0))
+                if not reduces_exposure(order, position) and (
+                    self.hot_state.get(order.symbol) is None or not self.state_builder.alive(self.monotonic())
+                ):
+                    await self.probe_state_builder()  # an entry needs a live state-builder's word (FM-C1)
+                pending_buy, pending_sell = self.pending.totals(order.symbol)
+                trading_state, paused, disabled = self._breaker_gates(order)
+                entries_halted = self.entries_halted() or self.market_link_gate(order.symbol)
+                decision = check_order(
+                    order,
+                    trading_state=trading_state,
+                    hot_state=self.hot_state.get(order.symbol),
+                    position=position,
+                    reference_price=price,
+                    limits=self.limits,
+                    degradation=self.degradation,
+                    pending_buy=pending_buy,
+                    pending_sell=pending_sell,
+                    entries_paused=paused,
+                    strategy_disabled=disabled,
+                    confidence=confidence,
+                    recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
+                    entries_halted=entries_halted,
+                    holders=self._holders(order.symbol),
+                )
+            venue = order.venue if routed is not None else self.venue  # a denial is recorded all the same
             coid = order.client_order_id
             correlation = order.correlation_id or order.idempotency_key
             result: OrderApproved | OrderDenied
@@ -828,6 +897,8 @@ class RiskService:
                 side=order.side.value,
                 quantity=str(order.quantity),
                 reason=decision.reason,
+                venue=venue,
+                routed=routed_because or None,
                 trading_state=trading_state.value,
                 degradation=self.degradation.value if self.degradation else "UNKNOWN",
             )
@@ -933,13 +1004,17 @@ class RiskService:
                         self.rates.record(order.strategy, message.ts_event_ns)
             case OrderDenied(order=order):
                 self.decided.add(order.client_order_id)
-            case PositionChanged() if message.venue == self.venue:
+            case PositionChanged():
                 if message.message_id in self._seen_positions or not self.apply_position(message):
                     return
                 _remember(self._seen_positions, message.message_id, None)
                 strategy = self.order_strategy.get(message.caused_by_client_order_id or "")
                 self.trades.on_position(
-                    message.symbol, message.quantity, message.realized_pnl, message.ts_event_ns, strategy
+                    self.book(message.venue, message.symbol),
+                    message.quantity,
+                    message.realized_pnl,
+                    message.ts_event_ns,
+                    strategy,
                 )
             case _:
                 pass  # order commands, events of other venues
@@ -986,11 +1061,10 @@ class RiskService:
             if item.quantity <= 0 or item.filled < 0 or item.filled >= item.quantity:
                 self.log.error("recovery_pending_invalid", client_order_id=item.client_order_id, action_taken="dropped")
                 self.pending.release(item.client_order_id)
-        for symbol in self.positions:
-            if symbol not in self.limits.symbols:
-                self.log.warning(
-                    "recovery_position_unknown_symbol", symbol=symbol, quantity=str(self.positions[symbol])
-                )
+        for book, quantity in self.positions.items():
+            venue, symbol = split_book(book, self.venue)
+            if symbol not in self.limits.symbols or venue not in self.venues:
+                self.log.warning("recovery_position_unknown_symbol", venue=venue, symbol=symbol, quantity=str(quantity))
 
     async def _alert_corrupt(self, corrupt: list[str]) -> None:
         alert = AlertRaised(

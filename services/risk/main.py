@@ -90,6 +90,7 @@ async def setup(ctx: ServiceContext) -> None:
             interval_ns=int(settings.snapshot_interval_s * 1e9),
             every_events=settings.snapshot_every_events,
         ),
+        backup_venue=settings.backup_venue,
     )
     report = await service.recover(snap.orders_log(ctx.bus, snapshots))
     await service.load_breakers(settings.strategies)

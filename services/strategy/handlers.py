@@ -96,12 +96,16 @@ class StrategyRunner:
         snapshots: SnapshotKeeper[snap.StrategySnapshot] | None = None,
         policy: SnapshotPolicy | None = None,
         max_replay: int = 20_000,
+        order_venues: tuple[str, ...] = (),
     ) -> None:
         self.bus = bus
         self.log = log
         self.instance = instance
         self.strategy: Strategy = instance.build()
         self.venue = venue
+        self.order_venues = order_venues or (venue,)
+        """Venues the desk's positions can be on (main, and a backup risk may route entries to, FM-N6)."""
+        self._venue_positions: dict[tuple[str, str], Decimal] = {}
         self.clock = clock
         self.symbols = symbols
         # Unique per process (a pid alone repeats: pid 1 in every container).
@@ -331,13 +335,22 @@ class StrategyRunner:
 
     async def _load_positions(self) -> None:
         for symbol in sorted({*self.symbols, *self.instance.config.symbols}):
-            try:
-                last = await adapters.read_last_position(self.bus, self.venue, symbol)
-            except Exception as exc:  # noqa: BLE001 - unknown stays unknown; new position events fill it in
-                self.log.warning("position_load_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
-                continue
-            if last is not None:
-                self.strategy.positions[symbol] = last.quantity
+            for venue in self.order_venues:
+                try:
+                    last = await adapters.read_last_position(self.bus, venue, symbol)
+                except Exception as exc:  # noqa: BLE001 - unknown stays unknown; new position events fill it in
+                    self.log.warning(
+                        "position_load_failed", venue=venue, symbol=symbol, error=f"{type(exc).__name__}: {exc}"
+                    )
+                    continue
+                if last is not None:
+                    self.strategy.positions[symbol] = self.net_position(last)
+
+    def net_position(self, event: PositionChanged) -> Decimal:
+        """The symbol's position over every venue, with this venue's changed (a symbol's position is
+        on one venue at a time, risk's routing sees to that; the sum is right either way)."""
+        self._venue_positions[(event.venue, event.symbol)] = event.quantity
+        return sum((qty for (_, symbol), qty in self._venue_positions.items() if symbol == event.symbol), Decimal(0))
 
     # ------------------------------------------------------------------ snapshots and recovery (SPEC §8)
 
@@ -581,8 +594,8 @@ class StrategyRunner:
         strategy = self.strategy
         if strategy.state == StrategyState.FAILED:
             # A FAILED strategy runs none of its code; it only keeps the positions it will need when re-enabled.
-            if isinstance(message, PositionChanged) and message.venue == self.venue:
-                strategy.positions[message.symbol] = message.quantity
+            if isinstance(message, PositionChanged) and message.venue in self.order_venues:
+                strategy.positions[message.symbol] = self.net_position(message)
             return
         now = self.clock()
         if isinstance(message, Trade | Liquidation | OpenInterest):
@@ -612,12 +625,11 @@ class StrategyRunner:
                 await self._guarded(
                     described, lambda: self.strategy.on_open_interest(message.symbol, now, message.open_interest)
                 )
-            case PositionChanged() if message.venue == self.venue:
+            case PositionChanged() if message.venue in self.order_venues:
+                net = self.net_position(message)
                 await self._guarded(
                     described,
-                    lambda: self.strategy.on_position(
-                        message.symbol, message.quantity, now, message.caused_by_client_order_id
-                    ),
+                    lambda: self.strategy.on_position(message.symbol, net, now, message.caused_by_client_order_id),
                 )
             case LinkStateChanged() if message.venue == self.venue and message.previous != message.current:
                 # Every change, a (re)connection of a restarted market-data included: data had a gap.

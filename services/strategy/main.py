@@ -64,6 +64,7 @@ async def setup(ctx: ServiceContext) -> None:
             every_events=ctx.settings.snapshot_every_events,
         ),
         max_replay=ctx.settings.recovery_max_replay,
+        order_venues=ctx.settings.venues,
     )
     ctx.details = runner.details
     ctx.log.info("strategy_configured", strategy=name, kind=instance.kind, config=repr(instance.config))
