@@ -15,7 +15,18 @@ from typing import Any
 
 from libs import logging as bulwark_logging
 from libs.runtime.infra import postgres_dsn
-from libs.runtime.launcher import DEFAULT_SYMBOLS, LaunchConfig, LaunchError, System, load_credentials
+from libs.runtime.launcher import (
+    BACKUP_VENUE_PROGRAM,
+    DEFAULT_BACKUP_VENUE_PORT,
+    DEFAULT_SYMBOLS,
+    LaunchConfig,
+    LaunchError,
+    System,
+    backup_position_program,
+    default_backup_venue,
+    load_credentials,
+)
+from proto.subjects import DEFAULT_VENUE
 
 DEFAULT_DATA_DIR = Path(".bulwark")
 ENDPOINTS_FILE = "endpoints.json"
@@ -90,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--strategy-config", type=Path, help="TOML file of per-instance strategy parameters (docs/strategies.md)"
+    )
+    up.add_argument(
+        "--backup-venue",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="also simulate a backup venue (another account, same protocol) and run its position process "
+        "(position-NAME); risk sends new entries there while the main venue's order link is down (FM-N6). "
+        "NAME defaults to <main venue>-backup, e.g. binance-usdm-backup",
+    )
+    up.add_argument(
+        "--backup-venue-port",
+        type=_port,
+        default=DEFAULT_BACKUP_VENUE_PORT,
+        help=f"port of the backup venue simulator (default {DEFAULT_BACKUP_VENUE_PORT}; with --backup-venue)",
     )
 
     status = commands.add_parser("status", help="show the running system's status")
@@ -183,6 +210,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(f"bulwark up: {exc}")
         return 2
+    main_venue = market_env.get("BULWARK_VENUE") or os.environ.get("BULWARK_VENUE") or DEFAULT_VENUE
     config = LaunchConfig(
         data_dir=args.data_dir.resolve(),
         host=args.host,
@@ -199,8 +227,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
         strategy_config=args.strategy_config.resolve() if args.strategy_config else None,
         extra_env=market_env,
+        main_venue=main_venue,
+        backup_venue="" if args.backup_venue is None else (args.backup_venue or default_backup_venue(main_venue)),
+        backup_venue_port=args.backup_venue_port,
     )
-    problem = _strategy_config_problem(config.strategies, config.strategy_config)
+    problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
     if problem:
         _err(f"bulwark up: {problem}")
         return 2
@@ -226,18 +257,28 @@ def cmd_up(args: argparse.Namespace) -> int:
         "pg_dsn": postgres_dsn(config.pg_port, config.host),
         "redis_url": f"redis://{config.host}:{config.redis_port}/0",
     }
+    if config.backup_venue:
+        endpoints["backup_venue"] = system.venue_urls()[BACKUP_VENUE_PROGRAM]
+        endpoints["backup_venue_name"] = config.backup_venue
     # Other verbs (`projections`, ...) find the running system through this file.
     (config.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
     _out("")
     _out(f"Bulwark is starting (data dir {config.data_dir})")
     _out(f"  gateway          http://{config.host}:{config.gateway_port}   (dashboard: /, API docs: /docs)")
     _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
+    if config.backup_venue:
+        _out(
+            f"  backup venue     {endpoints['backup_venue']}   ({config.backup_venue}, traded by "
+            f"{backup_position_program(config)}; state: /_sim/state)"
+        )
     _out(f"  nats             {endpoints['nats_url']}")
     _out(f"  postgres         {endpoints['pg_dsn']}")
     _out(f"  admin token      {creds.admin_token}")
     _out(f"  operator token   {creds.operator_token}")
     _out(f"  viewer token     {creds.viewer_token}")
     _out(f"  venue api key    {creds.venue_api_key} (secret in {config.data_dir / 'credentials.json'})")
+    if config.backup_venue:
+        _out(f"  backup api key   {creds.backup_venue_api_key} (secret in the same file)")
     _out(f"  logs             {config.data_dir / 'logs'}")
     _out("Press Ctrl-C to stop.")
     try:
@@ -295,6 +336,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(
             f"  {name:<22} {comp.get('state', '?'):<10} pid={comp.get('pid')} age={comp.get('last_heartbeat_age_ms')}ms"
         )
+    venues = status.get("venues") or {}
+    if len(venues) > 1:
+        _out("venues:")
+        for name, venue in venues.items():
+            link, reason = venue.get("order_link") or "UNKNOWN", venue.get("order_link_reason")
+            _out(
+                f"  {name:<22} {venue.get('role', '?'):<7} orders {link:<12} "
+                f"{venue.get('position_component')}={venue.get('position_state')}" + (f"  ({reason})" if reason else "")
+            )
     _out("symbols:")
     for name, sym in sorted(status.get("symbols", {}).items()):
         hot, age, update_id = sym.get("hot_state", "?"), sym.get("age_ms"), sym.get("last_update_id")

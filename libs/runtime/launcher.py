@@ -5,6 +5,12 @@ crashed process is restarted (with supervisord's back-off while it keeps failing
 launcher writes the supervisord configuration into the data dir, starts supervisord, waits for the
 infrastructure, prepares the database and streams, then starts the venue simulator and services.
 A second `bulwark up` on the same data dir resumes with the same state and tokens.
+
+With a backup venue (`bulwark up --backup-venue`, SPEC FM-N6) a second simulator process serves
+another account on its own port (`venue-sim-backup`, its own in-memory state, the same protocol
+and market) and a second position process trades it (`position-<name>`,
+`BULWARK_POSITION_VENUE=<name>`); every service learns the backup venue's name, URLs and keys
+from `BULWARK_BACKUP_VENUE*`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,6 +37,7 @@ from libs import db
 from libs.bus import Bus
 from libs.logging import get_logger
 from libs.runtime import infra
+from proto.subjects import DEFAULT_VENUE, position_component
 
 _log = get_logger("launcher")
 
@@ -43,7 +51,19 @@ SERVICE_MODULES: dict[str, str] = {
 }
 STRATEGY_MODULE = "services.strategy.main"
 VENUE_SIM_MODULE = "services.venue_sim.main"
+POSITION_MODULE = SERVICE_MODULES["position"]
 INFRA_PROGRAMS = ("nats", "postgres", "valkey")
+VENUE_PROGRAM = "venue-sim"
+BACKUP_VENUE_PROGRAM = "venue-sim-backup"
+"""The backup venue's simulator: another account with its own orders, fills and positions."""
+DEFAULT_BACKUP_VENUE_PORT = 8101
+VENUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+"""A venue name is a subject token (`evt.order.<event>.<venue>.<symbol>`) and part of a program name."""
+
+
+def default_backup_venue(main_venue: str = DEFAULT_VENUE) -> str:
+    """The backup venue's name when `--backup-venue` names none: `<main venue>-backup`."""
+    return f"{main_venue}-backup"
 
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -73,9 +93,14 @@ class LaunchConfig:
     strategies: tuple[str, ...] = ("cascade-fade", "trend")
     strategy_config: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    backup_venue: str = ""
+    """Name of the backup venue to simulate and trade (FM-N6); empty: none."""
+    backup_venue_port: int = DEFAULT_BACKUP_VENUE_PORT
+    main_venue: str = DEFAULT_VENUE
+    """`BULWARK_VENUE` of the services (a spot replay trades `binance-spot`)."""
 
     def ports(self) -> dict[str, int]:
-        return {
+        ports = {
             "--gateway-port": self.gateway_port,
             "--venue-port": self.venue_port,
             "--nats-port": self.nats_port,
@@ -83,6 +108,25 @@ class LaunchConfig:
             "--pg-port": self.pg_port,
             "--redis-port": self.redis_port,
         }
+        if self.backup_venue:
+            ports["--backup-venue-port"] = self.backup_venue_port
+        return ports
+
+    def problems(self) -> list[str]:
+        """What makes this configuration unusable, in the user's terms (empty: none)."""
+        found = []
+        if self.backup_venue:
+            if not VENUE_NAME.match(self.backup_venue):
+                found.append(f"--backup-venue {self.backup_venue!r}: a venue name is letters, digits, '-' and '_' only")
+            if self.backup_venue == self.main_venue:
+                found.append(f"--backup-venue {self.backup_venue!r} is the main venue; name another one")
+            taken = [flag for flag, port in self.ports().items() if port == self.backup_venue_port]
+            if len(taken) > 1:
+                found.append(f"{' and '.join(taken)} are the same port {self.backup_venue_port}")
+        return found
+
+    def url(self, scheme: str, port: int) -> str:
+        return f"{scheme}://{self.host}:{port}"
 
 
 @dataclass
@@ -92,6 +136,8 @@ class Credentials:
     viewer_token: str
     venue_api_key: str
     venue_api_secret: str
+    backup_venue_api_key: str
+    backup_venue_api_secret: str
 
 
 VENUE_START_WAIT_S = 60.0
@@ -101,8 +147,9 @@ VENUE_START_WAIT_S = 60.0
 def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> Credentials:
     """Tokens and venue keys, generated once per data dir and kept in `credentials.json` (0600).
 
-    `BULWARK_ADMIN_TOKEN`, `BULWARK_OPERATOR_TOKEN`, `BULWARK_VIEWER_TOKEN`, `BULWARK_VENUE_API_KEY`
-    and `BULWARK_VENUE_API_SECRET` override the stored values.
+    `BULWARK_ADMIN_TOKEN`, `BULWARK_OPERATOR_TOKEN`, `BULWARK_VIEWER_TOKEN`, `BULWARK_VENUE_API_KEY`,
+    `BULWARK_VENUE_API_SECRET`, `BULWARK_BACKUP_VENUE_API_KEY` and `BULWARK_BACKUP_VENUE_API_SECRET`
+    override the stored values. The backup venue's simulator is another account: its own key.
     """
     env = dict(os.environ if environ is None else environ)
     path = data_dir / "credentials.json"
@@ -118,6 +165,8 @@ def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> C
         "viewer_token": secrets.token_hex(16),
         "venue_api_key": "bulwark-sim-key",
         "venue_api_secret": "bulwark-sim-secret",
+        "backup_venue_api_key": "bulwark-sim-backup-key",
+        "backup_venue_api_secret": "bulwark-sim-backup-secret",
     }
     values = {key: stored.get(key) or default for key, default in defaults.items()}
     if stored != values:
@@ -136,8 +185,8 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         "BULWARK_NATS_URL": f"nats://{config.host}:{config.nats_port}",
         "BULWARK_PG_DSN": infra.postgres_dsn(config.pg_port, config.host),
         "BULWARK_REDIS_URL": f"redis://{config.host}:{config.redis_port}/0",
-        "BULWARK_VENUE_REST_URL": f"http://{config.host}:{config.venue_port}",
-        "BULWARK_VENUE_WS_URL": f"ws://{config.host}:{config.venue_port}",
+        "BULWARK_VENUE_REST_URL": config.url("http", config.venue_port),
+        "BULWARK_VENUE_WS_URL": config.url("ws", config.venue_port),
         "BULWARK_VENUE_API_KEY": creds.venue_api_key,
         "BULWARK_VENUE_API_SECRET": creds.venue_api_secret,
         "BULWARK_ADMIN_TOKEN": creds.admin_token,
@@ -149,8 +198,21 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         "BULWARK_STRATEGIES": ",".join(config.strategies),
         "BULWARK_SIM_HOST": config.host,
         "BULWARK_SIM_PORT": str(config.venue_port),
+        # The launcher owns the topology: a backup venue is configured exactly when its simulator
+        # and position process run, whatever the caller's environment says.
+        "BULWARK_BACKUP_VENUE": config.backup_venue,
+        "BULWARK_POSITION_VENUE": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if config.backup_venue:
+        env.update(
+            {
+                "BULWARK_BACKUP_VENUE_REST_URL": config.url("http", config.backup_venue_port),
+                "BULWARK_BACKUP_VENUE_WS_URL": config.url("ws", config.backup_venue_port),
+                "BULWARK_BACKUP_VENUE_API_KEY": creds.backup_venue_api_key,
+                "BULWARK_BACKUP_VENUE_API_SECRET": creds.backup_venue_api_secret,
+            }
+        )
     if config.venue_source:
         env["BULWARK_SIM_SOURCE"] = config.venue_source
     if config.venue_speed is not None:
@@ -191,10 +253,23 @@ def _quote(part: str) -> str:
     return part
 
 
+def venue_programs(config: LaunchConfig) -> tuple[str, ...]:
+    """The simulator programs: the main venue's, then the backup venue's if configured."""
+    return (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM) if config.backup_venue else (VENUE_PROGRAM,)
+
+
+def backup_position_program(config: LaunchConfig) -> str | None:
+    """The program (= component) name of the position process of the backup venue, if any."""
+    return position_component(config.backup_venue, config.main_venue) if config.backup_venue else None
+
+
 def application_programs(config: LaunchConfig) -> dict[str, str]:
-    """Program name -> python module of the venue simulator and every service."""
-    programs = {"venue-sim": VENUE_SIM_MODULE}
+    """Program name -> python module of the venue simulator(s) and every service."""
+    programs = dict.fromkeys(venue_programs(config), VENUE_SIM_MODULE)
     programs.update(SERVICE_MODULES)
+    backup_position = backup_position_program(config)
+    if backup_position is not None:
+        programs[backup_position] = POSITION_MODULE
     for name in config.strategies:
         programs[f"strategy-{name}"] = STRATEGY_MODULE
     return programs
@@ -240,15 +315,23 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
             instance = name.removeprefix("strategy-")
             command += ["--name", instance]
             environment["BULWARK_STRATEGY_NAME"] = instance
+        elif name == backup_position_program(config):
+            environment["BULWARK_POSITION_VENUE"] = config.backup_venue
+        elif name == BACKUP_VENUE_PROGRAM:
+            command += ["--port", str(config.backup_venue_port)]
+            # The simulator accepts the key its account is given (BULWARK_VENUE_API_*): the backup
+            # account's, taken from supervisord's environment so no secret is written to its config.
+            environment["BULWARK_VENUE_API_KEY"] = "%(ENV_BULWARK_BACKUP_VENUE_API_KEY)s"
+            environment["BULWARK_VENUE_API_SECRET"] = "%(ENV_BULWARK_BACKUP_VENUE_API_SECRET)s"
         if environment:
             extra["environment"] = ",".join(f'{key}="{value}"' for key, value in environment.items())
-        priority = 20 if name == "venue-sim" else 30
+        priority = 20 if name in venue_programs(config) else 30
         sections.append(_program(name, command, logs, priority=priority, autostart=False, **extra))
     # Groups stop as a whole: supervisord stops one group at a time, so one group per layer lets
-    # every service stop in parallel (then the simulator, then the infrastructure).
-    services = [name for name in application_programs(config) if name != "venue-sim"]
+    # every service stop in parallel (then the simulators, then the infrastructure).
+    services = [name for name in application_programs(config) if name not in venue_programs(config)]
     sections.append(f"[group:infra]\nprograms={','.join(INFRA_PROGRAMS)}\npriority=10\n")
-    sections.append("[group:venue]\nprograms=venue-sim\npriority=20\n")
+    sections.append(f"[group:venue]\nprograms={','.join(venue_programs(config))}\npriority=20\n")
     sections.append(f"[group:services]\nprograms={','.join(services)}\npriority=30\n")
     path = data / "supervisord.conf"
     path.write_text("\n".join(sections))
@@ -264,6 +347,9 @@ def supervisor_rpc(data_dir: Path) -> Any:
 
 
 def check_ports(config: LaunchConfig) -> None:
+    problems = config.problems()
+    if problems:
+        raise LaunchError("; ".join(problems))
     busy = [f"{flag} {port}" for flag, port in config.ports().items() if not infra.port_is_free(config.host, port)]
     if busy:
         raise LaunchError(
@@ -298,6 +384,14 @@ async def _prepare_stores(config: LaunchConfig) -> None:
         await bus.ensure_streams()
     finally:
         await bus.close()
+
+
+def _pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 class System:
@@ -359,25 +453,32 @@ class System:
         self.wait_venue(min(VENUE_START_WAIT_S, max(1.0, deadline - time.monotonic())))
         rpc.supervisor.startProcessGroup("services", False)
 
-    def wait_venue(self, timeout_s: float) -> bool:
-        """Wait until the venue simulator answers `GET /fapi/v1/ping` (it loads its recordings first).
+    def venue_urls(self) -> dict[str, str]:
+        """Program name -> REST base URL of every venue simulator of this system."""
+        config = self.config
+        urls = {VENUE_PROGRAM: config.url("http", config.venue_port)}
+        if config.backup_venue:
+            urls[BACKUP_VENUE_PROGRAM] = config.url("http", config.backup_venue_port)
+        return urls
 
-        Services started before it would find the venue unreachable: the position service's
+    def wait_venue(self, timeout_s: float) -> bool:
+        """Wait until every venue simulator answers `GET /fapi/v1/ping` (they load their recordings first).
+
+        Services started before them would find a venue unreachable: a position service's
         reconciliation would open the venue breaker and keep the system from trading for its 30 s
         cool-down. Past `timeout_s` the services start anyway: they handle an unreachable venue.
         """
-        url = f"http://{self.config.host}:{self.config.venue_port}/fapi/v1/ping"
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and (self.process is None or self.alive()):
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return True
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        self.announce(f"venue simulator not answering on {url} after {timeout_s:.0f} s; starting the services anyway")
-        return False
+        waiting = [f"{url}/fapi/v1/ping" for url in self.venue_urls().values()]
+        while waiting and time.monotonic() < deadline and (self.process is None or self.alive()):
+            waiting = [url for url in waiting if not _pings(url)]
+            if waiting:
+                time.sleep(0.2)
+        for url in waiting:
+            self.announce(
+                f"venue simulator not answering on {url} after {timeout_s:.0f} s; starting the services anyway"
+            )
+        return not waiting
 
     def rpc(self) -> Any:
         return supervisor_rpc(self.config.data_dir)

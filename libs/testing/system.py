@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from libs.runtime.infra import free_port
-from libs.runtime.launcher import INFRA_PROGRAMS, supervisor_rpc
+from libs.runtime.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
 from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK
 
 
@@ -55,6 +55,9 @@ class RunningSystem:
     log_path: Path
     nats_url: str = ""
     """The system's NATS, for tests that play a part of the system (e.g. a strategy's signals)."""
+    backup_venue: str = ""
+    """The backup venue simulator's URL (`bulwark up --backup-venue`), empty without one."""
+    backup_venue_name: str = ""
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -104,7 +107,8 @@ class RunningSystem:
         raise AssertionError(f"not every component READY within {timeout_s}s; last status: {last}")
 
     def program(self, name: str) -> dict[str, Any]:
-        """supervisord's record of one program (`nats`, `postgres`, `valkey`, `venue-sim`, a service)."""
+        """supervisord's record of one program (`nats`, `postgres`, `valkey`, `venue-sim`,
+        `venue-sim-backup`, a service)."""
         info: dict[str, Any] = self._supervisor("getProcessInfo", _program_name(name))
         return info
 
@@ -133,8 +137,8 @@ def _program_name(name: str) -> str:
     """supervisord's `group:name` for a program of `bulwark up` (see libs.runtime.launcher)."""
     if name in INFRA_PROGRAMS:
         return f"infra:{name}"
-    if name == "venue-sim":
-        return "venue:venue-sim"
+    if name in (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM):
+        return f"venue:{name}"
     return f"services:{name}"
 
 
@@ -160,9 +164,11 @@ def start_system(
     """Run `bulwark up` on free loopback ports, as a user would, and wait for its credentials.
 
     `env` adds `BULWARK_*` settings for every service (e.g. a short CB-2 pause for a test); the
-    caller's own `BULWARK_*` variables are never passed on.
+    caller's own `BULWARK_*` variables are never passed on. With `--backup-venue` among
+    `extra_args`, the backup venue simulator gets a free port too.
     """
-    ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis")}
+    ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis", "backup")}
+    backup_args = ["--backup-venue-port", str(ports["backup"])] if "--backup-venue" in (extra_args or []) else []
     env = {**{key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}, **(env or {})}
     command = [
         sys.executable,
@@ -183,6 +189,7 @@ def start_system(
         str(ports["pg"]),
         "--redis-port",
         str(ports["redis"]),
+        *backup_args,
         *(extra_args or []),
     ]
     with log_path.open("ab") as log:
@@ -196,6 +203,7 @@ def start_system(
             raise AssertionError(f"bulwark up did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
         time.sleep(0.2)
     creds = json.loads(credentials.read_text())
+    endpoints = json.loads((data_dir / "endpoints.json").read_text())
     return RunningSystem(
         process=process,
         data_dir=data_dir,
@@ -206,6 +214,8 @@ def start_system(
         viewer_token=creds["viewer_token"],
         log_path=log_path,
         nats_url=f"nats://127.0.0.1:{ports['nats']}",
+        backup_venue=endpoints.get("backup_venue", ""),
+        backup_venue_name=endpoints.get("backup_venue_name", ""),
     )
 
 

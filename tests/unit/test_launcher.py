@@ -233,3 +233,191 @@ def test_up_when_replay_cannot_serve_the_system_then_exit_2_before_anything_star
     assert code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "nothing may start"
+
+
+# --------------------------------------------------------------------------- backup venue (FM-N6)
+
+
+def _backup_config(tmp_path: Path, **overrides: object) -> LaunchConfig:
+    values: dict[str, object] = {
+        "data_dir": tmp_path,
+        "backup_venue": "binance-usdm-backup",
+        "backup_venue_port": 5555,
+        "venue_port": 4444,
+    }
+    values.update(overrides)
+    return LaunchConfig(**values)  # type: ignore[arg-type]
+
+
+def test_supervisor_config_when_backup_venue_then_its_simulator_and_position_process_are_programs(
+    tmp_path: Path,
+) -> None:
+    config = _backup_config(tmp_path)
+    parser = configparser.RawConfigParser()
+    parser.read(write_supervisor_config(config, _specs(tmp_path)))
+    programs = {s.removeprefix("program:"): parser[s] for s in parser if s.startswith("program:")}
+    groups = {s.removeprefix("group:"): parser[s] for s in parser if s.startswith("group:")}
+    host = socket.gethostname()
+
+    backup_sim = programs["venue-sim-backup"]
+    assert backup_sim["command"] == f"{sys.executable} -m services.venue_sim.main --port 5555"
+    assert int(backup_sim["priority"]) == int(programs["venue-sim"]["priority"]) == 20
+    # The backup account's own key, from supervisord's environment: no secret in the config file.
+    assert backup_sim["environment"] == (
+        f'BULWARK_INSTANCE_ID="venue-sim-backup@{host}",'
+        'BULWARK_VENUE_API_KEY="%(ENV_BULWARK_BACKUP_VENUE_API_KEY)s",'
+        'BULWARK_VENUE_API_SECRET="%(ENV_BULWARK_BACKUP_VENUE_API_SECRET)s"'
+    )
+    backup_position = programs["position-binance-usdm-backup"]
+    assert backup_position["command"] == f"{sys.executable} -m services.position.main"
+    assert backup_position["environment"] == (
+        f'BULWARK_INSTANCE_ID="position-binance-usdm-backup@{host}",BULWARK_POSITION_VENUE="binance-usdm-backup"'
+    )
+    assert backup_position["autorestart"] == "true"
+    assert programs["position"]["environment"] == f'BULWARK_INSTANCE_ID="position@{host}"'
+    assert groups["venue"]["programs"] == "venue-sim,venue-sim-backup"
+    assert "position-binance-usdm-backup" in groups["services"]["programs"].split(",")
+    assert "venue-sim-backup" not in groups["services"]["programs"].split(",")
+
+
+def test_supervisor_config_when_backup_env_expanded_by_supervisord_then_the_simulator_gets_the_backup_key(
+    tmp_path: Path,
+) -> None:
+    from supervisor.options import ServerOptions, UnhosedConfigParser
+
+    conf = write_supervisor_config(_backup_config(tmp_path), _specs(tmp_path))
+    options = ServerOptions()
+    read = UnhosedConfigParser()
+    options.environ_expansions = {
+        **options.environ_expansions,
+        "ENV_BULWARK_BACKUP_VENUE_API_KEY": "backup-key",
+        "ENV_BULWARK_BACKUP_VENUE_API_SECRET": "backup-secret",
+    }
+    read.read(str(conf))
+    (backup,) = options.processes_from_section(read, "program:venue-sim-backup", "venue")
+    assert backup.environment["BULWARK_VENUE_API_KEY"] == "backup-key"
+    assert backup.environment["BULWARK_VENUE_API_SECRET"] == "backup-secret"
+
+
+def test_service_env_when_backup_venue_then_every_service_knows_its_name_urls_and_keys(tmp_path: Path) -> None:
+    creds = load_credentials(tmp_path, environ={})
+    env = service_env(_backup_config(tmp_path), creds)
+    assert env["BULWARK_BACKUP_VENUE"] == "binance-usdm-backup"
+    assert env["BULWARK_BACKUP_VENUE_REST_URL"] == "http://127.0.0.1:5555"
+    assert env["BULWARK_BACKUP_VENUE_WS_URL"] == "ws://127.0.0.1:5555"
+    assert env["BULWARK_VENUE_REST_URL"] == "http://127.0.0.1:4444"
+    assert (env["BULWARK_BACKUP_VENUE_API_KEY"], env["BULWARK_BACKUP_VENUE_API_SECRET"]) == (
+        "bulwark-sim-backup-key",
+        "bulwark-sim-backup-secret",
+    )
+    assert creds.backup_venue_api_key != creds.venue_api_key  # another account
+    assert env["BULWARK_POSITION_VENUE"] == ""  # only the backup's position program trades the backup
+
+
+def test_service_env_when_no_backup_venue_then_none_configured_whatever_the_caller_exported(tmp_path: Path) -> None:
+    config = LaunchConfig(data_dir=tmp_path)
+    env = service_env(config, load_credentials(tmp_path, environ={}))
+    assert env["BULWARK_BACKUP_VENUE"] == "" and env["BULWARK_POSITION_VENUE"] == ""
+    assert not any(key.startswith("BULWARK_BACKUP_VENUE_") for key in env)
+    assert set(application_programs(config)) == set(application_programs(LaunchConfig(data_dir=tmp_path)))
+    assert not any(name.startswith(("venue-sim-", "position-")) for name in application_programs(config))
+    assert "--backup-venue-port" not in config.ports()
+
+
+def test_credentials_when_backup_key_overridden_then_the_override_wins(tmp_path: Path) -> None:
+    creds = load_credentials(tmp_path, environ={"BULWARK_BACKUP_VENUE_API_KEY": "mine"})
+    assert creds.backup_venue_api_key == "mine"
+    assert creds.backup_venue_api_secret == "bulwark-sim-backup-secret"
+
+
+def test_credentials_when_file_from_before_backup_venues_then_tokens_kept_and_backup_keys_added(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    old = {
+        "admin_token": "a" * 32,
+        "operator_token": "o" * 32,
+        "viewer_token": "v" * 32,
+        "venue_api_key": "k",
+        "venue_api_secret": "s",
+    }
+    (tmp_path / "credentials.json").write_text(json.dumps(old))
+    creds = load_credentials(tmp_path, environ={})
+    assert (creds.admin_token, creds.venue_api_key) == ("a" * 32, "k")
+    assert json.loads((tmp_path / "credentials.json").read_text())["backup_venue_api_key"] == "bulwark-sim-backup-key"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"backup_venue": "binance.usdm"}, "letters, digits"),
+        ({"backup_venue": "binance-usdm"}, "is the main venue"),
+        ({"backup_venue_port": 4444}, "--venue-port and --backup-venue-port are the same port 4444"),
+    ],
+)
+def test_check_ports_when_backup_venue_unusable_then_error_says_what_to_change(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(LaunchError, match=message):
+        check_ports(_backup_config(tmp_path, **overrides))
+
+
+def test_check_ports_when_backup_venue_port_busy_then_error_names_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        free = {
+            name: infra.free_port()
+            for name in ("gateway_port", "venue_port", "nats_port", "nats_monitor_port", "pg_port", "redis_port")
+        }
+        config = LaunchConfig(data_dir=tmp_path, backup_venue="b", backup_venue_port=port, **free)
+        with pytest.raises(LaunchError, match=f"--backup-venue-port {port}"):
+            check_ports(config)
+
+
+def test_up_parser_when_backup_venue_flag_then_name_optional_and_port_defaults_to_8101() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["up"]).backup_venue is None
+    bare = parser.parse_args(["up", "--backup-venue", "--data-dir", "x"])
+    assert bare.backup_venue == "" and bare.backup_venue_port == 8101
+    named = parser.parse_args(["up", "--backup-venue", "okx-sim", "--backup-venue-port", "9101"])
+    assert (named.backup_venue, named.backup_venue_port) == ("okx-sim", 9101)
+
+
+def test_up_when_backup_venue_is_the_main_venue_then_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["up", "--data-dir", str(tmp_path / "bw"), "--backup-venue", "binance-usdm"])
+    assert code == 2
+    assert "is the main venue" in capsys.readouterr().err
+    assert not (tmp_path / "bw").exists()
+
+
+def test_wait_venue_when_backup_simulator_silent_then_named_and_false(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Ping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    lines: list[str] = []
+    silent_port = infra.free_port()
+    try:
+        config = _backup_config(tmp_path, venue_port=server.server_address[1], backup_venue_port=silent_port)
+        assert not System(config, lines.append).wait_venue(0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(lines) == 1 and f":{silent_port}/fapi/v1/ping" in lines[0]
