@@ -7,10 +7,26 @@ a component whose last heartbeat is older than the timeout (3 s) is DOWN.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import Heartbeat
+
+if TYPE_CHECKING:
+    from libs.settings import Settings
+
+
+def expected_components(settings: Settings) -> tuple[str, ...]:
+    """Every component that should heartbeat in this deployment: the core ones, one per strategy
+    instance, and the backup venue's position process (`position-<venue>`) when a backup venue is
+    configured (FM-N6). The gateway lists them and the watchdog declares them DOWN when silent."""
+    backup = (subjects.position_component(settings.backup_venue, settings.venue),) if settings.backup_venue else ()
+    return (
+        *subjects.CORE_COMPONENTS,
+        *backup,
+        *(subjects.strategy_component(name) for name in settings.strategies),
+    )
 
 
 @dataclass

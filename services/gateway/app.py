@@ -37,9 +37,10 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
-from libs.heartbeat import HeartbeatTracker
+from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.ids import client_order_id_for
 from libs.runtime.service import ServiceContext
+from libs.settings import Settings
 from proto import messages as proto_messages
 from proto import subjects
 from proto.codec import decode, decode_as
@@ -106,14 +107,6 @@ class GatewayConfig:
     ping_timeout_s: float = 0.5
 
 
-def expected_components(ctx: ServiceContext) -> tuple[str, ...]:
-    """Every component that should heartbeat, strategies included."""
-    return (
-        *subjects.CORE_COMPONENTS,
-        *(subjects.strategy_component(name) for name in ctx.settings.strategies),
-    )
-
-
 @dataclass
 class Gateway:
     """What every route needs, built once per process."""
@@ -128,7 +121,7 @@ class Gateway:
     def __post_init__(self) -> None:
         self.tokens = TokenTable(self.ctx.settings)  # a malformed BULWARK_API_TOKENS stops the start-up
         self.tracker = HeartbeatTracker(
-            timeout_ns=int(self.ctx.settings.heartbeat_timeout_s * 1e9), expected=expected_components(self.ctx)
+            timeout_ns=int(self.ctx.settings.heartbeat_timeout_s * 1e9), expected=expected_components(self.ctx.settings)
         )
         self.idempotency = IdempotencyStore(self.ctx.cache, self.ctx.pool, self.ctx.log)
 
@@ -254,6 +247,19 @@ class SymbolStatus(BaseModel):
     last_update_id: int | None
 
 
+class VenueStatus(BaseModel):
+    """One venue orders may go to (FM-N6): its role, order link and position process."""
+
+    role: str
+    """`main` (BULWARK_VENUE) or `backup` (BULWARK_BACKUP_VENUE)."""
+    order_link: str | None
+    """State of the position process's order link to it (KV `link.<venue>.orders`); null: never reported."""
+    order_link_reason: str | None
+    position_component: str
+    """The position process trading it (`position`, `position-<venue>`), also under `components`."""
+    position_state: str
+
+
 class StatusResponse(BaseModel):
     trading_state: str
     degradation_level: str
@@ -263,6 +269,7 @@ class StatusResponse(BaseModel):
     breakers: dict[str, Any]
     links: dict[str, Any]
     dependencies: dict[str, str] = {}
+    venues: dict[str, VenueStatus] = {}
 
 
 class BookResponse(BaseModel):
@@ -577,6 +584,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if trading_state is None:
             trading_state = await _trading_state_from_risk(gateway)
         return {
+            "venues": venue_status(settings, components, links),
             "trading_state": trading_state,
             "degradation_level": _field(degradation, "level") or "NORMAL",
             "health": _field(health, "health") or "UNKNOWN",
@@ -1336,8 +1344,33 @@ async def _symbols(gateway: Gateway) -> dict[str, Any]:
     return symbols
 
 
+def venue_status(settings: Settings, components: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
+    """`/v1/status` `venues`: every venue orders may go to, main first (FM-N6).
+
+    `components` and `links` are the status's own (`<venue>.orders` is the order link a venue's
+    position process reports).
+    """
+    venues: dict[str, Any] = {}
+    for venue in settings.venues:
+        component = subjects.position_component(venue, settings.venue)
+        link = links.get(f"{venue}.{subjects.ORDER_LINK}")
+        venues[venue] = {
+            "role": "main" if venue == settings.venue else "backup",
+            "order_link": _field(link, "state"),
+            "order_link_reason": _field(link, "reason"),
+            "position_component": component,
+            "position_state": (components.get(component) or {}).get("state", ComponentState.DOWN.value),
+        }
+    return venues
+
+
 async def _submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal) -> tuple[int, dict[str, Any]]:
-    """Publish `SubmitOrder` and wait briefly for a decisive outcome (FM-C9 checked first)."""
+    """Publish `SubmitOrder` and wait briefly for a decisive outcome (FM-C9 checked first).
+
+    Only the main venue's position process counts for FM-C9: an operator order is for the main
+    venue (`BULWARK_VENUE`), and while only the backup venue's process (`position-<venue>`) is
+    down, orders are accepted and wait on the durable log for whichever process trades them.
+    """
     ctx = gateway.ctx
     if gateway.component_state(subjects.POSITION) == ComponentState.DOWN:
         raise unavailable(subjects.POSITION, "the position service is down; no orders until it is back (FM-C9)")

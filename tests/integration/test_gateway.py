@@ -883,3 +883,112 @@ async def test_reads_without_token_then_401(gw: Harness, path: str) -> None:
     response = await gw.client.get(path)
 
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+
+# --------------------------------------------------------------------------- backup venue (FM-N6)
+
+BACKUP = "binance-usdm-backup"
+
+
+@pytest_asyncio.fixture
+async def gw_backup(infra: EmbeddedInfra, nats_url: str, pg_pool: Any, redis_client: Any) -> AsyncIterator[Harness]:
+    async with harness(make_settings(infra, nats_url, backup_venue=BACKUP), pg_pool, redis_client) as h:
+        yield h
+
+
+async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and_position_process(
+    gw_backup: Harness,
+) -> None:
+    gw_backup.heartbeat("position")
+    gw_backup.heartbeat(f"position-{BACKUP}")
+    down = {"state": "DISCONNECTED", "reason": "venue breaker open: 5 failures", "ts_ns": 1}
+    await gw_backup.peer.kv_put(subjects.key_link("binance-usdm", subjects.ORDER_LINK), json.dumps(down).encode())
+    await gw_backup.peer.kv_put(
+        subjects.key_link(BACKUP, subjects.ORDER_LINK), json.dumps({"state": "CONNECTED", "ts_ns": 2}).encode()
+    )
+    await asyncio.sleep(0.4)
+
+    body = (await gw_backup.client.get("/v1/status", headers=VIEW)).json()
+
+    assert body["components"][f"position-{BACKUP}"]["state"] == "READY"
+    assert body["components"]["position"]["state"] == "READY"
+    assert body["venues"] == {
+        "binance-usdm": {
+            "role": "main",
+            "order_link": "DISCONNECTED",
+            "order_link_reason": "venue breaker open: 5 failures",
+            "position_component": "position",
+            "position_state": "READY",
+        },
+        BACKUP: {
+            "role": "backup",
+            "order_link": "CONNECTED",
+            "order_link_reason": None,
+            "position_component": f"position-{BACKUP}",
+            "position_state": "READY",
+        },
+    }
+    assert body["links"][f"{BACKUP}.orders"]["state"] == "CONNECTED"  # the raw record as before
+
+
+async def test_status_when_backup_position_process_never_heartbeats_then_listed_down(gw_backup: Harness) -> None:
+    body = (await gw_backup.client.get("/v1/status", headers=VIEW)).json()
+
+    assert body["components"][f"position-{BACKUP}"] == {"state": "DOWN", "pid": None, "last_heartbeat_age_ms": None}
+    assert body["venues"][BACKUP]["position_state"] == "DOWN"
+    assert body["venues"][BACKUP]["order_link"] is None  # never reported
+
+
+async def test_status_when_no_backup_venue_then_only_the_main_venue(gw: Harness) -> None:
+    body = (await gw.client.get("/v1/status", headers=VIEW)).json()
+
+    assert list(body["venues"]) == ["binance-usdm"]
+    assert not any(name.startswith("position-") for name in body["components"])
+
+
+async def test_post_order_when_only_backup_position_process_down_then_accepted(gw_backup: Harness) -> None:
+    gw_backup.heartbeat("position")
+    await gw_backup.risk_standin(accept)
+    await asyncio.sleep(0.3)
+
+    response = await gw_backup.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "b1"}, json=ORDER)
+
+    assert response.status_code == 201, response.text
+
+
+async def test_post_order_when_main_position_down_and_backup_up_then_503(gw_backup: Harness) -> None:
+    gw_backup.heartbeat(f"position-{BACKUP}")
+    await asyncio.sleep(0.3)
+
+    response = await gw_backup.client.post("/v1/orders", headers={**OP, "Idempotency-Key": "b2"}, json=ORDER)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["details"] == {"dependency": "position"}
+    assert await gw_backup.submit_orders_in_stream() == 0
+
+
+async def test_orders_and_positions_when_on_both_venues_then_each_row_names_its_venue(
+    gw_backup: Harness, pg_pool: Any
+) -> None:
+    await insert_order(pg_pool, "main-1", 1000)
+    await insert_order(pg_pool, "backup-1", 1001)
+    await pg_pool.execute("UPDATE orders SET venue = $1 WHERE client_order_id = 'backup-1'", BACKUP)
+    await pg_pool.execute(
+        "INSERT INTO positions (venue, symbol, quantity, average_entry_price, realized_pnl, updated_ns) "
+        "VALUES ('binance-usdm', 'BTCUSDT', 0.5, 65000, 0, 7), ($1, 'BTCUSDT', -0.2, 64000, 0, 8)",
+        BACKUP,
+    )
+
+    orders = (await gw_backup.client.get("/v1/orders", headers=VIEW)).json()["orders"]
+    backup_order = (await gw_backup.client.get("/v1/orders/backup-1", headers=VIEW)).json()
+    positions = (await gw_backup.client.get("/v1/positions", headers=VIEW)).json()["positions"]
+
+    assert [(order["order_id"], order["venue"]) for order in orders] == [
+        ("backup-1", BACKUP),
+        ("main-1", "binance-usdm"),
+    ]
+    assert backup_order["venue"] == BACKUP
+    assert [(row["venue"], row["symbol"], row["quantity"]) for row in positions] == [
+        ("binance-usdm", "BTCUSDT", "0.5"),
+        (BACKUP, "BTCUSDT", "-0.2"),
+    ]
