@@ -55,7 +55,14 @@ LEVEL_ALERT_SEVERITY: dict[DegradationLevel, AlertSeverity] = {
 
 
 def is_critical(component: str) -> bool:
-    """True for components whose loss makes trading unsafe (market-data, state-builder, risk, position)."""
+    """True for components whose loss makes trading unsafe (market-data, state-builder, risk, position).
+
+    The backup venue's position process (`position-<venue>`, FM-N6) is not critical: without it the
+    main venue still trades and its positions keep their stops; only the failover is missing, and
+    whatever risk routed to the backup waits on the durable log for the process to return. Its
+    absence is "a non-critical component down" (SPEC §5): REDUCED_FUNCTIONALITY, YELLOW, P2, never
+    EMERGENCY_MODE (which would close every position on the main venue too).
+    """
     return component in CRITICAL_COMPONENTS
 
 
@@ -184,7 +191,7 @@ class Facts:
 
 def _components_rule(facts: Facts) -> Iterator[Finding]:
     """A component without heartbeat for 3 s is down: critical -> RED and REDUCED at once, EMERGENCY
-    after 10 s; non-critical (gateway, strategies) -> YELLOW and REDUCED."""
+    after 10 s; non-critical (gateway, strategies, a backup venue's position process) -> YELLOW and REDUCED."""
     for name in facts.down:
         if is_critical(name):
             yield Finding(

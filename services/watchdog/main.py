@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import NoKeysError
 
-from libs.heartbeat import HeartbeatTracker
+from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.runtime.service import ServiceContext, main
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper, StreamLog
 from libs.settings import Settings
@@ -52,11 +52,6 @@ EVT_ALERT_PREFIX = "evt.alert."
 RETENTION_PERIOD_S = 3600.0
 # A Postgres outage must not push audit rows into the DLQ: retry (every <= 5 s) until it is back.
 AUDIT_MAX_DELIVER = 1_000_000
-
-
-def expected_components(settings: Settings) -> tuple[str, ...]:
-    """Every component that should be heartbeating in this deployment."""
-    return (*subjects.CORE_COMPONENTS, *(subjects.strategy_component(name) for name in settings.strategies))
 
 
 async def _read_kv_record(ctx: ServiceContext, key: str) -> tuple[dict[str, Any], int | None]:

@@ -374,3 +374,36 @@ async def test_alert_when_webhook_unreachable_then_logged_and_watchdog_keeps_run
             assert info.num_ack_pending == 0 and info.num_pending == 0  # handled and acknowledged, not redelivered
     finally:
         await peer.close()
+
+
+async def test_backup_venue_position_process_silent_then_expected_down_reduced_yellow_and_back_to_normal(
+    infra: EmbeddedInfra, nats_url: str, pg_pool: Any
+) -> None:
+    backup = "position-binance-usdm-backup"
+    peer = Bus("standins")
+    await peer.connect(nats_url)
+    await peer.ensure_streams()
+    try:
+        # Every core component beats; the backup venue's position process never did (expected all the same).
+        async with (
+            all_components_beating(peer) as beating,
+            running_watchdog(nats_url, pg_pool, backup_venue="binance-usdm-backup", watchdog_recovery_hold_s=0.2),
+        ):
+            assert await eventually(lambda: _is(_level(peer), "REDUCED_FUNCTIONALITY"))
+            yellow = await eventually(lambda: _health_is(peer, "YELLOW"))
+            assert yellow["reasons"] == [f"{backup} down"]
+
+            async def backup_alert() -> Any:
+                return await pg_pool.fetchrow(
+                    "SELECT payload FROM audit_events WHERE type = 'AlertRaised' AND payload->>'key' = $1",
+                    f"component_down:{backup}",
+                )
+
+            alert = json.loads((await eventually(backup_alert))["payload"])
+            assert (alert["severity"], alert["component"]) == ("P2", backup)
+
+            beating.add(backup)
+            assert await eventually(lambda: _is(_level(peer), "NORMAL"))
+            await eventually(lambda: _health_is(peer, "GREEN"))
+    finally:
+        await peer.close()

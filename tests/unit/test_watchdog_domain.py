@@ -523,3 +523,39 @@ def test_evaluate_when_stream_degraded_then_level_follows_its_causes(
 
     assert evaluation.level == level
     assert evaluation.level_change is not None and (reason in evaluation.level_change.reason)
+
+
+def test_expected_components_when_backup_venue_configured_then_its_position_process_is_expected() -> None:
+    from libs.heartbeat import expected_components
+    from libs.settings import Settings
+
+    with_backup = expected_components(Settings(strategies=("trend",), backup_venue="binance-usdm-backup"))
+    without = expected_components(Settings(strategies=("trend",)))
+
+    assert set(with_backup) - set(without) == {"position-binance-usdm-backup"}
+    assert "position" in without and not any(name.startswith("position-") for name in without)
+
+
+def test_evaluate_when_backup_venue_position_process_down_then_yellow_reduced_and_never_emergency() -> None:
+    backup = "position-binance-usdm-backup"
+    clock = FakeClock()
+    evaluator = WatchdogEvaluator(clock)
+    up = {**views(), backup: ComponentView(backup, ComponentState.READY, 11, 100)}
+    down = {**views(), backup: ComponentView(backup, ComponentState.DOWN, 11, 5000)}
+    evaluator.evaluate(up)
+
+    first = evaluator.evaluate(down)
+    clock.advance(30)
+    late = evaluator.evaluate(down)
+    back = evaluator.evaluate(up)
+
+    assert not is_critical(backup) and is_critical("position")
+    assert (first.health, first.level) == (Health.YELLOW, DegradationLevel.REDUCED_FUNCTIONALITY)
+    assert [(a.key, a.severity) for a in first.alerts if a.raised] == [
+        (alert_key(backup), AlertSeverity.P2),
+        ("degradation:REDUCED_FUNCTIONALITY", AlertSeverity.P2),
+    ]
+    assert first.checks["components_heartbeating"] is False
+    assert late.level == DegradationLevel.REDUCED_FUNCTIONALITY and late.level_change is None
+    assert (back.health, back.level) == (Health.GREEN, DegradationLevel.NORMAL)
+    assert (alert_key(backup), False) in [(a.key, a.raised) for a in back.alerts]
