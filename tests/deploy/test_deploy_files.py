@@ -30,6 +30,8 @@ from libs.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "k8s"
+BACKUP_VENUE_DIR = K8S_DIR / "backup-venue"
+"""The optional backup venue (FM-N6): a kustomize Component the base kustomization can enable."""
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 # A fixed, recent Kubernetes version: manifests must stay valid for it in strict mode
@@ -47,10 +49,14 @@ COMPONENTS = {
     "position": "position",
     "watchdog": "watchdog",
     "venue-sim": "venue_sim",
+    # The backup venue (k8s: the backup-venue Component; compose: profile backup-venue).
+    "position-backup": "position",
+    "venue-sim-backup": "venue_sim",
 }
+BACKUP_VENUE_COMPONENTS = ("position-backup", "venue-sim-backup")
 # Singleton writers: they hold a lease, so one replica and no rolling overlap.
-LEASE_HOLDERS = ("position", "strategy-cascade-fade", "strategy-trend")
-HTTP_COMPONENTS = {"gateway", "venue-sim"}
+LEASE_HOLDERS = ("position", "position-backup", "strategy-cascade-fade", "strategy-trend")
+HTTP_COMPONENTS = {"gateway", "venue-sim", "venue-sim-backup"}
 
 SETTING_VARS = {f"BULWARK_{f.name.upper()}" for f in dataclasses.fields(Settings)}
 # Read by the venue simulator only (see libs/runtime/launcher.py).
@@ -66,6 +72,8 @@ SECRET_VARS = {
     "BULWARK_PG_DSN",
     "BULWARK_VENUE_API_KEY",
     "BULWARK_VENUE_API_SECRET",
+    "BULWARK_BACKUP_VENUE_API_KEY",
+    "BULWARK_BACKUP_VENUE_API_SECRET",
     "BULWARK_ADMIN_TOKEN",
     "BULWARK_OPERATOR_TOKEN",
     "BULWARK_VIEWER_TOKEN",
@@ -77,16 +85,21 @@ ALIVE_PROBE = re.compile(r"^python -m libs\.probe --file (\S+) --max-age-s \d+(\
 # --------------------------------------------------------------------------- loading
 
 
-def _k8s_files() -> list[Path]:
-    return sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+def _k8s_files(directory: Path = K8S_DIR) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _all_k8s_files() -> list[Path]:
+    """The base manifests and the backup venue Component's: every one is held to the same rules."""
+    return [*_k8s_files(), *_k8s_files(BACKUP_VENUE_DIR)]
 
 
 def _load_k8s() -> list[tuple[str, dict[str, Any]]]:
     docs = []
-    for path in _k8s_files():
+    for path in _all_k8s_files():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                docs.append((path.name, doc))
+                docs.append((str(path.relative_to(K8S_DIR)), doc))
     return docs
 
 
@@ -133,7 +146,7 @@ def _module_path(argv: list[str]) -> Path:
 # --------------------------------------------------------------------------- schema validity
 
 
-@pytest.mark.parametrize("path", _k8s_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _all_k8s_files(), ids=lambda p: str(p.relative_to(K8S_DIR)))
 def test_k8s_manifest_when_validated_strictly_then_matches_kubernetes_schema(path: Path) -> None:
     docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     assert docs, f"{path.name} holds no manifest"
@@ -178,11 +191,77 @@ def test_compose_validator_when_service_key_unknown_then_rejects(tmp_path: Path)
     assert _check_compose(bad).returncode != 0
 
 
-def test_kustomization_when_applied_then_lists_every_manifest_and_nothing_else() -> None:
-    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())
+@pytest.mark.parametrize("directory", [K8S_DIR, BACKUP_VENUE_DIR], ids=["base", "backup-venue"])
+def test_kustomization_when_applied_then_lists_every_manifest_and_nothing_else(directory: Path) -> None:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     listed = kustomization["resources"]
-    assert sorted(listed) == sorted(p.name for p in _k8s_files())
+    assert sorted(listed) == sorted(p.name for p in _k8s_files(directory))
     assert len(listed) == len(set(listed)), "a manifest is listed twice"
+
+
+def _backup_venue_patch() -> dict[str, str]:
+    """What the backup venue Component adds to the shared ConfigMap (its JSON 6902 `add` ops)."""
+    component = yaml.safe_load((BACKUP_VENUE_DIR / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    (patch,) = component["patches"]
+    assert patch["target"] == {"kind": "ConfigMap", "name": "bulwark-config"}
+    added = {}
+    for op in yaml.safe_load(patch["patch"]):
+        assert op["op"] == "add" and op["path"].startswith("/data/"), op
+        added[op["path"].removeprefix("/data/")] = str(op["value"])
+    return added
+
+
+def test_backup_venue_component_when_enabled_then_every_service_knows_the_venue_its_position_process_trades(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    added = _backup_venue_patch()
+    assert added.keys() == {"BULWARK_BACKUP_VENUE", "BULWARK_BACKUP_VENUE_REST_URL", "BULWARK_BACKUP_VENUE_WS_URL"}
+    assert added["BULWARK_BACKUP_VENUE_REST_URL"] == "http://venue-sim-backup:8100"
+    (container,) = _bulwark_containers(workloads["position-backup"])
+    (position_venue,) = [var for var in container["env"] if var["name"] == "BULWARK_POSITION_VENUE"]
+    # The same ConfigMap key every service reads: the process trades exactly the venue risk routes to.
+    assert position_venue["valueFrom"]["configMapKeyRef"] == {"name": "bulwark-config", "key": "BULWARK_BACKUP_VENUE"}
+    base = yaml.safe_load((K8S_DIR / "configmap.yaml").read_text())["data"]
+    assert "BULWARK_BACKUP_VENUE" not in base, "the base deploys no backup venue"
+    assert "# components:\n#   - backup-venue" in (K8S_DIR / "kustomization.yaml").read_text()
+
+
+def test_backup_venue_component_when_built_by_kustomize_then_adds_its_workloads_and_config(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, copy)
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(
+        kustomization.read_text().replace("# components:\n#   - backup-venue", "components:\n  - backup-venue")
+    )
+    built = subprocess.run([kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=60, check=False)
+    assert built.returncode == 0, built.stderr
+    docs = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    names = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+    assert {("Deployment", "position-backup"), ("Deployment", "venue-sim-backup"), ("Deployment", "position")} <= names
+    (config,) = [doc for doc in docs if (doc["kind"], doc["metadata"]["name"]) == ("ConfigMap", "bulwark-config")]
+    assert config["data"]["BULWARK_BACKUP_VENUE"] == _backup_venue_patch()["BULWARK_BACKUP_VENUE"]
+    assert config["data"]["BULWARK_ALIVE_FILE"] == "/tmp/bulwark-alive"  # the base's keys are kept
+
+
+def test_compose_backup_venue_when_profile_on_then_its_services_trade_the_configured_backup_venue(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    in_profile = {name for name, svc in services.items() if svc.get("profiles")}
+    assert in_profile == set(BACKUP_VENUE_COMPONENTS)
+    for name in BACKUP_VENUE_COMPONENTS:
+        assert services[name]["profiles"] == ["backup-venue"]
+    env = services["position-backup"]["environment"]
+    assert env["BULWARK_BACKUP_VENUE"] == "${BULWARK_BACKUP_VENUE:-}"  # shared with every service
+    assert env["BULWARK_POSITION_VENUE"].startswith("${BULWARK_BACKUP_VENUE:-")
+    assert env["BULWARK_POSITION_VENUE"] != "${BULWARK_BACKUP_VENUE:-}", "empty would trade the main venue"
+    assert env["BULWARK_BACKUP_VENUE_REST_URL"].endswith("http://venue-sim-backup:8100}")
+    sim = services["venue-sim-backup"]["environment"]
+    assert sim["BULWARK_VENUE_API_KEY"] == env["BULWARK_BACKUP_VENUE_API_KEY"]
 
 
 # --------------------------------------------------------------------------- components
@@ -277,7 +356,7 @@ def test_exec_probe_when_service_heartbeats_then_reads_the_file_the_service_touc
 
 @pytest.mark.parametrize(
     ("component", "port", "path"),
-    [("gateway", 8000, "/health/"), ("venue-sim", 8100, "/fapi/v1/ping")],
+    [("gateway", 8000, "/health/"), ("venue-sim", 8100, "/fapi/v1/ping"), ("venue-sim-backup", 8100, "/fapi/v1/ping")],
 )
 def test_http_components_when_probed_then_hit_their_health_endpoint(
     component: str, port: int, path: str, workloads: dict[str, dict[str, Any]], compose: dict[str, Any]
@@ -488,7 +567,7 @@ def test_compose_ports_when_published_then_only_gateway_on_loopback(compose: dic
 def test_compose_dependencies_when_started_then_wait_for_healthy_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, svc in _bulwark_compose_services(compose).items():
-        if name == "venue-sim":
+        if name in ("venue-sim", "venue-sim-backup"):
             continue
         depends = svc.get("depends_on", {})
         assert {"nats", "postgres", "valkey"} <= depends.keys(), f"{name} starts before its infrastructure"
