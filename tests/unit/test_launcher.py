@@ -368,11 +368,17 @@ def test_check_ports_when_backup_venue_port_busy_then_error_names_the_flag(tmp_p
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        free = {
-            name: infra.free_port()
-            for name in ("gateway_port", "venue_port", "nats_port", "nats_monitor_port", "pg_port", "redis_port")
-        }
-        config = LaunchConfig(data_dir=tmp_path, backup_venue="b", backup_venue_port=port, **free)
+        config = LaunchConfig(
+            data_dir=tmp_path,
+            gateway_port=infra.free_port(),
+            venue_port=infra.free_port(),
+            nats_port=infra.free_port(),
+            nats_monitor_port=infra.free_port(),
+            pg_port=infra.free_port(),
+            redis_port=infra.free_port(),
+            backup_venue="b",
+            backup_venue_port=port,
+        )
         with pytest.raises(LaunchError, match=f"--backup-venue-port {port}"):
             check_ports(config)
 

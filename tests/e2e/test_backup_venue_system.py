@@ -1,0 +1,108 @@
+"""`bulwark up --backup-venue` as a user runs it (FM-N6): a second venue simulator with its own
+account and state, the backup venue's position process `position-<venue>` READY like any other
+component, `/v1/status` listing both venues, and the main venue's order link going down while the
+backup's position process runs on.
+
+One system for the module (synthetic market, ~10 s to start); the outage test runs last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from libs.testing.system import RunningSystem, start_system, stop_system
+
+pytestmark = pytest.mark.e2e
+
+BACKUP = "binance-usdm-backup"
+POSITION_BACKUP = f"position-{BACKUP}"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+    base = tmp_path_factory.mktemp("backup-venue")
+    running = start_system(base / "data", base / "bulwark-up.log", ["--backup-venue", "--venue-source", "synthetic"])
+    try:
+        running.wait_all_ready(("gateway", "position", POSITION_BACKUP, "risk", "watchdog"))
+        yield running
+    finally:
+        stop_system(running)
+
+
+def _poll(check: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.25)
+
+
+def _sim_state(url: str) -> dict[str, Any]:
+    state: dict[str, Any] = httpx.get(f"{url}/_sim/state", timeout=10).json()
+    return state
+
+
+def test_up_when_backup_venue_then_both_venues_listed_and_the_backup_position_process_ready(
+    system: RunningSystem,
+) -> None:
+    status = system.wait_all_ready()  # every core component and strategy, and the market, too
+
+    assert system.backup_venue_name == BACKUP
+    assert system.backup_venue and system.backup_venue != system.venue
+    component = status["components"][POSITION_BACKUP]
+    assert component["state"] == "READY" and component["pid"] != status["components"]["position"]["pid"]
+    assert component["pid"] == system.program_pid(POSITION_BACKUP)
+    assert status["venues"]["binance-usdm"] | {"order_link": None, "order_link_reason": None} == {
+        "role": "main",
+        "order_link": None,
+        "order_link_reason": None,
+        "position_component": "position",
+        "position_state": "READY",
+    }
+    assert status["venues"][BACKUP]["role"] == "backup"
+    assert status["venues"][BACKUP]["position_component"] == POSITION_BACKUP
+    assert status["venues"][BACKUP]["position_state"] == "READY"
+    assert system.program("venue-sim-backup")["statename"] == "RUNNING"
+    # Another account: its own state, the same market.
+    main, backup = _sim_state(system.venue), _sim_state(system.backup_venue)
+    assert set(backup["books"]) == set(main["books"]) >= {"BTCUSDT", "ETHUSDT"}
+    assert backup["orders"] == []
+    assert all(Decimal(str(position["quantity"])) == 0 for position in backup["positions"])
+    # A backup process that just runs is no degradation.
+    assert status["degradation_level"] == "NORMAL"
+
+
+def test_up_when_backup_venue_then_the_printout_and_endpoints_name_the_backup_simulator(
+    system: RunningSystem,
+) -> None:
+    printed = system.log_path.read_text(errors="replace")
+
+    assert f"backup venue     {system.backup_venue}" in printed
+    assert POSITION_BACKUP in printed
+
+
+def test_main_venue_outage_when_backup_configured_then_main_order_link_down_and_backup_process_runs_on(
+    system: RunningSystem,
+) -> None:
+    with system.client() as client:
+        fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "outage", "duration_s": 5}, timeout=10)
+        assert fault.status_code in (200, 201), fault.text
+
+        def main_link_down() -> dict[str, Any] | None:
+            status: dict[str, Any] = client.get("/v1/status").json()
+            return status if status["venues"]["binance-usdm"]["order_link"] == "DISCONNECTED" else None
+
+        status = _poll(main_link_down, timeout_s=20.0)
+
+    assert "venue breaker open" in status["venues"]["binance-usdm"]["order_link_reason"]
+    assert status["venues"][BACKUP]["order_link"] != "DISCONNECTED"
+    assert status["components"][POSITION_BACKUP]["state"] == "READY"
+    assert httpx.get(f"{system.backup_venue}/fapi/v1/ping", timeout=5).status_code == 200
