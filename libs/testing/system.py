@@ -17,7 +17,7 @@ import httpx
 
 from libs.runtime.infra import free_port
 from libs.runtime.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
-from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK
+from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK, POSITION
 
 
 def market_streams_connected(status: dict[str, Any]) -> bool:
@@ -84,9 +84,10 @@ class RunningSystem:
     def wait_all_ready(self, components: tuple[str, ...] | None = None, timeout_s: float = 90.0) -> dict[str, Any]:
         """Poll `/v1/status` until every one of `components` heartbeats READY.
 
-        Without `components`: every core component and every `strategy-<name>` the status lists
-        (at least one strategy), and the market ready to trade on (`market_ready`): a test's first
-        order must not meet a book still being built or a reconnect's clean window.
+        Without `components`: every core component, every `strategy-<name>` the status lists (at
+        least one strategy) and a backup venue's `position-<venue>` when it lists one, and the
+        market ready to trade on (`market_ready`): a test's first order must not meet a book still
+        being built or a reconnect's clean window.
         """
         deadline = time.monotonic() + timeout_s
         last: Any = None
@@ -94,7 +95,8 @@ class RunningSystem:
             try:
                 last = self.status()
                 comps = last["components"]
-                wanted = components or (*CORE_COMPONENTS, *sorted(n for n in comps if n.startswith("strategy-")))
+                listed = sorted(n for n in comps if n.startswith(("strategy-", f"{POSITION}-")))
+                wanted = components or (*CORE_COMPONENTS, *listed)
                 if (
                     (components or any(n.startswith("strategy-") for n in comps))
                     and all(comps.get(name, {}).get("state") == "READY" for name in wanted)

@@ -427,3 +427,59 @@ def test_wait_venue_when_backup_simulator_silent_then_named_and_false(tmp_path: 
         server.shutdown()
         server.server_close()
     assert len(lines) == 1 and f":{silent_port}/fapi/v1/ping" in lines[0]
+
+
+def test_status_when_backup_venue_then_the_table_lists_each_venue_with_its_order_link(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import http.server
+    import json
+    import threading
+
+    status = {
+        "trading_state": "ACTIVE",
+        "degradation_level": "NORMAL",
+        "health": "GREEN",
+        "components": {"position-binance-usdm-backup": {"state": "READY", "pid": 7, "last_heartbeat_age_ms": 5}},
+        "symbols": {},
+        "venues": {
+            "binance-usdm": {
+                "role": "main",
+                "order_link": "DISCONNECTED",
+                "order_link_reason": "venue breaker open",
+                "position_component": "position",
+                "position_state": "READY",
+            },
+            "binance-usdm-backup": {
+                "role": "backup",
+                "order_link": None,
+                "order_link_reason": None,
+                "position_component": "position-binance-usdm-backup",
+                "position_state": "READY",
+            },
+        },
+    }
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(status).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = main(["status", "--gateway", f"http://127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "binance-usdm           main    orders DISCONNECTED position=READY  (venue breaker open)" in out
+    assert "binance-usdm-backup    backup  orders UNKNOWN      position-binance-usdm-backup=READY" in out
