@@ -523,11 +523,33 @@ class Bus:
         )
 
     async def _ensure_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        """Create the durable, or bring an existing one's filter to `config`'s.
+
+        A durable keeps its position when its filter changes (nats-server >= 2.10 updates a pull
+        consumer's filter in place): it goes on after the last message it delivered, now matching
+        the new filter; messages delivered and not acknowledged yet are redelivered as before. Only
+        the filter is changed; the rest of the existing configuration stays as it was.
+        """
+        durable = config.durable_name or ""
         try:
-            await self.js.consumer_info(stream, config.durable_name or "")
+            info = await self.js.consumer_info(stream, durable)
         except NotFoundError:
             await self.js.add_consumer(stream, config)
-            self.log.info("consumer_created", stream=stream, durable=config.durable_name)
+            self.log.info("consumer_created", stream=stream, durable=durable)
+            return
+        current, wanted = consumer_filters(info.config), consumer_filters(config)
+        if current == wanted:
+            return
+        # The create request (action create-or-update) with the existing configuration and the new
+        # filter: only updatable fields differ, so the server updates the durable in place.
+        update = info.config.evolve(
+            filter_subject=wanted[0] if len(wanted) == 1 else None,
+            filter_subjects=list(wanted) if len(wanted) > 1 else None,
+        )
+        await self.js.add_consumer(stream, update)
+        self.log.info(
+            "consumer_filter_updated", stream=stream, durable=durable, previous=list(current), current=list(wanted)
+        )
 
     async def _consume_loop(
         self,
@@ -715,6 +737,11 @@ class Bus:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
         msg = await self.nc.request(subject, payload, timeout=timeout_s)
         return msg.data
+
+
+def consumer_filters(config: ConsumerConfig) -> tuple[str, ...]:
+    """The subjects a consumer configuration filters on (sorted; empty: the whole stream)."""
+    return tuple(sorted(config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])))
 
 
 def drain_size(batch: int, last: Msg) -> int:

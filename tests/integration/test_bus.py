@@ -8,6 +8,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+from nats.js.api import ConsumerConfig
+
 from libs.bus import Bus, Delivery
 from libs.testing.infra import EmbeddedInfra
 from proto import subjects
@@ -345,5 +347,62 @@ async def test_consume_when_batch_one_and_backlog_then_drained_in_order_and_live
         assert await _wait_until(lambda: live in handled_at, 5)
         assert handled_at[live] - published < 0.5
         assert seen.count(live) == 1
+    finally:
+        await bus.close()
+
+
+async def test_consume_when_durable_filter_narrowed_then_updated_in_place_nothing_skipped_or_repeated(
+    nats_url: str,
+) -> None:
+    """An existing durable whose filter the code narrows (position-orders: `evt.order.approved.>` to
+    one venue's approvals) is updated, not left as it was nor recreated: it goes on after the last
+    message it delivered, a message delivered and never acknowledged is redelivered, what it had
+    acknowledged is not, and the other venue's messages are never delivered to it."""
+    bus = await _bus(nats_url, "t")
+    main, backup = "evt.order.approved.main.BTCUSDT", "evt.order.approved.backup.BTCUSDT"
+    seen: list[tuple[str, str, int]] = []
+    try:
+        stream = subjects.STREAM_ORDERS.name
+        # The durable as an earlier release created it: every venue's approvals, 1 s ack wait.
+        old = await bus.js.pull_subscribe(
+            "evt.order.approved.>", durable="t-narrow", stream=stream, config=ConsumerConfig(ack_wait=1.0)
+        )
+        for coid, subject in (("a1", main), ("b1", backup), ("a2", main)):
+            await bus.publish(subject, _order(coid))
+        delivered = await old.fetch(3, timeout=5)
+        assert [decode(m.data).client_order_id for m in delivered] == ["a1", "b1", "a2"]  # type: ignore[attr-defined]
+        await delivered[0].ack_sync()
+        await delivered[1].ack_sync()  # a2: delivered, never acknowledged (the process died)
+        await old.unsubscribe()
+        for coid, subject in (("a3", main), ("b2", backup)):
+            await bus.publish(subject, _order(coid))
+
+        async def handler(message: Message, delivery: Delivery) -> None:
+            assert isinstance(message, SubmitOrder)
+            seen.append((message.client_order_id, delivery.subject, delivery.num_delivered))
+
+        await bus.consume(
+            stream=stream, durable="t-narrow", filter_subjects=["evt.order.approved.main.>"], handler=handler
+        )
+        assert await _wait_until(lambda: {coid for coid, _, _ in seen} >= {"a2", "a3"}, 10)
+        await bus.publish(backup, _order("b3"))
+        await bus.publish(main, _order("a4"))
+        assert await _wait_until(lambda: any(coid == "a4" for coid, _, _ in seen), 10)
+        await asyncio.sleep(2.5)  # past the ack wait: nothing acknowledged comes again
+        assert sorted(coid for coid, _, _ in seen) == ["a2", "a3", "a4"], seen
+        assert all(subject == main for _, subject, _ in seen)
+        assert dict((coid, n) for coid, _, n in seen)["a2"] == 2  # the redelivery of the unacknowledged one
+        info = await bus.js.consumer_info(stream, "t-narrow")
+        assert info.config.filter_subject == "evt.order.approved.main.>"
+        assert info.config.ack_wait == 1.0  # the rest of the configuration kept
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+        # The same filter again (a restart): left as it is.
+        await bus.close()
+        bus = await _bus(nats_url, "t")
+        await bus.consume(
+            stream=stream, durable="t-narrow", filter_subjects=["evt.order.approved.main.>"], handler=handler
+        )
+        await asyncio.sleep(1.5)
+        assert sorted(coid for coid, _, _ in seen) == ["a2", "a3", "a4"], seen
     finally:
         await bus.close()
