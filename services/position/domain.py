@@ -5,15 +5,20 @@ No I/O and no clock here; handlers feed venue answers in and act on what comes o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from libs.orders_model import OrderRecord, Position, is_terminal
 from proto.enums import OrderStatus, OrderType, Side
+
+if TYPE_CHECKING:
+    from libs.projections import Folded
 
 
 @dataclass(frozen=True)
@@ -368,17 +373,30 @@ def fold_evicted(baselines: dict[str, Decimal], evicted: list[OrderRecord]) -> d
     return out
 
 
-def pinned_orders(orders: dict[str, OrderRecord], protections: list[Protection], flatten_key: str | None) -> set[str]:
+def flatten_stem(component: str, flatten_key: str) -> str:
+    """Idempotency-key prefix of the flatten backstop's orders of one flatten (`<stem><symbol>:<n>`):
+    `flatten:position:<flatten_key>:` on the main venue; a backup venue's process puts its own
+    component name there, so two venues flattening one symbol never name the same order."""
+    return f"flatten:{component}:{flatten_key}:"
+
+
+def pinned_orders(
+    orders: dict[str, OrderRecord],
+    protections: list[Protection],
+    flatten_key: str | None,
+    *,
+    component: str = "position",
+) -> set[str]:
     """Terminal orders that must stay in memory whatever their age.
 
     The entry of every current protection and every protective / protect-close attempt named after
     it: `plan_protection` numbers attempts and counts refusals from the orders in memory, so an
     evicted attempt would be asked for again under the same client order id. Likewise the flatten
-    backstop's attempts of the current flatten (`flatten:position:<flatten_key>:...`).
+    backstop's attempts of the current flatten (`flatten_stem(component, flatten_key)`).
     """
     entries = {p.entry for p in protections}
     pinned = set(entries) & set(orders)
-    flatten_prefix = f"flatten:position:{flatten_key}:" if flatten_key else None
+    flatten_prefix = flatten_stem(component, flatten_key) if flatten_key else None
     for coid, order in orders.items():
         key = order.idempotency_key
         if protection_entry_of(key) in entries or (flatten_prefix and key.startswith(flatten_prefix)):
@@ -389,7 +407,8 @@ def pinned_orders(orders: dict[str, OrderRecord], protections: list[Protection],
 # ---------------------------------------------------------------------- snapshot (SPEC §8)
 
 SNAPSHOT_COMPONENT = "position"
-"""`snapshots.component` of the position service's snapshots (libs.snapshot)."""
+"""`snapshots.component` of the main venue's position process's snapshots (libs.snapshot); a backup
+venue's process snapshots under its own component name (`position-<venue>`)."""
 SNAPSHOT_VERSION = 1
 
 
@@ -432,3 +451,19 @@ def checkpoint_problem(state: bytes) -> str | None:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return f"undecodable position snapshot: {exc}"[:300]
     return None
+
+
+def of_venue(folded: Folded, venue: str) -> Folded:
+    """The part of a fold of the ORDERS stream that is one venue's: its orders (with their
+    sequences and fills) and positions. The stream holds every venue's; each venue's position
+    process recovers, and writes to the projections, its own only."""
+    orders = {coid: order for coid, order in folded.orders.items() if order.venue == venue}
+    return dataclasses.replace(
+        folded,
+        orders=orders,
+        order_seq={coid: seq for coid, seq in folded.order_seq.items() if coid in orders},
+        fills=[fill for fill in folded.fills if fill.order.venue == venue],
+        positions={key: value for key, value in folded.positions.items() if key[0] == venue},
+        touched={coid for coid in folded.touched if coid in orders},
+        touched_positions={key for key in folded.touched_positions if key[0] == venue},
+    )

@@ -80,7 +80,6 @@ from .domain import (
     IMMEDIATE_TRIGGER_REASON,
     PROTECT_CLOSE_PREFIX,
     PROTECT_PREFIX,
-    SNAPSHOT_COMPONENT,
     SNAPSHOT_VERSION,
     CountdownPlanner,
     PositionCheckpoint,
@@ -90,8 +89,10 @@ from .domain import (
     checkpoint_problem,
     decode_checkpoint,
     evictable_orders,
+    flatten_stem,
     fold_evicted,
     is_protective,
+    of_venue,
     order_invariant_violations,
     pinned_orders,
     plan_protection,
@@ -120,7 +121,14 @@ MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
 ORDER_LINK = "orders"
 """Link name of the position service's REST link to the venue (`evt.link.<venue>.orders`)."""
 ORDERS_DURABLE = "position-orders"
+"""The main venue's approvals consumer (`orders_durable(subjects.POSITION)`)."""
 DENIALS_DURABLE = "position-denials"
+CANCEL_WAIT_S = 30.0
+"""How long a cancel of an order not known here waits for this venue's approvals consumer to get
+past it (its approval may still be pending there) before it is taken as another venue's."""
+CANCEL_DELIVERIES = 12
+"""Deliveries of a cancel before it is dead-lettered (or, waiting for approvals, decided): the bus's
+nak delays (0.2 s doubling, at most 5 s) add up to about `CANCEL_WAIT_S` over them."""
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
 FLATTEN_GRACE_NS = 3_000_000_000
 """Risk's own flatten goes first; after this, positions the venue still shows are closed here."""
@@ -128,6 +136,21 @@ LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
 ALL_SYMBOLS_OPEN_ORDERS_WEIGHT = 40
 """Weight of `GET /fapi/v1/openOrders` without a symbol; one symbol's costs 1."""
 USER_STREAM_BACKOFF_S: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+def orders_durable(component: str) -> str:
+    """Durable consumer of the approvals of a position process (`position-orders` on the main venue)."""
+    return f"{component}-orders"
+
+
+def denials_durable(component: str) -> str:
+    """Durable consumer of the denials of a position process (`position-denials` on the main venue)."""
+    return f"{component}-denials"
+
+
+def cancels_durable(component: str) -> str:
+    """Durable consumer of the cancels of a position process (`position-cancels` on the main venue)."""
+    return f"{component}-cancels"
 
 
 def countdown_symbols(orders: Iterable[OrderRecord]) -> set[str]:
@@ -228,8 +251,10 @@ class PositionService:
         log: structured logger.
         projections: Postgres projections.
         client: the venue (a `VenueLink`, or a fake with the same methods).
-        venue: venue name used in subjects.
+        venue: venue name used in subjects; only this venue's orders are this service's.
         clock: wall clock in ns (handlers only; domain code gets times passed in).
+        component: this process's component name (`subjects.position_component`): it names the
+            durable consumers, the snapshots, alerts and the keys of the orders it names itself.
         symbols: traded symbols (reconciliation scope).
         countdown_ms: venue auto-cancel countdown kept armed per symbol with live orders (0: off).
         countdown_refresh_s: re-arm period of that countdown.
@@ -251,6 +276,7 @@ class PositionService:
         venue: str,
         clock: Clock,
         *,
+        component: str = subjects.POSITION,
         symbols: Sequence[str] = (),
         countdown_ms: int = 0,
         countdown_refresh_s: float = 20.0,
@@ -267,6 +293,9 @@ class PositionService:
         self.client = client
         self.venue = venue
         self.clock = clock
+        self.component = component
+        self.orders_durable = orders_durable(component)
+        self.denials_durable = denials_durable(component)
         self.symbols = tuple(symbols)
         self.orders: dict[str, OrderRecord] = {}
         self.positions: dict[str, Position] = {}
@@ -415,7 +444,7 @@ class PositionService:
             await self.maintain_protection(all_symbols=True)
 
     async def _place_flatten(self, symbol: str, venue_quantity: Decimal) -> None:
-        key = await self._fresh_key(f"flatten:position:{self._flatten_key}:{symbol}")
+        key = await self._fresh_key(f"{flatten_stem(self.component, self._flatten_key)}{symbol}")
         order = await self._approve_own(self._market_close(key, symbol, venue_quantity, correlation_id=key))
         self.log.error(
             "flatten_backstop", symbol=symbol, quantity=str(venue_quantity), client_order_id=order.client_order_id
@@ -544,14 +573,19 @@ class PositionService:
 
     async def _alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
         self.log.warning("alert_raised", key=key, severity=severity.value, title=title, **details)
-        alert = AlertRaised(key=key, severity=severity, component=subjects.POSITION, title=title, details=details)
+        alert = AlertRaised(key=key, severity=severity, component=self.component, title=title, details=details)
         await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
 
     async def _resolve_alert(self, key: str, reason: str) -> None:
         self.log.info("alert_resolved", key=key, reason=reason)
         await self.bus.publish(
-            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=subjects.POSITION, reason=reason)
+            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=self.component, reason=reason)
         )
+
+    def _scoped(self, key: str) -> str:
+        """An alert key of this process: as it always was on the main venue, `<key>@<venue>` on a
+        backup venue (two venues' alerts about one symbol are two alerts)."""
+        return key if self.component == subjects.POSITION else f"{key}@{self.venue}"
 
     def _order_subject(self, event: str, order: OrderRecord) -> str:
         return subjects.evt_order(event, order.venue, order.symbol)
@@ -587,7 +621,7 @@ class PositionService:
         reason = f"position invariant violated: {'; '.join(problems)[:500]}"
         self.log.error("invariant_violated", problems=problems[:20], action_taken="HARD_SHUTDOWN, halt, P0 alert")
         title = "order/position invariant violated"
-        await self._alert("invariant-violation", AlertSeverity.P0, title, problems=problems)
+        await self._alert(self._scoped("invariant-violation"), AlertSeverity.P0, title, problems=problems)
         previous: DegradationLevel | None = None
         entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
         if entry is not None:
@@ -601,7 +635,7 @@ class PositionService:
         record = {"level": DegradationLevel.HARD_SHUTDOWN.value, "reason": reason, "ts_ns": event.ts_event_ns}
         await self.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
         await self.refresh_degradation()  # flatten mode now: entries refused, positions closed (SPEC §5)
-        request = msgspec.json.encode({"operator": subjects.POSITION, "reason": reason})
+        request = msgspec.json.encode({"operator": self.component, "reason": reason})
         try:
             await self.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
         except Exception as exc:  # noqa: BLE001 - the level is persisted; risk halts when it reads it
@@ -617,7 +651,7 @@ class PositionService:
         numbers its attempts from (`pinned_orders`), stay. Returns how many left.
         """
         flatten_key = self._flatten_key if self.flattening() else None
-        pinned = pinned_orders(self.orders, list(self.protections.values()), flatten_key)
+        pinned = pinned_orders(self.orders, list(self.protections.values()), flatten_key, component=self.component)
         coids = evictable_orders(self.orders, self.clock(), self.retention, pinned)
         if not coids:
             return 0
@@ -639,7 +673,9 @@ class PositionService:
         """
         found: OrderRecord | None = await self.projections.find_order(coid)
         if found is not None:
-            self.log.info("order_found_in_projection", client_order_id=coid, status=found.status.value)
+            self.log.info(
+                "order_found_in_projection", client_order_id=coid, status=found.status.value, venue=found.venue
+            )
         return found
 
     async def _approval_seen_before(self, coid: str, approved_ns: int) -> OrderRecord | None:
@@ -686,7 +722,8 @@ class PositionService:
                     return key
                 if found is None:
                     return key
-                self.orders[coid] = found
+                if found.venue == self.venue:  # another venue's order stays that process's: the id is taken
+                    self.orders[coid] = found
             attempt += 1
 
     # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
@@ -737,6 +774,16 @@ class PositionService:
             if known is None:
                 # Not in memory: finished orders leave it after the retention. Handled before? (§6)
                 earlier = await self._approval_seen_before(command.client_order_id, message.ts_event_ns)
+                if earlier is not None and earlier.venue != self.venue:
+                    # A client order id is one order system-wide (the projection's key): never a second.
+                    self.log.error(
+                        "order_known_on_other_venue",
+                        client_order_id=command.client_order_id,
+                        other_venue=earlier.venue,
+                        status=earlier.status.value,
+                        action_taken="not sent",
+                    )
+                    return
                 if earlier is not None and is_terminal(earlier.status):
                     self.log.info("order_already_known", client_order_id=command.client_order_id, via="projection")
                     return
@@ -792,13 +839,19 @@ class PositionService:
             self.orders[order.client_order_id] = order
 
     async def on_cancel(self, message: Message, delivery: Delivery) -> None:
-        """Durable `position-cancels`: cancel at the venue (idempotent: terminal orders are left alone)."""
+        """Durable `position-cancels`: cancel at the venue (idempotent: terminal orders are left alone).
+
+        A cancel names no venue: every position process sees it and the one holding the order
+        cancels it. An order not known here may still be an approval this venue's consumer has
+        not handled yet (it lags, or this process was down): the cancel then waits for it (raised
+        and redelivered) before it is taken as another venue's order and left alone.
+        """
         if not isinstance(message, CancelOrder):
             return
         async with self._lock:
             order = self.orders.get(message.client_order_id)
             if order is None:
-                self.log.warning("cancel_unknown_order", client_order_id=message.client_order_id)
+                await self._cancel_not_held(message, delivery)
                 return
             if is_terminal(order.status):
                 self.log.info("cancel_ignored_terminal", client_order_id=order.client_order_id, status=order.status)
@@ -806,6 +859,43 @@ class PositionService:
             await self._cancel(order, message.reason)
             await self.check_invariants()
             await self.maintain_protection()
+
+    async def _cancel_not_held(self, message: CancelOrder, delivery: Delivery) -> None:
+        """A cancel of an order not in memory: wait for this venue's approvals, else leave it alone.
+
+        Raises:
+            TransientError: an approval before the cancel is not handled yet; try again later.
+        """
+        coid = message.client_order_id
+        covered = await covered_sequence(
+            self.bus.js, subjects.STREAM_ORDERS.name, (self.orders_durable,), delivery.stream_sequence
+        )
+        waiting = covered < delivery.stream_sequence
+        age_ns = self.clock() - (delivery.stored_ns or self.clock())
+        if waiting and delivery.num_delivered < CANCEL_DELIVERIES and age_ns < CANCEL_WAIT_S * 1e9:
+            raise TransientError(f"cancel {coid}: approvals before it not handled yet (up to {covered}); retried")
+        if waiting:
+            self.log.warning(
+                "cancel_undecided",
+                client_order_id=coid,
+                approvals_handled_up_to=covered,
+                cancel_seq=delivery.stream_sequence,
+                action_taken="ignored: this venue's approvals did not catch up in time",
+            )
+            return
+        try:
+            found = await self.projections.find_order(coid)
+        except PG_ERRORS:
+            found = None
+        if found is not None and found.venue != self.venue:
+            self.log.debug("cancel_for_other_venue", client_order_id=coid, venue=found.venue)
+            return
+        self.log.info(
+            "cancel_not_held",
+            client_order_id=coid,
+            status=found.status.value if found is not None else None,
+            action_taken="ignored: no order of this venue in flight",
+        )
 
     async def _cancel(self, order: OrderRecord, reason: str) -> None:
         """Cancel one live order at the venue (before submission: locally).
@@ -943,14 +1033,14 @@ class PositionService:
         await self._save(order)
         self.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
         letter = DeadLettered(
-            consumer=ORDERS_DURABLE,
+            consumer=self.orders_durable,
             subject=subjects.evt_order("approved", order.venue, order.symbol),
             reason=f"{error_class} {why}: HTTP {exc.status} code={exc.code} {exc.msg}"[:1000],
             deliveries=1,
             payload=encode(OrderApproved(order=command_from_record(order))).decode(),
             original_message_id=f"approved:{coid}",
         )
-        await self.bus.publish(subjects.dlq(ORDERS_DURABLE), letter, msg_id=f"dlq:rejected:{coid}")
+        await self.bus.publish(subjects.dlq(self.orders_durable), letter, msg_id=f"dlq:rejected:{coid}")
         if why == "auth":
             await self._alert(
                 f"venue-auth:{self.venue}",
@@ -1382,9 +1472,10 @@ class PositionService:
         """
         now = self.clock()
         live = [status.value for status in OrderStatus if not is_terminal(status)]
-        self.orders = await self.projections.load_recent_orders(
+        loaded = await self.projections.load_recent_orders(
             live, now - self.retention.keep_ns, self.retention.max_terminal
         )
+        self.orders = {coid: order for coid, order in loaded.items() if order.venue == self.venue}
         self.evicted_until_ns = now
         self.positions, self._position_seq = await self.projections.load_positions(self.venue)
         self.rebase()
@@ -1439,7 +1530,7 @@ class PositionService:
         phases: dict[str, float] = {}
         if self.snapshots is not None:
             try:
-                found = await self.snapshots.load_latest_valid(SNAPSHOT_COMPONENT, accept=checkpoint_problem)
+                found = await self.snapshots.load_latest_valid(self.component, accept=checkpoint_problem)
             except (asyncpg.PostgresError, OSError) as exc:
                 self.log.warning("snapshot_load_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             else:
@@ -1477,17 +1568,17 @@ class PositionService:
                         action_taken="snapshot kept; reconciliation with the venue corrects it",
                     )
             mark_ns = self.clock()
-            folded = fold_events(await read_orders_stream(self.bus, from_seq), start)
+            # The stream holds every venue's orders: this process keeps, and writes, its own only.
+            folded = of_venue(fold_events(await read_orders_stream(self.bus, from_seq), start), self.venue)
             phases["tail_fold_ms"] = (self.clock() - mark_ns) / 1e6
             self.orders = folded.orders
             self._seq = dict(folded.order_seq)
             self.evicted_until_ns = checkpoint.evicted_until_ns if checkpoint is not None else 0
             self.positions = {}
             self._position_seqs = {}
-            for (venue, symbol), (position, seq, _) in folded.positions.items():
-                if venue == self.venue:
-                    self.positions[symbol] = position
-                    self._position_seqs[symbol] = seq
+            for (_, symbol), (position, seq, _) in folded.positions.items():
+                self.positions[symbol] = position
+                self._position_seqs[symbol] = seq
             self._position_seq = max(self._position_seqs.values(), default=0)
             await self._load_protections(checkpoint.protections if checkpoint is not None else ())
             mark_ns = self.clock()
@@ -1522,7 +1613,7 @@ class PositionService:
         )
         if corrupt:
             await self._alert(
-                f"snapshot-corrupt.{subjects.POSITION}",
+                f"snapshot-corrupt.{self.component}",
                 AlertSeverity.P1,
                 "corrupt position snapshot skipped (FM-C3); recovered from an older one or the log",
                 snapshots=corrupt[:10],
@@ -1558,7 +1649,8 @@ class PositionService:
         """The ORDERS sequence a snapshot taken now covers (`adapters.covered_sequence` over the
         consumers that create orders: approvals, denials). Folding is idempotent, so covering less
         than everything is always safe."""
-        return await covered_sequence(self.bus.js, subjects.STREAM_ORDERS.name, (ORDERS_DURABLE, DENIALS_DURABLE), last)
+        durables = (self.orders_durable, self.denials_durable)
+        return await covered_sequence(self.bus.js, subjects.STREAM_ORDERS.name, durables, last)
 
     async def snapshot(self, *, force: bool = False) -> int | None:
         """Snapshot the state when the policy says so (or `force`); returns the covered sequence.
@@ -1594,8 +1686,8 @@ class PositionService:
             state = msgspec.json.encode(checkpoint)
             self.snapshot_policy.taken()
         try:
-            await self.snapshots.save(SNAPSHOT_COMPONENT, covered, state)
-            await self.snapshots.prune(SNAPSHOT_COMPONENT)
+            await self.snapshots.save(self.component, covered, state)
+            await self.snapshots.prune(self.component)
         except (asyncpg.PostgresError, OSError) as exc:
             self.snapshots_failed += 1
             self.log.warning("snapshot_save_failed", error=f"{type(exc).__name__}: {exc}"[:300], action_taken="retry")
@@ -1709,7 +1801,7 @@ class PositionService:
         self._position_seqs[symbol] = seq
         await self.projections.upsert_position(self.venue, symbol, corrected, now, seq)
         await self._alert(
-            f"reconcile-position:{symbol}",
+            self._scoped(f"reconcile-position:{symbol}"),
             AlertSeverity.P1,
             "local position differs from the venue; corrected to the venue",
             symbol=symbol,
@@ -1855,7 +1947,7 @@ class PositionService:
             action_taken="close the position at market (reduce-only)",
         )
         await self._alert(
-            f"protection-triggered:{order.symbol}",
+            self._scoped(f"protection-triggered:{order.symbol}"),
             AlertSeverity.P1,
             "protective order would trigger immediately: position closed at market",
             coid=coid,

@@ -1,38 +1,62 @@
-"""position process: `python -m services.position.main` (the only writer to the venue)."""
+"""position process: `python -m services.position.main` (the only writer to its venue).
+
+One process per venue (FM-N6): `BULWARK_POSITION_VENUE` (empty: `BULWARK_VENUE`) says which venue
+it trades; its component name (`proto.subjects.position_component`) names its heartbeat, lease,
+durable consumers, snapshots and query subject, `position` for the main venue as always and
+`position-<venue>` for the backup.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import sys
 import time
 
 from nats.errors import Error as NatsError
 
+from libs import logging as bulwark_logging
 from libs.binance.client import BinanceRestClient
 from libs.breaker import CircuitBreaker
 from libs.errors import TransientError
 from libs.lease import LEASE_BUCKET, Lease
+from libs.logging import get_logger
 from libs.projections import Projections
 from libs.ratelimit import RateBudget, SharedBans
 from libs.runtime.service import ServiceContext, main, ms_since
+from libs.settings import Settings, SettingsError, VenueAccount
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.enums import ComponentState
 
 from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
 from .domain import Retention
-from .handlers import DENIALS_DURABLE, ORDERS_DURABLE, PositionService
+from .handlers import CANCEL_DELIVERIES, PositionService, cancels_durable, denials_durable, orders_durable
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
-LEASE_NAME = "position"
-"""The position service's single-writer lease (`lease.position` in KV bucket `bulwark-leases`)."""
+EXIT_BAD_SETTINGS = 2
+"""Exit status of a position process whose settings are invalid (e.g. an unknown BULWARK_POSITION_VENUE)."""
 
 
 def venue_breaker_name(venue: str) -> str:
     """Breaker id of a venue (`venue-binance-usdm`): `evt.breaker.<id>`, KV `breaker.<id>`."""
     return f"venue-{venue}"
+
+
+def position_identity(settings: Settings) -> tuple[VenueAccount, str]:
+    """The venue account a position process trades and its component name.
+
+    Raises:
+        SettingsError: BULWARK_POSITION_VENUE names neither the main nor the backup venue.
+    """
+    venue = settings.position_venue or settings.venue
+    try:
+        account = settings.venue_account(venue)
+    except SettingsError as exc:
+        raise SettingsError(f"BULWARK_POSITION_VENUE={settings.position_venue!r}: {exc}") from exc
+    return account, subjects.position_component(account.name, settings.venue)
 
 
 async def setup(ctx: ServiceContext) -> None:
@@ -49,8 +73,16 @@ async def setup(ctx: ServiceContext) -> None:
     """
     assert ctx.pool is not None, "position needs Postgres"
     settings = ctx.settings
+    account, component = position_identity(settings)
+    if ctx.component != component:
+        raise SettingsError(
+            f"the position process of venue {account.name!r} runs as {component!r}, not {ctx.component!r}"
+        )
+    venue = account.name
+    # The single-writer lease is the component's (`lease.position`, `lease.position-<backup>` in KV
+    # bucket `bulwark-leases`): one writer per venue, the venues' processes independent.
     holder = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-    lease = Lease(await ctx.bus.kv(LEASE_BUCKET), LEASE_NAME, holder, ttl_s=settings.position_lease_ttl_s, log=ctx.log)
+    lease = Lease(await ctx.bus.kv(LEASE_BUCKET), component, holder, ttl_s=settings.position_lease_ttl_s, log=ctx.log)
     role = {"lease": "standby", "holder": holder}
     ctx.details = lambda: dict(role)
     phases = ctx.startup_phases
@@ -63,34 +95,32 @@ async def setup(ctx: ServiceContext) -> None:
     role["token"] = str(lease.token)
     ctx.set_state(ComponentState.STARTING)
     # Request weight and order counts as the venue counts them; a 418 or a 429's Retry-After that
-    # any process receives (market-data's snapshots share the IP) holds this one back too (FM-N2).
-    budget = RateBudget(settings.venue, time.time_ns)
-    shared_bans = SharedBans(
-        ctx.bus, budget, origin=f"{subjects.POSITION}:{os.getpid()}", clock_ns=time.time_ns, log=ctx.log
-    )
+    # any process receives (market-data's snapshots share the IP) holds this one back too (FM-N2);
+    # bans are kept per venue, so another venue's ban never holds this one back.
+    budget = RateBudget(venue, time.time_ns)
+    shared_bans = SharedBans(ctx.bus, budget, origin=f"{component}:{os.getpid()}", clock_ns=time.time_ns, log=ctx.log)
     await shared_bans.start()
     ctx.cleanups.append(shared_bans.close)
     client = BinanceRestClient(
-        settings.venue_rest_url,
-        settings.venue_api_key,
-        settings.venue_api_secret,
+        account.rest_url,
+        account.api_key,
+        account.api_secret,
         timeout_s=VENUE_TIMEOUT_S,
         budget=budget,
-        alternate_urls=settings.venue_rest_alternates,
+        alternate_urls=account.rest_alternates,
     )
     await client.start()
     ctx.cleanups.append(client.close)
-    breaker = CircuitBreaker(
-        venue_breaker_name(settings.venue), time.monotonic_ns, open_s=settings.venue_breaker_open_s
-    )
+    breaker = CircuitBreaker(venue_breaker_name(venue), time.monotonic_ns, open_s=settings.venue_breaker_open_s)
     link = VenueLink(client, breaker, ctx.log, time.time_ns)
     service = PositionService(
         ctx.bus,
         ctx.log,
         Projections(ctx.pool),
         link,
-        settings.venue,
+        venue,
         time.time_ns,
+        component=component,
         symbols=settings.symbols,
         countdown_ms=int(settings.countdown_cancel_s * 1000),
         countdown_refresh_s=settings.countdown_refresh_s,
@@ -113,7 +143,7 @@ async def setup(ctx: ServiceContext) -> None:
     def lost() -> None:
         service.lease_lost = True  # no venue write from here on, whatever is in flight
         role["lease"] = "lost"
-        ctx.log.error("lease_lost", lease=LEASE_NAME, holder=holder, action_taken="stop writing, stop the service")
+        ctx.log.error("lease_lost", lease=component, holder=holder, action_taken="stop writing, stop the service")
         ctx.stopping.set()
 
     ctx.spawn(lease.keep(on_lost=lost), "lease")
@@ -139,23 +169,33 @@ async def setup(ctx: ServiceContext) -> None:
         return
     phases["reconcile_ms"] = ms_since(mark)
     mark = time.perf_counter()
+    # Only this venue's approvals and denials (risk routes each order to one venue); every process
+    # sees every cancel (it names no venue) and acts on those of its own orders. A durable an
+    # earlier release created with the filter of all venues is narrowed in place (`Bus.consume`).
     orders = subjects.STREAM_ORDERS.name
     await ctx.bus.consume(
-        stream=orders, durable=ORDERS_DURABLE, filter_subjects=["evt.order.approved.>"], handler=service.on_approved
-    )
-    await ctx.bus.consume(
-        stream=orders, durable=DENIALS_DURABLE, filter_subjects=["evt.order.denied.>"], handler=service.on_denied
+        stream=orders,
+        durable=orders_durable(component),
+        filter_subjects=[subjects.evt_order("approved", venue, ">")],
+        handler=service.on_approved,
     )
     await ctx.bus.consume(
         stream=orders,
-        durable="position-cancels",
+        durable=denials_durable(component),
+        filter_subjects=[subjects.evt_order("denied", venue, ">")],
+        handler=service.on_denied,
+    )
+    await ctx.bus.consume(
+        stream=orders,
+        durable=cancels_durable(component),
         filter_subjects=[subjects.CMD_ORDER_CANCEL],
         handler=service.on_cancel,
+        max_deliver=CANCEL_DELIVERIES,
     )
     phases["consumers_ms"] = ms_since(mark)
-    await ctx.bus.serve(subjects.service_query(subjects.POSITION, "state"), service.state_query)
+    await ctx.bus.serve(subjects.service_query(component, "state"), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
-    ws_bases = [settings.venue_ws_url, *settings.venue_ws_alternates]
+    ws_bases = [account.ws_url, *account.ws_alternates]
     ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
 
 
@@ -167,16 +207,29 @@ async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:
             if await lease.try_acquire() is not None:
                 return True
         except (NatsError, TimeoutError, OSError) as exc:
-            ctx.log.warning("lease_acquire_failed", lease=LEASE_NAME, error=f"{type(exc).__name__}: {exc}")
+            ctx.log.warning("lease_acquire_failed", lease=lease.name, error=f"{type(exc).__name__}: {exc}")
         if not announced:
             view = await lease.read()
             holder = view.record.holder if view.record else None
-            ctx.log.info("position_standby", lease=LEASE_NAME, holder=lease.holder, current_holder=holder)
+            ctx.log.info("position_standby", lease=lease.name, holder=lease.holder, current_holder=holder)
             ctx.set_state(ComponentState.READY)
             announced = True
         await asyncio.sleep(lease.ttl_ns / 3e9)
     return False
 
 
+def run() -> None:
+    """Run the position process the environment describes; bad settings end it with one clear
+    error line and exit status 2 (a supervisor's retries then fail fast, without a traceback)."""
+    try:
+        settings = Settings.from_env()
+        _, component = position_identity(settings)
+    except SettingsError as exc:
+        bulwark_logging.configure("INFO")
+        get_logger(subjects.POSITION).error("settings_invalid", error=str(exc), action_taken="exit, not started")
+        sys.exit(EXIT_BAD_SETTINGS)
+    main(component, setup, needs_db=True, settings=settings)
+
+
 if __name__ == "__main__":
-    main(subjects.POSITION, setup, needs_db=True)
+    run()
