@@ -150,7 +150,7 @@ class VenueSimulator:
                 if self.faults.active("outage"):
                     return web.Response(status=503, text="Service Unavailable")
                 return await handler(request)
-            if self.faults.active("outage", symbol):
+            if self.faults.active("outage", symbol) or self.faults.active("rest_outage", symbol):
                 return self._error(BinanceError(503, -1001, "Service unavailable (simulated outage)."))
             response = self._http_fault(symbol)
             if response is not None:

@@ -340,6 +340,17 @@ async def test_http_faults_when_scheduled_then_rest_answers_change_and_sim_api_u
     assert status == 200
     status, _, _ = await btc.public("/fapi/v1/time")
     assert status == 200
+    # The order path down, market data flowing (FM-N6 failover): REST 503, streams still served.
+    rest_outage = await _fault(btc, kind="rest_outage")
+    status, body, _ = await btc.signed(
+        "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01"
+    )
+    assert (status, body["code"]) == (503, -1001)
+    ws = await btc.session.ws_connect(btc.base.replace("http", "ws") + "/ws/btcusdt@depth")
+    assert (await ws.receive_json(timeout=10))["e"] == "depthUpdate"
+    await ws.close()
+    status, _ = await btc.sim("DELETE", f"/_sim/faults/{rest_outage}")
+    assert status == 200
     await _fault(btc, kind="order_reject", params={"code": -2010, "msg": "NEW_ORDER_REJECTED"})
     status, body, _ = await btc.signed(
         "POST", "/fapi/v1/order", symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01"

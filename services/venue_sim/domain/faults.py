@@ -37,6 +37,9 @@ KINDS: dict[str, tuple[dict[str, Any], bool]] = {
     "http_418": ({"retry_after_s": 10}, False),
     "http_5xx": ({"status": 503}, False),
     "outage": ({}, True),
+    # The REST API (orders, account, snapshots) answers 503 / -1001 while the WebSocket streams
+    # keep flowing: the venue's order path is down, its market data is not (FM-N6 failover).
+    "rest_outage": ({}, True),
     "latency": ({"ms": 500}, True),
     "refuse_connections": ({}, True),
     "order_timeout_placed": ({"ms": 11_000}, False),
