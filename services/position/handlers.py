@@ -302,6 +302,10 @@ class PositionService:
         self.baselines: dict[str, Decimal] = {}
         self.reconciled = False
         self.link_state = ConnectionState.CONNECTED
+        self._link_announced = False
+        """Has this process published its order link state yet? The first reconciliation does, even
+        when the state did not change: KV may hold a previous process's DISCONNECTED, and risk routes
+        by it (FM-N6)."""
         self.hard_shutdown = False
         self.user_stream_up = False
         self.reconciliations = 0
@@ -740,8 +744,9 @@ class PositionService:
             await self._set_link(ConnectionState.DISCONNECTED, f"venue breaker open: {transition.reason}")
 
     async def _set_link(self, state: ConnectionState, reason: str) -> None:
-        if state == self.link_state:
+        if state == self.link_state and self._link_announced:
             return
+        self._link_announced = True
         previous, self.link_state = self.link_state, state
         if state != ConnectionState.CONNECTED:
             # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
@@ -750,7 +755,10 @@ class PositionService:
         event = LinkStateChanged(
             venue=self.venue, link=ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
         )
-        self.log.warning("link_state_changed", link=ORDER_LINK, previous=previous.value, current=state.value)
+        if previous == state:
+            self.log.info("link_state_announced", link=ORDER_LINK, current=state.value, reason=reason)
+        else:
+            self.log.warning("link_state_changed", link=ORDER_LINK, previous=previous.value, current=state.value)
         await self.bus.publish(subjects.evt_link(self.venue, ORDER_LINK), event)
         value = {"state": state.value, "reason": reason, "ts_ns": event.ts_event_ns}
         await self.bus.kv_put(subjects.key_link(self.venue, ORDER_LINK), msgspec.json.encode(value))

@@ -236,13 +236,13 @@ async def wait_status(pool: Any, coid: str, *statuses: str, timeout_s: float = 2
     return await eventually(reached, timeout_s)
 
 
-async def assert_venue_matches_system(pool: Any, venue_url: str) -> dict:
-    """The venue holds exactly the orders the system believes it placed, each with the same status
-    and filled quantity, and the same position; returns the venue state."""
+async def assert_venue_matches_system(pool: Any, venue_url: str, venue: str = VENUE) -> dict:
+    """The venue holds exactly the orders the system believes it placed there, each with the same
+    status and filled quantity, and the same position; returns the venue state."""
     state = await sim_state(venue_url)
     venue_orders = {o["client_order_id"]: o for o in state["orders"]}
     assert len(venue_orders) == len(state["orders"]), "a client order id appears twice at the venue"
-    rows = await pool.fetch("SELECT * FROM orders")
+    rows = await pool.fetch("SELECT * FROM orders WHERE venue = $1", venue)
     believed = {
         row["client_order_id"]: row
         for row in rows
@@ -250,13 +250,15 @@ async def assert_venue_matches_system(pool: Any, venue_url: str) -> dict:
     }
     assert set(believed) == set(venue_orders), (sorted(believed), sorted(venue_orders))
     for coid, row in believed.items():
-        venue = venue_orders[coid]
-        assert row["status"] == venue["status"], (coid, row["status"], venue["status"])
-        assert row["filled_quantity"] == Decimal(venue["executed_qty"]), coid
+        at_venue = venue_orders[coid]
+        assert row["status"] == at_venue["status"], (coid, row["status"], at_venue["status"])
+        assert row["filled_quantity"] == Decimal(at_venue["executed_qty"]), coid
         fills = await pool.fetch("SELECT quantity FROM fills WHERE client_order_id = $1", coid)
         assert sum((f["quantity"] for f in fills), Decimal(0)) == row["filled_quantity"], coid
     venue_position = {p["symbol"]: Decimal(p["quantity"]) for p in state["positions"]}
-    local_position = {r["symbol"]: r["quantity"] for r in await pool.fetch("SELECT * FROM positions")}
+    local_position = {
+        r["symbol"]: r["quantity"] for r in await pool.fetch("SELECT * FROM positions WHERE venue = $1", venue)
+    }
     for symbol in set(venue_position) | set(local_position):
         assert venue_position.get(symbol, Decimal(0)) == local_position.get(symbol, Decimal(0)), symbol
     return state
