@@ -1,7 +1,8 @@
 """`bulwark up --backup-venue` as a user runs it (FM-N6): a second venue simulator with its own
 account and state, the backup venue's position process `position-<venue>` READY like any other
-component, `/v1/status` listing both venues, and the main venue's order link going down while the
-backup's position process runs on.
+component, `/v1/status` listing both venues with their order links, and the failover: with the
+main venue's REST API down (its market data still flowing) an operator's entry in a flat symbol is
+filled on the backup venue, and its exit goes there too.
 
 One system for the module (synthetic market, ~10 s to start); the outage test runs last.
 """
@@ -60,14 +61,16 @@ def test_up_when_backup_venue_then_both_venues_listed_and_the_backup_position_pr
     component = status["components"][POSITION_BACKUP]
     assert component["state"] == "READY" and component["pid"] != status["components"]["position"]["pid"]
     assert component["pid"] == system.program_pid(POSITION_BACKUP)
-    assert status["venues"]["binance-usdm"] | {"order_link": None, "order_link_reason": None} == {
+    # Each position process announces its order link once it reconciled at start.
+    assert status["venues"]["binance-usdm"] == {
         "role": "main",
-        "order_link": None,
-        "order_link_reason": None,
+        "order_link": "CONNECTED",
+        "order_link_reason": "venue reachable and reconciled",
         "position_component": "position",
         "position_state": "READY",
     }
     assert status["venues"][BACKUP]["role"] == "backup"
+    assert status["venues"][BACKUP]["order_link"] == "CONNECTED"
     assert status["venues"][BACKUP]["position_component"] == POSITION_BACKUP
     assert status["venues"][BACKUP]["position_state"] == "READY"
     assert system.program("venue-sim-backup")["statename"] == "RUNNING"
@@ -89,11 +92,28 @@ def test_up_when_backup_venue_then_the_printout_and_endpoints_name_the_backup_si
     assert POSITION_BACKUP in printed
 
 
-def test_main_venue_outage_when_backup_configured_then_main_order_link_down_and_backup_process_runs_on(
+def _order(client: httpx.Client, key: str, **body: Any) -> dict[str, Any]:
+    answer = client.post("/v1/orders", json=body, headers={"Idempotency-Key": key})
+    assert answer.status_code in (200, 201, 202), answer.text
+    created: dict[str, Any] = answer.json()
+    return created
+
+
+def _filled_on(client: httpx.Client, order: dict[str, Any], venue: str) -> None:
+    def filled() -> dict[str, Any] | None:
+        row: dict[str, Any] = client.get(f"/v1/orders/{order['order_id']}").json()
+        return row if row.get("status") == "FILLED" else None
+
+    row = _poll(filled, timeout_s=20.0)
+    assert row["venue"] == venue, row
+
+
+def test_main_order_path_down_when_backup_configured_then_a_flat_symbol_trades_on_the_backup_and_exits_there(
     system: RunningSystem,
 ) -> None:
+    """FM-N6 as an operator sees it: the main venue's REST API down, its market data still flowing."""
     with system.client() as client:
-        fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "outage", "duration_s": 5}, timeout=10)
+        fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "rest_outage"}, timeout=10)
         assert fault.status_code in (200, 201), fault.text
 
         def main_link_down() -> dict[str, Any] | None:
@@ -101,8 +121,24 @@ def test_main_venue_outage_when_backup_configured_then_main_order_link_down_and_
             return status if status["venues"]["binance-usdm"]["order_link"] == "DISCONNECTED" else None
 
         status = _poll(main_link_down, timeout_s=20.0)
+        assert "venue breaker open" in status["venues"]["binance-usdm"]["order_link_reason"]
+        assert status["venues"][BACKUP]["order_link"] == "CONNECTED"
+        assert status["components"][POSITION_BACKUP]["state"] == "READY"
 
-    assert "venue breaker open" in status["venues"]["binance-usdm"]["order_link_reason"]
-    assert status["venues"][BACKUP]["order_link"] != "DISCONNECTED"
-    assert status["components"][POSITION_BACKUP]["state"] == "READY"
-    assert httpx.get(f"{system.backup_venue}/fapi/v1/ping", timeout=5).status_code == 200
+        entry = _order(client, "backup-venue-entry", symbol="ETHUSDT", side="BUY", type="MARKET", quantity="0.02")
+        _filled_on(client, entry, BACKUP)
+        httpx.delete(f"{system.venue}/_sim/faults/{fault.json()['id']}", timeout=10)
+        rows = client.get("/v1/positions").json()["positions"]
+        held = {(row["venue"], row["symbol"]): Decimal(row["quantity"]) for row in rows}
+        assert held[(BACKUP, "ETHUSDT")] == Decimal("0.02")
+        # The position is on the backup: its exit goes there, whatever the main venue does now.
+        exit_order = _order(
+            client, "backup-venue-exit", symbol="ETHUSDT", side="SELL", type="MARKET", quantity="0.02", reduce_only=True
+        )
+        _filled_on(client, exit_order, BACKUP)
+
+    main, backup = _sim_state(system.venue), _sim_state(system.backup_venue)
+    ours = [entry["client_order_id"], exit_order["client_order_id"]]
+    assert [o["client_order_id"] for o in backup["orders"]] == ours
+    assert not {o["client_order_id"] for o in main["orders"]} & set(ours)
+    assert all(Decimal(str(p["quantity"])) == 0 for p in backup["positions"])
