@@ -193,10 +193,12 @@ async def run_service(
     finally:
         ctx.set_state(ComponentState.STOPPING)
         log.info("service_stopping")
+        # Background tasks first: a task still running during the cleanups could find its client
+        # closed (a crash logged at a clean stop) or write after its lease was released.
+        await cancel_and_wait(ctx._tasks)
         for cleanup in reversed(ctx.cleanups):
             with contextlib.suppress(Exception):
                 await cleanup()
-        await cancel_and_wait(ctx._tasks)
         await bus.close()
         if ctx.pool is not None:
             with contextlib.suppress(Exception):
