@@ -8,16 +8,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]],
+    timeout_s: float = 10.0,
+    failure: Callable[[], Awaitable[str]] | None = None,
+) -> Any:
     """Await `check` every 100 ms until it returns something truthy, and return that.
 
     Raises:
-        AssertionError: `timeout_s` passed first.
+        AssertionError: `timeout_s` passed first; its message is `failure()`'s when given (what
+            was seen instead, read at that moment).
     """
     deadline = time.monotonic() + timeout_s
     while True:
         result = await check()
         if result:
             return result
-        assert time.monotonic() < deadline, "condition not reached in time"
+        if time.monotonic() >= deadline:
+            raise AssertionError(await failure() if failure is not None else "condition not reached in time")
         await asyncio.sleep(0.1)

@@ -133,11 +133,11 @@ class Api(SystemApi):
             hits = [e for e in await self.hot_events(since_ns, symbol) if e["payload"]["current"] in states]
             return hits[0] if hits else None
 
-        try:
-            event: dict[str, Any] = await eventually(found, timeout_s)
-        except AssertionError as exc:
+        async def failure() -> str:
             seen = [(e["payload"]["current"], e["payload"]["reason"]) for e in await self.hot_events(since_ns, symbol)]
-            raise AssertionError(f"{symbol}: no transition into {states} within {timeout_s}s; saw {seen}") from exc
+            return f"{symbol}: no transition into {states} within {timeout_s}s; saw {seen}"
+
+        event: dict[str, Any] = await eventually(found, timeout_s, failure)
         return event
 
     async def wait_link(
@@ -147,11 +147,11 @@ class Api(SystemApi):
             hits = [e for e in await self.link_events(since_ns, link) if e["payload"]["current"] in states]
             return hits[0] if hits else None
 
-        try:
-            event: dict[str, Any] = await eventually(found, timeout_s)
-        except AssertionError as exc:
+        async def failure() -> str:
             seen = [(e["payload"]["current"], e["payload"]["reason"]) for e in await self.link_events(since_ns, link)]
-            raise AssertionError(f"link {link}: no transition into {states} within {timeout_s}s; saw {seen}") from exc
+            return f"link {link}: no transition into {states} within {timeout_s}s; saw {seen}"
+
+        event: dict[str, Any] = await eventually(found, timeout_s, failure)
         return event
 
     # ------------------------------------------------------------------ conditions
@@ -161,10 +161,10 @@ class Api(SystemApi):
             state = await self.hot_state(symbol)
             return state if state in states else None
 
-        try:
-            state: str = await eventually(reached, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(f"{symbol} not in {states} within {timeout_s}s: {await self.status()}") from exc
+        async def failure() -> str:
+            return f"{symbol} not in {states} within {timeout_s}s: {await self.status()}"
+
+        state: str = await eventually(reached, timeout_s, failure)
         return state
 
     async def wait_healthy(self, timeout_s: float = 60.0) -> None:
@@ -179,12 +179,12 @@ class Api(SystemApi):
                 and status["degradation_level"] not in ("EMERGENCY_MODE", "HARD_SHUTDOWN")
             )
 
-        try:
-            await eventually(healthy, timeout_s)
-        except AssertionError as exc:
+        async def failure() -> str:
             status = await self.status()
             status.pop("breakers", None), status.pop("components", None)
-            raise AssertionError(f"system not healthy within {timeout_s}s: {status}") from exc
+            return f"system not healthy within {timeout_s}s: {status}"
+
+        await eventually(healthy, timeout_s, failure)
 
     # ------------------------------------------------------------------ orders
 

@@ -70,12 +70,10 @@ class Api(SystemApi):
             record = await self.breaker(breaker_id)
             return record if record.get("state") == state else None
 
-        try:
-            found: dict[str, Any] = await eventually(reached, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{breaker_id} not {state} within {timeout_s}s: {await self.breaker(breaker_id)}"
-            ) from exc
+        async def failure() -> str:
+            return f"{breaker_id} not {state} within {timeout_s}s: {await self.breaker(breaker_id)}"
+
+        found: dict[str, Any] = await eventually(reached, timeout_s, failure)
         return found
 
     async def wait_event(self, types: str, since_ns: int, timeout_s: float = 20.0, **payload: Any) -> dict[str, Any]:
@@ -87,10 +85,10 @@ class Api(SystemApi):
                     return event
             return None
 
-        try:
-            event: dict[str, Any] = await eventually(found, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(f"no {types} event with {payload} since {since_ns}") from exc
+        async def failure() -> str:
+            return f"no {types} event with {payload} since {since_ns}"
+
+        event: dict[str, Any] = await eventually(found, timeout_s, failure)
         return event
 
     # ------------------------------------------------------------------ venue
@@ -136,10 +134,10 @@ class Api(SystemApi):
                 return venue
             return None
 
-        try:
-            found: dict[str, Decimal] = await eventually(equal, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(f"realized PnL differs from the venue's: {last}") from exc
+        async def failure() -> str:
+            return f"realized PnL differs from the venue's: {last}"
+
+        found: dict[str, Decimal] = await eventually(equal, timeout_s, failure)
         return found
 
     async def touch(self, symbol: str) -> tuple[Decimal, Decimal]:
@@ -353,12 +351,10 @@ async def wait_strategy_state(api: Api, strategy: str, state: str, timeout_s: fl
     async def reached() -> bool:
         return await strategy_state(api, strategy) == state
 
-    try:
-        await eventually(reached, timeout_s)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{strategy} not {state} within {timeout_s}s: {await strategy_state(api, strategy)}"
-        ) from exc
+    async def failure() -> str:
+        return f"{strategy} not {state} within {timeout_s}s: {await strategy_state(api, strategy)}"
+
+    await eventually(reached, timeout_s, failure)
 
 
 async def _push_market(api: Api, symbol: str, direction: str, past: Decimal, reference: Decimal) -> None:

@@ -70,10 +70,10 @@ class SystemApi:
         async def raised() -> bool:
             return key in await self.alert_keys(since_ns) or key in await self.open_alert_keys()
 
-        try:
-            await eventually(raised, timeout_s)
-        except AssertionError as exc:
-            raise AssertionError(f"alert {key} not raised; raised: {sorted(await self.alert_keys(since_ns))}") from exc
+        async def failure() -> str:
+            return f"alert {key} not raised; raised: {sorted(await self.alert_keys(since_ns))}"
+
+        await eventually(raised, timeout_s, failure)
 
     async def open_alert_keys(self) -> set[str]:
         return {alert["key"] for alert in await self.alerts()}

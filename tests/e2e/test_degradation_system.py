@@ -61,12 +61,10 @@ async def _wait_level(api: Api, level: str, timeout_s: float = 60.0) -> dict[str
         status = await api.status()
         return status if status["degradation_level"] == level else None
 
-    try:
-        found: dict[str, Any] = await eventually(reached, timeout_s)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"level not {level} within {timeout_s}s: {(await api.status())['degradation_level']}"
-        ) from exc
+    async def failure() -> str:
+        return f"level not {level} within {timeout_s}s: {(await api.status())['degradation_level']}"
+
+    found: dict[str, Any] = await eventually(reached, timeout_s, failure)
     return found
 
 

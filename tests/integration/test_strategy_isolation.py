@@ -230,10 +230,11 @@ async def test_strategy_crashes_when_killed_and_raising_then_other_keeps_signall
     # alpha: same process all along, still signalling; it never saw a crash.
     assert h.processes["alpha"].poll() is None and h.processes["alpha"].pid == alpha_pid
     before = h.signals_of("alpha")
-    try:
-        await eventually(lambda: _true(h.signals_of("alpha") > before))
-    except AssertionError as exc:
-        raise AssertionError(f"alpha stopped signalling: {await h.describe('alpha')}") from exc
+
+    async def failure() -> str:
+        return f"alpha stopped signalling: {await h.describe('alpha')}"
+
+    await eventually(lambda: _true(h.signals_of("alpha") > before), failure=failure)
     assert not [c for c in h.crashes if c.strategy == "alpha"]
 
     # FAILED survives a restart of beta's process (clean stop, then start): it stays disabled.
