@@ -323,14 +323,10 @@ async def wait_system_ready(client: httpx.AsyncClient, timeout_s: float) -> dict
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = await _status(client)
-        if status is not None and _system_ready(status):
+        if status is not None and not not_ready(status):
             return status
         await asyncio.sleep(0.25)
     return None
-
-
-def _system_ready(status: dict[str, Any]) -> bool:
-    return not not_ready(status)
 
 
 def not_ready(status: dict[str, Any] | None) -> list[str]:

@@ -109,6 +109,17 @@ async def _filled_on(system: System, order: SubmitOrder, venue: str) -> None:
     assert row["venue"] == venue, (order.idempotency_key, row["venue"])
 
 
+async def _submit_filled_on(system: System, order: SubmitOrder, venue: str) -> None:
+    await submit(system.bus, order)
+    await _filled_on(system, order, venue)
+
+
+async def _main_venue_down(system: System) -> None:
+    """The main venue's REST API down (its market data flowing) until its order link says so."""
+    await add_fault(system.venue_url, {"kind": "rest_outage"})
+    await _wait_link(system.bus, VENUE, "DISCONNECTED")
+
+
 async def test_failover_when_main_venue_down_then_flat_symbol_trades_on_backup_and_stays_there(
     system: System, backup: str, backup_url: str
 ) -> None:
@@ -119,36 +130,29 @@ async def test_failover_when_main_venue_down_then_flat_symbol_trades_on_backup_a
 
     # Main venue up: orders go there.
     opened = market_order("failover-main-open")
-    await submit(bus, opened)
-    await _filled_on(system, opened, VENUE)
+    await _submit_filled_on(system, opened, VENUE)
     closed = _exit("failover-main-close")
-    await submit(bus, closed)
-    await _filled_on(system, closed, VENUE)
+    await _submit_filled_on(system, closed, VENUE)
 
     # Main venue down, the symbol flat: an entry goes to the backup and fills there, once.
-    await add_fault(main_url, {"kind": "rest_outage"})
-    await _wait_link(bus, VENUE, "DISCONNECTED")
+    await _main_venue_down(system)
     failover = market_order("failover-backup-open")
-    await submit(bus, failover)
-    await _filled_on(system, failover, BACKUP_VENUE)
+    await _submit_filled_on(system, failover, BACKUP_VENUE)
     assert len(await _venue_orders(backup_url, failover.client_order_id)) == 1
 
     # Main venue back: the position is on the backup, so its exit goes there too.
     await clear_faults(main_url)
     await _wait_link(bus, VENUE, "CONNECTED")
     back = _exit("failover-backup-close")
-    await submit(bus, back)
-    await _filled_on(system, back, BACKUP_VENUE)
+    await _submit_filled_on(system, back, BACKUP_VENUE)
 
     # Flat everywhere again: the next entry is the main venue's.
     again = market_order("failover-main-again")
-    await submit(bus, again)
-    await _filled_on(system, again, VENUE)
+    await _submit_filled_on(system, again, VENUE)
 
     # Main venue down with the symbol held there: the exit waits on the main venue (never the
     # backup, which would open a short there) and is sent once when it returns.
-    await add_fault(main_url, {"kind": "rest_outage"})
-    await _wait_link(bus, VENUE, "DISCONNECTED")
+    await _main_venue_down(system)
     held = _exit("failover-main-held-exit")
     await submit(bus, held)
     row = await wait_status(pool, held.client_order_id, "PENDING_SUBMISSION")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import http.server
 import socket
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,30 @@ from libs.runtime.launcher import (
     service_env,
     write_supervisor_config,
 )
+
+
+@contextmanager
+def _serving(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[int]:
+    """A loopback HTTP server answering GET `path` with `answer(path)` (status, body); yields its port."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _specs(tmp_path: Path) -> dict[str, infra.ServerSpec]:
@@ -83,21 +111,26 @@ def test_service_env_when_built_then_points_every_service_at_the_embedded_server
     assert env["BULWARK_VENUE_REST_URL"] == "http://127.0.0.1:4444"
 
 
-def test_check_ports_when_gateway_port_busy_then_error_names_the_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("field", "flag", "extra"),
+    [
+        ("gateway_port", "--gateway-port", {}),
+        ("backup_venue_port", "--backup-venue-port", {"backup_venue": "b"}),
+    ],
+)
+def test_check_ports_when_a_port_busy_then_error_names_the_flag(
+    tmp_path: Path, field: str, flag: str, extra: dict[str, object]
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        config = LaunchConfig(
-            data_dir=tmp_path,
-            gateway_port=port,
-            venue_port=infra.free_port(),
-            nats_port=infra.free_port(),
-            nats_monitor_port=infra.free_port(),
-            pg_port=infra.free_port(),
-            redis_port=infra.free_port(),
-        )
-        with pytest.raises(LaunchError, match=f"--gateway-port {port}"):
+        ports = {
+            name: infra.free_port()
+            for name in ("gateway_port", "venue_port", "nats_port", "nats_monitor_port", "pg_port", "redis_port")
+        }
+        config = LaunchConfig(data_dir=tmp_path, **{**ports, **extra, field: port})  # type: ignore[arg-type]
+        with pytest.raises(LaunchError, match=f"{flag} {port}"):
             check_ports(config)
 
 
@@ -166,29 +199,11 @@ def test_up_when_strategy_config_has_a_bad_parameter_then_refused(
 def test_wait_venue_when_ping_answers_then_true_and_when_nothing_listens_then_false_after_timeout(
     tmp_path: Path,
 ) -> None:
-    import http.server
-    import threading
     import time
 
-    class Ping(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/fapi/v1/ping" else 404)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        answering = System(LaunchConfig(data_dir=tmp_path, host="127.0.0.1", venue_port=server.server_address[1]))
+    with _serving(lambda path: (200 if path == "/fapi/v1/ping" else 404, b"{}")) as port:
+        answering = System(LaunchConfig(data_dir=tmp_path, host="127.0.0.1", venue_port=port))
         assert answering.wait_venue(5.0)
-    finally:
-        server.shutdown()
-        server.server_close()
     lines: list[str] = []
     silent = System(LaunchConfig(data_dir=tmp_path, host="127.0.0.1", venue_port=infra.free_port()), lines.append)
     start = time.monotonic()
@@ -363,26 +378,6 @@ def test_check_ports_when_backup_venue_unusable_then_error_says_what_to_change(
         check_ports(_backup_config(tmp_path, **overrides))
 
 
-def test_check_ports_when_backup_venue_port_busy_then_error_names_the_flag(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        config = LaunchConfig(
-            data_dir=tmp_path,
-            gateway_port=infra.free_port(),
-            venue_port=infra.free_port(),
-            nats_port=infra.free_port(),
-            nats_monitor_port=infra.free_port(),
-            pg_port=infra.free_port(),
-            redis_port=infra.free_port(),
-            backup_venue="b",
-            backup_venue_port=port,
-        )
-        with pytest.raises(LaunchError, match=f"--backup-venue-port {port}"):
-            check_ports(config)
-
-
 def test_up_parser_when_backup_venue_flag_then_name_optional_and_port_defaults_to_8101() -> None:
     parser = build_parser()
     assert parser.parse_args(["up"]).backup_venue is None
@@ -402,39 +397,18 @@ def test_up_when_backup_venue_is_the_main_venue_then_refused_before_anything_sta
 
 
 def test_wait_venue_when_backup_simulator_silent_then_named_and_false(tmp_path: Path) -> None:
-    import http.server
-    import threading
-
-    class Ping(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     lines: list[str] = []
     silent_port = infra.free_port()
-    try:
-        config = _backup_config(tmp_path, venue_port=server.server_address[1], backup_venue_port=silent_port)
+    with _serving(lambda path: (200, b"{}")) as port:
+        config = _backup_config(tmp_path, venue_port=port, backup_venue_port=silent_port)
         assert not System(config, lines.append).wait_venue(0.5)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert len(lines) == 1 and f":{silent_port}/fapi/v1/ping" in lines[0]
 
 
 def test_status_when_backup_venue_then_the_table_lists_each_venue_with_its_order_link(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import http.server
     import json
-    import threading
 
     status = {
         "trading_state": "ACTIVE",
@@ -460,25 +434,8 @@ def test_status_when_backup_venue_then_the_table_lists_each_venue_with_its_order
         },
     }
 
-    class Status(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(status).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        code = main(["status", "--gateway", f"http://127.0.0.1:{server.server_address[1]}"])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(lambda path: (200, json.dumps(status).encode())) as port:
+        code = main(["status", "--gateway", f"http://127.0.0.1:{port}"])
     out = capsys.readouterr().out
     assert code == 0
     assert "binance-usdm           main    orders DISCONNECTED position=READY  (venue breaker open)" in out
