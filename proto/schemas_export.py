@@ -5,15 +5,33 @@ The checked-in schemas are the reviewed contract: a test fails when they differ 
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from proto.messages import ALL_MESSAGE_TYPES, HotStateRecord, OrderView, SymbolHotState, SymbolsReply
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings as `inspect.cleandoc` leaves them, whichever msgspec release rendered them.
+
+    msgspec 0.23 started to dedent docstrings itself; cleaning them here keeps the checked-in
+    contract independent of the msgspec release installed.
+    """
+    if isinstance(node, dict):
+        cleaned = {key: _clean_descriptions(value) for key, value in node.items()}
+        if isinstance(cleaned.get("description"), str):
+            cleaned["description"] = inspect.cleandoc(cleaned["description"])
+        return cleaned
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
 
 
 def render() -> dict[str, str]:
@@ -31,6 +49,7 @@ def render() -> dict[str, str]:
         name = kind.__name__
         document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema}
         document["$defs"] = components
+        document = _clean_descriptions(document)
         files[f"{name}.json"] = json.dumps(document, indent=2, sort_keys=True) + "\n"
     return files
 

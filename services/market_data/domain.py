@@ -26,16 +26,16 @@ snapshot as the "previous event" accepts it, and is just as exact.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+from libs.reconnect import DEGRADED_AFTER_ATTEMPTS
 from proto.enums import ConnectionState, LinkDegradeCause, Side
 from proto.envelope import Message, now_ns
 from proto.messages import (
@@ -510,22 +510,6 @@ def replay(sync: BookSync, items: Iterable[DepthEvent | DepthSnapshotData]) -> l
 
 
 # --------------------------------------------------------------------------- reconnect
-
-
-FIXED_DELAYS_S: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0)
-MAX_DELAY_S = 60.0
-DEGRADED_AFTER_ATTEMPTS = 5
-
-
-def reconnect_delay_s(attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
-    """Delay before reconnect attempt `attempt` (0-based), SPEC FM-N1.
-
-    0, 1, 2, 4, 8 s, then `min(2^n, 60)` s plus jitter `U(0, delay/2)`.
-    """
-    if attempt < len(FIXED_DELAYS_S):
-        return FIXED_DELAYS_S[attempt]
-    base = min(2.0**attempt, MAX_DELAY_S)
-    return base + uniform(0.0, base / 2)
 
 
 RETURN_PROBE_INTERVAL_S = 0.3

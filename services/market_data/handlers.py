@@ -30,6 +30,7 @@ from libs.breaker import BreakerOpen, BreakerState, BreakerTransition, CircuitBr
 from libs.latency import LatencyWindow
 from libs.logging import Logger
 from libs.ratelimit import BudgetState, RateBudget
+from libs.reconnect import DEGRADED_AFTER_ATTEMPTS, reconnect_delay_s
 from proto import subjects
 from proto.enums import AlertSeverity, ConnectionState
 from proto.envelope import Message
@@ -680,13 +681,13 @@ class MarketDataService:
 
     def _delay(self, attempt: int) -> float:
         if self._uniform is None:
-            return domain.reconnect_delay_s(attempt)
-        return domain.reconnect_delay_s(attempt, self._uniform)
+            return reconnect_delay_s(attempt)
+        return reconnect_delay_s(attempt, self._uniform)
 
     async def _on_attempt_failed(self, attempt: int, reason: str, url: str, all_failed: bool) -> None:
         self.failed_attempts = attempt + 1
         self.log.warning("market_ws_connect_failed", attempt=attempt + 1, endpoint=url, reason=reason[:300])
-        if self.failed_attempts >= domain.DEGRADED_AFTER_ATTEMPTS:
+        if self.failed_attempts >= DEGRADED_AFTER_ATTEMPTS:
             await self._alert(
                 f"md.reconnect_failing.{self.venue}",
                 AlertSeverity.P1,

@@ -40,6 +40,7 @@ from libs.orders_model import (
     venue_trigger,
 )
 from libs.projections import Folded, Projections, fold_events, read_orders_stream, write
+from libs.reconnect import reconnect_delay_s
 from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
@@ -135,7 +136,6 @@ FLATTEN_GRACE_NS = 3_000_000_000
 LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
 ALL_SYMBOLS_OPEN_ORDERS_WEIGHT = 40
 """Weight of `GET /fapi/v1/openOrders` without a symbol; one symbol's costs 1."""
-USER_STREAM_BACKOFF_S: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def orders_durable(component: str) -> str:
@@ -1315,7 +1315,7 @@ class PositionService:
             self._wake.set()
 
         while True:
-            delay = USER_STREAM_BACKOFF_S[attempt] if attempt < len(USER_STREAM_BACKOFF_S) else min(2.0**attempt, 60)
+            delay = reconnect_delay_s(attempt)
             await asyncio.sleep(delay)
             attempt += 1
             opened = False

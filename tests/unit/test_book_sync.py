@@ -445,7 +445,7 @@ async def test_handle_resync_request_when_synced_then_resync_announced_and_unkno
 
 
 def test_reconnect_delay_when_attempts_grow_then_spec_schedule_with_bounded_jitter() -> None:
-    from services.market_data.domain import reconnect_delay_s
+    from libs.reconnect import reconnect_delay_s
 
     assert [reconnect_delay_s(n, lambda a, b: 0.0) for n in range(5)] == [0, 1, 2, 4, 8]
     assert reconnect_delay_s(5, lambda a, b: 0.0) == 32
