@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.testing.fixtures import infra, nats_url, pg_pool, redis_client  # noqa: F401
+from tests.support.fixtures import infra, nats_url, pg_pool, redis_client  # noqa: F401
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"

@@ -59,7 +59,7 @@ LEASE_HOLDERS = ("position", "position-backup", "strategy-cascade-fade", "strate
 HTTP_COMPONENTS = {"gateway", "venue-sim", "venue-sim-backup"}
 
 SETTING_VARS = {f"BULWARK_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-# Read by the venue simulator only (see libs/runtime/launcher.py).
+# Read by the venue simulator only (see entrypoints/launcher.py).
 SIMULATOR_VARS = {
     "BULWARK_SIM_HOST",
     "BULWARK_SIM_PORT",

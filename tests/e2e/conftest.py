@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem, start_system, stop_system
 
 
 @pytest.fixture(scope="module")

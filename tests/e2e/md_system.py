@@ -1,6 +1,6 @@
 """Helpers of the market-data fault e2e tests (tests/e2e/test_md_faults_system.py).
 
-Everything here talks to a running `bulwark up` (libs/testing/system.py) from the outside only:
+Everything here talks to a running `bulwark up` (entrypoints/harness/system.py) from the outside only:
 faults go to the simulator's `/_sim/faults`, and every observation comes from the gateway's REST
 API (`/v1/status`, `/v1/book/{symbol}`, `/v1/events`, `/v1/alerts`, `/v1/orders`), checked
 against the simulator's own book (`/_sim/book/{symbol}?update_id=`) as the independent reference.
@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from libs.testing.polling import eventually
-from libs.testing.system import RunningSystem
+from entrypoints.harness.system import RunningSystem
 from tests.e2e.system_api import SystemApi, connect
+from tests.support.polling import eventually
 
 SYMBOL = "BTCUSDT"
 VENUE = "binance-usdm"

@@ -1,7 +1,7 @@
 """Helpers of the breaker and degradation e2e tests: the gateway and the simulator over HTTP, and
 operator orders that produce real losses against the simulator's prices.
 
-Everything here talks to a running `bulwark up` (libs/testing/system.py) exactly as an operator
+Everything here talks to a running `bulwark up` (entrypoints/harness/system.py) exactly as an operator
 and a chaos script would: the gateway's REST API and the simulator's `/_sim/*` endpoints.
 """
 
@@ -15,14 +15,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+from entrypoints.harness.system import RunningSystem
 from libs.bus import Bus
 from libs.ids import client_order_id_for
-from libs.testing.polling import eventually
-from libs.testing.system import RunningSystem
 from proto import subjects
 from proto.enums import OrderType, Side
 from proto.messages import SignalGenerated
 from tests.e2e.system_api import SystemApi, connect
+from tests.support.polling import eventually
 
 TICK = Decimal("0.01")  # synthetic markets: every symbol trades in 0.01 ticks
 PUSH_ATTEMPTS = 5

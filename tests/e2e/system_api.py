@@ -1,4 +1,4 @@
-"""The operator's view of one running `bulwark up` (libs/testing/system.py), shared by the e2e helpers.
+"""The operator's view of one running `bulwark up` (entrypoints/harness/system.py), shared by the e2e helpers.
 
 The gateway's REST API with the admin token and the venue simulator's `/_sim/*` endpoints, over
 HTTP only, exactly as an operator and a chaos script reach them. tests/e2e/md_system.py and
@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from libs.testing.polling import eventually
-from libs.testing.system import RunningSystem
+from entrypoints.harness.system import RunningSystem
+from tests.support.polling import eventually
 
 ORDER_DECIDED_TIMEOUT_S = 30.0
 

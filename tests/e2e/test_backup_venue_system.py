@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem, start_system, stop_system
 
 pytestmark = pytest.mark.e2e
 

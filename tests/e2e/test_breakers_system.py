@@ -30,8 +30,7 @@ from decimal import Decimal
 
 import pytest
 
-from libs.testing.load import QUIET_STRATEGY_CONFIG
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import QUIET_STRATEGY_CONFIG, RunningSystem, start_system, stop_system
 from tests.e2e.risk_system import (
     Api,
     StrategyVoice,

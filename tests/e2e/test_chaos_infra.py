@@ -22,9 +22,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from entrypoints.harness import load
+from entrypoints.harness.system import RunningSystem, start_load_system, stop_system
 from libs.ids import client_order_id_for
-from libs.testing import load
-from libs.testing.system import RunningSystem, start_load_system, stop_system
 
 pytestmark = pytest.mark.e2e
 _log = logging.getLogger(__name__)

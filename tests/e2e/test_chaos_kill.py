@@ -3,7 +3,7 @@ simulator replays real recordings; afterwards the venue, `/v1/orders`, `/v1/posi
 agree, and equal an uninterrupted run of the same script. A HALTED system restarted as a whole
 comes back HALTED.
 
-What is compared between runs (and with `libs.testing.load.expected_outcome`): per script step the
+What is compared between runs (and with `entrypoints.harness.load.expected_outcome`): per script step the
 final venue status and executed quantity, the set of client order ids on the venue, and the signed
 positions. Fill prices are not: they depend on where the replayed market was when an order arrived.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from entrypoints.harness import load
+from entrypoints.harness.system import RunningSystem, start_load_system, stop_system
 from libs.ids import client_order_id_for
-from libs.testing import load
-from libs.testing.system import RunningSystem, start_load_system, stop_system
 
 pytestmark = pytest.mark.e2e
 _log = logging.getLogger(__name__)

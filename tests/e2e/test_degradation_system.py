@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from libs.testing.polling import eventually
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem, start_system, stop_system
 from tests.e2e.risk_system import Api, api_for, flatten_at_venue, now_ns, resume
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.md_faults import TARGETS_MS, format_md_faults, measure_md_faults
-from libs.testing.system import RunningSystem
+from entrypoints.bench.md_faults import TARGETS_MS, format_md_faults, measure_md_faults
+from entrypoints.harness.system import RunningSystem
 
 pytestmark = pytest.mark.e2e
 

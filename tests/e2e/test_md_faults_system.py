@@ -32,8 +32,7 @@ from typing import Any
 
 import pytest
 
-from libs.testing.polling import eventually
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem, start_system, stop_system
 from tests.e2e.md_system import (
     MARKET_REST,
     SYMBOL,
@@ -46,6 +45,7 @@ from tests.e2e.md_system import (
     ms,
     watch_books,
 )
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

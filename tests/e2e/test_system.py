@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.testing.system import RunningSystem
+from entrypoints.harness.system import RunningSystem
 from proto.subjects import CORE_COMPONENTS
+
+BULWARK = [sys.executable, "-m", "entrypoints.cli"]
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +115,7 @@ def test_halt_when_trading_halted_then_new_orders_refused_and_resume_allows_them
 def test_projections_verify_when_orders_placed_then_log_rebuild_equals_live_tables(system: RunningSystem) -> None:
     # Runs after the order tests above: the rebuilt projections must equal what the services wrote.
     result = subprocess.run(
-        [sys.executable, "-m", "libs.cli.main", "projections", "verify", "--json", "--data-dir", str(system.data_dir)],
+        [*BULWARK, "projections", "verify", "--json", "--data-dir", str(system.data_dir)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,19 +19,19 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from entrypoints.harness.embedded import EmbeddedInfra
+from entrypoints.harness.venue import running_venue_sim
 from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.polling import eventually
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import encode
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side
 from proto.messages import HotStateRecord, SubmitOrder, SymbolHotState, SymbolsReply
 from services.position.main import setup as position_setup
 from services.risk.main import setup as risk_setup
+from tests.support.polling import eventually
 
 SYMBOL = "BTCUSDT"
 VENUE = "binance-usdm"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nats.js.api import ConsumerConfig
 
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs.bus import Bus, Delivery
-from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.codec import decode
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side

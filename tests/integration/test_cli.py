@@ -9,7 +9,7 @@ import sys
 
 def _bulwark(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "libs.cli.main", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "entrypoints.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

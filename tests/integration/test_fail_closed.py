@@ -26,7 +26,6 @@ from libs.ids import client_order_id_for
 from libs.logging import get_logger
 from libs.runtime.service import run_service
 from libs.settings import Settings
-from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ComponentState, HotStateStatus, OrderSource, OrderType, Side, TradingState
@@ -46,6 +45,7 @@ from proto.messages import (
 from services.risk.domain import RiskLimits, TradingStateRecord
 from services.risk.handlers import BUS_LOST_ALERT, RiskService
 from services.risk.main import setup as risk_setup
+from tests.support.polling import eventually as poll_until
 
 VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"

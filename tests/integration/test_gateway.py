@@ -20,13 +20,13 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from entrypoints import infra as infra_commands
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs import cache, db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
-from libs.runtime import infra as infra_commands
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ComponentState, OrderStatus

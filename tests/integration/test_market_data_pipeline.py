@@ -20,10 +20,10 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from entrypoints.harness.venue import running_venue_sim
+from entrypoints.infra import free_port
 from libs.bus import Bus, cancel_and_wait
-from libs.runtime.infra import free_port
 from libs.settings import Settings
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main

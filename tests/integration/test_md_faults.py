@@ -26,12 +26,12 @@ import pytest_asyncio
 from aiohttp.abc import AbstractResolver, ResolveResult
 from nats import errors as nats_errors
 
+from entrypoints.harness.venue import running_venue_sim
+from entrypoints.infra import free_port
 from libs.binance.client import BinanceRestClient, CachingResolver
 from libs.binance.errors import VenueUnreachable
 from libs.bus import Bus
-from libs.runtime.infra import free_port
 from libs.settings import Settings
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import decode
 from services.market_data import main as market_data_main
@@ -347,7 +347,7 @@ asyncio.run(main())
 
 async def test_shared_ban_when_another_process_gets_418_then_budget_refuses_until_it_expires(nats_url: str) -> None:
     from libs.ratelimit import BudgetState, Priority, RateBudget, SharedBans
-    from libs.testing.polling import eventually
+    from tests.support.polling import eventually
 
     bus = Bus("ban-reader")
     await bus.connect(nats_url)

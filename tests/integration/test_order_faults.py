@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from entrypoints.infra import free_port
 from libs.binance.client import BinanceRestClient
 from libs.ratelimit import RateBudget, SharedBans
-from libs.runtime.infra import free_port
 from proto import subjects
 from proto.codec import decode
 from proto.messages import DeadLettered, OrderApproved

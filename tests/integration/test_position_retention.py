@@ -15,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from entrypoints.harness.history import FILLER_SYMBOL, copy_history, filler_rows
 from libs.ids import client_order_id_for
-from libs.testing.history import FILLER_SYMBOL, copy_history, filler_rows
 from proto import subjects
 from proto.enums import Side
 from proto.messages import OrderApproved, OrderSubmitted

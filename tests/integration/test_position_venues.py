@@ -23,6 +23,8 @@ import pytest
 import pytest_asyncio
 from nats.js.api import ConsumerConfig
 
+from entrypoints.harness.embedded import EmbeddedInfra
+from entrypoints.harness.venue import running_venue_sim
 from libs.bus import Bus, Delivery
 from libs.errors import TransientError
 from libs.lease import LEASE_BUCKET, lease_key
@@ -31,8 +33,6 @@ from libs.projections import Projections
 from libs.ratelimit import Priority, RateBudget, SharedBans
 from libs.runtime.service import run_service
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.codec import decode
 from proto.messages import CancelOrder, Heartbeat, OrderApproved, SubmitOrder

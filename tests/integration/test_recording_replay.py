@@ -22,10 +22,10 @@ import msgspec
 import nats.errors
 import pytest
 
+from entrypoints.harness.venue import running_venue_sim
 from libs import recordings
 from libs.bus import Bus
 from libs.settings import Settings
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main

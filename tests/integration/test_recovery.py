@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from bench.recovery import SYMBOLS, RecoveryRig
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.venue import running_venue_sim
+from entrypoints.bench.recovery_rig import SYMBOLS, RecoveryRig
+from entrypoints.harness.embedded import EmbeddedInfra
+from entrypoints.harness.venue import running_venue_sim
 
 RECOVERY_BOUND_S = 20.0
 """Generous under a loaded 2-core CI box; the bench measures the real figure (target < 3 s)."""

@@ -9,11 +9,11 @@ from decimal import Decimal
 import asyncpg
 import pytest_asyncio
 
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs import projections
 from libs.bus import Bus
 from libs.orders_model import Position
 from libs.projections import Projections
-from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from proto.messages import (

@@ -21,14 +21,13 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
+from entrypoints import infra as infra_commands
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.logging import get_logger
-from libs.runtime import infra as infra_commands
 from libs.runtime.service import ServiceContext, run_service
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import HotStateStatus, OrderType, Side
@@ -50,6 +49,7 @@ from proto.messages import (
 from services.risk.main import setup as risk_setup
 from services.strategy.main import setup as strategy_setup
 from services.watchdog.main import setup as watchdog_setup
+from tests.support.polling import eventually as poll_until
 
 VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"

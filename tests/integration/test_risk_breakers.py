@@ -23,7 +23,6 @@ from libs.bus import Bus
 from libs.ids import client_order_id_for
 from libs.runtime.service import run_service
 from libs.settings import Settings
-from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side
@@ -47,6 +46,7 @@ from proto.messages import (
     SymbolsReply,
 )
 from services.risk.main import setup as risk_setup
+from tests.support.polling import eventually as poll_until
 
 VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"

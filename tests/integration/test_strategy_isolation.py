@@ -22,7 +22,6 @@ from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
-from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ConnectionState, HotStateStatus, Side
@@ -40,6 +39,7 @@ from proto.messages import (
 )
 from services.strategy.config import instance_config
 from services.strategy.handlers import StrategyRunner
+from tests.support.polling import eventually as poll_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENUE = "binance-usdm"

@@ -21,10 +21,9 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from entrypoints.harness.venue import running_venue_sim
 from libs.bus import Bus
 from libs.runtime.service import run_service
-from libs.testing.polling import eventually
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from proto.enums import Side
 from proto.messages import SubmitOrder
@@ -44,6 +43,7 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
     venue_url_fixture,
     wait_status,
 )
+from tests.support.polling import eventually
 
 BACKUP_VENUE = "binance-usdm-backup"
 FAST = {"venue_breaker_open_s": 1.0, "order_safety_poll_s": 1.0}

@@ -13,17 +13,17 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from entrypoints import infra as infra_commands
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs.bus import Bus
 from libs.logging import get_logger
-from libs.runtime import infra as infra_commands
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
 from services.watchdog.main import expected_components, setup
+from tests.support.polling import eventually as poll_until
 
 
 @contextlib.asynccontextmanager

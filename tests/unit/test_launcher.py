@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from libs.cli.main import build_parser, main, replay_setup
-from libs.runtime import infra
-from libs.runtime.launcher import (
+from entrypoints import infra
+from entrypoints.cli import build_parser, main, replay_setup
+from entrypoints.launcher import (
     DEFAULT_SYMBOLS,
     LaunchConfig,
     LaunchError,

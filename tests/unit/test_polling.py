@@ -1,10 +1,10 @@
-"""`libs.testing.polling.eventually`: the value once the check holds, a useful message when it never does."""
+"""`tests.support.polling.eventually`: the value once the check holds, a useful message when it never does."""
 
 from __future__ import annotations
 
 import pytest
 
-from libs.testing.polling import eventually
+from tests.support.polling import eventually
 
 
 async def test_eventually_when_check_holds_later_then_its_value() -> None:

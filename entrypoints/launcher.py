@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entrypoints import infra
 from libs import db
 from libs.bus import Bus
 from libs.logging import get_logger
-from libs.runtime import infra
 from proto.subjects import DEFAULT_VENUE, position_component
 
 _log = get_logger("launcher")

@@ -13,9 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from libs import logging as bulwark_logging
-from libs.runtime.infra import postgres_dsn
-from libs.runtime.launcher import (
+from entrypoints.infra import postgres_dsn
+from entrypoints.launcher import (
     BACKUP_VENUE_PROGRAM,
     DEFAULT_BACKUP_VENUE_PORT,
     DEFAULT_SYMBOLS,
@@ -26,10 +25,11 @@ from libs.runtime.launcher import (
     default_backup_venue,
     load_credentials,
 )
+from entrypoints.operator_api import ENDPOINTS_FILE, fetch_json, running_endpoints
+from libs import logging as bulwark_logging
 from proto.subjects import DEFAULT_VENUE
 
 DEFAULT_DATA_DIR = Path(".bulwark")
-ENDPOINTS_FILE = "endpoints.json"
 
 
 def _out(line: str) -> None:
@@ -310,12 +310,6 @@ def _token(data_dir: Path) -> str:
     return ""
 
 
-def fetch_json(url: str, token: str, timeout_s: float = 5.0) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.loads(response.read())
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = fetch_json(args.gateway.rstrip("/") + "/v1/status", _token(args.data_dir))
@@ -353,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from chaos import experiments
+    from entrypoints.chaos import experiments
 
     if args.chaos_command == "list":
         for name, experiment in sorted(experiments.REGISTRY.items()):
@@ -372,7 +366,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench import registry
+    from entrypoints.bench import registry
 
     if args.name == "list":
         for name, bench in sorted(registry.BENCHMARKS.items()):
@@ -386,15 +380,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = selected.run(**options)
     _out(json.dumps(result, indent=2, sort_keys=True) if args.json else selected.format(result))
     return 0
-
-
-def running_endpoints(data_dir: Path) -> dict[str, str]:
-    """The URLs `bulwark up` wrote for `data_dir`, or {} when it never ran there."""
-    try:
-        found = json.loads((data_dir / ENDPOINTS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(key): str(value) for key, value in found.items()} if isinstance(found, dict) else {}
 
 
 def cmd_projections(args: argparse.Namespace) -> int:

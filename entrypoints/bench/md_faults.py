@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from libs.testing.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem, start_system, stop_system
 
 SYMBOL = "BTCUSDT"
 EVENT = "HotStateStatusChanged"

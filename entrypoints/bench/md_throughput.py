@@ -2,7 +2,7 @@
 onto JetStream, and the MARKET_DATA stream's message count is sampled. Pipelined (`publish_many`,
 the default) against one acknowledged publish at a time, same run.
 
-    .venv/bin/python -m bench.md_throughput [--seconds 8]
+    .venv/bin/python -m entrypoints.bench.md_throughput [--seconds 8]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
+from entrypoints.harness.embedded import EmbeddedInfra
+from entrypoints.harness.venue import running_venue_sim
 from libs.bus import Bus
 from libs.settings import Settings
-from libs.testing.infra import EmbeddedInfra
-from libs.testing.venue import running_venue_sim
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.market_data.handlers import MarketDataService

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from libs.cli.main import fetch_json
-from libs.runtime.launcher import load_credentials
+from entrypoints.launcher import load_credentials
+from entrypoints.operator_api import fetch_json
 
 Log = Callable[[str], None]
 
@@ -70,14 +70,14 @@ def kill_each_service(gateway: str, data_dir: Path, log: Log) -> dict[str, Any]:
 def _load_under_kills(
     data_dir: Path, gateway: str, log: Log, targets: list[str], steps: int, seed: int
 ) -> dict[str, Any]:
-    """Operator orders (libs.testing.load) while `targets` are killed at seeded random steps; then
+    """Operator orders (entrypoints.harness.load) while `targets` are killed at seeded random steps; then
     the venue, `/v1/orders`, `/v1/positions` and the books must agree."""
     import asyncio
     import uuid
 
-    from libs.cli.main import running_endpoints
-    from libs.runtime.launcher import supervisor_rpc
-    from libs.testing import load
+    from entrypoints.harness import load
+    from entrypoints.launcher import supervisor_rpc
+    from entrypoints.operator_api import running_endpoints
 
     creds = load_credentials(data_dir)
     token = os.environ.get("BULWARK_ADMIN_TOKEN") or creds.admin_token

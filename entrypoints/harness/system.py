@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from libs.runtime.infra import free_port
-from libs.runtime.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
+from entrypoints.infra import free_port
+from entrypoints.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
 from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK, POSITION
 
 
@@ -136,7 +136,7 @@ class RunningSystem:
 
 
 def _program_name(name: str) -> str:
-    """supervisord's `group:name` for a program of `bulwark up` (see libs.runtime.launcher)."""
+    """supervisord's `group:name` for a program of `bulwark up` (see entrypoints.launcher)."""
     if name in INFRA_PROGRAMS:
         return f"infra:{name}"
     if name in (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM):
@@ -144,8 +144,20 @@ def _program_name(name: str) -> str:
     return f"services:{name}"
 
 
+# A strategy configuration under which the default instances never trade: the load script is then
+# the only source of orders, so two runs of it are comparable (`bulwark up --strategy-config`).
+QUIET_STRATEGY_CONFIG = """\
+[cascade-fade]
+min_liquidations = 1000000
+
+[trend]
+min_gap_bps = 1000000
+warmup_s = 100000
+"""
+
+
 LOAD_ENV = {"BULWARK_RISK_CB1_CONSECUTIVE_LOSSES": "1000000"}
-"""Settings of a system the load script (`libs.testing.load`) drives: its round trips mostly lose
+"""Settings of a system the load script (`entrypoints.harness.load`) drives: its round trips mostly lose
 the spread and fees, so five losses in a row would trip CB-1 (HALTED, flatten) part-way through a
 long run and end the comparison. CB-1 itself has its own tests."""
 
@@ -153,8 +165,6 @@ long run and end the comparison. CB-1 itself has its own tests."""
 def quiet_strategy_args(folder: Path) -> list[str]:
     """`bulwark up` arguments that keep the strategy instances from trading (they still run and
     heartbeat), so operator orders are the only orders: runs become comparable."""
-    from libs.testing.load import QUIET_STRATEGY_CONFIG
-
     config = folder / "quiet-strategies.toml"
     config.write_text(QUIET_STRATEGY_CONFIG)
     return ["--strategy-config", str(config)]
@@ -175,7 +185,7 @@ def start_system(
     command = [
         sys.executable,
         "-m",
-        "libs.cli.main",
+        "entrypoints.cli",
         "up",
         "--data-dir",
         str(data_dir),

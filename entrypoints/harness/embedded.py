@@ -1,6 +1,6 @@
 """Start real nats-server, Postgres and Valkey for tests, on free loopback ports in a temp dir.
 
-The command lines come from `libs.runtime.infra`, the same code `bulwark up` supervises.
+The command lines come from `entrypoints.infra`, the same code `bulwark up` supervises.
 Processes are stopped by pid, never by name.
 """
 
@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libs.runtime import infra
+from entrypoints import infra
 
 
 @dataclass

@@ -12,12 +12,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.md_faults import format_md_faults, md_faults
-from bench.md_throughput import format_md_throughput, md_throughput
-from bench.recovery import format_result as format_recovery
-from bench.recovery import recovery
+from entrypoints.bench.md_faults import format_md_faults, md_faults
+from entrypoints.bench.md_throughput import format_md_throughput, md_throughput
+from entrypoints.bench.recovery import format_result as format_recovery
+from entrypoints.bench.recovery import recovery
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs.bus import Bus
-from libs.testing.infra import EmbeddedInfra
 from proto import subjects
 from proto.messages import DepthDiff
 

@@ -1,4 +1,4 @@
-"""pytest fixtures: real servers from pip wheels (see `libs.testing.infra`).
+"""pytest fixtures: real servers from pip wheels (see `entrypoints.harness.embedded`).
 
 - `infra`: one nats-server + Postgres + Valkey for the whole session.
 - `nats_url`: a fresh nats-server for one test (streams and consumers start empty).
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from entrypoints.harness.embedded import EmbeddedInfra
 from libs import cache, db
-from libs.testing.infra import EmbeddedInfra
 
 
 @pytest.fixture(scope="session")

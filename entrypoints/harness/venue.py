@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from libs.runtime.infra import free_port, tcp_ready
+from entrypoints.infra import free_port, tcp_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

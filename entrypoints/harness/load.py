@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import httpx
 
+from entrypoints.harness.system import market_streams_connected
 from libs.ids import client_order_id_for
-from libs.testing.system import market_streams_connected
 
 StepKind = Literal["submit", "repeat", "cancel"]
 
@@ -49,17 +49,6 @@ SYMBOL_RULES: dict[str, tuple[Decimal, tuple[str, ...]]] = {
 # Net position the script never exceeds per symbol (in units of the smallest quantity), far below
 # the risk limit even halved by REDUCED_FUNCTIONALITY.
 NET_CAP_UNITS = 8
-
-# A strategy configuration under which the default instances never trade: the load script is then
-# the only source of orders, so two runs of it are comparable (`bulwark up --strategy-config`).
-QUIET_STRATEGY_CONFIG = """\
-[cascade-fade]
-min_liquidations = 1000000
-
-[trend]
-min_gap_bps = 1000000
-warmup_s = 100000
-"""
 
 
 @dataclass(frozen=True)

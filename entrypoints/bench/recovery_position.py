@@ -1,6 +1,6 @@
 """kill -9 → accepting orders for the position service (SPEC FM-C9, issue 4 item 8).
 
-Runs on top of the state-builder rig (`bench.recovery.RecoveryRig`: venue simulator replaying
+Runs on top of the state-builder rig (`entrypoints.bench.recovery_rig.RecoveryRig`: venue simulator replaying
 real recordings, market-data, state-builder), adding risk and position as real subprocesses.
 A steady operator order flow goes through `cmd.order.submit` → risk → position → venue for the
 whole run: GTC limit orders a few percent away from the touch (alternating sides), each cancelled
@@ -33,10 +33,10 @@ import aiohttp
 import asyncpg
 from nats.aio.msg import Msg
 
-from bench.recovery import RecoveryRig, ServiceProcess
+from entrypoints.bench.recovery_rig import RecoveryRig, ServiceProcess
+from entrypoints.harness.history import FILLER_PRICE, FILLER_QUANTITY, FILLER_SYMBOL, copy_history, filler_rows
 from libs.bus import Bus
 from libs.ids import client_order_id_for
-from libs.testing.history import FILLER_PRICE, FILLER_QUANTITY, FILLER_SYMBOL, copy_history, filler_rows
 from proto import subjects
 from proto.codec import decode
 from proto.enums import OrderSource, OrderStatus, OrderType, Side, TimeInForce

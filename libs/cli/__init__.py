@@ -1,1 +1,0 @@
-"""The `bulwark` command line (SPEC §10)."""

@@ -1,1 +1,0 @@
-"""Test support: real embedded infrastructure on free ports in temp dirs (never mocks)."""

@@ -1,0 +1,1 @@
+"""Test support: pytest fixtures, the one polling helper, the load driver of the chaos tests."""
