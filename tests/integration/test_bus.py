@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from proto.codec import decode
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side
 from proto.envelope import Message
 from proto.messages import AlertRaised, DeadLettered, HotStateStatusChanged, SubmitOrder
+from tests.support.polling import eventually
 
 
 def _order(coid: str = "bwtest") -> SubmitOrder:
@@ -196,15 +196,6 @@ async def test_publish_core_when_subscribed_then_message_decodes(nats_url: str) 
 # --------------------------------------------------------------------------- FM-C6, pipelining, replay
 
 
-async def _wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
-
-
 def _hot(symbol: str, index: int) -> HotStateStatusChanged:
     return HotStateStatusChanged(
         symbol=symbol, previous=None, current=HotStateStatus.VALID, reason=f"n{index}", last_update_id=index
@@ -224,14 +215,14 @@ async def test_publish_buffered_when_nats_restarts_then_detected_buffered_and_fl
         assert await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", 0)) is not None
 
         servers.stop_one("nats")
-        assert await _wait_until(lambda: not bus.connected, 10), "disconnect not detected"
+        await eventually(lambda: not bus.connected, 10, lambda: "disconnect not detected", interval_s=0.05)
         assert states == [False]
         for index in range(1, 6):
             assert await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", index)) is None
         assert bus.outbox_size == 5
 
         servers.start_one("nats")
-        assert await _wait_until(lambda: bus.connected and bus.outbox_size == 0, 30), bus.status()
+        await eventually(lambda: bus.connected and bus.outbox_size == 0, 30, lambda: str(bus.status()), interval_s=0.05)
         assert states == [False, True]
         stored: list[int] = []
 
@@ -256,12 +247,12 @@ async def test_publish_buffered_when_outbox_full_then_oldest_dropped_and_alert_a
         await bus.connect(servers.nats_url)
         await bus.ensure_streams()
         servers.stop_one("nats")
-        assert await _wait_until(lambda: not bus.connected, 10)
+        await eventually(lambda: not bus.connected, 10, interval_s=0.05)
         for index in range(5):
             await bus.publish_buffered(subjects.evt_hot_state("BTCUSDT"), _hot("BTCUSDT", index))
         assert (bus.outbox_size, bus.outbox_dropped) == (3, 2)
         servers.start_one("nats")
-        assert await _wait_until(lambda: bus.connected and bus.outbox_size == 0, 30)
+        await eventually(lambda: bus.connected and bus.outbox_size == 0, 30, interval_s=0.05)
         seen: list[Message] = []
         await asyncio.sleep(0.5)  # the alert goes out right after the flush
         await bus.replay(subjects.STREAM_CONTROL.name, 1, 100, lambda message, delivery: seen.append(message))
@@ -304,7 +295,7 @@ async def test_consume_when_start_sequence_given_then_earlier_backlog_skipped(na
             handler=handler,
             start_sequence=sequences[7],
         )
-        assert await _wait_until(lambda: len(seen) >= 3, 10)
+        await eventually(lambda: len(seen) >= 3, 10, interval_s=0.05)
         assert seen == sequences[7:]
     finally:
         await bus.close()
@@ -336,7 +327,7 @@ async def test_consume_when_batch_one_and_backlog_then_drained_in_order_and_live
             batch=1,
             start_sequence=backlog[0],
         )
-        assert await _wait_until(lambda: len(seen) >= len(backlog), 30)
+        await eventually(lambda: len(seen) >= len(backlog), 30, interval_s=0.05)
         drained_s = time.monotonic() - started
         assert seen == backlog
         # One round trip per message took ~3 ms each here (~9 s for 3000); draining takes well under that.
@@ -344,7 +335,7 @@ async def test_consume_when_batch_one_and_backlog_then_drained_in_order_and_live
         await asyncio.sleep(1.5)  # the consumer is idle, waiting in a batch-1 fetch again
         published = time.monotonic()
         live = await bus.publish(subject, _hot("ETHUSDT", 9999), msg_id="drain:live")
-        assert await _wait_until(lambda: live in handled_at, 5)
+        await eventually(lambda: live in handled_at, 5, interval_s=0.05)
         assert handled_at[live] - published < 0.5
         assert seen.count(live) == 1
     finally:
@@ -384,10 +375,10 @@ async def test_consume_when_durable_filter_narrowed_then_updated_in_place_nothin
         await bus.consume(
             stream=stream, durable="t-narrow", filter_subjects=["evt.order.approved.main.>"], handler=handler
         )
-        assert await _wait_until(lambda: {coid for coid, _, _ in seen} >= {"a2", "a3"}, 10)
+        await eventually(lambda: {coid for coid, _, _ in seen} >= {"a2", "a3"}, 10, interval_s=0.05)
         await bus.publish(backup, _order("b3"))
         await bus.publish(main, _order("a4"))
-        assert await _wait_until(lambda: any(coid == "a4" for coid, _, _ in seen), 10)
+        await eventually(lambda: any(coid == "a4" for coid, _, _ in seen), 10, interval_s=0.05)
         await asyncio.sleep(2.5)  # past the ack wait: nothing acknowledged comes again
         assert sorted(coid for coid, _, _ in seen) == ["a2", "a3", "a4"], seen
         assert all(subject == main for _, subject, _ in seen)

@@ -19,6 +19,7 @@ import pytest_asyncio
 from entrypoints.bench.recovery_rig import SYMBOLS, RecoveryRig
 from entrypoints.harness.embedded import EmbeddedInfra
 from entrypoints.harness.venue import running_venue_sim
+from tests.support.polling import eventually
 
 RECOVERY_BOUND_S = 20.0
 """Generous under a loaded 2-core CI box; the bench measures the real figure (target < 3 s)."""
@@ -68,15 +69,10 @@ async def _assert_books_equal_venue(rig: RecoveryRig) -> None:
 
 
 async def _wait_snapshots(pool: asyncpg.Pool, count: int, timeout_s: float = 60.0) -> None:
-    import asyncio
-    import time
+    async def taken() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM snapshots WHERE component = 'state-builder'") >= count
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await pool.fetchval("SELECT count(*) FROM snapshots WHERE component = 'state-builder'") >= count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"fewer than {count} state-builder snapshots after {timeout_s}s")
+    await eventually(taken, timeout_s, lambda: f"fewer than {count} state-builder snapshots after {timeout_s}s")
 
 
 def _log(rig: RecoveryRig) -> str:

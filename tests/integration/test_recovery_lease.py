@@ -11,17 +11,10 @@ import pytest_asyncio
 from nats.js.kv import KeyValue
 
 from libs.bus import Bus
+from libs.clock import ManualClock
 from libs.lease import LEASE_BUCKET, Fence, Lease, LeaseLost, StaleFencingToken
 
 S = 1_000_000_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * S
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest_asyncio.fixture
@@ -35,7 +28,7 @@ async def kv(nats_url: str) -> AsyncIterator[KeyValue]:
 
 
 async def test_acquire_when_two_candidates_then_only_one_holds(kv: KeyValue) -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     first = Lease(kv, "position", "a", ttl_s=10, clock=clock)
     second = Lease(kv, "position", "b", ttl_s=10, clock=clock)
     token = await first.try_acquire()
@@ -49,7 +42,7 @@ async def test_acquire_when_two_candidates_then_only_one_holds(kv: KeyValue) -> 
 
 
 async def test_acquire_when_holder_expired_then_taken_over_and_stale_holder_refused(kv: KeyValue) -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     first = Lease(kv, "position", "a", ttl_s=10, clock=clock)
     second = Lease(kv, "position", "b", ttl_s=10, clock=clock)
     fence = Fence()
@@ -73,7 +66,7 @@ async def test_acquire_when_holder_expired_then_taken_over_and_stale_holder_refu
 
 
 async def test_acquire_when_both_race_on_expired_lease_then_exactly_one_wins(kv: KeyValue) -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     holder = Lease(kv, "strategy-x", "old", ttl_s=1, clock=clock)
     assert await holder.try_acquire() is not None
     clock.now += 2 * S
@@ -86,7 +79,7 @@ async def test_acquire_when_both_race_on_expired_lease_then_exactly_one_wins(kv:
 
 
 async def test_release_when_graceful_then_successor_acquires_at_once(kv: KeyValue) -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     first = Lease(kv, "position", "a", ttl_s=60, clock=clock)
     second = Lease(kv, "position", "b", ttl_s=60, clock=clock)
     assert await first.try_acquire() is not None
@@ -97,7 +90,7 @@ async def test_release_when_graceful_then_successor_acquires_at_once(kv: KeyValu
 
 async def test_acquire_when_same_id_restarted_then_taken_back_at_once_and_old_process_fenced(kv: KeyValue) -> None:
     # `bulwark up` restarts a killed program under the same instance id: no wait for its own lease.
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     before_kill = Lease(kv, "position", "position@host", ttl_s=60, clock=clock)
     old_token = await before_kill.try_acquire()
     assert old_token is not None

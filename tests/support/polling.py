@@ -1,19 +1,21 @@
-"""Polling for an outcome in integration tests: generous deadlines, because the CPU is shared."""
+"""The one polling helper of the tests: generous deadlines, because the CPU is shared."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]],
+    check: Callable[[], Any],
     timeout_s: float = 10.0,
-    failure: Callable[[], Awaitable[str]] | None = None,
+    failure: Callable[[], Awaitable[str] | str] | None = None,
+    interval_s: float = 0.1,
 ) -> Any:
-    """Await `check` every 100 ms until it returns something truthy, and return that.
+    """Call `check` (plain or async) every `interval_s` until it returns something truthy; return that.
 
     Raises:
         AssertionError: `timeout_s` passed first; its message is `failure()`'s when given (what
@@ -21,9 +23,14 @@ async def eventually(
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise AssertionError(await failure() if failure is not None else "condition not reached in time")
-        await asyncio.sleep(0.1)
+            message = failure() if failure is not None else "condition not reached in time"
+            if inspect.isawaitable(message):
+                message = await message
+            raise AssertionError(message)
+        await asyncio.sleep(interval_s)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import pytest
 
 from libs.breaker import BreakerOpen, BreakerState, CircuitBreaker
+from libs.clock import ManualClock
 
 S = 1_000_000_000
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_record_failure_when_five_within_ten_seconds_then_open_and_fail_fast() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     transitions = []
     for _ in range(5):
@@ -32,7 +25,7 @@ def test_record_failure_when_five_within_ten_seconds_then_open_and_fail_fast() -
 
 
 def test_record_failure_when_spread_over_more_than_window_then_stays_closed() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     for _ in range(20):
         clock.now += 3 * S
@@ -41,7 +34,7 @@ def test_record_failure_when_spread_over_more_than_window_then_stays_closed() ->
 
 
 def test_open_when_cool_down_elapses_then_half_open_and_three_successes_close() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     for _ in range(5):
         breaker.record_failure()
@@ -55,7 +48,7 @@ def test_open_when_cool_down_elapses_then_half_open_and_three_successes_close() 
 
 
 def test_half_open_when_probe_fails_then_open_again_for_a_full_cool_down() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     for _ in range(5):
         breaker.record_failure()
@@ -68,7 +61,7 @@ def test_half_open_when_probe_fails_then_open_again_for_a_full_cool_down() -> No
 
 
 def test_reset_when_open_then_closed_with_reason() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     for _ in range(5):
         breaker.record_failure()
@@ -78,7 +71,7 @@ def test_reset_when_open_then_closed_with_reason() -> None:
 
 
 def test_transition_when_published_then_event_and_kv_record_carry_it() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker("venue.x", clock)
     transition = None
     for _ in range(5):

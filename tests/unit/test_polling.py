@@ -39,3 +39,10 @@ async def test_eventually_when_never_holds_without_failure_then_default_message(
 
     with pytest.raises(AssertionError, match="condition not reached in time"):
         await eventually(check, 0.2)
+
+
+async def test_eventually_when_plain_check_and_plain_failure_then_same_contract() -> None:
+    flags = iter([False, False, True])
+    assert await eventually(lambda: next(flags), 5.0, interval_s=0.01) is True
+    with pytest.raises(AssertionError, match="never"):
+        await eventually(lambda: 0, 0.05, lambda: "never", interval_s=0.01)

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from libs.clock import ManualClock
 from libs.ratelimit import BudgetState, Priority, RateBudget
 
 S = 1_000_000_000
+MINUTE_BOUNDARY = 1_000 * 60 * S
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000 * 60 * S  # on a minute boundary
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * S)
-
-
-def budget(clock: FakeClock, **kwargs: object) -> RateBudget:
+def budget(clock: ManualClock, **kwargs: object) -> RateBudget:
     return RateBudget("binance-usdm", clock, uniform=lambda a, b: 0.0, **kwargs)  # type: ignore[arg-type]
 
 
 def test_admit_when_weight_near_limit_then_history_stops_before_orders() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock, weight_limit_1m=100, margin=0.2)  # usable 80
     assert rb.admit(Priority.HISTORY, 39).allowed
     refused = rb.admit(Priority.HISTORY, 2)  # 41 > 50 % of 80
@@ -37,7 +28,7 @@ def test_admit_when_weight_near_limit_then_history_stops_before_orders() -> None
 
 
 def test_admit_when_minute_passes_then_weight_is_free_again() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock, weight_limit_1m=100)
     assert rb.admit(Priority.ORDER, 80).allowed
     assert not rb.admit(Priority.ORDER, 1).allowed
@@ -46,7 +37,7 @@ def test_admit_when_minute_passes_then_weight_is_free_again() -> None:
 
 
 def test_on_headers_when_venue_reports_more_weight_then_budget_uses_it() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock, weight_limit_1m=100)
     rb.admit(Priority.ACCOUNT, 1)
     rb.on_headers({"X-MBX-USED-WEIGHT-1M": "75", "X-MBX-ORDER-COUNT-10S": "3"})
@@ -57,7 +48,7 @@ def test_on_headers_when_venue_reports_more_weight_then_budget_uses_it() -> None
 
 
 def test_admit_when_order_count_near_limit_then_orders_wait() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock, order_limit_10s=10, margin=0.2)
     for _ in range(8):
         assert rb.admit(Priority.ORDER, 0, orders=1).allowed
@@ -67,7 +58,7 @@ def test_admit_when_order_count_near_limit_then_orders_wait() -> None:
 
 
 def test_on_rate_limited_when_429_then_backoff_rate_halved_and_throttled() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock)
     for _ in range(20):
         rb.admit(Priority.ORDER)
@@ -86,7 +77,7 @@ def test_on_rate_limited_when_429_then_backoff_rate_halved_and_throttled() -> No
 
 
 def test_on_rate_limited_when_persistent_then_degraded_ramps_and_normal_after_5_min() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock)
     for _ in range(3):
         rb.on_rate_limited(1.0)
@@ -107,7 +98,7 @@ def test_on_rate_limited_when_persistent_then_degraded_ramps_and_normal_after_5_
 
 
 def test_on_banned_when_418_then_nothing_admitted_until_retry_after_then_degraded() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock)
     rb.on_banned(10.0)
     assert rb.state == BudgetState.BANNED
@@ -124,7 +115,7 @@ def test_on_banned_when_418_then_nothing_admitted_until_retry_after_then_degrade
 
 
 def test_on_banned_when_no_retry_after_then_default_ban_length() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock, default_ban_s=60.0)
     rb.on_banned(None)
     clock.advance(59)
@@ -134,14 +125,14 @@ def test_on_banned_when_no_retry_after_then_default_ban_length() -> None:
 
 
 def test_on_headers_when_garbage_then_ignored() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock)
     rb.on_headers({"X-MBX-USED-WEIGHT-1M": "lots", "X-MBX-ORDER-COUNT-1M": "-3", "Other": "1"})
     assert rb.used_weight() == 0
 
 
 def test_on_ban_hook_when_418_or_429_with_retry_after_then_called_with_until_time() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     seen: list[tuple[int, int, str]] = []
     rb = RateBudget("binance-usdm", clock, uniform=lambda a, b: b, on_ban=lambda *args: seen.append(args))
     rb.on_rate_limited(None)  # no Retry-After: nothing for the others to honour
@@ -153,7 +144,7 @@ def test_on_ban_hook_when_418_or_429_with_retry_after_then_called_with_until_tim
 
 
 def test_apply_shared_ban_when_418_elsewhere_then_nothing_admitted_until_it_ends_then_normal_later() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     called: list[object] = []
     rb = budget(clock, on_ban=lambda *args: called.append(args))
     assert rb.apply_shared_ban(418, clock.now + 5 * S, "position:1: 418")
@@ -176,7 +167,7 @@ def test_apply_shared_ban_when_418_elsewhere_then_nothing_admitted_until_it_ends
 
 
 def test_apply_shared_ban_when_expired_or_429_then_ignored_or_held_back_without_state_change() -> None:
-    clock = FakeClock()
+    clock = ManualClock(MINUTE_BOUNDARY)
     rb = budget(clock)
     assert not rb.apply_shared_ban(418, clock.now - S)  # already over
     assert rb.admit(Priority.ORDER).allowed
