@@ -42,10 +42,10 @@ from nats.js.api import (
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import propagate
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs.errors import PermanentError
 from libs.logging import Logger, get_logger
+from libs.retry import recoverable_until_reachable
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import AlertSeverity
@@ -154,14 +154,12 @@ class Bus:
             self.log.warning("bus_error", error=str(exc))
 
         server_list = [s.strip() for s in servers.split(",") if s.strip()]
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((OSError, NatsError, asyncio.TimeoutError)),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            stop=stop_after_delay(initial_connect_timeout_s),
-            before_sleep=lambda state: self.log.warning(
+        async for attempt in recoverable_until_reachable(
+            (OSError, NatsError, asyncio.TimeoutError),
+            initial_connect_timeout_s,
+            on_retry=lambda state: self.log.warning(
                 "bus_connect_failed", attempt=state.attempt_number, action_taken="retrying"
             ),
-            reraise=True,
         ):
             with attempt:
                 self._nc = await self._connect_once(

@@ -19,12 +19,12 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as redis
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from libs import cache, db
 from libs import logging as bulwark_logging
 from libs.bus import Bus, cancel_and_wait
 from libs.logging import Logger, get_logger
+from libs.retry import recoverable_until_reachable
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
 from proto import subjects
@@ -108,12 +108,7 @@ async def _heartbeat_loop(ctx: ServiceContext) -> None:
 
 
 async def _connect_pool(ctx: ServiceContext) -> asyncpg.Pool:
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type((OSError, asyncpg.PostgresError, asyncio.TimeoutError)),
-        wait=wait_exponential(multiplier=0.2, max=5),
-        stop=stop_after_delay(120),
-        reraise=True,
-    ):
+    async for attempt in recoverable_until_reachable((OSError, asyncpg.PostgresError, asyncio.TimeoutError), 120):
         with attempt:
             pool = await db.create_pool(ctx.settings.pg_dsn)
             await db.migrate(pool)
