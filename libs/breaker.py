@@ -15,15 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from libs.fsm import next_state
+from proto.enums import BreakerState
 from proto.messages import BreakerStateChanged
 
 NS_PER_S = 1_000_000_000
-
-
-class BreakerState(StrEnum):
-    CLOSED = "CLOSED"
-    OPEN = "OPEN"
-    HALF_OPEN = "HALF_OPEN"
 
 
 class BreakerTrigger(StrEnum):

@@ -24,6 +24,14 @@ class Health(StrEnum):
     RED = "RED"
 
 
+class BreakerState(StrEnum):
+    """A circuit breaker's state (risk's CB-1..CB-4, dependency and venue breakers), KV `breaker.<id>`."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+
 class LinkDegradeCause(StrEnum):
     """Why market-data's stream link is DEGRADED while it is connected (`LinkStateChanged.causes`,
     KV `link.<venue>.market-ws` field `causes`); the watchdog weighs them."""

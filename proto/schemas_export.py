@@ -1,4 +1,5 @@
-"""Export the JSON Schema of every message into `proto/schemas/` (`python -m proto.schemas_export`).
+"""Export the JSON Schema of every message, KV value and request/reply body into `proto/schemas/`
+(`python -m proto.schemas_export`).
 
 The checked-in schemas are the reviewed contract: a test fails when they differ from the structs.
 """
@@ -13,7 +14,9 @@ from typing import Any
 
 import msgspec
 
+from proto.kv import KV_VALUE_TYPES
 from proto.messages import ALL_MESSAGE_TYPES, HotStateRecord, OrderView, SymbolHotState, SymbolsReply
+from proto.replies import REQUEST_REPLY_TYPES
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -42,6 +45,8 @@ def render() -> dict[str, str]:
         SymbolHotState,
         HotStateRecord,
         SymbolsReply,
+        *KV_VALUE_TYPES,
+        *REQUEST_REPLY_TYPES,
     )
     (schemas, components) = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
     files: dict[str, str] = {}

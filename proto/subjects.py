@@ -1,4 +1,4 @@
-"""Every subject, stream, consumer and key-value bucket name, in one place.
+"""Every subject, wildcard, stream, durable consumer and key-value key, in one place.
 
 Subjects are dotted and typed: `cmd.*` commands, `evt.*` events, `md.*` normalized market data,
 `hb.*` heartbeats (core NATS, not persisted), `svc.*` request/reply queries (core NATS),
@@ -48,6 +48,11 @@ def md_flag(venue: str, symbol: str) -> str:
 
 
 MD_ALL = "md.>"
+MD_MARK_ALL = "md.mark.>"
+MD_TRADE_ALL = "md.trade.>"
+MD_LIQUIDATION_ALL = "md.liquidation.>"
+MD_OPEN_INTEREST_ALL = "md.oi.>"
+MD_RESYNC_ALL = "md.resync.>"
 
 
 def md_symbol_all(symbol: str) -> str:
@@ -56,6 +61,38 @@ def md_symbol_all(symbol: str) -> str:
 
 
 # --------------------------------------------------------------------------- events
+
+EVT_ALL = "evt.>"
+CMD_ALL = "cmd.>"
+EVT_LINK_ALL = "evt.link.>"
+EVT_HOT_STATE_ALL = "evt.hotstate.>"
+EVT_SIGNAL_ALL = "evt.signal.>"
+EVT_ORDER_ALL = "evt.order.>"
+EVT_FILL_ALL = "evt.fill.>"
+EVT_POSITION_ALL = "evt.position.>"
+EVT_ALERT_ALL = "evt.alert.>"
+CMD_STRATEGY_ENABLE_ALL = "cmd.strategy.*.enable"
+"""Every strategy instance's enable command (risk follows them for CB-3)."""
+
+
+def evt_link_all_venues(link: str) -> str:
+    """One link's state changes on every venue, e.g. `evt.link.*.market-ws`."""
+    return f"evt.link.*.{link}"
+
+
+def cmd_strategy_all(strategy: str) -> str:
+    """Every command to one strategy instance."""
+    return f"cmd.strategy.{strategy}.>"
+
+
+def evt_order_all_for_symbol(symbol: str) -> str:
+    """Every order event of one symbol, any kind and venue."""
+    return f"evt.order.*.*.{symbol}"
+
+
+def evt_fill_all_for_symbol(symbol: str) -> str:
+    """Every fill of one symbol, any venue."""
+    return f"evt.fill.*.{symbol}"
 
 
 def evt_link(venue: str, link: str) -> str:
@@ -177,13 +214,13 @@ STREAM_MARKET_DATA = StreamSpec(
 )
 STREAM_ORDERS = StreamSpec(
     name="ORDERS",
-    subjects=("cmd.order.>", "evt.order.>", "evt.fill.>", "evt.position.>"),
+    subjects=("cmd.order.>", EVT_ORDER_ALL, EVT_FILL_ALL, EVT_POSITION_ALL),
     duplicate_window_s=24 * 3600.0,
     description="order commands, order events, fills and positions: the source of truth (RPO 0)",
 )
 STREAM_SIGNALS = StreamSpec(
     name="SIGNALS",
-    subjects=("evt.signal.>", "evt.strategy.>", "cmd.strategy.>"),
+    subjects=(EVT_SIGNAL_ALL, "evt.strategy.>", "cmd.strategy.>"),
     duplicate_window_s=24 * 3600.0,
     description="strategy signals and strategy state transitions",
 )
@@ -194,11 +231,11 @@ STREAM_CONTROL = StreamSpec(
         "evt.trading.>",
         "evt.degradation.>",
         "evt.health.>",
-        "evt.hotstate.>",
-        "evt.link.>",
+        EVT_HOT_STATE_ALL,
+        EVT_LINK_ALL,
         "evt.component.>",
         "evt.breaker.>",
-        "evt.alert.>",
+        EVT_ALERT_ALL,
         "evt.operator.>",
         "evt.background.>",
         "evt.projections.>",
@@ -222,7 +259,7 @@ ALL_STREAMS: tuple[StreamSpec, ...] = (
 )
 
 # Audit: every persisted event except raw market data.
-AUDITED_SUBJECTS: tuple[str, ...] = ("evt.>", "cmd.>")
+AUDITED_SUBJECTS: tuple[str, ...] = (EVT_ALL, CMD_ALL)
 
 # --------------------------------------------------------------------------- key-value
 
@@ -295,3 +332,51 @@ def strategy_component(name: str) -> str:
 
 
 CORE_COMPONENTS: tuple[str, ...] = (GATEWAY, MARKET_DATA, STATE_BUILDER, RISK, POSITION, WATCHDOG)
+
+
+# --------------------------------------------------------------------------- durable consumers
+# `<service>-<purpose>`. A durable's name is its position in a stream: renaming one starts it over.
+
+RISK_ORDER_EVENTS_CONSUMER = "risk-events"
+"""risk: order events, fills and positions (exposure, CB-1/CB-3 trades)."""
+RISK_ORDERS_CONSUMER = "risk-orders"
+"""risk: operator order commands to check."""
+RISK_SIGNALS_CONSUMER = "risk-signals"
+"""risk: strategy signals to check."""
+STATE_BUILDER_MARKET_DATA_CONSUMER = "state-builder-md"
+"""state-builder: the MARKET_DATA stream it builds books from."""
+WATCHDOG_ALERTS_CONSUMER = "watchdog-alerts"
+"""watchdog: alerts to route (Slack, PagerDuty)."""
+WATCHDOG_DLQ_CONSUMER = "watchdog-dlq"
+"""watchdog: dead letters to record in Postgres."""
+WATCHDOG_AUDIT_CONSUMERS: tuple[tuple[StreamSpec, str], ...] = (
+    (STREAM_ORDERS, "watchdog-audit-orders"),
+    (STREAM_SIGNALS, "watchdog-audit-signals"),
+    (STREAM_CONTROL, "watchdog-audit-control"),
+)
+"""watchdog: the audit writer's consumer of each audited stream."""
+
+
+def position_orders_consumer(component: str) -> str:
+    """A position process's approvals (`position-orders` on the main venue)."""
+    return f"{component}-orders"
+
+
+def position_denials_consumer(component: str) -> str:
+    """A position process's denials (`position-denials` on the main venue)."""
+    return f"{component}-denials"
+
+
+def position_cancels_consumer(component: str) -> str:
+    """A position process's cancels (`position-cancels` on the main venue)."""
+    return f"{component}-cancels"
+
+
+def strategy_market_data_consumer(strategy: str) -> str:
+    """A strategy instance's market data."""
+    return f"strategy-{strategy}-md"
+
+
+def strategy_commands_consumer(strategy: str) -> str:
+    """A strategy instance's enable/disable commands."""
+    return f"strategy-{strategy}-commands"

@@ -1,0 +1,167 @@
+"""The values of the key-value bucket `bulwark-state`: one struct per key family (keys in `proto.subjects`).
+
+A value is written by its owner and read by others (the gateway, risk, the watchdog, a restarted
+process of the same component), so its shape is a contract like a message's: frozen structs,
+JSON on the wire, new fields only with defaults. Values written before a field existed still
+decode; unknown fields are ignored. `decode_value` never raises: a value that cannot be read is
+reported as None so that the reader can fail closed in its own way.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+from proto.enums import BreakerState, ConnectionState, DegradationLevel, Health, StrategyState, TradingState
+
+V = TypeVar("V", bound=msgspec.Struct)
+
+
+class TradingStateValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `trading_state` (risk): the persisted trading state; never set means ACTIVE."""
+
+    state: TradingState
+    reason: str = ""
+    operator: str | None = None
+    ts_ns: int = 0
+
+
+class DegradationLevelValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `degradation_level` (watchdog; the gateway and position write HARD_SHUTDOWN on an emergency stop)."""
+
+    level: DegradationLevel
+    reason: str = ""
+    ts_ns: int = 0
+
+
+class HealthValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `health` (watchdog): GREEN/YELLOW/RED with why, and the resource checks behind it."""
+
+    health: Health
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+    ts_ns: int = 0
+
+
+class BackgroundWorkValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `background_work` (risk, CB-4): whether background jobs may start."""
+
+    paused: bool
+    reason: str = ""
+    ts_ns: int = 0
+
+
+class LinkValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `link.<venue>.<link>` (market-data for `market-ws`, position for `orders`)."""
+
+    state: ConnectionState
+    reason: str = ""
+    causes: list[str] = []
+    """What keeps a market link from CONNECTED (`LinkDegradeCause` values); empty for the order link."""
+    ts_ns: int = 0
+
+
+class BreakerValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `breaker.<id>`: a circuit breaker as the gateway shows it.
+
+    Risk's breakers (CB-1..CB-4) fill every field; a dependency or venue breaker of another
+    service (`venue.<venue>`, `dependency.<name>`) writes `state`, `reason` and `ts_ns` only.
+    """
+
+    state: BreakerState = BreakerState.CLOSED
+    reason: str = ""
+    ts_ns: int = 0
+    breaker: str = ""
+    title: str = ""
+    reset_mode: str = "manual"
+    tripped_at_ns: int | None = None
+    reset_at_ns: int | None = None
+    operator: str | None = None
+    trips: int = 0
+    details: dict[str, Any] = {}
+
+
+class StrategyStateValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `strategy.<name>` (the strategy instance): its state machine's current state."""
+
+    state: StrategyState
+    reason: str = ""
+    symbol: str | None = None
+    ts_ns: int = 0
+    kind: str = ""
+
+
+class StrategyCrashesValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `strategy.<name>.crashes` (FM-C2: survives the instance's restarts).
+
+    Attributes:
+        crashes: times (ns) of the crashes still inside the 10-minute window.
+        running: token (pid-start time) of the process running the instance; set at start,
+            cleared at a clean stop, so a start that finds it set knows the previous process
+            died (kill -9, OOM).
+        surrendered: symbol -> crash time: positions (or entries in flight) left to the position
+            service, which the strategy may not re-enter.
+    """
+
+    crashes: list[int] = []
+    running: str | None = None
+    surrendered: dict[str, int] = {}
+
+
+class ProtectionValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `protection.<venue>.<symbol>` (position): the levels protecting a position (FM-C2 takeover)."""
+
+    entry: str
+    """Client order id of the entry these levels belong to."""
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+
+
+class RateLimitBanValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `ratelimit.<venue>.ban` (FM-N2): a venue's latest ban, whoever received it."""
+
+    venue: str
+    status: int
+    """418 (IP ban: send nothing) or 429 (Retry-After: hold back)."""
+    until_ns: int
+    """Wall clock (ns) until which nothing (418) or no request (429) may go to the venue."""
+    origin: str
+    """The process that received it, e.g. `market-data:1234`."""
+    reason: str = ""
+    ts_ns: int = 0
+
+
+KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    TradingStateValue,
+    DegradationLevelValue,
+    HealthValue,
+    BackgroundWorkValue,
+    LinkValue,
+    BreakerValue,
+    StrategyStateValue,
+    StrategyCrashesValue,
+    ProtectionValue,
+    RateLimitBanValue,
+)
+"""Every KV value shape (their JSON Schemas are checked in with the messages')."""
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {kind: msgspec.json.Decoder(kind) for kind in KV_VALUE_TYPES}
+
+
+def encode_value(value: msgspec.Struct) -> bytes:
+    """The JSON bytes stored under the value's key."""
+    return msgspec.json.encode(value)
+
+
+def decode_value(kind: type[V], raw: bytes | None) -> V | None:
+    """The value stored as `raw`, or None when nothing is stored or it does not decode as `kind`."""
+    if raw is None:
+        return None
+    decoder = _decoders.get(kind) or msgspec.json.Decoder(kind)
+    try:
+        value: V = decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return value

@@ -1,0 +1,197 @@
+"""Request and reply bodies of the `svc.<component>.<operation>` queries (core NATS request/reply).
+
+Each query has a request struct (an empty request is `{}`) and a reply struct; every query may
+answer `ErrorReply` instead (`{"error": {"code", "message"}}`). The asking side decodes with
+`decode_reply`, which tells the two apart, so no caller guesses at a dict's keys. Shapes follow the
+message rules: frozen, new fields only with defaults, Decimals as strings.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+from proto.enums import BreakerState, DegradationLevel, HotStateStatus, TradingState
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """What went wrong: a stable machine `code` (`bad_request`, `not_found`, `invalid_transition`, ...)
+    and a sentence for a person."""
+
+    code: str
+    message: str
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The one error reply of every query."""
+
+    error: ErrorDetail
+
+
+def error_reply(code: str, message: str) -> bytes:
+    """Encode an `ErrorReply`."""
+    return msgspec.json.encode(ErrorReply(error=ErrorDetail(code=code, message=message)))
+
+
+class ReplyDecodeError(ValueError):
+    """A reply that is neither the expected body nor an `ErrorReply` (a peer on another version, a bug)."""
+
+
+def decode_reply(kind: type[R], raw: bytes) -> R | ErrorReply:
+    """The reply `raw` as `kind`, or the `ErrorReply` it carries.
+
+    Raises:
+        ReplyDecodeError: `raw` is neither.
+    """
+    try:
+        envelope = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ReplyDecodeError(f"reply is not JSON: {exc}") from exc
+    try:
+        if isinstance(envelope, dict) and "error" in envelope:
+            return msgspec.convert(envelope, ErrorReply)
+        return msgspec.convert(envelope, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ReplyDecodeError(f"reply is not a {kind.__name__}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- risk
+
+
+class TradingControlRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.risk.halt`, `svc.risk.resume`, `svc.risk.reduce`: who asks and why (a reason is required)."""
+
+    operator: str = "unknown"
+    reason: str = ""
+
+
+class TradingControlReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The trading state after the change, and before it."""
+
+    trading_state: TradingState
+    previous: TradingState | None = None
+
+
+class BreakerResetRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.risk.breaker_reset`: a manual reset of a tripped breaker (operator and reason required)."""
+
+    breaker: str = ""
+    operator: str = ""
+    reason: str = ""
+
+
+class BreakerResetReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The breaker's state after the reset; `note` says when trading stays HALTED (CB-1)."""
+
+    breaker: str
+    state: BreakerState
+    previous: BreakerState
+    trading_state: TradingState
+    note: str | None = None
+
+
+class RiskStateReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.risk.state`: what risk decides with — trading state, level, positions, pending, hot state, breakers."""
+
+    trading_state: TradingState
+    reason: str = ""
+    operator: str | None = None
+    ts_ns: int = 0
+    degradation_level: DegradationLevel | None = None
+    positions: dict[str, Decimal] = {}
+    pending: dict[str, list[Decimal]] = {}
+    """Per symbol, the pending buy and sell quantities."""
+    hot_state: dict[str, HotStateStatus | None] = {}
+    breakers: dict[str, BreakerState] = {}
+    entries_halted: bool = False
+    recovery: dict[str, Any] | None = None
+    orders_seq: int = 0
+
+
+# --------------------------------------------------------------------------- state-builder
+
+
+class BookRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.state-builder.book`: the top `depth` levels of one symbol's book."""
+
+    symbol: str
+    depth: int | None = None
+
+
+class BookReply(msgspec.Struct, frozen=True, kw_only=True):
+    """A book's top levels as (price, quantity), best first, with its status and last update id."""
+
+    symbol: str
+    status: HotStateStatus
+    last_update_id: int | None = None
+    bids: list[tuple[Decimal, Decimal]] = []
+    asks: list[tuple[Decimal, Decimal]] = []
+
+
+# --------------------------------------------------------------------------- market-data
+
+
+class ResyncRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.market-data.resync`: rebuild one symbol's book from a new snapshot."""
+
+    symbol: str
+
+
+class ResyncReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`resyncing` (started now) or `already_resyncing`."""
+
+    symbol: str
+    status: str
+
+
+# --------------------------------------------------------------------------- position
+
+
+class PositionOrderState(msgspec.Struct, frozen=True, kw_only=True):
+    """One order as the position process holds it."""
+
+    status: str
+    filled_quantity: Decimal
+    symbol: str
+
+
+class PositionProtectionState(msgspec.Struct, frozen=True, kw_only=True):
+    """The levels protecting one symbol's position (`None` rendered as the string "None" by older versions)."""
+
+    entry: str
+    stop_loss: str | None = None
+    take_profit: str | None = None
+
+
+class PositionStateReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.position.state` (and `svc.position-<venue>.state`): orders, positions, protections, recovery."""
+
+    orders: dict[str, PositionOrderState] = {}
+    positions: dict[str, Decimal] = {}
+    protections: dict[str, PositionProtectionState] = {}
+    reconciled: bool = False
+    recovery: dict[str, Any] | None = None
+    memory: dict[str, Any] = {}
+
+
+REQUEST_REPLY_TYPES: tuple[type[msgspec.Struct], ...] = (
+    ErrorReply,
+    TradingControlRequest,
+    TradingControlReply,
+    BreakerResetRequest,
+    BreakerResetReply,
+    RiskStateReply,
+    BookRequest,
+    BookReply,
+    ResyncRequest,
+    ResyncReply,
+    PositionStateReply,
+)
+"""Every request and reply body (their JSON Schemas are checked in with the messages')."""
