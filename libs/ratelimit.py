@@ -39,6 +39,7 @@ import msgspec
 from libs.fsm import next_state
 from libs.logging import Logger
 from proto import subjects
+from proto.kv import RateLimitBanValue, encode_value
 
 NS_PER_S = 1_000_000_000
 _MINUTE_NS = 60 * NS_PER_S
@@ -482,54 +483,19 @@ class RateBudget:
 # --------------------------------------------------------------------------- sharing bans (I/O)
 
 
-@dataclass(frozen=True)
-class BanRecord:
-    """The value under KV `ratelimit.<venue>.ban`: a venue's latest ban, whoever received it."""
+def decode_ban(raw: bytes) -> RateLimitBanValue:
+    """Parse a KV `ratelimit.<venue>.ban` value.
 
-    venue: str
-    status: int
-    """418 (IP ban: send nothing) or 429 (Retry-After: hold back)."""
-    until_ns: int
-    """Wall clock (ns) until which nothing (418) or no request (429) may go to the venue."""
-    origin: str
-    """The process that received it, e.g. `market-data:1234`."""
-    reason: str = ""
-    ts_ns: int = 0
-
-    def encode(self) -> bytes:
-        return msgspec.json.encode(
-            {
-                "venue": self.venue,
-                "status": self.status,
-                "until_ns": self.until_ns,
-                "origin": self.origin,
-                "reason": self.reason,
-                "ts_ns": self.ts_ns,
-            }
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> BanRecord:
-        """Parse a KV value.
-
-        Raises:
-            ValueError: not a ban record.
-        """
-        try:
-            data = msgspec.json.decode(raw)
-            record = cls(
-                venue=str(data["venue"]),
-                status=int(data["status"]),
-                until_ns=int(data["until_ns"]),
-                origin=str(data.get("origin", "")),
-                reason=str(data.get("reason", "")),
-                ts_ns=int(data.get("ts_ns", 0)),
-            )
-        except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a ban record: {raw[:200]!r}: {exc}") from exc
-        if record.status not in (418, 429):
-            raise ValueError(f"ban record with status {record.status}")
-        return record
+    Raises:
+        ValueError: not a ban record (or not a 418/429 one).
+    """
+    try:
+        record = msgspec.json.decode(raw, type=RateLimitBanValue)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a ban record: {raw[:200]!r}: {exc}") from exc
+    if record.status not in (418, 429):
+        raise ValueError(f"ban record with status {record.status}")
+    return record
 
 
 class KvBus(Protocol):
@@ -639,7 +605,7 @@ class SharedBans:
 
     def _apply(self, raw: bytes) -> None:
         try:
-            record = BanRecord.decode(raw)
+            record = decode_ban(raw)
         except ValueError as exc:
             self.bad_records += 1
             self._warn("shared_ban_bad_record", error=str(exc)[:300])
@@ -662,14 +628,21 @@ class SharedBans:
         # longer one already known, so a process starting later still sees the longest.
         until_ns = max(until_ns, self._latest_until.get(status, 0))
         self._latest_until[status] = until_ns
-        record = BanRecord(self.budget.venue, status, until_ns, self.origin, reason, self._clock_ns())
+        record = RateLimitBanValue(
+            venue=self.budget.venue,
+            status=status,
+            until_ns=until_ns,
+            origin=self.origin,
+            reason=reason,
+            ts_ns=self._clock_ns(),
+        )
         task = asyncio.get_running_loop().create_task(self._put(record), name=f"shared-ban-put-{status}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _put(self, record: BanRecord) -> None:
+    async def _put(self, record: RateLimitBanValue) -> None:
         try:
-            await self.bus.kv_put(self.key, record.encode())
+            await self.bus.kv_put(self.key, encode_value(record))
         except Exception as exc:  # noqa: BLE001 - this process still honours its ban; others may not know
             self._warn("shared_ban_write_failed", error=f"{type(exc).__name__}: {exc}"[:200], status=record.status)
             return

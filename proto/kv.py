@@ -64,23 +64,28 @@ class LinkValue(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BreakerValue(msgspec.Struct, frozen=True, kw_only=True):
-    """KV `breaker.<id>`: a circuit breaker as the gateway shows it.
+    """KV `breaker.<CB-n>` (risk): one of risk's circuit breakers (CB-1..CB-4) as the gateway shows it."""
 
-    Risk's breakers (CB-1..CB-4) fill every field; a dependency or venue breaker of another
-    service (`venue.<venue>`, `dependency.<name>`) writes `state`, `reason` and `ts_ns` only.
-    """
-
+    breaker: str
+    title: str
     state: BreakerState = BreakerState.CLOSED
     reason: str = ""
-    ts_ns: int = 0
-    breaker: str = ""
-    title: str = ""
     reset_mode: str = "manual"
     tripped_at_ns: int | None = None
     reset_at_ns: int | None = None
     operator: str | None = None
     trips: int = 0
     details: dict[str, Any] = {}
+    ts_ns: int = 0
+
+
+class DependencyBreakerValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `breaker.venue.<venue>` and `breaker.dependency.<name>`: a dependency or venue circuit breaker
+    (SPEC §4 dependency breakers, FM-N5) of the service that calls it; it resets itself."""
+
+    state: BreakerState
+    reason: str = ""
+    ts_ns: int = 0
 
 
 class StrategyStateValue(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,7 +132,7 @@ class RateLimitBanValue(msgspec.Struct, frozen=True, kw_only=True):
     """418 (IP ban: send nothing) or 429 (Retry-After: hold back)."""
     until_ns: int
     """Wall clock (ns) until which nothing (418) or no request (429) may go to the venue."""
-    origin: str
+    origin: str = ""
     """The process that received it, e.g. `market-data:1234`."""
     reason: str = ""
     ts_ns: int = 0
@@ -140,6 +145,7 @@ KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     BackgroundWorkValue,
     LinkValue,
     BreakerValue,
+    DependencyBreakerValue,
     StrategyStateValue,
     StrategyCrashesValue,
     ProtectionValue,

@@ -29,10 +29,13 @@ def test_kv_and_reply_structs_when_declared_then_frozen() -> None:
 
 
 def test_decode_value_when_written_by_an_older_version_then_missing_fields_take_defaults() -> None:
-    # A dependency breaker of another service writes only these three fields.
-    value = decode_value(BreakerValue, b'{"state": "OPEN", "reason": "5 failures in 10 s", "ts_ns": 7}')
-    assert value == BreakerValue(state=BreakerState.OPEN, reason="5 failures in 10 s", ts_ns=7)
-    assert value is not None and value.breaker == "" and value.trips == 0
+    # A value written before `trips` and `details` existed.
+    raw = b'{"breaker": "CB-2", "title": "abnormal market", "state": "OPEN", "reason": "depth", "ts_ns": 7}'
+    value = decode_value(BreakerValue, raw)
+    assert value == BreakerValue(
+        breaker="CB-2", title="abnormal market", state=BreakerState.OPEN, reason="depth", ts_ns=7
+    )
+    assert value is not None and value.trips == 0 and value.details == {}
 
 
 def test_decode_value_when_unknown_fields_then_ignored_and_when_garbage_then_none() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from libs.clock import ManualClock
-from libs.ratelimit import BudgetState, Priority, RateBudget
+from libs.ratelimit import BudgetState, Priority, RateBudget, decode_ban
+from proto.kv import RateLimitBanValue, encode_value
 
 S = 1_000_000_000
 MINUTE_BOUNDARY = 1_000 * 60 * S
@@ -180,10 +181,8 @@ def test_apply_shared_ban_when_expired_or_429_then_ignored_or_held_back_without_
 
 
 def test_ban_record_when_garbage_then_value_error() -> None:
-    from libs.ratelimit import BanRecord
-
-    record = BanRecord("binance-usdm", 418, 5, "a", "r", 1)
-    assert BanRecord.decode(record.encode()) == record
+    record = RateLimitBanValue(venue="binance-usdm", status=418, until_ns=5, origin="a", reason="r", ts_ns=1)
+    assert decode_ban(encode_value(record)) == record
     for raw in (b"", b"{}", b"[1]", b'{"venue": "x", "status": 200, "until_ns": 1}', b'{"venue":1,"status":"x"}'):
         with pytest.raises(ValueError):
-            BanRecord.decode(raw)
+            decode_ban(raw)
