@@ -25,7 +25,8 @@ from libs.logging import Logger
 from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec
 from proto import subjects
 from proto.messages import ProjectionsVerified
-from services.watchdog.domain import AlertNotice, EvaluatorState
+from services.watchdog.alerts import AlertNotice
+from services.watchdog.evaluator import EvaluatorState
 
 SNAPSHOT_COMPONENT = "watchdog"
 ALERT_SUBJECTS = "evt.alert.>"

@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from libs.bus import Bus
+from libs.heartbeat import expected_components
 from libs.logging import get_logger
 from libs.runtime import infra as infra_commands
 from libs.runtime.service import ServiceContext
@@ -23,7 +24,7 @@ from libs.testing.polling import eventually as poll_until
 from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
-from services.watchdog.main import expected_components, setup
+from services.watchdog.main import setup
 
 
 @contextlib.asynccontextmanager

@@ -8,26 +8,19 @@ import pytest
 
 from libs.heartbeat import ComponentView
 from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health
-from services.watchdog.domain import (
-    RULES,
-    AlertNotice,
-    AlertRouter,
-    Evaluation,
+from services.watchdog.alerts import AlertNotice, AlertRouter, severity_rank
+from services.watchdog.evaluator import Evaluation, WatchdogEvaluator
+from services.watchdog.notifications import pagerduty_payload, slack_payload
+from services.watchdog.observations import (
     LatencyObservation,
     LatencyWindow,
     LinkObservation,
     ResourceObservation,
     SymbolObservation,
-    Thresholds,
-    WatchdogEvaluator,
-    alert_key,
-    is_critical,
     latencies_from_views,
-    pagerduty_payload,
-    severity_rank,
-    slack_payload,
     symbols_from_reply,
 )
+from services.watchdog.rules import RULES, Thresholds, alert_key, is_critical
 
 S = 1_000_000_000
 COMPONENTS = ("gateway", "market-data", "state-builder", "risk", "position", "strategy-imbalance")
