@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import aiohttp
 import msgspec
@@ -26,7 +25,7 @@ from proto.messages import (
     DegradationLevelChanged,
     HealthChanged,
 )
-from services.watchdog import adapters
+from services.watchdog import adapters, alerts
 from services.watchdog.alerts import AlertNotice, AlertRouter
 from services.watchdog.evaluator import Evaluation
 
@@ -215,38 +214,13 @@ class AlertDispatcher:
 
     async def handle(self, message: Message, delivery: Delivery) -> None:
         """Bus handler for the `watchdog-alerts` consumer; never raises for a sink failure."""
-        notice = self.apply(message)
+        notice = alerts.apply(self.router, message)
         if notice is not None:
             await self.deliver(notice)
         elif isinstance(message, AlertRaised):
             self._ctx.log.debug("alert_deduplicated", key=message.key)
         if self.on_applied is not None:
             self.on_applied(delivery.stream_sequence)
-
-    def apply(self, message: Message) -> AlertNotice | None:
-        """Update the open alerts with one alert event; returns the notice the sinks must get, if any.
-
-        Also used on its own to rebuild the open alerts from the log at start (nothing delivered).
-        """
-        match message:
-            case AlertRaised():
-                notice = AlertNotice(
-                    key=message.key,
-                    severity=message.severity,
-                    component=message.component,
-                    title=message.title,
-                    details=dict(message.details),
-                    ts_ns=message.ts_event_ns,
-                )
-                return notice if self.router.raised(notice) else None
-            case AlertResolved():
-                opened = self.router.resolved(message.key)
-                if opened is None:
-                    return None
-                details = {**opened.details, "resolution": message.reason} if message.reason else opened.details
-                return replace(opened, resolved=True, details=details, ts_ns=message.ts_event_ns)
-            case _:
-                return None
 
     async def deliver(self, notice: AlertNotice) -> None:
         """Log the alert, then POST it to every webhook sink that wants it."""

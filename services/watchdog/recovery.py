@@ -15,7 +15,7 @@ from proto import subjects
 from proto.enums import AlertSeverity
 from proto.envelope import Message
 from proto.messages import AlertRaised
-from services.watchdog import handlers, snapshot
+from services.watchdog import alerts, handlers, snapshot
 from services.watchdog.evaluator import WatchdogEvaluator
 from services.watchdog.observer import Observer
 from services.watchdog.verification import ProjectionsVerifier
@@ -110,7 +110,7 @@ class WatchdogMemory:
             )
 
         def apply(message: Message, stream_seq: int) -> None:
-            self._dispatcher.apply(message)  # rebuild only: these were delivered before
+            alerts.apply(self._dispatcher.router, message)  # rebuild only: these were delivered before
 
         replayed = await control.replay(start, end, apply) if last and end >= start else 0
         self.control_seq = end
