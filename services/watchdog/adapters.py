@@ -16,6 +16,7 @@ import psutil
 from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
+from libs.clock import Clock
 from libs.errors import DependencyUnavailable, PermanentError
 from libs.heartbeat import HeartbeatTracker
 from libs.logging import Logger
@@ -128,7 +129,7 @@ async def read_kv_value(bus: Bus, log: Logger, key: str, field: str) -> tuple[st
     return (found if isinstance(found, str) else None), revision
 
 
-async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker) -> None:
+async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker, clock: Clock) -> None:
     """Record every heartbeat on `hb.>` (core NATS) in `tracker`, stamped with its arrival time."""
 
     async def on_heartbeat(msg: Msg) -> None:
@@ -137,7 +138,7 @@ async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("heartbeat_invalid", subject=msg.subject, error=str(exc)[:200])
             return
-        tracker.record(heartbeat, time.time_ns())
+        tracker.record(heartbeat, clock())
 
     await bus.subscribe_core(subjects.HEARTBEAT_ALL, on_heartbeat)
 

@@ -6,9 +6,9 @@ evaluator is built from settings and the health and level persisted in KV.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
+from libs.clock import Clock
 from libs.heartbeat import HeartbeatTracker
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
@@ -32,13 +32,13 @@ def thresholds_from(settings: Settings) -> Thresholds:
     )
 
 
-async def evaluator_from_kv(ctx: ServiceContext) -> WatchdogEvaluator:
+async def evaluator_from_kv(ctx: ServiceContext, clock: Clock) -> WatchdogEvaluator:
     """An evaluator that starts at the level and health persisted in KV (their authority, fail closed)."""
     settings = ctx.settings
     level, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_DEGRADATION_LEVEL, "level")
     health, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_HEALTH, "health")
     evaluator = WatchdogEvaluator(
-        time.time_ns,
+        clock,
         grace_ns=int(settings.heartbeat_timeout_s * 1e9),
         initial_level=DegradationLevel(level) if level is not None and level in DegradationLevel.__members__ else None,
         initial_health=Health(health) if health is not None and health in Health.__members__ else None,
@@ -55,6 +55,7 @@ async def evaluation_loop(
     observer: Observer,
     evaluator: WatchdogEvaluator,
     on_evaluated: Callable[[], None],
+    clock: Clock,
 ) -> None:
     """Evaluate every `EVALUATION_PERIOD_S` until cancelled; a failed round is logged and retried."""
     settings = ctx.settings
@@ -67,7 +68,7 @@ async def evaluation_loop(
             )
             if persisted is not None and persisted in DegradationLevel.__members__:
                 evaluator.adopt_level(DegradationLevel(persisted))
-            views = tracker.view(time.time_ns())
+            views = tracker.view(clock())
             evaluation = evaluator.evaluate(
                 views,
                 symbols=await observer.symbols(),

@@ -9,6 +9,7 @@ CONTROL -> `audit_events`) and the DLQ writer (-> `dead_letters`).
 
 from __future__ import annotations
 
+from libs.clock import wall_clock
 from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.runtime.service import ServiceContext, main
 from proto import subjects
@@ -28,10 +29,10 @@ async def setup(ctx: ServiceContext) -> None:
     tracker = HeartbeatTracker(
         timeout_ns=int(settings.heartbeat_timeout_s * 1e9), expected=expected_components(settings)
     )
-    await adapters.subscribe_heartbeats(ctx.bus, ctx.log, tracker)
+    await adapters.subscribe_heartbeats(ctx.bus, ctx.log, tracker, wall_clock)
     observer = Observer(ctx)
     await observer.start()
-    evaluator = await evaluation.evaluator_from_kv(ctx)
+    evaluator = await evaluation.evaluator_from_kv(ctx, wall_clock)
     adapters.measure_resources(settings.watchdog_disk_path)  # primes the CPU average
     ctx.spawn(handlers.dead_letter_retention_loop(ctx), "dlq-retention")
 
@@ -43,7 +44,7 @@ async def setup(ctx: ServiceContext) -> None:
 
     keeper = snapshot.snapshot_keeper(settings.pg_dsn, ctx.log)
     ctx.cleanups.append(keeper.close)
-    memory = WatchdogMemory(ctx, evaluator, dispatcher, observer, verifier, keeper)
+    memory = WatchdogMemory(ctx, evaluator, dispatcher, observer, verifier, keeper, wall_clock)
     control = snapshot.control_log(ctx.bus, keeper, handlers.ALERTS_CONSUMER)
     report = await memory.recover(control)
     dispatcher.on_applied = memory.alert_applied
@@ -59,7 +60,7 @@ async def setup(ctx: ServiceContext) -> None:
         start_sequence=report.live_from if memory.consumer_created else None,
     )
     # Evaluations start only now: on the restored rule timers and open alerts (SPEC §8).
-    ctx.spawn(evaluation.evaluation_loop(ctx, tracker, observer, evaluator, memory.evaluated), "evaluation")
+    ctx.spawn(evaluation.evaluation_loop(ctx, tracker, observer, evaluator, memory.evaluated, wall_clock), "evaluation")
     ctx.spawn(verifier.loop(settings.watchdog_verify_interval_s), "projections-verification")
 
     for spec, durable in handlers.AUDIT_CONSUMERS:

@@ -5,9 +5,9 @@ snapshot plus the alerts on CONTROL after it, and the snapshots taken while runn
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from libs.clock import Clock
 from libs.runtime.service import ServiceContext
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper, StreamLog
 from libs.snapshot import SnapshotPolicy
@@ -31,6 +31,7 @@ class WatchdogMemory:
         observer: its latency baseline survives a restart.
         verifier: its last projections verification survives a restart.
         keeper: the snapshot store.
+        clock: wall clock (ns): the snapshot policy's interval and each snapshot's time.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class WatchdogMemory:
         observer: Observer,
         verifier: ProjectionsVerifier,
         keeper: SnapshotKeeper[snapshot.WatchdogSnapshot],
+        clock: Clock,
     ) -> None:
         self._ctx = ctx
         self._evaluator = evaluator
@@ -48,8 +50,9 @@ class WatchdogMemory:
         self._observer = observer
         self._verifier = verifier
         self._keeper = keeper
+        self._clock = clock
         self._policy = SnapshotPolicy(
-            clock=time.time_ns,
+            clock=clock,
             interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
             every_events=ctx.settings.snapshot_every_events,
         )
@@ -133,7 +136,7 @@ class WatchdogMemory:
     def capture(self) -> snapshot.WatchdogSnapshot:
         return snapshot.WatchdogSnapshot(
             control_seq=self.control_seq,
-            taken_ns=time.time_ns(),
+            taken_ns=self._clock(),
             evaluator=self._evaluator.export_state(),
             open_alerts=list(self._dispatcher.router.open.values()),
             latency_baseline_ms=self._observer.latency.baseline_ms,

@@ -143,6 +143,7 @@ class Watchdog:
             observer,
             verifier,
             self.keeper,  # type: ignore[arg-type]
+            clock,
         )
         self.dispatcher.on_applied = self.memory.alert_applied
 
