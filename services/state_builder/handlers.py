@@ -208,31 +208,27 @@ class StateBuilder:
         if applied is None:
             return  # trades, liquidations, other symbols: not part of the state
         state = applied.state
-        match applied.change:
-            case Change.DIFF_APPLIED:
-                assert isinstance(message, DepthDiff)
-                await self._on_diff_applied(state, message, stored_ns)
-            case Change.GAP:
-                assert isinstance(message, DepthDiff)
+        match applied.change, message:
+            case Change.DIFF_APPLIED, DepthDiff() as diff:
+                await self._on_diff_applied(state, diff, stored_ns)
+            case Change.GAP, DepthDiff() as diff:
                 self.log.warning(
                     "book_gap",
                     symbol=state.book.symbol,
-                    prev_final_update_id=message.prev_final_update_id,
-                    final_update_id=message.final_update_id,
+                    prev_final_update_id=diff.prev_final_update_id,
+                    final_update_id=diff.final_update_id,
                     action_taken="INVALID until the next snapshot; resync requested",
                 )
                 await self._record(state, state.hot.on_invalid("sequence gap in depth diffs"))
                 self._request_resync_soon(state)
-            case Change.REBUILT:
-                assert isinstance(message, BookSnapshot)
+            case Change.REBUILT, BookSnapshot() as snapshot:
                 self._checkpoint_soon = True
-                self.log.info("book_rebuilt", symbol=state.book.symbol, last_update_id=message.last_update_id)
-                await self._record(state, state.hot.on_rebuilt(message.last_update_id))
-            case Change.RESYNC:
-                assert isinstance(message, BookResyncStarted)
-                await self._record(state, state.hot.on_invalid(f"resync: {message.reason}"))
-            case Change.DIFF_IGNORED | Change.MARKET:
-                pass  # nothing the hot state depends on
+                self.log.info("book_rebuilt", symbol=state.book.symbol, last_update_id=snapshot.last_update_id)
+                await self._record(state, state.hot.on_rebuilt(snapshot.last_update_id))
+            case Change.RESYNC, BookResyncStarted() as resync:
+                await self._record(state, state.hot.on_invalid(f"resync: {resync.reason}"))
+            case _:
+                pass  # an ignored diff, mark price, funding, open interest: nothing the hot state depends on
 
     async def _on_diff_applied(self, state: SymbolState, diff: DepthDiff, stored_ns: int | None) -> None:
         problems: list[str] = []
