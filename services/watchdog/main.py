@@ -18,7 +18,6 @@ from services.watchdog.observer import Observer
 from services.watchdog.recovery import WatchdogMemory
 from services.watchdog.verification import ProjectionsVerifier
 
-EVT_ALERT_PREFIX = "evt.alert."
 # A Postgres outage must not push audit rows into the DLQ: retry (every <= 5 s) until it is back.
 AUDIT_MAX_DELIVER = 1_000_000
 
@@ -53,7 +52,7 @@ async def setup(ctx: ServiceContext) -> None:
     await ctx.bus.consume(
         stream=subjects.STREAM_CONTROL.name,
         durable=handlers.ALERTS_CONSUMER,
-        filter_subjects=[f"{EVT_ALERT_PREFIX}>"],
+        filter_subjects=[snapshot.ALERT_SUBJECTS],
         handler=dispatcher.handle,
         max_deliver=AUDIT_MAX_DELIVER,
         # First start: from the end of what was replayed (a new deployment does not page for history).

@@ -6,16 +6,47 @@ a difference and resolve it once consistent again; paused while risk pauses back
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
 
+from libs import projections
+from libs.bus import Bus
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.enums import AlertSeverity
 from proto.messages import AlertRaised, AlertResolved, ProjectionsVerified
-from services.watchdog import handlers, snapshot
+from services.watchdog import handlers
 from services.watchdog.alerts import AlertRouter
+
+PROJECTIONS_ALERT = "projections-diverged"
+SAMPLE_DIFFERENCES = 5
+
+
+async def verify_projections(bus: Bus, dsn: str) -> ProjectionsVerified:
+    """Run `libs.projections.verify` (the same check as `bulwark projections verify`) and describe it."""
+    started = time.monotonic()
+    try:
+        result = await projections.verify(bus, dsn)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported as the outcome `failed`, never raised
+        return ProjectionsVerified(
+            outcome="failed",
+            consistent=False,
+            error=f"{type(exc).__name__}: {str(exc)[:500]}",
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    differences: dict[str, list[Any]] = result.get("differences", {})
+    counts = {table: len(rows) for table, rows in differences.items()}
+    consistent = bool(result.get("consistent"))
+    return ProjectionsVerified(
+        outcome="consistent" if consistent else "diverged",
+        consistent=consistent,
+        events=int(result.get("rebuild", {}).get("events", 0)),
+        differences=counts,
+        sample={table: rows[:SAMPLE_DIFFERENCES] for table, rows in differences.items() if rows},
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
 
 
 class ProjectionsVerifier:
@@ -48,7 +79,7 @@ class ProjectionsVerifier:
         """Rebuild the projections from the ORDERS stream and compare (`libs.projections.verify`); publish
         the outcome, raise `projections-diverged` on a difference, resolve it once consistent again."""
         ctx = self._ctx
-        result = await snapshot.verify_projections(ctx.bus, ctx.settings.pg_dsn)
+        result = await verify_projections(ctx.bus, ctx.settings.pg_dsn)
         self.verifications += 1
         self.last_verification = {
             "outcome": result.outcome,
@@ -68,7 +99,7 @@ class ProjectionsVerifier:
                 await handlers.publish_alert(
                     ctx,
                     AlertRaised(
-                        key=snapshot.PROJECTIONS_ALERT,
+                        key=PROJECTIONS_ALERT,
                         severity=AlertSeverity.P1,
                         component=subjects.WATCHDOG,
                         title="projections differ from what the ORDERS log rebuilds (FM-C3)",
@@ -77,11 +108,11 @@ class ProjectionsVerifier:
                 )
             case "consistent":
                 ctx.log.info("projections_verified", events=result.events, duration_ms=result.duration_ms)
-                if snapshot.PROJECTIONS_ALERT in self._router.open:
+                if PROJECTIONS_ALERT in self._router.open:
                     await handlers.publish_alert(
                         ctx,
                         AlertResolved(
-                            key=snapshot.PROJECTIONS_ALERT,
+                            key=PROJECTIONS_ALERT,
                             component=subjects.WATCHDOG,
                             reason="projections rebuilt from the log equal the live tables again",
                         ),
