@@ -6,18 +6,16 @@ checkpoint format state-builder snapshots to (FM-C1). No I/O.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
 import msgspec
 
+from libs.clock import Clock
 from proto.enums import HotStateStatus
 from proto.messages import Level
-
-Clock = Callable[[], int]
-"""Returns the current time in integer ns."""
 
 
 class BookState(StrEnum):

@@ -1,7 +1,7 @@
-"""state-builder effects: market-data messages → books and hot state; hot-state transitions →
-bus event + KV; book and symbol queries; resync requests to market-data; checkpoints and the
-crash recovery of SPEC FM-C1 (latest valid snapshot + bounded replay of the tail, then §7
-validation before any symbol turns VALID).
+"""state-builder effects: market-data messages → `market.apply` → hot state (SPEC FM-D1, §7
+validation); hot-state transitions → bus event + KV; resync requests to market-data; checkpoints
+and the crash recovery of SPEC FM-C1 (latest valid snapshot + bounded replay of the tail through
+the same `market.apply`, then §7 validation before any symbol turns VALID).
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Protocol
 
 import msgspec
 
 from libs.bus import Delivery
+from libs.clock import Clock
 from libs.logging import Logger
-from libs.service_snapshots import Loaded, snapshot_fits_stream
+from libs.service_snapshots import Loaded, RecoveryReport, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import encode
@@ -31,30 +30,23 @@ from proto.messages import (
     HotStateRecord,
     HotStateStatusChanged,
     LinkStateChanged,
-    MarkPrice,
-    OpenInterest,
-    SymbolHotState,
-    SymbolsReply,
 )
+from services.state_builder import market, queries
 from services.state_builder.domain import (
-    Clock,
-    DiffResult,
     HotState,
     HotStateTransition,
     OrderBook,
     StateBuilderCheckpoint,
-    SymbolCheckpoint,
     validate_book,
 )
+from services.state_builder.market import Change, SymbolState
 
 Publish = Callable[[str, Message], Awaitable[int]]
 KvPut = Callable[[str, bytes], Awaitable[int]]
 Request = Callable[[str, bytes], Awaitable[bytes]]
 
-DEFAULT_DEPTH = 20
 MIN_TICK_S = 0.001
 """Shortest wait between two hot-state ticks (a due time already passed is checked at once)."""
-MAX_DEPTH = 1000
 RESYNC_REQUEST_INTERVAL_NS = 2_000_000_000
 """At most one self-healing resync request per symbol per 2 s."""
 
@@ -77,40 +69,6 @@ class RecoveryPort(Protocol):
     async def replay(self, start_seq: int, end_seq: int, apply: Callable[[Message, int], None]) -> int:
         """Feed every message with sequence in [start_seq, end_seq] to `apply`; returns how many."""
         ...
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    mode: str
-    """`snapshot` (restored and replayed) or `resync` (books rebuilt from fresh snapshots)."""
-    snapshot_seq: int | None
-    replayed: int
-    live_from: int
-    corrupt_snapshots: int
-    resync_requested: tuple[str, ...]
-
-
-@dataclass
-class SymbolState:
-    """Everything state-builder knows about one symbol."""
-
-    book: OrderBook
-    hot: HotState
-    mark_price: Decimal | None = None
-    funding_rate: Decimal | None = None
-    open_interest: Decimal | None = None
-    last_resync_request_ns: int = 0
-    last_event_ns: int | None = None
-    """Venue time of the last applied diff (timestamp sanity, SPEC §7)."""
-    unpublished: list[HotStateTransition] = field(default_factory=list)
-
-
-def _error(code: str, message: str) -> bytes:
-    return msgspec.json.encode({"error": {"code": code, "message": message}})
-
-
-def _levels(levels: list[tuple[Decimal, Decimal]]) -> list[list[str]]:
-    return [[str(price), str(qty)] for price, qty in levels]
 
 
 class StateBuilder:
@@ -154,6 +112,10 @@ class StateBuilder:
         self._background_any: set[asyncio.Task[bool]] = set()
         self._checkpoint_soon = False
         """A book was rebuilt from a fresh snapshot: checkpoint after the next applied message."""
+        self.recovery: RecoveryReport | None = None
+        """How the last `recover` went (None before it ran)."""
+        self.resync_requested: tuple[str, ...] = ()
+        """The symbols the last `recover` asked market-data to resync."""
 
     # ------------------------------------------------------------------ transitions
 
@@ -242,52 +204,40 @@ class StateBuilder:
         self._on_checkpoint(self.checkpoint(stream_seq))
 
     async def _handle(self, message: Message, stored_ns: int | None = None) -> None:
-        match message:
-            case DepthDiff(symbol=symbol) if symbol in self.symbols:
-                await self._on_diff(self.symbols[symbol], message, stored_ns)
-            case BookSnapshot(symbol=symbol) if symbol in self.symbols:
-                state = self.symbols[symbol]
-                state.book.apply_snapshot(message.last_update_id, message.bids, message.asks)
+        applied = market.apply(self.symbols, message)
+        if applied is None:
+            return  # trades, liquidations, other symbols: not part of the state
+        state = applied.state
+        match applied.change, message:
+            case Change.DIFF_APPLIED, DepthDiff() as diff:
+                await self._on_diff_applied(state, diff, stored_ns)
+            case Change.GAP, DepthDiff() as diff:
+                self.log.warning(
+                    "book_gap",
+                    symbol=state.book.symbol,
+                    prev_final_update_id=diff.prev_final_update_id,
+                    final_update_id=diff.final_update_id,
+                    action_taken="INVALID until the next snapshot; resync requested",
+                )
+                await self._record(state, state.hot.on_invalid("sequence gap in depth diffs"))
+                self._request_resync_soon(state)
+            case Change.REBUILT, BookSnapshot() as snapshot:
                 self._checkpoint_soon = True
-                self.log.info("book_rebuilt", symbol=symbol, last_update_id=message.last_update_id)
-                await self._record(state, state.hot.on_rebuilt(message.last_update_id))
-            case BookResyncStarted(symbol=symbol) if symbol in self.symbols:
-                state = self.symbols[symbol]
-                state.book.invalidate()
-                await self._record(state, state.hot.on_invalid(f"resync: {message.reason}"))
-            case MarkPrice(symbol=symbol) if symbol in self.symbols:
-                state = self.symbols[symbol]
-                state.mark_price = message.mark_price
-                if message.funding_rate is not None:
-                    state.funding_rate = message.funding_rate
-            case OpenInterest(symbol=symbol) if symbol in self.symbols:
-                self.symbols[symbol].open_interest = message.open_interest
+                self.log.info("book_rebuilt", symbol=state.book.symbol, last_update_id=snapshot.last_update_id)
+                await self._record(state, state.hot.on_rebuilt(snapshot.last_update_id))
+            case Change.RESYNC, BookResyncStarted() as resync:
+                await self._record(state, state.hot.on_invalid(f"resync: {resync.reason}"))
             case _:
-                pass  # trades, liquidations, other symbols: not part of the hot state
+                pass  # an ignored diff, mark price, funding, open interest: nothing the hot state depends on
 
-    async def _on_diff(self, state: SymbolState, diff: DepthDiff, stored_ns: int | None = None) -> None:
-        result = state.book.apply_diff(
-            diff.first_update_id, diff.final_update_id, diff.prev_final_update_id, diff.bids, diff.asks
-        )
-        if result == DiffResult.APPLIED:
-            state.last_event_ns = diff.ts_event_ns
-            problems: list[str] = []
-            if state.hot.status != HotStateStatus.VALID:
-                # SPEC §7: a symbol is only (re)declared VALID once its book passes validation.
-                problems = validate_book(state.book, now_ns=self._clock(), last_event_ns=diff.ts_event_ns)
-                if problems and problems != list(state.hot.blocked_by):
-                    self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
-            await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=stored_ns))
-        elif result == DiffResult.GAP:
-            self.log.warning(
-                "book_gap",
-                symbol=state.book.symbol,
-                prev_final_update_id=diff.prev_final_update_id,
-                final_update_id=diff.final_update_id,
-                action_taken="INVALID until the next snapshot; resync requested",
-            )
-            await self._record(state, state.hot.on_invalid("sequence gap in depth diffs"))
-            self._request_resync_soon(state)
+    async def _on_diff_applied(self, state: SymbolState, diff: DepthDiff, stored_ns: int | None) -> None:
+        problems: list[str] = []
+        if state.hot.status != HotStateStatus.VALID:
+            # SPEC §7: a symbol is only (re)declared VALID once its book passes validation.
+            problems = validate_book(state.book, now_ns=self._clock(), last_event_ns=diff.ts_event_ns)
+            if problems and problems != list(state.hot.blocked_by):
+                self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
+        await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=stored_ns))
 
     def _request_resync_soon(self, state: SymbolState) -> None:
         now = self._clock()
@@ -355,69 +305,16 @@ class StateBuilder:
 
     def checkpoint(self, stream_seq: int) -> StateBuilderCheckpoint:
         """Every symbol's book and market state as of MARKET_DATA sequence `stream_seq`."""
-        return StateBuilderCheckpoint(
-            stream_seq=stream_seq,
-            taken_ns=self._clock(),
-            symbols=[
-                SymbolCheckpoint(
-                    symbol=symbol,
-                    book_state=state.book.state,
-                    last_update_id=state.book.last_update_id,
-                    bids=list(state.book.bids.items()),
-                    asks=list(state.book.asks.items()),
-                    last_event_ns=state.last_event_ns,
-                    mark_price=state.mark_price,
-                    funding_rate=state.funding_rate,
-                    open_interest=state.open_interest,
-                )
-                for symbol, state in self.symbols.items()
-            ],
-        )
-
-    def restore(self, checkpoint: StateBuilderCheckpoint) -> None:
-        """Load books and market state from a checkpoint; hot state stays INVALID (not validated yet)."""
-        for entry in checkpoint.symbols:
-            state = self.symbols.get(entry.symbol)
-            if state is None:
-                continue  # a symbol no longer traded
-            state.book.restore(entry.book_state, entry.last_update_id, entry.bids, entry.asks)
-            state.last_event_ns = entry.last_event_ns
-            state.mark_price = entry.mark_price
-            state.funding_rate = entry.funding_rate
-            state.open_interest = entry.open_interest
+        return market.capture(self.symbols, stream_seq, self._clock())
 
     def replay_message(self, message: Message, stream_seq: int) -> None:
-        """Apply one message of the replayed tail to books and market state only.
+        """Apply one message of the replayed tail: `market.apply` and nothing else.
 
         No hot-state changes and no publishes: replayed data is history, and nothing turns VALID
         before recovery has finished and live updates have passed validation. `stream_seq` is not
         needed: the books order the diffs by their own update ids.
         """
-        match message:
-            case DepthDiff(symbol=symbol) if symbol in self.symbols:
-                state = self.symbols[symbol]
-                result = state.book.apply_diff(
-                    message.first_update_id,
-                    message.final_update_id,
-                    message.prev_final_update_id,
-                    message.bids,
-                    message.asks,
-                )
-                if result == DiffResult.APPLIED:
-                    state.last_event_ns = message.ts_event_ns
-            case BookSnapshot(symbol=symbol) if symbol in self.symbols:
-                self.symbols[symbol].book.apply_snapshot(message.last_update_id, message.bids, message.asks)
-            case BookResyncStarted(symbol=symbol) if symbol in self.symbols:
-                self.symbols[symbol].book.invalidate()
-            case MarkPrice(symbol=symbol) if symbol in self.symbols:
-                state = self.symbols[symbol]
-                state.mark_price = message.mark_price
-                if message.funding_rate is not None:
-                    state.funding_rate = message.funding_rate
-            case OpenInterest(symbol=symbol) if symbol in self.symbols:
-                self.symbols[symbol].open_interest = message.open_interest
-            case _:
-                pass
+        market.apply(self.symbols, message)
 
     async def finish_recovery(self, *, resync_unusable: bool = True) -> list[str]:
         """After the replay: arm every chained book for VALID (fresh live updates + validation);
@@ -452,7 +349,9 @@ class StateBuilder:
                 snapshot from market-data is faster, so the snapshot is dropped and books resync.
 
         Returns:
-            What happened; `live_from` is the stream sequence the live consumer must start at.
+            What happened (mode `snapshot`, or `resync`: books rebuilt from fresh snapshots);
+            `live_from` is the stream sequence the live consumer must start at. The symbols a
+            resync was requested for are in `resync_requested`.
         """
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -475,7 +374,7 @@ class StateBuilder:
             if tail > max_replay:
                 self.log.warning("recovery_tail_too_long", tail=tail, max_replay=max_replay, action_taken=fallback)
             else:
-                self.restore(checkpoint)
+                market.restore(self.symbols, checkpoint)
                 covered = checkpoint.stream_seq
                 mode = "snapshot"
                 # Messages keep arriving while we replay: catch up in passes until the rest is
@@ -493,23 +392,20 @@ class StateBuilder:
                 # Checkpoint with the first live message: a process that dies again soon (a crash
                 # loop) then replays what came since, not this tail plus that.
                 self._checkpoint_soon = replayed > 0
-        resync = await self.finish_recovery()
+        self.resync_requested = tuple(await self.finish_recovery())
         report = RecoveryReport(
             mode=mode,
             snapshot_seq=checkpoint.stream_seq if checkpoint is not None and mode == "snapshot" else None,
             replayed=replayed,
             live_from=covered + 1,
             corrupt_snapshots=len(loaded.corrupt),
-            resync_requested=tuple(resync),
+            snapshot_store="available" if loaded.available else "unavailable",
         )
+        self.recovery = report
         self.log.info(
             "recovery_replayed",
-            mode=report.mode,
-            snapshot_seq=report.snapshot_seq,
-            replayed=report.replayed,
-            live_from=report.live_from,
-            corrupt_snapshots=report.corrupt_snapshots,
-            resync_requested=list(report.resync_requested),
+            **report.as_dict(),
+            resync_requested=list(self.resync_requested),
             timings={name: round(ms, 1) for name, ms in timings.items()},
             total_ms=round((time.perf_counter() - started) * 1000, 1),
         )
@@ -532,52 +428,15 @@ class StateBuilder:
 
     async def handle_book_request(self, payload: bytes) -> bytes:
         """`svc.state-builder.book` {"symbol", "depth"} → the book's top levels."""
-        try:
-            request = msgspec.json.decode(payload)
-            symbol = str(request["symbol"]).upper()
-            depth = int(request.get("depth", DEFAULT_DEPTH))
-        except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            return _error("bad_request", f"expected {{'symbol', 'depth'?}}: {exc}")
-        if not 1 <= depth <= MAX_DEPTH:
-            return _error("bad_request", f"depth must be 1..{MAX_DEPTH}")
-        state = self.symbols.get(symbol)
-        if state is None:
-            return _error("not_found", f"unknown symbol {symbol}")
-        bids, asks = state.book.top(depth)
-        return msgspec.json.encode(
-            {
-                "symbol": symbol,
-                "status": state.hot.status.value,
-                "last_update_id": state.book.last_update_id,
-                "bids": _levels(bids),
-                "asks": _levels(asks),
-            }
-        )
-
-    def symbol_view(self, symbol: str) -> SymbolHotState:
-        """One symbol's hot state as served to operators."""
-        state = self.symbols[symbol]
-        return SymbolHotState(
-            symbol=symbol,
-            hot_state=state.hot.status,
-            age_ms=state.hot.age_ms(),
-            last_update_id=state.book.last_update_id,
-            mark_price=state.mark_price,
-            funding_rate=state.funding_rate,
-            open_interest=state.open_interest,
-            best_bid=state.book.best_bid(),
-            best_ask=state.book.best_ask(),
-            stale_since_ns=state.hot.stale_since_ns,
-            stale_ms=state.hot.stale_ms(),
-        )
+        return queries.book_reply(self.symbols, payload)
 
     async def handle_symbols_request(self, payload: bytes) -> bytes:
         """`svc.state-builder.symbols` → {"symbols": {SYM: {...}}}."""
-        return encode(SymbolsReply(symbols={symbol: self.symbol_view(symbol) for symbol in self.symbols}))
+        return queries.symbols_reply(self.symbols)
 
     def details(self) -> dict[str, Any]:
-        """Heartbeat details: per symbol status and last update id."""
-        return {
-            symbol: {"hot_state": state.hot.status.value, "last_update_id": state.book.last_update_id}
-            for symbol, state in self.symbols.items()
-        }
+        """Heartbeat details: per symbol status and last update id, and how recovery went."""
+        found = queries.details(self.symbols)
+        if self.recovery is not None:
+            found["recovery"] = {**self.recovery.as_dict(), "resync_requested": list(self.resync_requested)}
+        return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from libs.clock import wall_clock
 from libs.runtime.service import ServiceContext, main, ms_since, run_service
 from libs.settings import Settings
 from libs.snapshot import SnapshotPolicy
@@ -37,10 +38,10 @@ async def setup(ctx: ServiceContext) -> None:
         publish=publish,
         kv_put=bus.kv_put,
         request=request,
-        clock=time.time_ns,
+        clock=wall_clock,
         log=ctx.log,
         policy=SnapshotPolicy(
-            clock=time.time_ns,
+            clock=wall_clock,
             interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
             every_events=ctx.settings.snapshot_every_events,
         ),

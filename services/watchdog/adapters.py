@@ -1,5 +1,5 @@
 """I/O of the watchdog: the audit log and dead-letter table in Postgres, machine resources,
-and the webhook alert sinks."""
+JSON values of the KV bucket, the heartbeat subscription, and the webhook alert sinks."""
 
 from __future__ import annotations
 
@@ -11,21 +11,23 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import psutil
+from nats.aio.msg import Msg
 
-from libs.bus import Delivery
+from libs.bus import Bus, Delivery
+from libs.clock import Clock
 from libs.errors import DependencyUnavailable, PermanentError
+from libs.heartbeat import HeartbeatTracker
+from libs.logging import Logger
 from libs.settings import Settings
-from proto.codec import encode
+from proto import subjects
+from proto.codec import decode_as, encode
 from proto.envelope import Message
-from proto.messages import DeadLettered
-from services.watchdog.domain import (
-    AlertNotice,
-    ResourceObservation,
-    pagerduty_payload,
-    severity_rank,
-    slack_payload,
-)
+from proto.messages import DeadLettered, Heartbeat
+from services.watchdog.alerts import AlertNotice, severity_rank
+from services.watchdog.notifications import pagerduty_payload, slack_payload
+from services.watchdog.observations import ResourceObservation
 
 PG_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -101,6 +103,44 @@ async def purge_old_dead_letters(
     """Delete dead letters older than 30 days (SPEC §6); returns how many were removed."""
     result = await _require(pool).execute("DELETE FROM dead_letters WHERE created_ns < $1", now_ns - retention_ns)
     return int(result.split()[-1]) if result else 0
+
+
+# --------------------------------------------------------------------------- KV bucket and heartbeats
+
+
+async def read_kv_record(bus: Bus, log: Logger, key: str) -> tuple[dict[str, Any], int | None]:
+    """(the JSON object, revision) of a KV entry; ({}, None) when never set, {} when unreadable."""
+    entry = await bus.kv_get(key)
+    if entry is None:
+        return {}, None
+    raw, revision = entry
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        log.warning("kv_value_unreadable", key=key)
+        return {}, revision
+    return (value if isinstance(value, dict) else {}), revision
+
+
+async def read_kv_value(bus: Bus, log: Logger, key: str, field: str) -> tuple[str | None, int | None]:
+    """(value[field], revision) of a JSON KV entry; (None, None) when never set."""
+    record, revision = await read_kv_record(bus, log, key)
+    found = record.get(field)
+    return (found if isinstance(found, str) else None), revision
+
+
+async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker, clock: Clock) -> None:
+    """Record every heartbeat on `hb.>` (core NATS) in `tracker`, stamped with its arrival time."""
+
+    async def on_heartbeat(msg: Msg) -> None:
+        try:
+            heartbeat = decode_as(msg.data, Heartbeat)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("heartbeat_invalid", subject=msg.subject, error=str(exc)[:200])
+            return
+        tracker.record(heartbeat, clock())
+
+    await bus.subscribe_core(subjects.HEARTBEAT_ALL, on_heartbeat)
 
 
 # --------------------------------------------------------------------------- resources (§5 health checks, FM-C4)

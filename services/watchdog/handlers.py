@@ -1,10 +1,12 @@
-"""Message -> effect for the watchdog: audit writer, dead-letter writer, and the effects of an
-evaluation (events on the bus, values in the KV bucket)."""
+"""Message -> effect for the watchdog: audit writer, dead-letter writer (and its retention), the
+effects of an evaluation (events on the bus, values in the KV bucket), alerts the watchdog raises
+itself, and the alert dispatcher that delivers `evt.alert.>` to the sinks."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import aiohttp
 import msgspec
@@ -23,8 +25,9 @@ from proto.messages import (
     DegradationLevelChanged,
     HealthChanged,
 )
-from services.watchdog import adapters
-from services.watchdog.domain import AlertNotice, AlertRouter, Evaluation
+from services.watchdog import adapters, alerts
+from services.watchdog.alerts import AlertNotice, AlertRouter
+from services.watchdog.evaluator import Evaluation
 
 AUDIT_CONSUMERS: tuple[tuple[subjects.StreamSpec, str], ...] = (
     (subjects.STREAM_ORDERS, "watchdog-audit-orders"),
@@ -52,6 +55,33 @@ def dead_letter_handler(ctx: ServiceContext) -> Handler:
         await adapters.write_dead_letter(ctx.pool, message, delivery)
 
     return handle
+
+
+RETENTION_PERIOD_S = 3600.0
+
+
+async def dead_letter_retention_loop(ctx: ServiceContext) -> None:
+    """Every hour, delete dead letters older than 30 days (SPEC §6); Postgres down: next hour."""
+    while True:
+        try:
+            removed = await adapters.purge_old_dead_letters(ctx.pool, time.time_ns())
+            if removed:
+                ctx.log.info("dead_letters_purged", removed=removed, older_than_days=30)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Postgres may be down; try again next period
+            ctx.log.warning("dead_letter_purge_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        await asyncio.sleep(RETENTION_PERIOD_S)
+
+
+async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolved) -> None:
+    """Publish an alert the watchdog raises (or resolves) itself; a failure is logged, never raised."""
+    try:
+        await ctx.bus.publish(
+            subjects.EVT_ALERT_RAISED if isinstance(message, AlertRaised) else subjects.EVT_ALERT_RESOLVED, message
+        )
+    except Exception as exc:  # noqa: BLE001 - logged; the next verification or start tries again
+        ctx.log.warning("alert_publish_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 class LevelWriteConflict(Exception):
@@ -184,38 +214,13 @@ class AlertDispatcher:
 
     async def handle(self, message: Message, delivery: Delivery) -> None:
         """Bus handler for the `watchdog-alerts` consumer; never raises for a sink failure."""
-        notice = self.apply(message)
+        notice = alerts.apply(self.router, message)
         if notice is not None:
             await self.deliver(notice)
         elif isinstance(message, AlertRaised):
             self._ctx.log.debug("alert_deduplicated", key=message.key)
         if self.on_applied is not None:
             self.on_applied(delivery.stream_sequence)
-
-    def apply(self, message: Message) -> AlertNotice | None:
-        """Update the open alerts with one alert event; returns the notice the sinks must get, if any.
-
-        Also used on its own to rebuild the open alerts from the log at start (nothing delivered).
-        """
-        match message:
-            case AlertRaised():
-                notice = AlertNotice(
-                    key=message.key,
-                    severity=message.severity,
-                    component=message.component,
-                    title=message.title,
-                    details=dict(message.details),
-                    ts_ns=message.ts_event_ns,
-                )
-                return notice if self.router.raised(notice) else None
-            case AlertResolved():
-                opened = self.router.resolved(message.key)
-                if opened is None:
-                    return None
-                details = {**opened.details, "resolution": message.reason} if message.reason else opened.details
-                return replace(opened, resolved=True, details=details, ts_ns=message.ts_event_ns)
-            case _:
-                return None
 
     async def deliver(self, notice: AlertNotice) -> None:
         """Log the alert, then POST it to every webhook sink that wants it."""

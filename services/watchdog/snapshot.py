@@ -1,4 +1,4 @@
-"""watchdog's snapshot (SPEC §8) and its periodic full-replay verification of the projections.
+"""watchdog's snapshot (SPEC §8): its format, its store in Postgres and the CONTROL log recovery reads.
 
 The snapshot holds what the watchdog cannot re-read from KV at start:
 - the evaluator's memory: component states, rule timers (when each condition was first seen, so a
@@ -14,23 +14,19 @@ compare-and-set, which an operator's emergency stop also writes.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
 
-from libs import projections
 from libs.bus import Bus
 from libs.logging import Logger
 from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec
 from proto import subjects
-from proto.messages import ProjectionsVerified
-from services.watchdog.domain import AlertNotice, EvaluatorState
+from services.watchdog.alerts import AlertNotice
+from services.watchdog.evaluator import EvaluatorState
 
 SNAPSHOT_COMPONENT = "watchdog"
 ALERT_SUBJECTS = "evt.alert.>"
-PROJECTIONS_ALERT = "projections-diverged"
-SAMPLE_DIFFERENCES = 5
 
 
 class WatchdogSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,32 +61,4 @@ def control_log(
         durable=durable,
         filter_subject=ALERT_SUBJECTS,
         fetch_timeout_s=0.5,  # a range without alerts ends on the first empty fetch: keep it short
-    )
-
-
-# --------------------------------------------------------------------------- verification (SPEC §8)
-
-
-async def verify_projections(bus: Bus, dsn: str) -> ProjectionsVerified:
-    """Run `libs.projections.verify` (the same check as `bulwark projections verify`) and describe it."""
-    started = time.monotonic()
-    try:
-        result = await projections.verify(bus, dsn)
-    except Exception as exc:  # noqa: BLE001 - any failure is reported as the outcome `failed`, never raised
-        return ProjectionsVerified(
-            outcome="failed",
-            consistent=False,
-            error=f"{type(exc).__name__}: {str(exc)[:500]}",
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
-    differences: dict[str, list[Any]] = result.get("differences", {})
-    counts = {table: len(rows) for table, rows in differences.items()}
-    consistent = bool(result.get("consistent"))
-    return ProjectionsVerified(
-        outcome="consistent" if consistent else "diverged",
-        consistent=consistent,
-        events=int(result.get("rebuild", {}).get("events", 0)),
-        differences=counts,
-        sample={table: rows[:SAMPLE_DIFFERENCES] for table, rows in differences.items() if rows},
-        duration_ms=int((time.monotonic() - started) * 1000),
     )

@@ -16,13 +16,14 @@ from aiohttp import web
 from entrypoints import infra as infra_commands
 from entrypoints.harness.embedded import EmbeddedInfra
 from libs.bus import Bus
+from libs.heartbeat import expected_components
 from libs.logging import get_logger
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
-from services.watchdog.main import expected_components, setup
+from services.watchdog.main import setup
 from tests.support.polling import eventually as poll_until
 
 

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
+from libs.clock import ManualClock
 from proto.enums import HotStateStatus
 from services.state_builder.domain import HotState
 
 MS = 1_000_000
+T0 = 1_000_000 * MS
+"""When every test's clock starts."""
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000 * MS
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance_ms(self, ms: int) -> None:
-        self.now += ms * MS
-
-
-def valid_state() -> tuple[HotState, FakeClock]:
-    clock = FakeClock()
+def valid_state() -> tuple[HotState, ManualClock]:
+    clock = ManualClock(T0)
     hot = HotState("BTCUSDT", clock)
     hot.on_rebuilt(10)
     for update_id in (11, 12, 13):
@@ -31,13 +23,13 @@ def valid_state() -> tuple[HotState, FakeClock]:
 
 
 def test_initial_status_is_invalid() -> None:
-    hot = HotState("BTCUSDT", FakeClock())
+    hot = HotState("BTCUSDT", ManualClock(T0))
     assert hot.status == HotStateStatus.INVALID
     assert hot.check() is None
 
 
 def test_on_update_when_rebuilt_then_valid_exactly_at_third_fresh_update() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     hot = HotState("BTCUSDT", clock)
     assert hot.on_update(5) is None  # not rebuilt from a snapshot yet: ignored
     hot.on_rebuilt(10)
@@ -108,7 +100,7 @@ def test_on_invalid_when_valid_then_invalid_until_snapshot_and_fresh_updates() -
 
 
 def test_check_when_invalid_then_never_stale() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     hot = HotState("BTCUSDT", clock)
     hot.on_rebuilt(1)
     clock.advance_ms(5000)
@@ -157,7 +149,7 @@ def test_stale_since_when_stalled_stream_resyncs_then_not_reset_until_valid_agai
 
 
 def test_stale_since_when_never_valid_then_none() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     hot = HotState("BTCUSDT", clock)
     hot.on_rebuilt(1)
     clock.advance_ms(30_000)
@@ -190,7 +182,7 @@ async def test_next_tick_when_a_symbol_turns_stale_before_the_interval_then_wait
     async def request(subject: str, payload: bytes) -> bytes:
         return b"{}"
 
-    clock = FakeClock()
+    clock = ManualClock(T0)
     builder = StateBuilder(
         symbols=("BTCUSDT",), publish=publish, kv_put=kv_put, request=request, clock=clock, log=get_logger("test")
     )

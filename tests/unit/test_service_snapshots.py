@@ -24,7 +24,8 @@ from services.strategy import snapshot as strategy_snap
 from services.strategy.config import instance_config
 from services.strategy.liquidations import CascadeDetection, LiquidationTracker, TrackerState
 from services.watchdog import snapshot as watchdog_snap
-from services.watchdog.domain import AlertNotice, WatchdogEvaluator
+from services.watchdog.alerts import AlertNotice
+from services.watchdog.evaluator import WatchdogEvaluator
 
 S = 1_000_000_000
 VENUE = "binance-usdm"

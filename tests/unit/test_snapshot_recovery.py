@@ -8,13 +8,13 @@ from decimal import Decimal
 
 from libs.bus import Delivery
 from libs.logging import get_logger
-from libs.service_snapshots import Loaded
+from libs.service_snapshots import Loaded, RecoveryReport
 from libs.snapshot import SnapshotPolicy
 from proto.enums import HotStateStatus
 from proto.envelope import Message
 from proto.messages import AlertRaised, BookSnapshot, DepthDiff, HotStateStatusChanged, MarkPrice
 from services.state_builder.domain import OrderBook, StateBuilderCheckpoint, validate_book
-from services.state_builder.handlers import RecoveryReport, StateBuilder
+from services.state_builder.handlers import StateBuilder
 
 MS = 1_000_000
 SYMBOL = "BTCUSDT"
@@ -132,7 +132,7 @@ async def test_recover_when_snapshot_and_tail_then_book_equals_full_replay_and_o
     assert (book.bids, book.asks, book.last_update_id) == (expected.bids, expected.asks, expected.last_update_id)
     assert recovered.symbols[SYMBOL].mark_price == Decimal(600)
     assert recovered.symbols[SYMBOL].hot.status == HotStateStatus.INVALID
-    assert report.resync_requested == ()
+    assert recovered.resync_requested == ()
 
 
 async def test_recover_when_then_live_updates_fresh_then_valid_after_three() -> None:
@@ -167,7 +167,7 @@ async def test_recover_when_tail_longer_than_bound_then_resync_and_nothing_repla
     assert report.mode == "resync"
     assert port.replayed_ranges == []
     assert report.live_from == len(messages) + 1
-    assert report.resync_requested == (SYMBOL,)
+    assert recovered.resync_requested == (SYMBOL,)
     assert not recovered.symbols[SYMBOL].book.usable
 
 

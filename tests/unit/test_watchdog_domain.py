@@ -6,42 +6,27 @@ from collections.abc import Callable
 
 import pytest
 
+from libs.clock import ManualClock
 from libs.heartbeat import ComponentView
 from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health
-from services.watchdog.domain import (
-    RULES,
-    AlertNotice,
-    AlertRouter,
-    Evaluation,
+from services.watchdog.alerts import AlertNotice, AlertRouter, severity_rank
+from services.watchdog.evaluator import Evaluation, WatchdogEvaluator
+from services.watchdog.notifications import pagerduty_payload, slack_payload
+from services.watchdog.observations import (
     LatencyObservation,
     LatencyWindow,
     LinkObservation,
     ResourceObservation,
     SymbolObservation,
-    Thresholds,
-    WatchdogEvaluator,
-    alert_key,
-    is_critical,
     latencies_from_views,
-    pagerduty_payload,
-    severity_rank,
-    slack_payload,
     symbols_from_reply,
 )
+from services.watchdog.rules import RULES, Thresholds, alert_key, is_critical
 
 S = 1_000_000_000
+T0 = 1_000 * S
+"""When every test's clock starts."""
 COMPONENTS = ("gateway", "market-data", "state-builder", "risk", "position", "strategy-imbalance")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000 * S
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * S)
 
 
 def views(down: tuple[str, ...] = (), never_seen: tuple[str, ...] = ()) -> dict[str, ComponentView]:
@@ -57,7 +42,7 @@ def views(down: tuple[str, ...] = (), never_seen: tuple[str, ...] = ()) -> dict[
 
 
 def test_evaluate_when_all_up_then_green_normal_and_no_alerts() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
 
     evaluation = evaluator.evaluate(views())
@@ -69,7 +54,7 @@ def test_evaluate_when_all_up_then_green_normal_and_no_alerts() -> None:
 
 
 def test_evaluate_when_never_seen_within_grace_then_not_down() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, grace_ns=3 * S)
 
     early = evaluator.evaluate(views(never_seen=("risk",)))
@@ -82,7 +67,7 @@ def test_evaluate_when_never_seen_within_grace_then_not_down() -> None:
 
 
 def test_evaluate_when_critical_down_then_red_reduced_then_emergency_after_10s() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
 
@@ -110,7 +95,7 @@ def test_evaluate_when_critical_down_then_red_reduced_then_emergency_after_10s()
 
 
 def test_evaluate_when_non_critical_down_then_yellow_reduced() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
     clock.advance(60)
@@ -123,7 +108,7 @@ def test_evaluate_when_non_critical_down_then_yellow_reduced() -> None:
 
 
 def test_evaluate_when_component_returns_then_alert_resolved_and_back_to_normal() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
     evaluator.evaluate(views(down=("risk",)))
@@ -144,7 +129,7 @@ def test_evaluate_when_component_returns_then_alert_resolved_and_back_to_normal(
 
 
 def test_evaluate_when_hard_shutdown_then_never_left_automatically() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, initial_level=DegradationLevel.HARD_SHUTDOWN)
 
     evaluation = evaluator.evaluate(views())
@@ -153,7 +138,7 @@ def test_evaluate_when_hard_shutdown_then_never_left_automatically() -> None:
 
 
 def test_adopt_level_when_others_set_hard_shutdown_then_kept() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
 
@@ -167,7 +152,7 @@ def test_adopt_level_when_others_set_hard_shutdown_then_kept() -> None:
 
 
 def test_evaluate_when_down_persists_then_alert_raised_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views())
 
@@ -177,7 +162,7 @@ def test_evaluate_when_down_persists_then_alert_raised_once() -> None:
 
 
 def test_evaluate_ignores_watchdog_itself() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     component_views = views()
     component_views["watchdog"] = ComponentView("watchdog", ComponentState.DOWN, None, None)
@@ -189,7 +174,7 @@ def test_evaluate_ignores_watchdog_itself() -> None:
 
 
 def test_evaluate_when_some_never_seen_within_grace_then_no_health_decision_yet() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, grace_ns=3 * S, initial_health=Health.RED)
 
     early = evaluator.evaluate(views(never_seen=("risk",)))
@@ -206,7 +191,7 @@ def stale(symbol: str = "BTCUSDT", age_ms: int | None = 1500, status: str = "STA
 
 
 def test_evaluate_when_symbol_stale_then_reduced_and_when_stale_over_10s_then_emergency() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
 
@@ -225,7 +210,7 @@ def test_evaluate_when_symbol_stale_then_reduced_and_when_stale_over_10s_then_em
 def _stall_for_11s(btc: Callable[[int, int], SymbolObservation]) -> list[Evaluation]:
     """BTCUSDT VALID, then one evaluation a second for 11 s with BTCUSDT as `btc(second, since)`
     reports it (`since`: when it was last VALID); ETHUSDT stays VALID."""
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
     since = clock.now
@@ -266,7 +251,7 @@ def test_evaluate_when_state_builder_restarts_during_a_stall_then_the_10s_count_
 
 
 def test_evaluate_when_restart_while_valid_then_counted_from_when_it_left_valid() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views(), symbols=stale(status="VALID", age_ms=10))
     clock.advance(30)  # VALID for a long time: that is not stale time
@@ -289,7 +274,7 @@ def test_evaluate_when_restart_while_valid_then_counted_from_when_it_left_valid(
 
 def test_evaluate_when_symbol_never_valid_then_no_stale_count() -> None:
     # A fresh start: books being built are not "stale for 10 s", however long the build takes.
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
     clock.advance(30)
@@ -299,7 +284,7 @@ def test_evaluate_when_symbol_never_valid_then_no_stale_count() -> None:
 
 
 def test_evaluate_when_symbol_valid_again_then_stale_since_ignored() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
 
     evaluation = evaluator.evaluate(views(), symbols=[SymbolObservation("BTCUSDT", "VALID", 5, clock.now - 60 * S)])
@@ -314,7 +299,7 @@ def test_symbols_from_reply_when_stale_since_given_then_observed() -> None:
 
 
 def test_evaluate_when_invalid_without_data_yet_then_reduced_without_page() -> None:
-    evaluator = WatchdogEvaluator(FakeClock())
+    evaluator = WatchdogEvaluator(ManualClock(T0))
 
     evaluation = evaluator.evaluate(views(), symbols=stale(status="INVALID", age_ms=None))
 
@@ -323,7 +308,7 @@ def test_evaluate_when_invalid_without_data_yet_then_reduced_without_page() -> N
 
 
 def test_evaluate_when_conditions_clear_then_level_comes_down_only_after_recovery_hold() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, thresholds=Thresholds(recovery_hold_ns=2 * S))
     evaluator.evaluate(views(), symbols=stale(age_ms=12_000))
 
@@ -347,7 +332,7 @@ def test_evaluate_when_conditions_clear_then_level_comes_down_only_after_recover
 
 
 def test_evaluate_when_hard_shutdown_then_kept_whatever_the_findings() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, initial_level=DegradationLevel.HARD_SHUTDOWN)
 
     worse = evaluator.evaluate(views(), links=[LinkObservation("binance-usdm.market-ws", "DEGRADED")])
@@ -374,7 +359,7 @@ def test_evaluate_when_hard_shutdown_then_kept_whatever_the_findings() -> None:
 def test_evaluate_when_link_state_then_level_and_health(
     link: str, state: str, level: DegradationLevel, health: Health
 ) -> None:
-    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[LinkObservation(f"v.{link}", state)])
+    evaluation = WatchdogEvaluator(ManualClock(T0)).evaluate(views(), links=[LinkObservation(f"v.{link}", state)])
 
     assert (evaluation.level, evaluation.health) == (level, health)
 
@@ -391,7 +376,7 @@ def test_evaluate_when_link_state_then_level_and_health(
 def test_evaluate_when_disk_fills_then_fm_c4_bands(
     used: float, level: DegradationLevel, health: Health, key: str | None, severity: AlertSeverity | None
 ) -> None:
-    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), resources=ResourceObservation(disk_used_pct=used))
+    evaluation = WatchdogEvaluator(ManualClock(T0)).evaluate(views(), resources=ResourceObservation(disk_used_pct=used))
 
     disk_alerts = [(a.key, a.severity) for a in evaluation.alerts if a.key.startswith("disk")]
     assert (evaluation.level, evaluation.health) == (level, health)
@@ -400,7 +385,7 @@ def test_evaluate_when_disk_fills_then_fm_c4_bands(
 
 
 def test_evaluate_when_cpu_high_then_yellow_only_after_30s_and_memory_at_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     busy = ResourceObservation(cpu_pct=99.0, memory_used_pct=50.0)
 
@@ -416,7 +401,7 @@ def test_evaluate_when_cpu_high_then_yellow_only_after_30s_and_memory_at_once() 
 
 
 def test_evaluate_when_p99_over_twice_baseline_for_5s_then_reduced() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock, thresholds=Thresholds(latency_floor_ms=50))
     slow = [LatencyObservation("state-builder", p99_ms=400, baseline_ms=100)]
     noise = [LatencyObservation("state-builder", p99_ms=40, baseline_ms=10)]  # 4x, but under the floor
@@ -519,7 +504,7 @@ def test_evaluate_when_stream_degraded_then_level_follows_its_causes(
     reason: str, causes: set[str], level: DegradationLevel
 ) -> None:
     link = LinkObservation("binance-usdm.market-ws", "DEGRADED", reason, frozenset(causes))
-    evaluation = WatchdogEvaluator(FakeClock()).evaluate(views(), links=[link])
+    evaluation = WatchdogEvaluator(ManualClock(T0)).evaluate(views(), links=[link])
 
     assert evaluation.level == level
     assert evaluation.level_change is not None and (reason in evaluation.level_change.reason)
@@ -538,7 +523,7 @@ def test_expected_components_when_backup_venue_configured_then_its_position_proc
 
 def test_evaluate_when_backup_venue_position_process_down_then_yellow_reduced_and_never_emergency() -> None:
     backup = "position-binance-usdm-backup"
-    clock = FakeClock()
+    clock = ManualClock(T0)
     evaluator = WatchdogEvaluator(clock)
     up = {**views(), backup: ComponentView(backup, ComponentState.READY, 11, 100)}
     down = {**views(), backup: ComponentView(backup, ComponentState.DOWN, 11, 5000)}
