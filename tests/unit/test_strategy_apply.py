@@ -5,8 +5,11 @@ a snapshot taken on the way plus the tail after it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 import msgspec
@@ -266,12 +269,34 @@ class LiveRun:
         return Checkpoint(snap.encode_snapshot(snapshot), state.crash_record, list(self.positions.values()), len(facts))
 
 
+IGNORED = {"config", "detection", "changes"}
+"""Not state: the configuration, and the log buffer of event phase changes (drained by the runner's logs)."""
+
+
+def plain(value: Any) -> Any:
+    """Any state object as plain data, field by field (independent of what a snapshot keeps)."""
+    match value:
+        case dict():
+            return {key: plain(item) for key, item in value.items()}
+        case list() | tuple() | deque():
+            return [plain(item) for item in value]
+        case _ if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in IGNORED}
+        case msgspec.Struct():
+            return plain(msgspec.structs.asdict(value))
+        case _ if hasattr(value, "__dict__") and not isinstance(value, Enum):
+            return {key: plain(item) for key, item in vars(value).items() if key not in IGNORED}
+        case _:
+            return value
+
+
 def picture(state: RunnerState) -> dict[str, Any]:
-    """Everything the state holds that decides what the strategy does next."""
+    """Everything the state holds: the strategy object (kind's memory included), crash history,
+    positions per venue and the MARKET_DATA sequence."""
     return {
-        "strategy": msgspec.to_builtins(snap.capture(state.strategy, state.instance.kind, state.md_seq, 0)),
-        "crash_record": msgspec.to_builtins(state.crash_record),
-        "venue_positions": sorted((venue, symbol, str(q)) for (venue, symbol), q in state.venue_positions.items()),
+        "strategy": plain(state.strategy),
+        "crash_record": plain(state.crash_record),
+        "venue_positions": plain(state.venue_positions),
         "md_seq": state.md_seq,
     }
 
