@@ -286,7 +286,7 @@ def apply(state: RunnerState, fact: Fact) -> RunnerState:
             else:
                 strategy.clear_events(None, fact.market_cleared_ns)
         case PositionLoaded():
-            strategy.positions[fact.position.symbol] = net_position(state, fact.position)
+            strategy.positions[fact.position.symbol] = _net_position(state, fact.position)
         case Resumed():
             _resume(state, fact)
         case PositionRechecked() if strategy.symbol is not None:
@@ -299,9 +299,9 @@ def apply(state: RunnerState, fact: Fact) -> RunnerState:
     return state
 
 
-def net_position(state: RunnerState, event: PositionChanged) -> Decimal:
-    """The symbol's position over every venue, with this venue's changed (a symbol's position is on
-    one venue at a time, risk's routing sees to that; the sum is right either way)."""
+def _net_position(state: RunnerState, event: PositionChanged) -> Decimal:
+    # The symbol's position over every venue, with this venue's changed (a symbol's position is on
+    # one venue at a time, risk's routing sees to that; the sum is right either way).
     state.venue_positions[(event.venue, event.symbol)] = event.quantity
     return sum((qty for (_, symbol), qty in state.venue_positions.items() if symbol == event.symbol), Decimal(0))
 
@@ -316,7 +316,7 @@ def _receive(state: RunnerState, message: Input, now: int) -> list[Action]:
     if strategy.state == St.FAILED:
         # A FAILED strategy runs none of its code; it only keeps the positions it will need when re-enabled.
         if isinstance(message, PositionChanged) and message.venue in state.order_venues:
-            strategy.positions[message.symbol] = net_position(state, message)
+            strategy.positions[message.symbol] = _net_position(state, message)
         return []
     match message:
         case Trade():
@@ -326,7 +326,7 @@ def _receive(state: RunnerState, message: Input, now: int) -> list[Action]:
         case OpenInterest():
             return strategy.on_open_interest(message.symbol, now, message.open_interest)
         case PositionChanged() if message.venue in state.order_venues:
-            net = net_position(state, message)
+            net = _net_position(state, message)
             return strategy.on_position(message.symbol, net, now, message.caused_by_client_order_id)
         case LinkStateChanged() if message.venue == state.venue and message.previous != message.current:
             # Every change, a (re)connection of a restarted market-data included: data had a gap.
