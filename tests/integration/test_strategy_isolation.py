@@ -21,6 +21,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
+from libs.clock import ManualClock, wall_clock
 from libs.logging import get_logger
 from libs.testing.polling import eventually as poll_until
 from proto import subjects
@@ -280,7 +281,8 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
 
         await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
         instance = instance_config("cascade-fade", {}, environ={})
-        runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, time.time_ns)
+        clock = ManualClock(wall_clock())  # behind the messages' stamps: they are handled at its time
+        runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, clock)
         service = StrategyService(runner)
         await runner.start()
         assert await _state(bus, "cascade-fade") == "SCANNING"
@@ -290,7 +292,7 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
             await service.handle(
                 Trade(venue=VENUE, symbol=SYMBOL, trade_id=1, price=price, quantity=Decimal(1), buyer_is_maker=True)
             )
-            await asyncio.sleep(0.01)
+            clock.advance_ms(10)
             for i in range(4):
                 price -= Decimal(150)
                 await service.handle(
@@ -322,7 +324,7 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
 
         # An exhausted cascade leads to a SETUP; a book resync of that symbol drops it.
         await flush()
-        runner.strategy.tracker.advance(time.time_ns() + 3 * 1_000_000_000)  # type: ignore[attr-defined]
+        clock.advance(3)  # no forced order for longer than quiet_s: the cascade is exhausted
         await service.tick()
         assert await _state(bus, "cascade-fade") == "SETUP"
         await service.handle(BookResyncStarted(venue=VENUE, symbol=SYMBOL, reason="gap"))
@@ -381,7 +383,7 @@ async def test_runner_when_hard_shutdown_then_disabled_and_stays_disabled_after_
         await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "NORMAL", "ts_ns": 1}))
         name = "trend-hard-shutdown"
         instance = instance_config(name, {name: {"kind": "trend"}}, environ={})
-        runner = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        runner = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, wall_clock)
         service = StrategyService(runner)
         await runner.start()
         await service.tick()
@@ -394,7 +396,7 @@ async def test_runner_when_hard_shutdown_then_disabled_and_stays_disabled_after_
         await service.on_command(enable, Delivery(subjects.cmd_strategy(name, "enable"), 1, 1, {}))
         assert await _state(bus, name) == "DISABLED" and runner.strategy.state.value == "DISABLED"
         await runner.stop()
-        again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, wall_clock)
         await again.start()
         await StrategyService(again).tick()
         assert await _state(bus, name) == "DISABLED"
