@@ -2,9 +2,9 @@
 cycle (entry → position → exit) and the FM-C2 crash rule.
 
 Time comes in as integer nanoseconds from the caller (an injected clock); decisions come out as
-actions (`Transition`, `Signal`) that handlers turn into bus messages. A concrete strategy kind
-(`services.strategy.strategies`) only decides *when to enter* (`find_entry`) and, optionally,
-*when to leave early* (`exit_reason`); everything else is here, once.
+actions (`Transition`, `Signal`) that the runner publishes (`services.strategy.signals`). A
+concrete strategy kind (`services.strategy.strategies`) only decides *when to enter*
+(`find_entry`) and, optionally, *when to leave early* (`exit_reason`); everything else is here, once.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import argparse
 import os
 import socket
 import sys
-import time
 
 from nats.js.api import DeliverPolicy
 
+from libs.clock import wall_clock
 from libs.lease import LEASE_BUCKET, Lease
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
@@ -25,7 +25,8 @@ from libs.snapshot import SnapshotPolicy
 from proto import subjects
 
 from .config import instance_config, read_config_file
-from .handlers import INPUT_SUBJECTS, StrategyRunner
+from .handlers import INPUT_SUBJECTS, StrategyService
+from .runner import StrategyRunner
 from .snapshot import MARKET_SUBJECTS, market_consumer, snapshot_keeper
 
 
@@ -43,7 +44,7 @@ async def setup(ctx: ServiceContext) -> None:
         f"strategy.{name}",
         # The launcher's per-program id survives restarts (the lease is taken back at once);
         # without one every process is a new holder and waits for the old lease to expire.
-        ctx.settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}",
+        ctx.settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{wall_clock()}",
         ttl_s=ctx.settings.strategy_lease_ttl_s,
         log=ctx.log,
     )
@@ -54,23 +55,24 @@ async def setup(ctx: ServiceContext) -> None:
         ctx.log,
         instance,
         ctx.settings.venue,
-        time.time_ns,
+        wall_clock,
         symbols=ctx.settings.symbols,
         lease=lease,
         snapshots=snapshots,
         policy=SnapshotPolicy(
-            clock=time.time_ns,
+            clock=wall_clock,
             interval_ns=int(ctx.settings.snapshot_interval_s * 1e9),
             every_events=ctx.settings.snapshot_every_events,
         ),
         max_replay=ctx.settings.recovery_max_replay,
         order_venues=ctx.settings.venues,
     )
+    service = StrategyService(runner)
     ctx.details = runner.details
     ctx.log.info("strategy_configured", strategy=name, kind=instance.kind, config=repr(instance.config))
     ctx.cleanups.append(runner.stop)
     for subject in INPUT_SUBJECTS:
-        await ctx.bus.subscribe_core(subject, runner.on_market_event)
+        await ctx.bus.subscribe_core(subject, service.on_market_event)
     consuming = False
 
     async def acquired(token: int) -> None:
@@ -85,7 +87,7 @@ async def setup(ctx: ServiceContext) -> None:
                 stream=subjects.STREAM_MARKET_DATA.name,
                 durable=market_consumer(name),
                 filter_subjects=list(MARKET_SUBJECTS),
-                handler=runner.on_market_data,
+                handler=service.on_market_data,
                 batch=1,  # a larger pull batch lingers waiting to fill: cascades are timed to the second
                 start_sequence=live_from,
                 deliver_policy=DeliverPolicy.NEW,  # only without a recovery: never the whole history
@@ -94,13 +96,13 @@ async def setup(ctx: ServiceContext) -> None:
                 stream=subjects.STREAM_SIGNALS.name,
                 durable=f"strategy-{name}-commands",
                 filter_subjects=[f"cmd.strategy.{name}.>"],
-                handler=runner.on_command,
+                handler=service.on_command,
             )
 
     runner.keep_task = ctx.spawn(
         lease.keep(on_acquired=acquired, on_lost=runner.on_lease_lost), f"strategy-{name}-lease"
     )
-    ctx.spawn(runner.run(0.5), f"strategy-{name}-ticks")
+    ctx.spawn(service.run(0.5), f"strategy-{name}-ticks")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -173,7 +173,7 @@ def restore(strategy: Strategy, snapshot: StrategySnapshot) -> None:
 
 
 def market_log(bus: Bus, snapshots: SnapshotKeeper[StrategySnapshot] | None) -> StreamLog[StrategySnapshot]:
-    """What `StrategyRunner.recover` reads: the instance's snapshots and the MARKET_DATA stream."""
+    """What `recovery.recover` reads: the instance's snapshots and the MARKET_DATA stream."""
     return StreamLog(bus, snapshots, subjects.STREAM_MARKET_DATA.name)
 
 

@@ -21,6 +21,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from libs.bus import Bus, Delivery
+from libs.clock import ManualClock, wall_clock
 from libs.logging import get_logger
 from proto import subjects
 from proto.codec import decode, encode
@@ -38,7 +39,8 @@ from proto.messages import (
     Trade,
 )
 from services.strategy.config import instance_config
-from services.strategy.handlers import StrategyRunner
+from services.strategy.handlers import StrategyService
+from services.strategy.runner import StrategyRunner
 from tests.support.polling import eventually as poll_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -279,22 +281,24 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
 
         await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
         instance = instance_config("cascade-fade", {}, environ={})
-        runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, time.time_ns)
+        clock = ManualClock(wall_clock())  # behind the messages' stamps: they are handled at its time
+        runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, clock)
+        service = StrategyService(runner)
         await runner.start()
         assert await _state(bus, "cascade-fade") == "SCANNING"
 
         async def flush() -> None:
             price = Decimal(60000)
-            await runner.handle(
+            await service.handle(
                 Trade(venue=VENUE, symbol=SYMBOL, trade_id=1, price=price, quantity=Decimal(1), buyer_is_maker=True)
             )
-            await asyncio.sleep(0.01)
+            clock.advance_ms(10)
             for i in range(4):
                 price -= Decimal(150)
-                await runner.handle(
+                await service.handle(
                     Liquidation(venue=VENUE, symbol=SYMBOL, side=Side.SELL, price=price, quantity=Decimal(2))
                 )
-                await runner.handle(
+                await service.handle(
                     Trade(
                         venue=VENUE,
                         symbol=SYMBOL,
@@ -315,15 +319,15 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
             reason="socket closed",
             symbols=[SYMBOL],
         )
-        await runner.handle(link)
+        await service.handle(link)
         assert runner.strategy.active_events() == []
 
         # An exhausted cascade leads to a SETUP; a book resync of that symbol drops it.
         await flush()
-        runner.strategy.tracker.advance(time.time_ns() + 3 * 1_000_000_000)  # type: ignore[attr-defined]
-        await runner.tick()
+        clock.advance(3)  # no forced order for longer than quiet_s: the cascade is exhausted
+        await service.tick()
         assert await _state(bus, "cascade-fade") == "SETUP"
-        await runner.handle(BookResyncStarted(venue=VENUE, symbol=SYMBOL, reason="gap"))
+        await service.handle(BookResyncStarted(venue=VENUE, symbol=SYMBOL, reason="gap"))
         assert await _state(bus, "cascade-fade") == "SCANNING"
         assert runner.strategy.active_events() == [] and runner.strategy.symbol is None
         await runner.stop()
@@ -379,21 +383,22 @@ async def test_runner_when_hard_shutdown_then_disabled_and_stays_disabled_after_
         await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "NORMAL", "ts_ns": 1}))
         name = "trend-hard-shutdown"
         instance = instance_config(name, {name: {"kind": "trend"}}, environ={})
-        runner = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        runner = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, wall_clock)
+        service = StrategyService(runner)
         await runner.start()
-        await runner.tick()
+        await service.tick()
         assert await _state(bus, name) == "SCANNING"
         await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode({"level": "HARD_SHUTDOWN", "ts_ns": 2}))
-        await runner.tick()
+        await service.tick()
         assert await _state(bus, name) == "DISABLED"
         # An enable sent on the bus during HARD_SHUTDOWN is refused: no SCANNING, not even briefly.
         enable = EnableStrategy(strategy=name, operator="ops", reason="try")
-        await runner.on_command(enable, Delivery(subjects.cmd_strategy(name, "enable"), 1, 1, {}))
+        await service.on_command(enable, Delivery(subjects.cmd_strategy(name, "enable"), 1, 1, {}))
         assert await _state(bus, name) == "DISABLED" and runner.strategy.state.value == "DISABLED"
         await runner.stop()
-        again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, time.time_ns)
+        again = StrategyRunner(bus, get_logger(f"strategy-{name}"), instance, VENUE, wall_clock)
         await again.start()
-        await again.tick()
+        await StrategyService(again).tick()
         assert await _state(bus, name) == "DISABLED"
         await again.stop()
     finally:

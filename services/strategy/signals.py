@@ -1,0 +1,98 @@
+"""Publishing what a strategy decided: a transition (KV `strategy.<name>` first, then
+`StrategyStateChanged`), a signal (`SignalGenerated`), a crash (`StrategyCrashed`) and alerts.
+
+Nothing here decides or changes the state: the runner hands over the intents `apply` left and
+applies what was published (a signal's id) afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libs.bus import Bus
+from libs.logging import Logger
+from proto import subjects
+from proto.enums import AlertSeverity, OrderType
+from proto.messages import AlertRaised, SignalGenerated, StrategyCrashed, StrategyStateChanged
+
+from . import adapters
+from .domain import Signal, Transition
+
+
+class IntentPublisher:
+    """Turns one instance's intents into bus messages.
+
+    Args:
+        bus: the connected bus.
+        log: the service's logger.
+        name: the instance's name.
+        kind: the instance's kind (stored with its state).
+    """
+
+    def __init__(self, bus: Bus, log: Logger, name: str, kind: str) -> None:
+        self.bus = bus
+        self.log = log
+        self.name = name
+        self.kind = kind
+
+    async def transition(self, action: Transition, symbol: str | None, now_ns: int) -> None:
+        """Persist the new state in KV, then announce it (`evt.strategy.<name>.state`)."""
+        record = adapters.StrategyStateRecord(
+            state=action.current, reason=action.reason, symbol=symbol, ts_ns=now_ns, kind=self.kind
+        )
+        await adapters.write_strategy_state(self.bus, self.name, record)
+        event = StrategyStateChanged(
+            strategy=self.name, previous=action.previous, current=action.current, reason=action.reason
+        )
+        await self.bus.publish(subjects.evt_strategy_state(self.name), event)
+        self.log.info(
+            "strategy_state_changed",
+            strategy=self.name,
+            previous=action.previous.value,
+            current=action.current.value,
+            reason=action.reason,
+        )
+
+    async def signal(self, action: Signal) -> SignalGenerated:
+        """Ask risk for a market order; returns the published signal (its id keys the order)."""
+        signal = SignalGenerated(
+            strategy=self.name,
+            symbol=action.symbol,
+            side=action.side,
+            order_type=OrderType.MARKET,
+            quantity=action.quantity,
+            reduce_only=action.reduce_only,
+            reason=action.reason,
+            stop_loss=action.stop_loss,
+            take_profit=action.take_profit,
+            confidence=action.confidence,
+        )
+        await self.bus.publish(subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id)
+        self.log.info(
+            "signal_generated",
+            strategy=self.name,
+            signal_id=signal.message_id,
+            symbol=action.symbol,
+            side=action.side.value,
+            quantity=str(action.quantity),
+            reduce_only=action.reduce_only,
+            stop_loss=str(action.stop_loss) if action.stop_loss is not None else None,
+            take_profit=str(action.take_profit) if action.take_profit is not None else None,
+            reason=action.reason,
+        )
+        return signal
+
+    async def crash(self, event: StrategyCrashed, record: adapters.CrashRecord) -> None:
+        """Persist the crash history (it survives restarts, FM-C2), then announce the crash."""
+        await adapters.write_crash_record(self.bus, self.name, record)
+        await self.bus.publish(subjects.evt_strategy_crashed(self.name), event)
+
+    async def alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
+        """Raise an alert, best effort: a crash is recorded and logged whether or not it goes out."""
+        self.log.warning("alert_raised", key=key, title=title, **details)
+        component = subjects.strategy_component(self.name)
+        alert = AlertRaised(key=key, severity=severity, component=component, title=title, details=details)
+        try:
+            await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+        except Exception as exc:  # noqa: BLE001 - the crash is still recorded and logged; the alert is best effort
+            self.log.warning("alert_publish_failed", key=key, error=f"{type(exc).__name__}: {exc}")
