@@ -16,7 +16,8 @@ from libs.bus import Bus
 from libs.logging import get_logger
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
-from services.gateway.app import Gateway, create_app
+from services.gateway.app import create_app
+from services.gateway.context import Gateway
 
 OP = {"Authorization": "Bearer o"}
 VIEW = {"Authorization": "Bearer v"}
