@@ -15,8 +15,8 @@ from services.gateway.auth import Principal, Role, authorize
 from services.gateway.context import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
-    """The gateway the app was built for."""
+async def get_gateway(request: Request) -> Gateway:
+    """The gateway the app was built for (async: a sync dependency would run in a thread)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -149,7 +149,6 @@ class IdempotencyStore:
     async def finish(self, key: str, fingerprint: str, http_status: int, response: dict[str, Any]) -> None:
         """Store the final response under `key` in Valkey and Postgres (failures are logged)."""
         await self._remember_in_cache(key, fingerprint, http_status, response)
-
         try:
             await queries.store_idempotency_response(self.pool, key, fingerprint, http_status, response, self.clock())
         except ApiError as exc:
