@@ -16,7 +16,8 @@ import uvicorn
 
 from libs.runtime.service import ServiceContext, main
 from proto import subjects
-from services.gateway.app import Gateway, GatewayConfig, create_app
+from services.gateway.app import create_app
+from services.gateway.context import Gateway, GatewayConfig
 
 EXIT_BIND_FAILED = 3
 

@@ -42,7 +42,8 @@ from proto.messages import (
     SubmitOrder,
     TradingStateChanged,
 )
-from services.gateway.app import Gateway, GatewayConfig, create_app
+from services.gateway.app import create_app
+from services.gateway.context import Gateway, GatewayConfig
 from services.gateway.main import bind_socket, start_http
 
 ADMIN, OPERATOR, VIEWER = "admin-token", "operator-token", "viewer-token"

@@ -13,10 +13,14 @@ import pytest
 import pytest_asyncio
 
 from libs.bus import Bus
+from libs.clock import NS_PER_S, ManualClock
 from libs.logging import get_logger
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
-from services.gateway.app import Gateway, create_app
+from proto.enums import ComponentState
+from proto.messages import Heartbeat
+from services.gateway.app import create_app
+from services.gateway.context import Gateway
 
 OP = {"Authorization": "Bearer o"}
 VIEW = {"Authorization": "Bearer v"}
@@ -182,3 +186,23 @@ async def test_status_when_every_dependency_down_then_still_answers_with_depende
 async def test_dlq_bulk_retry_when_nothing_selected_then_422(client: httpx.AsyncClient) -> None:
     assert_envelope(await client.post("/v1/dlq/retry", headers=OP, json={}), 422, "validation_error")
     assert_envelope(await client.post("/v1/dlq/retry", headers=VIEW, json={"all": True}), 403, "forbidden")
+
+
+async def test_status_when_heartbeat_goes_quiet_then_component_down_by_the_gateway_clock() -> None:
+    settings = Settings(admin_token="a", operator_token="o", viewer_token="v")
+    ctx = ServiceContext(component="gateway", settings=settings, log=get_logger("gateway"), bus=Bus("gateway"))
+    clock = ManualClock(1_000 * NS_PER_S)
+    gateway = Gateway(ctx, clock=clock)
+    gateway.tracker.record(
+        Heartbeat(component="risk", pid=7, state=ComponentState.READY, started_ns=clock.now), clock.now
+    )
+    transport = httpx.ASGITransport(app=create_app(gateway))
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        clock.advance_ms(250)
+        fresh = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
+        clock.advance(settings.heartbeat_timeout_s)
+        quiet = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
+
+    assert fresh == {"state": "READY", "pid": 7, "last_heartbeat_age_ms": 250}
+    assert quiet["state"] == "DOWN" and quiet["last_heartbeat_age_ms"] == 250 + settings.heartbeat_timeout_s * 1000

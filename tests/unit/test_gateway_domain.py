@@ -10,30 +10,23 @@ from pydantic import ValidationError
 from libs.settings import Settings
 from proto.enums import OrderStatus
 from proto.messages import OrderAccepted, OrderDenied, OrderFilled, OrderRejected, SubmitOrder
+from services.gateway.api_models import DeadLetterRetryRequest, OrderRequest, parse_control_body
+from services.gateway.auth import Principal, Role, TokenTable, authorize, parse_api_tokens, role_for_token
 from services.gateway.domain import (
-    ApiError,
-    DeadLetterFilter,
-    DeadLetterRetryRequest,
-    OrderRequest,
     Outcome,
-    Principal,
-    Role,
-    TokenTable,
-    authorize,
     decode_cursor,
     encode_cursor,
     fingerprint,
     is_settled,
     judge_record,
     outcome_of,
-    parse_api_tokens,
-    parse_control_body,
     parse_dead_letter_status,
     parse_order_status,
     reason_class,
-    role_for_token,
     verdict_error,
 )
+from services.gateway.errors import ApiError
+from services.gateway.queries import DeadLetterFilter
 
 SETTINGS = Settings(admin_token="a", operator_token="o", viewer_token="v")
 

@@ -1,44 +1,26 @@
-"""I/O of the gateway: the idempotency store (Valkey, Postgres fallback) and the Postgres reads.
+"""The Idempotency-Key store of `POST /v1/orders`: Valkey first, the Postgres table as fallback.
 
-Every Postgres failure becomes a 503 `ApiError` with a clear reason (FM-C3); every Valkey failure
-falls back to Postgres (FM-C7).
+Every Valkey failure falls back to Postgres (FM-C7); when neither can record a key, no order is
+accepted (503). A key left in progress by a crashed gateway is taken over (FM-C8).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from libs.cache import IDEMPOTENCY_TTL_S
-from libs.db import DB_TIMEOUT_S
+from libs.clock import Clock, wall_clock
 from libs.logging import Logger
-from services.gateway.domain import ApiError, IdempotencyVerdict, decimal_str, judge_record, unavailable
+from services.gateway import queries
+from services.gateway.domain import IdempotencyVerdict, judge_record
+from services.gateway.errors import ApiError, unavailable
 
-T = TypeVar("T")
-
-PG_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # A connection broken mid-operation when Postgres dies ("cannot switch to state ...").
-    asyncpg.exceptions.InternalClientError,
-    asyncio.TimeoutError,
-)
-PG_CALL_TIMEOUT_S = DB_TIMEOUT_S + 1.0
-"""A Postgres read or write answers within the statement timeout, or the caller gets a 503 (FM-N5)."""
-POSTGRES_DOWN_MESSAGE = (
-    "postgres unavailable: this read needs the projections/audit store; trading continues on the event log "
-    "and the projections catch up when it is back (FM-C3)"
-)
 IN_PROGRESS_STALE_NS = 15_000_000_000
 """An in-progress record older than this is left over from a crashed gateway and is taken over.
 
@@ -48,31 +30,6 @@ is well past any live request; a client retrying after a gateway crash waits at 
 derives from the key, so the bus and the position service de-duplicate the second submit."""
 
 
-async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """Run a Postgres operation; any connection-level failure becomes a 503.
-
-    Raises:
-        ApiError: 503 `dependency_unavailable` when Postgres is not configured or unreachable.
-    """
-    if pool is None:
-        raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason="not connected")
-    try:
-        return await asyncio.wait_for(operation(pool), PG_CALL_TIMEOUT_S)
-    except PG_ERRORS as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
-        raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason=reason) from exc
-
-
-def jsonable(value: Any) -> Any:
-    """Row values as JSON: decimals as strings."""
-    if isinstance(value, Decimal):
-        return decimal_str(value)
-    return value
-
-
-# --------------------------------------------------------------------------- idempotency
-
-
 @dataclass
 class IdempotencyStore:
     """`idem:<key>` in Valkey (SET NX, 24 h TTL) with the Postgres `idempotency_keys` table as fallback."""
@@ -80,7 +37,7 @@ class IdempotencyStore:
     cache: redis.Redis | None
     pool: asyncpg.Pool | None
     log: Logger
-    clock: Callable[[], int] = time.time_ns
+    clock: Clock = wall_clock
 
     @staticmethod
     def _redis_key(key: str) -> str:
@@ -161,32 +118,15 @@ class IdempotencyStore:
 
         async def claim(pool: asyncpg.Pool) -> IdempotencyVerdict:
             async with pool.acquire() as conn, conn.transaction():
-                inserted = await conn.fetchval(
-                    "INSERT INTO idempotency_keys (key, fingerprint, status, created_ns) "
-                    "VALUES ($1, $2, 'in_progress', $3) ON CONFLICT (key) DO NOTHING RETURNING key",
-                    key,
-                    fingerprint,
-                    now,
-                )
-                if inserted is not None:
+                if await queries.insert_idempotency_claim(conn, key, fingerprint, now):
                     return IdempotencyVerdict(action="proceed")
-                row = await conn.fetchrow(
-                    "SELECT fingerprint, status, response, http_status, created_ns FROM idempotency_keys "
-                    "WHERE key = $1 FOR UPDATE",
-                    key,
-                )
+                row = await queries.lock_idempotency_key(conn, key)
                 if row is None:  # pragma: no cover - deleted between the two statements
                     return IdempotencyVerdict(action="proceed")
                 expired = now - row["created_ns"] > IDEMPOTENCY_TTL_S * 1_000_000_000
                 stale = row["status"] == "in_progress" and now - row["created_ns"] > IN_PROGRESS_STALE_NS
                 if expired or stale:
-                    await conn.execute(
-                        "UPDATE idempotency_keys SET fingerprint = $2, status = 'in_progress', response = NULL, "
-                        "http_status = NULL, created_ns = $3 WHERE key = $1",
-                        key,
-                        fingerprint,
-                        now,
-                    )
+                    await queries.restart_idempotency_claim(conn, key, fingerprint, now)
                     return IdempotencyVerdict(action="proceed")
                 record = {
                     "fingerprint": row["fingerprint"],
@@ -201,7 +141,7 @@ class IdempotencyStore:
                     return IdempotencyVerdict(action="proceed")
                 return verdict
 
-        verdict = await pg_call(self.pool, claim)
+        verdict = await queries.pg_call(self.pool, claim)
         if not authoritative and verdict.action == "replay" and verdict.response is not None:
             await self._remember_in_cache(key, fingerprint, verdict.http_status or 200, verdict.response)
         return verdict
@@ -209,21 +149,8 @@ class IdempotencyStore:
     async def finish(self, key: str, fingerprint: str, http_status: int, response: dict[str, Any]) -> None:
         """Store the final response under `key` in Valkey and Postgres (failures are logged)."""
         await self._remember_in_cache(key, fingerprint, http_status, response)
-
-        async def store(pool: asyncpg.Pool) -> None:
-            await pool.execute(
-                "INSERT INTO idempotency_keys (key, fingerprint, status, response, http_status, created_ns) "
-                "VALUES ($1, $2, 'done', $3::jsonb, $4, $5) ON CONFLICT (key) DO UPDATE SET "
-                "status = 'done', response = EXCLUDED.response, http_status = EXCLUDED.http_status",
-                key,
-                fingerprint,
-                json.dumps(response),
-                http_status,
-                self.clock(),
-            )
-
         try:
-            await pg_call(self.pool, store)
+            await queries.store_idempotency_response(self.pool, key, fingerprint, http_status, response, self.clock())
         except ApiError as exc:
             self.log.warning("idempotency_response_not_in_postgres", key=key, error=exc.details)
 
@@ -244,10 +171,7 @@ class IdempotencyStore:
             except (RedisError, OSError) as exc:
                 self.log.warning("idempotency_release_failed", store="valkey", key=key, error=str(exc)[:200])
 
-        async def delete(pool: asyncpg.Pool) -> None:
-            await pool.execute("DELETE FROM idempotency_keys WHERE key = $1 AND status = 'in_progress'", key)
-
         try:
-            await pg_call(self.pool, delete)
+            await queries.delete_idempotency_claim(self.pool, key)
         except ApiError as exc:
             self.log.warning("idempotency_release_failed", store="postgres", key=key, error=exc.details)
