@@ -61,41 +61,23 @@ from proto.messages import (
 
 from . import adapters
 from . import snapshot as snap
+from .breaker_rules import BreakerBoard, ResourceSample, StrategyMalfunctionBreaker
 from .breakers import (
     ABNORMAL_MARKET,
     RAPID_LOSS,
     RESOURCE_EXHAUSTION,
     STRATEGY_MALFUNCTION_PREFIX,
-    BreakerBoard,
     BreakerChange,
     BreakerNotTripped,
     BreakerRecord,
-    ResourceSample,
     RiskBreaker,
-    StrategyMalfunctionBreaker,
-    TradeTracker,
 )
-from .domain import (
-    UNATTRIBUTED,
-    Decision,
-    InvalidTransition,
-    OrderLinks,
-    OrderRateWindow,
-    PendingExposure,
-    RiskLimits,
-    StateBuilderWatch,
-    TradingStateRecord,
-    TradingTrigger,
-    book_key,
-    check_order,
-    flatten_orders,
-    next_trading_state,
-    reduces_exposure,
-    reference_price,
-    reply_hot_state,
-    route_order,
-    split_book,
-)
+from .checks import UNATTRIBUTED, Decision, RiskLimits, check_order, reduces_exposure, reference_price
+from .exposure import OrderRateWindow, PendingExposure
+from .liveness import StateBuilderWatch, reply_hot_state
+from .routing import OrderLinks, book_key, flatten_orders, route_order, split_book
+from .trades import TradeTracker
+from .trading_state import InvalidTransition, TradingStateRecord, TradingTrigger, next_trading_state
 
 Clock = Callable[[], int]
 RISK_OPERATOR = "risk"

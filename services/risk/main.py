@@ -12,7 +12,7 @@ from proto import subjects
 
 from . import adapters
 from . import snapshot as snap
-from .breakers import (
+from .breaker_rules import (
     AbnormalMarketBreaker,
     AbnormalMarketConfig,
     BreakerBoard,
@@ -22,7 +22,7 @@ from .breakers import (
     ResourceConfig,
     StrategyMalfunctionConfig,
 )
-from .domain import RiskLimits
+from .checks import RiskLimits
 from .handlers import RiskService
 
 FOLLOWED_SUBJECTS = (

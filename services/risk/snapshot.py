@@ -28,8 +28,10 @@ from libs.logging import Logger
 from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec, consumer_processed_through
 from proto import subjects
 
-from .breakers import BreakerRecord, OpenTradeState, TradeBookState
-from .domain import PendingOrderState, TradingStateRecord
+from .breakers import BreakerRecord
+from .exposure import PendingOrderState
+from .trades import OpenTradeState, TradeBookState
+from .trading_state import TradingStateRecord
 
 # The snapshot's parts are defined next to the classes they describe; re-exported from here.
 __all__ = ["OpenTradeState", "PendingOrderState", "RiskSnapshot", "TradeBookState"]

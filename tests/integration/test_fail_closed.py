@@ -43,9 +43,10 @@ from proto.messages import (
     SymbolHotState,
     SymbolsReply,
 )
-from services.risk.domain import RiskLimits, TradingStateRecord
+from services.risk.checks import RiskLimits
 from services.risk.handlers import BUS_LOST_ALERT, RiskService
 from services.risk.main import setup as risk_setup
+from services.risk.trading_state import TradingStateRecord
 
 VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"

@@ -22,15 +22,10 @@ from proto.messages import (
     SymbolHotState,
     SymbolsReply,
 )
-from services.risk.domain import (
-    HOT_STATE_MAX_AGE_MS,
-    RiskLimits,
-    StateBuilderWatch,
-    TradingStateRecord,
-    check_order,
-    reply_hot_state,
-)
+from services.risk.checks import RiskLimits, check_order
 from services.risk.handlers import RiskService
+from services.risk.liveness import HOT_STATE_MAX_AGE_MS, StateBuilderWatch, reply_hot_state
+from services.risk.trading_state import TradingStateRecord
 
 S = 1_000_000_000
 LIMITS = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(100000))
