@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -424,3 +424,29 @@ class BreakerBoard:
 
     def all(self) -> list[RiskBreaker]:
         return [self.rapid_loss, self.abnormal_market, self.resource, *self.strategies.values()]
+
+
+def restore_breaker(board: BreakerBoard, breaker: RiskBreaker, record: BreakerRecord) -> RiskBreaker:
+    """Rebuild a breaker of `board` from its persisted record (counters included)."""
+    restored: RiskBreaker
+    match breaker:
+        case StrategyMalfunctionBreaker():
+            restored = StrategyMalfunctionBreaker(breaker.strategy, board.strategy_config, record)
+            board.strategies[breaker.strategy] = restored
+        case _ if breaker is board.rapid_loss:
+            restored = board.rapid_loss = type(board.rapid_loss)(board.rapid_loss.config, record)
+        case _ if breaker is board.abnormal_market:
+            restored = board.abnormal_market = type(board.abnormal_market)(board.abnormal_market.config, record)
+        case _:
+            restored = board.resource = type(board.resource)(board.resource.config, record)
+    return restored
+
+
+def restore_newer(board: BreakerBoard, records: Iterable[BreakerRecord]) -> None:
+    """Restore the breakers whose `records` (a snapshot's) are newer than what `board` holds."""
+    for record in records:
+        if record.breaker.startswith(STRATEGY_MALFUNCTION_PREFIX):
+            board.strategy(record.breaker[len(STRATEGY_MALFUNCTION_PREFIX) :])
+        breaker = board.get(record.breaker)
+        if breaker is not None and record.ts_ns > breaker.record.ts_ns:
+            restore_breaker(board, breaker, record)

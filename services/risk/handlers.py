@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -23,13 +22,11 @@ from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.codec import decode
 from proto.enums import (
-    TERMINAL_ORDER_STATUSES,
     AlertSeverity,
     ConnectionState,
     DegradationLevel,
     HotStateStatus,
     OrderSource,
-    OrderStatus,
     TradingState,
 )
 from proto.envelope import Message
@@ -61,21 +58,20 @@ from proto.messages import (
 
 from . import adapters
 from . import snapshot as snap
-from .breaker_rules import BreakerBoard, ResourceSample, StrategyMalfunctionBreaker
+from .breaker_rules import BreakerBoard, ResourceSample, StrategyMalfunctionBreaker, restore_breaker, restore_newer
 from .breakers import (
     ABNORMAL_MARKET,
     RAPID_LOSS,
     RESOURCE_EXHAUSTION,
-    STRATEGY_MALFUNCTION_PREFIX,
     BreakerChange,
     BreakerNotTripped,
-    BreakerRecord,
     RiskBreaker,
 )
 from .checks import UNATTRIBUTED, Decision, RiskLimits, check_order, reduces_exposure, reference_price
-from .exposure import OrderRateWindow, PendingExposure
+from .exposure import PendingExposure
 from .liveness import StateBuilderWatch, reply_hot_state
-from .routing import OrderLinks, book_key, flatten_orders, route_order, split_book
+from .routing import OrderLinks, flatten_orders, route_order, split_book
+from .state import RiskState, apply, seed_position, track_position
 from .trades import TradeTracker
 from .trading_state import InvalidTransition, TradingStateRecord, TradingTrigger, next_trading_state
 
@@ -166,20 +162,12 @@ class RiskService:
         self.hot_state: dict[str, HotStateStatus | None] = {}
         self.market_link: ConnectionState | None = None
         """The venue's market-data stream state (None: never heard of; no market-data to wait for)."""
-        self.positions: dict[str, Decimal] = {}
-        """Position per `book_key` (the symbol on the main venue, `<venue>:<symbol>` on the backup)."""
-        self._position_ts: dict[str, int] = {}
-        self.mark_prices: dict[str, Decimal] = {}
-        self.decided: set[str] = set()
+        self.state = RiskState(venue=venue, backup_venue=backup_venue)
+        """What risk derives from the ORDERS stream: changed only by `apply` (live and replay alike)."""
         self.degradation: DegradationLevel | None = DegradationLevel.NORMAL
         self.breakers = breakers
-        self.pending = PendingExposure()
-        self.rates = OrderRateWindow()
-        self.trades = TradeTracker()
         self.latency = LatencyWindow(size=200, minimum=20)  # decision latency for CB-4 (its baseline is configured)
         self.resources = resources
-        self.order_strategy: OrderedDict[str, str | None] = OrderedDict()
-        self._seen_positions: OrderedDict[str, None] = OrderedDict()
         self._state_lock = asyncio.Lock()
         self._decide_lock = asyncio.Lock()
         self._breaker_lock = asyncio.Lock()
@@ -190,8 +178,6 @@ class RiskService:
         self._revalidation: asyncio.Task[None] | None = None
         self.snapshots = snapshots
         self.policy = policy
-        self.orders_seq = 0
-        """Highest ORDERS sequence reflected in memory (live consumer or replay)."""
         self.recovery: RecoveryReport | None = None
 
     # ------------------------------------------------------------------ followers
@@ -199,22 +185,22 @@ class RiskService:
     @property
     def venues(self) -> tuple[str, ...]:
         """Venues this desk trades on: the main one, then the backup if configured."""
-        return (self.venue, self.backup_venue) if self.backup_venue else (self.venue,)
+        return self.state.venues
 
-    def book(self, venue: str, symbol: str) -> str:
-        return book_key(venue, symbol, self.venue)
+    @property
+    def pending(self) -> PendingExposure:
+        """Approved orders not yet filled, rejected or canceled."""
+        return self.state.pending
 
-    def apply_position(self, event: PositionChanged) -> bool:
-        """Track the newest position of a symbol on a venue; False when the event is older or of a
-        venue this desk does not trade on (ignored)."""
-        if event.venue not in self.venues:
-            return False
-        book = self.book(event.venue, event.symbol)
-        if event.ts_event_ns < self._position_ts.get(book, 0):
-            return False
-        self._position_ts[book] = event.ts_event_ns
-        self.positions[book] = event.quantity
-        return True
+    @property
+    def trades(self) -> TradeTracker:
+        """Position changes as trades (CB-1/CB-3 inputs)."""
+        return self.state.trades
+
+    @property
+    def orders_seq(self) -> int:
+        """Highest ORDERS sequence reflected in memory (live consumer or replay)."""
+        return self.state.orders_seq
 
     def on_order_link(self, event: LinkStateChanged) -> None:
         """A position process's order link changed (`orders`): routing follows it (FM-N6)."""
@@ -238,25 +224,11 @@ class RiskService:
         except Exception as exc:  # one bad event must not stop the follower; logged with its cause
             self.log.exception("event_failed", exc, subject=msg.subject, type=type(message).__name__)
 
-    def follow_order_outcome(self, message: Message) -> bool:
-        """Release or shrink the pending exposure of an approved order on its fill, rejection,
-        cancel or expiry (idempotent: fills carry the cumulative quantity). False: not such an event."""
-        match message:
-            case OrderFilled():
-                self.pending.on_fill(message.client_order_id, message.cumulative_quantity)
-            case OrderRejected() | OrderCanceled():
-                self.pending.release(message.client_order_id)
-            case OrderAccepted() if message.status in TERMINAL_ORDER_STATUSES and message.status != OrderStatus.FILLED:
-                self.pending.release(message.client_order_id)
-            case _:
-                return False
-        return True
-
     async def on_event(self, message: Message) -> None:
         """Apply one followed event (dispatch by type)."""
-        if self.follow_order_outcome(message):
-            return
         match message:
+            case OrderFilled() | OrderRejected() | OrderCanceled() | OrderAccepted() | OrderApproved() | OrderDenied():
+                apply(self.state, message)
             case HotStateStatusChanged():
                 self.hot_state[message.symbol] = message.current
             case PositionChanged():
@@ -315,7 +287,7 @@ class RiskService:
         for symbol, row in rows.items():
             self.hot_state[symbol] = reply_hot_state(row.hot_state, row.age_ms)
             if row.mark_price is not None:
-                self.mark_prices.setdefault(symbol, row.mark_price)
+                self.state.mark_prices.setdefault(symbol, row.mark_price)
         return True
 
     def entries_halted(self) -> str | None:
@@ -370,7 +342,7 @@ class RiskService:
                     for venue in self.venues:
                         last = await adapters.read_last_position(self.bus, venue, symbol)
                         if last is not None:
-                            self.apply_position(last)
+                            track_position(self.state, last)
                 await self.refresh_degradation()
                 await self.probe_state_builder()  # its answer, when there is one, is fresher than KV
                 await self.bus.publish(
@@ -393,13 +365,7 @@ class RiskService:
 
     async def on_position(self, event: PositionChanged) -> None:
         """A position change: track it, and count its realized PnL for CB-1 and CB-3."""
-        if event.message_id in self._seen_positions or not self.apply_position(event):
-            return
-        _remember(self._seen_positions, event.message_id, None)
-        strategy = self.order_strategy.get(event.caused_by_client_order_id or "")
-        update = self.trades.on_position(
-            self.book(event.venue, event.symbol), event.quantity, event.realized_pnl, event.ts_event_ns, strategy
-        )
+        update = apply(self.state, event)
         if update is None or self.breakers is None:
             return
         now = self.clock()
@@ -430,7 +396,7 @@ class RiskService:
 
     async def on_mark(self, mark: MarkPrice) -> None:
         """A mark price: the reference for notional checks and an input of CB-2."""
-        self.mark_prices[mark.symbol] = mark.mark_price
+        apply(self.state, mark)
         if self.breakers is None:
             return
         now = self.clock()
@@ -477,15 +443,15 @@ class RiskService:
                 continue
             for venue in self.venues:
                 last = await adapters.read_last_position(self.bus, venue, symbol)
-                if last is not None and self.apply_position(last):
-                    self.trades.seed(self.book(venue, symbol), last.quantity, last.realized_pnl, last.ts_event_ns)
+                if last is not None:
+                    seed_position(self.state, last)
         await self.refresh_degradation()
         self.log.info(
             "risk_state_loaded",
             trading_state=self.trading.state.value,
             degradation=self.degradation.value if self.degradation else None,
             hot_state={k: (v.value if v else None) for k, v in self.hot_state.items()},
-            positions={k: str(v) for k, v in self.positions.items()},
+            positions={k: str(v) for k, v in self.state.positions.items()},
         )
 
     # ------------------------------------------------------------------ degradation level
@@ -613,7 +579,7 @@ class RiskService:
                 )
                 await adapters.write_breaker(self.bus, breaker.record)
             elif record is not None:
-                restored = _restore(board, breaker, record)
+                restored = restore_breaker(board, breaker, record)
                 self.log.info("breaker_restored", breaker=breaker.id, state=restored.state.value)
             elif error is not None:
                 self.log.error("breaker_unreadable", breaker=breaker.id, error=error, action_taken="treated as OPEN")
@@ -728,17 +694,15 @@ class RiskService:
                 CancelOrder(client_order_id=coid, operator=RISK_OPERATOR, reason=f"flatten: {reason}"),
                 msg_id=f"cancel:{coid}",
             )
-        orders = flatten_orders(self.positions, key, self.venue)  # each on the venue that holds it
+        orders = flatten_orders(self.state.positions, key, self.venue)  # each on the venue that holds it
         for order in orders:
-            approved = OrderApproved(order=order, correlation_id=order.correlation_id)
+            approved = OrderApproved(order=order, correlation_id=order.correlation_id, ts_event_ns=self.clock())
             await self.bus.publish(
                 subjects.evt_order("approved", order.venue, order.symbol),
                 approved,
                 msg_id=f"approved:{order.client_order_id}",
             )
-            self.pending.add(order)
-            self.decided.add(order.client_order_id)
-            _remember(self.order_strategy, order.client_order_id, None)
+            apply(self.state, approved)
         self.log.error(
             "positions_flattened",
             key=key,
@@ -765,7 +729,7 @@ class RiskService:
         if self.hot_state.get(symbol) is None:
             self.hot_state[symbol] = row.hot_state
         if row.mark_price is not None:
-            self.mark_prices.setdefault(symbol, row.mark_price)
+            self.state.mark_prices.setdefault(symbol, row.mark_price)
         return row.best_bid, row.best_ask
 
     def _breaker_gates(self, order: SubmitOrder) -> tuple[TradingState, str | None, str | None]:
@@ -786,15 +750,15 @@ class RiskService:
         """Who holds `symbol`: its open positions' owners (on any venue) and the owners of entries in flight."""
         holders = self.pending.entry_holders(symbol)
         for venue in self.venues:
-            book = self.book(venue, symbol)
-            if self.positions.get(book, Decimal(0)) != 0:
+            book = self.state.book(venue, symbol)
+            if self.state.positions.get(book, Decimal(0)) != 0:
                 holders.add(self.trades.owner(book) or UNATTRIBUTED)
         return frozenset(holders)
 
     def route(self, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
         """The order as it goes out, on the venue `route_order` picks, and why when it is not the
         one asked for; None when it names a venue this desk does not trade on."""
-        positions = {venue: self.positions.get(self.book(venue, order.symbol), Decimal(0)) for venue in self.venues}
+        positions = {venue: self.state.position(venue, order.symbol) for venue in self.venues}
         route = route_order(order, self.links(), positions, self.pending.venues(order.symbol, self.venue))
         if route is None:
             return None
@@ -806,13 +770,13 @@ class RiskService:
         """Check an order and publish its decision (None when it was already decided)."""
         async with self._decide_lock:
             started = self.monotonic()
-            if order.client_order_id in self.decided:
+            if order.client_order_id in self.state.decided:
                 self.log.info("order_already_decided", client_order_id=order.client_order_id)
                 return None
             bid = ask = None
-            if order.price is None and order.stop_price is None and order.symbol not in self.mark_prices:
+            if order.price is None and order.stop_price is None and order.symbol not in self.state.mark_prices:
                 bid, ask = await self._touch_prices(order.symbol)
-            price = reference_price(order, self.mark_prices.get(order.symbol), bid, ask)
+            price = reference_price(order, self.state.mark_prices.get(order.symbol), bid, ask)
             routed = self.route(order)
             now = self.clock()
             trading_state = self.trading.state
@@ -825,7 +789,7 @@ class RiskService:
                 routed_because = ""
             else:
                 order, routed_because = routed
-                position = self.positions.get(self.book(order.venue, order.symbol), Decimal(0))
+                position = self.state.position(order.venue, order.symbol)
                 if not reduces_exposure(order, position) and (
                     self.hot_state.get(order.symbol) is None or not self.state_builder.alive(self.monotonic())
                 ):
@@ -846,7 +810,7 @@ class RiskService:
                     entries_paused=paused,
                     strategy_disabled=disabled,
                     confidence=confidence,
-                    recent_strategy_orders=self.rates.count(order.strategy, now) if order.strategy else 0,
+                    recent_strategy_orders=self.state.rates.count(order.strategy, now) if order.strategy else 0,
                     entries_halted=entries_halted,
                     holders=self._holders(order.symbol),
                 )
@@ -855,22 +819,25 @@ class RiskService:
             correlation = order.correlation_id or order.idempotency_key
             result: OrderApproved | OrderDenied
             if decision.approved:
-                result = OrderApproved(order=order, correlation_id=correlation, causation_id=order.message_id)
+                # Stamped with the decision's time: the rate window counts it from then, live and on replay.
+                result = OrderApproved(
+                    order=order, correlation_id=correlation, causation_id=order.message_id, ts_event_ns=now
+                )
                 await self.bus.publish(
                     subjects.evt_order("approved", venue, order.symbol), result, msg_id=f"approved:{coid}"
                 )
-                self.pending.add(order)
-                _remember(self.order_strategy, coid, order.strategy)
-                if order.strategy is not None and not reduces_exposure(order, position):
-                    self.rates.record(order.strategy, now)
             else:
                 result = OrderDenied(
-                    order=order, reason=decision.reason, correlation_id=correlation, causation_id=order.message_id
+                    order=order,
+                    reason=decision.reason,
+                    correlation_id=correlation,
+                    causation_id=order.message_id,
+                    ts_event_ns=now,
                 )
                 await self.bus.publish(
                     subjects.evt_order("denied", venue, order.symbol), result, msg_id=f"denied:{coid}"
                 )
-            self.decided.add(coid)
+            apply(self.state, result)  # what was published, exactly as a replay will apply it
             self.latency.add((self.monotonic() - started) / 1_000_000)
             self.log.info(
                 "order_approved" if decision.approved else "order_denied",
@@ -914,7 +881,7 @@ class RiskService:
 
     def after_applied(self, stream_seq: int) -> None:
         """ORDERS message `stream_seq` is reflected in memory: checkpoint when the policy says so."""
-        self.orders_seq = max(self.orders_seq, stream_seq)
+        self.state.orders_seq = max(self.state.orders_seq, stream_seq)
         if self.snapshots is None or self.policy is None or not self.policy.record():
             return
         self.policy.taken()
@@ -922,84 +889,22 @@ class RiskService:
 
     def capture(self, orders_seq: int) -> snap.RiskSnapshot:
         """Everything risk derived from the ORDERS stream up to `orders_seq`, plus breakers and trading state."""
-        now = self.clock()
-        return snap.RiskSnapshot(
-            orders_seq=orders_seq,
-            taken_ns=now,
-            positions=dict(self.positions),
-            position_ts=dict(self._position_ts),
-            seen_positions=list(self._seen_positions),
-            trades=self.trades.to_state(),
-            pending=self.pending.to_state(),
-            decided=sorted(self.decided)[-snap.MAX_DECIDED :],
-            order_strategy=list(self.order_strategy.items()),
-            rates=self.rates.to_state(now),
-            mark_prices=dict(self.mark_prices),
-            # Counters as of now, but the record's own time kept: KV, written at every change, stays
-            # the newer one and so the authority (`load_breakers`).
-            breakers=[
-                msgspec.structs.replace(breaker.record, details=breaker.details()) for breaker in self.breakers.all()
-            ]
-            if self.breakers
-            else [],
-            trading_state=self.trading,
-        )
+        return snap.capture(self.state, orders_seq, self.breakers, self.trading, self.clock())
 
-    def restore(self, state: snap.RiskSnapshot) -> None:
+    def restore(self, snapshot: snap.RiskSnapshot) -> None:
         """Load a snapshot into memory (breakers only where newer than what is loaded: see `load_breakers`)."""
-        self.positions = dict(state.positions)
-        self._position_ts = dict(state.position_ts)
-        self._seen_positions = OrderedDict((key, None) for key in state.seen_positions)
-        self.trades = TradeTracker.from_state(state.trades)
-        self.pending = PendingExposure.from_state(state.pending)
-        self.decided = set(state.decided)
-        self.order_strategy = OrderedDict(state.order_strategy)
-        self.rates = OrderRateWindow.from_state(state.rates)
-        self.mark_prices.update(state.mark_prices)
-        self.orders_seq = state.orders_seq
+        snap.restore(self.state, snapshot)
         if self.breakers is not None:
-            for record in state.breakers:
-                if record.breaker.startswith(STRATEGY_MALFUNCTION_PREFIX):
-                    self.breakers.strategy(record.breaker[len(STRATEGY_MALFUNCTION_PREFIX) :])
-                breaker = self.breakers.get(record.breaker)
-                if breaker is not None and record.ts_ns > breaker.record.ts_ns:
-                    _restore(self.breakers, breaker, record)
+            restore_newer(self.breakers, snapshot.breakers)
 
     def replay_message(self, message: Message, stream_seq: int) -> None:
         """Apply one ORDERS message of the replayed range to memory only (idempotent).
 
         No publishes and no breaker counting: everything in the range was processed with its effects
         before (KV breaker records include it), or is an order command whose decision follows on the log.
-        Also applies risk's own decisions when the live consumer delivers them.
         """
-        self.orders_seq = max(self.orders_seq, stream_seq)
-        if self.follow_order_outcome(message):
-            return
-        match message:
-            case OrderApproved(order=order):
-                fresh = order.client_order_id not in self.decided  # a live decision already counted itself
-                self.pending.add(order)
-                self.decided.add(order.client_order_id)
-                if fresh:
-                    _remember(self.order_strategy, order.client_order_id, order.strategy)
-                    if order.strategy is not None and not order.reduce_only:
-                        self.rates.record(order.strategy, message.ts_event_ns)
-            case OrderDenied(order=order):
-                self.decided.add(order.client_order_id)
-            case PositionChanged():
-                if message.message_id in self._seen_positions or not self.apply_position(message):
-                    return
-                _remember(self._seen_positions, message.message_id, None)
-                strategy = self.order_strategy.get(message.caused_by_client_order_id or "")
-                self.trades.on_position(
-                    self.book(message.venue, message.symbol),
-                    message.quantity,
-                    message.realized_pnl,
-                    message.ts_event_ns,
-                    strategy,
-                )
-            case _:
-                pass  # order commands, events of other venues
+        self.state.orders_seq = max(self.state.orders_seq, stream_seq)
+        apply(self.state, message)
 
     async def recover(self, log: StreamLog[snap.RiskSnapshot]) -> RecoveryReport:
         """Rebuild memory from the latest valid snapshot and the ORDERS tail, then validate (SPEC §8).
@@ -1039,11 +944,11 @@ class RiskService:
 
     def validate_recovered(self) -> None:
         """§7-style checks of the rebuilt state; a violation is logged and made safe, never trusted."""
-        for item in self.pending.to_state():
+        for item in self.state.pending.to_state():
             if item.quantity <= 0 or item.filled < 0 or item.filled >= item.quantity:
                 self.log.error("recovery_pending_invalid", client_order_id=item.client_order_id, action_taken="dropped")
                 self.pending.release(item.client_order_id)
-        for book, quantity in self.positions.items():
+        for book, quantity in self.state.positions.items():
             venue, symbol = split_book(book, self.venue)
             if symbol not in self.limits.symbols or venue not in self.venues:
                 self.log.warning("recovery_position_unknown_symbol", venue=venue, symbol=symbol, quantity=str(quantity))
@@ -1126,7 +1031,7 @@ class RiskService:
                 "operator": self.trading.operator,
                 "ts_ns": self.trading.ts_ns,
                 "degradation_level": self.degradation.value if self.degradation else None,
-                "positions": {symbol: str(qty) for symbol, qty in self.positions.items()},
+                "positions": {symbol: str(qty) for symbol, qty in self.state.positions.items()},
                 "pending": {
                     symbol: [str(q) for q in self.pending.totals(symbol)] for symbol in sorted(self.limits.symbols)
                 },
@@ -1149,29 +1054,6 @@ class RiskService:
         )
         await self.bus.serve(subjects.service_query(subjects.RISK, "state"), self.serve_state)
         await self.bus.serve(subjects.service_query(subjects.RISK, "breaker_reset"), self.reset_breaker)
-
-
-def _restore(board: BreakerBoard, breaker: RiskBreaker, record: BreakerRecord) -> RiskBreaker:
-    """Rebuild a breaker from its persisted record (counters included)."""
-    restored: RiskBreaker
-    match breaker:
-        case StrategyMalfunctionBreaker():
-            restored = StrategyMalfunctionBreaker(breaker.strategy, board.strategy_config, record)
-            board.strategies[breaker.strategy] = restored
-        case _ if breaker is board.rapid_loss:
-            restored = board.rapid_loss = type(board.rapid_loss)(board.rapid_loss.config, record)
-        case _ if breaker is board.abnormal_market:
-            restored = board.abnormal_market = type(board.abnormal_market)(board.abnormal_market.config, record)
-        case _:
-            restored = board.resource = type(board.resource)(board.resource.config, record)
-    return restored
-
-
-def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > MAX_REMEMBERED_ORDERS:
-        cache.popitem(last=False)
 
 
 def _error(code: str, message: str) -> bytes:

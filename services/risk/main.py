@@ -103,7 +103,7 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.details = lambda: {
         "trading_state": service.trading.state.value,
         "degradation_level": service.degradation.value if service.degradation else None,
-        "decided": len(service.decided),
+        "decided": len(service.state.decided),
         "pending_orders": len(service.pending),
         "breakers_open": [b.id for b in service.breakers.all() if b.is_open] if service.breakers else [],
         "entries_halted": service.entries_halted(),
