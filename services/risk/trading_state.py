@@ -1,4 +1,6 @@
-"""The trading state ACTIVE/REDUCING/HALTED (SPEC §0): its transition table and persisted record."""
+"""The trading state ACTIVE/REDUCING/HALTED (SPEC §0), pure: its transition table and its
+persisted record (KV `trading_state`). Changing it in the service is `trading_control`.
+"""
 
 from __future__ import annotations
 

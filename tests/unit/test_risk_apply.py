@@ -30,6 +30,7 @@ from proto.messages import (
     PositionChanged,
     SubmitOrder,
 )
+from services.risk import dependencies, recovery
 from services.risk import snapshot as snap
 from services.risk.checks import RiskLimits
 from services.risk.handlers import RiskService
@@ -107,7 +108,7 @@ def risk(stream: OrdersStream, clock: ManualClock) -> RiskService:
         monotonic=monotonic,
     )
     service.hot_state[SYMBOL] = HotStateStatus.VALID
-    service.heard_state_builder()
+    dependencies.heard_state_builder(service)
     # Marks are followed live (not on the ORDERS stream): every instance has seen the same one.
     apply(service.state, MarkPrice(venue=VENUE, symbol=SYMBOL, mark_price=Decimal(60000)))
     return service
@@ -233,12 +234,13 @@ def test_apply_when_log_replayed_then_state_equals_live(plan: list[tuple[Any, ..
         live, stream, clock, snapshot = await run_live(plan, snapshot_after)
 
         from_scratch = risk(OrdersStream(), clock)
-        await from_scratch.recover(MemoryLog(stream.messages, None))  # type: ignore[arg-type]
+        await recovery.recover(from_scratch, MemoryLog(stream.messages, None))  # type: ignore[arg-type]
         assert state_of(from_scratch) == state_of(live)
 
         from_snapshot = risk(OrdersStream(), clock)
-        report = await from_snapshot.recover(
-            MemoryLog(stream.messages, snap.decode_snapshot(snapshot))  # type: ignore[arg-type]
+        report = await recovery.recover(
+            from_snapshot,
+            MemoryLog(stream.messages, snap.decode_snapshot(snapshot)),  # type: ignore[arg-type]
         )
         assert report.mode == "snapshot"
         assert state_of(from_snapshot) == state_of(live)
@@ -260,7 +262,7 @@ def test_apply_when_strategy_exit_is_not_reduce_only_then_it_counts_toward_the_r
         assert [type(m).__name__ for m in stream.messages] == ["PositionChanged", "OrderApproved", "OrderApproved"]
         assert live.state.rates.count("alpha", clock.now) == 1
         restarted = risk(OrdersStream(), clock)
-        await restarted.recover(MemoryLog(stream.messages, None))  # type: ignore[arg-type]
+        await recovery.recover(restarted, MemoryLog(stream.messages, None))  # type: ignore[arg-type]
         assert restarted.state.rates.count("alpha", clock.now) == 1
 
     asyncio.run(scenario())

@@ -9,7 +9,7 @@ import pytest
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SignalGenerated, SubmitOrder
 from services.risk.checks import RiskLimits, check_order, reduces_exposure, reference_price
-from services.risk.handlers import signal_to_order
+from services.risk.decisions import signal_to_order
 from services.risk.trading_state import (
     TRADING_TRANSITIONS,
     InvalidTransition,
