@@ -15,7 +15,8 @@ from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 
 from .breakers import BreakerRecord, dump_breaker_record, load_breaker_record
-from .domain import TradingStateRecord, dump_trading_state, load_trading_state, parse_degradation_level
+from .checks import parse_degradation_level
+from .trading_state import TradingStateRecord, dump_trading_state, load_trading_state
 
 
 async def read_trading_state(bus: Bus) -> TradingStateRecord:

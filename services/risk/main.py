@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
+from functools import partial
 
+from libs.clock import wall_clock
 from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
 
-from . import adapters
+from . import adapters, breaker_effects, dependencies, monitor, recovery
 from . import snapshot as snap
-from .breakers import (
+from .breaker_rules import (
     AbnormalMarketBreaker,
     AbnormalMarketConfig,
     BreakerBoard,
@@ -22,7 +23,7 @@ from .breakers import (
     ResourceConfig,
     StrategyMalfunctionConfig,
 )
-from .domain import RiskLimits
+from .checks import RiskLimits
 from .handlers import RiskService
 
 FOLLOWED_SUBJECTS = (
@@ -80,38 +81,38 @@ async def setup(ctx: ServiceContext) -> None:
         ctx.log,
         limits,
         settings.venue,
-        time.time_ns,
+        wall_clock,
         state,
         breakers=breakers_from(settings),
         resources=adapters.ProcResources(),
         snapshots=snapshots,
         policy=SnapshotPolicy(
-            clock=time.time_ns,
+            clock=wall_clock,
             interval_ns=int(settings.snapshot_interval_s * 1e9),
             every_events=settings.snapshot_every_events,
         ),
         backup_venue=settings.backup_venue,
     )
-    report = await service.recover(snap.orders_log(ctx.bus, snapshots))
-    await service.load_breakers(settings.strategies)
+    report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))
+    await breaker_effects.load_breakers(service, settings.strategies)
     # Subscribe before the initial reads so nothing published in between is missed.
     for subject in FOLLOWED_SUBJECTS:
         await ctx.bus.subscribe_core(subject, service.on_core_event)
-    await service.load_initial_state()
-    ctx.bus.add_connection_listener(service.on_bus_connection)
+    await dependencies.load_initial_state(service)
+    ctx.bus.add_connection_listener(partial(dependencies.on_bus_connection, service))
     await service.serve()
     ctx.details = lambda: {
         "trading_state": service.trading.state.value,
         "degradation_level": service.degradation.value if service.degradation else None,
-        "decided": len(service.decided),
+        "decided": len(service.state.decided),
         "pending_orders": len(service.pending),
         "breakers_open": [b.id for b in service.breakers.all() if b.is_open] if service.breakers else [],
-        "entries_halted": service.entries_halted(),
+        "entries_halted": dependencies.entries_halted(service),
         "recovery": report.as_dict(),
         "orders_seq": service.orders_seq,
         "snapshots": snapshots.stats(),
     }
-    ctx.spawn(service.monitor(settings.risk_monitor_interval_s), "risk-monitor")
+    ctx.spawn(monitor.monitor(service, settings.risk_monitor_interval_s), "risk-monitor")
     # Positions, fills and order events: durable, so a restart knows what was processed (its ack
     # floor) and gets what happened while risk was down. Created at the end of the replay the first
     # time; afterwards it resumes where its acknowledgements ended. Batch 1: a fill must release

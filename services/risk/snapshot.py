@@ -12,13 +12,14 @@ What it holds and why (see docs/recovery.md):
   fallback when KV has none; KV stays the fail-closed authority for both (written synchronously at
   every change, before anything else happens).
 
-The classes (`domain.PendingExposure`, `domain.OrderRateWindow`, `breakers.TradeTracker`) export
+The classes (`exposure.PendingExposure`, `exposure.OrderRateWindow`, `trades.TradeTracker`) export
 and rebuild their own state (`to_state` / `from_state`, msgspec structs defined next to them);
-`RiskService.capture` composes those into one snapshot.
+`capture` composes those and the rest of `state.RiskState` into one snapshot, `restore` takes it back.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from decimal import Decimal
 
 import msgspec
@@ -28,8 +29,12 @@ from libs.logging import Logger
 from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec, consumer_processed_through
 from proto import subjects
 
-from .breakers import BreakerRecord, OpenTradeState, TradeBookState
-from .domain import PendingOrderState, TradingStateRecord
+from .breaker_rules import BreakerBoard
+from .breakers import BreakerRecord
+from .exposure import OrderRateWindow, PendingExposure, PendingOrderState
+from .state import RiskState
+from .trades import OpenTradeState, TradeBookState, TradeTracker
+from .trading_state import TradingStateRecord
 
 # The snapshot's parts are defined next to the classes they describe; re-exported from here.
 __all__ = ["OpenTradeState", "PendingOrderState", "RiskSnapshot", "TradeBookState"]
@@ -58,6 +63,46 @@ class RiskSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 CODEC = StructCodec(RiskSnapshot)
 encode_snapshot = CODEC.encode
 decode_snapshot = CODEC.decode
+
+
+def capture(
+    state: RiskState, orders_seq: int, breakers: BreakerBoard | None, trading: TradingStateRecord, now_ns: int
+) -> RiskSnapshot:
+    """`state` as a snapshot covering ORDERS up to `orders_seq`, with breakers and trading state."""
+    return RiskSnapshot(
+        orders_seq=orders_seq,
+        taken_ns=now_ns,
+        positions=dict(state.positions),
+        position_ts=dict(state.position_ts),
+        seen_positions=list(state.seen_positions),
+        trades=state.trades.to_state(),
+        pending=state.pending.to_state(),
+        decided=sorted(state.decided)[-MAX_DECIDED:],
+        order_strategy=list(state.order_strategy.items()),
+        rates=state.rates.to_state(now_ns),
+        mark_prices=dict(state.mark_prices),
+        # Counters as of now, but the record's own time kept: KV, written at every change, stays
+        # the newer one and so the authority (`breaker_effects.load_breakers`).
+        breakers=[msgspec.structs.replace(breaker.record, details=breaker.details()) for breaker in breakers.all()]
+        if breakers
+        else [],
+        trading_state=trading,
+    )
+
+
+def restore(state: RiskState, snapshot: RiskSnapshot) -> None:
+    """Load what `snapshot` holds of the ORDERS-derived state into `state` (mark prices are merged:
+    a live one already followed is newer)."""
+    state.positions = dict(snapshot.positions)
+    state.position_ts = dict(snapshot.position_ts)
+    state.seen_positions = OrderedDict((key, None) for key in snapshot.seen_positions)
+    state.trades = TradeTracker.from_state(snapshot.trades)
+    state.pending = PendingExposure.from_state(snapshot.pending)
+    state.decided = set(snapshot.decided)
+    state.order_strategy = OrderedDict(snapshot.order_strategy)
+    state.rates = OrderRateWindow.from_state(snapshot.rates)
+    state.mark_prices.update(snapshot.mark_prices)
+    state.orders_seq = snapshot.orders_seq
 
 
 # --------------------------------------------------------------------------- the ORDERS log

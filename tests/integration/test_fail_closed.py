@@ -22,6 +22,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 
 from libs.bus import Bus
+from libs.clock import wall_clock
 from libs.ids import client_order_id_for
 from libs.logging import get_logger
 from libs.runtime.service import run_service
@@ -42,9 +43,12 @@ from proto.messages import (
     SymbolHotState,
     SymbolsReply,
 )
-from services.risk.domain import RiskLimits, TradingStateRecord
-from services.risk.handlers import BUS_LOST_ALERT, RiskService
+from services.risk import dependencies
+from services.risk.checks import RiskLimits
+from services.risk.dependencies import BUS_LOST_ALERT
+from services.risk.handlers import RiskService
 from services.risk.main import setup as risk_setup
+from services.risk.trading_state import TradingStateRecord
 from tests.support.polling import eventually as poll_until
 
 VENUE = "binance-usdm"
@@ -218,17 +222,17 @@ async def test_risk_when_bus_connection_lost_then_entries_halted_until_reconnect
     await state_builder.start()
     limits = RiskLimits(symbols=frozenset({SYMBOL}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
     service = RiskService(
-        bus, get_logger("risk"), limits, VENUE, time.time_ns, TradingStateRecord(state=TradingState.ACTIVE)
+        bus, get_logger("risk"), limits, VENUE, wall_clock, TradingStateRecord(state=TradingState.ACTIVE)
     )
     try:
-        await eventually(service.probe_state_builder)
-        assert service.entries_halted() is None
+        await eventually(lambda: dependencies.probe_state_builder(service))
+        assert dependencies.entries_halted(service) is None
         # The listener `Bus` calls on a disconnect / reconnect (FM-C6).
-        service.on_bus_connection(False)
-        assert (service.entries_halted() or "").startswith("bus connection lost")
-        service.on_bus_connection(True)
-        assert service.entries_halted() is not None  # not before it re-validated
-        await eventually(lambda: _true(service.entries_halted() is None))
+        dependencies.on_bus_connection(service, False)
+        assert (dependencies.entries_halted(service) or "").startswith("bus connection lost")
+        dependencies.on_bus_connection(service, True)
+        assert dependencies.entries_halted(service) is not None  # not before it re-validated
+        await eventually(lambda: _true(dependencies.entries_halted(service) is None))
         assert service.hot_state[SYMBOL] == HotStateStatus.VALID
         await eventually(lambda: _true(any(isinstance(m, AlertResolved) and m.key == BUS_LOST_ALERT for m in seen)))
         assert any(isinstance(m, AlertRaised) and m.key == BUS_LOST_ALERT for m in seen)

@@ -10,28 +10,28 @@ from libs.breaker import BreakerState
 from libs.fsm import IllegalTransition, next_state
 from libs.latency import LatencyWindow
 from proto.enums import HotStateStatus
-from services.risk.breakers import (
-    AUTO_RESET_TABLE,
-    MANUAL_RESET_TABLE,
-    PAUSE_TABLE,
+from services.risk.breaker_rules import (
     AbnormalMarketBreaker,
     AbnormalMarketConfig,
-    BreakerNotTripped,
-    ClosedTrade,
     RapidLossBreaker,
     RapidLossConfig,
     ResourceBreaker,
     ResourceConfig,
     ResourceSample,
-    RiskBreakerTrigger,
     StrategyMalfunctionBreaker,
     StrategyMalfunctionConfig,
-    TradeTracker,
-    TradeUpdate,
-    dump_breaker_record,
-    load_breaker_record,
     trade_stats,
 )
+from services.risk.breakers import (
+    AUTO_RESET_TABLE,
+    MANUAL_RESET_TABLE,
+    PAUSE_TABLE,
+    BreakerNotTripped,
+    RiskBreakerTrigger,
+    dump_breaker_record,
+    load_breaker_record,
+)
+from services.risk.trades import ClosedTrade, TradeTracker, TradeUpdate
 
 S = 1_000_000_000
 D = Decimal

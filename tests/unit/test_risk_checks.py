@@ -8,14 +8,9 @@ from decimal import Decimal
 from libs.ids import client_order_id_for
 from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SubmitOrder
-from services.risk.domain import (
-    OrderRateWindow,
-    PendingExposure,
-    RiskLimits,
-    check_order,
-    flatten_orders,
-    parse_degradation_level,
-)
+from services.risk.checks import RiskLimits, check_order, parse_degradation_level
+from services.risk.exposure import OrderRateWindow, PendingExposure
+from services.risk.routing import flatten_orders
 
 D = Decimal
 LIMITS = RiskLimits(

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from libs.clock import ManualClock
 from libs.logging import get_logger
 from proto import subjects
 from proto.codec import encode
@@ -22,15 +23,11 @@ from proto.messages import (
     SymbolHotState,
     SymbolsReply,
 )
-from services.risk.domain import (
-    HOT_STATE_MAX_AGE_MS,
-    RiskLimits,
-    StateBuilderWatch,
-    TradingStateRecord,
-    check_order,
-    reply_hot_state,
-)
+from services.risk import dependencies, monitor
+from services.risk.checks import RiskLimits, check_order
 from services.risk.handlers import RiskService
+from services.risk.liveness import HOT_STATE_MAX_AGE_MS, StateBuilderWatch, reply_hot_state
+from services.risk.trading_state import TradingStateRecord
 
 S = 1_000_000_000
 LIMITS = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(100000))
@@ -152,11 +149,11 @@ async def test_initial_reads_when_an_event_overtakes_them_then_the_event_wins() 
         },
     )
     state = TradingStateRecord(state=TradingState.ACTIVE)
-    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
-    await service.load_initial_state()
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
+    await dependencies.load_initial_state(service)
     assert service.hot_state == {"BTCUSDT": HotStateStatus.VALID}
     assert service.market_link == ConnectionState.CONNECTED
-    assert service.market_link_gate("BTCUSDT") is None
+    assert dependencies.market_link_gate(service, "BTCUSDT") is None
 
 
 async def test_initial_reads_when_nothing_overtakes_them_then_kv_values_apply() -> None:
@@ -172,8 +169,8 @@ async def test_initial_reads_when_nothing_overtakes_them_then_kv_values_apply() 
         {},
     )
     state = TradingStateRecord(state=TradingState.ACTIVE)
-    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
-    await service.load_initial_state()
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
+    await dependencies.load_initial_state(service)
     assert service.hot_state == {"BTCUSDT": HotStateStatus.INVALID}
     assert service.market_link == ConnectionState.SUSPECT
 
@@ -197,9 +194,9 @@ async def test_monitor_when_risk_view_of_hot_state_is_wrong_then_the_next_pass_c
         {"ETHUSDT": SymbolHotState(symbol="ETHUSDT", hot_state=HotStateStatus.VALID, age_ms=40, last_update_id=7)}
     )
     state = TradingStateRecord(state=TradingState.ACTIVE)
-    service = RiskService(bus, get_logger("risk-test"), limits, venue, lambda: 0, state)  # type: ignore[arg-type]
+    service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
     service.hot_state["ETHUSDT"] = HotStateStatus.INVALID  # an event that arrived out of order
 
-    await service.monitor_once()
+    await monitor.monitor_once(service)
 
     assert service.hot_state == {"ETHUSDT": HotStateStatus.VALID}

@@ -8,20 +8,17 @@ import pytest
 
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SignalGenerated, SubmitOrder
-from services.risk.domain import (
+from services.risk.checks import RiskLimits, check_order, reduces_exposure, reference_price
+from services.risk.decisions import signal_to_order
+from services.risk.trading_state import (
     TRADING_TRANSITIONS,
     InvalidTransition,
-    RiskLimits,
     TradingStateRecord,
     TradingTrigger,
-    check_order,
     dump_trading_state,
     load_trading_state,
     next_trading_state,
-    reduces_exposure,
-    reference_price,
 )
-from services.risk.handlers import signal_to_order
 
 LIMITS = RiskLimits(
     symbols=frozenset({"BTCUSDT", "ETHUSDT"}), max_position_qty=Decimal("1"), max_order_notional=Decimal("100000")

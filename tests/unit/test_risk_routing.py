@@ -9,14 +9,8 @@ from decimal import Decimal as D
 from libs.ids import client_order_id_for
 from proto.enums import ConnectionState, OrderSource, OrderType, Side
 from proto.messages import SubmitOrder
-from services.risk.domain import (
-    OrderLinks,
-    PendingExposure,
-    book_key,
-    flatten_orders,
-    route_order,
-    split_book,
-)
+from services.risk.exposure import PendingExposure
+from services.risk.routing import OrderLinks, book_key, flatten_orders, route_order, split_book
 
 MAIN = "binance-usdm"
 BACKUP = "binance-usdm-backup"

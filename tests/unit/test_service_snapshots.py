@@ -17,9 +17,11 @@ from libs.service_snapshots import snapshot_fits_stream
 from proto.enums import AlertSeverity, ComponentState, OrderSource, OrderType, Side, StrategyState, TradingState
 from proto.messages import OrderApproved, OrderFilled, PositionChanged, SubmitOrder
 from services.risk import snapshot as risk_snap
-from services.risk.breakers import TradeTracker
-from services.risk.domain import OrderRateWindow, PendingExposure, RiskLimits, TradingStateRecord
+from services.risk.checks import RiskLimits
+from services.risk.exposure import OrderRateWindow, PendingExposure
 from services.risk.handlers import RiskService
+from services.risk.trades import TradeTracker
+from services.risk.trading_state import TradingStateRecord
 from services.strategy import snapshot as strategy_snap
 from services.strategy.config import instance_config
 from services.strategy.liquidations import CascadeDetection, LiquidationTracker, TrackerState
