@@ -84,7 +84,7 @@ class Core:
         self.on_lease_lost = on_lease_lost
         self.snapshot_policy = snapshot_policy
         self.retention = retention
-        self.ledger = Ledger()
+        self.ledger = Ledger(venue)
         self.lock = asyncio.Lock()
         """All order work runs under it, so a poll never races a submission of the same order."""
         self.wake = asyncio.Event()

@@ -133,6 +133,7 @@ class Execution:
         )
         await core.publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
         position = apply_fill(ledger.position(order.symbol), order.side, quantity, price)
+        # Held before it is published: a failed publish must not leave the fill without its position (§6).
         ledger.positions[order.symbol] = position
         core.protect_dirty.add(order.symbol)
         changed = PositionChanged(
@@ -147,7 +148,7 @@ class Execution:
         seq = await core.publish(
             subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
         )
-        ledger.position_seqs[order.symbol] = seq
+        ledger.apply(changed, seq)
         now = core.clock()
 
         async def write_fill() -> None:

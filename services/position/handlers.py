@@ -161,7 +161,7 @@ class PositionService:
         if not isinstance(message, OrderApproved):
             return
         async with self.core.lock:
-            if await self.submission.take_approved(message):
+            if await self.submission.take_approved(message, delivery):
                 await self.integrity.check_invariants()
                 await self.protection.maintain()
 

@@ -10,13 +10,14 @@ import msgspec
 from nats.js.errors import NotFoundError
 
 from libs.orders_model import is_terminal
-from libs.projections import Folded, fold_events, read_orders_stream, write
+from libs.projections import read_orders_stream, write
 from proto import subjects
 from proto.enums import AlertSeverity, OrderStatus
 
 from .core import Core
-from .domain import PositionCheckpoint, checkpoint_problem, decode_checkpoint, of_venue
+from .domain import PositionCheckpoint, checkpoint_problem, decode_checkpoint
 from .integrity import Integrity
+from .ledger import Ledger
 from .protection import ProtectiveStops
 from .snapshots import Snapshots
 
@@ -109,20 +110,15 @@ class Recovery:
             await self.load()
             report = RecoveryReport("projections", None, 0, len(corrupt), last)
         else:
-            start = Folded()
+            # A fresh ledger: the snapshot's state, then the tail folded in by `Ledger.fold`, the
+            # same fold the live handlers apply their events with.
+            ledger = core.ledger = Ledger(core.venue)
             from_seq = 1
             mode = "replay"
             if checkpoint is not None:
                 mode = "snapshot"
                 from_seq = checkpoint.stream_seq + 1
-                start = Folded(
-                    orders={order.client_order_id: order for order in checkpoint.orders},
-                    order_seq=dict(checkpoint.order_seq),
-                    positions={
-                        (core.venue, symbol): (position, checkpoint.position_seq.get(symbol, 0), 0)
-                        for symbol, position in checkpoint.positions.items()
-                    },
-                )
+                ledger.restore(checkpoint)
                 if checkpoint.stream_seq > last:
                     core.log.warning(
                         "snapshot_ahead_of_stream",
@@ -132,16 +128,9 @@ class Recovery:
                     )
             mark_ns = core.clock()
             # The stream holds every venue's orders: this process keeps, and writes, its own only.
-            folded = of_venue(fold_events(await read_orders_stream(core.bus, from_seq), start), core.venue)
+            events = await read_orders_stream(core.bus, from_seq)
+            folded = ledger.fold(events)
             phases["tail_fold_ms"] = (core.clock() - mark_ns) / 1e6
-            ledger.orders = folded.orders
-            ledger.order_seq = dict(folded.order_seq)
-            ledger.evicted_until_ns = checkpoint.evicted_until_ns if checkpoint is not None else 0
-            ledger.positions = {}
-            ledger.position_seqs = {}
-            for (_, symbol), (position, seq, _) in folded.positions.items():
-                ledger.positions[symbol] = position
-                ledger.position_seqs[symbol] = seq
             await self.protection.load(checkpoint.protections if checkpoint is not None else ())
             mark_ns = core.clock()
             try:
@@ -154,7 +143,7 @@ class Recovery:
             ledger.rebase()
             covered = max(last, checkpoint.stream_seq if checkpoint is not None else 0)
             snapshot_seq = checkpoint.stream_seq if checkpoint is not None else None
-            report = RecoveryReport(mode, snapshot_seq, folded.events, len(corrupt), covered, orders_evicted=evicted)
+            report = RecoveryReport(mode, snapshot_seq, len(events), len(corrupt), covered, orders_evicted=evicted)
             # The next snapshot is due once the stream grew past the policy's budget since this one.
             self.snapshots.stream_mark = snapshot_seq or 0
         recovered = {symbol: str(p.quantity) for symbol, p in sorted(ledger.positions.items()) if p.quantity}

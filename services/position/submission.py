@@ -127,7 +127,7 @@ class Submission:
 
     # ------------------------------------------------------------------ approvals and denials
 
-    async def take_approved(self, message: OrderApproved) -> bool:
+    async def take_approved(self, message: OrderApproved, delivery: Delivery) -> bool:
         """Send an approved order to the venue exactly once (under the order lock).
 
         Returns:
@@ -170,12 +170,15 @@ class Submission:
         ):
             core.log.info("order_already_known", client_order_id=command.client_order_id)
             return False
-        order = known or record_from_command(command, core.clock())
         if (command.stop_loss is not None or command.take_profit is not None) and not command.reduce_only:
             await self.protection.set_protection(
                 Protection(command.client_order_id, command.symbol, command.stop_loss, command.take_profit)
             )
-        orders[order.client_order_id] = order
+        if known is None:
+            core.ledger.apply(message, delivery.stream_sequence)  # a new order, as a replay of the approval makes it
+            order = orders[command.client_order_id]
+        else:
+            order = orders[known.client_order_id] = known
         try:
             backlog = self.backlog(order) if known is None else None
             if backlog is not None:
@@ -204,12 +207,14 @@ class Submission:
     async def approve_own(self, command: SubmitOrder) -> OrderRecord:
         """Take an order this service issues itself into memory and approve it on the ORDERS stream
         like any order (projection rebuilds see where it came from); the caller sends it."""
+        core = self.core
         coid = command.client_order_id
-        order = record_from_command(command, self.core.clock())
-        self.core.ledger.orders[coid] = order
-        approved = OrderApproved(order=command)
-        await self.core.publish(self.core.order_subject("approved", order), approved, f"approved:{coid}", coid)
-        return order
+        now = core.clock()  # the order's `created_ns`, as a replay of the approval makes it
+        approved = OrderApproved(order=command, ts_event_ns=now, ts_init_ns=now)
+        subject = subjects.evt_order("approved", command.venue, command.symbol)
+        seq = await core.publish(subject, approved, f"approved:{coid}", coid)
+        core.ledger.apply(approved, seq)
+        return core.ledger.orders[coid]
 
     def market_close(self, key: str, symbol: str, position: Decimal, *, correlation_id: str) -> SubmitOrder:
         """A reduce-only MARKET order closing `position` of `symbol` (flatten backstop, protect-close)."""

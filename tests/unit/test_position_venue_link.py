@@ -16,6 +16,7 @@ import pytest
 
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, CircuitBreaker
+from libs.bus import Delivery
 from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.orders_model import Position
@@ -220,7 +221,7 @@ def approved(key: str, symbol: str = "BTCUSDT") -> OrderApproved:
     )
 
 
-DELIVERY: Any = None
+DELIVERY = Delivery("evt.order.approved.binance-usdm.BTCUSDT", 0, 1, {})
 
 
 async def test_approved_when_link_down_then_pending_submission_and_venue_untouched() -> None:
