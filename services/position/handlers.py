@@ -34,6 +34,7 @@ from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from libs.orders_model import is_terminal
 from libs.projections import Projections
+from libs.service_snapshots import RecoveryReport
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from proto import subjects
 from proto.enums import OrderStatus
@@ -51,7 +52,7 @@ from .ledger import Ledger
 from .lookup import OrderLookup
 from .protection import ProtectiveStops
 from .reconciliation import Reconciliation
-from .recovery import Recovery, RecoveryReport
+from .recovery import Recovery
 from .snapshots import Snapshots
 from .submission import Submission
 from .venue_port import VenuePort
@@ -255,7 +256,7 @@ class PositionService:
             "hard_shutdown": core.hard_shutdown,
             "flattening": core.flattening(),
             "protective_orders": sum(1 for o in orders.values() if is_protective(o) and not is_terminal(o.status)),
-            "recovery": msgspec.structs.asdict(report) if report is not None else None,
+            "recovery": report.as_dict() if report is not None else None,
             "orders_in_memory": len(orders),
             "orders_evicted": core.ledger.orders_evicted,
             "snapshots": self.snapshots.stats(),
@@ -277,7 +278,7 @@ class PositionService:
                     for symbol, p in sorted(ledger.protections.items())
                 },
                 "reconciled": core.reconciled,
-                "recovery": msgspec.structs.asdict(report) if report is not None else None,
+                "recovery": report.as_dict() if report is not None else None,
                 "memory": {
                     "orders": len(ledger.orders),
                     "evicted": ledger.orders_evicted,

@@ -1,16 +1,19 @@
 """Recovery at start (SPEC §8, FM-C9): the latest valid snapshot plus the ORDERS tail after it (or
 the whole stream, or the Postgres projections when the stream no longer starts at 1), folded into
 the ledger; the tail's effects are written to the projections. Reconciliation with the venue follows.
+The recovery is reported with the `RecoveryReport` every service uses (`libs.service_snapshots`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncpg
-import msgspec
 from nats.js.errors import NotFoundError
 
 from libs.orders_model import is_terminal
 from libs.projections import read_orders_stream, write
+from libs.service_snapshots import RecoveryReport
 from proto import subjects
 from proto.enums import AlertSeverity, OrderStatus
 
@@ -20,24 +23,6 @@ from .integrity import Integrity
 from .ledger import Ledger
 from .protection import ProtectiveStops
 from .snapshots import Snapshots
-
-
-class RecoveryReport(msgspec.Struct, frozen=True):
-    """How the position service rebuilt its state at start (heartbeat `recovery`, log `position_recovered`)."""
-
-    mode: str
-    """`snapshot` (latest valid snapshot + tail), `replay` (the whole ORDERS stream) or `projections`."""
-    snapshot_seq: int | None
-    replayed: int
-    """ORDERS messages folded after the snapshot (all of them in `replay` mode): bounded by the policy."""
-    corrupt_snapshots: int
-    covered_seq: int
-    positions: dict[str, str] = {}
-    """Positions as recovered, before reconciliation with the venue corrected anything."""
-    orders_loaded: int = 0
-    """Orders kept in memory after recovery: live ones plus finished ones within the retention (bounded)."""
-    orders_evicted: int = 0
-    """Finished orders the recovery found beyond the retention and left out of memory."""
 
 
 class Recovery:
@@ -90,12 +75,14 @@ class Recovery:
         ledger = core.ledger
         checkpoint: PositionCheckpoint | None = None
         corrupt: list[str] = []
+        store_state = "available"
         started_ns = core.clock()
         phases: dict[str, float] = {}
         if self.snapshots.store is not None:
             try:
                 found = await self.snapshots.store.load_latest_valid(core.component, accept=checkpoint_problem)
             except (asyncpg.PostgresError, OSError) as exc:
+                store_state = "unavailable"
                 core.log.warning("snapshot_load_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             else:
                 corrupt = [f"id {c.id} seq {c.stream_seq}: {c.reason}" for c in found.corrupt]
@@ -108,13 +95,22 @@ class Recovery:
             first, last = 0, 0
         if checkpoint is None and first > 1:
             await self.load()
-            report = RecoveryReport("projections", None, 0, len(corrupt), last)
+            report = RecoveryReport(
+                "projections",
+                None,
+                0,
+                live_from=last + 1,
+                corrupt_snapshots=len(corrupt),
+                snapshot_store=store_state,
+                covered_seq=last,
+                orders_evicted=0,
+            )
         else:
             # A fresh ledger: the snapshot's state, then the tail folded in by `Ledger.fold`, the
             # same fold the live handlers apply their events with.
             ledger = core.ledger = Ledger(core.venue)
             from_seq = 1
-            mode = "replay"
+            mode = "full-replay"
             if checkpoint is not None:
                 mode = "snapshot"
                 from_seq = checkpoint.stream_seq + 1
@@ -143,11 +139,20 @@ class Recovery:
             ledger.rebase()
             covered = max(last, checkpoint.stream_seq if checkpoint is not None else 0)
             snapshot_seq = checkpoint.stream_seq if checkpoint is not None else None
-            report = RecoveryReport(mode, snapshot_seq, len(events), len(corrupt), covered, orders_evicted=evicted)
+            report = RecoveryReport(
+                mode,
+                snapshot_seq,
+                len(events),
+                live_from=covered + 1,
+                corrupt_snapshots=len(corrupt),
+                snapshot_store=store_state,
+                covered_seq=covered,
+                orders_evicted=evicted,
+            )
             # The next snapshot is due once the stream grew past the policy's budget since this one.
             self.snapshots.stream_mark = snapshot_seq or 0
         recovered = {symbol: str(p.quantity) for symbol, p in sorted(ledger.positions.items()) if p.quantity}
-        report = msgspec.structs.replace(report, positions=recovered, orders_loaded=len(ledger.orders))
+        report = dataclasses.replace(report, positions=recovered, orders_loaded=len(ledger.orders))
         self.report = report
         core.log.info(
             "position_recovered",
