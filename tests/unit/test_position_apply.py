@@ -4,7 +4,7 @@ snapshot of a prefix plus the tail after it).
 
 Random order flows, sensible by construction, run against a small in-memory venue: approvals whose
 placement is accepted, filled, partly filled, rejected or timed out (placed or not), venue trades
-seen through the user-data stream or the poll, and cancels.
+seen through the user-data stream or the poll, cancels, denials and redelivered approvals.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from libs.orders_model import OrderRecord, Position
 from libs.ratelimit import Admission
 from proto import subjects
 from proto.enums import OrderSource, OrderType, Side
-from proto.messages import CancelOrder, OrderApproved, SubmitOrder
+from proto.messages import CancelOrder, OrderApproved, OrderDenied, SubmitOrder
 from services.position.domain import SNAPSHOT_VERSION, PositionCheckpoint, decode_checkpoint
 from services.position.handlers import PositionService
 from services.position.ledger import Ledger
@@ -151,7 +151,22 @@ approve = st.tuples(st.just("approve"), st.sampled_from(OUTCOMES), st.sampled_fr
 trade = st.tuples(st.just("trade"), st.integers(0, 20), st.booleans(), st.sampled_from(["stream", "poll"]))
 cancel = st.tuples(st.just("cancel"), st.integers(0, 20))
 poll = st.tuples(st.just("poll"))
-flows = st.lists(st.one_of(approve, approve, trade, trade, cancel, poll), min_size=1, max_size=25)
+deny = st.tuples(st.just("deny"), st.sampled_from(["BUY", "SELL"]))
+redeliver = st.tuples(st.just("redeliver"), st.integers(0, 20))
+flows = st.lists(st.one_of(approve, approve, trade, trade, cancel, poll, deny, redeliver), min_size=1, max_size=25)
+
+
+def command_of(coid: str, side: str, units: int) -> SubmitOrder:
+    return SubmitOrder(
+        client_order_id=coid,
+        idempotency_key=coid,
+        source=OrderSource.OPERATOR,
+        symbol=SYMBOL,
+        side=Side(side),
+        order_type=OrderType.MARKET,
+        quantity=units * UNIT,
+        venue=VENUE,
+    )
 
 
 def service(bus: LogBus, venue: SimVenue) -> PositionService:
@@ -174,25 +189,25 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
     bus, venue = LogBus(), SimVenue()
     svc = service(bus, venue)
     coids: list[str] = []
+    approvals: list[tuple[OrderApproved, int]] = []
     for step in flow:
         match step:
             case ("approve", outcome, side, units):
                 coid = f"bw-{len(coids)}"
                 coids.append(coid)
                 venue.plan[coid] = outcome
-                command = SubmitOrder(
-                    client_order_id=coid,
-                    idempotency_key=coid,
-                    source=OrderSource.OPERATOR,
-                    symbol=SYMBOL,
-                    side=Side(side),
-                    order_type=OrderType.MARKET,
-                    quantity=units * UNIT,
-                    venue=VENUE,
-                )
-                message = OrderApproved(order=command)
+                message = OrderApproved(order=command_of(coid, side, units))
                 seq = await bus.publish(subjects.evt_order("approved", VENUE, SYMBOL), message, msg_id=f"a:{coid}")
+                approvals.append((message, seq))
                 await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+            case ("deny", side):
+                coid = f"bw-denied-{len(coids)}"
+                denied = OrderDenied(order=command_of(coid, side, 1), reason="limits")
+                seq = await bus.publish(subjects.evt_order("denied", VENUE, SYMBOL), denied, msg_id=f"d:{coid}")
+                await svc.on_denied(denied, Delivery("evt.order.denied", seq, 1, {}))
+            case ("redeliver", index) if approvals:
+                message, seq = approvals[index % len(approvals)]
+                await svc.on_approved(message, Delivery("evt.order.approved", seq, 2, {}))
             case ("trade", index, rest, via) if coids:
                 order = venue.orders.get(coids[index % len(coids)])
                 if order is None or order.status not in ("NEW", "PARTIALLY_FILLED"):
