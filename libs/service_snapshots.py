@@ -75,6 +75,14 @@ class RecoveryReport:
         live_from: first stream sequence the live consumer handles.
         corrupt_snapshots: corrupt snapshots skipped on the way.
         snapshot_store: `available` or `unavailable` (Postgres down at start).
+        covered_seq: the stream sequence the recovered state covers (None: not reported).
+        positions: positions as recovered, before reconciliation with the venue corrected
+            anything (symbol → quantity; None: a service without positions).
+        orders_loaded: orders kept in memory after recovery (None: a service without orders).
+        orders_evicted: finished orders the recovery left out of memory (beyond the retention).
+
+    The position service also reports mode `projections`: its stream no longer starts at 1 and no
+    snapshot is usable, so its state is loaded from the Postgres projections.
     """
 
     mode: str
@@ -83,9 +91,19 @@ class RecoveryReport:
     live_from: int
     corrupt_snapshots: int = 0
     snapshot_store: str = "available"
+    covered_seq: int | None = None
+    positions: dict[str, str] | None = None
+    orders_loaded: int | None = None
+    orders_evicted: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as heartbeat details and log fields; optional fields a service does not report
+        (None) are left out."""
+        return {name: value for name, value in asdict(self).items() if value is not None or name in _ALWAYS}
+
+
+_ALWAYS = frozenset({"mode", "snapshot_seq", "replayed", "live_from", "corrupt_snapshots", "snapshot_store"})
+"""`RecoveryReport` fields every service reports, even when None (`snapshot_seq` without a snapshot)."""
 
 
 def snapshot_fits_stream(log: Logger, snapshot_seq: int, first: int, last: int, fallback: str) -> bool:

@@ -5,20 +5,15 @@ No I/O and no clock here; handlers feed venue answers in and act on what comes o
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from libs.orders_model import OrderRecord, Position, is_terminal
 from proto.enums import OrderStatus, OrderType, Side
-
-if TYPE_CHECKING:
-    from libs.projections import Folded
 
 
 @dataclass(frozen=True)
@@ -451,19 +446,3 @@ def checkpoint_problem(state: bytes) -> str | None:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return f"undecodable position snapshot: {exc}"[:300]
     return None
-
-
-def of_venue(folded: Folded, venue: str) -> Folded:
-    """The part of a fold of the ORDERS stream that is one venue's: its orders (with their
-    sequences and fills) and positions. The stream holds every venue's; each venue's position
-    process recovers, and writes to the projections, its own only."""
-    orders = {coid: order for coid, order in folded.orders.items() if order.venue == venue}
-    return dataclasses.replace(
-        folded,
-        orders=orders,
-        order_seq={coid: seq for coid, seq in folded.order_seq.items() if coid in orders},
-        fills=[fill for fill in folded.fills if fill.order.venue == venue],
-        positions={key: value for key, value in folded.positions.items() if key[0] == venue},
-        touched={coid for coid in folded.touched if coid in orders},
-        touched_positions={key for key in folded.touched_positions if key[0] == venue},
-    )

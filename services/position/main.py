@@ -31,8 +31,9 @@ from proto import subjects
 from proto.enums import ComponentState
 
 from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
+from .cancels import CANCEL_DELIVERIES
 from .domain import Retention
-from .handlers import CANCEL_DELIVERIES, PositionService, cancels_durable, denials_durable, orders_durable
+from .handlers import PositionService, cancels_durable, denials_durable, orders_durable
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
@@ -141,7 +142,7 @@ async def setup(ctx: ServiceContext) -> None:
     link.on_breaker = service.on_breaker
 
     def lost() -> None:
-        service.lease_lost = True  # no venue write from here on, whatever is in flight
+        service.core.lease_lost = True  # no venue write from here on, whatever is in flight
         role["lease"] = "lost"
         ctx.log.error("lease_lost", lease=component, holder=holder, action_taken="stop writing, stop the service")
         ctx.stopping.set()
@@ -152,7 +153,7 @@ async def setup(ctx: ServiceContext) -> None:
     mark = time.perf_counter()
     await service.recover()
     phases["recover_ms"] = ms_since(mark)
-    await service.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
+    await service.core.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
     mark = time.perf_counter()
     delay = 0.5
     while not ctx.stopping.is_set():
@@ -165,7 +166,7 @@ async def setup(ctx: ServiceContext) -> None:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONCILE_RETRY_MAX_S)
-    if not service.reconciled:
+    if not service.core.reconciled:
         return
     phases["reconcile_ms"] = ms_since(mark)
     mark = time.perf_counter()

@@ -122,7 +122,7 @@ async def test_restart_when_newest_snapshot_corrupt_then_older_one_or_log_and_sa
 
     recovery = after["recovery"]
     assert recovery["corrupt_snapshots"] >= 1
-    assert recovery["mode"] in ("snapshot", "replay")
+    assert recovery["mode"] in ("snapshot", "full-replay")
     if recovery["mode"] == "snapshot":
         assert recovery["snapshot_seq"] <= newest["stream_seq"]
     assert quantities(recovery["positions"]) == {"BTCUSDT": Decimal("0.02")}
@@ -138,7 +138,7 @@ async def test_restart_when_every_snapshot_corrupt_then_whole_log_folded_and_sam
     after = await restart_position(system)
 
     recovery = after["recovery"]
-    assert recovery["mode"] == "replay" and recovery["snapshot_seq"] is None
+    assert recovery["mode"] == "full-replay" and recovery["snapshot_seq"] is None
     assert recovery["corrupt_snapshots"] >= 1
     assert quantities(recovery["positions"]) == {"BTCUSDT": Decimal("0.02")}
     assert orders_view(after["orders"]) == orders_view(before["orders"])

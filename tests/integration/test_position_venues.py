@@ -36,7 +36,8 @@ from libs.settings import Settings
 from proto import subjects
 from proto.codec import decode
 from proto.messages import CancelOrder, Heartbeat, OrderApproved, SubmitOrder
-from services.position.handlers import CANCEL_DELIVERIES, CANCEL_WAIT_S, PositionService
+from services.position.cancels import CANCEL_DELIVERIES, CANCEL_WAIT_S
+from services.position.handlers import PositionService
 from services.position.main import setup as position_setup
 from tests.integration.order_system import (
     SYMBOL,

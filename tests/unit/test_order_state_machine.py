@@ -17,7 +17,7 @@ from libs.orders_model import (
 )
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from services.position.domain import plan_reconciliation
-from services.position.handlers import order_params
+from services.position.submission import order_params
 
 S = OrderStatus
 T = OrderTrigger

@@ -10,7 +10,7 @@ import msgspec
 from libs.orders_model import OrderRecord, Position
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
-from services.position.handlers import countdown_symbols
+from services.position.venue_sync import countdown_symbols
 from tests.unit.test_position_venue_link import DELIVERY, FakeBus, FakeVenue, approved, service
 
 
@@ -48,10 +48,10 @@ async def test_approved_entry_when_hard_shutdown_then_cancelled_and_venue_untouc
     venue, bus = FakeVenue(), FakeBus()
     svc = service(venue, bus)
     await hard_shutdown(bus)
-    await svc.refresh_degradation()
-    assert svc.flattening()
+    await svc.core.refresh_degradation()
+    assert svc.core.flattening()
     await svc.on_approved(approved("late"), DELIVERY)
-    assert svc.orders["bw-late"].status == OrderStatus.CANCELED
+    assert svc.ledger.orders["bw-late"].status == OrderStatus.CANCELED
     assert "place_order" not in venue.calls
 
 
@@ -59,25 +59,25 @@ async def test_reduce_only_when_hard_shutdown_and_position_open_then_sent() -> N
     answer = {"orderId": 1, "status": "NEW", "executedQty": "0"}
     venue, bus = FakeVenue(place_order=[answer]), FakeBus()
     svc = service(venue, bus)
-    svc.positions["BTCUSDT"] = Position(Decimal("-0.01"), Decimal("100"))
+    svc.ledger.positions["BTCUSDT"] = Position(Decimal("-0.01"), Decimal("100"))
     await hard_shutdown(bus)
-    await svc.refresh_degradation()
+    await svc.core.refresh_degradation()
     closing = approved("close")
     closing = msgspec.structs.replace(closing, order=msgspec.structs.replace(closing.order, reduce_only=True))
     await svc.on_approved(closing, DELIVERY)
     assert "place_order" in venue.calls
-    assert svc.orders["bw-close"].status == OrderStatus.NEW
+    assert svc.ledger.orders["bw-close"].status == OrderStatus.NEW
 
 
 async def test_reduce_only_when_hard_shutdown_and_already_flat_then_cancelled_not_sent() -> None:
     venue, bus = FakeVenue(), FakeBus()
     svc = service(venue, bus)
     await hard_shutdown(bus)
-    await svc.refresh_degradation()
+    await svc.core.refresh_degradation()
     closing = approved("close-late")
     closing = msgspec.structs.replace(closing, order=msgspec.structs.replace(closing.order, reduce_only=True))
     await svc.on_approved(closing, DELIVERY)
-    assert svc.orders["bw-close-late"].status == OrderStatus.CANCELED
+    assert svc.ledger.orders["bw-close-late"].status == OrderStatus.CANCELED
     assert "place_order" not in venue.calls
 
 
@@ -87,10 +87,10 @@ async def test_approved_entry_when_level_just_went_back_to_normal_then_sent_not_
     venue, bus = FakeVenue(place_order=[answer]), FakeBus()
     svc = service(venue, bus)
     bus.kv[subjects.KEY_DEGRADATION_LEVEL] = msgspec.json.encode({"level": "EMERGENCY_MODE", "ts_ns": 7})
-    await svc.refresh_degradation()
-    assert svc.flattening()
+    await svc.core.refresh_degradation()
+    assert svc.core.flattening()
     bus.kv[subjects.KEY_DEGRADATION_LEVEL] = msgspec.json.encode({"level": "NORMAL", "ts_ns": 8})
     await svc.on_approved(approved("after-recovery"), DELIVERY)
     assert "place_order" in venue.calls
-    assert svc.orders["bw-after-recovery"].status == OrderStatus.NEW
-    assert not svc.flattening()
+    assert svc.ledger.orders["bw-after-recovery"].status == OrderStatus.NEW
+    assert not svc.core.flattening()

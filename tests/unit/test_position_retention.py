@@ -165,56 +165,56 @@ def filling_venue() -> FakeVenue:
 async def test_trim_when_filled_orders_age_out_then_memory_bounded_and_invariants_hold() -> None:
     venue, bus, projections = filling_venue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    svc.retention = RETENTION
-    svc.rebase()
+    svc.core.retention = RETENTION
+    svc.ledger.rebase()
     for n in range(5):
         venue.scripts["place_order"] = [{"orderId": 7 + n, "status": "FILLED", "executedQty": "0.01"}]
         venue.scripts["user_trades"] = [[{"id": 70 + n, "orderId": 7 + n, "qty": "0.01", "price": "100"}]]
-        await svc.on_approved(approved_at(f"t{n}", svc.clock()), DELIVERY)
-        svc.clock.now += S  # type: ignore[attr-defined]
-    assert svc.positions["BTCUSDT"].quantity == D("0.05") and len(svc.orders) == 5
+        await svc.on_approved(approved_at(f"t{n}", svc.core.clock()), DELIVERY)
+        svc.core.clock.now += S  # type: ignore[attr-defined]
+    assert svc.ledger.positions["BTCUSDT"].quantity == D("0.05") and len(svc.ledger.orders) == 5
 
-    assert svc.trim() == 2  # the cap: 3 finished orders stay
-    svc.clock.now += 120 * S  # type: ignore[attr-defined]
-    assert svc.trim() == 3  # the time window: none stays
-    assert svc.orders == {} and svc.orders_evicted == 5
-    assert svc.baselines == {"BTCUSDT": D("0.05")}
-    assert await svc.check_invariants(full=True) == [] and not svc.hard_shutdown
+    assert svc.integrity.trim() == 2  # the cap: 3 finished orders stay
+    svc.core.clock.now += 120 * S  # type: ignore[attr-defined]
+    assert svc.integrity.trim() == 3  # the time window: none stays
+    assert svc.ledger.orders == {} and svc.ledger.orders_evicted == 5
+    assert svc.ledger.baselines == {"BTCUSDT": D("0.05")}
+    assert await svc.integrity.check_invariants(full=True) == [] and not svc.core.hard_shutdown
 
     venue.scripts["place_order"] = [{"orderId": 20, "status": "FILLED", "executedQty": "0.01"}]
     venue.scripts["user_trades"] = [[{"id": 200, "orderId": 20, "qty": "0.01", "price": "100"}]]
-    await svc.on_approved(approved_at("after", svc.clock()), DELIVERY)
-    assert svc.positions["BTCUSDT"].quantity == D("0.06")
-    assert await svc.check_invariants(full=True) == [] and not svc.hard_shutdown
+    await svc.on_approved(approved_at("after", svc.core.clock()), DELIVERY)
+    assert svc.ledger.positions["BTCUSDT"].quantity == D("0.06")
+    assert await svc.integrity.check_invariants(full=True) == [] and not svc.core.hard_shutdown
 
 
 async def test_redelivered_approval_when_order_evicted_then_found_in_projection_and_not_sent_again() -> None:
     venue, bus, projections = filling_venue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    svc.retention = RETENTION
-    message = approved_at("old", svc.clock())
+    svc.core.retention = RETENTION
+    message = approved_at("old", svc.core.clock())
     coid = message.order.client_order_id
     await svc.on_approved(message, DELIVERY)
-    assert svc.orders[coid].status == OrderStatus.FILLED
-    svc.clock.now += 120 * S  # type: ignore[attr-defined]
-    svc.trim()
-    assert coid not in svc.orders and svc.evicted_until_ns > 0
+    assert svc.ledger.orders[coid].status == OrderStatus.FILLED
+    svc.core.clock.now += 120 * S  # type: ignore[attr-defined]
+    svc.integrity.trim()
+    assert coid not in svc.ledger.orders and svc.ledger.evicted_until_ns > 0
 
     await svc.on_approved(message, DELIVERY)
 
     assert venue.calls.count("place_order") == 1
     assert len(bus.of(OrderSubmitted)) == 1
-    assert coid in projections.lookups and coid not in svc.orders
+    assert coid in projections.lookups and coid not in svc.ledger.orders
 
 
 async def test_old_approval_when_evicted_and_postgres_down_then_retried_not_sent() -> None:
     venue, bus, projections = filling_venue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    svc.retention = RETENTION
-    message = approved_at("old", svc.clock())
+    svc.core.retention = RETENTION
+    message = approved_at("old", svc.core.clock())
     await svc.on_approved(message, DELIVERY)
-    svc.clock.now += 120 * S  # type: ignore[attr-defined]
-    svc.trim()
+    svc.core.clock.now += 120 * S  # type: ignore[attr-defined]
+    svc.integrity.trim()
     projections.down = True
 
     with pytest.raises(TransientError):
@@ -227,9 +227,9 @@ async def test_old_approval_when_evicted_and_postgres_down_then_retried_not_sent
 async def test_new_approval_when_postgres_down_then_memory_proves_it_new_sent_and_row_written_when_back() -> None:
     venue, bus, projections = filling_venue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    svc.evicted_until_ns = svc.clock() - 600 * S  # orders left memory, all long before this approval
+    svc.ledger.evicted_until_ns = svc.core.clock() - 600 * S  # orders left memory, all long before this approval
     projections.down = True
-    message = approved_at("fresh", svc.clock())
+    message = approved_at("fresh", svc.core.clock())
 
     await svc.on_approved(message, DELIVERY)  # FM-C3: the projection outage does not stop the order
 
@@ -237,10 +237,10 @@ async def test_new_approval_when_postgres_down_then_memory_proves_it_new_sent_an
     assert venue.calls.count("place_order") == 1
     coid = message.order.client_order_id
     assert coid not in projections.orders
-    assert await svc.flush_projections() == 0  # still down: kept for later
+    assert await svc.core.flush_projections() == 0  # still down: kept for later
     projections.down = False
-    assert await svc.flush_projections() >= 1
-    assert projections.orders[coid] == svc.orders[coid].status.value
+    assert await svc.core.flush_projections() >= 1
+    assert projections.orders[coid] == svc.ledger.orders[coid].status.value
 
 
 # ---------------------------------------------------------------------- -2021: already triggered
@@ -249,10 +249,10 @@ async def test_new_approval_when_postgres_down_then_memory_proves_it_new_sent_an
 def protected_long(stop: str, take_profit: str, venue: FakeVenue) -> tuple[FakeBus, PositionService]:
     bus = FakeBus()
     svc = service(venue, bus)
-    svc.orders["bwentry"] = order("bwentry", filled="0")
-    svc.orders["bwentry"].quantity = D("0.01")
-    svc.positions["BTCUSDT"] = Position(D("0.01"), D("100"))
-    svc.protections["BTCUSDT"] = Protection("bwentry", "BTCUSDT", D(stop), D(take_profit))
+    svc.ledger.orders["bwentry"] = order("bwentry", filled="0")
+    svc.ledger.orders["bwentry"].quantity = D("0.01")
+    svc.ledger.positions["BTCUSDT"] = Position(D("0.01"), D("100"))
+    svc.ledger.protections["BTCUSDT"] = Protection("bwentry", "BTCUSDT", D(stop), D(take_profit))
     return bus, svc
 
 
@@ -268,11 +268,11 @@ async def test_protective_order_when_venue_says_would_trigger_immediately_then_p
     placements = len(script)
     venue = FakeVenue(place_order=script, user_trades=[[{"id": 90, "orderId": 9, "qty": "0.01", "price": "99"}]])
     bus, svc = protected_long(stop, take_profit, venue)
-    svc.rebase()
+    svc.ledger.rebase()
 
-    await svc.maintain_protection(all_symbols=True)
+    await svc.protection.maintain(all_symbols=True)
 
-    orders = list(svc.orders.values())
+    orders = list(svc.ledger.orders.values())
     closes = [o for o in orders if o.idempotency_key.startswith("protect-close:")]
     assert [(o.order_type, o.side, o.quantity, o.reduce_only, o.status) for o in closes] == [
         (OrderType.MARKET, Side.SELL, D("0.01"), True, OrderStatus.FILLED)
@@ -280,24 +280,24 @@ async def test_protective_order_when_venue_says_would_trigger_immediately_then_p
     triggered = [o for o in orders if (o.reason or "").startswith(IMMEDIATE_TRIGGER_REASON)]
     assert len(triggered) == 1 and triggered[0].status == OrderStatus.REJECTED
     assert triggered[0].order_type == (OrderType.STOP_MARKET if refused else OrderType.TAKE_PROFIT_MARKET)
-    assert svc.positions["BTCUSDT"].quantity == 0
+    assert svc.ledger.positions["BTCUSDT"].quantity == 0
     assert venue.calls.count("place_order") == placements  # nothing placed after the close
     assert not bus.of(DeadLettered)
     assert any(alert.key == "protection-triggered:BTCUSDT" for alert in bus.of(AlertRaised))
-    assert await svc.check_invariants(full=True) == []
+    assert await svc.integrity.check_invariants(full=True) == []
 
 
 async def test_approval_when_order_only_in_projection_as_submitted_then_queried_before_any_resend() -> None:
     venue = FakeVenue(query_order=[{"orderId": 7, "status": "NEW", "executedQty": "0"}])
     bus, projections = FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    message = approved_at("half-way", svc.clock())
+    message = approved_at("half-way", svc.core.clock())
     coid = message.order.client_order_id
-    row = order(coid, status=OrderStatus.SUBMITTED, filled="0", updated_ns=svc.clock())
+    row = order(coid, status=OrderStatus.SUBMITTED, filled="0", updated_ns=svc.core.clock())
     projections.records[coid] = row  # a handler that failed after the projection write, before memory kept it
 
     await svc.on_approved(message, DELIVERY)
-    await svc.poll_once(follow_live=False)
+    await svc.venue_sync.poll_once(follow_live=False)
 
     assert "place_order" not in venue.calls and "query_order" in venue.calls
-    assert svc.orders[coid].status == OrderStatus.NEW
+    assert svc.ledger.orders[coid].status == OrderStatus.NEW

@@ -16,6 +16,8 @@ import pytest
 
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, CircuitBreaker
+from libs.bus import Delivery
+from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.orders_model import Position
 from libs.ratelimit import Admission
@@ -35,14 +37,6 @@ from services.position.adapters import UserStreamClosed, VenueLink
 from services.position.handlers import PositionService
 
 S = 1_000_000_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * S
-
-    def __call__(self) -> int:
-        return self.now
 
 
 class FakeVenue:
@@ -143,7 +137,7 @@ class FakeProjections:
 
 
 def link(venue: FakeVenue, clock: Callable[[], int] | None = None, failures: int = 5) -> VenueLink:
-    fake_clock = clock or FakeClock()
+    fake_clock = clock or ManualClock(1_700_000_000 * S)
     breaker = CircuitBreaker("venue-test", fake_clock, failure_threshold=failures)
     return VenueLink(venue, breaker, get_logger("test"), fake_clock)
 
@@ -169,7 +163,7 @@ async def test_place_when_unreachable_then_retried_because_nothing_was_sent() ->
 
 
 async def test_place_when_clock_rejected_then_offset_resynced_and_retried() -> None:
-    clock = FakeClock()
+    clock = ManualClock(1_700_000_000 * S)
     venue = FakeVenue(place_order=[VenueError(400, -1021, "Timestamp outside recvWindow"), {"status": "NEW"}])
     venue.server_ms = clock() // 1_000_000 + 10_000
     assert await link(venue, clock).place_order(symbol="BTCUSDT") == {"status": "NEW"}
@@ -205,11 +199,11 @@ def service(
         projections or FakeProjections(),  # type: ignore[arg-type]
         venue,
         "binance-usdm",
-        FakeClock(),
+        ManualClock(1_700_000_000 * S),
         symbols=symbols,
     )
-    svc.query_backoff_s = (0.0,)
-    svc.reconciled = True
+    svc.submission.query_backoff_s = (0.0,)
+    svc.core.reconciled = True
     return svc
 
 
@@ -227,15 +221,15 @@ def approved(key: str, symbol: str = "BTCUSDT") -> OrderApproved:
     )
 
 
-DELIVERY: Any = None
+DELIVERY = Delivery("evt.order.approved.binance-usdm.BTCUSDT", 0, 1, {})
 
 
 async def test_approved_when_link_down_then_pending_submission_and_venue_untouched() -> None:
     venue, bus, projections = FakeVenue(), FakeBus(), FakeProjections()
     svc = service(venue, bus, projections)
-    svc.link_state = ConnectionState.DISCONNECTED
+    svc.core.link_state = ConnectionState.DISCONNECTED
     await svc.on_approved(approved("a"), DELIVERY)
-    assert svc.orders["bw-a"].status == OrderStatus.PENDING_SUBMISSION
+    assert svc.ledger.orders["bw-a"].status == OrderStatus.PENDING_SUBMISSION
     assert projections.orders["bw-a"] == "PENDING_SUBMISSION"
     assert venue.calls == []
 
@@ -250,14 +244,14 @@ async def test_approved_when_budget_holds_orders_then_queued_visible_and_sent_in
     await svc.on_approved(approved("second"), DELIVERY)  # the budget is free, but "first" waits ahead
     # Recorded at once (visible and cancelable through the gateway), nothing sent inline.
     assert projections.orders == {"bw-first": "PENDING_SUBMISSION", "bw-second": "PENDING_SUBMISSION"}
-    assert "request budget" in (svc.orders["bw-first"].reason or "")
-    assert "behind 1 earlier order" in (svc.orders["bw-second"].reason or "")
+    assert "request budget" in (svc.ledger.orders["bw-first"].reason or "")
+    assert "behind 1 earlier order" in (svc.ledger.orders["bw-second"].reason or "")
     assert venue.calls == []
-    await svc.poll_once(follow_live=False)
+    await svc.venue_sync.poll_once(follow_live=False)
     assert venue.calls == ["place_order", "place_order"]
     submitted = [m.client_order_id for m in bus.of(OrderSubmitted)]
     assert submitted == ["bw-first", "bw-second"]  # oldest first
-    assert {svc.orders[c].status for c in submitted} == {OrderStatus.NEW}
+    assert {svc.ledger.orders[c].status for c in submitted} == {OrderStatus.NEW}
 
 
 async def test_poll_when_a_queued_order_fails_to_send_then_the_next_one_still_goes_out() -> None:
@@ -268,9 +262,9 @@ async def test_poll_when_a_queued_order_fails_to_send_then_the_next_one_still_go
     await svc.on_approved(approved("stuck"), DELIVERY)
     await svc.on_approved(approved("next"), DELIVERY)
     venue.hold = Admission(True)
-    await svc.poll_once(follow_live=False)
+    await svc.venue_sync.poll_once(follow_live=False)
     assert venue.calls == ["place_order", "place_order"]
-    assert svc.orders["bw-next"].status == OrderStatus.NEW
+    assert svc.ledger.orders["bw-next"].status == OrderStatus.NEW
 
 
 async def test_breaker_open_when_transition_published_then_link_down_unreconciled_and_alerted() -> None:
@@ -278,10 +272,10 @@ async def test_breaker_open_when_transition_published_then_link_down_unreconcile
     svc = service(None, bus)
     venue_link = link(venue, failures=2)
     venue_link.on_breaker = svc.on_breaker
-    svc.client = venue_link
+    svc.core.client = venue_link
     with pytest.raises(BreakerOpen):
-        await svc.poll_once()
-    assert svc.link_state == ConnectionState.DISCONNECTED and not svc.reconciled
+        await svc.venue_sync.poll_once()
+    assert svc.core.link_state == ConnectionState.DISCONNECTED and not svc.core.reconciled
     assert [event.current for event in bus.of(LinkStateChanged)] == [ConnectionState.DISCONNECTED]
     assert msgspec.json.decode(bus.kv[subjects.key_link("binance-usdm", "orders")])["state"] == "DISCONNECTED"
 
@@ -290,7 +284,7 @@ async def test_approved_when_venue_rejects_permanently_then_rejected_dead_letter
     venue, bus = FakeVenue(place_order=[VenueError(400, -2019, "Margin is insufficient.")]), FakeBus()
     svc = service(venue, bus)
     await svc.on_approved(approved("b"), DELIVERY)
-    assert svc.orders["bw-b"].status == OrderStatus.REJECTED
+    assert svc.ledger.orders["bw-b"].status == OrderStatus.REJECTED
     (letter,) = bus.of(DeadLettered)
     assert letter.consumer == "position-orders" and "insufficient_funds" in letter.reason
     assert any(subject == subjects.dlq("position-orders") for subject, _, _ in bus.published)
@@ -306,31 +300,31 @@ async def test_user_stream_when_same_trade_twice_then_counted_once() -> None:
     event = {"e": "ORDER_TRADE_UPDATE", "o": update}
     await svc.on_user_event(event)
     await svc.on_user_event(event)
-    assert svc.orders["bw-c"].status == OrderStatus.FILLED
+    assert svc.ledger.orders["bw-c"].status == OrderStatus.FILLED
     assert len(bus.of(OrderFilled)) == 1
-    assert svc.positions["BTCUSDT"].quantity == Decimal("0.01")
-    assert not svc.hard_shutdown
+    assert svc.ledger.positions["BTCUSDT"].quantity == Decimal("0.01")
+    assert not svc.core.hard_shutdown
 
 
 async def test_invariant_when_position_moves_without_fill_then_hard_shutdown_and_p0() -> None:
     bus = FakeBus()
     svc = service(FakeVenue(), bus)
-    svc.rebase()
-    svc.positions["BTCUSDT"] = Position(Decimal("1"), Decimal("100"))
-    problems = await svc.check_invariants()
-    assert problems and svc.hard_shutdown
+    svc.ledger.rebase()
+    svc.ledger.positions["BTCUSDT"] = Position(Decimal("1"), Decimal("100"))
+    problems = await svc.integrity.check_invariants()
+    assert problems and svc.core.hard_shutdown
     (level,) = bus.of(DegradationLevelChanged)
     assert level.current.value == "HARD_SHUTDOWN"
     assert msgspec.json.decode(bus.kv[subjects.KEY_DEGRADATION_LEVEL])["level"] == "HARD_SHUTDOWN"
     assert subjects.service_query(subjects.RISK, "halt") in bus.requests
     assert [alert.severity.value for alert in bus.of(AlertRaised)] == ["P0"]
-    assert svc.flattening()  # SPEC §5 HARD_SHUTDOWN: no entries, flatten at market
+    assert svc.core.flattening()  # SPEC §5 HARD_SHUTDOWN: no entries, flatten at market
 
 
 async def test_poll_when_no_live_order_then_one_symbols_open_orders_asked() -> None:
     venue = FakeVenue()
     svc = service(venue, FakeBus(), symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
-    await svc.poll_once()
+    await svc.venue_sync.poll_once()
     # Weight 1: the all-symbol request (weight 40 a second) would be the IP's whole budget (FM-N2).
     assert venue.open_orders_symbols == ["BTCUSDT"]
 
@@ -345,11 +339,11 @@ async def test_poll_when_orders_live_on_two_symbols_then_each_asked_once_and_mis
     svc = service(venue, FakeBus(), symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
     await svc.on_approved(approved("b", "BTCUSDT"), DELIVERY)
     await svc.on_approved(approved("e", "ETHUSDT"), DELIVERY)
-    await svc.poll_once()
+    await svc.venue_sync.poll_once()
     assert sorted(venue.open_orders_symbols, key=str) == ["BTCUSDT", "ETHUSDT"]
     # The fake answers the same list for both symbols: bw-e is open; bw-b is not, so it is queried.
-    assert svc.orders["bw-e"].status == OrderStatus.NEW
-    assert svc.orders["bw-b"].status == OrderStatus.CANCELED
+    assert svc.ledger.orders["bw-e"].status == OrderStatus.NEW
+    assert svc.ledger.orders["bw-b"].status == OrderStatus.CANCELED
     assert venue.calls.count("query_order") == 1
 
 
@@ -360,7 +354,7 @@ async def test_poll_when_venue_fails_then_one_request_per_poll_whatever_the_symb
     await svc.on_approved(approved("b", "BTCUSDT"), DELIVERY)
     await svc.on_approved(approved("e", "ETHUSDT"), DELIVERY)
     with pytest.raises(VenueError):
-        await svc.poll_once()
+        await svc.venue_sync.poll_once()
     assert venue.open_orders_symbols == ["BTCUSDT"]  # the venue breaker counts one failure per poll
 
 
@@ -397,5 +391,5 @@ async def test_user_stream_when_main_endpoint_refuses_then_alternate_used_and_re
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert tried == ["ws://main", "ws://backup"]
-    assert svc.user_stream_up and not svc.reconciled, "an opened stream must ask for a reconciliation"
-    assert svc.orders["bw-c"].status == OrderStatus.FILLED
+    assert svc.core.user_stream_up and not svc.core.reconciled, "an opened stream must ask for a reconciliation"
+    assert svc.ledger.orders["bw-c"].status == OrderStatus.FILLED

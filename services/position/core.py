@@ -1,0 +1,299 @@
+"""What every part of the position service shares: its dependencies, the ledger, the order lock,
+the service's modes (reconciled, order link, lease, user stream, HARD_SHUTDOWN, flatten mode) and
+the effects all parts use: publish on ORDERS, the projection writes (deferred while Postgres is
+down, FM-C3), the order state-machine step, alerts, the lease guard before a venue write and the
+order link state (FM-N5, FM-N6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from libs.bus import Bus
+from libs.clock import Clock
+from libs.lease import Lease, LeaseLost
+from libs.logging import Logger
+from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger
+from libs.projections import Projections
+from libs.service_snapshots import PG_ERRORS
+from libs.snapshot import SnapshotPolicy
+from proto import subjects
+from proto.enums import AlertSeverity, ConnectionState, DegradationLevel
+from proto.envelope import Message
+from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
+
+from .domain import CountdownPlanner, Retention
+from .ledger import Ledger
+from .venue_port import VenuePort
+
+ORDER_LINK = "orders"
+"""Link name of the position service's REST link to the venue (`evt.link.<venue>.orders`)."""
+FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
+
+
+class Core:
+    """The shared state and effects of one position process (see the module docstring).
+
+    Args:
+        bus: the message bus.
+        log: structured logger.
+        projections: Postgres projections.
+        client: the venue port (a `VenueLink`, or a fake with the same methods).
+        venue: venue name used in subjects; only this venue's orders are this service's.
+        clock: wall clock in ns.
+        component: this process's component name (`subjects.position_component`).
+        symbols: traded symbols (reconciliation scope).
+        countdown: the FM-N8 auto-cancel countdown planner.
+        lease: the single-writer lease (SPEC §8); checked right before every venue write (None: no check).
+        on_lease_lost: called once when a venue write finds the lease gone.
+        snapshot_policy: counts the ORDERS events this service publishes (None: no snapshots).
+        retention: how many finished orders stay in memory and in snapshots.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        log: Logger,
+        projections: Projections,
+        client: VenuePort,
+        venue: str,
+        clock: Clock,
+        *,
+        component: str,
+        symbols: Sequence[str],
+        countdown: CountdownPlanner,
+        lease: Lease | None,
+        on_lease_lost: Callable[[], None] | None,
+        snapshot_policy: SnapshotPolicy | None,
+        retention: Retention,
+    ) -> None:
+        self.bus = bus
+        self.log = log
+        self.projections = projections
+        self.client = client
+        self.venue = venue
+        self.clock = clock
+        self.component = component
+        self.symbols = tuple(symbols)
+        self.countdown = countdown
+        self.lease = lease
+        self.on_lease_lost = on_lease_lost
+        self.snapshot_policy = snapshot_policy
+        self.retention = retention
+        self.ledger = Ledger(venue)
+        self.lock = asyncio.Lock()
+        """All order work runs under it, so a poll never races a submission of the same order."""
+        self.wake = asyncio.Event()
+        """Set to run the supervision round at once (a user-stream (re)connect)."""
+        self.reconciled = False
+        self.link_state = ConnectionState.CONNECTED
+        self.link_announced = False
+        """Has this process published its order link state yet? The first reconciliation does, even
+        when the state did not change: KV may hold a previous process's DISCONNECTED, and risk routes
+        by it (FM-N6)."""
+        self.hard_shutdown = False
+        self.user_stream_up = False
+        self.lease_lost = False
+        self.degradation: DegradationLevel | None = None
+        self.flatten_since: int | None = None
+        self.flatten_key = ""
+        self.protect_dirty: set[str] = set()
+        """Symbols whose protective orders must be checked against their position again."""
+        self.deferred: dict[str, Callable[[], Awaitable[None]]] = {}
+        """Projection writes that failed while Postgres was down, in order (FM-C3)."""
+
+    # ------------------------------------------------------------------ modes
+
+    def may_submit(self) -> bool:
+        """Orders go to the venue only when the link is up, reconciled, and the lease is held.
+
+        In EMERGENCY_MODE / HARD_SHUTDOWN (`flattening`) only reduce-only orders are sent.
+        """
+        return self.reconciled and self.link_state == ConnectionState.CONNECTED and not self.lease_lost
+
+    def flattening(self) -> bool:
+        """SPEC §5 EMERGENCY_MODE or HARD_SHUTDOWN (operator's or our own invariant violation):
+        close every position, no new entries."""
+        return self.flatten_since is not None
+
+    async def read_level(self) -> tuple[DegradationLevel | None, int]:
+        """(level, ts_ns) of KV `degradation_level` (None when absent or unreadable)."""
+        entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+        if entry is None:
+            return None, 0
+        try:
+            raw = msgspec.json.decode(entry[0])
+            level, ts_ns = raw.get("level"), int(raw.get("ts_ns") or 0)
+        except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+            return None, 0
+        return (DegradationLevel(level) if level in DegradationLevel.__members__ else None), ts_ns
+
+    async def refresh_degradation(self) -> None:
+        """Follow the degradation level: entering EMERGENCY_MODE/HARD_SHUTDOWN starts flattening."""
+        level, ts_ns = await self.read_level()
+        self.degradation = level
+        flatten = level in FLATTEN_LEVELS or self.hard_shutdown
+        if flatten and self.flatten_since is None:
+            self.flatten_since = self.clock()
+            self.flatten_key = str(ts_ns or self.flatten_since)
+            self.log.error(
+                "flatten_mode_entered",
+                level=level.value if level else None,
+                hard_shutdown=self.hard_shutdown,
+                action_taken="cancel entries, flatten at market (reduce-only), stops kept until flat",
+            )
+        elif not flatten and self.flatten_since is not None:
+            self.flatten_since = None
+            self.log.warning("flatten_mode_left", level=level.value if level else None)
+
+    # ------------------------------------------------------------------ effects
+
+    async def guard(self) -> None:
+        """Right before a venue write: do we still hold the single-writer lease? (SPEC §8)
+
+        Raises:
+            LeaseLost: another instance holds it; nothing may be written any more.
+        """
+        if self.lease is None:
+            return
+        try:
+            await self.lease.ensure_held()
+        except LeaseLost:
+            if not self.lease_lost:
+                self.lease_lost = True
+                self.log.error("lease_lost", lease=self.lease.name, action_taken="stop writing to the venue, stop")
+                if self.on_lease_lost is not None:
+                    self.on_lease_lost()
+            raise
+
+    async def publish(self, subject: str, message: Message, msg_id: str, coid: str | None = None) -> int:
+        """Publish on the bus (de-duplicated by `msg_id`); an event about order `coid` is noted in the ledger."""
+        seq = await self.bus.publish(subject, message, msg_id=msg_id)
+        if coid is not None:
+            self.ledger.published(coid, seq)
+        if self.snapshot_policy is not None:
+            self.snapshot_policy.record()
+        return seq
+
+    def order_subject(self, event: str, order: OrderRecord) -> str:
+        """`evt.order.<event>.<venue>.<symbol>` of an order."""
+        return subjects.evt_order(event, order.venue, order.symbol)
+
+    async def save(self, order: OrderRecord) -> None:
+        """Write the order's projection row; with Postgres down the write is deferred (FM-C3).
+
+        The event log is the source of truth and the order is already on it: a projection outage
+        must not keep an order from the venue. Deferred rows are written by `flush_projections`.
+        """
+        self.ledger.changed.add(order.client_order_id)
+        try:
+            await self.projections.upsert_order(order, self.ledger.order_seq.get(order.client_order_id, 0))
+        except PG_ERRORS as exc:
+            self.defer(f"order:{order.client_order_id}", self._save_later(order.client_order_id), exc)
+
+    def _save_later(self, coid: str) -> Callable[[], Awaitable[None]]:
+        async def write_row() -> None:
+            order = self.ledger.orders.get(coid)  # the newest state; an evicted order was final when it left
+            if order is not None:
+                await self.projections.upsert_order(order, self.ledger.order_seq.get(coid, 0))
+
+        return write_row
+
+    def defer(self, key: str, write_row: Callable[[], Awaitable[None]], exc: BaseException) -> None:
+        """Keep a projection write that failed for `flush_projections` (one per key, oldest first)."""
+        if not self.deferred:
+            self.log.warning(
+                "projection_write_deferred",
+                key=key,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                action_taken="trading continues on the event log; rows written when Postgres is back",
+            )
+        self.deferred.setdefault(key, write_row)
+
+    async def flush_projections(self) -> int:
+        """Write the projection rows deferred while Postgres was down, oldest first (0: none pending)."""
+        written = 0
+        for key in list(self.deferred):
+            try:
+                await self.deferred[key]()
+            except PG_ERRORS:
+                return written  # still down: the next round tries again
+            del self.deferred[key]
+            written += 1
+        if written:
+            self.log.info("projection_writes_caught_up", rows=written)
+        return written
+
+    def transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
+        """Apply a trigger; an illegal one is logged (with the evidence) and leaves the order as is."""
+        previous = order.status
+        try:
+            order.apply(trigger, self.clock())
+        except IllegalOrderTransition as exc:
+            self.log.error(
+                "illegal_order_transition",
+                client_order_id=order.client_order_id,
+                status=previous.value,
+                trigger=trigger.value,
+                error=str(exc),
+                action_taken="order state kept",
+            )
+            return False
+        if order.status != previous:
+            self.log.info(
+                "order_status_changed",
+                client_order_id=order.client_order_id,
+                previous=previous.value,
+                current=order.status.value,
+            )
+        return True
+
+    async def alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
+        """Raise an alert of this component."""
+        self.log.warning("alert_raised", key=key, severity=severity.value, title=title, **details)
+        alert = AlertRaised(key=key, severity=severity, component=self.component, title=title, details=details)
+        await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+
+    async def resolve_alert(self, key: str, reason: str) -> None:
+        """Resolve an alert of this component."""
+        self.log.info("alert_resolved", key=key, reason=reason)
+        await self.bus.publish(
+            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=self.component, reason=reason)
+        )
+
+    def scoped(self, key: str) -> str:
+        """An alert key of this process: as it always was on the main venue, `<key>@<venue>` on a
+        backup venue (two venues' alerts about one symbol are two alerts)."""
+        return key if self.component == subjects.POSITION else f"{key}@{self.venue}"
+
+    async def set_link(self, state: ConnectionState, reason: str) -> None:
+        """Publish the order link's state (event and KV, FM-N6); any state but CONNECTED unreconciles."""
+        if state == self.link_state and self.link_announced:
+            return
+        self.link_announced = True
+        previous, self.link_state = self.link_state, state
+        if state != ConnectionState.CONNECTED:
+            # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
+            self.reconciled = False
+            self.countdown.forget()
+        event = LinkStateChanged(
+            venue=self.venue, link=ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
+        )
+        if previous == state:
+            self.log.info("link_state_announced", link=ORDER_LINK, current=state.value, reason=reason)
+        else:
+            self.log.warning("link_state_changed", link=ORDER_LINK, previous=previous.value, current=state.value)
+        await self.bus.publish(subjects.evt_link(self.venue, ORDER_LINK), event)
+        value = {"state": state.value, "reason": reason, "ts_ns": event.ts_event_ns}
+        await self.bus.kv_put(subjects.key_link(self.venue, ORDER_LINK), msgspec.json.encode(value))
+        key = f"venue-order-link:{self.venue}"
+        if state == ConnectionState.CONNECTED:
+            await self.resolve_alert(key, "venue reachable and reconciled")
+        else:
+            await self.alert(
+                key, AlertSeverity.P1, "venue order link down: orders are queued, nothing is sent", reason=reason
+            )

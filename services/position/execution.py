@@ -1,0 +1,171 @@
+"""Venue answers → orders and positions: acceptance, fills (de-duplicated by trade id), the final
+status, and the `PositionChanged` each fill causes, each published on ORDERS and projected.
+
+Every path that learns an order's state at the venue ends here: the answer to a placement, a
+cancel or a query, the poll, reconciliation and the user-data stream.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from libs.orders_model import OrderRecord, OrderTrigger, apply_fill, venue_trigger
+from libs.service_snapshots import PG_ERRORS
+from proto import subjects
+from proto.enums import AlertSeverity, OrderStatus
+from proto.messages import OrderAccepted, OrderCanceled, OrderFilled, OrderRejected, PositionChanged
+
+from .core import Core
+
+
+def trade_from_user_event(update: dict) -> dict:
+    """An `ORDER_TRADE_UPDATE` execution (`o` object) as a `userTrades` row."""
+    return {
+        "id": update["t"],
+        "orderId": update["i"],
+        "qty": update["l"],
+        "price": update["L"],
+        "commission": update.get("n", "0"),
+        "realizedPnl": update.get("rp", "0"),
+        "time": update.get("T", 0),
+    }
+
+
+class Execution:
+    """Brings local orders to the venue's view and books their fills into the positions."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def emit_canceled(self, order: OrderRecord, reason: str) -> None:
+        """Publish and project an order's cancel (its status already moved)."""
+        coid = order.client_order_id
+        canceled = OrderCanceled(client_order_id=coid, symbol=order.symbol, reason=reason)
+        await self.core.publish(self.core.order_subject("canceled", order), canceled, f"canceled:{coid}", coid)
+        await self.core.save(order)
+
+    async def apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
+        """Bring the local order to the venue's view: accepted, fills, final status."""
+        core = self.core
+        coid = order.client_order_id
+        previous = order.status
+        if answer.get("orderId") is not None:
+            order.venue_order_id = int(answer["orderId"])
+        venue_status = str(answer.get("status", ""))
+        executed = Decimal(str(answer.get("executedQty", "0")))
+        if previous in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
+            status = OrderStatus(venue_status) if venue_status in OrderStatus.__members__ else OrderStatus.NEW
+            accepted = OrderAccepted(
+                client_order_id=coid, venue_order_id=order.venue_order_id or 0, symbol=order.symbol, status=status
+            )
+            await core.publish(core.order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
+        if executed > order.filled_quantity:
+            await self.sync_fills(order)
+        trigger = venue_trigger(venue_status)
+        if trigger == OrderTrigger.FILL and order.filled_quantity < executed:
+            trigger = OrderTrigger.PARTIAL_FILL  # the trades are not all visible yet; the poll finishes it
+        if trigger == OrderTrigger.ACCEPT and order.filled_quantity > 0:
+            trigger = OrderTrigger.PARTIAL_FILL
+        if trigger == OrderTrigger.AMBIGUOUS:
+            core.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
+            return
+        if not core.transition(order, trigger):
+            return
+        if order.status == previous and trigger != OrderTrigger.FILL:
+            await core.save(order)
+            return
+        match trigger:
+            case OrderTrigger.REJECT:
+                order.reason = f"venue status REJECTED {reason}".strip()
+                rejected = OrderRejected(client_order_id=coid, symbol=order.symbol, reason=order.reason)
+                await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+            case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
+                await self.emit_canceled(order, reason or venue_status.lower())
+                return
+            case _:
+                pass
+        await core.save(order)
+
+    async def sync_fills(self, order: OrderRecord) -> None:
+        """Fetch the order's venue trades; publish and project every one not seen yet."""
+        if order.venue_order_id is None:
+            return
+        trades = await self.core.client.user_trades(order.symbol, order_id=order.venue_order_id, limit=1000)
+        for trade in sorted(trades, key=lambda t: int(t["id"])):
+            if int(trade.get("orderId", order.venue_order_id)) != order.venue_order_id:
+                continue
+            await self.apply_trade(order, trade)
+
+    async def apply_trade(self, order: OrderRecord, trade: dict, via: str = "rest") -> None:
+        """Book one venue trade (a `userTrades` row) of an order: `OrderFilled`, `PositionChanged`, rows."""
+        core = self.core
+        ledger = core.ledger
+        coid = order.client_order_id
+        trade_id = int(trade["id"])
+        quantity = Decimal(str(trade["qty"]))
+        price = Decimal(str(trade["price"]))
+        if not order.add_fill(trade_id, quantity, price):
+            return
+        if order.filled_quantity > order.quantity:
+            await core.alert(
+                f"invariant-overfill:{coid}",
+                AlertSeverity.P0,
+                "filled quantity above order quantity",
+                coid=coid,
+                filled=str(order.filled_quantity),
+                quantity=str(order.quantity),
+            )
+        ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
+        commission = Decimal(str(trade.get("commission", "0")))
+        fill = OrderFilled(
+            client_order_id=coid,
+            venue_order_id=order.venue_order_id or 0,
+            trade_id=trade_id,
+            symbol=order.symbol,
+            side=order.side,
+            price=price,
+            quantity=quantity,
+            cumulative_quantity=order.filled_quantity,
+            order_quantity=order.quantity,
+            commission=commission,
+            realized_pnl=Decimal(str(trade.get("realizedPnl", "0"))),
+            ts_event_ns=ts_event_ns,
+        )
+        await core.publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
+        position = apply_fill(ledger.position(order.symbol), order.side, quantity, price)
+        # Held before it is published: a failed publish must not leave the fill without its position (§6).
+        ledger.positions[order.symbol] = position
+        core.protect_dirty.add(order.symbol)
+        changed = PositionChanged(
+            venue=order.venue,
+            symbol=order.symbol,
+            quantity=position.quantity,
+            average_entry_price=position.average_entry_price,
+            realized_pnl=position.realized_pnl,
+            caused_by_client_order_id=coid,
+            ts_event_ns=ts_event_ns,
+        )
+        seq = await core.publish(
+            subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
+        )
+        ledger.apply(changed, seq)
+        now = core.clock()
+
+        async def write_fill() -> None:
+            await core.projections.record_fill(
+                order, trade_id, price, quantity, commission, ts_event_ns, position, now, seq
+            )
+
+        try:
+            await write_fill()
+        except PG_ERRORS as exc:
+            core.defer(f"fill:{coid}:{trade_id}", write_fill, exc)
+        core.log.info(
+            "order_filled",
+            client_order_id=coid,
+            trade_id=trade_id,
+            price=str(price),
+            quantity=str(quantity),
+            position=str(position.quantity),
+            via=via,
+        )
