@@ -29,13 +29,6 @@ from services.watchdog import adapters, alerts
 from services.watchdog.alerts import AlertNotice, AlertRouter
 from services.watchdog.evaluator import Evaluation
 
-AUDIT_CONSUMERS: tuple[tuple[subjects.StreamSpec, str], ...] = (
-    (subjects.STREAM_ORDERS, "watchdog-audit-orders"),
-    (subjects.STREAM_SIGNALS, "watchdog-audit-signals"),
-    (subjects.STREAM_CONTROL, "watchdog-audit-control"),
-)
-DLQ_CONSUMER = "watchdog-dlq"
-
 
 def audit_handler(ctx: ServiceContext, stream: str) -> Handler:
     """A bus handler that writes every message of `stream` into `audit_events`."""
@@ -181,8 +174,6 @@ async def apply_evaluation(
 
 
 # --------------------------------------------------------------------------- alert sinks (§9)
-
-ALERTS_CONSUMER = "watchdog-alerts"
 
 
 class AlertDispatcher:

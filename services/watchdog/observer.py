@@ -76,7 +76,7 @@ class Observer:
             name = f"{event.venue}.{event.link}"
             self.links[name] = link_observation(name, event.current.value, event.reason, event.causes)
 
-        await self._ctx.bus.subscribe_core("evt.link.>", on_link)
+        await self._ctx.bus.subscribe_core(subjects.EVT_LINK_ALL, on_link)
 
     async def symbols(self) -> list[SymbolObservation]:
         started = time.monotonic()

@@ -371,7 +371,7 @@ async def test_alert_when_webhook_unreachable_then_logged_and_watchdog_keeps_run
             assert await eventually(audited) == 1
             await asyncio.sleep(0.5)
             assert not ctx.stopping.is_set()  # no task crashed
-            info = await peer.js.consumer_info("CONTROL", "watchdog-alerts")
+            info = await peer.js.consumer_info(subjects.STREAM_CONTROL.name, subjects.WATCHDOG_ALERTS_CONSUMER)
             assert info.num_ack_pending == 0 and info.num_pending == 0  # handled and acknowledged, not redelivered
     finally:
         await peer.close()
