@@ -29,7 +29,7 @@ async def setup(ctx: ServiceContext) -> None:
         timeout_ns=int(settings.heartbeat_timeout_s * 1e9), expected=expected_components(settings)
     )
     await adapters.subscribe_heartbeats(ctx.bus, ctx.log, tracker, wall_clock)
-    observer = Observer(ctx)
+    observer = Observer(ctx, wall_clock)
     await observer.start()
     evaluator = await evaluation.evaluator_from_kv(ctx, wall_clock)
     adapters.measure_resources(settings.watchdog_disk_path)  # primes the CPU average
