@@ -97,52 +97,57 @@ def test_book_reply_when_request_malformed_then_bad_request(payload: bytes) -> N
     assert isinstance(reply, ErrorReply) and reply.error.code == "bad_request"
 
 
-async def test_request_resync_when_sent_then_request_bytes_of_the_previous_version() -> None:
-    sent: list[tuple[str, bytes]] = []
+class Peers:
+    """What the state-builder writes to KV and asks of market-data; every request gets `reply`."""
 
-    async def publish(subject: str, message: Message) -> int:
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.written: dict[str, bytes] = {}
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject: str, message: Message) -> int:
         return 1
 
-    async def kv_put(key: str, value: bytes) -> int:
+    async def kv_put(self, key: str, value: bytes) -> int:
+        self.written[key] = value
         return 1
 
-    async def request(subject: str, payload: bytes) -> bytes:
-        sent.append((subject, payload))
-        return b'{"error": {"code": "not_found", "message": "unknown symbol BTCUSDT"}}'
+    async def request(self, subject: str, payload: bytes) -> bytes:
+        self.sent.append((subject, payload))
+        return self.reply
 
-    builder = StateBuilder(
-        symbols=(SYMBOL,),
-        publish=publish,
-        kv_put=kv_put,
-        request=request,
-        clock=ManualClock(T0),
-        log=get_logger("test"),
-    )
+    def builder(self) -> StateBuilder:
+        return StateBuilder(
+            symbols=(SYMBOL,),
+            publish=self.publish,
+            kv_put=self.kv_put,
+            request=self.request,
+            clock=ManualClock(T0),
+            log=get_logger("test"),
+        )
 
-    assert await builder.request_resync(SYMBOL, attempts=1)
-    assert sent == [("svc.market-data.resync", msgspec.json.encode({"symbol": SYMBOL}))]
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'{"symbol": "BTCUSDT", "status": "resyncing"}',
+        b'{"error": {"code": "not_found", "message": "unknown symbol BTCUSDT"}}',
+        b'{"unexpected": true}',
+    ],
+)
+async def test_request_resync_when_answered_then_request_bytes_of_the_previous_version(reply: bytes) -> None:
+    peers = Peers(reply)
+
+    assert await peers.builder().request_resync(SYMBOL, attempts=1)
+    assert peers.sent == [("svc.market-data.resync", msgspec.json.encode({"symbol": SYMBOL}))]
 
 
 async def test_hot_state_kv_value_when_written_then_proto_value_with_bytes_of_the_previous_version() -> None:
-    written: dict[str, bytes] = {}
+    peers = Peers(b"{}")
 
-    async def publish(subject: str, message: Message) -> int:
-        return 1
+    await peers.builder().publish_initial()
 
-    async def kv_put(key: str, value: bytes) -> int:
-        written[key] = value
-        return 1
-
-    async def request(subject: str, payload: bytes) -> bytes:
-        return b"{}"
-
-    builder = StateBuilder(
-        symbols=(SYMBOL,), publish=publish, kv_put=kv_put, request=request, clock=ManualClock(T0), log=get_logger("t")
-    )
-
-    await builder.publish_initial()
-
-    raw = written[subjects.key_hot_state(SYMBOL)]
+    raw = peers.written[subjects.key_hot_state(SYMBOL)]
     value = decode_value(HotStateRecord, raw)
     assert value is not None and (value.status, value.ts_ns) == (HotStateStatus.INVALID, T0)
     assert raw == codec.encode(value)  # what the previous version wrote (`proto.codec.encode`)
