@@ -33,6 +33,8 @@ class DegradationLevelValue(msgspec.Struct, frozen=True, kw_only=True):
 
     level: DegradationLevel
     reason: str = ""
+    previous: DegradationLevel | None = None
+    """The level before this one (the watchdog writes it; None when unknown)."""
     ts_ns: int = 0
 
 

@@ -287,8 +287,12 @@ ORDER_LINK = "orders"
 """The position process's order path to its venue (`evt.link.<venue>.orders`, KV `link.<venue>.orders`)."""
 
 
+KEY_LINK_PREFIX = "link."
+"""Every link's key starts with it; the rest is `<venue>.<link>`."""
+
+
 def key_link(venue: str, link: str) -> str:
-    return f"link.{venue}.{link}"
+    return f"{KEY_LINK_PREFIX}{venue}.{link}"
 
 
 def key_strategy(strategy: str) -> str:

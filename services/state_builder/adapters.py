@@ -17,7 +17,6 @@ from proto.codec import decode_as
 from proto.messages import LinkStateChanged
 from services.state_builder.domain import StateBuilderCheckpoint, decode_checkpoint, encode_checkpoint
 
-MARKET_DATA_CONSUMER = "state-builder-md"
 SNAPSHOT_COMPONENT = subjects.STATE_BUILDER
 SNAPSHOTS_KEPT = 3
 
@@ -32,7 +31,7 @@ async def consume_market_data(bus: Bus, handler: Handler, *, start_sequence: int
     """
     await bus.consume(
         stream=subjects.STREAM_MARKET_DATA.name,
-        durable=MARKET_DATA_CONSUMER,
+        durable=subjects.STATE_BUILDER_MARKET_DATA_CONSUMER,
         filter_subjects=[subjects.MD_ALL],
         handler=handler,
         batch=1,
@@ -51,7 +50,7 @@ async def subscribe_link_events(bus: Bus, on_event: Callable[[LinkStateChanged],
             return
         await on_event(event)
 
-    await bus.subscribe_core("evt.link.*.market-ws", callback)
+    await bus.subscribe_core(subjects.evt_link_all_venues(subjects.MARKET_WS_LINK), callback)
 
 
 def snapshot_keeper(dsn: str, log: Logger) -> SnapshotKeeper[StateBuilderCheckpoint]:

@@ -11,8 +11,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import msgspec
-
 from libs.bus import Delivery
 from libs.clock import Clock
 from libs.logging import Logger
@@ -22,6 +20,7 @@ from proto import subjects
 from proto.codec import encode
 from proto.enums import AlertSeverity, ConnectionState, HotStateStatus
 from proto.envelope import Message
+from proto.kv import encode_value
 from proto.messages import (
     AlertRaised,
     BookResyncStarted,
@@ -31,6 +30,7 @@ from proto.messages import (
     HotStateStatusChanged,
     LinkStateChanged,
 )
+from proto.replies import ErrorReply, ReplyDecodeError, ResyncReply, ResyncRequest, decode_reply
 from services.state_builder import market, queries
 from services.state_builder.domain import (
     HotState,
@@ -151,7 +151,7 @@ class StateBuilder:
                 stale_since_ns=transition.stale_since_ns,
                 ts_event_ns=transition.ts_ns,
             )
-            value = encode(
+            value = encode_value(
                 HotStateRecord(
                     status=transition.current,
                     reason=transition.reason,
@@ -287,19 +287,31 @@ class StateBuilder:
             True when market-data answered, False after `attempts` failures (None: forever).
         """
         subject = subjects.service_query(subjects.MARKET_DATA, "resync")
-        payload = msgspec.json.encode({"symbol": symbol})
+        payload = encode(ResyncRequest(symbol=symbol))
         tried = 0
         while attempts is None or tried < attempts:
             tried += 1
             try:
-                reply = msgspec.json.decode(await self._request(subject, payload))
+                raw = await self._request(subject, payload)
             except Exception as exc:  # noqa: BLE001 - no responder / timeout / bus down: try again
                 self.log.info("resync_request_unanswered", symbol=symbol, error=type(exc).__name__, attempt=tried)
                 await asyncio.sleep(retry_s)
                 continue
-            self.log.info("resync_requested", symbol=symbol, reply=reply)
+            self._log_resync_reply(symbol, raw)
             return True
         return False
+
+    def _log_resync_reply(self, symbol: str, raw: bytes) -> None:
+        """market-data answered: say what (asking again would not change an error or an unreadable reply)."""
+        try:
+            reply = decode_reply(ResyncReply, raw)
+        except ReplyDecodeError as exc:
+            self.log.warning("resync_reply_unreadable", symbol=symbol, error=str(exc)[:300])
+            return
+        if isinstance(reply, ErrorReply):
+            self.log.warning("resync_refused", symbol=symbol, code=reply.error.code, message=reply.error.message)
+        else:
+            self.log.info("resync_requested", symbol=symbol, status=reply.status)
 
     # ------------------------------------------------------------------ checkpoints and recovery
 
@@ -427,11 +439,11 @@ class StateBuilder:
     # ------------------------------------------------------------------ queries
 
     async def handle_book_request(self, payload: bytes) -> bytes:
-        """`svc.state-builder.book` {"symbol", "depth"} → the book's top levels."""
+        """`svc.state-builder.book`: `BookRequest` → `BookReply` (or an `ErrorReply`)."""
         return queries.book_reply(self.symbols, payload)
 
     async def handle_symbols_request(self, payload: bytes) -> bytes:
-        """`svc.state-builder.symbols` → {"symbols": {SYM: {...}}}."""
+        """`svc.state-builder.symbols` (any request) → `SymbolsReply`."""
         return queries.symbols_reply(self.symbols)
 
     def details(self) -> dict[str, Any]:

@@ -6,49 +6,40 @@ details. Reads the symbols' state, never changes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from proto.codec import encode
 from proto.messages import SymbolHotState, SymbolsReply
+from proto.replies import BookReply, BookRequest, error_reply
 from services.state_builder.market import SymbolState
 
 DEFAULT_DEPTH = 20
 MAX_DEPTH = 1000
 
-
-def _error(code: str, message: str) -> bytes:
-    return msgspec.json.encode({"error": {"code": code, "message": message}})
-
-
-def _levels(levels: list[tuple[Decimal, Decimal]]) -> list[list[str]]:
-    return [[str(price), str(qty)] for price, qty in levels]
+_book_request_decoder = msgspec.json.Decoder(BookRequest, strict=False)
 
 
 def book_reply(symbols: Mapping[str, SymbolState], payload: bytes) -> bytes:
-    """`svc.state-builder.book` {"symbol", "depth"} → the book's top levels."""
+    """`svc.state-builder.book`: a `BookRequest` answered by a `BookReply`, or an `ErrorReply`
+    (`bad_request`, `not_found`)."""
     try:
-        request = msgspec.json.decode(payload)
-        symbol = str(request["symbol"]).upper()
-        depth = int(request.get("depth", DEFAULT_DEPTH))
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        return _error("bad_request", f"expected {{'symbol', 'depth'?}}: {exc}")
+        request = _book_request_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return error_reply("bad_request", f"expected {{'symbol', 'depth'?}}: {exc}")
+    symbol = request.symbol.upper()
+    depth = DEFAULT_DEPTH if request.depth is None else request.depth
     if not 1 <= depth <= MAX_DEPTH:
-        return _error("bad_request", f"depth must be 1..{MAX_DEPTH}")
+        return error_reply("bad_request", f"depth must be 1..{MAX_DEPTH}")
     state = symbols.get(symbol)
     if state is None:
-        return _error("not_found", f"unknown symbol {symbol}")
+        return error_reply("not_found", f"unknown symbol {symbol}")
     bids, asks = state.book.top(depth)
-    return msgspec.json.encode(
-        {
-            "symbol": symbol,
-            "status": state.hot.status.value,
-            "last_update_id": state.book.last_update_id,
-            "bids": _levels(bids),
-            "asks": _levels(asks),
-        }
+    return encode(
+        BookReply(
+            symbol=symbol, status=state.hot.status, last_update_id=state.book.last_update_id, bids=bids, asks=asks
+        )
     )
 
 
@@ -70,7 +61,7 @@ def symbol_view(symbol: str, state: SymbolState) -> SymbolHotState:
 
 
 def symbols_reply(symbols: Mapping[str, SymbolState]) -> bytes:
-    """`svc.state-builder.symbols` → {"symbols": {SYM: {...}}}."""
+    """`svc.state-builder.symbols` → `SymbolsReply` (every symbol's `SymbolHotState`)."""
     return encode(SymbolsReply(symbols={symbol: symbol_view(symbol, state) for symbol, state in symbols.items()}))
 
 

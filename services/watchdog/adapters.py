@@ -1,5 +1,5 @@
 """I/O of the watchdog: the audit log and dead-letter table in Postgres, machine resources,
-JSON values of the KV bucket, the heartbeat subscription, and the webhook alert sinks."""
+`proto.kv` values read from the KV bucket, the heartbeat subscription, and the webhook alert sinks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -24,10 +24,13 @@ from libs.settings import Settings
 from proto import subjects
 from proto.codec import decode_as, encode
 from proto.envelope import Message
+from proto.kv import decode_value
 from proto.messages import DeadLettered, Heartbeat
 from services.watchdog.alerts import AlertNotice, severity_rank
 from services.watchdog.notifications import pagerduty_payload, slack_payload
 from services.watchdog.observations import ResourceObservation
+
+V = TypeVar("V", bound=msgspec.Struct)
 
 PG_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -108,25 +111,17 @@ async def purge_old_dead_letters(
 # --------------------------------------------------------------------------- KV bucket and heartbeats
 
 
-async def read_kv_record(bus: Bus, log: Logger, key: str) -> tuple[dict[str, Any], int | None]:
-    """(the JSON object, revision) of a KV entry; ({}, None) when never set, {} when unreadable."""
+async def read_kv_value(bus: Bus, log: Logger, key: str, kind: type[V]) -> tuple[V | None, int | None]:
+    """(the value as `kind`, revision) of a KV entry (`proto.kv`); (None, None) when never set,
+    (None, revision) when it does not decode (logged: the caller fails closed)."""
     entry = await bus.kv_get(key)
     if entry is None:
-        return {}, None
+        return None, None
     raw, revision = entry
-    try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        log.warning("kv_value_unreadable", key=key)
-        return {}, revision
-    return (value if isinstance(value, dict) else {}), revision
-
-
-async def read_kv_value(bus: Bus, log: Logger, key: str, field: str) -> tuple[str | None, int | None]:
-    """(value[field], revision) of a JSON KV entry; (None, None) when never set."""
-    record, revision = await read_kv_record(bus, log, key)
-    found = record.get(field)
-    return (found if isinstance(found, str) else None), revision
+    value = decode_value(kind, raw)
+    if value is None:
+        log.warning("kv_value_unreadable", key=key, kind=kind.__name__)
+    return value, revision
 
 
 async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker, clock: Clock) -> None:

@@ -13,7 +13,8 @@ from libs.heartbeat import HeartbeatTracker
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from proto import subjects
-from proto.enums import DegradationLevel, Health
+from proto.enums import DegradationLevel
+from proto.kv import DegradationLevelValue, HealthValue
 from services.watchdog import adapters, handlers
 from services.watchdog.evaluator import WatchdogEvaluator
 from services.watchdog.observer import Observer
@@ -35,13 +36,13 @@ def thresholds_from(settings: Settings) -> Thresholds:
 async def evaluator_from_kv(ctx: ServiceContext, clock: Clock) -> WatchdogEvaluator:
     """An evaluator that starts at the level and health persisted in KV (their authority, fail closed)."""
     settings = ctx.settings
-    level, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_DEGRADATION_LEVEL, "level")
-    health, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_HEALTH, "health")
+    level, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_DEGRADATION_LEVEL, DegradationLevelValue)
+    health, _ = await adapters.read_kv_value(ctx.bus, ctx.log, subjects.KEY_HEALTH, HealthValue)
     evaluator = WatchdogEvaluator(
         clock,
         grace_ns=int(settings.heartbeat_timeout_s * 1e9),
-        initial_level=DegradationLevel(level) if level is not None and level in DegradationLevel.__members__ else None,
-        initial_health=Health(health) if health is not None and health in Health.__members__ else None,
+        initial_level=level.level if level is not None else None,
+        initial_health=health.health if health is not None else None,
         thresholds=thresholds_from(settings),
     )
     if evaluator.level == DegradationLevel.HARD_SHUTDOWN:
@@ -64,10 +65,10 @@ async def evaluation_loop(
         await asyncio.sleep(EVALUATION_PERIOD_S)
         try:
             persisted, revision = await adapters.read_kv_value(
-                ctx.bus, ctx.log, subjects.KEY_DEGRADATION_LEVEL, "level"
+                ctx.bus, ctx.log, subjects.KEY_DEGRADATION_LEVEL, DegradationLevelValue
             )
-            if persisted is not None and persisted in DegradationLevel.__members__:
-                evaluator.adopt_level(DegradationLevel(persisted))
+            if persisted is not None:
+                evaluator.adopt_level(persisted.level)
             views = tracker.view(clock())
             evaluation = evaluator.evaluate(
                 views,

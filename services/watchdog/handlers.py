@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 import aiohttp
-import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from libs.bus import Delivery, Handler
@@ -17,6 +16,7 @@ from libs.errors import PermanentError
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.envelope import Message, now_ns
+from proto.kv import DegradationLevelValue, HealthValue, encode_value
 from proto.messages import (
     AlertRaised,
     AlertResolved,
@@ -28,13 +28,6 @@ from proto.messages import (
 from services.watchdog import adapters, alerts
 from services.watchdog.alerts import AlertNotice, AlertRouter
 from services.watchdog.evaluator import Evaluation
-
-AUDIT_CONSUMERS: tuple[tuple[subjects.StreamSpec, str], ...] = (
-    (subjects.STREAM_ORDERS, "watchdog-audit-orders"),
-    (subjects.STREAM_SIGNALS, "watchdog-audit-signals"),
-    (subjects.STREAM_CONTROL, "watchdog-audit-control"),
-)
-DLQ_CONSUMER = "watchdog-dlq"
 
 
 def audit_handler(ctx: ServiceContext, stream: str) -> Handler:
@@ -135,13 +128,10 @@ async def apply_evaluation(
             )
             ctx.log.info("alert_resolved", key=alert.key)
     if evaluation.health_change is not None or checks_changed:
-        value = {
-            "health": evaluation.health.value,
-            "reasons": list(evaluation.reasons),
-            "checks": evaluation.checks,
-            "ts_ns": now_ns(),
-        }
-        await ctx.bus.kv_put(subjects.KEY_HEALTH, msgspec.json.encode(value))
+        value = HealthValue(
+            health=evaluation.health, reasons=list(evaluation.reasons), checks=dict(evaluation.checks), ts_ns=now_ns()
+        )
+        await ctx.bus.kv_put(subjects.KEY_HEALTH, encode_value(value))
     if evaluation.health_change is not None:
         health = evaluation.health_change
         await ctx.bus.publish(
@@ -151,14 +141,11 @@ async def apply_evaluation(
         ctx.log.info("health_changed", previous=health.previous, current=health.current.value, reasons=health.reasons)
     if evaluation.level_change is not None:
         change_level = evaluation.level_change
-        record: dict[str, str | int | None] = {
-            "level": change_level.current.value,
-            "reason": change_level.reason,
-            "previous": change_level.previous.value if change_level.previous else None,
-            "ts_ns": now_ns(),
-        }
+        record = DegradationLevelValue(
+            level=change_level.current, reason=change_level.reason, previous=change_level.previous, ts_ns=now_ns()
+        )
         kv = await ctx.bus.kv()
-        encoded = msgspec.json.encode(record)
+        encoded = encode_value(record)
         try:
             if level_revision is None:
                 await kv.create(subjects.KEY_DEGRADATION_LEVEL, encoded)
@@ -181,8 +168,6 @@ async def apply_evaluation(
 
 
 # --------------------------------------------------------------------------- alert sinks (§9)
-
-ALERTS_CONSUMER = "watchdog-alerts"
 
 
 class AlertDispatcher:

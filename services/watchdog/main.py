@@ -29,7 +29,7 @@ async def setup(ctx: ServiceContext) -> None:
         timeout_ns=int(settings.heartbeat_timeout_s * 1e9), expected=expected_components(settings)
     )
     await adapters.subscribe_heartbeats(ctx.bus, ctx.log, tracker, wall_clock)
-    observer = Observer(ctx)
+    observer = Observer(ctx, wall_clock)
     await observer.start()
     evaluator = await evaluation.evaluator_from_kv(ctx, wall_clock)
     adapters.measure_resources(settings.watchdog_disk_path)  # primes the CPU average
@@ -44,15 +44,15 @@ async def setup(ctx: ServiceContext) -> None:
     keeper = snapshot.snapshot_keeper(settings.pg_dsn, ctx.log)
     ctx.cleanups.append(keeper.close)
     memory = WatchdogMemory(ctx, evaluator, dispatcher, observer, verifier, keeper, wall_clock)
-    control = snapshot.control_log(ctx.bus, keeper, handlers.ALERTS_CONSUMER)
+    control = snapshot.control_log(ctx.bus, keeper, subjects.WATCHDOG_ALERTS_CONSUMER)
     report = await memory.recover(control)
     dispatcher.on_applied = memory.alert_applied
     ctx.details = lambda: {"recovery": report.as_dict(), "snapshots": keeper.stats(), **memory.details()}
     # Alerts already delivered before a restart are open in the rebuilt router: not paged again.
     await ctx.bus.consume(
         stream=subjects.STREAM_CONTROL.name,
-        durable=handlers.ALERTS_CONSUMER,
-        filter_subjects=[snapshot.ALERT_SUBJECTS],
+        durable=subjects.WATCHDOG_ALERTS_CONSUMER,
+        filter_subjects=[subjects.EVT_ALERT_ALL],
         handler=dispatcher.handle,
         max_deliver=AUDIT_MAX_DELIVER,
         # First start: from the end of what was replayed (a new deployment does not page for history).
@@ -62,7 +62,7 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.spawn(evaluation.evaluation_loop(ctx, tracker, observer, evaluator, memory.evaluated, wall_clock), "evaluation")
     ctx.spawn(verifier.loop(settings.watchdog_verify_interval_s), "projections-verification")
 
-    for spec, durable in handlers.AUDIT_CONSUMERS:
+    for spec, durable in subjects.WATCHDOG_AUDIT_CONSUMERS:
         await ctx.bus.consume(
             stream=spec.name,
             durable=durable,
@@ -72,7 +72,7 @@ async def setup(ctx: ServiceContext) -> None:
         )
     await ctx.bus.consume(
         stream=subjects.STREAM_DLQ.name,
-        durable=handlers.DLQ_CONSUMER,
+        durable=subjects.WATCHDOG_DLQ_CONSUMER,
         filter_subjects=list(subjects.STREAM_DLQ.subjects),
         handler=handlers.dead_letter_handler(ctx),
         max_deliver=AUDIT_MAX_DELIVER,

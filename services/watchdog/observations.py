@@ -6,11 +6,12 @@ observations. Plain values, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from libs.heartbeat import ComponentView
 from libs.latency import LatencyWindow as _LatencyWindow
 from proto.enums import ComponentState
+from proto.messages import SymbolsReply
+from proto.replies import ErrorReply
 
 
 @dataclass(frozen=True)
@@ -54,31 +55,14 @@ class LatencyObservation:
     baseline_ms: float
 
 
-def symbols_from_reply(reply: Any) -> list[SymbolObservation]:
-    """Symbols from a `svc.state-builder.symbols` reply
-    (`{"symbols": {SYM: {"hot_state", "age_ms", "stale_since_ns"?}}}`)."""
-    found = reply.get("symbols") if isinstance(reply, dict) else None
-    if not isinstance(found, dict):
+def symbols_from_reply(reply: SymbolsReply | ErrorReply) -> list[SymbolObservation]:
+    """Symbols from a `svc.state-builder.symbols` reply (none from an `ErrorReply`)."""
+    if isinstance(reply, ErrorReply):
         return []
-    result = []
-    for symbol, value in found.items():
-        if isinstance(value, dict):
-            age = value.get("age_ms")
-            since = value.get("stale_since_ns")
-            status = value.get("hot_state") or value.get("status") or "UNKNOWN"
-            result.append(
-                SymbolObservation(
-                    str(symbol),
-                    str(status),
-                    age if _is_int(age) else None,
-                    since if _is_int(since) else None,
-                )
-            )
-    return result
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return [
+        SymbolObservation(symbol, view.hot_state.value, view.age_ms, view.stale_since_ns)
+        for symbol, view in reply.symbols.items()
+    ]
 
 
 def latencies_from_views(views: dict[str, ComponentView]) -> list[LatencyObservation]:

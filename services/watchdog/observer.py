@@ -13,11 +13,14 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import NoKeysError
 
+from libs.clock import Clock
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.codec import decode_as
 from proto.enums import HotStateStatus
-from proto.messages import HotStateRecord, LinkStateChanged
+from proto.kv import LinkValue
+from proto.messages import HotStateRecord, LinkStateChanged, SymbolsReply
+from proto.replies import ReplyDecodeError, decode_reply
 from services.watchdog import adapters
 from services.watchdog.observations import (
     LatencyObservation,
@@ -32,23 +35,19 @@ SYMBOLS_TIMEOUT_S = 0.5
 STALE_AFTER_MS = 1000
 
 
-def link_observation(name: str, state: str, reason: Any, causes: Any) -> LinkObservation:
-    """A link's state as the evaluator sees it, from an event or a KV record (fields may be missing)."""
-    return LinkObservation(
-        name,
-        state,
-        reason if isinstance(reason, str) else "",
-        frozenset(str(cause) for cause in causes) if isinstance(causes, list) else frozenset(),
-    )
-
-
 class Observer:
     """Collects what the rules look at, once per evaluation: hot state per symbol (asked from the
     state-builder, the KV bucket when it does not answer), link states (KV at start, then
-    `evt.link.>`), machine resources and the state-builder's answer latency."""
+    `evt.link.>`), machine resources and the state-builder's answer latency.
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    Args:
+        ctx: the service context.
+        clock: wall clock (ns): the age of a hot state read from KV.
+    """
+
+    def __init__(self, ctx: ServiceContext, clock: Clock) -> None:
         self._ctx = ctx
+        self._clock = clock
         self.links: dict[str, LinkObservation] = {}
         """`<venue>.<link>` -> its last known state."""
         self.latency = LatencyWindow(size=60)
@@ -57,12 +56,12 @@ class Observer:
         try:
             kv = await self._ctx.bus.kv()
             for key in await kv.keys():
-                if key.startswith("link."):
-                    record, _ = await adapters.read_kv_record(self._ctx.bus, self._ctx.log, key)
-                    name = key.removeprefix("link.")
-                    if isinstance(record.get("state"), str):
-                        self.links[name] = link_observation(
-                            name, record["state"], record.get("reason"), record.get("causes")
+                if key.startswith(subjects.KEY_LINK_PREFIX):
+                    value, _ = await adapters.read_kv_value(self._ctx.bus, self._ctx.log, key, LinkValue)
+                    name = key.removeprefix(subjects.KEY_LINK_PREFIX)
+                    if value is not None:
+                        self.links[name] = LinkObservation(
+                            name, value.state.value, value.reason, frozenset(value.causes)
                         )
         except NoKeysError:
             pass
@@ -74,18 +73,18 @@ class Observer:
                 self._ctx.log.warning("link_event_invalid", subject=msg.subject, error=str(exc)[:200])
                 return
             name = f"{event.venue}.{event.link}"
-            self.links[name] = link_observation(name, event.current.value, event.reason, event.causes)
+            self.links[name] = LinkObservation(name, event.current.value, event.reason, frozenset(event.causes))
 
-        await self._ctx.bus.subscribe_core("evt.link.>", on_link)
+        await self._ctx.bus.subscribe_core(subjects.EVT_LINK_ALL, on_link)
 
     async def symbols(self) -> list[SymbolObservation]:
         started = time.monotonic()
         try:
-            reply = await self._ctx.bus.request(
+            raw = await self._ctx.bus.request(
                 subjects.service_query(subjects.STATE_BUILDER, "symbols"), b"{}", timeout_s=SYMBOLS_TIMEOUT_S
             )
-            found = symbols_from_reply(msgspec.json.decode(reply))
-        except (NatsError, TimeoutError, msgspec.DecodeError) as exc:
+            found = symbols_from_reply(decode_reply(SymbolsReply, raw))
+        except (NatsError, TimeoutError, ReplyDecodeError) as exc:
             self._ctx.log.debug("symbols_query_failed", error=type(exc).__name__, action_taken="hot state from KV")
         else:
             self.latency.add((time.monotonic() - started) * 1000.0)
@@ -95,15 +94,12 @@ class Observer:
 
     async def _symbols_from_kv(self) -> list[SymbolObservation]:
         found = []
-        now = time.time_ns()
+        now = self._clock()
         for symbol in self._ctx.settings.symbols:
-            entry = await self._ctx.bus.kv_get(subjects.key_hot_state(symbol))
-            if entry is None:
-                continue
-            try:
-                record = msgspec.json.decode(entry[0], type=HotStateRecord)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self._ctx.log.warning("kv_value_unreadable", key=subjects.key_hot_state(symbol))
+            record, _ = await adapters.read_kv_value(
+                self._ctx.bus, self._ctx.log, subjects.key_hot_state(symbol), HotStateRecord
+            )
+            if record is None:
                 continue
             age_ms = None
             if record.status == HotStateStatus.STALE and record.ts_ns:

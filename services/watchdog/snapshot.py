@@ -25,8 +25,7 @@ from proto import subjects
 from services.watchdog.alerts import AlertNotice
 from services.watchdog.evaluator import EvaluatorState
 
-SNAPSHOT_COMPONENT = "watchdog"
-ALERT_SUBJECTS = "evt.alert.>"
+SNAPSHOT_COMPONENT = subjects.WATCHDOG
 
 
 class WatchdogSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +58,6 @@ def control_log(
         snapshots,
         subjects.STREAM_CONTROL.name,
         durable=durable,
-        filter_subject=ALERT_SUBJECTS,
+        filter_subject=subjects.EVT_ALERT_ALL,
         fetch_timeout_s=0.5,  # a range without alerts ends on the first empty fetch: keep it short
     )

@@ -9,13 +9,12 @@ import asyncio
 import time
 from typing import Any
 
-import msgspec
-
 from libs import projections
 from libs.bus import Bus
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.enums import AlertSeverity
+from proto.kv import BackgroundWorkValue, decode_value
 from proto.messages import AlertRaised, AlertResolved, ProjectionsVerified
 from services.watchdog import handlers
 from services.watchdog.alerts import AlertRouter
@@ -64,16 +63,11 @@ class ProjectionsVerifier:
         """The outcome of the last verification (kept in the watchdog snapshot)."""
         self.verifications = 0
 
-    async def _background_paused(self) -> bool:
+    async def background_paused(self) -> bool:
         """CB-4: risk paused background work (KV `background_work`)."""
         entry = await self._ctx.bus.kv_get(subjects.KEY_BACKGROUND_WORK)
-        if entry is None:
-            return False
-        try:
-            value = msgspec.json.decode(entry[0])
-        except msgspec.DecodeError:
-            return False
-        return bool(value.get("paused")) if isinstance(value, dict) else False
+        value = decode_value(BackgroundWorkValue, entry[0] if entry is not None else None)
+        return value is not None and value.paused
 
     async def verify_once(self) -> ProjectionsVerified:
         """Rebuild the projections from the ORDERS stream and compare (`libs.projections.verify`); publish
@@ -128,7 +122,7 @@ class ProjectionsVerifier:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if await self._background_paused():
+                if await self.background_paused():
                     self._ctx.log.info("projections_verification_skipped", reason="background work paused (CB-4)")
                     continue
                 await self.verify_once()

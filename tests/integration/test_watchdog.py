@@ -21,8 +21,18 @@ from libs.logging import get_logger
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from proto import subjects
-from proto.enums import ComponentState
-from proto.messages import AlertRaised, AlertResolved, DeadLettered, Heartbeat, LinkStateChanged, OrderSubmitted
+from proto.codec import encode
+from proto.enums import ComponentState, HotStateStatus
+from proto.messages import (
+    AlertRaised,
+    AlertResolved,
+    DeadLettered,
+    Heartbeat,
+    LinkStateChanged,
+    OrderSubmitted,
+    SymbolHotState,
+    SymbolsReply,
+)
 from services.watchdog.main import setup
 from tests.support.polling import eventually as poll_until
 
@@ -221,24 +231,28 @@ async def test_symbol_stale_over_10s_then_emergency_persisted_audited_and_back_t
 ) -> None:
     peer = Bus("standins")
     await peer.connect(nats_url)
-    hot = {"BTCUSDT": {"hot_state": "VALID", "age_ms": 5}, "ETHUSDT": {"hot_state": "VALID", "age_ms": 5}}
+    hot = {"BTCUSDT": (HotStateStatus.VALID, 5), "ETHUSDT": (HotStateStatus.VALID, 5)}
 
     async def symbols(_: bytes) -> bytes:  # the state-builder's answer, as it would give it
-        return json.dumps({"symbols": hot}).encode()
+        views = {
+            symbol: SymbolHotState(symbol=symbol, hot_state=status, age_ms=age_ms, last_update_id=None)
+            for symbol, (status, age_ms) in hot.items()
+        }
+        return encode(SymbolsReply(symbols=views))
 
-    await peer.serve("svc.state-builder.symbols", symbols)
+    await peer.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
     try:
         async with all_components_beating(peer), running_watchdog(nats_url, pg_pool, watchdog_recovery_hold_s=0.5):
             assert await eventually(lambda: _is(_level(peer), "NORMAL"))
 
-            hot["BTCUSDT"] = {"hot_state": "STALE", "age_ms": 1500}
+            hot["BTCUSDT"] = (HotStateStatus.STALE, 1500)
             assert await eventually(lambda: _is(_level(peer), "REDUCED_FUNCTIONALITY"))
-            hot["BTCUSDT"] = {"hot_state": "STALE", "age_ms": 10_500}
+            hot["BTCUSDT"] = (HotStateStatus.STALE, 10_500)
             assert await eventually(lambda: _is(_level(peer), "EMERGENCY_MODE"))
             health = json.loads((await peer.kv_get(subjects.KEY_HEALTH))[0])
             assert health["health"] == "RED" and health["checks"]["hot_state_fresh"] is False
 
-            hot["BTCUSDT"] = {"hot_state": "VALID", "age_ms": 5}
+            hot["BTCUSDT"] = (HotStateStatus.VALID, 5)
             assert await eventually(lambda: _is(_level(peer), "NORMAL"))
 
             async def levels() -> Any:
@@ -371,7 +385,7 @@ async def test_alert_when_webhook_unreachable_then_logged_and_watchdog_keeps_run
             assert await eventually(audited) == 1
             await asyncio.sleep(0.5)
             assert not ctx.stopping.is_set()  # no task crashed
-            info = await peer.js.consumer_info("CONTROL", "watchdog-alerts")
+            info = await peer.js.consumer_info(subjects.STREAM_CONTROL.name, subjects.WATCHDOG_ALERTS_CONSUMER)
             assert info.num_ack_pending == 0 and info.num_pending == 0  # handled and acknowledged, not redelivered
     finally:
         await peer.close()

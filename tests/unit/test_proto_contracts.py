@@ -9,8 +9,16 @@ import msgspec
 import pytest
 
 from proto import subjects
-from proto.enums import BreakerState, ConnectionState, TradingState
-from proto.kv import KV_VALUE_TYPES, BreakerValue, LinkValue, TradingStateValue, decode_value, encode_value
+from proto.enums import BreakerState, ConnectionState, DegradationLevel, TradingState
+from proto.kv import (
+    KV_VALUE_TYPES,
+    BreakerValue,
+    DegradationLevelValue,
+    LinkValue,
+    TradingStateValue,
+    decode_value,
+    encode_value,
+)
 from proto.replies import (
     REQUEST_REPLY_TYPES,
     BookReply,
@@ -116,3 +124,19 @@ def test_wildcards_when_used_by_consumers_then_inside_a_stream() -> None:
         subjects.MD_ALL,
     ):
         assert wildcard in covered, wildcard
+
+
+def test_degradation_level_value_when_previous_then_written_in_the_watchdog_shape_and_old_values_still_read() -> None:
+    value = DegradationLevelValue(
+        level=DegradationLevel.EMERGENCY_MODE, reason="risk DOWN", previous=DegradationLevel.NORMAL, ts_ns=5
+    )
+    assert encode_value(value) == (b'{"level":"EMERGENCY_MODE","reason":"risk DOWN","previous":"NORMAL","ts_ns":5}')
+    # As the gateway's emergency stop writes it: no `previous`, an `operator` the struct does not hold.
+    stop = decode_value(DegradationLevelValue, b'{"level": "HARD_SHUTDOWN", "reason": "stop", "operator": "ops"}')
+    assert stop == DegradationLevelValue(level=DegradationLevel.HARD_SHUTDOWN, reason="stop")
+
+
+def test_key_link_when_built_then_starts_with_the_link_prefix() -> None:
+    key = subjects.key_link("binance-usdm", subjects.MARKET_WS_LINK)
+    assert key.startswith(subjects.KEY_LINK_PREFIX)
+    assert key.removeprefix(subjects.KEY_LINK_PREFIX) == "binance-usdm.market-ws"

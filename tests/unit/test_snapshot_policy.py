@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from libs.clock import ManualClock
 from libs.snapshot import SnapshotPolicy, crc32c
 from services.state_builder.domain import (
     BookState,
@@ -19,12 +20,7 @@ from services.state_builder.domain import (
 S = 1_000_000_000
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * S
-
-    def __call__(self) -> int:
-        return self.now
+T0 = 1_700_000_000 * S
 
 
 def test_crc32c_when_known_vector_then_matches_castagnoli() -> None:
@@ -34,14 +30,14 @@ def test_crc32c_when_known_vector_then_matches_castagnoli() -> None:
 
 
 def test_policy_when_no_events_then_never_due_even_after_interval() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     policy = SnapshotPolicy(clock=clock, interval_ns=60 * S, every_events=100)
-    clock.now += 600 * S
+    clock.advance(600)
     assert not policy.due()
 
 
 def test_policy_when_event_budget_used_then_due_exactly_at_n_and_reset_by_taken() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     policy = SnapshotPolicy(clock=clock, interval_ns=60 * S, every_events=3)
     assert not policy.record()
     assert not policy.record()
@@ -52,12 +48,12 @@ def test_policy_when_event_budget_used_then_due_exactly_at_n_and_reset_by_taken(
 
 
 def test_policy_when_60_s_pass_with_one_event_then_due() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     policy = SnapshotPolicy(clock=clock, interval_ns=60 * S, every_events=1000)
     assert not policy.record()
-    clock.now += 60 * S - 1
+    clock.advance_ns(60 * S - 1)
     assert not policy.due()
-    clock.now += 1
+    clock.advance_ns(1)
     assert policy.due()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from libs.bus import Delivery
+from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.service_snapshots import Loaded, RecoveryReport
 from libs.snapshot import SnapshotPolicy
@@ -20,12 +21,7 @@ MS = 1_000_000
 SYMBOL = "BTCUSDT"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000 * MS
-
-    def __call__(self) -> int:
-        return self.now
+T0 = 1_700_000_000_000 * MS
 
 
 class FakeLog:
@@ -80,7 +76,7 @@ def diff(u: int, ts_ns: int, bid_qty: str = "2") -> DepthDiff:
     )
 
 
-def history(clock: FakeClock, count: int) -> list[Message]:
+def history(clock: ManualClock, count: int) -> list[Message]:
     messages: list[Message] = [snapshot(100)]
     for u in range(101, 101 + count):
         messages.append(diff(u, clock.now))
@@ -89,7 +85,7 @@ def history(clock: FakeClock, count: int) -> list[Message]:
     return messages
 
 
-def builder(clock: FakeClock, published: list[Message]) -> StateBuilder:
+def builder(clock: ManualClock, published: list[Message]) -> StateBuilder:
     async def publish(subject: str, message: Message) -> int:
         published.append(message)
         return len(published)
@@ -98,14 +94,14 @@ def builder(clock: FakeClock, published: list[Message]) -> StateBuilder:
         return 1
 
     async def request(subject: str, payload: bytes) -> bytes:
-        return b'{"status": "resyncing"}'
+        return b'{"symbol": "BTCUSDT", "status": "resyncing"}'
 
     return StateBuilder(
         symbols=(SYMBOL,), publish=publish, kv_put=kv_put, request=request, clock=clock, log=get_logger("test")
     )
 
 
-async def reference_book(clock: FakeClock, messages: list[Message]) -> OrderBook:
+async def reference_book(clock: ManualClock, messages: list[Message]) -> OrderBook:
     reference = builder(clock, [])
     for message in messages:
         await reference.handle_message(message)
@@ -113,7 +109,7 @@ async def reference_book(clock: FakeClock, messages: list[Message]) -> OrderBook
 
 
 async def test_recover_when_snapshot_and_tail_then_book_equals_full_replay_and_only_tail_read() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 500)
     first = builder(clock, [])
     for message in messages[:300]:
@@ -136,7 +132,7 @@ async def test_recover_when_snapshot_and_tail_then_book_equals_full_replay_and_o
 
 
 async def test_recover_when_then_live_updates_fresh_then_valid_after_three() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 50)
     first = builder(clock, [])
     for message in messages:
@@ -148,7 +144,7 @@ async def test_recover_when_then_live_updates_fresh_then_valid_after_three() -> 
     assert last is not None
     for step in range(1, 4):
         assert recovered.symbols[SYMBOL].hot.status == HotStateStatus.INVALID
-        clock.now += 100 * MS
+        clock.advance_ms(100)
         await recovered.handle_message(diff(last + step, clock.now))
     assert recovered.symbols[SYMBOL].hot.status == HotStateStatus.VALID
     changes = [m for m in published if isinstance(m, HotStateStatusChanged)]
@@ -156,7 +152,7 @@ async def test_recover_when_then_live_updates_fresh_then_valid_after_three() -> 
 
 
 async def test_recover_when_tail_longer_than_bound_then_resync_and_nothing_replayed() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 500)
     first = builder(clock, [])
     for message in messages[:10]:
@@ -172,7 +168,7 @@ async def test_recover_when_tail_longer_than_bound_then_resync_and_nothing_repla
 
 
 async def test_recover_when_no_snapshot_then_backlog_skipped_and_resync_requested() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 100)
     port = FakePort(messages, None)
     report = await builder(clock, []).recover(port, max_replay=10_000)
@@ -181,7 +177,7 @@ async def test_recover_when_no_snapshot_then_backlog_skipped_and_resync_requeste
 
 
 async def test_recover_when_corrupt_snapshots_skipped_then_alert_published() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     published: list[Message] = []
     await builder(clock, published).recover(FakePort(history(clock, 5), None, ["id=3: crc32c mismatch"]), max_replay=10)
     alerts = [m for m in published if isinstance(m, AlertRaised)]
@@ -189,11 +185,11 @@ async def test_recover_when_corrupt_snapshots_skipped_then_alert_published() -> 
 
 
 async def test_on_diff_when_book_crossed_then_not_valid_despite_fresh_updates() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     sb = builder(clock, [])
     await sb.handle_message(snapshot(100))
     for u in range(101, 106):
-        clock.now += 100 * MS
+        clock.advance_ms(100)
         crossing = DepthDiff(
             venue="v",
             symbol=SYMBOL,
@@ -221,7 +217,7 @@ def test_validate_book_when_thin_future_or_unchained_then_each_reported() -> Non
 
 
 async def test_recover_when_snapshot_ahead_of_stream_then_ignored_and_resync() -> None:
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 20)
     first = builder(clock, [])
     for message in messages:
@@ -234,7 +230,7 @@ async def test_recover_when_snapshot_ahead_of_stream_then_ignored_and_resync() -
 
 
 async def recovered_with_checkpoints(
-    clock: FakeClock, messages: list[Message]
+    clock: ManualClock, messages: list[Message]
 ) -> tuple[StateBuilder, RecoveryReport, list[StateBuilderCheckpoint]]:
     """A builder recovered from a checkpoint at message 10 of `messages` (replay bounded to 100), with
     a policy that is not due for a minute; the checkpoints it takes from then on are collected."""
@@ -253,7 +249,7 @@ async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> N
     """A recovery whose snapshot was too far behind ends in a resync; the rebuilt book is checkpointed
     with the very message that rebuilt it, so the next restart replays a short tail instead of
     resyncing again from the same old snapshot."""
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 500)
     recovered, report, taken = await recovered_with_checkpoints(clock, messages)
     assert report.mode == "resync"
@@ -269,7 +265,7 @@ async def test_book_rebuilt_after_resync_recovery_then_checkpoint_at_once() -> N
 async def test_recovery_when_tail_replayed_then_first_live_message_checkpoints() -> None:
     """After a replayed tail the next checkpoint is taken at once, not when the policy is due: a
     crash loop would otherwise replay a tail that grows with every restart."""
-    clock = FakeClock()
+    clock = ManualClock(T0)
     messages = history(clock, 50)
     recovered, report, taken = await recovered_with_checkpoints(clock, messages)
     assert report.mode == "snapshot" and report.replayed == len(messages) - 10

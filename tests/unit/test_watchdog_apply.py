@@ -133,7 +133,7 @@ class Watchdog:
         self.tracker = HeartbeatTracker(timeout_ns=3 * S, expected=COMPONENTS)
         self.evaluator = WatchdogEvaluator(clock, grace_ns=3 * S)
         self.dispatcher = handlers.AlertDispatcher(self.ctx, [])
-        observer = Observer(self.ctx)
+        observer = Observer(self.ctx, clock)
         verifier = ProjectionsVerifier(self.ctx, self.dispatcher.router)
         self.keeper = Keeper()
         self.memory = WatchdogMemory(

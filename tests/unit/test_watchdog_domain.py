@@ -8,7 +8,9 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.heartbeat import ComponentView
-from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health
+from proto.enums import AlertSeverity, ComponentState, DegradationLevel, Health, HotStateStatus
+from proto.messages import SymbolHotState, SymbolsReply
+from proto.replies import decode_reply, error_reply
 from services.watchdog.alerts import AlertNotice, AlertRouter, severity_rank
 from services.watchdog.evaluator import Evaluation, WatchdogEvaluator
 from services.watchdog.notifications import pagerduty_payload, slack_payload
@@ -293,9 +295,12 @@ def test_evaluate_when_symbol_valid_again_then_stale_since_ignored() -> None:
 
 
 def test_symbols_from_reply_when_stale_since_given_then_observed() -> None:
-    reply = {"symbols": {"BTCUSDT": {"hot_state": "INVALID", "age_ms": 300, "stale_since_ns": 123}}}
+    raw = (
+        b'{"symbols": {"BTCUSDT": {"symbol": "BTCUSDT", "hot_state": "INVALID", "age_ms": 300,'
+        b' "last_update_id": null, "stale_since_ns": 123}}}'
+    )
 
-    assert symbols_from_reply(reply) == [SymbolObservation("BTCUSDT", "INVALID", 300, 123)]
+    assert symbols_from_reply(decode_reply(SymbolsReply, raw)) == [SymbolObservation("BTCUSDT", "INVALID", 300, 123)]
 
 
 def test_evaluate_when_invalid_without_data_yet_then_reduced_without_page() -> None:
@@ -435,14 +440,21 @@ def test_latency_window_and_heartbeat_details_then_observations() -> None:
     assert reported == [LatencyObservation("risk", 9.0, 3.0)]
 
 
-def test_symbols_from_reply_when_shapes_vary_then_tolerant() -> None:
-    reply = {"symbols": {"BTCUSDT": {"hot_state": "VALID", "age_ms": 3}, "ETHUSDT": {"status": "STALE"}, "X": 1}}
+def test_symbols_from_reply_when_ages_unknown_or_error_then_none_for_them() -> None:
+    reply = SymbolsReply(
+        symbols={
+            "BTCUSDT": SymbolHotState(symbol="BTCUSDT", hot_state=HotStateStatus.VALID, age_ms=3, last_update_id=9),
+            "ETHUSDT": SymbolHotState(
+                symbol="ETHUSDT", hot_state=HotStateStatus.STALE, age_ms=None, last_update_id=None
+            ),
+        }
+    )
 
     assert symbols_from_reply(reply) == [
         SymbolObservation("BTCUSDT", "VALID", 3),
         SymbolObservation("ETHUSDT", "STALE", None),
     ]
-    assert symbols_from_reply({"error": {}}) == [] and symbols_from_reply(None) == []
+    assert symbols_from_reply(decode_reply(SymbolsReply, error_reply("unavailable", "starting"))) == []
 
 
 def test_rules_table_covers_every_spec_check() -> None:
