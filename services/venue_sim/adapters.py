@@ -17,7 +17,7 @@ from pathlib import Path
 
 from libs import recordings
 from services.venue_sim.domain.book import OrderBook
-from services.venue_sim.domain.exchange import SymbolSpec, spec_for
+from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 Level = tuple[Decimal, Decimal]
 

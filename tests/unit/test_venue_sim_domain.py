@@ -9,7 +9,7 @@ import pytest
 from libs.recordings import DepthSnapshot, DepthUpdate, ReferenceBook, Trade
 from services.venue_sim.adapters import DepthEvent, ReplaySymbol, SyntheticSource
 from services.venue_sim.domain import BinanceError, BookHistoryError, Exchange, FaultError, FaultScheduler, OrderBook
-from services.venue_sim.domain.exchange import SymbolSpec, spec_for
+from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
 

@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 
 from services.venue_sim.domain import BinanceError, Exchange, OrderBook
-from services.venue_sim.domain.exchange import SymbolSpec, spec_for, triggers
+from services.venue_sim.domain.orders import triggers
+from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
 

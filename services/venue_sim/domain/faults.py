@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from libs.clock import Clock
 from libs.decimals import plain
-from services.venue_sim.domain.clock import Clock
 
 CORRUPT_MODES = ("invalid_json", "missing_field", "wrong_type", "truncated")
 
