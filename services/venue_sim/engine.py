@@ -13,8 +13,9 @@ import contextlib
 from typing import Any
 
 from libs.clock import Clock
-from services.venue_sim.adapters import USDM, MarketEvent, MarketSource
+from libs.recordings import USDM
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
+from services.venue_sim.domain.market_events import MarketEvent, MarketSource
 from services.venue_sim.market import MarketFeed
 from services.venue_sim.price_faults import PriceFaults
 from services.venue_sim.streams import StreamHub

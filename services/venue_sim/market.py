@@ -15,8 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from libs.clock import Clock
-from services.venue_sim.adapters import SPOT, DepthEvent, LiquidationEvent, MarketEvent, MarkEvent, TradeEvent
+from libs.recordings import SPOT
 from services.venue_sim.domain import Exchange, OrderBook, fmt
+from services.venue_sim.domain.market_events import DepthEvent, LiquidationEvent, MarketEvent, MarkEvent, TradeEvent
 from services.venue_sim.streams import StreamHub
 
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000

@@ -8,9 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 from libs.clock import Clock
-from services.venue_sim.adapters import MarketSource, SyntheticSource, TradeEvent
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain import FaultScheduler
-from services.venue_sim.domain.faults import Fault, PriceShift, shift_progress, shift_ticks
+from services.venue_sim.domain.faults import Fault
+from services.venue_sim.domain.market_events import MarketSource, TradeEvent
+from services.venue_sim.domain.price_shift import PriceShift, shift_progress, shift_ticks
 from services.venue_sim.market import MarketFeed
 
 

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from services.venue_sim.domain import FaultScheduler
-from services.venue_sim.domain.faults import Frame, corrupt_text
+from services.venue_sim.domain.frames import Frame, corrupt_text
 
 _encoder = msgspec.json.Encoder()
 

@@ -8,8 +8,10 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.recordings import DepthSnapshot, DepthUpdate, ReferenceBook, Trade
-from services.venue_sim.adapters import DepthEvent, ReplaySymbol, SyntheticSource
+from services.venue_sim.adapters.replay import ReplaySymbol
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain import BinanceError, BookHistoryError, Exchange, FaultError, FaultScheduler, OrderBook
+from services.venue_sim.domain.market_events import DepthEvent
 from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
@@ -285,7 +287,8 @@ def test_synthetic_when_same_seed_then_same_market_and_deep_book() -> None:
 def test_sim_config_when_cascade_probability_set_then_synthetic_market_uses_it_and_bad_values_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.venue_sim.main import build_source, config_from
+    from services.venue_sim.config import config_from
+    from services.venue_sim.main import build_source
 
     calm = config_from(["--source", "synthetic"], {"BULWARK_SIM_CASCADE_PROBABILITY": "0"})
     source, _ = build_source(calm)

@@ -7,9 +7,11 @@ from decimal import Decimal
 import pytest
 
 from libs.clock import ManualClock
-from services.venue_sim.adapters import DepthEvent, SyntheticSource, TradeEvent
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain.book import OrderBook
-from services.venue_sim.domain.faults import FaultError, FaultScheduler, PriceShift, shift_progress, shift_ticks
+from services.venue_sim.domain.faults import FaultError, FaultScheduler
+from services.venue_sim.domain.market_events import DepthEvent, TradeEvent
+from services.venue_sim.domain.price_shift import PriceShift, shift_progress, shift_ticks
 
 START_NS = 1_000_000_000
 

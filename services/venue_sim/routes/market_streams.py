@@ -42,11 +42,8 @@ class StreamRoutes:
         invalid = [s for s in streams if not STREAM_NAME.match(s)]
         if invalid or len(streams) > 200:
             return web.json_response({"code": -1121, "msg": f"Invalid stream name(s): {invalid[:5]}"}, status=400)
-        if (
-            self.ctx.faults.faults
-            and self.ctx.faults.active("ws_close")
-            and self.ctx.faults.active("ws_close").duration_s
-        ):  # type: ignore[union-attr]
+        closing = self.ctx.faults.active("ws_close") if self.ctx.faults.faults else None
+        if closing is not None and closing.duration_s:
             return web.Response(status=503, text="Service Unavailable")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)
         await ws.prepare(request)
