@@ -72,6 +72,17 @@ class SimContext:
         return self.exchange.spec(params.get("symbol")).symbol
 
 
+class RouteGroup:
+    """Base of one area's routes: the simulator's parts under short names."""
+
+    def __init__(self, ctx: SimContext) -> None:
+        self.ctx = ctx
+        self.exchange = ctx.exchange
+        self.engine = ctx.engine
+        self.feed = ctx.engine.feed
+        self.hub = ctx.engine.hub
+
+
 def dumps(value: Any) -> str:
     """JSON text of an answer or frame."""
     return msgspec.json.encode(value).decode()

@@ -7,18 +7,11 @@ import msgspec
 from aiohttp import web
 
 from services.venue_sim.domain import BookHistoryError, FaultError, fmt, views
-from services.venue_sim.routes.context import SimContext
+from services.venue_sim.routes.context import RouteGroup
 
 
-class ControlRoutes:
+class ControlRoutes(RouteGroup):
     """`/_sim/*` handlers (plain JSON, not Binance-shaped)."""
-
-    def __init__(self, ctx: SimContext) -> None:
-        self.ctx = ctx
-        self.exchange = ctx.exchange
-        self.engine = ctx.engine
-        self.feed = ctx.engine.feed
-        self.hub = ctx.engine.hub
 
     def register(self, app: web.Application) -> None:
         """Add the control routes to the application."""

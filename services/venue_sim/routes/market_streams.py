@@ -11,7 +11,7 @@ import re
 import msgspec
 from aiohttp import WSMsgType, web
 
-from services.venue_sim.routes.context import SimContext, dumps
+from services.venue_sim.routes.context import RouteGroup, dumps
 from services.venue_sim.streams import Subscriber
 
 STREAM_NAME = re.compile(
@@ -19,15 +19,8 @@ STREAM_NAME = re.compile(
 )
 
 
-class StreamRoutes:
+class StreamRoutes(RouteGroup):
     """The WebSocket handler of every stream path."""
-
-    def __init__(self, ctx: SimContext) -> None:
-        self.ctx = ctx
-        self.exchange = ctx.exchange
-        self.engine = ctx.engine
-        self.feed = ctx.engine.feed
-        self.hub = ctx.engine.hub
 
     async def ws_market(self, request: web.Request) -> web.StreamResponse:
         """`/stream?streams=a/b` (combined), `/ws/<stream>` (raw) and `/ws/<listenKey>` (user data)."""

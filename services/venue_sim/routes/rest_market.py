@@ -17,7 +17,7 @@ from services.venue_sim.domain.limits import (
     depth_weight,
     spot_depth_weight,
 )
-from services.venue_sim.routes.context import Endpoint, Routes, SimContext, bounded_int, by_symbol, fixed, one
+from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, bounded_int, by_symbol, fixed, one
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 
@@ -36,15 +36,17 @@ def _spot_depth_weight(params: dict[str, str]) -> int:
         return 5
 
 
-class MarketRoutes:
-    """Public market-data endpoints (no key, no signature)."""
+def _recent(rows: list[dict[str, Any]], params: dict[str, str], id_key: str) -> list[dict[str, Any]]:
+    """The last `limit` rows, or the first `limit` from id `fromId` on when given."""
+    limit = bounded_int(params, "limit", 500, 1, 1000)
+    if "fromId" in params:
+        from_id = bounded_int(params, "fromId", 0, 0, 2**62)
+        return [row for row in rows if row[id_key] >= from_id][:limit]
+    return rows[-limit:]
 
-    def __init__(self, ctx: SimContext) -> None:
-        self.ctx = ctx
-        self.exchange = ctx.exchange
-        self.engine = ctx.engine
-        self.feed = ctx.engine.feed
-        self.hub = ctx.engine.hub
+
+class MarketRoutes(RouteGroup):
+    """Public market-data endpoints (no key, no signature)."""
 
     def endpoints(self) -> Routes:
         """The USD-M public endpoints, and the spot ones when the market is spot."""
@@ -240,14 +242,7 @@ class MarketRoutes:
     async def agg_trades(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/aggTrades — the recent aggregate trades, from `fromId` on when given."""
         symbol = self.ctx.symbol(params)
-        limit = bounded_int(params, "limit", 500, 1, 1000)
-        rows = list(self.feed.markets[symbol].agg_history)
-        if "fromId" in params:
-            from_id = bounded_int(params, "fromId", 0, 0, 2**62)
-            rows = [row for row in rows if row["a"] >= from_id][:limit]
-        else:
-            rows = rows[-limit:]
-        return rows
+        return _recent(list(self.feed.markets[symbol].agg_history), params, "a")
 
     # ================================================================= public REST, spot
     async def spot_exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:
@@ -298,12 +293,7 @@ class MarketRoutes:
     async def spot_trades(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /api/v3/trades and /api/v3/historicalTrades — recent trades, from `fromId` on when given."""
         symbol = self.ctx.symbol(params)
-        limit = bounded_int(params, "limit", 500, 1, 1000)
-        rows = list(self.feed.markets[symbol].trade_history)
-        if "fromId" in params:
-            from_id = bounded_int(params, "fromId", 0, 0, 2**62)
-            return [row for row in rows if row["id"] >= from_id][:limit]
-        return rows[-limit:]
+        return _recent(list(self.feed.markets[symbol].trade_history), params, "id")
 
     async def book_ticker(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/ticker/bookTicker."""

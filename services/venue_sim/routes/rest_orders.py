@@ -15,23 +15,16 @@ from services.venue_sim.routes.context import (
     INTERNAL_ERROR_MSG,
     Endpoint,
     OrderTimeout,
+    RouteGroup,
     Routes,
-    SimContext,
     by_symbol,
     fixed,
     one,
 )
 
 
-class OrderRoutes:
+class OrderRoutes(RouteGroup):
     """Order and account endpoints (signed)."""
-
-    def __init__(self, ctx: SimContext) -> None:
-        self.ctx = ctx
-        self.exchange = ctx.exchange
-        self.engine = ctx.engine
-        self.feed = ctx.engine.feed
-        self.hub = ctx.engine.hub
 
     def endpoints(self) -> Routes:
         """The signed USD-M order and account endpoints."""

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from services.venue_sim.domain import BinanceError
-from services.venue_sim.routes.context import Endpoint, Routes, SimContext, one
+from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, SimContext, one
 
 LISTEN_KEY_VALIDITY_MS = 3_600_000
 
@@ -20,12 +20,11 @@ def new_listen_key() -> str:
     return secrets.token_urlsafe(48)[:64]
 
 
-class UserStreamRoutes:
-    """`/fapi/v1/listenKey` (API key, no signature)."""
+class UserStreamRoutes(RouteGroup):
+    """`/fapi/v1/listenKey` (API key, no signature); `make_key` draws new listen keys."""
 
     def __init__(self, ctx: SimContext, make_key: Callable[[], str] = new_listen_key) -> None:
-        self.ctx = ctx
-        self.hub = ctx.engine.hub
+        super().__init__(ctx)
         self.make_key = make_key
 
     def endpoints(self) -> Routes:
