@@ -14,110 +14,27 @@ project root) are replayed; synthetic if missing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
+from libs.clock import Clock, wall_clock
 from libs.logging import get_logger
-from libs.recordings import default_recordings
-from services.venue_sim.adapters import (
-    DEFAULT_CASCADE_PROBABILITY,
-    SPOT,
-    USDM,
-    MarketSource,
-    ReplaySource,
-    SourceError,
-    SyntheticSource,
-)
+from libs.recordings import SPOT, USDM, default_recordings
+from services.venue_sim.adapters.replay import ReplaySource, SourceError
+from services.venue_sim.adapters.synthetic import DEFAULT_CASCADE_PROBABILITY, SyntheticSource
+from services.venue_sim.config import SimConfig, config_from
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
+from services.venue_sim.domain.market_events import MarketSource
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
 
 log = get_logger("venue-sim")
-
-
-def parse_probability(raw: str) -> float:
-    """A probability in [0, 1] (argparse `type`)."""
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, not {raw}")
-    return value
-
-
-def parse_speed(raw: str) -> float:
-    """`max` or 0 mean as fast as possible (0.0); else a positive multiplier."""
-    if raw.strip().lower() in ("max", "0", "0.0"):
-        return 0.0
-    speed = float(raw)
-    if speed < 0:
-        raise ValueError("speed must be >= 0 or 'max'")
-    return speed
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Everything the simulator needs to start."""
-
-    host: str = "127.0.0.1"
-    port: int = 8100
-    source: str = ""
-    speed: float = 1.0
-    seed: int = 0
-    api_key: str = "bulwark-sim-key"
-    api_secret: str = "bulwark-sim-secret"
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    ws_ping_interval_s: float = 20.0
-    market: str = "auto"
-    cascade_probability: float | None = None
-    """Synthetic markets: chance per 100 ms step that a liquidation cascade starts (None: the source's default)."""
-
-
-MARKETS = ("auto", USDM, SPOT)
-
-
-def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimConfig:
-    """Merge command-line flags over `BULWARK_*` variables over defaults."""
-    parser = argparse.ArgumentParser(prog="venue-sim", description="Binance USD-M venue simulator")
-    parser.add_argument("--host", default=environ.get("BULWARK_SIM_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(environ.get("BULWARK_SIM_PORT", "8100")))
-    parser.add_argument("--source", default=environ.get("BULWARK_SIM_SOURCE", ""))
-    parser.add_argument("--speed", default=environ.get("BULWARK_SIM_SPEED", "1"))
-    parser.add_argument("--seed", type=int, default=int(environ.get("BULWARK_SIM_SEED", "0")))
-    parser.add_argument("--ws-ping-interval", type=float, default=float(environ.get("BULWARK_SIM_WS_PING_S", "20")))
-    parser.add_argument("--market", choices=MARKETS, default=environ.get("BULWARK_SIM_MARKET", "auto"))
-    parser.add_argument(
-        "--cascade-probability",
-        type=parse_probability,
-        default=environ.get("BULWARK_SIM_CASCADE_PROBABILITY") or None,
-        help="synthetic: chance per 100 ms step that a liquidation cascade starts (0 = calm market)",
-    )
-    args = parser.parse_args(argv)
-    symbols = tuple(
-        s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
-    )
-    return SimConfig(
-        host=args.host,
-        port=args.port,
-        source=args.source,
-        speed=parse_speed(str(args.speed)),
-        seed=args.seed,
-        api_key=environ.get("BULWARK_VENUE_API_KEY", "bulwark-sim-key"),
-        api_secret=environ.get("BULWARK_VENUE_API_SECRET", "bulwark-sim-secret"),
-        symbols=symbols,
-        ws_ping_interval_s=args.ws_ping_interval,
-        market=args.market,
-        cascade_probability=args.cascade_probability,
-    )
 
 
 def build_source(config: SimConfig) -> tuple[MarketSource, str]:
@@ -147,7 +64,7 @@ def build_source(config: SimConfig) -> tuple[MarketSource, str]:
 
 
 def build_simulator(
-    config: SimConfig, source: MarketSource, description: str, clock: Callable[[], int] = time.time_ns
+    config: SimConfig, source: MarketSource, description: str, clock: Clock = wall_clock
 ) -> VenueSimulator:
     """Wire books, exchange, faults, engine and HTTP around a source."""
     books: dict[str, OrderBook] = {}

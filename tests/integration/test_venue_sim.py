@@ -18,8 +18,10 @@ from yarl import URL
 
 from libs.binance.signing import sign
 from libs.recordings import ReferenceBook
-from services.venue_sim.adapters import ReplaySource, SyntheticSource
-from services.venue_sim.main import SimConfig, build_simulator
+from services.venue_sim.adapters.replay import ReplaySource
+from services.venue_sim.adapters.synthetic import SyntheticSource
+from services.venue_sim.config import SimConfig
+from services.venue_sim.main import build_simulator
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance"
 BTC = DATA / "usdm_btcusdt_20240808.gz"

@@ -9,8 +9,9 @@ from libs import recordings
 from proto.enums import Side, StrategyState
 from services.strategy.domain import NS, MarketView, Signal, Strategy, Transition
 from services.strategy.strategies import CascadeFadeConfig, CascadeFadeStrategy, TrendConfig, TrendStrategy
-from services.venue_sim.adapters import DepthEvent, LiquidationEvent, SyntheticSource, TradeEvent
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain.book import OrderBook
+from services.venue_sim.domain.market_events import DepthEvent, LiquidationEvent, TradeEvent
 
 St = StrategyState
 SYMBOL = "BTCUSDT"

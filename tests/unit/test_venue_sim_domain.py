@@ -6,23 +6,18 @@ from decimal import Decimal
 
 import pytest
 
+from libs.clock import ManualClock
 from libs.recordings import DepthSnapshot, DepthUpdate, ReferenceBook, Trade
-from services.venue_sim.adapters import DepthEvent, ReplaySymbol, SyntheticSource
+from services.venue_sim.adapters.replay import ReplaySymbol
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain import BinanceError, BookHistoryError, Exchange, FaultError, FaultScheduler, OrderBook
-from services.venue_sim.domain.exchange import SymbolSpec, spec_for
+from services.venue_sim.domain.market_events import DepthEvent
+from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * 1e9)
+START_NS = 1_700_000_000_000_000_000
 
 
 def _book() -> OrderBook:
@@ -35,7 +30,7 @@ def _book() -> OrderBook:
     return book
 
 
-def _exchange(book: OrderBook, clock: FakeClock) -> Exchange:
+def _exchange(book: OrderBook, clock: ManualClock) -> Exchange:
     spec = spec_for("BTCUSDT")
     spec = SymbolSpec("BTCUSDT", "BTC", spec.tick_size, spec.step_size, spec.min_qty, spec.max_qty, D("1"))
     return Exchange(clock, {"BTCUSDT": spec}, {"BTCUSDT": book})
@@ -68,7 +63,7 @@ def test_book_diff_to_when_applied_then_reaches_the_target() -> None:
 
 
 def test_market_buy_when_larger_than_best_then_one_fill_per_level() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     exchange = _exchange(_book(), clock)
     order = _order(exchange, side="BUY", type="MARKET", quantity="2.500")
     assert order["status"] == "FILLED"
@@ -78,7 +73,7 @@ def test_market_buy_when_larger_than_best_then_one_fill_per_level() -> None:
 
 
 def test_position_when_closed_at_higher_price_then_realized_pnl() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     book = _book()
     exchange = _exchange(book, clock)
     _order(exchange, side="BUY", type="MARKET", quantity="1.000")  # at 100.1
@@ -92,7 +87,7 @@ def test_position_when_closed_at_higher_price_then_realized_pnl() -> None:
 
 
 def test_resting_limit_when_opposite_best_crosses_then_filled_at_limit_as_maker() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     book = _book()
     exchange = _exchange(book, clock)
     order = _order(exchange, side="BUY", type="LIMIT", timeInForce="GTC", quantity="1.000", price="99.5")
@@ -105,13 +100,13 @@ def test_resting_limit_when_opposite_best_crosses_then_filled_at_limit_as_maker(
 
 
 def test_marketable_limit_ioc_when_partly_fillable_then_rest_expired() -> None:
-    exchange = _exchange(_book(), FakeClock())
+    exchange = _exchange(_book(), ManualClock(START_NS))
     order = _order(exchange, side="BUY", type="LIMIT", timeInForce="IOC", quantity="2.000", price="100.1")
     assert (order["status"], order["executedQty"]) == ("EXPIRED", "1.000")
 
 
 def test_stop_market_when_mark_crosses_then_fills_as_market() -> None:
-    exchange = _exchange(_book(), FakeClock())
+    exchange = _exchange(_book(), ManualClock(START_NS))
     exchange.on_mark_price("BTCUSDT", D("100.05"))
     order = _order(exchange, side="SELL", type="STOP_MARKET", quantity="1.000", stopPrice="99.0")
     assert order["status"] == "NEW"
@@ -124,7 +119,7 @@ def test_stop_market_when_mark_crosses_then_fills_as_market() -> None:
 
 
 def test_countdown_when_expired_then_symbol_orders_cancelled() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     exchange = _exchange(_book(), clock)
     order = _order(exchange, side="BUY", type="LIMIT", timeInForce="GTC", quantity="1.000", price="90.0")
     exchange.arm_countdown("BTCUSDT", 1000)
@@ -137,7 +132,7 @@ def test_countdown_when_expired_then_symbol_orders_cancelled() -> None:
 
 
 def test_fault_when_after_messages_then_activates_and_count_limits_it() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     faults = FaultScheduler(clock, seed=1)
     fault = faults.add({"kind": "drop_depth", "symbol": "BTCUSDT", "after_messages": 2, "count": 2})
     data = {"e": "depthUpdate", "E": 1, "u": 5, "pu": 4}
@@ -150,7 +145,7 @@ def test_fault_when_after_messages_then_activates_and_count_limits_it() -> None:
 
 
 def test_fault_when_duration_passes_then_expires() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     faults = FaultScheduler(clock, seed=1)
     faults.add({"kind": "outage", "duration_s": 2})
     assert faults.active("outage") is not None
@@ -159,7 +154,7 @@ def test_fault_when_duration_passes_then_expires() -> None:
 
 
 def test_fault_reorder_and_duplicate_when_applied_then_frames_swapped_and_doubled() -> None:
-    faults = FaultScheduler(FakeClock(), seed=1)
+    faults = FaultScheduler(ManualClock(START_NS), seed=1)
     faults.add({"kind": "reorder_depth"})
     assert faults.transform("s", "X", "depth", {"u": 1}) == []
     assert [f.data["u"] for f in faults.transform("s", "X", "depth", {"u": 2})] == [2, 1]
@@ -179,11 +174,11 @@ def test_fault_reorder_and_duplicate_when_applied_then_frames_swapped_and_double
 )
 def test_fault_when_request_invalid_then_clear_error(spec: dict) -> None:
     with pytest.raises(FaultError):
-        FaultScheduler(FakeClock(), seed=1).add(spec)
+        FaultScheduler(ManualClock(START_NS), seed=1).add(spec)
 
 
 def test_order_side_faults_when_scheduled_then_defaults_and_condition_semantics() -> None:
-    scheduler = FaultScheduler(FakeClock(), seed=1)
+    scheduler = FaultScheduler(ManualClock(START_NS), seed=1)
     server_error = scheduler.add({"kind": "order_http_5xx", "symbol": "BTCUSDT"})
     assert (server_error.params, server_error.count) == ({"status": 503, "placed": False}, 1)
     skew = scheduler.add({"kind": "clock_skew", "params": {"offset_ms": -3000}})
@@ -197,7 +192,7 @@ def test_order_side_faults_when_scheduled_then_defaults_and_condition_semantics(
 
 
 def test_place_order_when_client_order_id_of_open_order_reused_then_4116_duplicated() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     exchange = _exchange(_book(), clock)
     params = {
         "symbol": "BTCUSDT",
@@ -217,7 +212,7 @@ def test_place_order_when_client_order_id_of_open_order_reused_then_4116_duplica
 def test_place_order_when_client_order_id_of_finished_order_reused_then_accepted_like_binance() -> None:
     # Binance: newClientOrderId is "a unique id among open orders"; a client that resends a
     # finished order's id blindly gets a second order. Query by that id answers the newest.
-    exchange = _exchange(_book(), FakeClock())
+    exchange = _exchange(_book(), ManualClock(START_NS))
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1"}
     first, _ = exchange.place_order({**params, "price": "90", "newClientOrderId": "again-1"})
     exchange.cancel_order({"symbol": "BTCUSDT", "origClientOrderId": "again-1"})
@@ -292,7 +287,8 @@ def test_synthetic_when_same_seed_then_same_market_and_deep_book() -> None:
 def test_sim_config_when_cascade_probability_set_then_synthetic_market_uses_it_and_bad_values_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.venue_sim.main import build_source, config_from
+    from services.venue_sim.config import config_from
+    from services.venue_sim.main import build_source
 
     calm = config_from(["--source", "synthetic"], {"BULWARK_SIM_CASCADE_PROBABILITY": "0"})
     source, _ = build_source(calm)

@@ -6,21 +6,18 @@ from decimal import Decimal
 
 import pytest
 
-from services.venue_sim.adapters import DepthEvent, SyntheticSource, TradeEvent
+from libs.clock import ManualClock
+from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.domain.book import OrderBook
-from services.venue_sim.domain.faults import FaultError, FaultScheduler, PriceShift, shift_progress, shift_ticks
+from services.venue_sim.domain.faults import FaultError, FaultScheduler
+from services.venue_sim.domain.market_events import DepthEvent, TradeEvent
+from services.venue_sim.domain.price_shift import PriceShift, shift_progress, shift_ticks
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
+START_NS = 1_000_000_000
 
 
 def test_depth_collapse_when_active_then_quantities_scaled_and_removals_kept() -> None:
-    faults = FaultScheduler(FakeClock(), seed=1)
+    faults = FaultScheduler(ManualClock(START_NS), seed=1)
     faults.add({"kind": "depth_collapse", "symbol": "ETHUSDT", "params": {"factor": "0.01"}})
     data = {"u": 5, "b": [["100.00", "20.5"], ["99.99", "0"]], "a": [["100.01", "3"]]}
     (frame,) = faults.transform("s", "ETHUSDT", "depth", data)
@@ -32,13 +29,13 @@ def test_depth_collapse_when_active_then_quantities_scaled_and_removals_kept() -
 
 
 def test_funding_jump_when_active_then_mark_frames_carry_the_rate_until_it_expires() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     faults = FaultScheduler(clock, seed=1)
     faults.add({"kind": "funding_jump", "duration_s": 2, "params": {"rate": "0.01"}})
     mark = {"e": "markPriceUpdate", "p": "3000", "r": "0.00010000"}
     assert faults.transform("s", "ETHUSDT", "markPrice", mark)[0].data["r"] == "0.01"
     assert faults.transform("s", "ETHUSDT", "depth", {"u": 1})[0].data == {"u": 1}
-    clock.now += 3_000_000_000
+    clock.advance_ns(3_000_000_000)
     assert faults.transform("s", "ETHUSDT", "markPrice", mark)[0].data["r"] == "0.00010000"
 
 
@@ -58,17 +55,17 @@ def test_funding_jump_when_active_then_mark_frames_carry_the_rate_until_it_expir
 )
 def test_market_fault_when_parameter_invalid_then_refused(spec: dict[str, object]) -> None:
     with pytest.raises(FaultError):
-        FaultScheduler(FakeClock(), seed=1).add(spec)
+        FaultScheduler(ManualClock(START_NS), seed=1).add(spec)
 
 
 def test_price_shift_when_scheduled_then_one_shot_with_defaults() -> None:
-    fault = FaultScheduler(FakeClock(), seed=1).add({"kind": "price_shift", "symbol": "ethusdt"})
+    fault = FaultScheduler(ManualClock(START_NS), seed=1).add({"kind": "price_shift", "symbol": "ethusdt"})
     assert fault.params == {"pct": "25", "direction": "up", "over_s": 5.0}
     assert (fault.symbol, fault.count) == ("ETHUSDT", 1)
 
 
 def test_price_shift_when_time_passes_then_move_handed_over_linearly_and_exactly_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START_NS)
     fault = FaultScheduler(clock, seed=1).add({"kind": "price_shift", "params": {"pct": "25", "over_s": 2}})
     total = shift_ticks(Decimal("3000.00"), Decimal("25"), True, Decimal("0.01"))
     shift = PriceShift({"ETHUSDT": total, "BTCUSDT": -7})
@@ -76,7 +73,7 @@ def test_price_shift_when_time_passes_then_move_handed_over_linearly_and_exactly
     steps = []
     for _ in range(25):  # 100 ms ticks, past the 2 s of the shift
         steps.append(shift.due(shift_progress(fault, clock.now)))
-        clock.now += 100_000_000
+        clock.advance_ns(100_000_000)
     assert steps[0] == {}  # nothing is due at activation
     assert steps[10] == {"ETHUSDT": 3750}  # 5 % of the move per 100 ms
     assert shift.applied_ticks == {"ETHUSDT": 75_000, "BTCUSDT": -7}
@@ -88,7 +85,7 @@ def test_price_shift_when_time_passes_then_move_handed_over_linearly_and_exactly
 
 
 def test_price_shift_when_over_zero_then_whole_move_at_once() -> None:
-    fault = FaultScheduler(FakeClock(), seed=1).add({"kind": "price_shift", "params": {"over_s": 0}})
+    fault = FaultScheduler(ManualClock(START_NS), seed=1).add({"kind": "price_shift", "params": {"over_s": 0}})
     assert shift_progress(fault, fault.created_ns) == 1.0
     assert shift_ticks(Decimal("100"), Decimal("10"), False, Decimal("0.01")) == -1000
 

@@ -7,18 +7,15 @@ from decimal import Decimal
 
 import pytest
 
+from libs.clock import ManualClock
 from services.venue_sim.domain import BinanceError, Exchange, OrderBook
-from services.venue_sim.domain.exchange import SymbolSpec, spec_for, triggers
+from services.venue_sim.domain.orders import triggers
+from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
+START_NS = 1_700_000_000_000_000_000
 
 
 def _book() -> OrderBook:
@@ -34,7 +31,7 @@ def _book() -> OrderBook:
 def _exchange(book: OrderBook) -> Exchange:
     spec = spec_for("BTCUSDT")
     spec = SymbolSpec("BTCUSDT", "BTC", spec.tick_size, spec.step_size, spec.min_qty, spec.max_qty, D("1"))
-    exchange = Exchange(FakeClock(), {"BTCUSDT": spec}, {"BTCUSDT": book})
+    exchange = Exchange(ManualClock(START_NS), {"BTCUSDT": spec}, {"BTCUSDT": book})
     exchange.on_mark_price("BTCUSDT", D("100.05"))
     return exchange
 

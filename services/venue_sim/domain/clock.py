@@ -1,11 +1,8 @@
-"""Clocks: the wall clock is injected; the market clock can be paused and sped up."""
+"""The market clock: elapsed market time that can be paused, read from an injected `Clock`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-Clock = Callable[[], int]
-"""Returns the current time in integer nanoseconds (UTC epoch)."""
+from libs.clock import Clock
 
 
 class MarketClock:

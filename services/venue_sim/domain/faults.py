@@ -13,14 +13,12 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from libs.decimals import plain
-from services.venue_sim.domain.clock import Clock
-
-CORRUPT_MODES = ("invalid_json", "missing_field", "wrong_type", "truncated")
+from libs.clock import Clock
+from services.venue_sim.domain.frames import CORRUPT_MODES, Frame, collapse_depth, corrupt_frame
 
 # kind -> (default params, is a condition that lasts until deleted by default)
 KINDS: dict[str, tuple[dict[str, Any], bool]] = {
@@ -110,14 +108,6 @@ class Fault:
         if self.duration_s is not None and now_ns - self.activated_ns >= self.duration_s * 1e9:
             return "expired"
         return "active"
-
-
-@dataclass(slots=True)
-class Frame:
-    """One outgoing stream frame; `corrupt` names how to mangle its serialised text."""
-
-    data: dict[str, Any]
-    corrupt: str | None = None
 
 
 def _int(params: Mapping[str, Any], name: str, low: int, high: int) -> int:
@@ -395,104 +385,3 @@ class FaultScheduler:
         if channel == "depth" and self.take("duplicate_depth", symbol):
             return [frame, Frame(copy.deepcopy(frame.data), frame.corrupt)]
         return [frame]
-
-
-# --------------------------------------------------------------------------- price_shift
-
-
-def shift_ticks(reference: Decimal, pct: Decimal, up: bool, tick: Decimal) -> int:
-    """The whole move of a price_shift in ticks: `pct` % of `reference`, signed by direction."""
-    ticks = int((reference * pct / 100 / tick).to_integral_value())
-    return ticks if up else -ticks
-
-
-def shift_progress(fault: Fault, now_ns: int) -> float:
-    """Share (0..1) of a price_shift's move that is due at `now_ns` (linear over `over_s`)."""
-    if fault.activated_ns is None:
-        return 0.0
-    over_ns = float(fault.params["over_s"]) * 1e9
-    if over_ns <= 0:
-        return 1.0
-    return max(0.0, min(1.0, (now_ns - fault.activated_ns) / over_ns))
-
-
-@dataclass
-class PriceShift:
-    """Progress of one price_shift fault: the whole move per symbol (ticks) and what was applied."""
-
-    total_ticks: dict[str, int]
-    applied_ticks: dict[str, int] = field(default_factory=dict)
-    done: bool = False
-
-    def due(self, progress: float) -> dict[str, int]:
-        """Ticks each symbol must move now so that `progress` of its whole move is applied.
-
-        Truncates toward zero, so the applied move never passes the total; at progress 1 it is
-        exactly the total and the shift is done.
-        """
-        if self.done:
-            return {}
-        steps: dict[str, int] = {}
-        for symbol, total in self.total_ticks.items():
-            target = total if progress >= 1 else int(total * progress)
-            step = target - self.applied_ticks.get(symbol, 0)
-            if step:
-                steps[symbol] = step
-                self.applied_ticks[symbol] = target
-        self.done = progress >= 1
-        return steps
-
-
-def collapse_depth(data: dict[str, Any], factor: Decimal) -> dict[str, Any]:
-    """A depth update whose every quantity is scaled by `factor` (removed levels stay removed).
-
-    Binance depth updates carry absolute quantities per level, so once the fault ends every level
-    the market touches again is reported at its true size: the book heals by itself.
-    """
-
-    def scale(levels: Any) -> Any:
-        if not isinstance(levels, list):
-            return levels
-        scaled = []
-        for level in levels:
-            try:
-                price, quantity = level[0], Decimal(str(level[1]))
-            except (IndexError, TypeError, InvalidOperation):
-                scaled.append(level)  # not a [price, qty] pair: leave it for the client to reject
-                continue
-            # A quantity of 0 deletes the level: a collapse shrinks levels, it never deletes or invents them.
-            reduced = quantity * factor if quantity > 0 else quantity
-            if quantity > 0 and reduced <= 0:
-                reduced = Decimal("0.001")
-            scaled.append([price, plain(reduced)])
-        return scaled
-
-    return dict(data, b=scale(data.get("b")), a=scale(data.get("a")))
-
-
-def corrupt_frame(data: dict[str, Any], mode: str) -> Frame:
-    """A frame damaged the way `mode` says (data-level modes change the dict now)."""
-    match mode:
-        case "missing_field":
-            damaged = dict(data)
-            for key in ("u", "p", "E"):
-                if key in damaged:
-                    del damaged[key]
-                    break
-            return Frame(damaged)
-        case "wrong_type":
-            damaged = dict(data)
-            for key in ("u", "p", "E"):
-                if key in damaged:
-                    damaged[key] = [damaged[key]] if isinstance(damaged[key], str) else "not-a-number"
-                    break
-            return Frame(damaged)
-        case _:
-            return Frame(data, corrupt=mode)
-
-
-def corrupt_text(text: str, mode: str) -> str:
-    """Mangle serialised JSON text (invalid_json / truncated)."""
-    if mode == "truncated":
-        return text[: max(1, len(text) // 2)]
-    return text.replace('"', "'", 3).rstrip("}") + ",,"

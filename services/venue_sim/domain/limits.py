@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.venue_sim.domain.clock import Clock
+from libs.clock import Clock
 
 WEIGHT_LIMIT_1M = 2400
 ORDER_LIMIT_10S = 300

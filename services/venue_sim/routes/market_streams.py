@@ -1,0 +1,97 @@
+"""WebSocket entrypoints: combined (`/stream?streams=`) and raw (`/ws/<stream>`) market streams,
+user-data streams (`/ws/<listenKey>`), and the live SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS
+commands. Frames reach a client through the stream hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from services.venue_sim.routes.context import RouteGroup, dumps
+from services.venue_sim.streams import Subscriber
+
+STREAM_NAME = re.compile(
+    r"^[a-z0-9]+@(depth(@0ms|@100ms|@250ms|@500ms)?|aggTrade|trade|markPrice(@1s)?|forceOrder|bookTicker)$"
+)
+
+
+class StreamRoutes(RouteGroup):
+    """The WebSocket handler of every stream path."""
+
+    async def ws_market(self, request: web.Request) -> web.StreamResponse:
+        """`/stream?streams=a/b` (combined), `/ws/<stream>` (raw) and `/ws/<listenKey>` (user data)."""
+        name = request.match_info.get("name", "")
+        combined = request.path.startswith("/stream")
+        listen_key = name if name in self.hub.listen_keys else None
+        streams: list[str] = []
+        if combined:
+            streams = [s for s in request.query.get("streams", "").split("/") if s]
+        elif name and listen_key is None:
+            streams = [s for s in name.split("/") if s]
+        invalid = [s for s in streams if not STREAM_NAME.match(s)]
+        if invalid or len(streams) > 200:
+            return web.json_response({"code": -1121, "msg": f"Invalid stream name(s): {invalid[:5]}"}, status=400)
+        closing = self.ctx.faults.active("ws_close") if self.ctx.faults.faults else None
+        if closing is not None and closing.duration_s:
+            return web.Response(status=503, text="Service Unavailable")
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        subscriber = Subscriber(ws, combined=combined or not name, listen_key=listen_key)
+        self.hub.connections.add(subscriber)
+        if listen_key is not None:
+            self.hub.user_connections.add(subscriber)
+        self.hub.subscribe(subscriber, streams)
+        sender = asyncio.create_task(subscriber.run_sender())
+        self.ctx.log.info("ws_connected", streams=streams[:10], user_stream=listen_key is not None)
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.PING:
+                    if not self.hub.is_stalled(subscriber):
+                        await ws.pong(message.data)
+                elif message.type == WSMsgType.TEXT:
+                    reply = self._ws_command(subscriber, message.data)
+                    if reply is not None and not self.hub.is_stalled(subscriber):
+                        await ws.send_str(reply)
+                elif message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            subscriber.closed = True
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            self.hub.unsubscribe(subscriber)
+            self.hub.connections.discard(subscriber)
+            self.hub.user_connections.discard(subscriber)
+        return ws
+
+    def _ws_command(self, subscriber: Subscriber, text: str) -> str | None:
+        try:
+            command = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            return dumps({"error": {"code": 3, "msg": "Invalid JSON: expected value at line 1 column 1"}})
+        if not isinstance(command, dict):
+            return dumps({"error": {"code": 2, "msg": "Invalid request: request must be an object"}})
+        request_id = command.get("id")
+        method = command.get("method")
+        params = command.get("params", [])
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            return dumps({"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}})
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            if not isinstance(params, list) or not all(isinstance(p, str) and STREAM_NAME.match(p) for p in params):
+                return dumps(
+                    {"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}, "id": request_id}
+                )
+            if method == "SUBSCRIBE":
+                self.hub.subscribe(subscriber, params)
+            else:
+                self.hub.unsubscribe(subscriber, params)
+            return dumps({"result": None, "id": request_id})
+        if method == "LIST_SUBSCRIPTIONS":
+            return dumps({"result": sorted(subscriber.streams), "id": request_id})
+        return dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": request_id})

@@ -1,0 +1,189 @@
+"""WebSocket fan-out of the simulator: the connected clients and their streams, the frame faults
+on the way out (drop, duplicate, corrupt, latency, stall), connection faults (close, outage),
+keep-alive pings, and delivery of user-data events to user streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from services.venue_sim.domain import FaultScheduler
+from services.venue_sim.domain.frames import Frame, corrupt_text
+
+_encoder = msgspec.json.Encoder()
+
+
+class Subscriber:
+    """One WebSocket client: its streams, and a sender task that applies latency."""
+
+    def __init__(self, ws: web.WebSocketResponse, combined: bool, listen_key: str | None = None) -> None:
+        self.ws = ws
+        self.combined = combined
+        self.listen_key = listen_key
+        self.streams: set[str] = set()
+        self.queue: asyncio.Queue[tuple[float, str]] = asyncio.Queue(maxsize=20_000)
+        self.closed = False
+
+    def symbols(self) -> set[str]:
+        """Upper-case symbols this client listens to."""
+        return {stream.split("@", 1)[0].upper() for stream in self.streams}
+
+    def enqueue(self, due: float, text: str) -> None:
+        """Queue a frame; a client that cannot keep up is disconnected, as Binance does."""
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait((due, text))
+        except asyncio.QueueFull:
+            self.closed = True
+            asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=b"slow consumer"))
+
+    async def run_sender(self) -> None:
+        """Send queued frames, each not before its due time."""
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            due, text = await self.queue.get()
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.ws.closed:
+                return
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+class StreamHub:
+    """Who listens to what, and the one way a frame or user event reaches a client."""
+
+    def __init__(self, faults: FaultScheduler, log: Any) -> None:
+        self.faults = faults
+        self.log = log
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.connections: set[Subscriber] = set()
+        self.user_connections: set[Subscriber] = set()
+        self.listen_keys: dict[str, int] = {}
+        self.messages_published = 0
+
+    async def ping_all(self) -> None:
+        """Ping every live, unstalled client (the server side of Binance's keep-alive)."""
+        for subscriber in list(self.connections):
+            if subscriber.ws.closed or self.is_stalled(subscriber):
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await subscriber.ws.ping()
+
+    async def close_all(self) -> None:
+        """Close every WebSocket (server shutdown)."""
+        for subscriber in list(self.connections):
+            await subscriber.ws.close(code=1001, message=b"server shutdown")
+
+    def is_stalled(self, subscriber: Subscriber) -> bool:
+        """ws_stall applies to this client (global, or one of its symbols)."""
+        if not self.faults.faults:
+            return False
+        fault = self.faults.active("ws_stall")
+        if fault is None:
+            return False
+        return fault.symbol is None or fault.symbol in subscriber.symbols()
+
+    async def check_connection_faults(self) -> None:
+        """Close connections for active ws_close / outage faults."""
+        if not self.faults.faults:
+            return
+        for kind in ("ws_close", "outage"):
+            fault = self.faults.active(kind)
+            if fault is None:
+                continue
+            victims = [s for s in self.connections if fault.symbol is None or fault.symbol in s.symbols()]
+            if kind == "ws_close":
+                if not victims and fault.count is not None:
+                    continue
+                self.faults.take(kind)
+            for subscriber in victims:
+                await self.close_subscriber(
+                    subscriber, fault.params.get("code", 1001), fault.params.get("abrupt", False)
+                )
+            if victims:
+                self.log.warning("fault_ws_closed", kind=kind, fault=fault.id, connections=len(victims))
+
+    async def close_subscriber(self, subscriber: Subscriber, code: int, abrupt: bool) -> None:
+        """Close one client, with a close frame or by dropping the TCP connection."""
+        subscriber.closed = True
+        self.connections.discard(subscriber)
+        if abrupt:
+            transport = subscriber.ws._req.transport if subscriber.ws._req is not None else None
+            if transport is not None:
+                transport.abort()
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await subscriber.ws.close(code=code, message=b"closed by fault injection")
+
+    def subscribe(self, subscriber: Subscriber, streams: list[str]) -> None:
+        """Add streams to a client."""
+        for stream in streams:
+            subscriber.streams.add(stream)
+            self.subscribers.setdefault(stream, set()).add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber, streams: list[str] | None = None) -> None:
+        """Remove streams (all when None) from a client."""
+        for stream in list(subscriber.streams if streams is None else streams):
+            subscriber.streams.discard(stream)
+            members = self.subscribers.get(stream)
+            if members is not None:
+                members.discard(subscriber)
+                if not members:
+                    del self.subscribers[stream]
+
+    def _latency_s(self, symbol: str | None) -> float:
+        fault = self.faults.active("latency", symbol) if self.faults.faults else None
+        return fault.params["ms"] / 1000 if fault is not None else 0.0
+
+    def publish(self, stream: str, symbol: str, channel: str, data: dict[str, Any]) -> None:
+        """Send one stream message to its subscribers, through the frame faults."""
+        members = self.subscribers.get(stream)
+        if not members:
+            return
+        self.messages_published += 1
+        if self.faults.faults:
+            self.faults.on_message(symbol)
+        frames = self.faults.transform(stream, symbol, channel, data)
+        if not frames:
+            return
+        due = asyncio.get_running_loop().time() + self._latency_s(symbol)
+        for frame in frames:
+            raw_text: str | None = None
+            combined_text: str | None = None
+            for subscriber in list(members):
+                if self.is_stalled(subscriber):
+                    continue
+                if subscriber.combined:
+                    if combined_text is None:
+                        combined_text = self._serialise(frame, stream)
+                    subscriber.enqueue(due, combined_text)
+                else:
+                    if raw_text is None:
+                        raw_text = self._serialise(frame, None)
+                    subscriber.enqueue(due, raw_text)
+
+    @staticmethod
+    def _serialise(frame: Frame, stream: str | None) -> str:
+        payload = frame.data if stream is None else {"stream": stream, "data": frame.data}
+        text = _encoder.encode(payload).decode()
+        return corrupt_text(text, frame.corrupt) if frame.corrupt else text
+
+    def deliver_user_events(self, events: list[dict[str, Any]]) -> None:
+        """Send the exchange's ORDER_TRADE_UPDATE / ACCOUNT_UPDATE events to the user streams."""
+        if not self.user_connections:
+            return
+        due = asyncio.get_running_loop().time() + self._latency_s(None)
+        for event in events:
+            text = _encoder.encode(event).decode()
+            for subscriber in list(self.user_connections):
+                if not self.is_stalled(subscriber):
+                    subscriber.enqueue(due, text)
