@@ -234,7 +234,7 @@ def _first_pass_id(records: list, symbol: str, update_id: int) -> int:
 
     The simulator replays a recording forever: each loop is joined by one diff (id `u_last + 1`
     of the loop before) that restores the snapshot's book, and shifts every id by
-    `shift = u_last + 1 - pu_first` (`services.venue_sim.adapters.ReplaySymbol.script`). So a
+    `shift = u_last + 1 - pu_first` (`services.venue_sim.adapters.replay.ReplaySymbol.script`). So a
     loop's join id serves the snapshot's book, and `id - k * shift` the recorded book.
     """
     snapshot = next(r for r in records if isinstance(r, recordings.DepthSnapshot) and r.symbol == symbol)
