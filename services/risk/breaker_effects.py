@@ -6,7 +6,7 @@ published and alerted, their restore from KV at start, and the operator's reset 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -28,13 +28,11 @@ from proto.messages import (
 from . import adapters, flattening, trading_control
 from .breaker_rules import restore_breaker
 from .breakers import ABNORMAL_MARKET, RAPID_LOSS, RESOURCE_EXHAUSTION, BreakerChange, BreakerNotTripped, RiskBreaker
+from .core import RiskCore
 from .replies import error_reply, reset_request_decoder
 from .state import apply
 from .trading_control import RISK_OPERATOR
 from .trading_state import TradingTrigger
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
 SEVERITY: dict[str, AlertSeverity] = {
     RAPID_LOSS: AlertSeverity.P0,
@@ -43,7 +41,7 @@ SEVERITY: dict[str, AlertSeverity] = {
 }
 
 
-async def on_position(risk: RiskService, event: PositionChanged) -> None:
+async def on_position(risk: RiskCore, event: PositionChanged) -> None:
     """A position change: track it, and count its realized PnL for CB-1 and CB-3."""
     update = apply(risk.state, event)
     if update is None or risk.breakers is None:
@@ -75,7 +73,7 @@ async def on_position(risk: RiskService, event: PositionChanged) -> None:
         await apply_breaker_change(risk, change)
 
 
-async def on_mark(risk: RiskService, mark: MarkPrice) -> None:
+async def on_mark(risk: RiskCore, mark: MarkPrice) -> None:
     """A mark price: the reference for notional checks and an input of CB-2."""
     apply(risk.state, mark)
     if risk.breakers is None:
@@ -90,7 +88,7 @@ async def on_mark(risk: RiskService, mark: MarkPrice) -> None:
             await apply_breaker_change(risk, change)
 
 
-async def on_strategy_enabled(risk: RiskService, command: EnableStrategy) -> None:
+async def on_strategy_enabled(risk: RiskCore, command: EnableStrategy) -> None:
     """An operator re-enabled a strategy (gateway): that is the manual reset of its CB-3."""
     if risk.breakers is None:
         return
@@ -101,12 +99,12 @@ async def on_strategy_enabled(risk: RiskService, command: EnableStrategy) -> Non
     await apply_breaker_change(risk, change, announce_enable=False)
 
 
-async def _persist(risk: RiskService, breaker: RiskBreaker, now: int) -> None:
+async def _persist(risk: RiskCore, breaker: RiskBreaker, now: int) -> None:
     """Save a breaker's counters (no state change) so a restart resumes them."""
     await adapters.write_breaker(risk.bus, breaker.snapshot(now))
 
 
-async def apply_breaker_change(risk: RiskService, change: BreakerChange, *, announce_enable: bool = True) -> None:
+async def apply_breaker_change(risk: RiskCore, change: BreakerChange, *, announce_enable: bool = True) -> None:
     """Act on a breaker transition, then persist it, publish it and raise/resolve its alert.
 
     The protective action comes first: a crash after it leaves the system safer, never less safe.
@@ -158,7 +156,7 @@ async def apply_breaker_change(risk: RiskService, change: BreakerChange, *, anno
             )
 
 
-async def _on_trip(risk: RiskService, change: BreakerChange, strategy: str | None) -> None:
+async def _on_trip(risk: RiskCore, change: BreakerChange, strategy: str | None) -> None:
     reason = f"{change.breaker} {change.record.title}: {change.reason}"
     tripped_at = change.record.tripped_at_ns or 0
     if change.breaker == RAPID_LOSS:
@@ -176,7 +174,7 @@ async def _on_trip(risk: RiskService, change: BreakerChange, strategy: str | Non
     # CB-2 needs no action here: the pre-trade checks read the breaker, and positions are kept.
 
 
-async def _on_close(risk: RiskService, change: BreakerChange, strategy: str | None, announce_enable: bool) -> None:
+async def _on_close(risk: RiskCore, change: BreakerChange, strategy: str | None, announce_enable: bool) -> None:
     if change.breaker == RESOURCE_EXHAUSTION:
         await risk.bus.publish(subjects.EVT_BACKGROUND_WORK, BackgroundWorkResumed(reason=change.reason))
         await adapters.write_background_work(risk.bus, False, change.reason, risk.clock())
@@ -186,7 +184,7 @@ async def _on_close(risk: RiskService, change: BreakerChange, strategy: str | No
         await risk.bus.publish(subjects.cmd_strategy(strategy, "enable"), command)
 
 
-async def load_breakers(risk: RiskService, strategies: tuple[str, ...]) -> None:
+async def load_breakers(risk: RiskCore, strategies: tuple[str, ...]) -> None:
     """Restore every breaker from KV (an unreadable record trips it: fail closed) and list them all."""
     board = risk.breakers
     if board is None:
@@ -223,7 +221,7 @@ async def load_breakers(risk: RiskService, strategies: tuple[str, ...]) -> None:
             await adapters.write_breaker(risk.bus, breaker.snapshot(now))
 
 
-async def reset_breaker(risk: RiskService, payload: bytes) -> bytes:
+async def reset_breaker(risk: RiskCore, payload: bytes) -> bytes:
     """`svc.risk.breaker_reset` {"breaker", "operator", "reason"}: manual reset, reason required.
 
     A CB-1 reset clears the breaker but leaves trading HALTED: the operator resumes explicitly.

@@ -4,8 +4,6 @@ the halt/resume/reduce endpoints, and what refuses a resume (a tripped CB-1, HAR
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from libs.bus import RequestHandler
@@ -14,17 +12,15 @@ from proto.enums import DegradationLevel
 from proto.messages import TradingStateChanged
 
 from . import adapters
+from .core import RiskCore
 from .replies import error_reply, operator_request_decoder
 from .trading_state import InvalidTransition, TradingStateRecord, TradingTrigger, next_trading_state
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
 RISK_OPERATOR = "risk"
 """The operator name on what risk does by itself (halts, flattens, strategy commands)."""
 
 
-async def change_state(risk: RiskService, trigger: TradingTrigger, operator: str, reason: str) -> tuple[str, str]:
+async def change_state(risk: RiskCore, trigger: TradingTrigger, operator: str, reason: str) -> tuple[str, str]:
     """Apply a trigger: publish `TradingStateChanged` durably, persist, then return (new, previous).
 
     Raises:
@@ -48,7 +44,7 @@ async def change_state(risk: RiskService, trigger: TradingTrigger, operator: str
         return current.value, previous.value
 
 
-def _resume_blocker(risk: RiskService) -> tuple[str, str] | None:
+def _resume_blocker(risk: RiskCore) -> tuple[str, str] | None:
     """Why a resume must be refused now: a tripped CB-1 or HARD_SHUTDOWN."""
     if risk.breakers is not None and risk.breakers.rapid_loss.is_open:
         return (
@@ -60,7 +56,7 @@ def _resume_blocker(risk: RiskService) -> tuple[str, str] | None:
     return None
 
 
-def request_handler(risk: RiskService, trigger: TradingTrigger) -> RequestHandler:
+def request_handler(risk: RiskCore, trigger: TradingTrigger) -> RequestHandler:
     """The `svc.risk.halt` / `resume` / `reduce` endpoint of `trigger`: {"operator", "reason"} →
     {"trading_state", "previous"}, or an error reply (reason missing, resume blocked, invalid transition)."""
 
