@@ -6,8 +6,6 @@ published and alerted, their restore from KV at start, and the operator's reset 
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from libs.breaker import BreakerState
@@ -24,15 +22,25 @@ from proto.messages import (
     MarkPrice,
     PositionChanged,
 )
+from proto.replies import BreakerResetReply, BreakerResetRequest, error_reply
 
 from . import adapters, flattening, trading_control
 from .breaker_rules import restore_breaker
-from .breakers import ABNORMAL_MARKET, RAPID_LOSS, RESOURCE_EXHAUSTION, BreakerChange, BreakerNotTripped, RiskBreaker
+from .breakers import (
+    ABNORMAL_MARKET,
+    RAPID_LOSS,
+    RESOURCE_EXHAUSTION,
+    STRATEGY_MALFUNCTION_PREFIX,
+    BreakerChange,
+    BreakerNotTripped,
+    RiskBreaker,
+)
 from .core import RiskCore
-from .replies import error_reply, reset_request_decoder
 from .state import apply
 from .trading_control import RISK_OPERATOR
 from .trading_state import TradingTrigger
+
+_reset_request = msgspec.json.Decoder(BreakerResetRequest)
 
 SEVERITY: dict[str, AlertSeverity] = {
     RAPID_LOSS: AlertSeverity.P0,
@@ -120,7 +128,7 @@ async def apply_breaker_change(risk: RiskCore, change: BreakerChange, *, announc
             reason=change.reason,
             operator=change.operator,
         )
-        strategy = record.details.get("strategy") if breaker_id.startswith("CB-3-") else None
+        strategy = record.details.get("strategy") if breaker_id.startswith(STRATEGY_MALFUNCTION_PREFIX) else None
         if change.tripped:
             await _on_trip(risk, change, strategy)
         elif change.current == BreakerState.CLOSED:
@@ -222,12 +230,12 @@ async def load_breakers(risk: RiskCore, strategies: tuple[str, ...]) -> None:
 
 
 async def reset_breaker(risk: RiskCore, payload: bytes) -> bytes:
-    """`svc.risk.breaker_reset` {"breaker", "operator", "reason"}: manual reset, reason required.
+    """`svc.risk.breaker_reset` (`BreakerResetRequest` → `BreakerResetReply`): manual reset, reason required.
 
     A CB-1 reset clears the breaker but leaves trading HALTED: the operator resumes explicitly.
     """
     try:
-        request = reset_request_decoder.decode(payload or b"{}")
+        request = _reset_request.decode(payload or b"{}")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error_reply("bad_request", f"expected {{'breaker', 'operator', 'reason'}}: {exc}")
     if not request.breaker.strip():
@@ -244,12 +252,12 @@ async def reset_breaker(risk: RiskCore, payload: bytes) -> bytes:
     except BreakerNotTripped as exc:
         return error_reply("not_tripped", str(exc))
     await apply_breaker_change(risk, change)
-    reply: dict[str, Any] = {
-        "breaker": breaker.id,
-        "state": change.current.value,
-        "previous": change.previous.value,
-        "trading_state": risk.trading.state.value,
-    }
-    if breaker.id == RAPID_LOSS and risk.trading.state == TradingState.HALTED:
-        reply["note"] = "breaker cleared; trading stays HALTED until an operator resumes it"
+    halted = breaker.id == RAPID_LOSS and risk.trading.state == TradingState.HALTED
+    reply = BreakerResetReply(
+        breaker=breaker.id,
+        state=change.current,
+        previous=change.previous,
+        trading_state=risk.trading.state,
+        note="breaker cleared; trading stays HALTED until an operator resumes it" if halted else None,
+    )
     return msgspec.json.encode(reply)

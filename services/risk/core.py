@@ -20,6 +20,7 @@ from libs.service_snapshots import RecoveryReport, SnapshotKeeper
 from libs.snapshot import SnapshotPolicy
 from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
 from proto.envelope import Message
+from proto.kv import TradingStateValue
 
 from . import adapters
 from . import snapshot as snap
@@ -29,7 +30,6 @@ from .exposure import PendingExposure
 from .liveness import StateBuilderWatch
 from .state import RiskState, apply
 from .trades import TradeTracker
-from .trading_state import TradingStateRecord
 
 
 class RiskCore:
@@ -47,7 +47,7 @@ class RiskCore:
         limits: RiskLimits,
         venue: str,
         clock: Clock,
-        trading: TradingStateRecord,
+        trading: TradingStateValue,
         *,
         breakers: BreakerBoard | None = None,
         monotonic: Clock = monotonic_clock,

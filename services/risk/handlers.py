@@ -36,6 +36,7 @@ from proto.messages import (
     SignalGenerated,
     SubmitOrder,
 )
+from proto.replies import RiskStateReply
 
 from . import breaker_effects, decisions, dependencies, recovery, trading_control
 from .core import RiskCore
@@ -109,24 +110,21 @@ class RiskService(RiskCore):
 
     async def serve_state(self, payload: bytes) -> bytes:
         """`svc.risk.state`: trading state, degradation, positions, pending orders, hot state, breakers."""
-        return msgspec.json.encode(
-            {
-                "trading_state": self.trading.state.value,
-                "reason": self.trading.reason,
-                "operator": self.trading.operator,
-                "ts_ns": self.trading.ts_ns,
-                "degradation_level": self.degradation.value if self.degradation else None,
-                "positions": {symbol: str(qty) for symbol, qty in self.state.positions.items()},
-                "pending": {
-                    symbol: [str(q) for q in self.pending.totals(symbol)] for symbol in sorted(self.limits.symbols)
-                },
-                "hot_state": {symbol: (s.value if s else None) for symbol, s in self.hot_state.items()},
-                "breakers": {b.id: b.state.value for b in self.breakers.all()} if self.breakers else {},
-                "entries_halted": dependencies.entries_halted(self),
-                "recovery": self.recovery.as_dict() if self.recovery else None,
-                "orders_seq": self.orders_seq,
-            }
+        reply = RiskStateReply(
+            trading_state=self.trading.state,
+            reason=self.trading.reason,
+            operator=self.trading.operator,
+            ts_ns=self.trading.ts_ns,
+            degradation_level=self.degradation,
+            positions=dict(self.state.positions),
+            pending={symbol: list(self.pending.totals(symbol)) for symbol in sorted(self.limits.symbols)},
+            hot_state=dict(self.hot_state),
+            breakers={b.id: b.state for b in self.breakers.all()} if self.breakers else {},
+            entries_halted=dependencies.entries_halted(self),
+            recovery=self.recovery.as_dict() if self.recovery else None,
+            orders_seq=self.orders_seq,
         )
+        return msgspec.json.encode(reply)
 
     async def serve(self) -> None:
         """Register the request/reply endpoints."""

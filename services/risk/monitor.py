@@ -10,6 +10,7 @@ from decimal import Decimal
 import msgspec
 
 from proto import subjects
+from proto.replies import BookRequest
 
 from . import adapters, breaker_effects, dependencies
 from .breaker_rules import ResourceSample
@@ -54,7 +55,7 @@ async def monitor_once(risk: RiskCore) -> None:
 
 
 async def _book_sample(risk: RiskCore, symbol: str) -> tuple[Decimal, Decimal | None] | None:
-    request = msgspec.json.encode({"symbol": symbol, "depth": BOOK_DEPTH_LEVELS})
+    request = msgspec.json.encode(BookRequest(symbol=symbol, depth=BOOK_DEPTH_LEVELS))
     try:
         raw = await risk.bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), request, timeout_s=0.5)
     except Exception as exc:  # noqa: BLE001 - timeout or no responders: no sample this round
