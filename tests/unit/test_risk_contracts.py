@@ -10,24 +10,16 @@ import msgspec
 
 from libs.clock import ManualClock
 from libs.logging import get_logger
+from libs.settings import Settings
 from proto import subjects
 from proto.enums import BreakerState, ConnectionState, DegradationLevel, HotStateStatus, TradingState
 from proto.envelope import Message
 from proto.kv import BreakerValue, TradingStateValue, encode_value
 from proto.replies import error_reply
 from services.risk import adapters, breaker_effects, trading_control
-from services.risk.breaker_rules import (
-    AbnormalMarketBreaker,
-    AbnormalMarketConfig,
-    BreakerBoard,
-    RapidLossBreaker,
-    RapidLossConfig,
-    ResourceBreaker,
-    ResourceConfig,
-    StrategyMalfunctionConfig,
-)
 from services.risk.checks import RiskLimits
 from services.risk.handlers import RiskService
+from services.risk.main import breakers_from
 from services.risk.trading_state import TradingTrigger, load_trading_state
 
 S = 1_000_000_000
@@ -55,15 +47,6 @@ class MemoryBus:
         return len(self.published)
 
 
-def board() -> BreakerBoard:
-    return BreakerBoard(
-        rapid_loss=RapidLossBreaker(RapidLossConfig(capital=Decimal(100000))),
-        abnormal_market=AbnormalMarketBreaker(AbnormalMarketConfig()),
-        resource=ResourceBreaker(ResourceConfig()),
-        strategy_config=StrategyMalfunctionConfig(),
-    )
-
-
 def service(bus: MemoryBus, trading: TradingStateValue) -> RiskService:
     return RiskService(
         bus,  # type: ignore[arg-type]
@@ -72,7 +55,7 @@ def service(bus: MemoryBus, trading: TradingStateValue) -> RiskService:
         "binance-usdm",
         ManualClock(100 * S),
         trading,
-        breakers=board(),
+        breakers=breakers_from(Settings()),
         monotonic=ManualClock(10 * S),
     )
 
