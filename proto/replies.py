@@ -110,7 +110,8 @@ class RiskStateReply(msgspec.Struct, frozen=True, kw_only=True):
     """Per symbol, the pending buy and sell quantities."""
     hot_state: dict[str, HotStateStatus | None] = {}
     breakers: dict[str, BreakerState] = {}
-    entries_halted: bool = False
+    entries_halted: str | None = None
+    """Why new entries are HALTED by a lost dependency (bus, state-builder); None when they are not."""
     recovery: dict[str, Any] | None = None
     orders_seq: int = 0
 

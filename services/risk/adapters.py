@@ -12,22 +12,31 @@ from libs.bus import Bus
 from proto import subjects
 from proto.codec import decode_as
 from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
+from proto.kv import (
+    BackgroundWorkValue,
+    BreakerValue,
+    DegradationLevelValue,
+    LinkValue,
+    TradingStateValue,
+    decode_value,
+    encode_value,
+)
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
+from proto.replies import BookReply, ReplyDecodeError, decode_reply
 
-from .breakers import BreakerRecord, dump_breaker_record, load_breaker_record
 from .checks import parse_degradation_level
-from .trading_state import TradingStateRecord, dump_trading_state, load_trading_state
+from .trading_state import load_trading_state
 
 
-async def read_trading_state(bus: Bus) -> TradingStateRecord:
+async def read_trading_state(bus: Bus) -> TradingStateValue:
     """The persisted trading state (ACTIVE when never set, HALTED when unreadable)."""
     entry = await bus.kv_get(subjects.KEY_TRADING_STATE)
     return load_trading_state(entry[0] if entry else None)
 
 
-async def write_trading_state(bus: Bus, record: TradingStateRecord) -> None:
+async def write_trading_state(bus: Bus, value: TradingStateValue) -> None:
     """Persist the trading state in KV `trading_state`."""
-    await bus.kv_put(subjects.KEY_TRADING_STATE, dump_trading_state(record))
+    await bus.kv_put(subjects.KEY_TRADING_STATE, encode_value(value))
 
 
 def parse_hot_state(raw: bytes) -> HotStateStatus | None:
@@ -47,13 +56,8 @@ async def read_hot_state(bus: Bus, symbol: str) -> HotStateStatus | None:
 async def read_link_state(bus: Bus, venue: str, link: str) -> ConnectionState | None:
     """A venue link's state from KV `link.<venue>.<link>` (None when never set or unreadable)."""
     entry = await bus.kv_get(subjects.key_link(venue, link))
-    if entry is None:
-        return None
-    try:
-        value = msgspec.json.decode(entry[0])
-        return ConnectionState(value["state"])
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
-        return None
+    value = decode_value(LinkValue, entry[0]) if entry else None
+    return value.state if value is not None else None
 
 
 async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChanged | None:
@@ -73,40 +77,34 @@ def parse_symbols_reply(raw: bytes) -> dict[str, SymbolHotState]:
 # --------------------------------------------------------------------------- breakers, degradation, resources
 
 
-async def read_breaker(bus: Bus, breaker_id: str) -> tuple[BreakerRecord | None, str | None]:
+async def read_breaker(bus: Bus, breaker_id: str) -> tuple[BreakerValue | None, str | None]:
     """(record, error) of KV `breaker.<id>`: (None, None) when never set, (None, why) when unreadable."""
     entry = await bus.kv_get(subjects.key_breaker(breaker_id))
     if entry is None:
         return None, None
-    try:
-        return load_breaker_record(entry[0]), None
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return None, str(exc)[:200]
+    record = decode_value(BreakerValue, entry[0])
+    if record is None:
+        return None, f"not a {BreakerValue.__name__}: {bytes(entry[0][:120])!r}"
+    return record, None
 
 
-async def write_breaker(bus: Bus, record: BreakerRecord) -> None:
+async def write_breaker(bus: Bus, record: BreakerValue) -> None:
     """Persist a breaker in KV `breaker.<id>` (what the gateway lists)."""
-    await bus.kv_put(subjects.key_breaker(record.breaker), dump_breaker_record(record))
+    await bus.kv_put(subjects.key_breaker(record.breaker), encode_value(record))
 
 
 async def read_degradation_level(bus: Bus) -> tuple[DegradationLevel | None, int]:
     """(level, ts_ns) from KV `degradation_level`; level None when unreadable (fail closed)."""
     entry = await bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
     raw = entry[0] if entry else None
-    ts_ns = 0
-    if raw is not None:
-        try:
-            value = msgspec.json.decode(raw)
-            ts_ns = int(value.get("ts_ns", 0)) if isinstance(value, dict) else 0
-        except (msgspec.DecodeError, TypeError, ValueError):
-            ts_ns = 0
-    return parse_degradation_level(raw), ts_ns
+    value = decode_value(DegradationLevelValue, raw)
+    return parse_degradation_level(raw), value.ts_ns if value is not None else 0
 
 
 async def write_background_work(bus: Bus, paused: bool, reason: str, ts_ns: int) -> None:
     """KV `background_work`: whether background jobs may run (CB-4)."""
     await bus.kv_put(
-        subjects.KEY_BACKGROUND_WORK, msgspec.json.encode({"paused": paused, "reason": reason, "ts_ns": ts_ns})
+        subjects.KEY_BACKGROUND_WORK, encode_value(BackgroundWorkValue(paused=paused, reason=reason, ts_ns=ts_ns))
     )
 
 
@@ -116,13 +114,12 @@ def book_depth(raw: bytes) -> tuple[Decimal, Decimal | None] | None:
     None when the reply is an error or the book is not VALID (a resyncing book is not a thin market).
     """
     try:
-        reply = msgspec.json.decode(raw)
-        if not isinstance(reply, dict) or reply.get("status") != HotStateStatus.VALID.value:
-            return None
-        bids = [(Decimal(str(p)), Decimal(str(q))) for p, q in reply.get("bids", [])]
-        asks = [(Decimal(str(p)), Decimal(str(q))) for p, q in reply.get("asks", [])]
-    except (msgspec.DecodeError, ArithmeticError, TypeError, ValueError):
+        reply = decode_reply(BookReply, raw)
+    except ReplyDecodeError:
         return None
+    if not isinstance(reply, BookReply) or reply.status != HotStateStatus.VALID:
+        return None
+    bids, asks = reply.bids, reply.asks
     depth = sum((p * q for p, q in bids + asks), Decimal(0))
     mid = (bids[0][0] + asks[0][0]) / 2 if bids and asks else None
     return depth, mid

@@ -6,8 +6,6 @@ published and alerted, their restore from KV at start, and the operator's reset 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import msgspec
 
 from libs.breaker import BreakerState
@@ -24,17 +22,25 @@ from proto.messages import (
     MarkPrice,
     PositionChanged,
 )
+from proto.replies import BreakerResetReply, BreakerResetRequest, error_reply
 
 from . import adapters, flattening, trading_control
 from .breaker_rules import restore_breaker
-from .breakers import ABNORMAL_MARKET, RAPID_LOSS, RESOURCE_EXHAUSTION, BreakerChange, BreakerNotTripped, RiskBreaker
-from .replies import error_reply, reset_request_decoder
+from .breakers import (
+    ABNORMAL_MARKET,
+    RAPID_LOSS,
+    RESOURCE_EXHAUSTION,
+    STRATEGY_MALFUNCTION_PREFIX,
+    BreakerChange,
+    BreakerNotTripped,
+    RiskBreaker,
+)
+from .core import RiskCore
 from .state import apply
 from .trading_control import RISK_OPERATOR
 from .trading_state import TradingTrigger
 
-if TYPE_CHECKING:
-    from .handlers import RiskService
+_reset_request = msgspec.json.Decoder(BreakerResetRequest)
 
 SEVERITY: dict[str, AlertSeverity] = {
     RAPID_LOSS: AlertSeverity.P0,
@@ -43,7 +49,7 @@ SEVERITY: dict[str, AlertSeverity] = {
 }
 
 
-async def on_position(risk: RiskService, event: PositionChanged) -> None:
+async def on_position(risk: RiskCore, event: PositionChanged) -> None:
     """A position change: track it, and count its realized PnL for CB-1 and CB-3."""
     update = apply(risk.state, event)
     if update is None or risk.breakers is None:
@@ -75,7 +81,7 @@ async def on_position(risk: RiskService, event: PositionChanged) -> None:
         await apply_breaker_change(risk, change)
 
 
-async def on_mark(risk: RiskService, mark: MarkPrice) -> None:
+async def on_mark(risk: RiskCore, mark: MarkPrice) -> None:
     """A mark price: the reference for notional checks and an input of CB-2."""
     apply(risk.state, mark)
     if risk.breakers is None:
@@ -90,7 +96,7 @@ async def on_mark(risk: RiskService, mark: MarkPrice) -> None:
             await apply_breaker_change(risk, change)
 
 
-async def on_strategy_enabled(risk: RiskService, command: EnableStrategy) -> None:
+async def on_strategy_enabled(risk: RiskCore, command: EnableStrategy) -> None:
     """An operator re-enabled a strategy (gateway): that is the manual reset of its CB-3."""
     if risk.breakers is None:
         return
@@ -101,12 +107,12 @@ async def on_strategy_enabled(risk: RiskService, command: EnableStrategy) -> Non
     await apply_breaker_change(risk, change, announce_enable=False)
 
 
-async def _persist(risk: RiskService, breaker: RiskBreaker, now: int) -> None:
+async def _persist(risk: RiskCore, breaker: RiskBreaker, now: int) -> None:
     """Save a breaker's counters (no state change) so a restart resumes them."""
     await adapters.write_breaker(risk.bus, breaker.snapshot(now))
 
 
-async def apply_breaker_change(risk: RiskService, change: BreakerChange, *, announce_enable: bool = True) -> None:
+async def apply_breaker_change(risk: RiskCore, change: BreakerChange, *, announce_enable: bool = True) -> None:
     """Act on a breaker transition, then persist it, publish it and raise/resolve its alert.
 
     The protective action comes first: a crash after it leaves the system safer, never less safe.
@@ -122,7 +128,7 @@ async def apply_breaker_change(risk: RiskService, change: BreakerChange, *, anno
             reason=change.reason,
             operator=change.operator,
         )
-        strategy = record.details.get("strategy") if breaker_id.startswith("CB-3-") else None
+        strategy = record.details.get("strategy") if breaker_id.startswith(STRATEGY_MALFUNCTION_PREFIX) else None
         if change.tripped:
             await _on_trip(risk, change, strategy)
         elif change.current == BreakerState.CLOSED:
@@ -158,7 +164,7 @@ async def apply_breaker_change(risk: RiskService, change: BreakerChange, *, anno
             )
 
 
-async def _on_trip(risk: RiskService, change: BreakerChange, strategy: str | None) -> None:
+async def _on_trip(risk: RiskCore, change: BreakerChange, strategy: str | None) -> None:
     reason = f"{change.breaker} {change.record.title}: {change.reason}"
     tripped_at = change.record.tripped_at_ns or 0
     if change.breaker == RAPID_LOSS:
@@ -176,7 +182,7 @@ async def _on_trip(risk: RiskService, change: BreakerChange, strategy: str | Non
     # CB-2 needs no action here: the pre-trade checks read the breaker, and positions are kept.
 
 
-async def _on_close(risk: RiskService, change: BreakerChange, strategy: str | None, announce_enable: bool) -> None:
+async def _on_close(risk: RiskCore, change: BreakerChange, strategy: str | None, announce_enable: bool) -> None:
     if change.breaker == RESOURCE_EXHAUSTION:
         await risk.bus.publish(subjects.EVT_BACKGROUND_WORK, BackgroundWorkResumed(reason=change.reason))
         await adapters.write_background_work(risk.bus, False, change.reason, risk.clock())
@@ -186,7 +192,7 @@ async def _on_close(risk: RiskService, change: BreakerChange, strategy: str | No
         await risk.bus.publish(subjects.cmd_strategy(strategy, "enable"), command)
 
 
-async def load_breakers(risk: RiskService, strategies: tuple[str, ...]) -> None:
+async def load_breakers(risk: RiskCore, strategies: tuple[str, ...]) -> None:
     """Restore every breaker from KV (an unreadable record trips it: fail closed) and list them all."""
     board = risk.breakers
     if board is None:
@@ -223,13 +229,13 @@ async def load_breakers(risk: RiskService, strategies: tuple[str, ...]) -> None:
             await adapters.write_breaker(risk.bus, breaker.snapshot(now))
 
 
-async def reset_breaker(risk: RiskService, payload: bytes) -> bytes:
-    """`svc.risk.breaker_reset` {"breaker", "operator", "reason"}: manual reset, reason required.
+async def reset_breaker(risk: RiskCore, payload: bytes) -> bytes:
+    """`svc.risk.breaker_reset` (`BreakerResetRequest` → `BreakerResetReply`): manual reset, reason required.
 
     A CB-1 reset clears the breaker but leaves trading HALTED: the operator resumes explicitly.
     """
     try:
-        request = reset_request_decoder.decode(payload or b"{}")
+        request = _reset_request.decode(payload or b"{}")
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return error_reply("bad_request", f"expected {{'breaker', 'operator', 'reason'}}: {exc}")
     if not request.breaker.strip():
@@ -246,12 +252,12 @@ async def reset_breaker(risk: RiskService, payload: bytes) -> bytes:
     except BreakerNotTripped as exc:
         return error_reply("not_tripped", str(exc))
     await apply_breaker_change(risk, change)
-    reply: dict[str, Any] = {
-        "breaker": breaker.id,
-        "state": change.current.value,
-        "previous": change.previous.value,
-        "trading_state": risk.trading.state.value,
-    }
-    if breaker.id == RAPID_LOSS and risk.trading.state == TradingState.HALTED:
-        reply["note"] = "breaker cleared; trading stays HALTED until an operator resumes it"
+    halted = breaker.id == RAPID_LOSS and risk.trading.state == TradingState.HALTED
+    reply = BreakerResetReply(
+        breaker=breaker.id,
+        state=change.current,
+        previous=change.previous,
+        trading_state=risk.trading.state,
+        note="breaker cleared; trading stays HALTED until an operator resumes it" if halted else None,
+    )
     return msgspec.json.encode(reply)

@@ -16,6 +16,7 @@ import msgspec
 from libs.breaker import BreakerState
 from libs.decimals import plain
 from proto.enums import HotStateStatus
+from proto.kv import BreakerValue
 
 from .breakers import (
     ABNORMAL_MARKET,
@@ -28,7 +29,6 @@ from .breakers import (
     RESOURCE_EXHAUSTION,
     STRATEGY_MALFUNCTION_PREFIX,
     BreakerChange,
-    BreakerRecord,
     RiskBreaker,
     RiskBreakerTrigger,
     strategy_breaker_id,
@@ -63,7 +63,7 @@ class RapidLossBreaker(RiskBreaker):
     reset_mode = "manual"
     title = "rapid loss"
 
-    def __init__(self, config: RapidLossConfig, record: BreakerRecord | None = None) -> None:
+    def __init__(self, config: RapidLossConfig, record: BreakerValue | None = None) -> None:
         super().__init__(RAPID_LOSS, record)
         self.config = config
         saved = self.record.details
@@ -136,7 +136,7 @@ class AbnormalMarketBreaker(RiskBreaker):
     reset_mode = "auto"
     title = "abnormal market"
 
-    def __init__(self, config: AbnormalMarketConfig, record: BreakerRecord | None = None) -> None:
+    def __init__(self, config: AbnormalMarketConfig, record: BreakerValue | None = None) -> None:
         super().__init__(ABNORMAL_MARKET, record)
         self.config = config
         self._prices: dict[str, deque[tuple[int, Decimal]]] = {}
@@ -279,7 +279,7 @@ class StrategyMalfunctionBreaker(RiskBreaker):
     reset_mode = "manual"
     title = "strategy malfunction"
 
-    def __init__(self, strategy: str, config: StrategyMalfunctionConfig, record: BreakerRecord | None = None) -> None:
+    def __init__(self, strategy: str, config: StrategyMalfunctionConfig, record: BreakerValue | None = None) -> None:
         super().__init__(strategy_breaker_id(strategy), record)
         self.strategy = strategy
         self.config = config
@@ -345,7 +345,7 @@ class ResourceBreaker(RiskBreaker):
     reset_mode = "auto"
     title = "resource exhaustion"
 
-    def __init__(self, config: ResourceConfig, record: BreakerRecord | None = None) -> None:
+    def __init__(self, config: ResourceConfig, record: BreakerValue | None = None) -> None:
         super().__init__(RESOURCE_EXHAUSTION, record)
         self.config = config
         self.cpu_high_since_ns: int | None = None
@@ -402,7 +402,7 @@ class BreakerBoard:
     strategy_config: StrategyMalfunctionConfig
     strategies: dict[str, StrategyMalfunctionBreaker] = field(default_factory=dict)
 
-    def strategy(self, name: str, record: BreakerRecord | None = None) -> StrategyMalfunctionBreaker:
+    def strategy(self, name: str, record: BreakerValue | None = None) -> StrategyMalfunctionBreaker:
         """The CB-3 breaker of a strategy (created CLOSED on first use)."""
         breaker = self.strategies.get(name)
         if breaker is None:
@@ -426,7 +426,7 @@ class BreakerBoard:
         return [self.rapid_loss, self.abnormal_market, self.resource, *self.strategies.values()]
 
 
-def restore_breaker(board: BreakerBoard, breaker: RiskBreaker, record: BreakerRecord) -> RiskBreaker:
+def restore_breaker(board: BreakerBoard, breaker: RiskBreaker, record: BreakerValue) -> RiskBreaker:
     """Rebuild a breaker of `board` from its persisted record (counters included)."""
     restored: RiskBreaker
     match breaker:
@@ -442,7 +442,7 @@ def restore_breaker(board: BreakerBoard, breaker: RiskBreaker, record: BreakerRe
     return restored
 
 
-def restore_newer(board: BreakerBoard, records: Iterable[BreakerRecord]) -> None:
+def restore_newer(board: BreakerBoard, records: Iterable[BreakerValue]) -> None:
     """Restore the breakers whose `records` (a snapshot's) are newer than what `board` holds."""
     for record in records:
         if record.breaker.startswith(STRATEGY_MALFUNCTION_PREFIX):

@@ -1,4 +1,5 @@
-"""Risk circuit breakers (SPEC §4), the shared part: ids, transition tables, the persisted record,
+"""Risk circuit breakers (SPEC §4), the shared part: ids, transition tables, the persisted record
+(`proto.kv.BreakerValue`, KV `breaker.<id>`),
 `BreakerChange` and the `RiskBreaker` base. The breakers themselves are in `breaker_rules`.
 
 Every breaker reuses `libs.breaker.BreakerState` (CLOSED = normal, OPEN = tripped, HALF_OPEN =
@@ -27,6 +28,7 @@ import msgspec
 
 from libs.breaker import BreakerState
 from libs.fsm import IllegalTransition, next_state
+from proto.kv import BreakerValue
 
 NS_PER_S = 1_000_000_000
 DAY_NS = 86_400 * NS_PER_S
@@ -79,38 +81,6 @@ class BreakerNotTripped(IllegalTransition):
     """A reset was asked for a breaker that is not tripped."""
 
 
-class BreakerRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A breaker as persisted in KV `breaker.<id>` and shown by the gateway."""
-
-    breaker: str
-    title: str
-    state: BreakerState = BreakerState.CLOSED
-    reason: str = ""
-    reset_mode: str = "manual"
-    tripped_at_ns: int | None = None
-    reset_at_ns: int | None = None
-    operator: str | None = None
-    trips: int = 0
-    details: dict[str, Any] = {}
-    ts_ns: int = 0
-
-
-_record_decoder = msgspec.json.Decoder(BreakerRecord)
-
-
-def load_breaker_record(raw: bytes | None) -> BreakerRecord | None:
-    """Parse a persisted record; None when never set.
-
-    Raises:
-        msgspec.DecodeError / msgspec.ValidationError: the value is unreadable (the caller fails closed).
-    """
-    return None if raw is None else _record_decoder.decode(raw)
-
-
-def dump_breaker_record(record: BreakerRecord) -> bytes:
-    return msgspec.json.encode(record)
-
-
 @dataclass(frozen=True)
 class BreakerChange:
     """One state change of a breaker, for the service to publish and act on."""
@@ -120,7 +90,7 @@ class BreakerChange:
     current: BreakerState
     trigger: RiskBreakerTrigger
     reason: str
-    record: BreakerRecord
+    record: BreakerValue
     operator: str | None = None
 
     @property
@@ -135,9 +105,9 @@ class RiskBreaker:
     reset_mode = "manual"
     title = ""
 
-    def __init__(self, breaker_id: str, record: BreakerRecord | None = None) -> None:
+    def __init__(self, breaker_id: str, record: BreakerValue | None = None) -> None:
         self.id = breaker_id
-        self.record = record or BreakerRecord(breaker=breaker_id, title=self.title, reset_mode=self.reset_mode)
+        self.record = record or BreakerValue(breaker=breaker_id, title=self.title, reset_mode=self.reset_mode)
 
     @property
     def state(self) -> BreakerState:
@@ -152,7 +122,7 @@ class RiskBreaker:
         """Counters persisted with the record so a restart resumes them."""
         return {}
 
-    def snapshot(self, now_ns: int) -> BreakerRecord:
+    def snapshot(self, now_ns: int) -> BreakerValue:
         """The record with the current counters (for a KV write without a state change)."""
         return msgspec.structs.replace(self.record, details=self.details(), ts_ns=now_ns)
 

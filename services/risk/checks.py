@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-import msgspec
-
 from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.kv import DegradationLevelValue, decode_value
 from proto.messages import SubmitOrder
 
 
@@ -215,18 +214,14 @@ def reference_price(
 
 
 def parse_degradation_level(raw: bytes | None) -> DegradationLevel | None:
-    """The level in KV `degradation_level` (`{"level": ...}`); never set means NORMAL.
+    """The level in KV `degradation_level` (`proto.kv.DegradationLevelValue`); never set means NORMAL.
 
     Unreadable or unknown values give None, which the checks treat as fail closed.
     """
     if raw is None:
         return DegradationLevel.NORMAL
-    try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    level = value.get("level") if isinstance(value, dict) else None
-    return DegradationLevel(level) if isinstance(level, str) and level in DegradationLevel.__members__ else None
+    value = decode_value(DegradationLevelValue, raw)
+    return value.level if value is not None else None
 
 
 def order_holder(order: SubmitOrder) -> str:

@@ -7,7 +7,6 @@ The decision is published, then applied to the state (`state.apply`) exactly as 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -19,11 +18,9 @@ from proto.messages import OrderApproved, OrderDenied, SignalGenerated, SubmitOr
 from . import adapters, dependencies
 from .breaker_rules import StrategyMalfunctionBreaker
 from .checks import UNATTRIBUTED, Decision, check_order, reduces_exposure, reference_price
+from .core import RiskCore
 from .routing import route_order
 from .state import apply
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
 
 def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
@@ -47,7 +44,7 @@ def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
     )
 
 
-async def _touch_prices(risk: RiskService, symbol: str) -> tuple[Decimal | None, Decimal | None]:
+async def _touch_prices(risk: RiskCore, symbol: str) -> tuple[Decimal | None, Decimal | None]:
     """Best bid/ask from the state-builder, used when no mark price is known yet."""
     try:
         raw = await risk.bus.request(subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=1.0)
@@ -65,7 +62,7 @@ async def _touch_prices(risk: RiskService, symbol: str) -> tuple[Decimal | None,
     return row.best_bid, row.best_ask
 
 
-def _breaker_gates(risk: RiskService, order: SubmitOrder) -> tuple[TradingState, str | None, str | None]:
+def _breaker_gates(risk: RiskCore, order: SubmitOrder) -> tuple[TradingState, str | None, str | None]:
     """(effective trading state, CB-2 pause reason, CB-3 reason) for one order."""
     board = risk.breakers
     if board is None:
@@ -80,7 +77,7 @@ def _breaker_gates(risk: RiskService, order: SubmitOrder) -> tuple[TradingState,
     return state, paused, disabled
 
 
-def _holders(risk: RiskService, symbol: str) -> frozenset[str]:
+def _holders(risk: RiskCore, symbol: str) -> frozenset[str]:
     """Who holds `symbol`: its open positions' owners (on any venue) and the owners of entries in flight."""
     holders = risk.pending.entry_holders(symbol)
     for venue in risk.venues:
@@ -90,7 +87,7 @@ def _holders(risk: RiskService, symbol: str) -> frozenset[str]:
     return frozenset(holders)
 
 
-def route(risk: RiskService, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
+def route(risk: RiskCore, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
     """The order as it goes out, on the venue `route_order` picks, and why when it is not the
     one asked for; None when it names a venue this desk does not trade on."""
     positions = {venue: risk.state.position(venue, order.symbol) for venue in risk.venues}
@@ -103,7 +100,7 @@ def route(risk: RiskService, order: SubmitOrder) -> tuple[SubmitOrder, str] | No
 
 
 async def decide(
-    risk: RiskService, order: SubmitOrder, confidence: Decimal | None = None
+    risk: RiskCore, order: SubmitOrder, confidence: Decimal | None = None
 ) -> OrderApproved | OrderDenied | None:
     """Check an order and publish its decision (None when it was already decided)."""
     async with risk.decide_lock:

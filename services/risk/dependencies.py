@@ -9,21 +9,19 @@ EMERGENCY_MODE and HARD_SHUTDOWN flatten). Also the initial reads at start.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from proto import subjects
 from proto.enums import AlertSeverity, ConnectionState, DegradationLevel, HotStateStatus, TradingState
 from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 
 from . import adapters, flattening, trading_control
+from .core import RiskCore
 from .liveness import reply_hot_state
 from .routing import OrderLinks
 from .state import seed_position, track_position
 from .trading_control import RISK_OPERATOR
 from .trading_state import TradingTrigger
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
 BUS_LOST_ALERT = "bus-lost.risk"
@@ -31,7 +29,7 @@ PROBE_TIMEOUT_S = 0.5
 REVALIDATE_RETRY_S = 0.5
 
 
-def on_order_link(risk: RiskService, event: LinkStateChanged) -> None:
+def on_order_link(risk: RiskCore, event: LinkStateChanged) -> None:
     """A position process's order link changed (`orders`): routing follows it (FM-N6)."""
     previous = risk.order_links.get(event.venue)
     risk.order_links[event.venue] = event.current
@@ -39,12 +37,12 @@ def on_order_link(risk: RiskService, event: LinkStateChanged) -> None:
         risk.log.info("order_link_changed", venue=event.venue, previous=previous, current=event.current)
 
 
-def links(risk: RiskService) -> OrderLinks:
+def links(risk: RiskCore) -> OrderLinks:
     """The venues orders may go to and the state of each one's order link, for `routing.route_order`."""
     return OrderLinks(main=risk.venue, backup=risk.backup_venue, states=dict(risk.order_links))
 
 
-def on_market_link(risk: RiskService, state: ConnectionState | None, reason: str) -> None:
+def on_market_link(risk: RiskCore, state: ConnectionState | None, reason: str) -> None:
     """The venue's market-data stream: entries wait while it is not CONNECTED (FM-N1).
 
     After a reconnect the stream is SUSPECT for the clean window; the books may already be
@@ -56,7 +54,7 @@ def on_market_link(risk: RiskService, state: ConnectionState | None, reason: str
         risk.log.info("market_link_changed", previous=previous, current=state, reason=reason)
 
 
-def heard_state_builder(risk: RiskService) -> None:
+def heard_state_builder(risk: RiskCore) -> None:
     """A sign of life from the state-builder (heartbeat or answer).
 
     When it comes back after being dead, the hot states risk remembers from before are
@@ -69,7 +67,7 @@ def heard_state_builder(risk: RiskService) -> None:
         risk.log.warning("state_builder_back", action_taken="hot state re-read before new entries")
 
 
-async def probe_state_builder(risk: RiskService) -> bool:
+async def probe_state_builder(risk: RiskCore) -> bool:
     """Ask the state-builder for every symbol's hot state; False when it does not answer."""
     try:
         raw = await risk.bus.request(
@@ -87,14 +85,14 @@ async def probe_state_builder(risk: RiskService) -> bool:
     return True
 
 
-def entries_halted(risk: RiskService) -> str | None:
+def entries_halted(risk: RiskCore) -> str | None:
     """Why new entries are HALTED by a lost dependency right now (None: they are not)."""
     if risk.bus_lost is not None:
         return risk.bus_lost
     return risk.state_builder.down_reason(risk.monotonic())
 
 
-def market_link_gate(risk: RiskService, symbol: str) -> str | None:
+def market_link_gate(risk: RiskCore, symbol: str) -> str | None:
     """Why an entry in `symbol` waits for the market-data stream (None: it does not).
 
     Only said of a VALID symbol: one that is not VALID is denied for that, more precise, reason.
@@ -106,7 +104,7 @@ def market_link_gate(risk: RiskService, symbol: str) -> str | None:
     return None
 
 
-def on_bus_connection(risk: RiskService, connected: bool) -> None:
+def on_bus_connection(risk: RiskCore, connected: bool) -> None:
     """`Bus` connection listener: lost → new entries HALTED; back → re-validate, then lift."""
     if not connected:
         if risk.bus_lost is None:
@@ -127,14 +125,14 @@ def on_bus_connection(risk: RiskService, connected: bool) -> None:
         risk.revalidation = _spawn(risk, revalidate(risk))
 
 
-def _spawn(risk: RiskService, coro: Any) -> asyncio.Task[None]:
+def _spawn(risk: RiskCore, coro: Any) -> asyncio.Task[None]:
     task: asyncio.Task[None] = asyncio.create_task(coro)
     risk.bus_tasks.add(task)  # keep a reference until it ends
     task.add_done_callback(risk.bus_tasks.discard)
     return task
 
 
-async def revalidate(risk: RiskService) -> None:
+async def revalidate(risk: RiskCore) -> None:
     """After a reconnect: re-read hot state, positions and degradation, then lift the bus halt."""
     while risk.bus.connected:
         try:
@@ -165,7 +163,7 @@ async def revalidate(risk: RiskService) -> None:
         return
 
 
-async def load_initial_state(risk: RiskService) -> None:
+async def load_initial_state(risk: RiskCore) -> None:
     """Hot state from KV; positions from the ORDERS stream unless `recovery.recover` rebuilt them from it.
 
     After a recovery the positions are the log's up to what risk processed, and the `risk-events`
@@ -202,7 +200,7 @@ async def load_initial_state(risk: RiskService) -> None:
     )
 
 
-async def refresh_degradation(risk: RiskService) -> None:
+async def refresh_degradation(risk: RiskCore) -> None:
     """Re-read KV `degradation_level` and apply its effects when it changed (SPEC §5)."""
     level, ts_ns = await adapters.read_degradation_level(risk.bus)
     previous = risk.degradation

@@ -4,20 +4,16 @@ itself, reduce-only MARKET orders that close every position on the venue that ho
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from proto import subjects
 from proto.messages import CancelOrder, OrderApproved, SubmitOrder
 
+from .core import RiskCore
 from .routing import flatten_orders
 from .state import apply
 from .trading_control import RISK_OPERATOR
 
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
-
-async def flatten(risk: RiskService, key: str, reason: str) -> list[SubmitOrder]:
+async def flatten(risk: RiskCore, key: str, reason: str) -> list[SubmitOrder]:
     """Close every open position at market (reduce-only, approved by risk itself) and cancel
     pending entries; idempotent per `key`."""
     for coid in risk.pending.entries():

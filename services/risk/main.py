@@ -27,12 +27,12 @@ from .checks import RiskLimits
 from .handlers import RiskService
 
 FOLLOWED_SUBJECTS = (
-    "evt.hotstate.>",
-    "md.mark.>",
+    subjects.EVT_HOT_STATE_ALL,
+    subjects.MD_MARK_ALL,
     subjects.EVT_DEGRADATION,
-    "cmd.strategy.*.enable",
+    subjects.CMD_STRATEGY_ENABLE_ALL,
     subjects.heartbeat(subjects.STATE_BUILDER),
-    "evt.link.>",
+    subjects.EVT_LINK_ALL,
 )
 
 
@@ -120,7 +120,7 @@ async def setup(ctx: ServiceContext) -> None:
     created = await snap.consumer_missing(ctx.bus)
     await ctx.bus.consume(
         stream=subjects.STREAM_ORDERS.name,
-        durable=snap.ORDERS_EVENTS_CONSUMER,
+        durable=subjects.RISK_ORDER_EVENTS_CONSUMER,
         filter_subjects=list(snap.ORDERS_EVENT_SUBJECTS),
         handler=service.on_orders_event,
         batch=1,
@@ -128,14 +128,14 @@ async def setup(ctx: ServiceContext) -> None:
     )
     await ctx.bus.consume(
         stream=subjects.STREAM_ORDERS.name,
-        durable="risk-orders",
+        durable=subjects.RISK_ORDERS_CONSUMER,
         filter_subjects=[subjects.CMD_ORDER_SUBMIT],
         handler=service.on_order_message,
     )
     await ctx.bus.consume(
         stream=subjects.STREAM_SIGNALS.name,
-        durable="risk-signals",
-        filter_subjects=["evt.signal.>"],
+        durable=subjects.RISK_SIGNALS_CONSUMER,
+        filter_subjects=[subjects.EVT_SIGNAL_ALL],
         handler=service.on_order_message,
     )
     ctx.log.info("risk_started", trading_state=state.state.value, limits=str(limits))

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from proto import subjects
+from proto.replies import BookRequest
 
 from . import adapters, breaker_effects, dependencies
 from .breaker_rules import ResourceSample
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
+from .core import RiskCore
 
 BOOK_DEPTH_LEVELS = 20
 
 
-async def monitor_once(risk: RiskService) -> None:
+async def monitor_once(risk: RiskCore) -> None:
     """One pass of the periodic checks: hot state, degradation, CB-2 expiry and book depth, CB-4 resources.
 
     The hot state is re-read from the state-builder every pass: the events keep it current,
@@ -56,8 +54,8 @@ async def monitor_once(risk: RiskService) -> None:
         await breaker_effects.apply_breaker_change(risk, change)
 
 
-async def _book_sample(risk: RiskService, symbol: str) -> tuple[Decimal, Decimal | None] | None:
-    request = msgspec.json.encode({"symbol": symbol, "depth": BOOK_DEPTH_LEVELS})
+async def _book_sample(risk: RiskCore, symbol: str) -> tuple[Decimal, Decimal | None] | None:
+    request = msgspec.json.encode(BookRequest(symbol=symbol, depth=BOOK_DEPTH_LEVELS))
     try:
         raw = await risk.bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), request, timeout_s=0.5)
     except Exception as exc:  # noqa: BLE001 - timeout or no responders: no sample this round
@@ -67,7 +65,7 @@ async def _book_sample(risk: RiskService, symbol: str) -> tuple[Decimal, Decimal
     return adapters.book_depth(raw)
 
 
-async def monitor(risk: RiskService, interval_s: float) -> None:
+async def monitor(risk: RiskCore, interval_s: float) -> None:
     """Run `monitor_once` forever; a failed pass is logged and retried next period."""
     while True:
         await asyncio.sleep(interval_s)

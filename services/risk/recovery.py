@@ -5,21 +5,17 @@ policy says so as the live consumer moves on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from libs.service_snapshots import Loaded, RecoveryReport, StreamLog, snapshot_fits_stream
 from proto import subjects
 from proto.enums import AlertSeverity
 from proto.messages import AlertRaised
 
 from . import snapshot as snap
+from .core import RiskCore
 from .routing import split_book
 
-if TYPE_CHECKING:
-    from .handlers import RiskService
 
-
-def after_applied(risk: RiskService, stream_seq: int) -> None:
+def after_applied(risk: RiskCore, stream_seq: int) -> None:
     """ORDERS message `stream_seq` is reflected in memory: checkpoint when the policy says so."""
     risk.state.orders_seq = max(risk.state.orders_seq, stream_seq)
     if risk.snapshots is None or risk.policy is None or not risk.policy.record():
@@ -28,7 +24,7 @@ def after_applied(risk: RiskService, stream_seq: int) -> None:
     risk.snapshots.submit(risk.orders_seq, risk.capture(risk.orders_seq))
 
 
-async def recover(risk: RiskService, log: StreamLog[snap.RiskSnapshot]) -> RecoveryReport:
+async def recover(risk: RiskCore, log: StreamLog[snap.RiskSnapshot]) -> RecoveryReport:
     """Rebuild memory from the latest valid snapshot and the ORDERS tail, then validate (SPEC §8).
 
     The replayed range ends where the durable `risk-events` consumer's acknowledgements end:
@@ -65,7 +61,7 @@ async def recover(risk: RiskService, log: StreamLog[snap.RiskSnapshot]) -> Recov
     return report
 
 
-def validate_recovered(risk: RiskService) -> None:
+def validate_recovered(risk: RiskCore) -> None:
     """§7-style checks of the rebuilt state; a violation is logged and made safe, never trusted."""
     for item in risk.state.pending.to_state():
         if item.quantity <= 0 or item.filled < 0 or item.filled >= item.quantity:
@@ -77,7 +73,7 @@ def validate_recovered(risk: RiskService) -> None:
             risk.log.warning("recovery_position_unknown_symbol", venue=venue, symbol=symbol, quantity=str(quantity))
 
 
-async def _alert_corrupt(risk: RiskService, corrupt: list[str]) -> None:
+async def _alert_corrupt(risk: RiskCore, corrupt: list[str]) -> None:
     alert = AlertRaised(
         key=f"snapshot-corrupt.{subjects.RISK}",
         severity=AlertSeverity.P1,

@@ -28,13 +28,12 @@ from libs.bus import Bus
 from libs.logging import Logger
 from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec, consumer_processed_through
 from proto import subjects
+from proto.kv import BreakerValue, TradingStateValue
 
 from .breaker_rules import BreakerBoard
-from .breakers import BreakerRecord
 from .exposure import OrderRateWindow, PendingExposure, PendingOrderState
 from .state import RiskState
 from .trades import OpenTradeState, TradeBookState, TradeTracker
-from .trading_state import TradingStateRecord
 
 # The snapshot's parts are defined next to the classes they describe; re-exported from here.
 __all__ = ["OpenTradeState", "PendingOrderState", "RiskSnapshot", "TradeBookState"]
@@ -56,8 +55,8 @@ class RiskSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     order_strategy: list[tuple[str, str | None]] = []
     rates: dict[str, list[int]] = {}
     mark_prices: dict[str, Decimal] = {}
-    breakers: list[BreakerRecord] = []
-    trading_state: TradingStateRecord | None = None
+    breakers: list[BreakerValue] = []
+    trading_state: TradingStateValue | None = None
 
 
 CODEC = StructCodec(RiskSnapshot)
@@ -66,7 +65,7 @@ decode_snapshot = CODEC.decode
 
 
 def capture(
-    state: RiskState, orders_seq: int, breakers: BreakerBoard | None, trading: TradingStateRecord, now_ns: int
+    state: RiskState, orders_seq: int, breakers: BreakerBoard | None, trading: TradingStateValue, now_ns: int
 ) -> RiskSnapshot:
     """`state` as a snapshot covering ORDERS up to `orders_seq`, with breakers and trading state."""
     return RiskSnapshot(
@@ -108,16 +107,15 @@ def restore(state: RiskState, snapshot: RiskSnapshot) -> None:
 # --------------------------------------------------------------------------- the ORDERS log
 
 
-ORDERS_EVENTS_CONSUMER = "risk-events"
-"""Durable consumer of the ORDERS events risk follows; its ack floor is what risk has fully processed."""
-ORDERS_EVENT_SUBJECTS = ("evt.order.>", "evt.fill.>", "evt.position.>")
+ORDERS_EVENT_SUBJECTS = (subjects.EVT_ORDER_ALL, subjects.EVT_FILL_ALL, subjects.EVT_POSITION_ALL)
+"""What the durable `subjects.RISK_ORDER_EVENTS_CONSUMER` follows; its ack floor is what risk has fully processed."""
 MAX_DECIDED = 20_000
 """Decided client order ids kept in a snapshot (the durable consumers' acks cover older ones)."""
 
 
 def orders_log(bus: Bus, snapshots: SnapshotKeeper[RiskSnapshot] | None) -> StreamLog[RiskSnapshot]:
-    """What `RiskService.recover` reads: snapshots, the ORDERS stream and the `risk-events` consumer."""
-    return StreamLog(bus, snapshots, subjects.STREAM_ORDERS.name, durable=ORDERS_EVENTS_CONSUMER)
+    """What `recovery.recover` reads: snapshots, the ORDERS stream and the `risk-events` consumer."""
+    return StreamLog(bus, snapshots, subjects.STREAM_ORDERS.name, durable=subjects.RISK_ORDER_EVENTS_CONSUMER)
 
 
 def snapshot_keeper(dsn: str, log: Logger) -> SnapshotKeeper[RiskSnapshot]:
@@ -127,4 +125,6 @@ def snapshot_keeper(dsn: str, log: Logger) -> SnapshotKeeper[RiskSnapshot]:
 
 async def consumer_missing(bus: Bus) -> bool:
     """True when the `risk-events` durable does not exist yet (first start with it)."""
-    return await consumer_processed_through(bus, subjects.STREAM_ORDERS.name, ORDERS_EVENTS_CONSUMER) is None
+    return (
+        await consumer_processed_through(bus, subjects.STREAM_ORDERS.name, subjects.RISK_ORDER_EVENTS_CONSUMER) is None
+    )

@@ -4,27 +4,28 @@ the halt/resume/reduce endpoints, and what refuses a resume (a tripped CB-1, HAR
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from libs.bus import RequestHandler
 from proto import subjects
-from proto.enums import DegradationLevel
+from proto.enums import DegradationLevel, TradingState
+from proto.kv import TradingStateValue
 from proto.messages import TradingStateChanged
+from proto.replies import TradingControlReply, TradingControlRequest, error_reply
 
 from . import adapters
-from .replies import error_reply, operator_request_decoder
-from .trading_state import InvalidTransition, TradingStateRecord, TradingTrigger, next_trading_state
-
-if TYPE_CHECKING:
-    from .handlers import RiskService
+from .core import RiskCore
+from .trading_state import InvalidTransition, TradingTrigger, next_trading_state
 
 RISK_OPERATOR = "risk"
 """The operator name on what risk does by itself (halts, flattens, strategy commands)."""
 
+_control_request = msgspec.json.Decoder(TradingControlRequest)
 
-async def change_state(risk: RiskService, trigger: TradingTrigger, operator: str, reason: str) -> tuple[str, str]:
+
+async def change_state(
+    risk: RiskCore, trigger: TradingTrigger, operator: str, reason: str
+) -> tuple[TradingState, TradingState]:
     """Apply a trigger: publish `TradingStateChanged` durably, persist, then return (new, previous).
 
     Raises:
@@ -35,7 +36,7 @@ async def change_state(risk: RiskService, trigger: TradingTrigger, operator: str
         current = next_trading_state(previous, trigger)
         event = TradingStateChanged(previous=previous, current=current, reason=reason, operator=operator)
         await risk.bus.publish(subjects.EVT_TRADING_STATE, event)
-        record = TradingStateRecord(state=current, reason=reason, operator=operator, ts_ns=risk.clock())
+        record = TradingStateValue(state=current, reason=reason, operator=operator, ts_ns=risk.clock())
         await adapters.write_trading_state(risk.bus, record)
         risk.trading = record
         risk.log.info(
@@ -45,10 +46,10 @@ async def change_state(risk: RiskService, trigger: TradingTrigger, operator: str
             operator=operator,
             reason=reason,
         )
-        return current.value, previous.value
+        return current, previous
 
 
-def _resume_blocker(risk: RiskService) -> tuple[str, str] | None:
+def _resume_blocker(risk: RiskCore) -> tuple[str, str] | None:
     """Why a resume must be refused now: a tripped CB-1 or HARD_SHUTDOWN."""
     if risk.breakers is not None and risk.breakers.rapid_loss.is_open:
         return (
@@ -60,13 +61,13 @@ def _resume_blocker(risk: RiskService) -> tuple[str, str] | None:
     return None
 
 
-def request_handler(risk: RiskService, trigger: TradingTrigger) -> RequestHandler:
-    """The `svc.risk.halt` / `resume` / `reduce` endpoint of `trigger`: {"operator", "reason"} →
-    {"trading_state", "previous"}, or an error reply (reason missing, resume blocked, invalid transition)."""
+def request_handler(risk: RiskCore, trigger: TradingTrigger) -> RequestHandler:
+    """The `svc.risk.halt` / `resume` / `reduce` endpoint of `trigger`: `TradingControlRequest` →
+    `TradingControlReply`, or an error reply (reason missing, resume blocked, invalid transition)."""
 
     async def handle(payload: bytes) -> bytes:
         try:
-            request = operator_request_decoder.decode(payload or b"{}")
+            request = _control_request.decode(payload or b"{}")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error_reply("bad_request", str(exc))
         if not request.reason.strip():
@@ -79,6 +80,6 @@ def request_handler(risk: RiskService, trigger: TradingTrigger) -> RequestHandle
             current, previous = await change_state(risk, trigger, request.operator, request.reason)
         except InvalidTransition as exc:
             return error_reply("invalid_transition", str(exc))
-        return msgspec.json.encode({"trading_state": current, "previous": previous})
+        return msgspec.json.encode(TradingControlReply(trading_state=current, previous=previous))
 
     return handle

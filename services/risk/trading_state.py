@@ -1,15 +1,15 @@
-"""The trading state ACTIVE/REDUCING/HALTED (SPEC §0), pure: its transition table and its
-persisted record (KV `trading_state`). Changing it in the service is `trading_control`.
+"""The trading state ACTIVE/REDUCING/HALTED (SPEC §0), pure: its transition table and how its
+persisted value (`proto.kv.TradingStateValue`, KV `trading_state`) is read, failing closed.
+Changing it in the service is `trading_control`.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-import msgspec
-
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import TradingState
+from proto.kv import TradingStateValue, decode_value
 
 
 class TradingTrigger(StrEnum):
@@ -46,31 +46,14 @@ def next_trading_state(state: TradingState, trigger: TradingTrigger) -> TradingS
     return next_state(TRADING_TRANSITIONS, state, trigger, InvalidTransition)
 
 
-class TradingStateRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The persisted trading state (KV `trading_state`)."""
-
-    state: TradingState
-    reason: str = ""
-    operator: str | None = None
-    ts_ns: int = 0
-
-
-_record_decoder = msgspec.json.Decoder(TradingStateRecord)
-
-
-def load_trading_state(raw: bytes | None) -> TradingStateRecord:
-    """Parse the persisted value; never set means ACTIVE.
+def load_trading_state(raw: bytes | None) -> TradingStateValue:
+    """Parse the persisted value (KV `trading_state`); never set means ACTIVE.
 
     A value that cannot be parsed means HALTED: fail closed rather than trade on a guess.
     """
     if raw is None:
-        return TradingStateRecord(state=TradingState.ACTIVE, reason="never set")
-    try:
-        return _record_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return TradingStateRecord(state=TradingState.HALTED, reason=f"unreadable persisted state: {exc}")
-
-
-def dump_trading_state(record: TradingStateRecord) -> bytes:
-    """JSON bytes of the persisted trading state."""
-    return msgspec.json.encode(record)
+        return TradingStateValue(state=TradingState.ACTIVE, reason="never set")
+    value = decode_value(TradingStateValue, raw)
+    if value is None:
+        return TradingStateValue(state=TradingState.HALTED, reason=f"unreadable persisted state: {bytes(raw[:120])!r}")
+    return value

@@ -31,6 +31,7 @@ from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ComponentState, HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.envelope import Message
+from proto.kv import TradingStateValue
 from proto.messages import (
     AlertRaised,
     AlertResolved,
@@ -48,7 +49,6 @@ from services.risk.checks import RiskLimits
 from services.risk.dependencies import BUS_LOST_ALERT
 from services.risk.handlers import RiskService
 from services.risk.main import setup as risk_setup
-from services.risk.trading_state import TradingStateRecord
 from tests.support.polling import eventually as poll_until
 
 VENUE = "binance-usdm"
@@ -222,7 +222,7 @@ async def test_risk_when_bus_connection_lost_then_entries_halted_until_reconnect
     await state_builder.start()
     limits = RiskLimits(symbols=frozenset({SYMBOL}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
     service = RiskService(
-        bus, get_logger("risk"), limits, VENUE, wall_clock, TradingStateRecord(state=TradingState.ACTIVE)
+        bus, get_logger("risk"), limits, VENUE, wall_clock, TradingStateValue(state=TradingState.ACTIVE)
     )
     try:
         await eventually(lambda: dependencies.probe_state_builder(service))

@@ -101,6 +101,17 @@ class Harness:
             ),
         )
 
+    async def position_applied(self, quantity: str, realized: str, caused_by: str | None = None) -> None:
+        """`position`, then wait until risk holds it: the position (durable `risk-events`) and a
+        following signal (durable `risk-signals`) are on different consumers, in no set order."""
+        await self.position(quantity, realized, caused_by)
+
+        async def held() -> bool:
+            positions = (await self.request("state", {}))["positions"]
+            return Decimal(positions.get(SYMBOL, "0")) == Decimal(quantity)
+
+        await _eventually(held)
+
     async def signal(self, strategy: str, side: Side = Side.BUY, reduce_only: bool = False) -> str:
         """A strategy's MARKET signal of 0.001 (as the strategy process publishes it); its order's id."""
         message = SignalGenerated(
@@ -343,32 +354,32 @@ async def test_holder_when_one_strategy_enters_a_symbol_then_another_strategy_wa
     risk: Harness,
 ) -> None:
     await risk.mark("0.0001")
-    await risk.position("0", "0")  # baseline: flat
+    await risk.position_applied("0", "0")  # baseline: flat
     first = await risk.signal("imbalance")
     assert isinstance(await risk.decision(first), OrderApproved)
     # Its entry is in flight: the other strategy's entry in the same symbol would merge into it.
     denied = await risk.decision(await risk.signal("trend"))
     assert isinstance(denied, OrderDenied) and "held by imbalance" in denied.reason, denied
     await risk.filled(first)
-    await risk.position("0.001", "0", caused_by=first)
+    await risk.position_applied("0.001", "0", caused_by=first)
     denied = await risk.decision(await risk.signal("trend"))
     assert isinstance(denied, OrderDenied) and "held by imbalance" in denied.reason, denied
     exit_coid = await risk.signal("imbalance", Side.SELL, reduce_only=True)
     assert isinstance(await risk.decision(exit_coid), OrderApproved)  # the holder's own exit
     await risk.filled(exit_coid, Side.SELL)
-    await risk.position("0", "0", caused_by=exit_coid)
+    await risk.position_applied("0", "0", caused_by=exit_coid)
     # An operator's entry is the operator's call; while it is in flight or open, strategies wait.
     operator = await risk.submit("operator-entry")
     assert isinstance(await risk.decision(operator), OrderApproved)
     denied = await risk.decision(await risk.signal("trend"))
     assert isinstance(denied, OrderDenied) and "held by operator" in denied.reason, denied
     await risk.filled(operator, quantity="0.01")
-    await risk.position("0.01", "0", caused_by=operator)
+    await risk.position_applied("0.01", "0", caused_by=operator)
     denied = await risk.decision(await risk.signal("trend"))
     assert isinstance(denied, OrderDenied) and "not opened by a strategy" in denied.reason, denied
     close = await risk.submit("operator-close", Side.SELL, reduce_only=True)
     assert isinstance(await risk.decision(close), OrderApproved)
     await risk.filled(close, Side.SELL, quantity="0.01")
-    await risk.position("0", "0", caused_by=close)
+    await risk.position_applied("0", "0", caused_by=close)
     # Flat and nothing in flight: free for any strategy.
     assert isinstance(await risk.decision(await risk.signal("trend")), OrderApproved)

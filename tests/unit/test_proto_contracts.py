@@ -25,6 +25,7 @@ from proto.replies import (
     BreakerResetReply,
     ErrorReply,
     ReplyDecodeError,
+    RiskStateReply,
     TradingControlReply,
     decode_reply,
     error_reply,
@@ -140,3 +141,13 @@ def test_key_link_when_built_then_starts_with_the_link_prefix() -> None:
     key = subjects.key_link("binance-usdm", subjects.MARKET_WS_LINK)
     assert key.startswith(subjects.KEY_LINK_PREFIX)
     assert key.removeprefix(subjects.KEY_LINK_PREFIX) == "binance-usdm.market-ws"
+
+
+def test_risk_state_reply_when_entries_halted_then_the_reason_and_when_not_then_null() -> None:
+    # risk answers why new entries are HALTED (a sentence), or null: never a boolean.
+    raw = b'{"trading_state": "ACTIVE", "entries_halted": "bus connection lost", "positions": {"BTCUSDT": "0.5"}}'
+    reply = decode_reply(RiskStateReply, raw)
+    assert isinstance(reply, RiskStateReply)
+    assert reply.entries_halted == "bus connection lost" and reply.positions == {"BTCUSDT": Decimal("0.5")}
+    running = decode_reply(RiskStateReply, b'{"trading_state": "ACTIVE", "entries_halted": null}')
+    assert isinstance(running, RiskStateReply) and running.entries_halted is None

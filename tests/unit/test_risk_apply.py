@@ -21,6 +21,7 @@ from libs.logging import get_logger
 from libs.service_snapshots import Loaded
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.envelope import Message
+from proto.kv import TradingStateValue
 from proto.messages import (
     MarkPrice,
     OrderApproved,
@@ -35,7 +36,6 @@ from services.risk import snapshot as snap
 from services.risk.checks import RiskLimits
 from services.risk.handlers import RiskService
 from services.risk.state import apply
-from services.risk.trading_state import TradingStateRecord
 
 S = 1_000_000_000
 VENUE = "binance-usdm"
@@ -104,7 +104,7 @@ def risk(stream: OrdersStream, clock: ManualClock) -> RiskService:
         LIMITS,
         VENUE,
         clock,
-        TradingStateRecord(state=TradingState.ACTIVE),
+        TradingStateValue(state=TradingState.ACTIVE),
         monotonic=monotonic,
     )
     service.hot_state[SYMBOL] = HotStateStatus.VALID

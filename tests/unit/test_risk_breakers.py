@@ -10,6 +10,7 @@ from libs.breaker import BreakerState
 from libs.fsm import IllegalTransition, next_state
 from libs.latency import LatencyWindow
 from proto.enums import HotStateStatus
+from proto.kv import BreakerValue, decode_value, encode_value
 from services.risk.breaker_rules import (
     AbnormalMarketBreaker,
     AbnormalMarketConfig,
@@ -28,8 +29,6 @@ from services.risk.breakers import (
     PAUSE_TABLE,
     BreakerNotTripped,
     RiskBreakerTrigger,
-    dump_breaker_record,
-    load_breaker_record,
 )
 from services.risk.trades import ClosedTrade, TradeTracker, TradeUpdate
 
@@ -130,7 +129,7 @@ def test_cb1_when_restored_from_record_then_counters_and_state_survive() -> None
     breaker = rapid()
     breaker.on_trade_update(loss("-1000"), 1)
     breaker.on_trade_update(loss("-1000"), 2)
-    record = load_breaker_record(dump_breaker_record(breaker.snapshot(3)))
+    record = decode_value(BreakerValue, encode_value(breaker.snapshot(3)))
     restored = RapidLossBreaker(RapidLossConfig(capital=CAPITAL), record)
     assert restored.session_pnl == D("-2000") and restored.consecutive_losses == 2
     assert restored.state == BreakerState.CLOSED

@@ -14,6 +14,7 @@ from libs.logging import get_logger
 from proto import subjects
 from proto.codec import encode
 from proto.enums import ConnectionState, HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.kv import TradingStateValue
 from proto.messages import (
     HotStateRecord,
     HotStateStatusChanged,
@@ -27,7 +28,6 @@ from services.risk import dependencies, monitor
 from services.risk.checks import RiskLimits, check_order
 from services.risk.handlers import RiskService
 from services.risk.liveness import HOT_STATE_MAX_AGE_MS, StateBuilderWatch, reply_hot_state
-from services.risk.trading_state import TradingStateRecord
 
 S = 1_000_000_000
 LIMITS = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(100000))
@@ -148,7 +148,7 @@ async def test_initial_reads_when_an_event_overtakes_them_then_the_event_wins() 
             ),
         },
     )
-    state = TradingStateRecord(state=TradingState.ACTIVE)
+    state = TradingStateValue(state=TradingState.ACTIVE)
     service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
     await dependencies.load_initial_state(service)
     assert service.hot_state == {"BTCUSDT": HotStateStatus.VALID}
@@ -168,7 +168,7 @@ async def test_initial_reads_when_nothing_overtakes_them_then_kv_values_apply() 
         },
         {},
     )
-    state = TradingStateRecord(state=TradingState.ACTIVE)
+    state = TradingStateValue(state=TradingState.ACTIVE)
     service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
     await dependencies.load_initial_state(service)
     assert service.hot_state == {"BTCUSDT": HotStateStatus.INVALID}
@@ -193,7 +193,7 @@ async def test_monitor_when_risk_view_of_hot_state_is_wrong_then_the_next_pass_c
     bus = StateBuilderAnswers(
         {"ETHUSDT": SymbolHotState(symbol="ETHUSDT", hot_state=HotStateStatus.VALID, age_ms=40, last_update_id=7)}
     )
-    state = TradingStateRecord(state=TradingState.ACTIVE)
+    state = TradingStateValue(state=TradingState.ACTIVE)
     service = RiskService(bus, get_logger("risk-test"), limits, venue, ManualClock(), state)  # type: ignore[arg-type]
     service.hot_state["ETHUSDT"] = HotStateStatus.INVALID  # an event that arrived out of order
 

@@ -7,15 +7,14 @@ from decimal import Decimal
 import pytest
 
 from proto.enums import HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.kv import TradingStateValue, encode_value
 from proto.messages import SignalGenerated, SubmitOrder
 from services.risk.checks import RiskLimits, check_order, reduces_exposure, reference_price
 from services.risk.decisions import signal_to_order
 from services.risk.trading_state import (
     TRADING_TRANSITIONS,
     InvalidTransition,
-    TradingStateRecord,
     TradingTrigger,
-    dump_trading_state,
     load_trading_state,
     next_trading_state,
 )
@@ -75,8 +74,8 @@ def test_load_when_never_set_then_active() -> None:
 
 
 def test_load_when_persisted_halted_then_halted() -> None:
-    record = TradingStateRecord(state=TradingState.HALTED, reason="x", operator="op", ts_ns=5)
-    assert load_trading_state(dump_trading_state(record)) == record
+    record = TradingStateValue(state=TradingState.HALTED, reason="x", operator="op", ts_ns=5)
+    assert load_trading_state(encode_value(record)) == record
 
 
 def test_load_when_unreadable_then_halted_fail_closed() -> None:

@@ -15,13 +15,13 @@ from libs.heartbeat import ComponentView
 from libs.logging import get_logger
 from libs.service_snapshots import snapshot_fits_stream
 from proto.enums import AlertSeverity, ComponentState, OrderSource, OrderType, Side, StrategyState, TradingState
+from proto.kv import TradingStateValue
 from proto.messages import OrderApproved, OrderFilled, PositionChanged, SubmitOrder
 from services.risk import snapshot as risk_snap
 from services.risk.checks import RiskLimits
 from services.risk.exposure import OrderRateWindow, PendingExposure
 from services.risk.handlers import RiskService
 from services.risk.trades import TradeTracker
-from services.risk.trading_state import TradingStateRecord
 from services.strategy import snapshot as strategy_snap
 from services.strategy.config import instance_config
 from services.strategy.liquidations import CascadeDetection, LiquidationTracker, TrackerState
@@ -46,7 +46,7 @@ class FakeClock:
 
 def _risk(clock: FakeClock) -> RiskService:
     limits = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
-    state = TradingStateRecord(state=TradingState.ACTIVE)
+    state = TradingStateValue(state=TradingState.ACTIVE)
     return RiskService(None, get_logger("risk-test"), limits, VENUE, clock, state)  # type: ignore[arg-type]
 
 
