@@ -31,17 +31,10 @@ from .domain import Entry, Strategy
 from .liquidations import LiquidationEvent, TapeState, TrackerState
 from .strategies import CascadeFadeStrategy, ImbalanceStrategy, TradeWindow, TrendStrategy, _Averages
 
-MARKET_SUBJECTS = ("md.trade.>", "md.liquidation.>", "md.oi.>", "md.resync.>")
-"""The MARKET_DATA subjects a strategy consumes (durable `strategy-<name>-md`)."""
-
 
 def snapshot_component(name: str) -> str:
     """Component name of an instance's snapshots (table `snapshots`)."""
     return f"strategy.{name}"
-
-
-def market_consumer(name: str) -> str:
-    return f"strategy-{name}-md"
 
 
 class CascadeState(msgspec.Struct, frozen=True, tag="cascade_fade"):
