@@ -116,14 +116,3 @@ def test_wildcards_when_used_by_consumers_then_inside_a_stream() -> None:
         subjects.MD_ALL,
     ):
         assert wildcard in covered, wildcard
-
-
-def test_strategy_names_when_built_then_the_names_earlier_versions_used() -> None:
-    # A renamed durable starts over from the stream's beginning, a renamed lease is a second writer.
-    assert subjects.strategy_market_data_consumer("trend") == "strategy-trend-md"
-    assert subjects.strategy_commands_consumer("trend") == "strategy-trend-commands"
-    assert subjects.strategy_lease("trend") == "strategy.trend"
-    assert subjects.cmd_strategy_all("trend") == "cmd.strategy.trend.>"
-    assert subjects.EVT_STRATEGY_CRASHED_ALL == "evt.strategy.*.crashed"
-    pattern, crashed = subjects.EVT_STRATEGY_CRASHED_ALL.split("."), subjects.evt_strategy_crashed("trend").split(".")
-    assert all(want in ("*", got) for want, got in zip(pattern, crashed, strict=True))

@@ -1,7 +1,7 @@
-"""What a strategy instance writes and reads across processes, through `proto`: its KV values
-(`StrategyStateValue`, `StrategyCrashesValue`) as earlier versions wrote them, the state-builder's
-symbols reply and the watchdog's degradation level; and its snapshots (Postgres) as earlier versions
-wrote them, each kind's market memory exported by the kind itself."""
+"""What a strategy instance writes and reads across processes, through `proto`: its durable, lease
+and subject names; its KV values (`StrategyStateValue`, `StrategyCrashesValue`) as earlier versions
+wrote them; the state-builder's symbols reply and the watchdog's degradation level; and its
+snapshots (Postgres) as earlier versions wrote them, each kind's market memory exported by the kind."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ from services.strategy.domain import Strategy
 # Bytes as the previous version (its own `StrategyStateRecord` / `CrashRecord` structs) wrote them.
 STATE_BYTES = b'{"state":"IN_POSITION","reason":"entered","symbol":"BTCUSDT","ts_ns":17,"kind":"trend"}'
 CRASHES_BYTES = b'{"crashes":[1,2],"running":"41-1700","surrendered":{"ETHUSDT":2}}'
+
+
+def test_names_when_built_then_the_names_earlier_versions_used() -> None:
+    # A renamed durable starts over from the stream's beginning, a renamed lease is a second writer.
+    assert subjects.strategy_market_data_consumer("trend") == "strategy-trend-md"
+    assert subjects.strategy_commands_consumer("trend") == "strategy-trend-commands"
+    assert subjects.strategy_lease("trend") == "strategy.trend"
+    assert subjects.cmd_strategy_all("trend") == "cmd.strategy.trend.>"
+    assert subjects.EVT_STRATEGY_CRASHED_ALL == "evt.strategy.*.crashed"
+    pattern, crashed = subjects.EVT_STRATEGY_CRASHED_ALL.split("."), subjects.evt_strategy_crashed("trend").split(".")
+    assert all(want in ("*", got) for want, got in zip(pattern, crashed, strict=True))
 
 
 class KvBus:
