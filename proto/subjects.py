@@ -172,6 +172,10 @@ def dlq(consumer: str) -> str:
     return f"dlq.{consumer}"
 
 
+EVT_STRATEGY_CRASHED_ALL = "evt.strategy.*.crashed"
+"""Every strategy instance's `StrategyCrashed` events (FM-C2)."""
+
+
 # --------------------------------------------------------------------------- core NATS
 
 
@@ -336,6 +340,12 @@ def strategy_component(name: str) -> str:
 
 
 CORE_COMPONENTS: tuple[str, ...] = (GATEWAY, MARKET_DATA, STATE_BUILDER, RISK, POSITION, WATCHDOG)
+
+
+def strategy_lease(strategy: str) -> str:
+    """Name of a strategy instance's single-writer lease (`libs.lease`, key `lease.strategy.<name>`),
+    which every process running the instance competes for."""
+    return f"strategy.{strategy}"
 
 
 # --------------------------------------------------------------------------- durable consumers

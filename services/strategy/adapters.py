@@ -1,82 +1,68 @@
-"""strategy's edges: persisted strategy state and crash history (JetStream KV), positions from the
-ORDERS stream, and the state-builder's symbol view."""
+"""strategy's edges: persisted strategy state and crash history (JetStream KV, `proto.kv` values),
+positions from the ORDERS stream, the state-builder's symbol view and the degradation level
+(`proto` contracts of the services that own them)."""
 
 from __future__ import annotations
 
-import msgspec
-
 from libs.bus import Bus
 from proto import subjects
-from proto.codec import decode_as
-from proto.enums import HotStateStatus, StrategyState
+from proto.enums import DegradationLevel, HotStateStatus
+from proto.kv import DegradationLevelValue, StrategyCrashesValue, StrategyStateValue, decode_value, encode_value
 from proto.messages import PositionChanged, SymbolsReply
+from proto.replies import ErrorReply, decode_reply
 
 from .domain import MarketView
 
 
-class StrategyStateRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """Persisted value of KV `strategy.<name>`."""
-
-    state: StrategyState
-    reason: str = ""
-    symbol: str | None = None
-    ts_ns: int = 0
-    kind: str = ""
+class UnreadableValue(ValueError):
+    """A KV key holds a value that does not decode as its `proto.kv` struct (corrupt, or a bug)."""
 
 
-class CrashRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """Persisted value of KV `strategy.<name>.crashes` (FM-C2: survives restarts).
-
-    Attributes:
-        crashes: times (ns) of the crashes still inside the 10-minute window.
-        running: token (pid-start time) of the process running the instance; set at start,
-            cleared at a clean stop, so a start that finds it set knows the previous process
-            died (kill -9, OOM).
-        surrendered: symbol → crash time: positions (or entries in flight) left to the position
-            service, which the strategy may not re-enter.
-    """
-
-    crashes: list[int] = []
-    running: str | None = None
-    surrendered: dict[str, int] = {}
-
-
-_record_decoder = msgspec.json.Decoder(StrategyStateRecord)
-_crash_decoder = msgspec.json.Decoder(CrashRecord)
-
-
-async def read_strategy_state(bus: Bus, name: str) -> StrategyStateRecord | None:
+async def read_strategy_state(bus: Bus, name: str) -> StrategyStateValue | None:
     """The persisted state (None when never set or unreadable)."""
     entry = await bus.kv_get(subjects.key_strategy(name))
-    if entry is None:
-        return None
-    try:
-        return _record_decoder.decode(entry[0])
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    return decode_value(StrategyStateValue, entry[0] if entry is not None else None)
 
 
-async def write_strategy_state(bus: Bus, name: str, record: StrategyStateRecord) -> None:
+async def write_strategy_state(bus: Bus, name: str, value: StrategyStateValue) -> None:
     """Persist the strategy state."""
-    await bus.kv_put(subjects.key_strategy(name), msgspec.json.encode(record))
+    await bus.kv_put(subjects.key_strategy(name), encode_value(value))
 
 
-async def read_crash_record(bus: Bus, name: str) -> CrashRecord:
+async def read_crash_record(bus: Bus, name: str) -> StrategyCrashesValue:
     """The crash history (empty when never written).
 
     Raises:
-        msgspec.DecodeError / msgspec.ValidationError: the stored value is corrupt; the caller
-            decides (it must not silently forget crashes and un-FAIL a strategy).
+        UnreadableValue: the stored value is corrupt; the caller decides (it must not
+            silently forget crashes and un-FAIL a strategy).
     """
     entry = await bus.kv_get(subjects.key_strategy_crashes(name))
     if entry is None:
-        return CrashRecord()
-    return _crash_decoder.decode(entry[0])
+        return StrategyCrashesValue()
+    value = decode_value(StrategyCrashesValue, entry[0])
+    if value is None:
+        raise UnreadableValue(f"{subjects.key_strategy_crashes(name)}: {entry[0][:200]!r}")
+    return value
 
 
-async def write_crash_record(bus: Bus, name: str, record: CrashRecord) -> None:
+async def write_crash_record(bus: Bus, name: str, value: StrategyCrashesValue) -> None:
     """Persist the crash history."""
-    await bus.kv_put(subjects.key_strategy_crashes(name), msgspec.json.encode(record))
+    await bus.kv_put(subjects.key_strategy_crashes(name), encode_value(value))
+
+
+async def read_degradation_level(bus: Bus) -> DegradationLevel | None:
+    """The system's degradation level (KV `degradation_level`, the watchdog's); None when never set.
+
+    Raises:
+        UnreadableValue: the stored value is not a `DegradationLevelValue`.
+    """
+    entry = await bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
+    if entry is None:
+        return None
+    value = decode_value(DegradationLevelValue, entry[0])
+    if value is None:
+        raise UnreadableValue(f"{subjects.KEY_DEGRADATION_LEVEL}: {entry[0][:200]!r}")
+    return value.level
 
 
 async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChanged | None:
@@ -84,15 +70,18 @@ async def read_last_position(bus: Bus, venue: str, symbol: str) -> PositionChang
     return await bus.last_message(subjects.STREAM_ORDERS.name, subjects.evt_position(venue, symbol), PositionChanged)
 
 
-def market_views(raw: bytes) -> dict[str, MarketView]:
-    """A `svc.state-builder.symbols` reply as market views.
+def market_views(raw: bytes) -> dict[str, MarketView] | ErrorReply:
+    """A `svc.state-builder.symbols` reply as market views (or the error the state-builder answered).
 
     Raises:
-        msgspec.DecodeError / msgspec.ValidationError: the reply is not a `SymbolsReply`.
+        proto.replies.ReplyDecodeError: the reply is neither a `SymbolsReply` nor an `ErrorReply`.
     """
+    reply = decode_reply(SymbolsReply, raw)
+    if isinstance(reply, ErrorReply):
+        return reply
     return {
         symbol: MarketView(
             hot_state_valid=view.hot_state == HotStateStatus.VALID, best_bid=view.best_bid, best_ask=view.best_ask
         )
-        for symbol, view in decode_as(raw, SymbolsReply).symbols.items()
+        for symbol, view in reply.symbols.items()
     }

@@ -5,6 +5,10 @@ Time comes in as integer nanoseconds from the caller (an injected clock); decisi
 actions (`Transition`, `Signal`) that the runner publishes (`services.strategy.signals`). A
 concrete strategy kind (`services.strategy.strategies`) only decides *when to enter*
 (`find_entry`) and, optionally, *when to leave early* (`exit_reason`); everything else is here, once.
+
+The kinds' interface is the "kind hook" methods of `Strategy` (what it observes, how time ages its
+market memory, entries and exits, and its memory as a snapshot state) with a `StrategyConfig`
+subclass for its parameters; the runner, recovery and snapshots know kinds only through it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar
+
+import msgspec
 
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import Side, StrategyState
@@ -405,6 +411,15 @@ class Strategy:
     def exit_reason(self, now_ns: int, view: MarketView | None) -> str | None:
         """Kind hook: a reason to leave the current position early, or None."""
         return None
+
+    def market_state(self) -> msgspec.Struct | None:
+        """Kind hook: a copy of the kind's market memory (windows, averages, events) for a snapshot;
+        None for a kind that keeps none. Its type is tagged with the kind and registered in
+        `strategies.KindState`, so that a snapshot decodes it."""
+        return None
+
+    def load_market_state(self, state: msgspec.Struct | None) -> None:
+        """Kind hook: take back what `market_state` returned (a state of another kind is ignored)."""
 
     # ------------------------------------------------------------------ decisions
 

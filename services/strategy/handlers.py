@@ -26,15 +26,25 @@ from proto.messages import (
     PositionChanged,
     Trade,
 )
+from proto.replies import ErrorReply
 
 from . import adapters
 from .domain import MarketView
 from .runner import INPUT_LIMIT, StrategyRunner
 from .state import Disabled, Enabled, Received, Sequenced, Ticked
 
-INPUT_SUBJECTS = ("evt.link.>", "evt.position.>")
+INPUT_SUBJECTS = (subjects.EVT_LINK_ALL, subjects.EVT_POSITION_ALL)
 """Core-NATS subjects every strategy follows (link events, positions). Market data comes through the
-durable `strategy-<name>-md` (`snapshot.MARKET_SUBJECTS`), whose sequences the snapshots cover."""
+durable `subjects.strategy_market_data_consumer(name)` (`MARKET_SUBJECTS`), whose sequences the
+snapshots cover."""
+
+MARKET_SUBJECTS = (
+    subjects.MD_TRADE_ALL,
+    subjects.MD_LIQUIDATION_ALL,
+    subjects.MD_OPEN_INTEREST_ALL,
+    subjects.MD_RESYNC_ALL,
+)
+"""The MARKET_DATA subjects a strategy consumes (`state.MARKET_TYPES`)."""
 
 
 class StandbyError(RuntimeError):
@@ -141,20 +151,23 @@ class StrategyService:
             raw = await self.runner.bus.request(
                 subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=0.4
             )
-            return adapters.market_views(raw)
+            views = adapters.market_views(raw)
         except Exception as exc:  # noqa: BLE001 - timeouts, no responders, bad replies: fail closed
             self.runner.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")
             return {}
+        if isinstance(views, ErrorReply):
+            self.runner.log.debug("state_builder_unavailable", error=f"{views.error.code}: {views.error.message}")
+            return {}
+        return views
 
     async def _hard_shutdown(self) -> bool:
         """Is the system in HARD_SHUTDOWN (KV `degradation_level`)? False when it cannot be read."""
         try:
-            entry = await self.runner.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
-            level = msgspec.json.decode(entry[0]).get("level") if entry is not None else None
+            level = await adapters.read_degradation_level(self.runner.bus)
         except Exception as exc:  # noqa: BLE001 - bus trouble or a garbled value: risk still denies
             self.runner.log.debug("degradation_level_unreadable", error=f"{type(exc).__name__}: {exc}")
             return False
-        return bool(level == DegradationLevel.HARD_SHUTDOWN.value)
+        return level == DegradationLevel.HARD_SHUTDOWN
 
     async def tick(self) -> None:
         """One evaluation of the strategy (crashes contained like every other input).

@@ -13,6 +13,7 @@ DECAYING is the *exhausted* cascade a fade strategy trades. Everything is pure: 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -269,7 +270,8 @@ class LiquidationTracker:
     def to_state(self) -> TrackerState:
         """Live events and tapes, for a snapshot (SPEC §8); pending phase changes are not included."""
         return TrackerState(
-            events=dict(self.events),
+            # Copies: the live events keep changing while the snapshot waits to be written.
+            events={symbol: dataclasses.replace(event) for symbol, event in self.events.items()},
             tapes={
                 symbol: TapeState(
                     liquidations=list(tape.liquidations),

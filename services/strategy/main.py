@@ -5,7 +5,7 @@ come from `BULWARK_STRATEGY_CONFIG` (TOML, see docs/strategies.md). The componen
 `strategy-<name>`.
 
 Several processes may run the same instance (hot standby): the one holding lease
-`strategy.<name>` (libs/lease.py) runs it; the others wait and take over when it dies.
+`subjects.strategy_lease(name)` (libs/lease.py) runs it; the others wait and take over when it dies.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from libs.snapshot import SnapshotPolicy
 from proto import subjects
 
 from .config import instance_config, read_config_file
-from .handlers import INPUT_SUBJECTS, StrategyService
+from .handlers import INPUT_SUBJECTS, MARKET_SUBJECTS, StrategyService
 from .runner import StrategyRunner
-from .snapshot import MARKET_SUBJECTS, market_consumer, snapshot_keeper
+from .snapshot import snapshot_keeper
 
 
 async def setup(ctx: ServiceContext) -> None:
@@ -41,7 +41,7 @@ async def setup(ctx: ServiceContext) -> None:
     instance = instance_config(name, read_config_file(ctx.settings.strategy_config))
     lease = Lease(
         await ctx.bus.kv(LEASE_BUCKET),
-        f"strategy.{name}",
+        subjects.strategy_lease(name),
         # The launcher's per-program id survives restarts (the lease is taken back at once);
         # without one every process is a new holder and waits for the old lease to expire.
         ctx.settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{wall_clock()}",
@@ -85,7 +85,7 @@ async def setup(ctx: ServiceContext) -> None:
             live_from = runner.recovery.live_from if runner.recovery is not None else None
             await ctx.bus.consume(
                 stream=subjects.STREAM_MARKET_DATA.name,
-                durable=market_consumer(name),
+                durable=subjects.strategy_market_data_consumer(name),
                 filter_subjects=list(MARKET_SUBJECTS),
                 handler=service.on_market_data,
                 batch=1,  # a larger pull batch lingers waiting to fill: cascades are timed to the second
@@ -94,8 +94,8 @@ async def setup(ctx: ServiceContext) -> None:
             )
             await ctx.bus.consume(
                 stream=subjects.STREAM_SIGNALS.name,
-                durable=f"strategy-{name}-commands",
-                filter_subjects=[f"cmd.strategy.{name}.>"],
+                durable=subjects.strategy_commands_consumer(name),
+                filter_subjects=[subjects.cmd_strategy_all(name)],
                 handler=service.on_command,
             )
 

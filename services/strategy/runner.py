@@ -25,8 +25,6 @@ import os
 import traceback
 from collections.abc import Callable
 
-import msgspec
-
 from libs.bus import Bus
 from libs.clock import Clock
 from libs.lease import Lease, LeaseLost
@@ -34,6 +32,7 @@ from libs.logging import Logger
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper
 from libs.snapshot import SnapshotPolicy
 from proto.enums import AlertSeverity
+from proto.kv import StrategyCrashesValue
 from proto.messages import StrategyCrashed
 
 from . import adapters, recovery
@@ -228,10 +227,10 @@ class StrategyRunner:
         record = await adapters.read_strategy_state(self.bus, self.name)
         try:
             self.apply(CrashHistoryLoaded(await adapters.read_crash_record(self.bus, self.name)))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except adapters.UnreadableValue as exc:
             # Fail closed: an unreadable history must not un-FAIL a strategy.
             self.log.error("crash_history_unreadable", strategy=self.name, error=str(exc)[:200])
-            self.apply(CrashHistoryLoaded(adapters.CrashRecord(crashes=[now] * 4)))
+            self.apply(CrashHistoryLoaded(StrategyCrashesValue(crashes=[now] * 4)))
         self.recovery, restored = await recovery.recover(self, snap.market_log(self.bus, self.snapshots))
         await self._load_positions()
         previous_process = self.state.crash_record.running

@@ -13,6 +13,7 @@ from libs.bus import Bus
 from libs.logging import Logger
 from proto import subjects
 from proto.enums import AlertSeverity, OrderType
+from proto.kv import StrategyCrashesValue, StrategyStateValue
 from proto.messages import AlertRaised, SignalGenerated, StrategyCrashed, StrategyStateChanged
 
 from . import adapters
@@ -37,7 +38,7 @@ class IntentPublisher:
 
     async def transition(self, action: Transition, symbol: str | None, now_ns: int) -> None:
         """Persist the new state in KV, then announce it (`evt.strategy.<name>.state`)."""
-        record = adapters.StrategyStateRecord(
+        record = StrategyStateValue(
             state=action.current, reason=action.reason, symbol=symbol, ts_ns=now_ns, kind=self.kind
         )
         await adapters.write_strategy_state(self.bus, self.name, record)
@@ -82,7 +83,7 @@ class IntentPublisher:
         )
         return signal
 
-    async def crash(self, event: StrategyCrashed, record: adapters.CrashRecord) -> None:
+    async def crash(self, event: StrategyCrashed, record: StrategyCrashesValue) -> None:
         """Persist the crash history (it survives restarts, FM-C2), then announce the crash."""
         await adapters.write_crash_record(self.bus, self.name, record)
         await self.bus.publish(subjects.evt_strategy_crashed(self.name), event)

@@ -3,20 +3,16 @@ as of one MARKET_DATA sequence.
 
 - the engagement: state, symbol, the entry (side, stop-loss, take-profit), when the state began,
   the last entry time (cooldown), positions it saw, last traded prices, surrendered symbols;
-- the kind's market memory: for `cascade_fade` the live liquidation events (ACTIVE/DECAYING) with
+- the kind's market memory, as the kind exports it (`Strategy.market_state`, one of
+  `strategies.KindState`): for `cascade_fade` the live liquidation events (ACTIVE/DECAYING) with
   the tape they were detected from and the cascades already traded; for `trend` the moving
   averages; for `imbalance` the taker-flow windows.
 
-The cascade tracker exports and rebuilds its own state (`LiquidationTracker.to_state` /
-`load_state`); the kinds in `strategies.py` have no export of their own yet, so this module reads
-and rebuilds their public fields here (a new field of a kind is added here too). `_Averages` is
-still imported by its private name: `strategies.py` would need a public state type for it.
 KV (`strategy.<name>`, `strategy.<name>.crashes`) stays the authority of the state machine.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from decimal import Decimal
 
 import msgspec
@@ -28,44 +24,12 @@ from proto import subjects
 from proto.enums import StrategyState
 
 from .domain import Entry, Strategy
-from .liquidations import LiquidationEvent, TapeState, TrackerState
-from .strategies import CascadeFadeStrategy, ImbalanceStrategy, TradeWindow, TrendStrategy, _Averages
-
-MARKET_SUBJECTS = ("md.trade.>", "md.liquidation.>", "md.oi.>", "md.resync.>")
-"""The MARKET_DATA subjects a strategy consumes (durable `strategy-<name>-md`)."""
+from .strategies import KindState
 
 
 def snapshot_component(name: str) -> str:
     """Component name of an instance's snapshots (table `snapshots`)."""
     return f"strategy.{name}"
-
-
-def market_consumer(name: str) -> str:
-    return f"strategy-{name}-md"
-
-
-class CascadeState(msgspec.Struct, frozen=True, tag="cascade_fade"):
-    events: dict[str, LiquidationEvent] = {}
-    tapes: dict[str, TapeState] = {}
-    traded_events: list[str] = []
-
-
-class TrendState(msgspec.Struct, frozen=True, tag="trend"):
-    averages: dict[str, _Averages] = {}
-
-
-class WindowState(msgspec.Struct, frozen=True, kw_only=True):
-    window_ns: int
-    trades: list[tuple[int, bool, Decimal]] = []
-    buy_volume: Decimal = Decimal(0)
-    sell_volume: Decimal = Decimal(0)
-
-
-class ImbalanceState(msgspec.Struct, frozen=True, tag="imbalance"):
-    windows: dict[str, WindowState] = {}
-
-
-KindState = CascadeState | TrendState | ImbalanceState
 
 
 class StrategySnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,47 +56,12 @@ encode_snapshot = CODEC.encode
 decode_snapshot = CODEC.decode
 
 
-# --------------------------------------------------------------------------- kinds
-
-
-def market_state(strategy: Strategy) -> KindState | None:
-    """The kind's market memory (None for a kind without one)."""
-    match strategy:
-        case CascadeFadeStrategy():
-            tracked = strategy.tracker.to_state()
-            return CascadeState(events=tracked.events, tapes=tracked.tapes, traded_events=list(strategy.traded_events))
-        case TrendStrategy():
-            return TrendState(averages=dict(strategy.averages))
-        case ImbalanceStrategy():
-            windows = {
-                symbol: WindowState(
-                    window_ns=window.window_ns,
-                    trades=list(window.trades),
-                    buy_volume=window.buy_volume,
-                    sell_volume=window.sell_volume,
-                )
-                for symbol, window in strategy.windows.items()
-            }
-            return ImbalanceState(windows=windows)
-        case _:
-            return None
-
-
-def restore_market(strategy: Strategy, state: KindState | None) -> None:
-    """Put a kind's market memory back (a state of another kind is ignored)."""
-    match strategy, state:
-        case CascadeFadeStrategy(), CascadeState():
-            strategy.tracker.load_state(TrackerState(events=state.events, tapes=state.tapes))
-            strategy.traded_events = deque(state.traded_events, maxlen=strategy.traded_events.maxlen)
-        case TrendStrategy(), TrendState():
-            strategy.averages = dict(state.averages)
-        case ImbalanceStrategy(), ImbalanceState():
-            strategy.windows = {
-                symbol: TradeWindow(window.window_ns, deque(window.trades), window.buy_volume, window.sell_volume)
-                for symbol, window in state.windows.items()
-            }
-        case _:
-            pass
+def _kind_state(strategy: Strategy) -> KindState | None:
+    state = strategy.market_state()
+    if state is not None and not isinstance(state, KindState):
+        # A kind whose state is not in `KindState` would write a snapshot no one can read back.
+        raise TypeError(f"{type(state).__name__} of kind {strategy.kind!r} is not a registered KindState")
+    return state
 
 
 def capture(strategy: Strategy, kind: str, md_seq: int, now_ns: int) -> StrategySnapshot:
@@ -151,7 +80,7 @@ def capture(strategy: Strategy, kind: str, md_seq: int, now_ns: int) -> Strategy
         positions=dict(strategy.positions),
         last_price=dict(strategy.last_price),
         surrendered=dict(strategy.surrendered),
-        market=market_state(strategy),
+        market=_kind_state(strategy),
     )
 
 
@@ -166,7 +95,7 @@ def restore(strategy: Strategy, snapshot: StrategySnapshot) -> None:
     strategy.positions = dict(snapshot.positions)
     strategy.last_price = dict(snapshot.last_price)
     strategy.surrendered = dict(snapshot.surrendered)
-    restore_market(strategy, snapshot.market)
+    strategy.load_market_state(snapshot.market)
 
 
 # --------------------------------------------------------------------------- the MARKET_DATA log

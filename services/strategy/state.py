@@ -20,6 +20,7 @@ from decimal import Decimal
 import msgspec
 
 from libs.ids import client_order_id_for
+from proto.kv import StrategyCrashesValue
 from proto.messages import (
     BookResyncStarted,
     LinkStateChanged,
@@ -31,7 +32,6 @@ from proto.messages import (
 )
 
 from . import snapshot as snap
-from .adapters import CrashRecord
 from .config import InstanceConfig
 from .domain import ENGAGED_STATES, Action, MarketView, St, Strategy, crash_fails, crashes_in_window
 
@@ -61,7 +61,7 @@ class RunnerState:
     venue: str
     order_venues: tuple[str, ...]
     strategy: Strategy
-    crash_record: CrashRecord = field(default_factory=CrashRecord)
+    crash_record: StrategyCrashesValue = field(default_factory=StrategyCrashesValue)
     venue_positions: dict[tuple[str, str], Decimal] = field(default_factory=dict)
     md_seq: int = 0
     intents: list[Action] = field(default_factory=list)
@@ -167,7 +167,7 @@ class Reset:
 class CrashHistoryLoaded:
     """The crash history read from KV at start."""
 
-    record: CrashRecord
+    record: StrategyCrashesValue
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,7 @@ def _crash(state: RunnerState, fact: Crashed) -> list[Action]:
     surrendered = dict(old.surrendered)
     if old.symbol is not None and old.state in ENGAGED_STATES:
         surrendered[old.symbol] = now
-    state.crash_record = CrashRecord(crashes=window, running=fact.process_token, surrendered=surrendered)
+    state.crash_record = StrategyCrashesValue(crashes=window, running=fact.process_token, surrendered=surrendered)
     fresh = state.instance.build(state=old.state)
     fresh.symbol = old.symbol
     fresh.positions = dict(old.positions)
@@ -373,7 +373,7 @@ def _crash(state: RunnerState, fact: Crashed) -> list[Action]:
     fresh.surrendered = surrendered
     fresh.state_since_ns = old.state_since_ns
     if fact.keep_market:
-        snap.restore_market(fresh, snap.market_state(old))
+        fresh.load_market_state(old.market_state())
     state.strategy = fresh
     actions = fresh.disable(now, fact.reason)
     if failed:

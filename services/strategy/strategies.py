@@ -1,21 +1,34 @@
 """The strategy kinds: liquidation-cascade fade, trend (EMA crossover) and taker-flow imbalance.
 
 Each kind only says when to enter (and, optionally, when to leave early); the engagement cycle,
-stops and take-profits, cooldowns and the state machine are `domain.Strategy`'s.
+stops and take-profits, cooldowns and the state machine are `domain.Strategy`'s. Each kind's market
+memory has a public state type (`CascadeState`, `TrendState`, `ImbalanceState`, tagged with the
+kind) that it exports and takes back itself (`market_state` / `load_market_state`); `KindState`
+is their union, as a snapshot stores it. `KINDS` registers the kinds by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from proto.enums import Side
 
 from .domain import NS, Entry, MarketView, Strategy, StrategyConfig, entry_confidence
-from .liquidations import CascadeDetection, EventPhase, LiquidationEvent, LiquidationTracker
+from .liquidations import (
+    CascadeDetection,
+    EventPhase,
+    LiquidationEvent,
+    LiquidationTracker,
+    TapeState,
+    TrackerState,
+)
 
 HUNDRED = Decimal(100)
 BPS = Decimal(10_000)
@@ -43,6 +56,15 @@ class CascadeFadeConfig(StrategyConfig, CascadeDetection):
     def detection(self) -> CascadeDetection:
         """The detector's part of the parameters."""
         return CascadeDetection(**{f.name: getattr(self, f.name) for f in fields(CascadeDetection)})
+
+
+class CascadeState(msgspec.Struct, frozen=True, tag="cascade_fade"):
+    """`cascade_fade`'s market memory: the live liquidation events, the tapes they are detected
+    from, and the cascades already traded (one attempt each)."""
+
+    events: dict[str, LiquidationEvent] = {}
+    tapes: dict[str, TapeState] = {}
+    traded_events: list[str] = []
 
 
 class CascadeFadeStrategy(Strategy):
@@ -77,6 +99,15 @@ class CascadeFadeStrategy(Strategy):
 
     def active_events(self) -> list[dict[str, Any]]:
         return [event.as_dict() for event in self.tracker.active()]
+
+    def market_state(self) -> CascadeState:
+        tracked = self.tracker.to_state()
+        return CascadeState(events=tracked.events, tapes=tracked.tapes, traded_events=list(self.traded_events))
+
+    def load_market_state(self, state: msgspec.Struct | None) -> None:
+        if isinstance(state, CascadeState):
+            self.tracker.load_state(TrackerState(events=state.events, tapes=state.tapes))
+            self.traded_events = deque(state.traded_events, maxlen=self.traded_events.maxlen)
 
     def event_changes(self) -> list[dict[str, Any]]:
         return [
@@ -159,11 +190,19 @@ class TrendConfig(StrategyConfig):
 
 
 @dataclass
-class _Averages:
+class Averages:
+    """One symbol's fast and slow averages of traded prices, and the time span they have seen."""
+
     first_ns: int
     last_ns: int
     fast: Decimal
     slow: Decimal
+
+
+class TrendState(msgspec.Struct, frozen=True, tag="trend"):
+    """`trend`'s market memory: the averages per symbol (copies: the live ones keep moving)."""
+
+    averages: dict[str, Averages] = {}
 
 
 def _ema_step(average: Decimal, price: Decimal, dt_s: float, tau_s: float) -> Decimal:
@@ -180,12 +219,12 @@ class TrendStrategy(Strategy):
 
     def __init__(self, name: str, config: TrendConfig, **kwargs: Any) -> None:
         super().__init__(name, config, **kwargs)
-        self.averages: dict[str, _Averages] = {}
+        self.averages: dict[str, Averages] = {}
 
     def observe_trade(self, symbol: str, ts_ns: int, price: Decimal, quantity: Decimal, buyer_is_maker: bool) -> None:
         averages = self.averages.get(symbol)
         if averages is None:
-            self.averages[symbol] = _Averages(ts_ns, ts_ns, price, price)
+            self.averages[symbol] = Averages(ts_ns, ts_ns, price, price)
             return
         dt_s = max(0.0, (ts_ns - averages.last_ns) / NS)
         averages.fast = _ema_step(averages.fast, price, dt_s, self.config.fast_s)
@@ -197,6 +236,13 @@ class TrendStrategy(Strategy):
         for symbol in list(self.averages):
             if symbols is None or symbol in symbols:
                 del self.averages[symbol]
+
+    def market_state(self) -> TrendState:
+        return TrendState(averages={symbol: dataclasses.replace(avg) for symbol, avg in self.averages.items()})
+
+    def load_market_state(self, state: msgspec.Struct | None) -> None:
+        if isinstance(state, TrendState):
+            self.averages = {symbol: dataclasses.replace(avg) for symbol, avg in state.averages.items()}
 
     def gap_bps(self, symbol: str) -> Decimal | None:
         """(fast - slow) / slow in basis points, None before any trade."""
@@ -288,6 +334,21 @@ class TradeWindow:
         return (self.buy_volume - self.sell_volume) / total if total > 0 else Decimal(0)
 
 
+class WindowState(msgspec.Struct, frozen=True, kw_only=True):
+    """A `TradeWindow` as a snapshot holds it."""
+
+    window_ns: int
+    trades: list[tuple[int, bool, Decimal]] = []
+    buy_volume: Decimal = Decimal(0)
+    sell_volume: Decimal = Decimal(0)
+
+
+class ImbalanceState(msgspec.Struct, frozen=True, tag="imbalance"):
+    """`imbalance`'s market memory: the taker-flow window per symbol."""
+
+    windows: dict[str, WindowState] = {}
+
+
 class ImbalanceStrategy(Strategy):
     """Enter in the direction of a strong taker-flow imbalance, hold, then flatten."""
 
@@ -312,6 +373,25 @@ class ImbalanceStrategy(Strategy):
         for symbol in list(self.windows):
             if symbols is None or symbol in symbols:
                 del self.windows[symbol]
+
+    def market_state(self) -> ImbalanceState:
+        windows = {
+            symbol: WindowState(
+                window_ns=window.window_ns,
+                trades=list(window.trades),
+                buy_volume=window.buy_volume,
+                sell_volume=window.sell_volume,
+            )
+            for symbol, window in self.windows.items()
+        }
+        return ImbalanceState(windows=windows)
+
+    def load_market_state(self, state: msgspec.Struct | None) -> None:
+        if isinstance(state, ImbalanceState):
+            self.windows = {
+                symbol: TradeWindow(window.window_ns, deque(window.trades), window.buy_volume, window.sell_volume)
+                for symbol, window in state.windows.items()
+            }
 
     def find_entry(self, symbol: str, now_ns: int, view: MarketView) -> Entry | None:
         window = self.windows.get(symbol)
@@ -339,3 +419,6 @@ KINDS: dict[str, tuple[type[Strategy], type[StrategyConfig]]] = {
     ImbalanceStrategy.kind: (ImbalanceStrategy, ImbalanceConfig),
 }
 """Strategy kind name → (class, its config class)."""
+
+KindState = CascadeState | TrendState | ImbalanceState
+"""Every kind's market-memory state, told apart by its tag (the kind's name)."""

@@ -48,6 +48,7 @@ from proto.messages import (
 )
 from services.risk.main import setup as risk_setup
 from services.strategy.main import setup as strategy_setup
+from services.strategy.snapshot import snapshot_component as strategy_snapshot_component
 from services.watchdog.main import setup as watchdog_setup
 from tests.support.polling import eventually as poll_until
 
@@ -361,7 +362,7 @@ async def test_strategy_restart_when_setup_on_decaying_cascade_then_both_survive
             before = await details({"state": "SETUP", "active_events": 1})
             signals = peer.of_type(SignalGenerated)
             assert len(signals) == 1
-            assert await _snapshots(pg_pool, "strategy.cascade-fade")
+            assert await _snapshots(pg_pool, strategy_snapshot_component("cascade-fade"))
 
         _, last = await bus.stream_bounds(subjects.STREAM_MARKET_DATA.name)
         async with _service(component, strategy_setup, settings):
@@ -378,7 +379,7 @@ async def test_strategy_restart_when_setup_on_decaying_cascade_then_both_survive
             assert len(peer.of_type(SignalGenerated)) == 1  # it was traded already: no second entry
 
         # Corrupt snapshots: detected and alerted; the strategy starts with an empty market memory.
-        assert await _corrupt_all(pg_pool, "strategy.cascade-fade") >= 1
+        assert await _corrupt_all(pg_pool, strategy_snapshot_component("cascade-fade")) >= 1
         async with _service(component, strategy_setup, settings):
             state = await details()
             assert state["recovery"]["corrupt_snapshots"] >= 1 and state["recovery"]["mode"] == "fresh"

@@ -26,6 +26,7 @@ from libs.logging import get_logger
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ConnectionState, HotStateStatus, Side
+from proto.kv import StrategyCrashesValue, StrategyStateValue, decode_value
 from proto.messages import (
     BookResyncStarted,
     EnableStrategy,
@@ -157,11 +158,13 @@ class Harness:
 
     async def state(self, name: str) -> str | None:
         entry = await self.bus.kv_get(subjects.key_strategy(name))
-        return msgspec.json.decode(entry[0])["state"] if entry else None
+        value = decode_value(StrategyStateValue, entry[0] if entry else None)
+        return value.state.value if value else None
 
     async def crash_count(self, name: str) -> int:
         entry = await self.bus.kv_get(subjects.key_strategy_crashes(name))
-        return len(msgspec.json.decode(entry[0])["crashes"]) if entry else 0
+        value = decode_value(StrategyCrashesValue, entry[0] if entry else None)
+        return len(value.crashes) if value else 0
 
     def signals_of(self, name: str) -> int:
         return sum(1 for s in self.signals if s.strategy == name)
@@ -181,7 +184,7 @@ async def harness(nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     await bus.ensure_streams()
     h = Harness(nats_url, tmp_path, bus)
     await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), h.symbols)
-    for subject in ("evt.signal.>", "evt.strategy.*.crashed", "hb.>"):
+    for subject in (subjects.EVT_SIGNAL_ALL, subjects.EVT_STRATEGY_CRASHED_ALL, subjects.HEARTBEAT_ALL):
         await bus.subscribe_core(subject, h.on_event)
     feeder = asyncio.create_task(h.feed_taker_buying())
     try:
@@ -337,7 +340,8 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
 
 async def _state(bus: Bus, name: str) -> str | None:
     entry = await bus.kv_get(subjects.key_strategy(name))
-    return msgspec.json.decode(entry[0])["state"] if entry else None
+    value = decode_value(StrategyStateValue, entry[0] if entry else None)
+    return value.state.value if value else None
 
 
 def _signals_logged(tmp_path: Path, key: str) -> int:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import msgspec
 import pytest
 
-from proto.codec import encode
-from proto.enums import HotStateStatus, Side, StrategyState
-from proto.messages import SymbolHotState, SymbolsReply
-from services.strategy.adapters import market_views
+from proto.enums import Side, StrategyState
 from services.strategy.config import instance_config
 from services.strategy.domain import (
     NS,
@@ -196,25 +192,6 @@ def test_config_when_env_overrides_then_applied() -> None:
     assert isinstance(config, ImbalanceConfig)
     assert config.threshold == Decimal("0.8") and config.hold_s == 5.0
     assert config.quantity_for("BTCUSDT") == Decimal("0.002") and config.quantity_for("ETHUSDT") == Decimal("0.01")
-
-
-def test_market_views_when_symbols_reply_then_valid_flag_per_symbol() -> None:
-    reply = SymbolsReply(
-        symbols={
-            "BTCUSDT": SymbolHotState(
-                symbol="BTCUSDT", hot_state=HotStateStatus.VALID, age_ms=5, last_update_id=1, best_bid=Decimal("1.5")
-            ),
-            "ETHUSDT": SymbolHotState(symbol="ETHUSDT", hot_state=HotStateStatus.STALE, age_ms=1500, last_update_id=2),
-        }
-    )
-    views = market_views(encode(reply))
-    assert views["BTCUSDT"].hot_state_valid and views["BTCUSDT"].best_bid == Decimal("1.5")
-    assert not views["ETHUSDT"].hot_state_valid
-
-
-def test_market_views_when_reply_is_not_the_contract_then_error() -> None:
-    with pytest.raises(msgspec.ValidationError):
-        market_views(b'{"symbols": [{"symbol": "BTCUSDT", "hot_state": "VALID"}]}')
 
 
 # --------------------------------------------------------------------------- SPEC §0 table, FM-N1, FM-C2
