@@ -18,10 +18,9 @@ from libs.clock import Clock
 from services.venue_sim.domain import matching
 from services.venue_sim.domain.accounts import Account, Fill, Position
 from services.venue_sim.domain.book import OrderBook
-from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, parse_order_request, triggers
+from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, order_view, parse_order_request, triggers
 from services.venue_sim.domain.rules import BinanceError, SymbolSpec, fmt, illegal, mandatory
 from services.venue_sim.domain.user_data import account_update, order_trade_update
-from services.venue_sim.domain.views import order_view
 
 ZERO = Decimal(0)
 

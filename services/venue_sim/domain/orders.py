@@ -1,5 +1,5 @@
-"""Orders as the simulated venue knows them, and the checks a new order's parameters pass before
-the venue's state is looked at (Binance USD-M's codes and order of checks)."""
+"""Orders as the simulated venue knows them, the checks a new order's parameters pass before the
+venue's state is looked at (Binance USD-M's codes and order of checks), and an order's REST view."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from services.venue_sim.domain.rules import (
     BinanceError,
     SymbolSpec,
     check_increment,
     decimal_param,
+    fmt,
     illegal,
     mandatory,
     not_required,
@@ -179,3 +181,34 @@ def parse_order_request(params: Mapping[str, str], spec: SymbolSpec) -> OrderReq
         reduce_only=reduce_raw.lower() == "true",
         client_order_id=client_order_id,
     )
+
+
+def order_view(order: Order, spec: SymbolSpec) -> dict[str, Any]:
+    """The order as Binance's REST answers show it."""
+    return {
+        "orderId": order.order_id,
+        "symbol": order.symbol,
+        "status": order.status,
+        "clientOrderId": order.client_order_id,
+        "price": fmt(order.price, spec.price_precision),
+        "avgPrice": fmt(order.avg_price, spec.price_precision + 2),
+        "origQty": fmt(order.quantity, spec.quantity_precision),
+        "executedQty": fmt(order.executed_qty, spec.quantity_precision),
+        "cumQty": fmt(order.executed_qty, spec.quantity_precision),
+        "cumQuote": fmt(order.cum_quote, spec.price_precision + spec.quantity_precision),
+        "timeInForce": order.time_in_force,
+        "type": order.type,
+        "reduceOnly": order.reduce_only,
+        "closePosition": False,
+        "side": order.side,
+        "positionSide": "BOTH",
+        "stopPrice": fmt(order.stop_price, spec.price_precision),
+        "workingType": "MARK_PRICE" if order.type in TRIGGERED_TYPES else "CONTRACT_PRICE",
+        "priceProtect": False,
+        "origType": order.type,
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": "NONE",
+        "goodTillDate": 0,
+        "time": order.time_ms,
+        "updateTime": order.update_time_ms,
+    }

@@ -7,44 +7,12 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order
-from services.venue_sim.domain.rules import BinanceError, SymbolSpec, fmt
+from services.venue_sim.domain.rules import BinanceError, fmt
 
 if TYPE_CHECKING:
     from services.venue_sim.domain.exchange import Exchange
 
 ZERO = Decimal(0)
-
-
-def order_view(order: Order, spec: SymbolSpec) -> dict[str, Any]:
-    """The order as Binance's REST answers show it."""
-    return {
-        "orderId": order.order_id,
-        "symbol": order.symbol,
-        "status": order.status,
-        "clientOrderId": order.client_order_id,
-        "price": fmt(order.price, spec.price_precision),
-        "avgPrice": fmt(order.avg_price, spec.price_precision + 2),
-        "origQty": fmt(order.quantity, spec.quantity_precision),
-        "executedQty": fmt(order.executed_qty, spec.quantity_precision),
-        "cumQty": fmt(order.executed_qty, spec.quantity_precision),
-        "cumQuote": fmt(order.cum_quote, spec.price_precision + spec.quantity_precision),
-        "timeInForce": order.time_in_force,
-        "type": order.type,
-        "reduceOnly": order.reduce_only,
-        "closePosition": False,
-        "side": order.side,
-        "positionSide": "BOTH",
-        "stopPrice": fmt(order.stop_price, spec.price_precision),
-        "workingType": "MARK_PRICE" if order.type in TRIGGERED_TYPES else "CONTRACT_PRICE",
-        "priceProtect": False,
-        "origType": order.type,
-        "priceMatch": "NONE",
-        "selfTradePreventionMode": "NONE",
-        "goodTillDate": 0,
-        "time": order.time_ms,
-        "updateTime": order.update_time_ms,
-    }
 
 
 def position_views(exchange: Exchange, symbol: str | None = None) -> list[dict[str, Any]]:
