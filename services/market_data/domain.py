@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import uuid
 from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -35,9 +34,10 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+from libs.clock import Clock
 from libs.reconnect import DEGRADED_AFTER_ATTEMPTS
 from proto.enums import ConnectionState, LinkDegradeCause, Side
-from proto.envelope import Message, now_ns
+from proto.envelope import Message
 from proto.messages import (
     BookResyncStarted,
     BookSnapshot,
@@ -236,8 +236,10 @@ def mark_from_update(venue: str, data: Any) -> MarkPrice:
     )
 
 
-def mark_from_premium_index(venue: str, symbol: str, data: Any) -> MarkPrice:
+def mark_from_premium_index(venue: str, symbol: str, data: Any, received_ns: int) -> MarkPrice:
     """REST `/fapi/v1/premiumIndex` answer → `MarkPrice` (re-sync after a reconnect, FM-N1).
+
+    `received_ns` is the event time when the answer carries none.
 
     Raises:
         BadFrame: the answer is malformed.
@@ -255,7 +257,7 @@ def mark_from_premium_index(venue: str, symbol: str, data: Any) -> MarkPrice:
         index_price=_decimal(data, "indexPrice") if "indexPrice" in data else None,
         funding_rate=_decimal(data, "lastFundingRate") if data.get("lastFundingRate") not in (None, "") else None,
         next_funding_time_ns=next_funding * _MS if isinstance(next_funding, int) and next_funding > 0 else None,
-        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else now_ns(),
+        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else received_ns,
     )
 
 
@@ -293,8 +295,8 @@ def price_from_ticker(data: Any) -> Decimal:
     return price
 
 
-def open_interest_from_rest(venue: str, symbol: str, data: Any) -> OpenInterest:
-    """REST `/fapi/v1/openInterest` answer → `OpenInterest`.
+def open_interest_from_rest(venue: str, symbol: str, data: Any, received_ns: int) -> OpenInterest:
+    """REST `/fapi/v1/openInterest` answer → `OpenInterest` (`received_ns`: event time when it carries none).
 
     Raises:
         BadFrame: the answer is malformed or negative (SPEC FM-D5: OI < 0 is rejected).
@@ -308,7 +310,7 @@ def open_interest_from_rest(venue: str, symbol: str, data: Any) -> OpenInterest:
         venue=venue,
         symbol=symbol,
         open_interest=value,
-        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else now_ns(),
+        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else received_ns,
     )
 
 
@@ -372,13 +374,23 @@ class BookSync:
     Args:
         venue: venue name used in the messages.
         symbol: upper-case symbol.
+        clock: wall clock (ns) for a snapshot without an event time.
+        nonce: random part of every sync session's correlation id (e.g. 8 hex chars of a UUID4), so
+            that sessions of different process runs never share a de-duplication id.
         market: which market's chaining rules apply (`BookRules`).
         max_buffer: events kept while waiting for a snapshot; the oldest go first, since a
             snapshot fetched later is newer than them anyway.
     """
 
     def __init__(
-        self, venue: str, symbol: str, *, market: MarketKind = MarketKind.USDM, max_buffer: int = 5000
+        self,
+        venue: str,
+        symbol: str,
+        *,
+        clock: Clock,
+        nonce: str,
+        market: MarketKind = MarketKind.USDM,
+        max_buffer: int = 5000,
     ) -> None:
         self.venue = venue
         self.symbol = symbol
@@ -389,7 +401,8 @@ class BookSync:
         self.gaps = 0
         self.snapshots = 0
         self.duplicates = 0
-        self._nonce = uuid.uuid4().hex[:8]
+        self._clock = clock
+        self._nonce = nonce
         self._sync_id = ""
         self._buffer: deque[DepthEvent] = deque(maxlen=max_buffer)
 
@@ -433,7 +446,7 @@ class BookSync:
                 last_update_id=snapshot.last_update_id,
                 bids=list(snapshot.bids),
                 asks=list(snapshot.asks),
-                ts_event_ns=snapshot.event_time_ms * _MS if snapshot.event_time_ms else now_ns(),
+                ts_event_ns=snapshot.event_time_ms * _MS if snapshot.event_time_ms else self._clock(),
             )
         ]
         pending = list(self._buffer)

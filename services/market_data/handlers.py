@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
@@ -27,6 +28,7 @@ from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.binance.stream import StreamClosed, StreamFrame
 from libs.breaker import BreakerOpen, BreakerState, BreakerTransition, CircuitBreaker
+from libs.clock import Clock, wall_clock
 from libs.latency import LatencyWindow
 from libs.logging import Logger
 from libs.ratelimit import BudgetState, RateBudget
@@ -154,7 +156,8 @@ class MarketDataService:
             order. None: each message is published and acknowledged one at a time.
         budget: the venue's request budget the REST client uses (its transitions are published here).
         breaker: the per-venue circuit breaker around REST calls (FM-N5); None: no breaker.
-        clock_ns: wall clock in integer ns.
+        clock: wall clock in integer ns.
+        new_id: a fresh random id (hex); each book sync session's nonce is cut from one.
         sleep: `asyncio.sleep` (injected in tests).
         market: the venue's market kind. Spot: the spot book procedure, `@trade` trades
             (backfilled from `historicalTrades`), the REST ticker price as the second source of
@@ -176,7 +179,8 @@ class MarketDataService:
         publish_many: PublishMany | None = None,
         budget: RateBudget | None = None,
         breaker: CircuitBreaker | None = None,
-        clock_ns: Callable[[], int] = time.time_ns,
+        clock: Clock = wall_clock,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         uniform: Callable[[float, float], float] | None = None,
         market: domain.MarketKind = domain.MarketKind.USDM,
@@ -202,10 +206,13 @@ class MarketDataService:
         self._request = request
         self.budget = budget
         self.breaker = breaker
-        self._clock_ns = clock_ns
+        self._clock_ns = clock
         self._sleep = sleep
         self._uniform = uniform
-        self.syncs = {symbol: domain.BookSync(venue, symbol, market=market) for symbol in self.symbols}
+        self.syncs = {
+            symbol: domain.BookSync(venue, symbol, clock=clock, nonce=new_id()[:8], market=market)
+            for symbol in self.symbols
+        }
         self.link_state: ConnectionState | None = None
         self.rest_link_state: ConnectionState | None = None
         self.bad_frames = 0
@@ -753,9 +760,9 @@ class MarketDataService:
         for symbol in self.symbols:
             try:
                 premium = await self._venue("premium_index", functools.partial(self._rest.premium_index, symbol))
-                mark = domain.mark_from_premium_index(self.venue, symbol, premium)
+                mark = domain.mark_from_premium_index(self.venue, symbol, premium, self._clock_ns())
                 oi_raw = await self._venue("open_interest", functools.partial(self._rest.open_interest, symbol))
-                oi = domain.open_interest_from_rest(self.venue, symbol, oi_raw)
+                oi = domain.open_interest_from_rest(self.venue, symbol, oi_raw, self._clock_ns())
             except VENUE_CALL_ERRORS as exc:
                 self.log.warning("post_reconnect_resync_failed", symbol=symbol, error=str(exc)[:300])
                 continue
@@ -1025,7 +1032,7 @@ class MarketDataService:
             ticker = await self._venue("ticker_price", lambda: self._rest.ticker_price(symbol))
             return domain.price_from_ticker(ticker)
         premium = await self._venue("premium_index", lambda: self._rest.premium_index(symbol))
-        return domain.mark_from_premium_index(self.venue, symbol, premium).mark_price
+        return domain.mark_from_premium_index(self.venue, symbol, premium, self._clock_ns()).mark_price
 
     async def _on_force_order(self, symbol: str, data: Any) -> None:
         await self._emit([domain.liquidation_from_force_order(self.venue, data)])
@@ -1116,7 +1123,7 @@ class MarketDataService:
         """One open-interest poll, through the FM-D5 rules."""
         try:
             raw = await self._venue("open_interest", lambda: self._rest.open_interest(symbol))
-            message = domain.open_interest_from_rest(self.venue, symbol, raw)
+            message = domain.open_interest_from_rest(self.venue, symbol, raw, self._clock_ns())
         except domain.BadFrame as exc:
             await self._flag(symbol, "oi", "rejected", str(exc))
             return

@@ -16,6 +16,7 @@ from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError
 from libs.binance.stream import StreamFrame, parse_frame
 from libs.breaker import CircuitBreaker
+from libs.clock import ManualClock
 from libs.logging import get_logger
 from proto.enums import ConnectionState
 from proto.messages import AlertRaised, BreakerStateChanged, LinkStateChanged, MarketDataFlagged, MarkPrice, Trade
@@ -151,12 +152,8 @@ def test_reconnect_findings_when_price_and_oi_moved_then_data_gap_and_missed_liq
 # --------------------------------------------------------------------------- service with fakes
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * S
-
-    def __call__(self) -> int:
-        return self.now
+def start_clock() -> ManualClock:
+    return ManualClock(1_700_000_000 * S)
 
 
 class FakeRest:
@@ -165,7 +162,7 @@ class FakeRest:
         self.depth_error: Exception | None = None
         self.agg_rows: list[dict] = []
         self.server_ms: int | None = None
-        self.clock: FakeClock | None = None
+        self.clock: ManualClock | None = None
         self.ping_down_until_ns = 0
         self.pings: list[int] = []
 
@@ -195,10 +192,12 @@ class FakeRest:
         return {}
 
 
-def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, FakeClock]:
+def make(
+    breaker: CircuitBreaker | None = None,
+) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, ManualClock]:
     published: list[tuple[str, Any]] = []
     requests: list[tuple[str, bytes]] = []
-    clock = FakeClock()
+    clock = start_clock()
     rest = FakeRest()
     rest.clock = clock
 
@@ -223,7 +222,7 @@ def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list
         log=get_logger("test"),
         request=request,
         breaker=breaker,
-        clock_ns=clock,
+        clock=clock,
     )
     service.requests = requests  # type: ignore[attr-defined]
     return service, published, rest, clock
@@ -333,7 +332,7 @@ async def test_degraded_link_when_its_causes_change_then_published_again_with_al
 
 
 async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fails_fast() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
     service, published, rest, _ = make(breaker)
     service._clock_ns = clock
@@ -411,7 +410,7 @@ class ScriptedVenue:
     """A venue whose WebSocket accepts connections only from `ws_up_at_s` (fake time) on; every
     connection attempt's time is recorded, and a successful one ends the run."""
 
-    def __init__(self, service: MarketDataService, clock: FakeClock, ws_up_at_s: float) -> None:
+    def __init__(self, service: MarketDataService, clock: ManualClock, ws_up_at_s: float) -> None:
         self.service = service
         self.clock = clock
         self.start = clock.now
@@ -458,7 +457,7 @@ class ScriptedVenue:
 
 
 async def test_reconnect_wait_when_venue_answers_ping_again_then_reconnects_at_once_not_at_next_attempt() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
     service, published, rest, _ = make(breaker)
     service._clock_ns = clock
@@ -487,7 +486,7 @@ async def test_reconnect_wait_when_rest_answers_but_ws_refuses_then_early_reconn
 
 
 async def test_reconnect_wait_when_venue_breaker_open_then_no_probe_is_sent() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
     for _ in range(5):
         breaker.record_failure("HTTP 503")
@@ -550,8 +549,8 @@ def test_handle_frame_when_random_or_garbled_frames_then_no_exception_escapes(it
 def test_rest_parsers_when_random_bodies_then_only_bad_frame_raised(body: Any, kind: str) -> None:
     parsers = {
         "snapshot": domain.parse_snapshot,
-        "oi": lambda b: domain.open_interest_from_rest(VENUE, "BTCUSDT", b),
-        "premium": lambda b: domain.mark_from_premium_index(VENUE, "BTCUSDT", b),
+        "oi": lambda b: domain.open_interest_from_rest(VENUE, "BTCUSDT", b, 1_700_000_000 * S),
+        "premium": lambda b: domain.mark_from_premium_index(VENUE, "BTCUSDT", b, 1_700_000_000 * S),
         "agg": lambda b: domain.trade_from_agg_trade(VENUE, b, "BTCUSDT"),
     }
     try:
