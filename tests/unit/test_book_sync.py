@@ -25,7 +25,8 @@ from libs.recordings import (
     split_by_symbol,
 )
 from proto.messages import BookResyncStarted, BookSnapshot, DepthDiff
-from services.market_data.domain import BookSync, DepthEvent, DepthSnapshotData, MarketKind, SyncState, replay
+from services.market_data.book_sync import BookSync, SyncState, replay
+from services.market_data.frames import DepthEvent, DepthSnapshotData, MarketKind
 from services.state_builder.domain import DiffResult, OrderBook
 
 VENUE = "binance-usdm"
@@ -376,7 +377,7 @@ def depth_frame(first: int, final: int, prev: int) -> object:
 
 async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_published_with_msg_ids() -> None:
     service, published, rest = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)  # the snapshot fetch runs as its own task
     await service.handle_frame(depth_frame(11, 12, 10))
@@ -395,7 +396,7 @@ async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_publi
 
 async def test_handle_frame_when_resynced_then_same_update_id_gets_a_new_dedup_id() -> None:
     service, published, _rest = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)
     await service.handle_resync_request(b'{"symbol": "BTCUSDT"}')
@@ -443,7 +444,7 @@ async def test_handle_frame_when_agg_trade_mark_and_force_order_then_normalized(
 
 async def test_handle_resync_request_when_synced_then_resync_announced_and_unknown_symbol_not_found() -> None:
     service, published, _ = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)
     reply = msgspec.json.decode(await service.handle_resync_request(b'{"symbol": "btcusdt"}'))
@@ -623,7 +624,7 @@ def test_on_event_when_spot_u_is_not_previous_u_plus_one_then_gap_and_duplicates
 
 
 def test_parse_depth_event_when_spot_payload_without_pu_then_implied_and_usdm_requires_pu() -> None:
-    from services.market_data.domain import BadFrame, parse_depth_event
+    from services.market_data.frames import BadFrame, parse_depth_event
 
     payload = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": 11, "u": 14, "b": [], "a": [["101", "1"]]}
     event = parse_depth_event(payload, SPOT)
@@ -739,7 +740,7 @@ def spot_frame(stream: str, data: dict) -> object:
 async def test_handle_frame_when_spot_depth_and_trades_then_spot_procedure_backfill_and_no_mark_or_oi() -> None:
     rest = FakeSpotRest({"lastUpdateId": 10, "bids": [["100.0", "1"]], "asks": [["101.0", "2"]]})
     service, published = make_spot_service(rest)
-    service._connected = True
+    service.links.connected = True
     depth = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "b": [["100.0", "3"]], "a": []}
     await service.handle_frame(spot_frame("btcusdt@depth@100ms", depth | {"U": 9, "u": 10}))  # u == L: dropped
     await asyncio.sleep(0.05)
