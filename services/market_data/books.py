@@ -16,6 +16,7 @@ import msgspec
 
 from libs.clock import Clock
 from proto.enums import ConnectionState
+from proto.envelope import Message
 from proto.messages import BookResyncStarted, DepthDiff
 from services.market_data.book_sync import BookSync
 from services.market_data.frames import DepthEvent, MarketKind, parse_snapshot
@@ -101,7 +102,7 @@ class Books:
             self.ensure_snapshot(symbol)
         return bool(started)
 
-    def _start_over(self, symbol: str, reason: str) -> list[Any]:
+    def _start_over(self, symbol: str, reason: str) -> list[Message]:
         sync = self.syncs[symbol]
         if sync.wants_snapshot:
             return []

@@ -29,11 +29,18 @@ from libs.ratelimit import RateBudget
 from libs.reconnect import Uniform
 from proto.enums import AlertSeverity
 from proto.messages import Trade
-from services.market_data import frames
 from services.market_data.alerts import Alerts, KvPut
 from services.market_data.books import Books
 from services.market_data.clock_offset import ClockOffsetCheck, Request
-from services.market_data.frames import BadFrame, MarketKind
+from services.market_data.frames import (
+    BadFrame,
+    MarketKind,
+    liquidation_from_force_order,
+    mark_from_update,
+    parse_depth_event,
+    trade_from_agg_trade,
+    trade_from_trade,
+)
 from services.market_data.link import DEGRADE_REASON_CORRUPTION, Links
 from services.market_data.publishing import Publish, Publisher, PublishMany
 from services.market_data.quality import CorruptionMonitor, TimestampGuard, TimestampVerdict
@@ -197,6 +204,7 @@ class MarketDataService:
             await self.monitor_tick()
 
     async def monitor_tick(self) -> None:
+        """One round of the timers (`monitor_forever`)."""
         if self.links.connected:
             await self.links.refresh("clean window passed")
         await self.rest.tick()
@@ -307,7 +315,7 @@ class MarketDataService:
                 return check.ts_ns
 
     async def _on_depth(self, symbol: str, data: Any) -> None:
-        event = frames.parse_depth_event(data, self.market)
+        event = parse_depth_event(data, self.market)
         if event.symbol and event.symbol != symbol:
             raise BadFrame(f"symbol {event.symbol} on the {symbol} stream")
         ts_ns = await self._check_time(symbol, "depth", event.event_time_ms)
@@ -319,11 +327,11 @@ class MarketDataService:
         await self.books.on_event(symbol, event)
 
     async def _on_agg_trade(self, symbol: str, data: Any) -> None:
-        await self._on_any_trade(symbol, data, "aggTrade", frames.trade_from_agg_trade(self.venue, data))
+        await self._on_any_trade(symbol, data, "aggTrade", trade_from_agg_trade(self.venue, data))
 
     async def _on_trade(self, symbol: str, data: Any) -> None:
         """Spot `@trade`: trade ids `t` are consecutive, with the same gap rules as aggregate ids."""
-        await self._on_any_trade(symbol, data, "trade", frames.trade_from_trade(self.venue, data))
+        await self._on_any_trade(symbol, data, "trade", trade_from_trade(self.venue, data))
 
     async def _on_any_trade(self, symbol: str, data: Any, channel: str, trade: Trade) -> None:
         """FM-D3 time check, then the trade series (FM-D2 id sequence, FM-D5 checks, publish)."""
@@ -340,7 +348,7 @@ class MarketDataService:
         await self.series.on_trade(symbol, channel, trade)
 
     async def _on_mark_price(self, symbol: str, data: Any) -> None:
-        mark = frames.mark_from_update(self.venue, data)
+        mark = mark_from_update(self.venue, data)
         if mark.symbol and mark.symbol != symbol:
             raise BadFrame(f"symbol {mark.symbol} on the {symbol} stream")
         ts_ns = await self._check_time(symbol, "markPrice", mark.ts_event_ns // _MS)
@@ -351,4 +359,4 @@ class MarketDataService:
         await self.series.on_mark(symbol, mark)
 
     async def _on_force_order(self, symbol: str, data: Any) -> None:
-        await self.series.on_liquidation(frames.liquidation_from_force_order(self.venue, data))
+        await self.series.on_liquidation(liquidation_from_force_order(self.venue, data))

@@ -143,6 +143,7 @@ class Series:
         await self._publish_price(symbol, "mark", mark.mark_price, mark)
 
     async def on_liquidation(self, liquidation: Liquidation) -> None:
+        """A liquidation: published as it is (no sanity rule applies)."""
         await self._publisher.emit([liquidation])
 
     # ------------------------------------------------------------------ FM-D5 prices
