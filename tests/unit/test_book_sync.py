@@ -384,7 +384,8 @@ async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_publi
     published[:] = [entry for entry in published if entry[0].startswith("md.")]
     subjects_and_ids = [(subject, msg_id) for subject, _, msg_id in published]
     sync_id = published[0][1].correlation_id
-    assert sync_id and all(message.correlation_id == sync_id for _, message, _ in published)
+    assert sync_id == "0000feed-1-10"  # the injected id's first 8 characters, the session, the snapshot
+    assert all(message.correlation_id == sync_id for _, message, _ in published)
     assert subjects_and_ids == [
         ("md.snapshot.binance-usdm.BTCUSDT", f"binance-usdm:BTCUSDT:snapshot:{sync_id}:10"),
         ("md.depth.binance-usdm.BTCUSDT", f"binance-usdm:BTCUSDT:depth:{sync_id}:10"),
@@ -610,6 +611,16 @@ def test_on_event_when_spot_first_event_starts_after_l_plus_one_then_gap() -> No
     out = sync.on_event(spot_ev(12, 13))
     assert isinstance(out[0], BookResyncStarted) and out[0].reason == "first event does not bridge the snapshot"
     assert sync.wants_snapshot
+
+
+def test_on_snapshot_when_no_event_time_then_injected_clock_stamps_it_and_nonce_names_the_session() -> None:
+    sync = book_sync(VENUE, "BTCUSDT")
+    first = sync.on_snapshot(snap(10))[0]
+    sync.force_resync("test")
+    second = sync.on_snapshot(snap(20))[0]
+    assert isinstance(first, BookSnapshot) and isinstance(second, BookSnapshot)
+    assert first.ts_event_ns == second.ts_event_ns == CLOCK.now
+    assert (first.correlation_id, second.correlation_id) == ("0000feed-1-10", "0000feed-2-20")
 
 
 def test_on_event_when_spot_u_is_not_previous_u_plus_one_then_gap_and_duplicates_dropped() -> None:

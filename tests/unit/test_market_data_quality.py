@@ -142,6 +142,14 @@ def test_trade_sequence_when_gaps_then_backfill_below_10_and_resync_from_10() ->
     assert seq.on_trade(122).action == quality.TradeAction.RESYNC  # 10 missing
 
 
+def test_rest_parsers_when_answer_has_no_time_then_receive_time_used() -> None:
+    received = 1_700_000_000 * S
+    mark = frames.mark_from_premium_index(VENUE, "BTCUSDT", {"markPrice": "100"}, received)
+    oi = frames.open_interest_from_rest(VENUE, "BTCUSDT", {"openInterest": "5"}, received)
+    timed = frames.open_interest_from_rest(VENUE, "BTCUSDT", {"openInterest": "5", "time": 7}, received)
+    assert (mark.ts_event_ns, oi.ts_event_ns, timed.ts_event_ns) == (received, received, 7_000_000)
+
+
 def test_reconnect_findings_when_price_and_oi_moved_then_data_gap_and_missed_liquidations() -> None:
     found = quality.reconnect_findings(Decimal(100), Decimal(106), Decimal(1000), Decimal(1300))
     assert [check for check, _ in found] == ["data_gap", "missed_liquidations"]
