@@ -8,7 +8,7 @@ from libs.binance.client import BinanceRestClient, CachingResolver, venue_name_f
 from libs.binance.stream import CombinedStream
 from libs.ratelimit import RateBudget
 from libs.settings import Settings
-from services.market_data.domain import MarketKind
+from services.market_data.frames import MarketKind
 
 MARKET_WS_LINK = "market-ws"
 MARKET_REST_LINK = "market-rest"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 
 from libs.breaker import CircuitBreaker
 from libs.bus import PublishManyError
+from libs.clock import monotonic_clock, wall_clock
 from libs.ratelimit import RateBudget, SharedBans
 from libs.runtime.service import ServiceContext, main, run_service
 from libs.settings import Settings
 from proto import subjects
 from proto.envelope import Message
 from services.market_data import adapters
-from services.market_data.domain import MarketKind
+from services.market_data.frames import MarketKind
 from services.market_data.handlers import MarketDataService
 
 COMPONENT = subjects.MARKET_DATA
@@ -24,12 +24,12 @@ async def setup(ctx: ServiceContext) -> None:
     settings = ctx.settings
     market = adapters.market_kind(settings)
     venue = adapters.venue_name(settings)
-    budget = RateBudget(venue, time.time_ns)
+    budget = RateBudget(venue, wall_clock)
     # A 418 (or a 429's Retry-After) any process receives holds every process back (FM-N2).
-    shared_bans = SharedBans(ctx.bus, budget, origin=f"{COMPONENT}:{os.getpid()}", clock_ns=time.time_ns, log=ctx.log)
+    shared_bans = SharedBans(ctx.bus, budget, origin=f"{COMPONENT}:{os.getpid()}", clock_ns=wall_clock, log=ctx.log)
     await shared_bans.start()
     ctx.cleanups.append(shared_bans.close)
-    breaker = CircuitBreaker(f"venue.{venue}", time.monotonic_ns, open_s=settings.md_breaker_open_s)
+    breaker = CircuitBreaker(f"venue.{venue}", monotonic_clock, open_s=settings.md_breaker_open_s)
     rest = adapters.rest_client(settings, budget)
     await rest.start()
     ctx.cleanups.append(rest.close)
@@ -59,6 +59,7 @@ async def setup(ctx: ServiceContext) -> None:
         publish_many=publish_many,
         budget=budget,
         breaker=breaker,
+        clock=wall_clock,
         market=market,
     )
     ctx.cleanups.append(service.close)

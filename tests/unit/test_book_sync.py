@@ -7,12 +7,14 @@ import functools
 import itertools
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from libs.clock import ManualClock
 from libs.recordings import (
     DepthSnapshot,
     DepthUpdate,
@@ -23,11 +25,18 @@ from libs.recordings import (
     split_by_symbol,
 )
 from proto.messages import BookResyncStarted, BookSnapshot, DepthDiff
-from services.market_data.domain import BookSync, DepthEvent, DepthSnapshotData, MarketKind, SyncState, replay
+from services.market_data.book_sync import BookSync, SyncState, replay
+from services.market_data.frames import DepthEvent, DepthSnapshotData, MarketKind
 from services.state_builder.domain import DiffResult, OrderBook
 
 VENUE = "binance-usdm"
 DEPTH_KINDS = {"DepthSnapshot", "DepthUpdate"}
+CLOCK = ManualClock(1_700_000_000 * 1_000_000_000)
+
+
+def book_sync(venue: str, symbol: str, **options: Any) -> BookSync:
+    """A book sync on a clock that stands still and a fixed session nonce."""
+    return BookSync(venue, symbol, clock=CLOCK, nonce="0000feed", **options)
 
 
 def to_event(record: DepthUpdate) -> DepthEvent:
@@ -104,7 +113,7 @@ def test_replay_when_real_recording_then_synced_without_gap_and_book_matches_ref
     records = list(load(data_dir / "binance" / name))
     symbol = records[0].symbol
     items = to_items(records)
-    sync = BookSync(VENUE, symbol)
+    sync = book_sync(VENUE, symbol)
 
     messages = replay(sync, items)
 
@@ -130,7 +139,7 @@ def test_replay_when_cryptofeed_futures_then_every_symbol_bridges_including_u_eq
     u_equals_l = 0
     for symbol, symbol_records in split_by_symbol(records).items():
         items = to_items(symbol_records)
-        sync = BookSync(VENUE, symbol)
+        sync = book_sync(VENUE, symbol)
         messages = replay(sync, items)
         assert sync.synced, symbol
         assert sync.gaps == 0, symbol
@@ -147,7 +156,7 @@ def test_replay_when_cryptofeed_futures_then_every_symbol_bridges_including_u_eq
 
 
 def test_on_snapshot_when_first_event_has_u_equal_to_last_update_id_then_it_is_applied() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_event(ev(5, 10, 4))
     out = sync.on_snapshot(snap(10))
     assert [type(m) for m in out] == [BookSnapshot, DepthDiff]
@@ -155,7 +164,7 @@ def test_on_snapshot_when_first_event_has_u_equal_to_last_update_id_then_it_is_a
 
 
 def test_on_snapshot_when_events_older_than_snapshot_then_dropped_and_bridge_applied() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     for event in (ev(1, 3, 0), ev(4, 6, 3), ev(7, 12, 6), ev(13, 15, 12)):
         sync.on_event(event)
     out = sync.on_snapshot(snap(8))
@@ -164,7 +173,7 @@ def test_on_snapshot_when_events_older_than_snapshot_then_dropped_and_bridge_app
 
 
 def test_on_snapshot_when_no_event_yet_then_waits_for_bridge() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     assert sync.wants_snapshot
     out = sync.on_snapshot(snap(8))
     assert [type(m) for m in out] == [BookSnapshot]
@@ -174,7 +183,7 @@ def test_on_snapshot_when_no_event_yet_then_waits_for_bridge() -> None:
 
 
 def test_on_event_when_first_event_after_snapshot_does_not_bridge_then_gap_and_new_snapshot_wanted() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(8))
     out = sync.on_event(ev(10, 12, 9))
     assert len(out) == 1 and isinstance(out[0], BookResyncStarted)
@@ -186,7 +195,7 @@ def test_on_event_when_first_event_after_snapshot_does_not_bridge_then_gap_and_n
 
 
 def test_on_event_when_pu_does_not_match_previous_u_then_gap_reported_with_both_ids() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_event(ev(5, 10, 4))
     sync.on_snapshot(snap(10))
     out = sync.on_event(ev(12, 14, 11))
@@ -196,7 +205,7 @@ def test_on_event_when_pu_does_not_match_previous_u_then_gap_reported_with_both_
 
 
 def test_on_event_when_duplicate_after_sync_then_dropped_without_gap() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(10))
     sync.on_event(ev(9, 11, 8))
     assert sync.on_event(ev(9, 11, 8)) == []
@@ -205,7 +214,7 @@ def test_on_event_when_duplicate_after_sync_then_dropped_without_gap() -> None:
 
 
 def test_on_snapshot_when_gap_while_draining_then_rest_stays_buffered_for_next_snapshot() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     for event in (ev(5, 10, 4), ev(11, 12, 10), ev(20, 22, 19), ev(23, 25, 22)):
         sync.on_event(event)
     out = sync.on_snapshot(snap(10))
@@ -217,14 +226,14 @@ def test_on_snapshot_when_gap_while_draining_then_rest_stays_buffered_for_next_s
 
 
 def test_on_snapshot_when_not_wanted_then_ignored() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(10))
     assert sync.on_snapshot(snap(20)) == []
     assert sync.last_update_id == 10
 
 
 def test_force_resync_when_synced_then_announced_and_buffer_restarts() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(10))
     sync.on_event(ev(9, 11, 8))
     out = sync.force_resync("reconnected")
@@ -233,7 +242,7 @@ def test_force_resync_when_synced_then_announced_and_buffer_restarts() -> None:
 
 
 def test_on_event_when_buffer_full_then_oldest_dropped() -> None:
-    sync = BookSync(VENUE, "BTCUSDT", max_buffer=3)
+    sync = book_sync(VENUE, "BTCUSDT", max_buffer=3)
     for i in range(10):
         sync.on_event(ev(i * 2 + 1, i * 2 + 2, i * 2))
     assert sync.buffered == 3
@@ -277,7 +286,7 @@ def test_replay_when_events_dropped_duplicated_or_reordered_then_exact_book_or_g
     window: list, mutations: list[tuple[str, int]]
 ) -> None:
     expected = reference(window, "BTCUSDT")
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     messages: list = []
     for item in mutate(window, mutations):
         out = sync.on_snapshot(item) if isinstance(item, DepthSnapshotData) else sync.on_event(item)
@@ -303,7 +312,7 @@ def test_replay_when_gap_then_resync_from_new_snapshot_recovers_exact_book(
     truth = reference(window[: snapshot_at + 1], "BTCUSDT")
     later_snapshot = DepthSnapshotData(truth.last_update_id, list(truth.bids.items()), list(truth.asks.items()))
 
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     messages = replay(sync, items)
     assert sync.wants_snapshot and sync.gaps == 1
     messages.extend(sync.on_snapshot(later_snapshot))
@@ -352,6 +361,8 @@ def make_service(snapshot: dict | None = None):
         rest=rest,
         open_stream=lambda url: None,  # type: ignore[arg-type,return-value]
         log=get_logger("test"),
+        clock=CLOCK,
+        new_id=lambda: "0000feed" * 4,
     )
     return service, published, rest
 
@@ -366,14 +377,15 @@ def depth_frame(first: int, final: int, prev: int) -> object:
 
 async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_published_with_msg_ids() -> None:
     service, published, rest = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)  # the snapshot fetch runs as its own task
     await service.handle_frame(depth_frame(11, 12, 10))
     published[:] = [entry for entry in published if entry[0].startswith("md.")]
     subjects_and_ids = [(subject, msg_id) for subject, _, msg_id in published]
     sync_id = published[0][1].correlation_id
-    assert sync_id and all(message.correlation_id == sync_id for _, message, _ in published)
+    assert sync_id == "0000feed-1-10"  # the injected id's first 8 characters, the session, the snapshot
+    assert all(message.correlation_id == sync_id for _, message, _ in published)
     assert subjects_and_ids == [
         ("md.snapshot.binance-usdm.BTCUSDT", f"binance-usdm:BTCUSDT:snapshot:{sync_id}:10"),
         ("md.depth.binance-usdm.BTCUSDT", f"binance-usdm:BTCUSDT:depth:{sync_id}:10"),
@@ -385,7 +397,7 @@ async def test_handle_frame_when_connected_then_snapshot_and_chained_diffs_publi
 
 async def test_handle_frame_when_resynced_then_same_update_id_gets_a_new_dedup_id() -> None:
     service, published, _rest = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)
     await service.handle_resync_request(b'{"symbol": "BTCUSDT"}')
@@ -433,7 +445,7 @@ async def test_handle_frame_when_agg_trade_mark_and_force_order_then_normalized(
 
 async def test_handle_resync_request_when_synced_then_resync_announced_and_unknown_symbol_not_found() -> None:
     service, published, _ = make_service()
-    service._connected = True
+    service.links.connected = True
     await service.handle_frame(depth_frame(5, 10, 4))
     await asyncio.sleep(0.05)
     reply = msgspec.json.decode(await service.handle_resync_request(b'{"symbol": "btcusdt"}'))
@@ -472,7 +484,7 @@ def test_replay_when_event_ending_at_snapshot_was_missed_then_next_event_with_pu
     received = events[ending_at_l + 1 :]
     assert received[0].first_update_id > snapshot.last_update_id == received[0].previous_final_update_id
 
-    sync = BookSync(VENUE, "CTKUSDT")
+    sync = book_sync(VENUE, "CTKUSDT")
     messages = replay(sync, [to_snapshot(snapshot), *(to_event(e) for e in received)])
 
     assert sync.gaps == 0 and sync.synced
@@ -500,7 +512,7 @@ def test_replay_when_event_ending_at_snapshot_was_missed_then_next_event_with_pu
 
 
 def test_on_event_when_usdm_first_event_neither_bridges_nor_chains_on_snapshot_then_gap() -> None:
-    sync = BookSync(VENUE, "BTCUSDT")
+    sync = book_sync(VENUE, "BTCUSDT")
     sync.on_snapshot(snap(10))
     out = sync.on_event(ev(12, 14, 11))  # U > L and pu != L: updates 11 are missing
     assert isinstance(out[0], BookResyncStarted) and out[0].reason == "first event does not bridge the snapshot"
@@ -545,7 +557,7 @@ def spot_items(data_dir: Path) -> list[DepthEvent | DepthSnapshotData]:
 def test_replay_when_both_spot_days_then_synced_without_gap_and_book_matches_raw_rebuild(
     data_dir: Path, spot_items: list
 ) -> None:
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
 
     messages = replay(sync, spot_items)
 
@@ -566,7 +578,7 @@ def test_replay_when_cryptofeed_spot_then_every_symbol_bridges_with_spot_rules(d
     grouped = split_by_symbol(records)
     assert sorted(grouped) == ["BLZETH", "LRCBTC", "NKNUSDT", "RUNEEUR"]
     for symbol, symbol_records in grouped.items():
-        sync = BookSync("binance-spot", symbol, market=SPOT)
+        sync = book_sync("binance-spot", symbol, market=SPOT)
         messages = replay(sync, to_items(symbol_records))
         assert sync.synced and sync.gaps == 0, symbol
         expected = rebuild_book(records, symbol)
@@ -575,7 +587,7 @@ def test_replay_when_cryptofeed_spot_then_every_symbol_bridges_with_spot_rules(d
 
 
 def test_on_snapshot_when_spot_event_ends_at_l_then_dropped_and_next_bridges_at_l_plus_one() -> None:
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
     sync.on_event(spot_ev(5, 10, bids=[(Decimal(100), Decimal(9))]))  # u == L: already in the snapshot
     sync.on_event(spot_ev(11, 12))
     out = sync.on_snapshot(snap(10))
@@ -586,7 +598,7 @@ def test_on_snapshot_when_spot_event_ends_at_l_then_dropped_and_next_bridges_at_
 
 
 def test_on_snapshot_when_spot_event_straddles_l_plus_one_then_applied() -> None:
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
     sync.on_event(spot_ev(8, 13))
     out = sync.on_snapshot(snap(10))
     assert [m.final_update_id for m in out if isinstance(m, DepthDiff)] == [13]
@@ -594,15 +606,25 @@ def test_on_snapshot_when_spot_event_straddles_l_plus_one_then_applied() -> None
 
 
 def test_on_event_when_spot_first_event_starts_after_l_plus_one_then_gap() -> None:
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
     sync.on_snapshot(snap(10))
     out = sync.on_event(spot_ev(12, 13))
     assert isinstance(out[0], BookResyncStarted) and out[0].reason == "first event does not bridge the snapshot"
     assert sync.wants_snapshot
 
 
+def test_on_snapshot_when_no_event_time_then_injected_clock_stamps_it_and_nonce_names_the_session() -> None:
+    sync = book_sync(VENUE, "BTCUSDT")
+    first = sync.on_snapshot(snap(10))[0]
+    sync.force_resync("test")
+    second = sync.on_snapshot(snap(20))[0]
+    assert isinstance(first, BookSnapshot) and isinstance(second, BookSnapshot)
+    assert first.ts_event_ns == second.ts_event_ns == CLOCK.now
+    assert (first.correlation_id, second.correlation_id) == ("0000feed-1-10", "0000feed-2-20")
+
+
 def test_on_event_when_spot_u_is_not_previous_u_plus_one_then_gap_and_duplicates_dropped() -> None:
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
     sync.on_snapshot(snap(10))
     sync.on_event(spot_ev(11, 12))
     assert sync.on_event(spot_ev(11, 12)) == [] and sync.duplicates == 1
@@ -613,7 +635,7 @@ def test_on_event_when_spot_u_is_not_previous_u_plus_one_then_gap_and_duplicates
 
 
 def test_parse_depth_event_when_spot_payload_without_pu_then_implied_and_usdm_requires_pu() -> None:
-    from services.market_data.domain import BadFrame, parse_depth_event
+    from services.market_data.frames import BadFrame, parse_depth_event
 
     payload = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": 11, "u": 14, "b": [], "a": [["101", "1"]]}
     event = parse_depth_event(payload, SPOT)
@@ -636,7 +658,7 @@ def test_replay_when_spot_events_dropped_duplicated_or_reordered_then_exact_book
 ) -> None:
     expected = spot_reference(spot_window)
     mutated = mutate(spot_window, mutations)
-    sync = BookSync("binance-spot", "BTCUSDT", market=SPOT)
+    sync = book_sync("binance-spot", "BTCUSDT", market=SPOT)
     messages: list = []
     breaking: DepthEvent | None = None
     for item in mutated:
@@ -692,6 +714,8 @@ def make_spot_service(rest: object):
         rest=rest,  # type: ignore[arg-type]
         open_stream=lambda url: None,  # type: ignore[arg-type,return-value]
         log=get_logger("test"),
+        clock=CLOCK,
+        new_id=lambda: "0000feed" * 4,
         market=SPOT,
     )
     return service, published
@@ -727,7 +751,7 @@ def spot_frame(stream: str, data: dict) -> object:
 async def test_handle_frame_when_spot_depth_and_trades_then_spot_procedure_backfill_and_no_mark_or_oi() -> None:
     rest = FakeSpotRest({"lastUpdateId": 10, "bids": [["100.0", "1"]], "asks": [["101.0", "2"]]})
     service, published = make_spot_service(rest)
-    service._connected = True
+    service.links.connected = True
     depth = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "b": [["100.0", "3"]], "a": []}
     await service.handle_frame(spot_frame("btcusdt@depth@100ms", depth | {"U": 9, "u": 10}))  # u == L: dropped
     await asyncio.sleep(0.05)

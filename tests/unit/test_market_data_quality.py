@@ -16,10 +16,11 @@ from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError
 from libs.binance.stream import StreamFrame, parse_frame
 from libs.breaker import CircuitBreaker
+from libs.clock import ManualClock
 from libs.logging import get_logger
 from proto.enums import ConnectionState
 from proto.messages import AlertRaised, BreakerStateChanged, LinkStateChanged, MarketDataFlagged, MarkPrice, Trade
-from services.market_data import domain
+from services.market_data import clock_offset, frames, link, quality, return_probe
 from services.market_data.handlers import STREAM_LATENCY_SAMPLES, MarketDataService
 
 S = 1_000_000_000
@@ -30,7 +31,7 @@ VENUE = "binance-usdm"
 
 
 def test_market_link_state_when_conditions_combine_then_precedence_holds() -> None:
-    state = domain.market_link_state
+    state = link.market_link_state
     assert state(connected=False, failed_attempts=4, clean=False, degraded_reasons=()) == ConnectionState.DISCONNECTED
     assert state(connected=False, failed_attempts=5, clean=False, degraded_reasons=()) == ConnectionState.DEGRADED
     assert state(connected=True, failed_attempts=0, clean=False, degraded_reasons=()) == ConnectionState.SUSPECT
@@ -39,7 +40,7 @@ def test_market_link_state_when_conditions_combine_then_precedence_holds() -> No
 
 
 def test_clean_window_when_3s_and_3_fresh_updates_per_symbol_then_clean() -> None:
-    window = domain.CleanWindow(("A", "B"))
+    window = link.CleanWindow(("A", "B"))
     window.start(0)
     for i in range(3):
         window.on_update("A", i * S // 2)
@@ -69,7 +70,7 @@ def test_endpoint_rotation_when_every_endpoint_fails_then_reported_and_last_good
 
 
 def test_corruption_monitor_when_rate_above_5_percent_then_degraded_and_recovers_below_half() -> None:
-    monitor = domain.CorruptionMonitor(window_s=10, min_frames=40)
+    monitor = quality.CorruptionMonitor(window_s=10, min_frames=40)
     results = [monitor.record(i * S // 100, bad=(i % 10 == 0)) for i in range(100)]  # 10 % bad
     assert True in results and monitor.degraded
     later = [monitor.record(20 * S + i * S // 100, bad=False) for i in range(100)]
@@ -77,86 +78,90 @@ def test_corruption_monitor_when_rate_above_5_percent_then_degraded_and_recovers
 
 
 def test_corruption_monitor_when_single_bad_frame_then_not_degraded() -> None:
-    monitor = domain.CorruptionMonitor()
+    monitor = quality.CorruptionMonitor()
     assert all(monitor.record(i * S // 50, bad=(i == 5)) is None for i in range(200))
 
 
 def test_timestamp_guard_when_future_or_backward_then_rejected_or_receive_time() -> None:
-    guard = domain.TimestampGuard()
+    guard = quality.TimestampGuard()
     now = 1_000_000 * S
     ok = guard.check("X@depth", now // 1_000_000, now)
-    assert ok.verdict == domain.TimestampVerdict.OK
+    assert ok.verdict == quality.TimestampVerdict.OK
     future = guard.check("X@depth", now // 1_000_000 + 5_001, now)
-    assert future.verdict == domain.TimestampVerdict.FUTURE and not future.repeated
+    assert future.verdict == quality.TimestampVerdict.FUTURE and not future.repeated
     assert guard.check("X@depth", now // 1_000_000 + 9_000, now).repeated is False
     assert guard.check("X@depth", now // 1_000_000 + 9_000, now).repeated is True
     back = guard.check("X@depth", now // 1_000_000 - 1000, now + S)
-    assert back.verdict == domain.TimestampVerdict.BACKWARD and back.ts_ns == now + S
-    assert guard.check("X@depth", now // 1_000_000 + 4_000, now).verdict == domain.TimestampVerdict.OK
+    assert back.verdict == quality.TimestampVerdict.BACKWARD and back.ts_ns == now + S
+    assert guard.check("X@depth", now // 1_000_000 + 4_000, now).verdict == quality.TimestampVerdict.OK
 
 
 def test_clock_offset_when_above_1s_then_alert_above_5s_then_halt() -> None:
-    monitor = domain.ClockOffsetMonitor()
+    monitor = clock_offset.ClockOffsetMonitor()
     base = 1_700_000_000_000
     assert monitor.on_sample(base * 1_000_000, base * 1_000_000 + 20_000_000, base + 10) is None
-    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base + 1_500) == domain.ClockLevel.ALERT
-    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base - 6_000) == domain.ClockLevel.HALT
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base + 1_500) == clock_offset.ClockLevel.ALERT
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base - 6_000) == clock_offset.ClockLevel.HALT
     assert monitor.offset_ms == -6_000
-    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base) == domain.ClockLevel.OK
+    assert monitor.on_sample(base * 1_000_000, base * 1_000_000, base) == clock_offset.ClockLevel.OK
 
 
 def test_price_sanity_when_jump_floor_or_zscore_then_warning_rejected_or_flag() -> None:
-    checks = domain.PriceSanity(min_samples=10)
+    checks = quality.PriceSanity(min_samples=10)
     for i in range(40):
         price = Decimal(100) + Decimal(i % 3) / 10
         assert checks.check(price) == []
         checks.accept(price)
     assert [f.check for f in checks.check(Decimal(125))] == ["price_jump"]
-    assert checks.check(Decimal(125))[0].verdict == domain.Verdict.WARNING
-    assert checks.check(Decimal(49))[0].verdict == domain.Verdict.REJECTED
+    assert checks.check(Decimal(125))[0].verdict == quality.Verdict.WARNING
+    assert checks.check(Decimal(49))[0].verdict == quality.Verdict.REJECTED
     z = checks.check(Decimal("103"))
-    assert [f.verdict for f in z] == [domain.Verdict.FLAG]
+    assert [f.verdict for f in z] == [quality.Verdict.FLAG]
     checks.rebase(Decimal(125))
     assert checks.check(Decimal(126)) == []
 
 
 def test_volume_and_oi_sanity_when_outsized_then_warnings_and_negative_oi_rejected() -> None:
-    volume = domain.VolumeSanity(min_samples=5)
+    volume = quality.VolumeSanity(min_samples=5)
     for _ in range(5):
         assert volume.check(Decimal(1)) == []
     assert volume.check(Decimal(11))[0].check == "volume"
-    oi = domain.OpenInterestSanity()
+    oi = quality.OpenInterestSanity()
     assert oi.check(Decimal(100)) == []
     assert oi.check(Decimal(151))[0].check == "oi_change"
-    assert oi.check(Decimal(-1))[0].verdict == domain.Verdict.REJECTED
+    assert oi.check(Decimal(-1))[0].verdict == quality.Verdict.REJECTED
 
 
 def test_trade_sequence_when_gaps_then_backfill_below_10_and_resync_from_10() -> None:
-    seq = domain.TradeSequence()
-    assert seq.on_trade(100).action == domain.TradeAction.APPLY
-    assert seq.on_trade(101).action == domain.TradeAction.APPLY
-    assert seq.on_trade(101).action == domain.TradeAction.DUPLICATE
+    seq = quality.TradeSequence()
+    assert seq.on_trade(100).action == quality.TradeAction.APPLY
+    assert seq.on_trade(101).action == quality.TradeAction.APPLY
+    assert seq.on_trade(101).action == quality.TradeAction.DUPLICATE
     small = seq.on_trade(111)  # 9 missing
-    assert (small.action, small.missing_from, small.missing_to) == (domain.TradeAction.BACKFILL, 102, 110)
-    assert seq.on_trade(122).action == domain.TradeAction.RESYNC  # 10 missing
+    assert (small.action, small.missing_from, small.missing_to) == (quality.TradeAction.BACKFILL, 102, 110)
+    assert seq.on_trade(122).action == quality.TradeAction.RESYNC  # 10 missing
+
+
+def test_rest_parsers_when_answer_has_no_time_then_receive_time_used() -> None:
+    received = 1_700_000_000 * S
+    mark = frames.mark_from_premium_index(VENUE, "BTCUSDT", {"markPrice": "100"}, received)
+    oi = frames.open_interest_from_rest(VENUE, "BTCUSDT", {"openInterest": "5"}, received)
+    timed = frames.open_interest_from_rest(VENUE, "BTCUSDT", {"openInterest": "5", "time": 7}, received)
+    assert (mark.ts_event_ns, oi.ts_event_ns, timed.ts_event_ns) == (received, received, 7_000_000)
 
 
 def test_reconnect_findings_when_price_and_oi_moved_then_data_gap_and_missed_liquidations() -> None:
-    found = domain.reconnect_findings(Decimal(100), Decimal(106), Decimal(1000), Decimal(1300))
+    found = quality.reconnect_findings(Decimal(100), Decimal(106), Decimal(1000), Decimal(1300))
     assert [check for check, _ in found] == ["data_gap", "missed_liquidations"]
-    assert domain.reconnect_findings(Decimal(100), Decimal(104), Decimal(1000), Decimal(1100)) == []
-    assert domain.reconnect_findings(None, Decimal(1), None, Decimal(1)) == []
+    assert quality.reconnect_findings(Decimal(100), Decimal(104), Decimal(1000), Decimal(1100)) == []
+    assert quality.reconnect_findings(None, Decimal(1), None, Decimal(1)) == []
 
 
 # --------------------------------------------------------------------------- service with fakes
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * S
-
-    def __call__(self) -> int:
-        return self.now
+def start_clock() -> ManualClock:
+    return ManualClock(1_700_000_000 * S)
 
 
 class FakeRest:
@@ -165,7 +170,7 @@ class FakeRest:
         self.depth_error: Exception | None = None
         self.agg_rows: list[dict] = []
         self.server_ms: int | None = None
-        self.clock: FakeClock | None = None
+        self.clock: ManualClock | None = None
         self.ping_down_until_ns = 0
         self.pings: list[int] = []
 
@@ -195,10 +200,12 @@ class FakeRest:
         return {}
 
 
-def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, FakeClock]:
+def make(
+    breaker: CircuitBreaker | None = None, clock: ManualClock | None = None
+) -> tuple[MarketDataService, list[tuple[str, Any]], FakeRest, ManualClock]:
     published: list[tuple[str, Any]] = []
     requests: list[tuple[str, bytes]] = []
-    clock = FakeClock()
+    clock = start_clock() if clock is None else clock
     rest = FakeRest()
     rest.clock = clock
 
@@ -223,7 +230,8 @@ def make(breaker: CircuitBreaker | None = None) -> tuple[MarketDataService, list
         log=get_logger("test"),
         request=request,
         breaker=breaker,
-        clock_ns=clock,
+        clock=clock,
+        new_id=lambda: "0000feed" * 4,
     )
     service.requests = requests  # type: ignore[attr-defined]
     return service, published, rest, clock
@@ -244,14 +252,14 @@ def of(published: list[tuple[str, Any]], kind: type) -> list[Any]:
 
 async def test_handle_frame_when_corruption_above_5_percent_then_link_degraded_and_alert() -> None:
     service, published, _, clock = make()
-    service._connected = True
+    service.links.connected = True
     for i in range(60):
         clock.now += S // 50
         if i % 5 == 0:
             await service.handle_frame(parse_frame('{"stream": "btcusdt@aggTrade", "data": {"a": "x"'))
         else:
             await service.handle_frame(agg(1000 + i, "100", clock.now // 1_000_000))
-    assert service.link_state == ConnectionState.DEGRADED
+    assert service.links.link_state == ConnectionState.DEGRADED
     assert any(alert.key.startswith("md.corruption") for alert in of(published, AlertRaised))
     links = of(published, LinkStateChanged)
     assert links[-1].current == ConnectionState.DEGRADED and "corrupt" in links[-1].reason
@@ -300,26 +308,26 @@ async def test_handle_frame_when_small_trade_gap_then_backfilled_over_rest() -> 
 
 async def test_check_clock_when_offset_above_5s_then_halt_requested_and_link_degraded() -> None:
     service, published, rest, clock = make()
-    service._connected = True
+    service.links.connected = True
     rest.server_ms = clock.now // 1_000_000 + 6_000
     await service.check_clock()
-    assert service.link_state == ConnectionState.DEGRADED
+    assert service.links.link_state == ConnectionState.DEGRADED
     assert [subject for subject, _ in service.requests] == ["svc.risk.halt"]  # type: ignore[attr-defined]
     assert {a.severity.value for a in of(published, AlertRaised)} >= {"P0", "P2"}
     rest.server_ms = clock.now // 1_000_000
     await service.check_clock()
-    assert service.link_state != ConnectionState.DEGRADED
+    assert service.links.link_state != ConnectionState.DEGRADED
 
 
 async def test_degraded_link_when_its_causes_change_then_published_again_with_all_causes() -> None:
     """The watchdog weighs a DEGRADED stream link by its causes (the clock alone: REDUCED; with
     corruption: EMERGENCY), so a cause added or removed while it stays DEGRADED is published."""
     service, published, rest, clock = make()
-    service._connected = True
+    service.links.connected = True
     rest.server_ms = clock.now // 1_000_000 + 6_000
     await service.check_clock()
-    await service._degrade(domain.DEGRADE_REASON_CORRUPTION, "6.0 %")
-    await service._degrade(domain.DEGRADE_REASON_CORRUPTION, "7.0 %")  # same causes: nothing new
+    await service.links.degrade(link.DEGRADE_REASON_CORRUPTION, "6.0 %")
+    await service.links.degrade(link.DEGRADE_REASON_CORRUPTION, "7.0 %")  # same causes: nothing new
     rest.server_ms = clock.now // 1_000_000
     await service.check_clock()
     links = [(e.previous, e.current, e.reason) for e in of(published, LinkStateChanged) if e.link == "market-ws"]
@@ -333,10 +341,9 @@ async def test_degraded_link_when_its_causes_change_then_published_again_with_al
 
 
 async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fails_fast() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
-    service, published, rest, _ = make(breaker)
-    service._clock_ns = clock
+    service, published, rest, _ = make(breaker, clock)
     rest.depth_error = VenueError(503, -1001, "down")
     calls = 0
 
@@ -351,25 +358,25 @@ async def test_fetch_snapshot_when_venue_5xx_repeats_then_breaker_opens_and_fail
     async def fake_sleep(seconds: float) -> None:
         sleeps.append(seconds)
         if breaker.state.value == "OPEN" and len(sleeps) > 6:
-            service._closed = True
+            service.runtime.closed = True
         clock.now += int(min(seconds, 10) * S)  # less than the 30 s cool-down: still open
 
-    service._sleep = fake_sleep
-    service._connected = True
-    await service._fetch_snapshot("BTCUSDT")
+    service.runtime.sleep = fake_sleep
+    service.links.connected = True
+    await service.books.fetch_snapshot("BTCUSDT")
     assert calls == 5  # then the breaker answers without calling the venue
     assert sleeps[-1] > 5  # the fetch waits for the breaker's cool-down
     events = of(published, BreakerStateChanged)
     assert events and events[0].current == "OPEN" and events[0].breaker == "venue.binance-usdm"
-    assert service.rest_link_state == ConnectionState.DISCONNECTED
+    assert service.links.rest_link_state == ConnectionState.DISCONNECTED
 
 
 async def test_resync_market_state_when_price_moved_after_reconnect_then_data_gap_alert() -> None:
     service, published, rest, _ = make()
-    service.last_mark["BTCUSDT"] = Decimal(100)
-    service.last_oi["BTCUSDT"] = Decimal(500)
+    service.series.last_mark["BTCUSDT"] = Decimal(100)
+    service.series.last_oi["BTCUSDT"] = Decimal(500)
     rest.mark = "110"
-    await service._resync_market_state()
+    await service.series.resync_market_state()
     keys = {alert.key for alert in of(published, AlertRaised)}
     assert keys == {"md.data_gap.BTCUSDT", "md.missed_liquidations.BTCUSDT"}
     assert of(published, MarkPrice)[0].mark_price == Decimal(110)
@@ -377,7 +384,7 @@ async def test_resync_market_state_when_price_moved_after_reconnect_then_data_ga
 
 async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_alternate_tried() -> None:
     service, published, _, _ = make()
-    service.ws_endpoints = EndpointRotation(["ws://a", "ws://b"])
+    service.stream.ws_endpoints = EndpointRotation(["ws://a", "ws://b"])
     tried: list[str] = []
 
     class DeadStream:
@@ -389,7 +396,7 @@ async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_a
 
             tried.append(self.url)
             if len(tried) >= 6:
-                service._closed = True
+                service.runtime.closed = True
             raise StreamClosed("connect failed: refused")
 
         async def close(self) -> None:
@@ -398,11 +405,11 @@ async def test_run_stream_when_connects_keep_failing_then_degraded_after_5_and_a
     async def no_sleep(seconds: float) -> None:
         return None
 
-    service._open_stream = DeadStream  # type: ignore[assignment]
-    service._sleep = no_sleep
+    service.stream.open_stream = DeadStream  # type: ignore[assignment]
+    service.runtime.sleep = no_sleep
     await service.run_stream_forever()
     assert tried[:3] == ["ws://a", "ws://b", "ws://a"]
-    assert service.link_state == ConnectionState.DEGRADED
+    assert service.links.link_state == ConnectionState.DEGRADED
     keys = {alert.key for alert in of(published, AlertRaised)}
     assert {"md.reconnect_failing.binance-usdm", "md.ws_endpoints_failed.binance-usdm"} <= keys
 
@@ -411,7 +418,7 @@ class ScriptedVenue:
     """A venue whose WebSocket accepts connections only from `ws_up_at_s` (fake time) on; every
     connection attempt's time is recorded, and a successful one ends the run."""
 
-    def __init__(self, service: MarketDataService, clock: FakeClock, ws_up_at_s: float) -> None:
+    def __init__(self, service: MarketDataService, clock: ManualClock, ws_up_at_s: float) -> None:
         self.service = service
         self.clock = clock
         self.start = clock.now
@@ -428,7 +435,7 @@ class ScriptedVenue:
                 venue.attempts.append((venue.clock.now - venue.start) / S)
                 if venue.clock.now < venue.ws_up_at_ns:
                     raise StreamClosed("connect failed: HTTP 503")
-                venue.service._closed = True  # connected: the run ends here
+                venue.service.runtime.closed = True  # connected: the run ends here
 
             async def close(self) -> None:
                 return None
@@ -445,12 +452,12 @@ class ScriptedVenue:
         async def fake_sleep(seconds: float) -> None:
             self.clock.now += int(seconds * S)
             if self.clock.now - self.start > horizon_s * S:
-                self.service._closed = True
+                self.service.runtime.closed = True
             await asyncio.sleep(0)
 
-        self.service._open_stream = self.stream  # type: ignore[assignment]
-        self.service._sleep = fake_sleep
-        self.service._uniform = lambda a, b: 0.0
+        self.service.stream.open_stream = self.stream  # type: ignore[assignment]
+        self.service.runtime.sleep = fake_sleep
+        self.service.stream.uniform = lambda a, b: 0.0
         try:
             await self.service.run_stream_forever()
         finally:
@@ -458,18 +465,16 @@ class ScriptedVenue:
 
 
 async def test_reconnect_wait_when_venue_answers_ping_again_then_reconnects_at_once_not_at_next_attempt() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
-    service, published, rest, _ = make(breaker)
-    service._clock_ns = clock
-    rest.clock = clock
+    service, published, rest, _ = make(breaker, clock)
     rest.ping_down_until_ns = clock.now + int(3.5 * S)  # REST and WebSocket back at 3.5 s
     venue = ScriptedVenue(service, clock, ws_up_at_s=3.5)
     await venue.run()
     # The schedule alone: attempts at 0, 1, 3, then 7 s. The ping answers from 3.5 s on.
     assert venue.attempts[:3] == [0.0, 1.0, 3.0]
-    assert 3.5 <= venue.attempts[-1] <= 3.5 + domain.RETURN_PROBE_INTERVAL_S + 1e-6, venue.attempts
-    assert service.early_reconnects == 1
+    assert 3.5 <= venue.attempts[-1] <= 3.5 + return_probe.RETURN_PROBE_INTERVAL_S + 1e-6, venue.attempts
+    assert service.stream.early_reconnects == 1
     # Failed probes during the outage do not trip the venue breaker by their own rate.
     assert len(rest.pings) >= 8 and breaker.state.value == "CLOSED"
     assert not of(published, BreakerStateChanged)
@@ -481,19 +486,17 @@ async def test_reconnect_wait_when_rest_answers_but_ws_refuses_then_early_reconn
     await venue.run(horizon_s=60)
     # Two waits cut short, then the SPEC schedule alone (4, 8, 32 s): no hammering.
     assert venue.attempts == pytest.approx([0.0, 0.3, 0.6, 4.6, 12.6, 44.6])
-    assert service.early_reconnects == domain.MAX_EARLY_RECONNECTS
-    assert len(rest.pings) == domain.MAX_EARLY_RECONNECTS
-    assert service.link_state == ConnectionState.DEGRADED  # 5 failed attempts still degrade
+    assert service.stream.early_reconnects == return_probe.MAX_EARLY_RECONNECTS
+    assert len(rest.pings) == return_probe.MAX_EARLY_RECONNECTS
+    assert service.links.link_state == ConnectionState.DEGRADED  # 5 failed attempts still degrade
 
 
 async def test_reconnect_wait_when_venue_breaker_open_then_no_probe_is_sent() -> None:
-    clock = FakeClock()
+    clock = start_clock()
     breaker = CircuitBreaker("venue.binance-usdm", clock)
     for _ in range(5):
         breaker.record_failure("HTTP 503")
-    service, _, rest, _ = make(breaker)
-    service._clock_ns = clock
-    rest.clock = clock
+    service, _, rest, _ = make(breaker, clock)
     venue = ScriptedVenue(service, clock, ws_up_at_s=10_000)
     await venue.run(horizon_s=20)
     assert rest.pings == []  # open for 30 s: fail fast, nothing sent
@@ -501,7 +504,7 @@ async def test_reconnect_wait_when_venue_breaker_open_then_no_probe_is_sent() ->
 
 
 def test_return_probe_when_wait_short_or_early_reconnects_used_then_no_probe() -> None:
-    probe = domain.ReturnProbe(interval_s=0.3, max_early=2)
+    probe = return_probe.ReturnProbe(interval_s=0.3, max_early=2)
     assert probe.next_probe_in(0.2) is None  # the attempt comes first
     assert probe.next_probe_in(1.0) == 0.3
     probe.on_answer()
@@ -530,7 +533,7 @@ streams = st.sampled_from(
 def test_handle_frame_when_random_or_garbled_frames_then_no_exception_escapes(items: list) -> None:
     async def run() -> None:
         service, _, _, _ = make()
-        service._connected = False  # no snapshot tasks
+        service.links.connected = False  # no snapshot tasks
         for item in items:
             if isinstance(item, tuple):
                 text = msgspec.json.encode({"stream": item[0], "data": item[1]}).decode()
@@ -549,14 +552,14 @@ def test_handle_frame_when_random_or_garbled_frames_then_no_exception_escapes(it
 @given(json_values, st.sampled_from(["snapshot", "oi", "premium", "agg"]))
 def test_rest_parsers_when_random_bodies_then_only_bad_frame_raised(body: Any, kind: str) -> None:
     parsers = {
-        "snapshot": domain.parse_snapshot,
-        "oi": lambda b: domain.open_interest_from_rest(VENUE, "BTCUSDT", b),
-        "premium": lambda b: domain.mark_from_premium_index(VENUE, "BTCUSDT", b),
-        "agg": lambda b: domain.trade_from_agg_trade(VENUE, b, "BTCUSDT"),
+        "snapshot": frames.parse_snapshot,
+        "oi": lambda b: frames.open_interest_from_rest(VENUE, "BTCUSDT", b, 1_700_000_000 * S),
+        "premium": lambda b: frames.mark_from_premium_index(VENUE, "BTCUSDT", b, 1_700_000_000 * S),
+        "agg": lambda b: frames.trade_from_agg_trade(VENUE, b, "BTCUSDT"),
     }
     try:
         parsers[kind](body)
-    except domain.BadFrame:
+    except frames.BadFrame:
         pass
 
 

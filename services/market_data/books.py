@@ -1,0 +1,210 @@
+"""The order books of market-data: one `BookSync` per symbol fed with depth events, REST snapshots
+fetched whenever a book needs one (retried for as long as it does), and every resync (gap,
+reconnect, trade gap, operator or peer request, lost publish) announced on the bus.
+
+One lock serialises everything that touches a symbol's book sync state and the publishes that
+follow from it, so the bus sees snapshots and diffs in exactly the applied order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from libs.clock import Clock
+from proto.enums import ConnectionState
+from proto.envelope import Message
+from proto.messages import BookResyncStarted, DepthDiff
+from services.market_data.book_sync import BookSync
+from services.market_data.frames import DepthEvent, MarketKind, parse_snapshot
+from services.market_data.link import Links
+from services.market_data.publishing import Publisher
+from services.market_data.rest import VENUE_CALL_ERRORS, VenueRest, snapshot_retry_delay_s
+from services.market_data.runtime import Runtime
+
+SNAPSHOT_LIMIT = 1000
+
+
+class Books:
+    """Every symbol's book: events in, snapshots fetched, diffs and resyncs out.
+
+    Args:
+        runtime: the service's shared context.
+        venue: venue name on the messages.
+        symbols: upper-case symbols.
+        market: whose book procedure applies.
+        clock: wall clock for the book syncs.
+        new_id: a fresh random id (hex); each book sync session's nonce is cut from one.
+        publisher: where the book messages go.
+        links: connection state (snapshots are fetched only while connected) and the clean window.
+        rest: the venue REST API (snapshots).
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        venue: str,
+        symbols: tuple[str, ...],
+        market: MarketKind,
+        clock: Clock,
+        new_id: Callable[[], str],
+        publisher: Publisher,
+        links: Links,
+        rest: VenueRest,
+    ) -> None:
+        self._runtime = runtime
+        self._venue = venue
+        self._publisher = publisher
+        self._links = links
+        self._rest = rest
+        self.syncs = {
+            symbol: BookSync(venue, symbol, clock=clock, nonce=new_id()[:8], market=market) for symbol in symbols
+        }
+        self.lock = asyncio.Lock()
+        self.fetching: dict[str, asyncio.Task[None]] = {}
+
+    async def on_event(self, symbol: str, event: DepthEvent) -> None:
+        """Apply one (time-checked) depth event; publish what follows and fetch a snapshot when needed."""
+        runtime = self._runtime
+        clean_window = self._links.clean_window
+        async with self.lock:
+            sync = self.syncs[symbol]
+            messages = sync.on_event(event)
+            now = runtime.clock()
+            for message in messages:
+                if isinstance(message, DepthDiff):
+                    clean_window.on_update(symbol, now)
+                elif isinstance(message, BookResyncStarted):
+                    clean_window.on_break(symbol)
+                    runtime.log.warning(
+                        "book_gap",
+                        symbol=symbol,
+                        reason=message.reason,
+                        expected=message.expected_prev_update_id,
+                        received=message.received_prev_update_id,
+                        action_taken="resync from a new snapshot",
+                    )
+            await self._publisher.emit(messages)
+            self.ensure_snapshot(symbol)
+        if self._links.link_state == ConnectionState.SUSPECT:
+            await self._links.refresh("clean window passed")
+
+    async def resync(self, symbol: str, reason: str) -> bool:
+        """Rebuild `symbol`'s book from a new snapshot; False when it was already waiting for one."""
+        async with self.lock:
+            started = self._start_over(symbol, reason)
+            if started:
+                await self._publisher.emit(started)
+            self.ensure_snapshot(symbol)
+        return bool(started)
+
+    def _start_over(self, symbol: str, reason: str) -> list[Message]:
+        sync = self.syncs[symbol]
+        if sync.wants_snapshot:
+            return []
+        self._links.clean_window.on_break(symbol)
+        return sync.force_resync(reason)
+
+    async def restart(self, reason: str) -> None:
+        """A (re)connection: whatever happened while away is unknown, so every book starts over (FM-N1)."""
+        async with self.lock:
+            for symbol, sync in self.syncs.items():
+                if not sync.wants_snapshot:
+                    await self._publisher.emit(sync.force_resync(reason))
+                elif self._links.generation == 1:
+                    await self._publisher.emit([BookResyncStarted(venue=self._venue, symbol=symbol, reason=reason)])
+                self.ensure_snapshot(symbol)
+
+    def drop_book(self, symbol: str) -> None:
+        """A book message was lost (sequential publishing): start over from a new snapshot, at once."""
+        sync = self.syncs[symbol]
+        if not sync.wants_snapshot:
+            sync.force_resync("publish failed")
+        self.ensure_snapshot(symbol)
+
+    async def resync_after_publish_failure(self, symbol: str) -> None:
+        """A book message was lost (pipelined publishing): announce the resync and start over."""
+        await self.resync(symbol, "publish failed")
+
+    def cancel_fetches(self) -> None:
+        """The stream is gone: its snapshot fetches are of no use any more."""
+        for task in list(self.fetching.values()):
+            task.cancel()
+        self.fetching.clear()
+
+    def ensure_snapshot(self, symbol: str) -> None:
+        """Start a snapshot fetch when the symbol needs one and none is running."""
+        if not self._links.connected or not self.syncs[symbol].wants_snapshot:
+            return
+        task = self.fetching.get(symbol)
+        if task is not None and not task.done():
+            return
+        self.fetching[symbol] = asyncio.create_task(self.fetch_snapshot(symbol), name=f"snapshot-{symbol}")
+
+    async def fetch_snapshot(self, symbol: str) -> None:
+        """Fetch snapshots until the book is rebuilt, the connection changed, or the service closes."""
+        runtime = self._runtime
+        generation = self._links.generation
+        failures = 0
+        while generation == self._links.generation and self.syncs[symbol].wants_snapshot and not runtime.closed:
+            try:
+                raw = await self._rest.call("depth", lambda: self._rest.api.depth(symbol, SNAPSHOT_LIMIT))
+                snapshot = parse_snapshot(raw)
+            except VENUE_CALL_ERRORS as exc:
+                failures += 1
+                delay = snapshot_retry_delay_s(exc, failures)
+                runtime.log.warning(
+                    "snapshot_failed", symbol=symbol, error=str(exc)[:300], action_taken=f"retry in {delay:.1f}s"
+                )
+                await runtime.sleep(delay)
+                continue
+            if generation != self._links.generation:
+                return
+            async with self.lock:
+                messages = self.syncs[symbol].on_snapshot(snapshot)
+                now = runtime.clock()
+                for message in messages:
+                    if isinstance(message, DepthDiff):
+                        self._links.clean_window.on_update(symbol, now)
+                runtime.log.info(
+                    "book_snapshot",
+                    symbol=symbol,
+                    last_update_id=snapshot.last_update_id,
+                    synced=self.syncs[symbol].synced,
+                )
+                await self._publisher.emit(messages)
+            if self.syncs[symbol].wants_snapshot:
+                # The snapshot was older than the buffered events (U > L): fetch a newer one.
+                await runtime.sleep(0.1)
+
+    async def handle_resync_request(self, payload: bytes) -> bytes:
+        """`svc.market-data.resync` {"symbol"}: rebuild that symbol's book from a new snapshot."""
+        try:
+            request = msgspec.json.decode(payload)
+            symbol = str(request["symbol"]).upper()
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            return msgspec.json.encode({"error": {"code": "bad_request", "message": f"expected {{'symbol'}}: {exc}"}})
+        sync = self.syncs.get(symbol)
+        if sync is None:
+            return msgspec.json.encode({"error": {"code": "not_found", "message": f"unknown symbol {symbol}"}})
+        async with self.lock:
+            if sync.wants_snapshot:
+                status = "already_resyncing"
+            else:
+                status = "resyncing"
+                self._runtime.log.info("resync_requested", symbol=symbol)
+                self._links.clean_window.on_break(symbol)
+                await self._publisher.emit(sync.force_resync("requested"))
+            self.ensure_snapshot(symbol)
+        return msgspec.json.encode({"symbol": symbol, "status": status})
+
+    def details(self) -> dict[str, Any]:
+        """Heartbeat details: per symbol, synced and the last applied update id."""
+        return {
+            symbol: {"synced": sync.synced, "last_update_id": sync.last_update_id if sync.synced else None}
+            for symbol, sync in self.syncs.items()
+        }
