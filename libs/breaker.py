@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from libs.fsm import next_state
 from proto.enums import BreakerState
+from proto.kv import DependencyBreakerValue
 from proto.messages import BreakerStateChanged
 
 NS_PER_S = 1_000_000_000
@@ -63,9 +64,9 @@ class BreakerTransition:
             breaker=self.name, previous=self.previous.value, current=self.current.value, reason=self.reason
         )
 
-    def record(self, ts_ns: int) -> dict[str, object]:
+    def record(self, ts_ns: int) -> DependencyBreakerValue:
         """The KV value under `breaker.<name>` (what `/v1/breakers` shows)."""
-        return {"state": self.current.value, "reason": self.reason, "ts_ns": ts_ns}
+        return DependencyBreakerValue(state=self.current, reason=self.reason, ts_ns=ts_ns)
 
 
 class BreakerOpen(Exception):

@@ -12,6 +12,7 @@ import msgspec
 
 from proto import subjects
 from proto.enums import AlertSeverity
+from proto.kv import encode_value
 from proto.messages import AlertRaised, AlertResolved, MarketDataFlagged
 from services.market_data.publishing import Publisher
 from services.market_data.runtime import Runtime
@@ -68,10 +69,10 @@ class Alerts:
         """Count an event in `flags` without publishing anything."""
         self.flags[name] = self.flags.get(name, 0) + 1
 
-    async def kv(self, key: str, value: dict[str, Any]) -> None:
-        """Put a JSON record; a failure is logged only (the event published next still tells the others)."""
+    async def kv(self, key: str, value: msgspec.Struct) -> None:
+        """Put a `proto.kv` value; a failure is logged only (the event published next still tells the others)."""
         try:
-            await self._kv_put(key, msgspec.json.encode(value))
+            await self._kv_put(key, encode_value(value))
         except Exception as exc:  # noqa: BLE001 - the event published next still tells the others
             self._runtime.log.warning("kv_put_failed", key=key, error=str(exc)[:200])
 

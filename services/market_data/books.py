@@ -18,6 +18,7 @@ from libs.clock import Clock
 from proto.enums import ConnectionState
 from proto.envelope import Message
 from proto.messages import BookResyncStarted, DepthDiff
+from proto.replies import ResyncReply, ResyncRequest, error_reply
 from services.market_data.book_sync import BookSync
 from services.market_data.frames import DepthEvent, MarketKind, parse_snapshot
 from services.market_data.link import Links
@@ -26,6 +27,8 @@ from services.market_data.rest import VENUE_CALL_ERRORS, VenueRest, snapshot_ret
 from services.market_data.runtime import Runtime
 
 SNAPSHOT_LIMIT = 1000
+
+RESYNC_REQUEST = msgspec.json.Decoder(ResyncRequest)
 
 
 class Books:
@@ -184,13 +187,12 @@ class Books:
     async def handle_resync_request(self, payload: bytes) -> bytes:
         """`svc.market-data.resync` {"symbol"}: rebuild that symbol's book from a new snapshot."""
         try:
-            request = msgspec.json.decode(payload)
-            symbol = str(request["symbol"]).upper()
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
-            return msgspec.json.encode({"error": {"code": "bad_request", "message": f"expected {{'symbol'}}: {exc}"}})
+            symbol = RESYNC_REQUEST.decode(payload).symbol.upper()
+        except msgspec.DecodeError as exc:
+            return error_reply("bad_request", f"expected {{'symbol'}}: {exc}")
         sync = self.syncs.get(symbol)
         if sync is None:
-            return msgspec.json.encode({"error": {"code": "not_found", "message": f"unknown symbol {symbol}"}})
+            return error_reply("not_found", f"unknown symbol {symbol}")
         async with self.lock:
             if sync.wants_snapshot:
                 status = "already_resyncing"
@@ -200,7 +202,7 @@ class Books:
                 self._links.clean_window.on_break(symbol)
                 await self._publisher.emit(sync.force_resync("requested"))
             self.ensure_snapshot(symbol)
-        return msgspec.json.encode({"symbol": symbol, "status": status})
+        return msgspec.json.encode(ResyncReply(symbol=symbol, status=status))
 
     def details(self) -> dict[str, Any]:
         """Heartbeat details: per symbol, synced and the last applied update id."""

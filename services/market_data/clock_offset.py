@@ -12,6 +12,7 @@ import msgspec
 
 from proto import subjects
 from proto.enums import AlertSeverity
+from proto.replies import TradingControlRequest
 from services.market_data.alerts import Alerts
 from services.market_data.link import DEGRADE_REASON_CLOCK, Links
 from services.market_data.rest import VENUE_CALL_ERRORS, VenueRest
@@ -124,7 +125,7 @@ class ClockOffsetCheck:
         """Ask risk to HALT (`svc.risk.halt`, the same path an operator's halt takes; persisted)."""
         if self._request is None:
             return
-        payload = msgspec.json.encode({"operator": subjects.MARKET_DATA, "reason": reason})
+        payload = msgspec.json.encode(TradingControlRequest(operator=subjects.MARKET_DATA, reason=reason))
         try:
             reply = await self._request(subjects.service_query(subjects.RISK, "halt"), payload)
         except Exception as exc:  # noqa: BLE001 - risk may be down; the degraded link still stales the symbols

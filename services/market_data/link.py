@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable
 from libs.reconnect import DEGRADED_AFTER_ATTEMPTS
 from proto import subjects
 from proto.enums import ConnectionState, LinkDegradeCause
+from proto.kv import LinkValue
 from proto.messages import LinkStateChanged
 from services.market_data.adapters import MARKET_WS_LINK
 from services.market_data.alerts import Alerts
@@ -140,7 +141,7 @@ class Links:
         )
         await self._alerts.kv(
             subjects.key_link(self._venue, link),
-            {"state": state.value, "reason": reason, "causes": list(causes), "ts_ns": event.ts_event_ns},
+            LinkValue(state=state, reason=reason, causes=list(causes), ts_ns=event.ts_event_ns),
         )
         await self._publisher.emit([event])
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from libs.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from libs.clock import ManualClock
+from proto.kv import encode_value
 
 S = 1_000_000_000
 
@@ -80,4 +82,8 @@ def test_transition_when_published_then_event_and_kv_record_carry_it() -> None:
     event = transition.event()
     assert (event.breaker, event.previous, event.current) == ("venue.x", "CLOSED", "OPEN")
     assert event.reason == transition.reason and "timeout" in event.reason
-    assert transition.record(42) == {"state": "OPEN", "reason": transition.reason, "ts_ns": 42}
+    assert msgspec.json.decode(encode_value(transition.record(42))) == {
+        "state": "OPEN",
+        "reason": transition.reason,
+        "ts_ns": 42,
+    }
