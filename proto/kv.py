@@ -33,6 +33,8 @@ class DegradationLevelValue(msgspec.Struct, frozen=True, kw_only=True):
 
     level: DegradationLevel
     reason: str = ""
+    previous: DegradationLevel | None = None
+    """The level before this one (the watchdog writes it; None when unknown)."""
     ts_ns: int = 0
 
 
@@ -171,3 +173,10 @@ def decode_value(kind: type[V], raw: bytes | None) -> V | None:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return value
+
+
+def decode_breaker(raw: bytes | None) -> BreakerValue | DependencyBreakerValue | None:
+    """The value under a `breaker.<id>` key: one of risk's breakers when it carries `breaker` and
+    `title` (only risk writes them), else a dependency or venue breaker (`state`, `reason`, `ts_ns`);
+    None when nothing is stored or it is neither."""
+    return decode_value(BreakerValue, raw) or decode_value(DependencyBreakerValue, raw)

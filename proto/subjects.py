@@ -169,14 +169,14 @@ EVT_PROJECTIONS_VERIFIED = "evt.projections.verified"
 
 
 def dlq(consumer: str) -> str:
-    return f"dlq.{consumer}"
+    return f"{DLQ_PREFIX}{consumer}"
 
 
 # --------------------------------------------------------------------------- core NATS
 
 
 def heartbeat(component: str) -> str:
-    return f"hb.{component}"
+    return f"{HEARTBEAT_PREFIX}{component}"
 
 
 HEARTBEAT_ALL = "hb.>"
@@ -184,7 +184,15 @@ HEARTBEAT_ALL = "hb.>"
 
 def service_query(component: str, operation: str) -> str:
     """Request/reply subject answered by one component, e.g. `svc.state-builder.book`."""
-    return f"svc.{component}.{operation}"
+    return f"{SERVICE_QUERY_PREFIX}{component}.{operation}"
+
+
+DLQ_PREFIX = "dlq."
+"""Every dead letter's subject starts with it (`dlq(consumer)`)."""
+HEARTBEAT_PREFIX = "hb."
+"""Every heartbeat's subject starts with it (`heartbeat(component)`; core NATS, not persisted)."""
+SERVICE_QUERY_PREFIX = "svc."
+"""Every request/reply query's subject starts with it (`service_query(component, operation)`; core NATS)."""
 
 
 # --------------------------------------------------------------------------- streams
@@ -277,8 +285,12 @@ def key_hot_state(symbol: str) -> str:
     return f"hotstate.{symbol}"
 
 
+KEY_BREAKER_PREFIX = "breaker."
+"""Every breaker's key starts with it; the rest is the breaker's id (`CB-1`, `venue.<venue>`, `dependency.<name>`)."""
+
+
 def key_breaker(breaker: str) -> str:
-    return f"breaker.{breaker}"
+    return f"{KEY_BREAKER_PREFIX}{breaker}"
 
 
 MARKET_WS_LINK = "market-ws"
@@ -287,8 +299,12 @@ ORDER_LINK = "orders"
 """The position process's order path to its venue (`evt.link.<venue>.orders`, KV `link.<venue>.orders`)."""
 
 
+KEY_LINK_PREFIX = "link."
+"""Every link's key starts with it; the rest is `<venue>.<link>`."""
+
+
 def key_link(venue: str, link: str) -> str:
-    return f"link.{venue}.{link}"
+    return f"{KEY_LINK_PREFIX}{venue}.{link}"
 
 
 def key_strategy(strategy: str) -> str:
