@@ -173,3 +173,10 @@ def decode_value(kind: type[V], raw: bytes | None) -> V | None:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return value
+
+
+def decode_breaker(raw: bytes | None) -> BreakerValue | DependencyBreakerValue | None:
+    """The value under a `breaker.<id>` key: one of risk's breakers when it carries `breaker` and
+    `title` (only risk writes them), else a dependency or venue breaker (`state`, `reason`, `ts_ns`);
+    None when nothing is stored or it is neither."""
+    return decode_value(BreakerValue, raw) or decode_value(DependencyBreakerValue, raw)

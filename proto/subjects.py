@@ -169,7 +169,7 @@ EVT_PROJECTIONS_VERIFIED = "evt.projections.verified"
 
 
 def dlq(consumer: str) -> str:
-    return f"dlq.{consumer}"
+    return f"{DLQ_PREFIX}{consumer}"
 
 
 EVT_STRATEGY_CRASHED_ALL = "evt.strategy.*.crashed"
@@ -180,7 +180,7 @@ EVT_STRATEGY_CRASHED_ALL = "evt.strategy.*.crashed"
 
 
 def heartbeat(component: str) -> str:
-    return f"hb.{component}"
+    return f"{HEARTBEAT_PREFIX}{component}"
 
 
 HEARTBEAT_ALL = "hb.>"
@@ -188,7 +188,15 @@ HEARTBEAT_ALL = "hb.>"
 
 def service_query(component: str, operation: str) -> str:
     """Request/reply subject answered by one component, e.g. `svc.state-builder.book`."""
-    return f"svc.{component}.{operation}"
+    return f"{SERVICE_QUERY_PREFIX}{component}.{operation}"
+
+
+DLQ_PREFIX = "dlq."
+"""Every dead letter's subject starts with it (`dlq(consumer)`)."""
+HEARTBEAT_PREFIX = "hb."
+"""Every heartbeat's subject starts with it (`heartbeat(component)`; core NATS, not persisted)."""
+SERVICE_QUERY_PREFIX = "svc."
+"""Every request/reply query's subject starts with it (`service_query(component, operation)`; core NATS)."""
 
 
 # --------------------------------------------------------------------------- streams
@@ -281,8 +289,12 @@ def key_hot_state(symbol: str) -> str:
     return f"hotstate.{symbol}"
 
 
+KEY_BREAKER_PREFIX = "breaker."
+"""Every breaker's key starts with it; the rest is the breaker's id (`CB-1`, `venue.<venue>`, `dependency.<name>`)."""
+
+
 def key_breaker(breaker: str) -> str:
-    return f"breaker.{breaker}"
+    return f"{KEY_BREAKER_PREFIX}{breaker}"
 
 
 MARKET_WS_LINK = "market-ws"

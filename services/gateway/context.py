@@ -2,8 +2,9 @@
 
 It holds the service context, the timeouts, the heartbeat tracker (core subscription on `hb.>`),
 the Idempotency-Key store, the bearer tokens, the metrics and the clock; and it does the bus work
-of the routes: request/reply, KV reads, publishing commands and the operator audit event. A bus
-that is down is a 503 with `Retry-After`, never a 500.
+of the routes: request/reply and KV reads (decoded with the `proto` structs, see `replies`),
+publishing commands and the operator audit event. A bus that is down is a 503 with `Retry-After`,
+a reply that does not decode a 502, never a 500.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -27,15 +28,20 @@ from proto import subjects
 from proto.codec import decode_as
 from proto.enums import ComponentState
 from proto.messages import Heartbeat, OperatorActionTaken
+from proto.replies import ErrorReply, ReplyDecodeError, decode_reply
 from services.gateway import queries
 from services.gateway.auth import Principal, TokenTable
 from services.gateway.domain import jsonable
-from services.gateway.errors import ApiError, unavailable
+from services.gateway.errors import bad_reply, unavailable
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.replies import Stored, reader, stored
 
 BUS_ERRORS: tuple[type[BaseException], ...] = (NatsError, asyncio.TimeoutError, OSError, RuntimeError)
 PING_ERRORS: tuple[type[BaseException], ...] = (*queries.PG_ERRORS, RedisError, *BUS_ERRORS)
+
+R = TypeVar("R", bound=msgspec.Struct)
+V = TypeVar("V", bound=msgspec.Struct)
 
 
 @dataclass
@@ -96,15 +102,20 @@ class Gateway:
         if not self.ctx.bus.connected:
             raise unavailable("nats", "the message bus is disconnected")
 
-    async def request_json(self, subject: str, payload: dict[str, Any], timeout_s: float, dependency: str) -> Any:
-        """Request/reply over the bus with JSON in and out.
+    async def request(
+        self, subject: str, body: msgspec.Struct | None, kind: type[R], timeout_s: float, dependency: str
+    ) -> R | ErrorReply:
+        """Ask a `svc.*` query: `body` encoded (None: the empty request `{}`), the reply decoded as
+        `kind` or the `ErrorReply` it carries (`proto.replies.decode_reply`).
 
         Raises:
-            ApiError: 503 when nobody answers in time or the bus is down.
+            ApiError: 503 when nobody answers in time or the bus is down; 502 when the reply is
+                neither `kind` nor an error.
         """
         self.require_bus()
+        payload = msgspec.json.encode(body) if body is not None else b"{}"
         try:
-            reply = await self.ctx.bus.request(subject, msgspec.json.encode(payload), timeout_s=timeout_s)
+            reply = await self.ctx.bus.request(subject, payload, timeout_s=timeout_s)
         except NoRespondersError as exc:
             raise unavailable(dependency, f"{dependency} is not answering (no responders on {subject})") from exc
         except (TimeoutError, NatsTimeoutError) as exc:
@@ -112,9 +123,10 @@ class Gateway:
         except BUS_ERRORS as exc:
             raise unavailable("nats", f"bus request failed: {type(exc).__name__}: {exc}"[:300]) from exc
         try:
-            return msgspec.json.decode(reply)
-        except msgspec.DecodeError as exc:
-            raise ApiError(502, "bad_gateway", f"{dependency} answered with invalid JSON") from exc
+            return decode_reply(kind, reply)
+        except ReplyDecodeError as exc:
+            self.ctx.log.warning("reply_unreadable", subject=subject, error=str(exc)[:300])
+            raise bad_reply(dependency, str(exc)[:300]) from exc
 
     async def dependencies(self) -> dict[str, str]:
         """`UP`/`DOWN` of the stores the gateway uses (quick pings), so an operator sees at once
@@ -134,25 +146,23 @@ class Gateway:
         )
         return {"nats": "UP" if self.ctx.bus.connected else "DOWN", "postgres": postgres, "valkey": valkey}
 
-    async def kv_json(self, key: str) -> Any:
-        """A KV value decoded as JSON, or None (never set, unreadable, or the bus is down)."""
-        if not self.ctx.bus.connected:
-            return None
-        try:
-            entry = await asyncio.wait_for(self.ctx.bus.kv_get(key), self.config.request_timeout_s)
-        except BUS_ERRORS as exc:
-            self.ctx.log.warning("kv_read_failed", key=key, error=str(exc)[:200])
-            return None
-        if entry is None:
-            return None
-        try:
-            return msgspec.json.decode(entry[0])
-        except msgspec.DecodeError:
-            self.ctx.log.warning("kv_value_unreadable", key=key)
-            return None
+    async def kv_value(self, kind: type[V], key: str) -> V | None:
+        """The KV value under `key` as `kind` (`proto.kv`), or None: never set, unreadable, or the bus is down."""
+        found = await self.kv_stored(key, reader(kind))
+        return found.value if found is not None else None
 
-    async def kv_prefixed(self, prefix: str) -> dict[str, Any]:
-        """Every KV key starting with `prefix` (prefix removed) and its JSON value."""
+    async def kv_stored(self, key: str, decode: Callable[[bytes], V | None]) -> Stored[V] | None:
+        """The KV value under `key` decoded with `decode` and as stored, or None (see `kv_value`)."""
+        raw = await self._kv_raw(key)
+        if raw is None:
+            return None
+        found = stored(raw, decode)
+        if found is None:
+            self.ctx.log.warning("kv_value_unreadable", key=key)
+        return found
+
+    async def kv_listing(self, prefix: str, decode: Callable[[bytes], V | None]) -> dict[str, Stored[V]]:
+        """Every KV value under a key starting with `prefix` that decodes, by key without the prefix."""
         if not self.ctx.bus.connected:
             return {}
         try:
@@ -160,12 +170,23 @@ class Gateway:
         except BUS_ERRORS as exc:
             self.ctx.log.warning("kv_keys_failed", prefix=prefix, error=str(exc)[:200])
             return {}
-        values: dict[str, Any] = {}
+        values: dict[str, Stored[V]] = {}
         for key in keys:
-            value = await self.kv_json(key)
-            if value is not None:  # deleted since
-                values[key[len(prefix) :]] = value
+            found = await self.kv_stored(key, decode)
+            if found is not None:  # else deleted since, or unreadable
+                values[key[len(prefix) :]] = found
         return values
+
+    async def _kv_raw(self, key: str) -> bytes | None:
+        """The bytes under `key`, or None (never set, or the bus is down or fails)."""
+        if not self.ctx.bus.connected:
+            return None
+        try:
+            entry = await asyncio.wait_for(self.ctx.bus.kv_get(key), self.config.request_timeout_s)
+        except BUS_ERRORS as exc:
+            self.ctx.log.warning("kv_read_failed", key=key, error=str(exc)[:200])
+            return None
+        return entry[0] if entry is not None else None
 
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
         """Publish a command or event on the durable log.

@@ -1,6 +1,7 @@
 """The gateway's one error shape: `ApiError` and the `{"error": {"code", "message", "details"}}` envelope.
 
-Every non-2xx answer uses the envelope; a dependency that is down is a 503 with `Retry-After`.
+Every non-2xx answer uses the envelope; a dependency that is down is a 503 with `Retry-After`, one
+whose reply cannot be read a 502.
 """
 
 from __future__ import annotations
@@ -51,3 +52,10 @@ def unavailable(dependency: str, message: str, *, reason: str | None = None) -> 
         details,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def bad_reply(dependency: str, reason: str) -> ApiError:
+    """502 for a dependency that answered, but with a reply that is neither its body nor an error
+    (a peer on another version, a bug); `reason` says what did not decode."""
+    details = {"dependency": dependency, "reason": reason}
+    return ApiError(502, "bad_gateway", f"{dependency} answered with an unreadable reply", details)

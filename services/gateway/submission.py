@@ -63,7 +63,7 @@ async def submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal)
 
     subscriptions = []
     try:
-        for subject in (subjects.evt_order("*", "*", body.symbol), subjects.evt_fill("*", body.symbol)):
+        for subject in (subjects.evt_order_all_for_symbol(body.symbol), subjects.evt_fill_all_for_symbol(body.symbol)):
             subscriptions.append(await ctx.bus.subscribe_core(subject, on_event))
         command = SubmitOrder(
             client_order_id=client_order_id,

@@ -292,7 +292,17 @@ async def test_status_when_components_beat_then_components_kv_and_symbols_shown(
 
     async def symbols(_: bytes) -> bytes:
         return json.dumps(
-            {"symbols": {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5, "mark_price": "1"}}}
+            {
+                "symbols": {
+                    "BTCUSDT": {
+                        "symbol": "BTCUSDT",  # SymbolHotState as state-builder sends it
+                        "hot_state": "VALID",
+                        "age_ms": 12,
+                        "last_update_id": 5,
+                        "mark_price": "1",
+                    }
+                }
+            }
         ).encode()
 
     await gw.peer.serve("svc.state-builder.symbols", symbols)
@@ -318,7 +328,8 @@ async def test_status_when_components_beat_then_components_kv_and_symbols_shown(
 
 
 async def test_status_when_nothing_answers_then_fallbacks_and_trading_halted(gw: Harness) -> None:
-    await gw.peer.kv_put(subjects.key_hot_state("BTCUSDT"), json.dumps({"status": "STALE"}).encode())
+    stale = {"status": "STALE", "reason": "no update for 5 s"}  # HotStateRecord as state-builder writes it
+    await gw.peer.kv_put(subjects.key_hot_state("BTCUSDT"), json.dumps(stale).encode())
 
     body = (await gw.client.get("/v1/status", headers=VIEW)).json()
 

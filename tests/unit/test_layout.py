@@ -39,10 +39,7 @@ def test_architecture_map_when_read_then_names_every_service_module_and_no_missi
         _name(path) for path in SERVICE_MODULES if f"`{path.relative_to(ROOT / 'services').as_posix()}`" not in text
     ]
     assert unnamed == [], "add them to the service's table in docs/ARCHITECTURE.md"
-    named = {
-        token.strip("`")
-        for token in text.split()
-        if token.startswith("`") and token.rstrip(",.;:").endswith(".py`") and "/" in token
-    }
+    tokens = (token.rstrip(",.;:)") for token in text.split())
+    named = {token.strip("`") for token in tokens if token.startswith("`") and token.endswith(".py`") and "/" in token}
     gone = sorted(name for name in named if not (ROOT / "services" / name).exists() and not (ROOT / name).exists())
     assert gone == [], "docs/ARCHITECTURE.md names modules that no longer exist"

@@ -14,8 +14,10 @@ from proto.kv import (
     KV_VALUE_TYPES,
     BreakerValue,
     DegradationLevelValue,
+    DependencyBreakerValue,
     LinkValue,
     TradingStateValue,
+    decode_breaker,
     decode_value,
     encode_value,
 )
@@ -88,6 +90,53 @@ def test_breaker_reset_reply_when_no_note_then_key_absent() -> None:
         breaker="CB-2", state=BreakerState.CLOSED, previous=BreakerState.OPEN, trading_state=TradingState.ACTIVE
     )
     assert "note" not in msgspec.json.decode(msgspec.json.encode(reply))
+
+
+def test_decode_breaker_when_risk_or_dependency_breaker_then_told_apart_by_their_fields() -> None:
+    risk = BreakerValue(breaker="CB-1", title="rapid loss", state=BreakerState.OPEN, reason="loss", trips=1, ts_ns=4)
+    # libs.breaker BreakerTransition.record: what market-data and position write for venue/dependency breakers.
+    venue = b'{"state": "HALF_OPEN", "reason": "30 s open", "ts_ns": 5}'
+
+    assert decode_breaker(encode_value(risk)) == risk
+    assert decode_breaker(venue) == DependencyBreakerValue(state=BreakerState.HALF_OPEN, reason="30 s open", ts_ns=5)
+    assert decode_breaker(b'{"state": "BROKEN"}') is None
+    assert decode_breaker(b"[]") is None and decode_breaker(None) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"level": "EMERGENCY_MODE", "reason": "red", "previous": "NORMAL", "ts_ns": 1}',  # watchdog
+        b'{"level": "HARD_SHUTDOWN", "reason": "invariant", "ts_ns": 2}',  # position
+        b'{"level": "HARD_SHUTDOWN", "reason": "x (by ops)", "operator": "ops", "ts_ns": 3}',  # gateway before
+    ],
+    ids=["watchdog", "position", "gateway-before"],
+)
+def test_degradation_level_value_when_written_by_each_writer_then_read(raw: bytes) -> None:
+    value = decode_value(DegradationLevelValue, raw)
+    assert value is not None and value.level == DegradationLevel(msgspec.json.decode(raw)["level"])
+
+
+def test_key_prefixes_when_keys_and_subjects_built_then_start_with_them() -> None:
+    assert subjects.key_breaker("CB-1").startswith(subjects.KEY_BREAKER_PREFIX)
+    assert subjects.key_breaker("venue.binance-usdm") == "breaker.venue.binance-usdm"
+    assert subjects.key_link("binance-usdm", subjects.ORDER_LINK) == "link.binance-usdm.orders"
+    assert subjects.key_link("v", "l").startswith(subjects.KEY_LINK_PREFIX)
+    assert subjects.dlq("risk-orders") == "dlq.risk-orders" and subjects.dlq("x").startswith(subjects.DLQ_PREFIX)
+    assert subjects.heartbeat("risk") == "hb.risk" and subjects.heartbeat("x").startswith(subjects.HEARTBEAT_PREFIX)
+    query = subjects.service_query(subjects.RISK, "halt")
+    assert query == "svc.risk.halt" and query.startswith(subjects.SERVICE_QUERY_PREFIX)
+
+
+def test_risk_state_reply_when_risk_answers_then_decoded() -> None:
+    raw = (
+        b'{"trading_state": "HALTED", "reason": "op", "operator": "ops", "ts_ns": 3, "degradation_level": null,'
+        b' "positions": {"BTCUSDT": "0.010"}, "pending": {"BTCUSDT": ["0", "0.5"]}, "hot_state": {"BTCUSDT": null},'
+        b' "breakers": {"CB-1": "CLOSED"}, "entries_halted": null, "recovery": null, "orders_seq": 4}'
+    )  # services/risk serve_state
+    reply = decode_reply(RiskStateReply, raw)
+    assert isinstance(reply, RiskStateReply)
+    assert reply.trading_state == TradingState.HALTED and reply.pending["BTCUSDT"] == [Decimal(0), Decimal("0.5")]
 
 
 def test_durable_names_when_listed_then_service_dash_purpose_and_unique() -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from nats.js.errors import NoStreamResponseError
 
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
+from proto import subjects
 from proto.codec import decode
 from services.gateway import queries
 from services.gateway.api_models import (
@@ -30,7 +31,7 @@ from services.gateway.errors import ApiError, unavailable
 
 router = APIRouter(tags=["dlq"])
 
-NOT_RETRIABLE_PREFIXES = ("dlq.", "hb.", "svc.")
+NOT_RETRIABLE_PREFIXES = (subjects.DLQ_PREFIX, subjects.HEARTBEAT_PREFIX, subjects.SERVICE_QUERY_PREFIX)
 """Subjects no stream persists as a command or event: re-publishing them would go nowhere useful."""
 
 

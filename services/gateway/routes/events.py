@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from nats.aio.msg import Msg
 
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
+from proto import subjects
 from proto.codec import decode
 from services.gateway import queries
 from services.gateway.api_models import ERROR_RESPONSES, AlertList, EventList
@@ -79,7 +80,7 @@ async def event_stream(
         with contextlib.suppress(asyncio.QueueFull):  # a slow client loses events, never the gateway
             queue.put_nowait(msg)
 
-    subscription = await gateway.ctx.bus.subscribe_core("evt.>", on_message)
+    subscription = await gateway.ctx.bus.subscribe_core(subjects.EVT_ALL, on_message)
 
     async def stream() -> AsyncIterator[str]:
         try:

@@ -4,48 +4,55 @@ breakers, links, dependencies, venues) and `/v1/book/{symbol}` (state-builder's 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 from fastapi import APIRouter, Path, Query
 
 from libs.settings import Settings
 from proto import subjects
-from proto.enums import ComponentState, TradingState
+from proto.enums import ComponentState, DegradationLevel, TradingState
+from proto.kv import DegradationLevelValue, HealthValue, LinkValue, TradingStateValue, decode_breaker
+from proto.messages import HotStateRecord, SymbolsReply
+from proto.replies import BookReply, BookRequest, RiskStateReply
 from services.gateway.api_models import ERROR_RESPONSES, BookResponse, StatusResponse
 from services.gateway.auth import Principal
 from services.gateway.context import Gateway
 from services.gateway.dependencies import VIEWER, GatewayDep
 from services.gateway.errors import ApiError
-from services.gateway.replies import book_of, symbol_status, symbols_of, text_field, trading_state_of
+from services.gateway.replies import book_of, reader, stored_symbol_status, symbols_of
 
 router = APIRouter()
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 @router.get("/v1/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["status"])
 async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
     """Trading state, degradation, health, components, symbols, breakers and links."""
     components = {name: view.as_dict() for name, view in gateway.tracker.view(gateway.clock()).items()}
-    trading, degradation, health, symbols, breakers, links, dependencies = await asyncio.gather(
-        gateway.kv_json(subjects.KEY_TRADING_STATE),
-        gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL),
-        gateway.kv_json(subjects.KEY_HEALTH),
+    states, symbols, breakers, links, dependencies = await asyncio.gather(
+        asyncio.gather(
+            gateway.kv_value(TradingStateValue, subjects.KEY_TRADING_STATE),
+            gateway.kv_value(DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL),
+            gateway.kv_value(HealthValue, subjects.KEY_HEALTH),
+        ),
         _symbols(gateway),
-        gateway.kv_prefixed("breaker."),
-        gateway.kv_prefixed("link."),
+        gateway.kv_listing(subjects.KEY_BREAKER_PREFIX, decode_breaker),
+        gateway.kv_listing(subjects.KEY_LINK_PREFIX, reader(LinkValue)),
         gateway.dependencies(),
     )
-    trading_state = text_field(trading, "state")
-    if trading_state is None:
-        trading_state = await _trading_state_from_risk(gateway)
+    trading, degradation, health = states
+    trading_state = trading.state.value if trading is not None else await _trading_state_from_risk(gateway)
     return {
-        "venues": venue_status(gateway.ctx.settings, components, links),
+        "venues": venue_status(gateway.ctx.settings, components, {key: link.value for key, link in links.items()}),
         "trading_state": trading_state,
-        "degradation_level": text_field(degradation, "level") or "NORMAL",
-        "health": text_field(health, "health") or "UNKNOWN",
+        "degradation_level": degradation.level.value if degradation is not None else DegradationLevel.NORMAL.value,
+        "health": health.health.value if health is not None else "UNKNOWN",
         "components": components,
         "symbols": symbols,
-        "breakers": breakers,
-        "links": links,
+        "breakers": {key: breaker.shown for key, breaker in breakers.items()},
+        "links": {key: link.shown for key, link in links.items()},
         "dependencies": dependencies,
     }
 
@@ -62,9 +69,10 @@ async def book(
     symbol = symbol.upper()
     if symbol not in settings.symbols:
         raise ApiError(404, "not_found", f"unknown symbol {symbol}", {"symbols": list(settings.symbols)})
-    reply = await gateway.request_json(
+    reply = await gateway.request(
         subjects.service_query(subjects.STATE_BUILDER, "book"),
-        {"symbol": symbol, "depth": depth},
+        BookRequest(symbol=symbol, depth=depth),
+        BookReply,
         gateway.config.request_timeout_s,
         subjects.STATE_BUILDER,
     )
@@ -73,40 +81,36 @@ async def book(
 
 async def _trading_state_from_risk(gateway: Gateway) -> str:
     """Risk's trading state when the KV record cannot be read; HALTED when risk cannot be asked
-    either: with the bus or risk gone nothing is approved, so that is what trading is (FM-C6)."""
-    try:
-        reply = await gateway.request_json(
-            subjects.service_query(subjects.RISK, "state"), {}, gateway.config.symbols_timeout_s, subjects.RISK
-        )
-    except ApiError:
-        return TradingState.HALTED.value
-    return trading_state_of(reply) or TradingState.HALTED.value
+    either (or answers something unreadable): with the bus or risk gone nothing is approved, so
+    that is what trading is (FM-C6)."""
+    reply = await _quick_query(gateway, subjects.RISK, "state", RiskStateReply)
+    return reply.trading_state.value if reply is not None else TradingState.HALTED.value
 
 
 async def _symbols(gateway: Gateway) -> dict[str, Any]:
     """Every symbol's hot state: state-builder's answer, else the KV records (without an age)."""
-    try:
-        reply = await gateway.request_json(
-            subjects.service_query(subjects.STATE_BUILDER, "symbols"),
-            {},
-            gateway.config.symbols_timeout_s,
-            subjects.STATE_BUILDER,
-        )
-    except ApiError:
-        reply = None
-    answered = symbols_of(reply)
+    answered = symbols_of(await _quick_query(gateway, subjects.STATE_BUILDER, "symbols", SymbolsReply))
     if answered is not None:
         return answered
-    symbols: dict[str, Any] = {}
-    for symbol in gateway.ctx.settings.symbols:
-        value = await gateway.kv_json(subjects.key_hot_state(symbol))
-        entry = symbol_status(value)
-        entry["age_ms"] = None
-        symbols[symbol] = entry
-    return symbols
+    return {
+        symbol: stored_symbol_status(await gateway.kv_value(HotStateRecord, subjects.key_hot_state(symbol)))
+        for symbol in gateway.ctx.settings.symbols
+    }
 
 
-def venue_status(settings: Settings, components: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
+async def _quick_query(gateway: Gateway, component: str, operation: str, kind: type[R]) -> R | None:
+    """`svc.<component>.<operation>` within the status's short timeout: the reply, or None when the
+    component does not answer, refuses or answers something unreadable (the status falls back)."""
+    try:
+        reply = await gateway.request(
+            subjects.service_query(component, operation), None, kind, gateway.config.symbols_timeout_s, component
+        )
+    except ApiError:
+        return None
+    return reply if isinstance(reply, kind) else None
+
+
+def venue_status(settings: Settings, components: dict[str, Any], links: dict[str, LinkValue]) -> dict[str, Any]:
     """`/v1/status` `venues`: every venue orders may go to, main first (FM-N6).
 
     `components` and `links` are the status's own (`<venue>.orders` is the order link a venue's
@@ -118,8 +122,8 @@ def venue_status(settings: Settings, components: dict[str, Any], links: dict[str
         link = links.get(f"{venue}.{subjects.ORDER_LINK}")
         venues[venue] = {
             "role": "main" if venue == settings.venue else "backup",
-            "order_link": text_field(link, "state"),
-            "order_link_reason": text_field(link, "reason"),
+            "order_link": link.state.value if link is not None else None,
+            "order_link_reason": (link.reason or None) if link is not None else None,
             "position_component": component,
             "position_state": (components.get(component) or {}).get("state", ComponentState.DOWN.value),
         }

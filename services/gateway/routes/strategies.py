@@ -8,13 +8,14 @@ from fastapi import APIRouter
 
 from proto import subjects
 from proto.enums import DegradationLevel
+from proto.kv import DegradationLevelValue, StrategyStateValue
 from proto.messages import DisableStrategy, EnableStrategy
 from services.gateway.api_models import ERROR_RESPONSES, StrategyCommandResponse, StrategyList
 from services.gateway.auth import Principal
 from services.gateway.context import Gateway
 from services.gateway.dependencies import OPERATOR, VIEWER, GatewayDep
 from services.gateway.errors import ApiError
-from services.gateway.replies import text_field
+from services.gateway.replies import reader
 
 router = APIRouter(tags=["strategies"])
 
@@ -24,16 +25,15 @@ async def strategies(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, An
     """Every configured strategy with its persisted state."""
     items = []
     for name in gateway.ctx.settings.strategies:
-        value = await gateway.kv_json(subjects.key_strategy(name))
-        state = value.get("state") if isinstance(value, dict) else None
+        record = await gateway.kv_stored(subjects.key_strategy(name), reader(StrategyStateValue))
         component = subjects.strategy_component(name)
         items.append(
             {
                 "name": name,
                 "component": component,
-                "state": state or "UNKNOWN",
+                "state": record.value.state.value if record is not None else "UNKNOWN",
                 "component_state": gateway.component_state(component).value,
-                "details": value,
+                "details": record.shown if record is not None else None,
             }
         )
     return {"strategies": items}
@@ -65,15 +65,16 @@ async def _strategy_command(gateway: Gateway, name: str, action: str, who: Princ
     if name not in settings.strategies:
         raise ApiError(404, "not_found", f"unknown strategy {name}", {"strategies": list(settings.strategies)})
     if action == "enable":
-        level = text_field(await gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL), "level")
-        if level == DegradationLevel.HARD_SHUTDOWN.value:
+        stored = await gateway.kv_value(DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL)
+        level = stored.level if stored is not None else None
+        if level == DegradationLevel.HARD_SHUTDOWN:
             # SPEC §5: the trading services are stopped; only a manual restart leaves HARD_SHUTDOWN.
             raise ApiError(
                 409,
                 "hard_shutdown",
                 "HARD_SHUTDOWN: the trading services are stopped; a strategy cannot be enabled "
                 "until the system is restarted by hand",
-                {"degradation_level": level},
+                {"degradation_level": level.value},
             )
     command_type = EnableStrategy if action == "enable" else DisableStrategy
     command = command_type(strategy=name, operator=who.name, reason=f"operator {action}")

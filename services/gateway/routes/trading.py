@@ -10,7 +10,9 @@ from fastapi import APIRouter, Path
 
 from proto import subjects
 from proto.enums import AlertSeverity, DegradationLevel
+from proto.kv import DegradationLevelValue, decode_breaker, encode_value
 from proto.messages import AlertRaised, DegradationLevelChanged
+from proto.replies import BreakerResetReply, BreakerResetRequest, TradingControlReply, TradingControlRequest
 from services.gateway.api_models import (
     ERROR_RESPONSES,
     BreakerList,
@@ -22,22 +24,30 @@ from services.gateway.auth import Principal
 from services.gateway.context import BUS_ERRORS, Gateway
 from services.gateway.dependencies import CONTROL_BODY, CONTROL_OPENAPI, OPERATOR, VIEWER, GatewayDep
 from services.gateway.errors import ApiError, unavailable
-from services.gateway.replies import raise_for_risk_error, text_field
+from services.gateway.replies import raise_for_risk_error
 
 router = APIRouter(tags=["trading"])
 
 
 async def _trading(gateway: Gateway, action: str, who: Principal, reason: str) -> dict[str, Any]:
     """Ask risk to `halt` or `resume`; the state risk answers with and the one before."""
-    reply = await gateway.request_json(
-        subjects.service_query(subjects.RISK, action),
-        {"operator": who.name, "reason": reason or f"operator {action}"},
-        gateway.config.request_timeout_s,
-        subjects.RISK,
+    request = TradingControlRequest(operator=who.name, reason=reason or f"operator {action}")
+    reply = raise_for_risk_error(
+        await gateway.request(
+            subjects.service_query(subjects.RISK, action),
+            request,
+            TradingControlReply,
+            gateway.config.request_timeout_s,
+            subjects.RISK,
+        )
     )
-    raise_for_risk_error(reply)
-    gateway.ctx.log.info("trading_state_requested", action=action, operator=who.name, role=who.role.label, result=reply)
-    return {"trading_state": reply.get("trading_state"), "previous": reply.get("previous")}
+    result = {
+        "trading_state": reply.trading_state.value,
+        "previous": reply.previous.value if reply.previous is not None else None,
+    }
+    log = gateway.ctx.log
+    log.info("trading_state_requested", action=action, operator=who.name, role=who.role.label, result=result)
+    return result
 
 
 @router.post(
@@ -74,23 +84,20 @@ async def emergency_stop(
     """Operator emergency stop: degradation level HARD_SHUTDOWN (left only by a manual restart) and a halt."""
     ctx = gateway.ctx
     reason = body.reason or "operator emergency stop"
-    previous = text_field(await gateway.kv_json(subjects.KEY_DEGRADATION_LEVEL), "level")
+    stored = await gateway.kv_value(DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL)
+    previous = stored.level if stored is not None else None
     event = DegradationLevelChanged(
-        previous=DegradationLevel(previous)
-        if previous is not None and previous in DegradationLevel.__members__
-        else None,
-        current=DegradationLevel.HARD_SHUTDOWN,
-        reason=f"{reason} (by {who.name})",
+        previous=previous, current=DegradationLevel.HARD_SHUTDOWN, reason=f"{reason} (by {who.name})"
     )
     await gateway.publish(subjects.EVT_DEGRADATION, event)
-    record = {
-        "level": DegradationLevel.HARD_SHUTDOWN.value,
-        "reason": event.reason,
-        "operator": who.name,
-        "ts_ns": event.ts_event_ns,
-    }
+    record = DegradationLevelValue(
+        level=DegradationLevel.HARD_SHUTDOWN,
+        reason=event.reason,
+        previous=previous,
+        ts_ns=event.ts_event_ns,
+    )
     try:
-        await ctx.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
+        await ctx.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, encode_value(record))
     except BUS_ERRORS as exc:
         raise unavailable("nats", f"could not persist HARD_SHUTDOWN: {type(exc).__name__}: {exc}"[:300]) from exc
     ctx.log.error("emergency_stop", operator=who.name, reason=reason, action_taken="HARD_SHUTDOWN, halt")
@@ -113,15 +120,17 @@ async def emergency_stop(
         ctx.log.warning("emergency_stop_halt_failed", error=exc.message)
     return {
         "degradation_level": DegradationLevel.HARD_SHUTDOWN.value,
-        "previous": previous,
+        "previous": previous.value if previous is not None else None,
         "trading_state": trading_state,
     }
 
 
 @router.get("/v1/breakers", response_model=BreakerList, responses=ERROR_RESPONSES)
 async def breakers(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
-    """Circuit breakers as persisted in the KV bucket (`breaker.<id>`)."""
-    return {"breakers": await gateway.kv_prefixed("breaker.")}
+    """Circuit breakers as persisted in the KV bucket (`breaker.<id>`): risk's and the dependency
+    and venue breakers, each as its owner wrote it."""
+    breakers = await gateway.kv_listing(subjects.KEY_BREAKER_PREFIX, decode_breaker)
+    return {"breakers": {key: breaker.shown for key, breaker in breakers.items()}}
 
 
 @router.post("/v1/breakers/{breaker_id}/reset", responses=ERROR_RESPONSES, openapi_extra=CONTROL_OPENAPI)
@@ -133,12 +142,15 @@ async def reset_breaker(
 ) -> Any:
     """Manual breaker reset, answered by risk (`svc.risk.breaker_reset`); risk records the operator."""
     # A manual reset needs a reason (SPEC §4); risk refuses an empty one with a 400.
-    reply = await gateway.request_json(
-        subjects.service_query(subjects.RISK, "breaker_reset"),
-        {"breaker": breaker_id, "operator": who.name, "reason": (body.reason or "").strip()},
-        gateway.config.request_timeout_s,
-        subjects.RISK,
+    request = BreakerResetRequest(breaker=breaker_id, operator=who.name, reason=(body.reason or "").strip())
+    reply = raise_for_risk_error(
+        await gateway.request(
+            subjects.service_query(subjects.RISK, "breaker_reset"),
+            request,
+            BreakerResetReply,
+            gateway.config.request_timeout_s,
+            subjects.RISK,
+        )
     )
-    raise_for_risk_error(reply)
     gateway.ctx.log.info("breaker_reset_requested", breaker=breaker_id, operator=who.name)
-    return reply
+    return msgspec.to_builtins(reply)
