@@ -11,10 +11,11 @@
 | `svc.<component>.state` | `state_query` |
 
 The parts: `core` (shared state and effects), `ledger` (orders, positions), `execution` (venue
-answers), `lookup`, `submission`, `cancels`, `protection`, `integrity`, `flatten`, `reconciliation`,
-`venue_sync`, `snapshots`, `recovery`. All order work runs under `core.lock`. Every state change is
-published on the ORDERS stream before (or together with) its projection write; while the venue link
-is down (breaker open) or not reconciled, orders wait as PENDING_SUBMISSION and nothing is sent.
+answers), `lookup`, `protection_levels`, `submission`, `cancels`, `protection`, `integrity`,
+`flatten`, `reconciliation`, `venue_sync`, `snapshots`, `recovery`. All order work runs under
+`core.lock`. Every state change is published on the ORDERS stream before (or together with) its
+projection write; while the venue link is down (breaker open) or not reconciled, orders wait as
+PENDING_SUBMISSION and nothing is sent.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .integrity import Integrity
 from .ledger import Ledger
 from .lookup import OrderLookup
 from .protection import ProtectiveStops
+from .protection_levels import ProtectionLevels
 from .reconciliation import Reconciliation
 from .recovery import Recovery
 from .snapshots import Snapshots
@@ -138,17 +140,17 @@ class PositionService:
         self.execution = Execution(core)
         self.lookup = OrderLookup(core)
         self.integrity = Integrity(core)
-        self.submission = Submission(core, self.execution, self.lookup, self.orders_durable)
+        self.levels = ProtectionLevels(core)
+        self.submission = Submission(core, self.execution, self.lookup, self.levels, self.orders_durable)
         self.cancels = Cancels(core, self.execution, self.submission, self.orders_durable)
-        self.protection = ProtectiveStops(core, self.submission, self.cancels, self.lookup)
-        self.submission.protection = self.protection
+        self.protection = ProtectiveStops(core, self.levels, self.submission, self.cancels, self.lookup)
         self.flatten = Flattener(core, self.submission, self.cancels, self.lookup, self.integrity, self.protection)
         self.reconciliation = Reconciliation(core, self.execution, self.submission, self.integrity, self.protection)
         self.venue_sync = VenueSync(
             core, self.execution, self.submission, self.integrity, self.protection, safety_poll_s=safety_poll_s
         )
         self.snapshots = Snapshots(core, snapshots, snapshot_policy, (self.orders_durable, self.denials_durable))
-        self.recovery = Recovery(core, self.snapshots, self.protection, self.integrity)
+        self.recovery = Recovery(core, self.snapshots, self.levels, self.integrity)
 
     @property
     def ledger(self) -> Ledger:
