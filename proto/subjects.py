@@ -306,6 +306,17 @@ def key_ratelimit_ban(venue: str) -> str:
     return f"ratelimit.{venue}.ban"
 
 
+def key_protection(venue: str, symbol: str) -> str:
+    """The levels protecting a position of `symbol` on `venue` (FM-C2), written by its position process."""
+    return f"protection.{venue}.{symbol}"
+
+
+def position_venue_breaker(venue: str) -> str:
+    """Breaker id of a position process's order link to its venue (`venue-binance-usdm`):
+    `evt.breaker.<id>` and KV `breaker.<id>` (market-data's breaker of the same venue is `venue.<venue>`)."""
+    return f"venue-{venue}"
+
+
 # --------------------------------------------------------------------------- components
 
 GATEWAY = "gateway"

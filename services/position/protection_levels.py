@@ -1,16 +1,17 @@
 """Protective levels (FM-C2): the stop-loss and take-profit an entry asked for, per symbol, kept in
-the ledger and durably in KV (`protection.<venue>.<symbol>`), so that a restarted process (or the
+the ledger and durably in KV (`protection.<venue>.<symbol>`, a `ProtectionValue`), so that a restarted process (or the
 backup's takeover) still protects the position. Written before any order relies on them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
-import msgspec
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
+
+from proto import subjects
+from proto.kv import ProtectionValue, decode_value, encode_value
 
 from .core import Core
 from .domain import Protection
@@ -27,17 +28,15 @@ class ProtectionLevels:
         self.core = core
 
     def _key(self, symbol: str) -> str:
-        return f"protection.{self.core.venue}.{symbol}"
+        return subjects.key_protection(self.core.venue, symbol)
 
     async def remember(self, protection: Protection) -> None:
         """Remember (durably, in KV) the levels that protect the symbol's position."""
         self.core.ledger.protections[protection.symbol] = protection
-        value = {
-            "entry": protection.entry,
-            "stop_loss": str(protection.stop_loss) if protection.stop_loss is not None else None,
-            "take_profit": str(protection.take_profit) if protection.take_profit is not None else None,
-        }
-        await self.core.bus.kv_put(self._key(protection.symbol), msgspec.json.encode(value))
+        value = ProtectionValue(
+            entry=protection.entry, stop_loss=protection.stop_loss, take_profit=protection.take_profit
+        )
+        await self.core.bus.kv_put(self._key(protection.symbol), encode_value(value))
         self.core.protect_dirty.add(protection.symbol)
 
     async def forget(self, symbol: str) -> None:
@@ -67,13 +66,13 @@ class ProtectionLevels:
                 continue
             if entry is None:
                 continue
-            try:
-                raw = msgspec.json.decode(entry[0])
-                protections[symbol] = Protection(
-                    str(raw["entry"]),
-                    symbol,
-                    Decimal(raw["stop_loss"]) if raw.get("stop_loss") else None,
-                    Decimal(raw["take_profit"]) if raw.get("take_profit") else None,
+            value = decode_value(ProtectionValue, entry[0])
+            if value is None:
+                core.log.error(
+                    "protection_record_invalid",
+                    symbol=symbol,
+                    raw=entry[0][:200].decode(errors="replace"),
+                    action_taken="ignored",
                 )
-            except (msgspec.DecodeError, KeyError, TypeError, ArithmeticError) as exc:
-                core.log.error("protection_record_invalid", symbol=symbol, error=repr(exc), action_taken="ignored")
+                continue
+            protections[symbol] = Protection(value.entry, symbol, value.stop_loss, value.take_profit)

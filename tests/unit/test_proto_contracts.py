@@ -10,14 +10,26 @@ import pytest
 
 from proto import subjects
 from proto.enums import BreakerState, ConnectionState, TradingState
-from proto.kv import KV_VALUE_TYPES, BreakerValue, LinkValue, TradingStateValue, decode_value, encode_value
+from proto.kv import (
+    KV_VALUE_TYPES,
+    BreakerValue,
+    DependencyBreakerValue,
+    LinkValue,
+    ProtectionValue,
+    TradingStateValue,
+    decode_value,
+    encode_value,
+)
 from proto.replies import (
     REQUEST_REPLY_TYPES,
     BookReply,
     BreakerResetReply,
     ErrorReply,
+    PositionMemoryState,
+    PositionStateReply,
     ReplyDecodeError,
     TradingControlReply,
+    TradingControlRequest,
     decode_reply,
     error_reply,
 )
@@ -116,3 +128,49 @@ def test_wildcards_when_used_by_consumers_then_inside_a_stream() -> None:
         subjects.MD_ALL,
     ):
         assert wildcard in covered, wildcard
+
+
+def test_position_state_reply_when_an_earlier_reply_round_trips_then_same_bytes() -> None:
+    # `svc.position.state` as position built it by hand before the struct: keys, order and formats.
+    earlier = msgspec.json.encode(
+        {
+            "orders": {"bw-a": {"status": "FILLED", "filled_quantity": "0.010", "symbol": "BTCUSDT"}},
+            "positions": {"BTCUSDT": "0.010"},
+            "protections": {"BTCUSDT": {"entry": "bw-a", "stop_loss": "90.5", "take_profit": "None"}},
+            "reconciled": True,
+            "recovery": {"mode": "snapshot", "snapshot_seq": 12, "replayed": 3},
+            "memory": {
+                "orders": 1,
+                "evicted": 4,
+                "evicted_until_ns": 1_700_000_000_000_000_000,
+                "retention_s": 600.0,
+                "retention_max_terminal": 2000,
+            },
+        }
+    )
+    reply = decode_reply(PositionStateReply, earlier)
+    assert isinstance(reply, PositionStateReply)
+    assert reply.positions == {"BTCUSDT": Decimal("0.010")} and reply.memory.evicted == 4
+    assert msgspec.json.encode(reply) == earlier
+
+
+def test_position_state_reply_when_memory_missing_then_defaults() -> None:
+    reply = decode_reply(PositionStateReply, b'{"orders": {}, "reconciled": false}')
+    assert isinstance(reply, PositionStateReply) and reply.memory == PositionMemoryState()
+
+
+def test_position_kv_values_when_written_by_an_earlier_version_then_read() -> None:
+    protection = decode_value(ProtectionValue, b'{"entry": "bw-e", "stop_loss": "90.50", "take_profit": null}')
+    assert protection == ProtectionValue(entry="bw-e", stop_loss=Decimal("90.50"))
+    assert encode_value(protection) == b'{"entry":"bw-e","stop_loss":"90.50","take_profit":null}'
+    link = decode_value(LinkValue, b'{"state": "DISCONNECTED", "reason": "venue breaker open", "ts_ns": 5}')
+    assert link == LinkValue(state=ConnectionState.DISCONNECTED, reason="venue breaker open", ts_ns=5)
+    breaker = DependencyBreakerValue(state=BreakerState.OPEN, reason="5 failures", ts_ns=6)
+    assert msgspec.json.decode(encode_value(breaker)) == {"state": "OPEN", "reason": "5 failures", "ts_ns": 6}
+
+
+def test_position_keys_when_named_then_as_before() -> None:
+    assert subjects.key_protection("binance-usdm", "BTCUSDT") == "protection.binance-usdm.BTCUSDT"
+    assert subjects.key_breaker(subjects.position_venue_breaker("binance-usdm")) == "breaker.venue-binance-usdm"
+    halt = TradingControlRequest(operator="position", reason="invariant violated")
+    assert msgspec.json.decode(msgspec.json.encode(halt)) == {"operator": "position", "reason": "invariant violated"}
