@@ -172,6 +172,12 @@ def dlq(consumer: str) -> str:
     return f"dlq.{consumer}"
 
 
+def evt_order_all_for_venue(event: str, venue: str) -> str:
+    """One kind of order event on one venue, every symbol, e.g. `evt.order.approved.<venue>.>` (the
+    approvals and denials a position process consumes)."""
+    return f"evt.order.{event}.{venue}.>"
+
+
 # --------------------------------------------------------------------------- core NATS
 
 

@@ -174,13 +174,13 @@ async def setup(ctx: ServiceContext) -> None:
     await ctx.bus.consume(
         stream=orders,
         durable=subjects.position_orders_consumer(component),
-        filter_subjects=[subjects.evt_order("approved", venue, ">")],
+        filter_subjects=[subjects.evt_order_all_for_venue("approved", venue)],
         handler=service.on_approved,
     )
     await ctx.bus.consume(
         stream=orders,
         durable=subjects.position_denials_consumer(component),
-        filter_subjects=[subjects.evt_order("denied", venue, ">")],
+        filter_subjects=[subjects.evt_order_all_for_venue("denied", venue)],
         handler=service.on_denied,
     )
     await ctx.bus.consume(

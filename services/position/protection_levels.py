@@ -1,6 +1,7 @@
 """Protective levels (FM-C2): the stop-loss and take-profit an entry asked for, per symbol, kept in
-the ledger and durably in KV (`protection.<venue>.<symbol>`, a `ProtectionValue`), so that a restarted process (or the
-backup's takeover) still protects the position. Written before any order relies on them.
+the ledger and durably in KV (`protection.<venue>.<symbol>`, a `proto.kv.ProtectionValue`), so that
+a restarted process (or the backup's takeover) still protects the position. Written before any
+order relies on them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ the unknown-order loop (query by client order id; not at the venue: resend once 
 
 The venue is only called after the `OrderSubmitted` event is durable. Orders this service issues
 itself (protective stops, flatten) are approved on ORDERS like any other order (`approve_own`). A
-protective order the venue refuses as already triggered (-2021) is answered here, by closing the
-position at market: whatever path sent it (inline, the queue, a resend), the position is not left bare.
+protective order the venue refuses as already triggered (-2021) is answered here by closing the
+position at market, whatever path sent it (inline, the queue, a resend): never left bare.
 """
 
 from __future__ import annotations

@@ -171,6 +171,9 @@ def test_position_kv_values_when_written_by_an_earlier_version_then_read() -> No
 
 def test_position_keys_when_named_then_as_before() -> None:
     assert subjects.key_protection("binance-usdm", "BTCUSDT") == "protection.binance-usdm.BTCUSDT"
+    approvals = subjects.evt_order_all_for_venue("approved", "binance-usdm")
+    assert approvals == "evt.order.approved.binance-usdm.>"
+    assert subjects.EVT_ORDER_ALL in subjects.STREAM_ORDERS.subjects
     assert subjects.key_breaker(subjects.position_venue_breaker("binance-usdm")) == "breaker.venue-binance-usdm"
     halt = TradingControlRequest(operator="position", reason="invariant violated")
     assert msgspec.json.decode(msgspec.json.encode(halt)) == {"operator": "position", "reason": "invariant violated"}
