@@ -171,6 +171,18 @@ class PositionProtectionState(msgspec.Struct, frozen=True, kw_only=True):
     take_profit: str | None = None
 
 
+class PositionMemoryState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the position process keeps in memory: its orders, those that left it, and the retention."""
+
+    orders: int = 0
+    evicted: int = 0
+    """Finished orders that left memory (beyond the retention) since the process started."""
+    evicted_until_ns: int = 0
+    """Orders updated before this may have left memory (the projections answer for them)."""
+    retention_s: float = 0.0
+    retention_max_terminal: int = 0
+
+
 class PositionStateReply(msgspec.Struct, frozen=True, kw_only=True):
     """`svc.position.state` (and `svc.position-<venue>.state`): orders, positions, protections, recovery."""
 
@@ -179,7 +191,7 @@ class PositionStateReply(msgspec.Struct, frozen=True, kw_only=True):
     protections: dict[str, PositionProtectionState] = {}
     reconciled: bool = False
     recovery: dict[str, Any] | None = None
-    memory: dict[str, Any] = {}
+    memory: PositionMemoryState = msgspec.field(default_factory=PositionMemoryState)
 
 
 REQUEST_REPLY_TYPES: tuple[type[msgspec.Struct], ...] = (

@@ -176,6 +176,12 @@ EVT_STRATEGY_CRASHED_ALL = "evt.strategy.*.crashed"
 """Every strategy instance's `StrategyCrashed` events (FM-C2)."""
 
 
+def evt_order_all_for_venue(event: str, venue: str) -> str:
+    """One kind of order event on one venue, every symbol, e.g. `evt.order.approved.<venue>.>` (the
+    approvals and denials a position process consumes)."""
+    return f"evt.order.{event}.{venue}.>"
+
+
 # --------------------------------------------------------------------------- core NATS
 
 
@@ -324,6 +330,17 @@ def key_ratelimit_ban(venue: str) -> str:
     """A venue's current ban (SPEC FM-N2), shared by every process that talks to it (`libs.ratelimit.SharedBans`):
     {"venue", "status": 418|429, "until_ns", "origin", "reason", "ts_ns"}."""
     return f"ratelimit.{venue}.ban"
+
+
+def key_protection(venue: str, symbol: str) -> str:
+    """The levels protecting a position of `symbol` on `venue` (FM-C2), written by its position process."""
+    return f"protection.{venue}.{symbol}"
+
+
+def position_venue_breaker(venue: str) -> str:
+    """Breaker id of a position process's order link to its venue (`venue-binance-usdm`):
+    `evt.breaker.<id>` and KV `breaker.<id>` (market-data's breaker of the same venue is `venue.<venue>`)."""
+    return f"venue-{venue}"
 
 
 # --------------------------------------------------------------------------- components

@@ -19,8 +19,9 @@ from libs.binance.client import RequestThrottled, endpoint_cost
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen, BreakerTransition, CircuitBreaker
 from libs.logging import Logger
+from libs.orders_model import OrderRecord
 from libs.ratelimit import Admission, RateBudget
-from proto.enums import ErrorClass
+from proto.enums import ErrorClass, OrderType
 
 T = TypeVar("T")
 
@@ -34,6 +35,27 @@ def submit_is_ambiguous(error: BaseException) -> bool:
     because the request reached the venue and an order may exist behind it.
     """
     return classify(error).ambiguous or (isinstance(error, VenueError) and error.status >= 500)
+
+
+def order_params(order: OrderRecord) -> dict[str, str]:
+    """Binance `POST /fapi/v1/order` parameters of an order (client order id included)."""
+    params = {
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.order_type.value,
+        "quantity": str(order.quantity),
+        "newClientOrderId": order.client_order_id,
+        "newOrderRespType": "RESULT",
+    }
+    if order.price is not None:
+        params["price"] = str(order.price)
+    if order.stop_price is not None:
+        params["stopPrice"] = str(order.stop_price)
+    if order.order_type == OrderType.LIMIT:
+        params["timeInForce"] = order.time_in_force or "GTC"
+    if order.reduce_only:
+        params["reduceOnly"] = "true"
+    return params
 
 
 def hurts_venue_health(error: BaseException) -> bool:

@@ -11,8 +11,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import msgspec
-
 from libs.bus import Bus
 from libs.clock import Clock
 from libs.lease import Lease, LeaseLost
@@ -24,14 +22,13 @@ from libs.snapshot import SnapshotPolicy
 from proto import subjects
 from proto.enums import AlertSeverity, ConnectionState, DegradationLevel
 from proto.envelope import Message
+from proto.kv import DegradationLevelValue, LinkValue, decode_value, encode_value
 from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 
 from .domain import CountdownPlanner, Retention
 from .ledger import Ledger
 from .venue_port import VenuePort
 
-ORDER_LINK = "orders"
-"""Link name of the position service's REST link to the venue (`evt.link.<venue>.orders`)."""
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
 
 
@@ -123,14 +120,10 @@ class Core:
     async def read_level(self) -> tuple[DegradationLevel | None, int]:
         """(level, ts_ns) of KV `degradation_level` (None when absent or unreadable)."""
         entry = await self.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
-        if entry is None:
+        value = decode_value(DegradationLevelValue, entry[0] if entry is not None else None)
+        if value is None:
             return None, 0
-        try:
-            raw = msgspec.json.decode(entry[0])
-            level, ts_ns = raw.get("level"), int(raw.get("ts_ns") or 0)
-        except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
-            return None, 0
-        return (DegradationLevel(level) if level in DegradationLevel.__members__ else None), ts_ns
+        return value.level, value.ts_ns
 
     async def refresh_degradation(self) -> None:
         """Follow the degradation level: entering EMERGENCY_MODE/HARD_SHUTDOWN starts flattening."""
@@ -281,15 +274,17 @@ class Core:
             self.reconciled = False
             self.countdown.forget()
         event = LinkStateChanged(
-            venue=self.venue, link=ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
+            venue=self.venue, link=subjects.ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
         )
         if previous == state:
-            self.log.info("link_state_announced", link=ORDER_LINK, current=state.value, reason=reason)
+            self.log.info("link_state_announced", link=subjects.ORDER_LINK, current=state.value, reason=reason)
         else:
-            self.log.warning("link_state_changed", link=ORDER_LINK, previous=previous.value, current=state.value)
-        await self.bus.publish(subjects.evt_link(self.venue, ORDER_LINK), event)
-        value = {"state": state.value, "reason": reason, "ts_ns": event.ts_event_ns}
-        await self.bus.kv_put(subjects.key_link(self.venue, ORDER_LINK), msgspec.json.encode(value))
+            self.log.warning(
+                "link_state_changed", link=subjects.ORDER_LINK, previous=previous.value, current=state.value
+            )
+        await self.bus.publish(subjects.evt_link(self.venue, subjects.ORDER_LINK), event)
+        value = LinkValue(state=state, reason=reason, ts_ns=event.ts_event_ns)
+        await self.bus.kv_put(subjects.key_link(self.venue, subjects.ORDER_LINK), encode_value(value))
         key = f"venue-order-link:{self.venue}"
         if state == ConnectionState.CONNECTED:
             await self.resolve_alert(key, "venue reachable and reconciled")

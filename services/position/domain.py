@@ -13,7 +13,8 @@ from enum import StrEnum
 import msgspec
 
 from libs.orders_model import OrderRecord, Position, is_terminal
-from proto.enums import OrderStatus, OrderType, Side
+from proto.enums import OrderStatus, OrderType, Side, TimeInForce
+from proto.messages import SubmitOrder
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,27 @@ def plan_reconciliation(
         if local != remote:
             mismatches[symbol] = (local, remote)
     return ReconciliationPlan(adopt=adopt, resolve=resolve, position_mismatches=mismatches)
+
+
+def command_from_record(order: OrderRecord) -> SubmitOrder:
+    """The `SubmitOrder` an order came from (for dead letters an operator can inspect and retry)."""
+    return SubmitOrder(
+        client_order_id=order.client_order_id,
+        idempotency_key=order.idempotency_key,
+        source=order.source,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        quantity=order.quantity,
+        venue=order.venue,
+        price=order.price,
+        stop_price=order.stop_price,
+        reduce_only=order.reduce_only,
+        time_in_force=TimeInForce(order.time_in_force)
+        if order.time_in_force is not None and order.time_in_force in TimeInForce.__members__
+        else None,
+        strategy=order.strategy,
+    )
 
 
 # ---------------------------------------------------------------------- invariants (SPEC §6)

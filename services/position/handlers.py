@@ -11,10 +11,11 @@
 | `svc.<component>.state` | `state_query` |
 
 The parts: `core` (shared state and effects), `ledger` (orders, positions), `execution` (venue
-answers), `lookup`, `submission`, `cancels`, `protection`, `integrity`, `flatten`, `reconciliation`,
-`venue_sync`, `snapshots`, `recovery`. All order work runs under `core.lock`. Every state change is
-published on the ORDERS stream before (or together with) its projection write; while the venue link
-is down (breaker open) or not reconciled, orders wait as PENDING_SUBMISSION and nothing is sent.
+answers), `lookup`, `protection_levels`, `submission`, `cancels`, `protection`, `integrity`,
+`flatten`, `reconciliation`, `venue_sync`, `snapshots`, `recovery`. All order work runs under
+`core.lock`. Every state change is published on the ORDERS stream before (or together with) its
+projection write; while the venue link is down (breaker open) or not reconciled, orders wait as
+PENDING_SUBMISSION and nothing is sent.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from proto import subjects
 from proto.enums import OrderStatus
 from proto.envelope import Message
 from proto.messages import CancelOrder, OrderApproved, OrderDenied
+from proto.replies import PositionMemoryState, PositionOrderState, PositionProtectionState, PositionStateReply
 
 from .adapters import VENUE_FAILURES
 from .cancels import Cancels
@@ -51,27 +53,13 @@ from .integrity import Integrity
 from .ledger import Ledger
 from .lookup import OrderLookup
 from .protection import ProtectiveStops
+from .protection_levels import ProtectionLevels
 from .reconciliation import Reconciliation
 from .recovery import Recovery
 from .snapshots import Snapshots
 from .submission import Submission
 from .venue_port import VenuePort
 from .venue_sync import UserStream, VenueSync
-
-
-def orders_durable(component: str) -> str:
-    """Durable consumer of the approvals of a position process (`position-orders` on the main venue)."""
-    return f"{component}-orders"
-
-
-def denials_durable(component: str) -> str:
-    """Durable consumer of the denials of a position process (`position-denials` on the main venue)."""
-    return f"{component}-denials"
-
-
-def cancels_durable(component: str) -> str:
-    """Durable consumer of the cancels of a position process (`position-cancels` on the main venue)."""
-    return f"{component}-cancels"
 
 
 class PositionService:
@@ -133,22 +121,22 @@ class PositionService:
             snapshot_policy=snapshot_policy,
             retention=retention or Retention(),
         )
-        self.orders_durable = orders_durable(component)
-        self.denials_durable = denials_durable(component)
+        self.orders_durable = subjects.position_orders_consumer(component)
+        self.denials_durable = subjects.position_denials_consumer(component)
         self.execution = Execution(core)
         self.lookup = OrderLookup(core)
         self.integrity = Integrity(core)
-        self.submission = Submission(core, self.execution, self.lookup, self.orders_durable)
+        self.levels = ProtectionLevels(core)
+        self.submission = Submission(core, self.execution, self.lookup, self.levels, self.orders_durable)
         self.cancels = Cancels(core, self.execution, self.submission, self.orders_durable)
-        self.protection = ProtectiveStops(core, self.submission, self.cancels, self.lookup)
-        self.submission.protection = self.protection
+        self.protection = ProtectiveStops(core, self.levels, self.submission, self.cancels, self.lookup)
         self.flatten = Flattener(core, self.submission, self.cancels, self.lookup, self.integrity, self.protection)
         self.reconciliation = Reconciliation(core, self.execution, self.submission, self.integrity, self.protection)
         self.venue_sync = VenueSync(
             core, self.execution, self.submission, self.integrity, self.protection, safety_poll_s=safety_poll_s
         )
         self.snapshots = Snapshots(core, snapshots, snapshot_policy, (self.orders_durable, self.denials_durable))
-        self.recovery = Recovery(core, self.snapshots, self.protection, self.integrity)
+        self.recovery = Recovery(core, self.snapshots, self.levels, self.integrity)
 
     @property
     def ledger(self) -> Ledger:
@@ -267,24 +255,27 @@ class PositionService:
         core, ledger = self.core, self.core.ledger
         report = self.recovery.report
         async with core.lock:
-            view = {
-                "orders": {
-                    coid: {"status": o.status.value, "filled_quantity": str(o.filled_quantity), "symbol": o.symbol}
+            reply = PositionStateReply(
+                orders={
+                    coid: PositionOrderState(status=o.status.value, filled_quantity=o.filled_quantity, symbol=o.symbol)
                     for coid, o in sorted(ledger.orders.items())
                 },
-                "positions": {symbol: str(p.quantity) for symbol, p in sorted(ledger.positions.items())},
-                "protections": {
-                    symbol: {"entry": p.entry, "stop_loss": str(p.stop_loss), "take_profit": str(p.take_profit)}
+                positions={symbol: p.quantity for symbol, p in sorted(ledger.positions.items())},
+                protections={
+                    # An absent level reads "None", as it always has (readers compare the text).
+                    symbol: PositionProtectionState(
+                        entry=p.entry, stop_loss=str(p.stop_loss), take_profit=str(p.take_profit)
+                    )
                     for symbol, p in sorted(ledger.protections.items())
                 },
-                "reconciled": core.reconciled,
-                "recovery": report.as_dict() if report is not None else None,
-                "memory": {
-                    "orders": len(ledger.orders),
-                    "evicted": ledger.orders_evicted,
-                    "evicted_until_ns": ledger.evicted_until_ns,
-                    "retention_s": core.retention.keep_ns / 1e9,
-                    "retention_max_terminal": core.retention.max_terminal,
-                },
-            }
-        return msgspec.json.encode(view)
+                reconciled=core.reconciled,
+                recovery=report.as_dict() if report is not None else None,
+                memory=PositionMemoryState(
+                    orders=len(ledger.orders),
+                    evicted=ledger.orders_evicted,
+                    evicted_until_ns=ledger.evicted_until_ns,
+                    retention_s=core.retention.keep_ns / 1e9,
+                    retention_max_terminal=core.retention.max_terminal,
+                ),
+            )
+        return msgspec.json.encode(reply)

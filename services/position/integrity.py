@@ -11,7 +11,9 @@ import msgspec
 from libs.orders_model import OrderRecord
 from proto import subjects
 from proto.enums import AlertSeverity, DegradationLevel
+from proto.kv import DegradationLevelValue, encode_value
 from proto.messages import DegradationLevelChanged
+from proto.replies import TradingControlRequest
 
 from .core import Core
 from .domain import order_invariant_violations, position_invariant_violations
@@ -51,20 +53,15 @@ class Integrity:
         core.log.error("invariant_violated", problems=problems[:20], action_taken="HARD_SHUTDOWN, halt, P0 alert")
         title = "order/position invariant violated"
         await core.alert(core.scoped("invariant-violation"), AlertSeverity.P0, title, problems=problems)
-        previous: DegradationLevel | None = None
-        entry = await core.bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
-        if entry is not None:
-            try:
-                level = msgspec.json.decode(entry[0]).get("level")
-            except (msgspec.DecodeError, AttributeError):
-                level = None
-            previous = DegradationLevel(level) if level in DegradationLevel.__members__ else None
+        previous, _ = await core.read_level()
         event = DegradationLevelChanged(previous=previous, current=DegradationLevel.HARD_SHUTDOWN, reason=reason)
         await core.bus.publish(subjects.EVT_DEGRADATION, event)
-        record = {"level": DegradationLevel.HARD_SHUTDOWN.value, "reason": reason, "ts_ns": event.ts_event_ns}
-        await core.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
+        record = DegradationLevelValue(
+            level=DegradationLevel.HARD_SHUTDOWN, reason=reason, previous=previous, ts_ns=event.ts_event_ns
+        )
+        await core.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, encode_value(record))
         await core.refresh_degradation()  # flatten mode now: entries refused, positions closed (SPEC §5)
-        request = msgspec.json.encode({"operator": core.component, "reason": reason})
+        request = msgspec.json.encode(TradingControlRequest(operator=core.component, reason=reason))
         try:
             await core.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
         except Exception as exc:  # noqa: BLE001 - the level is persisted; risk halts when it reads it

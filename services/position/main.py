@@ -33,17 +33,12 @@ from proto.enums import ComponentState
 from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
 from .cancels import CANCEL_DELIVERIES
 from .domain import Retention
-from .handlers import PositionService, cancels_durable, denials_durable, orders_durable
+from .handlers import PositionService
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
 EXIT_BAD_SETTINGS = 2
 """Exit status of a position process whose settings are invalid (e.g. an unknown BULWARK_POSITION_VENUE)."""
-
-
-def venue_breaker_name(venue: str) -> str:
-    """Breaker id of a venue (`venue-binance-usdm`): `evt.breaker.<id>`, KV `breaker.<id>`."""
-    return f"venue-{venue}"
 
 
 def position_identity(settings: Settings) -> tuple[VenueAccount, str]:
@@ -112,7 +107,9 @@ async def setup(ctx: ServiceContext) -> None:
     )
     await client.start()
     ctx.cleanups.append(client.close)
-    breaker = CircuitBreaker(venue_breaker_name(venue), time.monotonic_ns, open_s=settings.venue_breaker_open_s)
+    breaker = CircuitBreaker(
+        subjects.position_venue_breaker(venue), time.monotonic_ns, open_s=settings.venue_breaker_open_s
+    )
     link = VenueLink(client, breaker, ctx.log, time.time_ns)
     service = PositionService(
         ctx.bus,
@@ -176,19 +173,19 @@ async def setup(ctx: ServiceContext) -> None:
     orders = subjects.STREAM_ORDERS.name
     await ctx.bus.consume(
         stream=orders,
-        durable=orders_durable(component),
-        filter_subjects=[subjects.evt_order("approved", venue, ">")],
+        durable=subjects.position_orders_consumer(component),
+        filter_subjects=[subjects.evt_order_all_for_venue("approved", venue)],
         handler=service.on_approved,
     )
     await ctx.bus.consume(
         stream=orders,
-        durable=denials_durable(component),
-        filter_subjects=[subjects.evt_order("denied", venue, ">")],
+        durable=subjects.position_denials_consumer(component),
+        filter_subjects=[subjects.evt_order_all_for_venue("denied", venue)],
         handler=service.on_denied,
     )
     await ctx.bus.consume(
         stream=orders,
-        durable=cancels_durable(component),
+        durable=subjects.position_cancels_consumer(component),
         filter_subjects=[subjects.CMD_ORDER_CANCEL],
         handler=service.on_cancel,
         max_deliver=CANCEL_DELIVERIES,

@@ -1,23 +1,16 @@
-"""Protective stops (FM-C2): the stop-loss and take-profit levels of an entry (durable in KV), the
-reduce-only orders that carry them at the venue, sized to the position, and what happens when the
-venue refuses one as already triggered (the position is closed at market).
+"""Protective stops (FM-C2): the reduce-only orders that carry an entry's stop-loss and take-profit
+levels (`ProtectionLevels`) at the venue, sized to the position, replaced when it changes and
+cancelled when it is flat. A protective order the venue refuses as already triggered is closed at
+market by `Submission` (the placement's error); the next round then follows the position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from decimal import Decimal
-
-import msgspec
-from nats.errors import Error as NatsError
-from nats.js.errors import KeyNotFoundError
-
-from libs.binance.errors import VenueError
 from libs.errors import TransientError
 from libs.ids import client_order_id_for
-from libs.orders_model import OrderRecord, OrderTrigger, is_terminal
-from proto.enums import AlertSeverity, ErrorClass, OrderSource, OrderStatus
-from proto.messages import OrderRejected, SubmitOrder
+from libs.orders_model import is_terminal
+from proto.enums import AlertSeverity, OrderSource, OrderStatus
+from proto.messages import SubmitOrder
 
 from .adapters import VENUE_FAILURES
 from .cancels import Cancels
@@ -26,13 +19,13 @@ from .domain import (
     IMMEDIATE_TRIGGER_REASON,
     PROTECT_CLOSE_PREFIX,
     PROTECT_PREFIX,
-    Protection,
     ProtectiveOrder,
     is_protective,
     plan_protection,
     protective_orders,
 )
 from .lookup import OrderLookup
+from .protection_levels import ProtectionLevels
 from .submission import Submission
 
 
@@ -41,69 +34,22 @@ class ProtectiveStops:
 
     Args:
         core: the shared state and effects.
+        levels: the levels to carry (forgotten once the position is flat and its entry finished).
         submission: approves and sends the protective orders.
         cancels: cancels stale ones.
         lookup: numbers the attempts (fresh client order ids).
     """
 
-    def __init__(self, core: Core, submission: Submission, cancels: Cancels, lookup: OrderLookup) -> None:
+    def __init__(
+        self, core: Core, levels: ProtectionLevels, submission: Submission, cancels: Cancels, lookup: OrderLookup
+    ) -> None:
         self.core = core
+        self.levels = levels
         self.submission = submission
         self.cancels = cancels
         self.lookup = lookup
         self.given_up: set[str] = set()
         """Protective order stems the venue keeps refusing (alerted once)."""
-
-    def _key(self, symbol: str) -> str:
-        return f"protection.{self.core.venue}.{symbol}"
-
-    async def set_protection(self, protection: Protection) -> None:
-        """Remember (durably, in KV) the levels that protect the symbol's position."""
-        self.core.ledger.protections[protection.symbol] = protection
-        value = {
-            "entry": protection.entry,
-            "stop_loss": str(protection.stop_loss) if protection.stop_loss is not None else None,
-            "take_profit": str(protection.take_profit) if protection.take_profit is not None else None,
-        }
-        await self.core.bus.kv_put(self._key(protection.symbol), msgspec.json.encode(value))
-        self.core.protect_dirty.add(protection.symbol)
-
-    async def _clear_protection(self, symbol: str) -> None:
-        self.core.ledger.protections.pop(symbol, None)
-        kv = await self.core.bus.kv()
-        try:
-            await kv.delete(self._key(symbol))
-        except KeyNotFoundError:
-            pass
-        self.core.log.info("protection_cleared", symbol=symbol)
-
-    async def load(self, fallback: Sequence[Protection] = ()) -> None:
-        """Protective levels from KV (written before use, so authoritative); `fallback` (a snapshot's)
-        only for a symbol whose KV record cannot be read."""
-        core = self.core
-        protections: dict[str, Protection] = {}
-        core.ledger.protections = protections
-        saved = {p.symbol: p for p in fallback}
-        for symbol in core.symbols:
-            try:
-                entry = await core.bus.kv_get(self._key(symbol))
-            except (NatsError, TimeoutError) as exc:
-                core.log.warning("protection_read_failed", symbol=symbol, error=repr(exc), action_taken="snapshot's")
-                if symbol in saved:
-                    protections[symbol] = saved[symbol]
-                continue
-            if entry is None:
-                continue
-            try:
-                raw = msgspec.json.decode(entry[0])
-                protections[symbol] = Protection(
-                    str(raw["entry"]),
-                    symbol,
-                    Decimal(raw["stop_loss"]) if raw.get("stop_loss") else None,
-                    Decimal(raw["take_profit"]) if raw.get("take_profit") else None,
-                )
-            except (msgspec.DecodeError, KeyError, TypeError, ArithmeticError) as exc:
-                core.log.error("protection_record_invalid", symbol=symbol, error=repr(exc), action_taken="ignored")
 
     async def maintain(self, *, all_symbols: bool = False) -> None:
         """Keep each protected position's reduce-only stop and take-profit at the venue, sized to it.
@@ -162,7 +108,7 @@ class ProtectiveStops:
         if position == 0 and protection is not None:
             entry = ledger.orders.get(protection.entry)
             if entry is None or is_terminal(entry.status):
-                await self._clear_protection(symbol)
+                await self.levels.forget(symbol)
 
     async def _place_protective(self, item: ProtectiveOrder, key: str) -> bool:
         """Place one protective order; False when the venue refused it as already triggered (-2021)
@@ -193,50 +139,3 @@ class ProtectiveStops:
         )
         await self.submission.submit(order)
         return not (order.status == OrderStatus.REJECTED and (order.reason or "").startswith(IMMEDIATE_TRIGGER_REASON))
-
-    async def triggered_at_placement(self, order: OrderRecord, exc: VenueError) -> None:
-        """A stop or take-profit the venue refuses because the mark is already past it (-2021).
-
-        Its level is passed: for a stop the loss limit, for a take-profit the target. Leaving the
-        position without it is the one wrong answer, so the position is closed now with a reduce-only
-        MARKET order (`protect-close:...`), as the venue would have done had the order rested.
-        """
-        core = self.core
-        coid = order.client_order_id
-        order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
-        core.transition(order, OrderTrigger.REJECT)
-        rejected = OrderRejected(
-            client_order_id=coid,
-            symbol=order.symbol,
-            reason=order.reason,
-            error_class=ErrorClass.PERMANENT.value,
-            venue_code=exc.code,
-        )
-        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-        await core.save(order)
-        position = core.ledger.position(order.symbol).quantity
-        core.log.error(
-            "protection_triggered_at_placement",
-            client_order_id=coid,
-            symbol=order.symbol,
-            type=order.order_type.value,
-            stop_price=str(order.stop_price),
-            position=str(position),
-            action_taken="close the position at market (reduce-only)",
-        )
-        await core.alert(
-            core.scoped(f"protection-triggered:{order.symbol}"),
-            AlertSeverity.P1,
-            "protective order would trigger immediately: position closed at market",
-            coid=coid,
-            type=order.order_type.value,
-            stop_price=str(order.stop_price),
-            position=str(position),
-        )
-        if position == 0:
-            return
-        stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
-        key = await self.lookup.fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
-        command = self.submission.market_close(key, order.symbol, position, correlation_id=coid)
-        close = await self.submission.approve_own(command)
-        await self.submission.submit(close)

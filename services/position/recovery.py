@@ -21,17 +21,17 @@ from .core import Core
 from .domain import PositionCheckpoint, checkpoint_problem, decode_checkpoint
 from .integrity import Integrity
 from .ledger import Ledger
-from .protection import ProtectiveStops
+from .protection_levels import ProtectionLevels
 from .snapshots import Snapshots
 
 
 class Recovery:
     """Rebuilds the ledger at start."""
 
-    def __init__(self, core: Core, snapshots: Snapshots, protection: ProtectiveStops, integrity: Integrity) -> None:
+    def __init__(self, core: Core, snapshots: Snapshots, levels: ProtectionLevels, integrity: Integrity) -> None:
         self.core = core
         self.snapshots = snapshots
-        self.protection = protection
+        self.levels = levels
         self.integrity = integrity
         self.report: RecoveryReport | None = None
 
@@ -54,7 +54,7 @@ class Recovery:
         ledger.evicted_until_ns = now
         ledger.positions, _ = await core.projections.load_positions(core.venue)
         ledger.rebase()
-        await self.protection.load()
+        await self.levels.load()
         core.log.info(
             "position_state_loaded",
             orders=len(ledger.orders),
@@ -127,7 +127,7 @@ class Recovery:
             events = await read_orders_stream(core.bus, from_seq)
             folded = ledger.fold(events)
             phases["tail_fold_ms"] = (core.clock() - mark_ns) / 1e6
-            await self.protection.load(checkpoint.protections if checkpoint is not None else ())
+            await self.levels.load(checkpoint.protections if checkpoint is not None else ())
             mark_ns = core.clock()
             try:
                 await write(folded, core.projections, touched_only=True)

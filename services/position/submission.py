@@ -3,7 +3,9 @@ down, unreconciled, behind earlier orders, a throttled request budget), a placem
 the unknown-order loop (query by client order id; not at the venue: resend once with the same id).
 
 The venue is only called after the `OrderSubmitted` event is durable. Orders this service issues
-itself (protective stops, flatten) are approved on ORDERS like any other order (`approve_own`).
+itself (protective stops, flatten) are approved on ORDERS like any other order (`approve_own`). A
+protective order the venue refuses as already triggered (-2021) is answered here by closing the
+position at market, whatever path sent it (inline, the queue, a resend): never left bare.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from proto.enums import (
     OrderStatus,
     OrderType,
     Side,
-    TimeInForce,
 )
 from proto.messages import (
     DeadLettered,
@@ -42,16 +43,22 @@ from proto.messages import (
     SubmitOrder,
 )
 
-from .adapters import submit_is_ambiguous
+from .adapters import order_params, submit_is_ambiguous
 from .core import Core
-from .domain import Protection, is_protective
+from .domain import (
+    IMMEDIATE_TRIGGER_REASON,
+    PROTECT_CLOSE_PREFIX,
+    PROTECT_PREFIX,
+    Protection,
+    command_from_record,
+    is_protective,
+)
 from .execution import Execution
 from .lookup import OrderLookup
+from .protection_levels import ProtectionLevels
 
 if TYPE_CHECKING:
     from libs.bus import Delivery
-
-    from .protection import ProtectiveStops
 
 ORDER_NOT_FOUND = -2013
 DUPLICATE_CLIENT_ORDER_ID = -4116
@@ -63,65 +70,24 @@ client's own wait for the budget); a longer hold (a Retry-After, a ban) waits fo
 QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
 
 
-def order_params(order: OrderRecord) -> dict[str, str]:
-    """Binance `POST /fapi/v1/order` parameters of an order (client order id included)."""
-    params = {
-        "symbol": order.symbol,
-        "side": order.side.value,
-        "type": order.order_type.value,
-        "quantity": str(order.quantity),
-        "newClientOrderId": order.client_order_id,
-        "newOrderRespType": "RESULT",
-    }
-    if order.price is not None:
-        params["price"] = str(order.price)
-    if order.stop_price is not None:
-        params["stopPrice"] = str(order.stop_price)
-    if order.order_type == OrderType.LIMIT:
-        params["timeInForce"] = order.time_in_force or "GTC"
-    if order.reduce_only:
-        params["reduceOnly"] = "true"
-    return params
-
-
-def command_from_record(order: OrderRecord) -> SubmitOrder:
-    """The `SubmitOrder` an order came from (for dead letters an operator can inspect and retry)."""
-    return SubmitOrder(
-        client_order_id=order.client_order_id,
-        idempotency_key=order.idempotency_key,
-        source=order.source,
-        symbol=order.symbol,
-        side=order.side,
-        order_type=order.order_type,
-        quantity=order.quantity,
-        venue=order.venue,
-        price=order.price,
-        stop_price=order.stop_price,
-        reduce_only=order.reduce_only,
-        time_in_force=TimeInForce(order.time_in_force)
-        if order.time_in_force is not None and order.time_in_force in TimeInForce.__members__
-        else None,
-        strategy=order.strategy,
-    )
-
-
 class Submission:
     """Approved orders → venue, the queue, placement errors and the unknown-order loop.
 
     Args:
         core: the shared state and effects.
         execution: applies the venue's answers.
-        lookup: answers about orders beyond memory.
+        lookup: answers about orders beyond memory (and fresh keys for a protect-close).
+        levels: where an entry's protective levels are remembered before it is sent.
         orders_durable: the approvals consumer (named in dead letters).
     """
 
-    protection: ProtectiveStops
-    """Set by the service's wiring (protective stops and submission call each other)."""
-
-    def __init__(self, core: Core, execution: Execution, lookup: OrderLookup, orders_durable: str) -> None:
+    def __init__(
+        self, core: Core, execution: Execution, lookup: OrderLookup, levels: ProtectionLevels, orders_durable: str
+    ) -> None:
         self.core = core
         self.execution = execution
         self.lookup = lookup
+        self.levels = levels
         self.orders_durable = orders_durable
         self.query_backoff_s: Sequence[float] = QUERY_BACKOFF_S
 
@@ -171,7 +137,7 @@ class Submission:
             core.log.info("order_already_known", client_order_id=command.client_order_id)
             return False
         if (command.stop_loss is not None or command.take_profit is not None) and not command.reduce_only:
-            await self.protection.set_protection(
+            await self.levels.remember(
                 Protection(command.client_order_id, command.symbol, command.stop_loss, command.take_profit)
             )
         if known is None:
@@ -350,7 +316,7 @@ class Submission:
             await self.query_and_apply(order)
             return
         if exc.code == WOULD_TRIGGER_IMMEDIATELY and is_protective(order):
-            await self.protection.triggered_at_placement(order, exc)
+            await self._triggered_at_placement(order, exc)
             return
         if submit_is_ambiguous(exc):
             await self.mark_unknown(order, f"HTTP {exc.status} code={exc.code}: {exc.msg}")
@@ -396,6 +362,53 @@ class Submission:
             await core.alert(
                 f"order-rejected:{coid}", AlertSeverity.P2, "order rejected by the venue", coid=coid, reason=why
             )
+
+    async def _triggered_at_placement(self, order: OrderRecord, exc: VenueError) -> None:
+        """A stop or take-profit the venue refuses because the mark is already past it (-2021).
+
+        Its level is passed: for a stop the loss limit, for a take-profit the target. Leaving the
+        position without it is the one wrong answer, so the position is closed now with a reduce-only
+        MARKET order (`protect-close:...`), as the venue would have done had the order rested.
+        """
+        core = self.core
+        coid = order.client_order_id
+        order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
+        core.transition(order, OrderTrigger.REJECT)
+        rejected = OrderRejected(
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=order.reason,
+            error_class=ErrorClass.PERMANENT.value,
+            venue_code=exc.code,
+        )
+        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+        await core.save(order)
+        position = core.ledger.position(order.symbol).quantity
+        core.log.error(
+            "protection_triggered_at_placement",
+            client_order_id=coid,
+            symbol=order.symbol,
+            type=order.order_type.value,
+            stop_price=str(order.stop_price),
+            position=str(position),
+            action_taken="close the position at market (reduce-only)",
+        )
+        await core.alert(
+            core.scoped(f"protection-triggered:{order.symbol}"),
+            AlertSeverity.P1,
+            "protective order would trigger immediately: position closed at market",
+            coid=coid,
+            type=order.order_type.value,
+            stop_price=str(order.stop_price),
+            position=str(position),
+        )
+        if position == 0:
+            return
+        stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
+        key = await self.lookup.fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
+        command = self.market_close(key, order.symbol, position, correlation_id=coid)
+        close = await self.approve_own(command)
+        await self.submit(close)
 
     # ------------------------------------------------------------------ the unknown-order loop (FM-N7)
 

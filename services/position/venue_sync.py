@@ -10,14 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 
-import msgspec
-
 from libs.binance.endpoints import EndpointRotation
 from libs.breaker import BreakerState, BreakerTransition
 from libs.orders_model import OrderRecord, is_terminal
 from libs.reconnect import reconnect_delay_s
 from proto import subjects
 from proto.enums import ConnectionState, OrderStatus
+from proto.kv import DependencyBreakerValue, encode_value
 
 from .adapters import VENUE_FAILURES
 from .core import Core
@@ -92,9 +91,8 @@ class VenueSync:
         core.log.warning("breaker_state_changed", **transition.fields())
         event = transition.event()
         await core.bus.publish(subjects.evt_breaker(transition.name), event)
-        await core.bus.kv_put(
-            subjects.key_breaker(transition.name), msgspec.json.encode(transition.record(event.ts_event_ns))
-        )
+        value = DependencyBreakerValue(state=transition.current, reason=transition.reason, ts_ns=event.ts_event_ns)
+        await core.bus.kv_put(subjects.key_breaker(transition.name), encode_value(value))
         if transition.current == BreakerState.OPEN:
             await core.set_link(ConnectionState.DISCONNECTED, f"venue breaker open: {transition.reason}")
 

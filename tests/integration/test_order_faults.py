@@ -143,7 +143,7 @@ async def test_submit_when_client_order_id_already_at_venue_then_adopts_venue_st
 
 
 async def _link_state(system: System) -> str | None:
-    entry = await system.bus.kv_get(subjects.key_link(VENUE, "orders"))
+    entry = await system.bus.kv_get(subjects.key_link(VENUE, subjects.ORDER_LINK))
     return msgspec.json.decode(entry[0])["state"] if entry else None
 
 

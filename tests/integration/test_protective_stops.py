@@ -88,7 +88,7 @@ async def test_entry_with_stop_and_tp_when_filled_restarted_and_closed_then_one_
         await wait_status(pool, order["client_order_id"], "CANCELED", "EXPIRED")
     final = await assert_venue_matches_system(pool, url)
     assert len(final["orders"]) == orders_before + 1
-    assert await bus.kv_get(f"protection.binance-usdm.{SYMBOL}") is None
+    assert await bus.kv_get(subjects.key_protection("binance-usdm", SYMBOL)) is None
 
 
 def levels(state: dict, below_pct: str = "0.98", above_pct: str = "1.02") -> tuple[Decimal, Decimal]:
@@ -128,7 +128,7 @@ async def assert_flat_and_consistent(system: System, triggered: dict, other: dic
     assert venue[other["client_order_id"]]["status"] == "CANCELED"
 
     async def protection_cleared() -> bool:
-        return await system.bus.kv_get(f"protection.binance-usdm.{SYMBOL}") is None
+        return await system.bus.kv_get(subjects.key_protection("binance-usdm", SYMBOL)) is None
 
     await eventually(protection_cleared, 10)
 
@@ -228,6 +228,6 @@ async def test_protective_order_when_mark_already_past_its_level_then_position_c
     assert not await pool.fetchval("SELECT count(*) FROM orders WHERE status = 'REJECTED' AND reason NOT LIKE 'would%'")
 
     async def protection_cleared() -> bool:
-        return await bus.kv_get(f"protection.binance-usdm.{SYMBOL}") is None
+        return await bus.kv_get(subjects.key_protection("binance-usdm", SYMBOL)) is None
 
     await eventually(protection_cleared, 10)

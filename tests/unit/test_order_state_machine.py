@@ -16,8 +16,8 @@ from libs.orders_model import (
     venue_trigger,
 )
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
+from services.position.adapters import order_params
 from services.position.domain import plan_reconciliation
-from services.position.submission import order_params
 
 S = OrderStatus
 T = OrderTrigger

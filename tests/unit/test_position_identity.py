@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from libs.settings import Settings, SettingsError
+from proto import subjects
 from services.position.domain import flatten_stem
-from services.position.handlers import cancels_durable, denials_durable, orders_durable
 from services.position.main import position_identity
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,11 @@ def test_identity_when_no_position_venue_then_main_venue_and_every_name_as_befor
     settings = Settings(venue="binance-usdm", venue_rest_url="http://main", backup_venue="backup-x")
     account, component = position_identity(settings)
     assert (account.name, account.rest_url, component) == ("binance-usdm", "http://main", "position")
-    assert (orders_durable(component), denials_durable(component), cancels_durable(component)) == (
+    assert (
+        subjects.position_orders_consumer(component),
+        subjects.position_denials_consumer(component),
+        subjects.position_cancels_consumer(component),
+    ) == (
         "position-orders",
         "position-denials",
         "position-cancels",
@@ -48,7 +52,7 @@ def test_identity_when_position_venue_is_the_backup_then_its_account_and_own_nam
         "backup-key",
     )
     assert component == "position-backup-x"
-    assert orders_durable(component) == "position-backup-x-orders"
+    assert subjects.position_orders_consumer(component) == "position-backup-x-orders"
     assert flatten_stem(component, "42") == "flatten:position-backup-x:42:"
 
 

@@ -16,6 +16,7 @@ from proto.kv import (
     DegradationLevelValue,
     DependencyBreakerValue,
     LinkValue,
+    ProtectionValue,
     TradingStateValue,
     decode_breaker,
     decode_value,
@@ -26,9 +27,12 @@ from proto.replies import (
     BookReply,
     BreakerResetReply,
     ErrorReply,
+    PositionMemoryState,
+    PositionStateReply,
     ReplyDecodeError,
     RiskStateReply,
     TradingControlReply,
+    TradingControlRequest,
     decode_reply,
     error_reply,
 )
@@ -200,3 +204,52 @@ def test_risk_state_reply_when_entries_halted_then_the_reason_and_when_not_then_
     assert reply.entries_halted == "bus connection lost" and reply.positions == {"BTCUSDT": Decimal("0.5")}
     running = decode_reply(RiskStateReply, b'{"trading_state": "ACTIVE", "entries_halted": null}')
     assert isinstance(running, RiskStateReply) and running.entries_halted is None
+
+
+def test_position_state_reply_when_an_earlier_reply_round_trips_then_same_bytes() -> None:
+    # `svc.position.state` as position built it by hand before the struct: keys, order and formats.
+    earlier = msgspec.json.encode(
+        {
+            "orders": {"bw-a": {"status": "FILLED", "filled_quantity": "0.010", "symbol": "BTCUSDT"}},
+            "positions": {"BTCUSDT": "0.010"},
+            "protections": {"BTCUSDT": {"entry": "bw-a", "stop_loss": "90.5", "take_profit": "None"}},
+            "reconciled": True,
+            "recovery": {"mode": "snapshot", "snapshot_seq": 12, "replayed": 3},
+            "memory": {
+                "orders": 1,
+                "evicted": 4,
+                "evicted_until_ns": 1_700_000_000_000_000_000,
+                "retention_s": 600.0,
+                "retention_max_terminal": 2000,
+            },
+        }
+    )
+    reply = decode_reply(PositionStateReply, earlier)
+    assert isinstance(reply, PositionStateReply)
+    assert reply.positions == {"BTCUSDT": Decimal("0.010")} and reply.memory.evicted == 4
+    assert msgspec.json.encode(reply) == earlier
+
+
+def test_position_state_reply_when_memory_missing_then_defaults() -> None:
+    reply = decode_reply(PositionStateReply, b'{"orders": {}, "reconciled": false}')
+    assert isinstance(reply, PositionStateReply) and reply.memory == PositionMemoryState()
+
+
+def test_position_kv_values_when_written_by_an_earlier_version_then_read() -> None:
+    protection = decode_value(ProtectionValue, b'{"entry": "bw-e", "stop_loss": "90.50", "take_profit": null}')
+    assert protection == ProtectionValue(entry="bw-e", stop_loss=Decimal("90.50"))
+    assert encode_value(protection) == b'{"entry":"bw-e","stop_loss":"90.50","take_profit":null}'
+    link = decode_value(LinkValue, b'{"state": "DISCONNECTED", "reason": "venue breaker open", "ts_ns": 5}')
+    assert link == LinkValue(state=ConnectionState.DISCONNECTED, reason="venue breaker open", ts_ns=5)
+    breaker = DependencyBreakerValue(state=BreakerState.OPEN, reason="5 failures", ts_ns=6)
+    assert msgspec.json.decode(encode_value(breaker)) == {"state": "OPEN", "reason": "5 failures", "ts_ns": 6}
+
+
+def test_position_keys_when_named_then_as_before() -> None:
+    assert subjects.key_protection("binance-usdm", "BTCUSDT") == "protection.binance-usdm.BTCUSDT"
+    approvals = subjects.evt_order_all_for_venue("approved", "binance-usdm")
+    assert approvals == "evt.order.approved.binance-usdm.>"
+    assert subjects.EVT_ORDER_ALL in subjects.STREAM_ORDERS.subjects
+    assert subjects.key_breaker(subjects.position_venue_breaker("binance-usdm")) == "breaker.venue-binance-usdm"
+    halt = TradingControlRequest(operator="position", reason="invariant violated")
+    assert msgspec.json.decode(msgspec.json.encode(halt)) == {"operator": "position", "reason": "invariant violated"}
