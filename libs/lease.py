@@ -16,7 +16,6 @@ and the holder stops being `held` once its last renewal expires: no split brain.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,10 +24,8 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from libs.clock import Clock, wall_clock
 from libs.logging import Logger, get_logger
-
-Clock = Callable[[], int]
-"""Returns the current time in integer ns."""
 
 LEASE_BUCKET = "bulwark-leases"
 DEFAULT_TTL_S = 10.0
@@ -87,7 +84,7 @@ class Lease:
         holder: str,
         *,
         ttl_s: float = DEFAULT_TTL_S,
-        clock: Clock = time.time_ns,
+        clock: Clock = wall_clock,
         log: Logger | None = None,
     ) -> None:
         self.kv = kv

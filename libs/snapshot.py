@@ -11,17 +11,14 @@ never a wrong state silently loaded.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 import google_crc32c
 
+from libs.clock import Clock, wall_clock
 from libs.logging import Logger, get_logger
-
-Clock = Callable[[], int]
-"""Returns the current time in integer ns."""
 
 DEFAULT_INTERVAL_NS = 60_000_000_000
 """SPEC §8: checkpoints every 60 s."""
@@ -83,7 +80,7 @@ class SnapshotStore:
         log: logger for corruption reports.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, clock: Clock = time.time_ns, log: Logger | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, clock: Clock = wall_clock, log: Logger | None = None) -> None:
         self.pool = pool
         self._clock = clock
         self.log = log or get_logger("snapshot")

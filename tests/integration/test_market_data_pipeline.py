@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from libs.settings import Settings
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main
+from tests.support.polling import eventually
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SYMBOL = "BTCUSDT"
@@ -75,24 +75,17 @@ def as_decimals(levels: list[list[str]]) -> list[tuple[Decimal, Decimal]]:
     return [(Decimal(price), Decimal(qty)) for price, qty in levels]
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Return as soon as `condition()` holds, or after `timeout_s` (the caller asserts)."""
-    for _ in range(int(timeout_s / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-
-
 async def wait_valid(bus: Bus, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
     served: dict = {}
-    while time.monotonic() < deadline:
+
+    async def valid() -> dict | None:
+        nonlocal served
         with contextlib.suppress(Exception):
             served = await book(bus)
-            if served.get("status") == "VALID":
-                return served
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"hot state not VALID: {served}")
+        return served if served.get("status") == "VALID" else None
+
+    found: dict = await eventually(valid, timeout_s, lambda: f"hot state not VALID: {served}")
+    return found
 
 
 async def assert_book_matches_venue(bus: Bus, http: aiohttp.ClientSession, venue_rest: str) -> None:
@@ -163,7 +156,7 @@ async def test_pipeline_when_depth_dropped_or_socket_closed_then_resynced_and_ex
         seen.clear()
         async with http.post(f"{venue_rest}/_sim/faults", json={"kind": "drop_depth", "symbol": SYMBOL}) as r:
             assert r.status in (200, 201), await r.text()
-        await eventually(lambda: f"md.resync.binance-usdm.{SYMBOL}" in seen)
+        await eventually(lambda: f"md.resync.binance-usdm.{SYMBOL}" in seen, interval_s=0.05)
         assert f"md.resync.binance-usdm.{SYMBOL}" in seen
         await wait_valid(bus)
         await assert_book_matches_venue(bus, http, venue_rest)
@@ -172,7 +165,7 @@ async def test_pipeline_when_depth_dropped_or_socket_closed_then_resynced_and_ex
         seen.clear()
         async with http.post(f"{venue_rest}/_sim/faults", json={"kind": "ws_close"}) as r:
             assert r.status in (200, 201), await r.text()
-        await eventually(lambda: seen.count("evt.link.binance-usdm.market-ws") >= 2)
+        await eventually(lambda: seen.count("evt.link.binance-usdm.market-ws") >= 2, interval_s=0.05)
         assert seen.count("evt.link.binance-usdm.market-ws") >= 2, seen
         await wait_valid(bus)
         await assert_book_matches_venue(bus, http, venue_rest)

@@ -29,6 +29,7 @@ from libs.settings import Settings
 from proto import subjects
 from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main
+from tests.support.polling import eventually
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance"
 DEPTH = 20
@@ -107,17 +108,16 @@ async def _served(bus: Bus, symbol: str) -> dict:
 
 
 async def _wait_all_valid(bus: Bus, symbols: tuple[str, ...], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    served: dict = {}
-    for symbol in symbols:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                served = await _served(bus, symbol)
-                if served.get("status") == "VALID":
-                    break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"{symbol} not VALID: {served}")
+    served: dict[str, dict] = {}
+
+    async def all_valid() -> bool:
+        for symbol in symbols:
+            if served.get(symbol, {}).get("status") != "VALID":
+                with contextlib.suppress(Exception):
+                    served[symbol] = await _served(bus, symbol)
+        return all(served.get(symbol, {}).get("status") == "VALID" for symbol in symbols)
+
+    await eventually(all_valid, timeout_s, lambda: f"not all VALID: {served}")
 
 
 async def _sim(http: aiohttp.ClientSession, venue_url: str, method: str, path: str, **kwargs: object) -> dict:

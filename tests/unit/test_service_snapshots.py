@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from libs.clock import ManualClock
 from libs.heartbeat import ComponentView
 from libs.logging import get_logger
 from libs.service_snapshots import snapshot_fits_stream
@@ -33,18 +34,13 @@ S = 1_000_000_000
 VENUE = "binance-usdm"
 
 
-class FakeClock:
-    def __init__(self, now: int = 1_700_000_000 * S) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
+START = 1_700_000_000 * S
 
 
 # --------------------------------------------------------------------------- risk
 
 
-def _risk(clock: FakeClock) -> RiskService:
+def _risk(clock: ManualClock) -> RiskService:
     limits = RiskLimits(symbols=frozenset({"BTCUSDT"}), max_position_qty=Decimal(1), max_order_notional=Decimal(10**6))
     state = TradingStateValue(state=TradingState.ACTIVE)
     return RiskService(None, get_logger("risk-test"), limits, VENUE, clock, state)  # type: ignore[arg-type]
@@ -75,7 +71,7 @@ def _position(quantity: str, realized: str, ts: int, caused_by: str | None = Non
     )
 
 
-def _history(clock: FakeClock) -> list[Any]:
+def _history(clock: ManualClock) -> list[Any]:
     t = clock.now
     entry = _order("a", Side.BUY, "0.1")
     pending = _order("b", Side.BUY, "0.2")
@@ -104,7 +100,7 @@ def _state(service: RiskService) -> dict[str, Any]:
 
 
 def test_risk_snapshot_when_restored_then_pending_trades_and_positions_equal() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START)
     original = _risk(clock)
     for seq, message in enumerate(_history(clock), start=1):
         original.replay_message(message, seq)
@@ -122,7 +118,7 @@ def test_risk_snapshot_when_restored_then_pending_trades_and_positions_equal() -
 
 
 def test_risk_replay_when_messages_applied_twice_then_same_state_as_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START)
     once, twice = _risk(clock), _risk(clock)
     history = _history(clock)
     for seq, message in enumerate(history, start=1):
@@ -251,7 +247,7 @@ def _component_alerts(evaluation: Any) -> list[tuple[str, bool]]:
 
 
 def test_watchdog_evaluator_when_restored_then_open_alert_not_raised_again_and_cleared_one_resolved() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START)
     before = WatchdogEvaluator(clock, grace_ns=3 * S)
     clock.now += 4 * S
     first = before.evaluate(_views(gateway=ComponentState.DOWN, risk=ComponentState.READY))
@@ -273,7 +269,7 @@ def test_watchdog_evaluator_when_restored_then_open_alert_not_raised_again_and_c
 
 
 def test_watchdog_snapshot_when_round_tripped_then_open_alerts_and_timers_equal() -> None:
-    clock = FakeClock()
+    clock = ManualClock(START)
     evaluator = WatchdogEvaluator(clock, grace_ns=0)
     clock.now += S
     evaluator.evaluate(_views(market_data=ComponentState.DOWN))
