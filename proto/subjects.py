@@ -423,3 +423,29 @@ def strategy_market_data_consumer(strategy: str) -> str:
 def strategy_commands_consumer(strategy: str) -> str:
     """A strategy instance's enable/disable commands."""
     return f"strategy-{strategy}-commands"
+
+
+# --------------------------------------------------------------------------- request/reply queries
+# Bodies in `proto.replies`.
+
+SVC_RISK_HALT = service_query(RISK, "halt")
+"""`TradingControlRequest` → `TradingControlReply`: HALT trading (operators, market-data on FM-D3, position)."""
+SVC_RISK_RESUME = service_query(RISK, "resume")
+"""`TradingControlRequest` → `TradingControlReply`: back to ACTIVE."""
+SVC_RISK_REDUCE = service_query(RISK, "reduce")
+"""`TradingControlRequest` → `TradingControlReply`: only orders that reduce exposure."""
+SVC_RISK_STATE = service_query(RISK, "state")
+"""`{}` → `RiskStateReply`."""
+SVC_RISK_BREAKER_RESET = service_query(RISK, "breaker_reset")
+"""`BreakerResetRequest` → `BreakerResetReply`."""
+SVC_STATE_BUILDER_BOOK = service_query(STATE_BUILDER, "book")
+"""`BookRequest` → `BookReply`."""
+SVC_STATE_BUILDER_SYMBOLS = service_query(STATE_BUILDER, "symbols")
+"""`{}` → `SymbolsReply`."""
+SVC_MARKET_DATA_RESYNC = service_query(MARKET_DATA, "resync")
+"""`ResyncRequest` → `ResyncReply`."""
+
+
+def svc_position_state(component: str) -> str:
+    """`{}` → `PositionStateReply` of one position process (`position_component`)."""
+    return service_query(component, "state")

@@ -130,7 +130,7 @@ class RecoveryRig:
         assert self.bus is not None
         try:
             reply = await self.bus.request(
-                subjects.service_query(subjects.STATE_BUILDER, "book"),
+                subjects.SVC_STATE_BUILDER_BOOK,
                 msgspec.json.encode({"symbol": symbol, "depth": depth}),
                 timeout_s=timeout_s,
             )

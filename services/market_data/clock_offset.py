@@ -127,7 +127,7 @@ class ClockOffsetCheck:
             return
         payload = msgspec.json.encode(TradingControlRequest(operator=subjects.MARKET_DATA, reason=reason))
         try:
-            reply = await self._request(subjects.service_query(subjects.RISK, "halt"), payload)
+            reply = await self._request(subjects.SVC_RISK_HALT, payload)
         except Exception as exc:  # noqa: BLE001 - risk may be down; the degraded link still stales the symbols
             self._runtime.log.error("halt_request_failed", error=f"{type(exc).__name__}: {exc}", reason=reason)
             return

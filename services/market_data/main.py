@@ -64,7 +64,7 @@ async def setup(ctx: ServiceContext) -> None:
     )
     ctx.cleanups.append(service.close)
     ctx.details = service.details
-    await ctx.bus.serve(subjects.service_query(COMPONENT, "resync"), service.handle_resync_request)
+    await ctx.bus.serve(subjects.SVC_MARKET_DATA_RESYNC, service.handle_resync_request)
     ctx.spawn(service.run_stream_forever(), "market-ws")
     if market == MarketKind.USDM:  # spot has no open interest
         ctx.spawn(service.poll_open_interest_forever(), "open-interest-poll")

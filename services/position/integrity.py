@@ -63,7 +63,7 @@ class Integrity:
         await core.refresh_degradation()  # flatten mode now: entries refused, positions closed (SPEC §5)
         request = msgspec.json.encode(TradingControlRequest(operator=core.component, reason=reason))
         try:
-            await core.bus.request(subjects.service_query(subjects.RISK, "halt"), request, timeout_s=3.0)
+            await core.bus.request(subjects.SVC_RISK_HALT, request, timeout_s=3.0)
         except Exception as exc:  # noqa: BLE001 - the level is persisted; risk halts when it reads it
             core.log.warning("hard_shutdown_halt_failed", error=f"{type(exc).__name__}: {exc}")
 

@@ -191,7 +191,7 @@ async def setup(ctx: ServiceContext) -> None:
         max_deliver=CANCEL_DELIVERIES,
     )
     phases["consumers_ms"] = ms_since(mark)
-    await ctx.bus.serve(subjects.service_query(component, "state"), service.state_query)
+    await ctx.bus.serve(subjects.svc_position_state(component), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ws_bases = [account.ws_url, *account.ws_alternates]
     ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")

@@ -47,7 +47,7 @@ def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
 async def _touch_prices(risk: RiskCore, symbol: str) -> tuple[Decimal | None, Decimal | None]:
     """Best bid/ask from the state-builder, used when no mark price is known yet."""
     try:
-        raw = await risk.bus.request(subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=1.0)
+        raw = await risk.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, timeout_s=1.0)
         row = adapters.parse_symbols_reply(raw).get(symbol)
     except Exception as exc:  # noqa: BLE001 - timeout, no responders, bad reply: price stays unknown
         risk.log.warning("state_builder_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")

@@ -70,9 +70,7 @@ def heard_state_builder(risk: RiskCore) -> None:
 async def probe_state_builder(risk: RiskCore) -> bool:
     """Ask the state-builder for every symbol's hot state; False when it does not answer."""
     try:
-        raw = await risk.bus.request(
-            subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=PROBE_TIMEOUT_S
-        )
+        raw = await risk.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, timeout_s=PROBE_TIMEOUT_S)
         rows = adapters.parse_symbols_reply(raw)
     except Exception as exc:  # noqa: BLE001 - timeout, no responders, bad reply: it counts as dead
         risk.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")

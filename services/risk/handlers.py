@@ -128,15 +128,15 @@ class RiskService(RiskCore):
 
     async def serve(self) -> None:
         """Register the request/reply endpoints."""
-        for name, handler in self.request_handlers().items():
-            await self.bus.serve(subjects.service_query(subjects.RISK, name), handler)
+        for subject, handler in self.request_handlers().items():
+            await self.bus.serve(subject, handler)
 
     def request_handlers(self) -> dict[str, RequestHandler]:
-        """`svc.risk.<name>` → its handler: the request/reply table."""
+        """`svc.risk.*` subject → its handler: the request/reply table."""
         return {
-            "halt": trading_control.request_handler(self, TradingTrigger.HALT),
-            "resume": trading_control.request_handler(self, TradingTrigger.RESUME),
-            "reduce": trading_control.request_handler(self, TradingTrigger.REDUCE),
-            "state": self.serve_state,
-            "breaker_reset": partial(breaker_effects.reset_breaker, self),
+            subjects.SVC_RISK_HALT: trading_control.request_handler(self, TradingTrigger.HALT),
+            subjects.SVC_RISK_RESUME: trading_control.request_handler(self, TradingTrigger.RESUME),
+            subjects.SVC_RISK_REDUCE: trading_control.request_handler(self, TradingTrigger.REDUCE),
+            subjects.SVC_RISK_STATE: self.serve_state,
+            subjects.SVC_RISK_BREAKER_RESET: partial(breaker_effects.reset_breaker, self),
         }

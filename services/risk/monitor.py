@@ -57,7 +57,7 @@ async def monitor_once(risk: RiskCore) -> None:
 async def _book_sample(risk: RiskCore, symbol: str) -> tuple[Decimal, Decimal | None] | None:
     request = msgspec.json.encode(BookRequest(symbol=symbol, depth=BOOK_DEPTH_LEVELS))
     try:
-        raw = await risk.bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), request, timeout_s=0.5)
+        raw = await risk.bus.request(subjects.SVC_STATE_BUILDER_BOOK, request, timeout_s=0.5)
     except Exception as exc:  # noqa: BLE001 - timeout or no responders: no sample this round
         risk.log.debug("book_sample_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
         return None

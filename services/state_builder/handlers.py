@@ -286,7 +286,7 @@ class StateBuilder:
         Returns:
             True when market-data answered, False after `attempts` failures (None: forever).
         """
-        subject = subjects.service_query(subjects.MARKET_DATA, "resync")
+        subject = subjects.SVC_MARKET_DATA_RESYNC
         payload = encode(ResyncRequest(symbol=symbol))
         tried = 0
         while attempts is None or tried < attempts:

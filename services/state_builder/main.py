@@ -59,8 +59,8 @@ async def setup(ctx: ServiceContext) -> None:
     phases = ctx.startup_phases
     mark = time.perf_counter()
     await builder.publish_initial()
-    await bus.serve(subjects.service_query(COMPONENT, "book"), builder.handle_book_request)
-    await bus.serve(subjects.service_query(COMPONENT, "symbols"), builder.handle_symbols_request)
+    await bus.serve(subjects.SVC_STATE_BUILDER_BOOK, builder.handle_book_request)
+    await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, builder.handle_symbols_request)
     await adapters.subscribe_link_events(bus, builder.on_link_event)
     phases["announce_ms"] = ms_since(mark)
     mark = time.perf_counter()

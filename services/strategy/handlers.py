@@ -148,9 +148,7 @@ class StrategyService:
     async def market(self) -> dict[str, MarketView]:
         """The state-builder's view; empty (nothing VALID, so no entries) when it does not answer."""
         try:
-            raw = await self.runner.bus.request(
-                subjects.service_query(subjects.STATE_BUILDER, "symbols"), timeout_s=0.4
-            )
+            raw = await self.runner.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, timeout_s=0.4)
             views = adapters.market_views(raw)
         except Exception as exc:  # noqa: BLE001 - timeouts, no responders, bad replies: fail closed
             self.runner.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")

@@ -80,9 +80,7 @@ class Observer:
     async def symbols(self) -> list[SymbolObservation]:
         started = time.monotonic()
         try:
-            raw = await self._ctx.bus.request(
-                subjects.service_query(subjects.STATE_BUILDER, "symbols"), b"{}", timeout_s=SYMBOLS_TIMEOUT_S
-            )
+            raw = await self._ctx.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, b"{}", timeout_s=SYMBOLS_TIMEOUT_S)
             found = symbols_from_reply(decode_reply(SymbolsReply, raw))
         except (NatsError, TimeoutError, ReplyDecodeError) as exc:
             self._ctx.log.debug("symbols_query_failed", error=type(exc).__name__, action_taken="hot state from KV")

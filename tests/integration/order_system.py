@@ -125,7 +125,7 @@ class System:
     async def wait_ready(self) -> None:
         async def up() -> bool:
             try:
-                await self.bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=0.5)
+                await self.bus.request(subjects.SVC_RISK_STATE, timeout_s=0.5)
             except Exception:
                 return False
             return await consumer_bound(self.bus, "position-orders")
@@ -168,7 +168,7 @@ async def system_fixture(
         )
         return encode(SymbolsReply(symbols={SYMBOL: view}))
 
-    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols_reply)
+    await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols_reply)
     system = System(bus=bus, pool=pg_pool, venue_url=venue_url, settings=settings)
     system.start(subjects.RISK)
     system.start(subjects.POSITION)

@@ -68,7 +68,7 @@ class FakeStateBuilder:
 
     async def start(self) -> None:
         await self.bus.connect(self.nats_url)
-        await self.bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), self.symbols)
+        await self.bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, self.symbols)
         self.task = asyncio.create_task(self.beat())
 
     async def symbols(self, _: bytes) -> bytes:
@@ -163,7 +163,7 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
 
     async def ready() -> bool:
         try:
-            await bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=0.5)
+            await bus.request(subjects.SVC_RISK_STATE, timeout_s=0.5)
         except Exception:
             return False
         return True

@@ -65,7 +65,7 @@ async def pipeline(nats_url: str, venue_url: str) -> AsyncIterator[tuple[Bus, st
 
 async def book(bus: Bus, depth: int = 20) -> dict:
     reply = await bus.request(
-        subjects.service_query(subjects.STATE_BUILDER, "book"),
+        subjects.SVC_STATE_BUILDER_BOOK,
         msgspec.json.encode({"symbol": SYMBOL, "depth": depth}),
     )
     return msgspec.json.decode(reply)
@@ -116,7 +116,7 @@ async def test_pipeline_when_running_then_book_equals_venue_truth_and_hot_state_
     assert entry is not None
     assert msgspec.json.decode(entry[0])["status"] == "VALID"
 
-    symbols = msgspec.json.decode(await bus.request(subjects.service_query(subjects.STATE_BUILDER, "symbols")))
+    symbols = msgspec.json.decode(await bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS))
     view = symbols["symbols"][SYMBOL]
     assert view["hot_state"] == "VALID"
     assert Decimal(view["best_bid"]) < Decimal(view["best_ask"])
@@ -132,9 +132,7 @@ async def test_pipeline_when_running_then_book_equals_venue_truth_and_hot_state_
         await asyncio.sleep(0.05)
     assert link_state == "CONNECTED"
 
-    unknown = msgspec.json.decode(
-        await bus.request(subjects.service_query(subjects.STATE_BUILDER, "book"), b'{"symbol": "NOPEUSDT"}')
-    )
+    unknown = msgspec.json.decode(await bus.request(subjects.SVC_STATE_BUILDER_BOOK, b'{"symbol": "NOPEUSDT"}'))
     assert unknown["error"]["code"] == "not_found"
 
 

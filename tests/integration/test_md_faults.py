@@ -77,11 +77,11 @@ class Harness:
             assert response.status == 200
 
     async def resync(self) -> None:
-        await self.bus.request(subjects.service_query(subjects.MARKET_DATA, "resync"), b'{"symbol": "BTCUSDT"}')
+        await self.bus.request(subjects.SVC_MARKET_DATA_RESYNC, b'{"symbol": "BTCUSDT"}')
 
     async def book(self) -> dict:
         reply = await self.bus.request(
-            subjects.service_query(subjects.STATE_BUILDER, "book"), msgspec.json.encode({"symbol": SYMBOL, "depth": 20})
+            subjects.SVC_STATE_BUILDER_BOOK, msgspec.json.encode({"symbol": SYMBOL, "depth": 20})
         )
         return msgspec.json.decode(reply)
 

@@ -75,7 +75,7 @@ async def test_submit_order_when_halted_then_denied_and_not_sent_until_resumed(s
     bus, pool, venue_url = system.bus, system.pool, system.venue_url
     reply = msgspec.json.decode(
         await bus.request(
-            subjects.service_query(subjects.RISK, "halt"),
+            subjects.SVC_RISK_HALT,
             msgspec.json.encode({"operator": "alice", "reason": "test halt"}),
         )
     )
@@ -97,7 +97,7 @@ async def test_submit_order_when_halted_then_denied_and_not_sent_until_resumed(s
 
     reply = msgspec.json.decode(
         await bus.request(
-            subjects.service_query(subjects.RISK, "resume"),
+            subjects.SVC_RISK_RESUME,
             msgspec.json.encode({"operator": "alice", "reason": "all clear"}),
         )
     )
@@ -165,9 +165,7 @@ async def test_restart_when_venue_has_unknown_order_then_adopted_and_resting_ord
         return row if row is not None and row["status"] == "NEW" else None
 
     await _eventually(resting_new)
-    await bus.request(
-        subjects.service_query(subjects.RISK, "halt"), msgspec.json.encode({"operator": "bob", "reason": "restart"})
-    )
+    await bus.request(subjects.SVC_RISK_HALT, msgspec.json.encode({"operator": "bob", "reason": "restart"}))
 
     # Someone places an order at the venue behind our back while position is down.
     await system.stop(subjects.POSITION)
@@ -186,7 +184,7 @@ async def test_restart_when_venue_has_unknown_order_then_adopted_and_resting_ord
     system.start(subjects.POSITION)
     await system.wait_ready()
 
-    state = msgspec.json.decode(await bus.request(subjects.service_query(subjects.RISK, "state")))
+    state = msgspec.json.decode(await bus.request(subjects.SVC_RISK_STATE))
     assert state["trading_state"] == "HALTED"  # fail closed across restarts
     adopted = await _order_row(pool, "manual-1")
     assert adopted is not None

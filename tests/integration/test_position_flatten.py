@@ -44,7 +44,7 @@ async def emergency_stop(system: System, *, halt: bool = True) -> None:
     await system.bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, msgspec.json.encode(record))
     if halt:
         payload = msgspec.json.encode({"operator": "test", "reason": "emergency"})
-        await system.bus.request(subjects.service_query(subjects.RISK, "halt"), payload, timeout_s=5.0)
+        await system.bus.request(subjects.SVC_RISK_HALT, payload, timeout_s=5.0)
 
 
 async def open_position_with_stops_and_resting_entry(system: System) -> tuple[list[dict], Any]:

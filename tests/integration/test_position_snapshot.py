@@ -33,7 +33,7 @@ SNAPSHOT_EVERY = {"snapshot_every_events": 8, "snapshot_interval_s": 3600.0}
 
 async def position_state(bus: Bus) -> dict[str, Any]:
     """`svc.position.state` of the running position service."""
-    reply = await bus.request(subjects.service_query(subjects.POSITION, "state"), timeout_s=3.0)
+    reply = await bus.request(subjects.svc_position_state(subjects.POSITION), timeout_s=3.0)
     state: dict[str, Any] = msgspec.json.decode(reply)
     return state
 

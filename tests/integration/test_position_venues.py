@@ -99,7 +99,7 @@ class Venues:
 
         async def answered() -> Any:
             try:
-                reply = await self.bus.request(subjects.service_query(self.component(venue), "state"), timeout_s=1.0)
+                reply = await self.bus.request(subjects.svc_position_state(self.component(venue)), timeout_s=1.0)
             except Exception:  # not serving yet
                 return None
             state = msgspec.json.decode(reply)

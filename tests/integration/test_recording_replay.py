@@ -101,9 +101,7 @@ async def _pipeline(nats_url: str, venue_url: str, symbols: tuple[str, ...], mar
 
 
 async def _served(bus: Bus, symbol: str) -> dict:
-    reply = await bus.request(
-        subjects.service_query(subjects.STATE_BUILDER, "book"), msgspec.json.encode({"symbol": symbol, "depth": DEPTH})
-    )
+    reply = await bus.request(subjects.SVC_STATE_BUILDER_BOOK, msgspec.json.encode({"symbol": symbol, "depth": DEPTH}))
     return msgspec.json.decode(reply)
 
 
@@ -221,10 +219,8 @@ async def test_replay_when_depth_dropped_duplicated_and_socket_closed_then_exact
             for kind in ("duplicate_depth", "drop_depth"):
                 await _sim(http, venue_url, "POST", "/_sim/faults", json={"kind": kind, "symbol": symbol})
             await _sim(http, venue_url, "POST", "/_sim/faults", json={"kind": "ws_close", "after_messages": 50})
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and len(resyncs) < 2:  # noqa: ASYNC110 - polls a plain list
-                await asyncio.sleep(0.1)
-            assert len(resyncs) >= 2, resyncs  # the dropped diff and the reconnect each forced one
+            # The dropped diff and the reconnect each force a resync.
+            await eventually(lambda: len(resyncs) >= 2, 15, lambda: f"resyncs: {resyncs}")
             assert set(resyncs) == {f"md.resync.{venue}.{symbol}"}
             await _assert_exact_after_pause(bus, http, venue_url, (symbol,), records)
 

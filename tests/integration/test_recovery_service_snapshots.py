@@ -128,7 +128,7 @@ async def _valid_symbols(_: bytes) -> bytes:
 async def _risk_state(peer: Peer) -> dict[str, Any]:
     async def answer() -> Any:
         try:
-            raw = await peer.bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=1.0)
+            raw = await peer.bus.request(subjects.SVC_RISK_STATE, timeout_s=1.0)
         except Exception:
             return None
         return msgspec.json.decode(raw)
@@ -160,7 +160,7 @@ async def test_risk_restart_when_snapshot_then_same_state_bounded_replay_and_cor
     )
     async with _peer(nats_url) as peer:
         bus = peer.bus
-        await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), _valid_symbols)
+        await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, _valid_symbols)
         valid = HotStateRecord(status=HotStateStatus.VALID, reason="test")
         await bus.kv_put(subjects.key_hot_state(SYMBOL), encode(valid))
 
@@ -316,7 +316,7 @@ async def test_strategy_restart_when_setup_on_decaying_cascade_then_both_survive
             )
             return encode(SymbolsReply(symbols={SYMBOL: view}))
 
-        await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
+        await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols)
 
         async def details(wanted: dict[str, Any] | None = None) -> dict[str, Any]:
             async def match() -> Any:

@@ -188,14 +188,14 @@ async def risk(nats_url: str) -> AsyncIterator[Harness]:
             harness.seen.append(decode(msg.data))
 
     # A live state-builder's answer (risk fails closed on entries without one: FM-C1).
-    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), _valid_symbols)
+    await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, _valid_symbols)
     for subject in ("evt.order.>", "evt.breaker.>", "evt.alert.>", "evt.trading.>", "cmd.order.>", "cmd.strategy.>"):
         await bus.subscribe_core(subject, collect)
     task = asyncio.create_task(run_service(subjects.RISK, risk_setup, settings=settings))
 
     async def ready() -> bool:
         try:
-            await bus.request(subjects.service_query(subjects.RISK, "state"), timeout_s=0.5)
+            await bus.request(subjects.SVC_RISK_STATE, timeout_s=0.5)
         except Exception:
             return False
         return True

@@ -183,7 +183,7 @@ async def harness(nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     await bus.connect(nats_url)
     await bus.ensure_streams()
     h = Harness(nats_url, tmp_path, bus)
-    await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), h.symbols)
+    await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, h.symbols)
     for subject in (subjects.EVT_SIGNAL_ALL, subjects.EVT_STRATEGY_CRASHED_ALL, subjects.HEARTBEAT_ALL):
         await bus.subscribe_core(subject, h.on_event)
     feeder = asyncio.create_task(h.feed_taker_buying())
@@ -282,7 +282,7 @@ async def test_runner_when_link_drops_or_book_resyncs_then_events_cleared_and_se
             )
             return encode(SymbolsReply(symbols={SYMBOL: view}))
 
-        await bus.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
+        await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols)
         instance = instance_config("cascade-fade", {}, environ={})
         clock = ManualClock(wall_clock())  # behind the messages' stamps: they are handled at its time
         runner = StrategyRunner(bus, get_logger("strategy-cascade-fade"), instance, VENUE, clock)

@@ -240,7 +240,7 @@ async def test_symbol_stale_over_10s_then_emergency_persisted_audited_and_back_t
         }
         return encode(SymbolsReply(symbols=views))
 
-    await peer.serve(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols)
+    await peer.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols)
     try:
         async with all_components_beating(peer), running_watchdog(nats_url, pg_pool, watchdog_recovery_hold_s=0.5):
             assert await eventually(lambda: _is(_level(peer), "NORMAL"))

@@ -146,7 +146,7 @@ def symbols_reply() -> bytes:
 
 async def test_status_when_every_record_written_then_body_unchanged(peer: PeerBus, client: httpx.AsyncClient) -> None:
     store_everything(peer)
-    peer.answer(subjects.service_query(subjects.STATE_BUILDER, "symbols"), symbols_reply())
+    peer.answer(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols_reply())
 
     response = await client.get("/v1/status", headers=VIEW)
 
@@ -192,7 +192,7 @@ async def test_status_when_nothing_stored_and_only_risk_answers_then_its_state_a
         "recovery": None,
         "orders_seq": 4,
     }  # services/risk serve_state
-    peer.answer(subjects.service_query(subjects.RISK, "state"), json_bytes(risk_state))
+    peer.answer(subjects.SVC_RISK_STATE, json_bytes(risk_state))
 
     body = (await client.get("/v1/status", headers=VIEW)).json()
 
@@ -205,7 +205,7 @@ async def test_status_when_nothing_stored_and_only_risk_answers_then_its_state_a
     }
     assert body["breakers"] == {} and body["links"] == {}
     assert body["venues"]["binance-usdm"]["order_link"] is None
-    assert (subjects.service_query(subjects.RISK, "state"), {}) in peer.requests
+    assert (subjects.SVC_RISK_STATE, {}) in peer.requests
 
 
 @pytest.mark.parametrize(
@@ -216,8 +216,8 @@ async def test_status_when_nothing_stored_and_only_risk_answers_then_its_state_a
 async def test_status_when_risk_reply_unreadable_then_halted_not_500(
     peer: PeerBus, client: httpx.AsyncClient, reply: bytes
 ) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "state"), reply)
-    peer.answer(subjects.service_query(subjects.STATE_BUILDER, "symbols"), b'{"symbols": 3}')
+    peer.answer(subjects.SVC_RISK_STATE, reply)
+    peer.answer(subjects.SVC_STATE_BUILDER_SYMBOLS, b'{"symbols": 3}')
 
     response = await client.get("/v1/status", headers=VIEW)
 
@@ -271,13 +271,13 @@ BOOK = {
 
 
 async def test_book_when_state_builder_answers_then_levels_as_strings(peer: PeerBus, client: httpx.AsyncClient) -> None:
-    peer.answer(subjects.service_query(subjects.STATE_BUILDER, "book"), json_bytes(BOOK))
+    peer.answer(subjects.SVC_STATE_BUILDER_BOOK, json_bytes(BOOK))
 
     response = await client.get("/v1/book/btcusdt?depth=2", headers=VIEW)
 
     assert response.status_code == 200, response.text
     assert response.json() == BOOK
-    book_query = subjects.service_query(subjects.STATE_BUILDER, "book")
+    book_query = subjects.SVC_STATE_BUILDER_BOOK
     assert peer.requests == [(book_query, {"symbol": "BTCUSDT", "depth": 2})]
 
 
@@ -287,7 +287,7 @@ async def test_book_when_state_builder_errors_then_404_or_503(peer: PeerBus, cli
             return error_reply("not_found", "unknown symbol BTCUSDT")
         return error_reply("bad_request", "depth must be 1..1000")
 
-    peer.answer(subjects.service_query(subjects.STATE_BUILDER, "book"), book)
+    peer.answer(subjects.SVC_STATE_BUILDER_BOOK, book)
 
     missing = await client.get("/v1/book/BTCUSDT", headers=VIEW)
     refused = await client.get("/v1/book/ETHUSDT", headers=VIEW)
@@ -308,8 +308,8 @@ async def test_book_when_state_builder_errors_then_404_or_503(peer: PeerBus, cli
 async def test_halt_and_resume_when_risk_answers_then_state_and_previous(
     peer: PeerBus, client: httpx.AsyncClient
 ) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "halt"), b'{"trading_state":"HALTED","previous":"ACTIVE"}')
-    peer.answer(subjects.service_query(subjects.RISK, "resume"), b'{"trading_state":"ACTIVE","previous":"HALTED"}')
+    peer.answer(subjects.SVC_RISK_HALT, b'{"trading_state":"HALTED","previous":"ACTIVE"}')
+    peer.answer(subjects.SVC_RISK_RESUME, b'{"trading_state":"ACTIVE","previous":"HALTED"}')
 
     halted = await client.post("/v1/trading/halt", headers=OP, json={"reason": "maintenance"})
     resumed = await client.post("/v1/trading/resume", headers=OP)
@@ -317,8 +317,8 @@ async def test_halt_and_resume_when_risk_answers_then_state_and_previous(
     assert (halted.status_code, halted.json()) == (200, {"trading_state": "HALTED", "previous": "ACTIVE"})
     assert (resumed.status_code, resumed.json()) == (200, {"trading_state": "ACTIVE", "previous": "HALTED"})
     assert peer.requests == [
-        (subjects.service_query(subjects.RISK, "halt"), {"operator": "operator", "reason": "maintenance"}),
-        (subjects.service_query(subjects.RISK, "resume"), {"operator": "operator", "reason": "operator resume"}),
+        (subjects.SVC_RISK_HALT, {"operator": "operator", "reason": "maintenance"}),
+        (subjects.SVC_RISK_RESUME, {"operator": "operator", "reason": "operator resume"}),
     ]
 
 
@@ -328,7 +328,7 @@ async def test_halt_and_resume_when_risk_answers_then_state_and_previous(
 async def test_resume_when_risk_refuses_then_matching_status_with_risk_error(
     peer: PeerBus, client: httpx.AsyncClient, code: str, status: int
 ) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "resume"), error_reply(code, "no"))
+    peer.answer(subjects.SVC_RISK_RESUME, error_reply(code, "no"))
 
     response = await client.post("/v1/trading/resume", headers=OP, json={"reason": "x"})
 
@@ -342,7 +342,7 @@ async def test_resume_when_risk_refuses_then_matching_status_with_risk_error(
 async def test_halt_when_risk_reply_unreadable_then_502_with_reason(
     peer: PeerBus, client: httpx.AsyncClient, reply: bytes
 ) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "halt"), reply)
+    peer.answer(subjects.SVC_RISK_HALT, reply)
 
     response = await client.post("/v1/trading/halt", headers=OP)
 
@@ -356,7 +356,7 @@ async def test_emergency_stop_then_hard_shutdown_written_with_previous_level_and
     peer: PeerBus, client: httpx.AsyncClient
 ) -> None:
     peer.kv[subjects.KEY_DEGRADATION_LEVEL] = json_bytes(WATCHDOG_LEVEL)
-    peer.answer(subjects.service_query(subjects.RISK, "halt"), b'{"trading_state":"HALTED","previous":"ACTIVE"}')
+    peer.answer(subjects.SVC_RISK_HALT, b'{"trading_state":"HALTED","previous":"ACTIVE"}')
 
     response = await client.post("/v1/emergency-stop", headers=OP, json={"reason": "fat finger"})
 
@@ -375,15 +375,13 @@ async def test_emergency_stop_then_hard_shutdown_written_with_previous_level_and
         "previous": "REDUCED_FUNCTIONALITY",
         "ts_ns": event.ts_event_ns,
     }
-    assert peer.requests == [
-        (subjects.service_query(subjects.RISK, "halt"), {"operator": "operator", "reason": "fat finger"})
-    ]
+    assert peer.requests == [(subjects.SVC_RISK_HALT, {"operator": "operator", "reason": "fat finger"})]
 
 
 async def test_emergency_stop_when_risk_reply_unreadable_then_still_stopped(
     peer: PeerBus, client: httpx.AsyncClient
 ) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "halt"), b"{}")
+    peer.answer(subjects.SVC_RISK_HALT, b"{}")
 
     response = await client.post("/v1/emergency-stop", headers=OP)
 
@@ -401,7 +399,7 @@ async def test_breaker_reset_when_risk_answers_then_its_reply(
     reply: dict[str, Any] = {"breaker": "CB-1", "state": "CLOSED", "previous": "OPEN", "trading_state": "HALTED"}
     if note is not None:
         reply["note"] = note  # services/risk/breaker_effects.py reset_breaker
-    peer.answer(subjects.service_query(subjects.RISK, "breaker_reset"), json_bytes(reply))
+    peer.answer(subjects.SVC_RISK_BREAKER_RESET, json_bytes(reply))
 
     response = await client.post("/v1/breakers/CB-1/reset", headers=OP, json={"reason": " checked "})
 
@@ -409,7 +407,7 @@ async def test_breaker_reset_when_risk_answers_then_its_reply(
     assert response.json() == reply
     assert peer.requests == [
         (
-            subjects.service_query(subjects.RISK, "breaker_reset"),
+            subjects.SVC_RISK_BREAKER_RESET,
             {"breaker": "CB-1", "operator": "operator", "reason": "checked"},
         )
     ]
@@ -424,7 +422,7 @@ async def test_breaker_reset_when_risk_refuses_then_matching_status(peer: PeerBu
             return error_reply("not_found", f"unknown breaker {request['breaker']}")
         return error_reply("not_tripped", "CB-1 is CLOSED")
 
-    peer.answer(subjects.service_query(subjects.RISK, "breaker_reset"), reset)
+    peer.answer(subjects.SVC_RISK_BREAKER_RESET, reset)
 
     no_reason = await client.post("/v1/breakers/CB-1/reset", headers=OP)
     unknown = await client.post("/v1/breakers/CB-9/reset", headers=OP, json={"reason": "x"})
@@ -441,7 +439,7 @@ async def test_breaker_reset_when_risk_refuses_then_matching_status(peer: PeerBu
 
 
 async def test_breaker_reset_when_risk_reply_unreadable_then_502(peer: PeerBus, client: httpx.AsyncClient) -> None:
-    peer.answer(subjects.service_query(subjects.RISK, "breaker_reset"), b'{"breaker": "CB-1"}')
+    peer.answer(subjects.SVC_RISK_BREAKER_RESET, b'{"breaker": "CB-1"}')
 
     response = await client.post("/v1/breakers/CB-1/reset", headers=OP, json={"reason": "x"})
 

@@ -146,5 +146,5 @@ async def test_hard_shutdown_when_invariant_violated_then_level_value_and_halt_r
     record = {"level": "HARD_SHUTDOWN", "reason": changed.reason, "previous": "NORMAL", "ts_ns": changed.ts_event_ns}
     assert bus.kv[subjects.KEY_DEGRADATION_LEVEL] == msgspec.json.encode(record)
     ((subject, payload),) = bus.payloads
-    assert subject == subjects.service_query(subjects.RISK, "halt")
+    assert subject == subjects.SVC_RISK_HALT
     assert payload == msgspec.json.encode({"operator": "position", "reason": changed.reason})

@@ -316,7 +316,7 @@ async def test_invariant_when_position_moves_without_fill_then_hard_shutdown_and
     (level,) = bus.of(DegradationLevelChanged)
     assert level.current.value == "HARD_SHUTDOWN"
     assert msgspec.json.decode(bus.kv[subjects.KEY_DEGRADATION_LEVEL])["level"] == "HARD_SHUTDOWN"
-    assert subjects.service_query(subjects.RISK, "halt") in bus.requests
+    assert subjects.SVC_RISK_HALT in bus.requests
     assert [alert.severity.value for alert in bus.of(AlertRaised)] == ["P0"]
     assert svc.core.flattening()  # SPEC §5 HARD_SHUTDOWN: no entries, flatten at market
 

@@ -128,7 +128,7 @@ def test_key_prefixes_when_keys_and_subjects_built_then_start_with_them() -> Non
     assert subjects.key_link("v", "l").startswith(subjects.KEY_LINK_PREFIX)
     assert subjects.dlq("risk-orders") == "dlq.risk-orders" and subjects.dlq("x").startswith(subjects.DLQ_PREFIX)
     assert subjects.heartbeat("risk") == "hb.risk" and subjects.heartbeat("x").startswith(subjects.HEARTBEAT_PREFIX)
-    query = subjects.service_query(subjects.RISK, "halt")
+    query = subjects.SVC_RISK_HALT
     assert query == "svc.risk.halt" and query.startswith(subjects.SERVICE_QUERY_PREFIX)
 
 

@@ -183,7 +183,7 @@ class StateBuilderAnswers(OvertakenKv):
         self.rows = rows
 
     async def request(self, subject: str, payload: bytes = b"", timeout_s: float = 1.0) -> bytes:
-        assert subject == subjects.service_query(subjects.STATE_BUILDER, "symbols")
+        assert subject == subjects.SVC_STATE_BUILDER_SYMBOLS
         return encode(SymbolsReply(symbols=self.rows))
 
 

@@ -70,7 +70,7 @@ async def book(
     if symbol not in settings.symbols:
         raise ApiError(404, "not_found", f"unknown symbol {symbol}", {"symbols": list(settings.symbols)})
     reply = await gateway.request(
-        subjects.service_query(subjects.STATE_BUILDER, "book"),
+        subjects.SVC_STATE_BUILDER_BOOK,
         BookRequest(symbol=symbol, depth=depth),
         BookReply,
         gateway.config.request_timeout_s,
@@ -83,13 +83,15 @@ async def _trading_state_from_risk(gateway: Gateway) -> str:
     """Risk's trading state when the KV record cannot be read; HALTED when risk cannot be asked
     either (or answers something unreadable): with the bus or risk gone nothing is approved, so
     that is what trading is (FM-C6)."""
-    reply = await _quick_query(gateway, subjects.RISK, "state", RiskStateReply)
+    reply = await _quick_query(gateway, subjects.SVC_RISK_STATE, subjects.RISK, RiskStateReply)
     return reply.trading_state.value if reply is not None else TradingState.HALTED.value
 
 
 async def _symbols(gateway: Gateway) -> dict[str, Any]:
     """Every symbol's hot state: state-builder's answer, else the KV records (without an age)."""
-    answered = symbols_of(await _quick_query(gateway, subjects.STATE_BUILDER, "symbols", SymbolsReply))
+    answered = symbols_of(
+        await _quick_query(gateway, subjects.SVC_STATE_BUILDER_SYMBOLS, subjects.STATE_BUILDER, SymbolsReply)
+    )
     if answered is not None:
         return answered
     return {
@@ -98,13 +100,11 @@ async def _symbols(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-async def _quick_query(gateway: Gateway, component: str, operation: str, kind: type[R]) -> R | None:
-    """`svc.<component>.<operation>` within the status's short timeout: the reply, or None when the
+async def _quick_query(gateway: Gateway, subject: str, component: str, kind: type[R]) -> R | None:
+    """A `svc.*` query of `component` within the status's short timeout: the reply, or None when the
     component does not answer, refuses or answers something unreadable (the status falls back)."""
     try:
-        reply = await gateway.request(
-            subjects.service_query(component, operation), None, kind, gateway.config.symbols_timeout_s, component
-        )
+        reply = await gateway.request(subject, None, kind, gateway.config.symbols_timeout_s, component)
     except ApiError:
         return None
     return reply if isinstance(reply, kind) else None

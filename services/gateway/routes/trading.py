@@ -34,7 +34,7 @@ async def _trading(gateway: Gateway, action: str, who: Principal, reason: str) -
     request = TradingControlRequest(operator=who.name, reason=reason or f"operator {action}")
     reply = raise_for_risk_error(
         await gateway.request(
-            subjects.service_query(subjects.RISK, action),
+            {"halt": subjects.SVC_RISK_HALT, "resume": subjects.SVC_RISK_RESUME}[action],
             request,
             TradingControlReply,
             gateway.config.request_timeout_s,
@@ -145,7 +145,7 @@ async def reset_breaker(
     request = BreakerResetRequest(breaker=breaker_id, operator=who.name, reason=(body.reason or "").strip())
     reply = raise_for_risk_error(
         await gateway.request(
-            subjects.service_query(subjects.RISK, "breaker_reset"),
+            subjects.SVC_RISK_BREAKER_RESET,
             request,
             BreakerResetReply,
             gateway.config.request_timeout_s,
