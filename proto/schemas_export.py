@@ -38,7 +38,7 @@ def _clean_descriptions(node: Any) -> Any:
 
 
 def render() -> dict[str, str]:
-    """File name -> JSON text of every schema (one file per message, plus the union)."""
+    """File name -> JSON text of every schema (one file per message, KV value and request/reply body)."""
     kinds: tuple[type[msgspec.Struct], ...] = (
         *ALL_MESSAGE_TYPES,
         OrderView,
@@ -48,12 +48,12 @@ def render() -> dict[str, str]:
         *KV_VALUE_TYPES,
         *REQUEST_REPLY_TYPES,
     )
-    (schemas, components) = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
     files: dict[str, str] = {}
-    for kind, schema in zip(kinds, schemas, strict=True):
+    for kind in kinds:
+        # Each file holds only the definitions its type reaches: a change shows in the files it touches.
         name = kind.__name__
-        document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name, **schema}
-        document["$defs"] = components
+        document = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": name}
+        document.update(msgspec.json.schema(kind))
         document = _clean_descriptions(document)
         files[f"{name}.json"] = json.dumps(document, indent=2, sort_keys=True) + "\n"
     return files
