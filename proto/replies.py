@@ -57,7 +57,7 @@ def decode_reply(kind: type[R], raw: bytes) -> R | ErrorReply:
     try:
         if isinstance(envelope, dict) and "error" in envelope:
             return msgspec.convert(envelope, ErrorReply)
-        return msgspec.convert(envelope, kind, strict=False)
+        return msgspec.convert(envelope, kind)
     except msgspec.ValidationError as exc:
         raise ReplyDecodeError(f"reply is not a {kind.__name__}: {exc}") from exc
 
