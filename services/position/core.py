@@ -221,11 +221,12 @@ class Core:
             self.log.info("projection_writes_caught_up", rows=written)
         return written
 
-    def transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
-        """Apply a trigger; an illegal one is logged (with the evidence) and leaves the order as is."""
+    def transition(self, order: OrderRecord, trigger: OrderTrigger, ts_ns: int | None = None) -> bool:
+        """Apply a trigger at `ts_ns` (now when None); an illegal one is logged (with the evidence) and
+        leaves the order as is."""
         previous = order.status
         try:
-            order.apply(trigger, self.clock())
+            order.apply(trigger, self.clock() if ts_ns is None else ts_ns)
         except IllegalOrderTransition as exc:
             self.log.error(
                 "illegal_order_transition",

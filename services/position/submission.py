@@ -159,13 +159,14 @@ class Submission:
         return True
 
     async def take_denied(self, message: OrderDenied, delivery: Delivery) -> None:
-        """Record a risk refusal in the projection (under the order lock)."""
+        """Record a risk refusal in the projection (under the order lock), stamped with the denial's
+        time as a rebuild of the projections from the log stamps it (`libs.projections.fold_events`)."""
         core = self.core
         if message.order.client_order_id in core.ledger.orders:
             return
-        order = record_from_command(message.order, core.clock())
+        order = record_from_command(message.order, message.ts_event_ns)
         order.reason = message.reason
-        core.transition(order, OrderTrigger.DENY)
+        core.transition(order, OrderTrigger.DENY, message.ts_event_ns)
         core.ledger.order_seq[order.client_order_id] = delivery.stream_sequence
         await core.save(order)
         core.ledger.orders[order.client_order_id] = order

@@ -12,12 +12,14 @@ from typing import Any
 import msgspec
 
 from libs.breaker import BreakerTransition
+from libs.bus import Delivery
 from libs.orders_model import OrderRecord, Position
+from libs.projections import fold_events
 from proto import subjects
 from proto.enums import BreakerState, ConnectionState, DegradationLevel, OrderSource, OrderStatus, OrderType, Side
-from proto.messages import BreakerStateChanged, DegradationLevelChanged
+from proto.messages import BreakerStateChanged, DegradationLevelChanged, OrderDenied
 from services.position.domain import Protection
-from tests.unit.test_position_venue_link import FakeBus, FakeVenue, service
+from tests.unit.test_position_venue_link import FakeBus, FakeVenue, approved, service
 
 D = Decimal
 VENUE = "binance-usdm"
@@ -148,3 +150,19 @@ async def test_hard_shutdown_when_invariant_violated_then_level_value_and_halt_r
     ((subject, payload),) = bus.payloads
     assert subject == subjects.SVC_RISK_HALT
     assert payload == msgspec.json.encode({"operator": "position", "reason": changed.reason})
+
+
+async def test_denial_when_recorded_live_then_the_row_a_rebuild_from_the_log_makes() -> None:
+    svc = service(FakeVenue(), FakeBus())
+    svc.core.clock = lambda: 9_999_999_999  # the handling time must not end up in the row
+    denied = OrderDenied(order=approved("d").order, reason="trading HALTED", ts_event_ns=1_234, ts_init_ns=1_234)
+    await svc.on_denied(denied, Delivery("evt.order.denied.binance-usdm.BTCUSDT", 7, 1, {}))
+    live = svc.ledger.orders["bw-d"]
+    rebuilt = fold_events([(denied, 7)]).orders["bw-d"]
+    assert (live.status, live.reason, live.created_ns, live.updated_ns) == (
+        rebuilt.status,
+        rebuilt.reason,
+        rebuilt.created_ns,
+        rebuilt.updated_ns,
+    )
+    assert live.created_ns == 1_234
