@@ -32,7 +32,7 @@ from proto.kv import BreakerValue, TradingStateValue
 
 from .breaker_rules import BreakerBoard
 from .exposure import OrderRateWindow, PendingExposure, PendingOrderState
-from .state import RiskState
+from .state import DecidedOrders, RiskState
 from .trades import OpenTradeState, TradeBookState, TradeTracker
 
 # The snapshot's parts are defined next to the classes they describe; re-exported from here.
@@ -52,6 +52,9 @@ class RiskSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     trades: list[TradeBookState] = []
     pending: list[PendingOrderState] = []
     decided: list[str] = []
+    """Decided ids of snapshots written before `decided_at` (read only; taken as decided at `taken_ns`)."""
+    decided_at: list[tuple[str, int]] = []
+    """Decided client order ids with their decision times (`state.DecidedOrders`)."""
     order_strategy: list[tuple[str, str | None]] = []
     rates: dict[str, list[int]] = {}
     mark_prices: dict[str, Decimal] = {}
@@ -76,7 +79,7 @@ def capture(
         seen_positions=list(state.seen_positions),
         trades=state.trades.to_state(),
         pending=state.pending.to_state(),
-        decided=sorted(state.decided)[-MAX_DECIDED:],
+        decided_at=state.decided.to_state(),
         order_strategy=list(state.order_strategy.items()),
         rates=state.rates.to_state(now_ns),
         mark_prices=dict(state.mark_prices),
@@ -97,7 +100,9 @@ def restore(state: RiskState, snapshot: RiskSnapshot) -> None:
     state.seen_positions = OrderedDict((key, None) for key in snapshot.seen_positions)
     state.trades = TradeTracker.from_state(snapshot.trades)
     state.pending = PendingExposure.from_state(snapshot.pending)
-    state.decided = set(snapshot.decided)
+    state.decided = DecidedOrders.from_state(
+        [(coid, snapshot.taken_ns) for coid in snapshot.decided] + list(snapshot.decided_at)
+    )
     state.order_strategy = OrderedDict(snapshot.order_strategy)
     state.rates = OrderRateWindow.from_state(snapshot.rates)
     state.mark_prices.update(snapshot.mark_prices)
@@ -109,8 +114,6 @@ def restore(state: RiskState, snapshot: RiskSnapshot) -> None:
 
 ORDERS_EVENT_SUBJECTS = (subjects.EVT_ORDER_ALL, subjects.EVT_FILL_ALL, subjects.EVT_POSITION_ALL)
 """What the durable `subjects.RISK_ORDER_EVENTS_CONSUMER` follows; its ack floor is what risk has fully processed."""
-MAX_DECIDED = 20_000
-"""Decided client order ids kept in a snapshot (the durable consumers' acks cover older ones)."""
 
 
 def orders_log(bus: Bus, snapshots: SnapshotKeeper[RiskSnapshot] | None) -> StreamLog[RiskSnapshot]:

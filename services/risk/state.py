@@ -11,6 +11,7 @@ Pure: no I/O and no clock. Times come from the events themselves.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,6 +39,55 @@ MAX_REMEMBERED_ORDERS = 10_000
 """Position message ids and order → strategy entries kept (the durable consumers' acks cover older ones)."""
 
 
+DECIDED_KEEP_NS = 24 * 3600 * 1_000_000_000
+"""How long a decided order is remembered after the newest decision: the ORDERS stream's
+de-duplication window, far longer than any redelivery of an approval or of its command."""
+
+
+@dataclass
+class DecidedOrders:
+    """Client order ids that have a decision, each with the decision's time, kept for
+    `DECIDED_KEEP_NS` after the newest decision.
+
+    Bounded by time rather than by count, so that live handling (decision order) and a replay
+    (stream order) keep exactly the same ids whatever order they saw the decisions in.
+    """
+
+    at: dict[str, int] = field(default_factory=dict)
+    newest_ns: int = 0
+    _by_time: list[tuple[int, str]] = field(default_factory=list, repr=False, compare=False)
+
+    def __contains__(self, client_order_id: object) -> bool:
+        return client_order_id in self.at
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def add(self, client_order_id: str, ts_ns: int) -> None:
+        """Remember a decision taken at `ts_ns`; an order decided more than once keeps its latest time."""
+        self.newest_ns = max(self.newest_ns, ts_ns)
+        floor = self.newest_ns - DECIDED_KEEP_NS
+        if ts_ns >= floor and ts_ns > self.at.get(client_order_id, -1):
+            self.at[client_order_id] = ts_ns
+            heapq.heappush(self._by_time, (ts_ns, client_order_id))
+        while self._by_time and self._by_time[0][0] < floor:
+            ts, coid = heapq.heappop(self._by_time)
+            if self.at.get(coid) == ts:
+                del self.at[coid]
+
+    def to_state(self) -> list[tuple[str, int]]:
+        """Snapshot form: (client order id, decision time), oldest first."""
+        return sorted(self.at.items(), key=lambda item: (item[1], item[0]))
+
+    @classmethod
+    def from_state(cls, entries: list[tuple[str, int]]) -> DecidedOrders:
+        """Rebuild from `to_state`'s form."""
+        decided = cls()
+        for client_order_id, ts_ns in entries:
+            decided.add(client_order_id, ts_ns)
+        return decided
+
+
 @dataclass
 class RiskState:
     """What risk rebuilds on recovery, as of the ORDERS sequence `orders_seq`.
@@ -50,7 +100,7 @@ class RiskState:
         seen_positions: `PositionChanged` message ids already counted (bounded).
         trades: position changes turned into trades (CB-1/CB-3 inputs).
         pending: approved orders not yet filled, rejected or canceled.
-        decided: client order ids that have a decision.
+        decided: client order ids that have a decision (the last 24 h of decisions).
         order_strategy: the strategy of each approved order (bounded), to attribute its trades.
         rates: the strategies' exposure-adding approvals in the last minute.
         mark_prices: last mark price per symbol (followed live; kept in snapshots).
@@ -64,7 +114,7 @@ class RiskState:
     seen_positions: OrderedDict[str, None] = field(default_factory=OrderedDict)
     trades: TradeTracker = field(default_factory=TradeTracker)
     pending: PendingExposure = field(default_factory=PendingExposure)
-    decided: set[str] = field(default_factory=set)
+    decided: DecidedOrders = field(default_factory=DecidedOrders)
     order_strategy: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
     rates: OrderRateWindow = field(default_factory=OrderRateWindow)
     mark_prices: dict[str, Decimal] = field(default_factory=dict)
@@ -108,12 +158,12 @@ def apply(state: RiskState, event: Message) -> TradeUpdate | None:
                 # would make an order that has filled since pending a second time.
                 return None
             state.pending.add(order)
-            state.decided.add(order.client_order_id)
+            state.decided.add(order.client_order_id, event.ts_event_ns)
             remember(state.order_strategy, order.client_order_id, order.strategy)
             if order.strategy is not None and counts_toward_rate(order):
                 state.rates.record(order.strategy, event.ts_event_ns)
         case OrderDenied(order=order):
-            state.decided.add(order.client_order_id)
+            state.decided.add(order.client_order_id, event.ts_event_ns)
         case OrderFilled():
             # Fills carry the cumulative quantity: applying one twice is applying it once.
             state.pending.on_fill(event.client_order_id, event.cumulative_quantity)
