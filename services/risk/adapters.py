@@ -15,7 +15,6 @@ from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
 from proto.kv import (
     BackgroundWorkValue,
     BreakerValue,
-    DegradationLevelValue,
     LinkValue,
     TradingStateValue,
     decode_value,
@@ -24,7 +23,7 @@ from proto.kv import (
 from proto.messages import HotStateRecord, PositionChanged, SymbolHotState, SymbolsReply
 from proto.replies import BookReply, ReplyDecodeError, decode_reply
 
-from .checks import parse_degradation_level
+from .checks import parse_degradation
 from .trading_state import load_trading_state
 
 
@@ -96,9 +95,7 @@ async def write_breaker(bus: Bus, record: BreakerValue) -> None:
 async def read_degradation_level(bus: Bus) -> tuple[DegradationLevel | None, int]:
     """(level, ts_ns) from KV `degradation_level`; level None when unreadable (fail closed)."""
     entry = await bus.kv_get(subjects.KEY_DEGRADATION_LEVEL)
-    raw = entry[0] if entry else None
-    value = decode_value(DegradationLevelValue, raw)
-    return parse_degradation_level(raw), value.ts_ns if value is not None else 0
+    return parse_degradation(entry[0] if entry else None)
 
 
 async def write_background_work(bus: Bus, paused: bool, reason: str, ts_ns: int) -> None:

@@ -213,15 +213,16 @@ def reference_price(
     return touch if touch is not None else (best_bid or best_ask)
 
 
-def parse_degradation_level(raw: bytes | None) -> DegradationLevel | None:
-    """The level in KV `degradation_level` (`proto.kv.DegradationLevelValue`); never set means NORMAL.
+def parse_degradation(raw: bytes | None) -> tuple[DegradationLevel | None, int]:
+    """(level, ts_ns) of KV `degradation_level` (`proto.kv.DegradationLevelValue`); never set means
+    NORMAL at 0.
 
-    Unreadable or unknown values give None, which the checks treat as fail closed.
+    Unreadable or unknown values give (None, 0): the checks treat None as fail closed.
     """
     if raw is None:
-        return DegradationLevel.NORMAL
+        return DegradationLevel.NORMAL, 0
     value = decode_value(DegradationLevelValue, raw)
-    return value.level if value is not None else None
+    return (value.level, value.ts_ns) if value is not None else (None, 0)
 
 
 def order_holder(order: SubmitOrder) -> str:

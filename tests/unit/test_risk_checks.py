@@ -8,7 +8,7 @@ from decimal import Decimal
 from libs.ids import client_order_id_for
 from proto.enums import DegradationLevel, HotStateStatus, OrderSource, OrderType, Side, TradingState
 from proto.messages import SubmitOrder
-from services.risk.checks import RiskLimits, check_order, parse_degradation_level
+from services.risk.checks import RiskLimits, check_order, parse_degradation
 from services.risk.exposure import OrderRateWindow, PendingExposure
 from services.risk.routing import flatten_orders
 
@@ -228,7 +228,8 @@ def test_flatten_orders_when_positions_open_then_reduce_only_market_orders_with_
 
 
 def test_parse_degradation_when_never_set_unreadable_or_unknown_then_normal_or_none() -> None:
-    assert parse_degradation_level(None) == DegradationLevel.NORMAL
-    assert parse_degradation_level(b'{"level": "EMERGENCY_MODE"}') == DegradationLevel.EMERGENCY_MODE
-    assert parse_degradation_level(b"{broken") is None
-    assert parse_degradation_level(b'{"level": "PANIC"}') is None
+    assert parse_degradation(None) == (DegradationLevel.NORMAL, 0)
+    assert parse_degradation(b'{"level": "EMERGENCY_MODE"}') == (DegradationLevel.EMERGENCY_MODE, 0)
+    assert parse_degradation(b'{"level": "EMERGENCY_MODE", "ts_ns": 7}') == (DegradationLevel.EMERGENCY_MODE, 7)
+    assert parse_degradation(b"{broken") == (None, 0)
+    assert parse_degradation(b'{"level": "PANIC", "ts_ns": 7}') == (None, 0)
