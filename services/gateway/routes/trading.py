@@ -28,13 +28,16 @@ from services.gateway.replies import raise_for_risk_error
 
 router = APIRouter(tags=["trading"])
 
+TRADING_QUERIES = {"halt": subjects.SVC_RISK_HALT, "resume": subjects.SVC_RISK_RESUME}
+"""The risk query behind each trading action of an operator."""
+
 
 async def _trading(gateway: Gateway, action: str, who: Principal, reason: str) -> dict[str, Any]:
     """Ask risk to `halt` or `resume`; the state risk answers with and the one before."""
     request = TradingControlRequest(operator=who.name, reason=reason or f"operator {action}")
     reply = raise_for_risk_error(
         await gateway.request(
-            {"halt": subjects.SVC_RISK_HALT, "resume": subjects.SVC_RISK_RESUME}[action],
+            TRADING_QUERIES[action],
             request,
             TradingControlReply,
             gateway.config.request_timeout_s,
