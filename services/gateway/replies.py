@@ -34,7 +34,13 @@ class Stored(Generic[V]):
     """A KV value that decoded: typed for the gateway's own reads, and as stored for the operator."""
 
     value: V
-    shown: dict[str, Any]
+    raw: bytes
+
+    @property
+    def shown(self) -> dict[str, Any]:
+        """The JSON object its owner wrote (decoded only for the listings that show it)."""
+        shown: dict[str, Any] = msgspec.json.decode(self.raw)
+        return shown
 
 
 def reader(kind: type[V]) -> Callable[[bytes], V | None]:
@@ -51,7 +57,7 @@ def stored(raw: bytes, decode: Callable[[bytes], V | None]) -> Stored[V] | None:
     value = decode(raw)
     if value is None:
         return None
-    return Stored(value=value, shown=msgspec.json.decode(raw))
+    return Stored(value=value, raw=raw)
 
 
 def raise_for_risk_error(reply: R | ErrorReply) -> R:
