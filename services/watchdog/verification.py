@@ -14,9 +14,9 @@ from libs.bus import Bus
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.enums import AlertSeverity
-from proto.kv import BackgroundWorkValue, decode_value
+from proto.kv import BackgroundWorkValue
 from proto.messages import AlertRaised, AlertResolved, ProjectionsVerified
-from services.watchdog import handlers
+from services.watchdog import adapters, handlers
 from services.watchdog.alerts import AlertRouter
 
 PROJECTIONS_ALERT = "projections-diverged"
@@ -65,8 +65,9 @@ class ProjectionsVerifier:
 
     async def background_paused(self) -> bool:
         """CB-4: risk paused background work (KV `background_work`)."""
-        entry = await self._ctx.bus.kv_get(subjects.KEY_BACKGROUND_WORK)
-        value = decode_value(BackgroundWorkValue, entry[0] if entry is not None else None)
+        value, _ = await adapters.read_kv_value(
+            self._ctx.bus, self._ctx.log, subjects.KEY_BACKGROUND_WORK, BackgroundWorkValue
+        )
         return value is not None and value.paused
 
     async def verify_once(self) -> ProjectionsVerified:
