@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from libs.clock import NS_PER_S
 from libs.fsm import next_state
 from proto.enums import BreakerState
 from proto.kv import DependencyBreakerValue
 from proto.messages import BreakerStateChanged
-
-NS_PER_S = 1_000_000_000
 
 
 class BreakerTrigger(StrEnum):

@@ -36,12 +36,12 @@ from typing import Any, Protocol
 
 import msgspec
 
+from libs.clock import NS_PER_S
 from libs.fsm import next_state
 from libs.logging import Logger
 from proto import subjects
 from proto.kv import RateLimitBanValue, encode_value
 
-NS_PER_S = 1_000_000_000
 _MINUTE_NS = 60 * NS_PER_S
 _TEN_S_NS = 10 * NS_PER_S
 

@@ -27,10 +27,10 @@ from typing import Any
 import msgspec
 
 from libs.breaker import BreakerState
+from libs.clock import NS_PER_S
 from libs.fsm import IllegalTransition, next_state
 from proto.kv import BreakerValue
 
-NS_PER_S = 1_000_000_000
 DAY_NS = 86_400 * NS_PER_S
 
 RAPID_LOSS = "CB-1"
