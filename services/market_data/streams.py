@@ -6,6 +6,7 @@ reconnect on SPEC FM-N1's schedule (`libs.reconnect`), rotating through the conf
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -80,7 +81,7 @@ class MarketStream:
         self._rest = rest
         self._books = books
         self._series = series
-        self.uniform = uniform
+        self.uniform: Uniform = uniform or random.uniform
         self.ws_endpoints = EndpointRotation(list(ws_urls) or [""])
         self.return_probe = ReturnProbe()
         self.early_reconnects = 0
@@ -101,7 +102,7 @@ class MarketStream:
                 all_failed = self.ws_endpoints.on_failure()
                 await self._on_attempt_failed(attempt, str(exc), url, all_failed)
                 attempt += 1
-                await self._wait_before_reconnect(self._delay(attempt))
+                await self._wait_before_reconnect(reconnect_delay_s(attempt, self.uniform))
                 continue
             self.ws_endpoints.on_success()
             attempt = 0
@@ -117,7 +118,7 @@ class MarketStream:
             finally:
                 await stream.close()
             await self._on_disconnected(reason)
-            await self._wait_before_reconnect(self._delay(attempt))
+            await self._wait_before_reconnect(reconnect_delay_s(attempt, self.uniform))
 
     async def _wait_before_reconnect(self, delay_s: float) -> None:
         """Wait `delay_s` for the next scheduled attempt, or less when the venue is back.
@@ -151,11 +152,6 @@ class MarketStream:
                     action_taken="reconnect now",
                 )
                 return
-
-    def _delay(self, attempt: int) -> float:
-        if self.uniform is None:
-            return reconnect_delay_s(attempt)
-        return reconnect_delay_s(attempt, self.uniform)
 
     async def _on_attempt_failed(self, attempt: int, reason: str, url: str, all_failed: bool) -> None:
         links = self._links
