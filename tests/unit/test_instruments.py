@@ -28,14 +28,18 @@ from libs.instruments import (
     rounded_or_violation,
     validate,
 )
+from libs.logging import get_logger
 from proto.enums import OrderSource, OrderType, Side
 from proto.kv import SymbolRulesValue, decode_value, encode_value
-from proto.messages import SubmitOrder
+from proto.messages import SignalGenerated, SubmitOrder
+from services.strategy.domain import Signal
+from services.strategy.signals import IntentPublisher
 from services.venue_sim.domain import BinanceError
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.exchange import Exchange
 from services.venue_sim.domain.rules import spec_for
 from services.venue_sim.routes.rest_market import MarketRoutes
+from tests.unit.test_strategy_apply import MemoryBus
 
 MARK = D("60000")
 
@@ -241,3 +245,21 @@ def test_validate_agrees_with_the_simulators_own_checks(order: SubmitOrder, mark
     else:
         assert violation is not None, f"the simulator refused ({refused.code} {refused.msg}) what validate accepts"
         assert violation.rule in expected.get(refused.code, (violation.rule,)), (refused.code, violation)
+
+
+# --------------------------------------------------------------------------- strategy sizing
+
+
+def test_strategy_signal_when_venue_rules_known_then_published_on_the_grid() -> None:
+    bus = MemoryBus()
+    publisher = IntentPublisher(bus, get_logger("strategy"), "trend-1", "trend", "binance-usdm")  # type: ignore[arg-type]
+    wish = Signal("BTCUSDT", Side.BUY, D("0.00299"), False, "entry", stop_loss=D("59880.07"), take_profit=D("60300.25"))
+
+    before = asyncio.run(publisher.signal(wish))  # no rules published yet: as decided (risk still rounds)
+    bus.kv["rules.binance-usdm.BTCUSDT"] = encode_value(BTC)
+    after = asyncio.run(publisher.signal(wish))
+    tiny = asyncio.run(publisher.signal(Signal("BTCUSDT", Side.BUY, D("0.0004"), False, "entry")))
+
+    assert isinstance(before, SignalGenerated) and before.quantity == D("0.00299")
+    assert (after.quantity, after.stop_loss, after.take_profit) == (D("0.002"), D("59880.1"), D("60300.3"))
+    assert tiny.quantity == D("0.0004")  # nothing to round down to: risk denies it naming LOT_SIZE
