@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from libs.decimals import plain
 from proto.enums import OrderType, Side
 from proto.kv import SymbolRulesValue
 from proto.messages import SubmitOrder
@@ -336,19 +337,19 @@ def validate(
         high, low = mark_price * rules.multiplier_up, mark_price * rules.multiplier_down
         if order.price > high:
             return Violation(
-                PERCENT_PRICE, f"price {order.price} above {high} (mark {mark_price} x {rules.multiplier_up})"
+                PERCENT_PRICE, f"price {order.price} above {plain(high)} (mark {mark_price} x {rules.multiplier_up})"
             )
         if order.price < low:
             return Violation(
-                PERCENT_PRICE, f"price {order.price} below {low} (mark {mark_price} x {rules.multiplier_down})"
+                PERCENT_PRICE, f"price {order.price} below {plain(low)} (mark {mark_price} x {rules.multiplier_down})"
             )
     if rules.min_notional and not order.reduce_only:
         price = notional_price(order, mark_price)
         if price is not None and order.quantity * price < rules.min_notional:
             return Violation(
                 MIN_NOTIONAL,
-                f"notional {order.quantity * price} ({order.quantity} x {price}) below the minimum "
-                f"{rules.min_notional} (reduce-only orders are exempt)",
+                f"notional {plain(order.quantity * price)} ({order.quantity} x {price}) below the minimum "
+                f"{plain(rules.min_notional)} (reduce-only orders are exempt)",
             )
     if open_orders is not None and rules.max_num_orders is not None and open_orders >= rules.max_num_orders:
         return Violation(
