@@ -296,7 +296,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.venue.simulated:
         _out(f"  venue api key    {creds.venue_api_key} (secret in {config.data_dir / 'credentials.json'})")
     else:
-        _out(f"  venue api key    from {config.venue.key_source} (never shown)")
+        _out(f"  venue api key    from {config.venue.key_source}; the key itself is never shown")
     if config.backup_venue:
         _out(f"  backup api key   {creds.backup_venue_api_key} (secret in the same file)")
     _out(f"  logs             {config.data_dir / 'logs'}")

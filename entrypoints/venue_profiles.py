@@ -185,7 +185,7 @@ def resolve_venue(
                     "or give --venue-key-file FILE (mode 0600)"
                 )
             # A custom venue may be a simulator run elsewhere: it takes the data dir's simulator key.
-            source = "the simulator key of the data dir (no key given)"
+            source = "the data dir's simulator key (none given)"
     return VenueChoice(profile, rest, ws, key, secret, source)
 
 
