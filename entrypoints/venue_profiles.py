@@ -13,7 +13,8 @@ Kubernetes select one the same way (docker-compose.yml, k8s/configmap.yaml). The
 `BULWARK_VENUE_API_KEY` / `BULWARK_VENUE_API_SECRET` or a key file readable by its owner only
 (mode 0600 or 0400); it is passed to the services in their environment and never printed, logged
 or written to the data dir. Mainnet needs an explicit confirmation flag and always starts HALTED,
-written before any service runs: the operator resumes after reading the preflight.
+written before any service runs (and again by position's start-up preflight, which is how compose
+and Kubernetes get it too): the operator resumes after reading the preflight.
 """
 
 from __future__ import annotations

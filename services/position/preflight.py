@@ -11,7 +11,11 @@ reconnect of the order link (its `LinkStateChanged` back to CONNECTED), publish 
   after reading the preflight; the alert is resolved;
 - a venue that does not answer at all is an outage, not a verdict: the result says so, nothing is
   halted for it (the order link is down anyway), and the checks run again once the link is back;
-- the venue's own rate limits (exchangeInfo `rateLimits`) replace the request budget's (FM-N2).
+- the venue's own rate limits (exchangeInfo `rateLimits`) replace the request budget's (FM-N2);
+- on the real-money profile (`BULWARK_VENUE_PROFILE=binance`) every start of the process halts
+  trading, whatever the checks say: `bulwark up --venue binance` starts HALTED, and so do compose
+  and Kubernetes, where nothing else could halt before the first order; a restart of the only
+  process that sends orders to a real-money account wants a human look anyway.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from proto.replies import TradingControlRequest
 HALT_RETRY_S = 1.0
 START = "start"
 RECONNECT = "reconnect"
+REAL_MONEY_PROFILE = "binance"
+REAL_MONEY_START_REASON = (
+    "real-money venue (profile binance): trading starts HALTED; read the preflight (`bulwark preflight`, "
+    "/v1/status) and resume (POST /v1/trading/resume) when it is all ok"
+)
 
 
 def preflight_config(settings: Settings) -> tuple[PreflightConfig, list[PreflightCheckValue]]:
@@ -147,6 +156,9 @@ class PreflightRunner:
             )
             await self.bus.kv_put(subjects.key_preflight(self.venue_name), encode_value(value))
             failed = [check.name for check in report.failures()]
+            definite_failure = report.reachable and not report.ok
+            if trigger == START and self.profile == REAL_MONEY_PROFILE and not definite_failure:
+                await self.halt(f"{self.component}: {REAL_MONEY_START_REASON}")
             if report.ok:
                 self.log.info("preflight_passed", trigger=trigger, checks=len(report.checks))
                 if self._alerted:
@@ -159,7 +171,7 @@ class PreflightRunner:
                             reason="preflight passes again; trading stays HALTED until an operator resumes",
                         ),
                     )
-            elif not report.reachable:
+            elif not definite_failure:
                 self.log.warning(
                     "preflight_incomplete",
                     trigger=trigger,

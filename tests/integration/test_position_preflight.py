@@ -127,3 +127,19 @@ async def test_preflight_when_venue_switched_to_hedge_mode_then_halted_with_reas
     await asyncio.sleep(1.0)
     trading_after = await _trading(system)
     assert trading_after is not None and trading_after.state.value == "HALTED"
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "venue_profile": "binance"}])
+async def test_preflight_when_real_money_profile_then_every_start_halts_even_when_all_ok(system: System) -> None:
+    value = await eventually(lambda: _preflight(system), 10)
+    assert value.ok and value.profile == "binance"
+
+    async def halted() -> TradingStateValue | None:
+        trading = await _trading(system)
+        return trading if trading is not None and trading.state.value == "HALTED" else None
+
+    trading = await eventually(halted, 15)
+    assert "real-money" in trading.reason and "resume" in trading.reason, trading.reason
+    refused = market_order("preflight-mainnet")
+    await submit(system.bus, refused)
+    await wait_status(system.pool, refused.client_order_id, "DENIED", timeout_s=20)
