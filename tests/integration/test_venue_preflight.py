@@ -3,14 +3,21 @@ endpoints answer as Binance does, and the checks pass, fail and pass again as th
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from entrypoints.harness.venue import PROJECT_ROOT, running_venue_sim
 from libs.binance.client import BinanceRestClient
 from libs.binance.errors import VenueError
 from libs.binance.preflight import PreflightConfig, run_preflight
@@ -85,3 +92,28 @@ async def test_account_modes_control_when_bad_body_then_400_and_nothing_changes(
     with pytest.raises(VenueError) as refused:
         await client.set_margin_type("BTCUSDT", "SOMETIMES")
     assert refused.value.code == -1116
+
+
+def _preflight_cli(url: str, *args: str) -> tuple[int, dict[str, Any]]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}
+    env |= {"BULWARK_VENUE_REST_URL": url, "BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "preflight", "--direct", "--json", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {"stderr": done.stderr}
+
+
+async def test_preflight_cli_direct_when_all_ok_then_exit_0_and_when_hedge_mode_then_exit_1(tmp_path: Path) -> None:
+    with running_venue_sim(tmp_path, "--source", "synthetic") as url:
+        code, shown = await asyncio.to_thread(_preflight_cli, url)
+        assert code == 0 and shown["ok"] is True and shown["trigger"] == "direct", shown
+        assert (await _control(url, {"dualSidePosition": True}))[0] == 200
+        code, shown = await asyncio.to_thread(_preflight_cli, url)
+        assert code == 1 and [c["name"] for c in shown["checks"] if not c["ok"]] == ["position_mode"], shown
+        code, shown = await asyncio.to_thread(_preflight_cli, url, "--venue", "custom")
+        assert code == 2 and "--venue-rest-url" in shown["stderr"], shown
