@@ -41,6 +41,9 @@ from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 from proto.replies import TradingControlRequest
 
 HALT_RETRY_S = 1.0
+HALT_ATTEMPTS_INLINE = 30
+"""Tries before a halt request goes on in the background: a risk that stays down must not keep
+position from reconciling, cancelling and protecting (nothing is approved without risk anyway)."""
 START = "start"
 RECONNECT = "reconnect"
 REAL_MONEY_PROFILE = "binance"
@@ -133,6 +136,7 @@ class PreflightRunner:
         self.rerun = asyncio.Event()
         self._lock = asyncio.Lock()
         self._alerted = False
+        self._halting: set[asyncio.Task[bool]] = set()
 
     @property
     def alert_key(self) -> str:
@@ -158,7 +162,7 @@ class PreflightRunner:
             failed = [check.name for check in report.failures()]
             definite_failure = report.reachable and not report.ok
             if trigger == START and self.profile == REAL_MONEY_PROFILE and not definite_failure:
-                await self.halt(f"{self.component}: {REAL_MONEY_START_REASON}")
+                await self.request_halt(f"{self.component}: {REAL_MONEY_START_REASON}")
             if report.ok:
                 self.log.info("preflight_passed", trigger=trigger, checks=len(report.checks))
                 if self._alerted:
@@ -182,7 +186,7 @@ class PreflightRunner:
                 reason = f"{self.component}: venue preflight failed ({trigger}): {report.reason()}"
                 self.log.error("preflight_failed", trigger=trigger, failed=failed, action_taken="halt trading")
                 await self._alert(reason, failed)
-                await self.halt(reason[:1000])
+                await self.request_halt(reason[:1000])
             return report
 
     def _apply_limits(self, report: PreflightReport) -> None:
@@ -205,6 +209,15 @@ class PreflightRunner:
             details={"reason": reason[:1000], "failed": failed},
         )
         await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
+
+    async def request_halt(self, reason: str) -> None:
+        """Halt through risk: a few tries here, then on in the background until risk answers."""
+        if await self.halt(reason, HALT_ATTEMPTS_INLINE):
+            return
+        self.log.error("preflight_halt_pending", reason=reason, action_taken="keep asking risk in the background")
+        task = asyncio.create_task(self.halt(reason), name="preflight-halt")
+        self._halting.add(task)
+        task.add_done_callback(self._halting.discard)
 
     async def halt(self, reason: str, attempts: int | None = None) -> bool:
         """Ask risk to HALT until it answers (risk may still be starting); False after `attempts` tries."""
