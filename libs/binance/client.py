@@ -529,6 +529,11 @@ class BinanceRestClient:
         result: dict = await self._request("POST", "/fapi/v1/marginType", params, signed=True)
         return result
 
+    async def order_rate_limits(self) -> list[dict]:
+        """The account's own order limits, Binance `rateLimits` rows (`GET /fapi/v1/rateLimit/order`)."""
+        result: list[dict] = await self._request("GET", "/fapi/v1/rateLimit/order", signed=True)
+        return result
+
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict:
         """Arm (or with 0 disarm) the venue's dead-man's switch (`POST /fapi/v1/countdownCancelAll`)."""
         params = {"symbol": symbol, "countdownTime": countdown_ms}

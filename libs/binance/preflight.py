@@ -13,7 +13,7 @@ that says what was found and, when not ok, exactly how to fix it:
 | `symbol.<S>` | every configured symbol is on the venue and `TRADING` |
 | `leverage.<S>`, `margin_type.<S>` | the configured leverage and margin type were SET (-4046 is ok) |
 | `balance` | the available balance of the margin asset is above zero and the configured minimum |
-| `rate_limits` | the venue's `rateLimits` (exchangeInfo) were read; they replace the budget's defaults (FM-N2) |
+| `rate_limits` | never fails: the venue's `rateLimits` and the account's order limits replace the budget's (FM-N2) |
 
 The check functions are pure (answers in, `PreflightCheckValue` out); `run_preflight` asks the
 venue through a `PreflightVenue` port (`BinanceRestClient` is one) and collects them. A venue that
@@ -76,6 +76,8 @@ class PreflightVenue(Protocol):
     async def set_leverage(self, symbol: str, leverage: int) -> dict: ...
 
     async def set_margin_type(self, symbol: str, margin_type: str) -> dict: ...
+
+    async def order_rate_limits(self) -> list[dict]: ...
 
 
 @dataclass(frozen=True)
@@ -322,10 +324,10 @@ def check_balance(account: Mapping[str, Any], asset: str, minimum: Decimal) -> P
     return _check("balance", True, f"available {available} {asset}")
 
 
-def check_rate_limits(exchange_info: Mapping[str, Any]) -> tuple[PreflightCheckValue, VenueLimits | None]:
-    """The venue's rateLimits, for the request budget; a venue without them keeps Binance's defaults."""
+def _limits_of(items: Any) -> dict[str, int]:
+    """The limits the request budget keeps, from Binance `rateLimits` rows (unknown rows skipped)."""
     limits: dict[str, int] = {}
-    for item in exchange_info.get("rateLimits") or []:
+    for item in items if isinstance(items, list) else []:
         try:
             kind, interval, count, limit = (
                 item["rateLimitType"],
@@ -342,11 +344,37 @@ def check_rate_limits(exchange_info: Mapping[str, Any]) -> tuple[PreflightCheckV
                 limits["order_limit_10s"] = limit
             case ("ORDERS", "MINUTE", 1):
                 limits["order_limit_1m"] = limit
+    return limits
+
+
+def check_rate_limits(
+    exchange_info: Mapping[str, Any], account_limits: Any = None
+) -> tuple[PreflightCheckValue, VenueLimits | None]:
+    """The venue's rateLimits and the account's own order limits (`GET /fapi/v1/rateLimit/order`;
+    the lower of the two counts), for the request budget; a venue without them keeps Binance's defaults.
+
+    Args:
+        exchange_info: the venue's exchangeInfo.
+        account_limits: the account's order-limit rows, the `VenueError` that refused them (noted,
+            not a failure: not every venue serves them), or None when not asked.
+    """
+    limits = _limits_of(exchange_info.get("rateLimits"))
+    note = ""
+    if isinstance(account_limits, VenueError):
+        note = f"; the account's own order limits not available ({_venue_answer(account_limits)})"
+    else:
+        for key, value in _limits_of(account_limits).items():
+            limits[key] = min(value, limits.get(key, value))
+        if account_limits:
+            note = "; the account's own order limits applied"
     if not limits:
-        return _check("rate_limits", True, "no rateLimits in exchangeInfo: Binance's defaults kept", warning=True), None
-    found = VenueLimits(**limits)
+        return _check(
+            "rate_limits", True, f"no rateLimits from the venue: Binance's defaults kept{note}", warning=True
+        ), None
     text = ", ".join(f"{key}={value}" for key, value in sorted(limits.items()))
-    return _check("rate_limits", True, f"venue limits loaded into the request budget: {text}"), found
+    return _check("rate_limits", True, f"venue limits loaded into the request budget: {text}{note}"), VenueLimits(
+        **limits
+    )
 
 
 async def run_preflight(venue: PreflightVenue, config: PreflightConfig, clock_ns: Callable[[], int]) -> PreflightReport:
@@ -402,7 +430,8 @@ async def run_preflight(venue: PreflightVenue, config: PreflightConfig, clock_ns
                 )
             )
         add(check_balance(account, config.balance_asset, config.min_available_balance))
-        limits_check, report.limits = check_rate_limits(info)
+        account_limits = await _answer(venue.order_rate_limits())
+        limits_check, report.limits = check_rate_limits(info, account_limits)
         add(limits_check)
     except (VenueUnreachable, VenueTimeout) as exc:
         report.reachable = False

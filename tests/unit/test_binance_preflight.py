@@ -119,6 +119,12 @@ def test_check_rate_limits_when_listed_then_loaded_and_when_absent_then_warns() 
     assert (limits.weight_limit_1m, limits.order_limit_10s, limits.order_limit_1m) == (2400, 300, 1200)
     check, limits = check_rate_limits({})
     assert check.ok and check.warning and limits is None
+    account = [{"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100}]
+    check, limits = check_rate_limits(INFO, account)
+    assert limits is not None and (limits.order_limit_10s, limits.order_limit_1m) == (100, 1200)
+    assert "account's own order limits applied" in check.message
+    check, limits = check_rate_limits(INFO, VenueError(404, -5000, "GET /fapi/v1/rateLimit/order is invalid."))
+    assert check.ok and limits is not None and limits.order_limit_10s == 300 and "not available" in check.message
 
 
 def test_parse_leverage_when_default_and_overrides_then_per_symbol_and_when_bad_then_raises() -> None:
@@ -174,6 +180,9 @@ class FakeVenue:
     async def set_margin_type(self, symbol: str, margin_type: str) -> dict:
         answer = await self._answer("set_margin_type", symbol, margin_type)
         return dict(answer or {"code": 200})
+
+    async def order_rate_limits(self) -> list[dict]:
+        return list(await self._answer("order_rate_limits") or [])
 
 
 def _run(venue: FakeVenue, config: PreflightConfig) -> Any:
