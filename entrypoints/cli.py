@@ -345,6 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out(f"trading state      {status.get('trading_state')}")
     _out(f"degradation level  {status.get('degradation_level')}")
     _out(f"health             {status.get('health')}")
+    _out(venue_cli.preflight_line(status.get("preflight")))
     _out("components:")
     for name, comp in sorted(status.get("components", {}).items()):
         _out(

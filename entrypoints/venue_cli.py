@@ -90,6 +90,15 @@ def venue_line(choice: VenueChoice) -> str:
     return line
 
 
+def preflight_line(shown: dict[str, Any] | None) -> str:
+    """`bulwark status`'s one line about the venue preflight (details: `bulwark preflight`)."""
+    if not shown:
+        return "preflight          not run yet"
+    failed = [check.get("name") for check in shown.get("checks") or [] if not check.get("ok")]
+    verdict = "all ok" if shown.get("ok") else f"FAILED: {', '.join(map(str, failed)) or 'venue unreachable'}"
+    return f"preflight          {verdict} ({shown.get('trigger') or '?'}; `bulwark preflight` for each check)"
+
+
 def add_preflight_parser(commands: Any, data_dir: Path) -> None:
     """`bulwark preflight [--json] [--direct]`."""
     parser = commands.add_parser(

@@ -152,3 +152,12 @@ def test_up_when_mainnet_unconfirmed_then_exit_2_before_anything_starts(
 def test_preflight_when_gateway_down_then_exit_1_with_the_direct_hint(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preflight", "--gateway", "http://127.0.0.1:9"]) == 1
     assert "--direct" in capsys.readouterr().err
+
+
+def test_status_line_when_preflight_failed_then_names_the_failed_checks() -> None:
+    from entrypoints.venue_cli import preflight_line
+
+    assert "not run yet" in preflight_line(None)
+    failed = {"ok": False, "trigger": "reconnect", "checks": [{"name": "position_mode", "ok": False}]}
+    assert "FAILED: position_mode" in preflight_line(failed)
+    assert "all ok" in preflight_line({"ok": True, "trigger": "start", "checks": [{"name": "api_key", "ok": True}]})
