@@ -176,7 +176,7 @@ async def _direct_preflight(args: argparse.Namespace) -> PreflightValue:
         rest_url, key, secret = choice.rest_url, choice.api_key, choice.api_secret
     else:
         rest_url, key, secret = settings.venue_rest_url, settings.venue_api_key, settings.venue_api_secret
-    config, problems = preflight_config(settings)
+    config, problems = preflight_config(settings, profile, rest_url)
     async with BinanceRestClient(rest_url, key, secret) as client:
         report = await run_preflight(client, config, time.time_ns)
     checks = [*problems, *report.checks]

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.binance.preflight import PROFILE_URLS, REAL_MONEY_PROFILE
 from libs.bus import Bus
 from libs.logging import get_logger
 from proto import subjects
@@ -34,7 +35,7 @@ from proto.kv import TradingStateValue, encode_value
 
 SIM = "sim"
 TESTNET = "binance-testnet"
-MAINNET = "binance"
+MAINNET = REAL_MONEY_PROFILE
 CUSTOM = "custom"
 PROFILES = (SIM, TESTNET, MAINNET, CUSTOM)
 CONFIRM_FLAG = "--i-understand-this-trades-real-money"
@@ -44,10 +45,7 @@ MAINNET_HALT_REASON = (
     "and resume (`POST /v1/trading/resume`) when it is all ok"
 )
 
-_URLS: dict[str, tuple[str, str]] = {
-    TESTNET: ("https://testnet.binancefuture.com", "wss://fstream.binancefuture.com"),
-    MAINNET: ("https://fapi.binance.com", "wss://fstream.binance.com"),
-}
+_URLS = PROFILE_URLS
 """Binance USD-M REST and market-stream bases; the WebSocket base takes `/stream?...` and `/ws/<listenKey>`."""
 
 

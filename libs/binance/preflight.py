@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from proto.kv import PreflightCheckValue
@@ -58,6 +59,13 @@ CLOCK_FAIL_MS = 5000
 _AUTH_CODES = frozenset({-2014, -2015, -2008, -1022})
 """API-key format invalid, key/IP/permissions rejected, invalid key id, invalid signature."""
 _NS_PER_MS = 1_000_000
+
+REAL_MONEY_PROFILE = "binance"
+PROFILE_URLS: dict[str, tuple[str, str]] = {
+    "binance-testnet": ("https://testnet.binancefuture.com", "wss://fstream.binancefuture.com"),
+    REAL_MONEY_PROFILE: ("https://fapi.binance.com", "wss://fstream.binance.com"),
+}
+"""REST and market-stream bases of the Binance USD-M venue profiles (`bulwark up --venue`)."""
 
 
 class PreflightVenue(Protocol):
@@ -172,6 +180,20 @@ def _check(name: str, ok: bool, message: str, *, warning: bool = False) -> Prefl
 
 def _venue_answer(error: VenueError) -> str:
     return f"HTTP {error.status} code={error.code}: {error.msg}"
+
+
+def check_profile(profile: str, rest_url: str) -> PreflightCheckValue | None:
+    """A real-money endpoint under another profile would trade real money without the real-money
+    profile's start HALT: refused. None when the profile fits the URL."""
+    mainnet = urlsplit(PROFILE_URLS[REAL_MONEY_PROFILE][0]).hostname
+    if urlsplit(rest_url).hostname == mainnet and profile != REAL_MONEY_PROFILE:
+        return _check(
+            "configuration",
+            False,
+            f"{rest_url} is Binance mainnet (real money) but BULWARK_VENUE_PROFILE is {profile!r}: set "
+            f"BULWARK_VENUE_PROFILE={REAL_MONEY_PROFILE} (or `bulwark up --venue binance`), which starts HALTED",
+        )
+    return None
 
 
 def check_server_time(offset_ms: int) -> PreflightCheckValue:

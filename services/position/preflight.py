@@ -27,7 +27,15 @@ from typing import Any
 
 import msgspec
 
-from libs.binance.preflight import PreflightConfig, PreflightReport, PreflightVenue, parse_leverage, run_preflight
+from libs.binance.preflight import (
+    REAL_MONEY_PROFILE,
+    PreflightConfig,
+    PreflightReport,
+    PreflightVenue,
+    check_profile,
+    parse_leverage,
+    run_preflight,
+)
 from libs.clock import Clock
 from libs.logging import Logger
 from libs.ratelimit import RateBudget
@@ -46,16 +54,21 @@ HALT_ATTEMPTS_INLINE = 30
 position from reconciling, cancelling and protecting (nothing is approved without risk anyway)."""
 START = "start"
 RECONNECT = "reconnect"
-REAL_MONEY_PROFILE = "binance"
 REAL_MONEY_START_REASON = (
     "real-money venue (profile binance): trading starts HALTED; read the preflight (`bulwark preflight`, "
     "/v1/status) and resume (POST /v1/trading/resume) when it is all ok"
 )
 
 
-def preflight_config(settings: Settings) -> tuple[PreflightConfig, list[PreflightCheckValue]]:
-    """The account setup the settings ask for, and a failed `configuration` check per unusable setting."""
+def preflight_config(
+    settings: Settings, profile: str | None = None, rest_url: str | None = None
+) -> tuple[PreflightConfig, list[PreflightCheckValue]]:
+    """The account setup the settings ask for, and a failed `configuration` check per unusable setting
+    (and for a real-money URL under another profile than `binance`)."""
     problems: list[PreflightCheckValue] = []
+    mismatch = check_profile(profile or settings.venue_profile, rest_url or settings.venue_rest_url)
+    if mismatch is not None:
+        problems.append(mismatch)
     try:
         leverage = parse_leverage(settings.venue_leverage, settings.symbols)
     except ValueError as exc:
@@ -273,8 +286,8 @@ async def start_preflight(
     """The position process's hook: the start-up preflight (done when this returns, before any
     reconciliation or order), then one at every reconnect of the order link."""
     settings = ctx.settings
-    config, problems = preflight_config(settings)
     profile = settings.venue_profile if venue_name == settings.venue else "backup"
+    config, problems = preflight_config(settings, profile, settings.venue_account(venue_name).rest_url)
     runner = PreflightRunner(
         ctx.bus,
         ctx.log,

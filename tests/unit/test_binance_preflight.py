@@ -235,3 +235,13 @@ def test_run_preflight_when_venue_unreachable_or_banned_then_incomplete_not_a_ve
     assert not down.reachable and not down.ok and "refused" in down.reason()
     banned = _run(FakeVenue(position_mode=VenueError(418, -1003, "banned")), PreflightConfig(symbols=("BTCUSDT",)))
     assert not banned.reachable
+
+
+def test_check_profile_when_mainnet_url_under_another_profile_then_configuration_fails() -> None:
+    from libs.binance.preflight import check_profile
+
+    refused = check_profile("sim", "https://fapi.binance.com")
+    assert refused is not None and not refused.ok and "BULWARK_VENUE_PROFILE=binance" in refused.message
+    assert check_profile("binance", "https://fapi.binance.com/") is None
+    assert check_profile("binance-testnet", "https://testnet.binancefuture.com") is None
+    assert check_profile("sim", "http://127.0.0.1:8100") is None

@@ -164,3 +164,10 @@ def test_preflight_config_when_settings_unusable_then_configuration_checks_fail(
     assert config.margin_type == "CROSSED" and config.leverage == {}
     good, none = preflight_config(Settings(venue_leverage="4", venue_margin_type="isolated", venue_min_balance="50"))
     assert none == [] and good.margin_type == "ISOLATED" and good.leverage == {"BTCUSDT": 4, "ETHUSDT": 4}
+
+
+def test_preflight_config_when_mainnet_url_without_the_real_money_profile_then_refused() -> None:
+    _, problems = preflight_config(Settings(venue_rest_url="https://fapi.binance.com", venue_profile="custom"))
+    assert [p.name for p in problems] == ["configuration"] and "real money" in problems[0].message
+    _, none = preflight_config(Settings(venue_rest_url="https://fapi.binance.com", venue_profile="binance"))
+    assert none == []
