@@ -145,7 +145,11 @@ def cmd_preflight(args: argparse.Namespace, out: Callable[[str], None], err: Cal
         if not shown:
             err("bulwark preflight: no preflight published yet (the position service runs it at its start)")
             return 1
-        value = msgspec.convert(shown, PreflightValue)
+        try:
+            value = msgspec.convert(shown, PreflightValue)
+        except msgspec.ValidationError as exc:
+            err(f"bulwark preflight: the gateway's preflight is unreadable ({exc}); is it another version?")
+            return 1
     if args.json:
         out(msgspec.json.encode(value).decode())
     else:

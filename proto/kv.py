@@ -201,7 +201,7 @@ class PreflightValue(msgspec.Struct, frozen=True, kw_only=True):
     profile: str = ""
     """The venue profile the system runs (`sim`, `binance-testnet`, `binance`, `custom`)."""
     trigger: str = ""
-    """Why it ran: `start` or `reconnect`."""
+    """Why it ran: `start` or `reconnect` (position), `direct` (`bulwark preflight --direct`)."""
     ts_ns: int = 0
 
 

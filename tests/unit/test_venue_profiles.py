@@ -161,3 +161,41 @@ def test_status_line_when_preflight_failed_then_names_the_failed_checks() -> Non
     failed = {"ok": False, "trigger": "reconnect", "checks": [{"name": "position_mode", "ok": False}]}
     assert "FAILED: position_mode" in preflight_line(failed)
     assert "all ok" in preflight_line({"ok": True, "trigger": "start", "checks": [{"name": "api_key", "ok": True}]})
+
+
+def test_preflight_when_gateway_answers_then_exit_code_follows_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    import http.server
+    import json
+    import threading
+
+    shown: dict[str, object] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"preflight": shown.get("value")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gateway = f"http://127.0.0.1:{server.server_address[1]}"
+    check = {"name": "position_mode", "ok": False, "message": "hedge mode"}
+    try:
+        assert main(["preflight", "--gateway", gateway]) == 1  # none published yet
+        shown["value"] = {"venue": "binance-usdm", "ok": False, "checks": [check], "trigger": "reconnect"}
+        assert main(["preflight", "--gateway", gateway]) == 1
+        assert "FAIL position_mode" in capsys.readouterr().out
+        shown["value"] = {"venue": "binance-usdm", "ok": True, "checks": [{**check, "ok": True}]}
+        assert main(["preflight", "--json", "--gateway", gateway]) == 0
+        assert json.loads(capsys.readouterr().out)["ok"] is True
+        shown["value"] = {"venue": 7}
+        assert main(["preflight", "--gateway", gateway]) == 1
+        assert "unreadable" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+        server.server_close()
