@@ -178,6 +178,33 @@ class SymbolRulesValue(msgspec.Struct, frozen=True, kw_only=True):
     """Wall clock (ns) of the `exchangeInfo` answer these rules come from."""
 
 
+class PreflightCheckValue(msgspec.Struct, frozen=True, kw_only=True):
+    """One check of a venue preflight (inside `PreflightValue.checks`)."""
+
+    name: str
+    """Stable check name, e.g. `position_mode`, `symbol.BTCUSDT`, `leverage.ETHUSDT`."""
+    ok: bool
+    message: str
+    """What was found and, when not ok, how to fix it."""
+    warning: bool = False
+    """Passed, but with something an operator should look at (e.g. the key may withdraw)."""
+
+
+class PreflightValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `preflight.<venue>` (position): the latest preflight of a venue account, run at every start
+    and every reconnect of the order link; a failed check halts trading (through risk)."""
+
+    venue: str
+    ok: bool
+    """Every check passed."""
+    checks: list[PreflightCheckValue] = []
+    profile: str = ""
+    """The venue profile the system runs (`sim`, `binance-testnet`, `binance`, `custom`)."""
+    trigger: str = ""
+    """Why it ran: `start` or `reconnect` (position), `direct` (`bulwark preflight --direct`)."""
+    ts_ns: int = 0
+
+
 KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TradingStateValue,
     DegradationLevelValue,
@@ -191,6 +218,7 @@ KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     ProtectionValue,
     RateLimitBanValue,
     SymbolRulesValue,
+    PreflightValue,
 )
 """Every KV value shape (their JSON Schemas are checked in with the messages')."""
 

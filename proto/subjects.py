@@ -338,6 +338,15 @@ def key_ratelimit_ban(venue: str) -> str:
     return f"ratelimit.{venue}.ban"
 
 
+KEY_PREFLIGHT_PREFIX = "preflight."
+"""Every venue preflight's key starts with it; the rest is the venue's name."""
+
+
+def key_preflight(venue: str) -> str:
+    """The latest preflight of `venue`'s account (`proto.kv.PreflightValue`), written by its position process."""
+    return f"{KEY_PREFLIGHT_PREFIX}{venue}"
+
+
 def key_protection(venue: str, symbol: str) -> str:
     """The levels protecting a position of `symbol` on `venue` (FM-C2), written by its position process."""
     return f"protection.{venue}.{symbol}"

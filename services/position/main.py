@@ -34,6 +34,7 @@ from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
 from .cancels import CANCEL_DELIVERIES
 from .domain import Retention
 from .handlers import PositionService
+from .preflight import start_preflight
 from .venue_rules import VenueRulesKeeper
 
 RECONCILE_RETRY_MAX_S = 10.0
@@ -154,6 +155,7 @@ async def setup(ctx: ServiceContext) -> None:
     await service.recover()
     phases["recover_ms"] = ms_since(mark)
     await service.core.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
+    await start_preflight(ctx, client, budget, venue, component)  # before any order; again at every reconnect
     mark = time.perf_counter()
     delay = 0.5
     while not ctx.stopping.is_set():

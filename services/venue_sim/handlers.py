@@ -25,6 +25,7 @@ from services.venue_sim.engine import MarketEngine
 from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, dumps
 from services.venue_sim.routes.control import ControlRoutes
 from services.venue_sim.routes.market_streams import StreamRoutes
+from services.venue_sim.routes.rest_account_modes import AccountModeRoutes
 from services.venue_sim.routes.rest_market import MarketRoutes
 from services.venue_sim.routes.rest_orders import OrderRoutes
 from services.venue_sim.routes.user_stream import UserStreamRoutes
@@ -54,10 +55,12 @@ class VenueSimulator:
         self.ctx = SimContext(engine, exchange, faults, market_clock, clock, log, self.limits, source_description)
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
+        self.account_modes = AccountModeRoutes(self.ctx)  # last in `routes`: its position-mode GET wins
         self.routes: Routes = {
             **MarketRoutes(self.ctx).endpoints(),
             **OrderRoutes(self.ctx).endpoints(),
             **UserStreamRoutes(self.ctx).endpoints(),
+            **self.account_modes.endpoints(),
         }
 
     # ================================================================= app
@@ -65,6 +68,7 @@ class VenueSimulator:
         """The aiohttp application with every route and the fault/weight middleware."""
         app = web.Application(middlewares=[self._middleware])
         self.control.register(app)
+        self.account_modes.register_control(app)
         app.router.add_get("/stream", self.streams.ws_market)
         app.router.add_get("/ws", self.streams.ws_market)
         app.router.add_get("/ws/{name:.*}", self.streams.ws_market)
