@@ -97,45 +97,49 @@ class Execution:
             await self.apply_trade(order, trade)
 
     async def apply_trade(self, order: OrderRecord, trade: dict, via: str = "rest") -> None:
-        """Book one venue trade (a `userTrades` row) of an order: `OrderFilled`, `PositionChanged`, rows."""
+        """Book one venue trade (a `userTrades` row) of an order: `OrderFilled`, `PositionChanged`, rows.
+
+        Decide, publish, apply: both events are published first, then folded into the ledger by
+        `Ledger.fold`, the fold a replay of the log uses. A publish that fails leaves memory as the
+        log has it (the fill not booked); the next answer about the order books it again under the
+        same de-duplication id.
+        """
         core = self.core
         ledger = core.ledger
         coid = order.client_order_id
         trade_id = int(trade["id"])
         quantity = Decimal(str(trade["qty"]))
         price = Decimal(str(trade["price"]))
-        if not order.add_fill(trade_id, quantity, price):
+        if trade_id in order.trade_ids:
             return
-        if order.filled_quantity > order.quantity:
+        cumulative = order.filled_quantity + quantity
+        if cumulative > order.quantity:
             await core.alert(
                 f"invariant-overfill:{coid}",
                 AlertSeverity.P0,
                 "filled quantity above order quantity",
                 coid=coid,
-                filled=str(order.filled_quantity),
+                filled=str(cumulative),
                 quantity=str(order.quantity),
             )
         ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
         commission = Decimal(str(trade.get("commission", "0")))
+        venue_order_id = order.venue_order_id or int(trade.get("orderId") or 0)
         fill = OrderFilled(
             client_order_id=coid,
-            venue_order_id=order.venue_order_id or 0,
+            venue_order_id=venue_order_id,
             trade_id=trade_id,
             symbol=order.symbol,
             side=order.side,
             price=price,
             quantity=quantity,
-            cumulative_quantity=order.filled_quantity,
+            cumulative_quantity=cumulative,
             order_quantity=order.quantity,
             commission=commission,
             realized_pnl=Decimal(str(trade.get("realizedPnl", "0"))),
             ts_event_ns=ts_event_ns,
         )
-        await core.publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
         position = apply_fill(ledger.position(order.symbol), order.side, quantity, price)
-        # Held before it is published: a failed publish must not leave the fill without its position (§6).
-        ledger.positions[order.symbol] = position
-        core.protect_dirty.add(order.symbol)
         changed = PositionChanged(
             venue=order.venue,
             symbol=order.symbol,
@@ -145,10 +149,15 @@ class Execution:
             caused_by_client_order_id=coid,
             ts_event_ns=ts_event_ns,
         )
+        fill_seq = await core.publish(
+            subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid
+        )
         seq = await core.publish(
             subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
         )
-        ledger.apply(changed, seq)
+        # Both or neither: a fill is never held without the position it makes (§6).
+        ledger.fold([(fill, fill_seq), (changed, seq)])
+        core.protect_dirty.add(order.symbol)
         now = core.clock()
 
         async def write_fill() -> None:

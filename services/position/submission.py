@@ -21,7 +21,9 @@ from libs.breaker import BreakerOpen
 from libs.errors import TransientError
 from libs.ids import client_order_id_for
 from libs.lease import LeaseLost
-from libs.orders_model import OrderRecord, OrderTrigger, is_terminal, record_from_command
+from libs.orders_model import OrderRecord, OrderTrigger, is_terminal
+from libs.projections import fold_events
+from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.codec import encode
 from proto.enums import (
@@ -159,17 +161,32 @@ class Submission:
         return True
 
     async def take_denied(self, message: OrderDenied, delivery: Delivery) -> None:
-        """Record a risk refusal in the projection (under the order lock), stamped with the denial's
-        time as a rebuild of the projections from the log stamps it (`libs.projections.fold_events`)."""
+        """Record a risk refusal (under the order lock): folded into the ledger by `Ledger.apply`, as a
+        replay folds it, then projected.
+
+        Risk records a denial it could not route on its own venue's subject: such an order of another
+        venue gets its projection row (as a rebuild from the log writes it) but, as in a replay, no
+        place in this venue's memory.
+        """
         core = self.core
-        if message.order.client_order_id in core.ledger.orders:
+        coid = message.order.client_order_id
+        if coid in core.ledger.orders:
             return
-        order = record_from_command(message.order, message.ts_event_ns)
-        order.reason = message.reason
-        core.transition(order, OrderTrigger.DENY, message.ts_event_ns)
-        core.ledger.order_seq[order.client_order_id] = delivery.stream_sequence
-        await core.save(order)
-        core.ledger.orders[order.client_order_id] = order
+        seq = delivery.stream_sequence
+        core.ledger.apply(message, seq)
+        order = core.ledger.orders.get(coid)
+        if order is not None:
+            await core.save(order)
+            return
+        row = fold_events([(message, seq)]).orders[coid]
+
+        async def write_row() -> None:
+            await core.projections.upsert_order(row, seq)
+
+        try:
+            await write_row()
+        except PG_ERRORS as exc:
+            core.defer(f"order:{coid}", write_row, exc)
 
     async def approve_own(self, command: SubmitOrder) -> OrderRecord:
         """Take an order this service issues itself into memory and approve it on the ORDERS stream
