@@ -314,6 +314,10 @@ def test_live_when_random_order_flow_then_ledger_equals_replay_of_published_log(
     assert replay.order_seq == live.order_seq
     assert replay.position_seqs == live.position_seqs
 
+    # What the projections show: every order's row as the ledger has it.
+    rows = svc.core.projections.orders  # type: ignore[attr-defined]
+    assert {coid: rows.get(coid) for coid in live.orders} == {coid: o.status.value for coid, o in live.orders.items()}
+
     resumed = from_snapshot(log, int(cut_fraction * len(log)))
     assert orders_view(resumed.orders) == orders_view(live.orders)
     assert positions_view(resumed.positions) == positions_view(live.positions)
