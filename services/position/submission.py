@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from libs.binance.classify import classify
+from libs.binance.classify import classify, passes_with_time, retry_while_wanted, wait_asked_s
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen
 from libs.errors import TransientError
@@ -70,6 +70,7 @@ QUEUE_HOLD_S = 2.0
 """A poll sends queued orders while the request budget holds them back no longer than this (the
 client's own wait for the budget); a longer hold (a Retry-After, a ban) waits for a later poll."""
 QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
+"""Queries of an UNKNOWN order: the wait before the first, then doubling to the longest (FM-N7)."""
 
 
 class Submission:
@@ -442,28 +443,64 @@ class Submission:
         core.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
 
     async def resolve_unknown(self, order: OrderRecord, backoff_s: Sequence[float] | None = None) -> bool:
-        """Query an UNKNOWN order until the venue answers; -2013 means not placed: resend once, same id."""
+        """Query an UNKNOWN order until the venue answers; -2013 means not placed: resend once, same id.
+
+        One query per entry of `backoff_s` (the wait before the first, then doubling up to the
+        last), under `retry_while_wanted`: what time cures is asked again, unless the error asks
+        for a longer wait than that (a Retry-After, an open breaker's cool-down) or time does not
+        cure it (PERMANENT): then the order stays UNKNOWN and the poll or reconciliation resolves it.
+
+        Returns:
+            True when the venue's answer was taken, False when the order is still UNKNOWN.
+        """
         log = self.core.log
-        for delay in self.query_backoff_s if backoff_s is None else backoff_s:
-            await asyncio.sleep(delay)
-            try:
-                answer = await self.core.client.query_order(order.symbol, orig_client_order_id=order.client_order_id)
-            except VenueError as exc:
-                if exc.code == ORDER_NOT_FOUND:
-                    await self.not_at_venue(order)
-                    return True
-                log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
-                continue
-            except BreakerOpen as exc:
-                # The venue is down: the order stays UNKNOWN; reconciliation resolves it when it is back.
-                log.warning("order_query_deferred", client_order_id=order.client_order_id, error=str(exc))
-                return False
-            except (VenueTimeout, VenueUnreachable) as exc:
-                log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
-                continue
-            await self.execution.apply_venue_order(order, answer)
-            return True
-        return False
+        coid = order.client_order_id
+        waits = tuple(self.query_backoff_s if backoff_s is None else backoff_s) or (0.0,)
+        longest_s = max(waits)
+        attempts = 0
+
+        def wanted() -> bool:
+            return attempts < len(waits)
+
+        def passes_soon(error: BaseException) -> bool:
+            return passes_with_time(error) and (wait_asked_s(error) or 0.0) <= longest_s
+
+        def on_retry(error: BaseException, delay_s: float) -> None:
+            log.warning(
+                "order_query_failed", client_order_id=coid, error=str(error), action_taken=f"retry in {delay_s}s"
+            )
+
+        async def query() -> dict:
+            nonlocal attempts
+            attempts += 1
+            return await self.core.client.query_order(order.symbol, orig_client_order_id=coid)
+
+        retrying = retry_while_wanted(
+            wanted,
+            first_wait_s=waits[1] if len(waits) > 1 else 0.0,
+            max_wait_s=longest_s,
+            retryable=passes_soon,
+            asked_max_s=longest_s,
+            on_retry=on_retry,
+        )
+        await asyncio.sleep(waits[0])
+        try:
+            answer = await retrying(query)
+        except VenueError as exc:
+            if exc.code == ORDER_NOT_FOUND:
+                await self.not_at_venue(order)
+                return True
+            log.warning("order_query_failed", client_order_id=coid, error=str(exc), action_taken="left UNKNOWN")
+            return False
+        except BreakerOpen as exc:
+            # The venue is down: the order stays UNKNOWN; reconciliation resolves it when it is back.
+            log.warning("order_query_deferred", client_order_id=coid, error=str(exc))
+            return False
+        except (VenueTimeout, VenueUnreachable) as exc:
+            log.warning("order_query_failed", client_order_id=coid, error=str(exc), action_taken="left UNKNOWN")
+            return False
+        await self.execution.apply_venue_order(order, answer)
+        return True
 
     async def not_at_venue(self, order: OrderRecord) -> None:
         """The venue says the order does not exist: resend once with the same id, else reject."""
