@@ -19,9 +19,10 @@ from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger
 from libs.projections import Projections
 from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy
+from libs.stamping import IdSource, Stamper
 from proto import subjects
 from proto.enums import AlertSeverity, ConnectionState, DegradationLevel
-from proto.envelope import Message
+from proto.envelope import Message, new_message_id
 from proto.kv import DegradationLevelValue, LinkValue, decode_value, encode_value
 from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 
@@ -49,6 +50,7 @@ class Core:
         on_lease_lost: called once when a venue write finds the lease gone.
         snapshot_policy: counts the ORDERS events this service publishes (None: no snapshots).
         retention: how many finished orders stay in memory and in snapshots.
+        message_ids: the id source of the messages it builds (`stamp`); tests pass `sequential_ids`.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Core:
         on_lease_lost: Callable[[], None] | None,
         snapshot_policy: SnapshotPolicy | None,
         retention: Retention,
+        message_ids: IdSource = new_message_id,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -74,6 +77,8 @@ class Core:
         self.client = client
         self.venue = venue
         self.clock = clock
+        self.stamp = Stamper(clock, message_ids)
+        """Builds the messages this service publishes: ids and times from `clock` and `message_ids`."""
         self.component = component
         self.symbols = tuple(symbols)
         self.countdown = countdown
@@ -249,14 +254,16 @@ class Core:
     async def alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
         """Raise an alert of this component."""
         self.log.warning("alert_raised", key=key, severity=severity.value, title=title, **details)
-        alert = AlertRaised(key=key, severity=severity, component=self.component, title=title, details=details)
+        alert = self.stamp(
+            AlertRaised, key=key, severity=severity, component=self.component, title=title, details=details
+        )
         await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
 
     async def resolve_alert(self, key: str, reason: str) -> None:
         """Resolve an alert of this component."""
         self.log.info("alert_resolved", key=key, reason=reason)
         await self.bus.publish(
-            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=self.component, reason=reason)
+            subjects.EVT_ALERT_RESOLVED, self.stamp(AlertResolved, key=key, component=self.component, reason=reason)
         )
 
     def scoped(self, key: str) -> str:
@@ -274,8 +281,14 @@ class Core:
             # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
             self.reconciled = False
             self.countdown.forget()
-        event = LinkStateChanged(
-            venue=self.venue, link=subjects.ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
+        event = self.stamp(
+            LinkStateChanged,
+            venue=self.venue,
+            link=subjects.ORDER_LINK,
+            previous=previous,
+            current=state,
+            reason=reason,
+            symbols=[],
         )
         if previous == state:
             self.log.info("link_state_announced", link=subjects.ORDER_LINK, current=state.value, reason=reason)

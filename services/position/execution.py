@@ -39,8 +39,9 @@ class Execution:
 
     async def emit_canceled(self, order: OrderRecord, reason: str) -> None:
         """Publish and project an order's cancel (its status already moved)."""
+        core = self.core
         coid = order.client_order_id
-        canceled = OrderCanceled(client_order_id=coid, symbol=order.symbol, reason=reason)
+        canceled = core.stamp(OrderCanceled, client_order_id=coid, symbol=order.symbol, reason=reason)
         await self.core.publish(self.core.order_subject("canceled", order), canceled, f"canceled:{coid}", coid)
         await self.core.save(order)
 
@@ -55,8 +56,12 @@ class Execution:
         executed = Decimal(str(answer.get("executedQty", "0")))
         if previous in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
             status = OrderStatus(venue_status) if venue_status in OrderStatus.__members__ else OrderStatus.NEW
-            accepted = OrderAccepted(
-                client_order_id=coid, venue_order_id=order.venue_order_id or 0, symbol=order.symbol, status=status
+            accepted = core.stamp(
+                OrderAccepted,
+                client_order_id=coid,
+                venue_order_id=order.venue_order_id or 0,
+                symbol=order.symbol,
+                status=status,
             )
             await core.publish(core.order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
         if executed > order.filled_quantity:
@@ -77,7 +82,7 @@ class Execution:
         match trigger:
             case OrderTrigger.REJECT:
                 order.reason = f"venue status REJECTED {reason}".strip()
-                rejected = OrderRejected(client_order_id=coid, symbol=order.symbol, reason=order.reason)
+                rejected = core.stamp(OrderRejected, client_order_id=coid, symbol=order.symbol, reason=order.reason)
                 await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
             case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
                 await self.emit_canceled(order, reason or venue_status.lower())
@@ -125,7 +130,8 @@ class Execution:
         ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
         commission = Decimal(str(trade.get("commission", "0")))
         venue_order_id = order.venue_order_id or int(trade.get("orderId") or 0)
-        fill = OrderFilled(
+        fill = core.stamp(
+            OrderFilled,
             client_order_id=coid,
             venue_order_id=venue_order_id,
             trade_id=trade_id,
@@ -140,7 +146,8 @@ class Execution:
             ts_event_ns=ts_event_ns,
         )
         position = apply_fill(ledger.position(order.symbol), order.side, quantity, price)
-        changed = PositionChanged(
+        changed = core.stamp(
+            PositionChanged,
             venue=order.venue,
             symbol=order.symbol,
             quantity=position.quantity,

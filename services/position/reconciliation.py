@@ -162,7 +162,8 @@ class Reconciliation:
         previous = core.ledger.position(symbol)
         corrected = Position(remote, entry if remote != 0 else Decimal(0), previous.realized_pnl)
         now = core.clock()
-        changed = PositionChanged(
+        changed = core.stamp(
+            PositionChanged,
             venue=core.venue,
             symbol=symbol,
             quantity=corrected.quantity,

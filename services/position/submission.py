@@ -195,7 +195,7 @@ class Submission:
         core = self.core
         coid = command.client_order_id
         now = core.clock()  # the order's `created_ns`, as a replay of the approval makes it
-        approved = OrderApproved(order=command, ts_event_ns=now, ts_init_ns=now)
+        approved = core.stamp(OrderApproved, order=command, ts_event_ns=now, ts_init_ns=now)
         subject = subjects.evt_order("approved", command.venue, command.symbol)
         seq = await core.publish(subject, approved, f"approved:{coid}", coid)
         core.ledger.apply(approved, seq)
@@ -309,7 +309,7 @@ class Submission:
             return
         await core.guard()
         core.transition(order, OrderTrigger.SUBMIT)
-        submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
+        submitted = core.stamp(OrderSubmitted, client_order_id=coid, symbol=order.symbol, venue=order.venue)
         await core.publish(core.order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
         await core.save(order)
         try:
@@ -354,18 +354,24 @@ class Submission:
         coid = order.client_order_id
         order.reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
         core.transition(order, OrderTrigger.REJECT)
-        rejected = OrderRejected(
-            client_order_id=coid, symbol=order.symbol, reason=order.reason, error_class=error_class, venue_code=exc.code
+        rejected = core.stamp(
+            OrderRejected,
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=order.reason,
+            error_class=error_class,
+            venue_code=exc.code,
         )
         await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
         await core.save(order)
         core.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
-        letter = DeadLettered(
+        letter = core.stamp(
+            DeadLettered,
             consumer=self.orders_durable,
             subject=subjects.evt_order("approved", order.venue, order.symbol),
             reason=f"{error_class} {why}: HTTP {exc.status} code={exc.code} {exc.msg}"[:1000],
             deliveries=1,
-            payload=encode(OrderApproved(order=command_from_record(order))).decode(),
+            payload=encode(core.stamp(OrderApproved, order=command_from_record(order, core.stamp))).decode(),
             original_message_id=f"approved:{coid}",
         )
         await core.bus.publish(subjects.dlq(self.orders_durable), letter, msg_id=f"dlq:rejected:{coid}")
@@ -393,7 +399,8 @@ class Submission:
         coid = order.client_order_id
         order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
         core.transition(order, OrderTrigger.REJECT)
-        rejected = OrderRejected(
+        rejected = core.stamp(
+            OrderRejected,
             client_order_id=coid,
             symbol=order.symbol,
             reason=order.reason,
@@ -437,7 +444,7 @@ class Submission:
         coid = order.client_order_id
         core.transition(order, OrderTrigger.AMBIGUOUS)
         order.reason = reason
-        unknown = OrderStatusUnknown(client_order_id=coid, symbol=order.symbol, reason=reason)
+        unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)
         await core.publish(core.order_subject("unknown", order), unknown, f"unknown:{coid}", coid)
         await core.save(order)
         core.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
@@ -516,8 +523,12 @@ class Submission:
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):
             order.reason = "not found at the venue after a resend"
             core.transition(order, OrderTrigger.REJECT)
-            rejected = OrderRejected(
-                client_order_id=coid, symbol=order.symbol, reason=order.reason, venue_code=ORDER_NOT_FOUND
+            rejected = core.stamp(
+                OrderRejected,
+                client_order_id=coid,
+                symbol=order.symbol,
+                reason=order.reason,
+                venue_code=ORDER_NOT_FOUND,
             )
             await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
             await core.save(order)
