@@ -5,8 +5,8 @@ policies are named after the classes and used in adapters only. `retry_while_wan
 work that must go on for as long as it is wanted (a book's snapshot, start-up reconciliation, an
 order query): TRANSIENT and RECOVERABLE errors are retried after the venue's Retry-After or the
 breaker's cool-down, PERMANENT and CRITICAL ones stop it at once. An ambiguous order outcome
-(`VenueTimeout`, 5xx, -1006/-1007) is never retried blind: `is_ambiguous` tells the caller to
-query by client order id first (FM-N7), so `retry_policy` refuses to build a resend for it.
+(`VenueTimeout`, 5xx, -1006/-1007) is never retried blind: its classification says `ambiguous`, the
+caller queries by client order id first (FM-N7), and no `retry_policy` predicate retries it.
 """
 
 from __future__ import annotations
@@ -102,11 +102,6 @@ def classify(error: BaseException) -> Classification:
             return Classification(ErrorClass.TRANSIENT, "timeout", ambiguous=True)
         case _:
             return Classification(ErrorClass.PERMANENT, type(error).__name__)
-
-
-def is_ambiguous(error: BaseException) -> bool:
-    """True when the operation may have been executed (query by client order id before resending)."""
-    return classify(error).ambiguous
 
 
 def _retryable(error_class: ErrorClass) -> Callable[[BaseException], bool]:
