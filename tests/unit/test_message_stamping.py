@@ -25,11 +25,11 @@ from proto.envelope import Message
 from proto.messages import AlertRaised, OrderApproved, OrderDenied, SubmitOrder
 from services.market_data.book_sync import BookSync
 from services.market_data.frames import DepthEvent, DepthSnapshotData
-from services.position.handlers import PositionService
 from services.strategy.domain import Signal, Transition
 from services.strategy.signals import IntentPublisher
 from tests.unit.test_position_apply import SimVenue
-from tests.unit.test_position_venue_link import FakeBus, FakeProjections
+from tests.unit.test_position_apply import service as position_service
+from tests.unit.test_position_venue_link import FakeBus
 from tests.unit.test_risk_apply import OrdersStream, delivery, risk
 
 S = 1_000_000_000
@@ -160,18 +160,7 @@ def test_strategy_intents_when_run_twice_then_byte_identical_messages() -> None:
 
 def position_events() -> list[Message]:
     bus, venue = FakeBus(), SimVenue()
-    service = PositionService(
-        bus,  # type: ignore[arg-type]
-        get_logger("test"),
-        FakeProjections(),  # type: ignore[arg-type]
-        venue,
-        VENUE,
-        ManualClock(START_NS),
-        symbols=(SYMBOL,),
-        message_ids=sequential_ids("position-"),
-    )
-    service.submission.query_backoff_s = (0.0,)
-    service.core.reconciled = True
+    service = position_service(bus, venue, sequential_ids("position-"))
     venue.plan.update({"c-1": "fill", "c-2": "timeout_placed", "c-3": "reject"})
 
     async def run() -> None:

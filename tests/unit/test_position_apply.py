@@ -29,8 +29,10 @@ from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.orders_model import OrderRecord, Position
 from libs.ratelimit import Admission
+from libs.stamping import IdSource
 from proto import subjects
 from proto.enums import OrderSource, OrderType, Side
+from proto.envelope import new_message_id
 from proto.messages import CancelOrder, OrderApproved, OrderDenied, SubmitOrder
 from services.position.domain import SNAPSHOT_VERSION, PositionCheckpoint, decode_checkpoint
 from services.position.handlers import PositionService
@@ -191,7 +193,7 @@ def command_of(coid: str, side: str, units: int, venue: str = VENUE) -> SubmitOr
     )
 
 
-def service(bus: LogBus, venue: SimVenue) -> PositionService:
+def service(bus: FakeBus, venue: SimVenue, message_ids: IdSource = new_message_id) -> PositionService:
     svc = PositionService(
         bus,  # type: ignore[arg-type]
         get_logger("test"),
@@ -200,6 +202,7 @@ def service(bus: LogBus, venue: SimVenue) -> PositionService:
         VENUE,
         ManualClock(1_700_000_000 * S),
         symbols=(SYMBOL,),
+        message_ids=message_ids,
     )
     svc.submission.query_backoff_s = (0.0,)
     svc.core.reconciled = True
