@@ -15,13 +15,13 @@ from libs.bus import Bus
 from libs.clock import Clock
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
-from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger
+from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger, next_order_status
 from libs.projections import Projections
 from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy
 from libs.stamping import IdSource, Stamper
 from proto import subjects
-from proto.enums import AlertSeverity, ConnectionState, DegradationLevel
+from proto.enums import AlertSeverity, ConnectionState, DegradationLevel, OrderStatus
 from proto.envelope import Message, new_message_id
 from proto.kv import DegradationLevelValue, LinkValue, decode_value, encode_value
 from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
@@ -226,22 +226,48 @@ class Core:
             self.log.info("projection_writes_caught_up", rows=written)
         return written
 
-    def transition(self, order: OrderRecord, trigger: OrderTrigger, ts_ns: int | None = None) -> bool:
-        """Apply a trigger at `ts_ns` (now when None); an illegal one is logged (with the evidence) and
-        leaves the order as is."""
-        previous = order.status
+    def allows(self, order: OrderRecord, trigger: OrderTrigger) -> OrderStatus | None:
+        """The status `trigger` would move the order to now, or None when it is illegal (logged with
+        the evidence; the order is left as is). The decide step: nothing changes here."""
         try:
-            order.apply(trigger, self.clock() if ts_ns is None else ts_ns)
+            return next_order_status(order.status, trigger)
         except IllegalOrderTransition as exc:
             self.log.error(
                 "illegal_order_transition",
                 client_order_id=order.client_order_id,
-                status=previous.value,
+                status=order.status.value,
                 trigger=trigger.value,
                 error=str(exc),
                 action_taken="order state kept",
             )
+            return None
+
+    def transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
+        """Apply a trigger no event records (the state machine's local steps: back to the queue,
+        cancel requested, the venue's fill status); an illegal one is logged and leaves the order as
+        is. A change an event records goes through `record` instead."""
+        previous = order.status
+        if self.allows(order, trigger) is None:
             return False
+        order.apply(trigger, self.clock())
+        self._status_changed(order, previous)
+        return True
+
+    async def record(self, subject: str, event: Message, msg_id: str, order: OrderRecord) -> int:
+        """Publish an event about `order`, then fold it into the ledger with `Ledger.apply` (what a
+        replay of the log does with it), then write the order's projection row.
+
+        Returns:
+            The event's ORDERS stream sequence.
+        """
+        previous = order.status
+        seq = await self.publish(subject, event, msg_id, order.client_order_id)
+        self.ledger.apply(event, seq)
+        self._status_changed(order, previous)
+        await self.save(order)
+        return seq
+
+    def _status_changed(self, order: OrderRecord, previous: OrderStatus) -> None:
         if order.status != previous:
             self.log.info(
                 "order_status_changed",
@@ -249,7 +275,6 @@ class Core:
                 previous=previous.value,
                 current=order.status.value,
             )
-        return True
 
     async def alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
         """Raise an alert of this component."""

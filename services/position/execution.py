@@ -37,13 +37,15 @@ class Execution:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def emit_canceled(self, order: OrderRecord, reason: str) -> None:
-        """Publish and project an order's cancel (its status already moved)."""
+    async def emit_canceled(self, order: OrderRecord, reason: str, trigger: OrderTrigger = OrderTrigger.CANCEL) -> None:
+        """Cancel (or expire) an order: decide (the trigger must be legal now), publish
+        `OrderCanceled`, fold it into the ledger (`Core.record`), project it."""
         core = self.core
+        if core.allows(order, trigger) is None:
+            return
         coid = order.client_order_id
         canceled = core.stamp(OrderCanceled, client_order_id=coid, symbol=order.symbol, reason=reason)
-        await self.core.publish(self.core.order_subject("canceled", order), canceled, f"canceled:{coid}", coid)
-        await self.core.save(order)
+        await core.record(core.order_subject("canceled", order), canceled, f"canceled:{coid}", order)
 
     async def apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
         """Bring the local order to the venue's view: accepted, fills, final status."""
@@ -74,22 +76,23 @@ class Execution:
         if trigger == OrderTrigger.AMBIGUOUS:
             core.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
             return
-        if not core.transition(order, trigger):
+        target = core.allows(order, trigger)
+        if target is None:
             return
-        if order.status == previous and trigger != OrderTrigger.FILL:
+        if target == previous and trigger != OrderTrigger.FILL:
             await core.save(order)
             return
         match trigger:
             case OrderTrigger.REJECT:
-                order.reason = f"venue status REJECTED {reason}".strip()
-                rejected = core.stamp(OrderRejected, client_order_id=coid, symbol=order.symbol, reason=order.reason)
-                await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+                why = f"venue status REJECTED {reason}".strip()
+                rejected = core.stamp(OrderRejected, client_order_id=coid, symbol=order.symbol, reason=why)
+                await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
             case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
-                await self.emit_canceled(order, reason or venue_status.lower())
-                return
+                await self.emit_canceled(order, reason or venue_status.lower(), trigger)
             case _:
-                pass
-        await core.save(order)
+                # The venue's fill status: no event of its own (the fills carry it).
+                core.transition(order, trigger)
+                await core.save(order)
 
     async def sync_fills(self, order: OrderRecord) -> None:
         """Fetch the order's venue trades; publish and project every one not seen yet."""

@@ -292,12 +292,10 @@ class Submission:
             await core.refresh_degradation()
         if core.flattening() and order.status == OrderStatus.PENDING_SUBMISSION:
             if not order.reduce_only:
-                core.transition(order, OrderTrigger.CANCEL)
                 await self.execution.emit_canceled(order, "flatten: no new entries in EMERGENCY_MODE/HARD_SHUTDOWN")
                 return
             if not is_protective(order) and core.ledger.position(order.symbol).quantity == 0:
                 # Risk's flatten after ours (or after a stop): nothing left to reduce.
-                core.transition(order, OrderTrigger.CANCEL)
                 await self.execution.emit_canceled(order, "flatten: position already flat")
                 return
         if not core.may_submit():
@@ -308,10 +306,9 @@ class Submission:
             await self.queue(order, reason)
             return
         await core.guard()
-        core.transition(order, OrderTrigger.SUBMIT)
+        core.allows(order, OrderTrigger.SUBMIT)  # logged when illegal; the placement decides what happened
         submitted = core.stamp(OrderSubmitted, client_order_id=coid, symbol=order.symbol, venue=order.venue)
-        await core.publish(core.order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
-        await core.save(order)
+        await core.record(core.order_subject("submitted", order), submitted, f"submitted:{coid}", order)
         try:
             answer = await core.client.place_order(**order_params(order))
         except (VenueUnreachable, BreakerOpen) as exc:
@@ -352,18 +349,17 @@ class Submission:
         """PERMANENT: the order is REJECTED, dead-lettered for the operator, and alerted."""
         core = self.core
         coid = order.client_order_id
-        order.reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
-        core.transition(order, OrderTrigger.REJECT)
+        reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
+        core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
         rejected = core.stamp(
             OrderRejected,
             client_order_id=coid,
             symbol=order.symbol,
-            reason=order.reason,
+            reason=reason,
             error_class=error_class,
             venue_code=exc.code,
         )
-        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-        await core.save(order)
+        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
         core.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
         letter = core.stamp(
             DeadLettered,
@@ -397,18 +393,17 @@ class Submission:
         """
         core = self.core
         coid = order.client_order_id
-        order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
-        core.transition(order, OrderTrigger.REJECT)
+        reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
+        core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
         rejected = core.stamp(
             OrderRejected,
             client_order_id=coid,
             symbol=order.symbol,
-            reason=order.reason,
+            reason=reason,
             error_class=ErrorClass.PERMANENT.value,
             venue_code=exc.code,
         )
-        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-        await core.save(order)
+        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
         position = core.ledger.position(order.symbol).quantity
         core.log.error(
             "protection_triggered_at_placement",
@@ -442,11 +437,9 @@ class Submission:
         """The outcome of a placement is unknown (timeout, 5xx): UNKNOWN until a query says."""
         core = self.core
         coid = order.client_order_id
-        core.transition(order, OrderTrigger.AMBIGUOUS)
-        order.reason = reason
+        core.allows(order, OrderTrigger.AMBIGUOUS)  # an ambiguous answer is recorded whatever the state says
         unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)
-        await core.publish(core.order_subject("unknown", order), unknown, f"unknown:{coid}", coid)
-        await core.save(order)
+        await core.record(core.order_subject("unknown", order), unknown, f"unknown:{coid}", order)
         core.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
 
     async def resolve_unknown(self, order: OrderRecord, backoff_s: Sequence[float] | None = None) -> bool:
@@ -521,22 +514,19 @@ class Submission:
             await self.submit(order)
             return
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):
-            order.reason = "not found at the venue after a resend"
-            core.transition(order, OrderTrigger.REJECT)
+            reason = "not found at the venue after a resend"
+            core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
             rejected = core.stamp(
                 OrderRejected,
                 client_order_id=coid,
                 symbol=order.symbol,
-                reason=order.reason,
+                reason=reason,
                 venue_code=ORDER_NOT_FOUND,
             )
-            await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-            await core.save(order)
+            await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
             return
         # A live order the venue no longer knows: it is gone; say so loudly.
-        order.reason = "venue does not know this live order"
-        core.transition(order, OrderTrigger.CANCEL)
-        await self.execution.emit_canceled(order, order.reason)
+        await self.execution.emit_canceled(order, "venue does not know this live order")
         await core.alert(f"order-vanished:{coid}", AlertSeverity.P1, "live order unknown to the venue", coid=coid)
 
     async def query_and_apply(self, order: OrderRecord) -> None:

@@ -7,7 +7,8 @@ placement is accepted, filled, partly filled, rejected or timed out (placed or n
 seen through the user-data stream or the poll, cancels, denials (also of another venue's order,
 which risk records on this venue's subject when it cannot route it), redelivered approvals, and
 trades whose `OrderFilled` or `PositionChanged` publish fails (the handler raises; a later answer
-about the order books the trade again).
+about the order books the trade again), and order events whose publish fails (submitted, unknown,
+rejected: the approval is delivered again; canceled: the next poll takes the venue's answer).
 """
 
 from __future__ import annotations
@@ -165,7 +166,15 @@ class SimVenue:
         return []
 
 
-approve = st.tuples(st.just("approve"), st.sampled_from(OUTCOMES), st.sampled_from(["BUY", "SELL"]), st.integers(1, 4))
+STATUS_EVENTS = [None, None, "evt.order.submitted.", "evt.order.unknown.", "evt.order.rejected."]
+"""A publish that fails during a step: none, or the next one on this subject prefix."""
+approve = st.tuples(
+    st.just("approve"),
+    st.sampled_from(OUTCOMES),
+    st.sampled_from(["BUY", "SELL"]),
+    st.integers(1, 4),
+    st.sampled_from(STATUS_EVENTS),
+)
 trade = st.tuples(
     st.just("trade"),
     st.integers(0, 20),
@@ -173,7 +182,7 @@ trade = st.tuples(
     st.sampled_from(["stream", "poll"]),
     st.sampled_from([None, None, None, "evt.fill.", "evt.position."]),
 )
-cancel = st.tuples(st.just("cancel"), st.integers(0, 20))
+cancel = st.tuples(st.just("cancel"), st.integers(0, 20), st.sampled_from([None, "evt.order.canceled."]))
 poll = st.tuples(st.just("poll"))
 deny = st.tuples(st.just("deny"), st.sampled_from(["BUY", "SELL"]), st.sampled_from([VENUE, VENUE, OTHER_VENUE]))
 redeliver = st.tuples(st.just("redeliver"), st.integers(0, 20))
@@ -218,14 +227,20 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
     denials = itertools.count()
     for step in flow:
         match step:
-            case ("approve", outcome, side, units):
+            case ("approve", outcome, side, units, failing):
                 coid = f"bw-{len(coids)}"
                 coids.append(coid)
                 venue.plan[coid] = outcome
                 message = OrderApproved(order=command_of(coid, side, units))
                 seq = await bus.publish(subjects.evt_order("approved", VENUE, SYMBOL), message, msg_id=f"a:{coid}")
                 approvals.append((message, seq))
-                await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+                bus.fail_next_on = failing
+                try:
+                    await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+                except PublishFailed:
+                    # Not acknowledged: the consumer delivers the approval again.
+                    await svc.on_approved(message, Delivery("evt.order.approved", seq, 2, {}))
+                bus.fail_next_on = None
             case ("deny", side, order_venue):
                 coid = f"bw-denied-{next(denials)}"
                 denied = OrderDenied(order=command_of(coid, side, 1, order_venue), reason="limits")
@@ -258,10 +273,13 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
                     with contextlib.suppress(PublishFailed):  # the next round polls again
                         await svc.venue_sync.poll_once()
                 bus.fail_next_on = None
-            case ("cancel", index) if coids:
+            case ("cancel", index, failing) if coids:
                 command = CancelOrder(client_order_id=coids[index % len(coids)])
                 seq = await bus.publish(subjects.CMD_ORDER_CANCEL, command)
-                await svc.on_cancel(command, Delivery(subjects.CMD_ORDER_CANCEL, seq, 1, {}))
+                bus.fail_next_on = failing
+                with contextlib.suppress(PublishFailed):  # the venue's answer is taken by the next poll
+                    await svc.on_cancel(command, Delivery(subjects.CMD_ORDER_CANCEL, seq, 1, {}))
+                bus.fail_next_on = None
             case ("poll",):
                 await svc.venue_sync.poll_once()
     await svc.venue_sync.poll_once()  # settle what the stream left open
@@ -270,7 +288,7 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
 
 def orders_view(orders: dict[str, OrderRecord]) -> dict[str, tuple]:
     return {
-        coid: (o.status, o.filled_quantity, o.average_price, sorted(o.trade_ids), o.venue_order_id)
+        coid: (o.status, o.filled_quantity, o.average_price, sorted(o.trade_ids), o.venue_order_id, o.reason)
         for coid, o in orders.items()
     }
 
