@@ -47,6 +47,26 @@ class Execution:
         canceled = core.stamp(OrderCanceled, client_order_id=coid, symbol=order.symbol, reason=reason)
         await core.record(core.order_subject("canceled", order), canceled, f"canceled:{coid}", order)
 
+    async def emit_rejected(
+        self, order: OrderRecord, reason: str, *, error_class: str | None = None, venue_code: int | None = None
+    ) -> None:
+        """Reject an order: publish `OrderRejected`, fold it into the ledger (`Core.record`), project it.
+
+        The venue's refusal is recorded whatever the local state says (an illegal step is logged).
+        """
+        core = self.core
+        coid = order.client_order_id
+        core.allows(order, OrderTrigger.REJECT)
+        rejected = core.stamp(
+            OrderRejected,
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=reason,
+            error_class=error_class,
+            venue_code=venue_code,
+        )
+        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
+
     async def apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
         """Bring the local order to the venue's view: accepted, fills, final status."""
         core = self.core
@@ -84,9 +104,7 @@ class Execution:
             return
         match trigger:
             case OrderTrigger.REJECT:
-                why = f"venue status REJECTED {reason}".strip()
-                rejected = core.stamp(OrderRejected, client_order_id=coid, symbol=order.symbol, reason=why)
-                await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
+                await self.emit_rejected(order, f"venue status REJECTED {reason}".strip())
             case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
                 await self.emit_canceled(order, reason or venue_status.lower(), trigger)
             case _:

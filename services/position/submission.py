@@ -39,7 +39,6 @@ from proto.messages import (
     DeadLettered,
     OrderApproved,
     OrderDenied,
-    OrderRejected,
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitOrder,
@@ -350,16 +349,7 @@ class Submission:
         core = self.core
         coid = order.client_order_id
         reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
-        core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
-        rejected = core.stamp(
-            OrderRejected,
-            client_order_id=coid,
-            symbol=order.symbol,
-            reason=reason,
-            error_class=error_class,
-            venue_code=exc.code,
-        )
-        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
+        await self.execution.emit_rejected(order, reason, error_class=error_class, venue_code=exc.code)
         core.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
         letter = core.stamp(
             DeadLettered,
@@ -394,16 +384,7 @@ class Submission:
         core = self.core
         coid = order.client_order_id
         reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
-        core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
-        rejected = core.stamp(
-            OrderRejected,
-            client_order_id=coid,
-            symbol=order.symbol,
-            reason=reason,
-            error_class=ErrorClass.PERMANENT.value,
-            venue_code=exc.code,
-        )
-        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
+        await self.execution.emit_rejected(order, reason, error_class=ErrorClass.PERMANENT.value, venue_code=exc.code)
         position = core.ledger.position(order.symbol).quantity
         core.log.error(
             "protection_triggered_at_placement",
@@ -515,15 +496,7 @@ class Submission:
             return
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):
             reason = "not found at the venue after a resend"
-            core.allows(order, OrderTrigger.REJECT)  # the venue's refusal is recorded whatever the state says
-            rejected = core.stamp(
-                OrderRejected,
-                client_order_id=coid,
-                symbol=order.symbol,
-                reason=reason,
-                venue_code=ORDER_NOT_FOUND,
-            )
-            await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
+            await self.execution.emit_rejected(order, reason, venue_code=ORDER_NOT_FOUND)
             return
         # A live order the venue no longer knows: it is gone; say so loudly.
         await self.execution.emit_canceled(order, "venue does not know this live order")
