@@ -65,10 +65,6 @@ DRAIN_BATCH = 256
 """Largest fetch a consumer makes while the server reports a backlog (`drain_size`)."""
 
 
-class BusUnavailable(ConnectionError):
-    """The bus is disconnected; the operation was not attempted."""
-
-
 class PublishManyError(RuntimeError):
     """Some publishes of a `publish_many` batch were not acknowledged.
 

@@ -223,21 +223,6 @@ class SnapshotKeeper(Generic[T]):
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name=f"snapshot-writer-{self.component}")
 
-    async def save_now(self, stream_seq: int, state: T) -> bool:
-        """Save synchronously (tests, shutdown); False when Postgres is unavailable."""
-        store = await self.store()
-        if store is None:
-            return False
-        try:
-            await store.save(self.component, stream_seq, self._encode(state))
-        except PG_ERRORS as exc:
-            self.failed += 1
-            self.log.warning("snapshot_save_failed", component=self.component, error=str(exc)[:300])
-            return False
-        self.saved += 1
-        self.last_saved_seq = stream_seq
-        return True
-
     async def _write(self) -> None:
         while self._pending is not None:
             (stream_seq, state), self._pending = self._pending, None

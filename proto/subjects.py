@@ -55,11 +55,6 @@ MD_OPEN_INTEREST_ALL = "md.oi.>"
 MD_RESYNC_ALL = "md.resync.>"
 
 
-def md_symbol_all(symbol: str) -> str:
-    """Every market-data subject of one symbol, any venue."""
-    return f"md.*.*.{symbol}"
-
-
 # --------------------------------------------------------------------------- events
 
 EVT_ALL = "evt.>"
@@ -275,9 +270,6 @@ ALL_STREAMS: tuple[StreamSpec, ...] = (
     STREAM_CONTROL,
     STREAM_DLQ,
 )
-
-# Audit: every persisted event except raw market data.
-AUDITED_SUBJECTS: tuple[str, ...] = (EVT_ALL, CMD_ALL)
 
 # --------------------------------------------------------------------------- key-value
 

@@ -1,9 +1,12 @@
 """Venue errors → SPEC error classes, and the one retry story built on them (SPEC §6, STYLE 7).
 
 `classify` maps anything a venue call can raise to `ErrorClass` plus a short reason; the tenacity
-policies are named after the classes and used in adapters only. An ambiguous order outcome
-(`VenueTimeout`, 5xx, -1006/-1007) is never retried blind: `is_ambiguous` tells the caller to
-query by client order id first (FM-N7), so `retry_policy` refuses to build a resend for it.
+policies are named after the classes and used in adapters only. `retry_while_wanted` is the policy of
+work that must go on for as long as it is wanted (a book's snapshot, start-up reconciliation, an
+order query): TRANSIENT and RECOVERABLE errors are retried after the venue's Retry-After or the
+breaker's cool-down, PERMANENT and CRITICAL ones stop it at once. An ambiguous order outcome
+(`VenueTimeout`, 5xx, -1006/-1007) is never retried blind: its classification says `ambiguous`, the
+caller queries by client order id first (FM-N7), and no `retry_policy` predicate retries it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TypeVar
 import tenacity
 
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.breaker import BreakerOpen
 from proto.enums import ErrorClass
 
 T = TypeVar("T")
@@ -100,11 +104,6 @@ def classify(error: BaseException) -> Classification:
             return Classification(ErrorClass.PERMANENT, type(error).__name__)
 
 
-def is_ambiguous(error: BaseException) -> bool:
-    """True when the operation may have been executed (query by client order id before resending)."""
-    return classify(error).ambiguous
-
-
 def _retryable(error_class: ErrorClass) -> Callable[[BaseException], bool]:
     def predicate(error: BaseException) -> bool:
         found = classify(error)
@@ -151,6 +150,94 @@ def retry_policy(error_class: ErrorClass) -> tenacity.AsyncRetrying:
             )
         case _:
             return tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(1), reraise=True)
+
+
+def passes_with_time(error: BaseException) -> bool:
+    """Will this error pass if the same (safe-to-repeat) call is made again later? TRANSIENT and
+    RECOVERABLE classes (a ban and an ambiguous outcome included) and an open breaker: yes;
+    PERMANENT and CRITICAL: no."""
+    if isinstance(error, BreakerOpen):
+        return True
+    return classify(error).error_class in (ErrorClass.TRANSIENT, ErrorClass.RECOVERABLE)
+
+
+def wait_asked_s(error: BaseException | None) -> float | None:
+    """How long the error itself asks to wait: the venue's Retry-After, or an open breaker's
+    cool-down (both carried as `retry_after_s`); None when it does not say."""
+    retry_after = getattr(error, "retry_after_s", None)
+    if isinstance(retry_after, int | float) and not isinstance(retry_after, bool) and retry_after > 0:
+        return float(retry_after)
+    return None
+
+
+@dataclass(frozen=True)
+class _WaitAskedOrBackoff(tenacity.wait.wait_base):
+    """The wait the error asks for (up to `asked_max_s`), else `first_s` doubling up to `max_s`."""
+
+    first_s: float
+    max_s: float
+    asked_max_s: float
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        asked = wait_asked_s(outcome.exception() if outcome is not None else None)
+        if asked is not None:
+            return min(asked, self.asked_max_s)
+        return min(self.first_s * 2 ** (retry_state.attempt_number - 1), self.max_s)
+
+
+def retry_while_wanted(
+    wanted: Callable[[], bool],
+    *,
+    first_wait_s: float,
+    max_wait_s: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    retryable: Callable[[BaseException], bool] = passes_with_time,
+    asked_max_s: float = 30.0,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> tenacity.AsyncRetrying:
+    """TRANSIENT / RECOVERABLE for work wanted until it succeeds: retry while `wanted()` holds.
+
+    Each failure that `retryable` accepts is waited out (the venue's Retry-After or the breaker's
+    cool-down when the error carries one, up to `asked_max_s`; else `first_wait_s` doubling up to
+    `max_wait_s`) and the call made again, for as long as `wanted()` says so before the wait and
+    after it. Anything else (PERMANENT, CRITICAL) is raised at once, as is the last error once the
+    work is no longer wanted. Only for calls that are safe to repeat: never an order placement
+    (FM-N7).
+
+    Args:
+        wanted: is the result still wanted? (a new connection, a closing service: no)
+        first_wait_s: the first backoff wait; it doubles after every further failure.
+        max_wait_s: the longest backoff wait.
+        sleep: how to wait (tests pass a fake that advances a `ManualClock`).
+        retryable: which errors pass with time (default `passes_with_time`).
+        asked_max_s: the longest wait an error may ask for.
+        on_retry: called with the error and the wait before each wait (to log it).
+    """
+
+    last_error: list[BaseException] = []
+
+    def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        outcome, action = retry_state.outcome, retry_state.next_action
+        error = outcome.exception() if outcome is not None else None
+        if error is not None:
+            last_error[:] = [error]
+            if on_retry is not None:
+                on_retry(error, action.sleep if action is not None else 0.0)
+
+    async def sleep_while_wanted(seconds: float) -> None:
+        await sleep(seconds)
+        if not wanted() and last_error:
+            raise last_error[0]  # no longer wanted after the wait: no further attempt
+
+    return tenacity.AsyncRetrying(
+        sleep=sleep_while_wanted,
+        stop=lambda _state: not wanted(),
+        wait=_WaitAskedOrBackoff(first_wait_s, max_wait_s, asked_max_s),
+        retry=tenacity.retry_if_exception(retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 async def call_with_retries(operation: Callable[[], Awaitable[T]]) -> T:

@@ -47,8 +47,3 @@ def split_signature(params: str) -> tuple[str, str | None]:
 def total_params(query_string: str, body: str) -> str:
     """Binance's total params: query string concatenated with the body (no separator)."""
     return query_string + body
-
-
-def signed_query(params: str, secret: str) -> str:
-    """`params` with its `signature` appended, ready to send."""
-    return f"{params}&signature={sign(params, secret)}" if params else f"signature={sign(params, secret)}"

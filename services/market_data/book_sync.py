@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from libs.clock import Clock
-from proto.envelope import Message
+from libs.stamping import IdSource, Stamper
+from proto.envelope import Message, new_message_id
 from proto.messages import BookResyncStarted, BookSnapshot, DepthDiff
 from services.market_data.frames import DepthEvent, DepthSnapshotData, MarketKind
 
@@ -94,12 +95,13 @@ class BookSync:
     Args:
         venue: venue name used in the messages.
         symbol: upper-case symbol.
-        clock: wall clock (ns) for a snapshot without an event time.
+        clock: wall clock (ns): every message's `ts_init_ns`, a snapshot's time when it has no event time.
         nonce: random part of every sync session's correlation id (e.g. 8 hex chars of a UUID4), so
             that sessions of different process runs never share a de-duplication id.
         market: which market's chaining rules apply (`BookRules`).
         max_buffer: events kept while waiting for a snapshot; the oldest go first, since a
             snapshot fetched later is newer than them anyway.
+        message_ids: the id source of the messages' `message_id` (tests pass `sequential_ids`).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class BookSync:
         nonce: str,
         market: MarketKind = MarketKind.USDM,
         max_buffer: int = 5000,
+        message_ids: IdSource = new_message_id,
     ) -> None:
         self.venue = venue
         self.symbol = symbol
@@ -122,6 +125,7 @@ class BookSync:
         self.snapshots = 0
         self.duplicates = 0
         self._clock = clock
+        self._stamp = Stamper(clock, message_ids)
         self._nonce = nonce
         self._sync_id = ""
         self._buffer: deque[DepthEvent] = deque(maxlen=max_buffer)
@@ -159,7 +163,8 @@ class BookSync:
         # taken for a retry of the one published before it.
         self._sync_id = f"{self._nonce}-{self.snapshots}-{snapshot.last_update_id}"
         out: list[Message] = [
-            BookSnapshot(
+            self._stamp(
+                BookSnapshot,
                 correlation_id=self._sync_id,
                 venue=self.venue,
                 symbol=self.symbol,
@@ -183,7 +188,7 @@ class BookSync:
         """Drop the book and start over from a new snapshot (reconnect, operator/peer request)."""
         self.state = SyncState.AWAITING_SNAPSHOT
         self._buffer.clear()
-        return [BookResyncStarted(venue=self.venue, symbol=self.symbol, reason=reason)]
+        return [self._stamp(BookResyncStarted, venue=self.venue, symbol=self.symbol, reason=reason)]
 
     def _apply(self, event: DepthEvent) -> list[Message]:
         last = self.last_update_id
@@ -204,7 +209,8 @@ class BookSync:
         self.state = SyncState.SYNCED
         self.last_update_id = event.final_update_id
         return [
-            DepthDiff(
+            self._stamp(
+                DepthDiff,
                 correlation_id=self._sync_id,
                 venue=self.venue,
                 symbol=self.symbol,
@@ -224,7 +230,8 @@ class BookSync:
         # The offending event may well follow the next snapshot, so it is kept.
         self._buffer.append(event)
         return [
-            BookResyncStarted(
+            self._stamp(
+                BookResyncStarted,
                 venue=self.venue,
                 symbol=self.symbol,
                 reason=reason,

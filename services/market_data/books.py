@@ -14,19 +14,30 @@ from typing import Any
 
 import msgspec
 
+from libs.binance.classify import classify, passes_with_time, retry_while_wanted
 from libs.clock import Clock
 from proto.enums import ConnectionState
 from proto.envelope import Message
 from proto.messages import BookResyncStarted, DepthDiff
 from proto.replies import ResyncReply, ResyncRequest, error_reply
 from services.market_data.book_sync import BookSync
-from services.market_data.frames import DepthEvent, MarketKind, parse_snapshot
+from services.market_data.frames import BadFrame, DepthEvent, DepthSnapshotData, MarketKind, parse_snapshot
 from services.market_data.link import Links
 from services.market_data.publishing import Publisher
-from services.market_data.rest import VENUE_CALL_ERRORS, VenueRest, snapshot_retry_delay_s
+from services.market_data.rest import VENUE_CALL_ERRORS, VenueRest
 from services.market_data.runtime import Runtime
 
 SNAPSHOT_LIMIT = 1000
+SNAPSHOT_FIRST_WAIT_S = 0.4
+SNAPSHOT_MAX_WAIT_S = 5.0
+"""Backoff between snapshot attempts when the error asks for no wait of its own: 0.4 s doubling to 5 s."""
+
+
+def snapshot_passes_with_time(error: BaseException) -> bool:
+    """A snapshot fetch is tried again after what time cures (`passes_with_time`) and after a
+    garbled answer (the next one is a new answer)."""
+    return isinstance(error, BadFrame) or passes_with_time(error)
+
 
 RESYNC_REQUEST = msgspec.json.Decoder(ResyncRequest)
 
@@ -149,22 +160,49 @@ class Books:
         self.fetching[symbol] = asyncio.create_task(self.fetch_snapshot(symbol), name=f"snapshot-{symbol}")
 
     async def fetch_snapshot(self, symbol: str) -> None:
-        """Fetch snapshots until the book is rebuilt, the connection changed, or the service closes."""
+        """Fetch snapshots until the book is rebuilt, the connection changed, or the service closes.
+
+        A book without a snapshot is no book: failures are retried for as long as one is wanted
+        (`retry_while_wanted`, Retry-After and the breaker's cool-down honoured); an error that
+        time does not cure (PERMANENT, e.g. an unknown symbol) stops it, loudly.
+        """
         runtime = self._runtime
         generation = self._links.generation
-        failures = 0
-        while generation == self._links.generation and self.syncs[symbol].wants_snapshot and not runtime.closed:
+
+        def wanted() -> bool:
+            return generation == self._links.generation and self.syncs[symbol].wants_snapshot and not runtime.closed
+
+        def on_retry(exc: BaseException, delay_s: float) -> None:
+            runtime.log.warning(
+                "snapshot_failed", symbol=symbol, error=str(exc)[:300], action_taken=f"retry in {delay_s:.1f}s"
+            )
+
+        retrying = retry_while_wanted(
+            wanted,
+            first_wait_s=SNAPSHOT_FIRST_WAIT_S,
+            max_wait_s=SNAPSHOT_MAX_WAIT_S,
+            sleep=runtime.sleep,
+            retryable=snapshot_passes_with_time,
+            on_retry=on_retry,
+        )
+
+        async def fetch() -> DepthSnapshotData:
+            raw = await self._rest.call("depth", lambda: self._rest.api.depth(symbol, SNAPSHOT_LIMIT))
+            return parse_snapshot(raw)
+
+        while wanted():
             try:
-                raw = await self._rest.call("depth", lambda: self._rest.api.depth(symbol, SNAPSHOT_LIMIT))
-                snapshot = parse_snapshot(raw)
+                snapshot = await retrying(fetch)
             except VENUE_CALL_ERRORS as exc:
-                failures += 1
-                delay = snapshot_retry_delay_s(exc, failures)
-                runtime.log.warning(
-                    "snapshot_failed", symbol=symbol, error=str(exc)[:300], action_taken=f"retry in {delay:.1f}s"
-                )
-                await runtime.sleep(delay)
-                continue
+                if wanted():
+                    runtime.log.error(
+                        "snapshot_failed",
+                        symbol=symbol,
+                        error=str(exc)[:300],
+                        error_class=classify(exc).error_class.value,
+                        action_taken="stopped: the next resync fetches again",
+                    )
+                return
             if generation != self._links.generation:
                 return
             async with self.lock:

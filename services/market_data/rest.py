@@ -48,19 +48,6 @@ class RestPort(Protocol):
     async def ping(self) -> dict: ...
 
 
-def snapshot_retry_delay_s(error: BaseException, failures: int) -> float:
-    """Wait before the next snapshot attempt: the error's `retry_after_s` (a breaker's cool-down, a
-    venue's Retry-After) up to 30 s, else 0.2 s x 2^failures up to 5 s.
-
-    A book without a snapshot is no book, so its fetch is retried for as long as it is wanted: none
-    of the bounded SPEC §6 policies (`libs.binance.classify.retry_policy`) fits.
-    """
-    retry_after = getattr(error, "retry_after_s", None)
-    if isinstance(retry_after, int | float) and retry_after > 0:
-        return min(float(retry_after), 30.0)
-    return min(0.2 * 2**failures, 5.0)
-
-
 class VenueRest:
     """The venue's REST API behind the breaker, with budget and breaker transitions published.
 

@@ -116,7 +116,6 @@ class Cancels:
         """
         core = self.core
         if order.status == OrderStatus.PENDING_SUBMISSION:
-            core.transition(order, OrderTrigger.CANCEL)
             await self.execution.emit_canceled(order, reason or "canceled before submission")
             return
         await core.guard()

@@ -15,13 +15,14 @@ from libs.bus import Bus
 from libs.clock import Clock
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
-from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger
+from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger, next_order_status
 from libs.projections import Projections
 from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy
+from libs.stamping import IdSource, Stamper
 from proto import subjects
-from proto.enums import AlertSeverity, ConnectionState, DegradationLevel
-from proto.envelope import Message
+from proto.enums import AlertSeverity, ConnectionState, DegradationLevel, OrderStatus
+from proto.envelope import Message, new_message_id
 from proto.kv import DegradationLevelValue, LinkValue, decode_value, encode_value
 from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 
@@ -49,6 +50,7 @@ class Core:
         on_lease_lost: called once when a venue write finds the lease gone.
         snapshot_policy: counts the ORDERS events this service publishes (None: no snapshots).
         retention: how many finished orders stay in memory and in snapshots.
+        message_ids: the id source of the messages it builds (`stamp`); tests pass `sequential_ids`.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Core:
         on_lease_lost: Callable[[], None] | None,
         snapshot_policy: SnapshotPolicy | None,
         retention: Retention,
+        message_ids: IdSource = new_message_id,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -74,6 +77,8 @@ class Core:
         self.client = client
         self.venue = venue
         self.clock = clock
+        self.stamp = Stamper(clock, message_ids)
+        """Builds the messages this service publishes: ids and times from `clock` and `message_ids`."""
         self.component = component
         self.symbols = tuple(symbols)
         self.countdown = countdown
@@ -221,22 +226,48 @@ class Core:
             self.log.info("projection_writes_caught_up", rows=written)
         return written
 
-    def transition(self, order: OrderRecord, trigger: OrderTrigger, ts_ns: int | None = None) -> bool:
-        """Apply a trigger at `ts_ns` (now when None); an illegal one is logged (with the evidence) and
-        leaves the order as is."""
-        previous = order.status
+    def allows(self, order: OrderRecord, trigger: OrderTrigger) -> OrderStatus | None:
+        """The status `trigger` would move the order to now, or None when it is illegal (logged with
+        the evidence; the order is left as is). The decide step: nothing changes here."""
         try:
-            order.apply(trigger, self.clock() if ts_ns is None else ts_ns)
+            return next_order_status(order.status, trigger)
         except IllegalOrderTransition as exc:
             self.log.error(
                 "illegal_order_transition",
                 client_order_id=order.client_order_id,
-                status=previous.value,
+                status=order.status.value,
                 trigger=trigger.value,
                 error=str(exc),
                 action_taken="order state kept",
             )
+            return None
+
+    def transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
+        """Apply a trigger no event records (the state machine's local steps: back to the queue,
+        cancel requested, the venue's fill status); an illegal one is logged and leaves the order as
+        is. A change an event records goes through `record` instead."""
+        previous = order.status
+        if self.allows(order, trigger) is None:
             return False
+        order.apply(trigger, self.clock())
+        self._status_changed(order, previous)
+        return True
+
+    async def record(self, subject: str, event: Message, msg_id: str, order: OrderRecord) -> int:
+        """Publish an event about `order`, then fold it into the ledger with `Ledger.apply` (what a
+        replay of the log does with it), then write the order's projection row.
+
+        Returns:
+            The event's ORDERS stream sequence.
+        """
+        previous = order.status
+        seq = await self.publish(subject, event, msg_id, order.client_order_id)
+        self.ledger.apply(event, seq)
+        self._status_changed(order, previous)
+        await self.save(order)
+        return seq
+
+    def _status_changed(self, order: OrderRecord, previous: OrderStatus) -> None:
         if order.status != previous:
             self.log.info(
                 "order_status_changed",
@@ -244,19 +275,20 @@ class Core:
                 previous=previous.value,
                 current=order.status.value,
             )
-        return True
 
     async def alert(self, key: str, severity: AlertSeverity, title: str, **details: Any) -> None:
         """Raise an alert of this component."""
         self.log.warning("alert_raised", key=key, severity=severity.value, title=title, **details)
-        alert = AlertRaised(key=key, severity=severity, component=self.component, title=title, details=details)
+        alert = self.stamp(
+            AlertRaised, key=key, severity=severity, component=self.component, title=title, details=details
+        )
         await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
 
     async def resolve_alert(self, key: str, reason: str) -> None:
         """Resolve an alert of this component."""
         self.log.info("alert_resolved", key=key, reason=reason)
         await self.bus.publish(
-            subjects.EVT_ALERT_RESOLVED, AlertResolved(key=key, component=self.component, reason=reason)
+            subjects.EVT_ALERT_RESOLVED, self.stamp(AlertResolved, key=key, component=self.component, reason=reason)
         )
 
     def scoped(self, key: str) -> str:
@@ -274,8 +306,14 @@ class Core:
             # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
             self.reconciled = False
             self.countdown.forget()
-        event = LinkStateChanged(
-            venue=self.venue, link=subjects.ORDER_LINK, previous=previous, current=state, reason=reason, symbols=[]
+        event = self.stamp(
+            LinkStateChanged,
+            venue=self.venue,
+            link=subjects.ORDER_LINK,
+            previous=previous,
+            current=state,
+            reason=reason,
+            symbols=[],
         )
         if previous == state:
             self.log.info("link_state_announced", link=subjects.ORDER_LINK, current=state.value, reason=reason)

@@ -13,6 +13,7 @@ from enum import StrEnum
 import msgspec
 
 from libs.orders_model import OrderRecord, Position, is_terminal
+from libs.stamping import Stamper
 from proto.enums import OrderStatus, OrderType, Side, TimeInForce
 from proto.messages import SubmitOrder
 
@@ -46,9 +47,12 @@ def plan_reconciliation(
     return ReconciliationPlan(adopt=adopt, resolve=resolve, position_mismatches=mismatches)
 
 
-def command_from_record(order: OrderRecord) -> SubmitOrder:
-    """The `SubmitOrder` an order came from (for dead letters an operator can inspect and retry)."""
-    return SubmitOrder(
+def command_from_record(order: OrderRecord, stamp: Stamper) -> SubmitOrder:
+    """The `SubmitOrder` an order came from (for dead letters an operator can inspect and retry),
+    built by `stamp` (a fresh id; the time the order was taken in as its event time)."""
+    return stamp(
+        SubmitOrder,
+        ts_event_ns=order.created_ns,
         client_order_id=order.client_order_id,
         idempotency_key=order.idempotency_key,
         source=order.source,

@@ -37,12 +37,35 @@ class Execution:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def emit_canceled(self, order: OrderRecord, reason: str) -> None:
-        """Publish and project an order's cancel (its status already moved)."""
+    async def emit_canceled(self, order: OrderRecord, reason: str, trigger: OrderTrigger = OrderTrigger.CANCEL) -> None:
+        """Cancel (or expire) an order: decide (the trigger must be legal now), publish
+        `OrderCanceled`, fold it into the ledger (`Core.record`), project it."""
+        core = self.core
+        if core.allows(order, trigger) is None:
+            return
         coid = order.client_order_id
-        canceled = OrderCanceled(client_order_id=coid, symbol=order.symbol, reason=reason)
-        await self.core.publish(self.core.order_subject("canceled", order), canceled, f"canceled:{coid}", coid)
-        await self.core.save(order)
+        canceled = core.stamp(OrderCanceled, client_order_id=coid, symbol=order.symbol, reason=reason)
+        await core.record(core.order_subject("canceled", order), canceled, f"canceled:{coid}", order)
+
+    async def emit_rejected(
+        self, order: OrderRecord, reason: str, *, error_class: str | None = None, venue_code: int | None = None
+    ) -> None:
+        """Reject an order: publish `OrderRejected`, fold it into the ledger (`Core.record`), project it.
+
+        The venue's refusal is recorded whatever the local state says (an illegal step is logged).
+        """
+        core = self.core
+        coid = order.client_order_id
+        core.allows(order, OrderTrigger.REJECT)
+        rejected = core.stamp(
+            OrderRejected,
+            client_order_id=coid,
+            symbol=order.symbol,
+            reason=reason,
+            error_class=error_class,
+            venue_code=venue_code,
+        )
+        await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
 
     async def apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
         """Bring the local order to the venue's view: accepted, fills, final status."""
@@ -55,8 +78,12 @@ class Execution:
         executed = Decimal(str(answer.get("executedQty", "0")))
         if previous in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
             status = OrderStatus(venue_status) if venue_status in OrderStatus.__members__ else OrderStatus.NEW
-            accepted = OrderAccepted(
-                client_order_id=coid, venue_order_id=order.venue_order_id or 0, symbol=order.symbol, status=status
+            accepted = core.stamp(
+                OrderAccepted,
+                client_order_id=coid,
+                venue_order_id=order.venue_order_id or 0,
+                symbol=order.symbol,
+                status=status,
             )
             await core.publish(core.order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
         if executed > order.filled_quantity:
@@ -69,22 +96,21 @@ class Execution:
         if trigger == OrderTrigger.AMBIGUOUS:
             core.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
             return
-        if not core.transition(order, trigger):
+        target = core.allows(order, trigger)
+        if target is None:
             return
-        if order.status == previous and trigger != OrderTrigger.FILL:
+        if target == previous and trigger != OrderTrigger.FILL:
             await core.save(order)
             return
         match trigger:
             case OrderTrigger.REJECT:
-                order.reason = f"venue status REJECTED {reason}".strip()
-                rejected = OrderRejected(client_order_id=coid, symbol=order.symbol, reason=order.reason)
-                await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
+                await self.emit_rejected(order, f"venue status REJECTED {reason}".strip())
             case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
-                await self.emit_canceled(order, reason or venue_status.lower())
-                return
+                await self.emit_canceled(order, reason or venue_status.lower(), trigger)
             case _:
-                pass
-        await core.save(order)
+                # The venue's fill status: no event of its own (the fills carry it).
+                core.transition(order, trigger)
+                await core.save(order)
 
     async def sync_fills(self, order: OrderRecord) -> None:
         """Fetch the order's venue trades; publish and project every one not seen yet."""
@@ -97,46 +123,52 @@ class Execution:
             await self.apply_trade(order, trade)
 
     async def apply_trade(self, order: OrderRecord, trade: dict, via: str = "rest") -> None:
-        """Book one venue trade (a `userTrades` row) of an order: `OrderFilled`, `PositionChanged`, rows."""
+        """Book one venue trade (a `userTrades` row) of an order: `OrderFilled`, `PositionChanged`, rows.
+
+        Decide, publish, apply: both events are published first, then folded into the ledger by
+        `Ledger.fold`, the fold a replay of the log uses. A publish that fails leaves memory as the
+        log has it (the fill not booked); the next answer about the order books it again under the
+        same de-duplication id.
+        """
         core = self.core
         ledger = core.ledger
         coid = order.client_order_id
         trade_id = int(trade["id"])
         quantity = Decimal(str(trade["qty"]))
         price = Decimal(str(trade["price"]))
-        if not order.add_fill(trade_id, quantity, price):
+        if trade_id in order.trade_ids:
             return
-        if order.filled_quantity > order.quantity:
+        cumulative = order.filled_quantity + quantity
+        if cumulative > order.quantity:
             await core.alert(
                 f"invariant-overfill:{coid}",
                 AlertSeverity.P0,
                 "filled quantity above order quantity",
                 coid=coid,
-                filled=str(order.filled_quantity),
+                filled=str(cumulative),
                 quantity=str(order.quantity),
             )
         ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
         commission = Decimal(str(trade.get("commission", "0")))
-        fill = OrderFilled(
+        venue_order_id = order.venue_order_id or int(trade.get("orderId") or 0)
+        fill = core.stamp(
+            OrderFilled,
             client_order_id=coid,
-            venue_order_id=order.venue_order_id or 0,
+            venue_order_id=venue_order_id,
             trade_id=trade_id,
             symbol=order.symbol,
             side=order.side,
             price=price,
             quantity=quantity,
-            cumulative_quantity=order.filled_quantity,
+            cumulative_quantity=cumulative,
             order_quantity=order.quantity,
             commission=commission,
             realized_pnl=Decimal(str(trade.get("realizedPnl", "0"))),
             ts_event_ns=ts_event_ns,
         )
-        await core.publish(subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid)
         position = apply_fill(ledger.position(order.symbol), order.side, quantity, price)
-        # Held before it is published: a failed publish must not leave the fill without its position (§6).
-        ledger.positions[order.symbol] = position
-        core.protect_dirty.add(order.symbol)
-        changed = PositionChanged(
+        changed = core.stamp(
+            PositionChanged,
             venue=order.venue,
             symbol=order.symbol,
             quantity=position.quantity,
@@ -145,10 +177,15 @@ class Execution:
             caused_by_client_order_id=coid,
             ts_event_ns=ts_event_ns,
         )
+        fill_seq = await core.publish(
+            subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid
+        )
         seq = await core.publish(
             subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
         )
-        ledger.apply(changed, seq)
+        # Both or neither: a fill is never held without the position it makes (§6).
+        ledger.fold([(fill, fill_seq), (changed, seq)])
+        core.protect_dirty.add(order.symbol)
         now = core.clock()
 
         async def write_fill() -> None:

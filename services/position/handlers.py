@@ -37,9 +37,10 @@ from libs.orders_model import is_terminal
 from libs.projections import Projections
 from libs.service_snapshots import RecoveryReport
 from libs.snapshot import SnapshotPolicy, SnapshotStore
+from libs.stamping import IdSource
 from proto import subjects
 from proto.enums import OrderStatus
-from proto.envelope import Message
+from proto.envelope import Message, new_message_id
 from proto.messages import CancelOrder, OrderApproved, OrderDenied
 from proto.replies import PositionMemoryState, PositionOrderState, PositionProtectionState, PositionStateReply
 
@@ -84,6 +85,7 @@ class PositionService:
         snapshot_policy: when to snapshot (counted in ORDERS events this service publishes; the
             stream growing by `every_events` messages from any writer also makes one due).
         retention: how many finished orders stay in memory and in snapshots (default `Retention()`).
+        message_ids: the id source of the messages it publishes (tests pass `libs.stamping.sequential_ids`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class PositionService:
         snapshots: SnapshotStore | None = None,
         snapshot_policy: SnapshotPolicy | None = None,
         retention: Retention | None = None,
+        message_ids: IdSource = new_message_id,
     ) -> None:
         self.core = core = Core(
             bus,
@@ -120,6 +123,7 @@ class PositionService:
             on_lease_lost=on_lease_lost,
             snapshot_policy=snapshot_policy,
             retention=retention or Retention(),
+            message_ids=message_ids,
         )
         self.orders_durable = subjects.position_orders_consumer(component)
         self.denials_durable = subjects.position_denials_consumer(component)

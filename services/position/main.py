@@ -13,10 +13,12 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 
 from nats.errors import Error as NatsError
 
 from libs import logging as bulwark_logging
+from libs.binance.classify import classify, passes_with_time, retry_while_wanted
 from libs.binance.client import BinanceRestClient
 from libs.breaker import CircuitBreaker
 from libs.errors import TransientError
@@ -157,17 +159,7 @@ async def setup(ctx: ServiceContext) -> None:
     await service.core.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
     await start_preflight(ctx, client, budget, venue, component)  # before any order; again at every reconnect
     mark = time.perf_counter()
-    delay = 0.5
-    while not ctx.stopping.is_set():
-        try:
-            await service.reconcile(settings.symbols)
-            break
-        except (*VENUE_FAILURES, TransientError) as exc:
-            ctx.log.warning(
-                "reconciliation_failed", error=f"{type(exc).__name__}: {exc}", action_taken=f"retry in {delay:.1f}s"
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONCILE_RETRY_MAX_S)
+    await reconcile_at_start(ctx, service, settings.symbols)
     if not service.core.reconciled:
         return
     phases["reconcile_ms"] = ms_since(mark)
@@ -200,6 +192,45 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ws_bases = [account.ws_url, *account.ws_alternates]
     ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
+
+
+def reconcile_passes_with_time(error: BaseException) -> bool:
+    """Start-up reconciliation is tried again after what time cures (`passes_with_time`) and after a
+    `TransientError` (Postgres or the venue could not be asked)."""
+    return isinstance(error, TransientError) or passes_with_time(error)
+
+
+async def reconcile_at_start(ctx: ServiceContext, service: PositionService, symbols: Sequence[str]) -> None:
+    """Reconcile with the venue before any order (SPEC §6), for as long as the service runs: what time
+    cures is retried (`retry_while_wanted`: 0.5 s doubling to `RECONCILE_RETRY_MAX_S`, the venue's
+    Retry-After and the breaker's cool-down honoured); anything else (PERMANENT, e.g. a refused API
+    key) is logged and raised, so the supervisor restarts the service rather than it waiting blind.
+    """
+
+    def on_retry(exc: BaseException, delay_s: float) -> None:
+        ctx.log.warning(
+            "reconciliation_failed", error=f"{type(exc).__name__}: {exc}", action_taken=f"retry in {delay_s:.1f}s"
+        )
+
+    retrying = retry_while_wanted(
+        lambda: not ctx.stopping.is_set(),
+        first_wait_s=0.5,
+        max_wait_s=RECONCILE_RETRY_MAX_S,
+        retryable=reconcile_passes_with_time,
+        on_retry=on_retry,
+    )
+    try:
+        await retrying(service.reconcile, symbols)
+    except (*VENUE_FAILURES, TransientError) as exc:
+        if ctx.stopping.is_set():
+            return
+        ctx.log.error(
+            "reconciliation_failed",
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            error_class=classify(exc).error_class.value,
+            action_taken="stop: waiting does not cure it",
+        )
+        raise
 
 
 async def _wait_for_lease(ctx: ServiceContext, lease: Lease) -> bool:

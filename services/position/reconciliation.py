@@ -161,10 +161,9 @@ class Reconciliation:
         core = self.core
         previous = core.ledger.position(symbol)
         corrected = Position(remote, entry if remote != 0 else Decimal(0), previous.realized_pnl)
-        # Held before it is published, like a fill's position: memory follows the venue at once.
-        core.ledger.positions[symbol] = corrected
         now = core.clock()
-        changed = PositionChanged(
+        changed = core.stamp(
+            PositionChanged,
             venue=core.venue,
             symbol=symbol,
             quantity=corrected.quantity,
@@ -172,7 +171,7 @@ class Reconciliation:
             realized_pnl=corrected.realized_pnl,
         )
         seq = await core.publish(subjects.evt_position(core.venue, symbol), changed, f"reconcile:{symbol}:{now}")
-        core.ledger.apply(changed, seq)
+        core.ledger.apply(changed, seq)  # memory follows the venue through the event, as a replay does
         await core.projections.upsert_position(core.venue, symbol, corrected, now, seq)
         await core.alert(
             core.scoped(f"reconcile-position:{symbol}"),

@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from libs.binance.classify import classify
+from libs.binance.classify import classify, passes_with_time, retry_while_wanted, wait_asked_s
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
 from libs.breaker import BreakerOpen
 from libs.errors import TransientError
 from libs.ids import client_order_id_for
 from libs.lease import LeaseLost
-from libs.orders_model import OrderRecord, OrderTrigger, is_terminal, record_from_command
+from libs.orders_model import OrderRecord, OrderTrigger, is_terminal
+from libs.projections import fold_events
+from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.codec import encode
 from proto.enums import (
@@ -37,7 +39,6 @@ from proto.messages import (
     DeadLettered,
     OrderApproved,
     OrderDenied,
-    OrderRejected,
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitOrder,
@@ -68,6 +69,7 @@ QUEUE_HOLD_S = 2.0
 """A poll sends queued orders while the request budget holds them back no longer than this (the
 client's own wait for the budget); a longer hold (a Retry-After, a ban) waits for a later poll."""
 QUERY_BACKOFF_S: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0)
+"""Queries of an UNKNOWN order: the wait before the first, then doubling to the longest (FM-N7)."""
 
 
 class Submission:
@@ -159,17 +161,32 @@ class Submission:
         return True
 
     async def take_denied(self, message: OrderDenied, delivery: Delivery) -> None:
-        """Record a risk refusal in the projection (under the order lock), stamped with the denial's
-        time as a rebuild of the projections from the log stamps it (`libs.projections.fold_events`)."""
+        """Record a risk refusal (under the order lock): folded into the ledger by `Ledger.apply`, as a
+        replay folds it, then projected.
+
+        Risk records a denial it could not route on its own venue's subject: such an order of another
+        venue gets its projection row (as a rebuild from the log writes it) but, as in a replay, no
+        place in this venue's memory.
+        """
         core = self.core
-        if message.order.client_order_id in core.ledger.orders:
+        coid = message.order.client_order_id
+        if coid in core.ledger.orders:
             return
-        order = record_from_command(message.order, message.ts_event_ns)
-        order.reason = message.reason
-        core.transition(order, OrderTrigger.DENY, message.ts_event_ns)
-        core.ledger.order_seq[order.client_order_id] = delivery.stream_sequence
-        await core.save(order)
-        core.ledger.orders[order.client_order_id] = order
+        seq = delivery.stream_sequence
+        core.ledger.apply(message, seq)
+        order = core.ledger.orders.get(coid)
+        if order is not None:
+            await core.save(order)
+            return
+        row = fold_events([(message, seq)]).orders[coid]
+
+        async def write_row() -> None:
+            await core.projections.upsert_order(row, seq)
+
+        try:
+            await write_row()
+        except PG_ERRORS as exc:
+            core.defer(f"order:{coid}", write_row, exc)
 
     async def approve_own(self, command: SubmitOrder) -> OrderRecord:
         """Take an order this service issues itself into memory and approve it on the ORDERS stream
@@ -177,7 +194,7 @@ class Submission:
         core = self.core
         coid = command.client_order_id
         now = core.clock()  # the order's `created_ns`, as a replay of the approval makes it
-        approved = OrderApproved(order=command, ts_event_ns=now, ts_init_ns=now)
+        approved = core.stamp(OrderApproved, order=command, ts_event_ns=now, ts_init_ns=now)
         subject = subjects.evt_order("approved", command.venue, command.symbol)
         seq = await core.publish(subject, approved, f"approved:{coid}", coid)
         core.ledger.apply(approved, seq)
@@ -274,12 +291,10 @@ class Submission:
             await core.refresh_degradation()
         if core.flattening() and order.status == OrderStatus.PENDING_SUBMISSION:
             if not order.reduce_only:
-                core.transition(order, OrderTrigger.CANCEL)
                 await self.execution.emit_canceled(order, "flatten: no new entries in EMERGENCY_MODE/HARD_SHUTDOWN")
                 return
             if not is_protective(order) and core.ledger.position(order.symbol).quantity == 0:
                 # Risk's flatten after ours (or after a stop): nothing left to reduce.
-                core.transition(order, OrderTrigger.CANCEL)
                 await self.execution.emit_canceled(order, "flatten: position already flat")
                 return
         if not core.may_submit():
@@ -290,10 +305,9 @@ class Submission:
             await self.queue(order, reason)
             return
         await core.guard()
-        core.transition(order, OrderTrigger.SUBMIT)
-        submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
-        await core.publish(core.order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
-        await core.save(order)
+        core.allows(order, OrderTrigger.SUBMIT)  # logged when illegal; the placement decides what happened
+        submitted = core.stamp(OrderSubmitted, client_order_id=coid, symbol=order.symbol, venue=order.venue)
+        await core.record(core.order_subject("submitted", order), submitted, f"submitted:{coid}", order)
         try:
             answer = await core.client.place_order(**order_params(order))
         except (VenueUnreachable, BreakerOpen) as exc:
@@ -334,20 +348,16 @@ class Submission:
         """PERMANENT: the order is REJECTED, dead-lettered for the operator, and alerted."""
         core = self.core
         coid = order.client_order_id
-        order.reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
-        core.transition(order, OrderTrigger.REJECT)
-        rejected = OrderRejected(
-            client_order_id=coid, symbol=order.symbol, reason=order.reason, error_class=error_class, venue_code=exc.code
-        )
-        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-        await core.save(order)
+        reason = f"venue rejected ({why}): code={exc.code} {exc.msg}"
+        await self.execution.emit_rejected(order, reason, error_class=error_class, venue_code=exc.code)
         core.log.warning("order_rejected", client_order_id=coid, status=exc.status, code=exc.code, msg=exc.msg)
-        letter = DeadLettered(
+        letter = core.stamp(
+            DeadLettered,
             consumer=self.orders_durable,
             subject=subjects.evt_order("approved", order.venue, order.symbol),
             reason=f"{error_class} {why}: HTTP {exc.status} code={exc.code} {exc.msg}"[:1000],
             deliveries=1,
-            payload=encode(OrderApproved(order=command_from_record(order))).decode(),
+            payload=encode(core.stamp(OrderApproved, order=command_from_record(order, core.stamp))).decode(),
             original_message_id=f"approved:{coid}",
         )
         await core.bus.publish(subjects.dlq(self.orders_durable), letter, msg_id=f"dlq:rejected:{coid}")
@@ -373,17 +383,8 @@ class Submission:
         """
         core = self.core
         coid = order.client_order_id
-        order.reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
-        core.transition(order, OrderTrigger.REJECT)
-        rejected = OrderRejected(
-            client_order_id=coid,
-            symbol=order.symbol,
-            reason=order.reason,
-            error_class=ErrorClass.PERMANENT.value,
-            venue_code=exc.code,
-        )
-        await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-        await core.save(order)
+        reason = f"{IMMEDIATE_TRIGGER_REASON} (code={exc.code} {exc.msg}): position closed at market instead"
+        await self.execution.emit_rejected(order, reason, error_class=ErrorClass.PERMANENT.value, venue_code=exc.code)
         position = core.ledger.position(order.symbol).quantity
         core.log.error(
             "protection_triggered_at_placement",
@@ -417,36 +418,70 @@ class Submission:
         """The outcome of a placement is unknown (timeout, 5xx): UNKNOWN until a query says."""
         core = self.core
         coid = order.client_order_id
-        core.transition(order, OrderTrigger.AMBIGUOUS)
-        order.reason = reason
-        unknown = OrderStatusUnknown(client_order_id=coid, symbol=order.symbol, reason=reason)
-        await core.publish(core.order_subject("unknown", order), unknown, f"unknown:{coid}", coid)
-        await core.save(order)
+        core.allows(order, OrderTrigger.AMBIGUOUS)  # an ambiguous answer is recorded whatever the state says
+        unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)
+        await core.record(core.order_subject("unknown", order), unknown, f"unknown:{coid}", order)
         core.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
 
     async def resolve_unknown(self, order: OrderRecord, backoff_s: Sequence[float] | None = None) -> bool:
-        """Query an UNKNOWN order until the venue answers; -2013 means not placed: resend once, same id."""
+        """Query an UNKNOWN order until the venue answers; -2013 means not placed: resend once, same id.
+
+        One query per entry of `backoff_s` (the wait before the first, then doubling up to the
+        last), under `retry_while_wanted`: what time cures is asked again, unless the error asks
+        for a longer wait than that (a Retry-After, an open breaker's cool-down) or time does not
+        cure it (PERMANENT): then the order stays UNKNOWN and the poll or reconciliation resolves it.
+
+        Returns:
+            True when the venue's answer was taken, False when the order is still UNKNOWN.
+        """
         log = self.core.log
-        for delay in self.query_backoff_s if backoff_s is None else backoff_s:
-            await asyncio.sleep(delay)
-            try:
-                answer = await self.core.client.query_order(order.symbol, orig_client_order_id=order.client_order_id)
-            except VenueError as exc:
-                if exc.code == ORDER_NOT_FOUND:
-                    await self.not_at_venue(order)
-                    return True
-                log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
-                continue
-            except BreakerOpen as exc:
-                # The venue is down: the order stays UNKNOWN; reconciliation resolves it when it is back.
-                log.warning("order_query_deferred", client_order_id=order.client_order_id, error=str(exc))
-                return False
-            except (VenueTimeout, VenueUnreachable) as exc:
-                log.warning("order_query_failed", client_order_id=order.client_order_id, error=str(exc))
-                continue
-            await self.execution.apply_venue_order(order, answer)
-            return True
-        return False
+        coid = order.client_order_id
+        waits = tuple(self.query_backoff_s if backoff_s is None else backoff_s) or (0.0,)
+        longest_s = max(waits)
+        attempts = 0
+
+        def wanted() -> bool:
+            return attempts < len(waits)
+
+        def passes_soon(error: BaseException) -> bool:
+            return passes_with_time(error) and (wait_asked_s(error) or 0.0) <= longest_s
+
+        def on_retry(error: BaseException, delay_s: float) -> None:
+            log.warning(
+                "order_query_failed", client_order_id=coid, error=str(error), action_taken=f"retry in {delay_s}s"
+            )
+
+        async def query() -> dict:
+            nonlocal attempts
+            attempts += 1
+            return await self.core.client.query_order(order.symbol, orig_client_order_id=coid)
+
+        retrying = retry_while_wanted(
+            wanted,
+            first_wait_s=waits[1] if len(waits) > 1 else 0.0,
+            max_wait_s=longest_s,
+            retryable=passes_soon,
+            asked_max_s=longest_s,
+            on_retry=on_retry,
+        )
+        await asyncio.sleep(waits[0])
+        try:
+            answer = await retrying(query)
+        except VenueError as exc:
+            if exc.code == ORDER_NOT_FOUND:
+                await self.not_at_venue(order)
+                return True
+            log.warning("order_query_failed", client_order_id=coid, error=str(exc), action_taken="left UNKNOWN")
+            return False
+        except BreakerOpen as exc:
+            # The venue is down: the order stays UNKNOWN; reconciliation resolves it when it is back.
+            log.warning("order_query_deferred", client_order_id=coid, error=str(exc))
+            return False
+        except (VenueTimeout, VenueUnreachable) as exc:
+            log.warning("order_query_failed", client_order_id=coid, error=str(exc), action_taken="left UNKNOWN")
+            return False
+        await self.execution.apply_venue_order(order, answer)
+        return True
 
     async def not_at_venue(self, order: OrderRecord) -> None:
         """The venue says the order does not exist: resend once with the same id, else reject."""
@@ -460,18 +495,11 @@ class Submission:
             await self.submit(order)
             return
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):
-            order.reason = "not found at the venue after a resend"
-            core.transition(order, OrderTrigger.REJECT)
-            rejected = OrderRejected(
-                client_order_id=coid, symbol=order.symbol, reason=order.reason, venue_code=ORDER_NOT_FOUND
-            )
-            await core.publish(core.order_subject("rejected", order), rejected, f"rejected:{coid}", coid)
-            await core.save(order)
+            reason = "not found at the venue after a resend"
+            await self.execution.emit_rejected(order, reason, venue_code=ORDER_NOT_FOUND)
             return
         # A live order the venue no longer knows: it is gone; say so loudly.
-        order.reason = "venue does not know this live order"
-        core.transition(order, OrderTrigger.CANCEL)
-        await self.execution.emit_canceled(order, order.reason)
+        await self.execution.emit_canceled(order, "venue does not know this live order")
         await core.alert(f"order-vanished:{coid}", AlertSeverity.P1, "live order unknown to the venue", coid=coid)
 
     async def query_and_apply(self, order: OrderRecord) -> None:

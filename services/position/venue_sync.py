@@ -115,10 +115,13 @@ class VenueSync:
             try:
                 if order.venue_order_id is None and update.get("i") is not None:
                     order.venue_order_id = int(update["i"])
+                # Taken before the trade is booked: the fold moves a filled order to FILLED, and the
+                # venue's status below still has to reach the projection.
+                finished = is_terminal(order.status)
                 if update.get("x") == "TRADE" and int(update.get("t") or 0):
                     await self.execution.apply_trade(order, trade_from_user_event(update), via="user-stream")
                 stale = Decimal(str(update.get("z", "0"))) < order.filled_quantity
-                if not is_terminal(order.status) and not stale:
+                if not finished and not stale:
                     answer = {"orderId": update.get("i"), "status": update.get("X"), "executedQty": update.get("z")}
                     await self.execution.apply_venue_order(order, answer)
             except (KeyError, ValueError, ArithmeticError) as exc:

@@ -18,6 +18,7 @@ from libs.latency import LatencyWindow
 from libs.logging import Logger
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper
 from libs.snapshot import SnapshotPolicy
+from libs.stamping import Stamper
 from proto.enums import ConnectionState, DegradationLevel, HotStateStatus
 from proto.envelope import Message
 from proto.kv import TradingStateValue
@@ -67,6 +68,8 @@ class RiskCore:
         self.order_links: dict[str, ConnectionState | None] = {}
         """Order link state per venue, from the position processes' `LinkStateChanged` (link `orders`)."""
         self.clock = clock
+        self.stamp = Stamper(clock)
+        """Builds the messages risk decides (ids and times from `clock`; tests give it `sequential_ids`)."""
         self.monotonic = monotonic
         self.trading = trading
         self.hot_state: dict[str, HotStateStatus | None] = {}

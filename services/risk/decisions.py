@@ -159,14 +159,15 @@ async def decide(
         result: OrderApproved | OrderDenied
         if decision.approved:
             # Stamped with the decision's time: the rate window counts it from then, live and on replay.
-            result = OrderApproved(
-                order=order, correlation_id=correlation, causation_id=order.message_id, ts_event_ns=now
+            result = risk.stamp(
+                OrderApproved, order=order, correlation_id=correlation, causation_id=order.message_id, ts_event_ns=now
             )
             await risk.bus.publish(
                 subjects.evt_order("approved", venue, order.symbol), result, msg_id=f"approved:{coid}"
             )
         else:
-            result = OrderDenied(
+            result = risk.stamp(
+                OrderDenied,
                 order=order,
                 reason=decision.reason,
                 correlation_id=correlation,

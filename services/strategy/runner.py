@@ -31,6 +31,7 @@ from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from libs.service_snapshots import RecoveryReport, SnapshotKeeper
 from libs.snapshot import SnapshotPolicy
+from libs.stamping import Stamper
 from proto.enums import AlertSeverity
 from proto.kv import StrategyCrashesValue
 from proto.messages import StrategyCrashed
@@ -105,7 +106,7 @@ class StrategyRunner:
         self.symbols = symbols
         # Unique per process (a pid alone repeats: pid 1 in every container).
         self.process_token = f"{os.getpid()}-{clock()}"
-        self.publisher = IntentPublisher(bus, log, instance.name, instance.kind, venue)
+        self.publisher = IntentPublisher(bus, log, instance.name, instance.kind, venue, Stamper(clock))
         self.lock = asyncio.Lock()
         self.lease = lease
         # Without a lease (tests, tools) the runner is always active; with one, only while it holds it.

@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from libs.bus import Bus
 from libs.instruments import round_price, round_quantity
 from libs.logging import Logger
+from libs.stamping import Stamper
 from proto import subjects
 from proto.enums import AlertSeverity, OrderType
 from proto.kv import StrategyCrashesValue, StrategyStateValue, SymbolRulesValue, decode_value
@@ -35,14 +36,18 @@ class IntentPublisher:
         kind: the instance's kind (stored with its state).
         venue: the venue whose rules size the signals ("": published as decided; risk still
             rounds them to the grid).
+        stamp: builds the messages (ids and times; default: wall clock and UUID4 ids).
     """
 
-    def __init__(self, bus: Bus, log: Logger, name: str, kind: str, venue: str = "") -> None:
+    def __init__(
+        self, bus: Bus, log: Logger, name: str, kind: str, venue: str = "", stamp: Stamper | None = None
+    ) -> None:
         self.bus = bus
         self.log = log
         self.name = name
         self.kind = kind
         self.venue = venue
+        self.stamp = stamp or Stamper()
 
     async def on_grid(self, action: Signal) -> Signal:
         """The signal on the venue's grid: quantity DOWN to the step, protective levels to the
@@ -73,8 +78,13 @@ class IntentPublisher:
             state=action.current, reason=action.reason, symbol=symbol, ts_ns=now_ns, kind=self.kind
         )
         await adapters.write_strategy_state(self.bus, self.name, record)
-        event = StrategyStateChanged(
-            strategy=self.name, previous=action.previous, current=action.current, reason=action.reason
+        event = self.stamp(
+            StrategyStateChanged,
+            strategy=self.name,
+            previous=action.previous,
+            current=action.current,
+            reason=action.reason,
+            ts_event_ns=now_ns,
         )
         await self.bus.publish(subjects.evt_strategy_state(self.name), event)
         self.log.info(
@@ -88,7 +98,8 @@ class IntentPublisher:
     async def signal(self, action: Signal) -> SignalGenerated:
         """Ask risk for a market order; returns the published signal (its id keys the order)."""
         action = await self.on_grid(action)
-        signal = SignalGenerated(
+        signal = self.stamp(
+            SignalGenerated,
             strategy=self.name,
             symbol=action.symbol,
             side=action.side,
@@ -124,7 +135,7 @@ class IntentPublisher:
         """Raise an alert, best effort: a crash is recorded and logged whether or not it goes out."""
         self.log.warning("alert_raised", key=key, title=title, **details)
         component = subjects.strategy_component(self.name)
-        alert = AlertRaised(key=key, severity=severity, component=component, title=title, details=details)
+        alert = self.stamp(AlertRaised, key=key, severity=severity, component=component, title=title, details=details)
         try:
             await self.bus.publish(subjects.EVT_ALERT_RAISED, alert)
         except Exception as exc:  # noqa: BLE001 - the crash is still recorded and logged; the alert is best effort

@@ -4,12 +4,17 @@ snapshot of a prefix plus the tail after it).
 
 Random order flows, sensible by construction, run against a small in-memory venue: approvals whose
 placement is accepted, filled, partly filled, rejected or timed out (placed or not), venue trades
-seen through the user-data stream or the poll, cancels, denials and redelivered approvals.
+seen through the user-data stream or the poll, cancels, denials (also of another venue's order,
+which risk records on this venue's subject when it cannot route it), redelivered approvals, and
+trades whose `OrderFilled` or `PositionChanged` publish fails (the handler raises; a later answer
+about the order books the trade again), and order events whose publish fails (submitted, unknown,
+rejected: the approval is delivered again; canceled: the next poll takes the venue's answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,8 +30,10 @@ from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.orders_model import OrderRecord, Position
 from libs.ratelimit import Admission
+from libs.stamping import IdSource
 from proto import subjects
 from proto.enums import OrderSource, OrderType, Side
+from proto.envelope import new_message_id
 from proto.messages import CancelOrder, OrderApproved, OrderDenied, SubmitOrder
 from services.position.domain import SNAPSHOT_VERSION, PositionCheckpoint, decode_checkpoint
 from services.position.handlers import PositionService
@@ -34,6 +41,7 @@ from services.position.ledger import Ledger
 from tests.unit.test_position_venue_link import FakeBus, FakeProjections
 
 VENUE = "binance-usdm"
+OTHER_VENUE = "backup-venue"
 SYMBOL = "BTCUSDT"
 UNIT = Decimal("0.001")
 S = 1_000_000_000
@@ -41,14 +49,25 @@ S = 1_000_000_000
 OUTCOMES = ("new", "fill", "partial", "reject", "timeout_placed", "timeout_not_placed")
 
 
+class PublishFailed(ConnectionError):
+    """The bus refused a publish (what a NATS outage looks like to a handler)."""
+
+
 class LogBus(FakeBus):
-    """The ORDERS log as JetStream keeps it: a message id published twice is stored once."""
+    """The ORDERS log as JetStream keeps it: a message id published twice is stored once.
+
+    `fail_next_on` names a subject prefix whose next publish fails (nothing stored).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.seq_of: dict[str, int] = {}
+        self.fail_next_on: str | None = None
 
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> int:
+        if self.fail_next_on is not None and subject.startswith(self.fail_next_on):
+            self.fail_next_on = None
+            raise PublishFailed(f"publish on {subject} failed")
         if msg_id is not None and msg_id in self.seq_of:
             return self.seq_of[msg_id]
         seq = await super().publish(subject, message, msg_id=msg_id)
@@ -147,16 +166,30 @@ class SimVenue:
         return []
 
 
-approve = st.tuples(st.just("approve"), st.sampled_from(OUTCOMES), st.sampled_from(["BUY", "SELL"]), st.integers(1, 4))
-trade = st.tuples(st.just("trade"), st.integers(0, 20), st.booleans(), st.sampled_from(["stream", "poll"]))
-cancel = st.tuples(st.just("cancel"), st.integers(0, 20))
+STATUS_EVENTS = [None, None, "evt.order.submitted.", "evt.order.unknown.", "evt.order.rejected."]
+"""A publish that fails during a step: none, or the next one on this subject prefix."""
+approve = st.tuples(
+    st.just("approve"),
+    st.sampled_from(OUTCOMES),
+    st.sampled_from(["BUY", "SELL"]),
+    st.integers(1, 4),
+    st.sampled_from(STATUS_EVENTS),
+)
+trade = st.tuples(
+    st.just("trade"),
+    st.integers(0, 20),
+    st.booleans(),
+    st.sampled_from(["stream", "poll"]),
+    st.sampled_from([None, None, None, "evt.fill.", "evt.position."]),
+)
+cancel = st.tuples(st.just("cancel"), st.integers(0, 20), st.sampled_from([None, "evt.order.canceled."]))
 poll = st.tuples(st.just("poll"))
-deny = st.tuples(st.just("deny"), st.sampled_from(["BUY", "SELL"]))
+deny = st.tuples(st.just("deny"), st.sampled_from(["BUY", "SELL"]), st.sampled_from([VENUE, VENUE, OTHER_VENUE]))
 redeliver = st.tuples(st.just("redeliver"), st.integers(0, 20))
 flows = st.lists(st.one_of(approve, approve, trade, trade, cancel, poll, deny, redeliver), min_size=1, max_size=25)
 
 
-def command_of(coid: str, side: str, units: int) -> SubmitOrder:
+def command_of(coid: str, side: str, units: int, venue: str = VENUE) -> SubmitOrder:
     return SubmitOrder(
         client_order_id=coid,
         idempotency_key=coid,
@@ -165,11 +198,11 @@ def command_of(coid: str, side: str, units: int) -> SubmitOrder:
         side=Side(side),
         order_type=OrderType.MARKET,
         quantity=units * UNIT,
-        venue=VENUE,
+        venue=venue,
     )
 
 
-def service(bus: LogBus, venue: SimVenue) -> PositionService:
+def service(bus: FakeBus, venue: SimVenue, message_ids: IdSource = new_message_id) -> PositionService:
     svc = PositionService(
         bus,  # type: ignore[arg-type]
         get_logger("test"),
@@ -178,6 +211,7 @@ def service(bus: LogBus, venue: SimVenue) -> PositionService:
         VENUE,
         ManualClock(1_700_000_000 * S),
         symbols=(SYMBOL,),
+        message_ids=message_ids,
     )
     svc.submission.query_backoff_s = (0.0,)
     svc.core.reconciled = True
@@ -190,30 +224,38 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
     svc = service(bus, venue)
     coids: list[str] = []
     approvals: list[tuple[OrderApproved, int]] = []
+    denials = itertools.count()
     for step in flow:
         match step:
-            case ("approve", outcome, side, units):
+            case ("approve", outcome, side, units, failing):
                 coid = f"bw-{len(coids)}"
                 coids.append(coid)
                 venue.plan[coid] = outcome
                 message = OrderApproved(order=command_of(coid, side, units))
                 seq = await bus.publish(subjects.evt_order("approved", VENUE, SYMBOL), message, msg_id=f"a:{coid}")
                 approvals.append((message, seq))
-                await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
-            case ("deny", side):
-                coid = f"bw-denied-{len(coids)}"
-                denied = OrderDenied(order=command_of(coid, side, 1), reason="limits")
+                bus.fail_next_on = failing
+                try:
+                    await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+                except PublishFailed:
+                    # Not acknowledged: the consumer delivers the approval again.
+                    await svc.on_approved(message, Delivery("evt.order.approved", seq, 2, {}))
+                bus.fail_next_on = None
+            case ("deny", side, order_venue):
+                coid = f"bw-denied-{next(denials)}"
+                denied = OrderDenied(order=command_of(coid, side, 1, order_venue), reason="limits")
                 seq = await bus.publish(subjects.evt_order("denied", VENUE, SYMBOL), denied, msg_id=f"d:{coid}")
                 await svc.on_denied(denied, Delivery("evt.order.denied", seq, 1, {}))
             case ("redeliver", index) if approvals:
                 message, seq = approvals[index % len(approvals)]
                 await svc.on_approved(message, Delivery("evt.order.approved", seq, 2, {}))
-            case ("trade", index, rest, via) if coids:
+            case ("trade", index, rest, via, failing) if coids:
                 order = venue.orders.get(coids[index % len(coids)])
                 if order is None or order.status not in ("NEW", "PARTIALLY_FILLED"):
                     continue
                 remaining = order.quantity - order.executed
                 done = venue.trade(order, remaining if rest or remaining == UNIT else UNIT, "99")
+                bus.fail_next_on = failing
                 if via == "stream":
                     update = {
                         "c": order.coid,
@@ -225,13 +267,19 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
                         "L": done["price"],
                         "z": str(order.executed),
                     }
-                    await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": update})
+                    with contextlib.suppress(PublishFailed):  # the user stream reconnects
+                        await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": update})
                 else:
-                    await svc.venue_sync.poll_once()
-            case ("cancel", index) if coids:
+                    with contextlib.suppress(PublishFailed):  # the next round polls again
+                        await svc.venue_sync.poll_once()
+                bus.fail_next_on = None
+            case ("cancel", index, failing) if coids:
                 command = CancelOrder(client_order_id=coids[index % len(coids)])
                 seq = await bus.publish(subjects.CMD_ORDER_CANCEL, command)
-                await svc.on_cancel(command, Delivery(subjects.CMD_ORDER_CANCEL, seq, 1, {}))
+                bus.fail_next_on = failing
+                with contextlib.suppress(PublishFailed):  # the venue's answer is taken by the next poll
+                    await svc.on_cancel(command, Delivery(subjects.CMD_ORDER_CANCEL, seq, 1, {}))
+                bus.fail_next_on = None
             case ("poll",):
                 await svc.venue_sync.poll_once()
     await svc.venue_sync.poll_once()  # settle what the stream left open
@@ -240,7 +288,7 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
 
 def orders_view(orders: dict[str, OrderRecord]) -> dict[str, tuple]:
     return {
-        coid: (o.status, o.filled_quantity, o.average_price, sorted(o.trade_ids), o.venue_order_id)
+        coid: (o.status, o.filled_quantity, o.average_price, sorted(o.trade_ids), o.venue_order_id, o.reason)
         for coid, o in orders.items()
     }
 
@@ -286,6 +334,10 @@ def test_live_when_random_order_flow_then_ledger_equals_replay_of_published_log(
     assert positions_view(replay.positions) == positions_view(live.positions)
     assert replay.order_seq == live.order_seq
     assert replay.position_seqs == live.position_seqs
+
+    # What the projections show: every order's row as the ledger has it.
+    rows = svc.core.projections.orders  # type: ignore[attr-defined]
+    assert {coid: rows.get(coid) for coid in live.orders} == {coid: o.status.value for coid, o in live.orders.items()}
 
     resumed = from_snapshot(log, int(cut_fraction * len(log)))
     assert orders_view(resumed.orders) == orders_view(live.orders)
