@@ -135,7 +135,7 @@ def strategy_intents() -> list[Message]:
         get_logger("test"),
         "fade",
         "cascade_fade",
-        Stamper(clock, sequential_ids("strategy-")),
+        stamp=Stamper(clock, sequential_ids("strategy-")),
     )
 
     async def run() -> None:
