@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError as NatsAuthorizationError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -126,14 +126,31 @@ class Bus:
         """Buffered messages dropped (oldest first) because the outbox was full, since start."""
         self._dropped_unreported = 0
         self._flush_task: asyncio.Task[None] | None = None
+        self._credentials = ("", "")
 
     # ------------------------------------------------------------------ connection
 
     async def connect(
-        self, servers: str, *, connect_timeout_s: float = 2.0, initial_connect_timeout_s: float = 300.0
+        self,
+        servers: str,
+        *,
+        connect_timeout_s: float = 2.0,
+        initial_connect_timeout_s: float = 300.0,
+        user: str = "",
+        password: str = "",
     ) -> None:
         """Connect (retrying the first connection for up to `initial_connect_timeout_s`), then
-        keep reconnecting forever."""
+        keep reconnecting forever.
+
+        Args:
+            servers: URL(s), comma separated; a URL may carry `user:password@` itself.
+            user: the NATS user (`proto.permissions`: one per component); empty: from the URL, or none.
+            password: its password.
+
+        Raises:
+            PermanentError: the server refused the credentials (or their absence): retrying cannot help.
+        """
+        self._credentials = (user, password)
 
         async def on_disconnected() -> None:
             if self.connected:
@@ -150,10 +167,15 @@ class Bus:
             self._schedule_flush()
             await self._notify(True)
 
-        async def on_error(exc: Exception) -> None:
-            self.log.warning("bus_error", error=str(exc))
-
         server_list = [s.strip() for s in servers.split(",") if s.strip()]
+        connecting = True
+
+        async def on_error(exc: Exception) -> None:
+            self.log.warning("bus_error", error=str(exc) or type(exc).__name__)
+            if connecting and _refused_credentials(exc):
+                # The client would try again forever; credentials do not get better by waiting.
+                raise PermanentError(f"NATS refused the connection of user {user or '(none)'!r}") from exc
+
         async for attempt in recoverable_until_reachable(
             (OSError, NatsError, asyncio.TimeoutError),
             initial_connect_timeout_s,
@@ -165,9 +187,10 @@ class Bus:
                 self._nc = await self._connect_once(
                     server_list, connect_timeout_s, on_disconnected, on_reconnected, on_error
                 )
+        connecting = False
         self._js = self.nc.jetstream(timeout=5.0)
         self.connected = True
-        self.log.info("bus_connected", servers=servers)
+        self.log.info("bus_connected", servers=redact_url(servers), user=user or None)
 
     async def _connect_once(
         self,
@@ -177,18 +200,29 @@ class Bus:
         on_reconnected: Callable[[], Awaitable[None]],
         on_error: Callable[[Exception], Awaitable[None]],
     ) -> NatsClient:
-        return await nats.connect(
-            servers=server_list,
-            name=self.component,
-            connect_timeout=connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            error_cb=on_error,
-            pending_size=8 * 1024 * 1024,
-        )
+        user, password = self._credentials
+        client = NatsClient()
+        try:
+            await client.connect(
+                servers=server_list,
+                name=self.component,
+                user=user or None,
+                password=password or None,
+                connect_timeout=connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                error_cb=on_error,
+                pending_size=8 * 1024 * 1024,
+            )
+        except BaseException:
+            # A refused or abandoned attempt must not leave its socket open.
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
+        return client
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """Call `listener(connected)` whenever the bus connection goes down or comes back."""
@@ -735,6 +769,25 @@ class Bus:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
         msg = await self.nc.request(subject, payload, timeout=timeout_s)
         return msg.data
+
+
+def redact_url(urls: str) -> str:
+    """`urls` with every password replaced by `***` (for logs)."""
+    return ",".join(_redact_one(url.strip()) for url in urls.split(","))
+
+
+def _redact_one(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """The server refused who we are (no, wrong or unknown credentials), not a network error."""
+    return isinstance(exc, NatsAuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 def consumer_filters(config: ConsumerConfig) -> tuple[str, ...]:
