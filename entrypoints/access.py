@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from entrypoints.infra import write_private
 from libs.settings import Settings
 from proto import permissions
 from proto.permissions import ADMIN
-from proto.subjects import DEFAULT_VENUE, GATEWAY
+from proto.subjects import CORE_COMPONENTS, DEFAULT_VENUE, GATEWAY, position_component, strategy_component
 
 BUS_CREDENTIALS_FILE = "bus-credentials.json"
 VALKEY_ACL_FILE = "valkey-users.acl"
@@ -203,3 +205,55 @@ def tool_bus_user(data_dir: Path, settings: Settings) -> tuple[str, str]:
     if path.exists():
         return ADMIN, load_bus_credentials(data_dir, ()).nats[ADMIN]
     return "", ""
+
+
+# --------------------------------------------------------------------------- compose and Kubernetes
+
+DEPLOYMENT_BACKUP_VENUE = f"{DEFAULT_VENUE}-backup"
+"""The backup venue the deployment files name (k8s/backup-venue, compose profile backup-venue)."""
+DEPLOYMENT_STRATEGIES = ("cascade-fade", "trend")
+"""The strategy instances the deployment files run."""
+
+
+def deployment_users() -> tuple[str, ...]:
+    """The NATS users of docker-compose.yml and k8s/: the admin, every component they run."""
+    return (
+        ADMIN,
+        *CORE_COMPONENTS,
+        position_component(DEPLOYMENT_BACKUP_VENUE, DEFAULT_VENUE),
+        *(strategy_component(name) for name in DEPLOYMENT_STRATEGIES),
+    )
+
+
+def password_variable(user: str, server: str = "NATS") -> str:
+    """The environment variable (and Secret key) holding `user`'s password, e.g. `NATS_PASSWORD_MARKET_DATA`."""
+    return f"{server}_PASSWORD_" + re.sub(r"[^A-Z0-9]", "_", user.upper())
+
+
+def deployment_authorization() -> str:
+    """The authorization block of the deployments' nats.conf: each password from the server's environment."""
+    return nats_authorization({user: f"${password_variable(user)}" for user in deployment_users()})
+
+
+def deployment_password_variables() -> tuple[str, ...]:
+    """Every password variable a deployment sets: one per NATS user, one per Valkey user."""
+    valkey = (password_variable(user, "VALKEY") for user in (VALKEY_ADMIN, *VALKEY_SERVICE_USERS))
+    return (*(password_variable(user) for user in deployment_users()), *valkey)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m entrypoints.access env`: fresh random passwords for docker compose's `.env`;
+    `python -m entrypoints.access nats-authorization`: the users block of the deployments' nats.conf."""
+    match argv:
+        case ["env"]:
+            sys.stdout.write("".join(f"{name}={secrets.token_hex(24)}\n" for name in deployment_password_variables()))
+            return 0
+        case ["nats-authorization"]:
+            sys.stdout.write(deployment_authorization())
+            return 0
+    sys.stderr.write("usage: python -m entrypoints.access env | nats-authorization\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -42,6 +42,11 @@ JETSTREAM_DESTRUCTIVE: tuple[str, ...] = (
 )
 """Nobody's code deletes or purges a stream: the log is the source of truth (SPEC FM-C3)."""
 
+MARKET_WS_LINK = subjects.MARKET_WS_LINK
+MARKET_REST_LINK = "market-rest"
+"""market-data's REST link to its venue (`services.market_data.adapters.MARKET_REST_LINK`)."""
+MARKET_LINKS: tuple[str, ...] = (MARKET_WS_LINK, MARKET_REST_LINK)
+"""The links market-data publishes the state of (`evt.link.<venue>.<link>`, KV `link.<venue>.<link>`)."""
 ALERTS: tuple[str, ...] = (subjects.EVT_ALERT_RAISED, subjects.EVT_ALERT_RESOLVED)
 ANY = "*"
 
@@ -107,10 +112,10 @@ def _market_data() -> Grant:
             *publish,
             # A spot link publishes under its own venue name (`binance-spot`): every venue token.
             subjects.MD_ALL,
-            subjects.evt_link(ANY, subjects.MARKET_WS_LINK),
+            *(subjects.evt_link(ANY, link) for link in MARKET_LINKS),
             subjects.evt_breaker("venue.>"),
             subjects.SVC_RISK_HALT,
-            kv_subject(subjects.KV_STATE, subjects.key_link(ANY, subjects.MARKET_WS_LINK)),
+            *(kv_subject(subjects.KV_STATE, subjects.key_link(ANY, link)) for link in MARKET_LINKS),
             kv_subject(subjects.KV_STATE, subjects.key_breaker("venue.>")),
             kv_subject(subjects.KV_STATE, "ratelimit.>"),
         ),

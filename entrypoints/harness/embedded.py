@@ -14,14 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from entrypoints import access, infra
-from proto.subjects import CORE_COMPONENTS, DEFAULT_VENUE, position_component, strategy_component
+from proto.permissions import ADMIN
 
-BUS_USERS: tuple[str, ...] = (
-    *CORE_COMPONENTS,
-    position_component(f"{DEFAULT_VENUE}-backup", DEFAULT_VENUE),
-    strategy_component("cascade-fade"),
-    strategy_component("trend"),
-)
+BUS_USERS: tuple[str, ...] = tuple(user for user in access.deployment_users() if user != ADMIN)
 """The components a test system has NATS users for (besides the admin user tests connect as)."""
 
 

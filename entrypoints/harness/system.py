@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class RunningSystem:
     operator_token: str
     viewer_token: str
     log_path: Path
-    nats_url: str = ""
+    nats_url: str = field(default="", repr=False)
     """The system's NATS with the admin user's credentials, for tests that play a part of the
     system (e.g. a strategy's signals)."""
     backup_venue: str = ""

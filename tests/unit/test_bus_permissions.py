@@ -21,7 +21,16 @@ import pytest
 
 from libs import lease
 from proto import permissions, subjects
-from proto.permissions import grant, kv_subject, may_publish, may_subscribe, subject_matches
+from proto.permissions import (
+    MARKET_REST_LINK,
+    MARKET_WS_LINK,
+    grant,
+    kv_subject,
+    may_publish,
+    may_subscribe,
+    subject_matches,
+)
+from services.market_data import adapters as market_data_adapters
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKUP_VENUE = "binance-usdm-backup"
@@ -42,12 +51,15 @@ KV_WRITE_VERBS = {"kv_put", "_kv_put", "kv", "put", "create", "update", "delete"
 READ_VERBS = {"last_message", "replay", "consume"}
 READ_KEYWORDS = {"filter_subjects", "filter_subject", "durable"}
 SUBJECT_PREFIXES = ("md.", "evt.", "cmd.", "hb.", "svc.", "dlq.")
-KNOWN_VALUES: dict[str, dict[str, str]] = {
-    # What the scan cannot see: values computed at run time, by the expression that holds them.
-    "market_data": {"transition.name": "venue.{venue}", "link": subjects.MARKET_WS_LINK},
+KNOWN_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    # What the scan cannot see: the values an expression takes at run time (the scan runs once per value).
+    "market_data": {
+        "transition.name": ("venue.{venue}",),
+        "link": (MARKET_WS_LINK, MARKET_REST_LINK),
+    },
     "position": {
-        "transition.name": subjects.position_venue_breaker("{venue}"),
-        "self.orders_durable": subjects.position_orders_consumer("{component}"),
+        "transition.name": (subjects.position_venue_breaker("{venue}"),),
+        "self.orders_durable": (subjects.position_orders_consumer("{component}"),),
     },
 }
 PERSISTED = tuple(pattern for spec in subjects.ALL_STREAMS for pattern in spec.subjects)
@@ -175,7 +187,23 @@ def service_uses(package: str, component: str, venue: str) -> list[Use]:
     parents: dict[ast.AST, ast.AST] = {}
     for tree in trees.values():
         parents.update(_parents(tree))
-    known = KNOWN_VALUES.get(package, {})
+    alternatives = KNOWN_VALUES.get(package, {})
+    variants = max((len(values) for values in alternatives.values()), default=1)
+    uses: list[Use] = []
+    for variant in range(variants):
+        known = {text: values[min(variant, len(values) - 1)] for text, values in alternatives.items()}
+        uses += _scan(trees, constants, parents, component, venue, known)
+    return uses
+
+
+def _scan(
+    trees: dict[Path, ast.Module],
+    constants: dict[str, ast.expr],
+    parents: dict[ast.AST, ast.AST],
+    component: str,
+    venue: str,
+    known: dict[str, str],
+) -> list[Use]:
     uses: list[Use] = []
     for path, tree in trees.items():
         where = str(path.relative_to(ROOT))
@@ -304,6 +332,11 @@ def test_grant_when_any_component_then_it_may_use_jetstream_and_replies() -> Non
 def test_grant_when_unknown_component_then_error() -> None:
     with pytest.raises(ValueError, match="no Bulwark component"):
         grant("intruder")
+
+
+def test_link_names_when_permissions_name_them_then_they_match_market_data() -> None:
+    assert MARKET_WS_LINK == market_data_adapters.MARKET_WS_LINK
+    assert MARKET_REST_LINK == market_data_adapters.MARKET_REST_LINK
 
 
 def test_lease_names_when_permissions_name_them_then_they_match_the_lease_library() -> None:
