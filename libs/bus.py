@@ -109,8 +109,17 @@ ConnectionListener = Callable[[bool], Awaitable[None] | None]
 class Bus:
     """One service's connection to NATS and JetStream."""
 
-    def __init__(self, component: str, logger: Logger | None = None) -> None:
+    def __init__(self, component: str, logger: Logger | None = None, *, replicas: int = 1) -> None:
+        """
+        Args:
+            component: who connects (the connection's name).
+            logger: where the bus logs.
+            replicas: replicas of the streams and key-value buckets this bus declares
+                (`BULWARK_STREAM_REPLICAS`): 1 on a single node, 3 in a cluster (R3) so that losing one
+                node loses neither the event log nor the persisted state.
+        """
         self.component = component
+        self.replicas = replicas
         self.log = logger or get_logger(component)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -208,10 +217,11 @@ class Bus:
                 name=self.component,
                 user=user or None,
                 password=password or None,
-                connect_timeout=connect_timeout_s,
+                # nats-py annotates these as int but takes seconds as float (as `nats.connect` passes them).
+                connect_timeout=connect_timeout_s,  # type: ignore[arg-type]
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 error_cb=on_error,
@@ -267,13 +277,17 @@ class Bus:
 
     # ------------------------------------------------------------------ declaration
 
-    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int = 1) -> None:
+    async def ensure_streams(
+        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None
+    ) -> None:
         """Create or update every stream so that it matches its spec (idempotent).
 
         Args:
             specs: The streams to declare.
-            replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing.
+            replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing
+                (default: the bus's `replicas`).
         """
+        replicas = self.replicas if replicas is None else replicas
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -295,15 +309,29 @@ class Bus:
                 await self.js.update_stream(config)
 
     async def kv(self, bucket: str = subjects.KV_STATE) -> KeyValue:
-        """The key-value bucket (created on first use, file storage, 5 revisions of history)."""
+        """The key-value bucket (created on first use, file storage, 5 revisions of history, the
+        bus's `replicas`; an existing bucket with fewer replicas is brought up to them)."""
         if bucket not in self._kv:
             try:
-                self._kv[bucket] = await self.js.key_value(bucket)
+                found = await self.js.key_value(bucket)
             except NotFoundError:
-                self._kv[bucket] = await self.js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE)
+                found = await self.js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE, replicas=self.replicas)
                 )
+            else:
+                await self._ensure_kv_replicas(bucket)
+            self._kv[bucket] = found
         return self._kv[bucket]
+
+    async def _ensure_kv_replicas(self, bucket: str) -> None:
+        """A bucket created before the deployment asked for more replicas (e.g. at R1) is scaled up:
+        otherwise the persisted trading state would live on one node of the cluster only."""
+        stream = f"KV_{bucket}"
+        info = await self.js.stream_info(stream)
+        current = info.config.num_replicas or 1
+        if current < self.replicas:
+            await self.js.update_stream(info.config.evolve(num_replicas=self.replicas))
+            self.log.info("kv_replicas_raised", bucket=bucket, previous=current, current=self.replicas)
 
     async def last_message(self, stream: str, subject: str, kind: type[M]) -> M | None:
         """The newest message stored on `subject` in `stream`, when it is a `kind` (else None)."""

@@ -129,7 +129,7 @@ async def run_service(
     bulwark_logging.configure(settings.log_level)
     log = get_logger(component)
     setup_tracing(component, settings.otel_exporter)
-    bus = Bus(component, log)
+    bus = Bus(component, log, replicas=settings.stream_replicas)
     ctx = ServiceContext(component=component, settings=settings, log=log, bus=bus)
 
     loop = asyncio.get_running_loop()
@@ -158,7 +158,7 @@ async def run_service(
     await bus.connect(settings.nats_url, user=settings.nats_user, password=settings.nats_password)
     phases["bus_connect_ms"] = ms_since(mark)
     mark = time.perf_counter()
-    await bus.ensure_streams(replicas=settings.stream_replicas)
+    await bus.ensure_streams()
     phases["ensure_streams_ms"] = ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:

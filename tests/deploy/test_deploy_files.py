@@ -827,6 +827,17 @@ def test_venue_sims_when_policies_applied_then_reachable_by_services(
         assert any(_selects(p["spec"]["podSelector"], labels) and p["spec"].get("ingress") for p in _policies(k8s_docs))
 
 
+def test_k8s_streams_when_clustered_then_streams_and_kv_at_three_replicas(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    (config,) = [cm for cm in _of_kind(k8s_docs, "ConfigMap") if cm["metadata"]["name"] == "bulwark-config"]
+    settings = Settings.from_env(config["data"])
+    assert settings.stream_replicas == 3 == workloads["nats"]["spec"]["replicas"]
+    for name in BUS_USERS:
+        (container,) = _bulwark_containers(workloads[name])
+        assert _k8s_env(container, k8s_docs)["BULWARK_STREAM_REPLICAS"] == "3", name
+
+
 def test_backup_venue_component_when_named_then_its_nats_user_trades_it() -> None:
     component = yaml.safe_load((BACKUP_VENUE_DIR / "kustomization.yaml").read_text())
     (patch,) = [p for p in component["patches"] if p["target"]["name"] == "bulwark-config"]
