@@ -110,7 +110,8 @@ class Bus:
     """One service's connection to NATS and JetStream."""
 
     def __init__(self, component: str, logger: Logger | None = None, *, replicas: int = 1) -> None:
-        """
+        """A bus of `component`, not connected yet.
+
         Args:
             component: who connects (the connection's name).
             logger: where the bus logs.

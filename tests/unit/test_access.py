@@ -13,6 +13,7 @@ import pytest
 
 from entrypoints import access, infra
 from entrypoints.launcher import LaunchConfig, bus_components, server_specs, write_supervisor_config
+from libs.bus import redact_url
 from libs.settings import Settings
 from proto import permissions, subjects
 
@@ -161,3 +162,8 @@ def test_write_private_when_file_existed_world_readable_then_0600(tmp_path: Path
     path.chmod(0o644)
     infra.write_private(path, "new")
     assert path.read_text() == "new" and _mode(path) == 0o600
+
+
+def test_redact_url_when_logged_then_passwords_hidden_users_kept() -> None:
+    assert redact_url("nats://risk:s3cret@h:4222,nats://h2:4222") == "nats://risk:***@h:4222,nats://h2:4222"
+    assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
