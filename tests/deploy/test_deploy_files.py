@@ -555,18 +555,23 @@ def test_nats_configs_when_loaded_by_nats_server_then_are_valid(
     (k8s_conf,) = [cm["data"]["nats.conf"] for cm in _of_kind(k8s_docs, "ConfigMap") if "nats.conf" in cm["data"]]
     # Compose interpolates the content: `$$` is a literal `$` by the time nats-server reads it.
     compose_conf = compose["configs"]["nats_conf"]["content"].replace("$$", "$")
+    passwords = dict.fromkeys(access.deployment_password_variables(), "pw")
     for name, conf in (("compose", compose_conf), ("k8s", k8s_conf)):
-        path = tmp_path / f"{name}.conf"
-        path.write_text(conf)
-        result = subprocess.run(
-            [_nats_server(), "-t", "-c", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ, "POD_NAME": "nats-0", **dict.fromkeys(access.deployment_password_variables(), "pw")},
-        )
+        result = _nats_config_check(tmp_path / f"{name}.conf", conf, passwords)
         assert result.returncode == 0, f"{name} nats.conf: {result.stdout}{result.stderr}"
+
+
+def _nats_config_check(path: Path, conf: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t` on `conf` in the environment of a NATS pod (`POD_NAME`) plus `env`."""
+    path.write_text(conf)
+    return subprocess.run(
+        [_nats_server(), "-t", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "POD_NAME": "nats-0", **env},
+    )
 
 
 def test_compose_ports_when_published_then_only_gateway_on_loopback(compose: dict[str, Any]) -> None:
@@ -709,16 +714,7 @@ def test_nats_configs_when_no_password_then_server_refuses_to_start(
     tmp_path: Path, k8s_docs: list[tuple[str, dict[str, Any]]]
 ) -> None:
     # The passwords come only from the Secret: a server without them does not start open to anyone.
-    path = tmp_path / "k8s.conf"
-    path.write_text(_k8s_nats_conf(k8s_docs))
-    result = subprocess.run(
-        [_nats_server(), "-t", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "POD_NAME": "nats-0"},
-    )
+    result = _nats_config_check(tmp_path / "k8s.conf", _k8s_nats_conf(k8s_docs), {})
     assert result.returncode != 0 and "NATS_PASSWORD_" in result.stderr
 
 
