@@ -96,6 +96,7 @@ def _gateway() -> Grant:
             subjects.SVC_RISK_RESUME,
             subjects.SVC_RISK_STATE,
             subjects.SVC_RISK_BREAKER_RESET,
+            subjects.SVC_RISK_VALIDATE_ORDER,
             subjects.SVC_STATE_BUILDER_BOOK,
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
@@ -197,6 +198,7 @@ def _position(component: str, venue: str) -> Grant:
             kv_subject(subjects.KV_STATE, subjects.key_link(venue, subjects.ORDER_LINK)),
             kv_subject(subjects.KV_STATE, subjects.key_breaker(subjects.position_venue_breaker(venue))),
             kv_subject(subjects.KV_STATE, subjects.key_protection(venue, ANY)),
+            kv_subject(subjects.KV_STATE, subjects.key_symbol_rules(venue, ANY)),
             kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
             kv_subject(subjects.KV_STATE, "ratelimit.>"),
             kv_subject(KV_LEASES, f"{LEASE_KEY_PREFIX}{component}"),
@@ -204,6 +206,8 @@ def _position(component: str, venue: str) -> Grant:
         subscribe=(
             *subscribe,
             subjects.svc_position_state(component),
+            # Its venue's refusals, to learn the venue's rules from them.
+            subjects.evt_order("rejected", venue, ANY),
             kv_subject(subjects.KV_STATE, "ratelimit.>"),
         ),
     )
