@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoints import venue_cli
+from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
     BACKUP_VENUE_PROGRAM,
@@ -246,6 +247,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         venue=venue,
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
+    warning = exposure_warning(config.host)
+    if not problem and warning:
+        _err(warning)
+        problem = exposure_problem(config.host, os.environ) or ""
     if problem:
         _err(f"bulwark up: {problem}")
         return 2
@@ -408,6 +413,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
     from libs import projections
     from libs.bus import Bus
+    from libs.errors import PermanentError
     from libs.settings import Settings
 
     settings = Settings.from_env()
@@ -415,10 +421,13 @@ def cmd_projections(args: argparse.Namespace) -> int:
     nats_url = args.nats_url or os.environ.get("BULWARK_NATS_URL") or running.get("nats_url") or settings.nats_url
     dsn = args.pg_dsn or os.environ.get("BULWARK_PG_DSN") or running.get("pg_dsn") or settings.pg_dsn
 
+    user, password = tool_bus_user(args.data_dir, settings)
+
     async def run() -> dict[str, Any]:
         bus = Bus("projections-cli")
         # The client retries an unreachable server forever by itself: bound the wait here.
-        await asyncio.wait_for(bus.connect(nats_url, initial_connect_timeout_s=10.0), 15.0)
+        connect = bus.connect(nats_url, initial_connect_timeout_s=10.0, user=user, password=password)
+        await asyncio.wait_for(connect, 15.0)
         try:
             if args.projections_command == "verify":
                 return await projections.verify(bus, dsn)
@@ -428,6 +437,9 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(run())
+    except PermanentError as exc:
+        _err(f"bulwark projections: {exc}; set BULWARK_NATS_USER and BULWARK_NATS_PASSWORD (docs/security.md)")
+        return 1
     except (OSError, TimeoutError) as exc:
         _err(
             f"bulwark projections: NATS or Postgres not reachable ({type(exc).__name__} {exc}); "

@@ -121,12 +121,29 @@ def valkey_server_binary() -> Path:
 # --------------------------------------------------------------------------- NATS
 
 
-def nats_spec(data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1") -> ServerSpec:
-    """nats-server with JetStream file storage that syncs every write (RPO 0 on one node)."""
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600 from creation: it may hold passwords)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
+def nats_spec(
+    data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1", authorization: str = ""
+) -> ServerSpec:
+    """nats-server with JetStream file storage that syncs every write (RPO 0 on one node).
+
+    Args:
+        authorization: the `authorization { users = [...] }` block (`entrypoints.access`); empty:
+            anyone may connect (only for a server no one else can reach).
+    """
     store = data_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     config = data_dir / "nats.conf"
-    config.write_text(
+    write_private(
+        config,
         "\n".join(
             [
                 f"listen: {host}:{port}",
@@ -138,9 +155,10 @@ def nats_spec(data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0
                 "  sync_interval: always",
                 "  max_file_store: 20GB",
                 "}",
+                authorization,
                 "",
             ]
-        )
+        ),
     )
 
     def ready() -> bool:
@@ -280,8 +298,15 @@ async def ensure_database(port: int, host: str = "127.0.0.1", database: str = PO
 # --------------------------------------------------------------------------- Valkey
 
 
-def valkey_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerSpec:
-    """Valkey with an append-only file, so idempotency keys survive a restart."""
+def valkey_spec(
+    data_dir: Path, port: int, host: str = "127.0.0.1", acl_file: Path | None = None, auth: tuple[str, str] = ("", "")
+) -> ServerSpec:
+    """Valkey with an append-only file, so idempotency keys survive a restart.
+
+    Args:
+        acl_file: its users (`entrypoints.access.write_valkey_acl`: the default user off); None: no ACL.
+        auth: (user, password) the readiness check authenticates as.
+    """
     folder = data_dir / "valkey"
     folder.mkdir(parents=True, exist_ok=True)
     command = [
@@ -301,16 +326,29 @@ def valkey_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerSpe
         "--protected-mode",
         "no",
     ]
+    if acl_file is not None:
+        command += ["--aclfile", str(acl_file)]
+    user, password = auth
 
     def ready() -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.5) as sock:
+                if user:
+                    sock.sendall(_resp_command("AUTH", user, password))
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
     return ServerSpec(name="valkey", command=command, port=port, ready=ready)
+
+
+def _resp_command(*parts: str) -> bytes:
+    """One command in the Redis protocol (RESP), safe for any bytes in a part."""
+    encoded = [part.encode() for part in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded)
 
 
 # --------------------------------------------------------------------------- waiting

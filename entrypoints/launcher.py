@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entrypoints import infra
+from entrypoints import access, infra
 from entrypoints.venue_profiles import VenueChoice, hold_halted, venue_env
 from libs import db
 from libs.bus import Bus
@@ -294,7 +294,14 @@ def program_instance_id(program: str) -> str:
     return f"{program}@{socket.gethostname()}"
 
 
-def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerSpec]) -> Path:
+def bus_components(config: LaunchConfig) -> tuple[str, ...]:
+    """The programs that connect to NATS, each as its own user (every service; not the simulators)."""
+    return tuple(name for name in application_programs(config) if name not in venue_programs(config))
+
+
+def write_supervisor_config(
+    config: LaunchConfig, specs: dict[str, infra.ServerSpec], bus_credentials: access.BusCredentials | None = None
+) -> Path:
     data = config.data_dir
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -331,6 +338,9 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
             # account's, taken from supervisord's environment so no secret is written to its config.
             environment["BULWARK_VENUE_API_KEY"] = "%(ENV_BULWARK_BACKUP_VENUE_API_KEY)s"
             environment["BULWARK_VENUE_API_SECRET"] = "%(ENV_BULWARK_BACKUP_VENUE_API_SECRET)s"
+        if bus_credentials is not None and name in bus_components(config):
+            # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
+            environment.update(bus_credentials.service_env(name))
         if environment:
             extra["environment"] = ",".join(f'{key}="{value}"' for key, value in environment.items())
         priority = 20 if name in venue_programs(config) else 30
@@ -343,8 +353,22 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
         sections.append(f"[group:venue]\nprograms={','.join(venue_programs(config))}\npriority=20\n")
     sections.append(f"[group:services]\nprograms={','.join(services)}\npriority=30\n")
     path = data / "supervisord.conf"
-    path.write_text("\n".join(sections))
+    infra.write_private(path, "\n".join(sections))
     return path
+
+
+def server_specs(config: LaunchConfig, bus_credentials: access.BusCredentials) -> dict[str, infra.ServerSpec]:
+    """nats-server with a user per service, Postgres, and Valkey with its ACL (nobody gets in without a password)."""
+    data = config.data_dir
+    valkey_admin = (access.VALKEY_ADMIN, bus_credentials.valkey[access.VALKEY_ADMIN])
+    authorization = access.nats_authorization(bus_credentials.nats, config.main_venue)
+    return {
+        "nats": infra.nats_spec(data, config.nats_port, config.nats_monitor_port, config.host, authorization),
+        "postgres": infra.postgres_spec(data, config.pg_port, config.host),
+        "valkey": infra.valkey_spec(
+            data, config.redis_port, config.host, access.write_valkey_acl(data, bus_credentials), valkey_admin
+        ),
+    }
 
 
 def supervisor_rpc(data_dir: Path) -> Any:
@@ -380,7 +404,7 @@ def _already_running(data_dir: Path) -> int | None:
     return pid
 
 
-async def _prepare_stores(config: LaunchConfig) -> None:
+async def _prepare_stores(config: LaunchConfig, bus_credentials: access.BusCredentials) -> None:
     await infra.ensure_database(config.pg_port, config.host)
     pool = await db.create_pool(infra.postgres_dsn(config.pg_port, config.host))
     try:
@@ -388,7 +412,13 @@ async def _prepare_stores(config: LaunchConfig) -> None:
     finally:
         await pool.close()
     bus = Bus("launcher", _log)
-    await bus.connect(f"nats://{config.host}:{config.nats_port}", initial_connect_timeout_s=30)
+    admin = access.ADMIN
+    await bus.connect(
+        f"nats://{config.host}:{config.nats_port}",
+        initial_connect_timeout_s=30,
+        user=admin,
+        password=bus_credentials.nats[admin],
+    )
     try:
         await bus.ensure_streams()
     finally:
@@ -425,15 +455,12 @@ class System:
             raise LaunchError(f"a Bulwark system is already running on {config.data_dir} (supervisord pid {running})")
         check_ports(config)
         try:
-            specs = {
-                "nats": infra.nats_spec(config.data_dir, config.nats_port, config.nats_monitor_port, config.host),
-                "postgres": infra.postgres_spec(config.data_dir, config.pg_port, config.host),
-                "valkey": infra.valkey_spec(config.data_dir, config.redis_port, config.host),
-            }
-        except (infra.InfraError, OSError, subprocess.CalledProcessError) as exc:
+            bus_credentials = access.load_bus_credentials(config.data_dir, bus_components(config))
+            specs = server_specs(config, bus_credentials)
+        except (infra.InfraError, access.AccessError, OSError, subprocess.CalledProcessError) as exc:
             raise LaunchError(str(exc)) from exc
         self.credentials = load_credentials(config.data_dir)
-        conf = write_supervisor_config(config, specs)
+        conf = write_supervisor_config(config, specs, bus_credentials)
         env = {**os.environ, **service_env(config, self.credentials)}
         supervisord = Path(sys.executable).parent / "supervisord"
         command = [str(supervisord)] if supervisord.exists() else [sys.executable, "-m", "supervisor.supervisord"]
@@ -456,9 +483,11 @@ class System:
                 self.stop()
                 raise LaunchError(f"{exc}\n--- {log} ---\n{tail}") from exc
             self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
-        asyncio.run(_prepare_stores(config))
+        asyncio.run(_prepare_stores(config, bus_credentials))
         if config.venue.starts_halted:
-            asyncio.run(hold_halted(f"nats://{config.host}:{config.nats_port}"))
+            admin = access.ADMIN
+            nats_url = f"nats://{config.host}:{config.nats_port}"
+            asyncio.run(hold_halted(nats_url, user=admin, password=bus_credentials.nats[admin]))
         rpc = self.rpc()
         if venue_programs(config):
             rpc.supervisor.startProcessGroup("venue", False)

@@ -206,10 +206,17 @@ def venue_env(choice: VenueChoice) -> dict[str, str]:
     return env
 
 
-async def hold_halted(nats_url: str, reason: str = MAINNET_HALT_REASON) -> None:
-    """Persist trading HALTED (KV `trading_state`, read by risk at its start) before any service runs."""
+async def hold_halted(nats_url: str, reason: str = MAINNET_HALT_REASON, *, user: str = "", password: str = "") -> None:
+    """Persist trading HALTED (KV `trading_state`, read by risk at its start) before any service runs.
+
+    Args:
+        nats_url: the system's NATS.
+        reason: why trading is held.
+        user: the NATS user to connect as (the launcher's admin user when the bus has users).
+        password: that user's password.
+    """
     bus = Bus(LAUNCHER_OPERATOR, get_logger(LAUNCHER_OPERATOR))
-    await bus.connect(nats_url, initial_connect_timeout_s=30)
+    await bus.connect(nats_url, initial_connect_timeout_s=30, user=user, password=password)
     try:
         value = TradingStateValue(
             state=TradingState.HALTED, reason=reason, operator=LAUNCHER_OPERATOR, ts_ns=time.time_ns()

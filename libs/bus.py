@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import AuthorizationError as NatsAuthorizationError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -105,8 +105,18 @@ ConnectionListener = Callable[[bool], Awaitable[None] | None]
 class Bus:
     """One service's connection to NATS and JetStream."""
 
-    def __init__(self, component: str, logger: Logger | None = None) -> None:
+    def __init__(self, component: str, logger: Logger | None = None, *, replicas: int = 1) -> None:
+        """A bus of `component`, not connected yet.
+
+        Args:
+            component: who connects (the connection's name).
+            logger: where the bus logs.
+            replicas: replicas of the streams and key-value buckets this bus declares
+                (`BULWARK_STREAM_REPLICAS`): 1 on a single node, 3 in a cluster (R3) so that losing one
+                node loses neither the event log nor the persisted state.
+        """
         self.component = component
+        self.replicas = replicas
         self.log = logger or get_logger(component)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -122,14 +132,31 @@ class Bus:
         """Buffered messages dropped (oldest first) because the outbox was full, since start."""
         self._dropped_unreported = 0
         self._flush_task: asyncio.Task[None] | None = None
+        self._credentials = ("", "")
 
     # ------------------------------------------------------------------ connection
 
     async def connect(
-        self, servers: str, *, connect_timeout_s: float = 2.0, initial_connect_timeout_s: float = 300.0
+        self,
+        servers: str,
+        *,
+        connect_timeout_s: float = 2.0,
+        initial_connect_timeout_s: float = 300.0,
+        user: str = "",
+        password: str = "",
     ) -> None:
         """Connect (retrying the first connection for up to `initial_connect_timeout_s`), then
-        keep reconnecting forever."""
+        keep reconnecting forever.
+
+        Args:
+            servers: URL(s), comma separated; a URL may carry `user:password@` itself.
+            user: the NATS user (`proto.permissions`: one per component); empty: from the URL, or none.
+            password: its password.
+
+        Raises:
+            PermanentError: the server refused the credentials (or their absence): retrying cannot help.
+        """
+        self._credentials = (user, password)
 
         async def on_disconnected() -> None:
             if self.connected:
@@ -146,10 +173,15 @@ class Bus:
             self._schedule_flush()
             await self._notify(True)
 
-        async def on_error(exc: Exception) -> None:
-            self.log.warning("bus_error", error=str(exc))
-
         server_list = [s.strip() for s in servers.split(",") if s.strip()]
+        connecting = True
+
+        async def on_error(exc: Exception) -> None:
+            self.log.warning("bus_error", error=str(exc) or type(exc).__name__)
+            if connecting and _refused_credentials(exc):
+                # The client would try again forever; credentials do not get better by waiting.
+                raise PermanentError(f"NATS refused the connection of user {user or '(none)'!r}") from exc
+
         async for attempt in recoverable_until_reachable(
             (OSError, NatsError, asyncio.TimeoutError),
             initial_connect_timeout_s,
@@ -161,9 +193,10 @@ class Bus:
                 self._nc = await self._connect_once(
                     server_list, connect_timeout_s, on_disconnected, on_reconnected, on_error
                 )
+        connecting = False
         self._js = self.nc.jetstream(timeout=5.0)
         self.connected = True
-        self.log.info("bus_connected", servers=servers)
+        self.log.info("bus_connected", servers=redact_url(servers), user=user or None)
 
     async def _connect_once(
         self,
@@ -173,18 +206,30 @@ class Bus:
         on_reconnected: Callable[[], Awaitable[None]],
         on_error: Callable[[Exception], Awaitable[None]],
     ) -> NatsClient:
-        return await nats.connect(
-            servers=server_list,
-            name=self.component,
-            connect_timeout=connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-            error_cb=on_error,
-            pending_size=8 * 1024 * 1024,
-        )
+        user, password = self._credentials
+        client = NatsClient()
+        try:
+            await client.connect(
+                servers=server_list,
+                name=self.component,
+                user=user or None,
+                password=password or None,
+                # nats-py annotates these as int but takes seconds as float (as `nats.connect` passes them).
+                connect_timeout=connect_timeout_s,  # type: ignore[arg-type]
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                error_cb=on_error,
+                pending_size=8 * 1024 * 1024,
+            )
+        except BaseException:
+            # A refused or abandoned attempt must not leave its socket open.
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
+        return client
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         """Call `listener(connected)` whenever the bus connection goes down or comes back."""
@@ -229,13 +274,17 @@ class Bus:
 
     # ------------------------------------------------------------------ declaration
 
-    async def ensure_streams(self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int = 1) -> None:
+    async def ensure_streams(
+        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None
+    ) -> None:
         """Create or update every stream so that it matches its spec (idempotent).
 
         Args:
             specs: The streams to declare.
-            replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing.
+            replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing
+                (default: the bus's `replicas`).
         """
+        replicas = self.replicas if replicas is None else replicas
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -257,15 +306,29 @@ class Bus:
                 await self.js.update_stream(config)
 
     async def kv(self, bucket: str = subjects.KV_STATE) -> KeyValue:
-        """The key-value bucket (created on first use, file storage, 5 revisions of history)."""
+        """The key-value bucket (created on first use, file storage, 5 revisions of history, the
+        bus's `replicas`; an existing bucket with fewer replicas is brought up to them)."""
         if bucket not in self._kv:
             try:
-                self._kv[bucket] = await self.js.key_value(bucket)
+                found = await self.js.key_value(bucket)
             except NotFoundError:
-                self._kv[bucket] = await self.js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE)
+                found = await self.js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=5, storage=StorageType.FILE, replicas=self.replicas)
                 )
+            else:
+                await self._ensure_kv_replicas(bucket)
+            self._kv[bucket] = found
         return self._kv[bucket]
+
+    async def _ensure_kv_replicas(self, bucket: str) -> None:
+        """A bucket created before the deployment asked for more replicas (e.g. at R1) is scaled up:
+        otherwise the persisted trading state would live on one node of the cluster only."""
+        stream = f"KV_{bucket}"
+        info = await self.js.stream_info(stream)
+        current = info.config.num_replicas or 1
+        if current < self.replicas:
+            await self.js.update_stream(info.config.evolve(num_replicas=self.replicas))
+            self.log.info("kv_replicas_raised", bucket=bucket, previous=current, current=self.replicas)
 
     async def last_message(self, stream: str, subject: str, kind: type[M]) -> M | None:
         """The newest message stored on `subject` in `stream`, when it is a `kind` (else None)."""
@@ -731,6 +794,25 @@ class Bus:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
         msg = await self.nc.request(subject, payload, timeout=timeout_s)
         return msg.data
+
+
+def redact_url(urls: str) -> str:
+    """`urls` with every password replaced by `***` (for logs)."""
+    return ",".join(_redact_one(url.strip()) for url in urls.split(","))
+
+
+def _redact_one(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not separator or not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """The server refused who we are (no, wrong or unknown credentials), not a network error."""
+    return isinstance(exc, NatsAuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 def consumer_filters(config: ConsumerConfig) -> tuple[str, ...]:

@@ -43,6 +43,12 @@ class Settings:
     nats_url: str = _doc("nats://127.0.0.1:4222", "NATS server URL(s), comma separated")
     pg_dsn: str = _doc("postgresql://bulwark@127.0.0.1:5432/bulwark", "Postgres DSN")
     redis_url: str = _doc("redis://127.0.0.1:6379/0", "Valkey/Redis URL for idempotency keys")
+    nats_user: str = _doc(
+        "", "NATS user of this process, named after its component (docs/security.md); empty: connect without one"
+    )
+    nats_password: str = _doc("", "password of BULWARK_NATS_USER (never logged)")
+    valkey_user: str = _doc("", "Valkey ACL user of this process (docs/security.md); empty: the default user")
+    valkey_password: str = _doc("", "password of BULWARK_VALKEY_USER (never logged)")
     venue: str = _doc("binance-usdm", "venue name used in subjects")
     venue_market: str = _doc(
         "usdm",
@@ -179,7 +185,9 @@ class Settings:
     )
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR")
     otel_exporter: str = _doc("none", "OpenTelemetry span exporter: none or console")
-    stream_replicas: int = _doc(1, "JetStream stream replicas (3 in a clustered deployment)")
+    stream_replicas: int = _doc(
+        1, "JetStream stream and key-value bucket replicas (3 in a clustered deployment, k8s/configmap.yaml)"
+    )
     alive_file: str = _doc("", "file touched on every heartbeat, for exec liveness probes (off when empty)")
     instance_id: str = _doc("", "distinguishes replicas of one component (default: host-pid)")
 

@@ -13,7 +13,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entrypoints import infra
+from entrypoints import access, infra
+from proto.permissions import ADMIN
+
+BUS_USERS: tuple[str, ...] = tuple(user for user in access.deployment_users() if user != ADMIN)
+"""The components a test system has NATS users for (besides the admin user tests connect as)."""
 
 
 @dataclass
@@ -80,10 +84,22 @@ class EmbeddedInfra:
     pg_port: int = 0
     redis_port: int = 0
     servers: dict[str, RunningServer] = field(default_factory=dict)
+    users: tuple[str, ...] = BUS_USERS
+    """Components with a NATS user, as under `bulwark up` (NATS and Valkey refuse anyone else)."""
+
+    _credentials: access.BusCredentials | None = field(default=None, repr=False)
+
+    @property
+    def credentials(self) -> access.BusCredentials:
+        """The users and passwords of this infrastructure (generated once into the data dir)."""
+        if self._credentials is None:
+            self._credentials = access.load_bus_credentials(self.data_dir, self.users)
+        return self._credentials
 
     @property
     def nats_url(self) -> str:
-        return f"nats://{self.host}:{self.nats_port}"
+        """The URL with the admin user's credentials (tests act as any part of the system)."""
+        return self.credentials.nats_url(self.host, self.nats_port)
 
     @property
     def pg_dsn(self) -> str:
@@ -91,24 +107,40 @@ class EmbeddedInfra:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        """The URL with the Valkey admin user's credentials."""
+        return self.credentials.redis_url(self.host, self.redis_port)
 
     def env(self) -> dict[str, str]:
-        """The `BULWARK_*` variables that point a service at this infrastructure."""
+        """The `BULWARK_*` variables that point a service at this infrastructure (as the admin user)."""
         return {
             "BULWARK_NATS_URL": self.nats_url,
             "BULWARK_PG_DSN": self.pg_dsn,
             "BULWARK_REDIS_URL": self.redis_url,
         }
 
+    def service_env(self, component: str) -> dict[str, str]:
+        """`env()` for one component connecting as its own users, exactly as under `bulwark up`."""
+        return {
+            "BULWARK_NATS_URL": f"nats://{self.host}:{self.nats_port}",
+            "BULWARK_PG_DSN": self.pg_dsn,
+            "BULWARK_REDIS_URL": f"redis://{self.host}:{self.redis_port}/0",
+            **self.credentials.service_env(component),
+        }
+
     def spec(self, name: str) -> infra.ServerSpec:
         match name:
             case "nats":
-                return infra.nats_spec(self.data_dir, self.nats_port, self.nats_monitor_port, self.host)
+                authorization = access.nats_authorization(self.credentials.nats)
+                return infra.nats_spec(
+                    self.data_dir, self.nats_port, self.nats_monitor_port, self.host, authorization=authorization
+                )
             case "postgres":
                 return infra.postgres_spec(self.data_dir, self.pg_port, self.host)
             case "valkey":
-                return infra.valkey_spec(self.data_dir, self.redis_port, self.host)
+                credentials = self.credentials
+                acl_file = access.write_valkey_acl(self.data_dir, credentials)
+                admin = (access.VALKEY_ADMIN, credentials.valkey[access.VALKEY_ADMIN])
+                return infra.valkey_spec(self.data_dir, self.redis_port, self.host, acl_file=acl_file, auth=admin)
         raise ValueError(f"unknown server {name!r}")
 
     def start(self, names: tuple[str, ...] = ("nats", "postgres", "valkey")) -> EmbeddedInfra:

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from entrypoints.access import ADMIN, load_bus_credentials
 from entrypoints.infra import free_port
 from entrypoints.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
 from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK, POSITION
@@ -53,8 +54,9 @@ class RunningSystem:
     operator_token: str
     viewer_token: str
     log_path: Path
-    nats_url: str = ""
-    """The system's NATS, for tests that play a part of the system (e.g. a strategy's signals)."""
+    nats_url: str = field(default="", repr=False)
+    """The system's NATS with the admin user's credentials, for tests that play a part of the
+    system (e.g. a strategy's signals)."""
     backup_venue: str = ""
     """The backup venue simulator's URL (`bulwark up --backup-venue`), empty without one."""
     backup_venue_name: str = ""
@@ -225,7 +227,7 @@ def start_system(
         operator_token=creds["operator_token"],
         viewer_token=creds["viewer_token"],
         log_path=log_path,
-        nats_url=f"nats://127.0.0.1:{ports['nats']}",
+        nats_url=load_bus_credentials(data_dir, ()).nats_url("127.0.0.1", ports["nats"], ADMIN),
         backup_venue=endpoints.get("backup_venue", ""),
         backup_venue_name=endpoints.get("backup_venue_name", ""),
     )

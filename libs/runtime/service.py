@@ -129,7 +129,7 @@ async def run_service(
     bulwark_logging.configure(settings.log_level)
     log = get_logger(component)
     setup_tracing(component, settings.otel_exporter)
-    bus = Bus(component, log)
+    bus = Bus(component, log, replicas=settings.stream_replicas)
     ctx = ServiceContext(component=component, settings=settings, log=log, bus=bus)
 
     loop = asyncio.get_running_loop()
@@ -155,10 +155,10 @@ async def run_service(
     bus.add_connection_listener(on_bus_connection)
     phases = ctx.startup_phases
     mark = time.perf_counter()
-    await bus.connect(settings.nats_url)
+    await bus.connect(settings.nats_url, user=settings.nats_user, password=settings.nats_password)
     phases["bus_connect_ms"] = ms_since(mark)
     mark = time.perf_counter()
-    await bus.ensure_streams(replicas=settings.stream_replicas)
+    await bus.ensure_streams()
     phases["ensure_streams_ms"] = ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:
@@ -166,7 +166,9 @@ async def run_service(
         ctx.pool = await _connect_pool(ctx)
         phases["db_connect_ms"] = ms_since(mark)
     if needs_cache:
-        ctx.cache = cache.create_client(settings.redis_url)
+        ctx.cache = cache.create_client(
+            settings.redis_url, username=settings.valkey_user, password=settings.valkey_password
+        )
     setup_started = time.perf_counter()
     try:
         # Set-up may wait on dependencies (venue reconciliation, a first snapshot): a stop request

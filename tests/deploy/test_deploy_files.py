@@ -26,7 +26,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from entrypoints import access
 from libs.settings import Settings
+from proto import permissions
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "k8s"
@@ -77,6 +79,8 @@ SECRET_VARS = {
     "BULWARK_ADMIN_TOKEN",
     "BULWARK_OPERATOR_TOKEN",
     "BULWARK_VIEWER_TOKEN",
+    "BULWARK_NATS_PASSWORD",
+    "BULWARK_VALKEY_PASSWORD",
 }
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 ALIVE_PROBE = re.compile(r"^python -m libs\.probe --file (\S+) --max-age-s \d+(\.\d+)?$")
@@ -402,7 +406,8 @@ def _k8s_env(container: dict[str, Any], docs: list[tuple[str, dict[str, Any]]]) 
     configmaps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in _of_kind(docs, "ConfigMap")}
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        env.update(configmaps[source["configMapRef"]["name"]])
+        if "configMapRef" in source:
+            env.update(configmaps[source["configMapRef"]["name"]])
     for var in container.get("env", []):
         env[var["name"]] = var.get("value", "<from valueFrom>")
     return env
@@ -449,7 +454,10 @@ def test_k8s_secret_settings_when_set_then_come_from_existing_secret_keys(
     for name, workload in workloads.items():
         for container in workload["spec"]["template"]["spec"]["containers"]:
             for source in container.get("envFrom", []):
-                if source["configMapRef"]["name"] not in configmaps:
+                if "secretRef" in source:
+                    if source["secretRef"]["name"] not in secrets:
+                        problems.append(f"{name}: envFrom unknown Secret {source['secretRef']['name']}")
+                elif source["configMapRef"]["name"] not in configmaps:
                     problems.append(f"{name}: envFrom unknown ConfigMap {source['configMapRef']['name']}")
             for var in container.get("env", []):
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
@@ -545,18 +553,25 @@ def test_nats_configs_when_loaded_by_nats_server_then_are_valid(
     tmp_path: Path, k8s_docs: list[tuple[str, dict[str, Any]]], compose: dict[str, Any]
 ) -> None:
     (k8s_conf,) = [cm["data"]["nats.conf"] for cm in _of_kind(k8s_docs, "ConfigMap") if "nats.conf" in cm["data"]]
-    for name, conf in (("compose", compose["configs"]["nats_conf"]["content"]), ("k8s", k8s_conf)):
-        path = tmp_path / f"{name}.conf"
-        path.write_text(conf)
-        result = subprocess.run(
-            [_nats_server(), "-t", "-c", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ, "POD_NAME": "nats-0"},
-        )
+    # Compose interpolates the content: `$$` is a literal `$` by the time nats-server reads it.
+    compose_conf = compose["configs"]["nats_conf"]["content"].replace("$$", "$")
+    passwords = dict.fromkeys(access.deployment_password_variables(), "pw")
+    for name, conf in (("compose", compose_conf), ("k8s", k8s_conf)):
+        result = _nats_config_check(tmp_path / f"{name}.conf", conf, passwords)
         assert result.returncode == 0, f"{name} nats.conf: {result.stdout}{result.stderr}"
+
+
+def _nats_config_check(path: Path, conf: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t` on `conf` in the environment of a NATS pod (`POD_NAME`) plus `env`."""
+    path.write_text(conf)
+    return subprocess.run(
+        [_nats_server(), "-t", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "POD_NAME": "nats-0", **env},
+    )
 
 
 def test_compose_ports_when_published_then_only_gateway_on_loopback(compose: dict[str, Any]) -> None:
@@ -654,3 +669,173 @@ def test_probe_when_url_answers_503_then_exits_1_with_status(health_server: str)
     result = _probe("--url", f"{health_server}/health/ready")
     assert result.returncode == 1
     assert "503" in result.stderr
+
+
+# --------------------------------------------------------------------------- bus users, network, replicas
+
+BUS_USERS = {
+    # workload / compose service -> its NATS user (the component it runs)
+    "gateway": "gateway",
+    "market-data": "market-data",
+    "state-builder": "state-builder",
+    "strategy-cascade-fade": "strategy-cascade-fade",
+    "strategy-trend": "strategy-trend",
+    "risk": "risk",
+    "position": "position",
+    "watchdog": "watchdog",
+    "position-backup": f"position-{access.DEPLOYMENT_BACKUP_VENUE}",
+}
+
+
+def _k8s_nats_conf(k8s_docs: list[tuple[str, dict[str, Any]]]) -> str:
+    (conf,) = [cm["data"]["nats.conf"] for cm in _of_kind(k8s_docs, "ConfigMap") if "nats.conf" in cm["data"]]
+    return str(conf)
+
+
+def _secret_ref(container: dict[str, Any], variable: str) -> tuple[str, str] | None:
+    for var in container.get("env", []):
+        if var["name"] == variable:
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref else None
+    return None
+
+
+def test_nats_users_when_deployed_then_exactly_the_permission_table(
+    k8s_docs: list[tuple[str, dict[str, Any]]], compose: dict[str, Any]
+) -> None:
+    # The users block is generated from proto.permissions: an edit of either without the other fails here.
+    expected = access.deployment_authorization()
+    assert expected in _k8s_nats_conf(k8s_docs)
+    assert expected.replace("$", "$$") in compose["configs"]["nats_conf"]["content"]
+    assert set(BUS_USERS.values()) | {permissions.ADMIN} == set(access.deployment_users())
+
+
+def test_nats_configs_when_no_password_then_server_refuses_to_start(
+    tmp_path: Path, k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    # The passwords come only from the Secret: a server without them does not start open to anyone.
+    result = _nats_config_check(tmp_path / "k8s.conf", _k8s_nats_conf(k8s_docs), {})
+    assert result.returncode != 0 and "NATS_PASSWORD_" in result.stderr
+
+
+@pytest.mark.parametrize("workload", sorted(BUS_USERS))
+def test_k8s_service_when_deployed_then_connects_as_its_own_nats_user(
+    workload: str, workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    (container,) = _bulwark_containers(workloads[workload])
+    user = BUS_USERS[workload]
+    assert _k8s_env(container, k8s_docs)["BULWARK_NATS_USER"] == user
+    assert _secret_ref(container, "BULWARK_NATS_PASSWORD") == ("bulwark-bus", access.password_variable(user))
+    valkey = _secret_ref(container, "BULWARK_VALKEY_PASSWORD")
+    assert valkey == (("bulwark-bus", access.password_variable(user, "VALKEY")) if user == "gateway" else None)
+
+
+@pytest.mark.parametrize("service", sorted(BUS_USERS))
+def test_compose_service_when_started_then_connects_as_its_own_nats_user(service: str, compose: dict[str, Any]) -> None:
+    env = compose["services"][service]["environment"]
+    user = BUS_USERS[service]
+    assert env["BULWARK_NATS_USER"] == user
+    # Required, no default: compose refuses to start without the password rather than use a known one.
+    assert env["BULWARK_NATS_PASSWORD"].startswith("${" + access.password_variable(user) + ":?")
+    nats_env = compose["services"]["nats"]["environment"]
+    assert nats_env[access.password_variable(user)].startswith("${" + access.password_variable(user) + ":?")
+
+
+def test_k8s_bus_secret_when_templated_then_has_every_password_and_nothing_else(
+    k8s_docs: list[tuple[str, dict[str, Any]]],
+) -> None:
+    (secret,) = [s for s in _of_kind(k8s_docs, "Secret") if s["metadata"]["name"] == "bulwark-bus"]
+    assert set(secret["stringData"]) == set(access.deployment_password_variables())
+
+
+def test_valkey_when_deployed_then_default_user_off_and_passwords_from_secret(
+    workloads: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    (container,) = workloads["valkey"]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("default") - 1 : args.index("default") + 2] == ["--user", "default", "off"]
+    for user in ("gateway", permissions.ADMIN):
+        variable = access.password_variable(user, "VALKEY")
+        assert f">$({variable})" in args
+        assert _secret_ref(container, variable) == ("bulwark-bus", variable)
+    assert "--user bulwark-admin" in " ".join(container["readinessProbe"]["exec"]["command"])
+    command = compose["services"]["valkey"]["command"]
+    assert command[command.index("default") - 1 : command.index("default") + 2] == ["--user", "default", "off"]
+    assert any(part.startswith(">${VALKEY_PASSWORD_GATEWAY:?") for part in command)
+
+
+def _policies(k8s_docs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return _of_kind(k8s_docs, "NetworkPolicy")
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector:
+        return True
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        if expression["operator"] == "In" and value not in expression["values"]:
+            return False
+    return True
+
+
+def test_network_policies_when_applied_then_only_gateway_reachable_from_outside_namespace(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    policies = _policies(k8s_docs)
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"], "no default deny of ingress"
+    reachable: dict[str, list[str]] = {}
+    for name, workload in workloads.items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        for policy in policies:
+            if not _selects(policy["spec"]["podSelector"], labels):
+                continue
+            for rule in policy["spec"].get("ingress", []):
+                sources = rule.get("from")
+                # No `from`, a namespaceSelector or an ipBlock: reachable from beyond this namespace.
+                if not sources or any("namespaceSelector" in s or "ipBlock" in s for s in sources):
+                    reachable.setdefault(name, []).append(policy["metadata"]["name"])
+    assert set(reachable) == {"gateway"}, f"reachable from outside the namespace: {reachable}"
+
+
+@pytest.mark.parametrize(("workload", "port"), [("nats", "client"), ("postgres", "postgres"), ("valkey", "valkey")])
+def test_network_policies_when_applied_then_infrastructure_reachable_from_namespace_pods(
+    workload: str, port: str, workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    labels = workloads[workload]["spec"]["template"]["metadata"]["labels"]
+    allowed = [
+        rule
+        for policy in _policies(k8s_docs)
+        if _selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get("ingress", [])
+        if rule.get("from") == [{"podSelector": {}}] and {"protocol": "TCP", "port": port} in rule.get("ports", [])
+    ]
+    assert allowed, f"{workload}: no rule lets this namespace's pods reach port {port}"
+
+
+def test_venue_sims_when_policies_applied_then_reachable_by_services(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    for name in ("venue-sim", "venue-sim-backup"):
+        labels = workloads[name]["spec"]["template"]["metadata"]["labels"]
+        assert any(_selects(p["spec"]["podSelector"], labels) and p["spec"].get("ingress") for p in _policies(k8s_docs))
+
+
+def test_k8s_streams_when_clustered_then_streams_and_kv_at_three_replicas(
+    workloads: dict[str, dict[str, Any]], k8s_docs: list[tuple[str, dict[str, Any]]]
+) -> None:
+    (config,) = [cm for cm in _of_kind(k8s_docs, "ConfigMap") if cm["metadata"]["name"] == "bulwark-config"]
+    settings = Settings.from_env(config["data"])
+    assert settings.stream_replicas == 3 == workloads["nats"]["spec"]["replicas"]
+    for name in BUS_USERS:
+        (container,) = _bulwark_containers(workloads[name])
+        assert _k8s_env(container, k8s_docs)["BULWARK_STREAM_REPLICAS"] == "3", name
+
+
+def test_backup_venue_component_when_named_then_its_nats_user_trades_it() -> None:
+    component = yaml.safe_load((BACKUP_VENUE_DIR / "kustomization.yaml").read_text())
+    (patch,) = [p for p in component["patches"] if p["target"]["name"] == "bulwark-config"]
+    values = {op["path"]: op["value"] for op in yaml.safe_load(patch["patch"])}
+    assert values["/data/BULWARK_BACKUP_VENUE"] == access.DEPLOYMENT_BACKUP_VENUE

@@ -1,0 +1,330 @@
+"""Who may publish and subscribe to what on the bus: one NATS user per component, least privilege.
+
+Every process connects as the user named after its component (`risk`, `position-<venue>`,
+`strategy-<name>`, ...) and may only publish the subjects it owns and subscribe (core NATS) to the
+subjects it listens to, all built from `proto.subjects`. Market-data cannot publish orders, the
+gateway cannot publish market data, only risk answers `svc.risk.*`, only a venue's position
+process publishes that venue's fills and positions.
+
+What every user needs besides its domain subjects: the JetStream API (`$JS.API.>`: streams,
+consumers, KV reads; stream deletes and purges are denied), acknowledgements and flow control of
+its consumers (`$JS.ACK.>`, `$JS.FC.>`), its own heartbeat, alerts, dead letters of its own
+durable consumers, replies (`_INBOX.>` to subscribe; answers to requests it received are allowed
+by `allow_responses`). Reading a persisted stream through a JetStream consumer is open to every
+user (read-only); writing to it is not.
+
+`ADMIN` (the launcher, operator tools, the test harness) may do anything except delete or purge a
+stream. `tests/unit/test_bus_permissions.py` checks this table against the subjects the services'
+code actually uses, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proto import subjects
+
+ADMIN = "bulwark-admin"
+"""The user of the launcher, `bulwark projections` and test harnesses: every subject."""
+KV_LEASES = "bulwark-leases"
+"""The single-writer lease bucket (`libs.lease.LEASE_BUCKET`)."""
+LEASE_KEY_PREFIX = "lease."
+"""A lease's key in `KV_LEASES` is this and its name (`libs.lease.lease_key`)."""
+
+JETSTREAM_API = "$JS.API.>"
+JETSTREAM_ACK = "$JS.ACK.>"
+JETSTREAM_FLOW_CONTROL = "$JS.FC.>"
+INBOX = "_INBOX.>"
+JETSTREAM_DESTRUCTIVE: tuple[str, ...] = (
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+)
+"""Nobody's code deletes or purges a stream: the log is the source of truth (SPEC FM-C3)."""
+
+MARKET_WS_LINK = subjects.MARKET_WS_LINK
+MARKET_REST_LINK = "market-rest"
+"""market-data's REST link to its venue (`services.market_data.adapters.MARKET_REST_LINK`)."""
+MARKET_LINKS: tuple[str, ...] = (MARKET_WS_LINK, MARKET_REST_LINK)
+"""The links market-data publishes the state of (`evt.link.<venue>.<link>`, KV `link.<venue>.<link>`)."""
+ALERTS: tuple[str, ...] = (subjects.EVT_ALERT_RAISED, subjects.EVT_ALERT_RESOLVED)
+ANY = "*"
+
+
+def kv_subject(bucket: str, key: str = ">") -> str:
+    """The subject a write (put, create, update, delete) of `key` in `bucket` is published on."""
+    return f"$KV.{bucket}.{key}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one user may do. Subjects may carry NATS wildcards (`*` one token, `>` the rest)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = JETSTREAM_DESTRUCTIVE
+
+
+def _position_venue(component: str, main_venue: str) -> str:
+    return main_venue if component == subjects.POSITION else component.removeprefix(f"{subjects.POSITION}-")
+
+
+def _common(component: str, durables: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(publish, subscribe) every component needs: JetStream, its heartbeat, alerts, its dead letters."""
+    publish = (
+        JETSTREAM_API,
+        JETSTREAM_ACK,
+        JETSTREAM_FLOW_CONTROL,
+        subjects.heartbeat(component),
+        *ALERTS,
+        *(subjects.dlq(durable) for durable in durables),
+    )
+    return publish, (INBOX,)
+
+
+def _gateway() -> Grant:
+    publish, subscribe = _common(subjects.GATEWAY)
+    return Grant(
+        publish=(
+            *publish,
+            subjects.CMD_ORDER_SUBMIT,
+            subjects.CMD_ORDER_CANCEL,
+            subjects.cmd_strategy(ANY, ANY),
+            subjects.evt_operator(ANY),
+            subjects.EVT_DEGRADATION,
+            subjects.SVC_RISK_HALT,
+            subjects.SVC_RISK_RESUME,
+            subjects.SVC_RISK_STATE,
+            subjects.SVC_RISK_BREAKER_RESET,
+            subjects.SVC_RISK_VALIDATE_ORDER,
+            subjects.SVC_STATE_BUILDER_BOOK,
+            subjects.SVC_STATE_BUILDER_SYMBOLS,
+            kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
+        ),
+        # The live event stream (SSE) and order outcomes follow every event; heartbeats give components.
+        subscribe=(*subscribe, subjects.EVT_ALL, subjects.HEARTBEAT_ALL),
+    )
+
+
+def _market_data() -> Grant:
+    publish, subscribe = _common(subjects.MARKET_DATA)
+    return Grant(
+        publish=(
+            *publish,
+            # A spot link publishes under its own venue name (`binance-spot`): every venue token.
+            subjects.MD_ALL,
+            *(subjects.evt_link(ANY, link) for link in MARKET_LINKS),
+            subjects.evt_breaker("venue.>"),
+            subjects.SVC_RISK_HALT,
+            *(kv_subject(subjects.KV_STATE, subjects.key_link(ANY, link)) for link in MARKET_LINKS),
+            kv_subject(subjects.KV_STATE, subjects.key_breaker("venue.>")),
+            kv_subject(subjects.KV_STATE, "ratelimit.>"),
+        ),
+        subscribe=(*subscribe, subjects.SVC_MARKET_DATA_RESYNC, kv_subject(subjects.KV_STATE, "ratelimit.>")),
+    )
+
+
+def _state_builder() -> Grant:
+    publish, subscribe = _common(subjects.STATE_BUILDER, (subjects.STATE_BUILDER_MARKET_DATA_CONSUMER,))
+    return Grant(
+        publish=(
+            *publish,
+            subjects.evt_hot_state(ANY),
+            subjects.SVC_MARKET_DATA_RESYNC,
+            kv_subject(subjects.KV_STATE, subjects.key_hot_state(ANY)),
+        ),
+        subscribe=(
+            *subscribe,
+            subjects.SVC_STATE_BUILDER_BOOK,
+            subjects.SVC_STATE_BUILDER_SYMBOLS,
+            subjects.evt_link_all_venues(subjects.MARKET_WS_LINK),
+        ),
+    )
+
+
+def _risk() -> Grant:
+    durables = (subjects.RISK_ORDER_EVENTS_CONSUMER, subjects.RISK_ORDERS_CONSUMER, subjects.RISK_SIGNALS_CONSUMER)
+    publish, subscribe = _common(subjects.RISK, durables)
+    return Grant(
+        publish=(
+            *publish,
+            subjects.evt_order("approved", ANY, ANY),
+            subjects.evt_order("denied", ANY, ANY),
+            # Flattening cancels resting entries (SPEC CB-1).
+            subjects.CMD_ORDER_CANCEL,
+            subjects.cmd_strategy(ANY, "enable"),
+            subjects.cmd_strategy(ANY, "disable"),
+            subjects.EVT_TRADING_STATE,
+            subjects.EVT_BACKGROUND_WORK,
+            subjects.evt_breaker(">"),
+            subjects.SVC_STATE_BUILDER_BOOK,
+            subjects.SVC_STATE_BUILDER_SYMBOLS,
+            kv_subject(subjects.KV_STATE, subjects.KEY_TRADING_STATE),
+            kv_subject(subjects.KV_STATE, subjects.KEY_BACKGROUND_WORK),
+            kv_subject(subjects.KV_STATE, subjects.key_breaker(">")),
+        ),
+        subscribe=(
+            *subscribe,
+            subjects.service_query(subjects.RISK, ANY),
+            subjects.EVT_HOT_STATE_ALL,
+            subjects.MD_MARK_ALL,
+            subjects.EVT_DEGRADATION,
+            subjects.CMD_STRATEGY_ENABLE_ALL,
+            subjects.heartbeat(subjects.STATE_BUILDER),
+            subjects.EVT_LINK_ALL,
+        ),
+    )
+
+
+def _position(component: str, venue: str) -> Grant:
+    durables = (
+        subjects.position_orders_consumer(component),
+        subjects.position_denials_consumer(component),
+        subjects.position_cancels_consumer(component),
+    )
+    publish, subscribe = _common(component, durables)
+    return Grant(
+        publish=(
+            *publish,
+            # Its own venue only: order events (including the approval of an order it issues
+            # itself, a protective or flattening order), fills, positions, its link and breaker.
+            subjects.evt_order(ANY, venue, ANY),
+            subjects.evt_fill(venue, ANY),
+            subjects.evt_position(venue, ANY),
+            subjects.evt_link(venue, subjects.ORDER_LINK),
+            subjects.evt_breaker(subjects.position_venue_breaker(venue)),
+            subjects.EVT_DEGRADATION,
+            subjects.SVC_RISK_HALT,
+            kv_subject(subjects.KV_STATE, subjects.key_link(venue, subjects.ORDER_LINK)),
+            kv_subject(subjects.KV_STATE, subjects.key_breaker(subjects.position_venue_breaker(venue))),
+            kv_subject(subjects.KV_STATE, subjects.key_protection(venue, ANY)),
+            kv_subject(subjects.KV_STATE, subjects.key_symbol_rules(venue, ANY)),
+            kv_subject(subjects.KV_STATE, subjects.key_preflight(venue)),
+            kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
+            kv_subject(subjects.KV_STATE, "ratelimit.>"),
+            kv_subject(KV_LEASES, f"{LEASE_KEY_PREFIX}{component}"),
+        ),
+        subscribe=(
+            *subscribe,
+            subjects.svc_position_state(component),
+            # Its venue's refusals, to learn the venue's rules from them.
+            subjects.evt_order("rejected", venue, ANY),
+            # Its own order link's state: a reconnect runs the venue preflight again.
+            subjects.evt_link(venue, subjects.ORDER_LINK),
+            kv_subject(subjects.KV_STATE, "ratelimit.>"),
+        ),
+    )
+
+
+def _watchdog() -> Grant:
+    durables = (
+        subjects.WATCHDOG_ALERTS_CONSUMER,
+        subjects.WATCHDOG_DLQ_CONSUMER,
+        *(durable for _, durable in subjects.WATCHDOG_AUDIT_CONSUMERS),
+    )
+    publish, subscribe = _common(subjects.WATCHDOG, durables)
+    return Grant(
+        publish=(
+            *publish,
+            subjects.evt_component(ANY),
+            subjects.EVT_HEALTH,
+            subjects.EVT_DEGRADATION,
+            subjects.EVT_PROJECTIONS_VERIFIED,
+            subjects.SVC_STATE_BUILDER_SYMBOLS,
+            kv_subject(subjects.KV_STATE, subjects.KEY_HEALTH),
+            kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
+        ),
+        subscribe=(*subscribe, subjects.HEARTBEAT_ALL, subjects.EVT_LINK_ALL),
+    )
+
+
+def _strategy(component: str) -> Grant:
+    name = component.removeprefix("strategy-")
+    durables = (subjects.strategy_market_data_consumer(name), subjects.strategy_commands_consumer(name))
+    publish, subscribe = _common(component, durables)
+    return Grant(
+        publish=(
+            *publish,
+            subjects.evt_signal(name, ANY),
+            subjects.evt_strategy_state(name),
+            subjects.evt_strategy_crashed(name),
+            subjects.SVC_STATE_BUILDER_SYMBOLS,
+            kv_subject(subjects.KV_STATE, subjects.key_strategy(name)),
+            kv_subject(subjects.KV_STATE, subjects.key_strategy_crashes(name)),
+            kv_subject(KV_LEASES, f"{LEASE_KEY_PREFIX}{subjects.strategy_lease(name)}"),
+        ),
+        # Market data comes through its durable consumer (JetStream), not core subscriptions.
+        subscribe=(*subscribe, subjects.EVT_LINK_ALL, subjects.EVT_POSITION_ALL),
+    )
+
+
+def _admin() -> Grant:
+    return Grant(publish=(">",), subscribe=(">",))
+
+
+def grant(component: str, main_venue: str = subjects.DEFAULT_VENUE) -> Grant:
+    """The permissions of `component`'s user.
+
+    Args:
+        component: a component name (`subjects.CORE_COMPONENTS`, `position-<venue>`,
+            `strategy-<name>`) or `ADMIN`.
+        main_venue: `BULWARK_VENUE`, the venue the `position` component trades.
+
+    Raises:
+        ValueError: `component` is no component of Bulwark.
+    """
+    match component:
+        case subjects.GATEWAY:
+            return _gateway()
+        case subjects.MARKET_DATA:
+            return _market_data()
+        case subjects.STATE_BUILDER:
+            return _state_builder()
+        case subjects.RISK:
+            return _risk()
+        case subjects.WATCHDOG:
+            return _watchdog()
+        case name if name == ADMIN:
+            return _admin()
+        case name if name == subjects.POSITION or name.startswith(f"{subjects.POSITION}-"):
+            return _position(name, _position_venue(name, main_venue))
+        case name if name.startswith("strategy-") and len(name) > len("strategy-"):
+            return _strategy(name)
+    raise ValueError(f"{component!r} is no Bulwark component: no bus user")
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether `subject` (which may itself hold wildcards) is inside `pattern` by NATS rules.
+
+    A wildcard in `subject` is only inside a pattern that has a wildcard at least as wide there,
+    so `subject_matches("evt.>", "evt.order.*")` is true and
+    `subject_matches("evt.order.approved.*", "evt.order.*.x")` false: the question is whether
+    every concrete subject `subject` stands for is allowed.
+    """
+    want = pattern.split(".")
+    have = subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have):
+            return False
+        if token == "*":
+            if have[index] == ">":
+                return False
+            continue
+        if have[index] != token:
+            return False
+    return len(have) == len(want)
+
+
+def may_publish(component: str, subject: str, main_venue: str = subjects.DEFAULT_VENUE) -> bool:
+    """Whether `component`'s user may publish `subject` (denials included)."""
+    rules = grant(component, main_venue)
+    if any(subject_matches(denied, subject) for denied in rules.deny_publish):
+        return False
+    return any(subject_matches(allowed, subject) for allowed in rules.publish)
+
+
+def may_subscribe(component: str, subject: str, main_venue: str = subjects.DEFAULT_VENUE) -> bool:
+    """Whether `component`'s user may subscribe to `subject` on core NATS."""
+    return any(subject_matches(allowed, subject) for allowed in grant(component, main_venue).subscribe)

@@ -1,0 +1,172 @@
+"""Nobody on the bus who doesn't belong: real nats-server and Valkey with the users `bulwark up` gives them.
+
+A connection without (or with wrong) credentials is refused; a service's user can publish what it
+owns and is refused what another service owns (market-data submitting an order); only risk may
+answer risk's queries; Valkey refuses anyone without a password and the gateway's user cannot
+flush it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+import redis.asyncio as redis
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from redis.exceptions import AuthenticationError, NoPermissionError
+
+from entrypoints.harness.embedded import EmbeddedInfra
+from libs import cache
+from libs.bus import Bus
+from libs.errors import PermanentError
+from proto import subjects
+from proto.enums import TradingState
+from proto.messages import TradingStateChanged
+from tests.support.polling import eventually
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[EmbeddedInfra]:
+    running = EmbeddedInfra(tmp_path / "servers").start(("nats", "valkey"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _plain_url(servers: EmbeddedInfra) -> str:
+    return f"nats://{servers.host}:{servers.nats_port}"
+
+
+async def _client(servers: EmbeddedInfra, component: str, errors: list[Exception]) -> NatsClient:
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    env = servers.service_env(component)
+    return await nats.connect(
+        _plain_url(servers),
+        user=env["BULWARK_NATS_USER"],
+        password=env["BULWARK_NATS_PASSWORD"],
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+
+
+@pytest_asyncio.fixture
+async def admin(servers: EmbeddedInfra) -> AsyncIterator[Bus]:
+    bus = Bus("test-admin")
+    await bus.connect(servers.nats_url)
+    await bus.ensure_streams()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def test_connect_when_no_credentials_then_refused(servers: EmbeddedInfra) -> None:
+    with pytest.raises(PermanentError, match="refused"):
+        await asyncio.wait_for(Bus("anonymous").connect(_plain_url(servers), initial_connect_timeout_s=5), 20)
+    raw = NatsClient()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await raw.connect(_plain_url(servers), allow_reconnect=False, connect_timeout=2)
+    finally:
+        await raw.close()
+
+
+async def test_connect_when_wrong_password_then_refused(servers: EmbeddedInfra) -> None:
+    with pytest.raises(PermanentError, match="market-data"):
+        await asyncio.wait_for(
+            Bus("market-data").connect(
+                _plain_url(servers), initial_connect_timeout_s=5, user=subjects.MARKET_DATA, password="guessed"
+            ),
+            20,
+        )
+
+
+async def test_connect_when_service_credentials_then_bus_works(servers: EmbeddedInfra, admin: Bus) -> None:
+    env = servers.service_env(subjects.RISK)
+    bus = Bus(subjects.RISK)
+    await bus.connect(env["BULWARK_NATS_URL"], user=env["BULWARK_NATS_USER"], password=env["BULWARK_NATS_PASSWORD"])
+    try:
+        await bus.ensure_streams()
+        changed = TradingStateChanged(previous=None, current=TradingState.HALTED, reason="test")
+        seq = await bus.publish(subjects.EVT_TRADING_STATE, changed)
+        assert seq > 0
+        await bus.kv_put(subjects.KEY_TRADING_STATE, b"{}")
+        assert (await admin.kv_get(subjects.KEY_TRADING_STATE)) is not None
+    finally:
+        await bus.close()
+
+
+async def test_publish_when_market_data_submits_an_order_then_refused_and_nothing_stored(
+    servers: EmbeddedInfra, admin: Bus
+) -> None:
+    errors: list[Exception] = []
+    client = await _client(servers, subjects.MARKET_DATA, errors)
+    try:
+        js = client.jetstream(timeout=2.0)
+        with pytest.raises((NatsTimeoutError, NoRespondersError)):
+            await js.publish(subjects.CMD_ORDER_SUBMIT, b'{"forged": true}')
+        await client.publish(subjects.SVC_RISK_RESUME, b"{}")
+        await client.flush()
+        await eventually(lambda: any("permissions violation" in str(e).lower() for e in errors), timeout_s=5)
+        # Its own subjects still work on the same connection.
+        ack = await js.publish(subjects.md_trade(subjects.DEFAULT_VENUE, "BTCUSDT"), b"{}")
+        assert ack.seq > 0
+    finally:
+        await client.close()
+    assert await admin.stream_bounds(subjects.STREAM_ORDERS.name) == (0, 0)
+    assert "cmd.order.submit" in " ".join(str(e) for e in errors)
+
+
+async def test_subscribe_when_not_risk_then_cannot_answer_risk_queries(servers: EmbeddedInfra, admin: Bus) -> None:
+    errors: list[Exception] = []
+    impostor = await _client(servers, subjects.MARKET_DATA, errors)
+    risk = await _client(servers, subjects.RISK, [])
+    try:
+
+        async def impostor_answers(msg: Msg) -> None:
+            await msg.respond(b"impostor")
+
+        async def risk_answers(msg: Msg) -> None:
+            await msg.respond(b"risk")
+
+        await impostor.subscribe(subjects.SVC_RISK_HALT, cb=impostor_answers)
+        await impostor.flush()
+        await eventually(lambda: any("permissions violation" in str(e).lower() for e in errors), timeout_s=5)
+        with pytest.raises((NatsTimeoutError, NoRespondersError)):
+            await admin.request(subjects.SVC_RISK_HALT, b"{}", timeout_s=1.0)
+        await risk.subscribe(subjects.SVC_RISK_HALT, cb=risk_answers)
+        await risk.flush()
+        assert await admin.request(subjects.SVC_RISK_HALT, b"{}", timeout_s=2.0) == b"risk"
+    finally:
+        await impostor.close()
+        await risk.close()
+
+
+async def test_valkey_when_no_password_then_refused_and_gateway_cannot_flush(servers: EmbeddedInfra) -> None:
+    anonymous = redis.from_url(f"redis://{servers.host}:{servers.redis_port}/0")
+    try:
+        with pytest.raises(AuthenticationError):
+            await anonymous.get("key")
+    finally:
+        await anonymous.aclose()
+    env = servers.service_env(subjects.GATEWAY)
+    gateway = cache.create_client(
+        env["BULWARK_REDIS_URL"], username=env["BULWARK_VALKEY_USER"], password=env["BULWARK_VALKEY_PASSWORD"]
+    )
+    try:
+        assert await gateway.set("idempotency:key", "1", nx=True, ex=60)
+        assert await gateway.get("idempotency:key") == b"1"
+        with pytest.raises(NoPermissionError):
+            await gateway.flushall()
+    finally:
+        await gateway.aclose()

@@ -1,0 +1,361 @@
+"""The bus permission table (`proto.permissions`) against what the services' code does.
+
+The scan reads every module of a service and finds each `subjects.<name>` it uses. Where the
+subject is the argument of a publish (publish, request, a KV write) it must be in the service's
+publish grant; of a core subscription (`subscribe_core`, `serve`) in its subscribe grant; a
+JetStream consumer's filter needs no grant (reading a stream is open). Any other use must be
+covered by one of the grants or be a persisted subject (read through a consumer). A service that
+starts using a subject its user may not touch fails here, not in production with a permissions
+violation.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from libs import lease
+from proto import permissions, subjects
+from proto.permissions import (
+    MARKET_REST_LINK,
+    MARKET_WS_LINK,
+    grant,
+    kv_subject,
+    may_publish,
+    may_subscribe,
+    subject_matches,
+)
+from services.market_data import adapters as market_data_adapters
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKUP_VENUE = "binance-usdm-backup"
+STRATEGY = "cascade-fade"
+
+SERVICES: dict[str, tuple[str, ...]] = {
+    "gateway": (subjects.GATEWAY,),
+    "market_data": (subjects.MARKET_DATA,),
+    "state_builder": (subjects.STATE_BUILDER,),
+    "risk": (subjects.RISK,),
+    "position": (subjects.POSITION, subjects.position_component(BACKUP_VENUE, subjects.DEFAULT_VENUE)),
+    "watchdog": (subjects.WATCHDOG,),
+    "strategy": (subjects.strategy_component(STRATEGY),),
+}
+PUBLISH_VERBS = {"publish", "publish_buffered", "publish_core", "publish_many", "request", "_request", "_publish"}
+SUBSCRIBE_VERBS = {"subscribe_core", "serve"}
+KV_WRITE_VERBS = {"kv_put", "_kv_put", "kv", "put", "create", "update", "delete"}
+READ_VERBS = {"last_message", "replay", "consume"}
+READ_KEYWORDS = {"filter_subjects", "filter_subject", "durable"}
+SUBJECT_PREFIXES = ("md.", "evt.", "cmd.", "hb.", "svc.", "dlq.")
+KNOWN_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    # What the scan cannot see: the values an expression takes at run time (the scan runs once per value).
+    "market_data": {
+        "transition.name": ("venue.{venue}",),
+        "link": (MARKET_WS_LINK, MARKET_REST_LINK),
+    },
+    "position": {
+        "transition.name": (subjects.position_venue_breaker("{venue}"),),
+        "self.orders_durable": (subjects.position_orders_consumer("{component}"),),
+    },
+}
+PERSISTED = tuple(pattern for spec in subjects.ALL_STREAMS for pattern in spec.subjects)
+
+
+@dataclass(frozen=True)
+class Use:
+    """One subject a service's code names, and how it uses it."""
+
+    subject: str
+    how: str  # publish, subscribe, kv, read, other
+    where: str
+
+
+def _value(node: ast.expr, component: str, venue: str, known: dict[str, str]) -> object:
+    """The value of an argument: literals and `subjects.X` constants; names standing for a venue,
+    a strategy or a component become that; anything else a wildcard token."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if _is_subjects(node):
+        return getattr(subjects, node.attr)  # type: ignore[attr-defined]
+    if isinstance(node, ast.Call) and _is_subjects(node.func):
+        function = getattr(subjects, node.func.attr)  # type: ignore[attr-defined]
+        return function(*(_value(arg, component, venue, known) for arg in node.args))
+    text = ast.unparse(node)
+    if text in known:
+        return known[text].format(venue=venue, component=component)
+    if "venue" in text:
+        return venue
+    if component.startswith("strategy-") and ("name" in text or "strategy" in text):
+        return component.removeprefix("strategy-")
+    if "component" in text:
+        return component
+    return permissions.ANY
+
+
+def _evaluate(
+    node: ast.Attribute, parents: dict[ast.AST, ast.AST], component: str, venue: str, known: dict[str, str]
+) -> str | None:
+    """The subject `subjects.<name>` at `node` stands for (None: not a subject, or an argument of another)."""
+    parent = parents.get(node)
+    grandparent = parents.get(parent) if parent is not None else None
+    if isinstance(parent, ast.Call) and parent.func is not node and _is_subjects(parent.func):
+        return None  # an argument of a subjects function: evaluated with it
+    if isinstance(grandparent, ast.Call) and _is_subjects(grandparent.func) and isinstance(parent, ast.Call):
+        return None
+    target = getattr(subjects, node.attr, None)
+    if isinstance(parent, ast.Call) and parent.func is node and callable(target):
+        params = inspect.signature(target).parameters
+        args = [_value(arg, component, venue, known) for arg in parent.args][: len(params)]
+        value = target(*args)
+    else:
+        value = target
+    if not isinstance(value, str) or value.endswith("."):
+        return None  # a name, or a prefix (`SERVICE_QUERY_PREFIX`)
+    return value
+
+
+def _is_subjects(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "subjects"
+
+
+def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
+    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def _verb(call: ast.Call) -> str | None:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else None
+
+
+def _how(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> str:
+    """How the subject at `node` is used: the nearest enclosing call or keyword decides."""
+    child, current = node, parents.get(node)
+    while current is not None:
+        if isinstance(current, ast.keyword) and current.arg in READ_KEYWORDS:
+            return "read"
+        if isinstance(current, ast.Call) and child is not current.func:
+            verb = _verb(current)
+            first = current.args[0] if current.args else None
+            on_first = first is not None and (child is first or any(child is n for n in ast.walk(first)))
+            if verb in READ_VERBS:
+                return "read"
+            if on_first and verb in PUBLISH_VERBS:
+                return "publish"
+            if on_first and verb in SUBSCRIBE_VERBS:
+                return "subscribe"
+            if on_first and verb in KV_WRITE_VERBS:
+                return "kv"
+        if isinstance(current, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            break
+        child, current = current, parents.get(current)
+    return "other"
+
+
+def _loop_uses(tree: ast.Module, constants: dict[str, ast.expr]) -> Iterator[tuple[ast.expr, str]]:
+    """Subjects subscribed or published in a loop over a tuple (`for subject in FOLLOWED: subscribe_core(subject)`)."""
+    for loop in ast.walk(tree):
+        if not (isinstance(loop, ast.For | ast.AsyncFor) and isinstance(loop.target, ast.Name)):
+            continue
+        source = constants.get(loop.iter.id) if isinstance(loop.iter, ast.Name) else loop.iter
+        if source is None:
+            continue
+        for call in ast.walk(loop):
+            if not (isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Name)):
+                continue
+            if call.args[0].id != loop.target.id:
+                continue
+            verb = _verb(call)
+            how = "publish" if verb in PUBLISH_VERBS else "subscribe" if verb in SUBSCRIBE_VERBS else None
+            if how is not None:
+                yield source, how
+
+
+def service_uses(package: str, component: str, venue: str) -> list[Use]:
+    """Every subject the modules of `services/<package>` name, with how each is used."""
+    modules = sorted((ROOT / "services" / package).rglob("*.py"))
+    trees = {path: ast.parse(path.read_text()) for path in modules}
+    constants: dict[str, ast.expr] = {}
+    for tree in trees.values():
+        for statement in tree.body:
+            if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+                target = statement.targets[0]
+                if isinstance(target, ast.Name):
+                    constants[target.id] = statement.value
+    parents: dict[ast.AST, ast.AST] = {}
+    for tree in trees.values():
+        parents.update(_parents(tree))
+    alternatives = KNOWN_VALUES.get(package, {})
+    variants = max((len(values) for values in alternatives.values()), default=1)
+    uses: list[Use] = []
+    for variant in range(variants):
+        known = {text: values[min(variant, len(values) - 1)] for text, values in alternatives.items()}
+        uses += _scan(trees, constants, parents, component, venue, known)
+    return uses
+
+
+def _scan(
+    trees: dict[Path, ast.Module],
+    constants: dict[str, ast.expr],
+    parents: dict[ast.AST, ast.AST],
+    component: str,
+    venue: str,
+    known: dict[str, str],
+) -> list[Use]:
+    uses: list[Use] = []
+    for path, tree in trees.items():
+        where = str(path.relative_to(ROOT))
+        for node in ast.walk(tree):
+            if not _is_subjects(node):
+                continue
+            assert isinstance(node, ast.Attribute)
+            subject = _evaluate(node, parents, component, venue, known)
+            if subject is None:
+                continue
+            how = _how(node, parents)
+            if how == "kv":
+                uses.append(Use(kv_subject(subjects.KV_STATE, subject), "publish", where))
+            elif subject.startswith(SUBJECT_PREFIXES):
+                uses.append(Use(subject, how, where))
+        for source, how in _loop_uses(tree, constants):
+            for node in ast.walk(source):
+                if isinstance(node, ast.Attribute) and _is_subjects(node):
+                    subject = _evaluate(node, parents, component, venue, known)
+                    if subject is not None and subject.startswith(SUBJECT_PREFIXES):
+                        uses.append(Use(subject, how, where))
+    return uses
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for package, components in SERVICES.items():
+        for component in components:
+            venue = BACKUP_VENUE if component.endswith(BACKUP_VENUE) else subjects.DEFAULT_VENUE
+            cases.append((package, component, venue))
+    return cases
+
+
+@pytest.mark.parametrize(("package", "component", "venue"), _cases())
+def test_grant_when_service_code_names_a_subject_then_its_user_may_use_it(
+    package: str, component: str, venue: str
+) -> None:
+    uses = service_uses(package, component, venue)
+    assert len(uses) >= 3, f"the scan found almost nothing in services/{package}"
+    problems = []
+    for use in uses:
+        match use.how:
+            case "publish":
+                allowed = may_publish(component, use.subject)
+            case "subscribe":
+                allowed = may_subscribe(component, use.subject)
+            case "read":
+                allowed = True
+            case _:
+                allowed = (
+                    may_publish(component, use.subject)
+                    or may_subscribe(component, use.subject)
+                    or any(subject_matches(pattern, use.subject) for pattern in PERSISTED)
+                )
+        if not allowed:
+            problems.append(f"{use.where}: {use.how} {use.subject}")
+    assert not problems, f"{component} may not: " + "; ".join(sorted(set(problems)))
+
+
+def test_scan_when_a_service_publishes_outside_its_grant_then_it_is_found() -> None:
+    # The scan must see direct publishes, KV writes and looped subscriptions, or the test above proves nothing.
+    risk = service_uses("risk", subjects.RISK, subjects.DEFAULT_VENUE)
+    assert Use(subjects.EVT_TRADING_STATE, "publish", "services/risk/trading_control.py") in risk
+    assert any(use.how == "subscribe" and use.subject == subjects.heartbeat(subjects.STATE_BUILDER) for use in risk)
+    assert any(use.subject == kv_subject(subjects.KV_STATE, subjects.KEY_TRADING_STATE) for use in risk)
+    gateway = service_uses("gateway", subjects.GATEWAY, subjects.DEFAULT_VENUE)
+    assert any(use.how == "publish" and use.subject == subjects.CMD_ORDER_SUBMIT for use in gateway)
+    assert not may_publish(subjects.MARKET_DATA, subjects.CMD_ORDER_SUBMIT)
+
+
+@pytest.mark.parametrize(
+    ("component", "subject"),
+    [
+        (subjects.MARKET_DATA, subjects.CMD_ORDER_SUBMIT),
+        (subjects.MARKET_DATA, subjects.CMD_ORDER_CANCEL),
+        (subjects.MARKET_DATA, subjects.evt_order("approved", subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.GATEWAY, subjects.md_depth(subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.GATEWAY, subjects.evt_order("approved", subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.GATEWAY, subjects.evt_fill(subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.GATEWAY, subjects.EVT_TRADING_STATE),
+        (subjects.strategy_component(STRATEGY), subjects.CMD_ORDER_SUBMIT),
+        (subjects.strategy_component(STRATEGY), subjects.evt_signal("trend", "BTCUSDT")),
+        (subjects.STATE_BUILDER, subjects.md_depth(subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.RISK, subjects.evt_fill(subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.RISK, subjects.evt_position(subjects.DEFAULT_VENUE, "BTCUSDT")),
+        (subjects.WATCHDOG, subjects.CMD_ORDER_SUBMIT),
+        (subjects.POSITION, subjects.evt_fill(BACKUP_VENUE, "BTCUSDT")),
+        (subjects.POSITION, subjects.CMD_ORDER_SUBMIT),
+        (subjects.POSITION, subjects.EVT_TRADING_STATE),
+        (subjects.position_component(BACKUP_VENUE, subjects.DEFAULT_VENUE), subjects.evt_fill("binance-usdm", "X")),
+        (subjects.MARKET_DATA, kv_subject(subjects.KV_STATE, subjects.KEY_TRADING_STATE)),
+        (subjects.GATEWAY, kv_subject(subjects.KV_STATE, subjects.KEY_TRADING_STATE)),
+        (subjects.MARKET_DATA, subjects.heartbeat(subjects.RISK)),
+        (subjects.RISK, "$JS.API.STREAM.PURGE.ORDERS"),
+        (subjects.RISK, "$JS.API.STREAM.DELETE.ORDERS"),
+        (permissions.ADMIN, "$JS.API.STREAM.DELETE.ORDERS"),
+    ],
+)
+def test_grant_when_component_publishes_what_another_owns_then_refused(component: str, subject: str) -> None:
+    assert not may_publish(component, subject)
+
+
+def test_grant_when_answering_risk_queries_then_only_risk_subscribes() -> None:
+    everyone = [subjects.GATEWAY, subjects.MARKET_DATA, subjects.STATE_BUILDER, subjects.POSITION, subjects.WATCHDOG]
+    everyone.append(subjects.strategy_component(STRATEGY))
+    for query in (subjects.SVC_RISK_HALT, subjects.SVC_RISK_RESUME, subjects.SVC_RISK_BREAKER_RESET):
+        assert may_subscribe(subjects.RISK, query)
+        assert [name for name in everyone if may_subscribe(name, query)] == []
+
+
+def test_grant_when_order_events_of_a_venue_then_only_its_position_process_publishes_fills() -> None:
+    fill = subjects.evt_fill(subjects.DEFAULT_VENUE, "BTCUSDT")
+    filled = subjects.evt_order("filled", subjects.DEFAULT_VENUE, "BTCUSDT")
+    components = [*(c for group in SERVICES.values() for c in group), permissions.ADMIN]
+    assert [c for c in components if may_publish(c, fill)] == [subjects.POSITION, permissions.ADMIN]
+    assert [c for c in components if may_publish(c, filled)] == [subjects.POSITION, permissions.ADMIN]
+
+
+def test_grant_when_any_component_then_it_may_use_jetstream_and_replies() -> None:
+    for component in (*(c for group in SERVICES.values() for c in group), permissions.ADMIN):
+        assert may_publish(component, "$JS.API.STREAM.INFO.ORDERS")
+        assert may_publish(component, "$JS.ACK.ORDERS.risk-orders.1.2.3.4.5")
+        assert may_subscribe(component, "_INBOX.abc.def")
+
+
+def test_grant_when_unknown_component_then_error() -> None:
+    with pytest.raises(ValueError, match="no Bulwark component"):
+        grant("intruder")
+
+
+def test_link_names_when_permissions_name_them_then_they_match_market_data() -> None:
+    assert MARKET_WS_LINK == market_data_adapters.MARKET_WS_LINK
+    assert MARKET_REST_LINK == market_data_adapters.MARKET_REST_LINK
+
+
+def test_lease_names_when_permissions_name_them_then_they_match_the_lease_library() -> None:
+    assert permissions.KV_LEASES == lease.LEASE_BUCKET
+    assert lease.lease_key("x") == f"{permissions.LEASE_KEY_PREFIX}x"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "expected"),
+    [
+        ("evt.>", "evt.order.*", True),
+        ("evt.>", "evt", False),
+        ("evt.order.*.x.*", "evt.order.filled.x.BTC", True),
+        ("evt.order.*.x.*", "evt.order.*.y.BTC", False),
+        ("evt.order.approved.*.*", "evt.order.*.x.BTC", False),
+        ("svc.risk.*", "svc.risk.halt", True),
+        ("svc.risk.*", "svc.risk.halt.more", False),
+        ("a.*", "a.>", False),
+    ],
+)
+def test_subject_matches_when_wildcards_then_nats_rules(pattern: str, subject: str, expected: bool) -> None:
+    assert subject_matches(pattern, subject) is expected
