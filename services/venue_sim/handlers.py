@@ -25,9 +25,17 @@ from services.venue_sim.engine import MarketEngine
 from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, dumps
 from services.venue_sim.routes.control import ControlRoutes
 from services.venue_sim.routes.market_streams import StreamRoutes
+from services.venue_sim.routes.rest_account import AccountRoutes
 from services.venue_sim.routes.rest_market import MarketRoutes
 from services.venue_sim.routes.rest_orders import OrderRoutes
 from services.venue_sim.routes.user_stream import UserStreamRoutes
+
+STREAM_PREFIXES = tuple(f"{p}/{kind}" for p in ("", "/public", "/market", "/private") for kind in ("ws", "stream"))
+
+
+def is_stream_path(path: str) -> bool:
+    """A WebSocket path (raw, combined, routed or not)."""
+    return path.startswith(STREAM_PREFIXES)
 
 
 class VenueSimulator:
@@ -57,6 +65,7 @@ class VenueSimulator:
         self.routes: Routes = {
             **MarketRoutes(self.ctx).endpoints(),
             **OrderRoutes(self.ctx).endpoints(),
+            **AccountRoutes(self.ctx).endpoints(),
             **UserStreamRoutes(self.ctx).endpoints(),
         }
 
@@ -65,12 +74,16 @@ class VenueSimulator:
         """The aiohttp application with every route and the fault/weight middleware."""
         app = web.Application(middlewares=[self._middleware])
         self.control.register(app)
-        app.router.add_get("/stream", self.streams.ws_market)
-        app.router.add_get("/ws", self.streams.ws_market)
-        app.router.add_get("/ws/{name:.*}", self.streams.ws_market)
+        # Binance USD-M routes streams by path (/public, /market, /private); the simulator serves
+        # every stream on each of them and on the unrouted paths.
+        for prefix in ("", "/public", "/market", "/private"):
+            app.router.add_get(f"{prefix}/stream", self.streams.ws_market)
+            app.router.add_get(f"{prefix}/ws", self.streams.ws_market)
+            app.router.add_get(f"{prefix}/ws/{{name:.*}}", self.streams.ws_market)
         app.router.add_route("*", "/{path:fapi/.*}", self.rest)
         if self.engine.feed.spot:
             app.router.add_route("*", "/{path:api/.*}", self.rest)
+        app.router.add_route("*", "/{path:.*}", self.unknown_path)
 
         async def on_startup(_: web.Application) -> None:
             self.engine.start()
@@ -104,7 +117,7 @@ class VenueSimulator:
             latency = self.faults.take("latency", symbol)
             if latency is not None:
                 await asyncio.sleep(latency.params["ms"] / 1000)
-            if request.path.startswith(("/ws", "/stream")):
+            if is_stream_path(request.path):
                 if self.faults.active("outage"):
                     return web.Response(status=503, text="Service Unavailable")
                 return await handler(request)
@@ -150,16 +163,17 @@ class VenueSimulator:
         return web.json_response(error.body(), status=error.status)
 
     # ================================================================= REST dispatch
+    async def unknown_path(self, request: web.Request) -> web.StreamResponse:
+        """Any path the simulator does not serve: Binance's answer to one."""
+        return web.json_response(
+            {"code": -5000, "msg": f"Path {request.path}, Method {request.method} is invalid"}, status=404
+        )
+
     async def rest(self, request: web.Request) -> web.StreamResponse:
         """Every `/fapi/...` (spot: also `/api/...`) request: parse, authenticate, count weight, dispatch, answer."""
         endpoint = self.routes.get((request.method, request.path))
         if endpoint is None:
-            known = any(path == request.path for _, path in self.routes)
-            status = 405 if known else 404
-            return web.json_response(
-                {"code": -1000 if known else -5000, "msg": f"{request.method} {request.path} is invalid."},
-                status=status,
-            )
+            return await self.unknown_path(request)
         body = ""
         if request.can_read_body:
             body = (await request.read()).decode("utf-8", errors="replace")
@@ -181,8 +195,9 @@ class VenueSimulator:
             if endpoint.security != "NONE":
                 self._authenticate(request, body, params, signed=endpoint.security == "SIGNED")
             if endpoint.places_order:
-                count_10s = self.limits.orders_10s.add(1)
-                count_1m = self.limits.orders_1m.add(1)
+                placed = endpoint.order_count(params) if endpoint.order_count is not None else 1
+                count_10s = self.limits.orders_10s.add(placed)
+                count_1m = self.limits.orders_1m.add(placed)
                 headers["X-MBX-ORDER-COUNT-10S"] = str(count_10s)
                 headers["X-MBX-ORDER-COUNT-1M"] = str(count_1m)
                 if count_10s > ORDER_LIMIT_10S or count_1m > ORDER_LIMIT_1M:
@@ -232,7 +247,13 @@ class VenueSimulator:
             raise BinanceError(
                 400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
             )
-        if not signing.verify(signing.total_params(query_payload, body_payload), signature, self.api_secret):
+        # aiohttp hands the query over with "[" and "]" percent-encoded, whatever was on the wire; a
+        # client that sent them bare (python-binance's JSON lists) signed them bare.
+        bare = query_payload.replace("%5B", "[").replace("%5D", "]")
+        if not any(
+            signing.verify(signing.total_params(query, body_payload), signature, self.api_secret)
+            for query in {query_payload, bare}
+        ):
             raise BinanceError(400, -1022, "Signature for this request is not valid.")
         raw_timestamp = params.get("timestamp")
         if not raw_timestamp:

@@ -17,6 +17,7 @@ from typing import Any
 from libs.clock import Clock
 from libs.recordings import SPOT
 from services.venue_sim.domain import Exchange, OrderBook, fmt
+from services.venue_sim.domain.klines import KlineRecorder
 from services.venue_sim.domain.market_events import DepthEvent, LiquidationEvent, MarketEvent, MarkEvent, TradeEvent
 from services.venue_sim.streams import StreamHub
 
@@ -67,6 +68,7 @@ class MarketFeed:
         self.market = market
         self.spot = market == SPOT
         self.markets = {s: SymbolMarket(s, open_interest[s]) for s in books}
+        self.klines = KlineRecorder()
 
     def now_ms(self) -> int:
         """Wall clock in ms."""
@@ -202,6 +204,7 @@ class MarketFeed:
             )
         if event.kind not in ("MARKET", "INSURANCE_FUND"):
             return
+        self.klines.on_trade(event.symbol, now, event.price, event.quantity, not event.buyer_is_maker)
         market.agg_pending.append(event)
         if event.closes_aggregate:
             trades, market.agg_pending = market.agg_pending, []

@@ -124,6 +124,15 @@ class StreamHub:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await subscriber.ws.close(code=code, message=b"closed by fault injection")
 
+    def subscribe_user(self, subscriber: Subscriber, listen_key: str) -> None:
+        """Make a client a user-data connection of `listen_key`."""
+        subscriber.listen_key = listen_key
+        self.user_connections.add(subscriber)
+
+    def unsubscribe_user(self, subscriber: Subscriber) -> None:
+        """Stop sending user-data events to a client."""
+        self.user_connections.discard(subscriber)
+
     def subscribe(self, subscriber: Subscriber, streams: list[str]) -> None:
         """Add streams to a client."""
         for stream in streams:
@@ -185,5 +194,9 @@ class StreamHub:
         for event in events:
             text = _encoder.encode(event).decode()
             for subscriber in list(self.user_connections):
-                if not self.is_stalled(subscriber):
+                if self.is_stalled(subscriber):
+                    continue
+                if subscriber.combined:
+                    subscriber.enqueue(due, _encoder.encode({"stream": subscriber.listen_key, "data": event}).decode())
+                else:
                     subscriber.enqueue(due, text)

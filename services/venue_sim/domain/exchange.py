@@ -18,6 +18,7 @@ from libs.clock import Clock
 from services.venue_sim.domain import matching
 from services.venue_sim.domain.accounts import Account, Fill, Position
 from services.venue_sim.domain.book import OrderBook
+from services.venue_sim.domain.brackets import max_notional
 from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, order_view, parse_order_request, triggers
 from services.venue_sim.domain.rules import BinanceError, SymbolSpec, fmt, illegal, mandatory
 from services.venue_sim.domain.user_data import account_update, order_trade_update
@@ -52,6 +53,7 @@ class Exchange:
         self._next_order_id = first_order_id
         self._next_trade_id = 100_000_000
         self._countdowns: dict[str, int] = {}  # symbol -> deadline ns
+        self.leverage: dict[str, int] = {}  # symbol -> initial leverage set by POST /fapi/v1/leverage
 
     # ----------------------------------------------------------------- helpers
     def now_ms(self) -> int:
@@ -80,6 +82,22 @@ class Exchange:
         mid = book.mid() if book else None
         return mid if mid is not None else ZERO
 
+    def leverage_of(self, symbol: str) -> int:
+        """The symbol's initial leverage (20x until changed)."""
+        return self.leverage.get(symbol, self.LEVERAGE)
+
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        """POST /fapi/v1/leverage; returns the position notional the leverage allows.
+
+        Raises:
+            BinanceError: -2027 when the open position is larger than the new leverage allows.
+        """
+        allowed = max_notional(leverage)
+        if abs(self.position(symbol).quantity) * self.mark_price(symbol) > allowed:
+            raise BinanceError(400, -2027, "Exceeded the maximum allowable position at current leverage.")
+        self.leverage[symbol] = leverage
+        return allowed
+
     def position(self, symbol: str) -> Position:
         """The (possibly flat) position of a symbol."""
         return self.account.position(symbol)
@@ -98,7 +116,10 @@ class Exchange:
     def position_margin(self) -> Decimal:
         """Initial margin of all positions."""
         return sum(
-            (abs(p.quantity) * self.mark_price(p.symbol) / self.LEVERAGE for p in self.account.positions.values()),
+            (
+                abs(p.quantity) * self.mark_price(p.symbol) / self.leverage_of(p.symbol)
+                for p in self.account.positions.values()
+            ),
             ZERO,
         )
 
@@ -108,7 +129,7 @@ class Exchange:
         for order in self.orders.values():
             if order.is_open and not order.reduce_only:
                 price = order.price or order.stop_price or self.mark_price(order.symbol)
-                total += order.remaining * price / self.LEVERAGE
+                total += order.remaining * price / self.leverage_of(order.symbol)
         return total
 
     def available_balance(self) -> Decimal:
@@ -177,7 +198,7 @@ class Exchange:
                 f"Order's notional must be no smaller than {fmt(spec.min_notional)} (unless you choose reduce only).",
             )
         increases = position.quantity * signed >= 0 or quantity > abs(position.quantity)
-        if not reduce_only and increases and notional / self.LEVERAGE > self.available_balance():
+        if not reduce_only and increases and notional / self.leverage_of(symbol) > self.available_balance():
             raise BinanceError(400, -2019, "Margin is insufficient.")
 
         now = self.now_ms()
@@ -335,6 +356,23 @@ class Exchange:
     def open_orders(self, symbol: str | None) -> list[Order]:
         """Open orders, of one symbol or all."""
         return [o for o in self.orders.values() if o.is_open and (symbol is None or o.symbol == symbol)]
+
+    def all_orders(
+        self, symbol: str, from_order_id: int | None, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Order]:
+        """GET /fapi/v1/allOrders: a symbol's orders, open and finished, oldest first.
+
+        From `from_order_id` on: the first `limit`; else the newest `limit` in the time window.
+        """
+        rows = [
+            o
+            for o in self.orders.values()
+            if o.symbol == symbol
+            and (from_order_id is None or o.order_id >= from_order_id)
+            and (start_ms is None or o.time_ms >= start_ms)
+            and (end_ms is None or o.time_ms <= end_ms)
+        ]
+        return rows[:limit] if from_order_id is not None else rows[-limit:]
 
     # ----------------------------------------------------------------- market events
     def on_book_update(self, symbol: str) -> None:

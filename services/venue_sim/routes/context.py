@@ -27,6 +27,8 @@ class Endpoint:
     weight: Callable[[dict[str, str]], int]
     security: str = "NONE"  # NONE, USER_STREAM (API key only), SIGNED
     places_order: bool = False
+    order_count: Callable[[dict[str, str]], int] | None = None
+    """How many orders the request places (batches); 1 for an order endpoint when None."""
 
 
 Routes = dict[tuple[str, str], Endpoint]

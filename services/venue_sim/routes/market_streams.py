@@ -24,8 +24,8 @@ class StreamRoutes(RouteGroup):
 
     async def ws_market(self, request: web.Request) -> web.StreamResponse:
         """`/stream?streams=a/b` (combined), `/ws/<stream>` (raw) and `/ws/<listenKey>` (user data)."""
-        name = request.match_info.get("name", "")
-        combined = request.path.startswith("/stream")
+        name = request.match_info.get("name", "") or request.query.get("listenKey", "")
+        combined = request.path.endswith("/stream")
         listen_key = name if name in self.hub.listen_keys else None
         streams: list[str] = []
         if combined:
@@ -43,7 +43,7 @@ class StreamRoutes(RouteGroup):
         subscriber = Subscriber(ws, combined=combined or not name, listen_key=listen_key)
         self.hub.connections.add(subscriber)
         if listen_key is not None:
-            self.hub.user_connections.add(subscriber)
+            self.hub.subscribe_user(subscriber, listen_key)
         self.hub.subscribe(subscriber, streams)
         sender = asyncio.create_task(subscriber.run_sender())
         self.ctx.log.info("ws_connected", streams=streams[:10], user_stream=listen_key is not None)
@@ -83,15 +83,25 @@ class StreamRoutes(RouteGroup):
         if not isinstance(request_id, int | str) or isinstance(request_id, bool):
             return dumps({"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}})
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            if not isinstance(params, list) or not all(isinstance(p, str) and STREAM_NAME.match(p) for p in params):
+            if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+                return dumps({"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}})
+            # A listen key is a stream name too: subscribing it makes this a user-data connection.
+            keys = [p for p in params if p in self.hub.listen_keys or p == subscriber.listen_key]
+            streams = [p for p in params if p not in keys]
+            if not all(STREAM_NAME.match(p) for p in streams):
                 return dumps(
                     {"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}, "id": request_id}
                 )
             if method == "SUBSCRIBE":
-                self.hub.subscribe(subscriber, params)
+                self.hub.subscribe(subscriber, streams)
+                for key in keys:
+                    self.hub.subscribe_user(subscriber, key)
             else:
-                self.hub.unsubscribe(subscriber, params)
+                self.hub.unsubscribe(subscriber, streams)
+                if keys:
+                    self.hub.unsubscribe_user(subscriber)
             return dumps({"result": None, "id": request_id})
         if method == "LIST_SUBSCRIPTIONS":
-            return dumps({"result": sorted(subscriber.streams), "id": request_id})
+            user = [subscriber.listen_key] if subscriber.listen_key in self.hub.listen_keys else []
+            return dumps({"result": sorted(subscriber.streams) + user, "id": request_id})
         return dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": request_id})

@@ -36,6 +36,13 @@ def _spot_depth_weight(params: dict[str, str]) -> int:
         return 5
 
 
+def _klines_weight(params: dict[str, str]) -> int:
+    """Request weight of GET /fapi/v1/klines by limit (Binance USD-M table)."""
+    raw = params.get("limit") or "500"
+    limit = int(raw) if raw.isdigit() else 500
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
 def _recent(rows: list[dict[str, Any]], params: dict[str, str], id_key: str) -> list[dict[str, Any]]:
     """The last `limit` rows, or the first `limit` from id `fromId` on when given."""
     limit = bounded_int(params, "limit", 500, 1, 1000)
@@ -61,6 +68,7 @@ class MarketRoutes(RouteGroup):
             ("GET", "/fapi/v2/ticker/price"): Endpoint(self.ticker_price, by_symbol(1, 2)),
             ("GET", "/fapi/v1/ticker/bookTicker"): Endpoint(self.book_ticker, by_symbol(2, 5)),
             ("GET", "/fapi/v1/aggTrades"): Endpoint(self.agg_trades, fixed(20)),
+            ("GET", "/fapi/v1/klines"): Endpoint(self.klines, _klines_weight),
         }
         if self.feed.spot:
             table.update(
@@ -243,6 +251,17 @@ class MarketRoutes(RouteGroup):
         """GET /fapi/v1/aggTrades — the recent aggregate trades, from `fromId` on when given."""
         symbol = self.ctx.symbol(params)
         return _recent(list(self.feed.markets[symbol].agg_history), params, "a")
+
+    async def klines(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/klines — candles of the market's trades (symbol, interval; startTime, endTime, limit)."""
+        symbol = self.ctx.symbol(params)
+        interval = params.get("interval")
+        if not interval:
+            raise BinanceError(400, -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+        limit = bounded_int(params, "limit", 500, 1, 1500)
+        start = bounded_int(params, "startTime", 0, 0, 2**62) if params.get("startTime") else None
+        end = bounded_int(params, "endTime", 0, 0, 2**62) if params.get("endTime") else None
+        return self.feed.klines.klines(symbol, interval, self.ctx.now_ms(), start, end, limit)
 
     # ================================================================= public REST, spot
     async def spot_exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:

@@ -1,6 +1,6 @@
 """Signed REST of the simulated account: order entry under the order faults (reject, 5xx,
 timeouts, partial and delayed fills), queries and cancels, trades, positions, balances, the
-account, the dead-man's switch and the accepted-but-fixed settings (leverage, position mode)."""
+account, the dead-man's switch and the position mode (one-way)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ class OrderRoutes(RouteGroup):
             ("DELETE", "/fapi/v1/allOpenOrders"): Endpoint(self.cancel_all, one, "SIGNED"),
             ("GET", "/fapi/v1/userTrades"): Endpoint(self.user_trades, fixed(5), "SIGNED"),
             ("POST", "/fapi/v1/countdownCancelAll"): Endpoint(self.countdown_cancel_all, fixed(10), "SIGNED"),
-            ("POST", "/fapi/v1/leverage"): Endpoint(self.leverage, one, "SIGNED"),
             ("GET", "/fapi/v1/positionSide/dual"): Endpoint(self.position_mode, fixed(30), "SIGNED"),
         }
         for version in ("v2", "v3"):
@@ -145,11 +144,6 @@ class OrderRoutes(RouteGroup):
             )
         self.exchange.arm_countdown(symbol, int(raw))
         return {"symbol": symbol, "countdownTime": raw}
-
-    async def leverage(self, request: web.Request, params: dict[str, str]) -> Any:
-        """POST /fapi/v1/leverage (accepted; the simulator keeps 20x)."""
-        symbol = self.ctx.symbol(params)
-        return {"leverage": int(params.get("leverage") or 20), "maxNotionalValue": "250000", "symbol": symbol}
 
     async def position_mode(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/positionSide/dual: one-way mode."""
