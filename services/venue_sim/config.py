@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from libs.recordings import SPOT, USDM
+from services.venue_sim.domain.venue_rules import ConnectionRules
 
 
 def parse_probability(raw: str) -> float:
@@ -18,6 +19,17 @@ def parse_probability(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, not {raw}")
+    return value
+
+
+def parse_positive(raw: str) -> float:
+    """A number > 0 (argparse `type`)."""
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {raw}")
     return value
 
 
@@ -47,6 +59,10 @@ class SimConfig:
     market: str = "auto"
     cascade_probability: float | None = None
     """Synthetic markets: chance per 100 ms step that a liquidation cascade starts (None: the source's default)."""
+    rules: ConnectionRules = field(default_factory=ConnectionRules)
+    """WebSocket lifetime, pong timeout, message rate, streams per connection, listenKey validity."""
+    ban_escalation: float = 2.0
+    """Each request sent during an IP ban multiplies the ban by this (1: bans never grow)."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -68,6 +84,22 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         default=environ.get("BULWARK_SIM_CASCADE_PROBABILITY") or None,
         help="synthetic: chance per 100 ms step that a liquidation cascade starts (0 = calm market)",
     )
+    defaults = ConnectionRules()
+    for flag, variable, default, kind, what in (
+        ("--ws-lifetime", "BULWARK_SIM_WS_LIFETIME_S", defaults.lifetime_s, parse_positive, "connection lifetime, s"),
+        ("--ws-pong-timeout", "BULWARK_SIM_WS_PONG_TIMEOUT_S", defaults.pong_timeout_s, parse_positive, "s"),
+        ("--ws-max-messages", "BULWARK_SIM_WS_MAX_MESSAGES", defaults.max_incoming_per_s, int, "per second"),
+        ("--ws-max-streams", "BULWARK_SIM_WS_MAX_STREAMS", defaults.max_streams, int, "per connection"),
+        (
+            "--listen-key-validity",
+            "BULWARK_SIM_LISTEN_KEY_VALIDITY_S",
+            defaults.listen_key_validity_s,
+            parse_positive,
+            "s",
+        ),
+        ("--ban-escalation", "BULWARK_SIM_BAN_ESCALATION", 2.0, parse_positive, "factor per request during a ban"),
+    ):
+        parser.add_argument(flag, type=kind, default=kind(environ.get(variable, str(default))), help=what)
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -84,4 +116,12 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ws_ping_interval_s=args.ws_ping_interval,
         market=args.market,
         cascade_probability=args.cascade_probability,
+        rules=ConnectionRules(
+            lifetime_s=args.ws_lifetime,
+            pong_timeout_s=args.ws_pong_timeout,
+            max_incoming_per_s=args.ws_max_messages,
+            max_streams=args.ws_max_streams,
+            listen_key_validity_s=args.listen_key_validity,
+        ),
+        ban_escalation=args.ban_escalation,
     )

@@ -21,6 +21,7 @@ from libs.clock import Clock
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler
 from services.venue_sim.domain.clock import MarketClock
 from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M, UsageLimits
+from services.venue_sim.domain.venue_rules import ConnectionRules, IpBan
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, dumps
 from services.venue_sim.routes.control import ControlRoutes
@@ -52,14 +53,21 @@ class VenueSimulator:
         api_secret: str,
         log: Any,
         source_description: str = "",
+        rules: ConnectionRules | None = None,
+        ban_escalation: float = 2.0,
     ) -> None:
         self.engine = engine
+        self.clock = clock
+        self.rules = rules or ConnectionRules()
+        self.ban = IpBan(ban_escalation)
         self.faults = faults
         self.api_key = api_key
         self.api_secret = api_secret
         self.log = log
         self.limits = UsageLimits(clock)
-        self.ctx = SimContext(engine, exchange, faults, market_clock, clock, log, self.limits, source_description)
+        self.ctx = SimContext(
+            engine, exchange, faults, market_clock, clock, log, self.limits, source_description, self.rules, self.ban
+        )
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
         self.routes: Routes = {
@@ -107,6 +115,12 @@ class VenueSimulator:
             except Exception as exc:  # noqa: BLE001 - the control API answers every request; logged
                 self.log.error("sim_control_failed", path=request.path, error=repr(exc))
                 return web.json_response({"error": f"internal error: {exc!r}"}, status=500)
+        if not is_stream_path(request.path) and self.ban.active(self.clock()):
+            # An IP ban refuses every request, whatever its path or symbol, and grows while the
+            # client keeps sending (Binance's escalation).
+            self.ban.refuse(self.clock())
+            self.log.warning("request_refused_banned", path=request.path, refused=self.ban.refused)
+            return self._banned()
         if self.faults.faults:
             symbol = request.query.get("symbol")
             if self.faults.take("refuse_connections", symbol):
@@ -137,18 +151,9 @@ class VenueSimulator:
             return response
         fault = self.faults.take("http_418", symbol)
         if fault is not None:
-            until = self.ctx.now_ms() + fault.params["retry_after_s"] * 1000
-            response = self._error(
-                BinanceError(
-                    418,
-                    -1003,
-                    f"Way too many requests; IP banned until {until}. "
-                    "Please use the websocket for live updates to avoid bans.",
-                )
-            )
-            response.headers["Retry-After"] = str(fault.params["retry_after_s"])
-            response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
-            return response
+            self.ban.start(self.clock(), fault.params["retry_after_s"])
+            self.log.warning("ip_banned", retry_after_s=fault.params["retry_after_s"], fault=fault.id)
+            return self._banned()
         fault = self.faults.take("http_5xx", symbol)
         if fault is not None:
             return self._error(
@@ -157,6 +162,22 @@ class VenueSimulator:
                 )
             )
         return None
+
+    def _banned(self) -> web.Response:
+        """Binance's 418 answer while the IP is banned, with the time left in `Retry-After`."""
+        now = self.clock()
+        until_ms = (self.ban.until_ns or now) // 1_000_000
+        response = self._error(
+            BinanceError(
+                418,
+                -1003,
+                f"Way too many requests; IP banned until {until_ms}. "
+                "Please use the websocket for live updates to avoid bans.",
+            )
+        )
+        response.headers["Retry-After"] = str(self.ban.retry_after_s(now))
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
+        return response
 
     @staticmethod
     def _error(error: BinanceError) -> web.Response:

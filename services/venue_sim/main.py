@@ -6,7 +6,12 @@
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
 BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
 chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
-BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. The market is the recording's (`auto`: spot when its
+BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. Binance's connection rules, shortened for tests:
+--ws-lifetime / BULWARK_SIM_WS_LIFETIME_S (86400), --ws-pong-timeout / BULWARK_SIM_WS_PONG_TIMEOUT_S (600),
+--ws-max-messages / BULWARK_SIM_WS_MAX_MESSAGES (10 a second), --ws-max-streams / BULWARK_SIM_WS_MAX_STREAMS
+(1024), --listen-key-validity / BULWARK_SIM_LISTEN_KEY_VALIDITY_S (3600), --ban-escalation /
+BULWARK_SIM_BAN_ESCALATION (2: each request during an IP ban doubles it, up to 3 days).
+The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
 source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
 project root) are replayed; synthetic if missing.
@@ -87,9 +92,20 @@ def build_simulator(
         log,
         config.ws_ping_interval_s,
         market=source.market,
+        rules=config.rules,
     )
     return VenueSimulator(
-        engine, exchange, faults, market_clock, clock, config.api_key, config.api_secret, log, description
+        engine,
+        exchange,
+        faults,
+        market_clock,
+        clock,
+        config.api_key,
+        config.api_secret,
+        log,
+        description,
+        rules=config.rules,
+        ban_escalation=config.ban_escalation,
     )
 
 

@@ -4,7 +4,7 @@ record of the REST table and the small helpers of Binance's answers."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -13,6 +13,7 @@ from aiohttp import web
 from libs.clock import Clock
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler, MarketClock
 from services.venue_sim.domain.limits import UsageLimits
+from services.venue_sim.domain.venue_rules import ConnectionRules, IpBan
 from services.venue_sim.engine import MarketEngine
 
 Handler = Callable[[web.Request, dict[str, str]], Awaitable[Any]]
@@ -55,6 +56,8 @@ class SimContext:
     log: Any
     limits: UsageLimits
     source_description: str = ""
+    rules: ConnectionRules = field(default_factory=ConnectionRules)
+    ban: IpBan = field(default_factory=IpBan)
 
     def now_ms(self) -> int:
         """Wall clock in ms."""

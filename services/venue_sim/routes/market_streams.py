@@ -33,14 +33,25 @@ class StreamRoutes(RouteGroup):
         elif name and listen_key is None:
             streams = [s for s in name.split("/") if s]
         invalid = [s for s in streams if not STREAM_NAME.match(s)]
-        if invalid or len(streams) > 200:
+        if invalid:
             return web.json_response({"code": -1121, "msg": f"Invalid stream name(s): {invalid[:5]}"}, status=400)
+        if len(streams) > self.ctx.rules.max_streams:
+            return web.json_response(
+                {"code": -1121, "msg": f"Too many streams: at most {self.ctx.rules.max_streams} per connection."},
+                status=400,
+            )
         closing = self.ctx.faults.active("ws_close") if self.ctx.faults.faults else None
         if closing is not None and closing.duration_s:
             return web.Response(status=503, text="Service Unavailable")
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)
         await ws.prepare(request)
-        subscriber = Subscriber(ws, combined=combined or not name, listen_key=listen_key)
+        subscriber = Subscriber(
+            ws,
+            combined=combined or not name,
+            listen_key=listen_key,
+            connected_ns=self.ctx.clock(),
+            max_incoming_per_s=self.ctx.rules.max_incoming_per_s,
+        )
         self.hub.connections.add(subscriber)
         if listen_key is not None:
             self.hub.subscribe_user(subscriber, listen_key)
@@ -49,15 +60,22 @@ class StreamRoutes(RouteGroup):
         self.ctx.log.info("ws_connected", streams=streams[:10], user_stream=listen_key is not None)
         try:
             async for message in ws:
-                if message.type == WSMsgType.PING:
+                if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                if not subscriber.incoming.allow(self.ctx.clock()):
+                    # Binance counts pings, pongs and commands alike and disconnects past the limit.
+                    self.ctx.log.warning("ws_message_rate_exceeded", limit=self.ctx.rules.max_incoming_per_s)
+                    await self.hub.close_subscriber(subscriber, 1008, False, b"Too many messages")
+                    break
+                if message.type == WSMsgType.PONG:
+                    subscriber.last_pong_ns = self.ctx.clock()
+                elif message.type == WSMsgType.PING:
                     if not self.hub.is_stalled(subscriber):
                         await ws.pong(message.data)
                 elif message.type == WSMsgType.TEXT:
                     reply = self._ws_command(subscriber, message.data)
                     if reply is not None and not self.hub.is_stalled(subscriber):
                         await ws.send_str(reply)
-                elif message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
-                    break
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -84,7 +102,9 @@ class StreamRoutes(RouteGroup):
             return dumps({"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}})
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-                return dumps({"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}})
+                return dumps(
+                    {"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}, "id": request_id}
+                )
             # A listen key is a stream name too: subscribing it makes this a user-data connection.
             keys = [p for p in params if p in self.hub.listen_keys or p == subscriber.listen_key]
             streams = [p for p in params if p not in keys]
@@ -93,6 +113,14 @@ class StreamRoutes(RouteGroup):
                     {"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}, "id": request_id}
                 )
             if method == "SUBSCRIBE":
+                if len(subscriber.streams | set(streams)) > self.ctx.rules.max_streams:
+                    limit = self.ctx.rules.max_streams
+                    return dumps(
+                        {
+                            "error": {"code": 2, "msg": f"Invalid request: at most {limit} streams per connection"},
+                            "id": request_id,
+                        }
+                    )
                 self.hub.subscribe(subscriber, streams)
                 for key in keys:
                     self.hub.subscribe_user(subscriber, key)
