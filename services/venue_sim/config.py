@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from libs.recordings import SPOT, USDM
+from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M
 from services.venue_sim.domain.venue_rules import ConnectionRules
 
 
@@ -63,6 +64,11 @@ class SimConfig:
     """WebSocket lifetime, pong timeout, message rate, streams per connection, listenKey validity."""
     ban_escalation: float = 2.0
     """Each request sent during an IP ban multiplies the ban by this (1: bans never grow)."""
+    weight_limit_1m: int = WEIGHT_LIMIT_1M
+    order_limit_10s: int = ORDER_LIMIT_10S
+    order_limit_1m: int = ORDER_LIMIT_1M
+    ban_after_429: int = 0
+    """More 429 answers than this within a minute ban the IP for 2 minutes (0: never)."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -98,6 +104,10 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
             "s",
         ),
         ("--ban-escalation", "BULWARK_SIM_BAN_ESCALATION", 2.0, parse_positive, "factor per request during a ban"),
+        ("--weight-limit", "BULWARK_SIM_WEIGHT_LIMIT_1M", WEIGHT_LIMIT_1M, int, "request weight per minute"),
+        ("--order-limit-10s", "BULWARK_SIM_ORDER_LIMIT_10S", ORDER_LIMIT_10S, int, "orders per 10 s"),
+        ("--order-limit-1m", "BULWARK_SIM_ORDER_LIMIT_1M", ORDER_LIMIT_1M, int, "orders per minute"),
+        ("--ban-after-429", "BULWARK_SIM_BAN_AFTER_429", 0, int, "429s a minute before a 2-minute ban (0: never)"),
     ):
         parser.add_argument(flag, type=kind, default=kind(environ.get(variable, str(default))), help=what)
     args = parser.parse_args(argv)
@@ -124,4 +134,8 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
             listen_key_validity_s=args.listen_key_validity,
         ),
         ban_escalation=args.ban_escalation,
+        weight_limit_1m=args.weight_limit,
+        order_limit_10s=args.order_limit_10s,
+        order_limit_1m=args.order_limit_1m,
+        ban_after_429=args.ban_after_429,
     )

@@ -20,7 +20,7 @@ from libs.binance import signing
 from libs.clock import Clock
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler
 from services.venue_sim.domain.clock import MarketClock
-from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M, UsageLimits
+from services.venue_sim.domain.limits import UsageLimits
 from services.venue_sim.domain.venue_rules import ConnectionRules, IpBan
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, dumps
@@ -55,6 +55,8 @@ class VenueSimulator:
         source_description: str = "",
         rules: ConnectionRules | None = None,
         ban_escalation: float = 2.0,
+        limits: UsageLimits | None = None,
+        ban_after_429: int = 0,
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -64,7 +66,10 @@ class VenueSimulator:
         self.api_key = api_key
         self.api_secret = api_secret
         self.log = log
-        self.limits = UsageLimits(clock)
+        self.limits = limits or UsageLimits(clock)
+        # More 429 answers than this in a minute ban the IP for 2 minutes, as Binance bans clients
+        # that do not back off (0: never).
+        self.ban_after_429 = ban_after_429
         self.ctx = SimContext(
             engine, exchange, faults, market_clock, clock, log, self.limits, source_description, self.rules, self.ban
         )
@@ -147,7 +152,9 @@ class VenueSimulator:
         if fault is not None:
             response = self._error(BinanceError(429, -1003, "Too many requests; current request has limited."))
             response.headers["Retry-After"] = str(fault.params["retry_after_s"])
-            response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(
+                max(self.limits.weight.current(), self.limits.weight_limit + 1)
+            )
             return response
         fault = self.faults.take("http_418", symbol)
         if fault is not None:
@@ -176,7 +183,7 @@ class VenueSimulator:
             )
         )
         response.headers["Retry-After"] = str(self.ban.retry_after_s(now))
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), self.limits.weight_limit + 1))
         return response
 
     @staticmethod
@@ -206,12 +213,13 @@ class VenueSimulator:
             weight = endpoint.weight(params)
             used = self.limits.weight.add(weight)
             headers["X-MBX-USED-WEIGHT-1M"] = str(used)
-            if used > WEIGHT_LIMIT_1M:
+            if used > self.limits.weight_limit:
+                self._rate_limited(headers, self.limits.weight.seconds_left())
                 raise BinanceError(
                     429,
                     -1003,
-                    f"Too much request weight used; current limit is {WEIGHT_LIMIT_1M} request weight per 1 MINUTE. "
-                    "Please use the websocket for live updates to avoid polling the API.",
+                    f"Too much request weight used; current limit is {self.limits.weight_limit} request weight "
+                    "per 1 MINUTE. Please use the websocket for live updates to avoid polling the API.",
                 )
             if endpoint.security != "NONE":
                 self._authenticate(request, body, params, signed=endpoint.security == "SIGNED")
@@ -221,8 +229,15 @@ class VenueSimulator:
                 count_1m = self.limits.orders_1m.add(placed)
                 headers["X-MBX-ORDER-COUNT-10S"] = str(count_10s)
                 headers["X-MBX-ORDER-COUNT-1M"] = str(count_1m)
-                if count_10s > ORDER_LIMIT_10S or count_1m > ORDER_LIMIT_1M:
-                    raise BinanceError(429, -1015, "Too many new orders.")
+                if count_10s > self.limits.orders_10s_limit or count_1m > self.limits.orders_1m_limit:
+                    over_10s = count_10s > self.limits.orders_10s_limit
+                    counter = self.limits.orders_10s if over_10s else self.limits.orders_1m
+                    self._rate_limited(headers, counter.seconds_left())
+                    limit = self.limits.orders_10s_limit if over_10s else self.limits.orders_1m_limit
+                    interval = "10 SECOND" if over_10s else "1 MINUTE"
+                    raise BinanceError(
+                        429, -1015, f"Too many new orders; current limit is {limit} orders per {interval}."
+                    )
             result = await endpoint.handler(request, params)
             self.engine.flush_user_events()
             return web.json_response(result, headers=headers, dumps=dumps)
@@ -252,6 +267,14 @@ class VenueSimulator:
                 status=500,
                 headers=headers,
             )
+
+    def _rate_limited(self, headers: dict[str, str], retry_after_s: int) -> None:
+        """A 429 is being answered: its Retry-After, and the ban of a client that keeps ignoring them."""
+        headers["Retry-After"] = str(max(1, retry_after_s))
+        refusals = self.limits.refusals_1m.add(1)
+        if self.ban_after_429 and refusals > self.ban_after_429 and not self.ban.active(self.clock()):
+            self.ban.start(self.clock(), 120)
+            self.log.warning("ip_banned", reason="kept sending after 429", refusals=refusals, retry_after_s=120)
 
     def _authenticate(self, request: web.Request, body: str, params: dict[str, str], *, signed: bool) -> None:
         key = request.headers.get("X-MBX-APIKEY")

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,6 +242,30 @@ async def test_python_binance_user_stream_when_order_placed_then_order_trade_upd
             assert event["o"]["X"] == "CANCELED"
     finally:
         await client.close_connection()
+
+
+def test_clients_when_request_weight_exhausted_then_429_then_banned_418(
+    tmp_path: Path, python_binance: Callable[..., PythonBinance]
+) -> None:
+    """A real overrun, not a scheduled fault: a venue with a 20-per-minute weight limit that bans
+    (2 minutes) a client sending on after two 429s; both libraries see Binance's statuses."""
+    args = ("--source", "synthetic", "--weight-limit", "20", "--ban-after-429", "2", "--ban-escalation", "1")
+    with running_venue_sim(tmp_path, *args) as limited:
+        into = time.time() % 60
+        if into > 54:
+            time.sleep(60.2 - into)  # the weight counts in fixed wall-clock minutes, as on Binance
+        client = python_binance()
+        client.FUTURES_URL = limited + "/fapi"
+        statuses: list[tuple[int, int]] = []
+        for _ in range(8):
+            try:
+                client.futures_order_book(symbol="BTCUSDT", limit=100)  # weight 5
+                statuses.append((200, 0))
+            except BinanceAPIException as refused:
+                statuses.append((refused.status_code, refused.code))
+        assert statuses == [(200, 0)] * 4 + [(429, -1003)] * 3 + [(418, -1003)], statuses
+        with pytest.raises(RateLimitBanError):
+            official(limited).rest_api.order_book(symbol="BTCUSDT")
 
 
 # ===================================================================== Binance's own connector

@@ -57,15 +57,8 @@ class Venue:
             return response.status, await response.json(content_type=None)
 
 
-async def _venue(
-    rules: ConnectionRules | None = None, ping_interval_s: float = 20.0, ban_escalation: float = 2.0
-) -> Venue:
-    config = replace(
-        SimConfig(seed=5),
-        ws_ping_interval_s=ping_interval_s,
-        rules=rules or ConnectionRules(),
-        ban_escalation=ban_escalation,
-    )
+async def _venue(**overrides: Any) -> Venue:
+    config = replace(SimConfig(seed=5), **overrides)
     source = SyntheticSource(["BTCUSDT", "ETHUSDT"], seed=5, cascade_probability=0.0)
     server = TestServer(build_simulator(config, source, "test").build_app(), host="127.0.0.1")
     await server.start_server()
@@ -106,7 +99,7 @@ async def test_ws_connection_when_lifetime_reached_then_closed_and_a_new_one_ser
         assert (await ws.receive_json(timeout=5))["e"] == "depthUpdate"
 
 
-@pytest.mark.parametrize("venue", [{**rules(pong_timeout_s=1.0), "ping_interval_s": 0.2}], indirect=True)
+@pytest.mark.parametrize("venue", [{**rules(pong_timeout_s=1.0), "ws_ping_interval_s": 0.2}], indirect=True)
 async def test_ws_server_pings_when_client_never_pongs_then_closed_while_ponging_client_stays(venue: Venue) -> None:
     silent = await venue.session.ws_connect(venue.ws_base + "/ws/btcusdt@aggTrade", autoping=False)
     answering = await venue.session.ws_connect(venue.ws_base + "/ws/ethusdt@depth@100ms", autoping=True)
@@ -212,7 +205,7 @@ async def test_external_order_when_placed_through_the_sim_then_on_the_user_strea
     assert status == 400 and refused["code"] == -1102
 
 
-@pytest.mark.parametrize("venue", [{"rules": ConnectionRules(), "ban_escalation": 1.0}], indirect=True)
+@pytest.mark.parametrize("venue", [{"ban_escalation": 1.0}], indirect=True)
 async def test_ip_ban_when_418_then_every_request_refused_until_retry_after_and_counted(venue: Venue) -> None:
     await venue.sim("POST", "/_sim/faults", {"kind": "http_418", "symbol": "BTCUSDT", "params": {"retry_after_s": 2}})
     status, body, headers = await venue.get("/fapi/v1/depth", symbol="BTCUSDT")
@@ -229,7 +222,7 @@ async def test_ip_ban_when_418_then_every_request_refused_until_retry_after_and_
     assert state["ip_ban"]["refused_during_ban"] >= 4 and not state["ip_ban"]["banned"]
 
 
-@pytest.mark.parametrize("venue", [{"rules": ConnectionRules(), "ban_escalation": 2.0}], indirect=True)
+@pytest.mark.parametrize("venue", [{"ban_escalation": 2.0}], indirect=True)
 async def test_ip_ban_when_client_keeps_sending_then_banned_longer(venue: Venue) -> None:
     await venue.sim("POST", "/_sim/faults", {"kind": "http_418", "params": {"retry_after_s": 2}})
     _, _, first = await venue.get("/fapi/v1/time")
@@ -245,6 +238,23 @@ async def test_ip_ban_when_client_keeps_sending_then_banned_longer(venue: Venue)
     assert state["ip_ban"]["ban_s"] == 32 and state["ip_ban"]["refused_during_ban"] == 4
 
 
+@pytest.mark.parametrize("venue", [{"weight_limit_1m": 20, "ban_after_429": 2, "ban_escalation": 1.0}], indirect=True)
+async def test_request_weight_when_over_the_limit_then_429_and_a_client_that_keeps_on_banned(venue: Venue) -> None:
+    await _not_near_a_minute_boundary()  # the weight counts in fixed wall-clock minutes, as on Binance
+    _, info, _ = await venue.get("/fapi/v1/exchangeInfo")
+    weight = next(r for r in info["rateLimits"] if r["rateLimitType"] == "REQUEST_WEIGHT")
+    assert weight["limit"] == 20
+    answers = [await venue.get("/fapi/v1/depth", symbol="BTCUSDT", limit=100) for _ in range(7)]
+    statuses = [status for status, _, _ in answers]
+    # depth limit=100 weighs 5: 1 (exchangeInfo) + 3 x 5 fit in 20, the next three are 429, then a ban.
+    assert statuses == [200, 200, 200, 429, 429, 429, 418], statuses
+    _, limited, headers = answers[3]
+    assert limited["code"] == -1003 and 1 <= int(headers["Retry-After"]) <= 60
+    assert int(headers["X-MBX-USED-WEIGHT-1M"]) > 20
+    _, banned, headers = answers[6]
+    assert banned["code"] == -1003 and 110 <= int(headers["Retry-After"]) <= 120
+
+
 async def test_usage_headers_and_recv_window_when_orders_sent_then_counted_and_stale_refused(venue: Venue) -> None:
     status, _, headers = await venue.get("/fapi/v1/depth", symbol="BTCUSDT", limit=5)
     assert status == 200 and int(headers["X-MBX-USED-WEIGHT-1M"]) >= 2
@@ -258,6 +268,12 @@ async def test_usage_headers_and_recv_window_when_orders_sent_then_counted_and_s
     assert (status, body["code"]) == (400, -1021)
     status, _, _ = await venue.signed("GET", "/fapi/v2/balance", timestamp=stale, recvWindow=10_000)
     assert status == 200
+
+
+async def _not_near_a_minute_boundary() -> None:
+    into = time.time() % 60
+    if into > 54:
+        await asyncio.sleep(60.2 - into)
 
 
 async def _ok(venue: Venue) -> bool:

@@ -10,13 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from services.venue_sim.domain import BinanceError, fmt
-from services.venue_sim.domain.limits import (
-    ORDER_LIMIT_1M,
-    ORDER_LIMIT_10S,
-    WEIGHT_LIMIT_1M,
-    depth_weight,
-    spot_depth_weight,
-)
+from services.venue_sim.domain.limits import depth_weight, spot_depth_weight
 from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, bounded_int, by_symbol, fixed, one
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
@@ -154,14 +148,20 @@ class MarketRoutes(RouteGroup):
                     "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
                 }
             )
+        limits = self.ctx.limits
         return {
             "timezone": "UTC",
             "serverTime": self.ctx.now_ms(),
             "futuresType": "U_MARGINED",
             "rateLimits": [
-                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": WEIGHT_LIMIT_1M},
-                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": ORDER_LIMIT_1M},
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": ORDER_LIMIT_10S},
+                {
+                    "rateLimitType": "REQUEST_WEIGHT",
+                    "interval": "MINUTE",
+                    "intervalNum": 1,
+                    "limit": limits.weight_limit,
+                },
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits.orders_1m_limit},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": limits.orders_10s_limit},
             ],
             "exchangeFilters": [],
             "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
