@@ -37,7 +37,7 @@ from binance_sdk_derivatives_trading_usds_futures.rest_api.models import (
 )
 
 from entrypoints.harness.venue import running_venue_sim
-from tests.support.polling import eventually
+from tests.support.polling import eventually, eventually_blocking
 
 KEY, SECRET = "bulwark-sim-key", "bulwark-sim-secret"
 pytestmark = pytest.mark.timeout(300)
@@ -110,7 +110,7 @@ def test_python_binance_market_data_when_read_then_binance_shaped(
     mark = client.futures_mark_price(symbol="BTCUSDT")
     assert Decimal(mark["markPrice"]) > 0 and "lastFundingRate" in mark
     assert Decimal(client.futures_open_interest(symbol="BTCUSDT")["openInterest"]) > 0
-    klines = eventually_sync(lambda: client.futures_klines(symbol="BTCUSDT", interval="1m", limit=5))
+    klines = eventually_blocking(lambda: client.futures_klines(symbol="BTCUSDT", interval="1m", limit=5))
     open_time, high, low, volume = klines[-1][0], Decimal(klines[-1][2]), Decimal(klines[-1][3]), klines[-1][5]
     assert open_time % 60_000 == 0 and high >= low and Decimal(volume) >= 0
     assert klines[-1][6] == open_time + 59_999
@@ -183,7 +183,7 @@ def test_python_binance_orders_when_placed_queried_cancelled_and_batched_then_ve
     )
     armed = client.futures_countdown_cancel_all(symbol="BTCUSDT", countdownTime=300)
     assert armed == {"symbol": "BTCUSDT", "countdownTime": "300"}
-    eventually_sync(lambda: not client.futures_get_open_orders(symbol="BTCUSDT"), timeout_s=15)
+    eventually_blocking(lambda: not client.futures_get_open_orders(symbol="BTCUSDT"), timeout_s=15)
 
 
 def test_python_binance_errors_when_signature_clock_or_order_wrong_then_binance_codes(
@@ -279,7 +279,7 @@ def test_official_market_data_when_read_then_models_parse(venue: str) -> None:
     assert len(book.bids) == 5
     assert Decimal(rest.mark_price(symbol="ETHUSDT").data().actual_instance.mark_price) > 0
     assert Decimal(rest.open_interest(symbol="ETHUSDT").data().open_interest) > 0
-    klines = eventually_sync(
+    klines = eventually_blocking(
         lambda: rest.kline_candlestick_data(
             symbol="ETHUSDT", interval=KlineCandlestickDataIntervalEnum.INTERVAL_1m, limit=3
         ).data()
@@ -373,17 +373,6 @@ async def test_official_user_stream_when_order_placed_then_event_on_private_stre
 
 
 # ===================================================================== helpers
-def eventually_sync(check: Any, timeout_s: float = 10.0) -> Any:
-    """`eventually` for the synchronous clients."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
-
-
 async def _next_order_event(receive: Any, order_id: int) -> dict[str, Any]:
     while True:
         event = await asyncio.wait_for(receive(), timeout=10)
