@@ -69,6 +69,9 @@ class SimConfig:
     order_limit_1m: int = ORDER_LIMIT_1M
     ban_after_429: int = 0
     """More 429 answers than this within a minute ban the IP for 2 minutes (0: never)."""
+    conditional_orders: str = "legacy"
+    """algo: conditional order types only through /fapi/v1/algoOrder (-4120 on /fapi/v1/order), as
+    Binance since 2025-12-09; legacy: accepted on both."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -110,6 +113,12 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ("--ban-after-429", "BULWARK_SIM_BAN_AFTER_429", 0, int, "429s a minute before a 2-minute ban (0: never)"),
     ):
         parser.add_argument(flag, type=kind, default=kind(environ.get(variable, str(default))), help=what)
+    parser.add_argument(
+        "--conditional-orders",
+        choices=("legacy", "algo"),
+        default=environ.get("BULWARK_SIM_CONDITIONAL_ORDERS", "legacy"),
+        help="algo: STOP_MARKET/TAKE_PROFIT_MARKET only through /fapi/v1/algoOrder, as Binance since 2025-12-09",
+    )
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -138,4 +147,5 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         order_limit_10s=args.order_limit_10s,
         order_limit_1m=args.order_limit_1m,
         ban_after_429=args.ban_after_429,
+        conditional_orders=args.conditional_orders,
     )

@@ -128,6 +128,7 @@ class MarketEngine:
             if tick % 5 in (0, 2):  # every 250 ms on average (250 = 2.5 ticks)
                 self.feed.flush_windows("250ms")
             self.exchange.check_countdowns()
+            self.exchange.check_algo_orders({s: m.last_price for s, m in self.feed.markets.items()})
             await self.hub.check_connection_faults()
             await self.hub.check_connection_rules()
             self.hub.expire_listen_keys()

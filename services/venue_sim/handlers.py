@@ -27,6 +27,7 @@ from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, 
 from services.venue_sim.routes.control import ControlRoutes
 from services.venue_sim.routes.market_streams import StreamRoutes
 from services.venue_sim.routes.rest_account import AccountRoutes
+from services.venue_sim.routes.rest_algo import AlgoRoutes
 from services.venue_sim.routes.rest_market import MarketRoutes
 from services.venue_sim.routes.rest_orders import OrderRoutes
 from services.venue_sim.routes.user_stream import UserStreamRoutes
@@ -57,6 +58,7 @@ class VenueSimulator:
         ban_escalation: float = 2.0,
         limits: UsageLimits | None = None,
         ban_after_429: int = 0,
+        conditional_orders: str = "legacy",
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -71,7 +73,17 @@ class VenueSimulator:
         # that do not back off (0: never).
         self.ban_after_429 = ban_after_429
         self.ctx = SimContext(
-            engine, exchange, faults, market_clock, clock, log, self.limits, source_description, self.rules, self.ban
+            engine,
+            exchange,
+            faults,
+            market_clock,
+            clock,
+            log,
+            self.limits,
+            source_description,
+            self.rules,
+            self.ban,
+            conditional_orders,
         )
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
@@ -79,6 +91,7 @@ class VenueSimulator:
             **MarketRoutes(self.ctx).endpoints(),
             **OrderRoutes(self.ctx).endpoints(),
             **AccountRoutes(self.ctx).endpoints(),
+            **AlgoRoutes(self.ctx).endpoints(),
             **UserStreamRoutes(self.ctx).endpoints(),
         }
 

@@ -31,6 +31,9 @@ from binance_common.errors import BadRequestError, NotFoundError, RateLimitBanEr
 from binance_sdk_derivatives_trading_usds_futures.derivatives_trading_usds_futures import DerivativesTradingUsdsFutures
 from binance_sdk_derivatives_trading_usds_futures.rest_api.models import (
     KlineCandlestickDataIntervalEnum,
+    NewAlgoOrderAlgoTypeEnum,
+    NewAlgoOrderSideEnum,
+    NewAlgoOrderTypeEnum,
     NewOrderSideEnum,
     NewOrderTimeInForceEnum,
     NewOrderTypeEnum,
@@ -186,6 +189,29 @@ def test_python_binance_orders_when_placed_queried_cancelled_and_batched_then_ve
     eventually_blocking(lambda: not client.futures_get_open_orders(symbol="BTCUSDT"), timeout_s=15)
 
 
+def test_python_binance_conditional_order_when_placed_then_algo_service_queried_and_cancelled(
+    venue: str, python_binance: Callable[..., PythonBinance]
+) -> None:
+    client = python_binance()
+    trigger = resting_price(venue, "ETHUSDT", "SELL")  # a buy stop 3 % above the market waits
+    # python-binance sends conditional types to /fapi/v1/algoOrder, as Binance requires since 2025-12-09.
+    placed = client.futures_create_order(
+        symbol="ETHUSDT", side="BUY", type="STOP_MARKET", stopPrice=str(trigger), quantity="0.05"
+    )
+    assert (
+        placed["algoStatus"] == "NEW" and placed["orderType"] == "STOP_MARKET" and placed["algoType"] == "CONDITIONAL"
+    )
+    assert client.futures_get_order(symbol="ETHUSDT", algoId=placed["algoId"])["triggerPrice"] == str(trigger)
+    assert [o["algoId"] for o in client.futures_get_open_orders(symbol="ETHUSDT", conditional=True)] == [
+        placed["algoId"]
+    ]
+    cancelled = client.futures_cancel_order(symbol="ETHUSDT", algoId=placed["algoId"])
+    assert cancelled["algoId"] == placed["algoId"]
+    history = client.futures_get_all_orders(symbol="ETHUSDT", conditional=True)
+    assert next(o for o in history if o["algoId"] == placed["algoId"])["algoStatus"] == "CANCELED"
+    assert client.futures_get_open_orders(symbol="ETHUSDT", conditional=True) == []
+
+
 def test_python_binance_errors_when_signature_clock_or_order_wrong_then_binance_codes(
     venue: str, python_binance: Callable[..., PythonBinance]
 ) -> None:
@@ -323,6 +349,24 @@ def test_official_orders_when_placed_queried_cancelled_and_batched_then_models_p
     with pytest.raises(BadRequestError) as unknown:
         rest.query_order(symbol="ETHUSDT", order_id=1)
     assert "-2013" in str(unknown.value) or "Order does not exist" in str(unknown.value)
+
+
+def test_official_conditional_order_when_placed_then_algo_models_parse(venue: str) -> None:
+    rest = official(venue).rest_api
+    trigger = float(resting_price(venue, "BTCUSDT", "BUY"))  # a sell stop 3 % below the market waits
+    placed = rest.new_algo_order(
+        algo_type=NewAlgoOrderAlgoTypeEnum.CONDITIONAL,
+        symbol="BTCUSDT",
+        side=NewAlgoOrderSideEnum.SELL,
+        type=NewAlgoOrderTypeEnum.STOP_MARKET,
+        quantity=0.01,
+        trigger_price=trigger,
+    ).data()
+    assert placed.algo_status == "NEW" and placed.algo_id
+    assert rest.query_algo_order(algo_id=placed.algo_id).data().algo_status == "NEW"
+    assert placed.algo_id in [o.algo_id for o in rest.current_all_algo_open_orders(symbol="BTCUSDT").data()]
+    assert rest.cancel_algo_order(algo_id=placed.algo_id).data().algo_id == placed.algo_id
+    assert rest.query_algo_order(algo_id=placed.algo_id).data().algo_status == "CANCELED"
 
 
 def test_official_errors_when_signature_wrong_or_limited_then_typed_errors(venue: str) -> None:

@@ -270,6 +270,39 @@ async def test_usage_headers_and_recv_window_when_orders_sent_then_counted_and_s
     assert status == 200
 
 
+@pytest.mark.parametrize("venue", [{"conditional_orders": "algo"}], indirect=True)
+async def test_conditional_order_when_triggered_then_market_order_placed_and_algo_updates(venue: Venue) -> None:
+    _, body = await venue.key_only("POST", "/fapi/v1/listenKey")
+    _, ticker, _ = await venue.get("/fapi/v1/ticker/price", symbol="ETHUSDT")
+    trigger = f"{float(ticker['price']) * 1.02:.2f}"
+    stop = {"symbol": "ETHUSDT", "side": "BUY", "type": "STOP_MARKET", "quantity": "0.1"}
+    # As on Binance since 2025-12-09: conditional types only through the Algo Service.
+    status, refused, _ = await venue.signed("POST", "/fapi/v1/order", **stop, stopPrice=trigger)
+    assert (status, refused["code"]) == (400, -4120)
+    async with venue.session.ws_connect(f"{venue.ws_base}/ws/{body['listenKey']}") as ws:
+        status, placed, _ = await venue.signed(
+            "POST", "/fapi/v1/algoOrder", **stop, algoType="CONDITIONAL", triggerPrice=trigger, clientAlgoId="stop-1"
+        )
+        assert status == 200 and placed["algoStatus"] == "NEW", placed
+        assert (await ws.receive_json(timeout=5))["o"]["X"] == "NEW"
+        await venue.sim("POST", "/_sim/faults", {"kind": "price_shift", "params": {"pct": 5, "over_s": 1}})
+        events: list[dict[str, Any]] = []
+        while not any(e["e"] == "ALGO_UPDATE" and e["o"]["X"] == "FINISHED" for e in events):
+            events.append(await ws.receive_json(timeout=10))
+        algo = [e["o"]["X"] for e in events if e["e"] == "ALGO_UPDATE"]
+        assert algo == ["TRIGGERING", "TRIGGERED", "FINISHED"], events
+        triggered = next(e for e in events if e["e"] == "ALGO_UPDATE" and e["o"]["X"] == "TRIGGERED")
+        assert triggered["o"]["caid"] == "stop-1"
+        fills = [e for e in events if e["e"] == "ORDER_TRADE_UPDATE"]
+        assert fills and str(fills[0]["o"]["i"]) == triggered["o"]["ai"] and fills[0]["o"]["o"] == "MARKET"
+    status, query, _ = await venue.signed("GET", "/fapi/v1/algoOrder", algoId=placed["algoId"])
+    assert query["algoStatus"] == "FINISHED" and query["actualOrderId"] == triggered["o"]["ai"]
+    _, positions, _ = await venue.signed("GET", "/fapi/v2/positionRisk", symbol="ETHUSDT")
+    assert positions[0]["positionAmt"] == "0.1"
+    status, unknown, _ = await venue.signed("DELETE", "/fapi/v1/algoOrder", algoId=placed["algoId"])
+    assert (status, unknown["code"]) == (400, -2011)
+
+
 async def _not_near_a_minute_boundary() -> None:
     into = time.time() % 60
     if into > 54:

@@ -17,6 +17,7 @@ from typing import Any
 from libs.clock import Clock
 from services.venue_sim.domain import matching
 from services.venue_sim.domain.accounts import Account, Fill, Position
+from services.venue_sim.domain.algo_orders import AlgoBook, AlgoOrder, algo_update, algo_view
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.brackets import max_notional
 from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, order_view, parse_order_request, triggers
@@ -54,6 +55,7 @@ class Exchange:
         self._next_trade_id = 100_000_000
         self._countdowns: dict[str, int] = {}  # symbol -> deadline ns
         self.leverage: dict[str, int] = {}  # symbol -> initial leverage set by POST /fapi/v1/leverage
+        self.algo = AlgoBook()
 
     # ----------------------------------------------------------------- helpers
     def now_ms(self) -> int:
@@ -404,6 +406,63 @@ class Exchange:
                 self._take(order, None)
                 if order.is_open:
                     self._finish(order, "EXPIRED")
+
+    # ----------------------------------------------------------------- conditional orders (Algo Service)
+    def place_algo(self, params: Mapping[str, str], last_price: Decimal | None) -> AlgoOrder:
+        """POST /fapi/v1/algoOrder: accept a conditional order (it waits outside the book).
+
+        Raises:
+            BinanceError: the order is rejected, with Binance's code.
+        """
+        spec = self.spec(params.get("symbol"))
+        order = self.algo.place(params, spec, (last_price, self.mark_price(spec.symbol)), self.now_ms())
+        self._algo_event(order)
+        return order
+
+    def cancel_algo(self, params: Mapping[str, str]) -> AlgoOrder:
+        """DELETE /fapi/v1/algoOrder.
+
+        Raises:
+            BinanceError: -2011 when the order is unknown or no longer open.
+        """
+        order = self.algo.find(params)
+        if order is None or order.status != "NEW":
+            raise BinanceError(400, -2011, "Unknown order sent.")
+        self.algo.cancel(order, self.now_ms())
+        self._algo_event(order)
+        return order
+
+    def check_algo_orders(self, last_prices: Mapping[str, Decimal | None]) -> None:
+        """Trigger the conditional orders the last or mark price crossed: each places a MARKET order."""
+        for symbol in {o.symbol for o in self.algo.open_orders(None)}:
+            for order in self.algo.due(symbol, last_prices.get(symbol), self.mark_price(symbol)):
+                now = self.now_ms()
+                order.trigger_ms = order.update_ms = now
+                quantity = abs(self.position(symbol).quantity) if order.close_position else order.quantity
+                market = {"symbol": symbol, "side": order.side, "type": "MARKET", "quantity": fmt(quantity)}
+                if order.reduce_only:
+                    market["reduceOnly"] = "true"
+                order.status = "TRIGGERING"  # forwarded to the matching engine
+                self._algo_event(order)
+                try:
+                    placed, _ = self.place_order(market)
+                except BinanceError as error:
+                    order.status, order.reject_reason = "REJECTED", error.msg
+                    self._algo_event(order)
+                    continue
+                order.actual_order_id = placed.order_id
+                order.status = "TRIGGERED"
+                self._algo_event(order)
+                if not placed.is_open:
+                    order.status = "FINISHED"
+                    self._algo_event(order)
+
+    def algo_view(self, order: AlgoOrder) -> dict[str, Any]:
+        """The conditional order as Binance's REST answers show it."""
+        return algo_view(order, self.specs[order.symbol])
+
+    def _algo_event(self, order: AlgoOrder) -> None:
+        self.outbox.append(algo_update(order, self.specs[order.symbol], self.now_ms()))
 
     # ----------------------------------------------------------------- dead-man's switch
     def arm_countdown(self, symbol: str, countdown_ms: int) -> None:

@@ -58,6 +58,9 @@ class SimContext:
     source_description: str = ""
     rules: ConnectionRules = field(default_factory=ConnectionRules)
     ban: IpBan = field(default_factory=IpBan)
+    conditional_orders: str = "legacy"
+    """legacy: STOP_MARKET / TAKE_PROFIT_MARKET accepted on /fapi/v1/order too; algo: only through
+    /fapi/v1/algoOrder, as on Binance since 2025-12-09."""
 
     def now_ms(self) -> int:
         """Wall clock in ms."""

@@ -11,6 +11,7 @@ from aiohttp import web
 from services.venue_sim.domain import BinanceError
 from services.venue_sim.domain.brackets import commission_rates, parse_leverage, symbol_brackets
 from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, bounded_int, fixed, one
+from services.venue_sim.routes.rest_algo import refuse_conditional
 
 MAX_BATCH_ORDERS = 5
 MAX_BATCH_CANCELS = 10
@@ -78,7 +79,10 @@ class AccountRoutes(RouteGroup):
         results: list[Any] = []
         for item in _json_list(params, "batchOrders", MAX_BATCH_ORDERS):
             try:
-                order, ack = self.exchange.place_order(_as_params(item))
+                item_params = _as_params(item)
+                if self.ctx.conditional_orders == "algo":
+                    refuse_conditional(item_params)
+                order, ack = self.exchange.place_order(item_params)
             except BinanceError as error:
                 results.append(error.body())
                 continue

@@ -135,7 +135,6 @@ class MarketRoutes(RouteGroup):
                             "stepSize": fmt(spec.step_size),
                         },
                         {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-                        {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
                         {"filterType": "MIN_NOTIONAL", "notional": fmt(spec.min_notional)},
                         {
                             "filterType": "PERCENT_PRICE",

@@ -21,6 +21,7 @@ from services.venue_sim.routes.context import (
     fixed,
     one,
 )
+from services.venue_sim.routes.rest_algo import refuse_conditional
 
 
 class OrderRoutes(RouteGroup):
@@ -46,6 +47,8 @@ class OrderRoutes(RouteGroup):
 
     async def new_order(self, request: web.Request, params: dict[str, str]) -> Any:
         """POST /fapi/v1/order, under the order faults."""
+        if self.ctx.conditional_orders == "algo":
+            refuse_conditional(params)
         symbol = params.get("symbol")
         if self.ctx.faults.faults:
             fault = self.ctx.faults.take("order_reject", symbol)
