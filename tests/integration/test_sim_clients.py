@@ -17,6 +17,7 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
 
+import binance_common.utils
 import pytest
 import requests
 
@@ -348,7 +349,10 @@ def test_official_orders_when_placed_queried_cancelled_and_batched_then_models_p
     assert armed.symbol == "ETHUSDT"
     with pytest.raises(BadRequestError) as unknown:
         rest.query_order(symbol="ETHUSDT", order_id=1)
-    assert "-2013" in str(unknown.value) or "Order does not exist" in str(unknown.value)
+    assert unknown.value.status_code == -2013  # the connector puts Binance's code there
+    with pytest.raises(BadRequestError) as cancel_unknown:
+        rest.cancel_order(symbol="ETHUSDT", order_id=1)
+    assert cancel_unknown.value.status_code == -2011
 
 
 def test_official_conditional_order_when_placed_then_algo_models_parse(venue: str) -> None:
@@ -369,11 +373,19 @@ def test_official_conditional_order_when_placed_then_algo_models_parse(venue: st
     assert rest.query_algo_order(algo_id=placed.algo_id).data().algo_status == "CANCELED"
 
 
-def test_official_errors_when_signature_wrong_or_limited_then_typed_errors(venue: str) -> None:
+def test_official_errors_when_signature_clock_wrong_or_limited_then_typed_errors(
+    venue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(BadRequestError) as bad_signature:
         official(venue, secret="not-the-secret").rest_api.account_information_v3()
-    assert "Signature for this request is not valid" in str(bad_signature.value)
+    assert bad_signature.value.status_code == -1022
     rest = official(venue).rest_api
+    with monkeypatch.context() as clock:
+        # The connector's clock one minute behind: outside the 5 s recvWindow.
+        clock.setattr(binance_common.utils, "get_timestamp", lambda: int(time.time() * 1000) - 60_000)
+        with pytest.raises(BadRequestError) as skew:
+            rest.account_information_v3()
+    assert skew.value.status_code == -1021
     sim(venue, "POST", "/_sim/faults", {"kind": "http_429", "symbol": "BTCUSDT"})
     with pytest.raises(TooManyRequestsError):
         rest.order_book(symbol="BTCUSDT")
