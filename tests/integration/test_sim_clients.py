@@ -231,6 +231,10 @@ def test_python_binance_errors_when_signature_clock_or_order_wrong_then_binance_
     with pytest.raises(BinanceAPIException) as cancel_unknown:
         client.futures_cancel_order(symbol="BTCUSDT", orderId=1)
     assert (cancel_unknown.value.status_code, cancel_unknown.value.code) == (400, -2011)
+    with pytest.raises(BinanceAPIException) as no_such_path:
+        client.futures_position_information(version=1)  # Binance serves positionRisk as v2 and v3 only
+    assert (no_such_path.value.status_code, no_such_path.value.code) == (404, -5000)
+    assert no_such_path.value.message == "Path /fapi/v1/positionRisk, Method GET is invalid"
 
 
 def test_python_binance_rate_limit_and_ban_when_venue_refuses_then_429_and_418(
