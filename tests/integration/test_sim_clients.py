@@ -118,6 +118,8 @@ def test_python_binance_market_data_when_read_then_binance_shaped(
     open_time, high, low, volume = klines[-1][0], Decimal(klines[-1][2]), Decimal(klines[-1][3]), klines[-1][5]
     assert open_time % 60_000 == 0 and high >= low and Decimal(volume) >= 0
     assert klines[-1][6] == open_time + 59_999
+    day = client.futures_ticker(symbol="BTCUSDT")
+    assert Decimal(day["highPrice"]) >= Decimal(day["lowPrice"]) > 0 and day["count"] > 0
 
 
 def test_python_binance_account_when_read_then_balance_positions_brackets_fees_and_mode(

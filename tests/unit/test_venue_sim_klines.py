@@ -62,3 +62,21 @@ def test_brackets_when_built_then_cum_continuous_and_leverage_limits_notional() 
         with pytest.raises(BinanceError) as refused:
             parse_leverage(raw)
         assert refused.value.code == code
+
+
+def test_rolling_day_when_trades_older_than_24h_then_left_out() -> None:
+    recorder = KlineRecorder()
+    recorder.on_trade("BTCUSDT", T0, Decimal("90"), Decimal("5"), taker_buy=True)
+    recorder.on_trade("BTCUSDT", T0 + 86_400_000, Decimal("100"), Decimal("1"), taker_buy=True)
+    recorder.on_trade("BTCUSDT", T0 + 86_460_000, Decimal("110"), Decimal("2"), taker_buy=False)
+    day = recorder.rolling("BTCUSDT", T0 + 86_470_000)
+    assert day is not None
+    assert (day.open, day.high, day.low, day.close, day.volume, day.trades) == (
+        Decimal("100"),
+        Decimal("110"),
+        Decimal("100"),
+        Decimal("110"),
+        Decimal("3"),
+        2,
+    )
+    assert recorder.rolling("ETHUSDT", T0) is None

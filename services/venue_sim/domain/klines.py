@@ -116,6 +116,18 @@ class KlineRecorder:
                 minutes.popitem(last=False)
         candle.add(price, quantity, taker_buy)
 
+    def rolling(self, symbol: str, now_ms: int, window_ms: int = 1440 * MINUTE_MS) -> Candle | None:
+        """The trading of the minutes within `window_ms` before now, as one candle (None: no trade)."""
+        since = interval_start(now_ms - window_ms, MINUTE_MS) + MINUTE_MS
+        total: Candle | None = None
+        for start, minute in self._minutes.get(symbol, {}).items():
+            if start < since:
+                continue
+            if total is None:
+                total = Candle(start, minute.open, minute.open, minute.open, minute.open)
+            total.merge(minute)
+        return total
+
     def klines(
         self, symbol: str, interval: str, now_ms: int, start_ms: int | None, end_ms: int | None, limit: int
     ) -> list[list[object]]:

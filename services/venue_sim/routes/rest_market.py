@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from services.venue_sim.domain import BinanceError, fmt
+from services.venue_sim.domain.klines import Candle
 from services.venue_sim.domain.limits import depth_weight, spot_depth_weight
 from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, bounded_int, by_symbol, fixed, one
 
@@ -63,6 +64,7 @@ class MarketRoutes(RouteGroup):
             ("GET", "/fapi/v1/ticker/bookTicker"): Endpoint(self.book_ticker, by_symbol(2, 5)),
             ("GET", "/fapi/v1/aggTrades"): Endpoint(self.agg_trades, fixed(20)),
             ("GET", "/fapi/v1/klines"): Endpoint(self.klines, _klines_weight),
+            ("GET", "/fapi/v1/ticker/24hr"): Endpoint(self.ticker_24hr, by_symbol(1, 40)),
         }
         if self.feed.spot:
             table.update(
@@ -261,6 +263,38 @@ class MarketRoutes(RouteGroup):
         start = bounded_int(params, "startTime", 0, 0, 2**62) if params.get("startTime") else None
         end = bounded_int(params, "endTime", 0, 0, 2**62) if params.get("endTime") else None
         return self.feed.klines.klines(symbol, interval, self.ctx.now_ms(), start, end, limit)
+
+    def _day(self, symbol: str) -> dict[str, Any]:
+        spec = self.exchange.specs[symbol]
+        now = self.ctx.now_ms()
+        last = self._price(symbol)["price"]
+        # No trade in 24 hours: an unchanged day at the last price, no volume.
+        day = self.feed.klines.rolling(symbol, now) or Candle(now, *(Decimal(last),) * 4)
+        change = day.close - day.open
+        return {
+            "symbol": symbol,
+            "priceChange": fmt(change, spec.price_precision),
+            "priceChangePercent": fmt(change / day.open * 100, 3) if day.open else "0",
+            "weightedAvgPrice": fmt(day.quote_volume / day.volume, spec.price_precision) if day.volume else last,
+            "lastPrice": last,
+            "lastQty": "0",
+            "openPrice": str(day.open),
+            "highPrice": str(day.high),
+            "lowPrice": str(day.low),
+            "volume": str(day.volume),
+            "quoteVolume": str(day.quote_volume),
+            "openTime": day.open_ms,
+            "closeTime": now,
+            "firstId": 0,
+            "lastId": self.feed.markets[symbol].last_trade_id,
+            "count": day.trades,
+        }
+
+    async def ticker_24hr(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/ticker/24hr — the last 24 hours of the market's trades."""
+        if params.get("symbol"):
+            return self._day(self.ctx.symbol(params))
+        return [self._day(s) for s in sorted(self.feed.books)]
 
     # ================================================================= public REST, spot
     async def spot_exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:
