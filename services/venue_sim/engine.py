@@ -127,6 +127,7 @@ class MarketEngine:
             self.feed.flush_windows("100ms")
             if tick % 5 in (0, 2):  # every 250 ms on average (250 = 2.5 ticks)
                 self.feed.flush_windows("250ms")
+                self.feed.publish_klines()
             self.exchange.check_countdowns()
             self.exchange.check_algo_orders({s: m.last_price for s, m in self.feed.markets.items()})
             await self.hub.check_connection_faults()

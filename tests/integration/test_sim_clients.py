@@ -301,6 +301,22 @@ def test_clients_when_request_weight_exhausted_then_429_then_banned_418(
             official(limited).rest_api.order_book(symbol="BTCUSDT")
 
 
+async def test_python_binance_kline_stream_when_subscribed_then_running_candle_pushed(venue: str) -> None:
+    client = AsyncClient(KEY, SECRET, requests_params={"timeout": 10})
+    try:
+        sockets = BinanceSocketManager(client)
+        sockets.FSTREAM_URL = venue.replace("http", "ws") + "/"
+        # USD-M routes kline streams through /market (python-binance's default category).
+        async with sockets.futures_multiplex_socket(["ethusdt@kline_1m"]) as stream:
+            frame = await asyncio.wait_for(stream.recv(), timeout=10)
+        candle = frame["data"]["k"]
+        assert frame["stream"] == "ethusdt@kline_1m" and frame["data"]["e"] == "kline"
+        assert candle["i"] == "1m" and candle["T"] == candle["t"] + 59_999 and candle["x"] is False
+        assert Decimal(candle["h"]) >= Decimal(candle["l"]) > 0
+    finally:
+        await client.close_connection()
+
+
 # ===================================================================== Binance's own connector
 def test_official_market_data_when_read_then_models_parse(venue: str) -> None:
     rest = official(venue).rest_api

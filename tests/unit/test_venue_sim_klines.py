@@ -1,15 +1,20 @@
-"""Candles, leverage brackets and leverage of the simulated venue (pure, no sockets)."""
+"""Candles (REST and the kline stream), leverage brackets and leverage of the simulated venue (no sockets)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
-from services.venue_sim.domain import BinanceError
+from libs.clock import ManualClock
+from libs.recordings import USDM
+from services.venue_sim.domain import BinanceError, Exchange, OrderBook, spec_for
 from services.venue_sim.domain.brackets import BRACKETS, max_notional, parse_leverage
 from services.venue_sim.domain.klines import KlineRecorder
+from services.venue_sim.domain.market_events import TradeEvent
+from services.venue_sim.market import MarketFeed
 
 T0 = 1_700_000_040_000  # 2023-11-14 22:14:00 UTC, a minute boundary
 
@@ -80,3 +85,40 @@ def test_rolling_day_when_trades_older_than_24h_then_left_out() -> None:
         2,
     )
     assert recorder.rolling("ETHUSDT", T0) is None
+
+
+class _RecordingHub:
+    """Stands in for the stream hub: one client listens to the BTCUSDT 1m candles."""
+
+    def __init__(self) -> None:
+        self.subscribers: dict[str, set[object]] = {"btcusdt@kline_1m": {object()}}
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, stream: str, symbol: str, channel: str, data: dict[str, Any]) -> None:
+        self.sent.append((stream, data))
+
+
+def test_kline_stream_when_minute_ends_then_final_candle_before_the_new_one() -> None:
+    clock = ManualClock(T0 * 1_000_000)
+    book = OrderBook("BTCUSDT")
+    exchange = Exchange(clock, {"BTCUSDT": spec_for("BTCUSDT")}, {"BTCUSDT": book})
+    hub = _RecordingHub()
+    feed = MarketFeed({"BTCUSDT": book}, exchange, hub, clock, USDM, {"BTCUSDT": Decimal(1)})  # type: ignore[arg-type]
+    feed.on_trade(TradeEvent("BTCUSDT", 1, Decimal("100"), Decimal("1"), buyer_is_maker=False))
+    feed.publish_klines()
+    clock.advance(60)
+    feed.on_trade(TradeEvent("BTCUSDT", 2, Decimal("101"), Decimal("2"), buyer_is_maker=True))
+    feed.publish_klines()
+    candles = [(data["k"]["t"], data["k"]["c"], data["k"]["x"]) for stream, data in hub.sent if "@kline_" in stream]
+    assert candles == [(T0, "100", False), (T0, "100", True), (T0 + 60_000, "101", False)]
+
+
+def test_klines_when_market_quiet_for_a_year_then_only_the_rows_asked_for_are_built() -> None:
+    recorder = KlineRecorder()
+    recorder.on_trade("BTCUSDT", T0, Decimal("100"), Decimal("1"), taker_buy=True)
+    year_later = T0 + 365 * 86_400_000
+    rows = recorder.klines("BTCUSDT", "1m", year_later, None, None, 3)
+    assert [row[0] for row in rows] == [year_later - 120_000, year_later - 60_000, year_later]
+    assert all(row[4] == "100" and row[5] == "0" for row in rows)
+    first = recorder.klines("BTCUSDT", "1m", year_later, T0, None, 2)
+    assert [row[0] for row in first] == [T0, T0 + 60_000] and first[0][5] == "1"

@@ -92,6 +92,34 @@ class Candle:
         ]
 
 
+def kline_frame(symbol: str, interval: str, row: list[object], now_ms: int, *, closed: bool) -> dict[str, object]:
+    """The `<symbol>@kline_<interval>` stream event of one candle row."""
+    return {
+        "e": "kline",
+        "E": now_ms,
+        "s": symbol,
+        "k": {
+            "t": row[0],
+            "T": row[6],
+            "s": symbol,
+            "i": interval,
+            "f": -1,
+            "L": -1,
+            "o": row[1],
+            "c": row[4],
+            "h": row[2],
+            "l": row[3],
+            "v": row[5],
+            "n": row[8],
+            "x": closed,
+            "q": row[7],
+            "V": row[9],
+            "Q": row[10],
+            "B": "0",
+        },
+    }
+
+
 def interval_start(time_ms: int, interval_ms: int) -> int:
     """The open time of the interval holding `time_ms`."""
     offset = WEEK_OFFSET_MS if interval_ms == INTERVALS_MS["1w"] else 0
@@ -150,20 +178,23 @@ class KlineRecorder:
                 buckets[bucket] = Candle(bucket, minute.open, minute.open, minute.open, minute.open)
                 candle = buckets[bucket]
             candle.merge(minute)
-        first = min(buckets)
-        last = interval_start(now_ms, interval_ms)
-        rows: list[Candle] = []
-        previous: Candle | None = None
-        for open_ms in range(first, max(last, max(buckets)) + 1, interval_ms):
+        # Only the `limit` intervals asked for are built, however long the market was quiet.
+        last = max(interval_start(now_ms, interval_ms), max(buckets))
+        if end_ms is not None:
+            last = min(last, interval_start(end_ms, interval_ms))
+        if start_ms is not None:
+            begin = max(min(buckets), interval_start(start_ms, interval_ms))
+            last = min(last, begin + (limit - 1) * interval_ms)
+        else:
+            begin = max(min(buckets), last - (limit - 1) * interval_ms)
+        earlier = [open_ms for open_ms in buckets if open_ms < begin]
+        previous = buckets[max(earlier)] if earlier else None
+        rows: list[list[object]] = []
+        for open_ms in range(begin, last + 1, interval_ms):
             candle = buckets.get(open_ms)
             if candle is None:
                 assert previous is not None  # the first bucket always traded
                 candle = Candle(open_ms, previous.close, previous.close, previous.close, previous.close)
             previous = candle
-            if start_ms is not None and open_ms + interval_ms - 1 < start_ms:
-                continue
-            if end_ms is not None and open_ms > end_ms:
-                break
-            rows.append(candle)
-        chosen = rows[:limit] if start_ms is not None else rows[-limit:]
-        return [candle.row(interval_ms) for candle in chosen]
+            rows.append(candle.row(interval_ms))
+        return rows

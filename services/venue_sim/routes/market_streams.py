@@ -15,7 +15,8 @@ from services.venue_sim.routes.context import RouteGroup, dumps
 from services.venue_sim.streams import Subscriber
 
 STREAM_NAME = re.compile(
-    r"^[a-z0-9]+@(depth(@0ms|@100ms|@250ms|@500ms)?|aggTrade|trade|markPrice(@1s)?|forceOrder|bookTicker)$"
+    r"^[a-z0-9]+@(depth(@0ms|@100ms|@250ms|@500ms)?|aggTrade|trade|markPrice(@1s)?|forceOrder|bookTicker"
+    r"|kline_(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w))$"
 )
 
 
