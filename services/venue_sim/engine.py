@@ -131,7 +131,7 @@ class MarketEngine:
             self.exchange.check_countdowns()
             self.exchange.check_algo_orders({s: m.last_price for s, m in self.feed.markets.items()})
             await self.hub.check_connection_faults()
-            await self.hub.check_connection_rules()
+            self.hub.check_connection_rules()
             self.hub.expire_listen_keys()
             self.prices.apply_price_shifts()
             self.flush_user_events()

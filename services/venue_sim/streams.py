@@ -80,6 +80,7 @@ class StreamHub:
         self.log = log
         self.clock = clock
         self.rules = rules or ConnectionRules()
+        self._closing: set[asyncio.Task[None]] = set()
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.connections: set[Subscriber] = set()
         self.user_connections: set[Subscriber] = set()
@@ -94,7 +95,7 @@ class StreamHub:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await subscriber.ws.ping()
 
-    async def check_connection_rules(self) -> None:
+    def check_connection_rules(self) -> None:
         """Close connections past their lifetime or silent to pings for too long (Binance: 24 h, 10 min)."""
         now = self.clock()
         lifetime_ns = int(self.rules.lifetime_s * NS_PER_S)
@@ -104,10 +105,18 @@ class StreamHub:
                 continue
             if now - subscriber.connected_ns >= lifetime_ns:
                 self.log.info("ws_lifetime_expired", lifetime_s=self.rules.lifetime_s)
-                await self.close_subscriber(subscriber, 1001, False, b"connection lifetime expired")
+                self._close_later(subscriber, 1001, b"connection lifetime expired")
             elif now - subscriber.last_pong_ns >= pong_ns:
                 self.log.warning("ws_pong_timeout", pong_timeout_s=self.rules.pong_timeout_s)
-                await self.close_subscriber(subscriber, 1008, False, b"pong timeout")
+                self._close_later(subscriber, 1008, b"pong timeout")
+
+    def _close_later(self, subscriber: Subscriber, code: int, reason: bytes) -> None:
+        # A close waits for the client's close frame (up to 10 s from a dead client): not on the
+        # market's periodic work.
+        subscriber.closed = True
+        task = asyncio.get_running_loop().create_task(self.close_subscriber(subscriber, code, False, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def expire_listen_keys(self) -> list[str]:
         """Drop listen keys past their validity: their user connections get `listenKeyExpired` and
