@@ -483,7 +483,9 @@ def test_python_binance_account_modes_when_read_and_changed_then_venue_answers(
 ) -> None:
     client = python_binance()
     assert client.futures_get_multi_assets_mode() == {"multiAssetsMargin": False}
-    assert client.futures_change_margin_type(symbol="ETHUSDT", marginType="CROSSED")["code"] in (200, -4046)
+    assert client.futures_change_margin_type(symbol="ETHUSDT", marginType="ISOLATED") == {"code": 200, "msg": "success"}
+    assert client.futures_position_information(symbol="ETHUSDT")[0]["marginType"] == "isolated"
+    assert client.futures_change_margin_type(symbol="ETHUSDT", marginType="CROSSED")["code"] == 200
     with pytest.raises(BinanceAPIException) as unchanged:
         client.futures_change_position_mode(dualSidePosition="false")
     assert unchanged.value.code == -4059  # already one-way: "No need to change position side."
