@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from entrypoints import venue_cli
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
     BACKUP_VENUE_PROGRAM,
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"port of the backup venue simulator (default {DEFAULT_BACKUP_VENUE_PORT}; with --backup-venue)",
     )
 
+    venue_cli.add_up_flags(up)
+    venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
+
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
     status.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
@@ -206,8 +210,17 @@ def replay_setup(source: str | None, requested: tuple[str, ...] | None) -> tuple
 def cmd_up(args: argparse.Namespace) -> int:
     requested = tuple(s.strip().upper() for s in (args.symbols or "").split(",") if s.strip()) or None
     try:
-        symbols, market_env = replay_setup(args.venue_source, requested)
-    except ValueError as exc:
+        venue = venue_cli.venue_of(args)
+        # Another venue trades its own market: the simulator's recordings say nothing about it.
+        symbols, market_env = (
+            replay_setup(args.venue_source, requested)
+            if venue.simulated
+            else (
+                requested or DEFAULT_SYMBOLS,
+                {},
+            )
+        )
+    except (ValueError, venue_cli.VenueProfileError) as exc:
         _err(f"bulwark up: {exc}")
         return 2
     main_venue = market_env.get("BULWARK_VENUE") or os.environ.get("BULWARK_VENUE") or DEFAULT_VENUE
@@ -230,6 +243,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         main_venue=main_venue,
         backup_venue="" if args.backup_venue is None else (args.backup_venue or default_backup_venue(main_venue)),
         backup_venue_port=args.backup_venue_port,
+        venue=venue,
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
     if problem:
@@ -252,7 +266,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     assert creds is not None
     endpoints = {
         "gateway": f"http://{config.host}:{config.gateway_port}",
-        "venue": f"http://{config.host}:{config.venue_port}",
+        "venue": config.venue.rest_url or f"http://{config.host}:{config.venue_port}",
         "nats_url": f"nats://{config.host}:{config.nats_port}",
         "pg_dsn": postgres_dsn(config.pg_port, config.host),
         "redis_url": f"redis://{config.host}:{config.redis_port}/0",
@@ -265,7 +279,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _out("")
     _out(f"Bulwark is starting (data dir {config.data_dir})")
     _out(f"  gateway          http://{config.host}:{config.gateway_port}   (dashboard: /, API docs: /docs)")
-    _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
+    if config.venue.simulated:
+        _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
+    else:
+        _out(venue_cli.venue_line(config.venue))
     if config.backup_venue:
         _out(
             f"  backup venue     {endpoints['backup_venue']}   ({config.backup_venue}, traded by "
@@ -276,7 +293,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     _out(f"  admin token      {creds.admin_token}")
     _out(f"  operator token   {creds.operator_token}")
     _out(f"  viewer token     {creds.viewer_token}")
-    _out(f"  venue api key    {creds.venue_api_key} (secret in {config.data_dir / 'credentials.json'})")
+    if config.venue.simulated:
+        _out(f"  venue api key    {creds.venue_api_key} (secret in {config.data_dir / 'credentials.json'})")
+    else:
+        _out(f"  venue api key    from {config.venue.key_source}; the key itself is never shown")
     if config.backup_venue:
         _out(f"  backup api key   {creds.backup_venue_api_key} (secret in the same file)")
     _out(f"  logs             {config.data_dir / 'logs'}")
@@ -325,6 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out(f"trading state      {status.get('trading_state')}")
     _out(f"degradation level  {status.get('degradation_level')}")
     _out(f"health             {status.get('health')}")
+    _out(venue_cli.preflight_line(status.get("preflight")))
     _out("components:")
     for name, comp in sorted(status.get("components", {}).items()):
         _out(
@@ -447,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args)
         case "projections":
             return cmd_projections(args)
+        case "preflight":
+            return venue_cli.cmd_preflight(args, _out, _err, _token(args.data_dir))
     return 2
 
 

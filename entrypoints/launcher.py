@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoints import infra
+from entrypoints.venue_profiles import VenueChoice, hold_halted, venue_env
 from libs import db
 from libs.bus import Bus
 from libs.logging import get_logger
@@ -98,16 +99,19 @@ class LaunchConfig:
     backup_venue_port: int = DEFAULT_BACKUP_VENUE_PORT
     main_venue: str = DEFAULT_VENUE
     """`BULWARK_VENUE` of the services (a spot replay trades `binance-spot`)."""
+    venue: VenueChoice = field(default_factory=VenueChoice)
+    """The venue profile (`--venue`): the local simulator, or a venue elsewhere (no simulator started)."""
 
     def ports(self) -> dict[str, int]:
         ports = {
             "--gateway-port": self.gateway_port,
-            "--venue-port": self.venue_port,
             "--nats-port": self.nats_port,
             "--nats-monitor-port": self.nats_monitor_port,
             "--pg-port": self.pg_port,
             "--redis-port": self.redis_port,
         }
+        if self.venue.simulated:
+            ports["--venue-port"] = self.venue_port
         if self.backup_venue:
             ports["--backup-venue-port"] = self.backup_venue_port
         return ports
@@ -221,6 +225,7 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         env["BULWARK_SIM_SEED"] = str(config.venue_seed)
     if config.strategy_config is not None:
         env["BULWARK_STRATEGY_CONFIG"] = str(config.strategy_config)
+    env.update(venue_env(config.venue))
     env.update(config.extra_env)
     return env
 
@@ -254,7 +259,10 @@ def _quote(part: str) -> str:
 
 
 def venue_programs(config: LaunchConfig) -> tuple[str, ...]:
-    """The simulator programs: the main venue's, then the backup venue's if configured."""
+    """The simulator programs: the main venue's, then the backup venue's if configured (none when
+    the venue profile is not `sim`)."""
+    if not config.venue.simulated:
+        return ()
     return (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM) if config.backup_venue else (VENUE_PROGRAM,)
 
 
@@ -331,7 +339,8 @@ def write_supervisor_config(config: LaunchConfig, specs: dict[str, infra.ServerS
     # every service stop in parallel (then the simulators, then the infrastructure).
     services = [name for name in application_programs(config) if name not in venue_programs(config)]
     sections.append(f"[group:infra]\nprograms={','.join(INFRA_PROGRAMS)}\npriority=10\n")
-    sections.append(f"[group:venue]\nprograms={','.join(venue_programs(config))}\npriority=20\n")
+    if venue_programs(config):
+        sections.append(f"[group:venue]\nprograms={','.join(venue_programs(config))}\npriority=20\n")
     sections.append(f"[group:services]\nprograms={','.join(services)}\npriority=30\n")
     path = data / "supervisord.conf"
     path.write_text("\n".join(sections))
@@ -448,14 +457,19 @@ class System:
                 raise LaunchError(f"{exc}\n--- {log} ---\n{tail}") from exc
             self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
         asyncio.run(_prepare_stores(config))
+        if config.venue.starts_halted:
+            asyncio.run(hold_halted(f"nats://{config.host}:{config.nats_port}"))
         rpc = self.rpc()
-        rpc.supervisor.startProcessGroup("venue", False)
+        if venue_programs(config):
+            rpc.supervisor.startProcessGroup("venue", False)
         self.wait_venue(min(VENUE_START_WAIT_S, max(1.0, deadline - time.monotonic())))
         rpc.supervisor.startProcessGroup("services", False)
 
     def venue_urls(self) -> dict[str, str]:
         """Program name -> REST base URL of every venue simulator of this system."""
         config = self.config
+        if not config.venue.simulated:
+            return {}
         urls = {VENUE_PROGRAM: config.url("http", config.venue_port)}
         if config.backup_venue:
             urls[BACKUP_VENUE_PROGRAM] = config.url("http", config.backup_venue_port)

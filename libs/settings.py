@@ -63,6 +63,17 @@ class Settings:
         "market-data and position (user-data stream): alternate venue WebSocket base URLs, tried when the main "
         "one fails (FM-N3/N4/N6)",
     )
+    venue_profile: str = _doc(
+        "sim",
+        "which venue the system trades: sim, binance-testnet, binance (mainnet: starts HALTED) or custom; "
+        "`bulwark up --venue` sets it with the matching URLs (README: Trading a real venue)",
+    )
+    venue_leverage: str = _doc(
+        "", "position preflight: leverage SET per symbol at start, `N` or `SYMBOL=N,...` (`*=N` others); empty: kept"
+    )
+    venue_margin_type: str = _doc("CROSSED", "position preflight: margin type SET on every symbol, CROSSED or ISOLATED")
+    venue_multi_assets: bool = _doc(False, "position preflight: the multi-assets mode the account must be in")
+    venue_min_balance: str = _doc("0", "position preflight: least available USDT to trade with (and above zero)")
     backup_venue: str = _doc(
         "",
         "name of a backup venue (another account speaking the same protocol), empty: none; risk sends a new "

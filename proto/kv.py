@@ -140,6 +140,71 @@ class RateLimitBanValue(msgspec.Struct, frozen=True, kw_only=True):
     ts_ns: int = 0
 
 
+class SymbolRulesValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `rules.<venue>.<symbol>` (position, from the venue's `exchangeInfo`): one symbol's trading
+    rules, which risk checks every order against and strategies size with (`libs.instruments`).
+
+    A filter the venue does not publish for the symbol is None: that rule is not checked.
+    """
+
+    symbol: str
+    status: str = "TRADING"
+    """The venue's symbol status; only `TRADING` takes orders."""
+    price_precision: int | None = None
+    quantity_precision: int | None = None
+    tick_size: Decimal | None = None
+    """PRICE_FILTER `tickSize` (0: no tick rule)."""
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    step_size: Decimal | None = None
+    """LOT_SIZE (LIMIT orders)."""
+    min_qty: Decimal | None = None
+    max_qty: Decimal | None = None
+    market_step_size: Decimal | None = None
+    """MARKET_LOT_SIZE (MARKET and triggered orders)."""
+    market_min_qty: Decimal | None = None
+    market_max_qty: Decimal | None = None
+    min_notional: Decimal | None = None
+    """MIN_NOTIONAL `notional` (USD-M) or `minNotional` (spot); reduce-only orders are exempt."""
+    multiplier_up: Decimal | None = None
+    """PERCENT_PRICE: a LIMIT price must lie within [mark x multiplier_down, mark x multiplier_up]."""
+    multiplier_down: Decimal | None = None
+    max_num_orders: int | None = None
+    """MAX_NUM_ORDERS: open orders per symbol."""
+    order_types: list[str] = []
+    """Order types the symbol takes (empty: not published, not checked)."""
+    venue: str = ""
+    fetched_ns: int = 0
+    """Wall clock (ns) of the `exchangeInfo` answer these rules come from."""
+
+
+class PreflightCheckValue(msgspec.Struct, frozen=True, kw_only=True):
+    """One check of a venue preflight (inside `PreflightValue.checks`)."""
+
+    name: str
+    """Stable check name, e.g. `position_mode`, `symbol.BTCUSDT`, `leverage.ETHUSDT`."""
+    ok: bool
+    message: str
+    """What was found and, when not ok, how to fix it."""
+    warning: bool = False
+    """Passed, but with something an operator should look at (e.g. the key may withdraw)."""
+
+
+class PreflightValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `preflight.<venue>` (position): the latest preflight of a venue account, run at every start
+    and every reconnect of the order link; a failed check halts trading (through risk)."""
+
+    venue: str
+    ok: bool
+    """Every check passed."""
+    checks: list[PreflightCheckValue] = []
+    profile: str = ""
+    """The venue profile the system runs (`sim`, `binance-testnet`, `binance`, `custom`)."""
+    trigger: str = ""
+    """Why it ran: `start` or `reconnect` (position), `direct` (`bulwark preflight --direct`)."""
+    ts_ns: int = 0
+
+
 KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TradingStateValue,
     DegradationLevelValue,
@@ -152,6 +217,8 @@ KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     StrategyCrashesValue,
     ProtectionValue,
     RateLimitBanValue,
+    SymbolRulesValue,
+    PreflightValue,
 )
 """Every KV value shape (their JSON Schemas are checked in with the messages')."""
 

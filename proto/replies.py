@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from proto.enums import BreakerState, DegradationLevel, HotStateStatus, TradingState
+from proto.enums import BreakerState, DegradationLevel, HotStateStatus, OrderType, Side, TradingState
 
 R = TypeVar("R", bound=msgspec.Struct)
 
@@ -116,6 +116,29 @@ class RiskStateReply(msgspec.Struct, frozen=True, kw_only=True):
     orders_seq: int = 0
 
 
+class OrderRulesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.risk.validate_order`: an order's terms, checked against its venue's trading rules."""
+
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reduce_only: bool = False
+    venue: str = ""
+    """"" : the main venue."""
+
+
+class OrderRulesReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`rule` the order breaks (`MIN_NOTIONAL`, `PRICE_FILTER`, `LOT_SIZE`, ...) and why; `rule` None
+    when it breaks none (or the venue's rules are not known yet: `checked` False)."""
+
+    rule: str | None = None
+    reason: str = ""
+    checked: bool = True
+
+
 # --------------------------------------------------------------------------- state-builder
 
 
@@ -201,6 +224,8 @@ REQUEST_REPLY_TYPES: tuple[type[msgspec.Struct], ...] = (
     BreakerResetRequest,
     BreakerResetReply,
     RiskStateReply,
+    OrderRulesRequest,
+    OrderRulesReply,
     BookRequest,
     BookReply,
     ResyncRequest,

@@ -295,6 +295,12 @@ def key_hot_state(symbol: str) -> str:
     return f"hotstate.{symbol}"
 
 
+def key_symbol_rules(venue: str, symbol: str) -> str:
+    """KV `rules.<venue>.<symbol>`: the venue's trading rules of a symbol (`proto.kv.SymbolRulesValue`;
+    written by the venue's position process from `exchangeInfo`)."""
+    return f"rules.{venue}.{symbol}"
+
+
 KEY_BREAKER_PREFIX = "breaker."
 """Every breaker's key starts with it; the rest is the breaker's id (`CB-1`, `venue.<venue>`, `dependency.<name>`)."""
 
@@ -330,6 +336,15 @@ def key_ratelimit_ban(venue: str) -> str:
     """A venue's current ban (SPEC FM-N2), shared by every process that talks to it (`libs.ratelimit.SharedBans`):
     {"venue", "status": 418|429, "until_ns", "origin", "reason", "ts_ns"}."""
     return f"ratelimit.{venue}.ban"
+
+
+KEY_PREFLIGHT_PREFIX = "preflight."
+"""Every venue preflight's key starts with it; the rest is the venue's name."""
+
+
+def key_preflight(venue: str) -> str:
+    """The latest preflight of `venue`'s account (`proto.kv.PreflightValue`), written by its position process."""
+    return f"{KEY_PREFLIGHT_PREFIX}{venue}"
 
 
 def key_protection(venue: str, symbol: str) -> str:
@@ -438,6 +453,9 @@ SVC_RISK_STATE = service_query(RISK, "state")
 """`{}` → `RiskStateReply`."""
 SVC_RISK_BREAKER_RESET = service_query(RISK, "breaker_reset")
 """`BreakerResetRequest` → `BreakerResetReply`."""
+SVC_RISK_VALIDATE_ORDER = service_query(RISK, "validate_order")
+"""`OrderRulesRequest` → `OrderRulesReply`: would the venue's rules refuse this order (the gateway asks
+before it accepts an operator order)."""
 SVC_STATE_BUILDER_BOOK = service_query(STATE_BUILDER, "book")
 """`BookRequest` → `BookReply`."""
 SVC_STATE_BUILDER_SYMBOLS = service_query(STATE_BUILDER, "symbols")

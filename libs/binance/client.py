@@ -168,6 +168,9 @@ _COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], i
     ("GET", "/fapi/v1/openOrders"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 40, 0),
     ("GET", "/fapi/v2/positionRisk"): (Priority.ACCOUNT, lambda _: 5, 0),
     ("GET", "/fapi/v2/balance"): (Priority.ACCOUNT, lambda _: 5, 0),
+    ("GET", "/fapi/v2/account"): (Priority.ACCOUNT, lambda _: 5, 0),
+    ("GET", "/fapi/v1/positionSide/dual"): (Priority.ACCOUNT, lambda _: 30, 0),
+    ("GET", "/fapi/v1/multiAssetsMargin"): (Priority.ACCOUNT, lambda _: 30, 0),
     ("GET", "/fapi/v1/premiumIndex"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 10, 0),
     ("GET", "/fapi/v1/ticker/price"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 2, 0),
     ("GET", "/fapi/v1/userTrades"): (Priority.HISTORY, lambda _: 5, 0),
@@ -496,6 +499,39 @@ class BinanceRestClient:
     async def balance(self) -> list[dict]:
         """Asset balances (`GET /fapi/v2/balance`)."""
         result: list[dict] = await self._request("GET", "/fapi/v2/balance", signed=True)
+        return result
+
+    async def account(self) -> dict:
+        """The futures account: permissions, balances, positions (`GET /fapi/v2/account`)."""
+        result: dict = await self._request("GET", "/fapi/v2/account", signed=True)
+        return result
+
+    async def position_mode(self) -> dict:
+        """`{"dualSidePosition": bool}`: true is hedge mode (`GET /fapi/v1/positionSide/dual`)."""
+        result: dict = await self._request("GET", "/fapi/v1/positionSide/dual", signed=True)
+        return result
+
+    async def multi_assets_mode(self) -> dict:
+        """`{"multiAssetsMargin": bool}` (`GET /fapi/v1/multiAssetsMargin`)."""
+        result: dict = await self._request("GET", "/fapi/v1/multiAssetsMargin", signed=True)
+        return result
+
+    async def set_leverage(self, symbol: str, leverage: int) -> dict:
+        """Set a symbol's initial leverage (`POST /fapi/v1/leverage`)."""
+        params = {"symbol": symbol, "leverage": leverage}
+        result: dict = await self._request("POST", "/fapi/v1/leverage", params, signed=True)
+        return result
+
+    async def set_margin_type(self, symbol: str, margin_type: str) -> dict:
+        """Set a symbol's margin type, `CROSSED` or `ISOLATED` (`POST /fapi/v1/marginType`); the venue
+        answers -4046 when it already is."""
+        params = {"symbol": symbol, "marginType": margin_type}
+        result: dict = await self._request("POST", "/fapi/v1/marginType", params, signed=True)
+        return result
+
+    async def order_rate_limits(self) -> list[dict]:
+        """The account's own order limits, Binance `rateLimits` rows (`GET /fapi/v1/rateLimit/order`)."""
+        result: list[dict] = await self._request("GET", "/fapi/v1/rateLimit/order", signed=True)
         return result
 
     async def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> dict:

@@ -219,6 +219,8 @@ class StatusResponse(BaseModel):
     links: dict[str, Any]
     dependencies: dict[str, str] = {}
     venues: dict[str, VenueStatus] = {}
+    preflight: dict[str, Any] | None = None
+    """The main venue's latest preflight (`venue`, `ok`, `checks`: name, ok, message); null before the first."""
 
 
 class BookResponse(BaseModel):

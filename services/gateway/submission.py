@@ -20,6 +20,7 @@ from proto import subjects
 from proto.codec import decode
 from proto.enums import ComponentState, OrderSource, OrderStatus
 from proto.messages import SubmitOrder
+from proto.replies import OrderRulesReply, OrderRulesRequest
 from services.gateway import queries
 from services.gateway.api_models import OrderRequest, OrderResponse
 from services.gateway.auth import Principal
@@ -50,6 +51,7 @@ async def submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal)
     if known is not None:
         # A retry after a gateway crash (FM-C8): the order is on the log and already processed.
         return 201, _order_response(body, client_order_id, known[0], known[1], known[2])
+    await _refuse_what_the_venue_would(gateway, body)
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
 
     async def on_event(msg: Msg) -> None:
@@ -108,6 +110,40 @@ async def submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal)
             outcome = outcome or Outcome(status=status)
     response = _order_response(body, client_order_id, status, filled, reason)
     return (201 if outcome is not None else 202), response
+
+
+async def _refuse_what_the_venue_would(gateway: Gateway, body: OrderRequest) -> None:
+    """422 naming the venue rule the order breaks (risk judges it by the venue's `exchangeInfo`,
+    `svc.risk.validate_order`), before it is accepted. Risk not answering is no refusal: it checks
+    the order again on its way and denies it with the same rule.
+
+    Raises:
+        ApiError: 422 `venue_rule_violation`, details `rule` (e.g. `MIN_NOTIONAL`) and `reason`.
+    """
+    if gateway.component_state(subjects.RISK) == ComponentState.DOWN:
+        return
+    request = OrderRulesRequest(
+        symbol=body.symbol,
+        side=body.side,
+        order_type=body.type,
+        quantity=body.quantity,
+        price=body.price,
+        stop_price=body.stop_price,
+        reduce_only=body.reduce_only,
+        venue=gateway.ctx.settings.venue,
+    )
+    try:
+        reply = await gateway.request(subjects.SVC_RISK_VALIDATE_ORDER, request, OrderRulesReply, 1.0, subjects.RISK)
+    except ApiError as exc:
+        gateway.ctx.log.warning("venue_rules_unchecked", symbol=body.symbol, error=exc.message)
+        return
+    if isinstance(reply, OrderRulesReply) and reply.rule is not None:
+        raise ApiError(
+            422,
+            "venue_rule_violation",
+            f"the venue would refuse this order: {reply.rule}: {reply.reason}",
+            {"rule": reply.rule, "reason": reply.reason},
+        )
 
 
 async def _projected_order(gateway: Gateway, client_order_id: str) -> tuple[OrderStatus, Decimal, str | None] | None:

@@ -34,6 +34,8 @@ from .adapters import VENUE_FAILURES, VenueLink, user_stream_events
 from .cancels import CANCEL_DELIVERIES
 from .domain import Retention
 from .handlers import PositionService
+from .preflight import start_preflight
+from .venue_rules import VenueRulesKeeper
 
 RECONCILE_RETRY_MAX_S = 10.0
 VENUE_TIMEOUT_S = 10.0  # SPEC FM-N5: venue REST 10 s
@@ -107,6 +109,8 @@ async def setup(ctx: ServiceContext) -> None:
     )
     await client.start()
     ctx.cleanups.append(client.close)
+    rules = VenueRulesKeeper(ctx.bus, client.exchange_info, venue, settings.symbols, ctx.log, time.time_ns)
+    ctx.spawn(rules.run(), "venue-rules")  # KV rules.<venue>.<symbol>: what risk checks every order against
     breaker = CircuitBreaker(
         subjects.position_venue_breaker(venue), time.monotonic_ns, open_s=settings.venue_breaker_open_s
     )
@@ -151,6 +155,7 @@ async def setup(ctx: ServiceContext) -> None:
     await service.recover()
     phases["recover_ms"] = ms_since(mark)
     await service.core.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
+    await start_preflight(ctx, client, budget, venue, component)  # before any order; again at every reconnect
     mark = time.perf_counter()
     delay = 0.5
     while not ctx.stopping.is_set():

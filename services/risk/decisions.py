@@ -15,7 +15,7 @@ from proto import subjects
 from proto.enums import OrderSource, TradingState
 from proto.messages import OrderApproved, OrderDenied, SignalGenerated, SubmitOrder
 
-from . import adapters, dependencies
+from . import adapters, dependencies, venue_rules
 from .breaker_rules import StrategyMalfunctionBreaker
 from .checks import UNATTRIBUTED, Decision, check_order, reduces_exposure, reference_price
 from .core import RiskCore
@@ -44,7 +44,7 @@ def signal_to_order(signal: SignalGenerated, venue: str) -> SubmitOrder:
     )
 
 
-async def _touch_prices(risk: RiskCore, symbol: str) -> tuple[Decimal | None, Decimal | None]:
+async def touch_prices(risk: RiskCore, symbol: str) -> tuple[Decimal | None, Decimal | None]:
     """Best bid/ask from the state-builder, used when no mark price is known yet."""
     try:
         raw = await risk.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, timeout_s=1.0)
@@ -110,7 +110,7 @@ async def decide(
             return None
         bid = ask = None
         if order.price is None and order.stop_price is None and order.symbol not in risk.state.mark_prices:
-            bid, ask = await _touch_prices(risk, order.symbol)
+            bid, ask = await touch_prices(risk, order.symbol)
         price = reference_price(order, risk.state.mark_prices.get(order.symbol), bid, ask)
         routed = route(risk, order)
         now = risk.clock()
@@ -124,6 +124,8 @@ async def decide(
             routed_because = ""
         else:
             order, routed_because = routed
+            # Venue rules (a strategy order rounded to the grid) before the limits see its size.
+            order, broken = await venue_rules.vet(risk, order, price)
             position = risk.state.position(order.venue, order.symbol)
             if not reduces_exposure(order, position) and (
                 risk.hot_state.get(order.symbol) is None or not risk.state_builder.alive(risk.monotonic())
@@ -149,6 +151,8 @@ async def decide(
                 entries_halted=entries_halted,
                 holders=_holders(risk, order.symbol),
             )
+            if decision.approved and broken is not None:
+                decision = broken
         venue = order.venue if routed is not None else risk.venue  # a denial is recorded all the same
         coid = order.client_order_id
         correlation = order.correlation_id or order.idempotency_key

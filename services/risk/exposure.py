@@ -102,6 +102,10 @@ class PendingExposure:
         """The venues with an order in flight in `symbol` ("" in an old snapshot: the main venue)."""
         return {pending.venue or main_venue for pending in self._orders.values() if pending.symbol == symbol}
 
+    def count(self, symbol: str, venue: str, main_venue: str) -> int:
+        """Orders in flight in `symbol` at `venue` (what the venue's MAX_NUM_ORDERS counts)."""
+        return sum(1 for p in self._orders.values() if p.symbol == symbol and (p.venue or main_venue) == venue)
+
     def __len__(self) -> int:
         return len(self._orders)
 

@@ -38,7 +38,7 @@ from proto.messages import (
 )
 from proto.replies import RiskStateReply
 
-from . import breaker_effects, decisions, dependencies, recovery, trading_control
+from . import breaker_effects, decisions, dependencies, recovery, trading_control, venue_rules
 from .core import RiskCore
 from .state import apply
 from .trading_state import TradingTrigger
@@ -139,4 +139,7 @@ class RiskService(RiskCore):
             subjects.SVC_RISK_REDUCE: trading_control.request_handler(self, TradingTrigger.REDUCE),
             subjects.SVC_RISK_STATE: self.serve_state,
             subjects.SVC_RISK_BREAKER_RESET: partial(breaker_effects.reset_breaker, self),
+            subjects.SVC_RISK_VALIDATE_ORDER: partial(
+                venue_rules.serve_validate_order, self, touch=decisions.touch_prices
+            ),
         }

@@ -190,8 +190,9 @@ class StrategyConfig:
         symbols: symbols this instance trades (empty: every symbol it sees).
         quantities: entry size per symbol (base units).
         default_quantity: entry size of any other symbol.
-        tick_sizes: price tick per symbol; stop and take-profit prices are rounded to it (a symbol
-            without one gets the precision of the venue prices it was computed from).
+        tick_sizes: price tick per symbol the kinds round stop and take-profit prices to (a symbol
+            without one gets the precision of the venue prices it was computed from); whatever
+            they compute, a published signal is put on the venue's own grid (`signals`).
         cooldown_s: no new entry within this time of the previous one.
         setup_timeout_s: an entry not filled by then is dropped (back to SCANNING).
         hold_s: longest time in a position before the strategy exits by itself.
@@ -207,8 +208,9 @@ class StrategyConfig:
     )
     default_quantity: Decimal = Decimal("0.002")
     tick_sizes: Mapping[str, Decimal] = field(
-        # Binance USD-M price filters: stop and take-profit prices are rounded onto this grid.
-        default_factory=lambda: {"BTCUSDT": Decimal("0.10"), "ETHUSDT": Decimal("0.01")}
+        # Empty: the venue's own tick (KV `rules.<venue>.<symbol>`) puts published levels on its
+        # grid; a table here only overrides it for the levels a kind computes (e.g. a coarser grid).
+        default_factory=dict
     )
     cooldown_s: float = 30.0
     setup_timeout_s: float = 10.0

@@ -105,7 +105,7 @@ class StrategyRunner:
         self.symbols = symbols
         # Unique per process (a pid alone repeats: pid 1 in every container).
         self.process_token = f"{os.getpid()}-{clock()}"
-        self.publisher = IntentPublisher(bus, log, instance.name, instance.kind)
+        self.publisher = IntentPublisher(bus, log, instance.name, instance.kind, venue)
         self.lock = asyncio.Lock()
         self.lease = lease
         # Without a lease (tests, tools) the runner is always active; with one, only while it holds it.

@@ -1,5 +1,6 @@
 """Publishing what a strategy decided: a transition (KV `strategy.<name>` first, then
-`StrategyStateChanged`), a signal (`SignalGenerated`), a crash (`StrategyCrashed`) and alerts.
+`StrategyStateChanged`), a signal (`SignalGenerated`, sized on the venue's grid from its rules in
+KV `rules.<venue>.<symbol>`), a crash (`StrategyCrashed`) and alerts.
 
 Nothing here decides or changes the state: the runner hands over the intents `apply` left and
 applies what was published (a signal's id) afterwards.
@@ -7,13 +8,17 @@ applies what was published (a signal's id) afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from nats.errors import Error as NatsError
+
 from libs.bus import Bus
+from libs.instruments import round_price, round_quantity
 from libs.logging import Logger
 from proto import subjects
 from proto.enums import AlertSeverity, OrderType
-from proto.kv import StrategyCrashesValue, StrategyStateValue
+from proto.kv import StrategyCrashesValue, StrategyStateValue, SymbolRulesValue, decode_value
 from proto.messages import AlertRaised, SignalGenerated, StrategyCrashed, StrategyStateChanged
 
 from . import adapters
@@ -28,13 +33,39 @@ class IntentPublisher:
         log: the service's logger.
         name: the instance's name.
         kind: the instance's kind (stored with its state).
+        venue: the venue whose rules size the signals ("": published as decided; risk still
+            rounds them to the grid).
     """
 
-    def __init__(self, bus: Bus, log: Logger, name: str, kind: str) -> None:
+    def __init__(self, bus: Bus, log: Logger, name: str, kind: str, venue: str = "") -> None:
         self.bus = bus
         self.log = log
         self.name = name
         self.kind = kind
+        self.venue = venue
+
+    async def on_grid(self, action: Signal) -> Signal:
+        """The signal on the venue's grid: quantity DOWN to the step, protective levels to the
+        nearest tick. Unchanged while the rules are unknown, or when the quantity would round to
+        nothing (then risk denies it naming the venue's rule instead of this sending nothing)."""
+        if not self.venue:
+            return action
+        key = subjects.key_symbol_rules(self.venue, action.symbol)
+        try:
+            entry = await self.bus.kv_get(key)
+        except (NatsError, TimeoutError, OSError) as exc:
+            self.log.warning("venue_rules_unreadable", key=key, error=f"{type(exc).__name__}: {exc}"[:300])
+            return action
+        rules = decode_value(SymbolRulesValue, entry[0]) if entry is not None else None
+        if rules is None:
+            return action
+        quantity = round_quantity(action.quantity, rules, OrderType.MARKET)
+        levels = {
+            name: round_price(value, rules)
+            for name in ("stop_loss", "take_profit")
+            if (value := getattr(action, name)) is not None
+        }
+        return dataclasses.replace(action, quantity=quantity if quantity > 0 else action.quantity, **levels)
 
     async def transition(self, action: Transition, symbol: str | None, now_ns: int) -> None:
         """Persist the new state in KV, then announce it (`evt.strategy.<name>.state`)."""
@@ -56,6 +87,7 @@ class IntentPublisher:
 
     async def signal(self, action: Signal) -> SignalGenerated:
         """Ask risk for a market order; returns the published signal (its id keys the order)."""
+        action = await self.on_grid(action)
         signal = SignalGenerated(
             strategy=self.name,
             symbol=action.symbol,

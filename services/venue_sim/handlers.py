@@ -27,6 +27,7 @@ from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, 
 from services.venue_sim.routes.control import ControlRoutes
 from services.venue_sim.routes.market_streams import StreamRoutes
 from services.venue_sim.routes.rest_account import AccountRoutes
+from services.venue_sim.routes.rest_account_modes import AccountModeRoutes
 from services.venue_sim.routes.rest_algo import AlgoRoutes
 from services.venue_sim.routes.rest_market import MarketRoutes
 from services.venue_sim.routes.rest_orders import OrderRoutes
@@ -87,12 +88,14 @@ class VenueSimulator:
         )
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
+        self.account_modes = AccountModeRoutes(self.ctx)  # last in `routes`: its position-mode GET wins
         self.routes: Routes = {
             **MarketRoutes(self.ctx).endpoints(),
             **OrderRoutes(self.ctx).endpoints(),
             **AccountRoutes(self.ctx).endpoints(),
             **AlgoRoutes(self.ctx).endpoints(),
             **UserStreamRoutes(self.ctx).endpoints(),
+            **self.account_modes.endpoints(),
         }
 
     # ================================================================= app
@@ -100,6 +103,7 @@ class VenueSimulator:
         """The aiohttp application with every route and the fault/weight middleware."""
         app = web.Application(middlewares=[self._middleware])
         self.control.register(app)
+        self.account_modes.register_control(app)
         # Binance USD-M routes streams by path (/public, /market, /private); the simulator serves
         # every stream on each of them and on the unrouted paths.
         for prefix in ("", "/public", "/market", "/private"):

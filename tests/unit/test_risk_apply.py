@@ -61,12 +61,16 @@ class OrdersStream:
 
 
 class MemoryBus:
-    """What risk's decisions need of the bus: publishing on the ORDERS stream."""
+    """What risk's decisions need of the bus: publishing on the ORDERS stream, and KV (where no venue
+    rules are published: the decisions here are about risk's own state)."""
 
     connected = True
 
     def __init__(self, stream: OrdersStream) -> None:
         self.stream = stream
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+        return None
 
     async def publish(self, subject: str, message: Message, *, msg_id: str | None = None) -> int:
         assert subject.startswith(ORDERS_SUBJECTS), f"{subject} is not on the ORDERS stream"

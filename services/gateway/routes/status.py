@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query
 from libs.settings import Settings
 from proto import subjects
 from proto.enums import ComponentState, DegradationLevel, TradingState
-from proto.kv import DegradationLevelValue, HealthValue, LinkValue, TradingStateValue, decode_breaker
+from proto.kv import DegradationLevelValue, HealthValue, LinkValue, PreflightValue, TradingStateValue, decode_breaker
 from proto.messages import HotStateRecord, SymbolsReply
 from proto.replies import BookReply, BookRequest, RiskStateReply
 from services.gateway.api_models import ERROR_RESPONSES, BookResponse, StatusResponse
@@ -36,13 +36,14 @@ async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
             gateway.kv_value(TradingStateValue, subjects.KEY_TRADING_STATE),
             gateway.kv_value(DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL),
             gateway.kv_value(HealthValue, subjects.KEY_HEALTH),
+            gateway.kv_value(PreflightValue, subjects.key_preflight(gateway.ctx.settings.venue)),
         ),
         _symbols(gateway),
         gateway.kv_listing(subjects.KEY_BREAKER_PREFIX, decode_breaker),
         gateway.kv_listing(subjects.KEY_LINK_PREFIX, reader(LinkValue)),
         gateway.dependencies(),
     )
-    trading, degradation, health = states
+    trading, degradation, health, preflight = states
     trading_state = trading.state.value if trading is not None else await _trading_state_from_risk(gateway)
     return {
         "venues": venue_status(gateway.ctx.settings, components, {key: link.value for key, link in links.items()}),
@@ -54,6 +55,8 @@ async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
         "breakers": {key: breaker.shown for key, breaker in breakers.items()},
         "links": {key: link.shown for key, link in links.items()},
         "dependencies": dependencies,
+        # The main venue's latest preflight (every check: name, ok, message); null before the first.
+        "preflight": msgspec.to_builtins(preflight) if preflight is not None else None,
     }
 
 
