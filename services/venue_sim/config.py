@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from libs.recordings import SPOT, USDM
+from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M
+from services.venue_sim.domain.venue_rules import ConnectionRules
 
 
 def parse_probability(raw: str) -> float:
@@ -18,6 +20,17 @@ def parse_probability(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, not {raw}")
+    return value
+
+
+def parse_positive(raw: str) -> float:
+    """A number > 0 (argparse `type`)."""
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {raw}")
     return value
 
 
@@ -47,6 +60,18 @@ class SimConfig:
     market: str = "auto"
     cascade_probability: float | None = None
     """Synthetic markets: chance per 100 ms step that a liquidation cascade starts (None: the source's default)."""
+    rules: ConnectionRules = field(default_factory=ConnectionRules)
+    """WebSocket lifetime, pong timeout, message rate, streams per connection, listenKey validity."""
+    ban_escalation: float = 2.0
+    """Each request sent during an IP ban multiplies the ban by this (1: bans never grow)."""
+    weight_limit_1m: int = WEIGHT_LIMIT_1M
+    order_limit_10s: int = ORDER_LIMIT_10S
+    order_limit_1m: int = ORDER_LIMIT_1M
+    ban_after_429: int = 0
+    """More 429 answers than this within a minute ban the IP for 2 minutes (0: never)."""
+    conditional_orders: str = "legacy"
+    """algo: conditional order types only through /fapi/v1/algoOrder (-4120 on /fapi/v1/order), as
+    Binance since 2025-12-09; legacy: accepted on both."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -68,6 +93,32 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         default=environ.get("BULWARK_SIM_CASCADE_PROBABILITY") or None,
         help="synthetic: chance per 100 ms step that a liquidation cascade starts (0 = calm market)",
     )
+    defaults = ConnectionRules()
+    for flag, variable, default, kind, what in (
+        ("--ws-lifetime", "BULWARK_SIM_WS_LIFETIME_S", defaults.lifetime_s, parse_positive, "connection lifetime, s"),
+        ("--ws-pong-timeout", "BULWARK_SIM_WS_PONG_TIMEOUT_S", defaults.pong_timeout_s, parse_positive, "s"),
+        ("--ws-max-messages", "BULWARK_SIM_WS_MAX_MESSAGES", defaults.max_incoming_per_s, int, "per second"),
+        ("--ws-max-streams", "BULWARK_SIM_WS_MAX_STREAMS", defaults.max_streams, int, "per connection"),
+        (
+            "--listen-key-validity",
+            "BULWARK_SIM_LISTEN_KEY_VALIDITY_S",
+            defaults.listen_key_validity_s,
+            parse_positive,
+            "s",
+        ),
+        ("--ban-escalation", "BULWARK_SIM_BAN_ESCALATION", 2.0, parse_positive, "factor per request during a ban"),
+        ("--weight-limit", "BULWARK_SIM_WEIGHT_LIMIT_1M", WEIGHT_LIMIT_1M, int, "request weight per minute"),
+        ("--order-limit-10s", "BULWARK_SIM_ORDER_LIMIT_10S", ORDER_LIMIT_10S, int, "orders per 10 s"),
+        ("--order-limit-1m", "BULWARK_SIM_ORDER_LIMIT_1M", ORDER_LIMIT_1M, int, "orders per minute"),
+        ("--ban-after-429", "BULWARK_SIM_BAN_AFTER_429", 0, int, "429s a minute before a 2-minute ban (0: never)"),
+    ):
+        parser.add_argument(flag, type=kind, default=kind(environ.get(variable, str(default))), help=what)
+    parser.add_argument(
+        "--conditional-orders",
+        choices=("legacy", "algo"),
+        default=environ.get("BULWARK_SIM_CONDITIONAL_ORDERS", "legacy"),
+        help="algo: STOP_MARKET/TAKE_PROFIT_MARKET only through /fapi/v1/algoOrder, as Binance since 2025-12-09",
+    )
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -84,4 +135,17 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ws_ping_interval_s=args.ws_ping_interval,
         market=args.market,
         cascade_probability=args.cascade_probability,
+        rules=ConnectionRules(
+            lifetime_s=args.ws_lifetime,
+            pong_timeout_s=args.ws_pong_timeout,
+            max_incoming_per_s=args.ws_max_messages,
+            max_streams=args.ws_max_streams,
+            listen_key_validity_s=args.listen_key_validity,
+        ),
+        ban_escalation=args.ban_escalation,
+        weight_limit_1m=args.weight_limit,
+        order_limit_10s=args.order_limit_10s,
+        order_limit_1m=args.order_limit_1m,
+        ban_after_429=args.ban_after_429,
+        conditional_orders=args.conditional_orders,
     )

@@ -16,6 +16,7 @@ from libs.clock import Clock
 from libs.recordings import USDM
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
 from services.venue_sim.domain.market_events import MarketEvent, MarketSource
+from services.venue_sim.domain.venue_rules import ConnectionRules
 from services.venue_sim.market import MarketFeed
 from services.venue_sim.price_faults import PriceFaults
 from services.venue_sim.streams import StreamHub
@@ -36,6 +37,7 @@ class MarketEngine:
         log: Any,
         ping_interval_s: float = 20.0,
         market: str = USDM,
+        rules: ConnectionRules | None = None,
     ) -> None:
         self.source = source
         self.exchange = exchange
@@ -45,7 +47,7 @@ class MarketEngine:
         self.speed = speed
         self.log = log
         self.ping_interval_s = ping_interval_s
-        self.hub = StreamHub(faults, log)
+        self.hub = StreamHub(faults, log, clock, rules)
         self.feed = MarketFeed(books, exchange, self.hub, clock, market, {s: source.open_interest(s) for s in books})
         self.prices = PriceFaults(self.feed, source, faults, clock, log)
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,8 +127,12 @@ class MarketEngine:
             self.feed.flush_windows("100ms")
             if tick % 5 in (0, 2):  # every 250 ms on average (250 = 2.5 ticks)
                 self.feed.flush_windows("250ms")
+                self.feed.publish_klines()
             self.exchange.check_countdowns()
+            self.exchange.check_algo_orders({s: m.last_price for s, m in self.feed.markets.items()})
             await self.hub.check_connection_faults()
+            self.hub.check_connection_rules()
+            self.hub.expire_listen_keys()
             self.prices.apply_price_shifts()
             self.flush_user_events()
 

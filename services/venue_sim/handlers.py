@@ -20,15 +20,25 @@ from libs.binance import signing
 from libs.clock import Clock
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler
 from services.venue_sim.domain.clock import MarketClock
-from services.venue_sim.domain.limits import ORDER_LIMIT_1M, ORDER_LIMIT_10S, WEIGHT_LIMIT_1M, UsageLimits
+from services.venue_sim.domain.limits import UsageLimits
+from services.venue_sim.domain.venue_rules import ConnectionRules, IpBan
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.routes.context import OrderTimeout, Routes, SimContext, dumps
 from services.venue_sim.routes.control import ControlRoutes
 from services.venue_sim.routes.market_streams import StreamRoutes
+from services.venue_sim.routes.rest_account import AccountRoutes
 from services.venue_sim.routes.rest_account_modes import AccountModeRoutes
+from services.venue_sim.routes.rest_algo import AlgoRoutes
 from services.venue_sim.routes.rest_market import MarketRoutes
 from services.venue_sim.routes.rest_orders import OrderRoutes
 from services.venue_sim.routes.user_stream import UserStreamRoutes
+
+STREAM_PREFIXES = tuple(f"{p}/{kind}" for p in ("", "/public", "/market", "/private") for kind in ("ws", "stream"))
+
+
+def is_stream_path(path: str) -> bool:
+    """A WebSocket path (raw, combined, routed or not)."""
+    return path.startswith(STREAM_PREFIXES)
 
 
 class VenueSimulator:
@@ -45,20 +55,45 @@ class VenueSimulator:
         api_secret: str,
         log: Any,
         source_description: str = "",
+        rules: ConnectionRules | None = None,
+        ban_escalation: float = 2.0,
+        limits: UsageLimits | None = None,
+        ban_after_429: int = 0,
+        conditional_orders: str = "legacy",
     ) -> None:
         self.engine = engine
+        self.clock = clock
+        self.rules = rules or ConnectionRules()
+        self.ban = IpBan(ban_escalation)
         self.faults = faults
         self.api_key = api_key
         self.api_secret = api_secret
         self.log = log
-        self.limits = UsageLimits(clock)
-        self.ctx = SimContext(engine, exchange, faults, market_clock, clock, log, self.limits, source_description)
+        self.limits = limits or UsageLimits(clock)
+        # More 429 answers than this in a minute ban the IP for 2 minutes, as Binance bans clients
+        # that do not back off (0: never).
+        self.ban_after_429 = ban_after_429
+        self.ctx = SimContext(
+            engine,
+            exchange,
+            faults,
+            market_clock,
+            clock,
+            log,
+            self.limits,
+            source_description,
+            self.rules,
+            self.ban,
+            conditional_orders,
+        )
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
         self.account_modes = AccountModeRoutes(self.ctx)  # last in `routes`: its position-mode GET wins
         self.routes: Routes = {
             **MarketRoutes(self.ctx).endpoints(),
             **OrderRoutes(self.ctx).endpoints(),
+            **AccountRoutes(self.ctx).endpoints(),
+            **AlgoRoutes(self.ctx).endpoints(),
             **UserStreamRoutes(self.ctx).endpoints(),
             **self.account_modes.endpoints(),
         }
@@ -69,12 +104,16 @@ class VenueSimulator:
         app = web.Application(middlewares=[self._middleware])
         self.control.register(app)
         self.account_modes.register_control(app)
-        app.router.add_get("/stream", self.streams.ws_market)
-        app.router.add_get("/ws", self.streams.ws_market)
-        app.router.add_get("/ws/{name:.*}", self.streams.ws_market)
+        # Binance USD-M routes streams by path (/public, /market, /private); the simulator serves
+        # every stream on each of them and on the unrouted paths.
+        for prefix in ("", "/public", "/market", "/private"):
+            app.router.add_get(f"{prefix}/stream", self.streams.ws_market)
+            app.router.add_get(f"{prefix}/ws", self.streams.ws_market)
+            app.router.add_get(f"{prefix}/ws/{{name:.*}}", self.streams.ws_market)
         app.router.add_route("*", "/{path:fapi/.*}", self.rest)
         if self.engine.feed.spot:
             app.router.add_route("*", "/{path:api/.*}", self.rest)
+        app.router.add_route("*", "/{path:.*}", self.unknown_path)
 
         async def on_startup(_: web.Application) -> None:
             self.engine.start()
@@ -98,6 +137,12 @@ class VenueSimulator:
             except Exception as exc:  # noqa: BLE001 - the control API answers every request; logged
                 self.log.error("sim_control_failed", path=request.path, error=repr(exc))
                 return web.json_response({"error": f"internal error: {exc!r}"}, status=500)
+        if not is_stream_path(request.path) and self.ban.active(self.clock()):
+            # An IP ban refuses every request, whatever its path or symbol, and grows while the
+            # client keeps sending (Binance's escalation).
+            self.ban.refuse(self.clock())
+            self.log.warning("request_refused_banned", path=request.path, refused=self.ban.refused)
+            return self._banned()
         if self.faults.faults:
             symbol = request.query.get("symbol")
             if self.faults.take("refuse_connections", symbol):
@@ -108,7 +153,7 @@ class VenueSimulator:
             latency = self.faults.take("latency", symbol)
             if latency is not None:
                 await asyncio.sleep(latency.params["ms"] / 1000)
-            if request.path.startswith(("/ws", "/stream")):
+            if is_stream_path(request.path):
                 if self.faults.active("outage"):
                     return web.Response(status=503, text="Service Unavailable")
                 return await handler(request)
@@ -124,22 +169,15 @@ class VenueSimulator:
         if fault is not None:
             response = self._error(BinanceError(429, -1003, "Too many requests; current request has limited."))
             response.headers["Retry-After"] = str(fault.params["retry_after_s"])
-            response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(
+                max(self.limits.weight.current(), self.limits.weight_limit + 1)
+            )
             return response
         fault = self.faults.take("http_418", symbol)
         if fault is not None:
-            until = self.ctx.now_ms() + fault.params["retry_after_s"] * 1000
-            response = self._error(
-                BinanceError(
-                    418,
-                    -1003,
-                    f"Way too many requests; IP banned until {until}. "
-                    "Please use the websocket for live updates to avoid bans.",
-                )
-            )
-            response.headers["Retry-After"] = str(fault.params["retry_after_s"])
-            response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), WEIGHT_LIMIT_1M + 1))
-            return response
+            self.ban.start(self.clock(), fault.params["retry_after_s"])
+            self.log.warning("ip_banned", retry_after_s=fault.params["retry_after_s"], fault=fault.id)
+            return self._banned()
         fault = self.faults.take("http_5xx", symbol)
         if fault is not None:
             return self._error(
@@ -149,21 +187,38 @@ class VenueSimulator:
             )
         return None
 
+    def _banned(self) -> web.Response:
+        """Binance's 418 answer while the IP is banned, with the time left in `Retry-After`."""
+        now = self.clock()
+        until_ms = (self.ban.until_ns or now) // 1_000_000
+        response = self._error(
+            BinanceError(
+                418,
+                -1003,
+                f"Way too many requests; IP banned until {until_ms}. "
+                "Please use the websocket for live updates to avoid bans.",
+            )
+        )
+        response.headers["Retry-After"] = str(self.ban.retry_after_s(now))
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(max(self.limits.weight.current(), self.limits.weight_limit + 1))
+        return response
+
     @staticmethod
     def _error(error: BinanceError) -> web.Response:
         return web.json_response(error.body(), status=error.status)
 
     # ================================================================= REST dispatch
+    async def unknown_path(self, request: web.Request) -> web.StreamResponse:
+        """Any path the simulator does not serve: Binance's answer to one."""
+        return web.json_response(
+            {"code": -5000, "msg": f"Path {request.path}, Method {request.method} is invalid"}, status=404
+        )
+
     async def rest(self, request: web.Request) -> web.StreamResponse:
         """Every `/fapi/...` (spot: also `/api/...`) request: parse, authenticate, count weight, dispatch, answer."""
         endpoint = self.routes.get((request.method, request.path))
         if endpoint is None:
-            known = any(path == request.path for _, path in self.routes)
-            status = 405 if known else 404
-            return web.json_response(
-                {"code": -1000 if known else -5000, "msg": f"{request.method} {request.path} is invalid."},
-                status=status,
-            )
+            return await self.unknown_path(request)
         body = ""
         if request.can_read_body:
             body = (await request.read()).decode("utf-8", errors="replace")
@@ -175,22 +230,31 @@ class VenueSimulator:
             weight = endpoint.weight(params)
             used = self.limits.weight.add(weight)
             headers["X-MBX-USED-WEIGHT-1M"] = str(used)
-            if used > WEIGHT_LIMIT_1M:
+            if used > self.limits.weight_limit:
+                self._rate_limited(headers, self.limits.weight.seconds_left())
                 raise BinanceError(
                     429,
                     -1003,
-                    f"Too much request weight used; current limit is {WEIGHT_LIMIT_1M} request weight per 1 MINUTE. "
-                    "Please use the websocket for live updates to avoid polling the API.",
+                    f"Too much request weight used; current limit is {self.limits.weight_limit} request weight "
+                    "per 1 MINUTE. Please use the websocket for live updates to avoid polling the API.",
                 )
             if endpoint.security != "NONE":
                 self._authenticate(request, body, params, signed=endpoint.security == "SIGNED")
             if endpoint.places_order:
-                count_10s = self.limits.orders_10s.add(1)
-                count_1m = self.limits.orders_1m.add(1)
+                placed = endpoint.order_count(params) if endpoint.order_count is not None else 1
+                count_10s = self.limits.orders_10s.add(placed)
+                count_1m = self.limits.orders_1m.add(placed)
                 headers["X-MBX-ORDER-COUNT-10S"] = str(count_10s)
                 headers["X-MBX-ORDER-COUNT-1M"] = str(count_1m)
-                if count_10s > ORDER_LIMIT_10S or count_1m > ORDER_LIMIT_1M:
-                    raise BinanceError(429, -1015, "Too many new orders.")
+                if count_10s > self.limits.orders_10s_limit or count_1m > self.limits.orders_1m_limit:
+                    over_10s = count_10s > self.limits.orders_10s_limit
+                    counter = self.limits.orders_10s if over_10s else self.limits.orders_1m
+                    self._rate_limited(headers, counter.seconds_left())
+                    limit = self.limits.orders_10s_limit if over_10s else self.limits.orders_1m_limit
+                    interval = "10 SECOND" if over_10s else "1 MINUTE"
+                    raise BinanceError(
+                        429, -1015, f"Too many new orders; current limit is {limit} orders per {interval}."
+                    )
             result = await endpoint.handler(request, params)
             self.engine.flush_user_events()
             return web.json_response(result, headers=headers, dumps=dumps)
@@ -221,6 +285,14 @@ class VenueSimulator:
                 headers=headers,
             )
 
+    def _rate_limited(self, headers: dict[str, str], retry_after_s: int) -> None:
+        """A 429 is being answered: its Retry-After, and the ban of a client that keeps ignoring them."""
+        headers["Retry-After"] = str(max(1, retry_after_s))
+        refusals = self.limits.refusals_1m.add(1)
+        if self.ban_after_429 and refusals > self.ban_after_429 and not self.ban.active(self.clock()):
+            self.ban.start(self.clock(), 120)
+            self.log.warning("ip_banned", reason="kept sending after 429", refusals=refusals, retry_after_s=120)
+
     def _authenticate(self, request: web.Request, body: str, params: dict[str, str], *, signed: bool) -> None:
         key = request.headers.get("X-MBX-APIKEY")
         if not key:
@@ -236,7 +308,13 @@ class VenueSimulator:
             raise BinanceError(
                 400, -1102, "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
             )
-        if not signing.verify(signing.total_params(query_payload, body_payload), signature, self.api_secret):
+        # aiohttp hands the query over with "[" and "]" percent-encoded, whatever was on the wire; a
+        # client that sent them bare (python-binance's JSON lists) signed them bare.
+        bare = query_payload.replace("%5B", "[").replace("%5D", "]")
+        if not any(
+            signing.verify(signing.total_params(query, body_payload), signature, self.api_secret)
+            for query in {query_payload, bare}
+        ):
             raise BinanceError(400, -1022, "Signature for this request is not valid.")
         raw_timestamp = params.get("timestamp")
         if not raw_timestamp:

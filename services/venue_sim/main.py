@@ -6,7 +6,17 @@
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
 BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
 chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
-BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. The market is the recording's (`auto`: spot when its
+BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. Binance's connection rules, shortened for tests:
+--ws-lifetime / BULWARK_SIM_WS_LIFETIME_S (86400), --ws-pong-timeout / BULWARK_SIM_WS_PONG_TIMEOUT_S (600),
+--ws-max-messages / BULWARK_SIM_WS_MAX_MESSAGES (10 a second), --ws-max-streams / BULWARK_SIM_WS_MAX_STREAMS
+(1024), --listen-key-validity / BULWARK_SIM_LISTEN_KEY_VALIDITY_S (3600), --ban-escalation /
+BULWARK_SIM_BAN_ESCALATION (2: each request during an IP ban doubles it, up to 3 days). The venue's
+rate limits: --weight-limit / BULWARK_SIM_WEIGHT_LIMIT_1M (2400), --order-limit-10s /
+BULWARK_SIM_ORDER_LIMIT_10S (300), --order-limit-1m / BULWARK_SIM_ORDER_LIMIT_1M (1200), and
+--ban-after-429 / BULWARK_SIM_BAN_AFTER_429 (0: off; else more 429s a minute ban the IP 2 minutes).
+Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `legacy` (default: also on
+/fapi/v1/order) or `algo` (only /fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09).
+The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
 source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
 project root) are replayed; synthetic if missing.
@@ -30,6 +40,7 @@ from services.venue_sim.adapters.replay import ReplaySource, SourceError
 from services.venue_sim.adapters.synthetic import DEFAULT_CASCADE_PROBABILITY, SyntheticSource
 from services.venue_sim.config import SimConfig, config_from
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
+from services.venue_sim.domain.limits import UsageLimits
 from services.venue_sim.domain.market_events import MarketSource
 from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
@@ -87,9 +98,23 @@ def build_simulator(
         log,
         config.ws_ping_interval_s,
         market=source.market,
+        rules=config.rules,
     )
     return VenueSimulator(
-        engine, exchange, faults, market_clock, clock, config.api_key, config.api_secret, log, description
+        engine,
+        exchange,
+        faults,
+        market_clock,
+        clock,
+        config.api_key,
+        config.api_secret,
+        log,
+        description,
+        rules=config.rules,
+        ban_escalation=config.ban_escalation,
+        limits=UsageLimits(clock, config.weight_limit_1m, config.order_limit_10s, config.order_limit_1m),
+        ban_after_429=config.ban_after_429,
+        conditional_orders=config.conditional_orders,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from libs.clock import Clock
 from libs.recordings import SPOT
 from services.venue_sim.domain import Exchange, OrderBook, fmt
+from services.venue_sim.domain.klines import KlineRecorder, kline_frame
 from services.venue_sim.domain.market_events import DepthEvent, LiquidationEvent, MarketEvent, MarkEvent, TradeEvent
 from services.venue_sim.streams import StreamHub
 
@@ -67,6 +68,8 @@ class MarketFeed:
         self.market = market
         self.spot = market == SPOT
         self.markets = {s: SymbolMarket(s, open_interest[s]) for s in books}
+        self.klines = KlineRecorder()
+        self._kline_open: dict[str, int] = {}  # kline stream -> open time of the candle last pushed
 
     def now_ms(self) -> int:
         """Wall clock in ms."""
@@ -165,6 +168,24 @@ class MarketFeed:
             data["a"] = sorted(([p, q] for p, q in asks.items()), key=lambda lv: Decimal(lv[0]))
             self.publish(f"{symbol.lower()}@{stream_suffix}", symbol, "depth", data)
 
+    def publish_klines(self) -> None:
+        """Push the running candle of every subscribed `<symbol>@kline_<interval>` stream; when an
+        interval has ended, its final candle (`x` true) first."""
+        now = self.now_ms()
+        for stream in [s for s in self.hub.subscribers if "@kline_" in s]:
+            lower, interval = stream.split("@kline_", 1)
+            symbol = lower.upper()
+            if symbol not in self.markets:
+                continue
+            rows = self.klines.klines(symbol, interval, now, None, None, 2)
+            if not rows:
+                continue
+            published = self._kline_open.get(stream)
+            if published is not None and published != rows[-1][0] and len(rows) == 2:
+                self.publish(stream, symbol, "kline", kline_frame(symbol, interval, rows[0], now, closed=True))
+            self._kline_open[stream] = rows[-1][0]
+            self.publish(stream, symbol, "kline", kline_frame(symbol, interval, rows[-1], now, closed=False))
+
     def on_trade(self, event: TradeEvent) -> None:
         market = self.markets[event.symbol]
         market.last_price = event.price
@@ -202,6 +223,7 @@ class MarketFeed:
             )
         if event.kind not in ("MARKET", "INSURANCE_FUND"):
             return
+        self.klines.on_trade(event.symbol, now, event.price, event.quantity, not event.buyer_is_maker)
         market.agg_pending.append(event)
         if event.closes_aggregate:
             trades, market.agg_pending = market.agg_pending, []

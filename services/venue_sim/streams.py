@@ -11,8 +11,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from libs.clock import Clock, wall_clock
 from services.venue_sim.domain import FaultScheduler
 from services.venue_sim.domain.frames import Frame, corrupt_text
+from services.venue_sim.domain.venue_rules import NS_PER_S, ConnectionRules, MessageRate
 
 _encoder = msgspec.json.Encoder()
 
@@ -20,13 +22,23 @@ _encoder = msgspec.json.Encoder()
 class Subscriber:
     """One WebSocket client: its streams, and a sender task that applies latency."""
 
-    def __init__(self, ws: web.WebSocketResponse, combined: bool, listen_key: str | None = None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        combined: bool,
+        listen_key: str | None = None,
+        connected_ns: int = 0,
+        max_incoming_per_s: int = 10,
+    ) -> None:
         self.ws = ws
         self.combined = combined
         self.listen_key = listen_key
         self.streams: set[str] = set()
         self.queue: asyncio.Queue[tuple[float, str]] = asyncio.Queue(maxsize=20_000)
         self.closed = False
+        self.connected_ns = connected_ns
+        self.last_pong_ns = connected_ns
+        self.incoming = MessageRate(max_incoming_per_s)
 
     def symbols(self) -> set[str]:
         """Upper-case symbols this client listens to."""
@@ -61,9 +73,14 @@ class Subscriber:
 class StreamHub:
     """Who listens to what, and the one way a frame or user event reaches a client."""
 
-    def __init__(self, faults: FaultScheduler, log: Any) -> None:
+    def __init__(
+        self, faults: FaultScheduler, log: Any, clock: Clock = wall_clock, rules: ConnectionRules | None = None
+    ) -> None:
         self.faults = faults
         self.log = log
+        self.clock = clock
+        self.rules = rules or ConnectionRules()
+        self._closing: set[asyncio.Task[None]] = set()
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.connections: set[Subscriber] = set()
         self.user_connections: set[Subscriber] = set()
@@ -77,6 +94,44 @@ class StreamHub:
                 continue
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await subscriber.ws.ping()
+
+    def check_connection_rules(self) -> None:
+        """Close connections past their lifetime or silent to pings for too long (Binance: 24 h, 10 min)."""
+        now = self.clock()
+        lifetime_ns = int(self.rules.lifetime_s * NS_PER_S)
+        pong_ns = int(self.rules.pong_timeout_s * NS_PER_S)
+        for subscriber in list(self.connections):
+            if subscriber.closed or subscriber.ws.closed:
+                continue
+            if now - subscriber.connected_ns >= lifetime_ns:
+                self.log.info("ws_lifetime_expired", lifetime_s=self.rules.lifetime_s)
+                self._close_later(subscriber, 1001, b"connection lifetime expired")
+            elif now - subscriber.last_pong_ns >= pong_ns:
+                self.log.warning("ws_pong_timeout", pong_timeout_s=self.rules.pong_timeout_s)
+                self._close_later(subscriber, 1008, b"pong timeout")
+
+    def _close_later(self, subscriber: Subscriber, code: int, reason: bytes) -> None:
+        # A close waits for the client's close frame (up to 10 s from a dead client): not on the
+        # market's periodic work.
+        subscriber.closed = True
+        task = asyncio.get_running_loop().create_task(self.close_subscriber(subscriber, code, False, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def expire_listen_keys(self) -> list[str]:
+        """Drop listen keys past their validity: their user connections get `listenKeyExpired` and
+        nothing after it (they stay open, as on Binance). Returns the expired keys."""
+        now_ms = self.clock() // 1_000_000
+        expired = [key for key, deadline in self.listen_keys.items() if deadline <= now_ms]
+        for key in expired:
+            del self.listen_keys[key]
+            event = {"e": "listenKeyExpired", "E": now_ms, "listenKey": key}
+            for subscriber in [s for s in self.user_connections if s.listen_key == key]:
+                text = _encoder.encode({"stream": key, "data": event} if subscriber.combined else event).decode()
+                subscriber.enqueue(asyncio.get_running_loop().time(), text)
+                self.user_connections.discard(subscriber)
+            self.log.info("listen_key_expired")
+        return expired
 
     async def close_all(self) -> None:
         """Close every WebSocket (server shutdown)."""
@@ -112,7 +167,9 @@ class StreamHub:
             if victims:
                 self.log.warning("fault_ws_closed", kind=kind, fault=fault.id, connections=len(victims))
 
-    async def close_subscriber(self, subscriber: Subscriber, code: int, abrupt: bool) -> None:
+    async def close_subscriber(
+        self, subscriber: Subscriber, code: int, abrupt: bool, reason: bytes = b"closed by fault injection"
+    ) -> None:
         """Close one client, with a close frame or by dropping the TCP connection."""
         subscriber.closed = True
         self.connections.discard(subscriber)
@@ -122,7 +179,16 @@ class StreamHub:
                 transport.abort()
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await subscriber.ws.close(code=code, message=b"closed by fault injection")
+            await subscriber.ws.close(code=code, message=reason)
+
+    def subscribe_user(self, subscriber: Subscriber, listen_key: str) -> None:
+        """Make a client a user-data connection of `listen_key`."""
+        subscriber.listen_key = listen_key
+        self.user_connections.add(subscriber)
+
+    def unsubscribe_user(self, subscriber: Subscriber) -> None:
+        """Stop sending user-data events to a client."""
+        self.user_connections.discard(subscriber)
 
     def subscribe(self, subscriber: Subscriber, streams: list[str]) -> None:
         """Add streams to a client."""
@@ -185,5 +251,9 @@ class StreamHub:
         for event in events:
             text = _encoder.encode(event).decode()
             for subscriber in list(self.user_connections):
-                if not self.is_stalled(subscriber):
+                if self.is_stalled(subscriber):
+                    continue
+                if subscriber.combined:
+                    subscriber.enqueue(due, _encoder.encode({"stream": subscriber.listen_key, "data": event}).decode())
+                else:
                     subscriber.enqueue(due, text)

@@ -34,3 +34,18 @@ async def eventually(
                 message = await message
             raise AssertionError(message)
         await asyncio.sleep(interval_s)
+
+
+def eventually_blocking(check: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.2) -> Any:
+    """`eventually` for synchronous tests (blocking clients): call `check` until truthy; return that.
+
+    Raises:
+        AssertionError: `timeout_s` passed first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(interval_s)

@@ -37,6 +37,7 @@ from services.strategy.signals import IntentPublisher
 from services.venue_sim.domain import BinanceError
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.exchange import Exchange
+from services.venue_sim.domain.limits import UsageLimits
 from services.venue_sim.domain.rules import spec_for
 from services.venue_sim.routes.rest_market import MarketRoutes
 from tests.unit.test_strategy_apply import MemoryBus
@@ -53,7 +54,12 @@ def _sim_exchange(symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> Exchange
 
 def _sim_exchange_info(exchange: Exchange) -> dict[str, Any]:
     """The simulator's own `GET /fapi/v1/exchangeInfo` body."""
-    ctx = SimpleNamespace(exchange=exchange, engine=SimpleNamespace(feed=None, hub=None), now_ms=lambda: 0)
+    ctx = SimpleNamespace(
+        exchange=exchange,
+        engine=SimpleNamespace(feed=None, hub=None),
+        now_ms=lambda: 0,
+        limits=UsageLimits(exchange.clock),  # exchangeInfo's rateLimits are the simulator's configured limits
+    )
     routes = MarketRoutes(ctx)  # type: ignore[arg-type]
     body: dict[str, Any] = asyncio.run(routes.exchange_info(None, {}))  # type: ignore[arg-type]
     return body

@@ -17,7 +17,9 @@ from typing import Any
 from libs.clock import Clock
 from services.venue_sim.domain import matching
 from services.venue_sim.domain.accounts import Account, Fill, Position
+from services.venue_sim.domain.algo_orders import AlgoBook, AlgoOrder, algo_update, algo_view
 from services.venue_sim.domain.book import OrderBook
+from services.venue_sim.domain.brackets import max_notional
 from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, order_view, parse_order_request, triggers
 from services.venue_sim.domain.rules import BinanceError, SymbolSpec, fmt, illegal, mandatory
 from services.venue_sim.domain.user_data import account_update, order_trade_update
@@ -52,6 +54,8 @@ class Exchange:
         self._next_order_id = first_order_id
         self._next_trade_id = 100_000_000
         self._countdowns: dict[str, int] = {}  # symbol -> deadline ns
+        self.leverage: dict[str, int] = {}  # symbol -> initial leverage set by POST /fapi/v1/leverage
+        self.algo = AlgoBook()
 
     # ----------------------------------------------------------------- helpers
     def now_ms(self) -> int:
@@ -80,6 +84,22 @@ class Exchange:
         mid = book.mid() if book else None
         return mid if mid is not None else ZERO
 
+    def leverage_of(self, symbol: str) -> int:
+        """The symbol's initial leverage (20x until changed)."""
+        return self.leverage.get(symbol, self.LEVERAGE)
+
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        """POST /fapi/v1/leverage; returns the position notional the leverage allows.
+
+        Raises:
+            BinanceError: -2027 when the open position is larger than the new leverage allows.
+        """
+        allowed = max_notional(leverage)
+        if abs(self.position(symbol).quantity) * self.mark_price(symbol) > allowed:
+            raise BinanceError(400, -2027, "Exceeded the maximum allowable position at current leverage.")
+        self.leverage[symbol] = leverage
+        return allowed
+
     def position(self, symbol: str) -> Position:
         """The (possibly flat) position of a symbol."""
         return self.account.position(symbol)
@@ -98,7 +118,10 @@ class Exchange:
     def position_margin(self) -> Decimal:
         """Initial margin of all positions."""
         return sum(
-            (abs(p.quantity) * self.mark_price(p.symbol) / self.LEVERAGE for p in self.account.positions.values()),
+            (
+                abs(p.quantity) * self.mark_price(p.symbol) / self.leverage_of(p.symbol)
+                for p in self.account.positions.values()
+            ),
             ZERO,
         )
 
@@ -108,7 +131,7 @@ class Exchange:
         for order in self.orders.values():
             if order.is_open and not order.reduce_only:
                 price = order.price or order.stop_price or self.mark_price(order.symbol)
-                total += order.remaining * price / self.LEVERAGE
+                total += order.remaining * price / self.leverage_of(order.symbol)
         return total
 
     def available_balance(self) -> Decimal:
@@ -177,7 +200,7 @@ class Exchange:
                 f"Order's notional must be no smaller than {fmt(spec.min_notional)} (unless you choose reduce only).",
             )
         increases = position.quantity * signed >= 0 or quantity > abs(position.quantity)
-        if not reduce_only and increases and notional / self.LEVERAGE > self.available_balance():
+        if not reduce_only and increases and notional / self.leverage_of(symbol) > self.available_balance():
             raise BinanceError(400, -2019, "Margin is insufficient.")
 
         now = self.now_ms()
@@ -336,6 +359,23 @@ class Exchange:
         """Open orders, of one symbol or all."""
         return [o for o in self.orders.values() if o.is_open and (symbol is None or o.symbol == symbol)]
 
+    def all_orders(
+        self, symbol: str, from_order_id: int | None, start_ms: int | None, end_ms: int | None, limit: int
+    ) -> list[Order]:
+        """GET /fapi/v1/allOrders: a symbol's orders, open and finished, oldest first.
+
+        From `from_order_id` on: the first `limit`; else the newest `limit` in the time window.
+        """
+        rows = [
+            o
+            for o in self.orders.values()
+            if o.symbol == symbol
+            and (from_order_id is None or o.order_id >= from_order_id)
+            and (start_ms is None or o.time_ms >= start_ms)
+            and (end_ms is None or o.time_ms <= end_ms)
+        ]
+        return rows[:limit] if from_order_id is not None else rows[-limit:]
+
     # ----------------------------------------------------------------- market events
     def on_book_update(self, symbol: str) -> None:
         """Fill resting LIMIT orders at their limit price once the opposite best crosses them."""
@@ -366,6 +406,63 @@ class Exchange:
                 self._take(order, None)
                 if order.is_open:
                     self._finish(order, "EXPIRED")
+
+    # ----------------------------------------------------------------- conditional orders (Algo Service)
+    def place_algo(self, params: Mapping[str, str], last_price: Decimal | None) -> AlgoOrder:
+        """POST /fapi/v1/algoOrder: accept a conditional order (it waits outside the book).
+
+        Raises:
+            BinanceError: the order is rejected, with Binance's code.
+        """
+        spec = self.spec(params.get("symbol"))
+        order = self.algo.place(params, spec, (last_price, self.mark_price(spec.symbol)), self.now_ms())
+        self._algo_event(order)
+        return order
+
+    def cancel_algo(self, params: Mapping[str, str]) -> AlgoOrder:
+        """DELETE /fapi/v1/algoOrder.
+
+        Raises:
+            BinanceError: -2011 when the order is unknown or no longer open.
+        """
+        order = self.algo.find(params)
+        if order is None or order.status != "NEW":
+            raise BinanceError(400, -2011, "Unknown order sent.")
+        self.algo.cancel(order, self.now_ms())
+        self._algo_event(order)
+        return order
+
+    def check_algo_orders(self, last_prices: Mapping[str, Decimal | None]) -> None:
+        """Trigger the conditional orders the last or mark price crossed: each places a MARKET order."""
+        for symbol in {o.symbol for o in self.algo.open_orders(None)}:
+            for order in self.algo.due(symbol, last_prices.get(symbol), self.mark_price(symbol)):
+                now = self.now_ms()
+                order.trigger_ms = order.update_ms = now
+                quantity = abs(self.position(symbol).quantity) if order.close_position else order.quantity
+                market = {"symbol": symbol, "side": order.side, "type": "MARKET", "quantity": fmt(quantity)}
+                if order.reduce_only:
+                    market["reduceOnly"] = "true"
+                order.status = "TRIGGERING"  # forwarded to the matching engine
+                self._algo_event(order)
+                try:
+                    placed, _ = self.place_order(market)
+                except BinanceError as error:
+                    order.status, order.reject_reason = "REJECTED", error.msg
+                    self._algo_event(order)
+                    continue
+                order.actual_order_id = placed.order_id
+                order.status = "TRIGGERED"
+                self._algo_event(order)
+                if not placed.is_open:
+                    order.status = "FINISHED"
+                    self._algo_event(order)
+
+    def algo_view(self, order: AlgoOrder) -> dict[str, Any]:
+        """The conditional order as Binance's REST answers show it."""
+        return algo_view(order, self.specs[order.symbol])
+
+    def _algo_event(self, order: AlgoOrder) -> None:
+        self.outbox.append(algo_update(order, self.specs[order.symbol], self.now_ms()))
 
     # ----------------------------------------------------------------- dead-man's switch
     def arm_countdown(self, symbol: str, countdown_ms: int) -> None:

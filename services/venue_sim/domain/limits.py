@@ -30,14 +30,29 @@ class UsageCounter:
         """Usage in the current window."""
         return self.add(0)
 
+    def seconds_left(self) -> int:
+        """Whole seconds until the window resets (a `Retry-After`)."""
+        return -(-(self.window_ns - self.clock() % self.window_ns) // 1_000_000_000)
+
 
 class UsageLimits:
-    """The three counters the venue reports in its headers."""
+    """The three counters the venue reports in its headers, their limits (exchangeInfo
+    `rateLimits`, Binance's by default), and the 429 answers of the current minute."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        weight_1m: int = WEIGHT_LIMIT_1M,
+        orders_10s: int = ORDER_LIMIT_10S,
+        orders_1m: int = ORDER_LIMIT_1M,
+    ) -> None:
         self.weight = UsageCounter(clock, 60_000_000_000)
         self.orders_10s = UsageCounter(clock, 10_000_000_000)
         self.orders_1m = UsageCounter(clock, 60_000_000_000)
+        self.refusals_1m = UsageCounter(clock, 60_000_000_000)
+        self.weight_limit = weight_1m
+        self.orders_10s_limit = orders_10s
+        self.orders_1m_limit = orders_1m
 
 
 def spot_depth_weight(limit: int) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from services.venue_sim.domain.brackets import max_notional
 from services.venue_sim.domain.rules import BinanceError, fmt
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ def position_views(exchange: Exchange, symbol: str | None = None) -> list[dict[s
                 "markPrice": fmt(mark, 8),
                 "unRealizedProfit": fmt(exchange.unrealized_pnl(name), 8),
                 "liquidationPrice": "0",
-                "leverage": str(exchange.LEVERAGE),
-                "maxNotionalValue": "250000",
+                "leverage": str(exchange.leverage_of(name)),
+                "maxNotionalValue": str(max_notional(exchange.leverage_of(name))),
                 "marginType": "cross",
                 "isolatedMargin": "0.00000000",
                 "isAutoAddMargin": "false",
@@ -75,10 +76,10 @@ def account_view(exchange: Exchange) -> dict[str, Any]:
     positions = [
         {
             "symbol": row["symbol"],
-            "initialMargin": fmt(abs(Decimal(row["notional"])) / exchange.LEVERAGE, 8),
+            "initialMargin": fmt(abs(Decimal(row["notional"])) / int(row["leverage"]), 8),
             "maintMargin": "0",
             "unrealizedProfit": row["unRealizedProfit"],
-            "positionInitialMargin": fmt(abs(Decimal(row["notional"])) / exchange.LEVERAGE, 8),
+            "positionInitialMargin": fmt(abs(Decimal(row["notional"])) / int(row["leverage"]), 8),
             "openOrderInitialMargin": "0",
             "leverage": row["leverage"],
             "isolated": False,

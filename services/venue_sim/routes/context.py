@@ -4,7 +4,7 @@ record of the REST table and the small helpers of Binance's answers."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -13,6 +13,7 @@ from aiohttp import web
 from libs.clock import Clock
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler, MarketClock
 from services.venue_sim.domain.limits import UsageLimits
+from services.venue_sim.domain.venue_rules import ConnectionRules, IpBan
 from services.venue_sim.engine import MarketEngine
 
 Handler = Callable[[web.Request, dict[str, str]], Awaitable[Any]]
@@ -27,6 +28,8 @@ class Endpoint:
     weight: Callable[[dict[str, str]], int]
     security: str = "NONE"  # NONE, USER_STREAM (API key only), SIGNED
     places_order: bool = False
+    order_count: Callable[[dict[str, str]], int] | None = None
+    """How many orders the request places (batches); 1 for an order endpoint when None."""
 
 
 Routes = dict[tuple[str, str], Endpoint]
@@ -53,6 +56,11 @@ class SimContext:
     log: Any
     limits: UsageLimits
     source_description: str = ""
+    rules: ConnectionRules = field(default_factory=ConnectionRules)
+    ban: IpBan = field(default_factory=IpBan)
+    conditional_orders: str = "legacy"
+    """legacy: STOP_MARKET / TAKE_PROFIT_MARKET accepted on /fapi/v1/order too; algo: only through
+    /fapi/v1/algoOrder, as on Binance since 2025-12-09."""
 
     def now_ms(self) -> int:
         """Wall clock in ms."""

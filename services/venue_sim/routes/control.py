@@ -1,17 +1,22 @@
 """The simulator's own control API (`/_sim/*`): state and true books, pause and resume of the
-market clock, and scheduling, listing and deleting faults."""
+market clock, scheduling, listing and deleting faults, and orders placed on the account by
+someone else."""
 
 from __future__ import annotations
 
 import msgspec
 from aiohttp import web
 
-from services.venue_sim.domain import BookHistoryError, FaultError, fmt, views
-from services.venue_sim.routes.context import RouteGroup
+from services.venue_sim.domain import BinanceError, BookHistoryError, FaultError, fmt, views
+from services.venue_sim.routes.context import RouteGroup, SimContext
 
 
 class ControlRoutes(RouteGroup):
     """`/_sim/*` handlers (plain JSON, not Binance-shaped)."""
+
+    def __init__(self, ctx: SimContext) -> None:
+        super().__init__(ctx)
+        self._external = 0
 
     def register(self, app: web.Application) -> None:
         """Add the control routes to the application."""
@@ -23,6 +28,7 @@ class ControlRoutes(RouteGroup):
         app.router.add_post("/_sim/faults", self.sim_faults_add)
         app.router.add_delete("/_sim/faults", self.sim_faults_clear)
         app.router.add_delete("/_sim/faults/{fault_id}", self.sim_faults_delete)
+        app.router.add_post("/_sim/orders", self.sim_external_order)
 
     async def sim_state(self, request: web.Request) -> web.Response:
         """GET /_sim/state."""
@@ -42,6 +48,7 @@ class ControlRoutes(RouteGroup):
         state["source"] = self.ctx.source_description
         state["messages_published"] = self.hub.messages_published
         state["connections"] = len(self.hub.connections)
+        state["ip_ban"] = self.ctx.ban.view(self.ctx.clock())
         return web.json_response(state)
 
     async def sim_pause(self, request: web.Request) -> web.Response:
@@ -87,6 +94,28 @@ class ControlRoutes(RouteGroup):
                 "asks": [[str(p), str(q)] for p, q in asks],
             }
         )
+
+    async def sim_external_order(self, request: web.Request) -> web.Response:
+        """POST /_sim/orders — an order placed on the account by someone else (the venue's web page,
+        another tool): Binance's new-order parameters as a JSON object, no key or signature. It is
+        entered and reported on the user-data stream like any other order."""
+        try:
+            body = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return web.json_response({"error": f"body is not valid JSON: {exc}"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be an object of order parameters"}, status=400)
+        params = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.items()}
+        self._external += 1
+        params.setdefault("newClientOrderId", f"web_{self._external}")
+        try:
+            order, _ = self.exchange.place_order(params)
+        except BinanceError as exc:
+            self.engine.flush_user_events()
+            return web.json_response({"error": exc.msg, "code": exc.code}, status=400)
+        self.engine.flush_user_events()
+        self.ctx.log.info("external_order_placed", order_id=order.order_id, client_order_id=order.client_order_id)
+        return web.json_response(self.exchange.order_view(order))
 
     async def sim_faults_list(self, request: web.Request) -> web.Response:
         """GET /_sim/faults."""

@@ -10,13 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from services.venue_sim.domain import BinanceError, fmt
-from services.venue_sim.domain.limits import (
-    ORDER_LIMIT_1M,
-    ORDER_LIMIT_10S,
-    WEIGHT_LIMIT_1M,
-    depth_weight,
-    spot_depth_weight,
-)
+from services.venue_sim.domain.klines import Candle
+from services.venue_sim.domain.limits import depth_weight, spot_depth_weight
 from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, bounded_int, by_symbol, fixed, one
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
@@ -34,6 +29,13 @@ def _spot_depth_weight(params: dict[str, str]) -> int:
         return spot_depth_weight(int(params.get("limit") or 100))
     except ValueError:
         return 5
+
+
+def _klines_weight(params: dict[str, str]) -> int:
+    """Request weight of GET /fapi/v1/klines by limit (Binance USD-M table)."""
+    raw = params.get("limit") or "500"
+    limit = int(raw) if raw.isdigit() else 500
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
 
 
 def _recent(rows: list[dict[str, Any]], params: dict[str, str], id_key: str) -> list[dict[str, Any]]:
@@ -61,6 +63,8 @@ class MarketRoutes(RouteGroup):
             ("GET", "/fapi/v2/ticker/price"): Endpoint(self.ticker_price, by_symbol(1, 2)),
             ("GET", "/fapi/v1/ticker/bookTicker"): Endpoint(self.book_ticker, by_symbol(2, 5)),
             ("GET", "/fapi/v1/aggTrades"): Endpoint(self.agg_trades, fixed(20)),
+            ("GET", "/fapi/v1/klines"): Endpoint(self.klines, _klines_weight),
+            ("GET", "/fapi/v1/ticker/24hr"): Endpoint(self.ticker_24hr, by_symbol(1, 40)),
         }
         if self.feed.spot:
             table.update(
@@ -133,7 +137,6 @@ class MarketRoutes(RouteGroup):
                             "stepSize": fmt(spec.step_size),
                         },
                         {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-                        {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
                         {"filterType": "MIN_NOTIONAL", "notional": fmt(spec.min_notional)},
                         {
                             "filterType": "PERCENT_PRICE",
@@ -146,14 +149,20 @@ class MarketRoutes(RouteGroup):
                     "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
                 }
             )
+        limits = self.ctx.limits
         return {
             "timezone": "UTC",
             "serverTime": self.ctx.now_ms(),
             "futuresType": "U_MARGINED",
             "rateLimits": [
-                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": WEIGHT_LIMIT_1M},
-                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": ORDER_LIMIT_1M},
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": ORDER_LIMIT_10S},
+                {
+                    "rateLimitType": "REQUEST_WEIGHT",
+                    "interval": "MINUTE",
+                    "intervalNum": 1,
+                    "limit": limits.weight_limit,
+                },
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits.orders_1m_limit},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": limits.orders_10s_limit},
             ],
             "exchangeFilters": [],
             "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
@@ -243,6 +252,49 @@ class MarketRoutes(RouteGroup):
         """GET /fapi/v1/aggTrades — the recent aggregate trades, from `fromId` on when given."""
         symbol = self.ctx.symbol(params)
         return _recent(list(self.feed.markets[symbol].agg_history), params, "a")
+
+    async def klines(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/klines — candles of the market's trades (symbol, interval; startTime, endTime, limit)."""
+        symbol = self.ctx.symbol(params)
+        interval = params.get("interval")
+        if not interval:
+            raise BinanceError(400, -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+        limit = bounded_int(params, "limit", 500, 1, 1500)
+        start = bounded_int(params, "startTime", 0, 0, 2**62) if params.get("startTime") else None
+        end = bounded_int(params, "endTime", 0, 0, 2**62) if params.get("endTime") else None
+        return self.feed.klines.klines(symbol, interval, self.ctx.now_ms(), start, end, limit)
+
+    def _day(self, symbol: str) -> dict[str, Any]:
+        spec = self.exchange.specs[symbol]
+        now = self.ctx.now_ms()
+        last = self._price(symbol)["price"]
+        # No trade in 24 hours: an unchanged day at the last price, no volume.
+        day = self.feed.klines.rolling(symbol, now) or Candle(now, *(Decimal(last),) * 4)
+        change = day.close - day.open
+        return {
+            "symbol": symbol,
+            "priceChange": fmt(change, spec.price_precision),
+            "priceChangePercent": fmt(change / day.open * 100, 3) if day.open else "0",
+            "weightedAvgPrice": fmt(day.quote_volume / day.volume, spec.price_precision) if day.volume else last,
+            "lastPrice": last,
+            "lastQty": "0",
+            "openPrice": str(day.open),
+            "highPrice": str(day.high),
+            "lowPrice": str(day.low),
+            "volume": str(day.volume),
+            "quoteVolume": str(day.quote_volume),
+            "openTime": day.open_ms,
+            "closeTime": now,
+            "firstId": 0,
+            "lastId": self.feed.markets[symbol].last_trade_id,
+            "count": day.trades,
+        }
+
+    async def ticker_24hr(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/ticker/24hr — the last 24 hours of the market's trades."""
+        if params.get("symbol"):
+            return self._day(self.ctx.symbol(params))
+        return [self._day(s) for s in sorted(self.feed.books)]
 
     # ================================================================= public REST, spot
     async def spot_exchange_info(self, request: web.Request, params: dict[str, str]) -> Any:

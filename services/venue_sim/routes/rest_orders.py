@@ -1,6 +1,6 @@
 """Signed REST of the simulated account: order entry under the order faults (reject, 5xx,
 timeouts, partial and delayed fills), queries and cancels, trades, positions, balances, the
-account, the dead-man's switch and the accepted-but-fixed settings (leverage, position mode)."""
+account, the dead-man's switch and the position mode (one-way)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from services.venue_sim.routes.context import (
     fixed,
     one,
 )
+from services.venue_sim.routes.rest_algo import refuse_conditional
 
 
 class OrderRoutes(RouteGroup):
@@ -36,7 +37,6 @@ class OrderRoutes(RouteGroup):
             ("DELETE", "/fapi/v1/allOpenOrders"): Endpoint(self.cancel_all, one, "SIGNED"),
             ("GET", "/fapi/v1/userTrades"): Endpoint(self.user_trades, fixed(5), "SIGNED"),
             ("POST", "/fapi/v1/countdownCancelAll"): Endpoint(self.countdown_cancel_all, fixed(10), "SIGNED"),
-            ("POST", "/fapi/v1/leverage"): Endpoint(self.leverage, one, "SIGNED"),
             ("GET", "/fapi/v1/positionSide/dual"): Endpoint(self.position_mode, fixed(30), "SIGNED"),
         }
         for version in ("v2", "v3"):
@@ -47,6 +47,8 @@ class OrderRoutes(RouteGroup):
 
     async def new_order(self, request: web.Request, params: dict[str, str]) -> Any:
         """POST /fapi/v1/order, under the order faults."""
+        if self.ctx.conditional_orders == "algo":
+            refuse_conditional(params)
         symbol = params.get("symbol")
         if self.ctx.faults.faults:
             fault = self.ctx.faults.take("order_reject", symbol)
@@ -145,11 +147,6 @@ class OrderRoutes(RouteGroup):
             )
         self.exchange.arm_countdown(symbol, int(raw))
         return {"symbol": symbol, "countdownTime": raw}
-
-    async def leverage(self, request: web.Request, params: dict[str, str]) -> Any:
-        """POST /fapi/v1/leverage (accepted; the simulator keeps 20x)."""
-        symbol = self.ctx.symbol(params)
-        return {"leverage": int(params.get("leverage") or 20), "maxNotionalValue": "250000", "symbol": symbol}
 
     async def position_mode(self, request: web.Request, params: dict[str, str]) -> Any:
         """GET /fapi/v1/positionSide/dual: one-way mode."""

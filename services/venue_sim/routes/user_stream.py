@@ -12,8 +12,6 @@ from aiohttp import web
 from services.venue_sim.domain import BinanceError
 from services.venue_sim.routes.context import Endpoint, RouteGroup, Routes, SimContext, one
 
-LISTEN_KEY_VALIDITY_MS = 3_600_000
-
 
 def new_listen_key() -> str:
     """A fresh random listen key (64 URL-safe characters)."""
@@ -35,13 +33,17 @@ class UserStreamRoutes(RouteGroup):
             ("DELETE", "/fapi/v1/listenKey"): Endpoint(self.listen_key_close, one, "USER_STREAM"),
         }
 
+    def _deadline_ms(self) -> int:
+        """When a key created or kept alive now expires (Binance: 60 min)."""
+        return self.ctx.now_ms() + int(self.ctx.rules.listen_key_validity_s * 1000)
+
     async def listen_key_new(self, request: web.Request, params: dict[str, str]) -> Any:
         """POST /fapi/v1/listenKey: the active key is returned again, as Binance does."""
         for key in self.hub.listen_keys:
-            self.hub.listen_keys[key] = self.ctx.now_ms() + LISTEN_KEY_VALIDITY_MS
+            self.hub.listen_keys[key] = self._deadline_ms()
             return {"listenKey": key}
         key = self.make_key()
-        self.hub.listen_keys[key] = self.ctx.now_ms() + LISTEN_KEY_VALIDITY_MS
+        self.hub.listen_keys[key] = self._deadline_ms()
         return {"listenKey": key}
 
     async def listen_key_keepalive(self, request: web.Request, params: dict[str, str]) -> Any:
@@ -49,7 +51,7 @@ class UserStreamRoutes(RouteGroup):
         if not self.hub.listen_keys:
             raise BinanceError(400, -1125, "This listenKey does not exist.")
         for key in self.hub.listen_keys:
-            self.hub.listen_keys[key] = self.ctx.now_ms() + LISTEN_KEY_VALIDITY_MS
+            self.hub.listen_keys[key] = self._deadline_ms()
         return {"listenKey": next(iter(self.hub.listen_keys))}
 
     async def listen_key_close(self, request: web.Request, params: dict[str, str]) -> Any:
