@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.context import Gateway
 from services.gateway.errors import ApiError, error_body
+from services.gateway.guard import InputGuard
 from services.gateway.metrics import MetricsMiddleware
 from services.gateway.routes import ROUTERS
 
@@ -31,6 +32,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     app.state.gateway = gateway
     app.state.ctx = gateway.ctx
+    # The last added runs first: metrics see every answer, the guard runs before any parser or auth.
+    app.add_middleware(InputGuard, limits=gateway.config.guard)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
     install_error_handlers(app)
     for router in ROUTERS:

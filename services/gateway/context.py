@@ -33,6 +33,7 @@ from services.gateway import queries
 from services.gateway.auth import Principal, TokenTable
 from services.gateway.domain import jsonable
 from services.gateway.errors import bad_reply, unavailable
+from services.gateway.guard import GuardLimits
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.replies import Stored, reader, stored
@@ -53,6 +54,8 @@ class GatewayConfig:
     request_timeout_s: float = 3.0
     ready_timeout_s: float = 1.0
     ping_timeout_s: float = 0.5
+    guard: GuardLimits = field(default_factory=GuardLimits)
+    """Sizes and deadlines every request must keep (`guard`)."""
 
 
 @dataclass

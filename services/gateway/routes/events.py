@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from nats.aio.msg import Msg
 
+from libs.bounds import INT64_MAX
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
 from proto import subjects
 from proto.codec import decode
@@ -41,8 +42,8 @@ async def events(
     stream: Annotated[str | None, Query(max_length=32)] = None,
     correlation_id: Annotated[str | None, Query(max_length=200)] = None,
     operator_name: Annotated[str | None, Query(alias="operator", max_length=64)] = None,
-    since_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns >= since_ns")] = None,
-    until_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns < until_ns")] = None,
+    since_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="ts_event_ns >= since_ns")] = None,
+    until_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="ts_event_ns < until_ns")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
     _: Principal = VIEWER,

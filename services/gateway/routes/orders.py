@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
+from libs.bounds import BoundsError, check_text
 from proto import subjects
 from proto.enums import TERMINAL_ORDER_STATUSES, OrderStatus
 from proto.messages import CancelOrder
@@ -52,8 +53,15 @@ async def submit_order(
     if not idempotency_key or not idempotency_key.strip():
         raise ApiError(400, "missing_idempotency_key", "the Idempotency-Key header is required")
     key = idempotency_key.strip()
-    if len(key) > 200:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is longer than 200 characters")
+    try:
+        check_text(key, "Idempotency-Key", max_length=200)
+    except BoundsError as exc:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key {exc.reason}",
+            [{"loc": ["header", "Idempotency-Key"], "msg": exc.reason, "type": "value_error"}],
+        ) from exc
     if body.symbol not in gateway.ctx.settings.symbols:
         raise ApiError(
             422,
