@@ -10,6 +10,7 @@ a reply that does not decode a 502, never a 500.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -70,6 +71,8 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     clock: Clock = wall_clock
     """UTC epoch ns: heartbeat ages, idempotency records, dead-letter updates."""
+    ids: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    """A fresh id: the de-duplication id of a command whose request carries no Idempotency-Key."""
 
     def __post_init__(self) -> None:
         self.tokens = TokenTable(self.ctx.settings)  # a malformed BULWARK_API_TOKENS stops the start-up

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -114,6 +115,31 @@ def judge_record(record: dict[str, Any] | None, fingerprint_value: str) -> Idemp
             action="replay", http_status=int(record.get("http_status") or 200), response=record["response"]
         )
     return IdempotencyVerdict(action="in_progress")
+
+
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+def request_key(header: str | None, new_id: Callable[[], str]) -> str:
+    """The idempotency key of a request: its `Idempotency-Key` header, else a fresh id (`new_id`),
+    so a request without one is never taken for an earlier one.
+
+    Raises:
+        ApiError: 400 `invalid_idempotency_key` for a key that is too long or not plain text.
+    """
+    if header is None or not header.strip():
+        return new_id()
+    key = header.strip()
+    try:
+        check_text(key, "Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    except BoundsError as exc:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key {exc.reason}",
+            [{"loc": ["header", "Idempotency-Key"], "msg": exc.reason, "type": "value_error"}],
+        ) from exc
+    return key
 
 
 def verdict_error(verdict: IdempotencyVerdict) -> ApiError | None:
