@@ -20,6 +20,8 @@ from services.gateway.app import create_app
 from services.gateway.context import Gateway, GatewayConfig
 
 EXIT_BIND_FAILED = 3
+IDEMPOTENCY_SWEEP_INTERVAL_S = 3600.0
+"""How often Postgres idempotency records past their 24 h TTL are deleted."""
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -82,6 +84,7 @@ async def setup(ctx: ServiceContext) -> None:
         raise SystemExit(EXIT_BIND_FAILED) from exc
     gateway = Gateway(ctx, GatewayConfig())
     await gateway.start()
+    ctx.spawn(gateway.idempotency.expire_forever(IDEMPOTENCY_SWEEP_INTERVAL_S), "idempotency-sweep")
     await start_http(ctx, gateway, sock)
     ctx.log.info("gateway_listening", host=settings.gateway_host, port=settings.gateway_port)
 

@@ -395,3 +395,27 @@ async def delete_idempotency_claim(pool: asyncpg.Pool | None, key: str) -> None:
     await pg_call(
         pool, lambda pool: pool.execute("DELETE FROM idempotency_keys WHERE key = $1 AND status = 'in_progress'", key)
     )
+
+
+IDEMPOTENCY_SWEEP_BATCH = 5000
+"""Rows deleted per statement, so a sweep never holds a long lock over the table."""
+
+
+async def delete_expired_idempotency_keys(pool: asyncpg.Pool | None, created_before_ns: int) -> int:
+    """Delete idempotency records created before `created_before_ns`, in batches; how many went."""
+
+    async def sweep(pool: asyncpg.Pool) -> int:
+        deleted = 0
+        while True:
+            status = await pool.execute(
+                "DELETE FROM idempotency_keys WHERE key IN "
+                "(SELECT key FROM idempotency_keys WHERE created_ns < $1 LIMIT $2)",
+                created_before_ns,
+                IDEMPOTENCY_SWEEP_BATCH,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < IDEMPOTENCY_SWEEP_BATCH:
+                return deleted
+
+    return await pg_call(pool, sweep)

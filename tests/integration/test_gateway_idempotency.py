@@ -1,5 +1,6 @@
 # ruff: noqa: F811  (`gw` is the shared fixture of test_gateway, imported to be used here)
-"""Operator commands through the gateway and the real bus: idempotent per request, not per target."""
+"""Idempotency against the real bus and stores: operator commands are de-duplicated per request,
+not per target, and the idempotency records live 24 h and are then cleaned."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import asyncio
 from typing import Any
 
 from libs.bus import Delivery
+from libs.clock import NS_PER_S, ManualClock
+from libs.logging import get_logger
 from proto import subjects
 from proto.envelope import Message
 from proto.messages import CancelOrder
+from services.gateway.idempotency import IdempotencyStore
 from tests.integration.test_gateway import OP, Harness, count_on, gw, insert_order  # noqa: F401
 
 
@@ -70,3 +74,50 @@ async def test_cancel_when_idempotency_key_too_long_then_400_and_nothing_publish
 
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_idempotency_key"
     assert await count_on(gw.peer, subjects.STREAM_ORDERS.name, subjects.CMD_ORDER_CANCEL) == 0
+
+
+async def test_idempotency_sweep_when_records_older_than_24h_then_deleted_and_key_usable_again(pg_pool: Any) -> None:
+    clock = ManualClock(1_000_000 * NS_PER_S)
+    store = IdempotencyStore(None, pg_pool, get_logger("gateway"), clock)
+    hour = 3600 * NS_PER_S
+    for key, age in (("old-done", 25 * hour), ("old-claim", 30 * hour), ("fresh", 1 * hour), ("edge", 24 * hour - 1)):
+        await pg_pool.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, created_ns) VALUES ($1, 'f', 'done', $2)",
+            key,
+            clock() - age,
+        )
+    sweeps: list[float] = []
+
+    async def sleep(interval_s: float) -> None:
+        sweeps.append(interval_s)
+        if len(sweeps) == 2:
+            raise asyncio.CancelledError
+        clock.advance_ns(2)  # "edge" passes its 24 h before the second sweep
+
+    try:
+        await store.expire_forever(60.0, sleep=sleep)
+    except asyncio.CancelledError:
+        pass
+
+    left = await pg_pool.fetch("SELECT key FROM idempotency_keys ORDER BY key")
+    assert [row["key"] for row in left] == ["fresh"]
+    assert sweeps == [60.0, 60.0]
+    verdict = await store.begin("old-done", "another-body")
+    assert verdict.action == "proceed"  # an expired key is free again, not a 409
+
+
+async def test_idempotency_sweep_when_postgres_down_then_logged_and_retried(pg_pool: Any) -> None:
+    store = IdempotencyStore(None, None, get_logger("gateway"), ManualClock(0))
+    sweeps: list[float] = []
+
+    async def sleep(interval_s: float) -> None:
+        sweeps.append(interval_s)
+        if len(sweeps) == 3:
+            raise asyncio.CancelledError
+
+    try:
+        await store.expire_forever(1.0, sleep=sleep)
+    except asyncio.CancelledError:
+        pass
+
+    assert len(sweeps) == 3  # each failed sweep was followed by the next, the task never died
