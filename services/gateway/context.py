@@ -22,7 +22,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from redis.exceptions import RedisError
 
-from libs.clock import Clock, wall_clock
+from libs.clock import Clock, monotonic_clock, wall_clock
 from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.runtime.service import ServiceContext
 from proto import subjects
@@ -31,6 +31,7 @@ from proto.enums import ComponentState
 from proto.messages import Heartbeat, OperatorActionTaken
 from proto.replies import ErrorReply, ReplyDecodeError, decode_reply
 from services.gateway import queries
+from services.gateway.admission import AdmissionLimits
 from services.gateway.auth import Principal, TokenTable
 from services.gateway.domain import jsonable
 from services.gateway.errors import bad_reply, unavailable
@@ -57,6 +58,8 @@ class GatewayConfig:
     ping_timeout_s: float = 0.5
     guard: GuardLimits = field(default_factory=GuardLimits)
     """Sizes and deadlines every request must keep (`guard`)."""
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Rate limits, concurrency budgets and event stream caps (`admission`)."""
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     clock: Clock = wall_clock
     """UTC epoch ns: heartbeat ages, idempotency records, dead-letter updates."""
+    monotonic: Clock = monotonic_clock
+    """Monotonic ns: rate limit buckets."""
     ids: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
     """A fresh id: the de-duplication id of a command whose request carries no Idempotency-Key."""
 
