@@ -379,5 +379,5 @@ class DeadLetterBulkRetry(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 503)
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 408, 409, 413, 414, 422, 429, 503)
 }
