@@ -71,7 +71,7 @@ def _bounded_int(minimum: int, maximum: int = INT64_MAX) -> Any:
 
     def parse(value: str) -> int:
         try:
-            return check_int(int(value.strip()[:40]), minimum=minimum, maximum=maximum)
+            return check_int(int(value.strip()), minimum=minimum, maximum=maximum)
         except ValueError as exc:  # BoundsError included
             raise argparse.ArgumentTypeError(str(exc) or f"not an integer: {value!r}") from exc
 

@@ -234,7 +234,7 @@ def _convert(name: str, raw: str, default: object) -> object:
             return raw.strip().lower() in ("1", "true", "yes", "on")
         # Numbers are bounded where they enter: a bigint at most, never NaN or infinite.
         if isinstance(default, int):
-            return check_int(int(raw.strip()[:40]), name)
+            return check_int(int(raw.strip()), name)
         if isinstance(default, float):
             return check_finite(float(raw), name)
         check_text(raw, name, max_length=SETTING_MAX_LENGTH)
