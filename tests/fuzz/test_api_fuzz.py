@@ -12,7 +12,6 @@ The default run is bounded for CI; the `slow` run generates at least 10 000 case
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from entrypoints.harness.system import RunningSystem, start_system, stop_system
+from entrypoints.harness.system import RunningSystem
 
 pytestmark = pytest.mark.e2e
 
@@ -55,17 +54,6 @@ class Finding:
     operation: str
     role: str
     error: str
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    base = tmp_path_factory.mktemp("fuzz-system")
-    running = start_system(base / "data", base / "bulwark-up.log")
-    try:
-        running.wait_all_ready()
-        yield running
-    finally:
-        stop_system(running)
 
 
 def role_headers(system: RunningSystem) -> dict[str, dict[str, str]]:

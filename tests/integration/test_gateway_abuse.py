@@ -9,13 +9,21 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from services.gateway.admission import AdmissionLimits
 from services.gateway.context import GatewayConfig
-from services.gateway.main import bind_socket, start_http
-from tests.integration.test_gateway import ALICE, OP, ORDER, VIEW, Harness, accept, harness, make_settings
+from tests.integration.test_gateway import (
+    ALICE,
+    OP,
+    ORDER,
+    VIEW,
+    Harness,
+    accept,
+    harness,
+    make_settings,
+    real_server,
+)
 
 
 @contextlib.asynccontextmanager
@@ -96,33 +104,20 @@ async def test_reads_when_saturated_then_shed_with_429_while_orders_go_through(s
 
 
 async def test_event_streams_when_over_the_cap_then_429_and_a_closed_stream_frees_its_place(stores: Any) -> None:
-    async with limited(*stores, sse_per_client=1, sse_total=2) as h:
-        sock = bind_socket("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-        server = await start_http(h.ctx, h.gateway, sock)
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-                for _ in range(50):
-                    if server.started:
-                        break
-                    await asyncio.sleep(0.05)
-                async with client.stream("GET", "/v1/events/stream", headers=VIEW) as first:
-                    assert first.status_code == 200
-                    second_same_token = await client.get("/v1/events/stream", headers=VIEW)
-                    async with client.stream("GET", "/v1/events/stream", headers=OP) as other_token:
-                        assert other_token.status_code == 200
-                        over_total = await client.get("/v1/events/stream", headers=ALICE)
-                after_close = None
-                for _ in range(50):  # the server notices the closed stream shortly after
-                    async with client.stream("GET", "/v1/events/stream", headers=VIEW) as again:
-                        if again.status_code == 200:
-                            after_close = again.status_code
-                            break
-                    await asyncio.sleep(0.1)
-        finally:
-            server.should_exit = True
-            for cleanup in h.ctx.cleanups:
-                await cleanup()
+    async with limited(*stores, sse_per_client=1, sse_total=2) as h, real_server(h) as client:
+        async with client.stream("GET", "/v1/events/stream", headers=VIEW) as first:
+            assert first.status_code == 200
+            second_same_token = await client.get("/v1/events/stream", headers=VIEW)
+            async with client.stream("GET", "/v1/events/stream", headers=OP) as other_token:
+                assert other_token.status_code == 200
+                over_total = await client.get("/v1/events/stream", headers=ALICE)
+        after_close = None
+        for _ in range(50):  # the server notices the closed stream shortly after
+            async with client.stream("GET", "/v1/events/stream", headers=VIEW) as again:
+                if again.status_code == 200:
+                    after_close = again.status_code
+                    break
+            await asyncio.sleep(0.1)
 
     assert second_same_token.status_code == 429 and second_same_token.headers["Retry-After"]
     assert second_same_token.json()["error"]["code"] == "too_many_streams"
