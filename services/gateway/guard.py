@@ -156,7 +156,7 @@ class InputGuard:
             check_headers(scope, self.limits)
             check_target(scope, self.limits)
             body, after = await read_body(receive, self.limits)
-            if body:
+            if body.lstrip()[:1] in (b"[", b"{"):  # only a JSON array or object can nest
                 try:
                     check_json_depth(body, "body", max_depth=self.limits.max_json_depth)
                 except BoundsError as exc:

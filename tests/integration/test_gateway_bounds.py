@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -227,3 +228,23 @@ async def test_post_when_client_trickles_the_body_then_408(
 
     assert response.status_code == 408, response.text
     assert error_of(response)["code"] == "request_timeout"
+
+
+async def test_halt_when_form_reason_has_many_brackets_then_accepted_as_text(gw: Harness) -> None:
+    reasons: list[str] = []
+
+    async def halt(payload: bytes) -> bytes:
+        reasons.append(json.loads(payload)["reason"])
+        return b'{"trading_state": "HALTED", "previous": "ACTIVE"}'
+
+    await gw.peer.serve("svc.risk.halt", halt)
+    await gw.peer.nc.flush()
+
+    response = await gw.client.post(
+        "/v1/trading/halt",
+        headers={**OP, "Content-Type": "application/x-www-form-urlencoded"},
+        content=b"reason=" + b"[" * 40,
+    )
+
+    assert response.status_code == 200, response.text
+    assert reasons == ["[" * 40]
