@@ -12,7 +12,7 @@ The default run is bounded for CI; the `slow` run generates at least 10 000 case
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -56,6 +56,14 @@ class Finding:
     error: str
 
 
+@dataclass
+class FuzzRun:
+    """What a fuzz run found, and how many cases it sent."""
+
+    findings: list[Finding] = field(default_factory=list)
+    cases: int = 0
+
+
 def role_headers(system: RunningSystem) -> dict[str, dict[str, str]]:
     tokens = {"admin": system.admin_token, "operator": system.operator_token, "viewer": system.viewer_token}
     return {role: {"Authorization": f"Bearer {token}"} for role, token in tokens.items()} | {"anonymous": {}}
@@ -89,22 +97,20 @@ def open_stream(case: Any, system: RunningSystem, headers: dict[str, str]) -> li
     return problems
 
 
-def fuzz(system: RunningSystem, examples_per_operation: int) -> list[Finding]:
-    """Run every operation of the document with generated requests and each role; the findings."""
+def fuzz(system: RunningSystem, examples_per_operation: int, log: FuzzRun) -> None:
+    """Run every operation of the document with generated requests and each role."""
     schema = schemathesis.openapi.from_url(f"{system.gateway}/openapi.json")
-    findings: list[Finding] = []
     for result in schema.get_all_operations():
-        findings += fuzz_operation(system, result.ok(), examples_per_operation)
-    return findings
+        fuzz_operation(system, result.ok(), examples_per_operation, log)
 
 
-def fuzz_operation(system: RunningSystem, operation: Any, examples: int) -> list[Finding]:
+def fuzz_operation(system: RunningSystem, operation: Any, examples: int, log: FuzzRun) -> None:
     """Valid and invalid requests of one operation, each sent with a role drawn from every role."""
     headers = role_headers(system)
     label = f"{operation.method.upper()} {operation.path}"
     roles = ["viewer", "anonymous"] if (operation.method.upper(), operation.path) in EXCLUDED else list(headers)
     cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
-    findings: list[Finding] = []
+    findings = log.findings
 
     @settings(
         max_examples=examples,
@@ -116,6 +122,7 @@ def fuzz_operation(system: RunningSystem, operation: Any, examples: int) -> list
     )
     @given(case=cases, role=st.sampled_from(roles))
     def run(case: Any, role: str) -> None:
+        log.cases += 1
         if (case.method.upper(), case.path) == EVENT_STREAM:
             findings.extend(Finding(label, role, problem) for problem in open_stream(case, system, headers[role]))
             return
@@ -129,7 +136,6 @@ def fuzz_operation(system: RunningSystem, operation: Any, examples: int) -> list
             findings.append(Finding(label, role, f"{response.status_code} {response.text[:500]}"))
 
     run()
-    return findings
 
 
 def decimal_texts() -> st.SearchStrategy[Any]:
@@ -150,10 +156,9 @@ def decimal_texts() -> st.SearchStrategy[Any]:
     )
 
 
-def orders_fuzz(system: RunningSystem, examples: int) -> list[Finding]:
+def orders_fuzz(system: RunningSystem, examples: int, log: FuzzRun) -> None:
     """`POST /v1/orders` with a configured symbol, so generated amounts reach the order path's
     bounds, idempotency and the bus (a random symbol is refused before any of that)."""
-    findings: list[Finding] = []
     body = st.fixed_dictionaries(
         {
             "symbol": st.sampled_from(["BTCUSDT", "ethusdt"]),
@@ -169,6 +174,7 @@ def orders_fuzz(system: RunningSystem, examples: int) -> list[Finding]:
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None)
     @given(order=body, key=keys)
     def run(order: dict[str, Any], key: str) -> None:
+        log.cases += 1
         headers = {"Authorization": f"Bearer {system.operator_token}".encode(), "Idempotency-Key": key.encode()}
         try:
             response = httpx.post(f"{system.gateway}/v1/orders", json=order, headers=headers, timeout=REQUEST_TIMEOUT_S)
@@ -176,10 +182,9 @@ def orders_fuzz(system: RunningSystem, examples: int) -> list[Finding]:
             assert "Out of range float" in str(exc), exc
             return
         if response.status_code >= 500 or response.status_code not in (201, 202, 400, 409, 413, 422, 429):
-            findings.append(Finding("POST /v1/orders", "operator", f"{response.status_code} {response.text[:500]}"))
+            log.findings.append(Finding("POST /v1/orders", "operator", f"{response.status_code} {response.text[:500]}"))
 
     run()
-    return findings
 
 
 def assert_still_tradeable(system: RunningSystem) -> None:
@@ -205,18 +210,21 @@ def report(findings: list[Finding]) -> str:
 
 
 def test_api_when_fuzzed_with_every_role_then_no_500_and_every_answer_as_documented(system: RunningSystem) -> None:
-    findings = fuzz(system, examples_per_operation=25) + orders_fuzz(system, examples=150)
+    log = FuzzRun()
+    fuzz(system, examples_per_operation=40, log=log)
+    orders_fuzz(system, examples=300, log=log)
 
-    assert not findings, report(findings)
+    assert not log.findings, report(log.findings)
+    assert log.cases >= 1000
     assert_still_tradeable(system)
 
 
 @pytest.mark.slow
 def test_api_when_fuzzed_long_then_no_finding_in_10000_cases(system: RunningSystem) -> None:
-    schema = schemathesis.openapi.from_url(f"{system.gateway}/openapi.json")
-    operations = sum(1 for _ in schema.get_all_operations())
-    findings = fuzz(system, examples_per_operation=max(300, 10_000 // operations + 1))
-    findings += orders_fuzz(system, examples=3000)
+    log = FuzzRun()
+    fuzz(system, examples_per_operation=350, log=log)
+    orders_fuzz(system, examples=max(3000, 10_000 - log.cases), log=log)
 
-    assert not findings, report(findings)
+    assert not log.findings, report(log.findings)
+    assert log.cases >= 10_000
     assert_still_tradeable(system)
