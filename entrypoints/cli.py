@@ -29,6 +29,7 @@ from entrypoints.launcher import (
 )
 from entrypoints.operator_api import ENDPOINTS_FILE, fetch_json, running_endpoints
 from libs import logging as bulwark_logging
+from libs.bounds import INT64_MAX, BoundsError, check_finite, check_int
 from proto.subjects import DEFAULT_VENUE
 
 DEFAULT_DATA_DIR = Path(".bulwark")
@@ -61,9 +62,22 @@ def _positive_float(value: str) -> float:
         number = float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from exc
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be >= 0 (0 = as fast as the client reads)")
-    return number
+    try:
+        return check_finite(number, minimum=0.0)
+    except BoundsError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (0 = as fast as the client reads)") from exc
+
+
+def _bounded_int(minimum: int, maximum: int = INT64_MAX) -> Any:
+    """An argparse type: an integer in [minimum, maximum] (ids and seeds travel as int64)."""
+
+    def parse(value: str) -> int:
+        try:
+            return check_int(int(value.strip()), minimum=minimum, maximum=maximum)
+        except ValueError as exc:  # BoundsError included
+            raise argparse.ArgumentTypeError(str(exc) or f"not an integer: {value!r}") from exc
+
+    return parse
 
 
 def _port(value: str) -> int:
@@ -84,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="state directory (default ./.bulwark)")
     up.add_argument("--venue-source", type=_venue_source, help="`replay:FILE[,FILE...]` or `synthetic`")
     up.add_argument("--venue-speed", type=_positive_float, help="replay speed factor (0 = as fast as read)")
-    up.add_argument("--venue-seed", type=int, help="seed of the simulator's randomness")
+    up.add_argument("--venue-seed", type=_bounded_int(0), help="seed of the simulator's randomness")
     up.add_argument("--host", default="127.0.0.1", help="bind address of every server (default 127.0.0.1)")
     up.add_argument("--gateway-port", type=_port, default=8000)
     up.add_argument("--venue-port", type=_port, default=8100)
@@ -141,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks")
     bench.add_argument("name", help="benchmark name, or `list`")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.add_argument("--repeats", type=int, help="repetitions, for benchmarks that repeat an injection")
+    bench.add_argument(
+        "--repeats", type=_bounded_int(1, 10_000), help="repetitions, for benchmarks that repeat an injection"
+    )
 
     projections = commands.add_parser("projections", help="rebuild or verify Postgres projections from the log")
     projections_commands = projections.add_subparsers(dest="projections_command", required=True)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
+from libs.bounds import check_finite, check_int, check_text
+
 T = TypeVar("T")
 
 
@@ -241,18 +243,24 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+SETTING_MAX_LENGTH = 64 * 1024
+"""A setting's text: tokens, URLs and lists are far below this; a NUL is never meant."""
+
+
 def _convert(name: str, raw: str, default: object) -> object:
     try:
         if isinstance(default, bool):
             return raw.strip().lower() in ("1", "true", "yes", "on")
+        # Numbers are bounded where they enter: a bigint at most, never NaN or infinite.
         if isinstance(default, int):
-            return int(raw)
+            return check_int(int(raw.strip()), name)
         if isinstance(default, float):
-            return float(raw)
+            return check_finite(float(raw), name)
+        check_text(raw, name, max_length=SETTING_MAX_LENGTH)
         if isinstance(default, tuple):
             return tuple(item.strip() for item in raw.split(",") if item.strip())
-    except ValueError as exc:
-        raise SettingsError(f"BULWARK_{name.upper()}={raw!r}: {exc}") from exc
+    except ValueError as exc:  # BoundsError included
+        raise SettingsError(f"BULWARK_{name.upper()}={raw[:80]!r}: {exc}") from exc
     return raw
 
 

@@ -20,10 +20,12 @@ import msgspec
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from libs.bounds import INT64_MAX, check_json_depth
 from proto import messages as proto_messages
 from proto.enums import OrderStatus, OrderType, Side
 from services.gateway.domain import MAX_BULK_RETRY, decimal_str
 from services.gateway.errors import ApiError
+from services.gateway.fields import Amount, Int64Id, Text
 from services.gateway.queries import DeadLetterFilter
 
 # --------------------------------------------------------------------------- requests
@@ -37,9 +39,9 @@ class OrderRequest(BaseModel):
     symbol: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9]+$", examples=["BTCUSDT"])
     side: Side
     type: OrderType
-    quantity: Decimal = Field(gt=0, examples=["0.01"])
-    price: Decimal | None = Field(default=None, gt=0, examples=["65000.5"])
-    stop_price: Decimal | None = Field(default=None, gt=0)
+    quantity: Amount = Field(gt=0, examples=["0.01"])
+    price: Amount | None = Field(default=None, gt=0, examples=["65000.5"])
+    stop_price: Amount | None = Field(default=None, gt=0)
     reduce_only: bool = False
 
     @field_validator("symbol")
@@ -72,7 +74,7 @@ class ControlRequest(BaseModel):
     """Optional body of halt, resume, emergency stop and breaker reset: why the operator acts."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="", max_length=500)
+    reason: Text = Field(default="", max_length=500)
 
 
 def parse_control_body(raw: bytes, content_type: str | None) -> ControlRequest:
@@ -98,8 +100,9 @@ def parse_control_body(raw: bytes, content_type: str | None) -> ControlRequest:
         data = {key: values[-1] for key, values in form.items()}
     else:
         try:
+            check_json_depth(text, "body")  # before the recursive parser, which would overflow
             data = json.loads(text)
-        except ValueError as exc:
+        except ValueError as exc:  # BoundsError included
             raise ApiError(
                 400, "invalid_json", "request body is not valid JSON", {"expected": {"reason": "..."}}
             ) from exc
@@ -122,12 +125,12 @@ class DeadLetterRetryRequest(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(default_factory=list, max_length=MAX_BULK_RETRY)
-    consumer: str | None = Field(default=None, max_length=128)
-    operation: str | None = Field(default=None, max_length=200)
-    reason: str | None = Field(default=None, max_length=200)
-    since_ns: int | None = Field(default=None, ge=0)
-    until_ns: int | None = Field(default=None, ge=0)
+    ids: list[Int64Id] = Field(default_factory=list, max_length=MAX_BULK_RETRY)
+    consumer: Text | None = Field(default=None, max_length=128)
+    operation: Text | None = Field(default=None, max_length=200)
+    reason: Text | None = Field(default=None, max_length=200)
+    since_ns: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    until_ns: int | None = Field(default=None, ge=0, le=INT64_MAX)
     limit: int = Field(default=100, ge=1, le=MAX_BULK_RETRY)
     all: bool = False
 
@@ -378,5 +381,5 @@ class DeadLetterBulkRetry(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 409, 422, 503)
+    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 408, 409, 413, 414, 422, 429, 503)
 }

@@ -14,8 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.admission import Admission
 from services.gateway.context import Gateway
 from services.gateway.errors import ApiError, error_body
+from services.gateway.guard import InputGuard
 from services.gateway.metrics import MetricsMiddleware
 from services.gateway.routes import ROUTERS
 
@@ -31,6 +33,16 @@ def create_app(gateway: Gateway) -> FastAPI:
     )
     app.state.gateway = gateway
     app.state.ctx = gateway.ctx
+    # The last added runs first: metrics see every answer, admission refuses before anything is
+    # read, the guard checks the request before any parser or auth.
+    app.add_middleware(InputGuard, limits=gateway.config.guard)
+    app.add_middleware(
+        Admission,
+        limits=gateway.config.admission,
+        tokens=gateway.tokens,
+        clock=gateway.monotonic,
+        metrics=gateway.metrics,
+    )
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -10,6 +10,7 @@ a reply that does not decode a 502, never a 500.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from redis.exceptions import RedisError
 
-from libs.clock import Clock, wall_clock
+from libs.clock import Clock, monotonic_clock, wall_clock
 from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.runtime.service import ServiceContext
 from proto import subjects
@@ -30,9 +31,11 @@ from proto.enums import ComponentState
 from proto.messages import Heartbeat, OperatorActionTaken
 from proto.replies import ErrorReply, ReplyDecodeError, decode_reply
 from services.gateway import queries
+from services.gateway.admission import AdmissionLimits
 from services.gateway.auth import Principal, TokenTable
 from services.gateway.domain import jsonable
 from services.gateway.errors import bad_reply, unavailable
+from services.gateway.guard import GuardLimits
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.replies import Stored, reader, stored
@@ -53,6 +56,10 @@ class GatewayConfig:
     request_timeout_s: float = 3.0
     ready_timeout_s: float = 1.0
     ping_timeout_s: float = 0.5
+    guard: GuardLimits = field(default_factory=GuardLimits)
+    """Sizes and deadlines every request must keep (`guard`)."""
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Rate limits, concurrency budgets and event stream caps (`admission`)."""
 
 
 @dataclass
@@ -67,6 +74,10 @@ class Gateway:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     clock: Clock = wall_clock
     """UTC epoch ns: heartbeat ages, idempotency records, dead-letter updates."""
+    monotonic: Clock = monotonic_clock
+    """Monotonic ns: rate limit buckets."""
+    ids: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
+    """A fresh id: the de-duplication id of a command whose request carries no Idempotency-Key."""
 
     def __post_init__(self) -> None:
         self.tokens = TokenTable(self.ctx.settings)  # a malformed BULWARK_API_TOKENS stops the start-up

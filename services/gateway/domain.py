@@ -11,11 +11,13 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
 
+from libs.bounds import BoundsError, check_int, check_json_depth, check_text
 from libs.decimals import plain
 from proto.enums import OrderStatus
 from proto.envelope import Message
@@ -115,6 +117,31 @@ def judge_record(record: dict[str, Any] | None, fingerprint_value: str) -> Idemp
     return IdempotencyVerdict(action="in_progress")
 
 
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+def request_key(header: str | None, new_id: Callable[[], str]) -> str:
+    """The idempotency key of a request: its `Idempotency-Key` header, else a fresh id (`new_id`),
+    so a request without one is never taken for an earlier one.
+
+    Raises:
+        ApiError: 400 `invalid_idempotency_key` for a key that is too long or not plain text.
+    """
+    if header is None or not header.strip():
+        return new_id()
+    key = header.strip()
+    try:
+        check_text(key, "Idempotency-Key", max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    except BoundsError as exc:
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key {exc.reason}",
+            [{"loc": ["header", "Idempotency-Key"], "msg": exc.reason, "type": "value_error"}],
+        ) from exc
+    return key
+
+
 def verdict_error(verdict: IdempotencyVerdict) -> ApiError | None:
     """The 409 a conflicting verdict answers with (None for proceed/replay)."""
     if verdict.action == "conflict":
@@ -132,22 +159,39 @@ def encode_cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(parts), separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 256
+"""A cursor this API issues is a few dozen characters: an id, or a timestamp and an order id."""
+
+
 def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     """Decode a cursor made by `encode_cursor` and check the types of its parts.
 
     Raises:
         ApiError: 400 `invalid_cursor`.
     """
+    refused = ApiError(400, "invalid_cursor", "cursor is not one this API issued")
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise refused
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API issued") from exc
+        raw = base64.urlsafe_b64decode(padded.encode("ascii"))
+        # A cursor this API issued is one flat list; anything nested is refused before parsing.
+        check_json_depth(raw, "cursor", max_depth=1)
+        parts = json.loads(raw)
+    except (ValueError, binascii.Error) as exc:  # UnicodeError and BoundsError are ValueErrors
+        raise refused from exc
     if not isinstance(parts, list) or len(parts) != len(types):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API issued")
+        raise refused
     for part, kind in zip(parts, types, strict=True):
         if not isinstance(part, kind) or isinstance(part, bool):
-            raise ApiError(400, "invalid_cursor", "cursor is not one this API issued")
+            raise refused
+        try:
+            if isinstance(part, int):
+                check_int(part, "cursor")
+            elif isinstance(part, str):
+                check_text(part, "cursor", max_length=MAX_CURSOR_CHARS)
+        except BoundsError as exc:
+            raise refused from exc
     return parts
 
 

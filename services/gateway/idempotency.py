@@ -1,12 +1,15 @@
 """The Idempotency-Key store of `POST /v1/orders`: Valkey first, the Postgres table as fallback.
 
 Every Valkey failure falls back to Postgres (FM-C7); when neither can record a key, no order is
-accepted (503). A key left in progress by a crashed gateway is taken over (FM-C8).
+accepted (503). A key left in progress by a crashed gateway is taken over (FM-C8). Records live
+24 h: Valkey expires its keys, and `expire_forever` deletes older Postgres rows periodically.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from libs.cache import IDEMPOTENCY_TTL_S
-from libs.clock import Clock, wall_clock
+from libs.clock import NS_PER_S, Clock, wall_clock
 from libs.logging import Logger
 from services.gateway import queries
 from services.gateway.domain import IdempotencyVerdict, judge_record
@@ -162,6 +165,30 @@ class IdempotencyStore:
             await self._cache_set(key, record, ttl_s=IDEMPOTENCY_TTL_S)
         except (RedisError, OSError) as exc:
             self.log.warning("idempotency_response_not_cached", key=key, error=str(exc)[:200])
+
+    async def expire(self) -> int:
+        """Delete the Postgres records older than the 24 h TTL (Valkey expires its own); how many went.
+
+        Raises:
+            ApiError: 503 when Postgres is down (the next sweep tries again).
+        """
+        cutoff = self.clock() - IDEMPOTENCY_TTL_S * NS_PER_S
+        deleted = await queries.delete_expired_idempotency_keys(self.pool, cutoff)
+        if deleted:
+            self.log.info("idempotency_keys_expired", deleted=deleted, created_before_ns=cutoff)
+        return deleted
+
+    async def expire_forever(
+        self, interval_s: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        """Run `expire` every `interval_s` for the life of the gateway; a sweep that fails is logged
+        and the next one tries again (an outage only delays the cleaning)."""
+        while True:
+            try:
+                await self.expire()
+            except ApiError as exc:
+                self.log.warning("idempotency_sweep_failed", error=exc.details, action_taken="next sweep retries")
+            await sleep(interval_s)
 
     async def release(self, key: str) -> None:
         """Forget an unfinished claim (the request failed before anything was published)."""

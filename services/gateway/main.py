@@ -20,6 +20,11 @@ from services.gateway.app import create_app
 from services.gateway.context import Gateway, GatewayConfig
 
 EXIT_BIND_FAILED = 3
+HTTP_KEEP_ALIVE_S = 5
+HTTP_MAX_HEADER_BYTES = 32 * 1024
+HTTP_MAX_CONNECTIONS = 1024
+IDEMPOTENCY_SWEEP_INTERVAL_S = 3600.0
+"""How often Postgres idempotency records past their 24 h TTL are deleted."""
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -52,7 +57,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
 async def start_http(ctx: ServiceContext, gateway: Gateway, sock: socket.socket) -> EmbeddedServer:
     """Serve the gateway's app on an already bound socket, stopped with the service."""
     app = create_app(gateway)
-    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        lifespan="off",
+        # Slow or idle clients do not hold connections: idle keep-alive closes after 5 s, a header
+        # block is bounded, and connections beyond the cap are refused at once (the admission
+        # budgets shed well before it; the guard bounds the body's read time).
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=HTTP_MAX_HEADER_BYTES,
+        limit_concurrency=HTTP_MAX_CONNECTIONS,
+    )
     server = EmbeddedServer(config)
     task = ctx.spawn(server.serve(sockets=[sock]), "http")
 
@@ -82,6 +99,7 @@ async def setup(ctx: ServiceContext) -> None:
         raise SystemExit(EXIT_BIND_FAILED) from exc
     gateway = Gateway(ctx, GatewayConfig())
     await gateway.start()
+    ctx.spawn(gateway.idempotency.expire_forever(IDEMPOTENCY_SWEEP_INTERVAL_S), "idempotency-sweep")
     await start_http(ctx, gateway, sock)
     ctx.log.info("gateway_listening", host=settings.gateway_host, port=settings.gateway_port)
 

@@ -32,9 +32,18 @@ class GatewayMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.requests_refused = Counter(
+            "bulwark_gateway_requests_refused",
+            "Requests refused before any work: rate limits, saturated budgets, too many event streams",
+            ["reason"],
+            registry=self.registry,
+        )
         self.component_up = Gauge(
             "bulwark_component_up", "1 when the component heartbeats, else 0", ["component"], registry=self.registry
         )
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class MetricsMiddleware:
@@ -59,7 +68,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # Label values stay bounded whatever a client sends: route templates, known methods.
+            route = getattr(scope.get("route"), "path", None) or "other"
             method = scope.get("method", "")
+            method = method if method in KNOWN_METHODS else "other"
             self.metrics.requests.labels(method, route, str(status["code"])).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)

@@ -23,7 +23,7 @@ from libs.db import DB_TIMEOUT_S
 from proto import messages as proto_messages
 from proto.enums import OrderStatus
 from services.gateway.domain import jsonable
-from services.gateway.errors import unavailable
+from services.gateway.errors import ApiError, unavailable
 
 T = TypeVar("T")
 
@@ -34,6 +34,10 @@ PG_ERRORS: tuple[type[BaseException], ...] = (
     # A connection broken mid-operation when Postgres dies ("cannot switch to state ...").
     asyncpg.exceptions.InternalClientError,
     asyncio.TimeoutError,
+)
+VALUE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,  # SQLSTATE class 22: a value Postgres refuses
+    asyncpg.exceptions._base.DataError,  # an argument the driver cannot encode (an int above int64)
 )
 PG_CALL_TIMEOUT_S = DB_TIMEOUT_S + 1.0
 """A Postgres read or write answers within the statement timeout, or the caller gets a 503 (FM-N5)."""
@@ -53,6 +57,11 @@ async def pg_call(pool: asyncpg.Pool | None, operation: Callable[[asyncpg.Pool],
         raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason="not connected")
     try:
         return await asyncio.wait_for(operation(pool), PG_CALL_TIMEOUT_S)
+    except VALUE_ERRORS as exc:
+        # Postgres (or the driver encoding the argument) refused a value: the caller's input, not an outage.
+        raise ApiError(
+            422, "invalid_value", "a value is outside what the store accepts", {"reason": str(exc)[:300]}
+        ) from exc
     except PG_ERRORS as exc:
         reason = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         raise unavailable("postgres", POSTGRES_DOWN_MESSAGE, reason=reason) from exc
@@ -386,3 +395,27 @@ async def delete_idempotency_claim(pool: asyncpg.Pool | None, key: str) -> None:
     await pg_call(
         pool, lambda pool: pool.execute("DELETE FROM idempotency_keys WHERE key = $1 AND status = 'in_progress'", key)
     )
+
+
+IDEMPOTENCY_SWEEP_BATCH = 5000
+"""Rows deleted per statement, so a sweep never holds a long lock over the table."""
+
+
+async def delete_expired_idempotency_keys(pool: asyncpg.Pool | None, created_before_ns: int) -> int:
+    """Delete idempotency records created before `created_before_ns`, in batches; how many went."""
+
+    async def sweep(pool: asyncpg.Pool) -> int:
+        deleted = 0
+        while True:
+            status = await pool.execute(
+                "DELETE FROM idempotency_keys WHERE key IN "
+                "(SELECT key FROM idempotency_keys WHERE created_ns < $1 LIMIT $2)",
+                created_before_ns,
+                IDEMPOTENCY_SWEEP_BATCH,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < IDEMPOTENCY_SWEEP_BATCH:
+                return deleted
+
+    return await pg_call(pool, sweep)

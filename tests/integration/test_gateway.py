@@ -836,33 +836,40 @@ async def test_postgres_stopped_then_reads_503_kv_reads_answer_and_orders_still_
 # --------------------------------------------------------------------------- real HTTP server
 
 
-async def test_real_server_serves_metrics_and_sse_stream(gw: Harness) -> None:
+@contextlib.asynccontextmanager
+async def real_server(h: Harness) -> AsyncIterator[httpx.AsyncClient]:
+    """The harness's gateway served by uvicorn on a free port (as in production), and a client of it."""
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = await start_http(gw.ctx, gw.gateway, sock)
+    server = await start_http(h.ctx, h.gateway, sock)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             for _ in range(50):
                 if server.started:
                     break
                 await asyncio.sleep(0.05)
-            assert (await client.get("/health/live")).status_code == 200
-            lines: list[str] = []
-            async with client.stream("GET", "/v1/events/stream", headers=VIEW) as stream:
-                assert stream.headers["content-type"].startswith("text/event-stream")
-                iterator = stream.aiter_lines()
-                assert (await anext(iterator)).startswith(":")
-                await gw.peer.publish(
-                    subjects.EVT_TRADING_STATE, TradingStateChanged(previous=None, current="HALTED", reason="x")
-                )
-                async with asyncio.timeout(3):
-                    while not any(line.startswith("data:") for line in lines):
-                        lines.append(await anext(iterator))
-            metrics = (await client.get("/metrics")).text
+            yield client
     finally:
         server.should_exit = True
-        for cleanup in gw.ctx.cleanups:
+        for cleanup in h.ctx.cleanups:
             await cleanup()
+
+
+async def test_real_server_serves_metrics_and_sse_stream(gw: Harness) -> None:
+    async with real_server(gw) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        lines: list[str] = []
+        async with client.stream("GET", "/v1/events/stream", headers=VIEW) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            iterator = stream.aiter_lines()
+            assert (await anext(iterator)).startswith(":")
+            await gw.peer.publish(
+                subjects.EVT_TRADING_STATE, TradingStateChanged(previous=None, current="HALTED", reason="x")
+            )
+            async with asyncio.timeout(3):
+                while not any(line.startswith("data:") for line in lines):
+                    lines.append(await anext(iterator))
+        metrics = (await client.get("/metrics")).text
     assert "event: TradingStateChanged" in lines
     data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
     assert data["current"] == "HALTED"

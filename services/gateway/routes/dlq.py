@@ -10,6 +10,7 @@ import msgspec
 from fastapi import APIRouter, Query
 from nats.js.errors import NoStreamResponseError
 
+from libs.bounds import INT64_MAX
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
 from proto import subjects
 from proto.codec import decode
@@ -28,6 +29,7 @@ from services.gateway.context import BUS_ERRORS, Gateway
 from services.gateway.dependencies import OPERATOR, VIEWER, GatewayDep
 from services.gateway.domain import decode_cursor, encode_cursor, parse_dead_letter_status, reason_class
 from services.gateway.errors import ApiError, unavailable
+from services.gateway.fields import LETTER_ID
 
 router = APIRouter(tags=["dlq"])
 
@@ -43,8 +45,8 @@ async def dead_letters(
     subject: Annotated[str | None, Query(max_length=200, description="subject prefix")] = None,
     reason: Annotated[str | None, Query(max_length=200, description="substring, case-insensitive")] = None,
     status: Annotated[str | None, Query(max_length=16, description="PENDING or RETRIED")] = None,
-    since_ns: Annotated[int | None, Query(ge=0)] = None,
-    until_ns: Annotated[int | None, Query(ge=0)] = None,
+    since_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
+    until_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
     _: Principal = VIEWER,
@@ -95,7 +97,9 @@ async def dead_letter_stats(gateway: GatewayDep, _: Principal = VIEWER) -> dict[
 
 
 @router.get("/v1/dlq/{letter_id}", response_model=DeadLetterView, responses=ERROR_RESPONSES)
-async def dead_letter(gateway: GatewayDep, letter_id: int, _: Principal = VIEWER) -> dict[str, Any]:
+async def dead_letter(
+    gateway: GatewayDep, letter_id: Annotated[int, LETTER_ID], _: Principal = VIEWER
+) -> dict[str, Any]:
     """One dead letter with its payload."""
     row = await queries.load_dead_letter(gateway.ctx.pool, letter_id)
     if row is None:
@@ -104,7 +108,9 @@ async def dead_letter(gateway: GatewayDep, letter_id: int, _: Principal = VIEWER
 
 
 @router.post("/v1/dlq/{letter_id}/retry", response_model=DeadLetterRetryResult, responses=ERROR_RESPONSES)
-async def retry_dead_letter(gateway: GatewayDep, letter_id: int, who: Principal = OPERATOR) -> dict[str, Any]:
+async def retry_dead_letter(
+    gateway: GatewayDep, letter_id: Annotated[int, LETTER_ID], who: Principal = OPERATOR
+) -> dict[str, Any]:
     """Re-publish a dead letter's payload to its original subject (new `Nats-Msg-Id`
     `dlq-retry:<id>`) and mark it RETRIED. Idempotent: a letter already retried is not
     re-published again (`outcome: already_retried`)."""
@@ -145,7 +151,9 @@ async def retry_dead_letters(
 
 
 @router.delete("/v1/dlq/{letter_id}", responses=ERROR_RESPONSES)
-async def delete_dead_letter(gateway: GatewayDep, letter_id: int, who: Principal = OPERATOR) -> dict[str, Any]:
+async def delete_dead_letter(
+    gateway: GatewayDep, letter_id: Annotated[int, LETTER_ID], who: Principal = OPERATOR
+) -> dict[str, Any]:
     """Remove a dead letter (audited with who removed it and what it held)."""
     deleted = await queries.delete_dead_letter(gateway.ctx.pool, letter_id)
     if deleted is None:

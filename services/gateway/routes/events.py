@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from nats.aio.msg import Msg
 
+from libs.bounds import INT64_MAX
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
 from proto import subjects
 from proto.codec import decode
@@ -41,8 +42,8 @@ async def events(
     stream: Annotated[str | None, Query(max_length=32)] = None,
     correlation_id: Annotated[str | None, Query(max_length=200)] = None,
     operator_name: Annotated[str | None, Query(alias="operator", max_length=64)] = None,
-    since_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns >= since_ns")] = None,
-    until_ns: Annotated[int | None, Query(ge=0, description="ts_event_ns < until_ns")] = None,
+    since_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="ts_event_ns >= since_ns")] = None,
+    until_ns: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="ts_event_ns < until_ns")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
     _: Principal = VIEWER,
@@ -66,12 +67,28 @@ async def events(
     return {"events": items, "next_cursor": encode_cursor(page[-1]["id"]) if len(rows) > limit else None}
 
 
-@router.get("/v1/events/stream", responses=ERROR_RESPONSES)
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events: documented as `text/event-stream` in the OpenAPI document."""
+
+    media_type = "text/event-stream"
+
+
+@router.get(
+    "/v1/events/stream",
+    response_class=EventStreamResponse,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "description": "server-sent events: `event:` the message type, `id:` its message id, `data:` its JSON",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
 async def event_stream(
     gateway: GatewayDep,
     event_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     _: Principal = VIEWER,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Live `evt.>` messages as server-sent events (`event:` type, `data:` JSON)."""
     gateway.require_bus()
     queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1000)
@@ -100,7 +117,7 @@ async def event_stream(
             with contextlib.suppress(*BUS_ERRORS):
                 await subscription.unsubscribe()
 
-    return StreamingResponse(
+    return EventStreamResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 

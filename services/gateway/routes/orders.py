@@ -28,6 +28,7 @@ from services.gateway.domain import (
     fingerprint,
     jsonable,
     parse_order_status,
+    request_key,
     verdict_error,
 )
 from services.gateway.errors import ApiError
@@ -51,9 +52,7 @@ async def submit_order(
     """Submit an order (requires `Idempotency-Key`; a duplicate returns the first response)."""
     if not idempotency_key or not idempotency_key.strip():
         raise ApiError(400, "missing_idempotency_key", "the Idempotency-Key header is required")
-    key = idempotency_key.strip()
-    if len(key) > 200:
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is longer than 200 characters")
+    key = request_key(idempotency_key, gateway.ids)
     if body.symbol not in gateway.ctx.settings.symbols:
         raise ApiError(
             422,
@@ -111,16 +110,27 @@ async def list_orders(
 
 @router.delete("/v1/orders/{order_id}", status_code=202, response_model=CancelResponse, responses=ERROR_RESPONSES)
 async def cancel_order(
-    gateway: GatewayDep, order_id: Annotated[str, Path(max_length=64)], who: Principal = OPERATOR
+    gateway: GatewayDep,
+    order_id: Annotated[str, Path(max_length=64)],
+    who: Principal = OPERATOR,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", description="optional: repeats with the same key are de-duplicated"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Ask for a cancel (`CancelOrder` on `cmd.order.cancel`)."""
+    """Ask for a cancel (`CancelOrder` on `cmd.order.cancel`).
+
+    Idempotent per request, not per order: a cancel asked again after one was refused or lost acts
+    again; a repeat of the same request (same `Idempotency-Key`) is de-duplicated by the bus.
+    """
+    key = request_key(idempotency_key, gateway.ids)
     row = await queries.load_order(gateway.ctx.pool, order_id)
     if row is None:
         raise ApiError(404, "not_found", f"unknown order {order_id}")
     if row["status"] in TERMINAL_ORDER_STATUSES:
         raise ApiError(409, "order_terminal", f"order is already {row['status']}", {"status": row["status"]})
     command = CancelOrder(client_order_id=order_id, operator=who.name, reason="operator cancel")
-    await gateway.publish(subjects.CMD_ORDER_CANCEL, command, msg_id=f"cancel:{order_id}")
+    await gateway.publish(subjects.CMD_ORDER_CANCEL, command, msg_id=f"cancel:{order_id}:{key}")
     gateway.ctx.log.info("order_cancel_requested", client_order_id=order_id, operator=who.name)
     return {"order_id": order_id, "client_order_id": order_id, "status": OrderStatus.PENDING_CANCEL.value}
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from proto import subjects
 from proto.enums import DegradationLevel
@@ -18,6 +18,8 @@ from services.gateway.errors import ApiError
 from services.gateway.replies import reader
 
 router = APIRouter(tags=["strategies"])
+
+StrategyName = Annotated[str, Path(max_length=64)]
 
 
 @router.get("/v1/strategies", response_model=StrategyList, responses=ERROR_RESPONSES)
@@ -42,7 +44,7 @@ async def strategies(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, An
 @router.post(
     "/v1/strategies/{name}/enable", status_code=202, response_model=StrategyCommandResponse, responses=ERROR_RESPONSES
 )
-async def enable_strategy(gateway: GatewayDep, name: str, who: Principal = OPERATOR) -> dict[str, Any]:
+async def enable_strategy(gateway: GatewayDep, name: StrategyName, who: Principal = OPERATOR) -> dict[str, Any]:
     """Enable a strategy (`EnableStrategy` on `cmd.strategy.<name>.enable`)."""
     return await _strategy_command(gateway, name, "enable", who)
 
@@ -50,7 +52,7 @@ async def enable_strategy(gateway: GatewayDep, name: str, who: Principal = OPERA
 @router.post(
     "/v1/strategies/{name}/disable", status_code=202, response_model=StrategyCommandResponse, responses=ERROR_RESPONSES
 )
-async def disable_strategy(gateway: GatewayDep, name: str, who: Principal = OPERATOR) -> dict[str, Any]:
+async def disable_strategy(gateway: GatewayDep, name: StrategyName, who: Principal = OPERATOR) -> dict[str, Any]:
     """Disable a strategy (`DisableStrategy` on `cmd.strategy.<name>.disable`)."""
     return await _strategy_command(gateway, name, "disable", who)
 
