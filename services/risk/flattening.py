@@ -15,12 +15,12 @@ from .trading_control import RISK_OPERATOR
 
 async def flatten(risk: RiskCore, key: str, reason: str) -> list[SubmitOrder]:
     """Close every open position at market (reduce-only, approved by risk itself) and cancel
-    pending entries; idempotent per `key`."""
+    pending entries; idempotent per `key` (cancels too: a later flatten with a new key cancels again)."""
     for coid in risk.pending.entries():
         await risk.bus.publish(
             subjects.CMD_ORDER_CANCEL,
             CancelOrder(client_order_id=coid, operator=RISK_OPERATOR, reason=f"flatten: {reason}"),
-            msg_id=f"cancel:{coid}",
+            msg_id=f"cancel:{coid}:flatten:{key}",
         )
     orders = flatten_orders(risk.state.positions, key, risk.venue)  # each on the venue that holds it
     for order in orders:

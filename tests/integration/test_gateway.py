@@ -657,13 +657,14 @@ async def test_events_when_filtered_by_component_time_correlation_and_subject_th
 
 
 async def test_dlq_list_stats_retry_delete(gw: Harness, pg_pool: Any) -> None:
-    payload = msgspec.json.encode(TradingStateChanged(previous=None, current="HALTED", reason="x")).decode()
+    payload = encode(CancelOrder(client_order_id="bw-dead", operator="x", reason="r")).decode()
     for seq, consumer in ((1, "risk-orders"), (2, "position-approved")):
         await pg_pool.execute(
             "INSERT INTO dead_letters (stream_seq, consumer, subject, reason, deliveries, payload, created_ns, "
-            "updated_ns) VALUES ($1, $2, 'evt.trading.state', 'permanent: boom', 5, $3, $1, $1)",
+            "updated_ns) VALUES ($1, $2, $3, 'permanent: boom', 5, $4, $1, $1)",
             seq,
             consumer,
+            subjects.CMD_ORDER_CANCEL,
             payload,
         )
 
@@ -682,8 +683,22 @@ async def test_dlq_list_stats_retry_delete(gw: Harness, pg_pool: Any) -> None:
     assert stats["total"] == 2 and stats["by_status"] == {"PENDING": 1, "RETRIED": 1}
     assert stats["by_reason"] == {"permanent": 2} and stats["pending"] == 1
     assert deleted.status_code == 200 and gone.status_code == 404 and viewer_delete.status_code == 403
-    info = await gw.peer.js.stream_info("CONTROL", subjects_filter=subjects.EVT_TRADING_STATE)
-    assert (info.state.subjects or {}).get(subjects.EVT_TRADING_STATE) == 1
+    assert await count_on(gw.peer, "ORDERS", subjects.CMD_ORDER_CANCEL) == 1
+
+
+async def test_dlq_retry_when_subject_owned_by_another_component_then_409_and_the_letter_kept(
+    gw: Harness, pg_pool: Any
+) -> None:
+    # Least privilege: only risk publishes the trading state; the bus would drop the gateway's publish.
+    payload = msgspec.json.encode(TradingStateChanged(previous=None, current="HALTED", reason="x"))
+    letter = await insert_dead_letter(pg_pool, subjects.EVT_TRADING_STATE, payload)
+
+    answer = await gw.client.post(f"/v1/dlq/{letter}/retry", headers=OP)
+
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_retriable", answer.text
+    assert "may not publish" in answer.json()["error"]["message"]
+    assert await pg_pool.fetchval("SELECT status FROM dead_letters WHERE id = $1", letter) == "PENDING"
+    assert await count_on(gw.peer, "CONTROL", subjects.EVT_TRADING_STATE) == 0
 
 
 async def insert_dead_letter(

@@ -12,7 +12,7 @@ from nats.js.errors import NoStreamResponseError
 
 from libs.bounds import INT64_MAX
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
-from proto import subjects
+from proto import permissions, subjects
 from proto.codec import decode
 from services.gateway import queries
 from services.gateway.api_models import (
@@ -186,6 +186,13 @@ async def _retry(gateway: Gateway, letter_id: int, who: Principal, *, audit: boo
                 return {**base, "outcome": "already_retried", "dead_letter": dict(row)}
             if row["subject"].startswith(NOT_RETRIABLE_PREFIXES):
                 message = f"subject {row['subject']} is not a persisted command or event"
+                return {**base, "outcome": "failed", "message": message, "dead_letter": dict(row)}
+            if not permissions.may_publish(subjects.GATEWAY, row["subject"], ctx.settings.venue):
+                # Least privilege (docs/security.md): the bus would drop the publish silently.
+                message = (
+                    f"the gateway may not publish {row['subject']}: only the component that owns the "
+                    "subject does (proto/permissions.py); the letter is kept"
+                )
                 return {**base, "outcome": "failed", "message": message, "dead_letter": dict(row)}
             payload = row["payload"].encode()
             headers = {HEADER_MSG_ID: retry_message_id}
