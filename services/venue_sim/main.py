@@ -8,8 +8,8 @@ BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PRO
 chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
 BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
-source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
-project root) are replayed; synthetic if missing.
+source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in the repository's `data/binance` are replayed;
+synthetic if missing (an installed wheel or the Docker image carries no recordings).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from services.market_data import main as market_data_main
 from services.state_builder import main as state_builder_main
 from tests.support.polling import eventually
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance"
+DATA = recordings.RECORDINGS_DIR
 DEPTH = 20
 
 USDM, SPOT = "usdm", "spot"
@@ -64,8 +64,7 @@ RECORDING_SETS = [
 def _paths(files: tuple[str, ...]) -> list[Path]:
     paths = [DATA / name for name in files]
     missing = [str(path) for path in paths if not path.exists()]
-    if missing:
-        pytest.skip(f"recording(s) not available: {', '.join(missing)}")
+    assert not missing, f"recording(s) missing from the repository: {', '.join(missing)}"
     return paths
 
 
