@@ -2,9 +2,9 @@
 
 `CombinedStream` connects, answers the server's pings, sends its own ping every
 `ping_interval_s` and drops the link after `max_missed_pongs` pongs in a row did not come within
-`pong_timeout_s` (SPEC FM-N1: 5 s, 1 s, 3), and treats `silence_timeout_s` without any message as
-a dead link. Frames are yielded as `StreamFrame`s;
-an unparseable frame is yielded with `error` set instead of raising, so that one bad frame
+`pong_timeout_s` (SPEC FM-N1: 5 s, 1 s, 3), and treats `silence_timeout_s` without any data frame
+as a dead link (pings and pongs do not count: they prove the socket, not the stream). Frames are
+yielded as `StreamFrame`s; an unparseable frame is yielded with `error` set instead of raising, so that one bad frame
 never ends the stream (the caller counts and logs it, SPEC FM-D4). The iteration ends only by
 raising `StreamClosed`, so a caller's reconnect loop sees every way a link can die.
 """
@@ -69,7 +69,8 @@ class CombinedStream:
     Args:
         ws_base: WebSocket base URL, e.g. `ws://127.0.0.1:8100`.
         streams: stream names, e.g. `["btcusdt@depth@100ms", "btcusdt@aggTrade"]`.
-        silence_timeout_s: no message at all for this long ends the stream (`StreamClosed`).
+        silence_timeout_s: no data frame for this long ends the stream (`StreamClosed`); pings and
+            pongs do not count.
         ping_interval_s: own ping period.
         connect_timeout_s: limit of the TCP + WebSocket handshake.
         pong_timeout_s: a pong later than this counts as missed.
@@ -176,14 +177,24 @@ class CombinedStream:
         ws = self._ws
         if ws is None:
             raise StreamClosed("not connected")
+        loop = asyncio.get_running_loop()
+        # Silence is counted from the last data frame: pings and pongs keep the socket alive but
+        # carry no market data, and a venue that answers our pings while it sends nothing (a
+        # stalled stream) is silent all the same.
+        silent_until = loop.time() + self.silence_timeout_s
         while True:
+            remaining = silent_until - loop.time()
+            if remaining <= 0:
+                raise StreamClosed(f"no data for {self.silence_timeout_s}s")
             try:
-                msg = await ws.receive(timeout=self.silence_timeout_s)
+                msg = await ws.receive(timeout=remaining)
             except TimeoutError as exc:
-                raise StreamClosed(f"no message for {self.silence_timeout_s}s") from exc
+                raise StreamClosed(f"no data for {self.silence_timeout_s}s") from exc
             if msg.type == aiohttp.WSMsgType.TEXT:
+                silent_until = loop.time() + self.silence_timeout_s
                 yield parse_frame(msg.data)
             elif msg.type == aiohttp.WSMsgType.BINARY:
+                silent_until = loop.time() + self.silence_timeout_s
                 yield parse_frame(msg.data.decode("utf-8", errors="replace"))
             elif msg.type == aiohttp.WSMsgType.PING:
                 with contextlib.suppress(ConnectionError, RuntimeError):
