@@ -96,3 +96,50 @@ async def test_stream_when_venue_pings_then_each_ping_answered_and_data_flows(se
     await stream.close()
     assert received == [0, 1, 2]
     assert venue.pongs >= 5  # the venue's pings in that second, each answered
+
+
+async def test_stream_when_more_streams_than_the_url_carries_then_subscribed_paced_under_10_messages_a_second(
+    serve,
+) -> None:
+    received_at: list[float] = []
+    subscribed: list[str] = []
+    in_url: list[str] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        in_url.extend(request.query["streams"].split("/"))
+        async for msg in ws:
+            received_at.append(time.monotonic())
+            command = msg.json()
+            subscribed.extend(command["params"])
+            await ws.send_json({"result": None, "id": command["id"]})  # Binance's answer
+            if len(in_url) + len(subscribed) == 60:
+                await ws.send_str('{"stream": "s59@aggTrade", "data": {"a": 1}}')
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/stream", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        names = [f"s{n}@aggTrade" for n in range(60)]
+        stream = CombinedStream(f"ws://127.0.0.1:{port}", names, url_streams=10, subscribe_batch=4, messages_per_s=5)
+        await stream.connect()
+        frames = aiter(stream)
+        first = await anext(frames)  # the replies are not frames (nor bad ones): the data is the first
+        await stream.close()
+    finally:
+        await runner.cleanup()
+    assert first.stream == "s59@aggTrade" and first.error is None
+    assert in_url + subscribed == names
+    assert len(received_at) == 13  # 50 streams, 4 a message
+    busiest = max(sum(1 for at in received_at if start <= at < start + 1.0) for start in received_at)
+    assert busiest <= 6  # the venue closes a connection over 10 messages a second
+
+
+def test_stream_when_more_streams_than_one_connection_allows_then_refused_with_how_to_fix() -> None:
+    with pytest.raises(ValueError, match="split them over several connections"):
+        CombinedStream("ws://127.0.0.1:1", [f"s{n}@aggTrade" for n in range(1025)])
