@@ -1,6 +1,7 @@
 """Every real recording, USD-M and spot, replayed through venue simulator → market-data →
 JetStream → state-builder: once the simulator is paused, the served book (VALID before the pause,
-STALE once the paused market has been silent for 1 s, never INVALID) and its top 20 levels equal both the simulator's book and an independent rebuild from the raw recording
+STALE once the paused market has been silent for 1 s, never INVALID) has its top 20 levels equal
+to both the simulator's book and an independent rebuild from the raw recording
 (`libs.recordings.rebuild_book`) at the same update id — also after injected faults.
 
 Spot recordings are replayed with market-data set to spot (`BULWARK_VENUE_MARKET=spot`): the

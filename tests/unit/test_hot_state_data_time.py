@@ -8,32 +8,16 @@ from decimal import Decimal
 
 from libs.bus import Delivery
 from libs.clock import ManualClock
-from libs.logging import get_logger
 from proto.enums import HotStateStatus
-from proto.envelope import Message
 from proto.messages import BookSnapshot, DepthDiff
 from services.state_builder.domain import EVENT_TIME_MARGIN_NS, update_data_ns
 from services.state_builder.handlers import StateBuilder
+from tests.unit.test_state_builder_apply import builder
 
 SYMBOL = "BTCUSDT"
 MS = 1_000_000
 T0 = 1_800_000_000_000 * MS
 LEVELS = 10
-
-
-def builder(clock: ManualClock) -> StateBuilder:
-    async def publish(subject: str, message: Message) -> int:
-        return 1
-
-    async def kv_put(key: str, value: bytes) -> int:
-        return 1
-
-    async def request(subject: str, payload: bytes) -> bytes:
-        return b'{"status": "resyncing"}'
-
-    return StateBuilder(
-        symbols=(SYMBOL,), publish=publish, kv_put=kv_put, request=request, clock=clock, log=get_logger("test")
-    )
 
 
 def delivery(sequence: int, stored_ns: int) -> Delivery:
