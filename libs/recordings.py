@@ -1,6 +1,6 @@
 """Parser for recorded Binance market data, and the reference order-book rebuild.
 
-Formats (see `shared/data/README.md`):
+Formats (see `data/README.md`; the files ship in the repository's `data/binance`):
 
 * hftbacktest recordings (`*.gz` or plain): `<receive ts> <json>` per line, the timestamp in
   nanoseconds (2024 files) or microseconds (2023 files), detected by magnitude. Stream messages
@@ -45,7 +45,7 @@ SPOT = "spot"
 
 
 DEFAULT_RECORDINGS = ("usdm_btcusdt_20240808.gz", "usdm_ethusdt_20240808.gz")
-"""What the venue simulator replays when it is given no source (in `../shared/data/binance`)."""
+"""What the venue simulator replays when it is given no source (in `RECORDINGS_DIR`)."""
 
 
 def project_root() -> Path:
@@ -57,10 +57,16 @@ def project_root() -> Path:
     return here.parents[1]
 
 
+RECORDINGS_DIR = project_root() / "data" / "binance"
+"""The Binance recordings shipped in the repository (`data/binance`, each source with its licence).
+
+Absent from an installed wheel: the data is not packaged, and the simulator then runs a synthetic
+market (see `services.venue_sim.main.build_source`)."""
+
+
 def default_recordings() -> list[Path]:
-    """The default replay files (may not exist)."""
-    data = project_root().parent / "shared" / "data" / "binance"
-    return [data / name for name in DEFAULT_RECORDINGS]
+    """The default replay files (may not exist outside a checkout of the repository)."""
+    return [RECORDINGS_DIR / name for name in DEFAULT_RECORDINGS]
 
 
 class RecordingError(ValueError):

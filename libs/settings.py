@@ -100,6 +100,11 @@ class Settings:
     md_clock_check_interval_s: float = _doc(
         10.0, "market-data: period of the clock-offset check against the venue (FM-D3)"
     )
+    md_ws_max_age_s: float = _doc(
+        82800.0,
+        "market-data: age at which the stream connection is replaced make-before-break, before the "
+        "venue's 24 h limit closes it (FM-N1; 0 never)",
+    )
     venue_breaker_open_s: float = _doc(30.0, "position: seconds the venue breaker stays open before a probe (FM-N5)")
     order_poll_interval_s: float = _doc(1.0, "position: period of queued/unknown order handling and venue checks")
     order_safety_poll_s: float = _doc(

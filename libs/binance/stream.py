@@ -2,9 +2,9 @@
 
 `CombinedStream` connects, answers the server's pings, sends its own ping every
 `ping_interval_s` and drops the link after `max_missed_pongs` pongs in a row did not come within
-`pong_timeout_s` (SPEC FM-N1: 5 s, 1 s, 3), and treats `silence_timeout_s` without any message as
-a dead link. Frames are yielded as `StreamFrame`s;
-an unparseable frame is yielded with `error` set instead of raising, so that one bad frame
+`pong_timeout_s` (SPEC FM-N1: 5 s, 1 s, 3), and treats `silence_timeout_s` without any data frame
+as a dead link (pings and pongs do not count: they prove the socket, not the stream). Frames are
+yielded as `StreamFrame`s; an unparseable frame is yielded with `error` set instead of raising, so that one bad frame
 never ends the stream (the caller counts and logs it, SPEC FM-D4). The iteration ends only by
 raising `StreamClosed`, so a caller's reconnect loop sees every way a link can die.
 """
@@ -24,6 +24,15 @@ from aiohttp.abc import AbstractResolver
 __all__ = ["CombinedStream", "StreamClosed", "StreamFrame", "combined_stream_url"]
 
 _decoder = msgspec.json.Decoder()
+
+MAX_STREAMS_PER_CONNECTION = 1024
+"""Binance's limit of streams on one connection (USD-M and spot)."""
+URL_STREAMS = 200
+"""Streams named in the connection URL; the rest are subscribed after connecting."""
+SUBSCRIBE_BATCH = 100
+"""Streams per SUBSCRIBE message."""
+MESSAGES_PER_S = 5.0
+"""Pace of SUBSCRIBE messages: half the venue's 10 messages a second, the rest left for pings and pongs."""
 
 
 class StreamClosed(Exception):
@@ -52,6 +61,24 @@ def combined_stream_url(ws_base: str, streams: Iterable[str]) -> str:
     return f"{ws_base.rstrip('/')}/stream?streams={'/'.join(streams)}"
 
 
+def _is_reply(text: str) -> bool:
+    """True for the venue's answer to a SUBSCRIBE (`{"result": null, "id": 1}`).
+
+    Raises:
+        StreamClosed: the venue refused a subscription (`{"error": ..., "id": 1}`): streams would
+            be missing, so the connection is not usable.
+    """
+    try:
+        payload = _decoder.decode(text)
+    except msgspec.DecodeError:
+        return False
+    if not isinstance(payload, dict) or "id" not in payload or "stream" in payload:
+        return False
+    if "error" in payload:
+        raise StreamClosed(f"subscription refused: {str(payload['error'])[:200]}")
+    return "result" in payload
+
+
 def parse_frame(text: str) -> StreamFrame:
     """Decode one combined-stream text frame; never raises."""
     try:
@@ -69,12 +96,18 @@ class CombinedStream:
     Args:
         ws_base: WebSocket base URL, e.g. `ws://127.0.0.1:8100`.
         streams: stream names, e.g. `["btcusdt@depth@100ms", "btcusdt@aggTrade"]`.
-        silence_timeout_s: no message at all for this long ends the stream (`StreamClosed`).
+        silence_timeout_s: no data frame for this long ends the stream (`StreamClosed`); pings and
+            pongs do not count.
         ping_interval_s: own ping period.
         connect_timeout_s: limit of the TCP + WebSocket handshake.
         pong_timeout_s: a pong later than this counts as missed.
         max_missed_pongs: this many missed pongs in a row end the stream.
         resolver: DNS resolver (e.g. a shared `CachingResolver`, FM-N3); aiohttp's when None.
+        url_streams: streams named in the connection URL (a URL has a length limit); the rest are
+            subscribed after connecting.
+        subscribe_batch: streams per SUBSCRIBE message.
+        messages_per_s: pace of the SUBSCRIBE messages: the venue counts every message a client
+            sends, pings and pongs included, and closes a connection over 10 a second.
     """
 
     def __init__(
@@ -88,8 +121,20 @@ class CombinedStream:
         pong_timeout_s: float = 1.0,
         max_missed_pongs: int = 3,
         resolver: AbstractResolver | None = None,
+        url_streams: int = URL_STREAMS,
+        subscribe_batch: int = SUBSCRIBE_BATCH,
+        messages_per_s: float = MESSAGES_PER_S,
     ) -> None:
-        self.url = combined_stream_url(ws_base, streams)
+        names = list(streams)
+        if len(names) > MAX_STREAMS_PER_CONNECTION:
+            raise ValueError(
+                f"{len(names)} streams on one connection; the venue allows {MAX_STREAMS_PER_CONNECTION}: "
+                "split them over several connections"
+            )
+        self.url = combined_stream_url(ws_base, names[:url_streams])
+        self.to_subscribe = [names[i : i + subscribe_batch] for i in range(url_streams, len(names), subscribe_batch)]
+        """The streams beyond the URL's share, in SUBSCRIBE messages of `subscribe_batch` each."""
+        self.message_interval_s = 1.0 / messages_per_s
         self.silence_timeout_s = silence_timeout_s
         self.ping_interval_s = ping_interval_s
         self.connect_timeout_s = connect_timeout_s
@@ -132,6 +177,21 @@ class CombinedStream:
             await asyncio.shield(self.close())
             raise
         self._pinger = asyncio.create_task(self._ping_loop(self._ws), name="ws-ping")
+        try:
+            await self._subscribe(self._ws)
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
+
+    async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """SUBSCRIBE the streams the URL could not carry, paced under the venue's message limit."""
+        for number, batch in enumerate(self.to_subscribe, start=1):
+            if number > 1:
+                await asyncio.sleep(self.message_interval_s)
+            try:
+                await ws.send_str(msgspec.json.encode({"method": "SUBSCRIBE", "params": batch, "id": number}).decode())
+            except (ConnectionError, RuntimeError) as exc:
+                raise StreamClosed(f"subscribe failed: {type(exc).__name__}: {exc}") from exc
 
     async def _ping_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         missed = 0
@@ -176,14 +236,27 @@ class CombinedStream:
         ws = self._ws
         if ws is None:
             raise StreamClosed("not connected")
+        loop = asyncio.get_running_loop()
+        # Silence is counted from the last data frame: pings and pongs keep the socket alive but
+        # carry no market data, and a venue that answers our pings while it sends nothing (a
+        # stalled stream) is silent all the same.
+        silent_until = loop.time() + self.silence_timeout_s
         while True:
+            remaining = silent_until - loop.time()
+            if remaining <= 0:
+                raise StreamClosed(f"no data for {self.silence_timeout_s}s")
             try:
-                msg = await ws.receive(timeout=self.silence_timeout_s)
+                msg = await ws.receive(timeout=remaining)
             except TimeoutError as exc:
-                raise StreamClosed(f"no message for {self.silence_timeout_s}s") from exc
+                raise StreamClosed(f"no data for {self.silence_timeout_s}s") from exc
             if msg.type == aiohttp.WSMsgType.TEXT:
-                yield parse_frame(msg.data)
+                frame = parse_frame(msg.data)
+                if frame.error is not None and _is_reply(msg.data):
+                    continue  # the answer to a SUBSCRIBE: not market data
+                silent_until = loop.time() + self.silence_timeout_s
+                yield frame
             elif msg.type == aiohttp.WSMsgType.BINARY:
+                silent_until = loop.time() + self.silence_timeout_s
                 yield parse_frame(msg.data.decode("utf-8", errors="replace"))
             elif msg.type == aiohttp.WSMsgType.PING:
                 with contextlib.suppress(ConnectionError, RuntimeError):

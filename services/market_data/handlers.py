@@ -47,7 +47,7 @@ from services.market_data.quality import CorruptionMonitor, TimestampGuard, Time
 from services.market_data.rest import RestPort, VenueRest
 from services.market_data.runtime import Runtime, Sleep
 from services.market_data.series import OI_POLL_INTERVAL_S, Series
-from services.market_data.streams import MarketStream, StreamPort
+from services.market_data.streams import DEFAULT_MAX_CONNECTION_AGE_S, MarketStream, StreamPort
 
 MONITOR_INTERVAL_S = 0.25
 STREAM_LATENCY_SAMPLES = 1_000
@@ -81,6 +81,8 @@ class MarketDataService:
         market: the venue's market kind. Spot: the spot book procedure, `@trade` trades
             (backfilled from `historicalTrades`), the REST ticker price as the second source of
             FM-D5, and no mark price, funding or open interest (nothing polled, nothing alerted).
+        max_connection_age_s: the stream connection is replaced make-before-break at this age
+            (Binance closes it at 24 h); 0: never.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class MarketDataService:
         sleep: Sleep = asyncio.sleep,
         uniform: Uniform | None = None,
         market: MarketKind = MarketKind.USDM,
+        max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
     ) -> None:
         self.venue = venue
         self.market = market
@@ -160,6 +163,7 @@ class MarketDataService:
             books=self.books,
             series=self.series,
             uniform=uniform,
+            max_connection_age_s=max_connection_age_s,
         )
         self.bad_frames = 0
         self.frames = 0

@@ -61,6 +61,7 @@ async def setup(ctx: ServiceContext) -> None:
         breaker=breaker,
         clock=wall_clock,
         market=market,
+        max_connection_age_s=settings.md_ws_max_age_s,
     )
     ctx.cleanups.append(service.close)
     ctx.details = service.details

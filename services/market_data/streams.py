@@ -6,9 +6,10 @@ reconnect on SPEC FM-N1's schedule (`libs.reconnect`), rotating through the conf
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from libs.binance.endpoints import EndpointRotation
 from libs.binance.stream import StreamClosed, StreamFrame
@@ -17,6 +18,7 @@ from proto.enums import AlertSeverity
 from services.market_data.alerts import Alerts
 from services.market_data.books import Books
 from services.market_data.frames import MarketKind
+from services.market_data.handover import Handover, StreamPort, StreamPositions
 from services.market_data.link import Links
 from services.market_data.rest import VenueRest
 from services.market_data.return_probe import RETURN_PROBE_TIMEOUT_S, ReturnProbe
@@ -24,16 +26,12 @@ from services.market_data.runtime import Runtime
 from services.market_data.series import Series
 
 _NS = 1_000_000_000
-
-
-class StreamPort(Protocol):
-    """A combined market stream (`libs.binance.stream.CombinedStream`)."""
-
-    async def connect(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def __aiter__(self) -> Any: ...
+DEFAULT_MAX_CONNECTION_AGE_S = 23 * 3600.0
+"""Binance closes a stream connection after 24 h: replace it an hour before."""
+HANDOVER_JOIN_TIMEOUT_S = 30.0
+"""A new connection that has not joined the old one's streams by then is given up."""
+HANDOVER_RETRY_S = 60.0
+"""After a failed replacement, the next attempt (the old connection keeps serving meanwhile)."""
 
 
 class MarketStream:
@@ -53,6 +51,8 @@ class MarketStream:
         books: restarted on every connection.
         series: trade sequences restarted, mark and OI re-synced after a reconnect.
         uniform: the jitter source of the reconnect schedule; None: `random.uniform`.
+        max_connection_age_s: a connection this old is replaced make-before-break (the venue
+            closes it at 24 h); 0: never.
     """
 
     def __init__(
@@ -70,6 +70,7 @@ class MarketStream:
         books: Books,
         series: Series,
         uniform: Uniform | None = None,
+        max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
     ) -> None:
         self._runtime = runtime
         self._venue = venue
@@ -86,6 +87,9 @@ class MarketStream:
         self.return_probe = ReturnProbe()
         self.early_reconnects = 0
         """Reconnect waits cut short because the venue answered a REST probe (heartbeat details)."""
+        self.max_connection_age_ns = int(max_connection_age_s * _NS)
+        self.handovers = 0
+        """Connections replaced make-before-break so far (heartbeat details)."""
 
     async def run_forever(self) -> None:
         """Connect, consume, and on any loss reconnect on SPEC FM-N1's schedule, forever."""
@@ -106,19 +110,80 @@ class MarketStream:
                 continue
             self.ws_endpoints.on_success()
             attempt = 0
-            reason = "stream ended"
             try:
                 await self._on_connected(url)
-                async for frame in stream:
-                    if runtime.closed:
-                        break
-                    await self._on_frame(frame)
+                reason = await self._consume(stream)
             except StreamClosed as exc:
                 reason = str(exc)
-            finally:
-                await stream.close()
             await self._on_disconnected(reason)
             await self._wait_before_reconnect(reconnect_delay_s(attempt, self.uniform))
+
+    async def _consume(self, stream: StreamPort) -> str:
+        """Hand every frame of a connection on until it ends; returns why it ended.
+
+        A connection older than `max_connection_age_s` (the venue closes it at 24 h) is replaced
+        make-before-break (`handover`): the new one is opened beside it and takes over only once it
+        joins what this one delivered, so the books go on without a resync, a STALE or a gap.
+
+        Raises:
+            StreamClosed: the connection in use died.
+        """
+        runtime = self._runtime
+        current = stream
+        frames: AsyncIterator[StreamFrame] = aiter(stream)
+        delivered = StreamPositions()
+        opened_ns = runtime.clock()
+        pending: Handover | None = None
+        pending_since_ns = 0
+        serving: Handover | None = None
+        try:
+            while not runtime.closed:
+                try:
+                    frame = await anext(frames)
+                except StopAsyncIteration:
+                    return "stream ended"
+                delivered.delivered(frame)
+                await self._on_frame(frame)
+                now = runtime.clock()
+                if pending is None:
+                    if self.max_connection_age_ns and now - opened_ns >= self.max_connection_age_ns:
+                        pending, pending_since_ns = Handover(self.open_stream(self.ws_endpoints.current)), now
+                        pending.start()
+                        runtime.log.info(
+                            "market_ws_replacing",
+                            age_s=(now - opened_ns) // _NS,
+                            action_taken="open a new connection beside it",
+                        )
+                elif pending.failed is not None or now - pending_since_ns > HANDOVER_JOIN_TIMEOUT_S * _NS:
+                    runtime.log.warning(
+                        "market_ws_replacement_failed",
+                        reason=(pending.failed or f"did not join within {HANDOVER_JOIN_TIMEOUT_S:g}s")[:300],
+                        action_taken=f"keep the connection, try again in {HANDOVER_RETRY_S:g}s",
+                    )
+                    await pending.abort()
+                    pending = None
+                    opened_ns = now - self.max_connection_age_ns + int(HANDOVER_RETRY_S * _NS)
+                elif pending.ready(delivered):
+                    old, old_frames = current, frames
+                    if serving is not None:
+                        await serving.abort()
+                    serving, pending = pending, None
+                    current, frames = serving.stream, serving.frames(delivered)
+                    # Closed beside the new one: a close handshake waits for the venue's answer,
+                    # and the new connection's frames must not wait with it.
+                    runtime.spawn(_close_quietly(old, old_frames), "market-ws-close-replaced")
+                    opened_ns = now
+                    self.handovers += 1
+                    runtime.log.info(
+                        "market_ws_replaced", handovers=self.handovers, action_taken="old connection closed"
+                    )
+            return "service closing"
+        finally:
+            if pending is not None:
+                await pending.abort()
+            if serving is not None:
+                await serving.abort()
+            await current.close()
 
     async def _wait_before_reconnect(self, delay_s: float) -> None:
         """Wait `delay_s` for the next scheduled attempt, or less when the venue is back.
@@ -201,4 +266,15 @@ class MarketStream:
 
     def details(self) -> dict[str, Any]:
         """Heartbeat details: the endpoint in use and the early reconnects so far."""
-        return {"ws_endpoint": self.ws_endpoints.current, "early_reconnects": self.early_reconnects}
+        return {
+            "ws_endpoint": self.ws_endpoints.current,
+            "early_reconnects": self.early_reconnects,
+            "ws_handovers": self.handovers,
+        }
+
+
+async def _close_quietly(stream: StreamPort, frames: AsyncIterator[StreamFrame]) -> None:
+    """Close a replaced connection; how its frames end no longer matters."""
+    with contextlib.suppress(StreamClosed):
+        await frames.aclose()  # type: ignore[attr-defined]
+    await stream.close()

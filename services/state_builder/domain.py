@@ -150,6 +150,31 @@ class HotStateTransition:
     stale_since_ns: int | None = None
 
 
+EVENT_TIME_MARGIN_NS = 500_000_000
+"""How much older than our clock a venue event time may be and still count as just received: the
+way from the venue (network, market-data, the bus) plus a clock offset below FM-D3's alert."""
+
+
+def update_data_ns(stored_ns: int | None, event_ns: int) -> int | None:
+    """When a depth update's data was current, the time FM-D1's age counts from.
+
+    The older of two times: when market-data stored the diff on `MARKET_DATA` (catches a
+    state-builder that fell behind the stream) and the venue's event time of the diff plus
+    `EVENT_TIME_MARGIN_NS` (catches a market-data, or a venue connection, that fell behind the
+    venue). Without the event time, a venue that goes silent while market-data still works
+    through a backlog of older frames looks like a stream of fresh updates, and the silence is
+    never seen. An event time of 0 is unknown and ignored.
+
+    Args:
+        stored_ns: the stream's timestamp of the diff; None when not known.
+        event_ns: the diff's `ts_event_ns` (the venue's clock).
+    """
+    if event_ns <= 0:
+        return stored_ns
+    venue_ns = event_ns + EVENT_TIME_MARGIN_NS
+    return venue_ns if stored_ns is None else min(stored_ns, venue_ns)
+
+
 class HotState:
     """Hot-state status of one symbol (SPEC FM-D1).
 

@@ -37,6 +37,7 @@ from services.state_builder.domain import (
     HotStateTransition,
     OrderBook,
     StateBuilderCheckpoint,
+    update_data_ns,
     validate_book,
 )
 from services.state_builder.market import Change, SymbolState
@@ -180,8 +181,9 @@ class StateBuilder:
     async def handle_message(self, message: Message, delivery: Delivery | None = None) -> None:
         """Consumer handler for `md.>`; never raises for data problems (they are state, not errors).
 
-        A diff's age is counted from when market-data put it on the stream (`stored_ns`), not from
-        when it is handled here: a consumer that fell behind handles old data, which is not fresh.
+        A diff's age is counted from when its data was current (`domain.update_data_ns`): the older
+        of when market-data put it on the stream (`stored_ns`) and the venue's event time, not from
+        when it is handled here: old data, however late it is handled, is not fresh.
         """
         await self._handle(message, delivery.stored_ns if delivery is not None else None)
         if delivery is not None:
@@ -237,7 +239,8 @@ class StateBuilder:
             problems = validate_book(state.book, now_ns=self._clock(), last_event_ns=diff.ts_event_ns)
             if problems and problems != list(state.hot.blocked_by):
                 self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
-        await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=stored_ns))
+        data_ns = update_data_ns(stored_ns, diff.ts_event_ns)
+        await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=data_ns))
 
     def _request_resync_soon(self, state: SymbolState) -> None:
         now = self._clock()

@@ -18,8 +18,8 @@ Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `legac
 /fapi/v1/order) or `algo` (only /fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09).
 The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
-source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in `../shared/data/binance` (relative to the
-project root) are replayed; synthetic if missing.
+source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in the repository's `data/binance` are replayed;
+synthetic if missing (an installed wheel or the Docker image carries no recordings).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from entrypoints.infra import free_port
 from libs.binance.client import BinanceRestClient, CachingResolver
 from libs.binance.errors import VenueUnreachable
 from libs.bus import Bus
+from libs.recordings import RECORDINGS_DIR
 from libs.settings import Settings
 from proto import subjects
 from proto.codec import decode
@@ -331,6 +332,7 @@ async def test_alternate_endpoints_when_main_urls_dead_then_alternates_used(nats
 _BAN_WRITER = """
 import asyncio, sys, time
 from libs.bus import Bus
+from libs.recordings import RECORDINGS_DIR
 from libs.ratelimit import RateBudget, SharedBans
 
 async def main() -> None:
@@ -389,10 +391,7 @@ def async_value(check: Callable[[], Any]) -> Callable[[], Any]:
 
 
 SPOT_VENUE = "binance-spot"
-SPOT_PATHS = [
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "binance" / name
-    for name in ("spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz")
-]
+SPOT_PATHS = [RECORDINGS_DIR / name for name in ("spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz")]
 
 
 async def _spot_stream_faults(harness: Harness) -> None:

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,18 +16,16 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from libs.binance.signing import sign
-from libs.recordings import ReferenceBook
+from libs.recordings import RECORDINGS_DIR, ReferenceBook
 from services.venue_sim.adapters.replay import ReplaySource
 from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.config import SimConfig
 from services.venue_sim.main import build_simulator
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance"
+DATA = RECORDINGS_DIR
 BTC = DATA / "usdm_btcusdt_20240808.gz"
 CRYPTOFEED = [DATA / "cryptofeed" / "BINANCE_FUTURES.ws.1.0", DATA / "cryptofeed" / "BINANCE_FUTURES.http.0.0"]
 KEY, SECRET = "bulwark-sim-key", "bulwark-sim-secret"
-
-pytestmark = pytest.mark.skipif(not BTC.exists(), reason="shared recordings not present")
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,17 @@
-"""Every real Binance error response in ../shared/data is classified into SPEC's class."""
+"""Every real Binance error response in data/binance is classified into its failure-mode class."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from libs.binance.classify import call_with_retries, classify, classify_venue_error, retry_policy
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.recordings import RECORDINGS_DIR
 from proto.enums import ErrorClass
 
-ERRORS = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance" / "error_responses.jsonl"
+ERRORS = RECORDINGS_DIR / "error_responses.jsonl"
 
 EXPECTED = {
     -1021: (ErrorClass.RECOVERABLE, "clock_skew"),

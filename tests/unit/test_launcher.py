@@ -26,6 +26,7 @@ from entrypoints.launcher import (
     service_env,
     write_supervisor_config,
 )
+from libs.recordings import RECORDINGS_DIR
 
 
 @contextmanager
@@ -212,7 +213,7 @@ def test_wait_venue_when_ping_answers_then_true_and_when_nothing_listens_then_fa
     assert lines and "starting the services anyway" in lines[0]
 
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance"
+DATA = RECORDINGS_DIR
 
 
 def test_up_when_replay_without_symbols_then_the_recordings_symbols_and_market() -> None:

@@ -1,4 +1,4 @@
-"""Recording parser and the reference book rebuild, against the real recordings in shared/data."""
+"""Recording parser and the reference book rebuild, against the real recordings in data/binance."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from libs.recordings import (
+    RECORDINGS_DIR,
     DepthSnapshot,
     DepthUpdate,
     MarkPrice,
@@ -23,8 +24,7 @@ from libs.recordings import (
     split_by_symbol,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared recordings not present")
+DATA = RECORDINGS_DIR
 
 
 def test_receive_time_when_units_differ_then_all_become_ns() -> None:
@@ -52,7 +52,6 @@ def test_parse_line_when_each_format_then_typed_records() -> None:
     assert parse_line("wss://fstream.binance.com/stream?streams=a@depth <-> 1626992740.179554") is None
 
 
-@needs_data
 def test_read_2024_recording_when_parsed_then_counts_match_the_readme() -> None:
     records = list(read_recording(DATA / "usdm_btcusdt_20240808.gz", kinds={"DepthUpdate", "DepthSnapshot"}))
     assert sum(isinstance(r, DepthUpdate) for r in records) == 6551
@@ -60,7 +59,6 @@ def test_read_2024_recording_when_parsed_then_counts_match_the_readme() -> None:
     assert all(r.symbol == "BTCUSDT" for r in records)
 
 
-@needs_data
 def test_rebuild_when_2023_days_joined_then_chains_across_files_with_marks() -> None:
     records = read_recordings(
         [DATA / "usdm_btcusdt_20230404.gz", DATA / "usdm_btcusdt_20230405.gz"],
@@ -72,7 +70,6 @@ def test_rebuild_when_2023_days_joined_then_chains_across_files_with_marks() -> 
     assert bids[0][0] < asks[0][0], "the rebuilt book is never crossed"
 
 
-@needs_data
 def test_rebuild_at_update_id_when_asked_then_state_right_after_that_event() -> None:
     records = list(read_recording(DATA / "usdm_ethusdt_20240808.gz", kinds={"DepthUpdate", "DepthSnapshot"}))
     states = []
@@ -86,7 +83,6 @@ def test_rebuild_at_update_id_when_asked_then_state_right_after_that_event() -> 
         rebuild_book(records, update_id=expected.last_update_id + 1)
 
 
-@needs_data
 def test_rebuild_when_cryptofeed_ws_and_http_then_each_symbol_bridges_its_snapshot() -> None:
     records = read_recordings(
         [DATA / "cryptofeed" / "BINANCE_FUTURES.ws.1.0", DATA / "cryptofeed" / "BINANCE_FUTURES.http.0.0"]
@@ -114,7 +110,6 @@ def test_rebuild_when_pu_breaks_then_sequence_gap(tmp_path: Path) -> None:
         rebuild_book(records)
 
 
-@needs_data
 def test_read_spot_days_when_joined_then_spot_events_chain_across_files_and_rebuild() -> None:
     records = read_recordings(
         [DATA / "spot_btcusdt_20240808.gz", DATA / "spot_btcusdt_20240809.gz"],
