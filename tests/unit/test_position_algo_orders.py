@@ -227,3 +227,11 @@ async def test_user_event_when_market_order_of_someone_else_then_not_taken_for_a
     await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": other})
     assert svc.ledger.orders["bwstop"].venue_order_id == 77
     assert not svc.core.reconciled  # an unknown order: reconciliation adopts it
+
+
+def test_simulator_config_when_nothing_given_then_conditional_orders_only_as_algo_orders_like_binance() -> None:
+    from services.venue_sim.config import config_from
+
+    assert config_from([], {}).conditional_orders == "algo"
+    assert config_from([], {"BULWARK_SIM_CONDITIONAL_ORDERS": "legacy"}).conditional_orders == "legacy"
+    assert config_from(["--conditional-orders", "legacy"], {}).conditional_orders == "legacy"
