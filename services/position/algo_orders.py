@@ -29,6 +29,9 @@ WORKING_TYPE = "MARK_PRICE"
 """Protective orders trigger on the mark price (FM-C2): a thin book's last trade cannot fire them."""
 UNKNOWN_ON_CANCEL = -2011
 NOT_FOUND = -2013
+MAX_LINKS = 1000
+"""Triggered orders remembered for linking their MARKET order's events (oldest forgotten first; a
+late event of a forgotten one is settled by reconciliation and the query of the stop)."""
 
 ALGO_TO_ORDER_STATUS = {
     "NEW": "NEW",
@@ -193,7 +196,7 @@ class AlgoUpdates:
         status = str(update.get("X", ""))
         actual = str(update.get("ai") or "")
         if actual.isdigit():
-            self.actual[int(actual)] = coid
+            self._link(int(actual), coid)
             order.venue_order_id = int(actual)
         key = (order.symbol, order.side.value)
         match status:
@@ -229,6 +232,11 @@ class AlgoUpdates:
         if order is None or Decimal(str(update.get("q", "0"))) > order.quantity:
             return None
         del self.triggering[key]
-        self.actual[int(venue_id)] = coid
+        self._link(int(venue_id), coid)
         order.venue_order_id = int(venue_id)
         return order
+
+    def _link(self, venue_order_id: int, client_order_id: str) -> None:
+        self.actual[venue_order_id] = client_order_id
+        while len(self.actual) > MAX_LINKS:
+            del self.actual[next(iter(self.actual))]
