@@ -185,6 +185,16 @@ _COSTS: dict[tuple[str, str], tuple[Priority, Callable[[dict[str, Any]], int], i
     ("GET", "/api/v3/exchangeInfo"): (Priority.HISTORY, lambda _: 20, 0),
     ("GET", "/api/v3/ping"): (Priority.HISTORY, lambda _: 1, 0),
 }
+_COSTS.update(
+    {
+        # Binance's Algo Service (conditional orders since 2025-12-09): a placement counts as an order.
+        ("POST", "/fapi/v1/algoOrder"): (Priority.ORDER, lambda _: 0, 1),
+        ("DELETE", "/fapi/v1/algoOrder"): (Priority.ORDER, lambda _: 1, 0),
+        ("DELETE", "/fapi/v1/algoOpenOrders"): (Priority.ORDER, lambda _: 1, 0),
+        ("GET", "/fapi/v1/algoOrder"): (Priority.ACCOUNT, lambda _: 1, 0),
+        ("GET", "/fapi/v1/openAlgoOrders"): (Priority.ACCOUNT, lambda p: 1 if p.get("symbol") else 40, 0),
+    }
+)
 
 
 def endpoint_cost(method: str, path: str, params: dict[str, Any] | None = None) -> tuple[Priority, int, int]:
@@ -548,3 +558,44 @@ class BinanceRestClient:
     async def keepalive_listen_key(self) -> None:
         """Extend the user-data stream's life by 60 min (`PUT /fapi/v1/listenKey`)."""
         await self._request("PUT", "/fapi/v1/listenKey", keyed=True)
+
+    # ------------------------------------------------------------------ conditional orders (Algo Service, signed)
+
+    async def query_order_by_id(self, symbol: str, order_id: int) -> dict:
+        """One order's venue state by the venue's order id (`GET /fapi/v1/order`), e.g. the order a
+        triggered conditional order placed (`actualOrderId`)."""
+        params = {"symbol": symbol, "orderId": order_id}
+        result: dict = await self._request("GET", "/fapi/v1/order", params, signed=True)
+        return result
+
+    async def place_algo_order(self, **params: str) -> dict:
+        """Place a conditional order in the Algo Service (`POST /fapi/v1/algoOrder`, `algoType`
+        CONDITIONAL, `triggerPrice`, `clientAlgoId`, ...), the only way Binance accepts STOP_MARKET,
+        TAKE_PROFIT_MARKET and the other conditional types since 2025-12-09 (-4120 on `/fapi/v1/order`).
+
+        A `VenueTimeout` here means the order may exist: query it by `clientAlgoId`.
+        """
+        result: dict = await self._request("POST", "/fapi/v1/algoOrder", dict(params), signed=True)
+        return result
+
+    async def query_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict:
+        """One conditional order by `algoId` or `clientAlgoId` (`GET /fapi/v1/algoOrder`); -2013 when unknown."""
+        params = {"algoId": algo_id, "clientAlgoId": client_algo_id}
+        result: dict = await self._request("GET", "/fapi/v1/algoOrder", params, signed=True)
+        return result
+
+    async def open_algo_orders(self, symbol: str | None = None) -> list[dict]:
+        """Untriggered conditional orders of one symbol, or of all (`GET /fapi/v1/openAlgoOrders`)."""
+        result: list[dict] = await self._request("GET", "/fapi/v1/openAlgoOrders", {"symbol": symbol}, signed=True)
+        return result
+
+    async def cancel_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict:
+        """Cancel one conditional order (`DELETE /fapi/v1/algoOrder`); -2011 when unknown or no longer open."""
+        params = {"algoId": algo_id, "clientAlgoId": client_algo_id}
+        result: dict = await self._request("DELETE", "/fapi/v1/algoOrder", params, signed=True)
+        return result
+
+    async def cancel_all_algo_orders(self, symbol: str) -> dict:
+        """Cancel every open conditional order of a symbol (`DELETE /fapi/v1/algoOpenOrders`)."""
+        result: dict = await self._request("DELETE", "/fapi/v1/algoOpenOrders", {"symbol": symbol}, signed=True)
+        return result

@@ -23,6 +23,8 @@ from libs.orders_model import OrderRecord
 from libs.ratelimit import Admission, RateBudget
 from proto.enums import ErrorClass, OrderType
 
+from .algo_orders import NOT_FOUND, UNKNOWN_ON_CANCEL, AlgoRoute, is_conditional
+
 T = TypeVar("T")
 
 # ---------------------------------------------------------------------- venue link
@@ -97,6 +99,8 @@ class VenueLink:
         self.wall_clock_ns = wall_clock_ns
         self.on_breaker = on_breaker
         self.clock_resyncs = 0
+        self.algo = AlgoRoute(client)
+        """Conditional orders go through Binance's Algo Service (-4120 on /fapi/v1/order since 2025-12-09)."""
 
     def order_hold(self) -> Admission:
         """Would the request budget (FM-N2) let an order placement go out now?"""
@@ -176,17 +180,37 @@ class VenueLink:
     # The client's methods, behind the breaker (names kept so handlers read like the client).
 
     async def place_order(self, **params: str) -> dict:
+        if is_conditional(params):
+            return await self.place(lambda: self.algo.place(params))
         return await self.place(lambda: self.client.place_order(**params))
 
     async def cancel_order(self, symbol: str, *, orig_client_order_id: str) -> dict:
         # A repeated cancel is answered -2011 and then resolved by a query: safe to retry.
-        return await self.read(lambda: self.client.cancel_order(symbol, orig_client_order_id=orig_client_order_id))
+        coid = orig_client_order_id
+        return await self.read(
+            lambda: self.algo.or_algo(
+                coid,
+                lambda: self.client.cancel_order(symbol, orig_client_order_id=coid),
+                lambda: self.algo.cancel(symbol, coid),
+                UNKNOWN_ON_CANCEL,
+            )
+        )
 
     async def query_order(self, symbol: str, *, orig_client_order_id: str) -> dict:
-        return await self.read(lambda: self.client.query_order(symbol, orig_client_order_id=orig_client_order_id))
+        coid = orig_client_order_id
+        return await self.read(
+            lambda: self.algo.or_algo(
+                coid,
+                lambda: self.client.query_order(symbol, orig_client_order_id=coid),
+                lambda: self.algo.query(symbol, coid),
+                NOT_FOUND,
+            )
+        )
 
     async def open_orders(self, symbol: str | None = None) -> list[dict]:
-        return await self.read(lambda: self.client.open_orders(symbol))
+        """Open orders of the matching engine and untriggered conditional orders of the Algo Service."""
+        regular = await self.read(lambda: self.client.open_orders(symbol))
+        return [*regular, *await self.read(lambda: self.algo.open_orders(symbol))]
 
     async def user_trades(self, symbol: str, *, order_id: int | None = None, limit: int = 100) -> list[dict]:
         return await self.read(lambda: self.client.user_trades(symbol, order_id=order_id, limit=limit))

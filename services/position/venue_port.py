@@ -19,7 +19,9 @@ class VenuePort(Protocol):
         ...
 
     async def place_order(self, **params: str) -> dict:
-        """`POST /fapi/v1/order` with `params` (client order id included); the venue's order."""
+        """`POST /fapi/v1/order` with `params` (client order id included); the venue's order.
+        Conditional types (STOP_MARKET, TAKE_PROFIT_MARKET, ...) go to the Algo Service
+        (`POST /fapi/v1/algoOrder`, `clientAlgoId` = the client order id), answered in the same shape."""
         ...
 
     async def cancel_order(self, symbol: str, *, orig_client_order_id: str) -> dict:
@@ -31,7 +33,7 @@ class VenuePort(Protocol):
         ...
 
     async def open_orders(self, symbol: str | None = None) -> list[dict]:
-        """`GET /fapi/v1/openOrders` of one symbol (None: every symbol)."""
+        """`GET /fapi/v1/openOrders` and `GET /fapi/v1/openAlgoOrders` of one symbol (None: every symbol)."""
         ...
 
     async def user_trades(self, symbol: str, *, order_id: int | None = None, limit: int = 100) -> list[dict]:

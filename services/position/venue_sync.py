@@ -19,6 +19,7 @@ from proto.enums import ConnectionState, OrderStatus
 from proto.kv import DependencyBreakerValue, encode_value
 
 from .adapters import VENUE_FAILURES
+from .algo_orders import AlgoUpdates
 from .core import Core
 from .domain import is_protective
 from .execution import Execution, trade_from_user_event
@@ -82,6 +83,7 @@ class VenueSync:
         self.safety_poll_ns = int(safety_poll_s * 1e9)
         self.last_follow_ns = 0
         self.last_keepalive_ns = 0
+        self.algo = AlgoUpdates(lambda: core.ledger.orders, execution.apply_venue_order, core.log)
 
     # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
 
@@ -100,13 +102,16 @@ class VenueSync:
 
     async def on_user_event(self, event: dict) -> None:
         """One user-data stream event: fills and status of our orders, de-duplicated by trade id."""
+        if event.get("e") == "ALGO_UPDATE" and isinstance(event.get("o"), dict):
+            await self.on_algo_update(event)
+            return
         if event.get("e") != "ORDER_TRADE_UPDATE" or not isinstance(event.get("o"), dict):
             return
         core = self.core
         update: dict = event["o"]
         coid = str(update.get("c", ""))
         async with core.lock:
-            order = core.ledger.orders.get(coid)
+            order = core.ledger.orders.get(coid) or self.algo.owner_of(update)
             if order is None:
                 # A venue order we never sent: reconciliation adopts it (or corrects the position).
                 core.log.warning("user_stream_unknown_order", client_order_id=coid, status=update.get("X"))
@@ -126,6 +131,21 @@ class VenueSync:
                     await self.execution.apply_venue_order(order, answer)
             except (KeyError, ValueError, ArithmeticError) as exc:
                 core.log.warning("user_event_invalid", client_order_id=coid, error=repr(exc), raw=str(event)[:500])
+                return
+            await self.integrity.check_invariants()
+            await self.protection.maintain()
+
+    async def on_algo_update(self, event: dict) -> None:
+        """An `ALGO_UPDATE` of a conditional order (protective stops): see `algo_orders.AlgoUpdates`."""
+        core = self.core
+        async with core.lock:
+            try:
+                known = await self.algo.on_event(event)
+            except (KeyError, ValueError, ArithmeticError) as exc:
+                core.log.warning("user_event_invalid", error=repr(exc), raw=str(event)[:500])
+                return
+            if not known:
+                core.reconciled = False
                 return
             await self.integrity.check_invariants()
             await self.protection.maintain()

@@ -69,7 +69,7 @@ class SimConfig:
     order_limit_1m: int = ORDER_LIMIT_1M
     ban_after_429: int = 0
     """More 429 answers than this within a minute ban the IP for 2 minutes (0: never)."""
-    conditional_orders: str = "legacy"
+    conditional_orders: str = "algo"
     """algo: conditional order types only through /fapi/v1/algoOrder (-4120 on /fapi/v1/order), as
     Binance since 2025-12-09; legacy: accepted on both."""
 
@@ -116,7 +116,7 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
     parser.add_argument(
         "--conditional-orders",
         choices=("legacy", "algo"),
-        default=environ.get("BULWARK_SIM_CONDITIONAL_ORDERS", "legacy"),
+        default=environ.get("BULWARK_SIM_CONDITIONAL_ORDERS", "algo"),
         help="algo: STOP_MARKET/TAKE_PROFIT_MARKET only through /fapi/v1/algoOrder, as Binance since 2025-12-09",
     )
     args = parser.parse_args(argv)

@@ -14,8 +14,8 @@ BULWARK_SIM_BAN_ESCALATION (2: each request during an IP ban doubles it, up to 3
 rate limits: --weight-limit / BULWARK_SIM_WEIGHT_LIMIT_1M (2400), --order-limit-10s /
 BULWARK_SIM_ORDER_LIMIT_10S (300), --order-limit-1m / BULWARK_SIM_ORDER_LIMIT_1M (1200), and
 --ban-after-429 / BULWARK_SIM_BAN_AFTER_429 (0: off; else more 429s a minute ban the IP 2 minutes).
-Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `legacy` (default: also on
-/fapi/v1/order) or `algo` (only /fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09).
+Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `algo` (default: only
+/fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09) or `legacy` (also /fapi/v1/order).
 The market is the recording's (`auto`: spot when its
 depth events carry no `pu`); a synthetic market is USD-M unless `--market spot`. Without a
 source, the 2024-08-08 BTCUSDT/ETHUSDT recordings in the repository's `data/binance` are replayed;

@@ -52,9 +52,61 @@ def settings_overrides_fixture() -> dict[str, Any]:
 
 
 async def sim_state(url: str) -> dict:
-    """The simulator's own record (`GET /_sim/state`)."""
+    """The simulator's own record (`GET /_sim/state`), its orders as the system names them
+    (`as_placed`: conditional orders of the Algo Service among them)."""
     async with aiohttp.ClientSession() as session, session.get(f"{url}/_sim/state") as response:
-        return await response.json()
+        return as_placed(await response.json())
+
+
+ALGO_TO_ORDER_STATUS = {"TRIGGERING": "NEW", "TRIGGERED": "NEW", "FINISHED": "FILLED"}
+
+
+def as_placed(state: dict) -> dict:
+    """The simulator's state with each Algo Service order (STOP_MARKET, TAKE_PROFIT_MARKET since
+    Binance moved them there) among `orders` under its client algo id, as the system placed it:
+    once triggered, it is the MARKET order the trigger placed (its status, fills and executed
+    quantity), whose own client order id the venue chose."""
+    algo = state.get("algo_orders", [])
+    if not algo:
+        return state
+    by_actual = {a["actual_order_id"]: a for a in algo if a["actual_order_id"] is not None}
+    orders: list[dict] = []
+    for order in state["orders"]:
+        parent = by_actual.get(order["order_id"])
+        if parent is None:
+            orders.append(order)
+            continue
+        orders.append(
+            {
+                **order,
+                "client_order_id": parent["client_algo_id"],
+                "type": parent["type"],
+                "quantity": parent["quantity"],
+                "stop_price": parent["trigger_price"],
+            }
+        )
+    for parent in algo:
+        if parent["actual_order_id"] is None:
+            orders.append(
+                {
+                    "order_id": parent["algo_id"],
+                    "client_order_id": parent["client_algo_id"],
+                    "symbol": parent["symbol"],
+                    "side": parent["side"],
+                    "type": parent["type"],
+                    "status": ALGO_TO_ORDER_STATUS.get(parent["status"], parent["status"]),
+                    "quantity": parent["quantity"],
+                    "executed_qty": "0",
+                    "price": "0",
+                    "stop_price": parent["trigger_price"],
+                    "avg_price": "0",
+                    "reduce_only": parent["reduce_only"],
+                    "update_time": parent["update_time"],
+                }
+            )
+    renamed = {a["actual_order_id"]: a["client_algo_id"] for a in by_actual.values()}
+    fills = [{**f, "client_order_id": renamed.get(f["order_id"], f["client_order_id"])} for f in state["fills"]]
+    return {**state, "orders": orders, "fills": fills}
 
 
 async def add_fault(url: str, spec: dict[str, Any]) -> str:

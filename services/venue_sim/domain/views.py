@@ -223,4 +223,21 @@ def state_view(exchange: Exchange) -> dict[str, Any]:
             for p in exchange.account.positions.values()
         ],
         "balance": fmt(exchange.account.wallet_balance),
+        "algo_orders": [
+            {
+                "algo_id": o.algo_id,
+                "client_algo_id": o.client_algo_id,
+                "symbol": o.symbol,
+                "side": o.side,
+                "type": o.type,
+                "status": o.status,
+                "quantity": fmt(o.quantity),
+                "trigger_price": fmt(o.trigger_price),
+                "working_type": o.working_type,
+                "reduce_only": o.reduce_only,
+                "actual_order_id": o.actual_order_id,
+                "update_time": o.update_ms,
+            }
+            for o in exchange.algo.orders.values()
+        ],
     }
