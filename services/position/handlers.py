@@ -252,6 +252,7 @@ class PositionService:
             "orders_in_memory": len(orders),
             "orders_evicted": core.ledger.orders_evicted,
             "snapshots": self.snapshots.stats(),
+            **core.preflight_gate.fields(),
         }
 
     async def state_query(self, payload: bytes) -> bytes:
