@@ -14,6 +14,7 @@ from libs.binance.endpoints import EndpointRotation
 from libs.breaker import BreakerState, BreakerTransition
 from libs.orders_model import OrderRecord, is_terminal
 from libs.reconnect import reconnect_delay_s
+from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.enums import ConnectionState, OrderStatus
 from proto.kv import DependencyBreakerValue, encode_value
@@ -22,7 +23,9 @@ from .adapters import VENUE_FAILURES
 from .core import Core
 from .domain import is_protective
 from .execution import Execution, trade_from_user_event
+from .external import ExternalOrders
 from .integrity import Integrity
+from .lookup import OrderLookup
 from .protection import ProtectiveStops
 from .reconciliation import venue_open_orders
 from .submission import Submission
@@ -61,6 +64,7 @@ class VenueSync:
         submission: sends queued orders, resolves UNKNOWN ones.
         integrity: checks the invariants after every change.
         protection: keeps the stops in line after every change.
+        lookup: answers about orders beyond memory (is an unknown order an old one of ours?).
         safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
     """
 
@@ -71,6 +75,7 @@ class VenueSync:
         submission: Submission,
         integrity: Integrity,
         protection: ProtectiveStops,
+        lookup: OrderLookup,
         *,
         safety_poll_s: float,
     ) -> None:
@@ -79,6 +84,8 @@ class VenueSync:
         self.submission = submission
         self.integrity = integrity
         self.protection = protection
+        self.lookup = lookup
+        self.external = ExternalOrders(core, execution)
         self.safety_poll_ns = int(safety_poll_s * 1e9)
         self.last_follow_ns = 0
         self.last_keepalive_ns = 0
@@ -108,9 +115,8 @@ class VenueSync:
         async with core.lock:
             order = core.ledger.orders.get(coid)
             if order is None:
-                # A venue order we never sent: reconciliation adopts it (or corrects the position).
-                core.log.warning("user_stream_unknown_order", client_order_id=coid, status=update.get("X"))
-                core.reconciled = False
+                # A venue order we never sent (placed by anyone else on the account): adopted now.
+                await self._adopt_external(update, event)
                 return
             try:
                 if order.venue_order_id is None and update.get("i") is not None:
@@ -129,6 +135,38 @@ class VenueSync:
                 return
             await self.integrity.check_invariants()
             await self.protection.maintain()
+
+    async def _adopt_external(self, update: dict, event: dict) -> None:
+        """An order this service does not hold: EXTERNAL when no projection knows it, else (a finished
+        order that left memory) a late report that changes nothing; either way checked as usual."""
+        core = self.core
+        coid = str(update.get("c", ""))
+        try:
+            known = await self.lookup.known_elsewhere(coid)
+        except PG_ERRORS as exc:
+            # Cannot tell an old order of ours from a new one: reconciliation decides (SPEC §6).
+            core.log.warning("user_stream_unknown_order", client_order_id=coid, error=repr(exc)[:200])
+            core.reconciled = False
+            return
+        if known is not None:
+            core.log.info("user_stream_order_not_in_memory", client_order_id=coid, status=known.status.value)
+            return
+        if str(update.get("s")) not in core.symbols:
+            core.log.warning(
+                "user_stream_unknown_order",
+                client_order_id=coid,
+                symbol=update.get("s"),
+                action_taken="not traded here",
+            )
+            return
+        try:
+            await self.external.adopt(update)
+        except (KeyError, ValueError, ArithmeticError) as exc:
+            core.log.warning("user_event_invalid", client_order_id=coid, error=repr(exc), raw=str(event)[:500])
+            core.reconciled = False  # reconciliation adopts it from the venue's own answer
+            return
+        await self.integrity.check_invariants()
+        await self.protection.maintain()
 
     async def user_stream_forever(self, ws_bases: Sequence[str], stream: UserStream) -> None:
         """Consume the user-data stream forever; every (re)connect asks for a reconciliation.
