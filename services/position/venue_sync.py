@@ -1,5 +1,7 @@
 """Venue sync: following the venue's view of our orders. The user-data stream (reconnects on the
-FM-N1 schedule over the configured endpoints, listen-key keepalive), the poll that sends queued
+FM-N1 schedule over the configured endpoints, listen-key keepalive; an expired or refused listen key
+is replaced and the stream reconnected, whose reconciliation queries every live order, so no fill
+is missed), orders placed by anyone else adopted from it (`external`), the poll that sends queued
 orders, resolves UNKNOWN ones and follows live ones (a safety poll while the stream is up), the
 venue breaker's transitions (FM-N5) and the dead-man's switch countdown (FM-N8).
 """
@@ -7,10 +9,12 @@ venue breaker's transitions (FM-N5) and the dead-man's switch countdown (FM-N8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 
 from libs.binance.endpoints import EndpointRotation
+from libs.binance.errors import VenueError
 from libs.breaker import BreakerState, BreakerTransition
 from libs.orders_model import OrderRecord, is_terminal
 from libs.reconnect import reconnect_delay_s
@@ -33,6 +37,16 @@ from .submission import Submission
 VENUE_LIVE = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL})
 MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
 LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
+"""Binance: a listen key lives 60 min after its last keep-alive; every 30 min leaves a whole period
+(and many failed rounds) of margin."""
+LISTEN_KEY_MISSING = -1125
+"""Binance: "This listenKey does not exist." (expired, or closed): a keep-alive cannot revive it."""
+LISTEN_KEY_EXPIRED_EVENT = "listenKeyExpired"
+
+
+class ListenKeyExpired(Exception):
+    """The stream's listen key is no longer valid: a new key and a new connection are needed."""
+
 
 UserStream = Callable[[str, str, Callable[[], Awaitable[None]]], AsyncIterator[dict]]
 """`stream(ws_base, listen_key, on_open)`: the user-data stream's events (raises when it ends)."""
@@ -89,6 +103,9 @@ class VenueSync:
         self.safety_poll_ns = int(safety_poll_s * 1e9)
         self.last_follow_ns = 0
         self.last_keepalive_ns = 0
+        self.renew_key = asyncio.Event()
+        """Set when the venue refused the listen key: the stream is reconnected with a new one."""
+        self.keys_renewed = 0
 
     # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
 
@@ -201,10 +218,17 @@ class VenueSync:
             try:
                 listen_key = await core.client.new_listen_key()
                 self.last_keepalive_ns = core.clock()
-                async for event in stream(ws_base, listen_key, on_open):
-                    await self.on_user_event(event)
+                self.renew_key.clear()
+                await self._consume(stream(ws_base, listen_key, on_open))
             except asyncio.CancelledError:
                 raise
+            except ListenKeyExpired as exc:
+                # The connection may stay open but delivers nothing more: a new key, a new connection,
+                # and its reconciliation queries every live order (fills meanwhile are fetched).
+                self.keys_renewed += 1
+                core.log.warning(
+                    "listen_key_expired", reason=str(exc), action_taken="new listen key, reconnect, reconcile"
+                )
             except Exception as exc:  # noqa: BLE001 - the stream must come back whatever ended it
                 # A stream that never opened counts against its endpoint (the next one is tried);
                 # one that was up and dropped is tried again where it was.
@@ -218,10 +242,48 @@ class VenueSync:
                 )
             core.user_stream_up = False
 
+    async def _consume(self, events: AsyncIterator[dict]) -> None:
+        """Apply the stream's events until it ends (raises), a `listenKeyExpired` event arrives or
+        the keep-alive finds the key refused (`renew_key`): both raise `ListenKeyExpired`.
+
+        Only the wait for the next event is interrupted, never the handling of one.
+        """
+        source = aiter(events)
+        renew = asyncio.ensure_future(self.renew_key.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(source))
+                await asyncio.wait({following, renew}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await following
+                    raise ListenKeyExpired(f"the venue refused the listen key (code {LISTEN_KEY_MISSING})")
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                if event.get("e") == LISTEN_KEY_EXPIRED_EVENT:
+                    raise ListenKeyExpired(f"{LISTEN_KEY_EXPIRED_EVENT} event")
+                await self.on_user_event(event)
+        finally:
+            renew.cancel()
+            closing = getattr(source, "aclose", None)
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing()
+
     async def keep_listen_key(self, now_ns: int) -> None:
-        """Extend the listen key of a stream that is up, every `LISTEN_KEY_KEEPALIVE_NS`."""
+        """Extend the listen key of a stream that is up, every `LISTEN_KEY_KEEPALIVE_NS`; a key the
+        venue no longer knows (-1125) is replaced (the stream reconnects with a new one)."""
         if self.core.user_stream_up and now_ns - self.last_keepalive_ns >= LISTEN_KEY_KEEPALIVE_NS:
-            await self.core.client.keepalive_listen_key()
+            try:
+                await self.core.client.keepalive_listen_key()
+            except VenueError as exc:
+                if exc.code != LISTEN_KEY_MISSING:
+                    raise
+                self.core.log.warning("listen_key_refused", error=str(exc)[:200], action_taken="new listen key")
+                self.renew_key.set()
             self.last_keepalive_ns = now_ns
 
     # ------------------------------------------------------------------ polling
