@@ -1,6 +1,6 @@
 """External orders: an order placed on the venue account by anyone else (the venue's web page,
-another tool) is adopted as EXTERNAL as soon as the user-data stream reports it (issue 18), not only
-at the next reconciliation.
+another tool) is adopted as EXTERNAL as soon as the user-data stream reports it (issue 18), and a
+venue open order reconciliation finds unknown (while the stream was down) the same way.
 
 Adoption goes through the event log like any order, so a replay, the projection rebuild and
 `/v1/orders` all see it: an `OrderApproved` with source `EXTERNAL` (position's own approval, as
@@ -8,7 +8,8 @@ Adoption goes through the event log like any order, so a replay, the projection 
 order), then `OrderStatusUnknown` (at the venue, state to be taken from its answer), then the
 venue's answer through `Execution.apply_venue_order` (`OrderAccepted`, its fills fetched and booked
 with their `PositionChanged`, a final status). Each step is folded into the ledger by
-`Ledger.apply`. A P2 alert `external-order:<coid>` and a log line say who placed what.
+`Ledger.apply`. A P2 alert (`external-order:<coid>` from the stream, `reconcile-adopted:<coid>`
+from reconciliation) and a log line say who placed what.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from proto.messages import OrderApproved, OrderStatusUnknown, SubmitOrder
 from .core import Core
 from .execution import Execution
 
-EXTERNAL_REASON = "external order: placed on the venue account outside Bulwark (user-data stream)"
+EXTERNAL_REASON = "external order: placed on the venue account outside Bulwark"
+STREAM = "user-data stream"
+RECONCILIATION = "reconciliation"
 
 
 def _price(text: object) -> Decimal | None:
@@ -32,6 +35,24 @@ def _price(text: object) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return value if value > 0 else None
+
+
+def update_from_answer(answer: dict) -> dict:
+    """A REST order answer (`openOrders`, `order`) in the shape of an `ORDER_TRADE_UPDATE` `o` object."""
+    return {
+        "c": answer["clientOrderId"],
+        "s": answer["symbol"],
+        "S": answer["side"],
+        "o": answer.get("type", ""),
+        "f": answer.get("timeInForce", ""),
+        "q": answer.get("origQty", "0"),
+        "p": answer.get("price", "0"),
+        "sp": answer.get("stopPrice", "0"),
+        "R": answer.get("reduceOnly", False),
+        "i": answer["orderId"],
+        "X": answer.get("status"),
+        "z": answer.get("executedQty", "0"),
+    }
 
 
 def external_command(update: dict, venue: str) -> SubmitOrder:
@@ -67,8 +88,9 @@ class ExternalOrders:
         self.execution = execution
         self.adopted = 0
 
-    async def adopt(self, update: dict) -> OrderRecord:
-        """Adopt the order an `ORDER_TRADE_UPDATE` reports (caller holds the order lock).
+    async def adopt(self, update: dict, found_by: str = STREAM) -> OrderRecord:
+        """Adopt the order an `ORDER_TRADE_UPDATE` reports (caller holds the order lock); `found_by`
+        says who found it (`STREAM` or `RECONCILIATION`: the log, the reason and the alert's key).
 
         Raises:
             KeyError, ValueError, ArithmeticError: the update cannot describe an order.
@@ -85,7 +107,8 @@ class ExternalOrders:
         order = core.ledger.orders[coid]
         order.venue_order_id = int(update["i"])
         # At the venue already: UNKNOWN until its answer is taken (never sent by this service).
-        unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=EXTERNAL_REASON)
+        reason = f"{EXTERNAL_REASON} (found by {found_by})"
+        unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)
         await core.record(core.order_subject("unknown", order), unknown, f"unknown:{coid}", order)
         answer = {"orderId": update["i"], "status": update.get("X"), "executedQty": update.get("z", "0")}
         await self.execution.apply_venue_order(order, answer)
@@ -98,10 +121,13 @@ class ExternalOrders:
             type=order.order_type.value,
             quantity=str(order.quantity),
             status=order.status.value,
+            found_by=found_by,
             action_taken="adopted as EXTERNAL, fills booked",
         )
+        # Reconciliation's key is the one it always raised (unscoped, as before).
+        key = f"reconcile-adopted:{coid}" if found_by == RECONCILIATION else core.scoped(f"external-order:{coid}")
         await core.alert(
-            core.scoped(f"external-order:{coid}"),
+            key,
             AlertSeverity.P2,
             "order placed outside Bulwark adopted as EXTERNAL",
             coid=coid,

@@ -2,7 +2,8 @@
 signed REST call to the simulator with the account's own key, are adopted as EXTERNAL as soon as
 the user-data stream reports them: a projection row (what `/v1/orders` serves) with source
 EXTERNAL, their fills booked into the position (no correction needed afterwards), a P2 alert, and
-the events on the ORDERS stream (what the audit writer records and a replay rebuilds)."""
+the events on the ORDERS stream (what the audit writer records and a replay rebuilds: the order is
+still there, and cancelable, after a restart)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ import pytest
 
 from libs.binance.client import BinanceRestClient
 from proto import subjects
+from proto.messages import CancelOrder
 from tests.integration.order_system import (  # noqa: F401 - the *_fixture names are fixtures
     SYMBOL,
     System,
     assert_venue_matches_system,
     eventually,
     local_position,
+    order_row,
     settings_overrides_fixture,
     sim_state,
     system_fixture,
@@ -94,4 +97,14 @@ async def test_external_orders_when_placed_on_the_account_then_adopted_from_the_
     assert {"external-order:web_resting_1", "external-order:web_market_1"} <= keys
     # The fill was booked as a fill of a known order: nothing had to be corrected to the venue.
     assert f"reconcile-position:{SYMBOL}" not in keys
+    await assert_venue_matches_system(pool, system.venue_url)
+
+    # Adopted through the log: a restarted service rebuilds it from the replay, and it can be canceled.
+    await system.stop(subjects.POSITION)
+    system.start(subjects.POSITION)
+    await system.wait_ready()
+    await system.bus.publish(subjects.CMD_ORDER_CANCEL, CancelOrder(client_order_id="web_resting_1", operator="bob"))
+    await wait_status(pool, "web_resting_1", "CANCELED", timeout_s=20)
+    assert (await order_row(pool, "web_market_1"))["status"] == "FILLED"
+    assert await local_position(pool) == Decimal("0.02")
     await assert_venue_matches_system(pool, system.venue_url)
