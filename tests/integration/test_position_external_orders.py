@@ -11,7 +11,6 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
-import msgspec
 import pytest
 
 from libs.binance.client import BinanceRestClient
@@ -24,6 +23,7 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
     eventually,
     local_position,
     order_row,
+    raised_alerts,
     settings_overrides_fixture,
     sim_state,
     system_fixture,
@@ -33,16 +33,7 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
 
 
 async def _alert_keys(system: System) -> set[str]:
-    keys = set()
-    info = await system.bus.js.stream_info(subjects.STREAM_CONTROL.name)
-    for seq in range(1, info.state.last_seq + 1):
-        try:
-            message = await system.bus.js.get_msg(subjects.STREAM_CONTROL.name, seq)
-        except Exception:
-            continue
-        if message.subject == subjects.EVT_ALERT_RAISED:
-            keys.add(msgspec.json.decode(message.data or b"{}")["key"])
-    return keys
+    return {alert["key"] for alert in await raised_alerts(system)}
 
 
 async def _place_as_someone_else(system: System, **params: str) -> dict[str, Any]:
