@@ -304,7 +304,8 @@ class Submission:
                 reason = "queued: reconciliation with the venue pending"
             await self.queue(order, reason)
             return
-        if order.status == OrderStatus.PENDING_SUBMISSION and await self._preflight_stops(order):
+        # UNKNOWN here is a resend (the venue said it does not hold the order): an entry like a new one.
+        if order.status in (OrderStatus.PENDING_SUBMISSION, OrderStatus.UNKNOWN) and await self._preflight_stops(order):
             return
         await core.guard()
         core.allows(order, OrderTrigger.SUBMIT)  # logged when illegal; the placement decides what happened
@@ -330,7 +331,7 @@ class Submission:
         failed (`preflight_gate`); True when the order does not go out now."""
         gate = self.core.preflight_gate
         if gate.holds(order):
-            if order.reason != f"queued: {gate.reason}":
+            if order.status != OrderStatus.PENDING_SUBMISSION or order.reason != f"queued: {gate.reason}":
                 await self.queue(order, f"queued: {gate.reason}")
             return True
         if gate.refuses(order):

@@ -4,10 +4,13 @@ preflight of the current connection."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
+from libs.binance.errors import VenueError, VenueTimeout
 from libs.orders_model import OrderRecord
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from services.position.preflight_gate import GateState, PreflightGate
+from tests.unit.test_position_venue_link import DELIVERY, FakeBus, FakeVenue, approved, service
 
 
 def _order(reduce_only: bool) -> OrderRecord:
@@ -60,3 +63,31 @@ def test_gate_when_preflight_failed_then_entries_refused_with_the_reason_and_red
     assert not gate.refuses(_order(True)) and not gate.holds(_order(True))
     assert gate.reason == "venue preflight failed: position_mode: hedge mode"
     assert gate.fields()["preflight_gate"] == "FAILED"
+
+
+class _GateFailsDuringQuery(FakeVenue):
+    """Times out the placement; the preflight of the connection fails before the query answers."""
+
+    def __init__(self, svc_box: list[Any]) -> None:
+        super().__init__(
+            place_order=[VenueTimeout("no answer")],
+            query_order=[VenueError(400, -2013, "Order does not exist.")],
+        )
+        self.svc_box = svc_box
+
+    async def query_order(self, symbol: str, *, orig_client_order_id: str) -> Any:
+        self.svc_box[0].core.preflight_gate.settle(ok=False, reachable=True, reason="position_mode: hedge mode")
+        return await super().query_order(symbol, orig_client_order_id=orig_client_order_id)
+
+
+async def test_resend_when_preflight_failed_meanwhile_then_entry_rejected_not_resent() -> None:
+    box: list[Any] = []
+    venue = _GateFailsDuringQuery(box)
+    svc = service(venue, FakeBus())
+    box.append(svc)
+    svc.core.preflight_gate.arm()
+    svc.core.preflight_gate.settle(ok=True, reachable=True, reason="")
+    await svc.on_approved(approved("r"), DELIVERY)
+    order = svc.ledger.orders["bw-r"]
+    assert venue.calls.count("place_order") == 1, "sent once while the preflight passed"
+    assert order.status == OrderStatus.REJECTED and "preflight failed" in (order.reason or "")
