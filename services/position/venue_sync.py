@@ -256,8 +256,9 @@ class VenueSync:
                 await asyncio.wait({following, renew}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
                     following.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await following
+                    await asyncio.wait({following})  # an outer cancel still reaches this task
+                    if not following.cancelled():
+                        following.exception()  # came at the same time: the reconnect reconciles it
                     raise ListenKeyExpired(f"the venue refused the listen key (code {LISTEN_KEY_MISSING})")
                 try:
                     event = following.result()
