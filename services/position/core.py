@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from libs.binance.preflight import PreflightReport
 from libs.bus import Bus
 from libs.clock import Clock
 from libs.lease import Lease, LeaseLost
@@ -28,6 +29,7 @@ from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 
 from .domain import CountdownPlanner, Retention
 from .ledger import Ledger
+from .preflight_gate import PreflightGate
 from .venue_port import VenuePort
 
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
@@ -107,6 +109,8 @@ class Core:
         """Symbols whose protective orders must be checked against their position again."""
         self.deferred: dict[str, Callable[[], Awaitable[None]]] = {}
         """Projection writes that failed while Postgres was down, in order (FM-C3)."""
+        self.preflight_gate = PreflightGate()
+        """Entries wait for the venue preflight of each connection of the order link (issue 18)."""
 
     # ------------------------------------------------------------------ modes
 
@@ -116,6 +120,15 @@ class Core:
         In EMERGENCY_MODE / HARD_SHUTDOWN (`flattening`) only reduce-only orders are sent.
         """
         return self.reconciled and self.link_state == ConnectionState.CONNECTED and not self.lease_lost
+
+    def preflight_settled(self, report: PreflightReport) -> None:
+        """A venue preflight finished: the gate takes its verdict for the current connection (one that
+        went down meanwhile is checked again at its reconnect), and the poll runs at once."""
+        if self.link_state != ConnectionState.CONNECTED:
+            return
+        self.preflight_gate.settle(report.ok, report.reachable, report.reason())
+        self.log.info("preflight_gate", **self.preflight_gate.fields())
+        self.wake.set()
 
     def flattening(self) -> bool:
         """SPEC §5 EMERGENCY_MODE or HARD_SHUTDOWN (operator's or our own invariant violation):
@@ -306,6 +319,7 @@ class Core:
             # Whatever happened at the venue meanwhile is unknown until reconciled (SPEC §6).
             self.reconciled = False
             self.countdown.forget()
+            self.preflight_gate.link_down()
         event = self.stamp(
             LinkStateChanged,
             venue=self.venue,

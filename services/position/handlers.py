@@ -137,7 +137,13 @@ class PositionService:
         self.flatten = Flattener(core, self.submission, self.cancels, self.lookup, self.integrity, self.protection)
         self.reconciliation = Reconciliation(core, self.execution, self.submission, self.integrity, self.protection)
         self.venue_sync = VenueSync(
-            core, self.execution, self.submission, self.integrity, self.protection, safety_poll_s=safety_poll_s
+            core,
+            self.execution,
+            self.submission,
+            self.integrity,
+            self.protection,
+            self.lookup,
+            safety_poll_s=safety_poll_s,
         )
         self.snapshots = Snapshots(core, snapshots, snapshot_policy, (self.orders_durable, self.denials_durable))
         self.recovery = Recovery(core, self.snapshots, self.levels, self.integrity)
@@ -252,6 +258,7 @@ class PositionService:
             "orders_in_memory": len(orders),
             "orders_evicted": core.ledger.orders_evicted,
             "snapshots": self.snapshots.stats(),
+            **core.preflight_gate.fields(),
         }
 
     async def state_query(self, payload: bytes) -> bytes:

@@ -157,7 +157,9 @@ async def setup(ctx: ServiceContext) -> None:
     await service.recover()
     phases["recover_ms"] = ms_since(mark)
     await service.core.refresh_degradation()  # a system restarted in HARD_SHUTDOWN sends no entry from the backlog
-    await start_preflight(ctx, client, budget, venue, component)  # before any order; again at every reconnect
+    # Before any order; again at every reconnect, and entries wait for each connection's verdict.
+    service.core.preflight_gate.arm()
+    await start_preflight(ctx, client, budget, venue, component, on_result=service.core.preflight_settled)
     mark = time.perf_counter()
     await reconcile_at_start(ctx, service, settings.symbols)
     if not service.core.reconciled:

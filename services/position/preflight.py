@@ -21,7 +21,9 @@ reconnect of the order link (its `LinkStateChanged` back to CONNECTED), publish 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -49,6 +51,9 @@ from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 from proto.replies import TradingControlRequest
 
 HALT_RETRY_S = 1.0
+INCOMPLETE_RETRY_S = 5.0
+"""An incomplete preflight (the venue gave no definite answer) is run again after this, even when the
+order link stays up: entries wait for a verdict (`services.position.preflight_gate`)."""
 HALT_ATTEMPTS_INLINE = 30
 """Tries before a halt request goes on in the background: a risk that stays down must not keep
 position from reconciling, cancelling and protecting (nothing is approved without risk anyway)."""
@@ -119,6 +124,7 @@ class PreflightRunner:
         budget: the request budget that takes the venue's rate limits (None: not adjusted).
         clock: wall clock in ns.
         problems: failed checks found before asking the venue (unusable settings).
+        on_result: told every finished run's report (the order path's preflight gate).
     """
 
     def __init__(
@@ -134,6 +140,7 @@ class PreflightRunner:
         budget: RateBudget | None,
         clock: Clock,
         problems: list[PreflightCheckValue] | None = None,
+        on_result: Callable[[PreflightReport], None] | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -145,6 +152,7 @@ class PreflightRunner:
         self.budget = budget
         self.clock = clock
         self.problems = list(problems or [])
+        self.on_result = on_result
         self.last: PreflightReport | None = None
         self.rerun = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -171,6 +179,8 @@ class PreflightRunner:
                 trigger=trigger,
                 ts_ns=self.clock(),
             )
+            if self.on_result is not None:
+                self.on_result(report)  # before publishing: the gate must not wait for the bus
             await self.bus.kv_put(subjects.key_preflight(self.venue_name), encode_value(value))
             failed = [check.name for check in report.failures()]
             definite_failure = report.reachable and not report.ok
@@ -267,7 +277,11 @@ class PreflightRunner:
     async def rerun_forever(self) -> None:
         """Run the preflight whenever `on_link` asks for it."""
         while True:
-            await self.rerun.wait()
+            if self.last is not None and not self.last.reachable:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.rerun.wait(), INCOMPLETE_RETRY_S)
+            else:
+                await self.rerun.wait()
             self.rerun.clear()
             try:
                 await self.run(RECONNECT)
@@ -282,9 +296,11 @@ async def start_preflight(
     venue_name: str,
     component: str,
     clock: Clock = time.time_ns,
+    on_result: Callable[[PreflightReport], None] | None = None,
 ) -> PreflightRunner:
     """The position process's hook: the start-up preflight (done when this returns, before any
-    reconciliation or order), then one at every reconnect of the order link."""
+    reconciliation or order), then one at every reconnect of the order link; `on_result` is told
+    each run's report."""
     settings = ctx.settings
     profile = settings.venue_profile if venue_name == settings.venue else "backup"
     config, problems = preflight_config(settings, profile, settings.venue_account(venue_name).rest_url)
@@ -299,6 +315,7 @@ async def start_preflight(
         budget=budget,
         clock=clock,
         problems=problems,
+        on_result=on_result,
     )
     await ctx.bus.subscribe_core(subjects.evt_link(venue_name, subjects.ORDER_LINK), runner.on_link)
     await runner.run(START)

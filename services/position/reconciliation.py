@@ -8,14 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from libs.orders_model import OrderRecord, Position, is_terminal
+from libs.orders_model import Position, is_terminal
 from proto import subjects
-from proto.enums import AlertSeverity, ConnectionState, OrderSource, OrderStatus, OrderType, Side
+from proto.enums import AlertSeverity, ConnectionState, OrderStatus
 from proto.messages import PositionChanged
 
 from .core import Core
 from .domain import plan_reconciliation
 from .execution import Execution
+from .external import RECONCILIATION, ExternalOrders, update_from_answer
 from .integrity import Integrity
 from .protection import ProtectiveStops
 from .submission import Submission
@@ -63,6 +64,7 @@ class Reconciliation:
         self.submission = submission
         self.integrity = integrity
         self.protection = protection
+        self.external = ExternalOrders(core, execution)
         self.count = 0
         """Reconciliations done by this process."""
 
@@ -121,41 +123,9 @@ class Reconciliation:
             await self.protection.maintain(all_symbols=True)
 
     async def _adopt(self, answer: dict) -> None:
-        core = self.core
-        coid = str(answer.get("clientOrderId"))
-        now = core.clock()
-        order = OrderRecord(
-            client_order_id=coid,
-            idempotency_key=coid,
-            source=OrderSource.EXTERNAL,
-            venue=core.venue,
-            symbol=str(answer["symbol"]),
-            side=Side(str(answer["side"])),
-            order_type=OrderType(str(answer["type"]))
-            if answer.get("type") in OrderType.__members__
-            else OrderType.LIMIT,
-            quantity=Decimal(str(answer.get("origQty", "0"))),
-            status=OrderStatus.UNKNOWN,
-            created_ns=now,
-            updated_ns=now,
-            price=Decimal(str(answer["price"])) if Decimal(str(answer.get("price", "0"))) > 0 else None,
-            stop_price=Decimal(str(answer["stopPrice"])) if Decimal(str(answer.get("stopPrice", "0"))) > 0 else None,
-            reduce_only=bool(answer.get("reduceOnly", False)),
-            venue_order_id=int(answer["orderId"]),
-            reason="adopted from the venue at reconciliation",
-        )
-        # Fills before adoption are already in the venue's position: remember them, do not re-apply.
-        for trade in await core.client.user_trades(order.symbol, order_id=order.venue_order_id, limit=1000):
-            order.add_fill(int(trade["id"]), Decimal(str(trade["qty"])), Decimal(str(trade["price"])))
-        core.ledger.orders[coid] = order
-        await self.execution.apply_venue_order(order, answer)
-        await core.alert(
-            f"reconcile-adopted:{coid}",
-            AlertSeverity.P2,
-            "venue order unknown locally adopted as EXTERNAL",
-            coid=coid,
-            symbol=order.symbol,
-        )
+        """A venue open order nobody here sent: adopted as EXTERNAL through the event log, its fills
+        booked as fills (the position then agrees with the venue's without a correction)."""
+        await self.external.adopt(update_from_answer(answer), RECONCILIATION)
 
     async def _correct_position(self, symbol: str, local: Decimal, remote: Decimal, entry: Decimal) -> None:
         core = self.core

@@ -304,6 +304,9 @@ class Submission:
                 reason = "queued: reconciliation with the venue pending"
             await self.queue(order, reason)
             return
+        # UNKNOWN here is a resend (the venue said it does not hold the order): an entry like a new one.
+        if order.status in (OrderStatus.PENDING_SUBMISSION, OrderStatus.UNKNOWN) and await self._preflight_stops(order):
+            return
         await core.guard()
         core.allows(order, OrderTrigger.SUBMIT)  # logged when illegal; the placement decides what happened
         submitted = core.stamp(OrderSubmitted, client_order_id=coid, symbol=order.symbol, venue=order.venue)
@@ -322,6 +325,24 @@ class Submission:
             await self._on_place_error(order, exc)
             return
         await self.execution.apply_venue_order(order, answer)
+
+    async def _preflight_stops(self, order: OrderRecord) -> bool:
+        """Queue an entry while the preflight of this connection is pending, reject it when it
+        failed (`preflight_gate`); True when the order does not go out now."""
+        gate = self.core.preflight_gate
+        if gate.holds(order):
+            if order.status != OrderStatus.PENDING_SUBMISSION or order.reason != f"queued: {gate.reason}":
+                await self.queue(order, f"queued: {gate.reason}")
+            return True
+        if gate.refuses(order):
+            self.core.log.warning(
+                "order_refused_by_preflight", client_order_id=order.client_order_id, reason=gate.reason
+            )
+            await self.execution.emit_rejected(
+                order, f"not sent: {gate.reason}"[:1000], error_class=ErrorClass.PERMANENT.value
+            )
+            return True
+        return False
 
     async def _on_place_error(self, order: OrderRecord, exc: VenueError) -> None:
         coid = order.client_order_id

@@ -1,5 +1,7 @@
 """Venue sync: following the venue's view of our orders. The user-data stream (reconnects on the
-FM-N1 schedule over the configured endpoints, listen-key keepalive), the poll that sends queued
+FM-N1 schedule over the configured endpoints, listen-key keepalive; an expired or refused listen key
+is replaced and the stream reconnected, whose reconciliation queries every live order, so no fill
+is missed), orders placed by anyone else adopted from it (`external`), the poll that sends queued
 orders, resolves UNKNOWN ones and follows live ones (a safety poll while the stream is up), the
 venue breaker's transitions (FM-N5) and the dead-man's switch countdown (FM-N8).
 """
@@ -7,13 +9,16 @@ venue breaker's transitions (FM-N5) and the dead-man's switch countdown (FM-N8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
 
 from libs.binance.endpoints import EndpointRotation
+from libs.binance.errors import VenueError
 from libs.breaker import BreakerState, BreakerTransition
 from libs.orders_model import OrderRecord, is_terminal
 from libs.reconnect import reconnect_delay_s
+from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.enums import ConnectionState, OrderStatus
 from proto.kv import DependencyBreakerValue, encode_value
@@ -23,7 +28,9 @@ from .algo_orders import AlgoUpdates
 from .core import Core
 from .domain import is_protective
 from .execution import Execution, trade_from_user_event
+from .external import ExternalOrders
 from .integrity import Integrity
+from .lookup import OrderLookup
 from .protection import ProtectiveStops
 from .reconciliation import venue_open_orders
 from .submission import Submission
@@ -31,6 +38,16 @@ from .submission import Submission
 VENUE_LIVE = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.PENDING_CANCEL})
 MAYBE_AT_VENUE = VENUE_LIVE | {OrderStatus.SUBMITTED, OrderStatus.UNKNOWN}
 LISTEN_KEY_KEEPALIVE_NS = 30 * 60 * 1_000_000_000
+"""Binance: a listen key lives 60 min after its last keep-alive; every 30 min leaves a whole period
+(and many failed rounds) of margin."""
+LISTEN_KEY_MISSING = -1125
+"""Binance: "This listenKey does not exist." (expired, or closed): a keep-alive cannot revive it."""
+LISTEN_KEY_EXPIRED_EVENT = "listenKeyExpired"
+
+
+class ListenKeyExpired(Exception):
+    """The stream's listen key is no longer valid: a new key and a new connection are needed."""
+
 
 UserStream = Callable[[str, str, Callable[[], Awaitable[None]]], AsyncIterator[dict]]
 """`stream(ws_base, listen_key, on_open)`: the user-data stream's events (raises when it ends)."""
@@ -62,6 +79,7 @@ class VenueSync:
         submission: sends queued orders, resolves UNKNOWN ones.
         integrity: checks the invariants after every change.
         protection: keeps the stops in line after every change.
+        lookup: answers about orders beyond memory (is an unknown order an old one of ours?).
         safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
     """
 
@@ -72,6 +90,7 @@ class VenueSync:
         submission: Submission,
         integrity: Integrity,
         protection: ProtectiveStops,
+        lookup: OrderLookup,
         *,
         safety_poll_s: float,
     ) -> None:
@@ -80,10 +99,15 @@ class VenueSync:
         self.submission = submission
         self.integrity = integrity
         self.protection = protection
+        self.lookup = lookup
+        self.external = ExternalOrders(core, execution)
         self.safety_poll_ns = int(safety_poll_s * 1e9)
         self.last_follow_ns = 0
         self.last_keepalive_ns = 0
         self.algo = AlgoUpdates(lambda: core.ledger.orders, execution.apply_venue_order, core.log)
+        self.renew_key = asyncio.Event()
+        """Set when the venue refused the listen key: the stream is reconnected with a new one."""
+        self.keys_renewed = 0
 
     # ------------------------------------------------------------------ venue link (FM-N5, FM-N6)
 
@@ -113,9 +137,8 @@ class VenueSync:
         async with core.lock:
             order = core.ledger.orders.get(coid) or self.algo.owner_of(update)
             if order is None:
-                # A venue order we never sent: reconciliation adopts it (or corrects the position).
-                core.log.warning("user_stream_unknown_order", client_order_id=coid, status=update.get("X"))
-                core.reconciled = False
+                # A venue order we never sent (placed by anyone else on the account): adopted now.
+                await self._adopt_external(update, event)
                 return
             try:
                 if order.venue_order_id is None and update.get("i") is not None:
@@ -150,6 +173,38 @@ class VenueSync:
             await self.integrity.check_invariants()
             await self.protection.maintain()
 
+    async def _adopt_external(self, update: dict, event: dict) -> None:
+        """An order this service does not hold: EXTERNAL when no projection knows it, else (a finished
+        order that left memory) a late report that changes nothing; either way checked as usual."""
+        core = self.core
+        coid = str(update.get("c", ""))
+        try:
+            known = await self.lookup.known_elsewhere(coid)
+        except PG_ERRORS as exc:
+            # Cannot tell an old order of ours from a new one: reconciliation decides (SPEC §6).
+            core.log.warning("user_stream_unknown_order", client_order_id=coid, error=repr(exc)[:200])
+            core.reconciled = False
+            return
+        if known is not None:
+            core.log.info("user_stream_order_not_in_memory", client_order_id=coid, status=known.status.value)
+            return
+        if str(update.get("s")) not in core.symbols:
+            core.log.warning(
+                "user_stream_unknown_order",
+                client_order_id=coid,
+                symbol=update.get("s"),
+                action_taken="not traded here",
+            )
+            return
+        try:
+            await self.external.adopt(update)
+        except (KeyError, ValueError, ArithmeticError) as exc:
+            core.log.warning("user_event_invalid", client_order_id=coid, error=repr(exc), raw=str(event)[:500])
+            core.reconciled = False  # reconciliation adopts it from the venue's own answer
+            return
+        await self.integrity.check_invariants()
+        await self.protection.maintain()
+
     async def user_stream_forever(self, ws_bases: Sequence[str], stream: UserStream) -> None:
         """Consume the user-data stream forever; every (re)connect asks for a reconciliation.
 
@@ -183,10 +238,17 @@ class VenueSync:
             try:
                 listen_key = await core.client.new_listen_key()
                 self.last_keepalive_ns = core.clock()
-                async for event in stream(ws_base, listen_key, on_open):
-                    await self.on_user_event(event)
+                self.renew_key.clear()
+                await self._consume(stream(ws_base, listen_key, on_open))
             except asyncio.CancelledError:
                 raise
+            except ListenKeyExpired as exc:
+                # The connection may stay open but delivers nothing more: a new key, a new connection,
+                # and its reconciliation queries every live order (fills meanwhile are fetched).
+                self.keys_renewed += 1
+                core.log.warning(
+                    "listen_key_expired", reason=str(exc), action_taken="new listen key, reconnect, reconcile"
+                )
             except Exception as exc:  # noqa: BLE001 - the stream must come back whatever ended it
                 # A stream that never opened counts against its endpoint (the next one is tried);
                 # one that was up and dropped is tried again where it was.
@@ -200,10 +262,49 @@ class VenueSync:
                 )
             core.user_stream_up = False
 
+    async def _consume(self, events: AsyncIterator[dict]) -> None:
+        """Apply the stream's events until it ends (raises), a `listenKeyExpired` event arrives or
+        the keep-alive finds the key refused (`renew_key`): both raise `ListenKeyExpired`.
+
+        Only the wait for the next event is interrupted, never the handling of one.
+        """
+        source = aiter(events)
+        renew = asyncio.ensure_future(self.renew_key.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(source))
+                await asyncio.wait({following, renew}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    await asyncio.wait({following})  # an outer cancel still reaches this task
+                    if not following.cancelled():
+                        following.exception()  # came at the same time: the reconnect reconciles it
+                    raise ListenKeyExpired(f"the venue refused the listen key (code {LISTEN_KEY_MISSING})")
+                try:
+                    event = following.result()
+                except StopAsyncIteration:
+                    return
+                if event.get("e") == LISTEN_KEY_EXPIRED_EVENT:
+                    raise ListenKeyExpired(f"{LISTEN_KEY_EXPIRED_EVENT} event")
+                await self.on_user_event(event)
+        finally:
+            renew.cancel()
+            closing = getattr(source, "aclose", None)
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing()
+
     async def keep_listen_key(self, now_ns: int) -> None:
-        """Extend the listen key of a stream that is up, every `LISTEN_KEY_KEEPALIVE_NS`."""
+        """Extend the listen key of a stream that is up, every `LISTEN_KEY_KEEPALIVE_NS`; a key the
+        venue no longer knows (-1125) is replaced (the stream reconnects with a new one)."""
         if self.core.user_stream_up and now_ns - self.last_keepalive_ns >= LISTEN_KEY_KEEPALIVE_NS:
-            await self.core.client.keepalive_listen_key()
+            try:
+                await self.core.client.keepalive_listen_key()
+            except VenueError as exc:
+                if exc.code != LISTEN_KEY_MISSING:
+                    raise
+                self.core.log.warning("listen_key_refused", error=str(exc)[:200], action_taken="new listen key")
+                self.renew_key.set()
             self.last_keepalive_ns = now_ns
 
     # ------------------------------------------------------------------ polling

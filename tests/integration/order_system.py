@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import pytest_asyncio
 
@@ -314,3 +315,17 @@ async def assert_venue_matches_system(pool: Any, venue_url: str, venue: str = VE
     for symbol in set(venue_position) | set(local_position):
         assert venue_position.get(symbol, Decimal(0)) == local_position.get(symbol, Decimal(0)), symbol
     return state
+
+
+async def raised_alerts(system: System) -> list[dict[str, Any]]:
+    """Every `AlertRaised` on the CONTROL stream so far (decoded)."""
+    found = []
+    info = await system.bus.js.stream_info(subjects.STREAM_CONTROL.name)
+    for seq in range(1, info.state.last_seq + 1):
+        try:
+            message = await system.bus.js.get_msg(subjects.STREAM_CONTROL.name, seq)
+        except Exception:
+            continue
+        if message.subject == subjects.EVT_ALERT_RAISED:
+            found.append(msgspec.json.decode(message.data or b"{}"))
+    return found

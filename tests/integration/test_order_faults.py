@@ -29,6 +29,7 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
     limit_order,
     market_order,
     order_row,
+    raised_alerts,
     settings_overrides_fixture,
     sim_state,
     submit,
@@ -56,16 +57,7 @@ async def _dead_letter_for(system: System, coid: str) -> DeadLettered:
 
 
 async def _alerts(system: System) -> list[dict[str, Any]]:
-    found = []
-    info = await system.bus.js.stream_info(subjects.STREAM_CONTROL.name)
-    for seq in range(1, info.state.last_seq + 1):
-        try:
-            message = await system.bus.js.get_msg(subjects.STREAM_CONTROL.name, seq)
-        except Exception:
-            continue
-        if message.subject == subjects.EVT_ALERT_RAISED:
-            found.append(msgspec.json.decode(message.data or b"{}"))
-    return found
+    return await raised_alerts(system)
 
 
 ORDER_FAULTS = [

@@ -1,7 +1,9 @@
 """The venue preflight in the running position service (+ risk) against the venue simulator as an
 external venue, on real NATS and Postgres: all ok at start and orders fill; an account switched to
 hedge mode fails it at the next reconnect of the order link, trading is HALTED with the reason and
-orders are refused, and nothing crashes; passing again does not resume trading."""
+orders are refused, and nothing crashes; passing again does not resume trading. Orders approved while
+the order link was down wait for the preflight of the next connection: an entry never reaches an
+account the preflight refuses, a reduce-only close still does."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from msgspec import structs
 
 from proto import subjects
+from proto.enums import Side
 from proto.kv import PreflightValue, TradingStateValue, decode_value
 from tests.integration.order_system import (  # noqa: F401 - the *_fixture names are fixtures
     SYMBOL,
@@ -24,7 +28,9 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
     clear_faults,
     eventually,
     market_order,
+    order_row,
     settings_overrides_fixture,
+    sim_state,
     submit,
     system_fixture,
     venue_url_fixture,
@@ -143,3 +149,44 @@ async def test_preflight_when_real_money_profile_then_every_start_halts_even_whe
     refused = market_order("preflight-mainnet")
     await submit(system.bus, refused)
     await wait_status(system.pool, refused.client_order_id, "DENIED", timeout_s=20)
+
+
+@pytest.mark.parametrize("settings_overrides", [FAST])
+async def test_preflight_gate_when_hedge_mode_found_at_reconnect_then_queued_entry_never_reaches_venue(
+    system: System,
+) -> None:
+    bus, pool, venue_url = system.bus, system.pool, system.venue_url
+    await eventually(lambda: _preflight(system), 10)
+    opened = market_order("gate-open")
+    await submit(bus, opened)
+    await wait_status(pool, opened.client_order_id, "FILLED", timeout_s=30)
+
+    await _set_modes(venue_url, {"dualSidePosition": True})
+    await add_fault(venue_url, {"kind": "outage"})
+
+    async def down() -> bool:
+        return await _link_state(system) == "DISCONNECTED"
+
+    await eventually(down, 30)
+    entry = market_order("gate-entry")
+    close = structs.replace(market_order("gate-close", side=Side.SELL), reduce_only=True)
+    await submit(bus, entry)
+    await wait_status(pool, entry.client_order_id, "PENDING_SUBMISSION")
+    await submit(bus, close)
+    await wait_status(pool, close.client_order_id, "PENDING_SUBMISSION")
+    await clear_faults(venue_url)
+
+    # The reconnect's preflight finds hedge mode: the entry approved during the outage is rejected
+    # with that reason instead of being sent; the reduce-only close still goes out and fills.
+    row = await wait_status(pool, entry.client_order_id, "REJECTED", timeout_s=40)
+    assert "preflight failed" in row["reason"] and "position_mode" in row["reason"], row["reason"]
+    await wait_status(pool, close.client_order_id, "FILLED", timeout_s=30)
+    value = await _preflight(system)
+    assert value is not None and value.trigger == "reconnect" and not value.ok
+    await asyncio.sleep(2.0)  # a few more polls: still never sent
+    state = await sim_state(venue_url)
+    sent = {order["client_order_id"] for order in state["orders"]}
+    assert entry.client_order_id not in sent, "an entry reached an account the preflight refused"
+    assert {opened.client_order_id, close.client_order_id} <= sent
+    assert (await order_row(pool, entry.client_order_id))["status"] == "REJECTED"
+    assert await _link_state(system) == "CONNECTED"
