@@ -226,7 +226,8 @@ async def test_user_event_when_market_order_of_someone_else_then_not_taken_for_a
     other = {"c": "web_x", "s": "BTCUSDT", "S": "SELL", "o": "MARKET", "q": "0.01", "i": 9, "X": "NEW", "z": "0"}
     await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": other})
     assert svc.ledger.orders["bwstop"].venue_order_id == 77
-    assert not svc.core.reconciled  # an unknown order: reconciliation adopts it
+    # Someone else's order is adopted as an order of its own (EXTERNAL), never booked on the stop.
+    assert "web_x" in svc.ledger.orders and svc.ledger.orders["web_x"].venue_order_id == 9
 
 
 def test_simulator_config_when_nothing_given_then_conditional_orders_only_as_algo_orders_like_binance() -> None:
