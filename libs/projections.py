@@ -14,7 +14,7 @@ free-text reasons of queued orders) are not compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -26,6 +26,7 @@ from libs import db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
 from libs.orders_model import OrderRecord, Position, record_from_command
+from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from proto.envelope import Message
@@ -408,35 +409,56 @@ async def _scratch_pool(dsn: str) -> asyncpg.Pool:
     return pool
 
 
-async def write(folded: Folded, projections: Projections, *, touched_only: bool = False) -> None:
+async def write(folded: Folded, projections: Projections, *, touched_only: bool = False) -> list[dict[str, str]]:
     """Write folded rows with the idempotent upserts.
+
+    A row Postgres refuses (a value it cannot store, `libs.store_errors`) is logged and skipped, so
+    it never keeps the rows after it from being written; an outage raises.
 
     Args:
         folded: the fold.
         projections: where to write.
         touched_only: only the orders and positions the fold's events changed (after a tail replay).
+
+    Returns:
+        The refused rows: `{"key": ..., "reason": ...}` each.
     """
+    rejected: list[dict[str, str]] = []
+
+    async def attempt(key: str, row: Awaitable[None]) -> None:
+        try:
+            await row
+        except Exception as exc:
+            if classify_write_error(exc) is not WriteFailure.BAD_ROW:
+                raise
+            rejected.append({"key": key, "reason": describe(exc, 500)})
+            _log.error("projection_row_rejected", key=key, reason=describe(exc, 300), action_taken="skipped")
+
     for coid, order in folded.orders.items():
         if touched_only and coid not in folded.touched:
             continue
-        await projections.upsert_order(order, folded.order_seq.get(coid, 0))
+        await attempt(f"order:{coid}", projections.upsert_order(order, folded.order_seq.get(coid, 0)))
     for fill in folded.fills:
         position, seq, ts_ns = folded.positions.get((fill.order.venue, fill.order.symbol), (Position(), 0, 0))
-        await projections.record_fill(
-            fill.order,
-            fill.trade_id,
-            fill.price,
-            fill.quantity,
-            fill.commission,
-            fill.ts_event_ns,
-            position,
-            ts_ns,
-            seq,
+        await attempt(
+            f"fill:{fill.order.client_order_id}:{fill.trade_id}",
+            projections.record_fill(
+                fill.order,
+                fill.trade_id,
+                fill.price,
+                fill.quantity,
+                fill.commission,
+                fill.ts_event_ns,
+                position,
+                ts_ns,
+                seq,
+            ),
         )
     for (venue, symbol), (position, seq, ts_ns) in folded.positions.items():
         if touched_only and (venue, symbol) not in folded.touched_positions:
             continue
-        await projections.upsert_position(venue, symbol, position, ts_ns, seq)
+        await attempt(f"position:{venue}:{symbol}", projections.upsert_position(venue, symbol, position, ts_ns, seq))
+    return rejected
 
 
 async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
@@ -457,7 +479,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
     try:
         if apply:
             await db.migrate(pool)
-        await write(folded, Projections(pool))
+        rejected = await write(folded, Projections(pool))
     finally:
         await pool.close()
     result = {
@@ -467,6 +489,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
         "fills": len(folded.fills),
         "positions": len(folded.positions),
         "orphan_events": folded.orphans[:50],
+        "rejected_rows": rejected[:50],
     }
     _log.info(
         "projections_rebuilt",
@@ -476,6 +499,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
         fills=len(folded.fills),
         positions=len(folded.positions),
         orphan_events=len(folded.orphans),
+        rejected_rows=len(rejected),
     )
     return result
 
