@@ -34,13 +34,27 @@ from proto.messages import (
     OrderAccepted,
     OrderApproved,
     OrderCanceled,
+    OrderCancelRequested,
     OrderDenied,
     OrderFilled,
+    OrderQueued,
     OrderRejected,
     OrderStatusUnknown,
     OrderSubmitted,
     PositionChanged,
 )
+
+ORDER_EVENTS: tuple[type[Message], ...] = (
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderCanceled,
+    OrderCancelRequested,
+    OrderQueued,
+    OrderStatusUnknown,
+    OrderFilled,
+)
+"""The events about one order after its approval (an event without the approval is an orphan)."""
 
 _UPSERT_ORDER = """
 INSERT INTO orders (client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity,
@@ -233,22 +247,6 @@ SCRATCH_SCHEMA = "projections_rebuild"
 TABLES = ("orders", "fills", "positions")
 _log = get_logger("projections")
 
-S = OrderStatus
-_RANK: dict[OrderStatus, int] = {
-    S.PENDING_SUBMISSION: 0,
-    S.SUBMITTED: 1,
-    S.UNKNOWN: 1,
-    S.NEW: 2,
-    S.PENDING_CANCEL: 3,
-    S.PARTIALLY_FILLED: 3,
-}
-"""How far along an order is; terminal statuses rank above all (absent here). Events only move it forward."""
-_TERMINAL_RANK = 9
-
-
-def _rank(status: OrderStatus) -> int:
-    return _RANK.get(status, _TERMINAL_RANK)
-
 
 @dataclass(frozen=True)
 class FillRow:
@@ -277,12 +275,6 @@ class Folded:
     touched_positions: set[tuple[str, str]] = field(default_factory=set)
 
 
-def _advance(order: OrderRecord, status: OrderStatus, ts_ns: int) -> None:
-    if _rank(status) >= _rank(order.status) and order.status not in (S.FILLED,):
-        order.status = status
-    order.updated_ns = max(order.updated_ns, ts_ns)
-
-
 def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = None) -> Folded:
     """Fold ORDERS events, in stream order, into projection rows (idempotent: re-applied events
     change nothing).
@@ -303,7 +295,6 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                     out.orders[coid] = record_from_command(command, message.ts_event_ns)
                 if isinstance(message, OrderDenied):
                     out.orders[coid].reason = message.reason
-                    _advance(out.orders[coid], S.DENIED, message.ts_event_ns)
             case PositionChanged(venue=venue, symbol=symbol):
                 position = Position(message.quantity, message.average_entry_price, message.realized_pnl)
                 previous = out.positions.get((venue, symbol))
@@ -311,37 +302,17 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                     out.positions[(venue, symbol)] = (position, seq, message.ts_event_ns)
                     out.touched_positions.add((venue, symbol))
                 continue
-            case (
-                OrderSubmitted()
-                | OrderAccepted()
-                | OrderRejected()
-                | OrderCanceled()
-                | OrderStatusUnknown()
-                | OrderFilled()
-            ) if coid not in out.orders:
+            case _ if isinstance(message, ORDER_EVENTS) and coid not in out.orders:
                 out.orphans.append(f"{type(message).__name__} {coid} (seq {seq})")
                 continue
-            case OrderSubmitted():
-                _advance(out.orders[message.client_order_id], S.SUBMITTED, message.ts_event_ns)
             case OrderAccepted():
                 order = out.orders[message.client_order_id]
                 order.venue_order_id = message.venue_order_id or order.venue_order_id
-                _advance(order, message.status, message.ts_event_ns)
-            case OrderRejected():
-                order = out.orders[message.client_order_id]
-                order.reason = message.reason
-                _advance(order, S.REJECTED, message.ts_event_ns)
+            case OrderRejected() | OrderStatusUnknown() | OrderQueued():
+                out.orders[message.client_order_id].reason = message.reason
             case OrderCanceled():
                 order = out.orders[message.client_order_id]
-                # The position service reports a venue expiry as a cancel whose reason says so.
-                expired = message.reason.lower() in ("expired", "expired_in_match")
                 order.reason = message.reason or order.reason
-                if order.status != S.FILLED:
-                    _advance(order, S.EXPIRED if expired else S.CANCELED, message.ts_event_ns)
-            case OrderStatusUnknown():
-                order = out.orders[message.client_order_id]
-                order.reason = message.reason
-                _advance(order, S.UNKNOWN, message.ts_event_ns)
             case OrderFilled():
                 order = out.orders[message.client_order_id]
                 order.venue_order_id = message.venue_order_id or order.venue_order_id
@@ -356,12 +327,13 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                             message.ts_event_ns,
                         )
                     )
-                if _rank(order.status) < _TERMINAL_RANK or order.status == S.PARTIALLY_FILLED:
-                    status = S.FILLED if order.filled_quantity >= order.quantity else S.PARTIALLY_FILLED
-                    _advance(order, status, message.ts_event_ns)
+            case OrderSubmitted() | OrderCancelRequested():
+                pass
             case _:
                 continue  # commands and anything else on the stream: not a projection row
         if coid is not None:
+            # The status: the live state machine's step for what the event records (`libs.orders_model`).
+            out.orders[coid].apply_event(message, message.ts_event_ns)
             out.order_seq[coid] = max(seq, out.order_seq.get(coid, 0))
             out.touched.add(coid)
     return out

@@ -172,6 +172,19 @@ class Core:
             self.snapshot_policy.record()
         return seq
 
+    async def publish_status(
+        self, order: OrderRecord, event: str, kind: type[Message], reason: str | None = None, **fields: Any
+    ) -> int:
+        """Publish a status change no other event records (a cancel requested, an order queued, an
+        order open again after a cancel that did not take), so a replay of the log folds the status
+        held here (`libs.orders_model.event_trigger`). De-duplicated per order and per newest event
+        of it: a retry publishes once, a later change of the same kind again."""
+        coid = order.client_order_id
+        named = {"reason": reason} if reason is not None else {}
+        message = kind(client_order_id=coid, symbol=order.symbol, **named, **fields)
+        msg_id = f"{event}:{coid}:{self.ledger.order_seq.get(coid, 0)}"
+        return await self.publish(self.order_subject(event, order), message, msg_id, coid)
+
     def order_subject(self, event: str, order: OrderRecord) -> str:
         """`evt.order.<event>.<venue>.<symbol>` of an order."""
         return subjects.evt_order(event, order.venue, order.symbol)

@@ -37,6 +37,7 @@ from proto.messages import (
     DeadLettered,
     OrderApproved,
     OrderDenied,
+    OrderQueued,
     OrderRejected,
     OrderStatusUnknown,
     OrderSubmitted,
@@ -202,9 +203,12 @@ class Submission:
 
     async def queue(self, order: OrderRecord, reason: str) -> None:
         """Keep an order PENDING_SUBMISSION (durable in the projection) until it may be sent."""
+        previous = (order.status, order.reason)
         if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
             self.core.transition(order, OrderTrigger.NOT_SENT)
         order.reason = reason
+        if (order.status, order.reason) != previous:
+            await self.core.publish_status(order, "queued", OrderQueued, reason)
         await self.core.save(order)
         self.core.log.warning("order_queued", client_order_id=order.client_order_id, reason=reason)
 
@@ -292,7 +296,10 @@ class Submission:
         await core.guard()
         core.transition(order, OrderTrigger.SUBMIT)
         submitted = OrderSubmitted(client_order_id=coid, symbol=order.symbol, venue=order.venue)
-        await core.publish(core.order_subject("submitted", order), submitted, f"submitted:{coid}", coid)
+        # Per newest event of the order: a retry publishes once, a send after the order was queued
+        # back is on the log again (the replay then folds SUBMITTED, as here).
+        sent = f"submitted:{coid}:{core.ledger.order_seq.get(coid, 0)}"
+        await core.publish(core.order_subject("submitted", order), submitted, sent, coid)
         await core.save(order)
         try:
             answer = await core.client.place_order(**order_params(order))
