@@ -29,6 +29,18 @@ from proto.messages import (
 
 S = OrderStatus
 
+ORDER_EVENTS: tuple[type[Message], ...] = (
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderCanceled,
+    OrderCancelRequested,
+    OrderQueued,
+    OrderStatusUnknown,
+    OrderFilled,
+)
+"""The events about one order after its approval (`event_trigger` maps each to its trigger)."""
+
 
 class OrderTrigger(StrEnum):
     """What happens to an order (local decision or venue answer)."""

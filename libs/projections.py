@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 from libs import db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
-from libs.orders_model import OrderRecord, Position, record_from_command
+from libs.orders_model import ORDER_EVENTS, OrderRecord, Position, record_from_command
 from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
@@ -34,27 +34,13 @@ from proto.messages import (
     OrderAccepted,
     OrderApproved,
     OrderCanceled,
-    OrderCancelRequested,
     OrderDenied,
     OrderFilled,
     OrderQueued,
     OrderRejected,
     OrderStatusUnknown,
-    OrderSubmitted,
     PositionChanged,
 )
-
-ORDER_EVENTS: tuple[type[Message], ...] = (
-    OrderSubmitted,
-    OrderAccepted,
-    OrderRejected,
-    OrderCanceled,
-    OrderCancelRequested,
-    OrderQueued,
-    OrderStatusUnknown,
-    OrderFilled,
-)
-"""The events about one order after its approval (an event without the approval is an orphan)."""
 
 _UPSERT_ORDER = """
 INSERT INTO orders (client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity,
@@ -327,8 +313,8 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                             message.ts_event_ns,
                         )
                     )
-            case OrderSubmitted() | OrderCancelRequested():
-                pass
+            case _ if isinstance(message, ORDER_EVENTS):
+                pass  # submitted, cancel requested: the status step only
             case _:
                 continue  # commands and anything else on the stream: not a projection row
         if coid is not None:
