@@ -351,6 +351,8 @@ def parse_line(line: str, *, default_symbol: str | None = None) -> Record | None
         payload = _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise RecordingError(f"invalid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RecordingError("JSON nested too deep") from exc
     if not isinstance(payload, dict):
         raise RecordingError("payload is not an object")
     try:
