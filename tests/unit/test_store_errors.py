@@ -6,6 +6,7 @@ retried one by one so a bad row never holds back the good ones behind it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import nats.errors
@@ -15,6 +16,8 @@ from libs.deferred_writes import DeferredWrites
 from libs.errors import DependencyUnavailable, PermanentError, TransientError
 from libs.logging import get_logger
 from libs.store_errors import WriteFailure, classify_write_error, describe
+from tests.unit.test_position_retention import RETENTION, S, approved_at, filling_venue
+from tests.unit.test_position_venue_link import DELIVERY, FakeBus, FakeProjections, service
 
 F = WriteFailure
 exc = asyncpg.exceptions
@@ -191,3 +194,38 @@ async def test_flush_when_dead_letter_queue_unreachable_then_row_kept_and_tried_
     await rows.flush()
 
     assert [key for key, _, _ in letters.letters] == ["order:bad"] and len(rows) == 0
+
+
+# ---------------------------------------------------------------------- a consumer's lookup
+
+
+class RefusingProjections(FakeProjections):
+    """Postgres refuses the lookup itself (as it refuses a NUL in a text parameter)."""
+
+    async def find_order(self, client_order_id: str) -> Any:
+        raise exc.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
+
+
+@pytest.mark.parametrize(
+    ("projections", "raised"),
+    [(RefusingProjections, PermanentError), (FakeProjections, DependencyUnavailable)],
+)
+async def test_old_approval_when_lookup_fails_then_bad_id_dead_lettered_outage_waited(
+    projections: type[FakeProjections], raised: type[Exception]
+) -> None:
+    venue, bus, store = filling_venue(), FakeBus(), projections()
+    svc = service(venue, bus, store)
+    svc.core.retention = RETENTION
+    message = approved_at("old", svc.core.clock())
+    await svc.on_approved(message, DELIVERY)
+    svc.core.clock.now += 120 * S  # type: ignore[attr-defined]
+    svc.integrity.trim()
+    store.down = True  # FakeProjections: an outage (OSError); RefusingProjections refuses anyway
+
+    with pytest.raises(raised) as caught:
+        await svc.on_approved(message, DELIVERY)
+
+    assert classify_write_error(caught.value) is (
+        WriteFailure.BAD_ROW if raised is PermanentError else WriteFailure.DEPENDENCY_DOWN
+    )
+    assert venue.calls.count("place_order") == 1  # never sent twice
