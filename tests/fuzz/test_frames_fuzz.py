@@ -39,11 +39,12 @@ from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.recordings import RecordingError, ReferenceBook, parse_line, rebuild_book
 from proto import codec
-from proto.messages import BookResyncStarted, BookSnapshot, DepthDiff, Trade
+from proto.messages import BookResyncStarted, Trade
 from services.market_data import frames
 from services.market_data.frames import BadFrame, MarketKind
 from services.market_data.handlers import MarketDataService
 from tests.conftest import DATA_DIR
+from tests.unit.test_book_sync import book_from
 
 VENUE = "binance-usdm"
 SYMBOL = "BTCUSDT"
@@ -226,15 +227,7 @@ def start(snapshot: dict, now_ns: int) -> Run:
 
 def book_of(published: list[tuple[str, Any, str | None]]) -> ReferenceBook:
     """What a consumer of the published snapshot and diffs holds."""
-    book = ReferenceBook(SYMBOL)
-    for _, message, _ in published:
-        if isinstance(message, BookSnapshot):
-            book = ReferenceBook(SYMBOL, message.last_update_id)
-            book.apply(message.bids, message.asks)
-        elif isinstance(message, DepthDiff):
-            book.apply(message.bids, message.asks)
-            book.last_update_id = message.final_update_id
-    return book
+    return book_from([message for _, message, _ in published], SYMBOL)
 
 
 def frame_text(stream: str, data: Any) -> str:
