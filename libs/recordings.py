@@ -181,8 +181,8 @@ def receive_time_ns(raw: str) -> int:
     if "." in text or "e" in text.lower():
         try:
             return int(Decimal(text) * 1_000_000_000)
-        except InvalidOperation as exc:
-            raise RecordingError(f"bad timestamp {raw!r}") from exc
+        except (ArithmeticError, ValueError) as exc:  # not a number, NaN, Infinity, an exponent too large
+            raise RecordingError(f"bad timestamp {raw[:80]!r}") from exc
     try:
         value = int(text)
     except ValueError as exc:

@@ -524,3 +524,11 @@ def test_recording_when_lines_mutated_then_loader_raises_only_its_error_and_book
     mutations: list[tuple[int, Callable[[str], str]]],
 ) -> None:
     check_recording(recorded(), mutations)
+
+
+@pytest.mark.parametrize("head", ["1e1000000", "nan", "-inf", "1e", "x"])
+def test_loader_when_receive_time_not_a_time_then_recording_error(head: str) -> None:
+    """Found by the long run: a receive time of `1e1000000` overflowed inside the loader."""
+    line = head + ' {"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"1"}}'
+    with pytest.raises(RecordingError):
+        parse_line(line)
