@@ -46,6 +46,7 @@ from opentelemetry import propagate
 from libs.errors import PermanentError
 from libs.logging import Logger, get_logger
 from libs.retry import recoverable_until_reachable
+from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import AlertSeverity
@@ -58,6 +59,8 @@ M = TypeVar("M", bound=Message)
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_TYPE = "Bulwark-Type"
 DEFAULT_MAX_DELIVER = 5
+DEPENDENCY_WAIT_MAX_S = 5.0
+"""Longest pause of a consumer waiting for a dependency (it retries the same message after it)."""
 OUTBOX_LIMIT = 1000
 """SPEC FM-C6: at most this many outgoing messages are buffered while the bus is down."""
 PUBLISH_MANY_TIMEOUT_S = 5.0
@@ -631,11 +634,18 @@ class Bus:
                 await asyncio.sleep(1.0)
                 size = batch
                 continue
-            for msg in msgs:
-                await self._deliver(msg, durable, handler, max_deliver)
+            for index, msg in enumerate(msgs):
+                await self._deliver(msg, durable, handler, max_deliver, msgs[index + 1 :])
             size = drain_size(batch, msgs[-1]) if msgs else batch
 
-    async def _deliver(self, msg: Msg, durable: str, handler: Handler, max_deliver: int) -> None:
+    async def _deliver(
+        self, msg: Msg, durable: str, handler: Handler, max_deliver: int, behind: Sequence[Msg] = ()
+    ) -> None:
+        """Run `handler` on one message: ack after it; by what a failure means (`libs.store_errors`):
+        a bad message is dead-lettered at once, a dependency down is waited for with this message
+        retried first (order kept, never dead-lettered for an outage), anything else is naked with
+        a delay and dead-lettered after `max_deliver` deliveries. `behind`: the rest of the fetched
+        batch, kept from redelivery while this message waits."""
         meta = msg.metadata
         delivery = Delivery(
             subject=msg.subject,
@@ -653,35 +663,68 @@ class Bus:
         from opentelemetry import context as otel_context
 
         token = otel_context.attach(ctx)
+        waits = 0
         try:
-            await handler(message, delivery)
-        except asyncio.CancelledError:
-            raise
-        except PermanentError as exc:
-            self.log.error("handler_permanent_error", durable=durable, subject=msg.subject, error=str(exc))
-            await self._dead_letter(msg, durable, f"permanent: {exc}", delivery)
-            return
-        except Exception as exc:
-            if delivery.num_delivered >= max_deliver:
-                self.log.exception("handler_failed_final", exc, durable=durable, subject=msg.subject)
-                await self._dead_letter(msg, durable, f"{type(exc).__name__}: {exc}", delivery)
-            else:
-                delay = min(0.2 * 2 ** (delivery.num_delivered - 1), 5.0)
-                self.log.warning(
-                    "handler_failed",
-                    durable=durable,
-                    subject=msg.subject,
-                    error=f"{type(exc).__name__}: {exc}",
-                    deliveries=delivery.num_delivered,
-                    action_taken=f"nak delay {delay:.1f}s",
-                )
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=delay)
-            return
+            while True:
+                try:
+                    await handler(message, delivery)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failure = classify_write_error(exc)
+                    if failure is WriteFailure.DEPENDENCY_DOWN:
+                        waits += 1
+                        await self._wait_for_dependency(msg, behind, durable, exc, waits)
+                        continue
+                    if failure is WriteFailure.BAD_ROW:
+                        self.log.error(
+                            "handler_permanent_error", durable=durable, subject=msg.subject, error=describe(exc, 500)
+                        )
+                        await self._dead_letter(msg, durable, f"permanent: {describe(exc)}", delivery)
+                        return
+                    if delivery.num_delivered >= max_deliver:
+                        self.log.exception("handler_failed_final", exc, durable=durable, subject=msg.subject)
+                        await self._dead_letter(msg, durable, describe(exc), delivery)
+                    else:
+                        delay = min(0.2 * 2 ** (delivery.num_delivered - 1), 5.0)
+                        self.log.warning(
+                            "handler_failed",
+                            durable=durable,
+                            subject=msg.subject,
+                            error=f"{type(exc).__name__}: {exc}",
+                            deliveries=delivery.num_delivered,
+                            action_taken=f"nak delay {delay:.1f}s",
+                        )
+                        with contextlib.suppress(Exception):
+                            await msg.nak(delay=delay)
+                    return
         finally:
             otel_context.detach(token)
+        if waits:
+            self.log.info("consumer_dependency_back", durable=durable, subject=msg.subject, waited_rounds=waits)
         with contextlib.suppress(Exception):
             await msg.ack()
+
+    async def _wait_for_dependency(
+        self, msg: Msg, behind: Sequence[Msg], durable: str, exc: BaseException, waits: int
+    ) -> None:
+        """One wait of a consumer whose handler found a dependency down: the message and the rest of
+        its batch stay ours (in progress), then the same message is tried again."""
+        delay = min(0.2 * 2 ** min(waits - 1, 10), DEPENDENCY_WAIT_MAX_S)
+        if waits == 1 or waits % 20 == 0:
+            self.log.warning(
+                "consumer_waiting_for_dependency",
+                durable=durable,
+                subject=msg.subject,
+                error=describe(exc, 300),
+                waits=waits,
+                action_taken=f"same message again in {delay:.1f}s; the ones behind it wait (order kept)",
+            )
+        for pending in (msg, *behind):
+            with contextlib.suppress(Exception):
+                await pending.in_progress()
+        await asyncio.sleep(delay)
 
     async def _dead_letter(self, msg: Msg, durable: str, reason: str, delivery: Delivery) -> None:
         letter = DeadLettered(

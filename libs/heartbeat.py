@@ -41,19 +41,29 @@ class ComponentView:
         return {"state": self.state.value, "pid": self.pid, "last_heartbeat_age_ms": self.last_heartbeat_age_ms}
 
 
+FORGET_AFTER_NS = 24 * 3600 * 1_000_000_000
+"""How long an unexpected component (a strategy instance removed, a stray name) stays listed DOWN."""
+
+
 @dataclass
 class HeartbeatTracker:
     """Last heartbeat of every component, by receive time (ns)."""
 
     timeout_ns: int = 3_000_000_000
     expected: tuple[str, ...] = ()
+    forget_after_ns: int = FORGET_AFTER_NS
+    """A component that is not expected and silent this long is forgotten (its name no longer
+    listed): names come from the bus, and the tracker must not grow with every one ever heard."""
     _last: dict[str, tuple[Heartbeat, int]] = field(default_factory=dict)
 
     def record(self, heartbeat: Heartbeat, received_ns: int) -> None:
         self._last[heartbeat.component] = (heartbeat, received_ns)
 
     def view(self, now_ns: int) -> dict[str, ComponentView]:
-        """Every expected or seen component with its state as of `now_ns`."""
+        """Every expected or seen component with its state as of `now_ns` (see `forget_after_ns`)."""
+        for name, (_, received_ns) in list(self._last.items()):
+            if name not in self.expected and now_ns - received_ns > self.forget_after_ns:
+                del self._last[name]
         names = list(dict.fromkeys([*self.expected, *self._last]))
         views: dict[str, ComponentView] = {}
         for name in names:

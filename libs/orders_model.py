@@ -13,9 +13,33 @@ from enum import StrEnum
 
 from libs.fsm import IllegalTransition, next_state
 from proto.enums import TERMINAL_ORDER_STATUSES, OrderSource, OrderStatus, OrderType, Side
-from proto.messages import SubmitOrder
+from proto.envelope import Message
+from proto.messages import (
+    OrderAccepted,
+    OrderCanceled,
+    OrderCancelRequested,
+    OrderDenied,
+    OrderFilled,
+    OrderQueued,
+    OrderRejected,
+    OrderStatusUnknown,
+    OrderSubmitted,
+    SubmitOrder,
+)
 
 S = OrderStatus
+
+ORDER_EVENTS: tuple[type[Message], ...] = (
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderCanceled,
+    OrderCancelRequested,
+    OrderQueued,
+    OrderStatusUnknown,
+    OrderFilled,
+)
+"""The events about one order after its approval (`event_trigger` maps each to its trigger)."""
 
 
 class OrderTrigger(StrEnum):
@@ -114,6 +138,54 @@ def venue_trigger(venue_status: str) -> OrderTrigger:
     return VENUE_STATUS_TRIGGERS.get(venue_status, OrderTrigger.AMBIGUOUS)
 
 
+def venue_answer_trigger(order: OrderRecord, venue_status: str, executed: Decimal) -> OrderTrigger:
+    """The trigger of a venue's answer about an order (its status and executed quantity), with the
+    order's fills booked so far: FILLED counts only once every trade of it is booked (until then the
+    order is partially filled), and an open order with fills is partially filled."""
+    trigger = venue_trigger(venue_status)
+    if trigger == OrderTrigger.FILL and order.filled_quantity < executed:
+        return OrderTrigger.PARTIAL_FILL  # the trades are not all visible yet; the poll finishes it
+    if trigger == OrderTrigger.ACCEPT and order.filled_quantity > 0:
+        return OrderTrigger.PARTIAL_FILL
+    return trigger
+
+
+EXPIRY_REASONS = frozenset({"expired", "expired_in_match"})
+"""The position service reports a venue expiry as an `OrderCanceled` whose reason is one of these."""
+
+
+def event_trigger(order: OrderRecord, event: Message) -> OrderTrigger | None:
+    """The trigger an ORDERS event records for its order, given the order as folded so far (an
+    `OrderFilled` already booked): the position service publishes one event for every status change
+    it makes, so folding the events through `ORDER_TRANSITIONS` gives the status it holds live.
+
+    Returns:
+        None for an event that changes no status (an approval, a position).
+    """
+    match event:
+        case OrderDenied():
+            return OrderTrigger.DENY
+        case OrderSubmitted():
+            return OrderTrigger.SUBMIT
+        case OrderQueued():
+            return OrderTrigger.NOT_SENT
+        case OrderStatusUnknown():
+            return OrderTrigger.AMBIGUOUS
+        case OrderAccepted(status=status):
+            # Published before the order's trades are booked: a FILLED answer executed it all.
+            executed = order.quantity if status == S.FILLED else order.filled_quantity
+            return venue_answer_trigger(order, status.value, executed)
+        case OrderRejected():
+            return OrderTrigger.REJECT
+        case OrderCancelRequested():
+            return OrderTrigger.REQUEST_CANCEL
+        case OrderCanceled(reason=reason):
+            return OrderTrigger.EXPIRE if reason.lower() in EXPIRY_REASONS else OrderTrigger.CANCEL
+        case OrderFilled():
+            return OrderTrigger.FILL if order.filled_quantity >= order.quantity else OrderTrigger.PARTIAL_FILL
+    return None
+
+
 def is_terminal(status: OrderStatus) -> bool:
     """True for FILLED, CANCELED, REJECTED, EXPIRED and DENIED."""
     return status in TERMINAL_ORDER_STATUSES
@@ -152,6 +224,24 @@ class OrderRecord:
         self.status = next_order_status(self.status, trigger)
         self.updated_ns = ts_ns
         return self.status
+
+    def apply_event(self, event: Message, ts_ns: int) -> bool:
+        """Apply what an ORDERS event records (`event_trigger`) through the state machine, as the
+        live service did when it published it. A trigger the current status does not allow (a stale
+        or repeated event) leaves the status as it is, as live.
+
+        Returns:
+            False when the event's trigger was not allowed.
+        """
+        self.updated_ns = max(self.updated_ns, ts_ns)
+        trigger = event_trigger(self, event)
+        if trigger is None:
+            return True
+        try:
+            self.status = next_order_status(self.status, trigger)
+        except IllegalOrderTransition:
+            return False
+        return True
 
     def add_fill(self, trade_id: int, quantity: Decimal, price: Decimal) -> bool:
         """Record one execution (idempotent per trade id); returns False for a repeat."""

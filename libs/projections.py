@@ -14,7 +14,7 @@ free-text reasons of queued orders) are not compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,8 @@ from nats.js.errors import NotFoundError
 from libs import db
 from libs.bus import Bus, Delivery
 from libs.logging import get_logger
-from libs.orders_model import OrderRecord, Position, record_from_command
+from libs.orders_model import ORDER_EVENTS, OrderRecord, Position, record_from_command
+from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.enums import OrderSource, OrderStatus, OrderType, Side
 from proto.envelope import Message
@@ -35,9 +36,9 @@ from proto.messages import (
     OrderCanceled,
     OrderDenied,
     OrderFilled,
+    OrderQueued,
     OrderRejected,
     OrderStatusUnknown,
-    OrderSubmitted,
     PositionChanged,
 )
 
@@ -232,22 +233,6 @@ SCRATCH_SCHEMA = "projections_rebuild"
 TABLES = ("orders", "fills", "positions")
 _log = get_logger("projections")
 
-S = OrderStatus
-_RANK: dict[OrderStatus, int] = {
-    S.PENDING_SUBMISSION: 0,
-    S.SUBMITTED: 1,
-    S.UNKNOWN: 1,
-    S.NEW: 2,
-    S.PENDING_CANCEL: 3,
-    S.PARTIALLY_FILLED: 3,
-}
-"""How far along an order is; terminal statuses rank above all (absent here). Events only move it forward."""
-_TERMINAL_RANK = 9
-
-
-def _rank(status: OrderStatus) -> int:
-    return _RANK.get(status, _TERMINAL_RANK)
-
 
 @dataclass(frozen=True)
 class FillRow:
@@ -276,12 +261,6 @@ class Folded:
     touched_positions: set[tuple[str, str]] = field(default_factory=set)
 
 
-def _advance(order: OrderRecord, status: OrderStatus, ts_ns: int) -> None:
-    if _rank(status) >= _rank(order.status) and order.status not in (S.FILLED,):
-        order.status = status
-    order.updated_ns = max(order.updated_ns, ts_ns)
-
-
 def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = None) -> Folded:
     """Fold ORDERS events, in stream order, into projection rows (idempotent: re-applied events
     change nothing).
@@ -302,7 +281,6 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                     out.orders[coid] = record_from_command(command, message.ts_event_ns)
                 if isinstance(message, OrderDenied):
                     out.orders[coid].reason = message.reason
-                    _advance(out.orders[coid], S.DENIED, message.ts_event_ns)
             case PositionChanged(venue=venue, symbol=symbol):
                 position = Position(message.quantity, message.average_entry_price, message.realized_pnl)
                 previous = out.positions.get((venue, symbol))
@@ -310,37 +288,17 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                     out.positions[(venue, symbol)] = (position, seq, message.ts_event_ns)
                     out.touched_positions.add((venue, symbol))
                 continue
-            case (
-                OrderSubmitted()
-                | OrderAccepted()
-                | OrderRejected()
-                | OrderCanceled()
-                | OrderStatusUnknown()
-                | OrderFilled()
-            ) if coid not in out.orders:
+            case _ if isinstance(message, ORDER_EVENTS) and coid not in out.orders:
                 out.orphans.append(f"{type(message).__name__} {coid} (seq {seq})")
                 continue
-            case OrderSubmitted():
-                _advance(out.orders[message.client_order_id], S.SUBMITTED, message.ts_event_ns)
             case OrderAccepted():
                 order = out.orders[message.client_order_id]
                 order.venue_order_id = message.venue_order_id or order.venue_order_id
-                _advance(order, message.status, message.ts_event_ns)
-            case OrderRejected():
-                order = out.orders[message.client_order_id]
-                order.reason = message.reason
-                _advance(order, S.REJECTED, message.ts_event_ns)
+            case OrderRejected() | OrderStatusUnknown() | OrderQueued():
+                out.orders[message.client_order_id].reason = message.reason
             case OrderCanceled():
                 order = out.orders[message.client_order_id]
-                # The position service reports a venue expiry as a cancel whose reason says so.
-                expired = message.reason.lower() in ("expired", "expired_in_match")
                 order.reason = message.reason or order.reason
-                if order.status != S.FILLED:
-                    _advance(order, S.EXPIRED if expired else S.CANCELED, message.ts_event_ns)
-            case OrderStatusUnknown():
-                order = out.orders[message.client_order_id]
-                order.reason = message.reason
-                _advance(order, S.UNKNOWN, message.ts_event_ns)
             case OrderFilled():
                 order = out.orders[message.client_order_id]
                 order.venue_order_id = message.venue_order_id or order.venue_order_id
@@ -355,12 +313,13 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
                             message.ts_event_ns,
                         )
                     )
-                if _rank(order.status) < _TERMINAL_RANK or order.status == S.PARTIALLY_FILLED:
-                    status = S.FILLED if order.filled_quantity >= order.quantity else S.PARTIALLY_FILLED
-                    _advance(order, status, message.ts_event_ns)
+            case _ if isinstance(message, ORDER_EVENTS):
+                pass  # submitted, cancel requested: the status step only
             case _:
                 continue  # commands and anything else on the stream: not a projection row
         if coid is not None:
+            # The status: the live state machine's step for what the event records (`libs.orders_model`).
+            out.orders[coid].apply_event(message, message.ts_event_ns)
             out.order_seq[coid] = max(seq, out.order_seq.get(coid, 0))
             out.touched.add(coid)
     return out
@@ -408,35 +367,56 @@ async def _scratch_pool(dsn: str) -> asyncpg.Pool:
     return pool
 
 
-async def write(folded: Folded, projections: Projections, *, touched_only: bool = False) -> None:
+async def write(folded: Folded, projections: Projections, *, touched_only: bool = False) -> list[dict[str, str]]:
     """Write folded rows with the idempotent upserts.
+
+    A row Postgres refuses (a value it cannot store, `libs.store_errors`) is logged and skipped, so
+    it never keeps the rows after it from being written; an outage raises.
 
     Args:
         folded: the fold.
         projections: where to write.
         touched_only: only the orders and positions the fold's events changed (after a tail replay).
+
+    Returns:
+        The refused rows: `{"key": ..., "reason": ...}` each.
     """
+    rejected: list[dict[str, str]] = []
+
+    async def attempt(key: str, row: Awaitable[None]) -> None:
+        try:
+            await row
+        except Exception as exc:
+            if classify_write_error(exc) is not WriteFailure.BAD_ROW:
+                raise
+            rejected.append({"key": key, "reason": describe(exc, 500)})
+            _log.error("projection_row_rejected", key=key, reason=describe(exc, 300), action_taken="skipped")
+
     for coid, order in folded.orders.items():
         if touched_only and coid not in folded.touched:
             continue
-        await projections.upsert_order(order, folded.order_seq.get(coid, 0))
+        await attempt(f"order:{coid}", projections.upsert_order(order, folded.order_seq.get(coid, 0)))
     for fill in folded.fills:
         position, seq, ts_ns = folded.positions.get((fill.order.venue, fill.order.symbol), (Position(), 0, 0))
-        await projections.record_fill(
-            fill.order,
-            fill.trade_id,
-            fill.price,
-            fill.quantity,
-            fill.commission,
-            fill.ts_event_ns,
-            position,
-            ts_ns,
-            seq,
+        await attempt(
+            f"fill:{fill.order.client_order_id}:{fill.trade_id}",
+            projections.record_fill(
+                fill.order,
+                fill.trade_id,
+                fill.price,
+                fill.quantity,
+                fill.commission,
+                fill.ts_event_ns,
+                position,
+                ts_ns,
+                seq,
+            ),
         )
     for (venue, symbol), (position, seq, ts_ns) in folded.positions.items():
         if touched_only and (venue, symbol) not in folded.touched_positions:
             continue
-        await projections.upsert_position(venue, symbol, position, ts_ns, seq)
+        await attempt(f"position:{venue}:{symbol}", projections.upsert_position(venue, symbol, position, ts_ns, seq))
+    return rejected
 
 
 async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
@@ -457,7 +437,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
     try:
         if apply:
             await db.migrate(pool)
-        await write(folded, Projections(pool))
+        rejected = await write(folded, Projections(pool))
     finally:
         await pool.close()
     result = {
@@ -467,6 +447,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
         "fills": len(folded.fills),
         "positions": len(folded.positions),
         "orphan_events": folded.orphans[:50],
+        "rejected_rows": rejected[:50],
     }
     _log.info(
         "projections_rebuilt",
@@ -476,6 +457,7 @@ async def rebuild(bus: Bus, dsn: str, *, apply: bool = False) -> dict[str, Any]:
         fills=len(folded.fills),
         positions=len(folded.positions),
         orphan_events=len(folded.orphans),
+        rejected_rows=len(rejected),
     )
     return result
 

@@ -187,8 +187,8 @@ def receive_time_ns(raw: str) -> int:
     if "." in text or "e" in text.lower():
         try:
             return int(Decimal(text) * 1_000_000_000)
-        except InvalidOperation as exc:
-            raise RecordingError(f"bad timestamp {raw!r}") from exc
+        except (ArithmeticError, ValueError) as exc:  # not a number, NaN, Infinity, an exponent too large
+            raise RecordingError(f"bad timestamp {raw[:80]!r}") from exc
     try:
         value = int(text)
     except ValueError as exc:
@@ -357,6 +357,8 @@ def parse_line(line: str, *, default_symbol: str | None = None) -> Record | None
         payload = _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise RecordingError(f"invalid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RecordingError("JSON nested too deep") from exc
     if not isinstance(payload, dict):
         raise RecordingError("payload is not an object")
     try:

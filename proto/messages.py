@@ -319,6 +319,23 @@ class OrderCanceled(Message, frozen=True, tag=True):
     reason: str = ""
 
 
+class OrderCancelRequested(Message, frozen=True, tag=True):
+    """position asked the venue to cancel the order (PENDING_CANCEL until the venue answers)."""
+
+    client_order_id: str
+    symbol: str
+    reason: str = ""
+
+
+class OrderQueued(Message, frozen=True, tag=True):
+    """position keeps the order PENDING_SUBMISSION until it may be sent (venue link down, not
+    reconciled, a request budget held back, or surely not sent after a placement failed)."""
+
+    client_order_id: str
+    symbol: str
+    reason: str
+
+
 class OrderStatusUnknown(Message, frozen=True, tag=True):
     """The venue's answer was ambiguous (timeout, 5xx); resolved only by a query, never a resend."""
 
@@ -533,6 +550,8 @@ AnyMessage = (
     | OrderAccepted
     | OrderRejected
     | OrderCanceled
+    | OrderCancelRequested
+    | OrderQueued
     | OrderStatusUnknown
     | OrderFilled
     | PositionChanged

@@ -422,6 +422,21 @@ def position_cancels_consumer(component: str) -> str:
     return f"{component}-cancels"
 
 
+def position_projections_writer(component: str) -> str:
+    """A position process's projection writer: the `consumer` of the rows it dead-letters (not a durable)."""
+    return f"{component}-projections"
+
+
+PROJECTION_ROW_PREFIX = "projection."
+"""The `subject` of a dead-lettered projection row (`projection.orders`, `.fills`): no stream stores it,
+the row is rebuilt from the ORDERS log once the value that Postgres refused is dealt with."""
+
+
+def projection_row(table: str) -> str:
+    """The `subject` of a dead-lettered row of projection table `table`."""
+    return f"{PROJECTION_ROW_PREFIX}{table}"
+
+
 def strategy_market_data_consumer(strategy: str) -> str:
     """A strategy instance's market data."""
     return f"strategy-{strategy}-md"

@@ -85,6 +85,8 @@ def parse_frame(text: str) -> StreamFrame:
         payload = _decoder.decode(text)
     except msgspec.DecodeError as exc:
         return StreamFrame(None, None, text, f"invalid JSON: {exc}")
+    except RecursionError:
+        return StreamFrame(None, None, text, "JSON nested too deep")
     if not isinstance(payload, dict) or not isinstance(payload.get("stream"), str) or "data" not in payload:
         return StreamFrame(None, None, text, "not a combined-stream frame")
     return StreamFrame(payload["stream"], payload["data"], text)

@@ -2,10 +2,16 @@
 
 Pure: every parser either returns a value or raises `BadFrame` (SPEC FM-D4: a malformed frame is
 counted and skipped, never fatal). `MarketKind` names the market whose shapes apply (USD-M or spot).
+
+Every value is bounded before it goes further (issue 15): decimals are finite, of at most
+`MAX_DIGITS` significant digits and an exponent within `MAX_ADJUSTED_EXPONENT` (so `1e1000000` or
+`1e-20000` never reach the books, the bus or Postgres), ids fit a signed 64-bit column, times in ms
+fit integer ns, symbols are short upper-case alphanumerics.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -15,10 +21,52 @@ from proto.enums import Side
 from proto.messages import Level, Liquidation, MarkPrice, OpenInterest, Trade
 
 _MS = 1_000_000
+INT64_MAX = 2**63 - 1
+MAX_TIME_MS = INT64_MAX // _MS
+"""The largest time in ms whose ns still fits a signed 64-bit integer (year 2262)."""
+MAX_DIGITS = 40
+MAX_ADJUSTED_EXPONENT = 30
+"""Decimals between 1e-30 and 1e30 in magnitude (or zero): far beyond any price or quantity."""
+MAX_NUMBER_TEXT = 64
+MAX_SYMBOL_CHARS = 32
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|-?\.[0-9]+([eE][-+]?[0-9]+)?")
+"""What the venue writes: no spaces, underscores, NaN or Infinity (which `Decimal()` would take)."""
 
 
 class BadFrame(ValueError):
     """A stream frame or REST answer that does not have the expected shape."""
+
+
+def bounded_decimal(raw: Any, what: str) -> Decimal:
+    """A decimal from a venue value (a string or a JSON number), within the bounds above.
+
+    Raises:
+        BadFrame: not a decimal, not finite, too long, too many digits or an exponent out of range.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise BadFrame(f"{what} is not a decimal")
+    text = str(raw)
+    if len(text) > MAX_NUMBER_TEXT:
+        raise BadFrame(f"{what} is too long ({len(text)} characters)")
+    if not _DECIMAL_TEXT.fullmatch(text):
+        raise BadFrame(f"{what} is not a decimal")
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:  # pragma: no cover - the pattern admits only decimals
+        raise BadFrame(f"{what} is not a decimal") from exc
+    if not value:
+        return Decimal(0)  # 0E-1000000 is zero; keep no exponent of it
+    if len(value.as_tuple().digits) > MAX_DIGITS or abs(value.adjusted()) > MAX_ADJUSTED_EXPONENT:
+        raise BadFrame(f"{what} is out of range")
+    return value
+
+
+def _symbol(data: dict[str, Any], key: str = "s") -> str:
+    """The upper-case symbol of a payload ("" when it names none)."""
+    raw = data.get(key, "")
+    if not isinstance(raw, str) or len(raw) > MAX_SYMBOL_CHARS or not (raw.isascii() and (raw.isalnum() or not raw)):
+        raise BadFrame(f"field {key!r} is not a symbol")
+    return raw.upper()
 
 
 def parse_levels(raw: Any) -> list[Level]:
@@ -32,13 +80,10 @@ def parse_levels(raw: Any) -> list[Level]:
     levels: list[Level] = []
     for entry in raw:
         if not isinstance(entry, list | tuple) or len(entry) < 2:
-            raise BadFrame(f"bad level {entry!r:.80}")
-        try:
-            price, qty = Decimal(str(entry[0])), Decimal(str(entry[1]))
-        except InvalidOperation as exc:
-            raise BadFrame(f"bad level {entry!r:.80}") from exc
-        if not price.is_finite() or not qty.is_finite() or price <= 0 or qty < 0:
-            raise BadFrame(f"bad level {entry!r:.80}")
+            raise BadFrame(f"bad level {_shown(entry)}")
+        price, qty = bounded_decimal(entry[0], "level price"), bounded_decimal(entry[1], "level quantity")
+        if price <= 0 or qty < 0:
+            raise BadFrame(f"bad level {_shown(entry)}")
         levels.append((price, qty))
     return levels
 
@@ -78,20 +123,46 @@ class DepthSnapshotData:
     event_time_ms: int = 0
 
 
-def _int(data: dict[str, Any], key: str) -> int:
+def _shown(value: Any) -> str:
+    """A value for a reason text: its repr, cut (never the whole of a huge or deep value)."""
+    try:
+        return repr(value)[:80]
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep>"
+
+
+def _int(data: dict[str, Any], key: str, maximum: int = INT64_MAX) -> int:
+    """A non-negative integer field, at most `maximum` (ids: a signed 64-bit column)."""
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadFrame(f"field {key!r} is not an integer")
+    if not 0 <= value <= maximum:
+        raise BadFrame(f"field {key!r} is out of range")
+    return value
+
+
+def _time_ms(data: dict[str, Any], key: str) -> int:
+    """A time in ms whose ns fits a signed 64-bit integer."""
+    return _int(data, key, MAX_TIME_MS)
+
+
+def _optional_time_ms(value: Any) -> int | None:
+    """An optional positive time in ms (None when absent, zero or not a usable integer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TIME_MS:
+        return None
     return value
 
 
 def _decimal(data: dict[str, Any], key: str) -> Decimal:
-    try:
-        value = Decimal(str(data[key]))
-    except (KeyError, InvalidOperation) as exc:
-        raise BadFrame(f"field {key!r} is missing or not a decimal") from exc
-    if not value.is_finite():
-        raise BadFrame(f"field {key!r} is not finite")
+    if key not in data:
+        raise BadFrame(f"field {key!r} is missing")
+    return bounded_decimal(data[key], f"field {key!r}")
+
+
+def _positive(data: dict[str, Any], key: str) -> Decimal:
+    value = _decimal(data, key)
+    if value <= 0:
+        raise BadFrame(f"field {key!r} is not positive")
     return value
 
 
@@ -110,11 +181,11 @@ def parse_depth_event(data: Any, market: MarketKind = MarketKind.USDM) -> DepthE
     data = _dict(data)
     first = _int(data, "U")
     event = DepthEvent(
-        symbol=str(data.get("s", "")).upper(),
+        symbol=_symbol(data),
         first_update_id=first,
         final_update_id=_int(data, "u"),
         prev_final_update_id=first - 1 if market == MarketKind.SPOT else _int(data, "pu"),
-        event_time_ms=_int(data, "E"),
+        event_time_ms=_time_ms(data, "E"),
         bids=parse_levels(data.get("b")),
         asks=parse_levels(data.get("a")),
     )
@@ -134,7 +205,7 @@ def parse_snapshot(data: Any) -> DepthSnapshotData:
         last_update_id=_int(data, "lastUpdateId"),
         bids=parse_levels(data.get("bids")),
         asks=parse_levels(data.get("asks")),
-        event_time_ms=int(data.get("E", 0) or 0),
+        event_time_ms=_optional_time_ms(data.get("E")) or 0,
     )
 
 
@@ -149,12 +220,12 @@ def trade_from_agg_trade(venue: str, data: Any, symbol: str | None = None) -> Tr
     data = _dict(data)
     return Trade(
         venue=venue,
-        symbol=symbol or str(data.get("s", "")).upper(),
+        symbol=symbol or _symbol(data),
         trade_id=_int(data, "a"),
-        price=_decimal(data, "p"),
-        quantity=_decimal(data, "q"),
+        price=_positive(data, "p"),
+        quantity=_positive(data, "q"),
         buyer_is_maker=bool(data.get("m", False)),
-        ts_event_ns=_int(data, "T") * _MS,
+        ts_event_ns=_time_ms(data, "T") * _MS,
     )
 
 
@@ -173,12 +244,12 @@ def trade_from_trade(venue: str, data: Any, symbol: str | None = None) -> Trade:
     buyer_is_maker = data.get("m", data.get("isBuyerMaker", False))
     return Trade(
         venue=venue,
-        symbol=symbol or str(data.get("s", "")).upper(),
+        symbol=symbol or _symbol(data),
         trade_id=_int(data, trade_id_key),
-        price=_decimal(data, "p" if "p" in data else "price"),
-        quantity=_decimal(data, "q" if "q" in data else "qty"),
+        price=_positive(data, "p" if "p" in data else "price"),
+        quantity=_positive(data, "q" if "q" in data else "qty"),
         buyer_is_maker=bool(buyer_is_maker),
-        ts_event_ns=_int(data, time_key) * _MS,
+        ts_event_ns=_time_ms(data, time_key) * _MS,
     )
 
 
@@ -189,15 +260,15 @@ def mark_from_update(venue: str, data: Any) -> MarkPrice:
         BadFrame: the payload is malformed.
     """
     data = _dict(data)
-    next_funding = data.get("T")
+    next_funding = _optional_time_ms(data.get("T"))
     return MarkPrice(
         venue=venue,
-        symbol=str(data.get("s", "")).upper(),
-        mark_price=_decimal(data, "p"),
-        index_price=_decimal(data, "i") if "i" in data else None,
+        symbol=_symbol(data),
+        mark_price=_positive(data, "p"),
+        index_price=_positive(data, "i") if "i" in data else None,
         funding_rate=_decimal(data, "r") if data.get("r") not in (None, "") else None,
-        next_funding_time_ns=next_funding * _MS if isinstance(next_funding, int) and next_funding > 0 else None,
-        ts_event_ns=_int(data, "E") * _MS,
+        next_funding_time_ns=next_funding * _MS if next_funding else None,
+        ts_event_ns=_time_ms(data, "E") * _MS,
     )
 
 
@@ -210,19 +281,17 @@ def mark_from_premium_index(venue: str, symbol: str, data: Any, received_ns: int
         BadFrame: the answer is malformed.
     """
     data = _dict(data)
-    mark = _decimal(data, "markPrice")
-    if mark <= 0:
-        raise BadFrame("mark price is not positive")
-    next_funding = data.get("nextFundingTime")
-    time_ms = data.get("time")
+    mark = _positive(data, "markPrice")
+    next_funding = _optional_time_ms(data.get("nextFundingTime"))
+    time_ms = _optional_time_ms(data.get("time"))
     return MarkPrice(
         venue=venue,
         symbol=symbol,
         mark_price=mark,
-        index_price=_decimal(data, "indexPrice") if "indexPrice" in data else None,
+        index_price=_positive(data, "indexPrice") if "indexPrice" in data else None,
         funding_rate=_decimal(data, "lastFundingRate") if data.get("lastFundingRate") not in (None, "") else None,
-        next_funding_time_ns=next_funding * _MS if isinstance(next_funding, int) and next_funding > 0 else None,
-        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else received_ns,
+        next_funding_time_ns=next_funding * _MS if next_funding else None,
+        ts_event_ns=time_ms * _MS if time_ms else received_ns,
     )
 
 
@@ -233,18 +302,23 @@ def liquidation_from_force_order(venue: str, data: Any) -> Liquidation:
         BadFrame: the payload is malformed.
     """
     order = _dict(_dict(data).get("o"))
-    try:
-        side = Side(str(order.get("S")))
-    except ValueError as exc:
-        raise BadFrame(f"bad side {order.get('S')!r}") from exc
+    side_text = order.get("S")
+    if side_text not in ("BUY", "SELL"):
+        raise BadFrame(f"bad side {_shown(side_text)}")
     average = _decimal(order, "ap") if "ap" in order else Decimal(0)
+    order_price = _decimal(order, "p")
+    if average < 0 or order_price < 0:
+        raise BadFrame("negative price")
+    price = average if average > 0 else order_price
+    if price <= 0:
+        raise BadFrame("no positive price")
     return Liquidation(
         venue=venue,
-        symbol=str(order.get("s", "")).upper(),
-        side=side,
-        price=average if average > 0 else _decimal(order, "p"),
-        quantity=_decimal(order, "q"),
-        ts_event_ns=_int(order, "T") * _MS if "T" in order else _int(_dict(data), "E") * _MS,
+        symbol=_symbol(order),
+        side=Side(side_text),
+        price=price,
+        quantity=_positive(order, "q"),
+        ts_event_ns=_time_ms(order, "T") * _MS if "T" in order else _time_ms(_dict(data), "E") * _MS,
     )
 
 
@@ -254,10 +328,7 @@ def price_from_ticker(data: Any) -> Decimal:
     Raises:
         BadFrame: the answer is malformed or the price not positive.
     """
-    price = _decimal(_dict(data), "price")
-    if price <= 0:
-        raise BadFrame("ticker price is not positive")
-    return price
+    return _positive(_dict(data), "price")
 
 
 def open_interest_from_rest(venue: str, symbol: str, data: Any, received_ns: int) -> OpenInterest:
@@ -270,10 +341,10 @@ def open_interest_from_rest(venue: str, symbol: str, data: Any, received_ns: int
     value = _decimal(data, "openInterest")
     if value < 0:
         raise BadFrame("negative open interest")
-    time_ms = data.get("time")
+    time_ms = _optional_time_ms(data.get("time"))
     return OpenInterest(
         venue=venue,
         symbol=symbol,
         open_interest=value,
-        ts_event_ns=time_ms * _MS if isinstance(time_ms, int) and time_ms > 0 else received_ns,
+        ts_event_ns=time_ms * _MS if time_ms else received_ns,
     )

@@ -33,6 +33,7 @@ from services.market_data.alerts import Alerts, KvPut
 from services.market_data.books import Books
 from services.market_data.clock_offset import ClockOffsetCheck, Request
 from services.market_data.frames import (
+    MAX_TIME_MS,
     BadFrame,
     MarketKind,
     liquidation_from_force_order,
@@ -342,8 +343,8 @@ class MarketDataService:
         if trade.symbol and trade.symbol != symbol:
             raise BadFrame(f"symbol {trade.symbol} on the {symbol} stream")
         event_ms = data.get("E", trade.ts_event_ns // _MS)
-        if not isinstance(event_ms, int):
-            raise BadFrame("field 'E' is not an integer")
+        if isinstance(event_ms, bool) or not isinstance(event_ms, int) or not 0 <= event_ms <= MAX_TIME_MS:
+            raise BadFrame("field 'E' is not a time in ms")
         ts_ns = await self._check_time(symbol, channel, event_ms)
         if ts_ns is None:
             return
@@ -363,4 +364,8 @@ class MarketDataService:
         await self.series.on_mark(symbol, mark)
 
     async def _on_force_order(self, symbol: str, data: Any) -> None:
-        await self.series.on_liquidation(liquidation_from_force_order(self.venue, data))
+        liquidation = liquidation_from_force_order(self.venue, data)
+        if liquidation.symbol != symbol:
+            # Its symbol names the subject it is published on: only the stream's own.
+            raise BadFrame(f"symbol {liquidation.symbol or '(none)'} on the {symbol} stream")
+        await self.series.on_liquidation(liquidation)

@@ -14,7 +14,7 @@ from libs.orders_model import OrderRecord, OrderTrigger, is_terminal
 from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.enums import OrderStatus
-from proto.messages import CancelOrder
+from proto.messages import CancelOrder, OrderCancelRequested
 
 from .adapters import covered_sequence
 from .core import Core
@@ -121,6 +121,7 @@ class Cancels:
         await core.guard()
         if order.status != OrderStatus.PENDING_CANCEL:
             core.transition(order, OrderTrigger.REQUEST_CANCEL)
+            await core.publish_status(order, "cancel_requested", OrderCancelRequested, reason)
             await core.save(order)
         try:
             answer = await core.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)

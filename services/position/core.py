@@ -18,7 +18,6 @@ from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
 from libs.orders_model import IllegalOrderTransition, OrderRecord, OrderTrigger, next_order_status
 from libs.projections import Projections
-from libs.service_snapshots import PG_ERRORS
 from libs.snapshot import SnapshotPolicy
 from libs.stamping import IdSource, Stamper
 from proto import subjects
@@ -30,6 +29,7 @@ from proto.messages import AlertRaised, AlertResolved, LinkStateChanged
 from .domain import CountdownPlanner, Retention
 from .ledger import Ledger
 from .preflight_gate import PreflightGate
+from .projection_writes import ProjectionWrites
 from .venue_port import VenuePort
 
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
@@ -107,10 +107,10 @@ class Core:
         self.flatten_key = ""
         self.protect_dirty: set[str] = set()
         """Symbols whose protective orders must be checked against their position again."""
-        self.deferred: dict[str, Callable[[], Awaitable[None]]] = {}
-        """Projection writes that failed while Postgres was down, in order (FM-C3)."""
         self.preflight_gate = PreflightGate()
         """Entries wait for the venue preflight of each connection of the order link (issue 18)."""
+        self.projection_writes = ProjectionWrites(bus, log, component, self._projection_row)
+        """Projection writes that failed, in order (FM-C3); refused rows go to the DLQ."""
 
     # ------------------------------------------------------------------ modes
 
@@ -190,6 +190,19 @@ class Core:
             self.snapshot_policy.record()
         return seq
 
+    async def publish_status(
+        self, order: OrderRecord, event: str, kind: type[Message], reason: str | None = None, **fields: Any
+    ) -> int:
+        """Publish a status change no other event records (a cancel requested, an order queued, an
+        order open again after a cancel that did not take), so a replay of the log folds the status
+        held here (`libs.orders_model.event_trigger`). De-duplicated per order and per newest event
+        of it: a retry publishes once, a later change of the same kind again."""
+        coid = order.client_order_id
+        named = {"reason": reason} if reason is not None else {}
+        message = self.stamp(kind, client_order_id=coid, symbol=order.symbol, **named, **fields)
+        msg_id = f"{event}:{coid}:{self.ledger.order_seq.get(coid, 0)}"
+        return await self.publish(self.order_subject(event, order), message, msg_id, coid)
+
     def order_subject(self, event: str, order: OrderRecord) -> str:
         """`evt.order.<event>.<venue>.<symbol>` of an order."""
         return subjects.evt_order(event, order.venue, order.symbol)
@@ -198,13 +211,16 @@ class Core:
         """Write the order's projection row; with Postgres down the write is deferred (FM-C3).
 
         The event log is the source of truth and the order is already on it: a projection outage
-        must not keep an order from the venue. Deferred rows are written by `flush_projections`.
+        must not keep an order from the venue. Deferred rows are written by `flush_projections`;
+        a row Postgres refuses is dead-lettered (`projection_writes`).
         """
-        self.ledger.changed.add(order.client_order_id)
-        try:
-            await self.projections.upsert_order(order, self.ledger.order_seq.get(order.client_order_id, 0))
-        except PG_ERRORS as exc:
-            self.defer(f"order:{order.client_order_id}", self._save_later(order.client_order_id), exc)
+        coid = order.client_order_id
+        self.ledger.changed.add(coid)
+
+        async def write_now() -> None:
+            await self.projections.upsert_order(order, self.ledger.order_seq.get(coid, 0))
+
+        await self.projection_writes.write(f"order:{coid}", write_now, self._save_later(coid))
 
     def _save_later(self, coid: str) -> Callable[[], Awaitable[None]]:
         async def write_row() -> None:
@@ -214,30 +230,19 @@ class Core:
 
         return write_row
 
+    def _projection_row(self, key: str) -> OrderRecord | None:
+        """The in-memory order behind a projection row key (`order:<coid>`, `fill:<coid>:<trade id>`)."""
+        parts = key.split(":")
+        return self.ledger.orders.get(parts[1]) if len(parts) > 1 else None
+
     def defer(self, key: str, write_row: Callable[[], Awaitable[None]], exc: BaseException) -> None:
         """Keep a projection write that failed for `flush_projections` (one per key, oldest first)."""
-        if not self.deferred:
-            self.log.warning(
-                "projection_write_deferred",
-                key=key,
-                error=f"{type(exc).__name__}: {exc}"[:200],
-                action_taken="trading continues on the event log; rows written when Postgres is back",
-            )
-        self.deferred.setdefault(key, write_row)
+        self.projection_writes.defer(key, write_row, exc)
 
     async def flush_projections(self) -> int:
-        """Write the projection rows deferred while Postgres was down, oldest first (0: none pending)."""
-        written = 0
-        for key in list(self.deferred):
-            try:
-                await self.deferred[key]()
-            except PG_ERRORS:
-                return written  # still down: the next round tries again
-            del self.deferred[key]
-            written += 1
-        if written:
-            self.log.info("projection_writes_caught_up", rows=written)
-        return written
+        """Write the deferred projection rows, oldest first; a refused row is dead-lettered, an
+        outage stops the round (0: none written)."""
+        return await self.projection_writes.flush()
 
     def allows(self, order: OrderRecord, trigger: OrderTrigger) -> OrderStatus | None:
         """The status `trigger` would move the order to now, or None when it is illegal (logged with

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from libs.orders_model import OrderRecord, OrderTrigger, apply_fill, venue_trigger
+from libs.orders_model import OrderRecord, OrderTrigger, apply_fill, venue_answer_trigger
 from libs.service_snapshots import PG_ERRORS
 from proto import subjects
 from proto.enums import AlertSeverity, OrderStatus
@@ -88,17 +88,18 @@ class Execution:
             await core.publish(core.order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
         if executed > order.filled_quantity:
             await self.sync_fills(order)
-        trigger = venue_trigger(venue_status)
-        if trigger == OrderTrigger.FILL and order.filled_quantity < executed:
-            trigger = OrderTrigger.PARTIAL_FILL  # the trades are not all visible yet; the poll finishes it
-        if trigger == OrderTrigger.ACCEPT and order.filled_quantity > 0:
-            trigger = OrderTrigger.PARTIAL_FILL
+        trigger = venue_answer_trigger(order, venue_status, executed)
         if trigger == OrderTrigger.AMBIGUOUS:
             core.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
             return
         target = core.allows(order, trigger)
         if target is None:
             return
+        if previous == OrderStatus.PENDING_CANCEL and target in (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED):
+            # The cancel did not take: the order is open again, and the log says so (the replay agrees).
+            await core.publish_status(
+                order, "accepted", OrderAccepted, venue_order_id=order.venue_order_id or 0, status=target
+            )
         if target == previous and trigger != OrderTrigger.FILL:
             await core.save(order)
             return

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncpg
 
-from libs.errors import TransientError
+from libs.errors import DependencyUnavailable, PermanentError, TransientError
 from libs.ids import client_order_id_for
 from libs.orders_model import OrderRecord
+from libs.store_errors import WriteFailure, classify_write_error, describe
 
 from .core import Core
 
@@ -47,7 +48,9 @@ class OrderLookup:
         the approval is retried later (nak), never sent blind.
 
         Raises:
-            TransientError: Postgres is down and memory cannot tell.
+            DependencyUnavailable: Postgres is down and memory cannot tell (the consumer waits).
+            PermanentError: Postgres refuses the lookup itself (a bad id): dead-lettered.
+            TransientError: another Postgres failure; retried a bounded number of times.
         """
         try:
             return await self.known_elsewhere(coid)
@@ -60,10 +63,18 @@ class OrderLookup:
                     action_taken="newer than every evicted order: never handled, handled now",
                 )
                 return None
-            raise TransientError(
+            # By what the error means (`libs.store_errors`): an outage is waited for (the consumer
+            # holds this approval, in order), a lookup Postgres refuses (a bad id) is dead-lettered.
+            failure = classify_write_error(exc)
+            if failure is WriteFailure.BAD_ROW:
+                raise PermanentError(f"{coid}: lookup refused by Postgres: {describe(exc, 300)}") from exc
+            message = (
                 f"{coid}: not in memory and Postgres is unavailable ({type(exc).__name__}); "
                 "whether it was already sent is unknown, retried later"
-            ) from exc
+            )
+            if failure is WriteFailure.DEPENDENCY_DOWN:
+                raise DependencyUnavailable("postgres", message) from exc
+            raise TransientError(message) from exc
 
     async def fresh_key(self, stem: str) -> str:
         """`<stem>:<n>` for the first n whose client order id is neither in memory nor in the

@@ -28,6 +28,21 @@ from .lookup import OrderLookup
 from .protection_levels import ProtectionLevels
 from .submission import Submission
 
+GIVEN_UP_KEPT = 1_000
+"""Stems of refused protective orders remembered (one per protected entry; bounded, issue 15)."""
+
+
+def newly_given_up(given_up: dict[str, None], stem: str, keep: int = GIVEN_UP_KEPT) -> bool:
+    """Remember that the venue keeps refusing the protective order `stem`; True the first time
+    (alert then). At most `keep` stems are remembered: the oldest is forgotten first (and alerted
+    again should the venue refuse it again)."""
+    if stem in given_up:
+        return False
+    given_up[stem] = None
+    while len(given_up) > keep:
+        del given_up[next(iter(given_up))]
+    return True
+
 
 class ProtectiveStops:
     """Keeps each protected position's stop and take-profit at the venue.
@@ -48,8 +63,8 @@ class ProtectiveStops:
         self.submission = submission
         self.cancels = cancels
         self.lookup = lookup
-        self.given_up: set[str] = set()
-        """Protective order stems the venue keeps refusing (alerted once)."""
+        self.given_up: dict[str, None] = {}
+        """Protective order stems the venue keeps refusing (alerted once), the newest `GIVEN_UP_KEPT`."""
 
     async def maintain(self, *, all_symbols: bool = False) -> None:
         """Keep each protected position's reduce-only stop and take-profit at the venue, sized to it.
@@ -93,8 +108,7 @@ class ProtectiveStops:
             if not await self._place_protective(item, key):
                 return  # closed at market instead; the rest follows the position at the next round
         for stem in plan.unavailable:
-            if stem not in self.given_up:
-                self.given_up.add(stem)
+            if newly_given_up(self.given_up, stem):
                 await self.core.alert(
                     f"protection-unavailable:{stem}",
                     AlertSeverity.P1,

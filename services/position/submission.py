@@ -39,6 +39,7 @@ from proto.messages import (
     DeadLettered,
     OrderApproved,
     OrderDenied,
+    OrderQueued,
     OrderStatusUnknown,
     OrderSubmitted,
     SubmitOrder,
@@ -219,9 +220,12 @@ class Submission:
 
     async def queue(self, order: OrderRecord, reason: str) -> None:
         """Keep an order PENDING_SUBMISSION (durable in the projection) until it may be sent."""
+        previous = (order.status, order.reason)
         if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
             self.core.transition(order, OrderTrigger.NOT_SENT)
         order.reason = reason
+        if (order.status, order.reason) != previous:
+            await self.core.publish_status(order, "queued", OrderQueued, reason)
         await self.core.save(order)
         self.core.log.warning("order_queued", client_order_id=order.client_order_id, reason=reason)
 
@@ -310,7 +314,10 @@ class Submission:
         await core.guard()
         core.allows(order, OrderTrigger.SUBMIT)  # logged when illegal; the placement decides what happened
         submitted = core.stamp(OrderSubmitted, client_order_id=coid, symbol=order.symbol, venue=order.venue)
-        await core.record(core.order_subject("submitted", order), submitted, f"submitted:{coid}", order)
+        # Per newest event of the order: a retry publishes once, a send after the order was queued
+        # back is on the log again (the replay then folds SUBMITTED, as here).
+        sent = f"submitted:{coid}:{core.ledger.order_seq.get(coid, 0)}"
+        await core.record(core.order_subject("submitted", order), submitted, sent, order)
         try:
             answer = await core.client.place_order(**order_params(order))
         except (VenueUnreachable, BreakerOpen) as exc:

@@ -161,6 +161,7 @@ class OrderRateWindow:
         return len(times)
 
     def record(self, strategy: str, now_ns: int) -> None:
+        self.count(strategy, now_ns)  # times out of the window leave first: the deque stays a minute long
         self._times.setdefault(strategy, deque()).append(now_ns)
 
     def to_state(self, now_ns: int) -> dict[str, list[int]]:

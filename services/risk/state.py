@@ -44,17 +44,23 @@ DECIDED_KEEP_NS = 24 * 3600 * 1_000_000_000
 de-duplication window, far longer than any redelivery of an approval or of its command."""
 
 
+MAX_DECIDED_ORDERS = 100_000
+"""At most this many decided orders are remembered, the newest: a burst of orders within the 24 h
+would otherwise grow risk's memory without bound (issue 15). Redeliveries come within minutes."""
+
+
 @dataclass
 class DecidedOrders:
     """Client order ids that have a decision, each with the decision's time, kept for
-    `DECIDED_KEEP_NS` after the newest decision.
+    `DECIDED_KEEP_NS` after the newest decision, and at most `limit` of them (the newest).
 
-    Bounded by time rather than by count, so that live handling (decision order) and a replay
-    (stream order) keep exactly the same ids whatever order they saw the decisions in.
+    Both bounds depend only on the (time, id) pairs, never on the order they arrived in: live
+    handling (decision order) and a replay (stream order) keep exactly the same ids.
     """
 
     at: dict[str, int] = field(default_factory=dict)
     newest_ns: int = 0
+    limit: int = field(default=MAX_DECIDED_ORDERS, repr=False, compare=False)
     _by_time: list[tuple[int, str]] = field(default_factory=list, repr=False, compare=False)
 
     def __contains__(self, client_order_id: object) -> bool:
@@ -70,10 +76,14 @@ class DecidedOrders:
         if ts_ns >= floor and ts_ns > self.at.get(client_order_id, -1):
             self.at[client_order_id] = ts_ns
             heapq.heappush(self._by_time, (ts_ns, client_order_id))
-        while self._by_time and self._by_time[0][0] < floor:
+        while self._by_time and (self._by_time[0][0] < floor or len(self.at) > self.limit):
             ts, coid = heapq.heappop(self._by_time)
             if self.at.get(coid) == ts:
                 del self.at[coid]
+        if len(self._by_time) > 2 * len(self.at) + 64:
+            # Entries of orders decided again pile up in the heap: keep only the live ones.
+            self._by_time = [(ts, coid) for ts, coid in self._by_time if self.at.get(coid) == ts]
+            heapq.heapify(self._by_time)
 
     def to_state(self) -> list[tuple[str, int]]:
         """Snapshot form: (client order id, decision time), oldest first."""

@@ -21,6 +21,7 @@ from libs.errors import DependencyUnavailable, PermanentError
 from libs.heartbeat import HeartbeatTracker
 from libs.logging import Logger
 from libs.settings import Settings
+from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.codec import decode_as, encode
 from proto.envelope import Message
@@ -61,7 +62,7 @@ async def write_audit_event(pool: asyncpg.Pool | None, stream: str, message: Mes
 
     Raises:
         PermanentError: the row can never be written (bad data): the message is dead-lettered.
-        Exception: Postgres is unreachable; the consumer naks and the message comes back later.
+        Exception: Postgres is unreachable; the consumer waits and tries the same message again.
     """
     try:
         await _require(pool).execute(
@@ -74,27 +75,44 @@ async def write_audit_event(pool: asyncpg.Pool | None, stream: str, message: Mes
             message.ts_event_ns,
             encode(message).decode(),
         )
-    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-        raise PermanentError(f"audit row rejected: {exc}") from exc
+    except Exception as exc:
+        _raise_if_refused(exc, "audit row")
+        raise
 
 
 async def write_dead_letter(pool: asyncpg.Pool | None, letter: DeadLettered, delivery: Delivery) -> None:
-    """Insert a dead letter into `dead_letters` (idempotent on the DLQ stream sequence)."""
+    """Insert a dead letter into `dead_letters` (idempotent on the DLQ stream sequence).
+
+    The last resort keeps what it can: a NUL (which a text column refuses) is stored as U+FFFD, so
+    a letter about a message with a NUL in it is recorded rather than refused.
+    """
     try:
         await _require(pool).execute(
             _INSERT_DEAD_LETTER,
             delivery.stream_sequence,
-            letter.consumer,
-            letter.subject,
-            letter.reason,
+            _storable(letter.consumer),
+            _storable(letter.subject),
+            _storable(letter.reason),
             letter.deliveries,
-            letter.payload,
-            letter.original_message_id,
+            _storable(letter.payload),
+            _storable(letter.original_message_id),
             letter.ts_event_ns,
             time.time_ns(),
         )
-    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-        raise PermanentError(f"dead letter row rejected: {exc}") from exc
+    except Exception as exc:
+        _raise_if_refused(exc, "dead letter row")
+        raise
+
+
+def _storable(text: str | None) -> str | None:
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
+def _raise_if_refused(exc: Exception, row: str) -> None:
+    """A row Postgres refuses becomes a `PermanentError` (dead-lettered at once); the caller raises
+    anything else as it is (an outage: the consumer waits; unclassified: retried, bounded)."""
+    if classify_write_error(exc) is WriteFailure.BAD_ROW:
+        raise PermanentError(f"{row} rejected: {describe(exc)}") from exc
 
 
 DEAD_LETTER_RETENTION_NS = 30 * 24 * 3600 * 1_000_000_000

@@ -34,12 +34,19 @@ class AlertNotice:
     ts_ns: int = 0
 
 
+MAX_OPEN_ALERTS = 1_000
+"""Open alerts remembered at most: keys name orders and symbols, and an alert nobody resolves must
+not grow the watchdog's memory for ever (issue 15). Beyond it the oldest open alerts are forgotten."""
+
+
 class AlertRouter:
     """De-duplicates alerts for the sinks: a key is delivered when it opens, again only if its
-    severity rises, and its resolution is delivered once."""
+    severity rises, and its resolution is delivered once. At most `limit` alerts stay open (the
+    oldest by event time is forgotten first, the same live and replayed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_OPEN_ALERTS) -> None:
         self.open: dict[str, AlertNotice] = {}
+        self.limit = limit
 
     def raised(self, notice: AlertNotice) -> bool:
         """True when this raise must reach the sinks."""
@@ -47,6 +54,11 @@ class AlertRouter:
         if known is not None and severity_rank(notice.severity) >= severity_rank(known.severity):
             return False
         self.open[notice.key] = notice
+        if len(self.open) > self.limit:
+            # Down to nine tenths at once (the newest by event time, then key): one sort per many raises.
+            newest = sorted(self.open.values(), key=lambda open_alert: (open_alert.ts_ns, open_alert.key))
+            for forgotten in newest[: len(newest) - self.limit * 9 // 10]:
+                del self.open[forgotten.key]
         return True
 
     def resolved(self, key: str) -> AlertNotice | None:

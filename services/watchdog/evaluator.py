@@ -290,6 +290,11 @@ class WatchdogEvaluator:
                 transitions.append(ComponentTransition(name, previous, current, view.pid, reason))
             if current == ComponentState.DOWN:
                 down.append(name)
+        if not in_grace:
+            for name in [name for name in self._states if name not in views]:
+                # Forgotten by the heartbeat tracker (not expected, long silent): nothing left to follow.
+                del self._states[name]
+                self._heard.discard(name)
         return transitions, sorted(down), undecided
 
     def _held(self, now: int, findings: list[Finding]) -> list[Finding]:

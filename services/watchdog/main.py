@@ -18,8 +18,10 @@ from services.watchdog.observer import Observer
 from services.watchdog.recovery import WatchdogMemory
 from services.watchdog.verification import ProjectionsVerifier
 
-# A Postgres outage must not push audit rows into the DLQ: retry (every <= 5 s) until it is back.
-AUDIT_MAX_DELIVER = 1_000_000
+# A Postgres outage never pushes audit rows into the DLQ: the consumer waits for it, the same row
+# first (`libs.store_errors`); a row Postgres refuses is dead-lettered at once. Only an unclassified
+# failure counts against this bound.
+AUDIT_MAX_DELIVER = 20
 
 
 async def setup(ctx: ServiceContext) -> None:
