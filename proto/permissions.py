@@ -181,6 +181,8 @@ def _position(component: str, venue: str) -> Grant:
         subjects.position_orders_consumer(component),
         subjects.position_denials_consumer(component),
         subjects.position_cancels_consumer(component),
+        # Not a durable: the projection rows Postgres refused are dead-lettered under this name.
+        subjects.position_projections_writer(component),
     )
     publish, subscribe = _common(component, durables)
     return Grant(

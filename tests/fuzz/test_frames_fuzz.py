@@ -9,7 +9,7 @@ Three properties, each a finding if it fails:
    mutated frames inserted never raises, counts every inserted frame as bad (with a reason logged),
    and the book a consumer builds from what it published equals the reference book built from the
    valid frames only; the trades published are exactly the valid ones; everything published encodes.
-3. A real recording (`/work/shared/data/binance`, read by `libs.recordings`) with mutated copies of
+3. A real recording (`data/binance`, read by `libs.recordings`) with mutated copies of
    its lines inserted: the loader raises only `RecordingError`, and the service's book still equals
    the book rebuilt from the unmutated recording.
 

@@ -60,6 +60,7 @@ KNOWN_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "position": {
         "transition.name": (subjects.position_venue_breaker("{venue}"),),
         "self.orders_durable": (subjects.position_orders_consumer("{component}"),),
+        "self.writer": (subjects.position_projections_writer("{component}"),),
     },
 }
 PERSISTED = tuple(pattern for spec in subjects.ALL_STREAMS for pattern in spec.subjects)

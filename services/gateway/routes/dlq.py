@@ -33,8 +33,14 @@ from services.gateway.fields import LETTER_ID
 
 router = APIRouter(tags=["dlq"])
 
-NOT_RETRIABLE_PREFIXES = (subjects.DLQ_PREFIX, subjects.HEARTBEAT_PREFIX, subjects.SERVICE_QUERY_PREFIX)
-"""Subjects no stream persists as a command or event: re-publishing them would go nowhere useful."""
+NOT_RETRIABLE_PREFIXES = (
+    subjects.DLQ_PREFIX,
+    subjects.HEARTBEAT_PREFIX,
+    subjects.SERVICE_QUERY_PREFIX,
+    subjects.PROJECTION_ROW_PREFIX,
+)
+"""Subjects no stream persists as a command or event: re-publishing them would go nowhere useful
+(a projection row Postgres refused is fixed by a projection rebuild, `bulwark projections`)."""
 
 
 @router.get("/v1/dlq", response_model=DeadLetterList, responses=ERROR_RESPONSES)
