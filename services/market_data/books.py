@@ -192,7 +192,7 @@ class Books:
 
         while wanted():
             try:
-                snapshot = await retrying(fetch)
+                snapshot: DepthSnapshotData = await retrying(fetch)
             except VENUE_CALL_ERRORS as exc:
                 if wanted():
                     runtime.log.error(
