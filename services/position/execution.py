@@ -166,7 +166,8 @@ class Execution:
             )
         ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
         commission = Decimal(str(trade.get("commission", "0")))
-        venue_order_id = order.venue_order_id or int(trade.get("orderId") or 0)
+        # The trade's own order id first: a triggered conditional order fills as the MARKET order it placed.
+        venue_order_id = int(trade.get("orderId") or 0) or order.venue_order_id or 0
         fill = core.stamp(
             OrderFilled,
             client_order_id=coid,
