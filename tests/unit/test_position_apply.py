@@ -437,3 +437,30 @@ def test_replay_when_order_queued_while_link_down_then_its_reason_and_status_sur
     live = svc.ledger.orders["bw-0"]
     assert (live.status, live.reason) == (OrderStatus.PENDING_SUBMISSION, "queued: venue order link SUSPECT")
     assert orders_view(replayed(bus.log()).orders) == orders_view(svc.ledger.orders)
+
+
+def test_replay_when_order_of_someone_else_adopted_then_equals_live() -> None:
+    """An order placed on the account outside Bulwark is adopted from the user stream as EXTERNAL:
+    UNKNOWN until the venue's answer, then open with its venue order id, then filled; every step is
+    an event, so the replay gives the adopted order as live holds it (never left queued to be sent)."""
+
+    async def scenario() -> tuple[PositionService, LogBus]:
+        bus, venue = LogBus(), SimVenue()
+        svc = service(bus, venue)
+        placed = VenueOrder("web_x", 4242, "SELL", 2 * UNIT)
+        venue.orders["web_x"] = placed
+        update = {"c": "web_x", "s": SYMBOL, "S": "SELL", "o": "MARKET", "q": str(2 * UNIT), "i": 4242}
+        await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {**update, "x": "NEW", "X": "NEW", "z": "0"}})
+        done = venue.trade(placed, UNIT, "99")
+        trade = {"x": "TRADE", "X": placed.status, "t": done["id"], "l": done["qty"], "L": "99", "z": str(UNIT)}
+        await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {**update, **trade}})
+        return svc, bus
+
+    svc, bus = asyncio.run(scenario())
+    adopted = svc.ledger.orders["web_x"]
+    assert (adopted.status, adopted.venue_order_id, adopted.filled_quantity) == (
+        OrderStatus.PARTIALLY_FILLED,
+        4242,
+        UNIT,
+    )
+    assert orders_view(replayed(bus.log()).orders) == orders_view(svc.ledger.orders)
