@@ -71,6 +71,8 @@ ORDER_TRANSITIONS: dict[tuple[OrderStatus, OrderTrigger], OrderStatus] = {
     (S.PENDING_SUBMISSION, OrderTrigger.SUBMIT): S.SUBMITTED,
     (S.PENDING_SUBMISSION, OrderTrigger.CANCEL): S.CANCELED,  # cancelled before it was ever sent
     (S.PENDING_SUBMISSION, OrderTrigger.REJECT): S.REJECTED,
+    # Found at the venue, never sent from here (an adopted EXTERNAL order): its answer settles it.
+    (S.PENDING_SUBMISSION, OrderTrigger.AMBIGUOUS): S.UNKNOWN,
     (S.SUBMITTED, OrderTrigger.NOT_SENT): S.PENDING_SUBMISSION,
     (S.SUBMITTED, OrderTrigger.REJECT): S.REJECTED,
     (S.SUBMITTED, OrderTrigger.AMBIGUOUS): S.UNKNOWN,
@@ -171,10 +173,10 @@ def event_trigger(order: OrderRecord, event: Message) -> OrderTrigger | None:
             return OrderTrigger.NOT_SENT
         case OrderStatusUnknown():
             return OrderTrigger.AMBIGUOUS
-        case OrderAccepted(status=status):
-            # Published before the order's trades are booked: a FILLED answer executed it all.
-            executed = order.quantity if status == S.FILLED else order.filled_quantity
-            return venue_answer_trigger(order, status.value, executed)
+        case OrderAccepted():
+            # The venue holds the order: open, partially filled by the fills booked so far. Its
+            # status field may say FILLED before the trades are visible; the fills step it there.
+            return OrderTrigger.PARTIAL_FILL if order.filled_quantity > 0 else OrderTrigger.ACCEPT
         case OrderRejected():
             return OrderTrigger.REJECT
         case OrderCancelRequested():

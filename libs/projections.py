@@ -294,7 +294,11 @@ def fold_events(events: Iterable[tuple[Message, int]], start: Folded | None = No
             case OrderAccepted():
                 order = out.orders[message.client_order_id]
                 order.venue_order_id = message.venue_order_id or order.venue_order_id
-            case OrderRejected() | OrderStatusUnknown() | OrderQueued():
+            case OrderStatusUnknown():
+                order = out.orders[message.client_order_id]
+                order.reason = message.reason
+                order.resend_used = order.resend_used or message.resend
+            case OrderRejected() | OrderQueued():
                 out.orders[message.client_order_id].reason = message.reason
             case OrderCanceled():
                 order = out.orders[message.client_order_id]

@@ -337,11 +337,15 @@ class OrderQueued(Message, frozen=True, tag=True):
 
 
 class OrderStatusUnknown(Message, frozen=True, tag=True):
-    """The venue's answer was ambiguous (timeout, 5xx); resolved only by a query, never a resend."""
+    """The venue's answer was ambiguous (timeout, 5xx); resolved only by a query, never a resend.
+
+    `resend`: the query said the venue does not hold the order, so it is sent once more with the
+    same id; the one resend an order gets is used up (a replay must not resend it again)."""
 
     client_order_id: str
     symbol: str
     reason: str
+    resend: bool = False
 
 
 class OrderFilled(Message, frozen=True, tag=True):

@@ -11,7 +11,8 @@ placed (`actualOrderId`): its fills are the protective order's fills.
 `AlgoUpdates` follows the `ALGO_UPDATE` user-data events: cancelled, expired or rejected moves the
 local order to that status (the protection is then placed again, as for any lost stop); triggering
 links the MARKET order the trigger places, so its `ORDER_TRADE_UPDATE`s (under a client order id the
-venue chose) are booked on the protective order, exactly once.
+venue chose) are booked on the protective order, exactly once; their `OrderFilled` events carry the
+MARKET order's id into the ledger (nothing here changes an order in memory directly).
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ class AlgoUpdates:
         status = str(update.get("X", ""))
         actual = str(update.get("ai") or "")
         if actual.isdigit():
+            # Linked here; the order's venue order id becomes the MARKET order's with its first fill
+            # (`OrderFilled` carries it into the ledger, as a replay folds it).
             self._link(int(actual), coid)
-            order.venue_order_id = int(actual)
         key = (order.symbol, order.side.value)
         match status:
             case "TRIGGERING" | "TRIGGERED" if not actual.isdigit():
@@ -233,7 +235,6 @@ class AlgoUpdates:
             return None
         del self.triggering[key]
         self._link(int(venue_id), coid)
-        order.venue_order_id = int(venue_id)
         return order
 
     def _link(self, venue_order_id: int, client_order_id: str) -> None:

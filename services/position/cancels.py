@@ -120,9 +120,10 @@ class Cancels:
             return
         await core.guard()
         if order.status != OrderStatus.PENDING_CANCEL:
-            core.transition(order, OrderTrigger.REQUEST_CANCEL)
+            # Decide (an illegal step is logged, the order kept as is), then record it: published,
+            # applied by `Ledger.apply` as a replay applies it, projected.
+            core.allows(order, OrderTrigger.REQUEST_CANCEL)
             await core.publish_status(order, "cancel_requested", OrderCancelRequested, reason)
-            await core.save(order)
         try:
             answer = await core.client.cancel_order(order.symbol, orig_client_order_id=order.client_order_id)
         except VenueError as exc:

@@ -1,7 +1,8 @@
 """What every part of the position service shares: its dependencies, the ledger, the order lock,
 the service's modes (reconciled, order link, lease, user stream, HARD_SHUTDOWN, flatten mode) and
 the effects all parts use: publish on ORDERS, the projection writes (deferred while Postgres is
-down, FM-C3), the order state-machine step, alerts, the lease guard before a venue write and the
+down, FM-C3), the order state-machine decide step (`allows`) and its record (publish, `Ledger.apply`,
+project), alerts, the lease guard before a venue write and the
 order link state (FM-N5, FM-N6).
 """
 
@@ -193,15 +194,16 @@ class Core:
     async def publish_status(
         self, order: OrderRecord, event: str, kind: type[Message], reason: str | None = None, **fields: Any
     ) -> int:
-        """Publish a status change no other event records (a cancel requested, an order queued, an
-        order open again after a cancel that did not take), so a replay of the log folds the status
-        held here (`libs.orders_model.event_trigger`). De-duplicated per order and per newest event
-        of it: a retry publishes once, a later change of the same kind again."""
+        """Record a status change no other event records (a cancel requested, an order queued, an
+        order open again after a cancel that did not take, a resend) as the replay folds it:
+        published, applied by `Ledger.apply` (`libs.orders_model.event_trigger`), projected
+        (`record`). De-duplicated per order and per newest event of it: a retry publishes once, a
+        later change of the same kind again."""
         coid = order.client_order_id
         named = {"reason": reason} if reason is not None else {}
         message = self.stamp(kind, client_order_id=coid, symbol=order.symbol, **named, **fields)
         msg_id = f"{event}:{coid}:{self.ledger.order_seq.get(coid, 0)}"
-        return await self.publish(self.order_subject(event, order), message, msg_id, coid)
+        return await self.record(self.order_subject(event, order), message, msg_id, order)
 
     def order_subject(self, event: str, order: OrderRecord) -> str:
         """`evt.order.<event>.<venue>.<symbol>` of an order."""
@@ -259,17 +261,6 @@ class Core:
                 action_taken="order state kept",
             )
             return None
-
-    def transition(self, order: OrderRecord, trigger: OrderTrigger) -> bool:
-        """Apply a trigger no event records (the state machine's local steps: back to the queue,
-        cancel requested, the venue's fill status); an illegal one is logged and leaves the order as
-        is. A change an event records goes through `record` instead."""
-        previous = order.status
-        if self.allows(order, trigger) is None:
-            return False
-        order.apply(trigger, self.clock())
-        self._status_changed(order, previous)
-        return True
 
     async def record(self, subject: str, event: Message, msg_id: str, order: OrderRecord) -> int:
         """Publish an event about `order`, then fold it into the ledger with `Ledger.apply` (what a

@@ -68,39 +68,40 @@ class Execution:
         await core.record(core.order_subject("rejected", order), rejected, f"rejected:{coid}", order)
 
     async def apply_venue_order(self, order: OrderRecord, answer: dict, reason: str = "") -> None:
-        """Bring the local order to the venue's view: accepted, fills, final status."""
+        """Bring the local order to the venue's view: accepted, fills, final status.
+
+        Every step is an event recorded (`Core.record`: published, applied by `Ledger.apply`,
+        projected): the acceptance (open, or partially filled by the fills booked), each fill, the
+        final status. The venue's fill status itself has no event: the order's status follows its
+        booked fills (FILLED once every trade is booked), so a status ahead of the visible trades
+        waits for them (the poll books them).
+        """
         core = self.core
         coid = order.client_order_id
-        previous = order.status
-        if answer.get("orderId") is not None:
-            order.venue_order_id = int(answer["orderId"])
+        venue_order_id = int(answer["orderId"]) if answer.get("orderId") is not None else order.venue_order_id
         venue_status = str(answer.get("status", ""))
         executed = Decimal(str(answer.get("executedQty", "0")))
-        if previous in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
+        if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN) and venue_status != "REJECTED":
             status = OrderStatus(venue_status) if venue_status in OrderStatus.__members__ else OrderStatus.NEW
             accepted = core.stamp(
                 OrderAccepted,
                 client_order_id=coid,
-                venue_order_id=order.venue_order_id or 0,
+                venue_order_id=venue_order_id or 0,
                 symbol=order.symbol,
                 status=status,
             )
-            await core.publish(core.order_subject("accepted", order), accepted, f"accepted:{coid}", coid)
+            await core.record(core.order_subject("accepted", order), accepted, f"accepted:{coid}", order)
         if executed > order.filled_quantity:
-            await self.sync_fills(order)
+            await self.sync_fills(order, venue_order_id)
         trigger = venue_answer_trigger(order, venue_status, executed)
         if trigger == OrderTrigger.AMBIGUOUS:
             core.log.warning("venue_status_unrecognised", client_order_id=coid, venue_status=venue_status)
             return
+        current = order.status
         target = core.allows(order, trigger)
         if target is None:
             return
-        if previous == OrderStatus.PENDING_CANCEL and target in (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED):
-            # The cancel did not take: the order is open again, and the log says so (the replay agrees).
-            await core.publish_status(
-                order, "accepted", OrderAccepted, venue_order_id=order.venue_order_id or 0, status=target
-            )
-        if target == previous and trigger != OrderTrigger.FILL:
+        if target == current:
             await core.save(order)
             return
         match trigger:
@@ -108,18 +109,32 @@ class Execution:
                 await self.emit_rejected(order, f"venue status REJECTED {reason}".strip())
             case OrderTrigger.CANCEL | OrderTrigger.EXPIRE:
                 await self.emit_canceled(order, reason or venue_status.lower(), trigger)
+            case _ if current == OrderStatus.PENDING_CANCEL:
+                # The cancel did not take: the order is open again, and the log says so (the replay agrees).
+                await core.publish_status(
+                    order, "accepted", OrderAccepted, venue_order_id=venue_order_id or 0, status=target
+                )
             case _:
-                # The venue's fill status: no event of its own (the fills carry it).
-                core.transition(order, trigger)
+                # Ahead of the booked fills (trades not visible yet): the fills step it when booked.
+                core.log.info(
+                    "venue_status_ahead_of_fills",
+                    client_order_id=coid,
+                    status=current.value,
+                    venue_status=venue_status,
+                    filled=str(order.filled_quantity),
+                    executed=str(executed),
+                )
                 await core.save(order)
 
-    async def sync_fills(self, order: OrderRecord) -> None:
-        """Fetch the order's venue trades; publish and project every one not seen yet."""
-        if order.venue_order_id is None:
+    async def sync_fills(self, order: OrderRecord, venue_order_id: int | None = None) -> None:
+        """Fetch the order's venue trades (by `venue_order_id`, else the order's); publish and project
+        every one not seen yet (each `OrderFilled` carries the venue order id into the ledger)."""
+        venue_order_id = venue_order_id or order.venue_order_id
+        if venue_order_id is None:
             return
-        trades = await self.core.client.user_trades(order.symbol, order_id=order.venue_order_id, limit=1000)
+        trades = await self.core.client.user_trades(order.symbol, order_id=venue_order_id, limit=1000)
         for trade in sorted(trades, key=lambda t: int(t["id"])):
-            if int(trade.get("orderId", order.venue_order_id)) != order.venue_order_id:
+            if int(trade.get("orderId", venue_order_id)) != venue_order_id:
                 continue
             await self.apply_trade(order, trade)
 
@@ -151,7 +166,8 @@ class Execution:
             )
         ts_event_ns = int(trade.get("time", 0)) * 1_000_000 or core.clock()
         commission = Decimal(str(trade.get("commission", "0")))
-        venue_order_id = order.venue_order_id or int(trade.get("orderId") or 0)
+        # The trade's own order id first: a triggered conditional order fills as the MARKET order it placed.
+        venue_order_id = int(trade.get("orderId") or 0) or order.venue_order_id or 0
         fill = core.stamp(
             OrderFilled,
             client_order_id=coid,

@@ -105,7 +105,6 @@ class ExternalOrders:
         )
         core.ledger.apply(approved, seq)
         order = core.ledger.orders[coid]
-        order.venue_order_id = int(update["i"])
         # At the venue already: UNKNOWN until its answer is taken (never sent by this service).
         reason = f"{EXTERNAL_REASON} (found by {found_by})"
         unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)

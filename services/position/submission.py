@@ -220,13 +220,15 @@ class Submission:
 
     async def queue(self, order: OrderRecord, reason: str) -> None:
         """Keep an order PENDING_SUBMISSION (durable in the projection) until it may be sent."""
-        previous = (order.status, order.reason)
-        if order.status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
-            self.core.transition(order, OrderTrigger.NOT_SENT)
-        order.reason = reason
-        if (order.status, order.reason) != previous:
+        # Decide: back to the queue (a placement surely not sent), or kept there with a new reason.
+        # Record it (`OrderQueued`: published, applied by `Ledger.apply`, projected), as a replay folds it.
+        status = order.status
+        if status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
+            status = self.core.allows(order, OrderTrigger.NOT_SENT) or status
+        if (status, reason) != (order.status, order.reason):
             await self.core.publish_status(order, "queued", OrderQueued, reason)
-        await self.core.save(order)
+        else:
+            await self.core.save(order)
         self.core.log.warning("order_queued", client_order_id=order.client_order_id, reason=reason)
 
     def backlog(self, order: OrderRecord) -> str | None:
@@ -448,7 +450,10 @@ class Submission:
         coid = order.client_order_id
         core.allows(order, OrderTrigger.AMBIGUOUS)  # an ambiguous answer is recorded whatever the state says
         unknown = core.stamp(OrderStatusUnknown, client_order_id=coid, symbol=order.symbol, reason=reason)
-        await core.record(core.order_subject("unknown", order), unknown, f"unknown:{coid}", order)
+        # Per newest event of the order: a retry publishes once, a resend that times out again is on
+        # the log again (a de-duplicated event would be applied here but missing from the replay).
+        once = f"unknown:{coid}:{core.ledger.order_seq.get(coid, 0)}"
+        await core.record(core.order_subject("unknown", order), unknown, once, order)
         core.log.warning("order_status_unknown", client_order_id=coid, reason=reason, action_taken="query")
 
     async def resolve_unknown(self, order: OrderRecord, backoff_s: Sequence[float] | None = None) -> bool:
@@ -516,10 +521,18 @@ class Submission:
         core = self.core
         coid = order.client_order_id
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED) and not order.resend_used:
-            order.resend_used = True
             core.log.warning("order_not_placed", client_order_id=coid, action_taken="resend with the same id")
-            if order.status == OrderStatus.SUBMITTED:
-                core.transition(order, OrderTrigger.AMBIGUOUS)
+            # The one resend is used up, on the log before it goes out (a recovery never resends
+            # again): UNKNOWN with `resend`, recorded as a replay folds it, then sent as a resend.
+            core.allows(order, OrderTrigger.AMBIGUOUS)
+            unknown = core.stamp(
+                OrderStatusUnknown,
+                client_order_id=coid,
+                symbol=order.symbol,
+                reason="not at the venue: resent once with the same id",
+                resend=True,
+            )
+            await core.record(core.order_subject("unknown", order), unknown, f"resend:{coid}", order)
             await self.submit(order)
             return
         if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTED):

@@ -141,8 +141,6 @@ class VenueSync:
                 await self._adopt_external(update, event)
                 return
             try:
-                if order.venue_order_id is None and update.get("i") is not None:
-                    order.venue_order_id = int(update["i"])
                 # Taken before the trade is booked: the fold moves a filled order to FILLED, and the
                 # venue's status below still has to reach the projection.
                 finished = is_terminal(order.status)

@@ -25,6 +25,7 @@ from libs.bus import Delivery
 from libs.errors import TransientError
 from libs.projections import fold_events
 from proto import subjects
+from proto.codec import decode
 from proto.enums import ConnectionState, OrderStatus
 from proto.messages import (
     CancelOrder,
@@ -33,12 +34,23 @@ from proto.messages import (
     OrderCancelRequested,
     OrderFilled,
     OrderQueued,
+    OrderStatusUnknown,
     OrderSubmitted,
 )
 from tests.unit.test_position_apply import SYMBOL, UNIT, VENUE, LogBus, SimVenue, command_of, service
 
 S = OrderStatus
-FAULTY_OUTCOMES = ("new", "new", "fill", "partial", "reject", "unreachable", "fill_trades_late")
+FAULTY_OUTCOMES = (
+    "new",
+    "new",
+    "fill",
+    "partial",
+    "reject",
+    "unreachable",
+    "fill_trades_late",
+    "timeout_not_placed",
+    "never_placed",
+)
 
 
 class FaultyVenue(SimVenue):
@@ -119,7 +131,12 @@ async def run_live(flow: list[tuple]) -> tuple[dict[str, Any], LogBus]:
                 svc.core.link_state = ConnectionState.CONNECTED if up else ConnectionState.DISCONNECTED
             case ("poll",):
                 await svc.venue_sync.poll_once()
-    return {coid: (o.status, o.filled_quantity) for coid, o in svc.ledger.orders.items()}, bus
+    return {coid: fields(o) for coid, o in svc.ledger.orders.items()}, bus
+
+
+def fields(order: Any) -> tuple:
+    """What the live service keeps about an order and a replay must give back."""
+    return (order.status, order.filled_quantity, order.venue_order_id, order.reason, order.resend_used)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,7 +144,7 @@ async def run_live(flow: list[tuple]) -> tuple[dict[str, Any], LogBus]:
 def test_fold_when_random_flow_with_faults_then_status_equals_live_state_machine(flow: list[tuple]) -> None:
     live, bus = asyncio.run(run_live(flow))
     folded = fold_events(bus.log())
-    assert {coid: (o.status, o.filled_quantity) for coid, o in folded.orders.items()} == live
+    assert {coid: fields(o) for coid, o in folded.orders.items()} == live
 
 
 # ---------------------------------------------------------------------- the cases the ranks got wrong
@@ -164,10 +181,37 @@ def filled(trade_id: int, quantity: Decimal) -> OrderFilled:
     )
 
 
-def test_fold_when_filled_answer_before_its_trades_then_partially_filled_until_trades_booked() -> None:
-    assert status_of(SUBMITTED, accepted(S.FILLED))[0] == S.PARTIALLY_FILLED
+def test_fold_when_filled_answer_before_its_trades_then_open_until_the_fills_step_it() -> None:
+    # The acceptance is the ACCEPT step whatever status the venue named: the fills step it from there.
+    assert status_of(SUBMITTED, accepted(S.FILLED))[0] == S.NEW
     assert status_of(SUBMITTED, accepted(S.FILLED), filled(1, UNIT))[0] == S.PARTIALLY_FILLED
     assert status_of(SUBMITTED, accepted(S.FILLED), filled(1, UNIT), filled(2, UNIT))[0] == S.FILLED
+    # Accepted after a fill was booked (the stream's trade first): open, partially filled.
+    assert status_of(SUBMITTED, filled(1, UNIT), accepted(S.FILLED))[0] == S.PARTIALLY_FILLED
+
+
+def test_fold_when_accepted_then_venue_order_id_from_the_event() -> None:
+    order = fold_events(log_of(SUBMITTED, accepted(S.NEW))).orders["bw-1"]
+    assert (order.status, order.venue_order_id) == (S.NEW, 7)
+
+
+def test_fold_when_resend_recorded_then_the_one_resend_is_used_up() -> None:
+    timeout = OrderStatusUnknown(client_order_id="bw-1", symbol=SYMBOL, reason="timeout")
+    resend = OrderStatusUnknown(client_order_id="bw-1", symbol=SYMBOL, reason="not at the venue", resend=True)
+    assert not fold_events(log_of(SUBMITTED, timeout)).orders["bw-1"].resend_used
+    order = fold_events(log_of(SUBMITTED, timeout, resend, SUBMITTED, timeout)).orders["bw-1"]
+    assert (order.status, order.resend_used) == (S.UNKNOWN, True)
+
+
+def test_decode_when_unknown_event_written_before_the_resend_field_then_no_resend() -> None:
+    old = b'{"type":"OrderStatusUnknown","client_order_id":"bw-1","symbol":"BTCUSDT","reason":"timeout"}'
+    assert decode(old).resend is False  # type: ignore[attr-defined]
+
+
+def test_fold_when_external_order_adopted_then_unknown_until_the_venue_answer() -> None:
+    adopted = OrderStatusUnknown(client_order_id="bw-1", symbol=SYMBOL, reason="placed outside Bulwark")
+    assert status_of(adopted)[0] == S.UNKNOWN
+    assert status_of(adopted, accepted(S.NEW))[0] == S.NEW
 
 
 def test_fold_when_cancel_requested_then_pending_cancel_and_open_again_when_it_did_not_take() -> None:
@@ -180,6 +224,9 @@ def test_fold_when_order_queued_back_then_pending_submission_with_the_queue_reas
     queued = OrderQueued(client_order_id="bw-1", symbol=SYMBOL, reason="queued: venue order link DISCONNECTED")
     assert status_of(SUBMITTED, queued) == (S.PENDING_SUBMISSION, "queued: venue order link DISCONNECTED")
     assert status_of(SUBMITTED, queued, SUBMITTED)[0] == S.SUBMITTED
+    # Held in the queue for another reason: the status stays, the reason follows the event.
+    held = OrderQueued(client_order_id="bw-1", symbol=SYMBOL, reason="queued: venue preflight pending")
+    assert status_of(SUBMITTED, queued, held) == (S.PENDING_SUBMISSION, "queued: venue preflight pending")
 
 
 def test_fold_when_event_not_allowed_in_status_then_status_kept_as_live() -> None:

@@ -8,7 +8,12 @@ seen through the user-data stream or the poll, cancels, denials (also of another
 which risk records on this venue's subject when it cannot route it), redelivered approvals, and
 trades whose `OrderFilled` or `PositionChanged` publish fails (the handler raises; a later answer
 about the order books the trade again), and order events whose publish fails (submitted, unknown,
-rejected: the approval is delivered again; canceled: the next poll takes the venue's answer).
+rejected: the approval is delivered again; canceled: the next poll takes the venue's answer), the
+order link going down and up (orders queued back with their reason, sent again by the poll), and
+placements the venue never receives, twice (the one resend used up: rejected, never sent a third time).
+
+Every field the live service keeps about an order is compared, the queue reason, the venue order id
+and the used resend included: none of them may change in memory without an event that says so.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from libs.orders_model import OrderRecord, Position
 from libs.ratelimit import Admission
 from libs.stamping import IdSource
 from proto import subjects
-from proto.enums import OrderSource, OrderType, Side
+from proto.enums import ConnectionState, OrderSource, OrderStatus, OrderType, Side
 from proto.envelope import new_message_id
 from proto.messages import CancelOrder, OrderApproved, OrderDenied, SubmitOrder
 from services.position.domain import SNAPSHOT_VERSION, PositionCheckpoint, decode_checkpoint
@@ -46,7 +51,7 @@ SYMBOL = "BTCUSDT"
 UNIT = Decimal("0.001")
 S = 1_000_000_000
 
-OUTCOMES = ("new", "fill", "partial", "reject", "timeout_placed", "timeout_not_placed")
+OUTCOMES = ("new", "fill", "partial", "reject", "timeout_placed", "timeout_not_placed", "never_placed")
 
 
 class PublishFailed(ConnectionError):
@@ -113,6 +118,8 @@ class SimVenue:
         self.orders: dict[str, VenueOrder] = {}
         self.ids = itertools.count(1)
         self.trade_ids = itertools.count(1000)
+        self.placements: dict[str, int] = {}
+        """Placement attempts per client order id (a resend counts)."""
 
     def order_hold(self) -> Admission:
         return Admission(True)
@@ -125,9 +132,12 @@ class SimVenue:
 
     async def place_order(self, **params: str) -> dict:
         coid = params["newClientOrderId"]
+        self.placements[coid] = self.placements.get(coid, 0) + 1
         if coid in self.orders:
             raise VenueError(400, -4116, "ClientOrderId is duplicated.")
         outcome = self.plan.get(coid, "new")
+        if outcome == "never_placed":
+            raise VenueTimeout("place_order timed out")  # and the resend too: never at the venue
         if outcome == "reject":
             raise VenueError(400, -2019, "Margin is insufficient.")
         if outcome == "timeout_not_placed":
@@ -186,7 +196,10 @@ cancel = st.tuples(st.just("cancel"), st.integers(0, 20), st.sampled_from([None,
 poll = st.tuples(st.just("poll"))
 deny = st.tuples(st.just("deny"), st.sampled_from(["BUY", "SELL"]), st.sampled_from([VENUE, VENUE, OTHER_VENUE]))
 redeliver = st.tuples(st.just("redeliver"), st.integers(0, 20))
-flows = st.lists(st.one_of(approve, approve, trade, trade, cancel, poll, deny, redeliver), min_size=1, max_size=25)
+link = st.tuples(st.just("link"), st.booleans())
+flows = st.lists(
+    st.one_of(approve, approve, trade, trade, cancel, poll, deny, redeliver, link), min_size=1, max_size=25
+)
 
 
 def command_of(coid: str, side: str, units: int, venue: str = VENUE) -> SubmitOrder:
@@ -280,15 +293,26 @@ async def run_live(flow: list[tuple]) -> tuple[PositionService, LogBus]:
                 with contextlib.suppress(PublishFailed):  # the venue's answer is taken by the next poll
                     await svc.on_cancel(command, Delivery(subjects.CMD_ORDER_CANCEL, seq, 1, {}))
                 bus.fail_next_on = None
+            case ("link", up):
+                svc.core.link_state = ConnectionState.CONNECTED if up else ConnectionState.DISCONNECTED
             case ("poll",):
                 await svc.venue_sync.poll_once()
+    svc.core.link_state = ConnectionState.CONNECTED
     await svc.venue_sync.poll_once()  # settle what the stream left open
     return svc, bus
 
 
 def orders_view(orders: dict[str, OrderRecord]) -> dict[str, tuple]:
     return {
-        coid: (o.status, o.filled_quantity, o.average_price, sorted(o.trade_ids), o.venue_order_id, o.reason)
+        coid: (
+            o.status,
+            o.filled_quantity,
+            o.average_price,
+            sorted(o.trade_ids),
+            o.venue_order_id,
+            o.reason,
+            o.resend_used,
+        )
         for coid, o in orders.items()
     }
 
@@ -359,3 +383,84 @@ def test_apply_when_event_of_another_venue_then_ledger_unchanged() -> None:
     ledger = Ledger(VENUE)
     ledger.apply(OrderApproved(order=command), 1)
     assert ledger.orders == {} and ledger.order_seq == {}
+
+
+def test_recovery_when_crashed_after_the_resend_then_never_sent_a_third_time() -> None:
+    """A placement the venue never receives is resent once with the same id (FM-N7); a process that
+    stops after that resend went out recovers the used resend from the log (`Ledger.fold`), so when the
+    venue still does not know the order it is rejected, never placed again."""
+
+    async def scenario() -> tuple[SimVenue, PositionService]:
+        bus, venue = LogBus(), SimVenue()
+        live = service(bus, venue)
+        venue.plan["bw-0"] = "never_placed"
+        message = OrderApproved(order=command_of("bw-0", "BUY", 1))
+        seq = await bus.publish(subjects.evt_order("approved", VENUE, SYMBOL), message, msg_id="a:bw-0")
+        await live.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+        assert venue.placements["bw-0"] == 2  # the placement and its one resend
+        assert live.ledger.orders["bw-0"].status == OrderStatus.REJECTED
+        log = bus.log()
+        # The process stops right after the resend's `OrderSubmitted` (its answer lost).
+        resent = [i for i, (event, _) in enumerate(log) if type(event).__name__ == "OrderSubmitted"][-1]
+        recovered_bus = LogBus()
+        for event, _ in log[: resent + 1]:
+            await recovered_bus.publish("replayed", event)
+        recovered = service(recovered_bus, venue)
+        recovered.core.reconciled = False
+        recovered.ledger.fold(recovered_bus.log())
+        await recovered.reconciliation.reconcile((SYMBOL,))
+        return venue, recovered
+
+    venue, recovered = asyncio.run(scenario())
+    order = recovered.ledger.orders["bw-0"]
+    assert order.resend_used
+    assert venue.placements["bw-0"] == 2, "a recovered order must not be resent a second time"
+    assert order.status == OrderStatus.REJECTED
+
+
+def test_replay_when_order_queued_while_link_down_then_its_reason_and_status_survive() -> None:
+    """An order queued back after a placement that surely did not go out, then held while the link is
+    down, keeps its queue reason in the replay of the log (the reason is on `OrderQueued`)."""
+
+    async def scenario() -> tuple[PositionService, LogBus]:
+        bus, venue = LogBus(), SimVenue()
+        svc = service(bus, venue)
+        svc.core.link_state = ConnectionState.DISCONNECTED
+        message = OrderApproved(order=command_of("bw-0", "BUY", 1))
+        seq = await bus.publish(subjects.evt_order("approved", VENUE, SYMBOL), message, msg_id="a:bw-0")
+        await svc.on_approved(message, Delivery("evt.order.approved", seq, 1, {}))
+        svc.core.link_state = ConnectionState.SUSPECT
+        await svc.submission.queue(svc.ledger.orders["bw-0"], "queued: venue order link SUSPECT")
+        return svc, bus
+
+    svc, bus = asyncio.run(scenario())
+    live = svc.ledger.orders["bw-0"]
+    assert (live.status, live.reason) == (OrderStatus.PENDING_SUBMISSION, "queued: venue order link SUSPECT")
+    assert orders_view(replayed(bus.log()).orders) == orders_view(svc.ledger.orders)
+
+
+def test_replay_when_order_of_someone_else_adopted_then_equals_live() -> None:
+    """An order placed on the account outside Bulwark is adopted from the user stream as EXTERNAL:
+    UNKNOWN until the venue's answer, then open with its venue order id, then filled; every step is
+    an event, so the replay gives the adopted order as live holds it (never left queued to be sent)."""
+
+    async def scenario() -> tuple[PositionService, LogBus]:
+        bus, venue = LogBus(), SimVenue()
+        svc = service(bus, venue)
+        placed = VenueOrder("web_x", 4242, "SELL", 2 * UNIT)
+        venue.orders["web_x"] = placed
+        update = {"c": "web_x", "s": SYMBOL, "S": "SELL", "o": "MARKET", "q": str(2 * UNIT), "i": 4242}
+        await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {**update, "x": "NEW", "X": "NEW", "z": "0"}})
+        done = venue.trade(placed, UNIT, "99")
+        trade = {"x": "TRADE", "X": placed.status, "t": done["id"], "l": done["qty"], "L": "99", "z": str(UNIT)}
+        await svc.on_user_event({"e": "ORDER_TRADE_UPDATE", "o": {**update, **trade}})
+        return svc, bus
+
+    svc, bus = asyncio.run(scenario())
+    adopted = svc.ledger.orders["web_x"]
+    assert (adopted.status, adopted.venue_order_id, adopted.filled_quantity) == (
+        OrderStatus.PARTIALLY_FILLED,
+        4242,
+        UNIT,
+    )
+    assert orders_view(replayed(bus.log()).orders) == orders_view(svc.ledger.orders)
