@@ -154,23 +154,9 @@ class MarketDataService:
         self.clock_check = ClockOffsetCheck(
             self.runtime, venue=venue, rest=self.rest, alerts=self.alerts, links=self.links, request=request
         )
-        self.stream = MarketStream(
-            self.runtime,
-            venue=venue,
-            market=market,
-            open_stream=open_stream,
-            ws_urls=ws_urls,
-            on_frame=self.handle_frame,
-            links=self.links,
-            alerts=self.alerts,
-            rest=self.rest,
-            books=self.books,
-            series=self.series,
-            uniform=uniform,
-            max_connection_age_s=max_connection_age_s,
-        )
-        self.route_streams = [
-            MarketStream(
+
+        def market_stream(opener: Callable[[str], StreamPort], route: str = "", books: bool = True) -> MarketStream:
+            return MarketStream(
                 self.runtime,
                 venue=venue,
                 market=market,
@@ -185,10 +171,11 @@ class MarketDataService:
                 uniform=uniform,
                 max_connection_age_s=max_connection_age_s,
                 route=route,
-                carries_books=False,
+                carries_books=books,
             )
-            for route, opener in (route_streams or {}).items()
-        ]
+
+        self.stream = market_stream(open_stream)
+        self.route_streams = [market_stream(opener, route, False) for route, opener in (route_streams or {}).items()]
         self.bad_frames = 0
         self.frames = 0
         self.corruption = CorruptionMonitor()
