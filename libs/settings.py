@@ -71,6 +71,12 @@ class Settings:
         "market-data and position (user-data stream): alternate venue WebSocket base URLs, tried when the main "
         "one fails (FM-N3/N4/N6)",
     )
+    venue_ws_routed: bool = _doc(
+        True,
+        "market-data and position: the venue routes WebSocket streams by path as Binance USD-M does "
+        "(/public depth, /market trades, mark price and liquidations, /private user data); false: one "
+        "un-routed connection (an older endpoint); spot never routes",
+    )
     venue_profile: str = _doc(
         "sim",
         "which venue the system trades: sim, binance-testnet, binance (mainnet: starts HALTED) or custom; "

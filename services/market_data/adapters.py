@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from libs.binance.client import BinanceRestClient, CachingResolver, venue_name_for
+from libs.binance.routes import Route, group_by_route, routed_base
 from libs.binance.stream import CombinedStream
 from libs.ratelimit import RateBudget
 from libs.settings import Settings
@@ -69,11 +70,32 @@ def ws_urls(settings: Settings) -> list[str]:
     return [settings.venue_ws_url, *(url for url in settings.venue_ws_alternates if url != settings.venue_ws_url)]
 
 
-def market_stream(ws_base: str, symbols: Iterable[str], market: MarketKind = MarketKind.USDM) -> CombinedStream:
-    """One combined stream on `ws_base` carrying every channel of every symbol."""
+def stream_groups(
+    symbols: Iterable[str], market: MarketKind = MarketKind.USDM, *, routed: bool = True
+) -> dict[Route | None, list[str]]:
+    """Every channel of every symbol, per connection: by route (public first: the depth) when the
+    venue routes streams by path (Binance USD-M, `libs.binance.routes`), else all on one un-routed
+    connection (key None). Spot never routes."""
     names = [name for symbol in symbols for name in stream_names(symbol, market)]
+    if market == MarketKind.SPOT or not routed:
+        return {None: names}
+    return dict(group_by_route(names))
+
+
+def market_stream(
+    ws_base: str,
+    symbols: Iterable[str],
+    market: MarketKind = MarketKind.USDM,
+    *,
+    route: Route | None = None,
+    names: Iterable[str] | None = None,
+) -> CombinedStream:
+    """One combined stream on `ws_base` (under `route` when given) carrying `names`, by default
+    every channel of every symbol."""
+    if names is None:
+        names = [name for symbol in symbols for name in stream_names(symbol, market)]
     return CombinedStream(
-        ws_base,
+        routed_base(ws_base, route),
         names,
         silence_timeout_s=SILENCE_TIMEOUT_S,
         ping_interval_s=PING_INTERVAL_S,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -84,6 +84,9 @@ class MarketDataService:
             FM-D5, and no mark price, funding or open interest (nothing polled, nothing alerted).
         max_connection_age_s: the stream connection is replaced make-before-break at this age
             (Binance closes it at 24 h); 0: never.
+        route_streams: the other routes' connections beside `open_stream`'s (which carries the
+            depth): route name → builder, e.g. `market` for trades, mark price and liquidations
+            when the venue routes streams by path (Binance USD-M); empty: one connection.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class MarketDataService:
         uniform: Uniform | None = None,
         market: MarketKind = MarketKind.USDM,
         max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
+        route_streams: Mapping[str, Callable[[str], StreamPort]] | None = None,
     ) -> None:
         self.venue = venue
         self.market = market
@@ -151,21 +155,28 @@ class MarketDataService:
         self.clock_check = ClockOffsetCheck(
             self.runtime, venue=venue, rest=self.rest, alerts=self.alerts, links=self.links, request=request
         )
-        self.stream = MarketStream(
-            self.runtime,
-            venue=venue,
-            market=market,
-            open_stream=open_stream,
-            ws_urls=ws_urls,
-            on_frame=self.handle_frame,
-            links=self.links,
-            alerts=self.alerts,
-            rest=self.rest,
-            books=self.books,
-            series=self.series,
-            uniform=uniform,
-            max_connection_age_s=max_connection_age_s,
-        )
+
+        def market_stream(opener: Callable[[str], StreamPort], route: str = "", books: bool = True) -> MarketStream:
+            return MarketStream(
+                self.runtime,
+                venue=venue,
+                market=market,
+                open_stream=opener,
+                ws_urls=ws_urls,
+                on_frame=self.handle_frame,
+                links=self.links,
+                alerts=self.alerts,
+                rest=self.rest,
+                books=self.books,
+                series=self.series,
+                uniform=uniform,
+                max_connection_age_s=max_connection_age_s,
+                route=route,
+                carries_books=books,
+            )
+
+        self.stream = market_stream(open_stream)
+        self.route_streams = [market_stream(opener, route, False) for route, opener in (route_streams or {}).items()]
         self.bad_frames = 0
         self.frames = 0
         self.corruption = CorruptionMonitor()
@@ -184,7 +195,10 @@ class MarketDataService:
 
     async def run_stream_forever(self) -> None:
         """Connect, consume, and on any loss reconnect on SPEC FM-N1's schedule, forever."""
-        await self.stream.run_forever()
+        if not self.route_streams:
+            await self.stream.run_forever()
+            return
+        await asyncio.gather(self.stream.run_forever(), *(stream.run_forever() for stream in self.route_streams))
 
     async def handle_resync_request(self, payload: bytes) -> bytes:
         """`svc.market-data.resync` {"symbol"}: rebuild that symbol's book from a new snapshot."""
@@ -223,6 +237,7 @@ class MarketDataService:
             "link": links.link_state.value if links.link_state else None,
             "rest_link": links.rest_link_state.value if links.rest_link_state else None,
             **self.stream.details(),
+            **({"ws_routes": {s.route: s.details() for s in self.route_streams}} if self.route_streams else {}),
             "degraded": dict(links.degraded),
             "bad_frames": self.bad_frames,
             "corruption_rate": round(self.corruption.rate, 4),

@@ -112,6 +112,9 @@ class Links:
         self.generation = 0
         """Stream connections so far (the first is not a reconnect); a snapshot fetch of an older one stops."""
         self.failed_attempts = 0
+        self.routes_down: dict[str, int] = {}
+        """The other routes' connections (e.g. `market`: trades, mark price, liquidations) that are
+        down now → their failed attempts; the link is down while any of them is."""
         self.clean_window = CleanWindow(symbols)
         self.degraded: dict[str, str] = {}
         """Degradation causes of the stream link now, with their detail."""
@@ -148,8 +151,8 @@ class Links:
     async def refresh(self, reason: str) -> None:
         """Publish the market link's state when its conditions changed it."""
         state = market_link_state(
-            connected=self.connected,
-            failed_attempts=self.failed_attempts,
+            connected=self.connected and not self.routes_down,
+            failed_attempts=max([self.failed_attempts, *self.routes_down.values()]),
             clean=self.clean_window.is_clean(self._runtime.clock()),
             degraded_reasons=self.degraded,
         )

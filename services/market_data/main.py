@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from libs.binance.routes import Route
+from libs.binance.stream import CombinedStream
 from libs.breaker import CircuitBreaker
 from libs.bus import PublishManyError
 from libs.clock import monotonic_clock, wall_clock
@@ -46,13 +49,17 @@ async def setup(ctx: ServiceContext) -> None:
     async def request(subject: str, payload: bytes) -> bytes:
         return await ctx.bus.request(subject, payload)
 
+    # One connection per route (Binance USD-M routes streams by path), the depth's first: it carries the books.
+    groups = adapters.stream_groups(settings.symbols, market, routed=settings.venue_ws_routed)
+    openers = [(route.value if route else "", _opener(market, route, names)) for route, names in groups.items()]
     service = MarketDataService(
         venue=venue,
         symbols=settings.symbols,
         publish=publish,
         kv_put=ctx.bus.kv_put,
         rest=rest,
-        open_stream=lambda url: adapters.market_stream(url, settings.symbols, market),
+        open_stream=openers[0][1],
+        route_streams=dict(openers[1:]),
         ws_urls=adapters.ws_urls(settings),
         log=ctx.log,
         request=request,
@@ -71,6 +78,11 @@ async def setup(ctx: ServiceContext) -> None:
         ctx.spawn(service.poll_open_interest_forever(), "open-interest-poll")
     ctx.spawn(service.check_clock_forever(settings.md_clock_check_interval_s), "clock-check")
     ctx.spawn(service.monitor_forever(), "market-data-monitor")
+
+
+def _opener(market: MarketKind, route: Route | None, names: list[str]) -> Callable[[str], CombinedStream]:
+    """Builds a fresh connection of one route's streams on a WebSocket base URL."""
+    return lambda url: adapters.market_stream(url, (), market, route=route, names=names)
 
 
 async def run(settings: Settings | None = None) -> None:

@@ -2,6 +2,12 @@
 reconnect on SPEC FM-N1's schedule (`libs.reconnect`), rotating through the configured endpoints
 (FM-N3/N4) and cutting a wait short when the venue's REST answers again (`return_probe`). A
 (re)connection restarts every book and trade sequence; a reconnect re-syncs mark and OI (USD-M).
+
+Binance USD-M routes streams by path (`libs.binance.routes`), so there is one `MarketStream` per
+route: the one carrying the depth (`carries_books`) owns the books and the link's connection
+counters; another (`market`: trades, mark price, liquidations) reports itself in
+`Links.routes_down` while it is down. Each has its own silence detection, reconnect schedule and
+make-before-break replacement.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class MarketStream:
         uniform: the jitter source of the reconnect schedule; None: `random.uniform`.
         max_connection_age_s: a connection this old is replaced make-before-break (the venue
             closes it at 24 h); 0: never.
+        route: the route this connection serves (`public`, `market`; empty: un-routed), in logs,
+            alerts and the link's reasons.
+        carries_books: this connection carries the depth: it restarts the books and owns the
+            link's connection counters; otherwise it is one of `Links.routes_down` while down.
     """
 
     def __init__(
@@ -71,7 +81,15 @@ class MarketStream:
         series: Series,
         uniform: Uniform | None = None,
         max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
+        route: str = "",
+        carries_books: bool = True,
     ) -> None:
+        self.route = route
+        self.carries_books = carries_books
+        self._connections = 0
+        self._alert_suffix = "" if carries_books else f".{route}"
+        if not carries_books:
+            links.routes_down[route] = 0  # down until its first connection
         self._runtime = runtime
         self._venue = venue
         self._market = market
@@ -220,49 +238,68 @@ class MarketStream:
 
     async def _on_attempt_failed(self, attempt: int, reason: str, url: str, all_failed: bool) -> None:
         links = self._links
-        links.failed_attempts = attempt + 1
-        self._runtime.log.warning("market_ws_connect_failed", attempt=attempt + 1, endpoint=url, reason=reason[:300])
-        if links.failed_attempts >= DEGRADED_AFTER_ATTEMPTS:
+        failed = attempt + 1
+        if self.carries_books:
+            links.failed_attempts = failed
+        else:
+            links.routes_down[self.route] = failed
+        self._runtime.log.warning(
+            "market_ws_connect_failed", attempt=failed, endpoint=url, route=self.route, reason=reason[:300]
+        )
+        if failed >= DEGRADED_AFTER_ATTEMPTS:
             await self._alerts.raise_alert(
-                f"md.reconnect_failing.{self._venue}",
+                f"md.reconnect_failing.{self._venue}{self._alert_suffix}",
                 AlertSeverity.P1,
-                f"market stream: {links.failed_attempts} reconnect attempts failed",
+                f"market stream{self._route_text()}: {failed} reconnect attempts failed",
                 reason=reason[:300],
             )
         if all_failed:
             await self._alerts.raise_alert(
-                f"md.ws_endpoints_failed.{self._venue}",
+                f"md.ws_endpoints_failed.{self._venue}{self._alert_suffix}",
                 AlertSeverity.P1,
                 "market stream: every configured WebSocket endpoint failed",
                 endpoints=list(self.ws_endpoints.urls),
                 reason=reason[:300],
             )
-        await links.refresh(f"{links.failed_attempts} failed attempts: {reason}")
+        await links.refresh(f"{self._route_text(': ').lstrip()}{failed} failed attempts: {reason}")
+
+    def _route_text(self, after: str = "") -> str:
+        return f" ({self.route}){after}" if self.route else after
 
     async def _on_connected(self, url: str) -> None:
         links = self._links
-        links.generation += 1
-        links.connected = True
-        links.failed_attempts = 0
+        self._connections += 1
+        if self.carries_books:
+            links.generation += 1
+            links.connected = True
+            links.failed_attempts = 0
+        else:
+            links.routes_down.pop(self.route, None)
         self.return_probe.on_connected()
-        reconnect = links.generation > 1
+        reconnect = self._connections > 1
         links.clean_window.start(self._runtime.clock())
-        await self._alerts.resolve(f"md.reconnect_failing.{self._venue}", "connected")
-        await self._alerts.resolve(f"md.ws_endpoints_failed.{self._venue}", "connected")
-        await links.refresh("reconnected: clean window" if reconnect else "connected: clean window")
-        self._runtime.log.info("market_ws_connected", endpoint=url, generation=links.generation)
+        await self._alerts.resolve(f"md.reconnect_failing.{self._venue}{self._alert_suffix}", "connected")
+        await self._alerts.resolve(f"md.ws_endpoints_failed.{self._venue}{self._alert_suffix}", "connected")
+        await links.refresh(
+            self._route_text(": ").lstrip() + ("reconnected: clean window" if reconnect else "connected: clean window")
+        )
+        self._runtime.log.info("market_ws_connected", endpoint=url, route=self.route, generation=links.generation)
         # Whatever happened while we were away is unknown: every book and trade sequence starts
         # over (FM-N1), and mark/funding/OI are re-synced over REST and compared.
         self._series.reset_sequences()
-        await self._books.restart("reconnected" if reconnect else "connected")
+        if self.carries_books:
+            await self._books.restart("reconnected" if reconnect else "connected")
         if reconnect and self._market == MarketKind.USDM:
             # Spot has no mark price, funding or open interest to re-sync and compare.
             self._runtime.spawn(self._series.resync_market_state(), "post-reconnect-resync")
 
     async def _on_disconnected(self, reason: str) -> None:
-        self._links.connected = False
-        self._books.cancel_fetches()
-        await self._links.refresh(reason)
+        if self.carries_books:
+            self._links.connected = False
+            self._books.cancel_fetches()
+        else:
+            self._links.routes_down[self.route] = 0
+        await self._links.refresh(self._route_text(": ").lstrip() + reason)
 
     def details(self) -> dict[str, Any]:
         """Heartbeat details: the endpoint in use and the early reconnects so far."""

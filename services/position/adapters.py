@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 from libs.binance.classify import call_with_retries, classify, retry_policy
 from libs.binance.client import RequestThrottled, endpoint_cost
 from libs.binance.errors import VenueError, VenueTimeout, VenueUnreachable
+from libs.binance.routes import user_stream_url
 from libs.breaker import BreakerOpen, BreakerTransition, CircuitBreaker
 from libs.logging import Logger
 from libs.orders_model import OrderRecord
@@ -250,14 +251,16 @@ async def user_stream_events(
     on_open: Callable[[], Awaitable[None]] | None = None,
     *,
     heartbeat_s: float = 10.0,
+    routed: bool = True,
 ) -> AsyncIterator[dict]:
-    """Events of Binance's user-data stream `<ws_base>/ws/<listenKey>` (raw, not combined).
+    """Events of Binance's user-data stream `<ws_base>/private/ws/<listenKey>` (raw, not combined;
+    `/ws/<listenKey>` when not `routed`, `libs.binance.routes`).
 
     A user stream is silent while nothing happens, so liveness is checked by ping/pong
     (`heartbeat_s`), not by silence; `on_open` is awaited once the socket is up. Undecodable frames
     are skipped (the poll is the safety net); the iteration ends only by raising `UserStreamClosed`.
     """
-    url = f"{ws_base.rstrip('/')}/ws/{listen_key}"
+    url = user_stream_url(ws_base, listen_key, routed=routed)
     try:
         async with aiohttp.ClientSession() as session, session.ws_connect(url, heartbeat=heartbeat_s) as ws:
             if on_open is not None:

@@ -72,6 +72,9 @@ class SimConfig:
     conditional_orders: str = "algo"
     """algo: conditional order types only through /fapi/v1/algoOrder (-4120 on /fapi/v1/order), as
     Binance since 2025-12-09; legacy: accepted on both."""
+    stream_routing: str = "binance"
+    """binance: WebSocket streams by path as Binance USD-M (/public depth, /market trades, mark price,
+    liquidations, /private user data; an un-routed path public only); any: every stream on every path."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -119,6 +122,12 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         default=environ.get("BULWARK_SIM_CONDITIONAL_ORDERS", "algo"),
         help="algo: STOP_MARKET/TAKE_PROFIT_MARKET only through /fapi/v1/algoOrder, as Binance since 2025-12-09",
     )
+    parser.add_argument(
+        "--stream-routing",
+        choices=("binance", "any"),
+        default=environ.get("BULWARK_SIM_STREAM_ROUTING", "binance"),
+        help="binance: streams served by path (/public, /market, /private) as Binance USD-M; any: every path",
+    )
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -148,4 +157,5 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         order_limit_1m=args.order_limit_1m,
         ban_after_429=args.ban_after_429,
         conditional_orders=args.conditional_orders,
+        stream_routing=args.stream_routing,
     )

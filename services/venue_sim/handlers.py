@@ -60,6 +60,7 @@ class VenueSimulator:
         limits: UsageLimits | None = None,
         ban_after_429: int = 0,
         conditional_orders: str = "legacy",
+        stream_routing: str = "binance",
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -85,6 +86,7 @@ class VenueSimulator:
             self.rules,
             self.ban,
             conditional_orders,
+            stream_routing,
         )
         self.control = ControlRoutes(self.ctx)
         self.streams = StreamRoutes(self.ctx)
@@ -104,8 +106,8 @@ class VenueSimulator:
         app = web.Application(middlewares=[self._middleware])
         self.control.register(app)
         self.account_modes.register_control(app)
-        # Binance USD-M routes streams by path (/public, /market, /private); the simulator serves
-        # every stream on each of them and on the unrouted paths.
+        # Binance USD-M routes streams by path (/public, /market, /private); which path serves which
+        # stream is `stream_routing`'s choice (routes.market_streams).
         for prefix in ("", "/public", "/market", "/private"):
             app.router.add_get(f"{prefix}/stream", self.streams.ws_market)
             app.router.add_get(f"{prefix}/ws", self.streams.ws_market)

@@ -115,6 +115,7 @@ def build_simulator(
         limits=UsageLimits(clock, config.weight_limit_1m, config.order_limit_10s, config.order_limit_1m),
         ban_after_429=config.ban_after_429,
         conditional_orders=config.conditional_orders,
+        stream_routing=config.stream_routing,
     )
 
 

@@ -60,12 +60,25 @@ def venue_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def unrouted_venue_url(tmp_path: Path) -> Iterator[str]:
+    # Every stream on one connection (`any` routing): a backlog of trades delays the diffs behind it.
+    with running_venue_sim(tmp_path, "--speed", "5", "--stream-routing", "any") as url:
+        yield url
+
+
 @pytest_asyncio.fixture
-async def slow_harness(nats_url: str, venue_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+async def slow_harness(
+    nats_url: str, unrouted_venue_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    """market-data on one un-routed connection (`BULWARK_VENUE_WS_ROUTED=false`), so that slow
+    trade frames hold back the depth diffs queued behind them on the same socket."""
     real = adapters.market_stream
     SlowStream.delay_s = 0.0
     monkeypatch.setattr(adapters, "market_stream", lambda *args, **kwargs: SlowStream(real(*args, **kwargs)))
-    async for harness in _start(nats_url, _settings(nats_url, venue_url), venue_url):
+    venue_url = unrouted_venue_url
+    settings = replace(_settings(nats_url, venue_url), venue_ws_routed=False)
+    async for harness in _start(nats_url, settings, venue_url):
         yield harness
     SlowStream.delay_s = 0.0
 

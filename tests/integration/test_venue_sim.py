@@ -69,8 +69,10 @@ class Client:
             return response.status, await response.json(content_type=None)
 
 
-async def _start(source: Any, speed: float, seed: int = 7) -> tuple[TestServer, Client, aiohttp.ClientSession]:
-    config = SimConfig(speed=speed, seed=seed, ws_ping_interval_s=0.5)
+async def _start(
+    source: Any, speed: float, seed: int = 7, stream_routing: str = "binance"
+) -> tuple[TestServer, Client, aiohttp.ClientSession]:
+    config = SimConfig(speed=speed, seed=seed, ws_ping_interval_s=0.5, stream_routing=stream_routing)
     simulator = build_simulator(config, source, "test")
     server = TestServer(simulator.build_app(), host="127.0.0.1")
     await server.start_server()
@@ -268,7 +270,7 @@ async def test_order_validation_when_params_bad_then_binance_codes(btc: Client) 
 async def test_resting_limit_when_countdown_expires_then_cancelled_and_user_stream_told(btc: Client) -> None:
     _, key, _ = await btc.signed("POST", "/fapi/v1/listenKey")
     listen_key = key["listenKey"]
-    async with btc.session.ws_connect(btc.base.replace("http", "ws") + f"/ws/{listen_key}") as user_ws:
+    async with btc.session.ws_connect(btc.base.replace("http", "ws") + f"/private/ws/{listen_key}") as user_ws:
         _, depth, _ = await btc.public("/fapi/v1/depth", symbol="BTCUSDT", limit=5)
         far_bid = (Decimal(depth["bids"][0][0]) * Decimal("0.9")).quantize(Decimal("0.1"))
         status, order, _ = await btc.signed(
@@ -296,7 +298,7 @@ async def test_resting_limit_when_countdown_expires_then_cancelled_and_user_stre
 
 
 async def test_ws_subscribe_and_trades_when_requested_then_answered_and_streamed(btc: Client) -> None:
-    async with btc.session.ws_connect(btc.base.replace("http", "ws") + "/ws") as ws:
+    async with btc.session.ws_connect(btc.base.replace("http", "ws") + "/market/ws") as ws:
         await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "btcusdt@markPrice@1s"], "id": 3})
         seen: set[str] = set()
         reply = None
@@ -430,7 +432,10 @@ async def test_synthetic_source_when_synced_then_book_matches_and_is_deep() -> N
 
 
 async def test_price_shift_when_scheduled_then_stream_book_marks_and_rest_move_together() -> None:
-    server, client, session = await _start(SyntheticSource(["BTCUSDT", "ETHUSDT"], seed=3), speed=1)
+    # One socket carries diffs and marks (`any` routing), so the chaining is checked across the shift.
+    server, client, session = await _start(
+        SyntheticSource(["BTCUSDT", "ETHUSDT"], seed=3), speed=1, stream_routing="any"
+    )
     symbol = "ETHUSDT"
     try:
         _, premium_before, _ = await client.public("/fapi/v1/premiumIndex", symbol=symbol)

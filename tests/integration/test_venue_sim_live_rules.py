@@ -101,7 +101,7 @@ async def test_ws_connection_when_lifetime_reached_then_closed_and_a_new_one_ser
 
 @pytest.mark.parametrize("venue", [{**rules(pong_timeout_s=1.0), "ws_ping_interval_s": 0.2}], indirect=True)
 async def test_ws_server_pings_when_client_never_pongs_then_closed_while_ponging_client_stays(venue: Venue) -> None:
-    silent = await venue.session.ws_connect(venue.ws_base + "/ws/btcusdt@aggTrade", autoping=False)
+    silent = await venue.session.ws_connect(venue.ws_base + "/market/ws/btcusdt@aggTrade", autoping=False)
     answering = await venue.session.ws_connect(venue.ws_base + "/ws/ethusdt@depth@100ms", autoping=True)
     try:
         ping = await silent.receive(timeout=5)
@@ -149,7 +149,7 @@ async def test_listen_key_when_not_kept_alive_then_expired_event_and_key_refused
     status, body = await venue.key_only("POST", "/fapi/v1/listenKey")
     assert status == 200
     key = body["listenKey"]
-    async with venue.session.ws_connect(f"{venue.ws_base}/ws/{key}") as ws:
+    async with venue.session.ws_connect(f"{venue.ws_base}/private/ws/{key}") as ws:
         event = await ws.receive_json(timeout=5)
         assert event["e"] == "listenKeyExpired" and event["listenKey"] == key
         status, body = await venue.key_only("PUT", "/fapi/v1/listenKey")
@@ -161,7 +161,7 @@ async def test_listen_key_when_not_kept_alive_then_expired_event_and_key_refused
         with pytest.raises(asyncio.TimeoutError):
             await ws.receive_json(timeout=1)
     with pytest.raises(aiohttp.WSServerHandshakeError):
-        await venue.session.ws_connect(f"{venue.ws_base}/ws/{key}")
+        await venue.session.ws_connect(f"{venue.ws_base}/private/ws/{key}")
     status, body = await venue.key_only("POST", "/fapi/v1/listenKey")
     assert status == 200 and body["listenKey"] != key
 
@@ -169,7 +169,7 @@ async def test_listen_key_when_not_kept_alive_then_expired_event_and_key_refused
 @pytest.mark.parametrize("venue", [rules(listen_key_validity_s=1.0)], indirect=True)
 async def test_listen_key_when_kept_alive_then_never_expires(venue: Venue) -> None:
     _, body = await venue.key_only("POST", "/fapi/v1/listenKey")
-    async with venue.session.ws_connect(f"{venue.ws_base}/ws/{body['listenKey']}") as ws:
+    async with venue.session.ws_connect(f"{venue.ws_base}/private/ws/{body['listenKey']}") as ws:
         for _ in range(6):
             await asyncio.sleep(0.4)
             status, _ = await venue.key_only("PUT", "/fapi/v1/listenKey")
@@ -182,7 +182,7 @@ async def test_external_order_when_placed_through_the_sim_then_on_the_user_strea
     _, body = await venue.key_only("POST", "/fapi/v1/listenKey")
     _, mark, _ = await venue.get("/fapi/v1/premiumIndex", symbol="ETHUSDT")
     price = f"{float(mark['markPrice']) * 0.9:.2f}"
-    async with venue.session.ws_connect(f"{venue.ws_base}/ws/{body['listenKey']}") as ws:
+    async with venue.session.ws_connect(f"{venue.ws_base}/private/ws/{body['listenKey']}") as ws:
         status, order = await venue.sim(
             "POST",
             "/_sim/orders",
@@ -279,7 +279,7 @@ async def test_conditional_order_when_triggered_then_market_order_placed_and_alg
     # As on Binance since 2025-12-09: conditional types only through the Algo Service.
     status, refused, _ = await venue.signed("POST", "/fapi/v1/order", **stop, stopPrice=trigger)
     assert (status, refused["code"]) == (400, -4120)
-    async with venue.session.ws_connect(f"{venue.ws_base}/ws/{body['listenKey']}") as ws:
+    async with venue.session.ws_connect(f"{venue.ws_base}/private/ws/{body['listenKey']}") as ws:
         status, placed, _ = await venue.signed(
             "POST", "/fapi/v1/algoOrder", **stop, algoType="CONDITIONAL", triggerPrice=trigger, clientAlgoId="stop-1"
         )

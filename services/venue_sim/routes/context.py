@@ -61,6 +61,9 @@ class SimContext:
     conditional_orders: str = "legacy"
     """legacy: STOP_MARKET / TAKE_PROFIT_MARKET accepted on /fapi/v1/order too; algo: only through
     /fapi/v1/algoOrder, as on Binance since 2025-12-09."""
+    stream_routing: str = "binance"
+    """binance: WebSocket streams served by path as Binance USD-M (`routes.market_streams`); any:
+    every stream on every path."""
 
     def now_ms(self) -> int:
         """Wall clock in ms."""

@@ -1,6 +1,13 @@
 """WebSocket entrypoints: combined (`/stream?streams=`) and raw (`/ws/<stream>`) market streams,
 user-data streams (`/ws/<listenKey>`), and the live SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS
-commands. Frames reach a client through the stream hub."""
+commands. Frames reach a client through the stream hub.
+
+Routing (`SimContext.stream_routing`): `binance` serves streams by path as Binance USD-M does
+(`libs.binance.routes`): `/public/...` only public-class streams (depth, book ticker), `/market/...`
+only market-class ones (trades, mark price, liquidations, klines), `/private/ws/<listenKey>` user
+data, and a path without a route only public-class streams. A stream on the wrong path is accepted
+and delivers nothing, silently, as on Binance. `any` serves every stream on every path (a spot
+feed always does: Binance spot does not route)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import re
 import msgspec
 from aiohttp import WSMsgType, web
 
+from libs.binance.routes import Route, stream_route
 from services.venue_sim.routes.context import RouteGroup, dumps
 from services.venue_sim.streams import Subscriber
 
@@ -20,18 +28,60 @@ STREAM_NAME = re.compile(
 )
 
 
+STREAM_ROUTINGS = ("binance", "any")
+"""`binance`: streams served by path as Binance USD-M; `any`: every stream on every path."""
+
+
+def request_route(path: str) -> Route | None:
+    """The route of a stream path (`/market/stream` → MARKET), None for an un-routed one (`/ws/...`)."""
+    first = path.lstrip("/").split("/", 1)[0]
+    return next((route for route in Route if route.value == first), None)
+
+
+def delivered_streams(route: Route | None, streams: list[str]) -> list[str]:
+    """The streams a connection of `route` receives under Binance's routing; an un-routed path
+    gets the public ones only, `/private` none (user data only)."""
+    served = Route.PUBLIC if route is None else route
+    return [stream for stream in streams if stream_route(stream) == served]
+
+
 class StreamRoutes(RouteGroup):
     """The WebSocket handler of every stream path."""
+
+    def _routed(self) -> bool:
+        return self.ctx.stream_routing == "binance" and not self.feed.spot
+
+    def _subscribe(self, subscriber: Subscriber, request_path: str, streams: list[str]) -> None:
+        """Subscribe the streams this connection's path delivers (all of them when not routing);
+        the others are accepted (listed, counted against the limit) and deliver nothing."""
+        if not self._routed():
+            self.hub.subscribe(subscriber, streams)
+            return
+        served = delivered_streams(request_route(request_path), streams)
+        self.hub.subscribe(subscriber, served)
+        subscriber.streams.update(streams)
+        if len(served) < len(streams):
+            self.ctx.log.info(
+                "ws_streams_not_on_route",
+                path=request_path,
+                streams=[s for s in streams if s not in served][:10],
+                action_taken="accepted, nothing delivered (Binance routes streams by path)",
+            )
+
+    def _takes_user_data(self, request_path: str) -> bool:
+        return not self._routed() or request_route(request_path) == Route.PRIVATE
 
     async def ws_market(self, request: web.Request) -> web.StreamResponse:
         """`/stream?streams=a/b` (combined), `/ws/<stream>` (raw) and `/ws/<listenKey>` (user data)."""
         name = request.match_info.get("name", "") or request.query.get("listenKey", "")
         combined = request.path.endswith("/stream")
-        listen_key = name if name in self.hub.listen_keys else None
+        is_key = name in self.hub.listen_keys
+        # A listen key off /private (when routing) connects and delivers nothing, as on Binance.
+        listen_key = name if is_key and self._takes_user_data(request.path) else None
         streams: list[str] = []
         if combined:
             streams = [s for s in request.query.get("streams", "").split("/") if s]
-        elif name and listen_key is None:
+        elif name and not is_key:
             streams = [s for s in name.split("/") if s]
         invalid = [s for s in streams if not STREAM_NAME.match(s)]
         if invalid:
@@ -56,7 +106,7 @@ class StreamRoutes(RouteGroup):
         self.hub.connections.add(subscriber)
         if listen_key is not None:
             self.hub.subscribe_user(subscriber, listen_key)
-        self.hub.subscribe(subscriber, streams)
+        self._subscribe(subscriber, request.path, streams)
         sender = asyncio.create_task(subscriber.run_sender())
         self.ctx.log.info("ws_connected", streams=streams[:10], user_stream=listen_key is not None)
         try:
@@ -74,7 +124,7 @@ class StreamRoutes(RouteGroup):
                     if not self.hub.is_stalled(subscriber):
                         await ws.pong(message.data)
                 elif message.type == WSMsgType.TEXT:
-                    reply = self._ws_command(subscriber, message.data)
+                    reply = self._ws_command(subscriber, message.data, request.path)
                     if reply is not None and not self.hub.is_stalled(subscriber):
                         await ws.send_str(reply)
         except (ConnectionError, asyncio.CancelledError):
@@ -89,7 +139,7 @@ class StreamRoutes(RouteGroup):
             self.hub.user_connections.discard(subscriber)
         return ws
 
-    def _ws_command(self, subscriber: Subscriber, text: str) -> str | None:
+    def _ws_command(self, subscriber: Subscriber, text: str, path: str) -> str | None:
         try:
             command = msgspec.json.decode(text)
         except msgspec.DecodeError:
@@ -109,6 +159,8 @@ class StreamRoutes(RouteGroup):
             # A listen key is a stream name too: subscribing it makes this a user-data connection.
             keys = [p for p in params if p in self.hub.listen_keys or p == subscriber.listen_key]
             streams = [p for p in params if p not in keys]
+            if method == "SUBSCRIBE" and not self._takes_user_data(path):
+                keys = []  # accepted, and nothing delivered: user data comes on /private only
             if not all(STREAM_NAME.match(p) for p in streams):
                 return dumps(
                     {"error": {"code": 2, "msg": "Invalid request: invalid stream name in params"}, "id": request_id}
@@ -122,7 +174,7 @@ class StreamRoutes(RouteGroup):
                             "id": request_id,
                         }
                     )
-                self.hub.subscribe(subscriber, streams)
+                self._subscribe(subscriber, path, streams)
                 for key in keys:
                     self.hub.subscribe_user(subscriber, key)
             else:
