@@ -46,7 +46,8 @@ MAINNET_HALT_REASON = (
 )
 
 _URLS = PROFILE_URLS
-"""Binance USD-M REST and market-stream bases; the WebSocket base takes `/stream?...` and `/ws/<listenKey>`."""
+"""Binance USD-M REST and WebSocket bases; streams go on the base's routes (`/public`, `/market`,
+`/private/ws/<listenKey>`: `libs.binance.routes`)."""
 
 
 class VenueProfileError(ValueError):

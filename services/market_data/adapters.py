@@ -79,7 +79,7 @@ def stream_groups(
     names = [name for symbol in symbols for name in stream_names(symbol, market)]
     if market == MarketKind.SPOT or not routed:
         return {None: names}
-    return dict(group_by_route(names))
+    return {route: streams for route, streams in group_by_route(names).items()}
 
 
 def market_stream(

@@ -9,6 +9,7 @@ durable consumers, snapshots and query subject, `position` for the main venue as
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import sys
@@ -193,7 +194,9 @@ async def setup(ctx: ServiceContext) -> None:
     await ctx.bus.serve(subjects.svc_position_state(component), service.state_query)
     ctx.spawn(service.poll_forever(settings.order_poll_interval_s), "order-poll")
     ws_bases = [account.ws_url, *account.ws_alternates]
-    ctx.spawn(service.user_stream_forever(ws_bases, user_stream_events), "user-stream")
+    # Binance USD-M serves user data on its `/private` route; an un-routed venue on `/ws/<key>`.
+    events = functools.partial(user_stream_events, routed=settings.venue_ws_routed)
+    ctx.spawn(service.user_stream_forever(ws_bases, events), "user-stream")
 
 
 def reconcile_passes_with_time(error: BaseException) -> bool:
