@@ -86,8 +86,9 @@ def build_script(n: int, seed: int, reference_prices: dict[str, Decimal], key_pr
     Args:
         n: number of steps before the final cancels.
         seed: the same seed and prices give the same script.
-        reference_prices: a recent price per symbol; resting limits are placed 20 % away from it and
-            crossing limits 10 % through it, so whether a limit fills does not depend on timing.
+        reference_prices: a recent price per symbol; resting limits are placed 3 % away from it and
+            crossing limits 2 % through it (inside the venue's ±5 % PERCENT_PRICE band, which risk
+            enforces), so whether a limit fills does not depend on timing over a run.
         key_prefix: prefix of every idempotency key (default `load-<seed>`); two runs compared
             with each other must use the same one.
     """
@@ -125,7 +126,8 @@ def build_script(n: int, seed: int, reference_prices: dict[str, Decimal], key_pr
         side = rng.choice(("BUY", "SELL"))
         kind = rng.random()
         if kind < 0.30:
-            far = Decimal("0.8") if side == "BUY" else Decimal("1.2")
+            # Inside the venue's PERCENT_PRICE band (±5 % of the mark): farther is refused with 422.
+            far = Decimal("0.97") if side == "BUY" else Decimal("1.03")
             price = _round_to_tick(reference * far, tick)
             add_submit(symbol, _body(symbol, side, "LIMIT", quantity, price), True)
             continue
@@ -135,7 +137,7 @@ def build_script(n: int, seed: int, reference_prices: dict[str, Decimal], key_pr
             side, signed = ("SELL", -units) if side == "BUY" else ("BUY", units)
         net_units[symbol] += signed
         if kind < 0.45:
-            through = Decimal("1.1") if side == "BUY" else Decimal("0.9")
+            through = Decimal("1.02") if side == "BUY" else Decimal("0.98")
             price = _round_to_tick(reference * through, tick)
             add_submit(symbol, _body(symbol, side, "LIMIT", quantity, price), False)
         else:
