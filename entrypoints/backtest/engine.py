@@ -433,8 +433,8 @@ class Backtest:
         for symbol, cause in causes.items():
             position = self.exchange.position(symbol)
             if position.quantity == 0:
-                for algo in self.exchange.algo.open_orders(symbol):
-                    self.exchange.algo.cancel(algo, self.exchange.now_ms())
+                for algo in self.exchange.algo.open_orders(symbol):  # as the position service does once flat
+                    self.exchange.cancel_algo({"symbol": symbol, "algoId": str(algo.algo_id)})
                 self.protection.pop(symbol, None)
             message = self.stamp(
                 PositionChanged,

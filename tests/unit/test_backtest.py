@@ -148,20 +148,24 @@ def test_cli_when_input_is_bad_then_exit_2_with_the_reason(capsys: pytest.Captur
 def test_cli_when_json_run_twice_in_processes_then_same_bytes_and_report(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "entrypoints.cli", "backtest", "--strategy", "trend", "--json"]
     command += ["--recording", "usdm_btcusdt_20240808.gz,usdm_ethusdt_20240808.gz"]
-    outputs = []
+    runs = []
     for seed in ("1", "2"):  # different hash seeds: nothing may depend on set or dict-of-str order
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}
-        done = subprocess.run(
-            [*command, "--report", str(tmp_path / seed)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        outputs.append(done.stdout)
-        assert (tmp_path / seed / "backtest.html").is_file()
+        out = [*command, "--report", str(tmp_path / seed)]
+        # Both at once: two processes use two cores.
+        runs.append(subprocess.Popen(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = []
+    try:
+        for seed, process in zip(("1", "2"), runs, strict=True):
+            stdout, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr
+            outputs.append(stdout)
+            assert (tmp_path / seed / "backtest.html").is_file()
+    finally:
+        for process in runs:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     assert outputs[0] == outputs[1]
     doc = json.loads(outputs[0])
     assert doc["symbols"] == ["BTCUSDT", "ETHUSDT"] and doc["strategy"]["kind"] == "trend"
@@ -169,3 +173,17 @@ def test_cli_when_json_run_twice_in_processes_then_same_bytes_and_report(tmp_pat
     assert doc["trades"][-1]["exit_role"] == "end"  # still open when the recording ended: closed at market
     assert set(doc["metrics"]) >= {"realized_pnl", "fees", "win_rate", "average_win", "average_loss", "sharpe"}
     assert set(doc["metrics"]) >= {"max_drawdown", "exposure", "net_pnl", "trades"}
+
+
+def test_bench_when_run_then_replay_rate_next_to_raw_read_rate_of_the_same_files() -> None:
+    from entrypoints.bench.backtest import backtest_speed, format_backtest
+    from entrypoints.bench.registry import BENCHMARKS
+
+    assert BENCHMARKS["backtest"].run is backtest_speed
+    result = backtest_speed(repeats=1, files=("usdm_btcusdt_20230404.gz",))
+    assert result["events"] > 6000 and result["raw_records_per_s"] > 0 and result["replay_events_per_s"] > 0
+    # The ratio is the replay's rate over the raw read rate, measured in the same run.
+    expected = result["replay_events_per_s"] / result["raw_records_per_s"]
+    assert result["replay_vs_raw_read_ratio"] == pytest.approx(expected, rel=0.01)
+    assert result["times_real_time"] > 1  # faster than the market itself, even on a busy machine
+    assert "events/s replayed" in format_backtest(result)
