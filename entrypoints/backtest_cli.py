@@ -51,8 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     backtest.add_argument("--balance", type=_balance, default=DEFAULT_BALANCE, help="starting balance in USDT")
 
 
-def _recordings(raw: str) -> list[str]:
-    names = [item.strip() for item in raw.split(",") if item.strip()]
+def _recordings(names: list[str]) -> list[str]:
     # A bare name that is not a file here is one of the shipped recordings.
     return [str(RECORDINGS_DIR / n) if not Path(n).exists() and (RECORDINGS_DIR / n).is_file() else n for n in names]
 
@@ -65,17 +64,17 @@ def run(args: argparse.Namespace) -> int:
     from entrypoints.backtest.engine import BacktestOptions, run_backtest
     from entrypoints.backtest.replay import ReplayError, load_replay
 
-    recordings = _recordings(args.recording)
+    named = [item.strip() for item in args.recording.split(",") if item.strip()]
     try:
         instance = strategy_from_spec(args.strategy, args.config)
-        replay = load_replay(recordings)
+        replay = load_replay(_recordings(named))
     except (StrategyConfigError, ReplayError) as exc:
         sys.stderr.write(f"bulwark backtest: {exc}\n")
         return 2
     started = time.perf_counter()
     result = run_backtest(instance, replay, BacktestOptions(initial_balance=args.balance))
     elapsed = max(time.perf_counter() - started, 1e-9)
-    doc = report.document(result, recordings)
+    doc = report.document(result, named)  # as given: the same document in any checkout
     if args.json:
         sys.stdout.write(report.to_json(doc) + "\n")
     else:

@@ -169,6 +169,7 @@ def test_cli_when_json_run_twice_in_processes_then_same_bytes_and_report(tmp_pat
     assert outputs[0] == outputs[1]
     doc = json.loads(outputs[0])
     assert doc["symbols"] == ["BTCUSDT", "ETHUSDT"] and doc["strategy"]["kind"] == "trend"
+    assert doc["recordings"] == ["usdm_btcusdt_20240808.gz", "usdm_ethusdt_20240808.gz"]  # as given, no local path
     assert len(doc["trades"]) == 2 and {t["symbol"] for t in doc["trades"]} == {"BTCUSDT", "ETHUSDT"}
     assert doc["trades"][-1]["exit_role"] == "end"  # still open when the recording ended: closed at market
     assert set(doc["metrics"]) >= {"realized_pnl", "fees", "win_rate", "average_win", "average_loss", "sharpe"}
@@ -187,3 +188,12 @@ def test_bench_when_run_then_replay_rate_next_to_raw_read_rate_of_the_same_files
     assert result["replay_vs_raw_read_ratio"] == pytest.approx(expected, rel=0.01)
     assert result["times_real_time"] > 1  # faster than the market itself, even on a busy machine
     assert "events/s replayed" in format_backtest(result)
+
+
+def test_cli_when_venue_refuses_entries_then_summary_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # 0.002 BTC at ~28,000 USDT is under the 100 USDT minimum notional: the venue refuses every entry.
+    assert cli.main(["backtest", "--strategy", "imbalance", "--recording", "usdm_btcusdt_20230404.gz"]) == 0
+    out = capsys.readouterr().out
+    assert "backtest imbalance (imbalance) on usdm_btcusdt_20230404.gz" in out
+    assert "rejected entry BTCUSDT: -4164 Order's notional must be no smaller than 100" in out
+    assert "trades                      0" in out and "x real time" in out
