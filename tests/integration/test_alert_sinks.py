@@ -25,6 +25,7 @@ from proto.enums import AlertSeverity
 from proto.messages import AlertRaised, AlertResolved
 from services.watchdog import adapters
 from services.watchdog.handlers import AlertDispatcher
+from tests.support.http_server import LocalHttpServer
 
 TELEGRAM_TOKEN = "123456:TELEGRAM-SECRET-TOKEN"
 WEBHOOK_SECRET = "webhook-hmac-secret"
@@ -38,14 +39,15 @@ class SinkServer:
     def __init__(self, telegram_status: int = 200) -> None:
         self.received: dict[str, list[tuple[dict[str, Any], bytes, dict[str, str]]]] = {}
         self.telegram_status = telegram_status
-        self.runner: web.AppRunner | None = None
         self.port = 0
         self._next_message_id = 700
 
     def bodies(self, sink: str) -> list[dict[str, Any]]:
         return [body for body, _, _ in self.received.get(sink, [])]
 
-    async def start(self) -> None:
+    def app(self) -> web.Application:
+        """The routes of every sink: Telegram's Bot API by token, the others by name."""
+
         async def record(request: web.Request, sink: str) -> tuple[dict[str, Any], bytes]:
             raw = await request.read()
             body = json.loads(raw)
@@ -67,24 +69,15 @@ class SinkServer:
         app = web.Application()
         app.router.add_post("/bot{token}/sendMessage", telegram)
         app.router.add_post("/{name}", hook)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        self.port = infra_commands.free_port("127.0.0.1")
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        return app
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[SinkServer]:
     sinks = SinkServer()
-    await sinks.start()
-    try:
+    async with LocalHttpServer(sinks.app()) as http:
+        sinks.port = http.port
         yield sinks
-    finally:
-        await sinks.stop()
 
 
 @pytest.fixture
