@@ -75,33 +75,42 @@ def pagerduty_payload(notice: AlertNotice, routing_key: str) -> dict[str, Any]:
 def telegram_payload(notice: AlertNotice, chat_id: str, reply_to: int | None = None) -> dict[str, Any]:
     """A Telegram Bot API `sendMessage` body (HTML); a resolution replies to the message that raised it.
 
+    Text is cut before it is escaped and whole detail lines are dropped to stay under Telegram's
+    4096 characters, so a long alert never becomes malformed HTML (which Telegram would refuse).
+
     Args:
         notice: the alert or its resolution.
         chat_id: the chat the bot posts to.
         reply_to: Telegram's id of the message that announced the alert, when known.
     """
+    subject = f"{_escaped(notice.component, 100)}: {_escaped(notice.title, 500)}"
     if notice.resolved:
-        head = f"{TELEGRAM_RESOLVED} <b>RESOLVED</b> {html.escape(notice.component)}: {html.escape(notice.title)}"
+        head = f"{TELEGRAM_RESOLVED} <b>RESOLVED</b> {subject}"
     else:
-        emoji = TELEGRAM_EMOJI.get(str(notice.severity), "")
-        head = f"{emoji} <b>[{notice.severity}]</b> {html.escape(notice.component)}: {html.escape(notice.title)}"
-    lines = [head.strip()]
-    lines += [
-        f"{html.escape(str(name))}: {html.escape(str(value))[:300]}" for name, value in sorted(notice.details.items())
-    ][:10]
-    lines.append(f"key <code>{html.escape(notice.key)}</code>")
+        head = f"{TELEGRAM_EMOJI.get(str(notice.severity), '')} <b>[{notice.severity}]</b> {subject}".strip()
+    tail = [f"key <code>{_escaped(notice.key, 200)}</code>"]
     if notice.runbook_url:
-        url = html.escape(notice.runbook_url, quote=True)
-        lines.append(f'<a href="{url}">runbook</a>' if _is_link(notice.runbook_url) else f"runbook <code>{url}</code>")
+        url = _escaped(notice.runbook_url, 500)
+        tail.append(f'<a href="{url}">runbook</a>' if _is_link(notice.runbook_url) else f"runbook <code>{url}</code>")
+    details = [
+        f"{_escaped(str(name), 50)}: {_escaped(str(value), 300)}" for name, value in sorted(notice.details.items())
+    ]
+    lines = [head, *details[:10], *tail]
+    while len("\n".join(lines)) > TELEGRAM_MAX_CHARS and len(lines) > 1 + len(tail):
+        del lines[-1 - len(tail)]
     body: dict[str, Any] = {
         "chat_id": chat_id,
-        "text": "\n".join(lines)[:TELEGRAM_MAX_CHARS],
+        "text": "\n".join(lines),
         "parse_mode": "HTML",
         "disable_web_page_preview": True,
     }
     if reply_to is not None:
         body["reply_parameters"] = {"message_id": reply_to, "allow_sending_without_reply": True}
     return body
+
+
+def _escaped(text: str, limit: int) -> str:
+    return html.escape(text[:limit], quote=True)
 
 
 def webhook_payload(notice: AlertNotice) -> dict[str, Any]:
