@@ -184,6 +184,17 @@ class Settings:
     alert_pagerduty_routing_key: str = _doc("", "alerts: PagerDuty routing key (never logged)")
     alert_pagerduty_min_severity: str = _doc("P1", "alerts: lowest severity paged (P0 highest ... P3 lowest)")
     alert_webhook_timeout_s: float = _doc(5.0, "alerts: timeout of one webhook POST")
+    alert_telegram_bot_token: str = _doc("", "alerts: Telegram bot token (off when empty; never logged)")
+    alert_telegram_chat_id: str = _doc("", "alerts: Telegram chat the bot posts to")
+    alert_telegram_api_url: str = _doc("https://api.telegram.org", "alerts: Telegram Bot API base URL")
+    alert_telegram_min_severity: str = _doc("P2", "alerts: lowest severity sent to Telegram")
+    alert_webhook_url: str = _doc("", "alerts: generic webhook receiving every alert as JSON (off when empty)")
+    alert_webhook_secret: str = _doc(
+        "", "alerts: HMAC-SHA256 key signing the generic webhook's body (X-Bulwark-Signature; never logged)"
+    )
+    alert_runbook_base_url: str = _doc(
+        "docs/runbooks", "alerts: where the runbook pages are served; each alert links <base>/<page>.md"
+    )
     watchdog_disk_path: str = _doc(".", "watchdog: file system whose usage is checked (FM-C4 90/95/98 %)")
     watchdog_memory_max_pct: float = _doc(90.0, "watchdog: memory use above this turns health YELLOW and alerts")
     watchdog_cpu_max_pct: float = _doc(95.0, "watchdog: CPU use above this for 30 s turns health YELLOW and alerts")

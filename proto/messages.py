@@ -475,13 +475,18 @@ class BackgroundWorkResumed(Message, frozen=True, tag=True):
 
 
 class AlertRaised(Message, frozen=True, tag=True):
-    """An alert; `key` de-duplicates it while its condition holds."""
+    """An alert; `key` de-duplicates it while its condition holds.
+
+    `runbook_url` names the operator's runbook page; empty (the default) means "the page the alert
+    key maps to" (`libs.runbooks`), filled in by the watchdog before the alert reaches a sink.
+    """
 
     key: str
     severity: AlertSeverity
     component: str
     title: str
     details: dict[str, Any] = {}
+    runbook_url: str = ""
 
 
 class AlertResolved(Message, frozen=True, tag=True):

@@ -630,6 +630,7 @@ async def test_events_and_alerts_then_filtered_newest_first(gw: Harness, pg_pool
     assert [e["stream_seq"] for e in rest["events"]] == [1] and rest["next_cursor"] is None
     assert [e["payload"]["key"] for e in typed["events"]] == ["b", "a"]
     assert [alert["key"] for alert in alerts["alerts"]] == ["b"]
+    assert alerts["alerts"][0]["runbook_url"] == "docs/runbooks/README.md"  # "b" is no known alert kind
 
 
 async def test_events_when_filtered_by_component_time_correlation_and_subject_then_matching_rows(
