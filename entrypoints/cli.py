@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from entrypoints import venue_cli
+from entrypoints import strategy_cli, venue_cli
 from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     venue_cli.add_up_flags(up)
     venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
+    strategy_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
@@ -498,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_projections(args)
         case "preflight":
             return venue_cli.cmd_preflight(args, _out, _err, _token(args.data_dir))
+        case "strategy":
+            return strategy_cli.run(args, _out, _err)
     return 2
 
 

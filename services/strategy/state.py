@@ -373,6 +373,7 @@ def _crash(state: RunnerState, fact: Crashed) -> list[Action]:
     fresh.surrendered = surrendered
     fresh.state_since_ns = old.state_since_ns
     if fact.keep_market:
+        fresh.load_memory(*old.memory())
         fresh.load_market_state(old.market_state())
     state.strategy = fresh
     actions = fresh.disable(now, fact.reason)
