@@ -341,3 +341,18 @@ def test_check_when_a_class_alone_then_checked_with_its_defaults(
 
 def test_cli_name_pattern_when_compared_then_the_config_one() -> None:
     assert strategy_cli.NAME_PATTERN.pattern == strategy_config.NAME_PATTERN.pattern
+
+
+def test_bulwark_up_check_when_a_path_kind_then_accepted_and_a_broken_file_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from entrypoints.cli import _strategy_config_problem
+
+    _write(tmp_path / "desk", "burst.py", USER_STRATEGY)
+    good = _toml(tmp_path, '[mine]\nkind = "desk/burst.py:Burst"\nmin_trades = 2\n')
+    monkeypatch.chdir(ROOT)  # `bulwark up` runs from anywhere: the path is the TOML's
+    assert _strategy_config_problem(("mine", "trend"), good) is None
+    _write(tmp_path / "desk", "broken.py", "import no_such_dependency\n")
+    broken = _write(tmp_path / "other", "strategies.toml", '[mine]\nkind = "../desk/broken.py:Burst"\n')
+    problem = _strategy_config_problem(("mine",), broken)
+    assert problem is not None and "desk/broken.py: failed to load: line 1: ModuleNotFoundError" in problem
