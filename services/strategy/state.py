@@ -366,7 +366,11 @@ def _crash(state: RunnerState, fact: Crashed) -> list[Action]:
     if old.symbol is not None and old.state in ENGAGED_STATES:
         surrendered[old.symbol] = now
     state.crash_record = StrategyCrashesValue(crashes=window, running=fact.process_token, surrendered=surrendered)
-    fresh = state.instance.build(state=old.state)
+    try:
+        fresh = state.instance.build(state=old.state)
+    except Exception as exc:  # noqa: BLE001 - a class's own __init__ failing now: nothing to restart into
+        old.surrendered = surrendered
+        return old.fail(now, f"cannot be rebuilt after a crash: {type(exc).__name__}: {exc}"[:300])
     fresh.symbol = old.symbol
     fresh.positions = dict(old.positions)
     fresh.last_price = dict(old.last_price)

@@ -356,3 +356,24 @@ def test_bulwark_up_check_when_a_path_kind_then_accepted_and_a_broken_file_named
     broken = _write(tmp_path / "other", "strategies.toml", '[mine]\nkind = "../desk/broken.py:Burst"\n')
     problem = _strategy_config_problem(("mine",), broken)
     assert problem is not None and "desk/broken.py: failed to load: line 1: ModuleNotFoundError" in problem
+
+
+def test_crash_when_the_class_cannot_be_rebuilt_then_failed_not_a_runner_error(tmp_path: Path) -> None:
+    from services.strategy.state import Crashed, Enabled, RunnerState, apply
+
+    code = USER_STRATEGY.replace(
+        "        self.seen: dict[str, int] = {}\n",
+        "        self.seen: dict[str, int] = {}\n        if getattr(Burst, 'refuse', False):\n"
+        "            raise RuntimeError('no broker key now')\n",
+    )
+    _write(tmp_path, "burst.py", code)
+    instance = instance_config(
+        "burst", {"burst": {"kind": "burst.py:Burst", "min_trades": 1}}, environ={}, base_dir=tmp_path
+    )
+    state = RunnerState.fresh(instance, "binance-usdm")
+    apply(state, Enabled(T0, "start"))
+    type(state.strategy).refuse = True  # type: ignore[attr-defined]
+    apply(state, Crashed(T0 + S, "crash: ValueError: bug", "token"))
+    assert state.strategy.state == StrategyState.FAILED
+    assert "cannot be rebuilt after a crash: RuntimeError: no broker key now" in state.intents[-1].reason  # type: ignore[union-attr]
+    assert len(state.crash_record.crashes) == 1
