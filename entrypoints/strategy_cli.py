@@ -41,7 +41,7 @@ leaves early when the move turns against it. Everything else (the state machine,
 a time, cooldown, holding time, stops, retries, the risk checks, crash isolation) is the SDK's.
 
 Check it:        bulwark strategy check {name_file}.toml
-Backtest it:     bulwark backtest --strategy {name_file}.toml --recording data/binance/usdm_btcusdt_20240808.gz
+Backtest it:     bulwark backtest, on the recordings in data/binance/ (docs/strategies.md)
 Run it:          bulwark up --strategies {name} --strategy-config {name_file}.toml
 """
 

@@ -377,3 +377,38 @@ def test_crash_when_the_class_cannot_be_rebuilt_then_failed_not_a_runner_error(t
     assert state.strategy.state == StrategyState.FAILED
     assert "cannot be rebuilt after a crash: RuntimeError: no broker key now" in state.intents[-1].reason  # type: ignore[union-attr]
     assert len(state.crash_record.crashes) == 1
+
+
+def test_depth_when_the_strategy_asks_for_levels_then_the_tick_view_carries_the_book(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from libs.logging import get_logger
+    from proto.replies import BookReply, BookRequest
+    from services.strategy.handlers import StrategyService
+
+    _write(tmp_path, "deep.py", USER_STRATEGY.replace("    memory_trades = 50\n", "    depth_levels = 2\n"))
+    instance = instance_config(
+        "deep", {"deep": {"kind": "deep.py:Burst", "min_trades": 1, "symbols": ["BTCUSDT"]}}, base_dir=tmp_path
+    )
+    asked: list[BookRequest] = []
+
+    class StateBuilder:
+        async def request(self, subject: str, payload: bytes, timeout_s: float) -> bytes:
+            request = msgspec.json.decode(payload, type=BookRequest)
+            asked.append(request)
+            levels = [(Decimal(100 - i), Decimal(i + 1)) for i in range(request.depth or 0)]
+            asks = [(Decimal(101 + i), Decimal(i + 1)) for i in range(request.depth or 0)]
+            reply = BookReply(symbol=request.symbol, status=HotStateStatus.VALID, bids=levels, asks=asks)
+            return msgspec.json.encode(reply)
+
+    runner = SimpleNamespace(strategy=instance.build(), bus=StateBuilder(), log=get_logger("test"))
+    service = StrategyService(runner)  # type: ignore[arg-type]
+    market = {
+        "BTCUSDT": sdk.MarketView(hot_state_valid=True, best_bid=Decimal(100), best_ask=Decimal(101)),
+        "ETHUSDT": sdk.MarketView(hot_state_valid=True),  # not traded by the instance: no request
+    }
+    views = asyncio.run(service.with_depth(market))
+    assert [(r.symbol, r.depth) for r in asked] == [("BTCUSDT", 2)]
+    assert views["BTCUSDT"].bids == ((Decimal(100), Decimal(1)), (Decimal(99), Decimal(2)))
+    assert views["BTCUSDT"].asks[0] == (Decimal(101), Decimal(1)) and views["ETHUSDT"].bids == ()
