@@ -38,8 +38,6 @@ from .domain import Strategy, StrategyConfig
 from .loader import StrategyConfigError, builtin_kind, is_path_kind, load_strategy_class, parameter_hints
 from .strategies import KINDS
 
-__all__ = ["InstanceConfig", "StrategyConfigError", "instance_config", "load_instances", "read_config_file"]
-
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_INSTANCES: tuple[str, ...] = ("cascade-fade", "trend")
 """What `bulwark up` runs when not told otherwise."""
