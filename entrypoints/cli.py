@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from entrypoints import backtest_cli, venue_cli
+from entrypoints import backtest_cli, strategy_cli, venue_cli
 from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     venue_cli.add_up_flags(up)
     venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
     backtest_cli.add_parser(commands)
+    strategy_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
@@ -501,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             return venue_cli.cmd_preflight(args, _out, _err, _token(args.data_dir))
         case "backtest":
             return backtest_cli.run(args)
+        case "strategy":
+            return strategy_cli.run(args, _out, _err)
     return 2
 
 

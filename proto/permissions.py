@@ -250,6 +250,7 @@ def _strategy(component: str) -> Grant:
             subjects.evt_signal(name, ANY),
             subjects.evt_strategy_state(name),
             subjects.evt_strategy_crashed(name),
+            subjects.SVC_STATE_BUILDER_BOOK,  # book depth for a strategy that asks for it (docs/strategies.md)
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.key_strategy(name)),
             kv_subject(subjects.KV_STATE, subjects.key_strategy_crashes(name)),

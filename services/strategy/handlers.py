@@ -6,6 +6,7 @@ crashes; commands and ticks are decided here (HARD_SHUTDOWN, the state-builder's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -158,6 +159,25 @@ class StrategyService:
             return {}
         return views
 
+    async def with_depth(self, market: dict[str, MarketView]) -> dict[str, MarketView]:
+        """The views of the symbols the strategy trades with the book depth it asked for
+        (`Strategy.depth_levels`); a symbol whose depth cannot be read keeps its top of book."""
+        strategy = self.runner.strategy
+        levels = strategy.depth_levels
+        if levels <= 0:
+            return market
+        views = dict(market)
+        for symbol, view in market.items():
+            if not view.hot_state_valid or not strategy.config.trades(symbol):
+                continue
+            try:
+                bids, asks = await adapters.read_depth(self.runner.bus, symbol, levels)
+            except Exception as exc:  # noqa: BLE001 - no depth is no entry on depth, never a crash
+                self.runner.log.debug("depth_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+                continue
+            views[symbol] = dataclasses.replace(view, bids=bids, asks=asks)
+        return views
+
     async def _hard_shutdown(self) -> bool:
         """Is the system in HARD_SHUTDOWN (KV `degradation_level`)? False when it cannot be read."""
         try:
@@ -182,7 +202,7 @@ class StrategyService:
                 "strategy_stopped", reason="HARD_SHUTDOWN", action_taken="DISABLED until an operator enables it"
             )
             return
-        market = await self.market()
+        market = await self.with_depth(await self.market())
         summary = {
             symbol: (view.hot_state_valid, str(view.best_bid), str(view.best_ask)) for symbol, view in market.items()
         }
