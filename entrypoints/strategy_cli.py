@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.strategy.config import InstanceConfig, StrategyConfigError
+    from services.strategy.config import InstanceConfig
     from services.strategy.sdk import StrategyConfig
 
 # The service's modules are imported when a command runs: `bulwark --help` and every other command
@@ -198,10 +198,10 @@ def cmd_new(name: str, folder: Path, out: Write, err: Write) -> int:
 def cmd_check(spec: str, out: Write, err: Write) -> int:
     """Check SPEC; print what was found and every problem. 0: no problem."""
     from services.strategy import sdk
-    from services.strategy.config import StrategyConfigError
+    from services.strategy.config import StrategyConfigError, instances_from_spec
 
     try:
-        instances = _instances(spec)
+        instances = instances_from_spec(spec)
     except StrategyConfigError as exc:
         err(f"problem: {exc}")
         return 1
@@ -219,46 +219,6 @@ def cmd_check(spec: str, out: Write, err: Write) -> int:
     for problem in problems:
         err(f"problem: {problem}")
     return 1 if problems else 0
-
-
-def _instances(spec: str) -> dict[str, InstanceConfig | StrategyConfigError]:
-    """Every instance SPEC names, loaded, or the error that stops it.
-
-    Raises:
-        StrategyConfigError: SPEC itself cannot be read.
-    """
-    from services.strategy.config import StrategyConfigError, config_dir, instance_config, read_config_file
-    from services.strategy.loader import builtin_kind, is_path_kind, load_strategy_class
-
-    path_part, _, name = spec.partition(".toml:") if ".toml:" in spec else (spec, "", "")
-    if ".toml:" in spec:
-        path_part += ".toml"
-    if path_part.endswith(".toml"):
-        path = Path(path_part)
-        sections = read_config_file(path)
-        names = [name] if name else [key for key, value in sections.items() if isinstance(value, dict)]
-        if not names:
-            raise StrategyConfigError(f"{path}: no strategy table in it (one [name] table per instance)")
-        if name and name not in sections:
-            raise StrategyConfigError(f"{path}: no table [{name}]; tables: {', '.join(sorted(sections)) or 'none'}")
-        results: dict[str, InstanceConfig | StrategyConfigError] = {}
-        for instance in names:
-            try:
-                results[instance] = instance_config(instance, sections, environ={}, base_dir=config_dir(path))
-            except StrategyConfigError as exc:
-                results[instance] = exc
-        return results
-    if not is_path_kind(spec) and builtin_kind(spec) is None:
-        raise StrategyConfigError(
-            f"{spec!r}: expected FILE.toml, FILE.toml:NAME, path/to/file.py:Class or package.module:Class"
-        )
-    strategy_cls = load_strategy_class(spec, Path.cwd())
-    instance = "check" if is_path_kind(spec) else spec
-    try:
-        return {instance: instance_config(instance, {instance: {"kind": spec}}, environ={}, base_dir=Path.cwd())}
-    except StrategyConfigError as exc:
-        hint = " (a class alone is checked with its defaults; give them in a TOML table)"
-        return {strategy_cls.__name__: StrategyConfigError(f"{exc}{hint}")}
 
 
 def _parameters(config: StrategyConfig) -> str:

@@ -269,3 +269,43 @@ def load_instances(
 def config_dir(path: str | Path) -> Path | None:
     """The folder a config file's relative strategy paths start from (None without a file: cwd)."""
     return Path(path).resolve().parent if str(path) else None
+
+
+def instances_from_spec(spec: str) -> dict[str, InstanceConfig | StrategyConfigError]:
+    """Every instance a SPEC names (`FILE.toml`, `FILE.toml:NAME`, `path/to/file.py:Class`,
+    `package.module:Class` or a built-in kind), each configured or with the error that stops it;
+    `bulwark strategy check` and `bulwark backtest` read SPECs through this one function.
+
+    Raises:
+        StrategyConfigError: SPEC itself cannot be read.
+    """
+    path_part, _, name = spec.partition(".toml:") if ".toml:" in spec else (spec, "", "")
+    if ".toml:" in spec:
+        path_part += ".toml"
+    if path_part.endswith(".toml"):
+        path = Path(path_part)
+        sections = read_config_file(path)
+        names = [name] if name else [key for key, value in sections.items() if isinstance(value, dict)]
+        if not names:
+            raise StrategyConfigError(f"{path}: no strategy table in it (one [name] table per instance)")
+        if name and name not in sections:
+            raise StrategyConfigError(f"{path}: no table [{name}]; tables: {', '.join(sorted(sections)) or 'none'}")
+        results: dict[str, InstanceConfig | StrategyConfigError] = {}
+        for instance in names:
+            try:
+                results[instance] = instance_config(instance, sections, environ={}, base_dir=config_dir(path))
+            except StrategyConfigError as exc:
+                results[instance] = exc
+        return results
+    if not is_path_kind(spec) and builtin_kind(spec) is None:
+        raise StrategyConfigError(
+            f"unknown kind {spec!r} (built-in: {', '.join(sorted(KINDS))}); "
+            "expected FILE.toml, FILE.toml:NAME, path/to/file.py:Class, package.module:Class or a built-in kind"
+        )
+    strategy_cls = load_strategy_class(spec, Path.cwd())
+    instance = "check" if is_path_kind(spec) else spec
+    try:
+        return {instance: instance_config(instance, {instance: {"kind": spec}}, environ={}, base_dir=Path.cwd())}
+    except StrategyConfigError as exc:
+        hint = " (a class alone is checked with its defaults; give them in a TOML table)"
+        return {strategy_cls.__name__: StrategyConfigError(f"{exc}{hint}")}

@@ -197,3 +197,20 @@ def test_cli_when_venue_refuses_entries_then_summary_says_so(capsys: pytest.Capt
     assert "backtest imbalance (imbalance) on usdm_btcusdt_20230404.gz" in out
     assert "rejected entry BTCUSDT: -4164 Order's notional must be no smaller than 100" in out
     assert "trades                      0" in out and "x real time" in out
+
+
+def test_own_strategy_when_written_from_the_template_outside_the_tree_then_backtested_unchanged(
+    btc_2024: Replay, tmp_path: Path
+) -> None:
+    # `bulwark strategy new` writes a strategy file and its TOML in a folder of the trader's; the
+    # backtest takes the TOML (its `kind = "my_mom.py:MyMom"` relative to it) or the class itself.
+    assert cli.main(["strategy", "new", "my-mom", "--dir", str(tmp_path)]) == 0
+    by_toml = run_backtest(strategy_from_spec(str(tmp_path / "my_mom.toml")), btc_2024)
+    assert by_toml.trades, "the template trades on the default recording"
+    assert all(trade.entry_reason for trade in by_toml.trades)
+    again = run_backtest(strategy_from_spec(str(tmp_path / "my_mom.toml")), btc_2024)
+    assert [t.net_pnl for t in again.trades] == [t.net_pnl for t in by_toml.trades]
+    broken = tmp_path / "broken.py"
+    broken.write_text((tmp_path / "my_mom.py").read_text() + "\nimport no_such_module\n")
+    with pytest.raises(StrategyConfigError, match="broken.py"):
+        strategy_from_spec(f"{broken}:MyMom")
