@@ -212,5 +212,5 @@ def test_own_strategy_when_written_from_the_template_outside_the_tree_then_backt
     assert [t.net_pnl for t in again.trades] == [t.net_pnl for t in by_toml.trades]
     broken = tmp_path / "broken.py"
     broken.write_text((tmp_path / "my_mom.py").read_text() + "\nimport no_such_module\n")
-    with pytest.raises(StrategyConfigError, match="broken.py"):
+    with pytest.raises(StrategyConfigError, match=r"broken\.py"):
         strategy_from_spec(f"{broken}:MyMom")
