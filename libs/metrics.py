@@ -240,6 +240,7 @@ class ServiceMetrics:
         self._published: dict[str, Any] = {}
         self._received: dict[str, Any] = {}
         self._dlq_consumers: set[str] = set()
+        self._pending: dict[str, Any] = {}
 
     def watch_bus(self, status: Callable[[], dict[str, Any]]) -> None:
         """Export the bus's connection state and outbox (`Bus.status`) at every scrape."""
@@ -256,7 +257,10 @@ class ServiceMetrics:
         if num_delivered > 1:
             self.redeliveries.labels(self.component, durable).inc()
         if num_pending is not None:
-            self.consumer_pending.labels(self.component, durable).set(num_pending)
+            pending = self._pending.get(durable)
+            if pending is None:
+                pending = self._pending[durable] = self.consumer_pending.labels(self.component, durable)
+            pending.set(num_pending)
 
     def dead_letter(self, durable: str) -> None:
         self.dead_lettered.labels(self.component, durable).inc()
