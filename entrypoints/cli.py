@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--pg-port", type=_port, default=5432)
     up.add_argument("--redis-port", type=_port, default=6379)
     up.add_argument(
+        "--metrics-port",
+        type=_bounded_int(0, 65535),
+        default=0,
+        help="first Prometheus /metrics port of the services, one each (default 0: free ports, see `bulwark status`)",
+    )
+    up.add_argument(
         "--symbols",
         help="comma-separated symbols (default: a replay's own symbols, else BTCUSDT,ETHUSDT)",
     )
@@ -252,6 +258,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         nats_monitor_port=args.nats_monitor_port,
         pg_port=args.pg_port,
         redis_port=args.redis_port,
+        metrics_port=args.metrics_port,
         venue_source=args.venue_source,
         venue_speed=args.venue_speed,
         venue_seed=args.venue_seed,

@@ -101,6 +101,9 @@ class LaunchConfig:
     """`BULWARK_VENUE` of the services (a spot replay trades `binance-spot`)."""
     venue: VenueChoice = field(default_factory=VenueChoice)
     """The venue profile (`--venue`): the local simulator, or a venue elsewhere (no simulator started)."""
+    metrics_port: int = 0
+    """First Prometheus `/metrics` port of the services (`--metrics-port`): one each, in program order;
+    0: each service takes a free port and reports it (`metrics_url` in `/v1/status`)."""
 
     def ports(self) -> dict[str, int]:
         ports = {
@@ -127,6 +130,13 @@ class LaunchConfig:
             taken = [flag for flag, port in self.ports().items() if port == self.backup_venue_port]
             if len(taken) > 1:
                 found.append(f"{' and '.join(taken)} are the same port {self.backup_venue_port}")
+        metrics = metrics_ports(self)
+        if metrics and max(metrics.values()) > 65535:
+            found.append(f"--metrics-port {self.metrics_port}: {len(metrics)} services need ports up to 65535")
+        for flag, port in self.ports().items():
+            if port in metrics.values():
+                program = next(name for name, taken in metrics.items() if taken == port)
+                found.append(f"{flag} {port} is the metrics port of {program} (--metrics-port {self.metrics_port})")
         return found
 
     def url(self, scheme: str, port: int) -> str:
@@ -206,6 +216,9 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         # and position process run, whatever the caller's environment says.
         "BULWARK_BACKUP_VENUE": config.backup_venue,
         "BULWARK_POSITION_VENUE": "",
+        # Each service's own /metrics port: a free one unless `--metrics-port` gives them (per program).
+        "BULWARK_METRICS_HOST": config.host,
+        "BULWARK_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     if config.backup_venue:
@@ -283,6 +296,14 @@ def application_programs(config: LaunchConfig) -> dict[str, str]:
     return programs
 
 
+def metrics_ports(config: LaunchConfig) -> dict[str, int]:
+    """Program name -> its Prometheus port, consecutive from `--metrics-port` in program order (the same
+    order at every start, so a scrape configuration stays valid); empty with 0 (free ports)."""
+    if not config.metrics_port:
+        return {}
+    return {name: config.metrics_port + index for index, name in enumerate(bus_components(config))}
+
+
 def program_instance_id(program: str) -> str:
     """`BULWARK_INSTANCE_ID` of a supervised program: the same across its restarts.
 
@@ -341,6 +362,8 @@ def write_supervisor_config(
         if bus_credentials is not None and name in bus_components(config):
             # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
             environment.update(bus_credentials.service_env(name))
+        if name in metrics_ports(config):
+            environment["BULWARK_METRICS_PORT"] = str(metrics_ports(config)[name])
         if environment:
             extra["environment"] = ",".join(f'{key}="{value}"' for key, value in environment.items())
         priority = 20 if name in venue_programs(config) else 30
@@ -384,6 +407,11 @@ def check_ports(config: LaunchConfig) -> None:
     if problems:
         raise LaunchError("; ".join(problems))
     busy = [f"{flag} {port}" for flag, port in config.ports().items() if not infra.port_is_free(config.host, port)]
+    busy += [
+        f"--metrics-port {port} ({program})"
+        for program, port in metrics_ports(config).items()
+        if not infra.port_is_free(config.host, port)
+    ]
     if busy:
         raise LaunchError(
             "port(s) already in use on "

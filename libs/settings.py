@@ -209,6 +209,14 @@ class Settings:
     )
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR")
     otel_exporter: str = _doc("none", "OpenTelemetry span exporter: none or console")
+    otel_endpoint: str = _doc(
+        "", "OTLP collector URL spans are exported to (e.g. http://collector:4318); empty: no OTLP export"
+    )
+    otel_protocol: str = _doc("http/protobuf", "OTLP protocol of BULWARK_OTEL_ENDPOINT: http/protobuf or grpc")
+    metrics_host: str = _doc("127.0.0.1", "bind address of this process's Prometheus /metrics endpoint")
+    metrics_port: int = _doc(
+        0, "port of this process's Prometheus /metrics endpoint; 0: a free port (its URL is in /v1/status); -1: none"
+    )
     stream_replicas: int = _doc(
         1, "JetStream stream and key-value bucket replicas (3 in a clustered deployment, k8s/configmap.yaml)"
     )

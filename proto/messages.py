@@ -441,6 +441,8 @@ class Heartbeat(Message, frozen=True, tag=True):
     state: ComponentState
     started_ns: int
     details: dict[str, Any] = {}
+    metrics_url: str | None = None
+    """Where Prometheus scrapes this process (`/metrics` on its own port); None without an endpoint."""
 
 
 class ComponentStatusChanged(Message, frozen=True, tag=True):

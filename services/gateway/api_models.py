@@ -191,6 +191,7 @@ class ComponentStatus(BaseModel):
     state: str
     pid: int | None
     last_heartbeat_age_ms: int | None
+    metrics_url: str | None = None
 
 
 class SymbolStatus(BaseModel):

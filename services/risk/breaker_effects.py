@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from libs.breaker import BreakerState
+from libs.metrics import metrics_of
 from proto import subjects
 from proto.enums import AlertSeverity, TradingState
 from proto.messages import (
@@ -130,6 +131,9 @@ async def apply_breaker_change(risk: RiskCore, change: BreakerChange, *, announc
         )
         strategy = record.details.get("strategy") if breaker_id.startswith(STRATEGY_MALFUNCTION_PREFIX) else None
         if change.tripped:
+            metrics = metrics_of(risk.bus)
+            if metrics is not None:
+                metrics.breaker_tripped(breaker_id)
             await _on_trip(risk, change, strategy)
         elif change.current == BreakerState.CLOSED:
             await _on_close(risk, change, strategy, announce_enable)

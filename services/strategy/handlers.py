@@ -13,6 +13,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.bus import Delivery
+from libs.metrics import metrics_of
+from libs.telemetry import Tick, handling_tick
 from proto import subjects
 from proto.codec import decode
 from proto.enums import DegradationLevel, StrategyState
@@ -104,7 +106,14 @@ class StrategyService:
     async def _market_input(self, message: Message, stream_seq: int | None) -> None:
         # The time market-data stamped it: the same whether handled live or replayed after a
         # restart (snapshot + tail rebuild exactly what a run without restart had).
-        await self._input(message, stream_seq, min(message.ts_init_ns, self.runner.clock()))
+        runner = self.runner
+        started_ns = runner.clock()
+        tick = Tick(getattr(message, "symbol", ""), message.ts_init_ns, message.message_id)
+        with handling_tick(tick):  # a signal decided on this input is traced from it
+            await self._input(message, stream_seq, min(message.ts_init_ns, started_ns))
+        metrics = metrics_of(runner.bus)
+        if metrics is not None:
+            metrics.decision("strategy", (runner.clock() - started_ns) / 1e9)
 
     async def _input(self, message: Message, stream_seq: int | None, at_ns: int | None = None) -> None:
         def described() -> str:

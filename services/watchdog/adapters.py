@@ -127,6 +127,14 @@ def _raise_if_refused(exc: Exception, row: str) -> None:
 DEAD_LETTER_RETENTION_NS = 30 * 24 * 3600 * 1_000_000_000
 
 
+async def dead_letters_waiting(pool: asyncpg.Pool | None) -> dict[str, int]:
+    """Dead letters not retried yet, by consumer (the DLQ depth an operator works down)."""
+    rows = await _require(pool).fetch(
+        "SELECT consumer, count(*) AS waiting FROM dead_letters WHERE status <> 'RETRIED' GROUP BY consumer"
+    )
+    return {str(row["consumer"]): int(row["waiting"]) for row in rows}
+
+
 async def purge_old_dead_letters(
     pool: asyncpg.Pool | None, now_ns: int, retention_ns: int = DEAD_LETTER_RETENTION_NS
 ) -> int:

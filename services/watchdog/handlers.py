@@ -69,6 +69,22 @@ async def dead_letter_retention_loop(ctx: ServiceContext) -> None:
         await asyncio.sleep(RETENTION_PERIOD_S)
 
 
+DLQ_DEPTH_PERIOD_S = 15.0
+"""How often the DLQ depth metric is refreshed (a Prometheus scrape interval)."""
+
+
+async def dlq_depth_loop(ctx: ServiceContext, period_s: float = DLQ_DEPTH_PERIOD_S) -> None:
+    """Keep `bulwark_dlq_messages` (dead letters not retried, by consumer) current; Postgres down: next period."""
+    while True:
+        try:
+            ctx.metrics.set_dlq_depth(await adapters.dead_letters_waiting(ctx.pool))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Postgres may be down; the gauge keeps its last value
+            ctx.log.debug("dlq_depth_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        await asyncio.sleep(period_s)
+
+
 async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolved) -> None:
     """Publish an alert the watchdog raises (or resolves) itself, with its runbook; a failure is
     logged, never raised."""
