@@ -17,9 +17,10 @@ from libs.logging import get_logger
 from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from proto import subjects
-from proto.enums import BreakerState, OrderSource, OrderType, Side, StrategyMode, StrategyState
+from proto.enums import BreakerState, OrderSource, OrderType, Side, StrategyMode, StrategyState, TradingState
 from proto.kv import BreakerValue, StrategyModeValue, StrategyStateValue, decode_value, encode_value
 from proto.messages import EnableStrategy, OperatorActionTaken, SubmitOrder
+from proto.replies import BreakerResetReply
 from services.gateway.app import create_app
 from services.gateway.context import Gateway
 from services.gateway.strategy_modes import EnableRequest, Standing, judge_enable
@@ -241,3 +242,22 @@ async def test_risk_when_mode_unreadable_at_start_then_taken_as_paper() -> None:
 
     assert modes.denial(strategy_order()) is not None
     assert modes.denial(strategy_order("other")) is None and modes.denial(strategy_order("never-enabled")) is None
+
+
+async def test_cb3_reset_when_strategy_on_paper_then_recorded_live_by_that_operator(
+    peer: PeerBus, paper_system: httpx.AsyncClient
+) -> None:
+    stopped_by(peer, cb3=True)
+    assert (
+        await paper_system.post(f"/v1/strategies/{NAME}/enable", headers=OP, json={"mode": "paper"})
+    ).status_code == 202
+    reply = BreakerResetReply(
+        breaker=f"CB-3-{NAME}", state=BreakerState.CLOSED, previous=BreakerState.OPEN, trading_state=TradingState.ACTIVE
+    )
+    peer.answer(subjects.SVC_RISK_BREAKER_RESET, msgspec.json.encode(reply))
+
+    response = await paper_system.post(f"/v1/breakers/CB-3-{NAME}/reset", headers=OP, json={"reason": "fixed"})
+
+    assert response.status_code == 200, response.text
+    mode = stored_mode(peer)
+    assert mode is not None and mode.mode == StrategyMode.LIVE and mode.override and mode.reason == "fixed"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 
 from proto import subjects
-from proto.enums import DegradationLevel
+from proto.enums import DegradationLevel, StrategyMode
 from proto.kv import BreakerValue, DegradationLevelValue, StrategyModeValue, StrategyStateValue, encode_value
 from proto.messages import DisableStrategy, EnableStrategy
 from services.gateway.api_models import ERROR_RESPONSES, StrategyCommandResponse, StrategyList, parse_body
@@ -21,6 +21,8 @@ from services.gateway.strategy_modes import EnableRequest, Standing, judge_enabl
 router = APIRouter(tags=["strategies"])
 
 StrategyName = Annotated[str, Path(max_length=64)]
+CB3_PREFIX = "CB-3-"
+"""A strategy's CB-3 breaker is `CB-3-<name>` (risk's `strategy_breaker_id`)."""
 
 
 @router.get("/v1/strategies", response_model=StrategyList, responses=ERROR_RESPONSES)
@@ -88,7 +90,7 @@ async def _mode(gateway: Gateway, name: str) -> StrategyModeValue:
 
 async def _standing(gateway: Gateway, name: str) -> Standing:
     state = await gateway.kv_value(StrategyStateValue, subjects.key_strategy(name))
-    breaker = await gateway.kv_value(BreakerValue, subjects.key_breaker(f"CB-3-{name}"))
+    breaker = await gateway.kv_value(BreakerValue, subjects.key_breaker(f"{CB3_PREFIX}{name}"))
     return Standing(
         state=state.state if state is not None else None,
         cb3=breaker.state if breaker is not None else None,
@@ -97,8 +99,12 @@ async def _standing(gateway: Gateway, name: str) -> Standing:
     )
 
 
-async def _set_mode(gateway: Gateway, name: str, body: EnableRequest, who: Principal, restricted_by: str) -> None:
-    """Persist the order mode before the enable goes out, so risk routes the first order right."""
+async def set_mode(gateway: Gateway, name: str, body: EnableRequest, who: Principal, restricted_by: str) -> None:
+    """Persist the order mode before the enable goes out, so risk routes the first order right.
+
+    Raises:
+        ApiError: 503 when the bus is down or the write fails.
+    """
     value = StrategyModeValue(
         mode=body.mode,
         operator=who.name,
@@ -112,6 +118,22 @@ async def _set_mode(gateway: Gateway, name: str, body: EnableRequest, who: Princ
         await gateway.ctx.bus.kv_put(subjects.key_strategy_mode(name), encode_value(value))
     except BUS_ERRORS as exc:
         raise unavailable("nats", f"could not persist the strategy's mode: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+async def after_cb3_reset(gateway: Gateway, breaker_id: str, who: Principal, reason: str) -> None:
+    """A manual reset of `CB-3-<name>` re-enables the strategy live (risk): the operator's explicit,
+    audited override, so a strategy on paper is recorded live again (or risk, restarted, would
+    still take it for a paper strategy)."""
+    name = breaker_id.removeprefix(CB3_PREFIX)
+    if not breaker_id.startswith(CB3_PREFIX) or name not in gateway.ctx.settings.strategies:
+        return
+    if (await _mode(gateway, name)).mode == StrategyMode.LIVE:
+        return
+    try:
+        await set_mode(gateway, name, EnableRequest(override=True, reason=reason or "CB-3 reset"), who, "CB-3")
+    except ApiError as exc:
+        # The reset happened; risk already routes the strategy live. Said loudly, not answered as a failure.
+        gateway.ctx.log.error("strategy_mode_not_persisted", strategy=name, error=exc.message[:300])
 
 
 async def _strategy_command(
@@ -148,7 +170,7 @@ async def _strategy_command(
     if refusal is not None:
         raise ApiError(refusal.status, refusal.code, refusal.message, refusal.details)
     restricted_by = restriction(standing)
-    await _set_mode(gateway, name, body, who, restricted_by)
+    await set_mode(gateway, name, body, who, restricted_by)
     reason = body.reason.strip() or f"operator enable ({body.mode.value})"
     enable = EnableStrategy(strategy=name, operator=who.name, reason=reason, mode=body.mode, override=body.override)
     await gateway.publish(subjects.cmd_strategy(name, action), enable)
