@@ -91,7 +91,8 @@ def venue_of(args: argparse.Namespace) -> VenueChoice:
 
 def venue_line(choice: VenueChoice) -> str:
     """What `bulwark up` prints about a venue that is not its simulator."""
-    line = f"  venue            {choice.profile}: {choice.rest_url}  (streams {choice.ws_url}; no simulator)"
+    role = "market data only, orders on paper" if choice.paper else "no simulator"
+    line = f"  venue            {choice.profile}: {choice.rest_url}  (streams {choice.ws_url}; {role})"
     if choice.starts_halted:
         line += "\n  trading          HALTED at start: check `bulwark preflight`, then resume"
     return line

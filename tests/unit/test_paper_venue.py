@@ -20,6 +20,7 @@ from entrypoints.launcher import (
     service_env,
     write_supervisor_config,
 )
+from entrypoints.venue_cli import mode_line, paper_line, venue_line
 from entrypoints.venue_profiles import MAINNET, TESTNET, VenueChoice, VenueProfileError, resolve_venue, venue_env
 from services.venue_sim.adapters.mirror import market_streams, parse_frame
 from services.venue_sim.domain.book_follower import BookFollower
@@ -158,3 +159,14 @@ def test_mirror_frames_when_venue_sends_them_then_market_events_and_bad_ones_rai
         "ethusdt@markPrice@1s",
         "ethusdt@forceOrder",
     ]
+
+
+def test_cli_lines_when_paper_then_bulwark_up_and_status_say_so() -> None:
+    choice = resolve_venue(TESTNET, paper=True, environ={})
+
+    assert "orders on paper" in venue_line(choice) and "HALTED" not in venue_line(choice)
+    shown = paper_line(True, False, "http://127.0.0.1:8100")
+    assert shown is not None and "PAPER" in shown and "http://127.0.0.1:8100" in shown
+    assert paper_line(False, True, "x") is None
+    assert mode_line({"mode": "PAPER", "paper": True}).split()[:2] == ["mode", "PAPER"]
+    assert mode_line({}).split() == ["mode", "LIVE"]
