@@ -31,18 +31,9 @@ KEY, SECRET = f"venue-key-{uuid.uuid4().hex}", f"venue-secret-{uuid.uuid4().hex}
 @pytest.fixture(scope="module")
 def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The venue: a simulator started on its own with the account's key."""
-    folder = tmp_path_factory.mktemp("venue")
-    saved = {name: os.environ.get(name) for name in ("BULWARK_VENUE_API_KEY", "BULWARK_VENUE_API_SECRET")}
-    os.environ.update({"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET})
-    try:
-        with running_venue_sim(folder, "--source", "synthetic") as url:
-            yield url
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    account = {"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
+    with running_venue_sim(tmp_path_factory.mktemp("venue"), "--source", "synthetic", env=account) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
