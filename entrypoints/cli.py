@@ -270,6 +270,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         backup_venue="" if args.backup_venue is None else (args.backup_venue or default_backup_venue(main_venue)),
         backup_venue_port=args.backup_venue_port,
         venue=venue,
+        paper=args.paper,
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
     warning = exposure_warning(config.host)
@@ -313,6 +314,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
     else:
         _out(venue_cli.venue_line(config.venue))
+    paper_line = venue_cli.paper_line(config.paper, config.venue.simulated, config.url("http", config.venue_port))
+    if paper_line:
+        _out(paper_line)
     if config.backup_venue:
         _out(
             f"  backup venue     {endpoints['backup_venue']}   ({config.backup_venue}, traded by "
@@ -375,6 +379,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out(f"trading state      {status.get('trading_state')}")
     _out(f"degradation level  {status.get('degradation_level')}")
     _out(f"health             {status.get('health')}")
+    _out(venue_cli.mode_line(status))
     _out(venue_cli.preflight_line(status.get("preflight")))
     _out("components:")
     for name, comp in sorted(status.get("components", {}).items()):

@@ -82,6 +82,11 @@ class Settings:
         "which venue the system trades: sim, binance-testnet, binance (mainnet: starts HALTED) or custom; "
         "`bulwark up --venue` sets it with the matching URLs (README: Trading a real venue)",
     )
+    paper: bool = _doc(
+        False,
+        "paper trading: the position service's orders go to a paper simulator that fills them against the "
+        "venue's live book; market data stays the venue's; no order reaches the venue (`bulwark up --paper`)",
+    )
     venue_leverage: str = _doc(
         "", "position preflight: leverage SET per symbol at start, `N` or `SYMBOL=N,...` (`*=N` others); empty: kept"
     )

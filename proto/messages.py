@@ -24,6 +24,7 @@ from proto.enums import (
     OrderStatus,
     OrderType,
     Side,
+    StrategyMode,
     StrategyState,
     TimeInForce,
     TradingState,
@@ -215,6 +216,11 @@ class EnableStrategy(Message, frozen=True, tag=True):
     strategy: str
     operator: str
     reason: str = ""
+    mode: StrategyMode = StrategyMode.LIVE
+    """`paper`: the strategy's orders go to the paper order link, never the venue (docs/strategies.md)."""
+    override: bool = False
+    """A live enable of a strategy that CB-3 or FAILED (FM-C2) keeps on paper, forced by the operator
+    (`reason` says why); audited with the command."""
 
 
 class DisableStrategy(Message, frozen=True, tag=True):

@@ -100,6 +100,8 @@ def _gateway() -> Grant:
             subjects.SVC_STATE_BUILDER_BOOK,
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
+            # An operator's enable sets the strategy's order mode (live or paper).
+            kv_subject(subjects.KV_STATE, subjects.key_strategy_mode(ANY)),
         ),
         # The live event stream (SSE) and order outcomes follow every event; heartbeats give components.
         subscribe=(*subscribe, subjects.EVT_ALL, subjects.HEARTBEAT_ALL),

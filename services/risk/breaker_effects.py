@@ -11,7 +11,7 @@ import msgspec
 from libs.breaker import BreakerState
 from libs.metrics import metrics_of
 from proto import subjects
-from proto.enums import AlertSeverity, TradingState
+from proto.enums import AlertSeverity, StrategyMode, TradingState
 from proto.messages import (
     AlertRaised,
     AlertResolved,
@@ -98,8 +98,10 @@ async def on_mark(risk: RiskCore, mark: MarkPrice) -> None:
 
 
 async def on_strategy_enabled(risk: RiskCore, command: EnableStrategy) -> None:
-    """An operator re-enabled a strategy (gateway): that is the manual reset of its CB-3."""
-    if risk.breakers is None:
+    """An operator re-enabled a strategy (gateway): live, that is the manual reset of its CB-3; on
+    paper the breaker stays open (the strategy trades on paper only, `paper`)."""
+    risk.paper.on_enabled(command)
+    if risk.breakers is None or command.mode == StrategyMode.PAPER:
         return
     breaker = risk.breakers.strategies.get(command.strategy)
     if breaker is None or not breaker.is_open:
