@@ -25,7 +25,7 @@ for the previous one could break; new names and new optional fields raise the mi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeVar, dataclass_transform
+from typing import TypeVar, cast, dataclass_transform
 
 from libs.clock import Clock, ManualClock
 from proto.enums import Side, StrategyState
@@ -86,4 +86,4 @@ def parameters(cls: C) -> C:
     `tuple[str, ...]` (a list of symbols) or `Mapping[str, Decimal]` (a table per symbol). A field
     without a default is required in the TOML table.
     """
-    return dataclass(frozen=True, kw_only=True)(cls)
+    return cast(C, dataclass(frozen=True, kw_only=True)(cls))
