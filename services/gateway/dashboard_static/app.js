@@ -36,8 +36,14 @@ async function signIn() {
   try {
     ctx.session = await api("/dashboard/session");
   } catch (err) {
-    token.clear();
-    showSignIn(err.status === 401 ? "That token is not accepted by this gateway." : explain(err));
+    if (err.status === 401 || err.status === 403) {
+      token.clear();
+      showSignIn("That token is not accepted by this gateway.");
+    } else {
+      // The gateway is busy or unreachable: keep the token and try again, saying so.
+      showSignIn(`Cannot reach the gateway (${explain(err)}); retrying…`);
+      setTimeout(() => { if (token.get() && !ctx.session) signIn(); }, 3000);
+    }
     return;
   }
   $("signin").hidden = true;
@@ -172,8 +178,21 @@ function drawComponents() {
   fill($("links"), Object.entries(status.links || {}).sort().map(([name, link]) =>
     h("tr", {}, h("td", {}, name), stateCell(link.state),
       h("td", { class: "muted" }, [link.reason, ...(link.causes || [])].filter(Boolean).join("; ")))), "no links reported", 3);
-  fill($("dependencies"), Object.entries(status.dependencies || {}).sort().map(([name, state]) =>
-    h("tr", {}, h("td", {}, name), stateCell(state))), "-", 2);
+  const dependencies = Object.entries(status.dependencies || {}).sort().map(([name, state]) =>
+    h("tr", {}, h("td", {}, name), stateCell(state)));
+  for (const [venue, info] of Object.entries(status.venues || {})) {
+    dependencies.push(h("tr", {}, h("td", {}, `venue ${venue} (${info.role})`),
+      h("td", { class: tone(info.order_link) }, `orders ${info.order_link ?? "not reported"}`,
+        info.order_link_reason ? h("span", { class: "muted" }, ` — ${info.order_link_reason}`) : null)));
+  }
+  const preflight = status.preflight;
+  if (preflight) {
+    const failed = (preflight.checks || []).filter((check) => !check.ok).map((check) => `${check.name}: ${check.message}`);
+    dependencies.push(h("tr", {}, h("td", {}, `preflight ${preflight.venue || ""}`),
+      h("td", { class: preflight.ok ? "ok" : "bad", title: failed.join("\n") },
+        preflight.ok ? "passed" : `failed: ${failed.join("; ") || "see checks"}`)));
+  }
+  fill($("dependencies"), dependencies, "-", 2);
 }
 
 function drawBreakers() {

@@ -31,9 +31,12 @@ export class TimeSeries {
         axes: [AXIS, { ...AXIS, label: yLabel, size: 56 }],
         // At least the last `windowS` seconds up to now, so a few points do not stretch over the axis.
         scales: {
-          x: { time: true, range: (_, min, max) => {
+          x: { time: true, range: (_, min) => {
+            // The newest point, not uPlot's max: for a single point uPlot proposes a day-wide range.
             const now = Date.now() / 1000;
-            return [Math.min(min ?? now, now - windowS), Math.max(max ?? now, now)];
+            const times = this.data[0];
+            const last = times.length ? times[times.length - 1] : now;
+            return [Math.min(min ?? now, now - windowS), Math.max(last, now)];
           } },
           y: { range: (_, min, max) => {
             if (min === null || max === null || min === max) return [(min ?? 0) - 1, (max ?? 0) + 1];

@@ -282,11 +282,14 @@ export class Strategies {
     const rows = this.list.map((strategy) => {
       const crashes = this.crashes.get(strategy.name);
       const stopped = ["DISABLED", "FAILED", "UNKNOWN"].includes(strategy.state);
+      // paper or live, once the API tells (read defensively: the field may not exist yet)
+      const mode = strategy.mode ?? (strategy.details && strategy.details.mode) ?? null;
       const button = stopped
         ? actionButton(this.ctx, "Enable", "enable-strategy", () => this.command(strategy.name, "enable"), "small primary")
         : actionButton(this.ctx, "Disable", "disable-strategy", () => this.command(strategy.name, "disable"));
       return h("tr", { dataset: { strategy: strategy.name } },
-        h("td", {}, strategy.name), stateCell(strategy.state), stateCell(strategy.component_state),
+        h("td", {}, strategy.name, mode ? h("span", { class: "muted small" }, ` ${mode}`) : null),
+        stateCell(strategy.state), stateCell(strategy.component_state),
         h("td", { class: crashes && crashes.window ? "warn num" : "num", title: crashes ? crashes.last : "" },
           crashes ? `${crashes.window} in window` : "0"),
         h("td", {}, button));
@@ -381,6 +384,12 @@ export function summary(type, payload) {
   return parts.join(" ").slice(0, 300) || type;
 }
 
+function eventTone(type) {
+  if (type === "AlertResolved") return "ok";
+  if (/Alert|Denied|Rejected|Crashed|DeadLettered|Unknown/.test(type)) return "warn";
+  return "";
+}
+
 export class AuditEvents {
   constructor(ctx) {
     this.ctx = ctx;
@@ -416,8 +425,7 @@ export class AuditEvents {
     const rows = shown.slice(0, 200).map((event) => {
       const row = h("tr", { dataset: { type: event.type } },
         h("td", { class: "mono" }, clock(event.ts)),
-        h("td", { class: event.type.includes("Alert") || event.type.includes("Denied") || event.type.includes("Rejected")
-          ? "warn" : "" }, event.type),
+        h("td", { class: eventTone(event.type) }, event.type),
         h("td", { class: "mono muted" }, event.subject || ""),
         h("td", {}, summary(event.type, event.payload)));
       if (event.fresh) row.classList.add("flash");
@@ -462,6 +470,8 @@ export class Flow {
     const id = payload.client_order_id;
     const start = this.approved.get(id);
     if (start === undefined) return;
+    if (this.acked.size > 5000) this.acked.clear(); // only recent orders matter to the chart
+    if (this.filled.size > 5000) this.filled.clear();
     if (type === "OrderAccepted" && !this.acked.has(id)) {
       this.acked.add(id);
       this.latency.push(ts / 1e9, [(ts - start) / 1e6, null]);
