@@ -10,6 +10,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +109,19 @@ def _sign_in(driver: WebDriver, system: RunningSystem, token: str, role: str) ->
     assert stored == token, "the token is kept in sessionStorage for this tab"
 
 
-def _control(driver: WebDriver, action: str, reason: str) -> None:
-    """Click a control, check it insists on a reason, then confirm it with one."""
+def _control(driver: WebDriver, action: str, reason: str, word: str | None = None) -> None:
+    """Click a control, check it insists on a reason (and on the typed `word`), then confirm it."""
     driver.find_element(By.CSS_SELECTOR, f'[data-action="{action}"]').click()
     _wait(driver, lambda: driver.find_element(By.ID, "confirm").is_displayed(), f"{action} confirmation")
     driver.find_element(By.ID, "confirm-ok").click()
     _wait(driver, lambda: "reason is required" in _text(driver, "confirm-error"), f"{action} asks for a reason")
     assert driver.find_element(By.ID, "confirm").is_displayed(), "no reason: nothing is done"
     driver.find_element(By.ID, "confirm-reason").send_keys(reason)
+    if word is not None:
+        driver.find_element(By.ID, "confirm-ok").click()
+        _wait(driver, lambda: f"Type {word}" in _text(driver, "confirm-error"), f"{action} asks to type {word}")
+        assert driver.find_element(By.ID, "confirm").is_displayed(), "not typed: nothing is done"
+        driver.find_element(By.ID, "confirm-typed").send_keys(word)
     _screenshot(driver, f"confirm-{action}")
     driver.find_element(By.ID, "confirm-ok").click()
     _wait(driver, lambda: not driver.find_element(By.ID, "confirm").is_displayed(), f"{action} dialog closed")
@@ -124,6 +130,11 @@ def _control(driver: WebDriver, action: str, reason: str) -> None:
 def _order_row(driver: WebDriver, client_order_id: str) -> Any:
     rows = driver.find_elements(By.CSS_SELECTOR, f'#orders tr[data-order="{client_order_id}"]')
     return rows[0] if rows else None
+
+
+def _order_status(driver: WebDriver, client_order_id: str) -> str | None:
+    row = _order_row(driver, client_order_id)
+    return row.get_attribute("data-status") if row is not None else None
 
 
 def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no_buttons(
@@ -177,7 +188,7 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     assert placed.status_code in (200, 201, 202), placed.text
     order_id = placed.json()["client_order_id"]
     _wait(driver, lambda: _order_row(driver, order_id), "the API's order on the page")
-    _wait(driver, lambda: _order_row(driver, order_id).get_attribute("data-status") == "FILLED", "the order FILLED")
+    _wait(driver, lambda: _order_status(driver, order_id) == "FILLED", "the order FILLED")
     _wait(
         driver,
         lambda: driver.find_elements(By.CSS_SELECTOR, '#positions tr[data-position$="/BTCUSDT"]'),
@@ -185,6 +196,23 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     )
     time.sleep(1.5)  # one more chart frame so the screenshot shows the fill's latency point
     _screenshot(driver, "3-order-filled")
+
+    # A resting order is cancelled from the page, after a confirmation.
+    with system.client(system.viewer_token) as client:
+        best_bid = Decimal(client.get("/v1/book/BTCUSDT", params={"depth": 1}).json()["bids"][0][0])
+    # 3 % under the bid: it rests, and stays inside the venue's PERCENT_PRICE band.
+    resting = {**body, "type": "LIMIT", "price": str(int(best_bid * Decimal("0.97")))}
+    with system.client(system.operator_token) as client:
+        placed = client.post("/v1/orders", json=resting, headers={"Idempotency-Key": f"dash-{uuid.uuid4()}"})
+    assert placed.status_code in (200, 201, 202), placed.text
+    resting_id = placed.json()["client_order_id"]
+    _wait(driver, lambda: _order_status(driver, resting_id) == "NEW", "the resting order NEW")
+    _order_row(driver, resting_id).find_element(By.CSS_SELECTOR, '[data-action="cancel-order"]').click()
+    _wait(driver, lambda: driver.find_element(By.ID, "confirm").is_displayed(), "cancel confirmation")
+    driver.find_element(By.ID, "confirm-ok").click()
+    _wait(driver, lambda: _order_status(driver, resting_id) == "CANCELED", "order CANCELED")
+    with system.client(system.viewer_token) as client:
+        assert client.get(f"/v1/orders/{resting_id}").json()["status"] == "CANCELED"
 
     # A viewer gets the same page without a single action.
     _sign_in(driver, system, system.viewer_token, "viewer")
@@ -196,6 +224,20 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     assert driver.find_elements(By.CSS_SELECTOR, "main button") == []
     assert "read-only" in _text(driver, "controls-note")
     _screenshot(driver, "4-viewer")
+
+    # Last, as it ends trading for good: the emergency stop, with a reason and the typed word.
+    _sign_in(driver, system, system.operator_token, "operator")
+    _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, '[data-action="emergency-stop"]'), "the stop button")
+    _control(driver, "emergency-stop", "dashboard e2e emergency stop", word="STOP")
+    _wait(driver, lambda: _text(driver, "level") == "HARD_SHUTDOWN", "level HARD_SHUTDOWN on the page")
+    _wait(driver, lambda: _text(driver, "trading") == "HALTED", "trading HALTED after the stop")
+    assert system.status()["degradation_level"] == "HARD_SHUTDOWN"
+    _wait(
+        driver,
+        lambda: driver.find_elements(By.CSS_SELECTOR, '#alerts li[data-alert="degradation:HARD_SHUTDOWN"]'),
+        "the emergency stop's P0 alert",
+    )
+    _screenshot(driver, "5-emergency-stop")
 
 
 ENTRY_SHAPES_SCRIPT = """

@@ -4,7 +4,9 @@ import { api, explain, token } from "./api.js";
 import { confirmAction } from "./confirm.js";
 import { $, ago, clock, fill, h, stateCell, toast, tone } from "./dom.js";
 import { entryRows, inferredBlockers } from "./entry.js";
-import { AuditEvents, Books, DeadLetters, debounce, Flow, Orders, Positions, Strategies } from "./sections.js";
+import {
+  AuditEvents, Books, DeadLetters, debounce, Flow, impliedStatus, Orders, Positions, Strategies,
+} from "./sections.js";
 import { follow } from "./sse.js";
 
 const STATUS_POLL_MS = 2000;
@@ -33,19 +35,24 @@ function showSignIn(message = "") {
 }
 
 async function signIn() {
+  const used = token.get();
+  let session;
   try {
-    ctx.session = await api("/dashboard/session");
+    session = await api("/dashboard/session");
   } catch (err) {
+    if (token.get() !== used) return; // another sign-in took over meanwhile
     if (err.status === 401 || err.status === 403) {
       token.clear();
       showSignIn("That token is not accepted by this gateway.");
     } else {
       // The gateway is busy or unreachable: keep the token and try again, saying so.
       showSignIn(`Cannot reach the gateway (${explain(err)}); retrying…`);
-      setTimeout(() => { if (token.get() && !ctx.session) signIn(); }, 3000);
+      setTimeout(() => { if (token.get() === used && !ctx.session) signIn(); }, 3000);
     }
     return;
   }
+  if (token.get() !== used || ctx.session) return; // a stale answer, or already signed in
+  ctx.session = session;
   $("signin").hidden = true;
   $("main").hidden = false;
   $("signout").hidden = false;
@@ -54,15 +61,18 @@ async function signIn() {
   start();
 }
 
+// Every change of who is signed in starts from a fresh page, so nothing drawn, polled or streamed
+// for the previous token (and its role's buttons) can outlive it.
 $("signin-form").addEventListener("submit", (event) => {
   event.preventDefault();
   token.set($("token").value.trim());
-  signIn();
+  if (ctx.session || sections) location.reload();
+  else signIn();
 });
 $("signout").addEventListener("click", () => {
   token.clear();
   ctx.session = null;
-  showSignIn("Signed out.");
+  location.reload();
 });
 
 // ------------------------------------------------------------------------------------ overview
@@ -235,9 +245,10 @@ async function refreshStatus() {
     await sections.books.refresh(status.symbols || {});
     sections.positions.draw();
   } catch (err) {
-    if (err.status === 401) {
+    if (err.status === 401 && token.get()) {
       token.clear();
-      showSignIn("The gateway no longer accepts this token.");
+      sessionStorage.setItem("bulwark-signin-message", "The gateway no longer accepts this token.");
+      location.reload(); // the token was revoked: back to the sign-in form
       return;
     }
     $("banner").hidden = false;
@@ -287,7 +298,10 @@ function onEvent(frame) {
   const type = frame.type !== "message" ? frame.type : payload.type || "unknown";
   sections.flow.count(type);
   sections.flow.observe(type, payload, payload.ts_event_ns);
-  if (type.startsWith("Order")) sections.orders.touched(payload.client_order_id || (payload.order || {}).client_order_id);
+  if (type.startsWith("Order")) {
+    const id = payload.client_order_id || (payload.order || {}).client_order_id;
+    sections.orders.touched(id, impliedStatus(type, payload));
+  }
   const handler = HANDLERS[type];
   if (handler) handler(payload);
   sections.events.live(type, payload);
@@ -350,5 +364,7 @@ function start() {
 }
 
 $("host").textContent = location.host;
+const message = sessionStorage.getItem("bulwark-signin-message") || "";
+sessionStorage.removeItem("bulwark-signin-message");
 if (token.get()) signIn();
-else showSignIn();
+else showSignIn(message);

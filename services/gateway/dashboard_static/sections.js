@@ -10,6 +10,26 @@ const MAX_ORDERS = 300;
 const MAX_EVENTS = 500;
 const NOISE = new Set(["MarketDataFlagged", "SignalGenerated", "HotStateStatusChanged"]);
 
+const STATUS_RANK = { PENDING_SUBMISSION: 1, SUBMITTED: 2, NEW: 3, PARTIALLY_FILLED: 4, PENDING_CANCEL: 4 };
+
+function statusRank(status) {
+  if (!status) return 0;
+  return TERMINAL.has(status) ? 5 : STATUS_RANK[status] ?? 0;
+}
+
+/** The status an order event implies (null: it says nothing about the status). */
+export function impliedStatus(type, payload) {
+  switch (type) {
+    case "OrderDenied": return "DENIED";
+    case "OrderRejected": return "REJECTED";
+    case "OrderCanceled": return "CANCELED";
+    case "OrderAccepted": return payload.status || null;
+    case "OrderFilled":
+      return Number(payload.cumulative_quantity) >= Number(payload.order_quantity) ? "FILLED" : "PARTIALLY_FILLED";
+    default: return null;
+  }
+}
+
 /** Run `task` at most once per `ms`, the last call winning (snapshots refreshed after bursts of events). */
 export function debounce(task, ms) {
   let timer = null;
@@ -43,6 +63,7 @@ export class Orders {
     this.ctx = ctx;
     this.orders = new Map();
     this.pending = new Map();
+    this.expected = new Map();
     this.fresh = new Set();
     this.render = debounce(() => this.draw(), 100);
     $("orders-filter").addEventListener("input", () => this.draw());
@@ -56,23 +77,31 @@ export class Orders {
     this.draw();
   }
 
-  /** An order event arrived: fetch that order's projection row (retrying while it is not there yet). */
-  touched(clientOrderId) {
+  /**
+   * An order event arrived: fetch that order's projection row. The projection is written after the
+   * event, so the row is read again while it is missing or behind the status the event implies.
+   */
+  touched(clientOrderId, expected = null) {
     if (!clientOrderId) return;
     clearTimeout(this.pending.get(clientOrderId));
+    if (expected && statusRank(expected) > statusRank(this.expected.get(clientOrderId))) {
+      this.expected.set(clientOrderId, expected);
+    }
     const attempt = async (tries) => {
+      let again = false;
       try {
         const order = await api(`/v1/orders/${encodeURIComponent(clientOrderId)}`);
         this.orders.set(order.client_order_id, order);
         this.fresh.add(order.client_order_id);
         this.render();
+        again = statusRank(order.status) < statusRank(this.expected.get(clientOrderId));
       } catch (err) {
-        if (tries > 0 && (err.status === 404 || err.status === 429 || err.status === 503)) {
-          this.pending.set(clientOrderId, setTimeout(() => attempt(tries - 1), 400));
-        }
+        again = err.status === 404 || err.status === 429 || err.status === 503;
       }
+      if (again && tries > 0) this.pending.set(clientOrderId, setTimeout(() => attempt(tries - 1), 500));
+      else this.expected.delete(clientOrderId);
     };
-    this.pending.set(clientOrderId, setTimeout(() => attempt(6), 150));
+    this.pending.set(clientOrderId, setTimeout(() => attempt(20), 150));
   }
 
   matches(order) {
