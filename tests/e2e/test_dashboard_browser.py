@@ -277,3 +277,37 @@ def test_entry_verdict_when_status_shapes_differ_then_page_reads_each_and_never_
         ("BTCUSDT", False, ["hot state SUSPECT"])
     ]
     assert absent is None
+
+
+SSE_PARSE_SCRIPT = """
+const done = arguments[arguments.length - 1];
+import("/dashboard/assets/sse.js").then(({ parseEvents }) => {
+  // Frames as the gateway writes them, cut at arbitrary points as a network delivers them.
+  const wire = ": connected\\n\\nevent: OrderFilled\\nid: m-1\\ndata: {\\"symbol\\": \\"BTCUSDT\\"}\\n\\n" +
+    ": keep-alive\\n\\nevent: AlertRaised\\r\\nid: m-2\\r\\ndata: {\\"key\\": \\"a\\"}\\r\\n\\r\\nevent: Trunc";
+  const crlf = wire.indexOf("\\r\\n") + 1;  // one piece ends between "\\r" and "\\n"
+  const seen = [];
+  let buffer = "";
+  let from = 0;
+  for (const cut of [7, 30, 31, 64, crlf, 90, wire.length].sort((a, b) => a - b)) {
+    buffer += wire.slice(from, cut);
+    from = cut;
+    const [events, rest] = parseEvents(buffer);
+    buffer = rest;
+    seen.push(...events);
+  }
+  done({ events: seen, rest: buffer });
+}, (err) => done(String(err)));
+"""
+
+
+def test_event_stream_parser_when_frames_arrive_in_pieces_then_each_event_whole_once(
+    system: RunningSystem, browser: WebDriver
+) -> None:
+    browser.get(system.gateway + "/")
+    parsed = browser.execute_async_script(SSE_PARSE_SCRIPT)
+    assert parsed["events"] == [
+        {"type": "OrderFilled", "id": "m-1", "data": '{"symbol": "BTCUSDT"}'},
+        {"type": "AlertRaised", "id": "m-2", "data": '{"key": "a"}'},
+    ]
+    assert parsed["rest"] == "event: Trunc", "an unfinished frame waits for the rest of it"

@@ -5,8 +5,10 @@
 /** Parse complete events out of `buffer`; returns [events, rest] where rest is the unfinished tail. */
 export function parseEvents(buffer) {
   const events = [];
-  const blocks = buffer.replace(/\r\n?/g, "\n").split("\n\n");
-  const rest = blocks.pop();
+  // A trailing "\r" may be the first half of "\r\n": keep it for the next piece.
+  const held = buffer.endsWith("\r") ? "\r" : "";
+  const blocks = (held ? buffer.slice(0, -1) : buffer).replace(/\r\n?/g, "\n").split("\n\n");
+  const rest = blocks.pop() + held;
   for (const block of blocks) {
     let type = "message";
     let id = "";
