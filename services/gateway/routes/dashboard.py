@@ -15,7 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
 
+from services.gateway.api_models import ERROR_RESPONSES
 from services.gateway.auth import Principal, Role
 from services.gateway.dependencies import VIEWER
 from services.gateway.errors import ApiError
@@ -78,7 +80,17 @@ async def asset(asset: Annotated[str, Path(max_length=200)]) -> Response:
     return Response(content, media_type=content_type, headers={"Cache-Control": ASSET_CACHE})
 
 
-@router.get("/dashboard/session", tags=["status"])
+class SessionView(BaseModel):
+    """Who a bearer token is."""
+
+    name: str
+    """The name actions are recorded under (the role's name for a role token)."""
+    role: str
+    can_act: bool
+    """Operator or above: may halt, resume, cancel, reset, retry (viewer: read only)."""
+
+
+@router.get("/dashboard/session", response_model=SessionView, responses=ERROR_RESPONSES, tags=["status"])
 async def session(who: Principal = VIEWER) -> dict[str, Any]:
     """Who the bearer token is (`name`, `role`) and whether it may act (`can_act`: operator or above).
 
