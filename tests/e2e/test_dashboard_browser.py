@@ -56,6 +56,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
         yield driver
@@ -134,6 +135,16 @@ def _control(driver: WebDriver, action: str, reason: str, word: str | None = Non
     _wait(driver, lambda: not driver.find_element(By.ID, "confirm").is_displayed(), f"{action} dialog closed")
 
 
+def _page_errors(driver: WebDriver) -> list[str]:
+    """Script errors and policy violations the page logged (an API answering 4xx/5xx is not one:
+    the page shows those itself)."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+
+
 def _order_row(driver: WebDriver, client_order_id: str) -> Any:
     rows = driver.find_elements(By.CSS_SELECTOR, f'#orders tr[data-order="{client_order_id}"]')
     return rows[0] if rows else None
@@ -167,6 +178,7 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
         "BTCUSDT book VALID",
     )
     _screenshot(driver, "1-operator-overview")
+    assert _page_errors(driver) == [], "no script error, no content-security-policy violation"
 
     # Halt from the page: reason and confirmation, the system halts, the audit trail names the operator.
     reason = f"dashboard e2e halt {uuid.uuid4().hex[:6]}"
@@ -213,6 +225,7 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     assert driver.find_elements(By.CSS_SELECTOR, "main button") == []
     assert "read-only" in _text(driver, "controls-note")
     _screenshot(driver, "4-viewer")
+    assert _page_errors(driver) == []
 
 
 ENTRY_SHAPES_SCRIPT = """

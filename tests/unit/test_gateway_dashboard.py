@@ -35,10 +35,22 @@ async def test_page_when_loaded_then_every_asset_it_names_is_served_from_the_gat
     referenced = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert referenced, page.text[:500]
     for url in referenced:
+        if url.startswith("data:"):
+            continue  # inline (the empty icon): nothing to fetch
         assert url.startswith("/dashboard/assets/"), f"{url}: the page must work offline, no outside URL"
         asset = await client.get(url)
         assert asset.status_code == 200, url
         assert asset.headers["content-type"].startswith(("text/javascript", "text/css")), url
+
+
+async def test_page_when_served_then_only_its_own_scripts_run_and_no_site_may_frame_it(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = (await client.get("/")).headers
+    policy = headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert headers["x-frame-options"] == "DENY"
+    assert (await client.get("/dashboard/assets/app.js")).headers["x-content-type-options"] == "nosniff"
 
 
 async def test_modules_when_imported_then_every_relative_import_exists(client: httpx.AsyncClient) -> None:

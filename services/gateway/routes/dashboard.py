@@ -36,6 +36,19 @@ ASSET_TYPES = {
 """What may be served, by file suffix (or name), and its content type."""
 ASSET_CACHE = "no-cache"
 """Revalidate every time: after an upgrade the page must never mix old and new modules."""
+PAGE_HEADERS = {
+    "Cache-Control": ASSET_CACHE,
+    # Only this gateway's own modules run and are called, and no other site may frame the page
+    # (a framed page could be tricked into a halt or a cancel by a click).
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+ASSET_HEADERS = {"Cache-Control": ASSET_CACHE, "X-Content-Type-Options": "nosniff"}
 
 
 def _content_type(name: str) -> str | None:
@@ -67,7 +80,7 @@ ASSETS = load_assets(PACKAGE / "dashboard_static")
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard() -> HTMLResponse:
-    return HTMLResponse(DASHBOARD_HTML, headers={"Cache-Control": ASSET_CACHE})
+    return HTMLResponse(DASHBOARD_HTML, headers=PAGE_HEADERS)
 
 
 @router.get("/dashboard/assets/{asset:path}", include_in_schema=False)
@@ -77,7 +90,7 @@ async def asset(asset: Annotated[str, Path(max_length=200)]) -> Response:
     if found is None:
         raise ApiError(404, "not_found", f"no dashboard asset {asset}")
     content, content_type = found
-    return Response(content, media_type=content_type, headers={"Cache-Control": ASSET_CACHE})
+    return Response(content, media_type=content_type, headers=ASSET_HEADERS)
 
 
 class SessionView(BaseModel):
