@@ -354,7 +354,6 @@ function start() {
       events: new AuditEvents(ctx),
       flow: new Flow(),
     };
-    setInterval(() => { sections.positions.chart.draw(); sections.flow.draw(); }, 1000);
   }
   drawControls();
   seedFromAuditLog().catch((err) => toast(`history not loaded: ${explain(err)}`, "bad"));

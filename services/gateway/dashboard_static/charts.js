@@ -61,14 +61,14 @@ export class TimeSeries {
     times.splice(at, 0, t);
     columns.forEach((column, index) => column.splice(at, 0, values[index] ?? null));
     if (times.length > this.keep) this.data.forEach((column) => column.splice(0, times.length - this.keep));
-    this.dirty = true;
-  }
-
-  /** Redraw when something changed (called on an animation frame, not per point). */
-  draw() {
-    if (!this.dirty) return;
-    this.dirty = false;
-    this.plot.setData(this.data);
+    // Redraw once per animation frame however many points arrived in it.
+    if (!this.scheduled) {
+      this.scheduled = true;
+      requestAnimationFrame(() => {
+        this.scheduled = false;
+        this.plot.setData(this.data);
+      });
+    }
   }
 }
 

@@ -525,8 +525,4 @@ export class Flow {
     this.counts = RATE_KINDS.map(() => 0);
   }
 
-  draw() {
-    this.latency.draw();
-    this.rates.draw();
-  }
 }
