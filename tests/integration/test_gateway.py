@@ -954,6 +954,7 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
             "order_link_reason": "venue breaker open: 5 failures",
             "position_component": "position",
             "position_state": "READY",
+            "mode": "LIVE",
         },
         BACKUP: {
             "role": "backup",
@@ -961,6 +962,7 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
             "order_link_reason": None,
             "position_component": f"position-{BACKUP}",
             "position_state": "READY",
+            "mode": "LIVE",
         },
     }
     assert body["links"][f"{BACKUP}.orders"]["state"] == "CONNECTED"  # the raw record as before
@@ -969,7 +971,12 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
 async def test_status_when_backup_position_process_never_heartbeats_then_listed_down(gw_backup: Harness) -> None:
     body = (await gw_backup.client.get("/v1/status", headers=VIEW)).json()
 
-    assert body["components"][f"position-{BACKUP}"] == {"state": "DOWN", "pid": None, "last_heartbeat_age_ms": None}
+    assert body["components"][f"position-{BACKUP}"] == {
+        "state": "DOWN",
+        "pid": None,
+        "last_heartbeat_age_ms": None,
+        "metrics_url": None,
+    }
     assert body["venues"][BACKUP]["position_state"] == "DOWN"
     assert body["venues"][BACKUP]["order_link"] is None  # never reported
 
