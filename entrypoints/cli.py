@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     venue_cli.add_up_flags(up)
+    up.add_argument(
+        "--leave-hard-shutdown",
+        metavar="REASON",
+        help="the manual restart out of a persisted HARD_SHUTDOWN (emergency stop, integrity violation): "
+        "level back to NORMAL, trading kept HALTED until an operator resumes; REASON is recorded in the audit log",
+    )
     venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
     backtest_cli.add_parser(commands)
     strategy_cli.add_parser(commands)
@@ -271,6 +277,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         backup_venue_port=args.backup_venue_port,
         venue=venue,
         paper=args.paper,
+        leave_hard_shutdown=args.leave_hard_shutdown or "",
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
     warning = exposure_warning(config.host)

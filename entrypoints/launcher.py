@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoints import access, infra
+from entrypoints.shutdown_gate import hard_shutdown_on_record, leave_hard_shutdown
 from entrypoints.venue_profiles import VenueChoice, hold_halted, venue_env
 from libs import db
 from libs.bus import Bus
@@ -117,6 +118,9 @@ class LaunchConfig:
     0: each service takes a free port and reports it (`metrics_url` in `/v1/status`)."""
     paper: bool = False
     """Paper trading (`--paper`): no order reaches the venue (see the module docstring)."""
+    leave_hard_shutdown: str = ""
+    """`--leave-hard-shutdown REASON`: the operator's manual restart out of a persisted HARD_SHUTDOWN
+    (`shutdown_gate`); empty: a HARD_SHUTDOWN on record is kept."""
 
     @property
     def paper_simulator(self) -> bool:
@@ -574,15 +578,35 @@ class System:
                 raise LaunchError(f"{exc}\n--- {log} ---\n{tail}") from exc
             self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
         asyncio.run(_prepare_stores(config, bus_credentials))
+        admin = access.ADMIN
+        nats_url = f"nats://{config.host}:{config.nats_port}"
         if config.venue.starts_halted:
-            admin = access.ADMIN
-            nats_url = f"nats://{config.host}:{config.nats_port}"
             asyncio.run(hold_halted(nats_url, user=admin, password=bus_credentials.nats[admin]))
+        self._hard_shutdown_gate(nats_url, admin, bus_credentials.nats[admin])
         rpc = self.rpc()
         if venue_programs(config):
             rpc.supervisor.startProcessGroup("venue", False)
         self.wait_venue(min(VENUE_START_WAIT_S, max(1.0, deadline - time.monotonic())))
         rpc.supervisor.startProcessGroup("services", False)
+
+    def _hard_shutdown_gate(self, nats_url: str, user: str, password: str) -> None:
+        """Keep a HARD_SHUTDOWN on record and say so, or leave it when the operator asked to."""
+        config = self.config
+        if config.leave_hard_shutdown:
+            left = asyncio.run(leave_hard_shutdown(nats_url, config.leave_hard_shutdown, user=user, password=password))
+            if left is None:
+                self.announce("--leave-hard-shutdown: the system was not in HARD_SHUTDOWN; nothing changed")
+            else:
+                self.announce(
+                    f"left HARD_SHUTDOWN ({left.reason}); level NORMAL, trading HALTED until an operator resumes"
+                )
+            return
+        held = asyncio.run(hard_shutdown_on_record(nats_url, user=user, password=password))
+        if held is not None:
+            self.announce(
+                f"HARD_SHUTDOWN on record ({held.reason}): trading stays HALTED. Once the cause is fixed, "
+                'restart with --leave-hard-shutdown "why" (docs/runbooks/degradation-levels.md)'
+            )
 
     def venue_urls(self) -> dict[str, str]:
         """Program name -> REST base URL of every venue simulator of this system."""
