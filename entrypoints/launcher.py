@@ -338,6 +338,9 @@ def write_supervisor_config(
             # account's, taken from supervisord's environment so no secret is written to its config.
             environment["BULWARK_VENUE_API_KEY"] = "%(ENV_BULWARK_BACKUP_VENUE_API_KEY)s"
             environment["BULWARK_VENUE_API_SECRET"] = "%(ENV_BULWARK_BACKUP_VENUE_API_SECRET)s"
+        if bus_credentials is not None and name in venue_programs(config):
+            # Only the holder of the data dir's token may inject faults or read the true state.
+            environment.update(bus_credentials.sim_env())
         if bus_credentials is not None and name in bus_components(config):
             # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
             environment.update(bus_credentials.service_env(name))

@@ -75,6 +75,8 @@ class SimConfig:
     stream_routing: str = "binance"
     """binance: WebSocket streams by path as Binance USD-M (/public depth, /market trades, mark price,
     liquidations, /private user data; an un-routed path public only); any: every stream on every path."""
+    control_token: str = field(default="", repr=False)
+    """The token `/_sim/*` requires (BULWARK_SIM_CONTROL_TOKEN); empty: the control API is open."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -158,4 +160,5 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ban_after_429=args.ban_after_429,
         conditional_orders=args.conditional_orders,
         stream_routing=args.stream_routing,
+        control_token=environ.get("BULWARK_SIM_CONTROL_TOKEN", ""),
     )

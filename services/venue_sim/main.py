@@ -6,7 +6,8 @@
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
 BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
 chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
-BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. Binance's connection rules, shortened for tests:
+BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS, BULWARK_SIM_CONTROL_TOKEN (the token `/_sim/*` requires;
+unset: open, with a warning at start). Binance's connection rules, shortened for tests:
 --ws-lifetime / BULWARK_SIM_WS_LIFETIME_S (86400), --ws-pong-timeout / BULWARK_SIM_WS_PONG_TIMEOUT_S (600),
 --ws-max-messages / BULWARK_SIM_WS_MAX_MESSAGES (10 a second), --ws-max-streams / BULWARK_SIM_WS_MAX_STREAMS
 (1024), --listen-key-validity / BULWARK_SIM_LISTEN_KEY_VALIDITY_S (3600), --ban-escalation /
@@ -116,6 +117,7 @@ def build_simulator(
         ban_after_429=config.ban_after_429,
         conditional_orders=config.conditional_orders,
         stream_routing=config.stream_routing,
+        control_token=config.control_token,
     )
 
 
@@ -138,7 +140,14 @@ async def serve(config: SimConfig) -> None:
         market=source.market,
         rest_url=f"http://{config.host}:{config.port}",
         ws_url=f"ws://{config.host}:{config.port}",
+        control_api="token" if config.control_token else "open",
     )
+    if not config.control_token:
+        # A simulator started by hand for tests; `bulwark up` always gives it a token.
+        log.warning(
+            "sim_control_unauthenticated",
+            detail="no BULWARK_SIM_CONTROL_TOKEN: anyone who reaches this port can inject faults and read state",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
