@@ -15,6 +15,8 @@ BULWARK_SIM_BAN_ESCALATION (2: each request during an IP ban doubles it, up to 3
 rate limits: --weight-limit / BULWARK_SIM_WEIGHT_LIMIT_1M (2400), --order-limit-10s /
 BULWARK_SIM_ORDER_LIMIT_10S (300), --order-limit-1m / BULWARK_SIM_ORDER_LIMIT_1M (1200), and
 --ban-after-429 / BULWARK_SIM_BAN_AFTER_429 (0: off; else more 429s a minute ban the IP 2 minutes).
+--http-idle-timeout / BULWARK_SIM_HTTP_IDLE_TIMEOUT_S (15): a connection without a complete request
+for this long is closed (idle keep-alive, and a client dribbling its headers).
 Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `algo` (default: only
 /fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09) or `legacy` (also /fapi/v1/order).
 The market is the recording's (`auto`: spot when its
@@ -47,6 +49,13 @@ from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
 
 log = get_logger("venue-sim")
+
+HTTP_LIMITS = {
+    "max_headers": 100,
+    "max_field_size": 8190,
+    "max_line_size": 8190,
+}
+"""aiohttp's request-handler limits for the simulator's HTTP server (header count and sizes)."""
 
 
 def build_source(config: SimConfig) -> tuple[MarketSource, str]:
@@ -125,7 +134,17 @@ async def serve(config: SimConfig) -> None:
     """Run until SIGINT/SIGTERM."""
     source, description = build_source(config)
     simulator = build_simulator(config, source, description)
-    runner = web.AppRunner(simulator.build_app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        simulator.build_app(),
+        access_log=None,
+        handle_signals=False,
+        # aiohttp arms its keep-alive timer at a connection's start and after each response, and
+        # drops a connection still without a complete request when it fires: a client dribbling
+        # its headers (slowloris) or sending nothing is cut. WebSockets and requests being served
+        # are not affected.
+        keepalive_timeout=config.http_idle_timeout_s,
+        **HTTP_LIMITS,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
