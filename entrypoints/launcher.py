@@ -206,6 +206,9 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         # and position process run, whatever the caller's environment says.
         "BULWARK_BACKUP_VENUE": config.backup_venue,
         "BULWARK_POSITION_VENUE": "",
+        # Every venue profile's position process publishes the venue's rules (exchangeInfo): risk
+        # denies entries until they are in KV rather than letting them out unchecked.
+        "BULWARK_VENUE_RULES_REQUIRED": "true",
         "PYTHONUNBUFFERED": "1",
     }
     if config.backup_venue:

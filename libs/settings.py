@@ -82,6 +82,12 @@ class Settings:
         "which venue the system trades: sim, binance-testnet, binance (mainnet: starts HALTED) or custom; "
         "`bulwark up --venue` sets it with the matching URLs (README: Trading a real venue)",
     )
+    venue_rules_required: bool = _doc(
+        False,
+        "risk: the venue's rules are expected in KV (its position process publishes them from exchangeInfo; "
+        "`bulwark up` sets this for every venue profile): until they are, entries are denied with "
+        "'venue rules not loaded' and reduce-only orders still go; false: unknown rules leave the venue to judge",
+    )
     venue_leverage: str = _doc(
         "", "position preflight: leverage SET per symbol at start, `N` or `SYMBOL=N,...` (`*=N` others); empty: kept"
     )

@@ -93,6 +93,7 @@ async def setup(ctx: ServiceContext) -> None:
         ),
         backup_venue=settings.backup_venue,
     )
+    service.rules_required = settings.venue_rules_required
     report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))
     await breaker_effects.load_breakers(service, settings.strategies)
     # Subscribe before the initial reads so nothing published in between is missed.
