@@ -53,6 +53,11 @@ def _ctx(exchange: Exchange) -> Any:
     )
 
 
+def _operator_order(**fields: Any) -> SubmitOrder:
+    base: dict[str, Any] = {"source": OrderSource.OPERATOR, "symbol": "BTCUSDT", "side": Side.BUY}
+    return SubmitOrder(client_order_id="op-1", idempotency_key="op-1", quantity=D("0.010"), **{**base, **fields})
+
+
 def test_order_when_hedge_mode_then_one_way_order_4061_and_one_way_mode_takes_it() -> None:
     exchange = _exchange()
     modes = AccountModeRoutes(_ctx(exchange))
@@ -108,29 +113,12 @@ def test_exchange_info_when_read_by_risk_then_take_profit_market_allowed_and_ban
     entry = body["symbols"][0]
     assert entry["orderTypes"] == ["LIMIT", "MARKET", "STOP_MARKET", "TAKE_PROFIT_MARKET"]
     rules = parse_exchange_info(body, venue="binance-usdm")["BTCUSDT"]
-    take_profit = SubmitOrder(
-        client_order_id="tp-1",
-        idempotency_key="tp-1",
-        source=OrderSource.OPERATOR,
-        symbol="BTCUSDT",
-        side=Side.SELL,
-        order_type=OrderType.TAKE_PROFIT_MARKET,
-        quantity=D("0.010"),
-        stop_price=D("61000.0"),
-        reduce_only=True,
+    take_profit = _operator_order(
+        side=Side.SELL, order_type=OrderType.TAKE_PROFIT_MARKET, stop_price=D("61000.0"), reduce_only=True
     )
     assert validate(take_profit, rules, D(60000)) is None
     # Risk's band is the simulator's: what one refuses, the other does.
-    too_high = SubmitOrder(
-        client_order_id="l-1",
-        idempotency_key="l-1",
-        source=OrderSource.OPERATOR,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.LIMIT,
-        quantity=D("0.010"),
-        price=D("63000.1"),
-    )
+    too_high = _operator_order(order_type=OrderType.LIMIT, price=D("63000.1"))
     violation = validate(too_high, rules, D(60000))
     assert violation is not None and violation.rule == PERCENT_PRICE
     assert _code(exchange, {**LIMIT, "price": "63000.1"}) == -4016
