@@ -7,7 +7,8 @@ from `proto.permissions`; Valkey gets an ACL file (0600) in which the default us
 connection without credentials is refused by both. Each service is given only its own user and
 password (`BULWARK_NATS_USER`/`BULWARK_NATS_PASSWORD`, the gateway also
 `BULWARK_VALKEY_USER`/`BULWARK_VALKEY_PASSWORD`). Remove the file (with the system stopped) to
-rotate every password: the next `bulwark up` generates new ones (docs/security.md).
+rotate every password: the next `bulwark up` generates new ones (docs/security.md). The same file
+holds the token of the venue simulators' control API (`/_sim/*`), given to the simulators only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 import secrets
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +37,9 @@ VALKEY_SERVICE_USERS: tuple[str, ...] = (GATEWAY,)
 """Services that use Valkey (the gateway's idempotency keys)."""
 VALKEY_SERVICE_RULES = "~* &* +@all -@admin -@dangerous"
 """A service may read and write keys, never reconfigure, flush or shut down the server."""
+SIM_CONTROL = "control"
+"""The venue simulators' control token in the credentials file (`sim.control`)."""
+SIM_CONTROL_TOKEN_VARIABLE = "BULWARK_SIM_CONTROL_TOKEN"
 GATEWAY_TOKEN_VARIABLES = ("BULWARK_ADMIN_TOKEN", "BULWARK_OPERATOR_TOKEN", "BULWARK_VIEWER_TOKEN")
 MIN_TOKEN_LENGTH = 24
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "secret", "password", "token")
@@ -51,6 +55,8 @@ class BusCredentials:
 
     nats: dict[str, str]
     valkey: dict[str, str]
+    sim_control_token: str = field(default="", repr=False)
+    """The token of the venue simulators' control API (`/_sim/*`, `BULWARK_SIM_CONTROL_TOKEN`)."""
 
     def nats_url(self, host: str, port: int, user: str = ADMIN) -> str:
         """`nats://user:password@host:port` (for tools and tests that connect as `user`)."""
@@ -67,6 +73,15 @@ class BusCredentials:
             env.update({"BULWARK_VALKEY_USER": component, "BULWARK_VALKEY_PASSWORD": self.valkey[component]})
         return env
 
+    def sim_env(self) -> dict[str, str]:
+        """What a venue simulator is given: the token its control API requires."""
+        return {SIM_CONTROL_TOKEN_VARIABLE: self.sim_control_token}
+
+    def sim_url(self, url: str) -> str:
+        """`url` (`http://host:port`) with the control token as Basic credentials (httpx and aiohttp send them)."""
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://sim:{quote(self.sim_control_token, safe='')}@{rest}"
+
 
 def load_bus_credentials(data_dir: Path, components: Iterable[str]) -> BusCredentials:
     """The users of `data_dir`, generating a password for every user that has none yet.
@@ -78,14 +93,14 @@ def load_bus_credentials(data_dir: Path, components: Iterable[str]) -> BusCreden
         AccessError: the file exists but cannot be read.
     """
     path = data_dir / BUS_CREDENTIALS_FILE
-    stored: dict[str, dict[str, str]] = {"nats": {}, "valkey": {}}
+    stored: dict[str, dict[str, str]] = {"nats": {}, "valkey": {}, "sim": {}}
     if path.exists():
         try:
             loaded = json.loads(path.read_text())
-            stored = {kind: dict(loaded.get(kind) or {}) for kind in ("nats", "valkey")}
+            stored = {kind: dict(loaded.get(kind) or {}) for kind in ("nats", "valkey", "sim")}
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise AccessError(f"{path} is unreadable ({exc}); remove it to generate new bus passwords") from exc
-    wanted = {"nats": [ADMIN, *components], "valkey": [VALKEY_ADMIN, *VALKEY_SERVICE_USERS]}
+    wanted = {"nats": [ADMIN, *components], "valkey": [VALKEY_ADMIN, *VALKEY_SERVICE_USERS], "sim": [SIM_CONTROL]}
     changed = False
     for kind, users in wanted.items():
         for user in users:
@@ -94,7 +109,7 @@ def load_bus_credentials(data_dir: Path, components: Iterable[str]) -> BusCreden
                 changed = True
     if changed or not path.exists():
         write_private(path, json.dumps(stored, indent=2, sort_keys=True))
-    return BusCredentials(nats=stored["nats"], valkey=stored["valkey"])
+    return BusCredentials(nats=stored["nats"], valkey=stored["valkey"], sim_control_token=stored["sim"][SIM_CONTROL])
 
 
 def _quoted(value: str) -> str:

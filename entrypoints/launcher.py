@@ -246,6 +246,9 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         # Each service's own /metrics port: a free one unless `--metrics-port` gives them (per program).
         "BULWARK_METRICS_HOST": config.host,
         "BULWARK_METRICS_PORT": "0",
+        # Every venue profile's position process publishes the venue's rules (exchangeInfo): risk
+        # denies entries until they are in KV rather than letting them out unchecked.
+        "BULWARK_VENUE_RULES_REQUIRED": "true",
         "PYTHONUNBUFFERED": "1",
     }
     if config.backup_venue:
@@ -425,6 +428,9 @@ def write_supervisor_config(
             # account's, taken from supervisord's environment so no secret is written to its config.
             environment["BULWARK_VENUE_API_KEY"] = "%(ENV_BULWARK_BACKUP_VENUE_API_KEY)s"
             environment["BULWARK_VENUE_API_SECRET"] = "%(ENV_BULWARK_BACKUP_VENUE_API_SECRET)s"
+        if bus_credentials is not None and name in venue_programs(config):
+            # Only the holder of the data dir's token may inject faults or read the true state.
+            environment.update(bus_credentials.sim_env())
         if bus_credentials is not None and name in bus_components(config):
             # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
             environment.update(bus_credentials.service_env(name))

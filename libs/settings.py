@@ -87,6 +87,12 @@ class Settings:
         "paper trading: the position service's orders go to a paper simulator that fills them against the "
         "venue's live book; market data stays the venue's; no order reaches the venue (`bulwark up --paper`)",
     )
+    venue_rules_required: bool = _doc(
+        False,
+        "risk: the venue's rules are expected in KV (its position process publishes them from exchangeInfo; "
+        "`bulwark up` sets this for every venue profile): until they are, entries are denied with "
+        "'venue rules not loaded' and reduce-only orders still go; false: unknown rules leave the venue to judge",
+    )
     venue_leverage: str = _doc(
         "", "position preflight: leverage SET per symbol at start, `N` or `SYMBOL=N,...` (`*=N` others); empty: kept"
     )

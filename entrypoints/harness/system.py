@@ -56,6 +56,7 @@ class RunningSystem:
     data_dir: Path
     gateway: str
     venue: str
+    """The venue simulator's URL with its control token as credentials (`http://sim:TOKEN@host:port`)."""
     admin_token: str
     operator_token: str
     viewer_token: str
@@ -64,7 +65,8 @@ class RunningSystem:
     """The system's NATS with the admin user's credentials, for tests that play a part of the
     system (e.g. a strategy's signals)."""
     backup_venue: str = ""
-    """The backup venue simulator's URL (`bulwark up --backup-venue`), empty without one."""
+    """The backup venue simulator's URL (`bulwark up --backup-venue`), empty without one; like
+    `venue`, with the simulators' control token as its credentials."""
     backup_venue_name: str = ""
 
     def client(self, token: str | None = None) -> httpx.Client:
@@ -224,17 +226,20 @@ def start_system(
         time.sleep(0.2)
     creds = json.loads(credentials.read_text())
     endpoints = json.loads((data_dir / "endpoints.json").read_text())
+    # The simulators' control API wants the data dir's token: carried in the URLs as Basic
+    # credentials, so every `f"{system.venue}/_sim/..."` of httpx or aiohttp presents it.
+    bus = load_bus_credentials(data_dir, ())
     return RunningSystem(
         process=process,
         data_dir=data_dir,
         gateway=f"http://127.0.0.1:{ports['gateway']}",
-        venue=f"http://127.0.0.1:{ports['venue']}",
+        venue=bus.sim_url(f"http://127.0.0.1:{ports['venue']}"),
         admin_token=creds["admin_token"],
         operator_token=creds["operator_token"],
         viewer_token=creds["viewer_token"],
         log_path=log_path,
-        nats_url=load_bus_credentials(data_dir, ()).nats_url("127.0.0.1", ports["nats"], ADMIN),
-        backup_venue=endpoints.get("backup_venue", ""),
+        nats_url=bus.nats_url("127.0.0.1", ports["nats"], ADMIN),
+        backup_venue=bus.sim_url(endpoints["backup_venue"]) if endpoints.get("backup_venue") else "",
         backup_venue_name=endpoints.get("backup_venue_name", ""),
     )
 

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from entrypoints.infra import free_port, tcp_ready
 
@@ -18,11 +19,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 @contextlib.contextmanager
 def running_venue_sim(
-    log_dir: Path, *args: str, timeout_s: float = 40.0, env: dict[str, str] | None = None
+    log_dir: Path, *args: str, timeout_s: float = 40.0, env: dict[str, str] | None = None, control_token: str = ""
 ) -> Iterator[str]:
     """Start `python -m services.venue_sim.main --port P ARGS...`; yields its base URL.
 
     `env` adds variables to its environment (e.g. the account's `BULWARK_VENUE_API_KEY`).
+    With `control_token` the simulator's control API (`/_sim/*`) requires it, and the URL carries
+    it as Basic credentials (`http://sim:TOKEN@127.0.0.1:P`, sent by httpx and aiohttp); without,
+    the control API is open (the simulator warns).
 
     Raises:
         AssertionError: the simulator exited or did not listen within `timeout_s` (with its log).
@@ -36,7 +40,12 @@ def running_venue_sim(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "BULWARK_SYMBOLS": os.environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT"), **(env or {})},
+            env={
+                **os.environ,
+                "BULWARK_SYMBOLS": os.environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT"),
+                "BULWARK_SIM_CONTROL_TOKEN": control_token,
+                **(env or {}),
+            },
             start_new_session=True,
         )
     try:
@@ -45,7 +54,11 @@ def running_venue_sim(
             assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "venue simulator did not start"
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield (
+            f"http://sim:{quote(control_token, safe='')}@127.0.0.1:{port}"
+            if control_token
+            else f"http://127.0.0.1:{port}"
+        )
     finally:
         process.send_signal(signal.SIGTERM)
         try:

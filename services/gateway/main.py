@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -18,6 +19,7 @@ from libs.runtime.service import ServiceContext, main
 from proto import subjects
 from services.gateway.app import create_app
 from services.gateway.context import Gateway, GatewayConfig
+from services.gateway.http_protocol import HEADER_TIMEOUT_S, MAX_HEADERS, guarded_protocol
 
 EXIT_BIND_FAILED = 3
 HTTP_KEEP_ALIVE_S = 5
@@ -54,22 +56,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start_http(ctx: ServiceContext, gateway: Gateway, sock: socket.socket) -> EmbeddedServer:
-    """Serve the gateway's app on an already bound socket, stopped with the service."""
-    app = create_app(gateway)
-    config = uvicorn.Config(
+def http_config(app: Any, header_timeout_s: float = HEADER_TIMEOUT_S, max_headers: int = MAX_HEADERS) -> uvicorn.Config:
+    """uvicorn's configuration of the gateway's HTTP server (limits of every connection)."""
+    return uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=2,
         lifespan="off",
         # Slow or idle clients do not hold connections: idle keep-alive closes after 5 s, a header
-        # block is bounded, and connections beyond the cap are refused at once (the admission
-        # budgets shed well before it; the guard bounds the body's read time).
+        # block is bounded in size, field count and read time (slowloris: `GuardedH11Protocol`),
+        # and connections beyond the cap are refused at once (the admission budgets shed well
+        # before it; the guard bounds the body's read time).
+        http=guarded_protocol(header_timeout_s, max_headers, HTTP_MAX_HEADER_BYTES),
         timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         h11_max_incomplete_event_size=HTTP_MAX_HEADER_BYTES,
         limit_concurrency=HTTP_MAX_CONNECTIONS,
     )
+
+
+async def start_http(ctx: ServiceContext, gateway: Gateway, sock: socket.socket) -> EmbeddedServer:
+    """Serve the gateway's app on an already bound socket, stopped with the service."""
+    config = http_config(create_app(gateway))
     server = EmbeddedServer(config)
     task = ctx.spawn(server.serve(sockets=[sock]), "http")
 

@@ -65,6 +65,9 @@ class RiskCore:
         self.venue = venue
         """The main venue (market data, and orders unless routed to the backup)."""
         self.backup_venue = backup_venue
+        self.rules_required = False
+        """The venues publish their rules (`BULWARK_VENUE_RULES_REQUIRED`): until a symbol's are in
+        KV, its entries are denied ("venue rules not loaded"); reduce-only orders still go."""
         """A configured backup venue ("" none): new entries in flat symbols go there while the main
         venue's order link is down (FM-N6, `route_order`)."""
         self.order_links: dict[str, ConnectionState | None] = {}

@@ -95,6 +95,7 @@ async def setup(ctx: ServiceContext) -> None:
         backup_venue=settings.backup_venue,
         paper=PaperModes(paper_link=settings.paper),
     )
+    service.rules_required = settings.venue_rules_required
     report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))
     await breaker_effects.load_breakers(service, settings.strategies)
     await service.paper.load(ctx.bus, settings.strategies, ctx.log)

@@ -6,8 +6,12 @@ and denied only when the rounded order still breaks a rule; any other order is c
 and denied naming the rule. `svc.risk.validate_order` answers the same question for the gateway,
 which refuses an operator order the venue would refuse (422) before it is accepted.
 
-While a venue's rules are not known yet (its position process has not fetched them), orders are
-not held back for them: the venue remains the judge, as before rules were checked here.
+While a venue's rules are not known yet (its position process has not fetched them), what
+happens depends on whether they are expected (`RiskCore.rules_required`, the setting
+`BULWARK_VENUE_RULES_REQUIRED`, on for every venue profile of `bulwark up`): then an entry is denied
+with "venue rules not loaded" (the check does not fail open in the seconds after a start), while a
+reduce-only order, or one that only shrinks the position, still goes; else the venue remains the
+judge, as before rules were checked here.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from proto.kv import SymbolRulesValue, decode_value
 from proto.messages import SubmitOrder
 from proto.replies import OrderRulesReply, OrderRulesRequest, error_reply
 
-from .checks import Decision, reference_price
+from .checks import Decision, reduces_exposure, reference_price
 from .core import RiskCore
 
 
@@ -54,6 +58,26 @@ def _mark(risk: RiskCore, order: SubmitOrder | OrderRulesRequest, reference: Dec
     return mark
 
 
+RULES_NOT_LOADED = "venue rules not loaded"
+
+
+def unknown_rules(risk: RiskCore, order: SubmitOrder) -> Decision | None:
+    """The decision on an order whose venue rules are not in KV: None (let it go) unless rules are
+    expected and it is an entry."""
+    if not risk.rules_required:
+        return None
+    if order.reduce_only or reduces_exposure(order, risk.state.position(order.venue, order.symbol)):
+        return None
+    risk.log.warning(
+        "venue_rules_not_loaded", client_order_id=order.client_order_id, venue=order.venue, symbol=order.symbol
+    )
+    return Decision(
+        False,
+        f"{RULES_NOT_LOADED}: the rules of {order.symbol} on {order.venue} are not published yet "
+        "(the venue's position process fetches them at start); entries wait for them, reduce-only orders go",
+    )
+
+
 def denial(violation: Violation) -> Decision:
     """The denial of an order that breaks a venue rule, naming it."""
     return Decision(False, f"venue rule {violation.rule}: {violation.reason}")
@@ -67,7 +91,7 @@ async def vet(risk: RiskCore, order: SubmitOrder, reference: Decimal | None) -> 
     """
     rules = await rules_for(risk, order.venue, order.symbol)
     if rules is None:
-        return order, None
+        return order, unknown_rules(risk, order)
     mark = _mark(risk, order, reference)
     open_orders = risk.pending.count(order.symbol, order.venue, risk.venue)
     if order.source == OrderSource.STRATEGY:
@@ -97,7 +121,9 @@ async def serve_validate_order(risk: RiskCore, payload: bytes, touch: Touch) -> 
         return error_reply("bad_request", f"not an OrderRulesRequest: {exc}"[:300])
     rules = await rules_for(risk, request.venue or risk.venue, request.symbol)
     if rules is None:
-        return msgspec.json.encode(OrderRulesReply(checked=False, reason="the venue's rules are not known yet"))
+        # Unchecked here either way: risk's decision denies an entry while expected rules are missing.
+        reason = RULES_NOT_LOADED if risk.rules_required else "the venue's rules are not known yet"
+        return msgspec.json.encode(OrderRulesReply(checked=False, reason=reason))
     mark = risk.state.mark_prices.get(request.symbol)
     bid = ask = None
     if request.order_type == OrderType.MARKET and mark is None:

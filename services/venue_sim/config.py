@@ -81,6 +81,10 @@ class SimConfig:
     stream_routing: str = "binance"
     """binance: WebSocket streams by path as Binance USD-M (/public depth, /market trades, mark price,
     liquidations, /private user data; an un-routed path public only); any: every stream on every path."""
+    http_idle_timeout_s: float = 15.0
+    """An HTTP connection without a complete request for this long is closed (slowloris, idle keep-alive)."""
+    control_token: str = field(default="", repr=False)
+    """The token `/_sim/*` requires (BULWARK_SIM_CONTROL_TOKEN); empty: the control API is open."""
 
 
 MARKETS = ("auto", USDM, SPOT)
@@ -120,6 +124,13 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ("--order-limit-10s", "BULWARK_SIM_ORDER_LIMIT_10S", ORDER_LIMIT_10S, int, "orders per 10 s"),
         ("--order-limit-1m", "BULWARK_SIM_ORDER_LIMIT_1M", ORDER_LIMIT_1M, int, "orders per minute"),
         ("--ban-after-429", "BULWARK_SIM_BAN_AFTER_429", 0, int, "429s a minute before a 2-minute ban (0: never)"),
+        (
+            "--http-idle-timeout",
+            "BULWARK_SIM_HTTP_IDLE_TIMEOUT_S",
+            15.0,
+            parse_positive,
+            "s an HTTP connection may go without a complete request",
+        ),
     ):
         parser.add_argument(flag, type=kind, default=kind(environ.get(variable, str(default))), help=what)
     parser.add_argument(
@@ -186,4 +197,6 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         mirror_rest_url=args.mirror_rest_url.rstrip("/"),
         mirror_ws_url=args.mirror_ws_url.rstrip("/"),
         mirror_routed=args.mirror_routed == "true",
+        http_idle_timeout_s=args.http_idle_timeout,
+        control_token=environ.get("BULWARK_SIM_CONTROL_TOKEN", ""),
     )

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from libs.binance import signing
 from libs.clock import Clock
+from services.venue_sim import control_auth
 from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler
 from services.venue_sim.domain.clock import MarketClock
 from services.venue_sim.domain.limits import UsageLimits
@@ -61,8 +62,11 @@ class VenueSimulator:
         ban_after_429: int = 0,
         conditional_orders: str = "legacy",
         stream_routing: str = "binance",
+        control_token: str = "",
     ) -> None:
         self.engine = engine
+        # The control API (`/_sim/*`) is for the holder of this token only (empty: open).
+        self.control_token = control_token
         self.clock = clock
         self.rules = rules or ConnectionRules()
         self.ban = IpBan(ban_escalation)
@@ -132,6 +136,13 @@ class VenueSimulator:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path.startswith("/_sim"):
+            if not control_auth.allowed(self.control_token, request.headers):
+                self.log.warning("sim_control_refused", path=request.path, method=request.method)
+                return web.json_response(
+                    {"error": "the simulator's control API needs its token (Authorization: Bearer TOKEN)"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="venue-sim"'},
+                )
             try:
                 return await handler(request)
             except web.HTTPException:

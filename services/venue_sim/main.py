@@ -12,7 +12,8 @@ BULWARK_SIM_MIRROR_WS_URL, BULWARK_SIM_MIRROR_ROUTED).
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
 BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
 chance per 100 ms step that a liquidation cascade starts; 0 for a calm market), BULWARK_VENUE_API_KEY,
-BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS. Binance's connection rules, shortened for tests:
+BULWARK_VENUE_API_SECRET, BULWARK_SYMBOLS, BULWARK_SIM_CONTROL_TOKEN (the token `/_sim/*` requires;
+unset: open, with a warning at start). Binance's connection rules, shortened for tests:
 --ws-lifetime / BULWARK_SIM_WS_LIFETIME_S (86400), --ws-pong-timeout / BULWARK_SIM_WS_PONG_TIMEOUT_S (600),
 --ws-max-messages / BULWARK_SIM_WS_MAX_MESSAGES (10 a second), --ws-max-streams / BULWARK_SIM_WS_MAX_STREAMS
 (1024), --listen-key-validity / BULWARK_SIM_LISTEN_KEY_VALIDITY_S (3600), --ban-escalation /
@@ -20,6 +21,8 @@ BULWARK_SIM_BAN_ESCALATION (2: each request during an IP ban doubles it, up to 3
 rate limits: --weight-limit / BULWARK_SIM_WEIGHT_LIMIT_1M (2400), --order-limit-10s /
 BULWARK_SIM_ORDER_LIMIT_10S (300), --order-limit-1m / BULWARK_SIM_ORDER_LIMIT_1M (1200), and
 --ban-after-429 / BULWARK_SIM_BAN_AFTER_429 (0: off; else more 429s a minute ban the IP 2 minutes).
+--http-idle-timeout / BULWARK_SIM_HTTP_IDLE_TIMEOUT_S (15): a connection without a complete request
+for this long is closed (idle keep-alive, and a client dribbling its headers).
 Conditional orders: --conditional-orders / BULWARK_SIM_CONDITIONAL_ORDERS `algo` (default: only
 /fapi/v1/algoOrder, -4120 elsewhere, as Binance since 2025-12-09) or `legacy` (also /fapi/v1/order).
 The market is the recording's (`auto`: spot when its
@@ -55,6 +58,13 @@ from services.venue_sim.handlers import VenueSimulator
 log = get_logger("venue-sim")
 MIRROR = "mirror"
 """`--source mirror`: follow a live venue's market (the paper venue)."""
+
+HTTP_LIMITS = {
+    "max_headers": 100,
+    "max_field_size": 8190,
+    "max_line_size": 8190,
+}
+"""aiohttp's request-handler limits for the simulator's HTTP server (header count and sizes)."""
 
 
 def build_source(config: SimConfig) -> tuple[MarketSource, str]:
@@ -125,6 +135,7 @@ def build_simulator(
         ban_after_429=config.ban_after_429,
         conditional_orders=config.conditional_orders,
         stream_routing=config.stream_routing,
+        control_token=config.control_token,
     )
 
 
@@ -151,7 +162,17 @@ async def serve(config: SimConfig) -> None:
     """Run until SIGINT/SIGTERM."""
     source, description = await open_source(config)
     simulator = build_simulator(config, source, description)
-    runner = web.AppRunner(simulator.build_app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        simulator.build_app(),
+        access_log=None,
+        handle_signals=False,
+        # aiohttp arms its keep-alive timer at a connection's start and after each response, and
+        # drops a connection still without a complete request when it fires: a client dribbling
+        # its headers (slowloris) or sending nothing is cut. WebSockets and requests being served
+        # are not affected.
+        keepalive_timeout=config.http_idle_timeout_s,
+        **HTTP_LIMITS,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
@@ -166,7 +187,14 @@ async def serve(config: SimConfig) -> None:
         market=source.market,
         rest_url=f"http://{config.host}:{config.port}",
         ws_url=f"ws://{config.host}:{config.port}",
+        control_api="token" if config.control_token else "open",
     )
+    if not config.control_token:
+        # A simulator started by hand for tests; `bulwark up` always gives it a token.
+        log.warning(
+            "sim_control_unauthenticated",
+            detail="no BULWARK_SIM_CONTROL_TOKEN: anyone who reaches this port can inject faults and read state",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ One system for the module (synthetic market, ~10 s to start); the outage test ru
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -88,7 +89,10 @@ def test_up_when_backup_venue_then_the_printout_and_endpoints_name_the_backup_si
 ) -> None:
     printed = system.log_path.read_text(errors="replace")
 
-    assert f"backup venue     {system.backup_venue}" in printed
+    endpoints = json.loads((system.data_dir / "endpoints.json").read_text())
+
+    assert f"backup venue     {endpoints['backup_venue']}" in printed
+    assert system.backup_venue.endswith(endpoints["backup_venue"].partition("://")[2])
     assert POSITION_BACKUP in printed
 
 

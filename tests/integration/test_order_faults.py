@@ -113,7 +113,7 @@ async def test_submit_when_client_order_id_already_at_venue_then_adopts_venue_st
     system: System,
 ) -> None:
     best_bid = Decimal((await sim_state(system.venue_url))["books"][SYMBOL]["best_bid"])
-    far = (best_bid * Decimal("0.95")).quantize(Decimal("0.1"))
+    far = (best_bid * Decimal("0.97")).quantize(Decimal("0.1"))
     order = limit_order("fault-duplicate", far)
     # An earlier attempt landed at the venue, but the system never heard of it.
     async with BinanceRestClient(system.venue_url, "bulwark-sim-key", "bulwark-sim-secret") as client:
@@ -215,7 +215,7 @@ async def test_backup_endpoint_when_main_unreachable_then_orders_and_user_stream
 async def test_position_service_when_dead_then_venue_cancels_its_orders_after_countdown(system: System) -> None:
     pool, venue_url = system.pool, system.venue_url
     best_bid = Decimal((await sim_state(venue_url))["books"][SYMBOL]["best_bid"])
-    order = limit_order("countdown-resting", (best_bid * Decimal("0.95")).quantize(Decimal("0.1")))
+    order = limit_order("countdown-resting", (best_bid * Decimal("0.97")).quantize(Decimal("0.1")))
     await submit(system.bus, order)
     await wait_status(pool, order.client_order_id, "NEW")
     await asyncio.sleep(5.0)  # longer than the countdown: re-arming keeps the order alive

@@ -147,7 +147,7 @@ async def test_submit_order_when_venue_answer_times_out_then_queried_and_exactly
 async def test_restart_when_venue_has_unknown_order_then_adopted_and_resting_order_cancelable(system: System) -> None:
     bus, pool, venue_url = system.bus, system.pool, system.venue_url
     best_bid = Decimal((await _sim_state(venue_url))["books"][SYMBOL]["best_bid"])
-    far_price = (best_bid * Decimal("0.95")).quantize(Decimal("0.1"))
+    far_price = (best_bid * Decimal("0.97")).quantize(Decimal("0.1"))
     resting = SubmitOrder(
         client_order_id=client_order_id_for("flow-resting"),
         idempotency_key="flow-resting",

@@ -58,7 +58,7 @@ async def test_external_orders_when_placed_on_the_account_then_adopted_from_the_
     pool = system.pool
     await _user_stream_up(system)
     book = (await sim_state(system.venue_url))["books"][SYMBOL]
-    far_below = (Decimal(book["best_bid"]) * Decimal("0.9")).quantize(Decimal("0.1"))
+    far_below = (Decimal(book["best_bid"]) * Decimal("0.97")).quantize(Decimal("0.1"))
     await _place_as_someone_else(
         system,
         symbol=SYMBOL,

@@ -60,7 +60,7 @@ async def open_position_with_stops_and_resting_entry(system: System) -> tuple[li
     )
     await submit(system.bus, entry)
     await wait_status(system.pool, entry.client_order_id, "FILLED")
-    resting = limit_order("flat-resting", Decimal(int(Decimal(book["best_bid"]) * Decimal("0.9"))))
+    resting = limit_order("flat-resting", Decimal(int(Decimal(book["best_bid"]) * Decimal("0.97"))))
     await submit(system.bus, resting)
     await wait_status(system.pool, resting.client_order_id, "NEW")
 

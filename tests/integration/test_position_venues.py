@@ -168,7 +168,7 @@ async def venue_orders(venues: Venues, venue: str) -> dict[str, str]:
 
 async def far_price(venues: Venues, venue: str) -> Decimal:
     best_bid = Decimal((await sim_state(venues.urls[venue]))["books"][SYMBOL]["best_bid"])
-    return (best_bid * Decimal("0.95")).quantize(Decimal("0.1"))
+    return (best_bid * Decimal("0.97")).quantize(Decimal("0.1"))
 
 
 async def position_row(pool: Any, venue: str) -> Decimal | None:

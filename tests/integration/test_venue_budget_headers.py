@@ -28,7 +28,7 @@ def venue_url_fixture(tmp_path: Path) -> Iterator[str]:
 
 
 async def _resting_buy(client: BinanceRestClient, key: str) -> dict:
-    price = Decimal((await client.ticker_price(SYMBOL))["price"]) * Decimal("0.8")
+    price = Decimal((await client.ticker_price(SYMBOL))["price"]) * Decimal("0.97")
     return await client.place_order(
         symbol=SYMBOL,
         side="BUY",

@@ -272,7 +272,7 @@ async def test_resting_limit_when_countdown_expires_then_cancelled_and_user_stre
     listen_key = key["listenKey"]
     async with btc.session.ws_connect(btc.base.replace("http", "ws") + f"/private/ws/{listen_key}") as user_ws:
         _, depth, _ = await btc.public("/fapi/v1/depth", symbol="BTCUSDT", limit=5)
-        far_bid = (Decimal(depth["bids"][0][0]) * Decimal("0.9")).quantize(Decimal("0.1"))
+        far_bid = (Decimal(depth["bids"][0][0]) * Decimal("0.97")).quantize(Decimal("0.1"))  # resting, in the band
         status, order, _ = await btc.signed(
             "POST",
             "/fapi/v1/order",

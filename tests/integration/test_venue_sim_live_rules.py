@@ -181,7 +181,7 @@ async def test_listen_key_when_kept_alive_then_never_expires(venue: Venue) -> No
 async def test_external_order_when_placed_through_the_sim_then_on_the_user_stream_and_open(venue: Venue) -> None:
     _, body = await venue.key_only("POST", "/fapi/v1/listenKey")
     _, mark, _ = await venue.get("/fapi/v1/premiumIndex", symbol="ETHUSDT")
-    price = f"{float(mark['markPrice']) * 0.9:.2f}"
+    price = f"{float(mark['markPrice']) * 0.97:.2f}"  # resting, inside the PERCENT_PRICE band
     async with venue.session.ws_connect(f"{venue.ws_base}/private/ws/{body['listenKey']}") as ws:
         status, order = await venue.sim(
             "POST",

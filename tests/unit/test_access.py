@@ -39,6 +39,15 @@ def test_credentials_when_loaded_twice_then_same_passwords_file_private_and_new_
     assert _mode(tmp_path / access.BUS_CREDENTIALS_FILE) == 0o600
 
 
+def test_sim_control_token_when_loaded_twice_then_kept_and_carried_in_the_simulator_url(tmp_path: Path) -> None:
+    first = access.load_bus_credentials(tmp_path, ())
+    again = access.load_bus_credentials(tmp_path, (subjects.RISK,))
+    assert first.sim_control_token and again.sim_control_token == first.sim_control_token
+    assert first.sim_env() == {"BULWARK_SIM_CONTROL_TOKEN": first.sim_control_token}
+    assert first.sim_url("http://127.0.0.1:8100") == f"http://sim:{first.sim_control_token}@127.0.0.1:8100"
+    assert first.sim_control_token not in repr(first)
+
+
 def test_credentials_when_file_unreadable_then_clear_error(tmp_path: Path) -> None:
     (tmp_path / access.BUS_CREDENTIALS_FILE).write_text("{not json")
     with pytest.raises(access.AccessError, match="remove it"):
@@ -100,6 +109,12 @@ def test_launcher_when_configured_then_servers_require_passwords_and_each_servic
     assert credentials.nats[subjects.GATEWAY] not in risk_env
     assert 'BULWARK_VALKEY_USER="gateway"' in parser["program:gateway"]["environment"]
     assert "BULWARK_NATS_USER" not in parser["program:venue-sim"].get("environment", "")
+    # Only the simulators hold the control token of their `/_sim/*` API.
+    token = credentials.sim_control_token
+    assert len(token) >= 32
+    assert f'BULWARK_SIM_CONTROL_TOKEN="{token}"' in parser["program:venue-sim"]["environment"]
+    assert f'BULWARK_SIM_CONTROL_TOKEN="{token}"' in parser["program:venue-sim-backup"]["environment"]
+    assert token not in risk_env and token not in parser["program:gateway"]["environment"]
     assert (
         'BULWARK_NATS_USER="position-binance-usdm-backup"'
         in parser["program:position-binance-usdm-backup"]["environment"]

@@ -82,3 +82,62 @@ def test_decide_when_strategy_order_off_the_grid_then_approved_rounded_and_opera
     assert isinstance(strategy, OrderApproved), strategy
     assert strategy.order.quantity == D("0.002")
     assert isinstance(operator, OrderDenied) and operator.reason.startswith("venue rule MARKET_LOT_SIZE"), operator
+
+
+def _entry_and_exit(coid: str, side: Side, *, reduce_only: bool = False) -> SubmitOrder:
+    return SubmitOrder(
+        client_order_id=coid,
+        idempotency_key=coid,
+        source=OrderSource.OPERATOR,
+        symbol="BTCUSDT",
+        side=side,
+        order_type=OrderType.MARKET,
+        quantity=D("0.002"),
+        reduce_only=reduce_only,
+    )
+
+
+def _risk_without_rules(*, required: bool) -> tuple[MemoryBus, object]:
+    bus = MemoryBus()
+    risk = service(bus, TradingStateValue(state=TradingState.ACTIVE))
+    risk.rules_required = required
+    risk.state.mark_prices["BTCUSDT"] = D(60000)
+    risk.hot_state["BTCUSDT"] = HotStateStatus.VALID
+    risk.state_builder.heard(risk.monotonic())
+    risk.state.positions[risk.state.book("binance-usdm", "BTCUSDT")] = D("0.004")
+    return bus, risk
+
+
+def test_decide_when_rules_expected_but_not_loaded_then_entries_denied_and_exits_go() -> None:
+    bus, risk = _risk_without_rules(required=True)
+
+    entry = asyncio.run(decisions.decide(risk, _entry_and_exit("e1", Side.BUY)))  # type: ignore[arg-type]
+    reduce_only = asyncio.run(decisions.decide(risk, _entry_and_exit("x1", Side.SELL, reduce_only=True)))  # type: ignore[arg-type]
+    shrinking = asyncio.run(decisions.decide(risk, _entry_and_exit("x2", Side.SELL)))  # type: ignore[arg-type]
+
+    assert isinstance(entry, OrderDenied) and entry.reason.startswith("venue rules not loaded"), entry
+    assert isinstance(reduce_only, OrderApproved), reduce_only
+    assert isinstance(shrinking, OrderApproved), shrinking
+    # Once published, the same entry is judged by them (and approved: it breaks none).
+    bus.kv[RULES_KEY] = encode_value(BTC)
+    again = asyncio.run(decisions.decide(risk, _entry_and_exit("e2", Side.BUY)))  # type: ignore[arg-type]
+    assert isinstance(again, OrderApproved), again
+
+
+def test_decide_when_rules_not_expected_and_not_loaded_then_the_venue_judges() -> None:
+    _, risk = _risk_without_rules(required=False)
+    entry = asyncio.run(decisions.decide(risk, _entry_and_exit("e1", Side.BUY)))  # type: ignore[arg-type]
+    assert isinstance(entry, OrderApproved), entry
+
+
+def test_validate_order_when_rules_expected_but_not_loaded_then_reason_says_so() -> None:
+    bus = MemoryBus()
+    risk = service(bus, TradingStateValue(state=TradingState.ACTIVE))
+    risk.rules_required = True
+
+    async def no_touch(_risk: object, _symbol: str) -> tuple[None, None]:
+        return None, None
+
+    raw = asyncio.run(venue_rules.serve_validate_order(risk, _request(), touch=no_touch))
+    reply = decode_reply(OrderRulesReply, raw)
+    assert isinstance(reply, OrderRulesReply) and not reply.checked and reply.reason == "venue rules not loaded"

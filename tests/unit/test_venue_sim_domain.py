@@ -121,7 +121,7 @@ def test_stop_market_when_mark_crosses_then_fills_as_market() -> None:
 def test_countdown_when_expired_then_symbol_orders_cancelled() -> None:
     clock = ManualClock(START_NS)
     exchange = _exchange(_book(), clock)
-    order = _order(exchange, side="BUY", type="LIMIT", timeInForce="GTC", quantity="1.000", price="90.0")
+    order = _order(exchange, side="BUY", type="LIMIT", timeInForce="GTC", quantity="1.000", price="96.0")
     exchange.arm_countdown("BTCUSDT", 1000)
     clock.advance(0.5)
     assert exchange.check_countdowns() == []
@@ -200,7 +200,7 @@ def test_place_order_when_client_order_id_of_open_order_reused_then_4116_duplica
         "type": "LIMIT",
         "timeInForce": "GTC",
         "quantity": "0.1",
-        "price": "90",
+        "price": "96",  # resting, inside the PERCENT_PRICE band around the mid of 100.05
     }
     exchange.place_order({**params, "newClientOrderId": "dup-1"})
     with pytest.raises(BinanceError) as raised:
@@ -214,9 +214,9 @@ def test_place_order_when_client_order_id_of_finished_order_reused_then_accepted
     # finished order's id blindly gets a second order. Query by that id answers the newest.
     exchange = _exchange(_book(), ManualClock(START_NS))
     params = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1"}
-    first, _ = exchange.place_order({**params, "price": "90", "newClientOrderId": "again-1"})
+    first, _ = exchange.place_order({**params, "price": "96", "newClientOrderId": "again-1"})
     exchange.cancel_order({"symbol": "BTCUSDT", "origClientOrderId": "again-1"})
-    second, _ = exchange.place_order({**params, "price": "91", "newClientOrderId": "again-1"})
+    second, _ = exchange.place_order({**params, "price": "97", "newClientOrderId": "again-1"})
     assert first.order_id != second.order_id and len(exchange.orders) == 2
     assert exchange.query_order({"symbol": "BTCUSDT", "origClientOrderId": "again-1"}) is second
 

@@ -20,7 +20,15 @@ from services.venue_sim.domain.accounts import Account, Fill, Position
 from services.venue_sim.domain.algo_orders import AlgoBook, AlgoOrder, algo_update, algo_view
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.brackets import max_notional
-from services.venue_sim.domain.orders import TRIGGERED_TYPES, Order, order_view, parse_order_request, triggers
+from services.venue_sim.domain.orders import (
+    TRIGGERED_TYPES,
+    Order,
+    check_percent_price,
+    check_position_side,
+    order_view,
+    parse_order_request,
+    triggers,
+)
 from services.venue_sim.domain.rules import BinanceError, SymbolSpec, fmt, illegal, mandatory
 from services.venue_sim.domain.user_data import account_update, order_trade_update
 
@@ -47,6 +55,9 @@ class Exchange:
         self.books = books
         self.account = Account(initial_balance=initial_balance)
         self.mark_prices: dict[str, Decimal] = {}
+        self.dual_side_position = False
+        """The account's position mode (hedge when true: one-way orders are -4061), set by the
+        position-mode endpoints (`routes.rest_account_modes`)."""
         self.orders: dict[int, Order] = {}
         self.fills: list[Fill] = []
         self.outbox: list[dict[str, Any]] = []
@@ -156,7 +167,8 @@ class Exchange:
             BinanceError: the order is rejected, with Binance's code.
         """
         spec = self.spec(params.get("symbol"))
-        request = parse_order_request(params, spec)
+        request = parse_order_request(params, spec, dual_side_position=self.dual_side_position)
+        check_percent_price(request, spec, self.mark_price(spec.symbol))
         symbol, side, quantity = request.symbol, request.side, request.quantity
         price, stop_price, reduce_only = request.price, request.stop_price, request.reduce_only
 
@@ -415,6 +427,7 @@ class Exchange:
             BinanceError: the order is rejected, with Binance's code.
         """
         spec = self.spec(params.get("symbol"))
+        check_position_side(params, self.dual_side_position)
         order = self.algo.place(params, spec, (last_price, self.mark_price(spec.symbol)), self.now_ms())
         self._algo_event(order)
         return order

@@ -95,12 +95,55 @@ class OrderRequest:
     client_order_id: str
 
 
-def parse_order_request(params: Mapping[str, str], spec: SymbolSpec) -> OrderRequest:
+def check_position_side(params: Mapping[str, str], dual_side_position: bool) -> None:
+    """An order's `positionSide` against the account's position mode, as Binance checks it.
+
+    One-way mode takes BOTH (the default); hedge mode (`dualSidePosition=true`) wants LONG or
+    SHORT, so a one-way order there is -4061. Hedge-mode positions themselves are not simulated:
+    a LONG/SHORT order is refused with -4084 rather than filled as if one-way.
+
+    Raises:
+        BinanceError: -4060 for an unknown side, -4061 for a side the mode does not take, -4084
+            for a hedge-mode order.
+    """
+    position_side = params.get("positionSide") or "BOTH"
+    if position_side not in ("BOTH", "LONG", "SHORT"):
+        raise BinanceError(400, -4060, "Invalid position side.")
+    if (position_side != "BOTH") != dual_side_position:
+        raise BinanceError(400, -4061, "Order's position side does not match user's setting.")
+    if dual_side_position:
+        raise BinanceError(
+            400, -4084, "Method is not allowed currently. Upcoming soon. (hedge-mode positions are not simulated)"
+        )
+
+
+def check_percent_price(request: OrderRequest, spec: SymbolSpec, mark: Decimal) -> None:
+    """PERCENT_PRICE of a LIMIT order: its price within [mark x multiplierDown, mark x multiplierUp].
+
+    A mark of 0 (not known yet) checks nothing.
+
+    Raises:
+        BinanceError: -4016 above the cap, -4024 below the floor (Binance's codes and wording).
+    """
+    if request.type != "LIMIT" or request.price is None or mark <= 0:
+        return
+    cap = mark * spec.multiplier_up
+    if request.price > cap:
+        raise BinanceError(400, -4016, f"Limit price can't be higher than {fmt(cap, spec.price_precision)}.")
+    floor = mark * spec.multiplier_down
+    if request.price < floor:
+        raise BinanceError(400, -4024, f"Limit price can't be lower than {fmt(floor, spec.price_precision)}.")
+
+
+def parse_order_request(
+    params: Mapping[str, str], spec: SymbolSpec, *, dual_side_position: bool = False
+) -> OrderRequest:
     """Check a new order's parameters against Binance's rules and the symbol's filters.
 
     Args:
         params: request parameters as strings (Binance names).
         spec: the rules of the order's symbol.
+        dual_side_position: the account is in hedge mode.
 
     Returns:
         The typed request.
@@ -118,8 +161,7 @@ def parse_order_request(params: Mapping[str, str], spec: SymbolSpec) -> OrderReq
         raise mandatory("type")
     if order_type not in ("MARKET", "LIMIT", *sorted(TRIGGERED_TYPES)):
         raise BinanceError(400, -1116, "Invalid orderType.")
-    if params.get("positionSide", "BOTH") != "BOTH":
-        raise BinanceError(400, -4061, "Order's position side does not match user's setting.")
+    check_position_side(params, dual_side_position)
     if params.get("closePosition", "false") not in ("false", ""):
         raise BinanceError(400, -1106, "Parameter 'closePosition' sent when not required.")
     quantity = decimal_param(params, "quantity")

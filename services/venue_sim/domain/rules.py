@@ -67,6 +67,10 @@ class SymbolSpec:
     max_qty: Decimal
     min_notional: Decimal
     quote_asset: str = "USDT"
+    multiplier_up: Decimal = Decimal("1.05")
+    """PERCENT_PRICE: a LIMIT price may be at most the mark price times this."""
+    multiplier_down: Decimal = Decimal("0.95")
+    """PERCENT_PRICE: a LIMIT price may be at least the mark price times this."""
 
     @property
     def price_precision(self) -> int:

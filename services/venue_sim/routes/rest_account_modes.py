@@ -2,8 +2,10 @@
 symbol's margin type, as Binance USD-M serves them, plus `/_sim/account_modes` to switch them from
 a test (e.g. into hedge mode, which Bulwark's preflight must refuse).
 
-The modes are answered and remembered, not simulated further: orders still fill as one-way,
-cross-margined positions whatever they say.
+The position mode decides which orders are taken: in hedge mode a one-way order (`positionSide`
+BOTH or none) is -4061 as on Binance; hedge-mode positions themselves are not simulated (a LONG or
+SHORT order is -4084). Multi-assets mode and margin types are answered and remembered only: orders
+fill as cross-margined positions whatever they say.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class AccountModeRoutes(RouteGroup):
         if any(position.quantity != 0 for position in self.exchange.account.positions.values()):
             raise BinanceError(400, -4068, "Position side cannot be changed if there exists position.")
         self.modes.dual_side_position = wanted
+        self.exchange.dual_side_position = wanted
         self.ctx.log.info("sim_position_mode_changed", dual_side_position=wanted)
         return {"code": 200, "msg": "success"}
 
@@ -136,5 +139,7 @@ class AccountModeRoutes(RouteGroup):
         for key, attribute in known.items():
             if key in body:
                 setattr(self.modes, attribute, body[key])
+        # Orders follow the position mode: in hedge mode a one-way order is -4061.
+        self.exchange.dual_side_position = self.modes.dual_side_position
         self.ctx.log.info("sim_account_modes_set", **self.modes.view())
         return web.json_response(self.modes.view())

@@ -140,12 +140,14 @@ class MarketRoutes(RouteGroup):
                         {"filterType": "MIN_NOTIONAL", "notional": fmt(spec.min_notional)},
                         {
                             "filterType": "PERCENT_PRICE",
-                            "multiplierUp": "1.0500",
-                            "multiplierDown": "0.9500",
+                            "multiplierUp": fmt(spec.multiplier_up, 4),
+                            "multiplierDown": fmt(spec.multiplier_down, 4),
                             "multiplierDecimal": "4",
                         },
                     ],
-                    "orderTypes": ["LIMIT", "MARKET", "STOP_MARKET"],
+                    # As Binance lists them; the conditional types go through the Algo Service in
+                    # `algo` mode (-4120 on /fapi/v1/order), as on Binance since 2025-12-09.
+                    "orderTypes": ["LIMIT", "MARKET", "STOP_MARKET", "TAKE_PROFIT_MARKET"],
                     "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
                 }
             )
