@@ -112,6 +112,76 @@ def test_halt_when_trading_halted_then_new_orders_refused_and_resume_allows_them
         assert len(_venue_orders(system, allowed.json()["client_order_id"])) == 1
 
 
+def _cli(system: RunningSystem, *args: str) -> tuple[int, Any]:
+    """`bulwark ARGS --json --data-dir <the system's>`: its exit code and its JSON (None when it printed none)."""
+    result = subprocess.run(
+        [*BULWARK, *args, "--json", "--data-dir", str(system.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")},
+    )
+    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else result.stderr
+
+
+def _blocked(status: dict[str, Any], symbol: str) -> list[str]:
+    return [f"{b['gate']}: {b['reason']}" for b in status["symbols"][symbol]["blocked_by"]]
+
+
+def test_cockpit_when_stream_reconnects_then_can_enter_false_for_suspect_and_cli_steers(system: RunningSystem) -> None:
+    """Issue 16: `/v1/status` said ACTIVE while entries were DENIED for a SUSPECT market stream. Now
+    `can_enter` says so, with the reason, and clears with the clean window; the CLI halts, shows the
+    state, resumes, lists and cancels orders."""
+    system.wait_all_ready()
+    suspect = "market data stream SUSPECT: clean window after a reconnect"
+    fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "ws_close"}, timeout=10)
+    assert fault.status_code in (200, 201), fault.text
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while not any(suspect in reason for reason in seen) and time.monotonic() < deadline:
+        status = system.status()
+        if status["symbols"]["BTCUSDT"]["can_enter"] is False:
+            seen = _blocked(status, "BTCUSDT")
+        time.sleep(0.1)
+    assert any(reason.startswith("link: ") and suspect in reason for reason in seen), seen
+    assert status["trading_state"] == "ACTIVE"  # what the issue saw: ACTIVE, yet no entry allowed
+    deadline = time.monotonic() + 30
+    while not (status := system.status())["symbols"]["BTCUSDT"]["can_enter"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status["symbols"]["BTCUSDT"]["can_enter"] is True, _blocked(status, "BTCUSDT")
+
+    code, halted = _cli(system, "halt", "--reason", "cockpit e2e")
+    assert code == 0 and halted["trading_state"] == "HALTED", halted
+    code, status = _cli(system, "status")
+    assert code == 0 and status["trading_state"] == "HALTED"
+    assert "trading_state: trading HALTED: no new orders" in _blocked(status, "BTCUSDT")
+    code, resumed = _cli(system, "resume", "--reason", "cockpit e2e")
+    assert code == 0 and resumed["trading_state"] == "ACTIVE", resumed
+
+    with system.client(system.viewer_token) as client:
+        book = client.get("/v1/book/BTCUSDT", params={"depth": 1}).json()
+    price = (Decimal(book["bids"][0][0]) * Decimal("0.97")).quantize(Decimal("0.1"))  # rests, inside the band
+    body = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.003", "price": str(price)}
+    with system.client(system.operator_token) as client:
+        placed = client.post("/v1/orders", json=body, headers={"Idempotency-Key": f"e2e-{uuid.uuid4()}"}).json()
+    order_id = placed["order_id"]
+    deadline = time.monotonic() + 20
+    while (listed := _cli(system, "orders", "--status", "NEW"))[0] == 0 and time.monotonic() < deadline:
+        if order_id in [order["order_id"] for order in listed[1]["orders"]]:
+            break
+        time.sleep(0.5)
+    assert order_id in [order["order_id"] for order in listed[1]["orders"]], (placed, listed)
+    code, canceled = _cli(system, "cancel", order_id)
+    assert code == 0 and canceled["status"] == "PENDING_CANCEL", canceled
+    deadline = time.monotonic() + 20
+    while (shown := _cli(system, "order", order_id))[1]["status"] != "CANCELED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert shown == (0, shown[1]) and shown[1]["status"] == "CANCELED", shown
+    assert _cli(system, "cancel", order_id)[0] == 3  # already final: refused
+    assert _cli(system, "order", "bw-no-such-order")[0] == 4
+
+
 def test_projections_verify_when_orders_placed_then_log_rebuild_equals_live_tables(system: RunningSystem) -> None:
     # Runs after the order tests above: the rebuilt projections must equal what the services wrote.
     result = subprocess.run(
