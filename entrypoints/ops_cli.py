@@ -1,5 +1,5 @@
 """The operator's verbs of `bulwark`, named after the gateway's API (SPEC §10): `status [--watch]`,
-`halt`, `resume`, `emergency-stop`, `orders`, `order`, `cancel`, `positions`, `breakers`,
+`halt`, `resume`, `emergency-stop`, `submit`, `orders`, `order`, `cancel`, `positions`, `breakers`,
 `breaker reset`, `strategies`, `strategy enable|disable`, `dlq list|stats|retry|remove`, `alerts`,
 `events [--follow]`.
 
@@ -14,10 +14,12 @@ happened (`EXIT_CODES`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,18 +115,27 @@ class Api:
     transport: httpx.BaseTransport | None = None
     """Tests answer in memory; None: the network."""
 
-    def call(self, method: str, path: str, role: str, *, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        role: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """One request; the decoded JSON answer.
 
         Raises:
             CliError: unreachable, refused, not found, not allowed, unavailable, failed.
         """
         token = token_for(role, self.data_dir, self.environ)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        sent = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         query = {key: value for key, value in (params or {}).items() if value is not None}
         try:
             with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client:
-                response = client.request(method, self.base_url + path, params=query, json=body, headers=headers)
+                response = client.request(method, self.base_url + path, params=query, json=body, headers=sent)
         except httpx.TransportError as exc:
             raise CliError(
                 EXIT_UNREACHABLE,
@@ -421,6 +432,9 @@ class Verb:
     render: Callable[[dict[str, Any]], Any]
     params: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     body: Callable[[argparse.Namespace], Any] = lambda args: None
+    headers: Callable[[argparse.Namespace], dict[str, str]] = lambda args: {}
+    outcome: Callable[[dict[str, Any]], int] = lambda answer: EXIT_OK
+    """The exit code of an answer the gateway gave with success (a DENIED order is refused)."""
 
 
 def _reason(args: argparse.Namespace) -> dict[str, str]:
@@ -429,6 +443,29 @@ def _reason(args: argparse.Namespace) -> dict[str, str]:
 
 def _action(verb: str) -> Callable[[dict[str, Any]], Any]:
     return lambda answer: render_action(verb, answer)
+
+
+def order_body(args: argparse.Namespace) -> dict[str, Any]:
+    """`POST /v1/orders` of `bulwark submit`: decimals stay the strings typed."""
+    body: dict[str, Any] = {
+        "symbol": args.symbol.upper(),
+        "side": args.side,
+        "type": args.type,
+        "quantity": args.quantity,
+    }
+    body |= {"price": args.price} if args.price else {}
+    body |= {"stop_price": args.stop_price} if args.stop_price else {}
+    return body | ({"reduce_only": True} if args.reduce_only else {})
+
+
+def order_outcome(answer: dict[str, Any]) -> int:
+    """A submitted order that risk denied or the venue rejected is refused (exit 3)."""
+    return EXIT_REFUSED if answer.get("status") in ("DENIED", "REJECTED") else EXIT_OK
+
+
+def render_submitted(answer: dict[str, Any]) -> Text:
+    reason = f": {answer['reason']}" if answer.get("reason") else ""
+    return Text(f"order {answer.get('order_id')} {answer.get('status')}{reason}")
 
 
 VERBS: dict[str, Verb] = {
@@ -441,6 +478,15 @@ VERBS: dict[str, Verb] = {
         READ,
         render_orders,
         params=lambda a: {"status": a.status, "limit": a.limit, "cursor": a.cursor},
+    ),
+    "submit": Verb(
+        "POST",
+        lambda a: "/v1/orders",
+        ACT,
+        render_submitted,
+        body=order_body,
+        headers=lambda a: {"Idempotency-Key": a.key},
+        outcome=order_outcome,
     ),
     "order": Verb("GET", lambda a: f"/v1/orders/{a.id}", READ, render_order),
     "cancel": Verb("DELETE", lambda a: f"/v1/orders/{a.id}", ACT, _action("cancel")),
@@ -509,6 +555,19 @@ def add_parser(commands: Any, data_dir: Path) -> None:
     orders.add_argument("--status", help="only this status (e.g. NEW, FILLED, PENDING_SUBMISSION)")
     orders.add_argument("--limit", type=int, default=50)
     orders.add_argument("--cursor", help="the next page (`next_cursor` of the previous one)")
+    submit = _verb(commands, "submit", "submit", common, "submit an order (POST /v1/orders); exit 3 when DENIED")
+    submit.add_argument("symbol")
+    submit.add_argument("side", type=str.upper, choices=("BUY", "SELL"))
+    submit.add_argument("quantity", help="decimal, e.g. 0.002")
+    submit.add_argument("--type", type=str.upper, choices=("MARKET", "LIMIT", "STOP_MARKET"), default="MARKET")
+    submit.add_argument("--price", help="LIMIT price")
+    submit.add_argument("--stop-price", help="STOP_MARKET trigger price")
+    submit.add_argument("--reduce-only", action="store_true")
+    submit.add_argument(
+        "--key",
+        default=f"cli-{uuid.uuid4()}",
+        help="Idempotency-Key (default: a new one); the same key again returns the first answer",
+    )
     _verb(commands, "order", "order", common, "one order").add_argument("id")
     _verb(commands, "cancel", "cancel", common, "cancel an order").add_argument("id")
     _verb(commands, "positions", "positions", common, "positions per venue")
@@ -574,12 +633,19 @@ def run(
             errors.print("bulwark emergency-stop: not confirmed; nothing done")
             return EXIT_REFUSED
         verb = VERBS[args.ops_verb]
-        answer = api.call(verb.method, verb.path(args), verb.role, params=verb.params(args), body=verb.body(args))
+        answer = api.call(
+            verb.method,
+            verb.path(args),
+            verb.role,
+            params=verb.params(args),
+            body=verb.body(args),
+            headers=verb.headers(args),
+        )
     except CliError as exc:
         errors.print(Text(f"bulwark {args.ops_verb}: {exc.message}"))
         return exc.code
     _show(out, args, answer, verb.render)
-    return EXIT_OK
+    return verb.outcome(answer)
 
 
 def _show(out: Console, args: argparse.Namespace, answer: Any, render: Callable[[dict[str, Any]], Any]) -> None:
@@ -620,13 +686,18 @@ def _status(api: Api, args: argparse.Namespace, out: Console) -> int:
                 if args.count is None or shown < args.count:
                     time.sleep(args.watch)
             return EXIT_OK
-        with Live(Text("asking the gateway..."), console=out, auto_refresh=False) as live:
+        # On a terminal the view is redrawn in place; into a pipe or file every refresh is appended.
+        live = Live(Text("asking the gateway..."), console=out, auto_refresh=False) if out.is_terminal else None
+        with live if live is not None else contextlib.nullcontext():
             while args.count is None or shown < args.count:
                 try:
                     view: Any = render_status(api.call("GET", "/v1/status", READ), time.time_ns())
                 except CliError as exc:  # keep watching through a restart of the gateway
                     view = Text(f"{time.strftime('%H:%M:%S')}  {exc.message}", style="bold red")
-                live.update(view, refresh=True)
+                if live is not None:
+                    live.update(view, refresh=True)
+                else:
+                    out.print(Text(time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())), view)
                 shown += 1
                 if args.count is None or shown < args.count:
                     time.sleep(args.watch)

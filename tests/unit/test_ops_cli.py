@@ -93,10 +93,12 @@ def test_status_json_when_asked_then_only_the_api_json(tmp_path: Path) -> None:
     assert code == 0 and json.loads(out) == STATUS
 
 
-def test_status_watch_json_when_counted_then_one_document_per_refresh(tmp_path: Path) -> None:
+def test_status_watch_when_counted_then_every_refresh_shown(tmp_path: Path) -> None:
     gateway = Gateway({("GET", "/v1/status"): (200, STATUS)})
     code, out = bulwark(["status", "--watch", "0", "--count", "3", "--json"], gateway, tmp_path)
     assert code == 0 and [json.loads(line)["trading_state"] for line in out.splitlines()] == ["ACTIVE"] * 3
+    code, out = bulwark(["status", "--watch", "0", "--count", "2"], gateway, tmp_path)
+    assert code == 0 and out.count("can enter") == 2 and len(gateway.requests) == 5
 
 
 @pytest.mark.parametrize(
@@ -176,6 +178,27 @@ def test_verb_when_run_then_the_endpoint_of_the_same_name(
     (request,) = gateway.requests
     assert (code, request.method, request.url.path) == (0, method, path)
     assert (json.loads(request.content) if request.content else None) == body
+
+
+def test_submit_when_denied_then_refused_with_reason_and_the_key_sent(tmp_path: Path) -> None:
+    credentials(tmp_path)
+    denied = {"order_id": "bw-7", "client_order_id": "bw-7", "status": "DENIED", "reason": "trading HALTED"}
+    gateway = Gateway({("POST", "/v1/orders"): (201, denied)})
+    argv = ["submit", "btcusdt", "buy", "0.002", "--type", "limit", "--price", "100.5", "--key", "k-1"]
+    code, out = bulwark(argv, gateway, tmp_path)
+    (request,) = gateway.requests
+    assert code == ops_cli.EXIT_REFUSED and "order bw-7 DENIED: trading HALTED" in out
+    assert request.headers["Idempotency-Key"] == "k-1" and request.headers["Authorization"] == "Bearer op-t"
+    assert json.loads(request.content) == {
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "type": "LIMIT",
+        "quantity": "0.002",
+        "price": "100.5",
+    }
+    gateway.answers[("POST", "/v1/orders")] = (201, {**denied, "status": "NEW", "reason": None})
+    assert bulwark(["submit", "BTCUSDT", "SELL", "0.002", "--reduce-only"], gateway, tmp_path)[0] == ops_cli.EXIT_OK
+    assert json.loads(gateway.requests[-1].content)["reduce_only"] is True
 
 
 def test_order_when_unknown_then_not_found(tmp_path: Path) -> None:
