@@ -261,6 +261,7 @@ REQUEST_REPLY_TYPES: tuple[type[msgspec.Struct], ...] = (
     BreakerResetRequest,
     BreakerResetReply,
     RiskStateReply,
+    EntryGatesReply,
     OrderRulesRequest,
     OrderRulesReply,
     BookRequest,

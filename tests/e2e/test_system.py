@@ -3,6 +3,8 @@ halt obeyed, crashed processes restarted."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -16,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from entrypoints import ops_cli
+from entrypoints.cli import build_parser
 from entrypoints.harness.system import RunningSystem
 from proto.subjects import CORE_COMPONENTS
 
@@ -113,16 +117,13 @@ def test_halt_when_trading_halted_then_new_orders_refused_and_resume_allows_them
 
 
 def _cli(system: RunningSystem, *args: str) -> tuple[int, Any]:
-    """`bulwark ARGS --json --data-dir <the system's>`: its exit code and its JSON (None when it printed none)."""
-    result = subprocess.run(
-        [*BULWARK, *args, "--json", "--data-dir", str(system.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")},
-    )
-    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else result.stderr
+    """`bulwark ARGS --json --data-dir <the system's>` (in this process: the token and the gateway's
+    URL come from the data dir, as for an operator): its exit code and its JSON, or its stderr."""
+    parsed = build_parser().parse_args([*args, "--json", "--data-dir", str(system.data_dir)])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ops_cli.run(parsed, environ={})
+    return code, json.loads(out.getvalue()) if out.getvalue().strip() else err.getvalue()
 
 
 def _blocked(status: dict[str, Any], symbol: str) -> list[str]:
@@ -132,7 +133,7 @@ def _blocked(status: dict[str, Any], symbol: str) -> list[str]:
 def test_cockpit_when_stream_reconnects_then_can_enter_false_for_suspect_and_cli_steers(system: RunningSystem) -> None:
     """Issue 16: `/v1/status` said ACTIVE while entries were DENIED for a SUSPECT market stream. Now
     `can_enter` says so, with the reason, and clears with the clean window; the CLI halts, shows the
-    state, resumes, lists and cancels orders."""
+    state, resumes, places, lists and cancels an order."""
     system.wait_all_ready()
     suspect = "market data stream SUSPECT: clean window after a reconnect"
     fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "ws_close"}, timeout=10)
@@ -162,9 +163,8 @@ def test_cockpit_when_stream_reconnects_then_can_enter_false_for_suspect_and_cli
     with system.client(system.viewer_token) as client:
         book = client.get("/v1/book/BTCUSDT", params={"depth": 1}).json()
     price = (Decimal(book["bids"][0][0]) * Decimal("0.97")).quantize(Decimal("0.1"))  # rests, inside the band
-    body = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "quantity": "0.003", "price": str(price)}
-    with system.client(system.operator_token) as client:
-        placed = client.post("/v1/orders", json=body, headers={"Idempotency-Key": f"e2e-{uuid.uuid4()}"}).json()
+    code, placed = _cli(system, "submit", "BTCUSDT", "BUY", "0.003", "--type", "LIMIT", "--price", str(price))
+    assert code == 0 and placed["status"] not in ("DENIED", "REJECTED"), placed
     order_id = placed["order_id"]
     deadline = time.monotonic() + 20
     while (listed := _cli(system, "orders", "--status", "NEW"))[0] == 0 and time.monotonic() < deadline:
