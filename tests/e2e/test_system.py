@@ -136,16 +136,25 @@ def test_cockpit_when_stream_reconnects_then_can_enter_false_for_suspect_and_cli
     state, resumes, places, lists and cancels an order."""
     system.wait_all_ready()
     suspect = "market data stream SUSPECT: clean window after a reconnect"
-    fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "ws_close"}, timeout=10)
-    assert fault.status_code in (200, 201), fault.text
-    seen: list[str] = []
-    deadline = time.monotonic() + 30
-    while not any(suspect in reason for reason in seen) and time.monotonic() < deadline:
-        status = system.status()
-        if status["symbols"]["BTCUSDT"]["can_enter"] is False:
-            seen = _blocked(status, "BTCUSDT")
-        time.sleep(0.1)
-    assert any(reason.startswith("link: ") and suspect in reason for reason in seen), seen
+    seen: list[list[str]] = []
+    # The link reason shows while the books are VALID again inside the 3 s clean window; on a loaded
+    # machine a rebuild can outlast the window (then the hot state is the reason): reconnect again.
+    for _ in range(3):
+        fault = httpx.post(f"{system.venue}/_sim/faults", json={"kind": "ws_close"}, timeout=10)
+        assert fault.status_code in (200, 201), fault.text
+        deadline, closed = time.monotonic() + 15, False
+        while time.monotonic() < deadline:
+            status = system.status()
+            blocked = _blocked(status, "BTCUSDT") if status["symbols"]["BTCUSDT"]["can_enter"] is False else []
+            if blocked and blocked not in seen:
+                seen.append(blocked)
+            closed = closed or bool(blocked)
+            if any(suspect in reason for reason in blocked) or (closed and not blocked):
+                break  # seen, or the window passed unseen
+            time.sleep(0.1)
+        if any(suspect in reason for reason in blocked):
+            break
+    assert any(reason.startswith("link: ") and suspect in reason for reason in blocked), seen
     assert status["trading_state"] == "ACTIVE"  # what the issue saw: ACTIVE, yet no entry allowed
     deadline = time.monotonic() + 30
     while not (status := system.status())["symbols"]["BTCUSDT"]["can_enter"] and time.monotonic() < deadline:
