@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entrypoints import ops_cli, venue_cli
+from entrypoints import backtest_cli, ops_cli, strategy_cli, venue_cli
 from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--pg-port", type=_port, default=5432)
     up.add_argument("--redis-port", type=_port, default=6379)
     up.add_argument(
+        "--metrics-port",
+        type=_bounded_int(0, 65535),
+        default=0,
+        help="first Prometheus /metrics port of the services, one each (default 0: free ports, see `bulwark status`)",
+    )
+    up.add_argument(
         "--symbols",
         help="comma-separated symbols (default: a replay's own symbols, else BTCUSDT,ETHUSDT)",
     )
@@ -135,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     venue_cli.add_up_flags(up)
     venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
+    backtest_cli.add_parser(commands)
+    strategy_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
@@ -250,6 +258,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         nats_monitor_port=args.nats_monitor_port,
         pg_port=args.pg_port,
         redis_port=args.redis_port,
+        metrics_port=args.metrics_port,
         venue_source=args.venue_source,
         venue_speed=args.venue_speed,
         venue_seed=args.venue_seed,
@@ -261,6 +270,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         backup_venue="" if args.backup_venue is None else (args.backup_venue or default_backup_venue(main_venue)),
         backup_venue_port=args.backup_venue_port,
         venue=venue,
+        paper=args.paper,
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
     warning = exposure_warning(config.host)
@@ -304,6 +314,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         _out(f"  venue simulator  http://{config.host}:{config.venue_port}   (state: /_sim/state)")
     else:
         _out(venue_cli.venue_line(config.venue))
+    paper_line = venue_cli.paper_line(config.paper, config.venue.simulated, config.url("http", config.venue_port))
+    if paper_line:
+        _out(paper_line)
     if config.backup_venue:
         _out(
             f"  backup venue     {endpoints['backup_venue']}   ({config.backup_venue}, traded by "
@@ -461,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_projections(args)
         case "preflight":
             return venue_cli.cmd_preflight(args, _out, _err, _token(args.data_dir))
+        case "backtest":
+            return backtest_cli.run(args)
+        case "strategy":
+            return strategy_cli.run(args, _out, _err)
     return 2
 
 

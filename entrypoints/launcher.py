@@ -11,6 +11,13 @@ another account on its own port (`venue-sim-backup`, its own in-memory state, th
 and market) and a second position process trades it (`position-<name>`,
 `BULWARK_POSITION_VENUE=<name>`); every service learns the backup venue's name, URLs and keys
 from `BULWARK_BACKUP_VENUE*`.
+
+On paper (`bulwark up --paper`) no order reaches the venue. With the simulator as the venue it is
+both the market and the paper venue (it only says PAPER). With another venue a paper simulator
+(`venue-sim-paper`, on `--venue-port`) mirrors that venue's live market (`--source mirror`) and
+the position service's order link is pointed at it with the paper account's own key, while
+market-data keeps reading the venue: real market data, orders filled by the simulator's matching
+engine against the live book. The venue's key is never given to the paper order link.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from entrypoints.venue_profiles import VenueChoice, hold_halted, venue_env
 from libs import db
 from libs.bus import Bus
 from libs.logging import get_logger
-from proto.subjects import DEFAULT_VENUE, position_component
+from proto.subjects import DEFAULT_VENUE, POSITION, position_component
 
 _log = get_logger("launcher")
 
@@ -57,6 +64,10 @@ INFRA_PROGRAMS = ("nats", "postgres", "valkey")
 VENUE_PROGRAM = "venue-sim"
 BACKUP_VENUE_PROGRAM = "venue-sim-backup"
 """The backup venue's simulator: another account with its own orders, fills and positions."""
+PAPER_VENUE_PROGRAM = "venue-sim-paper"
+"""The paper venue: a simulator mirroring a real venue's live market (`--paper` with another venue)."""
+PAPER_PROFILE = "paper"
+"""`BULWARK_VENUE_PROFILE` of the position process on paper (its order link is the paper simulator)."""
 DEFAULT_BACKUP_VENUE_PORT = 8101
 VENUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 """A venue name is a subject token (`evt.order.<event>.<venue>.<symbol>`) and part of a program name."""
@@ -101,6 +112,16 @@ class LaunchConfig:
     """`BULWARK_VENUE` of the services (a spot replay trades `binance-spot`)."""
     venue: VenueChoice = field(default_factory=VenueChoice)
     """The venue profile (`--venue`): the local simulator, or a venue elsewhere (no simulator started)."""
+    metrics_port: int = 0
+    """First Prometheus `/metrics` port of the services (`--metrics-port`): one each, in program order;
+    0: each service takes a free port and reports it (`metrics_url` in `/v1/status`)."""
+    paper: bool = False
+    """Paper trading (`--paper`): no order reaches the venue (see the module docstring)."""
+
+    @property
+    def paper_simulator(self) -> bool:
+        """A paper simulator mirrors another venue (on `venue_port`)."""
+        return self.paper and not self.venue.simulated
 
     def ports(self) -> dict[str, int]:
         ports = {
@@ -110,7 +131,7 @@ class LaunchConfig:
             "--pg-port": self.pg_port,
             "--redis-port": self.redis_port,
         }
-        if self.venue.simulated:
+        if self.venue.simulated or self.paper_simulator:
             ports["--venue-port"] = self.venue_port
         if self.backup_venue:
             ports["--backup-venue-port"] = self.backup_venue_port
@@ -127,6 +148,13 @@ class LaunchConfig:
             taken = [flag for flag, port in self.ports().items() if port == self.backup_venue_port]
             if len(taken) > 1:
                 found.append(f"{' and '.join(taken)} are the same port {self.backup_venue_port}")
+        metrics = metrics_ports(self)
+        if metrics and max(metrics.values()) > 65535:
+            found.append(f"--metrics-port {self.metrics_port}: {len(metrics)} services need ports up to 65535")
+        for flag, port in self.ports().items():
+            if port in metrics.values():
+                program = next(name for name, taken in metrics.items() if taken == port)
+                found.append(f"{flag} {port} is the metrics port of {program} (--metrics-port {self.metrics_port})")
         return found
 
     def url(self, scheme: str, port: int) -> str:
@@ -142,6 +170,8 @@ class Credentials:
     venue_api_secret: str
     backup_venue_api_key: str
     backup_venue_api_secret: str
+    paper_venue_api_key: str = "bulwark-paper-key"
+    paper_venue_api_secret: str = "bulwark-paper-secret"
 
 
 VENUE_START_WAIT_S = 60.0
@@ -152,8 +182,9 @@ def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> C
     """Tokens and venue keys, generated once per data dir and kept in `credentials.json` (0600).
 
     `BULWARK_ADMIN_TOKEN`, `BULWARK_OPERATOR_TOKEN`, `BULWARK_VIEWER_TOKEN`, `BULWARK_VENUE_API_KEY`,
-    `BULWARK_VENUE_API_SECRET`, `BULWARK_BACKUP_VENUE_API_KEY` and `BULWARK_BACKUP_VENUE_API_SECRET`
-    override the stored values. The backup venue's simulator is another account: its own key.
+    `BULWARK_VENUE_API_SECRET`, `BULWARK_BACKUP_VENUE_API_KEY`, `BULWARK_BACKUP_VENUE_API_SECRET`,
+    `BULWARK_PAPER_VENUE_API_KEY` and `BULWARK_PAPER_VENUE_API_SECRET` override the stored values.
+    The backup venue's simulator is another account: its own key; so is the paper venue's.
     """
     env = dict(os.environ if environ is None else environ)
     path = data_dir / "credentials.json"
@@ -171,6 +202,8 @@ def load_credentials(data_dir: Path, environ: dict[str, str] | None = None) -> C
         "venue_api_secret": "bulwark-sim-secret",
         "backup_venue_api_key": "bulwark-sim-backup-key",
         "backup_venue_api_secret": "bulwark-sim-backup-secret",
+        "paper_venue_api_key": "bulwark-paper-key",
+        "paper_venue_api_secret": "bulwark-paper-secret",
     }
     values = {key: stored.get(key) or default for key, default in defaults.items()}
     if stored != values:
@@ -206,6 +239,9 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         # and position process run, whatever the caller's environment says.
         "BULWARK_BACKUP_VENUE": config.backup_venue,
         "BULWARK_POSITION_VENUE": "",
+        # Each service's own /metrics port: a free one unless `--metrics-port` gives them (per program).
+        "BULWARK_METRICS_HOST": config.host,
+        "BULWARK_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     if config.backup_venue:
@@ -217,6 +253,12 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
                 "BULWARK_BACKUP_VENUE_API_SECRET": creds.backup_venue_api_secret,
             }
         )
+    if config.paper:
+        env["BULWARK_PAPER"] = "true"
+    if config.paper_simulator:
+        # Only the paper simulator and the position process read them (`write_supervisor_config`).
+        env["BULWARK_PAPER_VENUE_API_KEY"] = creds.paper_venue_api_key
+        env["BULWARK_PAPER_VENUE_API_SECRET"] = creds.paper_venue_api_secret
     if config.venue_source:
         env["BULWARK_SIM_SOURCE"] = config.venue_source
     if config.venue_speed is not None:
@@ -258,9 +300,37 @@ def _quote(part: str) -> str:
     return part
 
 
+PAPER_ACCOUNT_ENV = {
+    # Taken from supervisord's environment so no secret is written to its config.
+    "BULWARK_VENUE_API_KEY": "%(ENV_BULWARK_PAPER_VENUE_API_KEY)s",
+    "BULWARK_VENUE_API_SECRET": "%(ENV_BULWARK_PAPER_VENUE_API_SECRET)s",
+}
+"""The paper account's key, for the paper simulator and the order link to it (never the venue's)."""
+
+
+def paper_simulator_args(config: LaunchConfig) -> list[str]:
+    """The paper simulator's flags: mirror the venue's live market (public endpoints only)."""
+    return ["--source", "mirror", "--mirror-rest-url", config.venue.rest_url, "--mirror-ws-url", config.venue.ws_url]
+
+
+def paper_order_link_env(config: LaunchConfig) -> dict[str, str]:
+    """The main position process's settings on paper: its order link goes to the paper simulator."""
+    return {
+        "BULWARK_VENUE_REST_URL": config.url("http", config.venue_port),
+        "BULWARK_VENUE_WS_URL": config.url("ws", config.venue_port),
+        "BULWARK_VENUE_REST_ALTERNATES": "",
+        "BULWARK_VENUE_WS_ALTERNATES": "",
+        "BULWARK_VENUE_WS_ROUTED": "true",
+        "BULWARK_VENUE_PROFILE": PAPER_PROFILE,
+        **PAPER_ACCOUNT_ENV,
+    }
+
+
 def venue_programs(config: LaunchConfig) -> tuple[str, ...]:
     """The simulator programs: the main venue's, then the backup venue's if configured (none when
     the venue profile is not `sim`)."""
+    if config.paper_simulator:
+        return (PAPER_VENUE_PROGRAM,)
     if not config.venue.simulated:
         return ()
     return (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM) if config.backup_venue else (VENUE_PROGRAM,)
@@ -281,6 +351,14 @@ def application_programs(config: LaunchConfig) -> dict[str, str]:
     for name in config.strategies:
         programs[f"strategy-{name}"] = STRATEGY_MODULE
     return programs
+
+
+def metrics_ports(config: LaunchConfig) -> dict[str, int]:
+    """Program name -> its Prometheus port, consecutive from `--metrics-port` in program order (the same
+    order at every start, so a scrape configuration stays valid); empty with 0 (free ports)."""
+    if not config.metrics_port:
+        return {}
+    return {name: config.metrics_port + index for index, name in enumerate(bus_components(config))}
 
 
 def program_instance_id(program: str) -> str:
@@ -332,6 +410,11 @@ def write_supervisor_config(
             environment["BULWARK_STRATEGY_NAME"] = instance
         elif name == backup_position_program(config):
             environment["BULWARK_POSITION_VENUE"] = config.backup_venue
+        elif name == PAPER_VENUE_PROGRAM:
+            command += ["--port", str(config.venue_port), *paper_simulator_args(config)]
+            environment.update(PAPER_ACCOUNT_ENV)
+        elif name == POSITION and config.paper_simulator:
+            environment.update(paper_order_link_env(config))
         elif name == BACKUP_VENUE_PROGRAM:
             command += ["--port", str(config.backup_venue_port)]
             # The simulator accepts the key its account is given (BULWARK_VENUE_API_*): the backup
@@ -341,6 +424,8 @@ def write_supervisor_config(
         if bus_credentials is not None and name in bus_components(config):
             # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
             environment.update(bus_credentials.service_env(name))
+        if name in metrics_ports(config):
+            environment["BULWARK_METRICS_PORT"] = str(metrics_ports(config)[name])
         if environment:
             extra["environment"] = ",".join(f'{key}="{value}"' for key, value in environment.items())
         priority = 20 if name in venue_programs(config) else 30
@@ -384,6 +469,11 @@ def check_ports(config: LaunchConfig) -> None:
     if problems:
         raise LaunchError("; ".join(problems))
     busy = [f"{flag} {port}" for flag, port in config.ports().items() if not infra.port_is_free(config.host, port)]
+    busy += [
+        f"--metrics-port {port} ({program})"
+        for program, port in metrics_ports(config).items()
+        if not infra.port_is_free(config.host, port)
+    ]
     if busy:
         raise LaunchError(
             "port(s) already in use on "
@@ -497,6 +587,8 @@ class System:
     def venue_urls(self) -> dict[str, str]:
         """Program name -> REST base URL of every venue simulator of this system."""
         config = self.config
+        if config.paper_simulator:
+            return {PAPER_VENUE_PROGRAM: config.url("http", config.venue_port)}
         if not config.venue.simulated:
             return {}
         urls = {VENUE_PROGRAM: config.url("http", config.venue_port)}

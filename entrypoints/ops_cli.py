@@ -264,6 +264,8 @@ def render_status(status: dict[str, Any], now_ns: int) -> Group:
         str(status.get("degradation_level")),
         ("   health ", "bold"),
         str(status.get("health")),
+        ("   mode ", "bold"),
+        "PAPER (no order reaches the venue)" if status.get("paper") else str(status.get("mode") or "LIVE"),
     )
     preflight = status.get("preflight")
     failed = [c.get("name") for c in (preflight or {}).get("checks") or [] if not c.get("ok")]

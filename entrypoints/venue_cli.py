@@ -51,6 +51,12 @@ def add_up_flags(up: argparse.ArgumentParser) -> None:
         help="file with api_key=... and api_secret=... (mode 0600); default: BULWARK_VENUE_API_KEY/_SECRET",
     )
     up.add_argument(CONFIRM_FLAG, dest="confirm_real_money", action="store_true", help="confirm --venue binance")
+    up.add_argument(
+        "--paper",
+        action="store_true",
+        help="paper trading: the venue's real market data, orders filled by a simulator's matching engine "
+        "against its live book, no order reaches the venue (docs/strategies.md: Paper trading)",
+    )
 
 
 def venue_of(args: argparse.Namespace) -> VenueChoice:
@@ -65,6 +71,7 @@ def venue_of(args: argparse.Namespace) -> VenueChoice:
         ws_url=args.venue_ws_url,
         key_file=args.venue_key_file,
         confirmed=args.confirm_real_money,
+        paper=args.paper,
     )
     if not choice.simulated:
         simulator_only = [
@@ -84,10 +91,26 @@ def venue_of(args: argparse.Namespace) -> VenueChoice:
 
 def venue_line(choice: VenueChoice) -> str:
     """What `bulwark up` prints about a venue that is not its simulator."""
-    line = f"  venue            {choice.profile}: {choice.rest_url}  (streams {choice.ws_url}; no simulator)"
+    role = "market data only, orders on paper" if choice.paper else "no simulator"
+    line = f"  venue            {choice.profile}: {choice.rest_url}  (streams {choice.ws_url}; {role})"
     if choice.starts_halted:
         line += "\n  trading          HALTED at start: check `bulwark preflight`, then resume"
     return line
+
+
+def paper_line(paper: bool, simulated: bool, paper_url: str) -> str | None:
+    """What `bulwark up` prints about paper trading (None when it trades live)."""
+    if not paper:
+        return None
+    where = "the simulator is the venue" if simulated else f"orders to the paper simulator {paper_url}"
+    return f"  mode             PAPER: no order reaches the venue ({where}; state: /_sim/state)"
+
+
+def mode_line(status: dict[str, Any]) -> str:
+    """`bulwark status`'s line about where orders go: LIVE or PAPER."""
+    if status.get("paper"):
+        return "mode               PAPER (orders filled by the paper simulator; none reaches the venue)"
+    return f"mode               {status.get('mode') or 'LIVE'}"
 
 
 def preflight_line(shown: dict[str, Any] | None) -> str:

@@ -12,7 +12,9 @@ A profile is only settings (`BULWARK_VENUE_PROFILE`, `BULWARK_VENUE_REST_URL`,
 Kubernetes select one the same way (docker-compose.yml, k8s/configmap.yaml). The key comes from
 `BULWARK_VENUE_API_KEY` / `BULWARK_VENUE_API_SECRET` or a key file readable by its owner only
 (mode 0600 or 0400); it is passed to the services in their environment and never printed, logged
-or written to the data dir. Mainnet needs an explicit confirmation flag and always starts HALTED,
+or written to the data dir. On paper (`--paper`) no key is needed or kept: the venue is asked only for
+public market data, and orders go to a paper simulator with its own key (`entrypoints.launcher`).
+Mainnet needs an explicit confirmation flag and always starts HALTED,
 written before any service runs (and again by position's start-up preflight, which is how compose
 and Kubernetes get it too): the operator resumes after reading the preflight.
 """
@@ -66,6 +68,8 @@ class VenueChoice:
     api_secret: str = ""
     key_source: str = ""
     """Where the key came from (for the operator; never the key itself)."""
+    paper: bool = False
+    """Paper trading: the venue's market data only; orders go to a paper simulator."""
 
     @property
     def simulated(self) -> bool:
@@ -74,8 +78,8 @@ class VenueChoice:
 
     @property
     def starts_halted(self) -> bool:
-        """Trading is set HALTED before any service starts (mainnet)."""
-        return self.profile == MAINNET
+        """Trading is set HALTED before any service starts (mainnet, unless on paper)."""
+        return self.profile == MAINNET and not self.paper
 
     def __repr__(self) -> str:
         # Never show the key in a traceback or a debug print.
@@ -140,8 +144,9 @@ def resolve_venue(
     key_file: Path | None = None,
     confirmed: bool = False,
     environ: Mapping[str, str] | None = None,
+    paper: bool = False,
 ) -> VenueChoice:
-    """The venue of `bulwark up --venue PROFILE ...`.
+    """The venue of `bulwark up --venue PROFILE ...` (`paper`: its market data only, no key).
 
     Raises:
         VenueProfileError: unknown profile, URLs missing or given where they do not belong, mainnet
@@ -165,6 +170,13 @@ def resolve_venue(
         if rest_url or ws_url:
             raise VenueProfileError(f"--venue {profile} has its own URLs; other URLs need --venue custom")
         rest, ws = _URLS[profile]
+    if paper:
+        if key_file is not None:
+            raise VenueProfileError("--paper sends no order to the venue: it needs no --venue-key-file")
+        # The venue's key is not even read: nothing on paper may sign a request to the venue.
+        return VenueChoice(
+            profile, rest, ws, key_source="none (paper: the venue's public market data only)", paper=True
+        )
     if profile == MAINNET and not confirmed:
         raise VenueProfileError(
             f"--venue binance trades REAL MONEY on Binance mainnet: add {CONFIRM_FLAG} to confirm "

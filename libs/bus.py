@@ -45,6 +45,7 @@ from opentelemetry import propagate
 
 from libs.errors import PermanentError
 from libs.logging import Logger, get_logger
+from libs.metrics import ServiceMetrics
 from libs.retry import recoverable_until_reachable
 from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
@@ -136,6 +137,8 @@ class Bus:
         self._dropped_unreported = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._credentials = ("", "")
+        self.metrics: ServiceMetrics | None = None
+        """Where messages in and out, redeliveries, lag and reconnects are counted (set by the runtime)."""
 
     # ------------------------------------------------------------------ connection
 
@@ -173,6 +176,8 @@ class Bus:
             self.connected = True
             self.disconnected_since_ns = None
             self.log.info("bus_reconnected", outage_ms=outage_ms, outbox=len(self._outbox))
+            if self.metrics is not None:
+                self.metrics.reconnected("nats")
             self._schedule_flush()
             await self._notify(True)
 
@@ -393,6 +398,8 @@ class Bus:
         re-sent after a crash is stored once.
         """
         ack = await self.js.publish(subject, encode(message), headers=self._headers(message, msg_id))
+        if self.metrics is not None:
+            self.metrics.published(subject)
         if ack.duplicate:
             self.log.debug("publish_deduplicated", subject=subject, msg_id=msg_id or message.message_id)
         return int(ack.seq)
@@ -436,6 +443,8 @@ class Bus:
         for future in futures:
             if future in done and future.exception() is None:
                 acks.append(int(future.result().seq))
+                if self.metrics is not None:
+                    self.metrics.published(items[len(acks) - 1][0])
             elif future in done:
                 error = future.exception()
                 assert error is not None
@@ -654,6 +663,8 @@ class Bus:
             headers=dict(msg.headers or {}),
             stored_ns=int(meta.timestamp.timestamp() * 1_000_000_000),
         )
+        if self.metrics is not None:
+            self.metrics.received(msg.subject, durable, meta.num_delivered, meta.num_pending)
         try:
             message = decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -743,6 +754,8 @@ class Bus:
                 await msg.nak(delay=5.0)
             return
         self.log.error("dead_lettered", durable=durable, subject=msg.subject, reason=reason[:300])
+        if self.metrics is not None:
+            self.metrics.dead_letter(durable)
         with contextlib.suppress(Exception):
             await msg.term()
 

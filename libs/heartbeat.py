@@ -36,9 +36,15 @@ class ComponentView:
     pid: int | None
     last_heartbeat_age_ms: int | None
     details: dict[str, Any] = field(default_factory=dict)
+    metrics_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state.value, "pid": self.pid, "last_heartbeat_age_ms": self.last_heartbeat_age_ms}
+        return {
+            "state": self.state.value,
+            "pid": self.pid,
+            "last_heartbeat_age_ms": self.last_heartbeat_age_ms,
+            "metrics_url": self.metrics_url,
+        }
 
 
 FORGET_AFTER_NS = 24 * 3600 * 1_000_000_000
@@ -74,7 +80,9 @@ class HeartbeatTracker:
             heartbeat, received_ns = entry
             age_ns = max(0, now_ns - received_ns)
             state = ComponentState.DOWN if age_ns > self.timeout_ns else heartbeat.state
-            views[name] = ComponentView(name, state, heartbeat.pid, age_ns // 1_000_000, dict(heartbeat.details))
+            views[name] = ComponentView(
+                name, state, heartbeat.pid, age_ns // 1_000_000, dict(heartbeat.details), heartbeat.metrics_url
+            )
         return views
 
     def down(self, now_ns: int) -> list[str]:

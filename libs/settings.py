@@ -82,6 +82,11 @@ class Settings:
         "which venue the system trades: sim, binance-testnet, binance (mainnet: starts HALTED) or custom; "
         "`bulwark up --venue` sets it with the matching URLs (README: Trading a real venue)",
     )
+    paper: bool = _doc(
+        False,
+        "paper trading: the position service's orders go to a paper simulator that fills them against the "
+        "venue's live book; market data stays the venue's; no order reaches the venue (`bulwark up --paper`)",
+    )
     venue_leverage: str = _doc(
         "", "position preflight: leverage SET per symbol at start, `N` or `SYMBOL=N,...` (`*=N` others); empty: kept"
     )
@@ -184,6 +189,17 @@ class Settings:
     alert_pagerduty_routing_key: str = _doc("", "alerts: PagerDuty routing key (never logged)")
     alert_pagerduty_min_severity: str = _doc("P1", "alerts: lowest severity paged (P0 highest ... P3 lowest)")
     alert_webhook_timeout_s: float = _doc(5.0, "alerts: timeout of one webhook POST")
+    alert_telegram_bot_token: str = _doc("", "alerts: Telegram bot token (off when empty; never logged)")
+    alert_telegram_chat_id: str = _doc("", "alerts: Telegram chat the bot posts to")
+    alert_telegram_api_url: str = _doc("https://api.telegram.org", "alerts: Telegram Bot API base URL")
+    alert_telegram_min_severity: str = _doc("P2", "alerts: lowest severity sent to Telegram")
+    alert_webhook_url: str = _doc("", "alerts: generic webhook receiving every alert as JSON (off when empty)")
+    alert_webhook_secret: str = _doc(
+        "", "alerts: HMAC-SHA256 key signing the generic webhook's body (X-Bulwark-Signature; never logged)"
+    )
+    alert_runbook_base_url: str = _doc(
+        "docs/runbooks", "alerts: where the runbook pages are served; each alert links <base>/<page>.md"
+    )
     watchdog_disk_path: str = _doc(".", "watchdog: file system whose usage is checked (FM-C4 90/95/98 %)")
     watchdog_memory_max_pct: float = _doc(90.0, "watchdog: memory use above this turns health YELLOW and alerts")
     watchdog_cpu_max_pct: float = _doc(95.0, "watchdog: CPU use above this for 30 s turns health YELLOW and alerts")
@@ -198,6 +214,14 @@ class Settings:
     )
     log_level: str = _doc("INFO", "DEBUG, INFO, WARNING or ERROR")
     otel_exporter: str = _doc("none", "OpenTelemetry span exporter: none or console")
+    otel_endpoint: str = _doc(
+        "", "OTLP collector URL spans are exported to (e.g. http://collector:4318); empty: no OTLP export"
+    )
+    otel_protocol: str = _doc("http/protobuf", "OTLP protocol of BULWARK_OTEL_ENDPOINT: http/protobuf or grpc")
+    metrics_host: str = _doc("127.0.0.1", "bind address of this process's Prometheus /metrics endpoint")
+    metrics_port: int = _doc(
+        0, "port of this process's Prometheus /metrics endpoint; 0: a free port (its URL is in /v1/status); -1: none"
+    )
     stream_replicas: int = _doc(
         1, "JetStream stream and key-value bucket replicas (3 in a clustered deployment, k8s/configmap.yaml)"
     )

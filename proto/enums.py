@@ -62,6 +62,14 @@ class StrategyState(StrEnum):
     FAILED = "FAILED"
 
 
+class StrategyMode(StrEnum):
+    """Where a strategy's orders go: the venue (`live`) or the paper order link (`paper`: the
+    simulator's matching engine on the live book, never the venue)."""
+
+    LIVE = "live"
+    PAPER = "paper"
+
+
 class ErrorClass(StrEnum):
     TRANSIENT = "TRANSIENT"
     RECOVERABLE = "RECOVERABLE"

@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from proto.enums import BreakerState, ConnectionState, DegradationLevel, Health, StrategyState, TradingState
+from proto.enums import (
+    BreakerState,
+    ConnectionState,
+    DegradationLevel,
+    Health,
+    StrategyMode,
+    StrategyState,
+    TradingState,
+)
 
 V = TypeVar("V", bound=msgspec.Struct)
 
@@ -98,6 +106,28 @@ class StrategyStateValue(msgspec.Struct, frozen=True, kw_only=True):
     symbol: str | None = None
     ts_ns: int = 0
     kind: str = ""
+
+
+class StrategyModeValue(msgspec.Struct, frozen=True, kw_only=True):
+    """KV `strategy_mode.<name>` (the gateway, at an operator's enable): where the strategy's orders go.
+
+    Never set means `live`. Risk routes a `paper` strategy's orders to the paper order link.
+
+    Attributes:
+        mode: `live` or `paper`.
+        operator: who enabled it so.
+        reason: the operator's reason (required for an override).
+        override: a live enable forced past CB-3 or FAILED without paper first.
+        restricted_by: why live was restricted at that enable (CB-3 or FAILED), empty when it was not.
+        ts_ns: when.
+    """
+
+    mode: StrategyMode = StrategyMode.LIVE
+    operator: str = ""
+    reason: str = ""
+    override: bool = False
+    restricted_by: str = ""
+    ts_ns: int = 0
 
 
 class StrategyCrashesValue(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,6 +244,7 @@ KV_VALUE_TYPES: tuple[type[msgspec.Struct], ...] = (
     BreakerValue,
     DependencyBreakerValue,
     StrategyStateValue,
+    StrategyModeValue,
     StrategyCrashesValue,
     ProtectionValue,
     RateLimitBanValue,

@@ -24,6 +24,7 @@ from proto.enums import (
     OrderStatus,
     OrderType,
     Side,
+    StrategyMode,
     StrategyState,
     TimeInForce,
     TradingState,
@@ -215,6 +216,11 @@ class EnableStrategy(Message, frozen=True, tag=True):
     strategy: str
     operator: str
     reason: str = ""
+    mode: StrategyMode = StrategyMode.LIVE
+    """`paper`: the strategy's orders go to the paper order link, never the venue (docs/strategies.md)."""
+    override: bool = False
+    """A live enable of a strategy that CB-3 or FAILED (FM-C2) keeps on paper, forced by the operator
+    (`reason` says why); audited with the command."""
 
 
 class DisableStrategy(Message, frozen=True, tag=True):
@@ -441,6 +447,8 @@ class Heartbeat(Message, frozen=True, tag=True):
     state: ComponentState
     started_ns: int
     details: dict[str, Any] = {}
+    metrics_url: str | None = None
+    """Where Prometheus scrapes this process (`/metrics` on its own port); None without an endpoint."""
 
 
 class ComponentStatusChanged(Message, frozen=True, tag=True):
@@ -475,13 +483,18 @@ class BackgroundWorkResumed(Message, frozen=True, tag=True):
 
 
 class AlertRaised(Message, frozen=True, tag=True):
-    """An alert; `key` de-duplicates it while its condition holds."""
+    """An alert; `key` de-duplicates it while its condition holds.
+
+    `runbook_url` names the operator's runbook page; empty (the default) means "the page the alert
+    key maps to" (`libs.runbooks`), filled in by the watchdog before the alert reaches a sink.
+    """
 
     key: str
     severity: AlertSeverity
     component: str
     title: str
     details: dict[str, Any] = {}
+    runbook_url: str = ""
 
 
 class AlertResolved(Message, frozen=True, tag=True):

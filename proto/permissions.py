@@ -101,6 +101,8 @@ def _gateway() -> Grant:
             subjects.SVC_STATE_BUILDER_BOOK,
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),
+            # An operator's enable sets the strategy's order mode (live or paper).
+            kv_subject(subjects.KV_STATE, subjects.key_strategy_mode(ANY)),
         ),
         # The live event stream (SSE) and order outcomes follow every event; heartbeats give components.
         subscribe=(*subscribe, subjects.EVT_ALL, subjects.HEARTBEAT_ALL),
@@ -251,6 +253,7 @@ def _strategy(component: str) -> Grant:
             subjects.evt_signal(name, ANY),
             subjects.evt_strategy_state(name),
             subjects.evt_strategy_crashed(name),
+            subjects.SVC_STATE_BUILDER_BOOK,  # book depth for a strategy that asks for it (docs/strategies.md)
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.key_strategy(name)),
             kv_subject(subjects.KV_STATE, subjects.key_strategy_crashes(name)),

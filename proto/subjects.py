@@ -319,6 +319,15 @@ def key_strategy(strategy: str) -> str:
     return f"strategy.{strategy}"
 
 
+KEY_STRATEGY_MODE_PREFIX = "strategy_mode."
+"""Every strategy's order mode key starts with it; the rest is the strategy's name."""
+
+
+def key_strategy_mode(strategy: str) -> str:
+    """Where a strategy's orders go, live or paper (`proto.kv.StrategyModeValue`), written by the gateway."""
+    return f"{KEY_STRATEGY_MODE_PREFIX}{strategy}"
+
+
 def key_strategy_crashes(strategy: str) -> str:
     """Crash history of a strategy instance (FM-C2: survives its restarts)."""
     return f"strategy.{strategy}.crashes"

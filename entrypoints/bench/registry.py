@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from entrypoints.bench.backtest import backtest_speed, format_backtest
 from entrypoints.bench.md_faults import format_md_faults, md_faults
 from entrypoints.bench.md_throughput import format_md_throughput, md_throughput
 from entrypoints.bench.recovery import format_result as format_recovery
@@ -94,6 +95,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "stall→HALTED, venue back→ACTIVE, dropped depth→VALID through the running system (median, p99)",
         md_faults,
         format_md_faults,
+    ),
+    "backtest": Benchmark(
+        "backtest",
+        "backtest: market events replayed per second through a strategy vs the raw recording read rate",
+        backtest_speed,
+        format_backtest,
     ),
     "bus-publish": Benchmark(
         "bus-publish",

@@ -17,7 +17,13 @@ import httpx
 
 from entrypoints.access import ADMIN, load_bus_credentials
 from entrypoints.infra import free_port
-from entrypoints.launcher import BACKUP_VENUE_PROGRAM, INFRA_PROGRAMS, VENUE_PROGRAM, supervisor_rpc
+from entrypoints.launcher import (
+    BACKUP_VENUE_PROGRAM,
+    INFRA_PROGRAMS,
+    PAPER_VENUE_PROGRAM,
+    VENUE_PROGRAM,
+    supervisor_rpc,
+)
 from proto.subjects import CORE_COMPONENTS, MARKET_WS_LINK, POSITION
 
 
@@ -141,7 +147,7 @@ def _program_name(name: str) -> str:
     """supervisord's `group:name` for a program of `bulwark up` (see entrypoints.launcher)."""
     if name in INFRA_PROGRAMS:
         return f"infra:{name}"
-    if name in (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM):
+    if name in (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM, PAPER_VENUE_PROGRAM):
         return f"venue:{name}"
     return f"services:{name}"
 

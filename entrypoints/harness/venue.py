@@ -17,8 +17,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def running_venue_sim(log_dir: Path, *args: str, timeout_s: float = 40.0) -> Iterator[str]:
+def running_venue_sim(
+    log_dir: Path, *args: str, timeout_s: float = 40.0, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Start `python -m services.venue_sim.main --port P ARGS...`; yields its base URL.
+
+    `env` adds variables to its environment (e.g. the account's `BULWARK_VENUE_API_KEY`).
 
     Raises:
         AssertionError: the simulator exited or did not listen within `timeout_s` (with its log).
@@ -32,7 +36,7 @@ def running_venue_sim(log_dir: Path, *args: str, timeout_s: float = 40.0) -> Ite
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "BULWARK_SYMBOLS": os.environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT")},
+            env={**os.environ, "BULWARK_SYMBOLS": os.environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT"), **(env or {})},
             start_new_session=True,
         )
     try:

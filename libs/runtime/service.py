@@ -24,6 +24,7 @@ from libs import cache, db
 from libs import logging as bulwark_logging
 from libs.bus import Bus, cancel_and_wait
 from libs.logging import Logger, get_logger
+from libs.metrics import MetricsServer, ServiceMetrics
 from libs.retry import recoverable_until_reachable
 from libs.settings import Settings
 from libs.telemetry import setup_tracing
@@ -50,6 +51,10 @@ class ServiceContext:
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     startup_phases: dict[str, float] = field(default_factory=dict)
     """Milliseconds spent in each start-up phase (logged with `service_ready`); `setup` may add its own."""
+    metrics: ServiceMetrics = field(default_factory=lambda: ServiceMetrics("unnamed"))
+    """This process's Prometheus metrics (`libs.metrics`): handlers observe through it."""
+    metrics_url: str | None = None
+    """Where Prometheus scrapes them (carried in every heartbeat; None without an endpoint)."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a background task for the life of the service; a crash is logged, not silent."""
@@ -95,7 +100,12 @@ async def _heartbeat_loop(ctx: ServiceContext) -> None:
     pid = os.getpid()
     while True:
         heartbeat = Heartbeat(
-            component=ctx.component, pid=pid, state=ctx.state, started_ns=ctx.started_ns, details=ctx.details()
+            component=ctx.component,
+            pid=pid,
+            state=ctx.state,
+            started_ns=ctx.started_ns,
+            details=ctx.details(),
+            metrics_url=ctx.metrics_url,
         )
         try:
             await ctx.bus.publish_core(subjects.heartbeat(ctx.component), heartbeat)
@@ -116,6 +126,28 @@ async def _connect_pool(ctx: ServiceContext) -> asyncpg.Pool:
     raise RuntimeError("unreachable")  # pragma: no cover
 
 
+def _start_metrics_server(ctx: ServiceContext) -> MetricsServer | None:
+    """The process's Prometheus endpoint (`BULWARK_METRICS_PORT`; -1: none). A port that cannot be
+    bound costs the metrics, never the service: it is logged and the heartbeat carries no URL."""
+    settings = ctx.settings
+    if settings.metrics_port < 0:
+        return None
+    try:
+        server = MetricsServer.start(ctx.metrics.registry, settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        ctx.log.error(
+            "metrics_endpoint_failed",
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            error=str(exc),
+            action_taken="service runs without a metrics endpoint",
+        )
+        return None
+    ctx.metrics_url = server.url()
+    ctx.log.info("metrics_endpoint_started", url=ctx.metrics_url)
+    return server
+
+
 async def run_service(
     component: str,
     setup: Setup,
@@ -128,9 +160,13 @@ async def run_service(
     settings = settings or Settings.from_env()
     bulwark_logging.configure(settings.log_level)
     log = get_logger(component)
-    setup_tracing(component, settings.otel_exporter)
+    setup_tracing(component, settings.otel_exporter, endpoint=settings.otel_endpoint, protocol=settings.otel_protocol)
+    metrics = ServiceMetrics(component)
     bus = Bus(component, log, replicas=settings.stream_replicas)
-    ctx = ServiceContext(component=component, settings=settings, log=log, bus=bus)
+    bus.metrics = metrics
+    metrics.watch_bus(bus.status)
+    ctx = ServiceContext(component=component, settings=settings, log=log, bus=bus, metrics=metrics)
+    metrics_server = _start_metrics_server(ctx)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,6 +239,8 @@ async def run_service(
         if ctx.cache is not None:
             with contextlib.suppress(Exception):
                 await ctx.cache.aclose()
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.stop)
         log.info("service_stopped")
 
 

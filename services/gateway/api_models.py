@@ -78,7 +78,15 @@ class ControlRequest(BaseModel):
 
 
 def parse_control_body(raw: bytes, content_type: str | None) -> ControlRequest:
-    """Read a control body whatever `Content-Type` the client sent.
+    """Read a control body whatever `Content-Type` the client sent (see `parse_body`)."""
+    return parse_body(raw, content_type, ControlRequest)
+
+
+Body = typing.TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(raw: bytes, content_type: str | None, model: type[Body]) -> Body:
+    """Read an optional action body as `model` whatever `Content-Type` the client sent.
 
     `curl -d '{"reason": "x"}'` sends `application/x-www-form-urlencoded`; an operator in a hurry
     must not get a 422 for that. Accepted: no body, JSON (any or no content type) and a form with
@@ -90,7 +98,7 @@ def parse_control_body(raw: bytes, content_type: str | None) -> ControlRequest:
     """
     text = raw.decode("utf-8", errors="replace").strip()
     if not text:
-        return ControlRequest()
+        return model()
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type.startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", 'send JSON like {"reason": "..."} (or no body)')
@@ -107,9 +115,9 @@ def parse_control_body(raw: bytes, content_type: str | None) -> ControlRequest:
                 400, "invalid_json", "request body is not valid JSON", {"expected": {"reason": "..."}}
             ) from exc
     if data is None:
-        return ControlRequest()
+        return model()
     try:
-        return ControlRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         details = [
             {"loc": ["body", *(str(part) for part in error["loc"])], "msg": error["msg"], "type": error["type"]}
@@ -191,6 +199,7 @@ class ComponentStatus(BaseModel):
     state: str
     pid: int | None
     last_heartbeat_age_ms: int | None
+    metrics_url: str | None = None
 
 
 class EntryBlockerView(BaseModel):
@@ -235,6 +244,8 @@ class VenueStatus(BaseModel):
     position_component: str
     """The position process trading it (`position`, `position-<venue>`), also under `components`."""
     position_state: str
+    mode: str = "LIVE"
+    """`PAPER`: its orders are filled by the paper simulator against its live book, never sent to it."""
 
 
 class StatusResponse(BaseModel):
@@ -249,6 +260,9 @@ class StatusResponse(BaseModel):
     venues: dict[str, VenueStatus] = {}
     preflight: dict[str, Any] | None = None
     """The main venue's latest preflight (`venue`, `ok`, `checks`: name, ok, message); null before the first."""
+    mode: str = "LIVE"
+    """`PAPER` when the system trades on paper (`bulwark up --paper`): no order reaches the venue."""
+    paper: bool = False
 
 
 class BookResponse(BaseModel):
@@ -321,6 +335,8 @@ class StrategyView(BaseModel):
     state: str
     component_state: str
     details: Any = None
+    mode: str = "live"
+    """Where its orders go: `live` (the venue) or `paper` (the paper order link)."""
 
 
 class StrategyList(BaseModel):
@@ -331,6 +347,8 @@ class StrategyCommandResponse(BaseModel):
     strategy: str
     action: str
     status: str
+    mode: str | None = None
+    """An enable's order mode: `live` or `paper`."""
 
 
 class EventView(BaseModel):

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.ids import client_order_id_for
+from libs.telemetry import tracer
 from proto import subjects
 from proto.codec import decode
 from proto.enums import ComponentState, OrderSource, OrderStatus
@@ -81,7 +82,10 @@ async def submit(gateway: Gateway, body: OrderRequest, key: str, who: Principal)
             reduce_only=body.reduce_only,
             correlation_id=key,
         )
-        await gateway.publish(subjects.CMD_ORDER_SUBMIT, command, msg_id=client_order_id)
+        # An operator order's trace starts here; risk, position and the venue's answers join it.
+        attributes = {"bulwark.client_order_id": client_order_id, "bulwark.symbol": body.symbol}
+        with tracer(subjects.GATEWAY).start_as_current_span("gateway.submit", attributes=attributes):
+            await gateway.publish(subjects.CMD_ORDER_SUBMIT, command, msg_id=client_order_id)
         ctx.log.info("order_submitted", client_order_id=client_order_id, symbol=body.symbol, operator=who.name)
         outcome: Outcome | None = None
         deadline = asyncio.get_running_loop().time() + gateway.config.outcome_timeout_s

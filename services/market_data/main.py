@@ -70,6 +70,7 @@ async def setup(ctx: ServiceContext) -> None:
         market=market,
         max_connection_age_s=settings.md_ws_max_age_s,
     )
+    service.runtime.metrics = ctx.metrics
     ctx.cleanups.append(service.close)
     ctx.details = service.details
     await ctx.bus.serve(subjects.SVC_MARKET_DATA_RESYNC, service.handle_resync_request)

@@ -165,6 +165,9 @@ class VenueRest:
         if transition is None:
             return
         self._runtime.log.warning("breaker_state_changed", **transition.fields())
+        metrics = self._runtime.metrics
+        if metrics is not None and transition.current == BreakerState.OPEN and transition.previous != BreakerState.OPEN:
+            metrics.breaker_tripped(transition.name)
         event = transition.event()
         await self._alerts.kv(subjects.key_breaker(transition.name), transition.record(event.ts_event_ns))
         await self._publisher.emit([event])

@@ -10,6 +10,7 @@ from typing import Any
 
 from libs.clock import Clock
 from libs.logging import Logger
+from libs.metrics import ServiceMetrics
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -31,6 +32,8 @@ class Runtime:
         """Set by `close()`: every loop stops by this flag too, since a cancellation can be
         swallowed by a library's wait_for (Python 3.11) and must not leave a zombie link."""
         self._background: set[asyncio.Task[Any]] = set()
+        self.metrics: ServiceMetrics | None = None
+        """Where reconnects are counted (set by `main`; None in unit tests)."""
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
         """Run `coro` in the background; a failure is logged, and `cancel_all` stops it."""

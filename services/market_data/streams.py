@@ -20,6 +20,7 @@ from typing import Any
 from libs.binance.endpoints import EndpointRotation
 from libs.binance.stream import StreamClosed, StreamFrame
 from libs.reconnect import DEGRADED_AFTER_ATTEMPTS, Uniform, reconnect_delay_s
+from proto import subjects
 from proto.enums import AlertSeverity
 from services.market_data.alerts import Alerts
 from services.market_data.books import Books
@@ -269,6 +270,8 @@ class MarketStream:
     async def _on_connected(self, url: str) -> None:
         links = self._links
         self._connections += 1
+        if self._connections > 1 and self._runtime.metrics is not None:
+            self._runtime.metrics.reconnected(subjects.MARKET_WS_LINK)
         if self.carries_books:
             links.generation += 1
             links.connected = True

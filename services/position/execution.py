@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from libs.metrics import STAGE_ACK_TO_FILL, metrics_of
 from libs.orders_model import OrderRecord, OrderTrigger, apply_fill, venue_answer_trigger
 from libs.service_snapshots import PG_ERRORS
+from libs.telemetry import order_traces
 from proto import subjects
 from proto.enums import AlertSeverity, OrderStatus
 from proto.messages import OrderAccepted, OrderCanceled, OrderFilled, OrderRejected, PositionChanged
@@ -194,12 +196,18 @@ class Execution:
             caused_by_client_order_id=coid,
             ts_event_ns=ts_event_ns,
         )
-        fill_seq = await core.publish(
-            subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid
-        )
-        seq = await core.publish(
-            subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
-        )
+        # The fill may come on the user stream, outside the order's handler: it joins the order's trace.
+        with order_traces.span(subjects.POSITION, "order.fill", coid, via=via):
+            fill_seq = await core.publish(
+                subjects.evt_fill(order.venue, order.symbol), fill, f"fill:{coid}:{trade_id}", coid
+            )
+            seq = await core.publish(
+                subjects.evt_position(order.venue, order.symbol), changed, f"position:{coid}:{trade_id}"
+            )
+        acknowledged_ns = order_traces.first_fill(coid)
+        metrics = metrics_of(core.bus)
+        if acknowledged_ns is not None and metrics is not None:
+            metrics.order_stage(STAGE_ACK_TO_FILL, (core.clock() - acknowledged_ns) / 1e9)
         # Both or neither: a fill is never held without the position it makes (§6).
         ledger.fold([(fill, fill_seq), (changed, seq)])
         core.protect_dirty.add(order.symbol)

@@ -27,17 +27,19 @@ from typing import Any
 
 import msgspec
 
-from libs.breaker import BreakerTransition
+from libs.breaker import BreakerState, BreakerTransition
 from libs.bus import Bus, Delivery
 from libs.clock import Clock
 from libs.errors import TransientError
 from libs.lease import Lease, LeaseLost
 from libs.logging import Logger
+from libs.metrics import STAGE_RISK_TO_POSITION, metrics_of
 from libs.orders_model import is_terminal
 from libs.projections import Projections
 from libs.service_snapshots import RecoveryReport
 from libs.snapshot import SnapshotPolicy, SnapshotStore
 from libs.stamping import IdSource
+from libs.telemetry import order_traces, tracer
 from proto import subjects
 from proto.enums import OrderStatus
 from proto.envelope import Message, new_message_id
@@ -159,10 +161,19 @@ class PositionService:
         """Durable `position-orders`: send an approved order to the venue exactly once."""
         if not isinstance(message, OrderApproved):
             return
-        async with self.core.lock:
-            if await self.submission.take_approved(message, delivery):
-                await self.integrity.check_invariants()
-                await self.protection.maintain()
+        core = self.core
+        metrics = metrics_of(core.bus)
+        if metrics is not None and delivery.num_delivered == 1:
+            metrics.order_stage(STAGE_RISK_TO_POSITION, (core.clock() - message.ts_init_ns) / 1e9)
+        coid = message.order.client_order_id
+        with tracer(subjects.POSITION).start_as_current_span(
+            "position.submit", attributes={"bulwark.client_order_id": coid}
+        ):
+            order_traces.remember(coid)  # the venue's answer and fills join this trace, however they come back
+            async with core.lock:
+                if await self.submission.take_approved(message, delivery):
+                    await self.integrity.check_invariants()
+                    await self.protection.maintain()
 
     async def on_denied(self, message: Message, delivery: Delivery) -> None:
         """Durable `position-denials`: record a risk refusal in the projection."""
@@ -190,6 +201,9 @@ class PositionService:
 
     async def on_breaker(self, transition: BreakerTransition) -> None:
         """A venue breaker transition (`VenueSync.on_breaker`)."""
+        metrics = metrics_of(self.core.bus)
+        if metrics is not None and transition.current == BreakerState.OPEN and transition.previous != BreakerState.OPEN:
+            metrics.breaker_tripped(transition.name)
         await self.venue_sync.on_breaker(transition)
 
     async def user_stream_forever(self, ws_bases: Sequence[str], stream: UserStream) -> None:

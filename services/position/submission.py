@@ -21,9 +21,11 @@ from libs.breaker import BreakerOpen
 from libs.errors import TransientError
 from libs.ids import client_order_id_for
 from libs.lease import LeaseLost
+from libs.metrics import STAGE_VENUE_ACK, metrics_of
 from libs.orders_model import OrderRecord, OrderTrigger, is_terminal
 from libs.projections import fold_events
 from libs.service_snapshots import PG_ERRORS
+from libs.telemetry import order_traces
 from proto import subjects
 from proto.codec import encode
 from proto.enums import (
@@ -320,8 +322,10 @@ class Submission:
         # back is on the log again (the replay then folds SUBMITTED, as here).
         sent = f"submitted:{coid}:{core.ledger.order_seq.get(coid, 0)}"
         await core.record(core.order_subject("submitted", order), submitted, sent, order)
+        sent_ns = core.clock()
         try:
-            answer = await core.client.place_order(**order_params(order))
+            with order_traces.span(subjects.POSITION, "venue.ack", coid, venue=order.venue):
+                answer = await core.client.place_order(**order_params(order))
         except (VenueUnreachable, BreakerOpen) as exc:
             # Surely not sent: back to the queue, sent again once the venue is back.
             await self.queue(order, f"venue unreachable, queued: {exc}")
@@ -333,6 +337,11 @@ class Submission:
         except VenueError as exc:
             await self._on_place_error(order, exc)
             return
+        acknowledged_ns = core.clock()
+        order_traces.acknowledged(coid, acknowledged_ns)
+        metrics = metrics_of(core.bus)
+        if metrics is not None:
+            metrics.order_stage(STAGE_VENUE_ACK, (acknowledged_ns - sent_ns) / 1e9)
         await self.execution.apply_venue_order(order, answer)
 
     async def _preflight_stops(self, order: OrderRecord) -> bool:

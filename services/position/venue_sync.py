@@ -16,6 +16,7 @@ from decimal import Decimal
 from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError
 from libs.breaker import BreakerState, BreakerTransition
+from libs.metrics import metrics_of
 from libs.orders_model import OrderRecord, is_terminal
 from libs.reconnect import reconnect_delay_s
 from libs.service_snapshots import PG_ERRORS
@@ -215,9 +216,14 @@ class VenueSync:
         attempt = 0
         endpoints = EndpointRotation(ws_bases)
         opened = False
+        connections = 0
 
         async def on_open() -> None:
-            nonlocal attempt, opened
+            nonlocal attempt, opened, connections
+            connections += 1
+            metrics = metrics_of(core.bus)
+            if connections > 1 and metrics is not None:
+                metrics.reconnected("user-stream")
             attempt = 0
             opened = True
             endpoints.on_success()

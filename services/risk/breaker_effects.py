@@ -9,8 +9,9 @@ from __future__ import annotations
 import msgspec
 
 from libs.breaker import BreakerState
+from libs.metrics import metrics_of
 from proto import subjects
-from proto.enums import AlertSeverity, TradingState
+from proto.enums import AlertSeverity, StrategyMode, TradingState
 from proto.messages import (
     AlertRaised,
     AlertResolved,
@@ -97,8 +98,10 @@ async def on_mark(risk: RiskCore, mark: MarkPrice) -> None:
 
 
 async def on_strategy_enabled(risk: RiskCore, command: EnableStrategy) -> None:
-    """An operator re-enabled a strategy (gateway): that is the manual reset of its CB-3."""
-    if risk.breakers is None:
+    """An operator re-enabled a strategy (gateway): live, that is the manual reset of its CB-3; on
+    paper the breaker stays open (the strategy trades on paper only, `paper`)."""
+    risk.paper.on_enabled(command)
+    if risk.breakers is None or command.mode == StrategyMode.PAPER:
         return
     breaker = risk.breakers.strategies.get(command.strategy)
     if breaker is None or not breaker.is_open:
@@ -130,6 +133,9 @@ async def apply_breaker_change(risk: RiskCore, change: BreakerChange, *, announc
         )
         strategy = record.details.get("strategy") if breaker_id.startswith(STRATEGY_MALFUNCTION_PREFIX) else None
         if change.tripped:
+            metrics = metrics_of(risk.bus)
+            if metrics is not None:
+                metrics.breaker_tripped(breaker_id)
             await _on_trip(risk, change, strategy)
         elif change.current == BreakerState.CLOSED:
             await _on_close(risk, change, strategy, announce_enable)

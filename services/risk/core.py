@@ -29,6 +29,7 @@ from .breaker_rules import BreakerBoard, restore_newer
 from .checks import RiskLimits
 from .exposure import PendingExposure
 from .liveness import StateBuilderWatch
+from .paper import PaperModes
 from .state import RiskState, apply
 from .trades import TradeTracker
 
@@ -56,6 +57,7 @@ class RiskCore:
         snapshots: SnapshotKeeper[snap.RiskSnapshot] | None = None,
         policy: SnapshotPolicy | None = None,
         backup_venue: str = "",
+        paper: PaperModes | None = None,
     ) -> None:
         self.bus = bus
         self.log = log
@@ -95,6 +97,8 @@ class RiskCore:
         self.snapshots = snapshots
         self.policy = policy
         self.recovery: RecoveryReport | None = None
+        self.paper = paper or PaperModes()
+        """Which strategies trade on paper, and whether this system has a paper order link."""
 
     @property
     def venues(self) -> tuple[str, ...]:

@@ -133,6 +133,8 @@ async def decide(
                 await dependencies.probe_state_builder(risk)  # an entry needs a live state-builder's word (FM-C1)
             pending_buy, pending_sell = risk.pending.totals(order.symbol)
             trading_state, paused, disabled = _breaker_gates(risk, order)
+            if risk.paper.on_paper(order):
+                disabled = None  # paper is how a strategy CB-3 disabled comes back (`paper`)
             entries_halted = dependencies.entries_halted(risk) or dependencies.market_link_gate(risk, order.symbol)
             decision = check_order(
                 order,
@@ -153,6 +155,9 @@ async def decide(
             )
             if decision.approved and broken is not None:
                 decision = broken
+            paper_denial = risk.paper.denial(order)
+            if decision.approved and paper_denial is not None:
+                decision = Decision(approved=False, reason=paper_denial)
         venue = order.venue if routed is not None else risk.venue  # a denial is recorded all the same
         coid = order.client_order_id
         correlation = order.correlation_id or order.idempotency_key

@@ -16,6 +16,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.bus import Delivery, RequestHandler
+from libs.metrics import STAGE_GATEWAY_TO_RISK, STAGE_RISK_DECISION, STAGE_SIGNAL_TO_RISK, metrics_of
+from libs.telemetry import tracer
 from proto import subjects
 from proto.codec import decode
 from proto.envelope import Message
@@ -87,14 +89,25 @@ class RiskService(RiskCore):
 
     async def on_order_message(self, message: Message, delivery: Delivery) -> None:
         """Durable `risk-orders` / `risk-signals` handler."""
-        match message:
-            case SubmitOrder():
-                await decisions.decide(self, message)
-            case SignalGenerated():
-                order = decisions.signal_to_order(message, self.venue)
-                await decisions.decide(self, order, confidence=message.confidence)
-            case _:
-                self.log.debug("message_ignored", subject=delivery.subject, type=type(message).__name__)
+        received_ns = self.clock()
+        # The span is a child of the publisher's (the bus made its context current): one trace per order.
+        with tracer(subjects.RISK).start_as_current_span("risk.decision"):
+            match message:
+                case SubmitOrder():
+                    await decisions.decide(self, message)
+                case SignalGenerated():
+                    order = decisions.signal_to_order(message, self.venue)
+                    await decisions.decide(self, order, confidence=message.confidence)
+                case _:
+                    self.log.debug("message_ignored", subject=delivery.subject, type=type(message).__name__)
+                    return
+        metrics = metrics_of(self.bus)
+        if metrics is not None:
+            stage = STAGE_GATEWAY_TO_RISK if isinstance(message, SubmitOrder) else STAGE_SIGNAL_TO_RISK
+            metrics.order_stage(stage, (received_ns - message.ts_init_ns) / 1e9)
+            deciding_s = (self.clock() - received_ns) / 1e9
+            metrics.order_stage(STAGE_RISK_DECISION, deciding_s)
+            metrics.decision("risk", deciding_s)
 
     async def on_orders_event(self, message: Message, delivery: Delivery) -> None:
         """Durable `risk-events` handler (ORDERS `evt.order.>`, `evt.fill.>`, `evt.position.>`).

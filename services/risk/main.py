@@ -25,6 +25,7 @@ from .breaker_rules import (
 )
 from .checks import RiskLimits
 from .handlers import RiskService
+from .paper import PaperModes
 
 FOLLOWED_SUBJECTS = (
     subjects.EVT_HOT_STATE_ALL,
@@ -92,9 +93,11 @@ async def setup(ctx: ServiceContext) -> None:
             every_events=settings.snapshot_every_events,
         ),
         backup_venue=settings.backup_venue,
+        paper=PaperModes(paper_link=settings.paper),
     )
     report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))
     await breaker_effects.load_breakers(service, settings.strategies)
+    await service.paper.load(ctx.bus, settings.strategies, ctx.log)
     # Subscribe before the initial reads so nothing published in between is missed.
     for subject in FOLLOWED_SUBJECTS:
         await ctx.bus.subscribe_core(subject, service.on_core_event)

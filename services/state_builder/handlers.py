@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from libs.bus import Delivery
 from libs.clock import Clock
 from libs.logging import Logger
+from libs.metrics import ServiceMetrics
 from libs.service_snapshots import Loaded, RecoveryReport, snapshot_fits_stream
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
@@ -112,6 +113,8 @@ class StateBuilder:
         self._background: set[asyncio.Task[bool]] = set()
         self._background_any: set[asyncio.Task[bool]] = set()
         self._checkpoint_soon = False
+        self.metrics: ServiceMetrics | None = None
+        """Where tick-to-hot-state latency and resyncs are observed (set by `main`; None in unit tests)."""
         """A book was rebuilt from a fresh snapshot: checkpoint after the next applied message."""
         self.recovery: RecoveryReport | None = None
         """How the last `recover` went (None before it ran)."""
@@ -228,6 +231,8 @@ class StateBuilder:
                 self.log.info("book_rebuilt", symbol=state.book.symbol, last_update_id=snapshot.last_update_id)
                 await self._record(state, state.hot.on_rebuilt(snapshot.last_update_id))
             case Change.RESYNC, BookResyncStarted() as resync:
+                if self.metrics is not None:
+                    self.metrics.book_resynced(state.book.symbol)
                 await self._record(state, state.hot.on_invalid(f"resync: {resync.reason}"))
             case _:
                 pass  # an ignored diff, mark price, funding, open interest: nothing the hot state depends on
@@ -241,6 +246,9 @@ class StateBuilder:
                 self.log.warning("hot_state_validation_failed", symbol=state.book.symbol, problems=problems)
         data_ns = update_data_ns(stored_ns, diff.ts_event_ns)
         await self._record(state, state.hot.on_update(diff.final_update_id, problems, data_ns=data_ns))
+        if self.metrics is not None:
+            # From market-data receiving the diff (its ts_init_ns) to the hot state reflecting it.
+            self.metrics.tick_applied((self._clock() - diff.ts_init_ns) / 1e9)
 
     def _request_resync_soon(self, state: SymbolState) -> None:
         now = self._clock()

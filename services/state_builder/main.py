@@ -48,6 +48,9 @@ async def setup(ctx: ServiceContext) -> None:
         on_checkpoint=lambda checkpoint: snapshots.submit(checkpoint.stream_seq, checkpoint),
     )
 
+    builder.metrics = ctx.metrics
+    ctx.metrics.watch_book_ages(lambda: {name: _seconds(state.hot.age_ms()) for name, state in builder.symbols.items()})
+
     def details() -> dict[str, object]:
         return {
             **builder.details(),
@@ -70,6 +73,10 @@ async def setup(ctx: ServiceContext) -> None:
     await adapters.consume_market_data(bus, builder.handle_message, start_sequence=report.live_from)
     phases["live_consumer_ms"] = ms_since(mark)
     ctx.spawn(builder.run_ticks(CHECK_INTERVAL_S), "hot-state-timer")
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 async def run(settings: Settings | None = None) -> None:

@@ -4,12 +4,16 @@ positions from the ORDERS stream, the state-builder's symbol view and the degrad
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+import msgspec
+
 from libs.bus import Bus
 from proto import subjects
 from proto.enums import DegradationLevel, HotStateStatus
 from proto.kv import DegradationLevelValue, StrategyCrashesValue, StrategyStateValue, decode_value, encode_value
 from proto.messages import PositionChanged, SymbolsReply
-from proto.replies import ErrorReply, decode_reply
+from proto.replies import BookReply, BookRequest, ErrorReply, decode_reply
 
 from .domain import MarketView
 
@@ -81,7 +85,25 @@ def market_views(raw: bytes) -> dict[str, MarketView] | ErrorReply:
         return reply
     return {
         symbol: MarketView(
-            hot_state_valid=view.hot_state == HotStateStatus.VALID, best_bid=view.best_bid, best_ask=view.best_ask
+            hot_state_valid=view.hot_state == HotStateStatus.VALID,
+            best_bid=view.best_bid,
+            best_ask=view.best_ask,
+            mark_price=view.mark_price,
+            funding_rate=view.funding_rate,
+            open_interest=view.open_interest,
         )
         for symbol, view in reply.symbols.items()
     }
+
+
+async def read_depth(bus: Bus, symbol: str, levels: int) -> tuple[tuple[tuple[Decimal, Decimal], ...], ...]:
+    """The top `levels` bids and asks of `symbol` from the state-builder ((), () when it has no VALID book).
+
+    Raises:
+        proto.replies.ReplyDecodeError: the reply is neither a `BookReply` nor an `ErrorReply`.
+    """
+    request = msgspec.json.encode(BookRequest(symbol=symbol, depth=levels))
+    reply = decode_reply(BookReply, await bus.request(subjects.SVC_STATE_BUILDER_BOOK, request, timeout_s=0.4))
+    if isinstance(reply, ErrorReply) or reply.status != HotStateStatus.VALID:
+        return (), ()
+    return tuple(reply.bids), tuple(reply.asks)

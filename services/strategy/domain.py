@@ -13,6 +13,7 @@ subclass for its parameters; the runner, recovery and snapshots know kinds only 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -145,11 +146,24 @@ Action = Transition | Signal
 
 @dataclass(frozen=True)
 class MarketView:
-    """What the strategy needs to know about one symbol at a tick."""
+    """What the strategy knows about one symbol at a tick (the state-builder's hot state).
+
+    Attributes:
+        hot_state_valid: the symbol's book is VALID (no entry is looked for otherwise).
+        best_bid / best_ask: top of the book.
+        mark_price / funding_rate / open_interest: the venue's latest, when it published them.
+        bids / asks: the top `Strategy.depth_levels` levels as (price, quantity), best first; empty
+            unless the strategy asks for depth.
+    """
 
     hot_state_valid: bool
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
+    mark_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    open_interest: Decimal | None = None
+    bids: tuple[tuple[Decimal, Decimal], ...] = ()
+    asks: tuple[tuple[Decimal, Decimal], ...] = ()
 
     def mid(self) -> Decimal | None:
         """Mid price, when both sides are known."""
@@ -169,6 +183,26 @@ class Entry:
     stop_loss: Decimal | None = None
     take_profit: Decimal | None = None
     confidence: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class TradeTick:
+    """One market trade as a strategy saw it (`Strategy.recent_trades`)."""
+
+    ts_ns: int
+    price: Decimal
+    quantity: Decimal
+    taker_buy: bool
+
+
+@dataclass(frozen=True)
+class LiquidationTick:
+    """One forced order as a strategy saw it (`Strategy.recent_liquidations`): SELL liquidated a long."""
+
+    ts_ns: int
+    side: Side
+    price: Decimal
+    quantity: Decimal
 
 
 def entry_confidence(measure: Decimal, threshold: Decimal) -> Decimal:
@@ -254,6 +288,14 @@ class Strategy:
     """
 
     kind: ClassVar[str] = ""
+    config_class: ClassVar[type[StrategyConfig]] = StrategyConfig
+    """The declared parameters: the TOML table of an instance is validated against its fields."""
+    depth_levels: ClassVar[int] = 0
+    """Book levels per side the tick's `MarketView.bids`/`asks` carry (0: top of book only)."""
+    memory_trades: ClassVar[int] = 0
+    """Trades and forced orders per symbol kept for `recent_trades` / `recent_liquidations` (0: none)."""
+    market_state_type: ClassVar[type[msgspec.Struct] | None] = None
+    """A trader's own class: the type `market_state` returns, so that a snapshot decodes it back."""
 
     def __init__(self, name: str, config: StrategyConfig, state: StrategyState = St.DISABLED) -> None:
         self.name = name
@@ -269,6 +311,38 @@ class Strategy:
         self.last_price: dict[str, Decimal] = {}
         self.surrendered: dict[str, int] = {}
         """Symbol → time of the crash that left its position (or in-flight entry) to the position service."""
+        self._trades: dict[str, deque[TradeTick]] = {}
+        self._liquidations: dict[str, deque[LiquidationTick]] = {}
+
+    # ------------------------------------------------------------------ what a kind may read
+
+    def position(self, symbol: str) -> Decimal:
+        """The account's net position in `symbol` (signed; 0 when flat or not known yet)."""
+        return self.positions.get(symbol, Decimal(0))
+
+    def recent_trades(self, symbol: str) -> tuple[TradeTick, ...]:
+        """The last `memory_trades` trades of `symbol`, oldest first (emptied by a data reset)."""
+        return tuple(self._trades.get(symbol, ()))
+
+    def recent_liquidations(self, symbol: str) -> tuple[LiquidationTick, ...]:
+        """The last `memory_trades` forced orders of `symbol`, oldest first (emptied by a data reset)."""
+        return tuple(self._liquidations.get(symbol, ()))
+
+    def memory(self) -> tuple[dict[str, deque[TradeTick]], dict[str, deque[LiquidationTick]]]:
+        """The recent trades and forced orders per symbol (for snapshots; read, do not change)."""
+        return self._trades, self._liquidations
+
+    def load_memory(
+        self, trades: Mapping[str, Iterable[TradeTick]], liquidations: Mapping[str, Iterable[LiquidationTick]]
+    ) -> None:
+        """Take back what `memory` returned (a restore from a snapshot)."""
+        size = max(self.memory_trades, 0)
+        self._trades = {symbol: deque(ticks, maxlen=size) for symbol, ticks in trades.items()}
+        self._liquidations = {symbol: deque(ticks, maxlen=size) for symbol, ticks in liquidations.items()}
+
+    def _remember(self, memory: dict[str, deque[Any]], symbol: str, item: Any) -> None:
+        if self.memory_trades > 0:
+            memory.setdefault(symbol, deque(maxlen=self.memory_trades)).append(item)
 
     # ------------------------------------------------------------------ state machine
 
@@ -308,6 +382,9 @@ class Strategy:
             reason: why (link change, book resync).
         """
         affected = None if symbols is None else set(symbols)
+        for memory in (self._trades, self._liquidations):
+            for symbol in [s for s in memory if affected is None or s in affected]:
+                del memory[symbol]
         self.clear_events(affected, now_ns)
         if affected is not None and self.symbol is not None and self.symbol not in affected:
             return []
@@ -330,12 +407,14 @@ class Strategy:
         """One market trade; the taker bought when the buyer was not the maker."""
         self.check_crash_hook("trade")
         self.last_price[symbol] = price
+        self._remember(self._trades, symbol, TradeTick(ts_ns, price, quantity, not buyer_is_maker))
         self.observe_trade(symbol, ts_ns, price, quantity, buyer_is_maker)
         return []
 
     def on_liquidation(self, symbol: str, ts_ns: int, side: Side, price: Decimal, quantity: Decimal) -> list[Action]:
         """One forced order (`forceOrder`): SELL liquidates a long, BUY a short."""
         self.check_crash_hook("liquidation")
+        self._remember(self._liquidations, symbol, LiquidationTick(ts_ns, side, price, quantity))
         self.observe_liquidation(symbol, ts_ns, side, price, quantity)
         return []
 

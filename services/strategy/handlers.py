@@ -6,12 +6,15 @@ crashes; commands and ticks are decided here (HARD_SHUTDOWN, the state-builder's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
 
 from libs.bus import Delivery
+from libs.metrics import metrics_of
+from libs.telemetry import Tick, handling_tick
 from proto import subjects
 from proto.codec import decode
 from proto.enums import DegradationLevel, StrategyState
@@ -103,7 +106,14 @@ class StrategyService:
     async def _market_input(self, message: Message, stream_seq: int | None) -> None:
         # The time market-data stamped it: the same whether handled live or replayed after a
         # restart (snapshot + tail rebuild exactly what a run without restart had).
-        await self._input(message, stream_seq, min(message.ts_init_ns, self.runner.clock()))
+        runner = self.runner
+        started_ns = runner.clock()
+        tick = Tick(getattr(message, "symbol", ""), message.ts_init_ns, message.message_id)
+        with handling_tick(tick):  # a signal decided on this input is traced from it
+            await self._input(message, stream_seq, min(message.ts_init_ns, started_ns))
+        metrics = metrics_of(runner.bus)
+        if metrics is not None:
+            metrics.decision("strategy", (runner.clock() - started_ns) / 1e9)
 
     async def _input(self, message: Message, stream_seq: int | None, at_ns: int | None = None) -> None:
         def described() -> str:
@@ -158,6 +168,25 @@ class StrategyService:
             return {}
         return views
 
+    async def with_depth(self, market: dict[str, MarketView]) -> dict[str, MarketView]:
+        """The views of the symbols the strategy trades with the book depth it asked for
+        (`Strategy.depth_levels`); a symbol whose depth cannot be read keeps its top of book."""
+        strategy = self.runner.strategy
+        levels = strategy.depth_levels
+        if levels <= 0:
+            return market
+        views = dict(market)
+        for symbol, view in market.items():
+            if not view.hot_state_valid or not strategy.config.trades(symbol):
+                continue
+            try:
+                bids, asks = await adapters.read_depth(self.runner.bus, symbol, levels)
+            except Exception as exc:  # noqa: BLE001 - no depth is no entry on depth, never a crash
+                self.runner.log.debug("depth_unavailable", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+                continue
+            views[symbol] = dataclasses.replace(view, bids=bids, asks=asks)
+        return views
+
     async def _hard_shutdown(self) -> bool:
         """Is the system in HARD_SHUTDOWN (KV `degradation_level`)? False when it cannot be read."""
         try:
@@ -182,7 +211,7 @@ class StrategyService:
                 "strategy_stopped", reason="HARD_SHUTDOWN", action_taken="DISABLED until an operator enables it"
             )
             return
-        market = await self.market()
+        market = await self.with_depth(await self.market())
         summary = {
             symbol: (view.hot_state_valid, str(view.best_bid), str(view.best_ask)) for symbol, view in market.items()
         }

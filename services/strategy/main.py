@@ -23,8 +23,9 @@ from libs.runtime.service import ServiceContext, main
 from libs.settings import Settings
 from libs.snapshot import SnapshotPolicy
 from proto import subjects
+from proto.enums import ComponentState, StrategyState
 
-from .config import instance_config, read_config_file
+from .config import StrategyConfigError, config_dir, instance_config, read_config_file
 from .handlers import INPUT_SUBJECTS, MARKET_SUBJECTS, StrategyService
 from .runner import StrategyRunner
 from .snapshot import snapshot_keeper
@@ -34,11 +35,20 @@ async def setup(ctx: ServiceContext) -> None:
     """Follow the inputs, compete for the instance's lease, and once it is held restore the
     strategy's state, serve commands and tick every 500 ms.
 
-    Raises:
-        StrategyConfigError: the instance cannot be configured (unknown kind, bad parameter).
+    An instance that cannot be configured (unknown kind, bad parameter, a trader's strategy file
+    that does not load) runs no strategy: the process stays up DEGRADED with the reason in its
+    heartbeat and one error in its log, instead of a traceback on every restart.
     """
     name = ctx.settings.strategy_name
-    instance = instance_config(name, read_config_file(ctx.settings.strategy_config))
+    path = ctx.settings.strategy_config
+    try:
+        instance = instance_config(name, read_config_file(path), base_dir=config_dir(path))
+    except StrategyConfigError as exc:
+        problem = str(exc)
+        ctx.log.error("strategy_config_invalid", strategy=name, error=problem, action_taken="no strategy runs")
+        ctx.set_state(ComponentState.DEGRADED)
+        ctx.details = lambda: {"state": StrategyState.FAILED.value, "config_error": problem[:1000]}
+        return
     lease = Lease(
         await ctx.bus.kv(LEASE_BUCKET),
         subjects.strategy_lease(name),

@@ -17,6 +17,7 @@ from libs.bus import Bus
 from libs.instruments import round_price, round_quantity
 from libs.logging import Logger
 from libs.stamping import Stamper
+from libs.telemetry import signal_span
 from proto import subjects
 from proto.enums import AlertSeverity, OrderType
 from proto.kv import StrategyCrashesValue, StrategyStateValue, SymbolRulesValue, decode_value
@@ -111,7 +112,8 @@ class IntentPublisher:
             take_profit=action.take_profit,
             confidence=action.confidence,
         )
-        await self.bus.publish(subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id)
+        with signal_span("strategy", self.name, action.symbol):
+            await self.bus.publish(subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id)
         self.log.info(
             "signal_generated",
             strategy=self.name,

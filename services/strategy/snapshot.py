@@ -6,7 +6,10 @@ as of one MARKET_DATA sequence.
 - the kind's market memory, as the kind exports it (`Strategy.market_state`, one of
   `strategies.KindState`): for `cascade_fade` the live liquidation events (ACTIVE/DECAYING) with
   the tape they were detected from and the cascades already traded; for `trend` the moving
-  averages; for `imbalance` the taker-flow windows.
+  averages; for `imbalance` the taker-flow windows; for a trader's own class (`OwnMarket`) the
+  recent trades and forced orders it keeps (`Strategy.memory_trades`) and what its `market_state`
+  returns when it names the type in `market_state_type` (else that part is rebuilt from the
+  MARKET_DATA tail replayed after the snapshot).
 
 KV (`strategy.<name>`, `strategy.<name>.crashes`) stays the authority of the state machine.
 """
@@ -14,6 +17,7 @@ KV (`strategy.<name>`, `strategy.<name>.crashes`) stays the authority of the sta
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -23,13 +27,24 @@ from libs.service_snapshots import SnapshotKeeper, StreamLog, StructCodec
 from proto import subjects
 from proto.enums import StrategyState
 
-from .domain import Entry, Strategy
-from .strategies import KindState
+from .domain import Entry, LiquidationTick, Strategy, TradeTick
+from .strategies import KINDS, KindState
+
+BUILTIN_CLASSES = tuple(strategy_cls for strategy_cls, _ in KINDS.values())
 
 
 def snapshot_component(name: str) -> str:
     """Component name of an instance's snapshots (table `snapshots`)."""
     return f"strategy.{name}"
+
+
+class OwnMarket(msgspec.Struct, frozen=True, tag="own"):
+    """A trader's own strategy's market memory: its recent trades and forced orders, and its
+    `market_state` as plain data (decoded back as its `market_state_type`)."""
+
+    recent_trades: dict[str, list[TradeTick]] = {}
+    recent_liquidations: dict[str, list[LiquidationTick]] = {}
+    state: Any = None
 
 
 class StrategySnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +63,7 @@ class StrategySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     positions: dict[str, Decimal] = {}
     last_price: dict[str, Decimal] = {}
     surrendered: dict[str, int] = {}
-    market: KindState | None = None
+    market: KindState | OwnMarket | None = None
 
 
 CODEC = StructCodec(StrategySnapshot)
@@ -56,12 +71,44 @@ encode_snapshot = CODEC.encode
 decode_snapshot = CODEC.decode
 
 
-def _kind_state(strategy: Strategy) -> KindState | None:
+def _kind_state(strategy: Strategy) -> KindState | OwnMarket | None:
+    if not isinstance(strategy, BUILTIN_CLASSES):
+        return _own_market(strategy)
     state = strategy.market_state()
     if state is not None and not isinstance(state, KindState):
         # A kind whose state is not in `KindState` would write a snapshot no one can read back.
         raise TypeError(f"{type(state).__name__} of kind {strategy.kind!r} is not a registered KindState")
     return state
+
+
+def _own_market(strategy: Strategy) -> OwnMarket:
+    trades, liquidations = strategy.memory()
+    state_type, state = strategy.market_state_type, None
+    if state_type is not None:
+        try:
+            own = strategy.market_state()
+            state = msgspec.to_builtins(own) if isinstance(own, state_type) else None
+        except Exception:  # noqa: BLE001 - user code: a snapshot without that part (rebuilt by the replay), never a runner crash
+            state = None
+    return OwnMarket(
+        recent_trades={symbol: list(ticks) for symbol, ticks in trades.items()},
+        recent_liquidations={symbol: list(ticks) for symbol, ticks in liquidations.items()},
+        state=state,
+    )
+
+
+def _restore_market(strategy: Strategy, market: KindState | OwnMarket | None) -> None:
+    if not isinstance(market, OwnMarket):
+        if market is not None:
+            strategy.load_market_state(market)
+        return
+    strategy.load_memory(market.recent_trades, market.recent_liquidations)
+    if market.state is None or strategy.market_state_type is None:
+        return
+    try:
+        strategy.load_market_state(msgspec.convert(market.state, strategy.market_state_type))
+    except Exception:  # noqa: BLE001 - the class changed since the snapshot, or its code failed: empty, as after a data gap
+        strategy.clear_events(None, strategy.state_since_ns)
 
 
 def capture(strategy: Strategy, kind: str, md_seq: int, now_ns: int) -> StrategySnapshot:
@@ -95,7 +142,7 @@ def restore(strategy: Strategy, snapshot: StrategySnapshot) -> None:
     strategy.positions = dict(snapshot.positions)
     strategy.last_price = dict(snapshot.last_price)
     strategy.surrendered = dict(snapshot.surrendered)
-    strategy.load_market_state(snapshot.market)
+    _restore_market(strategy, snapshot.market)
 
 
 # --------------------------------------------------------------------------- the MARKET_DATA log

@@ -366,13 +366,18 @@ def _crash(state: RunnerState, fact: Crashed) -> list[Action]:
     if old.symbol is not None and old.state in ENGAGED_STATES:
         surrendered[old.symbol] = now
     state.crash_record = StrategyCrashesValue(crashes=window, running=fact.process_token, surrendered=surrendered)
-    fresh = state.instance.build(state=old.state)
+    try:
+        fresh = state.instance.build(state=old.state)
+    except Exception as exc:  # noqa: BLE001 - a class's own __init__ failing now: nothing to restart into
+        old.surrendered = surrendered
+        return old.fail(now, f"cannot be rebuilt after a crash: {type(exc).__name__}: {exc}"[:300])
     fresh.symbol = old.symbol
     fresh.positions = dict(old.positions)
     fresh.last_price = dict(old.last_price)
     fresh.surrendered = surrendered
     fresh.state_since_ns = old.state_since_ns
     if fact.keep_market:
+        fresh.load_memory(*old.memory())
         fresh.load_market_state(old.market_state())
     state.strategy = fresh
     actions = fresh.disable(now, fact.reason)

@@ -1,7 +1,9 @@
 """The strategy kinds: liquidation-cascade fade, trend (EMA crossover) and taker-flow imbalance.
 
-Each kind only says when to enter (and, optionally, when to leave early); the engagement cycle,
-stops and take-profits, cooldowns and the state machine are `domain.Strategy`'s. Each kind's market
+They are written on the public strategy SDK only (`services.strategy.sdk`, the API a trader's
+own strategy uses; nothing else of the service is imported here). Each kind only says when to
+enter (and, optionally, when to leave early); the engagement cycle, stops and take-profits,
+cooldowns and the state machine are the SDK's `Strategy`'s. Each kind's market
 memory has a public state type (`CascadeState`, `TrendState`, `ImbalanceState`, tagged with the
 kind) that it exports and takes back itself (`market_state` / `load_market_state`); `KindState`
 is their union, as a snapshot stores it. `KINDS` registers the kinds by name.
@@ -18,16 +20,21 @@ from typing import Any
 
 import msgspec
 
-from proto.enums import Side
-
-from .domain import NS, Entry, MarketView, Strategy, StrategyConfig, entry_confidence
-from .liquidations import (
+from .sdk import (
+    NS,
     CascadeDetection,
+    Entry,
     EventPhase,
     LiquidationEvent,
     LiquidationTracker,
+    MarketView,
+    Side,
+    Strategy,
+    StrategyConfig,
     TapeState,
     TrackerState,
+    entry_confidence,
+    parameters,
 )
 
 HUNDRED = Decimal(100)
@@ -37,7 +44,7 @@ BPS = Decimal(10_000)
 # --------------------------------------------------------------------------- cascade fade
 
 
-@dataclass(frozen=True, kw_only=True)
+@parameters
 class CascadeFadeConfig(StrategyConfig, CascadeDetection):
     """Parameters of `cascade_fade`: the detection thresholds (`liquidations.CascadeDetection`,
     inherited with their defaults), then the trade.
@@ -75,6 +82,7 @@ class CascadeFadeStrategy(Strategy):
     """
 
     kind = "cascade_fade"
+    config_class = CascadeFadeConfig
     config: CascadeFadeConfig
 
     def __init__(self, name: str, config: CascadeFadeConfig, **kwargs: Any) -> None:
@@ -168,7 +176,7 @@ class CascadeFadeStrategy(Strategy):
 # --------------------------------------------------------------------------- trend
 
 
-@dataclass(frozen=True, kw_only=True)
+@parameters
 class TrendConfig(StrategyConfig):
     """Parameters of `trend` (EMA crossover of traded prices, time-weighted).
 
@@ -215,6 +223,7 @@ class TrendStrategy(Strategy):
     it crosses back (or at the stop, the take-profit, or the end of the holding time)."""
 
     kind = "trend"
+    config_class = TrendConfig
     config: TrendConfig
 
     def __init__(self, name: str, config: TrendConfig, **kwargs: Any) -> None:
@@ -290,7 +299,7 @@ class TrendStrategy(Strategy):
 # --------------------------------------------------------------------------- imbalance
 
 
-@dataclass(frozen=True, kw_only=True)
+@parameters
 class ImbalanceConfig(StrategyConfig):
     """Parameters of `imbalance` (taker buy vs sell volume over a window)."""
 
@@ -353,6 +362,7 @@ class ImbalanceStrategy(Strategy):
     """Enter in the direction of a strong taker-flow imbalance, hold, then flatten."""
 
     kind = "imbalance"
+    config_class = ImbalanceConfig
     config: ImbalanceConfig
 
     def __init__(self, name: str, config: ImbalanceConfig, **kwargs: Any) -> None:

@@ -72,6 +72,12 @@ class SimConfig:
     conditional_orders: str = "algo"
     """algo: conditional order types only through /fapi/v1/algoOrder (-4120 on /fapi/v1/order), as
     Binance since 2025-12-09; legacy: accepted on both."""
+    mirror_rest_url: str = ""
+    """`--source mirror`: REST base of the venue whose live market the simulator follows (paper trading)."""
+    mirror_ws_url: str = ""
+    """`--source mirror`: WebSocket base of that venue."""
+    mirror_routed: bool = True
+    """`--source mirror`: that venue routes streams by path (`/public`, `/market`) as Binance USD-M does."""
     stream_routing: str = "binance"
     """binance: WebSocket streams by path as Binance USD-M (/public depth, /market trades, mark price,
     liquidations, /private user data; an un-routed path public only); any: every stream on every path."""
@@ -128,6 +134,25 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         default=environ.get("BULWARK_SIM_STREAM_ROUTING", "binance"),
         help="binance: streams served by path (/public, /market, /private) as Binance USD-M; any: every path",
     )
+    parser.add_argument(
+        "--mirror-rest-url",
+        default=environ.get("BULWARK_SIM_MIRROR_REST_URL", ""),
+        help="--source mirror: REST base URL of the venue whose live market to follow (paper trading)",
+    )
+    parser.add_argument(
+        "--mirror-ws-url",
+        default=environ.get("BULWARK_SIM_MIRROR_WS_URL", ""),
+        help="--source mirror: WebSocket base URL of that venue",
+    )
+    parser.add_argument(
+        "--mirror-routed",
+        choices=("true", "false"),
+        # The venue's own routing setting when the mirror's is not given.
+        default=environ.get("BULWARK_SIM_MIRROR_ROUTED", environ.get("BULWARK_VENUE_WS_ROUTED", "true"))
+        .strip()
+        .lower(),
+        help="--source mirror: the venue serves streams on /public and /market as Binance USD-M (default true)",
+    )
     args = parser.parse_args(argv)
     symbols = tuple(
         s.strip().upper() for s in environ.get("BULWARK_SYMBOLS", "BTCUSDT,ETHUSDT").split(",") if s.strip()
@@ -158,4 +183,7 @@ def config_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SimCo
         ban_after_429=args.ban_after_429,
         conditional_orders=args.conditional_orders,
         stream_routing=args.stream_routing,
+        mirror_rest_url=args.mirror_rest_url.rstrip("/"),
+        mirror_ws_url=args.mirror_ws_url.rstrip("/"),
+        mirror_routed=args.mirror_routed == "true",
     )

@@ -15,7 +15,7 @@ from typing import Any
 from libs.clock import Clock
 from libs.recordings import USDM
 from services.venue_sim.domain import Exchange, FaultScheduler, MarketClock, OrderBook
-from services.venue_sim.domain.market_events import MarketEvent, MarketSource
+from services.venue_sim.domain.market_events import LiveMarket, MarketEvent, MarketSource, StartBook
 from services.venue_sim.domain.venue_rules import ConnectionRules
 from services.venue_sim.market import MarketFeed
 from services.venue_sim.price_faults import PriceFaults
@@ -62,6 +62,9 @@ class MarketEngine:
         """Start the symbol scripts and the periodic tasks."""
         for symbol in self.books:
             self._tasks.append(asyncio.create_task(self._run_script(symbol), name=f"script-{symbol}"))
+        if isinstance(self.source, LiveMarket):
+            # A mirrored market is not scripted: its events arrive as they happen elsewhere.
+            self._tasks.append(asyncio.create_task(self.source.follow(self.handle, self.reset_book), name="follow"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="ticker"))
         self._tasks.append(asyncio.create_task(self._marks(), name="marks"))
         self._tasks.append(asyncio.create_task(self._pinger(), name="pinger"))
@@ -101,6 +104,12 @@ class MarketEngine:
         except Exception as exc:
             self.log.error("market_script_failed", symbol=symbol, error=repr(exc))
             raise
+
+    def reset_book(self, symbol: str, start: StartBook) -> None:
+        """Replace a symbol's book with a snapshot (a live market resynced) and fill what now crosses."""
+        self.books[symbol].reset(start.bids, start.asks, start.last_update_id)
+        self.exchange.on_book_update(symbol)
+        self.flush_user_events()
 
     def handle(self, event: MarketEvent) -> None:
         """Apply one market event (book, exchange, streams) and deliver the user events it caused."""

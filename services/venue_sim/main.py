@@ -2,6 +2,12 @@
 
     python -m services.venue_sim.main --host 127.0.0.1 --port 8100 \
         --source replay:FILE[,FILE...]|synthetic --speed X --seed N [--market auto|usdm|spot]
+    python -m services.venue_sim.main --source mirror --mirror-rest-url URL --mirror-ws-url URL
+
+`--source mirror` is the paper venue (`bulwark up --paper`): the books, trades, marks and forced
+orders of another USD-M venue followed live (`adapters.mirror`), orders filled by the simulator's
+matching engine against them, nothing sent to that venue (BULWARK_SIM_MIRROR_REST_URL,
+BULWARK_SIM_MIRROR_WS_URL, BULWARK_SIM_MIRROR_ROUTED).
 
 Environment (flags win): BULWARK_SIM_HOST, BULWARK_SIM_PORT, BULWARK_SIM_SOURCE,
 BULWARK_SIM_SPEED, BULWARK_SIM_SEED, BULWARK_SIM_MARKET, BULWARK_SIM_CASCADE_PROBABILITY (synthetic:
@@ -36,6 +42,7 @@ from aiohttp import web
 from libs.clock import Clock, wall_clock
 from libs.logging import get_logger
 from libs.recordings import SPOT, USDM, default_recordings
+from services.venue_sim.adapters.mirror import MirrorError, MirrorSource
 from services.venue_sim.adapters.replay import ReplaySource, SourceError
 from services.venue_sim.adapters.synthetic import DEFAULT_CASCADE_PROBABILITY, SyntheticSource
 from services.venue_sim.config import SimConfig, config_from
@@ -46,6 +53,8 @@ from services.venue_sim.engine import MarketEngine
 from services.venue_sim.handlers import VenueSimulator
 
 log = get_logger("venue-sim")
+MIRROR = "mirror"
+"""`--source mirror`: follow a live venue's market (the paper venue)."""
 
 
 def build_source(config: SimConfig) -> tuple[MarketSource, str]:
@@ -119,9 +128,28 @@ def build_simulator(
     )
 
 
+async def open_source(config: SimConfig) -> tuple[MarketSource, str]:
+    """The config's market source: a live venue's mirror (`--source mirror`), else `build_source`.
+
+    Raises:
+        SourceError: a bad source, or a mirrored venue that cannot be followed.
+    """
+    if config.source.strip() != MIRROR:
+        return build_source(config)
+    if not config.mirror_rest_url or not config.mirror_ws_url:
+        raise SourceError("--source mirror needs --mirror-rest-url URL and --mirror-ws-url URL")
+    try:
+        mirror = await MirrorSource.connect(
+            config.mirror_rest_url, config.mirror_ws_url, config.symbols, log, routed=config.mirror_routed
+        )
+    except MirrorError as exc:
+        raise SourceError(str(exc)) from exc
+    return mirror, f"mirror:{config.mirror_rest_url}"
+
+
 async def serve(config: SimConfig) -> None:
     """Run until SIGINT/SIGTERM."""
-    source, description = build_source(config)
+    source, description = await open_source(config)
     simulator = build_simulator(config, source, description)
     runner = web.AppRunner(simulator.build_app(), access_log=None, handle_signals=False)
     await runner.setup()

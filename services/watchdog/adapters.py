@@ -1,9 +1,11 @@
 """I/O of the watchdog: the audit log and dead-letter table in Postgres, machine resources,
-`proto.kv` values read from the KV bucket, the heartbeat subscription, and the webhook alert sinks."""
+`proto.kv` values read from the KV bucket, the heartbeat subscription, and the webhook alert sinks
+(Slack, PagerDuty, Telegram, a generic signed JSON webhook)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +30,14 @@ from proto.envelope import Message
 from proto.kv import decode_value
 from proto.messages import DeadLettered, Heartbeat
 from services.watchdog.alerts import AlertNotice, severity_rank
-from services.watchdog.notifications import pagerduty_payload, slack_payload
+from services.watchdog.notifications import (
+    SIGNATURE_HEADER,
+    pagerduty_payload,
+    slack_payload,
+    telegram_payload,
+    webhook_payload,
+    webhook_signature,
+)
 from services.watchdog.observations import ResourceObservation
 
 V = TypeVar("V", bound=msgspec.Struct)
@@ -118,6 +127,14 @@ def _raise_if_refused(exc: Exception, row: str) -> None:
 DEAD_LETTER_RETENTION_NS = 30 * 24 * 3600 * 1_000_000_000
 
 
+async def dead_letters_waiting(pool: asyncpg.Pool | None) -> dict[str, int]:
+    """Dead letters not retried yet, by consumer (the DLQ depth an operator works down)."""
+    rows = await _require(pool).fetch(
+        "SELECT consumer, count(*) AS waiting FROM dead_letters WHERE status <> 'RETRIED' GROUP BY consumer"
+    )
+    return {str(row["consumer"]): int(row["waiting"]) for row in rows}
+
+
 async def purge_old_dead_letters(
     pool: asyncpg.Pool | None, now_ns: int, retention_ns: int = DEAD_LETTER_RETENTION_NS
 ) -> int:
@@ -181,16 +198,59 @@ def measure_resources(disk_path: str) -> ResourceObservation:
 
 @dataclass(frozen=True)
 class WebhookSink:
-    """One webhook alerts are POSTed to; `build` shapes the payload (Slack, PagerDuty)."""
+    """One webhook alerts are POSTed to as JSON.
+
+    Attributes:
+        name: what the logs call it (never the URL: Slack's and Telegram's carry a secret).
+        url: where the POST goes.
+        build: the payload of one notice (Slack, PagerDuty, Telegram, generic).
+        min_severity: the least severe alert it wants.
+        sign: extra headers computed from the exact body (the generic webhook's HMAC signature).
+        remember: called with the notice and the response body of an accepted POST (Telegram
+            threads a resolution under the message that raised it).
+    """
 
     name: str
     url: str
     build: Callable[[AlertNotice], dict[str, Any]]
     min_severity: str = "P3"
+    sign: Callable[[bytes], dict[str, str]] | None = None
+    remember: Callable[[AlertNotice, bytes], None] | None = None
 
     def wants(self, notice: AlertNotice) -> bool:
         """True when the alert is at least as severe as this sink's minimum."""
         return severity_rank(notice.severity) <= severity_rank(self.min_severity)
+
+
+TELEGRAM_THREADS_MAX = 1_000
+
+
+class TelegramThreads:
+    """Telegram message ids of the open alerts, so a resolution replies to the message that raised
+    it (bounded: the oldest is forgotten first; a forgotten one resolves as a plain message)."""
+
+    def __init__(self, chat_id: str, limit: int = TELEGRAM_THREADS_MAX) -> None:
+        self.chat_id = chat_id
+        self.limit = limit
+        self.message_ids: dict[str, int] = {}
+
+    def build(self, notice: AlertNotice) -> dict[str, Any]:
+        reply_to = self.message_ids.get(notice.key) if notice.resolved else None
+        return telegram_payload(notice, self.chat_id, reply_to)
+
+    def remember(self, notice: AlertNotice, body: bytes) -> None:
+        if notice.resolved:
+            self.message_ids.pop(notice.key, None)
+            return
+        try:
+            message_id = json.loads(body)["result"]["message_id"]
+        except (ValueError, KeyError, TypeError):
+            return  # no id to thread under: the resolution is sent as a message of its own
+        if isinstance(message_id, int):
+            self.message_ids.pop(notice.key, None)
+            self.message_ids[notice.key] = message_id
+            while len(self.message_ids) > self.limit:
+                del self.message_ids[next(iter(self.message_ids))]
 
 
 def webhook_sinks(settings: Settings) -> list[WebhookSink]:
@@ -209,6 +269,25 @@ def webhook_sinks(settings: Settings) -> list[WebhookSink]:
                 "pagerduty", settings.alert_pagerduty_url, pagerduty, settings.alert_pagerduty_min_severity.upper()
             )
         )
+    if settings.alert_telegram_bot_token and settings.alert_telegram_chat_id:
+        threads = TelegramThreads(settings.alert_telegram_chat_id)
+        url = f"{settings.alert_telegram_api_url.rstrip('/')}/bot{settings.alert_telegram_bot_token}/sendMessage"
+        sinks.append(
+            WebhookSink(
+                "telegram",
+                url,
+                threads.build,
+                settings.alert_telegram_min_severity.upper(),
+                remember=threads.remember,
+            )
+        )
+    if settings.alert_webhook_url:
+        secret = settings.alert_webhook_secret
+
+        def signature(body: bytes) -> dict[str, str]:
+            return {SIGNATURE_HEADER: webhook_signature(secret, body)} if secret else {}
+
+        sinks.append(WebhookSink("webhook", settings.alert_webhook_url, webhook_payload, sign=signature))
     return sinks
 
 
@@ -221,7 +300,11 @@ async def post_alert(session: aiohttp.ClientSession, sink: WebhookSink, notice: 
     Raises:
         aiohttp.ClientError, TimeoutError, OSError: the webhook is unreachable or too slow.
     """
+    body = json.dumps(sink.build(notice), default=str, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", **(sink.sign(body) if sink.sign is not None else {})}
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with session.post(sink.url, json=sink.build(notice), timeout=timeout) as response:
-        await response.read()
+    async with session.post(sink.url, data=body, headers=headers, timeout=timeout) as response:
+        answer = await response.read()
+        if sink.remember is not None and response.status < 300:
+            sink.remember(notice, answer)
         return response.status

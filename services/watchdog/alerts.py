@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from libs.runbooks import DEFAULT_RUNBOOK_BASE_URL, runbook_url
 from proto.enums import AlertSeverity
 from proto.envelope import Message
 from proto.messages import AlertRaised, AlertResolved
@@ -32,6 +33,8 @@ class AlertNotice:
     resolved: bool = False
     details: dict[str, Any] = field(default_factory=dict)
     ts_ns: int = 0
+    runbook_url: str = ""
+    """The operator's page for this alert (`libs.runbooks`)."""
 
 
 MAX_OPEN_ALERTS = 1_000
@@ -42,11 +45,13 @@ not grow the watchdog's memory for ever (issue 15). Beyond it the oldest open al
 class AlertRouter:
     """De-duplicates alerts for the sinks: a key is delivered when it opens, again only if its
     severity rises, and its resolution is delivered once. At most `limit` alerts stay open (the
-    oldest by event time is forgotten first, the same live and replayed)."""
+    oldest by event time is forgotten first, the same live and replayed). An alert raised without
+    a runbook gets the page its key maps to under `runbook_base_url`."""
 
-    def __init__(self, limit: int = MAX_OPEN_ALERTS) -> None:
+    def __init__(self, limit: int = MAX_OPEN_ALERTS, runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> None:
         self.open: dict[str, AlertNotice] = {}
         self.limit = limit
+        self.runbook_base_url = runbook_base_url
 
     def raised(self, notice: AlertNotice) -> bool:
         """True when this raise must reach the sinks."""
@@ -89,6 +94,7 @@ def apply(router: AlertRouter, message: Message) -> AlertNotice | None:
                 title=message.title,
                 details=dict(message.details),
                 ts_ns=message.ts_event_ns,
+                runbook_url=message.runbook_url or runbook_url(message.key, router.runbook_base_url),
             )
             return notice if router.raised(notice) else None
         case AlertResolved():

@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from libs.bus import Delivery, Handler
 from libs.errors import PermanentError
+from libs.runbooks import runbook_url
 from libs.runtime.service import ServiceContext
 from proto import subjects
 from proto.envelope import Message, now_ns
@@ -67,8 +69,29 @@ async def dead_letter_retention_loop(ctx: ServiceContext) -> None:
         await asyncio.sleep(RETENTION_PERIOD_S)
 
 
+DLQ_DEPTH_PERIOD_S = 15.0
+"""How often the DLQ depth metric is refreshed (a Prometheus scrape interval)."""
+
+
+async def dlq_depth_loop(ctx: ServiceContext, period_s: float = DLQ_DEPTH_PERIOD_S) -> None:
+    """Keep `bulwark_dlq_messages` (dead letters not retried, by consumer) current; Postgres down: next period."""
+    while True:
+        try:
+            ctx.metrics.set_dlq_depth(await adapters.dead_letters_waiting(ctx.pool))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Postgres may be down; the gauge keeps its last value
+            ctx.log.debug("dlq_depth_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        await asyncio.sleep(period_s)
+
+
 async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolved) -> None:
-    """Publish an alert the watchdog raises (or resolves) itself; a failure is logged, never raised."""
+    """Publish an alert the watchdog raises (or resolves) itself, with its runbook; a failure is
+    logged, never raised."""
+    if isinstance(message, AlertRaised) and not message.runbook_url:
+        message = msgspec.structs.replace(
+            message, runbook_url=runbook_url(message.key, ctx.settings.alert_runbook_base_url)
+        )
     try:
         await ctx.bus.publish(
             subjects.EVT_ALERT_RAISED if isinstance(message, AlertRaised) else subjects.EVT_ALERT_RESOLVED, message
@@ -119,6 +142,7 @@ async def apply_evaluation(
                     component=alert.component,
                     title=alert.title,
                     details=alert.details,
+                    runbook_url=runbook_url(alert.key, ctx.settings.alert_runbook_base_url),
                 ),
             )
             ctx.log.warning("alert_raised", key=alert.key, severity=alert.severity.value)
@@ -185,7 +209,7 @@ class AlertDispatcher:
         self._ctx = ctx
         self._sinks = sinks
         self._timeout_s = timeout_s
-        self.router = router or AlertRouter()
+        self.router = router or AlertRouter(runbook_base_url=ctx.settings.alert_runbook_base_url)
         self._session: aiohttp.ClientSession | None = None
         self.on_applied: Callable[[int], None] | None = None
         """Called with the CONTROL sequence of every alert event handled live (snapshot policy)."""
@@ -218,6 +242,7 @@ class AlertDispatcher:
             component=notice.component,
             title=notice.title,
             details=notice.details,
+            runbook_url=notice.runbook_url,
         )
         for sink in self._sinks:
             if not sink.wants(notice):

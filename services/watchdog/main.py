@@ -36,6 +36,7 @@ async def setup(ctx: ServiceContext) -> None:
     evaluator = await evaluation.evaluator_from_kv(ctx, wall_clock)
     adapters.measure_resources(settings.watchdog_disk_path)  # primes the CPU average
     ctx.spawn(handlers.dead_letter_retention_loop(ctx), "dlq-retention")
+    ctx.spawn(handlers.dlq_depth_loop(ctx), "dlq-depth")
 
     dispatcher = handlers.AlertDispatcher(
         ctx, adapters.webhook_sinks(settings), timeout_s=settings.alert_webhook_timeout_s

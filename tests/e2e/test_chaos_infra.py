@@ -26,7 +26,7 @@ from entrypoints.harness import load
 from entrypoints.harness.system import RunningSystem, start_load_system, stop_system
 from libs.ids import client_order_id_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # long chaos/bench runs: `pytest -m slow` before a release
 _log = logging.getLogger(__name__)
 BODY = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002"}
 

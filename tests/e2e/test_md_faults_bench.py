@@ -8,7 +8,7 @@ import pytest
 from entrypoints.bench.md_faults import TARGETS_MS, format_md_faults, measure_md_faults
 from entrypoints.harness.system import RunningSystem
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # long chaos/bench runs: `pytest -m slow` before a release
 
 
 def test_md_faults_when_one_round_then_every_transition_is_observed_and_recovered(system: RunningSystem) -> None:

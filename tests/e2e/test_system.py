@@ -21,7 +21,9 @@ import pytest
 from entrypoints import ops_cli
 from entrypoints.cli import build_parser
 from entrypoints.harness.system import RunningSystem
+from libs.metrics import ORDER_STAGES, STAGE_SIGNAL_TO_RISK
 from proto.subjects import CORE_COMPONENTS
+from tests.e2e.observe import Collector, ReceivedSpan, place_filled_order, scrape, value
 
 BULWARK = [sys.executable, "-m", "entrypoints.cli"]
 
@@ -204,6 +206,69 @@ def test_projections_verify_when_orders_placed_then_log_rebuild_equals_live_tabl
     report = json.loads(result.stdout)
     assert report["consistent"] is True, report
     assert report["rebuild"], report
+
+
+def test_order_when_filled_then_one_trace_across_processes_and_stage_latencies_counted(
+    system: RunningSystem, collector: Collector
+) -> None:
+    client_order_id = place_filled_order(system)
+
+    deadline = time.monotonic() + 20
+    trace: list[ReceivedSpan] = []
+    wanted = {"gateway.submit", "risk.decision", "position.submit", "venue.ack", "order.fill"}
+    while time.monotonic() < deadline:
+        spans = collector.snapshot()
+        roots = [
+            s
+            for s in spans
+            if s.name == "gateway.submit" and s.attributes.get("bulwark.client_order_id") == client_order_id
+        ]
+        trace = [s for s in spans if roots and s.trace_id == roots[0].trace_id]
+        if wanted <= {s.name for s in trace}:
+            break
+        time.sleep(0.3)
+    assert wanted <= {s.name for s in trace}, sorted((s.service, s.name) for s in trace)
+    assert {s.service for s in trace} >= {"gateway", "risk", "position"}
+    assert {s.attributes.get("bulwark.client_order_id") for s in trace if s.name == "order.fill"} == {client_order_id}
+
+    components = system.status()["components"]
+    risk = scrape(components["risk"]["metrics_url"])
+    position = scrape(components["position"]["metrics_url"])
+    stages = {stage for stage in ORDER_STAGES if stage != STAGE_SIGNAL_TO_RISK}
+    counted = {
+        stage
+        for stage in stages
+        if value(risk, "bulwark_order_stage_latency_seconds_count", stage=stage)
+        + value(position, "bulwark_order_stage_latency_seconds_count", stage=stage)
+        > 0
+    }
+    assert counted == stages
+    assert value(risk, "bulwark_decision_latency_seconds_count", kind="risk") >= 1
+
+
+def test_status_when_system_up_then_every_component_metrics_url_answers_its_key_metrics(system: RunningSystem) -> None:
+    components = system.wait_all_ready()["components"]
+    strategies = [name for name in components if name.startswith("strategy-")]
+    scraped = {}
+    for name in (*CORE_COMPONENTS, *strategies):
+        url = components[name]["metrics_url"]
+        assert url and url.startswith("http://127.0.0.1:"), (name, url)
+        samples = scrape(url)
+        assert value(samples, "bulwark_process_resident_memory_bytes", component=name) > 0, name
+        assert value(samples, "bulwark_process_cpu_seconds_total", component=name) > 0, name
+        assert value(samples, "bulwark_bus_connected", component=name) == 1, name
+        scraped[name] = samples
+    assert len({components[name]["metrics_url"] for name in scraped}) == len(scraped), "two services on one port"
+
+    market_data, state_builder = scraped["market-data"], scraped["state-builder"]
+    assert value(market_data, "bulwark_bus_messages_published_total", subject="md.depth.>") > 0
+    assert value(state_builder, "bulwark_bus_messages_received_total", subject="md.depth.>") > 0
+    assert value(state_builder, "bulwark_tick_to_hot_state_seconds_count") > 0
+    ages = {labels["symbol"]: value for labels, value in state_builder["bulwark_book_age_seconds"]}
+    assert set(ages) >= {"BTCUSDT", "ETHUSDT"} and all(0 <= age < 30 for age in ages.values()), ages
+    assert "bulwark_consumer_pending_messages" in state_builder
+    watchdog_families = httpx.get(components["watchdog"]["metrics_url"], timeout=10).text
+    assert "# TYPE bulwark_dlq_messages gauge" in watchdog_families
 
 
 @pytest.mark.parametrize("component", [c for c in CORE_COMPONENTS if c != "gateway"] + ["strategy-*", "gateway"])

@@ -38,18 +38,9 @@ FAST_ENV = {
 @pytest.fixture(scope="module")
 def external_venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A simulator started on its own, with its own key (the account's)."""
-    folder = tmp_path_factory.mktemp("venue")
-    saved = {name: os.environ.get(name) for name in ("BULWARK_VENUE_API_KEY", "BULWARK_VENUE_API_SECRET")}
-    os.environ.update({"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET})
-    try:
-        with running_venue_sim(folder, "--source", "synthetic") as url:
-            yield url
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    account = {"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
+    with running_venue_sim(tmp_path_factory.mktemp("venue"), "--source", "synthetic", env=account) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

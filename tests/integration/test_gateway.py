@@ -651,6 +651,7 @@ async def test_events_and_alerts_then_filtered_newest_first(gw: Harness, pg_pool
     assert [e["stream_seq"] for e in rest["events"]] == [1] and rest["next_cursor"] is None
     assert [e["payload"]["key"] for e in typed["events"]] == ["b", "a"]
     assert [alert["key"] for alert in alerts["alerts"]] == ["b"]
+    assert alerts["alerts"][0]["runbook_url"] == "docs/runbooks/README.md"  # "b" is no known alert kind
 
 
 async def test_events_when_filtered_by_component_time_correlation_and_subject_then_matching_rows(
@@ -974,6 +975,7 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
             "order_link_reason": "venue breaker open: 5 failures",
             "position_component": "position",
             "position_state": "READY",
+            "mode": "LIVE",
         },
         BACKUP: {
             "role": "backup",
@@ -981,6 +983,7 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
             "order_link_reason": None,
             "position_component": f"position-{BACKUP}",
             "position_state": "READY",
+            "mode": "LIVE",
         },
     }
     assert body["links"][f"{BACKUP}.orders"]["state"] == "CONNECTED"  # the raw record as before
@@ -989,7 +992,12 @@ async def test_status_when_backup_venue_then_each_venue_with_role_order_link_and
 async def test_status_when_backup_position_process_never_heartbeats_then_listed_down(gw_backup: Harness) -> None:
     body = (await gw_backup.client.get("/v1/status", headers=VIEW)).json()
 
-    assert body["components"][f"position-{BACKUP}"] == {"state": "DOWN", "pid": None, "last_heartbeat_age_ms": None}
+    assert body["components"][f"position-{BACKUP}"] == {
+        "state": "DOWN",
+        "pid": None,
+        "last_heartbeat_age_ms": None,
+        "metrics_url": None,
+    }
     assert body["venues"][BACKUP]["position_state"] == "DOWN"
     assert body["venues"][BACKUP]["order_link"] is None  # never reported
 

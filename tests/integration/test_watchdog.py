@@ -34,6 +34,7 @@ from proto.messages import (
     SymbolsReply,
 )
 from services.watchdog.main import setup
+from tests.support.http_server import LocalHttpServer
 from tests.support.polling import eventually as poll_until
 
 
@@ -301,7 +302,7 @@ class WebhookRecorder:
 
     def __init__(self) -> None:
         self.received: dict[str, list[dict[str, Any]]] = {"slack": [], "pagerduty": []}
-        self.runner: web.AppRunner | None = None
+        self.server: LocalHttpServer | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -311,14 +312,13 @@ class WebhookRecorder:
 
         app = web.Application()
         app.router.add_post("/{name}", hook)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        self.port = infra_commands.free_port("127.0.0.1")
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.server = LocalHttpServer(app)
+        await self.server.start()
+        self.port = self.server.port
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.server is not None:
+            await self.server.stop()
 
 
 async def test_alerts_then_delivered_to_webhooks_once_while_open_and_resolved_once(

@@ -194,7 +194,14 @@ async def test_status_when_heartbeat_goes_quiet_then_component_down_by_the_gatew
     clock = ManualClock(1_000 * NS_PER_S)
     gateway = Gateway(ctx, clock=clock)
     gateway.tracker.record(
-        Heartbeat(component="risk", pid=7, state=ComponentState.READY, started_ns=clock.now), clock.now
+        Heartbeat(
+            component="risk",
+            pid=7,
+            state=ComponentState.READY,
+            started_ns=clock.now,
+            metrics_url="http://127.0.0.1:9107/metrics",
+        ),
+        clock.now,
     )
     transport = httpx.ASGITransport(app=create_app(gateway))
 
@@ -204,5 +211,10 @@ async def test_status_when_heartbeat_goes_quiet_then_component_down_by_the_gatew
         clock.advance(settings.heartbeat_timeout_s)
         quiet = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
 
-    assert fresh == {"state": "READY", "pid": 7, "last_heartbeat_age_ms": 250}
+    assert fresh == {
+        "state": "READY",
+        "pid": 7,
+        "last_heartbeat_age_ms": 250,
+        "metrics_url": "http://127.0.0.1:9107/metrics",
+    }
     assert quiet["state"] == "DOWN" and quiet["last_heartbeat_age_ms"] == 250 + settings.heartbeat_timeout_s * 1000

@@ -191,6 +191,7 @@ async def test_status_when_every_record_written_then_body_unchanged(peer: PeerBu
             "order_link_reason": "reconciled",
             "position_component": "position",
             "position_state": "DOWN",
+            "mode": "LIVE",
         }
     }
 
@@ -486,6 +487,7 @@ async def test_strategies_when_state_stored_then_state_and_record(peer: PeerBus,
                 "state": "SCANNING",
                 "component_state": "DOWN",
                 "details": msgspec.json.decode(encode_value(record)),
+                "mode": "live",
             }
         ]
     }

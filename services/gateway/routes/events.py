@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 
 from libs.bounds import INT64_MAX
 from libs.bus import HEADER_MSG_ID, HEADER_TYPE
+from libs.runbooks import runbook_url
 from proto import subjects
 from proto.codec import decode
 from services.gateway import queries
@@ -133,6 +134,9 @@ async def alerts(
     active = [
         {**queries.json_column(row["payload"]), "event_id": row["id"]} for row in latest if row["type"] == "AlertRaised"
     ]
+    for alert in active:  # the operator's page for each open alert (`libs.runbooks`), as the sinks show it
+        base = gateway.ctx.settings.alert_runbook_base_url
+        alert["runbook_url"] = alert.get("runbook_url") or runbook_url(str(alert.get("key", "")), base)
     active.sort(key=lambda alert: alert["event_id"], reverse=True)
     events_seen = [
         {**queries.json_column(row["payload"]), "event_id": row["id"], "event": row["type"]} for row in history

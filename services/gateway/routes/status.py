@@ -73,6 +73,8 @@ async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
         "dependencies": dependencies,
         # The main venue's latest preflight (every check: name, ok, message); null before the first.
         "preflight": msgspec.to_builtins(preflight) if preflight is not None else None,
+        "mode": "PAPER" if gateway.ctx.settings.paper else "LIVE",
+        "paper": gateway.ctx.settings.paper,
     }
 
 
@@ -147,5 +149,6 @@ def venue_status(settings: Settings, components: dict[str, Any], links: dict[str
             "order_link_reason": (link.reason or None) if link is not None else None,
             "position_component": component,
             "position_state": (components.get(component) or {}).get("state", ComponentState.DOWN.value),
+            "mode": "PAPER" if settings.paper else "LIVE",
         }
     return venues

@@ -25,6 +25,7 @@ from services.gateway.context import BUS_ERRORS, Gateway
 from services.gateway.dependencies import CONTROL_BODY, CONTROL_OPENAPI, OPERATOR, VIEWER, GatewayDep
 from services.gateway.errors import ApiError, unavailable
 from services.gateway.replies import raise_for_risk_error
+from services.gateway.routes.strategies import after_cb3_reset
 
 router = APIRouter(tags=["trading"])
 
@@ -155,5 +156,6 @@ async def reset_breaker(
             subjects.RISK,
         )
     )
+    await after_cb3_reset(gateway, breaker_id, who, request.reason)
     gateway.ctx.log.info("breaker_reset_requested", breaker=breaker_id, operator=who.name)
     return msgspec.to_builtins(reply)

@@ -9,10 +9,10 @@ live book.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from services.venue_sim.domain.book import OrderBook
 from services.venue_sim.domain.rules import SymbolSpec
@@ -121,4 +121,16 @@ class MarketSource(Protocol):
 
     def script(self, symbol: str, book: OrderBook) -> Script:
         """Endless event script of a symbol, reading the live book."""
+        ...
+
+
+@runtime_checkable
+class LiveMarket(Protocol):
+    """A source whose market happens elsewhere (the paper venue's mirror of a live venue): the
+    engine runs `follow`, which hands it each event and each new snapshot of a book."""
+
+    def follow(
+        self, handle: Callable[[MarketEvent], None], reset: Callable[[str, StartBook], None]
+    ) -> Coroutine[Any, Any, None]:
+        """Follow the market forever."""
         ...
