@@ -1,4 +1,4 @@
-"""`bulwark up | status | chaos | bench` — the operator's command line (SPEC §10)."""
+"""`bulwark up | status | chaos | bench` and the operator verbs (`ops_cli`) — the operator's command line (SPEC §10)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from entrypoints import backtest_cli, strategy_cli, venue_cli
+from entrypoints import backtest_cli, ops_cli, strategy_cli, venue_cli
 from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
@@ -27,7 +25,7 @@ from entrypoints.launcher import (
     default_backup_venue,
     load_credentials,
 )
-from entrypoints.operator_api import ENDPOINTS_FILE, fetch_json, running_endpoints
+from entrypoints.operator_api import ENDPOINTS_FILE, running_endpoints
 from libs import logging as bulwark_logging
 from libs.bounds import INT64_MAX, BoundsError, check_finite, check_int
 from proto.subjects import DEFAULT_VENUE
@@ -154,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
-    status.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
+    status.add_argument("--gateway", help="gateway URL (default: BULWARK_GATEWAY_URL, else the data dir's system)")
     status.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to find the token")
+    ops_cli.add_status_flags(status)
+    ops_cli.add_parser(commands, DEFAULT_DATA_DIR)
 
     chaos = commands.add_parser("chaos", help="chaos experiments against the running system")
     chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True)
@@ -371,44 +371,6 @@ def _token(data_dir: Path) -> str:
     return ""
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        status = fetch_json(args.gateway.rstrip("/") + "/v1/status", _token(args.data_dir))
-    except urllib.error.HTTPError as exc:
-        _err(f"bulwark status: gateway answered {exc.code}: {exc.read().decode(errors='replace')[:500]}")
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        _err(f"bulwark status: gateway not reachable at {args.gateway} ({exc}); is `bulwark up` running?")
-        return 1
-    if args.json:
-        _out(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-    _out(f"trading state      {status.get('trading_state')}")
-    _out(f"degradation level  {status.get('degradation_level')}")
-    _out(f"health             {status.get('health')}")
-    _out(venue_cli.mode_line(status))
-    _out(venue_cli.preflight_line(status.get("preflight")))
-    _out("components:")
-    for name, comp in sorted(status.get("components", {}).items()):
-        _out(
-            f"  {name:<22} {comp.get('state', '?'):<10} pid={comp.get('pid')} age={comp.get('last_heartbeat_age_ms')}ms"
-        )
-    venues = status.get("venues") or {}
-    if len(venues) > 1:
-        _out("venues:")
-        for name, venue in venues.items():
-            link, reason = venue.get("order_link") or "UNKNOWN", venue.get("order_link_reason")
-            _out(
-                f"  {name:<22} {venue.get('role', '?'):<7} orders {link:<12} "
-                f"{venue.get('position_component')}={venue.get('position_state')}" + (f"  ({reason})" if reason else "")
-            )
-    _out("symbols:")
-    for name, sym in sorted(status.get("symbols", {}).items()):
-        hot, age, update_id = sym.get("hot_state", "?"), sym.get("age_ms"), sym.get("last_update_id")
-        _out(f"  {name:<10} {hot:<8} age={age}ms update_id={update_id}")
-    return 0
-
-
 def cmd_chaos(args: argparse.Namespace) -> int:
     from entrypoints.chaos import experiments
 
@@ -506,11 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "up":
         # Keep stdout for the command's own output (JSON reports); logs go to stderr.
         bulwark_logging.configure("WARNING", sys.stderr)
+    if ops_cli.handles(args):
+        return ops_cli.run(args)
     match args.command:
         case "up":
             return cmd_up(args)
-        case "status":
-            return cmd_status(args)
         case "chaos":
             return cmd_chaos(args)
         case "bench":

@@ -97,6 +97,7 @@ def _gateway() -> Grant:
             subjects.SVC_RISK_STATE,
             subjects.SVC_RISK_BREAKER_RESET,
             subjects.SVC_RISK_VALIDATE_ORDER,
+            subjects.SVC_RISK_ENTRY_GATES,
             subjects.SVC_STATE_BUILDER_BOOK,
             subjects.SVC_STATE_BUILDER_SYMBOLS,
             kv_subject(subjects.KV_STATE, subjects.KEY_DEGRADATION_LEVEL),

@@ -139,6 +139,43 @@ class OrderRulesReply(msgspec.Struct, frozen=True, kw_only=True):
     checked: bool = True
 
 
+class EntryBlocker(msgspec.Struct, frozen=True, kw_only=True):
+    """One reason a new entry is not allowed right now.
+
+    `gate` names what blocks (`trading_state`, `breaker`, `dependency`, `link`, `degradation`,
+    `hot_state`, `order_link`, `position`, `lease`, `reconciliation`, `preflight`, `risk`); `reason`
+    is the sentence risk (or the position process) gives an order it refuses for it; `since_ns` when
+    it began (UTC ns; None when not known).
+    """
+
+    gate: str
+    reason: str
+    since_ns: int | None = None
+
+
+class VenueEntryGates(msgspec.Struct, frozen=True, kw_only=True):
+    """What blocks an entry in one symbol on one venue besides the symbol's own gates."""
+
+    blocked_by: list[EntryBlocker] = []
+
+
+class SymbolEntryGates(msgspec.Struct, frozen=True, kw_only=True):
+    """A symbol's entry gates: the venue a new entry goes to now (`routing.route_order`), what blocks
+    an entry on every venue (`blocked_by`), and what blocks it on each venue in addition (`venues`)."""
+
+    entry_venue: str
+    blocked_by: list[EntryBlocker] = []
+    venues: dict[str, VenueEntryGates] = {}
+
+
+class EntryGatesReply(msgspec.Struct, frozen=True, kw_only=True):
+    """`svc.risk.entry_gates`: per symbol, every reason risk would deny a new entry right now, from the
+    same checks its decisions run (`services/risk/entry_gates.py`); `ts_ns` when it was answered."""
+
+    symbols: dict[str, SymbolEntryGates] = {}
+    ts_ns: int = 0
+
+
 # --------------------------------------------------------------------------- state-builder
 
 
@@ -224,6 +261,7 @@ REQUEST_REPLY_TYPES: tuple[type[msgspec.Struct], ...] = (
     BreakerResetRequest,
     BreakerResetReply,
     RiskStateReply,
+    EntryGatesReply,
     OrderRulesRequest,
     OrderRulesReply,
     BookRequest,

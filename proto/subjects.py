@@ -472,6 +472,8 @@ SVC_RISK_BREAKER_RESET = service_query(RISK, "breaker_reset")
 SVC_RISK_VALIDATE_ORDER = service_query(RISK, "validate_order")
 """`OrderRulesRequest` → `OrderRulesReply`: would the venue's rules refuse this order (the gateway asks
 before it accepts an operator order)."""
+SVC_RISK_ENTRY_GATES = service_query(RISK, "entry_gates")
+"""`{}` → `EntryGatesReply`: per symbol and venue, why a new entry would be denied now (`/v1/status`)."""
 SVC_STATE_BUILDER_BOOK = service_query(STATE_BUILDER, "book")
 """`BookRequest` → `BookReply`."""
 SVC_STATE_BUILDER_SYMBOLS = service_query(STATE_BUILDER, "symbols")

@@ -202,7 +202,32 @@ class ComponentStatus(BaseModel):
     metrics_url: str | None = None
 
 
+class EntryBlockerView(BaseModel):
+    """One reason a new entry is not allowed now: the `gate` that blocks it (`trading_state`, `breaker`,
+    `dependency`, `link`, `degradation`, `hot_state`, `order_link`, `position`, `lease`,
+    `reconciliation`, `preflight`, `risk`), the reason an order refused for it gets, and since when
+    (UTC ns; null when not known)."""
+
+    gate: str
+    reason: str
+    since_ns: int | None = None
+
+
+class VenueEntryStatus(BaseModel):
+    """Whether a new entry in the symbol could go out on this venue now, and every reason it cannot."""
+
+    can_enter: bool
+    blocked_by: list[EntryBlockerView] = []
+
+
 class SymbolStatus(BaseModel):
+    can_enter: bool | None = None
+    """Would a new entry be allowed now on the venue it goes to (`entry_venue`)? Risk's own checks
+    (`svc.risk.entry_gates`) plus the venue's position process; false when risk does not answer."""
+    blocked_by: list[EntryBlockerView] = []
+    """Every reason it is not, each with since when."""
+    entry_venue: str | None = None
+    venues: dict[str, VenueEntryStatus] = {}
     hot_state: str
     age_ms: int | None
     last_update_id: int | None

@@ -83,6 +83,9 @@ class RiskCore:
         self.state = RiskState(venue=venue, backup_venue=backup_venue)
         """What risk derives from the ORDERS stream: changed only by `apply` (live and replay alike)."""
         self.degradation: DegradationLevel | None = DegradationLevel.NORMAL
+        self.since: dict[str, int] = {}
+        """When a followed dependency took its current value (UTC ns), by `entry_gates.since_key`: what
+        the entry gates report as since-when (`svc.risk.entry_gates`)."""
         self.breakers = breakers
         self.latency = LatencyWindow(size=200, minimum=20)  # decision latency for CB-4 (its baseline is configured)
         self.resources = resources

@@ -34,6 +34,7 @@ def on_order_link(risk: RiskCore, event: LinkStateChanged) -> None:
     previous = risk.order_links.get(event.venue)
     risk.order_links[event.venue] = event.current
     if previous != event.current:
+        risk.since[f"order_link.{event.venue}"] = event.ts_event_ns
         risk.log.info("order_link_changed", venue=event.venue, previous=previous, current=event.current)
 
 
@@ -51,6 +52,7 @@ def on_market_link(risk: RiskCore, state: ConnectionState | None, reason: str) -
     previous = risk.market_link
     risk.market_link = state
     if state != previous:
+        risk.since["market_link"] = risk.clock()
         risk.log.info("market_link_changed", previous=previous, current=state, reason=reason)
 
 
@@ -107,6 +109,7 @@ def on_bus_connection(risk: RiskCore, connected: bool) -> None:
     if not connected:
         if risk.bus_lost is None:
             risk.bus_lost = "bus connection lost: new entries HALTED until reconnected and re-validated"
+            risk.since["bus_lost"] = risk.clock()
             risk.log.error("bus_lost", action_taken="new entries HALTED (exits still allowed)")
             alert = AlertRaised(
                 key=BUS_LOST_ALERT,
@@ -205,6 +208,7 @@ async def refresh_degradation(risk: RiskCore) -> None:
     if level == previous:
         return
     risk.degradation = level
+    risk.since["degradation"] = ts_ns or risk.clock()
     risk.log.warning(
         "degradation_level_applied",
         previous=previous.value if previous else None,

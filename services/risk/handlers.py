@@ -40,7 +40,7 @@ from proto.messages import (
 )
 from proto.replies import RiskStateReply
 
-from . import breaker_effects, decisions, dependencies, recovery, trading_control, venue_rules
+from . import breaker_effects, decisions, dependencies, entry_gates, recovery, trading_control, venue_rules
 from .core import RiskCore
 from .state import apply
 from .trading_state import TradingTrigger
@@ -67,6 +67,8 @@ class RiskService(RiskCore):
             case OrderFilled() | OrderRejected() | OrderCanceled() | OrderAccepted() | OrderApproved() | OrderDenied():
                 apply(self.state, message)
             case HotStateStatusChanged():
+                if self.hot_state.get(message.symbol) != message.current:
+                    self.since[f"hot_state.{message.symbol}"] = message.ts_event_ns
                 self.hot_state[message.symbol] = message.current
             case PositionChanged():
                 await breaker_effects.on_position(self, message)
@@ -151,6 +153,7 @@ class RiskService(RiskCore):
             subjects.SVC_RISK_RESUME: trading_control.request_handler(self, TradingTrigger.RESUME),
             subjects.SVC_RISK_REDUCE: trading_control.request_handler(self, TradingTrigger.REDUCE),
             subjects.SVC_RISK_STATE: self.serve_state,
+            subjects.SVC_RISK_ENTRY_GATES: partial(entry_gates.serve_entry_gates, self),
             subjects.SVC_RISK_BREAKER_RESET: partial(breaker_effects.reset_breaker, self),
             subjects.SVC_RISK_VALIDATE_ORDER: partial(
                 venue_rules.serve_validate_order, self, touch=decisions.touch_prices

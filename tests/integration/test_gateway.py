@@ -44,6 +44,7 @@ from proto.messages import (
 )
 from services.gateway.app import create_app
 from services.gateway.context import Gateway, GatewayConfig
+from services.gateway.entry_gates import RISK_SILENT, position_blockers
 from services.gateway.main import bind_socket, start_http
 
 ADMIN, OPERATOR, VIEWER = "admin-token", "operator-token", "viewer-token"
@@ -322,7 +323,15 @@ async def test_status_when_components_beat_then_components_kv_and_symbols_shown(
     assert body["components"]["position"]["pid"] == 4242
     assert body["components"]["risk"]["state"] == "DOWN"
     assert set(body["components"]) >= {*subjects.CORE_COMPONENTS, "strategy-imbalance"}
-    assert body["symbols"] == {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5}}
+    # Risk is DOWN: no entry is approved; the position process beats READY and reports no gate of its own.
+    risk_silent = [{"gate": "risk", "reason": RISK_SILENT.reason, "since_ns": None}]
+    entry = {
+        "can_enter": False,
+        "blocked_by": risk_silent,
+        "entry_venue": "binance-usdm",
+        "venues": {"binance-usdm": {"can_enter": False, "blocked_by": risk_silent}},
+    }
+    assert body["symbols"] == {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5, **entry}}
     assert body["links"] == {"binance-usdm.ws": {"state": "CONNECTED"}}
     assert body["breakers"] == {}
 
@@ -335,7 +344,19 @@ async def test_status_when_nothing_answers_then_fallbacks_and_trading_halted(gw:
 
     assert body["trading_state"] == "HALTED"  # no risk, no trading state: nothing would be approved
     assert body["health"] == "UNKNOWN"
-    assert body["symbols"]["BTCUSDT"] == {"hot_state": "STALE", "age_ms": None, "last_update_id": None}
+    assert body["symbols"]["BTCUSDT"] == {
+        "hot_state": "STALE",
+        "age_ms": None,
+        "last_update_id": None,
+        "can_enter": False,
+        "blocked_by": [
+            {"gate": "risk", "reason": RISK_SILENT.reason, "since_ns": None},
+            {"gate": "position", "reason": position_blockers("binance-usdm", "position", None, None)[0].reason}
+            | {"since_ns": None},
+        ],
+        "entry_venue": "binance-usdm",
+        "venues": {"binance-usdm": {"can_enter": False, "blocked_by": body["symbols"]["BTCUSDT"]["blocked_by"]}},
+    }
 
 
 # --------------------------------------------------------------------------- orders

@@ -143,6 +143,27 @@ def symbols_reply() -> bytes:
 
 # --------------------------------------------------------------------------- status and breakers
 
+NO_RISK_NO_POSITION: dict[str, Any] = {
+    # Risk does not answer `svc.risk.entry_gates` here and no position process heartbeats.
+    "can_enter": False,
+    "entry_venue": "binance-usdm",
+    "blocked_by": [
+        {
+            "gate": "risk",
+            "reason": "risk is not answering: no order is approved until it does (FM-C6)",
+            "since_ns": None,
+        },
+        {
+            "gate": "position",
+            "reason": "position is DOWN (no heartbeat): orders for binance-usdm wait until it is back (FM-C9)",
+            "since_ns": None,
+        },
+    ],
+}
+NO_RISK_NO_POSITION["venues"] = {
+    "binance-usdm": {"can_enter": False, "blocked_by": NO_RISK_NO_POSITION["blocked_by"]},
+}
+
 
 async def test_status_when_every_record_written_then_body_unchanged(peer: PeerBus, client: httpx.AsyncClient) -> None:
     store_everything(peer)
@@ -155,7 +176,9 @@ async def test_status_when_every_record_written_then_body_unchanged(peer: PeerBu
     assert body["trading_state"] == "REDUCING"
     assert body["degradation_level"] == "REDUCED_FUNCTIONALITY"
     assert body["health"] == "YELLOW"
-    assert body["symbols"] == {"BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5}}
+    assert body["symbols"] == {
+        "BTCUSDT": {"hot_state": "VALID", "age_ms": 12, "last_update_id": 5, **NO_RISK_NO_POSITION}
+    }
     assert body["breakers"] == {
         "CB-1": msgspec.json.decode(encode_value(RISK_BREAKER)),
         "venue.binance-usdm": VENUE_BREAKER,
@@ -201,8 +224,8 @@ async def test_status_when_nothing_stored_and_only_risk_answers_then_its_state_a
     assert body["degradation_level"] == "NORMAL"
     assert body["health"] == "UNKNOWN"
     assert body["symbols"] == {
-        "BTCUSDT": {"hot_state": "STALE", "age_ms": None, "last_update_id": 7},
-        "ETHUSDT": {"hot_state": "UNKNOWN", "age_ms": None, "last_update_id": None},
+        "BTCUSDT": {"hot_state": "STALE", "age_ms": None, "last_update_id": 7, **NO_RISK_NO_POSITION},
+        "ETHUSDT": {"hot_state": "UNKNOWN", "age_ms": None, "last_update_id": None, **NO_RISK_NO_POSITION},
     }
     assert body["breakers"] == {} and body["links"] == {}
     assert body["venues"]["binance-usdm"]["order_link"] is None

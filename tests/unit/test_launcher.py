@@ -148,9 +148,9 @@ def test_up_when_port_invalid_then_usage_error(capsys: pytest.CaptureFixture[str
     assert "port out of range" in capsys.readouterr().err
 
 
-def test_status_when_gateway_down_then_clear_message_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_when_gateway_down_then_clear_message_and_exit_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["status", "--gateway", f"http://127.0.0.1:{infra.free_port()}"])
-    assert code == 1
+    assert code == 5  # `entrypoints.ops_cli.EXIT_UNREACHABLE`, documented in docs/operations.md
     assert "gateway not reachable" in capsys.readouterr().err
 
 
@@ -439,5 +439,8 @@ def test_status_when_backup_venue_then_the_table_lists_each_venue_with_its_order
         code = main(["status", "--gateway", f"http://127.0.0.1:{port}"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "binance-usdm           main    orders DISCONNECTED position=READY  (venue breaker open)" in out
-    assert "binance-usdm-backup    backup  orders UNKNOWN      position-binance-usdm-backup=READY" in out
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│ binance-usdm")]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        ["binance-usdm", "main", "DISCONNECTED", "venue breaker open", "position=READY"],
+        ["binance-usdm-backup", "backup", "UNKNOWN", "", "position-binance-usdm-backup=READY"],
+    ]

@@ -1,5 +1,6 @@
-"""What the system is doing: `/v1/status` (trading state, degradation, health, components, symbols,
-breakers, links, dependencies, venues) and `/v1/book/{symbol}` (state-builder's order book)."""
+"""What the system is doing: `/v1/status` (trading state, degradation, health, components, symbols
+with `can_enter` and what blocks an entry, breakers, links, dependencies, venues) and
+`/v1/book/{symbol}` (state-builder's order book)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from proto import subjects
 from proto.enums import ComponentState, DegradationLevel, TradingState
 from proto.kv import DegradationLevelValue, HealthValue, LinkValue, PreflightValue, TradingStateValue, decode_breaker
 from proto.messages import HotStateRecord, SymbolsReply
-from proto.replies import BookReply, BookRequest, RiskStateReply
+from proto.replies import BookReply, BookRequest, EntryGatesReply, RiskStateReply
+from services.gateway import entry_gates
 from services.gateway.api_models import ERROR_RESPONSES, BookResponse, StatusResponse
 from services.gateway.auth import Principal
 from services.gateway.context import Gateway
@@ -25,13 +27,16 @@ from services.gateway.replies import book_of, reader, stored_symbol_status, symb
 router = APIRouter()
 
 R = TypeVar("R", bound=msgspec.Struct)
+ENTRY_GATES_TIMEOUT_S = 1.5
+"""How long `/v1/status` waits for risk's entry gates (risk may first ask the state-builder, 0.5 s)."""
 
 
 @router.get("/v1/status", response_model=StatusResponse, responses=ERROR_RESPONSES, tags=["status"])
 async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
     """Trading state, degradation, health, components, symbols, breakers and links."""
-    components = {name: view.as_dict() for name, view in gateway.tracker.view(gateway.clock()).items()}
-    states, symbols, breakers, links, dependencies = await asyncio.gather(
+    views = gateway.tracker.view(gateway.clock())
+    components = {name: view.as_dict() for name, view in views.items()}
+    states, symbols, breakers, links, dependencies, gates = await asyncio.gather(
         asyncio.gather(
             gateway.kv_value(TradingStateValue, subjects.KEY_TRADING_STATE),
             gateway.kv_value(DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL),
@@ -42,8 +47,19 @@ async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
         gateway.kv_listing(subjects.KEY_BREAKER_PREFIX, decode_breaker),
         gateway.kv_listing(subjects.KEY_LINK_PREFIX, reader(LinkValue)),
         gateway.dependencies(),
+        # Risk may ask the state-builder first, as a decision would (up to its probe timeout).
+        _quick_query(gateway, subjects.SVC_RISK_ENTRY_GATES, subjects.RISK, EntryGatesReply, ENTRY_GATES_TIMEOUT_S),
     )
     trading, degradation, health, preflight = states
+    settings = gateway.ctx.settings
+    position = {
+        venue: entry_gates.position_blockers(venue, component, views.get(component), preflight)
+        for venue in settings.venues
+        for component in (subjects.position_component(venue, settings.venue),)
+    }
+    entries = entry_gates.can_enter(gates, sorted(symbols), position, settings.venue)
+    for symbol, entry in entries.items():
+        symbols[symbol] = {**entry, **symbols[symbol]}
     trading_state = trading.state.value if trading is not None else await _trading_state_from_risk(gateway)
     return {
         "venues": venue_status(gateway.ctx.settings, components, {key: link.value for key, link in links.items()}),
@@ -105,11 +121,13 @@ async def _symbols(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-async def _quick_query(gateway: Gateway, subject: str, component: str, kind: type[R]) -> R | None:
+async def _quick_query(
+    gateway: Gateway, subject: str, component: str, kind: type[R], timeout_s: float | None = None
+) -> R | None:
     """A `svc.*` query of `component` within the status's short timeout: the reply, or None when the
     component does not answer, refuses or answers something unreadable (the status falls back)."""
     try:
-        reply = await gateway.request(subject, None, kind, gateway.config.symbols_timeout_s, component)
+        reply = await gateway.request(subject, None, kind, timeout_s or gateway.config.symbols_timeout_s, component)
     except ApiError:
         return None
     return reply if isinstance(reply, kind) else None
