@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from libs.metrics import ServiceMetrics
 from services.gateway.metrics import GatewayMetrics
 from tests.support.debian import require_binary
 from tests.support.repository import ROOT
@@ -50,7 +51,20 @@ def exported_metric_names() -> set[str]:
     gateway.orders_submitted.labels("NEW").inc()
     gateway.requests_refused.labels("read_budget").inc()
     gateway.component_up.labels("risk").set(1)
-    return _exported_samples(gateway.registry)
+    service = ServiceMetrics("risk", CollectorRegistry())
+    service.watch_bus(lambda: {"connected": True, "outbox": 0})
+    service.published("cmd.order.submit")
+    service.received("cmd.order.submit", "risk-orders", 2, 5)
+    service.dead_letter("risk-orders")
+    service.reconnected("market-ws")
+    service.order_stage("venue_ack", 0.1)
+    service.decision("risk", 0.01)
+    service.tick_applied(0.01)
+    service.book_resynced("BTCUSDT")
+    service.watch_book_ages(lambda: {"BTCUSDT": 0.1})
+    service.breaker_tripped("CB-2")
+    service.set_dlq_depth({"risk-orders": 1})
+    return _exported_samples(gateway.registry) | _exported_samples(service.registry)
 
 
 def test_rules_when_checked_by_promtool_then_valid(promtool: str) -> None:
