@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from entrypoints.backtest.driver import StrategyConfigError, strategy_from_spec
     from entrypoints.backtest.engine import BacktestOptions, run_backtest
     from entrypoints.backtest.replay import ReplayError, load_replay
+    from entrypoints.progress import progress
 
     named = [item.strip() for item in args.recording.split(",") if item.strip()]
     try:
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"bulwark backtest: {exc}\n")
         return 2
     started = time.perf_counter()
-    result = run_backtest(instance, replay, BacktestOptions(initial_balance=args.balance))
+    with progress(f"replaying {len(replay.events)} events", len(replay.events), quiet=args.json) as advance:
+        result = run_backtest(instance, replay, BacktestOptions(initial_balance=args.balance), advance)
     elapsed = max(time.perf_counter() - started, 1e-9)
     doc = report.document(result, named)  # as given: the same document in any checkout
     if args.json:

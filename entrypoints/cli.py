@@ -26,6 +26,7 @@ from entrypoints.launcher import (
     load_credentials,
 )
 from entrypoints.operator_api import ENDPOINTS_FILE, running_endpoints
+from entrypoints.progress import progress
 from libs import logging as bulwark_logging
 from libs.bounds import INT64_MAX, BoundsError, check_finite, check_int
 from proto.subjects import DEFAULT_VENUE
@@ -160,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser("chaos", help="chaos experiments against the running system")
     chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True)
     chaos_commands.add_parser("list", help="list experiments")
-    run = chaos_commands.add_parser("run", help="run one experiment")
-    run.add_argument("name")
+    run = chaos_commands.add_parser("run", help="run one experiment, or every one with --all")
+    run.add_argument("name", nargs="?", help="the experiment (`bulwark chaos list`)")
+    run.add_argument("--all", action="store_true", help="run every experiment in turn; exit 0 only if all pass")
+    run.add_argument("--json", action="store_true", help="no progress display, only the JSON report")
     run.add_argument("--report", type=Path, help="write the JSON report here")
     run.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
     run.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -378,11 +381,24 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         for name, experiment in sorted(experiments.REGISTRY.items()):
             _out(f"{name:<24} {experiment.description}")
         return 0
-    chosen = experiments.REGISTRY.get(args.name)
-    if chosen is None:
-        _err(f"bulwark chaos: unknown experiment {args.name!r}; see `bulwark chaos list`")
+    if args.all == bool(args.name):
+        _err("bulwark chaos run: name one experiment, or give --all (not both)")
         return 2
-    report = chosen.run(gateway=args.gateway, data_dir=args.data_dir.resolve(), log=_out)
+    names = sorted(experiments.REGISTRY) if args.all else [args.name]
+    unknown = [name for name in names if name not in experiments.REGISTRY]
+    if unknown:
+        _err(f"bulwark chaos: unknown experiment {unknown[0]!r}; see `bulwark chaos list`")
+        return 2
+    log = _err if args.json else _out
+    reports: dict[str, Any] = {}
+    with progress(f"{len(names)} chaos experiment(s)", len(names), quiet=args.json) as advance:
+        for name in names:
+            reports[name] = experiments.REGISTRY[name].run(
+                gateway=args.gateway, data_dir=args.data_dir.resolve(), log=log
+            )
+            advance(1)
+    passed = all(r.get("passed") for r in reports.values())
+    report = reports[names[0]] if not args.all else {"passed": passed, "experiments": reports}
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.report:
         args.report.write_text(text)
@@ -402,7 +418,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _err(f"bulwark bench: unknown benchmark {args.name!r}; see `bulwark bench list`")
         return 2
     options = {"repeats": args.repeats} if args.repeats else {}
-    result = selected.run(**options)
+    with progress(f"bench {selected.name}", None, quiet=args.json):
+        result = selected.run(**options)
     _out(json.dumps(result, indent=2, sort_keys=True) if args.json else selected.format(result))
     return 0
 

@@ -20,6 +20,7 @@ recording ends is closed at market.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
@@ -56,6 +57,14 @@ TICK_S = 0.5
 MARK_S = 1.0
 """The simulator's mark price interval for recordings without marks (`venue_sim.engine`)."""
 PROCESS_TOKEN = "backtest"
+PROGRESS_EVERY = 1000
+"""Events between two progress reports."""
+
+Advance = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,10 @@ class BacktestRun:
 class Backtest:
     """One strategy instance replayed on recordings (use `run_backtest`)."""
 
-    def __init__(self, instance: InstanceConfig, replay: Replay, options: BacktestOptions) -> None:
+    def __init__(
+        self, instance: InstanceConfig, replay: Replay, options: BacktestOptions, progress: Advance = _no_progress
+    ) -> None:
+        self.progress = progress
         self.replay = replay
         self.options = options
         self.venue = options.venue
@@ -201,6 +213,8 @@ class Backtest:
             self.clock.set(ts)
             self.on_event(event)
             self.result.events += 1
+            if self.result.events % PROGRESS_EVERY == 0:
+                self.progress(PROGRESS_EVERY)
         self.clock.set(end)
         self.close_all()
         self.sample()
@@ -498,6 +512,9 @@ class Backtest:
             self.place(symbol, side, abs(position), True, order_id, "end", "recording over: closed at market")
 
 
-def run_backtest(instance: InstanceConfig, replay: Replay, options: BacktestOptions | None = None) -> BacktestRun:
-    """Replay `replay` through a fresh strategy of `instance` (deterministic: same input, same run)."""
-    return Backtest(instance, replay, options or BacktestOptions()).run()
+def run_backtest(
+    instance: InstanceConfig, replay: Replay, options: BacktestOptions | None = None, progress: Advance = _no_progress
+) -> BacktestRun:
+    """Replay `replay` through a fresh strategy of `instance` (deterministic: same input, same run);
+    `progress` is told every `PROGRESS_EVERY` events replayed (it never changes the run)."""
+    return Backtest(instance, replay, options or BacktestOptions(), progress).run()
