@@ -69,6 +69,7 @@ def test_up_when_backup_venue_then_both_venues_listed_and_the_backup_position_pr
         "order_link_reason": "venue reachable and reconciled",
         "position_component": "position",
         "position_state": "READY",
+        "mode": "LIVE",
     }
     assert status["venues"][BACKUP]["role"] == "backup"
     assert status["venues"][BACKUP]["order_link"] == "CONNECTED"

@@ -237,6 +237,9 @@ import("/dashboard/assets/entry.js").then((entry) => done([
   entry.entryRows({can_enter: [{venue: "backup", symbol: "BTCUSDT", allowed: false, blocked_by: ["lease"]}]}),
   entry.entryRows({symbols: {BTCUSDT: {hot_state: "SUSPECT", can_enter: false, reasons: ["hot state SUSPECT"]}}}),
   entry.entryRows({trading_state: "ACTIVE", symbols: {BTCUSDT: {hot_state: "VALID"}}}),
+  entry.entryRows({symbols: {BTCUSDT: {hot_state: "VALID", can_enter: false, entry_venue: "binance-usdm",
+    blocked_by: [{gate: "link", reason: "market data stream SUSPECT: clean window after a reconnect",
+                  since_ns: 1700000000000000000}]}}}),
 ]), (err) => done(String(err)));
 """
 
@@ -247,7 +250,23 @@ def test_entry_verdict_when_status_shapes_differ_then_page_reads_each_and_never_
     # `can_enter` in /v1/status is young: whichever shape it takes, the overview reads it, and
     # without it the page says it has no verdict instead of inventing one.
     browser.get(system.gateway + "/")
-    by_map, by_venue, as_list, on_symbol, absent = browser.execute_async_script(ENTRY_SHAPES_SCRIPT)
+    by_map, by_venue, as_list, on_symbol, absent, gateway_shape = browser.execute_async_script(ENTRY_SHAPES_SCRIPT)
+    # The gateway's own shape: the gate named, risk's sentence as the detail, the entry venue.
+    assert gateway_shape == [
+        {
+            "venue": "binance-usdm",
+            "symbol": "BTCUSDT",
+            "allowed": False,
+            "reasons": [
+                {
+                    "what": "link",
+                    "detail": "market data stream SUSPECT: clean window after a reconnect",
+                    "sinceNs": 1700000000000000000,
+                }
+            ],
+            "sinceNs": None,
+        }
+    ]
     assert by_map == [
         {
             "venue": "",

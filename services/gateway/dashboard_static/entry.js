@@ -17,8 +17,10 @@ function flagOf(value) {
 function reasonOf(item) {
   if (item === null || item === undefined) return null;
   if (typeof item !== "object") return { what: String(item), detail: "", sinceNs: null };
-  const what = item.reason ?? item.code ?? item.kind ?? item.check ?? item.name ?? item.source ?? "blocked";
-  const detail = item.message ?? item.detail ?? item.details ?? item.text ?? item.state ?? "";
+  // The gateway's own shape (`blocked_by` of /v1/status): {gate, reason, since_ns}.
+  const gated = typeof item.gate === "string";
+  const what = gated ? item.gate : item.reason ?? item.code ?? item.kind ?? item.check ?? item.name ?? item.source ?? "blocked";
+  const detail = gated ? item.reason ?? "" : item.message ?? item.detail ?? item.details ?? item.text ?? item.state ?? "";
   const sinceNs = item.since_ns ?? item.since ?? item.ts_ns ?? null;
   return { what: String(what), detail: typeof detail === "string" ? detail : JSON.stringify(detail), sinceNs };
 }
@@ -71,7 +73,7 @@ export function entryRows(status) {
   else if (field && typeof field === "object") rows = fromMap(field, null);
   if ((!rows || !rows.length) && status.symbols && typeof status.symbols === "object") {
     const flagged = Object.entries(status.symbols).filter(([, value]) => value && "can_enter" in value);
-    if (flagged.length) rows = flagged.map(([symbol, value]) => row(null, symbol, value.can_enter === null ? value : {
+    if (flagged.length) rows = flagged.map(([symbol, value]) => row(value.entry_venue ?? null, symbol, value.can_enter === null ? value : {
       ...(typeof value.can_enter === "object" ? value.can_enter : { can_enter: value.can_enter }),
       reasons: value.can_enter?.reasons ?? value.reasons ?? value.blocked_by,
     }));
