@@ -1,3 +1,3 @@
 """The fuzz runs use the e2e tests' whole system (`bulwark up`), one per module."""
 
-from tests.e2e.conftest import system  # noqa: F401
+from tests.e2e.conftest import collector, system  # noqa: F401
