@@ -200,6 +200,15 @@ class ComponentStatus(BaseModel):
     pid: int | None
     last_heartbeat_age_ms: int | None
     metrics_url: str | None = None
+    restarts: int = 0
+    """Processes of the component replaced (restarted, or a standby took over) since `restarts_since_ns`,
+    as the gateway heard them on the heartbeats."""
+    last_restart_ns: int | None = None
+    """Start (UTC ns) of the process that replaced the last one gone; null: none seen."""
+    started_ns: int | None = None
+    """Start (UTC ns) of the process heard last; null before its first heartbeat."""
+    restarts_since_ns: int | None = None
+    """Since when restarts are counted (the gateway's own start)."""
 
 
 class EntryBlockerView(BaseModel):
@@ -308,6 +317,13 @@ class PositionView(BaseModel):
     average_entry_price: str
     realized_pnl: str
     updated_ns: int
+    mark_price: str | None = None
+    """The symbol's mark now (state-builder): the venue's mark price, else the book's mid; null when
+    the state-builder does not answer or has no price."""
+    mark_source: str | None = None
+    """`mark_price` (the venue's) or `book_mid`; null without a mark."""
+    unrealized_pnl: str | None = None
+    """`(mark_price - average_entry_price) x quantity` (quantity signed); `0` when flat, null without a mark."""
 
 
 class PositionList(BaseModel):
@@ -337,6 +353,16 @@ class StrategyView(BaseModel):
     details: Any = None
     mode: str = "live"
     """Where its orders go: `live` (the venue) or `paper` (the paper order link)."""
+    crashes_in_window: int | None = None
+    """Crashes inside the FM-C2 window (`crash_window_s`; more than 3 fail the strategy): the running
+    process's own count from its heartbeat, else its persisted crash history; null when neither is known."""
+    crash_window_s: int = 600
+    last_crash_ns: int | None = None
+    """The latest crash in the persisted history (UTC ns); null: none in the window."""
+    restarts: int = 0
+    """Processes of the strategy replaced since the gateway started (see `/v1/status` components)."""
+    pid: int | None = None
+    """The process heard last on its heartbeat; null: never heard."""
 
 
 class StrategyList(BaseModel):

@@ -39,6 +39,7 @@ from services.gateway.guard import GuardLimits
 from services.gateway.idempotency import IdempotencyStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.replies import Stored, reader, stored
+from services.gateway.restarts import RestartCounter
 
 BUS_ERRORS: tuple[type[BaseException], ...] = (NatsError, asyncio.TimeoutError, OSError, RuntimeError)
 PING_ERRORS: tuple[type[BaseException], ...] = (*queries.PG_ERRORS, RedisError, *BUS_ERRORS)
@@ -69,6 +70,8 @@ class Gateway:
     ctx: ServiceContext
     config: GatewayConfig = field(default_factory=GatewayConfig)
     tracker: HeartbeatTracker = field(init=False)
+    restarts: RestartCounter = field(init=False)
+    """Process restarts by component, from the same heartbeats."""
     idempotency: IdempotencyStore = field(init=False)
     tokens: TokenTable = field(init=False)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
@@ -84,6 +87,7 @@ class Gateway:
         self.tracker = HeartbeatTracker(
             timeout_ns=int(self.ctx.settings.heartbeat_timeout_s * 1e9), expected=expected_components(self.ctx.settings)
         )
+        self.restarts = RestartCounter(counting_since_ns=self.clock(), timeout_ns=self.tracker.timeout_ns)
         self.idempotency = IdempotencyStore(self.ctx.cache, self.ctx.pool, self.ctx.log, self.clock)
 
     async def start(self) -> None:
@@ -95,9 +99,14 @@ class Gateway:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.ctx.log.warning("heartbeat_invalid", subject=msg.subject, error=str(exc)[:200])
                 return
-            self.tracker.record(heartbeat, self.clock())
+            self.heard(heartbeat, self.clock())
 
         await self.ctx.bus.subscribe_core(subjects.HEARTBEAT_ALL, on_heartbeat)
+
+    def heard(self, heartbeat: Heartbeat, received_ns: int) -> None:
+        """Note a heartbeat: the component's state (`tracker`) and its process (`restarts`)."""
+        self.tracker.record(heartbeat, received_ns)
+        self.restarts.record(heartbeat, received_ns)
 
     def component_state(self, name: str) -> ComponentState:
         """The state of a component as the heartbeats tell it."""

@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from entrypoints.harness.system import RunningSystem
+from proto import subjects
 from tests.support.debian import require_binary
 from tests.support.polling import eventually_blocking
 
@@ -46,6 +47,7 @@ CHROMIUM_FLAGS = (
 )
 PAGE_TIMEOUT_S = 45.0
 ORDER = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002"}
+LIVE_TRADING_ROW = '#events tr[data-type="TradingStateChanged"][data-origin="stream"]'
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,35 @@ def _page_errors(driver: WebDriver) -> list[str]:
     ]
 
 
+def _page_number(text: str) -> Decimal | None:
+    """A number as the page writes it ("65,000.1", "+1.25"); None for "-"."""
+    cleaned = text.replace(",", "").replace("+", "").strip()
+    return Decimal(cleaned) if cleaned not in ("", "-") else None
+
+
+def _position_matches_api(driver: WebDriver, client: Any, symbol: str) -> bool:
+    """The page's position row shows the mark and unrealized PnL `/v1/positions` answers now, both
+    taken from the API (the mark moves: compared at the page's rounding, retried until they agree)."""
+    rows = [row for row in client.get("/v1/positions").json()["positions"] if row["symbol"] == symbol]
+    if not rows or rows[0]["mark_price"] is None:
+        return False
+    api = rows[0]
+    quantity, entry, mark = (Decimal(api[key]) for key in ("quantity", "average_entry_price", "mark_price"))
+    assert Decimal(api["unrealized_pnl"]) == (mark - entry) * quantity, api
+    row = driver.find_element(By.CSS_SELECTOR, f'#positions tr[data-position="{api["venue"]}/{symbol}"]')
+    cells = {cell: row.find_element(By.CSS_SELECTOR, f'td[data-cell="{cell}"]') for cell in ("mark", "unrealized")}
+    if any(cell.get_attribute("data-source") != "api" for cell in cells.values()):
+        return False
+    shown_mark, shown_pnl = (_page_number(cell.text) for cell in cells.values())
+    close = Decimal("0.005")
+    return (
+        shown_mark is not None
+        and shown_pnl is not None
+        and abs(shown_mark - mark) <= close
+        and abs(shown_pnl - Decimal(api["unrealized_pnl"])) <= close
+    )
+
+
 def _order_row(driver: WebDriver, client_order_id: str) -> Any:
     rows = driver.find_elements(By.CSS_SELECTOR, f'#orders tr[data-order="{client_order_id}"]')
     return rows[0] if rows else None
@@ -171,6 +202,8 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
         "gateway component row",
     )
     assert "READY" in gateway_row.text
+    restarts = gateway_row.find_element(By.CSS_SELECTOR, "td[data-source]")
+    assert restarts.get_attribute("data-source") == "api" and restarts.text == "0", "restarts, as the gateway counts"
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, '#entry tr[data-entry="BTCUSDT"]'), "BTCUSDT entry row")
     _wait(
         driver,
@@ -189,11 +222,13 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
         changes = client.get("/v1/events", params={"type": "TradingStateChanged", "limit": 5}).json()["events"]
     halted = [event["payload"] for event in changes if event["payload"]["current"] == "HALTED"]
     assert halted and halted[0]["reason"] == reason and halted[0]["operator"] == "operator", changes
-    _wait(
+    live_row = _wait(
         driver,
-        lambda: driver.find_elements(By.CSS_SELECTOR, '#events tr[data-type="TradingStateChanged"]'),
+        lambda: driver.find_element(By.CSS_SELECTOR, LIVE_TRADING_ROW),
         "TradingStateChanged in the live audit events",
     )
+    subject_cell = live_row.find_elements(By.TAG_NAME, "td")[2]
+    assert subject_cell.text == subjects.EVT_TRADING_STATE, "a live row shows the subject the stream sent"
     _screenshot(driver, "2-halted")
 
     _control(driver, "resume", "dashboard e2e resume")
@@ -212,6 +247,9 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
         lambda: driver.find_elements(By.CSS_SELECTOR, '#positions tr[data-position$="/BTCUSDT"]'),
         "the BTCUSDT position",
     )
+    # The position row shows the gateway's mark and unrealized PnL (not the page's estimate at the mid).
+    with system.client(system.viewer_token) as client:
+        _wait(driver, lambda: _position_matches_api(driver, client, "BTCUSDT"), "the API's mark and unrealized PnL")
     time.sleep(1.5)  # one more chart frame so the screenshot shows the fill's latency point
     _screenshot(driver, "3-order-filled")
 
@@ -220,6 +258,8 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     _wait(driver, lambda: _text(driver, "trading") == "ACTIVE", "viewer sees the trading state")
     _wait(driver, lambda: _order_row(driver, order_id), "viewer sees the order")
     _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#strategies tr[data-strategy]"), "viewer strategies")
+    crashes = driver.find_element(By.CSS_SELECTOR, '#strategies tr[data-strategy] td[data-cell="crashes"]')
+    assert crashes.get_attribute("data-source") == "api" and crashes.text.startswith("0 in window"), crashes.text
     actions = [element.get_attribute("outerHTML") for element in driver.find_elements(By.CSS_SELECTOR, "[data-action]")]
     assert actions == [], "a viewer must see no action"
     assert driver.find_elements(By.CSS_SELECTOR, "main button") == []
@@ -290,7 +330,8 @@ SSE_PARSE_SCRIPT = """
 const done = arguments[arguments.length - 1];
 import("/dashboard/assets/sse.js").then(({ parseEvents }) => {
   // Frames as the gateway writes them, cut at arbitrary points as a network delivers them.
-  const wire = ": connected\\n\\nevent: OrderFilled\\nid: m-1\\ndata: {\\"symbol\\": \\"BTCUSDT\\"}\\n\\n" +
+  const wire = ": connected\\n\\nevent: OrderFilled\\nid: m-1\\nsubject: evt.order.filled\\n" +
+    "data: {\\"symbol\\": \\"BTCUSDT\\"}\\n\\n" +
     ": keep-alive\\n\\nevent: AlertRaised\\r\\nid: m-2\\r\\ndata: {\\"key\\": \\"a\\"}\\r\\n\\r\\nevent: Trunc";
   const crlf = wire.indexOf("\\r\\n") + 1;  // one piece ends between "\\r" and "\\n"
   const seen = [];
@@ -314,8 +355,8 @@ def test_event_stream_parser_when_frames_arrive_in_pieces_then_each_event_whole_
     browser.get(system.gateway + "/")
     parsed = browser.execute_async_script(SSE_PARSE_SCRIPT)
     assert parsed["events"] == [
-        {"type": "OrderFilled", "id": "m-1", "data": '{"symbol": "BTCUSDT"}'},
-        {"type": "AlertRaised", "id": "m-2", "data": '{"key": "a"}'},
+        {"type": "OrderFilled", "id": "m-1", "subject": "evt.order.filled", "data": '{"symbol": "BTCUSDT"}'},
+        {"type": "AlertRaised", "id": "m-2", "subject": "", "data": '{"key": "a"}'},
     ]
     assert parsed["rest"] == "event: Trunc", "an unfinished frame waits for the rest of it"
 

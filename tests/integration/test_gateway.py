@@ -46,6 +46,7 @@ from services.gateway.app import create_app
 from services.gateway.context import Gateway, GatewayConfig
 from services.gateway.entry_gates import RISK_SILENT, position_blockers
 from services.gateway.main import bind_socket, start_http
+from tests.support.polling import eventually
 
 ADMIN, OPERATOR, VIEWER = "admin-token", "operator-token", "viewer-token"
 ALICE_TOKEN = "alice-s3cret"
@@ -526,6 +527,12 @@ async def test_orders_reads_then_pagination_get_and_cancel(gw: Harness, pg_pool:
         "VALUES ('binance-usdm', 'BTCUSDT', -0.5, 65000.10, 1.5, 7)"
     )
 
+    async def symbols(_: bytes) -> bytes:  # SymbolHotState as state-builder sends it
+        view = {"symbol": "BTCUSDT", "hot_state": "VALID", "age_ms": 1, "last_update_id": 2, "mark_price": "64900.1"}
+        return json.dumps({"symbols": {"BTCUSDT": view}}).encode()
+
+    await gw.peer.serve("svc.state-builder.symbols", symbols)
+
     page1 = (await gw.client.get("/v1/orders?limit=2", headers=VIEW)).json()
     page2 = (await gw.client.get(f"/v1/orders?limit=2&cursor={page1['next_cursor']}", headers=VIEW)).json()
     page3 = (await gw.client.get(f"/v1/orders?limit=2&cursor={page2['next_cursor']}", headers=VIEW)).json()
@@ -564,6 +571,10 @@ async def test_orders_reads_then_pagination_get_and_cancel(gw: Harness, pg_pool:
                 "average_entry_price": "65000.1",
                 "realized_pnl": "1.5",
                 "updated_ns": 7,
+                # short 0.5 from 65000.1, marked at 64900.1: (64900.1 - 65000.1) x -0.5 = +50
+                "mark_price": "64900.1",
+                "mark_source": "mark_price",
+                "unrealized_pnl": "50",
             }
         ]
     }
@@ -908,6 +919,7 @@ async def test_real_server_serves_metrics_and_sse_stream(gw: Harness) -> None:
                     lines.append(await anext(iterator))
         metrics = (await client.get("/metrics")).text
     assert "event: TradingStateChanged" in lines
+    assert f"subject: {subjects.EVT_TRADING_STATE}" in lines
     data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
     assert data["current"] == "HALTED"
     assert 'bulwark_gateway_http_requests_total{method="GET",route="/health/live",status="200"}' in metrics
@@ -997,6 +1009,10 @@ async def test_status_when_backup_position_process_never_heartbeats_then_listed_
         "pid": None,
         "last_heartbeat_age_ms": None,
         "metrics_url": None,
+        "restarts": 0,
+        "last_restart_ns": None,
+        "started_ns": None,
+        "restarts_since_ns": gw_backup.gateway.restarts.counting_since_ns,
     }
     assert body["venues"][BACKUP]["position_state"] == "DOWN"
     assert body["venues"][BACKUP]["order_link"] is None  # never reported
@@ -1055,3 +1071,34 @@ async def test_orders_and_positions_when_on_both_venues_then_each_row_names_its_
         ("binance-usdm", "BTCUSDT", "0.5"),
         (BACKUP, "BTCUSDT", "-0.2"),
     ]
+
+
+async def test_strategies_when_process_heartbeats_then_its_crashes_pid_and_restarts_listed(gw: Harness) -> None:
+    component = subjects.strategy_component("imbalance")
+
+    async def beat(pid: int, started_ns: int) -> None:
+        heartbeat = Heartbeat(
+            component=component,
+            pid=pid,
+            state=ComponentState.READY,
+            started_ns=started_ns,
+            details={"state": "SCANNING", "crashes_in_window": 2},  # services/strategy/runner.py details()
+        )
+        await gw.peer.publish_core(subjects.heartbeat(component), heartbeat)
+
+    async def listed() -> dict[str, Any]:
+        return (await gw.client.get("/v1/strategies", headers=VIEW)).json()["strategies"][0]
+
+    await beat(101, 1)
+    first = await eventually(lambda: _pid_listed(listed, 101))
+    gw.gateway.restarts.timeout_ns = 0  # the old process counts as gone at the next beat of another
+    await beat(202, 2)
+    second = await eventually(lambda: _pid_listed(listed, 202))
+
+    assert first["crashes_in_window"] == 2 and first["crash_window_s"] == 600 and first["restarts"] == 0
+    assert second["restarts"] == 1 and second["component_state"] == "READY"
+
+
+async def _pid_listed(listed: Any, pid: int) -> dict[str, Any] | None:
+    strategy: dict[str, Any] = await listed()
+    return strategy if strategy["pid"] == pid else None

@@ -193,7 +193,7 @@ async def test_status_when_heartbeat_goes_quiet_then_component_down_by_the_gatew
     ctx = ServiceContext(component="gateway", settings=settings, log=get_logger("gateway"), bus=Bus("gateway"))
     clock = ManualClock(1_000 * NS_PER_S)
     gateway = Gateway(ctx, clock=clock)
-    gateway.tracker.record(
+    gateway.heard(
         Heartbeat(
             component="risk",
             pid=7,
@@ -210,11 +210,23 @@ async def test_status_when_heartbeat_goes_quiet_then_component_down_by_the_gatew
         fresh = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
         clock.advance(settings.heartbeat_timeout_s)
         quiet = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
+        # The supervisor starts risk again: another process under the same name is one restart.
+        restarted_ns = clock.now
+        gateway.heard(
+            Heartbeat(component="risk", pid=8, state=ComponentState.READY, started_ns=restarted_ns), clock.now
+        )
+        again = (await http.get("/v1/status", headers=VIEW)).json()["components"]["risk"]
 
     assert fresh == {
         "state": "READY",
         "pid": 7,
         "last_heartbeat_age_ms": 250,
         "metrics_url": "http://127.0.0.1:9107/metrics",
+        "restarts": 0,
+        "last_restart_ns": None,
+        "started_ns": 1_000 * NS_PER_S,
+        "restarts_since_ns": 1_000 * NS_PER_S,
     }
     assert quiet["state"] == "DOWN" and quiet["last_heartbeat_age_ms"] == 250 + settings.heartbeat_timeout_s * 1000
+    assert again["pid"] == 8 and again["state"] == "READY"
+    assert again["restarts"] == 1 and again["last_restart_ns"] == restarted_ns and again["started_ns"] == restarted_ns

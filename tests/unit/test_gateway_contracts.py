@@ -8,6 +8,7 @@ cannot change the API; a reply or value that does not decode never gives a 500.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any, cast
@@ -24,7 +25,7 @@ from libs.settings import Settings
 from proto import subjects
 from proto.codec import encode
 from proto.enums import BreakerState, HotStateStatus, StrategyState, TradingState
-from proto.kv import BreakerValue, StrategyStateValue, TradingStateValue, encode_value
+from proto.kv import BreakerValue, StrategyCrashesValue, StrategyStateValue, TradingStateValue, encode_value
 from proto.messages import DegradationLevelChanged, HotStateRecord, SymbolHotState, SymbolsReply
 from proto.replies import error_reply
 from services.gateway.app import create_app
@@ -476,6 +477,9 @@ async def test_breaker_reset_when_risk_reply_unreadable_then_502(peer: PeerBus, 
 async def test_strategies_when_state_stored_then_state_and_record(peer: PeerBus, client: httpx.AsyncClient) -> None:
     record = StrategyStateValue(state=StrategyState.SCANNING, reason="enabled", symbol="BTCUSDT", ts_ns=3, kind="x")
     peer.kv[subjects.key_strategy("imbalance")] = encode_value(record)
+    now = time.time_ns()  # the gateway's wall clock counts the FM-C2 window back from now
+    crashes = StrategyCrashesValue(crashes=[now - 700 * 10**9, now - 60 * 10**9], running="1-2")
+    peer.kv[subjects.key_strategy_crashes("imbalance")] = encode_value(crashes)  # services/strategy
 
     body = (await client.get("/v1/strategies", headers=VIEW)).json()
 
@@ -488,6 +492,12 @@ async def test_strategies_when_state_stored_then_state_and_record(peer: PeerBus,
                 "component_state": "DOWN",
                 "details": msgspec.json.decode(encode_value(record)),
                 "mode": "live",
+                # The process is silent: its persisted history answers, only the crash inside the window.
+                "crashes_in_window": 1,
+                "crash_window_s": 600,
+                "last_crash_ns": now - 60 * 10**9,
+                "restarts": 0,
+                "pid": None,
             }
         ]
     }

@@ -178,12 +178,18 @@ function drawComponents() {
     const seen = pids.get(name) || new Set();
     if (component.pid) seen.add(component.pid);
     pids.set(name, seen);
+    // The gateway counts restarts from the heartbeats; an older gateway without the field: pids seen here.
+    const counted = typeof component.restarts === "number";
+    const restarts = counted ? component.restarts : Math.max(0, seen.size - 1);
+    const since = counted && component.restarts_since_ns ? `since ${clock(component.restarts_since_ns)}` : "";
     const age = component.last_heartbeat_age_ms;
     return h("tr", { dataset: { component: name } },
       h("td", {}, name), stateCell(component.state), h("td", { class: "num mono" }, component.pid ?? "-"),
       h("td", { class: `num ${age === null || age > 3000 ? "bad" : age > 1500 ? "warn" : ""}` }, ago(age)),
-      h("td", { class: `num ${seen.size > 1 ? "warn" : "muted"}`, title: "process ids seen (audit log and this page)" },
-        String(Math.max(0, seen.size - 1))));
+      h("td", {
+        class: `num ${restarts > 0 ? "warn" : "muted"}`, dataset: { source: counted ? "api" : "page" },
+        title: counted ? `processes replaced ${since} (gateway, heartbeats)` : "process ids seen (audit log and this page)",
+      }, String(restarts)));
   }), "no components", 5);
   fill($("links"), Object.entries(status.links || {}).sort().map(([name, link]) =>
     h("tr", {}, h("td", {}, name), stateCell(link.state),
@@ -243,7 +249,7 @@ async function refreshStatus() {
     drawBreakers();
     $("updated").textContent = `status ${new Date().toLocaleTimeString([], { hour12: false })}`;
     await sections.books.refresh(status.symbols || {});
-    sections.positions.draw();
+    sections.positions.refresh();
   } catch (err) {
     if (err.status === 401 && token.get()) {
       token.clear();
@@ -304,7 +310,7 @@ function onEvent(frame) {
   }
   const handler = HANDLERS[type];
   if (handler) handler(payload);
-  sections.events.live(type, payload);
+  sections.events.live(type, payload, frame.subject);
 }
 
 function onStreamState(state, detail) {

@@ -166,6 +166,7 @@ export class Positions {
     this.ctx = ctx;
     this.books = books;
     this.positions = new Map();
+    this.reload = debounce(() => this.load().catch(() => this.draw()), 300);
     this.chart = new TimeSeries($("chart-pnl"), ["realized", "unrealized", "total"], { yLabel: "USDT", keep: 1800, windowS: 900 });
   }
 
@@ -190,15 +191,34 @@ export class Positions {
     }
   }
 
+  /** The marks move with the market: read the positions again (with the API's marks) while any is open. */
+  async refresh() {
+    const open = [...this.positions.values()].some((position) => Number(position.quantity));
+    if (open) await this.load().catch(() => this.draw());
+    else this.draw();
+  }
+
   changed(event) {
+    // The event carries no mark: the page estimates until the API's answer (read at once) replaces it.
     this.positions.set(this.key(event), {
       venue: event.venue, symbol: event.symbol, quantity: event.quantity,
       average_entry_price: event.average_entry_price, realized_pnl: event.realized_pnl, updated_ns: event.ts_event_ns,
     });
     this.draw();
+    this.reload();
   }
 
+  /** The gateway's mark when it sends the field (null: nothing prices the symbol); else the book's mid. */
+  mark(position) {
+    if (position.mark_price !== undefined) return position.mark_price === null ? null : Number(position.mark_price);
+    return this.books.mid(position.symbol);
+  }
+
+  /** The gateway's unrealized PnL when it sends the field; else (mid - entry) x quantity estimated here. */
   unrealized(position) {
+    if (position.unrealized_pnl !== undefined) {
+      return position.unrealized_pnl === null ? null : Number(position.unrealized_pnl);
+    }
     const mid = this.books.mid(position.symbol);
     const quantity = Number(position.quantity);
     if (mid === null || !quantity) return quantity ? null : 0;
@@ -213,12 +233,16 @@ export class Positions {
       realized += Number(position.realized_pnl) || 0;
       unrealized += open || 0;
       const quantity = Number(position.quantity);
+      const source = position.unrealized_pnl !== undefined ? "api" : "page";
+      const markTitle = position.mark_source === "book_mid" ? "book mid (no venue mark)"
+        : position.mark_source === "mark_price" ? "venue mark price" : source === "page" ? "book mid, estimated here" : "";
       return h("tr", { dataset: { position: this.key(position) } },
         h("td", {}, position.venue), h("td", {}, position.symbol),
         h("td", { class: `num ${quantity > 0 ? "ok" : quantity < 0 ? "bad" : "muted"}` }, dec(position.quantity)),
         h("td", { class: "num" }, dec(position.average_entry_price, 2)),
-        h("td", { class: "num" }, dec(this.books.mid(position.symbol), 2)),
-        h("td", { class: `num ${tone(open === null ? null : open >= 0 ? "ok" : "x")}` }, signed(open)),
+        h("td", { class: "num", dataset: { cell: "mark", source }, title: markTitle }, dec(this.mark(position), 2)),
+        h("td", { class: `num ${tone(open === null ? null : open >= 0 ? "ok" : "x")}`, dataset: { cell: "unrealized", source } },
+          signed(open)),
         h("td", { class: "num" }, signed(Number(position.realized_pnl))));
     });
     fill($("positions"), rows, "no positions", 7);
@@ -293,6 +317,13 @@ export class Strategies {
     for (const event of body.events.slice().reverse()) this.crashed(event.payload, false);
   }
 
+  /** Crashes in the window: the gateway's count (the strategy's own) when it sends one, else the page's. */
+  crashCount(strategy) {
+    if (typeof strategy.crashes_in_window === "number") return strategy.crashes_in_window;
+    const seen = this.crashes.get(strategy.name);
+    return seen ? seen.window : 0;
+  }
+
   crashed(event, redraw = true) {
     const known = this.crashes.get(event.strategy) || { total: 0, window: 0, last: "" };
     this.crashes.set(event.strategy, {
@@ -310,6 +341,8 @@ export class Strategies {
   draw() {
     const rows = this.list.map((strategy) => {
       const crashes = this.crashes.get(strategy.name);
+      const count = this.crashCount(strategy);
+      const restarts = typeof strategy.restarts === "number" && strategy.restarts > 0 ? `, ${strategy.restarts} restarts` : "";
       const stopped = ["DISABLED", "FAILED", "UNKNOWN"].includes(strategy.state);
       // paper or live, once the API tells (read defensively: the field may not exist yet)
       const mode = strategy.mode ?? (strategy.details && strategy.details.mode) ?? null;
@@ -319,8 +352,10 @@ export class Strategies {
       return h("tr", { dataset: { strategy: strategy.name } },
         h("td", {}, strategy.name, mode ? h("span", { class: "muted small" }, ` ${mode}`) : null),
         stateCell(strategy.state), stateCell(strategy.component_state),
-        h("td", { class: crashes && crashes.window ? "warn num" : "num", title: crashes ? crashes.last : "" },
-          crashes ? `${crashes.window} in window` : "0"),
+        h("td", {
+          class: count || restarts ? "warn num" : "num", title: crashes ? crashes.last : "",
+          dataset: { cell: "crashes", source: typeof strategy.crashes_in_window === "number" ? "api" : "page" },
+        }, `${count} in window${restarts}`),
         h("td", {}, button));
     });
     fill($("strategies"), rows, "no strategies configured", 5);
@@ -435,8 +470,9 @@ export class AuditEvents {
     this.draw();
   }
 
-  live(type, payload) {
-    this.events.unshift({ ts: payload.ts_event_ns, type, subject: "(stream)", payload, fresh: true });
+  live(type, payload, subject) {
+    // The gateway sends each event's subject; "(stream)" only from a gateway that does not.
+    this.events.unshift({ ts: payload.ts_event_ns, type, subject: subject || "(stream)", payload, fresh: true, live: true });
     if (this.events.length > MAX_EVENTS) this.events.length = MAX_EVENTS;
     if (!$("events-pause").checked) this.render();
   }
@@ -452,7 +488,7 @@ export class AuditEvents {
     });
     $("events-count").textContent = `${shown.length} shown of the latest ${this.events.length}`;
     const rows = shown.slice(0, 200).map((event) => {
-      const row = h("tr", { dataset: { type: event.type } },
+      const row = h("tr", { dataset: { type: event.type, origin: event.live ? "stream" : "log" } },
         h("td", { class: "mono" }, clock(event.ts)),
         h("td", { class: eventTone(event.type) }, event.type),
         h("td", { class: "mono muted" }, event.subject || ""),

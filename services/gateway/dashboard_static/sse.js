@@ -1,6 +1,7 @@
 // Server-sent events over fetch: EventSource cannot send an Authorization header, so the stream is
 // read and parsed here (the text/event-stream format: `event:`, `id:`, `data:` lines, a blank line
-// ends an event, `:` lines are comments/keep-alives). Reconnects with a capped backoff.
+// ends an event, `:` lines are comments/keep-alives). The gateway adds a `subject:` line (the NATS
+// subject of the event), which a standard parser ignores. Reconnects with a capped backoff.
 
 /** Parse complete events out of `buffer`; returns [events, rest] where rest is the unfinished tail. */
 export function parseEvents(buffer) {
@@ -12,6 +13,7 @@ export function parseEvents(buffer) {
   for (const block of blocks) {
     let type = "message";
     let id = "";
+    let subject = "";
     const data = [];
     for (const line of block.split("\n")) {
       if (!line || line.startsWith(":")) continue;
@@ -20,9 +22,10 @@ export function parseEvents(buffer) {
       const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
       if (field === "event") type = value;
       else if (field === "id") id = value;
+      else if (field === "subject") subject = value;
       else if (field === "data") data.push(value);
     }
-    if (data.length) events.push({ type, id, data: data.join("\n") });
+    if (data.length) events.push({ type, id, subject, data: data.join("\n") });
   }
   return [events, rest];
 }
@@ -32,7 +35,7 @@ export function parseEvents(buffer) {
  *
  * @param {string} url the event stream
  * @param {() => string} bearer the current token
- * @param {(event: {type, id, data}) => void} onEvent every event
+ * @param {(event: {type, id, subject, data}) => void} onEvent every event
  * @param {(state: "live"|"down", detail: string) => void} onState connection changes
  * @returns {() => void} stop following
  */

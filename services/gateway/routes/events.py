@@ -80,7 +80,8 @@ class EventStreamResponse(StreamingResponse):
     responses={
         **ERROR_RESPONSES,
         200: {
-            "description": "server-sent events: `event:` the message type, `id:` its message id, `data:` its JSON",
+            "description": "server-sent events: `event:` the message type, `id:` its message id, "
+            "`subject:` the subject it was published on, `data:` its JSON",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
     },
@@ -90,7 +91,8 @@ async def event_stream(
     event_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     _: Principal = VIEWER,
 ) -> EventStreamResponse:
-    """Live `evt.>` messages as server-sent events (`event:` type, `data:` JSON)."""
+    """Live `evt.>` messages as server-sent events (`event:` type, `id:` message id, `subject:` the
+    subject, `data:` JSON). `subject` is an extra field: a standard SSE client ignores it."""
     gateway.require_bus()
     queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=1000)
 
@@ -113,7 +115,7 @@ async def event_stream(
                 if event_type and kind != event_type:
                     continue
                 event_id = (msg.headers or {}).get(HEADER_MSG_ID, "")
-                yield f"event: {kind}\nid: {event_id}\ndata: {msg.data.decode()}\n\n"
+                yield sse_frame(kind, event_id, msg.subject, msg.data)
         finally:
             with contextlib.suppress(*BUS_ERRORS):
                 await subscription.unsubscribe()
@@ -142,6 +144,14 @@ async def alerts(
         {**queries.json_column(row["payload"]), "event_id": row["id"], "event": row["type"]} for row in history
     ]
     return {"alerts": active, "recent": events_seen}
+
+
+def sse_frame(kind: str, event_id: str, subject: str, data: bytes) -> str:
+    """One server-sent event. A subject is a NATS token string (no line breaks), but the frame must
+    stay one event whatever arrives, so every field is kept to one line."""
+    one_line = [value.replace("\r", " ").replace("\n", " ") for value in (kind, event_id, subject)]
+    body = data.decode(errors="replace").replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\ndata: ")
+    return f"event: {one_line[0]}\nid: {one_line[1]}\nsubject: {one_line[2]}\ndata: {body}\n\n"
 
 
 def _message_type(data: bytes) -> str:

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from proto import subjects
 from proto.enums import TERMINAL_ORDER_STATUSES, OrderStatus
-from proto.messages import CancelOrder
-from services.gateway import queries
+from proto.messages import CancelOrder, SymbolsReply
+from services.gateway import marks, queries
 from services.gateway.api_models import (
     ERROR_RESPONSES,
     CancelResponse,
@@ -32,6 +32,7 @@ from services.gateway.domain import (
     verdict_error,
 )
 from services.gateway.errors import ApiError
+from services.gateway.routes.status import quick_query
 from services.gateway.submission import submit
 
 router = APIRouter(tags=["orders"])
@@ -137,6 +138,14 @@ async def cancel_order(
 
 @router.get("/v1/positions", response_model=PositionList, responses=ERROR_RESPONSES)
 async def positions(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
-    """Positions from the `positions` projection (decimals as strings)."""
+    """Positions from the `positions` projection (decimals as strings), each with the symbol's mark
+    now and its unrealized PnL (`marks`; null when the state-builder does not answer)."""
     rows = await queries.list_positions(gateway.ctx.pool)
-    return {"positions": [{key: jsonable(row[key]) for key in row.keys()} for row in rows]}
+    hot = None
+    if rows:  # only an open book needs pricing; without the state-builder the marks stay null
+        hot = await quick_query(gateway, subjects.SVC_STATE_BUILDER_SYMBOLS, subjects.STATE_BUILDER, SymbolsReply)
+    return {
+        "positions": [
+            {**{key: jsonable(row[key]) for key in row.keys()}, **marks.position_marks(dict(row), hot)} for row in rows
+        ]
+    }

@@ -35,7 +35,8 @@ ENTRY_GATES_TIMEOUT_S = 1.5
 async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
     """Trading state, degradation, health, components, symbols, breakers and links."""
     views = gateway.tracker.view(gateway.clock())
-    components = {name: view.as_dict() for name, view in views.items()}
+    gateway.restarts.keep_only(set(views))
+    components = {name: {**view.as_dict(), **gateway.restarts.view(name)} for name, view in views.items()}
     states, symbols, breakers, links, dependencies, gates = await asyncio.gather(
         asyncio.gather(
             gateway.kv_value(TradingStateValue, subjects.KEY_TRADING_STATE),
@@ -48,7 +49,7 @@ async def status(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
         gateway.kv_listing(subjects.KEY_LINK_PREFIX, reader(LinkValue)),
         gateway.dependencies(),
         # Risk may ask the state-builder first, as a decision would (up to its probe timeout).
-        _quick_query(gateway, subjects.SVC_RISK_ENTRY_GATES, subjects.RISK, EntryGatesReply, ENTRY_GATES_TIMEOUT_S),
+        quick_query(gateway, subjects.SVC_RISK_ENTRY_GATES, subjects.RISK, EntryGatesReply, ENTRY_GATES_TIMEOUT_S),
     )
     trading, degradation, health, preflight = states
     settings = gateway.ctx.settings
@@ -104,14 +105,14 @@ async def _trading_state_from_risk(gateway: Gateway) -> str:
     """Risk's trading state when the KV record cannot be read; HALTED when risk cannot be asked
     either (or answers something unreadable): with the bus or risk gone nothing is approved, so
     that is what trading is (FM-C6)."""
-    reply = await _quick_query(gateway, subjects.SVC_RISK_STATE, subjects.RISK, RiskStateReply)
+    reply = await quick_query(gateway, subjects.SVC_RISK_STATE, subjects.RISK, RiskStateReply)
     return reply.trading_state.value if reply is not None else TradingState.HALTED.value
 
 
 async def _symbols(gateway: Gateway) -> dict[str, Any]:
     """Every symbol's hot state: state-builder's answer, else the KV records (without an age)."""
     answered = symbols_of(
-        await _quick_query(gateway, subjects.SVC_STATE_BUILDER_SYMBOLS, subjects.STATE_BUILDER, SymbolsReply)
+        await quick_query(gateway, subjects.SVC_STATE_BUILDER_SYMBOLS, subjects.STATE_BUILDER, SymbolsReply)
     )
     if answered is not None:
         return answered
@@ -121,7 +122,7 @@ async def _symbols(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-async def _quick_query(
+async def quick_query(
     gateway: Gateway, subject: str, component: str, kind: type[R], timeout_s: float | None = None
 ) -> R | None:
     """A `svc.*` query of `component` within the status's short timeout: the reply, or None when the

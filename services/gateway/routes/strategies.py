@@ -8,8 +8,16 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from proto import subjects
 from proto.enums import DegradationLevel, StrategyMode
-from proto.kv import BreakerValue, DegradationLevelValue, StrategyModeValue, StrategyStateValue, encode_value
+from proto.kv import (
+    BreakerValue,
+    DegradationLevelValue,
+    StrategyCrashesValue,
+    StrategyModeValue,
+    StrategyStateValue,
+    encode_value,
+)
 from proto.messages import DisableStrategy, EnableStrategy
+from services.gateway import strategy_health
 from services.gateway.api_models import ERROR_RESPONSES, StrategyCommandResponse, StrategyList, parse_body
 from services.gateway.auth import Principal
 from services.gateway.context import BUS_ERRORS, Gateway
@@ -27,11 +35,15 @@ CB3_PREFIX = "CB-3-"
 
 @router.get("/v1/strategies", response_model=StrategyList, responses=ERROR_RESPONSES)
 async def strategies(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, Any]:
-    """Every configured strategy with its persisted state."""
+    """Every configured strategy with its persisted state, its crashes in the FM-C2 window and its
+    process restarts (`strategy_health`)."""
     items = []
+    views = gateway.tracker.view(gateway.clock())
     for name in gateway.ctx.settings.strategies:
         record = await gateway.kv_stored(subjects.key_strategy(name), reader(StrategyStateValue))
         component = subjects.strategy_component(name)
+        crashes = await gateway.kv_value(StrategyCrashesValue, subjects.key_strategy_crashes(name))
+        view = views.get(component)
         items.append(
             {
                 "name": name,
@@ -40,6 +52,9 @@ async def strategies(gateway: GatewayDep, _: Principal = VIEWER) -> dict[str, An
                 "component_state": gateway.component_state(component).value,
                 "details": record.shown if record is not None else None,
                 "mode": (await _mode(gateway, name)).mode.value,
+                **strategy_health.crash_fields(view, crashes, gateway.clock()),
+                "restarts": gateway.restarts.restarts(component),
+                "pid": view.pid if view is not None else None,
             }
         )
     return {"strategies": items}
