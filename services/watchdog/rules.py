@@ -32,7 +32,9 @@ def is_critical(component: str) -> bool:
     main venue still trades and its positions keep their stops; only the failover is missing, and
     whatever risk routed to the backup waits on the durable log for the process to return. Its
     absence is "a non-critical component down" (SPEC §5): REDUCED_FUNCTIONALITY, YELLOW, P2, never
-    EMERGENCY_MODE (which would close every position on the main venue too).
+    EMERGENCY_MODE (which would close every position on the main venue too). The same holds for the
+    paper venue's position process (`position-<venue>-paper`, `bulwark up --paper-link`): it trades
+    no money; without it only paper strategies' orders wait.
     """
     return component in CRITICAL_COMPONENTS
 
