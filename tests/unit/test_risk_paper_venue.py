@@ -60,13 +60,13 @@ def risk(paper_venue: str = PAPER, backup: str = "") -> RiskService:
     return service
 
 
-def position(venue: str, quantity: str, cause: str | None = None, ts: int = 1) -> PositionChanged:
+def position(venue: str, quantity: str, cause: str | None = None, ts: int = 1, pnl: str = "0") -> PositionChanged:
     return PositionChanged(
         venue=venue,
         symbol="BTCUSDT",
         quantity=D(quantity),
         average_entry_price=D(100),
-        realized_pnl=D(0),
+        realized_pnl=D(pnl),
         caused_by_client_order_id=cause,
         ts_event_ns=ts,
     )
@@ -154,28 +154,12 @@ def test_paper_fills_when_loss_then_no_loss_breaker_input_and_live_loss_counts()
     apply(state, OrderApproved(order=order("p1", "paper-one", venue=PAPER)))
     apply(state, position(PAPER, "0.01", client_order_id_for("p1"), ts=1))
     apply(state, OrderApproved(order=order("p2", "paper-one", venue=PAPER, side=Side.SELL)))
-    closed = PositionChanged(
-        venue=PAPER,
-        symbol="BTCUSDT",
-        quantity=D(0),
-        average_entry_price=D(0),
-        realized_pnl=D(-500),
-        caused_by_client_order_id=client_order_id_for("p2"),
-        ts_event_ns=2,
-    )
+    closed = position(PAPER, "0", client_order_id_for("p2"), ts=2, pnl="-500")
     assert apply(state, closed) is None  # a paper loss is no CB-1/CB-3 input
     apply(state, OrderApproved(order=order("l1", "trend")))
     apply(state, position(MAIN, "0.01", client_order_id_for("l1"), ts=3))
     apply(state, OrderApproved(order=order("l2", "trend", side=Side.SELL)))
-    live_close = PositionChanged(
-        venue=MAIN,
-        symbol="BTCUSDT",
-        quantity=D(0),
-        average_entry_price=D(0),
-        realized_pnl=D(-500),
-        caused_by_client_order_id=client_order_id_for("l2"),
-        ts_event_ns=4,
-    )
+    live_close = position(MAIN, "0", client_order_id_for("l2"), ts=4, pnl="-500")
     assert apply(state, live_close) is not None
 
 
