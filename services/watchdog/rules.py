@@ -57,6 +57,9 @@ class Thresholds:
     )
     """(used % at or above, level, health, severity), most severe first (FM-C4)."""
     memory_max_pct: float = 90.0
+    paper_venue: str = ""
+    """The paper venue beside live (`BULWARK_PAPER_VENUE`, "" none): its links never raise the level
+    past REDUCED_FUNCTIONALITY (EMERGENCY_MODE would close the live positions for a paper outage)."""
     cpu_max_pct: float = 95.0
     cpu_sustain_ns: int = 30 * S
     latency_factor: float = 2.0
@@ -234,6 +237,8 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
             rule = CLOCK_ONLY_RULE
         if rule is not None:
             level, health, severity, meaning = rule
+            if facts.thresholds.paper_venue and link.name.startswith(f"{facts.thresholds.paper_venue}."):
+                level, health, meaning = paper_link_capped(level, health, meaning)
             yield Finding(
                 f"link:{link.name}",
                 subjects.MARKET_DATA,
@@ -243,6 +248,13 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
                 f"link {link.name} {link.state}: {meaning}" + (f" ({link.reason})" if link.reason else ""),
                 {"link": link.name, "state": link.state},
             )
+
+
+def paper_link_capped(level: DegradationLevel, health: Health, meaning: str) -> tuple[DegradationLevel, Health, str]:
+    """A paper venue's link trades no money: at most REDUCED_FUNCTIONALITY and YELLOW."""
+    if level in (DegradationLevel.NORMAL, DegradationLevel.REDUCED_FUNCTIONALITY):
+        return level, health, meaning
+    return DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW, f"{meaning} (paper venue: paper orders wait)"
 
 
 def _disk_rule(facts: Facts) -> Iterator[Finding]:
