@@ -17,7 +17,9 @@ from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
     BACKUP_VENUE_PROGRAM,
     DEFAULT_BACKUP_VENUE_PORT,
+    DEFAULT_PAPER_VENUE_PORT,
     DEFAULT_SYMBOLS,
+    PAPER_LINK_PROGRAM,
     LaunchConfig,
     LaunchError,
     System,
@@ -138,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_port,
         default=DEFAULT_BACKUP_VENUE_PORT,
         help=f"port of the backup venue simulator (default {DEFAULT_BACKUP_VENUE_PORT}; with --backup-venue)",
+    )
+    up.add_argument(
+        "--paper-link",
+        action="store_true",
+        help="also run a paper order link beside live (a simulator mirroring the venue's market and its "
+        'position process, venue <main venue>-paper): strategies enabled with {"mode": "paper"} trade there',
+    )
+    up.add_argument(
+        "--paper-venue-port",
+        type=_port,
+        default=DEFAULT_PAPER_VENUE_PORT,
+        help=f"port of the paper link's simulator (default {DEFAULT_PAPER_VENUE_PORT}; with --paper-link)",
     )
 
     venue_cli.add_up_flags(up)
@@ -280,6 +294,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         backup_venue_port=args.backup_venue_port,
         venue=venue,
         paper=args.paper,
+        paper_link=args.paper_link,
+        paper_venue_port=args.paper_venue_port,
         leave_hard_shutdown=args.leave_hard_shutdown or "",
     )
     problem = _strategy_config_problem(config.strategies, config.strategy_config) or "; ".join(config.problems())
@@ -315,6 +331,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if config.backup_venue:
         endpoints["backup_venue"] = system.venue_urls()[BACKUP_VENUE_PROGRAM]
         endpoints["backup_venue_name"] = config.backup_venue
+    if config.paper_link:
+        endpoints["paper_venue"] = system.venue_urls()[PAPER_LINK_PROGRAM]
+        endpoints["paper_venue_name"] = config.paper_venue
     # Other verbs (`projections`, ...) find the running system through this file.
     (config.data_dir / ENDPOINTS_FILE).write_text(json.dumps(endpoints, indent=2))
     _out("")
@@ -332,6 +351,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  backup venue     {endpoints['backup_venue']}   ({config.backup_venue}, traded by "
             f"{backup_position_program(config)}; state: /_sim/state)"
         )
+    if config.paper_link:
+        _out(f"  paper link       {endpoints['paper_venue']}   ({config.paper_venue}: paper strategies' orders only)")
     _out(f"  nats             {endpoints['nats_url']}")
     _out(f"  postgres         {endpoints['pg_dsn']}")
     _out(f"  admin token      {creds.admin_token}")

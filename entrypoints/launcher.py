@@ -18,6 +18,15 @@ both the market and the paper venue (it only says PAPER). With another venue a p
 the position service's order link is pointed at it with the paper account's own key, while
 market-data keeps reading the venue: real market data, orders filled by the simulator's matching
 engine against the live book. The venue's key is never given to the paper order link.
+
+Paper beside live (`bulwark up --paper-link`): the system trades live, and a second order link
+lets single strategies trade on paper (`POST /v1/strategies/{name}/enable {"mode": "paper"}`):
+a paper simulator (`venue-sim-paper`, on `--paper-venue-port`) mirrors the main venue's market
+(the local simulator with `--venue sim`) and a position process trades it as the paper venue
+`<main venue>-paper` (`position-<main venue>-paper`, the paper account's key). Risk routes only
+paper strategies' orders there (`BULWARK_PAPER_VENUE`). It is a flag, not always on: two more
+processes on every start, and a mirror that cannot follow the venue would report a component
+DOWN on a live system that does not use paper at all.
 """
 
 from __future__ import annotations
@@ -67,11 +76,19 @@ BACKUP_VENUE_PROGRAM = "venue-sim-backup"
 """The backup venue's simulator: another account with its own orders, fills and positions."""
 PAPER_VENUE_PROGRAM = "venue-sim-paper"
 """The paper venue: a simulator mirroring a real venue's live market (`--paper` with another venue)."""
+PAPER_LINK_PROGRAM = "venue-sim-paper-link"
+"""The paper simulator beside live (`--paper-link`): mirrors the main venue's market for paper strategies."""
+DEFAULT_PAPER_VENUE_PORT = 8102
 PAPER_PROFILE = "paper"
 """`BULWARK_VENUE_PROFILE` of the position process on paper (its order link is the paper simulator)."""
 DEFAULT_BACKUP_VENUE_PORT = 8101
 VENUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 """A venue name is a subject token (`evt.order.<event>.<venue>.<symbol>`) and part of a program name."""
+
+
+def paper_venue_name(main_venue: str = DEFAULT_VENUE) -> str:
+    """The paper venue's name beside live (`--paper-link`): `<main venue>-paper`."""
+    return f"{main_venue}-paper"
 
 
 def default_backup_venue(main_venue: str = DEFAULT_VENUE) -> str:
@@ -118,6 +135,9 @@ class LaunchConfig:
     0: each service takes a free port and reports it (`metrics_url` in `/v1/status`)."""
     paper: bool = False
     """Paper trading (`--paper`): no order reaches the venue (see the module docstring)."""
+    paper_link: bool = False
+    """A paper order link beside live (`--paper-link`, see the module docstring)."""
+    paper_venue_port: int = DEFAULT_PAPER_VENUE_PORT
     leave_hard_shutdown: str = ""
     """`--leave-hard-shutdown REASON`: the operator's manual restart out of a persisted HARD_SHUTDOWN
     (`shutdown_gate`); empty: a HARD_SHUTDOWN on record is kept."""
@@ -126,6 +146,11 @@ class LaunchConfig:
     def paper_simulator(self) -> bool:
         """A paper simulator mirrors another venue (on `venue_port`)."""
         return self.paper and not self.venue.simulated
+
+    @property
+    def paper_venue(self) -> str:
+        """The paper venue beside live ("" without `--paper-link`)."""
+        return paper_venue_name(self.main_venue) if self.paper_link else ""
 
     def ports(self) -> dict[str, int]:
         ports = {
@@ -139,6 +164,8 @@ class LaunchConfig:
             ports["--venue-port"] = self.venue_port
         if self.backup_venue:
             ports["--backup-venue-port"] = self.backup_venue_port
+        if self.paper_link:
+            ports["--paper-venue-port"] = self.paper_venue_port
         return ports
 
     def problems(self) -> list[str]:
@@ -152,6 +179,14 @@ class LaunchConfig:
             taken = [flag for flag, port in self.ports().items() if port == self.backup_venue_port]
             if len(taken) > 1:
                 found.append(f"{' and '.join(taken)} are the same port {self.backup_venue_port}")
+        if self.paper_link:
+            if self.paper:
+                found.append("--paper-link is for paper beside live; with --paper every order is on paper already")
+            taken = [flag for flag, port in self.ports().items() if port == self.paper_venue_port]
+            if len(taken) > 1:
+                found.append(f"{' and '.join(taken)} are the same port {self.paper_venue_port}")
+            if self.backup_venue == self.paper_venue:
+                found.append(f"--backup-venue {self.backup_venue!r} is the paper venue's name; name another one")
         metrics = metrics_ports(self)
         if metrics and max(metrics.values()) > 65535:
             found.append(f"--metrics-port {self.metrics_port}: {len(metrics)} services need ports up to 65535")
@@ -262,7 +297,16 @@ def service_env(config: LaunchConfig, creds: Credentials) -> dict[str, str]:
         )
     if config.paper:
         env["BULWARK_PAPER"] = "true"
-    if config.paper_simulator:
+    # Like the backup venue: configured exactly when its simulator and position process run.
+    env["BULWARK_PAPER_VENUE"] = config.paper_venue
+    if config.paper_link:
+        env.update(
+            {
+                "BULWARK_PAPER_VENUE_REST_URL": config.url("http", config.paper_venue_port),
+                "BULWARK_PAPER_VENUE_WS_URL": config.url("ws", config.paper_venue_port),
+            }
+        )
+    if config.paper_simulator or config.paper_link:
         # Only the paper simulator and the position process read them (`write_supervisor_config`).
         env["BULWARK_PAPER_VENUE_API_KEY"] = creds.paper_venue_api_key
         env["BULWARK_PAPER_VENUE_API_SECRET"] = creds.paper_venue_api_secret
@@ -320,6 +364,34 @@ def paper_simulator_args(config: LaunchConfig) -> list[str]:
     return ["--source", "mirror", "--mirror-rest-url", config.venue.rest_url, "--mirror-ws-url", config.venue.ws_url]
 
 
+def mirror_urls(config: LaunchConfig) -> tuple[str, str]:
+    """(REST, WebSocket) base of the market a paper simulator mirrors: the venue's, or the local
+    simulator's with `--venue sim`."""
+    if config.venue.simulated:
+        return config.url("http", config.venue_port), config.url("ws", config.venue_port)
+    return config.venue.rest_url, config.venue.ws_url
+
+
+def paper_link_args(config: LaunchConfig) -> list[str]:
+    """The paper simulator beside live: its own port, mirroring the main venue's market."""
+    rest, ws = mirror_urls(config)
+    return [
+        "--port",
+        str(config.paper_venue_port),
+        "--source",
+        "mirror",
+        "--mirror-rest-url",
+        rest,
+        "--mirror-ws-url",
+        ws,
+    ]
+
+
+def paper_position_program(config: LaunchConfig) -> str | None:
+    """The program (= component) name of the paper venue's position process (`--paper-link`)."""
+    return position_component(config.paper_venue, config.main_venue) if config.paper_venue else None
+
+
 def paper_order_link_env(config: LaunchConfig) -> dict[str, str]:
     """The main position process's settings on paper: its order link goes to the paper simulator."""
     return {
@@ -336,11 +408,12 @@ def paper_order_link_env(config: LaunchConfig) -> dict[str, str]:
 def venue_programs(config: LaunchConfig) -> tuple[str, ...]:
     """The simulator programs: the main venue's, then the backup venue's if configured (none when
     the venue profile is not `sim`)."""
+    link = (PAPER_LINK_PROGRAM,) if config.paper_link else ()
     if config.paper_simulator:
         return (PAPER_VENUE_PROGRAM,)
     if not config.venue.simulated:
-        return ()
-    return (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM) if config.backup_venue else (VENUE_PROGRAM,)
+        return link
+    return (VENUE_PROGRAM, BACKUP_VENUE_PROGRAM, *link) if config.backup_venue else (VENUE_PROGRAM, *link)
 
 
 def backup_position_program(config: LaunchConfig) -> str | None:
@@ -355,6 +428,9 @@ def application_programs(config: LaunchConfig) -> dict[str, str]:
     backup_position = backup_position_program(config)
     if backup_position is not None:
         programs[backup_position] = POSITION_MODULE
+    paper_position = paper_position_program(config)
+    if paper_position is not None:
+        programs[paper_position] = POSITION_MODULE
     for name in config.strategies:
         programs[f"strategy-{name}"] = STRATEGY_MODULE
     return programs
@@ -417,6 +493,11 @@ def write_supervisor_config(
             environment["BULWARK_STRATEGY_NAME"] = instance
         elif name == backup_position_program(config):
             environment["BULWARK_POSITION_VENUE"] = config.backup_venue
+        elif name == paper_position_program(config):
+            environment["BULWARK_POSITION_VENUE"] = config.paper_venue
+        elif name == PAPER_LINK_PROGRAM:
+            command += paper_link_args(config)
+            environment.update(PAPER_ACCOUNT_ENV)
         elif name == PAPER_VENUE_PROGRAM:
             command += ["--port", str(config.venue_port), *paper_simulator_args(config)]
             environment.update(PAPER_ACCOUNT_ENV)
@@ -620,10 +701,12 @@ class System:
         if config.paper_simulator:
             return {PAPER_VENUE_PROGRAM: config.url("http", config.venue_port)}
         if not config.venue.simulated:
-            return {}
+            return {PAPER_LINK_PROGRAM: config.url("http", config.paper_venue_port)} if config.paper_link else {}
         urls = {VENUE_PROGRAM: config.url("http", config.venue_port)}
         if config.backup_venue:
             urls[BACKUP_VENUE_PROGRAM] = config.url("http", config.backup_venue_port)
+        if config.paper_link:
+            urls[PAPER_LINK_PROGRAM] = config.url("http", config.paper_venue_port)
         return urls
 
     def wait_venue(self, timeout_s: float) -> bool:

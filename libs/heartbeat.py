@@ -22,9 +22,12 @@ def expected_components(settings: Settings) -> tuple[str, ...]:
     instance, and the backup venue's position process (`position-<venue>`) when a backup venue is
     configured (FM-N6). The gateway lists them and the watchdog declares them DOWN when silent."""
     backup = (subjects.position_component(settings.backup_venue, settings.venue),) if settings.backup_venue else ()
+    # The paper venue's position process (`bulwark up --paper-link`): non-critical like the backup's.
+    paper = (subjects.position_component(settings.paper_venue, settings.venue),) if settings.paper_venue else ()
     return (
         *subjects.CORE_COMPONENTS,
         *backup,
+        *paper,
         *(subjects.strategy_component(name) for name in settings.strategies),
     )
 

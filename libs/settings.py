@@ -108,6 +108,16 @@ class Settings:
     backup_venue_ws_url: str = _doc("ws://127.0.0.1:8101", "backup venue WebSocket base URL (user-data stream)")
     backup_venue_api_key: str = _doc("bulwark-sim-key", "backup venue API key")
     backup_venue_api_secret: str = _doc("bulwark-sim-secret", "backup venue API secret (never logged)")
+    paper_venue: str = _doc(
+        "",
+        "name of the paper venue beside the live ones (a paper simulator mirroring the main venue's market, "
+        "traded by its own position process), empty: none; risk sends a paper-mode strategy's orders there "
+        "(`bulwark up --paper-link`)",
+    )
+    paper_venue_rest_url: str = _doc("http://127.0.0.1:8102", "paper venue REST base URL")
+    paper_venue_ws_url: str = _doc("ws://127.0.0.1:8102", "paper venue WebSocket base URL (user-data stream)")
+    paper_venue_api_key: str = _doc("bulwark-paper-key", "paper venue API key (the paper account's)")
+    paper_venue_api_secret: str = _doc("bulwark-paper-secret", "paper venue API secret (never logged)")
     position_venue: str = _doc(
         "",
         "position: the venue this process trades, BULWARK_VENUE (empty) or BULWARK_BACKUP_VENUE; one process "
@@ -263,8 +273,17 @@ class Settings:
                 self.backup_venue_api_key,
                 self.backup_venue_api_secret,
             )
+        if self.paper_venue and venue == self.paper_venue:
+            return VenueAccount(
+                self.paper_venue,
+                self.paper_venue_rest_url,
+                self.paper_venue_ws_url,
+                self.paper_venue_api_key,
+                self.paper_venue_api_secret,
+            )
         raise SettingsError(
             f"venue {venue!r} is neither BULWARK_VENUE={self.venue!r} nor BULWARK_BACKUP_VENUE={self.backup_venue!r}"
+            f" nor BULWARK_PAPER_VENUE={self.paper_venue!r}"
         )
 
     @classmethod

@@ -68,6 +68,9 @@ class RunningSystem:
     """The backup venue simulator's URL (`bulwark up --backup-venue`), empty without one; like
     `venue`, with the simulators' control token as its credentials."""
     backup_venue_name: str = ""
+    paper_venue: str = ""
+    """The paper link's simulator URL (`bulwark up --paper-link`), empty without one; like `venue`."""
+    paper_venue_name: str = ""
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
@@ -189,8 +192,10 @@ def start_system(
     caller's own `BULWARK_*` variables are never passed on. With `--backup-venue` among
     `extra_args`, the backup venue simulator gets a free port too.
     """
-    ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis", "backup")}
+    ports = {name: free_port() for name in ("gateway", "venue", "nats", "monitor", "pg", "redis", "backup", "paper")}
     backup_args = ["--backup-venue-port", str(ports["backup"])] if "--backup-venue" in (extra_args or []) else []
+    if "--paper-link" in (extra_args or []):
+        backup_args += ["--paper-venue-port", str(ports["paper"])]
     env = {**{key: value for key, value in os.environ.items() if not key.startswith("BULWARK_")}, **(env or {})}
     command = [
         sys.executable,
@@ -241,6 +246,8 @@ def start_system(
         nats_url=bus.nats_url("127.0.0.1", ports["nats"], ADMIN),
         backup_venue=bus.sim_url(endpoints["backup_venue"]) if endpoints.get("backup_venue") else "",
         backup_venue_name=endpoints.get("backup_venue_name", ""),
+        paper_venue=bus.sim_url(endpoints["paper_venue"]) if endpoints.get("paper_venue") else "",
+        paper_venue_name=endpoints.get("paper_venue_name", ""),
     )
 
 

@@ -90,8 +90,8 @@ def judge_enable(name: str, request: EnableRequest, standing: Standing) -> Refus
             return Refusal(
                 409,
                 "no_paper_link",
-                f"strategy {name}: this system has no paper order link; start it with `bulwark up --paper` "
-                "to trade strategies on paper",
+                f"strategy {name}: this system has no paper order link; start it with `bulwark up --paper-link` "
+                "(paper beside live) or `bulwark up --paper` to trade strategies on paper",
                 {"mode": request.mode.value},
             )
         return None

@@ -80,7 +80,9 @@ class RiskCore:
         self.hot_state: dict[str, HotStateStatus | None] = {}
         self.market_link: ConnectionState | None = None
         """The venue's market-data stream state (None: never heard of; no market-data to wait for)."""
-        self.state = RiskState(venue=venue, backup_venue=backup_venue)
+        self.paper = paper or PaperModes()
+        """Which strategies trade on paper, and whether this system has a paper order link."""
+        self.state = RiskState(venue=venue, backup_venue=backup_venue, paper_venue=self.paper.venue)
         """What risk derives from the ORDERS stream: changed only by `apply` (live and replay alike)."""
         self.degradation: DegradationLevel | None = DegradationLevel.NORMAL
         self.since: dict[str, int] = {}
@@ -100,8 +102,6 @@ class RiskCore:
         self.snapshots = snapshots
         self.policy = policy
         self.recovery: RecoveryReport | None = None
-        self.paper = paper or PaperModes()
-        """Which strategies trade on paper, and whether this system has a paper order link."""
 
     @property
     def venues(self) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from . import adapters, dependencies, venue_rules
 from .breaker_rules import StrategyMalfunctionBreaker
 from .checks import UNATTRIBUTED, Decision, check_order, reduces_exposure, reference_price
 from .core import RiskCore
-from .routing import route_order
+from .routing import Route, live_view, paper_route, route_order
 from .state import apply
 
 
@@ -77,10 +77,11 @@ def _breaker_gates(risk: RiskCore, order: SubmitOrder) -> tuple[TradingState, st
     return state, paused, disabled
 
 
-def _holders(risk: RiskCore, symbol: str) -> frozenset[str]:
-    """Who holds `symbol`: its open positions' owners (on any venue) and the owners of entries in flight."""
-    holders = risk.pending.entry_holders(symbol)
-    for venue in risk.venues:
+def _holders(risk: RiskCore, symbol: str, paper: bool = False) -> frozenset[str]:
+    """Who holds `symbol`: its open positions' owners (on any live venue) and the owners of entries in
+    flight; with `paper`, the same on the paper venue (live and paper never hold a symbol for each other)."""
+    holders = risk.pending.entry_holders(symbol, risk.paper.venue, paper)
+    for venue in (risk.paper.venue,) if paper else risk.venues:
         book = risk.state.book(venue, symbol)
         if risk.state.positions.get(book, Decimal(0)) != 0:
             holders.add(risk.trades.owner(book) or UNATTRIBUTED)
@@ -89,9 +90,18 @@ def _holders(risk: RiskCore, symbol: str) -> frozenset[str]:
 
 def route(risk: RiskCore, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
     """The order as it goes out, on the venue `route_order` picks, and why when it is not the
-    one asked for; None when it names a venue this desk does not trade on."""
-    positions = {venue: risk.state.position(venue, order.symbol) for venue in risk.venues}
-    route = route_order(order, dependencies.links(risk), positions, risk.pending.venues(order.symbol, risk.venue))
+    one asked for; None when it names a venue this desk does not trade on. A paper strategy's order
+    goes to the paper venue when there is one (`paper_route`); no other order ever does."""
+    paper_venue = risk.paper.routed_venue(order)
+    if paper_venue is not None:
+        route: Route | None = paper_route(order, paper_venue)
+    else:
+        positions, in_flight = live_view(
+            {venue: risk.state.position(venue, order.symbol) for venue in risk.venues},
+            risk.pending.venues(order.symbol, risk.venue),
+            risk.paper.venue,
+        )
+        route = route_order(order, dependencies.links(risk), positions, in_flight)
     if route is None:
         return None
     if route.venue == order.venue:
@@ -131,7 +141,8 @@ async def decide(
                 risk.hot_state.get(order.symbol) is None or not risk.state_builder.alive(risk.monotonic())
             ):
                 await dependencies.probe_state_builder(risk)  # an entry needs a live state-builder's word (FM-C1)
-            pending_buy, pending_sell = risk.pending.totals(order.symbol)
+            paper = bool(risk.paper.venue) and order.venue == risk.paper.venue
+            pending_buy, pending_sell = risk.pending.totals(order.symbol, risk.paper.venue, paper)
             trading_state, paused, disabled = _breaker_gates(risk, order)
             if risk.paper.on_paper(order):
                 disabled = None  # paper is how a strategy CB-3 disabled comes back (`paper`)
@@ -151,7 +162,7 @@ async def decide(
                 confidence=confidence,
                 recent_strategy_orders=risk.state.rates.count(order.strategy, now) if order.strategy else 0,
                 entries_halted=entries_halted,
-                holders=_holders(risk, order.symbol),
+                holders=_holders(risk, order.symbol, paper),
             )
             if decision.approved and broken is not None:
                 decision = broken

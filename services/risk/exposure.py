@@ -73,11 +73,12 @@ class PendingExposure:
         """Rejected, canceled, expired: the order will never add exposure."""
         self._orders.pop(client_order_id, None)
 
-    def totals(self, symbol: str) -> tuple[Decimal, Decimal]:
-        """(pending BUY, pending SELL) quantity of a symbol."""
+    def totals(self, symbol: str, paper_venue: str = "", paper: bool = False) -> tuple[Decimal, Decimal]:
+        """(pending BUY, pending SELL) quantity of a symbol: of the paper venue's orders with `paper`,
+        else of the live venues' (paper exposure never counts toward live limits, nor the reverse)."""
         buy = sell = Decimal(0)
         for pending in self._orders.values():
-            if pending.symbol != symbol:
+            if pending.symbol != symbol or _on_paper(pending, paper_venue) != paper:
                 continue
             open_quantity = pending.quantity - pending.filled
             if pending.side == Side.BUY:
@@ -90,12 +91,13 @@ class PendingExposure:
         """Client order ids of pending orders that could add exposure (not reduce-only)."""
         return [coid for coid, pending in self._orders.items() if not pending.reduce_only]
 
-    def entry_holders(self, symbol: str) -> set[str]:
-        """Who has an entry (an order that could add exposure) in flight in `symbol`."""
+    def entry_holders(self, symbol: str, paper_venue: str = "", paper: bool = False) -> set[str]:
+        """Who has an entry (an order that could add exposure) in flight in `symbol`, on the paper
+        venue with `paper`, else on the live venues."""
         return {
             pending.holder or UNATTRIBUTED
             for pending in self._orders.values()
-            if pending.symbol == symbol and not pending.reduce_only
+            if pending.symbol == symbol and not pending.reduce_only and _on_paper(pending, paper_venue) == paper
         }
 
     def venues(self, symbol: str, main_venue: str) -> set[str]:
@@ -176,3 +178,8 @@ class OrderRateWindow:
             for ts in times:
                 rates.record(strategy, ts)
         return rates
+
+
+def _on_paper(pending: _Pending, paper_venue: str) -> bool:
+    """Is this order in flight on the paper venue ("" none: nothing is)?"""
+    return bool(paper_venue) and pending.venue == paper_venue

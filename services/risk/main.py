@@ -93,7 +93,7 @@ async def setup(ctx: ServiceContext) -> None:
             every_events=settings.snapshot_every_events,
         ),
         backup_venue=settings.backup_venue,
-        paper=PaperModes(paper_link=settings.paper),
+        paper=PaperModes(paper_link=settings.paper, venue=settings.paper_venue),
     )
     service.rules_required = settings.venue_rules_required
     report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))

@@ -2,10 +2,14 @@
 gateway at an operator's enable) and what that means for an order of theirs.
 
 A paper strategy's orders go to the paper order link, never the venue. This system's paper order
-link is its order link when it runs on paper (`bulwark up --paper`, `BULWARK_PAPER`); a system
-without one denies every order of a paper strategy (fail closed: it must never trade live by
-mistake). On paper an order is not held back by its strategy's open CB-3 breaker: paper is how a
-strategy disabled by CB-3 comes back (the breaker closes only at a live enable).
+link is its order link when it runs on paper (`bulwark up --paper`, `BULWARK_PAPER`), or else the
+paper venue beside the live ones (`BULWARK_PAPER_VENUE`, `bulwark up --paper-link`: a paper
+simulator mirroring the main venue's market, traded by its own position process): risk routes a
+paper strategy's orders there and keeps that venue out of live routing, live exposure and holders,
+and the CB-1/CB-3 loss breakers (`state`). A system with neither denies every order of a paper
+strategy (fail closed: it must never trade live by mistake). On paper an order is not held back
+by its strategy's open CB-3 breaker: paper is how a strategy disabled by CB-3 comes back (the
+breaker closes only at a live enable).
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ class PaperModes:
 
     Args:
         paper_link: the system trades on paper (its order link is the paper simulator).
+        venue: the paper venue beside the live ones ("" none): a paper strategy's orders go there.
     """
 
-    def __init__(self, paper_link: bool = False) -> None:
+    def __init__(self, paper_link: bool = False, venue: str = "") -> None:
         self.paper_link = paper_link
+        self.venue = "" if paper_link else venue
+        """The paper venue paper strategies' orders are routed to ("" when the whole system is on paper)."""
         self.modes: dict[str, StrategyMode] = {}
 
     def mode(self, strategy: str | None) -> StrategyMode:
@@ -41,16 +48,30 @@ class PaperModes:
 
     def denial(self, order: SubmitOrder) -> str | None:
         """Why this order may not go out at all (a paper strategy without a paper order link), else None."""
-        if self.mode(order.strategy) == StrategyMode.PAPER and not self.paper_link:
+        if self.mode(order.strategy) == StrategyMode.PAPER and not self.has_link:
             return (
                 f"strategy {order.strategy} trades on paper and this system has no paper order link "
-                "(`bulwark up --paper`): its orders never go to the venue"
+                "(`bulwark up --paper` or `--paper-link`): its orders never go to the venue"
             )
         return None
 
     def on_paper(self, order: SubmitOrder) -> bool:
         """Does this order go to the paper order link as a paper strategy's order?"""
-        return self.paper_link and self.mode(order.strategy) == StrategyMode.PAPER
+        return self.has_link and self.mode(order.strategy) == StrategyMode.PAPER
+
+    @property
+    def has_link(self) -> bool:
+        """A paper strategy's orders have somewhere to go: the whole system or a paper venue."""
+        return self.paper_link or bool(self.venue)
+
+    def routed_venue(self, order: SubmitOrder) -> str | None:
+        """The paper venue this order is routed to (a paper strategy's, or one naming the paper
+        venue itself, e.g. a flatten there), None for an order that takes the live routing."""
+        if not self.venue:
+            return None
+        if order.venue == self.venue or self.on_paper(order):
+            return self.venue
+        return None
 
     async def load(self, bus: Bus, strategies: Iterable[str], log: Logger) -> None:
         """Read every configured strategy's persisted mode (an unreadable one is taken as paper: without

@@ -69,7 +69,7 @@ def validate_recovered(risk: RiskCore) -> None:
             risk.pending.release(item.client_order_id)
     for book, quantity in risk.state.positions.items():
         venue, symbol = split_book(book, risk.venue)
-        if symbol not in risk.limits.symbols or venue not in risk.venues:
+        if symbol not in risk.limits.symbols or venue not in (*risk.venues, risk.paper.venue):
             risk.log.warning("recovery_position_unknown_symbol", venue=venue, symbol=symbol, quantity=str(quantity))
 
 

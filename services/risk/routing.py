@@ -85,6 +85,22 @@ def route_order(
     return Route(requested, "")
 
 
+def paper_route(order: SubmitOrder, paper_venue: str) -> Route:
+    """The route of a paper strategy's order: the paper venue, whatever venue it names (a paper
+    strategy's order never reaches a live venue)."""
+    return Route(paper_venue, "" if order.venue == paper_venue else f"strategy {order.strategy} trades on paper")
+
+
+def live_view(
+    positions: dict[str, Decimal], in_flight: set[str], paper_venue: str
+) -> tuple[dict[str, Decimal], set[str]]:
+    """Positions and in-flight venues of a symbol without the paper venue's: paper orders and
+    positions never decide where a live order goes (no paper position pins a symbol to a venue)."""
+    if not paper_venue:
+        return positions, in_flight
+    return {venue: q for venue, q in positions.items() if venue != paper_venue}, in_flight - {paper_venue}
+
+
 def flatten_orders(positions: dict[str, Decimal], key: str, main_venue: str) -> list[SubmitOrder]:
     """Reduce-only MARKET orders that close every open position, each on the venue that holds it.
 

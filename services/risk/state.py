@@ -105,6 +105,8 @@ class RiskState:
     Attributes:
         venue: the main venue (its books are keyed by symbol alone: `book_key`).
         backup_venue: the backup venue ("" none).
+        paper_venue: the paper venue beside the live ones ("" none): its positions are tracked
+            (paper orders' own limits and holders) but never feed the loss breakers (CB-1/CB-3).
         positions: position per `book_key`.
         position_ts: event time of the position held per book (older events are ignored).
         seen_positions: `PositionChanged` message ids already counted (bounded).
@@ -119,6 +121,7 @@ class RiskState:
 
     venue: str
     backup_venue: str = ""
+    paper_venue: str = ""
     positions: dict[str, Decimal] = field(default_factory=dict)
     position_ts: dict[str, int] = field(default_factory=dict)
     seen_positions: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -196,7 +199,9 @@ def _apply_position(state: RiskState, event: PositionChanged) -> TradeUpdate | N
     remember(state.seen_positions, event.message_id, None)
     strategy = state.order_strategy.get(event.caused_by_client_order_id or "")
     book = state.book(event.venue, event.symbol)
-    return state.trades.on_position(book, event.quantity, event.realized_pnl, event.ts_event_ns, strategy)
+    update = state.trades.on_position(book, event.quantity, event.realized_pnl, event.ts_event_ns, strategy)
+    # A paper fill is no live loss: the loss breakers never count it (the owner is still tracked).
+    return None if state.paper_venue and event.venue == state.paper_venue else update
 
 
 def track_position(state: RiskState, event: PositionChanged) -> bool:
@@ -206,7 +211,7 @@ def track_position(state: RiskState, event: PositionChanged) -> bool:
         False when the event is older than the position held, or of a venue this desk does not
         trade on (ignored).
     """
-    if event.venue not in state.venues:
+    if event.venue not in state.venues and not (state.paper_venue and event.venue == state.paper_venue):
         return False
     book = state.book(event.venue, event.symbol)
     if event.ts_event_ns < state.position_ts.get(book, 0):

@@ -30,6 +30,7 @@ def thresholds_from(settings: Settings) -> Thresholds:
         cpu_max_pct=settings.watchdog_cpu_max_pct,
         latency_floor_ms=settings.watchdog_latency_floor_ms,
         recovery_hold_ns=int(settings.watchdog_recovery_hold_s * 1e9),
+        paper_venue=settings.paper_venue,
     )
 
 

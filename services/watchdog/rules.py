@@ -32,7 +32,9 @@ def is_critical(component: str) -> bool:
     main venue still trades and its positions keep their stops; only the failover is missing, and
     whatever risk routed to the backup waits on the durable log for the process to return. Its
     absence is "a non-critical component down" (SPEC §5): REDUCED_FUNCTIONALITY, YELLOW, P2, never
-    EMERGENCY_MODE (which would close every position on the main venue too).
+    EMERGENCY_MODE (which would close every position on the main venue too). The same holds for the
+    paper venue's position process (`position-<venue>-paper`, `bulwark up --paper-link`): it trades
+    no money; without it only paper strategies' orders wait.
     """
     return component in CRITICAL_COMPONENTS
 
@@ -55,6 +57,9 @@ class Thresholds:
     )
     """(used % at or above, level, health, severity), most severe first (FM-C4)."""
     memory_max_pct: float = 90.0
+    paper_venue: str = ""
+    """The paper venue beside live (`BULWARK_PAPER_VENUE`, "" none): its links never raise the level
+    past REDUCED_FUNCTIONALITY (EMERGENCY_MODE would close the live positions for a paper outage)."""
     cpu_max_pct: float = 95.0
     cpu_sustain_ns: int = 30 * S
     latency_factor: float = 2.0
@@ -232,6 +237,8 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
             rule = CLOCK_ONLY_RULE
         if rule is not None:
             level, health, severity, meaning = rule
+            if facts.thresholds.paper_venue and link.name.startswith(f"{facts.thresholds.paper_venue}."):
+                level, health, meaning = paper_link_capped(level, health, meaning)
             yield Finding(
                 f"link:{link.name}",
                 subjects.MARKET_DATA,
@@ -241,6 +248,13 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
                 f"link {link.name} {link.state}: {meaning}" + (f" ({link.reason})" if link.reason else ""),
                 {"link": link.name, "state": link.state},
             )
+
+
+def paper_link_capped(level: DegradationLevel, health: Health, meaning: str) -> tuple[DegradationLevel, Health, str]:
+    """A paper venue's link trades no money: at most REDUCED_FUNCTIONALITY and YELLOW."""
+    if level in (DegradationLevel.NORMAL, DegradationLevel.REDUCED_FUNCTIONALITY):
+        return level, health, meaning
+    return DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW, f"{meaning} (paper venue: paper orders wait)"
 
 
 def _disk_rule(facts: Facts) -> Iterator[Finding]:

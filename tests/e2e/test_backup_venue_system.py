@@ -4,11 +4,16 @@ component, `/v1/status` listing both venues with their order links, and the fail
 main venue's REST API down (its market data still flowing) an operator's entry in a flat symbol is
 filled on the backup venue, and its exit goes there too.
 
+The same system runs a paper order link beside live (`--paper-link`): a strategy enabled on paper
+has its order filled on the paper venue while the venue's own record holds none of it, and a live
+strategy trading the same symbol at the same time still trades live.
+
 One system for the module (synthetic market, ~10 s to start); the outage test runs last.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,19 +24,28 @@ import httpx
 import pytest
 
 from entrypoints.harness.system import RunningSystem, start_system, stop_system
+from libs.bus import Bus
+from libs.ids import client_order_id_for
+from proto import subjects
+from proto.enums import OrderType, Side
+from proto.messages import SignalGenerated
 
 pytestmark = pytest.mark.e2e
 
 BACKUP = "binance-usdm-backup"
 POSITION_BACKUP = f"position-{BACKUP}"
+PAPER = "binance-usdm-paper"
+POSITION_PAPER = f"position-{PAPER}"
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
     base = tmp_path_factory.mktemp("backup-venue")
-    running = start_system(base / "data", base / "bulwark-up.log", ["--backup-venue", "--venue-source", "synthetic"])
+    running = start_system(
+        base / "data", base / "bulwark-up.log", ["--backup-venue", "--paper-link", "--venue-source", "synthetic"]
+    )
     try:
-        running.wait_all_ready(("gateway", "position", POSITION_BACKUP, "risk", "watchdog"))
+        running.wait_all_ready(("gateway", "position", POSITION_BACKUP, POSITION_PAPER, "risk", "watchdog"))
         yield running
     finally:
         stop_system(running)
@@ -111,6 +125,68 @@ def _filled_on(client: httpx.Client, order: dict[str, Any], venue: str) -> None:
 
     row = _poll(filled, timeout_s=20.0)
     assert row["venue"] == venue, row
+
+
+async def _signal(system: RunningSystem, strategy: str, side: Side = Side.BUY) -> str:
+    """Publish a strategy's MARKET signal in BTCUSDT as its process would; the client order id of its order."""
+    bus = Bus(f"e2e-{strategy}")
+    await bus.connect(system.nats_url)
+    try:
+        signal = SignalGenerated(
+            strategy=strategy,
+            symbol="BTCUSDT",
+            side=side,
+            order_type=OrderType.MARKET,
+            quantity=Decimal("0.002"),
+            reason="e2e paper beside live",
+            confidence=Decimal(1),
+        )
+        await bus.publish(subjects.evt_signal(strategy, "BTCUSDT"), signal, msg_id=signal.message_id)
+    finally:
+        await bus.close()
+    return client_order_id_for(signal.message_id)
+
+
+def test_paper_link_when_strategy_enabled_on_paper_then_filled_on_paper_never_at_the_venue_and_live_still_live(
+    system: RunningSystem,
+) -> None:
+    status = system.wait_all_ready()
+    assert system.paper_venue_name == PAPER and system.paper_venue
+    assert status["venues"][PAPER] == {
+        "role": "paper",
+        "order_link": "CONNECTED",
+        "order_link_reason": "venue reachable and reconciled",
+        "position_component": POSITION_PAPER,
+        "position_state": "READY",
+        "mode": "PAPER",
+    }
+    assert status["venues"]["binance-usdm"]["mode"] == "LIVE"
+    with system.client() as client:
+        enabled = client.post("/v1/strategies/trend/enable", json={"mode": "paper", "reason": "try it on paper"})
+        assert enabled.status_code == 202, enabled.text
+        # Risk learns the mode from the enable command on the bus (no reply to wait on): a moment for it.
+        time.sleep(1.0)
+        paper_id = asyncio.run(_signal(system, "trend"))
+        live_id = asyncio.run(_signal(system, "cascade-fade"))
+
+        def filled(client_order_id: str) -> dict[str, Any] | None:
+            row: dict[str, Any] = client.get(f"/v1/orders/{client_order_id}").json()
+            return row if row.get("status") == "FILLED" else None
+
+        paper_row = _poll(lambda: filled(paper_id), timeout_s=30.0)
+        live_row = _poll(lambda: filled(live_id), timeout_s=30.0)
+        assert paper_row["venue"] == PAPER, paper_row
+        assert live_row["venue"] == "binance-usdm", live_row  # a paper holder does not block it, nor send it to paper
+        main, paper = _sim_state(system.venue), _sim_state(system.paper_venue)
+        assert paper_id in {o["client_order_id"] for o in paper["orders"]}
+        assert paper_id not in {o["client_order_id"] for o in main["orders"]}  # the venue never saw it
+        assert live_id in {o["client_order_id"] for o in main["orders"]}
+        assert live_id not in {o["client_order_id"] for o in paper["orders"]}
+        backup = _sim_state(system.backup_venue)
+        assert not {paper_id, live_id} & {o["client_order_id"] for o in backup["orders"]}
+        # Back live, as the other tests expect the strategies.
+        back = client.post("/v1/strategies/trend/enable", json={"mode": "live"})
+        assert back.status_code == 202, back.text
 
 
 def test_main_order_path_down_when_backup_configured_then_a_flat_symbol_trades_on_the_backup_and_exits_there(

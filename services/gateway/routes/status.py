@@ -152,4 +152,16 @@ def venue_status(settings: Settings, components: dict[str, Any], links: dict[str
             "position_state": (components.get(component) or {}).get("state", ComponentState.DOWN.value),
             "mode": "PAPER" if settings.paper else "LIVE",
         }
+    if settings.paper_venue:
+        # The paper order link beside the live venues: only paper-mode strategies' orders go there.
+        component = subjects.position_component(settings.paper_venue, settings.venue)
+        link = links.get(f"{settings.paper_venue}.{subjects.ORDER_LINK}")
+        venues[settings.paper_venue] = {
+            "role": "paper",
+            "order_link": link.state.value if link is not None else None,
+            "order_link_reason": (link.reason or None) if link is not None else None,
+            "position_component": component,
+            "position_state": (components.get(component) or {}).get("state", ComponentState.DOWN.value),
+            "mode": "PAPER",
+        }
     return venues

@@ -110,7 +110,8 @@ async def _standing(gateway: Gateway, name: str) -> Standing:
         state=state.state if state is not None else None,
         cb3=breaker.state if breaker is not None else None,
         mode=(await _mode(gateway, name)).mode,
-        paper_link=gateway.ctx.settings.paper,
+        # The whole system on paper, or a paper venue beside the live ones (`--paper-link`).
+        paper_link=gateway.ctx.settings.paper or bool(gateway.ctx.settings.paper_venue),
     )
 
 
