@@ -73,6 +73,24 @@ class PaperModes:
             return self.venue
         return None
 
+    async def refresh(self, bus: Bus, strategy: str, log: Logger) -> None:
+        """Read `strategy`'s persisted mode again before deciding one of its orders.
+
+        The gateway persists the mode before it publishes the enable, and a strategy signals only
+        after its enable, so the record is never older than the signal, while the `EnableStrategy`
+        event (core NATS) may arrive after the signal, or not at all across a reconnect: the record
+        decides. An unreadable record is paper; a failed read or no record keeps what risk heard.
+        """
+        try:
+            entry = await bus.kv_get(subjects.key_strategy_mode(strategy))
+        except Exception as exc:  # noqa: BLE001 - any bus failure: keep the mode heard
+            log.warning("strategy_mode_read_failed", strategy=strategy, error=str(exc)[:200])
+            return
+        if entry is None:
+            return
+        value = decode_value(StrategyModeValue, entry[0])
+        self.modes[strategy] = value.mode if value is not None else StrategyMode.PAPER
+
     async def load(self, bus: Bus, strategies: Iterable[str], log: Logger) -> None:
         """Read every configured strategy's persisted mode (an unreadable one is taken as paper: without
         a paper order link its orders are denied rather than risk sending a paper strategy live)."""

@@ -164,8 +164,7 @@ def test_paper_link_when_strategy_enabled_on_paper_then_filled_on_paper_never_at
     with system.client() as client:
         enabled = client.post("/v1/strategies/trend/enable", json={"mode": "paper", "reason": "try it on paper"})
         assert enabled.status_code == 202, enabled.text
-        # Risk learns the mode from the enable command on the bus (no reply to wait on): a moment for it.
-        time.sleep(1.0)
+        # At once: risk reads the mode the gateway persisted before the enable went out.
         paper_id = asyncio.run(_signal(system, "trend"))
         live_id = asyncio.run(_signal(system, "cascade-fade"))
 
