@@ -124,10 +124,20 @@ class VenueSimulator:
         async def on_startup(_: web.Application) -> None:
             self.engine.start()
 
+        async def on_shutdown(_: web.Application) -> None:
+            # Close every stream connection (1001 going away) before aiohttp waits for its handlers:
+            # a connected client would otherwise hold the shutdown until its own timeout.
+            hub = self.streams.hub
+            await asyncio.gather(
+                *(hub.close_subscriber(s, 1001, False, b"venue shutting down") for s in list(hub.connections)),
+                return_exceptions=True,
+            )
+
         async def on_cleanup(_: web.Application) -> None:
             await self.engine.stop()
 
         app.on_startup.append(on_startup)
+        app.on_shutdown.append(on_shutdown)
         app.on_cleanup.append(on_cleanup)
         return app
 

@@ -171,6 +171,9 @@ async def serve(config: SimConfig) -> None:
         # its headers (slowloris) or sending nothing is cut. WebSockets and requests being served
         # are not affected.
         keepalive_timeout=config.http_idle_timeout_s,
+        # Stream connections are closed at shutdown (`on_shutdown`); a request still being served
+        # gets this long before the process exits anyway.
+        shutdown_timeout=5.0,
         **HTTP_LIMITS,
     )
     await runner.setup()

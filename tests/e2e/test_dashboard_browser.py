@@ -217,7 +217,8 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
     reason = f"dashboard e2e halt {uuid.uuid4().hex[:6]}"
     _control(driver, "halt", reason)
     _wait(driver, lambda: _text(driver, "trading") == "HALTED", "trading HALTED on the page")
-    assert system.status()["trading_state"] == "HALTED"
+    # The page may hear the event a moment before risk's persisted state (which /v1/status reads) is written.
+    eventually_blocking(lambda: system.status()["trading_state"] == "HALTED", 5)
     with system.client(system.viewer_token) as client:
         changes = client.get("/v1/events", params={"type": "TradingStateChanged", "limit": 5}).json()["events"]
     halted = [event["payload"] for event in changes if event["payload"]["current"] == "HALTED"]
@@ -233,7 +234,7 @@ def test_dashboard_when_operator_acts_then_page_shows_it_live_and_viewer_sees_no
 
     _control(driver, "resume", "dashboard e2e resume")
     _wait(driver, lambda: _text(driver, "trading") == "ACTIVE", "trading ACTIVE again")
-    assert system.status()["trading_state"] == "ACTIVE"
+    eventually_blocking(lambda: system.status()["trading_state"] == "ACTIVE", 5)
 
     # An order placed through the API appears on the page by itself and fills.
     with system.client(system.operator_token) as client:
