@@ -97,7 +97,7 @@ def test_paper_when_running_then_status_and_cli_say_paper_and_the_order_link_has
         text=True,
         timeout=60,
     )
-    assert shown.returncode == 0 and "mode               PAPER" in shown.stdout, shown.stdout + shown.stderr
+    assert shown.returncode == 0 and "mode PAPER" in shown.stdout, shown.stdout + shown.stderr
     position_pid = status["components"]["position"]["pid"]
     environ = Path(f"/proc/{position_pid}/environ").read_bytes()
     assert KEY.encode() not in environ and SECRET.encode() not in environ
