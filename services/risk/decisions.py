@@ -88,11 +88,27 @@ def _holders(risk: RiskCore, symbol: str, paper: bool = False) -> frozenset[str]
     return frozenset(holders)
 
 
+def _closes_own_live_position(risk: RiskCore, order: SubmitOrder) -> bool:
+    """The order of a strategy only reduces a live position that strategy holds."""
+    for venue in risk.venues:
+        if venue == risk.paper.venue:
+            continue
+        book = risk.state.book(venue, order.symbol)
+        held = risk.state.position(venue, order.symbol)
+        if reduces_exposure(order, held) and risk.trades.owner(book) == order.strategy:
+            return True
+    return False
+
+
 def route(risk: RiskCore, order: SubmitOrder) -> tuple[SubmitOrder, str] | None:
     """The order as it goes out, on the venue `route_order` picks, and why when it is not the
     one asked for; None when it names a venue this desk does not trade on. A paper strategy's order
     goes to the paper venue when there is one (`paper_route`); no other order ever does."""
     paper_venue = risk.paper.routed_venue(order)
+    if paper_venue is not None and order.venue != paper_venue and _closes_own_live_position(risk, order):
+        # Switched to paper while holding a live position: its exit closes that position where it
+        # is (on paper it would be refused and leave the live position without its exit).
+        paper_venue = None
     if paper_venue is not None:
         route: Route | None = paper_route(order, paper_venue)
     else:

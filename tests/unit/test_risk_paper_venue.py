@@ -167,3 +167,22 @@ def test_paper_position_when_no_paper_venue_then_ignored() -> None:
     service = risk(paper_venue="")
     apply(service.state, position(PAPER, "1"))
     assert service.state.positions == {}
+
+
+def test_route_when_switched_to_paper_while_holding_live_then_exit_goes_live_and_entries_to_paper() -> None:
+    # paper-one opened a live position, then was enabled on paper: its exit must close that position
+    # where it is (on the paper venue it would be refused, leaving the live position without exit).
+    service = risk()
+    apply(service.state, OrderApproved(order=order("l1", "paper-one")))
+    apply(service.state, position(MAIN, "0.01", client_order_id_for("l1"), ts=1))
+    exit_, _ = decisions.route(service, order("x", "paper-one", side=Side.SELL)) or (None, "")
+    assert exit_ is not None and exit_.venue == MAIN
+    entry, _ = decisions.route(service, order("e", "paper-one", side=Side.BUY)) or (None, "")
+    assert entry is not None and entry.venue == PAPER
+
+    # Another strategy's live position is not paper-one's to close: its sell stays on paper.
+    other = risk()
+    apply(other.state, OrderApproved(order=order("t1", "trend")))
+    apply(other.state, position(MAIN, "0.01", client_order_id_for("t1"), ts=1))
+    sell, _ = decisions.route(other, order("s", "paper-one", side=Side.SELL)) or (None, "")
+    assert sell is not None and sell.venue == PAPER
