@@ -827,8 +827,14 @@ class Bus:
                 await self.js.delete_consumer(stream, name)
 
     async def subscribe_core(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
-        """Core NATS subscription (live only: heartbeats, fan-out of events)."""
-        return await self.nc.subscribe(subject, cb=callback)
+        """Core NATS subscription (live only: heartbeats, fan-out of events).
+
+        Returns once the server has the subscription (a flush), so nothing published after the call
+        is missed: a core message sent before the server knows the interest is simply dropped.
+        """
+        subscription = await self.nc.subscribe(subject, cb=callback)
+        await self.nc.flush()
+        return subscription
 
     # ------------------------------------------------------------------ request / reply
 
@@ -845,6 +851,7 @@ class Bus:
                 await msg.respond(reply)
 
         await self.nc.subscribe(subject, cb=on_request)
+        await self.nc.flush()  # answering from the return on: a request sent before would find no responder
 
     async def request(self, subject: str, payload: bytes = b"{}", *, timeout_s: float = 3.0) -> bytes:
         """Send a request and wait for its reply (raises TimeoutError / NoRespondersError)."""
