@@ -7,16 +7,22 @@ span that published the message, in whatever process it ran. Spans are exported 
 give log lines their `trace_id`.
 
 One order is one trace: the strategy opens it with the market tick that triggered the signal
-(`tick_span`), risk decides inside it, position submits inside it, and the venue's answer and
-fill, which come back over HTTP and the user stream rather than the bus, are joined to it through
-the order's remembered context (`OrderTraces`).
+(`tick_span`), with the state-builder's hot state the decision read (`state.hot_state`) beside it,
+risk decides inside it, position submits inside it, and the venue's answer and fill, which come
+back over HTTP and the user stream rather than the bus, are joined to it through the order's
+remembered context (`OrderTraces`).
+
+A strategy decides on two kinds of input: a market message it is handling (`handling_tick`), and
+its periodic evaluation over the state-builder's view (`evaluating`), where every built-in kind
+enters and exits. The evaluation's signal is traced from the latest market input of its symbol,
+so both kinds of signal start their trace at a market tick.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -30,7 +36,8 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanContext
+from opentelemetry.trace import Span, SpanContext, SpanKind
+from opentelemetry.util.types import AttributeValue
 
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 
@@ -111,7 +118,7 @@ def remote_context(headers: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tick_span(component: str, symbol: str, tick_ns: int, message_id: str) -> Iterator[Span]:
+def tick_span(component: str, symbol: str, tick_ns: int, message_id: str, kind: str = "") -> Iterator[Span]:
     """The root span of an order's trace: the market tick that triggered a signal.
 
     It starts when market-data received the tick (`tick_ns`, its `ts_init_ns`) and ends when the
@@ -119,11 +126,10 @@ def tick_span(component: str, symbol: str, tick_ns: int, message_id: str) -> Ite
     opened only for a tick that produced a signal, never for every tick, so tracing costs the
     market-data path nothing.
     """
-    span = tracer(component).start_span(
-        "market.tick",
-        start_time=tick_ns,
-        attributes={"bulwark.symbol": symbol, "bulwark.message_id": message_id},
-    )
+    attributes = {"bulwark.symbol": symbol, "bulwark.message_id": message_id}
+    if kind:
+        attributes["bulwark.market_data.type"] = kind
+    span = tracer(component).start_span("market.tick", start_time=tick_ns, attributes=attributes)
     with trace.use_span(span, end_on_exit=True):
         yield span
 
@@ -135,6 +141,8 @@ class Tick:
     symbol: str
     ts_init_ns: int
     message_id: str
+    kind: str = ""
+    """The message type (`Trade`, `Liquidation`, ...)."""
 
 
 _current_tick: ContextVar[Tick | None] = ContextVar("bulwark_current_tick", default=None)
@@ -150,21 +158,76 @@ def handling_tick(tick: Tick) -> Iterator[None]:
         _current_tick.reset(token)
 
 
+def _no_attributes(symbol: str) -> Mapping[str, AttributeValue]:
+    return {}
+
+
+@dataclass(frozen=True)
+class HotStateRead:
+    """The state-builder's view a periodic evaluation decided on: when it was asked for and
+    answered, and what it said of a symbol (`attributes(symbol)`: status, book update id, age),
+    worked out only when a signal is traced."""
+
+    started_ns: int
+    ended_ns: int
+    attributes: Callable[[str], Mapping[str, AttributeValue]] = _no_attributes
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a strategy's periodic evaluation decides on: the latest market input of each symbol
+    (`ticks`) and the hot state it read (`hot_state`, None when the state-builder did not answer)."""
+
+    ticks: Mapping[str, Tick]
+    hot_state: HotStateRead | None = None
+
+
+_current_evaluation: ContextVar[Evaluation | None] = ContextVar("bulwark_current_evaluation", default=None)
+
+
 @contextlib.contextmanager
-def signal_span(component: str, strategy: str, symbol: str) -> Iterator[Span]:
-    """The span of publishing a signal: under the tick being handled (`handling_tick`) when there
-    is one, so the order's trace starts at the market tick; a root span otherwise (a timer)."""
+def evaluating(evaluation: Evaluation) -> Iterator[None]:
+    """Mark a periodic evaluation as running (a signal published meanwhile is traced from the
+    latest market input of its symbol, with the hot state the evaluation read)."""
+    token = _current_evaluation.set(evaluation)
+    try:
+        yield
+    finally:
+        _current_evaluation.reset(token)
+
+
+def _hot_state_span(component: str, read: HotStateRead, symbol: str) -> None:
+    """Record the read of the state-builder's view as a finished client span of the current trace."""
+    attributes: dict[str, AttributeValue] = {"peer.service": "state-builder", "bulwark.symbol": symbol}
+    attributes.update(read.attributes(symbol))
+    span = tracer(component).start_span(
+        "state.hot_state", kind=SpanKind.CLIENT, start_time=read.started_ns, attributes=attributes
+    )
+    span.end(end_time=max(read.started_ns, read.ended_ns))
+
+
+@contextlib.contextmanager
+def signal_span(component: str, strategy: str, symbol: str, signal_id: str = "") -> Iterator[Span]:
+    """The span of publishing a signal, in the trace of the market tick that triggered it: the
+    tick being handled (`handling_tick`), else in a periodic evaluation (`evaluating`) the latest
+    market input of `symbol`, with the hot state the evaluation read. A root span when there is
+    neither (an evaluation before any market input of the symbol)."""
     tick = _current_tick.get()
+    evaluation = _current_evaluation.get() if tick is None else None
+    if evaluation is not None:
+        tick = evaluation.ticks.get(symbol)
     attributes = {"bulwark.strategy": strategy, "bulwark.symbol": symbol}
+    if signal_id:
+        attributes["bulwark.signal_id"] = signal_id
     if tick is None:
         with tracer(component).start_as_current_span("strategy.signal", attributes=attributes) as span:
             yield span
         return
-    with (
-        tick_span(component, tick.symbol, tick.ts_init_ns, tick.message_id),
-        tracer(component).start_as_current_span("strategy.signal", attributes=attributes) as span,
-    ):
-        yield span
+    with tick_span(component, tick.symbol, tick.ts_init_ns, tick.message_id, tick.kind):
+        if evaluation is not None and evaluation.hot_state is not None:
+            _hot_state_span(component, evaluation.hot_state, symbol)
+        with tracer(component).start_as_current_span("strategy.signal", attributes=attributes) as span:
+            yield span
 
 
 class OrderTraces:

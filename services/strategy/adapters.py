@@ -13,7 +13,7 @@ from proto import subjects
 from proto.enums import DegradationLevel, HotStateStatus
 from proto.kv import DegradationLevelValue, StrategyCrashesValue, StrategyStateValue, decode_value, encode_value
 from proto.messages import PositionChanged, SymbolsReply
-from proto.replies import BookReply, BookRequest, ErrorReply, decode_reply
+from proto.replies import BookReply, BookRequest, ErrorReply, ReplyDecodeError, decode_reply
 
 from .domain import MarketView
 
@@ -94,6 +94,24 @@ def market_views(raw: bytes) -> dict[str, MarketView] | ErrorReply:
         )
         for symbol, view in reply.symbols.items()
     }
+
+
+def hot_state_attributes(raw: bytes, symbol: str) -> dict[str, str | int]:
+    """What a `svc.state-builder.symbols` reply said of `symbol`, as span attributes (empty when
+    the reply does not decode or does not name it: it is only described, never decided on)."""
+    try:
+        reply = decode_reply(SymbolsReply, raw)
+    except ReplyDecodeError:
+        return {}
+    view = reply.symbols.get(symbol) if isinstance(reply, SymbolsReply) else None
+    if view is None:
+        return {}
+    attributes: dict[str, str | int] = {"bulwark.hot_state": view.hot_state.value}
+    if view.last_update_id is not None:
+        attributes["bulwark.book.last_update_id"] = view.last_update_id
+    if view.age_ms is not None:
+        attributes["bulwark.hot_state.age_ms"] = view.age_ms
+    return attributes
 
 
 async def read_depth(bus: Bus, symbol: str, levels: int) -> tuple[tuple[tuple[Decimal, Decimal], ...], ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -14,7 +15,7 @@ from nats.aio.msg import Msg
 
 from libs.bus import Delivery
 from libs.metrics import metrics_of
-from libs.telemetry import Tick, handling_tick
+from libs.telemetry import Evaluation, HotStateRead, Tick, evaluating, handling_tick
 from proto import subjects
 from proto.codec import decode
 from proto.enums import DegradationLevel, StrategyState
@@ -73,6 +74,8 @@ class StrategyService:
             PositionChanged: self._input,
         }
         """Input message type → its handler (anything else is ignored)."""
+        self.latest_ticks: dict[str, Tick] = {}
+        """The latest market input of each symbol: a signal of the periodic evaluation is traced from it."""
 
     # ------------------------------------------------------------------ inputs
 
@@ -108,7 +111,8 @@ class StrategyService:
         # restart (snapshot + tail rebuild exactly what a run without restart had).
         runner = self.runner
         started_ns = runner.clock()
-        tick = Tick(getattr(message, "symbol", ""), message.ts_init_ns, message.message_id)
+        tick = Tick(getattr(message, "symbol", ""), message.ts_init_ns, message.message_id, type(message).__name__)
+        self.latest_ticks[tick.symbol] = tick
         with handling_tick(tick):  # a signal decided on this input is traced from it
             await self._input(message, stream_seq, min(message.ts_init_ns, started_ns))
         metrics = metrics_of(runner.bus)
@@ -155,18 +159,22 @@ class StrategyService:
 
     # ------------------------------------------------------------------ ticks
 
-    async def market(self) -> dict[str, MarketView]:
-        """The state-builder's view; empty (nothing VALID, so no entries) when it does not answer."""
+    async def market(self) -> tuple[dict[str, MarketView], HotStateRead | None]:
+        """The state-builder's view and when it was read (for the trace of a signal decided on it);
+        empty and None (nothing VALID, so no entries) when it does not answer."""
+        clock = self.runner.clock
+        started_ns = clock()
         try:
             raw = await self.runner.bus.request(subjects.SVC_STATE_BUILDER_SYMBOLS, timeout_s=0.4)
             views = adapters.market_views(raw)
         except Exception as exc:  # noqa: BLE001 - timeouts, no responders, bad replies: fail closed
             self.runner.log.debug("state_builder_unavailable", error=f"{type(exc).__name__}: {exc}")
-            return {}
+            return {}, None
         if isinstance(views, ErrorReply):
             self.runner.log.debug("state_builder_unavailable", error=f"{views.error.code}: {views.error.message}")
-            return {}
-        return views
+            return {}, None
+        # The span's attributes are decoded only for a signal, so an evaluation costs nothing more.
+        return views, HotStateRead(started_ns, clock(), functools.partial(adapters.hot_state_attributes, raw))
 
     async def with_depth(self, market: dict[str, MarketView]) -> dict[str, MarketView]:
         """The views of the symbols the strategy trades with the book depth it asked for
@@ -211,11 +219,13 @@ class StrategyService:
                 "strategy_stopped", reason="HARD_SHUTDOWN", action_taken="DISABLED until an operator enables it"
             )
             return
-        market = await self.with_depth(await self.market())
+        views, hot_state = await self.market()
+        market = await self.with_depth(views)
         summary = {
             symbol: (view.hot_state_valid, str(view.best_bid), str(view.best_ask)) for symbol, view in market.items()
         }
-        await runner.guarded(lambda: f"tick market={summary}", Ticked(runner.clock(), market))
+        with evaluating(Evaluation(dict(self.latest_ticks), hot_state)):  # its signals are traced from the tick
+            await runner.guarded(lambda: f"tick market={summary}", Ticked(runner.clock(), market))
 
     async def run(self, interval_s: float = 0.5) -> None:
         """Tick forever."""

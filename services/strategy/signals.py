@@ -112,7 +112,7 @@ class IntentPublisher:
             take_profit=action.take_profit,
             confidence=action.confidence,
         )
-        with signal_span("strategy", self.name, action.symbol):
+        with signal_span("strategy", self.name, action.symbol, signal.message_id):
             await self.bus.publish(subjects.evt_signal(self.name, action.symbol), signal, msg_id=signal.message_id)
         self.log.info(
             "signal_generated",

@@ -4,17 +4,25 @@ bus carries it (`traceparent` headers) and the venue's answers joined by client 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from libs.clock import ManualClock
+from libs.logging import get_logger
 from libs.telemetry import (
+    Evaluation,
+    HotStateRead,
     OrderTraces,
     Tick,
     add_span_processor,
+    evaluating,
     handling_tick,
     otlp_exporter,
     remote_context,
@@ -23,6 +31,11 @@ from libs.telemetry import (
     trace_headers,
     tracer,
 )
+from proto.codec import encode
+from proto.enums import HotStateStatus, StrategyState
+from proto.messages import SymbolHotState, SymbolsReply, Trade
+from services.strategy.handlers import StrategyService
+from services.strategy.state import Ticked
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -95,6 +108,72 @@ def test_signal_when_no_tick_is_being_handled_then_it_starts_its_own_trace(spans
     assert span.name == "strategy.signal" and span.parent is None
 
 
+def _hot_state(symbol: str) -> dict[str, str | int]:
+    return {"bulwark.hot_state": "VALID", "bulwark.book.last_update_id": 42} if symbol == "BTCUSDT" else {}
+
+
+def test_signal_when_periodic_evaluation_then_traced_from_latest_tick_of_its_symbol_with_hot_state(
+    spans: InMemorySpanExporter,
+) -> None:
+    # Where every built-in kind decides: the evaluation over the state-builder's view, outside any
+    # market input. Its signal must still start the order's trace at the market tick.
+    ticks = {
+        "BTCUSDT": Tick("BTCUSDT", 1_700_000_000_000_000_000, "md-btc", "Trade"),
+        "ETHUSDT": Tick("ETHUSDT", 1_700_000_000_100_000_000, "md-eth", "Trade"),
+    }
+    read = HotStateRead(1_700_000_000_200_000_000, 1_700_000_000_201_000_000, _hot_state)
+    with evaluating(Evaluation(ticks, read)), signal_span("strategy", "trend", "BTCUSDT", "sig-1"):
+        signal_headers = trace_headers()
+    with remote_context(signal_headers), tracer("risk").start_as_current_span("risk.decision"):
+        pass
+
+    found = _by_name(spans)
+    assert set(found) == {"market.tick", "state.hot_state", "strategy.signal", "risk.decision"}
+    assert len({span.context.trace_id for span in found.values()}) == 1
+    tick, hot_state, signal = found["market.tick"], found["state.hot_state"], found["strategy.signal"]
+    assert tick.parent is None and tick.start_time == ticks["BTCUSDT"].ts_init_ns
+    assert tick.attributes == {
+        "bulwark.symbol": "BTCUSDT",
+        "bulwark.message_id": "md-btc",
+        "bulwark.market_data.type": "Trade",
+    }
+    assert hot_state.parent is not None and hot_state.parent.span_id == tick.context.span_id
+    assert (hot_state.start_time, hot_state.end_time) == (read.started_ns, read.ended_ns)
+    assert hot_state.attributes is not None and hot_state.attributes["peer.service"] == "state-builder"
+    assert hot_state.attributes["bulwark.book.last_update_id"] == 42
+    assert signal.parent is not None and signal.parent.span_id == tick.context.span_id
+    assert signal.attributes is not None and signal.attributes["bulwark.signal_id"] == "sig-1"
+    risk = found["risk.decision"]
+    assert risk.parent is not None and risk.parent.span_id == signal.context.span_id
+
+
+def test_signal_when_market_input_handled_during_evaluation_then_that_tick_wins(spans: InMemorySpanExporter) -> None:
+    evaluation = Evaluation({"BTCUSDT": Tick("BTCUSDT", 1, "md-old")}, HotStateRead(2, 3))
+    with (
+        evaluating(evaluation),
+        handling_tick(Tick("BTCUSDT", 5, "md-now")),
+        signal_span("strategy", "trend", "BTCUSDT"),
+    ):
+        pass
+
+    found = _by_name(spans)
+    assert set(found) == {"market.tick", "strategy.signal"}  # the handled tick decided, not the view
+    assert found["market.tick"].attributes is not None
+    assert found["market.tick"].attributes["bulwark.message_id"] == "md-now"
+
+
+def test_signal_when_evaluation_before_any_tick_of_its_symbol_then_its_own_trace(spans: InMemorySpanExporter) -> None:
+    with evaluating(Evaluation({"ETHUSDT": Tick("ETHUSDT", 1, "md-eth")}, None)):
+        with signal_span("strategy", "trend", "BTCUSDT"):
+            pass
+    with signal_span("strategy", "trend", "ETHUSDT"):  # after the evaluation: nothing left behind
+        pass
+
+    finished = spans.get_finished_spans()
+    assert [span.name for span in finished] == ["strategy.signal", "strategy.signal"]
+    assert all(span.parent is None for span in finished)
+
+
 def test_fill_when_order_not_remembered_then_a_trace_of_its_own(spans: InMemorySpanExporter) -> None:
     traces = OrderTraces()
     with tracer("position").start_as_current_span("position.submit"):
@@ -124,3 +203,62 @@ def test_otlp_exporter_when_protocol_unknown_then_clear_error() -> None:
         otlp_exporter("http://collector:4318", "thrift")
     assert type(otlp_exporter("http://collector:4318")).__module__.endswith("http.trace_exporter")
     assert type(otlp_exporter("http://collector:4317", "grpc")).__module__.endswith("grpc.trace_exporter")
+
+
+class _StateBuilder:
+    """The bus of a strategy, as far as its periodic evaluation asks the state-builder."""
+
+    async def request(self, subject: str, payload: bytes = b"", timeout_s: float = 1.0) -> bytes:
+        book = SymbolHotState(symbol="BTCUSDT", hot_state=HotStateStatus.VALID, age_ms=7, last_update_id=42)
+        return encode(SymbolsReply(symbols={"BTCUSDT": book}))
+
+
+class _Runner:
+    """A strategy runner whose strategy signals on every periodic evaluation (as a kind's entry does)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.active, self.clock, self.bus = True, clock, _StateBuilder()
+        self.strategy = SimpleNamespace(state=StrategyState.SCANNING, depth_levels=0)
+        self.log = get_logger("test")
+        self.inputs: list[str] = []
+
+    async def guarded(self, describe: object, fact: object) -> None:
+        self.inputs.append(type(fact).__name__)
+        self.clock.advance(0.01)
+        if isinstance(fact, Ticked):
+            with signal_span("strategy", "trend", "BTCUSDT", "sig-1"):  # what the publisher does
+                pass
+
+
+def test_strategy_service_when_evaluation_signals_then_trace_starts_at_latest_tick_with_view_read(
+    spans: InMemorySpanExporter,
+) -> None:
+    clock = ManualClock(1_700_000_000_000_000_000)
+    runner = _Runner(clock)
+    service = StrategyService(runner)  # type: ignore[arg-type]
+    trade = Trade(
+        venue="binance-usdm",
+        symbol="BTCUSDT",
+        trade_id=1,
+        price=Decimal(100),
+        quantity=Decimal(1),
+        buyer_is_maker=False,
+        ts_init_ns=clock() - 5_000_000,
+    )
+
+    asyncio.run(service.handle(trade))  # the market input: nothing signalled on it
+    asyncio.run(service.tick())  # the evaluation: it signals
+
+    assert runner.inputs == ["Received", "Ticked"]
+    found = _by_name(spans)
+    assert set(found) == {"market.tick", "state.hot_state", "strategy.signal"}
+    assert len({span.context.trace_id for span in found.values()}) == 1
+    tick = found["market.tick"]
+    assert tick.parent is None and tick.start_time == trade.ts_init_ns
+    assert tick.attributes is not None and tick.attributes["bulwark.message_id"] == trade.message_id
+    hot_state = found["state.hot_state"]
+    assert hot_state.attributes is not None
+    assert hot_state.attributes["bulwark.hot_state"] == "VALID"
+    assert hot_state.attributes["bulwark.book.last_update_id"] == 42
+    assert hot_state.attributes["bulwark.hot_state.age_ms"] == 7
+    assert hot_state.start_time is not None and hot_state.start_time >= clock() - 20_000_000
