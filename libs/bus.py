@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -41,6 +41,7 @@ from nats.js.api import (
 )
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from libs.errors import PermanentError
@@ -87,6 +88,8 @@ class OutboxEntry:
     subject: str
     message: Message
     msg_id: str | None
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
+    """The publisher's trace context: the flush, later and in another task, sends it on."""
 
 
 @dataclass(frozen=True)
@@ -508,6 +511,7 @@ class Bus:
         flushed = 0
         while self._outbox and self.connected:
             entry = self._outbox[0]
+            token = otel_context.attach(entry.trace_context)
             try:
                 await self.publish(entry.subject, entry.message, msg_id=entry.msg_id)
             except (TimeoutError, NatsError, OSError) as exc:
@@ -515,6 +519,8 @@ class Bus:
                     "outbox_flush_failed", error=f"{type(exc).__name__}: {exc}", remaining=len(self._outbox)
                 )
                 return  # retried on the next reconnect or the next buffered publish
+            finally:
+                otel_context.detach(token)
             # Another task may have buffered (and overflowed) meanwhile: remove exactly this entry.
             if self._outbox and self._outbox[0] is entry:
                 self._outbox.popleft()
@@ -670,10 +676,7 @@ class Bus:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead_letter(msg, durable, f"undecodable: {exc}", delivery)
             return
-        ctx = propagate.extract(delivery.headers)
-        from opentelemetry import context as otel_context
-
-        token = otel_context.attach(ctx)
+        token = otel_context.attach(propagate.extract(delivery.headers))
         waits = 0
         try:
             while True:

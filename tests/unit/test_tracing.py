@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from libs.bus import Bus
 from libs.clock import ManualClock
 from libs.logging import get_logger
 from libs.telemetry import (
@@ -31,9 +32,10 @@ from libs.telemetry import (
     trace_headers,
     tracer,
 )
+from proto import subjects
 from proto.codec import encode
-from proto.enums import HotStateStatus, StrategyState
-from proto.messages import SymbolHotState, SymbolsReply, Trade
+from proto.enums import AlertSeverity, HotStateStatus, StrategyState
+from proto.messages import AlertRaised, SymbolHotState, SymbolsReply, Trade
 from services.strategy.handlers import StrategyService
 from services.strategy.state import Ticked
 
@@ -262,3 +264,31 @@ def test_strategy_service_when_evaluation_signals_then_trace_starts_at_latest_ti
     assert hot_state.attributes["bulwark.book.last_update_id"] == 42
     assert hot_state.attributes["bulwark.hot_state.age_ms"] == 7
     assert hot_state.start_time is not None and hot_state.start_time >= clock() - 20_000_000
+
+
+class _JetStream:
+    """What the bus hands JetStream: the headers of each publish."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> SimpleNamespace:
+        self.headers.append(headers)
+        return SimpleNamespace(seq=len(self.headers), duplicate=False)
+
+
+def test_outbox_when_flushed_later_then_each_message_keeps_its_publishers_trace(spans: InMemorySpanExporter) -> None:
+    # A message kept while the bus was down is sent by the flush task, in no trace of its own (or
+    # in the one that scheduled it): it must still carry the trace it was published in.
+    bus, jetstream = Bus("risk"), _JetStream()
+    alert = AlertRaised(key="k", severity=AlertSeverity.P2, component="risk", title="t")
+    trace_ids = []
+    for name in ("first", "second"):
+        with tracer("risk").start_as_current_span(name) as span:
+            assert asyncio.run(bus.publish_buffered(subjects.EVT_ALERT_RAISED, alert)) is None  # down: kept
+            trace_ids.append(format(span.get_span_context().trace_id, "032x"))
+    bus._js, bus.connected = jetstream, True  # type: ignore[assignment]  # the connection is back
+
+    asyncio.run(bus._flush_outbox())
+
+    assert [headers["traceparent"].split("-")[1] for headers in jetstream.headers] == trace_ids
