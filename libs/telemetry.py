@@ -262,10 +262,12 @@ class OrderTraces:
 
     @contextlib.contextmanager
     def span(self, component: str, name: str, client_order_id: str, **attributes: str) -> Iterator[Span]:
-        """A span of the order's trace (current while the block runs, so what it publishes carries it)."""
+        """A span of the order's trace (current while the block runs, so what it publishes carries it);
+        `attributes` are recorded under `bulwark.` like every attribute of an order's spans."""
         parent = self.context(client_order_id)
+        named = {f"bulwark.{key}": value for key, value in attributes.items()}
         with tracer(component).start_as_current_span(
-            name, context=parent, attributes={"bulwark.client_order_id": client_order_id, **attributes}
+            name, context=parent, attributes={"bulwark.client_order_id": client_order_id, **named}
         ) as span:
             yield span
 

@@ -188,6 +188,14 @@ def test_fill_when_order_not_remembered_then_a_trace_of_its_own(spans: InMemoryS
     assert found["order.fill"].context.trace_id != found["position.submit"].context.trace_id
 
 
+def test_order_span_when_attributes_given_then_named_like_the_others(spans: InMemorySpanExporter) -> None:
+    with OrderTraces().span("position", "order.fill", "bw-1", via="user-stream"):
+        pass
+
+    (span,) = spans.get_finished_spans()
+    assert span.attributes == {"bulwark.client_order_id": "bw-1", "bulwark.via": "user-stream"}
+
+
 def test_order_traces_when_over_limit_then_oldest_forgotten() -> None:
     traces = OrderTraces(limit=2)
     setup_tracing("unit-tests")
