@@ -25,6 +25,9 @@ class ReceivedSpan:
     name: str
     trace_id: str
     attributes: dict[str, str]
+    span_id: str = ""
+    parent_span_id: str = ""
+    """Empty for the root of a trace."""
 
 
 class Collector:
@@ -62,7 +65,16 @@ class Collector:
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
                     attributes = {a.key: a.value.string_value for a in span.attributes}
-                    found.append(ReceivedSpan(resource["service.name"], span.name, span.trace_id.hex(), attributes))
+                    found.append(
+                        ReceivedSpan(
+                            resource["service.name"],
+                            span.name,
+                            span.trace_id.hex(),
+                            attributes,
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                        )
+                    )
         with self._lock:
             self.spans.extend(found)
 

@@ -3,6 +3,7 @@ halt obeyed, crashed processes restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -21,9 +22,15 @@ import pytest
 from entrypoints import ops_cli
 from entrypoints.cli import build_parser
 from entrypoints.harness.system import RunningSystem
+from libs.bus import Bus
+from libs.ids import client_order_id_for
 from libs.metrics import ORDER_STAGES, STAGE_SIGNAL_TO_RISK
+from proto import subjects
+from proto.enums import Side
+from proto.messages import Liquidation, Trade
 from proto.subjects import CORE_COMPONENTS
 from tests.e2e.observe import Collector, ReceivedSpan, place_filled_order, scrape, value
+from tests.support.polling import eventually_blocking as eventually
 
 BULWARK = [sys.executable, "-m", "entrypoints.cli"]
 
@@ -244,6 +251,88 @@ def test_order_when_filled_then_one_trace_across_processes_and_stage_latencies_c
     }
     assert counted == stages
     assert value(risk, "bulwark_decision_latency_seconds_count", kind="risk") >= 1
+
+
+async def _cascade(system: RunningSystem, symbol: str, mid: Decimal) -> None:
+    """Feed the strategies a short-liquidation cascade in `symbol`, on the MARKET_DATA stream as
+    market-data publishes it: a trade 1% below `mid`, then three forced buys 0.4% above it. The
+    price displacement makes it a cascade; two quiet seconds later cascade-fade fades it (SELL,
+    its stop above the forced buys, its target half-way back, the market's mid in between)."""
+    bus = Bus("e2e-market")
+    await bus.connect(system.nats_url)
+    venue, at = "binance-usdm", time.time_ns()
+    low, high = (mid * Decimal("0.99")).quantize(mid), (mid * Decimal("1.004")).quantize(mid)
+    trade = Trade(
+        venue=venue, symbol=symbol, trade_id=at, price=low, quantity=Decimal(1), buyer_is_maker=True, ts_init_ns=at
+    )
+    forced = [
+        Liquidation(venue=venue, symbol=symbol, side=Side.BUY, price=high, quantity=Decimal(1), ts_init_ns=at + n)
+        for n in (1_000_000, 2_000_000, 3_000_000)
+    ]
+    try:
+        await bus.publish_many(
+            [(subjects.md_trade(venue, symbol), trade, None)]
+            + [(subjects.md_liquidation(venue, symbol), liquidation, None) for liquidation in forced]
+        )
+    finally:
+        await bus.close()
+
+
+def test_strategy_order_when_a_market_tick_triggers_it_then_one_trace_from_tick_to_fill(
+    system: RunningSystem, collector: Collector
+) -> None:
+    """Issue 16: one trace from the market tick behind a strategy's signal through the hot state it
+    read, risk's decision, the submit, the venue's acknowledgement and the fill, across the strategy,
+    risk and position processes. ETHUSDT: the operator orders above hold a BTCUSDT position."""
+    symbol = "ETHUSDT"
+    with system.client(system.viewer_token) as client:
+
+        def valid_book() -> dict[str, Any] | None:
+            book: dict[str, Any] = client.get(f"/v1/book/{symbol}", params={"depth": 1}).json()
+            return book if book.get("status") == "VALID" else None
+
+        book = eventually(valid_book, timeout_s=30)
+    bid, ask = Decimal(book["bids"][0][0]), Decimal(book["asks"][0][0])
+    asyncio.run(_cascade(system, symbol, ((bid + ask) / 2).quantize(bid)))
+
+    wanted = {
+        "market.tick",
+        "state.hot_state",
+        "strategy.signal",
+        "risk.decision",
+        "position.submit",
+        "venue.ack",
+        "order.fill",
+    }
+
+    def traced() -> list[ReceivedSpan] | None:
+        spans = collector.snapshot()
+        signals = [
+            s
+            for s in spans
+            if s.name == "strategy.signal"
+            and s.attributes.get("bulwark.strategy") == "cascade-fade"
+            and s.attributes.get("bulwark.symbol") == symbol
+        ]
+        trace = [s for s in spans if signals and s.trace_id == signals[0].trace_id]
+        return trace if wanted <= {s.name for s in trace} else None
+
+    try:
+        trace = eventually(traced, timeout_s=40)
+    except AssertionError:
+        seen = sorted({(s.service, s.name, s.attributes.get("bulwark.symbol", "")) for s in collector.snapshot()})
+        raise AssertionError(f"no trace from a cascade-fade {symbol} signal to its fill; spans seen: {seen}") from None
+    by_name = {s.name: s for s in trace}
+    roots = [s for s in trace if not s.parent_span_id]
+    assert [s.name for s in roots] == ["market.tick"], sorted((s.service, s.name, s.parent_span_id) for s in trace)
+    span_ids = {s.span_id for s in trace}
+    assert all(s.parent_span_id in span_ids for s in trace if s is not roots[0]), "a span's parent is missing"
+    assert by_name["market.tick"].attributes["bulwark.symbol"] == symbol
+    assert by_name["state.hot_state"].attributes["bulwark.hot_state"] == "VALID"
+    assert {s.service for s in trace} >= {"strategy-cascade-fade", "risk", "position"}
+    signal_id = by_name["strategy.signal"].attributes["bulwark.signal_id"]
+    fills = {s.attributes.get("bulwark.client_order_id") for s in trace if s.name == "order.fill"}
+    assert fills == {client_order_id_for(signal_id)}
 
 
 def test_status_when_system_up_then_every_component_metrics_url_answers_its_key_metrics(system: RunningSystem) -> None:
