@@ -32,6 +32,9 @@ NOTIFICATION_TTL_NS = 15 * 60 * S
 """A notification stays open (and de-duplicated) this long, then it is resolved as expired."""
 CLEAR_HOLD_NS = 3 * S
 """A watched condition must be seen clear this long before its alert is resolved."""
+MAX_RESOLUTIONS_PER_ROUND = 20
+"""Resolutions asked per round at most: a backlog (the first start after an upgrade finds every old
+notification expired) reaches the sinks spread over rounds, not as one burst."""
 
 
 class Lifecycle(StrEnum):
@@ -199,6 +202,7 @@ class AlertCloser:
         main_venue: the venue of the `position` process (`BULWARK_VENUE`).
         notification_ttl_ns: how long a notification stays open.
         clear_hold_ns: how long a condition must be seen clear.
+        per_round: resolutions returned by one call at most (the rest by the next ones).
     """
 
     def __init__(
@@ -207,10 +211,12 @@ class AlertCloser:
         *,
         notification_ttl_ns: int = NOTIFICATION_TTL_NS,
         clear_hold_ns: int = CLEAR_HOLD_NS,
+        per_round: int = MAX_RESOLUTIONS_PER_ROUND,
     ) -> None:
         self.main_venue = main_venue
         self.notification_ttl_ns = notification_ttl_ns
         self.clear_hold_ns = clear_hold_ns
+        self.per_round = per_round
         self._clear_since: dict[str, int] = {}
         self._asked: dict[str, int] = {}
         """key -> `ts_ns` of the raise whose resolution was published."""
@@ -231,7 +237,7 @@ class AlertCloser:
                 self._clear_since.pop(key, None)
                 continue
             since = self._clear_since.setdefault(key, now)
-            if now - since < self._hold(notice):
+            if now - since < self._hold(notice) or len(found) >= self.per_round:
                 continue
             self._asked[key] = notice.ts_ns
             del self._clear_since[key]

@@ -189,3 +189,12 @@ def test_closer_when_a_publish_failed_then_asked_again_next_round() -> None:
     assert resolved_keys(closer, breaker, closed) == []
     closer.retry("breaker.CB-2")
     assert resolved_keys(closer, breaker, closed) == ["breaker.CB-2"]
+
+
+def test_closer_when_many_notifications_expired_at_once_then_resolved_over_rounds_each_once() -> None:
+    closer = AlertCloser(per_round=20)
+    backlog = open_of(*(raised(f"order-rejected:bw-{n}", ts_ns=T0 + n) for n in range(45)))
+    later = Conditions(T0 + NOTIFICATION_TTL_NS + S)
+    rounds = [resolved_keys(closer, backlog, later) for _ in range(4)]
+    assert [len(keys) for keys in rounds] == [20, 20, 5, 0]
+    assert sorted(key for keys in rounds for key in keys) == sorted(backlog)
