@@ -277,7 +277,12 @@ def render_status(status: dict[str, Any], now_ns: int) -> Group:
         else f"preflight: FAILED {', '.join(map(str, failed))}"
     )
     components = [
-        [name, c.get("state"), c.get("pid"), c.get("last_heartbeat_age_ms")]
+        [
+            *(name, c.get("state"), c.get("pid")),
+            age_ms(c.get("last_heartbeat_age_ms")),
+            c.get("restarts", 0),
+            ago(c.get("last_restart_ns"), now_ns),
+        ]
         for name, c in sorted((status.get("components") or {}).items())
     ]
     venues = [
@@ -303,7 +308,7 @@ def render_status(status: dict[str, Any], now_ns: int) -> Group:
     if open_breakers:
         parts.append(table("breakers not CLOSED", ["breaker", "state", "reason"], open_breakers))
     parts += [
-        table("components", ["component", "state", "pid", "heartbeat age ms"], components),
+        table("components", ["component", "state", "pid", "heartbeat age", "restarts", "last restart"], components),
         table("venues", ["venue", "role", "order link", "reason", "position"], venues),
         table("books", ["symbol", "hot state", "age ms", "last update id"], books),
     ]
@@ -338,15 +343,43 @@ def render_order(order: dict[str, Any]) -> Table:
 
 
 def render_positions(answer: dict[str, Any]) -> Table:
-    columns = ["venue", "symbol", "quantity", "entry", "realized pnl", "updated"]
+    """`bulwark positions`: per venue and symbol, the quantity, its entry, the mark now and both PnLs."""
+    columns = ["venue", "symbol", "quantity", "entry", "mark", "unrealized pnl", "realized pnl", "updated"]
+    positions = answer.get("positions") or []
     rows = [
         [
-            *(p.get(key) for key in ("venue", "symbol", "quantity", "average_entry_price", "realized_pnl")),
+            *(p.get(key) for key in ("venue", "symbol", "quantity", "average_entry_price")),
+            mark(p),
+            p.get("unrealized_pnl"),
+            p.get("realized_pnl"),
             when(p.get("updated_ns")),
         ]
-        for p in answer.get("positions") or []
+        for p in positions
     ]
-    return table("positions", columns, rows)
+    shown = table("positions", columns, rows)
+    if any(p.get("mark_price") is None for p in positions):
+        shown.caption = "no mark (and no unrealized pnl) where the state-builder has no price for the symbol"
+    return shown
+
+
+def mark(position: dict[str, Any]) -> str | None:
+    """The mark price, `(mid)` after it when it is the book's mid rather than the venue's mark."""
+    price = position.get("mark_price")
+    if price is None:
+        return None
+    return f"{price} (mid)" if position.get("mark_source") == "book_mid" else str(price)
+
+
+def age_ms(milliseconds: int | None) -> str:
+    """A heartbeat age for a person: `850 ms`, `12.3 s`, `4m 5s`; "" when never heard."""
+    if milliseconds is None:
+        return ""
+    if milliseconds < 1000:
+        return f"{milliseconds} ms"
+    if milliseconds < 60_000:
+        return f"{milliseconds / 1000:.1f} s"
+    seconds = milliseconds // 1000
+    return f"{seconds // 60}m {seconds % 60}s"
 
 
 def render_breakers(answer: dict[str, Any]) -> Table:
@@ -358,8 +391,25 @@ def render_breakers(answer: dict[str, Any]) -> Table:
 
 
 def render_strategies(answer: dict[str, Any]) -> Table:
-    rows = [[s.get("name"), s.get("state"), s.get("component_state")] for s in answer.get("strategies") or []]
-    return table("strategies", ["strategy", "state", "process"], rows)
+    """`bulwark strategies`: mode, state, crashes in the FM-C2 window, restarts and the process."""
+    columns = ["strategy", "mode", "state", "process", "crashes", "restarts", "pid", "last crash"]
+    rows = [
+        [
+            *(s.get("name"), s.get("mode"), s.get("state"), s.get("component_state")),
+            crashes(s),
+            s.get("restarts", 0),
+            s.get("pid"),
+            when(s.get("last_crash_ns")),
+        ]
+        for s in answer.get("strategies") or []
+    ]
+    return table("strategies", columns, rows)
+
+
+def crashes(strategy: dict[str, Any]) -> str:
+    """`2 in 600s` (crashes inside the FM-C2 window); `?` when the gateway knows no count."""
+    count = strategy.get("crashes_in_window")
+    return "?" if count is None else f"{count} in {strategy.get('crash_window_s', 600)}s"
 
 
 def render_dead_letters(answer: dict[str, Any]) -> Table:

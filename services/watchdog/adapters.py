@@ -27,8 +27,9 @@ from libs.store_errors import WriteFailure, classify_write_error, describe
 from proto import subjects
 from proto.codec import decode_as, encode
 from proto.envelope import Message
-from proto.kv import decode_value
-from proto.messages import DeadLettered, Heartbeat
+from proto.kv import BreakerValue, PreflightValue, StrategyStateValue, decode_value
+from proto.messages import DeadLettered, Heartbeat, PositionChanged
+from services.watchdog.alert_lifecycle import PositionSeen, Wanted
 from services.watchdog.alerts import AlertNotice, severity_rank
 from services.watchdog.notifications import (
     SIGNATURE_HEADER,
@@ -171,6 +172,34 @@ async def subscribe_heartbeats(bus: Bus, log: Logger, tracker: HeartbeatTracker,
         tracker.record(heartbeat, clock())
 
     await bus.subscribe_core(subjects.HEARTBEAT_ALL, on_heartbeat)
+
+
+async def read_alert_conditions(bus: Bus, log: Logger, wanted: Wanted) -> dict[str, Any]:
+    """The state of what the open watched alerts are about (`alert_lifecycle.Conditions` fields):
+    breakers, strategies and preflights from KV, positions from the ORDERS stream. What cannot be
+    read is left out (its alert stays open)."""
+    breakers = {}
+    for breaker in sorted(wanted.breakers):
+        record, _ = await read_kv_value(bus, log, subjects.key_breaker(breaker), BreakerValue)
+        if record is not None:
+            breakers[breaker] = record.state
+    strategies = {}
+    for name in sorted(wanted.strategies):
+        state, _ = await read_kv_value(bus, log, subjects.key_strategy(name), StrategyStateValue)
+        if state is not None:
+            strategies[name] = state.state
+    api_key_ok_ns = {}
+    for venue in sorted(wanted.venues):
+        preflight, _ = await read_kv_value(bus, log, subjects.key_preflight(venue), PreflightValue)
+        if preflight is not None and any(check.name == "api_key" and check.ok for check in preflight.checks):
+            api_key_ok_ns[venue] = preflight.ts_ns
+    positions = {}
+    for venue, symbol in sorted(wanted.positions):
+        subject = subjects.evt_position(venue, symbol)
+        last = await bus.last_message(subjects.STREAM_ORDERS.name, subject, PositionChanged)
+        if last is not None:
+            positions[venue, symbol] = PositionSeen(flat=last.quantity == 0, ts_ns=last.ts_event_ns)
+    return {"breakers": breakers, "strategies": strategies, "api_key_ok_ns": api_key_ok_ns, "positions": positions}
 
 
 # --------------------------------------------------------------------------- resources (§5 health checks, FM-C4)

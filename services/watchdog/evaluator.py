@@ -162,6 +162,9 @@ class WatchdogEvaluator:
         self._not_valid_since: dict[str, int] = {}
         self.level: DegradationLevel | None = initial_level
         self.health: Health | None = initial_health
+        self.condition_keys: frozenset[str] | None = None
+        """Keys of every condition the rules found in the last evaluation (held long enough or not);
+        None before the first decided one (`alert_lifecycle` resolves nothing of theirs then)."""
 
     def export_state(self) -> EvaluatorState:
         """What must survive a restart: component states, rule timers, open alerts, the recovery timer.
@@ -218,6 +221,7 @@ class WatchdogEvaluator:
         findings = self._held(now, [finding for _, rule in self._rules for finding in rule(facts)])
         # While undecided, a component's condition is unknown: its open alert is neither raised nor resolved.
         alerts = self._alert_decisions(findings, resolve=not undecided)
+        self.condition_keys = None if undecided else frozenset(self._first_seen)
         health = max((finding.health for finding in findings), key=HEALTH_RANK.__getitem__, default=Health.GREEN)
         reasons = tuple(finding.title for finding in findings if finding.health != Health.GREEN)
         level, level_reason = self._level(findings, now)

@@ -13,6 +13,7 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from libs.bus import Delivery, Handler
+from libs.clock import Clock
 from libs.errors import PermanentError
 from libs.runbooks import runbook_url
 from libs.runtime.service import ServiceContext
@@ -27,9 +28,10 @@ from proto.messages import (
     DegradationLevelChanged,
     HealthChanged,
 )
-from services.watchdog import adapters, alerts
+from services.watchdog import adapters, alert_lifecycle, alerts
+from services.watchdog.alert_lifecycle import AlertCloser, Conditions, Resolution
 from services.watchdog.alerts import AlertNotice, AlertRouter
-from services.watchdog.evaluator import Evaluation
+from services.watchdog.evaluator import Evaluation, WatchdogEvaluator
 
 
 def audit_handler(ctx: ServiceContext, stream: str) -> Handler:
@@ -85,9 +87,9 @@ async def dlq_depth_loop(ctx: ServiceContext, period_s: float = DLQ_DEPTH_PERIOD
         await asyncio.sleep(period_s)
 
 
-async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolved) -> None:
+async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolved) -> bool:
     """Publish an alert the watchdog raises (or resolves) itself, with its runbook; a failure is
-    logged, never raised."""
+    logged, never raised (False then)."""
     if isinstance(message, AlertRaised) and not message.runbook_url:
         message = msgspec.structs.replace(
             message, runbook_url=runbook_url(message.key, ctx.settings.alert_runbook_base_url)
@@ -98,6 +100,46 @@ async def publish_alert(ctx: ServiceContext, message: AlertRaised | AlertResolve
         )
     except Exception as exc:  # noqa: BLE001 - logged; the next verification or start tries again
         ctx.log.warning("alert_publish_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        return False
+    return True
+
+
+ALERT_LIFECYCLE_PERIOD_S = 1.0
+
+
+async def close_alerts(
+    ctx: ServiceContext, closer: AlertCloser, router: AlertRouter, evaluator: WatchdogEvaluator, now_ns: int
+) -> list[Resolution]:
+    """Resolve the open alerts whose condition cleared or that expired (`alert_lifecycle`): publish
+    `AlertResolved`, which the alerts consumer delivers to the sinks and the audit log records (so
+    the alert leaves `/v1/alerts`). Returns what was resolved."""
+    open_now = dict(router.open)  # the alerts consumer changes it meanwhile
+    wanted = alert_lifecycle.wanted(open_now.values(), ctx.settings.venue)
+    observed = await adapters.read_alert_conditions(ctx.bus, ctx.log, wanted)
+    conditions = Conditions(now_ns, evaluator.level, evaluator.condition_keys, **observed)
+    resolved = []
+    for resolution in closer.resolutions(open_now, conditions):
+        message = AlertResolved(key=resolution.key, component=resolution.component, reason=resolution.reason)
+        if await publish_alert(ctx, message):
+            ctx.log.info("alert_closed", key=resolution.key, reason=resolution.reason)
+            resolved.append(resolution)
+        else:
+            closer.retry(resolution.key)
+    return resolved
+
+
+async def alert_lifecycle_loop(
+    ctx: ServiceContext, closer: AlertCloser, router: AlertRouter, evaluator: WatchdogEvaluator, clock: Clock
+) -> None:
+    """`close_alerts` every `ALERT_LIFECYCLE_PERIOD_S`; a failed round is logged and retried."""
+    while True:
+        await asyncio.sleep(ALERT_LIFECYCLE_PERIOD_S)
+        try:
+            await close_alerts(ctx, closer, router, evaluator, clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bus hiccup: the alerts stay open, next round tries again
+            ctx.log.warning("alert_close_failed", error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 class LevelWriteConflict(Exception):

@@ -2,7 +2,8 @@
 
 Tracks heartbeats on `hb.>`, observes hot state, links, resources and latency, evaluates health and
 the degradation level every second (`evaluation`, `evaluator`, `rules`), delivers alerts to the
-sinks (`handlers.AlertDispatcher`, `notifications`), recovers and snapshots its memory (`recovery`),
+sinks (`handlers.AlertDispatcher`, `notifications`) and resolves the ones whose condition cleared
+or that expired (`alert_lifecycle`), recovers and snapshots its memory (`recovery`),
 verifies the projections (`verification`), and runs the audit writer (streams ORDERS, SIGNALS,
 CONTROL -> `audit_events`) and the DLQ writer (-> `dead_letters`).
 """
@@ -14,6 +15,7 @@ from libs.heartbeat import HeartbeatTracker, expected_components
 from libs.runtime.service import ServiceContext, main
 from proto import subjects
 from services.watchdog import adapters, evaluation, handlers, snapshot
+from services.watchdog.alert_lifecycle import AlertCloser
 from services.watchdog.observer import Observer
 from services.watchdog.recovery import WatchdogMemory
 from services.watchdog.verification import ProjectionsVerifier
@@ -64,6 +66,9 @@ async def setup(ctx: ServiceContext) -> None:
     # Evaluations start only now: on the restored rule timers and open alerts (SPEC §8).
     ctx.spawn(evaluation.evaluation_loop(ctx, tracker, observer, evaluator, memory.evaluated, wall_clock), "evaluation")
     ctx.spawn(verifier.loop(settings.watchdog_verify_interval_s), "projections-verification")
+    # Every open alert ends: a condition once it clears, a notification when it expires (`alert_lifecycle`).
+    closer = AlertCloser(settings.venue)
+    ctx.spawn(handlers.alert_lifecycle_loop(ctx, closer, dispatcher.router, evaluator, wall_clock), "alert-lifecycle")
 
     for spec, durable in subjects.WATCHDOG_AUDIT_CONSUMERS:
         await ctx.bus.consume(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from entrypoints import infra as infra_commands
@@ -22,7 +23,8 @@ from libs.runtime.service import ServiceContext
 from libs.settings import Settings
 from proto import subjects
 from proto.codec import encode
-from proto.enums import ComponentState, HotStateStatus
+from proto.enums import BreakerState, ComponentState, HotStateStatus
+from proto.kv import BreakerValue, encode_value
 from proto.messages import (
     AlertRaised,
     AlertResolved,
@@ -297,6 +299,10 @@ async def _is(value: Awaitable[Any], expected: Any) -> bool:
     return (await value) == expected
 
 
+async def _pages_of(hooks: WebhookRecorder, key: str) -> list[str]:
+    return [page["event_action"] for page in hooks.received["pagerduty"] if page["dedup_key"] == key]
+
+
 class WebhookRecorder:
     """A real local HTTP server standing in for Slack and PagerDuty."""
 
@@ -335,8 +341,9 @@ async def test_alerts_then_delivered_to_webhooks_once_while_open_and_resolved_on
         "alert_pagerduty_routing_key": "rk",
         "alert_webhook_timeout_s": 2.0,
     }
+    breaker = AlertRaised(key="breaker.CB-2", severity="P1", component="risk", title="CB-2 Consecutive losses tripped")
     try:
-        async with running_watchdog(nats_url, pg_pool, **settings):
+        async with running_watchdog(nats_url, pg_pool, **settings), all_components_beating(peer):
             raised = AlertRaised(key="gap:BTCUSDT", severity="P1", component="market-data", title="possible data gap")
             minor = AlertRaised(key="minor", severity="P3", component="risk", title="fyi")
             for message in (raised, raised, minor):
@@ -348,10 +355,37 @@ async def test_alerts_then_delivered_to_webhooks_once_while_open_and_resolved_on
 
             await eventually(delivered)
             await asyncio.sleep(0.5)  # nothing else arrives
+            first_slack, first_pages = list(hooks.received["slack"]), list(hooks.received["pagerduty"])
+
+            # A condition alert whose raiser never resolves it (the breaker closed, its resolve lost):
+            # the watchdog sees the breaker CLOSED in KV and resolves it, at every sink and in the audit log.
+            record = BreakerValue(breaker="CB-2", title="Consecutive losses", state=BreakerState.OPEN)
+            await peer.kv_put(subjects.key_breaker("CB-2"), encode_value(record))
+            await peer.publish(subjects.EVT_ALERT_RAISED, breaker)
+            await eventually(lambda: _is(_pages_of(hooks, breaker.key), ["trigger"]))
+            await asyncio.sleep(1.5)  # OPEN: stays open
+            assert await _pages_of(hooks, breaker.key) == ["trigger"]
+            closed = msgspec.structs.replace(record, state=BreakerState.CLOSED)
+            await peer.kv_put(subjects.key_breaker("CB-2"), encode_value(closed))
+            await eventually(lambda: _is(_pages_of(hooks, breaker.key), ["trigger", "resolve"]))
+
+            async def audited_resolve() -> Any:
+                return await pg_pool.fetchrow(
+                    "SELECT payload FROM audit_events WHERE type = 'AlertResolved' AND payload->>'key' = $1",
+                    breaker.key,
+                )
+
+            assert json.loads((await eventually(audited_resolve))["payload"])["reason"] == "breaker CB-2 CLOSED"
     finally:
         await peer.close()
         await hooks.stop()
 
+    breaker_slack = [m["text"] for m in hooks.received["slack"] if "CB-2" in m["text"]]
+    assert breaker_slack == [
+        ":red_circle: [P1] risk: CB-2 Consecutive losses tripped",
+        ":white_check_mark: [RESOLVED] risk: CB-2 Consecutive losses tripped",
+    ]
+    hooks.received = {"slack": first_slack, "pagerduty": first_pages}
     slack = [message["text"] for message in hooks.received["slack"]]
     assert slack == [
         ":red_circle: [P1] market-data: possible data gap",

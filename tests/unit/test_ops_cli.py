@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from entrypoints import ops_cli
 from entrypoints.cli import build_parser
+from services.gateway import api_models
 
 NOW_NS = 1_700_000_100 * 10**9
 SUSPECT = "trading HALTED for new entries: market data stream SUSPECT: clean window after a reconnect (FM-N1)"
@@ -251,3 +253,128 @@ def test_strategy_parser_when_another_module_made_it_first_then_both_verbs_live(
     assert parser.parse_args(["strategy", "new", "x"]).strategy_command == "new"
     enabled = parser.parse_args(["strategy", "enable", "x", "--mode", "live"])
     assert enabled.ops_verb == "strategy enable" and enabled.mode == "live"
+
+
+def rendered(shown: Any) -> str:
+    console = Console(file=io.StringIO(), width=240, color_system=None)
+    console.print(shown)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def cells(line: str) -> list[str]:
+    """The cells of one drawn table line (rich draws columns with │, the header with ┃)."""
+    return [cell.strip() for cell in re.split("[│┃]", line.strip())[1:-1]]
+
+
+def row_cells(text: str, key: str) -> list[str]:
+    """The cells of the first table row with a cell `key`."""
+    return next(found for line in text.splitlines() if key in (found := cells(line)))
+
+
+def header_cells(text: str, first: str) -> list[str]:
+    return row_cells(text, first)
+
+
+def test_positions_table_when_marked_then_mark_and_unrealized_pnl_beside_entry_and_realized(tmp_path: Path) -> None:
+    body = {
+        "positions": [
+            {"venue": "binance-usdm", "symbol": "BTCUSDT", "quantity": "0.002", "average_entry_price": "65000"}
+            | {"realized_pnl": "1.5", "updated_ns": NOW_NS, "mark_price": "65100.5", "mark_source": "mark_price"}
+            | {"unrealized_pnl": "0.201"},
+            {"venue": "binance-usdm", "symbol": "ETHUSDT", "quantity": "-0.1", "average_entry_price": "3000"}
+            | {"realized_pnl": "0", "updated_ns": NOW_NS, "mark_price": "2990", "mark_source": "book_mid"}
+            | {"unrealized_pnl": "1.0"},
+            {"venue": "backup", "symbol": "SOLUSDT", "quantity": "1", "average_entry_price": "150"}
+            | {"realized_pnl": "-2", "updated_ns": NOW_NS},
+        ]
+    }
+    api_models.PositionList.model_validate(body)  # the sample is what the API answers
+    code, out = bulwark(["positions"], Gateway({("GET", "/v1/positions"): (200, body)}), tmp_path)
+    assert code == 0
+    columns = ["venue", "symbol", "quantity", "entry", "mark", "unrealized pnl", "realized pnl", "updated"]
+    assert header_cells(out, "venue") == columns
+    btc = dict(zip(columns, row_cells(out, "BTCUSDT"), strict=True))
+    assert btc | {"updated": ""} == {
+        "venue": "binance-usdm",
+        "symbol": "BTCUSDT",
+        "quantity": "0.002",
+        "entry": "65000",
+        "mark": "65100.5",
+        "unrealized pnl": "0.201",
+        "realized pnl": "1.5",
+        "updated": "",
+    }
+    eth = dict(zip(columns, row_cells(out, "ETHUSDT"), strict=True))
+    assert (eth["mark"], eth["unrealized pnl"], eth["realized pnl"]) == ("2990 (mid)", "1.0", "0")
+    sol = dict(zip(columns, row_cells(out, "SOLUSDT"), strict=True))
+    assert (sol["mark"], sol["unrealized pnl"], sol["realized pnl"]) == ("", "", "-2")
+    assert "no mark" in out
+    code, out = bulwark(["positions", "--json"], Gateway({("GET", "/v1/positions"): (200, body)}), tmp_path)
+    assert code == 0 and json.loads(out) == body
+
+
+def test_strategies_table_when_listed_then_mode_state_crashes_restarts_and_pid(tmp_path: Path) -> None:
+    body = {
+        "strategies": [
+            {"name": "trend", "component": "strategy-trend", "state": "ENABLED", "component_state": "READY"}
+            | {"mode": "paper", "crashes_in_window": 2, "crash_window_s": 600, "restarts": 3, "pid": 4242}
+            | {"last_crash_ns": NOW_NS},
+            {"name": "fade", "component": "strategy-fade", "state": "FAILED", "component_state": "DOWN"}
+            | {"mode": "live", "crashes_in_window": None, "restarts": 0, "pid": None},
+        ]
+    }
+    api_models.StrategyList.model_validate(body)
+    code, out = bulwark(["strategies"], Gateway({("GET", "/v1/strategies"): (200, body)}), tmp_path)
+    assert code == 0
+    columns = ["strategy", "mode", "state", "process", "crashes", "restarts", "pid", "last crash"]
+    assert header_cells(out, "strategy") == columns
+    trend = dict(zip(columns, row_cells(out, "trend"), strict=True))
+    assert trend == {
+        "strategy": "trend",
+        "mode": "paper",
+        "state": "ENABLED",
+        "process": "READY",
+        "crashes": "2 in 600s",
+        "restarts": "3",
+        "pid": "4242",
+        "last crash": "2023-11-14 22:15:00Z",
+    }
+    fade = dict(zip(columns, row_cells(out, "fade"), strict=True))
+    assert (fade["mode"], fade["state"], fade["crashes"], fade["restarts"], fade["pid"]) == (
+        "live",
+        "FAILED",
+        "?",
+        "0",
+        "",
+    )
+    code, out = bulwark(["strategies", "--json"], Gateway({("GET", "/v1/strategies"): (200, body)}), tmp_path)
+    assert code == 0 and json.loads(out) == body
+
+
+def test_status_components_when_restarted_then_restarts_and_heartbeat_age_shown() -> None:
+    components = {
+        "risk": {"state": "READY", "pid": 7, "last_heartbeat_age_ms": 850, "restarts": 0},
+        "position": {"state": "READY", "pid": 8, "last_heartbeat_age_ms": 12_345, "restarts": 2}
+        | {"last_restart_ns": NOW_NS - 125 * 10**9},
+        "strategy-trend": {"state": "DOWN", "pid": None, "last_heartbeat_age_ms": 245_000, "restarts": 1},
+        "venue-sim": {"state": "STARTING", "pid": None, "last_heartbeat_age_ms": None},
+    }
+    status = STATUS | {"components": components}
+    for component in components.values():
+        api_models.ComponentStatus.model_validate(component)
+    text = rendered(ops_cli.render_status(status, NOW_NS))
+    columns = ["component", "state", "pid", "heartbeat age", "restarts", "last restart"]
+    assert header_cells(text, "component") == columns
+    shown = {name: dict(zip(columns, row_cells(text, name), strict=True)) for name in components}
+    assert shown["risk"] | {"component": ""} == {
+        "component": "",
+        "state": "READY",
+        "pid": "7",
+        "heartbeat age": "850 ms",
+        "restarts": "0",
+        "last restart": "",
+    }
+    assert (shown["position"]["heartbeat age"], shown["position"]["restarts"]) == ("12.3 s", "2")
+    assert shown["position"]["last restart"].endswith("(2m 5s ago)")
+    assert (shown["strategy-trend"]["heartbeat age"], shown["strategy-trend"]["restarts"]) == ("4m 5s", "1")
+    assert (shown["venue-sim"]["heartbeat age"], shown["venue-sim"]["restarts"]) == ("", "0")
