@@ -41,8 +41,14 @@ from tests.support.polling import eventually as poll_until
 
 
 @contextlib.asynccontextmanager
-async def running_watchdog(nats_url: str, pool: Any, **overrides: Any) -> AsyncIterator[ServiceContext]:
-    settings = Settings(nats_url=nats_url, heartbeat_timeout_s=1.0, strategies=("imbalance",), **overrides)
+async def running_watchdog(
+    infra: EmbeddedInfra, nats_url: str, pool: Any, **overrides: Any
+) -> AsyncIterator[ServiceContext]:
+    # The test's own Postgres for everything the watchdog opens itself (its snapshot store), never a
+    # default port that may be another server's.
+    settings = Settings(
+        nats_url=nats_url, pg_dsn=infra.pg_dsn, heartbeat_timeout_s=1.0, strategies=("imbalance",), **overrides
+    )
     bus = Bus("watchdog")
     await bus.connect(nats_url)
     await bus.ensure_streams()
@@ -77,7 +83,7 @@ async def test_heartbeats_stop_then_component_down_alert_audited_and_health_red(
 
     beater = asyncio.create_task(beat())
     try:
-        async with running_watchdog(nats_url, pg_pool):
+        async with running_watchdog(infra, nats_url, pg_pool):
 
             async def health() -> Any:
                 entry = await peer.kv_get(subjects.KEY_HEALTH)
@@ -136,7 +142,7 @@ async def test_audit_and_dlq_writers_then_rows_in_postgres_once(
         "INSERT INTO dead_letters (stream_seq, consumer, subject, reason, deliveries, payload, created_ns, "
         "updated_ns) VALUES (NULL, 'old', 's', 'r', 1, '{}', 1, 1)"
     )  # older than 30 days: purged at start
-    async with running_watchdog(nats_url, pg_pool) as ctx:
+    async with running_watchdog(infra, nats_url, pg_pool) as ctx:
         submitted = OrderSubmitted(client_order_id="bw1", symbol="BTCUSDT", venue="binance-usdm")
         await ctx.bus.publish(subjects.evt_order("submitted", "binance-usdm", "BTCUSDT"), submitted)
         await ctx.bus.publish(subjects.evt_order("submitted", "binance-usdm", "BTCUSDT"), submitted)  # deduplicated
@@ -166,7 +172,7 @@ async def test_audit_when_postgres_down_then_redelivered_after_it_returns(
         f"postgresql://bulwark@127.0.0.1:{dead_port}/bulwark", min_size=0, max_size=1, timeout=0.5
     )
     try:
-        async with running_watchdog(nats_url, dead) as ctx:
+        async with running_watchdog(infra, nats_url, dead) as ctx:
             submitted = OrderSubmitted(client_order_id="bw2", symbol="BTCUSDT", venue="binance-usdm")
             await ctx.bus.publish(subjects.evt_order("submitted", "binance-usdm", "BTCUSDT"), submitted)
             await asyncio.sleep(1.0)  # delivered, failed, nak'ed
@@ -192,7 +198,7 @@ async def test_hard_shutdown_in_kv_then_kept_while_components_go_down(
     shutdown = {"level": "HARD_SHUTDOWN", "reason": "operator emergency stop", "ts_ns": 1}
     await peer.kv_put(subjects.KEY_DEGRADATION_LEVEL, json.dumps(shutdown).encode())
     try:
-        async with running_watchdog(nats_url, pg_pool):
+        async with running_watchdog(infra, nats_url, pg_pool):
             await eventually(lambda: _health_is(peer, "RED"))  # nobody heartbeats
             await asyncio.sleep(1.2)  # at least one more evaluation
 
@@ -245,7 +251,10 @@ async def test_symbol_stale_over_10s_then_emergency_persisted_audited_and_back_t
 
     await peer.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, symbols)
     try:
-        async with all_components_beating(peer), running_watchdog(nats_url, pg_pool, watchdog_recovery_hold_s=0.5):
+        async with (
+            all_components_beating(peer),
+            running_watchdog(infra, nats_url, pg_pool, watchdog_recovery_hold_s=0.5),
+        ):
             assert await eventually(lambda: _is(_level(peer), "NORMAL"))
 
             hot["BTCUSDT"] = (HotStateStatus.STALE, 1500)
@@ -281,7 +290,7 @@ async def test_link_degraded_event_then_emergency_mode(infra: EmbeddedInfra, nat
     await peer.connect(nats_url)
     await peer.ensure_streams()
     try:
-        async with all_components_beating(peer), running_watchdog(nats_url, pg_pool):
+        async with all_components_beating(peer), running_watchdog(infra, nats_url, pg_pool):
             assert await eventually(lambda: _is(_level(peer), "NORMAL"))  # no state-builder answer: KV has nothing
             degraded = LinkStateChanged(
                 venue="binance-usdm", link="market-ws", previous=None, current="DEGRADED", reason="5 failed attempts"
@@ -343,7 +352,7 @@ async def test_alerts_then_delivered_to_webhooks_once_while_open_and_resolved_on
     }
     breaker = AlertRaised(key="breaker.CB-2", severity="P1", component="risk", title="CB-2 Consecutive losses tripped")
     try:
-        async with running_watchdog(nats_url, pg_pool, **settings), all_components_beating(peer):
+        async with running_watchdog(infra, nats_url, pg_pool, **settings), all_components_beating(peer):
             raised = AlertRaised(key="gap:BTCUSDT", severity="P1", component="market-data", title="possible data gap")
             minor = AlertRaised(key="minor", severity="P3", component="risk", title="fyi")
             for message in (raised, raised, minor):
@@ -408,7 +417,7 @@ async def test_alert_when_webhook_unreachable_then_logged_and_watchdog_keeps_run
     await peer.connect(nats_url)
     await peer.ensure_streams()
     try:
-        async with running_watchdog(nats_url, pg_pool, alert_slack_webhook_url=dead) as ctx:
+        async with running_watchdog(infra, nats_url, pg_pool, alert_slack_webhook_url=dead) as ctx:
             await peer.publish(
                 subjects.EVT_ALERT_RAISED, AlertRaised(key="x", severity="P0", component="risk", title="boom")
             )
@@ -436,7 +445,9 @@ async def test_backup_venue_position_process_silent_then_expected_down_reduced_y
         # Every core component beats; the backup venue's position process never did (expected all the same).
         async with (
             all_components_beating(peer) as beating,
-            running_watchdog(nats_url, pg_pool, backup_venue="binance-usdm-backup", watchdog_recovery_hold_s=0.2),
+            running_watchdog(
+                infra, nats_url, pg_pool, backup_venue="binance-usdm-backup", watchdog_recovery_hold_s=0.2
+            ),
         ):
             assert await eventually(lambda: _is(_level(peer), "REDUCED_FUNCTIONALITY"))
             yellow = await eventually(lambda: _health_is(peer, "YELLOW"))
