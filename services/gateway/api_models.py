@@ -14,6 +14,7 @@ import types
 import typing
 import urllib.parse
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -449,6 +450,34 @@ class DeadLetterBulkRetry(BaseModel):
     results: list[DeadLetterRetryResult]
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 403, 404, 408, 409, 413, 414, 422, 429, 503)
+ERROR_CODES = (400, 401, 403, 404, 408, 409, 413, 414, 422, 429, 503)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in ERROR_CODES}
+JSON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": HTTPStatus(code).phrase,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+    }
+    for code in ERROR_CODES
 }
+"""The error answers of a route whose own answer is not JSON (the event stream): FastAPI documents a
+`model` response in the route's media type, but every error is an `ErrorEnvelope` in JSON."""
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` written in place, for an `openapi_extra` request body
+    (FastAPI does not move those into `components`, so a `#/$defs/...` reference would not resolve)."""
+    schema = model.model_json_schema()
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#/$defs/"):
+                rest = {key: inline(value) for key, value in node.items() if key != "$ref"}
+                return {**inline(definitions[reference.removeprefix("#/$defs/")]), **rest}
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return dict(inline(schema))

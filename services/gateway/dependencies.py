@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
-from services.gateway.api_models import ControlRequest, parse_control_body
+from services.gateway.api_models import ControlRequest, body_schema, parse_control_body
 from services.gateway.auth import Principal, Role, authorize
 from services.gateway.context import Gateway
 
@@ -46,7 +46,7 @@ CONTROL_BODY = Depends(read_control)
 CONTROL_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": False,
-        "content": {"application/json": {"schema": ControlRequest.model_json_schema()}},
+        "content": {"application/json": {"schema": body_schema(ControlRequest)}},
     }
 }
 """The control body in the OpenAPI document (it is read by hand, so FastAPI cannot see it)."""

@@ -19,7 +19,7 @@ from libs.runbooks import runbook_url
 from proto import subjects
 from proto.codec import decode
 from services.gateway import queries
-from services.gateway.api_models import ERROR_RESPONSES, AlertList, EventList
+from services.gateway.api_models import ERROR_RESPONSES, JSON_ERROR_RESPONSES, AlertList, EventList
 from services.gateway.auth import Principal
 from services.gateway.context import BUS_ERRORS
 from services.gateway.dependencies import VIEWER, GatewayDep
@@ -78,7 +78,7 @@ class EventStreamResponse(StreamingResponse):
     "/v1/events/stream",
     response_class=EventStreamResponse,
     responses={
-        **ERROR_RESPONSES,
+        **JSON_ERROR_RESPONSES,
         200: {
             "description": "server-sent events: `event:` the message type, `id:` its message id, "
             "`subject:` the subject it was published on, `data:` its JSON",

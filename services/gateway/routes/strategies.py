@@ -18,7 +18,7 @@ from proto.kv import (
 )
 from proto.messages import DisableStrategy, EnableStrategy
 from services.gateway import strategy_health
-from services.gateway.api_models import ERROR_RESPONSES, StrategyCommandResponse, StrategyList, parse_body
+from services.gateway.api_models import ERROR_RESPONSES, StrategyCommandResponse, StrategyList, body_schema, parse_body
 from services.gateway.auth import Principal
 from services.gateway.context import BUS_ERRORS, Gateway
 from services.gateway.dependencies import OPERATOR, VIEWER, GatewayDep
@@ -67,7 +67,7 @@ async def read_enable(request: Request) -> EnableRequest:
 
 ENABLE_BODY = Depends(read_enable)
 ENABLE_OPENAPI: dict[str, Any] = {
-    "requestBody": {"required": False, "content": {"application/json": {"schema": EnableRequest.model_json_schema()}}}
+    "requestBody": {"required": False, "content": {"application/json": {"schema": body_schema(EnableRequest)}}}
 }
 
 
