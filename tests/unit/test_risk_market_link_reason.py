@@ -12,15 +12,15 @@ import msgspec
 from libs.clock import ManualClock
 from libs.logging import get_logger
 from proto import subjects
-from proto.enums import ConnectionState, HotStateStatus, OrderSource, OrderType, Side, TradingState
+from proto.enums import ConnectionState, HotStateStatus, TradingState
 from proto.kv import LinkValue, TradingStateValue
-from proto.messages import HotStateRecord, HotStateStatusChanged, OrderDenied, SubmitOrder
+from proto.messages import HotStateRecord, HotStateStatusChanged, OrderDenied
 from services.risk import decisions, dependencies
 from services.risk.checks import RiskLimits
 from services.risk.dependencies import market_link_reason
 from services.risk.handlers import RiskService
 from tests.unit.test_risk_dependencies import OvertakenKv
-from tests.unit.test_risk_entry_gates import VENUE, QuietBus, ask, link, service
+from tests.unit.test_risk_entry_gates import VENUE, QuietBus, ask, btc_entry, link, service
 
 T = 1_796_662_683_000_000_000  # 2026-12-07 16:58:03 UTC
 DISCONNECTED_AT_T = (
@@ -52,18 +52,7 @@ async def test_entry_gates_and_decision_when_stream_disconnected_then_both_say_d
     assert [(b.gate, b.since_ns) for b in blocked] == [("link", T)]
     reason = blocked[0].reason
     assert reason.endswith(DISCONNECTED_AT_T) and "SUSPECT" not in reason and "after a reconnect" not in reason
-    entry = SubmitOrder(
-        client_order_id="bw-entry-1",
-        idempotency_key="entry-1",
-        source=OrderSource.OPERATOR,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.LIMIT,
-        quantity=Decimal("0.01"),
-        price=Decimal(100),
-        venue=VENUE,
-    )
-    denied = await decisions.decide(risk, entry)
+    denied = await decisions.decide(risk, btc_entry())
     assert isinstance(denied, OrderDenied) and denied.reason == reason
 
     await risk.on_event(link(ConnectionState.SUSPECT, T + 5))
