@@ -50,14 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from entrypoints import access, infra
+from entrypoints.admin_bus import admin_bus, hold_halted
 from entrypoints.shutdown_gate import hard_shutdown_on_record, leave_hard_shutdown
-from entrypoints.venue_profiles import VenueChoice, hold_halted, venue_env
+from entrypoints.venue_profiles import MAINNET_HALT_REASON, VenueChoice, venue_env
 from libs import db
 from libs.bus import Bus
-from libs.logging import get_logger
 from proto.subjects import DEFAULT_VENUE, POSITION, position_component
-
-_log = get_logger("launcher")
 
 SERVICE_MODULES: dict[str, str] = {
     "market-data": "services.market_data.main",
@@ -585,25 +583,14 @@ def _already_running(data_dir: Path) -> int | None:
     return pid
 
 
-async def _prepare_stores(config: LaunchConfig, bus_credentials: access.BusCredentials) -> None:
+async def _prepare_stores(config: LaunchConfig, bus: Bus) -> None:
     await infra.ensure_database(config.pg_port, config.host)
     pool = await db.create_pool(infra.postgres_dsn(config.pg_port, config.host))
     try:
         await db.migrate(pool)
     finally:
         await pool.close()
-    bus = Bus("launcher", _log)
-    admin = access.ADMIN
-    await bus.connect(
-        f"nats://{config.host}:{config.nats_port}",
-        initial_connect_timeout_s=30,
-        user=admin,
-        password=bus_credentials.nats[admin],
-    )
-    try:
-        await bus.ensure_streams()
-    finally:
-        await bus.close()
+    await bus.ensure_streams()
 
 
 def _pings(url: str) -> bool:
@@ -664,23 +651,29 @@ class System:
                 self.stop()
                 raise LaunchError(f"{exc}\n--- {log} ---\n{tail}") from exc
             self.announce(f"{name:<9} ready on {config.host}:{specs[name].port}")
-        asyncio.run(_prepare_stores(config, bus_credentials))
-        admin = access.ADMIN
-        nats_url = f"nats://{config.host}:{config.nats_port}"
-        if config.venue.starts_halted:
-            asyncio.run(hold_halted(nats_url, user=admin, password=bus_credentials.nats[admin]))
-        self._hard_shutdown_gate(nats_url, admin, bus_credentials.nats[admin])
+        asyncio.run(self._before_services(bus_credentials))
         rpc = self.rpc()
         if venue_programs(config):
             rpc.supervisor.startProcessGroup("venue", False)
         self.wait_venue(min(VENUE_START_WAIT_S, max(1.0, deadline - time.monotonic())))
         rpc.supervisor.startProcessGroup("services", False)
 
-    def _hard_shutdown_gate(self, nats_url: str, user: str, password: str) -> None:
+    async def _before_services(self, bus_credentials: access.BusCredentials) -> None:
+        """Database, streams, the mainnet HALT and the HARD_SHUTDOWN gate, over one admin connection."""
+        config = self.config
+        admin = access.ADMIN
+        nats_url = f"nats://{config.host}:{config.nats_port}"
+        async with admin_bus(nats_url, user=admin, password=bus_credentials.nats[admin]) as bus:
+            await _prepare_stores(config, bus)
+            if config.venue.starts_halted:
+                await hold_halted(bus, MAINNET_HALT_REASON)
+            await self._hard_shutdown_gate(bus)
+
+    async def _hard_shutdown_gate(self, bus: Bus) -> None:
         """Keep a HARD_SHUTDOWN on record and say so, or leave it when the operator asked to."""
         config = self.config
         if config.leave_hard_shutdown:
-            left = asyncio.run(leave_hard_shutdown(nats_url, config.leave_hard_shutdown, user=user, password=password))
+            left = await leave_hard_shutdown(bus, config.leave_hard_shutdown)
             if left is None:
                 self.announce("--leave-hard-shutdown: the system was not in HARD_SHUTDOWN; nothing changed")
             else:
@@ -688,7 +681,7 @@ class System:
                     f"left HARD_SHUTDOWN ({left.reason}); level NORMAL, trading HALTED until an operator resumes"
                 )
             return
-        held = asyncio.run(hard_shutdown_on_record(nats_url, user=user, password=password))
+        held = await hard_shutdown_on_record(bus)
         if held is not None:
             self.announce(
                 f"HARD_SHUTDOWN on record ({held.reason}): trading stays HALTED. Once the cause is fixed, "

@@ -14,20 +14,12 @@ from __future__ import annotations
 import getpass
 import time
 
+from entrypoints.admin_bus import hold_halted
 from libs.bus import Bus
-from libs.logging import get_logger
 from proto import subjects
-from proto.enums import DegradationLevel, TradingState
-from proto.kv import DegradationLevelValue, TradingStateValue, decode_value, encode_value
+from proto.enums import DegradationLevel
+from proto.kv import DegradationLevelValue, decode_value, encode_value
 from proto.messages import DegradationLevelChanged, OperatorActionTaken
-
-LAUNCHER_OPERATOR = "bulwark-up"
-
-
-async def _connect(nats_url: str, user: str, password: str) -> Bus:
-    bus = Bus(LAUNCHER_OPERATOR, get_logger(LAUNCHER_OPERATOR))
-    await bus.connect(nats_url, initial_connect_timeout_s=30, user=user, password=password)
-    return bus
 
 
 async def _level(bus: Bus) -> DegradationLevelValue | None:
@@ -37,26 +29,22 @@ async def _level(bus: Bus) -> DegradationLevelValue | None:
     return decode_value(DegradationLevelValue, found[0])
 
 
-async def hard_shutdown_on_record(nats_url: str, *, user: str = "", password: str = "") -> DegradationLevelValue | None:
-    """The persisted HARD_SHUTDOWN record, or None when the system is in any other level."""
-    bus = await _connect(nats_url, user, password)
-    try:
-        record = await _level(bus)
-    finally:
-        await bus.close()
+async def hard_shutdown_on_record(bus: Bus) -> DegradationLevelValue | None:
+    """The persisted HARD_SHUTDOWN record, or None when the system is in any other level.
+
+    Args:
+        bus: the launcher's admin connection (`entrypoints.admin_bus`).
+    """
+    record = await _level(bus)
     return record if record is not None and record.level == DegradationLevel.HARD_SHUTDOWN else None
 
 
-async def leave_hard_shutdown(
-    nats_url: str, reason: str, *, user: str = "", password: str = "", operator: str = ""
-) -> DegradationLevelValue | None:
+async def leave_hard_shutdown(bus: Bus, reason: str, *, operator: str = "") -> DegradationLevelValue | None:
     """Leave a persisted HARD_SHUTDOWN before the services start (see the module docstring).
 
     Args:
-        nats_url: the system's NATS.
+        bus: the launcher's admin connection (`entrypoints.admin_bus`).
         reason: why the operator restarts out of HARD_SHUTDOWN (required, recorded).
-        user: the NATS user to connect as (the launcher's admin user).
-        password: that user's password.
         operator: who decided (default: the OS user running `bulwark up`).
 
     Returns:
@@ -70,32 +58,27 @@ async def leave_hard_shutdown(
     if not reason:
         raise ValueError("--leave-hard-shutdown needs a reason: what caused the shutdown and why it is safe now")
     who = operator or getpass.getuser()
-    bus = await _connect(nats_url, user, password)
-    try:
-        record = await _level(bus)
-        if record is None or record.level != DegradationLevel.HARD_SHUTDOWN:
-            return None
-        because = f"restarted out of HARD_SHUTDOWN by {who}: {reason}"
-        now = time.time_ns()
-        halted = TradingStateValue(state=TradingState.HALTED, reason=because, operator=who, ts_ns=now)
-        await bus.kv_put(subjects.KEY_TRADING_STATE, encode_value(halted))
-        level = DegradationLevelValue(
-            level=DegradationLevel.NORMAL, reason=because, previous=DegradationLevel.HARD_SHUTDOWN, ts_ns=now
-        )
-        await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, encode_value(level))
-        changed = DegradationLevelChanged(
-            previous=DegradationLevel.HARD_SHUTDOWN, current=DegradationLevel.NORMAL, reason=because
-        )
-        await bus.publish(subjects.EVT_DEGRADATION, changed)
-        action = OperatorActionTaken(
-            operator=who,
-            role="admin",
-            action="leave_hard_shutdown",
-            target="system",
-            reason=reason,
-            details={"hard_shutdown_reason": record.reason, "hard_shutdown_since_ns": record.ts_ns},
-        )
-        await bus.publish(subjects.evt_operator("leave_hard_shutdown"), action)
-        return record
-    finally:
-        await bus.close()
+    record = await _level(bus)
+    if record is None or record.level != DegradationLevel.HARD_SHUTDOWN:
+        return None
+    because = f"restarted out of HARD_SHUTDOWN by {who}: {reason}"
+    now = time.time_ns()
+    await hold_halted(bus, because, operator=who, ts_ns=now)
+    level = DegradationLevelValue(
+        level=DegradationLevel.NORMAL, reason=because, previous=DegradationLevel.HARD_SHUTDOWN, ts_ns=now
+    )
+    await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, encode_value(level))
+    changed = DegradationLevelChanged(
+        previous=DegradationLevel.HARD_SHUTDOWN, current=DegradationLevel.NORMAL, reason=because
+    )
+    await bus.publish(subjects.EVT_DEGRADATION, changed)
+    action = OperatorActionTaken(
+        operator=who,
+        role="admin",
+        action="leave_hard_shutdown",
+        target="system",
+        reason=reason,
+        details={"hard_shutdown_reason": record.reason, "hard_shutdown_since_ns": record.ts_ns},
+    )
+    await bus.publish(subjects.evt_operator("leave_hard_shutdown"), action)
+    return record

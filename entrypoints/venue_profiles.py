@@ -15,7 +15,8 @@ Kubernetes select one the same way (docker-compose.yml, k8s/configmap.yaml). The
 or written to the data dir. On paper (`--paper`) no key is needed or kept: the venue is asked only for
 public market data, and orders go to a paper simulator with its own key (`entrypoints.launcher`).
 Mainnet needs an explicit confirmation flag and always starts HALTED,
-written before any service runs (and again by position's start-up preflight, which is how compose
+written by the launcher before any service runs (`entrypoints.admin_bus.hold_halted` with
+`MAINNET_HALT_REASON`; and again by position's start-up preflight, which is how compose
 and Kubernetes get it too): the operator resumes after reading the preflight.
 """
 
@@ -23,17 +24,11 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from libs.binance.preflight import PROFILE_URLS, REAL_MONEY_PROFILE
-from libs.bus import Bus
-from libs.logging import get_logger
-from proto import subjects
-from proto.enums import TradingState
-from proto.kv import TradingStateValue, encode_value
 
 SIM = "sim"
 TESTNET = "binance-testnet"
@@ -41,7 +36,6 @@ MAINNET = REAL_MONEY_PROFILE
 CUSTOM = "custom"
 PROFILES = (SIM, TESTNET, MAINNET, CUSTOM)
 CONFIRM_FLAG = "--i-understand-this-trades-real-money"
-LAUNCHER_OPERATOR = "launcher"
 MAINNET_HALT_REASON = (
     "mainnet profile: trading starts HALTED; read the preflight (`bulwark preflight`, /v1/status) "
     "and resume (`POST /v1/trading/resume`) when it is all ok"
@@ -217,23 +211,3 @@ def venue_env(choice: VenueChoice) -> dict[str, str]:
         env["BULWARK_VENUE_API_KEY"] = choice.api_key
         env["BULWARK_VENUE_API_SECRET"] = choice.api_secret
     return env
-
-
-async def hold_halted(nats_url: str, reason: str = MAINNET_HALT_REASON, *, user: str = "", password: str = "") -> None:
-    """Persist trading HALTED (KV `trading_state`, read by risk at its start) before any service runs.
-
-    Args:
-        nats_url: the system's NATS.
-        reason: why trading is held.
-        user: the NATS user to connect as (the launcher's admin user when the bus has users).
-        password: that user's password.
-    """
-    bus = Bus(LAUNCHER_OPERATOR, get_logger(LAUNCHER_OPERATOR))
-    await bus.connect(nats_url, initial_connect_timeout_s=30, user=user, password=password)
-    try:
-        value = TradingStateValue(
-            state=TradingState.HALTED, reason=reason, operator=LAUNCHER_OPERATOR, ts_ns=time.time_ns()
-        )
-        await bus.kv_put(subjects.KEY_TRADING_STATE, encode_value(value))
-    finally:
-        await bus.close()

@@ -54,29 +54,65 @@ FORGET_AFTER_NS = 24 * 3600 * 1_000_000_000
 """How long an unexpected component (a strategy instance removed, a stray name) stays listed DOWN."""
 
 
+LEASE_DETAIL = "lease"
+LEASE_HELD = "held"
+"""`details["lease"]` of the process holding its component's single-writer lease (position, strategies):
+a standby process heartbeats under the same component name with `standby`."""
+
+Process = tuple[int, int]
+"""(pid, started_ns): one process of a component."""
+
+
 @dataclass
 class HeartbeatTracker:
-    """Last heartbeat of every component, by receive time (ns)."""
+    """Last heartbeat of every process of every component, by receive time (ns).
+
+    A component may run as several processes at once: an active one holding the component's
+    single-writer lease and standbys waiting for it, all heartbeating under the component's name.
+    The component is then what its lease holder reports (`current`), not whichever process was
+    heard last, so its state, pid and details (the lease gate of `can_enter`) do not flip between them.
+    """
 
     timeout_ns: int = 3_000_000_000
     expected: tuple[str, ...] = ()
     forget_after_ns: int = FORGET_AFTER_NS
     """A component that is not expected and silent this long is forgotten (its name no longer
     listed): names come from the bus, and the tracker must not grow with every one ever heard."""
-    _last: dict[str, tuple[Heartbeat, int]] = field(default_factory=dict)
+    _processes: dict[str, dict[Process, tuple[Heartbeat, int]]] = field(default_factory=dict)
 
     def record(self, heartbeat: Heartbeat, received_ns: int) -> None:
-        self._last[heartbeat.component] = (heartbeat, received_ns)
+        processes = self._processes.setdefault(heartbeat.component, {})
+        processes[(heartbeat.pid, heartbeat.started_ns)] = (heartbeat, received_ns)
+        # A process silent past the timeout while another one of the component speaks is gone
+        # (a restart is a new process): forgotten, so the map stays as small as the live processes.
+        for process, (_, heard_ns) in list(processes.items()):
+            if received_ns - heard_ns > self.timeout_ns:
+                del processes[process]
+
+    def current(self, component: str, now_ns: int) -> tuple[Heartbeat, int] | None:
+        """(heartbeat, received ns) that speaks for `component`: of its processes heard within the
+        timeout, the latest one reporting the lease held; else the latest heard (None: never heard)."""
+        processes = self._processes.get(component)
+        if not processes:
+            return None
+        heard = sorted(processes.values(), key=lambda entry: entry[1])
+        holders = [
+            entry
+            for entry in heard
+            if now_ns - entry[1] <= self.timeout_ns and entry[0].details.get(LEASE_DETAIL) == LEASE_HELD
+        ]
+        return holders[-1] if holders else heard[-1]
 
     def view(self, now_ns: int) -> dict[str, ComponentView]:
         """Every expected or seen component with its state as of `now_ns` (see `forget_after_ns`)."""
-        for name, (_, received_ns) in list(self._last.items()):
-            if name not in self.expected and now_ns - received_ns > self.forget_after_ns:
-                del self._last[name]
-        names = list(dict.fromkeys([*self.expected, *self._last]))
+        for name, processes in list(self._processes.items()):
+            newest_ns = max((heard_ns for _, heard_ns in processes.values()), default=0)
+            if name not in self.expected and now_ns - newest_ns > self.forget_after_ns:
+                del self._processes[name]
+        names = list(dict.fromkeys([*self.expected, *self._processes]))
         views: dict[str, ComponentView] = {}
         for name in names:
-            entry = self._last.get(name)
+            entry = self.current(name, now_ns)
             if entry is None:
                 views[name] = ComponentView(name, ComponentState.DOWN, None, None)
                 continue

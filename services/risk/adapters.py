@@ -52,10 +52,15 @@ async def read_hot_state(bus: Bus, symbol: str) -> HotStateStatus | None:
     return parse_hot_state(entry[0]) if entry else None
 
 
+async def read_link(bus: Bus, venue: str, link: str) -> LinkValue | None:
+    """A venue link's record from KV `link.<venue>.<link>` (None when never set or unreadable)."""
+    entry = await bus.kv_get(subjects.key_link(venue, link))
+    return decode_value(LinkValue, entry[0]) if entry else None
+
+
 async def read_link_state(bus: Bus, venue: str, link: str) -> ConnectionState | None:
     """A venue link's state from KV `link.<venue>.<link>` (None when never set or unreadable)."""
-    entry = await bus.kv_get(subjects.key_link(venue, link))
-    value = decode_value(LinkValue, entry[0]) if entry else None
+    value = await read_link(bus, venue, link)
     return value.state if value is not None else None
 
 

@@ -134,8 +134,6 @@ async def decide(
         if order.client_order_id in risk.state.decided:
             risk.log.info("order_already_decided", client_order_id=order.client_order_id)
             return None
-        if order.strategy is not None:  # the persisted mode decides, not the order of two events
-            await risk.paper.refresh(risk.bus, order.strategy, risk.log)
         bid = ask = None
         if order.price is None and order.stop_price is None and order.symbol not in risk.state.mark_prices:
             bid, ask = await touch_prices(risk, order.symbol)

@@ -9,6 +9,7 @@ EMERGENCY_MODE and HARD_SHUTDOWN flatten). Also the initial reads at start.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from proto import subjects
@@ -43,16 +44,17 @@ def links(risk: RiskCore) -> OrderLinks:
     return OrderLinks(main=risk.venue, backup=risk.backup_venue, states=dict(risk.order_links))
 
 
-def on_market_link(risk: RiskCore, state: ConnectionState | None, reason: str) -> None:
+def on_market_link(risk: RiskCore, state: ConnectionState | None, reason: str, since_ns: int | None = None) -> None:
     """The venue's market-data stream: entries wait while it is not CONNECTED (FM-N1).
 
     After a reconnect the stream is SUSPECT for the clean window; the books may already be
     VALID again (a snapshot and 3 fresh updates), but SPEC resumes trading only after the window.
+    `since_ns`: when the link took `state` (default: now, when risk hears it; at start, the KV record's time).
     """
     previous = risk.market_link
     risk.market_link = state
     if state != previous:
-        risk.since["market_link"] = risk.clock()
+        risk.since["market_link"] = since_ns or risk.clock()
         risk.log.info("market_link_changed", previous=previous, current=state, reason=reason)
 
 
@@ -99,9 +101,29 @@ def market_link_gate(risk: RiskCore, symbol: str) -> str | None:
     """
     if risk.hot_state.get(symbol) != HotStateStatus.VALID:
         return None
-    if risk.market_link in (ConnectionState.SUSPECT, ConnectionState.DISCONNECTED):
-        return f"market data stream {risk.market_link.value}: clean window after a reconnect (FM-N1)"
+    return market_link_reason(risk.market_link, risk.since.get("market_link"))
+
+
+def market_link_reason(state: ConnectionState | None, since_ns: int | None) -> str | None:
+    """What the market-data stream's state means for an entry, as it is (None: no wait).
+
+    DISCONNECTED is said as such, with since when: the clean window comes only after a reconnect.
+    """
+    match state:
+        case ConnectionState.SUSPECT:
+            return "market data stream SUSPECT: clean window after a reconnect (FM-N1)"
+        case ConnectionState.DISCONNECTED:
+            since = f" since {utc_text(since_ns)}" if since_ns else ""
+            return (
+                f"market data stream DISCONNECTED{since}: reconnecting; entries wait for the reconnect and "
+                "the clean window after it (FM-N1)"
+            )
     return None
+
+
+def utc_text(ns: int) -> str:
+    """A UTC ns timestamp as an operator reads it (`2026-12-07 16:58:03 UTC`)."""
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def on_bus_connection(risk: RiskCore, connected: bool) -> None:
@@ -174,9 +196,9 @@ async def load_initial_state(risk: RiskCore) -> None:
     # The followers are subscribed already: an event that arrives while a KV read is under way
     # is newer than what the read returns, so a read only fills what no event has set.
     if risk.market_link is None:
-        link = await adapters.read_link_state(risk.bus, risk.venue, subjects.MARKET_WS_LINK)
-        if risk.market_link is None:
-            on_market_link(risk, link, "from KV")
+        link = await adapters.read_link(risk.bus, risk.venue, subjects.MARKET_WS_LINK)
+        if risk.market_link is None and link is not None:
+            on_market_link(risk, link.state, "from KV", link.ts_ns or None)
     for venue in risk.venues:
         if venue not in risk.order_links:
             state = await adapters.read_link_state(risk.bus, venue, subjects.ORDER_LINK)

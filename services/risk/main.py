@@ -98,7 +98,9 @@ async def setup(ctx: ServiceContext) -> None:
     service.rules_required = settings.venue_rules_required
     report = await recovery.recover(service, snap.orders_log(ctx.bus, snapshots))
     await breaker_effects.load_breakers(service, settings.strategies)
-    await service.paper.load(ctx.bus, settings.strategies, ctx.log)
+    # Before any order consumer: the first signal is decided on its strategy's persisted mode.
+    modes = await service.paper.follow(ctx.bus, ctx.log)
+    ctx.cleanups.append(modes.stop)
     # Subscribe before the initial reads so nothing published in between is missed.
     for subject in FOLLOWED_SUBJECTS:
         await ctx.bus.subscribe_core(subject, service.on_core_event)

@@ -14,9 +14,10 @@ breaker closes only at a live enable).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from functools import partial
 
 from libs.bus import Bus
+from libs.kv_watch import KeyWatch, watch_keys
 from libs.logging import Logger
 from proto import subjects
 from proto.enums import StrategyMode
@@ -73,32 +74,37 @@ class PaperModes:
             return self.venue
         return None
 
-    async def refresh(self, bus: Bus, strategy: str, log: Logger) -> None:
-        """Read `strategy`'s persisted mode again before deciding one of its orders.
+    def on_record(self, key: str, raw: bytes | None, log: Logger) -> None:
+        """A strategy's persisted mode (KV `strategy_mode.<name>`), at risk's start or when it changed.
 
-        The gateway persists the mode before it publishes the enable, and a strategy signals only
-        after its enable, so the record is never older than the signal, while the `EnableStrategy`
-        event (core NATS) may arrive after the signal, or not at all across a reconnect: the record
-        decides. An unreadable record is paper; a failed read or no record keeps what risk heard.
+        The record decides over the `EnableStrategy` event (core NATS, which may come after the
+        strategy's first signal, or not at all across a reconnect). A deleted record keeps what
+        risk heard; an unreadable one is paper (`recorded_mode`).
         """
-        try:
-            entry = await bus.kv_get(subjects.key_strategy_mode(strategy))
-        except Exception as exc:  # noqa: BLE001 - any bus failure: keep the mode heard
-            log.warning("strategy_mode_read_failed", strategy=strategy, error=str(exc)[:200])
+        strategy = key.removeprefix(subjects.KEY_STRATEGY_MODE_PREFIX)
+        if raw is None:
             return
-        if entry is None:
-            return
-        value = decode_value(StrategyModeValue, entry[0])
-        self.modes[strategy] = value.mode if value is not None else StrategyMode.PAPER
+        mode, readable = recorded_mode(raw)
+        if not readable:
+            log.warning("strategy_mode_unreadable", strategy=strategy, action_taken="treated as paper")
+        self.modes[strategy] = mode
 
-    async def load(self, bus: Bus, strategies: Iterable[str], log: Logger) -> None:
-        """Read every configured strategy's persisted mode (an unreadable one is taken as paper: without
-        a paper order link its orders are denied rather than risk sending a paper strategy live)."""
-        for name in strategies:
-            entry = await bus.kv_get(subjects.key_strategy_mode(name))
-            if entry is None:
-                continue
-            value = decode_value(StrategyModeValue, entry[0])
-            if value is None:
-                log.warning("strategy_mode_unreadable", strategy=name, action_taken="treated as paper")
-            self.modes[name] = value.mode if value is not None else StrategyMode.PAPER
+    async def follow(self, bus: Bus, log: Logger) -> KeyWatch:
+        """Keep every strategy's persisted mode in memory (a KV watch on `strategy_mode.*`).
+
+        Returns once the modes stored at the start are applied, so an order consumer started
+        after it decides the first signal on the persisted mode. The gateway persists a mode
+        before it publishes the enable, and a strategy signals only after its enable, so the
+        change reaches risk well before that strategy's next signal, without a read per order.
+        """
+        return await watch_keys(bus, subjects.key_strategy_mode("*"), partial(self.on_record, log=log), log)
+
+
+def recorded_mode(raw: bytes) -> tuple[StrategyMode, bool]:
+    """(mode, readable) of a `strategy_mode.<name>` record.
+
+    An unreadable record is paper: without a paper order link its orders are denied, rather than
+    risk sending a paper strategy's orders live.
+    """
+    value = decode_value(StrategyModeValue, raw)
+    return (value.mode, True) if value is not None else (StrategyMode.PAPER, False)

@@ -31,6 +31,7 @@ def thresholds_from(settings: Settings) -> Thresholds:
         latency_floor_ms=settings.watchdog_latency_floor_ms,
         recovery_hold_ns=int(settings.watchdog_recovery_hold_s * 1e9),
         paper_venue=settings.paper_venue,
+        backup_venue=settings.backup_venue,
     )
 
 

@@ -60,6 +60,9 @@ class Thresholds:
     paper_venue: str = ""
     """The paper venue beside live (`BULWARK_PAPER_VENUE`, "" none): its links never raise the level
     past REDUCED_FUNCTIONALITY (EMERGENCY_MODE would close the live positions for a paper outage)."""
+    backup_venue: str = ""
+    """The backup venue (`BULWARK_BACKUP_VENUE`, FM-N6, "" none): capped the same way, its position process
+    is not critical either (`is_critical`): while its links are out only the failover is missing."""
     cpu_max_pct: float = 95.0
     cpu_sustain_ns: int = 30 * S
     latency_factor: float = 2.0
@@ -239,6 +242,8 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
             level, health, severity, meaning = rule
             if facts.thresholds.paper_venue and link.name.startswith(f"{facts.thresholds.paper_venue}."):
                 level, health, meaning = paper_link_capped(level, health, meaning)
+            if facts.thresholds.backup_venue and link.name.startswith(f"{facts.thresholds.backup_venue}."):
+                level, health, meaning = paper_link_capped(level, health, meaning, BACKUP_LINK_CAPPED)
             yield Finding(
                 f"link:{link.name}",
                 subjects.MARKET_DATA,
@@ -250,11 +255,18 @@ def _links_rule(facts: Facts) -> Iterator[Finding]:
             )
 
 
-def paper_link_capped(level: DegradationLevel, health: Health, meaning: str) -> tuple[DegradationLevel, Health, str]:
-    """A paper venue's link trades no money: at most REDUCED_FUNCTIONALITY and YELLOW."""
+PAPER_LINK_CAPPED = "paper venue: paper orders wait"
+BACKUP_LINK_CAPPED = "backup venue: no failover while it is out"
+
+
+def paper_link_capped(
+    level: DegradationLevel, health: Health, meaning: str, why: str = PAPER_LINK_CAPPED
+) -> tuple[DegradationLevel, Health, str]:
+    """A link of a non-critical venue (the paper venue trades no money; the backup venue is only the
+    failover): at most REDUCED_FUNCTIONALITY and YELLOW, `why` said in the meaning."""
     if level in (DegradationLevel.NORMAL, DegradationLevel.REDUCED_FUNCTIONALITY):
         return level, health, meaning
-    return DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW, f"{meaning} (paper venue: paper orders wait)"
+    return DegradationLevel.REDUCED_FUNCTIONALITY, Health.YELLOW, f"{meaning} ({why})"
 
 
 def _disk_rule(facts: Facts) -> Iterator[Finding]:

@@ -18,36 +18,22 @@ from typing import Any
 import httpx
 import pytest
 
-from entrypoints.harness.system import RunningSystem, quiet_strategy_args, start_system, stop_system
-from entrypoints.harness.venue import PROJECT_ROOT, running_venue_sim
+from entrypoints.harness.system import RunningSystem, quiet_strategy_args
+from entrypoints.harness.venue import PROJECT_ROOT
 from entrypoints.launcher import PAPER_VENUE_PROGRAM
+from tests.support.external_venue import ACCOUNT_ENV, KEY, SECRET, system_on_venue
+from tests.support.external_venue import venue_fixture as venue_fixture  # the `venue` fixture
 from tests.support.polling import eventually_blocking
 
 pytestmark = pytest.mark.slow
-
-KEY, SECRET = f"venue-key-{uuid.uuid4().hex}", f"venue-secret-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(scope="module")
-def venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The venue: a simulator started on its own with the account's key."""
-    account = {"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
-    with running_venue_sim(tmp_path_factory.mktemp("venue"), "--source", "synthetic", env=account) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, venue: str) -> Iterator[RunningSystem]:
     base = tmp_path_factory.mktemp("paper")
-    args = ["--venue", "custom", "--venue-rest-url", venue, "--venue-ws-url", venue.replace("http://", "ws://")]
     # The venue's key in the environment, as a user trading it live would have it: paper must not use it.
-    env = {"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
-    running = start_system(base / "data", base / "bulwark-up.log", [*args, "--paper", *quiet_strategy_args(base)], env)
-    try:
-        running.wait_all_ready()
+    with system_on_venue(base, venue, ["--paper", *quiet_strategy_args(base)], ACCOUNT_ENV) as running:
         yield running
-    finally:
-        stop_system(running)
 
 
 def _sim_state(url: str) -> dict[str, Any]:

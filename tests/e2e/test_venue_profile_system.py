@@ -20,41 +20,27 @@ from typing import Any
 import httpx
 import pytest
 
-from entrypoints.harness.system import RunningSystem, quiet_strategy_args, start_system, stop_system
-from entrypoints.harness.venue import PROJECT_ROOT, running_venue_sim
+from entrypoints.harness.system import RunningSystem, quiet_strategy_args
+from entrypoints.harness.venue import PROJECT_ROOT
 from proto.subjects import CORE_COMPONENTS
+from tests.support.external_venue import ACCOUNT_ENV, KEY, SECRET, system_on_venue
+from tests.support.external_venue import venue_fixture as venue_fixture  # the `venue` fixture
 
 pytestmark = pytest.mark.slow
 
-KEY, SECRET = f"e2e-key-{uuid.uuid4().hex}", f"e2e-secret-{uuid.uuid4().hex}"
 FAST_ENV = {
-    "BULWARK_VENUE_API_KEY": KEY,
-    "BULWARK_VENUE_API_SECRET": SECRET,
+    **ACCOUNT_ENV,
     "BULWARK_VENUE_BREAKER_OPEN_S": "1",
     "BULWARK_VENUE_LEVERAGE": "5",
 }
 
 
 @pytest.fixture(scope="module")
-def external_venue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A simulator started on its own, with its own key (the account's)."""
-    account = {"BULWARK_VENUE_API_KEY": KEY, "BULWARK_VENUE_API_SECRET": SECRET}
-    with running_venue_sim(tmp_path_factory.mktemp("venue"), "--source", "synthetic", env=account) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, external_venue: str) -> Iterator[RunningSystem]:
+def system(tmp_path_factory: pytest.TempPathFactory, venue: str) -> Iterator[RunningSystem]:
     base = tmp_path_factory.mktemp("custom-venue")
-    ws = external_venue.replace("http://", "ws://")
-    args = ["--venue", "custom", "--venue-rest-url", external_venue, "--venue-ws-url", ws, *quiet_strategy_args(base)]
-    running = start_system(base / "data", base / "bulwark-up.log", args, env=FAST_ENV)
-    running.venue = external_venue
-    try:
-        running.wait_all_ready()
+    with system_on_venue(base, venue, quiet_strategy_args(base), FAST_ENV) as running:
+        running.venue = venue
         yield running
-    finally:
-        stop_system(running)
 
 
 def _wait(check: Any, timeout_s: float, what: str) -> Any:

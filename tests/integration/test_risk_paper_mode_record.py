@@ -1,6 +1,7 @@
-"""Risk reads a strategy's persisted order mode before deciding one of its orders (real NATS KV):
-the record the gateway writes before the enable decides, whatever order the enable event and the
-signal arrive in, and an unreadable record means paper."""
+"""Risk keeps every strategy's persisted order mode in memory by a KV watch (real NATS KV): the
+records stored at its start are applied before `follow` returns (so the first signal already sees
+them), a mode switched while risk runs is followed without a read per order, the record decides
+over the enable event risk heard, and an unreadable record means paper."""
 
 from __future__ import annotations
 
@@ -11,34 +12,41 @@ from proto.enums import StrategyMode
 from proto.kv import StrategyModeValue, encode_value
 from proto.messages import EnableStrategy
 from services.risk.paper import PaperModes
+from tests.support.polling import eventually
 
 
-async def test_refresh_when_record_differs_from_what_risk_heard_then_the_record_decides(nats_url: str) -> None:
+def _record(mode: StrategyMode, operator: str, ts_ns: int) -> bytes:
+    return encode_value(StrategyModeValue(mode=mode, operator=operator, ts_ns=ts_ns))
+
+
+async def test_follow_when_modes_stored_and_then_switched_then_memory_follows_the_records(nats_url: str) -> None:
     bus = Bus("test")
     await bus.connect(nats_url)
     await bus.ensure_streams()
     log = get_logger("test")
+    trend, fade = subjects.key_strategy_mode("trend"), subjects.key_strategy_mode("fade")
+    await bus.kv_put(trend, _record(StrategyMode.PAPER, "alice", 1))
+    await bus.kv_put(fade, b"\x00not a record")
+    modes = PaperModes(venue="binance-usdm-paper")
+    watch = await modes.follow(bus, log)
     try:
-        modes = PaperModes(venue="binance-usdm-paper")
-        # No record: what risk heard stands.
-        await modes.refresh(bus, "trend", log)
-        assert modes.mode("trend") == StrategyMode.LIVE
-
-        # Enabled on paper: the record is written first; the enable event has not reached risk yet.
-        key = subjects.key_strategy_mode("trend")
-        await bus.kv_put(key, encode_value(StrategyModeValue(mode=StrategyMode.PAPER, operator="alice", ts_ns=1)))
-        await modes.refresh(bus, "trend", log)
+        # At the start: what is stored, before any order is decided; no record is live.
         assert modes.mode("trend") == StrategyMode.PAPER
+        assert modes.mode("fade") == StrategyMode.PAPER  # unreadable: never live by mistake
+        assert modes.mode("imbalance") == StrategyMode.LIVE
 
-        # Back to live by the operator; risk heard only the old paper enable.
+        # Back to live by an operator while risk runs; risk heard only the old paper enable.
         modes.on_enabled(EnableStrategy(strategy="trend", operator="alice", mode=StrategyMode.PAPER))
-        await bus.kv_put(key, encode_value(StrategyModeValue(mode=StrategyMode.LIVE, operator="bob", ts_ns=2)))
-        await modes.refresh(bus, "trend", log)
-        assert modes.mode("trend") == StrategyMode.LIVE
+        await bus.kv_put(trend, _record(StrategyMode.LIVE, "bob", 2))
+        await eventually(lambda: modes.mode("trend") == StrategyMode.LIVE, 10.0)
 
-        # A record that cannot be read is paper: never live by mistake.
-        await bus.kv_put(key, b"\x00not a record")
-        await modes.refresh(bus, "trend", log)
-        assert modes.mode("trend") == StrategyMode.PAPER
+        # A strategy enabled on paper for the first time while risk runs.
+        await bus.kv_put(subjects.key_strategy_mode("imbalance"), _record(StrategyMode.PAPER, "carol", 3))
+        await eventually(lambda: modes.mode("imbalance") == StrategyMode.PAPER, 10.0)
+
+        # A record that cannot be read is paper.
+        await bus.kv_put(trend, b'{"mode": "moon"}')
+        await eventually(lambda: modes.mode("trend") == StrategyMode.PAPER, 10.0)
     finally:
+        await watch.stop()
         await bus.close()

@@ -35,23 +35,21 @@ async def _kv(bus: Bus, kind: type, key: str) -> object:
     return decode_value(kind, found[0])
 
 
-async def test_restart_when_hard_shutdown_on_record_then_kept_until_left_with_a_reason_and_audited(
-    bus: Bus, nats_url: str
-) -> None:
+async def test_restart_when_hard_shutdown_on_record_then_kept_until_left_with_a_reason_and_audited(bus: Bus) -> None:
     stop = DegradationLevelValue(
         level=DegradationLevel.HARD_SHUTDOWN, reason="operator emergency stop (by alice)", ts_ns=123
     )
     await bus.kv_put(subjects.KEY_DEGRADATION_LEVEL, encode_value(stop))
 
     # A plain restart keeps it.
-    assert await hard_shutdown_on_record(nats_url) == stop
+    assert await hard_shutdown_on_record(bus) == stop
     assert await _kv(bus, DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL) == stop
     with pytest.raises(ValueError, match="needs a reason"):
-        await leave_hard_shutdown(nats_url, "  ")
+        await leave_hard_shutdown(bus, "  ")
     assert await _kv(bus, DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL) == stop
 
     # The manual restart out of it: NORMAL, trading HALTED, both decisions published.
-    left = await leave_hard_shutdown(nats_url, "bad fill feed fixed, books checked", operator="bob")
+    left = await leave_hard_shutdown(bus, "bad fill feed fixed, books checked", operator="bob")
     assert left == stop
     level = await _kv(bus, DegradationLevelValue, subjects.KEY_DEGRADATION_LEVEL)
     assert isinstance(level, DegradationLevelValue)
@@ -74,5 +72,5 @@ async def test_restart_when_hard_shutdown_on_record_then_kept_until_left_with_a_
     assert action.details["hard_shutdown_reason"] == stop.reason
 
     # Nothing on record any more: a second leave changes nothing, a restart keeps nothing.
-    assert await hard_shutdown_on_record(nats_url) is None
-    assert await leave_hard_shutdown(nats_url, "again", operator="bob") is None
+    assert await hard_shutdown_on_record(bus) is None
+    assert await leave_hard_shutdown(bus, "again", operator="bob") is None

@@ -42,6 +42,7 @@ from proto.messages import (
 from services.strategy.config import instance_config
 from services.strategy.handlers import StrategyService
 from services.strategy.runner import StrategyRunner
+from tests.support.market_feed import feed_taker_buying
 from tests.support.polling import eventually as poll_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -141,21 +142,6 @@ class Harness:
         )
         return encode(SymbolsReply(symbols={SYMBOL: view}))
 
-    async def feed_taker_buying(self) -> None:
-        trade_id = 0
-        while True:
-            trade_id += 1
-            trade = Trade(
-                venue=VENUE,
-                symbol=SYMBOL,
-                trade_id=trade_id,
-                price=Decimal("60000.1"),
-                quantity=Decimal("0.5"),
-                buyer_is_maker=False,
-            )
-            await self.bus.nc.publish(subjects.md_trade(VENUE, SYMBOL), encode(trade))
-            await asyncio.sleep(0.1)
-
     async def state(self, name: str) -> str | None:
         entry = await self.bus.kv_get(subjects.key_strategy(name))
         value = decode_value(StrategyStateValue, entry[0] if entry else None)
@@ -186,7 +172,7 @@ async def harness(nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     await bus.serve(subjects.SVC_STATE_BUILDER_SYMBOLS, h.symbols)
     for subject in (subjects.EVT_SIGNAL_ALL, subjects.EVT_STRATEGY_CRASHED_ALL, subjects.HEARTBEAT_ALL):
         await bus.subscribe_core(subject, h.on_event)
-    feeder = asyncio.create_task(h.feed_taker_buying())
+    feeder = asyncio.create_task(feed_taker_buying(bus, VENUE, SYMBOL, Decimal("60000.1")))
     try:
         yield h
     finally:

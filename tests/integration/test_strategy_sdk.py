@@ -24,7 +24,7 @@ from proto import subjects
 from proto.codec import decode, encode
 from proto.enums import ComponentState, Side
 from proto.kv import StrategyStateValue, decode_value
-from proto.messages import Heartbeat, Liquidation, SignalGenerated, StrategyCrashed, Trade
+from proto.messages import Heartbeat, Liquidation, SignalGenerated, StrategyCrashed
 from tests.integration.order_system import (  # noqa: F401 - the *_fixture names are fixtures
     SYMBOL,
     VENUE,
@@ -33,6 +33,7 @@ from tests.integration.order_system import (  # noqa: F401 - the *_fixture names
     system_fixture,
     venue_url_fixture,
 )
+from tests.support.market_feed import feed_taker_buying
 from tests.support.polling import eventually
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -175,22 +176,7 @@ async def test_own_strategy_when_run_as_a_process_then_trades_through_risk_and_a
 
     await eventually(both_scanning, 60, failure=why)
 
-    async def feed() -> None:
-        trade_id = 0
-        while True:
-            trade_id += 1
-            trade = Trade(
-                venue=VENUE,
-                symbol=SYMBOL,
-                trade_id=trade_id,
-                price=Decimal("60000"),
-                quantity=Decimal("0.5"),
-                buyer_is_maker=False,
-            )
-            await bus.nc.publish(subjects.md_trade(VENUE, SYMBOL), encode(trade))
-            await asyncio.sleep(0.1)
-
-    feeder = asyncio.create_task(feed())
+    feeder = asyncio.create_task(feed_taker_buying(bus, VENUE, SYMBOL, Decimal("60000")))
     try:
         # Its entry and its exit went through risk and position to the venue, filled.
         async def filled_round_trip() -> list[Any]:

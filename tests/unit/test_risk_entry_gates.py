@@ -139,6 +139,21 @@ def link(current: ConnectionState, ts_ns: int) -> LinkStateChanged:
     )
 
 
+def btc_entry() -> SubmitOrder:
+    """An operator's limit buy of BTCUSDT on the main venue: a new entry."""
+    return SubmitOrder(
+        client_order_id="bw-entry-1",
+        idempotency_key="entry-1",
+        source=OrderSource.OPERATOR,
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        quantity=Decimal("0.01"),
+        price=Decimal(100),
+        venue=VENUE,
+    )
+
+
 async def ask(risk: RiskService) -> EntryGatesReply:
     return msgspec.json.decode(await entry_gates.serve_entry_gates(risk, b"{}"), type=EntryGatesReply)
 
@@ -173,17 +188,7 @@ async def test_entry_gates_when_market_stream_suspect_then_blocked_as_a_decision
     assert "market data stream SUSPECT: clean window after a reconnect" in reason
     assert gates.blocked_by[0].since_ns == 1_000  # when risk saw the stream turn SUSPECT
 
-    entry = SubmitOrder(
-        client_order_id="bw-entry-1",
-        idempotency_key="entry-1",
-        source=OrderSource.OPERATOR,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.LIMIT,
-        quantity=Decimal("0.01"),
-        price=Decimal(100),
-        venue=VENUE,
-    )
+    entry = btc_entry()
     denied = await decisions.decide(risk, entry)
     assert isinstance(denied, OrderDenied) and denied.reason == reason
 

@@ -24,7 +24,7 @@ from proto.replies import BreakerResetReply
 from services.gateway.app import create_app
 from services.gateway.context import Gateway
 from services.gateway.strategy_modes import EnableRequest, Standing, judge_enable
-from services.risk.paper import PaperModes
+from services.risk.paper import PaperModes, recorded_mode
 from tests.unit.test_gateway_contracts import PeerBus
 
 OP = {"Authorization": "Bearer o"}
@@ -232,16 +232,30 @@ def test_risk_when_strategy_on_paper_with_paper_link_then_passes_cb3_until_enabl
     assert modes.on_paper(strategy_order()) is False
 
 
-async def test_risk_when_mode_unreadable_at_start_then_taken_as_paper() -> None:
-    peer = PeerBus()
-    peer.kv[subjects.key_strategy_mode(NAME)] = b"not json"
-    peer.kv[subjects.key_strategy_mode("other")] = msgspec.json.encode(StrategyModeValue(mode=StrategyMode.LIVE))
-    modes = PaperModes(paper_link=False)
+def test_mode_record_when_decoded_then_its_mode_and_an_unreadable_one_is_paper() -> None:
+    live = msgspec.json.encode(StrategyModeValue(mode=StrategyMode.LIVE, operator="o"))
+    paper = msgspec.json.encode(StrategyModeValue(mode=StrategyMode.PAPER, operator="o"))
 
-    await modes.load(cast(Any, peer), (NAME, "other", "never-enabled"), get_logger("risk"))
+    assert recorded_mode(live) == (StrategyMode.LIVE, True)
+    assert recorded_mode(paper) == (StrategyMode.PAPER, True)
+    assert recorded_mode(b"not json") == (StrategyMode.PAPER, False)
+    assert recorded_mode(b'{"mode": "moon", "operator": "o"}') == (StrategyMode.PAPER, False)
+    assert recorded_mode(b"") == (StrategyMode.PAPER, False)
+
+
+def test_risk_when_mode_records_arrive_then_they_decide_unreadable_is_paper_and_a_delete_keeps_the_mode() -> None:
+    log = get_logger("risk")
+    modes = PaperModes(paper_link=False)
+    modes.on_enabled(EnableStrategy(strategy="other", operator="o", mode=StrategyMode.PAPER))
+
+    modes.on_record(subjects.key_strategy_mode(NAME), b"not json", log)
+    live = msgspec.json.encode(StrategyModeValue(mode=StrategyMode.LIVE))
+    modes.on_record(subjects.key_strategy_mode("other"), live, log)  # the record over the event heard
 
     assert modes.denial(strategy_order()) is not None
     assert modes.denial(strategy_order("other")) is None and modes.denial(strategy_order("never-enabled")) is None
+    modes.on_record(subjects.key_strategy_mode(NAME), None, log)
+    assert modes.mode(NAME) == StrategyMode.PAPER
 
 
 async def test_cb3_reset_when_strategy_on_paper_then_recorded_live_by_that_operator(
