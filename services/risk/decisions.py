@@ -134,6 +134,8 @@ async def decide(
         if order.client_order_id in risk.state.decided:
             risk.log.info("order_already_decided", client_order_id=order.client_order_id)
             return None
+        if order.strategy is not None:  # live and paper side by side: the persisted mode decides
+            await risk.paper.confirm(risk.bus, order.strategy, risk.log)
         bid = ask = None
         if order.price is None and order.stop_price is None and order.symbol not in risk.state.mark_prices:
             bid, ask = await touch_prices(risk, order.symbol)

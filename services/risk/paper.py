@@ -89,6 +89,22 @@ class PaperModes:
             log.warning("strategy_mode_unreadable", strategy=strategy, action_taken="treated as paper")
         self.modes[strategy] = mode
 
+    async def confirm(self, bus: Bus, strategy: str, log: Logger) -> None:
+        """Read `strategy`'s persisted mode before deciding one of its orders, where live and paper run
+        side by side (a paper venue beside the live ones): the one place a stale mode could send a
+        paper strategy's order live. The watch (`follow`) delivers the change long before the
+        strategy's next signal in practice; this read makes it certain whatever the delivery order
+        (e.g. the watch catching up after a reconnect). A failed read keeps the mode heard."""
+        if not self.venue:
+            return  # no live and paper side by side: a mode change cannot race an order here
+        try:
+            entry = await bus.kv_get(subjects.key_strategy_mode(strategy))
+        except Exception as exc:  # noqa: BLE001 - any bus failure: keep the mode heard
+            log.warning("strategy_mode_read_failed", strategy=strategy, error=str(exc)[:200])
+            return
+        if entry is not None:
+            self.on_record(subjects.key_strategy_mode(strategy), entry[0], log)
+
     async def follow(self, bus: Bus, log: Logger) -> KeyWatch:
         """Keep every strategy's persisted mode in memory (a KV watch on `strategy_mode.*`).
 

@@ -50,3 +50,23 @@ async def test_follow_when_modes_stored_and_then_switched_then_memory_follows_th
     finally:
         await watch.stop()
         await bus.close()
+
+
+async def test_confirm_when_the_watch_lags_then_the_order_is_decided_on_the_record(nats_url: str) -> None:
+    bus = Bus("test")
+    await bus.connect(nats_url)
+    await bus.ensure_streams()
+    log = get_logger("test")
+    key = subjects.key_strategy_mode("momentum")
+    beside_live, whole_system = PaperModes(venue="binance-usdm-paper"), PaperModes(paper_link=True)
+    try:
+        # No watch running (as if its update were still on the way): the operator's paper enable is
+        # in the record only. Beside live venues the order's decision reads it: never live by mistake.
+        await bus.kv_put(key, _record(StrategyMode.PAPER, "alice", 1))
+        await beside_live.confirm(bus, "momentum", log)
+        await whole_system.confirm(bus, "momentum", log)
+
+        assert beside_live.mode("momentum") == StrategyMode.PAPER
+        assert whole_system.mode("momentum") == StrategyMode.LIVE  # not read: nothing goes live there
+    finally:
+        await bus.close()
