@@ -567,4 +567,5 @@ class Submission:
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
         except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
+        self.core.triggers.observe_answer(order.client_order_id, answer, self.core.clock())
         await self.execution.apply_venue_order(order, answer)
