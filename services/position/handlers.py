@@ -152,7 +152,7 @@ class PositionService:
             safety_poll_s=safety_poll_s,
         )
         self.stuck_triggers = StuckTriggers(
-            core, self.execution, self.submission, self.lookup, core.triggers, stop_trigger_timeout_s
+            core, self.execution, self.submission, core.triggers, stop_trigger_timeout_s
         )
         self.snapshots = Snapshots(core, snapshots, snapshot_policy, (self.orders_durable, self.denials_durable))
         self.recovery = Recovery(core, self.snapshots, self.levels, self.integrity)

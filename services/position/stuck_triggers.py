@@ -26,9 +26,8 @@ from proto.enums import AlertSeverity, Side
 
 from .adapters import VENUE_FAILURES
 from .core import Core
-from .domain import PROTECT_CLOSE_PREFIX, PROTECT_PREFIX, is_protective
+from .domain import is_protective
 from .execution import Execution
-from .lookup import OrderLookup
 from .submission import Submission
 from .trigger_watch import TRIGGER_STATES, TriggerWatch
 
@@ -39,8 +38,7 @@ class StuckTriggers:
     Args:
         core: the shared state and effects.
         execution: applies the venue's answers (and gives the stuck order up).
-        submission: sends the closing MARKET order.
-        lookup: numbers its attempts.
+        submission: sends the closing MARKET order (`Submission.protect_close`).
         watch: what the venue said, and since when.
         timeout_s: how long a trigger may take before it counts as stuck.
     """
@@ -50,14 +48,12 @@ class StuckTriggers:
         core: Core,
         execution: Execution,
         submission: Submission,
-        lookup: OrderLookup,
         watch: TriggerWatch,
         timeout_s: float,
     ) -> None:
         self.core = core
         self.execution = execution
         self.submission = submission
-        self.lookup = lookup
         self.watch = watch
         self.timeout_ns = int(timeout_s * 1e9)
         self.answered = 0
@@ -121,12 +117,7 @@ class StuckTriggers:
         )
         self.answered += 1
         if closes:
-            stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
-            key = await self.lookup.fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
-            close = await self.submission.approve_own(
-                self.submission.market_close(key, symbol, position, correlation_id=coid)
-            )
-            await self.submission.submit(close)
+            await self.submission.protect_close(order, position)
         self.watch.forget(coid)
         reason = f"stuck in the venue's trigger for {stuck_s} s: given up, position closed at market instead"
         answer = {"status": "CANCELED", "executedQty": str(order.filled_quantity)}
