@@ -156,6 +156,8 @@ async def test_preflight_cli_direct_when_all_ok_then_exit_0_and_when_hedge_mode_
     with running_venue_sim(tmp_path, "--source", "synthetic") as url:
         code, shown = await asyncio.to_thread(_preflight_cli, url)
         assert code == 0 and shown["ok"] is True and shown["trigger"] == "direct", shown
+        limits = next(check for check in shown["checks"] if check["name"] == "rate_limits")
+        assert "order limits applied (rateLimit/order: order_limit_10s=300, order_limit_1m=1200)" in limits["message"]
         assert (await _control(url, {"dualSidePosition": True}))[0] == 200
         code, shown = await asyncio.to_thread(_preflight_cli, url)
         assert code == 1 and [c["name"] for c in shown["checks"] if not c["ok"]] == ["position_mode"], shown
