@@ -45,12 +45,13 @@ from proto.messages import (
 _UPSERT_ORDER = """
 INSERT INTO orders (client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity,
     price, stop_price, reduce_only, status, filled_quantity, average_price, venue_order_id, reason,
-    created_ns, updated_ns, last_event_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+    created_ns, updated_ns, last_event_seq, resend_used)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
 ON CONFLICT (client_order_id) DO UPDATE SET
     status = EXCLUDED.status, filled_quantity = EXCLUDED.filled_quantity,
     average_price = EXCLUDED.average_price, venue_order_id = EXCLUDED.venue_order_id,
-    reason = EXCLUDED.reason, updated_ns = EXCLUDED.updated_ns, last_event_seq = EXCLUDED.last_event_seq
+    reason = EXCLUDED.reason, updated_ns = EXCLUDED.updated_ns, last_event_seq = EXCLUDED.last_event_seq,
+    resend_used = orders.resend_used OR EXCLUDED.resend_used
 WHERE orders.last_event_seq <= EXCLUDED.last_event_seq
 """
 
@@ -105,6 +106,7 @@ class Projections:
             order.created_ns,
             order.updated_ns,
             event_seq,
+            order.resend_used,
         )
 
     async def record_fill(
@@ -226,6 +228,7 @@ def _record_from_row(row: asyncpg.Record, fills: dict[int, Decimal]) -> OrderRec
         reason=row["reason"],
         trade_ids=set(fills),
         fill_quantities=dict(fills),
+        resend_used=row["resend_used"],
     )
 
 
@@ -481,6 +484,7 @@ _COMPARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "filled_quantity",
             "average_price",
             "venue_order_id",
+            "resend_used",
         ),
     ),
     "fills": (("client_order_id", "trade_id"), ("symbol", "side", "price", "quantity", "commission")),

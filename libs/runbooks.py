@@ -67,6 +67,7 @@ ALERT_RUNBOOKS: tuple[tuple[str, str], ...] = (
     ("order-vanished:*", "FM-N7"),
     ("order-rejected:*", "orders"),
     ("invariant-*", "orders"),
+    ("protection-stuck:*", "protection-stuck"),
     ("protection-*", "orders"),
     ("reconcile-*", "orders"),
     ("external-order:*", "orders"),

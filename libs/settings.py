@@ -137,6 +137,11 @@ class Settings:
     order_safety_poll_s: float = _doc(
         5.0, "position: period of the live-order poll while the user-data stream is up (safety net)"
     )
+    stop_trigger_timeout_s: float = _doc(
+        5.0,
+        "position: a protective stop or take-profit the venue reports triggered (TRIGGERING, or TRIGGERED "
+        "without its MARKET order) longer than this is stuck: alerted, the position closed at market",
+    )
     countdown_cancel_s: float = _doc(
         60.0, "position: venue auto-cancel countdown kept armed per symbol with open orders (FM-N8; 0 off)"
     )

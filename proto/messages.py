@@ -392,6 +392,8 @@ class OrderView(msgspec.Struct, frozen=True, kw_only=True):
     created_ns: int = 0
     updated_ns: int = 0
     venue: str = ""
+    resend_used: bool = False
+    """The order's one resend (FM-N7: its submit was UNKNOWN and the venue did not hold it) was used."""
 
 
 # --------------------------------------------------------------------------- positions

@@ -385,10 +385,14 @@ def check_rate_limits(
     if isinstance(account_limits, VenueError):
         note = f"; the account's own order limits not available ({_venue_answer(account_limits)})"
     else:
-        for key, value in _limits_of(account_limits).items():
+        own = _limits_of(account_limits)
+        for key, value in own.items():
             limits[key] = min(value, limits.get(key, value))
-        if account_limits:
-            note = "; the account's own order limits applied"
+        if own:
+            listed = ", ".join(f"{key}={value}" for key, value in sorted(own.items()))
+            note = f"; the account's own order limits applied (rateLimit/order: {listed})"
+        elif account_limits is not None:
+            note = "; the account's own order limits: none listed"
     if not limits:
         return _check(
             "rate_limits", True, f"no rateLimits from the venue: Binance's defaults kept{note}", warning=True

@@ -106,7 +106,8 @@ def window_conditions(
 
 ORDER_COLUMNS = (
     "client_order_id, idempotency_key, source, strategy, venue, symbol, side, type, quantity, price, stop_price, "
-    "reduce_only, status, filled_quantity, average_price, venue_order_id, reason, created_ns, updated_ns"
+    "reduce_only, status, filled_quantity, average_price, venue_order_id, reason, created_ns, updated_ns, "
+    "resend_used"
 )
 
 

@@ -31,6 +31,7 @@ from .domain import CountdownPlanner, Retention
 from .ledger import Ledger
 from .preflight_gate import PreflightGate
 from .projection_writes import ProjectionWrites
+from .trigger_watch import TriggerWatch
 from .venue_port import VenuePort
 
 FLATTEN_LEVELS = frozenset({DegradationLevel.EMERGENCY_MODE, DegradationLevel.HARD_SHUTDOWN})
@@ -110,6 +111,8 @@ class Core:
         """Symbols whose protective orders must be checked against their position again."""
         self.preflight_gate = PreflightGate()
         """Entries wait for the venue preflight of each connection of the order link (issue 18)."""
+        self.triggers = TriggerWatch()
+        """Conditional orders seen triggered at the venue without their MARKET order (`stuck_triggers`)."""
         self.projection_writes = ProjectionWrites(bus, log, component, self._projection_row)
         """Projection writes that failed, in order (FM-C3); refused rows go to the DLQ."""
 

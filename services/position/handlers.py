@@ -60,6 +60,7 @@ from .protection_levels import ProtectionLevels
 from .reconciliation import Reconciliation
 from .recovery import Recovery
 from .snapshots import Snapshots
+from .stuck_triggers import StuckTriggers
 from .submission import Submission
 from .venue_port import VenuePort
 from .venue_sync import UserStream, VenueSync
@@ -81,6 +82,8 @@ class PositionService:
         countdown_ms: venue auto-cancel countdown kept armed per symbol with live orders (0: off).
         countdown_refresh_s: re-arm period of that countdown.
         safety_poll_s: period of the live-order poll while the user-data stream delivers updates.
+        stop_trigger_timeout_s: a protective order triggered at the venue without its MARKET order
+            for longer than this is stuck (`stuck_triggers`).
         lease: the single-writer lease (SPEC §8); checked right before every venue write (None: no check).
         on_lease_lost: called once when a venue write finds the lease gone (the service stops writing).
         snapshots: where snapshots go (None: never snapshot, recover by folding the whole log).
@@ -104,6 +107,7 @@ class PositionService:
         countdown_ms: int = 0,
         countdown_refresh_s: float = 20.0,
         safety_poll_s: float = 5.0,
+        stop_trigger_timeout_s: float = 5.0,
         lease: Lease | None = None,
         on_lease_lost: Callable[[], None] | None = None,
         snapshots: SnapshotStore | None = None,
@@ -146,6 +150,9 @@ class PositionService:
             self.protection,
             self.lookup,
             safety_poll_s=safety_poll_s,
+        )
+        self.stuck_triggers = StuckTriggers(
+            core, self.execution, self.submission, core.triggers, stop_trigger_timeout_s
         )
         self.snapshots = Snapshots(core, snapshots, snapshot_policy, (self.orders_durable, self.denials_durable))
         self.recovery = Recovery(core, self.snapshots, self.levels, self.integrity)
@@ -235,6 +242,9 @@ class PositionService:
         await self.flatten.enforce()
         now = core.clock()
         await self.venue_sync.poll_once(follow_live=self.venue_sync.follow_due(now))
+        if core.triggers.since_ns:
+            async with core.lock:
+                await self.stuck_triggers.check()
         await self.venue_sync.refresh_countdowns()
         await self.venue_sync.keep_listen_key(now)
 

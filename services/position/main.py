@@ -130,6 +130,7 @@ async def setup(ctx: ServiceContext) -> None:
         countdown_ms=int(settings.countdown_cancel_s * 1000),
         countdown_refresh_s=settings.countdown_refresh_s,
         safety_poll_s=settings.order_safety_poll_s,
+        stop_trigger_timeout_s=settings.stop_trigger_timeout_s,
         lease=lease,
         on_lease_lost=ctx.stopping.set,
         snapshots=SnapshotStore(ctx.pool, log=ctx.log),

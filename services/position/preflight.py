@@ -11,7 +11,9 @@ reconnect of the order link (its `LinkStateChanged` back to CONNECTED), publish 
   after reading the preflight; the alert is resolved;
 - a venue that does not answer at all is an outage, not a verdict: the result says so, nothing is
   halted for it (the order link is down anyway), and the checks run again once the link is back;
-- the venue's own rate limits (exchangeInfo `rateLimits`) replace the request budget's (FM-N2);
+- the venue's own rate limits (exchangeInfo `rateLimits`, and the account's order limits from
+  `GET /fapi/v1/rateLimit/order`, the lower of the two) replace the request budget's (FM-N2); the
+  `rate_limits` check's message names what was loaded;
 - on the real-money profile (`BULWARK_VENUE_PROFILE=binance`) every start of the process halts
   trading, whatever the checks say: `bulwark up --venue binance` starts HALTED, and so do compose
   and Kubernetes, where nothing else could halt before the first order; a restart of the only

@@ -443,11 +443,15 @@ class Submission:
             stop_price=str(order.stop_price),
             position=str(position),
         )
-        if position == 0:
-            return
+        if position != 0:
+            await self.protect_close(order, position)
+
+    async def protect_close(self, order: OrderRecord, position: Decimal) -> None:
+        """Close `position` with a reduce-only MARKET order in place of the protective `order`, as the
+        venue would have had it triggered (`protect-close:<kind>:<entry>:<size>:<n>`)."""
         stem = order.idempotency_key[len(PROTECT_PREFIX) :].rsplit(":", 1)[0]  # <kind>:<entry>:<size>
         key = await self.lookup.fresh_key(f"{PROTECT_CLOSE_PREFIX}{stem}")
-        command = self.market_close(key, order.symbol, position, correlation_id=coid)
+        command = self.market_close(key, order.symbol, position, correlation_id=order.client_order_id)
         close = await self.approve_own(command)
         await self.submit(close)
 
@@ -567,4 +571,5 @@ class Submission:
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
         except (VenueTimeout, VenueUnreachable, BreakerOpen) as exc:
             raise TransientError(f"query {order.client_order_id}: {exc}") from exc
+        self.core.triggers.observe_answer(order.client_order_id, answer, self.core.clock())
         await self.execution.apply_venue_order(order, answer)

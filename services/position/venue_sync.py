@@ -169,6 +169,7 @@ class VenueSync:
             if not known:
                 core.reconciled = False
                 return
+            core.triggers.observe_update(event, core.clock())
             await self.integrity.check_invariants()
             await self.protection.maintain()
 

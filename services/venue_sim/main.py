@@ -106,6 +106,7 @@ def build_simulator(
     market_clock = MarketClock(clock)
     exchange = Exchange(clock, {s: source.spec(s) for s in source.symbols}, books)
     faults = FaultScheduler(clock, config.seed)
+    exchange.hold_trigger = lambda order: faults.take("stop_stuck_triggering", order.symbol) is not None
     engine = MarketEngine(
         source,
         exchange,

@@ -138,6 +138,10 @@ def test_python_binance_account_when_read_then_balance_positions_brackets_fees_a
     rates = client.futures_commission_rate(symbol="BTCUSDT")
     assert Decimal(rates["takerCommissionRate"]) > Decimal(rates["makerCommissionRate"]) > 0
     assert client.futures_get_position_mode() == {"dualSidePosition": False}
+    assert client.futures_v1_get_rate_limit_order() == [
+        {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+    ]
 
 
 def test_python_binance_leverage_when_changed_then_positions_show_it_and_bad_value_refused(
@@ -345,6 +349,9 @@ def test_official_account_when_read_then_models_parse(venue: str) -> None:
     assert brackets is not None
     assert rest.user_commission_rate(symbol="BTCUSDT").data().maker_commission_rate == "0.0002"
     assert rest.get_current_position_mode().data().dual_side_position is False
+    order_limits = rest.query_user_rate_limit().data()
+    rows = {(row.interval, row.interval_num, row.limit) for row in order_limits}
+    assert rows == {("SECOND", 10, 300), ("MINUTE", 1, 1200)}
     changed = rest.change_initial_leverage(symbol="BTCUSDT", leverage=10).data()
     assert changed.leverage == 10
 

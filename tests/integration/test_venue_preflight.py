@@ -21,9 +21,13 @@ from entrypoints.harness.venue import PROJECT_ROOT, running_venue_sim
 from libs.binance.client import BinanceRestClient
 from libs.binance.errors import VenueError
 from libs.binance.preflight import PreflightConfig, run_preflight
+from libs.logging import get_logger
+from libs.ratelimit import RateBudget
+from services.position.preflight import START, PreflightRunner
 from services.venue_sim.adapters.synthetic import SyntheticSource
 from services.venue_sim.config import SimConfig
 from services.venue_sim.main import build_simulator
+from tests.unit.test_position_preflight_runner import FakeBus
 
 KEY, SECRET = "bulwark-sim-key", "bulwark-sim-secret"
 CONFIG = PreflightConfig(symbols=("BTCUSDT", "ETHUSDT"), leverage={"BTCUSDT": 10, "ETHUSDT": 5})
@@ -84,6 +88,46 @@ async def test_preflight_when_multi_assets_differs_or_symbol_unknown_then_those_
     assert {check.name for check in report.failures()} == {"multi_assets_mode", "symbol.DOGEUSDT"}
 
 
+async def test_preflight_when_simulator_has_its_own_order_limits_then_budget_takes_the_accounts_and_says_so() -> None:
+    simulator = build_simulator(
+        SimConfig(speed=1, seed=3, order_limit_10s=40, order_limit_1m=500),
+        SyntheticSource(["BTCUSDT", "ETHUSDT"], seed=3),
+        "test",
+    )
+    server = TestServer(simulator.build_app(), host="127.0.0.1")
+    await server.start_server()
+    client = BinanceRestClient(str(server.make_url("")).rstrip("/"), KEY, SECRET)
+    await client.start()
+    try:
+        # Binance's `GET /fapi/v1/rateLimit/order` answer: the account's ORDERS rows.
+        assert await client.order_rate_limits() == [
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 40},
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 500},
+        ]
+        bus, budget = FakeBus(), RateBudget("binance-usdm", time.time_ns)
+        runner = PreflightRunner(
+            bus,
+            get_logger("test"),
+            client,
+            CONFIG,
+            venue_name="binance-usdm",
+            component="position",
+            profile="sim",
+            budget=budget,
+            clock=time.time_ns,
+        )
+        report = await runner.run(START)
+    finally:
+        await client.close()
+        await server.close()
+    assert report.ok, report.reason()
+    assert (budget.order_limit_10s, budget.order_limit_1m, budget.weight_limit_1m) == (40, 500, 2400)
+    shown = next(check for check in bus.preflight().checks if check.name == "rate_limits")
+    assert "the account's own order limits applied (rateLimit/order: order_limit_10s=40, order_limit_1m=500)" in (
+        shown.message
+    ), shown.message
+
+
 async def test_account_modes_control_when_bad_body_then_400_and_nothing_changes(venue: Any) -> None:
     base, client = venue
     status, answer = await _control(base, {"dualSidePosition": "yes", "hedge": True})
@@ -112,6 +156,8 @@ async def test_preflight_cli_direct_when_all_ok_then_exit_0_and_when_hedge_mode_
     with running_venue_sim(tmp_path, "--source", "synthetic") as url:
         code, shown = await asyncio.to_thread(_preflight_cli, url)
         assert code == 0 and shown["ok"] is True and shown["trigger"] == "direct", shown
+        limits = next(check for check in shown["checks"] if check["name"] == "rate_limits")
+        assert "order limits applied (rateLimit/order: order_limit_10s=300, order_limit_1m=1200)" in limits["message"]
         assert (await _control(url, {"dualSidePosition": True}))[0] == 200
         code, shown = await asyncio.to_thread(_preflight_cli, url)
         assert code == 1 and [c["name"] for c in shown["checks"] if not c["ok"]] == ["position_mode"], shown

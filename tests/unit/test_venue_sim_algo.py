@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from libs.clock import ManualClock
-from services.venue_sim.domain import BinanceError, Exchange, OrderBook
+from services.venue_sim.domain import BinanceError, Exchange, FaultScheduler, OrderBook
 from services.venue_sim.domain.rules import SymbolSpec, spec_for
 
 D = Decimal
@@ -78,3 +78,25 @@ def test_algo_order_when_reduce_only_and_no_position_then_rejected_with_reason()
     with pytest.raises(BinanceError) as gone:
         exchange.cancel_algo({"algoId": str(placed.algo_id)})
     assert gone.value.code == -2011
+
+
+def test_algo_order_when_stop_stuck_triggering_fault_then_stays_triggering_without_market_order() -> None:
+    clock = ManualClock(1_700_000_000_000_000_000)
+    faults = FaultScheduler(clock, seed=1)
+    exchange = _exchange()
+    exchange.hold_trigger = lambda order: faults.take("stop_stuck_triggering", order.symbol) is not None
+    faults.add({"kind": "stop_stuck_triggering", "symbol": "BTCUSDT"})
+    stuck = exchange.place_algo({**STOP, "triggerPrice": "99.5", "clientAlgoId": "sl-1"}, D("100.0"))
+    exchange.outbox.clear()
+    exchange.check_algo_orders({"BTCUSDT": D("99.5")})
+    exchange.check_algo_orders({"BTCUSDT": D("99.0")})  # never triggered twice, never forwarded later
+    assert [e["o"]["X"] for e in exchange.outbox if e["e"] == "ALGO_UPDATE"] == ["TRIGGERING"]
+    assert exchange.algo_view(stuck)["algoStatus"] == "TRIGGERING" and exchange.algo_view(stuck)["actualOrderId"] == ""
+    assert not exchange.orders and exchange.algo.open_orders("BTCUSDT") == []
+    with pytest.raises(BinanceError) as refused:
+        exchange.cancel_algo({"clientAlgoId": "sl-1"})
+    assert refused.value.code == -2011
+    # The fault is used up (count 1): the next stop triggers as usual.
+    other = exchange.place_algo({**STOP, "triggerPrice": "98.5", "clientAlgoId": "sl-2"}, D("99.0"))
+    exchange.check_algo_orders({"BTCUSDT": D("98.5")})
+    assert other.status == "FINISHED" and other.actual_order_id is not None

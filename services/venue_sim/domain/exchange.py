@@ -10,7 +10,7 @@ arithmetic in `accounts`, Binance's JSON in `views` and `user_data`. Each reject
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -67,6 +67,9 @@ class Exchange:
         self._countdowns: dict[str, int] = {}  # symbol -> deadline ns
         self.leverage: dict[str, int] = {}  # symbol -> initial leverage set by POST /fapi/v1/leverage
         self.algo = AlgoBook()
+        self.hold_trigger: Callable[[AlgoOrder], bool] = lambda order: False
+        """Asked for each triggered conditional order: True keeps it in TRIGGERING, never forwarded to
+        the matching engine (the `stop_stuck_triggering` fault, wired by `main.build_simulator`)."""
 
     # ----------------------------------------------------------------- helpers
     def now_ms(self) -> int:
@@ -457,6 +460,8 @@ class Exchange:
                     market["reduceOnly"] = "true"
                 order.status = "TRIGGERING"  # forwarded to the matching engine
                 self._algo_event(order)
+                if self.hold_trigger(order):
+                    continue  # stuck: no MARKET order, no further event (and no longer open to cancel)
                 try:
                     placed, _ = self.place_order(market)
                 except BinanceError as error:

@@ -59,6 +59,10 @@ KINDS: dict[str, tuple[dict[str, Any], bool]] = {
     # mark price frames and REST (premiumIndex, ticker, depth) all agree, and stays there. One
     # shift per fault (count 1); deleting it stops the move where it is. Synthetic markets only.
     "price_shift": ({"pct": 25, "direction": "up", "over_s": 5}, False),
+    # A venue that stalls a triggered conditional order (issue 18): the next algo order (stop or
+    # take-profit) of the symbol whose trigger is crossed moves to TRIGGERING and stays there, its
+    # MARKET order never placed; the position it protects is not closed (`Exchange.check_algo_orders`).
+    "stop_stuck_triggering": ({}, False),
 }
 
 

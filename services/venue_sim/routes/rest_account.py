@@ -1,5 +1,6 @@
 """Signed REST the standard clients call besides single orders: order history (`allOrders`),
-batches (`batchOrders` place and cancel), leverage and its brackets, and the commission rate."""
+batches (`batchOrders` place and cancel), leverage and its brackets, the commission rate and the
+account's own order rate limits (`rateLimit/order`)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def _as_params(item: Any) -> dict[str, str]:
 
 
 class AccountRoutes(RouteGroup):
-    """Order history, batches, leverage and fees (signed)."""
+    """Order history, batches, leverage, fees and the account's order limits (signed)."""
 
     def endpoints(self) -> Routes:
         """The endpoints of this group."""
@@ -62,6 +63,7 @@ class AccountRoutes(RouteGroup):
             ("POST", "/fapi/v1/leverage"): Endpoint(self.leverage, one, "SIGNED"),
             ("GET", "/fapi/v1/leverageBracket"): Endpoint(self.leverage_bracket, one, "SIGNED"),
             ("GET", "/fapi/v1/commissionRate"): Endpoint(self.commission_rate, fixed(20), "SIGNED"),
+            ("GET", "/fapi/v1/rateLimit/order"): Endpoint(self.order_rate_limits, one, "SIGNED"),
         }
 
     async def all_orders(self, request: web.Request, params: dict[str, str]) -> Any:
@@ -128,3 +130,12 @@ class AccountRoutes(RouteGroup):
         """GET /fapi/v1/commissionRate."""
         symbol = self.ctx.symbol(params)
         return commission_rates(symbol, self.exchange.MAKER_FEE, self.exchange.TAKER_FEE)
+
+    async def order_rate_limits(self, request: web.Request, params: dict[str, str]) -> Any:
+        """GET /fapi/v1/rateLimit/order: the account's order limits, Binance `rateLimits` rows (the
+        simulator's configured limits, the ones it enforces with -1015)."""
+        limits = self.ctx.limits
+        return [
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": limits.orders_10s_limit},
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": limits.orders_1m_limit},
+        ]
