@@ -112,6 +112,7 @@ class StreamRoutes(RouteGroup):
             listen_key=listen_key,
             connected_ns=self.ctx.clock(),
             max_incoming_per_s=self.ctx.rules.max_incoming_per_s,
+            path=request.path,
         )
         self.hub.connections.add(subscriber)
         if listen_key is not None:
