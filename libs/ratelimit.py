@@ -257,6 +257,13 @@ class RateBudget:
             "refused": self.refused,
         }
 
+    def refused_for_s(self) -> float:
+        """Seconds until the venue takes this client's requests again (0: now): an IP ban (418) or
+        a 429's back-off. WebSocket connects wait for it too: a banned IP is refused at the upgrade."""
+        now = self._clock_ns()
+        self._advance(now)
+        return max(0, max(self._banned_until_ns, self._backoff_until_ns) - now) / NS_PER_S
+
     def drain_transitions(self) -> list[BudgetTransition]:
         """The state changes since the last call (oldest first)."""
         self._advance(self._clock_ns())

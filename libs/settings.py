@@ -132,6 +132,11 @@ class Settings:
         "market-data: age at which the stream connection is replaced make-before-break, before the "
         "venue's 24 h limit closes it (FM-N1; 0 never)",
     )
+    md_ws_max_streams: int = _doc(
+        1024,
+        "market-data: streams on one WebSocket connection (the venue's limit, Binance 1024); more are "
+        "spread over several connections",
+    )
     venue_breaker_open_s: float = _doc(30.0, "position: seconds the venue breaker stays open before a probe (FM-N5)")
     order_poll_interval_s: float = _doc(1.0, "position: period of queued/unknown order handling and venue checks")
     order_safety_poll_s: float = _doc(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,28 @@ MESSAGES_PER_S = 5.0
 
 
 class StreamClosed(Exception):
-    """The stream ended: close frame, socket error, missed pong or silence."""
+    """The stream ended: close frame, socket error, missed pong or silence.
+
+    Args:
+        reason: what happened.
+        status: the HTTP status when the venue refused the connect at the upgrade (418: IP banned,
+            429: rate limited), None otherwise.
+        retry_after_s: the refusal's `Retry-After` in seconds, None when it named none.
+    """
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """The `Retry-After` seconds of a refused upgrade; None when absent or not a number."""
+    try:
+        value = float((headers or {}).get("Retry-After", ""))
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +193,15 @@ class CombinedStream:
                 self._session.ws_connect(self.url, autoping=False, max_msg_size=16 * 1024 * 1024),
                 self.connect_timeout_s,
             )
+        except aiohttp.WSServerHandshakeError as exc:
+            # The venue answered the upgrade with a status: a ban (418) or rate limit (429) says
+            # in Retry-After when the next connect may be tried (FM-N2).
+            await self.close()
+            raise StreamClosed(
+                f"connect refused: HTTP {exc.status}: {exc.message}",
+                status=exc.status,
+                retry_after_s=_retry_after_s(exc.headers),
+            ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self.close()
             raise StreamClosed(f"connect failed: {type(exc).__name__}: {exc}") from exc

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from libs.binance.client import BinanceRestClient, CachingResolver, venue_name_for
 from libs.binance.routes import Route, group_by_route, routed_base
-from libs.binance.stream import CombinedStream
+from libs.binance.stream import MAX_STREAMS_PER_CONNECTION, CombinedStream
 from libs.ratelimit import RateBudget
 from libs.settings import Settings
 from services.market_data.frames import MarketKind
@@ -80,6 +80,52 @@ def stream_groups(
     if market == MarketKind.SPOT or not routed:
         return {None: names}
     return {route: streams for route, streams in group_by_route(names).items()}
+
+
+def stream_connections(
+    symbols: Iterable[str],
+    market: MarketKind = MarketKind.USDM,
+    *,
+    routed: bool = True,
+    max_streams: int = MAX_STREAMS_PER_CONNECTION,
+) -> list[tuple[str, Route | None, list[str]]]:
+    """Every connection market-data opens: (name, route, streams), the depth's first.
+
+    `stream_groups` per route, each route's streams spread over as many connections as
+    `max_streams` (the venue's limit per connection) needs, a symbol's streams of one route kept on
+    one connection where they fit. Names: `""` for the first, then the route (`market`), and a number
+    for a route's further connections (`public-2`; un-routed: `ws-2`).
+
+    Raises:
+        ValueError: `max_streams` outside 1..1024 (Binance's limit).
+    """
+    if not 1 <= max_streams <= MAX_STREAMS_PER_CONNECTION:
+        raise ValueError(
+            f"BULWARK_MD_WS_MAX_STREAMS={max_streams}: use 1..{MAX_STREAMS_PER_CONNECTION} (the venue's limit)"
+        )
+    connections: list[tuple[str, Route | None, list[str]]] = []
+    for route, names in stream_groups(symbols, market, routed=routed).items():
+        for number, chunk in enumerate(_pack_by_symbol(names, max_streams), start=1):
+            base = route.value if route is not None else "ws"
+            name = "" if not connections else base if number == 1 else f"{base}-{number}"
+            connections.append((name, route, chunk))
+    return connections
+
+
+def _pack_by_symbol(names: list[str], limit: int) -> list[list[str]]:
+    """`names` in connections of at most `limit`, each symbol's kept together when they fit in one."""
+    by_symbol: dict[str, list[str]] = {}
+    for name in names:
+        by_symbol.setdefault(name.partition("@")[0], []).append(name)
+    chunks: list[list[str]] = [[]]
+    for group in by_symbol.values():
+        if len(chunks[-1]) + len(group) > limit and chunks[-1]:
+            chunks.append([])
+        for name in group:
+            if len(chunks[-1]) >= limit:
+                chunks.append([])
+            chunks[-1].append(name)
+    return [chunk for chunk in chunks if chunk]
 
 
 def market_stream(

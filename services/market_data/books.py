@@ -53,7 +53,7 @@ class Books:
         clock: wall clock for the book syncs.
         new_id: a fresh random id (hex); each book sync session's nonce is cut from one.
         publisher: where the book messages go.
-        links: connection state (snapshots are fetched only while connected) and the clean window.
+        links: connection state (a snapshot is fetched only while its depth's connection is up) and the clean window.
         rest: the venue REST API (snapshots).
     """
 
@@ -123,13 +123,15 @@ class Books:
         self._links.clean_window.on_break(symbol)
         return sync.force_resync(reason)
 
-    async def restart(self, reason: str) -> None:
-        """A (re)connection: whatever happened while away is unknown, so every book starts over (FM-N1)."""
+    async def restart(self, reason: str, symbols: tuple[str, ...] | None = None) -> None:
+        """A (re)connection of the depth of `symbols` (None: all): whatever happened while away is
+        unknown, so their books start over (FM-N1); the other connections' books go on."""
         async with self.lock:
-            for symbol, sync in self.syncs.items():
+            for symbol in self.syncs if symbols is None else symbols:
+                sync = self.syncs[symbol]
                 if not sync.wants_snapshot:
                     await self._publisher.emit(sync.force_resync(reason))
-                elif self._links.generation == 1:
+                elif self._links.generation_of(symbol) == 1:
                     await self._publisher.emit([BookResyncStarted(venue=self._venue, symbol=symbol, reason=reason)])
                 self.ensure_snapshot(symbol)
 
@@ -144,15 +146,16 @@ class Books:
         """A book message was lost (pipelined publishing): announce the resync and start over."""
         await self.resync(symbol, "publish failed")
 
-    def cancel_fetches(self) -> None:
-        """The stream is gone: its snapshot fetches are of no use any more."""
-        for task in list(self.fetching.values()):
-            task.cancel()
-        self.fetching.clear()
+    def cancel_fetches(self, symbols: tuple[str, ...] | None = None) -> None:
+        """The depth connection of `symbols` (None: all) is gone: their snapshot fetches are of no use any more."""
+        for symbol in list(self.fetching if symbols is None else symbols):
+            task = self.fetching.pop(symbol, None)
+            if task is not None:
+                task.cancel()
 
     def ensure_snapshot(self, symbol: str) -> None:
         """Start a snapshot fetch when the symbol needs one and none is running."""
-        if not self._links.connected or not self.syncs[symbol].wants_snapshot:
+        if not self._links.books_up(symbol) or not self.syncs[symbol].wants_snapshot:
             return
         task = self.fetching.get(symbol)
         if task is not None and not task.done():
@@ -167,10 +170,12 @@ class Books:
         time does not cure (PERMANENT, e.g. an unknown symbol) stops it, loudly.
         """
         runtime = self._runtime
-        generation = self._links.generation
+        links = self._links
+        generation = links.generation_of(symbol)
 
         def wanted() -> bool:
-            return generation == self._links.generation and self.syncs[symbol].wants_snapshot and not runtime.closed
+            current = generation == links.generation_of(symbol)
+            return current and self.syncs[symbol].wants_snapshot and not runtime.closed
 
         def on_retry(exc: BaseException, delay_s: float) -> None:
             runtime.log.warning(
@@ -203,7 +208,7 @@ class Books:
                         action_taken="stopped: the next resync fetches again",
                     )
                 return
-            if generation != self._links.generation:
+            if generation != links.generation_of(symbol):
                 return
             async with self.lock:
                 messages = self.syncs[symbol].on_snapshot(snapshot)

@@ -48,7 +48,7 @@ from services.market_data.quality import CorruptionMonitor, TimestampGuard, Time
 from services.market_data.rest import RestPort, VenueRest
 from services.market_data.runtime import Runtime, Sleep
 from services.market_data.series import OI_POLL_INTERVAL_S, Series
-from services.market_data.streams import DEFAULT_MAX_CONNECTION_AGE_S, MarketStream, StreamPort
+from services.market_data.streams import DEFAULT_MAX_CONNECTION_AGE_S, MarketStream, StreamPort, symbols_of
 
 MONITOR_INTERVAL_S = 0.25
 STREAM_LATENCY_SAMPLES = 1_000
@@ -84,9 +84,13 @@ class MarketDataService:
             FM-D5, and no mark price, funding or open interest (nothing polled, nothing alerted).
         max_connection_age_s: the stream connection is replaced make-before-break at this age
             (Binance closes it at 24 h); 0: never.
-        route_streams: the other routes' connections beside `open_stream`'s (which carries the
-            depth): route name → builder, e.g. `market` for trades, mark price and liquidations
-            when the venue routes streams by path (Binance USD-M); empty: one connection.
+        route_streams: the other connections beside `open_stream`'s: name → builder, e.g. `market`
+            for trades, mark price and liquidations when the venue routes streams by path (Binance
+            USD-M), `public-2` for the depth of the symbols past the first connection's stream
+            limit; empty: one connection.
+        connection_streams: the streams of every connection (`""`: `open_stream`'s), from which
+            each knows its symbols and whose depth it carries; None: the first carries every
+            symbol's depth and the others none.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class MarketDataService:
         market: MarketKind = MarketKind.USDM,
         max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
         route_streams: Mapping[str, Callable[[str], StreamPort]] | None = None,
+        connection_streams: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.venue = venue
         self.market = market
@@ -157,6 +162,8 @@ class MarketDataService:
         )
 
         def market_stream(opener: Callable[[str], StreamPort], route: str = "", books: bool = True) -> MarketStream:
+            names = None if connection_streams is None else connection_streams.get(route)
+            carried = None if names is None else symbols_of(names)
             return MarketStream(
                 self.runtime,
                 venue=venue,
@@ -172,7 +179,9 @@ class MarketDataService:
                 uniform=uniform,
                 max_connection_age_s=max_connection_age_s,
                 route=route,
-                carries_books=books,
+                carries_books=books if names is None else bool(symbols_of(names, "depth")),
+                symbols=carried,
+                book_symbols=None if names is None else symbols_of(names, "depth"),
             )
 
         self.stream = market_stream(open_stream)

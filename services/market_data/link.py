@@ -107,28 +107,86 @@ class Links:
         self._alerts = alerts
         self.link_state: ConnectionState | None = None
         self.rest_link_state: ConnectionState | None = None
-        self.connected = False
-        """The stream is connected now."""
-        self.generation = 0
-        """Stream connections so far (the first is not a reconnect); a snapshot fetch of an older one stops."""
-        self.failed_attempts = 0
-        self.routes_down: dict[str, int] = {}
-        """The other routes' connections (e.g. `market`: trades, mark price, liquidations) that are
-        down now → their failed attempts; the link is down while any of them is."""
+        self.down: dict[str, int] = {}
+        """Every stream connection (by name: `""` the first, `market`, `public-2`, ...) that is down
+        now → its failed attempts since; the link is down while any of them is."""
+        self.carried: dict[str, tuple[str, ...]] = {}
+        """Connection name → the symbols its streams name (whose data is missing while it is down)."""
+        self.book_connection: dict[str, str] = {}
+        """Symbol → the name of the connection carrying its depth (its book lives and dies with it)."""
+        self.generations: dict[str, int] = {}
+        """Symbol → connections of its depth's connection so far (the first is not a reconnect); a
+        snapshot fetch of an older one stops."""
         self.clean_window = CleanWindow(symbols)
         self.degraded: dict[str, str] = {}
         """Degradation causes of the stream link now, with their detail."""
         self._causes: dict[str, tuple[str, ...]] = {}
         """Per link, the degradation causes last published with its state."""
+        self._named: tuple[str, ...] = symbols
+        """The symbols the last market link event named."""
 
-    async def set_link(self, link: str, state: ConnectionState, reason: str, *, causes: tuple[str, ...] = ()) -> None:
-        """Publish a link's state when it, or the causes of its degradation, changed (the watchdog
-        weighs the causes: the clock alone halts trading; corruption on top of it is EMERGENCY_MODE)."""
+    def register(self, name: str, symbols: tuple[str, ...], book_symbols: tuple[str, ...]) -> None:
+        """A stream connection exists: down until its first connect, carrying `symbols`' data and
+        `book_symbols`' depth."""
+        self.down[name] = 0
+        self.carried[name] = symbols
+        for symbol in book_symbols:
+            self.book_connection[symbol] = name
+
+    @property
+    def connected(self) -> bool:
+        """Every stream connection is up now."""
+        return not self.down
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        self.down = {} if value else dict.fromkeys(self.carried, 0)
+
+    def connection_up(self, name: str) -> None:
+        """A connection (re)connected: its books start a new generation."""
+        self.down.pop(name, None)
+        for symbol, carrier in self.book_connection.items():
+            if carrier == name:
+                self.generations[symbol] = self.generations.get(symbol, 0) + 1
+
+    def books_up(self, symbol: str) -> bool:
+        """The connection carrying `symbol`'s depth is up (snapshots are fetched only then)."""
+        carrier = self.book_connection.get(symbol)
+        return carrier is not None and carrier not in self.down
+
+    def generation_of(self, symbol: str) -> int:
+        """How many times `symbol`'s depth connection connected so far."""
+        return self.generations.get(symbol, 0)
+
+    def affected_symbols(self) -> tuple[str, ...]:
+        """The symbols whose data a down connection carries (all of them when none is down)."""
+        if not self.down:
+            return self._symbols
+        missing = {symbol for name in self.down for symbol in self.carried.get(name, self._symbols)}
+        return tuple(symbol for symbol in self._symbols if symbol in missing)
+
+    async def set_link(
+        self,
+        link: str,
+        state: ConnectionState,
+        reason: str,
+        *,
+        causes: tuple[str, ...] = (),
+        symbols: tuple[str, ...] | None = None,
+    ) -> None:
+        """Publish a link's state when it, the causes of its degradation, or the symbols it names
+        changed (the watchdog weighs the causes: the clock alone halts trading; corruption on top
+        of it is EMERGENCY_MODE; the state-builder takes the named symbols STALE while it is down)."""
         current = self.link_state if link == MARKET_WS_LINK else self.rest_link_state
-        if (state == current and causes == self._causes.get(link, ())) or self._runtime.closed:
+        named = self._symbols if symbols is None else symbols
+        unchanged = state == current and causes == self._causes.get(link, ())
+        if link == MARKET_WS_LINK:
+            unchanged = unchanged and named == self._named
+        if unchanged or self._runtime.closed:
             return
         if link == MARKET_WS_LINK:
             self.link_state = state
+            self._named = named
         else:
             self.rest_link_state = state
         self._causes[link] = causes
@@ -139,7 +197,7 @@ class Links:
             previous=current,
             current=state,
             reason=reason,
-            symbols=list(self._symbols),
+            symbols=list(named),
             causes=list(causes),
         )
         await self._alerts.kv(
@@ -151,8 +209,8 @@ class Links:
     async def refresh(self, reason: str) -> None:
         """Publish the market link's state when its conditions changed it."""
         state = market_link_state(
-            connected=self.connected and not self.routes_down,
-            failed_attempts=max([self.failed_attempts, *self.routes_down.values()]),
+            connected=self.connected,
+            failed_attempts=max(self.down.values(), default=0),
             clean=self.clean_window.is_clean(self._runtime.clock()),
             degraded_reasons=self.degraded,
         )
@@ -162,7 +220,9 @@ class Links:
             causes = tuple(sorted(self.degraded))
         elif state == ConnectionState.CONNECTED and self.link_state == ConnectionState.SUSPECT:
             reason = "clean window passed"
-        await self.set_link(MARKET_WS_LINK, state, reason, causes=causes)
+        # While a connection is down, the event names only the symbols whose data it carries: the
+        # other connections' symbols go on (their books stay VALID).
+        await self.set_link(MARKET_WS_LINK, state, reason, causes=causes, symbols=self.affected_symbols())
 
     async def degrade(self, name: str, detail: str) -> None:
         """Add (or update) a degradation cause of the stream link."""

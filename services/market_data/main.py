@@ -49,9 +49,12 @@ async def setup(ctx: ServiceContext) -> None:
     async def request(subject: str, payload: bytes) -> bytes:
         return await ctx.bus.request(subject, payload)
 
-    # One connection per route (Binance USD-M routes streams by path), the depth's first: it carries the books.
-    groups = adapters.stream_groups(settings.symbols, market, routed=settings.venue_ws_routed)
-    openers = [(route.value if route else "", _opener(market, route, names)) for route, names in groups.items()]
+    # One connection per route (Binance USD-M routes streams by path), the depth's first, and more
+    # per route past the venue's streams-per-connection limit.
+    connections = adapters.stream_connections(
+        settings.symbols, market, routed=settings.venue_ws_routed, max_streams=settings.md_ws_max_streams
+    )
+    openers = [(name, _opener(market, route, names)) for name, route, names in connections]
     service = MarketDataService(
         venue=venue,
         symbols=settings.symbols,
@@ -60,6 +63,7 @@ async def setup(ctx: ServiceContext) -> None:
         rest=rest,
         open_stream=openers[0][1],
         route_streams=dict(openers[1:]),
+        connection_streams={name: names for name, _, names in connections},
         ws_urls=adapters.ws_urls(settings),
         log=ctx.log,
         request=request,

@@ -78,9 +78,10 @@ class Series:
         self.last_oi: dict[str, Decimal] = {}
         self._confirming: set[tuple[str, str]] = set()
 
-    def reset_sequences(self) -> None:
-        """A (re)connection: trade ids seen before say nothing about the new stream (FM-N1)."""
-        for symbol in self._symbols:
+    def reset_sequences(self, symbols: tuple[str, ...] | None = None) -> None:
+        """A (re)connection carrying `symbols` (None: all): trade ids seen before say nothing about
+        the new stream (FM-N1)."""
+        for symbol in self._symbols if symbols is None else symbols:
             self.trades[symbol] = TradeSequence()
 
     # ------------------------------------------------------------------ trades
@@ -264,10 +265,11 @@ class Series:
         self.last_oi[symbol] = message.open_interest
         await self._publisher.emit([message])
 
-    async def resync_market_state(self) -> None:
-        """FM-N1 after a reconnect: fresh mark/funding/OI, compared with the last known values."""
+    async def resync_market_state(self, symbols: tuple[str, ...] | None = None) -> None:
+        """FM-N1 after a reconnect carrying `symbols` (None: all): fresh mark/funding/OI, compared
+        with the last known values."""
         api = self._rest.api
-        for symbol in self._symbols:
+        for symbol in self._symbols if symbols is None else symbols:
             try:
                 premium = await self._rest.call("premium_index", functools.partial(api.premium_index, symbol))
                 mark = frames.mark_from_premium_index(self._venue, symbol, premium, self._runtime.clock())

@@ -3,11 +3,15 @@ reconnect on SPEC FM-N1's schedule (`libs.reconnect`), rotating through the conf
 (FM-N3/N4) and cutting a wait short when the venue's REST answers again (`return_probe`). A
 (re)connection restarts every book and trade sequence; a reconnect re-syncs mark and OI (USD-M).
 
-Binance USD-M routes streams by path (`libs.binance.routes`), so there is one `MarketStream` per
-route: the one carrying the depth (`carries_books`) owns the books and the link's connection
-counters; another (`market`: trades, mark price, liquidations) reports itself in
-`Links.routes_down` while it is down. Each has its own silence detection, reconnect schedule and
-make-before-break replacement.
+Binance USD-M routes streams by path (`libs.binance.routes`) and allows at most 1024 streams on a
+connection, so there is one `MarketStream` per route and, past the limit, several per route: each
+names its symbols, restarts the books of the depth it carries (and only those) when it connects,
+and reports itself in `Links.down` while it is down. Each has its own silence detection, reconnect
+schedule and make-before-break replacement.
+
+A venue that bans the IP (418) refuses WebSocket connects too: no connect is attempted while the
+request budget says a ban or a 429's Retry-After is running (FM-N2), and a refusal at the upgrade
+with a Retry-After starts one (shared with the other processes like a REST 418).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from libs.binance.endpoints import EndpointRotation
 from libs.binance.stream import StreamClosed, StreamFrame
+from libs.ratelimit import RateBudget
 from libs.reconnect import DEGRADED_AFTER_ATTEMPTS, Uniform, reconnect_delay_s
 from proto import subjects
 from proto.enums import AlertSeverity
@@ -60,10 +65,14 @@ class MarketStream:
         uniform: the jitter source of the reconnect schedule; None: `random.uniform`.
         max_connection_age_s: a connection this old is replaced make-before-break (the venue
             closes it at 24 h); 0: never.
-        route: the route this connection serves (`public`, `market`; empty: un-routed), in logs,
-            alerts and the link's reasons.
-        carries_books: this connection carries the depth: it restarts the books and owns the
-            link's connection counters; otherwise it is one of `Links.routes_down` while down.
+        route: the connection's name in logs, alerts and the link's reasons: its route
+            (`market`), numbered when a route needs several connections (`public-2`); empty for
+            the first.
+        carries_books: this connection carries the depth of `book_symbols` (None: every symbol):
+            it restarts their books when it connects.
+        symbols: the symbols its streams name (None: every symbol): their trade sequences start
+            over and their mark and open interest are re-synced when it reconnects.
+        book_symbols: the symbols whose depth it carries when `carries_books` (None: every symbol).
     """
 
     def __init__(
@@ -84,13 +93,16 @@ class MarketStream:
         max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
         route: str = "",
         carries_books: bool = True,
+        symbols: tuple[str, ...] | None = None,
+        book_symbols: tuple[str, ...] | None = None,
     ) -> None:
         self.route = route
-        self.carries_books = carries_books
+        every = tuple(books.syncs)
+        self.symbols = every if symbols is None else symbols
+        self.book_symbols = (every if book_symbols is None else book_symbols) if carries_books else ()
         self._connections = 0
-        self._alert_suffix = "" if carries_books else f".{route}"
-        if not carries_books:
-            links.routes_down[route] = 0  # down until its first connection
+        self._alert_suffix = f".{route}" if route else ""
+        links.register(route, self.symbols, self.book_symbols)  # down until its first connection
         self._runtime = runtime
         self._venue = venue
         self._market = market
@@ -117,11 +129,15 @@ class MarketStream:
         # `close()` stops the loop by flag too: a cancellation can be swallowed by a library's
         # wait_for (Python 3.11) and must not leave a zombie link publishing after shutdown.
         while not runtime.closed:
+            await self._wait_out_ban()
+            if runtime.closed:
+                return
             url = self.ws_endpoints.current
             stream = self.open_stream(url)
             try:
                 await stream.connect()
             except StreamClosed as exc:
+                self._on_refused(exc)
                 all_failed = self.ws_endpoints.on_failure()
                 await self._on_attempt_failed(attempt, str(exc), url, all_failed)
                 attempt += 1
@@ -165,7 +181,9 @@ class MarketStream:
                 await self._on_frame(frame)
                 now = runtime.clock()
                 if pending is None:
-                    if self.max_connection_age_ns and now - opened_ns >= self.max_connection_age_ns:
+                    aged = self.max_connection_age_ns and now - opened_ns >= self.max_connection_age_ns
+                    # Not while the venue refuses connects (a ban): the old one keeps serving.
+                    if aged and (self._budget is None or self._budget.refused_for_s() <= 0):
                         pending, pending_since_ns = Handover(self.open_stream(self.ws_endpoints.current)), now
                         pending.start()
                         runtime.log.info(
@@ -204,6 +222,43 @@ class MarketStream:
                 await serving.abort()
             await current.close()
 
+    @property
+    def _budget(self) -> RateBudget | None:
+        return self._rest.budget
+
+    async def _wait_out_ban(self) -> None:
+        """No connect while the venue refuses this IP (a 418 ban, or a 429's Retry-After, seen by
+        any process): a connect then would be refused and make a ban longer (FM-N2)."""
+        runtime = self._runtime
+        budget = self._budget
+        logged = False
+        while budget is not None and not runtime.closed:
+            wait_s = budget.refused_for_s()
+            if wait_s <= 0:
+                return
+            if not logged:
+                logged = True
+                runtime.log.warning(
+                    "market_ws_waiting_out_ban",
+                    route=self.route,
+                    wait_s=round(wait_s, 3),
+                    budget=budget.state.value,
+                    action_taken="no connect attempt until the venue's Retry-After has passed",
+                )
+            await runtime.sleep(wait_s)
+
+    def _on_refused(self, exc: StreamClosed) -> None:
+        """A connect refused at the upgrade: a 418 bans, a 429 backs off, for its Retry-After (FM-N2)."""
+        budget = self._budget
+        if budget is None or exc.status not in (418, 429):
+            return
+        if exc.status == 418:
+            budget.on_banned(exc.retry_after_s)
+        else:
+            budget.on_rate_limited(exc.retry_after_s)
+        # The budget's transition (alert, REST link state) is published now, not at the next REST call.
+        self._runtime.spawn(self._rest.after_rest(), "market-ws-ban-published")
+
     async def _wait_before_reconnect(self, delay_s: float) -> None:
         """Wait `delay_s` for the next scheduled attempt, or less when the venue is back.
 
@@ -240,10 +295,7 @@ class MarketStream:
     async def _on_attempt_failed(self, attempt: int, reason: str, url: str, all_failed: bool) -> None:
         links = self._links
         failed = attempt + 1
-        if self.carries_books:
-            links.failed_attempts = failed
-        else:
-            links.routes_down[self.route] = failed
+        links.down[self.route] = failed
         self._runtime.log.warning(
             "market_ws_connect_failed", attempt=failed, endpoint=url, route=self.route, reason=reason[:300]
         )
@@ -265,19 +317,14 @@ class MarketStream:
         await links.refresh(f"{self._route_text(': ').lstrip()}{failed} failed attempts: {reason}")
 
     def _route_text(self, after: str = "") -> str:
-        return f" ({self.route}){after}" if self.route else after
+        return f" ({self.route}){after}" if self.route else ""
 
     async def _on_connected(self, url: str) -> None:
         links = self._links
         self._connections += 1
         if self._connections > 1 and self._runtime.metrics is not None:
             self._runtime.metrics.reconnected(subjects.MARKET_WS_LINK)
-        if self.carries_books:
-            links.generation += 1
-            links.connected = True
-            links.failed_attempts = 0
-        else:
-            links.routes_down.pop(self.route, None)
+        links.connection_up(self.route)
         self.return_probe.on_connected()
         reconnect = self._connections > 1
         links.clean_window.start(self._runtime.clock())
@@ -286,23 +333,26 @@ class MarketStream:
         await links.refresh(
             self._route_text(": ").lstrip() + ("reconnected: clean window" if reconnect else "connected: clean window")
         )
-        self._runtime.log.info("market_ws_connected", endpoint=url, route=self.route, generation=links.generation)
-        # Whatever happened while we were away is unknown: every book and trade sequence starts
-        # over (FM-N1), and mark/funding/OI are re-synced over REST and compared.
-        self._series.reset_sequences()
-        if self.carries_books:
-            await self._books.restart("reconnected" if reconnect else "connected")
+        self._runtime.log.info("market_ws_connected", endpoint=url, route=self.route, connections=self._connections)
+        # Whatever happened on this connection while we were away is unknown: its books and trade
+        # sequences start over (FM-N1), and its mark/funding/OI are re-synced over REST and compared.
+        self._series.reset_sequences(self.symbols)
+        if self.book_symbols:
+            await self._books.restart("reconnected" if reconnect else "connected", self.book_symbols)
         if reconnect and self._market == MarketKind.USDM:
             # Spot has no mark price, funding or open interest to re-sync and compare.
-            self._runtime.spawn(self._series.resync_market_state(), "post-reconnect-resync")
+            self._runtime.spawn(self._series.resync_market_state(self.symbols), "post-reconnect-resync")
 
     async def _on_disconnected(self, reason: str) -> None:
-        if self.carries_books:
-            self._links.connected = False
-            self._books.cancel_fetches()
-        else:
-            self._links.routes_down[self.route] = 0
+        self._links.down[self.route] = 0
+        if self.book_symbols:
+            self._books.cancel_fetches(self.book_symbols)
         await self._links.refresh(self._route_text(": ").lstrip() + reason)
+
+    @property
+    def carries_books(self) -> bool:
+        """This connection carries some symbols' depth."""
+        return bool(self.book_symbols)
 
     def details(self) -> dict[str, Any]:
         """Heartbeat details: the endpoint in use and the early reconnects so far."""
@@ -311,6 +361,16 @@ class MarketStream:
             "early_reconnects": self.early_reconnects,
             "ws_handovers": self.handovers,
         }
+
+
+def symbols_of(names: Sequence[str], channel: str | None = None) -> tuple[str, ...]:
+    """The upper-case symbols `names` name (of `channel` only, when given), in order of first mention."""
+    found: dict[str, None] = {}
+    for name in names:
+        prefix, _, rest = name.partition("@")
+        if channel is None or rest.split("@", 1)[0] == channel:
+            found.setdefault(prefix.upper(), None)
+    return tuple(found)
 
 
 async def _close_quietly(stream: StreamPort, frames: AsyncIterator[StreamFrame]) -> None:

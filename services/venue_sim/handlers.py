@@ -160,11 +160,12 @@ class VenueSimulator:
             except Exception as exc:  # noqa: BLE001 - the control API answers every request; logged
                 self.log.error("sim_control_failed", path=request.path, error=repr(exc))
                 return web.json_response({"error": f"internal error: {exc!r}"}, status=500)
-        if not is_stream_path(request.path) and self.ban.active(self.clock()):
-            # An IP ban refuses every request, whatever its path or symbol, and grows while the
-            # client keeps sending (Binance's escalation).
-            self.ban.refuse(self.clock())
-            self.log.warning("request_refused_banned", path=request.path, refused=self.ban.refused)
+        if self.ban.active(self.clock()):
+            # An IP ban refuses every request, whatever its path or symbol, WebSocket connects
+            # included (at the upgrade), and grows while the client keeps sending (Binance's escalation).
+            stream = is_stream_path(request.path)
+            self.ban.refuse(self.clock(), connect=stream)
+            self.log.warning("request_refused_banned", path=request.path, refused=self.ban.refused, ws_connect=stream)
             return self._banned()
         if self.faults.faults:
             symbol = request.query.get("symbol")

@@ -29,8 +29,11 @@ class Subscriber:
         listen_key: str | None = None,
         connected_ns: int = 0,
         max_incoming_per_s: int = 10,
+        path: str = "",
     ) -> None:
         self.ws = ws
+        self.path = path
+        """The request path it connected on (`/public/stream`), for the control API's state."""
         self.combined = combined
         self.listen_key = listen_key
         self.streams: set[str] = set()
@@ -39,6 +42,10 @@ class Subscriber:
         self.connected_ns = connected_ns
         self.last_pong_ns = connected_ns
         self.incoming = MessageRate(max_incoming_per_s)
+
+    def view(self) -> dict[str, object]:
+        """This connection in `GET /_sim/state` → `ws_connections`."""
+        return {"path": self.path, "streams": len(self.streams), "user_stream": self.listen_key is not None}
 
     def symbols(self) -> set[str]:
         """Upper-case symbols this client listens to."""

@@ -80,19 +80,19 @@ class Harness:
     async def resync(self) -> None:
         await self.bus.request(subjects.SVC_MARKET_DATA_RESYNC, b'{"symbol": "BTCUSDT"}')
 
-    async def book(self) -> dict:
+    async def book(self, symbol: str = SYMBOL) -> dict:
         reply = await self.bus.request(
-            subjects.SVC_STATE_BUILDER_BOOK, msgspec.json.encode({"symbol": SYMBOL, "depth": 20})
+            subjects.SVC_STATE_BUILDER_BOOK, msgspec.json.encode({"symbol": symbol, "depth": 20})
         )
         return msgspec.json.decode(reply)
 
-    async def assert_valid_book_is_true(self) -> bool:
+    async def assert_valid_book_is_true(self, symbol: str = SYMBOL) -> bool:
         """When the served book is VALID it equals the venue's book at the same update id."""
-        served = await self.book()
+        served = await self.book(symbol)
         if served.get("status") != "VALID":
             return False
         params = {"depth": "20", "update_id": str(served["last_update_id"])}
-        async with self.http.get(f"{self.venue}/_sim/book/{SYMBOL}", params=params) as response:
+        async with self.http.get(f"{self.venue}/_sim/book/{symbol}", params=params) as response:
             if response.status == 404:  # older than the simulator's history: nothing to compare
                 return True
             truth = await response.json()

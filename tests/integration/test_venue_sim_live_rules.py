@@ -137,11 +137,13 @@ async def test_ws_streams_when_more_than_a_connection_allows_then_refused(venue:
         await venue.session.ws_connect(venue.ws_base + "/stream?streams=" + "/".join(names))
     assert refused.value.status == 400
     async with venue.session.ws_connect(venue.ws_base + "/stream?streams=" + "/".join(names[:3])) as ws:
+        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 6})
+        assert sorted((await _reply(ws, 6))["result"]) == sorted(names[:3])
         await ws.send_json({"method": "SUBSCRIBE", "params": names[3:], "id": 7})
-        reply = await _reply(ws, 7)
-        assert reply["error"]["code"] == 2 and "3 streams" in reply["error"]["msg"]
-        await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 8})
-        assert sorted((await _reply(ws, 8))["result"]) == sorted(names[:3])
+        # As measured on Binance: the error, then the connection closed (1008), every stream lost.
+        assert await _reply(ws, 7) == {"error": {"code": 4, "msg": "Too many subscriptions"}, "id": 7}
+        await _closed(ws, timeout_s=5)
+        assert ws.close_code == 1008
 
 
 @pytest.mark.parametrize("venue", [rules(listen_key_validity_s=1.0)], indirect=True)
@@ -220,6 +222,22 @@ async def test_ip_ban_when_418_then_every_request_refused_until_retry_after_and_
     await eventually(lambda: _ok(venue), timeout_s=5)
     _, state = await venue.sim("GET", "/_sim/state")
     assert state["ip_ban"]["refused_during_ban"] >= 4 and not state["ip_ban"]["banned"]
+
+
+@pytest.mark.parametrize("venue", [{"ban_escalation": 1.0}], indirect=True)
+async def test_ip_ban_when_websocket_connects_then_refused_at_upgrade_counted_and_served_after(venue: Venue) -> None:
+    await venue.sim("POST", "/_sim/faults", {"kind": "http_418", "params": {"retry_after_s": 2}})
+    status, _, _ = await venue.get("/fapi/v1/time")
+    assert status == 418
+    for path in ("/public/stream?streams=btcusdt@depth@100ms", "/market/ws/btcusdt@aggTrade"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await venue.session.ws_connect(venue.ws_base + path)
+        assert refused.value.status == 418 and int(refused.value.headers["Retry-After"]) in (1, 2)
+    _, state = await venue.sim("GET", "/_sim/state")
+    assert (state["ip_ban"]["refused_ws_connects"], state["ip_ban"]["refused_during_ban"]) == (2, 2)
+    await eventually(lambda: _ok(venue), timeout_s=5)
+    async with venue.session.ws_connect(venue.ws_base + "/public/stream?streams=btcusdt@depth@100ms") as ws:
+        assert (await ws.receive_json(timeout=5))["stream"] == "btcusdt@depth@100ms"
 
 
 @pytest.mark.parametrize("venue", [{"ban_escalation": 2.0}], indirect=True)

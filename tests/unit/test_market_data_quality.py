@@ -4,6 +4,7 @@ the service with fakes, plus a fuzz test of frame and REST parsing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from libs.binance.endpoints import EndpointRotation
 from libs.binance.errors import VenueError
-from libs.binance.stream import StreamFrame, parse_frame
+from libs.binance.stream import StreamClosed, StreamFrame, parse_frame
 from libs.breaker import CircuitBreaker
 from libs.clock import ManualClock
 from libs.logging import get_logger
@@ -418,8 +419,16 @@ class ScriptedVenue:
     """A venue whose WebSocket accepts connections only from `ws_up_at_s` (fake time) on; every
     connection attempt's time is recorded, and a successful one ends the run."""
 
-    def __init__(self, service: MarketDataService, clock: ManualClock, ws_up_at_s: float) -> None:
+    def __init__(
+        self,
+        service: MarketDataService,
+        clock: ManualClock,
+        ws_up_at_s: float,
+        refusal: Callable[[float], Exception] | None = None,
+    ) -> None:
         self.service = service
+        self.refusal = refusal or (lambda remaining_s: StreamClosed("connect failed: HTTP 503"))
+        """How a connect before `ws_up_at_s` fails, given the seconds until then."""
         self.clock = clock
         self.start = clock.now
         self.ws_up_at_ns = clock.now + int(ws_up_at_s * S)
@@ -430,11 +439,9 @@ class ScriptedVenue:
 
         class Stream:
             async def connect(self) -> None:
-                from libs.binance.stream import StreamClosed
-
                 venue.attempts.append((venue.clock.now - venue.start) / S)
                 if venue.clock.now < venue.ws_up_at_ns:
-                    raise StreamClosed("connect failed: HTTP 503")
+                    raise venue.refusal((venue.ws_up_at_ns - venue.clock.now) / S)
                 venue.service.runtime.closed = True  # connected: the run ends here
 
             async def close(self) -> None:

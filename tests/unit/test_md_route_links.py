@@ -45,7 +45,7 @@ def make() -> tuple[MarketDataService, list[Any]]:
 async def test_link_when_market_route_down_then_link_down_and_reason_names_the_route() -> None:
     service, published = make()
     depth, market = service.stream, service.route_streams[0]
-    assert service.links.routes_down == {"market": 0}, "down until its first connection"
+    assert service.links.down == {"": 0, "market": 0}, "down until its first connection"
     await depth._on_connected("ws://a")
     assert service.links.link_state == ConnectionState.DISCONNECTED, "trades, marks, liquidations still missing"
     await market._on_connected("ws://a")
@@ -58,9 +58,9 @@ async def test_link_when_market_route_down_then_link_down_and_reason_names_the_r
         await market._on_attempt_failed(attempt, "connect failed: refused", "ws://a", all_failed=False)
     assert service.links.link_state == ConnectionState.DEGRADED
     assert "md.reconnect_failing.binance-usdm.market" in {m.key for m in published if isinstance(m, AlertRaised)}
-    assert service.links.connected, "the depth's connection is untouched: its books go on"
+    assert service.links.books_up("BTCUSDT"), "the depth's connection is untouched: its books go on"
     await market._on_connected("ws://a")
-    assert service.links.link_state == ConnectionState.SUSPECT and not service.links.routes_down
+    assert service.links.link_state == ConnectionState.SUSPECT and not service.links.down
 
 
 def test_stream_groups_when_routed_usdm_then_public_and_market_else_one_connection() -> None:

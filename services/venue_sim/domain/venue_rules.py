@@ -57,6 +57,8 @@ class IpBan:
         self.bans = 0
         self.refused = 0
         """Requests refused because they came during a ban (not the one that started it)."""
+        self.refused_ws_connects = 0
+        """Of those, WebSocket connects refused at the upgrade."""
 
     def start(self, now_ns: int, duration_s: float) -> None:
         """Ban from now for `duration_s`."""
@@ -68,9 +70,10 @@ class IpBan:
         """Whether a ban is in force."""
         return self.until_ns is not None and now_ns < self.until_ns
 
-    def refuse(self, now_ns: int) -> None:
-        """A request arrived during the ban: count it and escalate the ban."""
+    def refuse(self, now_ns: int, *, connect: bool = False) -> None:
+        """A request (`connect`: a WebSocket connect) arrived during the ban: count it and escalate the ban."""
         self.refused += 1
+        self.refused_ws_connects += connect
         if self.escalation > 1:
             self.start(now_ns, min(max(self.duration_s, 1.0) * self.escalation, MAX_BAN_S))
             self.bans -= 1  # the same ban, made longer
@@ -89,4 +92,5 @@ class IpBan:
             "ban_s": self.duration_s,
             "bans": self.bans,
             "refused_during_ban": self.refused,
+            "refused_ws_connects": self.refused_ws_connects,
         }

@@ -48,6 +48,7 @@ class ControlRoutes(RouteGroup):
         state["source"] = self.ctx.source_description
         state["messages_published"] = self.hub.messages_published
         state["connections"] = len(self.hub.connections)
+        state["ws_connections"] = sorted((s.view() for s in self.hub.connections), key=str)
         state["ip_ban"] = self.ctx.ban.view(self.ctx.clock())
         return web.json_response(state)
 

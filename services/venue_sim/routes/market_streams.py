@@ -45,6 +45,15 @@ def delivered_streams(route: Route | None, streams: list[str]) -> list[str]:
     return [stream for stream in streams if stream_route(stream) == served]
 
 
+class TooManySubscriptions(Exception):
+    """A SUBSCRIBE would take a connection past its stream limit: Binance answers `reply`
+    (code 4, "Too many subscriptions") and closes the connection (1008 "Invalid request")."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("too many subscriptions")
+        self.reply = reply
+
+
 class StreamRoutes(RouteGroup):
     """The WebSocket handler of every stream path."""
 
@@ -87,6 +96,7 @@ class StreamRoutes(RouteGroup):
         if invalid:
             return web.json_response({"code": -1121, "msg": f"Invalid stream name(s): {invalid[:5]}"}, status=400)
         if len(streams) > self.ctx.rules.max_streams:
+            # Not measured on Binance (its SUBSCRIBE path is): refused at the upgrade, nothing served.
             return web.json_response(
                 {"code": -1121, "msg": f"Too many streams: at most {self.ctx.rules.max_streams} per connection."},
                 status=400,
@@ -102,6 +112,7 @@ class StreamRoutes(RouteGroup):
             listen_key=listen_key,
             connected_ns=self.ctx.clock(),
             max_incoming_per_s=self.ctx.rules.max_incoming_per_s,
+            path=request.path,
         )
         self.hub.connections.add(subscriber)
         if listen_key is not None:
@@ -124,7 +135,13 @@ class StreamRoutes(RouteGroup):
                     if not self.hub.is_stalled(subscriber):
                         await ws.pong(message.data)
                 elif message.type == WSMsgType.TEXT:
-                    reply = self._ws_command(subscriber, message.data, request.path)
+                    try:
+                        reply = self._ws_command(subscriber, message.data, request.path)
+                    except TooManySubscriptions as refused:
+                        self.ctx.log.warning("ws_too_many_subscriptions", limit=self.ctx.rules.max_streams)
+                        await ws.send_str(refused.reply)
+                        await self.hub.close_subscriber(subscriber, 1008, False, b"Invalid request")
+                        break
                     if reply is not None and not self.hub.is_stalled(subscriber):
                         await ws.send_str(reply)
         except (ConnectionError, asyncio.CancelledError):
@@ -167,12 +184,9 @@ class StreamRoutes(RouteGroup):
                 )
             if method == "SUBSCRIBE":
                 if len(subscriber.streams | set(streams)) > self.ctx.rules.max_streams:
-                    limit = self.ctx.rules.max_streams
-                    return dumps(
-                        {
-                            "error": {"code": 2, "msg": f"Invalid request: at most {limit} streams per connection"},
-                            "id": request_id,
-                        }
+                    # As measured on fstream: the error, then the connection closed, every stream lost.
+                    raise TooManySubscriptions(
+                        dumps({"error": {"code": 4, "msg": "Too many subscriptions"}, "id": request_id})
                     )
                 self._subscribe(subscriber, path, streams)
                 for key in keys:
