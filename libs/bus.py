@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from libs.logging import Logger, get_logger
 from libs.metrics import ServiceMetrics
 from libs.retry import recoverable_until_reachable
 from libs.store_errors import WriteFailure, classify_write_error, describe
-from proto import subjects
+from proto import permissions, subjects
 from proto.codec import decode, encode
 from proto.enums import AlertSeverity
 from proto.envelope import Message
@@ -130,6 +129,7 @@ class Bus:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[ConnectionListener] = []
         self._kv: dict[str, KeyValue] = {}
+        self._replay_locks: dict[str, asyncio.Lock] = {}
         self.connected = False
         self.disconnected_since_ns: int | None = None
         """Wall-clock ns of the current outage's start (None while connected)."""
@@ -286,7 +286,7 @@ class Bus:
     # ------------------------------------------------------------------ declaration
 
     async def ensure_streams(
-        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None
+        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None, *, update: bool = True
     ) -> None:
         """Create or update every stream so that it matches its spec (idempotent).
 
@@ -294,6 +294,8 @@ class Bus:
             specs: The streams to declare.
             replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing
                 (default: the bus's `replicas`).
+            update: also bring an existing stream to its spec; False: only create missing ones
+                (a user that may not change a stream's configuration, `proto.permissions`).
         """
         replicas = self.replicas if replicas is None else replicas
         for spec in specs:
@@ -314,7 +316,8 @@ class Bus:
                 await self.js.add_stream(config)
                 self.log.info("stream_created", stream=spec.name)
             else:
-                await self.js.update_stream(config)
+                if update:
+                    await self.js.update_stream(config)
 
     async def kv(self, bucket: str = subjects.KV_STATE) -> KeyValue:
         """The key-value bucket (created on first use, file storage, 5 revisions of history, the
@@ -784,7 +787,25 @@ class Bus:
         """
         if end_seq < start_seq:
             return 0
-        name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
+        # The one name the component's bus user may create a replay consumer under
+        # (`proto.permissions.replay_consumer`): replays of a stream take turns.
+        async with self._replay_locks.setdefault(stream, asyncio.Lock()):
+            return await self._replay(stream, start_seq, end_seq, handler, filter_subject, batch, fetch_timeout_s)
+
+    async def _replay(
+        self,
+        stream: str,
+        start_seq: int,
+        end_seq: int,
+        handler: Callable[[Message, Delivery], None],
+        filter_subject: str | None,
+        batch: int,
+        fetch_timeout_s: float,
+    ) -> int:
+        name = permissions.replay_consumer(self.component)
+        # A replay cut short (a crash) leaves its consumer for `inactive_threshold`: start afresh.
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(stream, name)
         config = ConsumerConfig(
             name=name,
             ack_policy=AckPolicy.NONE,

@@ -323,11 +323,65 @@ def test_grant_when_order_events_of_a_venue_then_only_its_position_process_publi
     assert [c for c in components if may_publish(c, filled)] == [subjects.POSITION, permissions.ADMIN]
 
 
-def test_grant_when_any_component_then_it_may_use_jetstream_and_replies() -> None:
+def test_grant_when_any_component_then_it_may_read_streams_and_buckets_and_get_replies() -> None:
     for component in (*(c for group in SERVICES.values() for c in group), permissions.ADMIN):
         assert may_publish(component, "$JS.API.STREAM.INFO.ORDERS")
-        assert may_publish(component, "$JS.ACK.ORDERS.risk-orders.1.2.3.4.5")
+        assert may_publish(component, "$JS.API.STREAM.INFO.KV_bulwark-state")
+        assert may_publish(component, "$JS.API.DIRECT.GET.KV_bulwark-state.$KV.bulwark-state.trading_state")
+        assert may_publish(component, "$JS.API.STREAM.CREATE.ORDERS")
         assert may_subscribe(component, "_INBOX.abc.def")
+
+
+ALL_COMPONENTS = tuple(c for group in SERVICES.values() for c in group)
+RISK_EVENTS = subjects.RISK_ORDER_EVENTS_CONSUMER
+POSITION_ORDERS = subjects.position_orders_consumer(subjects.POSITION)
+
+
+@pytest.mark.parametrize(
+    ("subject", "allowed"),
+    [
+        # Its own durable: create (legacy and named form, with the filter appended), fetch, ack, info, delete.
+        (f"$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.CREATE.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.CREATE.ORDERS.{RISK_EVENTS}.evt.order.>", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.ACK.ORDERS.{RISK_EVENTS}.1.2.3.4.5", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.INFO.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.DELETE.ORDERS.{POSITION_ORDERS}", {subjects.POSITION}),
+        (f"$JS.ACK.ORDERS.{POSITION_ORDERS}.1.2.3.4.5", {subjects.POSITION}),
+        # Its durable's name on another stream is not its durable.
+        (f"$JS.API.CONSUMER.CREATE.MARKET_DATA.{RISK_EVENTS}", set()),
+        # A consumer of a server-made name (the legacy ephemeral form): nobody but the admin.
+        ("$JS.API.CONSUMER.CREATE.ORDERS", set()),
+        ("$JS.API.CONSUMER.CREATE.KV_bulwark-state", set()),
+        # Replays under its own replay consumer, on the streams it replays.
+        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay", {subjects.RISK}),
+        ("$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.state-builder-replay", {subjects.STATE_BUILDER}),
+        ("$JS.API.CONSUMER.MSG.NEXT.ORDERS.watchdog-replay", {subjects.WATCHDOG}),
+        # The latest position of a symbol (risk's and a strategy's exposure).
+        ("$JS.API.STREAM.MSG.GET.ORDERS", {subjects.RISK, subjects.strategy_component(STRATEGY)}),
+        # Changing a stream's configuration is the provisioner's.
+        ("$JS.API.STREAM.UPDATE.ORDERS", {subjects.WATCHDOG}),
+        ("$JS.API.STREAM.UPDATE.KV_bulwark-state", {subjects.WATCHDOG}),
+        ("$JS.API.STREAM.CREATE.SOMETHING_ELSE", set()),
+        ("$JS.API.STREAM.DELETE.ORDERS", set()),
+        ("$JS.API.STREAM.PURGE.ORDERS", set()),
+        ("$JS.API.STREAM.MSG.DELETE.ORDERS", set()),
+        ("$JS.API.ACCOUNT.PURGE.x", set()),
+    ],
+)
+def test_jetstream_api_when_a_consumer_or_stream_is_another_s_then_refused(subject: str, allowed: set[str]) -> None:
+    assert {c for c in ALL_COMPONENTS if may_publish(c, subject)} == allowed
+    if not subject.startswith(("$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE", "$JS.API.STREAM.MSG.DELETE")):
+        assert may_publish(permissions.ADMIN, subject)
+
+
+def test_may_update_streams_when_provisioner_or_admin_then_true() -> None:
+    assert permissions.may_update_streams(permissions.ADMIN)
+    assert permissions.may_update_streams(subjects.WATCHDOG)
+    assert permissions.may_update_streams("")  # a server without users
+    assert not permissions.may_update_streams(subjects.MARKET_DATA)
+    assert not permissions.may_update_streams("intruder")
 
 
 def test_grant_when_unknown_component_then_error() -> None:
