@@ -330,9 +330,13 @@ def _watchdog() -> Grant:
         (subjects.STREAM_DLQ.name, subjects.WATCHDOG_DLQ_CONSUMER),
         *((spec.name, durable) for spec, durable in subjects.WATCHDOG_AUDIT_CONSUMERS),
     )
-    # Its recovery replays CONTROL; the periodic verification of the projections replays ORDERS.
+    # Its recovery replays CONTROL; the periodic verification of the projections replays ORDERS;
+    # an alert about a position is resolved by the position's latest event.
     publish, subscribe = _common(
-        subjects.WATCHDOG, consumers, replays=(subjects.STREAM_CONTROL.name, subjects.STREAM_ORDERS.name)
+        subjects.WATCHDOG,
+        consumers,
+        replays=(subjects.STREAM_CONTROL.name, subjects.STREAM_ORDERS.name),
+        last_messages=(subjects.STREAM_ORDERS.name,),
     )
     return Grant(
         publish=(
