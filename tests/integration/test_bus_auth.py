@@ -3,15 +3,19 @@
 A connection without (or with wrong) credentials is refused; a service's user can publish what it
 owns and is refused what another service owns (market-data submitting an order); only risk may
 answer risk's queries; Valkey refuses anyone without a password and the gateway's user cannot
-flush it.
+flush it; Postgres refuses a connection without the data dir's password, also one initialised
+before it had a password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import nats
 import pytest
 import pytest_asyncio
@@ -23,7 +27,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from entrypoints.harness.embedded import EmbeddedInfra
+from entrypoints import infra
+from entrypoints.harness.embedded import EmbeddedInfra, start_server
 from libs import cache
 from libs.bus import Bus, Delivery
 from libs.errors import PermanentError
@@ -261,3 +266,60 @@ async def test_jetstream_api_when_market_data_touches_others_consumers_or_stream
         await risk.close()
     acked = await admin.js.consumer_info(subjects.STREAM_ORDERS.name, subjects.RISK_ORDERS_CONSUMER)
     assert acked.ack_floor.stream_seq == seq
+
+
+async def _postgres_refuses_without_password(servers: EmbeddedInfra) -> None:
+    """Over TCP no password and a wrong one are refused, the data dir's is let in; the socket's
+    folder is its owner's only."""
+    anonymous = f"postgresql://postgres@{servers.host}:{servers.pg_port}/bulwark"
+    guessed = f"postgresql://postgres:guessed@{servers.host}:{servers.pg_port}/bulwark"
+    for dsn in (anonymous, guessed):
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            connection = await asyncpg.connect(dsn, timeout=5)
+            await connection.close()
+    assert stat.S_IMODE((servers.data_dir / infra.POSTGRES_SOCKETS).stat().st_mode) == 0o700
+    connection = await asyncpg.connect(servers.pg_dsn, timeout=5)
+    try:
+        assert await connection.fetchval("SELECT current_database()") == "bulwark"
+    finally:
+        await connection.close()
+
+
+async def test_postgres_when_data_dir_initialised_with_trust_then_next_start_requires_the_password(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "servers"
+    port = infra.free_port()
+    # A data dir of an earlier version: initialised without a password, trust auth.
+    old = await asyncio.to_thread(start_server, infra.postgres_spec(data_dir, port), data_dir / "logs")
+    try:
+        await infra.ensure_database(port)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(old.stop)
+    servers = await asyncio.to_thread(EmbeddedInfra(data_dir, pg_port=port).start, ("postgres",))
+    try:
+        await _postgres_refuses_without_password(servers)
+    finally:
+        await asyncio.to_thread(servers.stop)
+
+
+async def test_postgres_when_initialised_then_password_required_and_a_replaced_credentials_file_takes_over(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "servers"
+    first = await asyncio.to_thread(EmbeddedInfra(data_dir).start, ("postgres",))
+    old_dsn, port = first.pg_dsn, first.pg_port
+    try:
+        await _postgres_refuses_without_password(first)
+    finally:
+        await asyncio.to_thread(first.stop)
+    (data_dir / "bus-credentials.json").unlink()  # rotation (docs/security.md)
+    servers = await asyncio.to_thread(EmbeddedInfra(data_dir, pg_port=port).start, ("postgres",))
+    try:
+        assert servers.pg_dsn != old_dsn
+        await _postgres_refuses_without_password(servers)
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(old_dsn, timeout=5)
+    finally:
+        await asyncio.to_thread(servers.stop)
