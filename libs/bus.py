@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -787,8 +788,8 @@ class Bus:
         """
         if end_seq < start_seq:
             return 0
-        # The one name the component's bus user may create a replay consumer under
-        # (`proto.permissions.replay_consumer`): replays of a stream take turns.
+        # A service user may create one replay consumer per stream (`proto.permissions.replay_consumer`):
+        # its replays of a stream take turns.
         async with self._replay_locks.setdefault(stream, asyncio.Lock()):
             return await self._replay(stream, start_seq, end_seq, handler, filter_subject, batch, fetch_timeout_s)
 
@@ -802,10 +803,16 @@ class Bus:
         batch: int,
         fetch_timeout_s: float,
     ) -> int:
-        name = permissions.replay_consumer(self.component)
-        # A replay cut short (a crash) leaves its consumer for `inactive_threshold`: start afresh.
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(stream, name)
+        user = self._credentials[0]
+        if user and user != permissions.ADMIN:
+            # The one name the user's rights allow; a replay cut short (a crash) leaves its
+            # consumer for `inactive_threshold`: start afresh.
+            name = permissions.replay_consumer(user)
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(stream, name)
+        else:
+            # The admin (tools, several at once) or a server without users: a name of its own.
+            name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
         config = ConsumerConfig(
             name=name,
             ack_policy=AckPolicy.NONE,
