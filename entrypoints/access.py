@@ -8,7 +8,11 @@ connection without credentials is refused by both. Each service is given only it
 password (`BULWARK_NATS_USER`/`BULWARK_NATS_PASSWORD`, the gateway also
 `BULWARK_VALKEY_USER`/`BULWARK_VALKEY_PASSWORD`). Remove the file (with the system stopped) to
 rotate every password: the next `bulwark up` generates new ones (docs/security.md). The same file
-holds the token of the venue simulators' control API (`/_sim/*`), given to the simulators only.
+holds the token of the venue simulators' control API (`/_sim/*`), given to the simulators only,
+and the password of the embedded Postgres (`postgres.postgres`): the server is initialised with it
+(scram-sha-256, required over TCP and the socket) and every service's `BULWARK_PG_DSN` carries it.
+Postgres keeps the password it was initialised with: removing the file does not rotate it
+(docs/security.md says how).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ VALKEY_SERVICE_RULES = "~* &* +@all -@admin -@dangerous"
 SIM_CONTROL = "control"
 """The venue simulators' control token in the credentials file (`sim.control`)."""
 SIM_CONTROL_TOKEN_VARIABLE = "BULWARK_SIM_CONTROL_TOKEN"
+POSTGRES_USER = "postgres"
+"""The embedded Postgres's role (`entrypoints.infra.postgres_dsn`); its password is `postgres.postgres`."""
 GATEWAY_TOKEN_VARIABLES = ("BULWARK_ADMIN_TOKEN", "BULWARK_OPERATOR_TOKEN", "BULWARK_VIEWER_TOKEN")
 MIN_TOKEN_LENGTH = 24
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "secret", "password", "token")
@@ -57,6 +63,8 @@ class BusCredentials:
     valkey: dict[str, str]
     sim_control_token: str = field(default="", repr=False)
     """The token of the venue simulators' control API (`/_sim/*`, `BULWARK_SIM_CONTROL_TOKEN`)."""
+    postgres_password: str = field(default="", repr=False)
+    """The password of the embedded Postgres's `postgres` role."""
 
     def nats_url(self, host: str, port: int, user: str = ADMIN) -> str:
         """`nats://user:password@host:port` (for tools and tests that connect as `user`)."""
@@ -93,14 +101,20 @@ def load_bus_credentials(data_dir: Path, components: Iterable[str]) -> BusCreden
         AccessError: the file exists but cannot be read.
     """
     path = data_dir / BUS_CREDENTIALS_FILE
-    stored: dict[str, dict[str, str]] = {"nats": {}, "valkey": {}, "sim": {}}
+    kinds = ("nats", "valkey", "sim", "postgres")
+    stored: dict[str, dict[str, str]] = {kind: {} for kind in kinds}
     if path.exists():
         try:
             loaded = json.loads(path.read_text())
-            stored = {kind: dict(loaded.get(kind) or {}) for kind in ("nats", "valkey", "sim")}
+            stored = {kind: dict(loaded.get(kind) or {}) for kind in kinds}
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise AccessError(f"{path} is unreadable ({exc}); remove it to generate new bus passwords") from exc
-    wanted = {"nats": [ADMIN, *components], "valkey": [VALKEY_ADMIN, *VALKEY_SERVICE_USERS], "sim": [SIM_CONTROL]}
+    wanted = {
+        "nats": [ADMIN, *components],
+        "valkey": [VALKEY_ADMIN, *VALKEY_SERVICE_USERS],
+        "sim": [SIM_CONTROL],
+        "postgres": [POSTGRES_USER],
+    }
     changed = False
     for kind, users in wanted.items():
         for user in users:
@@ -109,7 +123,12 @@ def load_bus_credentials(data_dir: Path, components: Iterable[str]) -> BusCreden
                 changed = True
     if changed or not path.exists():
         write_private(path, json.dumps(stored, indent=2, sort_keys=True))
-    return BusCredentials(nats=stored["nats"], valkey=stored["valkey"], sim_control_token=stored["sim"][SIM_CONTROL])
+    return BusCredentials(
+        nats=stored["nats"],
+        valkey=stored["valkey"],
+        sim_control_token=stored["sim"][SIM_CONTROL],
+        postgres_password=stored["postgres"][POSTGRES_USER],
+    )
 
 
 def _quoted(value: str) -> str:
@@ -222,6 +241,30 @@ def tool_bus_user(data_dir: Path, settings: Settings) -> tuple[str, str]:
     return "", ""
 
 
+def sim_control_url(data_dir: Path, url: str, environ: Mapping[str, str]) -> str:
+    """A simulator's `url` with the control token for an operator tool (chaos experiments):
+    `BULWARK_SIM_CONTROL_TOKEN` when set (compose, k8s), else the token of `bulwark up` in `data_dir`,
+    else `url` as it is (a simulator started by hand, whose control API is open)."""
+    token = environ.get(SIM_CONTROL_TOKEN_VARIABLE, "")
+    if not token and (data_dir / BUS_CREDENTIALS_FILE).exists():
+        token = load_bus_credentials(data_dir, ()).sim_control_token
+    return BusCredentials({}, {}, sim_control_token=token).sim_url(url) if token else url
+
+
+def tool_pg_dsn(data_dir: Path, dsn: str, running_dsn: str | None) -> str:
+    """`dsn` for an operator tool: the running system's DSN (`endpoints.json`, shown without its
+    password) with the password of `data_dir`'s Postgres; any other DSN as given."""
+    path = data_dir / BUS_CREDENTIALS_FILE
+    if dsn != running_dsn or not path.exists():
+        return dsn
+    password = load_bus_credentials(data_dir, ()).postgres_password
+    scheme, _, rest = dsn.partition("://")
+    user, at, host = rest.partition("@")
+    if not at or ":" in user:
+        return dsn
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}"
+
+
 # --------------------------------------------------------------------------- compose and Kubernetes
 
 DEPLOYMENT_BACKUP_VENUE = f"{DEFAULT_VENUE}-backup"
@@ -256,12 +299,21 @@ def deployment_password_variables() -> tuple[str, ...]:
     return (*(password_variable(user) for user in deployment_users()), *valkey)
 
 
+COMPOSE_POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
+"""docker compose's Postgres password (the server's and every service's `BULWARK_PG_DSN`)."""
+
+
+def compose_secret_variables() -> tuple[str, ...]:
+    """Every secret docker compose's `.env` must hold: the bus passwords, Postgres's, the simulators' token."""
+    return (*deployment_password_variables(), COMPOSE_POSTGRES_PASSWORD, SIM_CONTROL_TOKEN_VARIABLE)
+
+
 def main(argv: list[str]) -> int:
-    """`python -m entrypoints.access env`: fresh random passwords for docker compose's `.env`;
+    """`python -m entrypoints.access env`: fresh random secrets for docker compose's `.env`;
     `python -m entrypoints.access nats-authorization`: the users block of the deployments' nats.conf."""
     match argv:
         case ["env"]:
-            sys.stdout.write("".join(f"{name}={secrets.token_hex(24)}\n" for name in deployment_password_variables()))
+            sys.stdout.write("".join(f"{name}={secrets.token_hex(24)}\n" for name in compose_secret_variables()))
             return 0
         case ["nats-authorization"]:
             sys.stdout.write(deployment_authorization())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from entrypoints import backtest_cli, ops_cli, strategy_cli, venue_cli
-from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user
+from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user, tool_pg_dsn
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
     BACKUP_VENUE_PROGRAM,
@@ -457,6 +457,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
     running = running_endpoints(args.data_dir)
     nats_url = args.nats_url or os.environ.get("BULWARK_NATS_URL") or running.get("nats_url") or settings.nats_url
     dsn = args.pg_dsn or os.environ.get("BULWARK_PG_DSN") or running.get("pg_dsn") or settings.pg_dsn
+    dsn = tool_pg_dsn(args.data_dir, dsn, running.get("pg_dsn"))
 
     user, password = tool_bus_user(args.data_dir, settings)
 

@@ -21,9 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 POSTGRES_DATABASE = "bulwark"
+POSTGRES_AUTH = "scram-sha-256"
+POSTGRES_SOCKETS = "pg-sockets"
+"""The folder (data dir, mode 0700) of the embedded Postgres's socket: the only way in without the password."""
 
 
 class InfraError(RuntimeError):
@@ -212,11 +216,17 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o005)
 
 
-def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerSpec:
-    """Postgres in `data_dir/postgres`, initialised on first use; trust auth on loopback only."""
+def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1", password: str = "") -> ServerSpec:
+    """Postgres in `data_dir/postgres`, initialised on first use.
+
+    With `password`, the `postgres` role gets it at initialisation and every TCP connection must
+    present it (scram-sha-256); the socket is reachable by the server's user only (`postgres_hba`).
+    A data dir initialised before without one is brought to the same state by `ensure_database`.
+    Without: trust auth.
+    """
     bin_dir = postgres_bin_dir()
     pgdata = data_dir / "postgres"
-    sockets = data_dir / "pg-sockets"
+    sockets = data_dir / POSTGRES_SOCKETS
     user = _ensure_postgres_user()
     if user is not None:
         _make_traversable(bin_dir)
@@ -227,6 +237,7 @@ def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerS
                         target = Path(root) / name
                         target.chmod(target.stat().st_mode | 0o005)
     sockets.mkdir(parents=True, exist_ok=True)
+    sockets.chmod(0o700)
     if not (pgdata / "PG_VERSION").exists():
         pgdata.mkdir(parents=True, exist_ok=True)
         if user is not None:
@@ -234,17 +245,26 @@ def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerS
             info = pwd.getpwnam(user)
             os.chown(pgdata, info.pw_uid, info.pw_gid)
         uid, gid, groups = as_user(user)
-        result = subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8"],
-            capture_output=True,
-            text=True,
-            check=False,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
+        command = [str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--encoding=UTF8"]
+        password_file = data_dir / "postgres-initial-password"
+        if password:
+            write_private(password_file, password + "\n")
+            if user is not None:
+                info = pwd.getpwnam(user)
+                os.chown(password_file, info.pw_uid, info.pw_gid)
+            command += [f"--auth={POSTGRES_AUTH}", f"--pwfile={password_file}"]
+        else:
+            command.append("--auth=trust")
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, user=uid, group=gid, extra_groups=groups
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise InfraError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+        if password:
+            (pgdata / "pg_hba.conf").write_text(postgres_hba(True))
     if user is not None:
         info = pwd.getpwnam(user)
         os.chown(sockets, info.pw_uid, info.pw_gid)
@@ -278,21 +298,64 @@ def postgres_spec(data_dir: Path, port: int, host: str = "127.0.0.1") -> ServerS
     return ServerSpec(name="postgres", command=command, port=port, user=user, stop_signal="INT", ready=ready)
 
 
-def postgres_dsn(port: int, host: str = "127.0.0.1", database: str = POSTGRES_DATABASE) -> str:
-    return f"postgresql://postgres@{host}:{port}/{database}"
+def postgres_dsn(port: int, host: str = "127.0.0.1", database: str = POSTGRES_DATABASE, password: str = "") -> str:
+    """The DSN of the embedded Postgres (`password` included when given: never log it, `libs.logging` masks it)."""
+    secret = f":{quote(password, safe='')}" if password else ""
+    return f"postgresql://postgres{secret}@{host}:{port}/{database}"
 
 
-async def ensure_database(port: int, host: str = "127.0.0.1", database: str = POSTGRES_DATABASE) -> None:
-    """Create the application database if it does not exist yet."""
+def postgres_hba(password: bool) -> str:
+    """pg_hba.conf: with a password, every TCP connection (any address) must present it.
+
+    The socket stays trust: it lives in the data dir's `pg-sockets`, mode 0700 and owned by the
+    server's user, so only that user (and root) reach it: the launcher sets the role's password
+    through it at every start, which is what makes a new password (rotation) take effect.
+    """
+    method = POSTGRES_AUTH if password else "trust"
+    return "".join(
+        f"{kind:<6} all all {address:<12} {rule}\n"
+        for kind, address, rule in (("local", "", "trust"), ("host", "0.0.0.0/0", method), ("host", "::/0", method))
+    )
+
+
+async def ensure_database(
+    port: int,
+    host: str = "127.0.0.1",
+    database: str = POSTGRES_DATABASE,
+    *,
+    password: str = "",
+    data_dir: Path | None = None,
+) -> None:
+    """Create the application database if it does not exist yet.
+
+    With `password` and the server's `data_dir` (connecting through its private socket): the
+    `postgres` role gets `password` and pg_hba.conf requires it over TCP from then on, also on a
+    server initialised before without one, or with the password of an older credentials file.
+    """
     import asyncpg
 
-    conn = await asyncpg.connect(postgres_dsn(port, host, "postgres"), timeout=5)
+    if password and data_dir is not None:
+        conn = await asyncpg.connect(
+            host=str(data_dir / POSTGRES_SOCKETS), port=port, user="postgres", database="postgres", timeout=5
+        )
+    else:
+        conn = await asyncpg.connect(postgres_dsn(port, host, "postgres", password), timeout=5)
     try:
+        if password and data_dir is not None:
+            await conn.execute(f"ALTER ROLE postgres PASSWORD {_sql_literal(password)}")
+            hba = data_dir / "postgres" / "pg_hba.conf"
+            if hba.read_text() != postgres_hba(True):
+                hba.write_text(postgres_hba(True))
+                await conn.fetchval("SELECT pg_reload_conf()")
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 # --------------------------------------------------------------------------- Valkey

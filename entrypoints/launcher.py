@@ -513,6 +513,9 @@ def write_supervisor_config(
         if bus_credentials is not None and name in bus_components(config):
             # Each service its own NATS (and Valkey) user; the file is 0600 like the credentials.
             environment.update(bus_credentials.service_env(name))
+            environment["BULWARK_PG_DSN"] = infra.postgres_dsn(
+                config.pg_port, config.host, password=bus_credentials.postgres_password
+            )
         if name in metrics_ports(config):
             environment["BULWARK_METRICS_PORT"] = str(metrics_ports(config)[name])
         if environment:
@@ -538,7 +541,7 @@ def server_specs(config: LaunchConfig, bus_credentials: access.BusCredentials) -
     authorization = access.nats_authorization(bus_credentials.nats, config.main_venue)
     return {
         "nats": infra.nats_spec(data, config.nats_port, config.nats_monitor_port, config.host, authorization),
-        "postgres": infra.postgres_spec(data, config.pg_port, config.host),
+        "postgres": infra.postgres_spec(data, config.pg_port, config.host, bus_credentials.postgres_password),
         "valkey": infra.valkey_spec(
             data, config.redis_port, config.host, access.write_valkey_acl(data, bus_credentials), valkey_admin
         ),
@@ -583,9 +586,10 @@ def _already_running(data_dir: Path) -> int | None:
     return pid
 
 
-async def _prepare_stores(config: LaunchConfig, bus: Bus) -> None:
-    await infra.ensure_database(config.pg_port, config.host)
-    pool = await db.create_pool(infra.postgres_dsn(config.pg_port, config.host))
+async def _prepare_stores(config: LaunchConfig, bus: Bus, bus_credentials: access.BusCredentials) -> None:
+    password = bus_credentials.postgres_password
+    await infra.ensure_database(config.pg_port, config.host, password=password, data_dir=config.data_dir)
+    pool = await db.create_pool(infra.postgres_dsn(config.pg_port, config.host, password=password))
     try:
         await db.migrate(pool)
     finally:
@@ -664,7 +668,7 @@ class System:
         admin = access.ADMIN
         nats_url = f"nats://{config.host}:{config.nats_port}"
         async with admin_bus(nats_url, user=admin, password=bus_credentials.nats[admin]) as bus:
-            await _prepare_stores(config, bus)
+            await _prepare_stores(config, bus, bus_credentials)
             if config.venue.starts_halted:
                 await hold_halted(bus, MAINNET_HALT_REASON)
             await self._hard_shutdown_gate(bus)

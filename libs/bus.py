@@ -49,7 +49,7 @@ from libs.logging import Logger, get_logger
 from libs.metrics import ServiceMetrics
 from libs.retry import recoverable_until_reachable
 from libs.store_errors import WriteFailure, classify_write_error, describe
-from proto import subjects
+from proto import permissions, subjects
 from proto.codec import decode, encode
 from proto.enums import AlertSeverity
 from proto.envelope import Message
@@ -130,6 +130,7 @@ class Bus:
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[ConnectionListener] = []
         self._kv: dict[str, KeyValue] = {}
+        self._replay_locks: dict[str, asyncio.Lock] = {}
         self.connected = False
         self.disconnected_since_ns: int | None = None
         """Wall-clock ns of the current outage's start (None while connected)."""
@@ -286,7 +287,7 @@ class Bus:
     # ------------------------------------------------------------------ declaration
 
     async def ensure_streams(
-        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None
+        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None, *, update: bool = True
     ) -> None:
         """Create or update every stream so that it matches its spec (idempotent).
 
@@ -294,6 +295,8 @@ class Bus:
             specs: The streams to declare.
             replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing
                 (default: the bus's `replicas`).
+            update: also bring an existing stream to its spec; False: only create missing ones
+                (a user that may not change a stream's configuration, `proto.permissions`).
         """
         replicas = self.replicas if replicas is None else replicas
         for spec in specs:
@@ -314,7 +317,8 @@ class Bus:
                 await self.js.add_stream(config)
                 self.log.info("stream_created", stream=spec.name)
             else:
-                await self.js.update_stream(config)
+                if update:
+                    await self.js.update_stream(config)
 
     async def kv(self, bucket: str = subjects.KV_STATE) -> KeyValue:
         """The key-value bucket (created on first use, file storage, 5 revisions of history, the
@@ -784,7 +788,31 @@ class Bus:
         """
         if end_seq < start_seq:
             return 0
-        name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
+        # A service user may create one replay consumer per stream (`proto.permissions.replay_consumer`):
+        # its replays of a stream take turns.
+        async with self._replay_locks.setdefault(stream, asyncio.Lock()):
+            return await self._replay(stream, start_seq, end_seq, handler, filter_subject, batch, fetch_timeout_s)
+
+    async def _replay(
+        self,
+        stream: str,
+        start_seq: int,
+        end_seq: int,
+        handler: Callable[[Message, Delivery], None],
+        filter_subject: str | None,
+        batch: int,
+        fetch_timeout_s: float,
+    ) -> int:
+        user = self._credentials[0]
+        if user and user != permissions.ADMIN:
+            # The one name the user's rights allow; a replay cut short (a crash) leaves its
+            # consumer for `inactive_threshold`: start afresh.
+            name = permissions.replay_consumer(user)
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(stream, name)
+        else:
+            # The admin (tools, several at once) or a server without users: a name of its own.
+            name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
         config = ConsumerConfig(
             name=name,
             ack_policy=AckPolicy.NONE,

@@ -2,11 +2,13 @@
 
     {"timestamp": ns, "level", "component", "event" | "error_type", "details", "action_taken", "trace_id"}
 
-Secrets never reach a log line: values of keys that look like credentials are masked.
+Secrets never reach a log line: values of keys that look like credentials are masked, and so is
+the password of any URL (`postgresql://user:***@host/db`) in a value.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -16,6 +18,8 @@ import msgspec
 
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _SECRET_MARKERS = ("secret", "password", "token", "api_key", "apikey", "signature", "authorization")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]+@")
+"""The password part of `scheme://user:password@host` (a DSN, a URL with credentials)."""
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _lock = threading.Lock()
 _state: dict[str, Any] = {"level": 20, "stream": None}
@@ -35,6 +39,8 @@ def _mask(details: dict[str, Any]) -> dict[str, Any]:
             masked[key] = "***"
         elif isinstance(value, dict):
             masked[key] = _mask(value)
+        elif isinstance(value, str) and "://" in value:
+            masked[key] = _URL_PASSWORD.sub(r"\g<head>***@", value)
         else:
             masked[key] = value
     return masked

@@ -6,12 +6,17 @@ subjects it listens to, all built from `proto.subjects`. Market-data cannot publ
 gateway cannot publish market data, only risk answers `svc.risk.*`, only a venue's position
 process publishes that venue's fills and positions.
 
-What every user needs besides its domain subjects: the JetStream API (`$JS.API.>`: streams,
-consumers, KV reads; stream deletes and purges are denied), acknowledgements and flow control of
-its consumers (`$JS.ACK.>`, `$JS.FC.>`), its own heartbeat, alerts, dead letters of its own
+What every user needs besides its domain subjects: its heartbeat, alerts, dead letters of its own
 durable consumers, replies (`_INBOX.>` to subscribe; answers to requests it received are allowed
-by `allow_responses`). Reading a persisted stream through a JetStream consumer is open to every
-user (read-only); writing to it is not.
+by `allow_responses`), and the part of the JetStream API its code uses, named stream by stream and
+consumer by consumer (`jetstream_api`): stream information, reads of the key-value buckets, the
+latest message of a subject where it asks for one, its own durable consumers (create, update its
+filter, information, fetch, acknowledge, delete to restart it at a sequence) and its own replay
+consumer (`replay_consumer`). No service may create, fetch from, acknowledge for or delete another
+service's consumer, nor delete or purge a stream. Every service may create a missing Bulwark stream
+or bucket (with the configuration `proto.subjects` gives it, so whichever starts first declares
+them); only the provisioner (`STREAM_PROVISIONERS`: the watchdog, and the admin user of
+`bulwark up`) may change an existing stream's configuration.
 
 `ADMIN` (the launcher, operator tools, the test harness) may do anything except delete or purge a
 stream. `tests/unit/test_bus_permissions.py` checks this table against the subjects the services'
@@ -31,9 +36,7 @@ KV_LEASES = "bulwark-leases"
 LEASE_KEY_PREFIX = "lease."
 """A lease's key in `KV_LEASES` is this and its name (`libs.lease.lease_key`)."""
 
-JETSTREAM_API = "$JS.API.>"
-JETSTREAM_ACK = "$JS.ACK.>"
-JETSTREAM_FLOW_CONTROL = "$JS.FC.>"
+JETSTREAM_API_PREFIX = "$JS.API"
 INBOX = "_INBOX.>"
 JETSTREAM_DESTRUCTIVE: tuple[str, ...] = (
     "$JS.API.STREAM.DELETE.>",
@@ -41,6 +44,10 @@ JETSTREAM_DESTRUCTIVE: tuple[str, ...] = (
     "$JS.API.STREAM.MSG.DELETE.>",
 )
 """Nobody's code deletes or purges a stream: the log is the source of truth (SPEC FM-C3)."""
+KV_BUCKETS: tuple[str, ...] = (subjects.KV_STATE, KV_LEASES)
+"""The key-value buckets of Bulwark; their streams are `KV_<bucket>`."""
+STREAM_PROVISIONERS: tuple[str, ...] = (subjects.WATCHDOG,)
+"""Besides `ADMIN`: who may update an existing stream's configuration (a changed spec, more replicas)."""
 
 MARKET_WS_LINK = subjects.MARKET_WS_LINK
 MARKET_REST_LINK = "market-rest"
@@ -69,15 +76,97 @@ def _position_venue(component: str, main_venue: str) -> str:
     return main_venue if component == subjects.POSITION else component.removeprefix(f"{subjects.POSITION}-")
 
 
-def _common(component: str, durables: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(publish, subscribe) every component needs: JetStream, its heartbeat, alerts, its dead letters."""
+def kv_stream(bucket: str) -> str:
+    """The stream that holds key-value bucket `bucket`."""
+    return f"KV_{bucket}"
+
+
+def replay_consumer(component: str) -> str:
+    """The name of `component`'s replay consumer on a stream (`libs.bus.Bus.replay`).
+
+    One fixed name, so that a user's rights can name it (NATS permissions match whole tokens only,
+    never a name's prefix); a process replays one stream at a time with it.
+    """
+    return f"{component}-replay"
+
+
+def _api(*tokens: str) -> str:
+    return ".".join((JETSTREAM_API_PREFIX, *tokens))
+
+
+def _consumer_rights(stream: str, consumer: str, *, durable: bool) -> tuple[str, ...]:
+    """Create (or update the filter of), read, fetch from and delete one named consumer of `stream`."""
+    rights = (
+        _api("CONSUMER", "CREATE", stream, consumer),
+        # With a single filter subject the client appends it to the create subject.
+        _api("CONSUMER", "CREATE", stream, consumer, ">"),
+        _api("CONSUMER", "INFO", stream, consumer),
+        _api("CONSUMER", "DELETE", stream, consumer),
+        _api("CONSUMER", "MSG", "NEXT", stream, consumer),
+    )
+    if not durable:
+        return rights  # a replay consumer acknowledges nothing
+    return (
+        *rights,
+        _api("CONSUMER", "DURABLE", "CREATE", stream, consumer),
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def jetstream_api(
+    component: str,
+    consumers: tuple[tuple[str, str], ...] = (),
+    replays: tuple[str, ...] = (),
+    last_messages: tuple[str, ...] = (),
+) -> tuple[str, ...]:
+    """The JetStream API subjects `component`'s user may send.
+
+    Args:
+        component: the user.
+        consumers: (stream, durable) of each durable consumer it runs.
+        replays: the streams it replays (`replay_consumer`).
+        last_messages: the streams it asks for the latest message of a subject (`Bus.last_message`).
+    """
+    streams = (*(spec.name for spec in subjects.ALL_STREAMS), *(kv_stream(bucket) for bucket in KV_BUCKETS))
+    rights = [_api("INFO")]
+    rights += [_api("STREAM", "INFO", stream) for stream in streams]
+    rights += [_api("STREAM", "CREATE", stream) for stream in streams]
+    if component in STREAM_PROVISIONERS:
+        rights += [_api("STREAM", "UPDATE", stream) for stream in streams]
+    for bucket in KV_BUCKETS:
+        # A key's value: a direct get (`DIRECT.GET.<stream>.<key subject>`) or, without direct
+        # access, a message get; key-value writes are publishes on `$KV.<bucket>.<key>`, granted per key.
+        rights += [
+            _api("DIRECT", "GET", kv_stream(bucket)),
+            _api("DIRECT", "GET", kv_stream(bucket), ">"),
+            _api("STREAM", "MSG", "GET", kv_stream(bucket)),
+        ]
+    rights += [_api("STREAM", "MSG", "GET", stream) for stream in last_messages]
+    for stream, durable in consumers:
+        rights += _consumer_rights(stream, durable, durable=True)
+    for stream in replays:
+        rights += _consumer_rights(stream, replay_consumer(component), durable=False)
+    return tuple(rights)
+
+
+def _common(
+    component: str,
+    consumers: tuple[tuple[str, str], ...] = (),
+    *,
+    replays: tuple[str, ...] = (),
+    last_messages: tuple[str, ...] = (),
+    dead_letters: tuple[str, ...] = (),
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(publish, subscribe) every component needs: its JetStream API, heartbeat, alerts, its dead letters.
+
+    Args:
+        dead_letters: names it dead-letters under besides its durables (a projection writer).
+    """
     publish = (
-        JETSTREAM_API,
-        JETSTREAM_ACK,
-        JETSTREAM_FLOW_CONTROL,
+        *jetstream_api(component, consumers, replays, last_messages),
         subjects.heartbeat(component),
         *ALERTS,
-        *(subjects.dlq(durable) for durable in durables),
+        *(subjects.dlq(name) for name in (*(durable for _, durable in consumers), *dead_letters)),
     )
     return publish, (INBOX,)
 
@@ -128,7 +217,11 @@ def _market_data() -> Grant:
 
 
 def _state_builder() -> Grant:
-    publish, subscribe = _common(subjects.STATE_BUILDER, (subjects.STATE_BUILDER_MARKET_DATA_CONSUMER,))
+    publish, subscribe = _common(
+        subjects.STATE_BUILDER,
+        ((subjects.STREAM_MARKET_DATA.name, subjects.STATE_BUILDER_MARKET_DATA_CONSUMER),),
+        replays=(subjects.STREAM_MARKET_DATA.name,),
+    )
     return Grant(
         publish=(
             *publish,
@@ -146,8 +239,14 @@ def _state_builder() -> Grant:
 
 
 def _risk() -> Grant:
-    durables = (subjects.RISK_ORDER_EVENTS_CONSUMER, subjects.RISK_ORDERS_CONSUMER, subjects.RISK_SIGNALS_CONSUMER)
-    publish, subscribe = _common(subjects.RISK, durables)
+    consumers = (
+        (subjects.STREAM_ORDERS.name, subjects.RISK_ORDER_EVENTS_CONSUMER),
+        (subjects.STREAM_ORDERS.name, subjects.RISK_ORDERS_CONSUMER),
+        (subjects.STREAM_SIGNALS.name, subjects.RISK_SIGNALS_CONSUMER),
+    )
+    publish, subscribe = _common(
+        subjects.RISK, consumers, replays=(subjects.STREAM_ORDERS.name,), last_messages=(subjects.STREAM_ORDERS.name,)
+    )
     return Grant(
         publish=(
             *publish,
@@ -180,14 +279,18 @@ def _risk() -> Grant:
 
 
 def _position(component: str, venue: str) -> Grant:
-    durables = (
-        subjects.position_orders_consumer(component),
-        subjects.position_denials_consumer(component),
-        subjects.position_cancels_consumer(component),
-        # Not a durable: the projection rows Postgres refused are dead-lettered under this name.
-        subjects.position_projections_writer(component),
+    consumers = (
+        (subjects.STREAM_ORDERS.name, subjects.position_orders_consumer(component)),
+        (subjects.STREAM_ORDERS.name, subjects.position_denials_consumer(component)),
+        (subjects.STREAM_ORDERS.name, subjects.position_cancels_consumer(component)),
     )
-    publish, subscribe = _common(component, durables)
+    publish, subscribe = _common(
+        component,
+        consumers,
+        replays=(subjects.STREAM_ORDERS.name,),
+        # Not a durable: the projection rows Postgres refused are dead-lettered under this name.
+        dead_letters=(subjects.position_projections_writer(component),),
+    )
     return Grant(
         publish=(
             *publish,
@@ -222,12 +325,19 @@ def _position(component: str, venue: str) -> Grant:
 
 
 def _watchdog() -> Grant:
-    durables = (
-        subjects.WATCHDOG_ALERTS_CONSUMER,
-        subjects.WATCHDOG_DLQ_CONSUMER,
-        *(durable for _, durable in subjects.WATCHDOG_AUDIT_CONSUMERS),
+    consumers = (
+        (subjects.STREAM_CONTROL.name, subjects.WATCHDOG_ALERTS_CONSUMER),
+        (subjects.STREAM_DLQ.name, subjects.WATCHDOG_DLQ_CONSUMER),
+        *((spec.name, durable) for spec, durable in subjects.WATCHDOG_AUDIT_CONSUMERS),
     )
-    publish, subscribe = _common(subjects.WATCHDOG, durables)
+    # Its recovery replays CONTROL; the periodic verification of the projections replays ORDERS;
+    # an alert about a position is resolved by the position's latest event.
+    publish, subscribe = _common(
+        subjects.WATCHDOG,
+        consumers,
+        replays=(subjects.STREAM_CONTROL.name, subjects.STREAM_ORDERS.name),
+        last_messages=(subjects.STREAM_ORDERS.name,),
+    )
     return Grant(
         publish=(
             *publish,
@@ -245,8 +355,13 @@ def _watchdog() -> Grant:
 
 def _strategy(component: str) -> Grant:
     name = component.removeprefix("strategy-")
-    durables = (subjects.strategy_market_data_consumer(name), subjects.strategy_commands_consumer(name))
-    publish, subscribe = _common(component, durables)
+    consumers = (
+        (subjects.STREAM_MARKET_DATA.name, subjects.strategy_market_data_consumer(name)),
+        (subjects.STREAM_SIGNALS.name, subjects.strategy_commands_consumer(name)),
+    )
+    publish, subscribe = _common(
+        component, consumers, replays=(subjects.STREAM_MARKET_DATA.name,), last_messages=(subjects.STREAM_ORDERS.name,)
+    )
     return Grant(
         publish=(
             *publish,
@@ -334,3 +449,13 @@ def may_publish(component: str, subject: str, main_venue: str = subjects.DEFAULT
 def may_subscribe(component: str, subject: str, main_venue: str = subjects.DEFAULT_VENUE) -> bool:
     """Whether `component`'s user may subscribe to `subject` on core NATS."""
     return any(subject_matches(allowed, subject) for allowed in grant(component, main_venue).subscribe)
+
+
+def may_update_streams(user: str) -> bool:
+    """Whether `user` may change an existing stream's configuration (empty: a server without users)."""
+    if not user:
+        return True
+    try:
+        return may_publish(user, _api("STREAM", "UPDATE", subjects.STREAM_ORDERS.name))
+    except ValueError:
+        return False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from entrypoints.access import sim_control_url
 from entrypoints.launcher import load_credentials
 from entrypoints.operator_api import fetch_json
 
@@ -81,7 +82,8 @@ def _load_under_kills(
 
     creds = load_credentials(data_dir)
     token = os.environ.get("BULWARK_ADMIN_TOKEN") or creds.admin_token
-    venue = running_endpoints(data_dir).get("venue", "http://127.0.0.1:8100")
+    # `/_sim/state` and `/_sim/book` want the simulators' control token.
+    venue = sim_control_url(data_dir, running_endpoints(data_dir).get("venue", "http://127.0.0.1:8100"), os.environ)
 
     async def infra_pid(name: str) -> int | None:
         def lookup() -> int | None:

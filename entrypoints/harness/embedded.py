@@ -103,7 +103,8 @@ class EmbeddedInfra:
 
     @property
     def pg_dsn(self) -> str:
-        return infra.postgres_dsn(self.pg_port, self.host)
+        """The DSN with the password of the data dir's Postgres (as every service gets it)."""
+        return infra.postgres_dsn(self.pg_port, self.host, password=self.credentials.postgres_password)
 
     @property
     def redis_url(self) -> str:
@@ -135,7 +136,9 @@ class EmbeddedInfra:
                     self.data_dir, self.nats_port, self.nats_monitor_port, self.host, authorization=authorization
                 )
             case "postgres":
-                return infra.postgres_spec(self.data_dir, self.pg_port, self.host)
+                return infra.postgres_spec(
+                    self.data_dir, self.pg_port, self.host, password=self.credentials.postgres_password
+                )
             case "valkey":
                 credentials = self.credentials
                 acl_file = access.write_valkey_acl(self.data_dir, credentials)
@@ -150,7 +153,8 @@ class EmbeddedInfra:
         for name in names:
             self.start_one(name)
         if "postgres" in names:
-            asyncio.run(infra.ensure_database(self.pg_port, self.host))
+            password = self.credentials.postgres_password
+            asyncio.run(infra.ensure_database(self.pg_port, self.host, password=password, data_dir=self.data_dir))
         return self
 
     def start_one(self, name: str) -> RunningServer:

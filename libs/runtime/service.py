@@ -31,6 +31,7 @@ from libs.telemetry import setup_tracing
 from proto import subjects
 from proto.enums import ComponentState
 from proto.messages import Heartbeat
+from proto.permissions import may_update_streams
 
 
 @dataclass
@@ -194,7 +195,8 @@ async def run_service(
     await bus.connect(settings.nats_url, user=settings.nats_user, password=settings.nats_password)
     phases["bus_connect_ms"] = ms_since(mark)
     mark = time.perf_counter()
-    await bus.ensure_streams()
+    # Every service creates a stream still missing; only a provisioner may change an existing one.
+    await bus.ensure_streams(update=may_update_streams(settings.nats_user))
     phases["ensure_streams_ms"] = ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:

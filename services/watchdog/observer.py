@@ -54,8 +54,9 @@ class Observer:
 
     async def start(self) -> None:
         try:
-            kv = await self._ctx.bus.kv()
-            for key in await kv.keys():
+            # The bucket's subject list, not `KeyValue.keys()`: that needs an ephemeral consumer,
+            # which the watchdog's bus user may not create (`proto.permissions`).
+            for key in await self._ctx.bus.kv_keys(subjects.KEY_LINK_PREFIX):
                 if key.startswith(subjects.KEY_LINK_PREFIX):
                     value, _ = await adapters.read_kv_value(self._ctx.bus, self._ctx.log, key, LinkValue)
                     name = key.removeprefix(subjects.KEY_LINK_PREFIX)

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from entrypoints import access
+from entrypoints.access import SIM_CONTROL_TOKEN_VARIABLE
 from libs.settings import Settings
 from proto import permissions
 
@@ -68,6 +69,7 @@ SIMULATOR_VARS = {
     "BULWARK_SIM_SOURCE",
     "BULWARK_SIM_SEED",
     "BULWARK_SIM_SPEED",
+    "BULWARK_SIM_CONTROL_TOKEN",
 }
 KNOWN_VARS = SETTING_VARS | SIMULATOR_VARS
 SECRET_VARS = {
@@ -81,6 +83,7 @@ SECRET_VARS = {
     "BULWARK_VIEWER_TOKEN",
     "BULWARK_NATS_PASSWORD",
     "BULWARK_VALKEY_PASSWORD",
+    "BULWARK_SIM_CONTROL_TOKEN",
 }
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 ALIVE_PROBE = re.compile(r"^python -m libs\.probe --file (\S+) --max-age-s \d+(\.\d+)?$")
@@ -839,3 +842,51 @@ def test_backup_venue_component_when_named_then_its_nats_user_trades_it() -> Non
     (patch,) = [p for p in component["patches"] if p["target"]["name"] == "bulwark-config"]
     values = {op["path"]: op["value"] for op in yaml.safe_load(patch["patch"])}
     assert values["/data/BULWARK_BACKUP_VENUE"] == access.DEPLOYMENT_BACKUP_VENUE
+
+
+SIMULATORS = ("venue-sim", "venue-sim-backup")
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_venue_sim_when_deployed_then_its_control_api_wants_the_token_from_a_secret(
+    simulator: str,
+    workloads: dict[str, dict[str, Any]],
+    k8s_docs: list[tuple[str, dict[str, Any]]],
+    compose: dict[str, Any],
+) -> None:
+    # Without the token the simulator's /_sim/* (faults, true state) would be open to every pod.
+    (container,) = _bulwark_containers(workloads[simulator])
+    assert _secret_ref(container, SIM_CONTROL_TOKEN_VARIABLE) == ("bulwark-secrets", SIM_CONTROL_TOKEN_VARIABLE)
+    token = compose["services"][simulator]["environment"][SIM_CONTROL_TOKEN_VARIABLE]
+    assert token.startswith("${" + SIM_CONTROL_TOKEN_VARIABLE + ":?"), token
+
+
+def test_sim_control_token_when_deployed_then_given_to_the_simulators_only(
+    workloads: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    k8s_holders = {
+        name
+        for name, workload in workloads.items()
+        for container in workload["spec"]["template"]["spec"]["containers"]
+        if any(var["name"] == SIM_CONTROL_TOKEN_VARIABLE for var in container.get("env", []))
+    }
+    assert k8s_holders == set(SIMULATORS)
+    compose_holders = {
+        name for name, svc in compose["services"].items() if SIM_CONTROL_TOKEN_VARIABLE in svc.get("environment", {})
+    }
+    assert compose_holders == set(SIMULATORS)
+
+
+def test_compose_secrets_when_unset_then_compose_refuses_and_access_env_generates_each() -> None:
+    # Every secret compose needs is required (`${X:?...}`, no weak default such as a Postgres
+    # password `bulwark`), and `python -m entrypoints.access env` writes each of them.
+    text = COMPOSE_FILE.read_text()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    assert required == set(access.compose_secret_variables())
+    assert "POSTGRES_PASSWORD:-" not in text
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoints.access", "env"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    written = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert set(written) == required
+    assert all(len(value) >= 32 for value in written.values())

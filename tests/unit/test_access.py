@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import io
+import json
 import os
 import stat
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from entrypoints import access, infra
 from entrypoints.launcher import LaunchConfig, bus_components, server_specs, write_supervisor_config
 from libs.bus import redact_url
+from libs.logging import configure, get_logger
 from libs.settings import Settings
 from proto import permissions, subjects
 
@@ -115,6 +118,12 @@ def test_launcher_when_configured_then_servers_require_passwords_and_each_servic
     assert f'BULWARK_SIM_CONTROL_TOKEN="{token}"' in parser["program:venue-sim"]["environment"]
     assert f'BULWARK_SIM_CONTROL_TOKEN="{token}"' in parser["program:venue-sim-backup"]["environment"]
     assert token not in risk_env and token not in parser["program:gateway"]["environment"]
+    # Each service's DSN carries the Postgres password; the simulators have none.
+    pg_password = credentials.postgres_password
+    assert len(pg_password) >= 32
+    assert f'BULWARK_PG_DSN="postgresql://postgres:{pg_password}@127.0.0.1:' in risk_env
+    assert pg_password in parser["program:watchdog"]["environment"]
+    assert pg_password not in parser["program:venue-sim"]["environment"]
     assert (
         'BULWARK_NATS_USER="position-binance-usdm-backup"'
         in parser["program:position-binance-usdm-backup"]["environment"]
@@ -182,3 +191,54 @@ def test_write_private_when_file_existed_world_readable_then_0600(tmp_path: Path
 def test_redact_url_when_logged_then_passwords_hidden_users_kept() -> None:
     assert redact_url("nats://risk:s3cret@h:4222,nats://h2:4222") == "nats://risk:***@h:4222,nats://h2:4222"
     assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_postgres_password_when_credentials_loaded_twice_then_kept_and_private(tmp_path: Path) -> None:
+    first = access.load_bus_credentials(tmp_path, (subjects.RISK,))
+    again = access.load_bus_credentials(tmp_path, (subjects.RISK,))
+    assert len(first.postgres_password) >= 32 and again.postgres_password == first.postgres_password
+    assert first.postgres_password not in repr(first)
+    assert _mode(tmp_path / access.BUS_CREDENTIALS_FILE) == 0o600
+
+
+def test_postgres_hba_when_password_then_every_tcp_connection_must_present_it() -> None:
+    rules = [line.split() for line in infra.postgres_hba(True).splitlines()]
+    assert rules == [
+        # The socket: in the data dir's private folder, the launcher's way to set the password.
+        ["local", "all", "all", "trust"],
+        ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"],
+        ["host", "all", "all", "::/0", "scram-sha-256"],
+    ]
+
+
+def test_postgres_dsn_when_password_then_carried_quoted_and_masked_in_logs() -> None:
+    dsn = infra.postgres_dsn(5432, "127.0.0.1", password="p@ss:w/rd")
+    assert dsn == "postgresql://postgres:p%40ss%3Aw%2Frd@127.0.0.1:5432/bulwark"
+    assert infra.postgres_dsn(5432) == "postgresql://postgres@127.0.0.1:5432/bulwark"
+    stream = io.StringIO()
+    configure("INFO", stream)
+    try:
+        get_logger("test").info("db_connect_failed", dsn=dsn, error=f"cannot reach {dsn}", nested={"url": dsn})
+    finally:
+        configure("INFO", None)
+    line = stream.getvalue()
+    assert "p%40ss" not in line
+    assert json.loads(line)["details"]["dsn"] == "postgresql://postgres:***@127.0.0.1:5432/bulwark"
+
+
+def test_tool_pg_dsn_when_the_running_system_s_dsn_then_password_added_else_as_given(tmp_path: Path) -> None:
+    password = access.load_bus_credentials(tmp_path, ()).postgres_password
+    running = "postgresql://postgres@127.0.0.1:5999/bulwark"
+    assert access.tool_pg_dsn(tmp_path, running, running) == f"postgresql://postgres:{password}@127.0.0.1:5999/bulwark"
+    other = "postgresql://someone@db.example:5432/bulwark"
+    assert access.tool_pg_dsn(tmp_path, other, running) == other
+    assert access.tool_pg_dsn(tmp_path / "nothing", running, running) == running
+
+
+def test_sim_control_url_when_token_in_env_or_data_dir_then_carried_else_url_unchanged(tmp_path: Path) -> None:
+    token = access.load_bus_credentials(tmp_path, ()).sim_control_token
+    url = "http://127.0.0.1:8100"
+    assert access.sim_control_url(tmp_path, url, {}) == f"http://sim:{token}@127.0.0.1:8100"
+    from_env = access.sim_control_url(tmp_path, url, {access.SIM_CONTROL_TOKEN_VARIABLE: "t" * 40})
+    assert from_env == f"http://sim:{'t' * 40}@127.0.0.1:8100"
+    assert access.sim_control_url(tmp_path / "none", url, {}) == url

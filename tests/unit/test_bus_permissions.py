@@ -264,6 +264,86 @@ def test_grant_when_service_code_names_a_subject_then_its_user_may_use_it(
     assert not problems, f"{component} may not: " + "; ".join(sorted(set(problems)))
 
 
+def _stream_name(node: ast.expr | None, constants: dict[str, ast.expr]) -> str | None:
+    """`subjects.STREAM_X.name` (directly or through a module or function constant), else None."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        node = constants[node.id]
+    if isinstance(node, ast.Attribute) and node.attr == "name" and _is_subjects(node.value):
+        spec = getattr(subjects, node.value.attr)  # type: ignore[attr-defined]
+        return str(spec.name)
+    return None
+
+
+def jetstream_uses(package: str, component: str, venue: str) -> list[Use]:
+    """The JetStream API requests the modules of `services/<package>` make that name a stream:
+    durable consumers (`consume(stream=..., durable=...)`), replays of a `StreamLog` and the latest
+    message of a subject (`last_message`). Streams or durables the scan cannot resolve are left out."""
+    uses: list[Use] = []
+    known = {text: values[0] for text, values in KNOWN_VALUES.get(package, {}).items()}
+    for path in sorted((ROOT / "services" / package).rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        where = str(path.relative_to(ROOT))
+        constants = {
+            target.id: node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for call in ast.walk(tree):
+            if not isinstance(call, ast.Call):
+                continue
+            keywords = {keyword.arg: keyword.value for keyword in call.keywords}
+            name = _verb(call) or (call.func.id if isinstance(call.func, ast.Name) else None)
+            if name == "consume":
+                stream = _stream_name(keywords.get("stream"), constants)
+                durable = _value(keywords["durable"], component, venue, known) if "durable" in keywords else None
+                if stream and isinstance(durable, str) and durable != permissions.ANY:
+                    for request in (
+                        f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+                        f"CONSUMER.MSG.NEXT.{stream}.{durable}",
+                    ):
+                        uses.append(Use(f"$JS.API.{request}", "publish", where))
+                    uses.append(Use(f"$JS.ACK.{stream}.{durable}.1.1.1.1.1", "publish", where))
+            elif name == "last_message":
+                stream = _stream_name(call.args[0] if call.args else None, constants)
+                if stream:
+                    uses.append(Use(f"$JS.API.STREAM.MSG.GET.{stream}", "publish", where))
+            elif name == "StreamLog":
+                stream = _stream_name(call.args[2] if len(call.args) > 2 else None, constants)
+                if stream:
+                    replay = permissions.replay_consumer(component)
+                    uses.append(Use(f"$JS.API.CONSUMER.CREATE.{stream}.{replay}", "publish", where))
+                    uses.append(Use(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{replay}", "publish", where))
+    return uses
+
+
+@pytest.mark.parametrize(("package", "component", "venue"), _cases())
+def test_grant_when_service_code_uses_a_stream_or_consumer_then_its_user_may_call_that_api(
+    package: str, component: str, venue: str
+) -> None:
+    uses = jetstream_uses(package, component, venue)
+    problems = sorted({f"{use.where}: {use.subject}" for use in uses if not may_publish(component, use.subject)})
+    assert not problems, f"{component} may not: " + "; ".join(problems)
+
+
+def test_jetstream_scan_when_services_consume_replay_and_read_then_it_sees_them() -> None:
+    # The scan must resolve the calls, or the test above proves nothing.
+    risk = {use.subject for use in jetstream_uses("risk", subjects.RISK, subjects.DEFAULT_VENUE)}
+    assert f"$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.{subjects.RISK_ORDERS_CONSUMER}" in risk
+    assert f"$JS.API.CONSUMER.DURABLE.CREATE.SIGNALS.{subjects.RISK_SIGNALS_CONSUMER}" in risk
+    assert "$JS.API.STREAM.MSG.GET.ORDERS" in risk
+    assert "$JS.API.CONSUMER.CREATE.ORDERS.risk-replay" in risk
+    position = {use.subject for use in jetstream_uses("position", subjects.POSITION, subjects.DEFAULT_VENUE)}
+    assert f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{subjects.position_cancels_consumer(subjects.POSITION)}" in position
+    watchdog = {use.subject for use in jetstream_uses("watchdog", subjects.WATCHDOG, subjects.DEFAULT_VENUE)}
+    assert f"$JS.API.CONSUMER.DURABLE.CREATE.DLQ.{subjects.WATCHDOG_DLQ_CONSUMER}" in watchdog
+    strategy = jetstream_uses("strategy", subjects.strategy_component(STRATEGY), subjects.DEFAULT_VENUE)
+    assert f"$JS.API.CONSUMER.MSG.NEXT.SIGNALS.{subjects.strategy_commands_consumer(STRATEGY)}" in {
+        use.subject for use in strategy
+    }
+
+
 def test_scan_when_a_service_publishes_outside_its_grant_then_it_is_found() -> None:
     # The scan must see direct publishes, KV writes and looped subscriptions, or the test above proves nothing.
     risk = service_uses("risk", subjects.RISK, subjects.DEFAULT_VENUE)
@@ -323,11 +403,65 @@ def test_grant_when_order_events_of_a_venue_then_only_its_position_process_publi
     assert [c for c in components if may_publish(c, filled)] == [subjects.POSITION, permissions.ADMIN]
 
 
-def test_grant_when_any_component_then_it_may_use_jetstream_and_replies() -> None:
+def test_grant_when_any_component_then_it_may_read_streams_and_buckets_and_get_replies() -> None:
     for component in (*(c for group in SERVICES.values() for c in group), permissions.ADMIN):
         assert may_publish(component, "$JS.API.STREAM.INFO.ORDERS")
-        assert may_publish(component, "$JS.ACK.ORDERS.risk-orders.1.2.3.4.5")
+        assert may_publish(component, "$JS.API.STREAM.INFO.KV_bulwark-state")
+        assert may_publish(component, "$JS.API.DIRECT.GET.KV_bulwark-state.$KV.bulwark-state.trading_state")
+        assert may_publish(component, "$JS.API.STREAM.CREATE.ORDERS")
         assert may_subscribe(component, "_INBOX.abc.def")
+
+
+ALL_COMPONENTS = tuple(c for group in SERVICES.values() for c in group)
+RISK_EVENTS = subjects.RISK_ORDER_EVENTS_CONSUMER
+POSITION_ORDERS = subjects.position_orders_consumer(subjects.POSITION)
+
+
+@pytest.mark.parametrize(
+    ("subject", "allowed"),
+    [
+        # Its own durable: create (legacy and named form, with the filter appended), fetch, ack, info, delete.
+        (f"$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.CREATE.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.CREATE.ORDERS.{RISK_EVENTS}.evt.order.>", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.ACK.ORDERS.{RISK_EVENTS}.1.2.3.4.5", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.INFO.ORDERS.{RISK_EVENTS}", {subjects.RISK}),
+        (f"$JS.API.CONSUMER.DELETE.ORDERS.{POSITION_ORDERS}", {subjects.POSITION}),
+        (f"$JS.ACK.ORDERS.{POSITION_ORDERS}.1.2.3.4.5", {subjects.POSITION}),
+        # Its durable's name on another stream is not its durable.
+        (f"$JS.API.CONSUMER.CREATE.MARKET_DATA.{RISK_EVENTS}", set()),
+        # A consumer of a server-made name (the legacy ephemeral form): nobody but the admin.
+        ("$JS.API.CONSUMER.CREATE.ORDERS", set()),
+        ("$JS.API.CONSUMER.CREATE.KV_bulwark-state", set()),
+        # Replays under its own replay consumer, on the streams it replays.
+        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay", {subjects.RISK}),
+        ("$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.state-builder-replay", {subjects.STATE_BUILDER}),
+        ("$JS.API.CONSUMER.MSG.NEXT.ORDERS.watchdog-replay", {subjects.WATCHDOG}),
+        # The latest position of a symbol (risk's and a strategy's exposure).
+        ("$JS.API.STREAM.MSG.GET.ORDERS", {subjects.RISK, subjects.WATCHDOG, subjects.strategy_component(STRATEGY)}),
+        # Changing a stream's configuration is the provisioner's.
+        ("$JS.API.STREAM.UPDATE.ORDERS", {subjects.WATCHDOG}),
+        ("$JS.API.STREAM.UPDATE.KV_bulwark-state", {subjects.WATCHDOG}),
+        ("$JS.API.STREAM.CREATE.SOMETHING_ELSE", set()),
+        ("$JS.API.STREAM.DELETE.ORDERS", set()),
+        ("$JS.API.STREAM.PURGE.ORDERS", set()),
+        ("$JS.API.STREAM.MSG.DELETE.ORDERS", set()),
+        ("$JS.API.ACCOUNT.PURGE.x", set()),
+    ],
+)
+def test_jetstream_api_when_a_consumer_or_stream_is_another_s_then_refused(subject: str, allowed: set[str]) -> None:
+    assert {c for c in ALL_COMPONENTS if may_publish(c, subject)} == allowed
+    if not subject.startswith(("$JS.API.STREAM.DELETE", "$JS.API.STREAM.PURGE", "$JS.API.STREAM.MSG.DELETE")):
+        assert may_publish(permissions.ADMIN, subject)
+
+
+def test_may_update_streams_when_provisioner_or_admin_then_true() -> None:
+    assert permissions.may_update_streams(permissions.ADMIN)
+    assert permissions.may_update_streams(subjects.WATCHDOG)
+    assert permissions.may_update_streams("")  # a server without users
+    assert not permissions.may_update_streams(subjects.MARKET_DATA)
+    assert not permissions.may_update_streams("intruder")
 
 
 def test_grant_when_unknown_component_then_error() -> None:

@@ -62,6 +62,9 @@ class Bus:
     async def kv_get(self, key: str) -> tuple[bytes, int] | None:
         return (self.values[key], 1) if key in self.values else None
 
+    async def kv_keys(self, prefix: str = "") -> list[str]:
+        return sorted(key for key in self.values if key.startswith(prefix))
+
     async def kv_put(self, key: str, value: bytes) -> int:
         self.values[key] = value
         return 1
