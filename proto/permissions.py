@@ -118,6 +118,7 @@ def jetstream_api(
     consumers: tuple[tuple[str, str], ...] = (),
     replays: tuple[str, ...] = (),
     last_messages: tuple[str, ...] = (),
+    kv_watches: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
     """The JetStream API subjects `component`'s user may send.
 
@@ -126,6 +127,8 @@ def jetstream_api(
         consumers: (stream, durable) of each durable consumer it runs.
         replays: the streams it replays (`replay_consumer`).
         last_messages: the streams it asks for the latest message of a subject (`Bus.last_message`).
+        kv_watches: the KV buckets it watches (`libs.kv_watch`: an ordered consumer, which the client
+            creates without a name, recreates after a gap and keeps flowing with flow-control replies).
     """
     streams = (*(spec.name for spec in subjects.ALL_STREAMS), *(kv_stream(bucket) for bucket in KV_BUCKETS))
     rights = [_api("INFO")]
@@ -146,6 +149,12 @@ def jetstream_api(
         rights += _consumer_rights(stream, durable, durable=True)
     for stream in replays:
         rights += _consumer_rights(stream, replay_consumer(component), durable=False)
+    for bucket in kv_watches:
+        rights += [
+            _api("CONSUMER", "CREATE", kv_stream(bucket)),
+            _api("CONSUMER", "DELETE", kv_stream(bucket), ANY),
+            f"$JS.FC.{kv_stream(bucket)}.>",
+        ]
     return tuple(rights)
 
 
@@ -156,6 +165,7 @@ def _common(
     replays: tuple[str, ...] = (),
     last_messages: tuple[str, ...] = (),
     dead_letters: tuple[str, ...] = (),
+    kv_watches: tuple[str, ...] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(publish, subscribe) every component needs: its JetStream API, heartbeat, alerts, its dead letters.
 
@@ -163,7 +173,7 @@ def _common(
         dead_letters: names it dead-letters under besides its durables (a projection writer).
     """
     publish = (
-        *jetstream_api(component, consumers, replays, last_messages),
+        *jetstream_api(component, consumers, replays, last_messages, kv_watches),
         subjects.heartbeat(component),
         *ALERTS,
         *(subjects.dlq(name) for name in (*(durable for _, durable in consumers), *dead_letters)),
@@ -245,7 +255,11 @@ def _risk() -> Grant:
         (subjects.STREAM_SIGNALS.name, subjects.RISK_SIGNALS_CONSUMER),
     )
     publish, subscribe = _common(
-        subjects.RISK, consumers, replays=(subjects.STREAM_ORDERS.name,), last_messages=(subjects.STREAM_ORDERS.name,)
+        subjects.RISK,
+        consumers,
+        replays=(subjects.STREAM_ORDERS.name,),
+        last_messages=(subjects.STREAM_ORDERS.name,),
+        kv_watches=(subjects.KV_STATE,),  # strategy modes (services/risk/paper.py)
     )
     return Grant(
         publish=(

@@ -276,8 +276,9 @@ def _stream_name(node: ast.expr | None, constants: dict[str, ast.expr]) -> str |
 
 def jetstream_uses(package: str, component: str, venue: str) -> list[Use]:
     """The JetStream API requests the modules of `services/<package>` make that name a stream:
-    durable consumers (`consume(stream=..., durable=...)`), replays of a `StreamLog` and the latest
-    message of a subject (`last_message`). Streams or durables the scan cannot resolve are left out."""
+    durable consumers (`consume(stream=..., durable=...)`), replays of a `StreamLog`, the latest
+    message of a subject (`last_message`) and KV watches (`watch_keys`). Streams or durables the scan
+    cannot resolve are left out."""
     uses: list[Use] = []
     known = {text: values[0] for text, values in KNOWN_VALUES.get(package, {}).items()}
     for path in sorted((ROOT / "services" / package).rglob("*.py")):
@@ -309,6 +310,11 @@ def jetstream_uses(package: str, component: str, venue: str) -> list[Use]:
                 stream = _stream_name(call.args[0] if call.args else None, constants)
                 if stream:
                     uses.append(Use(f"$JS.API.STREAM.MSG.GET.{stream}", "publish", where))
+            elif name == "watch_keys":  # libs.kv_watch: an ordered consumer on the bucket's stream
+                bucket = _value(keywords["bucket"], component, venue, known) if "bucket" in keywords else None
+                stream = permissions.kv_stream(bucket if isinstance(bucket, str) else subjects.KV_STATE)
+                uses.append(Use(f"$JS.API.CONSUMER.CREATE.{stream}", "publish", where))
+                uses.append(Use(f"$JS.FC.{stream}.1.1", "publish", where))
             elif name == "StreamLog":
                 stream = _stream_name(call.args[2] if len(call.args) > 2 else None, constants)
                 if stream:
@@ -334,6 +340,7 @@ def test_jetstream_scan_when_services_consume_replay_and_read_then_it_sees_them(
     assert f"$JS.API.CONSUMER.DURABLE.CREATE.SIGNALS.{subjects.RISK_SIGNALS_CONSUMER}" in risk
     assert "$JS.API.STREAM.MSG.GET.ORDERS" in risk
     assert "$JS.API.CONSUMER.CREATE.ORDERS.risk-replay" in risk
+    assert f"$JS.API.CONSUMER.CREATE.KV_{subjects.KV_STATE}" in risk  # the strategy modes' watch
     position = {use.subject for use in jetstream_uses("position", subjects.POSITION, subjects.DEFAULT_VENUE)}
     assert f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{subjects.position_cancels_consumer(subjects.POSITION)}" in position
     watchdog = {use.subject for use in jetstream_uses("watchdog", subjects.WATCHDOG, subjects.DEFAULT_VENUE)}
@@ -433,7 +440,7 @@ POSITION_ORDERS = subjects.position_orders_consumer(subjects.POSITION)
         (f"$JS.API.CONSUMER.CREATE.MARKET_DATA.{RISK_EVENTS}", set()),
         # A consumer of a server-made name (the legacy ephemeral form): nobody but the admin.
         ("$JS.API.CONSUMER.CREATE.ORDERS", set()),
-        ("$JS.API.CONSUMER.CREATE.KV_bulwark-state", set()),
+        ("$JS.API.CONSUMER.CREATE.KV_bulwark-state", {subjects.RISK}),  # its strategy-mode watch only
         # Replays under its own replay consumer, on the streams it replays.
         ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay", {subjects.RISK}),
         ("$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.state-builder-replay", {subjects.STATE_BUILDER}),
