@@ -152,6 +152,7 @@ def jetstream_api(
     for bucket in kv_watches:
         rights += [
             _api("CONSUMER", "CREATE", kv_stream(bucket)),
+            _api("CONSUMER", "INFO", kv_stream(bucket), ANY),  # its pending count at the start
             _api("CONSUMER", "DELETE", kv_stream(bucket), ANY),
             f"$JS.FC.{kv_stream(bucket)}.>",
         ]

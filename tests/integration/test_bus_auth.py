@@ -33,8 +33,9 @@ from libs import cache
 from libs.bus import Bus, Delivery
 from libs.errors import PermanentError
 from proto import subjects
-from proto.enums import TradingState
+from proto.enums import StrategyMode, TradingState
 from proto.messages import TradingStateChanged
+from services.risk.paper import PaperModes
 from tests.support.polling import eventually
 
 
@@ -261,6 +262,15 @@ async def test_jetstream_api_when_market_data_touches_others_consumers_or_stream
         assert await risk.replay(subjects.STREAM_ORDERS.name, 1, seq, lambda m, d: replayed.append(d.stream_sequence))
         assert replayed == [seq]
         assert await risk.replay(subjects.STREAM_ORDERS.name, 1, seq, lambda m, d: None) == 1  # again, same name
+
+        # Risk's watch of the strategy modes (an ordered consumer on the state bucket) runs under its user.
+        await admin.kv_put(subjects.key_strategy_mode("trend"), b'{"mode": "paper"}')
+        modes = PaperModes(venue="binance-usdm-paper")
+        watch = await modes.follow(risk, risk.log)
+        try:
+            assert modes.mode("trend") == StrategyMode.PAPER
+        finally:
+            await watch.stop()
     finally:
         await client.close()
         await risk.close()

@@ -314,6 +314,7 @@ def jetstream_uses(package: str, component: str, venue: str) -> list[Use]:
                 bucket = _value(keywords["bucket"], component, venue, known) if "bucket" in keywords else None
                 stream = permissions.kv_stream(bucket if isinstance(bucket, str) else subjects.KV_STATE)
                 uses.append(Use(f"$JS.API.CONSUMER.CREATE.{stream}", "publish", where))
+                uses.append(Use(f"$JS.API.CONSUMER.INFO.{stream}.server-named", "publish", where))
                 uses.append(Use(f"$JS.FC.{stream}.1.1", "publish", where))
             elif name == "StreamLog":
                 stream = _stream_name(call.args[2] if len(call.args) > 2 else None, constants)
