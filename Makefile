@@ -7,11 +7,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test install lint typecheck schemas clean
 
+# The first install takes a few minutes: pip shows each package and, on a terminal, a progress bar
+# per download (quiet in CI, where its log would only grow).
+PIP_PROGRESS := $(if $(CI),--quiet,--progress-bar on)
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Bulwark and its dependencies into $(VENV) (first run, or pyproject.toml changed)..."
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP_PROGRESS) -e '.[dev]'
 	@touch $(STAMP)
+	@echo "Installed."
 
 install: $(STAMP)
 

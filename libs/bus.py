@@ -124,6 +124,9 @@ class Bus:
         """
         self.component = component
         self.replicas = replicas
+        self.may_update_streams = True
+        """This user may change an existing stream or bucket (`proto.permissions`: the provisioner
+        and the admin); others only create what is missing and leave the rest to the provisioner."""
         self.log = logger or get_logger(component)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -287,7 +290,11 @@ class Bus:
     # ------------------------------------------------------------------ declaration
 
     async def ensure_streams(
-        self, specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS, replicas: int | None = None, *, update: bool = True
+        self,
+        specs: tuple[StreamSpec, ...] = subjects.ALL_STREAMS,
+        replicas: int | None = None,
+        *,
+        update: bool | None = None,
     ) -> None:
         """Create or update every stream so that it matches its spec (idempotent).
 
@@ -296,9 +303,11 @@ class Bus:
             replicas: 1 on a single node; 3 in a cluster (R3) so a node loss loses nothing
                 (default: the bus's `replicas`).
             update: also bring an existing stream to its spec; False: only create missing ones
-                (a user that may not change a stream's configuration, `proto.permissions`).
+                (a user that may not change a stream's configuration, `proto.permissions`);
+                default: `may_update_streams`.
         """
         replicas = self.replicas if replicas is None else replicas
+        update = self.may_update_streams if update is None else update
         for spec in specs:
             config = StreamConfig(
                 name=spec.name,
@@ -341,7 +350,11 @@ class Bus:
         stream = f"KV_{bucket}"
         info = await self.js.stream_info(stream)
         current = info.config.num_replicas or 1
-        if current < self.replicas:
+        if current < self.replicas and not self.may_update_streams:
+            # Not this user's to change (its request would be refused and end its start): the
+            # provisioner raises it when it starts; meanwhile the bucket works at its replicas.
+            self.log.warning("kv_replicas_low", bucket=bucket, current=current, wanted=self.replicas)
+        elif current < self.replicas:
             await self.js.update_stream(info.config.evolve(num_replicas=self.replicas))
             self.log.info("kv_replicas_raised", bucket=bucket, previous=current, current=self.replicas)
 

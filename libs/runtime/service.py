@@ -196,7 +196,8 @@ async def run_service(
     phases["bus_connect_ms"] = ms_since(mark)
     mark = time.perf_counter()
     # Every service creates a stream still missing; only a provisioner may change an existing one.
-    await bus.ensure_streams(update=may_update_streams(settings.nats_user))
+    bus.may_update_streams = may_update_streams(settings.nats_user)
+    await bus.ensure_streams()
     phases["ensure_streams_ms"] = ms_since(mark)
     ctx.spawn(_heartbeat_loop(ctx), "heartbeat")
     if needs_db:

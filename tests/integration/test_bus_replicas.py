@@ -110,6 +110,17 @@ async def test_kv_when_bucket_was_created_with_one_replica_then_raised_to_three(
         assert await _replicas(old, f"KV_{subjects.KV_STATE}") == 1
     finally:
         await old.close()
+    # A service that may not change streams (every one but the provisioner) starts on the bucket as
+    # it is rather than fail on a refused update; the provisioner raises it.
+    service = Bus("service-before-the-provisioner", replicas=3)
+    service.may_update_streams = False
+    await service.connect(cluster)
+    try:
+        await service.kv()
+        assert await _replicas(service, f"KV_{subjects.KV_STATE}") == 1
+        assert await service.kv_get(subjects.KEY_TRADING_STATE) == (b"HALTED", 1)
+    finally:
+        await service.close()
     bus = Bus("new-deployment", replicas=3)
     await bus.connect(cluster)
     try:
