@@ -465,6 +465,20 @@ def apply_modes(root: Path, manifest: Manifest, as_root: bool | None = None) -> 
         path.chmod(entry.mode & MODE_MASK)
 
 
+def postgres_pid(data_dir: Path) -> int | None:
+    """The pid of a Postgres still running on `data_dir`'s `postgres/` (its `postmaster.pid`), if any.
+
+    A Postgres can outlive its supervisor (killed with -9, or started by hand); its files are not
+    consistent until it stops, whoever started it.
+    """
+    try:
+        pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0].strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -526,11 +540,11 @@ def restore(
     data_dir = data_dir.resolve()
     if not archive.is_file():
         raise BackupRefused(f"{archive}: no such backup file")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise BackupRefused(f"{data_dir} is not a directory")
     occupied = data_dir.exists() and not is_empty_dir(data_dir)
     if occupied and not force:
         raise BackupRefused(f"{data_dir} is not empty; restore into a new dir, or give --force to move it aside first")
-    if data_dir.exists() and not data_dir.is_dir():
-        raise BackupRefused(f"{data_dir} is not a directory")
     with scratch_beside(data_dir) as scratch:
         manifest = unpack_and_verify(archive, scratch, stage)
         apply_modes(scratch, manifest)

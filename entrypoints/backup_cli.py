@@ -94,6 +94,12 @@ def _refuse_running(data_dir: Path) -> None:
             f"a system runs on {data_dir} (supervisord pid {pid}); stop it first (Ctrl-C on `bulwark up`): "
             "only a stopped system's files are consistent"
         )
+    pid = backup.postgres_pid(data_dir)
+    if pid is not None:
+        raise backup.BackupRefused(
+            f"a Postgres still runs on {data_dir / 'postgres'} (pid {pid}, postmaster.pid); stop it first: "
+            "only a stopped server's files are consistent"
+        )
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -107,6 +113,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         total = sum(path.stat().st_size for path in files)
         with progress(f"backing up {len(files)} files ({_size(total)})", total, quiet=args.json) as advance:
             manifest = backup.write_backup(data_dir, args.to, time.time_ns(), advance)
+        try:
+            _refuse_running(data_dir)
+        except backup.BackupRefused as exc:
+            args.to.resolve().unlink(missing_ok=True)  # its files changed under it: not a backup
+            raise backup.BackupRefused(f"the system started during the backup, which was discarded: {exc}") from exc
     except backup.BackupError as exc:
         return _fail(args, exc)
     target = args.to.resolve()

@@ -261,3 +261,39 @@ def test_cli_json_when_round_trip_then_stdout_is_only_the_result_and_damage_exit
     (tmp_path / "cut.tar.gz").write_bytes(raw[: len(raw) // 2])
     assert cli.main(["restore", "--from", str(tmp_path / "cut.tar.gz"), "--verify-only"]) == 1
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_cli_when_an_orphan_postgres_runs_on_the_data_dir_then_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data_dir(tmp_path)
+    (data / "postgres" / "postmaster.pid").write_text(f"{os.getpid()}\n{data / 'postgres'}\n")
+
+    assert cli.main(["backup", "--data-dir", str(data), "--to", str(tmp_path / "b.tar.gz")]) == 2
+    assert "a Postgres still runs on" in capsys.readouterr().err
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_cli_progress_when_on_a_terminal_then_drawn_on_stderr_and_silent_with_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data_dir(tmp_path)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    drawn = Terminal()
+    monkeypatch.setattr("sys.stderr", drawn)
+    assert cli.main(["backup", "--data-dir", str(data), "--to", str(tmp_path / "a.tar.gz")]) == 0
+    assert cli.main(["restore", "--from", str(tmp_path / "a.tar.gz"), "--data-dir", str(tmp_path / "r")]) == 0
+    assert "backing up 6 files" in drawn.getvalue() and "unpacking a.tar.gz" in drawn.getvalue()
+    assert "checking 6 files' sha256" in drawn.getvalue()
+
+    quiet = Terminal()
+    monkeypatch.setattr("sys.stderr", quiet)
+    capsys.readouterr()
+    assert cli.main(["backup", "--data-dir", str(data), "--to", str(tmp_path / "b.tar.gz"), "--json"]) == 0
+    assert cli.main(["restore", "--from", str(tmp_path / "b.tar.gz"), "--verify-only", "--json"]) == 0
+    assert quiet.getvalue() == ""
+    assert [json.loads(line)["ok"] for line in capsys.readouterr().out.splitlines()] == [True, True]
