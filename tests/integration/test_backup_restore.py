@@ -70,9 +70,9 @@ def test_backup_then_restore_into_a_new_dir_then_servers_serve_the_same_state(
     # Not under pytest's numbered temp dirs (pruned by other sessions while servers run in them).
     with tempfile.TemporaryDirectory(prefix="bulwark-backup-", ignore_cleanup_errors=True) as folder:
         root = Path(folder)
-        original = EmbeddedInfra(root / "data").start()
-        try:
-            asyncio.run(_write_state(original))
+        original = EmbeddedInfra(root / "data")
+        try:  # stops what started even when a later server fails to start
+            asyncio.run(_write_state(original.start()))
         finally:
             original.stop()
         archive = root / "bulwark.tar.gz"
@@ -84,9 +84,9 @@ def test_backup_then_restore_into_a_new_dir_then_servers_serve_the_same_state(
         assert restored["files"] == saved["files"] > 0 and restored["verified"] is True
         assert not (root / "restored" / "postgres" / "postmaster.pid").exists()
 
-        copy = EmbeddedInfra(root / "restored").start()
+        copy = EmbeddedInfra(root / "restored")
         try:
-            note, message, value, seen = asyncio.run(_read_state(copy))
+            note, message, value, seen = asyncio.run(_read_state(copy.start()))
         finally:
             copy.stop()
 
