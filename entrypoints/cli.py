@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entrypoints import backtest_cli, ops_cli, strategy_cli, venue_cli
+from entrypoints import backtest_cli, backup_cli, ops_cli, strategy_cli, venue_cli
 from entrypoints.access import exposure_problem, exposure_warning, tool_bus_user, tool_pg_dsn
 from entrypoints.infra import postgres_dsn
 from entrypoints.launcher import (
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     venue_cli.add_preflight_parser(commands, DEFAULT_DATA_DIR)
     backtest_cli.add_parser(commands)
     strategy_cli.add_parser(commands)
+    backup_cli.add_parser(commands)
 
     status = commands.add_parser("status", help="show the running system's status")
     status.add_argument("--json", action="store_true", help="print the raw /v1/status JSON")
@@ -524,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             return backtest_cli.run(args)
         case "strategy":
             return strategy_cli.run(args, _out, _err)
+        case "backup" | "restore":
+            return backup_cli.run(args)
     return 2
 
 
