@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from entrypoints import backup
-from entrypoints.launcher import _already_running
+from entrypoints.launcher import system_running_on
 from entrypoints.progress import progress
 
 EXIT_OK = 0
@@ -88,7 +88,7 @@ def _fail(args: argparse.Namespace, exc: backup.BackupError) -> int:
 
 
 def _refuse_running(data_dir: Path) -> None:
-    pid = _already_running(data_dir)
+    pid = system_running_on(data_dir)
     if pid is not None:
         raise backup.BackupRefused(
             f"a system runs on {data_dir} (supervisord pid {pid}); stop it first (Ctrl-C on `bulwark up`): "

@@ -576,7 +576,7 @@ def check_ports(config: LaunchConfig) -> None:
         )
 
 
-def _already_running(data_dir: Path) -> int | None:
+def system_running_on(data_dir: Path) -> int | None:
     pid_file = data_dir / "supervisord.pid"
     try:
         pid = int(pid_file.read_text().strip())
@@ -622,7 +622,7 @@ class System:
         """
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        running = _already_running(config.data_dir)
+        running = system_running_on(config.data_dir)
         if running is not None:
             raise LaunchError(f"a Bulwark system is already running on {config.data_dir} (supervisord pid {running})")
         check_ports(config)
