@@ -39,7 +39,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
@@ -68,6 +68,12 @@ OUTBOX_LIMIT = 1000
 PUBLISH_MANY_TIMEOUT_S = 5.0
 DRAIN_BATCH = 256
 """Largest fetch a consumer makes while the server reports a backlog (`drain_size`)."""
+REPLAY_INACTIVE_S = 60.0
+"""A replay consumer left by a process that died mid-replay is removed by the server after this."""
+REPLAY_SLOT_WAIT_S = REPLAY_INACTIVE_S + 30.0
+"""Longest wait for a free replay consumer (every one in use: one left by a crash has expired by then)."""
+CONSUMER_ALREADY_EXISTS = 10148
+"""JetStream's error code for an exclusive create of a consumer whose name is taken."""
 
 
 class PublishManyError(RuntimeError):
@@ -801,8 +807,8 @@ class Bus:
         """
         if end_seq < start_seq:
             return 0
-        # A service user may create one replay consumer per stream (`proto.permissions.replay_consumer`):
-        # its replays of a stream take turns.
+        # A process's replays of one stream take turns; processes of one user take different
+        # replay consumers (`proto.permissions.replay_consumers`, `_claim_replay_consumer`).
         async with self._replay_locks.setdefault(stream, asyncio.Lock()):
             return await self._replay(stream, start_seq, end_seq, handler, filter_subject, batch, fetch_timeout_s)
 
@@ -816,26 +822,21 @@ class Bus:
         batch: int,
         fetch_timeout_s: float,
     ) -> int:
-        user = self._credentials[0]
-        if user and user != permissions.ADMIN:
-            # The one name the user's rights allow; a replay cut short (a crash) leaves its
-            # consumer for `inactive_threshold`: start afresh.
-            name = permissions.replay_consumer(user)
-            with contextlib.suppress(NotFoundError):
-                await self.js.delete_consumer(stream, name)
-        else:
-            # The admin (tools, several at once) or a server without users: a name of its own.
-            name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
         config = ConsumerConfig(
-            name=name,
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq,
             filter_subject=filter_subject,
-            inactive_threshold=60.0,
+            inactive_threshold=REPLAY_INACTIVE_S,
             max_ack_pending=-1,
         )
-        await self.js.add_consumer(stream, config)
+        user = self._credentials[0]
+        if user and user != permissions.ADMIN:
+            name = await self._claim_replay_consumer(stream, config, permissions.replay_consumers(user))
+        else:
+            # The admin (tools, several at once) or a server without users: a name of its own.
+            name = f"{self.component}-replay-{uuid.uuid4().hex[:8]}"
+            await self.js.add_consumer(stream, config.evolve(name=name))
         sub = await self.js.pull_subscribe_bind(durable=name, stream=stream)
         count = 0
         try:
@@ -869,6 +870,50 @@ class Bus:
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(stream, name)
+
+    async def _claim_replay_consumer(self, stream: str, config: ConsumerConfig, names: Sequence[str]) -> str:
+        """Create the first free of the user's replay consumers on `stream` and return its name.
+
+        Each is created with the server's exclusive create, so two processes of one user (an active
+        and a standby starting together) never share one: one in use answers "already exists" and
+        the next is tried. A process that died mid-replay leaves its consumer until
+        `REPLAY_INACTIVE_S`; when every one is taken the claim waits that long for one to free.
+
+        Raises:
+            PermanentError: none came free within `REPLAY_SLOT_WAIT_S`.
+        """
+        deadline = time.monotonic() + REPLAY_SLOT_WAIT_S
+        warned = False
+        while True:
+            for name in names:
+                if await self._create_consumer_exclusive(stream, config.evolve(name=name)):
+                    return name
+            if time.monotonic() >= deadline:
+                raise PermanentError(f"replay of {stream}: every replay consumer ({', '.join(names)}) stayed in use")
+            if not warned:
+                warned = True
+                self.log.warning(
+                    "replay_consumers_busy",
+                    stream=stream,
+                    consumers=list(names),
+                    action_taken=f"waiting up to {REPLAY_SLOT_WAIT_S:.0f} s for one to end or expire",
+                )
+            await asyncio.sleep(1.0)
+
+    async def _create_consumer_exclusive(self, stream: str, config: ConsumerConfig) -> bool:
+        """Create a named consumer only if no consumer of that name exists (the server's
+        `action: create`, which the client library does not send); False when one does."""
+        tokens = ["CONSUMER", "CREATE", stream, str(config.name)]
+        if config.filter_subject and config.filter_subject != ">":
+            tokens.append(config.filter_subject)
+        body = msgspec.json.encode({"stream_name": stream, "config": config.as_dict(), "action": "create"})
+        reply = await self.nc.request(".".join((permissions.JETSTREAM_API_PREFIX, *tokens)), body, timeout=5.0)
+        error = msgspec.json.decode(reply.data).get("error")
+        if error is None:
+            return True
+        if error.get("err_code") == CONSUMER_ALREADY_EXISTS:
+            return False
+        raise APIError.from_error(error)
 
     async def subscribe_core(self, subject: str, callback: Callable[[Msg], Awaitable[None]]) -> Any:
         """Core NATS subscription (live only: heartbeats, fan-out of events).

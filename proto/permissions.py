@@ -12,7 +12,7 @@ by `allow_responses`), and the part of the JetStream API its code uses, named st
 consumer by consumer (`jetstream_api`): stream information, reads of the key-value buckets, the
 latest message of a subject where it asks for one, its own durable consumers (create, update its
 filter, information, fetch, acknowledge, delete to restart it at a sequence) and its own replay
-consumer (`replay_consumer`). No service may create, fetch from, acknowledge for or delete another
+consumers (`replay_consumers`). No service may create, fetch from, acknowledge for or delete another
 service's consumer, nor delete or purge a stream. Every service may create a missing Bulwark stream
 or bucket (with the configuration `proto.subjects` gives it, so whichever starts first declares
 them); only the provisioner (`STREAM_PROVISIONERS`: the watchdog, and the admin user of
@@ -81,13 +81,19 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def replay_consumer(component: str) -> str:
-    """The name of `component`'s replay consumer on a stream (`libs.bus.Bus.replay`).
+REPLAY_SLOTS = 4
+"""Replay consumers a user may have on a stream at once: the processes of one component (an active
+and a standby, a restart beside the process it replaces) each replay under a free one."""
 
-    One fixed name, so that a user's rights can name it (NATS permissions match whole tokens only,
-    never a name's prefix); a process replays one stream at a time with it.
+
+def replay_consumers(component: str) -> tuple[str, ...]:
+    """The names of `component`'s replay consumers on a stream (`libs.bus.Bus.replay`).
+
+    Fixed names, so that a user's rights can name them (NATS permissions match whole tokens only,
+    never a name's prefix); a replay takes the first one free (created with the server's exclusive
+    create, so two processes never share one).
     """
-    return f"{component}-replay"
+    return tuple(f"{component}-replay-{slot}" for slot in range(1, REPLAY_SLOTS + 1))
 
 
 def _api(*tokens: str) -> str:
@@ -125,7 +131,7 @@ def jetstream_api(
     Args:
         component: the user.
         consumers: (stream, durable) of each durable consumer it runs.
-        replays: the streams it replays (`replay_consumer`).
+        replays: the streams it replays (`replay_consumers`).
         last_messages: the streams it asks for the latest message of a subject (`Bus.last_message`).
         kv_watches: the KV buckets it watches (`libs.kv_watch`: an ordered consumer, which the client
             creates without a name, recreates after a gap and keeps flowing with flow-control replies).
@@ -148,7 +154,8 @@ def jetstream_api(
     for stream, durable in consumers:
         rights += _consumer_rights(stream, durable, durable=True)
     for stream in replays:
-        rights += _consumer_rights(stream, replay_consumer(component), durable=False)
+        for name in replay_consumers(component):
+            rights += _consumer_rights(stream, name, durable=False)
     for bucket in kv_watches:
         rights += [
             _api("CONSUMER", "CREATE", kv_stream(bucket)),

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from entrypoints import infra
@@ -32,7 +32,7 @@ from entrypoints.harness.embedded import EmbeddedInfra, start_server
 from libs import cache
 from libs.bus import Bus, Delivery
 from libs.errors import PermanentError
-from proto import subjects
+from proto import permissions, subjects
 from proto.enums import StrategyMode, TradingState
 from proto.messages import TradingStateChanged
 from services.risk.paper import PaperModes
@@ -262,6 +262,17 @@ async def test_jetstream_api_when_market_data_touches_others_consumers_or_stream
         assert await risk.replay(subjects.STREAM_ORDERS.name, 1, seq, lambda m, d: replayed.append(d.stream_sequence))
         assert replayed == [seq]
         assert await risk.replay(subjects.STREAM_ORDERS.name, 1, seq, lambda m, d: None) == 1  # again, same name
+        # Another risk process (a standby starting beside it) is replaying under the first replay
+        # consumer: this one takes the next free one and leaves the other's alone.
+        busy = permissions.replay_consumers(subjects.RISK)[0]
+        await admin.js.add_consumer(
+            subjects.STREAM_ORDERS.name, ConsumerConfig(name=busy, ack_policy=AckPolicy.NONE, inactive_threshold=60.0)
+        )
+        beside: list[int] = []
+        assert await risk.replay(subjects.STREAM_ORDERS.name, 1, seq, lambda m, d: beside.append(d.stream_sequence))
+        assert beside == [seq]
+        assert (await admin.js.consumer_info(subjects.STREAM_ORDERS.name, busy)).name == busy
+        await admin.js.delete_consumer(subjects.STREAM_ORDERS.name, busy)
 
         # Risk's watch of the strategy modes (an ordered consumer on the state bucket) runs under its user.
         await admin.kv_put(subjects.key_strategy_mode("trend"), b'{"mode": "paper"}')

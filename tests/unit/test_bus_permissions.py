@@ -319,9 +319,9 @@ def jetstream_uses(package: str, component: str, venue: str) -> list[Use]:
             elif name == "StreamLog":
                 stream = _stream_name(call.args[2] if len(call.args) > 2 else None, constants)
                 if stream:
-                    replay = permissions.replay_consumer(component)
-                    uses.append(Use(f"$JS.API.CONSUMER.CREATE.{stream}.{replay}", "publish", where))
-                    uses.append(Use(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{replay}", "publish", where))
+                    for replay in permissions.replay_consumers(component):
+                        uses.append(Use(f"$JS.API.CONSUMER.CREATE.{stream}.{replay}", "publish", where))
+                        uses.append(Use(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{replay}", "publish", where))
     return uses
 
 
@@ -340,7 +340,7 @@ def test_jetstream_scan_when_services_consume_replay_and_read_then_it_sees_them(
     assert f"$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.{subjects.RISK_ORDERS_CONSUMER}" in risk
     assert f"$JS.API.CONSUMER.DURABLE.CREATE.SIGNALS.{subjects.RISK_SIGNALS_CONSUMER}" in risk
     assert "$JS.API.STREAM.MSG.GET.ORDERS" in risk
-    assert "$JS.API.CONSUMER.CREATE.ORDERS.risk-replay" in risk
+    assert "$JS.API.CONSUMER.CREATE.ORDERS.risk-replay-1" in risk
     assert f"$JS.API.CONSUMER.CREATE.KV_{subjects.KV_STATE}" in risk  # the strategy modes' watch
     position = {use.subject for use in jetstream_uses("position", subjects.POSITION, subjects.DEFAULT_VENUE)}
     assert f"$JS.API.CONSUMER.MSG.NEXT.ORDERS.{subjects.position_cancels_consumer(subjects.POSITION)}" in position
@@ -443,9 +443,11 @@ POSITION_ORDERS = subjects.position_orders_consumer(subjects.POSITION)
         ("$JS.API.CONSUMER.CREATE.ORDERS", set()),
         ("$JS.API.CONSUMER.CREATE.KV_bulwark-state", {subjects.RISK}),  # its strategy-mode watch only
         # Replays under its own replay consumer, on the streams it replays.
-        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay", {subjects.RISK}),
-        ("$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.state-builder-replay", {subjects.STATE_BUILDER}),
-        ("$JS.API.CONSUMER.MSG.NEXT.ORDERS.watchdog-replay", {subjects.WATCHDOG}),
+        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay-1", {subjects.RISK}),
+        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay-4", {subjects.RISK}),
+        ("$JS.API.CONSUMER.CREATE.ORDERS.risk-replay-5", set()),  # as many as REPLAY_SLOTS, no more
+        ("$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.state-builder-replay-2", {subjects.STATE_BUILDER}),
+        ("$JS.API.CONSUMER.MSG.NEXT.ORDERS.watchdog-replay-3", {subjects.WATCHDOG}),
         # The latest position of a symbol (risk's and a strategy's exposure).
         ("$JS.API.STREAM.MSG.GET.ORDERS", {subjects.RISK, subjects.WATCHDOG, subjects.strategy_component(STRATEGY)}),
         # Changing a stream's configuration is the provisioner's.
