@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 ENDPOINTS_FILE = "endpoints.json"
 """Written by `bulwark up` into its data folder: the URLs of the gateway, the venue and the stores."""
+DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 
 
 def fetch_json(url: str, token: str, timeout_s: float = 5.0) -> Any:
@@ -26,3 +28,9 @@ def running_endpoints(data_dir: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return {str(key): str(value) for key, value in found.items()} if isinstance(found, dict) else {}
+
+
+def gateway_url(given: str | None, data_dir: Path, environ: Mapping[str, str]) -> str:
+    """`--gateway`, else `BULWARK_GATEWAY_URL`, else what `bulwark up` wrote for `data_dir`, else the default."""
+    url = given or environ.get("BULWARK_GATEWAY_URL") or running_endpoints(data_dir).get("gateway") or DEFAULT_GATEWAY
+    return url.rstrip("/")

@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from entrypoints.operator_api import running_endpoints
+from entrypoints.operator_api import gateway_url
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -53,7 +53,6 @@ EXIT_CODES: dict[int, str] = {
 }
 STATUS_EXIT = {400: EXIT_REFUSED, 409: EXIT_REFUSED, 422: EXIT_REFUSED, 404: EXIT_NOT_FOUND}
 STATUS_EXIT |= {401: EXIT_UNAUTHORIZED, 403: EXIT_UNAUTHORIZED, 429: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}
-DEFAULT_GATEWAY = "http://127.0.0.1:8000"
 PIPED_WIDTH = 160
 """Table width when stdout is not a terminal (a pipe, a file): rows stay on one line for grep."""
 READ, ACT = "viewer", "operator"
@@ -96,12 +95,6 @@ def token_for(role: str, data_dir: Path, environ: dict[str, str]) -> str:
     except (OSError, ValueError):
         return ""
     return str(stored.get(f"{role}_token") or "") if isinstance(stored, dict) else ""
-
-
-def gateway_url(given: str | None, data_dir: Path, environ: dict[str, str]) -> str:
-    """`--gateway`, else `BULWARK_GATEWAY_URL`, else what `bulwark up` wrote for `data_dir`, else the default."""
-    url = given or environ.get("BULWARK_GATEWAY_URL") or running_endpoints(data_dir).get("gateway") or DEFAULT_GATEWAY
-    return url.rstrip("/")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from entrypoints.operator_api import fetch_json
+from entrypoints.operator_api import fetch_json, gateway_url
 from entrypoints.venue_profiles import (
     CONFIRM_FLAG,
     MAINNET,
@@ -130,8 +130,10 @@ def add_preflight_parser(commands: Any, data_dir: Path) -> None:
         "when every check passes",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--gateway", default=os.environ.get("BULWARK_GATEWAY_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--data-dir", type=Path, default=data_dir, help="where to find the token")
+    parser.add_argument(
+        "--gateway", help="gateway URL (default: BULWARK_GATEWAY_URL, else the data dir's system, else port 8000)"
+    )
+    parser.add_argument("--data-dir", type=Path, default=data_dir, help="the data dir of `bulwark up` (token, URL)")
     parser.add_argument(
         "--direct",
         action="store_true",
@@ -153,14 +155,15 @@ def cmd_preflight(args: argparse.Namespace, out: Callable[[str], None], err: Cal
             err(f"bulwark preflight: {exc}")
             return 2
     else:
+        gateway = gateway_url(args.gateway, args.data_dir, os.environ)
         try:
-            status = fetch_json(args.gateway.rstrip("/") + "/v1/status", token)
+            status = fetch_json(gateway + "/v1/status", token)
         except urllib.error.HTTPError as exc:
             err(f"bulwark preflight: gateway answered {exc.code}: {exc.read().decode(errors='replace')[:300]}")
             return 1
         except (urllib.error.URLError, OSError) as exc:
             err(
-                f"bulwark preflight: gateway not reachable at {args.gateway} ({exc}); is `bulwark up` running? "
+                f"bulwark preflight: gateway not reachable at {gateway} ({exc}); is `bulwark up` running? "
                 "(`bulwark preflight --direct` checks the venue without it)"
             )
             return 1

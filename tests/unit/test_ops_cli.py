@@ -14,7 +14,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from entrypoints import ops_cli
+from entrypoints import operator_api, ops_cli
 from entrypoints.cli import build_parser
 from services.gateway import api_models
 
@@ -145,10 +145,10 @@ def test_actions_when_tokens_in_the_data_dir_then_operator_acts_and_viewer_reads
 
 def test_gateway_url_when_bulwark_up_wrote_endpoints_then_used_unless_given(tmp_path: Path) -> None:
     (tmp_path / "endpoints.json").write_text(json.dumps({"gateway": "http://127.0.0.1:18481/"}))
-    assert ops_cli.gateway_url(None, tmp_path, {}) == "http://127.0.0.1:18481"
-    assert ops_cli.gateway_url(None, tmp_path, {"BULWARK_GATEWAY_URL": "http://g:1"}) == "http://g:1"
-    assert ops_cli.gateway_url("http://x:2", tmp_path, {}) == "http://x:2"
-    assert ops_cli.gateway_url(None, tmp_path / "none", {}) == ops_cli.DEFAULT_GATEWAY
+    assert operator_api.gateway_url(None, tmp_path, {}) == "http://127.0.0.1:18481"
+    assert operator_api.gateway_url(None, tmp_path, {"BULWARK_GATEWAY_URL": "http://g:1"}) == "http://g:1"
+    assert operator_api.gateway_url("http://x:2", tmp_path, {}) == "http://x:2"
+    assert operator_api.gateway_url(None, tmp_path / "none", {}) == operator_api.DEFAULT_GATEWAY
 
 
 @pytest.mark.parametrize(
